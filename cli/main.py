@@ -1,0 +1,28 @@
+"""The `sagalab` command: thin Typer shells over the orchestrator, services and simulator."""
+
+from __future__ import annotations
+
+import typer
+
+from cli import demo, orchestrate, services, simulate
+
+app = typer.Typer(
+    name="sagalab",
+    help="Run, inspect and simulate saga flows across services that fail.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(orchestrate.app, name="orchestrate")
+app.add_typer(services.app, name="services")
+app.add_typer(simulate.app, name="simulate")
+app.command("demo")(demo.demo)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""sagalab's orchestrator: the saga state machine, flow definitions, store and runtime."""

@@ -1,0 +1,96 @@
+"""Errors raised by the orchestrator package.
+
+SagaError
+ ├── FlowValidationError   a flow definition is invalid (lists every issue with its location)
+ ├── FlowNotFoundError     no flow file or registered flow by that name
+ ├── TemplateError         a `${...}` template has no value at run time
+ ├── InputError            the saga input is not what the flow needs
+ ├── SagaNotFoundError     no saga with that id in the store
+ ├── IdempotencyConflict   an idempotency key was reused with a different input
+ ├── InvalidTransition     an event does not fit the saga's history (a bug or a race)
+ ├── ConcurrentUpdate      another writer appended to the saga first (reload and retry)
+ ├── OperatorActionRefused an operator command does not apply to the saga as it stands
+ ├── ServiceConfigError    a service name has no base URL
+ └── StoreError            the database cannot be opened or written
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SagaError(Exception):
+    """Base of every error the orchestrator raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ValidationIssue:
+    """One problem in a flow definition: where it is and what is wrong."""
+
+    source: str
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.where}: {self.message}"
+
+
+class FlowValidationError(SagaError):
+    """A flow definition is invalid; `issues` lists every problem found."""
+
+    def __init__(self, issues: list[ValidationIssue]) -> None:
+        self.issues = issues
+        lines = "; ".join(str(i) for i in issues)
+        super().__init__(f"invalid flow ({len(issues)} issue(s)): {lines}")
+
+
+class FlowNotFoundError(SagaError):
+    """No flow file or registered flow by that name."""
+
+
+class TemplateError(SagaError):
+    """A template refers to a value that does not exist."""
+
+
+class InputError(SagaError):
+    """The saga input is malformed or lacks a required key."""
+
+
+class SagaNotFoundError(SagaError):
+    """No saga with that id."""
+
+    def __init__(self, saga_id: str) -> None:
+        self.saga_id = saga_id
+        super().__init__(f"no saga with id {saga_id!r}; `sagalab orchestrate list` shows ids")
+
+
+class IdempotencyConflict(SagaError):
+    """An idempotency key already names a saga with a different flow or input."""
+
+    def __init__(self, key: str, saga_id: str) -> None:
+        self.key = key
+        self.saga_id = saga_id
+        super().__init__(
+            f"idempotency key {key!r} already belongs to saga {saga_id} with a different "
+            "flow or input; use a new key, or the same input to get that saga back"
+        )
+
+
+class InvalidTransition(SagaError):
+    """An event does not fit the saga's recorded history."""
+
+
+class ConcurrentUpdate(SagaError):
+    """Another writer appended to this saga's journal first."""
+
+
+class OperatorActionRefused(SagaError):
+    """An operator command does not apply to the saga in its current state."""
+
+
+class ServiceConfigError(SagaError):
+    """A step's service has no base URL configured."""
+
+
+class StoreError(SagaError):
+    """The saga database cannot be opened or written."""

@@ -1,0 +1,504 @@
+"""The saga state machine: the pure decision core of sagalab.
+
+Theory of operation
+-------------------
+A saga's truth is its journal: an append-only list of `Event`s. `SagaState` folds that journal
+(`apply`) into per-step progress, and `decide(state, now=..., rng=...)` returns the one next
+`Command`. Runtimes (the SQLite/httpx orchestrator, the SimPy simulator) loop:
+
+    command = decide(state, now=clock(), rng=rng)
+    RunAttempt -> journal ATTEMPT_STARTED, perform the call, journal its outcome
+    Record     -> journal the event it carries (retry scheduled, step failed, saga finished)
+    Wait       -> come back at `until`
+    Halt       -> the saga is terminal (or waits for an operator)
+
+Nothing here reads a clock, draws a random number of its own, or does I/O; time and randomness
+are arguments. The rules it enforces:
+
+* Forward, steps run in flow order, one attempt at a time; a failed attempt is retried under
+  the step's `RetryPolicy` (the delay is journaled as RETRY_SCHEDULED, so a crash loses neither
+  the attempt count nor the wait).
+* An attempt that was started but has no recorded outcome was interrupted (a crash): its
+  outcome is unknown, so it is closed as a retryable failure that *may have applied*.
+* A step that fails for good before the pivot has succeeded turns the saga to COMPENSATING.
+  Compensations run in reverse order of application, over every step that succeeded or may
+  have applied and has a compensation; nothing is compensated twice and a step that never
+  started is never compensated.
+* Once the pivot succeeds the flow only goes forward; a step after it that fails for good,
+  or a compensation that fails for good, leaves the saga FAILED for an operator, who may
+  retry or skip the step (STEP_RETRY_REQUESTED / STEP_SKIPPED) or request a rollback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from orchestrator.errors import InvalidTransition, OperatorActionRefused
+from orchestrator.flow import FlowDefinition, StepKind
+from orchestrator.policies.retry import UniformSource
+
+
+class SagaStatus(StrEnum):
+    """Where a saga stands as a whole."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Completed or rolled back: nothing more will happen without an operator."""
+        return self in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK)
+
+
+class Phase(StrEnum):
+    """Which half of a step an attempt belongs to."""
+
+    ACTION = "action"
+    COMPENSATION = "compensation"
+
+
+class EventType(StrEnum):
+    """Kinds of journal entries."""
+
+    SAGA_CREATED = "saga_created"
+    ATTEMPT_STARTED = "attempt_started"
+    ATTEMPT_SUCCEEDED = "attempt_succeeded"
+    ATTEMPT_FAILED = "attempt_failed"
+    RETRY_SCHEDULED = "retry_scheduled"
+    STEP_FAILED = "step_failed"
+    ROLLBACK_REQUESTED = "rollback_requested"
+    STEP_RETRY_REQUESTED = "step_retry_requested"
+    STEP_SKIPPED = "step_skipped"
+    SAGA_COMPLETED = "saga_completed"
+    SAGA_ROLLED_BACK = "saga_rolled_back"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an attempt failed, as the runtime classified it.
+
+    `retryable`: trying again may help (connection error, timeout, 5xx, 429).
+    `maybe_applied`: the service may have applied the operation (the request may have been
+    received), so the step must be compensated if the saga rolls back.
+    """
+
+    error: str
+    retryable: bool
+    maybe_applied: bool
+    retry_after: float | None = None
+
+
+INTERRUPTED = Failure(
+    error="interrupted: the attempt started but its outcome was never recorded",
+    retryable=True,
+    maybe_applied=True,
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One journal entry. `at` is the runtime's clock reading when it was recorded."""
+
+    type: EventType
+    at: float
+    step: str | None = None
+    phase: Phase | None = None
+    attempt: int = 0
+    failure: Failure | None = None
+    not_before: float | None = None
+    reason: str | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class RunAttempt:
+    """Perform attempt number `attempt` of `step`'s `phase` (journal ATTEMPT_STARTED first)."""
+
+    step: str
+    phase: Phase
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Record:
+    """Append `event` to the journal; no I/O toward services."""
+
+    event: Event
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nothing to do before `until` (a scheduled retry)."""
+
+    until: float
+
+
+@dataclass(frozen=True)
+class Halt:
+    """The saga is terminal or waits for an operator."""
+
+    status: SagaStatus
+
+
+Command = RunAttempt | Record | Wait | Halt
+
+
+def idempotency_key(saga_id: str, step: str, phase: Phase) -> str:
+    """The key every attempt of one step's phase carries: stable across retries and resumes."""
+    return f"{saga_id}:{step}:{phase.value}"
+
+
+@dataclass
+class PhaseProgress:
+    """Progress of one half (action or compensation) of one step."""
+
+    attempts: int = 0
+    budget_base: int = 0
+    first_at: float | None = None
+    open: bool = False
+    done: bool = False
+    skipped: bool = False
+    failed_for_good: bool = False
+    not_before: float | None = None
+    last_failure: Failure | None = None
+
+    @property
+    def attempts_in_budget(self) -> int:
+        """Attempts made since the operator last reset this phase."""
+        return self.attempts - self.budget_base
+
+    def reset_budget(self) -> None:
+        self.budget_base = self.attempts
+        self.first_at = None
+        self.failed_for_good = False
+        self.not_before = None
+
+
+@dataclass
+class StepProgress:
+    """Progress of one step: both phases, and whether the service may have applied it."""
+
+    name: str
+    action: PhaseProgress = field(default_factory=PhaseProgress)
+    compensation: PhaseProgress = field(default_factory=PhaseProgress)
+    maybe_applied: bool = False
+
+    def phase(self, phase: Phase) -> PhaseProgress:
+        return self.action if phase is Phase.ACTION else self.compensation
+
+    @property
+    def display_status(self) -> str:
+        """A one-word status for operators."""
+        a, c = self.action, self.compensation
+        if c.done:
+            return "compensated"
+        if c.skipped:
+            return "compensation_skipped"
+        if c.open:
+            return "compensating"
+        if c.failed_for_good:
+            return "compensation_failed"
+        if c.attempts:
+            return "compensating"
+        if a.skipped:
+            return "skipped"
+        if a.done:
+            return "succeeded"
+        if a.open:
+            return "running"
+        if a.failed_for_good:
+            return "failed"
+        if a.attempts:
+            return "retrying"
+        return "pending"
+
+
+class SagaState:
+    """The fold of a saga's journal. Build with `SagaState(flow)` and `apply` events in order."""
+
+    def __init__(self, flow: FlowDefinition) -> None:
+        self.flow = flow
+        self.steps: dict[str, StepProgress] = {s.name: StepProgress(s.name) for s in flow.steps}
+        self.status = SagaStatus.PENDING
+        self.created = False
+        self.applied_order: list[str] = []
+        self.pivot_passed = False
+        self.reason: str | None = None
+        self.events_applied = 0
+        self._open: tuple[str, Phase, int] | None = None
+
+    @classmethod
+    def replay(cls, flow: FlowDefinition, events: Iterable[Event]) -> SagaState:
+        """State after applying `events` in order."""
+        state = cls(flow)
+        for event in events:
+            state.apply(event)
+        return state
+
+    @property
+    def open_attempt(self) -> tuple[str, Phase, int] | None:
+        """(step, phase, attempt) started but without a recorded outcome, if any."""
+        return self._open
+
+    def progress(self, step: str) -> StepProgress:
+        """Progress of step `step`."""
+        try:
+            return self.steps[step]
+        except KeyError:
+            raise InvalidTransition(f"flow {self.flow.name!r} has no step {step!r}") from None
+
+    def _mark_applied(self, step: StepProgress) -> None:
+        if not step.maybe_applied:
+            step.maybe_applied = True
+            self.applied_order.append(step.name)
+
+    def apply(self, event: Event) -> None:
+        """Fold one event in; raise InvalidTransition if it does not fit the history."""
+        t = event.type
+        if not self.created and t is not EventType.SAGA_CREATED:
+            raise InvalidTransition(f"{t.value} before saga_created")
+        handler = getattr(self, f"_on_{t.value}")
+        handler(event)
+        self.events_applied += 1
+
+    def _require_step_phase(self, event: Event) -> tuple[StepProgress, PhaseProgress, Phase]:
+        if event.step is None or event.phase is None:
+            raise InvalidTransition(f"{event.type.value} needs a step and a phase")
+        step = self.progress(event.step)
+        return step, step.phase(event.phase), event.phase
+
+    def _on_saga_created(self, event: Event) -> None:
+        if self.created:
+            raise InvalidTransition("saga_created twice")
+        self.created = True
+
+    def _on_attempt_started(self, event: Event) -> None:
+        step, p, phase = self._require_step_phase(event)
+        if self._open is not None:
+            raise InvalidTransition(f"attempt started while {self._open} is still open")
+        expected = SagaStatus.COMPENSATING if phase is Phase.COMPENSATION else None
+        if expected is not None and self.status is not expected:
+            raise InvalidTransition(f"compensation attempt while saga is {self.status.value}")
+        if phase is Phase.ACTION and self.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
+            raise InvalidTransition(f"action attempt while saga is {self.status.value}")
+        if p.done or p.skipped:
+            raise InvalidTransition(f"{event.step} {phase.value} already finished")
+        if event.attempt != p.attempts + 1:
+            raise InvalidTransition(
+                f"{event.step} {phase.value}: attempt {event.attempt}, expected {p.attempts + 1}"
+            )
+        p.attempts = event.attempt
+        p.open = True
+        p.not_before = None
+        if p.first_at is None:
+            p.first_at = event.at
+        self._open = (step.name, phase, event.attempt)
+        if self.status is SagaStatus.PENDING:
+            self.status = SagaStatus.RUNNING
+
+    def _close(self, event: Event) -> tuple[StepProgress, PhaseProgress, Phase]:
+        step, p, phase = self._require_step_phase(event)
+        if self._open != (step.name, phase, event.attempt):
+            raise InvalidTransition(
+                f"outcome for {step.name} {phase.value} attempt {event.attempt}, "
+                f"but the open attempt is {self._open}"
+            )
+        p.open = False
+        self._open = None
+        return step, p, phase
+
+    def _on_attempt_succeeded(self, event: Event) -> None:
+        step, p, phase = self._close(event)
+        p.done = True
+        p.last_failure = None
+        if phase is Phase.ACTION:
+            self._mark_applied(step)
+            if self.flow.step(step.name).kind is StepKind.PIVOT:
+                self.pivot_passed = True
+
+    def _on_attempt_failed(self, event: Event) -> None:
+        step, p, phase = self._close(event)
+        if event.failure is None:
+            raise InvalidTransition("attempt_failed without a failure")
+        p.last_failure = event.failure
+        if phase is Phase.ACTION and event.failure.maybe_applied:
+            self._mark_applied(step)
+
+    def _on_retry_scheduled(self, event: Event) -> None:
+        _, p, phase = self._require_step_phase(event)
+        if p.open or p.done or event.not_before is None:
+            raise InvalidTransition("retry_scheduled needs a closed, unfinished attempt")
+        p.not_before = event.not_before
+
+    def _on_step_failed(self, event: Event) -> None:
+        _, p, phase = self._require_step_phase(event)
+        if p.open or p.done:
+            raise InvalidTransition("step_failed needs a closed, unfinished phase")
+        p.failed_for_good = True
+        self.reason = event.reason
+        if phase is Phase.ACTION and not self.pivot_passed:
+            self.status = SagaStatus.COMPENSATING
+        else:
+            self.status = SagaStatus.FAILED
+
+    def _on_rollback_requested(self, event: Event) -> None:
+        if self.status in (SagaStatus.ROLLED_BACK, SagaStatus.COMPENSATING):
+            raise InvalidTransition(f"rollback requested while {self.status.value}")
+        for step in self.steps.values():
+            if not step.compensation.done and not step.compensation.skipped:
+                step.compensation.reset_budget()
+        self.reason = event.reason
+        self.status = SagaStatus.COMPENSATING
+
+    def _on_step_retry_requested(self, event: Event) -> None:
+        _, p, phase = self._require_step_phase(event)
+        if not p.failed_for_good:
+            raise InvalidTransition("only a step that failed for good can be retried")
+        p.reset_budget()
+        self.status = SagaStatus.RUNNING if phase is Phase.ACTION else SagaStatus.COMPENSATING
+
+    def _on_step_skipped(self, event: Event) -> None:
+        _, p, phase = self._require_step_phase(event)
+        if p.open or p.done:
+            raise InvalidTransition("only an unfinished, idle step can be skipped")
+        p.skipped = True
+        p.failed_for_good = False
+        self.status = SagaStatus.RUNNING if phase is Phase.ACTION else SagaStatus.COMPENSATING
+
+    def _on_saga_completed(self, event: Event) -> None:
+        if any(not (s.action.done or s.action.skipped) for s in self.steps.values()):
+            raise InvalidTransition("saga_completed with unfinished steps")
+        self.status = SagaStatus.COMPLETED
+
+    def _on_saga_rolled_back(self, event: Event) -> None:
+        if self.status is not SagaStatus.COMPENSATING or self.next_to_compensate() is not None:
+            raise InvalidTransition("saga_rolled_back with compensations outstanding")
+        self.status = SagaStatus.ROLLED_BACK
+
+    def next_forward(self) -> str | None:
+        """The first step whose action is not finished."""
+        for s in self.flow.steps:
+            p = self.steps[s.name].action
+            if not (p.done or p.skipped):
+                return s.name
+        return None
+
+    def next_to_compensate(self) -> str | None:
+        """The most recently applied step that still needs its compensation."""
+        for name in reversed(self.applied_order):
+            step = self.steps[name]
+            c = step.compensation
+            if self.flow.step(name).has_compensation and not (c.done or c.skipped):
+                return name
+        return None
+
+
+def _advance(state: SagaState, name: str, phase: Phase, now: float, rng: UniformSource) -> Command:
+    p = state.steps[name].phase(phase)
+    if p.attempts_in_budget == 0:
+        return RunAttempt(name, phase, p.attempts + 1)
+    if p.not_before is not None:
+        if now < p.not_before:
+            return Wait(p.not_before)
+        return RunAttempt(name, phase, p.attempts + 1)
+    failure = p.last_failure
+    assert failure is not None  # closed, unfinished, attempted: the last attempt failed
+    definition = state.flow.step(name)
+    policy = definition.retry if phase is Phase.ACTION else definition.compensation_retry
+    delay = policy.next_delay(
+        attempts_made=p.attempts_in_budget,
+        first_attempt_at=p.first_at if p.first_at is not None else now,
+        now=now,
+        retryable=failure.retryable,
+        rng=rng,
+        retry_after=failure.retry_after,
+    )
+    if delay is None:
+        why = "not retryable" if not failure.retryable else "retries exhausted"
+        reason = (
+            f"{name} {phase.value} failed for good after {p.attempts_in_budget} attempt(s) "
+            f"({why}): {failure.error}"
+        )
+        return Record(Event(EventType.STEP_FAILED, now, name, phase, p.attempts, reason=reason))
+    return Record(
+        Event(
+            EventType.RETRY_SCHEDULED, now, name, phase, p.attempts + 1, not_before=now + delay
+        )
+    )
+
+
+def decide(state: SagaState, *, now: float, rng: UniformSource) -> Command:
+    """The next command for a saga whose runtime has no attempt in flight."""
+    if state.status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK, SagaStatus.FAILED):
+        return Halt(state.status)
+    if state._open is not None:
+        name, phase, attempt = state._open
+        return Record(Event(EventType.ATTEMPT_FAILED, now, name, phase, attempt, INTERRUPTED))
+    if state.status is SagaStatus.COMPENSATING:
+        name = state.next_to_compensate()
+        if name is None:
+            return Record(Event(EventType.SAGA_ROLLED_BACK, now, reason=state.reason))
+        return _advance(state, name, Phase.COMPENSATION, now, rng)
+    name = state.next_forward()
+    if name is None:
+        return Record(Event(EventType.SAGA_COMPLETED, now))
+    return _advance(state, name, Phase.ACTION, now, rng)
+
+
+# --- operator commands: validated here, journaled by the shell -------------------------------
+
+
+def rollback_request(state: SagaState, *, now: float, reason: str, force: bool) -> Event:
+    """The event that starts a rollback, or OperatorActionRefused saying why not."""
+    if state.status is SagaStatus.ROLLED_BACK:
+        raise OperatorActionRefused("saga is already rolled back")
+    if state.status is SagaStatus.COMPENSATING:
+        raise OperatorActionRefused("saga is already rolling back; `resume` continues it")
+    if state.pivot_passed and not force:
+        pivot = state.flow.pivot_index
+        pivot_name = state.flow.steps[pivot].name if pivot is not None else "?"
+        raise OperatorActionRefused(
+            f"saga is past its pivot step {pivot_name!r}: it only goes forward. "
+            "Use --force to compensate anyway (steps without a compensation stay applied)"
+        )
+    return Event(EventType.ROLLBACK_REQUESTED, now, reason=reason, force=force)
+
+
+def _failed_phase(state: SagaState, step: str) -> Phase:
+    progress = state.progress(step)
+    for phase in (Phase.COMPENSATION, Phase.ACTION):
+        if progress.phase(phase).failed_for_good:
+            return phase
+    raise OperatorActionRefused(
+        f"step {step!r} has not failed for good (it is {progress.display_status}); "
+        "only a failed step can be retried or skipped"
+    )
+
+
+def retry_step_request(state: SagaState, *, now: float, step: str) -> Event:
+    """The event that gives a failed step a fresh retry budget."""
+    if state.status is not SagaStatus.FAILED:
+        raise OperatorActionRefused(f"saga is {state.status.value}, not failed")
+    phase = _failed_phase(state, step)
+    return Event(EventType.STEP_RETRY_REQUESTED, now, step, phase)
+
+
+def skip_step_request(state: SagaState, *, now: float, step: str, reason: str) -> Event:
+    """The event that marks a failed step as handled by hand, so the saga can go on."""
+    if state.status is not SagaStatus.FAILED:
+        raise OperatorActionRefused(f"saga is {state.status.value}, not failed")
+    if not reason.strip():
+        raise OperatorActionRefused("skipping a step needs a reason for the journal")
+    phase = _failed_phase(state, step)
+    return Event(EventType.STEP_SKIPPED, now, step, phase, reason=reason)
+
+
+def with_time(event: Event, at: float) -> Event:
+    """`event` stamped at `at`."""
+    return replace(event, at=at)
