@@ -1,0 +1,147 @@
+"""Load-balancer choice and instance health: which gateway gets the next request.
+
+Pure: the balancer sees `InstanceView`s (a snapshot the runtime builds from its own
+bookkeeping) and a random source passed in; it never reads a clock. The real load balancer
+(issue 5) and the simulator call the same `Balancer.choose`, so both follow one rule:
+
+* an instance that is down (ejected by health checks) or at its connection limit is never chosen;
+* `round_robin` walks the instances in order from where it stopped;
+* `random` picks uniformly among the eligible;
+* `least_connections` picks the eligible instance with the fewest active connections (the first
+  in order on a tie, so the choice is reproducible);
+* `power_of_two` draws two distinct eligible instances and keeps the less loaded one.
+
+`HealthTracker` turns check results into ejection and return: `fail_threshold` consecutive
+failed checks eject an instance, `pass_threshold` consecutive passing checks bring it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+__all__ = [
+    "Balancer",
+    "HealthTracker",
+    "InstanceView",
+    "RandomSource",
+    "Strategy",
+    "eligible",
+]
+
+
+class RandomSource(Protocol):
+    """What the balancer needs from a random generator (`random.Random` fits)."""
+
+    def random(self) -> float: ...
+
+
+class Strategy(StrEnum):
+    """How to choose among eligible instances."""
+
+    ROUND_ROBIN = "round_robin"
+    RANDOM = "random"
+    LEAST_CONNECTIONS = "least_connections"
+    POWER_OF_TWO = "power_of_two"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceView:
+    """What the balancer knows about one instance when it chooses.
+
+    `healthy`: not ejected (the runtime's `HealthTracker` says so). `active`: connections in
+    flight. `limit`: the instance's connection limit, or None for no limit.
+    """
+
+    name: str
+    healthy: bool = True
+    active: int = 0
+    limit: int | None = None
+
+    @property
+    def available(self) -> bool:
+        """Healthy and below its connection limit."""
+        return self.healthy and (self.limit is None or self.active < self.limit)
+
+
+def eligible(instances: Sequence[InstanceView]) -> list[int]:
+    """Positions of the instances that may receive a request."""
+    return [i for i, inst in enumerate(instances) if inst.available]
+
+
+class Balancer:
+    """Chooses an instance for each request under one `Strategy`.
+
+    Holds only the round-robin cursor; everything else comes in with each call.
+    """
+
+    __slots__ = ("strategy", "_cursor")
+
+    def __init__(self, strategy: Strategy | str = Strategy.ROUND_ROBIN) -> None:
+        self.strategy = Strategy(strategy)
+        self._cursor = 0
+
+    def choose(self, instances: Sequence[InstanceView], rng: RandomSource) -> int | None:
+        """Position of the chosen instance, or None if none is eligible (answer 503)."""
+        n = len(instances)
+        if n == 0:
+            return None
+        strategy = self.strategy
+        if strategy is Strategy.ROUND_ROBIN:
+            for k in range(n):
+                i = (self._cursor + k) % n
+                if instances[i].available:
+                    self._cursor = (i + 1) % n
+                    return i
+            return None
+        candidates = eligible(instances)
+        if not candidates:
+            return None
+        if strategy is Strategy.RANDOM:
+            return candidates[int(rng.random() * len(candidates)) % len(candidates)]
+        if strategy is Strategy.LEAST_CONNECTIONS:
+            return min(candidates, key=lambda i: instances[i].active)
+        # power of two choices
+        if len(candidates) == 1:
+            return candidates[0]
+        m = len(candidates)
+        a = int(rng.random() * m) % m
+        b = int(rng.random() * (m - 1)) % (m - 1)
+        if b >= a:
+            b += 1
+        # The first draw wins ties, so equal loads still spread uniformly.
+        first, second = candidates[a], candidates[b]
+        return second if instances[second].active < instances[first].active else first
+
+
+class HealthTracker:
+    """Ejection and return of one instance from consecutive health-check results."""
+
+    __slots__ = ("fail_threshold", "pass_threshold", "healthy", "_fails", "_passes")
+
+    def __init__(self, fail_threshold: int = 2, pass_threshold: int = 2) -> None:
+        if fail_threshold < 1 or pass_threshold < 1:
+            raise ValueError("thresholds must be at least 1")
+        self.fail_threshold = fail_threshold
+        self.pass_threshold = pass_threshold
+        self.healthy = True
+        self._fails = 0
+        self._passes = 0
+
+    def record(self, ok: bool) -> bool | None:
+        """Fold one check result in; return the new health if it changed, else None."""
+        if ok:
+            self._fails = 0
+            self._passes += 1
+            if not self.healthy and self._passes >= self.pass_threshold:
+                self.healthy = True
+                return True
+        else:
+            self._passes = 0
+            self._fails += 1
+            if self.healthy and self._fails >= self.fail_threshold:
+                self.healthy = False
+                return False
+        return None

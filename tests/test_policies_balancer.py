@@ -1,0 +1,92 @@
+"""Load-balancer choice and health tracking."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.policies.balancer import Balancer, HealthTracker, InstanceView, Strategy
+
+UP = InstanceView("a")
+
+
+def views(*specs: tuple[bool, int, int | None]) -> list[InstanceView]:
+    return [InstanceView(f"g{i}", h, a, lim) for i, (h, a, lim) in enumerate(specs)]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "instances", "expected"),
+    [
+        ("least_connections", views((True, 5, None), (True, 2, None), (True, 3, None)), 1),
+        ("least_connections", views((True, 5, None), (False, 0, None), (True, 3, None)), 2),
+        ("least_connections", views((True, 1, None), (True, 1, None)), 0),
+        ("least_connections", views((True, 0, 0), (True, 9, 10)), 1),
+        ("round_robin", views((False, 0, None), (True, 0, None)), 1),
+        ("random", views((False, 0, None), (True, 4, 4), (True, 0, None)), 2),
+        ("power_of_two", views((True, 9, None), (True, 1, None)), 1),
+        ("power_of_two", views((True, 9, None), (True, 1, 1), (False, 0, None)), 0),
+    ],
+    ids=[
+        "lc-fewest",
+        "lc-skips-down",
+        "lc-tie-first",
+        "lc-skips-full",
+        "rr-skips-down",
+        "random-only-eligible",
+        "p2c-two-picks-lighter",
+        "p2c-single-eligible",
+    ],
+)
+def test_choice_table(strategy: str, instances: list[InstanceView], expected: int) -> None:
+    assert Balancer(strategy).choose(instances, random.Random(0)) == expected
+
+
+@pytest.mark.parametrize("strategy", list(Strategy), ids=[s.value for s in Strategy])
+def test_none_when_nothing_eligible(strategy: Strategy) -> None:
+    instances = views((False, 0, None), (True, 3, 3))
+    assert Balancer(strategy).choose(instances, random.Random(0)) is None
+    assert Balancer(strategy).choose([], random.Random(0)) is None
+
+
+def test_round_robin_cycles() -> None:
+    balancer = Balancer(Strategy.ROUND_ROBIN)
+    instances = views((True, 0, None), (True, 0, None), (True, 0, None))
+    picks = [balancer.choose(instances, random.Random(0)) for _ in range(7)]
+    assert picks == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_random_and_p2c_spread_load() -> None:
+    rng = random.Random(3)
+    instances = views(*[(True, 0, None)] * 4)
+    for strategy in (Strategy.RANDOM, Strategy.POWER_OF_TWO):
+        counts = Counter(Balancer(strategy).choose(instances, rng) for _ in range(4000))
+        assert set(counts) == {0, 1, 2, 3}
+        assert min(counts.values()) > 800
+
+
+spec = st.tuples(st.booleans(), st.integers(0, 10), st.one_of(st.none(), st.integers(0, 10)))
+
+
+@given(
+    st.sampled_from(list(Strategy)),
+    st.lists(spec, max_size=8),
+    st.integers(0, 2**32),
+)
+def test_never_picks_down_or_full(strategy: Strategy, specs: list, seed: int) -> None:
+    instances = views(*specs)
+    choice = Balancer(strategy).choose(instances, random.Random(seed))
+    if any(v.available for v in instances):
+        assert choice is not None and instances[choice].available
+    else:
+        assert choice is None
+
+
+def test_health_tracker_ejects_and_returns() -> None:
+    tracker = HealthTracker(fail_threshold=2, pass_threshold=3)
+    results = [tracker.record(ok) for ok in [False, True, False, False, True, True, True]]
+    assert results == [None, None, None, False, None, None, True]
+    assert tracker.healthy
