@@ -1,0 +1,249 @@
+"""Scenarios: find, load, merge with defaults, override with `--set`, and read typed values.
+
+A scenario is a YAML mapping; anything it leaves out comes from `simulator.defaults.DEFAULTS`.
+Mappings merge key by key; `clients` entries and `services` entries each merge over a template
+(the first default client, the default payments service), so a scenario can say just
+`services: {payments: {concurrency: 8}}`. `Node` reads values with their dotted path, so every
+error names the place to fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from simulator.defaults import DEFAULTS
+from simulator.errors import ScenarioError, ScenarioNotFound
+
+__all__ = [
+    "Node",
+    "apply_override",
+    "list_scenarios",
+    "load_scenario",
+    "merge_defaults",
+    "parse_value",
+]
+
+_CLIENT_TEMPLATE = DEFAULTS["clients"][0]
+_SERVICE_TEMPLATE = DEFAULTS["services"]["payments"]
+
+
+def _scenario_dir() -> Any:
+    return resources.files("simulator") / "scenarios"
+
+
+def list_scenarios() -> dict[str, dict[str, Any]]:
+    """Shipped scenarios by name, each as its raw YAML mapping."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in sorted(_scenario_dir().iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            raw = yaml.safe_load(entry.read_text(encoding="utf-8")) or {}
+            out[entry.name[: -len(".yaml")]] = raw
+    return out
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any], where: str) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key == "clients" and not where:
+            if not isinstance(value, list):
+                raise ScenarioError(path, "must be a list of client groups")
+            out[key] = [
+                _merge_item(_CLIENT_TEMPLATE, v, f"{path}[{i}]") for i, v in enumerate(value)
+            ]
+        elif key == "services" and not where:
+            if not isinstance(value, Mapping):
+                raise ScenarioError(path, "must be a mapping of service name to settings")
+            merged = dict(out.get(key, {}))
+            for name, svc in value.items():
+                merged[name] = _merge_item(
+                    merged.get(name, _SERVICE_TEMPLATE), svc, f"{path}.{name}"
+                )
+            out[key] = merged
+        elif key == "flow":
+            out[key] = copy.deepcopy(value)  # a flow is replaced whole, never merged
+        elif isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value, path)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _merge_item(template: dict[str, Any], value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ScenarioError(where, "must be a mapping")
+    return _deep_merge(template, value, where)
+
+
+def merge_defaults(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The full scenario: `raw` over the defaults."""
+    return _deep_merge(DEFAULTS, raw, "")
+
+
+def load_scenario(name_or_path: str) -> dict[str, Any]:
+    """Load a shipped scenario by name or a YAML file by path, merged over the defaults."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ScenarioNotFound(name_or_path, sorted(list_scenarios()))
+        text = path.read_text(encoding="utf-8")
+        source = str(path)
+    else:
+        entry = _scenario_dir() / f"{name_or_path}.yaml"
+        if not entry.is_file():
+            raise ScenarioNotFound(name_or_path, sorted(list_scenarios()))
+        text = entry.read_text(encoding="utf-8")
+        source = name_or_path
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1}" if mark is not None else "?"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError(f"{source} {at}", f"malformed YAML: {problem}") from None
+    if not isinstance(raw, Mapping):
+        raise ScenarioError(source, "a scenario must be a YAML mapping")
+    merged = merge_defaults(raw)
+    merged.setdefault("source", source)
+    return merged
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value: YAML scalars and flow collections (`3`, `0.5`, `true`, `[1, 2]`)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, Mapping):
+        return "mapping"
+    return "null"
+
+
+def apply_override(config: dict[str, Any], assignment: str) -> None:
+    """Apply one `key.path=value` in place; ScenarioError if the path or value does not fit."""
+    key, sep, text = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ScenarioError(f"--set {assignment}", "expected key.path=value")
+    parts = key.split(".")
+    node: Any = config
+    for i, part in enumerate(parts[:-1]):
+        node = _child(node, part, ".".join(parts[: i + 1]))
+    last = parts[-1]
+    current = _child(node, last, key)
+    value = parse_value(text)
+    if current is not None and _kind(current) != _kind(value):
+        raise ScenarioError(
+            f"--set {key}", f"expects a {_kind(current)} (now {current!r}), got {text!r}"
+        )
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def _child(node: Any, part: str, where: str) -> Any:
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise ScenarioError(f"--set {where}", f"index {part!r} is not in a list of {len(node)}")
+        return node[int(part)]
+    if isinstance(node, Mapping):
+        if part not in node:
+            known = ", ".join(sorted(str(k) for k in node))
+            raise ScenarioError(f"--set {where}", f"unknown setting; known here: {known}")
+        return node[part]
+    raise ScenarioError(f"--set {where}", "is not a mapping or list")
+
+
+class Node:
+    """Typed, path-aware reads from a scenario mapping."""
+
+    __slots__ = ("data", "path")
+
+    def __init__(self, data: Any, path: str = "") -> None:
+        self.data = data
+        self.path = path
+
+    def _where(self, key: str | int) -> str:
+        return f"{self.path}.{key}" if self.path else str(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if not isinstance(self.data, Mapping):
+            raise ScenarioError(self.path or "(top)", "must be a mapping")
+        return self.data.get(key, default)
+
+    def node(self, key: str) -> Node:
+        value = self.get(key)
+        if not isinstance(value, Mapping):
+            raise ScenarioError(self._where(key), "must be a mapping")
+        return Node(value, self._where(key))
+
+    def items(self, key: str) -> list[Node]:
+        value = self.get(key, [])
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ScenarioError(self._where(key), "must be a list")
+        return [Node(v, f"{self._where(key)}[{i}]") for i, v in enumerate(value)]
+
+    def num(
+        self,
+        key: str,
+        *,
+        min: float | None = None,
+        max: float | None = None,
+        positive: bool = False,
+        default: Any = ...,
+    ) -> float:
+        value = self.get(key, None if default is ... else default)
+        if default is not ... and value is None:
+            value = default
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise ScenarioError(self._where(key), f"must be a number, got {value!r}")
+        if positive and value <= 0:
+            raise ScenarioError(self._where(key), f"must be positive, got {value!r}")
+        if min is not None and value < min:
+            raise ScenarioError(self._where(key), f"must be at least {min}, got {value!r}")
+        if max is not None and value > max:
+            raise ScenarioError(self._where(key), f"must be at most {max}, got {value!r}")
+        return float(value)
+
+    def int(self, key: str, *, min: int = 0, default: Any = ...) -> int:
+        value = self.num(key, min=min, default=default)
+        if value != int(value):
+            raise ScenarioError(self._where(key), f"must be a whole number, got {value!r}")
+        return int(value)
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise ScenarioError(self._where(key), f"must be true or false, got {value!r}")
+        return value
+
+    def text(self, key: str, default: str | None = None, choices: Any = None) -> str:
+        value = self.get(key, default)
+        if not isinstance(value, str):
+            raise ScenarioError(self._where(key), f"must be a string, got {value!r}")
+        if choices is not None and value not in choices:
+            raise ScenarioError(
+                self._where(key), f"must be one of {sorted(choices)}, got {value!r}"
+            )
+        return value

@@ -1,0 +1,135 @@
+"""Default values of every scenario setting: a scenario file states only what differs.
+
+The tree below is also the schema: `--set key.path=value` may only name a path that exists
+here (or in the scenario), and the value must parse to the same kind (number, bool, string).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["DEFAULT_FLOW", "DEFAULTS"]
+
+# The example order flow: reserve stock, charge the card, book shipping (the pivot), notify.
+DEFAULT_FLOW: dict[str, Any] = {
+    "name": "order",
+    "version": 1,
+    "steps": [
+        {
+            "name": "reserve",
+            "service": "inventory",
+            "action": {"method": "POST", "path": "/reservations"},
+            "compensation": {"method": "DELETE", "path": "/reservations/${input.order_id}"},
+            "timeout": 2.0,
+            "retry": {"max_attempts": 3, "initial_delay": 0.1, "max_delay": 2.0},
+        },
+        {
+            "name": "charge",
+            "service": "payments",
+            "action": {"method": "POST", "path": "/charges"},
+            "compensation": {"method": "POST", "path": "/refunds"},
+            "timeout": 2.0,
+            "retry": {"max_attempts": 3, "initial_delay": 0.1, "max_delay": 2.0},
+            "compensation_retry": {"max_attempts": 20, "initial_delay": 0.5, "max_delay": 10.0},
+        },
+        {
+            "name": "ship",
+            "kind": "pivot",
+            "service": "shipping",
+            "action": {"method": "POST", "path": "/shipments"},
+            "timeout": 2.0,
+            "retry": {"max_attempts": 3, "initial_delay": 0.1, "max_delay": 2.0},
+        },
+        {
+            "name": "notify",
+            "kind": "retriable",
+            "service": "notifications",
+            "action": {"method": "POST", "path": "/messages"},
+            "timeout": 2.0,
+        },
+    ],
+}
+
+
+def _service(median: float, sigma: float, concurrency: int, reject: float = 0.0) -> dict[str, Any]:
+    return {
+        "latency": {"dist": "lognormal", "median": median, "sigma": sigma},
+        "error_rate": 0.002,
+        "reject_rate": reject,
+        "concurrency": concurrency,
+        "queue_limit": 1000,
+        "idempotent": True,
+    }
+
+
+DEFAULTS: dict[str, Any] = {
+    "name": "unnamed",
+    "description": "",
+    "shows": "",
+    "seed": 1,
+    "duration": 60.0,
+    "drain": 120.0,
+    "interval": 1.0,
+    "clients": [
+        {
+            "name": "customers",
+            "kind": "legit",
+            "rate": {"kind": "constant", "value": 40.0},
+            "addresses": "10.0.0.0/16",
+            "address_count": 2000,
+            "keys": 50,
+            "timeout": 5.0,
+            "idempotent": True,
+            "retry": {"max_attempts": 4, "initial_delay": 0.2, "max_delay": 5.0},
+        }
+    ],
+    "firewall": {
+        "allow": [],
+        "deny": [],
+        "flood": {"enabled": True, "rate": 20.0, "burst": 40.0, "block_for": 30.0},
+        "workers": 8,
+        "service_time": 0.0002,
+        "queue_limit": 20000,
+    },
+    "balancer": {
+        "strategy": "least_connections",
+        "health": {"interval": 1.0, "fail_threshold": 2, "pass_threshold": 2},
+    },
+    "gateways": {
+        "count": 3,
+        "workers": 8,
+        "connection_limit": 256,
+        "auth_time": 0.002,
+        "handle_time": 0.001,
+        "rate_limit": {"rate": 5.0, "burst": 10.0},
+        "crashes": [],
+    },
+    "orchestrator": {
+        "replicas": 2,
+        "concurrency": 32,
+        "lease": 5.0,
+        "reaper_interval": 1.0,
+        "db_write": {"dist": "exponential", "mean": 0.001},
+        "startup_delay": 5.0,
+        "autoscale": {
+            "enabled": False,
+            "min": 1,
+            "max": 8,
+            "target_depth": 20.0,
+            "max_age": 2.0,
+            "cooldown": 10.0,
+            "interval": 1.0,
+        },
+        "crashes": [],
+    },
+    "breakers": {"enabled": True, "fail_max": 5, "reset_timeout": 5.0, "success_threshold": 1},
+    "flow": DEFAULT_FLOW,
+    "services": {
+        "inventory": _service(0.010, 0.5, 64),
+        "payments": _service(0.040, 0.6, 32, reject=0.02),
+        "shipping": _service(0.020, 0.5, 32),
+        "notifications": _service(0.005, 0.5, 32),
+    },
+    "faults": [],
+    "claims": [],
+}

@@ -1,0 +1,304 @@
+"""The edge of the modelled system: clients, firewall, load balancer and gateway instances.
+
+A request's path is a chain of station callbacks (no process per request):
+
+    client attempt -> firewall station (rules + flood guard) -> balancer choice
+      -> gateway station (auth cost, token bucket per key) -> saga created and queued -> 202
+
+Clients give up on an attempt after their timeout (the attempt still travels on: that is
+wasted work) and retry under the same `RetryPolicy` objects the orchestrator uses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Callable
+from typing import Any
+
+import simpy
+
+from orchestrator.policies.balancer import Balancer, HealthTracker, InstanceView
+from orchestrator.policies.firewall import Firewall
+from orchestrator.policies.retry import RetryPolicy
+from orchestrator.policies.token_bucket import TokenBucket
+from simulator.config import Node
+from simulator.errors import ScenarioError
+from simulator.metrics import Histogram
+from simulator.stations import Job, Station
+
+__all__ = ["Attempt", "ClientGroup", "Edge", "Gateway", "Request"]
+
+RETRYABLE = frozenset({"timeout", "429", "503", "reset"})
+
+
+class ClientGroup:
+    """One population of callers: legitimate (with API keys) or attackers (without)."""
+
+    def __init__(self, node: Node, rng: random.Random) -> None:
+        self.name = node.text("name")
+        self.kind = node.text("kind", "legit", {"legit", "attacker"})
+        self.legit = self.kind == "legit"
+        try:
+            network = ipaddress.ip_network(node.text("addresses"), strict=False)
+        except ValueError:
+            raise ScenarioError(f"{node.path}.addresses", "must be a CIDR network") from None
+        count = node.int("address_count", min=1)
+        count = min(count, max(network.num_addresses - 2, 1))
+        base = int(network.network_address) + (1 if network.num_addresses > 2 else 0)
+        self.addresses = [str(ipaddress.ip_address(base + i)) for i in range(count)]
+        nkeys = node.int("keys", min=0) if self.legit else 0
+        self.keys: list[str | None] = [f"{self.name}-{i}" for i in range(nkeys)] or [None]
+        self.timeout = node.num("timeout", positive=True)
+        self.idempotent = node.flag("idempotent", True)
+        retry = node.get("retry")
+        if retry is None or retry is False:
+            self.retry: RetryPolicy | None = None
+        else:
+            r = Node(retry, f"{node.path}.retry")
+            try:
+                self.retry = RetryPolicy(
+                    max_attempts=r.int("max_attempts", min=1),
+                    initial_delay=r.num("initial_delay", min=0.0),
+                    max_delay=r.num("max_delay", min=0.0),
+                    multiplier=r.num("multiplier", min=1.0, default=2.0),
+                    deadline=r.get("deadline"),
+                    jitter=r.flag("jitter", True),
+                )
+            except (TypeError, ValueError) as exc:
+                raise ScenarioError(f"{node.path}.retry", str(exc)) from None
+        self.rng = rng
+
+
+class Request:
+    """A client's logical request: one or more attempts, at most one saga (if idempotent)."""
+
+    __slots__ = ("group", "address", "key", "first_at", "attempts", "inflight", "done", "saga")
+
+    def __init__(self, group: ClientGroup, address: str, key: str | None, now: float) -> None:
+        self.group = group
+        self.address = address
+        self.key = key
+        self.first_at = now
+        self.attempts = 0
+        self.inflight = 0
+        self.done = False
+        self.saga: Any = None
+
+
+class Attempt:
+    """One try of a request; `answered` once the client has its response or gave up on it."""
+
+    __slots__ = ("request", "sent", "answered", "lb_retried")
+
+    def __init__(self, request: Request, sent: float) -> None:
+        self.request = request
+        self.sent = sent
+        self.answered = False
+        self.lb_retried = False
+
+
+class Gateway:
+    """One gateway instance: a station whose service is auth plus handling; can crash."""
+
+    def __init__(self, env: simpy.Environment, index: int, station: Station, limit: int) -> None:
+        self.env = env
+        self.name = f"gateway-{index}"
+        self.station = station
+        self.limit = limit
+        self.up = True
+        self.health = HealthTracker()
+
+
+class Edge:
+    """Clients' attempts through firewall, balancer and gateways up to `admit(request)`."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        node: Node,
+        rng: random.Random,
+        firewall: Firewall,
+        admit: Callable[[Request, float], bool],
+    ) -> None:
+        self.env = env
+        self.rng = rng
+        self.firewall = firewall
+        self.admit = admit
+        fw = node.node("firewall")
+        service_time = fw.num("service_time", min=0.0)
+        self.fw_station = Station(
+            env, "firewall", fw.int("workers", min=1), lambda: service_time, fw.int("queue_limit")
+        )
+        lb = node.node("balancer")
+        try:
+            self.balancer = Balancer(lb.text("strategy"))
+        except ValueError:
+            raise ScenarioError(
+                "balancer.strategy",
+                "must be round_robin, random, least_connections or power_of_two",
+            ) from None
+        health = lb.node("health")
+        self.health_interval = health.num("interval", positive=True)
+        gw = node.node("gateways")
+        auth, handle = gw.num("auth_time", min=0.0), gw.num("handle_time", min=0.0)
+
+        def gateway_time() -> float:
+            return auth + (rng.expovariate(1.0 / handle) if handle > 0 else 0.0)
+
+        limit = gw.int("connection_limit", min=1)
+        workers = gw.int("workers", min=1)
+        self.gateways = []
+        for i in range(gw.int("count", min=1)):
+            g = Gateway(env, i, Station(env, f"gateway-{i}", workers, gateway_time, None), limit)
+            g.health = HealthTracker(
+                health.int("fail_threshold", min=1), health.int("pass_threshold", min=1)
+            )
+            self.gateways.append(g)
+        rl = gw.node("rate_limit")
+        self.key_rate, self.key_burst = rl.num("rate", positive=True), rl.num("burst", min=1.0)
+        self.buckets: dict[str, TokenBucket] = {}
+        self.counts: dict[str, int] = {}
+        self.submit_latency = {"legit": Histogram(), "attacker": Histogram()}
+        self.health_events = 0
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+    # --- client side ------------------------------------------------------------------------
+
+    def new_request(self, group: ClientGroup) -> None:
+        """A client in `group` starts a request now."""
+        rng = self.rng
+        addresses, keys = group.addresses, group.keys
+        address = addresses[int(rng.random() * len(addresses))]
+        key = keys[int(rng.random() * len(keys))]
+        request = Request(group, address, key, self.env.now)
+        self.count(f"{group.kind}.offered")
+        self.send(request)
+
+    def send(self, request: Request) -> None:
+        env = self.env
+        request.attempts += 1
+        request.inflight += 1
+        attempt = Attempt(request, env.now)
+        self.count(f"{request.group.kind}.attempts")
+        guard = env.timeout(request.group.timeout)
+        guard.callbacks.append(lambda _ev, a=attempt: self._timed_out(a))
+        if self.fw_station.submit(attempt, self._after_firewall) is None:
+            self.respond(attempt, "503")
+
+    def _timed_out(self, attempt: Attempt) -> None:
+        if not attempt.answered:
+            self.respond(attempt, "timeout")
+
+    def respond(self, attempt: Attempt, status: str, retry_after: float | None = None) -> None:
+        """The answer to `attempt` reaches the client (ignored if it already gave up)."""
+        request = attempt.request
+        group = request.group
+        kind = group.kind
+        if attempt.answered:
+            self.count(f"{kind}.late_{status}")
+            return
+        attempt.answered = True
+        request.inflight -= 1
+        now = self.env.now
+        self.count(f"{kind}.{status}")
+        if status == "202":
+            self.submit_latency[kind].record(now - attempt.sent)
+            request.done = True
+            self.count(f"{kind}.admitted")
+            return
+        policy = group.retry
+        delay = None
+        if policy is not None:
+            delay = policy.next_delay(
+                attempts_made=request.attempts,
+                first_attempt_at=request.first_at,
+                now=now,
+                retryable=status in RETRYABLE,
+                rng=group.rng,
+                retry_after=retry_after,
+            )
+        if delay is None:
+            request.done = True
+            self.count(f"{kind}.gave_up")
+            return
+        self.count(f"{kind}.retries")
+        timer = self.env.timeout(delay)
+        timer.callbacks.append(lambda _ev, r=request: self.send(r))
+
+    # --- firewall, balancer, gateway -----------------------------------------------------------
+
+    def _after_firewall(self, job: Job) -> None:
+        attempt: Attempt = job.payload
+        verdict = self.firewall.check(attempt.request.address, self.env.now)
+        if not verdict.allowed:
+            self.count(f"firewall.{verdict.reason.value}")
+            self.respond(attempt, "403")
+            return
+        self.route(attempt)
+
+    def route(self, attempt: Attempt) -> None:
+        gateways = self.gateways
+        views = [
+            InstanceView(g.name, g.health.healthy, g.station.active, g.limit) for g in gateways
+        ]
+        choice = self.balancer.choose(views, self.rng)
+        if choice is None:
+            self.count("balancer.no_instance")
+            self.respond(attempt, "503")
+            return
+        gateway = gateways[choice]
+        if not gateway.up:
+            # Connection refused: a passive health signal, and one retry on another instance.
+            self.count("balancer.connect_failed")
+            if gateway.health.record(False) is False:
+                self.health_events += 1
+            if attempt.lb_retried:
+                self.respond(attempt, "503")
+            else:
+                attempt.lb_retried = True
+                self.route(attempt)
+            return
+        gateway.station.submit(attempt, self._after_gateway)
+
+    def _after_gateway(self, job: Job) -> None:
+        attempt: Attempt = job.payload
+        request = attempt.request
+        if request.key is None:
+            self.respond(attempt, "401")
+            return
+        now = self.env.now
+        bucket = self.buckets.get(request.key)
+        if bucket is None:
+            bucket = self.buckets[request.key] = TokenBucket(self.key_rate, self.key_burst, now=now)
+        taken = bucket.take(now)
+        if not taken.allowed:
+            self.respond(attempt, "429", taken.retry_after)
+            return
+        if self.admit(request, now):
+            self.respond(attempt, "202")
+        else:
+            self.respond(attempt, "503")
+
+    def crash_gateway(self, index: int) -> None:
+        """Gateway `index` dies: every connection on it is reset."""
+        gateway = self.gateways[index]
+        gateway.up = False
+        self.count("gateway.crashes")
+        for job in gateway.station.drop_all():
+            self.respond(job.payload, "reset")
+
+    def restart_gateway(self, index: int) -> None:
+        self.gateways[index].up = True
+
+    def health_checks(self) -> Any:
+        """A SimPy process: active health checks of every gateway, every interval."""
+        while True:
+            yield self.env.timeout(self.health_interval)
+            for g in self.gateways:
+                changed = g.health.record(g.up)
+                if changed is not None:
+                    self.health_events += 1
+                    self.count("balancer.ejections" if not changed else "balancer.returns")

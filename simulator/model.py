@@ -1,0 +1,380 @@
+"""Build a simulation from a scenario, run it, and report what happened.
+
+`simulate(config, seed=..., duration=...)` returns a `RunResult`: the `report` (plain data,
+identical for the same scenario and seed) and the per-interval `series` (rows of numbers).
+Arrivals stop at `duration`; the model then drains for at most `drain` seconds so that every
+saga can reach its end before the invariants are checked.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pybreaker
+import simpy
+
+from orchestrator.errors import FlowValidationError
+from orchestrator.flow import flow_from_dict
+from orchestrator.policies.autoscaling import AutoscalePolicy
+from orchestrator.policies.breaker import Breaker
+from orchestrator.policies.firewall import Firewall, FloodGuard
+from orchestrator.saga import Phase, SagaStatus
+from simulator.config import Node
+from simulator.edge import ClientGroup, Edge, Request
+from simulator.errors import ScenarioError
+from simulator.metrics import Histogram
+from simulator.orchestration import Orchestrator, Saga
+from simulator.schedule import arrivals, segments
+from simulator.stations import Fault, Service, sampler
+
+__all__ = ["RunResult", "Simulation", "simulate"]
+
+BREAKER_LEVEL = {pybreaker.STATE_CLOSED: 0.0, pybreaker.STATE_HALF_OPEN: 0.5, "open": 1.0}
+_MAX_TRANSITIONS = 500
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the report (plain data) and the per-interval time series."""
+
+    report: dict[str, Any]
+    series: list[dict[str, float]] = field(default_factory=list)
+
+
+class Simulation:
+    """One scenario wired into a SimPy environment."""
+
+    def __init__(
+        self, config: dict[str, Any], *, seed: int | None = None, duration: float | None = None
+    ) -> None:
+        root = Node(config)
+        self.config = config
+        self.seed = int(root.int("seed") if seed is None else seed)
+        self.duration = root.num("duration", positive=True) if duration is None else duration
+        if self.duration <= 0:
+            raise ScenarioError("duration", "must be positive")
+        self.drain = root.num("drain", min=0.0)
+        self.interval = root.num("interval", positive=True)
+        self.rng = rng = random.Random(self.seed)
+        self.env = env = simpy.Environment()
+        try:
+            self.flow = flow_from_dict(config.get("flow"), "flow")
+        except FlowValidationError as exc:
+            raise ScenarioError("flow", str(exc)) from None
+
+        self.faults = self._faults(root)
+        services_node = root.node("services")
+        self.services: dict[str, Service] = {}
+        for name in services_node.data:
+            s = services_node.node(name)
+            self.services[name] = Service(
+                env,
+                name,
+                rng=rng,
+                latency=sampler(s.node("latency").data, rng, f"services.{name}.latency"),
+                concurrency=s.int("concurrency", min=1),
+                queue_limit=s.int("queue_limit", min=0),
+                error_rate=s.num("error_rate", min=0.0, max=1.0),
+                reject_rate=s.num("reject_rate", min=0.0, max=1.0),
+                idempotent=s.flag("idempotent", True),
+                faults=self.faults,
+            )
+        for step in self.flow.steps:
+            if step.service not in self.services:
+                raise ScenarioError(
+                    f"flow step {step.name!r}",
+                    f"service {step.service!r} is not under services: {sorted(self.services)}",
+                )
+
+        b = root.node("breakers")
+        self.transitions: list[dict[str, Any]] = []
+        self.breaker_counts: dict[str, dict[str, int]] = {}
+        self.breakers: dict[str, Breaker] = {}
+        if b.flag("enabled", True):
+            for name in self.services:
+                self.breaker_counts[name] = {"opened": 0, "half_opened": 0, "closed": 0}
+                self.breakers[name] = Breaker(
+                    name,
+                    fail_max=b.int("fail_max", min=1),
+                    reset_timeout=b.num("reset_timeout", min=0.0),
+                    success_threshold=b.int("success_threshold", min=1),
+                    on_transition=self._transition_recorder(name),
+                )
+
+        o = root.node("orchestrator")
+        a = o.node("autoscale")
+        policy = None
+        if a.flag("enabled", False):
+            try:
+                policy = AutoscalePolicy(
+                    min_replicas=a.int("min", min=0),
+                    max_replicas=a.int("max", min=1),
+                    target_depth=a.num("target_depth", positive=True),
+                    max_age=a.num("max_age", positive=True),
+                    cooldown=a.num("cooldown", min=0.0),
+                )
+            except ValueError as exc:
+                raise ScenarioError("orchestrator.autoscale", str(exc)) from None
+        self.orchestrator = Orchestrator(
+            env,
+            rng=rng,
+            flow=self.flow,
+            services=self.services,
+            breakers=self.breakers,
+            concurrency=o.int("concurrency", min=1),
+            lease=o.num("lease", positive=True),
+            reaper_interval=o.num("reaper_interval", positive=True),
+            startup_delay=o.num("startup_delay", min=0.0),
+            db_write=sampler(o.node("db_write").data, rng, "orchestrator.db_write"),
+            autoscale=policy,
+            autoscale_interval=a.num("interval", positive=True),
+            finished=self._finished,
+        )
+        self.initial_replicas = o.int("replicas", min=1)
+        for _ in range(self.initial_replicas):
+            self.orchestrator.start_replica(delay=0.0)
+        self.orch_crashes = o.items("crashes")
+
+        fw = root.node("firewall")
+        flood = fw.node("flood")
+        guard = None
+        if flood.flag("enabled", True):
+            guard = FloodGuard(
+                flood.num("rate", positive=True),
+                flood.num("burst", min=1.0),
+                flood.num("block_for", min=0.0),
+            )
+        try:
+            firewall = Firewall(allow=fw.get("allow") or [], deny=fw.get("deny") or [], flood=guard)
+        except ValueError as exc:
+            raise ScenarioError("firewall", str(exc)) from None
+        self.edge = Edge(env, root, rng, firewall, self._admit)
+        self.gw_crashes = root.node("gateways").items("crashes")
+        self.groups = [(ClientGroup(c, rng), c) for c in root.items("clients")]
+        if not self.groups:
+            raise ScenarioError("clients", "needs at least one client group")
+
+        self.next_id = 0
+        self.live: dict[int, Saga] = {}
+        self.status_counts = {s.value: 0 for s in SagaStatus}
+        self.violations: dict[str, int] = {
+            "failed_without_reason": 0,
+            "compensation_order": 0,
+            "applied_not_undone": 0,
+            "completed_not_applied": 0,
+        }
+        self.e2e = Histogram()
+        self.e2e_all = Histogram()
+        self.window = Histogram()
+        self.duplicates = 0
+        self.series: list[dict[str, float]] = []
+        self._last_counts: dict[str, float] = {}
+        self.replica_samples: list[int] = []
+        self.peak_depth = 0
+        self.peak_age = 0.0
+
+    # --- wiring helpers ---------------------------------------------------------------------
+
+    def _faults(self, root: Node) -> list[Fault]:
+        services = root.node("services").data
+        out = []
+        for f in root.items("faults"):
+            service = f.text("service")
+            if service not in services:
+                raise ScenarioError(f"{f.path}.service", f"unknown service {service!r}")
+            kind = f.text("kind", None, {"outage", "slowdown", "errors"})
+            start, end = f.num("start", min=0.0), f.num("end", min=0.0)
+            if end <= start:
+                raise ScenarioError(f"{f.path}.end", "must be after start")
+            factor = f.num("factor", min=1.0, default=1.0)
+            rate = f.num("rate", min=0.0, max=1.0, default=1.0)
+            out.append(Fault(service, kind, start, end, factor, rate))
+        return out
+
+    def _transition_recorder(self, name: str) -> Callable[[float, str, str], None]:
+        def record(now: float, old: str, new: str) -> None:
+            key = {"open": "opened", "half-open": "half_opened", "closed": "closed"}[new]
+            self.breaker_counts[name][key] += 1
+            if len(self.transitions) < _MAX_TRANSITIONS:
+                self.transitions.append({"t": round(now, 6), "service": name, "to": new})
+
+        return record
+
+    def _admit(self, request: Request, now: float) -> bool:
+        if request.saga is not None and request.group.idempotent:
+            return True  # the same idempotency key: the existing saga's id is returned
+        if request.saga is not None:
+            self.duplicates += 1
+        saga = Saga(self.next_id, self.flow, request.first_at, request.group.legit)
+        self.next_id += 1
+        self.live[saga.id] = saga
+        request.saga = saga
+        self.orchestrator.enqueue(saga)
+        return True
+
+    def _finished(self, saga: Saga, now: float) -> None:
+        state = saga.state
+        status = state.status
+        self.status_counts[status.value] += 1
+        latency = now - saga.born
+        self.e2e_all.record(latency)
+        if saga.legit:
+            self.e2e.record(latency)
+            self.window.record(latency)
+        v = self.violations
+        flow = self.flow
+        if status is SagaStatus.FAILED and not state.reason:
+            v["failed_without_reason"] += 1
+        expected = [
+            n
+            for n in reversed(state.applied_order)
+            if flow.step(n).has_compensation and state.steps[n].compensation.done
+        ]
+        if saga.comp_order != expected:
+            v["compensation_order"] += 1
+        ledger = saga.ledger
+        if status is SagaStatus.ROLLED_BACK:
+            for step in flow.steps:
+                if (
+                    step.has_compensation
+                    and ledger.get((step.name, Phase.ACTION))
+                    and not ledger.get((step.name, Phase.COMPENSATION))
+                ):
+                    v["applied_not_undone"] += 1
+        elif status is SagaStatus.COMPLETED and any(
+            not ledger.get((s.name, Phase.ACTION)) for s in flow.steps
+        ):
+            v["completed_not_applied"] += 1
+        del self.live[saga.id]
+
+    # --- processes ----------------------------------------------------------------------------
+
+    def _schedule_crashes(self) -> None:
+        env = self.env
+
+        def at(t: float, fn: Callable[[], None]) -> None:
+            timer = env.timeout(t)
+            timer.callbacks.append(lambda _ev: fn())
+
+        for c in self.gw_crashes:
+            index = c.int("instance", min=0)
+            if index >= len(self.edge.gateways):
+                raise ScenarioError(f"{c.path}.instance", "no gateway with that index")
+            start = c.num("at", min=0.0)
+            at(start, lambda i=index: self.edge.crash_gateway(i))
+            if c.get("restart_after") is not None:
+                back = start + c.num("restart_after", positive=True)
+                at(back, lambda i=index: self.edge.restart_gateway(i))
+        for c in self.orch_crashes:
+            start = c.num("at", min=0.0)
+            count = c.int("count", min=1, default=1)
+            at(start, lambda n=count: self.orchestrator.crash(n))
+            if c.get("restart_after") is not None:
+                delay = c.num("restart_after", min=0.0)
+                for _ in range(count):
+                    at(start, lambda d=delay: self.orchestrator.start_replica(delay=d))
+
+    def _sampler(self) -> Any:
+        env, interval = self.env, self.interval
+        while True:
+            yield env.timeout(interval)
+            self._sample(env.now)
+
+    def _cumulative(self) -> dict[str, float]:
+        c = self.edge.counts
+        s = self.status_counts
+        return {
+            "legit_offered": c.get("legit.offered", 0),
+            "legit_admitted": c.get("legit.admitted", 0),
+            "attacker_offered": c.get("attacker.offered", 0),
+            "blocked": c.get("legit.403", 0) + c.get("attacker.403", 0),
+            "rate_limited": c.get("legit.429", 0),
+            "unavailable": c.get("legit.503", 0) + c.get("legit.reset", 0),
+            "timeouts": c.get("legit.timeout", 0),
+            "completed": s["completed"],
+            "rolled_back": s["rolled_back"],
+            "failed": s["failed"],
+        }
+
+    def _sample(self, now: float) -> None:
+        cumulative = self._cumulative()
+        last = self._last_counts
+        interval = self.interval
+        row: dict[str, float] = {"t": round(now, 6)}
+        for key, value in cumulative.items():
+            row[key] = round((value - last.get(key, 0)) / interval, 6)
+        self._last_counts = cumulative
+        w = self.window
+        row["e2e_p50"] = round(w.quantile(0.5), 6)
+        row["e2e_p95"] = round(w.quantile(0.95), 6)
+        row["e2e_p99"] = round(w.quantile(0.99), 6)
+        self.window = Histogram()
+        orch = self.orchestrator
+        depth, age = orch.depth, orch.oldest_age()
+        self.peak_depth = max(self.peak_depth, depth)
+        self.peak_age = max(self.peak_age, age)
+        row["queue_depth"] = depth
+        row["oldest_age"] = round(age, 6)
+        row["replicas"] = orch.alive
+        row["replicas_starting"] = orch.starting
+        self.replica_samples.append(orch.alive)
+        row["gateways_up"] = sum(g.up for g in self.edge.gateways)
+        row["gateways_healthy"] = sum(g.health.healthy for g in self.edge.gateways)
+        for name, breaker in self.breakers.items():
+            row[f"breaker_{name}"] = BREAKER_LEVEL.get(breaker.state, 1.0)
+        for name, service in self.services.items():
+            row[f"busy_{name}"] = service.station.active
+        self.series.append(row)
+
+    # --- run ----------------------------------------------------------------------------------
+
+    def run(self, progress: Callable[[float, float], None] | None = None) -> RunResult:
+        """Run to `duration`, drain, and build the report. `progress(now, total)` is optional."""
+        env = self.env
+        for group, node in self.groups:
+            segs = segments(node.node("rate"))
+            env.process(
+                arrivals(
+                    env, segs, self.duration, self.rng, lambda g=group: self.edge.new_request(g)
+                )
+            )
+        env.process(self.edge.health_checks())
+        if self.orchestrator.autoscale is not None:
+            env.process(self.orchestrator.autoscaler())
+        self._schedule_crashes()
+        env.process(self._sampler())
+        total = self.duration + self.drain
+        chunk = max(self.interval, self.duration / 100)
+        t = 0.0
+        while t < self.duration:
+            t = min(t + chunk, self.duration)
+            env.run(until=t)
+            if progress is not None:
+                progress(t, total)
+        while t < total and (self.live or self.orchestrator.unfinished()):
+            t = min(t + self.interval, total)
+            env.run(until=t)
+            if progress is not None:
+                progress(t, total)
+        if progress is not None:
+            progress(total, total)
+        return RunResult(self._report(env.now), self.series)
+
+    def _report(self, now: float) -> dict[str, Any]:
+        from simulator.report import build_report
+
+        return build_report(self, now)
+
+
+def simulate(
+    config: dict[str, Any],
+    *,
+    seed: int | None = None,
+    duration: float | None = None,
+    progress: Callable[[float, float], None] | None = None,
+) -> RunResult:
+    """Build and run one scenario (already merged with defaults)."""
+    return Simulation(config, seed=seed, duration=duration).run(progress)

@@ -1,0 +1,355 @@
+"""The queue and the orchestrator replicas: the simulated runtime around the saga core.
+
+Every replica runs `concurrency` workers. A worker takes the oldest saga from the queue, holds
+its lease, and loops exactly as the real runtime does:
+
+    command = decide(state, now=env.now, rng=rng)
+    RunAttempt -> ask the service's breaker; journal ATTEMPT_STARTED (one DB write);
+                  call the service; tell the breaker; journal the outcome (one DB write)
+    Record     -> journal the event (one DB write)
+    Wait       -> sleep until `until`
+    Halt       -> the saga is terminal: check its invariants and release it
+
+A breaker refusal fails an action fast (journaled as a non-retryable failure, so a flow before
+its pivot rolls back) but only delays a compensation (nothing is journaled; it is never
+dropped). A crashed replica's workers stop where they are; each saga it leased is picked up by
+another replica once the lease has expired and the reaper has seen it. The resumed worker just
+calls `decide`, which closes the open attempt as interrupted and retries it with the same
+idempotency key, so idempotent services apply it once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Generator
+from typing import Any
+
+import simpy
+
+from orchestrator.flow import FlowDefinition
+from orchestrator.policies.autoscaling import AutoscalePolicy
+from orchestrator.policies.breaker import Breaker
+from orchestrator.saga import (
+    Event,
+    EventType,
+    Failure,
+    Halt,
+    Phase,
+    Record,
+    RunAttempt,
+    SagaState,
+    SagaStatus,
+    Wait,
+    decide,
+)
+from simulator.metrics import Histogram, TierStats
+from simulator.stations import Service
+
+__all__ = ["Orchestrator", "Replica", "Saga"]
+
+BREAKER_OPEN = Failure("circuit breaker open", retryable=False, maybe_applied=False)
+_STARTED, _SUCCEEDED, _FAILED = (
+    EventType.ATTEMPT_STARTED,
+    EventType.ATTEMPT_SUCCEEDED,
+    EventType.ATTEMPT_FAILED,
+)
+
+
+class Saga:
+    """One saga in the simulation: its state fold plus what the invariants need."""
+
+    __slots__ = (
+        "id",
+        "state",
+        "born",
+        "enqueued_at",
+        "legit",
+        "ledger",
+        "inflight",
+        "owner",
+        "comp_order",
+        "resumed",
+        "run_started",
+    )
+
+    def __init__(self, saga_id: int, flow: FlowDefinition, born: float, legit: bool) -> None:
+        self.id = saga_id
+        self.state = SagaState(flow)
+        self.state.apply(Event(EventType.SAGA_CREATED, born))
+        self.born = born
+        self.enqueued_at = born
+        self.legit = legit
+        self.ledger: dict[tuple[str, Phase], int] = {}
+        self.inflight = 0
+        self.owner: Replica | None = None
+        self.comp_order: list[str] = []
+        self.resumed = 0
+        self.run_started = born
+
+
+class Replica:
+    """One orchestrator process: alive after its start-up delay, until it crashes or drains."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.alive = False
+        self.draining = False
+        self.workers: list[simpy.Process] = []
+        self.idle: set[simpy.Event] = set()
+        self.leased: set[Saga] = set()
+
+
+class Orchestrator:
+    """The saga queue, the replicas, the reaper and the autoscaler."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        *,
+        rng: random.Random,
+        flow: FlowDefinition,
+        services: dict[str, Service],
+        breakers: dict[str, Breaker],
+        concurrency: int,
+        lease: float,
+        reaper_interval: float,
+        startup_delay: float,
+        db_write: Callable[[], float],
+        autoscale: AutoscalePolicy | None,
+        autoscale_interval: float,
+        finished: Callable[[Saga, float], None],
+    ) -> None:
+        self.env = env
+        self.rng = rng
+        self.flow = flow
+        self.steps = {s.name: s for s in flow.steps}
+        self.services = services
+        self.breakers = breakers
+        self.concurrency = concurrency
+        self.lease = lease
+        self.reaper_interval = reaper_interval
+        self.startup_delay = startup_delay
+        self.db_write = db_write
+        self.autoscale = autoscale
+        self.autoscale_interval = autoscale_interval
+        self.finished = finished
+        self.queue: deque[Saga] = deque()
+        self.idle: deque[tuple[simpy.Event, Replica]] = deque()
+        self.replicas: list[Replica] = []
+        self.starting = 0
+        self.queue_stats = TierStats("queue")
+        self.run_stats = TierStats("orchestrator")
+        self.queue_wait = Histogram()
+        self.counts: dict[str, int] = {}
+        self.orphaned = 0
+        self.awaiting_reaper = 0
+        self.last_change: float | None = None
+        self.decisions: list[dict[str, Any]] = []
+        self.scale_events = 0
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+    # --- queue ------------------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Sagas waiting in the queue."""
+        return len(self.queue)
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest queued saga has waited."""
+        return self.env.now - self.queue[0].enqueued_at if self.queue else 0.0
+
+    def enqueue(self, saga: Saga) -> None:
+        now = self.env.now
+        saga.enqueued_at = now
+        self.queue_stats.enter(now)
+        idle = self.idle
+        while idle:
+            event, replica = idle.popleft()
+            if replica.alive and not replica.draining and event in replica.idle:
+                replica.idle.discard(event)
+                self.queue_stats.leave(now, 0.0)
+                self.queue_wait.record(0.0)
+                event.succeed(saga)
+                return
+        self.queue.append(saga)
+
+    # --- replicas -----------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> int:
+        """Replicas taking work (not starting, not draining, not dead)."""
+        return sum(1 for r in self.replicas if r.alive and not r.draining)
+
+    def start_replica(self, delay: float | None = None) -> None:
+        """Start one replica; it takes work after `delay` (the start-up delay by default)."""
+        replica = Replica(len(self.replicas))
+        self.replicas.append(replica)
+        self.starting += 1
+        self.env.process(self._boot(replica, self.startup_delay if delay is None else delay))
+
+    def _boot(self, replica: Replica, delay: float) -> Generator[simpy.Event, Any, None]:
+        if delay > 0:
+            yield self.env.timeout(delay)
+        self.starting -= 1
+        replica.alive = True
+        for _ in range(self.concurrency):
+            replica.workers.append(self.env.process(self._worker(replica)))
+
+    def crash(self, count: int) -> None:
+        """`count` live replicas die at once; their leased sagas wait for lease expiry."""
+        victims = [r for r in self.replicas if r.alive and not r.draining][:count]
+        now = self.env.now
+        for replica in victims:
+            replica.alive = False
+            self.count("replica_crashes")
+            replica.idle.clear()
+            for process in replica.workers:
+                if process.is_alive:
+                    process.interrupt("crash")
+            for saga in list(replica.leased):
+                saga.owner = None
+                self.orphaned += 1
+                self.awaiting_reaper += 1
+                self.run_stats.leave(now, now - saga.run_started)
+                expiry = self.lease + self.rng.uniform(0.0, self.reaper_interval)
+                timer = self.env.timeout(expiry)
+                timer.callbacks.append(lambda _ev, s=saga: self._resume(s))
+            replica.leased.clear()
+
+    def _resume(self, saga: Saga) -> None:
+        self.awaiting_reaper -= 1
+        self.count("sagas_resumed")
+        saga.resumed += 1
+        self.enqueue(saga)
+
+    def drain_one(self) -> bool:
+        """Stop one replica gracefully: it finishes its sagas and takes no new ones."""
+        for replica in reversed(self.replicas):
+            if replica.alive and not replica.draining:
+                replica.draining = True
+                for event in list(replica.idle):
+                    replica.idle.discard(event)
+                    event.succeed(None)
+                return True
+        return False
+
+    def autoscaler(self) -> Generator[simpy.Event, Any, None]:
+        """A SimPy process applying the shared autoscaling rule every interval."""
+        policy = self.autoscale
+        assert policy is not None
+        while True:
+            yield self.env.timeout(self.autoscale_interval)
+            now = self.env.now
+            current = self.alive + self.starting
+            decision = policy.decide(
+                depth=self.depth,
+                oldest_age=self.oldest_age(),
+                current=current,
+                now=now,
+                last_change_at=self.last_change,
+            )
+            if not decision.changed:
+                continue
+            self.last_change = now
+            self.scale_events += 1
+            if len(self.decisions) < 200:
+                self.decisions.append({"t": round(now, 3), "reason": decision.reason})
+            for _ in range(decision.desired - current):
+                self.start_replica()
+            for _ in range(current - decision.desired):
+                self.drain_one()
+
+    # --- workers --------------------------------------------------------------------------------
+
+    def _worker(self, replica: Replica) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        try:
+            while replica.alive and not replica.draining:
+                if self.queue:
+                    saga = self.queue.popleft()
+                    now = env.now
+                    self.queue_stats.leave(now, now - saga.enqueued_at)
+                    self.queue_wait.record(now - saga.enqueued_at)
+                else:
+                    event = env.event()
+                    replica.idle.add(event)
+                    self.idle.append((event, replica))
+                    saga = yield event
+                    if saga is None:
+                        return
+                yield from self._run(saga, replica)
+        except simpy.Interrupt:
+            return
+
+    def _run(self, saga: Saga, replica: Replica) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        rng = self.rng
+        db = self.db_write
+        state = saga.state
+        steps, services, breakers = self.steps, self.services, self.breakers
+        saga.owner = replica
+        replica.leased.add(saga)
+        saga.run_started = env.now
+        self.run_stats.enter(env.now)
+        while True:
+            now = env.now
+            command = decide(state, now=now, rng=rng)
+            kind = command.__class__
+            if kind is RunAttempt:
+                name, phase, attempt = command.step, command.phase, command.attempt
+                step = steps[name]
+                service_name = step.service or ""
+                breaker = breakers.get(service_name)
+                if breaker is not None and not breaker.allow(now):
+                    if phase is Phase.COMPENSATION:
+                        self.count("compensations_delayed_by_breaker")
+                        yield env.timeout(max(breaker.retry_after(now), 0.05))
+                        continue
+                    self.count("actions_refused_by_breaker")
+                    yield env.timeout(db())  # both events in one transaction
+                    at = env.now
+                    state.apply(Event(_STARTED, at, name, phase, attempt))
+                    state.apply(Event(_FAILED, at, name, phase, attempt, BREAKER_OPEN))
+                    continue
+                yield env.timeout(db())
+                state.apply(Event(_STARTED, env.now, name, phase, attempt))
+                failure, unwell = yield services[service_name].call(saga, name, phase, step.timeout)
+                if breaker is not None:
+                    if unwell:
+                        breaker.record_failure(env.now)
+                    else:
+                        breaker.record_success(env.now)
+                yield env.timeout(db())
+                if failure is None:
+                    state.apply(Event(_SUCCEEDED, env.now, name, phase, attempt))
+                    if phase is Phase.COMPENSATION:
+                        saga.comp_order.append(name)
+                else:
+                    state.apply(Event(_FAILED, env.now, name, phase, attempt, failure))
+            elif kind is Record:
+                yield env.timeout(db())
+                state.apply(command.event)  # type: ignore[union-attr]
+            elif kind is Wait:
+                yield env.timeout(command.until - now)  # type: ignore[union-attr]
+            else:
+                assert isinstance(command, Halt)
+                now = env.now
+                replica.leased.discard(saga)
+                saga.owner = None
+                self.run_stats.leave(now, now - saga.run_started)
+                self.finished(saga, now)
+                return
+
+    def unfinished(self) -> int:
+        """Sagas not terminal: queued, running on a replica, or waiting for the reaper."""
+        running = sum(len(r.leased) for r in self.replicas)
+        return len(self.queue) + running + self.awaiting_reaper
+
+
+def is_final(status: SagaStatus) -> bool:
+    """Completed, rolled back or failed (the three ways a saga may end)."""
+    return status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK, SagaStatus.FAILED)

@@ -1,0 +1,187 @@
+"""The run report: plain data built from a finished `Simulation`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from simulator.claims import evaluate
+
+if TYPE_CHECKING:
+    from simulator.model import Simulation
+
+__all__ = ["build_report"]
+
+REQUEST_FIELDS = (
+    "offered",
+    "attempts",
+    "admitted",
+    "403",
+    "429",
+    "401",
+    "503",
+    "reset",
+    "timeout",
+    "retries",
+    "gave_up",
+)
+NAMES = {"403": "blocked", "429": "rate_limited", "401": "unauthorized", "503": "unavailable"}
+
+
+def _requests(counts: dict[str, int], kind: str) -> dict[str, int]:
+    return {NAMES.get(f, f): counts.get(f"{kind}.{f}", 0) for f in REQUEST_FIELDS}
+
+
+def build_report(sim: Simulation, now: float) -> dict[str, Any]:
+    """Everything the summary, the JSON file and the claims need (deterministic)."""
+    edge, orch = sim.edge, sim.orchestrator
+    counts = edge.counts
+    statuses = sim.status_counts
+    created = sim.next_id
+    unfinished = len(sim.live)
+    applied_twice = sum(s.counts["applied_twice"] for s in sim.services.values())
+    replicas = sim.replica_samples or [orch.alive]
+    little = {
+        "firewall": edge.fw_station.stats.little(now),
+        **{g.name: g.station.stats.little(now) for g in edge.gateways},
+        "queue": orch.queue_stats.little(now),
+        "orchestrator": orch.run_stats.little(now),
+        **{f"service.{n}": s.station.stats.little(now) for n, s in sim.services.items()},
+    }
+    little_ok = all(
+        abs(v["L"] - v["lambda_W"]) <= 0.02 * max(v["L"], 1e-3) + 1e-3
+        for v in little.values()
+        if v["present_at_end"] == 0
+    )
+    invariants = {
+        "every saga ended (completed, rolled back or failed)": {
+            "ok": unfinished == 0,
+            "value": unfinished,
+        },
+        "no saga lost (created = ended + unfinished)": {
+            "ok": created
+            == statuses["completed"] + statuses["rolled_back"] + statuses["failed"] + unfinished
+            and orch.unfinished() == unfinished,
+            "value": created,
+        },
+        "failed sagas carry a reason": {
+            "ok": sim.violations["failed_without_reason"] == 0,
+            "value": sim.violations["failed_without_reason"],
+        },
+        "compensations ran in reverse order": {
+            "ok": sim.violations["compensation_order"] == 0,
+            "value": sim.violations["compensation_order"],
+        },
+        "rolled-back sagas undid every applied action": {
+            "ok": sim.violations["applied_not_undone"] == 0,
+            "value": sim.violations["applied_not_undone"],
+        },
+        "completed sagas applied every action": {
+            "ok": sim.violations["completed_not_applied"] == 0,
+            "value": sim.violations["completed_not_applied"],
+        },
+        "no service applied an operation twice": {"ok": applied_twice == 0, "value": applied_twice},
+        "Little's law holds at every drained tier": {"ok": little_ok, "value": len(little)},
+    }
+    report: dict[str, Any] = {
+        "scenario": {
+            "name": sim.config.get("name", "unnamed"),
+            "description": str(sim.config.get("description", "")).strip(),
+            "shows": str(sim.config.get("shows", "")).strip(),
+        },
+        "seed": sim.seed,
+        "duration": sim.duration,
+        "simulated_until": round(now, 6),
+        "requests": {
+            "legit": _requests(counts, "legit"),
+            "attacker": _requests(counts, "attacker"),
+        },
+        "firewall": {
+            "denied": counts.get("firewall.denied", 0) + counts.get("firewall.not_allowed", 0),
+            "flooding": counts.get("firewall.flooding", 0),
+        },
+        "balancer": {
+            "connect_failed": counts.get("balancer.connect_failed", 0),
+            "no_instance": counts.get("balancer.no_instance", 0),
+            "ejections": counts.get("balancer.ejections", 0),
+            "returns": counts.get("balancer.returns", 0),
+            "gateway_crashes": counts.get("gateway.crashes", 0),
+        },
+        "sagas": {
+            "created": created,
+            "completed": statuses["completed"],
+            "rolled_back": statuses["rolled_back"],
+            "failed": statuses["failed"],
+            "unfinished": unfinished,
+            "duplicates": sim.duplicates,
+            "orphaned_by_crash": orch.orphaned,
+            "resumed": orch.counts.get("sagas_resumed", 0),
+            "actions_refused_by_breaker": orch.counts.get("actions_refused_by_breaker", 0),
+            "compensations_delayed_by_breaker": orch.counts.get(
+                "compensations_delayed_by_breaker", 0
+            ),
+        },
+        "latency": {
+            "end_to_end": sim.e2e.summary(),
+            "submit": edge.submit_latency["legit"].summary(),
+            "firewall": edge.fw_station.response.summary(),
+            "gateway": _merged([g.station.response for g in edge.gateways]),
+            "queue_wait": orch.queue_wait.summary(),
+            "services": {n: s.station.response.summary() for n, s in sim.services.items()},
+        },
+        "breakers": {
+            name: {**sim.breaker_counts[name], "final": b.state} for name, b in sim.breakers.items()
+        },
+        "breaker_transitions": sim.transitions,
+        "replicas": {
+            "initial": sim.initial_replicas,
+            "min": min(replicas),
+            "max": max(replicas),
+            "mean": round(sum(replicas) / len(replicas), 3),
+            "final": orch.alive,
+            "scale_events": orch.scale_events,
+            "crashes": orch.counts.get("replica_crashes", 0),
+            "decisions": orch.decisions[:20],
+        },
+        "queue": {"peak_depth": sim.peak_depth, "peak_age": round(sim.peak_age, 6)},
+        "services": {n: dict(s.counts) for n, s in sim.services.items()},
+        "little": little,
+        "invariants": invariants,
+        "faults": _windows(sim),
+    }
+    report["claims"] = evaluate(sim.config.get("claims") or [], report, sim.series)
+    return report
+
+
+def _merged(histograms: list[Any]) -> dict[str, float]:
+    from simulator.metrics import Histogram
+
+    total = Histogram()
+    for h in histograms:
+        total.merge(h)
+    return total.summary()
+
+
+def _windows(sim: Simulation) -> list[dict[str, Any]]:
+    """Fault windows for chart annotations."""
+    out: list[dict[str, Any]] = []
+    for f in sim.faults:
+        label = f"{f.service} {f.kind}" + (f" x{f.factor:g}" if f.kind == "slowdown" else "")
+        out.append({"label": label, "start": f.start, "end": f.end})
+    for c in sim.gw_crashes:
+        start = float(c.get("at", 0))
+        end = start + float(c.get("restart_after", sim.duration - start) or 0)
+        out.append({"label": f"gateway-{c.get('instance', 0)} down", "start": start, "end": end})
+    for c in sim.orch_crashes:
+        start = float(c.get("at", 0))
+        out.append({"label": f"{c.get('count', 1)} replica(s) crash", "start": start, "end": start})
+    for group, node in sim.groups:
+        rate = node.get("rate") or {}
+        if rate.get("kind") == "spike":
+            out.append(
+                {
+                    "label": f"{group.name} spike",
+                    "start": float(rate["start"]),
+                    "end": float(rate["end"]),
+                }
+            )
+    return out

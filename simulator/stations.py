@@ -1,0 +1,301 @@
+"""Queueing building blocks: a multi-server FIFO station and an external service on top of it.
+
+Both are driven by SimPy event callbacks instead of one process per request: a job costs one
+scheduled event for its service time (plus one for a caller's timeout when it may be needed),
+which keeps a full request within the benchmark's budget.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import simpy
+
+from orchestrator.saga import Failure, Phase
+from simulator.metrics import Histogram, TierStats
+
+__all__ = ["Fault", "Job", "Service", "Station", "sampler"]
+
+
+def sampler(spec: dict[str, Any], rng: random.Random, where: str) -> Callable[[], float]:
+    """A latency sampler from `{dist: exponential|lognormal|constant|uniform, ...}`."""
+    from simulator.config import Node
+
+    node = Node(spec, where)
+    dist = node.text("dist", "exponential", {"exponential", "lognormal", "constant", "uniform"})
+    if dist == "exponential":
+        rate = 1.0 / node.num("mean", positive=True)
+        return lambda: rng.expovariate(rate)
+    if dist == "lognormal":
+        import math
+
+        mu = math.log(node.num("median", positive=True))
+        sigma = node.num("sigma", min=0.0, default=0.5)
+        return lambda: rng.lognormvariate(mu, sigma)
+    if dist == "constant":
+        value = node.num("value", min=0.0)
+        return lambda: value
+    low, high = node.num("low", min=0.0), node.num("high", min=0.0)
+    return lambda: rng.uniform(low, high)
+
+
+class Job:
+    """One item at a station. `payload` belongs to the caller."""
+
+    __slots__ = ("arrived", "started", "ends", "payload", "done", "cancelled")
+
+    def __init__(self, arrived: float, payload: Any, done: Callable[[Job], None]) -> None:
+        self.arrived = arrived
+        self.started = -1.0
+        self.ends = -1.0
+        self.payload = payload
+        self.done = done
+        self.cancelled = False
+
+
+class Station:
+    """`servers` parallel servers, a FIFO queue of at most `queue_limit`, service by `sample`."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        name: str,
+        servers: int,
+        sample: Callable[[], float],
+        queue_limit: int | None = None,
+    ) -> None:
+        self.env = env
+        self.name = name
+        self.servers = servers
+        self.sample = sample
+        self.queue_limit = queue_limit
+        self.busy = 0
+        self.queue: deque[Job] = deque()
+        self.in_service: set[Job] = set()
+        self.stats = TierStats(name)
+        self.wait = Histogram()
+        self.response = Histogram()
+        self.scale = 1.0  # service-time multiplier (slowdowns)
+
+    @property
+    def active(self) -> int:
+        """Jobs queued or in service."""
+        return self.busy + len(self.queue)
+
+    def submit(self, payload: Any, done: Callable[[Job], None]) -> Job | None:
+        """Queue a job; None if the queue is full (the caller answers 503)."""
+        now = self.env.now
+        if self.busy >= self.servers:
+            if self.queue_limit is not None and len(self.queue) >= self.queue_limit:
+                return None
+            job = Job(now, payload, done)
+            self.stats.enter(now)
+            self.queue.append(job)
+            return job
+        job = Job(now, payload, done)
+        self.stats.enter(now)
+        self._start(job, now)
+        return job
+
+    def _start(self, job: Job, now: float) -> None:
+        self.busy += 1
+        self.in_service.add(job)
+        job.started = now
+        self.wait.record(now - job.arrived)
+        duration = self.sample() * self.scale
+        job.ends = now + duration
+        timer = self.env.timeout(duration)
+        timer.callbacks.append(lambda _ev, job=job: self._finish(job))
+
+    def _finish(self, job: Job) -> None:
+        if job.cancelled:
+            return
+        now = self.env.now
+        self.busy -= 1
+        self.in_service.discard(job)
+        self.stats.leave(now, now - job.arrived)
+        self.response.record(now - job.arrived)
+        job.done(job)
+        queue = self.queue
+        while queue and self.busy < self.servers:
+            self._start(queue.popleft(), now)
+
+    def drop_all(self) -> list[Job]:
+        """Cancel every queued and running job (the instance crashed); returns them."""
+        now = self.env.now
+        dropped = list(self.in_service) + list(self.queue)
+        for job in dropped:
+            job.cancelled = True
+            self.stats.leave(now, now - job.arrived)
+        self.in_service.clear()
+        self.queue.clear()
+        self.busy = 0
+        return dropped
+
+
+class Fault:
+    """A scheduled fault on one service: outage, slowdown (factor) or errors (rate)."""
+
+    __slots__ = ("service", "kind", "start", "end", "factor", "rate")
+
+    def __init__(
+        self, service: str, kind: str, start: float, end: float, factor: float, rate: float
+    ) -> None:
+        self.service = service
+        self.kind = kind
+        self.start = start
+        self.end = end
+        self.factor = factor
+        self.rate = rate
+
+
+REFUSED = Failure("connection refused", retryable=True, maybe_applied=False)
+OVERLOADED = Failure("503 service queue full", retryable=True, maybe_applied=False)
+SERVER_ERROR = Failure("500 internal error", retryable=True, maybe_applied=True)
+REJECTED = Failure("422 rejected by the service", retryable=False, maybe_applied=False)
+TOMBSTONED = Failure("409 already compensated", retryable=False, maybe_applied=False)
+TIMED_OUT = Failure("timeout", retryable=True, maybe_applied=True)
+
+# What a call's event carries: (failure or None, counts against the breaker).
+Outcome = tuple[Failure | None, bool]
+_OK: Outcome = (None, False)
+
+
+class _Call:
+    __slots__ = ("event", "saga", "key", "phase", "answered")
+
+    def __init__(self, event: simpy.Event, saga: Any, key: tuple[str, Phase], phase: Phase):
+        self.event = event
+        self.saga = saga
+        self.key = key
+        self.phase = phase
+        self.answered = False
+
+
+class Service:
+    """An external service: latency, errors, rejections, finite concurrency, idempotency, faults.
+
+    Its ledger for a saga lives on the saga object (`saga.ledger`: (step, phase) -> times
+    applied), so it is freed with the saga. Idempotent services apply a key once and answer
+    repeats from the record; a late action whose compensation already ran is refused
+    (a tombstone), as a real service keyed on the idempotency key does.
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        name: str,
+        *,
+        rng: random.Random,
+        latency: Callable[[], float],
+        concurrency: int,
+        queue_limit: int | None,
+        error_rate: float,
+        reject_rate: float,
+        idempotent: bool,
+        faults: list[Fault],
+    ) -> None:
+        self.env = env
+        self.name = name
+        self.rng = rng
+        self.station = Station(env, name, concurrency, latency, queue_limit)
+        self.error_rate = error_rate
+        self.reject_rate = reject_rate
+        self.idempotent = idempotent
+        self.faults = [f for f in faults if f.service == name]
+        self.counts = {
+            "calls": 0,
+            "applied": 0,
+            "deduplicated": 0,
+            "applied_twice": 0,
+            "tombstoned": 0,
+            "errors": 0,
+            "rejected": 0,
+            "refused": 0,
+            "overloaded": 0,
+            "timeouts": 0,
+            "wasted": 0,
+        }
+
+    def _fault_state(self, now: float) -> tuple[bool, float, float]:
+        outage, factor, rate = False, 1.0, self.error_rate
+        for f in self.faults:
+            if f.start <= now < f.end:
+                if f.kind == "outage":
+                    outage = True
+                elif f.kind == "slowdown":
+                    factor *= f.factor
+                else:
+                    rate = max(rate, f.rate)
+        return outage, factor, rate
+
+    def call(self, saga: Any, step: str, phase: Phase, timeout: float) -> simpy.Event:
+        """Send one attempt; the returned event's value is an `Outcome`."""
+        env = self.env
+        now = env.now
+        counts = self.counts
+        counts["calls"] += 1
+        event = env.event()
+        if self.faults:
+            outage, factor, _ = self._fault_state(now)
+            self.station.scale = factor
+            if outage:
+                counts["refused"] += 1
+                return event.succeed((REFUSED, True))
+        call = _Call(event, saga, (step, phase), phase)
+        job = self.station.submit(call, self._done)
+        if job is None:
+            counts["overloaded"] += 1
+            return event.succeed((OVERLOADED, True))
+        saga.inflight += 1
+        if job.ends < 0 or job.ends - now > timeout:
+            guard = env.timeout(timeout)
+            guard.callbacks.append(lambda _ev, call=call: self._time_out(call))
+        return event
+
+    def _time_out(self, call: _Call) -> None:
+        if not call.answered:
+            call.answered = True
+            self.counts["timeouts"] += 1
+            call.event.succeed((TIMED_OUT, True))
+
+    def _done(self, job: Job) -> None:
+        call: _Call = job.payload
+        saga = call.saga
+        saga.inflight -= 1
+        counts = self.counts
+        if call.answered:
+            counts["wasted"] += 1  # the caller gave up; the work was done anyway
+        outcome = self._apply(call, saga)
+        if not call.answered:
+            call.answered = True
+            call.event.succeed(outcome)
+
+    def _apply(self, call: _Call, saga: Any) -> Outcome:
+        counts = self.counts
+        rng = self.rng
+        rate = self._fault_state(self.env.now)[2] if self.faults else self.error_rate
+        if rate and rng.random() < rate:
+            counts["errors"] += 1
+            return (SERVER_ERROR, True)
+        ledger = saga.ledger
+        key = call.key
+        if call.phase is Phase.ACTION:
+            if (key[0], Phase.COMPENSATION) in ledger:
+                counts["tombstoned"] += 1
+                return (TOMBSTONED, False)
+            if key not in ledger and self.reject_rate and rng.random() < self.reject_rate:
+                counts["rejected"] += 1
+                return (REJECTED, False)
+        seen = ledger.get(key, 0)
+        if seen and self.idempotent:
+            counts["deduplicated"] += 1
+            return _OK
+        ledger[key] = seen + 1
+        counts["applied"] += 1
+        if seen:
+            counts["applied_twice"] += 1
+        return _OK
