@@ -255,6 +255,7 @@ class Edge:
             self.count("balancer.connect_failed")
             if gateway.health.record(False) is False:
                 self.health_events += 1
+                self.count("balancer.ejections")
             if attempt.lb_retried:
                 self.respond(attempt, "503")
             else:

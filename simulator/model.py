@@ -168,6 +168,7 @@ class Simulation:
         }
         self.e2e = Histogram()
         self.e2e_all = Histogram()
+        self.e2e_by_group: dict[str, Histogram] = {}
         self.window = Histogram()
         self.duplicates = 0
         self.series: list[dict[str, float]] = []
@@ -208,7 +209,8 @@ class Simulation:
             return True  # the same idempotency key: the existing saga's id is returned
         if request.saga is not None:
             self.duplicates += 1
-        saga = Saga(self.next_id, self.flow, request.first_at, request.group.legit)
+        group = request.group
+        saga = Saga(self.next_id, self.flow, request.first_at, group.legit, group.name)
         self.next_id += 1
         self.live[saga.id] = saga
         request.saga = saga
@@ -224,6 +226,10 @@ class Simulation:
         if saga.legit:
             self.e2e.record(latency)
             self.window.record(latency)
+        by_group = self.e2e_by_group.get(saga.group)
+        if by_group is None:
+            by_group = self.e2e_by_group[saga.group] = Histogram()
+        by_group.record(latency)
         v = self.violations
         flow = self.flow
         if status is SagaStatus.FAILED and not state.reason:

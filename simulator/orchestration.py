@@ -71,9 +71,12 @@ class Saga:
         "comp_order",
         "resumed",
         "run_started",
+        "group",
     )
 
-    def __init__(self, saga_id: int, flow: FlowDefinition, born: float, legit: bool) -> None:
+    def __init__(
+        self, saga_id: int, flow: FlowDefinition, born: float, legit: bool, group: str = ""
+    ) -> None:
         self.id = saga_id
         self.state = SagaState(flow)
         self.state.apply(Event(EventType.SAGA_CREATED, born))
@@ -86,6 +89,7 @@ class Saga:
         self.comp_order: list[str] = []
         self.resumed = 0
         self.run_started = born
+        self.group = group
 
 
 class Replica:

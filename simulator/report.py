@@ -115,6 +115,7 @@ def build_report(sim: Simulation, now: float) -> dict[str, Any]:
             "duplicates": sim.duplicates,
             "orphaned_by_crash": orch.orphaned,
             "resumed": orch.counts.get("sagas_resumed", 0),
+            "not_resumed": orch.orphaned - orch.counts.get("sagas_resumed", 0),
             "actions_refused_by_breaker": orch.counts.get("actions_refused_by_breaker", 0),
             "compensations_delayed_by_breaker": orch.counts.get(
                 "compensations_delayed_by_breaker", 0
@@ -122,6 +123,9 @@ def build_report(sim: Simulation, now: float) -> dict[str, Any]:
         },
         "latency": {
             "end_to_end": sim.e2e.summary(),
+            "end_to_end_by_group": {
+                name: h.summary() for name, h in sorted(sim.e2e_by_group.items())
+            },
             "submit": edge.submit_latency["legit"].summary(),
             "firewall": edge.fw_station.response.summary(),
             "gateway": _merged([g.station.response for g in edge.gateways]),
@@ -129,7 +133,12 @@ def build_report(sim: Simulation, now: float) -> dict[str, Any]:
             "services": {n: s.station.response.summary() for n, s in sim.services.items()},
         },
         "breakers": {
-            name: {**sim.breaker_counts[name], "final": b.state} for name, b in sim.breakers.items()
+            name: {
+                **sim.breaker_counts[name],
+                "final": b.state,
+                "open_at_end": int(b.state != "closed"),
+            }
+            for name, b in sim.breakers.items()
         },
         "breaker_transitions": sim.transitions,
         "replicas": {
@@ -146,6 +155,7 @@ def build_report(sim: Simulation, now: float) -> dict[str, Any]:
         "services": {n: dict(s.counts) for n, s in sim.services.items()},
         "little": little,
         "invariants": invariants,
+        "invariants_failed": sum(not v["ok"] for v in invariants.values()),
         "faults": _windows(sim),
     }
     report["claims"] = evaluate(sim.config.get("claims") or [], report, sim.series)

@@ -1,0 +1,168 @@
+"""Rich rendering of simulator results (the CLI's tables); no logic of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["render_list", "render_summary", "render_sweep"]
+
+
+def render_list(console: Console, scenarios: Mapping[str, Mapping[str, Any]]) -> None:
+    table = Table(title="Shipped scenarios", show_lines=True)
+    table.add_column("name", style="bold")
+    table.add_column("duration")
+    table.add_column("shows")
+    for name, raw in scenarios.items():
+        shows = " ".join(str(raw.get("shows", "")).split())
+        table.add_row(name, f"{raw.get('duration', 60)} s", shows)
+    console.print(table)
+
+
+def _ms(summary: Mapping[str, float]) -> tuple[str, str, str]:
+    return tuple(f"{summary[q] * 1000:.1f}" for q in ("p50", "p95", "p99"))  # type: ignore[return-value]
+
+
+def render_summary(console: Console, report: Mapping[str, Any], files: Sequence[str]) -> None:
+    scenario = report["scenario"]
+    console.print(
+        f"[bold]{scenario['name']}[/bold] seed {report['seed']}, "
+        f"{report['duration']:g} s of arrivals, ended at {report['simulated_until']:g} s"
+    )
+    if scenario.get("shows"):
+        console.print(f"[dim]{scenario['shows']}[/dim]")
+
+    req = Table(title="Requests")
+    for col in (
+        "who",
+        "offered",
+        "admitted",
+        "blocked",
+        "rate-limited",
+        "unauthorized",
+        "unavailable",
+        "timeouts",
+        "gave up",
+    ):
+        req.add_column(col, justify="right" if col != "who" else "left")
+    for who in ("legit", "attacker"):
+        r = report["requests"][who]
+        if r["offered"]:
+            req.add_row(
+                who,
+                *(
+                    str(r[k])
+                    for k in (
+                        "offered",
+                        "admitted",
+                        "blocked",
+                        "rate_limited",
+                        "unauthorized",
+                        "unavailable",
+                        "timeout",
+                        "gave_up",
+                    )
+                ),
+            )
+    console.print(req)
+
+    s = report["sagas"]
+    sagas = Table(title="Sagas")
+    for col in (
+        "created",
+        "completed",
+        "rolled back",
+        "failed",
+        "unfinished",
+        "resumed after crash",
+        "refused by breaker",
+    ):
+        sagas.add_column(col, justify="right")
+    sagas.add_row(
+        *(
+            str(s[k])
+            for k in (
+                "created",
+                "completed",
+                "rolled_back",
+                "failed",
+                "unfinished",
+                "resumed",
+                "actions_refused_by_breaker",
+            )
+        )
+    )
+    console.print(sagas)
+
+    lat = Table(title="Latency (ms)")
+    for col in ("tier", "p50", "p95", "p99"):
+        lat.add_column(col, justify="right" if col != "tier" else "left")
+    latency = report["latency"]
+    lat.add_row("end to end (customers)", *_ms(latency["end_to_end"]))
+    for name in ("submit", "firewall", "gateway", "queue_wait"):
+        lat.add_row(name.replace("_", " "), *_ms(latency[name]))
+    for name, summary in latency["services"].items():
+        lat.add_row(f"service {name}", *_ms(summary))
+    console.print(lat)
+
+    ops = Table(title="Breakers, replicas, queue")
+    ops.add_column("what")
+    ops.add_column("value")
+    for name, b in report["breakers"].items():
+        if b["opened"] or b["final"] != "closed":
+            ops.add_row(
+                f"breaker {name}",
+                f"opened {b['opened']}x, half-open {b['half_opened']}x, "
+                f"closed {b['closed']}x, now {b['final']}",
+            )
+    if not any(b["opened"] for b in report["breakers"].values()):
+        ops.add_row("breakers", "all stayed closed" if report["breakers"] else "disabled")
+    rep = report["replicas"]
+    ops.add_row(
+        "replicas",
+        f"{rep['initial']} at start, {rep['min']}..{rep['max']} "
+        f"(mean {rep['mean']}), {rep['final']} at end, {rep['scale_events']} scaling "
+        f"decisions, {rep['crashes']} crashed",
+    )
+    q = report["queue"]
+    ops.add_row("queue peak", f"{q['peak_depth']} sagas, oldest {q['peak_age']:.2f} s")
+    console.print(ops)
+
+    checks = Table(title="Invariants and claims")
+    checks.add_column("", width=4)
+    checks.add_column("check")
+    checks.add_column("value", justify="right")
+    for text, inv in report["invariants"].items():
+        checks.add_row(_mark(inv["ok"]), text, str(inv["value"]))
+    for claim in report["claims"]:
+        detail = claim.get("error") or str(claim.get("value"))
+        checks.add_row(_mark(claim["ok"]), f"{claim['text']}  [dim]{claim['check']}[/dim]", detail)
+    console.print(checks)
+    for f in files:
+        console.print(f"wrote {f}")
+
+
+def _mark(ok: bool) -> str:
+    return "[green]ok[/green]" if ok else "[red]FAIL[/red]"
+
+
+def render_sweep(console: Console, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> None:
+    table = Table(title="Sweep")
+    for k in keys:
+        table.add_column(k)
+    metrics = (
+        "completed",
+        "rolled_back",
+        "failed",
+        "e2e_p95",
+        "invariants_failed",
+        "claims_failed",
+    )
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for row in rows:
+        table.add_row(*(str(row[k]) for k in keys), *(str(row[m]) for m in metrics))
+    console.print(table)
