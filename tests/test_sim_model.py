@@ -1,0 +1,100 @@
+"""Simulator plumbing: config overrides, claims, schedules, memory that stays flat."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import pytest
+
+from simulator.claims import evaluate
+from simulator.config import Node, apply_override, load_scenario
+from simulator.errors import ScenarioError, ScenarioNotFound
+from simulator.metrics import Histogram
+from simulator.model import simulate
+
+
+@pytest.mark.parametrize(
+    ("assignment", "path", "value"),
+    [
+        ("duration=12", ("duration",), 12),
+        ("services.payments.concurrency=4", ("services", "payments", "concurrency"), 4),
+        ("clients.0.rate.value=2.5", ("clients", 0, "rate", "value"), 2.5),
+        ("breakers.enabled=false", ("breakers", "enabled"), False),
+    ],
+    ids=["top", "nested", "list-index", "bool"],
+)
+def test_override_sets_value(assignment: str, path: tuple, value: object) -> None:
+    config = load_scenario("baseline")
+    apply_override(config, assignment)
+    node = config
+    for part in path:
+        node = node[part]
+    assert node == value
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("servcies.payments.concurrency=3", "unknown setting"),
+        ("duration=fast", "expects a number"),
+        ("clients.7.rate.value=1", "index '7'"),
+        ("duration", "expected key.path=value"),
+    ],
+    ids=["typo", "wrong-kind", "bad-index", "no-equals"],
+)
+def test_bad_override_says_what_to_fix(assignment: str, message: str) -> None:
+    with pytest.raises(ScenarioError, match=message):
+        apply_override(load_scenario("baseline"), assignment)
+
+
+def test_unknown_scenario_lists_known_ones() -> None:
+    with pytest.raises(ScenarioNotFound, match="baseline"):
+        load_scenario("no-such-scenario")
+
+
+def test_bad_values_name_their_path() -> None:
+    config = load_scenario("baseline")
+    config["services"]["payments"]["error_rate"] = 3
+    with pytest.raises(ScenarioError, match=r"services\.payments\.error_rate"):
+        simulate(config, duration=1)
+    with pytest.raises(ScenarioError, match="must be positive"):
+        Node({"x": -1}).num("x", positive=True)
+
+
+def test_claims_read_report_paths_and_windows() -> None:
+    report = {"a": {"b": 3}}
+    series = [{"t": 1.0, "x": 1.0}, {"t": 2.0, "x": 3.0}, {"t": 3.0, "x": 5.0}]
+    claims = [
+        {"text": "path", "check": "a.b >= 3"},
+        {"text": "window", "check": "window(1, 3).x == 4"},
+        {"text": "max", "check": "window(0, end).x.max == 5"},
+        {"text": "missing", "check": "a.c > 1"},
+        {"text": "garbage", "check": "what"},
+    ]
+    results = evaluate(claims, report, series)
+    assert [r["ok"] for r in results] == [True, True, True, False, False]
+    assert "no metric" in results[3]["error"] and "cannot parse" in results[4]["error"]
+
+
+def test_histogram_quantiles_within_two_percent() -> None:
+    h = Histogram()
+    for i in range(1, 10001):
+        h.record(i / 1000)
+    assert h.quantile(0.5) == pytest.approx(5.0, rel=0.02)
+    assert h.quantile(0.99) == pytest.approx(9.9, rel=0.02)
+    assert h.mean == pytest.approx(5.0005)
+
+
+def _peak_memory(duration: float) -> int:
+    config = load_scenario("baseline")
+    tracemalloc.start()
+    simulate(config, duration=duration)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak
+
+
+def test_memory_stays_flat_as_duration_grows() -> None:
+    short, long = _peak_memory(10), _peak_memory(40)
+    # Four times the simulated time (and requests) may add time-series rows, not per-request state.
+    assert long < short * 1.5, (short, long)
