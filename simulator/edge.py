@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,9 @@ from simulator.stations import Job, Station
 __all__ = ["Attempt", "ClientGroup", "Edge", "Gateway", "Request"]
 
 RETRYABLE = frozenset({"timeout", "429", "503", "reset"})
+# Client timeouts are checked by one sweeper per client group, at most this often: a timeout
+# may fire up to this late, and a run schedules ~10 sweeps/s instead of one event per attempt.
+TIMEOUT_RESOLUTION = 0.1
 
 
 class ClientGroup:
@@ -68,6 +72,8 @@ class ClientGroup:
             except (TypeError, ValueError) as exc:
                 raise ScenarioError(f"{node.path}.retry", str(exc)) from None
         self.rng = rng
+        self.pending: deque[tuple[float, Attempt]] = deque()
+        self.sweeping = False
 
 
 class Request:
@@ -183,14 +189,30 @@ class Edge:
         request.inflight += 1
         attempt = Attempt(request, env.now)
         self.count(f"{request.group.kind}.attempts")
-        guard = env.timeout(request.group.timeout)
-        guard.callbacks.append(lambda _ev, a=attempt: self._timed_out(a))
+        group = request.group
+        group.pending.append((env.now + group.timeout, attempt))
+        if not group.sweeping:
+            self._arm(group)
         if self.fw_station.submit(attempt, self._after_firewall) is None:
             self.respond(attempt, "503")
 
-    def _timed_out(self, attempt: Attempt) -> None:
-        if not attempt.answered:
-            self.respond(attempt, "timeout")
+    def _arm(self, group: ClientGroup) -> None:
+        group.sweeping = True
+        delay = max(group.pending[0][0] - self.env.now, TIMEOUT_RESOLUTION)
+        timer = self.env.timeout(delay)
+        timer.callbacks.append(lambda _ev, g=group: self._sweep(g))
+
+    def _sweep(self, group: ClientGroup) -> None:
+        """Time out every attempt past its deadline; forget the answered ones."""
+        group.sweeping = False
+        now = self.env.now
+        pending = group.pending
+        while pending and (pending[0][1].answered or pending[0][0] <= now):
+            _, attempt = pending.popleft()
+            if not attempt.answered:
+                self.respond(attempt, "timeout")
+        if pending and not group.sweeping:
+            self._arm(group)
 
     def respond(self, attempt: Attempt, status: str, retry_after: float | None = None) -> None:
         """The answer to `attempt` reaches the client (ignored if it already gave up)."""

@@ -167,7 +167,6 @@ class Simulation:
             "completed_not_applied": 0,
         }
         self.e2e = Histogram()
-        self.e2e_all = Histogram()
         self.e2e_by_group: dict[str, Histogram] = {}
         self.window = Histogram()
         self.duplicates = 0
@@ -222,7 +221,6 @@ class Simulation:
         status = state.status
         self.status_counts[status.value] += 1
         latency = now - saga.born
-        self.e2e_all.record(latency)
         if saga.legit:
             self.e2e.record(latency)
             self.window.record(latency)

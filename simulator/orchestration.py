@@ -321,7 +321,9 @@ class Orchestrator:
                     continue
                 yield env.timeout(db())
                 state.apply(Event(_STARTED, env.now, name, phase, attempt))
-                failure, unwell = yield services[service_name].call(saga, name, phase, step.timeout)
+                call = services[service_name].call(saga, name, phase, step.timeout)
+                yield call.event
+                failure, unwell = call.outcome
                 if breaker is not None:
                     if unwell:
                         breaker.record_failure(env.now)

@@ -17,7 +17,7 @@ import simpy
 from orchestrator.saga import Failure, Phase
 from simulator.metrics import Histogram, TierStats
 
-__all__ = ["Fault", "Job", "Service", "Station", "sampler"]
+__all__ = ["Call", "Fault", "Job", "Service", "Station", "sampler"]
 
 
 def sampler(spec: dict[str, Any], rng: random.Random, where: str) -> Callable[[], float]:
@@ -45,7 +45,7 @@ def sampler(spec: dict[str, Any], rng: random.Random, where: str) -> Callable[[]
 class Job:
     """One item at a station. `payload` belongs to the caller."""
 
-    __slots__ = ("arrived", "started", "ends", "payload", "done", "cancelled")
+    __slots__ = ("arrived", "started", "ends", "payload", "done", "cancelled", "timer")
 
     def __init__(self, arrived: float, payload: Any, done: Callable[[Job], None]) -> None:
         self.arrived = arrived
@@ -54,6 +54,7 @@ class Job:
         self.payload = payload
         self.done = done
         self.cancelled = False
+        self.timer: simpy.Event | None = None
 
 
 class Station:
@@ -76,7 +77,6 @@ class Station:
         self.queue: deque[Job] = deque()
         self.in_service: set[Job] = set()
         self.stats = TierStats(name)
-        self.wait = Histogram()
         self.response = Histogram()
         self.scale = 1.0  # service-time multiplier (slowdowns)
 
@@ -104,10 +104,9 @@ class Station:
         self.busy += 1
         self.in_service.add(job)
         job.started = now
-        self.wait.record(now - job.arrived)
         duration = self.sample() * self.scale
         job.ends = now + duration
-        timer = self.env.timeout(duration)
+        timer = job.timer = self.env.timeout(duration)
         timer.callbacks.append(lambda _ev, job=job: self._finish(job))
 
     def _finish(self, job: Job) -> None:
@@ -164,15 +163,26 @@ Outcome = tuple[Failure | None, bool]
 _OK: Outcome = (None, False)
 
 
-class _Call:
-    __slots__ = ("event", "saga", "key", "phase", "answered")
+class Call:
+    """One attempt in flight: wait for `event`, then read `outcome`."""
 
-    def __init__(self, event: simpy.Event, saga: Any, key: tuple[str, Phase], phase: Phase):
-        self.event = event
+    __slots__ = ("event", "saga", "key", "phase", "answered", "outcome", "direct")
+
+    def __init__(self, saga: Any, key: tuple[str, Phase], phase: Phase) -> None:
+        self.event: simpy.Event | None = None
         self.saga = saga
         self.key = key
         self.phase = phase
         self.answered = False
+        self.outcome: Outcome = _OK
+        self.direct = False
+
+    def answer(self, outcome: Outcome) -> None:
+        self.answered = True
+        self.outcome = outcome
+        if not self.direct:
+            assert self.event is not None
+            self.event.succeed(outcome)
 
 
 class Service:
@@ -232,49 +242,58 @@ class Service:
                     rate = max(rate, f.rate)
         return outage, factor, rate
 
-    def call(self, saga: Any, step: str, phase: Phase, timeout: float) -> simpy.Event:
-        """Send one attempt; the returned event's value is an `Outcome`."""
+    def call(self, saga: Any, step: str, phase: Phase, timeout: float) -> Call:
+        """Send one attempt; wait for the returned call's `event`, then read its `outcome`.
+
+        When the job starts at once and ends within the timeout, the call's event is the
+        station's own completion timer (whose callback sets the outcome before the caller
+        resumes): one scheduled event per call instead of two.
+        """
         env = self.env
         now = env.now
         counts = self.counts
         counts["calls"] += 1
-        event = env.event()
+        call = Call(saga, (step, phase), phase)
         if self.faults:
             outage, factor, _ = self._fault_state(now)
             self.station.scale = factor
             if outage:
                 counts["refused"] += 1
-                return event.succeed((REFUSED, True))
-        call = _Call(event, saga, (step, phase), phase)
+                call.event = env.event()
+                call.answer((REFUSED, True))
+                return call
         job = self.station.submit(call, self._done)
         if job is None:
             counts["overloaded"] += 1
-            return event.succeed((OVERLOADED, True))
+            call.event = env.event()
+            call.answer((OVERLOADED, True))
+            return call
         saga.inflight += 1
-        if job.ends < 0 or job.ends - now > timeout:
-            guard = env.timeout(timeout)
-            guard.callbacks.append(lambda _ev, call=call: self._time_out(call))
-        return event
+        if job.timer is not None and job.ends - now <= timeout:
+            call.direct = True
+            call.event = job.timer
+            return call
+        call.event = env.event()
+        guard = env.timeout(timeout)
+        guard.callbacks.append(lambda _ev, call=call: self._time_out(call))
+        return call
 
-    def _time_out(self, call: _Call) -> None:
+    def _time_out(self, call: Call) -> None:
         if not call.answered:
-            call.answered = True
             self.counts["timeouts"] += 1
-            call.event.succeed((TIMED_OUT, True))
+            call.answer((TIMED_OUT, True))
 
     def _done(self, job: Job) -> None:
-        call: _Call = job.payload
+        call: Call = job.payload
         saga = call.saga
         saga.inflight -= 1
-        counts = self.counts
         if call.answered:
-            counts["wasted"] += 1  # the caller gave up; the work was done anyway
+            self.counts["wasted"] += 1  # the caller gave up; the work was done anyway
         outcome = self._apply(call, saga)
         if not call.answered:
-            call.answered = True
-            call.event.succeed(outcome)
+            call.answer(outcome)
 
-    def _apply(self, call: _Call, saga: Any) -> Outcome:
+    def _apply(self, call: Call, saga: Any) -> Outcome:
         counts = self.counts
         rng = self.rng
         rate = self._fault_state(self.env.now)[2] if self.faults else self.error_rate
