@@ -1,0 +1,275 @@
+"""`sagalab services`: run the fake external services and break them on purpose.
+
+Thin shells over :mod:`fakeservices`: parse, call the library, render. With ``--json`` only
+JSON goes to stdout; messages always go to stderr. Exit codes: 0 ok, 1 the services cannot be
+reached or started, 2 a bad argument (unknown service, a value the services refuse).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from fakeservices import (
+    DEFAULT_URL,
+    SERVICE_NAMES,
+    SERVICES_URL_ENV,
+    AdminClient,
+    AdminRequestRejected,
+    FakeServicesError,
+    PortInUseError,
+    ServicesUnreachable,
+    UnknownServiceError,
+    get_service,
+    run_in_thread,
+)
+
+app = typer.Typer(
+    help="Run the fake external services (inventory, payments, shipping, notifications) "
+    "and inject faults into them.",
+    no_args_is_help=True,
+)
+
+UrlOpt = Annotated[
+    str,
+    typer.Option(
+        "--url",
+        envvar=SERVICES_URL_ENV,
+        help="Base URL of the running fake services.",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print pure JSON on stdout.")]
+ServiceArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICE_NAMES)}.")]
+
+
+def _stdout() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    """Print one error line on stderr and return the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+@contextmanager
+def _admin(url: str) -> Iterator[AdminClient]:
+    """An admin client whose errors become one line on stderr and an exit code."""
+    try:
+        with AdminClient(url) as client:
+            yield client
+    except UnknownServiceError as exc:
+        raise _fail(str(exc), 2) from None
+    except ServicesUnreachable as exc:
+        raise _fail(str(exc), 1) from None
+    except AdminRequestRejected as exc:
+        raise _fail(
+            f"the services refused the request: {exc}", 2 if exc.status < 500 else 1
+        ) from None
+    except FakeServicesError as exc:
+        raise _fail(str(exc), 1) from None
+
+
+def _check_service(name: str) -> None:
+    try:
+        get_service(name)
+    except UnknownServiceError as exc:
+        raise _fail(str(exc), 2) from None
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+def _describe_fault(fault: dict[str, Any]) -> str:
+    parts = []
+    if fault["outage_seconds"] is not None:
+        parts.append(f"outage {fault['outage_seconds']:g}s -> {fault['status']}")
+    elif fault["error_rate"] > 0:
+        when = "after applying" if fault["after_apply"] else "before applying"
+        parts.append(f"{fault['error_rate']:.0%} -> {fault['status']} {when}")
+    if fault["latency_ms"]:
+        parts.append(f"+{fault['latency_ms']} ms")
+    state = "" if fault["active"] else " (expired)"
+    what = ", ".join(parts) or "no effect"
+    return f"{fault['id']} {fault['service']} {fault['endpoint']}: {what}{state}"
+
+
+def _render_faults(faults: list[dict[str, Any]]) -> None:
+    console = _stdout()
+    if not faults:
+        console.print("no faults")
+    for fault in faults:
+        console.print(escape(_describe_fault(fault)))
+
+
+def _render_ledger(entries: list[dict[str, Any]]) -> None:
+    console = _stdout()
+    if not entries:
+        console.print("the ledger is empty")
+        return
+    table = Table("seq", "service", "operation", "endpoint", "order", "key", "noop", "trace")
+    for e in entries:
+        trace = e["traceparent"] or ""
+        # Show the trace id only: the rest of a traceparent is noise in a table.
+        parts = trace.split("-")
+        table.add_row(
+            str(e["seq"]),
+            e["service"],
+            e["operation"],
+            e["endpoint"],
+            escape(e["order_id"]),
+            escape(e["idempotency_key"]),
+            "yes" if e["noop"] else "",
+            parts[1] if len(parts) == 4 else escape(trace),
+        )
+    console.print(table)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8700,
+) -> None:
+    """Serve the four fake services in the foreground until Ctrl-C."""
+    try:
+        running = run_in_thread(host, port)
+    except PortInUseError as exc:
+        raise _fail(str(exc), 1) from None
+    except FakeServicesError as exc:
+        raise _fail(str(exc), 1) from None
+    console = _stdout()
+    console.print(f"sagalab fake services on {running.base_url}")
+    for name, url in running.services.items():
+        console.print(f"  {name:<14} {url}")
+    console.print("environment for the orchestrator:")
+    for key, value in running.env.items():
+        typer.echo(f"export {key}={value}")
+    sys.stdout.flush()
+    typer.echo("press Ctrl-C to stop", err=True)
+
+    stopping = False
+
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        running.request_stop()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        while not running.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        stopping = True
+    finally:
+        running.stop()
+        signal.signal(signal.SIGTERM, previous)
+    if not stopping:
+        raise _fail("the fake services stopped unexpectedly; see the log above", 1)
+    typer.echo("stopped", err=True)
+
+
+@app.command()
+def fault(
+    service: ServiceArg,
+    endpoint: Annotated[
+        str | None, typer.Option(help="'*' (all, the default) or one endpoint, e.g. /charges.")
+    ] = None,
+    error_rate: Annotated[
+        float | None,
+        typer.Option(help="Share of requests that fail, 0..1 (default 1, or 0 with a latency)."),
+    ] = None,
+    status: Annotated[int | None, typer.Option(help="Status of a failure (default 503).")] = None,
+    latency_ms: Annotated[int | None, typer.Option(help="Delay added to each request.")] = None,
+    outage: Annotated[
+        float | None, typer.Option(help="Fail every request for this many seconds.")
+    ] = None,
+    after_apply: Annotated[
+        bool, typer.Option("--after-apply", help="Fail after applying: a lost response.")
+    ] = False,
+    clear: Annotated[
+        bool,
+        typer.Option("--clear", help="Clear this service's faults first (alone: only clear them)."),
+    ] = False,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Inject a fault into SERVICE, or clear its faults with --clear."""
+    _check_service(service)
+    spec = {
+        "endpoint": endpoint,
+        "error_rate": error_rate,
+        "status": status,
+        "latency_ms": latency_ms,
+        "outage_seconds": outage,
+        "after_apply": True if after_apply else None,
+    }
+    adding = not clear or any(v is not None for v in spec.values())
+    result: dict[str, Any] = {}
+    with _admin(url) as client:
+        if clear:
+            result["removed"] = client.clear_faults(service)
+        if adding:
+            result["fault"] = client.add_fault(service, **spec)
+    if as_json:
+        _print_json(result)
+        return
+    if clear:
+        typer.echo(f"cleared {result['removed']} fault(s) on {service}", err=True)
+    if adding:
+        _stdout().print(escape("added " + _describe_fault(result["fault"])))
+
+
+@app.command()
+def faults(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """List the faults in force."""
+    with _admin(url) as client:
+        listed = client.faults()
+    if as_json:
+        _print_json({"faults": listed})
+    else:
+        _render_faults(listed)
+
+
+@app.command()
+def ledger(
+    service: Annotated[str | None, typer.Option(help="Only this service's entries.")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show every operation the services applied, in order."""
+    if service is not None:
+        _check_service(service)
+    with _admin(url) as client:
+        entries = client.ledger(service)
+    if as_json:
+        _print_json({"entries": entries})
+    else:
+        _render_ledger(entries)
+
+
+@app.command()
+def reset(url: UrlOpt = DEFAULT_URL) -> None:
+    """Clear the ledger, the services' state and all faults."""
+    with _admin(url) as client:
+        client.reset()
+    typer.echo(f"reset the fake services at {url}: ledger, state and faults cleared", err=True)
+
+
+if __name__ == "__main__":
+    app()
