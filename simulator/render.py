@@ -35,38 +35,15 @@ def render_summary(console: Console, report: Mapping[str, Any], files: Sequence[
     if scenario.get("shows"):
         console.print(f"[dim]{scenario['shows']}[/dim]")
 
-    req = Table(title="Requests")
-    for col in (
-        "who",
-        "offered",
-        "admitted",
-        "blocked",
-        "rate-limited",
-        "unauthorized",
-        "unavailable",
-        "timeouts",
-        "gave up",
-    ):
+    req = Table(title="Requests (403 blocked, 429 rate-limited, 401 no key, 503 unavailable)")
+    heads = ("who", "offered", "admitted", "403", "429", "401", "503", "timeout", "gave up")
+    for col in heads:
         req.add_column(col, justify="right" if col != "who" else "left")
+    fields = ("offered", "admitted", "blocked", "rate_limited", "unauthorized", "unavailable")
     for who in ("legit", "attacker"):
         r = report["requests"][who]
         if r["offered"]:
-            req.add_row(
-                who,
-                *(
-                    str(r[k])
-                    for k in (
-                        "offered",
-                        "admitted",
-                        "blocked",
-                        "rate_limited",
-                        "unauthorized",
-                        "unavailable",
-                        "timeout",
-                        "gave_up",
-                    )
-                ),
-            )
+            req.add_row(who, *(str(r[k]) for k in (*fields, "timeout", "gave_up")))
     console.print(req)
 
     s = report["sagas"]
@@ -77,8 +54,8 @@ def render_summary(console: Console, report: Mapping[str, Any], files: Sequence[
         "rolled back",
         "failed",
         "unfinished",
-        "resumed after crash",
-        "refused by breaker",
+        "resumed",
+        "breaker-refused",
     ):
         sagas.add_column(col, justify="right")
     sagas.add_row(
