@@ -1,0 +1,121 @@
+"""Journal entries: a core `Event` plus what the shell observed around it.
+
+The core decides from `Event`s alone; operators and tests also want the request and response
+summaries, HTTP status, duration and span id, which live beside the event in the same row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.saga import Event, EventType, Failure, Phase
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One row of a saga's journal. `seq` is assigned by the store (0 until stored)."""
+
+    event: Event
+    seq: int = 0
+    request: Any = None
+    response: Any = None
+    status_code: int | None = None
+    duration_ms: float | None = None
+    span_id: str | None = None
+
+
+def failure_to_json(failure: Failure | None) -> str | None:
+    """A failure as JSON text (None stays None)."""
+    if failure is None:
+        return None
+    return json.dumps(
+        {
+            "error": failure.error,
+            "retryable": failure.retryable,
+            "maybe_applied": failure.maybe_applied,
+            "retry_after": failure.retry_after,
+        }
+    )
+
+
+def failure_from_json(text: str | None) -> Failure | None:
+    """Inverse of `failure_to_json`."""
+    if not text:
+        return None
+    d = json.loads(text)
+    return Failure(d["error"], d["retryable"], d["maybe_applied"], d.get("retry_after"))
+
+
+def entry_to_row(saga_id: str, trace_id: str, entry: JournalEntry, seq: int) -> dict[str, Any]:
+    """The database row for `entry` stored at `seq`."""
+    e = entry.event
+    return {
+        "saga_id": saga_id,
+        "seq": seq,
+        "type": e.type.value,
+        "step": e.step,
+        "phase": e.phase.value if e.phase else None,
+        "attempt": e.attempt,
+        "at": e.at,
+        "failure": failure_to_json(e.failure),
+        "not_before": e.not_before,
+        "reason": e.reason,
+        "force": int(e.force),
+        "request": None if entry.request is None else json.dumps(entry.request),
+        "response": None if entry.response is None else json.dumps(entry.response),
+        "status_code": entry.status_code,
+        "duration_ms": entry.duration_ms,
+        "trace_id": trace_id,
+        "span_id": entry.span_id,
+    }
+
+
+def entry_from_row(row: dict[str, Any]) -> JournalEntry:
+    """Inverse of `entry_to_row`."""
+    event = Event(
+        type=EventType(row["type"]),
+        at=row["at"],
+        step=row["step"],
+        phase=Phase(row["phase"]) if row["phase"] else None,
+        attempt=row["attempt"],
+        failure=failure_from_json(row["failure"]),
+        not_before=row["not_before"],
+        reason=row["reason"],
+        force=bool(row["force"]),
+    )
+    return JournalEntry(
+        event=event,
+        seq=row["seq"],
+        request=json.loads(row["request"]) if row["request"] else None,
+        response=json.loads(row["response"]) if row["response"] else None,
+        status_code=row["status_code"],
+        duration_ms=row["duration_ms"],
+        span_id=row["span_id"],
+    )
+
+
+def entry_to_dict(entry: JournalEntry) -> dict[str, Any]:
+    """A JSON-ready view of an entry for `--json` output."""
+    e = entry.event
+    failure = None
+    if e.failure is not None:
+        failure = json.loads(failure_to_json(e.failure) or "null")
+    return {
+        "seq": entry.seq,
+        "type": e.type.value,
+        "at": e.at,
+        "step": e.step,
+        "phase": e.phase.value if e.phase else None,
+        "attempt": e.attempt,
+        "failure": failure,
+        "not_before": e.not_before,
+        "reason": e.reason,
+        "force": e.force,
+        "request": entry.request,
+        "response": entry.response,
+        "status_code": entry.status_code,
+        "duration_ms": entry.duration_ms,
+        "span_id": entry.span_id,
+    }

@@ -1,0 +1,414 @@
+"""The embedded SQLite saga store.
+
+One connection per thread or process; WAL journal with synchronous=NORMAL; every write is a
+single `BEGIN IMMEDIATE` transaction (a deferred transaction that reads and then writes fails
+at once with "database is locked" under several writers; an immediate one waits its turn).
+The schema version lives in `meta` and `MIGRATIONS` brings any older file up to date.
+Reads go through sqlite-utils; the append hot path is raw SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from orchestrator.errors import (
+    ConcurrentUpdate,
+    IdempotencyConflict,
+    SagaNotFoundError,
+    StoreError,
+)
+from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
+from orchestrator.journal import JournalEntry, entry_from_row, entry_to_row
+from orchestrator.saga import Event, EventType, SagaState, SagaStatus
+from orchestrator.store import SagaRecord, StepRow, input_fingerprint, step_rows
+
+T = TypeVar("T")
+
+_V1 = """
+CREATE TABLE sagas (
+    id TEXT PRIMARY KEY,
+    flow_name TEXT NOT NULL,
+    flow_version INTEGER NOT NULL,
+    flow_snapshot TEXT NOT NULL,
+    input TEXT NOT NULL,
+    input_hash TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    status TEXT NOT NULL,
+    trace_id TEXT NOT NULL,
+    reason TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    last_seq INTEGER NOT NULL
+);
+CREATE INDEX sagas_by_created ON sagas (created_at);
+CREATE INDEX sagas_by_status ON sagas (status, created_at);
+CREATE TABLE events (
+    saga_id TEXT NOT NULL REFERENCES sagas (id),
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    step TEXT,
+    phase TEXT,
+    attempt INTEGER NOT NULL,
+    at REAL NOT NULL,
+    failure TEXT,
+    not_before REAL,
+    reason TEXT,
+    force INTEGER NOT NULL DEFAULT 0,
+    request TEXT,
+    response TEXT,
+    status_code INTEGER,
+    duration_ms REAL,
+    trace_id TEXT NOT NULL,
+    span_id TEXT,
+    PRIMARY KEY (saga_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE steps (
+    saga_id TEXT NOT NULL REFERENCES sagas (id),
+    name TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    compensation_attempts INTEGER NOT NULL,
+    last_error TEXT,
+    PRIMARY KEY (saga_id, name)
+) WITHOUT ROWID;
+"""
+
+# v2: the durable queue and leases (worker replicas claim sagas; fencing by lease epoch).
+_V2 = """
+ALTER TABLE sagas ADD COLUMN run_after REAL;
+ALTER TABLE sagas ADD COLUMN lease_owner TEXT;
+ALTER TABLE sagas ADD COLUMN lease_until REAL;
+ALTER TABLE sagas ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX sagas_queue ON sagas (run_after) WHERE run_after IS NOT NULL;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_ACTIVE = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+
+
+def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
+    """A connection in autocommit mode (we issue BEGIN IMMEDIATE ourselves), WAL, NORMAL."""
+    target = Path(path)
+    if target.is_dir():
+        raise StoreError(f"cannot open database {path}: it is a directory")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(target), timeout=timeout, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(
+            f"cannot open database {path}: {exc}; pass a writable path with --db or SAGALAB_DB"
+        ) from None
+    return conn
+
+
+class SQLiteStore:
+    """`SagaStore` on one SQLite file. Not shareable across threads: open one per thread."""
+
+    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.conn = connect(path, timeout=timeout)
+        self.db = sqlite_utils.Database(self.conn)
+        self._flows: dict[str, FlowDefinition] = {}
+        self.migrate()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write to {self.path}: {exc}") from None
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot commit to {self.path}: {exc}") from None
+
+    def _guard(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: {exc}") from None
+
+    def schema_version(self) -> int:
+        """The schema version recorded in the file (0 for a new file)."""
+        if "meta" not in self.db.table_names():
+            return 0
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def migrate(self) -> int:
+        """Bring the file to SCHEMA_VERSION; return the version it had before."""
+        try:
+            with self._write() as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+                before = self.schema_version()
+                if before > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path} has schema version {before}, newer than this sagalab "
+                        f"({SCHEMA_VERSION}); upgrade sagalab"
+                    )
+                for script in MIGRATIONS[before:]:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a usable sagalab database: {exc}") from None
+        return before
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    # -- sagas ------------------------------------------------------------------------------
+
+    def _flow(self, snapshot: str) -> FlowDefinition:
+        flow = self._flows.get(snapshot)
+        if flow is None:
+            flow = flow_from_dict(json.loads(snapshot), source="(stored snapshot)")
+            self._flows[snapshot] = flow
+        return flow
+
+    def _record(self, row: dict[str, Any]) -> SagaRecord:
+        return SagaRecord(
+            id=row["id"],
+            flow=self._flow(row["flow_snapshot"]),
+            input=json.loads(row["input"]),
+            status=SagaStatus(row["status"]),
+            trace_id=row["trace_id"],
+            idempotency_key=row["idempotency_key"],
+            reason=row["reason"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            last_seq=row["last_seq"],
+        )
+
+    def create_saga(
+        self,
+        *,
+        saga_id: str,
+        flow: FlowDefinition,
+        payload: dict[str, Any],
+        trace_id: str,
+        idempotency_key: str | None,
+        now: float,
+        run_after: float | None = None,
+    ) -> tuple[SagaRecord, bool]:
+        """Store a new saga (queued if `run_after` is set); reuse the one a key names."""
+        fingerprint = input_fingerprint(flow.name, flow.version, payload)
+        snapshot = json.dumps(flow_to_dict(flow), sort_keys=True)
+        with self._write() as conn:
+            if idempotency_key is not None:
+                found = conn.execute(
+                    "SELECT id, input_hash FROM sagas WHERE idempotency_key = ?",
+                    (idempotency_key,),
+                ).fetchone()
+                if found is not None:
+                    if found[1] != fingerprint:
+                        raise IdempotencyConflict(idempotency_key, found[0])
+                    existing_id = found[0]
+                else:
+                    existing_id = None
+            else:
+                existing_id = None
+            if existing_id is None:
+                conn.execute(
+                    "INSERT INTO sagas (id, flow_name, flow_version, flow_snapshot, input, "
+                    "input_hash, idempotency_key, status, trace_id, created_at, updated_at, "
+                    "last_seq, run_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                    (
+                        saga_id,
+                        flow.name,
+                        flow.version,
+                        snapshot,
+                        json.dumps(payload),
+                        fingerprint,
+                        idempotency_key,
+                        SagaStatus.PENDING.value,
+                        trace_id,
+                        now,
+                        now,
+                        run_after,
+                    ),
+                )
+                created = JournalEntry(Event(EventType.SAGA_CREATED, now))
+                row = entry_to_row(saga_id, trace_id, created, 1)
+                conn.execute(_INSERT_EVENT, row)
+                state = SagaState(flow)
+                conn.executemany(
+                    _UPSERT_STEP, [_step_params(saga_id, r) for r in step_rows(state)]
+                )
+        if existing_id is not None:
+            return self.load(existing_id), False
+        return self.load(saga_id), True
+
+    def load(self, saga_id: str) -> SagaRecord:
+        """The saga's row."""
+        rows = self._guard(lambda: list(self.db["sagas"].rows_where("id = ?", [saga_id])))
+        if not rows:
+            raise SagaNotFoundError(saga_id)
+        return self._record(rows[0])
+
+    def journal(self, saga_id: str) -> list[JournalEntry]:
+        """Every journal entry, in order."""
+        rows = self._guard(
+            lambda: list(
+                self.db["events"].rows_where("saga_id = ?", [saga_id], order_by="seq")
+            )
+        )
+        if not rows:
+            self.load(saga_id)  # raises SagaNotFoundError for an unknown id
+        return [entry_from_row(r) for r in rows]
+
+    def state(self, saga_id: str) -> tuple[SagaRecord, list[JournalEntry], SagaState]:
+        """Record, journal and the folded state, read consistently."""
+        with self._read():
+            record = self.load(saga_id)
+            entries = self.journal(saga_id)
+        state = SagaState.replay(record.flow, (e.event for e in entries))
+        return record, entries, state
+
+    @contextmanager
+    def _read(self) -> Iterator[None]:
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
+
+    def append(
+        self,
+        saga_id: str,
+        entries: Sequence[JournalEntry],
+        *,
+        expected_seq: int,
+        state: SagaState,
+        now: float,
+    ) -> int:
+        """Append `entries` after `expected_seq` in one transaction, with the new status."""
+        if not entries:
+            return expected_seq
+        touched = {e.event.step for e in entries if e.event.step is not None}
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT last_seq, trace_id FROM sagas WHERE id = ?", (saga_id,)
+            ).fetchone()
+            if row is None:
+                raise SagaNotFoundError(saga_id)
+            if row[0] != expected_seq:
+                raise ConcurrentUpdate(
+                    f"saga {saga_id}: journal is at {row[0]}, writer expected {expected_seq}"
+                )
+            trace_id = row[1]
+            seq = expected_seq
+            params = []
+            for entry in entries:
+                seq += 1
+                params.append(entry_to_row(saga_id, trace_id, entry, seq))
+            conn.executemany(_INSERT_EVENT, params)
+            conn.execute(
+                "UPDATE sagas SET status = ?, reason = ?, updated_at = ?, last_seq = ? "
+                "WHERE id = ?",
+                (state.status.value, state.reason, now, seq, saga_id),
+            )
+            if touched:
+                conn.executemany(
+                    _UPSERT_STEP,
+                    [_step_params(saga_id, r) for r in step_rows(state, sorted(touched))],
+                )
+        return seq
+
+    def steps(self, saga_id: str) -> list[StepRow]:
+        """Materialised step rows, in flow order."""
+        rows = self._guard(
+            lambda: list(self.db["steps"].rows_where("saga_id = ?", [saga_id], order_by="idx"))
+        )
+        return [
+            StepRow(
+                name=r["name"],
+                index=r["idx"],
+                status=r["status"],
+                attempts=r["attempts"],
+                compensation_attempts=r["compensation_attempts"],
+                last_error=r["last_error"],
+            )
+            for r in rows
+        ]
+
+    def list_sagas(
+        self, *, status: SagaStatus | None = None, flow: str | None = None, limit: int = 50
+    ) -> list[SagaRecord]:
+        """Most recent first."""
+        where, args = [], []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status.value)
+        if flow is not None:
+            where.append("flow_name = ?")
+            args.append(flow)
+        rows = self._guard(
+            lambda: list(
+                self.db["sagas"].rows_where(
+                    " AND ".join(where) or None,
+                    args,
+                    order_by="created_at DESC, id",
+                    limit=limit,
+                )
+            )
+        )
+        return [self._record(r) for r in rows]
+
+    def count_by_status(self) -> dict[str, int]:
+        """How many sagas are in each status."""
+        rows = self.conn.execute("SELECT status, COUNT(*) FROM sagas GROUP BY status")
+        return {status: n for status, n in rows}
+
+
+_INSERT_EVENT = (
+    "INSERT INTO events (saga_id, seq, type, step, phase, attempt, at, failure, not_before, "
+    "reason, force, request, response, status_code, duration_ms, trace_id, span_id) VALUES "
+    "(:saga_id, :seq, :type, :step, :phase, :attempt, :at, :failure, :not_before, :reason, "
+    ":force, :request, :response, :status_code, :duration_ms, :trace_id, :span_id)"
+)
+
+_UPSERT_STEP = (
+    "INSERT INTO steps (saga_id, name, idx, status, attempts, compensation_attempts, "
+    "last_error) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (saga_id, name) DO UPDATE SET "
+    "status = excluded.status, attempts = excluded.attempts, "
+    "compensation_attempts = excluded.compensation_attempts, last_error = excluded.last_error"
+)
+
+
+def _step_params(saga_id: str, r: StepRow) -> tuple[Any, ...]:
+    return (
+        saga_id,
+        r.name,
+        r.index,
+        r.status,
+        r.attempts,
+        r.compensation_attempts,
+        r.last_error,
+    )

@@ -1,0 +1,127 @@
+"""The saga store interface and the records it returns.
+
+The runtime and CLI talk to `SagaStore`; `SQLiteStore` (orchestrator/sqlite_store.py) is the
+embedded default. A PostgreSQL store for replicas on several hosts implements the same
+protocol; nothing in the core or the runtime depends on which one is in use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from orchestrator.flow import FlowDefinition
+from orchestrator.journal import JournalEntry
+from orchestrator.saga import SagaState, SagaStatus
+
+
+@dataclass(frozen=True)
+class SagaRecord:
+    """A saga's current row: identity, flow snapshot, input and materialised status."""
+
+    id: str
+    flow: FlowDefinition
+    input: dict[str, Any]
+    status: SagaStatus
+    trace_id: str
+    idempotency_key: str | None
+    reason: str | None
+    created_at: float
+    updated_at: float
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """Materialised status of one step, for listings and the status timeline."""
+
+    name: str
+    index: int
+    status: str
+    attempts: int
+    compensation_attempts: int
+    last_error: str | None
+
+
+def step_rows(state: SagaState, names: Sequence[str] | None = None) -> list[StepRow]:
+    """Step rows derived from `state` (all steps, or only `names`)."""
+    rows = []
+    for index, definition in enumerate(state.flow.steps):
+        if names is not None and definition.name not in names:
+            continue
+        p = state.steps[definition.name]
+        failure = p.compensation.last_failure or p.action.last_failure
+        rows.append(
+            StepRow(
+                name=definition.name,
+                index=index,
+                status=p.display_status,
+                attempts=p.action.attempts,
+                compensation_attempts=p.compensation.attempts,
+                last_error=failure.error if failure else None,
+            )
+        )
+    return rows
+
+
+def input_fingerprint(flow_name: str, flow_version: int, payload: dict[str, Any]) -> str:
+    """What an idempotency key is bound to: flow and canonical input."""
+    canonical = json.dumps([flow_name, flow_version, payload], sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class SagaStore(Protocol):
+    """Durable saga storage. Every method is atomic; `append` is the only hot path."""
+
+    def create_saga(
+        self,
+        *,
+        saga_id: str,
+        flow: FlowDefinition,
+        payload: dict[str, Any],
+        trace_id: str,
+        idempotency_key: str | None,
+        now: float,
+    ) -> tuple[SagaRecord, bool]:
+        """Store a new saga with its SAGA_CREATED event; (existing, False) for a reused key."""
+        ...
+
+    def load(self, saga_id: str) -> SagaRecord:
+        """The saga's row (SagaNotFoundError if unknown)."""
+        ...
+
+    def journal(self, saga_id: str) -> list[JournalEntry]:
+        """Every journal entry of the saga, in order."""
+        ...
+
+    def append(
+        self,
+        saga_id: str,
+        entries: Sequence[JournalEntry],
+        *,
+        expected_seq: int,
+        state: SagaState,
+        now: float,
+    ) -> int:
+        """Append entries atomically after `expected_seq`; return the new last seq.
+
+        Raises ConcurrentUpdate if another writer appended first.
+        """
+        ...
+
+    def steps(self, saga_id: str) -> list[StepRow]:
+        """Materialised step rows of the saga, in flow order."""
+        ...
+
+    def list_sagas(
+        self, *, status: SagaStatus | None = None, flow: str | None = None, limit: int = 50
+    ) -> list[SagaRecord]:
+        """Most recent sagas first, optionally filtered."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
