@@ -1,0 +1,210 @@
+"""Step executors: perform one attempt and classify its outcome for the core.
+
+`HttpExecutor` calls a service with httpx; `PythonExecutor` calls a registered handler.
+Both return an `AttemptOutcome`; neither decides what happens next.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+import httpx
+
+from orchestrator.errors import SagaError, ServiceConfigError, TemplateError
+from orchestrator.flow import StepDefinition
+from orchestrator.registry import PermanentStepError, StepCall, TransientStepError, get_handler
+from orchestrator.saga import Failure, Phase
+from orchestrator.templates import render
+
+
+@dataclass(frozen=True)
+class AttemptContext:
+    """Everything an executor needs for one attempt."""
+
+    saga_id: str
+    trace_id: str
+    span_id: str
+    step: StepDefinition
+    phase: Phase
+    attempt: int
+    idempotency_key: str
+    input: Mapping[str, Any]
+    responses: Mapping[str, Any]
+
+    @property
+    def traceparent(self) -> str:
+        """W3C trace context header value for this attempt."""
+        return f"00-{self.trace_id}-{self.span_id}-01"
+
+    def template_context(self) -> dict[str, Any]:
+        return {
+            "input": self.input,
+            "steps": {name: {"response": r} for name, r in self.responses.items()},
+            "saga": {"id": self.saga_id, "trace_id": self.trace_id},
+        }
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """What happened: a response, or a classified failure; plus what was sent."""
+
+    response: Any = None
+    failure: Failure | None = None
+    request: Any = None
+    status_code: int | None = None
+    duration_ms: float | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.failure is None
+
+
+class StepExecutor(Protocol):
+    """Performs attempts. Implementations must not raise for a failed call."""
+
+    def execute(self, ctx: AttemptContext) -> AttemptOutcome: ...
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def classify_response(response: httpx.Response) -> Failure | None:
+    """None for 2xx; otherwise a Failure: 5xx/429 retryable, other 4xx permanent.
+
+    A 5xx may come after the service applied the operation, so it counts as maybe applied;
+    a 4xx is a refusal that applied nothing; 429 is a refusal worth retrying later.
+    A 409 whose body says the key is still being processed is a retryable in-flight race.
+    """
+    code = response.status_code
+    if 200 <= code < 300:
+        return None
+    text = response.text[:300]
+    error = f"HTTP {code}: {text}" if text else f"HTTP {code}"
+    if code == 429:
+        return Failure(error, True, False, _retry_after(response.headers.get("Retry-After")))
+    if code >= 500:
+        return Failure(error, True, True, _retry_after(response.headers.get("Retry-After")))
+    if code == 409 and "in_progress" in text:
+        return Failure(error, True, True, _retry_after(response.headers.get("Retry-After")))
+    return Failure(error, False, False)
+
+
+def classify_exception(exc: httpx.HTTPError) -> Failure:
+    """Transport errors: before sending (not applied) or after (outcome unknown)."""
+    name = type(exc).__name__
+    message = f"{name}: {exc}" if str(exc) else name
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return Failure(message, True, False)
+    if isinstance(exc, httpx.TransportError):
+        return Failure(message, True, True)
+    return Failure(message, False, True)
+
+
+def _body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return {"text": response.text[:1000]}
+
+
+class HttpExecutor:
+    """Calls services over HTTP with httpx. One instance per thread (it owns a Client)."""
+
+    def __init__(self, services: Mapping[str, str], *, client: httpx.Client | None = None):
+        self.services = dict(services)
+        self.client = client or httpx.Client(headers={"User-Agent": "sagalab"})
+
+    def close(self) -> None:
+        self.client.close()
+
+    def execute(self, ctx: AttemptContext) -> AttemptOutcome:
+        step = ctx.step
+        call = step.action if ctx.phase is Phase.ACTION else step.compensation
+        if step.service is None or call is None:
+            return PythonExecutor().execute(ctx)
+        base = self.services.get(step.service)
+        if base is None:
+            raise ServiceConfigError(f"no base URL for service {step.service!r}")
+        try:
+            template_ctx = ctx.template_context()
+            path = render(call.path, template_ctx)
+            body = render(call.body, template_ctx)
+        except TemplateError as exc:
+            return AttemptOutcome(failure=Failure(f"template: {exc}", False, False))
+        request = {"method": call.method, "url": base + path, "body": body}
+        headers = {
+            "Idempotency-Key": ctx.idempotency_key,
+            "traceparent": ctx.traceparent,
+            "X-Saga-Id": ctx.saga_id,
+        }
+        started = time.perf_counter()
+        try:
+            response = self.client.request(
+                call.method,
+                base + path,
+                json=body,
+                headers=headers,
+                timeout=step.timeout,
+            )
+        except httpx.HTTPError as exc:
+            elapsed = (time.perf_counter() - started) * 1000
+            return AttemptOutcome(
+                failure=classify_exception(exc), request=request, duration_ms=elapsed
+            )
+        elapsed = (time.perf_counter() - started) * 1000
+        return AttemptOutcome(
+            response=_body(response),
+            failure=classify_response(response),
+            request=request,
+            status_code=response.status_code,
+            duration_ms=elapsed,
+        )
+
+
+class PythonExecutor:
+    """Calls registered Python handlers in this process."""
+
+    def execute(self, ctx: AttemptContext) -> AttemptOutcome:
+        step = ctx.step
+        name = step.handler if ctx.phase is Phase.ACTION else step.compensation_handler
+        if name is None:
+            return AttemptOutcome(failure=Failure("step has no handler", False, False))
+        call = StepCall(
+            saga_id=ctx.saga_id,
+            step=step.name,
+            phase=ctx.phase,
+            attempt=ctx.attempt,
+            idempotency_key=ctx.idempotency_key,
+            input=ctx.input,
+            responses=ctx.responses,
+        )
+        started = time.perf_counter()
+        try:
+            result = get_handler(name)(call)
+        except TransientStepError as exc:
+            failure = Failure(f"transient: {exc}", True, False)
+        except PermanentStepError as exc:
+            failure = Failure(f"refused: {exc}", False, False)
+        except SagaError:
+            raise
+        except Exception as exc:  # a handler bug: conservatively possibly applied
+            failure = Failure(f"{type(exc).__name__}: {exc}", False, True)
+        else:
+            return AttemptOutcome(
+                response=result, duration_ms=(time.perf_counter() - started) * 1000
+            )
+        return AttemptOutcome(failure=failure, duration_ms=(time.perf_counter() - started) * 1000)

@@ -1,0 +1,97 @@
+"""Reading flow definitions and service maps from files and the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.errors import (
+    FlowNotFoundError,
+    FlowValidationError,
+    ServiceConfigError,
+    ValidationIssue,
+)
+from orchestrator.flow import FlowDefinition, flow_from_dict
+
+SERVICE_ENV_PREFIX = "SAGALAB_SERVICE_"
+SERVICES_FILE_ENV = "SAGALAB_SERVICES_FILE"
+
+
+def example_flow_names() -> list[str]:
+    """Names of the flows shipped with sagalab."""
+    folder = resources.files("orchestrator") / "examples"
+    return sorted(
+        p.name.removesuffix(".yaml")
+        for p in folder.iterdir()
+        if p.name.endswith(".yaml") and not p.name.startswith("services")
+    )
+
+
+def _read_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(parse)"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise FlowValidationError(
+            [ValidationIssue(source, where, f"malformed YAML: {problem}")]
+        ) from None
+
+
+def load_flow(ref: str | Path) -> FlowDefinition:
+    """A flow from a YAML file path, or the name of a shipped example (e.g. `checkout`)."""
+    path = Path(ref)
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FlowNotFoundError(f"cannot read flow file {path}: {exc}") from None
+        return flow_from_dict(_read_yaml(text, str(path)), source=str(path))
+    name = str(ref)
+    if name in example_flow_names():
+        resource = resources.files("orchestrator") / "examples" / f"{name}.yaml"
+        return flow_from_dict(_read_yaml(resource.read_text("utf-8"), name), source=name)
+    if path.suffix in (".yaml", ".yml") or os.sep in name:
+        raise FlowNotFoundError(f"flow file {name} does not exist")
+    raise FlowNotFoundError(
+        f"no flow file or example flow named {name!r}; examples: {', '.join(example_flow_names())}"
+    )
+
+
+def load_services(path: str | Path | None = None) -> dict[str, str]:
+    """Service name -> base URL: the services file (if any), then SAGALAB_SERVICE_<NAME>."""
+    services: dict[str, str] = {}
+    file = path or os.environ.get(SERVICES_FILE_ENV)
+    if file:
+        try:
+            raw = yaml.safe_load(Path(file).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ServiceConfigError(f"cannot read services file {file}: {exc}") from None
+        table = raw.get("services") if isinstance(raw, Mapping) else None
+        if not isinstance(table, Mapping) or not all(
+            isinstance(v, str) for v in table.values()
+        ):
+            raise ServiceConfigError(
+                f"services file {file} must look like 'services: {{name: http://host:port}}'"
+            )
+        services.update({str(k): v.rstrip("/") for k, v in table.items()})
+    for key, value in os.environ.items():
+        if key.startswith(SERVICE_ENV_PREFIX) and value:
+            services[key.removeprefix(SERVICE_ENV_PREFIX).lower()] = value.rstrip("/")
+    return services
+
+
+def check_services(flow: FlowDefinition, services: Mapping[str, str]) -> None:
+    """Raise ServiceConfigError naming every service the flow uses without a base URL."""
+    missing = sorted({s.service for s in flow.steps if s.service and s.service not in services})
+    if missing:
+        env = ", ".join(SERVICE_ENV_PREFIX + m.upper() for m in missing)
+        raise ServiceConfigError(
+            f"no base URL for service(s) {', '.join(missing)}: set {env} or pass --services FILE"
+        )

@@ -1,0 +1,222 @@
+"""The saga runner: the real runtime's loop around the pure core.
+
+It folds the stored journal, asks `decide` for the next command and acts on it, journaling
+every step of the way. Events that need no I/O are batched and committed together with the
+next ATTEMPT_STARTED (which must be durable before the call is sent) or at the end, so every
+step's result is committed before the next step starts, with one commit per call.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.errors import InputError
+from orchestrator.executors import AttemptContext, StepExecutor
+from orchestrator.flow import FlowDefinition
+from orchestrator.journal import JournalEntry
+from orchestrator.saga import (
+    Event,
+    EventType,
+    Halt,
+    Phase,
+    Record,
+    RunAttempt,
+    SagaState,
+    SagaStatus,
+    Wait,
+    decide,
+    idempotency_key,
+)
+from orchestrator.sqlite_store import SQLiteStore
+from orchestrator.store import SagaRecord
+
+Checkpoint = Callable[[str, str, Phase], None]
+"""Called as (point, step, phase) at "before-call" and "after-call"; used to inject crashes."""
+
+
+def new_saga_id() -> str:
+    """A short random saga id (64 bits)."""
+    return secrets.token_hex(8)
+
+
+def new_trace_id() -> str:
+    """A W3C trace id (128 bits, hex)."""
+    return secrets.token_hex(16)
+
+
+def new_span_id() -> str:
+    """A W3C span id (64 bits, hex)."""
+    return secrets.token_hex(8)
+
+
+def validate_input(flow: FlowDefinition, payload: Any) -> dict[str, Any]:
+    """The input as a dict, or InputError naming what is wrong."""
+    if not isinstance(payload, dict):
+        raise InputError(f"flow input must be a JSON object, got {type(payload).__name__}")
+    missing = [k for k in flow.required_input if k not in payload]
+    if missing:
+        raise InputError(f"flow {flow.name!r} needs input key(s): {', '.join(missing)}")
+    return payload
+
+
+def start_saga(
+    store: SQLiteStore,
+    flow: FlowDefinition,
+    payload: Any,
+    *,
+    idempotency_key: str | None = None,
+    now: float | None = None,
+    queue: bool = True,
+) -> tuple[SagaRecord, bool]:
+    """Create (and queue) a saga; (existing saga, False) when the key was used before."""
+    at = time.time() if now is None else now
+    return store.create_saga(
+        saga_id=new_saga_id(),
+        flow=flow,
+        payload=validate_input(flow, payload),
+        trace_id=new_trace_id(),
+        idempotency_key=idempotency_key,
+        now=at,
+        run_after=at if queue else None,
+    )
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where a run stopped: a status, and `wait_until` if it stopped at a scheduled retry."""
+
+    status: SagaStatus
+    wait_until: float | None = None
+
+
+class SagaRunner:
+    """Drives sagas to a halt against one store and one executor (one per thread)."""
+
+    def __init__(
+        self,
+        store: SQLiteStore,
+        executor: StepExecutor,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        checkpoint: Checkpoint | None = None,
+        on_event: Callable[[str, Event], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.clock = clock
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.checkpoint = checkpoint
+        self.on_event = on_event
+
+    def run(self, saga_id: str, *, wait_for_retries: bool = True) -> RunResult:
+        """Run until the saga halts (or, if not `wait_for_retries`, until it must wait)."""
+        record, entries, state = self.store.state(saga_id)
+        responses = _responses(entries)
+        seq = record.last_seq
+        pending: list[JournalEntry] = []
+
+        def flush() -> None:
+            nonlocal seq
+            if pending:
+                seq = self.store.append(
+                    saga_id, pending, expected_seq=seq, state=state, now=self.clock()
+                )
+                pending.clear()
+
+        def note(entry: JournalEntry) -> None:
+            state.apply(entry.event)
+            pending.append(entry)
+            if self.on_event is not None:
+                self.on_event(saga_id, entry.event)
+
+        while True:
+            now = self.clock()
+            command = decide(state, now=now, rng=self.rng)
+            if isinstance(command, Halt):
+                flush()
+                return RunResult(command.status)
+            if isinstance(command, Record):
+                note(JournalEntry(command.event))
+                continue
+            if isinstance(command, Wait):
+                flush()
+                if not wait_for_retries:
+                    return RunResult(state.status, wait_until=command.until)
+                self.sleep(max(0.0, command.until - now))
+                continue
+            assert isinstance(command, RunAttempt)
+            self._attempt(record, state, command, responses, note, flush)
+
+    def _attempt(
+        self,
+        record: SagaRecord,
+        state: SagaState,
+        command: RunAttempt,
+        responses: dict[str, Any],
+        note: Callable[[JournalEntry], None],
+        flush: Callable[[], None],
+    ) -> None:
+        step = record.flow.step(command.step)
+        span_id = new_span_id()
+        started = Event(
+            EventType.ATTEMPT_STARTED, self.clock(), step.name, command.phase, command.attempt
+        )
+        note(JournalEntry(started, span_id=span_id))
+        flush()  # durable before anything is sent: a crash now leaves an open attempt
+        if self.checkpoint is not None:
+            self.checkpoint("before-call", step.name, command.phase)
+        ctx = AttemptContext(
+            saga_id=record.id,
+            trace_id=record.trace_id,
+            span_id=span_id,
+            step=step,
+            phase=command.phase,
+            attempt=command.attempt,
+            idempotency_key=idempotency_key(record.id, step.name, command.phase),
+            input=record.input,
+            responses=responses,
+        )
+        outcome = self.executor.execute(ctx)
+        if self.checkpoint is not None:
+            self.checkpoint("after-call", step.name, command.phase)
+        if outcome.failure is None:
+            kind = EventType.ATTEMPT_SUCCEEDED
+            if command.phase is Phase.ACTION:
+                responses[step.name] = outcome.response
+        else:
+            kind = EventType.ATTEMPT_FAILED
+        event = Event(
+            kind, self.clock(), step.name, command.phase, command.attempt, outcome.failure
+        )
+        note(
+            JournalEntry(
+                event,
+                request=outcome.request,
+                response=outcome.response,
+                status_code=outcome.status_code,
+                duration_ms=outcome.duration_ms,
+                span_id=span_id,
+            )
+        )
+
+
+def _responses(entries: list[JournalEntry]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for entry in entries:
+        e = entry.event
+        if e.type is EventType.ATTEMPT_SUCCEEDED and e.phase is Phase.ACTION and e.step:
+            found[e.step] = entry.response
+    return found
+
+
+def response_of(entries: list[JournalEntry], step: str) -> Mapping[str, Any] | None:
+    """The recorded response of `step`'s successful action, if any."""
+    return _responses(entries).get(step)
