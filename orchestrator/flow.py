@@ -232,7 +232,9 @@ def flow_from_dict(raw: Any, source: str = "<flow>") -> FlowDefinition:
             continue
         sname = rs.get("name")
         if not isinstance(sname, str) or not sname.isidentifier():
-            issues.add(f"{where}.name", "is required and must be an identifier (letters, _, digits)")
+            issues.add(
+                f"{where}.name", "is required and must be an identifier (letters, _, digits)"
+            )
             sname = f"step{i}"
         where = f"step '{sname}'"
         if sname in seen:

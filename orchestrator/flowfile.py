@@ -74,9 +74,7 @@ def load_services(path: str | Path | None = None) -> dict[str, str]:
         except (OSError, yaml.YAMLError) as exc:
             raise ServiceConfigError(f"cannot read services file {file}: {exc}") from None
         table = raw.get("services") if isinstance(raw, Mapping) else None
-        if not isinstance(table, Mapping) or not all(
-            isinstance(v, str) for v in table.values()
-        ):
+        if not isinstance(table, Mapping) or not all(isinstance(v, str) for v in table.values()):
             raise ServiceConfigError(
                 f"services file {file} must look like 'services: {{name: http://host:port}}'"
             )

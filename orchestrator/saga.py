@@ -427,9 +427,7 @@ def _advance(state: SagaState, name: str, phase: Phase, now: float, rng: Uniform
         )
         return Record(Event(EventType.STEP_FAILED, now, name, phase, p.attempts, reason=reason))
     return Record(
-        Event(
-            EventType.RETRY_SCHEDULED, now, name, phase, p.attempts + 1, not_before=now + delay
-        )
+        Event(EventType.RETRY_SCHEDULED, now, name, phase, p.attempts + 1, not_before=now + delay)
     )
 
 
@@ -470,15 +468,27 @@ def rollback_request(state: SagaState, *, now: float, reason: str, force: bool) 
     return Event(EventType.ROLLBACK_REQUESTED, now, reason=reason, force=force)
 
 
-def _failed_phase(state: SagaState, step: str) -> Phase:
-    progress = state.progress(step)
+def blocking_step(state: SagaState) -> tuple[str, Phase] | None:
+    """The step (and phase) whose failure for good holds a FAILED saga, if any."""
+    if state.status is not SagaStatus.FAILED:
+        return None
     for phase in (Phase.COMPENSATION, Phase.ACTION):
-        if progress.phase(phase).failed_for_good:
-            return phase
-    raise OperatorActionRefused(
-        f"step {step!r} has not failed for good (it is {progress.display_status}); "
-        "only a failed step can be retried or skipped"
-    )
+        for name, progress in state.steps.items():
+            if progress.phase(phase).failed_for_good:
+                return name, phase
+    return None
+
+
+def _failed_phase(state: SagaState, step: str) -> Phase:
+    state.progress(step)  # InvalidTransition for an unknown step
+    blocker = blocking_step(state)
+    if blocker is None or blocker[0] != step:
+        held = f"; it waits on {blocker[0]!r} ({blocker[1].value})" if blocker else ""
+        raise OperatorActionRefused(
+            f"step {step!r} is not what holds this saga{held}; "
+            "only that step can be retried or skipped"
+        )
+    return blocker[1]
 
 
 def retry_step_request(state: SagaState, *, now: float, step: str) -> Event:

@@ -1,0 +1,88 @@
+"""Exit codes and the translation of errors into one-line messages.
+
+Exit codes (documented in the README and in `sagalab orchestrate --help`):
+  0  success (for `run --wait`, `resume`, `rollback`: the saga completed or rolled back as asked)
+  1  the saga ended rolled back or failed (when completion was expected), or a check failed
+  2  bad input or usage: malformed flow or JSON, missing input key, unknown flow
+  3  unknown saga id
+  4  the operator action does not apply (e.g. rollback past the pivot without --force)
+  5  the database cannot be opened or written, or a service has no URL
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from orchestrator.errors import (
+    FlowNotFoundError,
+    FlowValidationError,
+    IdempotencyConflict,
+    InputError,
+    InvalidTransition,
+    OperatorActionRefused,
+    SagaError,
+    SagaNotFoundError,
+    ServiceConfigError,
+    StoreError,
+    TemplateError,
+)
+
+EXIT_OK, EXIT_SAGA_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_ENVIRONMENT = range(6)
+
+stderr = Console(stderr=True, highlight=False)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Print `message` on stderr and return the Exit to raise."""
+    stderr.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def exit_code_for(exc: SagaError) -> int:
+    if isinstance(exc, SagaNotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, OperatorActionRefused | IdempotencyConflict | InvalidTransition):
+        return EXIT_REFUSED
+    if isinstance(exc, StoreError | ServiceConfigError):
+        return EXIT_ENVIRONMENT
+    if isinstance(exc, FlowValidationError | FlowNotFoundError | InputError | TemplateError):
+        return EXIT_USAGE
+    return EXIT_SAGA_FAILED
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """Turn SagaErrors into one clear line on stderr and the documented exit code."""
+    try:
+        yield
+    except FlowValidationError as exc:
+        for issue in exc.issues:
+            stderr.print(f"[bold red]error:[/] {issue}", soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except SagaError as exc:
+        raise fail(str(exc), exit_code_for(exc)) from None
+
+
+def parse_json_arg(value: str, what: str) -> object:
+    """JSON text, or `@path` to read it from a file ('@-' reads stdin)."""
+    text = value
+    if value.startswith("@"):
+        source = value[1:]
+        try:
+            text = sys.stdin.read() if source == "-" else Path(source).read_text("utf-8")
+        except OSError as exc:
+            raise fail(f"cannot read {what} file {source}: {exc.strerror}", EXIT_USAGE) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise fail(
+            f"{what} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})",
+            EXIT_USAGE,
+        ) from None

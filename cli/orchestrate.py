@@ -1,0 +1,310 @@
+"""`sagalab orchestrate ...`: start, follow, inspect, resume and roll back sagas."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli import render
+from cli.errors import (
+    EXIT_OK,
+    EXIT_SAGA_FAILED,
+    EXIT_USAGE,
+    fail,
+    handled,
+    parse_json_arg,
+)
+from cli.options import DEFAULT_DB, DbOption, JsonOption, SagaIdArg, ServicesOption
+from orchestrator.executors import HttpExecutor
+from orchestrator.flow import FlowDefinition
+from orchestrator.flowfile import check_services, load_flow, load_services
+from orchestrator.runner import RunResult, SagaRunner, start_saga
+from orchestrator.saga import (
+    Phase,
+    SagaStatus,
+    retry_step_request,
+    rollback_request,
+    skip_step_request,
+)
+from orchestrator.sqlite_store import SQLiteStore
+from orchestrator.views import events_view, saga_summary, saga_view
+
+app = typer.Typer(
+    help="Run sagas and operate on them. Exit codes: 0 done as asked, 1 the saga rolled back "
+    "or failed, 2 bad input, 3 unknown saga id, 4 action refused, 5 database or config error.",
+    no_args_is_help=True,
+)
+
+CrashAtOption = Annotated[
+    str | None,
+    typer.Option(
+        "--crash-at",
+        hidden=True,
+        help="STEP:before-call|after-call: SIGKILL this process there (demos and crash tests).",
+    ),
+]
+
+
+def _store(db: Path) -> SQLiteStore:
+    return SQLiteStore(db)
+
+
+def _crash_checkpoint(spec: str | None):  # type: ignore[no-untyped-def]
+    if spec is None:
+        return None
+    step, _, point = spec.partition(":")
+    if point not in ("before-call", "after-call"):
+        raise fail("--crash-at takes STEP:before-call or STEP:after-call", EXIT_USAGE)
+
+    def checkpoint(at: str, name: str, phase: Phase) -> None:
+        if at == point and name == step and phase is Phase.ACTION:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return checkpoint
+
+
+def _services_for(flow: FlowDefinition, services_file: Path | None) -> dict[str, str]:
+    services = load_services(services_file)
+    check_services(flow, services)
+    return services
+
+
+def _drive(
+    store: SQLiteStore,
+    saga_id: str,
+    flow: FlowDefinition,
+    services_file: Path | None,
+    *,
+    quiet: bool,
+    crash_at: str | None = None,
+) -> RunResult:
+    services = _services_for(flow, services_file)
+    executor = HttpExecutor(services)
+    try:
+        runner = SagaRunner(
+            store,
+            executor,
+            checkpoint=_crash_checkpoint(crash_at),
+            on_event=None if quiet else render.live_event,
+        )
+        return runner.run(saga_id)
+    finally:
+        executor.close()
+
+
+def _show(store: SQLiteStore, saga_id: str, as_json: bool) -> SagaStatus:
+    record, entries, _ = store.state(saga_id)
+    view = saga_view(record, store.steps(saga_id), entries)
+    if as_json:
+        render.print_json(view)
+    else:
+        render.saga(view)
+    return record.status
+
+
+def _outcome_code(status: SagaStatus, expected: SagaStatus) -> int:
+    return EXIT_OK if status is expected else EXIT_SAGA_FAILED
+
+
+@app.command()
+def run(
+    flow: Annotated[str, typer.Argument(help="Flow YAML file, or a shipped example (checkout).")],
+    input_: Annotated[
+        str, typer.Option("--input", "-i", help="Flow input as JSON, or @file ('@-': stdin).")
+    ] = "{}",
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key",
+            "-k",
+            help="Returns the existing saga if this key was used before with the same input.",
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="Run the saga here and follow it to the end.")
+    ] = False,
+    db: DbOption = DEFAULT_DB,
+    services: ServicesOption = None,
+    as_json: JsonOption = False,
+    crash_at: CrashAtOption = None,
+) -> None:
+    """Start a saga of FLOW. Without --wait it is queued for workers and its id is printed."""
+    payload = parse_json_arg(input_, "--input")
+    with handled():
+        definition = load_flow(flow)
+        if wait:
+            _services_for(definition, services)  # fail before storing anything
+        store = _store(db)
+        record, created = start_saga(
+            store, definition, payload, idempotency_key=idempotency_key, queue=not wait
+        )
+        if not created:
+            render.err.print(f"idempotency key already used: saga {record.id} ({record.status})")
+        if not wait:
+            if as_json:
+                render.print_json({**saga_summary(record), "created": created})
+            else:
+                render.out.print(record.id)
+                if created:
+                    render.err.print(
+                        "queued; workers (`sagalab worker`) pick it up, or run it here with "
+                        f"`sagalab orchestrate resume {record.id}`"
+                    )
+            return
+        if not record.status.is_terminal:
+            _drive(store, record.id, record.flow, services, quiet=as_json, crash_at=crash_at)
+        status = _show(store, record.id, as_json)
+    raise typer.Exit(_outcome_code(status, SagaStatus.COMPLETED))
+
+
+@app.command()
+def status(saga_id: SagaIdArg, db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
+    """A saga's status and step timeline: attempts, durations, errors, trace id."""
+    with handled():
+        _show(_store(db), saga_id, as_json)
+
+
+@app.command("list")
+def list_(
+    status_: Annotated[
+        SagaStatus | None, typer.Option("--status", "-s", help="Only sagas in this status.")
+    ] = None,
+    flow: Annotated[str | None, typer.Option("--flow", "-f", help="Only this flow.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many.")] = 50,
+    db: DbOption = DEFAULT_DB,
+    as_json: JsonOption = False,
+) -> None:
+    """Recent sagas, newest first."""
+    with handled():
+        records = _store(db).list_sagas(status=status_, flow=flow, limit=limit)
+    rows = [saga_summary(r) for r in records]
+    if as_json:
+        render.print_json(rows)
+    else:
+        render.saga_list(rows)
+
+
+@app.command()
+def events(saga_id: SagaIdArg, db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
+    """A saga's journal: every event in order."""
+    with handled():
+        rows = events_view(_store(db).journal(saga_id))
+    if as_json:
+        render.print_json(rows)
+    else:
+        render.events(rows)
+
+
+@app.command()
+def resume(
+    saga_id: SagaIdArg,
+    db: DbOption = DEFAULT_DB,
+    services: ServicesOption = None,
+    as_json: JsonOption = False,
+    crash_at: CrashAtOption = None,
+) -> None:
+    """Continue a saga from its last durable event, here, until it ends.
+
+    A call that was in flight when it stopped is sent again with the same idempotency key.
+    """
+    with handled():
+        store = _store(db)
+        record = store.load(saga_id)
+        if record.status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK, SagaStatus.FAILED):
+            render.err.print(f"saga {saga_id} is {record.status.value}; nothing to resume")
+        else:
+            _drive(store, saga_id, record.flow, services, quiet=as_json, crash_at=crash_at)
+        status = _show(store, saga_id, as_json)
+    code = EXIT_OK if status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK) else 1
+    raise typer.Exit(code)
+
+
+@app.command()
+def rollback(
+    saga_id: SagaIdArg,
+    force: Annotated[
+        bool, typer.Option("--force", help="Roll back even past the pivot step.")
+    ] = False,
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why, for the journal.")
+    ] = "operator rollback",
+    db: DbOption = DEFAULT_DB,
+    services: ServicesOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compensate every completed step in reverse order (running, failed or completed sagas)."""
+    with handled():
+        store = _store(db)
+        record, _, state = store.state(saga_id)
+        now = time.time()
+        event = rollback_request(state, now=now, reason=reason, force=force)
+        state.apply(event)
+        from orchestrator.journal import JournalEntry
+
+        store.append(
+            saga_id, [JournalEntry(event)], expected_seq=record.last_seq, state=state, now=now
+        )
+        _drive(store, saga_id, record.flow, services, quiet=as_json)
+        status = _show(store, saga_id, as_json)
+    raise typer.Exit(_outcome_code(status, SagaStatus.ROLLED_BACK))
+
+
+def _operator_step_action(
+    saga_id: str, db: Path, services: Path | None, as_json: bool, make_event
+) -> None:  # type: ignore[no-untyped-def]
+    from orchestrator.journal import JournalEntry
+
+    with handled():
+        store = _store(db)
+        record, _, state = store.state(saga_id)
+        now = time.time()
+        event = make_event(state, now)
+        state.apply(event)
+        store.append(
+            saga_id, [JournalEntry(event)], expected_seq=record.last_seq, state=state, now=now
+        )
+        _drive(store, saga_id, record.flow, services, quiet=as_json)
+        status = _show(store, saga_id, as_json)
+    code = EXIT_OK if status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK) else 1
+    raise typer.Exit(code)
+
+
+StepArg = Annotated[str, typer.Argument(help="Name of the step that failed for good.")]
+
+
+@app.command("retry-step")
+def retry_step(
+    saga_id: SagaIdArg,
+    step: StepArg,
+    db: DbOption = DEFAULT_DB,
+    services: ServicesOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Give a failed step (or its compensation) a fresh retry budget and continue the saga."""
+    _operator_step_action(
+        saga_id, db, services, as_json, lambda s, now: retry_step_request(s, now=now, step=step)
+    )
+
+
+@app.command("skip-step")
+def skip_step(
+    saga_id: SagaIdArg,
+    step: StepArg,
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the journal).")],
+    db: DbOption = DEFAULT_DB,
+    services: ServicesOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Mark a failed step as handled by hand (recorded with the reason) and continue."""
+    _operator_step_action(
+        saga_id,
+        db,
+        services,
+        as_json,
+        lambda s, now: skip_step_request(s, now=now, step=step, reason=reason),
+    )

@@ -1,0 +1,139 @@
+"""Rich rendering for the orchestrator commands: the only place that draws tables."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.saga import Event
+
+# Piped output (scripts, CI logs) is not width-limited to 80 columns: tables stay readable.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+
+STATUS_STYLE = {
+    "completed": "green",
+    "succeeded": "green",
+    "rolled_back": "yellow",
+    "compensated": "yellow",
+    "compensating": "yellow",
+    "running": "cyan",
+    "retrying": "cyan",
+    "pending": "dim",
+    "failed": "bold red",
+    "compensation_failed": "bold red",
+    "skipped": "magenta",
+    "compensation_skipped": "magenta",
+}
+
+
+def styled(status: str) -> Text:
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+def print_json(data: Any) -> None:
+    """Pure JSON on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def saga(view: dict[str, Any]) -> None:
+    """A saga's header and step timeline."""
+    out.print(
+        Text.assemble(
+            ("saga ", "bold"),
+            (view["id"], "bold"),
+            f"  flow {view['flow']} v{view['flow_version']}  ",
+            styled(view["status"]),
+        )
+    )
+    out.print(f"trace id {view['trace_id']}", style="dim")
+    if view.get("idempotency_key"):
+        out.print(f"idempotency key {view['idempotency_key']}", style="dim")
+    if view.get("reason"):
+        out.print(Text(f"reason: {view['reason']}", style="yellow"))
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("#", "step", "kind", "status", "tries", "undo tries", "started", "call ms"):
+        table.add_column(col, justify="right" if col in ("#", "tries", "call ms") else "left")
+    table.add_column("last error", overflow="fold", max_width=48)
+    for i, s in enumerate(view["steps"], 1):
+        table.add_row(
+            str(i),
+            s["name"],
+            s["kind"],
+            styled(s["status"]),
+            str(s["attempts"]),
+            str(s["compensation_attempts"]),
+            when(s.get("started_at")),
+            f"{s['call_ms']:.1f}" if s.get("call_ms") else "-",
+            s.get("last_error") or "",
+        )
+    out.print(table)
+
+
+def saga_list(rows: list[dict[str, Any]]) -> None:
+    """One line per saga."""
+    if not rows:
+        err.print("no sagas match")
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("id", "flow", "status", "created", "updated", "reason"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["id"],
+            f"{r['flow']} v{r['flow_version']}",
+            styled(r["status"]),
+            when(r["created_at"]),
+            when(r["updated_at"]),
+            (r.get("reason") or "")[:60],
+        )
+    out.print(table)
+
+
+def events(rows: list[dict[str, Any]]) -> None:
+    """The journal, one line per event."""
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("seq", "at", "event", "step", "phase", "try", "http", "ms", "detail"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        failure = r.get("failure") or {}
+        detail = failure.get("error") or r.get("reason") or ""
+        if r.get("not_before") is not None:
+            detail = f"retry at {when(r['not_before'])}"
+        table.add_row(
+            str(r["seq"]),
+            when(r["at"]),
+            r["type"],
+            r.get("step") or "",
+            r.get("phase") or "",
+            str(r["attempt"] or ""),
+            str(r.get("status_code") or ""),
+            f"{r['duration_ms']:.1f}" if r.get("duration_ms") else "",
+            detail[:80],
+        )
+    out.print(table)
+
+
+def live_event(saga_id: str, event: Event) -> None:
+    """A progress line on stderr as a saga moves."""
+    parts = [f"[dim]{saga_id[:8]}[/]", event.type.value]
+    if event.step:
+        parts.append(f"{event.step}/{event.phase.value if event.phase else ''}")
+    if event.attempt:
+        parts.append(f"try {event.attempt}")
+    if event.failure is not None:
+        parts.append(f"[red]{event.failure.error[:70]}[/]")
+    err.print(" ".join(parts), soft_wrap=True)

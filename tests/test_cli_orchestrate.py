@@ -1,0 +1,308 @@
+"""The operator CLI end to end: real fake services over HTTP, a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
+
+runner = CliRunner()
+
+
+def order(n: str, amount: int = 100) -> str:
+    return json.dumps(
+        {"order_id": n, "customer_id": "c1", "sku": "A", "quantity": 1, "amount": amount}
+    )
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[RunningServices]:
+    with run_in_thread() as running:
+        yield running
+
+
+@pytest.fixture
+def env(lab: RunningServices, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    lab.lab.reset()
+    for key, value in lab.env.items():
+        monkeypatch.setenv(key, value)
+    db = tmp_path / "sagas.db"
+    monkeypatch.setenv("SAGALAB_DB", str(db))
+    return db
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def ledger(lab: RunningServices) -> list[dict]:
+    return [e.to_dict() for e in lab.lab.ledger()]
+
+
+def test_run_wait_json_reports_steps_and_trace(env: Path, lab: RunningServices) -> None:
+    code, out, _ = cli("orchestrate", "run", "checkout", "--input", order("o1"), "--wait", "--json")
+    assert code == 0
+    saga = json.loads(out)
+    assert saga["status"] == "completed"
+    assert len(saga["trace_id"]) == 32
+    assert [(s["name"], s["status"], s["attempts"]) for s in saga["steps"]] == [
+        ("reserve_inventory", "succeeded", 1),
+        ("charge_payment", "succeeded", 1),
+        ("create_shipment", "succeeded", 1),
+        ("send_confirmation", "succeeded", 1),
+    ]
+    entries = ledger(lab)
+    assert len(entries) == 4
+    # W3C trace context carries the saga's trace id to every service.
+    assert all(e["traceparent"].split("-")[1] == saga["trace_id"] for e in entries)
+    assert {e["idempotency_key"] for e in entries} == {
+        f"{saga['id']}:{s}:action"
+        for s in ("reserve_inventory", "charge_payment", "create_shipment", "send_confirmation")
+    }
+
+
+def test_declined_payment_rolls_back_in_reverse(env: Path, lab: RunningServices) -> None:
+    code, out, _ = cli(
+        "orchestrate", "run", "checkout", "-i", order("o2", 99_999), "--wait", "--json"
+    )
+    assert code == 1
+    saga = json.loads(out)
+    assert saga["status"] == "rolled_back"
+    assert "card_declined" in saga["reason"]
+    statuses = {s["name"]: s["status"] for s in saga["steps"]}
+    assert statuses == {
+        "reserve_inventory": "compensated",
+        "charge_payment": "failed",
+        "create_shipment": "pending",
+        "send_confirmation": "pending",
+    }
+    ops = [(e["service"], e["operation"]) for e in ledger(lab)]
+    assert ops == [("inventory", "action"), ("inventory", "compensation")]
+
+
+def test_queued_saga_then_resume(env: Path, lab: RunningServices) -> None:
+    code, out, err = cli("orchestrate", "run", "checkout", "-i", order("o3"))
+    assert code == 0
+    saga_id = out.strip()
+    assert "queued" in err
+    code, out, _ = cli("orchestrate", "status", saga_id, "--json")
+    assert json.loads(out)["status"] == "pending"
+    code, out, _ = cli("orchestrate", "resume", saga_id, "--json")
+    assert code == 0
+    assert json.loads(out)["status"] == "completed"
+
+
+def test_idempotency_key_reuse(env: Path) -> None:
+    first = cli("orchestrate", "run", "checkout", "-i", order("o4"), "-k", "K1", "--json")
+    again = cli("orchestrate", "run", "checkout", "-i", order("o4"), "-k", "K1", "--json")
+    assert first[0] == again[0] == 0
+    assert json.loads(first[1])["id"] == json.loads(again[1])["id"]
+    assert json.loads(again[1])["created"] is False
+    code, _, err = cli("orchestrate", "run", "checkout", "-i", order("o5"), "-k", "K1")
+    assert code == 4
+    assert "different flow or input" in err
+
+
+def test_list_events_and_status_json(env: Path) -> None:
+    cli("orchestrate", "run", "checkout", "-i", order("o6"), "--wait")
+    cli("orchestrate", "run", "checkout", "-i", order("o7", 50_000), "--wait")
+    code, out, _ = cli("orchestrate", "list", "--json")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 2
+    code, out, _ = cli("orchestrate", "list", "--status", "rolled_back", "--json")
+    (only,) = json.loads(out)
+    code, out, _ = cli("orchestrate", "events", only["id"], "--json")
+    types = [e["type"] for e in json.loads(out)]
+    assert types[0] == "saga_created" and types[-1] == "saga_rolled_back"
+    assert "step_failed" in types
+    code, out, _ = cli("orchestrate", "status", only["id"])
+    assert code == 0 and "rolled_back" in out and only["trace_id"] in out
+
+
+def test_rollback_refused_past_pivot_unless_forced(env: Path, lab: RunningServices) -> None:
+    _, out, _ = cli("orchestrate", "run", "checkout", "-i", order("o8"), "--wait", "--json")
+    saga_id = json.loads(out)["id"]
+    code, _, err = cli("orchestrate", "rollback", saga_id)
+    assert code == 4 and "pivot" in err
+    code, out, _ = cli("orchestrate", "rollback", saga_id, "--force", "--json")
+    assert code == 0
+    assert json.loads(out)["status"] == "rolled_back"
+    comps = [e["service"] for e in ledger(lab) if e["operation"] == "compensation"]
+    # shipping has no compensation; the rest are undone in reverse order
+    assert comps == ["payments", "inventory"]
+
+
+def test_failed_compensation_then_operator_skip_and_retry(env: Path, lab: RunningServices) -> None:
+    lab.lab.add_fault(FaultSpec(service="inventory", endpoint="/reservations/release", status=400))
+    _, out, _ = cli("orchestrate", "run", "checkout", "-i", order("o9", 80_000), "--wait", "--json")
+    saga = json.loads(out)
+    assert saga["status"] == "failed"
+    assert saga["steps"][0]["status"] == "compensation_failed"
+    code, _, err = cli("orchestrate", "skip-step", saga["id"], "charge_payment", "--reason", "x")
+    assert code == 4  # that step did not fail its compensation
+    lab.lab.clear_faults()
+    code, out, _ = cli("orchestrate", "retry-step", saga["id"], "reserve_inventory", "--json")
+    assert code == 0 and json.loads(out)["status"] == "rolled_back"
+    code, out, _ = cli("orchestrate", "events", saga["id"], "--json")
+    assert "step_retry_requested" in [e["type"] for e in json.loads(out)]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["run", "checkout", "-i", "{bad"], 2, "not valid JSON"),
+        (["run", "checkout", "-i", '{"order_id": 1}'], 2, "needs input key"),
+        (["run", "checkout", "-i", "[1]"], 2, "must be a JSON object"),
+        (["run", "no-such-flow"], 2, "no flow file or example flow"),
+        (["run", "missing.yaml"], 2, "does not exist"),
+        (["status", "deadbeef"], 3, "no saga with id"),
+        (["events", "deadbeef"], 3, "no saga with id"),
+        (["resume", "deadbeef"], 3, "no saga with id"),
+        (["rollback", "deadbeef"], 3, "no saga with id"),
+    ],
+    ids=[
+        "bad-json",
+        "missing-key",
+        "not-object",
+        "unknown-flow",
+        "missing-file",
+        "status-unknown",
+        "events-unknown",
+        "resume-unknown",
+        "rollback-unknown",
+    ],
+)
+def test_bad_input_one_line_no_traceback(
+    env: Path, args: list[str], code: int, message: str
+) -> None:
+    got, out, err = cli("orchestrate", *args)
+    assert got == code
+    assert message in err
+    assert "Traceback" not in err + out
+
+
+def test_malformed_flow_file_reports_location(env: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsteps: [\n  - {name: a\n")
+    code, _, err = cli("orchestrate", "run", str(bad))
+    assert code == 2 and "line" in err and "malformed YAML" in err
+    ref = tmp_path / "ref.yaml"
+    ref.write_text(
+        "name: x\nsteps:\n  - name: a\n    service: s\n    action: {path: /a, body: "
+        "{v: '${steps.nope.response.id}'}}\n"
+    )
+    code, _, err = cli("orchestrate", "run", str(ref))
+    assert code == 2
+    assert "step 'a'.action.body" in err and "unknown step reference" in err
+
+
+def test_unwritable_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, err = cli("orchestrate", "list", "--db", str(tmp_path))
+    assert code == 5 and "directory" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = cli("orchestrate", "list", "--db", str(blocker / "sub" / "s.db"))
+    assert code == 5 and "cannot open database" in err
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not sqlite" * 100)
+    code, _, err = cli("orchestrate", "list", "--db", str(garbage))
+    assert code == 5 and "Traceback" not in err
+    assert garbage.read_bytes() == b"this is not sqlite" * 100
+
+
+def test_service_down_rolls_back_and_keeps_history(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, out, _ = cli("orchestrate", "run", "checkout", "-i", order("o10"), "--wait", "--json")
+    first = json.loads(out)["id"]
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    monkeypatch.setenv("SAGALAB_SERVICE_PAYMENTS", f"http://127.0.0.1:{dead}/payments")
+    code, out, err = cli("orchestrate", "run", "checkout", "-i", order("o11"), "--wait", "--json")
+    assert code == 1 and "Traceback" not in err
+    saga = json.loads(out)
+    assert saga["status"] == "rolled_back"
+    assert "ConnectError" in saga["reason"]
+    assert saga["steps"][1]["attempts"] == 4  # the flow's retry policy for payments
+    code, out, _ = cli("orchestrate", "status", first, "--json")
+    assert json.loads(out)["status"] == "completed"
+
+
+def test_missing_service_url_stores_nothing(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SAGALAB_SERVICE_SHIPPING")
+    code, _, err = cli("orchestrate", "run", "checkout", "-i", order("o12"), "--wait")
+    assert code == 5 and "SAGALAB_SERVICE_SHIPPING" in err
+    code, out, _ = cli("orchestrate", "list", "--json")
+    assert json.loads(out) == []
+
+
+def test_sigkill_after_call_then_resume_applies_once(env: Path, lab: RunningServices) -> None:
+    """A real process is killed after payments applied the charge, before the journal knew."""
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "orchestrate",
+            "run",
+            "checkout",
+            "-i",
+            order("o13"),
+            "--wait",
+            "-k",
+            "crash-1",
+            "--crash-at",
+            "charge_payment:after-call",
+        ],
+        env={**os.environ},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert child.returncode == -9
+    code, out, _ = cli("orchestrate", "list", "--json")
+    (saga,) = json.loads(out)
+    assert saga["status"] == "running"
+    code, out, _ = cli("orchestrate", "resume", saga["id"], "--json")
+    assert code == 0
+    resumed = json.loads(out)
+    assert resumed["status"] == "completed"
+    assert resumed["steps"][1]["attempts"] == 2
+    entries = ledger(lab)
+    assert applied_twice(entries) == []
+    assert [e["service"] for e in entries] == ["inventory", "payments", "shipping", "notifications"]
+
+
+def test_demo_json(tmp_path: Path) -> None:
+    code, out, _ = cli("demo", "--json", "--db", str(tmp_path / "demo.db"))
+    assert code == 0
+    report = json.loads(out)
+    assert report["ok"] is True
+    assert [a["status"] for a in report["acts"]] == ["completed", "rolled_back", "completed"]
+    assert report["applied_twice"] == []
+
+
+def test_help_explains_commands() -> None:
+    code, out, _ = cli("orchestrate", "--help")
+    assert code == 0
+    for command in ("run", "status", "list", "events", "resume", "rollback", "retry-step"):
+        assert command in out
+    assert "Exit codes" in out
+
+
+def test_services_answer_health(lab: RunningServices) -> None:
+    assert httpx.get(lab.base_url + "/healthz").status_code == 200
