@@ -258,9 +258,7 @@ class SQLiteStore:
                 row = entry_to_row(saga_id, trace_id, created, 1)
                 conn.execute(_INSERT_EVENT, row)
                 state = SagaState(flow)
-                conn.executemany(
-                    _UPSERT_STEP, [_step_params(saga_id, r) for r in step_rows(state)]
-                )
+                conn.executemany(_UPSERT_STEP, [_step_params(saga_id, r) for r in step_rows(state)])
         if existing_id is not None:
             return self.load(existing_id), False
         return self.load(saga_id), True
@@ -275,9 +273,7 @@ class SQLiteStore:
     def journal(self, saga_id: str) -> list[JournalEntry]:
         """Every journal entry, in order."""
         rows = self._guard(
-            lambda: list(
-                self.db["events"].rows_where("saga_id = ?", [saga_id], order_by="seq")
-            )
+            lambda: list(self.db["events"].rows_where("saga_id = ?", [saga_id], order_by="seq"))
         )
         if not rows:
             self.load(saga_id)  # raises SagaNotFoundError for an unknown id
@@ -385,6 +381,38 @@ class SQLiteStore:
         """How many sagas are in each status."""
         rows = self.conn.execute("SELECT status, COUNT(*) FROM sagas GROUP BY status")
         return {status: n for status, n in rows}
+
+    # -- queue helpers for the HTTP API (issue 5) -------------------------------------------
+
+    def requeue(self, saga_id: str, run_after: float) -> None:
+        """Put a saga (back) on the durable queue for workers, due at `run_after`.
+
+        Used by the HTTP API's resume and rollback: it never runs sagas itself. A lease a
+        worker holds is left alone; the worker's next append meets the new journal.
+        """
+        with self._write() as conn:
+            cur = conn.execute("UPDATE sagas SET run_after = ? WHERE id = ?", (run_after, saga_id))
+            if cur.rowcount == 0:
+                raise SagaNotFoundError(saga_id)
+
+    def queue_stats(self, now: float) -> dict[str, float]:
+        """Queued sagas (`depth`), those under a live lease (`leased`), oldest due age (s)."""
+        row = self._guard(
+            lambda: self.conn.execute(
+                "SELECT COUNT(*), "
+                "COALESCE(SUM(lease_until IS NOT NULL AND lease_until > :now), 0), "
+                "MIN(CASE WHEN lease_until IS NULL OR lease_until <= :now THEN run_after END) "
+                "FROM sagas WHERE run_after IS NOT NULL "
+                "AND status IN ('pending', 'running', 'compensating')",
+                {"now": now},
+            ).fetchone()
+        )
+        total, leased, oldest = row
+        return {
+            "depth": float(total - leased),
+            "leased": float(leased),
+            "oldest_age": max(0.0, now - oldest) if oldest is not None else 0.0,
+        }
 
 
 _INSERT_EVENT = (

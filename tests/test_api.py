@@ -1,0 +1,198 @@
+"""The orchestrator HTTP API on a real uvicorn server and a real SQLite file."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edge.server import RunningServer, serve_in_thread
+from fakeservices import run_in_thread
+from orchestrator.api import create_app
+from orchestrator.executors import HttpExecutor
+from orchestrator.runner import SagaRunner
+from orchestrator.sqlite_store import SQLiteStore
+
+ORDER = {"order_id": "o-1", "customer_id": "c-1", "sku": "sku-1", "quantity": 1, "amount": 10}
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "sagas.db"
+
+
+@pytest.fixture
+def api(db: Path) -> Iterator[RunningServer]:
+    with serve_in_thread(create_app(db)) as running:
+        yield running
+
+
+@pytest.fixture
+def client(api: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api.url, timeout=5.0) as c:
+        yield c
+
+
+def run_queued(db: Path, services: dict[str, str], saga_id: str) -> None:
+    """Stand-in for a worker: run one queued saga to its end in another thread."""
+
+    def work() -> None:
+        store = SQLiteStore(db)
+        executor = HttpExecutor(services)
+        try:
+            SagaRunner(store, executor).run(saga_id)
+        finally:
+            executor.close()
+            store.close()
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(30)
+
+
+def submit(
+    client: httpx.Client, order: dict[str, object], key: str | None = None
+) -> httpx.Response:
+    headers = {"Idempotency-Key": key} if key else {}
+    return client.post("/v1/sagas", json={"flow": "checkout", "input": order}, headers=headers)
+
+
+def test_submit_queues_a_saga_and_answers_202_with_location(client: httpx.Client, db: Path) -> None:
+    r = submit(client, ORDER)
+    assert r.status_code == 202
+    saga_id = r.json()["id"]
+    assert r.headers["location"] == f"/v1/sagas/{saga_id}"
+    assert r.json()["status"] == "pending"
+    assert SQLiteStore(db).queue_stats(now=1e12)["depth"] == 1
+    got = client.get(r.headers["location"])
+    assert got.status_code == 200
+    assert [s["name"] for s in got.json()["steps"]][0] == "reserve_inventory"
+
+
+def test_idempotency_key_returns_the_same_saga_and_refuses_other_input(
+    client: httpx.Client,
+) -> None:
+    first = submit(client, ORDER, key="k-1")
+    again = submit(client, ORDER, key="k-1")
+    assert first.status_code == 202
+    assert again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    other = submit(client, {**ORDER, "amount": 99}, key="k-1")
+    assert other.status_code == 409
+    assert other.headers["content-type"].startswith("application/problem+json")
+
+
+def test_traceparent_becomes_the_saga_trace_id(client: httpx.Client) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    r = client.post(
+        "/v1/sagas",
+        json={"flow": "checkout", "input": ORDER},
+        headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+    )
+    assert r.json()["trace_id"] == trace
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"{not json", "application/json"),
+        (b'{"flow": "checkout"}', "application/json"),
+        (b'{"flow": "checkout", "input": []}', "application/json"),
+        (b'{"flow": "checkout", "input": {"order_id": "x"}}', "application/json"),
+        (b'{"flow": "../../etc/passwd", "input": {}}', "application/json"),
+        (b'{"flow": "nosuchflow", "input": {}}', "application/json"),
+        (b"\xff\xfe", "application/json"),
+    ],
+    ids=[
+        "malformed",
+        "no-input",
+        "input-not-object",
+        "missing-key",
+        "path-flow",
+        "unknown-flow",
+        "not-utf8",
+    ],
+)
+def test_bad_bodies_get_422_never_500(client: httpx.Client, body: bytes, content_type: str) -> None:
+    r = client.post("/v1/sagas", content=body, headers={"content-type": content_type})
+    assert r.status_code == 422, r.text
+    assert r.json()["status"] == 422
+
+
+def test_unknown_saga_is_404(client: httpx.Client) -> None:
+    for r in (
+        client.get("/v1/sagas/nope"),
+        client.post("/v1/sagas/nope/resume"),
+        client.post("/v1/sagas/nope/rollback"),
+    ):
+        assert r.status_code == 404
+
+
+def test_list_filters_by_status_and_flow(client: httpx.Client) -> None:
+    for i in range(3):
+        submit(client, {**ORDER, "order_id": f"o-{i}"})
+    assert client.get("/v1/sagas", params={"status": "pending"}).json()["count"] == 3
+    assert client.get("/v1/sagas", params={"status": "completed"}).json()["count"] == 0
+    assert client.get("/v1/sagas", params={"flow": "other"}).json()["count"] == 0
+    assert client.get("/v1/sagas", params={"limit": 2}).json()["count"] == 2
+    assert client.get("/v1/sagas", params={"status": "bogus"}).status_code == 422
+    assert client.get("/v1/sagas", params={"limit": 0}).status_code == 422
+
+
+def test_rollback_of_a_completed_saga_past_its_pivot_needs_force(
+    client: httpx.Client, db: Path
+) -> None:
+    with run_in_thread() as services:
+        saga_id = submit(client, ORDER).json()["id"]
+        run_queued(db, services.services, saga_id)
+        assert client.get(f"/v1/sagas/{saga_id}").json()["status"] == "completed"
+        assert client.post(f"/v1/sagas/{saga_id}/resume").status_code == 409
+        refused = client.post(f"/v1/sagas/{saga_id}/rollback")
+        assert refused.status_code == 409
+        assert "pivot" in refused.json()["detail"]
+        forced = client.post(f"/v1/sagas/{saga_id}/rollback", json={"force": True})
+        assert forced.status_code == 202
+        assert forced.json()["status"] == "compensating"
+        run_queued(db, services.services, saga_id)
+        assert client.get(f"/v1/sagas/{saga_id}").json()["status"] == "rolled_back"
+
+
+def test_resume_requeues_an_unfinished_saga(client: httpx.Client, db: Path) -> None:
+    saga_id = submit(client, ORDER).json()["id"]
+    r = client.post(f"/v1/sagas/{saga_id}/resume")
+    assert r.status_code == 202
+    assert r.json()["queued"] is True
+
+
+def test_health_readiness_and_metrics(client: httpx.Client) -> None:
+    submit(client, ORDER)
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert client.get("/readyz").status_code == 200
+    text = client.get("/metrics").text
+    assert 'sagalab_api_sagas{status="pending"} 1' in text
+    assert "sagalab_api_queue_depth 1" in text
+    assert 'sagalab_api_http_requests_total{method="POST",route="/v1/sagas",status="202"} 1' in text
+    assert "sagalab_api_http_request_duration_seconds_bucket" in text
+
+
+def test_openapi_document_describes_every_route(client: httpx.Client) -> None:
+    doc = client.get("/openapi.json").json()
+    paths = doc["paths"]
+    assert set(paths) >= {
+        "/v1/sagas",
+        "/v1/sagas/{saga_id}",
+        "/v1/sagas/{saga_id}/resume",
+        "/v1/sagas/{saga_id}/rollback",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    }
+    post = paths["/v1/sagas"]["post"]
+    assert "202" in post["responses"]
+    params = {p["name"].lower() for p in post["parameters"]}
+    assert {"idempotency-key", "traceparent"} <= params
+    assert set(doc["components"]["schemas"]["SagaCreate"]["required"]) == {"flow", "input"}
