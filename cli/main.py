@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import demo, orchestrate, services, simulate
+from cli import demo, orchestrate, services, simulate, worker
 
 app = typer.Typer(
     name="sagalab",
@@ -17,6 +17,7 @@ app.add_typer(orchestrate.app, name="orchestrate")
 app.add_typer(services.app, name="services")
 app.add_typer(simulate.app, name="simulate")
 app.command("demo")(demo.demo)
+app.command("worker")(worker.worker)
 
 
 def main() -> None:

@@ -94,3 +94,20 @@ class ServiceConfigError(SagaError):
 
 class StoreError(SagaError):
     """The saga database cannot be opened or written."""
+
+
+class LeaseLost(SagaError):
+    """This worker's lease on a saga expired or was taken over: its writes are refused."""
+
+
+class LeaseHeld(SagaError):
+    """Another live worker holds the saga's lease."""
+
+    def __init__(self, saga_id: str, owner: str, until: float) -> None:
+        self.saga_id = saga_id
+        self.owner = owner
+        self.until = until
+        super().__init__(
+            f"saga {saga_id} is being run by {owner} (lease until {until:.0f}); "
+            "it continues there, or here once that lease expires"
+        )

@@ -33,7 +33,7 @@ from orchestrator.saga import (
     idempotency_key,
 )
 from orchestrator.sqlite_store import SQLiteStore
-from orchestrator.store import SagaRecord
+from orchestrator.store import Lease, SagaRecord
 
 Checkpoint = Callable[[str, str, Phase], None]
 """Called as (point, step, phase) at "before-call" and "after-call"; used to inject crashes."""
@@ -116,8 +116,13 @@ class SagaRunner:
         self.checkpoint = checkpoint
         self.on_event = on_event
 
-    def run(self, saga_id: str, *, wait_for_retries: bool = True) -> RunResult:
-        """Run until the saga halts (or, if not `wait_for_retries`, until it must wait)."""
+    def run(
+        self, saga_id: str, *, lease: Lease | None = None, wait_for_retries: bool = True
+    ) -> RunResult:
+        """Run until the saga halts (or, if not `wait_for_retries`, until it must wait).
+
+        With a `lease` every write is fenced: LeaseLost stops the run at the next write.
+        """
         record, entries, state = self.store.state(saga_id)
         responses = _responses(entries)
         seq = record.last_seq
@@ -127,7 +132,7 @@ class SagaRunner:
             nonlocal seq
             if pending:
                 seq = self.store.append(
-                    saga_id, pending, expected_seq=seq, state=state, now=self.clock()
+                    saga_id, pending, expected_seq=seq, state=state, now=self.clock(), lease=lease
                 )
                 pending.clear()
 

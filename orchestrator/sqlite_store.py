@@ -21,13 +21,15 @@ import sqlite_utils
 from orchestrator.errors import (
     ConcurrentUpdate,
     IdempotencyConflict,
+    LeaseHeld,
+    LeaseLost,
     SagaNotFoundError,
     StoreError,
 )
 from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
 from orchestrator.journal import JournalEntry, entry_from_row, entry_to_row
 from orchestrator.saga import Event, EventType, SagaState, SagaStatus
-from orchestrator.store import SagaRecord, StepRow, input_fingerprint, step_rows
+from orchestrator.store import Lease, SagaRecord, StepRow, input_fingerprint, step_rows
 
 T = TypeVar("T")
 
@@ -90,7 +92,19 @@ ALTER TABLE sagas ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX sagas_queue ON sagas (run_after) WHERE run_after IS NOT NULL;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# v3: the supervisor's scaling decisions, for operators and tests.
+_V3 = """
+CREATE TABLE scaling_events (
+    at REAL NOT NULL,
+    replicas_from INTEGER NOT NULL,
+    replicas_to INTEGER NOT NULL,
+    depth INTEGER NOT NULL,
+    oldest_age REAL NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _ACTIVE = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
@@ -263,18 +277,26 @@ class SQLiteStore:
             return self.load(existing_id), False
         return self.load(saga_id), True
 
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        # Raw SQL on the hot path: sqlite-utils' rows_where looks up table and view names
+        # (two sqlite_master queries) on every call, a fifth of the statements of a saga.
+        def query() -> list[dict[str, Any]]:
+            cursor = self.conn.execute(sql, params)
+            columns = [d[0] for d in cursor.description]
+            return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+        return self._guard(query)
+
     def load(self, saga_id: str) -> SagaRecord:
         """The saga's row."""
-        rows = self._guard(lambda: list(self.db["sagas"].rows_where("id = ?", [saga_id])))
+        rows = self._rows("SELECT * FROM sagas WHERE id = ?", (saga_id,))
         if not rows:
             raise SagaNotFoundError(saga_id)
         return self._record(rows[0])
 
     def journal(self, saga_id: str) -> list[JournalEntry]:
         """Every journal entry, in order."""
-        rows = self._guard(
-            lambda: list(self.db["events"].rows_where("saga_id = ?", [saga_id], order_by="seq"))
-        )
+        rows = self._rows("SELECT * FROM events WHERE saga_id = ? ORDER BY seq", (saga_id,))
         if not rows:
             self.load(saga_id)  # raises SagaNotFoundError for an unknown id
         return [entry_from_row(r) for r in rows]
@@ -303,17 +325,31 @@ class SQLiteStore:
         expected_seq: int,
         state: SagaState,
         now: float,
+        lease: Lease | None = None,
     ) -> int:
-        """Append `entries` after `expected_seq` in one transaction, with the new status."""
+        """Append `entries` after `expected_seq` in one transaction, with the new status.
+
+        With a `lease`, the write is fenced: refused (LeaseLost) unless that lease is still the
+        saga's current, unexpired one.
+        """
         if not entries:
             return expected_seq
         touched = {e.event.step for e in entries if e.event.step is not None}
         with self._write() as conn:
             row = conn.execute(
-                "SELECT last_seq, trace_id FROM sagas WHERE id = ?", (saga_id,)
+                "SELECT last_seq, trace_id, lease_owner, lease_epoch, lease_until "
+                "FROM sagas WHERE id = ?",
+                (saga_id,),
             ).fetchone()
             if row is None:
                 raise SagaNotFoundError(saga_id)
+            if lease is not None and (
+                row[2] != lease.owner or row[3] != lease.epoch or (row[4] or 0) < now
+            ):
+                raise LeaseLost(
+                    f"saga {saga_id}: lease {lease.owner}#{lease.epoch} is no longer current; "
+                    "this writer must stop"
+                )
             if row[0] != expected_seq:
                 raise ConcurrentUpdate(
                     f"saga {saga_id}: journal is at {row[0]}, writer expected {expected_seq}"
@@ -381,6 +417,107 @@ class SQLiteStore:
         """How many sagas are in each status."""
         rows = self.conn.execute("SELECT status, COUNT(*) FROM sagas GROUP BY status")
         return {status: n for status, n in rows}
+
+    # -- the durable queue and leases ------------------------------------------------------
+
+    def claim_next(self, owner: str, *, now: float, lease_seconds: float) -> Lease | None:
+        """Lease the saga due longest ago whose lease is free or expired; None if none is."""
+        until = now + lease_seconds
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE sagas SET lease_owner = :owner, lease_until = :until, "
+                "lease_epoch = lease_epoch + 1 WHERE id = (SELECT id FROM sagas "
+                "WHERE run_after IS NOT NULL AND run_after <= :now "
+                "AND (lease_until IS NULL OR lease_until < :now) ORDER BY run_after LIMIT 1) "
+                "RETURNING id, lease_epoch",
+                {"owner": owner, "until": until, "now": now},
+            ).fetchone()
+        if row is None:
+            return None
+        return Lease(saga_id=row[0], owner=owner, epoch=row[1], until=until)
+
+    def claim(
+        self,
+        saga_id: str,
+        owner: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        take_over: Callable[[str], bool] = lambda _owner: False,
+    ) -> Lease:
+        """Lease one saga; LeaseHeld if a live lease is held (unless `take_over(owner)`)."""
+        until = now + lease_seconds
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT lease_owner, lease_until, lease_epoch FROM sagas WHERE id = ?",
+                (saga_id,),
+            ).fetchone()
+            if row is None:
+                raise SagaNotFoundError(saga_id)
+            held_by, held_until, epoch = row
+            if (
+                held_by is not None
+                and held_by != owner
+                and (held_until or 0) >= now
+                and not take_over(held_by)
+            ):
+                raise LeaseHeld(saga_id, held_by, held_until)
+            conn.execute(
+                "UPDATE sagas SET lease_owner = ?, lease_until = ?, lease_epoch = ?, "
+                "run_after = COALESCE(run_after, ?) WHERE id = ?",
+                (owner, until, epoch + 1, now, saga_id),
+            )
+        return Lease(saga_id=saga_id, owner=owner, epoch=epoch + 1, until=until)
+
+    def renew(self, lease: Lease, *, now: float, lease_seconds: float) -> Lease | None:
+        """Extend a lease still held; None if it was lost (expired and taken, or released)."""
+        until = now + lease_seconds
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE sagas SET lease_until = ? WHERE id = ? AND lease_owner = ? "
+                "AND lease_epoch = ? AND lease_until >= ?",
+                (until, lease.saga_id, lease.owner, lease.epoch, now),
+            )
+        if cur.rowcount == 0:
+            return None
+        return Lease(lease.saga_id, lease.owner, lease.epoch, until)
+
+    def release(self, lease: Lease, *, run_after: float | None) -> bool:
+        """Give the saga back: due again at `run_after`, or off the queue if None."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE sagas SET lease_owner = NULL, lease_until = NULL, run_after = ? "
+                "WHERE id = ? AND lease_owner = ? AND lease_epoch = ?",
+                (run_after, lease.saga_id, lease.owner, lease.epoch),
+            )
+        return cur.rowcount == 1
+
+    def stuck(self, *, now: float) -> list[str]:
+        """Active sagas nobody is running: lease expired, or never queued."""
+        rows = self.conn.execute(
+            "SELECT id FROM sagas WHERE status IN ('pending', 'running', 'compensating') "
+            "AND (run_after IS NULL OR (lease_until IS NOT NULL AND lease_until < ?)) "
+            "ORDER BY created_at",
+            (now,),
+        )
+        return [r[0] for r in rows]
+
+    def record_scaling(
+        self, *, at: float, before: int, after: int, depth: int, oldest_age: float, reason: str
+    ) -> None:
+        """Journal one autoscaling decision."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO scaling_events VALUES (?, ?, ?, ?, ?, ?)",
+                (at, before, after, depth, oldest_age, reason),
+            )
+
+    def scaling_events(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Most recent scaling decisions, oldest first."""
+        rows = self._guard(
+            lambda: list(self.db["scaling_events"].rows_where(order_by="at DESC", limit=limit))
+        )
+        return rows[::-1]
 
     # -- queue helpers for the HTTP API (issue 5) -------------------------------------------
 

@@ -35,6 +35,16 @@ class SagaRecord:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """A worker's claim on a saga until `until`; `epoch` fences off earlier holders."""
+
+    saga_id: str
+    owner: str
+    epoch: int
+    until: float
+
+
+@dataclass(frozen=True)
 class StepRow:
     """Materialised status of one step, for listings and the status timeline."""
 
@@ -105,10 +115,12 @@ class SagaStore(Protocol):
         expected_seq: int,
         state: SagaState,
         now: float,
+        lease: Lease | None = None,
     ) -> int:
         """Append entries atomically after `expected_seq`; return the new last seq.
 
-        Raises ConcurrentUpdate if another writer appended first.
+        Raises ConcurrentUpdate if another writer appended first, and LeaseLost if `lease`
+        is no longer the saga's current lease (fencing).
         """
         ...
 

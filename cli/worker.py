@@ -1,0 +1,175 @@
+"""`sagalab worker`: run worker replicas that take sagas from the durable queue."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli import render
+from cli.errors import EXIT_USAGE, fail, handled
+from cli.options import DEFAULT_DB, DbOption, JsonOption, ServicesOption
+from orchestrator.flowfile import load_services
+from orchestrator.leases import DEFAULT_LEASE_SECONDS
+from orchestrator.policies.autoscaling import AutoscalePolicy, ScaleDecision
+from orchestrator.sqlite_store import SQLiteStore
+from orchestrator.supervisor import Supervisor, SupervisorConfig
+from orchestrator.worker import Worker, WorkerConfig
+
+
+def _on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def worker(
+    concurrency: Annotated[
+        int,
+        typer.Option("--concurrency", "-c", min=1, max=64, help="Sagas run at once per replica."),
+    ] = 4,
+    replicas: Annotated[
+        str,
+        typer.Option(
+            "--replicas",
+            "-r",
+            help="Worker processes: a number, or 'auto' to scale with the queue.",
+        ),
+    ] = "1",
+    min_replicas: Annotated[int, typer.Option("--min", min=0, help="With auto: fewest.")] = 1,
+    max_replicas: Annotated[int, typer.Option("--max", min=1, help="With auto: most.")] = 4,
+    target_depth: Annotated[
+        float, typer.Option("--target-depth", min=0.1, help="With auto: queued sagas per replica.")
+    ] = 10.0,
+    cooldown: Annotated[
+        float, typer.Option("--cooldown", min=0, help="With auto: seconds between changes.")
+    ] = 5.0,
+    lease: Annotated[
+        float, typer.Option("--lease", min=0.5, help="Lease length in seconds (renewed at 1/3).")
+    ] = DEFAULT_LEASE_SECONDS,
+    poll: Annotated[float, typer.Option("--poll", min=0.01, help="Idle poll interval (s).")] = 0.2,
+    exit_when_idle: Annotated[
+        float | None,
+        typer.Option("--exit-when-idle", help="Stop after this many seconds with nothing to do."),
+    ] = None,
+    max_seconds: Annotated[
+        float | None, typer.Option("--max-seconds", help="Stop after this many seconds.")
+    ] = None,
+    db: DbOption = DEFAULT_DB,
+    services: ServicesOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Take queued sagas and run them; resume sagas whose worker died once its lease expires.
+
+    Several workers (processes or hosts sharing the file) may run at once. SIGTERM or Ctrl-C
+    stops taking new sagas and finishes the ones in hand.
+    """
+    with handled():
+        service_map = load_services(services)
+        SQLiteStore(db).close()  # fail fast on a bad path, and migrate once
+    stop = threading.Event()
+    _on_signals(stop)
+    if replicas == "1":
+        run_one(
+            db, service_map, concurrency, lease, poll, exit_when_idle, max_seconds, as_json, stop
+        )
+        return
+    auto = replicas == "auto"
+    if not auto and not (replicas.isdigit() and int(replicas) >= 1):
+        raise fail("--replicas takes a positive number or 'auto'", EXIT_USAGE)
+    child = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "worker",
+        "--replicas",
+        "1",
+        "--db",
+        str(db),
+        "--concurrency",
+        str(concurrency),
+        "--lease",
+        str(lease),
+        "--poll",
+        str(poll),
+    ]
+    if services is not None:
+        child += ["--services", str(services)]
+    try:
+        policy = (
+            AutoscalePolicy(
+                min_replicas, max_replicas, target_depth, max_age=2.0, cooldown=cooldown
+            )
+            if auto
+            else None
+        )
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    config = SupervisorConfig(
+        db=Path(db),
+        child_command=child,
+        replicas=None if auto else int(replicas),
+        policy=policy,
+        max_seconds=max_seconds,
+        exit_when_idle=exit_when_idle,
+    )
+
+    def changed(decision: ScaleDecision) -> None:
+        render.err.print(f"replicas {decision.current} -> {decision.desired}: {decision.reason}")
+
+    supervisor = Supervisor(config, on_change=changed)
+    threading.Thread(target=lambda: (stop.wait(), supervisor.stop.set()), daemon=True).start()
+    render.err.print(f"supervising {'auto-scaled' if auto else replicas} worker replica(s)")
+    restarts = supervisor.run()
+    summary = {"restarts": restarts, "scaling": [d.reason for d in supervisor.decisions]}
+    if as_json:
+        render.print_json(summary)
+    else:
+        render.err.print(f"stopped; {restarts} replica restart(s)")
+
+
+def run_one(
+    db: Path,
+    services: dict[str, str],
+    concurrency: int,
+    lease: float,
+    poll: float,
+    exit_when_idle: float | None,
+    max_seconds: float | None,
+    as_json: bool,
+    stop: threading.Event,
+) -> None:
+    """One replica in this process."""
+    config = WorkerConfig(
+        db=Path(db),
+        services=services,
+        concurrency=concurrency,
+        lease_seconds=lease,
+        poll_interval=poll,
+        exit_when_idle=exit_when_idle,
+        max_seconds=max_seconds,
+    )
+    w = Worker(config)
+    threading.Thread(target=lambda: (stop.wait(), w.stop.set()), daemon=True).start()
+    render.err.print(f"worker {w.owner}: {concurrency} thread(s), lease {lease}s, db {db}")
+    stats = w.run()
+    stop.set()
+    summary = {
+        "owner": w.owner,
+        "claimed": stats.claimed,
+        "finished": stats.finished,
+        "requeued": stats.requeued,
+        "lost_leases": stats.lost_leases,
+        "conflicts": stats.conflicts,
+        "errors": stats.errors,
+    }
+    if as_json:
+        render.print_json(summary)
+    else:
+        render.err.print(f"worker stopped: {summary}")

@@ -1,0 +1,121 @@
+"""Lease owners and the keeper thread that renews leases while sagas run.
+
+An owner id is `host:pid:nonce`. On the same host, a lease whose owner process no longer
+exists can be taken over at once (`owner_is_dead`), so an operator's `resume` after a crash
+does not wait for the lease to expire; on other hosts expiry is the only evidence.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from orchestrator.errors import SagaError
+from orchestrator.sqlite_store import SQLiteStore
+from orchestrator.store import Lease
+
+DEFAULT_LEASE_SECONDS = 10.0
+
+
+def new_owner(role: str = "worker") -> str:
+    """A unique lease owner id for this process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{role}-{secrets.token_hex(3)}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True if `owner` names a process on this host that no longer exists."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
+class LeaseKeeper:
+    """Renews the leases it holds every `lease_seconds / 3` on its own connection."""
+
+    def __init__(
+        self,
+        db: str | Path,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        self._leases: dict[str, Lease] = {}
+        self._lost: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def hold(self, lease: Lease) -> None:
+        """Start renewing `lease`."""
+        with self._lock:
+            self._leases[lease.saga_id] = lease
+            self._lost.discard(lease.saga_id)
+
+    def drop(self, saga_id: str) -> None:
+        """Stop renewing the lease on `saga_id`."""
+        with self._lock:
+            self._leases.pop(saga_id, None)
+
+    def lost(self, saga_id: str) -> bool:
+        """Whether renewing the lease on `saga_id` failed."""
+        with self._lock:
+            return saga_id in self._lost
+
+    def _loop(self) -> None:
+        store = SQLiteStore(self.db)
+        try:
+            while not self._stop.wait(self.lease_seconds / 3):
+                with self._lock:
+                    leases = list(self._leases.values())
+                for lease in leases:
+                    try:
+                        renewed = store.renew(
+                            lease, now=self.clock(), lease_seconds=self.lease_seconds
+                        )
+                    except SagaError:
+                        continue  # a busy database: the next round tries again
+                    with self._lock:
+                        if lease.saga_id not in self._leases:
+                            continue
+                        if renewed is None:
+                            self._leases.pop(lease.saga_id, None)
+                            self._lost.add(lease.saga_id)
+                        else:
+                            self._leases[lease.saga_id] = renewed
+        finally:
+            store.close()
