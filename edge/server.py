@@ -51,10 +51,13 @@ def _config(app: Any, **overrides: Any) -> uvicorn.Config:
     options: dict[str, Any] = {
         "log_level": "warning",
         "access_log": False,
-        "lifespan": "off",
+        "lifespan": "auto",
         "timeout_graceful_shutdown": 2,
         "timeout_keep_alive": 30,
         "backlog": 2048,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default and rewrites the client
+        # address; on loopback every peer is 127.x, so the firewall decides that itself.
+        "proxy_headers": False,
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)

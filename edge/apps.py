@@ -1,0 +1,170 @@
+"""Building the edge apps from plain settings, and running one as a process.
+
+    python -m edge.apps api --fd 5 --db sagalab.db
+    python -m edge.apps gateway --fd 6 --keys-db keys.db --upstream 127.0.0.1:8101
+    python -m edge.apps edge --fd 7 --upstream 127.0.0.1:8201 --upstream 127.0.0.1:8202 \\
+        --deny 127.66.0.0/16 --flood-rate 200
+
+`sagalab stack` binds each socket itself and starts these commands with `--fd`; argparse and
+no Typer keeps a component's start-up light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.balancer import LoadBalancerApp
+from edge.firewall import FirewallMiddleware
+from edge.gateway import GatewayApp, describe
+from edge.keys import KeyCache, KeyStore
+from edge.metrics import Metrics
+from edge.pool import Pool
+from orchestrator.policies.firewall import Firewall, FloodGuard
+
+__all__ = ["EdgeSettings", "GatewaySettings", "build_edge", "build_gateway", "main"]
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`host:port` (or a `http://host:port` URL) as a tuple."""
+    bare = text.removeprefix("http://").rstrip("/")
+    host, _, port = bare.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{text!r} is not host:port")
+    return host, int(port)
+
+
+@dataclass
+class GatewaySettings:
+    """What a gateway instance needs."""
+
+    keys_db: str
+    upstreams: Sequence[str]
+    rate_share: int = 1
+    max_body: int = 64 * 1024
+    strategy: str = "least_connections"
+    instance: str = "gateway"
+    key_ttl: float = 2.0
+
+
+@dataclass
+class EdgeSettings:
+    """What the edge (firewall + load balancer) needs."""
+
+    upstreams: Sequence[str]
+    strategy: str = "least_connections"
+    allow: Sequence[str] = ()
+    deny: Sequence[str] = ()
+    trusted_proxies: Sequence[str] = ()
+    flood_rate: float = 200.0
+    flood_burst: float = 400.0
+    flood_block: float = 10.0
+    health_interval: float = 0.5
+    max_body: int = 1 << 20
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_gateway(s: GatewaySettings) -> GatewayApp:
+    """A gateway ASGI app."""
+    pool = Pool([parse_address(u) for u in s.upstreams], strategy=s.strategy, health_path="/readyz")
+    metrics = describe(Metrics("sagalab_gateway_"))
+    return GatewayApp(
+        pool,
+        KeyCache(KeyStore(s.keys_db), ttl=s.key_ttl),
+        metrics=metrics,
+        max_body=s.max_body,
+        rate_share=s.rate_share,
+        instance=s.instance,
+    )
+
+
+def build_edge(s: EdgeSettings) -> FirewallMiddleware:
+    """The edge ASGI app: the firewall wrapping the load balancer."""
+    pool = Pool(
+        [parse_address(u) for u in s.upstreams],
+        strategy=s.strategy,
+        health_path="/readyz",
+        interval=s.health_interval,
+    )
+    metrics = describe(Metrics("sagalab_edge_"))
+    flood = FloodGuard(s.flood_rate, s.flood_burst, s.flood_block) if s.flood_rate > 0 else None
+    firewall = Firewall(allow=s.allow, deny=s.deny, flood=flood)
+    lb = LoadBalancerApp(pool, metrics=metrics, max_body=s.max_body)
+    return FirewallMiddleware(
+        lb, firewall, trusted_proxies=s.trusted_proxies, metrics=metrics, clock=time.monotonic
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m edge.apps")
+    sub = parser.add_subparsers(dest="component", required=True)
+    api = sub.add_parser("api", help="the orchestrator HTTP API")
+    api.add_argument("--db", required=True)
+    gw = sub.add_parser("gateway", help="an API gateway instance")
+    gw.add_argument("--keys-db", required=True)
+    gw.add_argument("--rate-share", type=int, default=1)
+    gw.add_argument("--max-body", type=int, default=64 * 1024)
+    edge = sub.add_parser("edge", help="the firewall and load balancer")
+    edge.add_argument("--allow", action="append", default=[])
+    edge.add_argument("--deny", action="append", default=[])
+    edge.add_argument("--trusted-proxy", action="append", default=[])
+    edge.add_argument("--flood-rate", type=float, default=200.0)
+    edge.add_argument("--flood-burst", type=float, default=400.0)
+    edge.add_argument("--flood-block", type=float, default=10.0)
+    for p in (api, gw, edge):
+        p.add_argument("--fd", type=int, help="listening socket passed by the parent")
+        p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (without --fd)")
+        p.add_argument("--instance", default=None)
+    for p in (gw, edge):
+        p.add_argument("--upstream", action="append", required=True)
+        p.add_argument(
+            "--strategy",
+            default="least_connections",
+            choices=["least_connections", "power_of_two", "round_robin", "random"],
+        )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run one component in this process until SIGTERM."""
+    from edge.server import bind, serve_forever, socket_from_fd
+
+    args = _parser().parse_args(argv)
+    app: Any
+    if args.component == "api":
+        from orchestrator.api import create_app
+
+        app = create_app(args.db, instance=args.instance or "api")
+    elif args.component == "gateway":
+        app = build_gateway(
+            GatewaySettings(
+                keys_db=args.keys_db,
+                upstreams=args.upstream,
+                rate_share=args.rate_share,
+                max_body=args.max_body,
+                strategy=args.strategy,
+                instance=args.instance or "gateway",
+            )
+        )
+    else:
+        app = build_edge(
+            EdgeSettings(
+                upstreams=args.upstream,
+                strategy=args.strategy,
+                allow=args.allow,
+                deny=args.deny,
+                trusted_proxies=args.trusted_proxy,
+                flood_rate=args.flood_rate,
+                flood_burst=args.flood_burst,
+                flood_block=args.flood_block,
+            )
+        )
+    sock = socket_from_fd(args.fd) if args.fd is not None else bind("127.0.0.1", args.port)
+    serve_forever(app, sock)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""The API gateway: API keys, a token bucket per key, body limits, routing to the API.
+
+For every request under `/v1/`:
+
+1. authenticate: `Authorization: Bearer <key>` or `X-API-Key: <key>` (401 if missing, unknown,
+   revoked or wrong; `KeyCache` compares digests in constant time);
+2. rate-limit: one `TokenBucket` per key (the simulator's policy code) at the key's rate divided
+   by `rate_share` (the number of gateway instances, so that the key's rate holds across all of
+   them when the balancer spreads load evenly); 429 with `Retry-After` when empty;
+3. limit the body (413) and check that a JSON body parses (422) before the API sees it;
+4. pass `traceparent` on, creating one when it is absent or malformed, and forward to an
+   orchestrator API instance through a `Pool`.
+
+`/healthz` answers while the process lives; `/readyz` only while an API instance is healthy;
+`/metrics` has requests by outcome, latency and refusals.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edge.asgi import (
+    BodyTooLarge,
+    Receive,
+    Scope,
+    Send,
+    Timed,
+    answer,
+    header,
+    problem,
+    read_body,
+    retry_after,
+)
+from edge.balancer import _lifespan, forward
+from edge.keys import KeyCache
+from edge.metrics import Metrics
+from edge.pool import Pool
+from orchestrator.policies.token_bucket import TokenBucket
+
+__all__ = ["GatewayApp", "ensure_traceparent"]
+
+_TRACEPARENT = re.compile(rb"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_JSON = [(b"content-type", b"application/json")]
+_NO_BODY = ("GET", "HEAD", "DELETE", "OPTIONS")
+
+
+def ensure_traceparent(value: bytes | None) -> tuple[bytes, bool]:
+    """A traceparent for the next hop: the caller's trace with a new span id, or a new trace.
+
+    Returns the header value and whether the trace was created here.
+    """
+    span = secrets.token_hex(8).encode()
+    if value is not None:
+        match = _TRACEPARENT.match(value.strip().lower())
+        if match and match.group(1) != b"0" * 32:
+            return b"00-" + match.group(1) + b"-" + span + b"-" + match.group(3), False
+    return b"00-" + secrets.token_hex(16).encode() + b"-" + span + b"-01", True
+
+
+def _presented_key(scope: Scope) -> str | None:
+    auth = header(scope, b"authorization")
+    if auth is not None:
+        scheme, _, token = auth.decode("latin-1").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
+    key = header(scope, b"x-api-key")
+    return key.decode("latin-1") if key is not None else None
+
+
+class GatewayApp:
+    """Authenticates, rate-limits and forwards to a `Pool` of orchestrator API instances."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        keys: KeyCache,
+        *,
+        metrics: Metrics,
+        max_body: int = 64 * 1024,
+        rate_share: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        instance: str = "gateway",
+    ) -> None:
+        self.pool = pool
+        self.keys = keys
+        self.metrics = metrics
+        self.max_body = max_body
+        self.rate_share = max(1, rate_share)
+        self.clock = clock
+        self.instance = instance
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def bucket(self, key_id: str, rate: float, burst: float) -> TokenBucket:
+        bucket = self._buckets.get(key_id)
+        share_rate = rate / self.rate_share
+        share_burst = max(1.0, burst / self.rate_share)
+        if bucket is None or bucket.rate != share_rate or bucket.burst != share_burst:
+            if len(self._buckets) > 100_000:
+                now = self.clock()
+                self._buckets = {k: b for k, b in self._buckets.items() if not b.is_full(now)}
+            bucket = self._buckets[key_id] = TokenBucket(share_rate, share_burst, now=self.clock())
+        return bucket
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(self.pool, receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if not path.startswith("/v1/") and path != "/v1":
+            await self._own(path, send)
+            return
+        timed = Timed(self.metrics, "gateway")
+        key = self.keys.authenticate(_presented_key(scope))
+        if key is None:
+            await problem(
+                send,
+                401,
+                "Unauthorized",
+                "a valid API key is required: 'Authorization: Bearer <key>' or 'X-API-Key'",
+                [(b"www-authenticate", b'Bearer realm="sagalab"')],
+            )
+            timed.done(401, "unauthenticated")
+            return
+        taken = self.bucket(key.id, key.rate, key.burst).take(self.clock())
+        if not taken.allowed:
+            await problem(
+                send,
+                429,
+                "Too many requests",
+                f"key {key.id} is over its rate of {key.rate:g} requests/s",
+                [retry_after(taken.retry_after)],
+            )
+            timed.done(429, "rate_limited")
+            return
+        try:
+            body = await read_body(scope, receive, self.max_body)
+        except BodyTooLarge:
+            await problem(
+                send, 413, "Payload too large", f"bodies are limited to {self.max_body} bytes"
+            )
+            timed.done(413, "too_large")
+            return
+        if body and scope["method"] not in _NO_BODY:
+            try:
+                json.loads(body)
+            except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+                await problem(send, 422, "Malformed JSON", f"the body is not valid JSON: {exc}")
+                timed.done(422, "malformed")
+                return
+        traceparent, _ = ensure_traceparent(header(scope, b"traceparent"))
+        headers: list[tuple[bytes, bytes]] = [
+            (k, v)
+            for k, v in scope["headers"]
+            if k not in (b"traceparent", b"authorization", b"x-api-key")
+        ]
+        headers.append((b"traceparent", traceparent))
+        headers.append((b"x-sagalab-key-id", key.id.encode()))
+        status = await forward(self.pool, scope, body, send, headers)
+        timed.done(status, "forwarded" if status < 502 else "unavailable")
+
+    async def _own(self, path: str, send: Send) -> None:
+        if path == "/healthz":
+            await answer(
+                send, 200, json.dumps({"status": "ok", "instance": self.instance}).encode(), _JSON
+            )
+        elif path == "/readyz":
+            healthy = [b for b in self.pool.status() if b["healthy"]]
+            if healthy:
+                await answer(send, 200, b'{"status":"ready"}', _JSON)
+            else:
+                await problem(send, 503, "Not ready", "no orchestrator API instance is healthy")
+        elif path == "/metrics":
+            gauges: list[tuple[str, str, dict[str, str], float]] = [
+                (
+                    "upstream_healthy",
+                    "1 if the API instance is in rotation.",
+                    {"instance": str(b["instance"])},
+                    1.0 if b["healthy"] else 0.0,
+                )
+                for b in self.pool.status()
+            ]
+            body = self.metrics.render(gauges).encode()
+            await answer(send, 200, body, [(b"content-type", b"text/plain; version=0.0.4")])
+        else:
+            await problem(send, 404, "Not found", f"no route {path}; the API lives under /v1/")
+
+
+def describe(metrics: Metrics) -> Any:
+    """HELP lines for the gateway's and balancer's own counters."""
+    metrics.describe("requests_total", "counter", "Requests by outcome and status.")
+    metrics.describe("request_duration_seconds", "histogram", "Request latency.")
+    metrics.describe("firewall_blocked_total", "counter", "Requests the firewall refused.")
+    return metrics

@@ -1,0 +1,171 @@
+"""A pool of upstream instances: the shared balancer policy chooses, health checks eject.
+
+The choice is `orchestrator.policies.balancer.Balancer.choose` over `InstanceView`s built from
+this pool's bookkeeping (connections in flight, health), the same rule the simulator applies.
+Health is `HealthTracker`: an active check (`GET health_path` every `interval`) feeds it, and
+so does every request that cannot connect (passive check). An instance that refuses a
+connection is ejected at once: it is known to be down, and no request goes to it until
+`pass_threshold` consecutive checks pass.
+
+`send` tries another instance when the chosen one could not be reached (nothing was delivered),
+at most once per instance, so killing an instance costs no client request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from edge.upstream import Response, Upstream, UpstreamError, UpstreamUnavailable
+from orchestrator.policies.balancer import Balancer, HealthTracker, InstanceView, Strategy
+
+__all__ = ["Backend", "NoHealthyInstance", "Pool"]
+
+
+class NoHealthyInstance(Exception):
+    """Every instance is down or at its limit (answer 503)."""
+
+
+@dataclass
+class Backend:
+    """One instance: its client, its health and the requests it has in flight."""
+
+    upstream: Upstream
+    health: HealthTracker
+    limit: int | None = None
+    active: int = 0
+    sent: int = 0
+    ejections: int = 0
+    last_error: str | None = field(default=None)
+
+    @property
+    def name(self) -> str:
+        return self.upstream.name
+
+    def view(self) -> InstanceView:
+        return InstanceView(self.name, self.health.healthy, self.active, self.limit)
+
+    def record(self, ok: bool, error: str | None = None) -> None:
+        if not ok:
+            self.last_error = error
+        if self.health.record(ok) is False:
+            self.ejections += 1
+
+    def eject(self, error: str) -> None:
+        """Known down (refused a connection): out of rotation now."""
+        self.last_error = error
+        for _ in range(self.health.fail_threshold):
+            self.record(False, error)
+
+
+class Pool:
+    """Instances behind one name, chosen per request by one balancer strategy."""
+
+    def __init__(
+        self,
+        addresses: Sequence[tuple[str, int]],
+        *,
+        strategy: Strategy | str = Strategy.LEAST_CONNECTIONS,
+        health_path: str = "/healthz",
+        interval: float = 0.5,
+        check_timeout: float = 0.5,
+        fail_threshold: int = 2,
+        pass_threshold: int = 2,
+        timeout: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.backends = [
+            Backend(Upstream(h, p, timeout=timeout), HealthTracker(fail_threshold, pass_threshold))
+            for h, p in addresses
+        ]
+        self.balancer = Balancer(strategy)
+        self.health_path = health_path
+        self.interval = interval
+        self.check_timeout = check_timeout
+        self.rng = rng or random.Random()
+        self._task: asyncio.Task[None] | None = None
+
+    def choose(self, exclude: set[int]) -> int | None:
+        views = [
+            b.view() if i not in exclude else InstanceView(b.name, False)
+            for i, b in enumerate(self.backends)
+        ]
+        return self.balancer.choose(views, self.rng)
+
+    async def send(
+        self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[Backend, Response]:
+        """Send to a chosen instance, moving on when one cannot be reached."""
+        tried: set[int] = set()
+        while True:
+            index = self.choose(tried)
+            if index is None:
+                raise NoHealthyInstance(
+                    "no healthy instance: "
+                    + ", ".join(f"{b.name} ({b.last_error or 'down'})" for b in self.backends)
+                )
+            backend = self.backends[index]
+            tried.add(index)
+            backend.active += 1
+            backend.sent += 1
+            try:
+                return backend, await backend.upstream.request(method, target, headers, body)
+            except UpstreamUnavailable as exc:
+                backend.eject(str(exc))
+                continue
+            finally:
+                backend.active -= 1
+
+    # -- active health checks ----------------------------------------------------------------
+
+    async def check_once(self) -> None:
+        """Check every instance once, concurrently."""
+        await asyncio.gather(*(self._check(b) for b in self.backends))
+
+    async def _check(self, backend: Backend) -> None:
+        try:
+            response = await backend.upstream.request(
+                "GET", self.health_path, [], timeout=self.check_timeout
+            )
+        except UpstreamError as exc:
+            backend.record(False, str(exc))
+            return
+        ok = response.status == 200
+        backend.record(ok, None if ok else f"health check answered {response.status}")
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.check_once()
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        """Start the health-check loop on the running event loop (idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Stop checking and close idle connections."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for b in self.backends:
+            b.upstream.close()
+
+    def status(self) -> list[dict[str, object]]:
+        """Per instance: health, in flight, sent, ejections, last error."""
+        return [
+            {
+                "instance": b.name,
+                "healthy": b.health.healthy,
+                "active": b.active,
+                "sent": b.sent,
+                "ejections": b.ejections,
+                "last_error": b.last_error,
+            }
+            for b in self.backends
+        ]

@@ -1,0 +1,95 @@
+"""Edge pieces without sockets: keys, client addresses, trace context, response parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.firewall import client_address
+from edge.gateway import ensure_traceparent
+from edge.keys import KeyCache, KeyStore, parse_key
+from edge.upstream import _parse_head
+from orchestrator.policies.firewall import parse_networks
+
+
+def test_keys_are_stored_hashed_and_checked(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.db")
+    record, key = store.create("ci", rate=5, burst=10)
+    raw = (tmp_path / "keys.db").read_bytes()
+    secret = key.split("_", 2)[2]
+    assert secret.encode() not in raw
+    cache = KeyCache(store, ttl=0.0)
+    assert cache.authenticate(key) == record
+    assert cache.authenticate(key + "x") is None
+    assert cache.authenticate(None) is None
+    store.revoke(record.id)
+    assert cache.authenticate(key) is None
+    assert [k.active for k in store.list()] == [False]
+
+
+def test_revocation_reaches_a_cache_after_its_ttl(tmp_path: Path) -> None:
+    now = [0.0]
+    store = KeyStore(tmp_path / "keys.db")
+    _, key = store.create("ci")
+    cache = KeyCache(store, ttl=2.0, clock=lambda: now[0])
+    assert cache.authenticate(key) is not None
+    store.revoke(key)
+    assert cache.authenticate(key) is not None  # still cached
+    now[0] = 2.5
+    assert cache.authenticate(key) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "sgl", "sgl_short_x", "abc_deadbeef_secret", "sgl_deadbeef_"],
+    ids=["empty", "prefix", "short-id", "other-prefix", "no-secret"],
+)
+def test_malformed_keys_do_not_parse(text: str) -> None:
+    assert parse_key(text) is None
+
+
+TRUSTED = parse_networks(["10.0.0.0/8"])
+
+
+@pytest.mark.parametrize(
+    ("peer", "xff", "expected"),
+    [
+        ("127.0.0.1", b"6.6.6.6", "127.0.0.1"),
+        ("10.0.0.2", b"6.6.6.6", "6.6.6.6"),
+        ("10.0.0.2", b"1.1.1.1, 6.6.6.6, 10.0.0.3", "6.6.6.6"),
+        ("10.0.0.2", None, "10.0.0.2"),
+        ("10.0.0.2", b"10.0.0.5", "10.0.0.5"),
+        ("10.0.0.2", b"garbage", "garbage"),
+    ],
+    ids=[
+        "untrusted-peer",
+        "trusted-peer",
+        "rightmost-untrusted",
+        "no-header",
+        "all-trusted",
+        "garbage",
+    ],
+)
+def test_client_address(peer: str, xff: bytes | None, expected: str) -> None:
+    assert client_address(peer, xff, TRUSTED) == expected
+
+
+def test_traceparent_keeps_the_trace_and_makes_a_new_span() -> None:
+    given = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    value, created = ensure_traceparent(given)
+    assert not created
+    assert value.startswith(b"00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    assert value != given
+    for bad in (None, b"nonsense", b"00-" + b"0" * 32 + b"-00f067aa0ba902b7-01"):
+        value, created = ensure_traceparent(bad)
+        assert created and len(value) == 55
+
+
+def test_response_head_parsing() -> None:
+    status, headers, length, chunked, close = _parse_head(
+        b"HTTP/1.1 202 Accepted\r\nContent-Length: 12\r\nConnection: close\r\n"
+        b"Location: /v1/sagas/x\r\n\r\n"
+    )
+    assert (status, length, chunked, close) == (202, 12, False, True)
+    assert headers == [(b"location", b"/v1/sagas/x")]
