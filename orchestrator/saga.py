@@ -372,6 +372,8 @@ class SagaState:
         self.status = SagaStatus.RUNNING if phase is Phase.ACTION else SagaStatus.COMPENSATING
 
     def _on_saga_completed(self, event: Event) -> None:
+        if self.status is not SagaStatus.RUNNING:
+            raise InvalidTransition(f"saga_completed while {self.status.value}")
         if any(not (s.action.done or s.action.skipped) for s in self.steps.values()):
             raise InvalidTransition("saga_completed with unfinished steps")
         self.status = SagaStatus.COMPLETED

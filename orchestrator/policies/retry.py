@@ -45,9 +45,11 @@ class RetryPolicy:
         """Upper bound of the wait after `attempts_made` attempts (exponential, capped)."""
         exponent = max(attempts_made - 1, 0)
         # Guard the float power: 2.0 ** 2000 overflows long before the cap matters.
-        if exponent > 64:
-            return self.max_delay
-        return min(self.max_delay, self.initial_delay * self.multiplier**exponent)
+        try:
+            growth = self.multiplier**exponent
+        except OverflowError:
+            return self.max_delay if self.initial_delay > 0 else 0.0
+        return min(self.max_delay, self.initial_delay * growth)
 
     def next_delay(
         self,

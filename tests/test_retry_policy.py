@@ -1,0 +1,161 @@
+"""Retry policy (orchestrator/policies/retry.py): full jitter, cap, deadline, Retry-After."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator.policies.retry import FOREVER_RETRY, RetryPolicy
+
+
+class Extremes:
+    """A UniformSource that always returns the low or the high end of the range."""
+
+    def __init__(self, high: bool) -> None:
+        self.high = high
+
+    def uniform(self, a: float, b: float) -> float:
+        return b if self.high else a
+
+
+def delay(policy: RetryPolicy, attempts: int, **kwargs: object) -> float | None:
+    args: dict[str, object] = {
+        "attempts_made": attempts,
+        "first_attempt_at": 0.0,
+        "now": 0.0,
+        "retryable": True,
+        "rng": random.Random(0),
+    }
+    args.update(kwargs)
+    return policy.next_delay(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("attempts", "cap"),
+    [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 5.0), (50, 5.0), (5000, 5.0)],
+    ids=lambda v: str(v),
+)
+def test_backoff_cap_grows_exponentially_up_to_max_delay(attempts: int, cap: float) -> None:
+    policy = RetryPolicy(max_attempts=None, initial_delay=0.5, max_delay=5.0, multiplier=2.0)
+    assert policy.backoff_cap(attempts) == pytest.approx(cap)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    initial=st.floats(0.0, 10.0),
+    max_delay=st.floats(0.0, 100.0),
+    multiplier=st.floats(1.0, 3.0),
+    attempts=st.integers(1, 3000),
+)
+def test_backoff_cap_is_monotone_and_bounded(
+    initial: float, max_delay: float, multiplier: float, attempts: int
+) -> None:
+    policy = RetryPolicy(
+        max_attempts=None, initial_delay=initial, max_delay=max_delay, multiplier=multiplier
+    )
+    cap = policy.backoff_cap(attempts)
+    assert 0.0 <= cap <= max_delay
+    assert cap <= policy.backoff_cap(attempts + 1)
+    assert cap >= min(initial, max_delay)
+
+
+@pytest.mark.parametrize("multiplier", [1.0, 1.01], ids=["constant", "slow-growth"])
+def test_backoff_cap_after_many_attempts_follows_the_formula(multiplier: float) -> None:
+    # A slowly growing (or constant) backoff stays small after 100 attempts; it must not jump
+    # to max_delay just because the exponent is large.
+    policy = RetryPolicy(
+        max_attempts=None, initial_delay=0.1, max_delay=30.0, multiplier=multiplier
+    )
+    assert policy.backoff_cap(100) == pytest.approx(min(30.0, 0.1 * multiplier**99))
+
+
+@settings(max_examples=200, deadline=None)
+@given(attempts=st.integers(1, 20), seed=st.integers(0, 2**32 - 1))
+def test_full_jitter_draws_between_zero_and_the_cap(attempts: int, seed: int) -> None:
+    policy = RetryPolicy(max_attempts=None, initial_delay=0.2, max_delay=5.0)
+    got = delay(policy, attempts, rng=random.Random(seed))
+    assert got is not None
+    assert 0.0 <= got <= policy.backoff_cap(attempts)
+
+
+def test_full_jitter_reaches_both_ends_of_the_range() -> None:
+    policy = RetryPolicy(max_attempts=None, initial_delay=1.0, max_delay=8.0)
+    assert delay(policy, 3, rng=Extremes(high=False)) == 0.0
+    assert delay(policy, 3, rng=Extremes(high=True)) == 4.0
+
+
+def test_same_seed_same_delays() -> None:
+    policy = RetryPolicy(max_attempts=None)
+    one = [delay(policy, n, rng=random.Random(7)) for n in range(1, 10)]
+    two = [delay(policy, n, rng=random.Random(7)) for n in range(1, 10)]
+    assert one == two
+
+
+def test_without_jitter_the_delay_is_the_cap() -> None:
+    policy = RetryPolicy(max_attempts=None, initial_delay=0.5, max_delay=3.0, jitter=False)
+    assert [delay(policy, n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("attempts", "expected_none"),
+    [(1, False), (2, False), (3, True), (4, True)],
+    ids=["after-1", "after-2", "after-3-gives-up", "after-4"],
+)
+def test_max_attempts_counts_attempts_made(attempts: int, expected_none: bool) -> None:
+    assert (delay(RetryPolicy(max_attempts=3), attempts) is None) is expected_none
+
+
+def test_max_attempts_none_never_gives_up() -> None:
+    assert FOREVER_RETRY.max_attempts is None
+    for attempts in (1, 10, 1_000, 1_000_000):
+        got = delay(FOREVER_RETRY, attempts)
+        assert got is not None and 0.0 <= got <= FOREVER_RETRY.max_delay
+
+
+def test_not_retryable_gives_up_at_once() -> None:
+    assert delay(FOREVER_RETRY, 1, retryable=False) is None
+
+
+@pytest.mark.parametrize(
+    ("now", "drawn_high", "gives_up"),
+    [(0.0, True, False), (5.0, True, False), (6.0, True, True), (9.0, False, False)],
+    ids=["early", "just-fits", "would-overshoot", "zero-wait-fits"],
+)
+def test_deadline_bounds_first_attempt_to_last_start(
+    now: float, drawn_high: bool, gives_up: bool
+) -> None:
+    policy = RetryPolicy(max_attempts=None, initial_delay=5.0, max_delay=5.0, deadline=10.0)
+    got = delay(policy, 1, now=now, first_attempt_at=0.0, rng=Extremes(drawn_high))
+    assert (got is None) is gives_up
+    if got is not None:
+        assert now + got <= 10.0
+
+
+def test_retry_after_is_a_floor() -> None:
+    policy = RetryPolicy(max_attempts=None, initial_delay=0.1, max_delay=1.0)
+    assert delay(policy, 1, retry_after=12.0, rng=Extremes(high=True)) == 12.0
+    assert delay(policy, 4, retry_after=0.01, rng=Extremes(high=True)) == 0.8
+
+
+def test_retry_after_past_the_deadline_gives_up() -> None:
+    policy = RetryPolicy(max_attempts=None, deadline=10.0)
+    assert delay(policy, 1, retry_after=30.0) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_attempts": 0},
+        {"initial_delay": -1.0},
+        {"max_delay": -1.0},
+        {"multiplier": 0.5},
+        {"deadline": 0.0},
+    ],
+    ids=["zero-attempts", "negative-initial", "negative-max", "shrinking", "zero-deadline"],
+)
+def test_invalid_policies_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]

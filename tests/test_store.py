@@ -1,0 +1,527 @@
+"""The SQLite saga store on real files: journal, idempotency, reopen, migration, concurrency."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.errors import (
+    ConcurrentUpdate,
+    IdempotencyConflict,
+    SagaNotFoundError,
+    StoreError,
+)
+from orchestrator.flow import FlowDefinition, flow_from_dict
+from orchestrator.journal import JournalEntry
+from orchestrator.saga import Event, EventType, Failure, Phase, SagaState, SagaStatus
+from orchestrator.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
+from orchestrator.store import SagaRecord
+
+FLOW_RAW = {
+    "name": "order",
+    "version": 1,
+    "input": {"required": ["order_id"]},
+    "steps": [
+        {"name": "reserve", "handler": "reserve", "compensation_handler": "release"},
+        {"name": "charge", "handler": "charge", "compensation_handler": "refund"},
+    ],
+}
+
+
+def order_flow() -> FlowDefinition:
+    return flow_from_dict(FLOW_RAW)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "sagas.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(db_path)
+    yield s
+    s.close()
+
+
+def create(
+    store: SQLiteStore, saga_id: str = "s1", key: str | None = None, **payload: Any
+) -> tuple[SagaRecord, bool]:
+    return store.create_saga(
+        saga_id=saga_id,
+        flow=order_flow(),
+        payload=payload or {"order_id": "o-1"},
+        trace_id="ab" * 16,
+        idempotency_key=key,
+        now=100.0,
+    )
+
+
+def advance(store: SQLiteStore, saga_id: str, events: list[Event], **extra: Any) -> int:
+    """Append `events` after the saga's current journal, with the state they lead to."""
+    record, entries, state = store.state(saga_id)
+    for event in events:
+        state.apply(event)
+    return store.append(
+        saga_id,
+        [JournalEntry(e, **extra) for e in events],
+        expected_seq=record.last_seq,
+        state=state,
+        now=events[-1].at,
+    )
+
+
+def reserve_ok(at: float = 101.0) -> list[Event]:
+    return [
+        Event(EventType.ATTEMPT_STARTED, at, "reserve", Phase.ACTION, 1),
+        Event(EventType.ATTEMPT_SUCCEEDED, at + 0.5, "reserve", Phase.ACTION, 1),
+    ]
+
+
+# --- basics --------------------------------------------------------------------------------
+
+
+def test_create_load_and_journal(store: SQLiteStore) -> None:
+    record, created = create(store)
+    assert created
+    assert record.id == "s1" and record.status is SagaStatus.PENDING
+    assert record.flow == order_flow() and record.input == {"order_id": "o-1"}
+    assert record.trace_id == "ab" * 16 and record.last_seq == 1
+    (entry,) = store.journal("s1")
+    assert entry.seq == 1 and entry.event == Event(EventType.SAGA_CREATED, 100.0)
+    assert [(r.name, r.status, r.attempts) for r in store.steps("s1")] == [
+        ("reserve", "pending", 0),
+        ("charge", "pending", 0),
+    ]
+    assert store.load("s1") == record
+
+
+def test_append_stores_every_field_and_materialises_status(store: SQLiteStore) -> None:
+    create(store)
+    failure = Failure("HTTP 503", retryable=True, maybe_applied=True, retry_after=2.0)
+    events = [
+        Event(EventType.ATTEMPT_STARTED, 101.0, "reserve", Phase.ACTION, 1),
+        Event(EventType.ATTEMPT_FAILED, 101.5, "reserve", Phase.ACTION, 1, failure),
+        Event(EventType.RETRY_SCHEDULED, 101.6, "reserve", Phase.ACTION, 2, not_before=103.0),
+    ]
+    seq = advance(
+        store,
+        "s1",
+        events,
+        request={"sku": "A"},
+        response={"error": "busy"},
+        status_code=503,
+        duration_ms=12.5,
+        span_id="cd" * 8,
+    )
+    assert seq == 4
+    entries = store.journal("s1")
+    assert [e.seq for e in entries] == [1, 2, 3, 4]
+    assert [e.event for e in entries[1:]] == events
+    assert entries[2].request == {"sku": "A"} and entries[2].response == {"error": "busy"}
+    assert (entries[2].status_code, entries[2].duration_ms, entries[2].span_id) == (
+        503,
+        12.5,
+        "cd" * 8,
+    )
+    record = store.load("s1")
+    assert record.status is SagaStatus.RUNNING and record.last_seq == 4
+    assert record.updated_at == 101.6
+    reserve = store.steps("s1")[0]
+    assert (reserve.status, reserve.attempts, reserve.last_error) == ("retrying", 1, "HTTP 503")
+
+
+def test_append_nothing_is_a_no_op(store: SQLiteStore) -> None:
+    create(store)
+    state = SagaState(order_flow())
+    assert store.append("s1", [], expected_seq=1, state=state, now=1.0) == 1
+    assert len(store.journal("s1")) == 1
+
+
+def test_stale_expected_seq_raises_concurrent_update_and_writes_nothing(
+    store: SQLiteStore,
+) -> None:
+    create(store)
+    record, _, state = store.state("s1")
+    advance(store, "s1", reserve_ok())
+    with pytest.raises(ConcurrentUpdate, match="journal is at 3, writer expected 1"):
+        store.append(
+            "s1",
+            [JournalEntry(Event(EventType.ATTEMPT_STARTED, 1.0, "reserve", Phase.ACTION, 1))],
+            expected_seq=record.last_seq,
+            state=state,
+            now=1.0,
+        )
+    assert [e.seq for e in store.journal("s1")] == [1, 2, 3]
+    assert store.load("s1").status is SagaStatus.RUNNING
+
+
+def test_unknown_saga(store: SQLiteStore) -> None:
+    with pytest.raises(SagaNotFoundError, match="no saga with id 'nope'"):
+        store.load("nope")
+    with pytest.raises(SagaNotFoundError):
+        store.journal("nope")
+    with pytest.raises(SagaNotFoundError):
+        store.append(
+            "nope",
+            [JournalEntry(Event(EventType.SAGA_COMPLETED, 1.0))],
+            expected_seq=1,
+            state=SagaState(order_flow()),
+            now=1.0,
+        )
+
+
+def test_list_sagas_filters_and_orders(store: SQLiteStore) -> None:
+    for i in range(3):
+        store.create_saga(
+            saga_id=f"s{i}",
+            flow=order_flow(),
+            payload={"order_id": str(i)},
+            trace_id="t",
+            idempotency_key=None,
+            now=100.0 + i,
+        )
+    advance(store, "s1", reserve_ok())
+    assert [r.id for r in store.list_sagas()] == ["s2", "s1", "s0"]
+    assert [r.id for r in store.list_sagas(status=SagaStatus.RUNNING)] == ["s1"]
+    assert [r.id for r in store.list_sagas(flow="other")] == []
+    assert [r.id for r in store.list_sagas(limit=1)] == ["s2"]
+    assert store.count_by_status() == {"pending": 2, "running": 1}
+
+
+def test_flow_snapshot_is_kept_with_the_saga(store: SQLiteStore) -> None:
+    """Editing the flow afterwards never changes a saga already stored."""
+    create(store)
+    edited = dict(FLOW_RAW, steps=[*FLOW_RAW["steps"], {"name": "ship", "handler": "ship"}])
+    store.create_saga(
+        saga_id="s2",
+        flow=flow_from_dict(edited),
+        payload={"order_id": "o-2"},
+        trace_id="t",
+        idempotency_key=None,
+        now=101.0,
+    )
+    assert [s.name for s in store.load("s1").flow.steps] == ["reserve", "charge"]
+    assert [s.name for s in store.load("s2").flow.steps] == ["reserve", "charge", "ship"]
+
+
+# --- idempotency ---------------------------------------------------------------------------
+
+
+def test_same_key_same_input_returns_the_same_saga(store: SQLiteStore) -> None:
+    first, created = create(store, "s1", key="k")
+    again, created_again = create(store, "s2", key="k")
+    assert created and not created_again
+    assert again.id == "s1" and again == first
+    assert [r.id for r in store.list_sagas()] == ["s1"]
+    with pytest.raises(SagaNotFoundError):
+        store.load("s2")
+
+
+def test_same_key_different_input_is_refused(store: SQLiteStore) -> None:
+    create(store, "s1", key="k", order_id="o-1")
+    with pytest.raises(IdempotencyConflict) as info:
+        create(store, "s2", key="k", order_id="o-2")
+    assert info.value.key == "k" and info.value.saga_id == "s1"
+    assert "different flow or input" in str(info.value)
+    assert [r.id for r in store.list_sagas()] == ["s1"]
+
+
+def test_key_is_bound_to_the_flow_version_too(store: SQLiteStore) -> None:
+    create(store, "s1", key="k")
+    with pytest.raises(IdempotencyConflict):
+        store.create_saga(
+            saga_id="s2",
+            flow=flow_from_dict(dict(FLOW_RAW, version=2)),
+            payload={"order_id": "o-1"},
+            trace_id="t",
+            idempotency_key="k",
+            now=1.0,
+        )
+
+
+def test_input_key_order_does_not_matter(store: SQLiteStore) -> None:
+    store.create_saga(
+        saga_id="s1",
+        flow=order_flow(),
+        payload={"order_id": "o", "n": 1},
+        trace_id="t",
+        idempotency_key="k",
+        now=1.0,
+    )
+    record, created = store.create_saga(
+        saga_id="s2",
+        flow=order_flow(),
+        payload={"n": 1, "order_id": "o"},
+        trace_id="t",
+        idempotency_key="k",
+        now=1.0,
+    )
+    assert not created and record.id == "s1"
+
+
+# --- reopen, migration, bad files ----------------------------------------------------------
+
+
+def test_reopen_after_close_keeps_everything(db_path: Path) -> None:
+    first = SQLiteStore(db_path)
+    create(first, "s1", key="k")
+    advance(first, "s1", reserve_ok(), response={"reservation_id": "r-1"})
+    before = (first.load("s1"), first.journal("s1"), first.steps("s1"))
+    first.close()
+
+    second = SQLiteStore(db_path)
+    try:
+        assert (second.load("s1"), second.journal("s1"), second.steps("s1")) == before
+        assert second.schema_version() == SCHEMA_VERSION
+        assert second.migrate() == SCHEMA_VERSION  # nothing to do
+        record, created = create(second, "s9", key="k")
+        assert not created and record.id == "s1"
+        _, _, state = second.state("s1")
+        assert state.steps["reserve"].action.done
+        assert state.next_forward() == "charge"
+    finally:
+        second.close()
+
+
+def test_file_is_in_wal_mode(store: SQLiteStore, db_path: Path) -> None:
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+def build_v1_file(path: Path) -> None:
+    """A file as sagalab with schema version 1 left it, with one saga in it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    conn.close()
+
+
+def test_migration_from_v1_keeps_rows(db_path: Path) -> None:
+    # Write a saga with today's code, then strip the file back to the v1 schema by hand.
+    store = SQLiteStore(db_path)
+    create(store, "s1", key="k")
+    advance(store, "s1", reserve_ok())
+    before = (store.load("s1"), store.journal("s1"), store.steps("s1"))
+    store.close()
+    v1 = db_path.with_name("v1.db")
+    build_v1_file(v1)
+    conn = sqlite3.connect(v1, isolation_level=None)
+    conn.execute("ATTACH DATABASE ? AS cur", (str(db_path),))
+    v1_columns = [r[1] for r in conn.execute("PRAGMA table_info(sagas)")]
+    conn.execute(
+        f"INSERT INTO sagas ({', '.join(v1_columns)}) SELECT {', '.join(v1_columns)} FROM cur.sagas"
+    )
+    conn.execute("INSERT INTO events SELECT * FROM cur.events")
+    conn.execute("INSERT INTO steps SELECT * FROM cur.steps")
+    conn.execute("DETACH DATABASE cur")
+    conn.close()
+    assert "lease_owner" not in v1_columns
+
+    migrated = SQLiteStore(v1)
+    try:
+        assert migrated.schema_version() == SCHEMA_VERSION
+        assert (migrated.load("s1"), migrated.journal("s1"), migrated.steps("s1")) == before
+        columns = {r[1] for r in migrated.conn.execute("PRAGMA table_info(sagas)")}
+        assert {"run_after", "lease_owner", "lease_until", "lease_epoch"} <= columns
+        epoch = migrated.conn.execute("SELECT lease_epoch FROM sagas").fetchone()[0]
+        assert epoch == 0
+        # The migrated file is fully usable.
+        advance(
+            migrated, "s1", [Event(EventType.ATTEMPT_STARTED, 200.0, "charge", Phase.ACTION, 1)]
+        )
+        assert migrated.load("s1").last_seq == 4
+    finally:
+        migrated.close()
+
+
+def test_newer_schema_is_refused_and_left_alone(db_path: Path) -> None:
+    SQLiteStore(db_path).close()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute(
+        "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),)
+    )
+    conn.close()
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer.*upgrade"):
+        SQLiteStore(db_path)
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION + 1)
+    finally:
+        conn.close()
+
+
+def test_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="it is a directory"):
+        SQLiteStore(tmp_path)
+
+
+def test_unwritable_path_is_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match=r"cannot open database .*--db or SAGALAB_DB"):
+        SQLiteStore(blocker / "sub" / "sagas.db")
+
+
+def test_non_database_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes, not a database\n" * 100)
+    with pytest.raises(StoreError) as info:
+        SQLiteStore(path)
+    assert str(path) in str(info.value)
+    assert "not a database" in str(info.value)
+    assert path.read_text().startswith("these are my notes")
+
+
+# --- several processes ---------------------------------------------------------------------
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def _own_saga_worker(path: str, worker: int, sagas: int, steps: int) -> None:
+    """Create `sagas` sagas and append `steps` events to each, one commit per event."""
+    store = SQLiteStore(path, timeout=30.0)
+    try:
+        flow = order_flow()
+        for n in range(sagas):
+            saga_id = f"w{worker}-{n}"
+            store.create_saga(
+                saga_id=saga_id,
+                flow=flow,
+                payload={"order_id": saga_id},
+                trace_id="t",
+                idempotency_key=f"key-{saga_id}",
+                now=float(n),
+            )
+            seq = 1
+            state = SagaState(flow)
+            for i in range(steps):
+                event = Event(
+                    EventType.RETRY_SCHEDULED, float(i), "reserve", Phase.ACTION, i, not_before=1.0
+                )
+                seq = store.append(
+                    saga_id,
+                    [JournalEntry(event, span_id=f"{worker}")],
+                    expected_seq=seq,
+                    state=state,
+                    now=float(i),
+                )
+    finally:
+        store.close()
+
+
+def _racing_worker(path: str, worker: int, rounds: int, barrier: Any, results: Any) -> None:
+    """Each round: everyone reads the same last seq, then everyone tries to append after it."""
+    store = SQLiteStore(path, timeout=30.0)
+    state = SagaState(order_flow())
+    try:
+        for r in range(rounds):
+            barrier.wait()
+            seq = store.load("shared").last_seq
+            barrier.wait()
+            event = Event(
+                EventType.RETRY_SCHEDULED, float(r), "reserve", Phase.ACTION, r, not_before=1.0
+            )
+            try:
+                store.append(
+                    "shared",
+                    [JournalEntry(event, span_id=f"w{worker}")],
+                    expected_seq=seq,
+                    state=state,
+                    now=float(r),
+                )
+                results.put((r, worker, seq, "won"))
+            except ConcurrentUpdate:
+                results.put((r, worker, seq, "lost"))
+            except Exception as exc:  # anything else, e.g. "database is locked", fails the test
+                results.put((r, worker, seq, f"error: {type(exc).__name__}: {exc}"))
+    finally:
+        store.close()
+
+
+def _run(processes: list[Any]) -> None:
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(timeout=60)
+    for p in processes:
+        assert p.exitcode == 0, f"worker {p.name} exited with {p.exitcode}"
+
+
+def test_concurrent_writers_on_distinct_sagas(db_path: Path) -> None:
+    SQLiteStore(db_path).close()
+    workers, sagas, steps = 4, 5, 20
+    _run(
+        [
+            SPAWN.Process(
+                target=_own_saga_worker, args=(str(db_path), w, sagas, steps), name=f"w{w}"
+            )
+            for w in range(workers)
+        ]
+    )
+    store = SQLiteStore(db_path)
+    try:
+        records = store.list_sagas(limit=1000)
+        assert len(records) == workers * sagas
+        for record in records:
+            seqs = [e.seq for e in store.journal(record.id)]
+            assert seqs == list(range(1, steps + 2)), record.id
+            assert record.last_seq == steps + 1
+        total = store.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        assert total == workers * sagas * (steps + 1)
+    finally:
+        store.close()
+
+
+def test_concurrent_writers_racing_on_one_saga(db_path: Path) -> None:
+    with SQLiteStoreCtx(db_path) as store:
+        create(store, "shared")
+    workers, rounds = 4, 15
+    barrier = SPAWN.Barrier(workers)
+    results = SPAWN.Queue()
+    processes = [
+        SPAWN.Process(
+            target=_racing_worker, args=(str(db_path), w, rounds, barrier, results), name=f"w{w}"
+        )
+        for w in range(workers)
+    ]
+    _run(processes)
+    outcomes = [results.get(timeout=10) for _ in range(workers * rounds)]
+    results.close()
+    errors = [o for o in outcomes if o[3].startswith("error")]
+    assert errors == []
+    for r in range(rounds):
+        this_round = [o for o in outcomes if o[0] == r]
+        assert len({o[2] for o in this_round}) == 1, "every racer read the same seq"
+        assert [o[3] for o in this_round].count("won") == 1, this_round
+
+    with SQLiteStoreCtx(db_path) as store:
+        entries = store.journal("shared")
+        assert [e.seq for e in entries] == list(range(1, rounds + 2))
+        winners = {(o[0], f"w{o[1]}") for o in outcomes if o[3] == "won"}
+        assert {(int(e.event.at), e.span_id) for e in entries[1:]} == winners
+        assert store.load("shared").last_seq == rounds + 1
+
+
+class SQLiteStoreCtx:
+    """`with SQLiteStoreCtx(path) as store:` closes the store on the way out."""
+
+    def __init__(self, path: Path) -> None:
+        self.store = SQLiteStore(path)
+
+    def __enter__(self) -> SQLiteStore:
+        return self.store
+
+    def __exit__(self, *exc: object) -> None:
+        self.store.close()
