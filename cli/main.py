@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import demo, orchestrate, services, simulate, worker
+from cli import breakers, demo, keys, orchestrate, services, simulate, stack, worker
 
 app = typer.Typer(
     name="sagalab",
@@ -16,8 +16,11 @@ app = typer.Typer(
 app.add_typer(orchestrate.app, name="orchestrate")
 app.add_typer(services.app, name="services")
 app.add_typer(simulate.app, name="simulate")
+app.add_typer(breakers.app, name="breakers")
 app.command("demo")(demo.demo)
 app.command("worker")(worker.worker)
+app.add_typer(stack.app, name="stack")
+app.add_typer(keys.app, name="keys")
 
 
 def main() -> None:

@@ -20,9 +20,13 @@ from cli.errors import (
     parse_json_arg,
 )
 from cli.options import DEFAULT_DB, DbOption, JsonOption, SagaIdArg, ServicesOption
+from orchestrator.breakers import BreakerBoard, load_breaker_configs
+from orchestrator.errors import LeaseHeld
 from orchestrator.executors import HttpExecutor
 from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import check_services, load_flow, load_services
+from orchestrator.journal import JournalEntry
+from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner, owner_is_dead
 from orchestrator.runner import RunResult, SagaRunner, start_saga
 from orchestrator.saga import (
     Phase,
@@ -83,18 +87,36 @@ def _drive(
     quiet: bool,
     crash_at: str | None = None,
 ) -> RunResult:
+    """Run the saga here under a lease (taken over from a dead local owner) and breakers."""
     services = _services_for(flow, services_file)
+    owner = new_owner("cli")
+    lease = store.claim(
+        saga_id,
+        owner,
+        now=time.time(),
+        lease_seconds=DEFAULT_LEASE_SECONDS,
+        take_over=owner_is_dead,
+    )
     executor = HttpExecutor(services)
+    board = BreakerBoard(store.path, load_breaker_configs(services_file), owner=owner)
+    result: RunResult | None = None
     try:
-        runner = SagaRunner(
-            store,
-            executor,
-            checkpoint=_crash_checkpoint(crash_at),
-            on_event=None if quiet else render.live_event,
-        )
-        return runner.run(saga_id)
+        with LeaseKeeper(store.path) as keeper:
+            keeper.hold(lease)
+            runner = SagaRunner(
+                store,
+                executor,
+                checkpoint=_crash_checkpoint(crash_at),
+                on_event=None if quiet else render.live_event,
+                breakers=board,
+            )
+            result = runner.run(saga_id, lease=lease)
+            return result
     finally:
         executor.close()
+        board.close()
+        # Off the queue when it halted; back on it (for workers) if this run was cut short.
+        store.release(lease, run_after=None if result is not None else time.time())
 
 
 def _show(store: SQLiteStore, saga_id: str, as_json: bool) -> SagaStatus:
@@ -202,7 +224,15 @@ def events(saga_id: SagaIdArg, db: DbOption = DEFAULT_DB, as_json: JsonOption = 
 
 @app.command()
 def resume(
-    saga_id: SagaIdArg,
+    saga_id: Annotated[
+        str | None, typer.Argument(help="Saga id (omit with --stuck).", show_default=False)
+    ] = None,
+    stuck: Annotated[
+        bool,
+        typer.Option(
+            "--stuck", help="Resume every active saga nobody runs (lease expired, or never queued)."
+        ),
+    ] = False,
     db: DbOption = DEFAULT_DB,
     services: ServicesOption = None,
     as_json: JsonOption = False,
@@ -212,8 +242,14 @@ def resume(
 
     A call that was in flight when it stopped is sent again with the same idempotency key.
     """
+    if (saga_id is None) == (not stuck):
+        raise fail("give a saga id, or --stuck (not both)", EXIT_USAGE)
     with handled():
         store = _store(db)
+        if stuck:
+            _resume_stuck(store, services, as_json)
+            return
+        assert saga_id is not None
         record = store.load(saga_id)
         if record.status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK, SagaStatus.FAILED):
             render.err.print(f"saga {saga_id} is {record.status.value}; nothing to resume")
@@ -222,6 +258,27 @@ def resume(
         status = _show(store, saga_id, as_json)
     code = EXIT_OK if status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK) else 1
     raise typer.Exit(code)
+
+
+def _resume_stuck(store: SQLiteStore, services: Path | None, as_json: bool) -> None:
+    ids = store.stuck(now=time.time())
+    results = []
+    for saga_id in ids:
+        record = store.load(saga_id)
+        try:
+            status = _drive(store, saga_id, record.flow, services, quiet=as_json).status
+        except LeaseHeld as exc:  # a worker took it between the scan and the claim
+            render.err.print(str(exc))
+            continue
+        results.append({"id": saga_id, "status": status.value})
+        if not as_json:
+            render.err.print(f"{saga_id}: {status.value}")
+    if as_json:
+        render.print_json(results)
+    elif not ids:
+        render.err.print("no stuck sagas")
+    failed = [r for r in results if r["status"] not in ("completed", "rolled_back")]
+    raise typer.Exit(1 if failed else 0)
 
 
 @app.command()
@@ -244,12 +301,16 @@ def rollback(
         now = time.time()
         event = rollback_request(state, now=now, reason=reason, force=force)
         state.apply(event)
-        from orchestrator.journal import JournalEntry
-
         store.append(
             saga_id, [JournalEntry(event)], expected_seq=record.last_seq, state=state, now=now
         )
-        _drive(store, saga_id, record.flow, services, quiet=as_json)
+        try:
+            _drive(store, saga_id, record.flow, services, quiet=as_json)
+        except LeaseHeld as exc:
+            store.requeue(saga_id, now)
+            render.err.print(f"rollback recorded; {exc}")
+            _show(store, saga_id, as_json)
+            raise typer.Exit(EXIT_OK) from None
         status = _show(store, saga_id, as_json)
     raise typer.Exit(_outcome_code(status, SagaStatus.ROLLED_BACK))
 
@@ -257,8 +318,6 @@ def rollback(
 def _operator_step_action(
     saga_id: str, db: Path, services: Path | None, as_json: bool, make_event
 ) -> None:  # type: ignore[no-untyped-def]
-    from orchestrator.journal import JournalEntry
-
     with handled():
         store = _store(db)
         record, _, state = store.state(saga_id)

@@ -13,6 +13,7 @@ import typer
 from cli import render
 from cli.errors import EXIT_USAGE, fail, handled
 from cli.options import DEFAULT_DB, DbOption, JsonOption, ServicesOption
+from orchestrator.breakers import load_breaker_configs
 from orchestrator.flowfile import load_services
 from orchestrator.leases import DEFAULT_LEASE_SECONDS
 from orchestrator.policies.autoscaling import AutoscalePolicy, ScaleDecision
@@ -72,12 +73,22 @@ def worker(
     """
     with handled():
         service_map = load_services(services)
+        breaker_configs = load_breaker_configs(services)
         SQLiteStore(db).close()  # fail fast on a bad path, and migrate once
     stop = threading.Event()
     _on_signals(stop)
     if replicas == "1":
         run_one(
-            db, service_map, concurrency, lease, poll, exit_when_idle, max_seconds, as_json, stop
+            db,
+            service_map,
+            breaker_configs,
+            concurrency,
+            lease,
+            poll,
+            exit_when_idle,
+            max_seconds,
+            as_json,
+            stop,
         )
         return
     auto = replicas == "auto"
@@ -137,6 +148,7 @@ def worker(
 def run_one(
     db: Path,
     services: dict[str, str],
+    breaker_configs: dict[str, Any],
     concurrency: int,
     lease: float,
     poll: float,
@@ -149,6 +161,7 @@ def run_one(
     config = WorkerConfig(
         db=Path(db),
         services=services,
+        breakers=breaker_configs,
         concurrency=concurrency,
         lease_seconds=lease,
         poll_interval=poll,

@@ -13,15 +13,17 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from orchestrator.errors import InputError
 from orchestrator.executors import AttemptContext, StepExecutor
 from orchestrator.flow import FlowDefinition
 from orchestrator.journal import JournalEntry
+from orchestrator.policies.breaker import Breaker
 from orchestrator.saga import (
     Event,
     EventType,
+    Failure,
     Halt,
     Phase,
     Record,
@@ -34,6 +36,16 @@ from orchestrator.saga import (
 )
 from orchestrator.sqlite_store import SQLiteStore
 from orchestrator.store import Lease, SagaRecord
+
+
+class BreakerSource(Protocol):
+    """Where the runner gets a service's circuit breaker (a `BreakerBoard`)."""
+
+    def get(self, service: str) -> Breaker: ...
+
+
+# A compensation refused by an open breaker waits at least this long before asking again.
+MIN_BREAKER_WAIT = 0.5
 
 Checkpoint = Callable[[str, str, Phase], None]
 """Called as (point, step, phase) at "before-call" and "after-call"; used to inject crashes."""
@@ -107,6 +119,7 @@ class SagaRunner:
         rng: random.Random | None = None,
         checkpoint: Checkpoint | None = None,
         on_event: Callable[[str, Event], None] | None = None,
+        breakers: BreakerSource | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -115,6 +128,7 @@ class SagaRunner:
         self.rng = rng or random.Random()
         self.checkpoint = checkpoint
         self.on_event = on_event
+        self.breakers = breakers
 
     def run(
         self, saga_id: str, *, lease: Lease | None = None, wait_for_retries: bool = True
@@ -158,7 +172,12 @@ class SagaRunner:
                 self.sleep(max(0.0, command.until - now))
                 continue
             assert isinstance(command, RunAttempt)
-            self._attempt(record, state, command, responses, note, flush)
+            refused_until = self._attempt(record, state, command, responses, note, flush)
+            if refused_until is not None:  # a compensation waits for the breaker to half-open
+                flush()
+                if not wait_for_retries:
+                    return RunResult(state.status, wait_until=refused_until)
+                self.sleep(max(0.0, refused_until - self.clock()))
 
     def _attempt(
         self,
@@ -168,8 +187,19 @@ class SagaRunner:
         responses: dict[str, Any],
         note: Callable[[JournalEntry], None],
         flush: Callable[[], None],
-    ) -> None:
+    ) -> float | None:
+        """Perform one attempt; return a time to come back if the breaker refused it."""
         step = record.flow.step(command.step)
+        breaker = None
+        if self.breakers is not None and step.service is not None:
+            breaker = self.breakers.get(step.service)
+            now = self.clock()
+            if not breaker.allow(now):
+                wait = max(breaker.retry_after(now), MIN_BREAKER_WAIT)
+                if command.phase is Phase.COMPENSATION:
+                    return now + wait  # never dropped: asked again once it may half-open
+                self._refuse(state, command, breaker, note)
+                return None
         span_id = new_span_id()
         started = Event(
             EventType.ATTEMPT_STARTED, self.clock(), step.name, command.phase, command.attempt
@@ -190,6 +220,18 @@ class SagaRunner:
             responses=responses,
         )
         outcome = self.executor.execute(ctx)
+        if breaker is not None:
+            failure = outcome.failure
+            # Only signs of an unwell service count: 5xx, timeouts, dropped connections.
+            # A 4xx refusal (or 429) is a healthy service answering.
+            if (
+                failure is not None
+                and failure.retryable
+                and (failure.maybe_applied or outcome.status_code is None)
+            ):
+                breaker.record_failure(self.clock())
+            else:
+                breaker.record_success(self.clock())
         if self.checkpoint is not None:
             self.checkpoint("after-call", step.name, command.phase)
         if outcome.failure is None:
@@ -209,6 +251,40 @@ class SagaRunner:
                 status_code=outcome.status_code,
                 duration_ms=outcome.duration_ms,
                 span_id=span_id,
+            )
+        )
+        return None
+
+    def _refuse(
+        self,
+        state: SagaState,
+        command: RunAttempt,
+        breaker: Breaker,
+        note: Callable[[JournalEntry], None],
+    ) -> None:
+        """An action refused by an open breaker fails fast: journaled, not retried."""
+        now = self.clock()
+        note(
+            JournalEntry(
+                Event(EventType.ATTEMPT_STARTED, now, command.step, command.phase, command.attempt)
+            )
+        )
+        failure = Failure(
+            f"circuit breaker {breaker.name!r} is open: not called "
+            f"(may half-open in {breaker.retry_after(now):.1f}s)",
+            retryable=False,
+            maybe_applied=False,
+        )
+        note(
+            JournalEntry(
+                Event(
+                    EventType.ATTEMPT_FAILED,
+                    now,
+                    command.step,
+                    command.phase,
+                    command.attempt,
+                    failure,
+                )
             )
         )
 

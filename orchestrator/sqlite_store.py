@@ -104,7 +104,27 @@ CREATE TABLE scaling_events (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+# v4: circuit breakers shared by every worker process, and their transitions.
+_V4 = """
+CREATE TABLE breakers (
+    name TEXT PRIMARY KEY,
+    state TEXT NOT NULL DEFAULT 'closed',
+    fail_counter INTEGER NOT NULL DEFAULT 0,
+    success_counter INTEGER NOT NULL DEFAULT 0,
+    opened_time REAL,
+    probe_until REAL,
+    updated_at REAL
+);
+CREATE TABLE breaker_events (
+    at REAL NOT NULL,
+    name TEXT NOT NULL,
+    old TEXT NOT NULL,
+    new TEXT NOT NULL,
+    owner TEXT
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _ACTIVE = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator.breakers import BreakerBoard, BreakerConfig
 from orchestrator.errors import ConcurrentUpdate, LeaseLost, SagaError, StoreError
 from orchestrator.executors import HttpExecutor, StepExecutor
 from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner
@@ -58,6 +59,8 @@ class WorkerConfig:
     poll_interval: float = 0.2
     exit_when_idle: float | None = None
     max_seconds: float | None = None
+    breakers: Mapping[str, BreakerConfig] = field(default_factory=dict)
+    use_breakers: bool = True
 
 
 class Worker:
@@ -109,9 +112,19 @@ class Worker:
     def _loop(self, keeper: LeaseKeeper) -> None:
         store = SQLiteStore(self.config.db)
         executor = self._executor_factory()
+        board = (
+            BreakerBoard(self.config.db, self.config.breakers, owner=self.owner)
+            if self.config.use_breakers
+            else None
+        )
         runner = SagaRunner(
-            store, executor, clock=self.clock, rng=random.Random(), on_event=self.on_event
-        )  # type: ignore[arg-type]
+            store,
+            executor,
+            clock=self.clock,
+            rng=random.Random(),
+            on_event=self.on_event,  # type: ignore[arg-type]
+            breakers=board,
+        )
         try:
             while not self.stop.is_set():
                 try:
@@ -126,6 +139,8 @@ class Worker:
             close = getattr(executor, "close", None)
             if close is not None:
                 close()
+            if board is not None:
+                board.close()
             store.close()
 
     def _one(self, store: SQLiteStore, runner: SagaRunner, keeper: LeaseKeeper) -> bool:

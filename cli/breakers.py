@@ -1,0 +1,88 @@
+"""`sagalab breakers`: the circuit breakers every worker shares through the database."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cli import render
+from cli.errors import EXIT_NOT_FOUND, fail, handled
+from cli.options import DEFAULT_DB, DbOption, JsonOption
+from orchestrator.breakers import breaker_events, breaker_rows, reset_breaker
+from orchestrator.sqlite_store import SQLiteStore
+
+app = typer.Typer(
+    help="Show and reset the per-service circuit breakers shared by all workers.",
+    no_args_is_help=True,
+)
+
+
+def _migrated(db: object) -> None:
+    SQLiteStore(db).close()  # type: ignore[arg-type]
+
+
+@app.command("list")
+def list_(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
+    """Every breaker: state, consecutive failures, when it opened, transitions so far."""
+    with handled():
+        _migrated(db)
+        rows = breaker_rows(db)
+    if as_json:
+        render.print_json(rows)
+        return
+    if not rows:
+        render.err.print("no breakers yet: they appear once a service has been called")
+        return
+    table = Table(show_edge=False)
+    for col in ("service", "state", "failures", "opened", "transitions"):
+        table.add_column(col)
+    for r in rows:
+        style = {"open": "bold red", "half-open": "yellow"}.get(r["state"], "green")
+        table.add_row(
+            r["name"],
+            f"[{style}]{r['state']}[/]",
+            str(r["fail_counter"]),
+            render.when(r["opened_time"]),
+            str(r["transitions"]),
+        )
+    render.out.print(table)
+
+
+@app.command()
+def events(
+    name: Annotated[str | None, typer.Argument(help="Only this service's breaker.")] = None,
+    db: DbOption = DEFAULT_DB,
+    as_json: JsonOption = False,
+) -> None:
+    """Breaker transitions over time, and which worker saw them."""
+    with handled():
+        _migrated(db)
+        rows = breaker_events(db, name)
+    if as_json:
+        render.print_json(rows)
+        return
+    for r in rows:
+        render.out.print(
+            f"{render.when(r['at'])}  {r['name']:<14} {r['old']} -> {r['new']}  "
+            f"[dim]{r['owner'] or ''}[/]"
+        )
+
+
+@app.command()
+def reset(
+    name: Annotated[str, typer.Argument(help="Service whose breaker to close.")],
+    db: DbOption = DEFAULT_DB,
+    as_json: JsonOption = False,
+) -> None:
+    """Close a breaker by hand (every worker sees it at once)."""
+    with handled():
+        _migrated(db)
+        found = reset_breaker(db, name)
+    if not found:
+        raise fail(f"no breaker named {name!r}; `sagalab breakers list` shows them", EXIT_NOT_FOUND)
+    if as_json:
+        render.print_json({"name": name, "state": "closed"})
+    else:
+        render.err.print(f"breaker {name} closed")

@@ -1,0 +1,221 @@
+"""Circuit breakers shared by every worker process through the SQLite database.
+
+`SQLiteBreakerStorage` implements the primitives of the shared `ClockedStorage`
+(orchestrator/policies/breaker.py) with single SQL statements, so what one replica learns
+about a service protects all of them, and the half-open probe is one compare-and-set row
+update: exactly one caller in all processes gets it. `BreakerBoard` hands out one `Breaker`
+per service for one thread (SQLite connections are per thread).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pybreaker
+import yaml
+
+from orchestrator.errors import ServiceConfigError
+from orchestrator.policies.breaker import Breaker, ClockedStorage
+from orchestrator.sqlite_store import connect
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    """One service's breaker settings."""
+
+    fail_max: int = 5
+    reset_timeout: float = 10.0
+    success_threshold: int = 1
+
+
+DEFAULT_BREAKER = BreakerConfig()
+
+
+def load_breaker_configs(path: str | Path | None) -> dict[str, BreakerConfig]:
+    """Per-service settings from the services file's `breakers:` section (if any)."""
+    if path is None:
+        return {}
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ServiceConfigError(f"cannot read services file {path}: {exc}") from None
+    section = raw.get("breakers", {}) if isinstance(raw, Mapping) else {}
+    configs = {}
+    for name, values in (section or {}).items():
+        try:
+            configs[str(name)] = BreakerConfig(**dict(values or {}))
+        except TypeError as exc:
+            raise ServiceConfigError(f"{path}: breakers.{name}: {exc}") from None
+    return configs
+
+
+class SQLiteBreakerStorage(ClockedStorage):
+    """Breaker state in the `breakers` table; every read and write goes to the database."""
+
+    def __init__(self, conn: sqlite3.Connection, name: str, clock: Callable[[], float]) -> None:
+        super().__init__(name, clock)
+        self.conn = conn
+        conn.execute("INSERT OR IGNORE INTO breakers (name) VALUES (?)", (name,))
+
+    def _get(self, column: str) -> Any:
+        row = self.conn.execute(
+            f"SELECT {column} FROM breakers WHERE name = ?", (self.name,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def _set(self, assignment: str, *args: Any) -> None:
+        self.conn.execute(
+            f"UPDATE breakers SET {assignment}, updated_at = ? WHERE name = ?",
+            (*args, time.time(), self.name),
+        )
+
+    @property
+    def state(self) -> str:
+        return str(self._get("state") or pybreaker.STATE_CLOSED)
+
+    @state.setter
+    def state(self, state: str) -> None:
+        self._set("state = ?", state)
+
+    def increment_counter(self) -> None:
+        self._set("fail_counter = fail_counter + 1")
+
+    def reset_counter(self) -> None:
+        if self._get("fail_counter"):  # a read first: no write lock on the hot success path
+            self._set("fail_counter = 0")
+
+    def increment_success_counter(self) -> None:
+        self._set("success_counter = success_counter + 1")
+
+    def reset_success_counter(self) -> None:
+        if self._get("success_counter"):
+            self._set("success_counter = 0")
+
+    @property
+    def counter(self) -> int:
+        return int(self._get("fail_counter") or 0)
+
+    @property
+    def success_counter(self) -> int:
+        return int(self._get("success_counter") or 0)
+
+    @property
+    def opened_time(self) -> float | None:
+        value = self._get("opened_time")
+        return float(value) if value is not None else None
+
+    @opened_time.setter
+    def opened_time(self, value: float | None) -> None:
+        self._set("opened_time = ?", value)
+
+    def try_acquire_probe(self, now: float, until: float) -> bool:
+        cur = self.conn.execute(
+            "UPDATE breakers SET probe_until = ? WHERE name = ? "
+            "AND (probe_until IS NULL OR probe_until <= ?)",
+            (until, self.name, now),
+        )
+        return cur.rowcount == 1
+
+    def release_probe(self) -> None:
+        self._set("probe_until = NULL")
+
+
+class BreakerBoard:
+    """One breaker per service for one thread, backed by the shared database."""
+
+    def __init__(
+        self,
+        db: str | Path,
+        configs: Mapping[str, BreakerConfig] | None = None,
+        *,
+        owner: str = "",
+        on_transition: Callable[[str, float, str, str], None] | None = None,
+    ) -> None:
+        self.conn = connect(db)
+        self.configs = dict(configs or {})
+        self.owner = owner
+        self.on_transition = on_transition
+        self._breakers: dict[str, Breaker] = {}
+
+    def get(self, service: str) -> Breaker:
+        """The breaker guarding `service`."""
+        breaker = self._breakers.get(service)
+        if breaker is None:
+            config = self.configs.get(service, DEFAULT_BREAKER)
+            storage = SQLiteBreakerStorage(self.conn, service, time.time)
+            breaker = Breaker(
+                service,
+                fail_max=config.fail_max,
+                reset_timeout=config.reset_timeout,
+                success_threshold=config.success_threshold,
+                storage=storage,
+                on_transition=lambda now, old, new, s=service: self._journal(s, now, old, new),
+            )
+            self._breakers[service] = breaker
+        return breaker
+
+    def _journal(self, service: str, now: float, old: str, new: str) -> None:
+        self.conn.execute(
+            "INSERT INTO breaker_events (at, name, old, new, owner) VALUES (?, ?, ?, ?, ?)",
+            (now, service, old, new, self.owner),
+        )
+        if self.on_transition is not None:
+            self.on_transition(service, now, old, new)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def breaker_rows(db: str | Path) -> list[dict[str, Any]]:
+    """Every breaker's shared state, for `sagalab breakers list`."""
+    conn = connect(db)
+    try:
+        conn.row_factory = sqlite3.Row
+        rows = conn.execute(
+            "SELECT b.*, (SELECT COUNT(*) FROM breaker_events e WHERE e.name = b.name) "
+            "AS transitions FROM breakers b ORDER BY name"
+        ).fetchall()
+        return [dict(r) for r in rows]
+    finally:
+        conn.close()
+
+
+def breaker_events(db: str | Path, name: str | None = None) -> list[dict[str, Any]]:
+    """Breaker transitions, oldest first."""
+    conn = connect(db)
+    try:
+        conn.row_factory = sqlite3.Row
+        if name is None:
+            rows = conn.execute("SELECT * FROM breaker_events ORDER BY at").fetchall()
+        else:
+            rows = conn.execute(
+                "SELECT * FROM breaker_events WHERE name = ? ORDER BY at", (name,)
+            ).fetchall()
+        return [dict(r) for r in rows]
+    finally:
+        conn.close()
+
+
+def reset_breaker(db: str | Path, name: str) -> bool:
+    """Close breaker `name` by hand; False if no such breaker exists."""
+    conn = connect(db)
+    try:
+        cur = conn.execute(
+            "UPDATE breakers SET state = 'closed', fail_counter = 0, success_counter = 0, "
+            "opened_time = NULL, probe_until = NULL, updated_at = ? WHERE name = ?",
+            (time.time(), name),
+        )
+        if cur.rowcount:
+            conn.execute(
+                "INSERT INTO breaker_events (at, name, old, new, owner) "
+                "VALUES (?, ?, 'any', 'closed', 'operator reset')",
+                (time.time(), name),
+            )
+        return cur.rowcount == 1
+    finally:
+        conn.close()
