@@ -38,6 +38,10 @@ HOP_BY_HOP = frozenset(
 )
 
 
+#: Response headers the relaying server writes itself (kept once, not twice).
+_SET_BY_SERVER = frozenset({b"date", b"server"})
+
+
 class UpstreamError(Exception):
     """The upstream could not answer."""
 
@@ -208,7 +212,7 @@ def _parse_head(
             chunked = b"chunked" in value.lower()
         elif name == b"connection":
             close = b"close" in value.lower()
-        if name not in HOP_BY_HOP:
+        if name not in HOP_BY_HOP and name not in _SET_BY_SERVER:
             headers.append((name, value))
     return status, headers, length, chunked, close
 

@@ -1,0 +1,172 @@
+"""`sagalab stack`: the whole path as real processes on 127.0.0.1.
+
+Thin shell over `edge.stack`. Exit codes: 0 ok, 1 the stack cannot be started or found,
+2 bad usage.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edge.errors import EdgeError
+from edge.stack import BLOCKED_RANGE, StackConfig, StackState, kill, start, status, stop
+
+app = typer.Typer(help="Start, inspect, break and stop the local stack.", no_args_is_help=True)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+DirOption = Annotated[
+    Path,
+    typer.Option(
+        "--dir",
+        envvar="SAGALAB_STACK_DIR",
+        help="Stack directory: state file, logs, databases.",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print pure JSON on stdout.")]
+DEFAULT_DIR = Path(".sagalab")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def _show_endpoints(state: StackState) -> None:
+    out.print(f"[bold]edge[/]      {state.edge_url}   (firewall + load balancer)")
+    for c in state.components:
+        if c.kind != "edge":
+            out.print(f"  {c.name:<10} {c.url or '-':<26} pid {c.pid}")
+    out.print(f"[bold]API key[/]   {state.api_key}")
+    out.print(
+        f"try:  curl -s -X POST {state.edge_url}/v1/sagas -H 'Authorization: Bearer "
+        f"{state.api_key}' -H 'Content-Type: application/json' -d '{{\"flow\": \"checkout\", "
+        '"input": {"order_id": "o-1", "customer_id": "c-1", "sku": "sku-1", "quantity": 1, '
+        '"amount": 10}}\''
+    )
+
+
+@app.command()
+def up(
+    gateways: Annotated[int, typer.Option(min=1, max=16, help="Gateway instances.")] = 2,
+    workers: Annotated[int, typer.Option(min=0, max=32, help="Worker processes (0: none).")] = 1,
+    concurrency: Annotated[int, typer.Option(min=1, help="Sagas at once per worker.")] = 8,
+    services: Annotated[
+        bool, typer.Option("--services/--no-services", help="Start the fake services.")
+    ] = True,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Edge port (0: any).")] = 8800,
+    strategy: Annotated[
+        str, typer.Option(help="least_connections or power_of_two (gateway choice).")
+    ] = "least_connections",
+    deny: Annotated[
+        list[str] | None, typer.Option(help=f"Denied address or CIDR (default {BLOCKED_RANGE}).")
+    ] = None,
+    flood_rate: Annotated[float, typer.Option(help="Requests/s per client address.")] = 200.0,
+    db: Annotated[Path | None, typer.Option(help="Saga database (default: in --dir).")] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Start, print and return; `down` stops it.")
+    ] = False,
+    directory: DirOption = DEFAULT_DIR,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start the edge, gateways, orchestrator API, workers and fake services on 127.0.0.1."""
+    config = StackConfig(
+        directory=directory,
+        db=db,
+        gateways=gateways,
+        workers=workers,
+        concurrency=concurrency,
+        services=services,
+        edge_port=port,
+        strategy=strategy,
+        deny=list(deny) if deny else [BLOCKED_RANGE],
+        flood_rate=flood_rate,
+    )
+    try:
+        state = start(config, on_progress=lambda m: err.print(f"[dim]{m}[/]"))
+    except EdgeError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "edge_url": state.edge_url,
+                    "api_key": state.api_key,
+                    "directory": state.directory,
+                    "components": [c.name for c in state.components],
+                }
+            )
+        )
+    else:
+        _show_endpoints(state)
+    if detach:
+        err.print(f"detached; `sagalab stack down --dir {directory}` stops it")
+        return
+    err.print("press Ctrl-C to stop the stack")
+    stopping = False
+
+    def on_term(_s: int, _f: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        while not stopping:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stopped = stop(directory)
+        err.print(f"stopped {len(stopped)} process(es)")
+
+
+@app.command("status")
+def status_(directory: DirOption = DEFAULT_DIR, as_json: JsonOpt = False) -> None:
+    """Each component's process and health."""
+    try:
+        state, rows = status(directory)
+    except EdgeError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps({"edge_url": state.edge_url, "components": rows}, indent=2))
+    else:
+        table = Table("component", "pid", "url", "status")
+        for r in rows:
+            style = "green" if r["status"] == "up" else "bold red"
+            table.add_row(r["name"], str(r["pid"]), r["url"] or "-", f"[{style}]{r['status']}[/]")
+        out.print(f"edge {state.edge_url}")
+        out.print(table)
+    if any(r["status"] != "up" for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def down(directory: DirOption = DEFAULT_DIR) -> None:
+    """Stop every process of the stack (SIGTERM, then SIGKILL)."""
+    try:
+        stopped = stop(directory)
+    except EdgeError as exc:
+        raise _fail(str(exc)) from None
+    err.print(f"stopped {len(stopped)} process(es): {', '.join(stopped) or 'none was running'}")
+
+
+@app.command("kill")
+def kill_(
+    component: Annotated[str, typer.Argument(help="e.g. gateway-1, api, worker-1, edge.")],
+    term: Annotated[bool, typer.Option("--term", help="SIGTERM instead of SIGKILL.")] = False,
+    directory: DirOption = DEFAULT_DIR,
+) -> None:
+    """Kill one component on purpose (SIGKILL unless --term)."""
+    try:
+        c = kill(directory, component, signal.SIGTERM if term else signal.SIGKILL)
+    except EdgeError as exc:
+        raise _fail(str(exc)) from None
+    err.print(f"sent {'SIGTERM' if term else 'SIGKILL'} to {c.name} (pid {c.pid})")

@@ -1,0 +1,452 @@
+"""The whole path as real processes on 127.0.0.1, with a state file other terminals can read.
+
+    edge (firewall + load balancer)  ->  gateway-1..N  ->  api  ->  SQLite  <-  worker-1..M
+                                                                               -> services
+
+`start()` binds every listening socket itself (so ports are known at once and a taken port
+fails before anything starts), starts each component with its socket as `--fd`, waits until
+every one answers its health check, creates an API key and writes `stack.json` in the stack
+directory. Components run in their own session: they outlive the terminal that started them
+(`--detach`) until `stop()` (`sagalab stack down`) sends SIGTERM, then SIGKILL after a grace
+period. A pid is only signalled if its start time matches the one recorded, so a recycled pid
+is never hit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edge.errors import StackError
+from edge.keys import KeyStore
+from edge.server import bind
+
+__all__ = ["Component", "StackConfig", "StackState", "load_state", "start", "stop"]
+
+STATE_FILE = "stack.json"
+#: The range the load tests' flooding users bind to; denied by default.
+BLOCKED_RANGE = "127.66.0.0/16"
+
+
+@dataclass
+class StackConfig:
+    """What `sagalab stack up` starts."""
+
+    directory: Path
+    db: Path | None = None
+    gateways: int = 2
+    workers: int = 1
+    concurrency: int = 8
+    services: bool = True
+    services_url: str | None = None
+    edge_port: int = 8800
+    strategy: str = "least_connections"
+    deny: list[str] = field(default_factory=lambda: [BLOCKED_RANGE])
+    allow: list[str] = field(default_factory=list)
+    flood_rate: float = 200.0
+    flood_burst: float = 400.0
+    flood_block: float = 10.0
+    key_rate: float = 1000.0
+    key_burst: float = 2000.0
+    startup_timeout: float = 30.0
+
+
+@dataclass
+class Component:
+    """One process of the stack."""
+
+    name: str
+    kind: str
+    pid: int
+    started: float
+    url: str | None
+    health: str | None
+    log: str
+    command: list[str]
+
+
+@dataclass
+class StackState:
+    """What `stack.json` holds."""
+
+    directory: str
+    db: str
+    keys_db: str
+    edge_url: str
+    services_url: str | None
+    api_key: str
+    components: list[Component]
+    created_at: float
+
+    def component(self, name: str) -> Component:
+        for c in self.components:
+            if c.name == name:
+                return c
+        names = ", ".join(c.name for c in self.components)
+        raise StackError(f"no component {name!r} in this stack; components: {names}")
+
+
+def _proc_start(pid: int) -> float | None:
+    """The process's start time in clock ticks since boot (None if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # a zombie is gone for our purposes
+        return None
+    return float(fields[19])
+
+
+def alive(c: Component) -> bool:
+    """The component's process is running (and is the one we started)."""
+    return _proc_start(c.pid) == c.started
+
+
+def _spawn(
+    name: str,
+    kind: str,
+    command: list[str],
+    logs: Path,
+    *,
+    url: str | None,
+    health: str | None,
+    pass_fds: tuple[int, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Component:
+    log = logs / f"{name}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            pass_fds=pass_fds,
+            start_new_session=True,
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+        )
+    started = None
+    for _ in range(100):
+        started = _proc_start(proc.pid)
+        if started is not None:
+            break
+        time.sleep(0.01)
+    return Component(name, kind, proc.pid, started or -1.0, url, health, str(log), command)
+
+
+def _python(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args]
+
+
+def load_state(directory: Path) -> StackState:
+    """The state of the stack started in `directory`."""
+    path = directory / STATE_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StackError(
+            f"no stack is running from {directory} (no {path}); start one with `sagalab stack up`"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise StackError(f"cannot read {path}: {exc}") from None
+    raw["components"] = [Component(**c) for c in raw["components"]]
+    return StackState(**raw)
+
+
+def _write_state(state: StackState) -> None:
+    path = Path(state.directory) / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    os.chmod(tmp, 0o600)  # it holds a usable API key
+    tmp.replace(path)
+
+
+def check(c: Component, timeout: float = 1.0) -> str:
+    """`up`, `unhealthy (...)`, or `down`."""
+    if not alive(c):
+        return "down"
+    if c.health is None:
+        return "up"
+    try:
+        r = httpx.get(c.health, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return f"unhealthy ({type(exc).__name__})"
+    return "up" if r.status_code == 200 else f"unhealthy ({r.status_code})"
+
+
+def start(
+    config: StackConfig, *, on_progress: Callable[[str], None] = lambda _: None
+) -> StackState:
+    """Start every component; raise StackError (after stopping what started) on failure."""
+    directory = config.directory.resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    state_path = directory / STATE_FILE
+    if state_path.exists():
+        try:
+            previous = load_state(directory)
+        except StackError:
+            previous = None
+        if previous is not None and any(alive(c) for c in previous.components):
+            raise StackError(
+                f"a stack is already running from {directory}; `sagalab stack down` stops it"
+            )
+        state_path.unlink()
+    logs = directory / "logs"
+    logs.mkdir(exist_ok=True)
+    db = (config.db or directory / "sagas.db").resolve()
+    keys_db = directory / "keys.db"
+    started: list[Component] = []
+    sockets = []
+    try:
+        services_url = config.services_url
+        env: dict[str, str] = {}
+        if config.services:
+            probe = bind("127.0.0.1", 0)
+            port = probe.getsockname()[1]
+            probe.close()  # `services up` binds its own port; it is free now
+            services_url = f"http://127.0.0.1:{port}"
+            started.append(
+                _spawn(
+                    "services",
+                    "services",
+                    _python("cli.main", "services", "up", "--port", str(port)),
+                    logs,
+                    url=services_url,
+                    health=f"{services_url}/healthz",
+                )
+            )
+        if services_url:
+            from fakeservices.server import service_env
+
+            env = service_env(services_url)
+        api_sock = bind("127.0.0.1", 0, inheritable=True)
+        sockets.append(api_sock)
+        api_url = f"http://127.0.0.1:{api_sock.getsockname()[1]}"
+        started.append(
+            _spawn(
+                "api",
+                "api",
+                _python("edge.apps", "api", "--fd", str(api_sock.fileno()), "--db", str(db)),
+                logs,
+                url=api_url,
+                health=f"{api_url}/readyz",
+                pass_fds=(api_sock.fileno(),),
+            )
+        )
+        KeyStore(keys_db).close()
+        gateway_urls = []
+        for i in range(1, config.gateways + 1):
+            sock = bind("127.0.0.1", 0, inheritable=True)
+            sockets.append(sock)
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            gateway_urls.append(url)
+            started.append(
+                _spawn(
+                    f"gateway-{i}",
+                    "gateway",
+                    _python(
+                        "edge.apps",
+                        "gateway",
+                        "--fd",
+                        str(sock.fileno()),
+                        "--keys-db",
+                        str(keys_db),
+                        "--upstream",
+                        api_url,
+                        "--rate-share",
+                        str(config.gateways),
+                        "--instance",
+                        f"gateway-{i}",
+                    ),
+                    logs,
+                    url=url,
+                    health=f"{url}/healthz",
+                    pass_fds=(sock.fileno(),),
+                )
+            )
+        edge_sock = bind("127.0.0.1", config.edge_port, inheritable=True)
+        sockets.append(edge_sock)
+        edge_url = f"http://127.0.0.1:{edge_sock.getsockname()[1]}"
+        edge_cmd = _python("edge.apps", "edge", "--fd", str(edge_sock.fileno()))
+        edge_cmd += ["--strategy", config.strategy]
+        for u in gateway_urls:
+            edge_cmd += ["--upstream", u]
+        for d in config.deny:
+            edge_cmd += ["--deny", d]
+        for a in config.allow:
+            edge_cmd += ["--allow", a]
+        edge_cmd += [
+            "--flood-rate",
+            str(config.flood_rate),
+            "--flood-burst",
+            str(config.flood_burst),
+        ]
+        edge_cmd += ["--flood-block", str(config.flood_block)]
+        if gateway_urls:
+            started.append(
+                _spawn(
+                    "edge",
+                    "edge",
+                    edge_cmd,
+                    logs,
+                    url=edge_url,
+                    health=f"{edge_url}/edge/healthz",
+                    pass_fds=(edge_sock.fileno(),),
+                )
+            )
+        for i in range(1, config.workers + 1):
+            started.append(
+                _spawn(
+                    f"worker-{i}",
+                    "worker",
+                    _python(
+                        "cli.main",
+                        "worker",
+                        "--replicas",
+                        "1",
+                        "--db",
+                        str(db),
+                        "--concurrency",
+                        str(config.concurrency),
+                    ),
+                    logs,
+                    url=None,
+                    health=None,
+                    env=env,
+                )
+            )
+        for s in sockets:
+            s.close()  # the children hold their copies
+        sockets.clear()
+        _wait_ready(started, config.startup_timeout, on_progress)
+        _, api_key = KeyStore(keys_db).create("stack", rate=config.key_rate, burst=config.key_burst)
+        state = StackState(
+            directory=str(directory),
+            db=str(db),
+            keys_db=str(keys_db),
+            edge_url=edge_url,
+            services_url=services_url,
+            api_key=api_key,
+            components=started,
+            created_at=time.time(),
+        )
+        _write_state(state)
+        return state
+    except BaseException:
+        for s in sockets:
+            s.close()
+        _terminate(started, grace=3.0)
+        raise
+
+
+def _wait_ready(
+    components: list[Component], timeout: float, on_progress: Callable[[str], None]
+) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(components)
+    # Workers have no port: they count as ready when they are still alive after the others.
+    while pending:
+        for c in list(pending):
+            if not alive(c):
+                tail = _tail(Path(c.log))
+                raise StackError(
+                    f"{c.name} exited during start-up; its log ({c.log}) ends:\n{tail}"
+                )
+            if c.health is None or check(c, timeout=0.5) == "up":
+                if c.health is not None:
+                    on_progress(f"{c.name} ready at {c.url}")
+                pending.remove(c)
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(c.name for c in pending)
+            raise StackError(
+                f"{names} did not become healthy within {timeout:g}s; see {pending[0].log}"
+            )
+        if pending:
+            time.sleep(0.05)
+    time.sleep(0.3)
+    for c in components:
+        if c.health is None and not alive(c):
+            raise StackError(
+                f"{c.name} exited during start-up; its log ({c.log}) ends:\n{_tail(Path(c.log))}"
+            )
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _signal(c: Component, sig: int) -> bool:
+    if not alive(c):
+        return False
+    try:
+        os.killpg(c.pid, sig)  # the component and anything it started (worker replicas)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        os.kill(c.pid, sig)
+    return True
+
+
+def _terminate(components: list[Component], grace: float) -> list[str]:
+    """SIGTERM every live component, SIGKILL those still alive after `grace`; names stopped."""
+    stopped = [c.name for c in components if _signal(c, signal.SIGTERM)]
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(c) for c in components):
+        time.sleep(0.05)
+    for c in components:
+        if alive(c):
+            _signal(c, signal.SIGKILL)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and any(alive(c) for c in components):
+        time.sleep(0.02)
+    return stopped
+
+
+def stop(directory: Path, *, grace: float = 5.0) -> list[str]:
+    """Stop every component of the stack in `directory` and remove its state file."""
+    state = load_state(directory.resolve())
+    # The edge first, so no new work comes in while the rest stops.
+    order = {"edge": 0, "gateway": 1, "api": 2, "worker": 3, "services": 4}
+    components = sorted(state.components, key=lambda c: order.get(c.kind, 5))
+    stopped = _terminate(components, grace)
+    (Path(state.directory) / STATE_FILE).unlink(missing_ok=True)
+    return stopped
+
+
+def kill(directory: Path, name: str, sig: int = signal.SIGKILL) -> Component:
+    """Send `sig` to one component (SIGKILL by default), to break things on purpose."""
+    state = load_state(directory.resolve())
+    component = state.component(name)
+    if not _signal(component, sig):
+        raise StackError(f"{name} is not running")
+    return component
+
+
+def status(directory: Path) -> tuple[StackState, list[dict[str, Any]]]:
+    """The state and each component's health."""
+    state = load_state(directory.resolve())
+    rows = [
+        {
+            "name": c.name,
+            "kind": c.kind,
+            "pid": c.pid,
+            "url": c.url,
+            "status": check(c),
+            "log": c.log,
+        }
+        for c in state.components
+    ]
+    return state, rows
