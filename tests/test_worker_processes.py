@@ -1,0 +1,215 @@
+"""Real `sagalab worker` processes against the fake services over HTTP on 127.0.0.1.
+
+Each test starts workers as subprocesses sharing one SQLite file, and kills or stops them
+with real signals. Waits are bounded polls on the database.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from workerlab import (
+    Workers,
+    children_of,
+    drained,
+    enqueue,
+    journal,
+    order,
+    owner_pid,
+    query,
+    statuses,
+    wait_for,
+)
+
+from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
+from orchestrator.saga import EventType, Phase
+
+FAST = ("--poll", "0.05")
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[RunningServices]:
+    with run_in_thread() as running:
+        yield running
+
+
+@pytest.fixture
+def services(lab: RunningServices) -> RunningServices:
+    lab.lab.reset()
+    return lab
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "sagas.db"
+
+
+@pytest.fixture
+def workers(db: Path, services: RunningServices, tmp_path: Path) -> Iterator[Workers]:
+    w = Workers(db, services.env, tmp_path / "logs")
+    yield w
+    w.stop_all()
+
+
+def ledger_counts(services: RunningServices) -> dict[tuple[str, str], int]:
+    counts: dict[tuple[str, str], int] = {}
+    for e in services.lab.ledger():
+        counts[(e.service, e.operation)] = counts.get((e.service, e.operation), 0) + 1
+    return counts
+
+
+def test_two_replicas_drain_a_queue(db: Path, services: RunningServices, workers: Workers) -> None:
+    n = 24
+    services.lab.add_fault(FaultSpec(service="payments", latency_ms=30))
+    ids = enqueue(db, [order(i) for i in range(n)])
+    a = workers.start("--concurrency", "2", "--exit-when-idle", "1", "--json", *FAST)
+    b = workers.start("--concurrency", "2", "--exit-when-idle", "1", "--json", *FAST)
+    for w in (a, b):
+        assert w.proc.wait(timeout=60) == 0, w.stderr()
+    assert statuses(db) == {"completed": n}
+    summaries = [a.summary(), b.summary()]
+    assert sum(s["claimed"] for s in summaries) == n
+    assert all(s["claimed"] > 0 for s in summaries), "both replicas took sagas"
+    assert sum(s["finished"].get("completed", 0) for s in summaries) == n
+    assert all(s["lost_leases"] == s["errors"] == 0 for s in summaries)
+    assert applied_twice(services.lab.ledger()) == []
+    assert ledger_counts(services) == {
+        (svc, "action"): n for svc in ("inventory", "payments", "shipping", "notifications")
+    }
+    # Off the queue and unleased once done.
+    assert query(db, "SELECT COUNT(*) FROM sagas WHERE run_after IS NOT NULL")[0][0] == 0
+    assert query(db, "SELECT COUNT(*) FROM sagas WHERE lease_owner IS NOT NULL")[0][0] == 0
+    assert len(set(ids)) == n
+
+
+def test_a_killed_workers_saga_is_resumed_by_another_after_its_lease_expires(
+    db: Path, services: RunningServices, workers: Workers
+) -> None:
+    lease = 1.5
+    services.lab.add_fault(FaultSpec(service="shipping", latency_ms=1200))
+    (saga,) = enqueue(db, [order(1)])
+    a = workers.start("--concurrency", "1", "--lease", str(lease), *FAST)
+
+    def shipping_in_flight() -> bool:
+        last = journal(db, saga)[-1].event
+        return last.type is EventType.ATTEMPT_STARTED and last.step == "create_shipment"
+
+    wait_for(shipping_in_flight, 30, "the shipping call to start")
+    a.kill()
+    killed_at = time.time()
+    owner, lease_until = query(db, "SELECT lease_owner, lease_until FROM sagas")[0]
+    assert owner_pid(owner) == a.pid
+    b = workers.start(
+        "--concurrency", "1", "--lease", str(lease), "--exit-when-idle", "1", "--json", *FAST
+    )
+    assert b.proc.wait(timeout=60) == 0, b.stderr()
+    assert statuses(db) == {"completed": 1}
+    # It claims twice: the resume closes the interrupted attempt and schedules a retry
+    # (released until due), then runs the retry.
+    assert b.summary()["finished"] == {"completed": 1}
+    shipping = [e.event for e in journal(db, saga) if e.event.step == "create_shipment"]
+    assert all(e.phase is Phase.ACTION for e in shipping)
+    shipping = [e for e in shipping if e.type is not EventType.RETRY_SCHEDULED]
+    kinds = [(e.type, e.attempt) for e in shipping]
+    assert kinds == [
+        (EventType.ATTEMPT_STARTED, 1),
+        (EventType.ATTEMPT_FAILED, 1),  # closed as interrupted by the new owner
+        (EventType.ATTEMPT_STARTED, 2),
+        (EventType.ATTEMPT_SUCCEEDED, 2),
+    ]
+    assert shipping[1].failure is not None and "interrupted" in shipping[1].failure.error
+    # The resume waited for the dead worker's lease to run out, and not much longer.
+    assert shipping[1].at >= lease_until
+    assert shipping[1].at - killed_at < lease + 3.0
+    # The call in flight at the kill and its retry carry one key: shipped once.
+    assert applied_twice(services.lab.ledger()) == []
+    assert ledger_counts(services)[("shipping", "action")] == 1
+
+
+def test_supervisor_replaces_a_killed_replica(
+    db: Path, services: RunningServices, workers: Workers
+) -> None:
+    sup = workers.start("--replicas", "2", "--concurrency", "2", "--lease", "1.5", *FAST)
+    first = wait_for(lambda: len(children_of(sup.pid)) == 2 and children_of(sup.pid), 30, "2")
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    replaced = wait_for(
+        lambda: (c := children_of(sup.pid)) and len(c) == 2 and victim not in c and c,
+        30,
+        "the supervisor to start a replacement",
+    )
+    assert len(replaced - first) == 1
+    # The replicas (old and new) do work.
+    n = 10
+    enqueue(db, [order(i) for i in range(n)])
+    wait_for(drained(db, n), 60, "the queue to drain")
+    assert statuses(db) == {"completed": n}
+    sup.proc.send_signal(signal.SIGTERM)
+    assert sup.proc.wait(timeout=30) == 0, sup.stderr()
+    assert children_of(sup.pid) == set()
+    assert "1 replica restart" in sup.stderr()
+
+
+def test_autoscaling_scales_up_with_a_backlog_and_journals_it(
+    db: Path, services: RunningServices, workers: Workers
+) -> None:
+    services.lab.add_fault(FaultSpec(service="inventory", latency_ms=150))
+    n = 40
+    enqueue(db, [order(i) for i in range(n)])
+    sup = workers.start(
+        "--replicas", "auto", "--min", "1", "--max", "3", "--target-depth", "5",
+        "--cooldown", "0.5", "--concurrency", "1", "--json", *FAST,
+    )  # fmt: skip
+    wait_for(lambda: len(children_of(sup.pid)) >= 2, 30, "a second replica")
+    wait_for(drained(db, n), 90, "the backlog to drain")
+    # With the backlog gone it steps back down to the minimum.
+    wait_for(
+        lambda: (
+            query(db, "SELECT replicas_to FROM scaling_events ORDER BY at DESC LIMIT 1") == [(1,)]
+        ),
+        30,
+        "a scale down to 1",
+    )
+    sup.proc.send_signal(signal.SIGTERM)
+    assert sup.proc.wait(timeout=30) == 0, sup.stderr()
+    events = query(db, "SELECT replicas_from, replicas_to, depth, reason FROM scaling_events")
+    ups = [e for e in events if e[1] > e[0]]
+    downs = [e for e in events if e[1] < e[0]]
+    assert ups and downs
+    assert ups[0][0] == 1 and ups[0][2] > 5, "the first scale-up came from the backlog"
+    assert max(e[1] for e in events) <= 3
+    assert all(e[3].startswith(("scale up", "scale down")) for e in events)
+    assert "replicas 1 -> " in sup.stderr()
+    assert statuses(db) == {"completed": n}
+    assert applied_twice(services.lab.ledger()) == []
+
+
+def test_sigterm_finishes_the_saga_in_hand_and_exits_zero(
+    db: Path, services: RunningServices, workers: Workers
+) -> None:
+    services.lab.add_fault(FaultSpec(service="shipping", latency_ms=800))
+    (saga,) = enqueue(db, [order(1)])
+    w = workers.start("--concurrency", "1", "--json", *FAST)
+
+    def shipping_in_flight() -> bool:
+        last = journal(db, saga)[-1].event
+        return last.type is EventType.ATTEMPT_STARTED and last.step == "create_shipment"
+
+    wait_for(shipping_in_flight, 30, "the shipping call to start")
+    (later,) = enqueue(db, [order(2)])
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(timeout=30) == 0, w.stderr()
+    summary = w.summary()
+    assert summary["finished"] == {"completed": 1}
+    assert summary["claimed"] == 1
+    rows = dict(
+        (r[0], r[1:]) for r in query(db, "SELECT id, status, lease_owner, run_after FROM sagas")
+    )
+    assert rows[saga] == ("completed", None, None)
+    assert rows[later][:2] == ("pending", None), "a stopping worker takes nothing new"
+    assert rows[later][2] is not None, "and leaves it queued"
