@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import tenacity
+
 
 class UniformSource(Protocol):
     """What the policy needs from a random generator (`random.Random` fits)."""
@@ -63,18 +65,78 @@ class RetryPolicy:
     ) -> float | None:
         """Seconds to wait before the next attempt, or None to give up.
 
-        Full jitter: a uniform draw in [0, cap]. A server's `Retry-After` is a floor.
+        The decision is tenacity's own (`Retrying.iter` with `stop_after_attempt`,
+        `stop_before_delay` and a full-jitter wait), fed a call state rebuilt from the
+        journal: attempt count, first-attempt time and `now` come from the caller, the jitter
+        from `rng`. A server's `Retry-After` is a floor on the wait.
         """
         if not retryable:
             return None
-        if self.max_attempts is not None and attempts_made >= self.max_attempts:
-            return None
-        cap = self.backoff_cap(attempts_made)
-        delay = rng.uniform(0.0, cap) if self.jitter else cap
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        if self.deadline is not None and (now + delay) - first_attempt_at > self.deadline:
-            return None
+        retrying = tenacity.Retrying(
+            stop=self._stop(),
+            wait=_FullJitter(self, rng, retry_after),
+            retry=tenacity.retry_if_result(lambda outcome: outcome is _RETRYABLE),
+            retry_error_callback=lambda _state: _GIVE_UP,
+            sleep=_never_sleep,
+        )
+        # tenacity keeps counters in `statistics`; seed them instead of calling begin(),
+        # which would read the wall clock.
+        retrying.statistics.update(attempt_number=attempts_made, idle_for=0.0)
+        state = tenacity.RetryCallState(retrying, fn=None, args=(), kwargs={})
+        state.attempt_number = attempts_made
+        state.start_time = first_attempt_at
+        state.outcome_timestamp = now
+        outcome = tenacity.Future(attempts_made)
+        outcome.set_result(_RETRYABLE)
+        state.outcome = outcome
+        action = retrying.iter(state)
+        if isinstance(action, tenacity.DoSleep):
+            return float(action)
+        return None
+
+    def _stop(self) -> tenacity.stop.stop_base:
+        stop: tenacity.stop.stop_base = tenacity.stop_never
+        if self.max_attempts is not None:
+            stop = tenacity.stop_after_attempt(self.max_attempts)
+        if self.deadline is not None:
+            stop = stop | _StopPastDeadline(self.deadline)
+        return stop
+
+
+_RETRYABLE = object()
+_GIVE_UP = object()
+
+
+def _never_sleep(seconds: float) -> None:
+    raise AssertionError("the retry policy only decides; runtimes do the waiting")
+
+
+class _StopPastDeadline(tenacity.stop.stop_base):
+    """tenacity stop: give up if the next attempt would start after the deadline.
+
+    Like `stop_before_delay`, but an attempt starting exactly at the deadline still runs.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return retry_state.seconds_since_start + retry_state.upcoming_sleep > self.deadline
+
+
+class _FullJitter(tenacity.wait.wait_base):
+    """tenacity wait: uniform in [0, exponential cap], drawn from an injected generator."""
+
+    def __init__(self, policy: RetryPolicy, rng: UniformSource, retry_after: float | None) -> None:
+        self.policy = policy
+        self.rng = rng
+        self.retry_after = retry_after
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        cap = self.policy.backoff_cap(retry_state.attempt_number)
+        delay = self.rng.uniform(0.0, cap) if self.policy.jitter else cap
+        if self.retry_after is not None:
+            delay = max(delay, self.retry_after)
         return delay
 
 
