@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import breakers, demo, keys, orchestrate, services, simulate, stack, worker
+from cli import breakers, demo, keys, loadtest, orchestrate, services, simulate, stack, worker
 
 app = typer.Typer(
     name="sagalab",
@@ -21,6 +21,7 @@ app.command("demo")(demo.demo)
 app.command("worker")(worker.worker)
 app.add_typer(stack.app, name="stack")
 app.add_typer(keys.app, name="keys")
+app.command("loadtest")(loadtest.loadtest)
 
 
 def main() -> None:

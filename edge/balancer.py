@@ -105,6 +105,11 @@ class LoadBalancerApp:
             await answer(send, 200, body, [(b"content-type", b"text/plain; version=0.0.4")])
         elif path == "/edge/healthz":
             await answer(send, 200, b'{"status":"ok"}', _JSON)
+        elif path == "/edge/readyz":
+            if any(b["healthy"] for b in self.pool.status()):
+                await answer(send, 200, b'{"status":"ready"}', _JSON)
+            else:
+                await problem(send, 503, "Not ready", "no gateway instance is healthy")
         else:
             await problem(send, 404, "Not found", f"no edge endpoint {path}")
 

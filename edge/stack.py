@@ -270,7 +270,7 @@ def start(
                     ),
                     logs,
                     url=url,
-                    health=f"{url}/healthz",
+                    health=f"{url}/readyz",
                     pass_fds=(sock.fileno(),),
                 )
             )
@@ -300,7 +300,7 @@ def start(
                     edge_cmd,
                     logs,
                     url=edge_url,
-                    health=f"{edge_url}/edge/healthz",
+                    health=f"{edge_url}/edge/readyz",
                     pass_fds=(edge_sock.fileno(),),
                 )
             )
