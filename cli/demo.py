@@ -23,12 +23,15 @@ from rich.table import Table
 
 from cli import render
 from cli.options import JsonOption
-from fakeservices import applied_twice, run_in_thread
+from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
+from orchestrator.breakers import BreakerBoard, BreakerConfig, breaker_events
 from orchestrator.executors import HttpExecutor
 from orchestrator.flowfile import load_flow
 from orchestrator.runner import SagaRunner, start_saga
 from orchestrator.saga import SagaStatus
 from orchestrator.sqlite_store import SQLiteStore
+
+DEMO_BREAKER = BreakerConfig(fail_max=3, reset_timeout=1.5, success_threshold=1)
 
 
 @dataclass
@@ -79,7 +82,13 @@ def demo(
         with run_in_thread() as lab:
             _say(f"fake services on {lab.base_url}; database {path}", as_json)
             executor = HttpExecutor(lab.services)
-            runner = SagaRunner(store, executor, on_event=None if as_json else render.live_event)
+            board = BreakerBoard(path, {"payments": DEMO_BREAKER}, owner="demo")
+            runner = SagaRunner(
+                store,
+                executor,
+                on_event=None if as_json else render.live_event,
+                breakers=board,
+            )
             try:
                 _say("\n[bold]1. A checkout that completes[/]", as_json)
                 record, _ = start_saga(store, flow, _order(1, 120), queue=False)
@@ -101,13 +110,25 @@ def demo(
                     as_json,
                 )
                 acts.append(_crash_and_resume(store, flow, runner, lab.env, path, as_json))
+
+                _say(
+                    "\n[bold]4. Payments goes down: its breaker opens "
+                    "and checkouts fail fast and roll back; then it half-opens and closes[/]",
+                    as_json,
+                )
+                acts.extend(_payments_outage(store, flow, runner, lab, as_json))
+                transitions = [
+                    f"{e['old']} -> {e['new']}" for e in breaker_events(path, "payments")
+                ]
             finally:
                 executor.close()
+                board.close()
             ledger = [e.to_dict() for e in lab.lab.ledger()]
         twice = applied_twice(ledger)
         store.close()
     elapsed = time.perf_counter() - started
-    ok = all(a.ok for a in acts) and not twice
+    breaker_ok = transitions[:3] == ["closed -> open", "open -> half-open", "half-open -> closed"]
+    ok = all(a.ok for a in acts) and not twice and breaker_ok
     if as_json:
         render.print_json(
             {
@@ -124,12 +145,13 @@ def demo(
                     }
                     for a in acts
                 ],
+                "breaker_transitions": transitions,
                 "ledger": ledger,
                 "applied_twice": [list(t) for t in twice],
             }
         )
     else:
-        _summary(acts, ledger, twice, elapsed)
+        _summary(acts, ledger, twice, elapsed, transitions)
     raise typer.Exit(0 if ok else 1)
 
 
@@ -186,8 +208,63 @@ def _crash_and_resume(
     return Act("crash + resume", record.id, "demo-3", SagaStatus.COMPLETED, result.status, notes)
 
 
+def _run_until_parked(runner: SagaRunner, saga_id: str) -> SagaStatus:
+    """Run forward (sleeping through retry backoffs); stop once a compensation must wait."""
+    for _ in range(50):  # bounded: the flow's retry policy allows far fewer waits
+        result = runner.run(saga_id, wait_for_retries=False)
+        if result.wait_until is None or result.status is SagaStatus.COMPENSATING:
+            return result.status
+        time.sleep(max(0.0, result.wait_until - time.time()))
+    return result.status
+
+
+def _payments_outage(
+    store: SQLiteStore, flow: Any, runner: SagaRunner, lab: RunningServices, as_json: bool
+) -> list[Act]:
+    # Every charge answers 503 with no Retry-After, as a provider that is simply down.
+    lab.lab.add_fault(FaultSpec(service="payments", error_rate=1.0, status=503))
+    parked = []
+    for n, note in (
+        (4, "charges failed until the breaker opened; the next was refused"),
+        (5, "its charge was refused by the open breaker: payments was not called"),
+    ):
+        record, _ = start_saga(store, flow, _order(n, 60), queue=False)
+        started = time.perf_counter()
+        status = _run_until_parked(runner, record.id)
+        took = f"{note}; {status.value} after {time.perf_counter() - started:.2f}s"
+        _say(f"  {took}; the refund waits for the breaker instead of hammering payments", as_json)
+        parked.append((n, record.id, took))
+    lab.lab.clear_faults("payments")
+    _say("  payments is back; the parked refunds go out once the breaker half-opens", as_json)
+    acts = []
+    for n, saga_id, took in parked:
+        result = runner.run(saga_id)  # sleeps until the breaker lets the probe through
+        acts.append(
+            Act(
+                "payments down", saga_id, f"demo-{n}", SagaStatus.ROLLED_BACK, result.status, [took]
+            )
+        )
+    record, _ = start_saga(store, flow, _order(6, 60), queue=False)
+    result = runner.run(record.id)
+    acts.append(
+        Act(
+            "payments back",
+            record.id,
+            "demo-6",
+            SagaStatus.COMPLETED,
+            result.status,
+            ["the breaker is closed again"],
+        )
+    )
+    return acts
+
+
 def _summary(
-    acts: list[Act], ledger: list[dict[str, Any]], twice: list[tuple[str, str, str]], secs: float
+    acts: list[Act],
+    ledger: list[dict[str, Any]],
+    twice: list[tuple[str, str, str]],
+    secs: float,
+    transitions: list[str],
 ) -> None:
     out = render.out
     out.print()
@@ -214,4 +291,5 @@ def _summary(
         out.print(f"[bold red]applied twice:[/] {twice}")
     else:
         out.print("[green]nothing was applied twice[/] (each operation appears once above)")
+    out.print(f"payments breaker (shared through the database): {', '.join(transitions)}")
     out.print(f"done in {secs:.1f} s")

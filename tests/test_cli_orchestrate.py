@@ -292,8 +292,22 @@ def test_demo_json(tmp_path: Path) -> None:
     assert code == 0
     report = json.loads(out)
     assert report["ok"] is True
-    assert [a["status"] for a in report["acts"]] == ["completed", "rolled_back", "completed"]
+    assert [a["status"] for a in report["acts"]] == [
+        "completed",  # plain checkout
+        "rolled_back",  # card declined
+        "completed",  # killed after the charge, resumed
+        "rolled_back",  # payments down: failures opened the breaker
+        "rolled_back",  # refused by the open breaker
+        "completed",  # payments back, breaker closed
+    ]
     assert report["applied_twice"] == []
+    assert report["breaker_transitions"][:3] == [
+        "closed -> open",
+        "open -> half-open",
+        "half-open -> closed",
+    ]
+    charges = [e for e in report["ledger"] if e["endpoint"] == "/charges"]
+    assert sorted(e["order_id"] for e in charges) == ["demo-1", "demo-3", "demo-6"]
 
 
 def test_help_explains_commands() -> None:
