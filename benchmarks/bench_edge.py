@@ -1,0 +1,113 @@
+"""Requests/s and p50/p99 through the full edge (firewall + balancer, gateways) against the
+orchestrator API hit directly, in the same run, on one stack of real processes.
+
+    python benchmarks/bench_edge.py [--seconds 10] [--concurrency 32] [--gateways 2]
+
+Two requests are measured: `GET /v1/sagas/{id}` (read) and `POST /v1/sagas` (a queued saga, one
+SQLite write). The load generator is one asyncio process speaking HTTP/1.1 on keep-alive
+connections (edge.upstream: an httpx client would be the bottleneck). Target: the edge keeps
+at least half the direct throughput. No workers run: only the request path is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from edge.apps import parse_address
+from edge.stack import StackConfig, start, stop
+from edge.upstream import Upstream
+
+
+async def _load(
+    url: str, method: str, target: str, body: bytes, key: str | None, seconds: float, conc: int
+) -> tuple[float, list[float], int]:
+    host, port = parse_address(url)
+    upstream = Upstream(host, port, max_idle=conc * 2)
+    headers = [(b"content-type", b"application/json")]
+    if key:
+        headers.append((b"authorization", f"Bearer {key}".encode()))
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def one_client() -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            payload = body.replace(b"ORDER", uuid.uuid4().hex.encode()) if body else b""
+            t = time.perf_counter()
+            r = await upstream.request(method, target, headers, payload)
+            latencies.append(time.perf_counter() - t)
+            if r.status >= 300:
+                errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(conc)))
+    elapsed = time.perf_counter() - started
+    upstream.close()
+    return len(latencies) / elapsed, latencies, errors
+
+
+def _pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--gateways", type=int, default=2)
+    args = parser.parse_args()
+    directory = Path(tempfile.mkdtemp(prefix="bench-edge-"))
+    config = StackConfig(
+        directory=directory, gateways=args.gateways, workers=0, services=False, edge_port=0,
+        flood_rate=1e9, flood_burst=1e9,
+    )  # fmt: skip
+    state = start(config)
+    try:
+        api_url = state.component("api").url
+        assert api_url
+        order = {"order_id": "ORDER", "customer_id": "c", "sku": "s", "quantity": 1, "amount": 1}
+        post = json.dumps({"flow": "checkout", "input": order}).encode()
+        seed = asyncio.run(_load(api_url, "POST", "/v1/sagas", post, None, 0.2, 1))
+        del seed
+        saga_id = httpx.get(api_url + "/v1/sagas?limit=1").json()["items"][0]["id"]
+        cases = [
+            ("GET saga", "GET", f"/v1/sagas/{saga_id}", b""),
+            ("POST saga", "POST", "/v1/sagas", post),
+        ]
+        print(
+            f"{args.seconds:g}s per case, {args.concurrency} connections, {args.gateways} gateways"
+        )
+        print(f"{'case':<10} {'path':<7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        for name, method, target, body in cases:
+            results = {}
+            for path, url, key in (
+                ("direct", api_url, None),
+                ("edge", state.edge_url, state.api_key),
+            ):
+                rps, lat, errors = asyncio.run(
+                    _load(url, method, target, body, key, args.seconds, args.concurrency)
+                )
+                results[path] = rps
+                print(
+                    f"{name:<10} {path:<7} {rps:>8.0f} {_pct(lat, 50):>8.1f} "
+                    f"{_pct(lat, 99):>8.1f} {errors:>7}"
+                )
+            ratio = results["edge"] / results["direct"]
+            verdict = "meets" if ratio >= 0.5 else "MISSES"
+            print(f"{name:<10} edge/direct throughput ratio {ratio:.2f} ({verdict} the 0.5 target)")
+    finally:
+        stop(directory)
+
+
+if __name__ == "__main__":
+    main()
