@@ -98,6 +98,20 @@ def build_edge(s: EdgeSettings) -> FirewallMiddleware:
     )
 
 
+def _breaker_states(db: str) -> Any:
+    """name -> state of the workers' shared circuit breakers (none before any worker ran)."""
+
+    def states() -> dict[str, str]:
+        try:
+            from orchestrator.breakers import breaker_rows
+
+            return {str(r["name"]): str(r["state"]) for r in breaker_rows(db)}
+        except Exception:  # no breaker table yet, or an older orchestrator
+            return {}
+
+    return states
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m edge.apps")
     sub = parser.add_subparsers(dest="component", required=True)
@@ -137,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.component == "api":
         from orchestrator.api import create_app
 
-        app = create_app(args.db, instance=args.instance or "api")
+        app = create_app(
+            args.db, instance=args.instance or "api", breaker_states=_breaker_states(args.db)
+        )
     elif args.component == "gateway":
         app = build_gateway(
             GatewaySettings(
