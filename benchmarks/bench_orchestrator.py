@@ -85,7 +85,7 @@ def bench_sagalab(tmp: Path, count: int, warmup: int, limit: float, check: int) 
     from orchestrator.executors import PythonExecutor
     from orchestrator.flow import flow_from_dict
     from orchestrator.registry import step_handler
-    from orchestrator.runner import SagaRunner, start_saga
+    from orchestrator.runner import SagaRunner
     from orchestrator.saga import SagaStatus
     from orchestrator.sqlite_store import SQLiteStore
 
@@ -108,33 +108,36 @@ def bench_sagalab(tmp: Path, count: int, warmup: int, limit: float, check: int) 
     runner = SagaRunner(store, PythonExecutor())
 
     def one(_: int) -> None:
-        record, _created = start_saga(store, flow, {}, queue=False)
-        if runner.run(record.id).status is not SagaStatus.COMPLETED:
-            raise SystemExit(f"sagalab saga {record.id} did not complete")
+        # `start` commits the saga's creation with its first attempt's start.
+        saga_id, result = runner.start(flow, {})
+        if result.status is not SagaStatus.COMPLETED:
+            raise SystemExit(f"sagalab saga {saga_id} did not complete")
 
     # The guarantee, checked from a second connection: when step k starts, step k-1's
     # ATTEMPT_SUCCEEDED is already committed.
+    # The first step's start (and the saga itself) is committed before the first call.
     reader = sqlite3.connect(path)
     violations: list[str] = []
-    current = [""]
 
     def checkpoint(point: str, step: str, _phase: Any) -> None:
-        index = STEPS.index(step)
-        if point != "before-call" or index == 0:
+        if point != "before-call":
             return
-        saga_id = current[0]
+        latest = reader.execute("SELECT id FROM sagas ORDER BY id DESC LIMIT 1").fetchone()
+        saga_id = latest[0] if latest else "?"
+        index = STEPS.index(step)
+        needed = (
+            ("attempt_started", step) if index == 0 else ("attempt_succeeded", STEPS[index - 1])
+        )
         found = reader.execute(
-            "SELECT 1 FROM events WHERE saga_id = ? AND step = ? AND type = 'attempt_succeeded'",
-            (saga_id, STEPS[index - 1]),
+            "SELECT 1 FROM events WHERE saga_id = ? AND type = ? AND step = ?",
+            (saga_id, *needed),
         ).fetchone()
         if found is None:
-            violations.append(f"{saga_id}: {STEPS[index - 1]} not committed before {step}")
+            violations.append(f"{saga_id}: {needed[1]} {needed[0]} not committed before {step}")
 
     checked = SagaRunner(store, PythonExecutor(), checkpoint=checkpoint)
     for _ in range(check):
-        record, _created = start_saga(store, flow, {}, queue=False)
-        current[0] = record.id
-        checked.run(record.id)
+        checked.start(flow, {})
     reader.close()
 
     counter = SqlCounter()

@@ -52,8 +52,12 @@ Checkpoint = Callable[[str, str, Phase], None]
 
 
 def new_saga_id() -> str:
-    """A short random saga id (64 bits)."""
-    return secrets.token_hex(8)
+    """A 72-bit saga id: milliseconds since the epoch (48 bits) then 24 random bits.
+
+    Time-ordered ids keep a saga's journal rows next to those of the sagas started just
+    before it, so SQLite appends touch the same few pages instead of one per saga.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(3)}"
 
 
 def new_trace_id() -> str:
@@ -138,17 +142,76 @@ class SagaRunner:
         With a `lease` every write is fenced: LeaseLost stops the run at the next write.
         """
         record, entries, state = self.store.state(saga_id)
-        responses = _responses(entries)
+        return self._loop(
+            record, state, _responses(entries), lease=lease, wait_for_retries=wait_for_retries
+        )
+
+    def start(
+        self, flow: FlowDefinition, payload: Any, *, idempotency_key: str | None = None
+    ) -> tuple[str, RunResult]:
+        """Create a saga and run it here to the end; return its id and how it ended.
+
+        The saga's creation is committed together with its first attempt's start, before that
+        attempt is sent, so it costs one commit less than `start_saga` then `run`, with the same
+        guarantee. A reused idempotency key runs (or returns) the saga it already names.
+        """
+        now = self.clock()
+        record = SagaRecord(
+            id=new_saga_id(),
+            flow=flow,
+            input=validate_input(flow, payload),
+            status=SagaStatus.PENDING,
+            trace_id=new_trace_id(),
+            idempotency_key=idempotency_key,
+            reason=None,
+            created_at=now,
+            updated_at=now,
+            last_seq=0,
+        )
+        state = SagaState(flow)
+        state.apply(Event(EventType.SAGA_CREATED, now))
+        try:
+            result = self._loop(record, state, {}, lease=None, wait_for_retries=True)
+        except _AlreadyCreated as existing:
+            return existing.saga_id, self.run(existing.saga_id)
+        return record.id, result
+
+    def _loop(
+        self,
+        record: SagaRecord,
+        state: SagaState,
+        responses: dict[str, Any],
+        *,
+        lease: Lease | None,
+        wait_for_retries: bool,
+    ) -> RunResult:
+        saga_id = record.id
         seq = record.last_seq
         pending: list[JournalEntry] = []
 
         def flush() -> None:
             nonlocal seq
-            if pending:
+            if not pending:
+                return
+            if seq == 0:  # not stored yet (`start`): create it with these first entries
+                stored, created = self.store.create_saga(
+                    saga_id=saga_id,
+                    flow=record.flow,
+                    payload=record.input,
+                    trace_id=record.trace_id,
+                    idempotency_key=record.idempotency_key,
+                    now=record.created_at,
+                    initial=pending,
+                    state=state,
+                )
+                if not created:
+                    raise _AlreadyCreated(stored.id)
+                seq = 1 + len(pending)
+            else:
                 seq = self.store.append(
                     saga_id, pending, expected_seq=seq, state=state, now=self.clock(), lease=lease
                 )
-                pending.clear()
+            pending.clear()
 
         def note(entry: JournalEntry) -> None:
             state.apply(entry.event)
@@ -287,6 +350,13 @@ class SagaRunner:
                 )
             )
         )
+
+
+class _AlreadyCreated(Exception):
+    """`start` found its idempotency key already naming a stored saga."""
+
+    def __init__(self, saga_id: str) -> None:
+        self.saga_id = saga_id
 
 
 def _responses(entries: list[JournalEntry]) -> dict[str, Any]:

@@ -9,12 +9,13 @@ Reads go through sqlite-utils; the append hot path is raw SQL.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import sqlite_utils
 
@@ -124,7 +125,17 @@ CREATE TABLE breaker_events (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+# v5: flow snapshots stored once per distinct definition and referenced by content hash
+# (a saga's snapshot stays immutable; the per-saga copy was most of a new saga's bytes).
+_V5 = """
+CREATE TABLE flow_snapshots (
+    hash TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+) WITHOUT ROWID;
+ALTER TABLE sagas ADD COLUMN flow_hash TEXT REFERENCES flow_snapshots (hash);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _ACTIVE = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
@@ -138,6 +149,7 @@ def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(target), timeout=timeout, isolation_level=None)
+        conn.execute("PRAGMA page_size=2048")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -156,6 +168,9 @@ class SQLiteStore:
         self.conn = connect(path, timeout=timeout)
         self.db = sqlite_utils.Database(self.conn)
         self._flows: dict[str, FlowDefinition] = {}
+        self._snapshots: dict[str, str] = {}
+        self._stored_hashes: set[str] = set()
+        self._flow_hashes: dict[int, tuple[FlowDefinition, str, str]] = {}
         self.migrate()
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -168,6 +183,9 @@ class SQLiteStore:
             raise StoreError(f"cannot write to {self.path}: {exc}") from None
         try:
             yield self.conn
+        except sqlite3.Error as exc:
+            self.conn.execute("ROLLBACK")
+            raise StoreError(f"cannot write to {self.path}: {exc}") from None
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
@@ -226,10 +244,23 @@ class SQLiteStore:
             self._flows[snapshot] = flow
         return flow
 
+    def _snapshot_body(self, flow_hash: str) -> str:
+        body = self._snapshots.get(flow_hash)
+        if body is None:
+            found = self.conn.execute(
+                "SELECT body FROM flow_snapshots WHERE hash = ?", (flow_hash,)
+            ).fetchone()
+            if found is None:
+                raise StoreError(f"{self.path}: flow snapshot {flow_hash} is missing")
+            body = self._snapshots[flow_hash] = found[0]
+        return body
+
     def _record(self, row: dict[str, Any]) -> SagaRecord:
+        flow_hash = row.get("flow_hash")
+        snapshot = self._snapshot_body(flow_hash) if flow_hash else row["flow_snapshot"]
         return SagaRecord(
             id=row["id"],
-            flow=self._flow(row["flow_snapshot"]),
+            flow=self._flow(snapshot),
             input=json.loads(row["input"]),
             status=SagaStatus(row["status"]),
             trace_id=row["trace_id"],
@@ -250,10 +281,17 @@ class SQLiteStore:
         idempotency_key: str | None,
         now: float,
         run_after: float | None = None,
+        initial: Sequence[JournalEntry] = (),
+        state: SagaState | None = None,
     ) -> tuple[SagaRecord, bool]:
-        """Store a new saga (queued if `run_after` is set); reuse the one a key names."""
+        """Store a new saga (queued if `run_after` is set); reuse the one a key names.
+
+        `initial` entries follow SAGA_CREATED in the same transaction, and `state` (the fold
+        of all of them) gives the stored status.
+        """
         fingerprint = input_fingerprint(flow.name, flow.version, payload)
-        snapshot = json.dumps(flow_to_dict(flow), sort_keys=True)
+        flow_hash, snapshot = self._snapshot_of(flow)
+        input_text = json.dumps(payload)
         with self._write() as conn:
             if idempotency_key is not None:
                 found = conn.execute(
@@ -269,33 +307,68 @@ class SQLiteStore:
             else:
                 existing_id = None
             if existing_id is None:
+                if flow_hash not in self._stored_hashes:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO flow_snapshots (hash, body) VALUES (?, ?)",
+                        (flow_hash, snapshot),
+                    )
+                entries = [JournalEntry(Event(EventType.SAGA_CREATED, now)), *initial]
+                folded = state if state is not None else SagaState(flow)
                 conn.execute(
-                    "INSERT INTO sagas (id, flow_name, flow_version, flow_snapshot, input, "
-                    "input_hash, idempotency_key, status, trace_id, created_at, updated_at, "
-                    "last_seq, run_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                    "INSERT INTO sagas (id, flow_name, flow_version, flow_snapshot, flow_hash, "
+                    "input, input_hash, idempotency_key, status, reason, trace_id, created_at, "
+                    "updated_at, last_seq, run_after) "
+                    "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         saga_id,
                         flow.name,
                         flow.version,
-                        snapshot,
-                        json.dumps(payload),
+                        flow_hash,
+                        input_text,
                         fingerprint,
                         idempotency_key,
-                        SagaStatus.PENDING.value,
+                        folded.status.value,
+                        folded.reason,
                         trace_id,
                         now,
                         now,
+                        len(entries),
                         run_after,
                     ),
                 )
-                created = JournalEntry(Event(EventType.SAGA_CREATED, now))
-                row = entry_to_row(saga_id, trace_id, created, 1)
-                conn.execute(_INSERT_EVENT, row)
-                state = SagaState(flow)
-                conn.executemany(_UPSERT_STEP, [_step_params(saga_id, r) for r in step_rows(state)])
+                conn.executemany(
+                    _INSERT_EVENT,
+                    [entry_to_row(saga_id, trace_id, e, i) for i, e in enumerate(entries, 1)],
+                )
+                conn.executemany(
+                    _UPSERT_STEP, [_step_params(saga_id, r) for r in step_rows(folded)]
+                )
         if existing_id is not None:
             return self.load(existing_id), False
-        return self.load(saga_id), True
+        self._stored_hashes.add(flow_hash)
+        record = SagaRecord(
+            id=saga_id,
+            flow=self._flow(snapshot),
+            input=json.loads(input_text),
+            status=folded.status,
+            trace_id=trace_id,
+            idempotency_key=idempotency_key,
+            reason=folded.reason,
+            created_at=now,
+            updated_at=now,
+            last_seq=1 + len(initial),
+        )
+        return record, True
+
+    def _snapshot_of(self, flow: FlowDefinition) -> tuple[str, str]:
+        cached = self._flow_hashes.get(id(flow))
+        if cached is not None and cached[0] is flow:
+            return cached[1], cached[2]
+        snapshot = json.dumps(flow_to_dict(flow), sort_keys=True)
+        flow_hash = hashlib.sha256(snapshot.encode()).hexdigest()[:32]
+        self._flow_hashes[id(flow)] = (flow, flow_hash, snapshot)
+        self._snapshots[flow_hash] = snapshot
+        return flow_hash, snapshot
 
     def _rows(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         # Raw SQL on the hot path: sqlite-utils' rows_where looks up table and view names
@@ -355,36 +428,27 @@ class SQLiteStore:
         if not entries:
             return expected_seq
         touched = {e.event.step for e in entries if e.event.step is not None}
+        seq = expected_seq + len(entries)
+        fence, fence_args = "", ()
+        if lease is not None:
+            fence = " AND lease_owner = ? AND lease_epoch = ? AND lease_until >= ?"
+            fence_args = (lease.owner, lease.epoch, now)
         with self._write() as conn:
+            # One statement checks the expected seq (and the lease) and moves the saga on.
             row = conn.execute(
-                "SELECT last_seq, trace_id, lease_owner, lease_epoch, lease_until "
-                "FROM sagas WHERE id = ?",
-                (saga_id,),
+                "UPDATE sagas SET status = ?, reason = ?, updated_at = ?, last_seq = ? "
+                f"WHERE id = ? AND last_seq = ?{fence} RETURNING trace_id",
+                (state.status.value, state.reason, now, seq, saga_id, expected_seq, *fence_args),
             ).fetchone()
             if row is None:
-                raise SagaNotFoundError(saga_id)
-            if lease is not None and (
-                row[2] != lease.owner or row[3] != lease.epoch or (row[4] or 0) < now
-            ):
-                raise LeaseLost(
-                    f"saga {saga_id}: lease {lease.owner}#{lease.epoch} is no longer current; "
-                    "this writer must stop"
-                )
-            if row[0] != expected_seq:
-                raise ConcurrentUpdate(
-                    f"saga {saga_id}: journal is at {row[0]}, writer expected {expected_seq}"
-                )
-            trace_id = row[1]
-            seq = expected_seq
-            params = []
-            for entry in entries:
-                seq += 1
-                params.append(entry_to_row(saga_id, trace_id, entry, seq))
-            conn.executemany(_INSERT_EVENT, params)
-            conn.execute(
-                "UPDATE sagas SET status = ?, reason = ?, updated_at = ?, last_seq = ? "
-                "WHERE id = ?",
-                (state.status.value, state.reason, now, seq, saga_id),
+                self._refuse_append(conn, saga_id, expected_seq, lease, now)
+            trace_id = row[0]
+            conn.executemany(
+                _INSERT_EVENT,
+                [
+                    entry_to_row(saga_id, trace_id, entry, expected_seq + i)
+                    for i, entry in enumerate(entries, 1)
+                ],
             )
             if touched:
                 conn.executemany(
@@ -392,6 +456,31 @@ class SQLiteStore:
                     [_step_params(saga_id, r) for r in step_rows(state, sorted(touched))],
                 )
         return seq
+
+    @staticmethod
+    def _refuse_append(
+        conn: sqlite3.Connection,
+        saga_id: str,
+        expected_seq: int,
+        lease: Lease | None,
+        now: float,
+    ) -> NoReturn:
+        row = conn.execute(
+            "SELECT last_seq, lease_owner, lease_epoch, lease_until FROM sagas WHERE id = ?",
+            (saga_id,),
+        ).fetchone()
+        if row is None:
+            raise SagaNotFoundError(saga_id)
+        if lease is not None and (
+            row[1] != lease.owner or row[2] != lease.epoch or (row[3] or 0) < now
+        ):
+            raise LeaseLost(
+                f"saga {saga_id}: lease {lease.owner}#{lease.epoch} is no longer current; "
+                "this writer must stop"
+            )
+        raise ConcurrentUpdate(
+            f"saga {saga_id}: journal is at {row[0]}, writer expected {expected_seq}"
+        )
 
     def steps(self, saga_id: str) -> list[StepRow]:
         """Materialised step rows, in flow order."""

@@ -320,8 +320,12 @@ def test_migration_from_v1_keeps_rows(db_path: Path) -> None:
     conn = sqlite3.connect(v1, isolation_level=None)
     conn.execute("ATTACH DATABASE ? AS cur", (str(db_path),))
     v1_columns = [r[1] for r in conn.execute("PRAGMA table_info(sagas)")]
+    # A v1 file kept each saga's flow snapshot inline; today's keeps it in flow_snapshots.
+    inline = "(SELECT body FROM cur.flow_snapshots f WHERE f.hash = s.flow_hash)"
+    selected = [inline if c == "flow_snapshot" else f"s.{c}" for c in v1_columns]
     conn.execute(
-        f"INSERT INTO sagas ({', '.join(v1_columns)}) SELECT {', '.join(v1_columns)} FROM cur.sagas"
+        f"INSERT INTO sagas ({', '.join(v1_columns)}) "
+        f"SELECT {', '.join(selected)} FROM cur.sagas s"
     )
     conn.execute("INSERT INTO events SELECT * FROM cur.events")
     conn.execute("INSERT INTO steps SELECT * FROM cur.steps")
