@@ -324,8 +324,7 @@ def test_migration_from_v1_keeps_rows(db_path: Path) -> None:
     inline = "(SELECT body FROM cur.flow_snapshots f WHERE f.hash = s.flow_hash)"
     selected = [inline if c == "flow_snapshot" else f"s.{c}" for c in v1_columns]
     conn.execute(
-        f"INSERT INTO sagas ({', '.join(v1_columns)}) "
-        f"SELECT {', '.join(selected)} FROM cur.sagas s"
+        f"INSERT INTO sagas ({', '.join(v1_columns)}) SELECT {', '.join(selected)} FROM cur.sagas s"
     )
     conn.execute("INSERT INTO events SELECT * FROM cur.events")
     conn.execute("INSERT INTO steps SELECT * FROM cur.steps")
