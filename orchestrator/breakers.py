@@ -160,10 +160,25 @@ class BreakerBoard:
         return breaker
 
     def _journal(self, service: str, now: float, old: str, new: str) -> None:
-        self.conn.execute(
-            "INSERT INTO breaker_events (at, name, old, new, owner) VALUES (?, ?, ?, ?, ?)",
-            (now, service, old, new, self.owner),
-        )
+        # Each replica's pybreaker keeps its own view of the state and reports catching up
+        # with the shared one as a transition; the shared log records only real changes.
+        self.conn.execute("BEGIN IMMEDIATE")  # check and insert as one, across replicas
+        try:
+            last = self.conn.execute(
+                "SELECT new FROM breaker_events WHERE name = ? ORDER BY rowid DESC LIMIT 1",
+                (service,),
+            ).fetchone()
+            previous = last[0] if last else pybreaker.STATE_CLOSED
+            if previous != new:
+                self.conn.execute(
+                    "INSERT INTO breaker_events (at, name, old, new, owner) VALUES (?, ?, ?, ?, ?)",
+                    (now, service, previous, new, self.owner),
+                )
+        finally:
+            self.conn.execute("COMMIT")
+        if previous == new:
+            return
+        old = previous
         if self.on_transition is not None:
             self.on_transition(service, now, old, new)
 
