@@ -342,10 +342,24 @@ class SagaState:
             raise InvalidTransition("step_failed needs a closed, unfinished phase")
         p.failed_for_good = True
         self.reason = event.reason
-        if phase is Phase.ACTION and not self.pivot_passed:
+        if phase is Phase.ACTION and not self.pivot_passed and not self.pivot_stranded:
             self.status = SagaStatus.COMPENSATING
         else:
             self.status = SagaStatus.FAILED
+
+    @property
+    def pivot_stranded(self) -> bool:
+        """The pivot may have been applied but did not succeed, and nothing can undo it.
+
+        Rolling back would report an undone saga whose irreversible step may stand, so such a
+        saga stops FAILED for an operator: retry the pivot (forward) or force a rollback.
+        """
+        index = self.flow.pivot_index
+        if index is None:
+            return False
+        pivot = self.flow.steps[index]
+        progress = self.steps[pivot.name]
+        return progress.maybe_applied and not progress.action.done and not pivot.has_compensation
 
     def _on_rollback_requested(self, event: Event) -> None:
         if self.status in (SagaStatus.ROLLED_BACK, SagaStatus.COMPENSATING):
@@ -427,6 +441,17 @@ def _advance(state: SagaState, name: str, phase: Phase, now: float, rng: Uniform
             f"{name} {phase.value} failed for good after {p.attempts_in_budget} attempt(s) "
             f"({why}): {failure.error}"
         )
+        step = state.steps[name]
+        if (
+            definition.kind is StepKind.PIVOT
+            and step.maybe_applied
+            and phase is Phase.ACTION
+            and not definition.has_compensation
+        ):
+            reason += (
+                "; the pivot may have been applied and cannot be undone: "
+                "`retry-step` it to go forward, or `rollback --force`"
+            )
         return Record(Event(EventType.STEP_FAILED, now, name, phase, p.attempts, reason=reason))
     return Record(
         Event(EventType.RETRY_SCHEDULED, now, name, phase, p.attempts + 1, not_before=now + delay)
@@ -460,6 +485,11 @@ def rollback_request(state: SagaState, *, now: float, reason: str, force: bool) 
         raise OperatorActionRefused("saga is already rolled back")
     if state.status is SagaStatus.COMPENSATING:
         raise OperatorActionRefused("saga is already rolling back; `resume` continues it")
+    if state.pivot_stranded and not force:
+        raise OperatorActionRefused(
+            "the pivot step may have been applied and has no compensation: a rollback would "
+            "leave it standing. `retry-step` the pivot to go forward, or use --force"
+        )
     if state.pivot_passed and not force:
         pivot = state.flow.pivot_index
         pivot_name = state.flow.steps[pivot].name if pivot is not None else "?"

@@ -320,3 +320,23 @@ def test_help_explains_commands() -> None:
 
 def test_services_answer_health(lab: RunningServices) -> None:
     assert httpx.get(lab.base_url + "/healthz").status_code == 200
+
+
+def test_pivot_with_unknown_outcome_stops_for_operator(env: Path, lab: RunningServices) -> None:
+    """Shipping applies the shipment but the answer is lost: nothing may pretend it is undone."""
+    lab.lab.add_fault(
+        FaultSpec(service="shipping", endpoint="/shipments", status=502, after_apply=True)
+    )
+    _, out, _ = cli("orchestrate", "run", "checkout", "-i", order("o14"), "--wait", "--json")
+    saga = json.loads(out)
+    assert saga["status"] == "failed"
+    assert "pivot may have been applied" in saga["reason"]
+    assert not [e for e in ledger(lab) if e["operation"] == "compensation"]
+    code, _, err = cli("orchestrate", "rollback", saga["id"])
+    assert code == 4 and "--force" in err
+    lab.lab.clear_faults()
+    code, out, _ = cli("orchestrate", "retry-step", saga["id"], "create_shipment", "--json")
+    assert code == 0 and json.loads(out)["status"] == "completed"
+    shipments = [e for e in ledger(lab) if e["service"] == "shipping"]
+    assert len(shipments) == 1  # the retry replayed the first, already applied, shipment
+    assert applied_twice(ledger(lab)) == []

@@ -158,7 +158,8 @@ def operator(world: World, move: str) -> None:
             world.record(rollback_request(state, now=world.now, reason="op", force=move == "force"))
             return
         except OperatorActionRefused:
-            assert state.pivot_passed and move == "rollback"
+            # refused only past the pivot, or when the pivot may stand with nothing to undo it
+            assert (state.pivot_passed or state.pivot_stranded) and move == "rollback"
     blocked = [
         (name, phase)
         for phase in (Phase.COMPENSATION, Phase.ACTION)
