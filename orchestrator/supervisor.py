@@ -49,6 +49,7 @@ class Supervisor:
         self.clock = clock
         self.stop = threading.Event()
         self.children: list[subprocess.Popen[bytes]] = []
+        self.retiring: list[subprocess.Popen[bytes]] = []
         self.restarts = 0
         self.decisions: list[ScaleDecision] = []
 
@@ -58,6 +59,7 @@ class Supervisor:
     def _retire(self) -> None:
         child = self.children.pop()
         child.send_signal(signal.SIGTERM)
+        self.retiring.append(child)  # it finishes the sagas in hand; reaped when it exits
 
     def run(self) -> int:
         """Supervise until stopped or a limit is hit; return the restart count."""
@@ -79,6 +81,7 @@ class Supervisor:
                     else:
                         self.restarts += 1
                 self.children = alive
+                self.retiring = [c for c in self.retiring if c.poll() is None]
                 while len(self.children) < target:
                     self._spawn()
                 now = self.clock()
@@ -133,10 +136,11 @@ class Supervisor:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for child in self.children:
+        for child in [*self.children, *self.retiring]:
             try:
                 child.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
         self.children = []
+        self.retiring = []
