@@ -29,6 +29,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from fakeservices.catalog import SERVICE_NAMES, SERVICES, OrderRef, ServiceSpec
 from fakeservices.faults import Fault, FaultSpec
@@ -113,6 +114,13 @@ def create_app(
 
     async def perform(request: Request, spec: ServiceSpec, endpoint: str) -> JSONResponse:
         decision = lab.decide_faults(spec.name, endpoint)
+        # Read the whole request before any injected delay: like a real service, the
+        # operation then goes ahead even if the caller has gone (a crashed orchestrator), which
+        # is the case idempotency keys exist for.
+        try:
+            payload = await request.body()
+        except ClientDisconnect:
+            return JSONResponse({"error": "client_disconnected"}, status_code=499)
         if decision.latency_ms:
             await asyncio.sleep(decision.latency_ms / 1000)
         if decision.outage is not None:
@@ -129,7 +137,7 @@ def create_app(
                 status_code=400,
             )
         try:
-            raw = json.loads(await request.body(), parse_constant=_reject_constant)
+            raw = json.loads(payload, parse_constant=_reject_constant)
         except ValueError:
             return JSONResponse(
                 {"error": "invalid_request", "message": "the body is not valid JSON"},
