@@ -44,7 +44,8 @@ class BreakerSource(Protocol):
     def get(self, service: str) -> Breaker: ...
 
 
-# A compensation refused by an open breaker waits at least this long before asking again.
+# A refused call that must go through (`SagaState.refusal_waits`) waits at least this long
+# before asking the breaker again.
 MIN_BREAKER_WAIT = 0.5
 
 Checkpoint = Callable[[str, str, Phase], None]
@@ -236,7 +237,7 @@ class SagaRunner:
                 continue
             assert isinstance(command, RunAttempt)
             refused_until = self._attempt(record, state, command, responses, note, flush)
-            if refused_until is not None:  # a compensation waits for the breaker to half-open
+            if refused_until is not None:  # waits for the breaker to half-open
                 flush()
                 if not wait_for_retries:
                     return RunResult(state.status, wait_until=refused_until)
@@ -259,7 +260,7 @@ class SagaRunner:
             now = self.clock()
             if not breaker.allow(now):
                 wait = max(breaker.retry_after(now), MIN_BREAKER_WAIT)
-                if command.phase is Phase.COMPENSATION:
+                if state.refusal_waits(command.step, command.phase):
                     return now + wait  # never dropped: asked again once it may half-open
                 self._refuse(state, command, breaker, note)
                 return None

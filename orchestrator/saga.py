@@ -361,6 +361,18 @@ class SagaState:
         progress = self.steps[pivot.name]
         return progress.maybe_applied and not progress.action.done and not pivot.has_compensation
 
+    def refusal_waits(self, step: str, phase: Phase) -> bool:
+        """Whether a call an open breaker refused waits for it instead of failing fast.
+
+        Failing fast only helps where a rollback can then undo the saga: an action before the
+        pivot. A compensation, an action past the pivot, and a pivot that may have been applied
+        with nothing to undo it all have to go through eventually, so they wait.
+        """
+        if phase is Phase.COMPENSATION or self.pivot_passed:
+            return True
+        index = self.flow.pivot_index
+        return index is not None and self.flow.steps[index].name == step and self.pivot_stranded
+
     def _on_rollback_requested(self, event: Event) -> None:
         if self.status in (SagaStatus.ROLLED_BACK, SagaStatus.COMPENSATING):
             raise InvalidTransition(f"rollback requested while {self.status.value}")

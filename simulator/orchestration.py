@@ -10,10 +10,11 @@ its lease, and loops exactly as the real runtime does:
     Wait       -> sleep until `until`
     Halt       -> the saga is terminal: check its invariants and release it
 
-A breaker refusal fails an action fast (journaled as a non-retryable failure, so a flow before
-its pivot rolls back) but only delays a compensation (nothing is journaled; it is never
-dropped). A crashed replica's workers stop where they are; each saga it leased is picked up by
-another replica once the lease has expired and the reaper has seen it. The resumed worker just
+A breaker refusal fails an action before the pivot fast (journaled as a non-retryable failure,
+so the flow rolls back) but only delays what has to go through (`SagaState.refusal_waits`: a
+compensation, an action past the pivot, a pivot that may stand; nothing is journaled).
+A crashed replica's workers stop where they are; each saga it leased is picked up by another
+replica once the lease has expired and the reaper has seen it. The resumed worker just
 calls `decide`, which closes the open attempt as interrupted and retries it with the same
 idempotency key, so idempotent services apply it once.
 """
@@ -309,8 +310,12 @@ class Orchestrator:
                 service_name = step.service or ""
                 breaker = breakers.get(service_name)
                 if breaker is not None and not breaker.allow(now):
-                    if phase is Phase.COMPENSATION:
-                        self.count("compensations_delayed_by_breaker")
+                    if state.refusal_waits(name, phase):
+                        self.count(
+                            "compensations_delayed_by_breaker"
+                            if phase is Phase.COMPENSATION
+                            else "actions_delayed_by_breaker"
+                        )
                         yield env.timeout(max(breaker.retry_after(now), 0.05))
                         continue
                     self.count("actions_refused_by_breaker")

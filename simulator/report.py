@@ -120,6 +120,7 @@ def build_report(sim: Simulation, now: float) -> dict[str, Any]:
             "compensations_delayed_by_breaker": orch.counts.get(
                 "compensations_delayed_by_breaker", 0
             ),
+            "actions_delayed_by_breaker": orch.counts.get("actions_delayed_by_breaker", 0),
         },
         "latency": {
             "end_to_end": sim.e2e.summary(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,39 @@ def test_runner_fails_fast_then_parks_the_refund(db: Path) -> None:
             lab.lab.clear_faults()
             board.get("payments").reset(0.0)  # an operator closes it instead of waiting
             assert runner.run(first.id).status is SagaStatus.ROLLED_BACK
+        finally:
+            executor.close()
+            board.close()
+            store.close()
+
+
+def test_runner_waits_for_the_breaker_on_a_pivot_that_may_stand(db: Path) -> None:
+    """A shipment that may have been booked is not abandoned because its breaker opened."""
+    store = SQLiteStore(db)
+    flow = load_flow("checkout")
+    with run_in_thread() as lab:
+        board = BreakerBoard(db, {"shipping": BreakerConfig(fail_max=2, reset_timeout=5.0)})
+        executor = HttpExecutor(lab.services)
+        runner = SagaRunner(store, executor, breakers=board, sleep=lambda s: None)
+        try:
+            lab.lab.add_fault(FaultSpec(service="shipping", error_rate=1.0, status=500))
+            saga, _ = start_saga(store, flow, order("p1"), queue=False)
+            result = runner.run(saga.id, wait_for_retries=False)
+            for _ in range(2):  # attempt 2 (a second 500) opens the breaker; 3 is refused
+                assert result.wait_until is not None  # a backoff
+                time.sleep(max(0.0, result.wait_until - time.time()))
+                result = runner.run(saga.id, wait_for_retries=False)
+            assert board.get("shipping").state == "open"
+            assert result.status is SagaStatus.RUNNING and result.wait_until is not None
+            shipment = [
+                e.event for e in store.journal(saga.id) if e.event.step == "create_shipment"
+            ]
+            assert not any(
+                "circuit breaker" in (e.failure.error if e.failure else "") for e in shipment
+            )
+            lab.lab.clear_faults()
+            board.get("shipping").reset(0.0)
+            assert runner.run(saga.id).status is SagaStatus.COMPLETED
         finally:
             executor.close()
             board.close()

@@ -349,12 +349,15 @@ def test_crash(tmp_path: Path, seed: int, services: RunningServices) -> None:
         for k in chaos.kills:
             held = ", ".join(f"{h[2]} {h[3]} #{h[4]} ({h[1]})" for h in k.held) or "nothing"
             print(f"kill {k.n:>2} aimed at {k.aim:<12} -> {k.phase:<17} held: {held}")
-        wait_for(
-            lambda: statuses(db).keys() <= {"completed", "rolled_back"},
-            DRAIN_DEADLINE,
-            f"every saga to end (seed={seed}); now {statuses(db)}",
-            every=0.2,
-        )
+        try:
+            wait_for(
+                lambda: statuses(db).keys() <= {"completed", "rolled_back"},
+                DRAIN_DEADLINE,
+                f"every saga to end (seed={seed})",
+                every=0.2,
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{stuck_report(db, chaos, workers)}") from None
         for w in chaos.running:  # the survivors stop cleanly
             w.proc.send_signal(signal.SIGTERM)
         for w in chaos.running:
@@ -441,6 +444,35 @@ def test_crash(tmp_path: Path, seed: int, services: RunningServices) -> None:
         f"ledger {len(services.lab.ledger())} entries, none applied twice; "
         f"rollbacks by cause {dict(reasons)}"
     )
+
+
+def stuck_report(db: Path, chaos: Chaos, workers: Workers) -> str:
+    """What the sagas that did not end are waiting on, for a failure message."""
+    now = time.time()
+    alive = {w.pid for w in chaos.running if w.alive()}
+    waiting = Counter(
+        (
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            "unleased"
+            if r[4] is None
+            else ("live owner" if int(r[4].split(":")[1]) in alive else "dead owner"),
+            "not queued" if r[5] is None else ("due" if r[5] <= now else "queued for later"),
+        )
+        for r in query(
+            db,
+            "SELECT s.status, e.type, e.step, e.phase, s.lease_owner, s.run_after FROM sagas s "
+            "JOIN events e ON e.saga_id = s.id AND e.seq = s.last_seq "
+            "WHERE s.status NOT IN ('completed', 'rolled_back')",
+        )
+    )
+    lines = [f"now {statuses(db)}; {len(alive)}/{len(chaos.running)} workers alive"]
+    lines += [f"  {n:>4} x {key}" for key, n in waiting.most_common(12)]
+    lines += [f"  breaker {row}" for row in query(db, "SELECT * FROM breakers")]
+    lines.append("worker stderr (tail):\n" + workers.all_stderr()[-3000:])
+    return "\n".join(lines)
 
 
 def _reason_kind(reason: str | None) -> str:

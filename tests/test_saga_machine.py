@@ -387,6 +387,37 @@ def failed_in_compensation() -> Driver:
     return driver
 
 
+def test_pivot_that_may_stand_and_fails_for_good_stops_for_an_operator() -> None:
+    driver = Driver(CHECKOUT)
+    halt = driver.run({"ship": [MAYBE, MAYBE, RETRYABLE]})
+    assert halt.status is SagaStatus.FAILED
+    assert driver.state.pivot_stranded and not driver.state.pivot_passed
+    assert "undo" not in " ".join(driver.trace)  # nothing was compensated behind its back
+    with pytest.raises(OperatorActionRefused, match="pivot step may have been applied"):
+        rollback_request(driver.state, now=driver.now, reason="op", force=False)
+    driver.record(retry_step_request(driver.state, now=driver.now, step="ship"))
+    assert driver.run().status is SagaStatus.COMPLETED
+
+
+def test_pivot_that_surely_did_not_apply_rolls_back() -> None:
+    driver = Driver(CHECKOUT)
+    assert driver.run({"ship": [RETRYABLE] * 3}).status is SagaStatus.ROLLED_BACK
+    assert not driver.state.pivot_stranded
+
+
+def test_breaker_refusal_fails_fast_only_where_a_rollback_undoes_the_saga() -> None:
+    driver = Driver(CHECKOUT)
+    state = driver.state
+    assert not state.refusal_waits("reserve", Phase.ACTION)
+    assert state.refusal_waits("reserve", Phase.COMPENSATION)
+    driver.run({"ship": [MAYBE, MAYBE, RETRYABLE]})
+    assert state.refusal_waits("ship", Phase.ACTION)  # a pivot that may stand goes through
+    clean = Driver(CHECKOUT)
+    clean.run({"ship": [RETRYABLE] * 3})
+    assert not clean.state.refusal_waits("ship", Phase.ACTION)
+    assert failed_after_pivot().state.refusal_waits("notify", Phase.ACTION)
+
+
 def test_operator_retry_step_after_pivot_completes() -> None:
     driver = failed_after_pivot()
     event = retry_step_request(driver.state, now=driver.now, step="notify")

@@ -199,11 +199,13 @@ def drive(flow: FlowDefinition, script: list[Outcome], moves: list[str], seed: i
             try:
                 event = rollback_request(state, now=world.now, reason="op", force=outcome.force)
             except OperatorActionRefused:
+                # refused once rolling back, past the pivot, or with a pivot that may stand
+                # and cannot be undone: all three need --force
                 assert state.status in (SagaStatus.ROLLED_BACK, SagaStatus.COMPENSATING) or (
-                    state.pivot_passed and not outcome.force
+                    (state.pivot_passed or state.pivot_stranded) and not outcome.force
                 )
             else:
-                assert not (state.pivot_passed and not outcome.force)
+                assert not ((state.pivot_passed or state.pivot_stranded) and not outcome.force)
                 world.record(event)
             continue
         command = decide(world.state, now=world.now, rng=rng)
@@ -331,10 +333,14 @@ def test_crash_at_any_point_then_resume_never_repeats_a_finished_step(
             p = resumed.state.steps[command.step].phase(command.phase)
             assert not p.done, f"{command.step} {command.phase} re-run after it succeeded"
             attempt(resumed, command, Outcome("ok", applied=True))
-    # The interrupted attempt may exhaust a one-attempt budget and roll the saga back.
+    # The interrupted attempt may exhaust a one-attempt budget and roll the saga back, or,
+    # if it was a pivot with no compensation, leave the saga FAILED for an operator.
     done = steps_of(resumed.journal, EventType.ATTEMPT_SUCCEEDED, Phase.ACTION)
     if resumed.state.status is SagaStatus.COMPLETED:
         assert done == [s.name for s in flow.steps]
+    elif resumed.state.status is SagaStatus.FAILED:
+        assert resumed.state.pivot_stranded
+        assert not any(e.phase is Phase.COMPENSATION for e in resumed.journal)
     else:
         assert resumed.state.status is SagaStatus.ROLLED_BACK
         assert resumed.journal[-1].type is EventType.SAGA_ROLLED_BACK
