@@ -72,7 +72,7 @@ def demo(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show completion, rollback and crash-resume against real local services."""
+    """Show completion, rollback, crash-resume and a breaker opening, against local services."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sagalab-demo-") as tmp:
         path = db or Path(tmp) / "demo.db"

@@ -109,6 +109,7 @@ def _drive(
                 checkpoint=_crash_checkpoint(crash_at),
                 on_event=None if quiet else render.live_event,
                 breakers=board,
+                on_breaker_wait=None if quiet else render.breaker_wait,
             )
             result = runner.run(saga_id, lease=lease)
             return result

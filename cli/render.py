@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -98,7 +99,7 @@ def saga_list(rows: list[dict[str, Any]]) -> None:
             styled(r["status"]),
             when(r["created_at"]),
             when(r["updated_at"]),
-            (r.get("reason") or "")[:60],
+            clip(r.get("reason") or "", 60),
         )
     out.print(table)
 
@@ -122,18 +123,38 @@ def events(rows: list[dict[str, Any]]) -> None:
             str(r["attempt"] or ""),
             str(r.get("status_code") or ""),
             f"{r['duration_ms']:.1f}" if r.get("duration_ms") else "",
-            detail[:80],
+            clip(detail, 80),
         )
     out.print(table)
 
 
+def clip(text: str, width: int) -> str:
+    """`text` on one line, cut at a word boundary with an ellipsis if longer than `width`."""
+    text = " ".join(text.split())
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > width // 2 else cut).rstrip(" ,;:") + "…"
+
+
 def live_event(saga_id: str, event: Event) -> None:
     """A progress line on stderr as a saga moves."""
-    parts = [f"[dim]{saga_id[:8]}[/]", event.type.value]
+    # ids start with their creation time, so sagas started together differ only at the end
+    parts = [f"[dim]…{saga_id[-8:]}[/]", event.type.value]
     if event.step:
         parts.append(f"{event.step}/{event.phase.value if event.phase else ''}")
     if event.attempt:
         parts.append(f"try {event.attempt}")
     if event.failure is not None:
-        parts.append(f"[red]{event.failure.error[:70]}[/]")
+        parts.append(f"[red]{escape(clip(event.failure.error, 90))}[/]")
     err.print(" ".join(parts), soft_wrap=True)
+
+
+def breaker_wait(saga_id: str, step: str, service: str, seconds: float) -> None:
+    """A progress line on stderr while a saga waits for an open breaker (nothing is journaled)."""
+    err.print(
+        f"[dim]…{saga_id[-8:]}[/] waiting {seconds:.1f}s: the {service} breaker is open; "
+        f"{step} is asked again once it may half-open",
+        soft_wrap=True,
+    )

@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -19,6 +20,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edge.errors import StackError
+from edge.stack import load_state
 from fakeservices import (
     DEFAULT_URL,
     SERVICE_NAMES,
@@ -33,6 +36,8 @@ from fakeservices import (
     run_in_thread,
 )
 
+STACK_DIR = Path(".sagalab")  # where `sagalab stack up` keeps its state by default
+
 app = typer.Typer(
     help="Run the fake external services (inventory, payments, shipping, notifications) "
     "and inject faults into them.",
@@ -40,11 +45,13 @@ app = typer.Typer(
 )
 
 UrlOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--url",
         envvar=SERVICES_URL_ENV,
-        help="Base URL of the running fake services.",
+        help=f"Base URL of the running fake services [default: the services of the stack in "
+        f"./.sagalab if one runs, else {DEFAULT_URL}].",
+        show_default=False,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print pure JSON on stdout.")]
@@ -65,11 +72,27 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2))
 
 
+def _services_url(url: str | None) -> str:
+    """--url, else the fake services of a stack started from this directory, else the default."""
+    if url:
+        return url
+    try:
+        state = load_state(STACK_DIR)
+    except StackError:
+        return DEFAULT_URL
+    if not state.services_url:
+        return DEFAULT_URL
+    typer.echo(
+        f"using the fake services of the stack in {STACK_DIR}/: {state.services_url}", err=True
+    )
+    return state.services_url
+
+
 @contextmanager
-def _admin(url: str) -> Iterator[AdminClient]:
+def _admin(url: str | None) -> Iterator[AdminClient]:
     """An admin client whose errors become one line on stderr and an exit code."""
     try:
-        with AdminClient(url) as client:
+        with AdminClient(_services_url(url)) as client:
             yield client
     except UnknownServiceError as exc:
         raise _fail(str(exc), 2) from None
@@ -206,7 +229,7 @@ def fault(
         bool,
         typer.Option("--clear", help="Clear this service's faults first (alone: only clear them)."),
     ] = False,
-    url: UrlOpt = DEFAULT_URL,
+    url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Inject a fault into SERVICE, or clear its faults with --clear."""
@@ -236,7 +259,7 @@ def fault(
 
 
 @app.command()
-def faults(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+def faults(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """List the faults in force."""
     with _admin(url) as client:
         listed = client.faults()
@@ -249,7 +272,7 @@ def faults(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
 @app.command()
 def ledger(
     service: Annotated[str | None, typer.Option(help="Only this service's entries.")] = None,
-    url: UrlOpt = DEFAULT_URL,
+    url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show every operation the services applied, in order."""
@@ -264,8 +287,9 @@ def ledger(
 
 
 @app.command()
-def reset(url: UrlOpt = DEFAULT_URL) -> None:
+def reset(url: UrlOpt = None) -> None:
     """Clear the ledger, the services' state and all faults."""
+    url = _services_url(url)
     with _admin(url) as client:
         client.reset()
     typer.echo(f"reset the fake services at {url}: ledger, state and faults cleared", err=True)

@@ -52,6 +52,8 @@ def _show_endpoints(state: StackState) -> None:
         '"input": {"order_id": "o-1", "customer_id": "c-1", "sku": "sku-1", "quantity": 1, '
         '"amount": 10}}\''
     )
+    out.print(f"then: sagalab orchestrate list --db {state.db}   (the stack's sagas)")
+    out.print("      sagalab services fault payments --error-rate 1   (finds the stack's services)")
 
 
 @app.command()

@@ -125,6 +125,7 @@ class SagaRunner:
         checkpoint: Checkpoint | None = None,
         on_event: Callable[[str, Event], None] | None = None,
         breakers: BreakerSource | None = None,
+        on_breaker_wait: Callable[[str, str, str, float], None] | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -134,6 +135,9 @@ class SagaRunner:
         self.checkpoint = checkpoint
         self.on_event = on_event
         self.breakers = breakers
+        # (saga id, step, service, seconds): told before sleeping on an open breaker, which
+        # journals nothing, so that a waiting operator sees why nothing moves
+        self.on_breaker_wait = on_breaker_wait
 
     def run(
         self, saga_id: str, *, lease: Lease | None = None, wait_for_retries: bool = True
@@ -241,7 +245,11 @@ class SagaRunner:
                 flush()
                 if not wait_for_retries:
                     return RunResult(state.status, wait_until=refused_until)
-                self.sleep(max(0.0, refused_until - self.clock()))
+                pause = max(0.0, refused_until - self.clock())
+                if self.on_breaker_wait is not None:
+                    service = record.flow.step(command.step).service or "?"
+                    self.on_breaker_wait(record.id, command.step, service, pause)
+                self.sleep(pause)
 
     def _attempt(
         self,

@@ -146,9 +146,22 @@ def test_runner_waits_for_the_breaker_on_a_pivot_that_may_stand(db: Path) -> Non
             assert not any(
                 "circuit breaker" in (e.failure.error if e.failure else "") for e in shipment
             )
-            lab.lab.clear_faults()
-            board.get("shipping").reset(0.0)
-            assert runner.run(saga.id).status is SagaStatus.COMPLETED
+            waits: list[tuple[str, str, str, float]] = []
+
+            def operator_fixes_shipping(_seconds: float) -> None:
+                lab.lab.clear_faults()
+                board.get("shipping").reset(0.0)
+
+            waiting = SagaRunner(
+                store,
+                executor,
+                breakers=board,
+                sleep=operator_fixes_shipping,
+                on_breaker_wait=lambda *told: waits.append(told),
+            )
+            assert waiting.run(saga.id).status is SagaStatus.COMPLETED
+            (told,) = waits  # the one pause was on the breaker, and the caller was told
+            assert told[:3] == (saga.id, "create_shipment", "shipping") and 0 < told[3] <= 5.0
         finally:
             executor.close()
             board.close()
