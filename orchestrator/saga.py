@@ -475,17 +475,17 @@ def decide(state: SagaState, *, now: float, rng: UniformSource) -> Command:
     if state.status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK, SagaStatus.FAILED):
         return Halt(state.status)
     if state._open is not None:
-        name, phase, attempt = state._open
-        return Record(Event(EventType.ATTEMPT_FAILED, now, name, phase, attempt, INTERRUPTED))
+        open_step, phase, attempt = state._open
+        return Record(Event(EventType.ATTEMPT_FAILED, now, open_step, phase, attempt, INTERRUPTED))
     if state.status is SagaStatus.COMPENSATING:
-        name = state.next_to_compensate()
-        if name is None:
+        to_undo = state.next_to_compensate()
+        if to_undo is None:
             return Record(Event(EventType.SAGA_ROLLED_BACK, now, reason=state.reason))
-        return _advance(state, name, Phase.COMPENSATION, now, rng)
-    name = state.next_forward()
-    if name is None:
+        return _advance(state, to_undo, Phase.COMPENSATION, now, rng)
+    to_do = state.next_forward()
+    if to_do is None:
         return Record(Event(EventType.SAGA_COMPLETED, now))
-    return _advance(state, name, Phase.ACTION, now, rng)
+    return _advance(state, to_do, Phase.ACTION, now, rng)
 
 
 # --- operator commands: validated here, journaled by the shell -------------------------------

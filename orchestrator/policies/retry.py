@@ -121,7 +121,9 @@ class _StopPastDeadline(tenacity.stop.stop_base):
         self.deadline = deadline
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
-        return retry_state.seconds_since_start + retry_state.upcoming_sleep > self.deadline
+        # the policy's call state always carries its outcome time, so this is never None
+        elapsed = retry_state.seconds_since_start or 0.0
+        return elapsed + retry_state.upcoming_sleep > self.deadline
 
 
 class _FullJitter(tenacity.wait.wait_base):
