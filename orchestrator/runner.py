@@ -19,7 +19,7 @@ from orchestrator.errors import InputError
 from orchestrator.executors import AttemptContext, StepExecutor
 from orchestrator.flow import FlowDefinition
 from orchestrator.journal import JournalEntry
-from orchestrator.policies.breaker import Breaker
+from orchestrator.policies.breaker import MIN_REFUSAL_WAIT, Breaker
 from orchestrator.saga import (
     Event,
     EventType,
@@ -43,10 +43,6 @@ class BreakerSource(Protocol):
 
     def get(self, service: str) -> Breaker: ...
 
-
-# A refused call that must go through (`SagaState.refusal_waits`) waits at least this long
-# before asking the breaker again.
-MIN_BREAKER_WAIT = 0.5
 
 Checkpoint = Callable[[str, str, Phase], None]
 """Called as (point, step, phase) at "before-call" and "after-call"; used to inject crashes."""
@@ -267,7 +263,7 @@ class SagaRunner:
             breaker = self.breakers.get(step.service)
             now = self.clock()
             if not breaker.allow(now):
-                wait = max(breaker.retry_after(now), MIN_BREAKER_WAIT)
+                wait = max(breaker.retry_after(now), MIN_REFUSAL_WAIT)
                 if state.refusal_waits(command.step, command.phase):
                     return now + wait  # never dropped: asked again once it may half-open
                 self._refuse(state, command, breaker, note)

@@ -237,7 +237,7 @@ class Simulation:
             for n in reversed(state.applied_order)
             if flow.step(n).has_compensation and state.steps[n].compensation.done
         ]
-        if saga.comp_order != expected:
+        if saga.compensation_order() != expected:
             v["compensation_order"] += 1
         ledger = saga.ledger
         if status is SagaStatus.ROLLED_BACK:

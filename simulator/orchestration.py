@@ -4,11 +4,15 @@ Every replica runs `concurrency` workers. A worker takes the oldest saga from th
 its lease, and loops exactly as the real runtime does:
 
     command = decide(state, now=env.now, rng=rng)
-    RunAttempt -> ask the service's breaker; journal ATTEMPT_STARTED (one DB write);
-                  call the service; tell the breaker; journal the outcome (one DB write)
-    Record     -> journal the event (one DB write)
-    Wait       -> sleep until `until`
-    Halt       -> the saga is terminal: check its invariants and release it
+    RunAttempt -> ask the service's breaker; journal ATTEMPT_STARTED and commit (one DB write,
+                  which also carries the previous outcome); call the service; tell the breaker;
+                  note the outcome
+    Record     -> note the event
+    Wait       -> commit what is noted (one DB write), then sleep until `until`
+    Halt       -> commit what is noted; the saga is terminal: check its invariants, release it
+
+These are the real runner's commit points, so a crash loses what it would lose there: the
+noted events since the last commit (`Saga.lose_unflushed`).
 
 A breaker refusal fails an action before the pivot fast (journaled as a non-retryable failure,
 so the flow rolls back) but only delays what has to go through (`SagaState.refusal_waits`: a
@@ -30,7 +34,7 @@ import simpy
 
 from orchestrator.flow import FlowDefinition
 from orchestrator.policies.autoscaling import AutoscalePolicy
-from orchestrator.policies.breaker import Breaker
+from orchestrator.policies.breaker import MIN_REFUSAL_WAIT, Breaker
 from orchestrator.saga import (
     Event,
     EventType,
@@ -69,7 +73,8 @@ class Saga:
         "ledger",
         "inflight",
         "owner",
-        "comp_order",
+        "journal",
+        "flushed",
         "resumed",
         "run_started",
         "group",
@@ -79,18 +84,36 @@ class Saga:
         self, saga_id: int, flow: FlowDefinition, born: float, legit: bool, group: str = ""
     ) -> None:
         self.id = saga_id
+        created = Event(EventType.SAGA_CREATED, born)
         self.state = SagaState(flow)
-        self.state.apply(Event(EventType.SAGA_CREATED, born))
+        self.state.apply(created)
+        # Its journal, and how much of it is durable: like the real runner, outcomes and
+        # records are committed with the next attempt's start, or before a wait or the end.
+        self.journal = [created]
+        self.flushed = 1
         self.born = born
         self.enqueued_at = born
         self.legit = legit
         self.ledger: dict[tuple[str, Phase], int] = {}
         self.inflight = 0
         self.owner: Replica | None = None
-        self.comp_order: list[str] = []
         self.resumed = 0
         self.run_started = born
         self.group = group
+
+    def lose_unflushed(self) -> None:
+        """A crash: what was not committed is gone; the state is what the journal says."""
+        if len(self.journal) > self.flushed:
+            del self.journal[self.flushed :]
+            self.state = SagaState.replay(self.state.flow, self.journal)
+
+    def compensation_order(self) -> list[str]:
+        """The compensations that succeeded, in journal order."""
+        return [
+            e.step
+            for e in self.journal
+            if e.type is _SUCCEEDED and e.phase is Phase.COMPENSATION and e.step is not None
+        ]
 
 
 class Replica:
@@ -216,6 +239,7 @@ class Orchestrator:
                 if process.is_alive:
                     process.interrupt("crash")
             for saga in list(replica.leased):
+                saga.lose_unflushed()
                 saga.owner = None
                 self.orphaned += 1
                 self.awaiting_reaper += 1
@@ -292,9 +316,12 @@ class Orchestrator:
 
     def _run(self, saga: Saga, replica: Replica) -> Generator[simpy.Event, Any, None]:
         env = self.env
+        timeout = env.timeout
         rng = self.rng
         db = self.db_write
         state = saga.state
+        journal = saga.journal
+        apply, append = state.apply, journal.append
         steps, services, breakers = self.steps, self.services, self.breakers
         saga.owner = replica
         replica.leased.add(saga)
@@ -305,7 +332,7 @@ class Orchestrator:
             command = decide(state, now=now, rng=rng)
             kind = command.__class__
             if kind is RunAttempt:
-                name, phase, attempt = command.step, command.phase, command.attempt
+                name, phase, attempt = command.step, command.phase, command.attempt  # type: ignore[union-attr]
                 step = steps[name]
                 service_name = step.service or ""
                 breaker = breakers.get(service_name)
@@ -316,16 +343,24 @@ class Orchestrator:
                             if phase is Phase.COMPENSATION
                             else "actions_delayed_by_breaker"
                         )
-                        yield env.timeout(max(breaker.retry_after(now), 0.05))
+                        if len(journal) > saga.flushed:
+                            yield timeout(db())
+                            saga.flushed = len(journal)
+                        yield timeout(max(breaker.retry_after(now), MIN_REFUSAL_WAIT))
                         continue
                     self.count("actions_refused_by_breaker")
-                    yield env.timeout(db())  # both events in one transaction
-                    at = env.now
-                    state.apply(Event(_STARTED, at, name, phase, attempt))
-                    state.apply(Event(_FAILED, at, name, phase, attempt, BREAKER_OPEN))
+                    for event in (
+                        Event(_STARTED, now, name, phase, attempt),
+                        Event(_FAILED, now, name, phase, attempt, BREAKER_OPEN),
+                    ):
+                        apply(event)
+                        append(event)
                     continue
-                yield env.timeout(db())
-                state.apply(Event(_STARTED, env.now, name, phase, attempt))
+                event = Event(_STARTED, now, name, phase, attempt)
+                apply(event)
+                append(event)
+                yield timeout(db())  # durable before the call, with the previous outcome
+                saga.flushed = len(journal)
                 call = services[service_name].call(saga, name, phase, step.timeout)
                 yield call.event
                 failure, unwell = call.outcome
@@ -334,20 +369,28 @@ class Orchestrator:
                         breaker.record_failure(env.now)
                     else:
                         breaker.record_success(env.now)
-                yield env.timeout(db())
                 if failure is None:
-                    state.apply(Event(_SUCCEEDED, env.now, name, phase, attempt))
-                    if phase is Phase.COMPENSATION:
-                        saga.comp_order.append(name)
+                    event = Event(_SUCCEEDED, env.now, name, phase, attempt)
                 else:
-                    state.apply(Event(_FAILED, env.now, name, phase, attempt, failure))
+                    event = Event(_FAILED, env.now, name, phase, attempt, failure)
+                apply(event)
+                append(event)
             elif kind is Record:
-                yield env.timeout(db())
-                state.apply(command.event)  # type: ignore[union-attr]
+                event = command.event  # type: ignore[union-attr]
+                apply(event)
+                append(event)
             elif kind is Wait:
-                yield env.timeout(command.until - now)  # type: ignore[union-attr]
+                if len(journal) > saga.flushed:
+                    yield timeout(db())
+                    saga.flushed = len(journal)
+                delay = command.until - env.now  # type: ignore[union-attr]
+                if delay > 0:  # the commit may have taken longer than the wait
+                    yield timeout(delay)
             else:
                 assert isinstance(command, Halt)
+                if len(journal) > saga.flushed:
+                    yield timeout(db())
+                    saga.flushed = len(journal)
                 now = env.now
                 replica.leased.discard(saga)
                 saga.owner = None

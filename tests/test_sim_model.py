@@ -98,3 +98,26 @@ def test_memory_stays_flat_as_duration_grows() -> None:
     short, long = _peak_memory(10), _peak_memory(40)
     # Four times the simulated time (and requests) may add time-series rows, not per-request state.
     assert long < short * 1.5, (short, long)
+
+
+def test_a_crash_loses_what_the_runner_had_not_committed() -> None:
+    """Outcomes are committed with the next attempt's start, as the real runner does."""
+    from orchestrator.flowfile import load_flow
+    from orchestrator.saga import Event, EventType, Phase
+    from simulator.orchestration import Saga
+
+    saga = Saga(1, load_flow("checkout"), born=0.0, legit=True)
+    started = Event(EventType.ATTEMPT_STARTED, 1.0, "reserve_inventory", Phase.ACTION, 1)
+    saga.state.apply(started)
+    saga.journal.append(started)
+    saga.flushed = len(saga.journal)  # committed before the call
+    done = Event(EventType.ATTEMPT_SUCCEEDED, 1.1, "reserve_inventory", Phase.ACTION, 1)
+    saga.state.apply(done)
+    saga.journal.append(done)  # noted, not yet committed
+    assert saga.state.steps["reserve_inventory"].action.done
+    saga.lose_unflushed()
+    assert saga.journal == [saga.journal[0], started]
+    assert saga.state.open_attempt == ("reserve_inventory", Phase.ACTION, 1)
+    assert not saga.state.steps["reserve_inventory"].action.done
+    saga.lose_unflushed()  # nothing more to lose
+    assert len(saga.journal) == 2

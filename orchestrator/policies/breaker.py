@@ -44,11 +44,16 @@ __all__ = [
     "BreakerOpen",
     "BreakerState",
     "ClockedStorage",
+    "MIN_REFUSAL_WAIT",
     "ManualClock",
     "MemoryClockedStorage",
 ]
 
 BreakerState = str  # one of pybreaker.STATE_CLOSED, STATE_OPEN, STATE_HALF_OPEN
+
+# A refused call that must go through (`SagaState.refusal_waits`) waits at least this long
+# before asking again: while another caller holds the half-open probe, `retry_after` is 0.
+MIN_REFUSAL_WAIT = 0.5
 
 
 class BreakerOpen(Exception):
@@ -285,7 +290,12 @@ class Breaker:
     def record_success(self, now: float) -> None:
         """A call made after `allow` succeeded."""
         self.clock.now = now
-        half_open = self.storage.state == pybreaker.STATE_HALF_OPEN
+        state = self.storage.state
+        if state == pybreaker.STATE_CLOSED and self.storage.counter == 0:
+            # pybreaker would only zero a counter that is zero already; with shared storage
+            # that is a database write per successful call, saved here.
+            return
+        half_open = state == pybreaker.STATE_HALF_OPEN
         self._cb.state._handle_success()
         if half_open:
             self.storage.release_probe()
