@@ -32,7 +32,7 @@ are arguments. The rules it enforces:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 
 from orchestrator.errors import InvalidTransition, OperatorActionRefused
@@ -115,6 +115,32 @@ class Event:
     reason: str | None = None
     force: bool = False
 
+    # Written by hand (dataclass keeps a class's own __init__): the generated one of a frozen
+    # dataclass pays an object.__setattr__ call per field, three times the cost, and runtimes
+    # build events for every attempt. Same parameters, same order, same defaults.
+    def __init__(
+        self,
+        type: EventType,
+        at: float,
+        step: str | None = None,
+        phase: Phase | None = None,
+        attempt: int = 0,
+        failure: Failure | None = None,
+        not_before: float | None = None,
+        reason: str | None = None,
+        force: bool = False,
+    ) -> None:
+        d = self.__dict__
+        d["type"] = type
+        d["at"] = at
+        d["step"] = step
+        d["phase"] = phase
+        d["attempt"] = attempt
+        d["failure"] = failure
+        d["not_before"] = not_before
+        d["reason"] = reason
+        d["force"] = force
+
 
 @dataclass(frozen=True)
 class RunAttempt:
@@ -123,6 +149,13 @@ class RunAttempt:
     step: str
     phase: Phase
     attempt: int
+
+    def __init__(self, step: str, phase: Phase, attempt: int) -> None:
+        # By hand, like Event.__init__: one of these per attempt.
+        d = self.__dict__
+        d["step"] = step
+        d["phase"] = phase
+        d["attempt"] = attempt
 
 
 @dataclass(frozen=True)
@@ -148,13 +181,31 @@ class Halt:
 
 Command = RunAttempt | Record | Wait | Halt
 
+# Enum members as module constants: reading `Phase.ACTION` goes through the enum class on
+# every access, and these are read on every event of every saga.
+_ACTION, _COMPENSATION = Phase.ACTION, Phase.COMPENSATION
+_PENDING, _RUNNING, _COMPENSATING = SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING
+_COMPLETED, _ROLLED_BACK, _FAILED = SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK, SagaStatus.FAILED
+_FINAL = (_COMPLETED, _ROLLED_BACK, _FAILED)
+_SAGA_CREATED, _ATTEMPT_FAILED = EventType.SAGA_CREATED, EventType.ATTEMPT_FAILED
+_PIVOT = StepKind.PIVOT
+# `apply` dispatches to `_on_<event type>`; the method names are built once, not per event.
+_HANDLERS = {t: f"_on_{t.value}" for t in EventType}
+
+
+# The hand-written initialisers must take exactly the dataclass fields, in order.
+for _cls in (Event, RunAttempt):
+    _params = _cls.__init__.__code__.co_varnames[1 : _cls.__init__.__code__.co_argcount]
+    if _params != tuple(f.name for f in fields(_cls)):
+        raise TypeError(f"{_cls.__name__}.__init__ does not match its fields")
+
 
 def idempotency_key(saga_id: str, step: str, phase: Phase) -> str:
     """The key every attempt of one step's phase carries: stable across retries and resumes."""
     return f"{saga_id}:{step}:{phase.value}"
 
 
-@dataclass
+@dataclass(slots=True)
 class PhaseProgress:
     """Progress of one half (action or compensation) of one step."""
 
@@ -180,7 +231,7 @@ class PhaseProgress:
         self.not_before = None
 
 
-@dataclass
+@dataclass(slots=True)
 class StepProgress:
     """Progress of one step: both phases, and whether the service may have applied it."""
 
@@ -190,7 +241,7 @@ class StepProgress:
     maybe_applied: bool = False
 
     def phase(self, phase: Phase) -> PhaseProgress:
-        return self.action if phase is Phase.ACTION else self.compensation
+        return self.action if phase is _ACTION else self.compensation
 
     @property
     def display_status(self) -> str:
@@ -261,17 +312,20 @@ class SagaState:
     def apply(self, event: Event) -> None:
         """Fold one event in; raise InvalidTransition if it does not fit the history."""
         t = event.type
-        if not self.created and t is not EventType.SAGA_CREATED:
+        if not self.created and t is not _SAGA_CREATED:
             raise InvalidTransition(f"{t.value} before saga_created")
-        handler = getattr(self, f"_on_{t.value}")
+        handler = getattr(self, _HANDLERS.get(t) or f"_on_{t.value}")
         handler(event)
         self.events_applied += 1
 
     def _require_step_phase(self, event: Event) -> tuple[StepProgress, PhaseProgress, Phase]:
-        if event.step is None or event.phase is None:
+        name, phase = event.step, event.phase
+        if name is None or phase is None:
             raise InvalidTransition(f"{event.type.value} needs a step and a phase")
-        step = self.progress(event.step)
-        return step, step.phase(event.phase), event.phase
+        step = self.steps.get(name)
+        if step is None:
+            step = self.progress(name)  # raises InvalidTransition for an unknown step
+        return step, step.action if phase is _ACTION else step.compensation, phase
 
     def _on_saga_created(self, event: Event) -> None:
         if self.created:
@@ -282,11 +336,11 @@ class SagaState:
         step, p, phase = self._require_step_phase(event)
         if self._open is not None:
             raise InvalidTransition(f"attempt started while {self._open} is still open")
-        expected = SagaStatus.COMPENSATING if phase is Phase.COMPENSATION else None
-        if expected is not None and self.status is not expected:
-            raise InvalidTransition(f"compensation attempt while saga is {self.status.value}")
-        if phase is Phase.ACTION and self.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
-            raise InvalidTransition(f"action attempt while saga is {self.status.value}")
+        status = self.status
+        if phase is _COMPENSATION and status is not _COMPENSATING:
+            raise InvalidTransition(f"compensation attempt while saga is {status.value}")
+        if phase is _ACTION and status is not _PENDING and status is not _RUNNING:
+            raise InvalidTransition(f"action attempt while saga is {status.value}")
         if p.done or p.skipped:
             raise InvalidTransition(f"{event.step} {phase.value} already finished")
         if event.attempt != p.attempts + 1:
@@ -299,8 +353,8 @@ class SagaState:
         if p.first_at is None:
             p.first_at = event.at
         self._open = (step.name, phase, event.attempt)
-        if self.status is SagaStatus.PENDING:
-            self.status = SagaStatus.RUNNING
+        if status is _PENDING:
+            self.status = _RUNNING
 
     def _close(self, event: Event) -> tuple[StepProgress, PhaseProgress, Phase]:
         step, p, phase = self._require_step_phase(event)
@@ -317,9 +371,9 @@ class SagaState:
         step, p, phase = self._close(event)
         p.done = True
         p.last_failure = None
-        if phase is Phase.ACTION:
+        if phase is _ACTION:
             self._mark_applied(step)
-            if self.flow.step(step.name).kind is StepKind.PIVOT:
+            if self.flow.step(step.name).kind is _PIVOT:
                 self.pivot_passed = True
 
     def _on_attempt_failed(self, event: Event) -> None:
@@ -327,7 +381,7 @@ class SagaState:
         if event.failure is None:
             raise InvalidTransition("attempt_failed without a failure")
         p.last_failure = event.failure
-        if phase is Phase.ACTION and event.failure.maybe_applied:
+        if phase is _ACTION and event.failure.maybe_applied:
             self._mark_applied(step)
 
     def _on_retry_scheduled(self, event: Event) -> None:
@@ -428,8 +482,9 @@ class SagaState:
 
 
 def _advance(state: SagaState, name: str, phase: Phase, now: float, rng: UniformSource) -> Command:
-    p = state.steps[name].phase(phase)
-    if p.attempts_in_budget == 0:
+    step = state.steps[name]
+    p = step.action if phase is _ACTION else step.compensation
+    if p.attempts == p.budget_base:  # no attempt in this budget yet
         return RunAttempt(name, phase, p.attempts + 1)
     if p.not_before is not None:
         if now < p.not_before:
@@ -438,7 +493,7 @@ def _advance(state: SagaState, name: str, phase: Phase, now: float, rng: Uniform
     failure = p.last_failure
     assert failure is not None  # closed, unfinished, attempted: the last attempt failed
     definition = state.flow.step(name)
-    policy = definition.retry if phase is Phase.ACTION else definition.compensation_retry
+    policy = definition.retry if phase is _ACTION else definition.compensation_retry
     delay = policy.next_delay(
         attempts_made=p.attempts_in_budget,
         first_attempt_at=p.first_at if p.first_at is not None else now,
@@ -453,11 +508,10 @@ def _advance(state: SagaState, name: str, phase: Phase, now: float, rng: Uniform
             f"{name} {phase.value} failed for good after {p.attempts_in_budget} attempt(s) "
             f"({why}): {failure.error}"
         )
-        step = state.steps[name]
         if (
-            definition.kind is StepKind.PIVOT
+            definition.kind is _PIVOT
             and step.maybe_applied
-            and phase is Phase.ACTION
+            and phase is _ACTION
             and not definition.has_compensation
         ):
             reason += (
@@ -472,20 +526,21 @@ def _advance(state: SagaState, name: str, phase: Phase, now: float, rng: Uniform
 
 def decide(state: SagaState, *, now: float, rng: UniformSource) -> Command:
     """The next command for a saga whose runtime has no attempt in flight."""
-    if state.status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK, SagaStatus.FAILED):
-        return Halt(state.status)
+    status = state.status
+    if status in _FINAL:
+        return Halt(status)
     if state._open is not None:
         open_step, phase, attempt = state._open
-        return Record(Event(EventType.ATTEMPT_FAILED, now, open_step, phase, attempt, INTERRUPTED))
-    if state.status is SagaStatus.COMPENSATING:
+        return Record(Event(_ATTEMPT_FAILED, now, open_step, phase, attempt, INTERRUPTED))
+    if status is _COMPENSATING:
         to_undo = state.next_to_compensate()
         if to_undo is None:
             return Record(Event(EventType.SAGA_ROLLED_BACK, now, reason=state.reason))
-        return _advance(state, to_undo, Phase.COMPENSATION, now, rng)
+        return _advance(state, to_undo, _COMPENSATION, now, rng)
     to_do = state.next_forward()
     if to_do is None:
         return Record(Event(EventType.SAGA_COMPLETED, now))
-    return _advance(state, to_do, Phase.ACTION, now, rng)
+    return _advance(state, to_do, _ACTION, now, rng)
 
 
 # --- operator commands: validated here, journaled by the shell -------------------------------

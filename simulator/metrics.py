@@ -20,6 +20,7 @@ _MIN = 1e-5
 _GROWTH = 1.02
 _LOG_GROWTH = math.log(_GROWTH)
 _BUCKETS = 1000  # _MIN * 1.02**1000 is about 4e3 s
+_log = math.log
 
 
 class Histogram:
@@ -39,9 +40,12 @@ class Histogram:
         self.total += value
         if value > self.max:
             self.max = value
-        index = 0
         if value > _MIN:
-            index = min(int(math.log(value / _MIN) / _LOG_GROWTH) + 1, _BUCKETS)
+            index = int(_log(value / _MIN) / _LOG_GROWTH) + 1
+            if index > _BUCKETS:
+                index = _BUCKETS
+        else:
+            index = 0
         counts = self.counts
         counts[index] = counts.get(index, 0) + 1
 

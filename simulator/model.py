@@ -32,6 +32,7 @@ from simulator.stations import Fault, Service, sampler
 
 __all__ = ["RunResult", "Simulation", "simulate"]
 
+_FAILED, _ROLLED_BACK, _COMPLETED = SagaStatus.FAILED, SagaStatus.ROLLED_BACK, SagaStatus.COMPLETED
 BREAKER_LEVEL = {pybreaker.STATE_CLOSED: 0.0, pybreaker.STATE_HALF_OPEN: 0.5, "open": 1.0}
 _MAX_TRANSITIONS = 500
 
@@ -157,6 +158,16 @@ class Simulation:
         if not self.groups:
             raise ScenarioError("clients", "needs at least one client group")
 
+        # For the invariant checks at each saga's end (computed once, not per saga).
+        flow = self.flow
+        self._compensable = frozenset(s.name for s in flow.steps if s.has_compensation)
+        self._action_keys = [(s.name, Phase.ACTION) for s in flow.steps]
+        self._undo_keys = [
+            ((s.name, Phase.ACTION), (s.name, Phase.COMPENSATION))
+            for s in flow.steps
+            if s.has_compensation
+        ]
+
         self.next_id = 0
         self.live: dict[int, Saga] = {}
         self.status_counts = {s.value: 0 for s in SagaStatus}
@@ -229,29 +240,27 @@ class Simulation:
             by_group = self.e2e_by_group[saga.group] = Histogram()
         by_group.record(latency)
         v = self.violations
-        flow = self.flow
-        if status is SagaStatus.FAILED and not state.reason:
+        if status is _FAILED and not state.reason:
             v["failed_without_reason"] += 1
+        compensable = self._compensable
+        steps = state.steps
         expected = [
             n
             for n in reversed(state.applied_order)
-            if flow.step(n).has_compensation and state.steps[n].compensation.done
+            if n in compensable and steps[n].compensation.done
         ]
         if saga.compensation_order() != expected:
             v["compensation_order"] += 1
         ledger = saga.ledger
-        if status is SagaStatus.ROLLED_BACK:
-            for step in flow.steps:
-                if (
-                    step.has_compensation
-                    and ledger.get((step.name, Phase.ACTION))
-                    and not ledger.get((step.name, Phase.COMPENSATION))
-                ):
+        if status is _ROLLED_BACK:
+            for action, compensation in self._undo_keys:
+                if ledger.get(action) and not ledger.get(compensation):
                     v["applied_not_undone"] += 1
-        elif status is SagaStatus.COMPLETED and any(
-            not ledger.get((s.name, Phase.ACTION)) for s in flow.steps
-        ):
-            v["completed_not_applied"] += 1
+        elif status is _COMPLETED:
+            for action in self._action_keys:
+                if not ledger.get(action):
+                    v["completed_not_applied"] += 1
+                    break
         del self.live[saga.id]
 
     # --- processes ----------------------------------------------------------------------------

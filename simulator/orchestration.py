@@ -154,6 +154,11 @@ class Orchestrator:
         self.steps = {s.name: s for s in flow.steps}
         self.services = services
         self.breakers = breakers
+        # Per step: its service, that service's breaker (if any) and the call timeout.
+        self.routes = {
+            s.name: (services.get(s.service or ""), breakers.get(s.service or ""), s.timeout)
+            for s in flow.steps
+        }
         self.concurrency = concurrency
         self.lease = lease
         self.reaper_interval = reaper_interval
@@ -322,7 +327,7 @@ class Orchestrator:
         state = saga.state
         journal = saga.journal
         apply, append = state.apply, journal.append
-        steps, services, breakers = self.steps, self.services, self.breakers
+        routes = self.routes
         saga.owner = replica
         replica.leased.add(saga)
         saga.run_started = env.now
@@ -333,9 +338,7 @@ class Orchestrator:
             kind = command.__class__
             if kind is RunAttempt:
                 name, phase, attempt = command.step, command.phase, command.attempt  # type: ignore[union-attr]
-                step = steps[name]
-                service_name = step.service or ""
-                breaker = breakers.get(service_name)
+                service, breaker, limit = routes[name]
                 if breaker is not None and not breaker.allow(now):
                     if state.refusal_waits(name, phase):
                         self.count(
@@ -361,7 +364,7 @@ class Orchestrator:
                 append(event)
                 yield timeout(db())  # durable before the call, with the previous outcome
                 saga.flushed = len(journal)
-                call = services[service_name].call(saga, name, phase, step.timeout)
+                call = service.call(saga, name, phase, limit)
                 yield call.event
                 failure, unwell = call.outcome
                 if breaker is not None:

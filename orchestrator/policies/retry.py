@@ -6,6 +6,7 @@ orchestrator and the simulator make the same decision from the same inputs.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -72,23 +73,11 @@ class RetryPolicy:
         """
         if not retryable:
             return None
-        retrying = tenacity.Retrying(
-            stop=self._stop(),
-            wait=_FullJitter(self, rng, retry_after),
-            retry=tenacity.retry_if_result(lambda outcome: outcome is _RETRYABLE),
-            retry_error_callback=lambda _state: _GIVE_UP,
-            sleep=_never_sleep,
-        )
-        # tenacity keeps counters in `statistics`; seed them instead of calling begin(),
-        # which would read the wall clock.
+        retrying = _retrying(self)
+        # tenacity keeps counters in `statistics` (thread-local, like its iteration state);
+        # seed them instead of calling begin(), which would read the wall clock.
         retrying.statistics.update(attempt_number=attempts_made, idle_for=0.0)
-        state = tenacity.RetryCallState(retrying, fn=None, args=(), kwargs={})
-        state.attempt_number = attempts_made
-        state.start_time = first_attempt_at
-        state.outcome_timestamp = now
-        outcome = tenacity.Future(attempts_made)
-        outcome.set_result(_RETRYABLE)
-        state.outcome = outcome
+        state = _CallState(retrying, attempts_made, first_attempt_at, now, rng, retry_after)
         action = retrying.iter(state)
         if isinstance(action, tenacity.DoSleep):
             return float(action)
@@ -103,8 +92,59 @@ class RetryPolicy:
         return stop
 
 
+@functools.lru_cache(maxsize=256)
+def _retrying(policy: RetryPolicy) -> tenacity.Retrying:
+    """One tenacity controller per policy (by value), shared by every call and thread.
+
+    It holds no per-call state: tenacity keeps its iteration state and statistics in a
+    `threading.local`, and the jitter source and Retry-After travel on the call state.
+    """
+    return tenacity.Retrying(
+        stop=policy._stop(),
+        wait=_FullJitter(policy),
+        retry=tenacity.retry_if_result(_is_retryable),
+        retry_error_callback=_give_up,
+        sleep=_never_sleep,
+    )
+
+
+class _CallState(tenacity.RetryCallState):
+    """A tenacity call state rebuilt from the journal, plus this call's jitter source.
+
+    tenacity's own initialiser stamps a start time from its monotonic clock; it is replaced
+    at once by the journal's first attempt time, so no decision depends on that clock.
+    """
+
+    def __init__(
+        self,
+        retrying: tenacity.Retrying,
+        attempts_made: int,
+        first_attempt_at: float,
+        now: float,
+        rng: UniformSource,
+        retry_after: float | None,
+    ) -> None:
+        super().__init__(retrying, fn=None, args=(), kwargs={})
+        self.start_time = first_attempt_at
+        self.attempt_number = attempts_made
+        outcome = tenacity.Future(attempts_made)
+        outcome.set_result(_RETRYABLE)
+        self.outcome = outcome
+        self.outcome_timestamp = now
+        self.rng = rng
+        self.retry_after = retry_after
+
+
 _RETRYABLE = object()
 _GIVE_UP = object()
+
+
+def _is_retryable(outcome: object) -> bool:
+    return outcome is _RETRYABLE
+
+
+def _give_up(_state: tenacity.RetryCallState) -> object:
+    return _GIVE_UP
 
 
 def _never_sleep(seconds: float) -> None:
@@ -127,18 +167,21 @@ class _StopPastDeadline(tenacity.stop.stop_base):
 
 
 class _FullJitter(tenacity.wait.wait_base):
-    """tenacity wait: uniform in [0, exponential cap], drawn from an injected generator."""
+    """tenacity wait: uniform in [0, exponential cap], drawn from the call's generator.
 
-    def __init__(self, policy: RetryPolicy, rng: UniformSource, retry_after: float | None) -> None:
+    Shared by every call of one policy, so it keeps nothing per call: the generator and the
+    server's Retry-After come from the call state (`_CallState`).
+    """
+
+    def __init__(self, policy: RetryPolicy) -> None:
         self.policy = policy
-        self.rng = rng
-        self.retry_after = retry_after
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        assert isinstance(retry_state, _CallState)
         cap = self.policy.backoff_cap(retry_state.attempt_number)
-        delay = self.rng.uniform(0.0, cap) if self.policy.jitter else cap
-        if self.retry_after is not None:
-            delay = max(delay, self.retry_after)
+        delay = retry_state.rng.uniform(0.0, cap) if self.policy.jitter else cap
+        if retry_state.retry_after is not None:
+            delay = max(delay, retry_state.retry_after)
         return delay
 
 
