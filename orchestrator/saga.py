@@ -189,8 +189,6 @@ _COMPLETED, _ROLLED_BACK, _FAILED = SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK
 _FINAL = (_COMPLETED, _ROLLED_BACK, _FAILED)
 _SAGA_CREATED, _ATTEMPT_FAILED = EventType.SAGA_CREATED, EventType.ATTEMPT_FAILED
 _PIVOT = StepKind.PIVOT
-# `apply` dispatches to `_on_<event type>`; the method names are built once, not per event.
-_HANDLERS = {t: f"_on_{t.value}" for t in EventType}
 
 
 # The hand-written initialisers must take exactly the dataclass fields, in order.
@@ -314,8 +312,7 @@ class SagaState:
         t = event.type
         if not self.created and t is not _SAGA_CREATED:
             raise InvalidTransition(f"{t.value} before saga_created")
-        handler = getattr(self, _HANDLERS.get(t) or f"_on_{t.value}")
-        handler(event)
+        _HANDLERS[t](self, event)
         self.events_applied += 1
 
     def _require_step_phase(self, event: Event) -> tuple[StepProgress, PhaseProgress, Phase]:
@@ -479,6 +476,10 @@ class SagaState:
             if self.flow.step(name).has_compensation and not (c.done or c.skipped):
                 return name
         return None
+
+
+# `apply` dispatches on the event type to `SagaState._on_<type>`, looked up once here.
+_HANDLERS = {t: getattr(SagaState, f"_on_{t.value}") for t in EventType}
 
 
 def _advance(state: SagaState, name: str, phase: Phase, now: float, rng: UniformSource) -> Command:

@@ -19,7 +19,7 @@ from typing import Any
 
 import simpy
 
-from orchestrator.policies.balancer import Balancer, HealthTracker, InstanceView
+from orchestrator.policies.balancer import Balancer, HealthTracker
 from orchestrator.policies.firewall import Firewall
 from orchestrator.policies.retry import RetryPolicy
 from orchestrator.policies.token_bucket import TokenBucket
@@ -114,6 +114,18 @@ class Gateway:
         self.limit = limit
         self.up = True
         self.health = HealthTracker()
+
+    # What the balancer reads (`orchestrator.policies.balancer.Instance`), live rather than
+    # through a snapshot per request.
+    @property
+    def available(self) -> bool:
+        """Not ejected by health checks and below its connection limit."""
+        return self.health.healthy and self.station.active < self.limit
+
+    @property
+    def active(self) -> int:
+        """Requests queued or in service."""
+        return self.station.active
 
 
 class Edge:
@@ -263,10 +275,7 @@ class Edge:
 
     def route(self, attempt: Attempt) -> None:
         gateways = self.gateways
-        views = [
-            InstanceView(g.name, g.health.healthy, g.station.active, g.limit) for g in gateways
-        ]
-        choice = self.balancer.choose(views, self.rng)
+        choice = self.balancer.choose(gateways, self.rng)
         if choice is None:
             self.count("balancer.no_instance")
             self.respond(attempt, "503")

@@ -21,6 +21,8 @@ _GROWTH = 1.02
 _LOG_GROWTH = math.log(_GROWTH)
 _BUCKETS = 1000  # _MIN * 1.02**1000 is about 4e3 s
 _log = math.log
+_LOG_MIN = math.log(_MIN)
+_PER_LOG = 1.0 / _LOG_GROWTH  # buckets per unit of log(value)
 
 
 class Histogram:
@@ -41,7 +43,7 @@ class Histogram:
         if value > self.max:
             self.max = value
         if value > _MIN:
-            index = int(_log(value / _MIN) / _LOG_GROWTH) + 1
+            index = int((_log(value) - _LOG_MIN) * _PER_LOG) + 1
             if index > _BUCKETS:
                 index = _BUCKETS
         else:

@@ -242,15 +242,16 @@ class Simulation:
         v = self.violations
         if status is _FAILED and not state.reason:
             v["failed_without_reason"] += 1
-        compensable = self._compensable
-        steps = state.steps
-        expected = [
-            n
-            for n in reversed(state.applied_order)
-            if n in compensable and steps[n].compensation.done
-        ]
-        if saga.compensation_order() != expected:
-            v["compensation_order"] += 1
+        if status is not _COMPLETED:  # a completed saga has no compensation (the core's rule)
+            compensable = self._compensable
+            steps = state.steps
+            expected = [
+                n
+                for n in reversed(state.applied_order)
+                if n in compensable and steps[n].compensation.done
+            ]
+            if saga.compensation_order() != expected:
+                v["compensation_order"] += 1
         ledger = saga.ledger
         if status is _ROLLED_BACK:
             for action, compensation in self._undo_keys:

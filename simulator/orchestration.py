@@ -330,8 +330,8 @@ class Orchestrator:
         routes = self.routes
         saga.owner = replica
         replica.leased.add(saga)
-        saga.run_started = env.now
-        self.run_stats.enter(env.now)
+        now = saga.run_started = env.now
+        self.run_stats.enter(now)
         while True:
             now = env.now
             command = decide(state, now=now, rng=rng)
@@ -367,15 +367,16 @@ class Orchestrator:
                 call = service.call(saga, name, phase, limit)
                 yield call.event
                 failure, unwell = call.outcome
+                now = env.now
                 if breaker is not None:
                     if unwell:
-                        breaker.record_failure(env.now)
+                        breaker.record_failure(now)
                     else:
-                        breaker.record_success(env.now)
+                        breaker.record_success(now)
                 if failure is None:
-                    event = Event(_SUCCEEDED, env.now, name, phase, attempt)
+                    event = Event(_SUCCEEDED, now, name, phase, attempt)
                 else:
-                    event = Event(_FAILED, env.now, name, phase, attempt, failure)
+                    event = Event(_FAILED, now, name, phase, attempt, failure)
                 apply(event)
                 append(event)
             elif kind is Record:

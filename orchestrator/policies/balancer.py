@@ -1,7 +1,8 @@
 """Load-balancer choice and instance health: which gateway gets the next request.
 
-Pure: the balancer sees `InstanceView`s (a snapshot the runtime builds from its own
-bookkeeping) and a random source passed in; it never reads a clock. The real load balancer
+Pure: the balancer sees `Instance`s (an `InstanceView` snapshot the runtime builds from its
+own bookkeeping, or any object that answers `available` and `active`) and a random source
+passed in; it never reads a clock. The real load balancer
 (issue 5) and the simulator call the same `Balancer.choose`, so both follow one rule:
 
 * an instance that is down (ejected by health checks) or at its connection limit is never chosen;
@@ -25,6 +26,7 @@ from typing import Protocol
 __all__ = [
     "Balancer",
     "HealthTracker",
+    "Instance",
     "InstanceView",
     "RandomSource",
     "Strategy",
@@ -36,6 +38,20 @@ class RandomSource(Protocol):
     """What the balancer needs from a random generator (`random.Random` fits)."""
 
     def random(self) -> float: ...
+
+
+class Instance(Protocol):
+    """What the balancer reads of an instance."""
+
+    @property
+    def available(self) -> bool:
+        """Healthy and below its connection limit."""
+        ...
+
+    @property
+    def active(self) -> int:
+        """Connections in flight."""
+        ...
 
 
 class Strategy(StrEnum):
@@ -66,7 +82,7 @@ class InstanceView:
         return self.healthy and (self.limit is None or self.active < self.limit)
 
 
-def eligible(instances: Sequence[InstanceView]) -> list[int]:
+def eligible(instances: Sequence[Instance]) -> list[int]:
     """Positions of the instances that may receive a request."""
     return [i for i, inst in enumerate(instances) if inst.available]
 
@@ -83,7 +99,7 @@ class Balancer:
         self.strategy = Strategy(strategy)
         self._cursor = 0
 
-    def choose(self, instances: Sequence[InstanceView], rng: RandomSource) -> int | None:
+    def choose(self, instances: Sequence[Instance], rng: RandomSource) -> int | None:
         """Position of the chosen instance, or None if none is eligible (answer 503)."""
         n = len(instances)
         if n == 0:
