@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -30,7 +30,14 @@ from orchestrator.errors import (
 from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
 from orchestrator.journal import JournalEntry, entry_from_row, entry_to_row
 from orchestrator.saga import Event, EventType, SagaState, SagaStatus
-from orchestrator.store import Lease, SagaRecord, StepRow, input_fingerprint, step_rows
+from orchestrator.store import (
+    Lease,
+    SagaRecord,
+    StepFields,
+    StepRow,
+    input_fingerprint,
+    step_fields,
+)
 
 T = TypeVar("T")
 
@@ -135,7 +142,29 @@ CREATE TABLE flow_snapshots (
 ALTER TABLE sagas ADD COLUMN flow_hash TEXT REFERENCES flow_snapshots (hash);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
+
+def _v6_steps_in_saga_row(conn: sqlite3.Connection) -> None:
+    """v6: each saga's step status moves from the `steps` table into its own row.
+
+    `sagas.steps` is a JSON array in flow order, written by the same UPDATE that appends to
+    the journal: one B-tree fewer to write per commit (about a fifth of a saga's time).
+    """
+    conn.execute("ALTER TABLE sagas ADD COLUMN steps TEXT NOT NULL DEFAULT '[]'")
+    by_saga: dict[str, list[StepFields]] = {}
+    for row in conn.execute(
+        "SELECT saga_id, name, status, attempts, compensation_attempts, last_error "
+        "FROM steps ORDER BY saga_id, idx"
+    ):
+        by_saga.setdefault(row[0], []).append(row[1:])
+    conn.executemany(
+        "UPDATE sagas SET steps = ? WHERE id = ?",
+        [(_steps_json(fields), saga_id) for saga_id, fields in by_saga.items()],
+    )
+    conn.execute("DROP TABLE steps")
+
+
+Migration = str | Callable[[sqlite3.Connection], None]
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _v6_steps_in_saga_row)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _ACTIVE = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
@@ -219,6 +248,9 @@ class SQLiteStore:
                         f"({SCHEMA_VERSION}); upgrade sagalab"
                     )
                 for script in MIGRATIONS[before:]:
+                    if callable(script):
+                        script(conn)
+                        continue
                     for statement in script.split(";"):
                         if statement.strip():
                             conn.execute(statement)
@@ -317,8 +349,8 @@ class SQLiteStore:
                 conn.execute(
                     "INSERT INTO sagas (id, flow_name, flow_version, flow_snapshot, flow_hash, "
                     "input, input_hash, idempotency_key, status, reason, trace_id, created_at, "
-                    "updated_at, last_seq, run_after) "
-                    "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "updated_at, last_seq, run_after, steps) "
+                    "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         saga_id,
                         flow.name,
@@ -334,14 +366,12 @@ class SQLiteStore:
                         now,
                         len(entries),
                         run_after,
+                        _steps_json(step_fields(folded)),
                     ),
                 )
                 conn.executemany(
                     _INSERT_EVENT,
                     [entry_to_row(saga_id, trace_id, e, i) for i, e in enumerate(entries, 1)],
-                )
-                conn.executemany(
-                    _UPSERT_STEP, [_step_params(saga_id, r) for r in step_rows(folded)]
                 )
         if existing_id is not None:
             return self.load(existing_id), False
@@ -427,18 +457,27 @@ class SQLiteStore:
         """
         if not entries:
             return expected_seq
-        touched = {e.event.step for e in entries if e.event.step is not None}
         seq = expected_seq + len(entries)
-        fence, fence_args = "", ()
+        fence = ""
+        fence_args: tuple[Any, ...] = ()
         if lease is not None:
             fence = " AND lease_owner = ? AND lease_epoch = ? AND lease_until >= ?"
             fence_args = (lease.owner, lease.epoch, now)
         with self._write() as conn:
             # One statement checks the expected seq (and the lease) and moves the saga on.
             row = conn.execute(
-                "UPDATE sagas SET status = ?, reason = ?, updated_at = ?, last_seq = ? "
+                "UPDATE sagas SET status = ?, reason = ?, updated_at = ?, last_seq = ?, steps = ? "
                 f"WHERE id = ? AND last_seq = ?{fence} RETURNING trace_id",
-                (state.status.value, state.reason, now, seq, saga_id, expected_seq, *fence_args),
+                (
+                    state.status.value,
+                    state.reason,
+                    now,
+                    seq,
+                    _steps_json(step_fields(state)),
+                    saga_id,
+                    expected_seq,
+                    *fence_args,
+                ),
             ).fetchone()
             if row is None:
                 self._refuse_append(conn, saga_id, expected_seq, lease, now)
@@ -450,11 +489,6 @@ class SQLiteStore:
                     for i, entry in enumerate(entries, 1)
                 ],
             )
-            if touched:
-                conn.executemany(
-                    _UPSERT_STEP,
-                    [_step_params(saga_id, r) for r in step_rows(state, sorted(touched))],
-                )
         return seq
 
     @staticmethod
@@ -483,20 +517,22 @@ class SQLiteStore:
         )
 
     def steps(self, saga_id: str) -> list[StepRow]:
-        """Materialised step rows, in flow order."""
-        rows = self._guard(
-            lambda: list(self.db["steps"].rows_where("saga_id = ?", [saga_id], order_by="idx"))
+        """The saga's current step rows, in flow order ([] for an unknown id)."""
+        row = self._guard(
+            lambda: self.conn.execute("SELECT steps FROM sagas WHERE id = ?", (saga_id,)).fetchone()
         )
+        if row is None:
+            return []
         return [
             StepRow(
                 name=r["name"],
-                index=r["idx"],
+                index=i,
                 status=r["status"],
                 attempts=r["attempts"],
                 compensation_attempts=r["compensation_attempts"],
                 last_error=r["last_error"],
             )
-            for r in rows
+            for i, r in enumerate(json.loads(row[0]))
         ]
 
     def list_sagas(
@@ -668,21 +704,19 @@ _INSERT_EVENT = (
     ":force, :request, :response, :status_code, :duration_ms, :trace_id, :span_id)"
 )
 
-_UPSERT_STEP = (
-    "INSERT INTO steps (saga_id, name, idx, status, attempts, compensation_attempts, "
-    "last_error) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (saga_id, name) DO UPDATE SET "
-    "status = excluded.status, attempts = excluded.attempts, "
-    "compensation_attempts = excluded.compensation_attempts, last_error = excluded.last_error"
-)
 
-
-def _step_params(saga_id: str, r: StepRow) -> tuple[Any, ...]:
-    return (
-        saga_id,
-        r.name,
-        r.index,
-        r.status,
-        r.attempts,
-        r.compensation_attempts,
-        r.last_error,
+def _steps_json(fields: Iterable[StepFields]) -> str:
+    """The `sagas.steps` document: one object per step, in flow order."""
+    return json.dumps(
+        [
+            {
+                "name": name,
+                "status": status,
+                "attempts": attempts,
+                "compensation_attempts": compensation_attempts,
+                "last_error": last_error,
+            }
+            for name, status, attempts, compensation_attempts, last_error in fields
+        ],
+        separators=(",", ":"),
     )

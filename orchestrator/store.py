@@ -56,25 +56,36 @@ class StepRow:
     last_error: str | None
 
 
-def step_rows(state: SagaState, names: Sequence[str] | None = None) -> list[StepRow]:
-    """Step rows derived from `state` (all steps, or only `names`)."""
-    rows = []
-    for index, definition in enumerate(state.flow.steps):
-        if names is not None and definition.name not in names:
-            continue
+StepFields = tuple[str, str, int, int, str | None]
+
+
+def step_fields(state: SagaState) -> list[StepFields]:
+    """(name, status, attempts, compensation attempts, last error) per step, in flow order."""
+    fields = []
+    for definition in state.flow.steps:
         p = state.steps[definition.name]
         failure = p.compensation.last_failure or p.action.last_failure
-        rows.append(
-            StepRow(
-                name=definition.name,
-                index=index,
-                status=p.display_status,
-                attempts=p.action.attempts,
-                compensation_attempts=p.compensation.attempts,
-                last_error=failure.error if failure else None,
+        fields.append(
+            (
+                definition.name,
+                p.display_status,
+                p.action.attempts,
+                p.compensation.attempts,
+                failure.error if failure else None,
             )
         )
-    return rows
+    return fields
+
+
+def step_rows(state: SagaState, names: Sequence[str] | None = None) -> list[StepRow]:
+    """Step rows derived from `state` (all steps, or only `names`)."""
+    return [
+        StepRow(name, index, status, attempts, compensation_attempts, last_error)
+        for index, (name, status, attempts, compensation_attempts, last_error) in enumerate(
+            step_fields(state)
+        )
+        if names is None or name in names
+    ]
 
 
 def input_fingerprint(flow_name: str, flow_version: int, payload: dict[str, Any]) -> str:

@@ -327,7 +327,13 @@ def test_migration_from_v1_keeps_rows(db_path: Path) -> None:
         f"INSERT INTO sagas ({', '.join(v1_columns)}) SELECT {', '.join(selected)} FROM cur.sagas s"
     )
     conn.execute("INSERT INTO events SELECT * FROM cur.events")
-    conn.execute("INSERT INTO steps SELECT * FROM cur.steps")
+    conn.executemany(  # v1 kept step rows in a table; today's keeps them in the saga's row
+        "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            ("s1", r.name, r.index, r.status, r.attempts, r.compensation_attempts, r.last_error)
+            for r in before[2]
+        ],
+    )
     conn.execute("DETACH DATABASE cur")
     conn.close()
     assert "lease_owner" not in v1_columns
@@ -337,7 +343,8 @@ def test_migration_from_v1_keeps_rows(db_path: Path) -> None:
         assert migrated.schema_version() == SCHEMA_VERSION
         assert (migrated.load("s1"), migrated.journal("s1"), migrated.steps("s1")) == before
         columns = {r[1] for r in migrated.conn.execute("PRAGMA table_info(sagas)")}
-        assert {"run_after", "lease_owner", "lease_until", "lease_epoch"} <= columns
+        assert {"run_after", "lease_owner", "lease_until", "lease_epoch", "steps"} <= columns
+        assert "steps" not in migrated.db.table_names()
         epoch = migrated.conn.execute("SELECT lease_epoch FROM sagas").fetchone()[0]
         assert epoch == 0
         # The migrated file is fully usable.
