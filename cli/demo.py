@@ -80,7 +80,8 @@ def demo(
         flow = load_flow("checkout")
         acts: list[Act] = []
         with run_in_thread() as lab:
-            _say(f"fake services on {lab.base_url}; database {path}", as_json)
+            kept = "" if db else " (temporary: --db FILE keeps it)"
+            _say(f"fake services on {lab.base_url}; database {path}{kept}", as_json)
             executor = HttpExecutor(lab.services)
             board = BreakerBoard(path, {"payments": DEMO_BREAKER}, owner="demo")
             runner = SagaRunner(
@@ -232,10 +233,15 @@ def _payments_outage(
         started = time.perf_counter()
         status = _run_until_parked(runner, record.id)
         took = f"{note}; {status.value} after {time.perf_counter() - started:.2f}s"
-        _say(f"  {took}; the refund waits for the breaker instead of hammering payments", as_json)
+        then = (
+            "the refund waits for the breaker instead of hammering payments"
+            if status is SagaStatus.COMPENSATING
+            else "nothing to refund; the stock reservation was released"
+        )
+        _say(f"  {took}; {then}", as_json)
         parked.append((n, record.id, took))
     lab.lab.clear_faults("payments")
-    _say("  payments is back; the parked refunds go out once the breaker half-opens", as_json)
+    _say("  payments is back; the parked refund goes out once the breaker half-opens", as_json)
     acts = []
     for n, saga_id, took in parked:
         result = runner.run(saga_id)  # sleeps until the breaker lets the probe through

@@ -48,11 +48,12 @@ def fail(message: str, code: int) -> typer.Exit:
 def exit_code_for(exc: SagaError) -> int:
     if isinstance(exc, SagaNotFoundError):
         return EXIT_NOT_FOUND
-    if isinstance(exc, OperatorActionRefused | IdempotencyConflict | InvalidTransition):
+    if isinstance(exc, OperatorActionRefused | InvalidTransition):
         return EXIT_REFUSED
     if isinstance(exc, StoreError | ServiceConfigError):
         return EXIT_ENVIRONMENT
-    if isinstance(exc, FlowValidationError | FlowNotFoundError | InputError | TemplateError):
+    bad_input = FlowValidationError | FlowNotFoundError | InputError | TemplateError
+    if isinstance(exc, bad_input | IdempotencyConflict):
         return EXIT_USAGE
     return EXIT_SAGA_FAILED
 

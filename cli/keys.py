@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edge.errors import EdgeError
+from edge.errors import EdgeError, UnknownKey
 from edge.keys import DEFAULT_BURST, DEFAULT_RATE, KeyStore
 
 app = typer.Typer(help="Create, list and revoke gateway API keys.", no_args_is_help=True)
@@ -67,16 +67,21 @@ def list_(keys_db: KeysDb = DEFAULT_KEYS_DB, as_json: JsonOpt = False) -> None:
 
 @app.command()
 def revoke(
-    key_id: Annotated[str, typer.Argument(help="Key id (or the whole key).")],
+    key_id: Annotated[
+        str, typer.Argument(help="Key id, the whole key, or the name of one active key.")
+    ],
     keys_db: KeysDb = DEFAULT_KEYS_DB,
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke a key; gateways refuse it within a few seconds."""
     try:
         record = _store(keys_db).revoke(key_id)
+    except UnknownKey as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from None  # an unknown id, as for sagas
     except EdgeError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps(record.to_dict()))
     else:

@@ -21,7 +21,7 @@ from cli.errors import (
 )
 from cli.options import DEFAULT_DB, DbOption, JsonOption, SagaIdArg, ServicesOption
 from orchestrator.breakers import BreakerBoard, load_breaker_configs
-from orchestrator.errors import LeaseHeld
+from orchestrator.errors import LeaseHeld, StoreError
 from orchestrator.executors import HttpExecutor
 from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import check_services, load_flow, load_services
@@ -54,7 +54,12 @@ CrashAtOption = Annotated[
 ]
 
 
-def _store(db: Path) -> SQLiteStore:
+def _store(db: Path, *, create: bool = False) -> SQLiteStore:
+    """The store at `db`; only `run` may create one (a mistyped --db must not leave files)."""
+    if not create and not db.exists():
+        raise StoreError(
+            f"no saga database at {db}: nothing has run with this --db (or SAGALAB_DB) yet"
+        )
     return SQLiteStore(db)
 
 
@@ -162,7 +167,7 @@ def run(
         definition = load_flow(flow)
         if wait:
             _services_for(definition, services)  # fail before storing anything
-        store = _store(db)
+        store = _store(db, create=True)
         record, created = start_saga(
             store, definition, payload, idempotency_key=idempotency_key, queue=not wait
         )

@@ -49,8 +49,8 @@ UrlOpt = Annotated[
     typer.Option(
         "--url",
         envvar=SERVICES_URL_ENV,
-        help=f"Base URL of the running fake services [default: the services of the stack in "
-        f"./.sagalab if one runs, else {DEFAULT_URL}].",
+        help=f"Base URL of the running fake services (default: those of the stack started "
+        f"from this directory if one runs, else {DEFAULT_URL}).",
         show_default=False,
     ),
 ]

@@ -185,4 +185,10 @@ def run_one(
     if as_json:
         render.print_json(summary)
     else:
-        render.err.print(f"worker stopped: {summary}")
+        ended = ", ".join(f"{n} {status}" for status, n in sorted(stats.finished.items()))
+        render.err.print(
+            f"worker {w.owner} stopped: claimed {stats.claimed} saga run(s); "
+            f"ended {ended or 'none'}; requeued {stats.requeued} (waiting for a retry or a "
+            f"breaker); lost leases {stats.lost_leases}, conflicts {stats.conflicts}, "
+            f"errors {stats.errors}"
+        )

@@ -16,5 +16,9 @@ class KeyStoreError(EdgeError):
     """The API key store cannot be used as asked."""
 
 
+class UnknownKey(KeyStoreError):
+    """No key has that id (or name)."""
+
+
 class StackError(EdgeError):
     """The local stack cannot be started, found or stopped."""

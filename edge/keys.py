@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.errors import KeyStoreError
+from edge.errors import KeyStoreError, UnknownKey
 
 __all__ = ["ApiKey", "KeyCache", "KeyStore", "parse_key"]
 
@@ -137,9 +137,27 @@ class KeyStore:
         return [self._row(r) for r in rows]
 
     def revoke(self, key_id: str, *, now: float | None = None) -> ApiKey:
-        """Revoke a key by id (or by full key text); idempotent."""
+        """Revoke a key by id, full key text, or a name only one active key has; idempotent."""
         parsed = parse_key(key_id)
         ident = parsed[0] if parsed else key_id
+        exists = self.conn.execute("SELECT 1 FROM api_keys WHERE id = ?", (ident,)).fetchone()
+        if exists is None:
+            named = [
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT id FROM api_keys WHERE name = ? AND revoked_at IS NULL", (key_id,)
+                )
+            ]
+            if len(named) > 1:
+                raise KeyStoreError(
+                    f"{len(named)} active keys are named {key_id!r} ({', '.join(named)}); "
+                    "revoke one by id"
+                )
+            if not named:
+                raise UnknownKey(
+                    f"no key with id or name {key_id!r}; `sagalab keys list` shows them"
+                )
+            ident = named[0]
         at = time.time() if now is None else now
         self.conn.execute(
             "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", (at, ident)
@@ -148,8 +166,6 @@ class KeyStore:
             "SELECT id, name, rate, burst, created_at, revoked_at FROM api_keys WHERE id = ?",
             (ident,),
         ).fetchone()
-        if row is None:
-            raise KeyStoreError(f"no key with id {ident!r}; `sagalab keys list` shows ids")
         return self._row(row)
 
     def lookup(self, key_id: str) -> tuple[ApiKey, str] | None:

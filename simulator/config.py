@@ -48,10 +48,20 @@ def list_scenarios() -> dict[str, dict[str, Any]]:
     return out
 
 
+# Mappings whose keys depend on a `kind` or `dist` inside them (a rate schedule, a latency
+# distribution): their keys are checked where they are read, not against the defaults.
+_OPEN = {"rate", "latency", "db_write"}
+
+
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any], where: str) -> dict[str, Any]:
     out = copy.deepcopy(base)
+    open_ended = where.rsplit(".", 1)[-1] in _OPEN
     for key, value in over.items():
         path = f"{where}.{key}" if where else str(key)
+        if key not in base and not open_ended:
+            # A misspelt setting would otherwise be ignored and the default silently used.
+            known = ", ".join(sorted(str(k) for k in base))
+            raise ScenarioError(path, f"unknown setting; known here: {known}")
         if key == "clients" and not where:
             if not isinstance(value, list):
                 raise ScenarioError(path, "must be a list of client groups")

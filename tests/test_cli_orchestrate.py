@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
+from orchestrator.sqlite_store import SQLiteStore
 
 runner = CliRunner()
 
@@ -111,7 +112,7 @@ def test_idempotency_key_reuse(env: Path) -> None:
     assert json.loads(first[1])["id"] == json.loads(again[1])["id"]
     assert json.loads(again[1])["created"] is False
     code, _, err = cli("orchestrate", "run", "checkout", "-i", order("o5"), "-k", "K1")
-    assert code == 4
+    assert code == 2  # bad input: the key already stands for another input
     assert "different flow or input" in err
 
 
@@ -187,10 +188,21 @@ def test_failed_compensation_then_operator_skip_and_retry(env: Path, lab: Runnin
 def test_bad_input_one_line_no_traceback(
     env: Path, args: list[str], code: int, message: str
 ) -> None:
+    SQLiteStore(env).close()  # a database exists; the id in it does not
     got, out, err = cli("orchestrate", *args)
     assert got == code
     assert message in err
     assert "Traceback" not in err + out
+
+
+@pytest.mark.parametrize("command", [["list"], ["status", "x"], ["events", "x"], ["resume", "x"]])
+def test_reading_a_database_that_does_not_exist_leaves_no_file(
+    tmp_path: Path, command: list[str]
+) -> None:
+    missing = tmp_path / "typo" / "sagas.db"
+    got, out, err = cli("orchestrate", *command, "--db", str(missing))
+    assert got == 5 and f"no saga database at {missing}" in err
+    assert not missing.parent.exists()
 
 
 def test_malformed_flow_file_reports_location(env: Path, tmp_path: Path) -> None:
@@ -213,7 +225,9 @@ def test_unwritable_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert code == 5 and "directory" in err
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, _, err = cli("orchestrate", "list", "--db", str(blocker / "sub" / "s.db"))
+    code, _, err = cli(
+        "orchestrate", "run", "checkout", "-i", order("o0"), "--db", str(blocker / "sub" / "s.db")
+    )
     assert code == 5 and "cannot open database" in err
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not sqlite" * 100)
@@ -245,8 +259,7 @@ def test_missing_service_url_stores_nothing(env: Path, monkeypatch: pytest.Monke
     monkeypatch.delenv("SAGALAB_SERVICE_SHIPPING")
     code, _, err = cli("orchestrate", "run", "checkout", "-i", order("o12"), "--wait")
     assert code == 5 and "SAGALAB_SERVICE_SHIPPING" in err
-    code, out, _ = cli("orchestrate", "list", "--json")
-    assert json.loads(out) == []
+    assert not env.exists()  # checked before anything was stored
 
 
 def test_sigkill_after_call_then_resume_applies_once(env: Path, lab: RunningServices) -> None:

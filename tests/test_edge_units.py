@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,25 @@ def test_keys_are_stored_hashed_and_checked(tmp_path: Path) -> None:
     store.revoke(record.id)
     assert cache.authenticate(key) is None
     assert [k.active for k in store.list()] == [False]
+
+
+def test_keys_cli_revokes_by_name_only_when_the_name_is_unambiguous(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    db = str(tmp_path / "keys.db")
+    run = CliRunner().invoke
+    assert run(app, ["keys", "create", "ops", "--keys-db", db]).exit_code == 0
+    done = run(app, ["keys", "revoke", "ops", "--keys-db", db, "--json"])
+    assert done.exit_code == 0 and json.loads(done.stdout)["active"] is False
+    for _ in range(2):
+        assert run(app, ["keys", "create", "ci", "--keys-db", db]).exit_code == 0
+    twice = run(app, ["keys", "revoke", "ci", "--keys-db", db])
+    assert twice.exit_code == 2 and "2 active keys are named 'ci'" in twice.stderr
+    unknown = run(app, ["keys", "revoke", "nobody", "--keys-db", db])
+    assert unknown.exit_code == 3 and "no key with id or name 'nobody'" in unknown.stderr
+    assert [k.active for k in KeyStore(tmp_path / "keys.db").list()].count(True) == 2
 
 
 def test_revocation_reaches_a_cache_after_its_ttl(tmp_path: Path) -> None:

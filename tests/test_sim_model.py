@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
 from simulator.claims import evaluate
-from simulator.config import Node, apply_override, load_scenario
+from simulator.config import Node, apply_override, load_scenario, merge_defaults
 from simulator.errors import ScenarioError, ScenarioNotFound
 from simulator.metrics import Histogram
 from simulator.model import simulate
@@ -50,6 +51,27 @@ def test_bad_override_says_what_to_fix(assignment: str, message: str) -> None:
 def test_unknown_scenario_lists_known_ones() -> None:
     with pytest.raises(ScenarioNotFound, match="baseline"):
         load_scenario("no-such-scenario")
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("name: t\nduraton: 5\n", "duraton"),
+        ("clients:\n  - name: c\n    adresses: 10.0.0.0/8\n", r"clients\[0\]\.adresses"),
+        ("services: {payments: {concurency: 4}}\n", r"services\.payments\.concurency"),
+        ("orchestrator: {autoscale: {maxx: 3}}\n", r"orchestrator\.autoscale\.maxx"),
+    ],
+)
+def test_a_misspelt_setting_is_refused_not_ignored(tmp_path: Path, text: str, where: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(ScenarioError, match=where + ": unknown setting; known here: "):
+        load_scenario(str(path))
+
+
+def test_rate_and_latency_keys_depend_on_their_kind() -> None:
+    config = merge_defaults({"clients": [{"rate": {"kind": "spike", "base": 5, "peak": 50}}]})
+    assert config["clients"][0]["rate"]["peak"] == 50
 
 
 def test_bad_values_name_their_path() -> None:
