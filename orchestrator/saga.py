@@ -462,10 +462,10 @@ class SagaState:
 
     def next_forward(self) -> str | None:
         """The first step whose action is not finished."""
-        for s in self.flow.steps:
-            p = self.steps[s.name].action
+        for step in self.steps.values():  # in flow order
+            p = step.action
             if not (p.done or p.skipped):
-                return s.name
+                return step.name
         return None
 
     def next_to_compensate(self) -> str | None:
