@@ -148,6 +148,8 @@ def live_event(saga_id: str, event: Event) -> None:
         parts.append(f"try {event.attempt}")
     if event.failure is not None:
         parts.append(f"[red]{escape(clip(event.failure.error, 90))}[/]")
+    if event.not_before is not None:
+        parts.append(f"in {max(0.0, event.not_before - event.at):.1f}s")
     err.print(" ".join(parts), soft_wrap=True)
 
 
