@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -9,9 +10,8 @@ from rich.table import Table
 
 from cli import render
 from cli.errors import EXIT_NOT_FOUND, fail, handled
-from cli.options import DEFAULT_DB, DbOption, JsonOption
+from cli.options import DEFAULT_DB, DbOption, JsonOption, open_store
 from orchestrator.breakers import breaker_events, breaker_rows, reset_breaker
-from orchestrator.sqlite_store import SQLiteStore
 
 app = typer.Typer(
     help="Show and reset the per-service circuit breakers shared by all workers.",
@@ -19,8 +19,8 @@ app = typer.Typer(
 )
 
 
-def _migrated(db: object) -> None:
-    SQLiteStore(db).close()  # type: ignore[arg-type]
+def _migrated(db: Path) -> None:
+    open_store(db).close()  # an existing file, brought to the current schema
 
 
 @app.command("list")

@@ -7,6 +7,9 @@ from typing import Annotated
 
 import typer
 
+from orchestrator.errors import StoreError
+from orchestrator.sqlite_store import SQLiteStore
+
 DEFAULT_DB = Path("sagalab.db")
 
 DbOption = Annotated[
@@ -14,7 +17,8 @@ DbOption = Annotated[
     typer.Option(
         "--db",
         envvar="SAGALAB_DB",
-        help="SQLite database file holding sagas and their journals (created if missing).",
+        help="SQLite database file holding sagas and their journals (`run` and `worker` "
+        "create it if missing).",
         show_default=True,
     ),
 ]
@@ -31,3 +35,13 @@ ServicesOption = Annotated[
     ),
 ]
 SagaIdArg = Annotated[str, typer.Argument(help="Saga id, as printed by `run` or `list`.")]
+
+
+def open_store(db: Path, *, create: bool = False) -> SQLiteStore:
+    """The store at `db`; only commands that write sagas create one, so a mistyped --db
+    leaves no file behind (StoreError, exit 5, otherwise)."""
+    if not create and not db.exists():
+        raise StoreError(
+            f"no saga database at {db}: nothing has run with this --db (or SAGALAB_DB) yet"
+        )
+    return SQLiteStore(db)

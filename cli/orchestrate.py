@@ -19,9 +19,9 @@ from cli.errors import (
     handled,
     parse_json_arg,
 )
-from cli.options import DEFAULT_DB, DbOption, JsonOption, SagaIdArg, ServicesOption
+from cli.options import DEFAULT_DB, DbOption, JsonOption, SagaIdArg, ServicesOption, open_store
 from orchestrator.breakers import BreakerBoard, load_breaker_configs
-from orchestrator.errors import LeaseHeld, StoreError
+from orchestrator.errors import LeaseHeld
 from orchestrator.executors import HttpExecutor
 from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import check_services, load_flow, load_services
@@ -52,15 +52,6 @@ CrashAtOption = Annotated[
         help="STEP:before-call|after-call: SIGKILL this process there (demos and crash tests).",
     ),
 ]
-
-
-def _store(db: Path, *, create: bool = False) -> SQLiteStore:
-    """The store at `db`; only `run` may create one (a mistyped --db must not leave files)."""
-    if not create and not db.exists():
-        raise StoreError(
-            f"no saga database at {db}: nothing has run with this --db (or SAGALAB_DB) yet"
-        )
-    return SQLiteStore(db)
 
 
 def _crash_checkpoint(spec: str | None):  # type: ignore[no-untyped-def]
@@ -167,7 +158,7 @@ def run(
         definition = load_flow(flow)
         if wait:
             _services_for(definition, services)  # fail before storing anything
-        store = _store(db, create=True)
+        store = open_store(db, create=True)
         record, created = start_saga(
             store, definition, payload, idempotency_key=idempotency_key, queue=not wait
         )
@@ -194,7 +185,7 @@ def run(
 def status(saga_id: SagaIdArg, db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
     """A saga's status and step timeline: attempts, durations, errors, trace id."""
     with handled():
-        _show(_store(db), saga_id, as_json)
+        _show(open_store(db), saga_id, as_json)
 
 
 @app.command("list")
@@ -209,7 +200,7 @@ def list_(
 ) -> None:
     """Recent sagas, newest first."""
     with handled():
-        records = _store(db).list_sagas(status=status_, flow=flow, limit=limit)
+        records = open_store(db).list_sagas(status=status_, flow=flow, limit=limit)
     rows = [saga_summary(r) for r in records]
     if as_json:
         render.print_json(rows)
@@ -221,7 +212,7 @@ def list_(
 def events(saga_id: SagaIdArg, db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
     """A saga's journal: every event in order."""
     with handled():
-        rows = events_view(_store(db).journal(saga_id))
+        rows = events_view(open_store(db).journal(saga_id))
     if as_json:
         render.print_json(rows)
     else:
@@ -251,7 +242,7 @@ def resume(
     if (saga_id is None) == (not stuck):
         raise fail("give a saga id, or --stuck (not both)", EXIT_USAGE)
     with handled():
-        store = _store(db)
+        store = open_store(db)
         if stuck:
             _resume_stuck(store, services, as_json)
             return
@@ -302,7 +293,7 @@ def rollback(
 ) -> None:
     """Compensate every completed step in reverse order (running, failed or completed sagas)."""
     with handled():
-        store = _store(db)
+        store = open_store(db)
         record, _, state = store.state(saga_id)
         now = time.time()
         event = rollback_request(state, now=now, reason=reason, force=force)
@@ -325,7 +316,7 @@ def _operator_step_action(
     saga_id: str, db: Path, services: Path | None, as_json: bool, make_event
 ) -> None:  # type: ignore[no-untyped-def]
     with handled():
-        store = _store(db)
+        store = open_store(db)
         record, _, state = store.state(saga_id)
         now = time.time()
         event = make_event(state, now)
