@@ -27,6 +27,15 @@ are arguments. The rules it enforces:
 * Once the pivot succeeds the flow only goes forward; a step after it that fails for good,
   or a compensation that fails for good, leaves the saga FAILED for an operator, who may
   retry or skip the step (STEP_RETRY_REQUESTED / STEP_SKIPPED) or request a rollback.
+* The pivot is a fence. While its attempt is in flight (started, no outcome recorded) a
+  rollback would throw away a result that may be a success, after which the saga only goes
+  forward; so a rollback without `force` waits for the outcome, and `apply` refuses one that
+  a shell journaled anyway. A rollback is judged against the journal it is appended after:
+  shells append operator events with the sequence number they read, so a worker's
+  ATTEMPT_STARTED in between makes the append conflict and the request is judged again.
+* `reason` says why the saga stands where it does: the failure that holds a FAILED saga, or
+  the cause of a rollback. It is cleared when the saga goes forward again and on completion;
+  the journal keeps the history.
 """
 
 from __future__ import annotations
@@ -190,6 +199,9 @@ _FINAL = (_COMPLETED, _ROLLED_BACK, _FAILED)
 _SAGA_CREATED, _ATTEMPT_FAILED = EventType.SAGA_CREATED, EventType.ATTEMPT_FAILED
 _PIVOT = StepKind.PIVOT
 
+# How a refused rollback names the fence (the core's refusal and the API's problem say it).
+PIVOT_IN_FLIGHT = "the pivot is in flight"
+
 
 # The hand-written initialisers must take exactly the dataclass fields, in order.
 for _cls in (Event, RunAttempt):
@@ -279,6 +291,9 @@ class SagaState:
         self.applied_order: list[str] = []
         self.pivot_passed = False
         self.reason: str | None = None
+        # why the saga is rolling back: what `reason` returns to once a failed compensation
+        # is retried or skipped (its own failure is no longer why the saga stands there)
+        self._rollback_cause: str | None = None
         self.events_applied = 0
         self._open: tuple[str, Phase, int] | None = None
 
@@ -394,6 +409,7 @@ class SagaState:
         p.failed_for_good = True
         self.reason = event.reason
         if phase is Phase.ACTION and not self.pivot_passed and not self.pivot_stranded:
+            self._rollback_cause = event.reason
             self.status = SagaStatus.COMPENSATING
         else:
             self.status = SagaStatus.FAILED
@@ -412,6 +428,19 @@ class SagaState:
         progress = self.steps[pivot.name]
         return progress.maybe_applied and not progress.action.done and not pivot.has_compensation
 
+    @property
+    def pivot_in_flight(self) -> bool:
+        """The pivot's action attempt was started and has no recorded outcome yet.
+
+        Its result may still come back a success (and the saga then only goes forward), or it
+        was cut off and may have applied: either way nobody knows yet whether it stands.
+        """
+        open_attempt = self._open
+        if open_attempt is None or open_attempt[1] is not _ACTION:
+            return False
+        index = self.flow.pivot_index
+        return index is not None and self.flow.steps[index].name == open_attempt[0]
+
     def refusal_waits(self, step: str, phase: Phase) -> bool:
         """Whether a call an open breaker refused waits for it instead of failing fast.
 
@@ -427,18 +456,30 @@ class SagaState:
     def _on_rollback_requested(self, event: Event) -> None:
         if self.status in (SagaStatus.ROLLED_BACK, SagaStatus.COMPENSATING):
             raise InvalidTransition(f"rollback requested while {self.status.value}")
+        if not event.force and self.pivot_in_flight:
+            raise InvalidTransition(f"rollback requested while {PIVOT_IN_FLIGHT}")
         for step in self.steps.values():
             if not step.compensation.done and not step.compensation.skipped:
                 step.compensation.reset_budget()
-        self.reason = event.reason
+        self.reason = self._rollback_cause = event.reason
         self.status = SagaStatus.COMPENSATING
+
+    def _resume_after_operator(self, phase: Phase) -> None:
+        # The failure that held the saga is handled: forward, nothing holds it any more;
+        # backward, it is rolling back for the reason it started to.
+        if phase is _ACTION:
+            self.status = SagaStatus.RUNNING
+            self.reason = None
+        else:
+            self.status = SagaStatus.COMPENSATING
+            self.reason = self._rollback_cause
 
     def _on_step_retry_requested(self, event: Event) -> None:
         _, p, phase = self._require_step_phase(event)
         if not p.failed_for_good:
             raise InvalidTransition("only a step that failed for good can be retried")
         p.reset_budget()
-        self.status = SagaStatus.RUNNING if phase is Phase.ACTION else SagaStatus.COMPENSATING
+        self._resume_after_operator(phase)
 
     def _on_step_skipped(self, event: Event) -> None:
         _, p, phase = self._require_step_phase(event)
@@ -446,7 +487,7 @@ class SagaState:
             raise InvalidTransition("only an unfinished, idle step can be skipped")
         p.skipped = True
         p.failed_for_good = False
-        self.status = SagaStatus.RUNNING if phase is Phase.ACTION else SagaStatus.COMPENSATING
+        self._resume_after_operator(phase)
 
     def _on_saga_completed(self, event: Event) -> None:
         if self.status is not SagaStatus.RUNNING:
@@ -454,6 +495,7 @@ class SagaState:
         if any(not (s.action.done or s.action.skipped) for s in self.steps.values()):
             raise InvalidTransition("saga_completed with unfinished steps")
         self.status = SagaStatus.COMPLETED
+        self.reason = None  # a completed saga has no failure to show; the journal keeps it
 
     def _on_saga_rolled_back(self, event: Event) -> None:
         if self.status is not SagaStatus.COMPENSATING or self.next_to_compensate() is not None:
@@ -548,11 +590,23 @@ def decide(state: SagaState, *, now: float, rng: UniformSource) -> Command:
 
 
 def rollback_request(state: SagaState, *, now: float, reason: str, force: bool) -> Event:
-    """The event that starts a rollback, or OperatorActionRefused saying why not."""
+    """The event that starts a rollback, or OperatorActionRefused saying why not.
+
+    The shell appends it after the journal sequence `state` was read at; if that append
+    conflicts, it must read the state again and ask again (see `orchestrator.operator`).
+    """
     if state.status is SagaStatus.ROLLED_BACK:
         raise OperatorActionRefused("saga is already rolled back")
     if state.status is SagaStatus.COMPENSATING:
         raise OperatorActionRefused("saga is already rolling back; `resume` continues it")
+    if state.pivot_in_flight and not force:
+        name = state.open_attempt[0] if state.open_attempt else "?"
+        raise OperatorActionRefused(
+            f"{PIVOT_IN_FLIGHT}: wait for it or use --force. Step {name!r} was sent and its "
+            "outcome is not recorded yet; a rollback now would discard it. Once a worker (or "
+            "`sagalab orchestrate resume`, if nothing runs the saga) records it, ask again; "
+            "--force compensates what can be undone even if the pivot stands"
+        )
     if state.pivot_stranded and not force:
         raise OperatorActionRefused(
             "the pivot step may have been applied and has no compensation: a rollback would "

@@ -637,3 +637,144 @@ def test_halted_saga_keeps_halting() -> None:
 def test_with_time_restamps_an_event() -> None:
     event = Event(EventType.SAGA_COMPLETED, 1.0)
     assert with_time(event, 9.0) == Event(EventType.SAGA_COMPLETED, 9.0)
+
+
+# --- the pivot is a fence ------------------------------------------------------------------
+
+CHECKOUT_UNDOABLE_PIVOT = flow(
+    "reserve",
+    "charge",
+    {"name": "ship", "kind": "pivot"},  # a pivot with a compensation (for forced rollbacks)
+    {"name": "notify", "kind": "retriable"},
+)
+
+
+def _to_the_pivot(definition: FlowDefinition, ship: Sequence[Outcome]) -> Driver:
+    """reserve and charge succeed, then ship's attempts end as `ship` says."""
+    driver = Driver(definition)
+    driver.attempt(RunAttempt("reserve", Phase.ACTION, 1), OK)
+    driver.attempt(RunAttempt("charge", Phase.ACTION, 1), OK)
+    for n, outcome in enumerate(ship, 1):
+        driver.attempt(RunAttempt("ship", Phase.ACTION, n), outcome)
+        if outcome != OK:
+            command = driver.decide()
+            assert isinstance(command, Record)
+            driver.record(command.event)  # retry scheduled (budget of 3)
+            driver.now = command.event.not_before or driver.now
+    return driver
+
+
+def _open_pivot(definition: FlowDefinition, before: Sequence[Outcome] = ()) -> Driver:
+    driver = _to_the_pivot(definition, before)
+    n = len(before) + 1
+    driver.record(Event(EventType.ATTEMPT_STARTED, driver.now, "ship", Phase.ACTION, n))
+    return driver
+
+
+# (id, how the saga stands, whether a rollback without --force is accepted, refusal words)
+FENCE = [
+    ("pivot-not-started", lambda d: _to_the_pivot(d, []), True, None),
+    ("pivot-in-flight", lambda d: _open_pivot(d), False, "pivot is in flight"),
+    ("pivot-in-flight-again", lambda d: _open_pivot(d, [RETRYABLE]), False, "in flight"),
+    ("pivot-retry-after-clean-failure", lambda d: _to_the_pivot(d, [RETRYABLE]), True, None),
+    ("pivot-succeeded", lambda d: _to_the_pivot(d, [OK]), False, "past its pivot"),
+]
+
+
+@pytest.mark.parametrize(
+    ("definition", "setup", "accepted", "match"),
+    [
+        pytest.param(d, *row[1:], id=f"{row[0]}-{name}")
+        for row in FENCE
+        for name, d in (("no-undo", CHECKOUT), ("undoable", CHECKOUT_UNDOABLE_PIVOT))
+    ],
+)
+def test_rollback_waits_for_a_pivot_in_flight(
+    definition: FlowDefinition, setup: Any, accepted: bool, match: str | None
+) -> None:
+    driver = setup(definition)
+    if accepted:
+        driver.record(rollback_request(driver.state, now=driver.now, reason="r", force=False))
+        assert driver.state.status is SagaStatus.COMPENSATING
+        return
+    with pytest.raises(OperatorActionRefused, match=match):
+        rollback_request(driver.state, now=driver.now, reason="r", force=False)
+    # the refusal says what to do, and --force still gets through
+    forced = rollback_request(driver.state, now=driver.now, reason="r", force=True)
+    driver.record(forced)
+    assert driver.state.status is SagaStatus.COMPENSATING
+
+
+def test_pivot_maybe_applied_without_undo_still_needs_force() -> None:
+    driver = _to_the_pivot(CHECKOUT, [MAYBE])
+    with pytest.raises(OperatorActionRefused, match="may have been applied"):
+        rollback_request(driver.state, now=driver.now, reason="r", force=False)
+
+
+def test_refusal_of_a_pivot_in_flight_says_what_to_do() -> None:
+    driver = _open_pivot(CHECKOUT)
+    with pytest.raises(OperatorActionRefused) as refused:
+        rollback_request(driver.state, now=driver.now, reason="r", force=False)
+    message = str(refused.value)
+    assert "the pivot is in flight" in message
+    assert "wait for it" in message and "--force" in message
+
+
+def test_pivot_in_flight_then_success_goes_forward_after_a_refused_rollback() -> None:
+    driver = _open_pivot(CHECKOUT)
+    with pytest.raises(OperatorActionRefused):
+        rollback_request(driver.state, now=driver.now, reason="r", force=False)
+    driver.record(Event(EventType.ATTEMPT_SUCCEEDED, driver.now, "ship", Phase.ACTION, 1))
+    assert driver.run().status is SagaStatus.COMPLETED
+    assert "undo" not in " ".join(driver.trace)
+
+
+def test_state_machine_refuses_an_unforced_rollback_while_the_pivot_is_in_flight() -> None:
+    """No shell can journal around the fence: `apply` refuses the event itself."""
+    driver = _open_pivot(CHECKOUT)
+    before = driver.state.events_applied
+    with pytest.raises(InvalidTransition, match="pivot is in flight"):
+        driver.state.apply(Event(EventType.ROLLBACK_REQUESTED, driver.now, reason="r"))
+    assert driver.state.events_applied == before
+    assert driver.state.status is SagaStatus.RUNNING
+    driver.state.apply(Event(EventType.ROLLBACK_REQUESTED, driver.now, reason="r", force=True))
+    assert driver.state.status is SagaStatus.COMPENSATING
+
+
+def test_rollback_while_a_step_before_the_pivot_is_in_flight_compensates_it() -> None:
+    driver = Driver(CHECKOUT)
+    driver.attempt(RunAttempt("reserve", Phase.ACTION, 1), OK)
+    driver.record(Event(EventType.ATTEMPT_STARTED, driver.now, "charge", Phase.ACTION, 1))
+    driver.record(rollback_request(driver.state, now=driver.now, reason="r", force=False))
+    assert driver.run().status is SagaStatus.ROLLED_BACK
+    assert driver.trace[-3:] == ["undo charge ok", "undo reserve ok", "rolled_back"]
+
+
+# --- the reason a saga shows ---------------------------------------------------------------
+
+
+def test_completed_saga_keeps_no_failure_reason() -> None:
+    driver = failed_after_pivot()
+    assert driver.state.reason is not None and "notify" in driver.state.reason
+    driver.record(retry_step_request(driver.state, now=driver.now, step="notify"))
+    assert driver.state.reason is None  # running again: the failure is history
+    assert driver.run().status is SagaStatus.COMPLETED
+    assert driver.state.reason is None
+    replayed = SagaState.replay(driver.flow, driver.journal)
+    assert replayed.reason is None
+
+
+def test_skipped_step_then_completion_keeps_no_failure_reason() -> None:
+    driver = failed_after_pivot()
+    driver.record(skip_step_request(driver.state, now=driver.now, step="notify", reason="sent"))
+    assert driver.run().status is SagaStatus.COMPLETED
+    assert driver.state.reason is None
+
+
+def test_rolled_back_saga_shows_why_it_rolled_back_not_a_compensation_retried_since() -> None:
+    driver = Driver(flow("a", "b", "c"))
+    driver.run({"c": [REFUSED], "undo b": [REFUSED]})
+    assert driver.state.reason is not None and "b compensation" in driver.state.reason
+    driver.record(retry_step_request(driver.state, now=driver.now, step="b"))
+    assert driver.run().status is SagaStatus.ROLLED_BACK
+    assert driver.state.reason is not None and driver.state.reason.startswith("c action")
