@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from orchestrator.errors import OperatorActionRefused
 from orchestrator.flow import FlowDefinition, flow_from_dict
+from orchestrator.flowfile import load_flow
 from orchestrator.saga import (
     Event,
     EventType,
@@ -35,6 +36,7 @@ from orchestrator.saga import (
     SagaState,
     SagaStatus,
     Wait,
+    blocking_step,
     decide,
     retry_step_request,
     rollback_request,
@@ -199,13 +201,16 @@ def drive(flow: FlowDefinition, script: list[Outcome], moves: list[str], seed: i
             try:
                 event = rollback_request(state, now=world.now, reason="op", force=outcome.force)
             except OperatorActionRefused:
-                # refused once rolling back, past the pivot, or with a pivot that may stand
-                # and cannot be undone: all three need --force
+                # refused once rolling back, past the pivot, with a pivot that may stand
+                # and cannot be undone, or while the pivot is in flight (a crash left its
+                # attempt open): all but the first need --force
+                fenced = state.pivot_passed or state.pivot_stranded or state.pivot_in_flight
                 assert state.status in (SagaStatus.ROLLED_BACK, SagaStatus.COMPENSATING) or (
-                    (state.pivot_passed or state.pivot_stranded) and not outcome.force
+                    fenced and not outcome.force
                 )
             else:
-                assert not ((state.pivot_passed or state.pivot_stranded) and not outcome.force)
+                fenced = state.pivot_passed or state.pivot_stranded or state.pivot_in_flight
+                assert not (fenced and not outcome.force)
                 world.record(event)
             continue
         command = decide(world.state, now=world.now, rng=rng)
@@ -344,3 +349,166 @@ def test_crash_at_any_point_then_resume_never_repeats_a_finished_step(
     else:
         assert resumed.state.status is SagaStatus.ROLLED_BACK
         assert resumed.journal[-1].type is EventType.SAGA_ROLLED_BACK
+
+
+# --- operator requests against every attempt state of the checkout flow ---------------------
+#
+# The real checkout flow (inventory, payments, the shipping pivot with no undo, notifications).
+# Between the start and the outcome of any attempt, and between commands, an operator fires
+# requests: rollback with or without --force, retry-step or skip-step of any step. As the
+# shells do, a request is judged against the journal as read, and appended only if nobody
+# appended since (the store's sequence check); otherwise it is judged again. A rollback that
+# lands while an attempt is open makes the worker's outcome append conflict: the outcome is
+# lost (the service's ground truth is not) and the attempt is closed as interrupted.
+
+CHECKOUT = load_flow("checkout")
+CHECKOUT_STEPS = [s.name for s in CHECKOUT.steps]
+CHECKOUT_PIVOT = "create_shipment"
+
+op_kinds = st.sampled_from(["rollback", "force", "retry", "skip"])
+# (kind, step for retry/skip, whether the operator read the journal before the attempt began)
+operator_ops = st.tuples(op_kinds, st.sampled_from(CHECKOUT_STEPS), st.booleans())
+attempt_outcomes = st.one_of(
+    st.just(Outcome("ok", applied=True)),
+    st.builds(
+        lambda kind, maybe, really: Outcome(kind, maybe, maybe and really),
+        st.sampled_from(["retryable", "permanent"]),
+        st.booleans(),
+        st.booleans(),
+    ),
+    st.builds(lambda really: Outcome("crash", True, really), st.booleans()),
+)
+moments = st.tuples(
+    attempt_outcomes,
+    st.lists(operator_ops, max_size=2),  # while the attempt is open
+    st.lists(operator_ops, max_size=1),  # once it is closed
+)
+
+
+@dataclass
+class FencedWorld(World):
+    """A World whose operator requests go through the append-with-sequence-check protocol."""
+
+    forced: bool = False
+    accepted: list[str] = field(default_factory=list)
+
+    def request(self, kind: str, step: str, read_at: int) -> bool:
+        """Judge `kind` against the journal's first `read_at` events; append if still current."""
+        for _ in range(3):
+            seen = SagaState.replay(self.flow, self.journal[:read_at])
+            try:
+                if kind in ("rollback", "force"):
+                    event = rollback_request(seen, now=self.now, reason="op", force=kind == "force")
+                elif kind == "retry":
+                    event = retry_step_request(seen, now=self.now, step=step)
+                else:
+                    event = skip_step_request(seen, now=self.now, step=step, reason="by hand")
+            except OperatorActionRefused:
+                return False
+            if read_at != len(self.journal):  # someone appended since: conflict, judge again
+                read_at = len(self.journal)
+                continue
+            if kind == "rollback":
+                # Never while the pivot is open, or when it may have applied with no undo.
+                assert not seen.pivot_in_flight
+                assert CHECKOUT_PIVOT not in self.really_applied
+                assert CHECKOUT_PIVOT not in seen.applied_order
+            self.forced |= kind == "force"
+            self.accepted.append(kind)
+            self.record(event)
+            return True
+        raise AssertionError("a request was judged three times without the journal settling")
+
+
+def fenced_attempt(
+    world: FencedWorld, command: RunAttempt, outcome: Outcome, during: list[Any]
+) -> None:
+    step, phase, n = command.step, command.phase, command.attempt
+    before_start = len(world.journal)
+    world.record(Event(EventType.ATTEMPT_STARTED, world.now, step, phase, n))
+    seq_of_start = len(world.journal)
+    world.now += 0.05
+    if phase is Phase.ACTION and outcome.applied:
+        world.really_applied.add(step)
+    if outcome.kind == "crash":
+        world.crash_and_resume()  # the attempt stays open: its outcome is unknown
+    for kind, target, stale in during:
+        world.request(kind, target, before_start if stale else len(world.journal))
+    if outcome.kind == "crash":
+        return
+    if len(world.journal) != seq_of_start:
+        return  # the worker's outcome append conflicts: that result is never journaled
+    if outcome.kind == "ok":
+        world.record(Event(EventType.ATTEMPT_SUCCEEDED, world.now, step, phase, n))
+        return
+    failure = Failure(
+        f"{outcome.kind} failure",
+        retryable=outcome.kind == "retryable",
+        maybe_applied=outcome.maybe_applied,
+    )
+    world.record(Event(EventType.ATTEMPT_FAILED, world.now, step, phase, n, failure))
+
+
+def drive_fenced(script: list[Any], moves: list[Any], seed: int) -> FencedWorld:
+    world = FencedWorld(CHECKOUT, SagaState(CHECKOUT))
+    world.record(Event(EventType.SAGA_CREATED, world.now))
+    rng = random.Random(seed)
+    script, moves = list(script), list(moves)
+    for _ in range(60 * (len(script) + len(moves) + 10)):
+        command = decide(world.state, now=world.now, rng=rng)
+        if isinstance(command, Halt):
+            if command.status is not SagaStatus.FAILED or not moves:
+                return world
+            kind, target, _ = moves.pop(0)
+            world.request(kind, target, len(world.journal))
+        elif isinstance(command, Wait):
+            world.now = command.until
+        elif isinstance(command, Record):
+            world.record(command.event)
+        else:
+            assert isinstance(command, RunAttempt)
+            outcome, during, after = (
+                script.pop(0) if script else (Outcome("ok", applied=True), [], [])
+            )
+            fenced_attempt(world, command, outcome, during)
+            for kind, target, _ in after:
+                world.request(kind, target, len(world.journal))
+        assert summary(SagaState.replay(CHECKOUT, world.journal)) == summary(world.state)
+    raise AssertionError("the checkout saga did not halt")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    script=st.lists(moments, max_size=14),
+    moves=st.lists(operator_ops, max_size=3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_operator_requests_never_undo_half_a_pivot(
+    script: list[Any], moves: list[Any], seed: int
+) -> None:
+    world = drive_fenced(script, moves, seed)
+    state, journal = world.state, world.journal
+    pivot_may_stand = CHECKOUT_PIVOT in world.really_applied or (
+        CHECKOUT_PIVOT in state.applied_order
+    )
+    if state.status is SagaStatus.COMPLETED:
+        assert all(p.action.done or p.action.skipped for p in state.steps.values())
+        assert state.reason is None  # a completed saga shows no stale failure
+        assert not any(e.phase is Phase.COMPENSATION for e in journal)
+        return
+    if state.status is SagaStatus.FAILED:
+        # failed for an operator: a step holds it, and the reason says why
+        assert blocking_step(state) is not None and state.reason
+        return
+    assert state.status is SagaStatus.ROLLED_BACK
+    if pivot_may_stand:
+        assert world.forced, "rolled back while the pivot may stand, without --force"
+    handled = {
+        e.step
+        for e in journal
+        if e.phase is Phase.COMPENSATION
+        and e.type in (EventType.ATTEMPT_SUCCEEDED, EventType.STEP_SKIPPED)
+    }
+    for name in world.really_applied:
+        if CHECKOUT.step(name).has_compensation:
+            assert name in handled, f"{name} applied but never compensated"
