@@ -13,6 +13,7 @@ import typer
 from cli import render
 from cli.errors import (
     EXIT_OK,
+    EXIT_REFUSED,
     EXIT_SAGA_FAILED,
     EXIT_USAGE,
     fail,
@@ -25,12 +26,13 @@ from orchestrator.errors import LeaseHeld
 from orchestrator.executors import HttpExecutor
 from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import check_services, load_flow, load_services
-from orchestrator.journal import JournalEntry
 from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner, owner_is_dead
+from orchestrator.operator import Judge, journal_request
 from orchestrator.runner import RunResult, SagaRunner, start_saga
 from orchestrator.saga import (
     Phase,
     SagaStatus,
+    check_resume,
     retry_step_request,
     rollback_request,
     skip_step_request,
@@ -247,11 +249,12 @@ def resume(
             _resume_stuck(store, services, as_json)
             return
         assert saga_id is not None
-        record = store.load(saga_id)
-        if record.status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK, SagaStatus.FAILED):
-            render.err.print(f"saga {saga_id} is {record.status.value}; nothing to resume")
-        else:
-            _drive(store, saga_id, record.flow, services, quiet=as_json, crash_at=crash_at)
+        _, _, state = store.state(saga_id)
+        check_resume(state)  # a failed, completed or rolled back saga: refused (exit 4)
+        try:
+            _drive(store, saga_id, state.flow, services, quiet=as_json, crash_at=crash_at)
+        except LeaseHeld as exc:  # a live worker runs it: it goes on there, not here
+            raise fail(str(exc), EXIT_REFUSED) from None
         status = _show(store, saga_id, as_json)
     code = EXIT_OK if status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK) else 1
     raise typer.Exit(code)
@@ -293,41 +296,45 @@ def rollback(
 ) -> None:
     """Compensate every completed step in reverse order (running, failed or completed sagas)."""
     with handled():
-        store = open_store(db)
-        record, _, state = store.state(saga_id)
-        now = time.time()
-        event = rollback_request(state, now=now, reason=reason, force=force)
-        state.apply(event)
-        store.append(
-            saga_id, [JournalEntry(event)], expected_seq=record.last_seq, state=state, now=now
+        status = _request_and_continue(
+            db,
+            saga_id,
+            lambda s, now: rollback_request(s, now=now, reason=reason, force=force),
+            services,
+            as_json,
+            what="rollback",
         )
-        try:
-            _drive(store, saga_id, record.flow, services, quiet=as_json)
-        except LeaseHeld as exc:
-            store.requeue(saga_id, now)
-            render.err.print(f"rollback recorded; {exc}")
-            _show(store, saga_id, as_json)
-            raise typer.Exit(EXIT_OK) from None
-        status = _show(store, saga_id, as_json)
-    raise typer.Exit(_outcome_code(status, SagaStatus.ROLLED_BACK))
+    raise typer.Exit(EXIT_OK if status in (None, SagaStatus.ROLLED_BACK) else EXIT_SAGA_FAILED)
+
+
+def _request_and_continue(
+    db: Path, saga_id: str, judge: Judge, services: Path | None, as_json: bool, *, what: str
+) -> SagaStatus | None:
+    """Journal an operator request, then run the saga here; None if a worker runs it.
+
+    The request is judged against the journal it is appended after (`journal_request`): a
+    worker's append in between makes it be judged again, never written blindly. A refusal
+    raises OperatorActionRefused (exit 4).
+    """
+    store = open_store(db)
+    record, _ = journal_request(store, saga_id, judge)
+    try:
+        _drive(store, saga_id, record.flow, services, quiet=as_json)
+    except LeaseHeld as exc:  # a live worker holds it: it carries the request out
+        store.requeue(saga_id, time.time())
+        render.err.print(f"{what} recorded; {exc}")
+        _show(store, saga_id, as_json)
+        return None
+    return _show(store, saga_id, as_json)
 
 
 def _operator_step_action(
-    saga_id: str, db: Path, services: Path | None, as_json: bool, make_event
-) -> None:  # type: ignore[no-untyped-def]
+    saga_id: str, db: Path, services: Path | None, as_json: bool, judge: Judge, what: str
+) -> None:
     with handled():
-        store = open_store(db)
-        record, _, state = store.state(saga_id)
-        now = time.time()
-        event = make_event(state, now)
-        state.apply(event)
-        store.append(
-            saga_id, [JournalEntry(event)], expected_seq=record.last_seq, state=state, now=now
-        )
-        _drive(store, saga_id, record.flow, services, quiet=as_json)
-        status = _show(store, saga_id, as_json)
-    code = EXIT_OK if status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK) else 1
-    raise typer.Exit(code)
+        status = _request_and_continue(db, saga_id, judge, services, as_json, what=what)
+    done = (None, SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK)
+    raise typer.Exit(EXIT_OK if status in done else EXIT_SAGA_FAILED)
 
 
 StepArg = Annotated[str, typer.Argument(help="Name of the step that failed for good.")]
@@ -343,7 +350,12 @@ def retry_step(
 ) -> None:
     """Give a failed step (or its compensation) a fresh retry budget and continue the saga."""
     _operator_step_action(
-        saga_id, db, services, as_json, lambda s, now: retry_step_request(s, now=now, step=step)
+        saga_id,
+        db,
+        services,
+        as_json,
+        lambda s, now: retry_step_request(s, now=now, step=step),
+        "retry",
     )
 
 
@@ -363,4 +375,5 @@ def skip_step(
         services,
         as_json,
         lambda s, now: skip_step_request(s, now=now, step=step, reason=reason),
+        "skip",
     )

@@ -41,9 +41,9 @@ from orchestrator.errors import (
 )
 from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import example_flow_names, load_flow
-from orchestrator.journal import JournalEntry
+from orchestrator.operator import journal_request
 from orchestrator.runner import new_saga_id, new_trace_id, validate_input
-from orchestrator.saga import SagaStatus, rollback_request
+from orchestrator.saga import SagaStatus, check_resume, rollback_request
 from orchestrator.sqlite_store import SQLiteStore
 from orchestrator.views import saga_summary, saga_view
 
@@ -51,7 +51,6 @@ __all__ = ["SagaCreate", "RollbackBody", "create_app"]
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _FLOW_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_ACTIVE = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 
 
 class SagaCreate(BaseModel):
@@ -287,14 +286,8 @@ def create_app(
     def resume(saga_id: str) -> JSONResponse:
         """Put an unfinished saga back on the queue; a worker continues it from its journal."""
         store = stores.get()
-        record = store.load(saga_id)
-        if record.status not in _ACTIVE:
-            hint = (
-                "retry or skip the failed step (`sagalab orchestrate retry-step`)"
-                if record.status is SagaStatus.FAILED
-                else "nothing is left to do"
-            )
-            raise OperatorActionRefused(f"saga {saga_id} is {record.status.value}; {hint}")
+        _, _, state = store.state(saga_id)
+        check_resume(state)  # failed, completed or rolled back: 409
         store.requeue(saga_id, clock())
         return JSONResponse(
             {**saga_summary(store.load(saga_id)), "queued": True, "links": _links(saga_id)},
@@ -307,25 +300,17 @@ def create_app(
         """Journal a rollback request and queue the saga: a worker compensates its steps."""
         request = body or RollbackBody()
         store = stores.get()
-        for _ in range(5):  # a worker may append between our read and our write
-            record, _, state = store.state(saga_id)
-            now = clock()
-            event = rollback_request(state, now=now, reason=request.reason, force=request.force)
-            state.apply(event)
-            try:
-                store.append(
-                    saga_id,
-                    [JournalEntry(event)],
-                    expected_seq=record.last_seq,
-                    state=state,
-                    now=now,
-                )
-            except ConcurrentUpdate:
-                continue
-            break
-        else:
-            raise ConcurrentUpdate(f"saga {saga_id} kept changing; try the rollback again")
-        store.requeue(saga_id, now)
+        # Judged against the journal it is appended after: a worker's append in between (the
+        # pivot's ATTEMPT_STARTED, say) makes it be judged again, and maybe refused (409).
+        journal_request(
+            store,
+            saga_id,
+            lambda state, now: rollback_request(
+                state, now=now, reason=request.reason, force=request.force
+            ),
+            clock=clock,
+        )
+        store.requeue(saga_id, clock())
         return JSONResponse(
             {**saga_summary(store.load(saga_id)), "queued": True, "links": _links(saga_id)},
             status_code=202,

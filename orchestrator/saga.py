@@ -663,6 +663,24 @@ def skip_step_request(state: SagaState, *, now: float, step: str, reason: str) -
     return Event(EventType.STEP_SKIPPED, now, step, phase, reason=reason)
 
 
+def check_resume(state: SagaState) -> None:
+    """Refuse (OperatorActionRefused) a resume that cannot move the saga.
+
+    Only a pending, running or rolling back saga has work that resuming does: a failed one
+    waits for an operator's retry, skip or rollback, and a completed or rolled back one has
+    nothing left to do.
+    """
+    if state.status is SagaStatus.FAILED:
+        blocker = blocking_step(state)
+        held = f" on step {blocker[0]!r} ({blocker[1].value})" if blocker else ""
+        raise OperatorActionRefused(
+            f"saga is failed{held}, and resuming does not move it: `retry-step` or "
+            "`skip-step` that step, or `rollback`"
+        )
+    if state.status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK):
+        raise OperatorActionRefused(f"saga is {state.status.value}; nothing is left to resume")
+
+
 def with_time(event: Event, at: float) -> Event:
     """`event` stamped at `at`."""
     return replace(event, at=at)

@@ -1,0 +1,60 @@
+"""Operator requests journaled against the saga as it stands when they are written.
+
+The core judges a request (`rollback_request`, `retry_step_request`, `skip_step_request`)
+against a `SagaState` read at some journal sequence. A worker may append in between - the
+ATTEMPT_STARTED of the pivot, say - and an event judged against the older journal must not be
+written after the newer one. So the event is appended with the sequence it was judged at: the
+store refuses it (ConcurrentUpdate) when anything was appended since, and the request is read
+and judged again, which may now refuse it. The CLI and the HTTP API both go through here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from orchestrator.errors import ConcurrentUpdate, InvalidTransition, OperatorActionRefused
+from orchestrator.journal import JournalEntry
+from orchestrator.saga import Event, SagaState
+from orchestrator.sqlite_store import SQLiteStore
+from orchestrator.store import SagaRecord
+
+__all__ = ["Judge", "journal_request"]
+
+Judge = Callable[[SagaState, float], Event]
+"""(state as read, now) -> the operator event, or OperatorActionRefused."""
+
+JUDGE_TRIES = 5
+
+
+def journal_request(
+    store: SQLiteStore,
+    saga_id: str,
+    judge: Judge,
+    *,
+    clock: Callable[[], float] = time.time,
+    tries: int = JUDGE_TRIES,
+) -> tuple[SagaRecord, SagaState]:
+    """Judge and append one operator event; return the record as read and the new state.
+
+    OperatorActionRefused if the core refuses it (now or after a conflicting append), or if
+    the saga kept changing for `tries` readings.
+    """
+    for _ in range(tries):
+        record, _, state = store.state(saga_id)
+        now = clock()
+        event = judge(state, now)
+        try:
+            state.apply(event)
+        except InvalidTransition as exc:  # the state machine's own fence, same meaning
+            raise OperatorActionRefused(str(exc)) from None
+        try:
+            store.append(
+                saga_id, [JournalEntry(event)], expected_seq=record.last_seq, state=state, now=now
+            )
+        except ConcurrentUpdate:
+            continue  # appended to since we read it: judge again against what is there now
+        return record, state
+    raise OperatorActionRefused(
+        f"saga {saga_id} kept changing while the request was judged ({tries} readings); try again"
+    )
