@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.journal import JournalEntry, entry_to_dict
-from orchestrator.saga import EventType, Phase
+from orchestrator.saga import EventType, Phase, SagaStatus
 from orchestrator.store import SagaRecord, StepRow
 
 
@@ -34,7 +34,9 @@ def saga_summary(record: SagaRecord) -> dict[str, Any]:
         "status": record.status.value,
         "trace_id": record.trace_id,
         "idempotency_key": record.idempotency_key,
-        "reason": record.reason,
+        # A completed saga shows no failure (the journal keeps the history); rows stored
+        # before the core cleared the reason on completion may still carry a stale one.
+        "reason": None if record.status is SagaStatus.COMPLETED else record.reason,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
     }
