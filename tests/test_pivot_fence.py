@@ -1,0 +1,136 @@
+"""The pivot is a fence, end to end: a rollback fired while the shipment call is in flight.
+
+A real `sagalab worker` subprocess runs a checkout saga against the fake services, with the
+shipping service slowed down by fault injection. While the pivot's call is in flight (its
+ATTEMPT_STARTED journaled, no outcome yet), an operator fires a rollback through the CLI (a
+real subprocess) and through the HTTP API (real uvicorn). Both are refused; the saga then
+completes, and what the services did agrees with what the saga says: the shipment exists and
+the payment was never refunded. Every wait is a bounded poll on the database.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from workerlab import REPO, Workers, order, wait_for
+
+from edge.server import serve_in_thread
+from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
+from orchestrator.api import create_app
+from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
+from orchestrator.flowfile import load_flow
+from orchestrator.runner import start_saga
+from orchestrator.saga import EventType, Phase, SagaState
+from orchestrator.sqlite_store import SQLiteStore
+
+# The shipment call takes this long: a window wide enough for a CLI process to start in.
+SHIPPING_DELAY_MS = 4000
+PIVOT = "create_shipment"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[RunningServices]:
+    with run_in_thread() as running:
+        yield running
+
+
+@pytest.fixture
+def services(lab: RunningServices) -> RunningServices:
+    lab.lab.reset()
+    return lab
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "sagas.db"
+
+
+@pytest.fixture
+def workers(db: Path, services: RunningServices, tmp_path: Path) -> Iterator[Workers]:
+    w = Workers(db, services.env, tmp_path / "logs")
+    yield w
+    w.stop_all()
+
+
+def slow_shipping_checkout() -> FlowDefinition:
+    """The checkout flow, its shipping timeout raised above the injected delay."""
+    raw = flow_to_dict(load_flow("checkout"))
+    for step in raw["steps"]:
+        if step["name"] == PIVOT:
+            step["timeout"] = SHIPPING_DELAY_MS / 1000 * 3
+    return flow_from_dict(raw, source="checkout (slow shipping)")
+
+
+def saga_state(db: Path, saga_id: str) -> SagaState:
+    store = SQLiteStore(db)
+    try:
+        return store.state(saga_id)[2]
+    finally:
+        store.close()
+
+
+def shipment_in_flight(db: Path, saga_id: str) -> bool:
+    """The pivot's attempt is journaled as started and has no outcome yet."""
+    open_attempt = saga_state(db, saga_id).open_attempt
+    return open_attempt is not None and open_attempt[:2] == (PIVOT, Phase.ACTION)
+
+
+def test_rollback_fired_while_the_pivot_is_in_flight_is_refused_and_the_saga_completes(
+    db: Path, services: RunningServices, workers: Workers
+) -> None:
+    services.lab.add_fault(FaultSpec(service="shipping", latency_ms=SHIPPING_DELAY_MS))
+    payload = order(1)
+    store = SQLiteStore(db)
+    try:
+        saga_id = start_saga(store, slow_shipping_checkout(), payload)[0].id
+    finally:
+        store.close()
+    workers.start("--concurrency", "1", "--exit-when-idle", "2", "--poll", "0.05")
+
+    wait_for(lambda: shipment_in_flight(db, saga_id), 30, "the shipment call in flight")
+    cli = subprocess.run(
+        [sys.executable, "-m", "cli.main", "orchestrate", "rollback", saga_id, "--db", str(db)],
+        cwd=REPO,
+        env=workers.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    with serve_in_thread(create_app(db)) as api:
+        api_answer = httpx.post(f"{api.url}/v1/sagas/{saga_id}/rollback", timeout=10.0)
+    # Both landed while the shipment call was still out (the refusals say so).
+    assert cli.returncode == 4, cli.stderr
+    assert "the pivot is in flight: wait for it or use --force" in cli.stderr
+    assert "Traceback" not in cli.stderr
+    assert api_answer.status_code == 409
+    assert api_answer.headers["content-type"].startswith("application/problem+json")
+    assert "the pivot is in flight" in api_answer.json()["detail"]
+
+    state = wait_for(
+        lambda: (s := saga_state(db, saga_id)).status.is_terminal and s,
+        30,
+        "the saga to finish",
+    )
+    assert state.status.value == "completed", state.reason
+    assert state.reason is None
+    store = SQLiteStore(db)
+    try:
+        types = [e.event.type for e in store.journal(saga_id)]
+    finally:
+        store.close()
+    assert EventType.ROLLBACK_REQUESTED not in types
+    assert types.count(EventType.ATTEMPT_STARTED) == 4  # one attempt per step, none cut off
+    # What the services did agrees with the saga: shipped, charged, never refunded.
+    done = [(e.service, e.operation) for e in services.lab.ledger() if e.order_id == "ord-0001"]
+    assert done == [
+        ("inventory", "action"),
+        ("payments", "action"),
+        ("shipping", "action"),
+        ("notifications", "action"),
+    ]
+    assert applied_twice(services.lab.ledger()) == []
