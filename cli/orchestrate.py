@@ -285,7 +285,12 @@ def _resume_stuck(store: SQLiteStore, services: Path | None, as_json: bool) -> N
 def rollback(
     saga_id: SagaIdArg,
     force: Annotated[
-        bool, typer.Option("--force", help="Roll back even past the pivot step.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Roll back even past the pivot step, or while its call is in flight "
+            "(what has no compensation stays applied).",
+        ),
     ] = False,
     reason: Annotated[
         str, typer.Option("--reason", help="Why, for the journal.")

@@ -35,6 +35,7 @@ from orchestrator.errors import (
     FlowValidationError,
     IdempotencyConflict,
     InputError,
+    InvalidTransition,
     OperatorActionRefused,
     SagaError,
     SagaNotFoundError,
@@ -64,7 +65,9 @@ class RollbackBody(BaseModel):
     """Optional body of `POST /v1/sagas/{id}/rollback`."""
 
     reason: str = Field("rollback requested over the API", max_length=500)
-    force: bool = Field(False, description="Compensate even past the pivot step.")
+    force: bool = Field(
+        False, description="Compensate even past the pivot step, or while its call is in flight."
+    )
 
 
 class ApiError(Exception):
@@ -228,7 +231,7 @@ def create_app(
             return _problem(404, "Saga not found", str(exc))
         if isinstance(exc, IdempotencyConflict):
             return _problem(409, "Idempotency key reused", str(exc))
-        if isinstance(exc, OperatorActionRefused | ConcurrentUpdate):
+        if isinstance(exc, OperatorActionRefused | ConcurrentUpdate | InvalidTransition):
             return _problem(409, "Action refused", str(exc))
         if isinstance(exc, InputError | FlowNotFoundError | FlowValidationError):
             return _problem(422, "Invalid saga request", str(exc))
