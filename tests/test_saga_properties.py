@@ -449,19 +449,37 @@ def fenced_attempt(
     world.record(Event(EventType.ATTEMPT_FAILED, world.now, step, phase, n, failure))
 
 
-def drive_fenced(script: list[Any], moves: list[Any], seed: int) -> FencedWorld:
+def drive_fenced(
+    script: list[Any],
+    moves: list[Any],
+    at_waits: list[Any],
+    at_pivot: list[Any],
+    seed: int,
+    quiet_until_pivot: bool = False,
+) -> FencedWorld:
+    """Run the checkout saga to a halt, firing operator requests as the lists say.
+
+    `script`: per attempt, its outcome and the requests fired while it is open and once it is
+    closed; `moves`: requests at a FAILED halt; `at_waits`: while a retry is scheduled;
+    `at_pivot`: one more request during each shipment call. With `quiet_until_pivot` nobody
+    asks for anything before the shipment call is first sent, so the pivot is reached often.
+    """
     world = FencedWorld(CHECKOUT, SagaState(CHECKOUT))
     world.record(Event(EventType.SAGA_CREATED, world.now))
     rng = random.Random(seed)
-    script, moves = list(script), list(moves)
+    script, moves, at_waits, at_pivot = list(script), list(moves), list(at_waits), list(at_pivot)
     for _ in range(60 * (len(script) + len(moves) + 10)):
         command = decide(world.state, now=world.now, rng=rng)
+        quiet = quiet_until_pivot and world.state.steps[CHECKOUT_PIVOT].action.attempts == 0
         if isinstance(command, Halt):
             if command.status is not SagaStatus.FAILED or not moves:
                 return world
             kind, target, _ = moves.pop(0)
             world.request(kind, target, len(world.journal))
         elif isinstance(command, Wait):
+            if at_waits and not quiet:  # a retry is scheduled and nothing is in flight
+                kind, target, _ = at_waits.pop(0)
+                world.request(kind, target, len(world.journal))
             world.now = command.until
         elif isinstance(command, Record):
             world.record(command.event)
@@ -470,6 +488,10 @@ def drive_fenced(script: list[Any], moves: list[Any], seed: int) -> FencedWorld:
             outcome, during, after = (
                 script.pop(0) if script else (Outcome("ok", applied=True), [], [])
             )
+            if quiet:
+                during, after = [], []
+            if command.step == CHECKOUT_PIVOT and command.phase is Phase.ACTION and at_pivot:
+                during = [*during, at_pivot.pop(0)]  # aimed at the shipment call in flight
             fenced_attempt(world, command, outcome, during)
             for kind, target, _ in after:
                 world.request(kind, target, len(world.journal))
@@ -481,12 +503,20 @@ def drive_fenced(script: list[Any], moves: list[Any], seed: int) -> FencedWorld:
 @given(
     script=st.lists(moments, max_size=14),
     moves=st.lists(operator_ops, max_size=3),
+    at_waits=st.lists(operator_ops, max_size=3),
+    at_pivot=st.lists(operator_ops, max_size=3),
     seed=st.integers(0, 2**32 - 1),
+    quiet_until_pivot=st.booleans(),
 )
 def test_operator_requests_never_undo_half_a_pivot(
-    script: list[Any], moves: list[Any], seed: int
+    script: list[Any],
+    moves: list[Any],
+    at_waits: list[Any],
+    at_pivot: list[Any],
+    seed: int,
+    quiet_until_pivot: bool,
 ) -> None:
-    world = drive_fenced(script, moves, seed)
+    world = drive_fenced(script, moves, at_waits, at_pivot, seed, quiet_until_pivot)
     state, journal = world.state, world.journal
     pivot_may_stand = CHECKOUT_PIVOT in world.really_applied or (
         CHECKOUT_PIVOT in state.applied_order
