@@ -33,7 +33,15 @@ from typing import Any
 
 from edge.errors import KeyRequestError, KeyStoreError, UnknownKey
 
-__all__ = ["ApiKey", "KeyCache", "KeyStore", "check_tenant", "parse_key"]
+__all__ = [
+    "ApiKey",
+    "KeyCache",
+    "KeyStore",
+    "check_tenant",
+    "parse_key",
+    "presented_key",
+    "read_secret",
+]
 
 PREFIX = "sgl"
 DEFAULT_RATE = 50.0
@@ -44,6 +52,14 @@ MIN_BURST, MAX_BURST = 1.0, 100_000.0
 #: The tenant of keys (and sagas) from before tenants existed.
 LEGACY_TENANT = "default"
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+# What a gateway tells the API about the caller. The API believes these headers only next to
+# the stack's gateway secret, and a gateway drops every `x-sagalab-*` header a client sends.
+INTERNAL_PREFIX = "x-sagalab-"
+GATEWAY_HEADER = "x-sagalab-gateway"
+TENANT_HEADER = "x-sagalab-tenant"
+ADMIN_HEADER = "x-sagalab-admin"
+KEY_ID_HEADER = "x-sagalab-key-id"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -112,6 +128,25 @@ def check_limits(rate: float, burst: float) -> None:
             f"a key's burst must be between {MIN_BURST:g} and {MAX_BURST:g} requests "
             f"(got {burst:g})"
         )
+
+
+def presented_key(authorization: str | None, api_key: str | None) -> str | None:
+    """The key a request presents: `Authorization: Bearer <key>`, else `X-API-Key`."""
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
+    return api_key
+
+
+def read_secret(path: str | Path) -> str:
+    """The gateway secret kept in `path` (a file only its owner reads; KeyStoreError if not)."""
+    try:
+        secret = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyStoreError(f"cannot read the gateway secret {path}: {exc}") from None
+    if len(secret) < 16 or not secret.isascii() or not secret.isprintable():
+        raise KeyStoreError(f"{path} holds no usable gateway secret (16 printable ASCII or more)")
+    return secret
 
 
 def parse_key(presented: str) -> tuple[str, str] | None:
