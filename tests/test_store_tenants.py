@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -126,3 +127,25 @@ def test_migration_from_v6_puts_sagas_in_the_default_tenant(tmp_path: Path) -> N
         assert migrated.migrate() == SCHEMA_VERSION  # nothing left to do
     finally:
         migrated.close()
+
+
+def test_the_cli_works_on_every_tenant_and_list_filters_by_one(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    db = tmp_path / "s.db"
+    store = SQLiteStore(db)
+    create(store, "a1", tenant="alice")
+    create(store, "b1", tenant="bob", order="o-2")
+    store.close()
+    run = CliRunner().invoke
+    every = run(app, ["orchestrate", "list", "--db", str(db), "--json"])
+    assert every.exit_code == 0 and {r["tenant"] for r in json.loads(every.stdout)} == {
+        "alice",
+        "bob",
+    }
+    only = run(app, ["orchestrate", "list", "--db", str(db), "--tenant", "bob", "--json"])
+    assert [r["id"] for r in json.loads(only.stdout)] == ["b1"]
+    shown = run(app, ["orchestrate", "status", "a1", "--db", str(db), "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["tenant"] == "alice"
