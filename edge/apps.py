@@ -14,12 +14,14 @@ no Typer keeps a component's start-up light. The gateway secret is passed as the
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge.balancer import LoadBalancerApp
+from edge.errors import KeyStoreError
 from edge.firewall import FirewallMiddleware
 from edge.gateway import GatewayApp, describe
 from edge.keys import KeyCache, KeyStore, read_secret
@@ -149,6 +151,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _secret(path: str | None) -> str | None:
+    """The gateway secret kept in `path`; one line and exit 5 when it cannot be read."""
+    if path is None:
+        return None
+    try:
+        return read_secret(path)
+    except KeyStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(5) from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one component in this process until SIGTERM."""
     from edge.server import bind, serve_forever, socket_from_fd
@@ -163,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             instance=args.instance or "api",
             breaker_states=_breaker_states(args.db),
             keys_db=args.keys_db,
-            gateway_secret=read_secret(args.secret_file) if args.secret_file else None,
+            gateway_secret=_secret(args.secret_file),
         )
     elif args.component == "gateway":
         app = build_gateway(
@@ -174,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 max_body=args.max_body,
                 strategy=args.strategy,
                 instance=args.instance or "gateway",
-                secret=read_secret(args.secret_file) if args.secret_file else None,
+                secret=_secret(args.secret_file),
             )
         )
     else:
