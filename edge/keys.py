@@ -205,14 +205,21 @@ class KeyStore:
         try:
             if create:
                 self.conn.execute("PRAGMA journal_mode=WAL")
-                self.conn.execute(_SCHEMA)
                 self._empty = False
+                # One writer at a time: the API and every gateway open the file at once when
+                # a stack starts, and an older file gains its columns exactly once.
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self.conn.execute(_SCHEMA)
+                    columns = self._columns()
+                    for name, ddl in _ADDED.items():
+                        if name not in columns:
+                            self.conn.execute(f"ALTER TABLE api_keys ADD COLUMN {ddl}")
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
             columns = set() if self._empty else self._columns()
-            if create:
-                for name, ddl in _ADDED.items():
-                    if name not in columns:
-                        self.conn.execute(f"ALTER TABLE api_keys ADD COLUMN {ddl}")
-                columns = self._columns()
         except sqlite3.Error as exc:
             raise KeyStoreError(f"cannot use key database {path}: {exc}") from None
         self._select = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,35 @@ def test_a_key_file_from_before_tenants_is_read_as_default_and_upgraded_on_write
     conn.close()
     assert keys("create", "new", "--keys-db", str(db))[0] == 0
     assert [k.tenant for k in KeyStore(db).list()] == ["default", "new"]
+
+
+def test_an_older_key_file_opened_by_many_at_once_is_upgraded_once(tmp_path: Path) -> None:
+    # What `stack up` does on a directory kept from before tenants: API and gateways open the
+    # key file together, each ready to add the new columns.
+    db = tmp_path / "keys.db"
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, digest TEXT NOT NULL, "
+        "rate REAL NOT NULL, burst REAL NOT NULL, created_at REAL NOT NULL, revoked_at REAL)"
+    )
+    conn.commit()
+    conn.close()
+    barrier = threading.Barrier(6)
+    errors: list[Exception] = []
+
+    def open_it() -> None:
+        barrier.wait()
+        try:
+            KeyStore(db).close()
+        except Exception as exc:  # collected: the assertion below names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    conn = sqlite3.connect(db)
+    assert {"tenant", "admin"} <= {r[1] for r in conn.execute("PRAGMA table_info(api_keys)")}
+    conn.close()
