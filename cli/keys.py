@@ -16,7 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from edge.errors import EdgeError, KeyRequestError, UnknownKey
-from edge.keys import DEFAULT_BURST, DEFAULT_RATE, MAX_BURST, MAX_RATE, KeyStore
+from edge.keys import (
+    DEFAULT_BURST,
+    DEFAULT_RATE,
+    MAX_BURST,
+    MAX_RATE,
+    KeyStore,
+    check_request,
+)
 
 app = typer.Typer(help="Create, list and revoke gateway API keys.", no_args_is_help=True)
 
@@ -65,6 +72,7 @@ def create(
 ) -> None:
     """Create a key and print it (it cannot be shown again)."""
     try:
+        check_request(name, rate=rate, burst=burst, tenant=tenant)  # before any file is made
         record, key = KeyStore(keys_db, create=True).create(
             name, rate=rate, burst=burst, tenant=tenant, admin=admin
         )

@@ -149,6 +149,18 @@ def read_secret(path: str | Path) -> str:
     return secret
 
 
+def check_request(name: str, *, rate: float, burst: float, tenant: str | None) -> str:
+    """The tenant a key named `name` would have, once its limits are checked.
+
+    KeyRequestError (bad input) names what is out of bounds; without `tenant`, the key's name
+    serves as its tenant's.
+    """
+    check_limits(rate, burst)
+    if tenant is None and not _TENANT.match(name):
+        raise KeyRequestError(f"key name {name!r} cannot serve as its tenant's name; pass --tenant")
+    return check_tenant(name if tenant is None else tenant)
+
+
 def parse_key(presented: str) -> tuple[str, str] | None:
     """(id, secret) of a well-formed key, else None."""
     parts = presented.strip().split("_", 2)
@@ -168,6 +180,8 @@ class KeyStore:
         self.path = Path(path)
         if self.path.is_dir():
             raise KeyStoreError(f"cannot open key database {path}: it is a directory")
+        if self.path.exists() and not self.path.is_file():
+            raise KeyStoreError(f"{path} is not a key database (not a regular file)")
         if not create and not self.path.exists():
             raise KeyStoreError(
                 f"no key database at {path}: `sagalab keys create NAME` makes one "
@@ -195,17 +209,16 @@ class KeyStore:
             raise KeyStoreError(
                 f"cannot open key database {path}: {exc}; pass a key database with --keys-db"
             ) from None
-        if tables and "api_keys" not in tables:
+        if (tables or not create) and "api_keys" not in tables:
+            # An empty file is a new key database only to `create`; to a read it is not one.
             self.conn.close()
+            why = "it holds other tables: a saga database?" if tables else "it has no key table"
             raise KeyStoreError(
-                f"{path} is not a key database (it holds other tables: a saga database?); "
-                "pass the key database with --keys-db"
+                f"{path} is not a key database ({why}); pass the key database with --keys-db"
             )
-        self._empty = not tables
         try:
             if create:
                 self.conn.execute("PRAGMA journal_mode=WAL")
-                self._empty = False
                 # One writer at a time: the API and every gateway open the file at once when
                 # a stack starts, and an older file gains its columns exactly once.
                 self.conn.execute("BEGIN IMMEDIATE")
@@ -219,7 +232,7 @@ class KeyStore:
                 except BaseException:
                     self.conn.execute("ROLLBACK")
                     raise
-            columns = set() if self._empty else self._columns()
+            columns = self._columns()
         except sqlite3.Error as exc:
             raise KeyStoreError(f"cannot use key database {path}: {exc}") from None
         self._select = (
@@ -248,12 +261,7 @@ class KeyStore:
 
         Without `tenant`, the key is a tenant of its own named after it.
         """
-        check_limits(rate, burst)
-        if tenant is None and not _TENANT.match(name):
-            raise KeyRequestError(
-                f"key name {name!r} cannot serve as its tenant's name; pass --tenant"
-            )
-        owner = check_tenant(name if tenant is None else tenant)
+        owner = check_request(name, rate=rate, burst=burst, tenant=tenant)
         at = time.time() if now is None else now
         for _ in range(5):
             key_id = secrets.token_hex(4)
@@ -277,8 +285,6 @@ class KeyStore:
         return ApiKey(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        if self._empty:
-            return []
         try:
             return self.conn.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
@@ -322,8 +328,6 @@ class KeyStore:
 
     def lookup(self, key_id: str) -> tuple[ApiKey, str] | None:
         """The active key with this id and its digest, or None."""
-        if self._empty:
-            return None
         rows = self.conn.execute(
             self._select.replace(" FROM", ", digest FROM", 1)
             + " WHERE id = ? AND revoked_at IS NULL",
