@@ -176,6 +176,8 @@ def test_a_key_presented_to_the_api_directly_is_scoped_too(tenants: Tenants) -> 
         saga = created.headers["location"]
         assert alice.get(saga).status_code == 200
         assert bob.get(saga).status_code == 404
+        forged = {"x-sagalab-tenant": "alice", "x-sagalab-admin": "true"}
+        assert bob.get(saga, headers=forged).status_code == 404
 
 
 def test_an_admin_key_sees_every_tenant(tenants: Tenants) -> None:
