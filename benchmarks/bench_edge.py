@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from edge.apps import parse_address
+from edge.keys import MAX_BURST, MAX_RATE
 from edge.stack import StackConfig, start, stop
 from edge.upstream import Upstream
 
@@ -76,8 +77,8 @@ def main() -> None:
         edge_port=0,
         flood_rate=1e9,
         flood_burst=1e9,
-        key_rate=1e9,
-        key_burst=1e9,
+        key_rate=MAX_RATE,
+        key_burst=MAX_BURST,
     )  # fmt: skip  (limits out of the way: this measures the path, not the limiter)
     state = start(config)
     try:
@@ -85,9 +86,12 @@ def main() -> None:
         assert api_url
         order = {"order_id": "ORDER", "customer_id": "c", "sku": "s", "quantity": 1, "amount": 1}
         post = json.dumps({"flow": "checkout", "input": order}).encode()
-        seed = asyncio.run(_load(api_url, "POST", "/v1/sagas", post, None, 0.2, 1))
+        # The API port takes the same key the gateways check (it validates it itself).
+        key = state.api_key
+        seed = asyncio.run(_load(api_url, "POST", "/v1/sagas", post, key, 0.2, 1))
         del seed
-        saga_id = httpx.get(api_url + "/v1/sagas?limit=1").json()["items"][0]["id"]
+        listed = httpx.get(api_url + "/v1/sagas?limit=1", headers={"X-API-Key": key})
+        saga_id = listed.json()["items"][0]["id"]
         cases = [
             ("GET saga", "GET", f"/v1/sagas/{saga_id}", b""),
             ("POST saga", "POST", "/v1/sagas", post),
@@ -98,12 +102,12 @@ def main() -> None:
         print(f"{'case':<10} {'path':<7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
         for name, method, target, body in cases:
             results = {}
-            for path, url, key in (
-                ("direct", api_url, None),
+            for path, url, case_key in (
+                ("direct", api_url, key),
                 ("edge", state.edge_url, state.api_key),
             ):
                 rps, lat, errors = asyncio.run(
-                    _load(url, method, target, body, key, args.seconds, args.concurrency)
+                    _load(url, method, target, body, case_key, args.seconds, args.concurrency)
                 )
                 results[path] = rps
                 print(

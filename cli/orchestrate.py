@@ -197,12 +197,15 @@ def list_(
     ] = None,
     flow: Annotated[str | None, typer.Option("--flow", "-f", help="Only this flow.")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many.")] = 50,
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", "-t", help="Only this tenant's (default: all).")
+    ] = None,
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,
 ) -> None:
-    """Recent sagas, newest first."""
+    """Recent sagas of every tenant (the CLI works on the database as an admin), newest first."""
     with handled():
-        records = open_store(db).list_sagas(status=status_, flow=flow, limit=limit)
+        records = open_store(db).list_sagas(status=status_, flow=flow, limit=limit, tenant=tenant)
     rows = [saga_summary(r) for r in records]
     if as_json:
         render.print_json(rows)

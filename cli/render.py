@@ -90,11 +90,12 @@ def saga_list(rows: list[dict[str, Any]]) -> None:
         err.print("no sagas match")
         return
     table = Table(show_edge=False, pad_edge=False)
-    for col in ("id", "flow", "status", "created", "updated", "reason"):
+    for col in ("id", "tenant", "flow", "status", "created", "updated", "reason"):
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(
             r["id"],
+            r.get("tenant", ""),
             f"{r['flow']} v{r['flow_version']}",
             styled(r["status"]),
             when(r["created_at"]),

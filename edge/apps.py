@@ -1,26 +1,30 @@
 """Building the edge apps from plain settings, and running one as a process.
 
-    python -m edge.apps api --fd 5 --db sagalab.db
-    python -m edge.apps gateway --fd 6 --keys-db keys.db --upstream 127.0.0.1:8101
+    python -m edge.apps api --fd 5 --db sagalab.db --keys-db keys.db --secret-file gateway.secret
+    python -m edge.apps gateway --fd 6 --keys-db keys.db --upstream 127.0.0.1:8101 \\
+        --secret-file gateway.secret
     python -m edge.apps edge --fd 7 --upstream 127.0.0.1:8201 --upstream 127.0.0.1:8202 \\
         --deny 127.66.0.0/16 --flood-rate 200
 
 `sagalab stack` binds each socket itself and starts these commands with `--fd`; argparse and
-no Typer keeps a component's start-up light.
+no Typer keeps a component's start-up light. The gateway secret is passed as the path of a file
+(mode 0600), never as an argument that `ps` would show.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge.balancer import LoadBalancerApp
+from edge.errors import KeyStoreError
 from edge.firewall import FirewallMiddleware
 from edge.gateway import GatewayApp, describe
-from edge.keys import KeyCache, KeyStore
+from edge.keys import KeyCache, KeyStore, read_secret
 from edge.metrics import Metrics
 from edge.pool import Pool
 from orchestrator.policies.firewall import Firewall, FloodGuard
@@ -48,6 +52,7 @@ class GatewaySettings:
     strategy: str = "least_connections"
     instance: str = "gateway"
     key_ttl: float = 2.0
+    secret: str | None = None  # the stack's gateway secret, sent to the API with the tenant
 
 
 @dataclass
@@ -78,6 +83,7 @@ def build_gateway(s: GatewaySettings) -> GatewayApp:
         max_body=s.max_body,
         rate_share=s.rate_share,
         instance=s.instance,
+        secret=s.secret,
     )
 
 
@@ -117,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="component", required=True)
     api = sub.add_parser("api", help="the orchestrator HTTP API")
     api.add_argument("--db", required=True)
+    api.add_argument("--keys-db", help="keys a client may present to the API directly")
     gw = sub.add_parser("gateway", help="an API gateway instance")
     gw.add_argument("--keys-db", required=True)
     gw.add_argument("--rate-share", type=int, default=1)
@@ -128,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--flood-rate", type=float, default=200.0)
     edge.add_argument("--flood-burst", type=float, default=400.0)
     edge.add_argument("--flood-block", type=float, default=10.0)
+    for p in (api, gw):
+        p.add_argument("--secret-file", help="file holding the gateways' secret for the API")
     for p in (api, gw, edge):
         p.add_argument("--fd", type=int, help="listening socket passed by the parent")
         p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (without --fd)")
@@ -142,6 +151,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _secret(path: str | None) -> str | None:
+    """The gateway secret kept in `path`; one line and exit 5 when it cannot be read."""
+    if path is None:
+        return None
+    try:
+        return read_secret(path)
+    except KeyStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(5) from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one component in this process until SIGTERM."""
     from edge.server import bind, serve_forever, socket_from_fd
@@ -152,7 +172,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from orchestrator.api import create_app
 
         app = create_app(
-            args.db, instance=args.instance or "api", breaker_states=_breaker_states(args.db)
+            args.db,
+            instance=args.instance or "api",
+            breaker_states=_breaker_states(args.db),
+            keys_db=args.keys_db,
+            gateway_secret=_secret(args.secret_file),
         )
     elif args.component == "gateway":
         app = build_gateway(
@@ -163,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 max_body=args.max_body,
                 strategy=args.strategy,
                 instance=args.instance or "gateway",
+                secret=_secret(args.secret_file),
             )
         )
     else:

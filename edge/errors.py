@@ -2,6 +2,8 @@
 
 EdgeError
  ├── KeyStoreError      the API key database cannot be read or written, or a key is unknown
+ │    ├── UnknownKey    no key has that id (or name)
+ │    └── KeyRequestError  a key request out of bounds or ambiguous (bad input, not the store)
  └── StackError         the stack cannot be started, found or stopped
 """
 
@@ -18,6 +20,11 @@ class KeyStoreError(EdgeError):
 
 class UnknownKey(KeyStoreError):
     """No key has that id (or name)."""
+
+
+class KeyRequestError(KeyStoreError):
+    """A key request refused as bad input: a rate or burst out of bounds, a bad tenant name,
+    a name several active keys share."""
 
 
 class StackError(EdgeError):

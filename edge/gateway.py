@@ -3,7 +3,9 @@
 For every request under `/v1/`:
 
 1. authenticate: `Authorization: Bearer <key>` or `X-API-Key: <key>` (401 if missing, unknown,
-   revoked or wrong; `KeyCache` compares digests in constant time);
+   revoked or wrong; `KeyCache` compares digests in constant time), then tell the API who the
+   caller is: the key's id, tenant and admin flag in `x-sagalab-*` headers next to the stack's
+   gateway secret (any `x-sagalab-*` header the client sent is dropped first);
 2. rate-limit: one `TokenBucket` per key (the simulator's policy code) at the key's rate divided
    by `rate_share` (the number of gateway instances, so that the key's rate holds across all of
    them when the balancer spreads load evenly); 429 with `Retry-After` when empty;
@@ -37,7 +39,16 @@ from edge.asgi import (
     retry_after,
 )
 from edge.balancer import _lifespan, forward
-from edge.keys import KeyCache
+from edge.keys import (
+    ADMIN_HEADER,
+    GATEWAY_HEADER,
+    INTERNAL_PREFIX,
+    KEY_ID_HEADER,
+    TENANT_HEADER,
+    ApiKey,
+    KeyCache,
+    presented_key,
+)
 from edge.metrics import Metrics
 from edge.pool import Pool
 from orchestrator.policies.token_bucket import TokenBucket
@@ -64,11 +75,11 @@ def ensure_traceparent(value: bytes | None) -> tuple[bytes, bool]:
 
 def _presented_key(scope: Scope) -> str | None:
     auth = header(scope, b"authorization")
-    if auth is not None:
-        scheme, _, token = auth.decode("latin-1").partition(" ")
-        return token.strip() if scheme.lower() == "bearer" else None
     key = header(scope, b"x-api-key")
-    return key.decode("latin-1") if key is not None else None
+    return presented_key(
+        auth.decode("latin-1") if auth is not None else None,
+        key.decode("latin-1") if key is not None else None,
+    )
 
 
 class GatewayApp:
@@ -84,8 +95,12 @@ class GatewayApp:
         rate_share: int = 1,
         clock: Callable[[], float] = time.monotonic,
         instance: str = "gateway",
+        secret: str | None = None,
     ) -> None:
         self.pool = pool
+        # The stack's gateway secret: sent to the API with the caller's tenant, which the API
+        # believes only next to it. Without one, the key itself goes on for the API to check.
+        self.secret = secret
         self.keys = keys
         self.metrics = metrics
         self.max_body = max_body
@@ -154,15 +169,32 @@ class GatewayApp:
                 timed.done(422, "malformed")
                 return
         traceparent, _ = ensure_traceparent(header(scope, b"traceparent"))
-        headers: list[tuple[bytes, bytes]] = [
-            (k, v)
-            for k, v in scope["headers"]
-            if k not in (b"traceparent", b"authorization", b"x-api-key")
-        ]
+        headers = self._upstream_headers(scope, key)
         headers.append((b"traceparent", traceparent))
-        headers.append((b"x-sagalab-key-id", key.id.encode()))
         status = await forward(self.pool, scope, body, send, headers)
         timed.done(status, "forwarded" if status < 502 else "unavailable")
+
+    def _upstream_headers(self, scope: Scope, key: ApiKey) -> list[tuple[bytes, bytes]]:
+        """The client's headers minus any `x-sagalab-*` it sent (those are ours to set), plus
+        who the caller is, vouched for by the secret."""
+        dropped = {b"traceparent"}
+        if self.secret is not None:
+            dropped |= {b"authorization", b"x-api-key"}
+        prefix = INTERNAL_PREFIX.encode()
+        headers = [
+            (k, v)
+            for k, v in scope["headers"]
+            if k not in dropped and not k.lower().startswith(prefix)
+        ]
+        if self.secret is not None:
+            headers += [
+                (GATEWAY_HEADER.encode(), self.secret.encode()),
+                (TENANT_HEADER.encode(), key.tenant.encode()),
+                (KEY_ID_HEADER.encode(), key.id.encode()),
+            ]
+            if key.admin:
+                headers.append((ADMIN_HEADER.encode(), b"true"))
+        return headers
 
     async def _own(self, path: str, send: Send) -> None:
         if path == "/healthz":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -34,6 +35,8 @@ from edge.server import bind
 __all__ = ["Component", "StackConfig", "StackState", "load_state", "start", "stop"]
 
 STATE_FILE = "stack.json"
+#: The gateways' secret for the API (mode 0600; new at every `stack up`; never on a command line).
+SECRET_FILE = "gateway.secret"
 #: The range the load tests' flooding users bind to; denied by default.
 BLOCKED_RANGE = "127.66.0.0/16"
 
@@ -205,6 +208,7 @@ def start(
     logs.mkdir(exist_ok=True)
     db = (config.db or directory / "sagas.db").resolve()
     keys_db = directory / "keys.db"
+    secret_file = _write_secret(directory / SECRET_FILE)
     started: list[Component] = []
     sockets = []
     try:
@@ -236,7 +240,18 @@ def start(
             _spawn(
                 "api",
                 "api",
-                _python("edge.apps", "api", "--fd", str(api_sock.fileno()), "--db", str(db)),
+                _python(
+                    "edge.apps",
+                    "api",
+                    "--fd",
+                    str(api_sock.fileno()),
+                    "--db",
+                    str(db),
+                    "--keys-db",
+                    str(keys_db),
+                    "--secret-file",
+                    str(secret_file),
+                ),
                 logs,
                 url=api_url,
                 health=f"{api_url}/readyz",
@@ -267,6 +282,8 @@ def start(
                         str(config.gateways),
                         "--instance",
                         f"gateway-{i}",
+                        "--secret-file",
+                        str(secret_file),
                     ),
                     logs,
                     url=url,
@@ -347,6 +364,17 @@ def start(
             s.close()
         _terminate(started, grace=3.0)
         raise
+
+
+def _write_secret(path: Path) -> Path:
+    """A new random gateway secret in `path`, readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an older file may have had looser bits
+        os.write(fd, secrets.token_urlsafe(32).encode())
+    finally:
+        os.close(fd)
+    return path
 
 
 def _wait_ready(

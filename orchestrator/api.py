@@ -8,6 +8,14 @@ Errors are RFC 7807 problem documents (`application/problem+json`): 404 unknown 
 operator action that does not apply or an idempotency key reused with other input, 422 a body
 that is not what the API takes (malformed JSON included). Nothing a client sends yields a 500.
 
+Every `/v1/` request names its caller, or gets 401: either a gateway vouches for it (the
+stack's gateway secret in `x-sagalab-gateway`, compared in constant time, with the key's tenant
+in `x-sagalab-tenant`), or the client presents an API key to the API itself (`keys_db`). Without
+the secret, `x-sagalab-*` headers are ignored. A caller sees only its tenant's sagas: another
+tenant's saga is 404, as if it did not exist; idempotency keys are per tenant; an admin key sees
+every tenant. `/healthz`, `/readyz`, `/metrics` and the OpenAPI document stay open (load
+balancers and scrapers call them without a key; they show counts, never a saga).
+
 SQLite connections are per thread (`SQLiteStore` is not shareable), and the handlers are plain
 `def` functions that Starlette runs in its thread pool, so a busy database blocks a worker
 thread rather than the event loop.
@@ -15,19 +23,32 @@ thread rather than the event loop.
 
 from __future__ import annotations
 
+import hmac
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from edge.errors import KeyRequestError
+from edge.keys import (
+    ADMIN_HEADER,
+    GATEWAY_HEADER,
+    KEY_ID_HEADER,
+    TENANT_HEADER,
+    KeyCache,
+    KeyStore,
+    check_tenant,
+    presented_key,
+)
 from edge.metrics import Metrics
 from orchestrator.errors import (
     ConcurrentUpdate,
@@ -48,7 +69,7 @@ from orchestrator.saga import SagaStatus, check_resume, rollback_request
 from orchestrator.sqlite_store import SQLiteStore
 from orchestrator.views import saga_summary, saga_view
 
-__all__ = ["SagaCreate", "RollbackBody", "create_app"]
+__all__ = ["Caller", "SagaCreate", "RollbackBody", "create_app"]
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _FLOW_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -73,11 +94,78 @@ class RollbackBody(BaseModel):
 class ApiError(Exception):
     """An answer other than success, rendered as a problem document."""
 
-    def __init__(self, status: int, title: str, detail: str) -> None:
+    def __init__(
+        self, status: int, title: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         self.status = status
         self.title = title
         self.detail = detail
+        self.headers = headers or {}
         super().__init__(detail)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the tenant its key belongs to, and whether it sees every tenant."""
+
+    tenant: str
+    admin: bool = False
+    key_id: str | None = None
+
+    @property
+    def scope(self) -> str | None:
+        """The tenant the caller's reads are limited to (None: every tenant)."""
+        return None if self.admin else self.tenant
+
+
+def _caller(request: Request) -> Caller:
+    authenticate: _Authenticator = request.app.state.authenticate
+    return authenticate(request)
+
+
+Who = Annotated[Caller, Depends(_caller)]
+
+
+def _unauthorized(detail: str) -> ApiError:
+    return ApiError(401, "Unauthorized", detail, {"WWW-Authenticate": 'Bearer realm="sagalab"'})
+
+
+class _Authenticator:
+    """Names the caller of a request from the gateway's word or from a key it presents."""
+
+    def __init__(self, secret: str | None, keys: KeyCache | None) -> None:
+        self._secret = secret.encode() if secret is not None else None
+        self._keys = keys
+        # Starlette runs sync dependencies in its thread pool and KeyCache is not thread-safe:
+        # one lock serialises key look-ups (a cache hit holds it for a dictionary read).
+        self._lock = threading.Lock()
+
+    def __call__(self, request: Request) -> Caller:
+        with self._lock:
+            return self._caller(request)
+
+    def _caller(self, request: Request) -> Caller:
+        headers = request.headers
+        vouched = headers.get(GATEWAY_HEADER)
+        if vouched is not None:
+            if self._secret is None or not hmac.compare_digest(
+                vouched.encode("latin-1"), self._secret
+            ):
+                raise _unauthorized("the gateway secret does not match this API's")
+            try:
+                tenant = check_tenant(headers.get(TENANT_HEADER, ""))
+            except KeyRequestError:
+                raise _unauthorized("the gateway named no valid tenant") from None
+            return Caller(tenant, headers.get(ADMIN_HEADER) == "true", headers.get(KEY_ID_HEADER))
+        key = None
+        presented = presented_key(headers.get("authorization"), headers.get("x-api-key"))
+        if presented and self._keys is not None:
+            key = self._keys.authenticate(presented)
+        if key is None:
+            raise _unauthorized(
+                "a valid API key is required: 'Authorization: Bearer <key>' or 'X-API-Key'"
+            )
+        return Caller(key.tenant, key.admin, key.id)
 
 
 def _problem(status: int, title: str, detail: str, **headers: str) -> JSONResponse:
@@ -190,16 +278,21 @@ def create_app(
     clock: Callable[[], float] = time.time,
     breaker_states: Callable[[], Mapping[str, str]] | None = None,
     instance: str = "api",
+    keys_db: str | Path | None = None,
+    gateway_secret: str | None = None,
 ) -> FastAPI:
     """The API over the saga database `db` (created if missing).
 
     `flows` adds flow files by name to the shipped examples. `breaker_states` (name -> state)
-    feeds the breaker gauges of `/metrics` when the runtime has shared breakers.
+    feeds the breaker gauges of `/metrics` when the runtime has shared breakers. Callers are
+    the gateways holding `gateway_secret` and clients presenting a key from `keys_db`; with
+    neither, every `/v1/` request is refused (401).
     """
     path = Path(db)
     SQLiteStore(path).close()  # create and migrate once, up front: fail fast on a bad path
     stores = _Stores(path)
     catalog = _FlowCatalog(flows or {})
+    keys = KeyCache(KeyStore(keys_db)) if keys_db is not None else None
     metrics = Metrics("sagalab_api_")
     metrics.describe("http_requests_total", "counter", "HTTP requests by method, route, status.")
     metrics.describe("http_request_duration_seconds", "histogram", "HTTP request latency.")
@@ -212,10 +305,11 @@ def create_app(
     )
     app.state.metrics = metrics
     app.state.instance = instance
+    app.state.authenticate = _Authenticator(gateway_secret, keys)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _problem(exc.status, exc.title, exc.detail)
+        return _problem(exc.status, exc.title, exc.detail, **exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -243,6 +337,7 @@ def create_app(
 
     @app.post("/v1/sagas", status_code=202, summary="Submit a saga for the workers")
     def submit(
+        who: Who,
         body: SagaCreate,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
         traceparent: Annotated[str | None, Header()] = None,
@@ -259,6 +354,7 @@ def create_app(
             idempotency_key=idempotency_key,
             now=now,
             run_after=now,
+            tenant=who.tenant,
         )
         if created:
             metrics.inc("sagas_submitted_total", {"flow": flow.name})
@@ -269,26 +365,34 @@ def create_app(
         return JSONResponse(content, status_code=202 if created else 200, headers=headers)
 
     @app.get("/v1/sagas/{saga_id}", summary="A saga with its steps")
-    def get_saga(saga_id: str) -> dict[str, Any]:
+    def get_saga(who: Who, saga_id: str) -> dict[str, Any]:
         """The saga, its input and one row per step."""
         store = stores.get()
-        record = store.load(saga_id)
+        record = store.load(saga_id, tenant=who.scope)
         return {**saga_view(record, store.steps(saga_id)), "links": _links(saga_id)}
 
     @app.get("/v1/sagas", summary="Recent sagas, newest first")
     def list_sagas(
+        who: Who,
         status: SagaStatus | None = None,
         flow: Annotated[str | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        tenant: Annotated[str | None, Query(max_length=64)] = None,
     ) -> dict[str, Any]:
-        """Sagas filtered by status and flow."""
-        records = stores.get().list_sagas(status=status, flow=flow, limit=limit)
+        """The caller's tenant's sagas (an admin's: every tenant's, or `tenant`'s)."""
+        if not who.admin and tenant not in (None, who.tenant):
+            raise ApiError(
+                403, "Forbidden", f"a key of tenant {who.tenant} lists only that tenant's sagas"
+            )
+        scope = tenant if who.admin else who.tenant
+        records = stores.get().list_sagas(status=status, flow=flow, limit=limit, tenant=scope)
         return {"items": [saga_summary(r) for r in records], "count": len(records)}
 
     @app.post("/v1/sagas/{saga_id}/resume", status_code=202, summary="Queue a saga again")
-    def resume(saga_id: str) -> JSONResponse:
+    def resume(who: Who, saga_id: str) -> JSONResponse:
         """Put an unfinished saga back on the queue; a worker continues it from its journal."""
         store = stores.get()
+        store.load(saga_id, tenant=who.scope)  # another tenant's saga is not found
         _, _, state = store.state(saga_id)
         check_resume(state)  # failed, completed or rolled back: 409
         store.requeue(saga_id, clock())
@@ -299,10 +403,11 @@ def create_app(
         )
 
     @app.post("/v1/sagas/{saga_id}/rollback", status_code=202, summary="Roll a saga back")
-    def rollback(saga_id: str, body: RollbackBody | None = None) -> JSONResponse:
+    def rollback(who: Who, saga_id: str, body: RollbackBody | None = None) -> JSONResponse:
         """Journal a rollback request and queue the saga: a worker compensates its steps."""
         request = body or RollbackBody()
         store = stores.get()
+        store.load(saga_id, tenant=who.scope)  # another tenant's saga is not found
         # Judged against the journal it is appended after: a worker's append in between (the
         # pivot's ATTEMPT_STARTED, say) makes it be judged again, and maybe refused (409).
         journal_request(
@@ -321,7 +426,7 @@ def create_app(
         )
 
     @app.get("/v1/flows", summary="Flows this API serves")
-    def list_flows() -> dict[str, list[str]]:
+    def list_flows(who: Who) -> dict[str, list[str]]:
         """Names accepted in `POST /v1/sagas`."""
         return {"flows": catalog.names()}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
 from orchestrator.journal import JournalEntry, entry_from_row, entry_to_row
 from orchestrator.saga import Event, EventType, SagaState, SagaStatus
 from orchestrator.store import (
+    DEFAULT_TENANT,
     Lease,
     SagaRecord,
     StepFields,
@@ -163,8 +165,55 @@ def _v6_steps_in_saga_row(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE steps")
 
 
+def _v7_tenants(conn: sqlite3.Connection) -> None:
+    """v7: every saga belongs to a tenant; idempotency keys are unique per tenant.
+
+    Existing sagas go to DEFAULT_TENANT. The table-wide UNIQUE on `idempotency_key` cannot be
+    dropped in place, so the table is rebuilt from its own stored definition (keeping every
+    column and index it has) minus that constraint. Foreign keys stay on: they are deferred to
+    the commit, by which time every journal row has its saga again.
+    """
+    conn.execute("PRAGMA defer_foreign_keys=ON")
+    table_sql = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'sagas'"
+    ).fetchone()[0]
+    index_sql = [
+        r[0]
+        for r in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'sagas' "
+            "AND sql IS NOT NULL"
+        )
+    ]
+    new_sql, replaced = re.subn(
+        r"idempotency_key\s+TEXT\s+UNIQUE", "idempotency_key TEXT", table_sql
+    )
+    if replaced != 1:
+        raise StoreError("unexpected sagas table definition; cannot add tenants")
+    conn.execute("CREATE TABLE sagas_v6 AS SELECT * FROM sagas")
+    conn.execute("DROP TABLE sagas")
+    conn.execute(new_sql)
+    conn.execute("INSERT INTO sagas SELECT * FROM sagas_v6")
+    conn.execute("DROP TABLE sagas_v6")
+    for sql in index_sql:
+        conn.execute(sql)
+    conn.execute(f"ALTER TABLE sagas ADD COLUMN tenant TEXT NOT NULL DEFAULT '{DEFAULT_TENANT}'")
+    conn.execute("CREATE INDEX sagas_by_tenant ON sagas (tenant, created_at)")
+    conn.execute(
+        "CREATE UNIQUE INDEX sagas_by_idempotency_key ON sagas (tenant, idempotency_key) "
+        "WHERE idempotency_key IS NOT NULL"
+    )
+
+
 Migration = str | Callable[[sqlite3.Connection], None]
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _v6_steps_in_saga_row)
+MIGRATIONS: tuple[Migration, ...] = (
+    _V1,
+    _V2,
+    _V3,
+    _V4,
+    _V5,
+    _v6_steps_in_saga_row,
+    _v7_tenants,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _ACTIVE = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
@@ -301,6 +350,7 @@ class SQLiteStore:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             last_seq=row["last_seq"],
+            tenant=row["tenant"],
         )
 
     def create_saga(
@@ -315,8 +365,10 @@ class SQLiteStore:
         run_after: float | None = None,
         initial: Sequence[JournalEntry] = (),
         state: SagaState | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> tuple[SagaRecord, bool]:
-        """Store a new saga (queued if `run_after` is set); reuse the one a key names.
+        """Store a new saga of `tenant` (queued if `run_after` is set); reuse the one a key
+        names. Idempotency keys are per tenant: another tenant's key is never seen here.
 
         `initial` entries follow SAGA_CREATED in the same transaction, and `state` (the fold
         of all of them) gives the stored status.
@@ -327,8 +379,8 @@ class SQLiteStore:
         with self._write() as conn:
             if idempotency_key is not None:
                 found = conn.execute(
-                    "SELECT id, input_hash FROM sagas WHERE idempotency_key = ?",
-                    (idempotency_key,),
+                    "SELECT id, input_hash FROM sagas WHERE tenant = ? AND idempotency_key = ?",
+                    (tenant, idempotency_key),
                 ).fetchone()
                 if found is not None:
                     if found[1] != fingerprint:
@@ -349,8 +401,8 @@ class SQLiteStore:
                 conn.execute(
                     "INSERT INTO sagas (id, flow_name, flow_version, flow_snapshot, flow_hash, "
                     "input, input_hash, idempotency_key, status, reason, trace_id, created_at, "
-                    "updated_at, last_seq, run_after, steps) "
-                    "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "updated_at, last_seq, run_after, steps, tenant) "
+                    "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         saga_id,
                         flow.name,
@@ -367,6 +419,7 @@ class SQLiteStore:
                         len(entries),
                         run_after,
                         _steps_json(step_fields(folded)),
+                        tenant,
                     ),
                 )
                 conn.executemany(
@@ -387,6 +440,7 @@ class SQLiteStore:
             created_at=now,
             updated_at=now,
             last_seq=1 + len(initial),
+            tenant=tenant,
         )
         return record, True
 
@@ -410,10 +464,11 @@ class SQLiteStore:
 
         return self._guard(query)
 
-    def load(self, saga_id: str) -> SagaRecord:
-        """The saga's row."""
+    def load(self, saga_id: str, *, tenant: str | None = None) -> SagaRecord:
+        """The saga's row; with `tenant`, only if the saga is that tenant's (else not found,
+        so that a caller learns nothing about other tenants' sagas)."""
         rows = self._rows("SELECT * FROM sagas WHERE id = ?", (saga_id,))
-        if not rows:
+        if not rows or (tenant is not None and rows[0]["tenant"] != tenant):
             raise SagaNotFoundError(saga_id)
         return self._record(rows[0])
 
@@ -536,10 +591,18 @@ class SQLiteStore:
         ]
 
     def list_sagas(
-        self, *, status: SagaStatus | None = None, flow: str | None = None, limit: int = 50
+        self,
+        *,
+        status: SagaStatus | None = None,
+        flow: str | None = None,
+        limit: int = 50,
+        tenant: str | None = None,
     ) -> list[SagaRecord]:
-        """Most recent first."""
+        """Most recent first; only `tenant`'s sagas when it is given."""
         where, args = [], []
+        if tenant is not None:
+            where.append("tenant = ?")
+            args.append(tenant)
         if status is not None:
             where.append("status = ?")
             args.append(status.value)

@@ -17,6 +17,9 @@ from orchestrator.flow import FlowDefinition
 from orchestrator.journal import JournalEntry
 from orchestrator.saga import SagaState, SagaStatus
 
+#: The tenant of sagas created before tenants existed, and of those the CLI creates locally.
+DEFAULT_TENANT = "default"
+
 
 @dataclass(frozen=True)
 class SagaRecord:
@@ -32,6 +35,7 @@ class SagaRecord:
     created_at: float
     updated_at: float
     last_seq: int
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True)
@@ -106,12 +110,15 @@ class SagaStore(Protocol):
         trace_id: str,
         idempotency_key: str | None,
         now: float,
+        tenant: str = DEFAULT_TENANT,
     ) -> tuple[SagaRecord, bool]:
-        """Store a new saga with its SAGA_CREATED event; (existing, False) for a reused key."""
+        """Store a new saga of `tenant` with its SAGA_CREATED event; (existing, False) for a
+        key the same tenant used before (keys are unique per tenant)."""
         ...
 
-    def load(self, saga_id: str) -> SagaRecord:
-        """The saga's row (SagaNotFoundError if unknown)."""
+    def load(self, saga_id: str, *, tenant: str | None = None) -> SagaRecord:
+        """The saga's row (SagaNotFoundError if unknown, or if `tenant` is given and the saga
+        belongs to another: another tenant's saga does not exist for the caller)."""
         ...
 
     def journal(self, saga_id: str) -> list[JournalEntry]:
@@ -140,9 +147,14 @@ class SagaStore(Protocol):
         ...
 
     def list_sagas(
-        self, *, status: SagaStatus | None = None, flow: str | None = None, limit: int = 50
+        self,
+        *,
+        status: SagaStatus | None = None,
+        flow: str | None = None,
+        limit: int = 50,
+        tenant: str | None = None,
     ) -> list[SagaRecord]:
-        """Most recent sagas first, optionally filtered."""
+        """Most recent sagas first, optionally filtered (`tenant` None: every tenant's)."""
         ...
 
     def close(self) -> None:

@@ -32,6 +32,7 @@ def saga_summary(record: SagaRecord) -> dict[str, Any]:
         "flow": record.flow.name,
         "flow_version": record.flow.version,
         "status": record.status.value,
+        "tenant": record.tenant,
         "trace_id": record.trace_id,
         "idempotency_key": record.idempotency_key,
         # A completed saga shows no failure (the journal keeps the history); rows stored

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edge.keys import KeyStore
 from edge.server import RunningServer, serve_in_thread
 from fakeservices import run_in_thread
 from orchestrator.api import create_app
@@ -25,14 +26,30 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def api(db: Path) -> Iterator[RunningServer]:
-    with serve_in_thread(create_app(db)) as running:
+def keys_db(tmp_path: Path) -> Path:
+    return tmp_path / "keys.db"
+
+
+@pytest.fixture
+def api_key(keys_db: Path) -> str:
+    store = KeyStore(keys_db)
+    _, key = store.create("tests")
+    store.close()
+    return key
+
+
+@pytest.fixture
+def api(db: Path, keys_db: Path, api_key: str) -> Iterator[RunningServer]:
+    with serve_in_thread(create_app(db, keys_db=keys_db)) as running:
         yield running
 
 
 @pytest.fixture
-def client(api: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api.url, timeout=5.0) as c:
+def client(api: RunningServer, api_key: str) -> Iterator[httpx.Client]:
+    """A client presenting a valid key to the API directly."""
+    with httpx.Client(
+        base_url=api.url, timeout=5.0, headers={"Authorization": f"Bearer {api_key}"}
+    ) as c:
         yield c
 
 

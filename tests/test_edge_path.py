@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +36,17 @@ def path(tmp_path: Path) -> Iterator[EdgePath]:
     _, key = store.create("test", rate=1000, burst=1000)
     _, slow_key = store.create("slow", rate=1, burst=2)
     store.close()
-    api = serve_in_thread(create_app(tmp_path / "sagas.db"))
+    secret = secrets.token_urlsafe(32)
+    api = serve_in_thread(create_app(tmp_path / "sagas.db", gateway_secret=secret))
     gateways = [
         serve_in_thread(
             build_gateway(
                 GatewaySettings(
-                    keys_db=str(keys_db), upstreams=[api.url], instance=f"gw{i}", max_body=4096
+                    keys_db=str(keys_db),
+                    upstreams=[api.url],
+                    instance=f"gw{i}",
+                    max_body=4096,
+                    secret=secret,
                 )
             )
         )

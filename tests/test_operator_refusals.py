@@ -11,14 +11,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+from apilab import admin_api
 from typer.testing import CliRunner
 
 from cli.main import app
-from edge.server import serve_in_thread
 from fakeservices import FaultSpec, RunningServices, run_in_thread
-from orchestrator.api import create_app
 from orchestrator.flowfile import load_flow
 from orchestrator.journal import JournalEntry
 from orchestrator.leases import new_owner
@@ -135,10 +133,7 @@ def test_every_refused_operator_action_exits_4_and_writes_nothing(
 
 def test_api_refuses_resume_of_a_failed_saga_with_409(env: Path, lab: RunningServices) -> None:
     saga = failed_after_pivot(lab, "a1")
-    with (
-        serve_in_thread(create_app(env)) as api,
-        httpx.Client(base_url=api.url, timeout=5.0) as client,
-    ):
+    with admin_api(env) as client:
         r = client.post(f"/v1/sagas/{saga['id']}/resume")
         assert r.status_code == 409
         assert r.headers["content-type"].startswith("application/problem+json")
@@ -156,10 +151,7 @@ def test_completed_saga_shows_no_stale_failure_reason(env: Path, lab: RunningSer
     assert json.loads(out)["reason"] is None
     _, out, _ = cli("list", "--json")
     assert [(r["status"], r["reason"]) for r in json.loads(out)] == [("completed", None)]
-    with (
-        serve_in_thread(create_app(env)) as api,
-        httpx.Client(base_url=api.url, timeout=5.0) as client,
-    ):
+    with admin_api(env) as client:
         got = client.get(f"/v1/sagas/{saga['id']}").json()
         assert (got["status"], got["reason"]) == ("completed", None)
         listed = client.get("/v1/sagas").json()["items"]

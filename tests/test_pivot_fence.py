@@ -15,13 +15,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+from apilab import admin_api
 from workerlab import REPO, Workers, order, wait_for
 
-from edge.server import serve_in_thread
 from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
-from orchestrator.api import create_app
 from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
 from orchestrator.flowfile import load_flow
 from orchestrator.runner import start_saga
@@ -101,8 +99,8 @@ def test_rollback_fired_while_the_pivot_is_in_flight_is_refused_and_the_saga_com
         text=True,
         timeout=60,
     )
-    with serve_in_thread(create_app(db)) as api:
-        api_answer = httpx.post(f"{api.url}/v1/sagas/{saga_id}/rollback", timeout=10.0)
+    with admin_api(db) as client:
+        api_answer = client.post(f"/v1/sagas/{saga_id}/rollback")
     # Both landed while the shipment call was still out (the refusals say so).
     assert cli.returncode == 4, cli.stderr
     assert "the pivot is in flight: wait for it or use --force" in cli.stderr

@@ -83,6 +83,29 @@ def test_keys_cli_creates_a_key_the_edge_accepts_and_revokes_it(stack: StackStat
     assert json.loads(revoked.stdout)["active"] is False
 
 
+def test_the_api_port_needs_a_key_and_the_gateway_secret_stays_off_command_lines(
+    stack: StackState,
+) -> None:
+    secret_file = Path(stack.directory) / "gateway.secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    secret = secret_file.read_text().strip()
+    assert len(secret) >= 32
+    for c in stack.components:  # what `ps` shows
+        assert secret not in " ".join(c.command)
+        cmdline = Path(f"/proc/{c.pid}/cmdline").read_bytes().decode(errors="replace")
+        assert secret not in cmdline
+    api_url = stack.component("api").url
+    assert api_url
+    assert httpx.get(api_url + "/v1/sagas").status_code == 401
+    forged = {"x-sagalab-tenant": "stack", "x-sagalab-admin": "true"}
+    assert httpx.get(api_url + "/v1/sagas", headers=forged).status_code == 401
+    direct = httpx.get(api_url + "/v1/sagas", headers={"X-API-Key": stack.api_key})
+    assert direct.status_code == 200
+    # The gateways vouch for the stack key's tenant.
+    r = httpx.get(stack.edge_url + "/v1/sagas", headers={"X-API-Key": stack.api_key})
+    assert r.status_code == 200
+
+
 @pytest.mark.skipif(not HAS_WORKER, reason="needs orchestrator/worker.py (issue 3)")
 def test_a_saga_through_the_edge_completes_then_an_outage_rolls_back(stack: StackState) -> None:
     services_url = stack.services_url

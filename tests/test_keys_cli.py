@@ -1,0 +1,188 @@
+"""`sagalab keys`: tenants, admin keys, bounds, and reads that never write."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from edge.keys import KeyCache, KeyStore
+from orchestrator.sqlite_store import SQLiteStore
+
+
+def keys(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, ["keys", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def tables(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        conn.close()
+
+
+def test_a_key_belongs_to_a_tenant_named_after_it_unless_told(tmp_path: Path) -> None:
+    db = str(tmp_path / "keys.db")
+    code, out, _ = keys("create", "alice-ci", "--keys-db", db, "--json")
+    assert code == 0
+    assert json.loads(out)["tenant"] == "alice-ci" and json.loads(out)["admin"] is False
+    code, out, _ = keys("create", "alice-web", "--tenant", "alice", "--keys-db", db, "--json")
+    assert code == 0 and json.loads(out)["tenant"] == "alice"
+    code, out, _ = keys("create", "ops", "--admin", "--keys-db", db, "--json")
+    assert code == 0 and json.loads(out)["admin"] is True
+    code, out, _ = keys("list", "--keys-db", db, "--json")
+    listed = {k["name"]: (k["tenant"], k["admin"]) for k in json.loads(out)}
+    assert listed == {
+        "alice-ci": ("alice-ci", False),
+        "alice-web": ("alice", False),
+        "ops": ("ops", True),
+    }
+    code, out, _ = keys("list", "--keys-db", db)
+    assert code == 0 and "alice" in out and "(admin)" in out
+    # What the gateway learns about a key carries its tenant.
+    key = json.loads(keys("create", "bob", "--tenant", "b", "--keys-db", db, "--json")[1])["key"]
+    found = KeyCache(KeyStore(db), ttl=0).authenticate(key)
+    assert found is not None and found.tenant == "b"
+
+
+@pytest.mark.parametrize(
+    ("args", "bound"),
+    [
+        (["--rate", "0"], "between 0.001 and 100000 requests/s"),
+        (["--rate", "1e9"], "between 0.001 and 100000 requests/s"),
+        (["--rate", "nan"], "rate must be between"),
+        (["--rate", "inf"], "rate must be between"),
+        (["--burst", "0.5"], "between 1 and 100000 requests"),
+        (["--burst", "1e12"], "between 1 and 100000 requests"),
+        (["--tenant", "a b"], "not a valid tenant name"),
+        (["--tenant", "x" * 65], "not a valid tenant name"),
+    ],
+    ids=["rate-zero", "rate-huge", "rate-nan", "rate-inf", "burst-small", "burst-huge",
+         "tenant-space", "tenant-long"],
+)  # fmt: skip
+def test_out_of_bounds_key_settings_are_refused_naming_the_bound(
+    tmp_path: Path, args: list[str], bound: str
+) -> None:
+    db = tmp_path / "keys.db"
+    code, out, err = keys("create", "k", *args, "--keys-db", str(db))
+    assert code == 2, err
+    assert bound in err and out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert not db.exists()
+
+
+def test_a_name_that_cannot_be_a_tenant_needs_one(tmp_path: Path) -> None:
+    db = str(tmp_path / "keys.db")
+    code, _, err = keys("create", "ops team", "--keys-db", db)
+    assert code == 2 and "--tenant" in err
+    assert keys("create", "ops team", "--tenant", "ops", "--keys-db", db)[0] == 0
+
+
+@pytest.mark.parametrize("command", [["list"], ["revoke", "ops"]], ids=["list", "revoke"])
+def test_reads_of_a_missing_key_database_create_no_file(tmp_path: Path, command: list[str]) -> None:
+    db = tmp_path / "typo" / "keys.db"
+    code, _, err = keys(*command, "--keys-db", str(db))
+    assert code == 5
+    assert "no key database" in err and len(err.strip().splitlines()) == 1
+    assert not db.exists() and not db.parent.exists()
+
+
+@pytest.mark.parametrize(
+    "command", [["list"], ["revoke", "ops"], ["create", "ops"]], ids=["list", "revoke", "create"]
+)
+def test_a_saga_database_is_not_a_key_database(tmp_path: Path, command: list[str]) -> None:
+    sagas = tmp_path / "sagas.db"
+    SQLiteStore(sagas).close()
+    before = tables(sagas)
+    code, _, err = keys(*command, "--keys-db", str(sagas))
+    assert code == 5
+    assert "not a key database" in err and len(err.strip().splitlines()) == 1
+    assert tables(sagas) == before
+
+
+@pytest.mark.parametrize(
+    "command", [["list"], ["revoke", "ops"], ["create", "ops"]], ids=["list", "revoke", "create"]
+)
+@pytest.mark.parametrize("kind", ["directory", "text-file", "empty-file", "proc-file"])
+def test_a_directory_or_a_text_file_gets_one_line_and_exit_5(
+    tmp_path: Path, command: list[str], kind: str
+) -> None:
+    target = tmp_path / "notes"
+    if kind == "directory":
+        target.mkdir()
+    elif kind == "text-file":
+        target.write_text("not a database\n" * 50)
+    elif kind == "empty-file":
+        target.touch()
+    else:
+        target = Path("/proc/self/status")
+    code, _, err = keys(*command, "--keys-db", str(target))
+    if kind == "empty-file" and command[0] == "create":
+        assert code == 0, err  # an empty file is an empty database: a new key file
+        return
+    assert code == 5, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    if kind == "text-file":
+        assert target.read_text() == "not a database\n" * 50
+    if kind == "empty-file" and command[0] != "create":
+        assert target.stat().st_size == 0
+
+
+def test_a_key_file_from_before_tenants_is_read_as_default_and_upgraded_on_write(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "keys.db"
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, digest TEXT NOT NULL, "
+        "rate REAL NOT NULL, burst REAL NOT NULL, created_at REAL NOT NULL, revoked_at REAL)"
+    )
+    conn.execute("INSERT INTO api_keys VALUES ('0123abcd', 'old', 'x', 5, 10, 1.0, NULL)")
+    conn.commit()
+    conn.close()
+    code, out, _ = keys("list", "--keys-db", str(db), "--json")
+    assert code == 0 and json.loads(out)[0]["tenant"] == "default"
+    conn = sqlite3.connect(db)
+    assert "tenant" not in {r[1] for r in conn.execute("PRAGMA table_info(api_keys)")}
+    conn.close()
+    assert keys("create", "new", "--keys-db", str(db))[0] == 0
+    assert [k.tenant for k in KeyStore(db).list()] == ["default", "new"]
+
+
+def test_an_older_key_file_opened_by_many_at_once_is_upgraded_once(tmp_path: Path) -> None:
+    # What `stack up` does on a directory kept from before tenants: API and gateways open the
+    # key file together, each ready to add the new columns.
+    db = tmp_path / "keys.db"
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, digest TEXT NOT NULL, "
+        "rate REAL NOT NULL, burst REAL NOT NULL, created_at REAL NOT NULL, revoked_at REAL)"
+    )
+    conn.commit()
+    conn.close()
+    barrier = threading.Barrier(6)
+    errors: list[Exception] = []
+
+    def open_it() -> None:
+        barrier.wait()
+        try:
+            KeyStore(db).close()
+        except Exception as exc:  # collected: the assertion below names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    conn = sqlite3.connect(db)
+    assert {"tenant", "admin"} <= {r[1] for r in conn.execute("PRAGMA table_info(api_keys)")}
+    conn.close()
