@@ -20,6 +20,7 @@ import secrets
 from typing import Any
 
 from edge.asgi import (
+    BodySlow,
     BodyTooLarge,
     Receive,
     Scope,
@@ -97,10 +98,18 @@ async def relay(send: Send, response: Response) -> None:
 class LoadBalancerApp:
     """Balances requests over a `Pool` of gateways."""
 
-    def __init__(self, pool: Pool, *, metrics: Metrics, max_body: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        metrics: Metrics,
+        max_body: int = 1 << 20,
+        body_timeout: float | None = None,
+    ) -> None:
         self.pool = pool
         self.metrics = metrics
         self.max_body = max_body
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -114,12 +123,17 @@ class LoadBalancerApp:
             return
         timed = Timed(self.metrics, "lb")
         try:
-            body = await read_body(scope, receive, self.max_body)
+            body = await read_body(scope, receive, self.max_body, self.body_timeout)
         except BodyTooLarge:
             await problem(
                 send, 413, "Payload too large", f"bodies are limited to {self.max_body} bytes"
             )
             timed.done(413, "too_large")
+            return
+        except BodySlow as exc:
+            # The rest of the body may still come: the connection cannot be reused.
+            await problem(send, 408, "Request timeout", str(exc), [(b"connection", b"close")])
+            timed.done(408, "slow_body")
             return
         headers = with_idempotency_key(scope["method"], scope["headers"])
         status = await forward(self.pool, scope, body, send, headers)
