@@ -147,7 +147,7 @@ class LoadBalancerApp:
                 (
                     "instance_healthy",
                     "1 if the instance is in rotation.",
-                    {"instance": b["instance"]},
+                    {"instance": str(b["instance"])},
                     1.0 if b["healthy"] else 0.0,
                 )
                 for b in self.pool.status()

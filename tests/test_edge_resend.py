@@ -110,3 +110,20 @@ def test_an_unknown_outcome_says_so_and_names_the_key(one: Lab, client_key: str 
     assert f"the outcome is unknown: retry with Idempotency-Key: {key}" in r.json()["detail"]
     # Nothing was sent twice: the one gateway is gone and the edge did not try it again.
     assert len(one.api.posts) == 1 and len(one.api.sagas) == 1
+
+
+def test_a_post_that_reached_no_gateway_is_sent_to_another_freely() -> None:
+    # Connection refused: not one byte was sent, so the POST goes on to the next gateway.
+    gone, fake = HoldingApi(), HoldingApi()
+    first, second = serve_in_thread(gone), serve_in_thread(fake)
+    try:
+        settings = EdgeSettings(upstreams=[first.url, second.url], health_interval=30)
+        with serve_in_thread(build_edge(settings)) as edge:
+            first.stop()  # healthy a moment ago; the next health check is 30 s away
+            r = httpx.post(edge.url + "/v1/sagas", json=SAGA, timeout=10)
+            status = httpx.get(edge.url + "/edge/status").json()["instances"]
+    finally:
+        second.stop()
+    assert r.status_code == 202, r.text
+    assert status[0]["sent"] == 1 and status[0]["healthy"] is False
+    assert gone.posts == [] and len(fake.posts) == 1 and len(fake.sagas) == 1
