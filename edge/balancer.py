@@ -32,7 +32,7 @@ from edge.asgi import (
     target_of,
 )
 from edge.metrics import Metrics
-from edge.pool import IDEMPOTENT_METHODS, NoHealthyInstance, Pool
+from edge.pool import IDEMPOTENT_METHODS, NoHealthyInstance, Pool, replayable
 from edge.upstream import Response, UpstreamError, UpstreamFailed
 
 __all__ = ["LoadBalancerApp", "forward", "with_idempotency_key"]
@@ -86,7 +86,7 @@ def with_idempotency_key(
     method: str, headers: list[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
     """`headers`, with an Idempotency-Key of the edge's own if the request needs one."""
-    if method in IDEMPOTENT_METHODS or any(k == b"idempotency-key" for k, _ in headers):
+    if replayable(method, headers):
         return headers
     return [*headers, (b"idempotency-key", b"edge-" + secrets.token_hex(16).encode())]
 

@@ -148,9 +148,8 @@ class Pool:
             except UpstreamUnavailable as exc:
                 backend.eject(str(exc))
                 continue
-            except UpstreamTimeout as exc:
-                backend.record(False, str(exc))
-                raise
+            except UpstreamTimeout:
+                raise  # slow, not broken: it may still be acting on the request
             except UpstreamFailed as exc:
                 backend.record(False, str(exc))
                 if not again:
