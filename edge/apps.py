@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 
 from edge.balancer import LoadBalancerApp
 from edge.errors import KeyStoreError
+from edge.connections import BOUNDS, ConnectionLimits
 from edge.firewall import FirewallMiddleware
 from edge.gateway import GatewayApp, describe
 from edge.keys import KeyCache, KeyStore, read_secret
@@ -29,7 +31,14 @@ from edge.metrics import Metrics
 from edge.pool import Pool
 from orchestrator.policies.firewall import Firewall, FloodGuard
 
-__all__ = ["EdgeSettings", "GatewaySettings", "build_edge", "build_gateway", "main"]
+__all__ = [
+    "EdgeSettings",
+    "GatewaySettings",
+    "build_edge",
+    "build_gateway",
+    "edge_limits",
+    "main",
+]
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -69,6 +78,8 @@ class EdgeSettings:
     flood_block: float = 10.0
     health_interval: float = 0.5
     max_body: int = 1 << 20
+    #: Timeouts, connection caps and the header size limit for client connections.
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,10 +109,18 @@ def build_edge(s: EdgeSettings) -> FirewallMiddleware:
     metrics = describe(Metrics("sagalab_edge_"))
     flood = FloodGuard(s.flood_rate, s.flood_burst, s.flood_block) if s.flood_rate > 0 else None
     firewall = Firewall(allow=s.allow, deny=s.deny, flood=flood)
-    lb = LoadBalancerApp(pool, metrics=metrics, max_body=s.max_body)
+    lb = LoadBalancerApp(
+        pool, metrics=metrics, max_body=s.max_body, body_timeout=s.limits.body_timeout
+    )
     return FirewallMiddleware(
         lb, firewall, trusted_proxies=s.trusted_proxies, metrics=metrics, clock=time.monotonic
     )
+
+
+def edge_limits(s: EdgeSettings) -> ConnectionLimits:
+    """The edge server's connection limits: trusted proxies carry many clients, so the
+    per-address cap does not apply to them."""
+    return dataclasses.replace(s.limits, exempt=(*s.trusted_proxies, *s.limits.exempt))
 
 
 def _breaker_states(db: str) -> Any:
@@ -137,6 +156,23 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--flood-block", type=float, default=10.0)
     for p in (api, gw):
         p.add_argument("--secret-file", help="file holding the gateways' secret for the API")
+    defaults = ConnectionLimits()
+    limit_flags = {
+        "header_timeout": "seconds a connection has to send a request's headers",
+        "body_timeout": "seconds a request has to send its body after the headers (408)",
+        "keep_alive": "seconds an idle kept-alive connection stays open",
+        "max_header_bytes": "largest request head (431 above it)",
+        "per_address": "connections one address may hold (429 above it)",
+        "max_connections": "connections in all (503 above it)",
+    }
+    for name, text in limit_flags.items():
+        default = getattr(defaults, name)
+        edge.add_argument(
+            "--" + name.replace("_", "-"),
+            type=type(default),
+            default=default,
+            help=f"{text} (default {default:g})",
+        )
     for p in (api, gw, edge):
         p.add_argument("--fd", type=int, help="listening socket passed by the parent")
         p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (without --fd)")
@@ -166,8 +202,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run one component in this process until SIGTERM."""
     from edge.server import bind, serve_forever, socket_from_fd
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     app: Any
+    limits: ConnectionLimits | None = None
     if args.component == "api":
         from orchestrator.api import create_app
 
@@ -191,20 +229,25 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         )
     else:
-        app = build_edge(
-            EdgeSettings(
-                upstreams=args.upstream,
-                strategy=args.strategy,
-                allow=args.allow,
-                deny=args.deny,
-                trusted_proxies=args.trusted_proxy,
-                flood_rate=args.flood_rate,
-                flood_burst=args.flood_burst,
-                flood_block=args.flood_block,
-            )
+        try:
+            connection_limits = ConnectionLimits(**{n: getattr(args, n) for n in BOUNDS})
+        except ValueError as exc:
+            parser.error(str(exc))  # exits 2 with the bound named
+        settings = EdgeSettings(
+            upstreams=args.upstream,
+            strategy=args.strategy,
+            allow=args.allow,
+            deny=args.deny,
+            trusted_proxies=args.trusted_proxy,
+            flood_rate=args.flood_rate,
+            flood_burst=args.flood_burst,
+            flood_block=args.flood_block,
+            limits=connection_limits,
         )
+        app = build_edge(settings)
+        limits = edge_limits(settings)
     sock = socket_from_fd(args.fd) if args.fd is not None else bind("127.0.0.1", args.port)
-    serve_forever(app, sock)
+    serve_forever(app, sock, limits=limits)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ and a framework's routing and request objects would cost more than the work they
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from typing import Any
 from edge.metrics import Metrics
 
 __all__ = [
+    "BodySlow",
     "BodyTooLarge",
     "answer",
     "header",
@@ -30,6 +32,14 @@ class BodyTooLarge(Exception):
     """The request body is over the limit."""
 
 
+class BodySlow(Exception):
+    """The request body did not arrive within the body timeout (answer 408, close)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"the request body did not arrive within {timeout:g}s")
+        self.timeout = timeout
+
+
 def header(scope: Scope, name: bytes) -> bytes | None:
     """The first value of header `name` (lower-case), if present."""
     for key, value in scope["headers"]:
@@ -38,8 +48,20 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body; BodyTooLarge as soon as it is known to exceed `limit`."""
+async def read_body(
+    scope: Scope, receive: Receive, limit: int, timeout: float | None = None
+) -> bytes:
+    """The whole request body; BodyTooLarge as soon as it is known to exceed `limit`, and
+    BodySlow if it has not all come within `timeout` seconds (None: no limit)."""
+    if timeout is None:
+        return await _read_body(scope, receive, limit)
+    try:
+        return await asyncio.wait_for(_read_body(scope, receive, limit), timeout)
+    except TimeoutError:
+        raise BodySlow(timeout) from None
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     declared = header(scope, b"content-length")
     if declared is not None:
         try:

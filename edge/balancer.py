@@ -3,16 +3,24 @@
 `GET /edge/status` shows the instances and their health; `GET /edge/metrics` its counters
 (the path prefix `/edge/` never reaches a gateway). Everything else is forwarded through the
 `Pool`: least connections or power of two choices over the healthy instances, ejection on
-failed health checks or a refused connection, 503 when none is left, 502 when an instance broke
-the exchange after the request reached it (the request is not sent twice).
+failed health checks or a refused connection, 503 when none is left.
+
+At most one saga per client POST: a request that is not idempotent and carries no
+Idempotency-Key gets one here (`edge-` and 128 random bits), so that when a gateway dies
+holding it, it can be sent to another gateway under the same key and the API answers with the
+saga the first one created. When it cannot be sent again (no other gateway, or no answer in
+time), the client gets 502 "the outcome is unknown: retry with Idempotency-Key: K", with the
+key in an `Idempotency-Key` header: retrying with it is safe, whatever happened.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 from edge.asgi import (
+    BodySlow,
     BodyTooLarge,
     Receive,
     Scope,
@@ -24,10 +32,10 @@ from edge.asgi import (
     target_of,
 )
 from edge.metrics import Metrics
-from edge.pool import NoHealthyInstance, Pool
-from edge.upstream import Response, UpstreamError
+from edge.pool import IDEMPOTENT_METHODS, NoHealthyInstance, Pool, replayable
+from edge.upstream import Response, UpstreamError, UpstreamFailed
 
-__all__ = ["LoadBalancerApp", "forward"]
+__all__ = ["LoadBalancerApp", "forward", "with_idempotency_key"]
 
 _JSON = [(b"content-type", b"application/json")]
 
@@ -40,18 +48,47 @@ async def forward(
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> int:
     """Send the request to the pool and relay the answer; returns the status sent back."""
+    out = headers or scope["headers"]
+    method = scope["method"]
     try:
-        _, response = await pool.send(
-            scope["method"], target_of(scope), headers or scope["headers"], body
-        )
+        _, response = await pool.send(method, target_of(scope), out, body)
     except NoHealthyInstance as exc:
         await problem(send, 503, "Service unavailable", str(exc), [(b"retry-after", b"1")])
         return 503
+    except UpstreamFailed as exc:
+        if method in IDEMPOTENT_METHODS:
+            await problem(send, 502, "Bad gateway", str(exc))
+            return 502
+        await unknown_outcome(send, exc, dict(out).get(b"idempotency-key"))
+        return 502
     except UpstreamError as exc:
         await problem(send, 502, "Bad gateway", str(exc))
         return 502
     await relay(send, response)
     return response.status
+
+
+async def unknown_outcome(send: Send, exc: UpstreamError, key: bytes | None) -> None:
+    """502 for a request that may or may not have taken effect, saying how to retry safely."""
+    if key is None:
+        detail = (
+            f"the outcome is unknown ({exc}): check whether it took effect before sending it "
+            "again, or send an Idempotency-Key"
+        )
+        await problem(send, 502, "Outcome unknown", detail)
+        return
+    text = key.decode("latin-1")
+    detail = f"the outcome is unknown: retry with Idempotency-Key: {text} ({exc})"
+    await problem(send, 502, "Outcome unknown", detail, [(b"idempotency-key", key)])
+
+
+def with_idempotency_key(
+    method: str, headers: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """`headers`, with an Idempotency-Key of the edge's own if the request needs one."""
+    if replayable(method, headers):
+        return headers
+    return [*headers, (b"idempotency-key", b"edge-" + secrets.token_hex(16).encode())]
 
 
 async def relay(send: Send, response: Response) -> None:
@@ -61,10 +98,18 @@ async def relay(send: Send, response: Response) -> None:
 class LoadBalancerApp:
     """Balances requests over a `Pool` of gateways."""
 
-    def __init__(self, pool: Pool, *, metrics: Metrics, max_body: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        metrics: Metrics,
+        max_body: int = 1 << 20,
+        body_timeout: float | None = None,
+    ) -> None:
         self.pool = pool
         self.metrics = metrics
         self.max_body = max_body
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -78,14 +123,20 @@ class LoadBalancerApp:
             return
         timed = Timed(self.metrics, "lb")
         try:
-            body = await read_body(scope, receive, self.max_body)
+            body = await read_body(scope, receive, self.max_body, self.body_timeout)
         except BodyTooLarge:
             await problem(
                 send, 413, "Payload too large", f"bodies are limited to {self.max_body} bytes"
             )
             timed.done(413, "too_large")
             return
-        status = await forward(self.pool, scope, body, send)
+        except BodySlow as exc:
+            # The rest of the body may still come: the connection cannot be reused.
+            await problem(send, 408, "Request timeout", str(exc), [(b"connection", b"close")])
+            timed.done(408, "slow_body")
+            return
+        headers = with_idempotency_key(scope["method"], scope["headers"])
+        status = await forward(self.pool, scope, body, send, headers)
         timed.done(status, "forwarded" if status < 502 else "unavailable")
 
     async def _own(self, path: str, send: Send) -> None:
@@ -96,7 +147,7 @@ class LoadBalancerApp:
                 (
                     "instance_healthy",
                     "1 if the instance is in rotation.",
-                    {"instance": b["instance"]},
+                    {"instance": str(b["instance"])},
                     1.0 if b["healthy"] else 0.0,
                 )
                 for b in self.pool.status()

@@ -19,7 +19,7 @@ from edge.asgi import Receive, Scope, Send, header, problem, retry_after
 from edge.metrics import Metrics
 from orchestrator.policies.firewall import Firewall, Reason, parse_networks
 
-__all__ = ["FirewallMiddleware", "client_address"]
+__all__ = ["FirewallMiddleware", "client_address", "in_networks"]
 
 _DETAIL = {
     Reason.DENIED: "your address is on the deny list",
@@ -31,16 +31,17 @@ _DETAIL = {
 
 def client_address(peer: str, forwarded_for: bytes | None, trusted: tuple[Any, ...]) -> str:
     """The client address: `peer`, or what trusted proxies recorded in X-Forwarded-For."""
-    if not trusted or forwarded_for is None or not _in(peer, trusted):
+    if not trusted or forwarded_for is None or not in_networks(peer, trusted):
         return peer
     hops = [h.strip() for h in forwarded_for.decode("latin-1").split(",") if h.strip()]
     for hop in reversed(hops):
-        if not _in(hop, trusted):
+        if not in_networks(hop, trusted):
             return hop
     return hops[0] if hops else peer
 
 
-def _in(address: str, networks: tuple[Any, ...]) -> bool:
+def in_networks(address: str, networks: tuple[Any, ...]) -> bool:
+    """Whether `address` (text) is in one of `networks`; False if it is not an address."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

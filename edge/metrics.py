@@ -77,10 +77,10 @@ class Metrics:
             kind, text = self._help.get(name, ("counter", name))
             lines += [f"# HELP {p}{name} {text}", f"# TYPE {p}{name} {kind}"]
             lines += [f"{p}{name}{_fmt(k)} {v:g}" for k, v in series.items()]
-        for name, series in self._hists.items():
+        for name, hist in self._hists.items():
             _, text = self._help.get(name, ("histogram", name))
             lines += [f"# HELP {p}{name} {text}", f"# TYPE {p}{name} histogram"]
-            for key, counts in series.items():
+            for key, counts in hist.items():
                 running = 0.0
                 for bound, n in zip(LATENCY_BUCKETS, counts, strict=False):
                     running += n

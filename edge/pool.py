@@ -7,8 +7,13 @@ so does every request that cannot connect (passive check). An instance that refu
 connection is ejected at once: it is known to be down, and no request goes to it until
 `pass_threshold` consecutive checks pass.
 
-`send` tries another instance when the chosen one could not be reached (nothing was delivered),
-at most once per instance, so killing an instance costs no client request.
+`send` tries another instance when the chosen one could not be reached (not one byte of the
+request was sent), at most once per instance, so killing an instance costs no client request.
+When the exchange broke after the request was sent, the instance may have acted on it: the
+request goes to another instance only if it is `replayable` (an idempotent method, or an
+Idempotency-Key that makes the API answer a repeat with what it did the first time), else the
+caller gets `UpstreamFailed` and must tell its client the outcome is unknown. A timeout is
+never followed by a second send: the first may still be running.
 """
 
 from __future__ import annotations
@@ -19,10 +24,25 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from edge.upstream import Response, Upstream, UpstreamError, UpstreamUnavailable
+from edge.upstream import (
+    Response,
+    Upstream,
+    UpstreamError,
+    UpstreamFailed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from orchestrator.policies.balancer import Balancer, HealthTracker, InstanceView, Strategy
 
-__all__ = ["Backend", "NoHealthyInstance", "Pool"]
+__all__ = ["IDEMPOTENT_METHODS", "Backend", "NoHealthyInstance", "Pool", "replayable"]
+
+#: Methods that mean the same when sent twice (RFC 9110 section 9.2.2).
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+def replayable(method: str, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether a request may be sent twice: idempotent, or it carries an Idempotency-Key."""
+    return method in IDEMPOTENT_METHODS or any(k == b"idempotency-key" for k, _ in headers)
 
 
 class NoHealthyInstance(Exception):
@@ -98,11 +118,20 @@ class Pool:
     async def send(
         self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> tuple[Backend, Response]:
-        """Send to a chosen instance, moving on when one cannot be reached."""
+        """Send to a chosen instance, moving on when one cannot be reached.
+
+        Raises `NoHealthyInstance` when no instance could be sent the request, and
+        `UpstreamFailed` when one may have received it and it cannot be (or could not
+        successfully be) sent elsewhere: its outcome is unknown.
+        """
+        again = replayable(method, headers)
         tried: set[int] = set()
+        unknown: UpstreamFailed | None = None
         while True:
             index = self.choose(tried)
             if index is None:
+                if unknown is not None:
+                    raise unknown
                 raise NoHealthyInstance(
                     "no healthy instance: "
                     + ", ".join(f"{b.name} ({b.last_error or 'down'})" for b in self.backends)
@@ -112,9 +141,20 @@ class Pool:
             backend.active += 1
             backend.sent += 1
             try:
-                return backend, await backend.upstream.request(method, target, headers, body)
+                response = await backend.upstream.request(
+                    method, target, headers, body, replayable=again
+                )
+                return backend, response
             except UpstreamUnavailable as exc:
                 backend.eject(str(exc))
+                continue
+            except UpstreamTimeout:
+                raise  # slow, not broken: it may still be acting on the request
+            except UpstreamFailed as exc:
+                backend.record(False, str(exc))
+                if not again:
+                    raise
+                unknown = exc  # sent again elsewhere, under the same Idempotency-Key
                 continue
             finally:
                 backend.active -= 1

@@ -19,6 +19,7 @@ from typing import Any
 
 import uvicorn
 
+from edge.connections import ConnectionLimits, GuardedH11Protocol
 from edge.errors import EdgeError
 
 __all__ = ["RunningServer", "bind", "serve_forever", "serve_in_thread", "socket_from_fd"]
@@ -47,7 +48,7 @@ def socket_from_fd(fd: int) -> socket.socket:
     return socket.socket(fileno=fd)
 
 
-def _config(app: Any, **overrides: Any) -> uvicorn.Config:
+def _config(app: Any, limits: ConnectionLimits | None = None) -> uvicorn.Config:
     options: dict[str, Any] = {
         "log_level": "warning",
         "access_log": False,
@@ -59,7 +60,14 @@ def _config(app: Any, **overrides: Any) -> uvicorn.Config:
         # address; on loopback every peer is 127.x, so the firewall decides that itself.
         "proxy_headers": False,
     }
-    options.update(overrides)
+    if limits is not None:
+        # The client-facing server: h11 with header timeout, connection caps and 431.
+        options.update(
+            http=GuardedH11Protocol.for_limits(limits),
+            timeout_keep_alive=limits.keep_alive,
+            # Above our own limit, so that an oversized head gets our 431, not h11's 400.
+            h11_max_incomplete_event_size=2 * limits.max_header_bytes + 4,
+        )
     return uvicorn.Config(app, **options)
 
 
@@ -95,12 +103,21 @@ class RunningServer:
 
 
 def serve_in_thread(
-    app: Any, host: str = "127.0.0.1", port: int = 0, *, startup_timeout: float = 10.0
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    startup_timeout: float = 10.0,
+    limits: ConnectionLimits | None = None,
 ) -> RunningServer:
-    """Serve `app` on `host`:`port` in a daemon thread; returns once uvicorn has started."""
+    """Serve `app` on `host`:`port` in a daemon thread; returns once uvicorn has started.
+
+    `limits`: connection limits for a server that faces clients (the edge); None for the
+    hops behind it, whose only client is the hop in front.
+    """
     sock = bind(host, port)
     bound = sock.getsockname()[1]
-    server = uvicorn.Server(_config(app))
+    server = uvicorn.Server(_config(app, limits))
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name=f"edge-{bound}", daemon=True
     )
@@ -115,6 +132,6 @@ def serve_in_thread(
     return running
 
 
-def serve_forever(app: Any, sock: socket.socket) -> None:
+def serve_forever(app: Any, sock: socket.socket, *, limits: ConnectionLimits | None = None) -> None:
     """Serve `app` on `sock` in this process until SIGTERM or SIGINT (uvicorn handles both)."""
-    uvicorn.Server(_config(app)).run(sockets=[sock])
+    uvicorn.Server(_config(app, limits)).run(sockets=[sock])

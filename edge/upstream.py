@@ -6,10 +6,14 @@ hop, so it speaks HTTP/1.1 to the (uvicorn) upstreams itself on asyncio streams.
 exactly what those upstreams send: `Content-Length` or chunked bodies, keep-alive, and
 `Connection: close`.
 
-Errors: `UpstreamUnavailable` when no connection could be made or a reused keep-alive
-connection turned out closed before anything was sent back (nothing reached the upstream
-application, so the caller may try another instance); `UpstreamFailed` when the exchange broke
-after the request was sent (the upstream may have acted: do not retry blindly).
+Errors: `UpstreamUnavailable` when no connection could be made (not one byte of the request
+was sent, so the caller may try another instance freely); `UpstreamFailed` when the exchange
+broke after the request was written, even if nothing came back (the upstream may have acted:
+its outcome is unknown), and `UpstreamTimeout`, a kind of it, when no answer came in time.
+
+A request is written to a pooled keep-alive connection only to find it closed more often than
+to find the upstream dead, yet the two look the same from here: it is written again on a fresh
+connection only when the caller says it is `replayable` (safe to send twice).
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["Response", "Upstream", "UpstreamError", "UpstreamFailed", "UpstreamUnavailable"]
+__all__ = [
+    "Response",
+    "Upstream",
+    "UpstreamError",
+    "UpstreamFailed",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
 
 #: Hop-by-hop headers (RFC 9110 section 7.6.1) plus those we recompute.
 HOP_BY_HOP = frozenset(
@@ -51,7 +62,11 @@ class UpstreamUnavailable(UpstreamError):
 
 
 class UpstreamFailed(UpstreamError):
-    """The exchange broke after the request was sent, or timed out."""
+    """The exchange broke after the request was sent: the upstream may have acted on it."""
+
+
+class UpstreamTimeout(UpstreamFailed):
+    """The request was sent and no answer came in time (the upstream may still be acting)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +125,14 @@ class Upstream:
         body: bytes = b"",
         *,
         timeout: float | None = None,
+        replayable: bool = True,
     ) -> Response:
-        """Send one request (end-to-end `headers` only) and read the whole response."""
+        """Send one request (end-to-end `headers` only) and read the whole response.
+
+        `replayable`: the request may be written twice (an idempotent method, or one carrying
+        an Idempotency-Key); only then is it written again after a pooled connection turned
+        out closed.
+        """
         head = [
             f"{method} {target} HTTP/1.1\r\n".encode("latin-1"),
             b"host: ",
@@ -127,25 +148,37 @@ class Upstream:
         payload = b"".join(head) + body
         limit = self.timeout if timeout is None else timeout
         # A pooled connection may have been closed by the upstream while idle; if so, the
-        # exchange fails before any byte comes back and a fresh connection is tried once.
+        # exchange fails before any byte comes back. The upstream may also have died holding
+        # the request: only a replayable request is written again, on a fresh connection.
+        written = False
         while self._idle:
             conn = self._idle.pop()
             if conn[1].is_closing() or conn[0].at_eof():
                 conn[1].close()
                 continue
             try:
-                return await self._exchange(conn, method, payload, limit, reused=True)
+                return await self._exchange(conn, method, payload, limit)
             except _StaleConnection:
+                if not replayable:
+                    raise UpstreamFailed(self._closed) from None
+                written = True
                 continue
-        conn = await self._connect()
         try:
-            return await self._exchange(conn, method, payload, limit, reused=False)
+            conn = await self._connect()
+        except UpstreamUnavailable:
+            if written:  # the write before may have reached it: the outcome is unknown
+                raise UpstreamFailed(self._closed) from None
+            raise
+        try:
+            return await self._exchange(conn, method, payload, limit)
         except _StaleConnection:
-            raise UpstreamFailed(f"{self.name} closed the connection without answering") from None
+            raise UpstreamFailed(self._closed) from None
 
-    async def _exchange(
-        self, conn: _Conn, method: str, payload: bytes, limit: float, *, reused: bool
-    ) -> Response:
+    @property
+    def _closed(self) -> str:
+        return f"{self.name} closed the connection without answering"
+
+    async def _exchange(self, conn: _Conn, method: str, payload: bytes, limit: float) -> Response:
         reader, writer = conn
         try:
             writer.write(payload)
@@ -155,6 +188,8 @@ class Upstream:
                 if not exc.partial:
                     raise _StaleConnection from None
                 raise
+            except (ConnectionResetError, BrokenPipeError):
+                raise _StaleConnection from None  # closed (or reset) before any byte came back
             status, headers, length, chunked, close = _parse_head(raw)
             if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
                 body = b""
@@ -167,15 +202,13 @@ class Upstream:
                 close = True
         except _StaleConnection:
             writer.close()
-            if reused:
-                raise
-            raise UpstreamUnavailable(f"{self.name} closed the connection at once") from None
+            raise
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             writer.close()
             raise UpstreamFailed(f"{self.name}: broken exchange: {exc!r}") from None
         except TimeoutError:
             writer.close()
-            raise UpstreamFailed(f"{self.name} did not answer within {limit:g}s") from None
+            raise UpstreamTimeout(f"{self.name} did not answer within {limit:g}s") from None
         except BaseException:
             writer.close()  # cancelled: the connection is in an unknown state
             raise

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge.apps import EdgeSettings, GatewaySettings, build_edge, build_gateway
+from edge.apps import EdgeSettings, GatewaySettings, build_edge, build_gateway, edge_limits
 from edge.keys import KeyStore
 from edge.server import RunningServer, serve_in_thread
 from orchestrator.api import create_app
@@ -52,19 +52,17 @@ def path(tmp_path: Path) -> Iterator[EdgePath]:
         )
         for i in range(2)
     ]
-    edge = serve_in_thread(
-        build_edge(
-            EdgeSettings(
-                upstreams=[g.url for g in gateways],
-                deny=["127.66.0.0/16"],
-                trusted_proxies=["127.0.0.9"],
-                flood_rate=50,
-                flood_burst=60,
-                flood_block=30,
-                health_interval=0.1,
-            )
-        )
+    settings = EdgeSettings(
+        upstreams=[g.url for g in gateways],
+        deny=["127.66.0.0/16"],
+        trusted_proxies=["127.0.0.9"],
+        flood_rate=50,
+        flood_burst=60,
+        flood_block=30,
+        health_interval=0.1,
     )
+    # Served as `python -m edge.apps edge` serves it: with the client connection limits.
+    edge = serve_in_thread(build_edge(settings), limits=edge_limits(settings))
     yield EdgePath(edge, gateways, api, key, slow_key, keys_db)
     for server in (edge, *gateways, api):
         server.stop()

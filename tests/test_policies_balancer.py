@@ -90,3 +90,19 @@ def test_health_tracker_ejects_and_returns() -> None:
     results = [tracker.record(ok) for ok in [False, True, False, False, True, True, True]]
     assert results == [None, None, None, False, None, None, True]
     assert tracker.healthy
+
+
+def test_least_connections_ties_go_round_robin() -> None:
+    # A sequential client always finds every instance idle: it must alternate, not load the
+    # first one only (each gateway enforces its share of a key's rate).
+    balancer = Balancer(Strategy.LEAST_CONNECTIONS)
+    idle = views((True, 0, None), (True, 0, None), (True, 0, None))
+    assert [balancer.choose(idle, random.Random(0)) for _ in range(6)] == [0, 1, 2, 0, 1, 2]
+
+
+def test_least_connections_still_prefers_the_least_loaded_and_rotates_among_ties() -> None:
+    balancer = Balancer(Strategy.LEAST_CONNECTIONS)
+    busy_middle = views((True, 1, None), (True, 4, None), (True, 1, None))
+    picks = [balancer.choose(busy_middle, random.Random(0)) for _ in range(4)]
+    assert picks == [0, 2, 0, 2]
+    assert balancer.choose(views((True, 3, None), (True, 0, None)), random.Random(0)) == 1

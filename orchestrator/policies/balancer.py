@@ -8,8 +8,11 @@ passed in; it never reads a clock. The real load balancer
 * an instance that is down (ejected by health checks) or at its connection limit is never chosen;
 * `round_robin` walks the instances in order from where it stopped;
 * `random` picks uniformly among the eligible;
-* `least_connections` picks the eligible instance with the fewest active connections (the first
-  in order on a tie, so the choice is reproducible);
+* `least_connections` picks the eligible instance with the fewest active connections; ties go
+  round robin (the first tied instance at or after the cursor), so a sequential client, which
+  always sees every instance idle, alternates instead of loading the first one only. Gateways
+  each enforce their share of a key's rate: sending every tie to the first would halve the
+  rate a sequential client gets. No randomness, so the simulator stays reproducible;
 * `power_of_two` draws two distinct eligible instances and keeps the less loaded one.
 
 `HealthTracker` turns check results into ejection and return: `fail_threshold` consecutive
@@ -90,7 +93,8 @@ def eligible(instances: Sequence[Instance]) -> list[int]:
 class Balancer:
     """Chooses an instance for each request under one `Strategy`.
 
-    Holds only the round-robin cursor; everything else comes in with each call.
+    Holds only the round-robin cursor (used by `round_robin`, and by `least_connections` to
+    break ties); everything else comes in with each call.
     """
 
     __slots__ = ("strategy", "_cursor")
@@ -118,7 +122,12 @@ class Balancer:
         if strategy is Strategy.RANDOM:
             return candidates[int(rng.random() * len(candidates)) % len(candidates)]
         if strategy is Strategy.LEAST_CONNECTIONS:
-            return min(candidates, key=lambda i: instances[i].active)
+            fewest = min(instances[i].active for i in candidates)
+            tied = [i for i in candidates if instances[i].active == fewest]
+            # The first tied instance at or after the cursor, in ring order.
+            chosen = min(tied, key=lambda i: (i - self._cursor) % n)
+            self._cursor = (chosen + 1) % n
+            return chosen
         # power of two choices
         if len(candidates) == 1:
             return candidates[0]

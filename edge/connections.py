@@ -1,0 +1,203 @@
+"""Connection limits for the server that faces clients: timeouts, caps and a header size limit.
+
+uvicorn alone holds a connection for as long as its peer keeps it open: nothing bounds the time
+to send a request's headers (a connection that opens and sends nothing, or half a request
+line, stays until the descriptors run out), nor how many connections one address holds. The
+edge therefore runs uvicorn's h11 protocol with `GuardedH11Protocol`, which adds, per
+connection:
+
+* a **header timeout**: a connection must finish a request's headers within `header_timeout`
+  of opening (or of starting the next request on a kept-alive connection); else it is closed,
+  after a 408 if part of a request had come;
+* a **per-address cap**: an address already holding `per_address` connections gets 429 and
+  the connection closed (trusted proxies, which carry many clients, are exempt), so one
+  address cannot take the descriptors every other client needs; and a **total cap**,
+  `max_connections`, above which a connection gets 503 and is closed;
+* a **header size limit**: a request head (request line and headers) over `max_header_bytes`
+  gets 431 and the connection closed.
+
+The **body timeout** (408 when a request body has not fully arrived within `body_timeout` of
+its headers) is the apps' (`edge.asgi.read_body`), and idle keep-alive connections are closed
+by uvicorn after `keep_alive`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.utils import get_remote_addr
+
+from edge.firewall import in_networks
+from orchestrator.policies.firewall import parse_networks
+
+__all__ = ["BOUNDS", "ConnectionLimits", "GuardedH11Protocol", "default_max_connections"]
+
+#: name -> (lowest, highest) accepted value; refusals name the bound.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "header_timeout": (0.05, 300.0),
+    "body_timeout": (0.05, 600.0),
+    "keep_alive": (0.05, 600.0),
+    "max_header_bytes": (1024, 1 << 20),
+    "per_address": (1, 100_000),
+    "max_connections": (1, 100_000),
+}
+
+
+def default_max_connections() -> int:
+    """Half the descriptors this process may open (each client may need an upstream one too),
+    keeping 64 for files and listeners, between 64 and 4096."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(64, min(4096, (soft - 64) // 2))
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Limits on client connections (see the module docstring); each is bounded by `BOUNDS`."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive: float = 15.0
+    max_header_bytes: int = 16 * 1024
+    per_address: int = 64
+    max_connections: int = field(default_factory=default_max_connections)
+    #: Addresses or networks never capped per address (trusted proxies).
+    exempt: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in BOUNDS.items():
+            value = getattr(self, name)
+            if not low <= value <= high:  # also refuses NaN
+                raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+
+
+def _raw_response(status: int, reason: str, detail: str, extra: Iterable[str] = ()) -> bytes:
+    """A whole problem response that closes the connection, written without h11."""
+    body = json.dumps(
+        {"type": "about:blank", "title": reason, "status": status, "detail": detail}
+    ).encode()
+    head = [
+        f"HTTP/1.1 {status} {reason}",
+        "content-type: application/problem+json",
+        f"content-length: {len(body)}",
+        "connection: close",
+        *extra,
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the limits of `ConnectionLimits` (use `for_limits`)."""
+
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+    exempt: ClassVar[tuple[Any, ...]] = ()
+
+    @classmethod
+    def for_limits(cls, limits: ConnectionLimits) -> type[GuardedH11Protocol]:
+        """A protocol class bound to `limits` (pass it as uvicorn's `http`)."""
+        attrs = {"limits": limits, "exempt": parse_networks(limits.exempt)}
+        return type("GuardedH11Protocol", (cls,), attrs)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.peer_host = ""
+        self._refused = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head = bytearray()  # the request head arriving, until its blank line
+
+    # -- admission ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        peer = get_remote_addr(transport)
+        host = peer[0] if peer else ""
+        limits = self.limits
+        if len(self.connections) >= limits.max_connections:
+            self._refuse(
+                transport, 503, "Service Unavailable", "the edge is at its connection limit"
+            )
+            return
+        if not self._exempt(host):
+            held = sum(1 for c in self.connections if getattr(c, "peer_host", None) == host)
+            if held >= limits.per_address:
+                detail = f"your address already holds {held} connections (the limit)"
+                self._refuse(transport, 429, "Too Many Requests", detail)
+                return
+        super().connection_made(transport)
+        self.peer_host = host
+        self._arm()
+
+    def _exempt(self, host: str) -> bool:
+        return bool(self.exempt) and in_networks(host, self.exempt)
+
+    def _refuse(self, transport: asyncio.Transport, status: int, reason: str, detail: str) -> None:
+        self._refused = True
+        transport.write(_raw_response(status, reason, detail, ["retry-after: 1"]))
+        transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return  # never admitted: uvicorn's bookkeeping knows nothing of it
+        self._disarm()
+        super().connection_lost(exc)
+
+    # -- the header timeout ----------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused or self.transport.is_closing():
+            return
+        if not self._in_request() and self._head_too_large(data):
+            detail = f"request headers are limited to {self.limits.max_header_bytes} bytes"
+            self.transport.write(_raw_response(431, "Request Header Fields Too Large", detail))
+            self.transport.close()
+            return
+        super().data_received(data)
+        if self._in_request():
+            self._head.clear()
+            self._disarm()
+        elif not self.transport.is_closing():
+            self._arm()  # part of the next request on a kept-alive connection
+
+    def _in_request(self) -> bool:
+        """Headers of the current request have arrived and its response is not complete."""
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _arm(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_late)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self._in_request() or self.transport.is_closing():
+            return
+        if self.conn.trailing_data[0]:  # part of a request came: say why it is closed
+            detail = f"the request headers did not arrive within {self.limits.header_timeout:g}s"
+            self.transport.write(_raw_response(408, "Request Timeout", detail))
+        self.transport.close()
+
+    # -- the header size limit -------------------------------------------------------------
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """Whether the request head now arriving (`data` is its latest part) is over the limit.
+
+        h11 checks its buffer only while a head is incomplete, so a whole oversized head in
+        one packet would pass: the head is looked for here, up to its blank line.
+        """
+        limit = self.limits.max_header_bytes
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end == -1:
+            return len(self._head) > limit
+        self._head.clear()
+        return end + 4 > limit

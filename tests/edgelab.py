@@ -1,0 +1,130 @@
+"""A slow fake of the orchestrator API, and gateways run as real processes, for edge tests.
+
+Not a test module (pytest does not collect it). `HoldingApi` stands in for the API behind the
+gateways: it creates one "saga" per POST (or replays the saga an Idempotency-Key already
+names, as the real API does), counts every request that reached it, and can hold its answer
+so a test can kill the gateway that is waiting for it. Every wait here is a bounded poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edge.server import bind
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.02) -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(every)
+
+
+@dataclass
+class HoldingApi:
+    """An ASGI fake of the API: `POST /v1/sagas` creates (or replays) a saga, `hold` of them
+    wait for `release` before answering, `/readyz` and `/healthz` answer 200."""
+
+    hold: int = 0
+    held: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    #: The Idempotency-Key of every POST that reached this API (None when it had none).
+    posts: list[str | None] = field(default_factory=list)
+    #: Sagas created: id -> the key that created it.
+    sagas: dict[str, str | None] = field(default_factory=dict)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["path"] in ("/readyz", "/healthz"):
+            await self._answer(send, 200, {"status": "ok"})
+            return
+        while (await receive()).get("more_body", False):
+            pass  # the whole request reaches the API before it acts, as with the real one
+        raw = dict(scope["headers"]).get(b"idempotency-key")
+        key = raw.decode() if raw is not None else None
+        self.posts.append(key)
+        replay = next((sid for sid, k in self.sagas.items() if key and k == key), None)
+        saga_id = replay or f"saga-{len(self.sagas) + 1}"
+        self.sagas[saga_id] = key
+        if self.hold > 0:
+            self.hold -= 1
+            self.held.set()
+            deadline = time.monotonic() + 20
+            while not self.release.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        await self._answer(send, 200 if replay else 202, {"id": saga_id, "created": not replay})
+
+    @staticmethod
+    async def _answer(send: Any, status: int, doc: dict[str, Any]) -> None:
+        body = json.dumps(doc).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+@dataclass
+class GatewayProcess:
+    """`python -m edge.apps gateway` in its own process, on a socket bound here."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+
+    @property
+    def name(self) -> str:
+        return self.url.removeprefix("http://")
+
+    def kill(self) -> None:
+        """SIGKILL, and reap it."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+
+
+def start_gateway(keys_db: Path, upstream: str, name: str) -> GatewayProcess:
+    """A gateway process in front of `upstream`; returns once it answers /healthz."""
+    sock = bind("127.0.0.1", 0, inheritable=True)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    cmd = [sys.executable, "-m", "edge.apps", "gateway", "--fd", str(sock.fileno())]
+    cmd += ["--keys-db", str(keys_db), "--upstream", upstream, "--instance", name]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, pass_fds=(sock.fileno(),), env=env, cwd=REPO)
+    sock.close()
+    gateway = GatewayProcess(proc, url)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"gateway {name} exited with {proc.returncode}")
+        try:
+            return httpx.get(url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, 15, f"gateway {name} to answer /healthz", every=0.05)
+    return gateway
