@@ -14,16 +14,16 @@ no Typer keeps a component's start-up light. The gateway secret is passed as the
 from __future__ import annotations
 
 import argparse
-import sys
 import dataclasses
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge.balancer import LoadBalancerApp
-from edge.errors import KeyStoreError
 from edge.connections import BOUNDS, ConnectionLimits
+from edge.errors import KeyStoreError
 from edge.firewall import FirewallMiddleware
 from edge.gateway import GatewayApp, describe
 from edge.keys import KeyCache, KeyStore, read_secret
