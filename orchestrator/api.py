@@ -22,10 +22,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.metrics import Metrics
@@ -42,6 +42,7 @@ from orchestrator.errors import (
 from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import example_flow_names, load_flow
 from orchestrator.journal import JournalEntry
+from orchestrator.jsonsafe import PayloadTooLarge, UnsafeJson, loads_strict
 from orchestrator.runner import new_saga_id, new_trace_id, validate_input
 from orchestrator.saga import SagaStatus, rollback_request
 from orchestrator.sqlite_store import SQLiteStore
@@ -85,6 +86,29 @@ def _problem(status: int, title: str, detail: str, **headers: str) -> JSONRespon
         media_type="application/problem+json",
         headers=headers or None,
     )
+
+
+async def saga_create_body(request: Request) -> SagaCreate:
+    """The `POST /v1/sagas` body, parsed by the strict JSON reader (`orchestrator.jsonsafe`).
+
+    FastAPI's own reader is Python's `json`, which takes NaN and Infinity (stored, they fail
+    the saga later) and raises RecursionError on a deeply nested body; here every such body
+    is a 422 (413 when too large) before anything is stored.
+    """
+    try:
+        raw = loads_strict(await request.body(), what="request body")
+    except PayloadTooLarge as exc:
+        raise ApiError(413, "Request body too large", str(exc)) from None
+    except UnsafeJson as exc:
+        raise ApiError(422, "Unprocessable request", str(exc)) from None
+    try:
+        return SagaCreate.model_validate(raw)
+    except ValidationError as exc:
+        issues = "; ".join(
+            f"{'.'.join(str(p) for p in ('body', *e.get('loc', ())))}: {e.get('msg', '')}"
+            for e in exc.errors()
+        )
+        raise ApiError(422, "Unprocessable request", issues or "the body is invalid") from None
 
 
 def trace_id_from(traceparent: str | None) -> str | None:
@@ -239,9 +263,19 @@ def create_app(
         base = f"/v1/sagas/{saga_id}"
         return {"self": base, "resume": base + "/resume", "rollback": base + "/rollback"}
 
-    @app.post("/v1/sagas", status_code=202, summary="Submit a saga for the workers")
+    @app.post(
+        "/v1/sagas",
+        status_code=202,
+        summary="Submit a saga for the workers",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": SagaCreate.model_json_schema()}},
+            }
+        },
+    )
     def submit(
-        body: SagaCreate,
+        body: Annotated[SagaCreate, Depends(saga_create_body)],
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
         traceparent: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:

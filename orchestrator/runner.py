@@ -19,6 +19,7 @@ from orchestrator.errors import InputError
 from orchestrator.executors import AttemptContext, StepExecutor
 from orchestrator.flow import FlowDefinition
 from orchestrator.journal import JournalEntry
+from orchestrator.jsonsafe import check_json_value
 from orchestrator.policies.breaker import MIN_REFUSAL_WAIT, Breaker
 from orchestrator.saga import (
     Event,
@@ -68,9 +69,14 @@ def new_span_id() -> str:
 
 
 def validate_input(flow: FlowDefinition, payload: Any) -> dict[str, Any]:
-    """The input as a dict, or InputError naming what is wrong."""
+    """The input as a dict, or InputError naming what is wrong.
+
+    Checked before a saga is stored: a JSON object that round-trips (no NaN or Infinity, see
+    `orchestrator.jsonsafe`) holding every key the flow requires.
+    """
     if not isinstance(payload, dict):
         raise InputError(f"flow input must be a JSON object, got {type(payload).__name__}")
+    check_json_value(payload, what="input")
     missing = [k for k in flow.required_input if k not in payload]
     if missing:
         raise InputError(f"flow {flow.name!r} needs input key(s): {', '.join(missing)}")
