@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from orchestrator.errors import InputError
-from orchestrator.executors import AttemptContext, StepExecutor
+from orchestrator.errors import InputError, SagaError
+from orchestrator.executors import AttemptContext, AttemptOutcome, StepExecutor
 from orchestrator.flow import FlowDefinition
 from orchestrator.journal import JournalEntry
 from orchestrator.jsonsafe import check_json_value
@@ -293,7 +293,16 @@ class SagaRunner:
             input=record.input,
             responses=responses,
         )
-        outcome = self.executor.execute(ctx)
+        try:
+            outcome = self.executor.execute(ctx)
+        except SagaError:
+            raise  # the runtime's own (a service without a URL, the store): not this saga's
+        except Exception as exc:
+            # Executors must not raise for a failed call; one that does has a bug or met input
+            # it cannot handle. Fail the attempt for good rather than the worker's thread; it
+            # may have been sent, so it counts as maybe applied (compensated on rollback).
+            failure = Failure(f"executor error: {type(exc).__name__}: {exc}", False, True)
+            outcome = AttemptOutcome(failure=failure)
         if breaker is not None:
             failure = outcome.failure
             # Only signs of an unwell service count: 5xx, timeouts, dropped connections.

@@ -637,6 +637,20 @@ class SQLiteStore:
             )
         return cur.rowcount == 1
 
+    def park(self, lease: Lease, *, reason: str) -> bool:
+        """Give the saga back off the queue with `reason`: it waits for an operator.
+
+        For a saga a worker cannot run at all (its stored journal or flow no longer fits this
+        code); `sagalab orchestrate resume` (or `resume --stuck`) tries it again.
+        """
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE sagas SET lease_owner = NULL, lease_until = NULL, run_after = NULL, "
+                "reason = ? WHERE id = ? AND lease_owner = ? AND lease_epoch = ?",
+                (reason, lease.saga_id, lease.owner, lease.epoch),
+            )
+        return cur.rowcount == 1
+
     def stuck(self, *, now: float) -> list[str]:
         """Active sagas nobody is running: lease expired, or never queued."""
         rows = self.conn.execute(
