@@ -301,8 +301,8 @@ class SagaRunner:
             # Executors must not raise for a failed call; one that does has a bug or met input
             # it cannot handle. Fail the attempt for good rather than the worker's thread; it
             # may have been sent, so it counts as maybe applied (compensated on rollback).
-            failure = Failure(f"executor error: {type(exc).__name__}: {exc}", False, True)
-            outcome = AttemptOutcome(failure=failure)
+            error = f"executor error: {type(exc).__name__}: {exc}"
+            outcome = AttemptOutcome(failure=Failure(error, False, True))
         if breaker is not None:
             failure = outcome.failure
             # Only signs of an unwell service count: 5xx, timeouts, dropped connections.

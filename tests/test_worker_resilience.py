@@ -16,10 +16,11 @@ import pytest
 from workerlab import Workers, enqueue, journal, order, query, statuses, wait_for
 
 from fakeservices import FaultSpec, RunningServices, run_in_thread
-from orchestrator.executors import HttpExecutor
+from orchestrator.executors import AttemptContext, AttemptOutcome, HttpExecutor
+from orchestrator.flow import flow_from_dict
 from orchestrator.flowfile import load_flow
-from orchestrator.runner import new_saga_id, new_trace_id
-from orchestrator.saga import EventType
+from orchestrator.runner import SagaRunner, new_saga_id, new_trace_id, start_saga
+from orchestrator.saga import EventType, Phase, SagaStatus
 from orchestrator.sqlite_store import SQLiteStore
 from orchestrator.worker import Worker, WorkerConfig, WorkerFailed
 
@@ -304,3 +305,40 @@ def test_a_thread_that_dies_stops_the_worker_with_the_reason(
         WorkerFailed, match="worker thread worker-0 died: RuntimeError: cannot build"
     ):
         worker.run()
+
+
+class RaisingExecutor:
+    """An executor with a bug: it raises for the step named `bad` (executors must not)."""
+
+    def execute(self, ctx: AttemptContext) -> AttemptOutcome:
+        if ctx.step.name == "bad" and ctx.phase is Phase.ACTION:
+            raise ValueError("Out of range float values are not JSON compliant")
+        return AttemptOutcome(response={"ok": ctx.step.name})
+
+
+def test_an_executor_that_raises_fails_the_attempt_for_good_and_the_saga_rolls_back(
+    tmp_path: Path,
+) -> None:
+    flow = flow_from_dict(
+        {
+            "name": "raising",
+            "steps": [
+                {"name": "first", "handler": "x", "compensation_handler": "y"},
+                {"name": "bad", "handler": "x", "compensation_handler": "y"},
+            ],
+        }
+    )
+    store = SQLiteStore(tmp_path / "s.db")
+    record, _ = start_saga(store, flow, {})
+    result = SagaRunner(store, RaisingExecutor(), sleep=lambda s: None).run(record.id)
+    assert result.status is SagaStatus.ROLLED_BACK
+    failed = [e.event for e in store.journal(record.id) if e.event.type is EventType.ATTEMPT_FAILED]
+    assert len(failed) == 1 and failed[0].failure is not None
+    assert failed[0].failure.error.startswith("executor error: ValueError")
+    assert not failed[0].failure.retryable and failed[0].failure.maybe_applied
+    undone = [
+        e.event.step
+        for e in store.journal(record.id)
+        if e.event.type is EventType.ATTEMPT_SUCCEEDED and e.event.phase is Phase.COMPENSATION
+    ]
+    assert undone == ["bad", "first"], "maybe applied, so compensated too, in reverse"
