@@ -280,7 +280,7 @@ class Worker:
                     delay = min(MAX_BACKOFF, self.config.poll_interval * 2 ** min(failures, 10))
                     self.stop.wait(delay)
                     continue
-                if failures:
+                if failures and worked:  # back only once a saga went through (not an idle poll)
                     failures = 0
                     self._database_back()
                 if not worked:

@@ -163,10 +163,10 @@ def test_a_full_disk_makes_workers_back_off_then_finish_when_space_is_freed(
         counts = statuses(db)
         assert counts.get("completed", 0) == len(ids), (counts, w.stderr())
         err = w.stderr()
-        # logged once per change of state, not per retry
-        assert err.count("unavailable") == 1, err
-        assert "available again" in err
-        assert w.summary()["errors"] >= 1
+        # Logged once per change of state, not per retry; exit 0 also says no thread died.
+        changes = err.count("unavailable")
+        assert 1 <= changes == err.count("available again"), err
+        assert changes < w.summary()["errors"], err
 
 
 def test_breaker_storage_errors_make_workers_back_off_not_die(
