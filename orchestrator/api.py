@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.metrics import Metrics
@@ -53,6 +55,7 @@ __all__ = ["SagaCreate", "RollbackBody", "create_app"]
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _FLOW_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ACTIVE = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+_BODY_PARSE_FAILED = "There was an error parsing the body"  # FastAPI's words (routing.py)
 
 
 class SagaCreate(BaseModel):
@@ -246,6 +249,14 @@ def create_app(
             for e in exc.errors()
         )
         return _problem(422, "Unprocessable request", issues or "the request is invalid")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers 400 when its JSON reader raises anything but a decode error (a body
+        # nested deep enough for RecursionError): that is a body we cannot process, a 422.
+        if exc.status_code == 400 and exc.detail == _BODY_PARSE_FAILED:
+            return _problem(422, "Unprocessable request", "the body is not JSON this API can read")
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(SagaError)
     async def _saga_error(_: Request, exc: SagaError) -> JSONResponse:

@@ -204,3 +204,15 @@ def test_cli_refuses_such_a_flow_file_with_exit_2_naming_step_and_key(tmp_path: 
 def test_shipped_examples_declare_every_input_key_they_use() -> None:
     flow = load_flow("checkout")
     assert set(flow.required_input) >= {"order_id", "customer_id", "sku", "quantity", "amount"}
+
+
+def test_api_deeply_nested_rollback_body_is_422_not_400_or_500(client: httpx.Client) -> None:
+    body = '{"flow": "checkout", "input": ' + ORDER % "1" + "}"
+    created = client.post("/v1/sagas", content=body, headers={"content-type": "application/json"})
+    saga = created.json()["id"]
+    r = client.post(
+        f"/v1/sagas/{saga}/rollback", content=DEEP, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert client.get("/v1/nothing-here").status_code == 404
