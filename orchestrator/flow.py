@@ -242,8 +242,14 @@ _STEP_FIELDS = {
 }
 
 
-def flow_from_dict(raw: Any, source: str = "<flow>") -> FlowDefinition:
-    """Build and validate a flow from plain data; raise FlowValidationError listing every issue."""
+def flow_from_dict(
+    raw: Any, source: str = "<flow>", *, check_input_keys: bool = True
+) -> FlowDefinition:
+    """Build and validate a flow from plain data; raise FlowValidationError listing every issue.
+
+    `check_input_keys=False` skips the rule that declared input covers the templates: for
+    snapshots stored before the rule existed, which must stay readable.
+    """
     issues = _Issues(source)
     if not isinstance(raw, Mapping):
         issues.add("(top)", "a flow must be a mapping with name, version and steps")
@@ -259,6 +265,8 @@ def flow_from_dict(raw: Any, source: str = "<flow>") -> FlowDefinition:
     required_input, optional_input = _input_keys(raw.get("input"), issues)
     # A flow that declares any input key must declare every key its templates name.
     declared = frozenset(required_input + optional_input) or None
+    if not check_input_keys:
+        declared = None
     raw_steps = raw.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
         issues.add("steps", "is required and must be a non-empty list")

@@ -272,7 +272,9 @@ class SQLiteStore:
     def _flow(self, snapshot: str) -> FlowDefinition:
         flow = self._flows.get(snapshot)
         if flow is None:
-            flow = flow_from_dict(json.loads(snapshot), source="(stored snapshot)")
+            flow = flow_from_dict(
+                json.loads(snapshot), source="(stored snapshot)", check_input_keys=False
+            )
             self._flows[snapshot] = flow
         return flow
 

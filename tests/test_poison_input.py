@@ -216,3 +216,13 @@ def test_api_deeply_nested_rollback_body_is_422_not_400_or_500(client: httpx.Cli
     assert r.status_code == 422, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     assert client.get("/v1/nothing-here").status_code == 404
+
+
+def test_a_stored_snapshot_from_before_the_rule_stays_readable(tmp_path: Path) -> None:
+    raw = http_flow({"a": "${input.order_id}", "b": "${input.note}"}, {"required": ["order_id"]})
+    old = flow_from_dict(raw, check_input_keys=False)
+    store = SQLiteStore(tmp_path / "s.db")
+    record, _ = start_saga(store, old, {"order_id": "o-1", "note": "x"})
+    store.close()
+    reopened = SQLiteStore(tmp_path / "s.db")  # a fresh process reads the snapshot back
+    assert reopened.load(record.id).flow == old
