@@ -11,7 +11,6 @@ Exit codes (documented in the README and in `sagalab orchestrate --help`):
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from orchestrator.errors import (
     StoreError,
     TemplateError,
 )
+from orchestrator.jsonsafe import loads_strict
 
 EXIT_OK, EXIT_SAGA_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_ENVIRONMENT = range(6)
 
@@ -81,9 +81,6 @@ def parse_json_arg(value: str, what: str) -> object:
         except OSError as exc:
             raise fail(f"cannot read {what} file {source}: {exc.strerror}", EXIT_USAGE) from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise fail(
-            f"{what} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})",
-            EXIT_USAGE,
-        ) from None
+        return loads_strict(text, what=what)
+    except InputError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None

@@ -171,8 +171,11 @@ def run_one(
     w = Worker(config)
     threading.Thread(target=lambda: (stop.wait(), w.stop.set()), daemon=True).start()
     render.err.print(f"worker {w.owner}: {concurrency} thread(s), lease {lease}s, db {db}")
-    stats = w.run()
-    stop.set()
+    try:
+        with handled():  # a worker that cannot go on says why in one line and exits non-zero
+            stats = w.run()
+    finally:
+        stop.set()
     summary = {
         "owner": w.owner,
         "claimed": stats.claimed,

@@ -33,9 +33,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.errors import KeyRequestError
@@ -63,6 +65,7 @@ from orchestrator.errors import (
 )
 from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import example_flow_names, load_flow
+from orchestrator.jsonsafe import PayloadTooLarge, UnsafeJson, loads_strict
 from orchestrator.operator import journal_request
 from orchestrator.runner import new_saga_id, new_trace_id, validate_input
 from orchestrator.saga import SagaStatus, check_resume, rollback_request
@@ -73,6 +76,7 @@ __all__ = ["Caller", "SagaCreate", "RollbackBody", "create_app"]
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _FLOW_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_BODY_PARSE_FAILED = "There was an error parsing the body"  # FastAPI's words (routing.py)
 
 
 class SagaCreate(BaseModel):
@@ -175,6 +179,29 @@ def _problem(status: int, title: str, detail: str, **headers: str) -> JSONRespon
         media_type="application/problem+json",
         headers=headers or None,
     )
+
+
+async def saga_create_body(request: Request) -> SagaCreate:
+    """The `POST /v1/sagas` body, parsed by the strict JSON reader (`orchestrator.jsonsafe`).
+
+    FastAPI's own reader is Python's `json`, which takes NaN and Infinity (stored, they fail
+    the saga later) and raises RecursionError on a deeply nested body; here every such body
+    is a 422 (413 when too large) before anything is stored.
+    """
+    try:
+        raw = loads_strict(await request.body(), what="request body")
+    except PayloadTooLarge as exc:
+        raise ApiError(413, "Request body too large", str(exc)) from None
+    except UnsafeJson as exc:
+        raise ApiError(422, "Unprocessable request", str(exc)) from None
+    try:
+        return SagaCreate.model_validate(raw)
+    except ValidationError as exc:
+        issues = "; ".join(
+            f"{'.'.join(str(p) for p in ('body', *e.get('loc', ())))}: {e.get('msg', '')}"
+            for e in exc.errors()
+        )
+        raise ApiError(422, "Unprocessable request", issues or "the body is invalid") from None
 
 
 def trace_id_from(traceparent: str | None) -> str | None:
@@ -319,6 +346,14 @@ def create_app(
         )
         return _problem(422, "Unprocessable request", issues or "the request is invalid")
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers 400 when its JSON reader raises anything but a decode error (a body
+        # nested deep enough for RecursionError): that is a body we cannot process, a 422.
+        if exc.status_code == 400 and exc.detail == _BODY_PARSE_FAILED:
+            return _problem(422, "Unprocessable request", "the body is not JSON this API can read")
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(SagaError)
     async def _saga_error(_: Request, exc: SagaError) -> JSONResponse:
         if isinstance(exc, SagaNotFoundError):
@@ -335,10 +370,22 @@ def create_app(
         base = f"/v1/sagas/{saga_id}"
         return {"self": base, "resume": base + "/resume", "rollback": base + "/rollback"}
 
-    @app.post("/v1/sagas", status_code=202, summary="Submit a saga for the workers")
+    @app.post(
+        "/v1/sagas",
+        status_code=202,
+        summary="Submit a saga for the workers",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/SagaCreate"}}
+                },
+            }
+        },
+    )
     def submit(
         who: Who,
-        body: SagaCreate,
+        body: Annotated[SagaCreate, Depends(saga_create_body)],
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
         traceparent: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:
@@ -473,5 +520,14 @@ def create_app(
             metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
+    def openapi() -> dict[str, Any]:
+        # The saga body is read by `saga_create_body`, not by FastAPI: document it by hand.
+        if app.openapi_schema is None:
+            doc = FastAPI.openapi(app)
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            schemas["SagaCreate"] = SagaCreate.model_json_schema()
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(_MetricsMiddleware, metrics=metrics, clock=time.perf_counter)
     return app

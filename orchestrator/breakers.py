@@ -5,10 +5,15 @@
 about a service protects all of them, and the half-open probe is one compare-and-set row
 update: exactly one caller in all processes gets it. `BreakerBoard` hands out one `Breaker`
 per service for one thread (SQLite connections are per thread).
+
+Every statement goes through `_execute`, which turns a raw `sqlite3` error (the disk is full,
+the file is locked or corrupt) into the `StoreError` a worker backs off on, and first calls
+the board's `guard` (a worker's database watchdog) so nothing is written to a replaced file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -19,7 +24,7 @@ from typing import Any
 import pybreaker
 import yaml
 
-from orchestrator.errors import ServiceConfigError
+from orchestrator.errors import ServiceConfigError, StoreError
 from orchestrator.policies.breaker import Breaker, ClockedStorage
 from orchestrator.sqlite_store import connect
 
@@ -54,22 +59,49 @@ def load_breaker_configs(path: str | Path | None) -> dict[str, BreakerConfig]:
     return configs
 
 
+Guard = Callable[[], None]
+"""Called before every statement; raises (e.g. `DatabaseGone`) to stop it."""
+
+
+def _execute(
+    conn: sqlite3.Connection, sql: str, args: Any = (), *, guard: Guard | None = None
+) -> sqlite3.Cursor:
+    """`conn.execute`, with sqlite3 errors as StoreError (what workers back off on)."""
+    if guard is not None:
+        guard()
+    try:
+        return conn.execute(sql, args)
+    except sqlite3.Error as exc:
+        raise StoreError(f"breaker storage: {exc}") from None
+
+
 class SQLiteBreakerStorage(ClockedStorage):
     """Breaker state in the `breakers` table; every read and write goes to the database."""
 
-    def __init__(self, conn: sqlite3.Connection, name: str, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        name: str,
+        clock: Callable[[], float],
+        *,
+        guard: Guard | None = None,
+    ) -> None:
         super().__init__(name, clock)
         self.conn = conn
-        conn.execute("INSERT OR IGNORE INTO breakers (name) VALUES (?)", (name,))
+        self.guard = guard
+        self._execute("INSERT OR IGNORE INTO breakers (name) VALUES (?)", (name,))
+
+    def _execute(self, sql: str, args: Any = ()) -> sqlite3.Cursor:
+        return _execute(self.conn, sql, args, guard=self.guard)
 
     def _get(self, column: str) -> Any:
-        row = self.conn.execute(
+        row = self._execute(
             f"SELECT {column} FROM breakers WHERE name = ?", (self.name,)
         ).fetchone()
         return row[0] if row else None
 
     def _set(self, assignment: str, *args: Any) -> None:
-        self.conn.execute(
+        self._execute(
             f"UPDATE breakers SET {assignment}, updated_at = ? WHERE name = ?",
             (*args, time.time(), self.name),
         )
@@ -114,7 +146,7 @@ class SQLiteBreakerStorage(ClockedStorage):
         self._set("opened_time = ?", value)
 
     def try_acquire_probe(self, now: float, until: float) -> bool:
-        cur = self.conn.execute(
+        cur = self._execute(
             "UPDATE breakers SET probe_until = ? WHERE name = ? "
             "AND (probe_until IS NULL OR probe_until <= ?)",
             (until, self.name, now),
@@ -135,8 +167,10 @@ class BreakerBoard:
         *,
         owner: str = "",
         on_transition: Callable[[str, float, str, str], None] | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.conn = connect(db)
+        self.guard = guard
         self.configs = dict(configs or {})
         self.owner = owner
         self.on_transition = on_transition
@@ -147,7 +181,7 @@ class BreakerBoard:
         breaker = self._breakers.get(service)
         if breaker is None:
             config = self.configs.get(service, DEFAULT_BREAKER)
-            storage = SQLiteBreakerStorage(self.conn, service, time.time)
+            storage = SQLiteBreakerStorage(self.conn, service, time.time, guard=self.guard)
             breaker = Breaker(
                 service,
                 fail_max=config.fail_max,
@@ -162,27 +196,36 @@ class BreakerBoard:
     def _journal(self, service: str, now: float, old: str, new: str) -> None:
         # Each replica's pybreaker keeps its own view of the state and reports catching up
         # with the shared one as a transition; the shared log records only real changes.
-        self.conn.execute("BEGIN IMMEDIATE")  # check and insert as one, across replicas
+        run = self._execute
+        run("BEGIN IMMEDIATE")  # check and insert as one, across replicas
         try:
-            last = self.conn.execute(
+            last = run(
                 "SELECT new FROM breaker_events WHERE name = ? ORDER BY rowid DESC LIMIT 1",
                 (service,),
             ).fetchone()
             previous = last[0] if last else pybreaker.STATE_CLOSED
             if previous != new:
-                self.conn.execute(
+                run(
                     "INSERT INTO breaker_events (at, name, old, new, owner) VALUES (?, ?, ?, ?, ?)",
                     (now, service, previous, new, self.owner),
                 )
-        finally:
-            self.conn.execute("COMMIT")
+            run("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:  # a full disk fails the COMMIT and leaves it open
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+            raise
         if previous == new:
             return
         old = previous
         if self.on_transition is not None:
             self.on_transition(service, now, old, new)
 
+    def _execute(self, sql: str, args: Any = ()) -> sqlite3.Cursor:
+        return _execute(self.conn, sql, args, guard=self.guard)
+
     def close(self) -> None:
+        """Close the board's connection."""
         self.conn.close()
 
 

@@ -14,8 +14,9 @@ from typing import Any, Protocol
 
 import httpx
 
-from orchestrator.errors import SagaError, ServiceConfigError, TemplateError
+from orchestrator.errors import InputError, SagaError, ServiceConfigError, TemplateError
 from orchestrator.flow import StepDefinition
+from orchestrator.jsonsafe import check_json_value
 from orchestrator.registry import PermanentStepError, StepCall, TransientStepError, get_handler
 from orchestrator.saga import Failure, Phase
 from orchestrator.templates import render
@@ -145,31 +146,36 @@ class HttpExecutor:
             body = render(call.body, template_ctx)
         except TemplateError as exc:
             return AttemptOutcome(failure=Failure(f"template: {exc}", False, False))
-        request = {"method": call.method, "url": base + path, "body": body}
         headers = {
             "Idempotency-Key": ctx.idempotency_key,
             "traceparent": ctx.traceparent,
             "X-Saga-Id": ctx.saga_id,
         }
+        # Build the request before sending anything: a body JSON cannot carry (NaN from an
+        # old database, a lone surrogate) or a URL that cannot be formed fails here, for good
+        # and certainly not applied, instead of raising out of the worker's thread.
+        try:
+            check_json_value(body, what=f"{step.name} {ctx.phase.value} body")
+            request = self.client.build_request(
+                call.method, base + path, json=body, headers=headers, timeout=step.timeout
+            )
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+            return AttemptOutcome(failure=Failure(f"request not sent: {reason}", False, False))
+        shown = {"method": call.method, "url": base + path, "body": body}
         started = time.perf_counter()
         try:
-            response = self.client.request(
-                call.method,
-                base + path,
-                json=body,
-                headers=headers,
-                timeout=step.timeout,
-            )
+            response = self.client.send(request)
         except httpx.HTTPError as exc:
             elapsed = (time.perf_counter() - started) * 1000
             return AttemptOutcome(
-                failure=classify_exception(exc), request=request, duration_ms=elapsed
+                failure=classify_exception(exc), request=shown, duration_ms=elapsed
             )
         elapsed = (time.perf_counter() - started) * 1000
         return AttemptOutcome(
             response=_body(response),
             failure=classify_response(response),
-            request=request,
+            request=shown,
             status_code=response.status_code,
             duration_ms=elapsed,
         )

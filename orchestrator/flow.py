@@ -70,13 +70,18 @@ class StepDefinition:
 
 @dataclass(frozen=True)
 class FlowDefinition:
-    """A named, versioned, ordered list of steps, plus the input keys it requires."""
+    """A named, versioned, ordered list of steps, plus the input keys it declares.
+
+    `required_input` keys must be in every saga's input; `optional_input` keys may be. A flow
+    that declares any key must declare every `${input.KEY}` its templates name.
+    """
 
     name: str
     version: int
     steps: tuple[StepDefinition, ...]
     description: str = ""
     required_input: tuple[str, ...] = ()
+    optional_input: tuple[str, ...] = ()
     _index: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -147,8 +152,15 @@ def _call_from(raw: Any, where: str, issues: _Issues) -> HttpCall | None:
 
 
 def _check_templates(
-    call: HttpCall | None, where: str, earlier: set[str], own: str | None, issues: _Issues
+    call: HttpCall | None,
+    where: str,
+    earlier: set[str],
+    own: str | None,
+    declared: frozenset[str] | None,
+    issues: _Issues,
 ) -> None:
+    """Every reference must resolve: an earlier step, saga fields, or (if the flow declares
+    its input, `declared` is not None) a declared input key."""
     if call is None:
         return
     for field_name, value in (("path", call.path), ("body", call.body)):
@@ -159,7 +171,16 @@ def _check_templates(
             continue
         for ref in refs:
             root = ref[0]
-            if root in ("input", "saga"):
+            if root == "input":
+                key = ref[1] if len(ref) > 1 else ""
+                if declared is not None and key not in declared:
+                    issues.add(
+                        f"{where}.{field_name}",
+                        f"'${{{'.'.join(ref)}}}' names input key {key!r}, which the flow does "
+                        "not declare: add it to input.required (or input.optional)",
+                    )
+                continue
+            if root == "saga":
                 continue
             if root == "steps":
                 target = ref[1] if len(ref) > 1 else ""
@@ -183,6 +204,30 @@ def _check_templates(
             )
 
 
+def _input_keys(raw: Any, issues: _Issues) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(required, optional) input keys from `input: {required: [...], optional: [...]}`."""
+    if raw is None:
+        return (), ()
+    shape = "must be a mapping like {required: [key, ...], optional: [key, ...]}"
+    if not isinstance(raw, Mapping):
+        issues.add("input", shape)
+        return (), ()
+    unknown = sorted(str(k) for k in set(raw) - {"required", "optional"})
+    if unknown:
+        issues.add("input", f"unknown field(s) {', '.join(unknown)}; {shape}")
+    found: list[tuple[str, ...]] = []
+    for part in ("required", "optional"):
+        keys = raw.get(part) or []
+        if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+            issues.add(f"input.{part}", "must be a list of key names")
+            keys = []
+        found.append(tuple(keys))
+    both = sorted(set(found[0]) & set(found[1]))
+    if both:
+        issues.add("input", f"key(s) {', '.join(both)} are both required and optional")
+    return found[0], found[1]
+
+
 _STEP_FIELDS = {
     "name",
     "kind",
@@ -197,8 +242,14 @@ _STEP_FIELDS = {
 }
 
 
-def flow_from_dict(raw: Any, source: str = "<flow>") -> FlowDefinition:
-    """Build and validate a flow from plain data; raise FlowValidationError listing every issue."""
+def flow_from_dict(
+    raw: Any, source: str = "<flow>", *, check_input_keys: bool = True
+) -> FlowDefinition:
+    """Build and validate a flow from plain data; raise FlowValidationError listing every issue.
+
+    `check_input_keys=False` skips the rule that declared input covers the templates: for
+    snapshots stored before the rule existed, which must stay readable.
+    """
     issues = _Issues(source)
     if not isinstance(raw, Mapping):
         issues.add("(top)", "a flow must be a mapping with name, version and steps")
@@ -211,12 +262,11 @@ def flow_from_dict(raw: Any, source: str = "<flow>") -> FlowDefinition:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         issues.add("version", "must be a positive integer")
         version = 1
-    required = raw.get("input", {}) or {}
-    required_input: tuple[str, ...] = ()
-    if isinstance(required, Mapping) and isinstance(required.get("required", []), list):
-        required_input = tuple(str(k) for k in required.get("required", []))
-    else:
-        issues.add("input", "must be a mapping like {required: [key, ...]}")
+    required_input, optional_input = _input_keys(raw.get("input"), issues)
+    # A flow that declares any input key must declare every key its templates name.
+    declared = frozenset(required_input + optional_input) or None
+    if not check_input_keys:
+        declared = None
     raw_steps = raw.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
         issues.add("steps", "is required and must be a non-empty list")
@@ -280,8 +330,8 @@ def flow_from_dict(raw: Any, source: str = "<flow>") -> FlowDefinition:
             f"{where}.compensation_retry",
             issues,
         )
-        _check_templates(action, f"{where}.action", seen, None, issues)
-        _check_templates(compensation, f"{where}.compensation", seen, sname, issues)
+        _check_templates(action, f"{where}.action", seen, None, declared, issues)
+        _check_templates(compensation, f"{where}.compensation", seen, sname, declared, issues)
         seen.add(sname)
         steps.append(
             StepDefinition(
@@ -305,6 +355,7 @@ def flow_from_dict(raw: Any, source: str = "<flow>") -> FlowDefinition:
         steps=tuple(steps),
         description=str(raw.get("description", "")),
         required_input=required_input,
+        optional_input=optional_input,
     )
 
 
@@ -334,6 +385,9 @@ def flow_to_dict(flow: FlowDefinition) -> dict[str, Any]:
         "name": flow.name,
         "version": flow.version,
         "description": flow.description,
-        "input": {"required": list(flow.required_input)},
+        "input": {
+            "required": list(flow.required_input),
+            **({"optional": list(flow.optional_input)} if flow.optional_input else {}),
+        },
         "steps": steps,
     }

@@ -7,9 +7,11 @@ does not wait for the lease to expire; on other hosts expiry is the only evidenc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -54,7 +56,13 @@ def _is_zombie(pid: int) -> bool:
 
 
 class LeaseKeeper:
-    """Renews the leases it holds every `lease_seconds / 3` on its own connection."""
+    """Renews the leases it holds every `lease_seconds / 3` on its own connection.
+
+    A database error skips a round (and reopens the connection next time): a lease that runs
+    out meanwhile is lost, which fencing makes safe. `guard` is called before each round (a
+    worker's database watchdog): when it raises, nothing is renewed. If the keeper's thread
+    ever ends by an unexpected exception, `failure` says why; its worker then stops.
+    """
 
     def __init__(
         self,
@@ -62,10 +70,13 @@ class LeaseKeeper:
         *,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         clock: Callable[[], float] = time.time,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.lease_seconds = lease_seconds
         self.clock = clock
+        self.guard = guard
+        self.failure: str | None = None
         self._leases: dict[str, Lease] = {}
         self._lost: set[str] = set()
         self._lock = threading.Lock()
@@ -97,25 +108,39 @@ class LeaseKeeper:
             return saga_id in self._lost
 
     def _loop(self) -> None:
-        store = SQLiteStore(self.db)
+        store: SQLiteStore | None = None
         try:
             while not self._stop.wait(self.lease_seconds / 3):
-                with self._lock:
-                    leases = list(self._leases.values())
-                for lease in leases:
-                    try:
-                        renewed = store.renew(
-                            lease, now=self.clock(), lease_seconds=self.lease_seconds
-                        )
-                    except SagaError:
-                        continue  # a busy database: the next round tries again
-                    with self._lock:
-                        if lease.saga_id not in self._leases:
-                            continue
-                        if renewed is None:
-                            self._leases.pop(lease.saga_id, None)
-                            self._lost.add(lease.saga_id)
-                        else:
-                            self._leases[lease.saga_id] = renewed
+                try:
+                    if self.guard is not None:
+                        self.guard()
+                    if store is None:
+                        store = SQLiteStore(self.db)
+                    self._renew_all(store)
+                except (SagaError, sqlite3.Error):
+                    # A busy, full or vanished database: reconnect and try the next round.
+                    if store is not None:
+                        with contextlib.suppress(sqlite3.Error):
+                            store.close()
+                    store = None
+        except BaseException as exc:
+            self.failure = f"lease keeper died: {type(exc).__name__}: {exc}"
+            raise
         finally:
-            store.close()
+            if store is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    store.close()
+
+    def _renew_all(self, store: SQLiteStore) -> None:
+        with self._lock:
+            leases = list(self._leases.values())
+        for lease in leases:
+            renewed = store.renew(lease, now=self.clock(), lease_seconds=self.lease_seconds)
+            with self._lock:
+                if lease.saga_id not in self._leases:
+                    continue
+                if renewed is None:
+                    self._leases.pop(lease.saga_id, None)
+                    self._lost.add(lease.saga_id)
+                else:
+                    self._leases[lease.saga_id] = renewed

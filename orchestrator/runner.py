@@ -15,10 +15,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from orchestrator.errors import InputError
-from orchestrator.executors import AttemptContext, StepExecutor
+from orchestrator.errors import InputError, SagaError
+from orchestrator.executors import AttemptContext, AttemptOutcome, StepExecutor
 from orchestrator.flow import FlowDefinition
 from orchestrator.journal import JournalEntry
+from orchestrator.jsonsafe import check_json_value
 from orchestrator.policies.breaker import MIN_REFUSAL_WAIT, Breaker
 from orchestrator.saga import (
     Event,
@@ -68,9 +69,14 @@ def new_span_id() -> str:
 
 
 def validate_input(flow: FlowDefinition, payload: Any) -> dict[str, Any]:
-    """The input as a dict, or InputError naming what is wrong."""
+    """The input as a dict, or InputError naming what is wrong.
+
+    Checked before a saga is stored: a JSON object that round-trips (no NaN or Infinity, see
+    `orchestrator.jsonsafe`) holding every key the flow requires.
+    """
     if not isinstance(payload, dict):
         raise InputError(f"flow input must be a JSON object, got {type(payload).__name__}")
+    check_json_value(payload, what="input")
     missing = [k for k in flow.required_input if k not in payload]
     if missing:
         raise InputError(f"flow {flow.name!r} needs input key(s): {', '.join(missing)}")
@@ -287,7 +293,16 @@ class SagaRunner:
             input=record.input,
             responses=responses,
         )
-        outcome = self.executor.execute(ctx)
+        try:
+            outcome = self.executor.execute(ctx)
+        except SagaError:
+            raise  # the runtime's own (a service without a URL, the store): not this saga's
+        except Exception as exc:
+            # Executors must not raise for a failed call; one that does has a bug or met input
+            # it cannot handle. Fail the attempt for good rather than the worker's thread; it
+            # may have been sent, so it counts as maybe applied (compensated on rollback).
+            error = f"executor error: {type(exc).__name__}: {exc}"
+            outcome = AttemptOutcome(failure=Failure(error, False, True))
         if breaker is not None:
             failure = outcome.failure
             # Only signs of an unwell service count: 5xx, timeouts, dropped connections.

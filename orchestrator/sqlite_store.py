@@ -321,7 +321,9 @@ class SQLiteStore:
     def _flow(self, snapshot: str) -> FlowDefinition:
         flow = self._flows.get(snapshot)
         if flow is None:
-            flow = flow_from_dict(json.loads(snapshot), source="(stored snapshot)")
+            flow = flow_from_dict(
+                json.loads(snapshot), source="(stored snapshot)", check_input_keys=False
+            )
             self._flows[snapshot] = flow
         return flow
 
@@ -697,6 +699,20 @@ class SQLiteStore:
                 "UPDATE sagas SET lease_owner = NULL, lease_until = NULL, run_after = ? "
                 "WHERE id = ? AND lease_owner = ? AND lease_epoch = ?",
                 (run_after, lease.saga_id, lease.owner, lease.epoch),
+            )
+        return cur.rowcount == 1
+
+    def park(self, lease: Lease, *, reason: str) -> bool:
+        """Give the saga back off the queue with `reason`: it waits for an operator.
+
+        For a saga a worker cannot run at all (its stored journal or flow no longer fits this
+        code); `sagalab orchestrate resume` (or `resume --stuck`) tries it again.
+        """
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE sagas SET lease_owner = NULL, lease_until = NULL, run_after = NULL, "
+                "reason = ? WHERE id = ? AND lease_owner = ? AND lease_epoch = ?",
+                (reason, lease.saga_id, lease.owner, lease.epoch),
             )
         return cur.rowcount == 1
 

@@ -6,26 +6,62 @@ sagas whose lease expired: that is the background resume of crashed replicas), r
 it halts or must wait for a retry, and releases it with the time it is due again. A lease
 keeper renews the leases of sagas in progress; a worker whose lease was lost is fenced off
 by the store and drops the saga.
+
+A worker never dies of one saga, and never idles as "up" when it cannot work:
+
+* anything a saga raises is caught: an attempt that raises is journaled as a failed attempt
+  by the runner (the core then rolls back or parks the saga); anything else that makes a
+  saga unrunnable parks it off the queue with its reason (`SQLiteStore.park`);
+* any database error (locked, full, I/O; the breaker storage's included) makes the thread
+  drop its connections, back off (doubling up to `MAX_BACKOFF`) and try again; the change
+  between "unavailable" and "available again" is logged once, not every retry;
+* a database file deleted or replaced under the worker (`DatabaseWatchdog`, checked before
+  every write and by the main loop), a corrupt database, or a thread (or the lease keeper)
+  that ends by an unexpected exception stops the whole process: `run()` raises a
+  `StoreError` or `WorkerFailed` with a one-line reason, so the CLI exits non-zero and a
+  supervisor restarts it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.breakers import BreakerBoard, BreakerConfig
-from orchestrator.errors import ConcurrentUpdate, LeaseLost, SagaError, StoreError
+from orchestrator.errors import (
+    ConcurrentUpdate,
+    LeaseLost,
+    SagaError,
+    ServiceConfigError,
+    StoreError,
+)
 from orchestrator.executors import HttpExecutor, StepExecutor
+from orchestrator.journal import JournalEntry
 from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner
 from orchestrator.runner import SagaRunner
+from orchestrator.saga import SagaState
 from orchestrator.sqlite_store import SQLiteStore
+from orchestrator.store import Lease
+from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog
 
 log = logging.getLogger("sagalab.worker")
+
+MAX_BACKOFF = 2.0
+"""Longest wait between retries while the database fails (seconds)."""
+
+_UNUSABLE = ("malformed", "not a database")
+"""sqlite messages that retrying cannot cure: the worker exits instead."""
+
+
+class WorkerFailed(SagaError):
+    """A worker process cannot go on (a thread died); the message is the one-line reason."""
 
 
 @dataclass
@@ -63,8 +99,85 @@ class WorkerConfig:
     use_breakers: bool = True
 
 
+class _WatchedStore(SQLiteStore):
+    """The worker threads' store: every write first asks the watchdog."""
+
+    def __init__(self, path: Path, watchdog: DatabaseWatchdog) -> None:
+        self.watchdog = watchdog
+        watchdog.check()  # never open (and so create) a new file at a vanished path
+        super().__init__(path)
+
+    def claim_next(self, owner: str, *, now: float, lease_seconds: float) -> Lease | None:
+        self.watchdog.check()
+        return super().claim_next(owner, now=now, lease_seconds=lease_seconds)
+
+    def append(
+        self,
+        saga_id: str,
+        entries: Sequence[JournalEntry],
+        *,
+        expected_seq: int,
+        state: SagaState,
+        now: float,
+        lease: Lease | None = None,
+    ) -> int:
+        self.watchdog.check()
+        return super().append(
+            saga_id, entries, expected_seq=expected_seq, state=state, now=now, lease=lease
+        )
+
+    def release(self, lease: Lease, *, run_after: float | None) -> bool:
+        self.watchdog.check()
+        return super().release(lease, run_after=run_after)
+
+    def park(self, lease: Lease, *, reason: str) -> bool:
+        self.watchdog.check()
+        return super().park(lease, reason=reason)
+
+
+class _Tools:
+    """One thread's connections and clients; dropped and reopened after a database error."""
+
+    def __init__(self, worker: Worker) -> None:
+        config = worker.config
+        self.store = _WatchedStore(config.db, worker.watchdog)
+        self.board: BreakerBoard | None = None
+        self.executor: StepExecutor | None = None
+        try:
+            if config.use_breakers:
+                self.board = BreakerBoard(
+                    config.db, config.breakers, owner=worker.owner, guard=worker.watchdog.check
+                )
+            self.executor = worker._executor_factory()
+        except BaseException:
+            self.close()
+            raise
+        self.runner = SagaRunner(
+            self.store,
+            self.executor,
+            clock=worker.clock,
+            rng=random.Random(),
+            on_event=worker.on_event,  # type: ignore[arg-type]
+            breakers=self.board,
+        )
+
+    def close(self) -> None:
+        close = getattr(self.executor, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+        for conn in (self.board, self.store):
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+
+
 class Worker:
-    """One worker process's threads. `run()` blocks until `stop` is set or a limit is hit."""
+    """One worker process's threads. `run()` blocks until `stop` is set or a limit is hit.
+
+    `run()` raises a `StoreError` (the database file vanished or is unusable) or
+    `WorkerFailed` (a thread died) when the process cannot go on.
+    """
 
     def __init__(
         self,
@@ -84,14 +197,21 @@ class Worker:
         self._last_work = time.monotonic()
         self._busy = 0
         self._busy_lock = threading.Lock()
+        self._fatal: SagaError | None = None
+        self._db_failing = False
+        self._state_lock = threading.Lock()
 
     def run(self) -> WorkerStats:
         """Run the worker threads until stopped, idle for `exit_when_idle`, or `max_seconds`."""
         SQLiteStore(self.config.db).close()  # create/migrate once, before threads race
+        self.watchdog = DatabaseWatchdog(self.config.db)
         started = time.monotonic()
-        with LeaseKeeper(self.config.db, lease_seconds=self.config.lease_seconds) as keeper:
+        keeper = LeaseKeeper(
+            self.config.db, lease_seconds=self.config.lease_seconds, guard=self.watchdog.check
+        )
+        with keeper:
             threads = [
-                threading.Thread(target=self._loop, args=(keeper,), name=f"worker-{i}")
+                threading.Thread(target=self._thread, args=(keeper,), name=f"worker-{i}")
                 for i in range(self.config.concurrency)
             ]
             for t in threads:
@@ -105,45 +225,92 @@ class Worker:
                     idle = self._busy == 0
                 if idle_for is not None and idle and now - self._last_work > idle_for:
                     self.stop.set()
+                try:
+                    self.watchdog.check()  # also between claims, while threads wait on calls
+                except DatabaseGone as exc:
+                    self._fail(exc)
+                if keeper.failure is not None:
+                    self._fail(WorkerFailed(keeper.failure))
+                dead = [t.name for t in threads if not t.is_alive()]
+                if dead and not self.stop.is_set():  # cannot happen unless _thread is wrong
+                    self._fail(WorkerFailed(f"worker thread(s) {', '.join(dead)} ended"))
             for t in threads:
                 t.join()
+        if self._fatal is not None:
+            raise self._fatal
         return self.stats
 
+    def _fail(self, error: SagaError) -> None:
+        """Stop the process with `error` as its reason (the first reason wins)."""
+        with self._state_lock:
+            if self._fatal is None:
+                self._fatal = error
+                log.error("worker %s stopping: %s", self.owner, error)
+        self.stop.set()
+
+    def _thread(self, keeper: LeaseKeeper) -> None:
+        name = threading.current_thread().name
+        try:
+            self._loop(keeper)
+        except BaseException as exc:  # a bug: say so and stop, never idle as "up"
+            log.critical("worker thread %s died", name, exc_info=True)
+            self._fail(WorkerFailed(f"worker thread {name} died: {type(exc).__name__}: {exc}"))
+
     def _loop(self, keeper: LeaseKeeper) -> None:
-        store = SQLiteStore(self.config.db)
-        executor = self._executor_factory()
-        board = (
-            BreakerBoard(self.config.db, self.config.breakers, owner=self.owner)
-            if self.config.use_breakers
-            else None
-        )
-        runner = SagaRunner(
-            store,
-            executor,
-            clock=self.clock,
-            rng=random.Random(),
-            on_event=self.on_event,  # type: ignore[arg-type]
-            breakers=board,
-        )
+        tools: _Tools | None = None
+        failures = 0
         try:
             while not self.stop.is_set():
                 try:
-                    worked = self._one(store, runner, keeper)
-                except StoreError as exc:  # e.g. the disk is full: back off, keep the saga
-                    log.warning("store error: %s", exc)
-                    self.stats.add("errors")
-                    worked = False
+                    if tools is None:
+                        tools = _Tools(self)
+                    worked = self._one(tools, keeper)
+                except DatabaseGone as exc:
+                    self._fail(exc)
+                    return
+                except (StoreError, sqlite3.Error) as exc:
+                    if any(word in str(exc) for word in _UNUSABLE):
+                        self._fail(StoreError(f"database {self.config.db} is unusable: {exc}"))
+                        return
+                    self._database_trouble(exc)
+                    if tools is not None:  # a failed COMMIT can leave a connection unusable
+                        tools.close()
+                        tools = None
+                    failures += 1
+                    delay = min(MAX_BACKOFF, self.config.poll_interval * 2 ** min(failures, 10))
+                    self.stop.wait(delay)
+                    continue
+                if failures and worked:  # back only once a saga went through (not an idle poll)
+                    failures = 0
+                    self._database_back()
                 if not worked:
                     self.stop.wait(self.config.poll_interval)
         finally:
-            close = getattr(executor, "close", None)
-            if close is not None:
-                close()
-            if board is not None:
-                board.close()
-            store.close()
+            if tools is not None:
+                tools.close()
 
-    def _one(self, store: SQLiteStore, runner: SagaRunner, keeper: LeaseKeeper) -> bool:
+    def _database_trouble(self, exc: BaseException) -> None:
+        self.stats.add("errors")
+        with self._state_lock:
+            if self._db_failing:
+                return
+            self._db_failing = True
+        log.warning(
+            "database %s unavailable: %s; backing off (retrying up to every %gs)",
+            self.config.db,
+            exc,
+            MAX_BACKOFF,
+        )
+
+    def _database_back(self) -> None:
+        with self._state_lock:
+            if not self._db_failing:
+                return
+            self._db_failing = False
+        log.warning("database %s available again", self.config.db)
+
+    def _one(self, tools: _Tools, keeper: LeaseKeeper) -> bool:
+        store = tools.store
         lease = store.claim_next(
             self.owner, now=self.clock(), lease_seconds=self.config.lease_seconds
         )
@@ -155,8 +322,9 @@ class Worker:
         self.stats.add("claimed")
         keeper.hold(lease)
         run_after: float | None = None
+        parked: str | None = None
         try:
-            result = runner.run(lease.saga_id, lease=lease, wait_for_retries=False)
+            result = tools.runner.run(lease.saga_id, lease=lease, wait_for_retries=False)
             if result.wait_until is not None:
                 run_after = result.wait_until
                 self.stats.add("requeued")
@@ -168,14 +336,30 @@ class Worker:
         except ConcurrentUpdate:
             self.stats.add("conflicts")  # an operator wrote to it: take it again from the top
             run_after = self.clock()
-        except SagaError as exc:
+        except (StoreError, sqlite3.Error):
+            # The database, not this saga: give it back if the database lets us (else its
+            # lease runs out), and let the thread back off.
+            with contextlib.suppress(SagaError, sqlite3.Error):
+                store.release(lease, run_after=self.clock())
+            raise
+        except ServiceConfigError as exc:  # this worker's configuration: try again later
             log.error("saga %s: %s", lease.saga_id, exc)
             self.stats.add("errors")
             run_after = self.clock() + self.config.lease_seconds
+        except Exception as exc:  # this saga cannot be run by this code: park it, go on
+            parked = (
+                f"parked by worker {self.owner}: {type(exc).__name__}: {exc}; "
+                f"`sagalab orchestrate resume {lease.saga_id}` tries again"
+            )
+            log.error("saga %s: %s", lease.saga_id, parked)
+            self.stats.add("errors")
         finally:
             keeper.drop(lease.saga_id)
             with self._busy_lock:
                 self._busy -= 1
             self._last_work = time.monotonic()
-        store.release(lease, run_after=run_after)
+        if parked is not None:
+            store.park(lease, reason=parked)
+        else:
+            store.release(lease, run_after=run_after)
         return True

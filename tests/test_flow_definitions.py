@@ -332,9 +332,19 @@ def raw_flows(draw: st.DrawFn) -> dict[str, Any]:
         "name": draw(names),
         "version": draw(st.integers(1, 100)),
         "description": draw(st.text(max_size=20)),
-        "input": {"required": draw(st.lists(names, max_size=3, unique=True))},
+        "input": _declared_input(draw),
         "steps": steps,
     }
+
+
+def _declared_input(draw: st.DrawFn) -> dict[str, list[str]]:
+    """Nothing declared, or a declaration that covers `id`, the key the templates use."""
+    required = draw(st.lists(names.filter(lambda n: n != "id"), max_size=3, unique=True))
+    if not required:
+        return {"required": []}
+    if draw(st.booleans()):
+        return {"required": [*required, "id"]}
+    return {"required": required, "optional": ["id"]}
 
 
 @settings(max_examples=150, deadline=None)
