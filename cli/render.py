@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.jsonsafe import displayable
 from orchestrator.saga import Event
 
 # Piped output (scripts, CI logs) is not width-limited to 80 columns: tables stay readable.
@@ -46,7 +47,8 @@ def when(ts: float | None) -> str:
 
 def print_json(data: Any) -> None:
     """Pure JSON on stdout."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    text = json.dumps(displayable(data), indent=2, default=str, allow_nan=False)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "PayloadTooLarge",
     "UnsafeJson",
     "check_json_value",
+    "displayable",
     "loads_strict",
 ]
 
@@ -119,3 +120,18 @@ def _check_text(text: str, where: str) -> None:
         raise UnsafeJson(
             f"{where} holds a lone surrogate (character {exc.start}), which is not UTF-8 text"
         ) from None
+
+
+def displayable(value: Any) -> Any:
+    """`value` with each non-finite float spelled as a string ("NaN", "Infinity", "-Infinity").
+
+    For output only: a saga stored before the door checked its input may hold such numbers,
+    and `--json` output must stay JSON that any reader takes.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: displayable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [displayable(v) for v in value]
+    return value

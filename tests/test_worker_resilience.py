@@ -13,12 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from apilab import admin_api
+from typer.testing import CliRunner
 from workerlab import Workers, enqueue, journal, order, query, statuses, wait_for
 
+from cli.main import app
 from fakeservices import FaultSpec, RunningServices, run_in_thread
 from orchestrator.executors import AttemptContext, AttemptOutcome, HttpExecutor
 from orchestrator.flow import flow_from_dict
 from orchestrator.flowfile import load_flow
+from orchestrator.jsonsafe import loads_strict
 from orchestrator.runner import SagaRunner, new_saga_id, new_trace_id, start_saga
 from orchestrator.saga import EventType, Phase, SagaStatus
 from orchestrator.sqlite_store import SQLiteStore
@@ -342,3 +346,21 @@ def test_an_executor_that_raises_fails_the_attempt_for_good_and_the_saga_rolls_b
         if e.event.type is EventType.ATTEMPT_SUCCEEDED and e.event.phase is Phase.COMPENSATION
     ]
     assert undone == ["bad", "first"], "maybe applied, so compensated too, in reverse"
+
+
+def test_a_poison_saga_already_stored_is_shown_not_a_500_or_a_traceback(tmp_path: Path) -> None:
+    """An old database may hold NaN in a saga's input: reads show it, they never crash."""
+    db = tmp_path / "sagas.db"
+    poison = plant(db, {**order(1), "amount": float("nan")})
+    with admin_api(db) as client:
+        one = client.get(f"/v1/sagas/{poison}")
+        listed = client.get("/v1/sagas")
+    assert one.status_code == 200, one.text
+    assert one.json()["id"] == poison
+    assert listed.status_code == 200 and [s["id"] for s in listed.json()["items"]] == [poison]
+    for verb in ("status", "list", "events"):
+        args = [verb, poison] if verb != "list" else [verb]
+        result = CliRunner().invoke(app, ["orchestrate", *args, "--db", str(db), "--json"])
+        assert result.exit_code == 0, (verb, result.output)
+        assert "Traceback" not in result.output
+        loads_strict(result.stdout)  # JSON any reader takes: no bare NaN
