@@ -185,7 +185,7 @@ def run(
 def status(saga_id: SagaIdArg, db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
     """A saga's status and step timeline: attempts, durations, errors, trace id."""
     with handled():
-        _show(open_store(db), saga_id, as_json)
+        _show(open_store(db, read_only=True), saga_id, as_json)
 
 
 @app.command("list")
@@ -200,7 +200,7 @@ def list_(
 ) -> None:
     """Recent sagas, newest first."""
     with handled():
-        records = open_store(db).list_sagas(status=status_, flow=flow, limit=limit)
+        records = open_store(db, read_only=True).list_sagas(status=status_, flow=flow, limit=limit)
     rows = [saga_summary(r) for r in records]
     if as_json:
         render.print_json(rows)
@@ -212,7 +212,7 @@ def list_(
 def events(saga_id: SagaIdArg, db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
     """A saga's journal: every event in order."""
     with handled():
-        rows = events_view(open_store(db).journal(saga_id))
+        rows = events_view(open_store(db, read_only=True).journal(saga_id))
     if as_json:
         render.print_json(rows)
     else:

@@ -21,7 +21,7 @@ import yaml
 
 from orchestrator.errors import ServiceConfigError
 from orchestrator.policies.breaker import Breaker, ClockedStorage
-from orchestrator.sqlite_store import connect
+from orchestrator.sqlite_store import connect, connect_read_only
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ class BreakerBoard:
 
 def breaker_rows(db: str | Path) -> list[dict[str, Any]]:
     """Every breaker's shared state, for `sagalab breakers list`."""
-    conn = connect(db)
+    conn = connect_read_only(db)
     try:
         conn.row_factory = sqlite3.Row
         rows = conn.execute(
@@ -202,7 +202,7 @@ def breaker_rows(db: str | Path) -> list[dict[str, Any]]:
 
 def breaker_events(db: str | Path, name: str | None = None) -> list[dict[str, Any]]:
     """Breaker transitions, oldest first."""
-    conn = connect(db)
+    conn = connect_read_only(db)
     try:
         conn.row_factory = sqlite3.Row
         if name is None:

@@ -1,0 +1,249 @@
+"""Every command that takes --db refuses anything that is not a sagalab database.
+
+One clear line on stderr, exit 5 (database or service configuration error), no traceback, and
+nothing created or changed: for every kind of bad path crossed with every such command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from orchestrator.errors import StoreError
+from orchestrator.sqlite_store import SCHEMA_VERSION, Access, SQLiteStore, check_database
+
+runner = CliRunner()
+ORDER = json.dumps({"order_id": "o", "customer_id": "c", "sku": "A", "quantity": 1, "amount": 1})
+SAGA = "0" * 26
+
+
+def _sagalab_db(path: Path) -> None:
+    SQLiteStore(path).close()
+
+
+def _directory(tmp: Path) -> Path:
+    (tmp / "a-directory").mkdir()
+    return tmp / "a-directory"
+
+
+def _not_sqlite(tmp: Path) -> Path:
+    path = tmp / "notes.txt"
+    path.write_text("these are my notes, not a database\n" * 50)
+    return path
+
+
+def _garbage_after_header(tmp: Path) -> Path:
+    path = tmp / "corrupt.db"
+    path.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 16)
+    return path
+
+
+def _scrambled_schema_page(tmp: Path) -> Path:
+    """A real sagalab file whose first page (the schema) is overwritten past the header."""
+    path = tmp / "scrambled.db"
+    _sagalab_db(path)
+    data = bytearray(path.read_bytes())
+    data[100:2048] = bytes([0xA5]) * (2048 - 100)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _parent_is_a_file(tmp: Path) -> Path:
+    (tmp / "plain-file").write_text("x")
+    return tmp / "plain-file" / "sagas.db"
+
+
+def _proc_file(_tmp: Path) -> Path:
+    return Path("/proc/self/status")
+
+
+def _proc_missing(_tmp: Path) -> Path:
+    return Path("/proc/sagalab-test.db")
+
+
+def _foreign(tmp: Path) -> Path:
+    path = tmp / "other-app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    conn.execute("INSERT INTO invoices (total) VALUES (9.5)")
+    conn.commit()
+    conn.close()
+    return path
+
+
+def _newer(tmp: Path) -> Path:
+    path = tmp / "newer.db"
+    _sagalab_db(path)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,))
+    conn.commit()
+    conn.close()
+    return path
+
+
+def _missing(tmp: Path) -> Path:
+    return tmp / "mistyped.db"
+
+
+BAD_PATHS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    # kind: (make it, a word the message must contain)
+    "directory": (_directory, "directory"),
+    "not-sqlite": (_not_sqlite, "not a SQLite database"),
+    "corrupt": (_garbage_after_header, "corrupt"),
+    "corrupt-schema": (_scrambled_schema_page, "corrupt"),
+    "unwritable": (_parent_is_a_file, "sagas.db"),
+    "proc-file": (_proc_file, "/proc"),
+    "proc-missing": (_proc_missing, "/proc"),
+    "foreign": (_foreign, "invoices"),
+    "newer": (_newer, "newer"),
+}
+
+# Commands that only read (or act on an existing saga) also refuse a missing file.
+EXISTING_ONLY = [
+    ["orchestrate", "status", SAGA],
+    ["orchestrate", "list"],
+    ["orchestrate", "events", SAGA],
+    ["orchestrate", "resume", SAGA],
+    ["orchestrate", "resume", "--stuck"],
+    ["orchestrate", "rollback", SAGA],
+    ["orchestrate", "retry-step", SAGA, "charge_payment"],
+    ["orchestrate", "skip-step", SAGA, "charge_payment", "--reason", "by hand"],
+    ["breakers", "list"],
+    ["breakers", "events"],
+    ["breakers", "reset", "payments"],
+]
+CREATING = [
+    ["orchestrate", "run", "checkout", "--input", ORDER],
+    ["orchestrate", "run", "checkout", "--input", ORDER, "--wait"],
+    ["worker", "--exit-when-idle", "0.1", "--max-seconds", "2"],
+    ["demo"],
+]
+COMMANDS = EXISTING_ONLY + CREATING
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every file and directory under `root`, with file contents."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.fixture
+def services_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Unreachable but well-formed: `run --wait` gets past its service check to the database.
+    for name in ("INVENTORY", "PAYMENTS", "SHIPPING", "NOTIFICATIONS"):
+        monkeypatch.setenv(f"SAGALAB_SERVICE_{name}", "http://127.0.0.1:9")
+    monkeypatch.delenv("SAGALAB_DB", raising=False)
+    monkeypatch.delenv("SAGALAB_SERVICES_FILE", raising=False)
+
+
+def _assert_refused(args: list[str], db: Path, tmp_path: Path, expect: str) -> None:
+    before = _snapshot(tmp_path)
+    result = runner.invoke(app, [*args, "--db", str(db)])
+    assert result.exit_code == 5, (result.exit_code, result.stdout, result.stderr)
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert expect in lines[0], lines[0]
+    assert result.stdout == ""
+    assert _snapshot(tmp_path) == before
+    assert not Path("/proc/sagalab-test.db").exists()
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a[:3]))
+@pytest.mark.parametrize("kind", list(BAD_PATHS))
+def test_bad_db_is_refused_with_exit_5_and_nothing_written(
+    kind: str, args: list[str], tmp_path: Path, services_env: None
+) -> None:
+    make, expect = BAD_PATHS[kind]
+    db = make(tmp_path)
+    _assert_refused(args, db, tmp_path, expect)
+
+
+@pytest.mark.parametrize("args", EXISTING_ONLY, ids=lambda a: " ".join(a[:3]))
+def test_missing_db_is_not_created_by_commands_that_need_one(
+    args: list[str], tmp_path: Path, services_env: None
+) -> None:
+    _assert_refused(args, _missing(tmp_path), tmp_path, "no saga database")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")
+@pytest.mark.parametrize("args", CREATING, ids=lambda a: " ".join(a[:3]))
+def test_read_only_directory_is_refused_before_anything_runs(
+    args: list[str], tmp_path: Path, services_env: None
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        _assert_refused(args, locked / "sagas.db", tmp_path, "not writable")
+    finally:
+        locked.chmod(0o755)
+
+
+# -- the validation function itself --------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(BAD_PATHS))
+@pytest.mark.parametrize("access", list(Access), ids=lambda a: a.value)
+def test_check_database_classifies_without_writing(
+    kind: str, access: Access, tmp_path: Path
+) -> None:
+    make, expect = BAD_PATHS[kind]
+    db = make(tmp_path)
+    before = _snapshot(tmp_path)
+    with pytest.raises(StoreError) as info:
+        check_database(db, access)
+    assert expect in str(info.value)
+    assert "\n" not in str(info.value)
+    assert _snapshot(tmp_path) == before
+
+
+def test_check_database_accepts_missing_only_when_creating(tmp_path: Path) -> None:
+    assert check_database(tmp_path / "new" / "sagas.db", Access.CREATE) == 0
+    assert list(tmp_path.iterdir()) == []
+    for access in (Access.READ, Access.WRITE):
+        with pytest.raises(StoreError, match="no saga database"):
+            check_database(tmp_path / "sagas.db", access)
+
+
+def test_check_database_reports_a_current_file(tmp_path: Path) -> None:
+    db = tmp_path / "sagas.db"
+    _sagalab_db(db)
+    for access in Access:
+        assert check_database(db, access) == SCHEMA_VERSION
+
+
+def test_read_only_store_reads_a_read_only_file_and_creates_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "sagas.db"
+    _sagalab_db(db)
+    before = _snapshot(tmp_path)
+    store = SQLiteStore(db, read_only=True)
+    try:
+        assert store.list_sagas() == []
+        with pytest.raises(StoreError):
+            store.requeue(SAGA, 0.0)
+    finally:
+        store.close()
+    assert {k: v for k, v in _snapshot(tmp_path).items() if not k.endswith(("-wal", "-shm"))} == {
+        k: v for k, v in before.items() if not k.endswith(("-wal", "-shm"))
+    }
+
+
+def test_api_refuses_a_foreign_database(tmp_path: Path) -> None:
+    from orchestrator.api import create_app
+
+    db = _foreign(tmp_path)
+    before = _snapshot(tmp_path)
+    with pytest.raises(StoreError, match="invoices"):
+        create_app(db)
+    assert _snapshot(tmp_path) == before
