@@ -71,6 +71,7 @@ def _crash_checkpoint(spec: str | None):  # type: ignore[no-untyped-def]
 def _services_for(flow: FlowDefinition, services_file: Path | None) -> dict[str, str]:
     services = load_services(services_file)
     check_services(flow, services)
+    load_breaker_configs(services_file)  # refused here, before a saga is stored or run
     return services
 
 
