@@ -69,9 +69,7 @@ def test_bad_retry_setting_is_a_validation_issue_naming_it(case: str) -> None:
 
 
 @pytest.mark.parametrize("case", ["max_attempts-text", "initial_delay-nan", "max_delay-absurd"])
-def test_run_with_a_bad_retry_setting_exits_2_and_stores_nothing(
-    case: str, tmp_path: Path
-) -> None:
+def test_run_with_a_bad_retry_setting_exits_2_and_stores_nothing(case: str, tmp_path: Path) -> None:
     flow = tmp_path / "f.yaml"
     flow.write_text(yaml.safe_dump(_flow(BAD[case][0])))
     db = tmp_path / "sagas.db"
