@@ -247,3 +247,26 @@ def test_api_refuses_a_foreign_database(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="invoices"):
         create_app(db)
     assert _snapshot(tmp_path) == before
+
+
+def test_corruption_found_past_the_schema_is_one_line_and_exit_5(tmp_path: Path) -> None:
+    """Damage in data pages passes the open-time check; reading it still gives exit 5."""
+    from orchestrator.flowfile import load_flow
+    from orchestrator.runner import start_saga
+
+    db = tmp_path / "sagas.db"
+    store = SQLiteStore(db)
+    flow = load_flow("checkout")
+    order = json.loads(ORDER)
+    for i in range(200):
+        start_saga(store, flow, {**order, "order_id": f"o{i}"}, queue=True)
+    store.close()
+    data = bytearray(db.read_bytes())
+    data[len(data) // 2 :] = bytes([0xA5]) * (len(data) - len(data) // 2)
+    db.write_bytes(bytes(data))
+    for args in (["orchestrate", "list"], ["orchestrate", "resume", "--stuck"]):
+        result = runner.invoke(app, [*args, "--db", str(db)])
+        assert result.exit_code == 5, (args, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "malformed" in result.stderr
