@@ -270,3 +270,28 @@ def test_corruption_found_past_the_schema_is_one_line_and_exit_5(tmp_path: Path)
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "malformed" in result.stderr
+
+
+def _older(tmp: Path) -> Path:
+    """A file as the previous sagalab left it (schema version SCHEMA_VERSION - 1)."""
+    from orchestrator.sqlite_store import MIGRATIONS
+
+    path = tmp / "older.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    for script in MIGRATIONS[:-1]:
+        assert isinstance(script, str)
+        conn.executescript(script)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION - 1),))
+    conn.close()
+    return path
+
+
+def test_read_commands_upgrade_an_older_sagalab_file_once(tmp_path: Path) -> None:
+    db = _older(tmp_path)
+    with pytest.raises(StoreError, match="older"):
+        SQLiteStore(db, read_only=True)
+    result = runner.invoke(app, ["orchestrate", "list", "--json", "--db", str(db)])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == []
+    assert check_database(db) == SCHEMA_VERSION
