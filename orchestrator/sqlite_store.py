@@ -215,7 +215,7 @@ def check_sqlite_file(
             raise StoreError(f"{target} is under {root}, a kernel pseudo-filesystem: {_HINT}")
     try:
         info = target.stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         if access is not Access.CREATE:
             raise StoreError(
                 f"no {what} at {target}: nothing has run with this --db (or SAGALAB_DB) yet"
