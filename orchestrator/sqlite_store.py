@@ -228,20 +228,15 @@ def check_sqlite_file(
         raise StoreError(f"{target} is a directory, not a {what}: {_HINT}")
     if not stat.S_ISREG(info.st_mode):
         raise StoreError(f"{target} is not a regular file, not a {what}: {_HINT}")
-    try:
-        with target.open("rb") as file:
-            header = file.read(100)
-    except OSError as exc:
-        raise StoreError(f"cannot read {what} {target}: {exc.strerror}; {_HINT}") from None
+    if not os.access(target, os.R_OK):
+        raise StoreError(f"cannot read {what} {target}: permission denied; {_HINT}")
     if access is not Access.READ and not (
         os.access(target, os.W_OK) and os.access(target.parent, os.W_OK | os.X_OK)
     ):
         # SQLite also writes `-wal` and `-shm` files next to the database.
         raise StoreError(f"{what} {target} (or its directory) is not writable: {_HINT}")
-    if not header:
+    if info.st_size == 0:
         return None
-    if not header.startswith(_SQLITE_MAGIC) or len(header) < 100:
-        raise StoreError(f"{target} is not a SQLite database (not a {what}): {_HINT}")
     return _probe(target, what)
 
 
@@ -258,14 +253,21 @@ def _check_creatable(target: Path, what: str) -> None:
 
 def _probe(target: Path, what: str) -> SQLiteFile:
     """Tables and schema version, read without writing or creating anything."""
-    # Without a `-wal` file the main file is complete: `immutable` then opens it without the
-    # `-shm`/`-wal` files a read-only WAL open would otherwise leave beside a foreign file.
-    live = Path(f"{target}-wal").exists()
-    uri = f"file:{quote(str(target.absolute()))}?mode=ro" + ("" if live else "&immutable=1")
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open {what} {target}: {exc}; {_HINT}") from None
+    # A live WAL file (`-wal` beside it) is read with `mode=ro`. Otherwise `mode=rw` (never
+    # creates): a read-only open of a WAL-mode file would leave `-wal`/`-shm` files behind,
+    # which the last read-write connection removes as it closes. Not `immutable=1`: closing
+    # such a connection drops the POSIX locks this process's other connections hold on the
+    # file (SQLite then reports disk I/O errors in them).
+    uri = f"file:{quote(str(target.absolute()))}?mode="
+    modes = ("ro",) if Path(f"{target}-wal").exists() else ("rw", "ro")
+    for mode in modes:
+        try:
+            conn = sqlite3.connect(uri + mode, uri=True, timeout=5.0, isolation_level=None)
+            break
+        except sqlite3.Error as exc:
+            error = exc
+    else:
+        raise StoreError(f"cannot open {what} {target}: {error}; {_HINT}") from None
     try:
         tables = frozenset(
             r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -277,10 +279,25 @@ def _probe(target: Path, what: str) -> SQLiteFile:
     except sqlite3.OperationalError as exc:
         raise StoreError(f"cannot read {what} {target}: {exc}; {_HINT}") from None
     except sqlite3.DatabaseError as exc:
+        conn.close()
+        if not _has_sqlite_header(target):
+            raise StoreError(f"{target} is not a SQLite database (not a {what}): {_HINT}") from None
         raise StoreError(f"{target} is corrupt ({exc}), not a usable {what}: {_HINT}") from None
     finally:
         conn.close()
     return SQLiteFile(tables, version)
+
+
+def _has_sqlite_header(target: Path) -> bool:
+    # Only once SQLite has refused the file: closing a descriptor of our own on a database
+    # drops every POSIX lock this process's SQLite connections hold on it (another process
+    # may then delete the `-wal` they are writing to).
+    try:
+        with target.open("rb") as file:
+            header = file.read(100)
+    except OSError:
+        return False
+    return len(header) == 100 and header.startswith(_SQLITE_MAGIC)
 
 
 def check_database(path: str | Path, access: Access = Access.READ) -> int:

@@ -78,6 +78,18 @@ def _foreign(tmp: Path) -> Path:
     return path
 
 
+def _foreign_wal(tmp: Path) -> Path:
+    """Another application's database in WAL mode, closed (no `-wal` beside it)."""
+    path = tmp / "other-app-wal.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    conn.commit()
+    conn.close()
+    assert not Path(f"{path}-wal").exists()
+    return path
+
+
 def _newer(tmp: Path) -> Path:
     path = tmp / "newer.db"
     _sagalab_db(path)
@@ -102,6 +114,7 @@ BAD_PATHS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "proc-file": (_proc_file, "/proc"),
     "proc-missing": (_proc_missing, "/proc"),
     "foreign": (_foreign, "invoices"),
+    "foreign-wal": (_foreign_wal, "invoices"),
     "newer": (_newer, "newer"),
 }
 

@@ -112,3 +112,39 @@ def test_opening_a_current_store_takes_no_write_lock(
             assert store.load(saga_id).id == saga_id
         finally:
             store.close()
+
+
+def _count_in_another_process(db: Path) -> int:
+    code = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+        "print(c.execute('SELECT COUNT(*) FROM sagas').fetchone()[0]); c.close()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(db)], capture_output=True, text=True, timeout=PROMPT
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+def test_checking_a_file_keeps_the_locks_of_this_process_s_connections(
+    saga_db: tuple[Path, str],
+) -> None:
+    """Opening stores next to a live connection must not drop its locks on the file.
+
+    A process's POSIX locks go with any descriptor it closes on the file; if the check did
+    that, another process would see itself as the last user, checkpoint and delete the
+    `-wal` this process still writes to, and every later write here would be lost.
+    """
+    db, _ = saga_db
+    holder = SQLiteStore(db)  # a worker thread's connection, kept open
+    try:
+        holder.conn.execute("PRAGMA wal_autocheckpoint=0")  # what it writes stays in the WAL
+        start_saga(holder, load_flow("checkout"), {**ORDER, "order_id": "o-2"}, queue=True)
+        for read_only in (False, True, False):  # other threads open and close their stores
+            SQLiteStore(db, read_only=read_only).close()
+        assert _count_in_another_process(db) == 2
+        start_saga(holder, load_flow("checkout"), {**ORDER, "order_id": "o-3"}, queue=True)
+        assert _count_in_another_process(db) == 3
+    finally:
+        holder.close()
+    assert _count_in_another_process(db) == 3
