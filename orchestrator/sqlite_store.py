@@ -194,11 +194,15 @@ class SQLiteFile:
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # Kernel pseudo-filesystems: reading some of their files blocks, and nothing can live there.
 _PSEUDO_FILESYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
-_HINT = "pass another path with --db or SAGALAB_DB"
+_HINT = "pass another path with --db or SAGALAB_DB"  # for saga databases
 
 
 def check_sqlite_file(
-    path: str | Path, access: Access, *, what: str = "saga database"
+    path: str | Path,
+    access: Access,
+    *,
+    what: str = "saga database",
+    option: str = "--db or SAGALAB_DB",
 ) -> SQLiteFile | None:
     """Classify `path` before anything opens it for writing; StoreError names what is wrong.
 
@@ -206,38 +210,40 @@ def check_sqlite_file(
     a file that is not SQLite, a corrupt one and, unless `access` is READ, one that cannot be
     written (or created). A missing file is refused unless `access` is CREATE; then, or for an
     empty file, the answer is None. Nothing is created or changed, whatever the answer.
-    `what` names the kind of database in messages (the key store passes "key database").
+    `what` and `option` name the kind of database and where its path came from in messages
+    (the key store passes "key database" and "--keys-db or SAGALAB_KEYS_DB").
     """
+    hint = f"pass another path with {option}"
     target = Path(path)
     resolved = target.resolve()
     for root in _PSEUDO_FILESYSTEMS:
         if resolved.is_relative_to(root) and not resolved.is_relative_to("/dev/shm"):
-            raise StoreError(f"{target} is under {root}, a kernel pseudo-filesystem: {_HINT}")
+            raise StoreError(f"{target} is under {root}, a kernel pseudo-filesystem: {hint}")
     try:
         info = target.stat()
     except (FileNotFoundError, NotADirectoryError):
         if access is not Access.CREATE:
             raise StoreError(
-                f"no {what} at {target}: nothing has run with this --db (or SAGALAB_DB) yet"
+                f"no {what} at {target}: nothing has run with this {option} yet"
             ) from None
         _check_creatable(target, what)
         return None
     except OSError as exc:
-        raise StoreError(f"cannot open {what} {target}: {exc.strerror}; {_HINT}") from None
+        raise StoreError(f"cannot open {what} {target}: {exc.strerror}; {hint}") from None
     if stat.S_ISDIR(info.st_mode):
-        raise StoreError(f"{target} is a directory, not a {what}: {_HINT}")
+        raise StoreError(f"{target} is a directory, not a {what}: {hint}")
     if not stat.S_ISREG(info.st_mode):
-        raise StoreError(f"{target} is not a regular file, not a {what}: {_HINT}")
+        raise StoreError(f"{target} is not a regular file, not a {what}: {hint}")
     if not os.access(target, os.R_OK):
-        raise StoreError(f"cannot read {what} {target}: permission denied; {_HINT}")
+        raise StoreError(f"cannot read {what} {target}: permission denied; {hint}")
     if access is not Access.READ and not (
         os.access(target, os.W_OK) and os.access(target.parent, os.W_OK | os.X_OK)
     ):
         # SQLite also writes `-wal` and `-shm` files next to the database.
-        raise StoreError(f"{what} {target} (or its directory) is not writable: {_HINT}")
+        raise StoreError(f"{what} {target} (or its directory) is not writable: {hint}")
     if info.st_size == 0:
         return None
-    return _probe(target, what)
+    return _probe(target, what, hint)
 
 
 def _check_creatable(target: Path, what: str) -> None:
@@ -251,7 +257,7 @@ def _check_creatable(target: Path, what: str) -> None:
         raise StoreError(f"cannot create {what} {target}: {ancestor} is not writable")
 
 
-def _probe(target: Path, what: str) -> SQLiteFile:
+def _probe(target: Path, what: str, hint: str) -> SQLiteFile:
     """Tables and schema version, read without writing or creating anything."""
     # A live WAL file (`-wal` beside it) is read with `mode=ro`. Otherwise `mode=rw` (never
     # creates): a read-only open of a WAL-mode file would leave `-wal`/`-shm` files behind,
@@ -267,7 +273,7 @@ def _probe(target: Path, what: str) -> SQLiteFile:
         except sqlite3.Error as exc:
             error = exc
     else:
-        raise StoreError(f"cannot open {what} {target}: {error}; {_HINT}") from None
+        raise StoreError(f"cannot open {what} {target}: {error}; {hint}") from None
     try:
         tables = frozenset(
             r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -277,12 +283,12 @@ def _probe(target: Path, what: str) -> SQLiteFile:
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             version = int(row[0]) if row is not None and str(row[0]).isdigit() else None
     except sqlite3.OperationalError as exc:
-        raise StoreError(f"cannot read {what} {target}: {exc}; {_HINT}") from None
+        raise StoreError(f"cannot read {what} {target}: {exc}; {hint}") from None
     except sqlite3.DatabaseError as exc:
         conn.close()
         if not _has_sqlite_header(target):
-            raise StoreError(f"{target} is not a SQLite database (not a {what}): {_HINT}") from None
-        raise StoreError(f"{target} is corrupt ({exc}), not a usable {what}: {_HINT}") from None
+            raise StoreError(f"{target} is not a SQLite database (not a {what}): {hint}") from None
+        raise StoreError(f"{target} is corrupt ({exc}), not a usable {what}: {hint}") from None
     finally:
         conn.close()
     return SQLiteFile(tables, version)

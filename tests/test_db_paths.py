@@ -308,3 +308,17 @@ def test_read_commands_upgrade_an_older_sagalab_file_once(tmp_path: Path) -> Non
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout) == []
     assert check_database(db) == SCHEMA_VERSION
+
+
+def test_check_sqlite_file_serves_other_databases_by_name(tmp_path: Path) -> None:
+    """The key store's check: its own wording, and the tables found for it to judge."""
+    from orchestrator.sqlite_store import check_sqlite_file
+
+    keys = tmp_path / "keys.db"
+    with pytest.raises(StoreError, match=r"no key database at .* --keys-db"):
+        check_sqlite_file(keys, Access.READ, what="key database", option="--keys-db")
+    assert not keys.exists()
+    with pytest.raises(StoreError, match=r"is a directory, not a key database: .* --keys-db"):
+        check_sqlite_file(tmp_path, Access.WRITE, what="key database", option="--keys-db")
+    found = check_sqlite_file(_foreign(tmp_path), Access.READ, what="key database")
+    assert found is not None and found.tables == {"invoices"} and found.schema_version is None
