@@ -12,6 +12,7 @@ no Typer keeps a component's start-up light.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -150,10 +151,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     app: Any
     if args.component == "api":
         from orchestrator.api import create_app
+        from orchestrator.errors import StoreError
 
-        app = create_app(
-            args.db, instance=args.instance or "api", breaker_states=_breaker_states(args.db)
-        )
+        try:
+            app = create_app(
+                args.db, instance=args.instance or "api", breaker_states=_breaker_states(args.db)
+            )
+        except StoreError as exc:  # a --db that is not a saga database: one line, exit 5
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(5) from None
     elif args.component == "gateway":
         app = build_gateway(
             GatewaySettings(

@@ -322,3 +322,24 @@ def test_check_sqlite_file_serves_other_databases_by_name(tmp_path: Path) -> Non
         check_sqlite_file(tmp_path, Access.WRITE, what="key database", option="--keys-db")
     found = check_sqlite_file(_foreign(tmp_path), Access.READ, what="key database")
     assert found is not None and found.tables == {"invoices"} and found.schema_version is None
+
+
+def test_api_process_refuses_a_bad_db_with_one_line_and_exit_5(tmp_path: Path) -> None:
+    """`python -m edge.apps api` (what `stack up` starts) on another application's file."""
+    import subprocess
+    import sys
+
+    db = _foreign(tmp_path)
+    before = _snapshot(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-m", "edge.apps", "api", "--db", str(db), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 5, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "invoices" in done.stderr and "Traceback" not in done.stderr
+    assert _snapshot(tmp_path) == before
