@@ -19,15 +19,16 @@ app = typer.Typer(
 )
 
 
-def _migrated(db: Path) -> None:
-    open_store(db).close()  # an existing file, brought to the current schema
+def _checked(db: Path, *, read_only: bool = True) -> None:
+    # A saga database at the current schema, or exit 5 before anything is written.
+    open_store(db, read_only=read_only).close()
 
 
 @app.command("list")
 def list_(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
     """Every breaker: state, consecutive failures, when it opened, transitions so far."""
     with handled():
-        _migrated(db)
+        _checked(db)
         rows = breaker_rows(db)
     if as_json:
         render.print_json(rows)
@@ -58,7 +59,7 @@ def events(
 ) -> None:
     """Breaker transitions over time, and which worker saw them."""
     with handled():
-        _migrated(db)
+        _checked(db)
         rows = breaker_events(db, name)
     if as_json:
         render.print_json(rows)
@@ -78,7 +79,7 @@ def reset(
 ) -> None:
     """Close a breaker by hand (every worker sees it at once)."""
     with handled():
-        _migrated(db)
+        _checked(db, read_only=False)
         found = reset_breaker(db, name)
     if not found:
         raise fail(f"no breaker named {name!r}; `sagalab breakers list` shows them", EXIT_NOT_FOUND)

@@ -22,6 +22,7 @@ import typer
 from rich.table import Table
 
 from cli import render
+from cli.errors import handled
 from cli.options import JsonOption
 from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
 from orchestrator.breakers import BreakerBoard, BreakerConfig, breaker_events
@@ -76,7 +77,8 @@ def demo(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sagalab-demo-") as tmp:
         path = db or Path(tmp) / "demo.db"
-        store = SQLiteStore(path)
+        with handled():  # a --db that is not a saga database: one line, exit 5
+            store = SQLiteStore(path)
         flow = load_flow("checkout")
         acts: list[Act] = []
         with run_in_thread() as lab:

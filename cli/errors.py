@@ -6,11 +6,14 @@ Exit codes (documented in the README and in `sagalab orchestrate --help`):
   2  bad input or usage: malformed flow or JSON, missing input key, unknown flow
   3  unknown saga id
   4  the operator action does not apply (e.g. rollback past the pivot without --force)
-  5  the database cannot be opened or written, or a service has no URL
+  5  the database is not a saga database (a directory, not SQLite, corrupt, another
+     application's, a newer sagalab's), cannot be opened or written, or a service's URL or
+     breaker settings are missing or malformed
 """
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,7 +63,8 @@ def exit_code_for(exc: SagaError) -> int:
 
 @contextmanager
 def handled() -> Iterator[None]:
-    """Turn SagaErrors into one clear line on stderr and the documented exit code."""
+    """Turn SagaErrors (and stray sqlite3 errors) into one clear line and the documented exit
+    code."""
     try:
         yield
     except FlowValidationError as exc:
@@ -69,6 +73,10 @@ def handled() -> Iterator[None]:
         raise typer.Exit(EXIT_USAGE) from None
     except SagaError as exc:
         raise fail(str(exc), exit_code_for(exc)) from None
+    except sqlite3.Error as exc:
+        # A database error the store did not translate (damage found mid-read, a full disk):
+        # still one line and the database exit code, never a traceback.
+        raise fail(f"database error: {exc}", EXIT_ENVIRONMENT) from None
 
 
 def parse_json_arg(value: str, what: str) -> object:

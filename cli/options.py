@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.errors import StoreError
-from orchestrator.sqlite_store import SQLiteStore
+from orchestrator.sqlite_store import SCHEMA_VERSION, Access, SQLiteStore, check_database
 
 DEFAULT_DB = Path("sagalab.db")
 
@@ -37,11 +36,17 @@ ServicesOption = Annotated[
 SagaIdArg = Annotated[str, typer.Argument(help="Saga id, as printed by `run` or `list`.")]
 
 
-def open_store(db: Path, *, create: bool = False) -> SQLiteStore:
-    """The store at `db`; only commands that write sagas create one, so a mistyped --db
-    leaves no file behind (StoreError, exit 5, otherwise)."""
-    if not create and not db.exists():
-        raise StoreError(
-            f"no saga database at {db}: nothing has run with this --db (or SAGALAB_DB) yet"
-        )
-    return SQLiteStore(db)
+def open_store(db: Path, *, create: bool = False, read_only: bool = False) -> SQLiteStore:
+    """The store at `db`, after `check_database` refused anything that is not a saga
+    database (StoreError, exit 5) before a byte is written.
+
+    Only commands that store new sagas pass `create`, so a mistyped --db leaves no file
+    behind. `read_only` commands open with SQLite's `mode=ro`: they never take the write
+    lock; a file of an older sagalab is upgraded once first (a sagalab database is never
+    left unreadable by an upgrade).
+    """
+    if read_only:
+        if check_database(db, Access.READ) < SCHEMA_VERSION:
+            SQLiteStore(db, create=False).close()
+        return SQLiteStore(db, read_only=True)
+    return SQLiteStore(db, create=create)

@@ -73,6 +73,7 @@ def _crash_checkpoint(spec: str | None):  # type: ignore[no-untyped-def]
 def _services_for(flow: FlowDefinition, services_file: Path | None) -> dict[str, str]:
     services = load_services(services_file)
     check_services(flow, services)
+    load_breaker_configs(services_file)  # refused here, before a saga is stored or run
     return services
 
 
@@ -187,7 +188,7 @@ def run(
 def status(saga_id: SagaIdArg, db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
     """A saga's status and step timeline: attempts, durations, errors, trace id."""
     with handled():
-        _show(open_store(db), saga_id, as_json)
+        _show(open_store(db, read_only=True), saga_id, as_json)
 
 
 @app.command("list")
@@ -205,7 +206,9 @@ def list_(
 ) -> None:
     """Recent sagas of every tenant (the CLI works on the database as an admin), newest first."""
     with handled():
-        records = open_store(db).list_sagas(status=status_, flow=flow, limit=limit, tenant=tenant)
+        records = open_store(db, read_only=True).list_sagas(
+            status=status_, flow=flow, limit=limit, tenant=tenant
+        )
     rows = [saga_summary(r) for r in records]
     if as_json:
         render.print_json(rows)
@@ -217,7 +220,7 @@ def list_(
 def events(saga_id: SagaIdArg, db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
     """A saga's journal: every event in order."""
     with handled():
-        rows = events_view(open_store(db).journal(saga_id))
+        rows = events_view(open_store(db, read_only=True).journal(saga_id))
     if as_json:
         render.print_json(rows)
     else:

@@ -208,14 +208,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     limits: ConnectionLimits | None = None
     if args.component == "api":
         from orchestrator.api import create_app
+        from orchestrator.errors import StoreError
 
-        app = create_app(
-            args.db,
-            instance=args.instance or "api",
-            breaker_states=_breaker_states(args.db),
-            keys_db=args.keys_db,
-            gateway_secret=_secret(args.secret_file),
-        )
+        try:
+            app = create_app(
+                args.db,
+                instance=args.instance or "api",
+                breaker_states=_breaker_states(args.db),
+                keys_db=args.keys_db,
+                gateway_secret=_secret(args.secret_file),
+            )
+        except StoreError as exc:  # a --db that is not a saga database: one line, exit 5
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(5) from None
     elif args.component == "gateway":
         app = build_gateway(
             GatewaySettings(

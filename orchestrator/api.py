@@ -215,10 +215,11 @@ def trace_id_from(traceparent: str | None) -> str | None:
 
 
 class _Stores:
-    """One SQLiteStore per thread on one file."""
+    """One SQLiteStore per thread on one file (read-only ones never take the write lock)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
+        self.read_only = read_only
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[SQLiteStore] = []
@@ -226,7 +227,11 @@ class _Stores:
     def get(self) -> SQLiteStore:
         store: SQLiteStore | None = getattr(self._local, "store", None)
         if store is None:
-            store = self._local.store = SQLiteStore(self.path)
+            # The schema was set up once by create_app: a thread's open takes no write lock,
+            # and never creates a file that went away.
+            store = self._local.store = SQLiteStore(
+                self.path, read_only=self.read_only, create=False
+            )
             with self._lock:
                 self._all.append(store)
         return store
@@ -318,6 +323,7 @@ def create_app(
     path = Path(db)
     SQLiteStore(path).close()  # create and migrate once, up front: fail fast on a bad path
     stores = _Stores(path)
+    readers = _Stores(path, read_only=True)  # health checks only read
     catalog = _FlowCatalog(flows or {})
     keys = KeyCache(KeyStore(keys_db)) if keys_db is not None else None
     metrics = Metrics("sagalab_api_")
@@ -484,9 +490,10 @@ def create_app(
 
     @app.get("/readyz", summary="Readiness")
     def readyz() -> JSONResponse:
-        """The database answers: the API can take sagas."""
+        """The database answers: the API can take sagas. A read-only connection: a long
+        write elsewhere never makes the API look down."""
         try:
-            stores.get().conn.execute("SELECT 1 FROM sagas LIMIT 1").fetchall()
+            readers.get().conn.execute("SELECT 1 FROM sagas LIMIT 1").fetchall()
         except Exception as exc:  # any database failure means "not ready", never a 500
             return _problem(503, "Not ready", f"database {path}: {exc}")
         return JSONResponse({"status": "ready", "instance": instance})

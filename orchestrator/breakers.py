@@ -26,7 +26,7 @@ import yaml
 
 from orchestrator.errors import ServiceConfigError, StoreError
 from orchestrator.policies.breaker import Breaker, ClockedStorage
-from orchestrator.sqlite_store import connect
+from orchestrator.sqlite_store import connect, connect_read_only
 
 
 @dataclass(frozen=True)
@@ -37,12 +37,45 @@ class BreakerConfig:
     reset_timeout: float = 10.0
     success_threshold: int = 1
 
+    def __post_init__(self) -> None:
+        # ValueError names the setting; a bad one would leave a breaker that never opens,
+        # never closes, or refuses every call (and sagas compensating for ever).
+        for name in ("fail_max", "success_threshold"):
+            value = getattr(self, name)
+            if not _is_int(value) or not 1 <= value <= MAX_BREAKER_COUNT:
+                raise ValueError(
+                    f"{name} must be a whole number from 1 to {MAX_BREAKER_COUNT}, not {value!r}"
+                )
+        timeout = self.reset_timeout
+        if not _is_number(timeout) or not 0 < timeout <= MAX_RESET_TIMEOUT:
+            raise ValueError(
+                f"reset_timeout must be a number of seconds above 0 and at most "
+                f"{MAX_RESET_TIMEOUT:g}, not {timeout!r}"
+            )
+
+
+MAX_BREAKER_COUNT = 1000
+MAX_RESET_TIMEOUT = 86_400.0  # a day: longer is a service switched off, not a breaker
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    # NaN fails every comparison, so the range check refuses it (and inf is out of range).
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
 
 DEFAULT_BREAKER = BreakerConfig()
+_SETTINGS = ("fail_max", "reset_timeout", "success_threshold")
 
 
 def load_breaker_configs(path: str | Path | None) -> dict[str, BreakerConfig]:
-    """Per-service settings from the services file's `breakers:` section (if any)."""
+    """Per-service settings from the services file's `breakers:` section (if any).
+
+    Every setting is checked here, at load: ServiceConfigError names the service and setting.
+    """
     if path is None:
         return {}
     try:
@@ -50,12 +83,24 @@ def load_breaker_configs(path: str | Path | None) -> dict[str, BreakerConfig]:
     except (OSError, yaml.YAMLError) as exc:
         raise ServiceConfigError(f"cannot read services file {path}: {exc}") from None
     section = raw.get("breakers", {}) if isinstance(raw, Mapping) else {}
+    if not isinstance(section or {}, Mapping):
+        raise ServiceConfigError(
+            f"services file {path}: breakers must map service names to settings"
+        )
     configs = {}
     for name, values in (section or {}).items():
+        where = f"services file {path}: breakers.{name}"
+        if not isinstance(values or {}, Mapping):
+            raise ServiceConfigError(f"{where} must be a mapping of {', '.join(_SETTINGS)}")
+        unknown = sorted(str(k) for k in (values or {}) if k not in _SETTINGS)
+        if unknown:
+            raise ServiceConfigError(
+                f"{where}: unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(_SETTINGS)}"
+            )
         try:
             configs[str(name)] = BreakerConfig(**dict(values or {}))
-        except TypeError as exc:
-            raise ServiceConfigError(f"{path}: breakers.{name}: {exc}") from None
+        except ValueError as exc:
+            raise ServiceConfigError(f"{where}.{str(exc).split()[0]}: {exc}") from None
     return configs
 
 
@@ -231,7 +276,7 @@ class BreakerBoard:
 
 def breaker_rows(db: str | Path) -> list[dict[str, Any]]:
     """Every breaker's shared state, for `sagalab breakers list`."""
-    conn = connect(db)
+    conn = connect_read_only(db)
     try:
         conn.row_factory = sqlite3.Row
         rows = conn.execute(
@@ -245,7 +290,7 @@ def breaker_rows(db: str | Path) -> list[dict[str, Any]]:
 
 def breaker_events(db: str | Path, name: str | None = None) -> list[dict[str, Any]]:
     """Breaker transitions, oldest first."""
-    conn = connect(db)
+    conn = connect_read_only(db)
     try:
         conn.row_factory = sqlite3.Row
         if name is None:

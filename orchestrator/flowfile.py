@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -74,15 +75,49 @@ def load_services(path: str | Path | None = None) -> dict[str, str]:
         except (OSError, yaml.YAMLError) as exc:
             raise ServiceConfigError(f"cannot read services file {file}: {exc}") from None
         table = raw.get("services") if isinstance(raw, Mapping) else None
-        if not isinstance(table, Mapping) or not all(isinstance(v, str) for v in table.values()):
+        if not isinstance(table, Mapping):
             raise ServiceConfigError(
                 f"services file {file} must look like 'services: {{name: http://host:port}}'"
             )
-        services.update({str(k): v.rstrip("/") for k, v in table.items()})
+        for name, url in table.items():
+            services[str(name)] = base_url(url, f"services file {file}: services.{name}")
     for key, value in os.environ.items():
         if key.startswith(SERVICE_ENV_PREFIX) and value:
-            services[key.removeprefix(SERVICE_ENV_PREFIX).lower()] = value.rstrip("/")
+            services[key.removeprefix(SERVICE_ENV_PREFIX).lower()] = base_url(value, key)
     return services
+
+
+def base_url(value: object, where: str) -> str:
+    """`value` as a service's base URL (no trailing slash); ServiceConfigError naming `where`.
+
+    An http(s) URL with a host and, if given, a port from 1 to 65535: anything else would
+    only fail at call time, where a compensation retries it for ever.
+    """
+
+    def refuse(why: str) -> ServiceConfigError:
+        return ServiceConfigError(
+            f"{where}: {value!r} is not a service base URL ({why}); "
+            "write it as http://host:port/path"
+        )
+
+    if not isinstance(value, str):
+        raise refuse("not a string")
+    if any(c.isspace() for c in value):
+        raise refuse("it contains spaces")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        raise refuse("the scheme must be http or https")
+    if not parts.hostname:
+        raise refuse("no host")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or parts.netloc.endswith(":"):
+        raise refuse("the port must be a number from 1 to 65535")
+    if parts.query or parts.fragment:
+        raise refuse("a base URL has no query or fragment")
+    return value.rstrip("/")
 
 
 def check_services(flow: FlowDefinition, services: Mapping[str, str]) -> None:

@@ -9,14 +9,19 @@ Reads go through sqlite-utils; the append hot path is raw SQL.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
+import os
 import re
 import sqlite3
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import quote
 
 import sqlite_utils
 
@@ -219,6 +224,172 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _ACTIVE = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 
 
+class Access(enum.Enum):
+    """What a command will do with a database file, which decides what is refused."""
+
+    READ = "read"  # an existing file, opened read-only: nothing is ever written
+    WRITE = "write"  # an existing file, written
+    CREATE = "create"  # written, and created (with its directory) if missing
+
+
+@dataclass(frozen=True)
+class SQLiteFile:
+    """What an existing SQLite file holds: its tables, and `meta.schema_version` if any."""
+
+    tables: frozenset[str]
+    schema_version: int | None
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+# Kernel pseudo-filesystems: reading some of their files blocks, and nothing can live there.
+_PSEUDO_FILESYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
+_HINT = "pass another path with --db or SAGALAB_DB"  # for saga databases
+
+
+def check_sqlite_file(
+    path: str | Path,
+    access: Access,
+    *,
+    what: str = "saga database",
+    option: str = "--db or SAGALAB_DB",
+) -> SQLiteFile | None:
+    """Classify `path` before anything opens it for writing; StoreError names what is wrong.
+
+    Refused: a path under /proc, /sys or /dev (but /dev/shm), a directory or other non-file,
+    a file that is not SQLite, a corrupt one and, unless `access` is READ, one that cannot be
+    written (or created). A missing file is refused unless `access` is CREATE; then, or for an
+    empty file, the answer is None. Nothing is created or changed, whatever the answer.
+    `what` and `option` name the kind of database and where its path came from in messages
+    (the key store passes "key database" and "--keys-db or SAGALAB_KEYS_DB").
+    """
+    hint = f"pass another path with {option}"
+    target = Path(path)
+    resolved = target.resolve()
+    for root in _PSEUDO_FILESYSTEMS:
+        if resolved.is_relative_to(root) and not resolved.is_relative_to("/dev/shm"):
+            raise StoreError(f"{target} is under {root}, a kernel pseudo-filesystem: {hint}")
+    try:
+        info = target.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        if access is not Access.CREATE:
+            raise StoreError(
+                f"no {what} at {target}: nothing has run with this {option} yet"
+            ) from None
+        _check_creatable(target, what)
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot open {what} {target}: {exc.strerror}; {hint}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise StoreError(f"{target} is a directory, not a {what}: {hint}")
+    if not stat.S_ISREG(info.st_mode):
+        raise StoreError(f"{target} is not a regular file, not a {what}: {hint}")
+    if not os.access(target, os.R_OK):
+        raise StoreError(f"cannot read {what} {target}: permission denied; {hint}")
+    if access is not Access.READ and not (
+        os.access(target, os.W_OK) and os.access(target.parent, os.W_OK | os.X_OK)
+    ):
+        # SQLite also writes `-wal` and `-shm` files next to the database.
+        raise StoreError(f"{what} {target} (or its directory) is not writable: {hint}")
+    if info.st_size == 0:
+        return None
+    return _probe(target, what, hint)
+
+
+def _check_creatable(target: Path, what: str) -> None:
+    """Refuse a missing path that could not be created, from its nearest existing ancestor."""
+    ancestor = target.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise StoreError(f"cannot create {what} {target}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot create {what} {target}: {ancestor} is not writable")
+
+
+def _probe(target: Path, what: str, hint: str) -> SQLiteFile:
+    """Tables and schema version, read without writing or creating anything."""
+    # A live WAL file (`-wal` beside it) is read with `mode=ro`. Otherwise `mode=rw` (never
+    # creates): a read-only open of a WAL-mode file would leave `-wal`/`-shm` files behind,
+    # which the last read-write connection removes as it closes. Not `immutable=1`: closing
+    # such a connection drops the POSIX locks this process's other connections hold on the
+    # file (SQLite then reports disk I/O errors in them).
+    uri = f"file:{quote(str(target.absolute()))}?mode="
+    modes = ("ro",) if Path(f"{target}-wal").exists() else ("rw", "ro")
+    for mode in modes:
+        try:
+            conn = sqlite3.connect(uri + mode, uri=True, timeout=5.0, isolation_level=None)
+            break
+        except sqlite3.Error as exc:
+            error = exc
+    else:
+        raise StoreError(f"cannot open {what} {target}: {error}; {hint}") from None
+    try:
+        tables = frozenset(
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        )
+        version = None
+        if "meta" in tables:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row is not None and str(row[0]).isdigit() else None
+    except sqlite3.OperationalError as exc:
+        raise StoreError(f"cannot read {what} {target}: {exc}; {hint}") from None
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if not _has_sqlite_header(target):
+            raise StoreError(f"{target} is not a SQLite database (not a {what}): {hint}") from None
+        raise StoreError(f"{target} is corrupt ({exc}), not a usable {what}: {hint}") from None
+    finally:
+        conn.close()
+    return SQLiteFile(tables, version)
+
+
+def _has_sqlite_header(target: Path) -> bool:
+    # Only once SQLite has refused the file: closing a descriptor of our own on a database
+    # drops every POSIX lock this process's SQLite connections hold on it (another process
+    # may then delete the `-wal` they are writing to).
+    try:
+        with target.open("rb") as file:
+            header = file.read(100)
+    except OSError:
+        return False
+    return len(header) == 100 and header.startswith(_SQLITE_MAGIC)
+
+
+def check_database(path: str | Path, access: Access = Access.READ) -> int:
+    """The schema version of the saga database at `path` (0: missing or empty, to create).
+
+    Every command that takes --db calls this (through `SQLiteStore`) before it writes
+    anything: besides what `check_sqlite_file` refuses, a SQLite file of another application
+    and a file of a newer sagalab are refused (StoreError, exit 5).
+    """
+    found = check_sqlite_file(path, access)
+    if found is None or not found.tables:
+        if access is Access.CREATE:
+            return 0
+        raise StoreError(f"no saga database at {path}: the file is empty")
+    if found.schema_version is None or "sagas" not in found.tables:
+        names = ", ".join(sorted(found.tables)[:6])
+        raise StoreError(
+            f"{path} is a SQLite database of another application (tables: {names}), "
+            f"not a saga database: {_HINT}"
+        )
+    if found.schema_version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has schema version {found.schema_version}, newer than this sagalab "
+            f"({SCHEMA_VERSION}): upgrade sagalab"
+        )
+    return found.schema_version
+
+
+def connect_read_only(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
+    """A read-only connection (SQLite's `mode=ro`): it can never write or take the write lock."""
+    uri = f"file:{quote(str(Path(path).absolute()))}?mode=ro"
+    try:
+        return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database {path} to read: {exc}") from None
+
+
 def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
     """A connection in autocommit mode (we issue BEGIN IMMEDIATE ourselves), WAL, NORMAL."""
     target = Path(path)
@@ -241,15 +412,42 @@ def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
 class SQLiteStore:
     """`SagaStore` on one SQLite file. Not shareable across threads: open one per thread."""
 
-    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        timeout: float = 30.0,
+        read_only: bool = False,
+        create: bool = True,
+    ) -> None:
+        """Open the store at `path`, refusing anything that is not a saga database.
+
+        `read_only` opens with SQLite's `mode=ro` (never a write, never the write lock) and
+        needs a file at the current schema version. Otherwise the file is created if missing
+        (unless `create` is False) and migrated if older: the schema is set up by the first
+        writer, and opening a current file takes no write lock either.
+        """
         self.path = Path(path)
-        self.conn = connect(path, timeout=timeout)
+        self.read_only = read_only
+        access = Access.READ if read_only else Access.CREATE if create else Access.WRITE
+        version = check_database(self.path, access)
+        if read_only and version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{path} has schema version {version}, older than this sagalab "
+                f"({SCHEMA_VERSION}); a command that writes (`sagalab worker`) upgrades it"
+            )
+        self.conn = (
+            connect_read_only(path, timeout=timeout)
+            if read_only
+            else connect(path, timeout=timeout)
+        )
         self.db = sqlite_utils.Database(self.conn)
         self._flows: dict[str, FlowDefinition] = {}
         self._snapshots: dict[str, str] = {}
         self._stored_hashes: set[str] = set()
         self._flow_hashes: dict[int, tuple[FlowDefinition, str, str]] = {}
-        self.migrate()
+        if not read_only and version != SCHEMA_VERSION:
+            self.migrate()
 
     # -- plumbing ---------------------------------------------------------------------------
 

@@ -228,7 +228,7 @@ def test_unwritable_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     code, _, err = cli(
         "orchestrate", "run", "checkout", "-i", order("o0"), "--db", str(blocker / "sub" / "s.db")
     )
-    assert code == 5 and "cannot open database" in err
+    assert code == 5 and "cannot create saga database" in err
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not sqlite" * 100)
     code, _, err = cli("orchestrate", "list", "--db", str(garbage))

@@ -120,7 +120,7 @@ INVALID = [
         "retry-bad-value",
         flow_dict(http_step("a", compensation_retry={"max_attempts": 0})),
         "step 'a'.compensation_retry",
-        "max_attempts must be at least 1",
+        "max_attempts must be a whole number from 1 to 1000000",
     ),
     (
         "reference-to-later-step",

@@ -19,6 +19,21 @@ class UniformSource(Protocol):
     def uniform(self, a: float, b: float) -> float: ...
 
 
+MAX_RETRY_ATTEMPTS = 1_000_000
+MAX_RETRY_SECONDS = 86_400.0  # one wait of a day at most
+MAX_RETRY_DEADLINE = 30 * 86_400.0
+MAX_MULTIPLIER = 100.0
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    # NaN fails every range comparison below, and infinity is out of every range.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """When to try again after a failed attempt, and how long to wait first.
@@ -35,14 +50,37 @@ class RetryPolicy:
     jitter: bool = True
 
     def __post_init__(self) -> None:
-        if self.max_attempts is not None and self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if self.initial_delay < 0 or self.max_delay < 0:
-            raise ValueError("delays must not be negative")
-        if self.multiplier < 1:
-            raise ValueError("multiplier must be at least 1")
-        if self.deadline is not None and self.deadline <= 0:
-            raise ValueError("deadline must be positive")
+        # Types and bounds as well as signs: a flow file is input, and a string, a NaN or a
+        # year-long wait would otherwise surface only when a step fails.
+        attempts = self.max_attempts
+        if attempts is not None and (
+            not _is_int(attempts) or not 1 <= attempts <= MAX_RETRY_ATTEMPTS
+        ):
+            raise ValueError(
+                f"max_attempts must be a whole number from 1 to {MAX_RETRY_ATTEMPTS} "
+                f"(or null: no limit), not {attempts!r}"
+            )
+        for name in ("initial_delay", "max_delay"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value <= MAX_RETRY_SECONDS:
+                raise ValueError(
+                    f"{name} must be a number of seconds from 0 to {MAX_RETRY_SECONDS:g}, "
+                    f"not {value!r}"
+                )
+        if not _is_number(self.multiplier) or not 1 <= self.multiplier <= MAX_MULTIPLIER:
+            raise ValueError(
+                f"multiplier must be a number from 1 to {MAX_MULTIPLIER:g}, not {self.multiplier!r}"
+            )
+        deadline = self.deadline
+        if deadline is not None and (
+            not _is_number(deadline) or not 0 < deadline <= MAX_RETRY_DEADLINE
+        ):
+            raise ValueError(
+                f"deadline must be a number of seconds above 0 and at most "
+                f"{MAX_RETRY_DEADLINE:g} (or null), not {deadline!r}"
+            )
+        if not isinstance(self.jitter, bool):
+            raise ValueError(f"jitter must be true or false, not {self.jitter!r}")
 
     def backoff_cap(self, attempts_made: int) -> float:
         """Upper bound of the wait after `attempts_made` attempts (exponential, capped)."""
