@@ -328,6 +328,7 @@ def _request_and_continue(
     raises OperatorActionRefused (exit 4).
     """
     store = open_store(db)
+    _services_for(store.load(saga_id).flow, services)  # a bad services file: exit 5, no write
     record, _ = journal_request(store, saga_id, judge)
     try:
         _drive(store, saga_id, record.flow, services, quiet=as_json)

@@ -115,7 +115,7 @@ class LeaseKeeper:
                     if self.guard is not None:
                         self.guard()
                     if store is None:
-                        store = SQLiteStore(self.db)
+                        store = SQLiteStore(self.db, create=False)
                     self._renew_all(store)
                 except (SagaError, sqlite3.Error):
                     # A busy, full or vanished database: reconnect and try the next round.

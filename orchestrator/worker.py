@@ -104,8 +104,9 @@ class _WatchedStore(SQLiteStore):
 
     def __init__(self, path: Path, watchdog: DatabaseWatchdog) -> None:
         self.watchdog = watchdog
-        watchdog.check()  # never open (and so create) a new file at a vanished path
-        super().__init__(path)
+        watchdog.check()
+        # create=False as well: the file may vanish between the check and the open.
+        super().__init__(path, create=False)
 
     def claim_next(self, owner: str, *, now: float, lease_seconds: float) -> Lease | None:
         self.watchdog.check()

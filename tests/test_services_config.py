@@ -7,6 +7,7 @@ unusable URL or compensates for ever.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,24 @@ def test_breaker_config_refuses_bad_values_in_code_too() -> None:
         BreakerConfig(reset_timeout=0)
     with pytest.raises(ValueError, match="fail_max"):
         BreakerConfig(fail_max=0)
+
+
+@pytest.mark.parametrize("verb", ["rollback", "retry-step", "skip-step"])
+def test_an_operator_action_with_a_bad_services_file_writes_nothing(
+    verb: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "sagas.db"
+    queued = runner.invoke(app, ["orchestrate", "run", "checkout", "-i", ORDER, "--db", str(db)])
+    assert queued.exit_code == 0, queued.stderr
+    saga_id = queued.stdout.strip()
+    args = {
+        "rollback": ["rollback", saga_id],
+        "retry-step": ["retry-step", saga_id, "charge_payment"],
+        "skip-step": ["skip-step", saga_id, "charge_payment", "--reason", "by hand"],
+    }[verb]
+    bad = _services_file(tmp_path, {**GOOD_URLS, "payments": "ftp://127.0.0.1/payments"})
+    result = runner.invoke(app, ["orchestrate", *args, "--services", str(bad), "--db", str(db)])
+    assert result.exit_code == 5, (result.exit_code, result.stderr)
+    assert "services.payments" in result.stderr and "Traceback" not in result.stderr
+    events = runner.invoke(app, ["orchestrate", "events", saga_id, "--db", str(db), "--json"])
+    assert [e["type"] for e in json.loads(events.stdout)] == ["saga_created"]
