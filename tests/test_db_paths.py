@@ -6,10 +6,12 @@ nothing created or changed: for every kind of bad path crossed with every such c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -189,18 +191,31 @@ def test_missing_db_is_not_created_by_commands_that_need_one(
     _assert_refused(args, _missing(tmp_path), tmp_path, "no saga database")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")
+@contextlib.contextmanager
+def read_only_directory(where: Path) -> Iterator[Path]:
+    """A directory nobody may write to: root writes through file modes, so for root a
+    read-only tmpfs (we mount it), for anyone else mode 0555."""
+    where.mkdir()
+    if os.geteuid() != 0:
+        where.chmod(0o555)
+        try:
+            yield where
+        finally:
+            where.chmod(0o755)
+        return
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
 @pytest.mark.parametrize("args", CREATING, ids=lambda a: " ".join(a[:3]))
 def test_read_only_directory_is_refused_before_anything_runs(
     args: list[str], tmp_path: Path, services_env: None
 ) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
-    try:
+    with read_only_directory(tmp_path / "locked") as locked:
         _assert_refused(args, locked / "sagas.db", tmp_path, "not writable")
-    finally:
-        locked.chmod(0o755)
 
 
 # -- the validation function itself --------------------------------------------------------
@@ -293,8 +308,12 @@ def _older(tmp: Path) -> Path:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
     for script in MIGRATIONS[:-1]:
-        assert isinstance(script, str)
-        conn.executescript(script)
+        if callable(script):  # a migration written in Python
+            conn.execute("BEGIN")
+            script(conn)
+            conn.execute("COMMIT")
+        else:
+            conn.executescript(script)
     conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION - 1),))
     conn.close()
     return path
