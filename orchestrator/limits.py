@@ -33,6 +33,7 @@ __all__ = [
     "MAX_SIM_REQUESTS",
     "MAX_SPAWN_RATE",
     "MAX_STACK_WORKERS",
+    "MAX_SWEEP_RUNS",
     "check",
 ]
 
@@ -75,6 +76,8 @@ MAX_SIM_REPLICAS = 1000
 #: Expected requests of a whole run (peak rates x duration): at ~10,000 simulated requests per
 #: CPU second, the most a run may cost is about ten minutes.
 MAX_SIM_REQUESTS = 5_000_000
+#: Runs of one `simulate sweep` (all combinations of its grid values).
+MAX_SWEEP_RUNS = 1000
 
 
 class LimitError(ValueError):
