@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,8 +86,16 @@ class _Watch:
 class StackSupervisor:
     """Restarts the components of `state` that die, until `stopping` is set."""
 
-    def __init__(self, state: StackState, config: StackConfig, log: Callable[[str], None]):
+    def __init__(
+        self,
+        state: StackState,
+        config: StackConfig,
+        log: Callable[[str], None],
+        *,
+        stable_after: float = STABLE_AFTER,
+    ) -> None:
         self.state = state
+        self.stable_after = stable_after
         self.log = log
         self.backoff = RetryPolicy(
             max_attempts=None,
@@ -114,6 +123,7 @@ class StackSupervisor:
             for proc in list(children.values()):
                 proc.poll()  # reap
             (Path(self.state.directory) / STATE_FILE).unlink(missing_ok=True)
+            shutil.rmtree(self.requests, ignore_errors=True)
             self.log(f"stopped {len(stopped)} component(s): {', '.join(stopped) or 'none'}")
 
     def _replace(self, old: Component, new: Component) -> None:
@@ -130,11 +140,11 @@ class StackSupervisor:
             proc = children.get(c.pid)
             code = proc.poll() if proc is not None else None
             if (code is None) if proc is not None else alive(c):
-                if now - w.since >= STABLE_AFTER:
+                if now - w.since >= self.stable_after:
                     w.deaths = 0
                 continue
             children.pop(c.pid, None)
-            w.deaths = 1 if now - w.since >= STABLE_AFTER else w.deaths + 1
+            w.deaths = 1 if now - w.since >= self.stable_after else w.deaths + 1
             delay = self.backoff.backoff_cap(w.deaths)
             w.due = now + delay
             reason = exit_reason(code, c.log)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -314,3 +315,28 @@ def test_up_checks_every_option_before_starting_anything(
     finally:
         if (directory / "stack.json").exists():
             sagalab("stack", "down", "--dir", str(directory))
+
+
+def test_a_stack_in_the_foreground_stops_everything_on_sigterm(tmp_path: Path) -> None:
+    directory = str(tmp_path / "stack")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "stack", "up", "--dir", directory, "--port", "0",
+         "--workers", "0", "--gateways", "1", "--no-services"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: Path(directory, "stack.json").exists(), 30, "the stack to start")
+        state = load_state(Path(directory))
+        assert state.supervisor is not None and alive(state.supervisor)
+        up.send_signal(signal.SIGTERM)
+        _, stderr = up.communicate(timeout=30)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        sagalab("stack", "down", "--dir", directory)
+    assert up.returncode == 0, stderr
+    assert processes_mentioning(directory) == []
+    assert not Path(directory, "stack.json").exists()
