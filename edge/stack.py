@@ -185,8 +185,9 @@ def respawn(c: Component) -> Component:
 
     Raises StackError if the port has been taken meanwhile.
     """
+    fds: tuple[int, ...] = ()
     if c.port is None:
-        command, fds = c.command, ()
+        command = c.command
         sock = None
     else:
         sock = bind("127.0.0.1", c.port, inheritable=True)

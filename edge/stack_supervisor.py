@@ -240,6 +240,9 @@ def main() -> int:
     os.dup2(log_file.fileno(), 1)
     os.dup2(log_file.fileno(), 2)
 
+    def progress(message: str) -> None:
+        handshake.write(f"progress {message}\n")
+
     def log(message: str) -> None:
         log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")
 
@@ -259,9 +262,7 @@ def main() -> int:
         command=[sys.executable, "-m", "edge.stack_supervisor"],
     )
     try:
-        state = start(
-            config, on_progress=lambda m: handshake.write(f"progress {m}\n"), supervisor=me
-        )
+        state = start(config, on_progress=progress, supervisor=me)
     except StackError as exc:
         log(f"start failed: {exc}")
         handshake.write(f"error {json.dumps(str(exc))}\n")
