@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edge.errors import EdgeError, StackError
 from edge.server import bind
-from edge.stack import StackConfig
+from edge.stack import StackConfig, alive, load_state
 from orchestrator.errors import SagaError
 from orchestrator.limits import (
     CONCURRENCY_WHY,
@@ -70,10 +70,23 @@ def validate(c: StackConfig, env: Mapping[str, str] | None = None) -> None:
     for flag, value in (("--flood-rate", c.flood_rate), ("--flood-burst", c.flood_burst)):
         if not math.isfinite(value) or value <= 0:
             raise StackOptionError(f"{flag} must be a positive number, got {value:g}")
+    _check_not_running(c.directory)
     directory = _check_directory(c.directory)
     _check_services_file(env)
     _check_db(c.db or directory / "sagas.db")
     _check_port(c.edge_port)
+
+
+def _check_not_running(directory: Path) -> None:
+    """A second `stack up` in one directory says so (before its port is found taken)."""
+    try:
+        state = load_state(directory.resolve())
+    except (StackError, OSError, TypeError):
+        return  # no stack, or an unreadable state file that `start` replaces
+    if any(alive(c) for c in state.components):
+        raise StackError(
+            f"a stack is already running from {directory}; `sagalab stack down` stops it"
+        )
 
 
 def _check_directory(directory: Path) -> Path:

@@ -340,3 +340,13 @@ def test_a_stack_in_the_foreground_stops_everything_on_sigterm(tmp_path: Path) -
     assert up.returncode == 0, stderr
     assert processes_mentioning(directory) == []
     assert not Path(directory, "stack.json").exists()
+
+
+def test_a_second_up_in_the_same_directory_says_a_stack_is_running(stack: StackState) -> None:
+    port = stack.edge_url.rsplit(":", 1)[1]  # taken by this very stack: not the message to give
+    r = sagalab("stack", "up", "--detach", "--dir", stack.directory, "--port", port)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"error: a stack is already running from {stack.directory}; `sagalab stack down` stops it"
+    ]
+    assert json.loads(sagalab("stack", "status", "--dir", stack.directory, "--json").stdout)
