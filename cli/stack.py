@@ -179,7 +179,8 @@ def up(
 
 @app.command("status")
 def status_(directory: DirOption = DEFAULT_DIR, as_json: JsonOpt = False) -> None:
-    """Each component's process and health."""
+    """Each component's process, health, restarts and why it last stopped (exit 1 if one is not
+    up, or the supervisor that restarts them is not running)."""
     try:
         state, rows = status(directory)
     except EdgeError as exc:

@@ -138,8 +138,10 @@ class StackSupervisor:
             if w.due is not None:
                 continue
             proc = children.get(c.pid)
+            # Our own child tells its exit code; one we did not start can only be seen gone.
             code = proc.poll() if proc is not None else None
-            if (code is None) if proc is not None else alive(c):
+            running = code is None if proc is not None else alive(c)
+            if running:
                 if now - w.since >= self.stable_after:
                     w.deaths = 0
                 continue
