@@ -350,3 +350,27 @@ def test_a_second_up_in_the_same_directory_says_a_stack_is_running(stack: StackS
         f"error: a stack is already running from {stack.directory}; `sagalab stack down` stops it"
     ]
     assert json.loads(sagalab("stack", "status", "--dir", stack.directory, "--json").stdout)
+
+
+def test_a_dead_supervisor_is_shown_and_down_still_stops_everything(tmp_path: Path) -> None:
+    directory = str(tmp_path / "stack")
+    up = sagalab(
+        "stack", "up", "--detach", "--dir", directory, "--port", "0", "--workers", "0",
+        "--gateways", "1", "--no-services",
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    state = load_state(Path(directory))
+    try:
+        assert state.supervisor is not None
+        os.kill(state.supervisor.pid, signal.SIGKILL)
+        wait_for(lambda: not alive(state.supervisor), 10, "the supervisor to die")  # type: ignore[arg-type]
+        r = sagalab("stack", "status", "--dir", directory, "--json")
+        assert r.returncode == 1
+        assert json.loads(r.stdout)["supervisor"]["status"] == "down"
+        restart = sagalab("stack", "restart", "gateway-1", "--dir", directory)
+        assert restart.returncode == 1 and "supervisor is not running" in restart.stderr
+    finally:
+        down = sagalab("stack", "down", "--dir", directory)
+    assert down.returncode == 0, down.stderr
+    assert processes_mentioning(directory) == []
+    assert not Path(directory, "stack.json").exists()
