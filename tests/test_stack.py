@@ -163,7 +163,7 @@ def test_killing_a_gateway_keeps_traffic_flowing_and_it_is_restarted(stack: Stac
     assert back["last_exit"] == "killed by SIGKILL"
     log = Path(stack.directory, "logs", "supervisor.log").read_text()
     assert f"gateway-1 (pid {before['pid']}) stopped: killed by SIGKILL" in log
-    shown = sagalab("stack", "status", "--dir", stack.directory)
+    shown = sagalab("stack", "status", "--dir", stack.directory, env={"COLUMNS": "200"})
     assert shown.returncode == 0 and "killed by SIGKILL" in shown.stdout
 
 
