@@ -3,7 +3,13 @@
 Never imports locust (its gevent monkey-patching breaks asyncio and threads in the importing
 process): Locust runs as `python -m locust` and reports through its exit code, its HTML and CSV
 reports, and a JSON summary written by the locustfile's quitting listener. If no stack is
-running from --dir, one is started for the run and stopped after it.
+running from --dir, one is started for the run and stopped after it, whatever happens (a
+failure, Ctrl-C).
+
+Every option is checked before anything starts. Exit codes: 0 the run passed its thresholds,
+1 it did not (or Locust or the stack failed), 2 bad input (an option out of range, an unknown
+profile, a missing locustfile), 5 a path that cannot be used (the reports directory, the
+stack directory or database of a stack started for the run), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -23,8 +30,23 @@ from rich.table import Table
 
 from edge.errors import EdgeError
 from edge.keys import KeyStore
-from edge.stack import StackConfig, check, load_state, start, stop
-from loadtests.thresholds import PROFILES
+from edge.stack import StackConfig, StackState, check, load_state, stop
+from edge.stack_checks import StackEnvironmentError, StackOptionError, validate
+from edge.stack_supervisor import launch
+from loadtests.thresholds import PROFILES, Profile
+from orchestrator.limits import (
+    LOAD_PROCESSES_WHY,
+    MAX_LOAD_DURATION,
+    MAX_LOAD_PROCESSES,
+    MAX_LOAD_USERS,
+    MAX_SPAWN_RATE,
+    MAX_STACK_WORKERS,
+    REPLICAS_WHY,
+    LimitError,
+)
+from orchestrator.limits import check as within
+
+EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 1, 2, 5, 130
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -69,53 +91,153 @@ def _summary(summary: dict, code: int) -> None:  # type: ignore[type-arg]
     out.print(verdict)
 
 
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _writable_dir(path: Path, what: str) -> None:
+    """`path` exists (created if need be) and can be written to; else exit 5."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise _fail(
+            f"cannot write the {what} in {path}: {exc.strerror or exc}", EXIT_ENVIRONMENT
+        ) from None
+
+
+def _check_options(
+    users: int, spawn_rate: float, seconds: float, processes: int, workers: int
+) -> None:
+    try:
+        within("--users", users, low=1, high=MAX_LOAD_USERS)
+        within("--spawn-rate", spawn_rate, low=0.1, high=MAX_SPAWN_RATE, why="users started per s")
+        within("--duration", seconds, low=1, high=MAX_LOAD_DURATION, why="seconds")
+        within("--processes", processes, low=1, high=MAX_LOAD_PROCESSES, why=LOAD_PROCESSES_WHY)
+        within("--workers", workers, low=1, high=MAX_STACK_WORKERS, why=REPLICAS_WHY)
+    except LimitError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+
+
 def loadtest(
     users: Annotated[
-        int | None, typer.Option(min=1, max=2000, help="Users (default: profile's).")
+        int | None,
+        typer.Option(help=f"Users (default: profile's; 1 to {MAX_LOAD_USERS})."),
     ] = None,
-    duration: Annotated[float | None, typer.Option(min=1, max=3600, help="Seconds.")] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(help=f"Seconds (default: profile's; at most {MAX_LOAD_DURATION:g})."),
+    ] = None,
+    spawn_rate: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Users started per second (default: profile's; at most {MAX_SPAWN_RATE:g})."
+        ),
+    ] = None,
     profile: Annotated[str, typer.Option(help=f"One of: {', '.join(PROFILES)}.")] = "default",
     processes: Annotated[
-        int, typer.Option(min=1, max=64, help="Locust processes (distributed mode if > 1).")
+        int,
+        typer.Option(
+            help=f"Locust processes (distributed mode if > 1; at most {MAX_LOAD_PROCESSES})."
+        ),
     ] = 1,
     workers: Annotated[
-        int, typer.Option(min=1, help="Workers of a stack started for the run.")
+        int,
+        typer.Option(help=f"Workers of a stack started for the run (1 to {MAX_STACK_WORKERS})."),
     ] = 2,
+    locustfile: Annotated[
+        Path | None,
+        typer.Option(help="Locust file (default: the shipped loadtests/locustfile.py)."),
+    ] = None,
     reports: Annotated[Path, typer.Option(help="Directory for the HTML and CSV reports.")] = Path(
         "reports/loadtest"
     ),
+    db: Annotated[
+        Path | None, typer.Option(help="Saga database of a stack started for the run.")
+    ] = None,
     directory: Annotated[
         Path, typer.Option("--dir", envvar="SAGALAB_STACK_DIR", help="Stack directory.")
     ] = Path(".sagalab"),
 ) -> None:
-    """Run the Locust load test against the stack (started if needed); exit with Locust's code."""
+    """Run the Locust load test against the stack (started if needed); exit with Locust's code.
+
+    Exit codes: 0 passed, 1 thresholds broken or a failure, 2 bad input, 5 a path that cannot
+    be used, 130 interrupted. A stack started for the run is always stopped.
+    """
     if profile not in PROFILES:
-        err.print(f"[bold red]error:[/] no profile {profile!r}; one of: {', '.join(PROFILES)}")
-        raise typer.Exit(2)
+        raise _fail(f"no profile {profile!r}; one of: {', '.join(PROFILES)}", EXIT_USAGE)
     shape = PROFILES[profile]
-    n_users = users or shape.users
-    seconds = duration or shape.duration
+    n_users = users if users is not None else shape.users
+    rate = spawn_rate if spawn_rate is not None else shape.spawn_rate
+    seconds = duration if duration is not None else shape.duration
+    _check_options(n_users, rate, seconds, processes, workers)
+    script = locustfile or Path(str(resources.files("loadtests") / "locustfile.py"))
+    if not script.is_file():
+        raise _fail(f"no locustfile at {script}", EXIT_USAGE)
+    _writable_dir(reports, "load-test reports")
     own_stack = not _running(directory)
+    config = StackConfig(directory=directory, db=db, workers=workers, edge_port=0)
+    if own_stack:
+        try:
+            validate(config)
+        except StackOptionError as exc:
+            raise _fail(str(exc), EXIT_USAGE) from None
+        except StackEnvironmentError as exc:
+            raise _fail(str(exc), EXIT_ENVIRONMENT) from None
     try:
         if own_stack:
             err.print(f"no stack running from {directory}: starting one for this run")
-            start(StackConfig(directory=directory, workers=workers, edge_port=0))
-        state = load_state(directory.resolve())
-        keys = KeyStore(state.keys_db)
-        _, key = keys.create("loadtest", rate=10_000, burst=10_000)
-        _, limited = keys.create("loadtest-limited", rate=2, burst=4)
-        keys.close()
+            launch(config)
+        code = _run(
+            load_state(directory.resolve()),
+            script,
+            shape,
+            profile,
+            n_users,
+            rate,
+            seconds,
+            processes,
+            reports,
+        )
     except EdgeError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1) from None
-    reports.mkdir(parents=True, exist_ok=True)
+        raise _fail(str(exc), EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        code = EXIT_INTERRUPTED
+    finally:
+        if own_stack:
+            try:
+                stopped = stop(directory)
+                err.print(f"stopped the stack started for this run ({len(stopped)} process(es))")
+            except EdgeError:
+                pass  # it never started: nothing to stop
+    raise typer.Exit(code)
+
+
+def _run(
+    state: StackState,
+    script: Path,
+    shape: Profile,
+    profile: str,
+    n_users: int,
+    rate: float,
+    seconds: float,
+    processes: int,
+    reports: Path,
+) -> int:
+    """Run Locust against the stack; its exit code (1 if no summary came back)."""
+    keys = KeyStore(state.keys_db)
+    _, key = keys.create("loadtest", rate=10_000, burst=10_000)
+    _, limited = keys.create("loadtest-limited", rate=2, burst=4)
+    keys.close()
     summary_path = reports / "summary.json"
     summary_path.unlink(missing_ok=True)
-    locustfile = str(resources.files("loadtests") / "locustfile.py")
     stop_timeout = int(shape.follow_timeout + 5)
     command = [
-        sys.executable, "-m", "locust", "-f", locustfile, "--headless", "--only-summary",
-        "--host", state.edge_url, "-u", str(n_users), "-r", str(shape.spawn_rate),
+        sys.executable, "-m", "locust", "-f", str(script), "--headless", "--only-summary",
+        "--host", state.edge_url, "-u", str(n_users), "-r", f"{rate:g}",
         "-t", f"{int(seconds)}s", "--stop-timeout", str(stop_timeout),
         "--csv", str(reports / "loadtest"), "--html", str(reports / "loadtest.html"),
         "--loglevel", "WARNING",
@@ -132,19 +254,17 @@ def loadtest(
     err.print(f"locust: {n_users} users for {seconds:g}s against {state.edge_url} ({profile})")
     started = time.monotonic()
     try:
+        # On Ctrl-C, subprocess.run kills Locust before the KeyboardInterrupt goes on.
         code = subprocess.run(
             command, env=env, timeout=seconds + stop_timeout + 120, check=False
         ).returncode
     except subprocess.TimeoutExpired:
         err.print("[bold red]error:[/] locust did not finish in time; killed")
         code = 1
-    finally:
-        if own_stack:
-            stop(directory)
     err.print(f"ran {time.monotonic() - started:.0f}s; reports in {reports}/")
     try:
         _summary(json.loads(summary_path.read_text()), code)
     except (OSError, ValueError, KeyError):
         err.print("[bold red]no summary[/]: locust did not reach its quitting listener")
         code = code or 1
-    raise typer.Exit(code)
+    return code

@@ -8,14 +8,17 @@ invariant did not hold, 2 bad input (unknown scenario, bad --set, malformed YAML
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from simulator.config import apply_override, list_scenarios, load_scenario
+from orchestrator.limits import MAX_REPLICAS, REPLICAS_WHY, LimitError, check
+from simulator.config import configure, list_scenarios
 from simulator.errors import SimulationError
 from simulator.model import simulate
 from simulator.output import write_csv, write_outputs
@@ -74,11 +77,18 @@ def list_cmd(json_out: JsonOpt = False) -> None:
     render_list(Console(highlight=False), scenarios)
 
 
-def _configure(scenario: str, sets: list[str] | None) -> dict[str, Any]:
-    config = load_scenario(scenario)
-    for item in sets or []:
-        apply_override(config, item)
-    return config
+@contextmanager
+def _refusals(scenario: str) -> Iterator[None]:
+    """One line and exit 2 for a bad scenario, override, grid value or option: the same
+    message from `run` and `sweep`, since both validate through `simulator.config.configure`."""
+    try:
+        yield
+    except SimulationError as exc:
+        raise _fail(str(exc)) from None
+    except LimitError as exc:
+        raise _fail(str(exc)) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _fail(f"scenario {scenario!r} has a value of the wrong shape: {exc}") from None
 
 
 @app.command("run")
@@ -91,10 +101,8 @@ def run_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Run one scenario: summary table, JSON report, CSV time series and a PNG chart."""
-    if duration is not None and duration <= 0:
-        raise _fail("--duration must be positive")
-    try:
-        config = _configure(scenario, set_)
+    with _refusals(scenario):
+        config = configure(scenario, set_ or [], seed=seed, duration=duration)
         with _progress() as progress:
             task = progress.add_task(str(config.get("name", scenario)), total=1.0)
 
@@ -102,10 +110,6 @@ def run_cmd(
                 progress.update(task, completed=now, total=total)
 
             result = simulate(config, seed=seed, duration=duration, progress=tick)
-    except SimulationError as exc:
-        raise _fail(str(exc)) from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _fail(f"scenario {scenario!r} has a value of the wrong shape: {exc}") from None
     report = result.report
     stem = f"{report['scenario']['name']}-seed{report['seed']}"
     try:
@@ -134,24 +138,37 @@ def sweep_cmd(
     set_: SetOpt = None,
     out: OutOpt = Path("sim-results"),
     workers: Annotated[
-        int | None, typer.Option("--workers", help="Processes (default: all cores).")
+        int | None,
+        typer.Option("--workers", help=f"Processes (default: all cores; at most {MAX_REPLICAS})."),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run every combination of the grid values on all cores; table and CSV."""
-    try:
+    """Run every combination of the grid values on all cores; table and CSV.
+
+    Every combination is validated (as `run` validates its one) before any run starts.
+    """
+    with _refusals(scenario):
+        if workers is not None:
+            check("--workers", workers, low=1, high=MAX_REPLICAS, why=REPLICAS_WHY)
         parsed = parse_grid(grid)
-        total = 1
-        for _, values in parsed:
-            total *= len(values)
-        with _progress() as progress:
-            task = progress.add_task(f"sweep {scenario}", total=total)
-            progress.columns = (
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed:.0f}/{task.total:.0f} runs"),
-                TimeElapsedColumn(),
-            )
+        progress = _progress()
+        progress.columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:.0f}/{task.total:.0f} runs"),
+            TimeElapsedColumn(),
+        )
+        task = progress.add_task(f"sweep {scenario}", total=None)
+        shown = False
+
+        def started(runs: int) -> None:
+            # Shown only once every combination is valid: a refusal stays one line.
+            nonlocal shown
+            progress.update(task, total=runs)
+            progress.start()
+            shown = True
+
+        try:
             rows = sweep(
                 scenario,
                 parsed,
@@ -160,11 +177,11 @@ def sweep_cmd(
                 duration=duration,
                 workers=workers,
                 done=lambda _row: progress.advance(task),
+                started=started,
             )
-    except SimulationError as exc:
-        raise _fail(str(exc)) from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _fail(f"sweep of {scenario!r}: {exc}") from None
+        finally:
+            if shown:  # stopping a progress that never started prints a blank line
+                progress.stop()
     out.mkdir(parents=True, exist_ok=True)
     name = Path(scenario).stem
     path = write_csv(rows, out / f"sweep-{name}.csv")

@@ -1,7 +1,9 @@
 """`sagalab stack`: the whole path as real processes on 127.0.0.1.
 
-Thin shell over `edge.stack`. Exit codes: 0 ok, 1 the stack cannot be started or found,
-2 bad usage.
+Thin shell over `edge.stack` and `edge.stack_supervisor`. Exit codes: 0 ok, 1 the stack
+cannot be started or found (or, for `status`, a component is not up), 2 bad usage (an option
+out of range, an unknown component), 5 the directory, database, services file or port cannot
+be used. `up` checks every option before it starts anything.
 """
 
 from __future__ import annotations
@@ -17,7 +19,21 @@ from rich.console import Console
 from rich.table import Table
 
 from edge.errors import EdgeError
-from edge.stack import BLOCKED_RANGE, StackConfig, StackState, kill, start, status, stop
+from edge.stack import (
+    BLOCKED_RANGE,
+    StackConfig,
+    StackState,
+    alive,
+    check,
+    kill,
+    load_state,
+    status,
+    stop,
+    supervised,
+)
+from edge.stack_checks import StackEnvironmentError, StackOptionError, validate
+from edge.stack_supervisor import MAX_RESTART_DELAY, STABLE_AFTER, launch, request_restart
+from orchestrator.limits import MAX_CONCURRENCY, MAX_GATEWAYS, MAX_STACK_WORKERS
 
 app = typer.Typer(help="Start, inspect, break and stop the local stack.", no_args_is_help=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -40,6 +56,15 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _code(exc: EdgeError) -> int:
+    """The documented exit code for an edge error."""
+    if isinstance(exc, StackOptionError):
+        return 2
+    if isinstance(exc, StackEnvironmentError):
+        return 5
+    return 1
+
+
 def _show_endpoints(state: StackState) -> None:
     out.print(f"[bold]edge[/]      {state.edge_url}   (firewall + load balancer)")
     for c in state.components:
@@ -58,13 +83,19 @@ def _show_endpoints(state: StackState) -> None:
 
 @app.command()
 def up(
-    gateways: Annotated[int, typer.Option(min=1, max=16, help="Gateway instances.")] = 2,
-    workers: Annotated[int, typer.Option(min=0, max=32, help="Worker processes (0: none).")] = 1,
-    concurrency: Annotated[int, typer.Option(min=1, help="Sagas at once per worker.")] = 8,
+    gateways: Annotated[
+        int, typer.Option(help=f"Gateway instances (1 to {MAX_GATEWAYS} on this machine).")
+    ] = 2,
+    workers: Annotated[
+        int, typer.Option(help=f"Worker processes (0: none; at most {MAX_STACK_WORKERS}).")
+    ] = 1,
+    concurrency: Annotated[
+        int, typer.Option(help=f"Sagas at once per worker (1 to {MAX_CONCURRENCY}).")
+    ] = 8,
     services: Annotated[
         bool, typer.Option("--services/--no-services", help="Start the fake services.")
     ] = True,
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Edge port (0: any).")] = 8800,
+    port: Annotated[int, typer.Option(help="Edge port (0: any free port).")] = 8800,
     strategy: Annotated[
         str, typer.Option(help="least_connections or power_of_two (gateway choice).")
     ] = "least_connections",
@@ -73,13 +104,24 @@ def up(
     ] = None,
     flood_rate: Annotated[float, typer.Option(help="Requests/s per client address.")] = 200.0,
     db: Annotated[Path | None, typer.Option(help="Saga database (default: in --dir).")] = None,
+    restart_delay: Annotated[
+        float,
+        typer.Option(
+            help="Seconds before a component that died is started again; doubles while it "
+            f"keeps dying within {STABLE_AFTER:g}s of a start, up to {MAX_RESTART_DELAY:g}s.",
+        ),
+    ] = 0.5,
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Start, print and return; `down` stops it.")
     ] = False,
     directory: DirOption = DEFAULT_DIR,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start the edge, gateways, orchestrator API, workers and fake services on 127.0.0.1."""
+    """Start the edge, gateways, orchestrator API, workers and fake services on 127.0.0.1.
+
+    A supervisor process starts them and restarts any that dies (with backoff); `status`
+    shows the restarts, `restart NAME` restarts one, `down` stops everything.
+    """
     config = StackConfig(
         directory=directory,
         db=db,
@@ -91,11 +133,13 @@ def up(
         strategy=strategy,
         deny=list(deny) if deny else [BLOCKED_RANGE],
         flood_rate=flood_rate,
+        restart_delay=restart_delay,
     )
     try:
-        state = start(config, on_progress=lambda m: err.print(f"[dim]{m}[/]"))
+        validate(config)
+        state = launch(config, on_progress=lambda m: err.print(f"[dim]{m}[/]"))
     except EdgeError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), _code(exc)) from None
     if as_json:
         typer.echo(
             json.dumps(
@@ -121,32 +165,55 @@ def up(
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        while not stopping:
+        while not stopping and supervised(state):
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
+        lost = not stopping and not supervised(state)
         stopped = stop(directory)
         err.print(f"stopped {len(stopped)} process(es)")
+    if lost:
+        raise _fail("the stack supervisor died; everything it started has been stopped")
 
 
 @app.command("status")
 def status_(directory: DirOption = DEFAULT_DIR, as_json: JsonOpt = False) -> None:
-    """Each component's process and health."""
+    """Each component's process, health, restarts and why it last stopped (exit 1 if one is not
+    up, or the supervisor that restarts them is not running)."""
     try:
         state, rows = status(directory)
     except EdgeError as exc:
         raise _fail(str(exc)) from None
+    sup = state.supervisor
+    supervisor = {
+        "pid": sup.pid if sup else None,
+        "status": "up" if supervised(state) else "down",
+        "log": sup.log if sup else None,
+    }
     if as_json:
-        typer.echo(json.dumps({"edge_url": state.edge_url, "components": rows}, indent=2))
+        typer.echo(
+            json.dumps(
+                {"edge_url": state.edge_url, "supervisor": supervisor, "components": rows},
+                indent=2,
+            )
+        )
     else:
-        table = Table("component", "pid", "url", "status")
+        table = Table("component", "pid", "url", "status", "restarts", "last exit")
         for r in rows:
             style = "green" if r["status"] == "up" else "bold red"
-            table.add_row(r["name"], str(r["pid"]), r["url"] or "-", f"[{style}]{r['status']}[/]")
+            table.add_row(
+                r["name"],
+                str(r["pid"]),
+                r["url"] or "-",
+                f"[{style}]{r['status']}[/]",
+                str(r["restarts"]),
+                r["last_exit"] or "-",
+            )
         out.print(f"edge {state.edge_url}")
+        out.print(f"supervisor pid {supervisor['pid']}: {supervisor['status']}")
         out.print(table)
-    if any(r["status"] != "up" for r in rows):
+    if supervisor["status"] != "up" or any(r["status"] != "up" for r in rows):
         raise typer.Exit(1)
 
 
@@ -166,9 +233,49 @@ def kill_(
     term: Annotated[bool, typer.Option("--term", help="SIGTERM instead of SIGKILL.")] = False,
     directory: DirOption = DEFAULT_DIR,
 ) -> None:
-    """Kill one component on purpose (SIGKILL unless --term)."""
+    """Kill one component on purpose (SIGKILL unless --term); the supervisor restarts it."""
+    _known(directory, component)
     try:
         c = kill(directory, component, signal.SIGTERM if term else signal.SIGKILL)
     except EdgeError as exc:
         raise _fail(str(exc)) from None
     err.print(f"sent {'SIGTERM' if term else 'SIGKILL'} to {c.name} (pid {c.pid})")
+
+
+def _known(directory: Path, name: str) -> StackState:
+    """The stack's state, if it has a component `name` (exit 1: no stack; 2: no such name)."""
+    try:
+        state = load_state(directory.resolve())
+    except EdgeError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        state.component(name)
+    except EdgeError as exc:
+        raise _fail(str(exc), 2) from None
+    return state
+
+
+@app.command()
+def restart(
+    component: Annotated[str, typer.Argument(help="e.g. gateway-1, api, worker-1, edge.")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for it to be up.")] = 30.0,
+    directory: DirOption = DEFAULT_DIR,
+) -> None:
+    """Restart one component (SIGTERM, then SIGKILL after 5 s) and wait until it is up."""
+    state = _known(directory, component)
+    before = state.component(component)
+    try:
+        request_restart(state, component)
+    except EdgeError as exc:
+        raise _fail(str(exc)) from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            c = load_state(directory.resolve()).component(component)
+        except EdgeError:
+            c = before  # the supervisor is rewriting the file, or the stack is going down
+        if c.pid != before.pid and alive(c) and check(c) == "up":
+            err.print(f"restarted {component}: pid {before.pid} -> {c.pid}")
+            return
+        time.sleep(0.1)
+    raise _fail(f"{component} was not up again within {timeout:g}s; see {before.log}")

@@ -16,6 +16,16 @@ from cli.options import DEFAULT_DB, DbOption, JsonOption, ServicesOption
 from orchestrator.breakers import load_breaker_configs
 from orchestrator.flowfile import load_services
 from orchestrator.leases import DEFAULT_LEASE_SECONDS
+from orchestrator.limits import (
+    CONCURRENCY_WHY,
+    DEFAULT_GRACE,
+    MAX_CONCURRENCY,
+    MAX_GRACE,
+    MAX_REPLICAS,
+    REPLICAS_WHY,
+    LimitError,
+    check,
+)
 from orchestrator.policies.autoscaling import AutoscalePolicy, ScaleDecision
 from orchestrator.sqlite_store import SQLiteStore
 from orchestrator.supervisor import Supervisor, SupervisorConfig
@@ -33,18 +43,23 @@ def _on_signals(stop: threading.Event) -> None:
 def worker(
     concurrency: Annotated[
         int,
-        typer.Option("--concurrency", "-c", min=1, max=64, help="Sagas run at once per replica."),
+        typer.Option(
+            "--concurrency", "-c", help=f"Sagas run at once per replica (1 to {MAX_CONCURRENCY})."
+        ),
     ] = 4,
     replicas: Annotated[
         str,
         typer.Option(
             "--replicas",
             "-r",
-            help="Worker processes: a number, or 'auto' to scale with the queue.",
+            help=f"Worker processes: a number (1 to {MAX_REPLICAS} on this machine), or 'auto' "
+            "to scale with the queue.",
         ),
     ] = "1",
-    min_replicas: Annotated[int, typer.Option("--min", min=0, help="With auto: fewest.")] = 1,
-    max_replicas: Annotated[int, typer.Option("--max", min=1, help="With auto: most.")] = 4,
+    min_replicas: Annotated[int, typer.Option("--min", help="With auto: fewest.")] = 1,
+    max_replicas: Annotated[
+        int, typer.Option("--max", help=f"With auto: most (at most {MAX_REPLICAS}).")
+    ] = 4,
     target_depth: Annotated[
         float, typer.Option("--target-depth", min=0.1, help="With auto: queued sagas per replica.")
     ] = 10.0,
@@ -62,6 +77,14 @@ def worker(
     max_seconds: Annotated[
         float | None, typer.Option("--max-seconds", help="Stop after this many seconds.")
     ] = None,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace",
+            help="With several replicas: seconds they get to finish their sagas after SIGTERM "
+            f"before SIGKILL (at most {MAX_GRACE:g}).",
+        ),
+    ] = DEFAULT_GRACE,
     db: DbOption = DEFAULT_DB,
     services: ServicesOption = None,
     as_json: JsonOption = False,
@@ -69,15 +92,17 @@ def worker(
     """Take queued sagas and run them; resume sagas whose worker died once its lease expires.
 
     Several workers (processes or hosts sharing the file) may run at once. SIGTERM or Ctrl-C
-    stops taking new sagas and finishes the ones in hand.
+    stops taking new sagas and finishes the ones in hand; a supervisor of several replicas
+    SIGKILLs those still running after --grace seconds (their sagas are resumed by others).
     """
+    count = _check_bounds(replicas, concurrency, min_replicas, max_replicas, grace)
     with handled():
         service_map = load_services(services)
         breaker_configs = load_breaker_configs(services)
         SQLiteStore(db).close()  # fail fast on a bad path, and migrate once
     stop = threading.Event()
     _on_signals(stop)
-    if replicas == "1":
+    if count == 1:
         run_one(
             db,
             service_map,
@@ -91,9 +116,7 @@ def worker(
             stop,
         )
         return
-    auto = replicas == "auto"
-    if not auto and not (replicas.isdigit() and int(replicas) >= 1):
-        raise fail("--replicas takes a positive number or 'auto'", EXIT_USAGE)
+    auto = count is None
     child = [
         sys.executable,
         "-m",
@@ -125,10 +148,11 @@ def worker(
     config = SupervisorConfig(
         db=Path(db),
         child_command=child,
-        replicas=None if auto else int(replicas),
+        replicas=count,
         policy=policy,
         max_seconds=max_seconds,
         exit_when_idle=exit_when_idle,
+        grace=grace,
     )
 
     def changed(decision: ScaleDecision) -> None:
@@ -143,6 +167,26 @@ def worker(
         render.print_json(summary)
     else:
         render.err.print(f"stopped; {restarts} replica restart(s)")
+
+
+def _check_bounds(replicas: str, concurrency: int, low: int, high: int, grace: float) -> int | None:
+    """The replica count (None for auto), after checking every bound (exit 2 naming it)."""
+    try:
+        if replicas == "auto":
+            count = None
+            check("--min", low, low=0, high=MAX_REPLICAS, why=REPLICAS_WHY)
+            check("--max", high, low=max(1, low), high=MAX_REPLICAS, why=REPLICAS_WHY)
+        elif replicas.isdigit():
+            count = int(
+                check("--replicas", int(replicas), low=1, high=MAX_REPLICAS, why=REPLICAS_WHY)
+            )
+        else:
+            raise fail(f"--replicas takes a number or 'auto', got {replicas!r}", EXIT_USAGE)
+        check("--concurrency", concurrency, low=1, high=MAX_CONCURRENCY, why=CONCURRENCY_WHY)
+        check("--grace", grace, low=0, high=MAX_GRACE)
+    except LimitError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    return count
 
 
 def run_one(

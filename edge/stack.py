@@ -10,6 +10,11 @@ directory. Components run in their own session: they outlive the terminal that s
 (`--detach`) until `stop()` (`sagalab stack down`) sends SIGTERM, then SIGKILL after a grace
 period. A pid is only signalled if its start time matches the one recorded, so a recycled pid
 is never hit.
+
+`sagalab stack up` runs `start()` inside a stack supervisor process
+(`edge.stack_supervisor`), which is then the parent of every component: it restarts one that
+dies (`respawn()` binds its port again) and records the restart in `stack.json`. `stop()` asks
+that supervisor to stop first, then stops whatever is still running itself.
 """
 
 from __future__ import annotations
@@ -32,7 +37,16 @@ from edge.errors import StackError
 from edge.keys import KeyStore
 from edge.server import bind
 
-__all__ = ["Component", "StackConfig", "StackState", "load_state", "start", "stop"]
+__all__ = [
+    "Component",
+    "StackConfig",
+    "StackState",
+    "load_state",
+    "respawn",
+    "start",
+    "stop",
+    "write_state",
+]
 
 STATE_FILE = "stack.json"
 #: The gateways' secret for the API (mode 0600; new at every `stack up`; never on a command line).
@@ -62,6 +76,8 @@ class StackConfig:
     key_rate: float = 1000.0
     key_burst: float = 2000.0
     startup_timeout: float = 30.0
+    #: Seconds before restarting a component that died; doubles with each quick death.
+    restart_delay: float = 0.5
 
 
 @dataclass
@@ -76,6 +92,14 @@ class Component:
     health: str | None
     log: str
     command: list[str]
+    #: The port its `--fd` socket listens on (bound again when it is restarted).
+    port: int | None = None
+    #: Restarts so far, why it last stopped, and when a pending restart is due (epoch s).
+    restarts: int = 0
+    last_exit: str | None = None
+    restart_at: float | None = None
+    #: Variables added to its environment (the services' URLs for a worker).
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,6 +114,8 @@ class StackState:
     api_key: str
     components: list[Component]
     created_at: float
+    #: The process that restarts components that die (None: started without one).
+    supervisor: Component | None = None
 
     def component(self, name: str) -> Component:
         for c in self.components:
@@ -99,7 +125,7 @@ class StackState:
         raise StackError(f"no component {name!r} in this stack; components: {names}")
 
 
-def _proc_start(pid: int) -> float | None:
+def proc_start(pid: int) -> float | None:
     """The process's start time in clock ticks since boot (None if it is gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -111,9 +137,14 @@ def _proc_start(pid: int) -> float | None:
     return float(fields[19])
 
 
+#: The processes this process started, by pid: kept so that exit codes can be read (a Popen
+#: that is dropped gets reaped by the subprocess module behind our back).
+children: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def alive(c: Component) -> bool:
     """The component's process is running (and is the one we started)."""
-    return _proc_start(c.pid) == c.started
+    return proc_start(c.pid) == c.started
 
 
 def _spawn(
@@ -126,6 +157,7 @@ def _spawn(
     health: str | None,
     pass_fds: tuple[int, ...] = (),
     env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> Component:
     log = logs / f"{name}.log"
     with open(log, "ab") as out:
@@ -138,13 +170,43 @@ def _spawn(
             start_new_session=True,
             env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
         )
+    children[proc.pid] = proc
     started = None
     for _ in range(100):
-        started = _proc_start(proc.pid)
+        started = proc_start(proc.pid)
         if started is not None:
             break
         time.sleep(0.01)
-    return Component(name, kind, proc.pid, started or -1.0, url, health, str(log), command)
+    return Component(
+        name, kind, proc.pid, started or -1.0, url, health, str(log), command, port=port,
+        env=dict(env or {}),
+    )  # fmt: skip
+
+
+def respawn(c: Component) -> Component:
+    """Start `c` again with the same command and environment, on the same port.
+
+    Raises StackError if the port has been taken meanwhile.
+    """
+    fds: tuple[int, ...] = ()
+    if c.port is None:
+        command = c.command
+        sock = None
+    else:
+        sock = bind("127.0.0.1", c.port, inheritable=True)
+        fd = sock.fileno()
+        at = c.command.index("--fd") + 1
+        command, fds = [*c.command[:at], str(fd), *c.command[at + 1 :]], (fd,)
+    try:
+        new = _spawn(
+            c.name, c.kind, command, Path(c.log).parent, url=c.url, health=c.health,
+            pass_fds=fds, port=c.port, env=c.env,
+        )  # fmt: skip
+    finally:
+        if sock is not None:
+            sock.close()  # the child holds its copy
+    new.restarts, new.last_exit = c.restarts, c.last_exit
+    return new
 
 
 def _python(*args: str) -> list[str]:
@@ -163,10 +225,13 @@ def load_state(directory: Path) -> StackState:
     except (OSError, ValueError) as exc:
         raise StackError(f"cannot read {path}: {exc}") from None
     raw["components"] = [Component(**c) for c in raw["components"]]
+    if raw.get("supervisor"):
+        raw["supervisor"] = Component(**raw["supervisor"])
     return StackState(**raw)
 
 
-def _write_state(state: StackState) -> None:
+def write_state(state: StackState) -> None:
+    """Write `stack.json` atomically (readers never see half a file)."""
     path = Path(state.directory) / STATE_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(state), indent=2))
@@ -188,9 +253,15 @@ def check(c: Component, timeout: float = 1.0) -> str:
 
 
 def start(
-    config: StackConfig, *, on_progress: Callable[[str], None] = lambda _: None
+    config: StackConfig,
+    *,
+    on_progress: Callable[[str], None] = lambda _: None,
+    supervisor: Component | None = None,
 ) -> StackState:
-    """Start every component; raise StackError (after stopping what started) on failure."""
+    """Start every component; raise StackError (after stopping what started) on failure.
+
+    `supervisor` is the process that will restart components (recorded in the state file).
+    """
     directory = config.directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     state_path = directory / STATE_FILE
@@ -256,6 +327,7 @@ def start(
                 url=api_url,
                 health=f"{api_url}/readyz",
                 pass_fds=(api_sock.fileno(),),
+                port=api_sock.getsockname()[1],
             )
         )
         KeyStore(keys_db).close()
@@ -289,6 +361,7 @@ def start(
                     url=url,
                     health=f"{url}/readyz",
                     pass_fds=(sock.fileno(),),
+                    port=sock.getsockname()[1],
                 )
             )
         edge_sock = bind("127.0.0.1", config.edge_port, inheritable=True)
@@ -319,6 +392,7 @@ def start(
                     url=edge_url,
                     health=f"{edge_url}/edge/readyz",
                     pass_fds=(edge_sock.fileno(),),
+                    port=edge_sock.getsockname()[1],
                 )
             )
         for i in range(1, config.workers + 1):
@@ -356,13 +430,14 @@ def start(
             api_key=api_key,
             components=started,
             created_at=time.time(),
+            supervisor=supervisor,
         )
-        _write_state(state)
+        write_state(state)
         return state
     except BaseException:
         for s in sockets:
             s.close()
-        _terminate(started, grace=3.0)
+        terminate(started, grace=3.0)
         raise
 
 
@@ -386,7 +461,7 @@ def _wait_ready(
     while pending:
         for c in list(pending):
             if not alive(c):
-                tail = _tail(Path(c.log))
+                tail = tail_log(Path(c.log))
                 raise StackError(
                     f"{c.name} exited during start-up; its log ({c.log}) ends:\n{tail}"
                 )
@@ -405,22 +480,25 @@ def _wait_ready(
     for c in components:
         if c.health is None and not alive(c):
             raise StackError(
-                f"{c.name} exited during start-up; its log ({c.log}) ends:\n{_tail(Path(c.log))}"
+                f"{c.name} exited during start-up; its log ({c.log}) ends:\n{tail_log(Path(c.log))}"
             )
 
 
-def _tail(path: Path, lines: int = 8) -> str:
+def tail_log(path: Path, lines: int = 8) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
 
 
-def _signal(c: Component, sig: int) -> bool:
+def _signal(c: Component, sig: int, *, group: bool = True) -> bool:
     if not alive(c):
         return False
     try:
-        os.killpg(c.pid, sig)  # the component and anything it started (worker replicas)
+        if not group:
+            os.kill(c.pid, sig)
+        else:
+            os.killpg(c.pid, sig)  # the component and anything it started (worker replicas)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -428,7 +506,7 @@ def _signal(c: Component, sig: int) -> bool:
     return True
 
 
-def _terminate(components: list[Component], grace: float) -> list[str]:
+def terminate(components: list[Component], grace: float) -> list[str]:
     """SIGTERM every live component, SIGKILL those still alive after `grace`; names stopped."""
     stopped = [c.name for c in components if _signal(c, signal.SIGTERM)]
     deadline = time.monotonic() + grace
@@ -444,14 +522,36 @@ def _terminate(components: list[Component], grace: float) -> list[str]:
 
 
 def stop(directory: Path, *, grace: float = 5.0) -> list[str]:
-    """Stop every component of the stack in `directory` and remove its state file."""
+    """Stop every component of the stack in `directory` and remove its state file.
+
+    The supervisor is asked first (it stops the components itself, and restarts nothing
+    after), then anything still running is stopped here: the stack stops even if its
+    supervisor is dead or stuck.
+    """
     state = load_state(directory.resolve())
+    running = [c.name for c in state.components if alive(c)]
+    sup = state.supervisor
+    if sup is not None and _signal(sup, signal.SIGTERM, group=False):
+        deadline = time.monotonic() + grace + 5.0
+        while time.monotonic() < deadline and alive(sup):
+            time.sleep(0.05)
+        if alive(sup):
+            _signal(sup, signal.SIGKILL, group=False)
+        state = _reload(state)
     # The edge first, so no new work comes in while the rest stops.
     order = {"edge": 0, "gateway": 1, "api": 2, "worker": 3, "services": 4}
     components = sorted(state.components, key=lambda c: order.get(c.kind, 5))
-    stopped = _terminate(components, grace)
+    terminate(components, grace)
     (Path(state.directory) / STATE_FILE).unlink(missing_ok=True)
-    return stopped
+    return running
+
+
+def _reload(state: StackState) -> StackState:
+    """The state file as the supervisor last wrote it (it may have restarted components)."""
+    try:
+        return load_state(Path(state.directory))
+    except StackError:
+        return state
 
 
 def kill(directory: Path, name: str, sig: int = signal.SIGKILL) -> Component:
@@ -464,17 +564,28 @@ def kill(directory: Path, name: str, sig: int = signal.SIGKILL) -> Component:
 
 
 def status(directory: Path) -> tuple[StackState, list[dict[str, Any]]]:
-    """The state and each component's health."""
+    """The state and each component's health, restarts and why it last stopped."""
     state = load_state(directory.resolve())
-    rows = [
-        {
-            "name": c.name,
-            "kind": c.kind,
-            "pid": c.pid,
-            "url": c.url,
-            "status": check(c),
-            "log": c.log,
-        }
-        for c in state.components
-    ]
+    rows = []
+    for c in state.components:
+        health = check(c)
+        if health == "down" and c.restart_at is not None:
+            health = f"restarting in {max(0.0, c.restart_at - time.time()):.1f}s"
+        rows.append(
+            {
+                "name": c.name,
+                "kind": c.kind,
+                "pid": c.pid,
+                "url": c.url,
+                "status": health,
+                "restarts": c.restarts,
+                "last_exit": c.last_exit,
+                "log": c.log,
+            }
+        )
     return state, rows
+
+
+def supervised(state: StackState) -> bool:
+    """A supervisor is running for this stack (it restarts components that die)."""
+    return state.supervisor is not None and alive(state.supervisor)

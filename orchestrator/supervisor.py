@@ -5,6 +5,11 @@ replica's sagas are resumed by the others once its leases expire), and with auto
 the shared `AutoscalePolicy` for the desired count from the queue's depth and the age of its
 oldest saga, journaling every change. Scaling down sends SIGTERM: the replica finishes the
 sagas it holds and exits.
+
+Stopping is bounded: `shutdown()` sends SIGTERM to every replica (running or retiring), waits
+at most `grace` seconds for all of them together, then SIGKILLs the rest and reaps them. A
+replica killed mid-saga loses nothing: its sagas are resumed by whichever worker claims them
+once their leases expire. The replica count is bounded by `orchestrator.limits.MAX_REPLICAS`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.limits import DEFAULT_GRACE, MAX_REPLICAS
 from orchestrator.policies.autoscaling import AutoscalePolicy, ScaleDecision
 from orchestrator.sqlite_store import SQLiteStore
 
@@ -32,6 +38,16 @@ class SupervisorConfig:
     tick: float = 0.5
     max_seconds: float | None = None
     exit_when_idle: float | None = None
+    #: Seconds replicas get to finish their sagas after SIGTERM before SIGKILL.
+    grace: float = DEFAULT_GRACE
+
+    def __post_init__(self) -> None:
+        most = self.policy.max_replicas if self.policy is not None else self.replicas or 0
+        if most > MAX_REPLICAS:
+            # The CLI refuses this with a message; a library caller gets the same bound.
+            raise ValueError(f"{most} replicas is over the limit of {MAX_REPLICAS}")
+        if self.grace < 0:
+            raise ValueError("grace must not be negative")
 
 
 class Supervisor:
@@ -54,6 +70,8 @@ class Supervisor:
         self.decisions: list[ScaleDecision] = []
 
     def _spawn(self) -> None:
+        if self.stop.is_set():
+            return  # a stop arrived while starting replicas: start no more
         self.children.append(subprocess.Popen(list(self.config.child_command)))
 
     def _retire(self) -> None:
@@ -70,9 +88,9 @@ class Supervisor:
         target = self.config.replicas if self.config.replicas is not None else 0
         if self.config.policy is not None:
             target = self.config.policy.min_replicas
-        for _ in range(target):
-            self._spawn()
         try:
+            for _ in range(target):
+                self._spawn()
             while not self.stop.wait(self.config.tick):
                 alive = []
                 for child in self.children:
@@ -82,7 +100,7 @@ class Supervisor:
                         self.restarts += 1
                 self.children = alive
                 self.retiring = [c for c in self.retiring if c.poll() is None]
-                while len(self.children) < target:
+                while len(self.children) < target and not self.stop.is_set():
                     self._spawn()
                 now = self.clock()
                 stats = store.queue_stats(now)
@@ -110,7 +128,7 @@ class Supervisor:
                         target = decision.desired
                         while len(self.children) > target:
                             self._retire()
-                        while len(self.children) < target:
+                        while len(self.children) < target and not self.stop.is_set():
                             self._spawn()
                 if self._limit_reached(started, stats, idle_since):
                     break
@@ -130,17 +148,24 @@ class Supervisor:
         wait = self.config.exit_when_idle
         return wait is not None and idle_since is not None and time.monotonic() - idle_since > wait
 
-    def shutdown(self, timeout: float = 15.0) -> None:
-        """SIGTERM every replica, then SIGKILL what has not exited within `timeout`."""
-        for child in self.children:
+    def shutdown(self, grace: float | None = None) -> None:
+        """SIGTERM every replica, SIGKILL those still running `grace` seconds later, reap all.
+
+        The grace is one deadline for all replicas together (not per replica), so stopping
+        takes at most `grace` plus the moment SIGKILL takes.
+        """
+        grace = self.config.grace if grace is None else grace
+        everyone = [*self.children, *self.retiring]
+        for child in everyone:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for child in [*self.children, *self.retiring]:
-            try:
-                child.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(c.poll() is None for c in everyone):
+            time.sleep(0.05)
+        for child in everyone:
+            if child.poll() is None:
                 child.kill()
-                child.wait()
+        for child in everyone:
+            child.wait()
         self.children = []
         self.retiring = []

@@ -5,29 +5,44 @@ Mappings merge key by key; `clients` entries and `services` entries each merge o
 (the first default client, the default payments service), so a scenario can say just
 `services: {payments: {concurrency: 8}}`. `Node` reads values with their dotted path, so every
 error names the place to fix.
+
+`configure()` is the one way a run (or each run of a sweep) gets its scenario: load, apply the
+overrides, then `validate()`: the bounds of `orchestrator.limits` (simulated duration, arrival
+rates, expected requests, replica counts) and every typed read the model makes, before
+anything runs. `simulate run` and `simulate sweep` so refuse a bad value with the same message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from orchestrator.limits import (
+    MAX_SIM_DURATION,
+    MAX_SIM_RATE,
+    MAX_SIM_REPLICAS,
+    MAX_SIM_REQUESTS,
+)
 from simulator.defaults import DEFAULTS
 from simulator.errors import ScenarioError, ScenarioNotFound
 
 __all__ = [
     "Node",
     "apply_override",
+    "check_bounds",
+    "configure",
     "list_scenarios",
     "load_scenario",
     "merge_defaults",
     "parse_value",
+    "validate",
 ]
 
 _CLIENT_TEMPLATE = DEFAULTS["clients"][0]
@@ -160,6 +175,11 @@ def apply_override(config: dict[str, Any], assignment: str) -> None:
     last = parts[-1]
     current = _child(node, last, key)
     value = parse_value(text)
+    if _kind(current) == "number" and isinstance(value, str):
+        # YAML 1.1 reads `1e6` and `inf` as strings: take them as the numbers they are, so
+        # that the bounds say what is wrong with the value instead of a type error.
+        with contextlib.suppress(ValueError):
+            value = float(value)
     if current is not None and _kind(current) != _kind(value):
         raise ScenarioError(
             f"--set {key}", f"expects a {_kind(current)} (now {current!r}), got {text!r}"
@@ -228,6 +248,8 @@ class Node:
             value = default
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             raise ScenarioError(self._where(key), f"must be a number, got {value!r}")
+        if math.isinf(value):
+            raise ScenarioError(self._where(key), f"must be a finite number, got {value!r}")
         if positive and value <= 0:
             raise ScenarioError(self._where(key), f"must be positive, got {value!r}")
         if min is not None and value < min:
@@ -257,3 +279,69 @@ class Node:
                 self._where(key), f"must be one of {sorted(choices)}, got {value!r}"
             )
         return value
+
+
+def configure(
+    scenario: str,
+    sets: Sequence[str] = (),
+    *,
+    seed: int | None = None,
+    duration: float | None = None,
+) -> dict[str, Any]:
+    """The scenario with every `key.path=value` of `sets` applied, validated; ScenarioError."""
+    config = load_scenario(scenario)
+    for item in sets:
+        apply_override(config, item)
+    validate(config, seed=seed, duration=duration)
+    return config
+
+
+def validate(
+    config: dict[str, Any], *, seed: int | None = None, duration: float | None = None
+) -> None:
+    """Raise ScenarioError if `config` (run for `duration`, if given) is out of bounds or any
+    value the model reads is missing or of the wrong type; runs nothing."""
+    check_bounds(config, duration=duration)
+    from simulator.model import Simulation  # the model imports this module
+
+    # Building the model performs every typed read (and builds no more than the bounds allow).
+    Simulation(config, seed=seed, duration=duration)
+
+
+def _at_most(where: str, value: float, limit: float, why: str) -> None:
+    if value > limit:
+        raise ScenarioError(where, f"{value:,.10g} is over the limit of {limit:,.10g} ({why})")
+
+
+def check_bounds(config: dict[str, Any], *, duration: float | None = None) -> None:
+    """The bounds of `orchestrator.limits` on durations, arrival rates and replica counts."""
+    from simulator.schedule import segments  # the schedule module imports this one
+
+    root = Node(config)
+    if duration is None:
+        where, span = "duration", root.num("duration", positive=True)
+    else:
+        where, span = "--duration", duration
+        if not math.isfinite(span) or span <= 0:
+            raise ScenarioError(where, f"must be positive, got {span:g}")
+    _at_most(where, span, MAX_SIM_DURATION, "simulated seconds: one day")
+    _at_most("drain", root.num("drain", min=0.0), MAX_SIM_DURATION, "simulated seconds: one day")
+    counts = [
+        ("orchestrator.replicas", root.node("orchestrator").int("replicas", min=1)),
+        ("orchestrator.autoscale.max", root.node("orchestrator").node("autoscale").int("max")),
+        ("gateways.count", root.node("gateways").int("count", min=1)),
+    ]
+    for path, count in counts:
+        _at_most(path, count, MAX_SIM_REPLICAS, "simulated processes")
+    requests = 0.0
+    for client in root.items("clients"):
+        for start, end, _, peak in segments(client.node("rate")):
+            _at_most(f"{client.path}.rate", peak, MAX_SIM_RATE, "arrivals per second at peak")
+            if start < span:
+                requests += peak * (min(end, span) - start)
+    if requests > MAX_SIM_REQUESTS:
+        raise ScenarioError(
+            "clients",
+            f"up to {requests:,.0f} requests in {span:g} s is over the limit of "
+            f"{MAX_SIM_REQUESTS:,} per run; lower the rates or the duration",
+        )

@@ -26,6 +26,10 @@ class ScenarioNotFound(SimulationError):
             "(`sagalab simulate list` shows them)"
         )
 
+    def __reduce__(self) -> tuple[type, tuple[str, list[str]]]:
+        # Rebuilt from its fields when a sweep's worker process sends it back.
+        return (type(self), (self.name, self.known))
+
 
 class ScenarioError(SimulationError):
     """A scenario value is missing, of the wrong type or out of range."""
@@ -34,6 +38,11 @@ class ScenarioError(SimulationError):
         self.where = where
         self.message = message
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Rebuilt from its fields when a sweep's worker process sends it back (the default
+        # would call __init__ with the formatted message alone, and the pool would break).
+        return (type(self), (self.where, self.message))
 
 
 class ClaimError(SimulationError):

@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
-from simulator.config import apply_override, load_scenario, parse_value
+from orchestrator.limits import MAX_SWEEP_RUNS
+from simulator.config import configure, parse_value
 from simulator.errors import ScenarioError
 from simulator.model import simulate
 
@@ -27,6 +28,10 @@ def parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
     return out
 
 
+def _sets(sets: Sequence[str], assignment: dict[str, str]) -> list[str]:
+    return [*sets, *(f"{k}={v}" for k, v in assignment.items())]
+
+
 def combinations(grid: Sequence[tuple[str, list[str]]]) -> Iterator[dict[str, str]]:
     """Every assignment of one value per grid key."""
     keys = [k for k, _ in grid]
@@ -42,9 +47,7 @@ def run_one(
     duration: float | None,
 ) -> dict[str, Any]:
     """One run of the sweep (in a worker process): the assignment plus headline metrics."""
-    config = load_scenario(scenario)
-    for item in [*sets, *(f"{k}={v}" for k, v in assignment.items())]:
-        apply_override(config, item)
+    config = configure(scenario, _sets(sets, assignment), seed=seed, duration=duration)
     report = simulate(config, seed=seed, duration=duration).report
     s = report["sagas"]
     return {
@@ -67,14 +70,24 @@ def sweep(
     duration: float | None = None,
     workers: int | None = None,
     done: Callable[[dict[str, Any]], None] | None = None,
+    started: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every combination on `workers` processes (all cores by default), in grid order."""
+    """Run every combination on `workers` processes (all cores by default), in grid order.
+
+    `started(runs)` is called once every combination is validated, before the first run.
+    """
+    runs = 1
+    for _, values in grid:
+        runs *= len(values)
+    if runs > MAX_SWEEP_RUNS:
+        raise ScenarioError("--grid", f"{runs:,} runs is over the limit of {MAX_SWEEP_RUNS:,}")
     combos = list(combinations(grid))
-    # Validate every override here, so a bad key fails before any process starts.
-    for assignment in combos[:1]:
-        config = load_scenario(scenario)
-        for item in [*sets, *(f"{k}={v}" for k, v in assignment.items())]:
-            apply_override(config, item)
+    # Validate every combination here, the way `simulate run` validates its one: a bad value
+    # fails with the same message before any process starts.
+    for assignment in combos:
+        configure(scenario, _sets(sets, assignment), seed=seed, duration=duration)
+    if started is not None:
+        started(len(combos))
     workers = workers or os.cpu_count() or 1
     results: list[dict[str, Any] | None] = [None] * len(combos)
     with ProcessPoolExecutor(max_workers=min(workers, len(combos))) as pool:

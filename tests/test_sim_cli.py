@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.simulate import app
+from orchestrator.limits import MAX_SIM_REPLICAS
 
 runner = CliRunner()
 
@@ -47,7 +48,7 @@ def test_run_summary_table(tmp_path: Path) -> None:
         (["run", "nope"], "no scenario 'nope'"),
         (["run", "baseline", "--set", "gateways.cont=3"], "unknown setting"),
         (["run", "baseline", "--set", "gateways.count=many"], "expects a number"),
-        (["run", "baseline", "--duration", "-1"], "--duration must be positive"),
+        (["run", "baseline", "--duration", "-1"], "--duration: must be positive"),
         (["sweep", "baseline", "--grid", "nothing"], "expected key.path=v1,v2"),
     ],
     ids=["unknown-scenario", "bad-path", "bad-value", "bad-duration", "bad-grid"],
@@ -86,3 +87,58 @@ def test_sweep_runs_every_combination(tmp_path: Path) -> None:
         ("10", "8"),
         ("10", "32"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [
+        ("orchestrator.replicas", "0"),
+        ("gateways.count", "x"),
+        ("orchestrator.replicas", str(MAX_SIM_REPLICAS + 1)),
+        ("clients.0.rate.value", "1e12"),
+        ("clients.0.rate.value", "inf"),
+    ],
+    ids=["below-minimum", "not-a-number", "replicas-over-limit", "rate-over-limit", "infinite"],
+)
+def test_sweep_refuses_a_bad_grid_value_exactly_as_run_refuses_it(
+    key: str, bad: str, tmp_path: Path
+) -> None:
+    ran = runner.invoke(app, ["run", "baseline", "--set", f"{key}={bad}", "--out", str(tmp_path)])
+    # The bad value second: every combination is checked, not only the first.
+    swept = runner.invoke(
+        app, ["sweep", "baseline", "--grid", f"{key}=1,{bad}", "--out", str(tmp_path)]
+    )
+    assert ran.exit_code == swept.exit_code == 2
+    assert ran.stderr == swept.stderr
+    lines = swept.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), lines
+    assert key.split(".0.")[0] in lines[0]
+    assert list(tmp_path.iterdir()) == [], "nothing ran, nothing was written"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["run", "baseline", "--duration", "1e9"], "--duration: 1,000,000,000 is over the limit"),
+        (["run", "baseline", "--set", "drain=1e9"], "drain: 1,000,000,000 is over the limit"),
+        (["run", "baseline", "--set", "gateways.count=5000"], "gateways.count: 5,000 is over"),
+        (
+            ["run", "baseline", "--set", "clients.0.rate.value=90000", "--duration", "3600"],
+            "requests in 3600 s is over the limit",
+        ),
+        (["sweep", "baseline", "--grid", "seed=1,2", "--workers", "999"], "--workers 999"),
+        (
+            ["sweep", "baseline", "--grid", f"seed={','.join(map(str, range(40)))}"]
+            + ["--grid", f"gateways.count={','.join(map(str, range(1, 31)))}"],
+            "--grid: 1,200 runs is over the limit of 1,000",
+        ),
+    ],
+    ids=["duration", "drain", "gateways", "total-requests", "sweep-workers", "sweep-runs"],
+)
+def test_simulated_sizes_are_bounded_and_the_bound_is_named(
+    args: list[str], fragment: str, tmp_path: Path
+) -> None:
+    result = runner.invoke(app, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], lines

@@ -1,9 +1,15 @@
-"""`sagalab stack` on real processes: up (detached), status, a payments outage, kill, down."""
+"""`sagalab stack` on real processes: up (detached), status, a payments outage, kill, down.
+
+The stack supervises itself: a component killed with SIGKILL is started again and `status`
+shows the restart; `stack restart NAME` restarts one; `down` stops everything, even while a
+restart is waiting out its backoff. `up` checks every option before it starts anything.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,23 +18,50 @@ from pathlib import Path
 
 import httpx
 import pytest
+from workerlab import wait_for
 
+from edge.server import bind
 from edge.stack import StackState, alive, load_state
+from orchestrator.limits import MAX_GATEWAYS, MAX_STACK_WORKERS
 
 pytestmark = pytest.mark.slow
 
 HAS_WORKER = (Path(__file__).parent.parent / "orchestrator" / "worker.py").exists()
 ORDER = {"order_id": "o-1", "customer_id": "c-1", "sku": "sku-1", "quantity": 1, "amount": 10}
+ORDER_API = {**ORDER, "order_id": "o-api"}
 
 
-def sagalab(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def sagalab(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        env={**os.environ, **(env or {})},
     )
+
+
+def rows_of(directory: str) -> dict[str, dict[str, object]]:
+    """`stack status --json`, by component name."""
+    r = sagalab("stack", "status", "--dir", directory, "--json")
+    return {row["name"]: row for row in json.loads(r.stdout)["components"]}
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (e.g. a stack directory)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if text.encode() in cmdline:
+                found.append(int(entry))
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +101,7 @@ def test_status_from_another_terminal(stack: StackState) -> None:
     rows = json.loads(r.stdout)["components"]
     assert {row["name"] for row in rows} >= {"edge", "gateway-1", "gateway-2", "api", "services"}
     assert all(row["status"] == "up" for row in rows)
+    assert json.loads(r.stdout)["supervisor"]["status"] == "up"
 
 
 def test_keys_cli_creates_a_key_the_edge_accepts_and_revokes_it(stack: StackState) -> None:
@@ -130,7 +164,8 @@ def test_a_saga_through_the_edge_completes_then_an_outage_rolls_back(stack: Stac
             sagalab("services", "fault", "payments", "--clear", "--url", services_url)
 
 
-def test_killing_a_gateway_keeps_traffic_flowing(stack: StackState) -> None:
+def test_killing_a_gateway_keeps_traffic_flowing_and_it_is_restarted(stack: StackState) -> None:
+    before = rows_of(stack.directory)["gateway-1"]
     killed = sagalab("stack", "kill", "gateway-1", "--dir", stack.directory)
     assert killed.returncode == 0, killed.stderr
     headers = {"X-API-Key": stack.api_key}
@@ -138,10 +173,101 @@ def test_killing_a_gateway_keeps_traffic_flowing(stack: StackState) -> None:
         httpx.get(stack.edge_url + "/v1/sagas", headers=headers).status_code for _ in range(20)
     ]
     assert statuses == [200] * 20
-    r = sagalab("stack", "status", "--dir", stack.directory, "--json")
-    assert r.returncode == 1  # one component is down
-    rows = {row["name"]: row["status"] for row in json.loads(r.stdout)["components"]}
-    assert rows["gateway-1"] == "down" and rows["gateway-2"] == "up"
+    back = wait_for(
+        lambda: (
+            (row := rows_of(stack.directory)["gateway-1"])["status"] == "up"
+            and row["pid"] != before["pid"]
+            and row
+        ),
+        30,
+        "gateway-1 to be restarted",
+    )
+    assert back["restarts"] == before["restarts"] + 1  # type: ignore[operator]
+    assert back["last_exit"] == "killed by SIGKILL"
+    log = Path(stack.directory, "logs", "supervisor.log").read_text()
+    assert f"gateway-1 (pid {before['pid']}) stopped: killed by SIGKILL" in log
+    shown = sagalab("stack", "status", "--dir", stack.directory, env={"COLUMNS": "200"})
+    assert shown.returncode == 0 and "killed by SIGKILL" in shown.stdout
+
+
+@pytest.mark.skipif(not HAS_WORKER, reason="needs orchestrator/worker.py (issue 3)")
+def test_a_killed_api_comes_back_and_a_saga_through_the_edge_completes(stack: StackState) -> None:
+    before = rows_of(stack.directory)["api"]
+    assert sagalab("stack", "kill", "api", "--dir", stack.directory).returncode == 0
+    wait_for(
+        lambda: (
+            (row := rows_of(stack.directory)["api"])["status"] == "up"
+            and row["pid"] != before["pid"]
+        ),
+        30,
+        "the API to be restarted",
+    )
+    with httpx.Client(
+        base_url=stack.edge_url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=5
+    ) as c:
+        # The gateways may still count the API as down for a health-check interval.
+        r = wait_for(
+            lambda: (
+                (r := c.post("/v1/sagas", json={"flow": "checkout", "input": ORDER_API}))
+                and r.status_code == 202
+                and r
+            ),
+            20,
+            "a saga to be accepted again",
+            every=0.2,
+        )
+        assert follow(c, r.headers["location"]) == "completed"
+    row = rows_of(stack.directory)["api"]
+    assert row["restarts"] == before["restarts"] + 1  # type: ignore[operator]
+    assert row["last_exit"] == "killed by SIGKILL"
+
+
+def test_stack_restart_restarts_one_component(stack: StackState) -> None:
+    before = rows_of(stack.directory)
+    r = sagalab("stack", "restart", "gateway-2", "--dir", stack.directory)
+    assert r.returncode == 0, r.stderr
+    after = rows_of(stack.directory)
+    assert after["gateway-2"]["pid"] != before["gateway-2"]["pid"]
+    assert after["gateway-2"]["status"] == "up"
+    assert after["gateway-2"]["last_exit"] == "restart requested"
+    assert after["gateway-2"]["restarts"] == before["gateway-2"]["restarts"] + 1  # type: ignore[operator]
+    # Nothing else was touched.
+    assert {n: r["pid"] for n, r in after.items() if n != "gateway-2"} == {
+        n: r["pid"] for n, r in before.items() if n != "gateway-2"
+    }
+
+
+def test_restart_of_an_unknown_component_is_bad_input(stack: StackState) -> None:
+    r = sagalab("stack", "restart", "gateway-9", "--dir", stack.directory)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "gateway-1" in r.stderr
+
+
+def test_down_stops_everything_during_a_restart_backoff(tmp_path: Path) -> None:
+    directory = str(tmp_path / "stack")
+    up = sagalab(
+        "stack", "up", "--detach", "--dir", directory, "--port", "0", "--workers", "0",
+        "--gateways", "1", "--no-services", "--restart-delay", "30",
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    state = load_state(Path(directory))
+    try:
+        assert sagalab("stack", "kill", "gateway-1", "--dir", directory).returncode == 0
+        wait_for(
+            lambda: str(rows_of(directory)["gateway-1"]["status"]).startswith("restarting in"),
+            20,
+            "gateway-1 to wait for its restart",
+        )
+        asked = time.monotonic()
+        down = sagalab("stack", "down", "--dir", directory)
+        assert down.returncode == 0, down.stderr
+        assert time.monotonic() - asked < 15
+    finally:
+        sagalab("stack", "down", "--dir", directory)
+    assert state.supervisor is not None
+    assert not alive(state.supervisor)
+    assert processes_mentioning(directory) == []
+    assert not Path(directory, "stack.json").exists()
 
 
 def test_status_without_a_stack_says_how_to_start_one(tmp_path: Path) -> None:
@@ -149,3 +275,125 @@ def test_status_without_a_stack_says_how_to_start_one(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "sagalab stack up" in r.stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    sock = bind("127.0.0.1", 0)
+    sock.listen()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["--gateways", "0"], 2, "--gateways 0 is under the minimum of 1"),
+        (["--gateways", str(MAX_GATEWAYS + 1)], 2, f"over the limit of {MAX_GATEWAYS}"),
+        (["--workers", str(MAX_STACK_WORKERS + 1)], 2, "--workers"),
+        (["--workers", "-1"], 2, "--workers -1 is under the minimum of 0"),
+        (["--concurrency", "0"], 2, "--concurrency 0"),
+        (["--port", "70000"], 2, "--port 70000 is over the limit of 65535"),
+        (["--port", "TAKEN"], 5, "cannot listen on 127.0.0.1"),
+        (["--strategy", "fastest"], 2, "--strategy 'fastest' is not one of"),
+        (["--deny", "10.0.0.300/8"], 2, "--deny '10.0.0.300/8' is not an address"),
+        (["--flood-rate", "0"], 2, "--flood-rate must be a positive number"),
+        (["--restart-delay", "-1"], 2, "--restart-delay"),
+        (["--db", "DIR"], 5, "it is a directory"),
+        (["--dir", "/proc/sagalab-stack"], 5, "cannot use /proc/sagalab-stack"),
+        (["SERVICES"], 5, "SAGALAB_SERVICES_FILE"),
+    ],
+    ids=[
+        "no-gateway", "too-many-gateways", "too-many-workers", "negative-workers",
+        "no-concurrency", "port-out-of-range", "port-taken", "strategy", "deny-cidr",
+        "flood-rate", "restart-delay", "db-is-a-directory", "unwritable-dir", "services-file",
+    ],
+)  # fmt: skip
+def test_up_checks_every_option_before_starting_anything(
+    args: list[str], code: int, fragment: str, tmp_path: Path, taken_port: int
+) -> None:
+    directory = tmp_path / "stack"
+    env = {}
+    if args == ["SERVICES"]:
+        bad = tmp_path / "services.yaml"
+        bad.write_text("services: {payments: 42}\n")
+        env["SAGALAB_SERVICES_FILE"] = str(bad)
+        args = []
+    args = [{"TAKEN": str(taken_port), "DIR": str(tmp_path)}.get(a, a) for a in args]
+    if "--dir" not in args:
+        args += ["--dir", str(directory)]
+    if "--port" not in args:
+        args += ["--port", "0"]
+    r = sagalab("stack", "up", "--detach", "--workers", "0", *args, env=env)
+    try:
+        assert r.returncode == code, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], lines
+        assert "Traceback" not in r.stderr
+        assert not (directory / "stack.json").exists()
+        assert processes_mentioning(str(directory)) == []
+        assert not (directory / "logs").exists(), "nothing was started"
+    finally:
+        if (directory / "stack.json").exists():
+            sagalab("stack", "down", "--dir", str(directory))
+
+
+def test_a_stack_in_the_foreground_stops_everything_on_sigterm(tmp_path: Path) -> None:
+    directory = str(tmp_path / "stack")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "stack", "up", "--dir", directory, "--port", "0",
+         "--workers", "0", "--gateways", "1", "--no-services"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: Path(directory, "stack.json").exists(), 30, "the stack to start")
+        state = load_state(Path(directory))
+        assert state.supervisor is not None and alive(state.supervisor)
+        up.send_signal(signal.SIGTERM)
+        _, stderr = up.communicate(timeout=30)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        sagalab("stack", "down", "--dir", directory)
+    assert up.returncode == 0, stderr
+    assert processes_mentioning(directory) == []
+    assert not Path(directory, "stack.json").exists()
+
+
+def test_a_second_up_in_the_same_directory_says_a_stack_is_running(stack: StackState) -> None:
+    port = stack.edge_url.rsplit(":", 1)[1]  # taken by this very stack: not the message to give
+    r = sagalab("stack", "up", "--detach", "--dir", stack.directory, "--port", port)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"error: a stack is already running from {stack.directory}; `sagalab stack down` stops it"
+    ]
+    assert json.loads(sagalab("stack", "status", "--dir", stack.directory, "--json").stdout)
+
+
+def test_a_dead_supervisor_is_shown_and_down_still_stops_everything(tmp_path: Path) -> None:
+    directory = str(tmp_path / "stack")
+    up = sagalab(
+        "stack", "up", "--detach", "--dir", directory, "--port", "0", "--workers", "0",
+        "--gateways", "1", "--no-services",
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    state = load_state(Path(directory))
+    try:
+        assert state.supervisor is not None
+        os.kill(state.supervisor.pid, signal.SIGKILL)
+        wait_for(lambda: not alive(state.supervisor), 10, "the supervisor to die")  # type: ignore[arg-type]
+        r = sagalab("stack", "status", "--dir", directory, "--json")
+        assert r.returncode == 1
+        assert json.loads(r.stdout)["supervisor"]["status"] == "down"
+        restart = sagalab("stack", "restart", "gateway-1", "--dir", directory)
+        assert restart.returncode == 1 and "supervisor is not running" in restart.stderr
+    finally:
+        down = sagalab("stack", "down", "--dir", directory)
+    assert down.returncode == 0, down.stderr
+    assert processes_mentioning(directory) == []
+    assert not Path(directory, "stack.json").exists()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +29,9 @@ from workerlab import (
 )
 
 from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
+from orchestrator.limits import MAX_REPLICAS
 from orchestrator.saga import EventType, Phase
+from orchestrator.supervisor import Supervisor, SupervisorConfig
 
 FAST = ("--poll", "0.05")
 
@@ -213,3 +217,84 @@ def test_sigterm_finishes_the_saga_in_hand_and_exits_zero(
     assert rows[saga] == ("completed", None, None)
     assert rows[later][:2] == ("pending", None), "a stopping worker takes nothing new"
     assert rows[later][2] is not None, "and leaves it queued"
+
+
+@pytest.mark.parametrize(
+    ("args", "bound"),
+    [
+        (["--replicas", str(MAX_REPLICAS + 1)], f"--replicas {MAX_REPLICAS + 1} is over the limit"),
+        (["--replicas", "auto", "--max", str(MAX_REPLICAS + 1)], "--max"),
+        (["--replicas", "2", "--concurrency", "65"], "--concurrency 65 is over the limit of 64"),
+        (["--replicas", "2", "--concurrency", "0"], "--concurrency 0 is under the minimum of 1"),
+        (["--replicas", "2", "--grace", "1e9"], "--grace"),
+        (["--replicas", "many"], "--replicas takes a number"),
+    ],
+    ids=["replicas", "auto-max", "concurrency-high", "concurrency-zero", "grace", "not-a-number"],
+)
+def test_out_of_bound_options_are_refused_in_one_line_before_anything_starts(
+    args: list[str], bound: str, db: Path, workers: Workers
+) -> None:
+    w = workers.start(*args)
+    assert w.proc.wait(timeout=30) == 2
+    lines = w.stderr().strip().splitlines()
+    assert len(lines) == 1 and bound in lines[0], lines
+    assert not db.exists(), "a refused command creates no database"
+
+
+def test_supervisor_sigterm_kills_replicas_that_ignore_it_after_the_grace(tmp_path: Path) -> None:
+    """Three replicas that ignore SIGTERM: the supervisor stops within grace + a margin."""
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    child = [
+        sys.executable,
+        "-c",
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close()\n"
+        "time.sleep(120)\n",
+        str(ready),
+    ]
+    grace = 1.0
+    sup = Supervisor(
+        SupervisorConfig(db=tmp_path / "sagas.db", child_command=child, replicas=3, grace=grace)
+    )
+    runner = threading.Thread(target=sup.run)
+    runner.start()
+    try:
+        pids = wait_for(
+            lambda: len(os.listdir(ready)) == 3 and {int(p) for p in os.listdir(ready)},
+            30,
+            "three replicas ignoring SIGTERM",
+        )
+        asked = time.monotonic()
+        sup.stop.set()
+        runner.join(timeout=grace + 10)
+        took = time.monotonic() - asked
+        assert not runner.is_alive()
+        assert grace <= took < grace + 3.0, took
+        assert not any(Path(f"/proc/{p}").exists() for p in pids), "every replica is gone"
+    finally:
+        sup.stop.set()
+        runner.join(timeout=30)
+
+
+def test_worker_sigterm_stops_a_replica_mid_saga_within_the_grace(
+    db: Path, services: RunningServices, workers: Workers
+) -> None:
+    """`worker --replicas 2 --grace 1`: a replica in a slow call is killed after 1 s."""
+    services.lab.add_fault(FaultSpec(service="shipping", latency_ms=20_000))
+    (saga,) = enqueue(db, [order(1)])
+    sup = workers.start("--replicas", "2", "--concurrency", "1", "--grace", "1", *FAST)
+
+    def shipping_in_flight() -> bool:
+        last = journal(db, saga)[-1].event
+        return last.type is EventType.ATTEMPT_STARTED and last.step == "create_shipment"
+
+    wait_for(shipping_in_flight, 30, "the shipping call to start")
+    replicas = children_of(sup.pid)
+    assert len(replicas) == 2
+    asked = time.monotonic()
+    sup.proc.send_signal(signal.SIGTERM)
+    sup.proc.wait(timeout=20)
+    assert time.monotonic() - asked < 1.0 + 3.0
+    assert not any(Path(f"/proc/{p}").exists() for p in replicas)

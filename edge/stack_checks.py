@@ -1,0 +1,137 @@
+"""Every option of `sagalab stack up`, checked before anything starts.
+
+`validate()` raises `StackOptionError` (bad input: exit 2) or `StackEnvironmentError` (the
+directory, database, services file or port cannot be used: exit 5), each with a one-line
+message. It starts no process and writes no state file; it may create the stack directory
+and the saga database, which the stack would create anyway.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from edge.errors import EdgeError, StackError
+from edge.server import bind
+from edge.stack import StackConfig, alive, load_state
+from orchestrator.errors import SagaError
+from orchestrator.limits import (
+    CONCURRENCY_WHY,
+    GATEWAYS_WHY,
+    MAX_CONCURRENCY,
+    MAX_GATEWAYS,
+    MAX_STACK_WORKERS,
+    REPLICAS_WHY,
+    LimitError,
+    check,
+)
+from orchestrator.policies.balancer import Strategy
+
+__all__ = ["StackEnvironmentError", "StackOptionError", "validate"]
+
+#: Stack restart delays above this are a typo, not a policy (seconds).
+MAX_RESTART_DELAY_OPTION = 60.0
+
+
+class StackOptionError(StackError):
+    """An option of `stack up` is out of range or malformed (exit 2)."""
+
+
+class StackEnvironmentError(StackError):
+    """The stack's directory, database, services file or port cannot be used (exit 5)."""
+
+
+def validate(c: StackConfig, env: Mapping[str, str] | None = None) -> None:
+    """Check every setting of `c`; `env` is the environment the workers will inherit."""
+    env = os.environ if env is None else env
+    try:
+        check("--gateways", c.gateways, low=1, high=MAX_GATEWAYS, why=GATEWAYS_WHY)
+        check("--workers", c.workers, low=0, high=MAX_STACK_WORKERS, why=REPLICAS_WHY)
+        check("--concurrency", c.concurrency, low=1, high=MAX_CONCURRENCY, why=CONCURRENCY_WHY)
+        check("--port", c.edge_port, low=0, high=65535, why="0 picks a free port")
+        check("--restart-delay", c.restart_delay, low=0.0, high=MAX_RESTART_DELAY_OPTION)
+    except LimitError as exc:
+        raise StackOptionError(str(exc)) from None
+    if c.strategy not in set(Strategy):
+        choices = ", ".join(s.value for s in Strategy)
+        raise StackOptionError(f"--strategy {c.strategy!r} is not one of: {choices}")
+    for flag, nets in (("--deny", c.deny), ("--allow", c.allow)):
+        for net in nets:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise StackOptionError(
+                    f"{flag} {net!r} is not an address or CIDR range (e.g. 10.0.0.0/8)"
+                ) from None
+    for flag, value in (("--flood-rate", c.flood_rate), ("--flood-burst", c.flood_burst)):
+        if not math.isfinite(value) or value <= 0:
+            raise StackOptionError(f"{flag} must be a positive number, got {value:g}")
+    _check_not_running(c.directory)
+    directory = _check_directory(c.directory)
+    _check_services_file(env)
+    _check_db(c.db or directory / "sagas.db")
+    _check_port(c.edge_port)
+
+
+def _check_not_running(directory: Path) -> None:
+    """A second `stack up` in one directory says so (before its port is found taken)."""
+    try:
+        state = load_state(directory.resolve())
+    except (StackError, OSError, TypeError):
+        return  # no stack, or an unreadable state file that `start` replaces
+    if any(alive(c) for c in state.components):
+        raise StackError(
+            f"a stack is already running from {directory}; `sagalab stack down` stops it"
+        )
+
+
+def _check_directory(directory: Path) -> Path:
+    """The stack directory exists (created if need be) and this user can write in it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise StackEnvironmentError(
+            f"cannot use {directory} as the stack directory: {exc.strerror or exc}; "
+            "pass a writable --dir"
+        ) from None
+    return directory.resolve()
+
+
+def _check_services_file(env: Mapping[str, str]) -> None:
+    """The workers would read SAGALAB_SERVICES_FILE: refuse a bad one now, not after start."""
+    from orchestrator.breakers import load_breaker_configs
+    from orchestrator.flowfile import load_services
+
+    path = env.get("SAGALAB_SERVICES_FILE")
+    if not path:
+        return
+    try:
+        load_services(Path(path))
+        load_breaker_configs(Path(path))
+    except SagaError as exc:
+        first = str(exc).splitlines()[0]  # a YAML error runs over several lines
+        raise StackEnvironmentError(f"SAGALAB_SERVICES_FILE: {first}") from None
+
+
+def _check_db(db: Path) -> None:
+    from orchestrator.sqlite_store import SQLiteStore
+
+    try:
+        SQLiteStore(db).close()
+    except SagaError as exc:
+        raise StackEnvironmentError(str(exc)) from None
+
+
+def _check_port(port: int) -> None:
+    if port == 0:
+        return
+    try:
+        bind("127.0.0.1", port).close()
+    except EdgeError as exc:
+        raise StackEnvironmentError(f"--port: {exc}") from None

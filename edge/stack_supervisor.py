@@ -1,0 +1,340 @@
+"""The stack supervisor: the process that starts the stack's components and restarts any that die.
+
+    sagalab stack up  --config on stdin-->  python -m edge.stack_supervisor
+                      <--progress / ready / error lines on stdout--
+                                            |- starts every component (edge.stack.start)
+                                            |- every tick: reaps the dead, restarts them
+                                            `- SIGTERM (stack down): stops them all, exits
+
+`launch()` is the client side (used by `sagalab stack up` and `sagalab loadtest`): it starts
+the supervisor in its own session (it outlives the terminal with `--detach`), writes the
+config to it and waits for one `ready` or `error` line. The supervisor is every component's
+parent, so it learns each exit code at once. A component that dies is started again after a
+backoff: `restart_delay` doubled with each death that follows a short run, capped at
+`MAX_RESTART_DELAY`; a component that stayed up `STABLE_AFTER` seconds starts again from the
+first delay. Every restart is logged (logs/supervisor.log) and recorded in `stack.json`
+(restart count, why it last stopped, when the next start is due), which `stack status` shows.
+
+`sagalab stack restart NAME` drops a request file in `requests/`; the supervisor stops that
+component (SIGTERM, then SIGKILL) and starts it at once, without backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from edge.errors import StackError
+from edge.stack import (
+    STATE_FILE,
+    Component,
+    StackConfig,
+    StackState,
+    alive,
+    children,
+    proc_start,
+    respawn,
+    start,
+    tail_log,
+    terminate,
+    write_state,
+)
+from orchestrator.policies.retry import RetryPolicy
+
+__all__ = ["MAX_RESTART_DELAY", "STABLE_AFTER", "exit_reason", "launch", "request_restart"]
+
+#: The longest wait before restarting a component that keeps dying, seconds.
+MAX_RESTART_DELAY = 30.0
+#: A component up this long has recovered: its next death restarts it after the first delay.
+STABLE_AFTER = 10.0
+REQUESTS = "requests"
+LOG = "supervisor.log"
+
+
+def exit_reason(returncode: int | None, log: str) -> str:
+    """Why a component stopped, in one line: its signal, or its code and last log line."""
+    if returncode is None:  # not our child (a stack started without a supervisor)
+        return "exited (exit code unknown)"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    last = tail_log(Path(log), 1).strip()
+    reason = f"exit code {returncode}"
+    return f"{reason}: {last[:200]}" if last and last != "(no log)" else reason
+
+
+@dataclass
+class _Watch:
+    """What the supervisor knows about one component beyond `Component`."""
+
+    since: float  # monotonic time of its last start
+    deaths: int = 0  # deaths in a row, each after a short run
+    due: float | None = None  # monotonic time of its pending restart
+
+
+class StackSupervisor:
+    """Restarts the components of `state` that die, until `stopping` is set."""
+
+    def __init__(
+        self,
+        state: StackState,
+        config: StackConfig,
+        log: Callable[[str], None],
+        *,
+        stable_after: float = STABLE_AFTER,
+    ) -> None:
+        self.state = state
+        self.stable_after = stable_after
+        self.log = log
+        self.backoff = RetryPolicy(
+            max_attempts=None,
+            initial_delay=config.restart_delay,
+            max_delay=max(MAX_RESTART_DELAY, config.restart_delay),
+            jitter=False,
+        )
+        self.stopping = False
+        now = time.monotonic()
+        self.watch = {c.name: _Watch(since=now) for c in state.components}
+        self.requests = Path(state.directory) / REQUESTS
+
+    def run(self, tick: float = 0.1) -> None:
+        """Supervise until `stopping`; then stop every component and remove the state file."""
+        try:
+            while not self.stopping:
+                changed = self._reap() | self._restart_due() | self._restart_requested()
+                if changed and not self.stopping:
+                    write_state(self.state)
+                time.sleep(tick)
+        finally:
+            order = {"edge": 0, "gateway": 1, "api": 2, "worker": 3, "services": 4}
+            components = sorted(self.state.components, key=lambda c: order.get(c.kind, 5))
+            stopped = terminate(components, grace=5.0)
+            for proc in list(children.values()):
+                proc.poll()  # reap
+            (Path(self.state.directory) / STATE_FILE).unlink(missing_ok=True)
+            shutil.rmtree(self.requests, ignore_errors=True)
+            self.log(f"stopped {len(stopped)} component(s): {', '.join(stopped) or 'none'}")
+
+    def _replace(self, old: Component, new: Component) -> None:
+        self.state.components = [new if c.name == old.name else c for c in self.state.components]
+
+    def _reap(self) -> bool:
+        """Note every component that has exited and schedule its restart."""
+        changed = False
+        now = time.monotonic()
+        for c in self.state.components:
+            w = self.watch[c.name]
+            if w.due is not None:
+                continue
+            proc = children.get(c.pid)
+            # Our own child tells its exit code; one we did not start can only be seen gone.
+            code = proc.poll() if proc is not None else None
+            running = code is None if proc is not None else alive(c)
+            if running:
+                if now - w.since >= self.stable_after:
+                    w.deaths = 0
+                continue
+            children.pop(c.pid, None)
+            w.deaths = 1 if now - w.since >= self.stable_after else w.deaths + 1
+            delay = self.backoff.backoff_cap(w.deaths)
+            w.due = now + delay
+            reason = exit_reason(code, c.log)
+            self._replace(c, replace(c, last_exit=reason, restart_at=time.time() + delay))
+            self.log(f"{c.name} (pid {c.pid}) stopped: {reason}; restarting in {delay:g}s")
+            changed = True
+        return changed
+
+    def _restart_due(self) -> bool:
+        changed = False
+        now = time.monotonic()
+        for c in list(self.state.components):
+            w = self.watch[c.name]
+            if w.due is None or w.due > now or self.stopping:
+                continue
+            self._start_again(c, replace(c, restarts=c.restarts + 1))
+            changed = True
+        return changed
+
+    def _start_again(self, c: Component, counted: Component) -> None:
+        w = self.watch[c.name]
+        try:
+            new = respawn(counted)
+        except StackError as exc:  # its port was taken meanwhile: try again later
+            delay = self.backoff.backoff_cap(w.deaths + 1)
+            w.deaths, w.due = w.deaths + 1, time.monotonic() + delay
+            self.log(f"{c.name}: cannot restart ({exc}); next try in {delay:g}s")
+            return
+        w.since, w.due = time.monotonic(), None
+        self._replace(c, replace(new, restart_at=None))
+        self.log(f"{c.name} restarted as pid {new.pid} (restart {new.restarts})")
+
+    def _restart_requested(self) -> bool:
+        """Restart each component named by a file in `requests/` (at once, no backoff)."""
+        try:
+            names = sorted(os.listdir(self.requests))
+        except OSError:
+            return False
+        changed = False
+        for name in names:
+            (self.requests / name).unlink(missing_ok=True)
+            found = [c for c in self.state.components if c.name == name]
+            if not found or self.stopping:
+                continue
+            c = found[0]
+            terminate([c], grace=5.0)
+            proc = children.pop(c.pid, None)
+            if proc is not None:
+                proc.poll()
+            self.watch[name].deaths = 0
+            self.log(f"{name} (pid {c.pid}) restarting on request")
+            self._start_again(c, replace(c, restarts=c.restarts + 1, last_exit="restart requested"))
+            changed = True
+        return changed
+
+
+def request_restart(state: StackState, name: str) -> None:
+    """Ask the stack's supervisor to restart `name` (StackError if it has no supervisor)."""
+    state.component(name)  # StackError naming the components if there is no such one
+    if state.supervisor is None or not alive(state.supervisor):
+        raise StackError(
+            "this stack's supervisor is not running, so nothing restarts components; "
+            "`sagalab stack down` then `sagalab stack up` starts a supervised stack"
+        )
+    requests = Path(state.directory) / REQUESTS
+    requests.mkdir(exist_ok=True)
+    (requests / name).touch()
+
+
+# -- the supervisor process -------------------------------------------------------------------
+
+
+def _config_from_json(raw: dict[str, Any]) -> StackConfig:
+    raw["directory"] = Path(raw["directory"])
+    raw["db"] = Path(raw["db"]) if raw.get("db") else None
+    return StackConfig(**raw)
+
+
+def _config_to_json(config: StackConfig) -> str:
+    raw = asdict(config)
+    raw["directory"] = str(config.directory)
+    raw["db"] = str(config.db) if config.db else None
+    return json.dumps(raw)
+
+
+def main() -> int:
+    """Entry point of `python -m edge.stack_supervisor` (config as JSON on stdin)."""
+    config = _config_from_json(json.loads(sys.stdin.read()))
+    directory = config.directory.resolve()
+    handshake = os.fdopen(os.dup(1), "w", buffering=1)
+    # From now on, stdout and stderr go to the log; the handshake pipe only says how start went.
+    log_file = open(directory / "logs" / LOG, "a", buffering=1)  # noqa: SIM115
+    os.dup2(log_file.fileno(), 1)
+    os.dup2(log_file.fileno(), 2)
+
+    def progress(message: str) -> None:
+        handshake.write(f"progress {message}\n")
+
+    def log(message: str) -> None:
+        log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")
+
+    def abort(_s: int, _f: object) -> None:
+        raise SystemExit(1)  # start() stops what it started on the way out
+
+    signal.signal(signal.SIGTERM, abort)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is for `stack up`
+    me = Component(
+        name="supervisor",
+        kind="supervisor",
+        pid=os.getpid(),
+        started=proc_start(os.getpid()) or -1.0,
+        url=None,
+        health=None,
+        log=str(directory / "logs" / LOG),
+        command=[sys.executable, "-m", "edge.stack_supervisor"],
+    )
+    try:
+        state = start(config, on_progress=progress, supervisor=me)
+    except StackError as exc:
+        log(f"start failed: {exc}")
+        handshake.write(f"error {json.dumps(str(exc))}\n")
+        return 1
+    except SystemExit:
+        log("stopped during start-up")
+        handshake.write(f"error {json.dumps('stopped during start-up')}\n")
+        return 1
+    supervisor = StackSupervisor(state, config, log)
+
+    def on_term(_s: int, _f: object) -> None:
+        supervisor.stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    log(f"started {len(state.components)} component(s); supervising")
+    handshake.write("ready\n")
+    handshake.close()
+    supervisor.run()
+    return 0
+
+
+def launch(
+    config: StackConfig, *, on_progress: Callable[[str], None] = lambda _: None
+) -> StackState:
+    """Start a supervised stack; return its state once every component is ready.
+
+    Raises StackError (nothing left running) if it cannot start.
+    """
+    directory = config.directory.resolve()
+    (directory / "logs").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge.stack_supervisor"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(_config_to_json(replace(config, directory=directory)))
+        proc.stdin.close()
+        for line in proc.stdout:
+            kind, _, rest = line.rstrip("\n").partition(" ")
+            if kind == "progress":
+                on_progress(rest)
+            elif kind == "ready":
+                from edge.stack import load_state
+
+                return load_state(directory)
+            elif kind == "error":
+                proc.wait(timeout=30)
+                raise StackError(json.loads(rest))
+        proc.wait(timeout=30)
+        raise StackError(
+            f"the stack supervisor exited during start-up (code {proc.returncode}); "
+            f"see {directory / 'logs' / LOG}"
+        )
+    except BaseException:
+        if proc.poll() is None:  # Ctrl-C while starting: it stops what it started
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=config.startup_timeout + 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
+    finally:
+        proc.stdout.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

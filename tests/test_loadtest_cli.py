@@ -1,0 +1,154 @@
+"""`sagalab loadtest`: bad options and paths are refused in one line before anything starts,
+and a stack it started is stopped whatever happens (a failing Locust run, Ctrl-C)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from workerlab import wait_for
+
+from orchestrator.limits import MAX_LOAD_PROCESSES
+
+HAS_LOCUST = importlib.util.find_spec("locust") is not None
+IDLE_LOCUSTFILE = """\
+from locust import User, constant, task
+
+
+class Idle(User):
+    wait_time = constant(1)
+
+    @task
+    def nothing(self):
+        pass
+"""
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (e.g. a stack directory)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if text.encode() in cmdline:
+                found.append(int(entry))
+    return found
+
+
+def command(tmp_path: Path, *args: str) -> list[str]:
+    base = [sys.executable, "-m", "cli.main", "loadtest", "--duration", "5"]
+    base += ["--dir", str(tmp_path / "stack"), "--reports", str(tmp_path / "reports")]
+    return [*base, *args]  # later options win
+
+
+def stack_down(directory: Path) -> None:
+    """Clean up after a failed test: stop a stack left running from `directory`."""
+    down = [sys.executable, "-m", "cli.main", "stack", "down", "--dir", str(directory)]
+    subprocess.run(down, capture_output=True, timeout=60, check=False)
+
+
+def stack_gone(directory: Path) -> bool:
+    return not (directory / "stack.json").exists() and processes_mentioning(str(directory)) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["--users", "0"], 2, "--users 0 is under the minimum of 1"),
+        (["--users", "99999"], 2, "--users 99999 is over the limit of 2000"),
+        (["--duration", "1e9"], 2, "--duration 1e+09 is over the limit of 3600"),
+        (["--spawn-rate", "0"], 2, "--spawn-rate 0 is under the minimum"),
+        (["--processes", str(MAX_LOAD_PROCESSES + 1)], 2, "--processes"),
+        (["--workers", "0"], 2, "--workers 0 is under the minimum of 1"),
+        (["--profile", "nope"], 2, "no profile 'nope'"),
+        (["--locustfile", "MISSING"], 2, "no locustfile at"),
+        (["--reports", "UNDER_A_FILE"], 5, "cannot write the load-test reports"),
+        (["--dir", "/proc/sagalab-loadtest"], 5, "cannot use /proc/sagalab-loadtest"),
+        (["--db", "A_DIRECTORY"], 5, "it is a directory"),
+    ],
+    ids=[
+        "no-users", "too-many-users", "duration", "spawn-rate", "processes", "workers",
+        "profile", "locustfile", "reports-unwritable", "dir-unwritable", "db-directory",
+    ],
+)  # fmt: skip
+def test_bad_options_and_paths_are_refused_before_anything_starts(
+    args: list[str], code: int, fragment: str, tmp_path: Path
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    paths = {
+        "MISSING": str(tmp_path / "missing.py"),
+        "UNDER_A_FILE": str(tmp_path / "a-file" / "reports"),
+        "A_DIRECTORY": str(tmp_path),
+    }
+    r = subprocess.run(
+        command(tmp_path, *(paths.get(a, a) for a in args)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    directory = tmp_path / "stack"
+    try:
+        assert r.returncode == code, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], lines
+        assert stack_gone(directory)
+        assert not (directory / "logs").exists(), "no stack was started"
+    finally:
+        if (directory / "stack.json").exists():
+            stack_down(directory)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_LOCUST, reason="needs locust")
+def test_a_failing_locust_run_still_stops_the_stack_it_started(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('this locustfile cannot load')\n")
+    r = subprocess.run(
+        command(tmp_path, "--workers", "1", "--locustfile", str(broken)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 1, r.stderr
+    assert "starting one for this run" in r.stderr
+    assert "stopped the stack started for this run" in r.stderr
+    assert stack_gone(tmp_path / "stack")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_LOCUST, reason="needs locust")
+def test_ctrl_c_stops_locust_and_the_stack_it_started(tmp_path: Path) -> None:
+    idle = tmp_path / "idle.py"
+    idle.write_text(IDLE_LOCUSTFILE)
+    directory = tmp_path / "stack"
+    proc = subprocess.Popen(
+        command(tmp_path, "--workers", "1", "--duration", "120", "--locustfile", str(idle)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        wait_for(lambda: (directory / "stack.json").exists(), 60, "the stack to start")
+        wait_for(lambda: processes_mentioning(str(idle)), 60, "locust to run")
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            stack_down(directory)
+    assert proc.returncode == 130, stderr
+    assert "stopped the stack started for this run" in stderr
+    assert stack_gone(directory)
+    assert processes_mentioning(str(idle)) == []

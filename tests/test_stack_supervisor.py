@@ -1,0 +1,78 @@
+"""The stack supervisor's restart policy on real processes that keep dying.
+
+A component that dies soon after each start is restarted after delays that double from
+`restart_delay` up to a cap; one that stayed up `stable_after` seconds starts again from the
+first delay. Why it stopped (its exit code and the last line it logged, the one-line reason a
+worker gives when it cannot go on) is recorded in the state file that `stack status` reads.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+from pathlib import Path
+
+from workerlab import wait_for
+
+from edge.stack import Component, StackConfig, StackState, _spawn, alive, load_state
+from edge.stack_supervisor import MAX_RESTART_DELAY, StackSupervisor
+
+
+def crasher(logs: Path, script: str) -> Component:
+    return _spawn("worker-1", "worker", [sys.executable, "-c", script], logs, url=None, health=None)
+
+
+def delays(lines: list[str]) -> list[float]:
+    return [float(m) for line in lines for m in re.findall(r"restarting in ([\d.]+)s", line)]
+
+
+def run_supervisor(
+    tmp_path: Path, lines: list[str], script: str, delay: float, stable: float
+) -> tuple[StackSupervisor, threading.Thread]:
+    """A supervisor of one component running `script`, in a thread."""
+    c = crasher(tmp_path / "logs", script)
+    state = StackState(
+        directory=str(tmp_path), db="", keys_db="", edge_url="", services_url=None,
+        api_key="", components=[c], created_at=0.0,
+    )  # fmt: skip
+    sup = StackSupervisor(
+        state, StackConfig(directory=tmp_path, restart_delay=delay), lines.append,
+        stable_after=stable,
+    )  # fmt: skip
+    thread = threading.Thread(target=sup.run, kwargs={"tick": 0.02})
+    thread.start()
+    return sup, thread
+
+
+def test_a_component_that_keeps_dying_is_restarted_after_doubling_delays(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    lines: list[str] = []
+    script = "print('worker cannot go on: database file deleted'); raise SystemExit(3)"
+    sup, thread = run_supervisor(tmp_path, lines, script, delay=0.1, stable=60.0)
+    try:
+        wait_for(lambda: len(delays(lines)) >= 4, 30, "four deaths")
+        shown = load_state(tmp_path).components[0]
+        assert shown.last_exit == "exit code 3: worker cannot go on: database file deleted"
+        assert shown.restarts >= 3
+    finally:
+        sup.stopping = True
+        thread.join(timeout=30)
+    assert delays(lines)[:4] == [0.1, 0.2, 0.4, 0.8]
+    assert sup.backoff.backoff_cap(50) == MAX_RESTART_DELAY, "the delay is bounded"
+    assert not alive(sup.state.components[0])
+    assert not (tmp_path / "stack.json").exists()
+
+
+def test_a_component_that_stayed_up_restarts_after_the_first_delay(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    lines: list[str] = []
+    script = "import time; time.sleep(0.5); raise SystemExit(1)"
+    sup, thread = run_supervisor(tmp_path, lines, script, delay=0.1, stable=0.3)
+    try:
+        wait_for(lambda: len(delays(lines)) >= 3, 30, "three deaths after stable runs")
+    finally:
+        sup.stopping = True
+        thread.join(timeout=30)
+    assert delays(lines)[:3] == [0.1, 0.1, 0.1]
+    assert not alive(sup.state.components[0])
