@@ -5,7 +5,8 @@ Exit codes (documented in the README and in `sagalab orchestrate --help`):
   1  the saga ended rolled back or failed (when completion was expected), or a check failed
   2  bad input or usage: malformed flow or JSON, missing input key, unknown flow
   3  unknown saga id
-  4  the operator action does not apply (e.g. rollback past the pivot without --force)
+  4  the operator action does not apply (e.g. rollback past the pivot without --force), or
+     was not carried out because a worker holds the saga or kept changing it: try again
   5  the database is not a saga database (a directory, not SQLite, corrupt, another
      application's, a newer sagalab's), cannot be opened or written, or a service's URL or
      breaker settings are missing or malformed
@@ -23,11 +24,13 @@ import typer
 from rich.console import Console
 
 from orchestrator.errors import (
+    ConcurrentUpdate,
     FlowNotFoundError,
     FlowValidationError,
     IdempotencyConflict,
     InputError,
     InvalidTransition,
+    LeaseHeld,
     OperatorActionRefused,
     SagaError,
     SagaNotFoundError,
@@ -51,7 +54,9 @@ def fail(message: str, code: int) -> typer.Exit:
 def exit_code_for(exc: SagaError) -> int:
     if isinstance(exc, SagaNotFoundError):
         return EXIT_NOT_FOUND
-    if isinstance(exc, OperatorActionRefused | InvalidTransition):
+    # A request a worker's writes kept overtaking, or a saga a live worker holds, was not
+    # carried out either: the operator tries again later, as for a refusal.
+    if isinstance(exc, OperatorActionRefused | InvalidTransition | ConcurrentUpdate | LeaseHeld):
         return EXIT_REFUSED
     if isinstance(exc, StoreError | ServiceConfigError):
         return EXIT_ENVIRONMENT

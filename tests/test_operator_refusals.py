@@ -15,8 +15,10 @@ import pytest
 from apilab import admin_api
 from typer.testing import CliRunner
 
+from cli.errors import EXIT_REFUSED, exit_code_for
 from cli.main import app
 from fakeservices import FaultSpec, RunningServices, run_in_thread
+from orchestrator.errors import ConcurrentUpdate, LeaseHeld, SagaError
 from orchestrator.flowfile import load_flow
 from orchestrator.journal import JournalEntry
 from orchestrator.leases import new_owner
@@ -243,3 +245,12 @@ def test_rollback_read_before_the_pivot_started_is_judged_again_and_refused(
         store.close()
     assert EventType.ROLLBACK_REQUESTED not in types
     assert state.pivot_in_flight  # the worker's attempt stands, its result still to come
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ConcurrentUpdate("saga kept changing"), LeaseHeld("s1", "worker-1", 0.0)],
+    ids=["overtaken", "held"],
+)
+def test_a_request_not_carried_out_exits_4_like_a_refusal(error: SagaError) -> None:
+    assert exit_code_for(error) == EXIT_REFUSED == 4
