@@ -4,6 +4,7 @@ any body it cannot decode with 422 (never 500). Real uvicorn servers on 127.0.0.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +34,17 @@ def two_gateways(tmp_path: Path) -> Iterator[Path2]:
     # Each gateway enforces half of the key's rate (rate_share=2): 5 tokens each.
     _, key = store.create("sequential", rate=1, burst=10)
     store.close()
-    api = serve_in_thread(create_app(tmp_path / "sagas.db"))
+    secret = secrets.token_urlsafe(32)
+    api = serve_in_thread(create_app(tmp_path / "sagas.db", gateway_secret=secret))
     gateways = [
         serve_in_thread(
             build_gateway(
                 GatewaySettings(
-                    keys_db=str(keys_db), upstreams=[api.url], rate_share=2, instance=f"gw{i}"
+                    keys_db=str(keys_db),
+                    upstreams=[api.url],
+                    rate_share=2,
+                    instance=f"gw{i}",
+                    secret=secret,
                 )
             )
         )

@@ -72,7 +72,7 @@ def stack_gone(directory: Path) -> bool:
         (["--locustfile", "MISSING"], 2, "no locustfile at"),
         (["--reports", "UNDER_A_FILE"], 5, "cannot write the load-test reports"),
         (["--dir", "/proc/sagalab-loadtest"], 5, "cannot use /proc/sagalab-loadtest"),
-        (["--db", "A_DIRECTORY"], 5, "it is a directory"),
+        (["--db", "A_DIRECTORY"], 5, "is a directory"),
     ],
     ids=[
         "no-users", "too-many-users", "duration", "spawn-rate", "processes", "workers",

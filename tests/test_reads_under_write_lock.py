@@ -16,11 +16,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+from apilab import admin_api
 
-from edge.server import serve_in_thread
-from orchestrator.api import create_app
 from orchestrator.flowfile import load_flow
 from orchestrator.runner import start_saga
 from orchestrator.sqlite_store import SQLiteStore
@@ -53,8 +51,8 @@ def test_readyz_and_reads_answer_while_another_connection_holds_the_write_lock(
     saga_db: tuple[Path, str],
 ) -> None:
     db, saga_id = saga_db
-    app = create_app(db)  # schema set up once, before the lock is taken
-    with serve_in_thread(app) as api, httpx.Client(base_url=api.url, timeout=PROMPT) as client:
+    # The schema is set up once, when the API starts, before the lock is taken.
+    with admin_api(db, timeout=PROMPT) as client:
         conn = sqlite3.connect(db, isolation_level=None)
         conn.execute("BEGIN IMMEDIATE")
         try:

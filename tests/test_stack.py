@@ -301,7 +301,7 @@ def taken_port() -> Iterator[int]:
         (["--deny", "10.0.0.300/8"], 2, "--deny '10.0.0.300/8' is not an address"),
         (["--flood-rate", "0"], 2, "--flood-rate must be a positive number"),
         (["--restart-delay", "-1"], 2, "--restart-delay"),
-        (["--db", "DIR"], 5, "it is a directory"),
+        (["--db", "DIR"], 5, "is a directory"),
         (["--dir", "/proc/sagalab-stack"], 5, "cannot use /proc/sagalab-stack"),
         (["SERVICES"], 5, "SAGALAB_SERVICES_FILE"),
     ],
