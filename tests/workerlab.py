@@ -199,6 +199,8 @@ def iter_lines(text: str) -> Iterator[str]:
 FLOW = load_flow("checkout")
 STEPS = [s.name for s in FLOW.steps]
 COMPENSABLE = {s.name for s in FLOW.steps if s.has_compensation}
+#: Operator requests that end a scheduled retry without its attempt.
+OPERATOR_TURNS = (EventType.ROLLBACK_REQUESTED, EventType.STEP_SKIPPED)
 
 
 def write_services_file(path: Path, services: dict[str, str], breakers: dict[str, Any]) -> Path:
@@ -292,16 +294,15 @@ class Chaos:
         deadline = time.monotonic() + patience
         while aim != "any" and time.monotonic() < deadline:
             if aim == "backoff":
-                found = in_backoff(self.db) and self.rng.choice(self.running)
+                candidates = self.running if in_backoff(self.db) else []
             else:
                 candidates = [
                     w
                     for _, owner in open_attempts(self.db, aim)
                     if (w := self.by_pid(int(owner.split(":")[1]))) is not None
                 ]
-                found = candidates and self.rng.choice(candidates)
-            if found:
-                return found
+            if candidates:
+                return self.rng.choice(candidates)
             time.sleep(0.02)
         return self.rng.choice(self.running)
 
@@ -370,11 +371,14 @@ def journal_problems(saga_id: str, status: str, entries: list[JournalEntry]) -> 
             (
                 x
                 for x in events[i + 1 :]
-                if x.type is EventType.ATTEMPT_STARTED and (x.step, x.phase) == (e.step, e.phase)
+                if (x.type is EventType.ATTEMPT_STARTED and (x.step, x.phase) == (e.step, e.phase))
+                or x.type in OPERATOR_TURNS
             ),
             None,
         )
         assert e.not_before is not None
+        if nxt is not None and nxt.type in OPERATOR_TURNS:
+            continue  # an operator rolled the saga back or skipped the step while it waited
         if nxt is None or nxt.attempt != e.attempt or nxt.at < e.not_before:
             problems.append(f"retry {e.step} {e.phase} #{e.attempt} not honoured: {nxt}")
     return [f"saga {saga_id}: {p}" for p in problems]
