@@ -312,10 +312,10 @@ def kill_component(directory: Path, name: str) -> int:
 
 def stop_stack(directory: Path, seen: list[StackState]) -> None:
     """`stack down`; then SIGKILL whatever it left, by each pid the state files named."""
+    with contextlib.suppress(Exception):
+        seen.append(load_state(directory))  # as it is now: with any component restarted
     with contextlib.suppress(subprocess.TimeoutExpired):
         sagalab("stack", "down", "--dir", str(directory), timeout=30)
-    with contextlib.suppress(Exception):
-        seen.append(load_state(directory))
     for state in seen:
         for c in state.components:
             if alive(c):
@@ -586,6 +586,8 @@ def stack(tmp_path: Path, seed: int, services: RunningServices) -> Iterator[Stac
     directory = tmp_path / "stack"
     seen: list[StackState] = []
     with small_disk(tmp_path / "disk") as (disk, refused):
+        if refused:
+            print(f"the disk-full phase will be skipped: {refused}")
         try:
             up = sagalab(
                 "stack", "up", "--detach", "--dir", str(directory), "--port", "0",
@@ -722,6 +724,8 @@ class Run:
             alive_pids = {w.pid for w in chaos.running if w.alive()}
             stderr = self.workers.all_stderr()
             report = stuck_report(self.db, alive_pids, len(chaos.running), stderr)
+            threads = ", ".join(f"{pid}: {threads_of(pid)}" for pid in sorted(alive_pids))
+            report += f"\nthreads per live worker ({3 + self.extra_threads} fresh): {threads}"
             self.problem("every saga ends", f"{exc}\n{report}")
         for w in chaos.running:
             if not w.alive():
