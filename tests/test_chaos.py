@@ -149,6 +149,7 @@ PLANTED_POISON: list[tuple[str, str]] = [
 
 
 def poison_body(order_id: str, fragment: bytes) -> bytes:
+    """A `POST /v1/sagas` body for a checkout with `fragment` among its input's fields."""
     base = (
         b'"order_id": "' + order_id.encode() + b'", "customer_id": "c", "sku": "SKU-1", '
         b'"quantity": 1, '
@@ -157,11 +158,11 @@ def poison_body(order_id: str, fragment: bytes) -> bytes:
     return b'{"flow": "checkout", "input": {' + base + fragment + b"}}"
 
 
-def plant_poison(db: Path, first: int) -> dict[str, tuple[str, str]]:
+def plant_poison(db: Path) -> dict[str, tuple[str, str]]:
     """Queue checkout sagas, then give each a poison input in place: saga id -> (what, order)."""
     planted = {}
     for i, (what, fragment) in enumerate(PLANTED_POISON):
-        payload = order(first + i)
+        payload = {**order(i), "order_id": f"planted-{i}"}
         saga_id = enqueue(db, [payload])[0]
         text = json.dumps(payload)[:-1] + ", " + fragment + "}"
         json.loads(text)  # what the worker will read back
@@ -171,6 +172,7 @@ def plant_poison(db: Path, first: int) -> dict[str, tuple[str, str]]:
 
 
 def query_write(db: Path, sql: str, params: tuple[Any, ...]) -> None:
+    """One write statement in its own transaction, as a side connection would run it."""
     store = SQLiteStore(db)
     try:
         store.conn.execute("BEGIN IMMEDIATE")
@@ -404,6 +406,8 @@ def gateway_holding(stack: StackState) -> str | None:
 
 @dataclass
 class GatewayKill:
+    """A gateway SIGKILLed while it held `post`: which one, and whether the API had it."""
+
     post: Post
     gateway: str | None = None
     reached_api: bool = False
@@ -455,6 +459,8 @@ def kill_gateway_mid_post(
 
 @dataclass
 class RollbackShot:
+    """One rollback fired through the edge, and its answer."""
+
     saga_id: str
     aim: str  # "pivot in flight", "pivot in flight (forced)", "before the pivot"
     status: int | str
@@ -570,6 +576,8 @@ def services(seed: int) -> Iterator[RunningServices]:
 
 @dataclass
 class Stack:
+    """The running stack, where its database's disk is, and how its workers are configured."""
+
     state: StackState
     directory: Path
     disk: Path
@@ -646,7 +654,7 @@ class Run:
         headers = {"Authorization": f"Bearer {state.api_key}", "Content-Type": "application/json"}
         with httpx.Client(base_url=state.edge_url, headers=headers, timeout=10) as c:
             for i, (what, fragment) in enumerate(DOOR_POISON):
-                post = Post(f"ord-{8_000 + i:04d}", None, note=what)
+                post = Post(f"door-{i}", None, note=what)
                 try:
                     r = c.post("/v1/sagas", content=poison_body(post.order_id, fragment))
                     post.answers.append(r.status_code)
@@ -670,7 +678,7 @@ class Run:
                     "was killed mid-POST (with a client key): none would have been left",
                 )
                 return
-        payload = order(n)
+        payload = {**order(n), "order_id": f"gw-{n}"}
         post = Post(payload["order_id"], f"chaos-{self.seed}-gw-{n}" if key else None)
         post.note = "gateway killed, " + ("keyed" if key else "no key")
         self.gateway_kills.append(
@@ -679,7 +687,7 @@ class Run:
 
     def chaos(self, chaos: Chaos, started: float) -> None:
         """Waves of POSTs between worker kills, with every other fault at its turn."""
-        self.planted = plant_poison(self.db, first=9_000)
+        self.planted = plant_poison(self.db)
         self.submit_wave(0)
         self.poison_at_the_door()
         aims = ["action", "compensation", "backoff", "any"] * (KILLS // 4 + 1)
@@ -694,12 +702,12 @@ class Run:
             if n == KILLS // 3:  # a shipping outage: sagas that reach it roll back
                 self.services.lab.add_fault(FaultSpec(service="shipping", outage_seconds=2.0))
             if n == 5:
-                self.kill_a_gateway(7_000, key=False)
+                self.kill_a_gateway(1, key=False)
             if n == 6:
                 self.rollbacks("pivot in flight", 3)
                 self.rollbacks("pivot in flight (forced)", 1)
             if n == 7:
-                self.kill_a_gateway(7_001, key=True)
+                self.kill_a_gateway(2, key=True)
             if n == 8 and self.stack.disk_refused is None:
                 self.notes.append(
                     fill_and_free(
