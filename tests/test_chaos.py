@@ -38,6 +38,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -56,9 +57,9 @@ from typing import Any
 import httpx
 import pytest
 from workerlab import (
+    FLOW,
     Chaos,
     Workers,
-    enqueue,
     journal_problems,
     ledger_problems,
     order,
@@ -73,6 +74,7 @@ from workerlab import (
 from edge.stack import StackState, alive, load_state
 from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
 from orchestrator.journal import JournalEntry
+from orchestrator.runner import start_saga
 from orchestrator.saga import EventType, Phase
 from orchestrator.sqlite_store import SQLiteStore
 
@@ -139,12 +141,12 @@ DOOR_POISON: list[tuple[str, bytes]] = [
     ("5,000-deep nesting", b'"amount": 10, "note": ' + b"[" * 5000 + b"]" * 5000),
 ]
 
-#: Inputs planted into the database as an old file might hold them (JSON text, as stored).
-PLANTED_POISON: list[tuple[str, str]] = [
-    ("NaN amount", '"amount": NaN'),
-    ("Infinity quantity", '"amount": 10, "quantity": Infinity'),
-    ("lone surrogate in customer_id (fails at the pivot's body)", '"customer_id": "\\ud800"'),
-    ("-Infinity amount", '"amount": -Infinity'),
+#: Inputs planted into the database as an old file might hold them: (what, field, JSON text).
+PLANTED_POISON: list[tuple[str, str, str]] = [
+    ("NaN amount", "amount", "NaN"),
+    ("Infinity quantity", "quantity", "Infinity"),
+    ("lone surrogate in customer_id (fails at the pivot's body)", "customer_id", '"\\ud800"'),
+    ("-Infinity amount", "amount", "-Infinity"),
 ]
 
 
@@ -159,15 +161,23 @@ def poison_body(order_id: str, fragment: bytes) -> bytes:
 
 
 def plant_poison(db: Path) -> dict[str, tuple[str, str]]:
-    """Queue checkout sagas, then give each a poison input in place: saga id -> (what, order)."""
+    """Sagas with a poison input, as an old database might hold them: each is created
+    unqueued, then given its input and queued in one statement, so that no worker can run
+    it on the clean input first. Saga id -> (what, order id)."""
     planted = {}
-    for i, (what, fragment) in enumerate(PLANTED_POISON):
-        payload = {**order(i), "order_id": f"planted-{i}"}
-        saga_id = enqueue(db, [payload])[0]
-        text = json.dumps(payload)[:-1] + ", " + fragment + "}"
-        json.loads(text)  # what the worker will read back
-        query_write(db, "UPDATE sagas SET input = ? WHERE id = ?", (text, saga_id))
-        planted[saga_id] = (what, payload["order_id"])
+    store = SQLiteStore(db)
+    try:
+        for i, (what, name, poison) in enumerate(PLANTED_POISON):
+            payload = {**order(i), "order_id": f"planted-{i}"}
+            saga_id = start_saga(store, FLOW, payload, queue=False)[0].id
+            text = json.dumps({**payload, name: "@"}).replace('"@"', poison)
+            json.loads(text)  # what the worker will read back
+            query_write(
+                db, "UPDATE sagas SET input = ?, run_after = ? WHERE id = ?", (text, 0, saga_id)
+            )
+            planted[saga_id] = (what, payload["order_id"])
+    finally:
+        store.close()
     return planted
 
 
@@ -608,6 +618,16 @@ def stack(tmp_path: Path, seed: int, services: RunningServices) -> Iterator[Stac
             yield Stack(seen[0], directory, disk, refused, services_file, env)
         finally:
             stop_stack(directory, seen)
+            keep_database(disk, tmp_path / "kept")
+
+
+def keep_database(disk: Path, kept: Path) -> None:
+    """Copy the stack's database off the tmpfs before it goes, for a look after a failure."""
+    kept.mkdir()
+    for f in disk.glob("sagas.db*"):
+        with contextlib.suppress(OSError):
+            shutil.copy2(f, kept / f.name)
+    print(f"the stack's database is kept in {kept}")
 
 
 # -- the run --------------------------------------------------------------------------------
