@@ -59,6 +59,7 @@ import pytest
 from workerlab import (
     FLOW,
     Chaos,
+    WorkerProcess,
     Workers,
     journal_problems,
     ledger_problems,
@@ -654,6 +655,7 @@ class Run:
     problems: dict[str, list[str]] = field(default_factory=dict)
     stack_worker_killed: int | None = None
     extra_threads: int = 0
+    exited: list[WorkerProcess] = field(default_factory=list)
 
     @property
     def db(self) -> Path:
@@ -739,6 +741,7 @@ class Run:
             if n == 9:
                 self.rollbacks("before the pivot", 2)
             time.sleep(self.rng.uniform(0.2, 0.6))
+            self.exited += chaos.replace_exited()
             chaos.kill_one(aim)
         self.clients.quiesce()
         if self.stack.disk_refused is not None:
@@ -755,14 +758,28 @@ class Run:
             threads = ", ".join(f"{pid}: {threads_of(pid)}" for pid in sorted(alive_pids))
             report += f"\nthreads per live worker ({3 + self.extra_threads} fresh): {threads}"
             self.problem("every saga ends", f"{exc}\n{report}")
-        for w in chaos.running:
-            if not w.alive():
-                self.problem("workers alive", f"worker {w.pid} exited: {w.stderr()[-800:]}")
-            elif (n := threads_of(w.pid)) < 3 + self.extra_threads:
+        self.exited += [w for w in chaos.running if not w.alive()]
+        for w in self.exited:  # a worker may stop when it cannot go on: with one clear line
+            lines = w.stderr().strip().splitlines()
+            if w.proc.returncode == 0 or "Traceback" in w.stderr():
+                self.problem(
+                    "a worker that stops says why (non-zero exit, one line, no traceback)",
+                    f"worker {w.pid} exited {w.proc.returncode}: {lines[-1:] or 'silently'}",
+                )
+        for w in (w for w in chaos.running if w.alive()):
+            if (n := threads_of(w.pid)) < 3 + self.extra_threads:
                 self.problem(
                     "workers alive with all their threads",
                     f"worker {w.pid} has {n} threads, a fresh one {3 + self.extra_threads}",
                 )
+        logs = [w.stderr() for w in self.workers.started]
+        logs += [f.read_text(errors="replace") for f in self.stack.directory.glob("logs/work*")]
+        died = [line for text in logs for line in _uncaught(text)]
+        if died:
+            self.problem(
+                "no exception escapes a worker thread",
+                f"{len(died)} tracebacks in worker output, ending: {Counter(died).most_common(4)}",
+            )
         code, rows = stack_status(self.stack.directory)
         for name, row in rows.items():
             if row["kind"] == "worker" and row["status"] == "up":
@@ -973,6 +990,15 @@ def fill_and_free(
         (stack.disk / "probe").unlink(missing_ok=True)
     clients.quiesce()
     return f"disk filled, then freed: {seen or 'no error seen within 8 s'}"
+
+
+def _uncaught(text: str) -> list[str]:
+    """The last line (the exception) of each traceback in `text`."""
+    found = []
+    for block in text.split("Traceback (most recent call last):")[1:]:
+        lines = [x for x in block.splitlines() if x and not x.startswith(" ")]
+        found.append(lines[0][:160] if lines else "?")
+    return found
 
 
 def _wait_alive(directory: Path, name: str, timeout: float) -> bool:

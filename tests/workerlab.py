@@ -317,6 +317,14 @@ class Chaos:
         self.running.append(self.workers.start(*self.args))  # the restart
         return kill
 
+    def replace_exited(self) -> list[WorkerProcess]:
+        """Start a worker for each one that exited on its own (as a supervisor would); those."""
+        exited = [w for w in self.running if not w.alive()]
+        for w in exited:
+            self.running.remove(w)
+            self.running.append(self.workers.start(*self.args))
+        return exited
+
 
 def journal_problems(saga_id: str, status: str, entries: list[JournalEntry]) -> list[str]:
     """Why this journal does not read T1..Tn or T1..Tj Cj..C1, if it does not."""
