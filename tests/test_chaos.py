@@ -479,12 +479,13 @@ class RollbackShot:
 
 
 def sagas_at(db: Path, where: str, params: tuple[Any, ...]) -> list[str]:
+    """Running client sagas (not the poison ones) whose last event matches `where`."""
     return [
         r[0]
         for r in query(
             db,
             "SELECT s.id FROM sagas s JOIN events e ON e.saga_id = s.id AND e.seq = s.last_seq "
-            f"WHERE s.status = 'running' AND {where}",
+            f"WHERE s.status = 'running' AND s.input LIKE '%\"order_id\": \"ord-%' AND {where}",
             params,
         )
     ]
