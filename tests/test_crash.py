@@ -20,21 +20,30 @@ import json
 import os
 import random
 import signal
-import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from workerlab import WorkerProcess, Workers, enqueue, order, query, statuses, wait_for
+from workerlab import (
+    Chaos,
+    Workers,
+    enqueue,
+    journal_problems,
+    ledger_problems,
+    order,
+    query,
+    reason_kind,
+    statuses,
+    stuck_report,
+    wait_for,
+    write_services_file,
+)
 
 from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
-from orchestrator.flowfile import load_flow
-from orchestrator.journal import JournalEntry
-from orchestrator.saga import EventType, Phase
+from orchestrator.saga import EventType
 from orchestrator.sqlite_store import SQLiteStore
 
 SAGAS = 200
@@ -45,11 +54,6 @@ LEASE = 1.5
 BREAKERS = {"fail_max": 6, "reset_timeout": 1.5, "success_threshold": 1}
 KILL_PHASE_DEADLINE = 45.0  # seconds for all the kills
 DRAIN_DEADLINE = 60.0  # seconds after the last kill for every saga to end
-
-FLOW = load_flow("checkout")
-STEPS = [s.name for s in FLOW.steps]
-COMPENSABLE = {s.name for s in FLOW.steps if s.has_compensation}
-SERVICE_OF = {s.name: s.service for s in FLOW.steps}
 
 
 def faults() -> list[FaultSpec]:
@@ -90,214 +94,9 @@ def payloads(rng: random.Random) -> list[dict[str, Any]]:
     return out
 
 
-@dataclass
-class Kill:
-    """One SIGKILL: what the victim held, read from the database after it died."""
-
-    n: int
-    aim: str
-    pid: int
-    at: float
-    held: list[tuple[str, str, str | None, str | None, int]] = field(default_factory=list)
-    in_backoff: list[tuple[str, str, str, int, float]] = field(default_factory=list)
-
-    @property
-    def phase(self) -> str:
-        """Where the victim was: in an action call, a compensation call, between calls."""
-        kinds = {(kind, phase) for _, kind, _, phase, _ in self.held}
-        if ("attempt_started", "compensation") in kinds:
-            return "compensation call"
-        if ("attempt_started", "action") in kinds:
-            return "action call"
-        return "between calls" if self.held else "idle or starting"
-
-
-def open_attempts(db: Path, phase: str) -> list[tuple[str, str]]:
-    """(saga, owner) for sagas under a live lease whose last durable event opens a call."""
-    rows = query(
-        db,
-        "SELECT s.id, s.lease_owner FROM sagas s JOIN events e "
-        "ON e.saga_id = s.id AND e.seq = s.last_seq WHERE s.lease_owner IS NOT NULL "
-        "AND s.lease_until > ? AND e.type = 'attempt_started' AND e.phase = ?",
-        (time.time(), phase),
-    )
-    return [(r[0], r[1]) for r in rows]
-
-
-def in_backoff(db: Path) -> list[tuple[str, str, str, int, float]]:
-    """Sagas whose last event is a retry scheduled for later: (saga, step, phase, n, when)."""
-    rows = query(
-        db,
-        "SELECT s.id, e.step, e.phase, e.attempt, e.not_before FROM sagas s JOIN events e "
-        "ON e.saga_id = s.id AND e.seq = s.last_seq "
-        "WHERE e.type = 'retry_scheduled' AND e.not_before > ?",
-        (time.time(),),
-    )
-    return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
-
-
-def held_by(db: Path, pid: int) -> list[tuple[str, str, str | None, str | None, int]]:
-    """Sagas still leased to (dead) process `pid`, with their last durable event."""
-    prefix = f"{socket.gethostname()}:{pid}:%"
-    return [
-        (r[0], r[1], r[2], r[3], r[4])
-        for r in query(
-            db,
-            "SELECT s.id, e.type, e.step, e.phase, e.attempt FROM sagas s JOIN events e "
-            "ON e.saga_id = s.id AND e.seq = s.last_seq WHERE s.lease_owner LIKE ?",
-            (prefix,),
-        )
-    ]
-
-
-class Chaos:
-    """Keeps WORKERS workers running and kills them, aiming at given phases."""
-
-    def __init__(self, db: Path, workers: Workers, rng: random.Random, args: list[str]) -> None:
-        self.db = db
-        self.workers = workers
-        self.rng = rng
-        self.args = args
-        self.running: list[WorkerProcess] = [workers.start(*args) for _ in range(WORKERS)]
-        self.kills: list[Kill] = []
-
-    def by_pid(self, pid: int | None) -> WorkerProcess | None:
-        return next((w for w in self.running if w.pid == pid), None)
-
-    def victim_for(self, aim: str, patience: float) -> WorkerProcess:
-        """A worker in the phase `aim`, if one shows up within `patience` s; else any."""
-        deadline = time.monotonic() + patience
-        while aim != "any" and time.monotonic() < deadline:
-            if aim == "backoff":
-                found = in_backoff(self.db) and self.rng.choice(self.running)
-            else:
-                candidates = [
-                    w
-                    for _, owner in open_attempts(self.db, aim)
-                    if (w := self.by_pid(int(owner.split(":")[1]))) is not None
-                ]
-                found = candidates and self.rng.choice(candidates)
-            if found:
-                return found
-            time.sleep(0.02)
-        return self.rng.choice(self.running)
-
-    def kill_one(self, aim: str) -> Kill:
-        victim = self.victim_for(aim, patience=4.0)
-        backoff = in_backoff(self.db)
-        victim.kill()
-        kill = Kill(len(self.kills) + 1, aim, victim.pid, time.time(), in_backoff=backoff)
-        kill.held = held_by(self.db, victim.pid)
-        self.kills.append(kill)
-        self.running.remove(victim)
-        self.running.append(self.workers.start(*self.args))  # the restart
-        return kill
-
-
-def events_of(store: SQLiteStore, saga_id: str) -> list[JournalEntry]:
-    return store.journal(saga_id)
-
-
-def journal_problems(saga_id: str, status: str, entries: list[JournalEntry]) -> list[str]:
-    """Why this journal does not read T1..Tn or T1..Tj Cj..C1, if it does not."""
-    events = [e.event for e in entries]
-    acts = [
-        e.step for e in events if e.type is EventType.ATTEMPT_SUCCEEDED and e.phase is Phase.ACTION
-    ]
-    comps = [
-        e.step
-        for e in events
-        if e.type is EventType.ATTEMPT_SUCCEEDED and e.phase is Phase.COMPENSATION
-    ]
-    problems = []
-    if acts != STEPS[: len(acts)]:
-        problems.append(f"actions out of flow order: {acts}")
-    ends = [
-        e.type for e in events if e.type in (EventType.SAGA_COMPLETED, EventType.SAGA_ROLLED_BACK)
-    ]
-    if status == "completed":
-        if acts != STEPS or comps or ends != [EventType.SAGA_COMPLETED]:
-            problems.append(f"completed but reads {acts} / {comps} / {ends}")
-    elif status == "rolled_back":
-        j = len(acts)
-        if j < len(STEPS):
-            failed = [
-                e
-                for e in events
-                if e.type is EventType.ATTEMPT_FAILED
-                and e.step == STEPS[j]
-                and e.phase is Phase.ACTION
-            ]
-            if any(e.failure is not None and e.failure.maybe_applied for e in failed):
-                j += 1  # Tj's outcome is unknown (lost response, crash): it is undone too
-        expected = [s for s in reversed(STEPS[:j]) if s in COMPENSABLE]
-        if comps != expected:
-            problems.append(f"compensations {comps}, expected {expected} after actions {acts}")
-        first_comp = next(
-            (i for i, e in enumerate(events) if e.phase is Phase.COMPENSATION), len(events)
-        )
-        if any(e.phase is Phase.ACTION for e in events[first_comp:]):
-            problems.append("an action event after compensation started")
-        if ends != [EventType.SAGA_ROLLED_BACK]:
-            problems.append(f"rolled back but ends with {ends}")
-    else:
-        problems.append(f"status {status}")
-    # Retry waits and attempt counts survive crashes: the attempt after a RETRY_SCHEDULED
-    # is the one it named and starts no earlier than its not_before.
-    for i, e in enumerate(events):
-        if e.type is not EventType.RETRY_SCHEDULED:
-            continue
-        nxt = next(
-            (
-                x
-                for x in events[i + 1 :]
-                if x.type is EventType.ATTEMPT_STARTED and (x.step, x.phase) == (e.step, e.phase)
-            ),
-            None,
-        )
-        assert e.not_before is not None
-        if nxt is None or nxt.attempt != e.attempt or nxt.at < e.not_before:
-            problems.append(f"retry {e.step} {e.phase} #{e.attempt} not honoured: {nxt}")
-    return [f"saga {saga_id}: {p}" for p in problems]
-
-
-def ledger_problems(services: RunningServices, orders: dict[str, tuple[str, str]]) -> list[str]:
-    """Per order: what the services applied must match how its saga ended."""
-    by_order: dict[str, list[Any]] = {}
-    for e in services.lab.ledger():
-        by_order.setdefault(e.order_id, []).append(e)
-    problems = []
-    for order_id, (saga_id, status) in orders.items():
-        entries = by_order.get(order_id, [])
-        applied = {(e.service, e.operation): e for e in entries if not e.noop}
-        actions = {svc for svc, op in applied if op == "action"}
-        undone = {svc for svc, op in applied if op == "compensation"}
-        where = f"order {order_id} (saga {saga_id}, {status})"
-        if status == "completed":
-            if actions != {"inventory", "payments", "shipping", "notifications"} or undone:
-                problems.append(f"{where}: applied {sorted(applied)}")
-        elif status == "rolled_back":
-            for svc in actions:
-                if svc in ("shipping", "notifications"):
-                    problems.append(f"{where}: {svc} applied (pivot or later) yet rolled back")
-                elif svc not in undone:
-                    problems.append(f"{where}: {svc} action never undone")
-                elif applied[(svc, "compensation")].seq < applied[(svc, "action")].seq:
-                    problems.append(f"{where}: {svc} compensated before its action")
-    return problems
-
-
 def worker_args(tmp_path: Path, services: RunningServices) -> list[str]:
     """Worker options, with a services file whose breakers reset quickly."""
-    config = tmp_path / "services.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "services": services.services,
-                "breakers": {name: BREAKERS for name in ("payments", "shipping")},
-            }
-        )
-    )  # JSON is YAML
+    config = write_services_file(tmp_path / "services.yaml", services.services, BREAKERS)
     return [
         "--concurrency",
         "3",
@@ -336,7 +135,7 @@ def test_crash(tmp_path: Path, seed: int, services: RunningServices) -> None:
     wave = -(-(SAGAS - FIRST_WAVE) // KILLS)
     workers = Workers(db, services.env, tmp_path / "logs")
     try:
-        chaos = Chaos(db, workers, rng, worker_args(tmp_path, services))
+        chaos = Chaos(db, workers, rng, worker_args(tmp_path, services), WORKERS)
         aims = ["action", "compensation", "backoff", "any"] * (KILLS // 4 + 1)
         for n, aim in enumerate(aims[:KILLS]):
             assert time.monotonic() - started < KILL_PHASE_DEADLINE, f"seed={seed}: too slow"
@@ -357,7 +156,9 @@ def test_crash(tmp_path: Path, seed: int, services: RunningServices) -> None:
                 every=0.2,
             )
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{stuck_report(db, chaos, workers)}") from None
+            alive = {w.pid for w in chaos.running if w.alive()}
+            report = stuck_report(db, alive, len(chaos.running), workers.all_stderr())
+            raise AssertionError(f"{exc}\n{report}") from None
         for w in chaos.running:  # the survivors stop cleanly
             w.proc.send_signal(signal.SIGTERM)
         for w in chaos.running:
@@ -376,7 +177,7 @@ def test_crash(tmp_path: Path, seed: int, services: RunningServices) -> None:
     # -- journals ----------------------------------------------------------------------------
     store = SQLiteStore(db)
     try:
-        journals = {r[0]: events_of(store, r[0]) for r in rows}
+        journals = {r[0]: store.journal(r[0]) for r in rows}
     finally:
         store.close()
     problems = [p for r in rows for p in journal_problems(r[0], r[1], journals[r[0]])]
@@ -385,7 +186,7 @@ def test_crash(tmp_path: Path, seed: int, services: RunningServices) -> None:
     # -- services: at most once, and undone where rolled back ------------------------------
     orders = {json.loads(r[2])["order_id"]: (r[0], r[1]) for r in rows}
     assert applied_twice(services.lab.ledger()) == [], f"seed={seed}"
-    problems = ledger_problems(services, orders)
+    problems = ledger_problems(services.lab.ledger(), orders)
     assert problems == [], f"seed={seed}: ledger:\n" + "\n".join(problems[:20])
 
     # -- the kills did land where aimed, and every interrupted call was resumed --------------
@@ -429,7 +230,7 @@ def test_crash(tmp_path: Path, seed: int, services: RunningServices) -> None:
     assert not any("locked" in f for f in failures), f"seed={seed}"
 
     reasons = Counter(
-        _reason_kind(r[0])
+        reason_kind(r[0])
         for r in query(db, "SELECT reason FROM sagas WHERE status = ?", ("rolled_back",))
     )
     interrupted = sum("interrupted" in f for f in failures)
@@ -444,44 +245,3 @@ def test_crash(tmp_path: Path, seed: int, services: RunningServices) -> None:
         f"ledger {len(services.lab.ledger())} entries, none applied twice; "
         f"rollbacks by cause {dict(reasons)}"
     )
-
-
-def stuck_report(db: Path, chaos: Chaos, workers: Workers) -> str:
-    """What the sagas that did not end are waiting on, for a failure message."""
-    now = time.time()
-    alive = {w.pid for w in chaos.running if w.alive()}
-    waiting = Counter(
-        (
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            "unleased"
-            if r[4] is None
-            else ("live owner" if int(r[4].split(":")[1]) in alive else "dead owner"),
-            "not queued" if r[5] is None else ("due" if r[5] <= now else "queued for later"),
-        )
-        for r in query(
-            db,
-            "SELECT s.status, e.type, e.step, e.phase, s.lease_owner, s.run_after FROM sagas s "
-            "JOIN events e ON e.saga_id = s.id AND e.seq = s.last_seq "
-            "WHERE s.status NOT IN ('completed', 'rolled_back')",
-        )
-    )
-    lines = [f"now {statuses(db)}; {len(alive)}/{len(chaos.running)} workers alive"]
-    lines += [f"  {n:>4} x {key}" for key, n in waiting.most_common(12)]
-    lines += [f"  breaker {row}" for row in query(db, "SELECT * FROM breakers")]
-    lines.append("worker stderr (tail):\n" + workers.all_stderr()[-3000:])
-    return "\n".join(lines)
-
-
-def _reason_kind(reason: str | None) -> str:
-    for needle, kind in (
-        ("card_declined", "declined"),
-        ("out_of_stock", "out of stock"),
-        ("circuit breaker", "breaker open"),
-        ("retries exhausted", "retries exhausted"),
-    ):
-        if reason and needle in reason:
-            return kind
-    return reason or "?"
