@@ -343,9 +343,8 @@ class Orchestrator:
         while True:
             now = env.now
             command = decide(state, now=now, rng=rng)
-            kind = command.__class__
-            if kind is RunAttempt:
-                name, phase, attempt = command.step, command.phase, command.attempt  # type: ignore[union-attr]
+            if isinstance(command, RunAttempt):
+                name, phase, attempt = command.step, command.phase, command.attempt
                 service, breaker, limit = routes[name]
                 if breaker is not None and not breaker.allow(now):
                     if state.refusal_waits(name, phase):
@@ -387,15 +386,15 @@ class Orchestrator:
                     event = Event(_FAILED, now, name, phase, attempt, failure)
                 apply(event)
                 append(event)
-            elif kind is Record:
-                event = command.event  # type: ignore[union-attr]
+            elif isinstance(command, Record):
+                event = command.event
                 apply(event)
                 append(event)
-            elif kind is Wait:
+            elif isinstance(command, Wait):
                 if len(journal) > saga.flushed:
                     yield timeout(db())
                     saga.flushed = len(journal)
-                delay = command.until - env.now  # type: ignore[union-attr]
+                delay = command.until - env.now
                 if delay > 0:  # the commit may have taken longer than the wait
                     yield timeout(delay)
             else:

@@ -23,7 +23,8 @@ from simulator.metrics import Histogram, TierStats
 __all__ = ["Call", "Fault", "Job", "Service", "Station", "sampler"]
 
 _log, _exp = math.log, math.exp
-_NV_MAGICCONST = random.NV_MAGICCONST  # type: ignore[attr-defined]
+# random.py's own definition (its NV_MAGICCONST is not in the typeshed stubs): same float.
+_NV_MAGICCONST = 4 * math.exp(-0.5) / math.sqrt(2.0)
 _ACTION, _COMPENSATION = Phase.ACTION, Phase.COMPENSATION
 
 
