@@ -22,7 +22,7 @@ import tempfile
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -60,7 +60,7 @@ def _running(directory: Path) -> bool:
     return all(check(c) == "up" for c in state.components if c.kind in ("edge", "api"))
 
 
-def _summary(summary: dict, code: int) -> None:  # type: ignore[type-arg]
+def _summary(summary: dict[str, Any], code: int) -> None:
     m, t = summary["measured"], summary["thresholds"]
     table = Table("measure", "value", "threshold", title="sagalab load test")
     table.add_row("legit requests", f"{m['legit_requests']:.0f}", "")

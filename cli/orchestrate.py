@@ -28,7 +28,7 @@ from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import check_services, load_flow, load_services
 from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner, owner_is_dead
 from orchestrator.operator import Judge, journal_request
-from orchestrator.runner import RunResult, SagaRunner, start_saga
+from orchestrator.runner import Checkpoint, RunResult, SagaRunner, start_saga
 from orchestrator.saga import (
     Phase,
     SagaStatus,
@@ -56,7 +56,7 @@ CrashAtOption = Annotated[
 ]
 
 
-def _crash_checkpoint(spec: str | None):  # type: ignore[no-untyped-def]
+def _crash_checkpoint(spec: str | None) -> Checkpoint | None:
     if spec is None:
         return None
     step, _, point = spec.partition(":")

@@ -40,6 +40,16 @@ def _on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _relay(stop: threading.Event, target: threading.Event) -> None:
+    """Set `target` once `stop` is set, from a daemon thread (signal handlers only set `stop`)."""
+
+    def wait_then_set() -> None:
+        stop.wait()
+        target.set()
+
+    threading.Thread(target=wait_then_set, daemon=True).start()
+
+
 def worker(
     concurrency: Annotated[
         int,
@@ -159,7 +169,7 @@ def worker(
         render.err.print(f"replicas {decision.current} -> {decision.desired}: {decision.reason}")
 
     supervisor = Supervisor(config, on_change=changed)
-    threading.Thread(target=lambda: (stop.wait(), supervisor.stop.set()), daemon=True).start()
+    _relay(stop, supervisor.stop)
     render.err.print(f"supervising {'auto-scaled' if auto else replicas} worker replica(s)")
     restarts = supervisor.run()
     summary = {"restarts": restarts, "scaling": [d.reason for d in supervisor.decisions]}
@@ -213,7 +223,7 @@ def run_one(
         max_seconds=max_seconds,
     )
     w = Worker(config)
-    threading.Thread(target=lambda: (stop.wait(), w.stop.set()), daemon=True).start()
+    _relay(stop, w.stop)
     render.err.print(f"worker {w.owner}: {concurrency} thread(s), lease {lease}s, db {db}")
     try:
         with handled():  # a worker that cannot go on says why in one line and exits non-zero

@@ -23,9 +23,12 @@ import os
 import random
 import time
 import uuid
+from typing import Any
 
 from locust import HttpUser, between, constant, events, task
+from locust.env import Environment
 from locust.runners import WorkerRunner
+from locust.stats import RequestStats
 from requests.adapters import HTTPAdapter
 
 from loadtests.thresholds import PROFILES, evaluate
@@ -44,7 +47,7 @@ class SourceAddressAdapter(HTTPAdapter):
         self.address = address
         super().__init__()
 
-    def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["source_address"] = (self.address, 0)
         return super().init_poolmanager(*args, **kwargs)
 
@@ -156,7 +159,7 @@ class RateLimitedUser(HttpUser):
                 r.failure(f"over-the-rate request got {r.status_code}")
 
 
-def measure(stats) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def measure(stats: RequestStats) -> dict[str, float]:
     """The numbers the thresholds are about, from Locust's aggregated stats."""
     legit = [e for (name, _), e in stats.entries.items() if name.startswith("legit:")]
     requests = sum(e.num_requests for e in legit)
@@ -186,7 +189,7 @@ def measure(stats) -> dict[str, float]:  # type: ignore[no-untyped-def]
 
 
 @events.quitting.add_listener
-def check_thresholds(environment, **_kwargs) -> None:  # type: ignore[no-untyped-def]
+def check_thresholds(environment: Environment, **_kwargs: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
         return  # workers hold no aggregated stats
     measured = measure(environment.stats)

@@ -38,7 +38,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge.errors import KeyRequestError
 from edge.keys import (
@@ -89,9 +89,12 @@ class SagaCreate(BaseModel):
 class RollbackBody(BaseModel):
     """Optional body of `POST /v1/sagas/{id}/rollback`."""
 
-    reason: str = Field("rollback requested over the API", max_length=500)
+    # Defaults passed as `default=`: the form type checkers read as "this field is optional"
+    # (a positional default is pydantic-only, and mypy would require the argument).
+    reason: str = Field(default="rollback requested over the API", max_length=500)
     force: bool = Field(
-        False, description="Compensate even past the pivot step, or while its call is in flight."
+        default=False,
+        description="Compensate even past the pivot step, or while its call is in flight.",
     )
 
 
@@ -283,7 +286,7 @@ class _MetricsMiddleware:
         started = self.clock()
         status = 500
 
-        async def send_wrapper(message: dict[str, Any]) -> None:
+        async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

@@ -18,6 +18,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -233,7 +234,7 @@ class BreakerBoard:
                 reset_timeout=config.reset_timeout,
                 success_threshold=config.success_threshold,
                 storage=storage,
-                on_transition=lambda now, old, new, s=service: self._journal(s, now, old, new),
+                on_transition=partial(self._journal, service),
             )
             self._breakers[service] = breaker
         return breaker

@@ -158,7 +158,7 @@ class _Tools:
             self.executor,
             clock=worker.clock,
             rng=random.Random(),
-            on_event=worker.on_event,  # type: ignore[arg-type]
+            on_event=worker.on_event,
             breakers=self.board,
         )
 

@@ -24,6 +24,13 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
     ">": operator.gt,
 }
+# The window aggregates `_WINDOW` accepts, over a non-empty list of samples.
+_AGGREGATES: dict[str, Callable[[list[float]], float]] = {
+    "mean": lambda values: sum(values) / len(values),
+    "max": max,
+    "min": min,
+    "sum": sum,
+}
 _CLAIM = re.compile(r"^\s*(?P<lhs>\S+(?:\s*,\s*\S+)?)\s*(?P<op><=|>=|==|!=|<|>)\s*(?P<rhs>\S+)\s*$")
 _WINDOW = re.compile(
     r"^window\(\s*(?P<a>[\d.]+)\s*,\s*(?P<b>[\d.]+|end)\s*\)\.(?P<col>\w+)(?:\.(?P<agg>mean|max|min|sum))?$"
@@ -43,10 +50,7 @@ def metric(lhs: str, report: Mapping[str, Any], series: Sequence[Mapping[str, An
         values = [float(row[col]) for row in series if a < row["t"] <= b]
         if not values:
             raise ClaimError(f"window({window['a']}, {window['b']}) holds no sample")
-        agg = window["agg"] or "mean"
-        if agg == "mean":
-            return sum(values) / len(values)
-        return float({"max": max, "min": min, "sum": sum}[agg](values))
+        return _AGGREGATES[window["agg"] or "mean"](values)
     node: Any = report
     for part in lhs.split("."):
         if isinstance(node, Mapping) and part in node:

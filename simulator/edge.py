@@ -15,6 +15,7 @@ import ipaddress
 import random
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import simpy
@@ -212,9 +213,9 @@ class Edge:
         group.sweeping = True
         delay = max(group.pending[0][0] - self.env.now, TIMEOUT_RESOLUTION)
         timer = self.env.timeout(delay)
-        timer.callbacks.append(lambda _ev, g=group: self._sweep(g))
+        timer.callbacks.append(partial(self._sweep, group))
 
-    def _sweep(self, group: ClientGroup) -> None:
+    def _sweep(self, group: ClientGroup, _timer: simpy.Event) -> None:
         """Time out every attempt past its deadline; forget the answered ones."""
         group.sweeping = False
         now = self.env.now
@@ -260,7 +261,10 @@ class Edge:
             return
         self.count(f"{kind}.retries")
         timer = self.env.timeout(delay)
-        timer.callbacks.append(lambda _ev, r=request: self.send(r))
+        timer.callbacks.append(partial(self._resend, request))
+
+    def _resend(self, request: Request, _backoff: simpy.Event) -> None:
+        self.send(request)
 
     # --- firewall, balancer, gateway -----------------------------------------------------------
 

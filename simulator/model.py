@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pybreaker
@@ -278,18 +279,18 @@ class Simulation:
             if index >= len(self.edge.gateways):
                 raise ScenarioError(f"{c.path}.instance", "no gateway with that index")
             start = c.num("at", min=0.0)
-            at(start, lambda i=index: self.edge.crash_gateway(i))
+            at(start, partial(self.edge.crash_gateway, index))
             if c.get("restart_after") is not None:
                 back = start + c.num("restart_after", positive=True)
-                at(back, lambda i=index: self.edge.restart_gateway(i))
+                at(back, partial(self.edge.restart_gateway, index))
         for c in self.orch_crashes:
             start = c.num("at", min=0.0)
             count = c.int("count", min=1, default=1)
-            at(start, lambda n=count: self.orchestrator.crash(n))
+            at(start, partial(self.orchestrator.crash, count))
             if c.get("restart_after") is not None:
                 delay = c.num("restart_after", min=0.0)
                 for _ in range(count):
-                    at(start, lambda d=delay: self.orchestrator.start_replica(delay=d))
+                    at(start, partial(self.orchestrator.start_replica, delay=delay))
 
     def _sampler(self) -> Any:
         env, interval = self.env, self.interval
@@ -350,11 +351,8 @@ class Simulation:
         env = self.env
         for group, node in self.groups:
             segs = segments(node.node("rate"))
-            env.process(
-                arrivals(
-                    env, segs, self.duration, self.rng, lambda g=group: self.edge.new_request(g)
-                )
-            )
+            arrive = partial(self.edge.new_request, group)
+            env.process(arrivals(env, segs, self.duration, self.rng, arrive))
         env.process(self.edge.health_checks())
         if self.orchestrator.autoscale is not None:
             env.process(self.orchestrator.autoscaler())

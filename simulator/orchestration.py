@@ -28,6 +28,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable, Generator
+from functools import partial
 from typing import Any
 
 import simpy
@@ -48,6 +49,7 @@ from orchestrator.saga import (
     Wait,
     decide,
 )
+from simulator.errors import ScenarioError
 from simulator.metrics import Histogram, TierStats
 from simulator.stations import Service
 
@@ -155,10 +157,15 @@ class Orchestrator:
         self.services = services
         self.breakers = breakers
         # Per step: its service, that service's breaker (if any) and the call timeout.
-        self.routes = {
-            s.name: (services.get(s.service or ""), breakers.get(s.service or ""), s.timeout)
-            for s in flow.steps
-        }
+        self.routes: dict[str, tuple[Service, Breaker | None, float]] = {}
+        for s in flow.steps:
+            service = services.get(s.service or "")
+            if service is None:  # the scenario model checks this first, with the scenario's path
+                raise ScenarioError(
+                    f"flow step {s.name!r}",
+                    f"service {s.service!r} is not under services: {sorted(services)}",
+                )
+            self.routes[s.name] = (service, breakers.get(s.service or ""), s.timeout)
         self.concurrency = concurrency
         self.lease = lease
         self.reaper_interval = reaper_interval
@@ -251,10 +258,11 @@ class Orchestrator:
                 self.run_stats.leave(now, now - saga.run_started)
                 expiry = self.lease + self.rng.uniform(0.0, self.reaper_interval)
                 timer = self.env.timeout(expiry)
-                timer.callbacks.append(lambda _ev, s=saga: self._resume(s))
+                timer.callbacks.append(partial(self._resume, saga))
             replica.leased.clear()
 
-    def _resume(self, saga: Saga) -> None:
+    def _resume(self, saga: Saga, _expired: simpy.Event) -> None:
+        # A lease-expiry timer's callback: the reaper finds the orphaned saga.
         self.awaiting_reaper -= 1
         self.count("sagas_resumed")
         saga.resumed += 1
@@ -335,9 +343,8 @@ class Orchestrator:
         while True:
             now = env.now
             command = decide(state, now=now, rng=rng)
-            kind = command.__class__
-            if kind is RunAttempt:
-                name, phase, attempt = command.step, command.phase, command.attempt  # type: ignore[union-attr]
+            if isinstance(command, RunAttempt):
+                name, phase, attempt = command.step, command.phase, command.attempt
                 service, breaker, limit = routes[name]
                 if breaker is not None and not breaker.allow(now):
                     if state.refusal_waits(name, phase):
@@ -379,15 +386,15 @@ class Orchestrator:
                     event = Event(_FAILED, now, name, phase, attempt, failure)
                 apply(event)
                 append(event)
-            elif kind is Record:
-                event = command.event  # type: ignore[union-attr]
+            elif isinstance(command, Record):
+                event = command.event
                 apply(event)
                 append(event)
-            elif kind is Wait:
+            elif isinstance(command, Wait):
                 if len(journal) > saga.flushed:
                     yield timeout(db())
                     saga.flushed = len(journal)
-                delay = command.until - env.now  # type: ignore[union-attr]
+                delay = command.until - env.now
                 if delay > 0:  # the commit may have taken longer than the wait
                     yield timeout(delay)
             else:

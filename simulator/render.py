@@ -23,7 +23,11 @@ def render_list(console: Console, scenarios: Mapping[str, Mapping[str, Any]]) ->
 
 
 def _ms(summary: Mapping[str, float]) -> tuple[str, str, str]:
-    return tuple(f"{summary[q] * 1000:.1f}" for q in ("p50", "p95", "p99"))  # type: ignore[return-value]
+    return (
+        f"{summary['p50'] * 1000:.1f}",
+        f"{summary['p95'] * 1000:.1f}",
+        f"{summary['p99'] * 1000:.1f}",
+    )
 
 
 def render_summary(console: Console, report: Mapping[str, Any], files: Sequence[str]) -> None:

@@ -11,6 +11,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import simpy
@@ -22,7 +23,8 @@ from simulator.metrics import Histogram, TierStats
 __all__ = ["Call", "Fault", "Job", "Service", "Station", "sampler"]
 
 _log, _exp = math.log, math.exp
-_NV_MAGICCONST = random.NV_MAGICCONST  # type: ignore[attr-defined]
+# random.py's own definition (its NV_MAGICCONST is not in the typeshed stubs): same float.
+_NV_MAGICCONST = 4 * math.exp(-0.5) / math.sqrt(2.0)
 _ACTION, _COMPENSATION = Phase.ACTION, Phase.COMPENSATION
 
 
@@ -135,7 +137,8 @@ class Station:
         timer.callbacks.append(self._on_timer)
 
     def _finish(self, timer: simpy.Event) -> None:
-        job: Job = timer.value
+        job = timer.value
+        assert isinstance(job, Job)  # `_start` gives every timer its job as the value
         if job.cancelled:
             return
         now = self.env.now
@@ -195,8 +198,10 @@ class Call:
 
     __slots__ = ("event", "saga", "key", "phase", "answered", "outcome", "direct")
 
+    # Set by `Service.call` before it returns the call (which event depends on the path taken).
+    event: simpy.Event
+
     def __init__(self, saga: Any, key: tuple[str, Phase], phase: Phase) -> None:
-        self.event: simpy.Event | None = None
         self.saga = saga
         self.key = key
         self.phase = phase
@@ -208,7 +213,6 @@ class Call:
         self.answered = True
         self.outcome = outcome
         if not self.direct:
-            assert self.event is not None
             self.event.succeed(outcome)
 
 
@@ -304,10 +308,10 @@ class Service:
             return call
         call.event = env.event()
         guard = env.timeout(timeout)
-        guard.callbacks.append(lambda _ev, call=call: self._time_out(call))
+        guard.callbacks.append(partial(self._time_out, call))
         return call
 
-    def _time_out(self, call: Call) -> None:
+    def _time_out(self, call: Call, _guard: simpy.Event) -> None:
         if not call.answered:
             self.counts["timeouts"] += 1
             call.answer((TIMED_OUT, True))
