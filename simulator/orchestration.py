@@ -126,8 +126,10 @@ class Replica:
         self.alive = False
         self.draining = False
         self.workers: list[simpy.Process] = []
-        self.idle: set[simpy.Event] = set()
-        self.leased: set[Saga] = set()
+        # Ordered sets (dicts): a set of objects iterates in address order, which differs
+        # from one process to the next, and a seeded run must not.
+        self.idle: dict[simpy.Event, None] = {}
+        self.leased: dict[Saga, None] = {}
 
 
 class Orchestrator:
@@ -210,7 +212,7 @@ class Orchestrator:
         while idle:
             event, replica = idle.popleft()
             if replica.alive and not replica.draining and event in replica.idle:
-                replica.idle.discard(event)
+                replica.idle.pop(event, None)
                 self.queue_stats.leave(now, 0.0)
                 self.queue_wait.record(0.0)
                 event.succeed(saga)
@@ -274,7 +276,7 @@ class Orchestrator:
             if replica.alive and not replica.draining:
                 replica.draining = True
                 for event in list(replica.idle):
-                    replica.idle.discard(event)
+                    replica.idle.pop(event, None)
                     event.succeed(None)
                 return True
         return False
@@ -318,7 +320,7 @@ class Orchestrator:
                     self.queue_wait.record(now - saga.enqueued_at)
                 else:
                     event = env.event()
-                    replica.idle.add(event)
+                    replica.idle[event] = None
                     self.idle.append((event, replica))
                     saga = yield event
                     if saga is None:
@@ -337,7 +339,7 @@ class Orchestrator:
         apply, append = state.apply, journal.append
         routes = self.routes
         saga.owner = replica
-        replica.leased.add(saga)
+        replica.leased[saga] = None
         now = saga.run_started = env.now
         self.run_stats.enter(now)
         while True:
@@ -403,7 +405,7 @@ class Orchestrator:
                     yield timeout(db())
                     saga.flushed = len(journal)
                 now = env.now
-                replica.leased.discard(saga)
+                replica.leased.pop(saga, None)
                 saga.owner = None
                 self.run_stats.leave(now, now - saga.run_started)
                 self.finished(saga, now)

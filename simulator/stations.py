@@ -100,7 +100,7 @@ class Station:
         self.queue_limit = queue_limit
         self.busy = 0
         self.queue: deque[Job] = deque()
-        self.in_service: set[Job] = set()
+        self.in_service: dict[Job, None] = {}  # ordered: reproducible across processes
         self.stats = TierStats(name)
         self.response = Histogram()
         self.scale = 1.0  # service-time multiplier (slowdowns)
@@ -128,7 +128,7 @@ class Station:
 
     def _start(self, job: Job, now: float) -> None:
         self.busy += 1
-        self.in_service.add(job)
+        self.in_service[job] = None
         job.started = now
         duration = self.sample() * self.scale
         job.ends = now + duration
@@ -143,7 +143,7 @@ class Station:
             return
         now = self.env.now
         self.busy -= 1
-        self.in_service.discard(job)
+        self.in_service.pop(job, None)
         sojourn = now - job.arrived
         self.stats.leave(now, sojourn)
         self.response.record(sojourn)

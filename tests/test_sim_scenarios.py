@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from simulator.config import list_scenarios, load_scenario
 from simulator.model import simulate
 
+REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = sorted(list_scenarios())
 REQUIRED = {
     "baseline",
@@ -69,3 +74,23 @@ def test_retry_storm_variants_differ_after_the_trigger() -> None:
         return sum(rows) / len(rows)
 
     assert goodput(naive) < 15 < 130 < goodput(resilient)
+
+
+def test_same_seed_same_report_in_separate_processes(tmp_path: Path) -> None:
+    """Reproducible across processes too: no iteration over objects ordered by their address
+    or by string hashes (a crash's orphaned sagas used to be reaped in set order)."""
+    reports = []
+    for hash_seed in ("1", "2"):
+        done = subprocess.run(
+            [sys.executable, "-m", "cli.main", "simulate", "run", "orchestrator-crash"]
+            + ["--seed", "5", "--out", str(tmp_path / hash_seed), "--json"],
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
+        assert done.returncode == 0, done.stderr
+        reports.append(json.loads(done.stdout))
+    assert reports[0]["sagas"]["orphaned_by_crash"] > 0
+    assert json.dumps(reports[0], sort_keys=True) == json.dumps(reports[1], sort_keys=True)
