@@ -27,12 +27,11 @@ from orchestrator.executors import HttpExecutor
 from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import check_services, load_flow, load_services
 from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner, owner_is_dead
-from orchestrator.operator import Judge, journal_request
+from orchestrator.operator import Judge, check_resumable, journal_request
 from orchestrator.runner import RunResult, SagaRunner, start_saga
 from orchestrator.saga import (
     Phase,
     SagaStatus,
-    check_resume,
     retry_step_request,
     rollback_request,
     skip_step_request,
@@ -255,9 +254,9 @@ def resume(
             _resume_stuck(store, services, as_json)
             return
         assert saga_id is not None
-        _, _, state = store.state(saga_id)
-        check_resume(state)  # a failed, completed or rolled back saga: refused (exit 4)
         try:
+            # A failed, completed or rolled back saga, or one a live worker runs: exit 4.
+            _, state = check_resumable(store, saga_id)
             _drive(store, saga_id, state.flow, services, quiet=as_json, crash_at=crash_at)
         except LeaseHeld as exc:  # a live worker runs it: it goes on there, not here
             raise fail(str(exc), EXIT_REFUSED) from None
