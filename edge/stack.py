@@ -322,6 +322,7 @@ def start(
                     str(keys_db),
                     "--secret-file",
                     str(secret_file),
+                    "--no-direct-keys",  # every client goes through the edge's firewall
                 ),
                 logs,
                 url=api_url,
