@@ -76,6 +76,17 @@ def _services_for(flow: FlowDefinition, services_file: Path | None) -> dict[str,
     return services
 
 
+def _runs_here(flow: FlowDefinition, services_file: Path | None) -> bool:
+    """Whether this shell can run `flow`: False when it knows no service at all (no file, no
+    SAGALAB_SERVICE_*) and the flow needs some, as on a machine where only a stack's workers
+    are configured. A configuration that is there but wrong or incomplete still raises
+    ServiceConfigError (exit 5), before anything is written."""
+    if services_file is None and not load_services(None):
+        return not any(step.service for step in flow.steps)
+    _services_for(flow, services_file)
+    return True
+
+
 def _drive(
     store: SQLiteStore,
     saga_id: str,
@@ -320,15 +331,25 @@ def rollback(
 def _request_and_continue(
     db: Path, saga_id: str, judge: Judge, services: Path | None, as_json: bool, *, what: str
 ) -> SagaStatus | None:
-    """Journal an operator request, then run the saga here; None if a worker runs it.
+    """Journal an operator request, then run the saga here; None if the workers run it (a
+    live one holds it, or no service is known here to run it with).
 
     The request is judged against the journal it is appended after (`journal_request`): a
     worker's append in between makes it be judged again, never written blindly. A refusal
     raises OperatorActionRefused (exit 4).
     """
     store = open_store(db)
-    _services_for(store.load(saga_id).flow, services)  # a bad services file: exit 5, no write
+    # A bad or incomplete services configuration: exit 5, nothing written.
+    runs_here = _runs_here(store.load(saga_id).flow, services)
     record, _ = journal_request(store, saga_id, judge)
+    if not runs_here:  # judged and journaled: the workers, who know the services, carry it out
+        store.requeue(saga_id, time.time())
+        render.err.print(
+            f"{what} recorded; queued for the workers (no services known here to run it: "
+            "pass --services or set SAGALAB_SERVICE_*)"
+        )
+        _show(store, saga_id, as_json)
+        return None
     try:
         _drive(store, saga_id, record.flow, services, quiet=as_json)
     except LeaseHeld as exc:  # a live worker holds it: it carries the request out
