@@ -9,9 +9,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from apilab import admin_api
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -411,3 +413,47 @@ def test_a_malformed_services_file_still_writes_nothing(
     code, _, err = cli("orchestrate", "rollback", queued, "--services", str(bad))
     assert code == 5 and "services file" in err
     assert "rollback_requested" not in cli("orchestrate", "events", queued)[1]
+
+
+def test_a_pivot_cut_off_then_force_rolled_back_shows_interrupted_not_retrying(
+    env: Path, lab: RunningServices
+) -> None:
+    """A real process is killed with the shipment call out; an operator forces a rollback."""
+    child = subprocess.run(
+        [sys.executable, "-m", "cli.main", "orchestrate", "run", "checkout", "-i", order("o40"),
+         "--wait", "--crash-at", "create_shipment:after-call"],
+        env={**os.environ},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert child.returncode == -9
+    (saga,) = json.loads(cli("orchestrate", "list", "--json")[1])
+    code, out, err = cli("orchestrate", "rollback", saga["id"], "--force", "--json")
+    assert code == 0, err
+    assert json.loads(out)["status"] == "rolled_back"
+    for view in (
+        json.loads(cli("orchestrate", "status", saga["id"], "--json")[1]),
+        admin_api_view(env, saga["id"]),
+    ):
+        steps = {s["name"]: s["status"] for s in view["steps"]}
+        assert steps == {
+            "reserve_inventory": "compensated",
+            "charge_payment": "compensated",
+            "create_shipment": "interrupted",  # sent, never answered, never sent again
+            "send_confirmation": "pending",
+        }
+        shipment = next(s for s in view["steps"] if s["name"] == "create_shipment")
+        assert shipment["last_error"].startswith("interrupted")
+    # What the services did agrees: the shipment stands, nothing was shipped twice.
+    assert [e["service"] for e in ledger(lab) if e["operation"] == "action"] == [
+        "inventory",
+        "payments",
+        "shipping",
+    ]
+
+
+def admin_api_view(db: Path, saga_id: str) -> dict[str, Any]:
+    with admin_api(db) as client:
+        return client.get(f"/v1/sagas/{saga_id}").json()
