@@ -24,19 +24,34 @@ from pathlib import Path
 import httpx
 
 from edge.apps import parse_address
-from edge.keys import MAX_BURST, MAX_RATE
-from edge.stack import StackConfig, start, stop
+from edge.keys import GATEWAY_HEADER, MAX_BURST, MAX_RATE, TENANT_HEADER, read_secret
+from edge.stack import SECRET_FILE, StackConfig, start, stop
 from edge.upstream import Upstream
 
 
+def _bearer(key: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", f"Bearer {key}".encode())]
+
+
+def _as_gateway(directory: Path, tenant: str) -> list[tuple[bytes, bytes]]:
+    """What a gateway sends the API: a stack's API takes no key presented directly
+    (`--no-direct-keys`), so the direct case speaks for the stack key's tenant the same way."""
+    secret = read_secret(directory / SECRET_FILE).encode()
+    return [(GATEWAY_HEADER.encode(), secret), (TENANT_HEADER.encode(), tenant.encode())]
+
+
 async def _load(
-    url: str, method: str, target: str, body: bytes, key: str | None, seconds: float, conc: int
+    url: str,
+    method: str,
+    target: str,
+    body: bytes,
+    auth: list[tuple[bytes, bytes]],
+    seconds: float,
+    conc: int,
 ) -> tuple[float, list[float], Counter[int]]:
     host, port = parse_address(url)
     upstream = Upstream(host, port, max_idle=conc * 2)
-    headers = [(b"content-type", b"application/json")]
-    if key:
-        headers.append((b"authorization", f"Bearer {key}".encode()))
+    headers = [(b"content-type", b"application/json"), *auth]
     latencies: list[float] = []
     errors: Counter[int] = Counter()  # status -> count, for answers >= 300
     deadline = time.perf_counter() + seconds
@@ -86,11 +101,12 @@ def main() -> None:
         assert api_url
         order = {"order_id": "ORDER", "customer_id": "c", "sku": "s", "quantity": 1, "amount": 1}
         post = json.dumps({"flow": "checkout", "input": order}).encode()
-        # The API port takes the same key the gateways check (it validates it itself).
-        key = state.api_key
-        seed = asyncio.run(_load(api_url, "POST", "/v1/sagas", post, key, 0.2, 1))
+        direct = _as_gateway(directory, "stack")  # the stack key's tenant
+        seed = asyncio.run(_load(api_url, "POST", "/v1/sagas", post, direct, 0.2, 1))
         del seed
-        listed = httpx.get(api_url + "/v1/sagas?limit=1", headers={"X-API-Key": key})
+        listed = httpx.get(
+            api_url + "/v1/sagas?limit=1", headers={k.decode(): v.decode() for k, v in direct}
+        )
         saga_id = listed.json()["items"][0]["id"]
         cases = [
             ("GET saga", "GET", f"/v1/sagas/{saga_id}", b""),
@@ -102,12 +118,12 @@ def main() -> None:
         print(f"{'case':<10} {'path':<7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
         for name, method, target, body in cases:
             results = {}
-            for path, url, case_key in (
-                ("direct", api_url, key),
-                ("edge", state.edge_url, state.api_key),
+            for path, url, auth in (
+                ("direct", api_url, direct),
+                ("edge", state.edge_url, _bearer(state.api_key)),
             ):
                 rps, lat, errors = asyncio.run(
-                    _load(url, method, target, body, case_key, args.seconds, args.concurrency)
+                    _load(url, method, target, body, auth, args.seconds, args.concurrency)
                 )
                 results[path] = rps
                 print(

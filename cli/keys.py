@@ -1,8 +1,13 @@
 """`sagalab keys`: API keys for the gateway (shown once at creation, stored hashed).
 
-Exit codes: 2 a rate, burst or tenant out of bounds (or a name several keys share), 3 an
-unknown key, 5 a key database that is missing (for `list` and `revoke`, which never create
-one) or is not a key database.
+The key database is `--keys-db` (or SAGALAB_KEYS_DB) if given, else `keys.db` in the stack
+directory (`--dir`, or SAGALAB_STACK_DIR, as for `sagalab stack`): the file a stack's
+gateways read.
+
+Exit codes: 2 a rate, burst or tenant out of bounds, a name an active key has, a tenant that
+exists already for a key created without `--tenant` (or, for `revoke`, a name several keys
+share), 3 an unknown key, 5 a key database that is missing (for `list` and `revoke`, which
+never create one) or is not a key database.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.options import DEFAULT_STACK_DIR, StackDirOption
 from edge.errors import EdgeError, KeyRequestError, UnknownKey
 from edge.keys import (
     DEFAULT_BURST,
@@ -28,15 +34,21 @@ from edge.keys import (
 app = typer.Typer(help="Create, list and revoke gateway API keys.", no_args_is_help=True)
 
 KeysDb = Annotated[
-    Path,
+    Path | None,
     typer.Option(
         "--keys-db",
         envvar="SAGALAB_KEYS_DB",
-        help="Key database the gateways read (a stack keeps it in its directory).",
+        help="Key database the gateways read (default: keys.db in the stack directory).",
+        show_default=False,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print pure JSON on stdout.")]
-DEFAULT_KEYS_DB = Path(".sagalab/keys.db")
+KEYS_FILE = "keys.db"
+
+
+def _keys_db(keys_db: Path | None, directory: Path) -> Path:
+    """The key database: the one named, else the stack directory's (where its gateways look)."""
+    return keys_db if keys_db is not None else directory / KEYS_FILE
 
 
 def _fail(exc: EdgeError) -> typer.Exit:
@@ -67,13 +79,14 @@ def create(
     admin: Annotated[
         bool, typer.Option("--admin", help="The key sees and operates every tenant's sagas.")
     ] = False,
-    keys_db: KeysDb = DEFAULT_KEYS_DB,
+    keys_db: KeysDb = None,
+    directory: StackDirOption = DEFAULT_STACK_DIR,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key and print it (it cannot be shown again)."""
     try:
         check_request(name, rate=rate, burst=burst, tenant=tenant)  # before any file is made
-        record, key = KeyStore(keys_db, create=True).create(
+        record, key = KeyStore(_keys_db(keys_db, directory), create=True).create(
             name, rate=rate, burst=burst, tenant=tenant, admin=admin
         )
     except EdgeError as exc:
@@ -91,10 +104,12 @@ def create(
 
 
 @app.command("list")
-def list_(keys_db: KeysDb = DEFAULT_KEYS_DB, as_json: JsonOpt = False) -> None:
+def list_(
+    keys_db: KeysDb = None, directory: StackDirOption = DEFAULT_STACK_DIR, as_json: JsonOpt = False
+) -> None:
     """Every key (never the secrets)."""
     try:
-        keys = KeyStore(keys_db, create=False).list()
+        keys = KeyStore(_keys_db(keys_db, directory), create=False).list()
     except EdgeError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -118,12 +133,13 @@ def revoke(
     key_id: Annotated[
         str, typer.Argument(help="Key id, the whole key, or the name of one active key.")
     ],
-    keys_db: KeysDb = DEFAULT_KEYS_DB,
+    keys_db: KeysDb = None,
+    directory: StackDirOption = DEFAULT_STACK_DIR,
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke a key; gateways refuse it within a few seconds."""
     try:
-        record = KeyStore(keys_db, create=False).revoke(key_id)
+        record = KeyStore(_keys_db(keys_db, directory), create=False).revoke(key_id)
     except EdgeError as exc:
         raise _fail(exc) from None
     if as_json:

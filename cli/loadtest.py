@@ -229,8 +229,9 @@ def _run(
 ) -> int:
     """Run Locust against the stack; its exit code (1 if no summary came back)."""
     keys = KeyStore(state.keys_db)
-    _, key = keys.create("loadtest", rate=10_000, burst=10_000)
-    _, limited = keys.create("loadtest-limited", rate=2, burst=4)
+    # Each run renews its keys (an earlier run's are revoked): one active key per name.
+    _, key = keys.create("loadtest", rate=10_000, burst=10_000, replace=True)
+    _, limited = keys.create("loadtest-limited", rate=2, burst=4, replace=True)
     keys.close()
     summary_path = reports / "summary.json"
     summary_path.unlink(missing_ok=True)

@@ -21,6 +21,17 @@ DbOption = Annotated[
         show_default=True,
     ),
 ]
+#: The local stack's directory (state file, logs, databases, keys.db): every command that
+#: finds a stack's files takes it the same way.
+DEFAULT_STACK_DIR = Path(".sagalab")
+StackDirOption = Annotated[
+    Path,
+    typer.Option(
+        "--dir",
+        envvar="SAGALAB_STACK_DIR",
+        help="Stack directory: state file, logs, databases.",
+    ),
+]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print pure JSON on stdout (messages go to stderr).")
 ]

@@ -27,12 +27,11 @@ from orchestrator.executors import HttpExecutor
 from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import check_services, load_flow, load_services
 from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner, owner_is_dead
-from orchestrator.operator import Judge, journal_request
+from orchestrator.operator import Judge, check_resumable, journal_request
 from orchestrator.runner import Checkpoint, RunResult, SagaRunner, start_saga
 from orchestrator.saga import (
     Phase,
     SagaStatus,
-    check_resume,
     retry_step_request,
     rollback_request,
     skip_step_request,
@@ -75,6 +74,17 @@ def _services_for(flow: FlowDefinition, services_file: Path | None) -> dict[str,
     check_services(flow, services)
     load_breaker_configs(services_file)  # refused here, before a saga is stored or run
     return services
+
+
+def _runs_here(flow: FlowDefinition, services_file: Path | None) -> bool:
+    """Whether this shell can run `flow`: False when it knows no service at all (no file, no
+    SAGALAB_SERVICE_*) and the flow needs some, as on a machine where only a stack's workers
+    are configured. A configuration that is there but wrong or incomplete still raises
+    ServiceConfigError (exit 5), before anything is written."""
+    if services_file is None and not load_services(None):
+        return not any(step.service for step in flow.steps)
+    _services_for(flow, services_file)
+    return True
 
 
 def _drive(
@@ -255,9 +265,9 @@ def resume(
             _resume_stuck(store, services, as_json)
             return
         assert saga_id is not None
-        _, _, state = store.state(saga_id)
-        check_resume(state)  # a failed, completed or rolled back saga: refused (exit 4)
         try:
+            # A failed, completed or rolled back saga, or one a live worker runs: exit 4.
+            _, state = check_resumable(store, saga_id)
             _drive(store, saga_id, state.flow, services, quiet=as_json, crash_at=crash_at)
         except LeaseHeld as exc:  # a live worker runs it: it goes on there, not here
             raise fail(str(exc), EXIT_REFUSED) from None
@@ -321,15 +331,25 @@ def rollback(
 def _request_and_continue(
     db: Path, saga_id: str, judge: Judge, services: Path | None, as_json: bool, *, what: str
 ) -> SagaStatus | None:
-    """Journal an operator request, then run the saga here; None if a worker runs it.
+    """Journal an operator request, then run the saga here; None if the workers run it (a
+    live one holds it, or no service is known here to run it with).
 
     The request is judged against the journal it is appended after (`journal_request`): a
     worker's append in between makes it be judged again, never written blindly. A refusal
     raises OperatorActionRefused (exit 4).
     """
     store = open_store(db)
-    _services_for(store.load(saga_id).flow, services)  # a bad services file: exit 5, no write
+    # A bad or incomplete services configuration: exit 5, nothing written.
+    runs_here = _runs_here(store.load(saga_id).flow, services)
     record, _ = journal_request(store, saga_id, judge)
+    if not runs_here:  # judged and journaled: the workers, who know the services, carry it out
+        store.requeue(saga_id, time.time())
+        render.err.print(
+            f"{what} recorded; queued for the workers (no services known here to run it: "
+            "pass --services or set SAGALAB_SERVICE_*)"
+        )
+        _show(store, saga_id, as_json)
+        return None
     try:
         _drive(store, saga_id, record.flow, services, quiet=as_json)
     except LeaseHeld as exc:  # a live worker holds it: it carries the request out

@@ -32,6 +32,10 @@ STATUS_STYLE = {
     "compensation_failed": "bold red",
     "skipped": "magenta",
     "compensation_skipped": "magenta",
+    # An action a rollback gave up on; the first two may stand at the service.
+    "interrupted": "bold yellow",
+    "outcome_unknown": "bold yellow",
+    "abandoned": "dim",
 }
 
 

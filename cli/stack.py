@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.options import DEFAULT_STACK_DIR, StackDirOption
 from edge.errors import EdgeError
 from edge.stack import (
     BLOCKED_RANGE,
@@ -39,16 +40,9 @@ app = typer.Typer(help="Start, inspect, break and stop the local stack.", no_arg
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-DirOption = Annotated[
-    Path,
-    typer.Option(
-        "--dir",
-        envvar="SAGALAB_STACK_DIR",
-        help="Stack directory: state file, logs, databases.",
-    ),
-]
+DirOption = StackDirOption
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print pure JSON on stdout.")]
-DEFAULT_DIR = Path(".sagalab")
+DEFAULT_DIR = DEFAULT_STACK_DIR
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:

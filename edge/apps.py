@@ -143,6 +143,12 @@ def _parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="the orchestrator HTTP API")
     api.add_argument("--db", required=True)
     api.add_argument("--keys-db", help="keys a client may present to the API directly")
+    api.add_argument(
+        "--no-direct-keys",
+        dest="direct_keys",
+        action="store_false",
+        help="refuse keys presented to the API directly (401): only the gateways are heard",
+    )
     gw = sub.add_parser("gateway", help="an API gateway instance")
     gw.add_argument("--keys-db", required=True)
     gw.add_argument("--rate-share", type=int, default=1)
@@ -217,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 breaker_states=_breaker_states(args.db),
                 keys_db=args.keys_db,
                 gateway_secret=_secret(args.secret_file),
+                direct_keys=args.direct_keys,
             )
         except StoreError as exc:  # a --db that is not a saga database: one line, exit 5
             print(f"error: {exc}", file=sys.stderr)

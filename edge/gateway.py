@@ -52,7 +52,7 @@ from edge.keys import (
 )
 from edge.metrics import Metrics
 from edge.pool import Pool
-from orchestrator.policies.token_bucket import TokenBucket
+from orchestrator.policies.token_bucket import KeyBuckets, TokenBucket
 
 __all__ = ["GatewayApp", "ensure_traceparent", "json_error"]
 
@@ -128,18 +128,10 @@ class GatewayApp:
         self.rate_share = max(1, rate_share)
         self.clock = clock
         self.instance = instance
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets = KeyBuckets(share=self.rate_share)
 
     def bucket(self, key_id: str, rate: float, burst: float) -> TokenBucket:
-        bucket = self._buckets.get(key_id)
-        share_rate = rate / self.rate_share
-        share_burst = max(1.0, burst / self.rate_share)
-        if bucket is None or bucket.rate != share_rate or bucket.burst != share_burst:
-            if len(self._buckets) > 100_000:
-                now = self.clock()
-                self._buckets = {k: b for k, b in self._buckets.items() if not b.is_full(now)}
-            bucket = self._buckets[key_id] = TokenBucket(share_rate, share_burst, now=self.clock())
-        return bucket
+        return self._buckets.bucket(key_id, rate=rate, burst=burst, now=self.clock())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

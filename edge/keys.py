@@ -11,8 +11,10 @@ it, every gateway reads it. A gateway caches what it read for `ttl` seconds, so 
 stops working everywhere within that time.
 
 Every key belongs to a tenant: the sagas it creates are that tenant's and it sees no other's.
-A key created without a tenant is its own tenant, named after the key; keys from before
-tenants existed belong to the tenant "default", as do the sagas of that time. An admin key
+A key created without a tenant is its own tenant, named after the key, and that tenant must be
+new: a key joins an existing tenant only when told to (`--tenant`), never because its name
+matches. Two active keys never share a name (`keys revoke NAME` must name one key). Keys from
+before tenants existed belong to the tenant "default", as do the sagas of that time. An admin key
 sees every tenant's sagas. Only `KeyStore(path, create=True)` creates or upgrades a file:
 reads never write, and a file that is not a key database (a saga database, say) is refused.
 """
@@ -256,13 +258,64 @@ class KeyStore:
         tenant: str | None = None,
         admin: bool = False,
         now: float | None = None,
+        replace: bool = False,
     ) -> tuple[ApiKey, str]:
         """A new key: its record and the full key text (shown once; only its hash is kept).
 
-        Without `tenant`, the key is a tenant of its own named after it.
+        Without `tenant`, the key is a tenant of its own named after it, and KeyRequestError
+        if that tenant exists already. KeyRequestError if an active key has this name, unless
+        `replace`: then that key is revoked in the same transaction and the new one takes its
+        place, in its tenant (how a stack renews its own key on every `up`).
         """
         owner = check_request(name, rate=rate, burst=burst, tenant=tenant)
         at = time.time() if now is None else now
+        try:
+            # One writer from the checks to the insert: two `keys create` at once cannot both
+            # find the name free.
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                made = self._insert(name, rate, burst, tenant, owner, admin, at, replace)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise KeyStoreError(f"cannot write key database {self.path}: {exc}") from None
+        return made
+
+    def _insert(
+        self,
+        name: str,
+        rate: float,
+        burst: float,
+        tenant: str | None,
+        owner: str,
+        admin: bool,
+        at: float,
+        replace: bool,
+    ) -> tuple[ApiKey, str]:
+        active = self.conn.execute(
+            "SELECT id, tenant FROM api_keys WHERE name = ? AND revoked_at IS NULL", (name,)
+        ).fetchall()
+        if active and replace:
+            owner = tenant or active[0][1]
+            self.conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                (at, name),
+            )
+        elif active:
+            raise KeyRequestError(
+                f"an active key is already named {name!r} ({active[0][0]}): choose another "
+                "name, or revoke that key first"
+            )
+        elif tenant is None and not replace:
+            taken = self.conn.execute(
+                "SELECT 1 FROM api_keys WHERE tenant = ? LIMIT 1", (owner,)
+            ).fetchone()
+            if taken:
+                raise KeyRequestError(
+                    f"tenant {owner} exists: pass --tenant {owner} to add a key to it"
+                )
         for _ in range(5):
             key_id = secrets.token_hex(4)
             secret = secrets.token_urlsafe(32)
@@ -275,8 +328,6 @@ class KeyStore:
                 )
             except sqlite3.IntegrityError:
                 continue  # id collision: draw again
-            except sqlite3.Error as exc:
-                raise KeyStoreError(f"cannot write key database {self.path}: {exc}") from None
             record = ApiKey(key_id, name, rate, burst, at, None, owner, admin)
             return record, f"{PREFIX}_{key_id}_{secret}"
         raise KeyStoreError("could not draw an unused key id; try again")

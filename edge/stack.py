@@ -322,6 +322,7 @@ def start(
                     str(keys_db),
                     "--secret-file",
                     str(secret_file),
+                    "--no-direct-keys",  # every client goes through the edge's firewall
                 ),
                 logs,
                 url=api_url,
@@ -420,7 +421,9 @@ def start(
             s.close()  # the children hold their copies
         sockets.clear()
         _wait_ready(started, config.startup_timeout, on_progress)
-        _, api_key = KeyStore(keys_db).create("stack", rate=config.key_rate, burst=config.key_burst)
+        _, api_key = KeyStore(keys_db).create(
+            "stack", rate=config.key_rate, burst=config.key_burst, replace=True
+        )
         state = StackState(
             directory=str(directory),
             db=str(db),

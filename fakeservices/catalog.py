@@ -58,7 +58,15 @@ class ChargeRequest(_Body):
     def _positive_number(cls, value: Any) -> Any:
         # Checked by hand so that an int stays an int in the echo and the error reads well.
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not math.isfinite(value) or value <= 0:
+        if not ok:
+            raise ValueError("amount must be a positive JSON number")
+        try:
+            # JSON ints have no bound; one past a float's range (a 4000-digit amount) made
+            # math.isfinite raise OverflowError, a 500. No payment system takes it: 422.
+            finite = math.isfinite(float(value))
+        except OverflowError:
+            raise ValueError("amount is out of range for a payment") from None
+        if not finite or value <= 0:
             raise ValueError("amount must be a positive JSON number")
         return value
 

@@ -5,15 +5,22 @@ same SQLite file the workers (`sagalab worker`) claim from, and answers 202 with
 resume and rollback append what the journal needs and put the saga back on the queue.
 
 Errors are RFC 7807 problem documents (`application/problem+json`): 404 unknown saga, 409 an
-operator action that does not apply or an idempotency key reused with other input, 422 a body
-that is not what the API takes (malformed JSON included). Nothing a client sends yields a 500.
+operator action that does not apply (a resume of a saga a live worker runs included) or an
+idempotency key reused with other input, 413 a body over `MAX_BYTES` and 422 a body that is not
+what the API takes (undecodable, malformed, NaN, nested too deep, or a value of the wrong
+type: request models are strict, so `"force": "yes"` is not true) on every route. Nothing a
+client sends yields a 500.
 
 Every `/v1/` request names its caller, or gets 401: either a gateway vouches for it (the
 stack's gateway secret in `x-sagalab-gateway`, compared in constant time, with the key's tenant
 in `x-sagalab-tenant`), or the client presents an API key to the API itself (`keys_db`). Without
-the secret, `x-sagalab-*` headers are ignored. A caller sees only its tenant's sagas: another
-tenant's saga is 404, as if it did not exist; idempotency keys are per tenant; an admin key sees
-every tenant. `/healthz`, `/readyz`, `/metrics` and the OpenAPI document stay open (load
+the secret, `x-sagalab-*` headers are ignored. A key presented directly gets what the gateway
+would give it: its rate is enforced here by the same per-key token buckets (`KeyBuckets`), 429
+with `Retry-After` when spent; a request a gateway vouches for was limited there and is not
+limited again. With `direct_keys=False` (what a stack runs) only the gateways' requests are
+taken: every client goes through the edge's firewall. A caller sees only its tenant's sagas:
+another tenant's saga is 404, as if it did not exist; idempotency keys are per tenant; an admin
+key sees every tenant. `/healthz`, `/readyz`, `/metrics` and the OpenAPI document stay open (load
 balancers and scrapers call them without a key; they show counts, never a saga).
 
 SQLite connections are per thread (`SQLiteStore` is not shareable), and the handlers are plain
@@ -36,10 +43,11 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edge.asgi import retry_after
 from edge.errors import KeyRequestError
 from edge.keys import (
     ADMIN_HEADER,
@@ -59,16 +67,18 @@ from orchestrator.errors import (
     IdempotencyConflict,
     InputError,
     InvalidTransition,
+    LeaseHeld,
     OperatorActionRefused,
     SagaError,
     SagaNotFoundError,
 )
 from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import example_flow_names, load_flow
-from orchestrator.jsonsafe import PayloadTooLarge, UnsafeJson, loads_strict
-from orchestrator.operator import journal_request
+from orchestrator.jsonsafe import MAX_BYTES, PayloadTooLarge, UnsafeJson, loads_strict
+from orchestrator.operator import check_resumable, journal_request
+from orchestrator.policies.token_bucket import KeyBuckets
 from orchestrator.runner import new_saga_id, new_trace_id, validate_input
-from orchestrator.saga import SagaStatus, check_resume, rollback_request
+from orchestrator.saga import SagaStatus, rollback_request
 from orchestrator.sqlite_store import SQLiteStore
 from orchestrator.views import saga_summary, saga_view
 
@@ -82,12 +92,19 @@ _BODY_PARSE_FAILED = "There was an error parsing the body"  # FastAPI's words (r
 class SagaCreate(BaseModel):
     """Body of `POST /v1/sagas`."""
 
+    # Strict: a value of another JSON type is refused (422), never coerced.
+    model_config = ConfigDict(strict=True)
+
     flow: str = Field(pattern=_FLOW_NAME, description="Name of a flow the API serves.")
     input: dict[str, Any] = Field(description="The flow's input (a JSON object).")
 
 
 class RollbackBody(BaseModel):
     """Optional body of `POST /v1/sagas/{id}/rollback`."""
+
+    # Strict: only true or false is a `force` ("yes" or 1 once forced a rollback past the
+    # pivot's fence).
+    model_config = ConfigDict(strict=True)
 
     # Defaults passed as `default=`: the form type checkers read as "this field is optional"
     # (a positional default is pydantic-only, and mypy would require the argument).
@@ -138,11 +155,25 @@ def _unauthorized(detail: str) -> ApiError:
 
 
 class _Authenticator:
-    """Names the caller of a request from the gateway's word or from a key it presents."""
+    """Names the caller of a request from the gateway's word or from a key it presents.
 
-    def __init__(self, secret: str | None, keys: KeyCache | None) -> None:
+    A key presented directly is rate-limited here as a gateway would limit it (429); with
+    `direct_keys` off, only the gateways' requests are taken (401 for any other).
+    """
+
+    def __init__(
+        self,
+        secret: str | None,
+        keys: KeyCache | None,
+        *,
+        direct_keys: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._secret = secret.encode() if secret is not None else None
         self._keys = keys
+        self._direct_keys = direct_keys
+        self._buckets = KeyBuckets()
+        self._clock = clock
         # Starlette runs sync dependencies in its thread pool and KeyCache is not thread-safe:
         # one lock serialises key look-ups (a cache hit holds it for a dictionary read).
         self._lock = threading.Lock()
@@ -164,6 +195,11 @@ class _Authenticator:
             except KeyRequestError:
                 raise _unauthorized("the gateway named no valid tenant") from None
             return Caller(tenant, headers.get(ADMIN_HEADER) == "true", headers.get(KEY_ID_HEADER))
+        if not self._direct_keys:
+            raise _unauthorized(
+                "this API takes requests only through the stack's gateways: send them to the "
+                "edge (`sagalab stack status` shows its URL)"
+            )
         key = None
         presented = presented_key(headers.get("authorization"), headers.get("x-api-key"))
         if presented and self._keys is not None:
@@ -172,7 +208,20 @@ class _Authenticator:
             raise _unauthorized(
                 "a valid API key is required: 'Authorization: Bearer <key>' or 'X-API-Key'"
             )
+        taken = self._buckets.take(key.id, rate=key.rate, burst=key.burst, now=self._clock())
+        if not taken.allowed:
+            raise ApiError(
+                429,
+                "Too many requests",
+                f"key {key.id} is over its rate of {key.rate:g} requests/s",
+                {"Retry-After": _retry_after(taken.retry_after)},
+            )
         return Caller(key.tenant, key.admin, key.id)
+
+
+def _retry_after(seconds: float) -> str:
+    """Whole seconds (at least 1) for a Retry-After header; the gateway's rounding."""
+    return retry_after(seconds)[1].decode()
 
 
 def _problem(status: int, title: str, detail: str, **headers: str) -> JSONResponse:
@@ -271,6 +320,77 @@ class _FlowCatalog:
         return flow
 
 
+class _BodyGuard:
+    """Reads every request's body first: 413 over `max_bytes`, 422 unless it is JSON that
+    `loads_strict` takes (UTF-8, not too deep, no NaN); then hands it on to the routes.
+
+    One door for every route, so a route that reads its body through FastAPI (the rollback's)
+    or not at all (resume) refuses what `POST /v1/sagas` refuses. An empty body passes.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = _declared_too_large(scope, self.max_bytes)
+        chunks: list[bytes] = []
+        size = 0
+        while refusal is None:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client went away: nobody to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                refusal = (413, "Request body too large", _too_large(self.max_bytes))
+                break
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if refusal is None and body:
+            try:
+                loads_strict(body, what="request body")
+            except PayloadTooLarge as exc:
+                refusal = (413, "Request body too large", str(exc))
+            except UnsafeJson as exc:
+                refusal = (422, "Unprocessable request", str(exc))
+        if refusal is not None:
+            await _problem(*refusal)(scope, receive, send)
+            return
+        delivered = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return dict(await receive())  # after the body: only a disconnect comes
+
+        await self.app(scope, replay, send)
+
+
+def _too_large(limit: int) -> str:
+    return f"request body is over {limit} bytes; at most {limit} are accepted"
+
+
+def _declared_too_large(scope: Scope, limit: int) -> tuple[int, str, str] | None:
+    """A 413 for a Content-Length over `limit` (refused before reading a byte)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                return None  # the server refuses a malformed length before we see it
+            if declared > limit:
+                return (413, "Request body too large", _too_large(limit))
+    return None
+
+
 class _MetricsMiddleware:
     """Counts requests and records latency by method, route template and status."""
 
@@ -315,13 +435,15 @@ def create_app(
     instance: str = "api",
     keys_db: str | Path | None = None,
     gateway_secret: str | None = None,
+    direct_keys: bool = True,
 ) -> FastAPI:
     """The API over the saga database `db` (created if missing).
 
     `flows` adds flow files by name to the shipped examples. `breaker_states` (name -> state)
     feeds the breaker gauges of `/metrics` when the runtime has shared breakers. Callers are
-    the gateways holding `gateway_secret` and clients presenting a key from `keys_db`; with
-    neither, every `/v1/` request is refused (401).
+    the gateways holding `gateway_secret` and clients presenting a key from `keys_db` (rate
+    limited as at a gateway); with neither, every `/v1/` request is refused (401).
+    `direct_keys=False` refuses keys presented here (401): only the gateways are heard.
     """
     path = Path(db)
     SQLiteStore(path).close()  # create and migrate once, up front: fail fast on a bad path
@@ -341,7 +463,7 @@ def create_app(
     )
     app.state.metrics = metrics
     app.state.instance = instance
-    app.state.authenticate = _Authenticator(gateway_secret, keys)
+    app.state.authenticate = _Authenticator(gateway_secret, keys, direct_keys=direct_keys)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -369,7 +491,9 @@ def create_app(
             return _problem(404, "Saga not found", str(exc))
         if isinstance(exc, IdempotencyConflict):
             return _problem(409, "Idempotency key reused", str(exc))
-        if isinstance(exc, OperatorActionRefused | ConcurrentUpdate | InvalidTransition):
+        if isinstance(
+            exc, OperatorActionRefused | ConcurrentUpdate | InvalidTransition | LeaseHeld
+        ):
             return _problem(409, "Action refused", str(exc))
         if isinstance(exc, InputError | FlowNotFoundError | FlowValidationError):
             return _problem(422, "Invalid saga request", str(exc))
@@ -395,7 +519,7 @@ def create_app(
     def submit(
         who: Who,
         body: Annotated[SagaCreate, Depends(saga_create_body)],
-        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
         traceparent: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:
         """Queue a saga of `flow`; a reused `Idempotency-Key` returns the saga it named."""
@@ -449,8 +573,8 @@ def create_app(
         """Put an unfinished saga back on the queue; a worker continues it from its journal."""
         store = stores.get()
         store.load(saga_id, tenant=who.scope)  # another tenant's saga is not found
-        _, _, state = store.state(saga_id)
-        check_resume(state)  # failed, completed or rolled back: 409
+        # Failed, completed or rolled back, or run by a live worker: 409, as the CLI refuses.
+        check_resumable(store, saga_id, clock=clock)
         store.requeue(saga_id, clock())
         return JSONResponse(
             {**saga_summary(store.load(saga_id)), "queued": True, "links": _links(saga_id)},
@@ -539,5 +663,6 @@ def create_app(
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(_BodyGuard)
     app.add_middleware(_MetricsMiddleware, metrics=metrics, clock=time.perf_counter)
     return app

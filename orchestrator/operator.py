@@ -6,6 +6,9 @@ ATTEMPT_STARTED of the pivot, say - and an event judged against the older journa
 written after the newer one. So the event is appended with the sequence it was judged at: the
 store refuses it (ConcurrentUpdate) when anything was appended since, and the request is read
 and judged again, which may now refuse it. The CLI and the HTTP API both go through here.
+
+A resume is not journaled: `check_resumable` says whether one applies (an unfinished saga no
+live worker runs), for the CLI (which then runs it) and the API (which queues it) alike.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from collections.abc import Callable
 
 from orchestrator.errors import ConcurrentUpdate, InvalidTransition, OperatorActionRefused
 from orchestrator.journal import JournalEntry
-from orchestrator.saga import Event, SagaState
+from orchestrator.leases import owner_is_dead
+from orchestrator.saga import Event, SagaState, check_resume
 from orchestrator.sqlite_store import SQLiteStore
 from orchestrator.store import SagaRecord
 
-__all__ = ["Judge", "journal_request"]
+__all__ = ["Judge", "check_resumable", "journal_request"]
 
 Judge = Callable[[SagaState, float], Event]
 """(state as read, now) -> the operator event, or OperatorActionRefused."""
@@ -58,3 +62,18 @@ def journal_request(
     raise OperatorActionRefused(
         f"saga {saga_id} kept changing while the request was judged ({tries} readings); try again"
     )
+
+
+def check_resumable(
+    store: SQLiteStore, saga_id: str, *, clock: Callable[[], float] = time.time
+) -> tuple[SagaRecord, SagaState]:
+    """The saga as it stands, if a resume applies to it.
+
+    OperatorActionRefused for a failed, completed or rolled back saga (`check_resume`);
+    LeaseHeld while a live worker runs it (a lease whose owner is a dead process on this
+    host does not count: that saga is stuck, and resuming it is what it needs).
+    """
+    record, _, state = store.state(saga_id)
+    check_resume(state)
+    store.check_lease_free(saga_id, now=clock(), take_over=owner_is_dead)
+    return record, state

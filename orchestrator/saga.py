@@ -228,6 +228,9 @@ class PhaseProgress:
     failed_for_good: bool = False
     not_before: float | None = None
     last_failure: Failure | None = None
+    #: The saga turned back (a rollback was requested) while this phase was unfinished: it
+    #: will not be attempted again, whatever its retry policy says.
+    abandoned: bool = False
 
     @property
     def attempts_in_budget(self) -> int:
@@ -255,7 +258,13 @@ class StepProgress:
 
     @property
     def display_status(self) -> str:
-        """A one-word status for operators."""
+        """A one-word status for operators.
+
+        An action a rollback gave up on is never shown "retrying": it says what happened to
+        its last attempt - "interrupted" (cut off, outcome never recorded), "outcome_unknown"
+        (it may have applied, e.g. a timeout) or "abandoned" (it applied nothing). A step that
+        may have applied and has a compensation shows that compensation's progress instead.
+        """
         a, c = self.action, self.compensation
         if c.done:
             return "compensated"
@@ -275,6 +284,11 @@ class StepProgress:
             return "running"
         if a.failed_for_good:
             return "failed"
+        if a.abandoned and a.attempts:
+            failure = a.last_failure
+            if failure is None or not failure.maybe_applied:
+                return "abandoned"
+            return "interrupted" if failure == INTERRUPTED else "outcome_unknown"
         if a.attempts:
             return "retrying"
         return "pending"
@@ -461,6 +475,9 @@ class SagaState:
         for step in self.steps.values():
             if not step.compensation.done and not step.compensation.skipped:
                 step.compensation.reset_budget()
+            a = step.action
+            if a.attempts and not (a.done or a.skipped or a.failed_for_good):
+                a.abandoned = True  # in flight or waiting for a retry: never tried again
         self.reason = self._rollback_cause = event.reason
         self.status = SagaStatus.COMPENSATING
 

@@ -863,19 +863,34 @@ class SQLiteStore:
             if row is None:
                 raise SagaNotFoundError(saga_id)
             held_by, held_until, epoch = row
-            if (
-                held_by is not None
-                and held_by != owner
-                and (held_until or 0) >= now
-                and not take_over(held_by)
-            ):
-                raise LeaseHeld(saga_id, held_by, held_until)
+            _refuse_if_held(saga_id, held_by, held_until, now=now, owner=owner, take_over=take_over)
             conn.execute(
                 "UPDATE sagas SET lease_owner = ?, lease_until = ?, lease_epoch = ?, "
                 "run_after = COALESCE(run_after, ?) WHERE id = ?",
                 (owner, until, epoch + 1, now, saga_id),
             )
         return Lease(saga_id=saga_id, owner=owner, epoch=epoch + 1, until=until)
+
+    def check_lease_free(
+        self,
+        saga_id: str,
+        *,
+        now: float,
+        take_over: Callable[[str], bool] = lambda _owner: False,
+    ) -> None:
+        """LeaseHeld if a live lease holds the saga (the rule `claim` applies), else nothing.
+
+        For shells that hand the saga to the workers rather than run it (the HTTP API's
+        resume): a saga a live worker runs is refused there as `claim` refuses it here.
+        """
+        row = self._guard(
+            lambda: self.conn.execute(
+                "SELECT lease_owner, lease_until FROM sagas WHERE id = ?", (saga_id,)
+            ).fetchone()
+        )
+        if row is None:
+            raise SagaNotFoundError(saga_id)
+        _refuse_if_held(saga_id, row[0], row[1], now=now, owner=None, take_over=take_over)
 
     def renew(self, lease: Lease, *, now: float, lease_seconds: float) -> Lease | None:
         """Extend a lease still held; None if it was lost (expired and taken, or released)."""
@@ -997,3 +1012,22 @@ def _steps_json(fields: Iterable[StepFields]) -> str:
         ],
         separators=(",", ":"),
     )
+
+
+def _refuse_if_held(
+    saga_id: str,
+    held_by: str | None,
+    held_until: float | None,
+    *,
+    now: float,
+    owner: str | None,
+    take_over: Callable[[str], bool],
+) -> None:
+    """LeaseHeld unless the lease is free, expired, `owner`'s own, or may be taken over."""
+    if (
+        held_by is not None
+        and held_by != owner
+        and (held_until or 0) >= now
+        and not take_over(held_by)
+    ):
+        raise LeaseHeld(saga_id, held_by, held_until or 0)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from edge.keys import KeyStore
+from edge.keys import MAX_BURST, MAX_RATE, KeyStore
 from edge.server import serve_in_thread
 from orchestrator.api import create_app
 
@@ -22,7 +22,11 @@ def admin_api(db: Path, *, timeout: float = 10.0) -> Iterator[httpx.Client]:
     keys_db = db.with_name(db.stem + "-keys.db")
     keys = KeyStore(keys_db)
     try:
-        _, key = keys.create("tests-admin", admin=True)
+        # The API limits a key presented to it as a gateway would: this one's rate is the
+        # most a key may have, so that no test's polling is refused (429).
+        _, key = keys.create(
+            "tests-admin", admin=True, rate=MAX_RATE, burst=MAX_BURST, replace=True
+        )
     finally:
         keys.close()
     with (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from edge.server import RunningServer, serve_in_thread
 from fakeservices import run_in_thread
 from orchestrator.api import create_app
 from orchestrator.executors import HttpExecutor
+from orchestrator.leases import new_owner
 from orchestrator.runner import SagaRunner
 from orchestrator.sqlite_store import SQLiteStore
 
@@ -213,3 +215,113 @@ def test_openapi_document_describes_every_route(client: httpx.Client) -> None:
     params = {p["name"].lower() for p in post["parameters"]}
     assert {"idempotency-key", "traceparent"} <= params
     assert set(doc["components"]["schemas"]["SagaCreate"]["required"]) == {"flow", "input"}
+
+
+# --- the API port keeps the gateway's protections (issue 8, second round) -------------------
+
+
+def test_a_key_presented_directly_is_rate_limited_as_at_the_gateway(
+    db: Path, keys_db: Path
+) -> None:
+    store = KeyStore(keys_db)
+    _, slow = store.create("slow", rate=0.001, burst=1)  # one token, then one per 1000 s
+    store.close()
+    with (
+        serve_in_thread(create_app(db, keys_db=keys_db)) as api,
+        httpx.Client(base_url=api.url, headers={"X-API-Key": slow}, timeout=5) as c,
+    ):
+        codes = [c.get("/v1/sagas").status_code for _ in range(8)]
+        refused = c.get("/v1/sagas")
+    assert codes == [200] + [429] * 7
+    assert refused.status_code == 429
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_requests_a_gateway_vouches_for_are_not_limited_twice(db: Path, keys_db: Path) -> None:
+    secret = "s" * 32
+    vouched = {"x-sagalab-gateway": secret, "x-sagalab-tenant": "t1", "x-sagalab-key-id": "k1"}
+    with (
+        serve_in_thread(create_app(db, keys_db=keys_db, gateway_secret=secret)) as api,
+        httpx.Client(base_url=api.url, headers=vouched, timeout=5) as c,
+    ):
+        assert [c.get("/v1/sagas").status_code for _ in range(8)] == [200] * 8
+
+
+def test_without_direct_keys_only_the_gateways_requests_are_taken(
+    db: Path, keys_db: Path, api_key: str
+) -> None:
+    secret = "s" * 32
+    vouched = {"x-sagalab-gateway": secret, "x-sagalab-tenant": "t1"}
+    app = create_app(db, keys_db=keys_db, gateway_secret=secret, direct_keys=False)
+    with serve_in_thread(app) as api, httpx.Client(base_url=api.url, timeout=5) as c:
+        direct = c.get("/v1/sagas", headers={"Authorization": f"Bearer {api_key}"})
+        assert direct.status_code == 401
+        assert "gateway" in direct.json()["detail"]
+        assert c.get("/v1/sagas", headers=vouched).status_code == 200
+
+
+DEEP = b"[" * 5000 + b"]" * 5000
+
+
+@pytest.mark.parametrize(
+    "route",
+    ["/v1/sagas", "/v1/sagas/{id}/rollback", "/v1/sagas/{id}/resume"],
+    ids=["submit", "rollback", "resume"],
+)
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b'{"reason": "\xff\xfe"}', 422),
+        (DEEP, 422),
+        (b'{"reason": NaN}', 422),
+        (b'{"reason": "' + b"x" * 1_000_001 + b'"}', 413),
+    ],
+    ids=["not-utf8", "too-deep", "nan", "too-large"],
+)
+def test_every_route_limits_its_body_and_refuses_what_it_cannot_read(
+    client: httpx.Client, route: str, body: bytes, status: int
+) -> None:
+    saga_id = submit(client, ORDER).json()["id"]
+    r = client.post(
+        route.format(id=saga_id), content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert client.get(f"/v1/sagas/{saga_id}").json()["status"] == "pending"  # nothing done
+
+
+def test_an_empty_idempotency_key_is_refused(client: httpx.Client, db: Path) -> None:
+    r = client.post(
+        "/v1/sagas", json={"flow": "checkout", "input": ORDER}, headers={"Idempotency-Key": ""}
+    )
+    assert r.status_code == 422, r.text
+    assert "idempotency" in r.json()["detail"].lower()
+    assert client.get("/v1/sagas").json()["count"] == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"force": "yes"}, {"force": 1}, {"force": "true"}, {"force": None}, {"reason": 5}],
+    ids=["yes", "one", "string-true", "null", "reason-number"],
+)
+def test_rollback_takes_only_true_or_false_for_force(
+    client: httpx.Client, body: dict[str, object]
+) -> None:
+    saga_id = submit(client, ORDER).json()["id"]
+    r = client.post(f"/v1/sagas/{saga_id}/rollback", json=body)
+    assert r.status_code == 422, r.text
+    assert client.get(f"/v1/sagas/{saga_id}").json()["status"] == "pending"
+
+
+def test_resume_of_a_saga_a_live_worker_holds_is_refused(client: httpx.Client, db: Path) -> None:
+    saga_id = submit(client, ORDER).json()["id"]
+    store = SQLiteStore(db)
+    try:
+        # This process is alive: its lease is a live worker's.
+        store.claim(saga_id, new_owner("worker"), now=time.time(), lease_seconds=60)
+    finally:
+        store.close()
+    r = client.post(f"/v1/sagas/{saga_id}/resume")
+    assert r.status_code == 409, r.text
+    assert "is being run by" in r.json()["detail"]

@@ -9,9 +9,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from apilab import admin_api
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -353,3 +355,105 @@ def test_pivot_with_unknown_outcome_stops_for_operator(env: Path, lab: RunningSe
     shipments = [e for e in ledger(lab) if e["service"] == "shipping"]
     assert len(shipments) == 1  # the retry replayed the first, already applied, shipment
     assert applied_twice(ledger(lab)) == []
+
+
+NO_SERVICES_HINT = (
+    "recorded; queued for the workers (no services known here to run it: "
+    "pass --services or set SAGALAB_SERVICE_*)"
+)
+
+
+def forget_services(lab: RunningServices, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This shell knows no service: no file and no SAGALAB_SERVICE_* (a stack's workers do)."""
+    for key in lab.env:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("SAGALAB_SERVICES_FILE", raising=False)
+
+
+def test_operator_requests_without_services_here_are_queued_for_the_workers(
+    env: Path, lab: RunningServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab.lab.add_fault(FaultSpec(service="inventory", endpoint="/reservations/release", status=400))
+    _, out, _ = cli(
+        "orchestrate", "run", "checkout", "-i", order("o30", 80_000), "--wait", "--json"
+    )
+    failed = json.loads(out)["id"]  # its compensation failed for good: an operator's turn
+    lab.lab.clear_faults()
+    queued = cli("orchestrate", "run", "checkout", "-i", order("o31"))[1].strip()
+    forget_services(lab, monkeypatch)
+
+    code, out, err = cli("orchestrate", "rollback", queued, "--json")
+    assert code == 0, err
+    assert "rollback " + NO_SERVICES_HINT in err
+    assert json.loads(out)["status"] == "compensating"
+    code, _, err = cli(
+        "orchestrate", "skip-step", failed, "reserve_inventory", "--reason", "by hand"
+    )
+    assert code == 0, err
+    assert "skip " + NO_SERVICES_HINT in err
+    store = SQLiteStore(env)
+    try:
+        for saga_id, event in ((queued, "rollback_requested"), (failed, "step_skipped")):
+            assert event in [e.event.type.value for e in store.journal(saga_id)]
+            (run_after,) = store.conn.execute(
+                "SELECT run_after FROM sagas WHERE id = ?", (saga_id,)
+            ).fetchone()
+            assert run_after is not None  # on the workers' queue
+    finally:
+        store.close()
+
+
+def test_a_malformed_services_file_still_writes_nothing(
+    env: Path, lab: RunningServices, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    queued = cli("orchestrate", "run", "checkout", "-i", order("o32"))[1].strip()
+    forget_services(lab, monkeypatch)
+    bad = tmp_path / "services.yaml"
+    bad.write_text("services: [nope]\n")
+    code, _, err = cli("orchestrate", "rollback", queued, "--services", str(bad))
+    assert code == 5 and "services file" in err
+    assert "rollback_requested" not in cli("orchestrate", "events", queued)[1]
+
+
+def test_a_pivot_cut_off_then_force_rolled_back_shows_interrupted_not_retrying(
+    env: Path, lab: RunningServices
+) -> None:
+    """A real process is killed with the shipment call out; an operator forces a rollback."""
+    child = subprocess.run(
+        [sys.executable, "-m", "cli.main", "orchestrate", "run", "checkout", "-i", order("o40"),
+         "--wait", "--crash-at", "create_shipment:after-call"],
+        env={**os.environ},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert child.returncode == -9
+    (saga,) = json.loads(cli("orchestrate", "list", "--json")[1])
+    code, out, err = cli("orchestrate", "rollback", saga["id"], "--force", "--json")
+    assert code == 0, err
+    assert json.loads(out)["status"] == "rolled_back"
+    for view in (
+        json.loads(cli("orchestrate", "status", saga["id"], "--json")[1]),
+        admin_api_view(env, saga["id"]),
+    ):
+        steps = {s["name"]: s["status"] for s in view["steps"]}
+        assert steps == {
+            "reserve_inventory": "compensated",
+            "charge_payment": "compensated",
+            "create_shipment": "interrupted",  # sent, never answered, never sent again
+            "send_confirmation": "pending",
+        }
+        shipment = next(s for s in view["steps"] if s["name"] == "create_shipment")
+        assert shipment["last_error"].startswith("interrupted")
+    # What the services did agrees: the shipment stands, nothing was shipped twice.
+    assert [e["service"] for e in ledger(lab) if e["operation"] == "action"] == [
+        "inventory",
+        "payments",
+        "shipping",
+    ]
+
+
+def admin_api_view(db: Path, saga_id: str) -> dict[str, Any]:
+    with admin_api(db) as client:
+        return client.get(f"/v1/sagas/{saga_id}").json()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,17 @@ def test_keys_cli_revokes_by_name_only_when_the_name_is_unambiguous(tmp_path: Pa
     assert run(app, ["keys", "create", "ops", "--keys-db", db]).exit_code == 0
     done = run(app, ["keys", "revoke", "ops", "--keys-db", db, "--json"])
     assert done.exit_code == 0 and json.loads(done.stdout)["active"] is False
-    for _ in range(2):
-        assert run(app, ["keys", "create", "ci", "--keys-db", db]).exit_code == 0
+    assert run(app, ["keys", "create", "ci", "--keys-db", db]).exit_code == 0
+    again = run(app, ["keys", "create", "ci", "--tenant", "ci", "--keys-db", db])
+    assert again.exit_code == 2 and "an active key is already named 'ci'" in again.stderr
+    # A file from before names were checked may hold two: revoking by name then refuses.
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(
+            "INSERT INTO api_keys (id, name, digest, rate, burst, created_at, tenant) "
+            "VALUES ('0000beef', 'ci', 'x', 1, 1, 0, 'ci')"
+        )
+    conn.close()
     twice = run(app, ["keys", "revoke", "ci", "--keys-db", db])
     assert twice.exit_code == 2 and "2 active keys are named 'ci'" in twice.stderr
     unknown = run(app, ["keys", "revoke", "nobody", "--keys-db", db])

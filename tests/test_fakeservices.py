@@ -209,6 +209,8 @@ def test_a_missing_idempotency_key_is_a_400(lab: Lab, path: str, key: str | None
         {**CHARGE, "amount": True},
         {**CHARGE, "amount": "120"},
         {**CHARGE, "amount": -5},
+        {**CHARGE, "amount": int("9" * 4000)},
+        {**CHARGE, "amount": -int("9" * 4000)},
         {**CHARGE, "currency": "EURO"},
         {**CHARGE, "order_id": ""},
         [CHARGE],
@@ -218,6 +220,8 @@ def test_a_missing_idempotency_key_is_a_400(lab: Lab, path: str, key: str | None
         "bool-amount",
         "string-amount",
         "negative",
+        "4000-digits",
+        "minus-4000-digits",
         "currency",
         "empty-order",
         "list",
@@ -234,8 +238,13 @@ def test_an_invalid_body_is_a_422_and_applies_nothing(lab: Lab, body: Any) -> No
 
 @pytest.mark.parametrize(
     "content",
-    [b"{not json", b"", b'{"order_id": "o-1", "address": {"lat": NaN}}'],
-    ids=["garbage", "empty", "nan"],
+    [
+        b"{not json",
+        b"",
+        b'{"order_id": "o-1", "address": {"lat": NaN}}',
+        b'{"order_id": "o-1", "address": {"lat": ' + b"9" * 5000 + b"}}",
+    ],
+    ids=["garbage", "empty", "nan", "5000-digits"],
 )
 def test_a_body_that_is_not_json_is_a_422(lab: Lab, content: bytes) -> None:
     response = lab.http.post(

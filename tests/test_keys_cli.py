@@ -186,3 +186,61 @@ def test_an_older_key_file_opened_by_many_at_once_is_upgraded_once(tmp_path: Pat
     conn = sqlite3.connect(db)
     assert {"tenant", "admin"} <= {r[1] for r in conn.execute("PRAGMA table_info(api_keys)")}
     conn.close()
+
+
+def test_a_key_without_tenant_never_joins_an_existing_one(tmp_path: Path) -> None:
+    db = str(tmp_path / "keys.db")
+    assert keys("create", "alice-ci", "--tenant", "alice", "--keys-db", db)[0] == 0
+    code, out, err = keys("create", "alice", "--keys-db", db)
+    assert code == 2
+    assert "tenant alice exists: pass --tenant alice to add a key to it" in err
+    assert out == ""
+    # Told so, the key joins it.
+    code, out, _ = keys("create", "alice", "--tenant", "alice", "--keys-db", db, "--json")
+    assert code == 0 and json.loads(out)["tenant"] == "alice"
+    listed = json.loads(keys("list", "--keys-db", db, "--json")[1])
+    assert sorted(k["name"] for k in listed) == ["alice", "alice-ci"]
+
+
+def test_two_active_keys_never_share_a_name(tmp_path: Path) -> None:
+    db = str(tmp_path / "keys.db")
+    assert keys("create", "ci", "--tenant", "team", "--keys-db", db)[0] == 0
+    code, _, err = keys("create", "ci", "--tenant", "team", "--keys-db", db)
+    assert code == 2
+    assert "an active key is already named 'ci'" in err
+    assert len(json.loads(keys("list", "--keys-db", db, "--json")[1])) == 1
+    # Revoked by name (one active key has it), the name is free again.
+    assert keys("revoke", "ci", "--keys-db", db)[0] == 0
+    assert keys("create", "ci", "--tenant", "team", "--keys-db", db)[0] == 0
+
+
+def test_keys_find_the_stack_directory_as_the_stack_commands_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack_dir = tmp_path / "stack"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SAGALAB_KEYS_DB", raising=False)
+    monkeypatch.setenv("SAGALAB_STACK_DIR", str(stack_dir))
+    assert keys("create", "newbie")[0] == 0
+    assert (stack_dir / "keys.db").is_file()
+    assert not (tmp_path / ".sagalab").exists()
+    monkeypatch.delenv("SAGALAB_STACK_DIR")
+    other = tmp_path / "other"
+    assert keys("create", "second", "--dir", str(other))[0] == 0
+    names = {k["name"] for k in json.loads(keys("list", "--dir", str(other), "--json")[1])}
+    assert names == {"second"}
+    # --keys-db still names the file itself.
+    assert keys("create", "third", "--dir", str(other), "--keys-db", str(tmp_path / "k.db"))[0] == 0
+    assert (tmp_path / "k.db").is_file()
+
+
+def test_a_stack_key_made_again_replaces_the_old_one(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.db")
+    try:
+        first, _ = store.create("stack", replace=True)
+        second, _ = store.create("stack", replace=True)
+        listed = {k.id: k for k in store.list()}
+    finally:
+        store.close()
+    assert not listed[first.id].active and listed[second.id].active
+    assert second.tenant == first.tenant == "stack"

@@ -778,3 +778,46 @@ def test_rolled_back_saga_shows_why_it_rolled_back_not_a_compensation_retried_si
     driver.record(retry_step_request(driver.state, now=driver.now, step="b"))
     assert driver.run().status is SagaStatus.ROLLED_BACK
     assert driver.state.reason is not None and driver.state.reason.startswith("c action")
+
+
+# --- what a step shows once the saga has turned back ---------------------------------------
+
+
+def test_a_pivot_cut_off_by_a_forced_rollback_shows_interrupted_not_retrying() -> None:
+    driver = Driver(
+        flow(
+            "a",
+            {"name": "ship", "kind": "pivot", "comp": False},
+            {"name": "c", "kind": "retriable"},
+        )
+    )
+    driver.attempt(RunAttempt("a", Phase.ACTION, 1), OK)
+    driver.record(Event(EventType.ATTEMPT_STARTED, driver.now, "ship", Phase.ACTION, 1))
+    driver.record(rollback_request(driver.state, now=driver.now, reason="r", force=True))
+    assert driver.state.steps["ship"].display_status == "running"  # still in flight
+    assert driver.run() == Halt(SagaStatus.ROLLED_BACK)
+    shown = {name: p.display_status for name, p in driver.state.steps.items()}
+    # Never retried, its outcome never known, nothing to undo it: it may stand.
+    assert shown == {"a": "compensated", "ship": "interrupted", "c": "pending"}
+    replayed = SagaState.replay(driver.flow, driver.journal)  # it follows from the journal
+    assert {n: p.display_status for n, p in replayed.steps.items()} == shown
+
+
+@pytest.mark.parametrize(
+    ("failure", "shown"),
+    [(RETRYABLE, "abandoned"), (MAYBE, "outcome_unknown")],
+    ids=["applied-nothing", "may-have-applied"],
+)
+def test_a_step_waiting_for_its_retry_when_the_saga_rolls_back_says_it_was_given_up(
+    failure: Failure, shown: str
+) -> None:
+    driver = Driver(flow("a", {"name": "b", "comp": False}))
+    driver.attempt(RunAttempt("a", Phase.ACTION, 1), OK)
+    driver.attempt(RunAttempt("b", Phase.ACTION, 1), failure)
+    command = driver.decide()
+    assert command.event.type is EventType.RETRY_SCHEDULED
+    driver.record(command.event)
+    assert driver.state.steps["b"].display_status == "retrying"
+    driver.record(rollback_request(driver.state, now=driver.now, reason="r", force=False))
+    assert driver.run() == Halt(SagaStatus.ROLLED_BACK)
+    assert driver.state.steps["b"].display_status == shown

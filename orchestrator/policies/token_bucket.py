@@ -6,7 +6,9 @@ simulator make the same decision from the same inputs. A bucket starts full. Tok
 and otherwise refused with the seconds until it would be (the `Retry-After` of a 429).
 
 `take_tokens` is the same rule as a function over a frozen `BucketState`, for runtimes that
-keep the state elsewhere (a database row shared by processes).
+keep the state elsewhere (a database row shared by processes). `KeyBuckets` keeps one bucket
+per API key: the gateway and the API (for a key presented to it directly) both limit keys
+through it, so a key's rate means the same at either door.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["BucketState", "TakeResult", "TokenBucket", "take_tokens"]
+__all__ = ["BucketState", "KeyBuckets", "TakeResult", "TokenBucket", "take_tokens"]
 
 
 @dataclass(frozen=True)
@@ -103,3 +105,36 @@ class TokenBucket:
     def is_full(self, now: float) -> bool:
         """Whether the bucket is back to `burst` (an idle key whose state may be dropped)."""
         return self.tokens(now) >= self.burst
+
+
+class KeyBuckets:
+    """One `TokenBucket` per key, at the key's rate and burst divided by `share`.
+
+    `share` is the number of instances a key's traffic is spread over (the gateways of a
+    stack), so that the key's rate holds across all of them; each bucket keeps at least one
+    token of burst. A key whose rate or burst changed gets a new, full bucket. Past
+    `max_keys` buckets, the full ones (idle keys, nothing to remember) are dropped.
+    """
+
+    def __init__(self, *, share: int = 1, max_keys: int = 100_000) -> None:
+        self.share = max(1, share)
+        self.max_keys = max_keys
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def bucket(self, key: str, *, rate: float, burst: float, now: float) -> TokenBucket:
+        """The bucket of `key` at its current settings."""
+        bucket = self._buckets.get(key)
+        share_rate = rate / self.share
+        share_burst = max(1.0, burst / self.share)
+        if bucket is None or bucket.rate != share_rate or bucket.burst != share_burst:
+            if len(self._buckets) > self.max_keys:
+                self._buckets = {k: b for k, b in self._buckets.items() if not b.is_full(now)}
+            bucket = self._buckets[key] = TokenBucket(share_rate, share_burst, now=now)
+        return bucket
+
+    def take(self, key: str, *, rate: float, burst: float, now: float) -> TakeResult:
+        """Take one token from `key`'s bucket at `now` (see `TokenBucket.take`)."""
+        return self.bucket(key, rate=rate, burst=burst, now=now).take(now)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
