@@ -77,6 +77,8 @@ class EdgeSettings:
     flood_burst: float = 400.0
     flood_block: float = 10.0
     health_interval: float = 0.5
+    #: Seconds a gateway has to answer a forwarded request (504 after it, never re-sent).
+    upstream_timeout: float = 30.0
     max_body: int = 1 << 20
     #: Timeouts, connection caps and the header size limit for client connections.
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
@@ -105,6 +107,7 @@ def build_edge(s: EdgeSettings) -> FirewallMiddleware:
         strategy=s.strategy,
         health_path="/readyz",
         interval=s.health_interval,
+        timeout=s.upstream_timeout,
     )
     metrics = describe(Metrics("sagalab_edge_"))
     flood = FloodGuard(s.flood_rate, s.flood_burst, s.flood_block) if s.flood_rate > 0 else None
