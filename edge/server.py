@@ -65,8 +65,8 @@ def _config(app: Any, limits: ConnectionLimits | None = None) -> uvicorn.Config:
         options.update(
             http=GuardedH11Protocol.for_limits(limits),
             timeout_keep_alive=limits.keep_alive,
-            # Above our own limit, so that an oversized head gets our 431, not h11's 400.
-            h11_max_incomplete_event_size=2 * limits.max_header_bytes + 4,
+            # h11 refuses an incomplete head above this (our protocol answers that with 431).
+            h11_max_incomplete_event_size=limits.max_header_bytes,
         )
     return uvicorn.Config(app, **options)
 

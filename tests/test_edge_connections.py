@@ -192,3 +192,33 @@ def test_the_edge_command_refuses_an_out_of_range_limit_with_exit_2() -> None:
     assert done.returncode == 2
     assert "per_address must be between 1 and 100000, got 0" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def send_all(sock: socket.socket, data: bytes, piece: int | None) -> None:
+    """`data` in one `sendall` or in pieces; the edge may close before it has all of it."""
+    try:
+        if piece is None:
+            sock.sendall(data)
+        else:
+            for start in range(0, len(data), piece):
+                sock.sendall(data[start : start + piece])
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+@pytest.mark.parametrize("piece", [None, 1400], ids=["one-send", "in-pieces"])
+@pytest.mark.parametrize("pipelined", [False, True], ids=["alone", "pipelined"])
+@pytest.mark.parametrize("size", [60_000, 200_000], ids=["60KB", "200KB"])
+def test_every_head_over_the_limit_gets_431(
+    edge: Edge, size: int, pipelined: bool, piece: int | None
+) -> None:
+    server = edge()  # the default limit: 16 KiB
+    small = b"GET /edge/healthz HTTP/1.1\r\nhost: edge\r\n\r\n"
+    big = b"GET /edge/healthz HTTP/1.1\r\nhost: edge\r\nx-big: " + b"a" * size + b"\r\n\r\n"
+    with connect(server) as sock:
+        send_all(sock, (small if pipelined else b"") + big, piece)
+        answer = read_to_close(sock)
+    heads = [part.split(b"\r\n", 1)[0] for part in answer.split(b"HTTP/1.1 ")[1:]]
+    expected = [b"200 OK"] if pipelined else []
+    assert heads == [*expected, b"431 Request Header Fields Too Large"], answer
+    assert b"limited to 16384 bytes" in answer
