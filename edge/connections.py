@@ -216,5 +216,6 @@ class GuardedH11Protocol(H11Protocol):
 def _head_size(event: h11.Request) -> int:
     """Bytes of the request head `event` was parsed from (request line, headers, blank line)."""
     size = len(event.method) + 1 + len(event.target) + len(b" HTTP/1.1\r\n")
-    size += sum(len(name) + len(value) + 4 for name, value in event.headers.raw_items())  # ": ", CRLF
+    # Each header line is name, ": ", value and CRLF.
+    size += sum(len(name) + len(value) + 4 for name, value in event.headers.raw_items())
     return size + 2
