@@ -29,6 +29,7 @@ from edge.gateway import GatewayApp, describe
 from edge.keys import KeyCache, KeyStore, read_secret
 from edge.metrics import Metrics
 from edge.pool import Pool
+from orchestrator.limits import check
 from orchestrator.policies.firewall import Firewall, FloodGuard
 
 __all__ = [
@@ -110,7 +111,8 @@ def build_edge(s: EdgeSettings) -> FirewallMiddleware:
         timeout=s.upstream_timeout,
     )
     metrics = describe(Metrics("sagalab_edge_"))
-    flood = FloodGuard(s.flood_rate, s.flood_burst, s.flood_block) if s.flood_rate > 0 else None
+    # Only an explicit 0 turns flood protection off; FloodGuard refuses NaN and negatives.
+    flood = FloodGuard(s.flood_rate, s.flood_burst, s.flood_block) if s.flood_rate != 0 else None
     firewall = Firewall(allow=s.allow, deny=s.deny, flood=flood)
     lb = LoadBalancerApp(
         pool, metrics=metrics, max_body=s.max_body, body_timeout=s.limits.body_timeout
@@ -154,9 +156,19 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--allow", action="append", default=[])
     edge.add_argument("--deny", action="append", default=[])
     edge.add_argument("--trusted-proxy", action="append", default=[])
-    edge.add_argument("--flood-rate", type=float, default=200.0)
-    edge.add_argument("--flood-burst", type=float, default=400.0)
-    edge.add_argument("--flood-block", type=float, default=10.0)
+    edge.add_argument(
+        "--flood-rate",
+        type=float,
+        default=200.0,
+        help="requests/s one address may send before it is blocked; 0 turns flood protection "
+        "off (default 200)",
+    )
+    edge.add_argument(
+        "--flood-burst", type=float, default=400.0, help="requests above the rate at once (>= 1)"
+    )
+    edge.add_argument(
+        "--flood-block", type=float, default=10.0, help="seconds a flooding address is blocked"
+    )
     for p in (api, gw):
         p.add_argument("--secret-file", help="file holding the gateways' secret for the API")
     defaults = ConnectionLimits()
@@ -239,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         try:
             connection_limits = ConnectionLimits(**{n: getattr(args, n) for n in BOUNDS})
+            # NaN or a negative rate would silently turn flood protection off: only 0 does.
+            check("--flood-rate", args.flood_rate, low=0, why="0 turns flood protection off")
+            check("--flood-burst", args.flood_burst, low=1)
+            check("--flood-block", args.flood_block, low=0)
         except ValueError as exc:
             parser.error(str(exc))  # exits 2 with the bound named
         settings = EdgeSettings(

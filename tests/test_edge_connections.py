@@ -222,3 +222,31 @@ def test_every_head_over_the_limit_gets_431(
     expected = [b"200 OK"] if pipelined else []
     assert heads == [*expected, b"431 Request Header Fields Too Large"], answer
     assert b"limited to 16384 bytes" in answer
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--flood-rate", "nan", "--flood-rate must be a finite number, got nan"),
+        ("--flood-rate", "inf", "--flood-rate must be a finite number, got inf"),
+        ("--flood-rate", "-5", "--flood-rate -5 is under the minimum of 0 (0 turns"),
+        ("--flood-burst", "nan", "--flood-burst must be a finite number, got nan"),
+        ("--flood-burst", "0.5", "--flood-burst 0.5 is under the minimum of 1"),
+        ("--flood-block", "-1", "--flood-block -1 is under the minimum of 0"),
+    ],
+    ids=["rate-nan", "rate-inf", "rate-negative", "burst-nan", "burst-small", "block-negative"],
+)
+def test_the_edge_command_refuses_a_flood_setting_that_would_turn_protection_off(
+    flag: str, value: str, message: str
+) -> None:
+    cmd = [sys.executable, "-m", "edge.apps", "edge", "--upstream", "127.0.0.1:9", flag, value]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_edge_command_says_flood_rate_0_turns_protection_off() -> None:
+    cmd = [sys.executable, "-m", "edge.apps", "edge", "--help"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert "0 turns flood protection off" in " ".join(done.stdout.split())

@@ -243,6 +243,12 @@ def test_restart_of_an_unknown_component_is_bad_input(stack: StackState) -> None
     assert len(r.stderr.strip().splitlines()) == 1 and "gateway-1" in r.stderr
 
 
+def test_kill_of_an_unknown_component_is_bad_input(stack: StackState) -> None:
+    r = sagalab("stack", "kill", "nosuch", "--dir", stack.directory)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "gateway-1" in r.stderr
+
+
 def test_down_stops_everything_during_a_restart_backoff(tmp_path: Path) -> None:
     directory = str(tmp_path / "stack")
     up = sagalab(
@@ -300,6 +306,8 @@ def taken_port() -> Iterator[int]:
         (["--strategy", "fastest"], 2, "--strategy 'fastest' is not one of"),
         (["--deny", "10.0.0.300/8"], 2, "--deny '10.0.0.300/8' is not an address"),
         (["--flood-rate", "0"], 2, "--flood-rate must be a positive number"),
+        (["--flood-rate", "nan"], 2, "--flood-rate must be a positive number, got nan"),
+        (["--flood-rate", "-5"], 2, "--flood-rate must be a positive number, got -5"),
         (["--restart-delay", "-1"], 2, "--restart-delay"),
         (["--db", "DIR"], 5, "is a directory"),
         (["--dir", "/proc/sagalab-stack"], 5, "cannot use /proc/sagalab-stack"),
@@ -308,7 +316,8 @@ def taken_port() -> Iterator[int]:
     ids=[
         "no-gateway", "too-many-gateways", "too-many-workers", "negative-workers",
         "no-concurrency", "port-out-of-range", "port-taken", "strategy", "deny-cidr",
-        "flood-rate", "restart-delay", "db-is-a-directory", "unwritable-dir", "services-file",
+        "flood-rate", "flood-rate-nan", "flood-rate-negative", "restart-delay",
+        "db-is-a-directory", "unwritable-dir", "services-file",
     ],
 )  # fmt: skip
 def test_up_checks_every_option_before_starting_anything(
