@@ -2,8 +2,8 @@
 
 uvicorn alone holds a connection for as long as its peer keeps it open: nothing bounds the time
 to send a request's headers (a connection that opens and sends nothing, or half a request
-line, stays until the descriptors run out), nor how many connections one address holds. The
-edge therefore runs uvicorn's h11 protocol with `GuardedH11Protocol`, which adds, per
+line, stays until the descriptors run out), nor how many connections one address holds. Our
+servers therefore run uvicorn's h11 protocol with `GuardedH11Protocol`, which adds, per
 connection:
 
 * a **header timeout**: a connection must finish a request's headers within `header_timeout`
@@ -18,8 +18,16 @@ connection:
   pipelined behind another request in one packet.
 
 The **body timeout** (408 when a request body has not fully arrived within `body_timeout` of
-its headers) is the apps' (`edge.asgi.read_body`), and idle keep-alive connections are closed
-by uvicorn after `keep_alive`.
+its headers) is the apps' (`edge.asgi.read_body`, and `edge.asgi.BodyDeadline` in front of the
+API); when an app answered without reading the body, the connection is closed if the rest of
+it has not come within `body_timeout` of the answer. Idle keep-alive connections are closed by
+uvicorn after `keep_alive`.
+
+Every server of a stack runs with these limits (`python -m edge.apps edge|gateway|api`): on
+127.0.0.1 anyone can reach a gateway's or the API's port, not only the edge's. All the stack's
+hops connect from 127.0.0.1, which the gateways and the API therefore exempt from the
+per-address cap (`exempt`); the timeouts, the head size limit and the total cap hold for
+everyone.
 """
 
 from __future__ import annotations
@@ -112,6 +120,7 @@ class GuardedH11Protocol(H11Protocol):
         self.peer_host = ""
         self._refused = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         # Every event uvicorn reads passes the head size check (`_next_event`).
         self._h11_next_event = self.conn.next_event
         self.conn.next_event = self._next_event  # type: ignore[method-assign]
@@ -149,7 +158,26 @@ class GuardedH11Protocol(H11Protocol):
         if self._refused:
             return  # never admitted: uvicorn's bookkeeping knows nothing of it
         self._disarm()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
         super().connection_lost(exc)
+
+    # -- a body still coming after the answer -------------------------------------------------
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # Answered before its body was read (a refusal, an endpoint that takes none): the rest
+        # of the body gets `body_timeout` to arrive, not the whole keep-alive timeout.
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            cycle = self.cycle
+            self._body_timer = self.loop.call_later(
+                self.limits.body_timeout, self._body_late, cycle
+            )
+
+    def _body_late(self, cycle: object) -> None:
+        self._body_timer = None
+        if self.cycle is cycle and self.conn.their_state is h11.SEND_BODY:
+            self.transport.close()
 
     # -- the header timeout ----------------------------------------------------------------
 

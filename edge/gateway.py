@@ -9,10 +9,11 @@ For every request under `/v1/`:
 2. rate-limit: one `TokenBucket` per key (the simulator's policy code) at the key's rate divided
    by `rate_share` (the number of gateway instances, so that the key's rate holds across all of
    them when the balancer spreads load evenly); 429 with `Retry-After` when empty;
-3. limit the body (413) and check that a body is JSON the API can take, by the one rule the
-   API and the CLI use (`orchestrator.jsonsafe.loads_strict`: 422 for undecodable, malformed,
-   non-finite or overflowing numbers, lone surrogates, nesting deeper than `MAX_DEPTH`; 413
-   above `MAX_BYTES`) before the API sees it;
+3. limit the body (413; 408 when slower than `body_timeout`) and check that a body is JSON
+   the API can take, by the one rule the API and the CLI use
+   (`orchestrator.jsonsafe.loads_strict`: 422 for undecodable, malformed, non-finite or
+   overflowing numbers, lone surrogates, nesting deeper than `MAX_DEPTH`; 413 above
+   `MAX_BYTES`) before the API sees it;
 4. pass `traceparent` on, creating one when it is absent or malformed, and forward to an
    orchestrator API instance through a `Pool`.
 
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge.asgi import (
+    BodySlow,
     BodyTooLarge,
     Receive,
     Scope,
@@ -100,8 +102,10 @@ class GatewayApp:
         clock: Callable[[], float] = time.monotonic,
         instance: str = "gateway",
         secret: str | None = None,
+        body_timeout: float | None = None,
     ) -> None:
         self.pool = pool
+        self.body_timeout = body_timeout
         # The stack's gateway secret: sent to the API with the caller's tenant, which the API
         # believes only next to it. Without one, the key itself goes on for the API to check.
         self.secret = secret
@@ -158,12 +162,17 @@ class GatewayApp:
             timed.done(429, "rate_limited")
             return
         try:
-            body = await read_body(scope, receive, self.max_body)
+            body = await read_body(scope, receive, self.max_body, self.body_timeout)
         except BodyTooLarge:
             await problem(
                 send, 413, "Payload too large", f"bodies are limited to {self.max_body} bytes"
             )
             timed.done(413, "too_large")
+            return
+        except BodySlow as exc:
+            # The rest of the body may still come: the connection cannot be reused.
+            await problem(send, 408, "Request timeout", str(exc), [(b"connection", b"close")])
+            timed.done(408, "slow_body")
             return
         if body and scope["method"] not in _NO_BODY:
             try:

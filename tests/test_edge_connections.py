@@ -250,3 +250,17 @@ def test_the_edge_command_says_flood_rate_0_turns_protection_off() -> None:
     cmd = [sys.executable, "-m", "edge.apps", "edge", "--help"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=30)
     assert "0 turns flood protection off" in " ".join(done.stdout.split())
+
+
+def test_a_body_still_coming_after_the_answer_is_cut_off_after_the_body_timeout(
+    edge: Edge,
+) -> None:
+    # The edge answers its own endpoints without reading a body: the rest of the body must
+    # not hold the connection until the keep-alive timeout (15 s) either.
+    server = edge(body_timeout=0.3)
+    with connect(server) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /edge/healthz HTTP/1.1\r\nhost: edge\r\ncontent-length: 100\r\n\r\n{")
+        answer = read_to_close(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert time.monotonic() - started < 3

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -141,6 +143,45 @@ def test_the_api_port_needs_a_key_and_the_gateway_secret_stays_off_command_lines
 
 
 @pytest.mark.skipif(not HAS_WORKER, reason="needs orchestrator/worker.py (issue 3)")
+def test_the_gateway_and_api_ports_close_a_header_drip_as_the_edge_does(
+    stack: StackState,
+) -> None:
+    # One byte every 0.5 s: the header timeout (10 s) closes each, with a 408.
+    hops = [c for c in stack.components if c.name in ("gateway-1", "api")]
+    socks = {}
+    for c in hops:
+        host, port = str(c.url).removeprefix("http://").split(":")
+        socks[c.name] = socket.create_connection((host, int(port)), timeout=5)
+    request = b"GET /healthz HTTP/1.1\r\nhost: hop\r\nx-drip: " + b"a" * 1000
+    answers: dict[str, tuple[float, bytes]] = {}
+    started = time.monotonic()
+    try:
+        for byte in request:
+            open_ = {n: s for n, s in socks.items() if n not in answers}
+            if not open_ or time.monotonic() - started > 20:
+                break
+            for name, sock in open_.items():
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    answers[name] = (time.monotonic() - started, b"<reset>")
+            ready, _, _ = select.select(list(open_.values()), [], [], 0.5)
+            for name, sock in open_.items():
+                if sock in ready and name not in answers:
+                    try:
+                        data = sock.recv(65536)
+                    except OSError:
+                        data = b"<reset>"
+                    answers[name] = (time.monotonic() - started, data)
+    finally:
+        for sock in socks.values():
+            sock.close()
+    assert set(answers) == {"gateway-1", "api"}, answers
+    for name, (after, data) in answers.items():
+        assert after < 15, (name, after)
+        assert data.startswith(b"HTTP/1.1 408 "), (name, data)
+
+
 def test_a_saga_through_the_edge_completes_then_an_outage_rolls_back(stack: StackState) -> None:
     services_url = stack.services_url
     assert services_url
