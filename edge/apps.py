@@ -10,8 +10,8 @@
 no Typer keeps a component's start-up light. Every component serves with connection limits
 (`edge.connections`: header and body timeouts, head size, per-address and total caps; the
 gateways and the API default to `HOP_LIMITS` and take `--exempt` for the hop in front).
-The gateway secret is passed as the path of a file
-(mode 0600), never as an argument that `ps` would show.
+The gateway secret is passed as the path of a file (mode 0600), never as an argument that `ps`
+would show.
 """
 
 from __future__ import annotations
