@@ -176,13 +176,14 @@ class GatewayApp:
             return
         if body and scope["method"] not in _NO_BODY:
             try:
-                loads_strict(body, what="the body")
+                loads_strict(body, what="request body")
             except PayloadTooLarge as exc:
                 await problem(send, 413, "Payload too large", str(exc))
                 timed.done(413, "too_large")
                 return
             except UnsafeJson as exc:
-                await problem(send, 422, "Malformed JSON", str(exc))
+                detail = f"the body is not JSON the API can take: {exc}"
+                await problem(send, 422, "Malformed JSON", detail)
                 timed.done(422, "malformed")
                 return
         traceparent, _ = ensure_traceparent(header(scope, b"traceparent"))
