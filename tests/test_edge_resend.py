@@ -161,7 +161,7 @@ def test_a_timed_out_post_is_not_sent_again(tmp_path: Path) -> None:
         # No health check during the test: the stopped gateway stays in rotation and, with
         # nothing in flight, least connections picks the first instance.
         settings = EdgeSettings(
-            upstreams=[g.url for g in procs], health_interval=60, upstream_timeout=0.5
+            upstreams=[g.url for g in procs], health_interval=60, upstream_timeout=0.7
         )
         with serve_in_thread(build_edge(settings)) as edge:
             stopped = procs[0]
@@ -189,4 +189,6 @@ def test_a_timed_out_post_is_not_sent_again(tmp_path: Path) -> None:
     # Never sent to the second gateway, and slow is not dead: the first stays in rotation.
     assert posts == []
     assert [i["sent"] for i in status] == [1, 0]
-    assert status[0]["healthy"] is True and status[0]["last_error"] is None
+    # (A health check that was in flight at the SIGSTOP may have failed: it names 0.5s.)
+    assert status[0]["healthy"] is True
+    assert not any(t in str(status[0]["last_error"]) for t in ("broken exchange", "within 0.7s"))
