@@ -96,7 +96,10 @@ def up(
     deny: Annotated[
         list[str] | None, typer.Option(help=f"Denied address or CIDR (default {BLOCKED_RANGE}).")
     ] = None,
-    flood_rate: Annotated[float, typer.Option(help="Requests/s per client address.")] = 200.0,
+    flood_rate: Annotated[
+        float,
+        typer.Option(help="Requests/s per client address before it is blocked (above 0)."),
+    ] = 200.0,
     db: Annotated[Path | None, typer.Option(help="Saga database (default: in --dir).")] = None,
     restart_delay: Annotated[
         float,

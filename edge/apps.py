@@ -7,8 +7,11 @@
         --deny 127.66.0.0/16 --flood-rate 200
 
 `sagalab stack` binds each socket itself and starts these commands with `--fd`; argparse and
-no Typer keeps a component's start-up light. The gateway secret is passed as the path of a file
-(mode 0600), never as an argument that `ps` would show.
+no Typer keeps a component's start-up light. Every component serves with connection limits
+(`edge.connections`: header and body timeouts, head size, per-address and total caps; the
+gateways and the API default to `HOP_LIMITS` and take `--exempt` for the hop in front).
+The gateway secret is passed as the path of a file (mode 0600), never as an argument that `ps`
+would show.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.asgi import BodyDeadline
 from edge.balancer import LoadBalancerApp
 from edge.connections import BOUNDS, ConnectionLimits
 from edge.errors import KeyStoreError
@@ -29,6 +33,8 @@ from edge.gateway import GatewayApp, describe
 from edge.keys import KeyCache, KeyStore, read_secret
 from edge.metrics import Metrics
 from edge.pool import Pool
+from orchestrator.jsonsafe import MAX_BYTES
+from orchestrator.limits import check
 from orchestrator.policies.firewall import Firewall, FloodGuard
 
 __all__ = [
@@ -36,6 +42,7 @@ __all__ = [
     "GatewaySettings",
     "build_edge",
     "build_gateway",
+    "HOP_LIMITS",
     "edge_limits",
     "main",
 ]
@@ -62,6 +69,7 @@ class GatewaySettings:
     instance: str = "gateway"
     key_ttl: float = 2.0
     secret: str | None = None  # the stack's gateway secret, sent to the API with the tenant
+    body_timeout: float | None = None  # seconds a body has after its headers (408); None: no limit
 
 
 @dataclass
@@ -77,6 +85,8 @@ class EdgeSettings:
     flood_burst: float = 400.0
     flood_block: float = 10.0
     health_interval: float = 0.5
+    #: Seconds a gateway has to answer a forwarded request (504 after it, never re-sent).
+    upstream_timeout: float = 30.0
     max_body: int = 1 << 20
     #: Timeouts, connection caps and the header size limit for client connections.
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
@@ -95,6 +105,7 @@ def build_gateway(s: GatewaySettings) -> GatewayApp:
         rate_share=s.rate_share,
         instance=s.instance,
         secret=s.secret,
+        body_timeout=s.body_timeout,
     )
 
 
@@ -105,9 +116,11 @@ def build_edge(s: EdgeSettings) -> FirewallMiddleware:
         strategy=s.strategy,
         health_path="/readyz",
         interval=s.health_interval,
+        timeout=s.upstream_timeout,
     )
     metrics = describe(Metrics("sagalab_edge_"))
-    flood = FloodGuard(s.flood_rate, s.flood_burst, s.flood_block) if s.flood_rate > 0 else None
+    # Only an explicit 0 turns flood protection off; FloodGuard refuses NaN and negatives.
+    flood = FloodGuard(s.flood_rate, s.flood_burst, s.flood_block) if s.flood_rate != 0 else None
     firewall = Firewall(allow=s.allow, deny=s.deny, flood=flood)
     lb = LoadBalancerApp(
         pool, metrics=metrics, max_body=s.max_body, body_timeout=s.limits.body_timeout
@@ -115,6 +128,13 @@ def build_edge(s: EdgeSettings) -> FirewallMiddleware:
     return FirewallMiddleware(
         lb, firewall, trusted_proxies=s.trusted_proxies, metrics=metrics, clock=time.monotonic
     )
+
+
+#: Defaults for the hops behind the edge (gateways, API): the edge's, with room for the
+#: headers the hops add (Idempotency-Key, traceparent, the gateway's x-sagalab-*), so that a
+#: head the edge lets through is never refused behind it, and the keep-alive the edge's and
+#: gateways' connection pools have always had.
+HOP_LIMITS = ConnectionLimits(max_header_bytes=20 * 1024, keep_alive=30.0)
 
 
 def edge_limits(s: EdgeSettings) -> ConnectionLimits:
@@ -157,12 +177,27 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--allow", action="append", default=[])
     edge.add_argument("--deny", action="append", default=[])
     edge.add_argument("--trusted-proxy", action="append", default=[])
-    edge.add_argument("--flood-rate", type=float, default=200.0)
-    edge.add_argument("--flood-burst", type=float, default=400.0)
-    edge.add_argument("--flood-block", type=float, default=10.0)
+    edge.add_argument(
+        "--flood-rate",
+        type=float,
+        default=200.0,
+        help="requests/s one address may send before it is blocked; 0 turns flood protection "
+        "off (default 200)",
+    )
+    edge.add_argument(
+        "--flood-burst", type=float, default=400.0, help="requests above the rate at once (>= 1)"
+    )
+    edge.add_argument(
+        "--flood-block", type=float, default=10.0, help="seconds a flooding address is blocked"
+    )
     for p in (api, gw):
         p.add_argument("--secret-file", help="file holding the gateways' secret for the API")
-    defaults = ConnectionLimits()
+        p.add_argument(
+            "--exempt",
+            action="append",
+            default=[],
+            help="address or CIDR never capped per address: the hop in front (repeatable)",
+        )
     limit_flags = {
         "header_timeout": "seconds a connection has to send a request's headers",
         "body_timeout": "seconds a request has to send its body after the headers (408)",
@@ -171,14 +206,15 @@ def _parser() -> argparse.ArgumentParser:
         "per_address": "connections one address may hold (429 above it)",
         "max_connections": "connections in all (503 above it)",
     }
-    for name, text in limit_flags.items():
-        default = getattr(defaults, name)
-        edge.add_argument(
-            "--" + name.replace("_", "-"),
-            type=type(default),
-            default=default,
-            help=f"{text} (default {default:g})",
-        )
+    for p, defaults in ((edge, ConnectionLimits()), (gw, HOP_LIMITS), (api, HOP_LIMITS)):
+        for name, text in limit_flags.items():
+            default = getattr(defaults, name)
+            p.add_argument(
+                "--" + name.replace("_", "-"),
+                type=type(default),
+                default=default,
+                help=f"{text} (default {default:g})",
+            )
     for p in (api, gw, edge):
         p.add_argument("--fd", type=int, help="listening socket passed by the parent")
         p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (without --fd)")
@@ -211,7 +247,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
     app: Any
-    limits: ConnectionLimits | None = None
+    try:
+        # Every component faces connections it cannot trust: on 127.0.0.1 anyone may reach a
+        # gateway's or the API's port as well as the edge's.
+        limits = ConnectionLimits(
+            **{n: getattr(args, n) for n in BOUNDS}, exempt=tuple(getattr(args, "exempt", ()))
+        )
+        if args.component == "edge":
+            # NaN or a negative rate would silently turn flood protection off: only 0 does.
+            check("--flood-rate", args.flood_rate, low=0, why="0 turns flood protection off")
+            check("--flood-burst", args.flood_burst, low=1)
+            check("--flood-block", args.flood_block, low=0)
+    except ValueError as exc:
+        parser.error(str(exc))  # exits 2 with the bound named
     if args.component == "api":
         from orchestrator.api import create_app
         from orchestrator.errors import StoreError
@@ -228,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except StoreError as exc:  # a --db that is not a saga database: one line, exit 5
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(5) from None
+        app = BodyDeadline(app, timeout=limits.body_timeout, max_body=MAX_BYTES)
     elif args.component == "gateway":
         app = build_gateway(
             GatewaySettings(
@@ -238,13 +287,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 strategy=args.strategy,
                 instance=args.instance or "gateway",
                 secret=_secret(args.secret_file),
+                body_timeout=limits.body_timeout,
             )
         )
     else:
-        try:
-            connection_limits = ConnectionLimits(**{n: getattr(args, n) for n in BOUNDS})
-        except ValueError as exc:
-            parser.error(str(exc))  # exits 2 with the bound named
         settings = EdgeSettings(
             upstreams=args.upstream,
             strategy=args.strategy,
@@ -254,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             flood_rate=args.flood_rate,
             flood_burst=args.flood_burst,
             flood_block=args.flood_block,
-            limits=connection_limits,
+            limits=limits,
         )
         app = build_edge(settings)
         limits = edge_limits(settings)

@@ -15,6 +15,7 @@ from typing import Any
 from edge.metrics import Metrics
 
 __all__ = [
+    "BodyDeadline",
     "BodySlow",
     "BodyTooLarge",
     "answer",
@@ -122,6 +123,43 @@ def target_of(scope: Scope) -> str:
     query = scope.get("query_string") or b""
     target = path.decode("latin-1")
     return f"{target}?{query.decode('latin-1')}" if query else target
+
+
+class BodyDeadline:
+    """An ASGI wrapper giving an app that reads its own body (the orchestrator API) the edge's
+    body timeout: the whole body is read first, within `timeout` seconds of the headers (408
+    and the connection closed after it) and up to `max_body` bytes (413), then handed to the
+    app as one message."""
+
+    def __init__(self, app: Any, *, timeout: float, max_body: int) -> None:
+        self.app = app
+        self.timeout = timeout
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await read_body(scope, receive, self.max_body, self.timeout)
+        except BodyTooLarge:
+            detail = f"bodies are limited to {self.max_body} bytes"
+            await problem(send, 413, "Payload too large", detail, [(b"connection", b"close")])
+            return
+        except BodySlow as exc:
+            # The rest of the body may still come: the connection cannot be reused.
+            await problem(send, 408, "Request timeout", str(exc), [(b"connection", b"close")])
+            return
+        given = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal given
+            if given:
+                return await receive()  # after the body: only a disconnect comes
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 class Timed:

@@ -5,17 +5,22 @@
 `Pool`: least connections or power of two choices over the healthy instances, ejection on
 failed health checks or a refused connection, 503 when none is left.
 
-At most one saga per client POST: a request that is not idempotent and carries no
-Idempotency-Key gets one here (`edge-` and 128 random bits), so that when a gateway dies
-holding it, it can be sent to another gateway under the same key and the API answers with the
-saga the first one created. When it cannot be sent again (no other gateway, or no answer in
-time), the client gets 502 "the outcome is unknown: retry with Idempotency-Key: K", with the
-key in an `Idempotency-Key` header: retrying with it is safe, whatever happened.
+At most one saga per client POST: a `POST /v1/sagas` that carries no Idempotency-Key gets one
+here (`edge-` and 128 random bits), so that when a gateway dies holding it, it can be sent to
+another gateway under the same key and the API answers with the saga the first one created.
+When it cannot be sent again (no other gateway), the client gets 502 "the outcome is unknown:
+retry with Idempotency-Key: K", with the key in an `Idempotency-Key` header: retrying with it
+is safe, whatever happened; when no answer came in time, the same with 504.
+
+The API honours keys nowhere else (`edge.pool.KEYED_ROUTES`): a rollback or resume is given no
+key and is never sent twice. If its outcome is unknown, the client gets 502 (504 on a timeout)
+saying so and to GET the saga to see whether it took effect.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from typing import Any
 
@@ -32,8 +37,8 @@ from edge.asgi import (
     target_of,
 )
 from edge.metrics import Metrics
-from edge.pool import IDEMPOTENT_METHODS, NoHealthyInstance, Pool, replayable
-from edge.upstream import Response, UpstreamError, UpstreamFailed
+from edge.pool import SAFE_METHODS, NoHealthyInstance, Pool, honours_key
+from edge.upstream import Response, UpstreamError, UpstreamFailed, UpstreamTimeout
 
 __all__ = ["LoadBalancerApp", "forward", "with_idempotency_key"]
 
@@ -50,17 +55,22 @@ async def forward(
     """Send the request to the pool and relay the answer; returns the status sent back."""
     out = headers or scope["headers"]
     method = scope["method"]
+    target = target_of(scope)
     try:
-        _, response = await pool.send(method, target_of(scope), out, body)
+        _, response = await pool.send(method, target, out, body)
     except NoHealthyInstance as exc:
         await problem(send, 503, "Service unavailable", str(exc), [(b"retry-after", b"1")])
         return 503
     except UpstreamFailed as exc:
-        if method in IDEMPOTENT_METHODS:
-            await problem(send, 502, "Bad gateway", str(exc))
-            return 502
-        await unknown_outcome(send, exc, dict(out).get(b"idempotency-key"))
-        return 502
+        status = 504 if isinstance(exc, UpstreamTimeout) else 502
+        if method in SAFE_METHODS:
+            title = "Gateway timeout" if status == 504 else "Bad gateway"
+            await problem(send, status, title, str(exc))
+        elif honours_key(method, target):
+            await unknown_outcome(send, status, exc, dict(out).get(b"idempotency-key"))
+        else:
+            await unknown_effect(send, status, exc, scope["path"])
+        return status
     except UpstreamError as exc:
         await problem(send, 502, "Bad gateway", str(exc))
         return 502
@@ -68,25 +78,42 @@ async def forward(
     return response.status
 
 
-async def unknown_outcome(send: Send, exc: UpstreamError, key: bytes | None) -> None:
-    """502 for a request that may or may not have taken effect, saying how to retry safely."""
+async def unknown_outcome(send: Send, status: int, exc: UpstreamError, key: bytes | None) -> None:
+    """`status` for a saga submission that may or may not have taken effect, saying how to
+    retry safely."""
     if key is None:
         detail = (
             f"the outcome is unknown ({exc}): check whether it took effect before sending it "
             "again, or send an Idempotency-Key"
         )
-        await problem(send, 502, "Outcome unknown", detail)
+        await problem(send, status, "Outcome unknown", detail)
         return
     text = key.decode("latin-1")
     detail = f"the outcome is unknown: retry with Idempotency-Key: {text} ({exc})"
-    await problem(send, 502, "Outcome unknown", detail, [(b"idempotency-key", key)])
+    await problem(send, status, "Outcome unknown", detail, [(b"idempotency-key", key)])
+
+
+_SAGA_PATH = re.compile(r"^(/v1/sagas/[^/]+)/")
+
+
+async def unknown_effect(send: Send, status: int, exc: UpstreamError, path: str) -> None:
+    """`status` for a request the API takes no key for (a rollback, a resume) that may or may
+    not have taken effect: sending it again is not safe, looking is."""
+    saga = _SAGA_PATH.match(path)
+    look = f"GET {saga.group(1)}" if saga else "GET the saga"
+    detail = (
+        f"the outcome is unknown ({exc}): {look} to see whether it took effect before "
+        "sending it again"
+    )
+    await problem(send, status, "Outcome unknown", detail)
 
 
 def with_idempotency_key(
-    method: str, headers: list[tuple[bytes, bytes]]
+    method: str, target: str, headers: list[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
-    """`headers`, with an Idempotency-Key of the edge's own if the request needs one."""
-    if replayable(method, headers):
+    """`headers`, with an Idempotency-Key of the edge's own where the API honours one and the
+    client sent none."""
+    if not honours_key(method, target) or any(k == b"idempotency-key" for k, _ in headers):
         return headers
     return [*headers, (b"idempotency-key", b"edge-" + secrets.token_hex(16).encode())]
 
@@ -135,7 +162,7 @@ class LoadBalancerApp:
             await problem(send, 408, "Request timeout", str(exc), [(b"connection", b"close")])
             timed.done(408, "slow_body")
             return
-        headers = with_idempotency_key(scope["method"], scope["headers"])
+        headers = with_idempotency_key(scope["method"], target_of(scope), scope["headers"])
         status = await forward(self.pool, scope, body, send, headers)
         timed.done(status, "forwarded" if status < 502 else "unavailable")
 

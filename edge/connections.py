@@ -2,8 +2,8 @@
 
 uvicorn alone holds a connection for as long as its peer keeps it open: nothing bounds the time
 to send a request's headers (a connection that opens and sends nothing, or half a request
-line, stays until the descriptors run out), nor how many connections one address holds. The
-edge therefore runs uvicorn's h11 protocol with `GuardedH11Protocol`, which adds, per
+line, stays until the descriptors run out), nor how many connections one address holds. Our
+servers therefore run uvicorn's h11 protocol with `GuardedH11Protocol`, which adds, per
 connection:
 
 * a **header timeout**: a connection must finish a request's headers within `header_timeout`
@@ -13,12 +13,21 @@ connection:
   the connection closed (trusted proxies, which carry many clients, are exempt), so one
   address cannot take the descriptors every other client needs; and a **total cap**,
   `max_connections`, above which a connection gets 503 and is closed;
-* a **header size limit**: a request head (request line and headers) over `max_header_bytes`
-  gets 431 and the connection closed.
+* a **header size limit**: every request head (request line and headers) over
+  `max_header_bytes` gets 431 and the connection closed, whether it comes alone, in pieces or
+  pipelined behind another request in one packet.
 
 The **body timeout** (408 when a request body has not fully arrived within `body_timeout` of
-its headers) is the apps' (`edge.asgi.read_body`), and idle keep-alive connections are closed
-by uvicorn after `keep_alive`.
+its headers) is the apps' (`edge.asgi.read_body`, and `edge.asgi.BodyDeadline` in front of the
+API); when an app answered without reading the body, the connection is closed if the rest of
+it has not come within `body_timeout` of the answer. Idle keep-alive connections are closed by
+uvicorn after `keep_alive`.
+
+Every server of a stack runs with these limits (`python -m edge.apps edge|gateway|api`): on
+127.0.0.1 anyone can reach a gateway's or the API's port, not only the edge's. All the stack's
+hops connect from 127.0.0.1, which the gateways and the API therefore exempt from the
+per-address cap (`exempt`); the timeouts, the head size limit and the total cap hold for
+everyone.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import get_remote_addr
 
@@ -110,7 +120,10 @@ class GuardedH11Protocol(H11Protocol):
         self.peer_host = ""
         self._refused = False
         self._head_timer: asyncio.TimerHandle | None = None
-        self._head = bytearray()  # the request head arriving, until its blank line
+        self._body_timer: asyncio.TimerHandle | None = None
+        # Every event uvicorn reads passes the head size check (`_next_event`).
+        self._h11_next_event = self.conn.next_event
+        self.conn.next_event = self._next_event  # type: ignore[method-assign]
 
     # -- admission ------------------------------------------------------------------------
 
@@ -145,23 +158,38 @@ class GuardedH11Protocol(H11Protocol):
         if self._refused:
             return  # never admitted: uvicorn's bookkeeping knows nothing of it
         self._disarm()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
         super().connection_lost(exc)
+
+    # -- a body still coming after the answer -------------------------------------------------
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # Answered before its body was read (a refusal, an endpoint that takes none): the rest
+        # of the body gets `body_timeout` to arrive, not the whole keep-alive timeout.
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            cycle = self.cycle
+            self._body_timer = self.loop.call_later(
+                self.limits.body_timeout, self._body_late, cycle
+            )
+
+    def _body_late(self, cycle: object) -> None:
+        self._body_timer = None
+        if self.cycle is cycle and self.conn.their_state is h11.SEND_BODY:
+            self.transport.close()
 
     # -- the header timeout ----------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         if self._refused or self.transport.is_closing():
             return
-        if not self._in_request() and self._head_too_large(data):
-            detail = f"request headers are limited to {self.limits.max_header_bytes} bytes"
-            self.transport.write(_raw_response(431, "Request Header Fields Too Large", detail))
-            self.transport.close()
-            return
         super().data_received(data)
+        if self.transport.is_closing():
+            return
         if self._in_request():
-            self._head.clear()
             self._disarm()
-        elif not self.transport.is_closing():
+        else:
             self._arm()  # part of the next request on a kept-alive connection
 
     def _in_request(self) -> bool:
@@ -188,16 +216,34 @@ class GuardedH11Protocol(H11Protocol):
 
     # -- the header size limit -------------------------------------------------------------
 
-    def _head_too_large(self, data: bytes) -> bool:
-        """Whether the request head now arriving (`data` is its latest part) is over the limit.
+    def _next_event(self) -> Any:
+        """h11's next event, with every request head over the limit answered 431.
 
-        h11 checks its buffer only while a head is incomplete, so a whole oversized head in
-        one packet would pass: the head is looked for here, up to its blank line.
+        Each head passes through here, whatever the chunking and however many requests one
+        packet pipelines. h11 refuses a head that is still incomplete once its buffer holds
+        more than the limit (`h11_max_incomplete_event_size`, hint 431); a complete head in
+        one packet never hits that check, so its size is taken from the parsed request.
         """
-        limit = self.limits.max_header_bytes
-        self._head += data
-        end = self._head.find(b"\r\n\r\n")
-        if end == -1:
-            return len(self._head) > limit
-        self._head.clear()
-        return end + 4 > limit
+        try:
+            event = self._h11_next_event()
+        except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint != 431:
+                raise
+            return self._head_too_large()
+        if isinstance(event, h11.Request) and _head_size(event) > self.limits.max_header_bytes:
+            return self._head_too_large()
+        return event
+
+    def _head_too_large(self) -> Any:
+        detail = f"request headers are limited to {self.limits.max_header_bytes} bytes"
+        self.transport.write(_raw_response(431, "Request Header Fields Too Large", detail))
+        self.transport.close()
+        return h11.NEED_DATA  # uvicorn stops reading events; the connection is closing
+
+
+def _head_size(event: h11.Request) -> int:
+    """Bytes of the request head `event` was parsed from (request line, headers, blank line)."""
+    size = len(event.method) + 1 + len(event.target) + len(b" HTTP/1.1\r\n")
+    # Each header line is name, ": ", value and CRLF.
+    size += sum(len(name) + len(value) + 4 for name, value in event.headers.raw_items())
+    return size + 2

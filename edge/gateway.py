@@ -9,8 +9,11 @@ For every request under `/v1/`:
 2. rate-limit: one `TokenBucket` per key (the simulator's policy code) at the key's rate divided
    by `rate_share` (the number of gateway instances, so that the key's rate holds across all of
    them when the balancer spreads load evenly); 429 with `Retry-After` when empty;
-3. limit the body (413) and check that a body is JSON (422: undecodable, malformed, NaN or
-   Infinity, nested too deeply) before the API sees it;
+3. limit the body (413; 408 when slower than `body_timeout`) and check that a body is JSON
+   the API can take, by the one rule the API and the CLI use
+   (`orchestrator.jsonsafe.loads_strict`: 422 for undecodable, malformed, non-finite or
+   overflowing numbers, lone surrogates, nesting deeper than `MAX_DEPTH`; 413 above
+   `MAX_BYTES`) before the API sees it;
 4. pass `traceparent` on, creating one when it is absent or malformed, and forward to an
    orchestrator API instance through a `Pool`.
 
@@ -28,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge.asgi import (
+    BodySlow,
     BodyTooLarge,
     Receive,
     Scope,
@@ -52,9 +56,10 @@ from edge.keys import (
 )
 from edge.metrics import Metrics
 from edge.pool import Pool
+from orchestrator.jsonsafe import PayloadTooLarge, UnsafeJson, loads_strict
 from orchestrator.policies.token_bucket import KeyBuckets, TokenBucket
 
-__all__ = ["GatewayApp", "ensure_traceparent", "json_error"]
+__all__ = ["GatewayApp", "ensure_traceparent"]
 
 _TRACEPARENT = re.compile(rb"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _JSON = [(b"content-type", b"application/json")]
@@ -72,26 +77,6 @@ def ensure_traceparent(value: bytes | None) -> tuple[bytes, bool]:
         if match and match.group(1) != b"0" * 32:
             return b"00-" + match.group(1) + b"-" + span + b"-" + match.group(3), False
     return b"00-" + secrets.token_hex(16).encode() + b"-" + span + b"-01", True
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def json_error(body: bytes) -> str | None:
-    """Why `body` is not JSON the API can take (None if it is).
-
-    Undecodable bytes, syntax errors, NaN and Infinity (Python's extensions, which JSON cannot
-    carry back out) and nesting deeper than the parser's recursion limit are all refused here,
-    so the API never sees them and the gateway never answers 500.
-    """
-    try:
-        json.loads(body, parse_constant=_refuse_constant)
-    except RecursionError:
-        return "it is nested too deeply"
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and the constants above
-        return str(exc)
-    return None
 
 
 def _presented_key(scope: Scope) -> str | None:
@@ -117,8 +102,10 @@ class GatewayApp:
         clock: Callable[[], float] = time.monotonic,
         instance: str = "gateway",
         secret: str | None = None,
+        body_timeout: float | None = None,
     ) -> None:
         self.pool = pool
+        self.body_timeout = body_timeout
         # The stack's gateway secret: sent to the API with the caller's tenant, which the API
         # believes only next to it. Without one, the key itself goes on for the API to check.
         self.secret = secret
@@ -167,17 +154,28 @@ class GatewayApp:
             timed.done(429, "rate_limited")
             return
         try:
-            body = await read_body(scope, receive, self.max_body)
+            body = await read_body(scope, receive, self.max_body, self.body_timeout)
         except BodyTooLarge:
             await problem(
                 send, 413, "Payload too large", f"bodies are limited to {self.max_body} bytes"
             )
             timed.done(413, "too_large")
             return
+        except BodySlow as exc:
+            # The rest of the body may still come: the connection cannot be reused.
+            await problem(send, 408, "Request timeout", str(exc), [(b"connection", b"close")])
+            timed.done(408, "slow_body")
+            return
         if body and scope["method"] not in _NO_BODY:
-            reason = json_error(body)
-            if reason is not None:
-                await problem(send, 422, "Malformed JSON", f"the body is not valid JSON: {reason}")
+            try:
+                loads_strict(body, what="request body")
+            except PayloadTooLarge as exc:
+                await problem(send, 413, "Payload too large", str(exc))
+                timed.done(413, "too_large")
+                return
+            except UnsafeJson as exc:
+                detail = f"the body is not JSON the API can take: {exc}"
+                await problem(send, 422, "Malformed JSON", detail)
                 timed.done(422, "malformed")
                 return
         traceparent, _ = ensure_traceparent(header(scope, b"traceparent"))

@@ -10,10 +10,13 @@ connection is ejected at once: it is known to be down, and no request goes to it
 `send` tries another instance when the chosen one could not be reached (not one byte of the
 request was sent), at most once per instance, so killing an instance costs no client request.
 When the exchange broke after the request was sent, the instance may have acted on it: the
-request goes to another instance only if it is `replayable` (an idempotent method, or an
-Idempotency-Key that makes the API answer a repeat with what it did the first time), else the
-caller gets `UpstreamFailed` and must tell its client the outcome is unknown. A timeout is
-never followed by a second send: the first may still be running.
+request goes to another instance only if it is `replayable` (a safe method, or a request to
+one of `KEYED_ROUTES` carrying an Idempotency-Key, which the API answers on a repeat with what
+it did the first time; it honours keys nowhere else, so a rollback sent twice would be refused
+although the first was recorded), else the caller gets `UpstreamFailed` and must tell its
+client the outcome is unknown. A timeout (`UpstreamTimeout`) is never followed by a second
+send, since the first may still be running, and it does not count against the instance's
+health: slow is not dead, and the active health check decides whether it still answers.
 """
 
 from __future__ import annotations
@@ -34,15 +37,35 @@ from edge.upstream import (
 )
 from orchestrator.policies.balancer import Balancer, HealthTracker, InstanceView, Strategy
 
-__all__ = ["IDEMPOTENT_METHODS", "Backend", "NoHealthyInstance", "Pool", "replayable"]
+__all__ = [
+    "KEYED_ROUTES",
+    "SAFE_METHODS",
+    "Backend",
+    "NoHealthyInstance",
+    "Pool",
+    "honours_key",
+    "replayable",
+]
 
-#: Methods that mean the same when sent twice (RFC 9110 section 9.2.2).
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+#: Methods that change nothing (RFC 9110 section 9.2.1): sending one twice is harmless.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+#: (method, path) where the orchestrator API honours an Idempotency-Key: creating a saga.
+#: Anywhere else a key is ignored, and a request sent twice acts (or is refused) twice.
+KEYED_ROUTES = frozenset({("POST", "/v1/sagas")})
 
 
-def replayable(method: str, headers: Sequence[tuple[bytes, bytes]]) -> bool:
-    """Whether a request may be sent twice: idempotent, or it carries an Idempotency-Key."""
-    return method in IDEMPOTENT_METHODS or any(k == b"idempotency-key" for k, _ in headers)
+def honours_key(method: str, target: str) -> bool:
+    """Whether the API answers a repeat of this request under the same key with the first
+    answer (`target` may carry a query string)."""
+    return (method, target.partition("?")[0]) in KEYED_ROUTES
+
+
+def replayable(method: str, target: str, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether a request may be sent twice: a safe method, or a keyed route with its key."""
+    if method in SAFE_METHODS:
+        return True
+    return honours_key(method, target) and any(k == b"idempotency-key" for k, _ in headers)
 
 
 class NoHealthyInstance(Exception):
@@ -124,7 +147,7 @@ class Pool:
         `UpstreamFailed` when one may have received it and it cannot be (or could not
         successfully be) sent elsewhere: its outcome is unknown.
         """
-        again = replayable(method, headers)
+        again = replayable(method, target, headers)
         tried: set[int] = set()
         unknown: UpstreamFailed | None = None
         while True:

@@ -61,12 +61,12 @@ def _config(app: Any, limits: ConnectionLimits | None = None) -> uvicorn.Config:
         "proxy_headers": False,
     }
     if limits is not None:
-        # The client-facing server: h11 with header timeout, connection caps and 431.
+        # h11 with header timeout, connection caps and 431.
         options.update(
             http=GuardedH11Protocol.for_limits(limits),
             timeout_keep_alive=limits.keep_alive,
-            # Above our own limit, so that an oversized head gets our 431, not h11's 400.
-            h11_max_incomplete_event_size=2 * limits.max_header_bytes + 4,
+            # h11 refuses an incomplete head above this (our protocol answers that with 431).
+            h11_max_incomplete_event_size=limits.max_header_bytes,
         )
     return uvicorn.Config(app, **options)
 
@@ -112,8 +112,8 @@ def serve_in_thread(
 ) -> RunningServer:
     """Serve `app` on `host`:`port` in a daemon thread; returns once uvicorn has started.
 
-    `limits`: connection limits for a server that faces clients (the edge); None for the
-    hops behind it, whose only client is the hop in front.
+    `limits`: connection limits (`python -m edge.apps` serves every component with them);
+    None for a server in a test that needs none.
     """
     sock = bind(host, port)
     bound = sock.getsockname()[1]

@@ -51,6 +51,9 @@ __all__ = [
 STATE_FILE = "stack.json"
 #: The gateways' secret for the API (mode 0600; new at every `stack up`; never on a command line).
 SECRET_FILE = "gateway.secret"
+#: The gateways and the API serve with the edge's connection limits; the hop in front of each
+#: (the edge, the gateways) connects from 127.0.0.1, so no per-address cap applies to it.
+_EXEMPT_HOPS = ("--exempt", "127.0.0.1")
 #: The range the load tests' flooding users bind to; denied by default.
 BLOCKED_RANGE = "127.66.0.0/16"
 
@@ -323,6 +326,7 @@ def start(
                     "--secret-file",
                     str(secret_file),
                     "--no-direct-keys",  # every client goes through the edge's firewall
+                    *_EXEMPT_HOPS,
                 ),
                 logs,
                 url=api_url,
@@ -357,6 +361,7 @@ def start(
                         f"gateway-{i}",
                         "--secret-file",
                         str(secret_file),
+                        *_EXEMPT_HOPS,
                     ),
                     logs,
                     url=url,

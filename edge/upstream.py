@@ -203,12 +203,14 @@ class Upstream:
         except _StaleConnection:
             writer.close()
             raise
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
-            writer.close()
-            raise UpstreamFailed(f"{self.name}: broken exchange: {exc!r}") from None
+        # Before OSError: since Python 3.11, TimeoutError (asyncio.wait_for's) is an OSError,
+        # and a timeout must not pass for a broken exchange (that one may be sent again).
         except TimeoutError:
             writer.close()
             raise UpstreamTimeout(f"{self.name} did not answer within {limit:g}s") from None
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            writer.close()
+            raise UpstreamFailed(f"{self.name}: broken exchange: {exc!r}") from None
         except BaseException:
             writer.close()  # cancelled: the connection is in an unknown state
             raise

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,12 +107,20 @@ class GatewayProcess:
             self.kill()
 
 
-def start_gateway(keys_db: Path, upstream: str, name: str) -> GatewayProcess:
+def start_gateway(
+    keys_db: Path, upstream: str, name: str, extra: Sequence[str] = ()
+) -> GatewayProcess:
     """A gateway process in front of `upstream`; returns once it answers /healthz."""
+    args = ["--keys-db", str(keys_db), "--upstream", upstream, "--instance", name, *extra]
+    return start_component("gateway", args, name)
+
+
+def start_component(kind: str, args: Sequence[str], name: str) -> GatewayProcess:
+    """`python -m edge.apps KIND ARGS` on a socket bound here; returns once it answers
+    /healthz."""
     sock = bind("127.0.0.1", 0, inheritable=True)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    cmd = [sys.executable, "-m", "edge.apps", "gateway", "--fd", str(sock.fileno())]
-    cmd += ["--keys-db", str(keys_db), "--upstream", upstream, "--instance", name]
+    cmd = [sys.executable, "-m", "edge.apps", kind, "--fd", str(sock.fileno()), *args]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, pass_fds=(sock.fileno(),), env=env, cwd=REPO)
     sock.close()
@@ -120,11 +128,11 @@ def start_gateway(keys_db: Path, upstream: str, name: str) -> GatewayProcess:
 
     def up() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"gateway {name} exited with {proc.returncode}")
+            raise AssertionError(f"{kind} {name} exited with {proc.returncode}")
         try:
             return httpx.get(url + "/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
-    wait_for(up, 15, f"gateway {name} to answer /healthz", every=0.05)
+    wait_for(up, 15, f"{kind} {name} to answer /healthz", every=0.05)
     return gateway

@@ -192,3 +192,75 @@ def test_the_edge_command_refuses_an_out_of_range_limit_with_exit_2() -> None:
     assert done.returncode == 2
     assert "per_address must be between 1 and 100000, got 0" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def send_all(sock: socket.socket, data: bytes, piece: int | None) -> None:
+    """`data` in one `sendall` or in pieces; the edge may close before it has all of it."""
+    try:
+        if piece is None:
+            sock.sendall(data)
+        else:
+            for start in range(0, len(data), piece):
+                sock.sendall(data[start : start + piece])
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+@pytest.mark.parametrize("piece", [None, 1400], ids=["one-send", "in-pieces"])
+@pytest.mark.parametrize("pipelined", [False, True], ids=["alone", "pipelined"])
+@pytest.mark.parametrize("size", [60_000, 200_000], ids=["60KB", "200KB"])
+def test_every_head_over_the_limit_gets_431(
+    edge: Edge, size: int, pipelined: bool, piece: int | None
+) -> None:
+    server = edge()  # the default limit: 16 KiB
+    small = b"GET /edge/healthz HTTP/1.1\r\nhost: edge\r\n\r\n"
+    big = b"GET /edge/healthz HTTP/1.1\r\nhost: edge\r\nx-big: " + b"a" * size + b"\r\n\r\n"
+    with connect(server) as sock:
+        send_all(sock, (small if pipelined else b"") + big, piece)
+        answer = read_to_close(sock)
+    heads = [part.split(b"\r\n", 1)[0] for part in answer.split(b"HTTP/1.1 ")[1:]]
+    expected = [b"200 OK"] if pipelined else []
+    assert heads == [*expected, b"431 Request Header Fields Too Large"], answer
+    assert b"limited to 16384 bytes" in answer
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--flood-rate", "nan", "--flood-rate must be a finite number, got nan"),
+        ("--flood-rate", "inf", "--flood-rate must be a finite number, got inf"),
+        ("--flood-rate", "-5", "--flood-rate -5 is under the minimum of 0 (0 turns"),
+        ("--flood-burst", "nan", "--flood-burst must be a finite number, got nan"),
+        ("--flood-burst", "0.5", "--flood-burst 0.5 is under the minimum of 1"),
+        ("--flood-block", "-1", "--flood-block -1 is under the minimum of 0"),
+    ],
+    ids=["rate-nan", "rate-inf", "rate-negative", "burst-nan", "burst-small", "block-negative"],
+)
+def test_the_edge_command_refuses_a_flood_setting_that_would_turn_protection_off(
+    flag: str, value: str, message: str
+) -> None:
+    cmd = [sys.executable, "-m", "edge.apps", "edge", "--upstream", "127.0.0.1:9", flag, value]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_edge_command_says_flood_rate_0_turns_protection_off() -> None:
+    cmd = [sys.executable, "-m", "edge.apps", "edge", "--help"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert "0 turns flood protection off" in " ".join(done.stdout.split())
+
+
+def test_a_body_still_coming_after_the_answer_is_cut_off_after_the_body_timeout(
+    edge: Edge,
+) -> None:
+    # The edge answers its own endpoints without reading a body: the rest of the body must
+    # not hold the connection until the keep-alive timeout (15 s) either.
+    server = edge(body_timeout=0.3)
+    with connect(server) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /edge/healthz HTTP/1.1\r\nhost: edge\r\ncontent-length: 100\r\n\r\n{")
+        answer = read_to_close(sock)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert time.monotonic() - started < 3

@@ -215,3 +215,27 @@ def test_unknown_gateway_path_is_404_and_gateway_metrics_count(path: EdgePath) -
     assert "sagalab_gateway_requests_total" in text
     edge_text = httpx.get(path.edge.url + "/edge/metrics").text
     assert "sagalab_edge_instance_healthy" in edge_text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"flow": "checkout", "input": {"amount": 1e400}}',
+        b'{"flow": "checkout", "input": {"amount": -1e400}}',
+        b'{"flow": "checkout", "input": {"amount": NaN}}',
+        b'{"flow": "checkout", "input": {"name": "\\ud800"}}',
+        b'{"flow": "checkout", "input": ' + b"[" * 40 + b"]" * 40 + b"}",
+    ],
+    ids=["overflow", "negative-overflow", "nan", "lone-surrogate", "too-deep"],
+)
+def test_the_gateway_refuses_what_the_api_refuses(path: EdgePath, body: bytes) -> None:
+    # Straight to a gateway, so that the refusal is the gateway's, not the API's behind it.
+    r = httpx.post(
+        path.gateways[0].url + "/v1/sagas",
+        content=body,
+        headers={"content-type": "application/json", "Authorization": f"Bearer {path.key}"},
+        timeout=5,
+    )
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["title"] == "Malformed JSON"

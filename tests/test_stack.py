@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -144,6 +146,45 @@ def test_the_api_port_needs_a_key_and_the_gateway_secret_stays_off_command_lines
 
 
 @pytest.mark.skipif(not HAS_WORKER, reason="needs orchestrator/worker.py (issue 3)")
+def test_the_gateway_and_api_ports_close_a_header_drip_as_the_edge_does(
+    stack: StackState,
+) -> None:
+    # One byte every 0.5 s: the header timeout (10 s) closes each, with a 408.
+    hops = [c for c in stack.components if c.name in ("gateway-1", "api")]
+    socks = {}
+    for c in hops:
+        host, port = str(c.url).removeprefix("http://").split(":")
+        socks[c.name] = socket.create_connection((host, int(port)), timeout=5)
+    request = b"GET /healthz HTTP/1.1\r\nhost: hop\r\nx-drip: " + b"a" * 1000
+    answers: dict[str, tuple[float, bytes]] = {}
+    started = time.monotonic()
+    try:
+        for byte in request:
+            open_ = {n: s for n, s in socks.items() if n not in answers}
+            if not open_ or time.monotonic() - started > 20:
+                break
+            for name, sock in open_.items():
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    answers[name] = (time.monotonic() - started, b"<reset>")
+            ready, _, _ = select.select(list(open_.values()), [], [], 0.5)
+            for name, sock in open_.items():
+                if sock in ready and name not in answers:
+                    try:
+                        data = sock.recv(65536)
+                    except OSError:
+                        data = b"<reset>"
+                    answers[name] = (time.monotonic() - started, data)
+    finally:
+        for sock in socks.values():
+            sock.close()
+    assert set(answers) == {"gateway-1", "api"}, answers
+    for name, (after, data) in answers.items():
+        assert after < 15, (name, after)
+        assert data.startswith(b"HTTP/1.1 408 "), (name, data)
+
+
 def test_a_saga_through_the_edge_completes_then_an_outage_rolls_back(stack: StackState) -> None:
     services_url = stack.services_url
     assert services_url
@@ -246,6 +287,12 @@ def test_restart_of_an_unknown_component_is_bad_input(stack: StackState) -> None
     assert len(r.stderr.strip().splitlines()) == 1 and "gateway-1" in r.stderr
 
 
+def test_kill_of_an_unknown_component_is_bad_input(stack: StackState) -> None:
+    r = sagalab("stack", "kill", "nosuch", "--dir", stack.directory)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "gateway-1" in r.stderr
+
+
 def test_down_stops_everything_during_a_restart_backoff(tmp_path: Path) -> None:
     directory = str(tmp_path / "stack")
     up = sagalab(
@@ -303,6 +350,8 @@ def taken_port() -> Iterator[int]:
         (["--strategy", "fastest"], 2, "--strategy 'fastest' is not one of"),
         (["--deny", "10.0.0.300/8"], 2, "--deny '10.0.0.300/8' is not an address"),
         (["--flood-rate", "0"], 2, "--flood-rate must be a positive number"),
+        (["--flood-rate", "nan"], 2, "--flood-rate must be a positive number, got nan"),
+        (["--flood-rate", "-5"], 2, "--flood-rate must be a positive number, got -5"),
         (["--restart-delay", "-1"], 2, "--restart-delay"),
         (["--db", "DIR"], 5, "is a directory"),
         (["--dir", "/proc/sagalab-stack"], 5, "cannot use /proc/sagalab-stack"),
@@ -311,7 +360,8 @@ def taken_port() -> Iterator[int]:
     ids=[
         "no-gateway", "too-many-gateways", "too-many-workers", "negative-workers",
         "no-concurrency", "port-out-of-range", "port-taken", "strategy", "deny-cidr",
-        "flood-rate", "restart-delay", "db-is-a-directory", "unwritable-dir", "services-file",
+        "flood-rate", "flood-rate-nan", "flood-rate-negative", "restart-delay",
+        "db-is-a-directory", "unwritable-dir", "services-file",
     ],
 )  # fmt: skip
 def test_up_checks_every_option_before_starting_anything(

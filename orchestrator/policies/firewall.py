@@ -67,7 +67,7 @@ class FloodGuard:
     """Per-address rate limit with a penalty: over `rate` (and `burst`) is blocked `block_for`."""
 
     def __init__(self, rate: float, burst: float, block_for: float) -> None:
-        if rate <= 0 or burst < 1 or block_for < 0:
+        if not (rate > 0 and burst >= 1 and block_for >= 0):  # also refuses NaN
             raise ValueError("flood guard needs rate > 0, burst >= 1 and block_for >= 0")
         self.rate = rate
         self.burst = burst
