@@ -2,6 +2,9 @@
 
 Each action or compensation request goes through the same pipeline, in this order:
 
+0. a request whose ``Idempotency-Key`` is held by a request still being processed answers 409
+   ``in_progress`` at once (as the IETF Idempotency-Key draft and Stripe do): the caller
+   retries later and then gets the first request's stored answer;
 1. faults decide (:func:`fakeservices.faults.decide`); matching latency is awaited;
 2. an active outage answers its status (503) at once;
 3. a missing or blank ``Idempotency-Key`` header answers 400;
@@ -32,7 +35,7 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from fakeservices.catalog import SERVICE_NAMES, SERVICES, OrderRef, ServiceSpec
-from fakeservices.faults import Fault, FaultSpec
+from fakeservices.faults import Fault, FaultDecision, FaultSpec
 from fakeservices.state import Clock, LabState
 
 MAX_KEY_LENGTH = 255
@@ -121,6 +124,27 @@ def create_app(
             payload = await request.body()
         except ClientDisconnect:
             return JSONResponse({"error": "client_disconnected"}, status_code=499)
+        claimed = request.headers.get("idempotency-key", "").strip()
+        if claimed and len(claimed) <= MAX_KEY_LENGTH:
+            if not lab.begin(spec.name, claimed):
+                return JSONResponse(
+                    {
+                        "error": "in_progress",
+                        "message": f"a request under this Idempotency-Key is still being "
+                        f"processed by {spec.name}; retry later for its answer",
+                    },
+                    status_code=409,
+                    headers={"Retry-After": "1"},
+                )
+            try:
+                return await process(request, spec, endpoint, decision, payload)
+            finally:
+                lab.end(spec.name, claimed)
+        return await process(request, spec, endpoint, decision, payload)
+
+    async def process(
+        request: Request, spec: ServiceSpec, endpoint: str, decision: FaultDecision, payload: bytes
+    ) -> JSONResponse:
         if decision.latency_ms:
             await asyncio.sleep(decision.latency_ms / 1000)
         if decision.outage is not None:

@@ -82,8 +82,27 @@ class LabState:
         self._services = {name: _ServiceState() for name in SERVICES}
         self._ledger = Ledger()
         self._faults = FaultTable()
+        self._in_flight: set[tuple[str, str]] = set()
 
     # -- operations ---------------------------------------------------------------------
+
+    def begin(self, service: str, key: str) -> bool:
+        """Claim `key` for a request being processed; False if one under it already is."""
+        with self._lock:
+            if (service, key) in self._in_flight:
+                return False
+            self._in_flight.add((service, key))
+            return True
+
+    def end(self, service: str, key: str) -> None:
+        """Release a key claimed with `begin`."""
+        with self._lock:
+            self._in_flight.discard((service, key))
+
+    def in_flight(self, service: str, key: str) -> bool:
+        """Whether a request under `key` is being processed now."""
+        with self._lock:
+            return (service, key) in self._in_flight
 
     def perform(
         self,

@@ -17,6 +17,7 @@ import httpx
 from orchestrator.errors import InputError, SagaError, ServiceConfigError, TemplateError
 from orchestrator.flow import StepDefinition
 from orchestrator.jsonsafe import check_json_value
+from orchestrator.outcomes import SUCCESS, Transport, Verdict, classify_status, classify_transport
 from orchestrator.registry import PermanentStepError, StepCall, TransientStepError, get_handler
 from orchestrator.saga import Failure, Phase
 from orchestrator.templates import render
@@ -58,6 +59,8 @@ class AttemptOutcome:
     request: Any = None
     status_code: int | None = None
     duration_ms: float | None = None
+    # Counts against the service's breaker (`orchestrator.outcomes.Verdict.unwell`).
+    unwell: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -83,36 +86,27 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def classify_response(response: httpx.Response) -> Failure | None:
-    """None for 2xx; otherwise a Failure: 5xx/429 retryable, other 4xx permanent.
-
-    A 5xx may come after the service applied the operation, so it counts as maybe applied;
-    a 4xx is a refusal that applied nothing; 429 is a refusal worth retrying later.
-    A 409 whose body says the key is still being processed is a retryable in-flight race.
-    """
+def classify_response(response: httpx.Response) -> Verdict:
+    """The shared verdict (`orchestrator.outcomes.classify_status`) for an HTTP answer."""
     code = response.status_code
     if 200 <= code < 300:
-        return None
-    text = response.text[:300]
-    error = f"HTTP {code}: {text}" if text else f"HTTP {code}"
-    if code == 429:
-        return Failure(error, True, False, _retry_after(response.headers.get("Retry-After")))
-    if code >= 500:
-        return Failure(error, True, True, _retry_after(response.headers.get("Retry-After")))
-    if code == 409 and "in_progress" in text:
-        return Failure(error, True, True, _retry_after(response.headers.get("Retry-After")))
-    return Failure(error, False, False)
+        return SUCCESS
+    return classify_status(
+        code, response.text[:300], _retry_after(response.headers.get("Retry-After"))
+    )
 
 
-def classify_exception(exc: httpx.HTTPError) -> Failure:
-    """Transport errors: before sending (not applied) or after (outcome unknown)."""
+def classify_exception(exc: httpx.HTTPError) -> Verdict:
+    """The shared verdict for an httpx error: which `Transport` case it is."""
     name = type(exc).__name__
     message = f"{name}: {exc}" if str(exc) else name
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
-        return Failure(message, True, False)
+        return classify_transport(Transport.NOT_SENT, message)
+    if isinstance(exc, httpx.TimeoutException):
+        return classify_transport(Transport.TIMEOUT, message)
     if isinstance(exc, httpx.TransportError):
-        return Failure(message, True, True)
-    return Failure(message, False, True)
+        return classify_transport(Transport.DROPPED, message)
+    return classify_transport(Transport.PROTOCOL, message)
 
 
 def _body(response: httpx.Response) -> Any:
@@ -168,16 +162,19 @@ class HttpExecutor:
             response = self.client.send(request)
         except httpx.HTTPError as exc:
             elapsed = (time.perf_counter() - started) * 1000
+            failure, unwell = classify_exception(exc)
             return AttemptOutcome(
-                failure=classify_exception(exc), request=shown, duration_ms=elapsed
+                failure=failure, request=shown, duration_ms=elapsed, unwell=unwell
             )
         elapsed = (time.perf_counter() - started) * 1000
+        failure, unwell = classify_response(response)
         return AttemptOutcome(
             response=_body(response),
-            failure=classify_response(response),
+            failure=failure,
             request=shown,
             status_code=response.status_code,
             duration_ms=elapsed,
+            unwell=unwell,
         )
 
 

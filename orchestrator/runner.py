@@ -304,14 +304,10 @@ class SagaRunner:
             error = f"executor error: {type(exc).__name__}: {exc}"
             outcome = AttemptOutcome(failure=Failure(error, False, True))
         if breaker is not None:
-            failure = outcome.failure
-            # Only signs of an unwell service count: 5xx, timeouts, dropped connections.
-            # A 4xx refusal (or 429) is a healthy service answering.
-            if (
-                failure is not None
-                and failure.retryable
-                and (failure.maybe_applied or outcome.status_code is None)
-            ):
+            # Which outcomes mean the service is unwell is the shared classification's
+            # (`orchestrator.outcomes`): 5xx, timeouts, refused or dropped connections; a 4xx
+            # (429 and 409 in_progress included) is a healthy service answering.
+            if outcome.unwell:
                 breaker.record_failure(self.clock())
             else:
                 breaker.record_success(self.clock())

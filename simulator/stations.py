@@ -17,7 +17,8 @@ from typing import Any
 import simpy
 from simpy.events import Timeout
 
-from orchestrator.saga import Failure, Phase
+from orchestrator.outcomes import SUCCESS, Transport, Verdict, classify_status, classify_transport
+from orchestrator.saga import Phase
 from simulator.metrics import Histogram, TierStats
 
 __all__ = ["Call", "Fault", "Job", "Service", "Station", "sampler"]
@@ -181,16 +182,18 @@ class Fault:
         self.rate = rate
 
 
-REFUSED = Failure("connection refused", retryable=True, maybe_applied=False)
-OVERLOADED = Failure("503 service queue full", retryable=True, maybe_applied=False)
-SERVER_ERROR = Failure("500 internal error", retryable=True, maybe_applied=True)
-REJECTED = Failure("422 rejected by the service", retryable=False, maybe_applied=False)
-TOMBSTONED = Failure("409 already compensated", retryable=False, maybe_applied=False)
-TIMED_OUT = Failure("timeout", retryable=True, maybe_applied=True)
+# What the simulated services answer, classified by the rule the real executor uses
+# (`orchestrator.outcomes`): the same status means the same failure and the same breaker count.
+REFUSED = classify_transport(Transport.NOT_SENT, "connection refused")
+OVERLOADED = classify_status(503, "service queue full")
+SERVER_ERROR = classify_status(500, "internal error")
+REJECTED = classify_status(422, "rejected by the service")
+TOMBSTONED = classify_status(409, "already compensated")
+TIMED_OUT = classify_transport(Transport.TIMEOUT, "timeout")
 
 # What a call's event carries: (failure or None, counts against the breaker).
-Outcome = tuple[Failure | None, bool]
-_OK: Outcome = (None, False)
+Outcome = Verdict
+_OK: Outcome = SUCCESS
 
 
 class Call:
@@ -292,13 +295,13 @@ class Service:
             if outage:
                 counts["refused"] += 1
                 call.event = env.event()
-                call.answer((REFUSED, True))
+                call.answer(REFUSED)
                 return call
         job = self.station.submit(call, self._on_done)
         if job is None:
             counts["overloaded"] += 1
             call.event = env.event()
-            call.answer((OVERLOADED, True))
+            call.answer(OVERLOADED)
             return call
         saga.inflight += 1
         timer = job.timer
@@ -314,7 +317,7 @@ class Service:
     def _time_out(self, call: Call, _guard: simpy.Event) -> None:
         if not call.answered:
             self.counts["timeouts"] += 1
-            call.answer((TIMED_OUT, True))
+            call.answer(TIMED_OUT)
 
     def _done(self, job: Job) -> None:
         call: Call = job.payload
@@ -336,16 +339,16 @@ class Service:
         rate = self._fault_state(self.env.now)[2] if self.faults else self.error_rate
         if rate and rng.random() < rate:
             counts["errors"] += 1
-            return (SERVER_ERROR, True)
+            return SERVER_ERROR
         ledger = saga.ledger
         key = call.key
         if call.phase is _ACTION:
             if (key[0], _COMPENSATION) in ledger:
                 counts["tombstoned"] += 1
-                return (TOMBSTONED, False)
+                return TOMBSTONED
             if key not in ledger and self.reject_rate and rng.random() < self.reject_rate:
                 counts["rejected"] += 1
-                return (REJECTED, False)
+                return REJECTED
         seen = ledger.get(key, 0)
         if seen and self.idempotent:
             counts["deduplicated"] += 1
