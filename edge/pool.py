@@ -7,6 +7,8 @@ so does every request that cannot connect (passive check). An instance that refu
 connection is ejected at once: it is known to be down, and no request goes to it until
 `pass_threshold` consecutive checks pass.
 
+What a failed send means (eject or count a failure, try another instance or not) is
+`orchestrator.policies.failover`, the rule the simulated edge follows too.
 `send` tries another instance when the chosen one could not be reached (not one byte of the
 request was sent), at most once per instance, so killing an instance costs no client request.
 When the exchange broke after the request was sent, the instance may have acted on it: the
@@ -36,6 +38,13 @@ from edge.upstream import (
     UpstreamUnavailable,
 )
 from orchestrator.policies.balancer import Balancer, HealthTracker, InstanceView, Strategy
+from orchestrator.policies.failover import (
+    Failover,
+    SendFailure,
+    after_failure,
+    choose_untried,
+    eject,
+)
 
 __all__ = [
     "KEYED_ROUTES",
@@ -100,7 +109,14 @@ class Backend:
     def eject(self, error: str) -> None:
         """Known down (refused a connection): out of rotation now."""
         self.last_error = error
-        for _ in range(self.health.fail_threshold):
+        if eject(self.health):
+            self.ejections += 1
+
+    def failed(self, move: Failover, error: str) -> None:
+        """Apply the failover policy's verdict on this instance's health."""
+        if move.eject:
+            self.eject(error)
+        elif move.count_failure:
             self.record(False, error)
 
 
@@ -132,11 +148,8 @@ class Pool:
         self._task: asyncio.Task[None] | None = None
 
     def choose(self, exclude: set[int]) -> int | None:
-        views = [
-            b.view() if i not in exclude else InstanceView(b.name, False)
-            for i, b in enumerate(self.backends)
-        ]
-        return self.balancer.choose(views, self.rng)
+        views = [b.view() for b in self.backends]
+        return choose_untried(self.balancer, views, exclude, self.rng)
 
     async def send(
         self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
@@ -169,18 +182,20 @@ class Pool:
                 )
                 return backend, response
             except UpstreamUnavailable as exc:
-                backend.eject(str(exc))
-                continue
+                failure, error = SendFailure.REFUSED, exc
             except UpstreamTimeout:
-                raise  # slow, not broken: it may still be acting on the request
+                raise  # slow, not broken: it may still be acting on the request (the policy)
             except UpstreamFailed as exc:
-                backend.record(False, str(exc))
-                if not again:
-                    raise
-                unknown = exc  # sent again elsewhere, under the same Idempotency-Key
-                continue
+                failure, error = SendFailure.BROKEN, exc
             finally:
                 backend.active -= 1
+            move = after_failure(failure, replayable=again)
+            backend.failed(move, str(error))
+            if move.outcome_unknown:
+                assert isinstance(error, UpstreamFailed)
+                if not move.try_another:
+                    raise error
+                unknown = error  # sent again elsewhere, under the same Idempotency-Key
 
     # -- active health checks ----------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from typing import Any
 import simpy
 
 from orchestrator.policies.balancer import Balancer, HealthTracker
+from orchestrator.policies.failover import SendFailure, after_failure, choose_untried, eject
 from orchestrator.policies.firewall import Firewall
 from orchestrator.policies.retry import RetryPolicy
 from orchestrator.policies.token_bucket import TokenBucket
@@ -96,13 +97,16 @@ class Request:
 class Attempt:
     """One try of a request; `answered` once the client has its response or gave up on it."""
 
-    __slots__ = ("request", "sent", "answered", "lb_retried")
+    __slots__ = ("request", "sent", "answered", "tried", "unknown")
 
     def __init__(self, request: Request, sent: float) -> None:
         self.request = request
         self.sent = sent
         self.answered = False
-        self.lb_retried = False
+        # Gateways this attempt was sent to (the balancer tries each at most once).
+        self.tried: tuple[int, ...] = ()
+        # A gateway may have acted on it (its connection broke after sending).
+        self.unknown = False
 
 
 class Gateway:
@@ -279,25 +283,41 @@ class Edge:
 
     def route(self, attempt: Attempt) -> None:
         gateways = self.gateways
-        choice = self.balancer.choose(gateways, self.rng)
+        choice = choose_untried(self.balancer, gateways, attempt.tried, self.rng)
         if choice is None:
             self.count("balancer.no_instance")
-            self.respond(attempt, "503")
+            # Like the real edge: 502 "outcome unknown" if a gateway may have acted on it.
+            self.respond(attempt, "reset" if attempt.unknown else "503")
             return
+        attempt.tried += (choice,)
         gateway = gateways[choice]
         if not gateway.up:
-            # Connection refused: a passive health signal, and one retry on another instance.
+            # Connection refused: what the real edge does (`orchestrator.policies.failover`).
             self.count("balancer.connect_failed")
-            if gateway.health.record(False) is False:
-                self.health_events += 1
-                self.count("balancer.ejections")
-            if attempt.lb_retried:
-                self.respond(attempt, "503")
-            else:
-                attempt.lb_retried = True
-                self.route(attempt)
+            self._failed(attempt, gateway, SendFailure.REFUSED)
             return
         gateway.station.submit(attempt, self._after_gateway)
+
+    def _failed(self, attempt: Attempt, gateway: Gateway, failure: SendFailure) -> None:
+        """A send to `gateway` failed: the shared failover rule says what happens next."""
+        move = after_failure(failure, replayable=attempt.request.group.idempotent)
+        if move.eject:
+            changed = eject(gateway.health)
+        else:
+            changed = move.count_failure and gateway.health.record(False) is False
+        if changed:
+            self.health_events += 1
+            self.count("balancer.ejections")
+        attempt.unknown = attempt.unknown or move.outcome_unknown
+        if attempt.answered:
+            self.respond(attempt, "reset")  # its client gave up already: counted as late
+        elif move.try_another:
+            if move.outcome_unknown:
+                self.count("balancer.resent")
+            self.route(attempt)
+        else:
+            # The real edge answers 502 "outcome unknown"; the client sees a reset connection.
+            self.respond(attempt, "reset")
 
     def _after_gateway(self, job: Job) -> None:
         attempt: Attempt = job.payload
@@ -324,7 +344,7 @@ class Edge:
         gateway.up = False
         self.count("gateway.crashes")
         for job in gateway.station.drop_all():
-            self.respond(job.payload, "reset")
+            self._failed(job.payload, gateway, SendFailure.BROKEN)
 
     def restart_gateway(self, index: int) -> None:
         self.gateways[index].up = True

@@ -264,3 +264,109 @@ def test_the_simulator_counts_a_409_in_progress_as_healthy() -> None:
     assert services["payments"].answered_in_progress == 1  # type: ignore[attr-defined]
     assert saga.state.status is SagaStatus.COMPLETED  # retried, not refused by an open breaker
     assert breaker.state == "closed" and breaker.fail_counter == 0
+
+
+# --- a refused gateway: one failover rule for the edge and the simulator -------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _real_edge_refused() -> dict[str, Any]:
+    """The real pool: instance 0 refuses connections, instance 1 is a live server."""
+    import asyncio
+
+    from edge.pool import Pool
+
+    with run_in_thread() as lab:
+        port = int(lab.base_url.rsplit(":", 1)[1])
+        pool = Pool(
+            [("127.0.0.1", _closed_port()), ("127.0.0.1", port)],
+            strategy="round_robin",
+            fail_threshold=2,
+            pass_threshold=2,
+        )
+
+        async def send() -> int:
+            try:
+                backend, response = await pool.send("GET", "/healthz", [], b"")
+                assert backend is pool.backends[1]
+                return response.status
+            finally:
+                await pool.stop()
+
+        status = asyncio.run(send())
+    refused = pool.backends[0]
+    return {
+        "answered": status == 200,
+        "tries": [b.sent for b in pool.backends],
+        "refused_in_rotation": refused.health.healthy,
+        "ejections": refused.ejections,
+    }
+
+
+def _simulated_edge_refused() -> dict[str, Any]:
+    """The simulated edge: gateway 0 is down (refuses connections), gateway 1 is up."""
+    from orchestrator.policies.firewall import Firewall
+    from simulator.config import Node
+    from simulator.edge import ClientGroup, Edge
+
+    env = simpy.Environment()
+    rng = random.Random(5)
+    config = {
+        "firewall": {"workers": 1, "service_time": 0.0, "queue_limit": 10},
+        "balancer": {
+            "strategy": "round_robin",
+            "health": {"interval": 1.0, "fail_threshold": 2, "pass_threshold": 2},
+        },
+        "gateways": {
+            "count": 2,
+            "workers": 1,
+            "connection_limit": 10,
+            "auth_time": 0.001,
+            "handle_time": 0.0,
+            "rate_limit": {"rate": 5.0, "burst": 10.0},
+        },
+    }
+    edge = Edge(env, Node(config), rng, Firewall(allow=[], deny=[]), lambda _r, _now: True)
+    edge.gateways[0].up = False
+    group = ClientGroup(
+        Node(
+            {
+                "name": "shop",
+                "kind": "legit",
+                "addresses": "10.0.0.0/24",
+                "address_count": 1,
+                "keys": 1,
+                "timeout": 5.0,
+            },
+            "clients[0]",
+        ),
+        rng,
+    )
+    edge.new_request(group)
+    env.run(until=1.0)
+    return {
+        "answered": edge.counts.get("legit.202") == 1,
+        "tries": [edge.counts.get("balancer.connect_failed", 0), g1_served(edge)],
+        "refused_in_rotation": edge.gateways[0].health.healthy,
+        "ejections": edge.counts.get("balancer.ejections", 0),
+    }
+
+
+def g1_served(edge: Any) -> int:
+    """Requests gateway 1 finished serving."""
+    return int(edge.gateways[1].station.response.count)
+
+
+def test_a_refused_gateway_is_handled_the_same_by_the_edge_and_the_simulator() -> None:
+    real, simulated = _real_edge_refused(), _simulated_edge_refused()
+    # One refusal ejects the instance at once (fail_threshold 2 notwithstanding), and the
+    # request goes to the other instance: each tried once, the client served.
+    assert real == {"answered": True, "tries": [1, 1], "refused_in_rotation": False, "ejections": 1}
+    assert simulated == real
