@@ -59,6 +59,9 @@ def _service(median: float, sigma: float, concurrency: int, reject: float = 0.0)
         "concurrency": concurrency,
         "queue_limit": 1000,
         "idempotent": True,
+        # Answer a repeat of a key still queued or in service with 409 in_progress at once
+        # (as the fake services do), instead of queueing it behind the first.
+        "in_progress": True,
     }
 
 

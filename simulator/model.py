@@ -82,6 +82,7 @@ class Simulation:
                 error_rate=s.num("error_rate", min=0.0, max=1.0),
                 reject_rate=s.num("reject_rate", min=0.0, max=1.0),
                 idempotent=s.flag("idempotent", True),
+                in_progress=s.flag("in_progress", True),
                 faults=self.faults,
             )
         for step in self.flow.steps:

@@ -190,6 +190,8 @@ SERVER_ERROR = classify_status(500, "internal error")
 REJECTED = classify_status(422, "rejected by the service")
 TOMBSTONED = classify_status(409, "already compensated")
 TIMED_OUT = classify_transport(Transport.TIMEOUT, "timeout")
+# An idempotent service's answer to a key it is still processing (the fake services' 409).
+IN_PROGRESS = classify_status(409, '{"error": "in_progress"}', 1.0)
 
 # What a call's event carries: (failure or None, counts against the breaker).
 Outcome = Verdict
@@ -225,7 +227,10 @@ class Service:
     Its ledger for a saga lives on the saga object (`saga.ledger`: (step, phase) -> times
     applied), so it is freed with the saga. Idempotent services apply a key once and answer
     repeats from the record; a late action whose compensation already ran is refused
-    (a tombstone), as a real service keyed on the idempotency key does.
+    (a tombstone), as a real service keyed on the idempotency key does. A repeat that arrives
+    while its key is still queued or being processed is answered 409 `in_progress` at once,
+    as the fake services (fakeservices/app.py) answer it, unless `in_progress` is off (a
+    service that queues every repeat and deduplicates only once the first is done).
     """
 
     def __init__(
@@ -241,6 +246,7 @@ class Service:
         reject_rate: float,
         idempotent: bool,
         faults: list[Fault],
+        in_progress: bool = True,
     ) -> None:
         self.env = env
         self.name = name
@@ -251,6 +257,10 @@ class Service:
         self.idempotent = idempotent
         self.faults = [f for f in faults if f.service == name]
         self._on_done = self._done  # bound once: the completion callback of every job
+        # (saga id, step, phase) of the calls queued or in service, for a service that answers
+        # a repeat of one of them 409 in_progress (idempotent, with `in_progress` on).
+        self.holds_keys = idempotent and in_progress
+        self.processing: dict[tuple[Any, str, Phase], None] = {}
         self.counts = {
             "calls": 0,
             "applied": 0,
@@ -261,6 +271,7 @@ class Service:
             "rejected": 0,
             "refused": 0,
             "overloaded": 0,
+            "in_progress": 0,
             "timeouts": 0,
             "wasted": 0,
         }
@@ -297,12 +308,21 @@ class Service:
                 call.event = env.event()
                 call.answer(REFUSED)
                 return call
+        if self.holds_keys:
+            held = (saga.id, step, phase)
+            if held in self.processing:
+                counts["in_progress"] += 1
+                call.event = env.event()
+                call.answer(IN_PROGRESS)
+                return call
         job = self.station.submit(call, self._on_done)
         if job is None:
             counts["overloaded"] += 1
             call.event = env.event()
             call.answer(OVERLOADED)
             return call
+        if self.holds_keys:
+            self.processing[held] = None
         saga.inflight += 1
         timer = job.timer
         if timer is not None and job.ends - now <= timeout:
@@ -323,6 +343,8 @@ class Service:
         call: Call = job.payload
         saga = call.saga
         saga.inflight -= 1
+        if self.holds_keys:
+            self.processing.pop((saga.id, *call.key), None)
         if call.answered:
             self.counts["wasted"] += 1  # the caller gave up; the work was done anyway
         outcome = self._apply(call, saga)
