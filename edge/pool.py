@@ -176,6 +176,7 @@ class Pool:
             tried.add(index)
             backend.active += 1
             backend.sent += 1
+            error: UpstreamError
             try:
                 response = await backend.upstream.request(
                     method, target, headers, body, replayable=again
