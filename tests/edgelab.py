@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import workerlab
 
 from edge.server import bind
 
@@ -29,15 +31,21 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.02) -> Any:
-    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(every)
+    """`workerlab.wait_for`, polling more often: edge tests watch for short windows."""
+    return workerlab.wait_for(condition, timeout, what, every)
+
+
+def read_to_close(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes the connection (fails on the socket's timeout)."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except TimeoutError:
+        raise AssertionError(f"the connection was kept open; got {b''.join(chunks)!r}") from None
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from workerlab import wait_for
+from workerlab import processes_mentioning, wait_for
 
 from orchestrator.limits import MAX_LOAD_PROCESSES
 
@@ -27,20 +27,6 @@ class Idle(User):
     def nothing(self):
         pass
 """
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Live processes whose command line contains `text` (e.g. a stack directory)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-            except OSError:
-                continue
-            if text.encode() in cmdline:
-                found.append(int(entry))
-    return found
 
 
 def command(tmp_path: Path, *args: str) -> list[str]:
