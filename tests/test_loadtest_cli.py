@@ -132,7 +132,7 @@ def test_ctrl_c_stops_locust_and_the_stack_it_started(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            proc.communicate()  # reap it and close its stderr pipe (not left to the GC)
             stack_down(directory)
     assert proc.returncode == 130, stderr
     assert "stopped the stack started for this run" in stderr
