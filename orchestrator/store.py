@@ -1,8 +1,11 @@
-"""The saga store interface and the records it returns.
+"""The saga store's records, and the start of its interface.
 
-The runtime and CLI talk to `SagaStore`; `SQLiteStore` (orchestrator/sqlite_store.py) is the
-embedded default. A PostgreSQL store for replicas on several hosts implements the same
-protocol; nothing in the core or the runtime depends on which one is in use.
+The records (`SagaRecord`, `Lease`, `StepRow`) and `SagaStore` are what a store returns and
+answers; `SQLiteStore` (orchestrator/sqlite_store.py) is the one implementation. The port is
+not complete yet: `SagaStore` covers sagas and their journal only, and the runner, worker,
+lease keeper, supervisor, API, demo and CLI import `SQLiteStore` itself (the queue, leases,
+breakers and scaling events have no protocol here). Issue 9 makes this the one seam a second
+backend implements.
 """
 
 from __future__ import annotations

@@ -1,16 +1,20 @@
-"""A real API on 127.0.0.1 for tests that are not about keys: an admin key, presented directly.
+"""The operator's two doors for tests that are not about keys: a real API on 127.0.0.1 with an
+admin key presented directly, and the CLI in this process through Typer's runner.
 
 Not a test module (pytest does not collect it).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from typer.testing import CliRunner
 
+from cli.main import app
 from edge.keys import MAX_BURST, MAX_RATE, KeyStore
 from edge.server import serve_in_thread
 from orchestrator.api import create_app
@@ -36,3 +40,19 @@ def admin_api(db: Path, *, timeout: float = 10.0) -> Iterator[httpx.Client]:
         ) as client,
     ):
         yield client
+
+
+_runner = CliRunner()
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """`sagalab ARGS` in this process: exit code, stdout, stderr."""
+    result = _runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def order_json(n: str, amount: int = 100) -> str:
+    """A checkout input as JSON text (what `-i` takes), order id `n`."""
+    return json.dumps(
+        {"order_id": n, "customer_id": "c1", "sku": "A", "quantity": 1, "amount": amount}
+    )

@@ -1,9 +1,10 @@
-"""A slow fake of the orchestrator API, and gateways run as real processes, for edge tests.
+"""Edge tests' helpers: a slow fake of the API, gateways as real processes, the path in threads.
 
 Not a test module (pytest does not collect it). `HoldingApi` stands in for the API behind the
 gateways: it creates one "saga" per POST (or replays the saga an Idempotency-Key already
 names, as the real API does), counts every request that reached it, and can hold its answer
-so a test can kill the gateway that is waiting for it. Every wait here is a bounded poll.
+so a test can kill the gateway that is waiting for it. `serve_path` serves the real edge,
+gateways and API in threads of the test process. Every wait here is a bounded poll.
 """
 
 from __future__ import annotations
@@ -11,33 +12,105 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import workerlab
 
-from edge.server import bind
+from edge.apps import EdgeSettings, GatewaySettings, build_edge, build_gateway, edge_limits
+from edge.server import RunningServer, bind, serve_in_thread
+from orchestrator.api import create_app
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+#: A checkout input, and the body that submits it as a saga.
+ORDER = {"order_id": "o-1", "customer_id": "c-1", "sku": "sku-1", "quantity": 1, "amount": 10}
+SAGA = {"flow": "checkout", "input": ORDER}
+
+
+@dataclass
+class ThreadedPath:
+    """The whole path served in this process on 127.0.0.1: edge -> gateways -> API."""
+
+    edge: RunningServer
+    gateways: list[RunningServer]
+    api: RunningServer
+    secret: str  # the stack secret the gateways vouch for their callers with
+
+
+@contextmanager
+def serve_path(
+    db: Path,
+    keys_db: Path,
+    *,
+    api_keys: bool = False,
+    gateway: Mapping[str, Any] | None = None,
+    edge: Mapping[str, Any] | None = None,
+    with_edge_limits: bool = False,
+    gateways: int = 2,
+) -> Iterator[ThreadedPath]:
+    """An API over `db`, `gateways` gateways over `keys_db` and an edge before them.
+
+    `api_keys`: the API also takes keys presented to it directly (from `keys_db`). `gateway`
+    and `edge` are extra `GatewaySettings` / `EdgeSettings` fields; `with_edge_limits` serves
+    the edge with its client connection limits, as `python -m edge.apps edge` does.
+    """
+    secret = secrets.token_urlsafe(32)
+    api = serve_in_thread(
+        create_app(db, keys_db=keys_db if api_keys else None, gateway_secret=secret)
+    )
+    running = [
+        serve_in_thread(
+            build_gateway(
+                GatewaySettings(
+                    keys_db=str(keys_db),
+                    upstreams=[api.url],
+                    instance=f"gw{i}",
+                    secret=secret,
+                    **(gateway or {}),
+                )
+            )
+        )
+        for i in range(gateways)
+    ]
+    settings = EdgeSettings(upstreams=[g.url for g in running], **(edge or {}))
+    limits = edge_limits(settings) if with_edge_limits else None
+    front = serve_in_thread(build_edge(settings), limits=limits)
+    try:
+        yield ThreadedPath(front, running, api, secret)
+    finally:
+        for server in (front, *running, api):
+            server.stop()
+
+
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.02) -> Any:
-    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(every)
+    """`workerlab.wait_for`, polling more often: edge tests watch for short windows."""
+    return workerlab.wait_for(condition, timeout, what, every)
+
+
+def read_to_close(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes the connection (fails on the socket's timeout)."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except TimeoutError:
+        raise AssertionError(f"the connection was kept open; got {b''.join(chunks)!r}") from None
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
 
 
 @dataclass

@@ -23,11 +23,6 @@ ORDER = {"order_id": "o-1", "customer_id": "c-1", "sku": "sku-1", "quantity": 1,
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "sagas.db"
-
-
-@pytest.fixture
 def keys_db(tmp_path: Path) -> Path:
     return tmp_path / "keys.db"
 

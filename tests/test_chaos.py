@@ -42,7 +42,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -66,6 +65,7 @@ from workerlab import (
     order,
     query,
     reason_kind,
+    sagalab,
     statuses,
     stuck_report,
     wait_for,
@@ -291,19 +291,6 @@ class Clients:
 
 
 # -- the stack ------------------------------------------------------------------------------
-
-
-def sagalab(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def stack_status(directory: Path) -> tuple[int, dict[str, dict[str, Any]]]:

@@ -7,47 +7,19 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from apilab import admin_api
-from typer.testing import CliRunner
+from apilab import admin_api, cli, order_json
+from workerlab import write_services_file
 
-from cli.main import app
-from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
+from fakeservices import FaultSpec, RunningServices, applied_twice
 from orchestrator.sqlite_store import SQLiteStore
 
-runner = CliRunner()
-
-
-def order(n: str, amount: int = 100) -> str:
-    return json.dumps(
-        {"order_id": n, "customer_id": "c1", "sku": "A", "quantity": 1, "amount": amount}
-    )
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[RunningServices]:
-    with run_in_thread() as running:
-        yield running
-
-
-@pytest.fixture
-def env(lab: RunningServices, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    lab.lab.reset()
-    for key, value in lab.env.items():
-        monkeypatch.setenv(key, value)
-    db = tmp_path / "sagas.db"
-    monkeypatch.setenv("SAGALAB_DB", str(db))
-    return db
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
+#: Breakers that let a probe through soon: for tests that trip one but are not about it.
+QUICK_BREAKERS = {"fail_max": 5, "reset_timeout": 0.2, "success_threshold": 1}
 
 
 def ledger(lab: RunningServices) -> list[dict]:
@@ -55,7 +27,9 @@ def ledger(lab: RunningServices) -> list[dict]:
 
 
 def test_run_wait_json_reports_steps_and_trace(env: Path, lab: RunningServices) -> None:
-    code, out, _ = cli("orchestrate", "run", "checkout", "--input", order("o1"), "--wait", "--json")
+    code, out, _ = cli(
+        "orchestrate", "run", "checkout", "--input", order_json("o1"), "--wait", "--json"
+    )
     assert code == 0
     saga = json.loads(out)
     assert saga["status"] == "completed"
@@ -78,7 +52,7 @@ def test_run_wait_json_reports_steps_and_trace(env: Path, lab: RunningServices) 
 
 def test_declined_payment_rolls_back_in_reverse(env: Path, lab: RunningServices) -> None:
     code, out, _ = cli(
-        "orchestrate", "run", "checkout", "-i", order("o2", 99_999), "--wait", "--json"
+        "orchestrate", "run", "checkout", "-i", order_json("o2", 99_999), "--wait", "--json"
     )
     assert code == 1
     saga = json.loads(out)
@@ -96,7 +70,7 @@ def test_declined_payment_rolls_back_in_reverse(env: Path, lab: RunningServices)
 
 
 def test_queued_saga_then_resume(env: Path, lab: RunningServices) -> None:
-    code, out, err = cli("orchestrate", "run", "checkout", "-i", order("o3"))
+    code, out, err = cli("orchestrate", "run", "checkout", "-i", order_json("o3"))
     assert code == 0
     saga_id = out.strip()
     assert "queued" in err
@@ -108,19 +82,19 @@ def test_queued_saga_then_resume(env: Path, lab: RunningServices) -> None:
 
 
 def test_idempotency_key_reuse(env: Path) -> None:
-    first = cli("orchestrate", "run", "checkout", "-i", order("o4"), "-k", "K1", "--json")
-    again = cli("orchestrate", "run", "checkout", "-i", order("o4"), "-k", "K1", "--json")
+    first = cli("orchestrate", "run", "checkout", "-i", order_json("o4"), "-k", "K1", "--json")
+    again = cli("orchestrate", "run", "checkout", "-i", order_json("o4"), "-k", "K1", "--json")
     assert first[0] == again[0] == 0
     assert json.loads(first[1])["id"] == json.loads(again[1])["id"]
     assert json.loads(again[1])["created"] is False
-    code, _, err = cli("orchestrate", "run", "checkout", "-i", order("o5"), "-k", "K1")
+    code, _, err = cli("orchestrate", "run", "checkout", "-i", order_json("o5"), "-k", "K1")
     assert code == 2  # bad input: the key already stands for another input
     assert "different flow or input" in err
 
 
 def test_list_events_and_status_json(env: Path) -> None:
-    cli("orchestrate", "run", "checkout", "-i", order("o6"), "--wait")
-    cli("orchestrate", "run", "checkout", "-i", order("o7", 50_000), "--wait")
+    cli("orchestrate", "run", "checkout", "-i", order_json("o6"), "--wait")
+    cli("orchestrate", "run", "checkout", "-i", order_json("o7", 50_000), "--wait")
     code, out, _ = cli("orchestrate", "list", "--json")
     rows = json.loads(out)
     assert code == 0 and len(rows) == 2
@@ -135,7 +109,7 @@ def test_list_events_and_status_json(env: Path) -> None:
 
 
 def test_rollback_refused_past_pivot_unless_forced(env: Path, lab: RunningServices) -> None:
-    _, out, _ = cli("orchestrate", "run", "checkout", "-i", order("o8"), "--wait", "--json")
+    _, out, _ = cli("orchestrate", "run", "checkout", "-i", order_json("o8"), "--wait", "--json")
     saga_id = json.loads(out)["id"]
     code, _, err = cli("orchestrate", "rollback", saga_id)
     assert code == 4 and "pivot" in err
@@ -149,7 +123,9 @@ def test_rollback_refused_past_pivot_unless_forced(env: Path, lab: RunningServic
 
 def test_failed_compensation_then_operator_skip_and_retry(env: Path, lab: RunningServices) -> None:
     lab.lab.add_fault(FaultSpec(service="inventory", endpoint="/reservations/release", status=400))
-    _, out, _ = cli("orchestrate", "run", "checkout", "-i", order("o9", 80_000), "--wait", "--json")
+    _, out, _ = cli(
+        "orchestrate", "run", "checkout", "-i", order_json("o9", 80_000), "--wait", "--json"
+    )
     saga = json.loads(out)
     assert saga["status"] == "failed"
     assert saga["steps"][0]["status"] == "compensation_failed"
@@ -228,7 +204,13 @@ def test_unwritable_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     blocker = tmp_path / "file"
     blocker.write_text("x")
     code, _, err = cli(
-        "orchestrate", "run", "checkout", "-i", order("o0"), "--db", str(blocker / "sub" / "s.db")
+        "orchestrate",
+        "run",
+        "checkout",
+        "-i",
+        order_json("o0"),
+        "--db",
+        str(blocker / "sub" / "s.db"),
     )
     assert code == 5 and "cannot create saga database" in err
     garbage = tmp_path / "garbage.db"
@@ -241,13 +223,15 @@ def test_unwritable_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_service_down_rolls_back_and_keeps_history(
     env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, out, _ = cli("orchestrate", "run", "checkout", "-i", order("o10"), "--wait", "--json")
+    _, out, _ = cli("orchestrate", "run", "checkout", "-i", order_json("o10"), "--wait", "--json")
     first = json.loads(out)["id"]
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
     monkeypatch.setenv("SAGALAB_SERVICE_PAYMENTS", f"http://127.0.0.1:{dead}/payments")
-    code, out, err = cli("orchestrate", "run", "checkout", "-i", order("o11"), "--wait", "--json")
+    code, out, err = cli(
+        "orchestrate", "run", "checkout", "-i", order_json("o11"), "--wait", "--json"
+    )
     assert code == 1 and "Traceback" not in err
     saga = json.loads(out)
     assert saga["status"] == "rolled_back"
@@ -259,7 +243,7 @@ def test_service_down_rolls_back_and_keeps_history(
 
 def test_missing_service_url_stores_nothing(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SAGALAB_SERVICE_SHIPPING")
-    code, _, err = cli("orchestrate", "run", "checkout", "-i", order("o12"), "--wait")
+    code, _, err = cli("orchestrate", "run", "checkout", "-i", order_json("o12"), "--wait")
     assert code == 5 and "SAGALAB_SERVICE_SHIPPING" in err
     assert not env.exists()  # checked before anything was stored
 
@@ -275,7 +259,7 @@ def test_sigkill_after_call_then_resume_applies_once(env: Path, lab: RunningServ
             "run",
             "checkout",
             "-i",
-            order("o13"),
+            order_json("o13"),
             "--wait",
             "-k",
             "crash-1",
@@ -337,12 +321,18 @@ def test_services_answer_health(lab: RunningServices) -> None:
     assert httpx.get(lab.base_url + "/healthz").status_code == 200
 
 
-def test_pivot_with_unknown_outcome_stops_for_operator(env: Path, lab: RunningServices) -> None:
+def test_pivot_with_unknown_outcome_stops_for_operator(
+    env: Path, lab: RunningServices, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Shipping applies the shipment but the answer is lost: nothing may pretend it is undone."""
+    # Eight lost answers open the shipping breaker (5 failures); with the default 10 s reset
+    # the run and the retry-step would wait 40 s for probes. What is tested is the stop.
+    quick = write_services_file(tmp_path / "services.yaml", lab.services, QUICK_BREAKERS)
+    monkeypatch.setenv("SAGALAB_SERVICES_FILE", str(quick))
     lab.lab.add_fault(
         FaultSpec(service="shipping", endpoint="/shipments", status=502, after_apply=True)
     )
-    _, out, _ = cli("orchestrate", "run", "checkout", "-i", order("o14"), "--wait", "--json")
+    _, out, _ = cli("orchestrate", "run", "checkout", "-i", order_json("o14"), "--wait", "--json")
     saga = json.loads(out)
     assert saga["status"] == "failed"
     assert "pivot may have been applied" in saga["reason"]
@@ -375,11 +365,11 @@ def test_operator_requests_without_services_here_are_queued_for_the_workers(
 ) -> None:
     lab.lab.add_fault(FaultSpec(service="inventory", endpoint="/reservations/release", status=400))
     _, out, _ = cli(
-        "orchestrate", "run", "checkout", "-i", order("o30", 80_000), "--wait", "--json"
+        "orchestrate", "run", "checkout", "-i", order_json("o30", 80_000), "--wait", "--json"
     )
     failed = json.loads(out)["id"]  # its compensation failed for good: an operator's turn
     lab.lab.clear_faults()
-    queued = cli("orchestrate", "run", "checkout", "-i", order("o31"))[1].strip()
+    queued = cli("orchestrate", "run", "checkout", "-i", order_json("o31"))[1].strip()
     forget_services(lab, monkeypatch)
 
     code, out, err = cli("orchestrate", "rollback", queued, "--json")
@@ -406,7 +396,7 @@ def test_operator_requests_without_services_here_are_queued_for_the_workers(
 def test_a_malformed_services_file_still_writes_nothing(
     env: Path, lab: RunningServices, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    queued = cli("orchestrate", "run", "checkout", "-i", order("o32"))[1].strip()
+    queued = cli("orchestrate", "run", "checkout", "-i", order_json("o32"))[1].strip()
     forget_services(lab, monkeypatch)
     bad = tmp_path / "services.yaml"
     bad.write_text("services: [nope]\n")
@@ -420,8 +410,8 @@ def test_a_pivot_cut_off_then_force_rolled_back_shows_interrupted_not_retrying(
 ) -> None:
     """A real process is killed with the shipment call out; an operator forces a rollback."""
     child = subprocess.run(
-        [sys.executable, "-m", "cli.main", "orchestrate", "run", "checkout", "-i", order("o40"),
-         "--wait", "--crash-at", "create_shipment:after-call"],
+        [sys.executable, "-m", "cli.main", "orchestrate", "run", "checkout",
+         "-i", order_json("o40"), "--wait", "--crash-at", "create_shipment:after-call"],
         env={**os.environ},
         capture_output=True,
         text=True,

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.services import app
-from fakeservices import RunningServices, run_in_thread
+from fakeservices import RunningServices
 
 REPO = Path(__file__).resolve().parent.parent
 CHARGE = {"order_id": "o-1", "amount": 120, "currency": "EUR"}
@@ -27,17 +27,11 @@ CHARGE = {"order_id": "o-1", "amount": 120, "currency": "EUR"}
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def running() -> Iterator[RunningServices]:
-    with run_in_thread() as running:
-        yield running
-
-
 @pytest.fixture
-def url(running: RunningServices) -> Iterator[str]:
+def url(lab: RunningServices) -> Iterator[str]:
     with httpx.Client() as http:
-        http.post(running.base_url + "/_admin/reset").raise_for_status()
-    yield running.base_url
+        http.post(lab.base_url + "/_admin/reset").raise_for_status()
+    yield lab.base_url
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from edge.apps import EdgeSettings, build_edge, edge_limits
 from edge.connections import ConnectionLimits
 from edge.server import RunningServer, serve_in_thread
-from tests.edgelab import REPO, HoldingApi
+from tests.edgelab import REPO, HoldingApi, read_to_close
 
 Edge = Callable[..., RunningServer]
 
@@ -47,21 +47,6 @@ def connect(server: RunningServer, source: str = "127.0.0.1") -> socket.socket:
         ("127.0.0.1", server.port), timeout=5, source_address=(source, 0)
     )
     return sock
-
-
-def read_to_close(sock: socket.socket) -> bytes:
-    """Everything the edge sends until it closes the connection (fails after 5 s)."""
-    chunks = []
-    try:
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    except TimeoutError:
-        raise AssertionError(
-            f"the edge kept the connection open; got {b''.join(chunks)!r}"
-        ) from None
-    except ConnectionResetError:
-        pass
-    return b"".join(chunks)
 
 
 def read_response(sock: socket.socket) -> bytes:

@@ -4,7 +4,6 @@ any body it cannot decode with 422 (never 500). Real uvicorn servers on 127.0.0.
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge.apps import EdgeSettings, GatewaySettings, build_edge, build_gateway
 from edge.keys import KeyStore
-from edge.server import RunningServer, serve_in_thread
-from orchestrator.api import create_app
+from edge.server import RunningServer
 from simulator.config import load_scenario
 from simulator.model import simulate
+from tests.edgelab import serve_path
 
 
 @dataclass
@@ -34,28 +32,13 @@ def two_gateways(tmp_path: Path) -> Iterator[Path2]:
     # Each gateway enforces half of the key's rate (rate_share=2): 5 tokens each.
     _, key = store.create("sequential", rate=1, burst=10)
     store.close()
-    secret = secrets.token_urlsafe(32)
-    api = serve_in_thread(create_app(tmp_path / "sagas.db", gateway_secret=secret))
-    gateways = [
-        serve_in_thread(
-            build_gateway(
-                GatewaySettings(
-                    keys_db=str(keys_db),
-                    upstreams=[api.url],
-                    rate_share=2,
-                    instance=f"gw{i}",
-                    secret=secret,
-                )
-            )
-        )
-        for i in range(2)
-    ]
-    edge = serve_in_thread(
-        build_edge(EdgeSettings(upstreams=[g.url for g in gateways], health_interval=0.2))
-    )
-    yield Path2(edge, gateways, key)
-    for server in (edge, *gateways, api):
-        server.stop()
+    with serve_path(
+        tmp_path / "sagas.db",
+        keys_db,
+        gateway={"rate_share": 2},
+        edge={"health_interval": 0.2},
+    ) as running:
+        yield Path2(running.edge, running.gateways, key)
 
 
 def test_a_sequential_client_gets_its_full_burst_through_two_gateways(two_gateways: Path2) -> None:

@@ -17,7 +17,13 @@ import pytest
 
 from edge.keys import KeyStore
 from edge.server import serve_in_thread
-from tests.edgelab import GatewayProcess, HoldingApi, start_component, start_gateway
+from tests.edgelab import (
+    GatewayProcess,
+    HoldingApi,
+    read_to_close,
+    start_component,
+    start_gateway,
+)
 
 LIMITS = ["--header-timeout", "0.5", "--body-timeout", "0.5", "--per-address", "3"]
 LIMITS += ["--max-header-bytes", "4096", "--exempt", "127.0.0.1"]
@@ -49,18 +55,6 @@ def hop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GatewayProce
 def connect(hop: GatewayProcess, source: str) -> socket.socket:
     host, port = hop.name.split(":")
     return socket.create_connection((host, int(port)), timeout=5, source_address=(source, 0))
-
-
-def read_to_close(sock: socket.socket) -> bytes:
-    chunks = []
-    try:
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    except TimeoutError:
-        raise AssertionError(f"the connection was kept open; got {b''.join(chunks)!r}") from None
-    except ConnectionResetError:
-        pass
-    return b"".join(chunks)
 
 
 def test_a_header_drip_is_closed_after_the_header_timeout(hop: GatewayProcess) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,13 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge.apps import EdgeSettings, GatewaySettings, build_edge, build_gateway, edge_limits
 from edge.keys import KeyStore
-from edge.server import RunningServer, serve_in_thread
-from orchestrator.api import create_app
-
-ORDER = {"order_id": "o-1", "customer_id": "c-1", "sku": "sku-1", "quantity": 1, "amount": 10}
-SAGA = {"flow": "checkout", "input": ORDER}
+from edge.server import RunningServer
+from tests.edgelab import ORDER, SAGA, serve_path
 
 
 @dataclass
@@ -36,36 +31,23 @@ def path(tmp_path: Path) -> Iterator[EdgePath]:
     _, key = store.create("test", rate=1000, burst=1000)
     _, slow_key = store.create("slow", rate=1, burst=2)
     store.close()
-    secret = secrets.token_urlsafe(32)
-    api = serve_in_thread(create_app(tmp_path / "sagas.db", gateway_secret=secret))
-    gateways = [
-        serve_in_thread(
-            build_gateway(
-                GatewaySettings(
-                    keys_db=str(keys_db),
-                    upstreams=[api.url],
-                    instance=f"gw{i}",
-                    max_body=4096,
-                    secret=secret,
-                )
-            )
-        )
-        for i in range(2)
-    ]
-    settings = EdgeSettings(
-        upstreams=[g.url for g in gateways],
-        deny=["127.66.0.0/16"],
-        trusted_proxies=["127.0.0.9"],
-        flood_rate=50,
-        flood_burst=60,
-        flood_block=30,
-        health_interval=0.1,
-    )
+    edge = {
+        "deny": ["127.66.0.0/16"],
+        "trusted_proxies": ["127.0.0.9"],
+        "flood_rate": 50,
+        "flood_burst": 60,
+        "flood_block": 30,
+        "health_interval": 0.1,
+    }
     # Served as `python -m edge.apps edge` serves it: with the client connection limits.
-    edge = serve_in_thread(build_edge(settings), limits=edge_limits(settings))
-    yield EdgePath(edge, gateways, api, key, slow_key, keys_db)
-    for server in (edge, *gateways, api):
-        server.stop()
+    with serve_path(
+        tmp_path / "sagas.db",
+        keys_db,
+        gateway={"max_body": 4096},
+        edge=edge,
+        with_edge_limits=True,
+    ) as running:
+        yield EdgePath(running.edge, running.gateways, running.api, key, slow_key, keys_db)
 
 
 def client(p: EdgePath, key: str | None = None, source: str | None = None) -> httpx.Client:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from workerlab import wait_for
+from workerlab import processes_mentioning, wait_for
 
 from orchestrator.limits import MAX_LOAD_PROCESSES
 
@@ -27,20 +27,6 @@ class Idle(User):
     def nothing(self):
         pass
 """
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Live processes whose command line contains `text` (e.g. a stack directory)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-            except OSError:
-                continue
-            if text.encode() in cmdline:
-                found.append(int(entry))
-    return found
 
 
 def command(tmp_path: Path, *args: str) -> list[str]:
@@ -146,7 +132,7 @@ def test_ctrl_c_stops_locust_and_the_stack_it_started(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            proc.communicate()  # reap it and close its stderr pipe (not left to the GC)
             stack_down(directory)
     assert proc.returncode == 130, stderr
     assert "stopped the stack started for this run" in stderr

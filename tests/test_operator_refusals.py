@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
+import apilab
 import pytest
-from apilab import admin_api
-from typer.testing import CliRunner
+from apilab import admin_api, order_json
 
 from cli.errors import EXIT_REFUSED, exit_code_for
-from cli.main import app
-from fakeservices import FaultSpec, RunningServices, run_in_thread
+from fakeservices import FaultSpec, RunningServices
 from orchestrator.errors import ConcurrentUpdate, LeaseHeld, SagaError
 from orchestrator.flowfile import load_flow
 from orchestrator.journal import JournalEntry
@@ -25,38 +23,14 @@ from orchestrator.leases import new_owner
 from orchestrator.saga import Event, EventType, Phase, SagaState
 from orchestrator.sqlite_store import SQLiteStore
 
-runner = CliRunner()
-
-
-def order(n: str, amount: int = 100) -> str:
-    return json.dumps(
-        {"order_id": n, "customer_id": "c1", "sku": "A", "quantity": 1, "amount": amount}
-    )
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[RunningServices]:
-    with run_in_thread() as running:
-        yield running
-
-
-@pytest.fixture
-def env(lab: RunningServices, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    lab.lab.reset()
-    for key, value in lab.env.items():
-        monkeypatch.setenv(key, value)
-    db = tmp_path / "sagas.db"
-    monkeypatch.setenv("SAGALAB_DB", str(db))
-    return db
-
 
 def cli(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, ["orchestrate", *args])
-    return result.exit_code, result.stdout, result.stderr
+    """`sagalab orchestrate ARGS` in this process."""
+    return apilab.cli("orchestrate", *args)
 
 
-def run_wait(order_json: str) -> dict:
-    _, out, _ = cli("run", "checkout", "-i", order_json, "--wait", "--json")
+def run_wait(order_text: str) -> dict:
+    _, out, _ = cli("run", "checkout", "-i", order_text, "--wait", "--json")
     return json.loads(out)
 
 
@@ -72,7 +46,7 @@ def failed_after_pivot(lab: RunningServices, n: str) -> dict:
     """A checkout saga whose confirmation was refused for good (HTTP 400): failed, past the
     pivot, waiting for an operator."""
     lab.lab.add_fault(FaultSpec(service="notifications", status=400, error_rate=1.0))
-    saga = run_wait(order(n))
+    saga = run_wait(order_json(n))
     lab.lab.clear_faults()
     assert saga["status"] == "failed"
     assert "send_confirmation" in saga["reason"]
@@ -89,7 +63,7 @@ def held_by_a_live_worker(db: Path, saga_id: str) -> None:
 
 
 def queued(db: Path) -> str:
-    code, out, _ = cli("run", "checkout", "-i", order("q1"))
+    code, out, _ = cli("run", "checkout", "-i", order_json("q1"))
     assert code == 0
     return out.strip()
 
@@ -116,9 +90,9 @@ def test_every_refused_operator_action_exits_4_and_writes_nothing(
     if setup == "failed":
         saga_id = failed_after_pivot(lab, "r1")["id"]
     elif setup == "completed":
-        saga_id = run_wait(order("r2"))["id"]
+        saga_id = run_wait(order_json("r2"))["id"]
     elif setup == "rolled_back":
-        saga_id = run_wait(order("r3", amount=99_999))["id"]  # card declined
+        saga_id = run_wait(order_json("r3", amount=99_999))["id"]  # card declined
     else:
         saga_id = queued(env)
         held_by_a_live_worker(env, saga_id)
@@ -165,7 +139,7 @@ def test_completed_saga_shows_no_stale_failure_reason(env: Path, lab: RunningSer
 
 def test_completed_row_stored_with_a_stale_reason_shows_none(env: Path) -> None:
     """Rows written before the core cleared the reason on completion still show none."""
-    saga_id = run_wait(order("s2"))["id"]
+    saga_id = run_wait(order_json("s2"))["id"]
     store = SQLiteStore(env)
     try:
         store.conn.execute("UPDATE sagas SET reason = 'old failure' WHERE id = ?", (saga_id,))
@@ -191,7 +165,7 @@ def saga_at_the_pivot(db: Path) -> str:
         record, _ = store.create_saga(
             saga_id="at-the-pivot",
             flow=flow,
-            payload=json.loads(order("p1")),
+            payload=json.loads(order_json("p1")),
             trace_id="0" * 31 + "1",
             idempotency_key=None,
             now=1.0,

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from apilab import admin_api
 from workerlab import REPO, Workers, order, wait_for
 
-from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
+from fakeservices import FaultSpec, RunningServices, applied_twice
 from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
 from orchestrator.flowfile import load_flow
 from orchestrator.runner import start_saga
@@ -29,30 +27,6 @@ from orchestrator.sqlite_store import SQLiteStore
 # The shipment call takes this long: a window wide enough for a CLI process to start in.
 SHIPPING_DELAY_MS = 4000
 PIVOT = "create_shipment"
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[RunningServices]:
-    with run_in_thread() as running:
-        yield running
-
-
-@pytest.fixture
-def services(lab: RunningServices) -> RunningServices:
-    lab.lab.reset()
-    return lab
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "sagas.db"
-
-
-@pytest.fixture
-def workers(db: Path, services: RunningServices, tmp_path: Path) -> Iterator[Workers]:
-    w = Workers(db, services.env, tmp_path / "logs")
-    yield w
-    w.stop_all()
 
 
 def slow_shipping_checkout() -> FlowDefinition:

@@ -113,18 +113,6 @@ def make_flow(retry: dict[str, Any] | None = None, ship_kind: str = "compensatab
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "sagas.db"
-
-
-@pytest.fixture
-def store(db_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(db_path)
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from workerlab import wait_for
+from workerlab import processes_mentioning, sagalab, wait_for
 
 from edge.server import bind
 from edge.stack import StackState, alive, load_state
@@ -33,37 +33,10 @@ ORDER = {"order_id": "o-1", "customer_id": "c-1", "sku": "sku-1", "quantity": 1,
 ORDER_API = {**ORDER, "order_id": "o-api"}
 
 
-def sagalab(
-    *args: str, timeout: float = 60, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def rows_of(directory: str) -> dict[str, dict[str, object]]:
     """`stack status --json`, by component name."""
     r = sagalab("stack", "status", "--dir", directory, "--json")
     return {row["name"]: row for row in json.loads(r.stdout)["components"]}
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Live processes whose command line contains `text` (e.g. a stack directory)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-            except OSError:
-                continue
-            if text.encode() in cmdline:
-                found.append(int(entry))
-    return found
 
 
 @pytest.fixture(scope="module")

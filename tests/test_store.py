@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +34,6 @@ FLOW_RAW = {
 
 def order_flow() -> FlowDefinition:
     return flow_from_dict(FLOW_RAW)
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "sagas.db"
-
-
-@pytest.fixture
-def store(db_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(db_path)
-    yield s
-    s.close()
 
 
 def create(

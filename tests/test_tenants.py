@@ -7,7 +7,6 @@ holding the stack's secret.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge.apps import EdgeSettings, GatewaySettings, build_edge, build_gateway
 from edge.keys import KeyStore
-from edge.server import RunningServer, serve_in_thread
-from orchestrator.api import create_app
-
-ORDER = {"order_id": "o-1", "customer_id": "c-1", "sku": "sku-1", "quantity": 1, "amount": 10}
-SAGA = {"flow": "checkout", "input": ORDER}
+from edge.server import RunningServer
+from tests.edgelab import ORDER, SAGA, serve_path
 
 
 @dataclass
@@ -45,24 +40,10 @@ def tenants(tmp_path: Path) -> Iterator[Tenants]:
     _, bob = store.create("bob", rate=1000, burst=1000)
     _, admin = store.create("ops", admin=True, rate=1000, burst=1000)
     store.close()
-    secret = secrets.token_urlsafe(32)
-    api = serve_in_thread(create_app(tmp_path / "sagas.db", keys_db=keys_db, gateway_secret=secret))
-    gateways = [
-        serve_in_thread(
-            build_gateway(
-                GatewaySettings(
-                    keys_db=str(keys_db), upstreams=[api.url], instance=f"gw{i}", secret=secret
-                )
-            )
-        )
-        for i in range(2)
-    ]
-    edge = serve_in_thread(
-        build_edge(EdgeSettings(upstreams=[g.url for g in gateways], health_interval=0.1))
-    )
-    yield Tenants(edge, gateways, api, alice, alice_too, bob, admin, secret)
-    for server in (edge, *gateways, api):
-        server.stop()
+    with serve_path(
+        tmp_path / "sagas.db", keys_db, api_keys=True, edge={"health_interval": 0.1}
+    ) as p:
+        yield Tenants(p.edge, p.gateways, p.api, alice, alice_too, bob, admin, p.secret)
 
 
 def client(base_url: str, key: str | None = None) -> httpx.Client:

@@ -1,4 +1,9 @@
-"""mypy stays clean: every package with the settings in pyproject.toml, and the core strict."""
+"""mypy and ruff stay clean: `pytest -q` (what `.ci/run` runs) fails on a type error, a lint
+error or unformatted code.
+
+mypy checks every package with the settings in pyproject.toml, and the core strict; ruff runs
+`check` and `format --check` over the repository.
+"""
 
 from __future__ import annotations
 
@@ -29,15 +34,29 @@ CHECKS = [
     ),
 ]
 
+RUFF = [
+    pytest.param(["check", "."], id="check"),
+    pytest.param(["format", "--check", "."], id="format"),
+]
 
-@pytest.mark.parametrize("args", CHECKS)
-def test_mypy_reports_no_errors(args: list[str]) -> None:
-    # Run from the repository root so mypy reads [tool.mypy] in pyproject.toml.
+
+def run_tool(tool: str, args: list[str], timeout: float) -> None:
+    """`python -m TOOL ARGS` from the repository root (so it reads pyproject.toml); exit 0."""
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", *args],
+        [sys.executable, "-m", tool, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
-    assert result.returncode == 0, f"mypy {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    assert result.returncode == 0, f"{tool} {' '.join(args)}:\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize("args", CHECKS)
+def test_mypy_reports_no_errors(args: list[str]) -> None:
+    run_tool("mypy", args, timeout=300)
+
+
+@pytest.mark.parametrize("args", RUFF)
+def test_ruff_reports_nothing(args: list[str]) -> None:
+    run_tool("ruff", args, timeout=120)

@@ -12,11 +12,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from workerlab import wait_for
 
 from orchestrator.errors import LeaseHeld, LeaseLost
 from orchestrator.flowfile import load_flow
@@ -30,18 +30,6 @@ from orchestrator.store import Lease
 T0 = 1_000.0
 LEASE = 5.0
 SPAWN = multiprocessing.get_context("spawn")
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "sagas.db"
-
-
-@pytest.fixture
-def store(db_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(db_path)
-    yield s
-    s.close()
 
 
 def enqueue(store: SQLiteStore, n: int = 1, *, at: float = T0, queue: bool = True) -> list[str]:
@@ -327,13 +315,6 @@ def test_queue_stats_counts_due_leased_and_the_oldest_age(store: SQLiteStore) ->
 
 
 # -- the lease keeper -----------------------------------------------------------------------
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def test_lease_keeper_renews_held_leases_and_notices_a_lost_one(

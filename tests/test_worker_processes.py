@@ -11,7 +11,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,36 +27,12 @@ from workerlab import (
     wait_for,
 )
 
-from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
+from fakeservices import FaultSpec, RunningServices, applied_twice
 from orchestrator.limits import MAX_REPLICAS
 from orchestrator.saga import EventType, Phase
 from orchestrator.supervisor import Supervisor, SupervisorConfig
 
 FAST = ("--poll", "0.05")
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[RunningServices]:
-    with run_in_thread() as running:
-        yield running
-
-
-@pytest.fixture
-def services(lab: RunningServices) -> RunningServices:
-    lab.lab.reset()
-    return lab
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "sagas.db"
-
-
-@pytest.fixture
-def workers(db: Path, services: RunningServices, tmp_path: Path) -> Iterator[Workers]:
-    w = Workers(db, services.env, tmp_path / "logs")
-    yield w
-    w.stop_all()
 
 
 def ledger_counts(services: RunningServices) -> dict[tuple[str, str], int]:

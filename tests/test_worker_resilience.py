@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from workerlab import Workers, enqueue, journal, order, query, statuses, wait_for
 
 from cli.main import app
-from fakeservices import FaultSpec, RunningServices, run_in_thread
+from fakeservices import FaultSpec, RunningServices
 from orchestrator.executors import AttemptContext, AttemptOutcome, HttpExecutor
 from orchestrator.flow import flow_from_dict
 from orchestrator.flowfile import load_flow
@@ -29,18 +29,6 @@ from orchestrator.sqlite_store import SQLiteStore
 from orchestrator.worker import Worker, WorkerConfig, WorkerFailed
 
 FAST = ("--poll", "0.05", "--lease", "2")
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[RunningServices]:
-    with run_in_thread() as running:
-        yield running
-
-
-@pytest.fixture
-def services(lab: RunningServices) -> RunningServices:
-    lab.lab.reset()
-    return lab
 
 
 def plant(db: Path, payload: dict[str, object]) -> str:

@@ -1,7 +1,8 @@
-"""Helpers for tests that run real `sagalab worker` processes against the fake services.
+"""Helpers for tests that run real `sagalab` processes (workers, stacks) against the fake services.
 
-Not a test module (pytest does not collect it); imported by test_worker_processes.py,
-test_crash.py and test_chaos.py. Every wait here is a bounded poll.
+Not a test module (pytest does not collect it); the worker, crash, chaos, stack and load-test
+tests import it, and tests/conftest.py builds its `workers` fixture on `Workers`. Every wait
+here is a bounded poll.
 """
 
 from __future__ import annotations
@@ -40,6 +41,34 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(every)
+
+
+def sagalab(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`sagalab ARGS` as a subprocess (this environment plus `env`), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (e.g. a stack directory)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if text.encode() in cmdline:
+                found.append(int(entry))
+    return found
 
 
 def order(n: int, *, amount: int = 100, quantity: int = 1) -> dict[str, Any]:

@@ -1,0 +1,70 @@
+"""Fixtures shared by the test modules; plain helpers live in workerlab, apilab and edgelab.
+
+A module may define a fixture of the same name for its own needs (pytest takes the nearest):
+test_chaos.py and test_crash.py start their `services` with a seeded generator, and
+test_breakers_shared.py creates its `db` file up front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from workerlab import Workers
+
+from fakeservices import RunningServices, run_in_thread
+from orchestrator.sqlite_store import SQLiteStore
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[RunningServices]:
+    """The fake services over HTTP on 127.0.0.1, one set per test module."""
+    with run_in_thread() as running:
+        yield running
+
+
+@pytest.fixture
+def services(lab: RunningServices) -> RunningServices:
+    """The module's fake services with faults, ledgers and idempotency records cleared."""
+    lab.lab.reset()
+    return lab
+
+
+@pytest.fixture
+def env(lab: RunningServices, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The CLI pointed at clean fake services and a fresh database (returned), by environment."""
+    lab.lab.reset()
+    for key, value in lab.env.items():
+        monkeypatch.setenv(key, value)
+    db = tmp_path / "sagas.db"
+    monkeypatch.setenv("SAGALAB_DB", str(db))
+    return db
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    """Where a test's saga database goes (not created)."""
+    return tmp_path / "sagas.db"
+
+
+@pytest.fixture
+def db_path(db: Path) -> Path:
+    """The same path, under the name the store-level tests use."""
+    return db
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[SQLiteStore]:
+    """An open store on `db_path`, closed after the test."""
+    s = SQLiteStore(db_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def workers(db: Path, services: RunningServices, tmp_path: Path) -> Iterator[Workers]:
+    """Starts `sagalab worker` processes on `db` against `services`; none outlives the test."""
+    w = Workers(db, services.env, tmp_path / "logs")
+    yield w
+    w.stop_all()

@@ -1,0 +1,232 @@
+"""The pure core imports no I/O, clock, randomness or runtime module, directly or through ours.
+
+The core decides; the shells act (README, "Architecture"). What makes that true is what the core
+modules import, so this test reads their source with `ast` (importing them would run whatever
+they import) and follows every import of our own packages:
+
+* a core module imports none of `BANNED` (I/O, clocks, randomness, concurrency, the libraries
+  the shells do I/O with);
+* our own modules it imports, and the packages around them (importing `orchestrator.saga` runs
+  `orchestrator/__init__.py` first), are core modules too: nothing reaches the store, the runner,
+  the worker, the API, the edge, the simulator or the CLI. A failure names the chain of imports.
+
+What is core, and why the rest is not:
+
+* core: `saga.py` (the state machine), `flow.py` (flow definitions), `templates.py`,
+  `jsonsafe.py` (the one JSON check), `errors.py` (the exception tree they raise) and
+  `policies/*` (retry, breaker, token bucket, balancer, autoscaling, firewall);
+* `operator.py` is a shell: it reads and appends through `SQLiteStore`, reads the wall clock by
+  default and asks `leases` whether an owner's process is alive;
+* `limits.py` is configuration of the shells: its bounds on real processes come from
+  `os.cpu_count()` of this machine;
+* `journal.py`, `store.py`, `views.py`, `registry.py`, `flowfile.py` and the runtime modules are
+  shells or the data the shells exchange; nothing in the core imports them.
+
+`pybreaker` and `tenacity` are allowed: they are the decision libraries the breaker and retry
+policies are built on, fed our clock and generator (issue 9 confines them behind public APIs).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The pure core, as paths from the repository root.
+CORE = (
+    "orchestrator/__init__.py",
+    "orchestrator/saga.py",
+    "orchestrator/flow.py",
+    "orchestrator/templates.py",
+    "orchestrator/jsonsafe.py",
+    "orchestrator/errors.py",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "orchestrator" / "policies").glob("*.py")),
+)
+
+#: Top-level packages of this repository: an import of one of them must stay inside CORE.
+OURS = ("orchestrator", "cli", "edge", "simulator", "fakeservices", "loadtests", "benchmarks")
+
+#: Modules the core never imports, with what each would bring in. `os.path` goes with `os`:
+#: the core handles no file names, and `os.path.exists` is I/O.
+BANNED = {
+    "time": "a clock",
+    "datetime": "a clock (datetime.now)",
+    "random": "a global random generator",
+    "secrets": "randomness",
+    "uuid": "randomness and a clock",
+    "asyncio": "an event loop",
+    "threading": "threads",
+    "multiprocessing": "processes",
+    "concurrent": "threads or processes",
+    "subprocess": "processes",
+    "signal": "signals",
+    "os": "the process and its files",
+    "pathlib": "files",
+    "io": "files",
+    "shutil": "files",
+    "tempfile": "files",
+    "glob": "files",
+    "logging": "log output",
+    "importlib": "importing by name (which this test cannot follow)",
+    "socket": "the network",
+    "ssl": "the network",
+    "select": "the network",
+    "selectors": "the network",
+    "http": "the network",
+    "urllib.request": "the network",
+    "httpx": "the network",
+    "sqlite3": "the database",
+    "sqlite_utils": "the database",
+    "simpy": "the simulation's clock",
+    "uvicorn": "a server",
+    "fastapi": "a server",
+    "starlette": "a server",
+    "typer": "the CLI",
+    "rich": "terminal output",
+    "yaml": "reading files (flowfile.py reads YAML)",
+}
+
+#: (core module, import) pairs that break the rule today, with the reason. Each must still be
+#: true (the test fails when one is fixed, so the list only shrinks).
+KNOWN_EXCEPTIONS = {
+    ("orchestrator/policies/breaker.py", "datetime"): (
+        "ClockedStorage.opened_at hands pybreaker a wall-clock datetime (datetime.now(UTC) "
+        "minus the time open on the breaker's own clock), because pybreaker's open state "
+        "compares against datetime.now(UTC) and takes no clock; issue 9 item 1 replaces this "
+        "with a pure transition table or confines it behind pybreaker's public interface"
+    ),
+}
+
+
+def module_path(name: str) -> str | None:
+    """The file of one of our modules by dotted name (a package is its `__init__.py`)."""
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return str(candidate.relative_to(ROOT))
+    return None
+
+
+def package_inits(name: str) -> list[str]:
+    """The `__init__.py` files Python runs before module `name` (its enclosing packages)."""
+    parts = name.split(".")
+    found = []
+    for i in range(1, len(parts)):
+        init = module_path(".".join(parts[:i]))
+        if init is not None:
+            found.append(init)
+    return found
+
+
+def imported_names(path: str) -> list[str]:
+    """Every module `path` imports, by absolute dotted name, anywhere in the file.
+
+    `from a import b` yields `a.b` when that is one of our modules and `a` otherwise, so an
+    import of a sibling module is followed. Imports under `if TYPE_CHECKING:` count too: a
+    core module that needs a runtime type for its annotations has the wrong shape.
+    """
+    tree = ast.parse((ROOT / path).read_text(), filename=path)
+    package = path.removesuffix(".py").replace("/", ".")
+    if not path.endswith("__init__.py"):
+        package = package.rpartition(".")[0]
+    else:
+        package = package.removesuffix(".__init__")
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            for alias in node.names:
+                sub = f"{module}.{alias.name}"
+                names.append(sub if module_path(sub) is not None else module)
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "__import__"
+        ):
+            names.append("importlib")  # a dynamic import is banned like importlib itself
+    return names
+
+
+def banned_reason(name: str) -> str | None:
+    """Why the core must not import `name` (None if it may)."""
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        reason = BANNED.get(".".join(parts[:i]))
+        if reason is not None:
+            return reason
+    return None
+
+
+def violations(start: str) -> list[str]:
+    """Every banned import reachable from core module `start`, each with its chain."""
+    found: list[str] = []
+    seen: set[str] = set()
+
+    def visit(path: str, chain: list[str]) -> None:
+        if path in seen:
+            return
+        seen.add(path)
+        for name in imported_names(path):
+            via = " -> ".join([*chain, name])
+            if name.split(".")[0] in OURS:
+                # Python runs the enclosing packages' __init__.py before the module itself.
+                steps = [(init, f"{name} (runs {init})") for init in package_inits(name)]
+                steps.append((module_path(name), name))
+                for reached, label in steps:
+                    if reached is None or reached in seen:
+                        continue
+                    if reached not in CORE:
+                        where = " -> ".join([*chain, label])
+                        found.append(f"{where}: {reached} is a shell or runtime module, not core")
+                    else:
+                        visit(reached, [*chain, label])
+                continue
+            reason = banned_reason(name)
+            if reason is not None and (path, name.split(".")[0]) not in KNOWN_EXCEPTIONS:
+                found.append(f"{via}: brings in {reason}")
+
+    visit(start, [start])
+    for init in package_inits(start.removesuffix(".py").replace("/", ".")):
+        if init != start:
+            visit(init, [start, init])
+    return found
+
+
+@pytest.mark.parametrize("path", CORE, ids=CORE)
+def test_core_module_imports_no_io_clock_randomness_or_runtime(path: str) -> None:
+    problems = violations(path)
+    assert not problems, f"{path} must stay pure (see {Path(__file__).name}):\n" + "\n".join(
+        problems
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "module"), sorted(KNOWN_EXCEPTIONS), ids=[p for p, _ in sorted(KNOWN_EXCEPTIONS)]
+)
+def test_known_exception_is_still_needed(path: str, module: str) -> None:
+    imported = {name.split(".")[0] for name in imported_names(path)}
+    assert module in imported, (
+        f"{path} no longer imports {module}: remove it from KNOWN_EXCEPTIONS in "
+        f"{Path(__file__).name}"
+    )
+
+
+def test_the_guard_follows_imports_of_our_modules() -> None:
+    """The chain is followed: a core module reaches a runtime module through `from x import y`."""
+    assert "orchestrator.policies.retry" in imported_names("orchestrator/saga.py")
+    assert "orchestrator.sqlite_store" in imported_names("orchestrator/operator.py")
+    assert module_path("orchestrator.policies") == "orchestrator/policies/__init__.py"
+    # operator.py is a shell: were it core, the guard would say so, naming the chain.
+    problems = "\n".join(violations("orchestrator/operator.py"))
+    assert "orchestrator.sqlite_store: orchestrator/sqlite_store.py is a shell" in problems
+    assert "-> time: brings in a clock" in problems
