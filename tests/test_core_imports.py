@@ -42,6 +42,7 @@ CORE = (
     "orchestrator/flow.py",
     "orchestrator/templates.py",
     "orchestrator/jsonsafe.py",
+    "orchestrator/outcomes.py",
     "orchestrator/errors.py",
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "orchestrator" / "policies").glob("*.py")),
 )
