@@ -126,7 +126,9 @@ def test_ctrl_c_stops_locust_and_the_stack_it_started(tmp_path: Path) -> None:
     )
     try:
         wait_for(lambda: (directory / "stack.json").exists(), 60, "the stack to start")
-        wait_for(lambda: processes_mentioning(str(idle)), 60, "locust to run")
+        # Locust's own command line (`-f FILE`), not this CLI's (`--locustfile FILE`): a Ctrl-C
+        # before Locust runs would test the start-up path instead.
+        wait_for(lambda: processes_mentioning(f"-f {idle}"), 60, "locust to run")
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
         _, stderr = proc.communicate(timeout=60)
     finally:
