@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from orchestrator.errors import FlowValidationError, ValidationIssue
+from orchestrator.limits import MAX_STEP_TIMEOUT
 from orchestrator.policies.retry import (
     DEFAULT_ACTION_RETRY,
     DEFAULT_COMPENSATION_RETRY,
@@ -319,8 +320,13 @@ def flow_from_dict(
         if kind is StepKind.RETRIABLE and (compensation or comp_handler):
             issues.add(f"{where}.compensation", "a retriable step is never undone; remove it")
         timeout = rs.get("timeout", 5.0)
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-            issues.add(f"{where}.timeout", "must be a positive number of seconds")
+        number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+        # `not 0 < t <= max` also refuses NaN, which compares false with everything.
+        if not number or not 0 < timeout <= MAX_STEP_TIMEOUT:
+            issues.add(
+                f"{where}.timeout",
+                f"must be a positive number of seconds, at most {MAX_STEP_TIMEOUT:g}",
+            )
             timeout = 5.0
         default_retry = FOREVER_RETRY if kind is StepKind.RETRIABLE else DEFAULT_ACTION_RETRY
         retry = _retry_from(rs.get("retry"), default_retry, f"{where}.retry", issues)

@@ -23,17 +23,37 @@ __all__ = [
     "MAX_CONCURRENCY",
     "MAX_GATEWAYS",
     "MAX_GRACE",
+    "MAX_LEASE",
     "MAX_LOAD_DURATION",
     "MAX_LOAD_PROCESSES",
     "MAX_LOAD_USERS",
+    "MAX_POLL",
     "MAX_REPLICAS",
+    "MAX_RUN_SECONDS",
+    "MAX_SIM_ADDRESSES",
+    "MAX_SIM_ATTEMPTS",
+    "MAX_SIM_BURST",
+    "MAX_SIM_CONCURRENCY",
     "MAX_SIM_DURATION",
+    "MAX_SIM_FACTOR",
+    "MAX_SIM_KEYS",
+    "MAX_SIM_LATENCY",
+    "MAX_SIM_MULTIPLIER",
+    "MAX_SIM_QUEUE",
     "MAX_SIM_RATE",
     "MAX_SIM_REPLICAS",
     "MAX_SIM_REQUESTS",
+    "MAX_SIM_SERVERS",
+    "MAX_SIM_SIGMA",
+    "MAX_SIM_THRESHOLD",
+    "MAX_SIM_WORKERS",
     "MAX_SPAWN_RATE",
     "MAX_STACK_WORKERS",
+    "MAX_STEP_TIMEOUT",
     "MAX_SWEEP_RUNS",
+    "MIN_LEASE",
+    "MIN_POLL",
+    "MIN_SIM_TICK",
     "check",
 ]
 
@@ -66,6 +86,19 @@ MAX_LOAD_DURATION = 3600.0
 MAX_LOAD_PROCESSES = CPUS
 LOAD_PROCESSES_WHY = "one Locust process per CPU"
 
+#: A worker's lease (`worker --lease`): renewed at a third of it, so a short lease costs
+#: writes; a long one is how long a dead worker's sagas wait before another takes them (an
+#: hour at most, not the 115 days of `--lease 1e7`).
+MIN_LEASE = 0.5
+MAX_LEASE = 3600.0
+#: Seconds an idle worker waits between looks at the queue (`worker --poll`).
+MIN_POLL = 0.01
+MAX_POLL = 60.0
+#: `worker --max-seconds` and `--exit-when-idle`: thirty days; leave them out to run for ever.
+MAX_RUN_SECONDS = 30 * 86_400.0
+#: Seconds one step's call may take (a flow's `timeout`): a saga's lease must outlive it.
+MAX_STEP_TIMEOUT = 3600.0
+
 # -- the simulation ---------------------------------------------------------------------------
 #: Simulated seconds of arrivals (one simulated day).
 MAX_SIM_DURATION = 86_400.0
@@ -78,6 +111,32 @@ MAX_SIM_REPLICAS = 1000
 MAX_SIM_REQUESTS = 5_000_000
 #: Runs of one `simulate sweep` (all combinations of its grid values).
 MAX_SWEEP_RUNS = 1000
+#: Saga workers of one simulated replica, and of all replicas together (each is a SimPy
+#: process held for the whole run: a billion of them is 750 MB before the first arrival).
+MAX_SIM_CONCURRENCY = 1000
+MAX_SIM_WORKERS = 100_000
+#: API keys and source addresses of one client group (each is a string held for the run).
+MAX_SIM_KEYS = 100_000
+MAX_SIM_ADDRESSES = 100_000
+#: Servers of one simulated station (service concurrency, firewall and gateway workers,
+#: connections a gateway holds) and the length of its queue.
+MAX_SIM_SERVERS = 100_000
+MAX_SIM_QUEUE = MAX_SIM_REQUESTS
+#: Shortest period of anything that ticks (metrics, reaper, autoscaler, health checks): a
+#: finer tick over a simulated day is millions of events that measure nothing new.
+MIN_SIM_TICK = 0.01
+#: Longest latency, service time or timeout of one call, in simulated seconds.
+MAX_SIM_LATENCY = 3600.0
+#: Widest lognormal latency (sigma): exp(sigma * z) overflows a float long before 1e9, and
+#: at 5 the slowest of a million calls is already ~10^10 times the median.
+MAX_SIM_SIGMA = 5.0
+#: Slowdown factor of a fault, retry multiplier, attempts of a client's retry.
+MAX_SIM_FACTOR = 1000.0
+MAX_SIM_MULTIPLIER = 100.0
+MAX_SIM_ATTEMPTS = 100
+#: Failure and success counts (breaker, health checks) and a token bucket's burst.
+MAX_SIM_THRESHOLD = 10_000
+MAX_SIM_BURST = 1_000_000.0
 
 
 class LimitError(ValueError):
@@ -101,14 +160,15 @@ def check(
     high: float | None = None,
     why: str = "",
 ) -> float:
-    """`value` if `low <= value <= high` (and finite), else LimitError naming the bound."""
+    """`value` if `low <= value <= high` (and finite), else LimitError naming the bound.
+
+    `why` explains the maximum (e.g. "4 per CPU"), so it is given with an over-limit refusal
+    only: it is not why a count must be at least 1."""
     note = f" ({why})" if why else ""
     if isinstance(value, float) and not math.isfinite(value):
         raise LimitError(what, value, f"{what} must be a finite number, got {value}")
     if low is not None and value < low:
-        raise LimitError(
-            what, value, f"{what} {_fmt(value)} is under the minimum of {_fmt(low)}{note}"
-        )
+        raise LimitError(what, value, f"{what} {_fmt(value)} is under the minimum of {_fmt(low)}")
     if high is not None and value > high:
         raise LimitError(
             what, value, f"{what} {_fmt(value)} is over the limit of {_fmt(high)}{note}"
