@@ -21,6 +21,8 @@ __all__ = [
     "DEFAULT_GRACE",
     "LimitError",
     "MAX_CONCURRENCY",
+    "MAX_FLOOD_BURST",
+    "MAX_FLOOD_RATE",
     "MAX_GATEWAYS",
     "MAX_GRACE",
     "MAX_LEASE",
@@ -79,6 +81,11 @@ MAX_STACK_WORKERS = MAX_REPLICAS
 #: leases expire, so waiting longer only delays the stop.
 DEFAULT_GRACE = 10.0
 MAX_GRACE = 300.0
+#: An edge's flood guard (`stack up --flood-rate/--flood-burst`, the edge's own options):
+#: requests per second one address may send, and its burst. One edge serves a few thousand
+#: requests per second in all, so a rate above this guards nothing.
+MAX_FLOOD_RATE = 100_000.0
+MAX_FLOOD_BURST = 1_000_000.0
 #: Load test (`loadtest`): simulated users, users started per second, seconds, Locust processes.
 MAX_LOAD_USERS = 2000
 MAX_SPAWN_RATE = 200.0
@@ -159,16 +166,21 @@ def check(
     low: float | None = None,
     high: float | None = None,
     why: str = "",
+    low_why: str = "",
 ) -> float:
     """`value` if `low <= value <= high` (and finite), else LimitError naming the bound.
 
     `why` explains the maximum (e.g. "4 per CPU"), so it is given with an over-limit refusal
-    only: it is not why a count must be at least 1."""
+    only: it is not why a count must be at least 1. `low_why` explains the minimum, if it needs
+    explaining."""
     note = f" ({why})" if why else ""
+    low_note = f" ({low_why})" if low_why else ""
     if isinstance(value, float) and not math.isfinite(value):
         raise LimitError(what, value, f"{what} must be a finite number, got {value}")
     if low is not None and value < low:
-        raise LimitError(what, value, f"{what} {_fmt(value)} is under the minimum of {_fmt(low)}")
+        raise LimitError(
+            what, value, f"{what} {_fmt(value)} is under the minimum of {_fmt(low)}{low_note}"
+        )
     if high is not None and value > high:
         raise LimitError(
             what, value, f"{what} {_fmt(value)} is over the limit of {_fmt(high)}{note}"
