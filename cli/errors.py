@@ -38,7 +38,7 @@ from orchestrator.errors import (
     StoreError,
     TemplateError,
 )
-from orchestrator.jsonsafe import loads_strict
+from orchestrator.jsonsafe import MAX_BYTES, loads_strict
 
 EXIT_OK, EXIT_SAGA_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_ENVIRONMENT = range(6)
 
@@ -85,14 +85,26 @@ def handled() -> Iterator[None]:
 
 
 def parse_json_arg(value: str, what: str) -> object:
-    """JSON text, or `@path` to read it from a file ('@-' reads stdin)."""
-    text = value
+    """JSON text, or `@path` to read it from a file ('@-' reads stdin).
+
+    A file or stdin is read up to one byte past `MAX_BYTES`, so /dev/zero or an endless pipe is
+    refused at the limit instead of read into memory; `loads_strict` then refuses the size, bytes
+    that are not UTF-8, and anything JSON cannot carry."""
+    text: str | bytes = value
     if value.startswith("@"):
         source = value[1:]
+        if not source:
+            raise fail(f"{what} @ needs a file name (or @- for stdin)", EXIT_USAGE)
         try:
-            text = sys.stdin.read() if source == "-" else Path(source).read_text("utf-8")
+            if source == "-":
+                text = sys.stdin.buffer.read(MAX_BYTES + 1)
+            else:
+                with Path(source).open("rb") as file:
+                    text = file.read(MAX_BYTES + 1)
         except OSError as exc:
             raise fail(f"cannot read {what} file {source}: {exc.strerror}", EXIT_USAGE) from None
+        if len(text) > MAX_BYTES:
+            raise fail(f"{what} is over {MAX_BYTES} bytes, the most accepted", EXIT_USAGE)
     try:
         return loads_strict(text, what=what)
     except InputError as exc:

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from orchestrator.limits import MAX_REPLICAS, REPLICAS_WHY, LimitError, check
+from orchestrator.limits import MAX_REPLICAS, MAX_SIM_DURATION, REPLICAS_WHY, LimitError, check
 from simulator.config import configure, list_scenarios
 from simulator.errors import SimulationError
 from simulator.model import simulate
@@ -33,7 +33,11 @@ app = typer.Typer(
 ScenarioArg = Annotated[str, typer.Argument(help="A shipped scenario name or a YAML file.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default: scenario's).")]
 DurationOpt = Annotated[
-    float | None, typer.Option("--duration", help="Seconds of arrivals (default: scenario's).")
+    float | None,
+    typer.Option(
+        "--duration",
+        help=f"Seconds of arrivals (default: scenario's; at most {MAX_SIM_DURATION:g}).",
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,

@@ -33,8 +33,15 @@ from edge.stack import (
     supervised,
 )
 from edge.stack_checks import StackEnvironmentError, StackOptionError, validate
-from edge.stack_supervisor import MAX_RESTART_DELAY, STABLE_AFTER, launch, request_restart
-from orchestrator.limits import MAX_CONCURRENCY, MAX_GATEWAYS, MAX_STACK_WORKERS
+from edge.stack_supervisor import (
+    MAX_RESTART_DELAY,
+    MIN_RESTART_DELAY,
+    STABLE_AFTER,
+    launch,
+    request_restart,
+)
+from orchestrator.limits import MAX_CONCURRENCY, MAX_FLOOD_RATE, MAX_GATEWAYS, MAX_STACK_WORKERS
+from orchestrator.policies.balancer import Strategy
 
 app = typer.Typer(help="Start, inspect, break and stop the local stack.", no_args_is_help=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -91,21 +98,26 @@ def up(
     ] = True,
     port: Annotated[int, typer.Option(help="Edge port (0: any free port).")] = 8800,
     strategy: Annotated[
-        str, typer.Option(help="least_connections or power_of_two (gateway choice).")
+        str,
+        typer.Option(help=f"Gateway choice: {', '.join(s.value for s in Strategy)}."),
     ] = "least_connections",
     deny: Annotated[
         list[str] | None, typer.Option(help=f"Denied address or CIDR (default {BLOCKED_RANGE}).")
     ] = None,
     flood_rate: Annotated[
         float,
-        typer.Option(help="Requests/s per client address before it is blocked (above 0)."),
+        typer.Option(
+            help="Requests/s per client address before it is blocked (above 0, at most "
+            f"{MAX_FLOOD_RATE:g})."
+        ),
     ] = 200.0,
     db: Annotated[Path | None, typer.Option(help="Saga database (default: in --dir).")] = None,
     restart_delay: Annotated[
         float,
         typer.Option(
-            help="Seconds before a component that died is started again; doubles while it "
-            f"keeps dying within {STABLE_AFTER:g}s of a start, up to {MAX_RESTART_DELAY:g}s.",
+            help="Seconds before a component that died is started again "
+            f"({MIN_RESTART_DELAY:g} to {MAX_RESTART_DELAY:g}); doubles while it keeps dying "
+            f"within {STABLE_AFTER:g}s of a start, up to {MAX_RESTART_DELAY:g}s.",
         ),
     ] = 0.5,
     detach: Annotated[

@@ -21,7 +21,12 @@ from orchestrator.limits import (
     DEFAULT_GRACE,
     MAX_CONCURRENCY,
     MAX_GRACE,
+    MAX_LEASE,
+    MAX_POLL,
     MAX_REPLICAS,
+    MAX_RUN_SECONDS,
+    MIN_LEASE,
+    MIN_POLL,
     REPLICAS_WHY,
     LimitError,
     check,
@@ -77,15 +82,30 @@ def worker(
         float, typer.Option("--cooldown", min=0, help="With auto: seconds between changes.")
     ] = 5.0,
     lease: Annotated[
-        float, typer.Option("--lease", min=0.5, help="Lease length in seconds (renewed at 1/3).")
+        float,
+        typer.Option(
+            "--lease",
+            help=f"Lease length in seconds, renewed at 1/3 ({MIN_LEASE:g} to {MAX_LEASE:g}).",
+        ),
     ] = DEFAULT_LEASE_SECONDS,
-    poll: Annotated[float, typer.Option("--poll", min=0.01, help="Idle poll interval (s).")] = 0.2,
+    poll: Annotated[
+        float,
+        typer.Option(
+            "--poll", help=f"Idle poll interval in seconds ({MIN_POLL:g} to {MAX_POLL:g})."
+        ),
+    ] = 0.2,
     exit_when_idle: Annotated[
         float | None,
-        typer.Option("--exit-when-idle", help="Stop after this many seconds with nothing to do."),
+        typer.Option(
+            "--exit-when-idle",
+            help=f"Stop after this many seconds with nothing to do (at most {MAX_RUN_SECONDS:g}).",
+        ),
     ] = None,
     max_seconds: Annotated[
-        float | None, typer.Option("--max-seconds", help="Stop after this many seconds.")
+        float | None,
+        typer.Option(
+            "--max-seconds", help=f"Stop after this many seconds (at most {MAX_RUN_SECONDS:g})."
+        ),
     ] = None,
     grace: Annotated[
         float,
@@ -106,6 +126,7 @@ def worker(
     SIGKILLs those still running after --grace seconds (their sagas are resumed by others).
     """
     count = _check_bounds(replicas, concurrency, min_replicas, max_replicas, grace)
+    _check_times(lease, poll, exit_when_idle, max_seconds)
     with handled():
         service_map = load_services(services)
         breaker_configs = load_breaker_configs(services)
@@ -186,7 +207,7 @@ def _check_bounds(replicas: str, concurrency: int, low: int, high: int, grace: f
             count = None
             check("--min", low, low=0, high=MAX_REPLICAS, why=REPLICAS_WHY)
             check("--max", high, low=max(1, low), high=MAX_REPLICAS, why=REPLICAS_WHY)
-        elif replicas.isdigit():
+        elif replicas.removeprefix("-").isdigit():
             count = int(
                 check("--replicas", int(replicas), low=1, high=MAX_REPLICAS, why=REPLICAS_WHY)
             )
@@ -197,6 +218,21 @@ def _check_bounds(replicas: str, concurrency: int, low: int, high: int, grace: f
     except LimitError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     return count
+
+
+def _check_times(
+    lease: float, poll: float, exit_when_idle: float | None, max_seconds: float | None
+) -> None:
+    """Refuse (exit 2 naming the bound) a lease, poll or run time that is not finite or out of
+    its bound, before anything starts: `--lease inf` or `--poll 1e12` would kill a thread later."""
+    try:
+        check("--lease", lease, low=MIN_LEASE, high=MAX_LEASE, why="seconds: an hour")
+        check("--poll", poll, low=MIN_POLL, high=MAX_POLL, why="seconds")
+        for name, seconds in (("--exit-when-idle", exit_when_idle), ("--max-seconds", max_seconds)):
+            if seconds is not None:
+                check(name, seconds, low=0, high=MAX_RUN_SECONDS, why="seconds: thirty days")
+    except LimitError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
 
 
 def run_one(

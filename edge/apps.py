@@ -34,7 +34,7 @@ from edge.keys import KeyCache, KeyStore, read_secret
 from edge.metrics import Metrics
 from edge.pool import Pool
 from orchestrator.jsonsafe import MAX_BYTES
-from orchestrator.limits import check
+from orchestrator.limits import MAX_FLOOD_BURST, MAX_FLOOD_RATE, check
 from orchestrator.policies.firewall import Firewall, FloodGuard
 
 __all__ = [
@@ -255,8 +255,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         if args.component == "edge":
             # NaN or a negative rate would silently turn flood protection off: only 0 does.
-            check("--flood-rate", args.flood_rate, low=0, why="0 turns flood protection off")
-            check("--flood-burst", args.flood_burst, low=1)
+            check(
+                "--flood-rate",
+                args.flood_rate,
+                low=0,
+                high=MAX_FLOOD_RATE,
+                low_why="0 turns flood protection off",
+            )
+            check("--flood-burst", args.flood_burst, low=1, high=MAX_FLOOD_BURST)
             check("--flood-block", args.flood_block, low=0)
     except ValueError as exc:
         parser.error(str(exc))  # exits 2 with the bound named

@@ -18,11 +18,14 @@ from pathlib import Path
 from edge.errors import EdgeError, StackError
 from edge.server import bind
 from edge.stack import StackConfig, alive, load_state
+from edge.stack_supervisor import MAX_RESTART_DELAY, MIN_RESTART_DELAY
 from orchestrator.errors import SagaError
 from orchestrator.limits import (
     CONCURRENCY_WHY,
     GATEWAYS_WHY,
     MAX_CONCURRENCY,
+    MAX_FLOOD_BURST,
+    MAX_FLOOD_RATE,
     MAX_GATEWAYS,
     MAX_STACK_WORKERS,
     REPLICAS_WHY,
@@ -32,9 +35,6 @@ from orchestrator.limits import (
 from orchestrator.policies.balancer import Strategy
 
 __all__ = ["StackEnvironmentError", "StackOptionError", "validate"]
-
-#: Stack restart delays above this are a typo, not a policy (seconds).
-MAX_RESTART_DELAY_OPTION = 60.0
 
 
 class StackOptionError(StackError):
@@ -53,7 +53,14 @@ def validate(c: StackConfig, env: Mapping[str, str] | None = None) -> None:
         check("--workers", c.workers, low=0, high=MAX_STACK_WORKERS, why=REPLICAS_WHY)
         check("--concurrency", c.concurrency, low=1, high=MAX_CONCURRENCY, why=CONCURRENCY_WHY)
         check("--port", c.edge_port, low=0, high=65535, why="0 picks a free port")
-        check("--restart-delay", c.restart_delay, low=0.0, high=MAX_RESTART_DELAY_OPTION)
+        check(
+            "--restart-delay",
+            c.restart_delay,
+            low=MIN_RESTART_DELAY,
+            high=MAX_RESTART_DELAY,
+            why="the most the doubling reaches",
+            low_why="0 would restart a crashing component as fast as it dies",
+        )
     except LimitError as exc:
         raise StackOptionError(str(exc)) from None
     if c.strategy not in set(Strategy):
@@ -70,6 +77,11 @@ def validate(c: StackConfig, env: Mapping[str, str] | None = None) -> None:
     for flag, value in (("--flood-rate", c.flood_rate), ("--flood-burst", c.flood_burst)):
         if not math.isfinite(value) or value <= 0:
             raise StackOptionError(f"{flag} must be a positive number, got {value:g}")
+    try:
+        check("--flood-rate", c.flood_rate, high=MAX_FLOOD_RATE, why="requests/s from one address")
+        check("--flood-burst", c.flood_burst, high=MAX_FLOOD_BURST)
+    except LimitError as exc:
+        raise StackOptionError(str(exc)) from None
     _check_not_running(c.directory)
     directory = _check_directory(c.directory)
     _check_services_file(env)

@@ -50,10 +50,20 @@ from edge.stack import (
 )
 from orchestrator.policies.retry import RetryPolicy
 
-__all__ = ["MAX_RESTART_DELAY", "STABLE_AFTER", "exit_reason", "launch", "request_restart"]
+__all__ = [
+    "MAX_RESTART_DELAY",
+    "MIN_RESTART_DELAY",
+    "STABLE_AFTER",
+    "exit_reason",
+    "launch",
+    "request_restart",
+]
 
 #: The longest wait before restarting a component that keeps dying, seconds.
 MAX_RESTART_DELAY = 30.0
+#: Shortest `--restart-delay`: with 0 the doubling stays at 0 and a crashing component is
+#: restarted as fast as it dies (15 times in 8 s).
+MIN_RESTART_DELAY = 0.1
 #: A component up this long has recovered: its next death restarts it after the first delay.
 STABLE_AFTER = 10.0
 REQUESTS = "requests"
@@ -99,8 +109,9 @@ class StackSupervisor:
         self.log = log
         self.backoff = RetryPolicy(
             max_attempts=None,
-            initial_delay=config.restart_delay,
-            max_delay=max(MAX_RESTART_DELAY, config.restart_delay),
+            # `stack up` refuses a delay out of bounds; a state file edited by hand is clamped.
+            initial_delay=min(max(config.restart_delay, MIN_RESTART_DELAY), MAX_RESTART_DELAY),
+            max_delay=MAX_RESTART_DELAY,
             jitter=False,
         )
         self.stopping = False

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from orchestrator.errors import FlowValidationError, ValidationIssue
+from orchestrator.limits import MAX_STEP_TIMEOUT
 from orchestrator.policies.retry import (
     DEFAULT_ACTION_RETRY,
     DEFAULT_COMPENSATION_RETRY,
@@ -73,7 +74,8 @@ class FlowDefinition:
     """A named, versioned, ordered list of steps, plus the input keys it declares.
 
     `required_input` keys must be in every saga's input; `optional_input` keys may be. A flow
-    that declares any key must declare every `${input.KEY}` its templates name.
+    with an `input:` declaration (`declares_input`), even an empty one, must declare every
+    `${input.KEY}` its templates name; a flow without one is not checked.
     """
 
     name: str
@@ -82,6 +84,7 @@ class FlowDefinition:
     description: str = ""
     required_input: tuple[str, ...] = ()
     optional_input: tuple[str, ...] = ()
+    declares_input: bool = False
     _index: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -263,8 +266,10 @@ def flow_from_dict(
         issues.add("version", "must be a positive integer")
         version = 1
     required_input, optional_input = _input_keys(raw.get("input"), issues)
-    # A flow that declares any input key must declare every key its templates name.
-    declared = frozenset(required_input + optional_input) or None
+    # A flow that declares its input at all (even `input: {}`: "no keys") must declare every
+    # key its templates name; only a flow with no `input:` is left unchecked.
+    declares_input = raw.get("input") is not None
+    declared = frozenset(required_input + optional_input) if declares_input else None
     if not check_input_keys:
         declared = None
     raw_steps = raw.get("steps")
@@ -319,8 +324,13 @@ def flow_from_dict(
         if kind is StepKind.RETRIABLE and (compensation or comp_handler):
             issues.add(f"{where}.compensation", "a retriable step is never undone; remove it")
         timeout = rs.get("timeout", 5.0)
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-            issues.add(f"{where}.timeout", "must be a positive number of seconds")
+        number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+        # `not 0 < t <= max` also refuses NaN, which compares false with everything.
+        if not number or not 0 < timeout <= MAX_STEP_TIMEOUT:
+            issues.add(
+                f"{where}.timeout",
+                f"must be a positive number of seconds, at most {MAX_STEP_TIMEOUT:g}",
+            )
             timeout = 5.0
         default_retry = FOREVER_RETRY if kind is StepKind.RETRIABLE else DEFAULT_ACTION_RETRY
         retry = _retry_from(rs.get("retry"), default_retry, f"{where}.retry", issues)
@@ -356,6 +366,7 @@ def flow_from_dict(
         description=str(raw.get("description", "")),
         required_input=required_input,
         optional_input=optional_input,
+        declares_input=declares_input,
     )
 
 
@@ -381,13 +392,15 @@ def flow_to_dict(flow: FlowDefinition) -> dict[str, Any]:
         d["retry"] = retry_to_dict(s.retry)
         d["compensation_retry"] = retry_to_dict(s.compensation_retry)
         steps.append(d)
-    return {
+    out: dict[str, Any] = {
         "name": flow.name,
         "version": flow.version,
         "description": flow.description,
-        "input": {
+    }
+    if flow.declares_input:  # written only if declared, so that it reads back the same
+        out["input"] = {
             "required": list(flow.required_input),
             **({"optional": list(flow.optional_input)} if flow.optional_input else {}),
-        },
-        "steps": steps,
-    }
+        }
+    out["steps"] = steps
+    return out

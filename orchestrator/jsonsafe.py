@@ -3,7 +3,9 @@
 Python's `json` reads `NaN`, `Infinity` and `1e999` (as inf), which no other JSON reader takes
 and which httpx refuses to send: stored in a saga, such a value fails the step that sends it.
 A lone surrogate (`"\\ud800"`) reads fine and cannot be encoded as UTF-8 for a request. A
-deeply nested document makes `json` raise RecursionError. `loads_strict` (text from a client)
+deeply nested document makes `json` raise RecursionError. An integer of more than 4,300 digits
+fails inside `json` with a message about `sys.set_int_max_str_digits`; we refuse any number of
+more than `MAX_DIGITS` digits first, as "number too long". `loads_strict` (text from a client)
 and `check_json_value` (a value already parsed, e.g. by a web framework) refuse all of these
 with an `InputError` naming where the bad value is, so they are turned away at the door
 (CLI exit 2, HTTP 422) instead of stalling a worker later.
@@ -18,8 +20,9 @@ from typing import Any
 from orchestrator.errors import InputError
 
 __all__ = [
-    "MAX_DEPTH",
     "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_DIGITS",
     "PayloadTooLarge",
     "UnsafeJson",
     "check_json_value",
@@ -32,6 +35,15 @@ MAX_DEPTH = 32
 
 MAX_BYTES = 1_000_000
 """Largest JSON text accepted, in bytes."""
+
+MAX_DIGITS = 40
+"""Most digits a JSON number may have. A saga's numbers are amounts, counts and ids: an int64
+has 19 digits and a float holds 17 significant ones, so 40 leaves room for any of them (and
+for a 128-bit id) while a 5,000-digit number is refused as such, not with Python's internal
+`sys.set_int_max_str_digits` message (and never costs a quadratic conversion)."""
+
+
+_INT_BOUND = 10**MAX_DIGITS
 
 
 class UnsafeJson(InputError):
@@ -46,7 +58,30 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number; send a finite number")
 
 
+def _digits(text: str) -> int:
+    """Digits of a JSON number's text (sign, point and exponent not counted)."""
+    mantissa = text.lower().split("e", 1)[0]
+    return sum(c.isdigit() for c in mantissa)
+
+
+def _too_long(count: int | str) -> ValueError:
+    return ValueError(
+        f"number too long ({count} digits); a JSON number here has at most {MAX_DIGITS} digits "
+        "(send a longer id as a string)"
+    )
+
+
+def _bounded_int(text: str) -> int:
+    digits = _digits(text)
+    if digits > MAX_DIGITS:
+        raise _too_long(digits)
+    return int(text)
+
+
 def _finite_float(text: str) -> float:
+    digits = _digits(text)
+    if digits > MAX_DIGITS:
+        raise _too_long(digits)
     value = float(text)
     if not math.isfinite(value):
         raise ValueError(f"{text} is out of range for a JSON number; send a finite number")
@@ -64,7 +99,9 @@ def loads_strict(text: str | bytes, *, what: str = "JSON") -> Any:
         except UnicodeDecodeError as exc:
             raise UnsafeJson(f"{what} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+        value = json.loads(
+            text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int
+        )
     except json.JSONDecodeError as exc:
         raise UnsafeJson(
             f"{what} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
@@ -80,14 +117,20 @@ def loads_strict(text: str | bytes, *, what: str = "JSON") -> Any:
 def check_json_value(value: Any, *, what: str = "value") -> None:
     """Raise UnsafeJson unless `value` is plain JSON data that encodes and decodes unchanged.
 
-    Allowed: dict with str keys, list, str (encodable as UTF-8), int, finite float, bool, None;
+    Allowed: dict with str keys, list, str (encodable as UTF-8), int of at most `MAX_DIGITS`
+    digits, finite float, bool, None;
     nested at most `MAX_DEPTH` deep. The message names the path of the first bad value.
     """
     # Iterative, so a deep value cannot exhaust the stack here either.
     stack: list[tuple[Any, str, int]] = [(value, what, 0)]
     while stack:
         item, where, depth = stack.pop()
-        if item is None or isinstance(item, bool | int):
+        if item is None or isinstance(item, bool):
+            continue
+        if isinstance(item, int):
+            # Compared as numbers: turning a huge int into text is what Python refuses.
+            if abs(item) >= _INT_BOUND:
+                raise UnsafeJson(f"{where}: {_too_long('more than ' + str(MAX_DIGITS))}")
             continue
         if isinstance(item, float):
             if not math.isfinite(item):

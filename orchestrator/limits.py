@@ -21,19 +21,41 @@ __all__ = [
     "DEFAULT_GRACE",
     "LimitError",
     "MAX_CONCURRENCY",
+    "MAX_FLOOD_BURST",
+    "MAX_FLOOD_RATE",
     "MAX_GATEWAYS",
     "MAX_GRACE",
+    "MAX_LEASE",
     "MAX_LOAD_DURATION",
     "MAX_LOAD_PROCESSES",
     "MAX_LOAD_USERS",
+    "MAX_POLL",
     "MAX_REPLICAS",
+    "MAX_RUN_SECONDS",
+    "MAX_SIM_ADDRESSES",
+    "MAX_SIM_ATTEMPTS",
+    "MAX_SIM_BURST",
+    "MAX_SIM_CONCURRENCY",
     "MAX_SIM_DURATION",
+    "MAX_SIM_FACTOR",
+    "MAX_SIM_KEYS",
+    "MAX_SIM_LATENCY",
+    "MAX_SIM_MULTIPLIER",
+    "MAX_SIM_QUEUE",
     "MAX_SIM_RATE",
     "MAX_SIM_REPLICAS",
     "MAX_SIM_REQUESTS",
+    "MAX_SIM_SERVERS",
+    "MAX_SIM_SIGMA",
+    "MAX_SIM_THRESHOLD",
+    "MAX_SIM_WORKERS",
     "MAX_SPAWN_RATE",
     "MAX_STACK_WORKERS",
+    "MAX_STEP_TIMEOUT",
     "MAX_SWEEP_RUNS",
+    "MIN_LEASE",
+    "MIN_POLL",
+    "MIN_SIM_TICK",
     "check",
 ]
 
@@ -59,12 +81,30 @@ MAX_STACK_WORKERS = MAX_REPLICAS
 #: leases expire, so waiting longer only delays the stop.
 DEFAULT_GRACE = 10.0
 MAX_GRACE = 300.0
+#: An edge's flood guard (`stack up --flood-rate/--flood-burst`, the edge's own options):
+#: requests per second one address may send, and its burst. One edge serves a few thousand
+#: requests per second in all, so a rate above this guards nothing.
+MAX_FLOOD_RATE = 100_000.0
+MAX_FLOOD_BURST = 1_000_000.0
 #: Load test (`loadtest`): simulated users, users started per second, seconds, Locust processes.
 MAX_LOAD_USERS = 2000
 MAX_SPAWN_RATE = 200.0
 MAX_LOAD_DURATION = 3600.0
 MAX_LOAD_PROCESSES = CPUS
 LOAD_PROCESSES_WHY = "one Locust process per CPU"
+
+#: A worker's lease (`worker --lease`): renewed at a third of it, so a short lease costs
+#: writes; a long one is how long a dead worker's sagas wait before another takes them (an
+#: hour at most, not the 115 days of `--lease 1e7`).
+MIN_LEASE = 0.5
+MAX_LEASE = 3600.0
+#: Seconds an idle worker waits between looks at the queue (`worker --poll`).
+MIN_POLL = 0.01
+MAX_POLL = 60.0
+#: `worker --max-seconds` and `--exit-when-idle`: thirty days; leave them out to run for ever.
+MAX_RUN_SECONDS = 30 * 86_400.0
+#: Seconds one step's call may take (a flow's `timeout`): a saga's lease must outlive it.
+MAX_STEP_TIMEOUT = 3600.0
 
 # -- the simulation ---------------------------------------------------------------------------
 #: Simulated seconds of arrivals (one simulated day).
@@ -78,6 +118,32 @@ MAX_SIM_REPLICAS = 1000
 MAX_SIM_REQUESTS = 5_000_000
 #: Runs of one `simulate sweep` (all combinations of its grid values).
 MAX_SWEEP_RUNS = 1000
+#: Saga workers of one simulated replica, and of all replicas together (each is a SimPy
+#: process held for the whole run: a billion of them is 750 MB before the first arrival).
+MAX_SIM_CONCURRENCY = 1000
+MAX_SIM_WORKERS = 100_000
+#: API keys and source addresses of one client group (each is a string held for the run).
+MAX_SIM_KEYS = 100_000
+MAX_SIM_ADDRESSES = 100_000
+#: Servers of one simulated station (service concurrency, firewall and gateway workers,
+#: connections a gateway holds) and the length of its queue.
+MAX_SIM_SERVERS = 100_000
+MAX_SIM_QUEUE = MAX_SIM_REQUESTS
+#: Shortest period of anything that ticks (metrics, reaper, autoscaler, health checks): a
+#: finer tick over a simulated day is millions of events that measure nothing new.
+MIN_SIM_TICK = 0.01
+#: Longest latency, service time or timeout of one call, in simulated seconds.
+MAX_SIM_LATENCY = 3600.0
+#: Widest lognormal latency (sigma): exp(sigma * z) overflows a float long before 1e9, and
+#: at 5 the slowest of a million calls is already ~10^10 times the median.
+MAX_SIM_SIGMA = 5.0
+#: Slowdown factor of a fault, retry multiplier, attempts of a client's retry.
+MAX_SIM_FACTOR = 1000.0
+MAX_SIM_MULTIPLIER = 100.0
+MAX_SIM_ATTEMPTS = 100
+#: Failure and success counts (breaker, health checks) and a token bucket's burst.
+MAX_SIM_THRESHOLD = 10_000
+MAX_SIM_BURST = 1_000_000.0
 
 
 class LimitError(ValueError):
@@ -100,14 +166,20 @@ def check(
     low: float | None = None,
     high: float | None = None,
     why: str = "",
+    low_why: str = "",
 ) -> float:
-    """`value` if `low <= value <= high` (and finite), else LimitError naming the bound."""
+    """`value` if `low <= value <= high` (and finite), else LimitError naming the bound.
+
+    `why` explains the maximum (e.g. "4 per CPU"), so it is given with an over-limit refusal
+    only: it is not why a count must be at least 1. `low_why` explains the minimum, if it needs
+    explaining."""
     note = f" ({why})" if why else ""
+    low_note = f" ({low_why})" if low_why else ""
     if isinstance(value, float) and not math.isfinite(value):
         raise LimitError(what, value, f"{what} must be a finite number, got {value}")
     if low is not None and value < low:
         raise LimitError(
-            what, value, f"{what} {_fmt(value)} is under the minimum of {_fmt(low)}{note}"
+            what, value, f"{what} {_fmt(value)} is under the minimum of {_fmt(low)}{low_note}"
         )
     if high is not None and value > high:
         raise LimitError(

@@ -29,7 +29,9 @@ from orchestrator.limits import (
     MAX_SIM_RATE,
     MAX_SIM_REPLICAS,
     MAX_SIM_REQUESTS,
+    MAX_SIM_WORKERS,
 )
+from simulator.bounds import check_numbers
 from simulator.defaults import DEFAULTS
 from simulator.errors import ScenarioError, ScenarioNotFound
 
@@ -314,9 +316,11 @@ def _at_most(where: str, value: float, limit: float, why: str) -> None:
 
 
 def check_bounds(config: dict[str, Any], *, duration: float | None = None) -> None:
-    """The bounds of `orchestrator.limits` on durations, arrival rates and replica counts."""
+    """The bounds of `orchestrator.limits`: every number's own (`simulator.bounds`), then those
+    of combinations (saga workers of all replicas, expected requests of the run)."""
     from simulator.schedule import segments  # the schedule module imports this one
 
+    check_numbers(config)
     root = Node(config)
     if duration is None:
         where, span = "duration", root.num("duration", positive=True)
@@ -333,6 +337,14 @@ def check_bounds(config: dict[str, Any], *, duration: float | None = None) -> No
     ]
     for path, count in counts:
         _at_most(path, count, MAX_SIM_REPLICAS, "simulated processes")
+    # Every saga worker of every replica is a SimPy process held for the whole run.
+    workers = max(counts[0][1], counts[1][1]) * root.node("orchestrator").int("concurrency", min=1)
+    _at_most(
+        "orchestrator.concurrency",
+        workers,
+        MAX_SIM_WORKERS,
+        "saga workers of all replicas: concurrency x the most replicas",
+    )
     requests = 0.0
     for client in root.items("clients"):
         for start, end, _, peak in segments(client.node("rate")):

@@ -328,20 +328,24 @@ def raw_flows(draw: st.DrawFn) -> dict[str, Any]:
         step["retry"] = draw(retry_dicts)
         step["compensation_retry"] = draw(retry_dicts)
         steps.append(step)
-    return {
+    raw: dict[str, Any] = {
         "name": draw(names),
         "version": draw(st.integers(1, 100)),
         "description": draw(st.text(max_size=20)),
-        "input": _declared_input(draw),
         "steps": steps,
     }
+    declared = _declared_input(draw)
+    if declared is not None:
+        raw["input"] = declared
+    return raw
 
 
-def _declared_input(draw: st.DrawFn) -> dict[str, list[str]]:
-    """Nothing declared, or a declaration that covers `id`, the key the templates use."""
+def _declared_input(draw: st.DrawFn) -> dict[str, list[str]] | None:
+    """Nothing declared (no `input:`), or a declaration that covers `id`, the key the templates
+    use (an empty `input:` declares no key, so it could not)."""
     required = draw(st.lists(names.filter(lambda n: n != "id"), max_size=3, unique=True))
     if not required:
-        return {"required": []}
+        return None
     if draw(st.booleans()):
         return {"required": [*required, "id"]}
     return {"required": required, "optional": ["id"]}

@@ -182,6 +182,37 @@ def test_a_flow_that_declares_nothing_is_not_checked() -> None:
     flow_from_dict(http_flow({"a": "${input.anything}"}, None))
 
 
+@pytest.mark.parametrize(
+    "declared",
+    [{"required": [], "optional": []}, {}, {"required": []}],
+    ids=["empty-lists", "empty-mapping", "required-empty"],
+)
+def test_an_empty_input_declaration_still_declares_every_key(
+    declared: dict[str, list[str]],
+) -> None:
+    # `input:` present at all means "these are my keys": none, so `${input.zz}` is undeclared
+    # and refused at load, not when a saga runs.
+    with pytest.raises(FlowValidationError) as caught:
+        flow_from_dict(http_flow({"a": "${input.zz}"}, declared), source="f.yaml")
+    (issue,) = caught.value.issues
+    assert "'zz'" in issue.message and "declare" in issue.message
+
+
+def test_a_flow_that_declares_nothing_round_trips_undeclared() -> None:
+    from orchestrator.flow import flow_to_dict
+
+    flow = flow_from_dict(http_flow({"a": "${input.anything}"}, None))
+    assert "input" not in flow_to_dict(flow)
+    assert flow_from_dict(flow_to_dict(flow)) == flow
+
+
+def test_a_flow_that_declares_an_empty_input_round_trips_declared() -> None:
+    from orchestrator.flow import flow_to_dict
+
+    flow = flow_from_dict(http_flow({"a": "x"}, {"required": []}))
+    assert flow_to_dict(flow)["input"] == {"required": []}
+
+
 def test_cli_refuses_such_a_flow_file_with_exit_2_naming_step_and_key(tmp_path: Path) -> None:
     import yaml
 

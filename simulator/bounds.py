@@ -1,0 +1,190 @@
+"""The bound of every number a scenario holds, in one table, checked before anything is built.
+
+The model reads each setting with its type and lower bound (`Node.num`), but only the settings
+it uses: a disabled autoscaler's `max` is never read, and a type check alone lets
+`clients.0.keys=1e12` build a list of a trillion strings. `check_numbers` walks the whole
+scenario instead (except the flow, which the orchestrator's own flow rules check, and the
+claims, which are text) and holds every number to its row of `BOUNDS`; a number with no row is
+refused as an unknown setting. The limits themselves live in `orchestrator.limits`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+from orchestrator.limits import (
+    MAX_SIM_ADDRESSES,
+    MAX_SIM_ATTEMPTS,
+    MAX_SIM_BURST,
+    MAX_SIM_CONCURRENCY,
+    MAX_SIM_DURATION,
+    MAX_SIM_FACTOR,
+    MAX_SIM_KEYS,
+    MAX_SIM_LATENCY,
+    MAX_SIM_MULTIPLIER,
+    MAX_SIM_QUEUE,
+    MAX_SIM_RATE,
+    MAX_SIM_REPLICAS,
+    MAX_SIM_SERVERS,
+    MAX_SIM_SIGMA,
+    MAX_SIM_THRESHOLD,
+    MIN_SIM_TICK,
+)
+from simulator.errors import ScenarioError
+
+__all__ = ["BOUNDS", "Bound", "check_numbers"]
+
+
+class Bound(NamedTuple):
+    """Inclusive range of one setting, why it is bounded, and whether it counts things."""
+
+    low: float
+    high: float
+    why: str
+    whole: bool = False
+
+
+_DAY = "simulated seconds: one day"
+SECONDS = Bound(0.0, MAX_SIM_DURATION, _DAY)
+POSITIVE_SECONDS = Bound(0.001, MAX_SIM_DURATION, _DAY)
+TICK = Bound(MIN_SIM_TICK, MAX_SIM_DURATION, "a period: finer ticks only add events")
+LATENCY = Bound(0.0, MAX_SIM_LATENCY, "seconds of one call: an hour")
+POSITIVE_LATENCY = Bound(1e-6, MAX_SIM_LATENCY, "seconds of one call: an hour")
+PROBABILITY = Bound(0.0, 1.0, "a probability")
+RATE = Bound(0.0, MAX_SIM_RATE, "arrivals per second")
+REPLICAS = Bound(1, MAX_SIM_REPLICAS, "simulated processes", whole=True)
+SERVERS = Bound(1, MAX_SIM_SERVERS, "servers of one station", whole=True)
+THRESHOLD = Bound(1, MAX_SIM_THRESHOLD, "a count of checks or calls", whole=True)
+
+_LATENCY_KEYS = {
+    "mean": POSITIVE_LATENCY,
+    "median": POSITIVE_LATENCY,
+    "value": LATENCY,
+    "low": LATENCY,
+    "high": LATENCY,
+    "sigma": Bound(0.0, MAX_SIM_SIGMA, "lognormal spread"),
+}
+_RATE_KEYS = {
+    "value": RATE,
+    "base": RATE,
+    "peak": RATE,
+    "from": RATE,
+    "to": RATE,
+    "start": SECONDS,
+    "end": SECONDS,
+    # [time, rate] pairs: both held to the larger of the two bounds.
+    "steps[][]": Bound(0.0, max(MAX_SIM_RATE, MAX_SIM_DURATION), "seconds or arrivals per second"),
+}
+
+
+def _group(prefix: str, rows: Mapping[str, Bound]) -> dict[str, Bound]:
+    return {f"{prefix}.{key}": bound for key, bound in rows.items()}
+
+
+BOUNDS: dict[str, Bound] = {
+    "seed": Bound(0, 2**32 - 1, "a 32-bit seed", whole=True),
+    "duration": POSITIVE_SECONDS,
+    "drain": SECONDS,
+    "interval": TICK,
+    "clients[].address_count": Bound(1, MAX_SIM_ADDRESSES, "addresses held in memory", True),
+    "clients[].keys": Bound(0, MAX_SIM_KEYS, "API keys held in memory", whole=True),
+    "clients[].timeout": POSITIVE_LATENCY,
+    "clients[].retry.max_attempts": Bound(1, MAX_SIM_ATTEMPTS, "attempts of one call", True),
+    "clients[].retry.initial_delay": SECONDS,
+    "clients[].retry.max_delay": SECONDS,
+    "clients[].retry.multiplier": Bound(1.0, MAX_SIM_MULTIPLIER, "backoff growth"),
+    **_group("clients[].rate", _RATE_KEYS),
+    "firewall.flood.rate": Bound(0.001, MAX_SIM_RATE, "requests per second"),
+    "firewall.flood.burst": Bound(1.0, MAX_SIM_BURST, "a token bucket's burst"),
+    "firewall.flood.block_for": SECONDS,
+    "firewall.workers": SERVERS,
+    "firewall.service_time": LATENCY,
+    "firewall.queue_limit": Bound(0, MAX_SIM_QUEUE, "requests queued", whole=True),
+    "balancer.health.interval": TICK,
+    "balancer.health.fail_threshold": THRESHOLD,
+    "balancer.health.pass_threshold": THRESHOLD,
+    "gateways.count": REPLICAS,
+    "gateways.workers": SERVERS,
+    "gateways.connection_limit": SERVERS,
+    "gateways.auth_time": LATENCY,
+    "gateways.handle_time": LATENCY,
+    "gateways.rate_limit.rate": Bound(0.001, MAX_SIM_RATE, "requests per second per key"),
+    "gateways.rate_limit.burst": Bound(1.0, MAX_SIM_BURST, "a token bucket's burst"),
+    "gateways.crashes[].instance": Bound(0, MAX_SIM_REPLICAS - 1, "a gateway's index", True),
+    "gateways.crashes[].at": SECONDS,
+    "gateways.crashes[].restart_after": SECONDS,
+    "orchestrator.replicas": REPLICAS,
+    "orchestrator.concurrency": Bound(1, MAX_SIM_CONCURRENCY, "saga workers per replica", True),
+    "orchestrator.lease": Bound(MIN_SIM_TICK, MAX_SIM_DURATION, _DAY),
+    "orchestrator.reaper_interval": TICK,
+    "orchestrator.startup_delay": SECONDS,
+    **_group("orchestrator.db_write", _LATENCY_KEYS),
+    "orchestrator.autoscale.min": Bound(0, MAX_SIM_REPLICAS, "simulated processes", True),
+    "orchestrator.autoscale.max": REPLICAS,
+    "orchestrator.autoscale.target_depth": Bound(0.001, MAX_SIM_QUEUE, "sagas queued"),
+    "orchestrator.autoscale.max_age": POSITIVE_SECONDS,
+    "orchestrator.autoscale.cooldown": SECONDS,
+    "orchestrator.autoscale.interval": TICK,
+    "orchestrator.crashes[].at": SECONDS,
+    "orchestrator.crashes[].count": REPLICAS,
+    "orchestrator.crashes[].restart_after": SECONDS,
+    "breakers.fail_max": THRESHOLD,
+    "breakers.reset_timeout": SECONDS,
+    "breakers.success_threshold": THRESHOLD,
+    **_group("services.*.latency", _LATENCY_KEYS),
+    "services.*.error_rate": PROBABILITY,
+    "services.*.reject_rate": PROBABILITY,
+    "services.*.concurrency": SERVERS,
+    "services.*.queue_limit": Bound(0, MAX_SIM_QUEUE, "requests queued", whole=True),
+    "faults[].start": SECONDS,
+    "faults[].end": SECONDS,
+    "faults[].factor": Bound(1.0, MAX_SIM_FACTOR, "times slower"),
+    "faults[].rate": PROBABILITY,
+}
+"""Bound of each setting by its path: `[]` for any list index, `*` for any service name."""
+
+_SKIP = {"flow", "claims"}
+
+
+def _numbers(node: Any, shown: str, pattern: str) -> Iterator[tuple[str, str, Any]]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if not shown and key in _SKIP:
+                continue
+            key_pattern = "*" if pattern == "services" else str(key)
+            yield from _numbers(
+                value,
+                f"{shown}.{key}" if shown else str(key),
+                f"{pattern}.{key_pattern}" if pattern else key_pattern,
+            )
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _numbers(value, f"{shown}[{i}]", f"{pattern}[]")
+    elif isinstance(node, int | float) and not isinstance(node, bool):
+        yield shown, pattern, node
+
+
+def _fmt(x: float) -> str:
+    return f"{x:,.10g}"
+
+
+def check_numbers(config: Mapping[str, Any]) -> None:
+    """Raise ScenarioError naming the first number of `config` outside its bound."""
+    for where, pattern, value in _numbers(config, "", ""):
+        bound = BOUNDS.get(pattern)
+        if bound is None:
+            raise ScenarioError(where, "unknown setting (no number is read here)")
+        if not math.isfinite(value):
+            raise ScenarioError(where, f"must be a finite number, got {value}")
+        if value < bound.low:
+            raise ScenarioError(
+                where, f"{_fmt(value)} is under the minimum of {_fmt(bound.low)} ({bound.why})"
+            )
+        if value > bound.high:
+            raise ScenarioError(
+                where, f"{_fmt(value)} is over the limit of {_fmt(bound.high)} ({bound.why})"
+            )
+        if bound.whole and value != int(value):
+            raise ScenarioError(where, f"must be a whole number, got {value!r}")
