@@ -14,7 +14,6 @@ from enum import StrEnum
 from typing import Any
 
 from orchestrator.errors import FlowValidationError, ValidationIssue
-from orchestrator.limits import MAX_STEP_TIMEOUT
 from orchestrator.policies.retry import (
     DEFAULT_ACTION_RETRY,
     DEFAULT_COMPENSATION_RETRY,
@@ -24,6 +23,9 @@ from orchestrator.policies.retry import (
 from orchestrator.templates import template_references
 
 HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+
+#: Seconds one step's call may take (a flow's `timeout`): a saga's lease must outlive it.
+MAX_STEP_TIMEOUT = 3600.0
 
 
 class StepKind(StrEnum):

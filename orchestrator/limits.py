@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 import os
 
+from orchestrator.flow import MAX_STEP_TIMEOUT
+
 __all__ = [
     "CPUS",
     "DEFAULT_GRACE",
@@ -103,8 +105,8 @@ MIN_POLL = 0.01
 MAX_POLL = 60.0
 #: `worker --max-seconds` and `--exit-when-idle`: thirty days; leave them out to run for ever.
 MAX_RUN_SECONDS = 30 * 86_400.0
-#: Seconds one step's call may take (a flow's `timeout`): a saga's lease must outlive it.
-MAX_STEP_TIMEOUT = 3600.0
+# MAX_STEP_TIMEOUT (seconds one step's call may take) lives with the flow rules it bounds, in the
+# pure core, and is re-exported here with the other limits.
 
 # -- the simulation ---------------------------------------------------------------------------
 #: Simulated seconds of arrivals (one simulated day).
