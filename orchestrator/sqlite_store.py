@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 import sqlite_utils
 
+from orchestrator.dbfiles import creating_database
 from orchestrator.errors import (
     ConcurrentUpdate,
     IdempotencyConflict,
@@ -436,11 +437,13 @@ class SQLiteStore:
                 f"{path} has schema version {version}, older than this sagalab "
                 f"({SCHEMA_VERSION}); a command that writes (`sagalab worker`) upgrades it"
             )
-        self.conn = (
-            connect_read_only(path, timeout=timeout)
-            if read_only
-            else connect(path, timeout=timeout)
-        )
+        if read_only:
+            self.conn = connect_read_only(path, timeout=timeout)
+        elif version == 0:  # a new file: not with the -wal/-shm a deleted one left behind
+            with creating_database(self.path):
+                self.conn = connect(path, timeout=timeout)
+        else:
+            self.conn = connect(path, timeout=timeout)
         self.db = sqlite_utils.Database(self.conn)
         self._flows: dict[str, FlowDefinition] = {}
         self._snapshots: dict[str, str] = {}

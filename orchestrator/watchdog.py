@@ -26,8 +26,10 @@ class DatabaseGone(StoreError):
 class DatabaseWatchdog:
     """Compares the path's (device, inode) with the one seen when it was opened."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, restart: str = "restart the worker") -> None:
+        """Remember what `path` names now; `restart` ends the message: what to do next."""
         self.path = Path(path)
+        self.restart = restart
         self._identity = self._stat()
         if self._identity is None:
             raise StoreError(f"database {self.path} does not exist")
@@ -59,7 +61,7 @@ class DatabaseWatchdog:
                     if self._gone is None:
                         self._gone = (
                             f"database file {self.path} was {what} while this process had it "
-                            "open; stopped writing to it: restart the worker"
+                            f"open; stopped writing to it: {self.restart}"
                         )
         if self._gone is not None:
             raise DatabaseGone(self._gone)
