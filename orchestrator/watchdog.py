@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from orchestrator.errors import StoreError
+from orchestrator.journal import JournalEntry
+from orchestrator.saga import SagaState
+from orchestrator.sqlite_store import SQLiteStore
+from orchestrator.store import Lease
 
-__all__ = ["DatabaseGone", "DatabaseWatchdog"]
+__all__ = ["DatabaseGone", "DatabaseWatchdog", "WatchedStore"]
 
 
 class DatabaseGone(StoreError):
@@ -65,3 +70,40 @@ class DatabaseWatchdog:
                         )
         if self._gone is not None:
             raise DatabaseGone(self._gone)
+
+
+class WatchedStore(SQLiteStore):
+    """A store whose every write first asks the watchdog (a worker's threads, `run --wait`)."""
+
+    def __init__(self, path: Path, watchdog: DatabaseWatchdog) -> None:
+        self.watchdog = watchdog
+        watchdog.check()
+        # create=False as well: the file may vanish between the check and the open.
+        super().__init__(path, create=False)
+
+    def claim_next(self, owner: str, *, now: float, lease_seconds: float) -> Lease | None:
+        self.watchdog.check()
+        return super().claim_next(owner, now=now, lease_seconds=lease_seconds)
+
+    def append(
+        self,
+        saga_id: str,
+        entries: Sequence[JournalEntry],
+        *,
+        expected_seq: int,
+        state: SagaState,
+        now: float,
+        lease: Lease | None = None,
+    ) -> int:
+        self.watchdog.check()
+        return super().append(
+            saga_id, entries, expected_seq=expected_seq, state=state, now=now, lease=lease
+        )
+
+    def release(self, lease: Lease, *, run_after: float | None) -> bool:
+        self.watchdog.check()
+        return super().release(lease, run_after=run_after)
+
+    def park(self, lease: Lease, *, reason: str) -> bool:
+        self.watchdog.check()
+        return super().park(lease, reason=reason)

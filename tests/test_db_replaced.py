@@ -7,13 +7,25 @@ own (SQLite would apply the old journal to the new file: "disk I/O error", "malf
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from workerlab import enqueue, order
+import pytest
+from workerlab import REPO, enqueue, order, query, wait_for
 
+from fakeservices import FaultSpec, RunningServices, run_in_thread
 from orchestrator.sqlite_store import SQLiteStore
+
+
+@pytest.fixture(scope="module")
+def services() -> Iterator[RunningServices]:
+    with run_in_thread() as running:
+        yield running
+
 
 HOLDER = """
 import sqlite3, sys
@@ -49,3 +61,62 @@ def test_a_new_database_ignores_the_wal_and_shm_a_moved_one_left_behind(tmp_path
                 store.close()
         finally:
             old.kill()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_run_wait_stops_with_exit_5_when_its_database_file_goes(
+    tmp_path: Path, services: RunningServices, how: str
+) -> None:
+    services.lab.reset()
+    services.lab.add_fault(FaultSpec(service="shipping", latency_ms=3000))
+    db = tmp_path / "sagas.db"
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "orchestrate",
+            "run",
+            "checkout",
+            "--wait",
+            "--input",
+            json.dumps(order(1)),
+            "--db",
+            str(db),
+            "--json",
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **services.env},
+    ) as proc:
+        try:
+            wait_for(
+                lambda: (
+                    db.exists()
+                    and query(
+                        db,
+                        "SELECT 1 FROM events WHERE step = 'create_shipment' "
+                        "AND type = 'attempt_started'",
+                    )
+                ),
+                20,
+                "the shipping call to start",
+            )
+            if how == "deleted":
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{db}{suffix}").unlink(missing_ok=True)
+            else:
+                other = tmp_path / "other.db"
+                SQLiteStore(other).close()
+                other.replace(db)
+            code = proc.wait(timeout=20)
+            assert proc.stderr is not None
+            err = proc.stderr.read()
+        finally:
+            proc.kill()
+    assert code == 5, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"database file {db} was" in lines[0], lines
+    assert "Traceback" not in err
