@@ -410,6 +410,7 @@ def taken_port() -> Iterator[int]:
         (["--flood-rate", "-5"], 2, "--flood-rate must be a positive number, got -5"),
         (["--restart-delay", "-1"], 2, "--restart-delay"),
         (["--db", "DIR"], 5, "is a directory"),
+        (["--db", "TEXT"], 5, "is not a SQLite database"),
         (["--dir", "/proc/sagalab-stack"], 5, "cannot use /proc/sagalab-stack"),
         (["SERVICES"], 5, "SAGALAB_SERVICES_FILE"),
     ],
@@ -417,7 +418,7 @@ def taken_port() -> Iterator[int]:
         "no-gateway", "too-many-gateways", "too-many-workers", "negative-workers",
         "no-concurrency", "port-out-of-range", "port-taken", "strategy", "deny-cidr",
         "flood-rate", "flood-rate-nan", "flood-rate-negative", "restart-delay",
-        "db-is-a-directory", "unwritable-dir", "services-file",
+        "db-is-a-directory", "db-is-a-text-file", "unwritable-dir", "services-file",
     ],
 )  # fmt: skip
 def test_up_checks_every_option_before_starting_anything(
@@ -430,7 +431,11 @@ def test_up_checks_every_option_before_starting_anything(
         bad.write_text("services: {payments: 42}\n")
         env["SAGALAB_SERVICES_FILE"] = str(bad)
         args = []
-    args = [{"TAKEN": str(taken_port), "DIR": str(tmp_path)}.get(a, a) for a in args]
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n")
+    paths = {"TAKEN": str(taken_port), "DIR": str(tmp_path), "TEXT": str(text)}
+    args = [paths.get(a, a) for a in args]
+    before = sorted(p.name for p in tmp_path.iterdir())
     if "--dir" not in args:
         args += ["--dir", str(directory)]
     if "--port" not in args:
@@ -444,6 +449,8 @@ def test_up_checks_every_option_before_starting_anything(
         assert not (directory / "stack.json").exists()
         assert processes_mentioning(str(directory)) == []
         assert not (directory / "logs").exists(), "nothing was started"
+        # Nothing written either: no stack directory, no database (README: no state file).
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
     finally:
         if (directory / "stack.json").exists():
             sagalab("stack", "down", "--dir", str(directory))
