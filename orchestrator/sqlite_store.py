@@ -362,6 +362,10 @@ def check_database(path: str | Path, access: Access = Access.READ) -> int:
     Every command that takes --db calls this (through `SQLiteStore`) before it writes
     anything: besides what `check_sqlite_file` refuses, a SQLite file of another application
     and a file of a newer sagalab are refused (StoreError, exit 5).
+
+    An empty file (what `sqlite3` leaves after a failed create) is a missing database, the
+    one rule for every command: those that create one (`worker`, `demo`, `orchestrate run`,
+    the API at start) make it there; those that only read say there is none yet.
     """
     found = check_sqlite_file(path, access)
     if found is None or not found.tables:

@@ -206,7 +206,9 @@ class Worker:
         with self._state_lock:
             if self._fatal is None:
                 self._fatal = error
-                log.error("worker %s stopping: %s", self.owner, error)
+                # `run()` raises it once the threads have stopped: the caller says it, once
+                # (`sagalab worker` prints one "error:" line).
+                log.debug("worker %s stopping: %s", self.owner, error)
         self.stop.set()
 
     def _thread(self, keeper: LeaseKeeper) -> None:

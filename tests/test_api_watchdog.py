@@ -94,3 +94,38 @@ def test_readyz_is_not_ready_when_the_file_holds_junk(api: Api, tmp_path: Path) 
         f.write(os.urandom(4096))
     status = wait_for(lambda: api.ready() != 200 and api.ready(), 10, "readyz to say not ready")
     assert status == 503
+
+
+def test_an_empty_file_is_a_new_database_to_the_api_as_to_the_worker(tmp_path: Path) -> None:
+    """What `sqlite3` leaves after a failed create: every command that creates takes it."""
+    db = tmp_path / "sagas.db"
+    db.touch()
+    worker = subprocess.run(
+        [sys.executable, "-m", "cli.main", "worker", "--db", str(db), "--exit-when-idle", "0.1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert worker.returncode == 0, worker.stderr
+    other = tmp_path / "other.db"
+    other.touch()
+    running = Api(other, tmp_path / "api.log")
+    try:
+        assert wait_for(lambda: running.ready(), 20, "the API to answer") == 200
+    finally:
+        running.proc.kill()
+        running.proc.wait(timeout=10)
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    listed = subprocess.run(
+        [sys.executable, "-m", "cli.main", "orchestrate", "list", "--db", str(empty)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 5
+    lines = listed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the file is empty" in lines[0], lines
+    assert empty.stat().st_size == 0, "a read creates nothing"
