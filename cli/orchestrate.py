@@ -189,6 +189,9 @@ def run(
         definition = load_flow(flow)
         if wait:
             _services_for(definition, services)  # fail before storing anything
+        elif services is not None:  # queued for workers: still a file they could not load
+            load_services(services)
+            load_breaker_configs(services)
         store = open_store(db, create=True)
         record, created = start_saga(
             store, definition, payload, idempotency_key=idempotency_key, queue=not wait

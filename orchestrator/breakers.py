@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pybreaker
-import yaml
 
 from orchestrator.errors import ServiceConfigError, StoreError
+from orchestrator.flowfile import load_services, read_services_file
 from orchestrator.policies.breaker import Breaker, ClockedStorage
 from orchestrator.sqlite_store import connect, connect_read_only
 
@@ -79,11 +79,8 @@ def load_breaker_configs(path: str | Path | None) -> dict[str, BreakerConfig]:
     """
     if path is None:
         return {}
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ServiceConfigError(f"cannot read services file {path}: {exc}") from None
-    section = raw.get("breakers", {}) if isinstance(raw, Mapping) else {}
+    raw = read_services_file(path)
+    section = raw.get("breakers", {})
     if not isinstance(section or {}, Mapping):
         raise ServiceConfigError(
             f"services file {path}: breakers must map service names to settings"
@@ -102,6 +99,17 @@ def load_breaker_configs(path: str | Path | None) -> dict[str, BreakerConfig]:
             configs[str(name)] = BreakerConfig(**dict(values or {}))
         except ValueError as exc:
             raise ServiceConfigError(f"{where}.{str(exc).split()[0]}: {exc}") from None
+    if configs:
+        # A breaker for a service that has no URL (in the file or SAGALAB_SERVICE_*) guards
+        # nothing: most likely a misspelt name, which would leave the real service unguarded.
+        known = load_services(path)
+        for name in configs:
+            if name not in known:
+                raise ServiceConfigError(
+                    f"services file {path}: breakers.{name}: no service {name!r} is configured "
+                    f"(services: {', '.join(sorted(known)) or 'none'}); fix the name or add "
+                    f"its URL"
+                )
     return configs
 
 
