@@ -14,6 +14,8 @@ the board's `guard` (a worker's database watchdog) so nothing is written to a re
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -67,6 +69,8 @@ def _is_number(value: object) -> bool:
     # NaN fails every comparison, so the range check refuses it (and inf is out of range).
     return isinstance(value, int | float) and not isinstance(value, bool)
 
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BREAKER = BreakerConfig()
 _SETTINGS = ("fail_max", "reset_timeout", "success_threshold")
@@ -129,6 +133,28 @@ def _execute(
         raise StoreError(f"breaker storage: {exc}") from None
 
 
+_STATES = (pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN)
+#: Breakers whose damaged row was logged already (once per process and service).
+_DAMAGE_LOGGED: set[str] = set()
+#: How far ahead of this clock an `opened_time` may be (another host's clock): a day.
+_CLOCK_SKEW = 86_400.0
+
+
+def _sane_time(value: float, now: float) -> bool:
+    return math.isfinite(value) and 0 <= value <= now + _CLOCK_SKEW
+
+
+def row_damage(state: object, opened_time: object, *, now: float) -> str | None:
+    """Why a breaker row cannot be what sagalab wrote (None when it can)."""
+    if state not in _STATES:
+        return f"damaged row: unknown state {state!r}"
+    if opened_time is not None and (
+        not _is_number(opened_time) or not _sane_time(float(opened_time), now)  # type: ignore[arg-type]
+    ):
+        return f"damaged row: opened_time {opened_time!r} is not a time"
+    return None
+
+
 class SQLiteBreakerStorage(ClockedStorage):
     """Breaker state in the `breakers` table; every read and write goes to the database."""
 
@@ -162,7 +188,21 @@ class SQLiteBreakerStorage(ClockedStorage):
 
     @property
     def state(self) -> str:
-        return str(self._get("state") or pybreaker.STATE_CLOSED)
+        row = self._execute(
+            "SELECT state, opened_time FROM breakers WHERE name = ?", (self.name,)
+        ).fetchone()
+        if row is None or row[0] is None:
+            return pybreaker.STATE_CLOSED
+        damaged = row_damage(row[0], row[1], now=self.clock())
+        if damaged is not None:
+            # A row no code of ours wrote: never a reason to keep a service's calls out (or
+            # to park every saga that calls it). Closed, as after `breakers reset`; the next
+            # transition writes a sound row.
+            if self.name not in _DAMAGE_LOGGED:
+                _DAMAGE_LOGGED.add(self.name)
+                log.warning("breaker %s: %s; treated as closed", self.name, damaged)
+            return pybreaker.STATE_CLOSED
+        return str(row[0])
 
     @state.setter
     def state(self, state: str) -> None:
@@ -193,7 +233,9 @@ class SQLiteBreakerStorage(ClockedStorage):
     @property
     def opened_time(self) -> float | None:
         value = self._get("opened_time")
-        return float(value) if value is not None else None
+        if not _is_number(value) or not _sane_time(float(value), self.clock()):
+            return None
+        return float(value)
 
     @opened_time.setter
     def opened_time(self, value: float | None) -> None:
@@ -292,7 +334,11 @@ def breaker_rows(db: str | Path) -> list[dict[str, Any]]:
             "SELECT b.*, (SELECT COUNT(*) FROM breaker_events e WHERE e.name = b.name) "
             "AS transitions FROM breakers b ORDER BY name"
         ).fetchall()
-        return [dict(r) for r in rows]
+        now = time.time()
+        found = [dict(r) for r in rows]
+        for row in found:  # shown as damaged, never a crash (`breakers list`)
+            row["damaged"] = row_damage(row["state"], row["opened_time"], now=now)
+        return found
     finally:
         conn.close()
 

@@ -28,6 +28,7 @@ import sqlite_utils
 from orchestrator.dbfiles import creating_database
 from orchestrator.errors import (
     ConcurrentUpdate,
+    DamagedRecord,
     IdempotencyConflict,
     LeaseHeld,
     LeaseLost,
@@ -543,13 +544,28 @@ class SQLiteStore:
             body = self._snapshots[flow_hash] = found[0]
         return body
 
-    def _record(self, row: dict[str, Any]) -> SagaRecord:
+    def _record(self, row: dict[str, Any], *, lenient: bool = False) -> SagaRecord:
+        """The row as a record. A damaged input raises DamagedRecord, or with `lenient`
+        (listings) reads as {} with `damaged` saying why."""
         flow_hash = row.get("flow_hash")
         snapshot = self._snapshot_body(flow_hash) if flow_hash else row["flow_snapshot"]
+        damaged = None
+        try:
+            payload = json.loads(row["input"])
+            if not isinstance(payload, dict):
+                raise TypeError("not an object")
+        except (TypeError, ValueError, RecursionError) as exc:
+            damaged = f"damaged row: its stored input is not JSON ({exc})"
+            if not lenient:
+                raise DamagedRecord(
+                    f"saga {row['id']}: {damaged}; nothing can run it: roll it back by hand"
+                ) from None
+            payload = {}
         return SagaRecord(
             id=row["id"],
+            damaged=damaged,
             flow=self._flow(snapshot),
-            input=json.loads(row["input"]),
+            input=payload,
             status=SagaStatus(row["status"]),
             trace_id=row["trace_id"],
             idempotency_key=row["idempotency_key"],
@@ -826,7 +842,7 @@ class SQLiteStore:
                 )
             )
         )
-        return [self._record(r) for r in rows]
+        return [self._record(r, lenient=True) for r in rows]
 
     def count_by_status(self) -> dict[str, int]:
         """How many sagas are in each status."""
