@@ -193,7 +193,8 @@ class SQLiteBreakerStorage(ClockedStorage):
         ).fetchone()
         if row is None or row[0] is None:
             return pybreaker.STATE_CLOSED
-        damaged = row_damage(row[0], row[1], now=self.clock())
+        # Wall time, not self.clock: the policy sets that to the instant it was last asked.
+        damaged = row_damage(row[0], row[1], now=time.time())
         if damaged is not None:
             # A row no code of ours wrote: never a reason to keep a service's calls out (or
             # to park every saga that calls it). Closed, as after `breakers reset`; the next
@@ -233,7 +234,7 @@ class SQLiteBreakerStorage(ClockedStorage):
     @property
     def opened_time(self) -> float | None:
         value = self._get("opened_time")
-        if not _is_number(value) or not _sane_time(float(value), self.clock()):
+        if not _is_number(value) or not _sane_time(float(value), time.time()):
             return None
         return float(value)
 
