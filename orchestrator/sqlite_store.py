@@ -558,7 +558,7 @@ class SQLiteStore:
             damaged = f"damaged row: its stored input is not JSON ({exc})"
             if not lenient:
                 raise DamagedRecord(
-                    f"saga {row['id']}: {damaged}; nothing can run it: roll it back by hand"
+                    f"saga {row['id']}: {damaged}; no command can run it until the row is repaired"
                 ) from None
             payload = {}
         return SagaRecord(

@@ -7,6 +7,7 @@ treated as closed (and logged once), never a reason to park every saga calling t
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -14,18 +15,20 @@ import time
 from pathlib import Path
 
 import pytest
-from workerlab import enqueue, order
+from workerlab import enqueue, order, query
 
+from fakeservices import run_in_thread
 from orchestrator.breakers import BreakerBoard, breaker_rows
 
 
-def sagalab(*args: str) -> subprocess.CompletedProcess[str]:
+def sagalab(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -81,3 +84,23 @@ def test_a_damaged_breaker_row_reads_as_closed_and_lists_as_damaged(
     as_json = sagalab("breakers", "list", "--db", str(db), "--json")
     assert as_json.returncode == 0, as_json.stderr
     assert json.loads(as_json.stdout)[0]["damaged"]
+
+
+def test_a_worker_parks_only_the_damaged_saga_and_ignores_a_damaged_breaker(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "sagas.db"
+    good, bad = enqueue(db, [order(1), order(2)])
+    tamper(db, "UPDATE sagas SET input = '[1, 2' WHERE id = ?", bad)
+    board = BreakerBoard(db)
+    board.get("payments")
+    board.close()
+    tamper(db, "UPDATE breakers SET state = 'bogus' WHERE name = 'payments'")
+    with run_in_thread() as services:
+        worker = sagalab("worker", "--db", str(db), "--exit-when-idle", "0.5", env=services.env)
+    assert worker.returncode == 0, worker.stderr
+    rows = dict(query(db, "SELECT id, status FROM sagas"))
+    assert rows[good] == "completed", worker.stderr
+    ((reason, run_after),) = query(db, "SELECT reason, run_after FROM sagas WHERE id = ?", (bad,))
+    assert "not JSON" in reason and run_after is None  # parked for an operator, off the queue
+    assert worker.stderr.count("breaker payments: damaged row") <= 1
