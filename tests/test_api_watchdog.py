@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from apilab import admin_api
 from workerlab import wait_for
 
 from edge.server import bind
@@ -129,3 +130,25 @@ def test_an_empty_file_is_a_new_database_to_the_api_as_to_the_worker(tmp_path: P
     lines = listed.stderr.strip().splitlines()
     assert len(lines) == 1 and "the file is empty" in lines[0], lines
     assert empty.stat().st_size == 0, "a read creates nothing"
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_requests_answer_503_database_gone_once_the_file_goes(tmp_path: Path, how: str) -> None:
+    """In process (no exit): what a request sees between the file going and the exit."""
+    db = tmp_path / "sagas.db"
+    order = {"order_id": "o", "customer_id": "c", "sku": "A", "quantity": 1, "amount": 1}
+    with admin_api(db) as api:
+        assert api.post("/v1/sagas", json={"flow": "checkout", "input": order}).status_code == 202
+        if how == "deleted":
+            db.unlink()
+        else:
+            other = tmp_path / "other.db"
+            SQLiteStore(other).close()
+            other.replace(db)
+        for r in (
+            api.post("/v1/sagas", json={"flow": "checkout", "input": order}),
+            api.get("/v1/sagas"),
+            api.get("/readyz"),
+        ):
+            assert r.status_code == 503, r.text
+            assert f"database file {db} was" in r.json()["detail"], r.json()
