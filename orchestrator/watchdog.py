@@ -21,11 +21,43 @@ from orchestrator.saga import SagaState
 from orchestrator.sqlite_store import SQLiteStore
 from orchestrator.store import Lease
 
-__all__ = ["DatabaseGone", "DatabaseWatchdog", "WatchedStore"]
+__all__ = ["DatabaseGone", "DatabaseWatchdog", "WatchedStore", "drop_own_sidecars"]
 
 
 class DatabaseGone(StoreError):
     """The database file this process opened was deleted or replaced: it must not write."""
+
+
+def drop_own_sidecars(path: Path) -> list[Path]:
+    """Unlink `path`'s `-wal` and `-shm` if they are the ones this process has open.
+
+    Those belong to the file this process opened, which the path no longer names: left
+    there, SQLite would read that file's log over the new file at the path (its pages in
+    place of the new ones). Files this process does not have open are left alone: they may
+    be the new file's own. What this process still writes goes to the unlinked files, as its
+    database is gone anyway. Linux (`/proc/self/fd`); elsewhere nothing is removed.
+    """
+    mine: set[tuple[int, int]] = set()
+    try:
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                st = os.stat(int(fd))
+            except (OSError, ValueError):
+                continue
+            mine.add((st.st_dev, st.st_ino))
+    except OSError:
+        return []
+    dropped = []
+    for suffix in ("-wal", "-shm"):
+        sidecar = Path(f"{path}{suffix}")
+        try:
+            st = os.stat(sidecar)
+            if (st.st_dev, st.st_ino) in mine:
+                sidecar.unlink()
+                dropped.append(sidecar)
+        except OSError:
+            continue
+    return dropped
 
 
 class DatabaseWatchdog:
@@ -64,6 +96,7 @@ class DatabaseWatchdog:
                 what = "deleted" if now is None else "replaced by another file"
                 with self._lock:
                     if self._gone is None:
+                        drop_own_sidecars(self.path)
                         self._gone = (
                             f"database file {self.path} was {what} while this process had it "
                             f"open; stopped writing to it: {self.restart}"

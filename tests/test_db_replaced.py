@@ -63,6 +63,58 @@ def test_a_new_database_ignores_the_wal_and_shm_a_moved_one_left_behind(tmp_path
             old.kill()
 
 
+WATCHER = """
+import sqlite3, sys, time
+from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog
+watchdog = DatabaseWatchdog(sys.argv[1])
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN")  # a reader: nothing can reset the -wal it reads from
+conn.execute("SELECT count(*) FROM sagas").fetchall()
+print("ready", flush=True)
+while True:
+    try:
+        watchdog.check()
+    except DatabaseGone:
+        print("gone", flush=True)
+        break
+    time.sleep(0.02)
+sys.stdin.read()
+"""
+
+
+def test_a_database_replaced_under_a_watched_process_is_read_without_its_old_wal(
+    tmp_path: Path,
+) -> None:
+    """The old file's -wal would be read over the new file (its sagas in place of the new
+    ones): the process whose watchdog sees the file replaced removes the -wal and -shm it
+    has open, before it stops."""
+    db = tmp_path / "sagas.db"
+    enqueue(db, [order(1)])
+    with subprocess.Popen(
+        [sys.executable, "-c", WATCHER, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    ) as old:
+        try:
+            assert old.stdout is not None and old.stdout.readline() == "ready\n"
+            enqueue(db, [order(n) for n in range(2, 40)])
+            assert Path(f"{db}-wal").stat().st_size > 0
+            other = tmp_path / "other.db"
+            new_ids = enqueue(other, [order(500)])
+            other.replace(db)  # `mv other.db sagas.db` while it runs
+            assert old.stdout.readline() == "gone\n"
+            new_ids += enqueue(db, [order(501)])
+            store = SQLiteStore(db, read_only=True)
+            try:
+                assert sorted(r.id for r in store.list_sagas(limit=500)) == sorted(new_ids)
+            finally:
+                store.close()
+        finally:
+            old.kill()
+
+
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 def test_run_wait_stops_with_exit_5_when_its_database_file_goes(
     tmp_path: Path, services: RunningServices, how: str
