@@ -40,6 +40,9 @@ def list_(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
     for col in ("service", "state", "failures", "opened", "transitions"):
         table.add_column(col)
     for r in rows:
+        if r["damaged"]:  # read as closed by the workers; `breakers reset` rewrites it
+            table.add_row(r["name"], f"[yellow]{r['damaged']} (closed)[/]", "-", "-", "-")
+            continue
         style = {"open": "bold red", "half-open": "yellow"}.get(r["state"], "green")
         table.add_row(
             r["name"],

@@ -25,6 +25,7 @@ from rich.console import Console
 
 from orchestrator.errors import (
     ConcurrentUpdate,
+    DamagedRecord,
     FlowNotFoundError,
     FlowValidationError,
     IdempotencyConflict,
@@ -58,7 +59,7 @@ def exit_code_for(exc: SagaError) -> int:
     # carried out either: the operator tries again later, as for a refusal.
     if isinstance(exc, OperatorActionRefused | InvalidTransition | ConcurrentUpdate | LeaseHeld):
         return EXIT_REFUSED
-    if isinstance(exc, StoreError | ServiceConfigError):
+    if isinstance(exc, StoreError | ServiceConfigError | DamagedRecord):
         return EXIT_ENVIRONMENT
     bad_input = FlowValidationError | FlowNotFoundError | InputError | TemplateError
     if isinstance(exc, bad_input | IdempotencyConflict):

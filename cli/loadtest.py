@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -31,7 +30,12 @@ from rich.table import Table
 from edge.errors import EdgeError
 from edge.keys import KeyStore
 from edge.stack import StackConfig, StackState, check, load_state, stop
-from edge.stack_checks import StackEnvironmentError, StackOptionError, validate
+from edge.stack_checks import (
+    StackEnvironmentError,
+    StackOptionError,
+    probe_directory,
+    validate,
+)
 from edge.stack_supervisor import launch
 from loadtests.thresholds import PROFILES, Profile
 from orchestrator.limits import (
@@ -97,11 +101,10 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def _writable_dir(path: Path, what: str) -> None:
-    """`path` exists (created if need be) and can be written to; else exit 5."""
+    """`path` exists or can be created, and can be written to; else exit 5. Creates nothing:
+    the run creates it once every other check has passed."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
-            pass
+        probe_directory(path)
     except OSError as exc:
         raise _fail(
             f"cannot write the {what} in {path}: {exc.strerror or exc}", EXIT_ENVIRONMENT
@@ -187,6 +190,7 @@ def loadtest(
         except StackEnvironmentError as exc:
             raise _fail(str(exc), EXIT_ENVIRONMENT) from None
     try:
+        reports.mkdir(parents=True, exist_ok=True)  # checked above: refusals created nothing
         if own_stack:
             err.print(f"no stack running from {directory}: starting one for this run")
             launch(config)

@@ -38,6 +38,7 @@ from orchestrator.saga import (
 )
 from orchestrator.sqlite_store import SQLiteStore
 from orchestrator.views import events_view, saga_summary, saga_view
+from orchestrator.watchdog import DatabaseWatchdog, WatchedStore
 
 app = typer.Typer(
     help="Run sagas and operate on them. Exit codes: 0 done as asked, 1 the saga rolled back "
@@ -96,37 +97,54 @@ def _drive(
     quiet: bool,
     crash_at: str | None = None,
 ) -> RunResult:
-    """Run the saga here under a lease (taken over from a dead local owner) and breakers."""
+    """Run the saga here under a lease (taken over from a dead local owner) and breakers.
+
+    Its writes go through a watchdog, as a worker's do: a --db file deleted or replaced
+    while a call is in flight stops the run with exit 5 and one line, instead of journaling
+    on into a file nobody will read again.
+    """
     services = _services_for(flow, services_file)
-    owner = new_owner("cli")
-    lease = store.claim(
-        saga_id,
-        owner,
-        now=time.time(),
-        lease_seconds=DEFAULT_LEASE_SECONDS,
-        take_over=owner_is_dead,
+    watchdog = DatabaseWatchdog(
+        store.path, restart="the saga's journal went with that file; run it again on the new one"
     )
-    executor = HttpExecutor(services)
-    board = BreakerBoard(store.path, load_breaker_configs(services_file), owner=owner)
+    watched = WatchedStore(store.path, watchdog)
+    owner = new_owner("cli")
     result: RunResult | None = None
     try:
-        with LeaseKeeper(store.path) as keeper:
-            keeper.hold(lease)
-            runner = SagaRunner(
-                store,
-                executor,
-                checkpoint=_crash_checkpoint(crash_at),
-                on_event=None if quiet else render.live_event,
-                breakers=board,
-                on_breaker_wait=None if quiet else render.breaker_wait,
-            )
-            result = runner.run(saga_id, lease=lease)
-            return result
+        watchdog.check()
+        lease = watched.claim(
+            saga_id,
+            owner,
+            now=time.time(),
+            lease_seconds=DEFAULT_LEASE_SECONDS,
+            take_over=owner_is_dead,
+        )
+        executor = HttpExecutor(services)
+        board = BreakerBoard(
+            store.path, load_breaker_configs(services_file), owner=owner, guard=watchdog.check
+        )
+        try:
+            with LeaseKeeper(store.path, guard=watchdog.check) as keeper:
+                keeper.hold(lease)
+                runner = SagaRunner(
+                    watched,
+                    executor,
+                    checkpoint=_crash_checkpoint(crash_at),
+                    on_event=None if quiet else render.live_event,
+                    breakers=board,
+                    on_breaker_wait=None if quiet else render.breaker_wait,
+                )
+                result = runner.run(saga_id, lease=lease)
+                return result
+        finally:
+            executor.close()
+            board.close()
+            if watchdog.gone is None:
+                # Off the queue when it halted; back on it (for workers) if this run was cut
+                # short.
+                watched.release(lease, run_after=None if result is not None else time.time())
     finally:
-        executor.close()
-        board.close()
-        # Off the queue when it halted; back on it (for workers) if this run was cut short.
-        store.release(lease, run_after=None if result is not None else time.time())
+        watched.close()
 
 
 def _show(store: SQLiteStore, saga_id: str, as_json: bool) -> SagaStatus:
@@ -171,6 +189,9 @@ def run(
         definition = load_flow(flow)
         if wait:
             _services_for(definition, services)  # fail before storing anything
+        elif services is not None:  # queued for workers: still a file they could not load
+            load_services(services)
+            load_breaker_configs(services)
         store = open_store(db, create=True)
         record, created = start_saga(
             store, definition, payload, idempotency_key=idempotency_key, queue=not wait

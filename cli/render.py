@@ -106,7 +106,7 @@ def saga_list(rows: list[dict[str, Any]]) -> None:
             styled(r["status"]),
             when(r["created_at"]),
             when(r["updated_at"]),
-            clip(r.get("reason") or "", 60),
+            clip(r.get("damaged") or r.get("reason") or "", 60),
         )
     out.print(table)
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +38,9 @@ from edge.pool import Pool
 from orchestrator.jsonsafe import MAX_BYTES
 from orchestrator.limits import MAX_FLOOD_BURST, MAX_FLOOD_RATE, check
 from orchestrator.policies.firewall import Firewall, FloodGuard
+
+#: How often the API checks that its database file is still the one it opened, seconds.
+_WATCH_EVERY = 0.5
 
 __all__ = [
     "EdgeSettings",
@@ -282,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         except StoreError as exc:  # a --db that is not a saga database: one line, exit 5
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(5) from None
+        watchdog = app.state.watchdog
+        threading.Thread(target=_exit_when_gone, args=(watchdog,), daemon=True).start()
         app = BodyDeadline(app, timeout=limits.body_timeout, max_body=MAX_BYTES)
     elif args.component == "gateway":
         app = build_gateway(
@@ -312,6 +319,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         limits = edge_limits(settings)
     sock = socket_from_fd(args.fd) if args.fd is not None else bind("127.0.0.1", args.port)
     serve_forever(app, sock, limits=limits)
+
+
+def _exit_when_gone(watchdog: Any) -> None:
+    """Stop the API (one line, then exit 5) once its database file is deleted or replaced.
+
+    Until then every request already gets 503 (the stores ask the same watchdog); exiting
+    lets the stack's supervisor start the API again, and the new process opens the file the
+    path names now. `os._exit`: a request in flight is cut, but it could only be answered
+    503 anyway; no SQLite connection is closed, so none checkpoints into the old file (a
+    graceful uvicorn stop would also end with its signal re-raised, not exit code 5).
+    """
+    from orchestrator.watchdog import DatabaseGone
+
+    while True:
+        try:
+            watchdog.check()
+        except DatabaseGone as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            os._exit(5)
+        time.sleep(_WATCH_EVERY)
 
 
 if __name__ == "__main__":

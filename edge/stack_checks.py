@@ -8,6 +8,7 @@ and the saga database, which the stack would create anyway.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import math
 import os
@@ -101,12 +102,25 @@ def _check_not_running(directory: Path) -> None:
         )
 
 
+def probe_directory(directory: Path) -> None:
+    """OSError unless `directory` can be written in, or created: creates nothing that stays.
+
+    A missing directory is judged by its nearest existing ancestor, so a refused command
+    leaves no empty directory behind (`start` creates it).
+    """
+    existing = directory.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+    with tempfile.NamedTemporaryFile(dir=existing, prefix=".probe-"):
+        pass
+
+
 def _check_directory(directory: Path) -> Path:
-    """The stack directory exists (created if need be) and this user can write in it."""
+    """The stack directory exists or can be created, and this user can write in it."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
-            pass
+        probe_directory(directory)
     except OSError as exc:
         raise StackEnvironmentError(
             f"cannot use {directory} as the stack directory: {exc.strerror or exc}; "
@@ -132,10 +146,11 @@ def _check_services_file(env: Mapping[str, str]) -> None:
 
 
 def _check_db(db: Path) -> None:
-    from orchestrator.sqlite_store import SQLiteStore
+    # Checked, not created: a refusal that follows (a port in use) must leave no file.
+    from orchestrator.sqlite_store import Access, check_database
 
     try:
-        SQLiteStore(db).close()
+        check_database(db, Access.CREATE)
     except SagaError as exc:
         raise StackEnvironmentError(str(exc)) from None
 

@@ -79,8 +79,9 @@ from orchestrator.operator import check_resumable, journal_request
 from orchestrator.policies.token_bucket import KeyBuckets
 from orchestrator.runner import new_saga_id, new_trace_id, validate_input
 from orchestrator.saga import SagaStatus, rollback_request
-from orchestrator.sqlite_store import SQLiteStore
+from orchestrator.sqlite_store import Access, SQLiteStore, check_database
 from orchestrator.views import saga_summary, saga_view
+from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog
 
 __all__ = ["Caller", "SagaCreate", "RollbackBody", "create_app"]
 
@@ -269,14 +270,18 @@ def trace_id_from(traceparent: str | None) -> str | None:
 class _Stores:
     """One SQLiteStore per thread on one file (read-only ones never take the write lock)."""
 
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+    def __init__(self, path: Path, watchdog: DatabaseWatchdog, *, read_only: bool = False) -> None:
         self.path = path
+        self.watchdog = watchdog
         self.read_only = read_only
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[SQLiteStore] = []
 
     def get(self) -> SQLiteStore:
+        # A file deleted or replaced since start: never read or write what the path no
+        # longer names (DatabaseGone, 503); the process exits and its restart opens the path.
+        self.watchdog.check()
         store: SQLiteStore | None = getattr(self._local, "store", None)
         if store is None:
             # The schema was set up once by create_app: a thread's open takes no write lock,
@@ -447,8 +452,9 @@ def create_app(
     """
     path = Path(db)
     SQLiteStore(path).close()  # create and migrate once, up front: fail fast on a bad path
-    stores = _Stores(path)
-    readers = _Stores(path, read_only=True)  # health checks only read
+    watchdog = DatabaseWatchdog(path, restart="restart the API")
+    stores = _Stores(path, watchdog)
+    readers = _Stores(path, watchdog, read_only=True)  # health checks only read
     catalog = _FlowCatalog(flows or {})
     keys = KeyCache(KeyStore(keys_db)) if keys_db is not None else None
     metrics = Metrics("sagalab_api_")
@@ -463,6 +469,7 @@ def create_app(
     )
     app.state.metrics = metrics
     app.state.instance = instance
+    app.state.watchdog = watchdog  # `python -m edge.apps api` exits once it fires
     app.state.authenticate = _Authenticator(gateway_secret, keys, direct_keys=direct_keys)
 
     @app.exception_handler(ApiError)
@@ -497,6 +504,8 @@ def create_app(
             return _problem(409, "Action refused", str(exc))
         if isinstance(exc, InputError | FlowNotFoundError | FlowValidationError):
             return _problem(422, "Invalid saga request", str(exc))
+        if isinstance(exc, DatabaseGone):
+            return _problem(503, "Database gone", str(exc))
         return _problem(503, "Store unavailable", str(exc), **{"Retry-After": "1"})
 
     def _links(saga_id: str) -> dict[str, str]:
@@ -618,8 +627,12 @@ def create_app(
     @app.get("/readyz", summary="Readiness")
     def readyz() -> JSONResponse:
         """The database answers: the API can take sagas. A read-only connection: a long
-        write elsewhere never makes the API look down."""
+        write elsewhere never makes the API look down. The path must still name the file
+        opened (watchdog) and hold a saga database: bytes written over it in place are not
+        seen by a connection that has its pages cached, so the file is probed afresh."""
         try:
+            watchdog.check()
+            check_database(path, Access.READ)
             readers.get().conn.execute("SELECT 1 FROM sagas LIMIT 1").fetchall()
         except Exception as exc:  # any database failure means "not ready", never a 500
             return _problem(503, "Not ready", f"database {path}: {exc}")

@@ -14,6 +14,8 @@ the board's `guard` (a worker's database watchdog) so nothing is written to a re
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -23,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pybreaker
-import yaml
 
 from orchestrator.errors import ServiceConfigError, StoreError
+from orchestrator.flowfile import load_services, read_services_file
 from orchestrator.policies.breaker import Breaker, ClockedStorage
 from orchestrator.sqlite_store import connect, connect_read_only
 
@@ -68,6 +70,8 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BREAKER = BreakerConfig()
 _SETTINGS = ("fail_max", "reset_timeout", "success_threshold")
 
@@ -79,11 +83,8 @@ def load_breaker_configs(path: str | Path | None) -> dict[str, BreakerConfig]:
     """
     if path is None:
         return {}
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ServiceConfigError(f"cannot read services file {path}: {exc}") from None
-    section = raw.get("breakers", {}) if isinstance(raw, Mapping) else {}
+    raw = read_services_file(path)
+    section = raw.get("breakers", {})
     if not isinstance(section or {}, Mapping):
         raise ServiceConfigError(
             f"services file {path}: breakers must map service names to settings"
@@ -102,6 +103,17 @@ def load_breaker_configs(path: str | Path | None) -> dict[str, BreakerConfig]:
             configs[str(name)] = BreakerConfig(**dict(values or {}))
         except ValueError as exc:
             raise ServiceConfigError(f"{where}.{str(exc).split()[0]}: {exc}") from None
+    if configs:
+        # A breaker for a service that has no URL (in the file or SAGALAB_SERVICE_*) guards
+        # nothing: most likely a misspelt name, which would leave the real service unguarded.
+        known = load_services(path)
+        for name in configs:
+            if name not in known:
+                raise ServiceConfigError(
+                    f"services file {path}: breakers.{name}: no service {name!r} is configured "
+                    f"(services: {', '.join(sorted(known)) or 'none'}); fix the name or add "
+                    f"its URL"
+                )
     return configs
 
 
@@ -119,6 +131,28 @@ def _execute(
         return conn.execute(sql, args)
     except sqlite3.Error as exc:
         raise StoreError(f"breaker storage: {exc}") from None
+
+
+_STATES = (pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN)
+#: Breakers whose damaged row was logged already (once per process and service).
+_DAMAGE_LOGGED: set[str] = set()
+#: How far ahead of this clock an `opened_time` may be (another host's clock): a day.
+_CLOCK_SKEW = 86_400.0
+
+
+def _sane_time(value: float, now: float) -> bool:
+    return math.isfinite(value) and 0 <= value <= now + _CLOCK_SKEW
+
+
+def row_damage(state: object, opened_time: object, *, now: float) -> str | None:
+    """Why a breaker row cannot be what sagalab wrote (None when it can)."""
+    if state not in _STATES:
+        return f"damaged row: unknown state {state!r}"
+    if opened_time is not None and (
+        not _is_number(opened_time) or not _sane_time(float(opened_time), now)  # type: ignore[arg-type]
+    ):
+        return f"damaged row: opened_time {opened_time!r} is not a time"
+    return None
 
 
 class SQLiteBreakerStorage(ClockedStorage):
@@ -154,7 +188,22 @@ class SQLiteBreakerStorage(ClockedStorage):
 
     @property
     def state(self) -> str:
-        return str(self._get("state") or pybreaker.STATE_CLOSED)
+        row = self._execute(
+            "SELECT state, opened_time FROM breakers WHERE name = ?", (self.name,)
+        ).fetchone()
+        if row is None or row[0] is None:
+            return pybreaker.STATE_CLOSED
+        # Wall time, not self.clock: the policy sets that to the instant it was last asked.
+        damaged = row_damage(row[0], row[1], now=time.time())
+        if damaged is not None:
+            # A row no code of ours wrote: never a reason to keep a service's calls out (or
+            # to park every saga that calls it). Closed, as after `breakers reset`; the next
+            # transition writes a sound row.
+            if self.name not in _DAMAGE_LOGGED:
+                _DAMAGE_LOGGED.add(self.name)
+                log.warning("breaker %s: %s; treated as closed", self.name, damaged)
+            return pybreaker.STATE_CLOSED
+        return str(row[0])
 
     @state.setter
     def state(self, state: str) -> None:
@@ -185,7 +234,9 @@ class SQLiteBreakerStorage(ClockedStorage):
     @property
     def opened_time(self) -> float | None:
         value = self._get("opened_time")
-        return float(value) if value is not None else None
+        if not _is_number(value) or not _sane_time(float(value), time.time()):
+            return None
+        return float(value)
 
     @opened_time.setter
     def opened_time(self, value: float | None) -> None:
@@ -284,7 +335,11 @@ def breaker_rows(db: str | Path) -> list[dict[str, Any]]:
             "SELECT b.*, (SELECT COUNT(*) FROM breaker_events e WHERE e.name = b.name) "
             "AS transitions FROM breakers b ORDER BY name"
         ).fetchall()
-        return [dict(r) for r in rows]
+        now = time.time()
+        found = [dict(r) for r in rows]
+        for row in found:  # shown as damaged, never a crash (`breakers list`)
+            row["damaged"] = row_damage(row["state"], row["opened_time"], now=now)
+        return found
     finally:
         conn.close()
 

@@ -11,6 +11,7 @@ SagaError
  ├── ConcurrentUpdate      another writer appended to the saga first (reload and retry)
  ├── OperatorActionRefused an operator command does not apply to the saga as it stands
  ├── ServiceConfigError    a service name has no base URL
+ ├── DamagedRecord         a stored row cannot be read (tampered with, or other code's)
  └── StoreError            the database cannot be opened or written
 """
 
@@ -94,6 +95,14 @@ class ServiceConfigError(SagaError):
 
 class StoreError(SagaError):
     """The saga database cannot be opened or written."""
+
+
+class DamagedRecord(SagaError):
+    """A stored row cannot be read as sagalab wrote it (tampered with, or other code's).
+
+    Not a StoreError: the database is fine, one saga is not, so a worker parks that saga
+    (with this reason) instead of backing off from the whole database.
+    """
 
 
 class LeaseLost(SagaError):

@@ -70,14 +70,13 @@ def load_services(path: str | Path | None = None) -> dict[str, str]:
     services: dict[str, str] = {}
     file = path or os.environ.get(SERVICES_FILE_ENV)
     if file:
-        try:
-            raw = yaml.safe_load(Path(file).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise ServiceConfigError(f"cannot read services file {file}: {exc}") from None
-        table = raw.get("services") if isinstance(raw, Mapping) else None
+        raw = read_services_file(file)
+        # A file of breaker settings only (the URLs in SAGALAB_SERVICE_*) has no services.
+        table = raw.get("services", {} if "breakers" in raw else None)
         if not isinstance(table, Mapping):
             raise ServiceConfigError(
                 f"services file {file} must look like 'services: {{name: http://host:port}}'"
+                + (" (services: is not a mapping)" if "services" in raw else "")
             )
         for name, url in table.items():
             services[str(name)] = base_url(url, f"services file {file}: services.{name}")
@@ -85,6 +84,31 @@ def load_services(path: str | Path | None = None) -> dict[str, str]:
         if key.startswith(SERVICE_ENV_PREFIX) and value:
             services[key.removeprefix(SERVICE_ENV_PREFIX).lower()] = base_url(value, key)
     return services
+
+
+def read_services_file(path: str | Path) -> Mapping[Any, Any]:
+    """The services file's top-level mapping; ServiceConfigError in one line otherwise.
+
+    A YAML syntax error is named by file and line (`services.yaml:4: ...`), not by
+    PyYAML's several lines.
+    """
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ServiceConfigError(f"cannot read services file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        col = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ServiceConfigError(f"services file {where}: malformed YAML: {problem}{col}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ServiceConfigError(
+            f"services file {path} must look like 'services: {{name: http://host:port}}'"
+        )
+    return raw
 
 
 def base_url(value: object, where: str) -> str:

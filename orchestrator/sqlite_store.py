@@ -25,8 +25,10 @@ from urllib.parse import quote
 
 import sqlite_utils
 
+from orchestrator.dbfiles import creating_database
 from orchestrator.errors import (
     ConcurrentUpdate,
+    DamagedRecord,
     IdempotencyConflict,
     LeaseHeld,
     LeaseLost,
@@ -361,6 +363,10 @@ def check_database(path: str | Path, access: Access = Access.READ) -> int:
     Every command that takes --db calls this (through `SQLiteStore`) before it writes
     anything: besides what `check_sqlite_file` refuses, a SQLite file of another application
     and a file of a newer sagalab are refused (StoreError, exit 5).
+
+    An empty file (what `sqlite3` leaves after a failed create) is a missing database, the
+    one rule for every command: those that create one (`worker`, `demo`, `orchestrate run`,
+    the API at start) make it there; those that only read say there is none yet.
     """
     found = check_sqlite_file(path, access)
     if found is None or not found.tables:
@@ -436,11 +442,13 @@ class SQLiteStore:
                 f"{path} has schema version {version}, older than this sagalab "
                 f"({SCHEMA_VERSION}); a command that writes (`sagalab worker`) upgrades it"
             )
-        self.conn = (
-            connect_read_only(path, timeout=timeout)
-            if read_only
-            else connect(path, timeout=timeout)
-        )
+        if read_only:
+            self.conn = connect_read_only(path, timeout=timeout)
+        elif version == 0:  # a new file: not with the -wal/-shm a deleted one left behind
+            with creating_database(self.path):
+                self.conn = connect(path, timeout=timeout)
+        else:
+            self.conn = connect(path, timeout=timeout)
         self.db = sqlite_utils.Database(self.conn)
         self._flows: dict[str, FlowDefinition] = {}
         self._snapshots: dict[str, str] = {}
@@ -536,13 +544,28 @@ class SQLiteStore:
             body = self._snapshots[flow_hash] = found[0]
         return body
 
-    def _record(self, row: dict[str, Any]) -> SagaRecord:
+    def _record(self, row: dict[str, Any], *, lenient: bool = False) -> SagaRecord:
+        """The row as a record. A damaged input raises DamagedRecord, or with `lenient`
+        (listings) reads as {} with `damaged` saying why."""
         flow_hash = row.get("flow_hash")
         snapshot = self._snapshot_body(flow_hash) if flow_hash else row["flow_snapshot"]
+        damaged = None
+        try:
+            payload = json.loads(row["input"])
+            if not isinstance(payload, dict):
+                raise TypeError("not an object")
+        except (TypeError, ValueError, RecursionError) as exc:
+            damaged = f"damaged row: its stored input is not JSON ({exc})"
+            if not lenient:
+                raise DamagedRecord(
+                    f"saga {row['id']}: {damaged}; no command can run it until the row is repaired"
+                ) from None
+            payload = {}
         return SagaRecord(
             id=row["id"],
+            damaged=damaged,
             flow=self._flow(snapshot),
-            input=json.loads(row["input"]),
+            input=payload,
             status=SagaStatus(row["status"]),
             trace_id=row["trace_id"],
             idempotency_key=row["idempotency_key"],
@@ -819,7 +842,7 @@ class SQLiteStore:
                 )
             )
         )
-        return [self._record(r) for r in rows]
+        return [self._record(r, lenient=True) for r in rows]
 
     def count_by_status(self) -> dict[str, int]:
         """How many sagas are in each status."""

@@ -39,6 +39,9 @@ class SagaRecord:
     updated_at: float
     last_seq: int
     tenant: str = DEFAULT_TENANT
+    #: Why the stored row could not be read as written (set by listings only, which show
+    #: such a row rather than fail; everything else refuses it with `DamagedRecord`).
+    damaged: str | None = None
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ def saga_summary(record: SagaRecord) -> dict[str, Any]:
         "reason": None if record.status is SagaStatus.COMPLETED else record.reason,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
+        **({"damaged": record.damaged} if record.damaged else {}),
     }
 
 

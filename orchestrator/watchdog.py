@@ -12,22 +12,61 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from orchestrator.errors import StoreError
+from orchestrator.journal import JournalEntry
+from orchestrator.saga import SagaState
+from orchestrator.sqlite_store import SQLiteStore
+from orchestrator.store import Lease
 
-__all__ = ["DatabaseGone", "DatabaseWatchdog"]
+__all__ = ["DatabaseGone", "DatabaseWatchdog", "WatchedStore", "drop_own_sidecars"]
 
 
 class DatabaseGone(StoreError):
     """The database file this process opened was deleted or replaced: it must not write."""
 
 
+def drop_own_sidecars(path: Path) -> list[Path]:
+    """Unlink `path`'s `-wal` and `-shm` if they are the ones this process has open.
+
+    Those belong to the file this process opened, which the path no longer names: left
+    there, SQLite would read that file's log over the new file at the path (its pages in
+    place of the new ones). Files this process does not have open are left alone: they may
+    be the new file's own. What this process still writes goes to the unlinked files, as its
+    database is gone anyway. Linux (`/proc/self/fd`); elsewhere nothing is removed.
+    """
+    mine: set[tuple[int, int]] = set()
+    try:
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                st = os.stat(int(fd))
+            except (OSError, ValueError):
+                continue
+            mine.add((st.st_dev, st.st_ino))
+    except OSError:
+        return []
+    dropped = []
+    for suffix in ("-wal", "-shm"):
+        sidecar = Path(f"{path}{suffix}")
+        try:
+            st = os.stat(sidecar)
+            if (st.st_dev, st.st_ino) in mine:
+                sidecar.unlink()
+                dropped.append(sidecar)
+        except OSError:
+            continue
+    return dropped
+
+
 class DatabaseWatchdog:
     """Compares the path's (device, inode) with the one seen when it was opened."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, restart: str = "restart the worker") -> None:
+        """Remember what `path` names now; `restart` ends the message: what to do next."""
         self.path = Path(path)
+        self.restart = restart
         self._identity = self._stat()
         if self._identity is None:
             raise StoreError(f"database {self.path} does not exist")
@@ -57,9 +96,47 @@ class DatabaseWatchdog:
                 what = "deleted" if now is None else "replaced by another file"
                 with self._lock:
                     if self._gone is None:
+                        drop_own_sidecars(self.path)
                         self._gone = (
                             f"database file {self.path} was {what} while this process had it "
-                            "open; stopped writing to it: restart the worker"
+                            f"open; stopped writing to it: {self.restart}"
                         )
         if self._gone is not None:
             raise DatabaseGone(self._gone)
+
+
+class WatchedStore(SQLiteStore):
+    """A store whose every write first asks the watchdog (a worker's threads, `run --wait`)."""
+
+    def __init__(self, path: Path, watchdog: DatabaseWatchdog) -> None:
+        self.watchdog = watchdog
+        watchdog.check()
+        # create=False as well: the file may vanish between the check and the open.
+        super().__init__(path, create=False)
+
+    def claim_next(self, owner: str, *, now: float, lease_seconds: float) -> Lease | None:
+        self.watchdog.check()
+        return super().claim_next(owner, now=now, lease_seconds=lease_seconds)
+
+    def append(
+        self,
+        saga_id: str,
+        entries: Sequence[JournalEntry],
+        *,
+        expected_seq: int,
+        state: SagaState,
+        now: float,
+        lease: Lease | None = None,
+    ) -> int:
+        self.watchdog.check()
+        return super().append(
+            saga_id, entries, expected_seq=expected_seq, state=state, now=now, lease=lease
+        )
+
+    def release(self, lease: Lease, *, run_after: float | None) -> bool:
+        self.watchdog.check()
+        return super().release(lease, run_after=run_after)
+
+    def park(self, lease: Lease, *, reason: str) -> bool:
+        self.watchdog.check()
+        return super().park(lease, reason=reason)

@@ -30,7 +30,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,13 +43,10 @@ from orchestrator.errors import (
     StoreError,
 )
 from orchestrator.executors import HttpExecutor, StepExecutor
-from orchestrator.journal import JournalEntry
 from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner
 from orchestrator.runner import SagaRunner
-from orchestrator.saga import SagaState
 from orchestrator.sqlite_store import SQLiteStore
-from orchestrator.store import Lease
-from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog
+from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog, WatchedStore
 
 log = logging.getLogger("sagalab.worker")
 
@@ -99,49 +96,12 @@ class WorkerConfig:
     use_breakers: bool = True
 
 
-class _WatchedStore(SQLiteStore):
-    """The worker threads' store: every write first asks the watchdog."""
-
-    def __init__(self, path: Path, watchdog: DatabaseWatchdog) -> None:
-        self.watchdog = watchdog
-        watchdog.check()
-        # create=False as well: the file may vanish between the check and the open.
-        super().__init__(path, create=False)
-
-    def claim_next(self, owner: str, *, now: float, lease_seconds: float) -> Lease | None:
-        self.watchdog.check()
-        return super().claim_next(owner, now=now, lease_seconds=lease_seconds)
-
-    def append(
-        self,
-        saga_id: str,
-        entries: Sequence[JournalEntry],
-        *,
-        expected_seq: int,
-        state: SagaState,
-        now: float,
-        lease: Lease | None = None,
-    ) -> int:
-        self.watchdog.check()
-        return super().append(
-            saga_id, entries, expected_seq=expected_seq, state=state, now=now, lease=lease
-        )
-
-    def release(self, lease: Lease, *, run_after: float | None) -> bool:
-        self.watchdog.check()
-        return super().release(lease, run_after=run_after)
-
-    def park(self, lease: Lease, *, reason: str) -> bool:
-        self.watchdog.check()
-        return super().park(lease, reason=reason)
-
-
 class _Tools:
     """One thread's connections and clients; dropped and reopened after a database error."""
 
     def __init__(self, worker: Worker) -> None:
         config = worker.config
-        self.store = _WatchedStore(config.db, worker.watchdog)
+        self.store = WatchedStore(config.db, worker.watchdog)
         self.board: BreakerBoard | None = None
         self.executor: StepExecutor | None = None
         try:
@@ -246,7 +206,9 @@ class Worker:
         with self._state_lock:
             if self._fatal is None:
                 self._fatal = error
-                log.error("worker %s stopping: %s", self.owner, error)
+                # `run()` raises it once the threads have stopped: the caller says it, once
+                # (`sagalab worker` prints one "error:" line).
+                log.debug("worker %s stopping: %s", self.owner, error)
         self.stop.set()
 
     def _thread(self, keeper: LeaseKeeper) -> None:

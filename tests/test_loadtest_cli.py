@@ -59,10 +59,12 @@ def stack_gone(directory: Path) -> bool:
         (["--reports", "UNDER_A_FILE"], 5, "cannot write the load-test reports"),
         (["--dir", "/proc/sagalab-loadtest"], 5, "cannot use /proc/sagalab-loadtest"),
         (["--db", "A_DIRECTORY"], 5, "is a directory"),
+        (["--db", "A_TEXT_FILE"], 5, "is not a SQLite database"),
     ],
     ids=[
         "no-users", "too-many-users", "duration", "spawn-rate", "processes", "workers",
         "profile", "locustfile", "reports-unwritable", "dir-unwritable", "db-directory",
+        "db-text-file",
     ],
 )  # fmt: skip
 def test_bad_options_and_paths_are_refused_before_anything_starts(
@@ -73,13 +75,23 @@ def test_bad_options_and_paths_are_refused_before_anything_starts(
         "MISSING": str(tmp_path / "missing.py"),
         "UNDER_A_FILE": str(tmp_path / "a-file" / "reports"),
         "A_DIRECTORY": str(tmp_path),
+        "A_TEXT_FILE": str(tmp_path / "a-file"),
     }
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = command(tmp_path, *(paths.get(a, a) for a in args))
+    if "--reports" not in args:  # the default, reports/loadtest under the working directory
+        at = argv.index("--reports")
+        del argv[at : at + 2]
     r = subprocess.run(
-        command(tmp_path, *(paths.get(a, a) for a in args)),
+        argv,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )
     directory = tmp_path / "stack"
     try:
@@ -88,6 +100,9 @@ def test_bad_options_and_paths_are_refused_before_anything_starts(
         assert len(lines) == 1 and fragment in lines[0], lines
         assert stack_gone(directory)
         assert not (directory / "logs").exists(), "no stack was started"
+        # A refusal writes nothing: no stack directory, no reports, no database.
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+        assert list(cwd.iterdir()) == []
     finally:
         if (directory / "stack.json").exists():
             stack_down(directory)

@@ -78,6 +78,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 COMMANDS = {
     "run --wait": ["orchestrate", "run", "checkout", "--input", ORDER, "--wait"],
+    "run": ["orchestrate", "run", "checkout", "--input", ORDER],  # queued: checked all the same
     "worker": ["worker", "--exit-when-idle", "0.1", "--max-seconds", "2"],
 }
 
@@ -117,6 +118,38 @@ def test_malformed_url_in_the_environment_names_the_variable(
     services = _services_file(tmp_path, GOOD_URLS)
     monkeypatch.setenv("SAGALAB_SERVICE_PAYMENTS", "payments:8700")
     _assert_refused(COMMANDS["run --wait"], services, tmp_path, "SAGALAB_SERVICE_PAYMENTS")
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_missing_services_file_is_refused(command: str, tmp_path: Path) -> None:
+    _assert_refused(COMMANDS[command], tmp_path / "nope.yaml", tmp_path, "nope.yaml")
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_breaker_for_a_service_nothing_configures_is_refused(
+    command: str, tmp_path: Path
+) -> None:
+    services = tmp_path / "services.yaml"
+    doc = {"services": GOOD_URLS, "breakers": {"nosuch": {"fail_max": 3}}}
+    services.write_text(yaml.safe_dump(doc))
+    _assert_refused(COMMANDS[command], services, tmp_path, "breakers.nosuch", "no service")
+
+
+def test_a_breaker_may_name_a_service_configured_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = tmp_path / "services.yaml"
+    services.write_text("breakers:\n  payments: {fail_max: 3}\n")  # no services: section
+    monkeypatch.setenv("SAGALAB_SERVICE_PAYMENTS", "http://127.0.0.1:9/payments")
+    assert load_services(services) == {"payments": "http://127.0.0.1:9/payments"}
+    assert load_breaker_configs(services) == {"payments": BreakerConfig(fail_max=3)}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_yaml_syntax_error_is_one_line_with_file_and_line(command: str, tmp_path: Path) -> None:
+    services = tmp_path / "services.yaml"
+    services.write_text("services:\n  payments: http://127.0.0.1:9\n  shipping: [oops\n")
+    _assert_refused(COMMANDS[command], services, tmp_path, f"{services}:", "line 4")
 
 
 def test_good_settings_load(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from workerlab import processes_mentioning, sagalab, wait_for
 from edge.server import bind
 from edge.stack import StackState, alive, load_state
 from orchestrator.limits import MAX_GATEWAYS, MAX_STACK_WORKERS
+from orchestrator.sqlite_store import SQLiteStore
 
 pytestmark = pytest.mark.slow
 
@@ -293,6 +294,61 @@ def test_down_stops_everything_during_a_restart_backoff(tmp_path: Path) -> None:
     assert not Path(directory, "stack.json").exists()
 
 
+@pytest.mark.skipif(not HAS_WORKER, reason="needs orchestrator/worker.py (issue 3)")
+@pytest.mark.parametrize("how", ["moved", "replaced"])
+def test_a_database_moved_or_replaced_under_the_stack_is_reopened_by_restarted_components(
+    tmp_path: Path, how: str
+) -> None:
+    directory = tmp_path / "stack"
+    up = sagalab(
+        "stack", "up", "--detach", "--dir", str(directory), "--port", "0", "--workers", "2",
+        "--gateways", "1", "--restart-delay", "0.2",
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    state = load_state(directory)
+    db = directory / "sagas.db"
+    try:
+        before = rows_of(str(directory))["api"]
+        if how == "moved":
+            db.rename(tmp_path / "elsewhere.db")  # `mv D/sagas.db elsewhere`
+        else:
+            other = tmp_path / "other.db"
+            SQLiteStore(other).close()
+            other.replace(db)
+        after = wait_for(
+            lambda: (
+                (row := rows_of(str(directory))["api"])["status"] == "up"
+                and row["pid"] != before["pid"]
+                and row
+            ),
+            30,
+            "the API to be restarted",
+        )
+        assert after["restarts"] == before["restarts"] + 1  # type: ignore[operator]
+        assert "exit code 5" in str(after["last_exit"]), after
+        assert "restart the API" in str(after["last_exit"]), after
+        with httpx.Client(
+            base_url=state.edge_url, headers={"X-API-Key": state.api_key}, timeout=5
+        ) as c:
+            r = wait_for(
+                lambda: (
+                    (r := c.post("/v1/sagas", json={"flow": "checkout", "input": ORDER}))
+                    and r.status_code == 202
+                    and r
+                ),
+                30,
+                "a saga to be accepted on the new file",
+                every=0.2,
+            )
+            assert follow(c, r.headers["location"]) == "completed"
+            saga_id = r.headers["location"].rsplit("/", 1)[1]
+        shown = sagalab("orchestrate", "status", saga_id, "--db", str(db))
+        assert shown.returncode == 0, shown.stderr
+    finally:
+        sagalab("stack", "down", "--dir", str(directory))
+    assert processes_mentioning(str(directory)) == []
+
+
 def test_status_without_a_stack_says_how_to_start_one(tmp_path: Path) -> None:
     r = sagalab("stack", "status", "--dir", str(tmp_path))
     assert r.returncode == 1
@@ -327,6 +383,7 @@ def taken_port() -> Iterator[int]:
         (["--flood-rate", "-5"], 2, "--flood-rate must be a positive number, got -5"),
         (["--restart-delay", "-1"], 2, "--restart-delay"),
         (["--db", "DIR"], 5, "is a directory"),
+        (["--db", "TEXT"], 5, "is not a SQLite database"),
         (["--dir", "/proc/sagalab-stack"], 5, "cannot use /proc/sagalab-stack"),
         (["SERVICES"], 5, "SAGALAB_SERVICES_FILE"),
     ],
@@ -334,7 +391,7 @@ def taken_port() -> Iterator[int]:
         "no-gateway", "too-many-gateways", "too-many-workers", "negative-workers",
         "no-concurrency", "port-out-of-range", "port-taken", "strategy", "deny-cidr",
         "flood-rate", "flood-rate-nan", "flood-rate-negative", "restart-delay",
-        "db-is-a-directory", "unwritable-dir", "services-file",
+        "db-is-a-directory", "db-is-a-text-file", "unwritable-dir", "services-file",
     ],
 )  # fmt: skip
 def test_up_checks_every_option_before_starting_anything(
@@ -347,7 +404,11 @@ def test_up_checks_every_option_before_starting_anything(
         bad.write_text("services: {payments: 42}\n")
         env["SAGALAB_SERVICES_FILE"] = str(bad)
         args = []
-    args = [{"TAKEN": str(taken_port), "DIR": str(tmp_path)}.get(a, a) for a in args]
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n")
+    paths = {"TAKEN": str(taken_port), "DIR": str(tmp_path), "TEXT": str(text)}
+    args = [paths.get(a, a) for a in args]
+    before = sorted(p.name for p in tmp_path.iterdir())
     if "--dir" not in args:
         args += ["--dir", str(directory)]
     if "--port" not in args:
@@ -361,6 +422,8 @@ def test_up_checks_every_option_before_starting_anything(
         assert not (directory / "stack.json").exists()
         assert processes_mentioning(str(directory)) == []
         assert not (directory / "logs").exists(), "nothing was started"
+        # Nothing written either: no stack directory, no database (README: no state file).
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
     finally:
         if (directory / "stack.json").exists():
             sagalab("stack", "down", "--dir", str(directory))

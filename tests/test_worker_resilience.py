@@ -214,6 +214,7 @@ def test_a_deleted_database_file_stops_the_worker_with_the_reason_and_no_more_wr
     assert code == 5, "a database error (README: exit 5)"
     err = w.stderr()
     assert "was deleted" in err and "restart the worker" in err, err
+    assert len([line for line in err.splitlines() if "was deleted" in line]) == 1, err
     assert "Traceback" not in err
     # What the deleted file holds now, read through the descriptors kept open.
     old = tmp_path / "old.db"

@@ -1,0 +1,68 @@
+"""The `-wal` and `-shm` files a deleted or moved database leaves behind.
+
+SQLite names a database's write-ahead log and its shared-memory index after the database's
+path. Move or delete `sagas.db` while a process has it open and `sagas.db-wal` and
+`sagas.db-shm` stay, still that process's. A new database created at the path would share
+them: SQLite applies the old log to the new file, or takes locks in the old index that the
+old process holds ("disk I/O error", "database disk image is malformed"). So a process that
+creates the database first removes them: while the main file is missing or empty they
+cannot belong to it (SQLite writes the file's first page as it switches it to WAL, before
+any log exists). What the old process writes into its unlinked log is lost with the file
+it had: the watchdog (`orchestrator.watchdog`) stops it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["creating_database"]
+
+log = logging.getLogger(__name__)
+
+SIDECARS = ("-wal", "-shm")
+
+
+@contextmanager
+def creating_database(path: Path) -> Iterator[None]:
+    """Hold the directory's lock while a new database is made at `path`, stale files gone.
+
+    The lock (`flock` on the directory) makes a second process that creates the same path
+    at the same moment wait until the first one's file has its first page: it then finds
+    a database, not a missing file, and removes nothing of the first one's.
+    """
+    try:
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # no directory yet (or unreadable): nothing stale in it; SQLite says why
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _remove_stale(path)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_stale(path: Path) -> None:
+    try:
+        if path.stat().st_size > 0:
+            return
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return
+    for suffix in SIDECARS:
+        stale = Path(f"{path}{suffix}")
+        try:
+            stale.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot remove %s left by a deleted database: %s", stale, exc.strerror)
+            continue
+        log.warning("removed %s: left by a database deleted or moved from %s", stale, path)
