@@ -8,6 +8,7 @@ reached or started, 2 a bad argument (unknown service, a value the services refu
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 from collections.abc import Iterator
@@ -234,6 +235,10 @@ def fault(
 ) -> None:
     """Inject a fault into SERVICE, or clear its faults with --clear."""
     _check_service(service)
+    # The services judge the ranges; a number JSON cannot carry never reaches them.
+    for flag, value in (("--error-rate", error_rate), ("--outage", outage)):
+        if value is not None and not math.isfinite(value):
+            raise _fail(f"{flag} {value} is not a finite number", 2)
     spec = {
         "endpoint": endpoint,
         "error_rate": error_rate,

@@ -69,7 +69,7 @@ class GatewaySettings:
     keys_db: str
     upstreams: Sequence[str]
     rate_share: int = 1
-    max_body: int = 64 * 1024
+    max_body: int = MAX_BYTES  # the API's own limit: one body limit on the whole path
     strategy: str = "least_connections"
     instance: str = "gateway"
     key_ttl: float = 2.0
@@ -92,7 +92,7 @@ class EdgeSettings:
     health_interval: float = 0.5
     #: Seconds a gateway has to answer a forwarded request (504 after it, never re-sent).
     upstream_timeout: float = 30.0
-    max_body: int = 1 << 20
+    max_body: int = MAX_BYTES
     #: Timeouts, connection caps and the header size limit for client connections.
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -177,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     gw = sub.add_parser("gateway", help="an API gateway instance")
     gw.add_argument("--keys-db", required=True)
     gw.add_argument("--rate-share", type=int, default=1)
-    gw.add_argument("--max-body", type=int, default=64 * 1024)
+    gw.add_argument("--max-body", type=int, default=MAX_BYTES)
     edge = sub.add_parser("edge", help="the firewall and load balancer")
     edge.add_argument("--allow", action="append", default=[])
     edge.add_argument("--deny", action="append", default=[])

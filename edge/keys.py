@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import KeyRequestError, KeyStoreError, UnknownKey
+from orchestrator.store import DEFAULT_TENANT
 
 __all__ = [
     "ApiKey",
@@ -312,7 +313,7 @@ class KeyStore:
             taken = self.conn.execute(
                 "SELECT 1 FROM api_keys WHERE tenant = ? LIMIT 1", (owner,)
             ).fetchone()
-            if taken:
+            if taken or owner == DEFAULT_TENANT:  # `default` also holds the CLI's sagas
                 raise KeyRequestError(
                     f"tenant {owner} exists: pass --tenant {owner} to add a key to it"
                 )

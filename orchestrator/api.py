@@ -463,6 +463,8 @@ def create_app(
     metrics.describe("sagas_submitted_total", "counter", "Sagas created through the API.")
 
     app = FastAPI(
+        # A redirect would name the API's own port, behind the edge: a wrong path is a 404.
+        redirect_slashes=False,
         title="sagalab orchestrator API",
         version="1",
         description="Submit sagas for the workers and operate on them.",
@@ -526,12 +528,16 @@ def create_app(
         },
     )
     def submit(
+        request: Request,
         who: Who,
         body: Annotated[SagaCreate, Depends(saga_create_body)],
         idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
         traceparent: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:
         """Queue a saga of `flow`; a reused `Idempotency-Key` returns the saga it named."""
+        if len(request.headers.getlist("idempotency-key")) > 1:
+            # Proxies may pick either copy: the key a client would retry with is ambiguous.
+            raise ApiError(422, "Invalid request", "send one Idempotency-Key header, not several")
         flow = catalog.get(body.flow)
         payload = validate_input(flow, body.input)
         now = clock()

@@ -320,3 +320,18 @@ def test_resume_of_a_saga_a_live_worker_holds_is_refused(client: httpx.Client, d
     r = client.post(f"/v1/sagas/{saga_id}/resume")
     assert r.status_code == 409, r.text
     assert "is being run by" in r.json()["detail"]
+
+
+def test_a_trailing_slash_is_a_404_not_a_redirect_to_the_api_port(client: httpx.Client) -> None:
+    for method in ("GET", "POST"):
+        r = client.request(method, "/v1/sagas/", json={"flow": "checkout", "input": ORDER})
+        assert r.status_code == 404, (method, r.status_code, r.headers.get("location"))
+        assert "location" not in r.headers
+
+
+def test_several_idempotency_keys_are_refused(client: httpx.Client) -> None:
+    headers = [("Idempotency-Key", "first"), ("Idempotency-Key", "second")]
+    r = client.post("/v1/sagas", json={"flow": "checkout", "input": ORDER}, headers=headers)
+    assert r.status_code == 422, r.text
+    assert "one Idempotency-Key" in r.json()["detail"]
+    assert client.get("/v1/sagas").json()["count"] == 0

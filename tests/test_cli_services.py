@@ -331,3 +331,22 @@ def test_up_serves_until_terminated() -> None:
     assert f"export SAGALAB_SERVICE_NOTIFICATIONS={base}/notifications" in stdout
     assert f"export SAGALAB_SERVICES_URL={base}" in stdout
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--error-rate", "nan"],
+        ["--error-rate", "inf"],
+        ["--outage", "inf"],
+        ["--outage", "nan"],
+    ],
+    ids=lambda o: " ".join(o),
+)
+def test_a_fault_json_cannot_carry_is_one_line_and_exit_2(option: list[str]) -> None:
+    # Refused before any service is asked: no server needed at this URL.
+    result = CliRunner().invoke(
+        app, ["fault", "notifications", *option, "--url", "http://127.0.0.1:9"]
+    )
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output

@@ -221,3 +221,20 @@ def test_the_gateway_refuses_what_the_api_refuses(path: EdgePath, body: bytes) -
     assert r.status_code == 422, r.text
     assert r.headers["content-type"] == "application/problem+json"
     assert r.json()["title"] == "Malformed JSON"
+
+
+def test_a_body_the_api_takes_gets_through_the_gateway(tmp_path: Path) -> None:
+    """One body limit on the whole path: the gateway used to stop at 64 KiB what the API takes."""
+    keys_db = tmp_path / "keys.db"
+    store = KeyStore(keys_db)
+    _, key = store.create("big", rate=1000, burst=1000)
+    store.close()
+    big = {**SAGA, "input": {**SAGA["input"], "note": "a" * 100_000}}
+    with (
+        serve_path(tmp_path / "sagas.db", keys_db, with_edge_limits=True) as running,
+        httpx.Client(
+            base_url=running.edge.url, headers={"Authorization": f"Bearer {key}"}, timeout=10
+        ) as c,
+    ):
+        r = c.post("/v1/sagas", json=big)
+    assert r.status_code == 202, r.text

@@ -244,3 +244,12 @@ def test_a_stack_key_made_again_replaces_the_old_one(tmp_path: Path) -> None:
         store.close()
     assert not listed[first.id].active and listed[second.id].active
     assert second.tenant == first.tenant == "stack"
+
+
+def test_a_key_named_default_never_joins_the_clis_tenant_unasked(tmp_path: Path) -> None:
+    """`default` holds every saga `orchestrate run` made: joining it must be asked for."""
+    db = str(tmp_path / "keys.db")
+    code, _, err = keys("create", "default", "--keys-db", db)
+    assert code == 2 and "--tenant default" in err, err
+    code, out, _ = keys("create", "default", "--tenant", "default", "--keys-db", db, "--json")
+    assert code == 0 and json.loads(out)["tenant"] == "default"
