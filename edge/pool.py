@@ -28,6 +28,7 @@ import contextlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from edge.upstream import (
     Response,
@@ -66,8 +67,9 @@ KEYED_ROUTES = frozenset({("POST", "/v1/sagas")})
 
 def honours_key(method: str, target: str) -> bool:
     """Whether the API answers a repeat of this request under the same key with the first
-    answer (`target` may carry a query string)."""
-    return (method, target.partition("?")[0]) in KEYED_ROUTES
+    answer (`target` may carry a query string; its path is compared decoded, as the API
+    routes it, so `/v1/%73agas` is `/v1/sagas`)."""
+    return (method, unquote(target.partition("?")[0])) in KEYED_ROUTES
 
 
 def replayable(method: str, target: str, headers: Sequence[tuple[bytes, bytes]]) -> bool:

@@ -11,6 +11,7 @@ import pytest
 from edge.firewall import client_address
 from edge.gateway import ensure_traceparent
 from edge.keys import KeyCache, KeyStore, parse_key
+from edge.pool import honours_key
 from edge.upstream import _parse_head
 from orchestrator.policies.firewall import parse_networks
 
@@ -123,3 +124,19 @@ def test_response_head_parsing() -> None:
     )
     assert (status, length, chunked, close) == (202, 12, False, True)
     assert headers == [(b"location", b"/v1/sagas/x")]
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "keyed"),
+    [
+        ("POST", "/v1/sagas", True),
+        ("POST", "/v1/sagas?x=1", True),
+        ("POST", "/v1/%73agas", True),  # the API routes it decoded: so does the edge
+        ("POST", "/v1/sagas/s1/rollback", False),
+        ("GET", "/v1/sagas", False),
+    ],
+)
+def test_the_edge_keys_exactly_the_routes_the_api_honours(
+    method: str, target: str, keyed: bool
+) -> None:
+    assert honours_key(method, target) is keyed
