@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cli.options import DEFAULT_STACK_DIR
 from edge.errors import StackError
 from edge.stack import load_state
 from fakeservices import (
@@ -36,8 +38,6 @@ from fakeservices import (
     get_service,
     run_in_thread,
 )
-
-STACK_DIR = Path(".sagalab")  # where `sagalab stack up` keeps its state by default
 
 app = typer.Typer(
     help="Run the fake external services (inventory, payments, shipping, notifications) "
@@ -77,14 +77,15 @@ def _services_url(url: str | None) -> str:
     """--url, else the fake services of a stack started from this directory, else the default."""
     if url:
         return url
+    stack_dir = Path(os.environ.get("SAGALAB_STACK_DIR") or DEFAULT_STACK_DIR)
     try:
-        state = load_state(STACK_DIR)
+        state = load_state(stack_dir)
     except StackError:
         return DEFAULT_URL
     if not state.services_url:
         return DEFAULT_URL
     typer.echo(
-        f"using the fake services of the stack in {STACK_DIR}/: {state.services_url}", err=True
+        f"using the fake services of the stack in {stack_dir}/: {state.services_url}", err=True
     )
     return state.services_url
 

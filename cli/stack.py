@@ -79,7 +79,12 @@ def _show_endpoints(state: StackState) -> None:
         '"amount": 10}}\''
     )
     out.print(f"then: sagalab orchestrate list --db {state.db}   (the stack's sagas)")
-    out.print("      sagalab services fault payments --error-rate 1   (finds the stack's services)")
+    where = Path(state.directory).resolve()
+    # From another directory, `services` finds this stack only through SAGALAB_STACK_DIR.
+    prefix = "" if where == DEFAULT_STACK_DIR.resolve() else f"SAGALAB_STACK_DIR={where} "
+    out.print(
+        f"      {prefix}sagalab services fault payments --error-rate 1   (the stack's services)"
+    )
 
 
 @app.command()

@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.services import app
+from edge.stack import StackState, write_state
 from fakeservices import RunningServices
 
 REPO = Path(__file__).resolve().parent.parent
@@ -350,3 +351,29 @@ def test_a_fault_json_cannot_carry_is_one_line_and_exit_2(option: list[str]) -> 
     )
     assert result.exit_code == 2, result.output
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_services_commands_find_a_stack_through_sagalab_stack_dir(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`stack up --dir D` prints `SAGALAB_STACK_DIR=D sagalab services ...`: that must work."""
+    stack_dir = tmp_path / "elsewhere"
+    stack_dir.mkdir()
+    write_state(
+        StackState(
+            directory=str(stack_dir),
+            db="",
+            keys_db="",
+            edge_url="",
+            services_url=url,
+            api_key="",
+            components=[],
+            created_at=0.0,
+        )  # fmt: skip
+    )
+    monkeypatch.chdir(tmp_path)  # no .sagalab here
+    monkeypatch.setenv("SAGALAB_STACK_DIR", str(stack_dir))
+    result = invoke("fault", "payments", "--error-rate", "1")
+    assert result.exit_code == 0, result.stderr
+    assert f"stack in {stack_dir}" in result.stderr
+    assert len(faults_at(url)) == 1
