@@ -98,13 +98,17 @@ def worker(
         float | None,
         typer.Option(
             "--exit-when-idle",
-            help=f"Stop after this many seconds with nothing to do (at most {MAX_RUN_SECONDS:g}).",
+            help=(
+                "Stop after this many seconds with nothing to do "
+                f"(at most {MAX_RUN_SECONDS:.0f}: thirty days)."
+            ),
         ),
     ] = None,
     max_seconds: Annotated[
         float | None,
         typer.Option(
-            "--max-seconds", help=f"Stop after this many seconds (at most {MAX_RUN_SECONDS:g})."
+            "--max-seconds",
+            help=f"Stop after this many seconds (at most {MAX_RUN_SECONDS:.0f}: thirty days).",
         ),
     ] = None,
     grace: Annotated[

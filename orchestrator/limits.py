@@ -158,7 +158,8 @@ class LimitError(ValueError):
 
 
 def _fmt(x: float) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
+    # 12 significant digits: 2592001 stays 2592001 (":g" showed it as 2.592e+06, the bound too).
+    return f"{x:.12g}" if isinstance(x, float) else str(x)
 
 
 def check(

@@ -50,7 +50,7 @@ def stack_gone(directory: Path) -> bool:
     [
         (["--users", "0"], 2, "--users 0 is under the minimum of 1"),
         (["--users", "99999"], 2, "--users 99999 is over the limit of 2000"),
-        (["--duration", "1e9"], 2, "--duration 1e+09 is over the limit of 3600"),
+        (["--duration", "1e9"], 2, "--duration 1000000000 is over the limit of 3600"),
         (["--spawn-rate", "0"], 2, "--spawn-rate 0 is under the minimum"),
         (["--processes", str(MAX_LOAD_PROCESSES + 1)], 2, "--processes"),
         (["--workers", "0"], 2, "--workers 0 is under the minimum of 1"),

@@ -18,10 +18,10 @@ from orchestrator.limits import MAX_LEASE, MAX_POLL, MAX_RUN_SECONDS
 BAD = [
     ("--lease", "inf", "finite"),
     ("--lease", "nan", "finite"),
-    ("--lease", "1e12", f"{MAX_LEASE:g}"),
-    ("--lease", "1e7", f"{MAX_LEASE:g}"),
+    ("--lease", "1e12", f"{MAX_LEASE:.12g}"),
+    ("--lease", "1e7", f"{MAX_LEASE:.12g}"),
     ("--lease", "0.1", "minimum"),
-    ("--poll", "1e12", f"{MAX_POLL:g}"),
+    ("--poll", "1e12", f"{MAX_POLL:.12g}"),
     ("--poll", "nan", "finite"),
     ("--poll", "0", "minimum"),
     ("--exit-when-idle", "nan", "finite"),
@@ -30,7 +30,7 @@ BAD = [
     ("--max-seconds", "nan", "finite"),
     ("--max-seconds", "-1", "minimum of 0"),
     ("--max-seconds", "inf", "finite"),
-    ("--max-seconds", "1e12", f"{MAX_RUN_SECONDS:g}"),
+    ("--max-seconds", "1e12", f"{MAX_RUN_SECONDS:.12g}"),
     ("--replicas", "-1", "minimum of 1"),
 ]
 
