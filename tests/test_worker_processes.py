@@ -83,9 +83,12 @@ def test_a_killed_workers_saga_is_resumed_by_another_after_its_lease_expires(
     killed_at = time.time()
     owner, lease_until = query(db, "SELECT lease_owner, lease_until FROM sagas")[0]
     assert owner_pid(owner) == a.pid
+    # b waits up to a whole lease for a's to run out with nothing to do: it must not give up
+    # (exit when idle) before then, however fast it starts.
     b = workers.start(
-        "--concurrency", "1", "--lease", str(lease), "--exit-when-idle", "1", "--json", *FAST
-    )
+        "--concurrency", "1", "--lease", str(lease), "--exit-when-idle", str(lease + 2.0),
+        "--json", *FAST,
+    )  # fmt: skip
     assert b.proc.wait(timeout=60) == 0, b.stderr()
     assert statuses(db) == {"completed": 1}
     # It claims twice: the resume closes the interrupted attempt and schedules a retry
