@@ -65,7 +65,9 @@ from workerlab import (
     order,
     query,
     reason_kind,
+    run_seed,
     sagalab,
+    seeded_services,
     statuses,
     stuck_report,
     wait_for,
@@ -73,7 +75,7 @@ from workerlab import (
 )
 
 from edge.stack import StackState, alive, load_state
-from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
+from fakeservices import FaultSpec, RunningServices, applied_twice
 from orchestrator.journal import JournalEntry
 from orchestrator.runner import start_saga
 from orchestrator.saga import EventType, Phase
@@ -562,14 +564,12 @@ def threads_besides_loops(pid: int, concurrency: int) -> int:
 
 @pytest.fixture
 def seed() -> int:
-    value = int(os.environ.get("SAGALAB_CHAOS_SEED") or random.SystemRandom().randrange(10**9))
-    print(f"\nchaos test seed: {value} (rerun with SAGALAB_CHAOS_SEED={value}); {SAGAS} sagas")
-    return value
+    return run_seed("SAGALAB_CHAOS_SEED", "chaos test")
 
 
 @pytest.fixture
 def services(seed: int) -> Iterator[RunningServices]:
-    with run_in_thread(rng=random.Random(seed)) as running:
+    with seeded_services(seed) as running:
         yield running
 
 

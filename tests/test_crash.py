@@ -17,7 +17,6 @@ printed and named in every failure. Rerun one with SAGALAB_CRASH_SEED=<seed>.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import time
@@ -36,13 +35,15 @@ from workerlab import (
     order,
     query,
     reason_kind,
+    run_seed,
+    seeded_services,
     statuses,
     stuck_report,
     wait_for,
     write_services_file,
 )
 
-from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
+from fakeservices import FaultSpec, RunningServices, applied_twice
 from orchestrator.saga import EventType
 from orchestrator.sqlite_store import SQLiteStore
 
@@ -111,14 +112,12 @@ def worker_args(tmp_path: Path, services: RunningServices) -> list[str]:
 
 @pytest.fixture
 def seed() -> int:
-    value = int(os.environ.get("SAGALAB_CRASH_SEED") or random.SystemRandom().randrange(10**9))
-    print(f"\ncrash test seed: {value} (rerun with SAGALAB_CRASH_SEED={value})")
-    return value
+    return run_seed("SAGALAB_CRASH_SEED", "crash test")
 
 
 @pytest.fixture
 def services(seed: int) -> Iterator[RunningServices]:
-    with run_in_thread(rng=random.Random(seed)) as running:
+    with seeded_services(seed) as running:
         yield running
 
 

@@ -17,11 +17,12 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fakeservices import LedgerEntry
+from fakeservices import LedgerEntry, RunningServices, run_in_thread
 from orchestrator.flowfile import load_flow
 from orchestrator.journal import JournalEntry
 from orchestrator.runner import start_saga
@@ -29,6 +30,20 @@ from orchestrator.saga import EventType, Phase
 from orchestrator.sqlite_store import SQLiteStore
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def run_seed(env_var: str, what: str) -> int:
+    """A seed for a randomised run: `env_var` if set (to rerun one), else a fresh one, printed."""
+    value = int(os.environ.get(env_var) or random.SystemRandom().randrange(10**9))
+    print(f"\n{what} seed: {value} (rerun with {env_var}={value})")
+    return value
+
+
+@contextmanager
+def seeded_services(seed: int) -> Iterator[RunningServices]:
+    """The fake services, their fault draws seeded by `seed`."""
+    with run_in_thread(rng=random.Random(seed)) as running:
+        yield running
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
