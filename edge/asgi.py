@@ -57,7 +57,8 @@ async def read_body(
     if timeout is None:
         return await _read_body(scope, receive, limit)
     try:
-        return await asyncio.wait_for(_read_body(scope, receive, limit), timeout)
+        async with asyncio.timeout(timeout):
+            return await _read_body(scope, receive, limit)
     except TimeoutError:
         raise BodySlow(timeout) from None
 

@@ -100,22 +100,31 @@ class Upstream:
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self._idle: deque[_Conn] = deque()
+        # Every connection still open, idle or in an exchange: close() closes them all, so a
+        # server stopped mid-request leaves no socket for the garbage collector to find.
+        self._open: set[asyncio.StreamWriter] = set()
         self._host_header = f"{host}:{port}".encode()
 
     async def _connect(self) -> _Conn:
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for may drop a connection that
+        # opened just as the caller was cancelled, leaving its socket open.
         try:
-            return await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, limit=1 << 20),
-                self.connect_timeout,
-            )
+            async with asyncio.timeout(self.connect_timeout):
+                conn = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
         except (OSError, TimeoutError) as exc:
             raise UpstreamUnavailable(f"cannot connect to {self.name}: {exc}") from None
+        self._open.add(conn[1])
+        return conn
+
+    def _close(self, writer: asyncio.StreamWriter) -> None:
+        self._open.discard(writer)
+        writer.close()
 
     def close(self) -> None:
-        """Close every idle connection."""
-        while self._idle:
-            _, writer = self._idle.pop()
-            writer.close()
+        """Close every connection: the idle ones and any still in an exchange."""
+        self._idle.clear()
+        while self._open:
+            self._open.pop().close()
 
     async def request(
         self,
@@ -154,7 +163,7 @@ class Upstream:
         while self._idle:
             conn = self._idle.pop()
             if conn[1].is_closing() or conn[0].at_eof():
-                conn[1].close()
+                self._close(conn[1])
                 continue
             try:
                 return await self._exchange(conn, method, payload, limit)
@@ -183,7 +192,8 @@ class Upstream:
         try:
             writer.write(payload)
             try:
-                raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), limit)
+                async with asyncio.timeout(limit):
+                    raw = await reader.readuntil(b"\r\n\r\n")
             except asyncio.IncompleteReadError as exc:
                 if not exc.partial:
                     raise _StaleConnection from None
@@ -194,28 +204,31 @@ class Upstream:
             if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
                 body = b""
             elif chunked:
-                body = await asyncio.wait_for(_read_chunked(reader), limit)
+                async with asyncio.timeout(limit):
+                    body = await _read_chunked(reader)
             elif length is not None:
-                body = await asyncio.wait_for(reader.readexactly(length), limit)
+                async with asyncio.timeout(limit):
+                    body = await reader.readexactly(length)
             else:
-                body = await asyncio.wait_for(reader.read(), limit)
+                async with asyncio.timeout(limit):
+                    body = await reader.read()
                 close = True
         except _StaleConnection:
-            writer.close()
+            self._close(writer)
             raise
-        # Before OSError: since Python 3.11, TimeoutError (asyncio.wait_for's) is an OSError,
+        # Before OSError: since Python 3.11, TimeoutError (asyncio.timeout's) is an OSError,
         # and a timeout must not pass for a broken exchange (that one may be sent again).
         except TimeoutError:
-            writer.close()
+            self._close(writer)
             raise UpstreamTimeout(f"{self.name} did not answer within {limit:g}s") from None
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
-            writer.close()
+            self._close(writer)
             raise UpstreamFailed(f"{self.name}: broken exchange: {exc!r}") from None
         except BaseException:
-            writer.close()  # cancelled: the connection is in an unknown state
+            self._close(writer)  # cancelled: the connection is in an unknown state
             raise
         if close or len(self._idle) >= self.max_idle:
-            writer.close()
+            self._close(writer)
         else:
             self._idle.append(conn)
         return Response(status, headers, body)
