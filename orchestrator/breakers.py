@@ -291,8 +291,8 @@ class BreakerBoard:
         return breaker
 
     def _journal(self, service: str, now: float, old: str, new: str) -> None:
-        # Each replica's pybreaker keeps its own view of the state and reports catching up
-        # with the shared one as a transition; the shared log records only real changes.
+        # Replicas can make the same transition (each sees the open breaker time out and
+        # half-opens it); the shared log records only real changes.
         run = self._execute
         run("BEGIN IMMEDIATE")  # check and insert as one, across replicas
         try:

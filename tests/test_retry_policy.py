@@ -1,4 +1,8 @@
-"""Retry policy (orchestrator/policies/retry.py): full jitter, cap, deadline, Retry-After."""
+"""Retry policy (orchestrator/policies/retry.py): full jitter, cap, deadline, Retry-After.
+
+The policy is pure: `backoff_delay` takes the jitter as a number, `next_delay` draws it from the
+generator passed in. No clock, no global random.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.policies.retry import FOREVER_RETRY, RetryPolicy
+from orchestrator.policies.retry import FOREVER_RETRY, RetryPolicy, backoff_delay, exhausted
 
 
 class Extremes:
@@ -159,3 +163,106 @@ def test_retry_after_past_the_deadline_gives_up() -> None:
 def test_invalid_policies_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+# --- the pure wait: backoff_delay(policy, attempts_made, random_value) ------------------------
+
+policies = st.builds(
+    RetryPolicy,
+    max_attempts=st.none() | st.integers(1, 50),
+    initial_delay=st.floats(0.0, 10.0),
+    max_delay=st.floats(0.0, 100.0),
+    multiplier=st.floats(1.0, 5.0),
+    jitter=st.booleans(),
+)
+units = st.floats(0.0, 1.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(policy=policies, attempts=st.integers(1, 5000), u=units)
+def test_backoff_delay_lies_between_zero_and_the_cap(
+    policy: RetryPolicy, attempts: int, u: float
+) -> None:
+    got = backoff_delay(policy, attempts, u)
+    assert 0.0 <= got <= policy.backoff_cap(attempts) <= policy.max_delay
+
+
+@settings(max_examples=300, deadline=None)
+@given(policy=policies, attempts=st.integers(1, 5000), u=units)
+def test_the_upper_bound_never_shrinks_with_more_attempts(
+    policy: RetryPolicy, attempts: int, u: float
+) -> None:
+    assert backoff_delay(policy, attempts, 1.0) <= backoff_delay(policy, attempts + 1, 1.0)
+    assert backoff_delay(policy, attempts, u) <= backoff_delay(policy, attempts, 1.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    policy=policies,
+    attempts=st.integers(1, 5000),
+    u=units,
+    retry_after=st.floats(0.0, 1e5),
+)
+def test_retry_after_is_honoured(
+    policy: RetryPolicy, attempts: int, u: float, retry_after: float
+) -> None:
+    got = backoff_delay(policy, attempts, u, retry_after=retry_after)
+    assert got >= retry_after
+    assert got <= max(policy.backoff_cap(attempts), retry_after)
+
+
+@settings(max_examples=200, deadline=None)
+@given(policy=policies, attempts=st.integers(1, 5000), u=units)
+def test_same_inputs_same_delay(policy: RetryPolicy, attempts: int, u: float) -> None:
+    assert backoff_delay(policy, attempts, u) == backoff_delay(policy, attempts, u)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    policy=policies,
+    attempts=st.integers(1, 60),
+    seed=st.integers(0, 2**32 - 1),
+    elapsed=st.floats(0.0, 1e4),
+    retry_after=st.none() | st.floats(0.0, 100.0),
+)
+def test_next_delay_is_backoff_delay_unless_exhausted(
+    policy: RetryPolicy,
+    attempts: int,
+    seed: int,
+    elapsed: float,
+    retry_after: float | None,
+) -> None:
+    """The decision is the two pure parts, with one draw in [0, 1] when jitter is on."""
+    rng = random.Random(seed)
+    got = delay(policy, attempts, now=elapsed, rng=rng, retry_after=retry_after)
+    u = random.Random(seed).random() if policy.jitter else 1.0
+    wait = backoff_delay(policy, attempts, u, retry_after=retry_after)
+    if exhausted(policy, attempts_made=attempts, elapsed=elapsed, delay=wait):
+        assert got is None
+    else:
+        assert got == wait
+    # A jittered decision uses exactly one draw, given up or not (same seed, same sequence).
+    twin = random.Random(seed)
+    if policy.jitter:
+        twin.random()
+    assert rng.random() == twin.random()
+
+
+def test_same_seed_same_decisions_as_the_tenacity_version() -> None:
+    """Pinned from the policy as it was on tenacity (before issue 9): seeded runs keep their
+    results, give-ups included (the draw still happens, so later waits stay the same)."""
+    policy = RetryPolicy(max_attempts=4, deadline=3.0)
+    rng = random.Random(7)
+    got = [
+        delay(policy, attempts, now=now, rng=rng)
+        for attempts, now in [(1, 0.0), (2, 0.5), (3, 1.0), (3, 2.9), (4, 1.0), (1, 0.0)]
+    ]
+    assert got == [
+        0.06476655296663247,
+        0.060339669569800775,
+        0.520747578431883,
+        0.05794902933403421,
+        None,
+        0.07313778338251711,
+    ]
+    assert rng.random() == 0.057998924774706806

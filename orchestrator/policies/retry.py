@@ -1,16 +1,42 @@
 """Retry policy: exponential backoff with full jitter, attempt and deadline limits.
 
-Pure: time (`now`, `first_attempt_at`) and randomness (`rng`) are arguments, so the real
-orchestrator and the simulator make the same decision from the same inputs.
+Pure: time (`now`, `first_attempt_at`) and randomness (`rng`, or the drawn `random_value`)
+are arguments, so the real orchestrator and the simulator make the same decision from the
+same inputs. `RetryPolicy.next_delay` is the decision the saga core and the simulated
+clients ask for; it is `backoff_delay` (the wait: exponential cap, full jitter, Retry-After
+as a floor) and `exhausted` (the stop: attempts made, deadline), both pure functions.
+
+Why not tenacity (issue 9)
+--------------------------
+Until issue 9 the decision was tenacity's `Retrying.iter`, fed a hand-made subclass of its
+`RetryCallState` and thread-local `statistics` seeded by hand so that `begin()` would not
+read the clock. tenacity's public interface cannot serve a clock-free core: `RetryCallState`
+is documented as what tenacity passes to callbacks, not as something to build, and its
+constructor stamps `time.monotonic()`; its full-jitter wait (`wait_random_exponential`)
+draws from the global `random`, so a seeded simulation could not reproduce it; and the rest
+it offered (a count limit, a deadline, a capped exponential) is a few lines of arithmetic.
+So the rule is ours, the same one tenacity applied (stop after `max_attempts`; the wait
+computed, and the jitter drawn, before the stop is checked), and tenacity is no longer used.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Protocol
 
-import tenacity
+__all__ = [
+    "DEFAULT_ACTION_RETRY",
+    "DEFAULT_COMPENSATION_RETRY",
+    "FOREVER_RETRY",
+    "MAX_MULTIPLIER",
+    "MAX_RETRY_ATTEMPTS",
+    "MAX_RETRY_DEADLINE",
+    "MAX_RETRY_SECONDS",
+    "RetryPolicy",
+    "UniformSource",
+    "backoff_delay",
+    "exhausted",
+]
 
 
 class UniformSource(Protocol):
@@ -104,123 +130,53 @@ class RetryPolicy:
     ) -> float | None:
         """Seconds to wait before the next attempt, or None to give up.
 
-        The decision is tenacity's own (`Retrying.iter` with `stop_after_attempt`,
-        `stop_before_delay` and a full-jitter wait), fed a call state rebuilt from the
-        journal: attempt count, first-attempt time and `now` come from the caller, the jitter
-        from `rng`. A server's `Retry-After` is a floor on the wait.
+        Gives up at once on a failure that is not retryable. Otherwise draws the jitter (one
+        `rng.uniform(0, 1)`, only when `jitter` is on), takes `backoff_delay`, and gives up if
+        `exhausted` says so for that wait. `first_attempt_at` and `now` are readings of the
+        caller's clock (the journal's times); a server's `Retry-After` is a floor on the wait.
         """
         if not retryable:
             return None
-        retrying = _retrying(self)
-        # tenacity keeps counters in `statistics` (thread-local, like its iteration state);
-        # seed them instead of calling begin(), which would read the wall clock.
-        retrying.statistics.update(attempt_number=attempts_made, idle_for=0.0)
-        state = _CallState(retrying, attempts_made, first_attempt_at, now, rng, retry_after)
-        action = retrying.iter(state)
-        if isinstance(action, tenacity.DoSleep):
-            return float(action)
-        return None
-
-    def _stop(self) -> tenacity.stop.stop_base:
-        stop: tenacity.stop.stop_base = tenacity.stop_never
-        if self.max_attempts is not None:
-            stop = tenacity.stop_after_attempt(self.max_attempts)
-        if self.deadline is not None:
-            stop = stop | _StopPastDeadline(self.deadline)
-        return stop
-
-
-@functools.lru_cache(maxsize=256)
-def _retrying(policy: RetryPolicy) -> tenacity.Retrying:
-    """One tenacity controller per policy (by value), shared by every call and thread.
-
-    It holds no per-call state: tenacity keeps its iteration state and statistics in a
-    `threading.local`, and the jitter source and Retry-After travel on the call state.
-    """
-    return tenacity.Retrying(
-        stop=policy._stop(),
-        wait=_FullJitter(policy),
-        retry=tenacity.retry_if_result(_is_retryable),
-        retry_error_callback=_give_up,
-        sleep=_never_sleep,
-    )
-
-
-class _CallState(tenacity.RetryCallState):
-    """A tenacity call state rebuilt from the journal, plus this call's jitter source.
-
-    tenacity's own initialiser stamps a start time from its monotonic clock; it is replaced
-    at once by the journal's first attempt time, so no decision depends on that clock.
-    """
-
-    def __init__(
-        self,
-        retrying: tenacity.Retrying,
-        attempts_made: int,
-        first_attempt_at: float,
-        now: float,
-        rng: UniformSource,
-        retry_after: float | None,
-    ) -> None:
-        super().__init__(retrying, fn=None, args=(), kwargs={})
-        self.start_time = first_attempt_at
-        self.attempt_number = attempts_made
-        outcome = tenacity.Future(attempts_made)
-        outcome.set_result(_RETRYABLE)
-        self.outcome = outcome
-        self.outcome_timestamp = now
-        self.rng = rng
-        self.retry_after = retry_after
-
-
-_RETRYABLE = object()
-_GIVE_UP = object()
-
-
-def _is_retryable(outcome: object) -> bool:
-    return outcome is _RETRYABLE
-
-
-def _give_up(_state: tenacity.RetryCallState) -> object:
-    return _GIVE_UP
-
-
-def _never_sleep(seconds: float) -> None:
-    raise AssertionError("the retry policy only decides; runtimes do the waiting")
-
-
-class _StopPastDeadline(tenacity.stop.stop_base):
-    """tenacity stop: give up if the next attempt would start after the deadline.
-
-    Like `stop_before_delay`, but an attempt starting exactly at the deadline still runs.
-    """
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
-        # the policy's call state always carries its outcome time, so this is never None
-        elapsed = retry_state.seconds_since_start or 0.0
-        return elapsed + retry_state.upcoming_sleep > self.deadline
-
-
-class _FullJitter(tenacity.wait.wait_base):
-    """tenacity wait: uniform in [0, exponential cap], drawn from the call's generator.
-
-    Shared by every call of one policy, so it keeps nothing per call: the generator and the
-    server's Retry-After come from the call state (`_CallState`).
-    """
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        assert isinstance(retry_state, _CallState)
-        cap = self.policy.backoff_cap(retry_state.attempt_number)
-        delay = retry_state.rng.uniform(0.0, cap) if self.policy.jitter else cap
-        if retry_state.retry_after is not None:
-            delay = max(delay, retry_state.retry_after)
+        # The draw comes before the stop check, so a run uses one value per failed retryable
+        # attempt whether or not it then gives up (same seed, same sequence).
+        random_value = rng.uniform(0.0, 1.0) if self.jitter else 1.0
+        delay = backoff_delay(self, attempts_made, random_value, retry_after=retry_after)
+        if exhausted(
+            self, attempts_made=attempts_made, elapsed=now - first_attempt_at, delay=delay
+        ):
+            return None
         return delay
+
+
+def backoff_delay(
+    policy: RetryPolicy,
+    attempts_made: int,
+    random_value: float,
+    *,
+    retry_after: float | None = None,
+) -> float:
+    """The wait after `attempts_made` failed attempts: pure, the jitter passed in.
+
+    Full jitter: `random_value` (in [0, 1]) times the exponential cap `backoff_cap`, so the
+    wait lies in [0, cap]; without jitter, the cap itself. A server's `retry_after` is a
+    floor (the wait is then in [retry_after, max(cap, retry_after)]).
+    """
+    cap = policy.backoff_cap(attempts_made)
+    delay = cap * random_value if policy.jitter else cap
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+def exhausted(policy: RetryPolicy, *, attempts_made: int, elapsed: float, delay: float) -> bool:
+    """Whether to give up instead of waiting `delay` for another attempt.
+
+    `max_attempts` counts the attempts made so far; `deadline` bounds the time from the first
+    attempt (`elapsed` ago) to the start of the next one, which may start exactly at it.
+    """
+    if policy.max_attempts is not None and attempts_made >= policy.max_attempts:
+        return True
+    return policy.deadline is not None and elapsed + delay > policy.deadline
 
 
 DEFAULT_ACTION_RETRY = RetryPolicy()
