@@ -40,6 +40,7 @@ from orchestrator.errors import (
     TemplateError,
 )
 from orchestrator.jsonsafe import MAX_BYTES, loads_strict
+from orchestrator.operations import ActionRefused, BadArgument, UnknownSaga
 
 EXIT_OK, EXIT_SAGA_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_ENVIRONMENT = range(6)
 
@@ -53,6 +54,14 @@ def fail(message: str, code: int) -> typer.Exit:
 
 
 def exit_code_for(exc: SagaError) -> int:
+    """The documented exit code for `exc` (the one place the CLI maps errors to codes)."""
+    # An operator action's answers (orchestrator.operations): the API maps the same three.
+    if isinstance(exc, UnknownSaga):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, ActionRefused):
+        return EXIT_REFUSED
+    if isinstance(exc, BadArgument):
+        return EXIT_USAGE
     if isinstance(exc, SagaNotFoundError):
         return EXIT_NOT_FOUND
     # A request a worker's writes kept overtaking, or a saga a live worker holds, was not

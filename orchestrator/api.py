@@ -60,6 +60,7 @@ from edge.keys import (
     presented_key,
 )
 from edge.metrics import Metrics
+from orchestrator import operations
 from orchestrator.errors import (
     ConcurrentUpdate,
     FlowNotFoundError,
@@ -75,10 +76,9 @@ from orchestrator.errors import (
 from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import example_flow_names, load_flow
 from orchestrator.jsonsafe import MAX_BYTES, PayloadTooLarge, UnsafeJson, loads_strict
-from orchestrator.operator import check_resumable, journal_request
 from orchestrator.policies.token_bucket import KeyBuckets
 from orchestrator.runner import new_saga_id, new_trace_id, validate_input
-from orchestrator.saga import SagaStatus, rollback_request
+from orchestrator.saga import SagaStatus
 from orchestrator.sqlite_store import Access, SQLiteStore, check_database
 from orchestrator.views import saga_summary, saga_view
 from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog
@@ -496,6 +496,13 @@ def create_app(
 
     @app.exception_handler(SagaError)
     async def _saga_error(_: Request, exc: SagaError) -> JSONResponse:
+        # An operator action's answers (orchestrator.operations): the CLI maps the same three.
+        if isinstance(exc, operations.UnknownSaga):
+            return _problem(404, "Saga not found", str(exc))
+        if isinstance(exc, operations.ActionRefused):
+            return _problem(409, "Action refused", str(exc))
+        if isinstance(exc, operations.BadArgument):
+            return _problem(422, "Invalid operator request", str(exc))
         if isinstance(exc, SagaNotFoundError):
             return _problem(404, "Saga not found", str(exc))
         if isinstance(exc, IdempotencyConflict):
@@ -583,42 +590,34 @@ def create_app(
         records = stores.get().list_sagas(status=status, flow=flow, limit=limit, tenant=scope)
         return {"items": [saga_summary(r) for r in records], "count": len(records)}
 
+    def _accepted(result: operations.OperationResult) -> JSONResponse:
+        """202: the action is recorded and the saga queued for the workers."""
+        content = {**saga_summary(result.record), "queued": True, "links": _links(result.saga_id)}
+        if result.message is not None:
+            content["message"] = result.message
+        return JSONResponse(
+            content, status_code=202, headers={"Location": f"/v1/sagas/{result.saga_id}"}
+        )
+
     @app.post("/v1/sagas/{saga_id}/resume", status_code=202, summary="Queue a saga again")
     def resume(who: Who, saga_id: str) -> JSONResponse:
         """Put an unfinished saga back on the queue; a worker continues it from its journal."""
-        store = stores.get()
-        store.load(saga_id, tenant=who.scope)  # another tenant's saga is not found
         # Failed, completed or rolled back, or run by a live worker: 409, as the CLI refuses.
-        check_resumable(store, saga_id, clock=clock)
-        store.requeue(saga_id, clock())
-        return JSONResponse(
-            {**saga_summary(store.load(saga_id)), "queued": True, "links": _links(saga_id)},
-            status_code=202,
-            headers={"Location": f"/v1/sagas/{saga_id}"},
-        )
+        return _accepted(operations.resume(stores.get(), saga_id, tenant=who.scope, clock=clock))
 
     @app.post("/v1/sagas/{saga_id}/rollback", status_code=202, summary="Roll a saga back")
     def rollback(who: Who, saga_id: str, body: RollbackBody | None = None) -> JSONResponse:
         """Journal a rollback request and queue the saga: a worker compensates its steps."""
         request = body or RollbackBody()
-        store = stores.get()
-        store.load(saga_id, tenant=who.scope)  # another tenant's saga is not found
-        # Judged against the journal it is appended after: a worker's append in between (the
-        # pivot's ATTEMPT_STARTED, say) makes it be judged again, and maybe refused (409).
-        journal_request(
-            store,
+        result = operations.rollback(
+            stores.get(),
             saga_id,
-            lambda state, now: rollback_request(
-                state, now=now, reason=request.reason, force=request.force
-            ),
+            tenant=who.scope,
+            force=request.force,
+            reason=request.reason,
             clock=clock,
         )
-        store.requeue(saga_id, clock())
-        return JSONResponse(
-            {**saga_summary(store.load(saga_id)), "queued": True, "links": _links(saga_id)},
-            status_code=202,
-            headers={"Location": f"/v1/sagas/{saga_id}"},
-        )
+        return _accepted(result)
 
     @app.get("/v1/flows", summary="Flows this API serves")
     def list_flows(who: Who) -> dict[str, list[str]]:
