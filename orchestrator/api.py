@@ -2,14 +2,16 @@
 
 It never runs a saga itself. `POST /v1/sagas` stores the saga queued (`run_after` set) in the
 same SQLite file the workers (`sagalab worker`) claim from, and answers 202 with a `Location`;
-resume and rollback append what the journal needs and put the saga back on the queue.
+resume, rollback, retry and skip of a step are the CLI's operator actions
+(`orchestrator.operations`): they append what the journal needs and put the saga back on the
+queue.
 
 Errors are RFC 7807 problem documents (`application/problem+json`): 404 unknown saga, 409 an
 operator action that does not apply (a resume of a saga a live worker runs included) or an
 idempotency key reused with other input, 413 a body over `MAX_BYTES` and 422 a body that is not
 what the API takes (undecodable, malformed, NaN, nested too deep, or a value of the wrong
-type: request models are strict, so `"force": "yes"` is not true) on every route. Nothing a
-client sends yields a 500.
+type: request models are strict, so `"force": "yes"` is not true) on every route, or an
+operator request naming a step the flow does not have. Nothing a client sends yields a 500.
 
 Every `/v1/` request names its caller, or gets 401: either a gateway vouches for it (the
 stack's gateway secret in `x-sagalab-gateway`, compared in constant time, with the key's tenant
@@ -76,6 +78,7 @@ from orchestrator.errors import (
 from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import example_flow_names, load_flow
 from orchestrator.jsonsafe import MAX_BYTES, PayloadTooLarge, UnsafeJson, loads_strict
+from orchestrator.operations import MAX_REASON
 from orchestrator.policies.token_bucket import KeyBuckets
 from orchestrator.runner import new_saga_id, new_trace_id, validate_input
 from orchestrator.saga import SagaStatus
@@ -83,7 +86,7 @@ from orchestrator.sqlite_store import Access, SQLiteStore, check_database
 from orchestrator.views import saga_summary, saga_view
 from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog
 
-__all__ = ["Caller", "SagaCreate", "RollbackBody", "create_app"]
+__all__ = ["Caller", "SagaCreate", "RollbackBody", "SkipBody", "create_app"]
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _FLOW_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -109,11 +112,19 @@ class RollbackBody(BaseModel):
 
     # Defaults passed as `default=`: the form type checkers read as "this field is optional"
     # (a positional default is pydantic-only, and mypy would require the argument).
-    reason: str = Field(default="rollback requested over the API", max_length=500)
+    reason: str = Field(default="rollback requested over the API", max_length=MAX_REASON)
     force: bool = Field(
         default=False,
         description="Compensate even past the pivot step, or while its call is in flight.",
     )
+
+
+class SkipBody(BaseModel):
+    """Body of `POST /v1/sagas/{id}/steps/{step}/skip`."""
+
+    model_config = ConfigDict(strict=True)
+
+    reason: str = Field(max_length=MAX_REASON, description="Why, for the journal.")
 
 
 class ApiError(Exception):
@@ -616,6 +627,29 @@ def create_app(
             force=request.force,
             reason=request.reason,
             clock=clock,
+        )
+        return _accepted(result)
+
+    @app.post(
+        "/v1/sagas/{saga_id}/steps/{step}/retry",
+        status_code=202,
+        summary="Retry the step a failed saga waits on",
+    )
+    def retry_step(who: Who, saga_id: str, step: str) -> JSONResponse:
+        """Give the step that holds a failed saga a fresh retry budget and queue the saga."""
+        return _accepted(
+            operations.retry_step(stores.get(), saga_id, step, tenant=who.scope, clock=clock)
+        )
+
+    @app.post(
+        "/v1/sagas/{saga_id}/steps/{step}/skip",
+        status_code=202,
+        summary="Skip the step a failed saga waits on",
+    )
+    def skip_step(who: Who, saga_id: str, step: str, body: SkipBody) -> JSONResponse:
+        """Mark the step that holds a failed saga as handled by hand and queue the saga."""
+        result = operations.skip_step(
+            stores.get(), saga_id, step, reason=body.reason, tenant=who.scope, clock=clock
         )
         return _accepted(result)
 

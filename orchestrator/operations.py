@@ -76,6 +76,7 @@ __all__ = [
     "BadArgument",
     "Carried",
     "Judge",
+    "MAX_REASON",
     "OperationError",
     "OperationResult",
     "RunHere",
@@ -95,6 +96,9 @@ Judge = Callable[[SagaState, float], Event]
 """(state as read, now) -> the operator event, or OperatorActionRefused."""
 
 JUDGE_TRIES = 5
+
+#: The longest reason a rollback or a skip journals, through the CLI and the API alike.
+MAX_REASON = 500
 
 
 # --- the answers ------------------------------------------------------------------------------
@@ -232,6 +236,7 @@ def rollback(
     def judge(state: SagaState, now: float) -> Event:
         return rollback_request(state, now=now, reason=reason, force=force)
 
+    _check_reason(reason, "rollback", saga_id)
     return _request("rollback", "rollback", store, saga_id, judge, tenant, runner, clock)
 
 
@@ -277,6 +282,7 @@ def skip_step(
         raise BadArgument(
             "skipping a step needs a reason for the journal", action="skip-step", saga_id=saga_id
         )
+    _check_reason(reason, "skip-step", saga_id)
     return _request("skip-step", "skip", store, saga_id, judge, tenant, runner, clock)
 
 
@@ -369,6 +375,15 @@ def _check_step(record: SagaRecord, step: str, action: str) -> None:
             f"flow {record.flow.name!r} has no step {step!r}; its steps: {', '.join(names)}",
             action=action,
             saga_id=record.id,
+        )
+
+
+def _check_reason(reason: str, action: str, saga_id: str) -> None:
+    if len(reason) > MAX_REASON:
+        raise BadArgument(
+            f"the reason is {len(reason)} characters long; at most {MAX_REASON} are journaled",
+            action=action,
+            saga_id=saga_id,
         )
 
 
