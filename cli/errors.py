@@ -3,7 +3,8 @@
 Exit codes (documented in the README and in `sagalab orchestrate --help`):
   0  success (for `run --wait`, `resume`, `rollback`: the saga completed or rolled back as asked)
   1  the saga ended rolled back or failed (when completion was expected), or a check failed
-  2  bad input or usage: malformed flow or JSON, missing input key, unknown flow
+  2  bad input or usage: malformed flow or JSON, missing input key, unknown flow, a step the
+     flow does not have (retry-step, skip-step), an operator reason over 500 characters
   3  unknown saga id
   4  the operator action does not apply (e.g. rollback past the pivot without --force), or
      was not carried out because a worker holds the saga or kept changing it: try again

@@ -314,10 +314,9 @@ def resume(
         assert saga_id is not None
         # A failed, completed or rolled back saga, or one a live worker runs: exit 4.
         here = _RunHere(store, services, quiet=as_json, crash_at=crash_at)
-        operations.resume(store, saga_id, runner=here)
-        status = _show(store, saga_id, as_json)
-    code = EXIT_OK if status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK) else 1
-    raise typer.Exit(code)
+        result = operations.resume(store, saga_id, runner=here)
+        _render_result(store, result, as_json)
+    raise typer.Exit(_request_code(result, (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK)))
 
 
 def _resume_stuck(store: SQLiteStore, services: Path | None, as_json: bool) -> None:
@@ -370,8 +369,7 @@ def rollback(
             runner=_RunHere(store, services, quiet=as_json),
         )
         _render_result(store, result, as_json)
-    done = (SagaStatus.ROLLED_BACK,)
-    raise typer.Exit(_request_code(result, done))
+    raise typer.Exit(_request_code(result, (SagaStatus.ROLLED_BACK,)))
 
 
 def _render_result(store: SQLiteStore, result: operations.OperationResult, as_json: bool) -> None:
