@@ -189,7 +189,7 @@ def resume(
     (it goes on there).
     """
     if runner is None:
-        return requeue(store, saga_id, tenant=tenant, clock=clock, action="resume")
+        return _queue("resume", store, saga_id, tenant, clock)
     with _answers("resume", saga_id):
         store.load(saga_id, tenant=tenant)
         _, state = check_resumable(store, saga_id, clock=clock)
@@ -206,10 +206,15 @@ def requeue(
     *,
     tenant: str | None = None,
     clock: Clock = time.time,
-    action: str = "requeue",
 ) -> OperationResult:
     """Put an unfinished saga back on the workers' queue, due now; a worker continues it from
     its journal. Refused as `resume` is (what is failed or finished has nothing to run)."""
+    return _queue("requeue", store, saga_id, tenant, clock)
+
+
+def _queue(
+    action: str, store: SQLiteStore, saga_id: str, tenant: str | None, clock: Clock
+) -> OperationResult:
     with _answers(action, saga_id):
         store.load(saga_id, tenant=tenant)
         check_resumable(store, saga_id, clock=clock)

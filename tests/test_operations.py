@@ -20,11 +20,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from apilab import admin_api
 from workerlab import REPO
 
+from edge.keys import MAX_BURST, MAX_RATE, KeyStore
+from edge.server import serve_in_thread
 from orchestrator import operations
+from orchestrator.api import create_app
 from orchestrator.errors import LeaseHeld
 from orchestrator.executors import PythonExecutor
 from orchestrator.flow import FlowDefinition, flow_from_dict
@@ -678,3 +682,48 @@ def test_json_answers_name_the_saga_status_after_the_action(db: Path) -> None:
     with admin_api(db) as client:
         answer = client.post(f"/v1/sagas/{by_api}/rollback")
     assert json.loads(cli.stdout)["status"] == answer.json()["status"] == "compensating"
+
+
+def test_the_api_answers_another_tenants_operator_requests_as_unknown(
+    db: Path, tmp_path: Path
+) -> None:
+    keys_db = tmp_path / "keys.db"
+    keys = KeyStore(keys_db)
+    try:
+        _, alice = keys.create("alice", rate=MAX_RATE, burst=MAX_BURST)
+        _, bob = keys.create("bob", rate=MAX_RATE, burst=MAX_BURST)
+    finally:
+        keys.close()
+    store = SQLiteStore(db)
+    try:
+        saga_id = failed_on_notify(store)
+        store.conn.execute("UPDATE sagas SET tenant = 'alice' WHERE id = ?", (saga_id,))
+        before = footprint(store, saga_id)
+    finally:
+        store.close()
+    requests = [
+        ("resume", None),
+        ("rollback", {"force": True}),
+        ("steps/notify/retry", None),
+        ("steps/notify/skip", {"reason": "by hand"}),
+    ]
+    with serve_in_thread(create_app(db, keys_db=keys_db)) as api:
+        for key, expected in ((bob, 404), (alice, None)):
+            with httpx.Client(
+                base_url=api.url, timeout=5, headers={"Authorization": f"Bearer {key}"}
+            ) as client:
+                got = [
+                    client.post(f"/v1/sagas/{saga_id}/{path}", json=body).status_code
+                    for path, body in requests
+                ]
+            if expected is not None:
+                assert got == [expected] * len(requests)
+                store = SQLiteStore(db)
+                try:
+                    assert footprint(store, saga_id) == before  # bob changed nothing
+                finally:
+                    store.close()
+    # Alice's own saga is answered about itself: a failed saga is not resumed (409), the
+    # forced rollback is taken (202), and then it is compensating: no step waits to be
+    # retried or skipped (409).
+    assert got == [409, 202, 409, 409]
