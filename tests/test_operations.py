@@ -1,197 +1,58 @@
-"""The operator actions (`orchestrator.operations`) on a real SQLite file.
+"""The operator actions (`orchestrator.operations`) on a real SQLite file, and through both doors.
 
-Each action is run against sagas stored as a real run leaves them (Python steps run by the real
-`SagaRunner`), with the runner that carries an action out here and without one (the API's way:
-queued for the workers). Refusals, bad arguments and unknown sagas write nothing; a worker's
-append between the operator's read and write makes the request be judged again (two threads,
-coordinated step by step); another tenant's saga is unknown. The last tests take the same
-cases through both doors, the CLI as a real subprocess and the API on a real uvicorn server,
-and expect the same class of answer.
+Each action is run against sagas stored as a real run leaves them (`opslab`: Python steps run by
+the real `SagaRunner`), with the runner that carries an action out here and without one (the
+API's way: queued for the workers). Refusals, bad arguments and unknown sagas write nothing; a
+worker's append between the operator's read and write makes the request be judged again (two
+threads, coordinated step by step); another tenant's saga is unknown. The last tests take the
+same cases through both doors, the CLI as a real subprocess and the API on a real uvicorn
+server, and expect the same class of answer.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from apilab import admin_api
-from workerlab import REPO
+from opslab import (
+    ACT,
+    DONE,
+    PIVOT_SENT,
+    RunsHere,
+    append_as_a_worker,
+    charged,
+    checkout_saga,
+    cli_subprocess,
+    completed,
+    failed_on_notify,
+    footprint,
+    leased,
+    pivot_in_flight,
+    reset_handlers,
+    rolled_back,
+    stored,
+    types,
+)
 
-from edge.keys import MAX_BURST, MAX_RATE, KeyStore
-from edge.server import serve_in_thread
 from orchestrator import operations
-from orchestrator.api import create_app
 from orchestrator.errors import LeaseHeld
-from orchestrator.executors import PythonExecutor
-from orchestrator.flow import FlowDefinition, flow_from_dict
-from orchestrator.flowfile import load_flow
+from orchestrator.flow import FlowDefinition
 from orchestrator.journal import JournalEntry
-from orchestrator.leases import new_owner, owner_is_dead
 from orchestrator.operations import ActionRefused, BadArgument, Carried, UnknownSaga
-from orchestrator.registry import PermanentStepError, StepCall, compensation_handler, step_handler
-from orchestrator.runner import SagaRunner, start_saga
-from orchestrator.saga import Event, EventType, Phase, SagaState, SagaStatus
+from orchestrator.saga import Event, EventType, SagaState, SagaStatus
 from orchestrator.sqlite_store import SQLiteStore
-
-PREFIX = "tops_"  # handler names owned by this module
-STEPS = ("reserve", "charge", "ship", "notify")  # ship is the pivot; notify comes after it
-
-#: Steps whose handler fails for good (PermanentStepError) until a test clears it.
-FAILING: set[str] = set()
-#: What the handlers did, in order ("undo x" for a compensation).
-DONE: list[str] = []
-
-
-def _handler(word: str) -> Any:
-    def handle(call: StepCall) -> dict[str, str]:
-        if word in FAILING:
-            raise PermanentStepError(f"{word} refused")
-        DONE.append(word)
-        return {"done": word}
-
-    return handle
-
-
-for _name in STEPS:
-    step_handler(PREFIX + _name)(_handler(_name))
-    compensation_handler(PREFIX + "undo_" + _name)(_handler("undo " + _name))
-
-
-def ops_flow() -> FlowDefinition:
-    """reserve, charge (compensable), ship (the pivot), notify (retriable, after the pivot)."""
-    quick = {"max_attempts": 2, "initial_delay": 0.001, "max_delay": 0.001}
-    steps: list[dict[str, Any]] = [
-        {"name": n, "handler": PREFIX + n, "compensation_handler": PREFIX + "undo_" + n}
-        for n in ("reserve", "charge")
-    ]
-    steps.append({"name": "ship", "handler": PREFIX + "ship", "kind": "pivot"})
-    steps.append({"name": "notify", "handler": PREFIX + "notify", "kind": "retriable"})
-    for step in steps:
-        step["retry"] = quick
-    return flow_from_dict({"name": "ops", "version": 1, "steps": steps})
-
-
-class RunsHere:
-    """What the CLI gives the actions: runs the saga in this process, under a lease."""
-
-    def __init__(self, store: SQLiteStore, *, why_not: str | None = None) -> None:
-        self.store = store
-        self.why_not = why_not
-        self.runs: list[str] = []
-
-    def unavailable(self, flow: FlowDefinition) -> str | None:
-        return self.why_not
-
-    def run(self, saga_id: str, flow: FlowDefinition) -> SagaStatus:
-        lease = self.store.claim(
-            saga_id, new_owner("test"), now=0.0, lease_seconds=1e12, take_over=owner_is_dead
-        )
-        self.runs.append(saga_id)
-        runner = SagaRunner(self.store, PythonExecutor(), sleep=lambda _s: None)
-        status = runner.run(saga_id, lease=lease).status
-        self.store.release(lease, run_after=None)
-        return status
 
 
 @pytest.fixture(autouse=True)
 def handlers() -> Iterator[None]:
-    FAILING.clear()
-    DONE.clear()
+    reset_handlers()
     yield
-    FAILING.clear()
-    DONE.clear()
-
-
-def stored(store: SQLiteStore, *, failing: tuple[str, ...] = (), queue: bool = True) -> str:
-    """A saga of `ops_flow`, run to where it stops with `failing` steps failing for good
-    (none run at all when `queue` is set: it waits, pending, on the workers' queue)."""
-    record, _ = start_saga(store, ops_flow(), {}, queue=queue)
-    if not queue:
-        FAILING.update(failing)
-        SagaRunner(store, PythonExecutor(), sleep=lambda _s: None).run(record.id)
-        FAILING.clear()
-        DONE.clear()
-    return record.id
-
-
-def failed_on_notify(store: SQLiteStore) -> str:
-    """Past the pivot, its notification refused for good: failed, waiting for an operator."""
-    saga_id = stored(store, failing=("notify",), queue=False)
-    assert store.load(saga_id).status is SagaStatus.FAILED
-    return saga_id
-
-
-def completed(store: SQLiteStore) -> str:
-    saga_id = stored(store, queue=False)
-    assert store.load(saga_id).status is SagaStatus.COMPLETED
-    return saga_id
-
-
-def rolled_back(store: SQLiteStore) -> str:
-    saga_id = stored(store, failing=("charge",), queue=False)
-    assert store.load(saga_id).status is SagaStatus.ROLLED_BACK
-    return saga_id
-
-
-def leased(store: SQLiteStore) -> str:
-    """Pending, held by a live worker (this process)."""
-    saga_id = stored(store)
-    store.claim(saga_id, new_owner("worker"), now=0.0, lease_seconds=1e12)
-    return saga_id
-
-
-def append_as_a_worker(db: Path, saga_id: str, event: Event) -> None:
-    """What a worker does: append `event` after the journal as it stands (its own connection)."""
-    worker = SQLiteStore(db)
-    try:
-        record, _, state = worker.state(saga_id)
-        state.apply(event)
-        worker.append(
-            saga_id, [JournalEntry(event)], expected_seq=record.last_seq, state=state, now=1.0
-        )
-    finally:
-        worker.close()
-
-
-def charged(store: SQLiteStore) -> str:
-    """Reserved and charged, the pivot not sent yet (a worker's run cut short there)."""
-    saga_id = stored(store)
-    for step in ("reserve", "charge"):
-        append_as_a_worker(store.path, saga_id, Event(EventType.ATTEMPT_STARTED, 1.0, step, ACT, 1))
-        append_as_a_worker(
-            store.path, saga_id, Event(EventType.ATTEMPT_SUCCEEDED, 1.0, step, ACT, 1)
-        )
-    return saga_id
-
-
-ACT = Phase.ACTION
-PIVOT_SENT = Event(EventType.ATTEMPT_STARTED, 1.0, "ship", ACT, 1)
-
-
-def pivot_in_flight(store: SQLiteStore) -> str:
-    saga_id = charged(store)
-    append_as_a_worker(store.path, saga_id, PIVOT_SENT)
-    return saga_id
-
-
-def footprint(store: SQLiteStore, saga_id: str) -> tuple[int, Any]:
-    """The journal's length and the saga's queue entry: what an action would change."""
-    (run_after,) = store.conn.execute(
-        "SELECT run_after FROM sagas WHERE id = ?", (saga_id,)
-    ).fetchone()
-    return len(store.journal(saga_id)), run_after
-
-
-def types(store: SQLiteStore, saga_id: str) -> list[EventType]:
-    return [e.event.type for e in store.journal(saga_id)]
+    reset_handlers()
 
 
 # --- each action, carried out -----------------------------------------------------------------
@@ -535,53 +396,6 @@ def test_a_lease_taken_between_the_check_and_the_run_refuses_the_resume(
 # --- the same case through both doors ---------------------------------------------------------
 
 
-def cli_subprocess(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`sagalab orchestrate ARGS --db DB` in a process of its own, knowing no service."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("SAGALAB_SERVICE") and k != "SAGALAB_DB"
-    }
-    env["PYTHONPATH"] = str(REPO)
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", "orchestrate", *args, "--db", str(db)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def checkout_saga(db: Path, *, completed: bool = False) -> str:
-    """A checkout saga, pending on the queue or (`completed`) stored as completed."""
-    flow = load_flow("checkout")
-    payload = {"order_id": "o1", "customer_id": "c1", "sku": "A", "quantity": 1, "amount": 1}
-    store = SQLiteStore(db)
-    try:
-        if not completed:
-            return start_saga(store, flow, payload)[0].id
-        events = [Event(EventType.SAGA_CREATED, 1.0)]
-        for step in flow.steps:
-            events.append(Event(EventType.ATTEMPT_STARTED, 2.0, step.name, ACT, 1))
-            events.append(Event(EventType.ATTEMPT_SUCCEEDED, 3.0, step.name, ACT, 1))
-        events.append(Event(EventType.SAGA_COMPLETED, 4.0))
-        record, _ = store.create_saga(
-            saga_id=f"done-{len(store.list_sagas())}",
-            flow=flow,
-            payload=payload,
-            trace_id="0" * 31 + "1",
-            idempotency_key=None,
-            now=1.0,
-            initial=[JournalEntry(e) for e in events[1:]],
-            state=SagaState.replay(flow, events),
-        )
-        return record.id
-    finally:
-        store.close()
-
-
 #: The class of an answer, by CLI exit code and by HTTP status.
 CLASS_OF_EXIT = {0: "done", 2: "bad argument", 3: "unknown", 4: "refused"}
 CLASS_OF_STATUS = {202: "done", 422: "bad argument", 404: "unknown", 409: "refused"}
@@ -646,33 +460,6 @@ def test_a_reason_over_500_characters_is_bad_input_through_the_cli_as_through_th
         store.close()
 
 
-def test_the_api_retries_and_skips_the_step_a_failed_saga_waits_on(db: Path) -> None:
-    """The API's step actions: 404, 422 and 409 as for the CLI, then 202 and queued."""
-    store = SQLiteStore(db)
-    try:
-        saga_id = failed_on_notify(store)
-    finally:
-        store.close()
-    with admin_api(db) as client:
-        base = f"/v1/sagas/{saga_id}/steps"
-        assert client.post("/v1/sagas/nope/steps/notify/retry").status_code == 404
-        assert client.post(f"{base}/nope/retry").status_code == 422
-        assert client.post(f"{base}/charge/retry").status_code == 409
-        assert client.post(f"{base}/notify/skip", json={"reason": ""}).status_code == 422
-        assert client.post(f"{base}/notify/skip").status_code == 422  # the reason is required
-        retried = client.post(f"{base}/notify/retry")
-        assert retried.status_code == 202, retried.text
-        assert retried.json()["queued"] is True
-        assert retried.json()["message"] == "retry recorded; queued for the workers"
-        assert retried.headers["location"] == f"/v1/sagas/{saga_id}"
-    store = SQLiteStore(db)
-    try:
-        assert types(store, saga_id)[-1] is EventType.STEP_RETRY_REQUESTED
-        assert footprint(store, saga_id)[1] is not None  # on the workers' queue
-    finally:
-        store.close()
-
-
 def test_json_answers_name_the_saga_status_after_the_action(db: Path) -> None:
     """The CLI prints the saga after a queued rollback as the API answers it: compensating."""
     by_cli, by_api = checkout_saga(db), checkout_saga(db)
@@ -682,48 +469,3 @@ def test_json_answers_name_the_saga_status_after_the_action(db: Path) -> None:
     with admin_api(db) as client:
         answer = client.post(f"/v1/sagas/{by_api}/rollback")
     assert json.loads(cli.stdout)["status"] == answer.json()["status"] == "compensating"
-
-
-def test_the_api_answers_another_tenants_operator_requests_as_unknown(
-    db: Path, tmp_path: Path
-) -> None:
-    keys_db = tmp_path / "keys.db"
-    keys = KeyStore(keys_db)
-    try:
-        _, alice = keys.create("alice", rate=MAX_RATE, burst=MAX_BURST)
-        _, bob = keys.create("bob", rate=MAX_RATE, burst=MAX_BURST)
-    finally:
-        keys.close()
-    store = SQLiteStore(db)
-    try:
-        saga_id = failed_on_notify(store)
-        store.conn.execute("UPDATE sagas SET tenant = 'alice' WHERE id = ?", (saga_id,))
-        before = footprint(store, saga_id)
-    finally:
-        store.close()
-    requests = [
-        ("resume", None),
-        ("rollback", {"force": True}),
-        ("steps/notify/retry", None),
-        ("steps/notify/skip", {"reason": "by hand"}),
-    ]
-    with serve_in_thread(create_app(db, keys_db=keys_db)) as api:
-        for key, expected in ((bob, 404), (alice, None)):
-            with httpx.Client(
-                base_url=api.url, timeout=5, headers={"Authorization": f"Bearer {key}"}
-            ) as client:
-                got = [
-                    client.post(f"/v1/sagas/{saga_id}/{path}", json=body).status_code
-                    for path, body in requests
-                ]
-            if expected is not None:
-                assert got == [expected] * len(requests)
-                store = SQLiteStore(db)
-                try:
-                    assert footprint(store, saga_id) == before  # bob changed nothing
-                finally:
-                    store.close()
-    # Alice's own saga is answered about itself: a failed saga is not resumed (409), the
-    # forced rollback is taken (202), and then it is compensating: no step waits to be
-    # retried or skipped (409).
-    assert got == [409, 202, 409, 409]
