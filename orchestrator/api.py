@@ -78,7 +78,6 @@ from orchestrator.errors import (
 from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import example_flow_names, load_flow
 from orchestrator.jsonsafe import MAX_BYTES, PayloadTooLarge, UnsafeJson, loads_strict
-from orchestrator.operations import MAX_REASON
 from orchestrator.policies.token_bucket import KeyBuckets
 from orchestrator.runner import new_saga_id, new_trace_id, validate_input
 from orchestrator.saga import SagaStatus
@@ -112,7 +111,7 @@ class RollbackBody(BaseModel):
 
     # Defaults passed as `default=`: the form type checkers read as "this field is optional"
     # (a positional default is pydantic-only, and mypy would require the argument).
-    reason: str = Field(default="rollback requested over the API", max_length=MAX_REASON)
+    reason: str = Field(default="rollback requested over the API", max_length=operations.MAX_REASON)
     force: bool = Field(
         default=False,
         description="Compensate even past the pivot step, or while its call is in flight.",
@@ -124,7 +123,7 @@ class SkipBody(BaseModel):
 
     model_config = ConfigDict(strict=True)
 
-    reason: str = Field(max_length=MAX_REASON, description="Why, for the journal.")
+    reason: str = Field(max_length=operations.MAX_REASON, description="Why, for the journal.")
 
 
 class ApiError(Exception):
