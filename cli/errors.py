@@ -3,7 +3,8 @@
 Exit codes (documented in the README and in `sagalab orchestrate --help`):
   0  success (for `run --wait`, `resume`, `rollback`: the saga completed or rolled back as asked)
   1  the saga ended rolled back or failed (when completion was expected), or a check failed
-  2  bad input or usage: malformed flow or JSON, missing input key, unknown flow
+  2  bad input or usage: malformed flow or JSON, missing input key, unknown flow, a step the
+     flow does not have (retry-step, skip-step), an operator reason over 500 characters
   3  unknown saga id
   4  the operator action does not apply (e.g. rollback past the pivot without --force), or
      was not carried out because a worker holds the saga or kept changing it: try again
@@ -40,6 +41,7 @@ from orchestrator.errors import (
     TemplateError,
 )
 from orchestrator.jsonsafe import MAX_BYTES, loads_strict
+from orchestrator.operations import ActionRefused, BadArgument, UnknownSaga
 
 EXIT_OK, EXIT_SAGA_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_ENVIRONMENT = range(6)
 
@@ -53,6 +55,14 @@ def fail(message: str, code: int) -> typer.Exit:
 
 
 def exit_code_for(exc: SagaError) -> int:
+    """The documented exit code for `exc` (the one place the CLI maps errors to codes)."""
+    # An operator action's answers (orchestrator.operations): the API maps the same three.
+    if isinstance(exc, UnknownSaga):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, ActionRefused):
+        return EXIT_REFUSED
+    if isinstance(exc, BadArgument):
+        return EXIT_USAGE
     if isinstance(exc, SagaNotFoundError):
         return EXIT_NOT_FOUND
     # A request a worker's writes kept overtaking, or a saga a live worker holds, was not

@@ -13,7 +13,6 @@ import typer
 from cli import render
 from cli.errors import (
     EXIT_OK,
-    EXIT_REFUSED,
     EXIT_SAGA_FAILED,
     EXIT_USAGE,
     fail,
@@ -21,21 +20,14 @@ from cli.errors import (
     parse_json_arg,
 )
 from cli.options import DEFAULT_DB, DbOption, JsonOption, SagaIdArg, ServicesOption, open_store
+from orchestrator import operations
 from orchestrator.breakers import BreakerBoard, load_breaker_configs
-from orchestrator.errors import LeaseHeld
 from orchestrator.executors import HttpExecutor
 from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import check_services, load_flow, load_services
 from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner, owner_is_dead
-from orchestrator.operator import Judge, check_resumable, journal_request
 from orchestrator.runner import Checkpoint, RunResult, SagaRunner, start_saga
-from orchestrator.saga import (
-    Phase,
-    SagaStatus,
-    retry_step_request,
-    rollback_request,
-    skip_step_request,
-)
+from orchestrator.saga import Phase, SagaStatus
 from orchestrator.sqlite_store import SQLiteStore
 from orchestrator.views import events_view, saga_summary, saga_view
 from orchestrator.watchdog import DatabaseWatchdog, WatchedStore
@@ -145,6 +137,40 @@ def _drive(
                 watched.release(lease, run_after=None if result is not None else time.time())
     finally:
         watched.close()
+
+
+class _RunHere:
+    """The CLI's `operations.RunHere`: runs a saga in this process (`_drive`), when it knows
+    the services the flow calls."""
+
+    def __init__(
+        self,
+        store: SQLiteStore,
+        services_file: Path | None,
+        *,
+        quiet: bool,
+        crash_at: str | None = None,
+    ) -> None:
+        self.store = store
+        self.services_file = services_file
+        self.quiet = quiet
+        self.crash_at = crash_at
+
+    def unavailable(self, flow: FlowDefinition) -> str | None:
+        if _runs_here(flow, self.services_file):
+            return None
+        return "no services known here to run it: pass --services or set SAGALAB_SERVICE_*"
+
+    def run(self, saga_id: str, flow: FlowDefinition) -> SagaStatus:
+        result = _drive(
+            self.store,
+            saga_id,
+            flow,
+            self.services_file,
+            quiet=self.quiet,
+            crash_at=self.crash_at,
+        )
+        return result.status
 
 
 def _show(store: SQLiteStore, saga_id: str, as_json: bool) -> SagaStatus:
@@ -286,25 +312,21 @@ def resume(
             _resume_stuck(store, services, as_json)
             return
         assert saga_id is not None
-        try:
-            # A failed, completed or rolled back saga, or one a live worker runs: exit 4.
-            _, state = check_resumable(store, saga_id)
-            _drive(store, saga_id, state.flow, services, quiet=as_json, crash_at=crash_at)
-        except LeaseHeld as exc:  # a live worker runs it: it goes on there, not here
-            raise fail(str(exc), EXIT_REFUSED) from None
-        status = _show(store, saga_id, as_json)
-    code = EXIT_OK if status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK) else 1
-    raise typer.Exit(code)
+        # A failed, completed or rolled back saga, or one a live worker runs: exit 4.
+        here = _RunHere(store, services, quiet=as_json, crash_at=crash_at)
+        result = operations.resume(store, saga_id, runner=here)
+        _render_result(store, result, as_json)
+    raise typer.Exit(_request_code(result, (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK)))
 
 
 def _resume_stuck(store: SQLiteStore, services: Path | None, as_json: bool) -> None:
     ids = store.stuck(now=time.time())
+    here = _RunHere(store, services, quiet=as_json)
     results = []
     for saga_id in ids:
-        record = store.load(saga_id)
         try:
-            status = _drive(store, saga_id, record.flow, services, quiet=as_json).status
-        except LeaseHeld as exc:  # a worker took it between the scan and the claim
+            status = operations.resume(store, saga_id, runner=here).status
+        except operations.ActionRefused as exc:  # a worker took it since the scan
             render.err.print(str(exc))
             continue
         results.append({"id": saga_id, "status": status.value})
@@ -338,56 +360,30 @@ def rollback(
 ) -> None:
     """Compensate every completed step in reverse order (running, failed or completed sagas)."""
     with handled():
-        status = _request_and_continue(
-            db,
+        store = open_store(db)
+        result = operations.rollback(
+            store,
             saga_id,
-            lambda s, now: rollback_request(s, now=now, reason=reason, force=force),
-            services,
-            as_json,
-            what="rollback",
+            force=force,
+            reason=reason,
+            runner=_RunHere(store, services, quiet=as_json),
         )
-    raise typer.Exit(EXIT_OK if status in (None, SagaStatus.ROLLED_BACK) else EXIT_SAGA_FAILED)
+        _render_result(store, result, as_json)
+    raise typer.Exit(_request_code(result, (SagaStatus.ROLLED_BACK,)))
 
 
-def _request_and_continue(
-    db: Path, saga_id: str, judge: Judge, services: Path | None, as_json: bool, *, what: str
-) -> SagaStatus | None:
-    """Journal an operator request, then run the saga here; None if the workers run it (a
-    live one holds it, or no service is known here to run it with).
-
-    The request is judged against the journal it is appended after (`journal_request`): a
-    worker's append in between makes it be judged again, never written blindly. A refusal
-    raises OperatorActionRefused (exit 4).
-    """
-    store = open_store(db)
-    # A bad or incomplete services configuration: exit 5, nothing written.
-    runs_here = _runs_here(store.load(saga_id).flow, services)
-    record, _ = journal_request(store, saga_id, judge)
-    if not runs_here:  # judged and journaled: the workers, who know the services, carry it out
-        store.requeue(saga_id, time.time())
-        render.err.print(
-            f"{what} recorded; queued for the workers (no services known here to run it: "
-            "pass --services or set SAGALAB_SERVICE_*)"
-        )
-        _show(store, saga_id, as_json)
-        return None
-    try:
-        _drive(store, saga_id, record.flow, services, quiet=as_json)
-    except LeaseHeld as exc:  # a live worker holds it: it carries the request out
-        store.requeue(saga_id, time.time())
-        render.err.print(f"{what} recorded; {exc}")
-        _show(store, saga_id, as_json)
-        return None
-    return _show(store, saga_id, as_json)
+def _render_result(store: SQLiteStore, result: operations.OperationResult, as_json: bool) -> None:
+    """The action's message (stderr), then the saga as it stands."""
+    if result.message:
+        render.err.print(result.message)
+    _show(store, result.saga_id, as_json)
 
 
-def _operator_step_action(
-    saga_id: str, db: Path, services: Path | None, as_json: bool, judge: Judge, what: str
-) -> None:
-    with handled():
-        status = _request_and_continue(db, saga_id, judge, services, as_json, what=what)
-    done = (None, SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK)
-    raise typer.Exit(EXIT_OK if status in done else EXIT_SAGA_FAILED)
+def _request_code(result: operations.OperationResult, done: tuple[SagaStatus, ...]) -> int:
+    """0 if the request was queued for the workers, or ran here to one of `done`; else 1."""
+    if result.carried is operations.Carried.QUEUED or result.status in done:
+        return EXIT_OK
+    return EXIT_SAGA_FAILED
 
 
 StepArg = Annotated[str, typer.Argument(help="Name of the step that failed for good.")]
@@ -402,14 +398,13 @@ def retry_step(
     as_json: JsonOption = False,
 ) -> None:
     """Give a failed step (or its compensation) a fresh retry budget and continue the saga."""
-    _operator_step_action(
-        saga_id,
-        db,
-        services,
-        as_json,
-        lambda s, now: retry_step_request(s, now=now, step=step),
-        "retry",
-    )
+    with handled():
+        store = open_store(db)
+        result = operations.retry_step(
+            store, saga_id, step, runner=_RunHere(store, services, quiet=as_json)
+        )
+        _render_result(store, result, as_json)
+    raise typer.Exit(_request_code(result, (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK)))
 
 
 @app.command("skip-step")
@@ -422,11 +417,10 @@ def skip_step(
     as_json: JsonOption = False,
 ) -> None:
     """Mark a failed step as handled by hand (recorded with the reason) and continue."""
-    _operator_step_action(
-        saga_id,
-        db,
-        services,
-        as_json,
-        lambda s, now: skip_step_request(s, now=now, step=step, reason=reason),
-        "skip",
-    )
+    with handled():
+        store = open_store(db)
+        result = operations.skip_step(
+            store, saga_id, step, reason=reason, runner=_RunHere(store, services, quiet=as_json)
+        )
+        _render_result(store, result, as_json)
+    raise typer.Exit(_request_code(result, (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK)))

@@ -2,14 +2,16 @@
 
 It never runs a saga itself. `POST /v1/sagas` stores the saga queued (`run_after` set) in the
 same SQLite file the workers (`sagalab worker`) claim from, and answers 202 with a `Location`;
-resume and rollback append what the journal needs and put the saga back on the queue.
+resume, rollback, retry and skip of a step are the CLI's operator actions
+(`orchestrator.operations`): they append what the journal needs and put the saga back on the
+queue.
 
 Errors are RFC 7807 problem documents (`application/problem+json`): 404 unknown saga, 409 an
 operator action that does not apply (a resume of a saga a live worker runs included) or an
 idempotency key reused with other input, 413 a body over `MAX_BYTES` and 422 a body that is not
 what the API takes (undecodable, malformed, NaN, nested too deep, or a value of the wrong
-type: request models are strict, so `"force": "yes"` is not true) on every route. Nothing a
-client sends yields a 500.
+type: request models are strict, so `"force": "yes"` is not true) on every route, or an
+operator request naming a step the flow does not have. Nothing a client sends yields a 500.
 
 Every `/v1/` request names its caller, or gets 401: either a gateway vouches for it (the
 stack's gateway secret in `x-sagalab-gateway`, compared in constant time, with the key's tenant
@@ -60,6 +62,7 @@ from edge.keys import (
     presented_key,
 )
 from edge.metrics import Metrics
+from orchestrator import operations
 from orchestrator.errors import (
     ConcurrentUpdate,
     FlowNotFoundError,
@@ -75,15 +78,14 @@ from orchestrator.errors import (
 from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import example_flow_names, load_flow
 from orchestrator.jsonsafe import MAX_BYTES, PayloadTooLarge, UnsafeJson, loads_strict
-from orchestrator.operator import check_resumable, journal_request
 from orchestrator.policies.token_bucket import KeyBuckets
 from orchestrator.runner import new_saga_id, new_trace_id, validate_input
-from orchestrator.saga import SagaStatus, rollback_request
+from orchestrator.saga import SagaStatus
 from orchestrator.sqlite_store import Access, SQLiteStore, check_database
 from orchestrator.views import saga_summary, saga_view
 from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog
 
-__all__ = ["Caller", "SagaCreate", "RollbackBody", "create_app"]
+__all__ = ["Caller", "SagaCreate", "RollbackBody", "SkipBody", "create_app"]
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _FLOW_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -109,11 +111,19 @@ class RollbackBody(BaseModel):
 
     # Defaults passed as `default=`: the form type checkers read as "this field is optional"
     # (a positional default is pydantic-only, and mypy would require the argument).
-    reason: str = Field(default="rollback requested over the API", max_length=500)
+    reason: str = Field(default="rollback requested over the API", max_length=operations.MAX_REASON)
     force: bool = Field(
         default=False,
         description="Compensate even past the pivot step, or while its call is in flight.",
     )
+
+
+class SkipBody(BaseModel):
+    """Body of `POST /v1/sagas/{id}/steps/{step}/skip`."""
+
+    model_config = ConfigDict(strict=True)
+
+    reason: str = Field(max_length=operations.MAX_REASON, description="Why, for the journal.")
 
 
 class ApiError(Exception):
@@ -496,6 +506,13 @@ def create_app(
 
     @app.exception_handler(SagaError)
     async def _saga_error(_: Request, exc: SagaError) -> JSONResponse:
+        # An operator action's answers (orchestrator.operations): the CLI maps the same three.
+        if isinstance(exc, operations.UnknownSaga):
+            return _problem(404, "Saga not found", str(exc))
+        if isinstance(exc, operations.ActionRefused):
+            return _problem(409, "Action refused", str(exc))
+        if isinstance(exc, operations.BadArgument):
+            return _problem(422, "Invalid operator request", str(exc))
         if isinstance(exc, SagaNotFoundError):
             return _problem(404, "Saga not found", str(exc))
         if isinstance(exc, IdempotencyConflict):
@@ -583,42 +600,57 @@ def create_app(
         records = stores.get().list_sagas(status=status, flow=flow, limit=limit, tenant=scope)
         return {"items": [saga_summary(r) for r in records], "count": len(records)}
 
+    def _accepted(result: operations.OperationResult) -> JSONResponse:
+        """202: the action is recorded and the saga queued for the workers."""
+        content = {**saga_summary(result.record), "queued": True, "links": _links(result.saga_id)}
+        if result.message is not None:
+            content["message"] = result.message
+        return JSONResponse(
+            content, status_code=202, headers={"Location": f"/v1/sagas/{result.saga_id}"}
+        )
+
     @app.post("/v1/sagas/{saga_id}/resume", status_code=202, summary="Queue a saga again")
     def resume(who: Who, saga_id: str) -> JSONResponse:
         """Put an unfinished saga back on the queue; a worker continues it from its journal."""
-        store = stores.get()
-        store.load(saga_id, tenant=who.scope)  # another tenant's saga is not found
         # Failed, completed or rolled back, or run by a live worker: 409, as the CLI refuses.
-        check_resumable(store, saga_id, clock=clock)
-        store.requeue(saga_id, clock())
-        return JSONResponse(
-            {**saga_summary(store.load(saga_id)), "queued": True, "links": _links(saga_id)},
-            status_code=202,
-            headers={"Location": f"/v1/sagas/{saga_id}"},
-        )
+        return _accepted(operations.resume(stores.get(), saga_id, tenant=who.scope, clock=clock))
 
     @app.post("/v1/sagas/{saga_id}/rollback", status_code=202, summary="Roll a saga back")
     def rollback(who: Who, saga_id: str, body: RollbackBody | None = None) -> JSONResponse:
         """Journal a rollback request and queue the saga: a worker compensates its steps."""
         request = body or RollbackBody()
-        store = stores.get()
-        store.load(saga_id, tenant=who.scope)  # another tenant's saga is not found
-        # Judged against the journal it is appended after: a worker's append in between (the
-        # pivot's ATTEMPT_STARTED, say) makes it be judged again, and maybe refused (409).
-        journal_request(
-            store,
+        result = operations.rollback(
+            stores.get(),
             saga_id,
-            lambda state, now: rollback_request(
-                state, now=now, reason=request.reason, force=request.force
-            ),
+            tenant=who.scope,
+            force=request.force,
+            reason=request.reason,
             clock=clock,
         )
-        store.requeue(saga_id, clock())
-        return JSONResponse(
-            {**saga_summary(store.load(saga_id)), "queued": True, "links": _links(saga_id)},
-            status_code=202,
-            headers={"Location": f"/v1/sagas/{saga_id}"},
+        return _accepted(result)
+
+    @app.post(
+        "/v1/sagas/{saga_id}/steps/{step}/retry",
+        status_code=202,
+        summary="Retry the step a failed saga waits on",
+    )
+    def retry_step(who: Who, saga_id: str, step: str) -> JSONResponse:
+        """Give the step that holds a failed saga a fresh retry budget and queue the saga."""
+        return _accepted(
+            operations.retry_step(stores.get(), saga_id, step, tenant=who.scope, clock=clock)
         )
+
+    @app.post(
+        "/v1/sagas/{saga_id}/steps/{step}/skip",
+        status_code=202,
+        summary="Skip the step a failed saga waits on",
+    )
+    def skip_step(who: Who, saga_id: str, step: str, body: SkipBody) -> JSONResponse:
+        """Mark the step that holds a failed saga as handled by hand and queue the saga."""
+        result = operations.skip_step(
+            stores.get(), saga_id, step, reason=body.reason, tenant=who.scope, clock=clock
+        )
+        return _accepted(result)
 
     @app.get("/v1/flows", summary="Flows this API serves")
     def list_flows(who: Who) -> dict[str, list[str]]:

@@ -610,7 +610,7 @@ def rollback_request(state: SagaState, *, now: float, reason: str, force: bool) 
     """The event that starts a rollback, or OperatorActionRefused saying why not.
 
     The shell appends it after the journal sequence `state` was read at; if that append
-    conflicts, it must read the state again and ask again (see `orchestrator.operator`).
+    conflicts, it must read the state again and ask again (see `orchestrator.operations`).
     """
     if state.status is SagaStatus.ROLLED_BACK:
         raise OperatorActionRefused("saga is already rolled back")

@@ -1,4 +1,5 @@
-"""Fixtures shared by the test modules; plain helpers live in workerlab, apilab and edgelab.
+"""Fixtures shared by the test modules; plain helpers live in workerlab, apilab, edgelab and
+opslab.
 
 A module may define a fixture of the same name for its own needs (pytest takes the nearest):
 test_chaos.py and test_crash.py start their `services` with a seeded generator, and

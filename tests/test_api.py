@@ -9,14 +9,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from apilab import admin_api
+from opslab import failed_on_notify, footprint, types
 
-from edge.keys import KeyStore
+from edge.keys import MAX_BURST, MAX_RATE, KeyStore
 from edge.server import RunningServer, serve_in_thread
 from fakeservices import run_in_thread
 from orchestrator.api import create_app
 from orchestrator.executors import HttpExecutor
 from orchestrator.leases import new_owner
 from orchestrator.runner import SagaRunner
+from orchestrator.saga import EventType
 from orchestrator.sqlite_store import SQLiteStore
 
 ORDER = {"order_id": "o-1", "customer_id": "c-1", "sku": "sku-1", "quantity": 1, "amount": 10}
@@ -335,3 +338,78 @@ def test_several_idempotency_keys_are_refused(client: httpx.Client) -> None:
     assert r.status_code == 422, r.text
     assert "one Idempotency-Key" in r.json()["detail"]
     assert client.get("/v1/sagas").json()["count"] == 0
+
+
+# --- the operator actions of orchestrator.operations, over HTTP ------------------------------
+
+
+def test_the_api_retries_and_skips_the_step_a_failed_saga_waits_on(db: Path) -> None:
+    """The API's step actions: 404, 422 and 409 as for the CLI, then 202 and queued."""
+    store = SQLiteStore(db)
+    try:
+        saga_id = failed_on_notify(store)
+    finally:
+        store.close()
+    with admin_api(db) as client:
+        base = f"/v1/sagas/{saga_id}/steps"
+        assert client.post("/v1/sagas/nope/steps/notify/retry").status_code == 404
+        assert client.post(f"{base}/nope/retry").status_code == 422
+        assert client.post(f"{base}/charge/retry").status_code == 409
+        assert client.post(f"{base}/notify/skip", json={"reason": ""}).status_code == 422
+        assert client.post(f"{base}/notify/skip").status_code == 422  # the reason is required
+        retried = client.post(f"{base}/notify/retry")
+        assert retried.status_code == 202, retried.text
+        assert retried.json()["queued"] is True
+        assert retried.json()["message"] == "retry recorded; queued for the workers"
+        assert retried.headers["location"] == f"/v1/sagas/{saga_id}"
+    store = SQLiteStore(db)
+    try:
+        assert types(store, saga_id)[-1] is EventType.STEP_RETRY_REQUESTED
+        assert footprint(store, saga_id)[1] is not None  # on the workers' queue
+    finally:
+        store.close()
+
+
+def test_the_api_answers_another_tenants_operator_requests_as_unknown(
+    db: Path, tmp_path: Path
+) -> None:
+    keys_db = tmp_path / "keys.db"
+    keys = KeyStore(keys_db)
+    try:
+        _, alice = keys.create("alice", rate=MAX_RATE, burst=MAX_BURST)
+        _, bob = keys.create("bob", rate=MAX_RATE, burst=MAX_BURST)
+    finally:
+        keys.close()
+    store = SQLiteStore(db)
+    try:
+        saga_id = failed_on_notify(store)
+        store.conn.execute("UPDATE sagas SET tenant = 'alice' WHERE id = ?", (saga_id,))
+        before = footprint(store, saga_id)
+    finally:
+        store.close()
+    requests = [
+        ("resume", None),
+        ("rollback", {"force": True}),
+        ("steps/notify/retry", None),
+        ("steps/notify/skip", {"reason": "by hand"}),
+    ]
+    with serve_in_thread(create_app(db, keys_db=keys_db)) as api:
+        for key, expected in ((bob, 404), (alice, None)):
+            with httpx.Client(
+                base_url=api.url, timeout=5, headers={"Authorization": f"Bearer {key}"}
+            ) as client:
+                got = [
+                    client.post(f"/v1/sagas/{saga_id}/{path}", json=body).status_code
+                    for path, body in requests
+                ]
+            if expected is not None:
+                assert got == [expected] * len(requests)
+                store = SQLiteStore(db)
+                try:
+                    assert footprint(store, saga_id) == before  # bob changed nothing
+                finally:
+                    store.close()
+    # Alice's own saga is answered about itself: a failed saga is not resumed (409), the
+    # forced rollback is taken (202), and then it is compensating: no step waits to be
+    # retried or skipped (409).
+    assert got == [409, 202, 409, 409]

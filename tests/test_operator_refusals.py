@@ -77,7 +77,12 @@ REFUSALS = [
     ("rollback-rolled-back", "rolled_back", ["rollback", "--force"], "already rolled back"),
     ("retry-not-failed", "completed", ["retry-step", "{id}", "charge_payment"], "not failed"),
     ("retry-other-step", "failed", ["retry-step", "{id}", "charge_payment"], "not what holds"),
-    ("skip-not-failed", "completed", ["skip-step", "{id}", "x", "--reason", "r"], "not failed"),
+    (
+        "skip-not-failed",
+        "completed",
+        ["skip-step", "{id}", "charge_payment", "--reason", "r"],
+        "not failed",
+    ),
 ]
 
 

@@ -27,7 +27,7 @@ CHECKS = [
             "--cache-dir",
             ".mypy_cache/strict",
             "orchestrator/saga.py",
-            "orchestrator/operator.py",
+            "orchestrator/operations.py",
             "orchestrator/policies",
         ],
         id="core-strict",
