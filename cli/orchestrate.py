@@ -36,7 +36,7 @@ from orchestrator.saga import (
     rollback_request,
     skip_step_request,
 )
-from orchestrator.sqlite_store import SQLiteStore
+from orchestrator.store import Store
 from orchestrator.views import events_view, saga_summary, saga_view
 from orchestrator.watchdog import DatabaseWatchdog, WatchedStore
 
@@ -89,7 +89,7 @@ def _runs_here(flow: FlowDefinition, services_file: Path | None) -> bool:
 
 
 def _drive(
-    store: SQLiteStore,
+    store: Store,
     saga_id: str,
     flow: FlowDefinition,
     services_file: Path | None,
@@ -147,7 +147,7 @@ def _drive(
         watched.close()
 
 
-def _show(store: SQLiteStore, saga_id: str, as_json: bool) -> SagaStatus:
+def _show(store: Store, saga_id: str, as_json: bool) -> SagaStatus:
     record, entries, _ = store.state(saga_id)
     view = saga_view(record, store.steps(saga_id), entries)
     if as_json:
@@ -297,7 +297,7 @@ def resume(
     raise typer.Exit(code)
 
 
-def _resume_stuck(store: SQLiteStore, services: Path | None, as_json: bool) -> None:
+def _resume_stuck(store: Store, services: Path | None, as_json: bool) -> None:
     ids = store.stuck(now=time.time())
     results = []
     for saga_id in ids:

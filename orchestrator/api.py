@@ -23,7 +23,7 @@ another tenant's saga is 404, as if it did not exist; idempotency keys are per t
 key sees every tenant. `/healthz`, `/readyz`, `/metrics` and the OpenAPI document stay open (load
 balancers and scrapers call them without a key; they show counts, never a saga).
 
-SQLite connections are per thread (`SQLiteStore` is not shareable), and the handlers are plain
+Store handles are per thread (a SQLite connection is not shareable), and the handlers are plain
 `def` functions that Starlette runs in its thread pool, so a busy database blocks a worker
 thread rather than the event loop.
 """
@@ -79,7 +79,8 @@ from orchestrator.operator import check_resumable, journal_request
 from orchestrator.policies.token_bucket import KeyBuckets
 from orchestrator.runner import new_saga_id, new_trace_id, validate_input
 from orchestrator.saga import SagaStatus, rollback_request
-from orchestrator.sqlite_store import Access, SQLiteStore, check_database
+from orchestrator.store import Store
+from orchestrator.stores import open_store
 from orchestrator.views import saga_summary, saga_view
 from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog
 
@@ -268,7 +269,7 @@ def trace_id_from(traceparent: str | None) -> str | None:
 
 
 class _Stores:
-    """One SQLiteStore per thread on one file (read-only ones never take the write lock)."""
+    """One store per thread on one database (read-only ones never take the write lock)."""
 
     def __init__(self, path: Path, watchdog: DatabaseWatchdog, *, read_only: bool = False) -> None:
         self.path = path
@@ -276,25 +277,23 @@ class _Stores:
         self.read_only = read_only
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: list[SQLiteStore] = []
+        self._all: list[Store] = []
 
-    def get(self) -> SQLiteStore:
+    def get(self) -> Store:
         # A file deleted or replaced since start: never read or write what the path no
         # longer names (DatabaseGone, 503); the process exits and its restart opens the path.
         self.watchdog.check()
-        store: SQLiteStore | None = getattr(self._local, "store", None)
+        store: Store | None = getattr(self._local, "store", None)
         if store is None:
             # The schema was set up once by create_app: a thread's open takes no write lock,
             # and never creates a file that went away.
-            store = self._local.store = SQLiteStore(
-                self.path, read_only=self.read_only, create=False
-            )
+            store = self._local.store = open_store(self.path, readonly=self.read_only, create=False)
             with self._lock:
                 self._all.append(store)
         return store
 
     def close(self) -> None:
-        # Only safe at shutdown: close() from another thread is refused by sqlite3, so ignore.
+        # Only safe at shutdown: close() from another thread is refused by the driver, so ignore.
         with self._lock:
             self._all.clear()
 
@@ -451,7 +450,7 @@ def create_app(
     `direct_keys=False` refuses keys presented here (401): only the gateways are heard.
     """
     path = Path(db)
-    SQLiteStore(path).close()  # create and migrate once, up front: fail fast on a bad path
+    open_store(path).close()  # create and migrate once, up front: fail fast on a bad path
     watchdog = DatabaseWatchdog(path, restart="restart the API")
     stores = _Stores(path, watchdog)
     readers = _Stores(path, watchdog, read_only=True)  # health checks only read
@@ -638,8 +637,7 @@ def create_app(
         seen by a connection that has its pages cached, so the file is probed afresh."""
         try:
             watchdog.check()
-            check_database(path, Access.READ)
-            readers.get().conn.execute("SELECT 1 FROM sagas LIMIT 1").fetchall()
+            readers.get().ping()
         except Exception as exc:  # any database failure means "not ready", never a 500
             return _problem(503, "Not ready", f"database {path}: {exc}")
         return JSONResponse({"status": "ready", "instance": instance})

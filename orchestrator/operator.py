@@ -20,8 +20,7 @@ from orchestrator.errors import ConcurrentUpdate, InvalidTransition, OperatorAct
 from orchestrator.journal import JournalEntry
 from orchestrator.leases import owner_is_dead
 from orchestrator.saga import Event, SagaState, check_resume
-from orchestrator.sqlite_store import SQLiteStore
-from orchestrator.store import SagaRecord
+from orchestrator.store import SagaRecord, Store
 
 __all__ = ["Judge", "check_resumable", "journal_request"]
 
@@ -32,7 +31,7 @@ JUDGE_TRIES = 5
 
 
 def journal_request(
-    store: SQLiteStore,
+    store: Store,
     saga_id: str,
     judge: Judge,
     *,
@@ -65,7 +64,7 @@ def journal_request(
 
 
 def check_resumable(
-    store: SQLiteStore, saga_id: str, *, clock: Callable[[], float] = time.time
+    store: Store, saga_id: str, *, clock: Callable[[], float] = time.time
 ) -> tuple[SagaRecord, SagaState]:
     """The saga as it stands, if a resume applies to it.
 
