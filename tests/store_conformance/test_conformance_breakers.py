@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pybreaker
-from conftest import Backend
+from conformancelab import Backend
 
 
 def test_state_counters_and_opened_time_are_shared_between_handles(

@@ -6,7 +6,7 @@ import multiprocessing
 import threading
 from typing import Any
 
-from conftest import Backend, create, order_flow
+from conformancelab import Backend, create, order_flow
 
 from orchestrator.errors import ConcurrentUpdate
 from orchestrator.journal import JournalEntry

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import Backend, advance, create, reserve_ok
+from conformancelab import Backend, advance, create, reserve_ok
 
 from orchestrator.errors import LeaseHeld, LeaseLost, SagaNotFoundError
 from orchestrator.saga import Event, EventType, Phase

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Backend, advance, create, order_flow, reserve_ok
+from conformancelab import Backend, advance, create, order_flow, reserve_ok
 
 from orchestrator.errors import (
     ConcurrentUpdate,
