@@ -55,6 +55,7 @@ def open_store(db: Path, *, create: bool = False, read_only: bool = False) -> St
     Only commands that store new sagas pass `create`, so a mistyped --db leaves no file
     behind. `read_only` commands never create, write or lock the database (a file of an
     older sagalab is upgraded once first: a sagalab database is never left unreadable by an
-    upgrade).
+    upgrade). Close it when done: a read-only store leaves no `-wal` or `-shm` file behind
+    once it is closed.
     """
     return _open_store(db, readonly=read_only, create=create)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated
 
@@ -218,8 +219,8 @@ def run(
 @app.command()
 def status(saga_id: SagaIdArg, db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
     """A saga's status and step timeline: attempts, durations, errors, trace id."""
-    with handled():
-        _show(open_store(db, read_only=True), saga_id, as_json)
+    with handled(), closing(open_store(db, read_only=True)) as store:
+        _show(store, saga_id, as_json)
 
 
 @app.command("list")
@@ -236,10 +237,8 @@ def list_(
     as_json: JsonOption = False,
 ) -> None:
     """Recent sagas of every tenant (the CLI works on the database as an admin), newest first."""
-    with handled():
-        records = open_store(db, read_only=True).list_sagas(
-            status=status_, flow=flow, limit=limit, tenant=tenant
-        )
+    with handled(), closing(open_store(db, read_only=True)) as store:
+        records = store.list_sagas(status=status_, flow=flow, limit=limit, tenant=tenant)
     rows = [saga_summary(r) for r in records]
     if as_json:
         render.print_json(rows)
@@ -250,8 +249,8 @@ def list_(
 @app.command()
 def events(saga_id: SagaIdArg, db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
     """A saga's journal: every event in order."""
-    with handled():
-        rows = events_view(open_store(db, read_only=True).journal(saga_id))
+    with handled(), closing(open_store(db, read_only=True)) as store:
+        rows = events_view(store.journal(saga_id))
     if as_json:
         render.print_json(rows)
     else:

@@ -57,13 +57,15 @@ def sqlite_path(url_or_path: str | os.PathLike[str]) -> Path:
     match = _SCHEME.match(text)
     if match is not None and match["rest"] is not None:
         scheme = match["scheme"].lower()
+        # As typed (a Path collapses '//'), and never with a password.
+        shown = _redacted(f"{match['scheme']}://{match['rest'].lstrip('/')}")
         if scheme.split("+")[0] in _POSTGRES:
             raise StoreError(
-                f"{_redacted(text)}: the PostgreSQL store is not available yet (issue 10); "
+                f"{shown}: the PostgreSQL store is not available yet (issue 10); "
                 "use a SQLite file path for --db or SAGALAB_DB"
             )
         raise StoreError(
-            f"{_redacted(text)}: no store for {scheme}: URLs; pass a SQLite file path "
+            f"{shown}: no store for {scheme}: URLs; pass a SQLite file path "
             "(or sqlite:///path) with --db or SAGALAB_DB"
         )
     return Path(text)
