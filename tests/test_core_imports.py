@@ -15,7 +15,7 @@ What is core, and why the rest is not:
 * core: `saga.py` (the state machine), `flow.py` (flow definitions), `templates.py`,
   `jsonsafe.py` (the one JSON check), `errors.py` (the exception tree they raise) and
   `policies/*` (retry, breaker, token bucket, balancer, autoscaling, firewall);
-* `operator.py` is a shell: it reads and appends through `SQLiteStore`, reads the wall clock by
+* `operator.py` is a shell: it reads and appends through the store port, reads the wall clock by
   default and asks `leases` whether an owner's process is alive;
 * `limits.py` is configuration of the shells: its bounds on real processes come from
   `os.cpu_count()` of this machine;
