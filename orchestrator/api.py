@@ -453,7 +453,7 @@ def create_app(
     open_store(path).close()  # create and migrate once, up front: fail fast on a bad path
     watchdog = DatabaseWatchdog(path, restart="restart the API")
     stores = _Stores(path, watchdog)
-    readers = _Stores(path, watchdog, read_only=True)  # health checks only read
+    readers = _Stores(path, watchdog, read_only=True)  # reads, health checks and metrics
     catalog = _FlowCatalog(flows or {})
     keys = KeyCache(KeyStore(keys_db)) if keys_db is not None else None
     metrics = Metrics("sagalab_api_")
@@ -561,7 +561,7 @@ def create_app(
     @app.get("/v1/sagas/{saga_id}", summary="A saga with its steps")
     def get_saga(who: Who, saga_id: str) -> dict[str, Any]:
         """The saga, its input and one row per step."""
-        store = stores.get()
+        store = readers.get()
         record = store.load(saga_id, tenant=who.scope)
         return {**saga_view(record, store.steps(saga_id)), "links": _links(saga_id)}
 
@@ -579,7 +579,7 @@ def create_app(
                 403, "Forbidden", f"a key of tenant {who.tenant} lists only that tenant's sagas"
             )
         scope = tenant if who.admin else who.tenant
-        records = stores.get().list_sagas(status=status, flow=flow, limit=limit, tenant=scope)
+        records = readers.get().list_sagas(status=status, flow=flow, limit=limit, tenant=scope)
         return {"items": [saga_summary(r) for r in records], "count": len(records)}
 
     @app.post("/v1/sagas/{saga_id}/resume", status_code=202, summary="Queue a saga again")
@@ -645,7 +645,7 @@ def create_app(
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     def metrics_endpoint() -> PlainTextResponse:
         """Requests, latencies, sagas by status, queue depth and breaker states."""
-        store = stores.get()
+        store = readers.get()
         gauges: list[tuple[str, str, Mapping[str, str], float]] = []
         counts = store.count_by_status()
         for s in SagaStatus:
