@@ -8,9 +8,10 @@ from typing import Any
 
 from conformancelab import Backend, create, order_flow
 
-from orchestrator.errors import ConcurrentUpdate
+from orchestrator.errors import ConcurrentUpdate, LeaseLost
 from orchestrator.journal import JournalEntry
 from orchestrator.saga import Event, EventType, Phase, SagaState
+from orchestrator.store import Lease, Store
 from orchestrator.stores import open_store
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -59,6 +60,60 @@ def test_two_threads_appending_to_one_saga_lose_and_double_nothing(
     assert [e.seq for e in entries] == list(range(1, 2 * per_thread + 2))
     spans = sorted(e.span_id for e in entries[1:] if e.span_id is not None)
     assert spans == sorted(f"{name}-{n}" for name in ("a", "b") for n in range(per_thread))
+
+
+def test_leases_stolen_back_and_forth_never_let_a_stale_holder_write(
+    store_factory: Backend,
+) -> None:
+    """Two threads keep taking the saga from each other and append under the lease they
+    took: the lease check and the write are one step, so no entry under an older epoch ever
+    lands after an entry under a newer one (a check-then-write would let one through)."""
+    create(store_factory.open(), "shared")
+    rounds, per_lease, errors = 60, 3, []
+
+    def append_under(store: Store, lease: Lease, n: int) -> None:
+        while True:  # another writer appended first: read again, same lease
+            record, _, state = store.state("shared")
+            try:
+                store.append(
+                    "shared",
+                    [JournalEntry(_retry(100.0, n), span_id=str(lease.epoch))],
+                    expected_seq=record.last_seq,
+                    state=state,
+                    now=100.0,
+                    lease=lease,
+                )
+                return
+            except ConcurrentUpdate:
+                continue
+
+    def worker(name: str) -> None:
+        try:
+            store = open_store(store_factory.url)  # one handle per thread
+            try:
+                for _ in range(rounds):
+                    lease = store.claim(
+                        "shared", name, now=100.0, lease_seconds=1e6, take_over=lambda _o: True
+                    )
+                    try:
+                        for n in range(per_lease):
+                            append_under(store, lease, n)
+                    except LeaseLost:
+                        continue  # the other thread took it: take it back
+            finally:
+                store.close()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    epochs = [int(e.span_id or 0) for e in store_factory.open().journal("shared")[1:]]
+    assert epochs, "nothing was written"
+    assert epochs == sorted(epochs), "an entry under a stale lease landed after a newer one"
 
 
 def _own_saga_worker(url: str, worker: int, sagas: int, steps: int) -> None:
