@@ -287,12 +287,12 @@ def bench_http(tmp: Path, count: int, warmup: int, limit: float) -> dict[str, An
     from orchestrator.flowfile import load_flow
     from orchestrator.runner import SagaRunner, new_saga_id, new_span_id, new_trace_id, start_saga
     from orchestrator.saga import SagaStatus
-    from orchestrator.sqlite_store import SQLiteStore
+    from orchestrator.stores import open_store
 
     flow = load_flow("checkout")
     with run_in_thread() as running:
         services = running.services
-        store = SQLiteStore(tmp / "http.db")
+        store = open_store(tmp / "http.db")
         executor = HttpExecutor(services)
         runner = SagaRunner(store, executor)
 

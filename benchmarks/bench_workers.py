@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from fakeservices import AdminClient, service_env  # noqa: E402
 from orchestrator.flowfile import load_flow  # noqa: E402
 from orchestrator.runner import start_saga  # noqa: E402
-from orchestrator.sqlite_store import SQLiteStore  # noqa: E402
+from orchestrator.stores import open_store  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -133,7 +133,7 @@ def order(i: int) -> dict[str, Any]:
 def create_unqueued(db: Path, n: int, offset: int = 0) -> list[str]:
     """N checkout sagas stored but not on the queue yet (run_after NULL)."""
     flow = load_flow("checkout")
-    store = SQLiteStore(db)
+    store = open_store(db)
     try:
         return [start_saga(store, flow, order(offset + i), queue=False)[0].id for i in range(n)]
     finally:
@@ -163,7 +163,7 @@ def throughput(
     services: Services, workdir: Path, n_workers: int, count: int, concurrency: int, limit: float
 ) -> dict[str, Any]:
     db = workdir / f"tp-{n_workers}-{time.monotonic_ns()}.db"
-    SQLiteStore(db).close()
+    open_store(db).close()
     create_unqueued(db, count)
     args = ("--concurrency", str(concurrency), "--poll", "0.02", "--lease", "10")
     workers = [Worker(db, services.env, workdir, *args) for _ in range(n_workers)]
@@ -202,7 +202,7 @@ def one_crash(
     Returns seconds from the SIGKILL to the resume (the survivor's first write), to the
     saga's completion, and the lease time the dead worker had left when it was killed.
     """
-    SQLiteStore(db).close()
+    open_store(db).close()
     args = ("--concurrency", "1", "--poll", "0.05", "--lease", str(lease))
     pair = [Worker(db, services.env, db.parent, *args) for _ in range(2)]
     try:

@@ -30,7 +30,8 @@ from orchestrator.executors import HttpExecutor
 from orchestrator.flowfile import load_flow
 from orchestrator.runner import SagaRunner, start_saga
 from orchestrator.saga import SagaStatus
-from orchestrator.sqlite_store import SQLiteStore
+from orchestrator.store import Store
+from orchestrator.stores import open_store
 
 DEMO_BREAKER = BreakerConfig(fail_max=3, reset_timeout=1.5, success_threshold=1)
 
@@ -78,7 +79,7 @@ def demo(
     with tempfile.TemporaryDirectory(prefix="sagalab-demo-") as tmp:
         path = db or Path(tmp) / "demo.db"
         with handled():  # a --db that is not a saga database: one line, exit 5
-            store = SQLiteStore(path)
+            store = open_store(path)
         flow = load_flow("checkout")
         acts: list[Act] = []
         with run_in_thread() as lab:
@@ -159,7 +160,7 @@ def demo(
 
 
 def _crash_and_resume(
-    store: SQLiteStore,
+    store: Store,
     flow: Any,
     runner: SagaRunner,
     env: dict[str, str],
@@ -222,7 +223,7 @@ def _run_until_parked(runner: SagaRunner, saga_id: str) -> SagaStatus:
 
 
 def _payments_outage(
-    store: SQLiteStore, flow: Any, runner: SagaRunner, lab: RunningServices, as_json: bool
+    store: Store, flow: Any, runner: SagaRunner, lab: RunningServices, as_json: bool
 ) -> list[Act]:
     # Every charge answers 503 with no Retry-After, as a provider that is simply down.
     lab.lab.add_fault(FaultSpec(service="payments", error_rate=1.0, status=503))

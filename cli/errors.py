@@ -15,7 +15,6 @@ Exit codes (documented in the README and in `sagalab orchestrate --help`):
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ from orchestrator.errors import (
 )
 from orchestrator.jsonsafe import MAX_BYTES, loads_strict
 from orchestrator.operations import ActionRefused, BadArgument, UnknownSaga
+from orchestrator.stores import DRIVER_ERRORS
 
 EXIT_OK, EXIT_SAGA_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_ENVIRONMENT = range(6)
 
@@ -79,8 +79,8 @@ def exit_code_for(exc: SagaError) -> int:
 
 @contextmanager
 def handled() -> Iterator[None]:
-    """Turn SagaErrors (and stray sqlite3 errors) into one clear line and the documented exit
-    code."""
+    """Turn SagaErrors (and stray database driver errors) into one clear line and the
+    documented exit code."""
     try:
         yield
     except FlowValidationError as exc:
@@ -89,7 +89,7 @@ def handled() -> Iterator[None]:
         raise typer.Exit(EXIT_USAGE) from None
     except SagaError as exc:
         raise fail(str(exc), exit_code_for(exc)) from None
-    except sqlite3.Error as exc:
+    except DRIVER_ERRORS as exc:
         # A database error the store did not translate (damage found mid-read, a full disk):
         # still one line and the database exit code, never a traceback.
         raise fail(f"database error: {exc}", EXIT_ENVIRONMENT) from None

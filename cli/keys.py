@@ -13,6 +13,7 @@ never create one) or is not a key database.
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated
 
@@ -109,7 +110,8 @@ def list_(
 ) -> None:
     """Every key (never the secrets)."""
     try:
-        keys = KeyStore(_keys_db(keys_db, directory), create=False).list()
+        with closing(KeyStore(_keys_db(keys_db, directory), readonly=True)) as store:
+            keys = store.list()
     except EdgeError as exc:
         raise _fail(exc) from None
     if as_json:

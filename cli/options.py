@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.sqlite_store import SCHEMA_VERSION, Access, SQLiteStore, check_database
+from orchestrator.store import Store
+from orchestrator.stores import open_store as _open_store
 
 DEFAULT_DB = Path("sagalab.db")
 
@@ -16,8 +17,8 @@ DbOption = Annotated[
     typer.Option(
         "--db",
         envvar="SAGALAB_DB",
-        help="SQLite database file holding sagas and their journals (`run` and `worker` "
-        "create it if missing).",
+        help="Saga database: a SQLite file path (or sqlite:///path) holding sagas and their "
+        "journals (`run` and `worker` create it if missing).",
         show_default=True,
     ),
 ]
@@ -47,17 +48,14 @@ ServicesOption = Annotated[
 SagaIdArg = Annotated[str, typer.Argument(help="Saga id, as printed by `run` or `list`.")]
 
 
-def open_store(db: Path, *, create: bool = False, read_only: bool = False) -> SQLiteStore:
-    """The store at `db`, after `check_database` refused anything that is not a saga
-    database (StoreError, exit 5) before a byte is written.
+def open_store(db: Path, *, create: bool = False, read_only: bool = False) -> Store:
+    """The store `--db` names (`orchestrator.stores.open_store`): anything that is not a
+    saga database is refused (StoreError, exit 5) before a byte is written.
 
     Only commands that store new sagas pass `create`, so a mistyped --db leaves no file
-    behind. `read_only` commands open with SQLite's `mode=ro`: they never take the write
-    lock; a file of an older sagalab is upgraded once first (a sagalab database is never
-    left unreadable by an upgrade).
+    behind. `read_only` commands never create, write or lock the database (a file of an
+    older sagalab is upgraded once first: a sagalab database is never left unreadable by an
+    upgrade). Close it when done: a read-only store leaves no `-wal` or `-shm` file behind
+    once it is closed.
     """
-    if read_only:
-        if check_database(db, Access.READ) < SCHEMA_VERSION:
-            SQLiteStore(db, create=False).close()
-        return SQLiteStore(db, read_only=True)
-    return SQLiteStore(db, create=create)
+    return _open_store(db, readonly=read_only, create=create)

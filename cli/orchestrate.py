@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +29,7 @@ from orchestrator.flowfile import check_services, load_flow, load_services
 from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner, owner_is_dead
 from orchestrator.runner import Checkpoint, RunResult, SagaRunner, start_saga
 from orchestrator.saga import Phase, SagaStatus
-from orchestrator.sqlite_store import SQLiteStore
+from orchestrator.store import Store
 from orchestrator.views import events_view, saga_summary, saga_view
 from orchestrator.watchdog import DatabaseWatchdog, WatchedStore
 
@@ -81,7 +82,7 @@ def _runs_here(flow: FlowDefinition, services_file: Path | None) -> bool:
 
 
 def _drive(
-    store: SQLiteStore,
+    store: Store,
     saga_id: str,
     flow: FlowDefinition,
     services_file: Path | None,
@@ -145,7 +146,7 @@ class _RunHere:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         services_file: Path | None,
         *,
         quiet: bool,
@@ -173,7 +174,7 @@ class _RunHere:
         return result.status
 
 
-def _show(store: SQLiteStore, saga_id: str, as_json: bool) -> SagaStatus:
+def _show(store: Store, saga_id: str, as_json: bool) -> SagaStatus:
     record, entries, _ = store.state(saga_id)
     view = saga_view(record, store.steps(saga_id), entries)
     if as_json:
@@ -244,8 +245,8 @@ def run(
 @app.command()
 def status(saga_id: SagaIdArg, db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
     """A saga's status and step timeline: attempts, durations, errors, trace id."""
-    with handled():
-        _show(open_store(db, read_only=True), saga_id, as_json)
+    with handled(), closing(open_store(db, read_only=True)) as store:
+        _show(store, saga_id, as_json)
 
 
 @app.command("list")
@@ -262,10 +263,8 @@ def list_(
     as_json: JsonOption = False,
 ) -> None:
     """Recent sagas of every tenant (the CLI works on the database as an admin), newest first."""
-    with handled():
-        records = open_store(db, read_only=True).list_sagas(
-            status=status_, flow=flow, limit=limit, tenant=tenant
-        )
+    with handled(), closing(open_store(db, read_only=True)) as store:
+        records = store.list_sagas(status=status_, flow=flow, limit=limit, tenant=tenant)
     rows = [saga_summary(r) for r in records]
     if as_json:
         render.print_json(rows)
@@ -276,8 +275,8 @@ def list_(
 @app.command()
 def events(saga_id: SagaIdArg, db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
     """A saga's journal: every event in order."""
-    with handled():
-        rows = events_view(open_store(db, read_only=True).journal(saga_id))
+    with handled(), closing(open_store(db, read_only=True)) as store:
+        rows = events_view(store.journal(saga_id))
     if as_json:
         render.print_json(rows)
     else:
@@ -319,7 +318,7 @@ def resume(
     raise typer.Exit(_request_code(result, (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK)))
 
 
-def _resume_stuck(store: SQLiteStore, services: Path | None, as_json: bool) -> None:
+def _resume_stuck(store: Store, services: Path | None, as_json: bool) -> None:
     ids = store.stuck(now=time.time())
     here = _RunHere(store, services, quiet=as_json)
     results = []
@@ -372,7 +371,7 @@ def rollback(
     raise typer.Exit(_request_code(result, (SagaStatus.ROLLED_BACK,)))
 
 
-def _render_result(store: SQLiteStore, result: operations.OperationResult, as_json: bool) -> None:
+def _render_result(store: Store, result: operations.OperationResult, as_json: bool) -> None:
     """The action's message (stderr), then the saga as it stands."""
     if result.message:
         render.err.print(result.message)

@@ -32,7 +32,7 @@ from orchestrator.limits import (
     check,
 )
 from orchestrator.policies.autoscaling import AutoscalePolicy, ScaleDecision
-from orchestrator.sqlite_store import SQLiteStore
+from orchestrator.stores import open_store
 from orchestrator.supervisor import Supervisor, SupervisorConfig
 from orchestrator.worker import Worker, WorkerConfig
 
@@ -134,7 +134,7 @@ def worker(
     with handled():
         service_map = load_services(services)
         breaker_configs = load_breaker_configs(services)
-        SQLiteStore(db).close()  # fail fast on a bad path, and migrate once
+        open_store(db).close()  # fail fast on a bad path, and migrate once
     stop = threading.Event()
     _on_signals(stop)
     if count == 1:

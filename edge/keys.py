@@ -176,10 +176,13 @@ class KeyStore:
     """The key table in one SQLite file (one instance per thread).
 
     `create=True` (what `keys create` and the gateways use) makes the file and brings its table
-    up to date. Otherwise the file must already exist and nothing is written on opening.
+    up to date. Otherwise the file must already exist and nothing is written on opening;
+    `readonly` (`keys list`) never writes at all (`PRAGMA query_only`), and once closed leaves
+    no `-wal` or `-shm` file behind (`mode=rw`, so the last connection removes them).
     """
 
-    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True, readonly: bool = False) -> None:
+        create = create and not readonly
         self.path = Path(path)
         if self.path.is_dir():
             raise KeyStoreError(f"cannot open key database {path}: it is a directory")
@@ -205,6 +208,8 @@ class KeyStore:
                 check_same_thread=False,
                 uri=not create,
             )
+            if readonly:
+                self.conn.execute("PRAGMA query_only=ON")
             tables = {
                 r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
             }

@@ -147,10 +147,11 @@ def _check_services_file(env: Mapping[str, str]) -> None:
 
 def _check_db(db: Path) -> None:
     # Checked, not created: a refusal that follows (a port in use) must leave no file.
-    from orchestrator.sqlite_store import Access, check_database
+    from orchestrator.store import Access
+    from orchestrator.stores import check_store
 
     try:
-        check_database(db, Access.CREATE)
+        check_store(db, Access.CREATE)
     except SagaError as exc:
         raise StackEnvironmentError(str(exc)) from None
 

@@ -25,7 +25,7 @@ another tenant's saga is 404, as if it did not exist; idempotency keys are per t
 key sees every tenant. `/healthz`, `/readyz`, `/metrics` and the OpenAPI document stay open (load
 balancers and scrapers call them without a key; they show counts, never a saga).
 
-SQLite connections are per thread (`SQLiteStore` is not shareable), and the handlers are plain
+Store handles are per thread (a SQLite connection is not shareable), and the handlers are plain
 `def` functions that Starlette runs in its thread pool, so a busy database blocks a worker
 thread rather than the event loop.
 """
@@ -81,7 +81,8 @@ from orchestrator.jsonsafe import MAX_BYTES, PayloadTooLarge, UnsafeJson, loads_
 from orchestrator.policies.token_bucket import KeyBuckets
 from orchestrator.runner import new_saga_id, new_trace_id, validate_input
 from orchestrator.saga import SagaStatus
-from orchestrator.sqlite_store import Access, SQLiteStore, check_database
+from orchestrator.store import Store
+from orchestrator.stores import open_store
 from orchestrator.views import saga_summary, saga_view
 from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog
 
@@ -278,7 +279,7 @@ def trace_id_from(traceparent: str | None) -> str | None:
 
 
 class _Stores:
-    """One SQLiteStore per thread on one file (read-only ones never take the write lock)."""
+    """One store per thread on one database (read-only ones never take the write lock)."""
 
     def __init__(self, path: Path, watchdog: DatabaseWatchdog, *, read_only: bool = False) -> None:
         self.path = path
@@ -286,25 +287,23 @@ class _Stores:
         self.read_only = read_only
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: list[SQLiteStore] = []
+        self._all: list[Store] = []
 
-    def get(self) -> SQLiteStore:
+    def get(self) -> Store:
         # A file deleted or replaced since start: never read or write what the path no
         # longer names (DatabaseGone, 503); the process exits and its restart opens the path.
         self.watchdog.check()
-        store: SQLiteStore | None = getattr(self._local, "store", None)
+        store: Store | None = getattr(self._local, "store", None)
         if store is None:
             # The schema was set up once by create_app: a thread's open takes no write lock,
             # and never creates a file that went away.
-            store = self._local.store = SQLiteStore(
-                self.path, read_only=self.read_only, create=False
-            )
+            store = self._local.store = open_store(self.path, readonly=self.read_only, create=False)
             with self._lock:
                 self._all.append(store)
         return store
 
     def close(self) -> None:
-        # Only safe at shutdown: close() from another thread is refused by sqlite3, so ignore.
+        # Only safe at shutdown: close() from another thread is refused by the driver, so ignore.
         with self._lock:
             self._all.clear()
 
@@ -461,10 +460,10 @@ def create_app(
     `direct_keys=False` refuses keys presented here (401): only the gateways are heard.
     """
     path = Path(db)
-    SQLiteStore(path).close()  # create and migrate once, up front: fail fast on a bad path
+    open_store(path).close()  # create and migrate once, up front: fail fast on a bad path
     watchdog = DatabaseWatchdog(path, restart="restart the API")
     stores = _Stores(path, watchdog)
-    readers = _Stores(path, watchdog, read_only=True)  # health checks only read
+    readers = _Stores(path, watchdog, read_only=True)  # reads, health checks and metrics
     catalog = _FlowCatalog(flows or {})
     keys = KeyCache(KeyStore(keys_db)) if keys_db is not None else None
     metrics = Metrics("sagalab_api_")
@@ -579,7 +578,7 @@ def create_app(
     @app.get("/v1/sagas/{saga_id}", summary="A saga with its steps")
     def get_saga(who: Who, saga_id: str) -> dict[str, Any]:
         """The saga, its input and one row per step."""
-        store = stores.get()
+        store = readers.get()
         record = store.load(saga_id, tenant=who.scope)
         return {**saga_view(record, store.steps(saga_id)), "links": _links(saga_id)}
 
@@ -597,7 +596,7 @@ def create_app(
                 403, "Forbidden", f"a key of tenant {who.tenant} lists only that tenant's sagas"
             )
         scope = tenant if who.admin else who.tenant
-        records = stores.get().list_sagas(status=status, flow=flow, limit=limit, tenant=scope)
+        records = readers.get().list_sagas(status=status, flow=flow, limit=limit, tenant=scope)
         return {"items": [saga_summary(r) for r in records], "count": len(records)}
 
     def _accepted(result: operations.OperationResult) -> JSONResponse:
@@ -670,8 +669,7 @@ def create_app(
         seen by a connection that has its pages cached, so the file is probed afresh."""
         try:
             watchdog.check()
-            check_database(path, Access.READ)
-            readers.get().conn.execute("SELECT 1 FROM sagas LIMIT 1").fetchall()
+            readers.get().ping()
         except Exception as exc:  # any database failure means "not ready", never a 500
             return _problem(503, "Not ready", f"database {path}: {exc}")
         return JSONResponse({"status": "ready", "instance": instance})
@@ -679,7 +677,7 @@ def create_app(
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     def metrics_endpoint() -> PlainTextResponse:
         """Requests, latencies, sagas by status, queue depth and breaker states."""
-        store = stores.get()
+        store = readers.get()
         gauges: list[tuple[str, str, Mapping[str, str], float]] = []
         counts = store.count_by_status()
         for s in SagaStatus:

@@ -11,17 +11,18 @@ import contextlib
 import os
 import secrets
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.errors import SagaError
-from orchestrator.sqlite_store import SQLiteStore
-from orchestrator.store import Lease
+from orchestrator.store import Lease, Store
+from orchestrator.stores import DRIVER_ERRORS, open_store
 
 DEFAULT_LEASE_SECONDS = 10.0
+#: A busy, full or vanished database: the keeper reconnects and tries the next round.
+_FAILURES: tuple[type[Exception], ...] = (SagaError, *DRIVER_ERRORS)
 
 
 def new_owner(role: str = "worker") -> str:
@@ -108,19 +109,19 @@ class LeaseKeeper:
             return saga_id in self._lost
 
     def _loop(self) -> None:
-        store: SQLiteStore | None = None
+        store: Store | None = None
         try:
             while not self._stop.wait(self.lease_seconds / 3):
                 try:
                     if self.guard is not None:
                         self.guard()
                     if store is None:
-                        store = SQLiteStore(self.db, create=False)
+                        store = open_store(self.db, create=False)
                     self._renew_all(store)
-                except (SagaError, sqlite3.Error):
+                except _FAILURES:
                     # A busy, full or vanished database: reconnect and try the next round.
                     if store is not None:
-                        with contextlib.suppress(sqlite3.Error):
+                        with contextlib.suppress(*DRIVER_ERRORS):
                             store.close()
                     store = None
         except BaseException as exc:
@@ -128,10 +129,10 @@ class LeaseKeeper:
             raise
         finally:
             if store is not None:
-                with contextlib.suppress(sqlite3.Error):
+                with contextlib.suppress(*DRIVER_ERRORS):
                     store.close()
 
-    def _renew_all(self, store: SQLiteStore) -> None:
+    def _renew_all(self, store: Store) -> None:
         with self._lock:
             leases = list(self._leases.values())
         for lease in leases:

@@ -65,11 +65,7 @@ from orchestrator.saga import (
     rollback_request,
     skip_step_request,
 )
-
-# The store protocols do not cover state(), check_lease_free() and requeue() yet (issue 9,
-# part 3): the concrete store until they do.
-from orchestrator.sqlite_store import SQLiteStore
-from orchestrator.store import SagaRecord
+from orchestrator.store import SagaRecord, Store
 
 __all__ = [
     "ActionRefused",
@@ -175,7 +171,7 @@ class RunHere(Protocol):
 
 
 def resume(
-    store: SQLiteStore,
+    store: Store,
     saga_id: str,
     *,
     tenant: str | None = None,
@@ -201,7 +197,7 @@ def resume(
 
 
 def requeue(
-    store: SQLiteStore,
+    store: Store,
     saga_id: str,
     *,
     tenant: str | None = None,
@@ -213,7 +209,7 @@ def requeue(
 
 
 def _queue(
-    action: str, store: SQLiteStore, saga_id: str, tenant: str | None, clock: Clock
+    action: str, store: Store, saga_id: str, tenant: str | None, clock: Clock
 ) -> OperationResult:
     with _answers(action, saga_id):
         store.load(saga_id, tenant=tenant)
@@ -223,7 +219,7 @@ def _queue(
 
 
 def rollback(
-    store: SQLiteStore,
+    store: Store,
     saga_id: str,
     *,
     tenant: str | None = None,
@@ -246,7 +242,7 @@ def rollback(
 
 
 def retry_step(
-    store: SQLiteStore,
+    store: Store,
     saga_id: str,
     step: str,
     *,
@@ -266,7 +262,7 @@ def retry_step(
 
 
 def skip_step(
-    store: SQLiteStore,
+    store: Store,
     saga_id: str,
     step: str,
     *,
@@ -295,7 +291,7 @@ def skip_step(
 
 
 def journal_request(
-    store: SQLiteStore,
+    store: Store,
     saga_id: str,
     judge: Judge,
     *,
@@ -328,7 +324,7 @@ def journal_request(
 
 
 def check_resumable(
-    store: SQLiteStore, saga_id: str, *, clock: Clock = time.time
+    store: Store, saga_id: str, *, clock: Clock = time.time
 ) -> tuple[SagaRecord, SagaState]:
     """The saga as it stands, if a resume applies to it.
 
@@ -345,7 +341,7 @@ def check_resumable(
 def _request(
     action: str,
     what: str,
-    store: SQLiteStore,
+    store: Store,
     saga_id: str,
     judge: Judge,
     tenant: str | None,

@@ -35,8 +35,7 @@ from orchestrator.saga import (
     decide,
     idempotency_key,
 )
-from orchestrator.sqlite_store import SQLiteStore
-from orchestrator.store import Lease, SagaRecord
+from orchestrator.store import Lease, SagaRecord, Store
 
 
 class BreakerSource(Protocol):
@@ -84,7 +83,7 @@ def validate_input(flow: FlowDefinition, payload: Any) -> dict[str, Any]:
 
 
 def start_saga(
-    store: SQLiteStore,
+    store: Store,
     flow: FlowDefinition,
     payload: Any,
     *,
@@ -118,7 +117,7 @@ class SagaRunner:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         executor: StepExecutor,
         *,
         clock: Callable[[], float] = time.time,

@@ -1,4 +1,7 @@
-"""The embedded SQLite saga store.
+"""The embedded SQLite saga store: `SQLiteStore` implements `Store` (orchestrator/store.py).
+
+`orchestrator.stores.open_store` opens it for a plain path or a `sqlite:` URL; this module and
+orchestrator/sqlite_breakers.py are the only ones that import `sqlite3`.
 
 One connection per thread or process; WAL journal with synchronous=NORMAL; every write is a
 single `BEGIN IMMEDIATE` transaction (a deferred transaction that reads and then writes fails
@@ -9,7 +12,6 @@ Reads go through sqlite-utils; the append hot path is raw SQL.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 import os
@@ -40,6 +42,8 @@ from orchestrator.journal import JournalEntry, entry_from_row, entry_to_row
 from orchestrator.saga import Event, EventType, SagaState, SagaStatus
 from orchestrator.store import (
     DEFAULT_TENANT,
+    Access,
+    Guard,
     Lease,
     SagaRecord,
     StepFields,
@@ -226,12 +230,22 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _ACTIVE = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 
 
-class Access(enum.Enum):
-    """What a command will do with a database file, which decides what is refused."""
+#: What a driver raises that a store method may let through untranslated (damage found
+#: mid-read, say): callers that must survive any database failure catch these too.
+DRIVER_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
 
-    READ = "read"  # an existing file, opened read-only: nothing is ever written
-    WRITE = "write"  # an existing file, written
-    CREATE = "create"  # written, and created (with its directory) if missing
+__all__ = [
+    "DRIVER_ERRORS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Access",
+    "SQLiteStore",
+    "check_database",
+    "check_sqlite_file",
+    "connect",
+    "connect_read_only",
+    "open_sqlite_store",
+]
 
 
 @dataclass(frozen=True)
@@ -388,12 +402,26 @@ def check_database(path: str | Path, access: Access = Access.READ) -> int:
 
 
 def connect_read_only(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
-    """A read-only connection (SQLite's `mode=ro`): it can never write or take the write lock."""
-    uri = f"file:{quote(str(Path(path).absolute()))}?mode=ro"
-    try:
-        return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open database {path} to read: {exc}") from None
+    """A connection that never writes the database (`PRAGMA query_only`) and leaves no file.
+
+    A WAL database needs its `-wal` and `-shm` files to be read. When they are there (a
+    writer has the file open), the connection is SQLite's `mode=ro`: it creates nothing. When
+    they are not, `mode=ro` would create them and, unable to remove them, leave them behind;
+    so it is `mode=rw` (which never creates the database itself) with `query_only`: as the
+    last connection it removes them again when it closes, and the database file's bytes and
+    mtime stay as they were. A file this process cannot write falls back to `mode=ro`.
+    """
+    uri = f"file:{quote(str(Path(path).absolute()))}?mode="
+    modes = ("ro",) if Path(f"{path}-wal").exists() else ("rw", "ro")
+    error: sqlite3.Error | None = None
+    for mode in modes:
+        try:
+            conn = sqlite3.connect(uri + mode, uri=True, timeout=timeout, isolation_level=None)
+            conn.execute("PRAGMA query_only=ON")
+            return conn
+        except sqlite3.Error as exc:
+            error = exc
+    raise StoreError(f"cannot open database {path} to read: {error}") from None
 
 
 def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
@@ -415,8 +443,30 @@ def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
     return conn
 
 
+def open_sqlite_store(
+    path: str | Path,
+    *,
+    readonly: bool = False,
+    create: bool = True,
+    timeout: float = 30.0,
+    guard: Guard | None = None,
+) -> SQLiteStore:
+    """The store at `path`, after `check_database` refused anything that is not a saga
+    database (StoreError) before a byte is written.
+
+    `readonly`: a file at the current schema is opened read-only and nothing is written. A
+    file of an older sagalab is upgraded once first, the one write a read makes (a sagalab
+    database is never left unreadable by an upgrade); a missing file is never created.
+    """
+    if readonly:
+        if check_database(path, Access.READ) < SCHEMA_VERSION:
+            SQLiteStore(path, create=False, timeout=timeout).close()
+        return SQLiteStore(path, read_only=True, timeout=timeout, guard=guard)
+    return SQLiteStore(path, create=create, timeout=timeout, guard=guard)
+
+
 class SQLiteStore:
-    """`SagaStore` on one SQLite file. Not shareable across threads: open one per thread."""
+    """`Store` on one SQLite file. Not shareable across threads: open one per thread."""
 
     def __init__(
         self,
@@ -425,16 +475,19 @@ class SQLiteStore:
         timeout: float = 30.0,
         read_only: bool = False,
         create: bool = True,
+        guard: Guard | None = None,
     ) -> None:
         """Open the store at `path`, refusing anything that is not a saga database.
 
-        `read_only` opens with SQLite's `mode=ro` (never a write, never the write lock) and
-        needs a file at the current schema version. Otherwise the file is created if missing
-        (unless `create` is False) and migrated if older: the schema is set up by the first
-        writer, and opening a current file takes no write lock either.
+        `read_only` opens with `connect_read_only` (never a write, never the write lock, no
+        file left behind) and needs a file at the current schema version. Otherwise the file
+        is created if missing (unless `create` is False) and migrated if older: the schema is
+        set up by the first writer, and opening a current file takes no write lock either.
+        `guard` is called before every write transaction (a database watchdog).
         """
         self.path = Path(path)
         self.read_only = read_only
+        self.guard = guard
         access = Access.READ if read_only else Access.CREATE if create else Access.WRITE
         version = check_database(self.path, access)
         if read_only and version != SCHEMA_VERSION:
@@ -461,6 +514,10 @@ class SQLiteStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        if self.guard is not None:
+            self.guard()  # e.g. DatabaseGone: the path no longer names the file opened
+        if self.read_only:
+            raise StoreError(f"cannot write to {self.path}: opened read-only")
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -521,6 +578,15 @@ class SQLiteStore:
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+    def ping(self) -> None:
+        """StoreError unless the path still holds a saga database that answers.
+
+        The file is probed afresh (`check_database`): bytes written over it in place are not
+        seen by a connection that has its pages cached.
+        """
+        check_database(self.path, Access.READ)
+        self._guard(lambda: self.conn.execute("SELECT 1 FROM sagas LIMIT 1").fetchall())
 
     # -- sagas ------------------------------------------------------------------------------
 
@@ -846,7 +912,11 @@ class SQLiteStore:
 
     def count_by_status(self) -> dict[str, int]:
         """How many sagas are in each status."""
-        rows = self.conn.execute("SELECT status, COUNT(*) FROM sagas GROUP BY status")
+        rows = self._guard(
+            lambda: self.conn.execute(
+                "SELECT status, COUNT(*) FROM sagas GROUP BY status"
+            ).fetchall()
+        )
         return {status: n for status, n in rows}
 
     # -- the durable queue and leases ------------------------------------------------------
@@ -954,11 +1024,13 @@ class SQLiteStore:
 
     def stuck(self, *, now: float) -> list[str]:
         """Active sagas nobody is running: lease expired, or never queued."""
-        rows = self.conn.execute(
-            "SELECT id FROM sagas WHERE status IN ('pending', 'running', 'compensating') "
-            "AND (run_after IS NULL OR (lease_until IS NOT NULL AND lease_until < ?)) "
-            "ORDER BY created_at",
-            (now,),
+        rows = self._guard(
+            lambda: self.conn.execute(
+                "SELECT id FROM sagas WHERE status IN ('pending', 'running', 'compensating') "
+                "AND (run_after IS NULL OR (lease_until IS NOT NULL AND lease_until < ?)) "
+                "ORDER BY created_at",
+                (now,),
+            ).fetchall()
         )
         return [r[0] for r in rows]
 

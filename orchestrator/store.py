@@ -1,27 +1,51 @@
-"""The saga store's records, and the start of its interface.
+"""The store port: the records a saga store returns and the protocols it answers.
 
-The records (`SagaRecord`, `Lease`, `StepRow`) and `SagaStore` are what a store returns and
-answers; `SQLiteStore` (orchestrator/sqlite_store.py) is the one implementation. The port is
-not complete yet: `SagaStore` covers sagas and their journal only, and the runner, worker,
-lease keeper, supervisor, API, demo and CLI import `SQLiteStore` itself (the queue, leases,
-breakers and scaling events have no protocol here). Issue 9 makes this the one seam a second
-backend implements.
+Everything the runtime (runner, worker, lease keeper, supervisor), the HTTP API and the CLI
+ask of storage is a protocol here: `SagaStore` (sagas and their journal), `QueueStore` (the
+durable queue and its leases: claim, renew, release, park, requeue, stuck, stats),
+`ScalingStore` (the supervisor's decisions), all three together as `Store` (with `ping()`
+for readiness), and `BreakerStore` (circuit breaker state shared by every process on one
+database). `open_store` and `open_breaker_store` (orchestrator/stores.py) are the one place
+that maps a URL or path to a backend; today that is SQLite (orchestrator/sqlite_store.py and
+orchestrator/sqlite_breakers.py), the only modules that import `sqlite3` or name
+`SQLiteStore` (tests/test_store_imports.py keeps it so). A second backend implements these
+protocols and passes tests/store_conformance/.
+
+A store opened read-only (`open_store(..., readonly=True)`) never creates or changes a file:
+every write it is asked for fails with `StoreError`.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator.flow import FlowDefinition
 from orchestrator.journal import JournalEntry
 from orchestrator.saga import SagaState, SagaStatus
 
+if TYPE_CHECKING:
+    from orchestrator.policies.breaker import BreakerStorage
+
 #: The tenant of sagas created before tenants existed, and of those the CLI creates locally.
 DEFAULT_TENANT = "default"
+
+
+class Access(enum.Enum):
+    """What a command will do with a database, which decides what is refused."""
+
+    READ = "read"  # an existing database, opened read-only: nothing is ever written
+    WRITE = "write"  # an existing database, written
+    CREATE = "create"  # written, and created (with its directory) if missing
+
+
+Guard = Callable[[], None]
+"""Called before every write (a process's database watchdog); raises to stop it."""
 
 
 @dataclass(frozen=True)
@@ -116,10 +140,15 @@ class SagaStore(Protocol):
         trace_id: str,
         idempotency_key: str | None,
         now: float,
+        run_after: float | None = None,
+        initial: Sequence[JournalEntry] = (),
+        state: SagaState | None = None,
         tenant: str = DEFAULT_TENANT,
     ) -> tuple[SagaRecord, bool]:
-        """Store a new saga of `tenant` with its SAGA_CREATED event; (existing, False) for a
-        key the same tenant used before (keys are unique per tenant)."""
+        """Store a new saga of `tenant` with its SAGA_CREATED event (queued if `run_after` is
+        set; `initial` entries follow in the same transaction, `state` is their fold); for a
+        key the same tenant used before, (that saga, False), or IdempotencyConflict if its
+        input differs (keys are unique per tenant)."""
         ...
 
     def load(self, saga_id: str, *, tenant: str | None = None) -> SagaRecord:
@@ -128,7 +157,11 @@ class SagaStore(Protocol):
         ...
 
     def journal(self, saga_id: str) -> list[JournalEntry]:
-        """Every journal entry of the saga, in order."""
+        """Every journal entry of the saga, in order (SagaNotFoundError if unknown)."""
+        ...
+
+    def state(self, saga_id: str) -> tuple[SagaRecord, list[JournalEntry], SagaState]:
+        """Record, journal and their fold, read in one consistent snapshot."""
         ...
 
     def append(
@@ -144,12 +177,13 @@ class SagaStore(Protocol):
         """Append entries atomically after `expected_seq`; return the new last seq.
 
         Raises ConcurrentUpdate if another writer appended first, and LeaseLost if `lease`
-        is no longer the saga's current lease (fencing).
+        is no longer the saga's current, unexpired lease: the check and the write are one
+        statement (fencing), so a writer whose lease was taken over never lands an entry.
         """
         ...
 
     def steps(self, saga_id: str) -> list[StepRow]:
-        """Materialised step rows of the saga, in flow order."""
+        """Materialised step rows of the saga, in flow order ([] for an unknown id)."""
         ...
 
     def list_sagas(
@@ -161,6 +195,126 @@ class SagaStore(Protocol):
         tenant: str | None = None,
     ) -> list[SagaRecord]:
         """Most recent sagas first, optionally filtered (`tenant` None: every tenant's)."""
+        ...
+
+    def count_by_status(self) -> dict[str, int]:
+        """How many sagas are in each status (statuses with none are absent)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+class QueueStore(Protocol):
+    """The durable queue of sagas for workers, and the leases that fence their writers.
+
+    A lease's `epoch` grows with every claim of the saga: an append fenced by an older epoch
+    is refused (`SagaStore.append`), and so are renewals and releases of a lost lease.
+    """
+
+    def claim_next(self, owner: str, *, now: float, lease_seconds: float) -> Lease | None:
+        """Lease the saga due longest ago whose lease is free or expired (None if none is).
+        Atomic: two claimers never get the same saga."""
+        ...
+
+    def claim(
+        self,
+        saga_id: str,
+        owner: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        take_over: Callable[[str], bool] = ...,
+    ) -> Lease:
+        """Lease one saga (queued at `now` if it was not); LeaseHeld while another owner's
+        live lease holds it, unless `take_over(owner)` says that owner is gone."""
+        ...
+
+    def check_lease_free(
+        self, saga_id: str, *, now: float, take_over: Callable[[str], bool] = ...
+    ) -> None:
+        """LeaseHeld if `claim` would refuse the saga now; nothing otherwise."""
+        ...
+
+    def renew(self, lease: Lease, *, now: float, lease_seconds: float) -> Lease | None:
+        """The lease extended to `now + lease_seconds`; None if it was lost meanwhile."""
+        ...
+
+    def release(self, lease: Lease, *, run_after: float | None) -> bool:
+        """Give the saga back, due again at `run_after` (off the queue if None); False if
+        `lease` no longer holds it."""
+        ...
+
+    def park(self, lease: Lease, *, reason: str) -> bool:
+        """Give the saga back off the queue with `reason` (it waits for an operator)."""
+        ...
+
+    def requeue(self, saga_id: str, run_after: float) -> None:
+        """Put the saga (back) on the queue, due at `run_after`; a held lease stays."""
+        ...
+
+    def stuck(self, *, now: float) -> list[str]:
+        """Active sagas nobody runs (lease expired, or never queued), oldest first."""
+        ...
+
+    def queue_stats(self, now: float) -> dict[str, float]:
+        """`depth` (queued, unleased), `leased` (under a live lease) and `oldest_age` (s)."""
+        ...
+
+
+class ScalingStore(Protocol):
+    """The supervisor's autoscaling decisions, for operators and tests."""
+
+    def record_scaling(
+        self, *, at: float, before: int, after: int, depth: int, oldest_age: float, reason: str
+    ) -> None:
+        """Journal one decision."""
+        ...
+
+    def scaling_events(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The most recent `limit` decisions, oldest first."""
+        ...
+
+
+class Store(SagaStore, QueueStore, ScalingStore, Protocol):
+    """Everything the runtime, the API and the CLI use, on one database.
+
+    One handle per thread. `path` names where it lives (the file, for SQLite: what a
+    process's database watchdog watches).
+    """
+
+    path: Path
+    read_only: bool
+
+    def ping(self) -> None:
+        """Raise StoreError unless the database is there, is a saga database, and answers
+        (the API's readiness check)."""
+        ...
+
+
+class BreakerStore(Protocol):
+    """Circuit breaker state shared by every process on one database, and its history."""
+
+    def storage(self, name: str, clock: Callable[[], float]) -> BreakerStorage:
+        """The shared state of breaker `name`, as a breaker policy's storage."""
+        ...
+
+    def record_transition(self, name: str, now: float, new: str, *, owner: str) -> str | None:
+        """Log that `name` moved to `new`, unless the log already has it there: the state
+        it moved from, or None when it was no change (atomic across processes)."""
+        ...
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every breaker's shared state (with `transitions` and `damaged`), by name."""
+        ...
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Transitions (of one breaker, or all), oldest first."""
+        ...
+
+    def reset(self, name: str, *, now: float) -> bool:
+        """Close breaker `name` by hand; False if there is none of that name."""
         ...
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from orchestrator.limits import DEFAULT_GRACE, MAX_REPLICAS
 from orchestrator.policies.autoscaling import AutoscalePolicy, ScaleDecision
-from orchestrator.sqlite_store import SQLiteStore
+from orchestrator.stores import open_store
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until stopped or a limit is hit; return the restart count."""
-        store = SQLiteStore(self.config.db)
+        store = open_store(self.config.db)
         started = time.monotonic()
         last_change: float | None = None
         idle_since: float | None = None

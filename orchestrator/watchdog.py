@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 
 from orchestrator.errors import StoreError
-from orchestrator.journal import JournalEntry
-from orchestrator.saga import SagaState
-from orchestrator.sqlite_store import SQLiteStore
-from orchestrator.store import Lease
+from orchestrator.store import Store
+from orchestrator.stores import open_store, sqlite_path
 
 __all__ = ["DatabaseGone", "DatabaseWatchdog", "WatchedStore", "drop_own_sidecars"]
 
@@ -65,7 +62,7 @@ class DatabaseWatchdog:
 
     def __init__(self, path: str | Path, *, restart: str = "restart the worker") -> None:
         """Remember what `path` names now; `restart` ends the message: what to do next."""
-        self.path = Path(path)
+        self.path = sqlite_path(path)  # the file a SQLite URL names
         self.restart = restart
         self._identity = self._stat()
         if self._identity is None:
@@ -105,38 +102,9 @@ class DatabaseWatchdog:
             raise DatabaseGone(self._gone)
 
 
-class WatchedStore(SQLiteStore):
-    """A store whose every write first asks the watchdog (a worker's threads, `run --wait`)."""
-
-    def __init__(self, path: Path, watchdog: DatabaseWatchdog) -> None:
-        self.watchdog = watchdog
-        watchdog.check()
-        # create=False as well: the file may vanish between the check and the open.
-        super().__init__(path, create=False)
-
-    def claim_next(self, owner: str, *, now: float, lease_seconds: float) -> Lease | None:
-        self.watchdog.check()
-        return super().claim_next(owner, now=now, lease_seconds=lease_seconds)
-
-    def append(
-        self,
-        saga_id: str,
-        entries: Sequence[JournalEntry],
-        *,
-        expected_seq: int,
-        state: SagaState,
-        now: float,
-        lease: Lease | None = None,
-    ) -> int:
-        self.watchdog.check()
-        return super().append(
-            saga_id, entries, expected_seq=expected_seq, state=state, now=now, lease=lease
-        )
-
-    def release(self, lease: Lease, *, run_after: float | None) -> bool:
-        self.watchdog.check()
-        return super().release(lease, run_after=run_after)
-
-    def park(self, lease: Lease, *, reason: str) -> bool:
-        self.watchdog.check()
-        return super().park(lease, reason=reason)
+def WatchedStore(path: Path, watchdog: DatabaseWatchdog) -> Store:  # noqa: N802 (was a class)
+    """The store at `path` whose every write first asks the watchdog (a worker's threads,
+    `run --wait`): once the path names another file, writes raise DatabaseGone."""
+    watchdog.check()
+    # create=False as well: the file may vanish between the check and the open.
+    return open_store(path, create=False, guard=watchdog.check)

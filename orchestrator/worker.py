@@ -11,7 +11,7 @@ A worker never dies of one saga, and never idles as "up" when it cannot work:
 
 * anything a saga raises is caught: an attempt that raises is journaled as a failed attempt
   by the runner (the core then rolls back or parks the saga); anything else that makes a
-  saga unrunnable parks it off the queue with its reason (`SQLiteStore.park`);
+  saga unrunnable parks it off the queue with its reason (`QueueStore.park`);
 * any database error (locked, full, I/O; the breaker storage's included) makes the thread
   drop its connections, back off (doubling up to `MAX_BACKOFF`) and try again; the change
   between "unavailable" and "available again" is logged once, not every retry;
@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -45,7 +44,7 @@ from orchestrator.errors import (
 from orchestrator.executors import HttpExecutor, StepExecutor
 from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner
 from orchestrator.runner import SagaRunner
-from orchestrator.sqlite_store import SQLiteStore
+from orchestrator.stores import DRIVER_ERRORS, STORE_FAILURES, open_store
 from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog, WatchedStore
 
 log = logging.getLogger("sagalab.worker")
@@ -129,7 +128,7 @@ class _Tools:
                 close()
         for conn in (self.board, self.store):
             if conn is not None:
-                with contextlib.suppress(sqlite3.Error):
+                with contextlib.suppress(*DRIVER_ERRORS):
                     conn.close()
 
 
@@ -164,7 +163,7 @@ class Worker:
 
     def run(self) -> WorkerStats:
         """Run the worker threads until stopped, idle for `exit_when_idle`, or `max_seconds`."""
-        SQLiteStore(self.config.db).close()  # create/migrate once, before threads race
+        open_store(self.config.db).close()  # create/migrate once, before threads race
         self.watchdog = DatabaseWatchdog(self.config.db)
         started = time.monotonic()
         keeper = LeaseKeeper(
@@ -231,7 +230,7 @@ class Worker:
                 except DatabaseGone as exc:
                     self._fail(exc)
                     return
-                except (StoreError, sqlite3.Error) as exc:
+                except STORE_FAILURES as exc:
                     if any(word in str(exc) for word in _UNUSABLE):
                         self._fail(StoreError(f"database {self.config.db} is unusable: {exc}"))
                         return
@@ -299,10 +298,10 @@ class Worker:
         except ConcurrentUpdate:
             self.stats.add("conflicts")  # an operator wrote to it: take it again from the top
             run_after = self.clock()
-        except (StoreError, sqlite3.Error):
+        except STORE_FAILURES:
             # The database, not this saga: give it back if the database lets us (else its
             # lease runs out), and let the thread back off.
-            with contextlib.suppress(SagaError, sqlite3.Error):
+            with contextlib.suppress(SagaError, *DRIVER_ERRORS):
                 store.release(lease, run_after=self.clock())
             raise
         except ServiceConfigError as exc:  # this worker's configuration: try again later

@@ -1,8 +1,10 @@
-"""The SQLite saga store on real files: journal, idempotency, reopen, migration, concurrency."""
+"""The SQLite saga store on real files: journal, idempotency, reopen, migration, bad files.
+
+What every backend must do (concurrent writers included) is in tests/store_conformance/.
+"""
 
 from __future__ import annotations
 
-import multiprocessing
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from orchestrator.flow import FlowDefinition, flow_from_dict
 from orchestrator.journal import JournalEntry
 from orchestrator.saga import Event, EventType, Failure, Phase, SagaState, SagaStatus
 from orchestrator.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
-from orchestrator.store import SagaRecord
+from orchestrator.store import SagaRecord, Store
 
 FLOW_RAW = {
     "name": "order",
@@ -37,7 +39,7 @@ def order_flow() -> FlowDefinition:
 
 
 def create(
-    store: SQLiteStore, saga_id: str = "s1", key: str | None = None, **payload: Any
+    store: Store, saga_id: str = "s1", key: str | None = None, **payload: Any
 ) -> tuple[SagaRecord, bool]:
     return store.create_saga(
         saga_id=saga_id,
@@ -49,7 +51,7 @@ def create(
     )
 
 
-def advance(store: SQLiteStore, saga_id: str, events: list[Event], **extra: Any) -> int:
+def advance(store: Store, saga_id: str, events: list[Event], **extra: Any) -> int:
     """Append `events` after the saga's current journal, with the state they lead to."""
     record, entries, state = store.state(saga_id)
     for event in events:
@@ -295,18 +297,23 @@ def build_v1_file(path: Path) -> None:
     conn.close()
 
 
-def test_migration_from_v1_keeps_rows(db_path: Path) -> None:
-    # Write a saga with today's code, then strip the file back to the v1 schema by hand.
-    store = SQLiteStore(db_path)
-    create(store, "s1", key="k")
-    advance(store, "s1", reserve_ok())
-    before = (store.load("s1"), store.journal("s1"), store.steps("s1"))
-    store.close()
-    v1 = db_path.with_name("v1.db")
+def strip_to_v1(current: Path, v1: Path) -> None:
+    """Write at `v1` a schema-version-1 file holding the sagas and journals of `current`.
+
+    Also the store conformance suite's older database (tests/store_conformance/conftest.py).
+    """
+    reader = SQLiteStore(current)
+    steps = [
+        (record.id, r.name, r.index, r.status, r.attempts, r.compensation_attempts, r.last_error)
+        for record in reader.list_sagas(limit=10_000)
+        for r in reader.steps(record.id)
+    ]
+    reader.close()
     build_v1_file(v1)
     conn = sqlite3.connect(v1, isolation_level=None)
-    conn.execute("ATTACH DATABASE ? AS cur", (str(db_path),))
+    conn.execute("ATTACH DATABASE ? AS cur", (str(current),))
     v1_columns = [r[1] for r in conn.execute("PRAGMA table_info(sagas)")]
+    assert "lease_owner" not in v1_columns
     # A v1 file kept each saga's flow snapshot inline; today's keeps it in flow_snapshots.
     inline = "(SELECT body FROM cur.flow_snapshots f WHERE f.hash = s.flow_hash)"
     selected = [inline if c == "flow_snapshot" else f"s.{c}" for c in v1_columns]
@@ -314,16 +321,21 @@ def test_migration_from_v1_keeps_rows(db_path: Path) -> None:
         f"INSERT INTO sagas ({', '.join(v1_columns)}) SELECT {', '.join(selected)} FROM cur.sagas s"
     )
     conn.execute("INSERT INTO events SELECT * FROM cur.events")
-    conn.executemany(  # v1 kept step rows in a table; today's keeps them in the saga's row
-        "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            ("s1", r.name, r.index, r.status, r.attempts, r.compensation_attempts, r.last_error)
-            for r in before[2]
-        ],
-    )
+    # v1 kept step rows in a table; today's keeps them in the saga's row.
+    conn.executemany("INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)", steps)
     conn.execute("DETACH DATABASE cur")
     conn.close()
-    assert "lease_owner" not in v1_columns
+
+
+def test_migration_from_v1_keeps_rows(db_path: Path) -> None:
+    # Write a saga with today's code, then strip the file back to the v1 schema.
+    store = SQLiteStore(db_path)
+    create(store, "s1", key="k")
+    advance(store, "s1", reserve_ok())
+    before = (store.load("s1"), store.journal("s1"), store.steps("s1"))
+    store.close()
+    v1 = db_path.with_name("v1.db")
+    strip_to_v1(db_path, v1)
 
     migrated = SQLiteStore(v1)
     try:
@@ -382,133 +394,6 @@ def test_non_database_file_is_refused(tmp_path: Path) -> None:
 
 
 # --- several processes ---------------------------------------------------------------------
-
-SPAWN = multiprocessing.get_context("spawn")
-
-
-def _own_saga_worker(path: str, worker: int, sagas: int, steps: int) -> None:
-    """Create `sagas` sagas and append `steps` events to each, one commit per event."""
-    store = SQLiteStore(path, timeout=30.0)
-    try:
-        flow = order_flow()
-        for n in range(sagas):
-            saga_id = f"w{worker}-{n}"
-            store.create_saga(
-                saga_id=saga_id,
-                flow=flow,
-                payload={"order_id": saga_id},
-                trace_id="t",
-                idempotency_key=f"key-{saga_id}",
-                now=float(n),
-            )
-            seq = 1
-            state = SagaState(flow)
-            for i in range(steps):
-                event = Event(
-                    EventType.RETRY_SCHEDULED, float(i), "reserve", Phase.ACTION, i, not_before=1.0
-                )
-                seq = store.append(
-                    saga_id,
-                    [JournalEntry(event, span_id=f"{worker}")],
-                    expected_seq=seq,
-                    state=state,
-                    now=float(i),
-                )
-    finally:
-        store.close()
-
-
-def _racing_worker(path: str, worker: int, rounds: int, barrier: Any, results: Any) -> None:
-    """Each round: everyone reads the same last seq, then everyone tries to append after it."""
-    store = SQLiteStore(path, timeout=30.0)
-    state = SagaState(order_flow())
-    try:
-        for r in range(rounds):
-            barrier.wait()
-            seq = store.load("shared").last_seq
-            barrier.wait()
-            event = Event(
-                EventType.RETRY_SCHEDULED, float(r), "reserve", Phase.ACTION, r, not_before=1.0
-            )
-            try:
-                store.append(
-                    "shared",
-                    [JournalEntry(event, span_id=f"w{worker}")],
-                    expected_seq=seq,
-                    state=state,
-                    now=float(r),
-                )
-                results.put((r, worker, seq, "won"))
-            except ConcurrentUpdate:
-                results.put((r, worker, seq, "lost"))
-            except Exception as exc:  # anything else, e.g. "database is locked", fails the test
-                results.put((r, worker, seq, f"error: {type(exc).__name__}: {exc}"))
-    finally:
-        store.close()
-
-
-def _run(processes: list[Any]) -> None:
-    for p in processes:
-        p.start()
-    for p in processes:
-        p.join(timeout=60)
-    for p in processes:
-        assert p.exitcode == 0, f"worker {p.name} exited with {p.exitcode}"
-
-
-def test_concurrent_writers_on_distinct_sagas(db_path: Path) -> None:
-    SQLiteStore(db_path).close()
-    workers, sagas, steps = 4, 5, 20
-    _run(
-        [
-            SPAWN.Process(
-                target=_own_saga_worker, args=(str(db_path), w, sagas, steps), name=f"w{w}"
-            )
-            for w in range(workers)
-        ]
-    )
-    store = SQLiteStore(db_path)
-    try:
-        records = store.list_sagas(limit=1000)
-        assert len(records) == workers * sagas
-        for record in records:
-            seqs = [e.seq for e in store.journal(record.id)]
-            assert seqs == list(range(1, steps + 2)), record.id
-            assert record.last_seq == steps + 1
-        total = store.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        assert total == workers * sagas * (steps + 1)
-    finally:
-        store.close()
-
-
-def test_concurrent_writers_racing_on_one_saga(db_path: Path) -> None:
-    with SQLiteStoreCtx(db_path) as store:
-        create(store, "shared")
-    workers, rounds = 4, 15
-    barrier = SPAWN.Barrier(workers)
-    results = SPAWN.Queue()
-    processes = [
-        SPAWN.Process(
-            target=_racing_worker, args=(str(db_path), w, rounds, barrier, results), name=f"w{w}"
-        )
-        for w in range(workers)
-    ]
-    _run(processes)
-    outcomes = [results.get(timeout=10) for _ in range(workers * rounds)]
-    results.close()
-    errors = [o for o in outcomes if o[3].startswith("error")]
-    assert errors == []
-    for r in range(rounds):
-        this_round = [o for o in outcomes if o[0] == r]
-        assert len({o[2] for o in this_round}) == 1, "every racer read the same seq"
-        assert [o[3] for o in this_round].count("won") == 1, this_round
-
-    with SQLiteStoreCtx(db_path) as store:
-        entries = store.journal("shared")
-        assert [e.seq for e in entries] == list(range(1, rounds + 2))
-        winners = {(o[0], f"w{o[1]}") for o in outcomes if o[3] == "won"}
-        assert {(int(e.event.at), e.span_id) for e in entries[1:]} == winners
-        assert store.load("shared").last_seq == rounds + 1
 
 
 class SQLiteStoreCtx:

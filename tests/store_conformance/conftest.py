@@ -1,0 +1,52 @@
+"""The store conformance suite: what every backend of the store port must do.
+
+Every test takes the backend from `store_factory`, parametrized by backend name. A backend
+is a URL that `orchestrator.stores.open_store` and `open_breaker_store` accept, plus one
+backend-specific hook: `older()`, a database at an older schema version holding what the
+current one holds (migration). Today the one backend is "sqlite"; issue 10 adds "postgres"
+to `BACKENDS` (and its fixture setup below), and the suite is its definition of done.
+Tests use the protocols of orchestrator/store.py only, never a backend's internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conformancelab import Backend
+
+from orchestrator.store import Store
+
+#: The backends every conformance test runs against (issue 10 adds "postgres").
+BACKENDS = ["sqlite"]
+
+
+def _sqlite(tmp_path: Path) -> Backend:
+    from test_store import strip_to_v1  # the migration tests' own older file, reused
+
+    path = tmp_path / "conformance.db"
+
+    def older() -> str:
+        v1 = tmp_path / "older.db"
+        strip_to_v1(path, v1)
+        return f"sqlite://{v1}"
+
+    return Backend("sqlite", f"sqlite://{path}", older)
+
+
+@pytest.fixture(params=BACKENDS)
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The backend named by the parameter, on a fresh database."""
+    if request.param == "sqlite":
+        backend = _sqlite(tmp_path)
+    else:  # pragma: no cover - a backend added to BACKENDS without its setup
+        raise pytest.UsageError(f"no setup for store backend {request.param!r}")
+    yield backend
+    backend.close_all()
+
+
+@pytest.fixture
+def store(store_factory: Backend) -> Store:
+    """One handle on the backend's fresh database."""
+    return store_factory.open()

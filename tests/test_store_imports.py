@@ -1,0 +1,97 @@
+"""Only the SQLite store modules know SQLite: the store port stays the one seam.
+
+The runtime, the API and the CLI get a `Store` or `BreakerStore` (orchestrator/store.py) from
+`orchestrator.stores`, the one place that maps a database URL to a backend. This test reads
+every module of the repository's packages with `ast` and fails when one outside the allowed
+sets imports `sqlite3`, names `SQLiteStore`, or imports the SQLite store modules themselves.
+
+Allowed, and why:
+
+* `SQLITE_MODULES`: the SQLite backend (saga store, migrations, breaker state);
+* `orchestrator/stores.py`: the factory, which opens the SQLite backend (and names no
+  `sqlite3`);
+* `edge/keys.py` may import `sqlite3`: the API key database (`keys.db`, `--keys-db`) is a
+  separate component of the edge, not the saga database: its own file in the stack
+  directory, read by every gateway (which never opens the saga database) and written by
+  `sagalab keys`. It shares nothing with the store port; a second saga backend leaves it be;
+* `benchmarks/bench_orchestrator.py` and `bench_workers.py` may import `sqlite3`: they
+  measure the SQLite backend (DBOS's file set to WAL, results read from a second
+  connection), and `bench_orchestrator.py` may name `SQLiteStore`: it counts the SQLite
+  store's commits with the connection's trace callback. Their other stores come from
+  `open_store`.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("cli", "orchestrator", "edge", "simulator", "fakeservices", "loadtests", "benchmarks")
+
+SQLITE_MODULES = frozenset({"orchestrator/sqlite_store.py", "orchestrator/sqlite_breakers.py"})
+FACTORY = "orchestrator/stores.py"
+#: Modules allowed to import sqlite3 besides the SQLite backend (reasons in the docstring).
+SQLITE3_ALSO = frozenset(
+    {"edge/keys.py", "benchmarks/bench_orchestrator.py", "benchmarks/bench_workers.py"}
+)
+#: Modules allowed to open the SQLite store directly besides the factory (see the docstring).
+BACKEND_ALSO = frozenset({"benchmarks/bench_orchestrator.py"})
+BACKEND_MODULES = ("orchestrator.sqlite_store", "orchestrator.sqlite_breakers")
+
+
+def _modules() -> list[str]:
+    found = [
+        str(p.relative_to(ROOT)) for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))
+    ]
+    return [m for m in found if "/tests/" not in m]
+
+
+def violations(source: str, module: str) -> list[str]:
+    """What `module` (its path from the root) may not do with SQLite, one line each."""
+    may_import_sqlite3 = module in SQLITE_MODULES or module in SQLITE3_ALSO
+    may_use_backend = module in SQLITE_MODULES or module == FACTORY or module in BACKEND_ALSO
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        for name in names:
+            if name.split(".")[0] == "sqlite3" and not may_import_sqlite3:
+                found.append(f"line {node.lineno}: imports {name}")
+            if name.startswith(BACKEND_MODULES) and not may_use_backend:
+                found.append(f"line {node.lineno}: imports {name} (use orchestrator.stores)")
+        if isinstance(node, ast.Name | ast.Attribute) and not may_use_backend:
+            named = node.id if isinstance(node, ast.Name) else node.attr
+            if named == "SQLiteStore":
+                found.append(f"line {node.lineno}: names SQLiteStore")
+    return sorted(set(found))
+
+
+@pytest.mark.parametrize("module", _modules())
+def test_module_does_not_reach_past_the_store_port(module: str) -> None:
+    assert violations((ROOT / module).read_text(), module) == []
+
+
+def test_the_rule_catches_each_way_round_the_port() -> None:
+    """The check itself: each kind of import it exists to refuse is reported."""
+    assert violations("import sqlite3\n", "orchestrator/worker.py") == ["line 1: imports sqlite3"]
+    assert violations("from sqlite3 import Error\n", "cli/errors.py") != []
+    assert violations("from orchestrator.sqlite_store import SQLiteStore\n", "cli/x.py") != []
+    assert violations("import orchestrator.sqlite_breakers\n", "orchestrator/api.py") != []
+    assert violations("x = mod.SQLiteStore(path)\n", "orchestrator/api.py") != []
+    # What is allowed where, by the same function.
+    assert violations("import sqlite3\n", "orchestrator/sqlite_store.py") == []
+    assert violations("import sqlite3\n", "edge/keys.py") == []
+    assert violations("from orchestrator.sqlite_store import open_sqlite_store\n", FACTORY) == []
+    assert violations("import sqlite3\n", FACTORY) != []
+
+
+def test_every_package_module_is_checked() -> None:
+    modules = _modules()
+    assert {"orchestrator/api.py", "cli/orchestrate.py", "orchestrator/worker.py"} <= set(modules)
+    assert set(modules) >= SQLITE_MODULES and FACTORY in modules
