@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = (
     "orchestrator/__init__.py",
     "orchestrator/saga.py",
+    "orchestrator/driver.py",
     "orchestrator/flow.py",
     "orchestrator/templates.py",
     "orchestrator/jsonsafe.py",
