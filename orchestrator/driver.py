@@ -8,7 +8,8 @@ call, count the outcome for the breaker, journal the outcome. That acting used t
 twice (the real runner and the SimPy saga process). It lives here once, as a generator that
 does no I/O itself: it *yields effects* (frozen dataclasses) and is *sent* what happened.
 
-    driver = drive(state, saga_id=..., now=clock(), rng=rng, gated=services_with_breakers)
+    gates = breaker_gates(flow, services_with_breakers)   # once per flow
+    driver = drive(state, saga_id=..., now=clock(), rng=rng, gates=gates)
     effect = next(driver)
     while not isinstance(effect, Done):
         effect = driver.send(act_on(effect))   # each effect says what it must be sent
@@ -16,16 +17,17 @@ does no I/O itself: it *yields effects* (frozen dataclasses) and is *sent* what 
 The effects, and the reply each expects:
 
 * `Commit(events, details, before_call)` -> the time after committing (float). Make these
-  noted events durable, in one write. `details` holds, per event, what the interpreter handed
-  back with an answer (`Answer.detail`), for it to store beside the event.
-* `AskBreaker(service)` -> `Admission(now, retry_after)`: may a call to `service` go now?
-  `retry_after` None: yes (in half-open: you are the probe); else the seconds until it may.
+  noted events durable, in one write. `details` maps an event's index to what the
+  interpreter handed back with that outcome (`Answer`'s detail), to store beside it.
+* `AskBreaker(service)` -> None if a call to `service` may go out now (in half-open: you are
+  the probe), else the seconds until it may.
 * `BreakerRefused(service, step, phase, waits)` -> ignored. Told once per refusal, so a
   runtime can count or show it; `waits` says which of the two refusal rules applies.
-* `Call(step, phase, attempt, idempotency_key)` -> `Answer(at, failure, unwell, detail)`:
-  the attempt's outcome, classified by `orchestrator.outcomes` (failure None: success;
-  `unwell`: the service, not the request, is the problem).
-* `RecordOutcome(service, healthy, at)` -> ignored. Tell the service's breaker.
+* `Call(saga_id, step, phase, attempt)` (and its `idempotency_key`) -> an `Answer`, the
+  tuple `(at, failure, unwell, detail)`: the attempt's outcome, classified by
+  `orchestrator.outcomes` (failure None: success; `unwell`: the service, not the request, is
+  the problem).
+* `RecordOutcome(service, healthy)` -> ignored. Tell the service's breaker, now.
 * `WaitUntil(until, step, service)` -> the time after waiting (float). `service` is set when
   the wait is for an open breaker (nothing is journaled for it), None for a scheduled retry.
   A runtime that does not wait (a worker handing the saga back to the queue) stops here:
@@ -57,8 +59,9 @@ from __future__ import annotations
 
 from collections.abc import Container, Generator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
+from orchestrator.flow import FlowDefinition
 from orchestrator.policies.breaker import MIN_REFUSAL_WAIT
 from orchestrator.policies.retry import UniformSource
 from orchestrator.saga import (
@@ -76,7 +79,6 @@ from orchestrator.saga import (
 )
 
 __all__ = [
-    "Admission",
     "Answer",
     "AskBreaker",
     "BreakerRefused",
@@ -84,8 +86,10 @@ __all__ = [
     "Commit",
     "Done",
     "Effect",
+    "Gates",
     "RecordOutcome",
     "WaitUntil",
+    "breaker_gates",
     "drive",
     "refusal_failure",
 ]
@@ -98,28 +102,60 @@ _STARTED, _SUCCEEDED, _FAILED = (
 
 
 # --- effects (what the driver asks for) -------------------------------------------------------
+#
+# Commit and Call (one of each per attempt) are slotted and not frozen (treat them as
+# immutable all the same): a frozen dataclass's initialiser pays an object.__setattr__ call per
+# field and an object with a __dict__ is two allocations, and the simulator builds millions
+# of these (measured: the simulator's benchmark). The breaker effects are built once
+# per service and step (`drive`'s `gates`), so they carry no time: a breaker is asked and told
+# at the interpreter's clock, which is the driver's time as far as the saga is concerned.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Commit:
     """Make `events` durable in one write; reply with the time after it.
 
-    `before_call`: the last event is the ATTEMPT_STARTED of the attempt about to be sent.
+    `details` maps an index in `events` to what the interpreter handed back with that
+    outcome's `Answer` (None when there is none). `before_call`: the last event is the
+    ATTEMPT_STARTED of the attempt about to be sent.
     """
 
-    events: tuple[Event, ...]
-    details: tuple[Any, ...]
+    events: list[Event]
+    details: dict[int, Any] | None = None
     before_call: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AskBreaker:
-    """May a call to `service` go now? Reply with an `Admission`."""
+    """May a call to `service` go out now? Reply None (yes) or the seconds until it may."""
 
     service: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
+class Call:
+    """Send attempt `attempt` of `step`'s `phase` of saga `saga_id`; reply an `Answer`."""
+
+    saga_id: object
+    step: str
+    phase: Phase
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        """The key every attempt of this step's phase carries (built only when sent for real)."""
+        return idempotency_key(str(self.saga_id), self.step, self.phase)
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    """Tell the breaker of `service`, now, that a call it let through was `healthy` (or not)."""
+
+    service: str
+    healthy: bool
+
+
+@dataclass(frozen=True)
 class BreakerRefused:
     """The breaker of `service` refused `step`'s `phase`; it `waits` (or fails fast)."""
 
@@ -129,26 +165,7 @@ class BreakerRefused:
     waits: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    """Send attempt `attempt` of `step`'s `phase` under `idempotency_key`; reply an `Answer`."""
-
-    step: str
-    phase: Phase
-    attempt: int
-    idempotency_key: str
-
-
-@dataclass(frozen=True, slots=True)
-class RecordOutcome:
-    """Tell the breaker of `service` that a call it let through was `healthy` (or not)."""
-
-    service: str
-    healthy: bool
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class WaitUntil:
     """Come back at `until`; reply with the time then. `service`: an open breaker's wait."""
 
@@ -157,7 +174,7 @@ class WaitUntil:
     service: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Done:
     """The saga halted with `status`; everything noted is committed."""
 
@@ -166,28 +183,13 @@ class Done:
 
 Effect = Commit | AskBreaker | BreakerRefused | Call | RecordOutcome | WaitUntil | Done
 
-
 # --- replies (what the interpreter sends back) ------------------------------------------------
 
-
-class Admission(NamedTuple):
-    """A breaker's answer at `now`: `retry_after` None lets the call go."""
-
-    now: float
-    retry_after: float | None = None
-
-
-class Answer(NamedTuple):
-    """A call's classified outcome at `at` (`orchestrator.outcomes.Verdict`'s two fields).
-
-    `detail` is the interpreter's own (what was sent and received); it comes back beside the
-    outcome's event in the `Commit` that stores it.
-    """
-
-    at: float
-    failure: Failure | None
-    unwell: bool
-    detail: Any = None
+Answer = tuple[float, Failure | None, bool, Any]
+"""A call's outcome, `(at, failure, unwell, detail)`: when it came, the failure (None for a
+success) and whether the service is unwell, as `orchestrator.outcomes` classified it, and the
+interpreter's own `detail` (what was sent and received, or None), which comes back beside the
+outcome's event in the `Commit` that stores it. A plain tuple: one per call."""
 
 
 def refusal_failure(service: str, retry_after: float) -> Failure:
@@ -199,45 +201,58 @@ def refusal_failure(service: str, retry_after: float) -> Failure:
     )
 
 
+Gates = dict[str, tuple["AskBreaker", "RecordOutcome", "RecordOutcome"]]
+"""Per step whose service has a circuit breaker: the question and the two reports."""
+
+
+def breaker_gates(flow: FlowDefinition, gated: Container[str]) -> Gates:
+    """The `Gates` of `flow` when the services in `gated` have breakers (build once, reuse)."""
+    return {
+        s.name: (
+            AskBreaker(s.service),
+            RecordOutcome(s.service, True),
+            RecordOutcome(s.service, False),
+        )
+        for s in flow.steps
+        if s.service is not None and s.service in gated
+    }
+
+
 def drive(
     state: SagaState,
     *,
     saga_id: object,
     now: float,
     rng: UniformSource,
-    gated: Container[str] = (),
+    gates: Gates | None = None,
 ) -> Generator[Effect, Any, None]:
     """Run `state`'s saga until it halts, as effects (see the module docstring).
 
     `state` is folded in place: after each effect it is the saga as journaled so far (noted
-    events included). `gated` holds the services that have a circuit breaker. `now` is the
-    time at the start; every reply brings the time on.
+    events included). `gates` (from `breaker_gates`) says which steps' calls a breaker gates;
+    none without. `now` is the time at the start; the replies bring the time on.
     """
-    flow = state.flow
-    services = {s.name: s.service for s in flow.steps}
+    if gates is None:
+        gates = {}
     apply = state.apply
     events: list[Event] = []  # noted since the last commit
-    details: list[Any] = []
+    details: dict[int, Any] | None = None  # index in `events` -> the interpreter's detail
     while True:
         command = decide(state, now=now, rng=rng)
         if type(command) is RunAttempt:
             name, phase, attempt = command.step, command.phase, command.attempt
-            service = services[name]
-            gate = service is not None and service in gated
-            if gate:
-                assert service is not None
-                admission: Admission = yield AskBreaker(service)
-                now = admission.now
-                retry_after = admission.retry_after
+            gate = gates.get(name)
+            if gate is not None:
+                service = gate[0].service
+                retry_after = yield gate[0]
                 if retry_after is not None:
                     waits = state.refusal_waits(name, phase)
                     yield BreakerRefused(service, name, phase, waits)
                     if waits:  # never dropped: asked again once it may half-open
+                        until = now + max(retry_after, MIN_REFUSAL_WAIT)
                         if events:
-                            now = yield Commit(tuple(events), tuple(details))
-                            events.clear()
-                            details.clear()
-                        until = admission.now + max(retry_after, MIN_REFUSAL_WAIT)
+                            now = yield Commit(events, details)
+                            events, details = [], None
                         now = yield WaitUntil(until, name, service)
                         continue
                     refused = refusal_failure(service, retry_after)
@@ -247,44 +262,37 @@ def drive(
                     ):
                         apply(event)
                         events.append(event)
-                        details.append(None)
                     continue
             started = Event(_STARTED, now, name, phase, attempt)
             apply(started)
             events.append(started)
-            details.append(None)
             # durable before anything is sent: a crash now leaves an open attempt
-            now = yield Commit(tuple(events), tuple(details), True)
-            events.clear()
-            details.clear()
-            answer: Answer = yield Call(
-                name, phase, attempt, idempotency_key(str(saga_id), name, phase)
-            )
-            now = answer.at
-            if gate:
-                assert service is not None
-                yield RecordOutcome(service, not answer.unwell, now)
-            failure = answer.failure
+            now = yield Commit(events, details, True)
+            events, details = [], None
+            now, failure, unwell, detail = yield Call(saga_id, name, phase, attempt)
+            if gate is not None:
+                yield gate[2] if unwell else gate[1]
             if failure is None:
                 event = Event(_SUCCEEDED, now, name, phase, attempt)
             else:
                 event = Event(_FAILED, now, name, phase, attempt, failure)
             apply(event)
+            if detail is not None:
+                if details is None:
+                    details = {}
+                details[len(events)] = detail
             events.append(event)
-            details.append(answer.detail)
         elif type(command) is Record:
             event = command.event
             apply(event)
             events.append(event)
-            details.append(None)
         elif type(command) is Halt:
             if events:
-                yield Commit(tuple(events), tuple(details))
+                yield Commit(events, details)
             yield Done(command.status)
             return
         else:  # Wait: a scheduled retry
             if events:
-                now = yield Commit(tuple(events), tuple(details))
-                events.clear()
-                details.clear()
+                now = yield Commit(events, details)
+                events, details = [], None
             now = yield WaitUntil(command.until)  # type: ignore[union-attr]

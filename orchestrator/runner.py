@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from orchestrator.driver import (
-    Admission,
-    Answer,
     AskBreaker,
     Call,
     Commit,
     Done,
     RecordOutcome,
     WaitUntil,
+    breaker_gates,
     drive,
 )
 from orchestrator.errors import InputError, SagaError
@@ -202,15 +201,17 @@ class SagaRunner:
             saga_id=saga_id,
             now=self.clock(),
             rng=self.rng,
-            gated=_EVERY_SERVICE if breakers is not None else (),
+            gates=breaker_gates(flow, _EVERY_SERVICE) if breakers is not None else None,
         )
         reply: Any = None
         while True:
             effect = driver.send(reply)
             reply = None
             if type(effect) is Commit:
+                details = effect.details or {}
                 entries = []
-                for event, detail in zip(effect.events, effect.details, strict=True):
+                for i, event in enumerate(effect.events):
+                    detail = details.get(i)
                     if detail is not None:  # a call's outcome: what was sent and received
                         outcome, span = detail
                         entries.append(
@@ -243,20 +244,20 @@ class SagaRunner:
                     self.checkpoint("after-call", step.name, effect.phase)
                 if outcome.failure is None and effect.phase is Phase.ACTION:
                     responses[step.name] = outcome.response
-                reply = Answer(self.clock(), outcome.failure, outcome.unwell, (outcome, span_id))
+                reply = (self.clock(), outcome.failure, outcome.unwell, (outcome, span_id))
             elif type(effect) is AskBreaker:
                 assert breakers is not None
                 breaker = breakers.get(effect.service)
                 now = self.clock()
-                allowed = breaker.allow(now)
-                reply = Admission(now, None if allowed else breaker.retry_after(now))
+                if not breaker.allow(now):
+                    reply = breaker.retry_after(now)
             elif type(effect) is RecordOutcome:
                 assert breakers is not None
                 breaker = breakers.get(effect.service)
                 if effect.healthy:
-                    breaker.record_success(effect.at)
+                    breaker.record_success(self.clock())
                 else:
-                    breaker.record_failure(effect.at)
+                    breaker.record_failure(self.clock())
             elif type(effect) is WaitUntil:
                 if not wait_for_retries:
                     return RunResult(state.status, wait_until=effect.until)

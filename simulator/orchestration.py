@@ -34,8 +34,6 @@ from typing import Any
 import simpy
 
 from orchestrator.driver import (
-    Admission,
-    Answer,
     AskBreaker,
     BreakerRefused,
     Call,
@@ -43,6 +41,7 @@ from orchestrator.driver import (
     Done,
     RecordOutcome,
     WaitUntil,
+    breaker_gates,
     drive,
 )
 from orchestrator.flow import FlowDefinition
@@ -157,8 +156,8 @@ class Orchestrator:
         self.breakers = breakers
         # Per step: its service, that service's breaker (if any) and the call timeout.
         self.routes: dict[str, tuple[Service, Breaker | None, float]] = {}
-        # The services whose calls the driver gates on a breaker.
-        self.gated = frozenset(breakers)
+        # The steps whose calls the driver gates on a breaker, built once for every saga.
+        self.gates = breaker_gates(flow, breakers)
         for s in flow.steps:
             service = services.get(s.service or "")
             if service is None:  # the scenario model checks this first, with the scenario's path
@@ -336,11 +335,12 @@ class Orchestrator:
         db = self.db_write
         journal = saga.journal
         routes = self.routes
+        breakers = self.breakers
         saga.owner = replica
         replica.leased[saga] = None
         now = saga.run_started = env.now
         self.run_stats.enter(now)
-        driver = drive(saga.state, saga_id=saga.id, now=now, rng=self.rng, gated=self.gated)
+        driver = drive(saga.state, saga_id=saga.id, now=now, rng=self.rng, gates=self.gates)
         send = driver.send
         effect = next(driver)
         while True:
@@ -355,21 +355,17 @@ class Orchestrator:
                 call = service.call(saga, name, effect.phase, limit)
                 yield call.event
                 failure, unwell = call.outcome
-                effect = send(Answer(env.now, failure, unwell))
+                effect = send((env.now, failure, unwell, None))
             elif type(effect) is AskBreaker:
-                breaker = self.breakers[effect.service]
+                breaker = breakers[effect.service]
                 now = env.now
-                effect = send(
-                    Admission(now, None)
-                    if breaker.allow(now)
-                    else Admission(now, breaker.retry_after(now))
-                )
+                effect = send(None if breaker.allow(now) else breaker.retry_after(now))
             elif type(effect) is RecordOutcome:
-                breaker = self.breakers[effect.service]
+                breaker = breakers[effect.service]
                 if effect.healthy:
-                    breaker.record_success(effect.at)
+                    breaker.record_success(env.now)
                 else:
-                    breaker.record_failure(effect.at)
+                    breaker.record_failure(env.now)
                 effect = send(None)
             elif type(effect) is WaitUntil:
                 delay = effect.until - env.now

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -311,12 +311,16 @@ def run_simulated(case: Case) -> Run:
         paths[(s.name, "action")] = f"/{s.name}"
         paths[(s.name, "compensation")] = f"/{s.name}/undo"
     service = ScriptedService(env, script, paths)
+
+    def noting(service: str) -> Callable[[float, str, str], None]:
+        return lambda now, old, new: run.transitions.append((service, now, old, new))
+
     breakers = {
         s: Breaker(
             s,
             fail_max=case.fail_max.get(s, 5),
             reset_timeout=RESET_TIMEOUT,
-            on_transition=lambda now, old, new, s=s: run.transitions.append((s, now, old, new)),
+            on_transition=noting(s),
         )
         for s in SERVICES
     }
