@@ -16,15 +16,16 @@ does no I/O itself: it *yields effects* (frozen dataclasses) and is *sent* what 
 
 The effects, and the reply each expects:
 
-* `Commit(events, details, before_call)` -> the time after committing (float). Make these
+* `Commit(events, details)` -> the time after committing (float). Make these
   noted events durable, in one write. `details` maps an event's index to what the
   interpreter handed back with that outcome (`Answer`'s detail), to store beside it.
 * `AskBreaker(service)` -> None if a call to `service` may go out now (in half-open: you are
   the probe), else the seconds until it may.
 * `BreakerRefused(service, step, phase, waits)` -> ignored. Told once per refusal, so a
   runtime can count or show it; `waits` says which of the two refusal rules applies.
-* `Call(saga_id, step, phase, attempt)` (and its `idempotency_key`) -> an `Answer`, the
-  tuple `(at, failure, unwell, detail)`: the attempt's outcome, classified by
+* `Call(commit, saga_id, step, phase, attempt)` (and its `idempotency_key`) -> an `Answer`:
+  first carry out `commit` (a `Commit` ending with this attempt's ATTEMPT_STARTED), then send
+  the attempt. The answer is the tuple `(at, failure, unwell, detail)`: its outcome, classified by
   `orchestrator.outcomes` (failure None: success; `unwell`: the service, not the request, is
   the problem).
 * `RecordOutcome(service, healthy)` -> ignored. Tell the service's breaker, now.
@@ -116,13 +117,11 @@ class Commit:
     """Make `events` durable in one write; reply with the time after it.
 
     `details` maps an index in `events` to what the interpreter handed back with that
-    outcome's `Answer` (None when there is none). `before_call`: the last event is the
-    ATTEMPT_STARTED of the attempt about to be sent.
+    outcome's `Answer` (None when there is none).
     """
 
     events: list[Event]
     details: dict[int, Any] | None = None
-    before_call: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,8 +133,15 @@ class AskBreaker:
 
 @dataclass(slots=True)
 class Call:
-    """Send attempt `attempt` of `step`'s `phase` of saga `saga_id`; reply an `Answer`."""
+    """Commit `commit`, then send attempt `attempt` of `step`'s `phase`; reply an `Answer`.
 
+    `commit` ends with this attempt's ATTEMPT_STARTED: it must be durable before anything is
+    sent, so that a crash in between leaves an open attempt (which `decide` then closes as
+    interrupted and retries under the same idempotency key). One effect, not two, because
+    the two always go together and the simulator pays for every effect.
+    """
+
+    commit: Commit
     saga_id: object
     step: str
     phase: Phase
@@ -243,9 +249,9 @@ def drive(
             name, phase, attempt = command.step, command.phase, command.attempt
             gate = gates.get(name)
             if gate is not None:
-                service = gate[0].service
                 retry_after = yield gate[0]
                 if retry_after is not None:
+                    service = gate[0].service
                     waits = state.refusal_waits(name, phase)
                     yield BreakerRefused(service, name, phase, waits)
                     if waits:  # never dropped: asked again once it may half-open
@@ -267,9 +273,9 @@ def drive(
             apply(started)
             events.append(started)
             # durable before anything is sent: a crash now leaves an open attempt
-            now = yield Commit(events, details, True)
+            call = Call(Commit(events, details), saga_id, name, phase, attempt)
             events, details = [], None
-            now, failure, unwell, detail = yield Call(saga_id, name, phase, attempt)
+            now, failure, unwell, detail = yield call
             if gate is not None:
                 yield gate[2] if unwell else gate[1]
             if failure is None:

@@ -195,7 +195,6 @@ class SagaRunner:
         flow = record.flow
         seq = record.last_seq
         breakers = self.breakers
-        span_id: str | None = None  # the attempt in flight's, minted when its start commits
         driver = drive(
             state,
             saga_id=saga_id,
@@ -208,34 +207,13 @@ class SagaRunner:
             effect = driver.send(reply)
             reply = None
             if type(effect) is Commit:
-                details = effect.details or {}
-                entries = []
-                for i, event in enumerate(effect.events):
-                    detail = details.get(i)
-                    if detail is not None:  # a call's outcome: what was sent and received
-                        outcome, span = detail
-                        entries.append(
-                            JournalEntry(
-                                event,
-                                request=outcome.request,
-                                response=outcome.response,
-                                status_code=outcome.status_code,
-                                duration_ms=outcome.duration_ms,
-                                span_id=span,
-                            )
-                        )
-                    else:
-                        entries.append(JournalEntry(event))
-                if effect.before_call:
-                    span_id = new_span_id()
-                    entries[-1] = JournalEntry(entries[-1].event, span_id=span_id)
-                seq = self._commit(record, state, entries, seq, lease)
-                if self.on_event is not None:
-                    for entry in entries:
-                        self.on_event(saga_id, entry.event)
+                seq = self._commit(record, state, self._entries(effect), seq, lease)
                 reply = self.clock()
             elif type(effect) is Call:
-                assert span_id is not None  # the driver commits the start first
+                entries = self._entries(effect.commit)
+                span_id = new_span_id()  # the attempt's, on its ATTEMPT_STARTED and outcome
+                entries[-1] = JournalEntry(entries[-1].event, span_id=span_id)
+                seq = self._commit(record, state, entries, seq, lease)
                 step = flow.step(effect.step)
                 if self.checkpoint is not None:
                     self.checkpoint("before-call", step.name, effect.phase)
@@ -271,6 +249,28 @@ class SagaRunner:
                 return RunResult(effect.status)
             # BreakerRefused: nothing to do here (the journal says it for a failed action)
 
+    def _entries(self, commit: Commit) -> list[JournalEntry]:
+        """The journal rows of `commit`'s events (a call's outcome with what it sent and got)."""
+        details = commit.details or {}
+        entries = []
+        for i, event in enumerate(commit.events):
+            detail = details.get(i)
+            if detail is None:
+                entries.append(JournalEntry(event))
+                continue
+            outcome, span = detail
+            entries.append(
+                JournalEntry(
+                    event,
+                    request=outcome.request,
+                    response=outcome.response,
+                    status_code=outcome.status_code,
+                    duration_ms=outcome.duration_ms,
+                    span_id=span,
+                )
+            )
+        return entries
+
     def _commit(
         self,
         record: SagaRecord,
@@ -293,10 +293,15 @@ class SagaRunner:
             )
             if not created:
                 raise _AlreadyCreated(stored.id)
-            return 1 + len(entries)
-        return self.store.append(
-            record.id, entries, expected_seq=seq, state=state, now=self.clock(), lease=lease
-        )
+            seq = 1 + len(entries)
+        else:
+            seq = self.store.append(
+                record.id, entries, expected_seq=seq, state=state, now=self.clock(), lease=lease
+            )
+        if self.on_event is not None:  # told once they are durable
+            for entry in entries:
+                self.on_event(record.id, entry.event)
+        return seq
 
     def _execute(
         self,

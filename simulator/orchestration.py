@@ -344,12 +344,12 @@ class Orchestrator:
         send = driver.send
         effect = next(driver)
         while True:
-            if type(effect) is Commit:
-                yield timeout(db())  # one DB write for everything noted
-                journal.extend(effect.events)
+            # the most frequent first: per attempt, one Call and (with a breaker) one
+            # AskBreaker and one RecordOutcome
+            if type(effect) is Call:
+                yield timeout(db())  # the attempt's start is durable before the call
+                journal.extend(effect.commit.events)
                 saga.flushed = len(journal)
-                effect = send(env.now)
-            elif type(effect) is Call:
                 name = effect.step
                 service, _breaker, limit = routes[name]
                 call = service.call(saga, name, effect.phase, limit)
@@ -367,6 +367,11 @@ class Orchestrator:
                 else:
                     breaker.record_failure(env.now)
                 effect = send(None)
+            elif type(effect) is Commit:
+                yield timeout(db())  # one DB write for everything noted
+                journal.extend(effect.events)
+                saga.flushed = len(journal)
+                effect = send(env.now)
             elif type(effect) is WaitUntil:
                 delay = effect.until - env.now
                 if delay > 0:  # the commit may have taken longer than the wait
