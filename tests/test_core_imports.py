@@ -12,7 +12,8 @@ they import) and follows every import of our own packages:
 
 What is core, and why the rest is not:
 
-* core: `saga.py` (the state machine), `flow.py` (flow definitions), `templates.py`,
+* core: `saga.py` (the state machine), `driver.py` (the saga driver both runtimes interpret),
+  `outcomes.py` (what an answer means), `flow.py` (flow definitions), `templates.py`,
   `jsonsafe.py` (the one JSON check), `errors.py` (the exception tree they raise) and
   `policies/*` (retry, breaker, token bucket, balancer, autoscaling, firewall);
 * `operator.py` is a shell: it reads and appends through `SQLiteStore`, reads the wall clock by
