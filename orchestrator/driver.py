@@ -6,7 +6,7 @@ Theory of operation
 the service's circuit breaker, journal the attempt, make the journal durable before the call,
 call, count the outcome for the breaker, journal the outcome. That acting used to be written
 twice (the real runner and the SimPy saga process). It lives here once, as a generator that
-does no I/O itself: it *yields effects* (frozen dataclasses) and is *sent* what happened.
+does no I/O itself: it *yields effects* (dataclasses) and is *sent* what happened.
 
     gates = breaker_gates(flow, services_with_breakers)   # once per flow
     driver = drive(state, saga_id=..., now=clock(), rng=rng, gates=gates)
@@ -16,8 +16,8 @@ does no I/O itself: it *yields effects* (frozen dataclasses) and is *sent* what 
 
 The effects, and the reply each expects:
 
-* `Commit(events, details)` -> the time after committing (float). Make these
-  noted events durable, in one write. `details` maps an event's index to what the
+* `Commit(events, details)` -> the time after committing (float). Make these noted events
+  durable, in one write. `details` maps an event's index to what the
   interpreter handed back with that outcome (`Answer`'s detail), to store beside it.
 * `AskBreaker(service)` -> None if a call to `service` may go out now (in half-open: you are
   the probe), else the seconds until it may.
@@ -25,9 +25,9 @@ The effects, and the reply each expects:
   runtime can count or show it; `waits` says which of the two refusal rules applies.
 * `Call(commit, saga_id, step, phase, attempt)` (and its `idempotency_key`) -> an `Answer`:
   first carry out `commit` (a `Commit` ending with this attempt's ATTEMPT_STARTED), then send
-  the attempt. The answer is the tuple `(at, failure, unwell, detail)`: its outcome, classified by
-  `orchestrator.outcomes` (failure None: success; `unwell`: the service, not the request, is
-  the problem).
+  the attempt. The answer is the tuple `(at, failure, unwell, detail)`: its outcome as
+  `orchestrator.outcomes` classified it (failure None: success; `unwell`: the service, not
+  the request, is the problem).
 * `RecordOutcome(service, healthy)` -> ignored. Tell the service's breaker, now.
 * `WaitUntil(until, step, service)` -> the time after waiting (float). `service` is set when
   the wait is for an open breaker (nothing is journaled for it), None for a scheduled retry.
@@ -37,7 +37,7 @@ The effects, and the reply each expects:
 
 The rules owned here:
 
-* **Breaker gate and refusal.** A call to a service with a breaker (`gated`) asks it first.
+* **Breaker gate and refusal.** A call to a service with a breaker (`gates`) asks it first.
   A refused action before the pivot fails fast: journaled as a non-retryable failure that
   applied nothing, so the flow rolls back. What has to go through anyway
   (`SagaState.refusal_waits`: a compensation, an action past the pivot, a stranded pivot)
@@ -49,7 +49,7 @@ The rules owned here:
 * **Commit points.** Events that need no I/O are noted and committed together with the next
   ATTEMPT_STARTED (which must be durable before the call is sent), before any wait, and at
   the end: one commit per call, and every step's result committed before the next step
-  starts. A crash loses exactly the events noted since the last `Commit`; `decide` then closes
+  starts. A crash loses exactly the events noted since the last commit; `decide` then closes
   the open attempt as interrupted, and the retry carries the same idempotency key.
 
 Pure: no I/O, no clock, no randomness of its own (time comes in with the replies; `rng` is the
