@@ -210,9 +210,8 @@ class SagaRunner:
                 seq = self._commit(record, state, self._entries(effect), seq, lease)
                 reply = self.clock()
             elif type(effect) is Call:
-                entries = self._entries(effect.commit)
                 span_id = new_span_id()  # the attempt's, on its ATTEMPT_STARTED and outcome
-                entries[-1] = JournalEntry(entries[-1].event, span_id=span_id)
+                entries = self._entries(effect.commit, started_span=span_id)
                 seq = self._commit(record, state, entries, seq, lease)
                 step = flow.step(effect.step)
                 if self.checkpoint is not None:
@@ -249,14 +248,20 @@ class SagaRunner:
                 return RunResult(effect.status)
             # BreakerRefused: nothing to do here (the journal says it for a failed action)
 
-    def _entries(self, commit: Commit) -> list[JournalEntry]:
-        """The journal rows of `commit`'s events (a call's outcome with what it sent and got)."""
+    def _entries(self, commit: Commit, *, started_span: str | None = None) -> list[JournalEntry]:
+        """The journal rows of `commit`'s events (a call's outcome with what it sent and got).
+
+        `started_span`: the span id of the attempt whose ATTEMPT_STARTED ends the commit.
+        """
         details = commit.details or {}
+        events = commit.events
+        last = len(events) - 1
         entries = []
-        for i, event in enumerate(commit.events):
+        for i, event in enumerate(events):
             detail = details.get(i)
             if detail is None:
-                entries.append(JournalEntry(event))
+                span = started_span if i == last else None
+                entries.append(JournalEntry(event, span_id=span))
                 continue
             outcome, span = detail
             entries.append(
