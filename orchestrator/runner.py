@@ -1,9 +1,10 @@
 """The saga runner: the real runtime's loop around the pure core.
 
-It folds the stored journal, asks `decide` for the next command and acts on it, journaling
-every step of the way. Events that need no I/O are batched and committed together with the
-next ATTEMPT_STARTED (which must be durable before the call is sent) or at the end, so every
-step's result is committed before the next step starts, with one commit per call.
+It folds the stored journal and interprets the saga driver's effects (`orchestrator.driver`,
+which owns `decide`, the breaker gate and refusal, the breaker accounting and the commit
+points): commits go to the store, calls to the executor, breaker questions to the
+`BreakerSource`, waits to `sleep`. The SimPy saga process (simulator/orchestration.py)
+interprets the same effects, so both runtimes journal and commit the same way.
 """
 
 from __future__ import annotations
@@ -15,26 +16,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from orchestrator.driver import (
+    AskBreaker,
+    Call,
+    Commit,
+    Done,
+    RecordOutcome,
+    WaitUntil,
+    breaker_gates,
+    drive,
+)
 from orchestrator.errors import InputError, SagaError
 from orchestrator.executors import AttemptContext, AttemptOutcome, StepExecutor
-from orchestrator.flow import FlowDefinition
+from orchestrator.flow import FlowDefinition, StepDefinition
 from orchestrator.journal import JournalEntry
 from orchestrator.jsonsafe import check_json_value
-from orchestrator.policies.breaker import MIN_REFUSAL_WAIT, Breaker
-from orchestrator.saga import (
-    Event,
-    EventType,
-    Failure,
-    Halt,
-    Phase,
-    Record,
-    RunAttempt,
-    SagaState,
-    SagaStatus,
-    Wait,
-    decide,
-    idempotency_key,
-)
+from orchestrator.policies.breaker import Breaker
+from orchestrator.saga import Event, EventType, Failure, Phase, SagaState, SagaStatus
 from orchestrator.store import Lease, SagaRecord, Store
 
 
@@ -191,109 +189,146 @@ class SagaRunner:
         lease: Lease | None,
         wait_for_retries: bool,
     ) -> RunResult:
+        """Interpret the driver's effects (`orchestrator.driver`) with this store and executor."""
         saga_id = record.id
+        flow = record.flow
         seq = record.last_seq
-        pending: list[JournalEntry] = []
-
-        def flush() -> None:
-            nonlocal seq
-            if not pending:
-                return
-            if seq == 0:  # not stored yet (`start`): create it with these first entries
-                stored, created = self.store.create_saga(
-                    saga_id=saga_id,
-                    flow=record.flow,
-                    payload=record.input,
-                    trace_id=record.trace_id,
-                    idempotency_key=record.idempotency_key,
-                    now=record.created_at,
-                    initial=pending,
-                    state=state,
-                )
-                if not created:
-                    raise _AlreadyCreated(stored.id)
-                seq = 1 + len(pending)
-            else:
-                seq = self.store.append(
-                    saga_id, pending, expected_seq=seq, state=state, now=self.clock(), lease=lease
-                )
-            pending.clear()
-
-        def note(entry: JournalEntry) -> None:
-            state.apply(entry.event)
-            pending.append(entry)
-            if self.on_event is not None:
-                self.on_event(saga_id, entry.event)
-
+        breakers = self.breakers
+        driver = drive(
+            state,
+            saga_id=saga_id,
+            now=self.clock(),
+            rng=self.rng,
+            gates=breaker_gates(flow, _EVERY_SERVICE) if breakers is not None else None,
+        )
+        reply: Any = None
         while True:
-            now = self.clock()
-            command = decide(state, now=now, rng=self.rng)
-            if isinstance(command, Halt):
-                flush()
-                return RunResult(command.status)
-            if isinstance(command, Record):
-                note(JournalEntry(command.event))
-                continue
-            if isinstance(command, Wait):
-                flush()
+            effect = driver.send(reply)
+            reply = None
+            if type(effect) is Commit:
+                seq = self._commit(record, state, self._entries(effect), seq, lease)
+                reply = self.clock()
+            elif type(effect) is Call:
+                span_id = new_span_id()  # the attempt's, on its ATTEMPT_STARTED and outcome
+                entries = self._entries(effect.commit, started_span=span_id)
+                seq = self._commit(record, state, entries, seq, lease)
+                step = flow.step(effect.step)
+                if self.checkpoint is not None:
+                    self.checkpoint("before-call", step.name, effect.phase)
+                outcome = self._execute(record, step, effect, span_id, responses)
+                if self.checkpoint is not None:
+                    self.checkpoint("after-call", step.name, effect.phase)
+                if outcome.failure is None and effect.phase is Phase.ACTION:
+                    responses[step.name] = outcome.response
+                reply = (self.clock(), outcome.failure, outcome.unwell, (outcome, span_id))
+            elif type(effect) is AskBreaker:
+                assert breakers is not None
+                breaker = breakers.get(effect.service)
+                now = self.clock()
+                if not breaker.allow(now):
+                    reply = breaker.retry_after(now)
+            elif type(effect) is RecordOutcome:
+                assert breakers is not None
+                breaker = breakers.get(effect.service)
+                if effect.healthy:
+                    breaker.record_success(self.clock())
+                else:
+                    breaker.record_failure(self.clock())
+            elif type(effect) is WaitUntil:
                 if not wait_for_retries:
-                    return RunResult(state.status, wait_until=command.until)
-                self.sleep(max(0.0, command.until - now))
-                continue
-            assert isinstance(command, RunAttempt)
-            refused_until = self._attempt(record, state, command, responses, note, flush)
-            if refused_until is not None:  # waits for the breaker to half-open
-                flush()
-                if not wait_for_retries:
-                    return RunResult(state.status, wait_until=refused_until)
-                pause = max(0.0, refused_until - self.clock())
-                if self.on_breaker_wait is not None:
-                    service = record.flow.step(command.step).service or "?"
-                    self.on_breaker_wait(record.id, command.step, service, pause)
+                    return RunResult(state.status, wait_until=effect.until)
+                pause = max(0.0, effect.until - self.clock())
+                if effect.service is not None and self.on_breaker_wait is not None:
+                    # an open breaker journals nothing: say why nothing moves
+                    self.on_breaker_wait(saga_id, effect.step or "?", effect.service, pause)
                 self.sleep(pause)
+                reply = self.clock()
+            elif type(effect) is Done:
+                return RunResult(effect.status)
+            # BreakerRefused: nothing to do here (the journal says it for a failed action)
 
-    def _attempt(
+    def _entries(self, commit: Commit, *, started_span: str | None = None) -> list[JournalEntry]:
+        """The journal rows of `commit`'s events (a call's outcome with what it sent and got).
+
+        `started_span`: the span id of the attempt whose ATTEMPT_STARTED ends the commit.
+        """
+        details = commit.details or {}
+        events = commit.events
+        last = len(events) - 1
+        entries = []
+        for i, event in enumerate(events):
+            detail = details.get(i)
+            if detail is None:
+                span = started_span if i == last else None
+                entries.append(JournalEntry(event, span_id=span))
+                continue
+            outcome, span = detail
+            entries.append(
+                JournalEntry(
+                    event,
+                    request=outcome.request,
+                    response=outcome.response,
+                    status_code=outcome.status_code,
+                    duration_ms=outcome.duration_ms,
+                    span_id=span,
+                )
+            )
+        return entries
+
+    def _commit(
         self,
         record: SagaRecord,
         state: SagaState,
-        command: RunAttempt,
+        entries: list[JournalEntry],
+        seq: int,
+        lease: Lease | None,
+    ) -> int:
+        """Store `entries` after journal sequence `seq`; the new last sequence number."""
+        if seq == 0:  # not stored yet (`start`): create it with these first entries
+            stored, created = self.store.create_saga(
+                saga_id=record.id,
+                flow=record.flow,
+                payload=record.input,
+                trace_id=record.trace_id,
+                idempotency_key=record.idempotency_key,
+                now=record.created_at,
+                initial=entries,
+                state=state,
+            )
+            if not created:
+                raise _AlreadyCreated(stored.id)
+            seq = 1 + len(entries)
+        else:
+            seq = self.store.append(
+                record.id, entries, expected_seq=seq, state=state, now=self.clock(), lease=lease
+            )
+        if self.on_event is not None:  # told once they are durable
+            for entry in entries:
+                self.on_event(record.id, entry.event)
+        return seq
+
+    def _execute(
+        self,
+        record: SagaRecord,
+        step: StepDefinition,
+        call: Call,
+        span_id: str,
         responses: dict[str, Any],
-        note: Callable[[JournalEntry], None],
-        flush: Callable[[], None],
-    ) -> float | None:
-        """Perform one attempt; return a time to come back if the breaker refused it."""
-        step = record.flow.step(command.step)
-        breaker = None
-        if self.breakers is not None and step.service is not None:
-            breaker = self.breakers.get(step.service)
-            now = self.clock()
-            if not breaker.allow(now):
-                wait = max(breaker.retry_after(now), MIN_REFUSAL_WAIT)
-                if state.refusal_waits(command.step, command.phase):
-                    return now + wait  # never dropped: asked again once it may half-open
-                self._refuse(state, command, breaker, note)
-                return None
-        span_id = new_span_id()
-        started = Event(
-            EventType.ATTEMPT_STARTED, self.clock(), step.name, command.phase, command.attempt
-        )
-        note(JournalEntry(started, span_id=span_id))
-        flush()  # durable before anything is sent: a crash now leaves an open attempt
-        if self.checkpoint is not None:
-            self.checkpoint("before-call", step.name, command.phase)
+    ) -> AttemptOutcome:
+        """Perform one attempt with the executor; never raises for the saga's own failure."""
         ctx = AttemptContext(
             saga_id=record.id,
             trace_id=record.trace_id,
             span_id=span_id,
             step=step,
-            phase=command.phase,
-            attempt=command.attempt,
-            idempotency_key=idempotency_key(record.id, step.name, command.phase),
+            phase=call.phase,
+            attempt=call.attempt,
+            idempotency_key=call.idempotency_key,
             input=record.input,
             responses=responses,
         )
         try:
-            outcome = self.executor.execute(ctx)
+            return self.executor.execute(ctx)
         except SagaError:
             raise  # the runtime's own (a service without a URL, the store): not this saga's
         except Exception as exc:
@@ -301,70 +336,17 @@ class SagaRunner:
             # it cannot handle. Fail the attempt for good rather than the worker's thread; it
             # may have been sent, so it counts as maybe applied (compensated on rollback).
             error = f"executor error: {type(exc).__name__}: {exc}"
-            outcome = AttemptOutcome(failure=Failure(error, False, True))
-        if breaker is not None:
-            # Which outcomes mean the service is unwell is the shared classification's
-            # (`orchestrator.outcomes`): 5xx, timeouts, refused or dropped connections; a 4xx
-            # (429 and 409 in_progress included) is a healthy service answering.
-            if outcome.unwell:
-                breaker.record_failure(self.clock())
-            else:
-                breaker.record_success(self.clock())
-        if self.checkpoint is not None:
-            self.checkpoint("after-call", step.name, command.phase)
-        if outcome.failure is None:
-            kind = EventType.ATTEMPT_SUCCEEDED
-            if command.phase is Phase.ACTION:
-                responses[step.name] = outcome.response
-        else:
-            kind = EventType.ATTEMPT_FAILED
-        event = Event(
-            kind, self.clock(), step.name, command.phase, command.attempt, outcome.failure
-        )
-        note(
-            JournalEntry(
-                event,
-                request=outcome.request,
-                response=outcome.response,
-                status_code=outcome.status_code,
-                duration_ms=outcome.duration_ms,
-                span_id=span_id,
-            )
-        )
-        return None
+            return AttemptOutcome(failure=Failure(error, False, True))
 
-    def _refuse(
-        self,
-        state: SagaState,
-        command: RunAttempt,
-        breaker: Breaker,
-        note: Callable[[JournalEntry], None],
-    ) -> None:
-        """An action refused by an open breaker fails fast: journaled, not retried."""
-        now = self.clock()
-        note(
-            JournalEntry(
-                Event(EventType.ATTEMPT_STARTED, now, command.step, command.phase, command.attempt)
-            )
-        )
-        failure = Failure(
-            f"circuit breaker {breaker.name!r} is open: not called "
-            f"(may half-open in {breaker.retry_after(now):.1f}s)",
-            retryable=False,
-            maybe_applied=False,
-        )
-        note(
-            JournalEntry(
-                Event(
-                    EventType.ATTEMPT_FAILED,
-                    now,
-                    command.step,
-                    command.phase,
-                    command.attempt,
-                    failure,
-                )
-            )
-        )
+
+class _EveryService:
+    """Every service has a breaker when the runner has a `BreakerSource`."""
+
+    def __contains__(self, service: object) -> bool:
+        return True
+
+
+_EVERY_SERVICE = _EveryService()
 
 
 class _AlreadyCreated(Exception):

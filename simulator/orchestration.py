@@ -3,16 +3,16 @@
 Every replica runs `concurrency` workers. A worker takes the oldest saga from the queue, holds
 its lease, and loops exactly as the real runtime does:
 
-    command = decide(state, now=env.now, rng=rng)
-    RunAttempt -> ask the service's breaker; journal ATTEMPT_STARTED and commit (one DB write,
-                  which also carries the previous outcome); call the service; tell the breaker;
-                  note the outcome
-    Record     -> note the event
-    Wait       -> commit what is noted (one DB write), then sleep until `until`
-    Halt       -> commit what is noted; the saga is terminal: check its invariants, release it
+    the saga driver (`orchestrator.driver.drive`) yields effects; the worker acts on them:
+    Commit       -> one DB write (the journal grows by the committed events)
+    AskBreaker   -> the service's breaker, at env.now
+    Call         -> the simulated service; its classified outcome goes back to the driver
+    RecordOutcome-> tell the breaker
+    WaitUntil    -> sleep until then
+    Done         -> the saga halted: check its invariants, release it
 
-These are the real runner's commit points, so a crash loses what it would lose there: the
-noted events since the last commit (`Saga.lose_unflushed`).
+The driver is the real runner's too, so the commit points are the same and a crash loses
+what it would lose there: the events noted since the last commit (`Saga.lose_unflushed`).
 
 A breaker refusal fails an action before the pivot fast (journaled as a non-retryable failure,
 so the flow rolls back) but only delays what has to go through (`SagaState.refusal_waits`: a
@@ -33,34 +33,28 @@ from typing import Any
 
 import simpy
 
+from orchestrator.driver import (
+    AskBreaker,
+    BreakerRefused,
+    Call,
+    Commit,
+    Done,
+    RecordOutcome,
+    WaitUntil,
+    breaker_gates,
+    drive,
+)
 from orchestrator.flow import FlowDefinition
 from orchestrator.policies.autoscaling import AutoscalePolicy
-from orchestrator.policies.breaker import MIN_REFUSAL_WAIT, Breaker
-from orchestrator.saga import (
-    Event,
-    EventType,
-    Failure,
-    Halt,
-    Phase,
-    Record,
-    RunAttempt,
-    SagaState,
-    SagaStatus,
-    Wait,
-    decide,
-)
+from orchestrator.policies.breaker import Breaker
+from orchestrator.saga import Event, EventType, Phase, SagaState, SagaStatus
 from simulator.errors import ScenarioError
 from simulator.metrics import Histogram, TierStats
 from simulator.stations import Service
 
 __all__ = ["Orchestrator", "Replica", "Saga"]
 
-BREAKER_OPEN = Failure("circuit breaker open", retryable=False, maybe_applied=False)
-_STARTED, _SUCCEEDED, _FAILED = (
-    EventType.ATTEMPT_STARTED,
-    EventType.ATTEMPT_SUCCEEDED,
-    EventType.ATTEMPT_FAILED,
-)
+_SUCCEEDED = EventType.ATTEMPT_SUCCEEDED
 
 
 class Saga:
@@ -89,8 +83,8 @@ class Saga:
         created = Event(EventType.SAGA_CREATED, born)
         self.state = SagaState(flow)
         self.state.apply(created)
-        # Its journal, and how much of it is durable: like the real runner, outcomes and
-        # records are committed with the next attempt's start, or before a wait or the end.
+        # Its committed journal (the driver commits outcomes and records with the next
+        # attempt's start, or before a wait or the end) and how much of it is durable.
         self.journal = [created]
         self.flushed = 1
         self.born = born
@@ -107,6 +101,8 @@ class Saga:
         """A crash: what was not committed is gone; the state is what the journal says."""
         if len(self.journal) > self.flushed:
             del self.journal[self.flushed :]
+        # The driver folds what it notes into `state` before it commits it to `journal`.
+        if self.state.events_applied != len(self.journal):
             self.state = SagaState.replay(self.state.flow, self.journal)
 
     def compensation_order(self) -> list[str]:
@@ -160,6 +156,8 @@ class Orchestrator:
         self.breakers = breakers
         # Per step: its service, that service's breaker (if any) and the call timeout.
         self.routes: dict[str, tuple[Service, Breaker | None, float]] = {}
+        # The steps whose calls the driver gates on a breaker, built once for every saga.
+        self.gates = breaker_gates(flow, breakers)
         for s in flow.steps:
             service = services.get(s.service or "")
             if service is None:  # the scenario model checks this first, with the scenario's path
@@ -330,80 +328,65 @@ class Orchestrator:
             return
 
     def _run(self, saga: Saga, replica: Replica) -> Generator[simpy.Event, Any, None]:
+        # Interprets the saga driver's effects (`orchestrator.driver`), as the real runner
+        # does: the rules (breaker gate, refusal, accounting, commit points) are the driver's.
         env = self.env
         timeout = env.timeout
-        rng = self.rng
         db = self.db_write
-        state = saga.state
         journal = saga.journal
-        apply, append = state.apply, journal.append
         routes = self.routes
+        breakers = self.breakers
         saga.owner = replica
         replica.leased[saga] = None
         now = saga.run_started = env.now
         self.run_stats.enter(now)
+        driver = drive(saga.state, saga_id=saga.id, now=now, rng=self.rng, gates=self.gates)
+        send = driver.send
+        effect = next(driver)
         while True:
-            now = env.now
-            command = decide(state, now=now, rng=rng)
-            if isinstance(command, RunAttempt):
-                name, phase, attempt = command.step, command.phase, command.attempt
-                service, breaker, limit = routes[name]
-                if breaker is not None and not breaker.allow(now):
-                    if state.refusal_waits(name, phase):
-                        self.count(
-                            "compensations_delayed_by_breaker"
-                            if phase is Phase.COMPENSATION
-                            else "actions_delayed_by_breaker"
-                        )
-                        if len(journal) > saga.flushed:
-                            yield timeout(db())
-                            saga.flushed = len(journal)
-                        yield timeout(max(breaker.retry_after(now), MIN_REFUSAL_WAIT))
-                        continue
-                    self.count("actions_refused_by_breaker")
-                    for event in (
-                        Event(_STARTED, now, name, phase, attempt),
-                        Event(_FAILED, now, name, phase, attempt, BREAKER_OPEN),
-                    ):
-                        apply(event)
-                        append(event)
-                    continue
-                event = Event(_STARTED, now, name, phase, attempt)
-                apply(event)
-                append(event)
-                yield timeout(db())  # durable before the call, with the previous outcome
+            # the most frequent first: per attempt, one Call and (with a breaker) one
+            # AskBreaker and one RecordOutcome
+            if type(effect) is Call:
+                yield timeout(db())  # the attempt's start is durable before the call
+                journal.extend(effect.commit.events)
                 saga.flushed = len(journal)
-                call = service.call(saga, name, phase, limit)
+                name = effect.step
+                service, _breaker, limit = routes[name]
+                call = service.call(saga, name, effect.phase, limit)
                 yield call.event
                 failure, unwell = call.outcome
+                effect = send((env.now, failure, unwell, None))
+            elif type(effect) is AskBreaker:
+                breaker = breakers[effect.service]
                 now = env.now
-                if breaker is not None:
-                    if unwell:
-                        breaker.record_failure(now)
-                    else:
-                        breaker.record_success(now)
-                if failure is None:
-                    event = Event(_SUCCEEDED, now, name, phase, attempt)
+                effect = send(None if breaker.allow(now) else breaker.retry_after(now))
+            elif type(effect) is RecordOutcome:
+                breaker = breakers[effect.service]
+                if effect.healthy:
+                    breaker.record_success(env.now)
                 else:
-                    event = Event(_FAILED, now, name, phase, attempt, failure)
-                apply(event)
-                append(event)
-            elif isinstance(command, Record):
-                event = command.event
-                apply(event)
-                append(event)
-            elif isinstance(command, Wait):
-                if len(journal) > saga.flushed:
-                    yield timeout(db())
-                    saga.flushed = len(journal)
-                delay = command.until - env.now
+                    breaker.record_failure(env.now)
+                effect = send(None)
+            elif type(effect) is Commit:
+                yield timeout(db())  # one DB write for everything noted
+                journal.extend(effect.events)
+                saga.flushed = len(journal)
+                effect = send(env.now)
+            elif type(effect) is WaitUntil:
+                delay = effect.until - env.now
                 if delay > 0:  # the commit may have taken longer than the wait
                     yield timeout(delay)
+                effect = send(env.now)
+            elif type(effect) is BreakerRefused:
+                if not effect.waits:
+                    self.count("actions_refused_by_breaker")
+                elif effect.phase is Phase.COMPENSATION:
+                    self.count("compensations_delayed_by_breaker")
+                else:
+                    self.count("actions_delayed_by_breaker")
+                effect = send(None)
             else:
-                assert isinstance(command, Halt)
-                if len(journal) > saga.flushed:
-                    yield timeout(db())
-                    saga.flushed = len(journal)
+                assert type(effect) is Done
                 now = env.now
                 replica.leased.pop(saga, None)
                 saga.owner = None

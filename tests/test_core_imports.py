@@ -12,7 +12,8 @@ they import) and follows every import of our own packages:
 
 What is core, and why the rest is not:
 
-* core: `saga.py` (the state machine), `flow.py` (flow definitions), `templates.py`,
+* core: `saga.py` (the state machine), `driver.py` (the saga driver both runtimes interpret),
+  `outcomes.py` (what an answer means), `flow.py` (flow definitions), `templates.py`,
   `jsonsafe.py` (the one JSON check), `errors.py` (the exception tree they raise) and
   `policies/*` (retry, breaker, token bucket, balancer, autoscaling, firewall);
 * `operations.py` (the operator actions) is a shell: it reads and appends through the store
@@ -40,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = (
     "orchestrator/__init__.py",
     "orchestrator/saga.py",
+    "orchestrator/driver.py",
     "orchestrator/flow.py",
     "orchestrator/templates.py",
     "orchestrator/jsonsafe.py",

@@ -27,6 +27,7 @@ CHECKS = [
             "--cache-dir",
             ".mypy_cache/strict",
             "orchestrator/saga.py",
+            "orchestrator/driver.py",
             "orchestrator/operations.py",
             "orchestrator/policies",
         ],
