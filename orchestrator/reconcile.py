@@ -26,8 +26,9 @@ What it reports, per saga (`FindingKind`):
 * ``hanging_action``: an action took effect after its compensation had been applied (even a
   no-op one): it stands with nothing left to undo it.
 * ``action_standing``: rolled back, yet an action stands (no compensation took effect after
-  it). A step without a compensation (the pivot and after) standing in a saga an operator
-  rolled back with `force` is that operator's decision and is not reported.
+  it). Not reported: a compensatable step that declares no compensation (nothing to undo),
+  and the pivot or a later step standing in a saga an operator rolled back with `force`
+  (that operator's decision).
 * ``compensation_order``: two compensations took effect in flow order instead of reverse
   order. Entries of one service are ordered by its ledger's sequence; entries of different
   services by the time each service recorded (their clocks must agree for this check).
@@ -47,7 +48,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from orchestrator.flow import FlowDefinition, StepDefinition
+from orchestrator.flow import FlowDefinition, StepDefinition, StepKind
 from orchestrator.saga import Event, EventType, Phase, SagaStatus, idempotency_key
 
 __all__ = [
@@ -236,7 +237,9 @@ def _check_step(
     """Every finding about one step whose service's ledger was read."""
 
     def finding(kind: FindingKind, detail: str, of: Sequence[LedgerRecord]) -> Finding:
-        return Finding(saga.saga_id, kind, detail, step.name, step.service, _keys(of))
+        # No entry to name (an action missing at its service): the key it was expected under.
+        keys = _keys(of) or (_key(saga, step, Phase.ACTION),)
+        return Finding(saga.saga_id, kind, detail, step.name, step.service, keys)
 
     found: list[Finding] = []
     applied, undone = entries.applied, entries.undone
@@ -289,7 +292,7 @@ def _check_step(
                 finding(
                     FindingKind.INCOMPLETE,
                     f"the saga completed, but {step.service} has no applied action of this step",
-                    entries.actions,
+                    (),
                 )
             )
         if undone:
@@ -300,21 +303,26 @@ def _check_step(
                     undone,
                 )
             )
-    elif saga.status is SagaStatus.ROLLED_BACK and standing:
-        if step.has_compensation or not forced:
-            why = (
-                " (an operator skipped its compensation)"
-                if (step.name, Phase.COMPENSATION) in skipped
-                else ""
+    # A compensatable step without a compensation declares nothing to undo; the pivot or a
+    # step after it left standing by a forced rollback is the operator's call.
+    elif (
+        saga.status is SagaStatus.ROLLED_BACK
+        and standing
+        and (step.has_compensation or (step.kind is not StepKind.COMPENSATABLE and not forced))
+    ):
+        why = (
+            " (an operator skipped its compensation)"
+            if (step.name, Phase.COMPENSATION) in skipped
+            else ""
+        )
+        found.append(
+            finding(
+                FindingKind.ACTION_STANDING,
+                f"the saga rolled back, but {step.service} still has this step's action "
+                f"applied (ledger seq {applied[-1].seq}) and nothing undid it{why}",
+                applied,
             )
-            found.append(
-                finding(
-                    FindingKind.ACTION_STANDING,
-                    f"the saga rolled back, but {step.service} still has this step's action "
-                    f"applied (ledger seq {applied[-1].seq}) and nothing undid it{why}",
-                    applied,
-                )
-            )
+        )
     return found
 
 

@@ -13,7 +13,8 @@ they import) and follows every import of our own packages:
 What is core, and why the rest is not:
 
 * core: `saga.py` (the state machine), `flow.py` (flow definitions), `templates.py`,
-  `jsonsafe.py` (the one JSON check), `reconcile.py` (journals against ledgers), `errors.py` (the exception tree they raise) and
+  `jsonsafe.py` (the one JSON check), `reconcile.py` (journals against ledgers), `errors.py`
+  (the exception tree they raise) and
   `policies/*` (retry, breaker, token bucket, balancer, autoscaling, firewall);
 * `operations.py` (the operator actions) is a shell: it reads and appends through the store
   port, reads the wall clock by default and asks `leases` whether an owner's process is alive;
