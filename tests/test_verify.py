@@ -22,10 +22,12 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from edge.stack import STATE_FILE
 from fakeservices import FaultSpec, RunningServices
+from orchestrator.errors import LedgerUnavailable
 from orchestrator.executors import HttpExecutor
 from orchestrator.flowfile import load_flow
-from orchestrator.ledgers import verify_store
+from orchestrator.ledgers import records_from, verify_store
 from orchestrator.reconcile import FindingKind
 from orchestrator.runner import SagaRunner, start_saga
 from orchestrator.saga import SagaStatus
@@ -344,3 +346,67 @@ def test_the_library_call_matches_the_command(
     finally:
         store.close()
     assert result.consistent and result.sagas == 3 and result.matched == 10
+
+
+def test_a_stack_directory_names_the_database_and_the_services(
+    checkouts: Checkouts, services: RunningServices, tmp_path: Path
+) -> None:
+    stack = tmp_path / "stack"
+    stack.mkdir()
+    state = {
+        "directory": str(stack),
+        "db": str(checkouts.db),
+        "keys_db": str(stack / "keys.db"),
+        "edge_url": "http://127.0.0.1:9",
+        "services_url": services.base_url,
+        "api_key": "k",
+        "components": [],
+        "created_at": 0.0,
+    }
+    (stack / STATE_FILE).write_text(json.dumps(state))
+    plant_hanging_action(checkouts, services)
+    result = CliRunner().invoke(app, ["verify", "--stack", str(stack), "--json"])
+    assert result.exit_code == 1, result.output
+    assert {f["kind"] for f in json.loads(result.stdout)["findings"]} >= {"hanging_action"}
+    missing = CliRunner().invoke(app, ["verify", "--stack", str(tmp_path / "none")])
+    assert missing.exit_code == 5 and "no stack" in missing.stderr
+
+
+def test_ledgers_are_served_since_a_time(checkouts: Checkouts, services: RunningServices) -> None:
+    url = services.base_url + "/payments/ledger"
+    every = httpx.get(url, timeout=10).json()["entries"]
+    assert len(every) == 3  # two charges, one refund
+    assert httpx.get(url, params={"since": "0"}, timeout=10).json()["entries"] == every
+    later = time.time() + 60
+    assert httpx.get(url, params={"since": str(later)}, timeout=10).json()["entries"] == []
+    assert httpx.get(url, params={"since": "soon"}, timeout=10).status_code == 422
+    assert services.lab.read_ledger("payments", later) == []
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        "text",
+        {"operation": "action", "applied_at": "2026-01-01T00:00:00"},
+        {"operation": "refund", "idempotency_key": "k", "applied_at": 1.0},
+        {"operation": "action", "idempotency_key": "k", "applied_at": "yesterday"},
+        {"operation": "action", "idempotency_key": "k", "applied_at": 1.0, "seq": "1"},
+        {"operation": "action", "idempotency_key": "", "applied_at": 1.0},
+    ],
+    ids=["not-object", "no-key", "bad-operation", "bad-time", "bad-seq", "blank-key"],
+)
+def test_a_malformed_ledger_entry_is_named(row: Any) -> None:
+    with pytest.raises(LedgerUnavailable, match=r"ledger of payments: entry 1 is malformed"):
+        records_from("payments", [row])
+
+
+def test_a_ledger_entry_reads_iso_or_epoch_times() -> None:
+    a, b = records_from(
+        "payments",
+        [
+            {"operation": "action", "idempotency_key": "k", "applied_at": "1970-01-01T00:00:10"},
+            {"operation": "compensation", "idempotency_key": "k2", "applied_at": 11},
+        ],
+    )
+    assert (a.at, a.seq, a.noop) == (10.0, 1, False)
+    assert (b.at, b.seq, b.operation.value) == (11.0, 2, "compensation")
