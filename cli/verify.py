@@ -24,6 +24,7 @@ from cli.options import DEFAULT_DB, JsonOption, open_store
 from edge.errors import StackError
 from edge.stack import StackState, load_state
 from fakeservices.server import SERVICES_URL_ENV, services_map
+from orchestrator.errors import ServiceConfigError
 from orchestrator.flowfile import base_url, load_services
 from orchestrator.ledgers import HttpLedgerReader, verify_store
 
@@ -59,16 +60,22 @@ def resolve_reader(sources: list[str], stack: Path | None) -> HttpLedgerReader:
     """Where each service's ledger is: `--services` entries (a services file, NAME=URL, or
     the URL of a lab serving /{name}/ledger for several services), else the stack's, else
     what the orchestrator itself uses (SAGALAB_SERVICE_*, SAGALAB_SERVICES_FILE,
-    SAGALAB_SERVICES_URL). ServiceConfigError (exit 5) or typer.Exit(2) for bad entries."""
+    SAGALAB_SERVICES_URL). typer.Exit(2) for a malformed entry; ServiceConfigError (exit 5)
+    for a services file that cannot be read."""
     urls: dict[str, str] = {}
     labs: list[str] = []
     for source in sources:
         named = _NAMED.match(source)
-        if named:
-            urls[named["name"]] = base_url(named["url"], f"--services {source}")
-        elif "://" in source:
-            labs.append(base_url(source, f"--services {source}"))
-        elif Path(source).is_file():
+        try:
+            if named:
+                urls[named["name"]] = base_url(named["url"], f"--services {source}")
+                continue
+            if "://" in source:
+                labs.append(base_url(source, f"--services {source}"))
+                continue
+        except ServiceConfigError as exc:  # typed on the command line: bad input
+            raise fail(str(exc), EXIT_USAGE) from None
+        if Path(source).is_file():
             urls.update(load_services(source))
         else:
             raise fail(
