@@ -196,8 +196,10 @@ def collect_sagas(
     for saga_id in ids:
         try:
             record, journal, _ = store.state(saga_id)
-        except DamagedRecord as exc:
+        except (DamagedRecord, ValueError, KeyError, TypeError) as exc:
             # Neither done nor undone can be shown for it: a finding, not a failure of all.
+            # The SQLite store lets some damaged journal rows through as the decoding error
+            # itself (an unknown event type is a ValueError), hence more than DamagedRecord.
             unreadable.append(
                 Finding(
                     saga_id,

@@ -416,3 +416,20 @@ def test_a_ledger_entry_reads_iso_or_epoch_times() -> None:
     )
     assert (a.at, a.seq, a.noop) == (10.0, 1, False)
     assert (b.at, b.seq, b.operation.value) == (11.0, 2, "compensation")
+
+
+def test_a_damaged_saga_is_a_finding_not_a_traceback(
+    checkouts: Checkouts, services: RunningServices
+) -> None:
+    _db_write(
+        checkouts.db,
+        "UPDATE events SET type = 'bogus' WHERE saga_id = ? AND seq = 2",
+        checkouts.declined,
+    )
+    code, data, err = verify(checkouts.db, services)
+    assert code == 1, err
+    assert data is not None
+    damaged = [f for f in data["findings"] if f["saga_id"] == checkouts.declined]
+    assert [f["kind"] for f in damaged] == ["not_terminal"]
+    assert "cannot be read" in damaged[0]["detail"]
+    assert {f["saga_id"] for f in data["findings"]} == {checkouts.declined}
