@@ -212,7 +212,7 @@ def _check_saga(
         )
         matched += len(entries.actions) + len(entries.compensations)
         findings.extend(_check_step(saga, step, entries, attempted, skipped, forced))
-        if entries.undone:
+        if entries.undone and entries.applied:  # a null compensation has no place in order
             compensated.append((step, entries.undone[0]))
     findings.extend(_check_order(saga, compensated))
     return findings, matched, unchecked
