@@ -4,7 +4,8 @@ It starts the fake services in this process, then runs three checkouts: one that
 one whose card is declined and is rolled back, and one whose orchestrator is killed (a real
 SIGKILL, in a child process) right after payments applied the charge but before the result
 was journaled; that saga is resumed and finishes. The services' ledgers then show that
-nothing was applied twice.
+nothing was applied twice, and `sagalab verify` (run in process at the end) that every saga
+is done or undone.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_threa
 from orchestrator.breakers import BreakerBoard, BreakerConfig, breaker_events
 from orchestrator.executors import HttpExecutor
 from orchestrator.flowfile import load_flow
+from orchestrator.ledgers import verify_store
 from orchestrator.runner import SagaRunner, start_saga
 from orchestrator.saga import SagaStatus
 from orchestrator.store import Store
@@ -128,11 +130,13 @@ def demo(
                 executor.close()
                 board.close()
             ledger = [e.to_dict() for e in lab.lab.ledger()]
+            # `sagalab verify`, in process: the fakes serve their ledgers as a LedgerReader.
+            verdict = verify_store(store, lab.lab)
         twice = applied_twice(ledger)
         store.close()
     elapsed = time.perf_counter() - started
     breaker_ok = transitions[:3] == ["closed -> open", "open -> half-open", "half-open -> closed"]
-    ok = all(a.ok for a in acts) and not twice and breaker_ok
+    ok = all(a.ok for a in acts) and not twice and breaker_ok and verdict.consistent
     if as_json:
         render.print_json(
             {
@@ -152,10 +156,12 @@ def demo(
                 "breaker_transitions": transitions,
                 "ledger": ledger,
                 "applied_twice": [list(t) for t in twice],
+                "verify": render.reconciliation_dict(verdict),
             }
         )
     else:
         _summary(acts, ledger, twice, elapsed, transitions)
+        render.reconciliation(verdict)
     raise typer.Exit(0 if ok else 1)
 
 

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from cli import breakers, demo, keys, loadtest, orchestrate, services, simulate, stack, worker
+from cli import (
+    breakers,
+    demo,
+    keys,
+    loadtest,
+    orchestrate,
+    services,
+    simulate,
+    stack,
+    verify,
+    worker,
+)
 
 app = typer.Typer(
     name="sagalab",
@@ -22,6 +33,7 @@ app.command("worker")(worker.worker)
 app.add_typer(stack.app, name="stack")
 app.add_typer(keys.app, name="keys")
 app.command("loadtest")(loadtest.loadtest)
+app.command("verify")(verify.verify)
 
 
 def main() -> None:

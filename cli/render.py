@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.jsonsafe import displayable
+from orchestrator.reconcile import Reconciliation
 from orchestrator.saga import Event
 
 # Piped output (scripts, CI logs) is not width-limited to 80 columns: tables stay readable.
@@ -167,3 +168,65 @@ def breaker_wait(saga_id: str, step: str, service: str, seconds: float) -> None:
         f"{step} is asked again once it may half-open",
         soft_wrap=True,
     )
+
+
+def reconciliation_dict(result: Reconciliation) -> dict[str, Any]:
+    """`sagalab verify --json`: the verdict, what was compared, and every finding."""
+    return {
+        "consistent": result.consistent,
+        "sagas": result.sagas,
+        "services": list(result.services),
+        "ledger_entries": result.entries,
+        "matched": result.matched,
+        "unmatched": result.unmatched,
+        "unchecked_steps": result.unchecked,
+        "findings": [
+            {
+                "saga_id": f.saga_id,
+                "kind": f.kind.value,
+                "step": f.step,
+                "service": f.service,
+                "detail": f.detail,
+                "keys": list(f.keys),
+            }
+            for f in result.findings
+        ],
+    }
+
+
+def verdict_line(result: Reconciliation) -> Text:
+    """One line: consistent or how many findings, and what was compared."""
+    compared = (
+        f"{result.sagas} sagas against {result.matched} ledger entries of "
+        f"{', '.join(result.services) or 'no service'}"
+    )
+    if result.consistent:
+        return Text.assemble(("verify: every saga done or undone", "green"), f" ({compared})")
+    sagas = len({f.saga_id for f in result.findings})
+    return Text.assemble(
+        (f"verify: {len(result.findings)} finding(s) in {sagas} saga(s)", "bold red"),
+        f" ({compared})",
+    )
+
+
+def reconciliation(result: Reconciliation) -> None:
+    """The findings as a table (none: one line), then the verdict."""
+    if result.findings:
+        table = Table(show_edge=False, pad_edge=False)
+        for col in ("saga", "finding", "step", "service", "detail"):
+            table.add_column(col, overflow="fold")
+        for f in result.findings:
+            table.add_row(
+                f.saga_id,
+                Text(f.kind.value, style="bold red"),
+                f.step or "",
+                f.service or "",
+                f.detail,
+            )
+        out.print(table)
+    out.print(verdict_line(result))
+    if result.unchecked or result.unmatched:
+        err.print(
+            f"[dim]{result.unchecked} step(s) of services with no ledger (Python steps) not "
+            f"checked; {result.unmatched} ledger entries belong to no saga checked[/]"
+        )

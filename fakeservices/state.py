@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fakeservices.catalog import SERVICES, ServiceSpec
+from fakeservices.errors import UnknownServiceError
 from fakeservices.faults import FaultDecision, FaultSpec, FaultTable
 from fakeservices.ledger import Ledger, LedgerEntry
 
@@ -203,9 +204,33 @@ class LabState:
         with self._lock:
             return self._ledger.entries(service)
 
+    def read_ledger(self, service: str | None, since: float | None = None) -> list[dict[str, Any]]:
+        """The entries of `service` (every service's if None) applied at or after `since`
+        (epoch seconds; all if None), as the JSON objects ``GET /{service}/ledger`` serves:
+        the ledger-reader interface `sagalab verify` reads (orchestrator/ledgers.py)."""
+        if service is not None and service not in self._services:
+            raise UnknownServiceError(service, tuple(self._services))
+        return [e.to_dict() for e in _since(self.ledger(service), since)]
+
+    def plant(self, **fields: Any) -> LedgerEntry:
+        """Append a ledger entry by hand, bypassing every rule (a test plants what the rules
+        never let happen: a double apply, an action after its compensation). `fields` are
+        :meth:`Ledger.append`'s; `applied_at` defaults to now, `traceparent` to None."""
+        with self._lock:
+            fields.setdefault("applied_at", datetime.fromtimestamp(self._clock(), UTC).isoformat())
+            fields.setdefault("traceparent", None)
+            return self._ledger.append(**fields)
+
     def reset(self) -> None:
         """Forget the ledger, orders, stored responses, id counters and faults."""
         with self._lock:
             self._services = {name: _ServiceState() for name in SERVICES}
             self._ledger.clear()
             self._faults.reset()
+
+
+def _since(entries: list[LedgerEntry], since: float | None) -> list[LedgerEntry]:
+    """The entries applied at or after `since` (epoch seconds; all if None)."""
+    if since is None:
+        return entries
+    return [e for e in entries if datetime.fromisoformat(e.applied_at).timestamp() >= since]

@@ -11,6 +11,7 @@ SagaError
  ├── ConcurrentUpdate      another writer appended to the saga first (reload and retry)
  ├── OperatorActionRefused an operator command does not apply to the saga as it stands
  ├── ServiceConfigError    a service name has no base URL
+ │    └── LedgerUnavailable  a service's ledger cannot be read (`sagalab verify`)
  ├── DamagedRecord         a stored row cannot be read (tampered with, or other code's)
  └── StoreError            the database cannot be opened or written
 """
@@ -91,6 +92,17 @@ class OperatorActionRefused(SagaError):
 
 class ServiceConfigError(SagaError):
     """A step's service has no base URL configured."""
+
+
+class LedgerUnavailable(ServiceConfigError):
+    """A service's ledger cannot be read: no source for it, unreachable, or malformed."""
+
+    def __init__(self, service: str, why: str, *, url: str | None = None) -> None:
+        self.service = service
+        self.url = url
+        self.why = why
+        where = f" at {url}" if url else ""
+        super().__init__(f"cannot read the ledger of {service}{where}: {why}")
 
 
 class StoreError(SagaError):

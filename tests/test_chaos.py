@@ -70,6 +70,7 @@ from workerlab import (
     seeded_services,
     statuses,
     stuck_report,
+    verify_findings,
     wait_for,
     write_services_file,
 )
@@ -901,6 +902,16 @@ def check(run: Run, chaos: Chaos, elapsed: float) -> None:
     forced_orders = {o for o, (sid, _) in ended.items() if sid in forced}
     for p in ledger_problems(ledger, ended, forced=forced_orders):
         run.problem("no rolled-back order with an action standing", p)
+    # `sagalab verify`: nothing but the sagas left failed for an operator (not terminal).
+    code, findings = verify_findings(db, run.services)
+    failed = {r[0] for r in rows if r[1] == "failed"}
+    unexpected = [f for f in findings if f["kind"] != "not_terminal" or f["saga_id"] not in failed]
+    for f in unexpected:
+        run.problem(
+            "verify finds every saga done or undone", f"{f['saga_id']}: {f['kind']}: {f['detail']}"
+        )
+    if code != (1 if failed else 0):
+        run.problem("verify finds every saga done or undone", f"exit {code}, {len(failed)} failed")
 
     # -- rollbacks at the pivot --------------------------------------------------------------
     for p in rollbacks_in_flight({k: v for k, v in journals.items() if k not in forced}):

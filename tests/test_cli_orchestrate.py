@@ -307,6 +307,10 @@ def test_demo_json(tmp_path: Path) -> None:
     ]
     charges = [e for e in report["ledger"] if e["endpoint"] == "/charges"]
     assert sorted(e["order_id"] for e in charges) == ["demo-1", "demo-3", "demo-6"]
+    # `sagalab verify` at the end: all six sagas reconcile with every ledger entry.
+    assert report["verify"]["consistent"] is True and report["verify"]["findings"] == []
+    assert report["verify"]["sagas"] == 6
+    assert report["verify"]["matched"] == len(report["ledger"])
 
 
 def test_help_explains_commands() -> None:

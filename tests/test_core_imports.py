@@ -14,7 +14,8 @@ What is core, and why the rest is not:
 
 * core: `saga.py` (the state machine), `driver.py` (the saga driver both runtimes interpret),
   `outcomes.py` (what an answer means), `flow.py` (flow definitions), `templates.py`,
-  `jsonsafe.py` (the one JSON check), `errors.py` (the exception tree they raise) and
+  `jsonsafe.py` (the one JSON check), `reconcile.py` (journals against ledgers), `errors.py`
+  (the exception tree they raise) and
   `policies/*` (retry, breaker, token bucket, balancer, autoscaling, firewall);
 * `operations.py` (the operator actions) is a shell: it reads and appends through the store
   port, reads the wall clock by default and asks `leases` whether an owner's process is alive;
@@ -47,6 +48,7 @@ CORE = (
     "orchestrator/jsonsafe.py",
     "orchestrator/outcomes.py",
     "orchestrator/errors.py",
+    "orchestrator/reconcile.py",
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "orchestrator" / "policies").glob("*.py")),
 )
 

@@ -39,6 +39,7 @@ from workerlab import (
     seeded_services,
     statuses,
     stuck_report,
+    verify_findings,
     wait_for,
     write_services_file,
 )
@@ -187,6 +188,9 @@ def test_crash(tmp_path: Path, seed: int, services: RunningServices) -> None:
     assert applied_twice(services.lab.ledger()) == [], f"seed={seed}"
     problems = ledger_problems(services.lab.ledger(), orders)
     assert problems == [], f"seed={seed}: ledger:\n" + "\n".join(problems[:20])
+    # ... and `sagalab verify` proves every saga done or undone from journals and ledgers.
+    code, findings = verify_findings(db, services)
+    assert (code, findings) == (0, []), f"seed={seed}: verify: {findings[:20]}"
 
     # -- the kills did land where aimed, and every interrupted call was resumed --------------
     kills = chaos.kills

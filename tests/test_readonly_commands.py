@@ -1,7 +1,7 @@
 """Read-only commands never create or change a file.
 
-`orchestrate status|list|events`, `breakers list|events` and `keys list` open their database
-read-only. On a missing path they say so in one line (exit 5: no database there, as the
+`orchestrate status|list|events`, `breakers list|events`, `keys list` and `verify` open their
+database read-only. On a missing path they say so in one line (exit 5: no database there, as the
 README's table has it) and create nothing, not even the directory. On an existing database
 (closed by its writers, so without `-wal`/`-shm` files) they leave the file's bytes and mtime
 as they were and no `-wal`/`-shm` behind: a WAL database needs those files to be read, so the
@@ -60,7 +60,11 @@ def saga_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return db, record.id
 
 
-@pytest.mark.parametrize("args", SAGA_READS)
+#: `verify` reads services too (tests/test_verify.py shows it leaves the database as it was).
+MISSING_DB_READS = [*SAGA_READS, pytest.param(["verify", SAGA, "--json"], id="verify")]
+
+
+@pytest.mark.parametrize("args", MISSING_DB_READS)
 def test_a_read_on_a_missing_database_creates_nothing(args: list[str], tmp_path: Path) -> None:
     db = tmp_path / "not" / "there.db"
     code, _, err = _invoke([a.replace(SAGA, "0123") for a in args] + ["--db", str(db)])

@@ -29,6 +29,7 @@ CHECKS = [
             "orchestrator/saga.py",
             "orchestrator/driver.py",
             "orchestrator/operations.py",
+            "orchestrator/reconcile.py",
             "orchestrator/policies",
         ],
         id="core-strict",

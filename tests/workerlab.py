@@ -511,3 +511,17 @@ def reason_kind(reason: str | None) -> str:
         if reason and needle in reason:
             return kind
     return reason or "?"
+
+
+def verify_findings(db: Path, services: RunningServices) -> tuple[int, list[dict[str, Any]]]:
+    """`sagalab verify --db DB --services LAB --json`, in process: (exit code, findings)."""
+    from typer.testing import CliRunner  # here: most users of this module never verify
+
+    from cli.main import app
+
+    result = CliRunner().invoke(
+        app, ["verify", "--db", str(db), "--services", services.base_url, "--json"]
+    )
+    assert result.stdout.strip(), f"verify exited {result.exit_code}: {result.stderr}"
+    findings: list[dict[str, Any]] = json.loads(result.stdout)["findings"]
+    return result.exit_code, findings
