@@ -766,7 +766,7 @@ class SQLiteStore:
         rows = self._rows("SELECT * FROM events WHERE saga_id = ? ORDER BY seq", (saga_id,))
         if not rows:
             self.load(saga_id)  # raises SagaNotFoundError for an unknown id
-        return [entry_from_row(r) for r in rows]
+        return [_entry(saga_id, r) for r in rows]
 
     def state(self, saga_id: str) -> tuple[SagaRecord, list[JournalEntry], SagaState]:
         """Record, journal and the folded state, read consistently."""
@@ -1126,3 +1126,13 @@ def _refuse_if_held(
         and not take_over(held_by)
     ):
         raise LeaseHeld(saga_id, held_by, held_until or 0)
+
+
+def _entry(saga_id: str, row: dict[str, Any]) -> JournalEntry:
+    """The row as a journal entry; DamagedRecord when it is not one sagalab wrote."""
+    try:
+        return entry_from_row(row)
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise DamagedRecord(
+            f"saga {saga_id}: journal entry {row.get('seq')} is damaged: {exc}"
+        ) from None

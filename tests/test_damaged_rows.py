@@ -104,3 +104,22 @@ def test_a_worker_parks_only_the_damaged_saga_and_ignores_a_damaged_breaker(
     ((reason, run_after),) = query(db, "SELECT reason, run_after FROM sagas WHERE id = ?", (bad,))
     assert "not JSON" in reason and run_after is None  # parked for an operator, off the queue
     assert worker.stderr.count("breaker payments: damaged row") <= 1
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("type", "no_such_event"), ("phase", "sideways"), ("failure", "{not json")],
+)
+def test_a_damaged_journal_row_is_named_not_a_traceback(
+    tmp_path: Path, column: str, value: str
+) -> None:
+    db = tmp_path / "sagas.db"
+    (saga,) = enqueue(db, [order(1)])
+    tamper(db, f"UPDATE events SET {column} = ? WHERE saga_id = ?", value, saga)
+    for command in ("events", "status"):
+        shown = sagalab("orchestrate", command, saga, "--db", str(db))
+        assert shown.returncode == 5, shown.stderr
+        lines = shown.stderr.strip().splitlines()
+        assert len(lines) == 1 and "journal entry" in lines[0] and saga in lines[0], lines
+    listed = sagalab("orchestrate", "list", "--db", str(db), "--json")
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
