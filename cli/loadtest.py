@@ -6,10 +6,15 @@ reports, and a JSON summary written by the locustfile's quitting listener. If no
 running from --dir, one is started for the run and stopped after it, whatever happens (a
 failure, Ctrl-C).
 
-Every option is checked before anything starts. Exit codes: 0 the run passed its thresholds,
-1 it did not (or Locust or the stack failed), 2 bad input (an option out of range, an unknown
-profile, a missing locustfile), 5 a path that cannot be used (the reports directory, the
-stack directory or database of a stack started for the run), 130 interrupted (Ctrl-C).
+At the end, `sagalab verify` runs over the sagas the run created (after waiting, bounded, for
+those still running): a run whose sagas are not each done or undone by the services' own
+ledgers fails, whatever its latencies (`--no-verify` skips it).
+
+Every option is checked before anything starts. Exit codes: 0 the run passed its thresholds
+(and verify found nothing), 1 it did not (or Locust or the stack failed, or verify found
+something), 2 bad input (an option out of range, an unknown profile, a missing locustfile),
+5 a path that cannot be used (the reports directory, the stack directory or database of a stack
+started for the run), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli import render
+from cli.options import open_store
+from cli.verify import resolve_reader
 from edge.errors import EdgeError
 from edge.keys import KeyStore
 from edge.stack import StackConfig, StackState, check, load_state, stop
@@ -38,6 +46,8 @@ from edge.stack_checks import (
 )
 from edge.stack_supervisor import launch
 from loadtests.thresholds import PROFILES, Profile
+from orchestrator.errors import SagaError, ServiceConfigError
+from orchestrator.ledgers import verify_store
 from orchestrator.limits import (
     LOAD_PROCESSES_WHY,
     MAX_LOAD_DURATION,
@@ -49,6 +59,7 @@ from orchestrator.limits import (
     LimitError,
 )
 from orchestrator.limits import check as within
+from orchestrator.reconcile import FindingKind, Reconciliation
 
 EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 1, 2, 5, 130
 
@@ -163,6 +174,13 @@ def loadtest(
     directory: Annotated[
         Path, typer.Option("--dir", envvar="SAGALAB_STACK_DIR", help="Stack directory.")
     ] = Path(".sagalab"),
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="At the end, check every saga of the run done or undone against the "
+            "services' ledgers (`sagalab verify`); findings fail the run."
+        ),
+    ] = True,
 ) -> None:
     """Run the Locust load test against the stack (started if needed); exit with Locust's code.
 
@@ -194,6 +212,7 @@ def loadtest(
         if own_stack:
             err.print(f"no stack running from {directory}: starting one for this run")
             launch(config)
+        started = time.time()
         code = _run(
             load_state(directory.resolve()),
             script,
@@ -205,6 +224,9 @@ def loadtest(
             processes,
             reports,
         )
+        if verify and code in (0, 1):
+            found = _verify_run(directory, since=started, settle=shape.follow_timeout + 30)
+            code = code or found
     except EdgeError as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
     except KeyboardInterrupt:
@@ -273,3 +295,38 @@ def _run(
         err.print("[bold red]no summary[/]: locust did not reach its quitting listener")
         code = code or 1
     return code
+
+
+def _verify_run(directory: Path, *, since: float, settle: float) -> int:
+    """`sagalab verify` over the sagas created since `since`: 0 when each is done or undone,
+    1 otherwise. Sagas still running get up to `settle` seconds to end first."""
+    err.print("verify: reconciling the run's sagas with the services' ledgers")
+    try:
+        reader = resolve_reader([], directory.resolve())
+        store = open_store(Path(load_state(directory.resolve()).db), read_only=True)
+    except (EdgeError, SagaError, ServiceConfigError) as exc:
+        err.print(f"[bold red]verify:[/] {exc}")
+        return EXIT_FAILED
+    deadline = time.monotonic() + settle
+    try:
+        while True:
+            result = verify_store(store, reader, since=since)
+            if not _still_running(result) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+    except (SagaError, ServiceConfigError) as exc:
+        err.print(f"[bold red]verify:[/] {exc}")
+        return EXIT_FAILED
+    finally:
+        store.close()
+        reader.close()
+    if result.consistent:
+        err.print(render.verdict_line(result))
+        return 0
+    render.reconciliation(result)
+    return EXIT_FAILED
+
+
+def _still_running(result: Reconciliation) -> bool:
+    """Some findings may only say a saga has not ended yet: worth waiting for."""
+    return any(f.kind is FindingKind.NOT_TERMINAL for f in result.findings)

@@ -63,6 +63,8 @@ def test_short_load_test_passes_its_thresholds(tmp_path: Path) -> None:
     summary = json.loads((reports / "summary.json").read_text())
     assert run.returncode == 0, (summary["broken"], run.stdout[-3000:], run.stderr[-3000:])
     assert summary["measured"]["sagas_submitted"] > 20
+    # and `sagalab verify` found every saga of the run done or undone by the services' ledgers
+    assert "verify: every saga done or undone" in run.stderr, run.stderr[-3000:]
     assert summary["measured"]["flood_requests"] > 0
     assert summary["measured"]["ratelimit_429"] > 0
     assert (reports / "loadtest.html").exists()
