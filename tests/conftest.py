@@ -15,6 +15,7 @@ import pytest
 from workerlab import Workers
 
 from fakeservices import RunningServices, run_in_thread
+from orchestrator.pg_cluster import PgCluster
 from orchestrator.sqlite_store import SQLiteStore
 
 
@@ -69,3 +70,25 @@ def workers(db: Path, services: RunningServices, tmp_path: Path) -> Iterator[Wor
     w = Workers(db, services.env, tmp_path / "logs")
     yield w
     w.stop_all()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL cluster for the session (never a skip: no server binaries
+    is a failure that says how to install them)."""
+    cluster = PgCluster(tmp_path_factory.mktemp("pg") / "cluster")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> Iterator[str]:
+    """The URL of a fresh, empty database on the session's cluster (dropped after)."""
+    from pglab import drop_database, new_database
+
+    url = new_database(pg_cluster)
+    yield url
+    drop_database(pg_cluster, url)
