@@ -9,7 +9,8 @@ restart for chaos tests.
 The binaries are found with `pg_config --bindir`, then a glob of /usr/lib/postgresql/*/bin
 (newest first); none found is a `ClusterError` saying how to get them (`apt-get install
 postgresql` on Debian/Ubuntu). `initdb` refuses to run as root: as root, every server command
-runs as the `postgres` user (`runuser -u postgres --`), in a directory made its own.
+runs as the `postgres` user (`runuser -u postgres --`), in a directory made its own (its
+parents must let that user through: a directory under /tmp does, /root does not).
 """
 
 from __future__ import annotations
@@ -105,13 +106,18 @@ class PgCluster:
             # The server runs as `postgres`: it must own its directory (and its socket).
             user = pwd.getpwnam("postgres")
             os.chown(self.directory, user.pw_uid, user.pw_gid)
-            # Its parents must let it through (a pytest tmp dir is 0700 root).
-            for parent in self.directory.parents:
-                if parent == Path("/"):
-                    break
-                mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    os.chmod(parent, mode | 0o001)
+            reachable = subprocess.run(
+                ["runuser", "-u", "postgres", "--", "test", "-w", str(self.directory)],
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                timeout=10,
+            )
+            if reachable.returncode != 0:
+                raise ClusterError(
+                    f"the postgres user cannot reach {self.directory} (a parent directory "
+                    "is private to root): put the cluster in a directory whose parents "
+                    "it may enter (mode 0711 or wider), e.g. one under /tmp"
+                )
         if not (self.data / "PG_VERSION").exists():
             self._run(
                 "initdb", "-A", "trust", "-U", _SUPERUSER, "-E", "UTF8", "--no-sync", "-D",

@@ -8,6 +8,8 @@ test_breakers_shared.py creates its `db` file up front.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,15 +75,22 @@ def workers(db: Path, services: RunningServices, tmp_path: Path) -> Iterator[Wor
 
 
 @pytest.fixture(scope="session")
-def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+def pg_cluster() -> Iterator[PgCluster]:
     """One throwaway PostgreSQL cluster for the session (never a skip: no server binaries
-    is a failure that says how to install them)."""
-    cluster = PgCluster(tmp_path_factory.mktemp("pg") / "cluster")
-    cluster.start()
+    is a failure that says how to install them).
+
+    Not under pytest's tmp dir: every pytest run makes /tmp/pytest-of-USER private again,
+    which would lock the server (running as `postgres` when we are root) out of its files.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="sagalab-pg-"))
+    directory.chmod(0o711)  # the server's user may pass through, not list
+    cluster = PgCluster(directory / "cluster")
     try:
+        cluster.start()
         yield cluster
     finally:
         cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
