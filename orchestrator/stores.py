@@ -39,6 +39,7 @@ __all__ = [
     "open_breaker_store",
     "open_store",
     "postgres_url",
+    "shown",
     "sqlite_path",
 ]
 
@@ -103,6 +104,13 @@ def _postgres() -> ModuleType:
             "(or pip install 'psycopg[binary]' psycopg_pool)"
         ) from None
     return module
+
+
+def shown(url_or_path: str | os.PathLike[str]) -> str:
+    """`url_or_path` as messages may show it: a PostgreSQL URL restored and its password
+    masked, a path as it is."""
+    url = postgres_url(url_or_path)
+    return _redacted(url) if url is not None else os.fspath(url_or_path)
 
 
 def _redacted(url: str) -> str:
