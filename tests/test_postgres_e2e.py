@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import psycopg
+from apilab import admin_api
 from workerlab import (
     Workers,
     drained,
@@ -56,6 +58,25 @@ def test_orchestrate_run_wait_completes_a_checkout_on_postgres(
     assert len(services.lab.ledger()) == 4 and applied_twice(services.lab.ledger()) == []
 
 
+def test_the_api_queues_serves_and_reports_ready_on_postgres(
+    pg_url: str, services: RunningServices, tmp_path: Path
+) -> None:
+    with admin_api(pg_url, keys_db=tmp_path / "keys.db") as client:
+        assert client.get("/readyz").status_code == 200
+        posted = client.post("/v1/sagas", json={"flow": "checkout", "input": order(7)})
+        assert posted.status_code == 202, posted.text
+        saga_id = posted.json()["id"]
+        workers = Workers(pg_url, services.env, tmp_path / "logs")
+        try:
+            w = workers.start("--exit-when-idle", "1", *FAST)
+            assert w.proc.wait(timeout=60) == 0, w.stderr()
+        finally:
+            workers.stop_all()
+        got = client.get(f"/v1/sagas/{saga_id}")
+        assert got.status_code == 200 and got.json()["status"] == "completed"
+        assert [s["id"] for s in client.get("/v1/sagas").json()["items"]] == [saga_id]
+
+
 def test_an_unreachable_server_is_one_line_and_exit_5_with_the_password_masked(
     services: RunningServices,
 ) -> None:
@@ -68,7 +89,7 @@ def test_an_unreachable_server_is_one_line_and_exit_5_with_the_password_masked(
 
 
 def test_two_workers_drain_a_queue_on_postgres(
-    pg_url: str, services: RunningServices, tmp_path
+    pg_url: str, services: RunningServices, tmp_path: Path
 ) -> None:
     n = 20
     services.lab.add_fault(FaultSpec(service="payments", latency_ms=30))
@@ -93,7 +114,7 @@ def test_two_workers_drain_a_queue_on_postgres(
 
 
 def test_a_sigkilled_workers_saga_is_finished_by_another_after_its_lease(
-    pg_url: str, services: RunningServices, tmp_path
+    pg_url: str, services: RunningServices, tmp_path: Path
 ) -> None:
     lease = 1.5
     services.lab.add_fault(FaultSpec(service="shipping", latency_ms=1200))
