@@ -185,13 +185,22 @@ class PostgresBreakerStorage(BreakerStorage):
         self._set("fail_counter = fail_counter + 1")
 
     def reset_counter(self) -> None:
-        self._set("fail_counter = 0")
+        # No write (and no row lock) when already 0: the hot path of every success.
+        self.store.execute(
+            "UPDATE breakers SET fail_counter = 0, updated_at = %s "
+            "WHERE name = %s AND fail_counter <> 0",
+            (time.time(), self.name),
+        )
 
     def increment_success_counter(self) -> None:
         self._set("success_counter = success_counter + 1")
 
     def reset_success_counter(self) -> None:
-        self._set("success_counter = 0")
+        self.store.execute(
+            "UPDATE breakers SET success_counter = 0, updated_at = %s "
+            "WHERE name = %s AND success_counter <> 0",
+            (time.time(), self.name),
+        )
 
     @property
     def counter(self) -> int:
