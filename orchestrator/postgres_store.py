@@ -516,7 +516,7 @@ class PostgresStore:
             "input_hash": fingerprint,
             "key": idempotency_key,
             "status": folded.status.value,
-            "reason": folded.reason,
+            "reason": _text(folded.reason),
             "trace_id": trace_id,
             "now": now,
             "last_seq": len(entries),
@@ -614,7 +614,7 @@ class PostgresStore:
         seq = expected_seq + len(entries)
         args: dict[str, Any] = {
             "status": state.status.value,
-            "reason": state.reason,
+            "reason": _text(state.reason),
             "now": now,
             "seq": seq,
             "steps": steps_json(step_fields(state)),
@@ -808,7 +808,7 @@ class PostgresStore:
         cur = self._execute(
             "UPDATE sagas SET lease_owner = NULL, lease_until = NULL, run_after = NULL, "
             "reason = %s WHERE id = %s AND lease_owner = %s AND lease_epoch = %s",
-            (reason, lease.saga_id, lease.owner, lease.epoch),
+            (_text(reason), lease.saga_id, lease.owner, lease.epoch),
             write=True,
         )
         return cur.rowcount == 1
@@ -877,6 +877,13 @@ class PostgresStore:
 
 def _entries_json(saga_id: str, trace_id: str, entries: Sequence[JournalEntry], after: int) -> str:
     """The entries as the JSON array `_INSERT_ENTRIES` reads (seq from `after + 1`)."""
+    rows = [entry_to_row(saga_id, trace_id, entry, after + i) for i, entry in enumerate(entries, 1)]
     return json.dumps(
-        [entry_to_row(saga_id, trace_id, entry, after + i) for i, entry in enumerate(entries, 1)]
+        [{k: _text(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
     )
+
+
+def _text(value: str | None) -> str | None:
+    """`value` as PostgreSQL text can hold it: a NUL character (which a service's error
+    message may carry into a reason) becomes U+FFFD rather than fail the write for ever."""
+    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value

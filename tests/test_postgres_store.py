@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from store_conformance.conformancelab import create, reserve_ok
+from store_conformance.conformancelab import advance, create, reserve_ok
 from workerlab import Workers, drained, enqueue, order, statuses, wait_for
 
 from fakeservices import FaultSpec, RunningServices, applied_twice
@@ -16,6 +16,7 @@ from orchestrator.errors import LeaseLost, StoreError
 from orchestrator.journal import JournalEntry
 from orchestrator.pg_cluster import PgCluster
 from orchestrator.postgres_store import SCHEMA_VERSION, PostgresStore
+from orchestrator.saga import Event, EventType
 from orchestrator.stores import open_store
 
 
@@ -108,3 +109,17 @@ def test_workers_ride_out_a_database_crash_restart(
         workers.stop_all()
     assert statuses(pg_url) == {"completed": n}
     assert applied_twice(services.lab.ledger()) == []
+
+
+def test_a_nul_character_in_a_reason_is_stored_not_a_write_that_fails_for_ever(
+    pg_url: str,
+) -> None:
+    store = open_store(pg_url)
+    try:
+        create(store, "s1")
+        events = [Event(EventType.ROLLBACK_REQUESTED, 101.0, reason="bad\x00byte")]
+        assert advance(store, "s1", events, span_id="span\x00") == 2
+        [_, entry] = store.journal("s1")
+        assert (entry.event.reason, entry.span_id) == ("bad\ufffdbyte", "span\ufffd")
+    finally:
+        store.close()
