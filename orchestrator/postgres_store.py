@@ -172,6 +172,15 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x5A6A_1AB0  # pg_advisory_xact_lock key: one migrating process at a time
 _HINT = "pass another URL with --db or SAGALAB_DB"
 _CONNECT_TIMEOUT = 5  # seconds: an unreachable server is an error soon, not a hang
+#: libpq settings that make a dead server or a cut network an error within seconds.
+_LIVENESS: dict[str, int] = {
+    "connect_timeout": _CONNECT_TIMEOUT,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # ms: unacknowledged data for this long ends the connection
+}
 
 # The journal columns a JSON array of `entry_to_row` dicts is read as (one statement
 # inserts them all).
@@ -208,11 +217,15 @@ def connect(url: str, *, readonly: bool = False, create: bool = False) -> psycop
     With `create`, a database the server does not have yet is created (as SQLite creates a
     missing file); `readonly` connections refuse every write in the server as well.
     """
-    options = "-c default_transaction_read_only=on" if readonly else ""
     try:
-        return psycopg.connect(
-            url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT, options=options
-        )
+        given = psycopg.conninfo.conninfo_to_dict(url)
+        # A cut network (no RST, no FIN) would hang a call for the kernel's retransmission
+        # time (minutes): these bound it to seconds, unless the URL says otherwise.
+        settings: dict[str, Any] = {k: v for k, v in _LIVENESS.items() if k not in given}
+        if readonly:
+            own = str(given.get("options") or "")
+            settings["options"] = f"{own} -c default_transaction_read_only=on".strip()
+        return psycopg.connect(url, autocommit=True, **settings)
     except psycopg.OperationalError as exc:
         if create and "does not exist" in str(exc) and _create_database(url):
             return connect(url, readonly=readonly)
