@@ -13,7 +13,8 @@ whose lease was taken over never lands an entry. A claim is `UPDATE ... WHERE id
 
 Time. Callers pass `now` on their own clock. Lease expiry and queue due times are judged on
 the database's clock: each handle measures the offset of the database clock
-(`clock_timestamp()`) from its host's when it connects, rounded to whole seconds (clocks that
+(`clock_timestamp()`) from its host's when it connects and once a minute after (a host's
+clock stepped by NTP is caught up with), rounded to whole seconds (clocks that
 agree within half a second count as agreeing, so handles on one host share one frame), and
 adds it to every `now` and `run_after` it stores or compares. A worker whose clock runs
 minutes behind still sees its lease expire when the database says, not later. `Lease.until`
@@ -171,6 +172,7 @@ MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x5A6A_1AB0  # pg_advisory_xact_lock key: one migrating process at a time
 _HINT = "pass another URL with --db or SAGALAB_DB"
+_REMEASURE_SECONDS = 60.0  # how often a handle checks its host's clock against the database's
 _CONNECT_TIMEOUT = 5  # seconds: an unreachable server is an error soon, not a hang
 #: libpq settings that make a dead server or a cut network an error within seconds.
 _LIVENESS: dict[str, int] = {
@@ -349,6 +351,7 @@ class PostgresStore:
         self._flow_hashes: dict[int, tuple[FlowDefinition, str, str]] = {}
         self._conn: psycopg.Connection | None = None
         self.offset = 0.0
+        self._measured_at = 0.0
         access = Access.READ if read_only else Access.CREATE if create else Access.WRITE
         conn = self._connection(create=access is Access.CREATE)
         try:
@@ -378,14 +381,19 @@ class PostgresStore:
                 self._conn = None
             conn = connect(self.url, readonly=self.read_only, create=create)
             try:
-                self.offset = measure_offset(conn, self.local_clock)
-            except psycopg.Error as exc:
+                self._measure(conn)
+            except BaseException:
                 conn.close()
-                raise StoreError(
-                    f"database {redacted(self.url)}: {_failure(self.url, exc)}"
-                ) from None
+                raise
             self._conn = conn
+        elif time.monotonic() - self._measured_at > _REMEASURE_SECONDS:
+            self._measure(self._conn)
         return self._conn
+
+    def _measure(self, conn: psycopg.Connection) -> None:
+        with self._errors():
+            self.offset = measure_offset(conn, self.local_clock)
+        self._measured_at = time.monotonic()
 
     def _db_time(self, now: float) -> float:
         return now + self.offset
