@@ -22,6 +22,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from orchestrator.errors import (
     ConcurrentUpdate,
@@ -49,8 +50,9 @@ stderr = Console(stderr=True, highlight=False)
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    """Print `message` on stderr and return the Exit to raise."""
-    stderr.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    """Print `message` on stderr (as text: a `[...]` in it is no markup) and return the Exit
+    to raise."""
+    stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -17,8 +17,9 @@ DbOption = Annotated[
     typer.Option(
         "--db",
         envvar="SAGALAB_DB",
-        help="Saga database: a SQLite file path (or sqlite:///path) holding sagas and their "
-        "journals (`run` and `worker` create it if missing).",
+        help="Saga database: a SQLite file path (or sqlite:///path), or a PostgreSQL URL "
+        "(postgresql://user:pass@host/db), holding sagas and their journals (`run` and "
+        "`worker` create it if missing).",
         show_default=True,
     ),
 ]

@@ -32,7 +32,7 @@ from orchestrator.limits import (
     check,
 )
 from orchestrator.policies.autoscaling import AutoscalePolicy, ScaleDecision
-from orchestrator.stores import open_store
+from orchestrator.stores import open_store, shown
 from orchestrator.supervisor import Supervisor, SupervisorConfig
 from orchestrator.worker import Worker, WorkerConfig
 
@@ -264,7 +264,7 @@ def run_one(
     )
     w = Worker(config)
     _relay(stop, w.stop)
-    render.err.print(f"worker {w.owner}: {concurrency} thread(s), lease {lease}s, db {db}")
+    render.err.print(f"worker {w.owner}: {concurrency} thread(s), lease {lease}s, db {shown(db)}")
     try:
         with handled():  # a worker that cannot go on says why in one line and exits non-zero
             stats = w.run()

@@ -18,7 +18,7 @@ import os
 import re
 import sqlite3
 import stat
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,6 @@ import sqlite_utils
 from orchestrator.dbfiles import creating_database
 from orchestrator.errors import (
     ConcurrentUpdate,
-    DamagedRecord,
     IdempotencyConflict,
     LeaseHeld,
     LeaseLost,
@@ -51,6 +50,7 @@ from orchestrator.store import (
     input_fingerprint,
     step_fields,
 )
+from orchestrator.store_rows import saga_record, steps_from_json, steps_json
 
 T = TypeVar("T")
 
@@ -171,7 +171,7 @@ def _v6_steps_in_saga_row(conn: sqlite3.Connection) -> None:
         by_saga.setdefault(row[0], []).append(row[1:])
     conn.executemany(
         "UPDATE sagas SET steps = ? WHERE id = ?",
-        [(_steps_json(fields), saga_id) for saga_id, fields in by_saga.items()],
+        [(steps_json(fields), saga_id) for saga_id, fields in by_saga.items()],
     )
     conn.execute("DROP TABLE steps")
 
@@ -615,32 +615,7 @@ class SQLiteStore:
         (listings) reads as {} with `damaged` saying why."""
         flow_hash = row.get("flow_hash")
         snapshot = self._snapshot_body(flow_hash) if flow_hash else row["flow_snapshot"]
-        damaged = None
-        try:
-            payload = json.loads(row["input"])
-            if not isinstance(payload, dict):
-                raise TypeError("not an object")
-        except (TypeError, ValueError, RecursionError) as exc:
-            damaged = f"damaged row: its stored input is not JSON ({exc})"
-            if not lenient:
-                raise DamagedRecord(
-                    f"saga {row['id']}: {damaged}; no command can run it until the row is repaired"
-                ) from None
-            payload = {}
-        return SagaRecord(
-            id=row["id"],
-            damaged=damaged,
-            flow=self._flow(snapshot),
-            input=payload,
-            status=SagaStatus(row["status"]),
-            trace_id=row["trace_id"],
-            idempotency_key=row["idempotency_key"],
-            reason=row["reason"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            last_seq=row["last_seq"],
-            tenant=row["tenant"],
-        )
+        return saga_record(row, self._flow(snapshot), lenient=lenient)
 
     def create_saga(
         self,
@@ -707,7 +682,7 @@ class SQLiteStore:
                         now,
                         len(entries),
                         run_after,
-                        _steps_json(step_fields(folded)),
+                        steps_json(step_fields(folded)),
                         tenant,
                     ),
                 )
@@ -817,7 +792,7 @@ class SQLiteStore:
                     state.reason,
                     now,
                     seq,
-                    _steps_json(step_fields(state)),
+                    steps_json(step_fields(state)),
                     saga_id,
                     expected_seq,
                     *fence_args,
@@ -865,19 +840,7 @@ class SQLiteStore:
         row = self._guard(
             lambda: self.conn.execute("SELECT steps FROM sagas WHERE id = ?", (saga_id,)).fetchone()
         )
-        if row is None:
-            return []
-        return [
-            StepRow(
-                name=r["name"],
-                index=i,
-                status=r["status"],
-                attempts=r["attempts"],
-                compensation_attempts=r["compensation_attempts"],
-                last_error=r["last_error"],
-            )
-            for i, r in enumerate(json.loads(row[0]))
-        ]
+        return [] if row is None else steps_from_json(row[0])
 
     def list_sagas(
         self,
@@ -1090,23 +1053,6 @@ _INSERT_EVENT = (
     "(:saga_id, :seq, :type, :step, :phase, :attempt, :at, :failure, :not_before, :reason, "
     ":force, :request, :response, :status_code, :duration_ms, :trace_id, :span_id)"
 )
-
-
-def _steps_json(fields: Iterable[StepFields]) -> str:
-    """The `sagas.steps` document: one object per step, in flow order."""
-    return json.dumps(
-        [
-            {
-                "name": name,
-                "status": status,
-                "attempts": attempts,
-                "compensation_attempts": compensation_attempts,
-                "last_error": last_error,
-            }
-            for name, status, attempts, compensation_attempts, last_error in fields
-        ],
-        separators=(",", ":"),
-    )
 
 
 def _refuse_if_held(

@@ -6,10 +6,11 @@ durable queue and its leases: claim, renew, release, park, requeue, stuck, stats
 `ScalingStore` (the supervisor's decisions), all three together as `Store` (with `ping()`
 for readiness), and `BreakerStore` (circuit breaker state shared by every process on one
 database). `open_store` and `open_breaker_store` (orchestrator/stores.py) are the one place
-that maps a URL or path to a backend; today that is SQLite (orchestrator/sqlite_store.py and
-orchestrator/sqlite_breakers.py), the only modules that import `sqlite3` or name
-`SQLiteStore` (tests/test_store_imports.py keeps it so). A second backend implements these
-protocols and passes tests/store_conformance/.
+that maps a URL or path to a backend: SQLite (orchestrator/sqlite_store.py and
+orchestrator/sqlite_breakers.py, the only modules that import `sqlite3` or name
+`SQLiteStore`) and PostgreSQL (orchestrator/postgres_store.py and
+orchestrator/postgres_breakers.py, the only ones that import `psycopg`);
+tests/test_store_imports.py keeps it so. Both pass tests/store_conformance/.
 
 A store opened read-only (`open_store(..., readonly=True)`) never creates or changes a file:
 every write it is asked for fails with `StoreError`.

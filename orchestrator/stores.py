@@ -5,8 +5,10 @@
 
 - a plain path, or a `sqlite:` URL read as a `file:` URL is (`sqlite:///var/lib/sagas.db` is
   /var/lib/sagas.db, `sqlite:sagas.db` is relative): SQLite (orchestrator/sqlite_store.py);
-- `postgresql://...` (or `postgres://`, `postgresql+driver://`): refused with StoreError
-  (exit 5 in the CLI) until issue 10 adds that backend;
+- `postgresql://...` (or `postgres://`, `postgresql+driver://`): PostgreSQL
+  (orchestrator/postgres_store.py, with psycopg 3: `pip install 'sagalab[postgres]'`);
+  without psycopg, or with a server that cannot be reached, a one-line StoreError (exit 5
+  in the CLI) with the password masked;
 - any other `scheme://`: refused with StoreError.
 
 Nothing else in the runtime, the API or the CLI names a backend: they get a `Store` or a
@@ -18,11 +20,17 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from types import ModuleType
 
 from orchestrator.errors import StoreError
 from orchestrator.sqlite_store import DRIVER_ERRORS as _SQLITE_ERRORS
 from orchestrator.sqlite_store import check_database, open_sqlite_store
 from orchestrator.store import Access, BreakerStore, Guard, Store
+
+try:  # the optional `postgres` extra: without psycopg, postgresql:// URLs are refused
+    from orchestrator.postgres_store import DRIVER_ERRORS as _POSTGRES_ERRORS
+except ImportError:  # pragma: no cover - exercised where psycopg is not installed
+    _POSTGRES_ERRORS = ()
 
 __all__ = [
     "DRIVER_ERRORS",
@@ -30,12 +38,14 @@ __all__ = [
     "check_store",
     "open_breaker_store",
     "open_store",
+    "postgres_url",
+    "shown",
     "sqlite_path",
 ]
 
 #: Errors a backend's driver may raise past a store method (damage found mid-read, a full
 #: disk): what a caller that must survive any database failure catches besides StoreError.
-DRIVER_ERRORS: tuple[type[Exception], ...] = (*_SQLITE_ERRORS,)
+DRIVER_ERRORS: tuple[type[Exception], ...] = (*_SQLITE_ERRORS, *_POSTGRES_ERRORS)
 #: Every way a database can fail a store call: StoreError and the drivers' own errors.
 STORE_FAILURES: tuple[type[Exception], ...] = (StoreError, *DRIVER_ERRORS)
 
@@ -60,15 +70,47 @@ def sqlite_path(url_or_path: str | os.PathLike[str]) -> Path:
         # As typed (a Path collapses '//'), and never with a password.
         shown = _redacted(f"{match['scheme']}://{match['rest'].lstrip('/')}")
         if scheme.split("+")[0] in _POSTGRES:
-            raise StoreError(
-                f"{shown}: the PostgreSQL store is not available yet (issue 10); "
-                "use a SQLite file path for --db or SAGALAB_DB"
-            )
+            raise StoreError(f"{shown} is a PostgreSQL URL, not a SQLite file")
         raise StoreError(
             f"{shown}: no store for {scheme}: URLs; pass a SQLite file path "
             "(or sqlite:///path) with --db or SAGALAB_DB"
         )
     return Path(text)
+
+
+def postgres_url(url_or_path: str | os.PathLike[str]) -> str | None:
+    """The psycopg URL `url_or_path` names if it is a PostgreSQL one (None otherwise).
+
+    `postgres://` and `postgresql+driver://` become `postgresql://`; a URL that went through
+    a `Path` (which collapses `//` to `/`) is restored. Write an empty host as `localhost`
+    (or `?host=/socket/dir`): `postgresql:///db` cannot be told from a collapsed
+    `postgresql://db` once it was a Path.
+    """
+    match = _SCHEME.match(os.fspath(url_or_path))
+    if match is None or match["rest"] is None:
+        return None
+    if match["scheme"].lower().split("+")[0] not in _POSTGRES:
+        return None
+    return "postgresql://" + match["rest"].lstrip("/")
+
+
+def _postgres() -> ModuleType:
+    """orchestrator.postgres_store, or StoreError saying how to install psycopg."""
+    try:
+        import orchestrator.postgres_store as module
+    except ImportError:
+        raise StoreError(
+            "a postgresql:// database needs psycopg 3: pip install 'sagalab[postgres]' "
+            "(or pip install 'psycopg[binary]' psycopg_pool)"
+        ) from None
+    return module
+
+
+def shown(url_or_path: str | os.PathLike[str]) -> str:
+    """`url_or_path` as messages may show it: a PostgreSQL URL restored and its password
+    masked, a path as it is."""
+    url = postgres_url(url_or_path)
+    return _redacted(url) if url is not None else os.fspath(url_or_path)
 
 
 def _redacted(url: str) -> str:
@@ -92,6 +134,12 @@ def open_store(
     unless `create` is False, and an older one migrated. `guard` is called before every
     write (a database watchdog). One handle per thread.
     """
+    url = postgres_url(url_or_path)
+    if url is not None:
+        store: Store = _postgres().open_postgres_store(
+            url, readonly=readonly, create=create, guard=guard
+        )
+        return store
     path = sqlite_path(url_or_path)
     return open_sqlite_store(path, readonly=readonly, create=create, timeout=timeout, guard=guard)
 
@@ -104,6 +152,12 @@ def open_breaker_store(
     `readonly` never writes or creates anything; callers check the database first
     (`open_store` or `check_store`). One handle per thread.
     """
+    url = postgres_url(url_or_path)
+    if url is not None:
+        _postgres()  # psycopg is there, or one clear line
+        from orchestrator.postgres_breakers import PostgresBreakerStore
+
+        return PostgresBreakerStore(url, readonly=readonly, guard=guard)
     from orchestrator.sqlite_breakers import SQLiteBreakerStore  # imports breakers: not at top
 
     return SQLiteBreakerStore(sqlite_path(url_or_path), readonly=readonly, guard=guard)
@@ -112,4 +166,8 @@ def open_breaker_store(
 def check_store(url_or_path: str | os.PathLike[str], access: Access = Access.READ) -> int:
     """Refuse (StoreError) what could not serve as a saga database for `access`, without
     creating or writing anything; the schema version found (0: to be created)."""
+    url = postgres_url(url_or_path)
+    if url is not None:
+        version: int = _postgres().check_postgres(url, access)
+        return version
     return check_database(sqlite_path(url_or_path), access)

@@ -6,6 +6,9 @@ file the next `sagalab orchestrate run` creates. The watchdog remembers the devi
 of the path when the process opened it; `check()` compares them with what the path names now
 and, once they differ, refuses every later write with `DatabaseGone` (a `StoreError`), so the
 process stops and a restart opens the file that is there now.
+
+A server database (a `postgresql://` URL) has no file to be replaced under the process: its
+watchdog never fires (the server refuses a dropped database itself).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 
 from orchestrator.errors import StoreError
 from orchestrator.store import Store
-from orchestrator.stores import open_store, sqlite_path
+from orchestrator.stores import open_store, postgres_url, sqlite_path
 
 __all__ = ["DatabaseGone", "DatabaseWatchdog", "WatchedStore", "drop_own_sidecars"]
 
@@ -62,13 +65,17 @@ class DatabaseWatchdog:
 
     def __init__(self, path: str | Path, *, restart: str = "restart the worker") -> None:
         """Remember what `path` names now; `restart` ends the message: what to do next."""
-        self.path = sqlite_path(path)  # the file a SQLite URL names
         self.restart = restart
+        self._gone: str | None = None
+        self._lock = threading.Lock()
+        self._server = postgres_url(path) is not None  # no file: nothing to watch
+        if self._server:
+            self.path = Path(path)
+            return
+        self.path = sqlite_path(path)  # the file a SQLite URL names
         self._identity = self._stat()
         if self._identity is None:
             raise StoreError(f"database {self.path} does not exist")
-        self._gone: str | None = None
-        self._lock = threading.Lock()
 
     def _stat(self) -> tuple[int, int] | None:
         try:
@@ -84,6 +91,8 @@ class DatabaseWatchdog:
 
     def check(self) -> None:
         """Raise DatabaseGone if the path no longer names the file opened (sticky)."""
+        if self._server:
+            return
         if self._gone is None:
             try:
                 now = self._stat()

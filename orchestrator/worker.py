@@ -44,7 +44,7 @@ from orchestrator.errors import (
 from orchestrator.executors import HttpExecutor, StepExecutor
 from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner
 from orchestrator.runner import SagaRunner
-from orchestrator.stores import DRIVER_ERRORS, STORE_FAILURES, open_store
+from orchestrator.stores import DRIVER_ERRORS, STORE_FAILURES, open_store, shown
 from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog, WatchedStore
 
 log = logging.getLogger("sagalab.worker")
@@ -232,7 +232,9 @@ class Worker:
                     return
                 except STORE_FAILURES as exc:
                     if any(word in str(exc) for word in _UNUSABLE):
-                        self._fail(StoreError(f"database {self.config.db} is unusable: {exc}"))
+                        self._fail(
+                            StoreError(f"database {shown(self.config.db)} is unusable: {exc}")
+                        )
                         return
                     self._database_trouble(exc)
                     if tools is not None:  # a failed COMMIT can leave a connection unusable

@@ -21,9 +21,13 @@ from orchestrator.api import create_app
 
 
 @contextmanager
-def admin_api(db: Path, *, timeout: float = 10.0) -> Iterator[httpx.Client]:
-    """A client of a real API over `db` that presents an admin key (it sees every tenant)."""
-    keys_db = db.with_name(db.stem + "-keys.db")
+def admin_api(
+    db: Path | str, *, timeout: float = 10.0, keys_db: Path | None = None
+) -> Iterator[httpx.Client]:
+    """A client of a real API over `db` that presents an admin key (it sees every tenant);
+    its key database is `keys_db` (by default beside a SQLite `db`)."""
+    if keys_db is None:
+        keys_db = Path(db).with_name(Path(db).stem + "-keys.db")
     keys = KeyStore(keys_db)
     try:
         # The API limits a key presented to it as a gateway would: this one's rate is the

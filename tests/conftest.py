@@ -8,6 +8,8 @@ test_breakers_shared.py creates its `db` file up front.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from workerlab import Workers
 
 from fakeservices import RunningServices, run_in_thread
+from orchestrator.pg_cluster import PgCluster
 from orchestrator.sqlite_store import SQLiteStore
 
 
@@ -69,3 +72,32 @@ def workers(db: Path, services: RunningServices, tmp_path: Path) -> Iterator[Wor
     w = Workers(db, services.env, tmp_path / "logs")
     yield w
     w.stop_all()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL cluster for the session (never a skip: no server binaries
+    is a failure that says how to install them).
+
+    Not under pytest's tmp dir: every pytest run makes /tmp/pytest-of-USER private again,
+    which would lock the server (running as `postgres` when we are root) out of its files.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="sagalab-pg-"))
+    directory.chmod(0o711)  # the server's user may pass through, not list
+    cluster = PgCluster(directory / "cluster")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> Iterator[str]:
+    """The URL of a fresh, empty database on the session's cluster (dropped after)."""
+    from pglab import drop_database, new_database
+
+    url = new_database(pg_cluster)
+    yield url
+    drop_database(pg_cluster, url)

@@ -1,13 +1,17 @@
-"""Only the SQLite store modules know SQLite: the store port stays the one seam.
+"""Only a backend's own modules know its driver: the store port stays the one seam.
 
 The runtime, the API and the CLI get a `Store` or `BreakerStore` (orchestrator/store.py) from
 `orchestrator.stores`, the one place that maps a database URL to a backend. This test reads
 every module of the repository's packages with `ast` and fails when one outside the allowed
-sets imports `sqlite3`, names `SQLiteStore`, or imports the SQLite store modules themselves.
+sets imports `sqlite3`, names `SQLiteStore`, or imports the SQLite store modules themselves;
+and likewise for PostgreSQL: `psycopg` (and `psycopg_pool`), `PostgresStore` and the
+PostgreSQL store modules.
 
 Allowed, and why:
 
 * `SQLITE_MODULES`: the SQLite backend (saga store, migrations, breaker state);
+* `POSTGRES_MODULES`: the PostgreSQL backend (saga store, migrations, breaker state), the
+  only modules importing psycopg; the factory opens it (and names no `psycopg`);
 * `orchestrator/stores.py`: the factory, which opens the SQLite backend (and names no
   `sqlite3`);
 * `edge/keys.py` may import `sqlite3`: the API key database (`keys.db`, `--keys-db`) is a
@@ -40,6 +44,11 @@ SQLITE3_ALSO = frozenset(
 #: Modules allowed to open the SQLite store directly besides the factory (see the docstring).
 BACKEND_ALSO = frozenset({"benchmarks/bench_orchestrator.py"})
 BACKEND_MODULES = ("orchestrator.sqlite_store", "orchestrator.sqlite_breakers")
+POSTGRES_MODULES = frozenset(
+    {"orchestrator/postgres_store.py", "orchestrator/postgres_breakers.py"}
+)
+POSTGRES_BACKEND_MODULES = ("orchestrator.postgres_store", "orchestrator.postgres_breakers")
+POSTGRES_DRIVERS = ("psycopg", "psycopg_pool")
 
 
 def _modules() -> list[str]:
@@ -53,6 +62,7 @@ def violations(source: str, module: str) -> list[str]:
     """What `module` (its path from the root) may not do with SQLite, one line each."""
     may_import_sqlite3 = module in SQLITE_MODULES or module in SQLITE3_ALSO
     may_use_backend = module in SQLITE_MODULES or module == FACTORY or module in BACKEND_ALSO
+    may_use_postgres = module in POSTGRES_MODULES or module == FACTORY
     found = []
     for node in ast.walk(ast.parse(source)):
         names: list[str] = []
@@ -65,10 +75,16 @@ def violations(source: str, module: str) -> list[str]:
                 found.append(f"line {node.lineno}: imports {name}")
             if name.startswith(BACKEND_MODULES) and not may_use_backend:
                 found.append(f"line {node.lineno}: imports {name} (use orchestrator.stores)")
-        if isinstance(node, ast.Name | ast.Attribute) and not may_use_backend:
+            if name.split(".")[0] in POSTGRES_DRIVERS and module not in POSTGRES_MODULES:
+                found.append(f"line {node.lineno}: imports {name}")
+            if name.startswith(POSTGRES_BACKEND_MODULES) and not may_use_postgres:
+                found.append(f"line {node.lineno}: imports {name} (use orchestrator.stores)")
+        if isinstance(node, ast.Name | ast.Attribute):
             named = node.id if isinstance(node, ast.Name) else node.attr
-            if named == "SQLiteStore":
+            if named == "SQLiteStore" and not may_use_backend:
                 found.append(f"line {node.lineno}: names SQLiteStore")
+            if named == "PostgresStore" and not may_use_postgres:
+                found.append(f"line {node.lineno}: names PostgresStore")
     return sorted(set(found))
 
 
@@ -89,9 +105,16 @@ def test_the_rule_catches_each_way_round_the_port() -> None:
     assert violations("import sqlite3\n", "edge/keys.py") == []
     assert violations("from orchestrator.sqlite_store import open_sqlite_store\n", FACTORY) == []
     assert violations("import sqlite3\n", FACTORY) != []
+    assert violations("import psycopg\n", "orchestrator/worker.py") == ["line 1: imports psycopg"]
+    assert violations("from psycopg_pool import ConnectionPool\n", "cli/x.py") != []
+    assert violations("import psycopg\n", FACTORY) != []
+    assert violations("from orchestrator.postgres_store import connect\n", "cli/x.py") != []
+    assert violations("x = mod.PostgresStore(url)\n", "orchestrator/api.py") != []
+    assert violations("import psycopg\n", "orchestrator/postgres_breakers.py") == []
+    assert violations("import orchestrator.postgres_breakers\n", FACTORY) == []
 
 
 def test_every_package_module_is_checked() -> None:
     modules = _modules()
     assert {"orchestrator/api.py", "cli/orchestrate.py", "orchestrator/worker.py"} <= set(modules)
-    assert set(modules) >= SQLITE_MODULES and FACTORY in modules
+    assert set(modules) >= SQLITE_MODULES | POSTGRES_MODULES and FACTORY in modules

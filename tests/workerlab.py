@@ -28,6 +28,7 @@ from orchestrator.journal import JournalEntry
 from orchestrator.runner import start_saga
 from orchestrator.saga import EventType, Phase
 from orchestrator.sqlite_store import SQLiteStore
+from orchestrator.stores import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -97,10 +98,11 @@ def order(n: int, *, amount: int = 100, quantity: int = 1) -> dict[str, Any]:
     }
 
 
-def enqueue(db: Path, payloads: list[dict[str, Any]]) -> list[str]:
-    """Queue one checkout saga per payload (what `sagalab orchestrate run` does)."""
+def enqueue(db: Path | str, payloads: list[dict[str, Any]]) -> list[str]:
+    """Queue one checkout saga per payload (what `sagalab orchestrate run` does); `db` is a
+    SQLite path or any URL `open_store` takes."""
     flow = load_flow("checkout")
-    store = SQLiteStore(db)
+    store = open_store(db)
     try:
         return [start_saga(store, flow, p)[0].id for p in payloads]
     finally:
@@ -142,7 +144,7 @@ class WorkerProcess:
 class Workers:
     """Starts worker processes and makes sure none outlives the test."""
 
-    def __init__(self, db: Path, env: dict[str, str], logs: Path) -> None:
+    def __init__(self, db: Path | str, env: dict[str, str], logs: Path) -> None:
         self.db = db
         self.env = {**os.environ, **env}
         self.logs = logs
@@ -193,16 +195,16 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
-def statuses(db: Path) -> dict[str, int]:
-    store = SQLiteStore(db)
+def statuses(db: Path | str) -> dict[str, int]:
+    store = open_store(db)
     try:
         return store.count_by_status()
     finally:
         store.close()
 
 
-def journal(db: Path, saga_id: str) -> list[JournalEntry]:
-    store = SQLiteStore(db)
+def journal(db: Path | str, saga_id: str) -> list[JournalEntry]:
+    store = open_store(db)
     try:
         return store.journal(saga_id)
     finally:
@@ -224,7 +226,7 @@ def owner_pid(owner: str | None) -> int | None:
     return int(owner.split(":")[1])
 
 
-def drained(db: Path, total: int) -> Callable[[], bool]:
+def drained(db: Path | str, total: int) -> Callable[[], bool]:
     """A condition: all `total` sagas are completed or rolled back."""
 
     def check() -> bool:

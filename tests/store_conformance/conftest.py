@@ -3,8 +3,8 @@
 Every test takes the backend from `store_factory`, parametrized by backend name. A backend
 is a URL that `orchestrator.stores.open_store` and `open_breaker_store` accept, plus one
 backend-specific hook: `older()`, a database at an older schema version holding what the
-current one holds (migration). Today the one backend is "sqlite"; issue 10 adds "postgres"
-to `BACKENDS` (and its fixture setup below), and the suite is its definition of done.
+current one holds (migration). The backends are "sqlite" (a file in the test's tmp dir) and
+"postgres" (a fresh database on the session's throwaway cluster, tests/pglab.py).
 Tests use the protocols of orchestrator/store.py only, never a backend's internals.
 """
 
@@ -18,8 +18,8 @@ from conformancelab import Backend
 
 from orchestrator.store import Store
 
-#: The backends every conformance test runs against (issue 10 adds "postgres").
-BACKENDS = ["sqlite"]
+#: The backends every conformance test runs against.
+BACKENDS = ["sqlite", "postgres"]
 
 
 def _sqlite(tmp_path: Path) -> Backend:
@@ -35,11 +35,21 @@ def _sqlite(tmp_path: Path) -> Backend:
     return Backend("sqlite", f"sqlite://{path}", older)
 
 
+def _postgres(request: pytest.FixtureRequest) -> Backend:
+    from pglab import copy_at_v1
+
+    cluster = request.getfixturevalue("pg_cluster")
+    url = request.getfixturevalue("pg_url")  # a fresh, empty database
+    return Backend("postgres", url, lambda: copy_at_v1(cluster, url))
+
+
 @pytest.fixture(params=BACKENDS)
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """The backend named by the parameter, on a fresh database."""
     if request.param == "sqlite":
         backend = _sqlite(tmp_path)
+    elif request.param == "postgres":
+        backend = _postgres(request)
     else:  # pragma: no cover - a backend added to BACKENDS without its setup
         raise pytest.UsageError(f"no setup for store backend {request.param!r}")
     yield backend

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from typing import Any
+
 import pybreaker
 from conformancelab import Backend
 
@@ -74,3 +77,37 @@ def test_rows_reset_and_a_read_only_handle(store_factory: Backend) -> None:
     [row] = reader.rows()
     assert (row["state"], row["fail_counter"], row["opened_time"]) == ("closed", 0, None)
     assert [e["new"] for e in reader.events("payments")] == ["open", "closed"]
+
+
+def _probe_racer(url: str, barrier: Any, results: Any) -> None:
+    """Wait for every racer, then try for the half-open probe once."""
+    from orchestrator.stores import open_breaker_store
+
+    states = open_breaker_store(url)
+    try:
+        storage = states.storage("payments", lambda: 100.0)
+        barrier.wait()
+        results.put(storage.try_acquire_probe(100.0, 110.0))
+    finally:
+        states.close()
+
+
+def test_processes_racing_for_the_half_open_probe_let_exactly_one_through(
+    store_factory: Backend,
+) -> None:
+    store_factory.open().close()
+    store_factory.breakers().storage("payments", lambda: 100.0)  # the row exists
+    racers = 4
+    spawn = multiprocessing.get_context("spawn")
+    barrier, results = spawn.Barrier(racers), spawn.Queue()
+    processes = [
+        spawn.Process(target=_probe_racer, args=(store_factory.url, barrier, results))
+        for _ in range(racers)
+    ]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(timeout=60)
+    assert [p.exitcode for p in processes] == [0] * racers
+    won = [results.get(timeout=10) for _ in range(racers)]
+    assert sorted(won) == [False] * (racers - 1) + [True]

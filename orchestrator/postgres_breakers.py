@@ -1,0 +1,231 @@
+"""Circuit breaker state in the PostgreSQL saga database: `PostgresBreakerStore`.
+
+The PostgreSQL twin of orchestrator/sqlite_breakers.py: `PostgresBreakerStorage` implements
+the primitives of the shared `BreakerStorage` (orchestrator/policies/breaker.py) with single
+statements, and the half-open probe is one compare-and-set `UPDATE ... WHERE probe_until IS
+NULL OR probe_until <= now`: the row lock makes concurrent probers on every host queue up and
+re-check, so exactly one gets it. Probe times are on the database's clock (the handle's
+offset, as for leases). Every psycopg error is a `StoreError`; the store's `guard` is called
+before each statement. The tables come from the saga store's migrations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from orchestrator.breakers import row_damage, sane_opened_time
+from orchestrator.errors import StoreError
+from orchestrator.policies.breaker import CLOSED, BreakerStorage
+from orchestrator.postgres_store import connect, measure_offset, redacted
+from orchestrator.store import Guard
+
+__all__ = ["PostgresBreakerStorage", "PostgresBreakerStore"]
+
+log = logging.getLogger(__name__)
+
+#: Breakers whose damaged row was logged already (once per process and service).
+_DAMAGE_LOGGED: set[str] = set()
+#: Key space of the advisory locks that make `record_transition` one step across hosts.
+_TRANSITION_LOCK = 0x5A6A_B4EA
+
+
+class PostgresBreakerStore:
+    """`BreakerStore` on one connection to the saga database (one per thread)."""
+
+    def __init__(self, url: str, *, readonly: bool = False, guard: Guard | None = None) -> None:
+        """Connect to `url` (StoreError if the server cannot be reached)."""
+        self.url = url
+        self.guard = guard
+        self.readonly = readonly
+        self._conn: psycopg.Connection | None = None
+        self.offset = 0.0
+        self._connection()
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            conn = connect(self.url, readonly=self.readonly)
+            try:
+                self.offset = measure_offset(conn, time.time)
+            except psycopg.Error as exc:
+                conn.close()
+                raise StoreError(f"breaker storage {redacted(self.url)}: {exc}") from None
+            self._conn = conn
+        return self._conn
+
+    def execute(self, query: str, args: Any = None, *, rows: bool = False) -> Any:
+        """Run one statement; its cursor (dict rows if `rows`). psycopg errors: StoreError."""
+        if self.guard is not None:
+            self.guard()
+        try:
+            conn = self._connection()
+            cur = conn.cursor(row_factory=dict_row) if rows else conn.cursor()
+            return cur.execute(query, args)
+        except psycopg.Error as exc:
+            text = " ".join(str(exc).split())
+            raise StoreError(f"breaker storage: {text}") from None
+
+    def storage(self, name: str, clock: Callable[[], float]) -> PostgresBreakerStorage:
+        """The shared state of breaker `name` (its row is created if missing)."""
+        return PostgresBreakerStorage(self, name, clock)
+
+    def record_transition(self, name: str, now: float, new: str, *, owner: str) -> str | None:
+        """Log `name` -> `new` unless the log has it there already; the state it left."""
+        # One statement under a per-breaker advisory lock: replicas that make the same
+        # transition at once queue up, and the second finds it logged.
+        if self.guard is not None:
+            self.guard()
+        try:
+            conn = self._connection()
+            with conn.transaction():
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_TRANSITION_LOCK, name)
+                )
+                last = conn.execute(
+                    "SELECT new FROM breaker_events WHERE name = %s ORDER BY id DESC LIMIT 1",
+                    (name,),
+                ).fetchone()
+                previous = last[0] if last else CLOSED
+                if previous != new:
+                    conn.execute(
+                        "INSERT INTO breaker_events (at, name, old, new, owner) "
+                        "VALUES (%s, %s, %s, %s, %s)",
+                        (now, name, previous, new, owner),
+                    )
+        except psycopg.Error as exc:
+            raise StoreError(f"breaker storage: {' '.join(str(exc).split())}") from None
+        return None if previous == new else str(previous)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every breaker's shared state, with its number of transitions and any damage."""
+        found = self.execute(
+            "SELECT b.*, (SELECT COUNT(*) FROM breaker_events e WHERE e.name = b.name) "
+            "AS transitions FROM breakers b ORDER BY name",
+            rows=True,
+        ).fetchall()
+        now = time.time()
+        for row in found:  # shown as damaged, never a crash (`breakers list`)
+            row["damaged"] = row_damage(row["state"], row["opened_time"], now=now)
+        return list(found)
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Breaker transitions, oldest first."""
+        columns = "SELECT at, name, old, new, owner FROM breaker_events"
+        if name is None:
+            return list(self.execute(f"{columns} ORDER BY at, id", rows=True).fetchall())
+        return list(self.execute(f"{columns} WHERE name = %s ORDER BY at, id", (name,), rows=True))
+
+    def reset(self, name: str, *, now: float) -> bool:
+        """Close breaker `name` by hand (and log it); False if no such breaker exists."""
+        cur = self.execute(
+            "WITH reset AS (UPDATE breakers SET state = 'closed', fail_counter = 0, "
+            "success_counter = 0, opened_time = NULL, probe_until = NULL, updated_at = %(now)s "
+            "WHERE name = %(name)s RETURNING name) "
+            "INSERT INTO breaker_events (at, name, old, new, owner) "
+            "SELECT %(now)s, name, 'any', 'closed', 'operator reset' FROM reset",
+            {"now": now, "name": name},
+        )
+        return bool(cur.rowcount == 1)
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class PostgresBreakerStorage(BreakerStorage):
+    """Breaker state in the `breakers` table; every read and write goes to the database."""
+
+    def __init__(self, store: PostgresBreakerStore, name: str, clock: Callable[[], float]):
+        super().__init__(name, clock)
+        self.store = store
+        self.store.execute(
+            "INSERT INTO breakers (name) VALUES (%s) ON CONFLICT DO NOTHING", (name,)
+        )
+
+    def _get(self, column: str) -> Any:
+        row = self.store.execute(
+            f"SELECT {column} FROM breakers WHERE name = %s", (self.name,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def _set(self, assignment: str, *args: Any) -> None:
+        self.store.execute(
+            f"UPDATE breakers SET {assignment}, updated_at = %s WHERE name = %s",
+            (*args, time.time(), self.name),
+        )
+
+    @property
+    def state(self) -> str:
+        row = self.store.execute(
+            "SELECT state, opened_time FROM breakers WHERE name = %s", (self.name,)
+        ).fetchone()
+        if row is None or row[0] is None:
+            return CLOSED
+        damaged = row_damage(row[0], row[1], now=time.time())
+        if damaged is not None:
+            # As on SQLite: a row no code of ours wrote never keeps a service's calls out.
+            if self.name not in _DAMAGE_LOGGED:
+                _DAMAGE_LOGGED.add(self.name)
+                log.warning("breaker %s: %s; treated as closed", self.name, damaged)
+            return CLOSED
+        return str(row[0])
+
+    @state.setter
+    def state(self, state: str) -> None:
+        self._set("state = %s", state)
+
+    def increment_counter(self) -> None:
+        self._set("fail_counter = fail_counter + 1")
+
+    def reset_counter(self) -> None:
+        # No write (and no row lock) when already 0: the hot path of every success.
+        self.store.execute(
+            "UPDATE breakers SET fail_counter = 0, updated_at = %s "
+            "WHERE name = %s AND fail_counter <> 0",
+            (time.time(), self.name),
+        )
+
+    def increment_success_counter(self) -> None:
+        self._set("success_counter = success_counter + 1")
+
+    def reset_success_counter(self) -> None:
+        self.store.execute(
+            "UPDATE breakers SET success_counter = 0, updated_at = %s "
+            "WHERE name = %s AND success_counter <> 0",
+            (time.time(), self.name),
+        )
+
+    @property
+    def counter(self) -> int:
+        return int(self._get("fail_counter") or 0)
+
+    @property
+    def success_counter(self) -> int:
+        return int(self._get("success_counter") or 0)
+
+    @property
+    def opened_time(self) -> float | None:
+        return sane_opened_time(self._get("opened_time"), now=time.time())
+
+    @opened_time.setter
+    def opened_time(self, value: float | None) -> None:
+        self._set("opened_time = %s", value)
+
+    def try_acquire_probe(self, now: float, until: float) -> bool:
+        offset = self.store.offset
+        cur = self.store.execute(
+            "UPDATE breakers SET probe_until = %s WHERE name = %s "
+            "AND (probe_until IS NULL OR probe_until <= %s)",
+            (until + offset, self.name, now + offset),
+        )
+        return bool(cur.rowcount == 1)
+
+    def release_probe(self) -> None:
+        self._set("probe_until = NULL")

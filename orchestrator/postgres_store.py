@@ -1,0 +1,910 @@
+"""The PostgreSQL saga store: `PostgresStore` implements `Store` (orchestrator/store.py).
+
+`orchestrator.stores.open_store` opens it for a `postgresql://` (or `postgres://`) URL; this
+module and orchestrator/postgres_breakers.py are the only ones that import `psycopg`.
+
+Theory of operation. One connection per handle (one handle per thread, as on SQLite), in
+autocommit mode: most writes are one statement, hence one transaction and one round trip.
+An append is a single `WITH moved AS (UPDATE sagas ... WHERE last_seq = expected AND <the
+lease fence>) INSERT INTO events ... FROM moved` statement: the expected seq, the lease
+epoch and the lease's expiry are checked by the same statement that writes, so a writer
+whose lease was taken over never lands an entry. A claim is `UPDATE ... WHERE id = (SELECT
+... FOR UPDATE SKIP LOCKED)`: claimers on many hosts never wait on each other's rows.
+
+Time. Callers pass `now` on their own clock. Lease expiry and queue due times are judged on
+the database's clock: each handle measures the offset of the database clock
+(`clock_timestamp()`) from its host's when it connects and once a minute after (a host's
+clock stepped by NTP is caught up with), rounded to whole seconds (clocks that
+agree within half a second count as agreeing, so handles on one host share one frame), and
+adds it to every `now` and `run_after` it stores or compares. A worker whose clock runs
+minutes behind still sees its lease expire when the database says, not later. `Lease.until`
+is returned on the caller's clock.
+
+A lost connection (server restart, network cut) raises `StoreError` from the call that met
+it, as a SQLite error does; the next call reconnects. Nothing is retried here: the worker
+backs off and its lease fence keeps any late write out.
+
+The schema version lives in `meta`; `MIGRATIONS` (under an advisory lock, so that several
+processes opening a new database race safely) brings an older schema up to date.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from orchestrator.errors import (
+    ConcurrentUpdate,
+    IdempotencyConflict,
+    LeaseHeld,
+    LeaseLost,
+    SagaNotFoundError,
+    StoreError,
+)
+from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
+from orchestrator.journal import JournalEntry, entry_from_row, entry_to_row
+from orchestrator.saga import Event, EventType, SagaState, SagaStatus
+from orchestrator.store import (
+    DEFAULT_TENANT,
+    Access,
+    Guard,
+    Lease,
+    SagaRecord,
+    StepRow,
+    input_fingerprint,
+    step_fields,
+)
+from orchestrator.store_rows import saga_record, steps_from_json, steps_json
+
+__all__ = [
+    "DRIVER_ERRORS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "PostgresStore",
+    "check_postgres",
+    "connect",
+    "open_postgres_store",
+    "redacted",
+]
+
+T = TypeVar("T")
+
+#: What psycopg raises past a store method: callers that must survive any failure catch it.
+DRIVER_ERRORS: tuple[type[Exception], ...] = (psycopg.Error,)
+
+# v1: everything the SQLite store had by its v6, in PostgreSQL's types.
+_V1 = """
+CREATE TABLE flow_snapshots (
+    hash TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+CREATE TABLE sagas (
+    id TEXT PRIMARY KEY,
+    flow_name TEXT NOT NULL,
+    flow_version INTEGER NOT NULL,
+    flow_hash TEXT NOT NULL,
+    input TEXT NOT NULL,
+    input_hash TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    status TEXT NOT NULL,
+    trace_id TEXT NOT NULL,
+    reason TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    last_seq INTEGER NOT NULL,
+    steps TEXT NOT NULL DEFAULT '[]',
+    run_after DOUBLE PRECISION,
+    lease_owner TEXT,
+    lease_until DOUBLE PRECISION,
+    lease_epoch BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX sagas_by_created ON sagas (created_at);
+CREATE INDEX sagas_by_status ON sagas (status, created_at);
+CREATE INDEX sagas_queue ON sagas (run_after) WHERE run_after IS NOT NULL;
+CREATE TABLE events (
+    saga_id TEXT NOT NULL REFERENCES sagas (id),
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    step TEXT,
+    phase TEXT,
+    attempt INTEGER NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    failure TEXT,
+    not_before DOUBLE PRECISION,
+    reason TEXT,
+    force INTEGER NOT NULL DEFAULT 0,
+    request TEXT,
+    response TEXT,
+    status_code INTEGER,
+    duration_ms DOUBLE PRECISION,
+    trace_id TEXT NOT NULL,
+    span_id TEXT,
+    PRIMARY KEY (saga_id, seq)
+);
+CREATE TABLE scaling_events (
+    id BIGSERIAL PRIMARY KEY,
+    at DOUBLE PRECISION NOT NULL,
+    replicas_from INTEGER NOT NULL,
+    replicas_to INTEGER NOT NULL,
+    depth INTEGER NOT NULL,
+    oldest_age DOUBLE PRECISION NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE breakers (
+    name TEXT PRIMARY KEY,
+    state TEXT NOT NULL DEFAULT 'closed',
+    fail_counter INTEGER NOT NULL DEFAULT 0,
+    success_counter INTEGER NOT NULL DEFAULT 0,
+    opened_time DOUBLE PRECISION,
+    probe_until DOUBLE PRECISION,
+    updated_at DOUBLE PRECISION
+);
+CREATE TABLE breaker_events (
+    id BIGSERIAL PRIMARY KEY,
+    at DOUBLE PRECISION NOT NULL,
+    name TEXT NOT NULL,
+    old TEXT NOT NULL,
+    new TEXT NOT NULL,
+    owner TEXT
+);
+"""
+
+# v2: every saga belongs to a tenant; idempotency keys are unique per tenant (SQLite's v7).
+_V2 = f"""
+ALTER TABLE sagas ADD COLUMN tenant TEXT NOT NULL DEFAULT '{DEFAULT_TENANT}';
+ALTER TABLE sagas DROP CONSTRAINT sagas_idempotency_key_key;
+CREATE INDEX sagas_by_tenant ON sagas (tenant, created_at);
+CREATE UNIQUE INDEX sagas_by_idempotency_key ON sagas (tenant, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+SCHEMA_VERSION = len(MIGRATIONS)
+_MIGRATION_LOCK = 0x5A6A_1AB0  # pg_advisory_xact_lock key: one migrating process at a time
+_HINT = "pass another URL with --db or SAGALAB_DB"
+_REMEASURE_SECONDS = 60.0  # how often a handle checks its host's clock against the database's
+_CONNECT_TIMEOUT = 5  # seconds: an unreachable server is an error soon, not a hang
+#: libpq settings that make a dead server or a cut network an error within seconds.
+_LIVENESS: dict[str, int] = {
+    "connect_timeout": _CONNECT_TIMEOUT,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # ms: unacknowledged data for this long ends the connection
+}
+
+# The journal columns a JSON array of `entry_to_row` dicts is read as (one statement
+# inserts them all).
+_ENTRY_COLUMNS = (
+    "seq INTEGER, type TEXT, step TEXT, phase TEXT, attempt INTEGER, at DOUBLE PRECISION, "
+    "failure TEXT, not_before DOUBLE PRECISION, reason TEXT, force INTEGER, request TEXT, "
+    "response TEXT, status_code INTEGER, duration_ms DOUBLE PRECISION, span_id TEXT"
+)
+_INSERT_ENTRIES = (
+    "INSERT INTO events (saga_id, seq, type, step, phase, attempt, at, failure, not_before, "
+    "reason, force, request, response, status_code, duration_ms, trace_id, span_id) "
+    "SELECT {source}.id, e.seq, e.type, e.step, e.phase, e.attempt, e.at, e.failure, "
+    "e.not_before, e.reason, e.force, e.request, e.response, e.status_code, e.duration_ms, "
+    "{source}.trace_id, e.span_id "
+    f"FROM {{source}}, jsonb_to_recordset(%(entries)s::jsonb) AS e({_ENTRY_COLUMNS}) "
+    "RETURNING seq"
+)
+
+
+def redacted(url: str) -> str:
+    """`url` with any password masked: what messages may show."""
+    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
+
+
+def _failure(url: str, exc: BaseException) -> str:
+    # psycopg's messages can span lines (a DETAIL, a HINT): one line for the CLI.
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.replace(url, redacted(url))
+
+
+def connect(url: str, *, readonly: bool = False, create: bool = False) -> psycopg.Connection:
+    """An autocommit connection to `url` (StoreError, password masked, if there is none).
+
+    With `create`, a database the server does not have yet is created (as SQLite creates a
+    missing file); `readonly` connections refuse every write in the server as well.
+    """
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url)
+        # A cut network (no RST, no FIN) would hang a call for the kernel's retransmission
+        # time (minutes): these bound it to seconds, unless the URL says otherwise.
+        settings: dict[str, Any] = {k: v for k, v in _LIVENESS.items() if k not in given}
+        if readonly:
+            own = str(given.get("options") or "")
+            settings["options"] = f"{own} -c default_transaction_read_only=on".strip()
+        return psycopg.connect(url, autocommit=True, **settings)
+    except psycopg.OperationalError as exc:
+        if create and "does not exist" in str(exc) and _create_database(url):
+            return connect(url, readonly=readonly)
+        raise StoreError(
+            f"cannot connect to PostgreSQL at {redacted(url)}: {_failure(url, exc)}; "
+            f"start the server or {_HINT}"
+        ) from None
+    except psycopg.Error as exc:  # a malformed URL, say
+        raise StoreError(f"cannot use {redacted(url)}: {_failure(url, exc)}; {_HINT}") from None
+
+
+def _create_database(url: str) -> bool:
+    """CREATE DATABASE for the database `url` names, through the server's `postgres` one."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    name = info.get("dbname")
+    if not name or name == "postgres":
+        return False
+    info["dbname"] = "postgres"
+    try:
+        with psycopg.connect(
+            psycopg.conninfo.make_conninfo(**info),  # type: ignore[arg-type]
+            autocommit=True,
+            connect_timeout=_CONNECT_TIMEOUT,
+        ) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
+    except psycopg.errors.DuplicateDatabase:
+        return True  # another process created it first
+    except psycopg.Error:
+        return False
+    return True
+
+
+def _schema_version(conn: psycopg.Connection, url: str, access: Access) -> int:
+    """The schema version `conn`'s database holds (0: none yet), refusing what is not ours."""
+    tables = {
+        r[0]
+        for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        )
+    }
+    shown = redacted(url)
+    if not tables:
+        if access is Access.CREATE:
+            return 0
+        raise StoreError(f"no saga database at {shown}: nothing has run with this --db yet")
+    if "meta" not in tables or "sagas" not in tables:
+        names = ", ".join(sorted(tables)[:6])
+        raise StoreError(
+            f"{shown} holds tables of another application ({names}), not a saga database: {_HINT}"
+        )
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    version = int(row[0]) if row is not None and str(row[0]).isdigit() else 0
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{shown} has schema version {version}, newer than this sagalab "
+            f"({SCHEMA_VERSION}): upgrade sagalab"
+        )
+    return version
+
+
+def check_postgres(url: str, access: Access = Access.READ) -> int:
+    """The schema version of the saga database at `url` (0: to be created); StoreError for
+    a server that cannot be reached or a database that is not a saga database. Writes
+    nothing (a missing database is not created)."""
+    try:
+        conn = connect(url, readonly=True)
+    except StoreError as exc:
+        if access is Access.CREATE and "does not exist" in str(exc):
+            return 0  # a writer creates the database
+        raise
+    try:
+        return _schema_version(conn, url, access)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot read {redacted(url)}: {_failure(url, exc)}") from None
+    finally:
+        conn.close()
+
+
+def open_postgres_store(
+    url: str, *, readonly: bool = False, create: bool = True, guard: Guard | None = None
+) -> PostgresStore:
+    """The store at `url`; an older schema is upgraded once, even for a `readonly` open."""
+    if readonly:
+        if check_postgres(url, Access.READ) < SCHEMA_VERSION:
+            PostgresStore(url, create=False).close()
+        return PostgresStore(url, read_only=True, guard=guard)
+    return PostgresStore(url, create=create, guard=guard)
+
+
+def measure_offset(conn: psycopg.Connection, local_clock: Callable[[], float]) -> float:
+    """Database clock minus `local_clock`, rounded to whole seconds (see the module doc)."""
+    before = local_clock()
+    row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+    after = local_clock()
+    assert row is not None
+    return float(round(row[0] - (before + after) / 2))
+
+
+class PostgresStore:
+    """`Store` on one PostgreSQL database. One connection: open one handle per thread."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        read_only: bool = False,
+        create: bool = True,
+        guard: Guard | None = None,
+        local_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Open the store at `url`, refusing anything that is not a saga database; create
+        (unless `create` is False) or migrate its schema. `local_clock` is the clock the
+        callers' `now` comes from (for the database-clock offset)."""
+        self.url = url
+        self.path = Path(url)  # what `open_store` takes back (a Path keeps the scheme)
+        self.read_only = read_only
+        self.guard = guard
+        self.local_clock = local_clock
+        self._flows: dict[str, FlowDefinition] = {}
+        self._snapshots: dict[str, str] = {}
+        self._flow_hashes: dict[int, tuple[FlowDefinition, str, str]] = {}
+        self._conn: psycopg.Connection | None = None
+        self.offset = 0.0
+        self._measured_at = 0.0
+        access = Access.READ if read_only else Access.CREATE if create else Access.WRITE
+        conn = self._connection(create=access is Access.CREATE)
+        try:
+            version = _schema_version(conn, url, access)
+        except psycopg.Error as exc:
+            self.close()
+            raise StoreError(f"cannot read {redacted(url)}: {_failure(url, exc)}") from None
+        except BaseException:
+            self.close()
+            raise
+        if version != SCHEMA_VERSION:
+            if read_only:
+                self.close()
+                raise StoreError(
+                    f"{redacted(url)} has schema version {version}, older than this sagalab "
+                    f"({SCHEMA_VERSION}); a command that writes (`sagalab worker`) upgrades it"
+                )
+            self.migrate()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _connection(self, *, create: bool = False) -> psycopg.Connection:
+        """The open connection, reconnecting after a lost one."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            conn = connect(self.url, readonly=self.read_only, create=create)
+            try:
+                self._measure(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        elif time.monotonic() - self._measured_at > _REMEASURE_SECONDS:
+            self._measure(self._conn)
+        return self._conn
+
+    def _measure(self, conn: psycopg.Connection) -> None:
+        with self._errors():
+            self.offset = measure_offset(conn, self.local_clock)
+        self._measured_at = time.monotonic()
+
+    def _db_time(self, now: float) -> float:
+        return now + self.offset
+
+    @contextmanager
+    def _errors(self, what: str = "database") -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise StoreError(f"{what} {redacted(self.url)}: {_failure(self.url, exc)}") from None
+
+    def _check_write(self) -> None:
+        if self.guard is not None:
+            self.guard()
+        if self.read_only:
+            raise StoreError(f"cannot write to {redacted(self.url)}: opened read-only")
+
+    def _execute(self, query: str, args: Any = None, *, write: bool = False) -> psycopg.Cursor:
+        """Run one statement (one round trip), with psycopg errors as StoreError."""
+        if write:
+            self._check_write()
+        with self._errors("cannot write to" if write else "database"):
+            return self._connection().execute(query, args)
+
+    def _rows(self, query: str, args: Any = None) -> list[dict[str, Any]]:
+        with self._errors():
+            cur = self._connection().cursor(row_factory=dict_row)
+            return cur.execute(query, args).fetchall()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection]:
+        """A write transaction of several statements (rare: most writes are one)."""
+        self._check_write()
+        with self._errors("cannot write to"):
+            conn = self._connection()
+            with conn.transaction():
+                yield conn
+
+    def schema_version(self) -> int:
+        """The schema version the database holds (0 for a new one)."""
+        with self._errors():
+            return _schema_version(self._connection(), self.url, Access.CREATE)
+
+    def migrate(self) -> int:
+        """Bring the schema to SCHEMA_VERSION; return the version it had before."""
+        with self._transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            before = int(row[0]) if row is not None and str(row[0]).isdigit() else 0
+            if before > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{redacted(self.url)} has schema version {before}, newer than this "
+                    f"sagalab ({SCHEMA_VERSION}): upgrade sagalab"
+                )
+            for script in MIGRATIONS[before:]:
+                conn.execute(script)  # several statements: no parameters, one round trip
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+        return before
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def ping(self) -> None:
+        """StoreError unless the database answers and holds sagas at a known schema."""
+        with self._errors():
+            _schema_version(self._connection(), self.url, Access.READ)
+            self._connection().execute("SELECT 1 FROM sagas LIMIT 1").fetchall()
+
+    # -- sagas ------------------------------------------------------------------------------
+
+    def _flow(self, snapshot: str) -> FlowDefinition:
+        flow = self._flows.get(snapshot)
+        if flow is None:
+            flow = flow_from_dict(
+                json.loads(snapshot), source="(stored snapshot)", check_input_keys=False
+            )
+            self._flows[snapshot] = flow
+        return flow
+
+    def _snapshot_body(self, flow_hash: str) -> str:
+        body = self._snapshots.get(flow_hash)
+        if body is None:
+            found = self._execute(
+                "SELECT body FROM flow_snapshots WHERE hash = %s", (flow_hash,)
+            ).fetchone()
+            if found is None:
+                raise StoreError(f"{redacted(self.url)}: flow snapshot {flow_hash} is missing")
+            body = self._snapshots[flow_hash] = found[0]
+        return body
+
+    def _record(self, row: dict[str, Any], *, lenient: bool = False) -> SagaRecord:
+        flow = self._flow(self._snapshot_body(row["flow_hash"]))
+        return saga_record(row, flow, lenient=lenient)
+
+    def _snapshot_of(self, flow: FlowDefinition) -> tuple[str, str]:
+        cached = self._flow_hashes.get(id(flow))
+        if cached is not None and cached[0] is flow:
+            return cached[1], cached[2]
+        snapshot = json.dumps(flow_to_dict(flow), sort_keys=True)
+        flow_hash = hashlib.sha256(snapshot.encode()).hexdigest()[:32]
+        self._flow_hashes[id(flow)] = (flow, flow_hash, snapshot)
+        self._snapshots[flow_hash] = snapshot
+        return flow_hash, snapshot
+
+    def create_saga(
+        self,
+        *,
+        saga_id: str,
+        flow: FlowDefinition,
+        payload: dict[str, Any],
+        trace_id: str,
+        idempotency_key: str | None,
+        now: float,
+        run_after: float | None = None,
+        initial: Sequence[JournalEntry] = (),
+        state: SagaState | None = None,
+        tenant: str = DEFAULT_TENANT,
+    ) -> tuple[SagaRecord, bool]:
+        """Store a new saga of `tenant` (queued if `run_after` is set), in one statement;
+        reuse the one its key names (IdempotencyConflict if that one's input differs)."""
+        fingerprint = input_fingerprint(flow.name, flow.version, payload)
+        flow_hash, snapshot = self._snapshot_of(flow)
+        input_text = json.dumps(payload)
+        entries = [JournalEntry(Event(EventType.SAGA_CREATED, now)), *initial]
+        folded = state if state is not None else SagaState(flow)
+        args = {
+            "hash": flow_hash,
+            "body": snapshot,
+            "id": saga_id,
+            "flow_name": flow.name,
+            "flow_version": flow.version,
+            "input": input_text,
+            "input_hash": fingerprint,
+            "key": idempotency_key,
+            "status": folded.status.value,
+            "reason": _text(folded.reason),
+            "trace_id": trace_id,
+            "now": now,
+            "last_seq": len(entries),
+            "run_after": None if run_after is None else self._db_time(run_after),
+            "steps": steps_json(step_fields(folded)),
+            "tenant": tenant,
+            "entries": _entries_json(saga_id, trace_id, entries, 0),
+        }
+        # The snapshot, the saga and its first entries in one statement (one round trip):
+        # a key used before makes `created` empty, and with it the whole insert.
+        inserted = self._execute(
+            "WITH snapshot AS (INSERT INTO flow_snapshots (hash, body) "
+            "VALUES (%(hash)s, %(body)s) ON CONFLICT DO NOTHING), "
+            "created AS (INSERT INTO sagas (id, flow_name, flow_version, flow_hash, input, "
+            "input_hash, idempotency_key, status, reason, trace_id, created_at, updated_at, "
+            "last_seq, run_after, steps, tenant) VALUES (%(id)s, %(flow_name)s, "
+            "%(flow_version)s, %(hash)s, %(input)s, %(input_hash)s, %(key)s, %(status)s, "
+            "%(reason)s, %(trace_id)s, %(now)s, %(now)s, %(last_seq)s, %(run_after)s, "
+            "%(steps)s, %(tenant)s) ON CONFLICT DO NOTHING RETURNING id, trace_id) "
+            + _INSERT_ENTRIES.format(source="created"),
+            args,
+            write=True,
+        ).fetchall()
+        if not inserted:
+            return self._existing(saga_id, idempotency_key, tenant, fingerprint), False
+        record = SagaRecord(
+            id=saga_id,
+            flow=self._flow(snapshot),
+            input=json.loads(input_text),
+            status=folded.status,
+            trace_id=trace_id,
+            idempotency_key=idempotency_key,
+            reason=folded.reason,
+            created_at=now,
+            updated_at=now,
+            last_seq=len(entries),
+            tenant=tenant,
+        )
+        return record, True
+
+    def _existing(self, saga_id: str, key: str | None, tenant: str, fingerprint: str) -> SagaRecord:
+        """The saga a refused insert met: the one `key` names, if its input is the same."""
+        found = None
+        if key is not None:
+            found = self._execute(
+                "SELECT id, input_hash FROM sagas WHERE tenant = %s AND idempotency_key = %s",
+                (tenant, key),
+            ).fetchone()
+        if found is None:
+            raise StoreError(f"saga {saga_id} already exists in {redacted(self.url)}")
+        if found[1] != fingerprint:
+            raise IdempotencyConflict(key or "", found[0])
+        return self.load(found[0])
+
+    def load(self, saga_id: str, *, tenant: str | None = None) -> SagaRecord:
+        """The saga's row; with `tenant`, only if the saga is that tenant's."""
+        rows = self._rows("SELECT * FROM sagas WHERE id = %s", (saga_id,))
+        if not rows or (tenant is not None and rows[0]["tenant"] != tenant):
+            raise SagaNotFoundError(saga_id)
+        return self._record(rows[0])
+
+    def journal(self, saga_id: str, *, upto: int | None = None) -> list[JournalEntry]:
+        """Every journal entry (up to seq `upto` if given), in order."""
+        rows = self._rows(
+            "SELECT * FROM events WHERE saga_id = %s AND seq <= %s ORDER BY seq",
+            (saga_id, upto if upto is not None else 2**31 - 1),
+        )
+        if not rows:
+            self.load(saga_id)  # raises SagaNotFoundError for an unknown id
+        return [entry_from_row(r) for r in rows]
+
+    def state(self, saga_id: str) -> tuple[SagaRecord, list[JournalEntry], SagaState]:
+        """Record, journal and their fold, consistent: the journal is read up to the
+        record's `last_seq` (entries and `last_seq` are committed together, and the journal
+        only grows), so no transaction is needed."""
+        record = self.load(saga_id)
+        entries = self.journal(saga_id, upto=record.last_seq)
+        state = SagaState.replay(record.flow, (e.event for e in entries))
+        return record, entries, state
+
+    def append(
+        self,
+        saga_id: str,
+        entries: Sequence[JournalEntry],
+        *,
+        expected_seq: int,
+        state: SagaState,
+        now: float,
+        lease: Lease | None = None,
+    ) -> int:
+        """Append `entries` after `expected_seq` and move the saga on, in one statement;
+        with a `lease`, refused (LeaseLost) unless it is still the current, unexpired one."""
+        if not entries:
+            return expected_seq
+        seq = expected_seq + len(entries)
+        args: dict[str, Any] = {
+            "status": state.status.value,
+            "reason": _text(state.reason),
+            "now": now,
+            "seq": seq,
+            "steps": steps_json(step_fields(state)),
+            "id": saga_id,
+            "expected": expected_seq,
+            "entries": _entries_json(saga_id, "", entries, expected_seq),
+        }
+        fence = ""
+        if lease is not None:
+            fence = (
+                " AND lease_owner = %(owner)s AND lease_epoch = %(epoch)s "
+                "AND lease_until >= %(db_now)s"
+            )
+            args.update(owner=lease.owner, epoch=lease.epoch, db_now=self._db_time(now))
+        written = self._execute(
+            "WITH moved AS (UPDATE sagas SET status = %(status)s, reason = %(reason)s, "
+            "updated_at = %(now)s, last_seq = %(seq)s, steps = %(steps)s "
+            f"WHERE id = %(id)s AND last_seq = %(expected)s{fence} RETURNING id, trace_id) "
+            + _INSERT_ENTRIES.format(source="moved"),
+            args,
+            write=True,
+        ).fetchall()
+        if not written:
+            self._refuse_append(saga_id, expected_seq, lease, now)
+        return seq
+
+    def _refuse_append(
+        self, saga_id: str, expected_seq: int, lease: Lease | None, now: float
+    ) -> NoReturn:
+        row = self._execute(
+            "SELECT last_seq, lease_owner, lease_epoch, lease_until FROM sagas WHERE id = %s",
+            (saga_id,),
+        ).fetchone()
+        if row is None:
+            raise SagaNotFoundError(saga_id)
+        if lease is not None and (
+            row[1] != lease.owner or row[2] != lease.epoch or (row[3] or 0) < self._db_time(now)
+        ):
+            raise LeaseLost(
+                f"saga {saga_id}: lease {lease.owner}#{lease.epoch} is no longer current; "
+                "this writer must stop"
+            )
+        raise ConcurrentUpdate(
+            f"saga {saga_id}: journal is at {row[0]}, writer expected {expected_seq}"
+        )
+
+    def steps(self, saga_id: str) -> list[StepRow]:
+        """The saga's current step rows, in flow order ([] for an unknown id)."""
+        row = self._execute("SELECT steps FROM sagas WHERE id = %s", (saga_id,)).fetchone()
+        return [] if row is None else steps_from_json(row[0])
+
+    def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        flow: str | None = None,
+        limit: int = 50,
+        tenant: str | None = None,
+    ) -> list[SagaRecord]:
+        """Most recent first; only `tenant`'s sagas when it is given."""
+        where, args = ["TRUE"], []
+        for column, value in (
+            ("tenant", tenant),
+            ("status", None if status is None else status.value),
+            ("flow_name", flow),
+        ):
+            if value is not None:
+                where.append(f"{column} = %s")
+                args.append(value)
+        rows = self._rows(
+            f"SELECT * FROM sagas WHERE {' AND '.join(where)} "
+            "ORDER BY created_at DESC, id LIMIT %s",
+            (*args, max(0, limit)),
+        )
+        return [self._record(r, lenient=True) for r in rows]
+
+    def count_by_status(self) -> dict[str, int]:
+        """How many sagas are in each status."""
+        rows = self._execute("SELECT status, COUNT(*) FROM sagas GROUP BY status").fetchall()
+        return {status: int(n) for status, n in rows}
+
+    # -- the durable queue and leases ------------------------------------------------------
+
+    def claim_next(self, owner: str, *, now: float, lease_seconds: float) -> Lease | None:
+        """Lease the saga due longest ago whose lease is free or expired (on the database's
+        clock); claimers skip each other's locked rows rather than wait."""
+        db_now = self._db_time(now)
+        row = self._execute(
+            "UPDATE sagas SET lease_owner = %(owner)s, lease_until = %(until)s, "
+            "lease_epoch = lease_epoch + 1 WHERE id = (SELECT id FROM sagas "
+            "WHERE run_after IS NOT NULL AND run_after <= %(now)s "
+            "AND (lease_until IS NULL OR lease_until < %(now)s) ORDER BY run_after LIMIT 1 "
+            "FOR UPDATE SKIP LOCKED) RETURNING id, lease_epoch",
+            {"owner": owner, "until": db_now + lease_seconds, "now": db_now},
+            write=True,
+        ).fetchone()
+        if row is None:
+            return None
+        return Lease(saga_id=row[0], owner=owner, epoch=int(row[1]), until=now + lease_seconds)
+
+    def claim(
+        self,
+        saga_id: str,
+        owner: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        take_over: Callable[[str], bool] = lambda _owner: False,
+    ) -> Lease:
+        """Lease one saga; LeaseHeld if a live lease is held (unless `take_over(owner)`)."""
+        db_now = self._db_time(now)
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT lease_owner, lease_until, lease_epoch FROM sagas WHERE id = %s FOR UPDATE",
+                (saga_id,),
+            ).fetchone()
+            if row is None:
+                raise SagaNotFoundError(saga_id)
+            held_by, held_until, epoch = row
+            self._refuse_if_held(saga_id, held_by, held_until, db_now, owner, take_over)
+            conn.execute(
+                "UPDATE sagas SET lease_owner = %s, lease_until = %s, lease_epoch = %s, "
+                "run_after = COALESCE(run_after, %s) WHERE id = %s",
+                (owner, db_now + lease_seconds, epoch + 1, db_now, saga_id),
+            )
+        return Lease(saga_id=saga_id, owner=owner, epoch=int(epoch) + 1, until=now + lease_seconds)
+
+    def _refuse_if_held(
+        self,
+        saga_id: str,
+        held_by: str | None,
+        held_until: float | None,
+        db_now: float,
+        owner: str | None,
+        take_over: Callable[[str], bool],
+    ) -> None:
+        """LeaseHeld unless the lease is free, expired, `owner`'s own, or may be taken over."""
+        if (
+            held_by is not None
+            and held_by != owner
+            and (held_until or 0) >= db_now
+            and not take_over(held_by)
+        ):
+            raise LeaseHeld(saga_id, held_by, (held_until or 0) - self.offset)
+
+    def check_lease_free(
+        self,
+        saga_id: str,
+        *,
+        now: float,
+        take_over: Callable[[str], bool] = lambda _owner: False,
+    ) -> None:
+        """LeaseHeld if a live lease holds the saga (the rule `claim` applies), else nothing."""
+        row = self._execute(
+            "SELECT lease_owner, lease_until FROM sagas WHERE id = %s", (saga_id,)
+        ).fetchone()
+        if row is None:
+            raise SagaNotFoundError(saga_id)
+        self._refuse_if_held(saga_id, row[0], row[1], self._db_time(now), None, take_over)
+
+    def renew(self, lease: Lease, *, now: float, lease_seconds: float) -> Lease | None:
+        """Extend a lease still held; None if it was lost (expired and taken, or released)."""
+        db_now = self._db_time(now)
+        cur = self._execute(
+            "UPDATE sagas SET lease_until = %s WHERE id = %s AND lease_owner = %s "
+            "AND lease_epoch = %s AND lease_until >= %s",
+            (db_now + lease_seconds, lease.saga_id, lease.owner, lease.epoch, db_now),
+            write=True,
+        )
+        if cur.rowcount == 0:
+            return None
+        return Lease(lease.saga_id, lease.owner, lease.epoch, now + lease_seconds)
+
+    def release(self, lease: Lease, *, run_after: float | None) -> bool:
+        """Give the saga back: due again at `run_after`, or off the queue if None."""
+        cur = self._execute(
+            "UPDATE sagas SET lease_owner = NULL, lease_until = NULL, run_after = %s "
+            "WHERE id = %s AND lease_owner = %s AND lease_epoch = %s",
+            (
+                None if run_after is None else self._db_time(run_after),
+                lease.saga_id,
+                lease.owner,
+                lease.epoch,
+            ),
+            write=True,
+        )
+        return cur.rowcount == 1
+
+    def park(self, lease: Lease, *, reason: str) -> bool:
+        """Give the saga back off the queue with `reason`: it waits for an operator."""
+        cur = self._execute(
+            "UPDATE sagas SET lease_owner = NULL, lease_until = NULL, run_after = NULL, "
+            "reason = %s WHERE id = %s AND lease_owner = %s AND lease_epoch = %s",
+            (_text(reason), lease.saga_id, lease.owner, lease.epoch),
+            write=True,
+        )
+        return cur.rowcount == 1
+
+    def requeue(self, saga_id: str, run_after: float) -> None:
+        """Put a saga (back) on the queue, due at `run_after`; a held lease stays."""
+        cur = self._execute(
+            "UPDATE sagas SET run_after = %s WHERE id = %s",
+            (self._db_time(run_after), saga_id),
+            write=True,
+        )
+        if cur.rowcount == 0:
+            raise SagaNotFoundError(saga_id)
+
+    def stuck(self, *, now: float) -> list[str]:
+        """Active sagas nobody is running: lease expired, or never queued."""
+        rows = self._execute(
+            "SELECT id FROM sagas WHERE status IN ('pending', 'running', 'compensating') "
+            "AND (run_after IS NULL OR (lease_until IS NOT NULL AND lease_until < %s)) "
+            "ORDER BY created_at",
+            (self._db_time(now),),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def queue_stats(self, now: float) -> dict[str, float]:
+        """Queued sagas (`depth`), those under a live lease (`leased`), oldest due age (s)."""
+        db_now = self._db_time(now)
+        row = self._execute(
+            "SELECT COUNT(*), "
+            "COUNT(*) FILTER (WHERE lease_until IS NOT NULL AND lease_until > %(now)s), "
+            "MIN(run_after) FILTER (WHERE lease_until IS NULL OR lease_until <= %(now)s) "
+            "FROM sagas WHERE run_after IS NOT NULL "
+            "AND status IN ('pending', 'running', 'compensating')",
+            {"now": db_now},
+        ).fetchone()
+        assert row is not None
+        total, leased, oldest = row
+        return {
+            "depth": float(total - leased),
+            "leased": float(leased),
+            "oldest_age": max(0.0, db_now - oldest) if oldest is not None else 0.0,
+        }
+
+    # -- the supervisor's decisions ---------------------------------------------------------
+
+    def record_scaling(
+        self, *, at: float, before: int, after: int, depth: int, oldest_age: float, reason: str
+    ) -> None:
+        """Journal one autoscaling decision."""
+        self._execute(
+            "INSERT INTO scaling_events (at, replicas_from, replicas_to, depth, oldest_age, "
+            "reason) VALUES (%s, %s, %s, %s, %s, %s)",
+            (at, before, after, depth, oldest_age, reason),
+            write=True,
+        )
+
+    def scaling_events(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Most recent scaling decisions, oldest first."""
+        rows = self._rows(
+            "SELECT at, replicas_from, replicas_to, depth, oldest_age, reason "
+            "FROM scaling_events ORDER BY at DESC, id DESC LIMIT %s",
+            (max(0, limit),),
+        )
+        return rows[::-1]
+
+
+def _entries_json(saga_id: str, trace_id: str, entries: Sequence[JournalEntry], after: int) -> str:
+    """The entries as the JSON array `_INSERT_ENTRIES` reads (seq from `after + 1`)."""
+    rows = [entry_to_row(saga_id, trace_id, entry, after + i) for i, entry in enumerate(entries, 1)]
+    return json.dumps(
+        [{k: _text(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
+    )
+
+
+def _text(value: str | None) -> str | None:
+    """`value` as PostgreSQL text can hold it: a NUL character (which a service's error
+    message may carry into a reason) becomes U+FFFD rather than fail the write for ever."""
+    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value

@@ -1,0 +1,125 @@
+"""What only the PostgreSQL store has to show: the database's clock judges leases, a lost
+connection is a StoreError the next call recovers from, and a new database is set up once
+by racing openers. (Everything else it shares with SQLite: tests/store_conformance/.)"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from store_conformance.conformancelab import advance, create, reserve_ok
+from workerlab import Workers, drained, enqueue, order, statuses, wait_for
+
+from fakeservices import FaultSpec, RunningServices, applied_twice
+from orchestrator.errors import LeaseLost, StoreError
+from orchestrator.journal import JournalEntry
+from orchestrator.pg_cluster import PgCluster
+from orchestrator.postgres_store import SCHEMA_VERSION, PostgresStore
+from orchestrator.saga import Event, EventType
+from orchestrator.stores import open_store
+
+
+def test_lease_expiry_is_judged_by_the_database_clock_not_a_skewed_worker(pg_url: str) -> None:
+    """A worker whose clock runs 30 s behind takes a 5 s lease: a worker with a right clock
+    cannot take the saga before the database says the 5 s are up, and can after; the late
+    worker's write is then refused, though by its own clock its lease still runs."""
+    behind = PostgresStore(pg_url, local_clock=lambda: time.time() - 30.0)
+    right = PostgresStore(pg_url)
+    try:
+        assert (behind.offset, right.offset) == (30.0, 0.0)
+        create(right, "s1", run_after=time.time())
+        lease = behind.claim_next("late", now=time.time() - 30.0, lease_seconds=5.0)
+        assert lease is not None and lease.until == pytest.approx(time.time() - 25.0, abs=1)
+        # By the late worker's clock the lease ran out 25 s ago; by the database's, it runs.
+        assert right.claim_next("w", now=time.time(), lease_seconds=5.0) is None
+        assert right.claim_next("w", now=time.time() + 6.0, lease_seconds=5.0) is not None
+        _, _, state = behind.state("s1")
+        for event in reserve_ok(time.time() - 29.0):
+            state.apply(event)
+        with pytest.raises(LeaseLost):  # another took it
+            behind.append(
+                "s1",
+                [JournalEntry(e) for e in reserve_ok(time.time() - 29.0)],
+                expected_seq=1,
+                state=state,
+                now=time.time() - 29.0,
+                lease=lease,
+            )
+    finally:
+        behind.close()
+        right.close()
+
+
+def test_a_lost_connection_is_a_store_error_and_the_next_call_reconnects(
+    pg_url: str, pg_cluster: PgCluster
+) -> None:
+    store = open_store(pg_url)
+    try:
+        create(store, "s1")
+        pg_cluster.restart_crash()  # every connection is cut
+        with pytest.raises(StoreError, match="s1|server|connection|terminat"):
+            store.load("s1")
+        assert store.load("s1").id == "s1"  # reconnected
+    finally:
+        store.close()
+
+
+def test_openers_racing_on_a_new_database_set_it_up_once(pg_url: str) -> None:
+    errors: list[BaseException] = []
+    stores: list[PostgresStore] = []
+
+    def open_one() -> None:
+        try:
+            stores.append(PostgresStore(pg_url))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    try:
+        assert errors == []
+        assert {s.schema_version() for s in stores} == {SCHEMA_VERSION}
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_workers_ride_out_a_database_crash_restart(
+    pg_url: str, pg_cluster: PgCluster, services: RunningServices, tmp_path
+) -> None:
+    """Two workers lose every connection mid-run (`pg_ctl restart -m immediate`): they back
+    off, reconnect and finish every saga, applying nothing twice."""
+    n = 16
+    services.lab.add_fault(FaultSpec(service="payments", latency_ms=100))
+    enqueue(pg_url, [order(i) for i in range(n)])
+    workers = Workers(pg_url, services.env, tmp_path / "logs")
+    try:
+        running = [
+            workers.start("--concurrency", "2", "--lease", "2", "--poll", "0.05") for _ in range(2)
+        ]
+        wait_for(lambda: statuses(pg_url).get("completed", 0) >= 2, 30, "some sagas to end")
+        pg_cluster.restart_crash()
+        wait_for(drained(pg_url, n), 60, "every saga to end after the restart")
+        assert all(w.alive() for w in running), workers.all_stderr()
+    finally:
+        workers.stop_all()
+    assert statuses(pg_url) == {"completed": n}
+    assert applied_twice(services.lab.ledger()) == []
+
+
+def test_a_nul_character_in_a_reason_is_stored_not_a_write_that_fails_for_ever(
+    pg_url: str,
+) -> None:
+    store = open_store(pg_url)
+    try:
+        create(store, "s1")
+        events = [Event(EventType.ROLLBACK_REQUESTED, 101.0, reason="bad\x00byte")]
+        assert advance(store, "s1", events, span_id="span\x00") == 2
+        [_, entry] = store.journal("s1")
+        assert (entry.event.reason, entry.span_id) == ("bad\ufffdbyte", "span\ufffd")
+    finally:
+        store.close()
