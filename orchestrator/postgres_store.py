@@ -52,7 +52,7 @@ from orchestrator.errors import (
     StoreError,
 )
 from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
-from orchestrator.journal import JournalEntry, entry_from_row, entry_to_row
+from orchestrator.journal import JournalEntry, entry_to_row
 from orchestrator.saga import Event, EventType, SagaState, SagaStatus
 from orchestrator.store import (
     DEFAULT_TENANT,
@@ -64,7 +64,7 @@ from orchestrator.store import (
     input_fingerprint,
     step_fields,
 )
-from orchestrator.store_rows import saga_record, steps_from_json, steps_json
+from orchestrator.store_rows import journal_entry, saga_record, steps_from_json, steps_json
 
 __all__ = [
     "DRIVER_ERRORS",
@@ -607,7 +607,7 @@ class PostgresStore:
         )
         if not rows:
             self.load(saga_id)  # raises SagaNotFoundError for an unknown id
-        return [entry_from_row(r) for r in rows]
+        return [journal_entry(saga_id, r) for r in rows]
 
     def state(self, saga_id: str) -> tuple[SagaRecord, list[JournalEntry], SagaState]:
         """Record, journal and their fold, consistent: the journal is read up to the

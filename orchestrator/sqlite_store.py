@@ -37,7 +37,7 @@ from orchestrator.errors import (
     StoreError,
 )
 from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
-from orchestrator.journal import JournalEntry, entry_from_row, entry_to_row
+from orchestrator.journal import JournalEntry, entry_to_row
 from orchestrator.saga import Event, EventType, SagaState, SagaStatus
 from orchestrator.store import (
     DEFAULT_TENANT,
@@ -50,7 +50,7 @@ from orchestrator.store import (
     input_fingerprint,
     step_fields,
 )
-from orchestrator.store_rows import saga_record, steps_from_json, steps_json
+from orchestrator.store_rows import journal_entry, saga_record, steps_from_json, steps_json
 
 T = TypeVar("T")
 
@@ -741,7 +741,7 @@ class SQLiteStore:
         rows = self._rows("SELECT * FROM events WHERE saga_id = ? ORDER BY seq", (saga_id,))
         if not rows:
             self.load(saga_id)  # raises SagaNotFoundError for an unknown id
-        return [_entry(saga_id, r) for r in rows]
+        return [journal_entry(saga_id, r) for r in rows]
 
     def state(self, saga_id: str) -> tuple[SagaRecord, list[JournalEntry], SagaState]:
         """Record, journal and the folded state, read consistently."""
@@ -1072,13 +1072,3 @@ def _refuse_if_held(
         and not take_over(held_by)
     ):
         raise LeaseHeld(saga_id, held_by, held_until or 0)
-
-
-def _entry(saga_id: str, row: dict[str, Any]) -> JournalEntry:
-    """The row as a journal entry; DamagedRecord when it is not one sagalab wrote."""
-    try:
-        return entry_from_row(row)
-    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
-        raise DamagedRecord(
-            f"saga {saga_id}: journal entry {row.get('seq')} is damaged: {exc}"
-        ) from None

@@ -14,10 +14,11 @@ from typing import Any
 
 from orchestrator.errors import DamagedRecord
 from orchestrator.flow import FlowDefinition
+from orchestrator.journal import JournalEntry, entry_from_row
 from orchestrator.saga import SagaStatus
 from orchestrator.store import SagaRecord, StepFields, StepRow
 
-__all__ = ["saga_record", "steps_from_json", "steps_json"]
+__all__ = ["journal_entry", "saga_record", "steps_from_json", "steps_json"]
 
 
 def steps_json(fields: Iterable[StepFields]) -> str:
@@ -83,3 +84,13 @@ def saga_record(
         last_seq=row["last_seq"],
         tenant=row["tenant"],
     )
+
+
+def journal_entry(saga_id: str, row: Mapping[str, Any]) -> JournalEntry:
+    """A stored journal row as an entry; DamagedRecord when it is not one sagalab wrote."""
+    try:
+        return entry_from_row(dict(row))
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise DamagedRecord(
+            f"saga {saga_id}: journal entry {row.get('seq')} is damaged: {exc}"
+        ) from None

@@ -92,12 +92,14 @@ def test_two_workers_drain_a_queue_on_postgres(
     pg_url: str, services: RunningServices, tmp_path: Path
 ) -> None:
     n = 20
-    services.lab.add_fault(FaultSpec(service="payments", latency_ms=30))
+    # Slow enough that one worker alone would need about 8 s: the second, however late it
+    # starts on a loaded machine, finds sagas left to claim.
+    services.lab.add_fault(FaultSpec(service="payments", latency_ms=400))
     enqueue(pg_url, [order(i) for i in range(n)])
     workers = Workers(pg_url, services.env, tmp_path / "logs")
     try:
         pair = [
-            workers.start("--concurrency", "2", "--exit-when-idle", "1", "--json", *FAST)
+            workers.start("--concurrency", "1", "--exit-when-idle", "1", "--json", *FAST)
             for _ in range(2)
         ]
         for w in pair:
