@@ -45,6 +45,7 @@ CORE = (
     "orchestrator/jsonsafe.py",
     "orchestrator/outcomes.py",
     "orchestrator/errors.py",
+    "orchestrator/forkplan.py",
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "orchestrator" / "policies").glob("*.py")),
 )
 

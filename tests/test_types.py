@@ -28,6 +28,7 @@ CHECKS = [
             ".mypy_cache/strict",
             "orchestrator/saga.py",
             "orchestrator/operations.py",
+            "orchestrator/forkplan.py",
             "orchestrator/policies",
         ],
         id="core-strict",
