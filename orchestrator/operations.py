@@ -397,7 +397,9 @@ def fork(
         raise ActionRefused(plan.refusal, action="fork", saga_id=saga_id)
     with _answers("fork", saga_id):
         record = store.load(saga_id)
-        unavailable = runner.unavailable(record.flow) if runner is not None else "no runner"
+        unavailable = (
+            runner.unavailable(record.flow) if runner is not None else "this process runs no saga"
+        )
         if plan.compensate_first and unavailable is not None:
             raise ActionRefused(
                 f"this fork compensates {', '.join(plan.compensate_first)} of saga {saga_id} "
