@@ -264,6 +264,20 @@ def test_cli_fork_before_an_applied_pivot_is_refused_with_the_reason(env: Path) 
     assert code == 4 and json.loads(out)["allowed"] is False
 
 
+def test_cli_fork_prints_its_plan_before_it_runs_and_both_sagas_show_the_link(
+    env: Path,
+) -> None:
+    old = run_checkout(env, 6)
+    code, out, err = cli("orchestrate", "fork", old, "--from-step", "send_confirmation", "--force")
+    assert code == 0, err
+    assert "fork plan" in err and "compensate first, in this order: nothing" in err
+    assert "stays applied: send_confirmation" in err
+    fork_id = out.split()[1]  # "saga ID ..."
+    assert f"forked from {old}" in out
+    code, out, _ = cli("orchestrate", "status", old)
+    assert code == 0 and f"forked as {fork_id}" in out
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
