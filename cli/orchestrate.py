@@ -211,12 +211,25 @@ def run(
     wait: Annotated[
         bool, typer.Option("--wait", "-w", help="Run the saga here and follow it to the end.")
     ] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-F",
+            help="Queue it for the workers and show its live timeline (as `status --follow`) "
+            "until it ends.",
+        ),
+    ] = False,
     db: DbOption = DEFAULT_DB,
     services: ServicesOption = None,
     as_json: JsonOption = False,
     crash_at: CrashAtOption = None,
 ) -> None:
     """Start a saga of FLOW. Without --wait it is queued for workers and its id is printed."""
+    if wait and follow:
+        raise fail(
+            "--wait runs the saga here, --follow watches the workers run it: not both", EXIT_USAGE
+        )
     payload = parse_json_arg(input_, "--input")
     with handled():
         definition = load_flow(flow)
@@ -231,6 +244,9 @@ def run(
         )
         if not created:
             render.err.print(f"idempotency key already used: saga {record.id} ({record.status})")
+        if follow:
+            store.close()
+            raise typer.Exit(_follow(db, record.id, as_json, 0.5))
         if not wait:
             if as_json:
                 render.print_json({**saga_summary(record), "created": created})

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from opslab import ACT, RunsHere, append_as_a_worker, reset_handlers, stored
-from workerlab import REPO, wait_for
+from workerlab import REPO, Workers, order, wait_for
 
 from orchestrator.saga import Event, EventType
 from orchestrator.sqlite_store import SQLiteStore
@@ -152,3 +152,40 @@ def test_follow_an_unknown_saga_is_3(db: Path, store: SQLiteStore) -> None:
     with following(db, "nope") as follower:
         code, err = follower.finish()
     assert code == 3 and "nope" in err
+
+
+def test_run_follow_queues_the_saga_and_shows_a_worker_running_it(
+    db: Path, workers: Workers
+) -> None:
+    workers.start("--concurrency", "1", "--exit-when-idle", "5", "--poll", "0.05")
+    wait_for(db.exists, 20, "the worker to create the database")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "orchestrate",
+            "run",
+            "checkout",
+            "-i",
+            json.dumps(order(7)),
+            "--follow",
+            "--json",
+            "--db",
+            str(db),
+        ],  # fmt: skip
+        cwd=REPO,
+        env=workers.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert rows[0]["type"] == "saga_created" and rows[-1]["type"] == "saga_completed"
+    assert [r["step"] for r in rows if r["type"] == "attempt_succeeded"] == [
+        "reserve_inventory",
+        "charge_payment",
+        "create_shipment",
+        "send_confirmation",
+    ]
