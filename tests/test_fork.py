@@ -196,6 +196,33 @@ def test_compensations_that_fail_leave_no_fork(store: SQLiteStore) -> None:
     assert store.forks(old) == [] and store.load(old).status is SagaStatus.FAILED
 
 
+class CutShort(RunsHere):
+    """A process that dies (here: raises) as it starts to run the old saga's compensations."""
+
+    def run(self, saga_id: str, flow: FlowDefinition) -> SagaStatus:
+        raise RuntimeError("killed")
+
+
+def test_a_fork_cut_short_before_it_was_created_can_be_made_again(store: SQLiteStore) -> None:
+    old = completed_no_pivot(store)
+    with pytest.raises(RuntimeError, match="killed"):
+        operations.fork(store, old, "charge", runner=CutShort(store))
+    # The old saga's rollback from `charge` stands (and names a fork that was never made);
+    # whoever resumes it finishes the compensations, and reserve stays applied.
+    assert store.load(old).status is SagaStatus.COMPENSATING and store.forks(old) == []
+    operations.resume(store, old, runner=RunsHere(store))
+    assert store.load(old).status is SagaStatus.ROLLED_BACK
+    assert DONE == ["undo ship", "undo charge"]
+    # From an earlier step, reserve would have to be undone in a saga that is rolled back.
+    earlier = operations.fork_plan(store, old, "reserve")[0]
+    assert earlier.refusal is not None and "still has reserve applied" in earlier.refusal
+    # Forked again from the same step: reserve is reused, nothing is left to compensate.
+    plan, result = operations.fork(store, old, "charge", runner=RunsHere(store))
+    assert (plan.reused, plan.compensate_first) == (("reserve",), ())
+    assert store.load(result.saga_id).status is SagaStatus.COMPLETED
+    assert DONE == ["undo ship", "undo charge", "charge", "ship"]
+
+
 def test_compensations_are_refused_where_nothing_runs_them(store: SQLiteStore) -> None:
     old = completed_no_pivot(store)
     before = footprint(store, old)
@@ -262,6 +289,9 @@ def test_cli_fork_before_an_applied_pivot_is_refused_with_the_reason(env: Path) 
     code, out, _ = cli("orchestrate", "fork", old, "--from-step", "charge_payment",
                        "--dry-run", "--json")  # fmt: skip
     assert code == 4 and json.loads(out)["allowed"] is False
+    code, out, err = cli("orchestrate", "fork", old, "--from-step", "charge_payment", "--json")
+    assert code == 4 and "pivot" in err
+    assert json.loads(out)["fork"] is None and json.loads(out)["plan"]["allowed"] is False
 
 
 def test_cli_fork_prints_its_plan_before_it_runs_and_both_sagas_show_the_link(
