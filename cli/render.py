@@ -176,27 +176,32 @@ def breaker_wait(saga_id: str, step: str, service: str, seconds: float) -> None:
 def fork_plan(plan: dict[str, Any], *, dry_run: bool) -> None:
     """A fork's plan, in the order it runs (on stdout for a dry run, else on stderr)."""
     console = out if dry_run else err
+
+    def say(text: str, **options: Any) -> None:
+        # emoji=False: a key such as "ID:ship:action" holds Rich's ":ship:" emoji code.
+        console.print(text, emoji=False, **options)
+
     head = "fork plan (dry run)" if dry_run else "fork plan"
-    console.print(
+    say(
         f"[bold]{head}[/]: saga {plan['saga_id']} ({plan['old_status']}) from step "
         f"{plan['from_step']!r} as {plan['fork_id']}",
         soft_wrap=True,
     )
     comp = plan["compensate_first"]
-    console.print(
+    say(
         "  1. compensate first, in this order: " + (" -> ".join(comp) if comp else "nothing"),
         soft_wrap=True,
     )
     reused = ", ".join(f"{n} (key {k})" for n, k in plan["reused_keys"].items())
-    console.print(f"  2. reuse: {reused or 'nothing'}", soft_wrap=True)
+    say(f"  2. reuse: {reused or 'nothing'}", soft_wrap=True)
     rerun = ", ".join(f"{n} (new key {k})" for n, k in plan["new_keys"].items())
-    console.print(f"  3. run again: {rerun}", soft_wrap=True)
+    say(f"  3. run again: {rerun}", soft_wrap=True)
     if plan["stays_applied"]:
-        console.print(f"  stays applied: {', '.join(plan['stays_applied'])}", soft_wrap=True)
+        say(f"  stays applied: {', '.join(plan['stays_applied'])}", soft_wrap=True)
     for note in plan["notes"]:
-        console.print(f"  [yellow]{escape(note)}[/]", soft_wrap=True)
+        say(f"  [yellow]{escape(note)}[/]", soft_wrap=True)
     if plan["refusal"]:
-        console.print(f"  [bold red]refused:[/] {escape(plan['refusal'])}", soft_wrap=True)
+        say(f"  [bold red]refused:[/] {escape(plan['refusal'])}", soft_wrap=True)
 
 
 def follow_header(view: dict[str, Any]) -> None:
@@ -217,7 +222,9 @@ def follow_event(row: dict[str, Any]) -> None:
     detail = failure.get("error") or row.get("reason") or ""
     if row.get("not_before") is not None:
         detail = f"retry at {when(row['not_before'])}"
-    step = f"{row['step']}/{row['phase'] or ''}" if row.get("step") else ""
+    step = row.get("step") or ""
+    if step and row.get("phase"):
+        step = f"{step}/{row['phase']}"
     parts = [
         f"{row['seq']:>4}",
         when(row["at"]),
@@ -228,7 +235,7 @@ def follow_event(row: dict[str, Any]) -> None:
         f"{row['duration_ms']:.1f} ms" if row.get("duration_ms") else "",
         escape(clip(detail, 90)),
     ]
-    out.print("  ".join(p for p in parts if p), soft_wrap=True)
+    out.print("  ".join(p for p in parts if p), soft_wrap=True, emoji=False)
 
 
 def follow_end(status: str, reason: str | None) -> None:

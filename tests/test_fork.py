@@ -147,6 +147,8 @@ def test_dry_run_prints_the_plan_and_changes_nothing(db: Path, store: SQLiteStor
     code, out, _ = cli("orchestrate", "fork", old, "--from-step", "ship", "--dry-run",
                        "--db", str(db))  # fmt: skip
     assert code == 0 and "compensate first, in this order: ship" in out
+    assert f"reuse: reserve (key {old}:reserve:action), charge" in out
+    assert ":ship:action" in out  # as is: Rich would draw ":ship:" as an emoji
 
 
 # --- refusals and bad input -------------------------------------------------------------------
