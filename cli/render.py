@@ -196,6 +196,10 @@ def fork_plan(plan: dict[str, Any], *, dry_run: bool) -> None:
     say(f"  2. reuse: {reused or 'nothing'}", soft_wrap=True)
     rerun = ", ".join(f"{n} (new key {k})" for n, k in plan["new_keys"].items())
     say(f"  3. run again: {rerun}", soft_wrap=True)
+    if plan["pivot"]:
+        where = "reused" if plan["pivot"] in plan["reused_keys"] else "run again"
+        applied = "applied" if plan["pivot_applied"] else "not applied"
+        say(f"  pivot: {plan['pivot']} ({applied} in the old saga; {where})", soft_wrap=True)
     if plan["stays_applied"]:
         say(f"  stays applied: {', '.join(plan['stays_applied'])}", soft_wrap=True)
     for note in plan["notes"]:

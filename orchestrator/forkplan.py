@@ -62,6 +62,10 @@ class ForkPlan:
     new_keys: dict[str, str]
     reused_keys: dict[str, str]
     stays_applied: tuple[str, ...] = ()
+    #: The flow's pivot, and whether the old saga applied it (or may have): reused when it
+    #: comes before `from_step`, a refusal (or, forced, a compensation) when it does not.
+    pivot: str | None = None
+    pivot_applied: bool = False
     refusal: str | None = None
     forced: bool = False
     notes: tuple[str, ...] = field(default=())
@@ -84,6 +88,8 @@ class ForkPlan:
             "new_keys": dict(self.new_keys),
             "reused_keys": dict(self.reused_keys),
             "stays_applied": list(self.stays_applied),
+            "pivot": self.pivot,
+            "pivot_applied": self.pivot_applied,
             "allowed": self.allowed,
             "refusal": self.refusal,
             "forced": self.forced,
@@ -147,6 +153,8 @@ def plan_fork(
             break
 
     pivot_index = state.flow.pivot_index
+    pivot = names[pivot_index] if pivot_index is not None else None
+    pivot_applied = pivot is not None and state.steps[pivot].maybe_applied
     compensate: list[str] = []
     stays: list[str] = []
     for name in reversed(state.applied_order):  # most recently applied first
@@ -156,8 +164,7 @@ def plan_fork(
         if c.done or c.skipped:
             continue
         definition = state.flow.step(name)
-        is_pivot = pivot_index is not None and names[pivot_index] == name
-        if is_pivot:
+        if name == pivot:
             if not definition.has_compensation:
                 refusals.append(
                     f"the pivot {name!r} was applied (or may have been) in saga {saga_id} and "
@@ -207,6 +214,8 @@ def plan_fork(
         new_keys={n: idempotency_key(fork_id, n, Phase.ACTION) for n in rerun},
         reused_keys={n: idempotency_key(saga_id, n, Phase.ACTION) for n in reused},
         stays_applied=tuple(stays),
+        pivot=pivot,
+        pivot_applied=pivot_applied,
         refusal="; ".join(refusals) or None,
         forced=forced,
         notes=tuple(notes),

@@ -119,6 +119,8 @@ def test_plan_reuses_before_compensates_after_in_reverse_and_names_keys() -> Non
         "new_keys": {"b": "new:b:action", "c": "new:c:action"},
         "reused_keys": {"a": "old:a:action"},
         "stays_applied": [],
+        "pivot": None,
+        "pivot_applied": False,
         "allowed": True,
         "refusal": None,
         "forced": False,
@@ -176,6 +178,7 @@ def test_a_fork_pivot_with_a_compensation_is_compensated_only_by_force() -> None
     definition = flow("a", {"name": "p", "kind": "pivot"}, {"name": "c", "kind": "retriable"})
     state = finished(definition).state
     assert "--force compensates it first" in (plan(state, "p").refusal or "")
+    assert plan(state, "c").pivot == "p" and plan(state, "c").pivot_applied
     forced = plan(state, "p", force=True)
     assert forced.allowed and forced.forced
     assert forced.compensate_first == ("p",) and forced.stays_applied == ("c",)
