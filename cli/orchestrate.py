@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sys
 import time
 from contextlib import closing
 from pathlib import Path
@@ -14,6 +16,7 @@ import typer
 from cli import render
 from cli.errors import (
     EXIT_OK,
+    EXIT_REFUSED,
     EXIT_SAGA_FAILED,
     EXIT_USAGE,
     fail,
@@ -26,6 +29,9 @@ from orchestrator.breakers import BreakerBoard, load_breaker_configs
 from orchestrator.executors import HttpExecutor
 from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import check_services, load_flow, load_services
+from orchestrator.forkplan import ForkPlan
+from orchestrator.journal import entry_to_dict
+from orchestrator.jsonsafe import displayable
 from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner, owner_is_dead
 from orchestrator.runner import Checkpoint, RunResult, SagaRunner, start_saga
 from orchestrator.saga import Phase, SagaStatus
@@ -176,7 +182,7 @@ class _RunHere:
 
 def _show(store: Store, saga_id: str, as_json: bool) -> SagaStatus:
     record, entries, _ = store.state(saga_id)
-    view = saga_view(record, store.steps(saga_id), entries)
+    view = saga_view(record, store.steps(saga_id), entries, forks=store.forks(saga_id))
     if as_json:
         render.print_json(view)
     else:
@@ -205,12 +211,25 @@ def run(
     wait: Annotated[
         bool, typer.Option("--wait", "-w", help="Run the saga here and follow it to the end.")
     ] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-F",
+            help="Queue it for the workers and show its live timeline (as `status --follow`) "
+            "until it ends.",
+        ),
+    ] = False,
     db: DbOption = DEFAULT_DB,
     services: ServicesOption = None,
     as_json: JsonOption = False,
     crash_at: CrashAtOption = None,
 ) -> None:
     """Start a saga of FLOW. Without --wait it is queued for workers and its id is printed."""
+    if wait and follow:
+        raise fail(
+            "--wait runs the saga here, --follow watches the workers run it: not both", EXIT_USAGE
+        )
     payload = parse_json_arg(input_, "--input")
     with handled():
         definition = load_flow(flow)
@@ -225,6 +244,9 @@ def run(
         )
         if not created:
             render.err.print(f"idempotency key already used: saga {record.id} ({record.status})")
+        if follow:
+            store.close()
+            raise typer.Exit(_follow(db, record.id, as_json, 0.5))
         if not wait:
             if as_json:
                 render.print_json({**saga_summary(record), "created": created})
@@ -242,11 +264,76 @@ def run(
     raise typer.Exit(_outcome_code(status, SagaStatus.COMPLETED))
 
 
+#: Bounds of `status --follow --interval`: often enough to feel live, never a busy loop.
+FOLLOW_INTERVAL_MIN, FOLLOW_INTERVAL_MAX = 0.05, 5.0
+#: Exit code after Ctrl-C (128 + SIGINT), as a shell reports it.
+EXIT_INTERRUPTED = 130
+_STOPPED = (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK, SagaStatus.FAILED)
+
+
 @app.command()
-def status(saga_id: SagaIdArg, db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
+def status(
+    saga_id: SagaIdArg,
+    db: DbOption = DEFAULT_DB,
+    as_json: JsonOption = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-F",
+            help="Print each journal event as it is appended (by any process) until the saga "
+            "completes, rolls back or fails; with --json, one JSON object per line. Exit 0 "
+            "completed, 1 rolled back or failed, 130 on Ctrl-C.",
+        ),
+    ] = False,
+    interval: Annotated[
+        float,
+        typer.Option(
+            "--interval",
+            min=FOLLOW_INTERVAL_MIN,
+            max=FOLLOW_INTERVAL_MAX,
+            help="Seconds between two reads of the journal with --follow.",
+        ),
+    ] = 0.5,
+) -> None:
     """A saga's status and step timeline: attempts, durations, errors, trace id."""
+    if follow:
+        raise typer.Exit(_follow(db, saga_id, as_json, interval))
     with handled(), closing(open_store(db, read_only=True)) as store:
         _show(store, saga_id, as_json)
+
+
+def _follow(db: Path, saga_id: str, as_json: bool, interval: float) -> int:
+    """The live timeline: new journal entries as they land, until the saga stops; Ctrl-C
+    ends it with EXIT_INTERRUPTED and no traceback (the saga itself goes on)."""
+    try:
+        with handled(), closing(open_store(db, read_only=True)) as store:
+            record = store.load(saga_id)
+            if not as_json:
+                render.follow_header(saga_summary(record))
+            seen = 0
+            while True:
+                record, entries, _ = store.state(saga_id)
+                for entry in entries[seen:]:
+                    row = entry_to_dict(entry)
+                    if as_json:
+                        line = json.dumps(
+                            displayable({"saga_id": saga_id, **row}), default=str, allow_nan=False
+                        )
+                        sys.stdout.write(line + "\n")
+                        sys.stdout.flush()
+                    else:
+                        render.follow_event(row)
+                seen = len(entries)
+                if record.status in _STOPPED:
+                    break
+                time.sleep(interval)
+            if not as_json:
+                render.follow_end(record.status.value, record.reason)
+    except KeyboardInterrupt:
+        render.err.print("stopped following; the saga goes on")
+        return EXIT_INTERRUPTED
+    return _outcome_code(record.status, SagaStatus.COMPLETED)
 
 
 @app.command("list")
@@ -423,3 +510,114 @@ def skip_step(
         )
         _render_result(store, result, as_json)
     raise typer.Exit(_request_code(result, (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK)))
+
+
+@app.command()
+def cancel(
+    saga_id: SagaIdArg,
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why, for the journal.")
+    ] = "operator cancel",
+    db: DbOption = DEFAULT_DB,
+    services: ServicesOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Stop a saga that has not passed its pivot and roll it back at its next step boundary.
+
+    A worker that holds it meets the request at its next commit. Past the pivot (or while the
+    pivot's call is in flight) it is refused, exit 4: `rollback --force` is the tool there.
+    """
+    with handled():
+        store = open_store(db)
+        result = operations.cancel(
+            store, saga_id, reason=reason, runner=_RunHere(store, services, quiet=as_json)
+        )
+        _render_result(store, result, as_json)
+    raise typer.Exit(_request_code(result, (SagaStatus.ROLLED_BACK,)))
+
+
+@app.command()
+def fork(
+    saga_id: SagaIdArg,
+    from_step: Annotated[str, typer.Option("--from-step", help="First step the fork runs again.")],
+    input_: Annotated[
+        str | None,
+        typer.Option(
+            "--input", "-i", help="The fork's input as JSON, or @file (default: the old one's)."
+        ),
+    ] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="input.KEY=VALUE: change one input value (repeatable)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan only; change nothing.")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Fork even where the plan says a step stays applied and runs again, or the "
+            "pivot (if it has a compensation) is compensated first.",
+        ),
+    ] = False,
+    db: DbOption = DEFAULT_DB,
+    services: ServicesOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a stopped saga again from STEP with new input, as a new saga linked to it.
+
+    The steps before STEP keep the old saga's results; what the old saga applied from STEP on
+    is compensated first. The plan is printed before anything runs (--dry-run: only it).
+    Exit 0 the fork completed (or was queued), 1 it did not, 2 bad step/input/--set, 3 unknown
+    saga, 4 refused (running, forked already, past an applied pivot).
+    """
+    payload = None
+    if input_ is not None:
+        parsed = parse_json_arg(input_, "--input")
+        if not isinstance(parsed, dict):
+            raise fail("--input must be a JSON object", EXIT_USAGE)
+        payload = parsed
+    with handled():
+        if dry_run:
+            with closing(open_store(db, read_only=True)) as reader:
+                plan, _ = operations.fork_plan(
+                    reader, saga_id, from_step, payload=payload, sets=sets or (), force=force
+                )
+            if as_json:
+                render.print_json(plan.to_dict())
+            else:
+                render.fork_plan(plan.to_dict(), dry_run=True)
+            raise typer.Exit(EXIT_OK if plan.allowed else EXIT_REFUSED)
+        store = open_store(db)
+        planned: list[dict[str, object]] = []
+
+        def on_plan(plan: ForkPlan) -> None:
+            planned.append(plan.to_dict())
+            if not as_json:
+                render.fork_plan(planned[-1], dry_run=False)
+
+        try:
+            _, result = operations.fork(
+                store,
+                saga_id,
+                from_step,
+                payload=payload,
+                sets=sets or (),
+                force=force,
+                runner=_RunHere(store, services, quiet=as_json),
+                on_plan=on_plan,
+            )
+        except operations.OperationError:
+            if as_json and planned:
+                render.print_json({"plan": planned[-1], "fork": None})
+            raise
+        if result.message:
+            render.err.print(result.message)
+        if as_json:
+            record, entries, _ = store.state(result.saga_id)
+            view = saga_view(record, store.steps(result.saga_id), entries)
+            render.print_json({"plan": planned[-1], "fork": view})
+        else:
+            _show(store, result.saga_id, as_json)
+    raise typer.Exit(_request_code(result, (SagaStatus.COMPLETED,)))

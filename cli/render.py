@@ -70,6 +70,10 @@ def saga(view: dict[str, Any]) -> None:
     out.print(f"trace id {view['trace_id']}", style="dim")
     if view.get("idempotency_key"):
         out.print(f"idempotency key {view['idempotency_key']}", style="dim")
+    if view.get("forked_from"):
+        out.print(f"forked from {view['forked_from']}", style="dim")
+    if view.get("forks"):
+        out.print(f"forked as {', '.join(view['forks'])}", style="dim")
     if view.get("reason"):
         out.print(Text(f"reason: {view['reason']}", style="yellow"))
     table = Table(show_edge=False, pad_edge=False)
@@ -230,3 +234,78 @@ def reconciliation(result: Reconciliation) -> None:
             f"[dim]{result.unchecked} step(s) of services with no ledger (Python steps) not "
             f"checked; {result.unmatched} ledger entries belong to no saga checked[/]"
         )
+
+
+def fork_plan(plan: dict[str, Any], *, dry_run: bool) -> None:
+    """A fork's plan, in the order it runs (on stdout for a dry run, else on stderr)."""
+    console = out if dry_run else err
+
+    def say(text: str, **options: Any) -> None:
+        # emoji=False: a key such as "ID:ship:action" holds Rich's ":ship:" emoji code.
+        console.print(text, emoji=False, **options)
+
+    head = "fork plan (dry run)" if dry_run else "fork plan"
+    say(
+        f"[bold]{head}[/]: saga {plan['saga_id']} ({plan['old_status']}) from step "
+        f"{plan['from_step']!r} as {plan['fork_id']}",
+        soft_wrap=True,
+    )
+    comp = plan["compensate_first"]
+    say(
+        "  1. compensate first, in this order: " + (" -> ".join(comp) if comp else "nothing"),
+        soft_wrap=True,
+    )
+    reused = ", ".join(f"{n} (key {k})" for n, k in plan["reused_keys"].items())
+    say(f"  2. reuse: {reused or 'nothing'}", soft_wrap=True)
+    rerun = ", ".join(f"{n} (new key {k})" for n, k in plan["new_keys"].items())
+    say(f"  3. run again: {rerun}", soft_wrap=True)
+    if plan["pivot"]:
+        where = "reused" if plan["pivot"] in plan["reused_keys"] else "run again"
+        applied = "applied" if plan["pivot_applied"] else "not applied"
+        say(f"  pivot: {plan['pivot']} ({applied} in the old saga; {where})", soft_wrap=True)
+    if plan["stays_applied"]:
+        say(f"  stays applied: {', '.join(plan['stays_applied'])}", soft_wrap=True)
+    for note in plan["notes"]:
+        say(f"  [yellow]{escape(note)}[/]", soft_wrap=True)
+    if plan["refusal"]:
+        say(f"  [bold red]refused:[/] {escape(plan['refusal'])}", soft_wrap=True)
+
+
+def follow_header(view: dict[str, Any]) -> None:
+    """The first lines of `status --follow`: which saga, where it stands."""
+    out.print(
+        Text.assemble(
+            ("following saga ", "bold"),
+            (view["id"], "bold"),
+            f"  flow {view['flow']} v{view['flow_version']}  ",
+            styled(view["status"]),
+        )
+    )
+
+
+def follow_event(row: dict[str, Any]) -> None:
+    """One journal entry as a timeline line, as it is appended."""
+    failure = row.get("failure") or {}
+    detail = failure.get("error") or row.get("reason") or ""
+    if row.get("not_before") is not None:
+        detail = f"retry at {when(row['not_before'])}"
+    step = row.get("step") or ""
+    if step and row.get("phase"):
+        step = f"{step}/{row['phase']}"
+    parts = [
+        f"{row['seq']:>4}",
+        when(row["at"]),
+        row["type"],
+        step,
+        f"try {row['attempt']}" if row.get("attempt") else "",
+        str(row.get("status_code") or ""),
+        f"{row['duration_ms']:.1f} ms" if row.get("duration_ms") else "",
+        escape(clip(detail, 90)),
+    ]
+    out.print("  ".join(p for p in parts if p), soft_wrap=True, emoji=False)
+
+
+def follow_end(status: str, reason: str | None) -> None:
+    """The last line of `status --follow`."""
+    tail = f": {escape(reason)}" if reason else ""
+    out.print(Text.assemble("ended ", styled(status)), Text(tail), soft_wrap=True)

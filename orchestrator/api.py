@@ -119,6 +119,30 @@ class RollbackBody(BaseModel):
     )
 
 
+class CancelBody(BaseModel):
+    """Optional body of `POST /v1/sagas/{id}/cancel`."""
+
+    model_config = ConfigDict(strict=True)
+
+    reason: str = Field(default="cancelled over the API", max_length=operations.MAX_REASON)
+
+
+class ForkBody(BaseModel):
+    """Body of `POST /v1/sagas/{id}/fork`."""
+
+    model_config = ConfigDict(strict=True)
+
+    from_step: str = Field(max_length=200, description="First step the fork runs again.")
+    input: dict[str, Any] | None = Field(
+        default=None, description="The fork's input (default: the old saga's)."
+    )
+    set: list[str] = Field(
+        default_factory=list, max_length=100, description="`input.KEY=VALUE` edits, in order."
+    )
+    force: bool = Field(default=False, description="Accept what the plan says --force allows.")
+    dry_run: bool = Field(default=False, description="Answer the plan only; change nothing.")
+
+
 class SkipBody(BaseModel):
     """Body of `POST /v1/sagas/{id}/steps/{step}/skip`."""
 
@@ -580,7 +604,8 @@ def create_app(
         """The saga, its input and one row per step."""
         store = readers.get()
         record = store.load(saga_id, tenant=who.scope)
-        return {**saga_view(record, store.steps(saga_id)), "links": _links(saga_id)}
+        view = saga_view(record, store.steps(saga_id), forks=store.forks(saga_id))
+        return {**view, "links": _links(saga_id)}
 
     @app.get("/v1/sagas", summary="Recent sagas, newest first")
     def list_sagas(
@@ -627,6 +652,55 @@ def create_app(
             clock=clock,
         )
         return _accepted(result)
+
+    @app.post("/v1/sagas/{saga_id}/cancel", status_code=202, summary="Cancel a saga")
+    def cancel(who: Who, saga_id: str, body: CancelBody | None = None) -> JSONResponse:
+        """Journal a cancel (a rollback that never crosses the pivot) and queue the saga; a
+        worker that holds it meets the request at its next commit."""
+        request = body or CancelBody()
+        result = operations.cancel(
+            stores.get(), saga_id, tenant=who.scope, reason=request.reason, clock=clock
+        )
+        return _accepted(result)
+
+    @app.post("/v1/sagas/{saga_id}/fork", status_code=202, summary="Fork a stopped saga")
+    def fork(who: Who, saga_id: str, body: ForkBody) -> JSONResponse:
+        """Plan a fork (`dry_run`: 200 with the plan), or carry it out: the old saga is closed
+        and the fork queued for the workers (202). A fork that must compensate first is
+        refused here (409): the API runs no saga; the CLI does it."""
+        store = stores.get()
+        if body.dry_run:
+            plan, _ = operations.fork_plan(
+                store,
+                saga_id,
+                body.from_step,
+                payload=body.input,
+                sets=body.set,
+                tenant=who.scope,
+                force=body.force,
+            )
+            return JSONResponse({"plan": plan.to_dict()})
+        plan, result = operations.fork(
+            store,
+            saga_id,
+            body.from_step,
+            payload=body.input,
+            sets=body.set,
+            tenant=who.scope,
+            force=body.force,
+            clock=clock,
+        )
+        content = {
+            **saga_summary(result.record),
+            "queued": True,
+            "plan": plan.to_dict(),
+            "links": _links(result.saga_id),
+        }
+        if result.message is not None:
+            content["message"] = result.message
+        return JSONResponse(
+            content, status_code=202, headers={"Location": f"/v1/sagas/{result.saga_id}"}
+        )
 
     @app.post(
         "/v1/sagas/{saga_id}/steps/{step}/retry",

@@ -1,4 +1,5 @@
-"""Operator actions: resume, rollback, retry-step, skip-step and requeue, in one place.
+"""Operator actions: resume, rollback, cancel, retry-step, skip-step, requeue and fork, in one
+place.
 
 The CLI (`sagalab orchestrate ...`) and the HTTP API (`POST /v1/sagas/{id}/...`) both call these
 functions and only parse, call and render around them, so a request is refused, retried and
@@ -32,6 +33,11 @@ OperationError (SagaError)
  └── BadArgument      the request itself is wrong (a step     CLI exit 2, HTTP 422
                       the flow does not have, no reason)
 
+A fork (`fork`, planned by the pure `orchestrator.forkplan`) is the one action that makes a
+saga: it closes the old one with a rollback from the fork's step (compensating, here, what it
+applied from there on) and then creates the new one, linked to it, with copies of the old
+one's successful attempts of the steps before that step.
+
 Configuration and database errors (ServiceConfigError, StoreError, DamagedRecord) are not an
 action's answer and pass through as they are.
 """
@@ -40,13 +46,14 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from orchestrator.errors import (
     ConcurrentUpdate,
+    InputError,
     InvalidTransition,
     LeaseHeld,
     OperatorActionRefused,
@@ -54,12 +61,17 @@ from orchestrator.errors import (
     SagaNotFoundError,
 )
 from orchestrator.flow import FlowDefinition
+from orchestrator.forkplan import ForkPlan, SetError, apply_sets, plan_fork
 from orchestrator.journal import JournalEntry
 from orchestrator.leases import owner_is_dead
+from orchestrator.runner import new_saga_id, new_trace_id, validate_input
 from orchestrator.saga import (
     Event,
+    EventType,
+    Phase,
     SagaState,
     SagaStatus,
+    cancel_request,
     check_resume,
     retry_step_request,
     rollback_request,
@@ -77,7 +89,10 @@ __all__ = [
     "OperationResult",
     "RunHere",
     "UnknownSaga",
+    "cancel",
     "check_resumable",
+    "fork",
+    "fork_plan",
     "journal_request",
     "requeue",
     "resume",
@@ -241,6 +256,30 @@ def rollback(
     return _request("rollback", "rollback", store, saga_id, judge, tenant, runner, clock)
 
 
+def cancel(
+    store: Store,
+    saga_id: str,
+    *,
+    reason: str = "operator cancel",
+    tenant: str | None = None,
+    runner: RunHere | None = None,
+    clock: Clock = time.time,
+) -> OperationResult:
+    """Stop a saga that has not passed its pivot and roll it back (here or by the workers).
+
+    The request is journaled at once; a live worker that holds the saga meets it at its next
+    commit (its append conflicts, it takes the saga again from the journal) and compensates.
+    Refused past the pivot, while the pivot's call is in flight, and for a saga that is
+    already stopped (`saga.cancel_request`); there is no --force (that is `rollback --force`).
+    """
+
+    def judge(state: SagaState, now: float) -> Event:
+        return cancel_request(state, now=now, reason=reason)
+
+    _check_reason(reason, "cancel", saga_id)
+    return _request("cancel", "cancel", store, saga_id, judge, tenant, runner, clock)
+
+
 def retry_step(
     store: Store,
     saga_id: str,
@@ -287,6 +326,221 @@ def skip_step(
     return _request("skip-step", "skip", store, saga_id, judge, tenant, runner, clock)
 
 
+# --- fork --------------------------------------------------------------------------------------
+
+
+def fork_plan(
+    store: Store,
+    saga_id: str,
+    from_step: str,
+    *,
+    payload: dict[str, Any] | None = None,
+    sets: Sequence[str] = (),
+    tenant: str | None = None,
+    force: bool = False,
+    fork_id: str | None = None,
+) -> tuple[ForkPlan, dict[str, Any]]:
+    """The plan for forking `saga_id` from `from_step`, and the fork's input; nothing is
+    written. The plan carries a refusal rather than raising it (a dry run shows it).
+
+    `payload` replaces the old saga's input (None keeps it); `sets` then edit it
+    (`input.key=value`). UnknownSaga; BadArgument for a step the flow does not have, a
+    malformed `--set`, or an input the flow refuses.
+    """
+    with _answers("fork", saga_id):
+        record = store.load(saga_id, tenant=tenant)
+        _check_step(record, from_step, "fork")
+        try:
+            new_input = apply_sets(record.input if payload is None else payload, sets)
+            validate_input(record.flow, new_input)
+        except (SetError, InputError) as exc:
+            raise BadArgument(str(exc), action="fork", saga_id=saga_id) from None
+        _, _, state = store.state(saga_id)
+        plan = plan_fork(
+            state,
+            saga_id=saga_id,
+            fork_id=fork_id or new_saga_id(),
+            from_step=from_step,
+            forks=store.forks(saga_id),
+            force=force,
+        )
+    return plan, new_input
+
+
+def fork(
+    store: Store,
+    saga_id: str,
+    from_step: str,
+    *,
+    payload: dict[str, Any] | None = None,
+    sets: Sequence[str] = (),
+    tenant: str | None = None,
+    force: bool = False,
+    runner: RunHere | None = None,
+    on_plan: Callable[[ForkPlan], None] | None = None,
+    clock: Clock = time.time,
+) -> tuple[ForkPlan, OperationResult]:
+    """Fork `saga_id` from `from_step` as its plan says (`fork_plan`): close the old saga with
+    a rollback from that step (its compensations run here, with `runner`), then create the
+    fork, linked to it, and run it here or queue it for the workers.
+
+    `on_plan` sees the plan before anything is written. ActionRefused when the plan refuses,
+    when compensations are needed and this process cannot run them, or when they do not end
+    with the old saga rolled back (the fork is then not created; the old saga says why).
+    """
+    plan, new_input = fork_plan(
+        store, saga_id, from_step, payload=payload, sets=sets, tenant=tenant, force=force
+    )
+    if on_plan is not None:
+        on_plan(plan)
+    if plan.refusal is not None:
+        raise ActionRefused(plan.refusal, action="fork", saga_id=saga_id)
+    with _answers("fork", saga_id):
+        record = store.load(saga_id)
+        unavailable = (
+            runner.unavailable(record.flow) if runner is not None else "this process runs no saga"
+        )
+        if plan.compensate_first and unavailable is not None:
+            raise ActionRefused(
+                f"this fork compensates {', '.join(plan.compensate_first)} of saga {saga_id} "
+                f"first, which runs in this process only ({unavailable}): fork it where the "
+                "services are configured (--services)",
+                action="fork",
+                saga_id=saga_id,
+            )
+        if plan.old_status is not SagaStatus.ROLLED_BACK:
+            _close_for_fork(store, plan, clock)
+    if plan.compensate_first:
+        assert runner is not None
+        try:
+            status = runner.run(saga_id, record.flow)
+        except LeaseHeld as exc:
+            raise ActionRefused(str(exc), action="fork", saga_id=saga_id) from None
+        if status is not SagaStatus.ROLLED_BACK:
+            why = store.load(saga_id).reason
+            raise ActionRefused(
+                f"compensating saga {saga_id} before the fork stopped it {status.value} "
+                f"({why}); the fork was not created. Once {saga_id} is rolled back "
+                "(`retry-step` or `skip-step` it), fork it again",
+                action="fork",
+                saga_id=saga_id,
+            )
+    with _answers("fork", saga_id):
+        created = _create_fork(
+            store, plan, record, new_input, queue=unavailable is not None, clock=clock
+        )
+    if unavailable is None:
+        assert runner is not None
+        try:
+            runner.run(created.id, created.flow)
+        except LeaseHeld as exc:  # a worker took it first: it runs there
+            return plan, OperationResult(
+                "fork", created.id, Carried.QUEUED, store.load(created.id), str(exc)
+            )
+        return plan, OperationResult("fork", created.id, Carried.RAN, store.load(created.id))
+    message = f"fork {created.id} created; queued for the workers ({unavailable})"
+    return plan, OperationResult("fork", created.id, Carried.QUEUED, created, message)
+
+
+def _close_for_fork(store: Store, plan: ForkPlan, clock: Clock) -> None:
+    """Journal the old saga's rollback from the fork's step (and, with nothing to compensate,
+    its end), judged again against the journal it is appended after."""
+
+    def judge(state: SagaState, now: float) -> list[Event]:
+        again = plan_fork(
+            state,
+            saga_id=plan.saga_id,
+            fork_id=plan.fork_id,
+            from_step=plan.from_step,
+            force=plan.forced,
+        )
+        if again.refusal is not None or again.compensate_first != plan.compensate_first:
+            raise OperatorActionRefused(
+                f"saga {plan.saga_id} changed while the fork was planned; plan it again"
+            )
+        reason = f"forked as {plan.fork_id} from step {plan.from_step!r}"
+        events = [
+            Event(
+                EventType.ROLLBACK_REQUESTED,
+                now,
+                step=plan.from_step,
+                reason=reason,
+                force=plan.forced,
+            )
+        ]
+        if not plan.compensate_first:
+            events.append(Event(EventType.SAGA_ROLLED_BACK, now, reason=reason))
+        return events
+
+    _journal_events(store, plan.saga_id, judge, clock=clock, tries=JUDGE_TRIES)
+
+
+def _create_fork(
+    store: Store,
+    plan: ForkPlan,
+    old: SagaRecord,
+    new_input: dict[str, Any],
+    *,
+    queue: bool,
+    clock: Clock,
+) -> SagaRecord:
+    """Store the fork: the old saga's successful attempts of the reused steps, copied."""
+    entries = store.journal(plan.saga_id)
+    now = clock()
+    state = SagaState(old.flow)
+    state.apply(Event(EventType.SAGA_CREATED, now))
+    initial: list[JournalEntry] = []
+    for name in plan.reused:
+        started, succeeded = _successful_attempt(entries, name)
+        for entry in (started, succeeded):
+            copied = JournalEntry(
+                Event(entry.event.type, entry.event.at, name, Phase.ACTION, 1),
+                request=entry.request,
+                response=entry.response,
+                status_code=entry.status_code,
+                duration_ms=entry.duration_ms,
+                span_id=entry.span_id,
+            )
+            state.apply(copied.event)
+            initial.append(copied)
+    record, _ = store.create_saga(
+        saga_id=plan.fork_id,
+        flow=old.flow,
+        payload=new_input,
+        trace_id=new_trace_id(),
+        idempotency_key=None,
+        now=now,
+        run_after=now if queue else None,
+        initial=initial,
+        state=state,
+        tenant=old.tenant,
+        forked_from=plan.saga_id,
+    )
+    return record
+
+
+def _successful_attempt(
+    entries: Sequence[JournalEntry], step: str
+) -> tuple[JournalEntry, JournalEntry]:
+    """The ATTEMPT_STARTED and ATTEMPT_SUCCEEDED entries of `step`'s successful action."""
+    succeeded = next(
+        e
+        for e in reversed(entries)
+        if e.event.type is EventType.ATTEMPT_SUCCEEDED
+        and e.event.step == step
+        and e.event.phase is Phase.ACTION
+    )
+    started = next(
+        e
+        for e in reversed(entries)
+        if e.event.type is EventType.ATTEMPT_STARTED
+        and e.event.step == step
+        and e.event.phase is Phase.ACTION
+        and e.event.attempt == succeeded.event.attempt
+    )
+    return started, succeeded
+
+
 # --- judged, journaled, carried out -----------------------------------------------------------
 
 
@@ -303,17 +557,36 @@ def journal_request(
     OperatorActionRefused if the core refuses it (now or after a conflicting append), or if
     the saga kept changing for `tries` readings.
     """
+    return _journal_events(
+        store, saga_id, lambda state, now: [judge(state, now)], clock=clock, tries=tries
+    )
+
+
+def _journal_events(
+    store: Store,
+    saga_id: str,
+    judge: Callable[[SagaState, float], list[Event]],
+    *,
+    clock: Clock,
+    tries: int,
+) -> tuple[SagaRecord, SagaState]:
+    """`journal_request` for a judge that gives several events, appended in one write."""
     for _ in range(tries):
         record, _, state = store.state(saga_id)
         now = clock()
-        event = judge(state, now)
+        events = judge(state, now)
         try:
-            state.apply(event)
+            for event in events:
+                state.apply(event)
         except InvalidTransition as exc:  # the state machine's own fence, same meaning
             raise OperatorActionRefused(str(exc)) from None
         try:
             store.append(
-                saga_id, [JournalEntry(event)], expected_seq=record.last_seq, state=state, now=now
+                saga_id,
+                [JournalEntry(e) for e in events],
+                expected_seq=record.last_seq,
+                state=state,
+                now=now,
             )
         except ConcurrentUpdate:
             continue  # appended to since we read it: judge again against what is there now

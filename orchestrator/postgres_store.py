@@ -168,7 +168,13 @@ CREATE UNIQUE INDEX sagas_by_idempotency_key ON sagas (tenant, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# v3: a fork names the saga it was forked from (SQLite's v8).
+_V3 = """
+ALTER TABLE sagas ADD COLUMN forked_from TEXT;
+CREATE INDEX sagas_by_forked_from ON sagas (forked_from) WHERE forked_from IS NOT NULL;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x5A6A_1AB0  # pg_advisory_xact_lock key: one migrating process at a time
 _HINT = "pass another URL with --db or SAGALAB_DB"
@@ -519,9 +525,11 @@ class PostgresStore:
         initial: Sequence[JournalEntry] = (),
         state: SagaState | None = None,
         tenant: str = DEFAULT_TENANT,
+        forked_from: str | None = None,
     ) -> tuple[SagaRecord, bool]:
         """Store a new saga of `tenant` (queued if `run_after` is set), in one statement;
-        reuse the one its key names (IdempotencyConflict if that one's input differs)."""
+        reuse the one its key names (IdempotencyConflict if that one's input differs).
+        `forked_from` links a fork to the saga it was forked from."""
         fingerprint = input_fingerprint(flow.name, flow.version, payload)
         flow_hash, snapshot = self._snapshot_of(flow)
         input_text = json.dumps(payload)
@@ -544,6 +552,7 @@ class PostgresStore:
             "run_after": None if run_after is None else self._db_time(run_after),
             "steps": steps_json(step_fields(folded)),
             "tenant": tenant,
+            "forked_from": forked_from,
             "entries": _entries_json(saga_id, trace_id, entries, 0),
         }
         # The snapshot, the saga and its first entries in one statement (one round trip):
@@ -553,10 +562,12 @@ class PostgresStore:
             "VALUES (%(hash)s, %(body)s) ON CONFLICT DO NOTHING), "
             "created AS (INSERT INTO sagas (id, flow_name, flow_version, flow_hash, input, "
             "input_hash, idempotency_key, status, reason, trace_id, created_at, updated_at, "
-            "last_seq, run_after, steps, tenant) VALUES (%(id)s, %(flow_name)s, "
+            "last_seq, run_after, steps, tenant, forked_from) "
+            "VALUES (%(id)s, %(flow_name)s, "
             "%(flow_version)s, %(hash)s, %(input)s, %(input_hash)s, %(key)s, %(status)s, "
             "%(reason)s, %(trace_id)s, %(now)s, %(now)s, %(last_seq)s, %(run_after)s, "
-            "%(steps)s, %(tenant)s) ON CONFLICT DO NOTHING RETURNING id, trace_id) "
+            "%(steps)s, %(tenant)s, %(forked_from)s) "
+            "ON CONFLICT DO NOTHING RETURNING id, trace_id) "
             + _INSERT_ENTRIES.format(source="created"),
             args,
             write=True,
@@ -575,6 +586,7 @@ class PostgresStore:
             updated_at=now,
             last_seq=len(entries),
             tenant=tenant,
+            forked_from=forked_from,
         )
         return record, True
 
@@ -686,6 +698,13 @@ class PostgresStore:
         """The saga's current step rows, in flow order ([] for an unknown id)."""
         row = self._execute("SELECT steps FROM sagas WHERE id = %s", (saga_id,)).fetchone()
         return [] if row is None else steps_from_json(row[0])
+
+    def forks(self, saga_id: str) -> list[str]:
+        """Ids of the sagas forked from `saga_id`, oldest first."""
+        rows = self._rows(
+            "SELECT id FROM sagas WHERE forked_from = %s ORDER BY created_at, id", (saga_id,)
+        )
+        return [r["id"] for r in rows]
 
     def list_sagas(
         self,

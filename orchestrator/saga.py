@@ -33,6 +33,10 @@ are arguments. The rules it enforces:
   a shell journaled anyway. A rollback is judged against the journal it is appended after:
   shells append operator events with the sequence number they read, so a worker's
   ATTEMPT_STARTED in between makes the append conflict and the request is judged again.
+* A fork (`orchestrator.forkplan`) closes the saga it forks with a rollback *from a step*
+  (ROLLBACK_REQUESTED naming that step): only the steps from there on are compensated; the
+  ones before it stay applied, and are the fork's from then on. A cancel is a rollback that
+  never passes the pivot's fence, even by force (`cancel_request`).
 * `reason` says why the saga stands where it does: the failure that holds a FAILED saga, or
   the cause of a rollback. It is cleared when the saga goes forward again and on completion;
   the journal keeps the history.
@@ -310,6 +314,8 @@ class SagaState:
         self._rollback_cause: str | None = None
         self.events_applied = 0
         self._open: tuple[str, Phase, int] | None = None
+        #: Steps a rollback from a step (a fork's) leaves applied: never compensated here.
+        self.kept: frozenset[str] = frozenset()
 
     @classmethod
     def replay(cls, flow: FlowDefinition, events: Iterable[Event]) -> SagaState:
@@ -472,7 +478,13 @@ class SagaState:
             raise InvalidTransition(f"rollback requested while {self.status.value}")
         if not event.force and self.pivot_in_flight:
             raise InvalidTransition(f"rollback requested while {PIVOT_IN_FLIGHT}")
+        if event.step is not None:  # a fork's: the steps before `step` stay applied
+            self.progress(event.step)  # InvalidTransition for an unknown step
+            names = [s.name for s in self.flow.steps]
+            self.kept = frozenset(names[: names.index(event.step)])
         for step in self.steps.values():
+            if step.name in self.kept:
+                continue
             if not step.compensation.done and not step.compensation.skipped:
                 step.compensation.reset_budget()
             a = step.action
@@ -530,6 +542,8 @@ class SagaState:
     def next_to_compensate(self) -> str | None:
         """The most recently applied step that still needs its compensation."""
         for name in reversed(self.applied_order):
+            if name in self.kept:
+                continue
             step = self.steps[name]
             c = step.compensation
             if self.flow.step(name).has_compensation and not (c.done or c.skipped):
@@ -637,6 +651,40 @@ def rollback_request(state: SagaState, *, now: float, reason: str, force: bool) 
             "Use --force to compensate anyway (steps without a compensation stay applied)"
         )
     return Event(EventType.ROLLBACK_REQUESTED, now, reason=reason, force=force)
+
+
+def cancel_request(state: SagaState, *, now: float, reason: str) -> Event:
+    """The event that cancels a saga that has not passed its pivot, or OperatorActionRefused.
+
+    A cancel is a rollback without `force`: it stops a pending or running saga at its next step
+    boundary (a worker that holds it meets the request at its next commit) and compensates what
+    was applied. It never crosses the pivot's fence: past the pivot, while its call is in
+    flight, or with it stranded, the saga only goes forward (or an operator forces a rollback).
+    """
+    status = state.status
+    if status in (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK):
+        raise OperatorActionRefused(f"saga is {status.value}; there is nothing to cancel")
+    if status is SagaStatus.COMPENSATING:
+        raise OperatorActionRefused("saga is already rolling back; nothing to cancel")
+    pivot = state.flow.pivot_index
+    pivot_name = state.flow.steps[pivot].name if pivot is not None else "?"
+    if state.pivot_passed or state.pivot_stranded:
+        raise OperatorActionRefused(
+            f"saga is past its pivot step {pivot_name!r} (it was applied and the saga only goes "
+            "forward): it cannot be cancelled. `rollback --force` compensates what can be "
+            "undone, and leaves the pivot applied"
+        )
+    if state.pivot_in_flight:
+        raise OperatorActionRefused(
+            f"{PIVOT_IN_FLIGHT}: step {pivot_name!r} was sent and its outcome is not recorded "
+            "yet, so the saga may already be past it; it cannot be cancelled now. Ask again "
+            "once the outcome is recorded (a success leaves it going forward)"
+        )
+    if status is SagaStatus.FAILED:
+        raise OperatorActionRefused(
+            "saga is failed, already stopped and waiting for an operator: `rollback` it"
+        )
+    return Event(EventType.ROLLBACK_REQUESTED, now, reason=f"cancelled: {reason}")
 
 
 def blocking_step(state: SagaState) -> tuple[str, Phase] | None:

@@ -215,6 +215,13 @@ def _v7_tenants(conn: sqlite3.Connection) -> None:
     )
 
 
+# v8: a fork names the saga it was forked from (`operations.fork`); both sides show the link.
+_V8 = """
+ALTER TABLE sagas ADD COLUMN forked_from TEXT;
+CREATE INDEX sagas_by_forked_from ON sagas (forked_from) WHERE forked_from IS NOT NULL;
+"""
+
+
 Migration = str | Callable[[sqlite3.Connection], None]
 MIGRATIONS: tuple[Migration, ...] = (
     _V1,
@@ -224,6 +231,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _V5,
     _v6_steps_in_saga_row,
     _v7_tenants,
+    _V8,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -630,9 +638,11 @@ class SQLiteStore:
         initial: Sequence[JournalEntry] = (),
         state: SagaState | None = None,
         tenant: str = DEFAULT_TENANT,
+        forked_from: str | None = None,
     ) -> tuple[SagaRecord, bool]:
         """Store a new saga of `tenant` (queued if `run_after` is set); reuse the one a key
         names. Idempotency keys are per tenant: another tenant's key is never seen here.
+        `forked_from` links a fork to the saga it was forked from.
 
         `initial` entries follow SAGA_CREATED in the same transaction, and `state` (the fold
         of all of them) gives the stored status.
@@ -665,8 +675,8 @@ class SQLiteStore:
                 conn.execute(
                     "INSERT INTO sagas (id, flow_name, flow_version, flow_snapshot, flow_hash, "
                     "input, input_hash, idempotency_key, status, reason, trace_id, created_at, "
-                    "updated_at, last_seq, run_after, steps, tenant) "
-                    "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "updated_at, last_seq, run_after, steps, tenant, forked_from) "
+                    "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         saga_id,
                         flow.name,
@@ -684,6 +694,7 @@ class SQLiteStore:
                         run_after,
                         steps_json(step_fields(folded)),
                         tenant,
+                        forked_from,
                     ),
                 )
                 conn.executemany(
@@ -705,6 +716,7 @@ class SQLiteStore:
             updated_at=now,
             last_seq=1 + len(initial),
             tenant=tenant,
+            forked_from=forked_from,
         )
         return record, True
 
@@ -841,6 +853,15 @@ class SQLiteStore:
             lambda: self.conn.execute("SELECT steps FROM sagas WHERE id = ?", (saga_id,)).fetchone()
         )
         return [] if row is None else steps_from_json(row[0])
+
+    def forks(self, saga_id: str) -> list[str]:
+        """Ids of the sagas forked from `saga_id`, oldest first."""
+        rows = self._guard(
+            lambda: self.conn.execute(
+                "SELECT id FROM sagas WHERE forked_from = ? ORDER BY created_at, id", (saga_id,)
+            ).fetchall()
+        )
+        return [r[0] for r in rows]
 
     def list_sagas(
         self,

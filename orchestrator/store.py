@@ -64,6 +64,8 @@ class SagaRecord:
     updated_at: float
     last_seq: int
     tenant: str = DEFAULT_TENANT
+    #: The saga this one was forked from (`operations.fork`), or None.
+    forked_from: str | None = None
     #: Why the stored row could not be read as written (set by listings only, which show
     #: such a row rather than fail; everything else refuses it with `DamagedRecord`).
     damaged: str | None = None
@@ -145,11 +147,13 @@ class SagaStore(Protocol):
         initial: Sequence[JournalEntry] = (),
         state: SagaState | None = None,
         tenant: str = DEFAULT_TENANT,
+        forked_from: str | None = None,
     ) -> tuple[SagaRecord, bool]:
         """Store a new saga of `tenant` with its SAGA_CREATED event (queued if `run_after` is
         set; `initial` entries follow in the same transaction, `state` is their fold); for a
         key the same tenant used before, (that saga, False), or IdempotencyConflict if its
-        input differs (keys are unique per tenant)."""
+        input differs (keys are unique per tenant). `forked_from` links a fork to the saga it
+        was forked from (stored as is, shown by `load` and listings)."""
         ...
 
     def load(self, saga_id: str, *, tenant: str | None = None) -> SagaRecord:
@@ -185,6 +189,11 @@ class SagaStore(Protocol):
 
     def steps(self, saga_id: str) -> list[StepRow]:
         """Materialised step rows of the saga, in flow order ([] for an unknown id)."""
+        ...
+
+    def forks(self, saga_id: str) -> list[str]:
+        """Ids of the sagas forked from `saga_id` (their `forked_from`), oldest first; [] if
+        none (or the id is unknown)."""
         ...
 
     def list_sagas(

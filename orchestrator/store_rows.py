@@ -83,6 +83,7 @@ def saga_record(
         updated_at=row["updated_at"],
         last_seq=row["last_seq"],
         tenant=row["tenant"],
+        forked_from=row.get("forked_from"),
     )
 
 

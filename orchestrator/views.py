@@ -40,14 +40,19 @@ def saga_summary(record: SagaRecord) -> dict[str, Any]:
         "reason": None if record.status is SagaStatus.COMPLETED else record.reason,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
+        "forked_from": record.forked_from,
         **({"damaged": record.damaged} if record.damaged else {}),
     }
 
 
 def saga_view(
-    record: SagaRecord, steps: list[StepRow], entries: list[JournalEntry] | None = None
+    record: SagaRecord,
+    steps: list[StepRow],
+    entries: list[JournalEntry] | None = None,
+    forks: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The saga with its input and a row per step (attempts, status, timing, last error)."""
+    """The saga with its input, the sagas forked from it, and a row per step (attempts,
+    status, timing, last error)."""
     timings = step_timings(entries or [])
     rows = []
     for row in steps:
@@ -67,7 +72,7 @@ def saga_view(
                 "call_ms": t.get("call_ms"),
             }
         )
-    return {**saga_summary(record), "input": record.input, "steps": rows}
+    return {**saga_summary(record), "forks": forks or [], "input": record.input, "steps": rows}
 
 
 def events_view(entries: list[JournalEntry]) -> list[dict[str, Any]]:

@@ -49,6 +49,7 @@ CORE = (
     "orchestrator/outcomes.py",
     "orchestrator/errors.py",
     "orchestrator/reconcile.py",
+    "orchestrator/forkplan.py",
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "orchestrator" / "policies").glob("*.py")),
 )
 

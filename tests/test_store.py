@@ -355,6 +355,29 @@ def test_migration_from_v1_keeps_rows(db_path: Path) -> None:
         migrated.close()
 
 
+def test_migration_to_v8_adds_the_fork_link_to_every_saga(db_path: Path) -> None:
+    # Today's file, its fork link dropped back out: what v7 left.
+    store = SQLiteStore(db_path)
+    create(store, "s1", key="k")
+    before = store.load("s1")
+    store.close()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("DROP INDEX sagas_by_forked_from")
+    conn.execute("ALTER TABLE sagas DROP COLUMN forked_from")
+    conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    conn.close()
+
+    migrated = SQLiteStore(db_path)
+    try:
+        assert migrated.schema_version() == SCHEMA_VERSION == 8
+        assert migrated.load("s1") == before and before.forked_from is None
+        assert migrated.forks("s1") == []
+        indexes = {r[1] for r in migrated.conn.execute("PRAGMA index_list(sagas)")}
+        assert "sagas_by_forked_from" in indexes
+    finally:
+        migrated.close()
+
+
 def test_newer_schema_is_refused_and_left_alone(db_path: Path) -> None:
     SQLiteStore(db_path).close()
     conn = sqlite3.connect(db_path, isolation_level=None)

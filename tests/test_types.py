@@ -30,6 +30,7 @@ CHECKS = [
             "orchestrator/driver.py",
             "orchestrator/operations.py",
             "orchestrator/reconcile.py",
+            "orchestrator/forkplan.py",
             "orchestrator/policies",
         ],
         id="core-strict",

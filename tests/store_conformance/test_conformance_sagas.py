@@ -221,3 +221,39 @@ def test_migration_from_an_older_schema_keeps_sagas_and_is_usable(
         older.open(readonly=True).ping()
     finally:
         older.close_all()
+
+
+def test_a_fork_names_its_origin_and_the_origin_lists_its_forks(store: Store) -> None:
+    """`create_saga(forked_from=...)` is stored as is; `forks(id)` lists them, oldest first."""
+    create(store, "old")
+    assert store.load("old").forked_from is None and store.forks("old") == []
+    initial = [JournalEntry(e) for e in reserve_ok()]
+    state = SagaState.replay(order_flow(), [Event(EventType.SAGA_CREATED, 200.0)])
+    for entry in initial:
+        state.apply(entry.event)
+    fork, created = store.create_saga(
+        saga_id="fork-1",
+        flow=order_flow(),
+        payload={"order_id": "o-2"},
+        trace_id="cd" * 16,
+        idempotency_key=None,
+        now=200.0,
+        initial=initial,
+        state=state,
+        forked_from="old",
+    )
+    assert created and fork.forked_from == "old" and fork.last_seq == 3
+    assert store.load("fork-1") == fork and store.load("fork-1").status is SagaStatus.RUNNING
+    create(store, "fork-2", now=300.0)  # an unrelated saga is not a fork
+    store.create_saga(
+        saga_id="fork-3",
+        flow=order_flow(),
+        payload={"order_id": "o-3"},
+        trace_id="ef" * 16,
+        idempotency_key=None,
+        now=400.0,
+        forked_from="old",
+    )
+    assert store.forks("old") == ["fork-1", "fork-3"]
+    assert store.forks("fork-1") == [] and store.forks("unknown") == []
+    assert {r.id: r.forked_from for r in store.list_sagas()}["fork-3"] == "old"
