@@ -353,7 +353,7 @@ class Orchestrator:
                 effect = send(None if breaker.allow(now) else breaker.retry_after(now))
             if type(effect) is Call:
                 yield timeout(db())  # the attempt's start is durable before the call
-                journal.extend(effect.commit.events)
+                journal.extend(effect.events)
                 saga.flushed = len(journal)
                 name = effect.step
                 service, _breaker, limit = routes[name]
