@@ -23,11 +23,12 @@ The effects, and the reply each expects:
   the probe), else the seconds until it may.
 * `BreakerRefused(service, step, phase, waits)` -> ignored. Told once per refusal, so a
   runtime can count or show it; `waits` says which of the two refusal rules applies.
-* `Call(commit, saga_id, step, phase, attempt)` (and its `idempotency_key`) -> an `Answer`:
-  first carry out `commit` (a `Commit` ending with this attempt's ATTEMPT_STARTED), then send
-  the attempt. The answer is the tuple `(at, failure, unwell, detail)`: its outcome as
-  `orchestrator.outcomes` classified it (failure None: success; `unwell`: the service, not
-  the request, is the problem).
+* `Call(events, details, saga_id, step, phase, attempt)` (and its `idempotency_key`) -> an
+  `Answer`: first commit `events` and `details` as a `Commit` would (they end with this
+  attempt's ATTEMPT_STARTED; `commit` gives them as one), then send the attempt. The
+  answer is the tuple `(at, failure, unwell, detail)`: its outcome as `orchestrator.outcomes`
+  classified it (failure None: success; `unwell`: the service, not the request, is the
+  problem).
 * `RecordOutcome(service, healthy)` -> ignored. Tell the service's breaker, now.
 * `WaitUntil(until, step, service)` -> the time after waiting (float). `service` is set when
   the wait is for an open breaker (nothing is journaled for it), None for a scheduled retry.
@@ -133,19 +134,28 @@ class AskBreaker:
 
 @dataclass(slots=True)
 class Call:
-    """Commit `commit`, then send attempt `attempt` of `step`'s `phase`; reply an `Answer`.
+    """Commit `events` (with `details`), then send attempt `attempt` of `step`'s `phase`;
+    reply an `Answer`.
 
-    `commit` ends with this attempt's ATTEMPT_STARTED: it must be durable before anything is
+    `events` ends with this attempt's ATTEMPT_STARTED: it must be durable before anything is
     sent, so that a crash in between leaves an open attempt (which `decide` then closes as
-    interrupted and retries under the same idempotency key). One effect, not two, because
-    the two always go together and the simulator pays for every effect.
+    interrupted and retries under the same idempotency key). One effect, not a `Commit` then
+    a call, because the two always go together and the simulator pays for every effect; and
+    the commit's fields are the call's own rather than a nested `Commit` (one allocation less
+    per attempt, measured: the simulator's benchmark). `commit` gives them as a `Commit`.
     """
 
-    commit: Commit
+    events: list[Event]
+    details: dict[int, Any] | None
     saga_id: object
     step: str
     phase: Phase
     attempt: int
+
+    @property
+    def commit(self) -> Commit:
+        """What must be committed before the call is sent, as a `Commit`."""
+        return Commit(self.events, self.details)
 
     @property
     def idempotency_key(self) -> str:
@@ -273,7 +283,7 @@ def drive(
             apply(started)
             events.append(started)
             # durable before anything is sent: a crash now leaves an open attempt
-            call = Call(Commit(events, details), saga_id, name, phase, attempt)
+            call = Call(events, details, saga_id, name, phase, attempt)
             events, details = [], None
             now, failure, unwell, detail = yield call
             if gate is not None:

@@ -121,16 +121,20 @@ class Gateway:
         self.health = HealthTracker()
 
     # What the balancer reads (`orchestrator.policies.balancer.Instance`), live rather than
-    # through a snapshot per request.
+    # through a snapshot per request. Both read `Station.active`'s two fields directly: the
+    # balancer asks every gateway for every request, and a property calling a property costs
+    # 0.6% of a simulated request.
     @property
     def available(self) -> bool:
         """Not ejected by health checks and below its connection limit."""
-        return self.health.healthy and self.station.active < self.limit
+        station = self.station
+        return self.health.healthy and station.busy + len(station.queue) < self.limit
 
     @property
     def active(self) -> int:
         """Requests queued or in service."""
-        return self.station.active
+        station = self.station
+        return station.busy + len(station.queue)
 
 
 class Edge:

@@ -344,39 +344,43 @@ class Orchestrator:
         send = driver.send
         effect = next(driver)
         while True:
-            # the most frequent first: per attempt, one Call and (with a breaker) one
-            # AskBreaker and one RecordOutcome
+            # One pass serves an attempt: its effects come in this order (the breaker's
+            # question, the call, the breaker's report), so each is checked in turn rather
+            # than going round the loop once per effect. `now` is env.now: it is read again
+            # after every yield to SimPy, and the breaker effects take no simulated time.
+            if type(effect) is AskBreaker:
+                breaker = breakers[effect.service]
+                effect = send(None if breaker.allow(now) else breaker.retry_after(now))
             if type(effect) is Call:
                 yield timeout(db())  # the attempt's start is durable before the call
-                journal.extend(effect.commit.events)
+                journal.extend(effect.events)
                 saga.flushed = len(journal)
                 name = effect.step
                 service, _breaker, limit = routes[name]
                 call = service.call(saga, name, effect.phase, limit)
                 yield call.event
-                failure, unwell = call.outcome
-                effect = send((env.now, failure, unwell, None))
-            elif type(effect) is AskBreaker:
-                breaker = breakers[effect.service]
                 now = env.now
-                effect = send(None if breaker.allow(now) else breaker.retry_after(now))
-            elif type(effect) is RecordOutcome:
-                breaker = breakers[effect.service]
-                if effect.healthy:
-                    breaker.record_success(env.now)
-                else:
-                    breaker.record_failure(env.now)
-                effect = send(None)
+                failure, unwell = call.outcome
+                effect = send((now, failure, unwell, None))
+                if type(effect) is RecordOutcome:
+                    breaker = breakers[effect.service]
+                    if effect.healthy:
+                        breaker.record_success(now)
+                    else:
+                        breaker.record_failure(now)
+                    effect = send(None)
             elif type(effect) is Commit:
                 yield timeout(db())  # one DB write for everything noted
                 journal.extend(effect.events)
                 saga.flushed = len(journal)
-                effect = send(env.now)
+                now = env.now
+                effect = send(now)
             elif type(effect) is WaitUntil:
-                delay = effect.until - env.now
+                delay = effect.until - now
                 if delay > 0:  # the commit may have taken longer than the wait
                     yield timeout(delay)
-                effect = send(env.now)
+                    now = env.now
+                effect = send(now)
             elif type(effect) is BreakerRefused:
                 if not effect.waits:
                     self.count("actions_refused_by_breaker")
@@ -385,14 +389,14 @@ class Orchestrator:
                 else:
                     self.count("actions_delayed_by_breaker")
                 effect = send(None)
-            else:
-                assert type(effect) is Done
-                now = env.now
+            elif type(effect) is Done:
                 replica.leased.pop(saga, None)
                 saga.owner = None
                 self.run_stats.leave(now, now - saga.run_started)
                 self.finished(saga, now)
                 return
+            elif type(effect) is not AskBreaker:  # an AskBreaker goes round again
+                raise TypeError(f"unexpected effect from the saga driver: {effect!r}")
 
     def unfinished(self) -> int:
         """Sagas not terminal: queued, running on a replica, or waiting for the reaper."""

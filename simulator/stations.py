@@ -201,7 +201,7 @@ _OK: Outcome = SUCCESS
 class Call:
     """One attempt in flight: wait for `event`, then read `outcome`."""
 
-    __slots__ = ("event", "saga", "key", "phase", "answered", "outcome", "direct")
+    __slots__ = ("event", "saga", "key", "phase", "answered", "outcome", "direct", "held")
 
     # Set by `Service.call` before it returns the call (which event depends on the path taken).
     event: simpy.Event
@@ -213,6 +213,8 @@ class Call:
         self.answered = False
         self.outcome: Outcome = _OK
         self.direct = False
+        # (saga id, step, phase) while a service that holds keys has it queued or in service
+        self.held: tuple[Any, str, Phase] | None = None
 
     def answer(self, outcome: Outcome) -> None:
         self.answered = True
@@ -323,6 +325,7 @@ class Service:
             return call
         if self.holds_keys:
             self.processing[held] = None
+            call.held = held
         saga.inflight += 1
         timer = job.timer
         if timer is not None and job.ends - now <= timeout:
@@ -343,8 +346,8 @@ class Service:
         call: Call = job.payload
         saga = call.saga
         saga.inflight -= 1
-        if self.holds_keys:
-            self.processing.pop((saga.id, *call.key), None)
+        if call.held is not None:
+            self.processing.pop(call.held, None)
         if call.answered:
             self.counts["wasted"] += 1  # the caller gave up; the work was done anyway
         outcome = self._apply(call, saga)
