@@ -10,6 +10,7 @@ process; and a journal written before the bound, holding Infinity, read by `even
 from __future__ import annotations
 
 import math
+import random
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -26,9 +27,10 @@ from opslab import checkout_saga, cli_subprocess
 from workerlab import REPO, journal, sagalab
 
 from orchestrator.executors import classify_response
+from orchestrator.flowfile import load_flow
 from orchestrator.outcomes import MAX_RETRY_AFTER, classify_status, parse_retry_after
-from orchestrator.policies.retry import RetryPolicy, backoff_delay
-from orchestrator.saga import EventType
+from orchestrator.policies.retry import MAX_RETRY_SECONDS, RetryPolicy, backoff_delay
+from orchestrator.saga import Event, EventType, Failure, Phase, SagaState, Wait, decide
 
 NOW = 1_800_000_000.0
 
@@ -160,3 +162,25 @@ def test_a_journal_holding_infinity_is_shown_not_a_traceback(tmp_path: Path) -> 
         shown = cli_subprocess(db, *args)
         assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
         assert "Infinity" in shown.stdout or args[0] == "status"
+
+
+@pytest.mark.parametrize("stored", [math.inf, math.nan, 1e300], ids=str)
+def test_a_retry_stored_for_never_is_due_within_the_longest_policy_wait(stored: float) -> None:
+    """A journal written before the bound: the fold takes the retry as due by then, so a
+    worker retries the step instead of requeueing it forever."""
+    flow = load_flow("checkout")
+    failure = Failure("HTTP 503: busy", True, True)
+    at = 100.0
+    events = [
+        Event(EventType.SAGA_CREATED, 1.0),
+        Event(EventType.ATTEMPT_STARTED, 2.0, "reserve_inventory", Phase.ACTION, 1),
+        Event(EventType.ATTEMPT_FAILED, at, "reserve_inventory", Phase.ACTION, 1, failure),
+        Event(
+            EventType.RETRY_SCHEDULED, at, "reserve_inventory", Phase.ACTION, 2, not_before=stored
+        ),
+    ]
+    state = SagaState.replay(flow, events)
+    due = state.progress("reserve_inventory").phase(Phase.ACTION).not_before
+    assert due == at + MAX_RETRY_SECONDS
+    command = decide(state, now=due, rng=random.Random(0))
+    assert not isinstance(command, Wait)  # due: the step is tried again
