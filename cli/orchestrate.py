@@ -26,6 +26,7 @@ from cli.errors import (
 from cli.options import DEFAULT_DB, DbOption, JsonOption, SagaIdArg, ServicesOption, open_store
 from orchestrator import operations
 from orchestrator.breakers import BreakerBoard, load_breaker_configs
+from orchestrator.errors import ConcurrentUpdate
 from orchestrator.executors import HttpExecutor
 from orchestrator.flow import FlowDefinition
 from orchestrator.flowfile import check_services, load_flow, load_services
@@ -35,7 +36,7 @@ from orchestrator.jsonsafe import displayable
 from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner, owner_is_dead
 from orchestrator.runner import Checkpoint, RunResult, SagaRunner, start_saga
 from orchestrator.saga import Phase, SagaStatus
-from orchestrator.store import Store
+from orchestrator.store import Lease, Store
 from orchestrator.views import events_view, saga_summary, saga_view
 from orchestrator.watchdog import DatabaseWatchdog, WatchedStore
 
@@ -133,7 +134,7 @@ def _drive(
                     breakers=board,
                     on_breaker_wait=None if quiet else render.breaker_wait,
                 )
-                result = runner.run(saga_id, lease=lease)
+                result = _run_through_conflicts(runner, saga_id, lease)
                 return result
         finally:
             executor.close()
@@ -144,6 +145,27 @@ def _drive(
                 watched.release(lease, run_after=None if result is not None else time.time())
     finally:
         watched.close()
+
+
+#: How many times a foreground run reads the saga again after an operator's concurrent
+#: append before it gives the saga back to the workers' queue.
+RERUN_TRIES = 5
+
+
+def _run_through_conflicts(runner: SagaRunner, saga_id: str, lease: Lease) -> RunResult:
+    """Run the saga under `lease`; after a concurrent append (an operator's rollback, cancel,
+    retry or skip landing during a call) read it again and drive on, as a worker does.
+
+    The lease stays ours: an operator's request does not take it, so the next run's writes
+    are fenced as the first's. After RERUN_TRIES conflicts in a row ConcurrentUpdate passes
+    through; `_drive` then puts the saga back on the queue.
+    """
+    for _ in range(RERUN_TRIES - 1):
+        try:
+            return runner.run(saga_id, lease=lease)
+        except ConcurrentUpdate:
+            continue  # the journal moved on under us: fold it again and decide from there
+    return runner.run(saga_id, lease=lease)
 
 
 class _RunHere:

@@ -47,7 +47,11 @@ def styled(status: str) -> Text:
 def when(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3]
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3]
+    except (OverflowError, ValueError, OSError):
+        # a journal written before Retry-After was bounded may hold Infinity: show it
+        return str(displayable(ts))
 
 
 def print_json(data: Any) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import httpx
@@ -17,7 +16,14 @@ import httpx
 from orchestrator.errors import InputError, SagaError, ServiceConfigError, TemplateError
 from orchestrator.flow import StepDefinition
 from orchestrator.jsonsafe import check_json_value
-from orchestrator.outcomes import SUCCESS, Transport, Verdict, classify_status, classify_transport
+from orchestrator.outcomes import (
+    SUCCESS,
+    Transport,
+    Verdict,
+    classify_status,
+    classify_transport,
+    parse_retry_after,
+)
 from orchestrator.registry import PermanentStepError, StepCall, TransientStepError, get_handler
 from orchestrator.saga import Failure, Phase
 from orchestrator.templates import render
@@ -73,26 +79,15 @@ class StepExecutor(Protocol):
     def execute(self, ctx: AttemptContext) -> AttemptOutcome: ...
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 def classify_response(response: httpx.Response) -> Verdict:
     """The shared verdict (`orchestrator.outcomes.classify_status`) for an HTTP answer."""
     code = response.status_code
     if 200 <= code < 300:
         return SUCCESS
     return classify_status(
-        code, response.text[:300], _retry_after(response.headers.get("Retry-After"))
+        code,
+        response.text[:300],
+        parse_retry_after(response.headers.get("Retry-After"), now=time.time()),
     )
 
 

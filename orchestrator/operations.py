@@ -178,7 +178,9 @@ class RunHere(Protocol):
 
     def run(self, saga_id: str, flow: FlowDefinition) -> SagaStatus:
         """Run the saga until it stops and return its status; LeaseHeld if a live worker holds
-        it."""
+        it. A concurrent append (another operator's request landing during a call) is read
+        and driven on; ConcurrentUpdate only after repeated ones, with the saga given back to
+        the workers' queue."""
         ...
 
 
@@ -208,7 +210,22 @@ def resume(
         runner.run(saga_id, state.flow)
     except LeaseHeld as exc:  # a worker claimed it since the check: it goes on there
         raise ActionRefused(str(exc), action="resume", saga_id=saga_id) from None
+    except ConcurrentUpdate as exc:  # it kept changing under the run: the workers go on
+        return _gave_back("resume", store, saga_id, exc, clock)
     return OperationResult("resume", saga_id, Carried.RAN, store.load(saga_id))
+
+
+def _gave_back(
+    action: str, store: Store, saga_id: str, exc: ConcurrentUpdate, clock: Clock
+) -> OperationResult:
+    """The run here gave up after repeated concurrent appends (`RunHere.run` reads the saga
+    again after each, up to a bound): the saga is on the workers' queue, never stranded."""
+    store.requeue(saga_id, clock())
+    message = (
+        f"{exc}; saga {saga_id} kept changing while it ran here and is queued for the "
+        f"workers (or `sagalab orchestrate resume {saga_id}`)"
+    )
+    return OperationResult(action, saga_id, Carried.QUEUED, store.load(saga_id), message)
 
 
 def requeue(
@@ -636,6 +653,8 @@ def _request(
             return OperationResult(action, saga_id, Carried.RAN, store.load(saga_id))
         except LeaseHeld as exc:  # a live worker holds it: it carries the request out
             message = f"{what} recorded; {exc}"
+        except ConcurrentUpdate as exc:
+            return _gave_back(action, store, saga_id, exc, clock)
     elif unavailable is not None:
         message += f" ({unavailable})"
     store.requeue(saga_id, clock())

@@ -28,16 +28,32 @@ The rules, and why:
   unwell.
 * **Protocol** (an answer that cannot be read): not retryable, may have applied; not counted
   against the breaker (the service answered).
+
+A **Retry-After** is read here once (`parse_retry_after`: delay-seconds or an HTTP-date) and
+bounded by the retry policy's rule (`policies.retry.bounded_retry_after`: at most
+MAX_RETRY_AFTER, an hour; `inf`, `1e400` or a date years out are taken as that), in
+`classify_status`, which the simulated services call too.
 """
 
 from __future__ import annotations
 
+import calendar
+from email.utils import parsedate_tz
 from enum import Enum
 from typing import NamedTuple
 
+from orchestrator.policies.retry import MAX_RETRY_AFTER, bounded_retry_after
 from orchestrator.saga import Failure
 
-__all__ = ["Transport", "Verdict", "classify_status", "classify_transport", "SUCCESS"]
+__all__ = [
+    "MAX_RETRY_AFTER",
+    "SUCCESS",
+    "Transport",
+    "Verdict",
+    "classify_status",
+    "classify_transport",
+    "parse_retry_after",
+]
 
 
 class Transport(Enum):
@@ -66,6 +82,7 @@ def classify_status(code: int, text: str = "", retry_after: float | None = None)
     """The verdict for an HTTP answer `code` whose body starts with `text`."""
     if 200 <= code < 300:
         return SUCCESS
+    retry_after = bounded_retry_after(retry_after)
     text = text[:300]
     error = f"HTTP {code}: {text}" if text else f"HTTP {code}"
     if code >= 500:
@@ -84,3 +101,27 @@ def classify_transport(kind: Transport, error: str) -> Verdict:
     if kind is Transport.PROTOCOL:
         return Verdict(Failure(error, False, True), False)
     return Verdict(Failure(error, True, True), True)
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Seconds a `Retry-After` header value asks to wait, bounded; None if it says nothing.
+
+    Either delay-seconds ("120"; a fraction is taken too) or an HTTP-date, counted from `now`
+    (epoch seconds: the caller's clock). Never raises: an unreadable value is None, and an
+    infinite, huge or far-future one is MAX_RETRY_AFTER (`bounded_retry_after`).
+    """
+    if not value or not value.strip():
+        return None
+    try:
+        return bounded_retry_after(float(value))
+    except ValueError:
+        pass
+    try:
+        parsed = parsedate_tz(value)
+        if parsed is None:
+            return None
+        # timegm, not mktime: a date without a zone is GMT (RFC 9110), never local time
+        at = calendar.timegm((*parsed[:6], 0, 1, 0)) - (parsed[9] or 0)
+    except (ValueError, TypeError, IndexError, OverflowError):  # a date no calendar has
+        return None
+    return bounded_retry_after(at - now)

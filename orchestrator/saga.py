@@ -50,7 +50,7 @@ from enum import StrEnum
 
 from orchestrator.errors import InvalidTransition, OperatorActionRefused
 from orchestrator.flow import FlowDefinition, StepKind
-from orchestrator.policies.retry import UniformSource
+from orchestrator.policies.retry import MAX_RETRY_SECONDS, UniformSource
 
 
 class SagaStatus(StrEnum):
@@ -420,7 +420,11 @@ class SagaState:
         _, p, phase = self._require_step_phase(event)
         if p.open or p.done or event.not_before is None:
             raise InvalidTransition("retry_scheduled needs a closed, unfinished attempt")
-        p.not_before = event.not_before
+        # No retry policy waits longer than MAX_RETRY_SECONDS (Retry-After is bounded below
+        # it); a journal written before that bound may hold Infinity, NaN or years: retry
+        # by then rather than never (`not <=` also catches NaN).
+        latest = event.at + MAX_RETRY_SECONDS
+        p.not_before = event.not_before if event.not_before <= latest else latest
 
     def _on_step_failed(self, event: Event) -> None:
         _, p, phase = self._require_step_phase(event)

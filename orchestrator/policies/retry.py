@@ -29,12 +29,14 @@ __all__ = [
     "DEFAULT_COMPENSATION_RETRY",
     "FOREVER_RETRY",
     "MAX_MULTIPLIER",
+    "MAX_RETRY_AFTER",
     "MAX_RETRY_ATTEMPTS",
     "MAX_RETRY_DEADLINE",
     "MAX_RETRY_SECONDS",
     "RetryPolicy",
     "UniformSource",
     "backoff_delay",
+    "bounded_retry_after",
     "exhausted",
 ]
 
@@ -49,6 +51,10 @@ MAX_RETRY_ATTEMPTS = 1_000_000
 MAX_RETRY_SECONDS = 86_400.0  # one wait of a day at most
 MAX_RETRY_DEADLINE = 30 * 86_400.0
 MAX_MULTIPLIER = 100.0
+MAX_RETRY_AFTER = 3_600.0
+"""The longest wait a server's Retry-After may ask for (seconds): an hour. A longer, infinite
+or unreadably large value is taken as this, so no answer can park a step for years or push a
+non-finite time into the journal (`bounded_retry_after`)."""
 
 
 def _is_int(value: object) -> bool:
@@ -163,9 +169,21 @@ def backoff_delay(
     """
     cap = policy.backoff_cap(attempts_made)
     delay = cap * random_value if policy.jitter else cap
+    retry_after = bounded_retry_after(retry_after)
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay
+
+
+def bounded_retry_after(seconds: float | None) -> float | None:
+    """A server's Retry-After in seconds, as the retry rule takes it: in [0, MAX_RETRY_AFTER].
+
+    Infinite or too large values become MAX_RETRY_AFTER, negative ones 0; NaN says nothing
+    (None). Both runtimes pass every Retry-After through here (`outcomes.classify_status`).
+    """
+    if seconds is None or seconds != seconds:  # NaN is the one value not equal to itself
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 def exhausted(policy: RetryPolicy, *, attempts_made: int, elapsed: float, delay: float) -> bool:
