@@ -5,8 +5,9 @@ the primitives of the shared `BreakerStorage` (orchestrator/policies/breaker.py)
 statements, and every transition is one compare-and-set `UPDATE ... WHERE <still as read>`:
 the row lock makes concurrent callers on every host queue up and re-check, so the caller
 that half-opens the breaker is its one probe, and only the probe ends the window (issue 10).
-Probe times are on the database's clock (the handle's offset, as for leases). Every psycopg error is a `StoreError`; the store's `guard` is called
-before each statement. The tables come from the saga store's migrations.
+Probe times are on the database's clock (the handle's offset, as for leases). Every psycopg
+error is a `StoreError`; the store's `guard` is called before each statement. The tables come
+from the saga store's migrations.
 """
 
 from __future__ import annotations

@@ -455,7 +455,7 @@ class Breaker:
         self._probe = None
 
     def _take_probe(self) -> Token | None:
-        """The probe this breaker was let through with (if any), forgotten once its outcome is in."""
+        """The probe this breaker was let through with (if any), forgotten: its outcome is in."""
         token, self._probe = self._probe, None
         return token
 
