@@ -9,12 +9,13 @@ These tests drive the whole allow -> record path, as workers do (breakerlab.py).
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import time
 from pathlib import Path
 
 from breakerlab import hammer, hammer_in_process, open_breaker, probe_violations
 
-from orchestrator.breakers import breaker_events
+from orchestrator.breakers import BreakerBoard, BreakerConfig, breaker_events
 from orchestrator.policies.breaker import Breaker
 from orchestrator.sqlite_store import SQLiteStore
 
@@ -69,3 +70,23 @@ def test_a_late_outcome_of_a_call_let_through_while_closed_does_not_free_the_pro
     assert not b.allow(1.4), "a's probe is still out"
     a.record_failure(1.5)
     assert a.state == "open" and not b.allow(1.6) and b.allow(2.5)
+
+
+def test_the_caller_that_half_opens_the_breaker_is_its_probe_whatever_was_left_held(
+    tmp_path: Path,
+) -> None:
+    # A probe never freed (its holder's outcome was recorded after the window had ended)
+    # used to leave the breaker half-open with nobody let through until it timed out.
+    db = tmp_path / "b.db"
+    SQLiteStore(db).close()
+    board = BreakerBoard(db, {"payments": BreakerConfig(fail_max=1, reset_timeout=0.5)})
+    try:
+        breaker = board.get("payments")
+        assert breaker.allow(100.0)
+        breaker.record_failure(100.0)
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE breakers SET probe_until = 101.0")  # held until 101
+        assert breaker.allow(100.5) and breaker.state == "half-open"
+        assert not board.get("payments").allow(100.6)
+    finally:
+        board.close()
