@@ -63,6 +63,8 @@ def test_only_the_probe_ends_the_half_open_window(store_factory: Backend) -> Non
     token = a.try_half_open(101.0, 102.0, 112.0)
     assert token is not None and a.end_probe(token, "closed", 102.5)
     assert (a.state, a.counter, a.try_acquire_probe(103.0, 113.0)) == ("closed", 0, None)
+    a.state, a.opened_time = "open", None  # a row written by hand: open, no opening time
+    assert a.try_half_open(None, 104.0, 114.0) is not None
 
 
 def test_transitions_are_logged_once_whoever_reports_them(store_factory: Backend) -> None:
