@@ -2,11 +2,12 @@
 
 The PostgreSQL twin of orchestrator/sqlite_breakers.py: `PostgresBreakerStorage` implements
 the primitives of the shared `BreakerStorage` (orchestrator/policies/breaker.py) with single
-statements, and the half-open probe is one compare-and-set `UPDATE ... WHERE probe_until IS
-NULL OR probe_until <= now`: the row lock makes concurrent probers on every host queue up and
-re-check, so exactly one gets it. Probe times are on the database's clock (the handle's
-offset, as for leases). Every psycopg error is a `StoreError`; the store's `guard` is called
-before each statement. The tables come from the saga store's migrations.
+statements, and every transition is one compare-and-set `UPDATE ... WHERE <still as read>`:
+the row lock makes concurrent callers on every host queue up and re-check, so the caller
+that half-opens the breaker is its one probe, and only the probe ends the window (issue 10).
+Probe times are on the database's clock (the handle's offset, as for leases). Every psycopg
+error is a `StoreError`; the store's `guard` is called before each statement. The tables come
+from the saga store's migrations.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from psycopg.rows import dict_row
 
 from orchestrator.breakers import row_damage, sane_opened_time
 from orchestrator.errors import StoreError
-from orchestrator.policies.breaker import CLOSED, BreakerStorage
+from orchestrator.policies.breaker import CLOSED, OPEN, BreakerStorage
 from orchestrator.postgres_store import connect, measure_offset, redacted
 from orchestrator.store import Guard
 
@@ -218,12 +219,52 @@ class PostgresBreakerStorage(BreakerStorage):
     def opened_time(self, value: float | None) -> None:
         self._set("opened_time = %s", value)
 
-    def try_acquire_probe(self, now: float, until: float) -> bool:
-        offset = self.store.offset
+    # The transitions: each one UPDATE whose WHERE is the compare of the compare-and-set
+    # (the row lock makes concurrent callers queue up and re-check it). Probe times are on
+    # the database's clock; the token handed back is the value stored.
+
+    def try_open(self, now: float) -> bool:
         cur = self.store.execute(
-            "UPDATE breakers SET probe_until = %s WHERE name = %s "
-            "AND (probe_until IS NULL OR probe_until <= %s)",
+            "UPDATE breakers SET state = 'open', opened_time = %s, success_counter = 0, "
+            "probe_until = NULL, updated_at = %s WHERE name = %s "
+            "AND state NOT IN ('open', 'half-open')",  # closed, or a damaged state
+            (now, time.time(), self.name),
+        )
+        if cur.rowcount == 1:
+            return True
+        if self.state == CLOSED:  # an open row with a damaged opened_time reads as closed
+            self._set("state = 'open', opened_time = %s, success_counter = 0", now)
+            return True
+        return False
+
+    def try_half_open(self, opened: float | None, now: float, until: float) -> float | None:
+        row = self.store.execute(
+            "UPDATE breakers SET state = 'half-open', success_counter = 0, probe_until = %s, "
+            "updated_at = %s WHERE name = %s AND state = 'open' "
+            "AND opened_time IS NOT DISTINCT FROM %s RETURNING probe_until",
+            (until + self.store.offset, time.time(), self.name, opened),
+        ).fetchone()
+        return None if row is None else float(row[0])
+
+    def try_acquire_probe(self, now: float, until: float) -> float | None:
+        offset = self.store.offset
+        row = self.store.execute(
+            "UPDATE breakers SET probe_until = %s WHERE name = %s AND state = 'half-open' "
+            "AND (probe_until IS NULL OR probe_until <= %s) RETURNING probe_until",
             (until + offset, self.name, now + offset),
+        ).fetchone()
+        return None if row is None else float(row[0])
+
+    def end_probe(self, token: float, new: str, now: float) -> bool:
+        entry = {
+            OPEN: "opened_time = %s, success_counter = 0, ",
+            CLOSED: "fail_counter = 0, success_counter = 0, ",
+        }.get(new, "")
+        args: tuple[Any, ...] = (now,) if new == OPEN else ()
+        cur = self.store.execute(
+            f"UPDATE breakers SET state = %s, {entry}probe_until = NULL, updated_at = %s "
+            "WHERE name = %s AND state = 'half-open' AND probe_until = %s",
+            (new, *args, time.time(), self.name, token),
         )
         return bool(cur.rowcount == 1)
 

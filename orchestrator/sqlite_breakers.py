@@ -2,8 +2,9 @@
 
 `SQLiteBreakerStorage` implements the primitives of the shared `BreakerStorage`
 (orchestrator/policies/breaker.py) with single SQL statements, so what one replica learns
-about a service protects all of them, and the half-open probe is one compare-and-set row
-update: exactly one caller in all processes gets it. The tables (`breakers`,
+about a service protects all of them, and every transition is one compare-and-set row
+update: the caller that half-opens the breaker is its one probe in all processes, and only
+the probe's holder ends the half-open window (issue 10). The tables (`breakers`,
 `breaker_events`) are created by the saga store's migrations (orchestrator/sqlite_store.py).
 
 Every statement goes through `_execute`, which turns a raw `sqlite3` error (the disk is full,
@@ -23,7 +24,7 @@ from typing import Any
 
 from orchestrator.breakers import row_damage, sane_opened_time
 from orchestrator.errors import StoreError
-from orchestrator.policies.breaker import CLOSED, BreakerStorage
+from orchestrator.policies.breaker import CLOSED, OPEN, BreakerStorage
 from orchestrator.sqlite_store import connect, connect_read_only
 from orchestrator.store import Guard
 
@@ -131,11 +132,48 @@ class SQLiteBreakerStorage(BreakerStorage):
     def opened_time(self, value: float | None) -> None:
         self._set("opened_time = ?", value)
 
-    def try_acquire_probe(self, now: float, until: float) -> bool:
+    # The transitions: each one UPDATE whose WHERE is the compare of the compare-and-set.
+
+    def try_open(self, now: float) -> bool:
         cur = self._execute(
-            "UPDATE breakers SET probe_until = ? WHERE name = ? "
+            "UPDATE breakers SET state = 'open', opened_time = ?, success_counter = 0, "
+            "probe_until = NULL, updated_at = ? WHERE name = ? "
+            "AND state NOT IN ('open', 'half-open')",  # closed, or a damaged state
+            (now, time.time(), self.name),
+        )
+        if cur.rowcount == 1:
+            return True
+        if self.state == CLOSED:  # an open row with a damaged opened_time reads as closed
+            self._set("state = 'open', opened_time = ?, success_counter = 0", now)
+            return True
+        return False
+
+    def try_half_open(self, opened: float | None, now: float, until: float) -> float | None:
+        cur = self._execute(
+            "UPDATE breakers SET state = 'half-open', success_counter = 0, probe_until = ?, "
+            "updated_at = ? WHERE name = ? AND state = 'open' AND opened_time IS ?",
+            (until, time.time(), self.name, opened),
+        )
+        return until if cur.rowcount == 1 else None
+
+    def try_acquire_probe(self, now: float, until: float) -> float | None:
+        cur = self._execute(
+            "UPDATE breakers SET probe_until = ? WHERE name = ? AND state = 'half-open' "
             "AND (probe_until IS NULL OR probe_until <= ?)",
             (until, self.name, now),
+        )
+        return until if cur.rowcount == 1 else None
+
+    def end_probe(self, token: float, new: str, now: float) -> bool:
+        entry = {
+            OPEN: "opened_time = ?, success_counter = 0, ",
+            CLOSED: "fail_counter = 0, success_counter = 0, ",
+        }.get(new, "")
+        args: tuple[Any, ...] = (now,) if new == OPEN else ()
+        cur = self._execute(
+            f"UPDATE breakers SET state = ?, {entry}probe_until = NULL, updated_at = ? "
+            "WHERE name = ? AND state = 'half-open' AND probe_until = ?",
+            (new, *args, time.time(), self.name, token),
         )
         return cur.rowcount == 1
 

@@ -18,15 +18,31 @@ The rule is `TRANSITIONS` plus two guards (`next_state`):
   timeout), and `success_threshold` successes close it;
 * an operator's `reset` closes it from any state.
 
-Entering a state resets what the state starts from (`_enter`): open records `opened_time`
-and zeroes the success count, half-open zeroes the success count, closed zeroes both.
+Entering a state resets what the state starts from (the storage's transitions below, and
+`_enter` for a reset): open records `opened_time` and zeroes the success count, half-open
+zeroes the success count, closed zeroes both.
 
 The state lives in a `BreakerStorage`: `MemoryBreakerStorage` in one process (or a
 simulation), a database-backed subclass for workers that share one breaker per service
-(orchestrator/breakers.py). Counters move through the storage's own increment, and the
-half-open probe is the storage's compare-and-set `try_acquire_probe`, so several processes
-on one row still count every failure and let exactly one probe through. A probe whose caller
-died is forgotten after `probe_timeout`, so the breaker cannot stay half-open for ever.
+(orchestrator/breakers.py). Counters move through the storage's own increment, and every
+transition a caller makes is one compare-and-set in the storage, so several threads and
+processes on one row take each decision once (issue 10):
+
+* closed -> open: `try_open`, only if still closed;
+* open -> half-open: `try_half_open`, only if still open since the `opened_time` the caller
+  read, and it hands that caller the probe in the same step: the caller that makes the move
+  is the probe, a caller that read "open" a moment too early cannot half-open the breaker
+  again after the probe failed and reopened it;
+* half-open -> open or closed: `end_probe`, only by the probe's holder (its token), and it
+  frees the probe in the same step. An outcome of a call let through before the breaker
+  opened is no probe's outcome: it is counted, but it neither ends the half-open window nor
+  frees the probe.
+
+Meanwhile every other caller is refused (`retry_after` 0: it waits `MIN_REFUSAL_WAIT`). A
+probe whose caller died is forgotten after `probe_timeout` (`try_acquire_probe` then hands
+it to the next caller), so the breaker cannot stay half-open for ever. The probe's token
+lives in the `Breaker` that was let through: one per worker thread, one per service in a
+simulation (where outcomes arrive one at a time).
 
 Why not pybreaker (issue 9)
 ---------------------------
@@ -63,10 +79,13 @@ __all__ = [
     "MemoryBreakerStorage",
     "MemoryClockedStorage",
     "Signal",
+    "Token",
     "next_state",
 ]
 
 BreakerState = str  # one of CLOSED, OPEN, HALF_OPEN
+#: Who holds the half-open probe: the probe's expiry as the storage wrote it (handed back as is).
+Token = float
 
 CLOSED: BreakerState = "closed"
 OPEN: BreakerState = "open"
@@ -195,12 +214,28 @@ class BreakerStorage:
     def opened_time(self, value: float | None) -> None:
         raise NotImplementedError
 
-    def try_acquire_probe(self, now: float, until: float) -> bool:
-        """Atomically take the half-open probe if nobody holds it (or its holder's time ran out)."""
+    def try_open(self, now: float) -> bool:
+        """Atomically: closed -> open at `now`, only if still closed (a damaged row counts)."""
+        raise NotImplementedError
+
+    def try_half_open(self, opened: float | None, now: float, until: float) -> Token | None:
+        """Atomically: open -> half-open, only if still open since `opened`, with the probe
+        held until `until` by the caller; the probe's token (None: someone else moved it)."""
+        raise NotImplementedError
+
+    def try_acquire_probe(self, now: float, until: float) -> Token | None:
+        """Atomically take the probe of a half-open breaker if nobody holds it (or its
+        holder's time ran out); its token, None when refused (or not half-open)."""
+        raise NotImplementedError
+
+    def end_probe(self, token: Token, new: BreakerState, now: float) -> bool:
+        """Atomically, only while half-open with the probe `token`: move to `new` (open:
+        opened at `now`; closed: failures zeroed; successes zeroed either way) and free the
+        probe. `new` half-open only frees the probe (a success short of the threshold)."""
         raise NotImplementedError
 
     def release_probe(self) -> None:
-        """Give the probe back (its outcome was recorded)."""
+        """Free the probe whoever holds it (an operator's reset)."""
         raise NotImplementedError
 
 
@@ -251,10 +286,39 @@ class MemoryBreakerStorage(BreakerStorage):
     def opened_time(self, value: float | None) -> None:
         self._opened_time = value
 
-    def try_acquire_probe(self, now: float, until: float) -> bool:
-        if self._probe_until is not None and now < self._probe_until:
+    # One thread (or a simulation) owns it: each primitive below is atomic by construction.
+
+    def try_open(self, now: float) -> bool:
+        if self._state != CLOSED:
             return False
+        self._state, self._opened_time, self._success_counter = OPEN, now, 0
+        self._probe_until = None
+        return True
+
+    def try_half_open(self, opened: float | None, now: float, until: float) -> Token | None:
+        if self._state != OPEN or self._opened_time != opened:
+            return None
+        self._state, self._success_counter, self._probe_until = HALF_OPEN, 0, until
+        return until
+
+    def try_acquire_probe(self, now: float, until: float) -> Token | None:
+        if self._state != HALF_OPEN:
+            return None
+        if self._probe_until is not None and now < self._probe_until:
+            return None
         self._probe_until = until
+        return until
+
+    def end_probe(self, token: Token, new: BreakerState, now: float) -> bool:
+        if self._state != HALF_OPEN or self._probe_until != token:
+            return False
+        if new == OPEN:
+            self._opened_time = now
+        elif new == CLOSED:
+            self._fail_counter = 0
+        if new != HALF_OPEN:
+            self._success_counter = 0
+        self._state, self._probe_until = new, None
         return True
 
     def release_probe(self) -> None:
@@ -296,6 +360,8 @@ class Breaker:
         self.probe_timeout = probe_timeout if probe_timeout is not None else max(reset_timeout, 1.0)
         self.on_transition = on_transition
         self.transitions = 0
+        # The probe this breaker was let through with (its token), until its outcome is in.
+        self._probe: Token | None = None
 
     @property
     def state(self) -> BreakerState:
@@ -319,6 +385,7 @@ class Breaker:
     def allow(self, now: float) -> bool:
         """Whether a call may go out at `now`. A True in half-open means: you are the probe."""
         storage = self.storage
+        until = now + self.probe_timeout
         state = storage.state
         if state == CLOSED:
             return True
@@ -327,8 +394,18 @@ class Breaker:
             if opened is not None and now < opened + self.reset_timeout:
                 return False
             # An open breaker without an opening time (a row written by hand) times out at once.
-            self._enter(now, state, next_state(state, Signal.TIMEOUT))
-        return storage.try_acquire_probe(now, now + self.probe_timeout)
+            token = storage.try_half_open(opened, now, until)
+            if token is not None:
+                self._probe = token
+                self._report(now, OPEN, next_state(OPEN, Signal.TIMEOUT))
+                return True
+            if storage.state == CLOSED:  # another caller's probe closed it meanwhile
+                return True
+        token = storage.try_acquire_probe(now, until)
+        if token is None:
+            return False  # (a refusal keeps any probe this breaker holds: one per simulation)
+        self._probe = token
+        return True
 
     def check(self, now: float) -> None:
         """`allow`, raising `BreakerOpen` when refused."""
@@ -337,35 +414,37 @@ class Breaker:
 
     def record_success(self, now: float) -> None:
         """A call made after `allow` succeeded (the service answered as a healthy one does)."""
-        storage = self.storage
+        storage, token = self.storage, self._take_probe()
         state = storage.state
         if state == CLOSED and storage.counter == 0:
             # Nothing to zero: with a shared storage this saves a write per successful call.
             return
         storage.reset_counter()  # a success ends a run of consecutive failures
-        successes = 0
-        if state == HALF_OPEN:
-            storage.increment_success_counter()
-            successes = storage.success_counter
+        if state != HALF_OPEN or token is None:
+            return  # only the probe's outcome decides a half-open breaker
+        storage.increment_success_counter()
         new = next_state(
             state,
             Signal.SUCCESS,
-            successes=successes,
+            successes=storage.success_counter,
             success_threshold=self.success_threshold,
         )
-        self._enter(now, state, new)
-        if state == HALF_OPEN:
-            storage.release_probe()
+        if storage.end_probe(token, new, now):
+            self._report(now, state, new)
 
     def record_failure(self, now: float) -> None:
         """A call made after `allow` failed (a failure that says the service is unwell)."""
-        storage = self.storage
-        state = storage.state
+        storage, token = self.storage, self._take_probe()
         storage.increment_counter()
-        new = next_state(state, Signal.FAILURE, failures=storage.counter, fail_max=self.fail_max)
-        self._enter(now, state, new)
+        state = storage.state
         if state == HALF_OPEN:
-            storage.release_probe()
+            # Only the probe's failure reopens it: the others were let through while closed.
+            if token is not None and storage.end_probe(token, OPEN, now):
+                self._report(now, state, OPEN)
+            return
+        new = next_state(state, Signal.FAILURE, failures=storage.counter, fail_max=self.fail_max)
+        if new != state and storage.try_open(now):
+            self._report(now, state, new)
 
     def reset(self, now: float) -> None:
         """Close the breaker by hand (an operator's `breakers reset`): counts zeroed too."""
@@ -373,11 +452,25 @@ class Breaker:
         # Closed already: still zero the counts (the point of a reset), without a transition.
         self._enter(now, state, next_state(state, Signal.RESET), force=True)
         self.storage.release_probe()
+        self._probe = None
+
+    def _take_probe(self) -> Token | None:
+        """The probe this breaker was let through with (if any), forgotten: its outcome is in."""
+        token, self._probe = self._probe, None
+        return token
+
+    def _report(self, now: float, old: BreakerState, new: BreakerState) -> None:
+        """Count a transition this breaker made, and tell `on_transition`."""
+        if new == old:
+            return
+        self.transitions += 1
+        if self.on_transition is not None:
+            self.on_transition(now, old, new)
 
     def _enter(
         self, now: float, old: BreakerState, new: BreakerState, *, force: bool = False
     ) -> None:
-        """Move from `old` to `new` (nothing when equal, unless `force`d), then report it."""
+        """Write `new` whatever the state (an operator's reset only), then report it."""
         if new == old and not force:
             return
         storage = self.storage
@@ -387,7 +480,4 @@ class Breaker:
             storage.reset_counter()
         storage.reset_success_counter()  # every state starts counting successes afresh
         storage.state = new
-        if new != old:
-            self.transitions += 1
-            if self.on_transition is not None:
-                self.on_transition(now, old, new)
+        self._report(now, old, new)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 from typing import Any
 
 import pybreaker
@@ -34,11 +35,36 @@ def test_the_half_open_probe_goes_to_one_handle_at_a_time(store_factory: Backend
     store_factory.open().close()
     a = store_factory.breakers().storage("payments", lambda: 100.0)
     b = store_factory.breakers().storage("payments", lambda: 100.0)
-    assert a.try_acquire_probe(100.0, 110.0)
-    assert not b.try_acquire_probe(101.0, 111.0)  # a holds it
-    assert b.try_acquire_probe(110.0, 120.0)  # a's time ran out
-    b.release_probe()
-    assert a.try_acquire_probe(111.0, 121.0)
+    assert a.try_acquire_probe(100.0, 110.0) is None  # closed: no probe to take
+    assert a.try_open(90.0) and not b.try_open(90.5)  # opened once
+    assert b.try_half_open(80.0, 100.0, 110.0) is None  # not open since 80: refused
+    held = a.try_half_open(90.0, 100.0, 110.0)
+    assert held is not None and a.state == "half-open"
+    assert b.try_half_open(90.0, 100.0, 110.0) is None  # a made the move: a is the probe
+    assert b.try_acquire_probe(101.0, 111.0) is None  # a holds it
+    taken = b.try_acquire_probe(110.0, 120.0)  # a's time ran out
+    assert taken is not None
+    assert not a.end_probe(held, "open", 112.0)  # a's probe is no longer the probe
+    assert b.end_probe(taken, "half-open", 113.0)  # a success short of the threshold
+    assert (b.state, a.try_acquire_probe(114.0, 124.0) is not None) == ("half-open", True)
+
+
+def test_only_the_probe_ends_the_half_open_window(store_factory: Backend) -> None:
+    store_factory.open().close()
+    a = store_factory.breakers().storage("payments", lambda: 100.0)
+    assert a.try_open(90.0)
+    token = a.try_half_open(90.0, 100.0, 110.0)
+    assert token is not None
+    assert a.end_probe(token, "open", 101.0)
+    assert (a.state, a.opened_time) == ("open", 101.0)
+    assert not a.end_probe(token, "closed", 101.5)  # the window has ended already
+    # A caller that read "open since 90" too early cannot half-open it again.
+    assert a.try_half_open(90.0, 101.1, 111.1) is None
+    token = a.try_half_open(101.0, 102.0, 112.0)
+    assert token is not None and a.end_probe(token, "closed", 102.5)
+    assert (a.state, a.counter, a.try_acquire_probe(103.0, 113.0)) == ("closed", 0, None)
+    a.state, a.opened_time = "open", None  # a row written by hand: open, no opening time
+    assert a.try_half_open(None, 104.0, 114.0) is not None
 
 
 def test_transitions_are_logged_once_whoever_reports_them(store_factory: Backend) -> None:
@@ -87,7 +113,7 @@ def _probe_racer(url: str, barrier: Any, results: Any) -> None:
     try:
         storage = states.storage("payments", lambda: 100.0)
         barrier.wait()
-        results.put(storage.try_acquire_probe(100.0, 110.0))
+        results.put(storage.try_half_open(90.0, 100.0, 110.0) is not None)
     finally:
         states.close()
 
@@ -96,7 +122,7 @@ def test_processes_racing_for_the_half_open_probe_let_exactly_one_through(
     store_factory: Backend,
 ) -> None:
     store_factory.open().close()
-    store_factory.breakers().storage("payments", lambda: 100.0)  # the row exists
+    assert store_factory.breakers().storage("payments", lambda: 100.0).try_open(90.0)
     racers = 4
     spawn = multiprocessing.get_context("spawn")
     barrier, results = spawn.Barrier(racers), spawn.Queue()
@@ -111,3 +137,32 @@ def test_processes_racing_for_the_half_open_probe_let_exactly_one_through(
     assert [p.exitcode for p in processes] == [0] * racers
     won = [results.get(timeout=10) for _ in range(racers)]
     assert sorted(won) == [False] * (racers - 1) + [True]
+
+
+def test_threads_and_processes_through_breakers_let_one_probe_per_half_open_window(
+    store_factory: Backend,
+) -> None:
+    # The whole allow -> record path (issue 10), not the storage alone: see breakerlab.py.
+    from breakerlab import hammer, hammer_in_process, open_breaker, probe_violations
+
+    store_factory.open().close()
+    url = store_factory.url
+    open_breaker(url)
+    spawn = multiprocessing.get_context("spawn")
+    processes, seconds = 2, 2.0
+    barrier, results = spawn.Barrier(processes + 1), spawn.Queue()
+    racers = [
+        spawn.Process(target=hammer_in_process, args=(url, 3, barrier, results, seconds))
+        for _ in range(processes)
+    ]
+    for p in racers:
+        p.start()
+    barrier.wait(timeout=60)
+    probes = hammer(url, threads=3, until=time.time() + seconds)
+    for _ in racers:
+        probes += results.get(timeout=60)
+    for p in racers:
+        p.join(timeout=60)
+    assert [p.exitcode for p in racers] == [0] * processes
+    assert len(probes) >= 3
+    assert probe_violations(probes) == []
