@@ -460,6 +460,61 @@ def test_a_reason_over_500_characters_is_bad_input_through_the_cli_as_through_th
         store.close()
 
 
+LONG_REASON_UNKNOWN = [
+    ("rollback", ["rollback", "{id}", "--reason", LONG], "rollback", {"reason": LONG}),
+    ("cancel", ["cancel", "{id}", "--reason", LONG], "cancel", {"reason": LONG}),
+    (
+        "skip-step",
+        ["skip-step", "{id}", "notify", "--reason", LONG],
+        "steps/notify/skip",
+        {"reason": LONG},
+    ),
+    (
+        "blank-skip",
+        ["skip-step", "{id}", "notify", "--reason", " "],
+        "steps/notify/skip",
+        {"reason": " "},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "route", "body"),
+    [r[1:] for r in LONG_REASON_UNKNOWN],
+    ids=[r[0] for r in LONG_REASON_UNKNOWN],
+)
+@pytest.mark.parametrize("saga", ["unknown", "another-tenants"])
+def test_a_bad_reason_is_bad_input_before_the_saga_is_looked_up_through_both_doors(
+    db: Path, saga: str, argv: list[str], route: str, body: dict[str, Any]
+) -> None:
+    """Was a mismatch: for a saga the caller cannot see, the CLI looked the saga up first
+    (exit 3) and the API validated the body first (422). One order for both: the request's
+    own arguments, then the saga, then what depends on the saga (a step's name)."""
+    store = SQLiteStore(db)
+    try:
+        saga_id = "nope"
+        if saga == "another-tenants":
+            saga_id = failed_on_notify(store)
+            store.conn.execute("UPDATE sagas SET tenant = 'alice' WHERE id = ?", (saga_id,))
+            before = footprint(store, saga_id)
+            action = argv[0].replace("-", "_")
+            options = {"reason": body["reason"]}
+            if action == "skip_step":
+                options["step"] = "notify"
+            # The operations module itself, as another tenant's caller (the CLI is the admin).
+            with pytest.raises(BadArgument):
+                act(store, action, saga_id, tenant="bob", **options)
+            assert footprint(store, saga_id) == before
+    finally:
+        store.close()
+    cli = cli_subprocess(db, *(a.replace("{id}", "nope") for a in argv))
+    with admin_api(db) as client:
+        answer = client.post(f"/v1/sagas/nope/{route}", json=body)
+    assert "Traceback" not in cli.stderr
+    got = (CLASS_OF_EXIT.get(cli.returncode), CLASS_OF_STATUS.get(answer.status_code))
+    assert got == ("bad argument", "bad argument"), (cli.returncode, cli.stderr, answer.text)
+
+
 def test_json_answers_name_the_saga_status_after_the_action(db: Path) -> None:
     """The CLI prints the saga after a queued rollback as the API answers it: compensating."""
     by_cli, by_api = checkout_saga(db), checkout_saga(db)
