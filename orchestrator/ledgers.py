@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from orchestrator.errors import DamagedRecord, LedgerUnavailable
+from orchestrator.errors import DamagedRecord, LedgerUnavailable, SagaNotFoundError
 from orchestrator.reconcile import (
     Finding,
     FindingKind,
@@ -195,7 +195,8 @@ def collect_sagas(
     facts, unreadable = [], []
     for saga_id in ids:
         try:
-            record, journal, _ = store.state(saga_id)
+            record, journal, state = store.state(saga_id)
+            handed = _handed_over(store, record.forked_from)
         except (DamagedRecord, ValueError, KeyError, TypeError) as exc:
             # Neither done nor undone can be shown for it: a finding, not a failure of all.
             # The SQLite store lets some damaged journal rows through as the decoding error
@@ -208,10 +209,33 @@ def collect_sagas(
                 )
             )
             continue
+        forks = store.forks(saga_id) if state.kept else []
         facts.append(
-            SagaFacts(record.id, record.status, record.flow, tuple(e.event for e in journal))
+            SagaFacts(
+                record.id,
+                record.status,
+                record.flow,
+                tuple(e.event for e in journal),
+                kept=state.kept,
+                fork=forks[0] if forks else None,
+                forked_from=record.forked_from,
+                reused=handed,
+            )
         )
     return facts, unreadable
+
+
+def _handed_over(store: SagaStore, forked_from: str | None) -> frozenset[str]:
+    """The steps a fork took over from the saga it was forked from: those that saga's rollback
+    from the fork's step kept (`SagaState.kept`); none for a saga that is not a fork."""
+    if forked_from is None:
+        return frozenset()
+    try:
+        return store.state(forked_from)[2].kept
+    except (SagaNotFoundError, DamagedRecord, ValueError, KeyError, TypeError):
+        # The saga it came from is gone or unreadable: the fork's reused steps then show as
+        # missing under its own keys (a finding on the fork), never as a failure of the run.
+        return frozenset()
 
 
 def services_of(sagas: Iterable[SagaFacts]) -> set[str]:
