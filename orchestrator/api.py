@@ -143,12 +143,16 @@ class CancelBody(StrictBody):
 class ForkBody(StrictBody):
     """Body of `POST /v1/sagas/{id}/fork`."""
 
-    from_step: str = Field(max_length=200, description="First step the fork runs again.")
+    from_step: str = Field(
+        max_length=operations.MAX_STEP_NAME, description="First step the fork runs again."
+    )
     input: dict[str, Any] | None = Field(
         default=None, description="The fork's input (default: the old saga's)."
     )
     set: list[str] = Field(
-        default_factory=list, max_length=100, description="`input.KEY=VALUE` edits, in order."
+        default_factory=list,
+        max_length=operations.MAX_SETS,
+        description="`input.KEY=VALUE` edits, in order.",
     )
     force: bool = Field(default=False, description="Accept what the plan says --force allows.")
     dry_run: bool = Field(default=False, description="Answer the plan only; change nothing.")

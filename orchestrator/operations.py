@@ -92,6 +92,8 @@ __all__ = [
     "Carried",
     "Judge",
     "MAX_REASON",
+    "MAX_SETS",
+    "MAX_STEP_NAME",
     "OperationError",
     "OperationResult",
     "RunHere",
@@ -117,6 +119,9 @@ JUDGE_TRIES = 5
 
 #: The longest reason a rollback or a skip journals, through the CLI and the API alike.
 MAX_REASON = 500
+#: The longest step name a fork may name, and the most `--set` edits it takes (both doors).
+MAX_STEP_NAME = 200
+MAX_SETS = 100
 
 
 # --- the answers ------------------------------------------------------------------------------
@@ -354,6 +359,13 @@ def fork_plan(
     (`input.key=value`). UnknownSaga; BadArgument for a step the flow does not have, a
     malformed `--set`, or an input the flow refuses.
     """
+    if len(from_step) > MAX_STEP_NAME or len(sets) > MAX_SETS:
+        raise BadArgument(
+            f"a fork names a step of at most {MAX_STEP_NAME} characters and takes at most "
+            f"{MAX_SETS} --set edits",
+            action="fork",
+            saga_id=saga_id,
+        )
     with _answers("fork", saga_id):
         record = store.load(saga_id, tenant=tenant)
         _check_step(record, from_step, "fork")
