@@ -19,6 +19,7 @@ returning those JSON objects is a `LedgerReader`; `HttpLedgerReader` reads them 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -243,6 +244,21 @@ def services_of(sagas: Iterable[SagaFacts]) -> set[str]:
     return {s.service for saga in sagas for s in saga.flow.steps if s.service is not None}
 
 
+def _ledger_since(
+    store: SagaStore, sagas: Iterable[SagaFacts], since: float | None
+) -> float | None:
+    """Where the ledgers are read from: `since`, or earlier when a fork checked here reuses
+    steps its origin applied before then (those entries are the fork's to find)."""
+    if since is None:
+        return None
+    for saga in sagas:
+        if saga.reused and saga.forked_from is not None:
+            # Gone since: its reused steps show as missing on the fork (`_handed_over`).
+            with contextlib.suppress(SagaNotFoundError):
+                since = min(since, store.load(saga.forked_from).created_at)
+    return since
+
+
 def verify_store(
     store: SagaStore,
     reader: LedgerReader,
@@ -254,7 +270,7 @@ def verify_store(
     their flows call. LedgerUnavailable names the first ledger that cannot be read."""
     sagas, unreadable = collect_sagas(store, since=since, saga_ids=saga_ids)
     services = services_of(sagas)
-    ledger = read_ledgers(reader, services, since=since)
+    ledger = read_ledgers(reader, services, since=_ledger_since(store, sagas, since))
     result = reconcile(sagas, ledger, services=services)
     if not unreadable:
         return result

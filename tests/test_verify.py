@@ -475,6 +475,20 @@ def test_a_saga_whose_kept_steps_were_handed_to_a_fork_verifies_clean(
         assert code == 0, (saga_id, data, err)
 
 
+def test_since_a_fork_was_made_its_reused_steps_are_still_found(
+    env: Path, services: RunningServices
+) -> None:
+    """`--since` after the old saga (and its calls) but before the fork: the fork's reused
+    actions were applied before then, and are read all the same (else: `incomplete`)."""
+    old, fork = _forked_checkout(env)
+    code, out, _ = apicli("orchestrate", "status", fork, "--json", "--db", str(env))
+    assert code == 0
+    since = json.loads(out)["created_at"]
+    code, data, err = verify(env, services, "--since", repr(since))
+    assert code == 0, (data, err)
+    assert data is not None and data["sagas"] == 1 and data["findings"] == []
+
+
 def test_a_fork_rolled_back_too_undoes_what_it_took_over_once_and_verifies_clean(
     env: Path, services: RunningServices
 ) -> None:
