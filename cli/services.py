@@ -121,7 +121,11 @@ def _check_service(name: str) -> None:
 def _describe_fault(fault: dict[str, Any]) -> str:
     parts = []
     if fault["outage_seconds"] is not None:
-        parts.append(f"outage {fault['outage_seconds']:g}s -> {fault['status']}")
+        # The services answer (with Retry-After): unlike a refused connection, the simulator's
+        # `kind: outage`, the caller cannot tell that nothing was applied.
+        parts.append(
+            f"unavailable {fault['outage_seconds']:g}s -> {fault['status']} with Retry-After"
+        )
     elif fault["error_rate"] > 0:
         when = "after applying" if fault["after_apply"] else "before applying"
         parts.append(f"{fault['error_rate']:.0%} -> {fault['status']} {when}")
@@ -221,8 +225,16 @@ def fault(
     ] = None,
     status: Annotated[int | None, typer.Option(help="Status of a failure (default 503).")] = None,
     latency_ms: Annotated[int | None, typer.Option(help="Delay added to each request.")] = None,
+    unavailable: Annotated[
+        float | None,
+        typer.Option(
+            help="Answer every request 503 with Retry-After for this many seconds (applying "
+            "nothing, but a caller cannot know that: sagas compensate, no-op refunds follow). "
+            "Not the simulator's `kind: outage`, a refused connection."
+        ),
+    ] = None,
     outage: Annotated[
-        float | None, typer.Option(help="Fail every request for this many seconds.")
+        float | None, typer.Option(help="Old name of --unavailable.", hidden=True)
     ] = None,
     after_apply: Annotated[
         bool, typer.Option("--after-apply", help="Fail after applying: a lost response.")
@@ -237,7 +249,10 @@ def fault(
     """Inject a fault into SERVICE, or clear its faults with --clear."""
     _check_service(service)
     # The services judge the ranges; a number JSON cannot carry never reaches them.
-    for flag, value in (("--error-rate", error_rate), ("--outage", outage)):
+    if unavailable is not None and outage is not None:
+        raise _fail("give --unavailable (or its old name --outage), not both", 2)
+    seconds, named = (outage, "--outage") if outage is not None else (unavailable, "--unavailable")
+    for flag, value in (("--error-rate", error_rate), (named, seconds)):
         if value is not None and not math.isfinite(value):
             raise _fail(f"{flag} {value} is not a finite number", 2)
     spec = {
@@ -245,7 +260,7 @@ def fault(
         "error_rate": error_rate,
         "status": status,
         "latency_ms": latency_ms,
-        "outage_seconds": outage,
+        "outage_seconds": seconds,
         "after_apply": True if after_apply else None,
     }
     adding = not clear or any(v is not None for v in spec.values())

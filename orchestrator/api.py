@@ -10,7 +10,8 @@ Errors are RFC 7807 problem documents (`application/problem+json`): 404 unknown 
 operator action that does not apply (a resume of a saga a live worker runs included) or an
 idempotency key reused with other input, 413 a body over `MAX_BYTES` and 422 a body that is not
 what the API takes (undecodable, malformed, NaN, nested too deep, or a value of the wrong
-type: request models are strict, so `"force": "yes"` is not true) on every route, or an
+type or a field the route does not take: request models are strict and closed, so
+`"force": "yes"` is not true and `"froce": true` is no field) on every route, or an
 operator request naming a step the flow does not have. Nothing a client sends yields a 500.
 
 Every `/v1/` request names its caller, or gets 401: either a gateway vouches for it (the
@@ -86,29 +87,43 @@ from orchestrator.stores import open_store
 from orchestrator.views import saga_summary, saga_view
 from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog
 
-__all__ = ["Caller", "SagaCreate", "RollbackBody", "SkipBody", "create_app"]
+__all__ = [
+    "Caller",
+    "CancelBody",
+    "ForkBody",
+    "NoBody",
+    "RollbackBody",
+    "SagaCreate",
+    "SkipBody",
+    "StrictBody",
+    "create_app",
+]
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _FLOW_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _BODY_PARSE_FAILED = "There was an error parsing the body"  # FastAPI's words (routing.py)
 
 
-class SagaCreate(BaseModel):
-    """Body of `POST /v1/sagas`."""
+class StrictBody(BaseModel):
+    """Base of every request body: strict (a value of another JSON type is refused, 422,
+    never coerced) and closed (a field the model does not name is refused, 422, naming it:
+    a typo such as `"froce": true` must not quietly do the default)."""
 
-    # Strict: a value of another JSON type is refused (422), never coerced.
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class SagaCreate(StrictBody):
+    """Body of `POST /v1/sagas`."""
 
     flow: str = Field(pattern=_FLOW_NAME, description="Name of a flow the API serves.")
     input: dict[str, Any] = Field(description="The flow's input (a JSON object).")
 
 
-class RollbackBody(BaseModel):
+class RollbackBody(StrictBody):
     """Optional body of `POST /v1/sagas/{id}/rollback`."""
 
     # Strict: only true or false is a `force` ("yes" or 1 once forced a rollback past the
     # pivot's fence).
-    model_config = ConfigDict(strict=True)
 
     # Defaults passed as `default=`: the form type checkers read as "this field is optional"
     # (a positional default is pydantic-only, and mypy would require the argument).
@@ -119,36 +134,39 @@ class RollbackBody(BaseModel):
     )
 
 
-class CancelBody(BaseModel):
+class CancelBody(StrictBody):
     """Optional body of `POST /v1/sagas/{id}/cancel`."""
-
-    model_config = ConfigDict(strict=True)
 
     reason: str = Field(default="cancelled over the API", max_length=operations.MAX_REASON)
 
 
-class ForkBody(BaseModel):
+class ForkBody(StrictBody):
     """Body of `POST /v1/sagas/{id}/fork`."""
 
-    model_config = ConfigDict(strict=True)
-
-    from_step: str = Field(max_length=200, description="First step the fork runs again.")
+    from_step: str = Field(
+        max_length=operations.MAX_STEP_NAME, description="First step the fork runs again."
+    )
     input: dict[str, Any] | None = Field(
         default=None, description="The fork's input (default: the old saga's)."
     )
     set: list[str] = Field(
-        default_factory=list, max_length=100, description="`input.KEY=VALUE` edits, in order."
+        default_factory=list,
+        max_length=operations.MAX_SETS,
+        description="`input.KEY=VALUE` edits, in order.",
     )
     force: bool = Field(default=False, description="Accept what the plan says --force allows.")
     dry_run: bool = Field(default=False, description="Answer the plan only; change nothing.")
 
 
-class SkipBody(BaseModel):
+class SkipBody(StrictBody):
     """Body of `POST /v1/sagas/{id}/steps/{step}/skip`."""
 
-    model_config = ConfigDict(strict=True)
-
     reason: str = Field(max_length=operations.MAX_REASON, description="Why, for the journal.")
+
+
+class NoBody(StrictBody):
+    """Optional body of the routes that take no argument (resume, retry of a step): empty, or
+    `{}`; any field is refused as on every other route."""
 
 
 class ApiError(Exception):
@@ -634,7 +652,7 @@ def create_app(
         )
 
     @app.post("/v1/sagas/{saga_id}/resume", status_code=202, summary="Queue a saga again")
-    def resume(who: Who, saga_id: str) -> JSONResponse:
+    def resume(who: Who, saga_id: str, body: NoBody | None = None) -> JSONResponse:
         """Put an unfinished saga back on the queue; a worker continues it from its journal."""
         # Failed, completed or rolled back, or run by a live worker: 409, as the CLI refuses.
         return _accepted(operations.resume(stores.get(), saga_id, tenant=who.scope, clock=clock))
@@ -707,7 +725,7 @@ def create_app(
         status_code=202,
         summary="Retry the step a failed saga waits on",
     )
-    def retry_step(who: Who, saga_id: str, step: str) -> JSONResponse:
+    def retry_step(who: Who, saga_id: str, step: str, body: NoBody | None = None) -> JSONResponse:
         """Give the step that holds a failed saga a fresh retry budget and queue the saga."""
         return _accepted(
             operations.retry_step(stores.get(), saga_id, step, tenant=who.scope, clock=clock)

@@ -19,6 +19,7 @@ returning those JSON objects is a `LedgerReader`; `HttpLedgerReader` reads them 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from orchestrator.errors import DamagedRecord, LedgerUnavailable
+from orchestrator.errors import DamagedRecord, LedgerUnavailable, SagaNotFoundError
 from orchestrator.reconcile import (
     Finding,
     FindingKind,
@@ -195,7 +196,8 @@ def collect_sagas(
     facts, unreadable = [], []
     for saga_id in ids:
         try:
-            record, journal, _ = store.state(saga_id)
+            record, journal, state = store.state(saga_id)
+            handed = _handed_over(store, record.forked_from)
         except (DamagedRecord, ValueError, KeyError, TypeError) as exc:
             # Neither done nor undone can be shown for it: a finding, not a failure of all.
             # The SQLite store lets some damaged journal rows through as the decoding error
@@ -208,15 +210,53 @@ def collect_sagas(
                 )
             )
             continue
+        forks = store.forks(saga_id) if state.kept else []
         facts.append(
-            SagaFacts(record.id, record.status, record.flow, tuple(e.event for e in journal))
+            SagaFacts(
+                record.id,
+                record.status,
+                record.flow,
+                tuple(e.event for e in journal),
+                kept=state.kept,
+                fork=forks[0] if forks else None,
+                forked_from=record.forked_from,
+                reused=handed,
+            )
         )
     return facts, unreadable
+
+
+def _handed_over(store: SagaStore, forked_from: str | None) -> frozenset[str]:
+    """The steps a fork took over from the saga it was forked from: those that saga's rollback
+    from the fork's step kept (`SagaState.kept`); none for a saga that is not a fork."""
+    if forked_from is None:
+        return frozenset()
+    try:
+        return store.state(forked_from)[2].kept
+    except (SagaNotFoundError, DamagedRecord, ValueError, KeyError, TypeError):
+        # The saga it came from is gone or unreadable: the fork's reused steps then show as
+        # missing under its own keys (a finding on the fork), never as a failure of the run.
+        return frozenset()
 
 
 def services_of(sagas: Iterable[SagaFacts]) -> set[str]:
     """Every service a step of these sagas' flows calls."""
     return {s.service for saga in sagas for s in saga.flow.steps if s.service is not None}
+
+
+def _ledger_since(
+    store: SagaStore, sagas: Iterable[SagaFacts], since: float | None
+) -> float | None:
+    """Where the ledgers are read from: `since`, or earlier when a fork checked here reuses
+    steps its origin applied before then (those entries are the fork's to find)."""
+    if since is None:
+        return None
+    for saga in sagas:
+        if saga.reused and saga.forked_from is not None:
+            # Gone since: its reused steps show as missing on the fork (`_handed_over`).
+            with contextlib.suppress(SagaNotFoundError):
+                since = min(since, store.load(saga.forked_from).created_at)
+    return since
 
 
 def verify_store(
@@ -230,7 +270,7 @@ def verify_store(
     their flows call. LedgerUnavailable names the first ledger that cannot be read."""
     sagas, unreadable = collect_sagas(store, since=since, saga_ids=saga_ids)
     services = services_of(sagas)
-    ledger = read_ledgers(reader, services, since=since)
+    ledger = read_ledgers(reader, services, since=_ledger_since(store, sagas, since))
     result = reconcile(sagas, ledger, services=services)
     if not unreadable:
         return result

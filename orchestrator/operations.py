@@ -22,6 +22,13 @@ Every action goes the same way:
    API, which never runs a saga; a CLI that knows no service; a saga a live worker holds,
    whose next append meets the request).
 
+The checks come in one order, whichever door: the request's own arguments (a reason blank or
+over `MAX_REASON`: BadArgument), then the saga (UnknownSaga, for another tenant's too), then
+what needs the saga (a step its flow does not have: BadArgument), then the judgement
+(ActionRefused). The API's request models check the same arguments before the route runs
+(`max_length=MAX_REASON`), so a bad reason for a saga the caller cannot see is bad input
+through both doors, never "unknown" through one and "bad input" through the other.
+
 Errors: every action that is not carried out raises one family, which each shell maps in
 one place (`cli.errors.exit_code_for`, the API's SagaError handler):
 
@@ -85,6 +92,8 @@ __all__ = [
     "Carried",
     "Judge",
     "MAX_REASON",
+    "MAX_SETS",
+    "MAX_STEP_NAME",
     "OperationError",
     "OperationResult",
     "RunHere",
@@ -110,6 +119,9 @@ JUDGE_TRIES = 5
 
 #: The longest reason a rollback or a skip journals, through the CLI and the API alike.
 MAX_REASON = 500
+#: The longest step name a fork may name, and the most `--set` edits it takes (both doors).
+MAX_STEP_NAME = 200
+MAX_SETS = 100
 
 
 # --- the answers ------------------------------------------------------------------------------
@@ -333,13 +345,13 @@ def skip_step(
     def judge(state: SagaState, now: float) -> Event:
         return skip_step_request(state, now=now, step=step, reason=reason)
 
-    with _answers("skip-step", saga_id):
-        _check_step(store.load(saga_id, tenant=tenant), step, "skip-step")
     if not reason.strip():
         raise BadArgument(
             "skipping a step needs a reason for the journal", action="skip-step", saga_id=saga_id
         )
     _check_reason(reason, "skip-step", saga_id)
+    with _answers("skip-step", saga_id):
+        _check_step(store.load(saga_id, tenant=tenant), step, "skip-step")
     return _request("skip-step", "skip", store, saga_id, judge, tenant, runner, clock)
 
 
@@ -364,6 +376,13 @@ def fork_plan(
     (`input.key=value`). UnknownSaga; BadArgument for a step the flow does not have, a
     malformed `--set`, or an input the flow refuses.
     """
+    if len(from_step) > MAX_STEP_NAME or len(sets) > MAX_SETS:
+        raise BadArgument(
+            f"a fork names a step of at most {MAX_STEP_NAME} characters and takes at most "
+            f"{MAX_SETS} --set edits",
+            action="fork",
+            saga_id=saga_id,
+        )
     with _answers("fork", saga_id):
         record = store.load(saga_id, tenant=tenant)
         _check_step(record, from_step, "fork")

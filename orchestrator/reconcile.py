@@ -33,6 +33,13 @@ What it reports, per saga (`FindingKind`):
   order. Entries of one service are ordered by its ledger's sequence; entries of different
   services by the time each service recorded (their clocks must agree for this check).
 
+Forks (`orchestrate fork OLD --from-step STEP`): OLD is rolled back *from STEP*, and the steps
+before STEP (`SagaFacts.kept`, `SagaState.kept`) stay applied: they are the fork's, whose journal
+starts with copies of OLD's attempts of them (`SagaFacts.reused`). So the fork checks those steps,
+their actions under OLD's keys (the calls that applied them were OLD's) and any compensation
+under its own; OLD leaves them out. Kept steps of a saga that has no fork (one cut short before
+it was created) belong to no one and are checked as OLD's: standing, they are reported.
+
 Steps whose service's ledger was not read (Python handler steps, services not given) are not
 checked; `Reconciliation.unchecked` counts them. Ledger entries under keys no saga given here
 owns (other traffic, sagas outside `--since`) are counted in `unmatched` and otherwise
@@ -76,12 +83,30 @@ class FindingKind(StrEnum):
 
 @dataclass(frozen=True)
 class SagaFacts:
-    """What the store knows of one saga: its status, its flow and its journal's events."""
+    """What the store knows of one saga: its status, its flow and its journal's events.
+
+    A saga a fork was made of: `kept`, the steps its rollback from the fork's step left
+    applied, and `fork`, the fork's id (None if it was never created). A fork: `forked_from`
+    and `reused`, the steps it took over (whose actions carry `forked_from`'s keys).
+    """
 
     saga_id: str
     status: SagaStatus
     flow: FlowDefinition
     events: tuple[Event, ...]
+    kept: frozenset[str] = frozenset()
+    fork: str | None = None
+    forked_from: str | None = None
+    reused: frozenset[str] = frozenset()
+
+    def handed_over(self, step: str) -> bool:
+        """Whether `step` is its fork's to check (kept for a fork that exists)."""
+        return self.fork is not None and step in self.kept
+
+    def action_key(self, step: str) -> str:
+        """The idempotency key the call that applied `step`'s action carried."""
+        owner = self.forked_from if self.forked_from and step in self.reused else self.saga_id
+        return idempotency_key(owner, step, Phase.ACTION)
 
 
 @dataclass(frozen=True)
@@ -168,9 +193,11 @@ def reconcile(
         entries.sort(key=lambda e: e.seq)
     findings: list[Finding] = []
     matched = unchecked = n = 0
-    for saga in sagas:
+    given = list(sagas)
+    ids = frozenset(s.saga_id for s in given)
+    for saga in given:
         n += 1
-        found, used, skipped = _check_saga(saga, index, read)
+        found, used, skipped = _check_saga(saga, index, read, ids)
         findings.extend(found)
         matched += used
         unchecked += skipped
@@ -185,9 +212,13 @@ def reconcile(
 
 
 def _check_saga(
-    saga: SagaFacts, index: dict[tuple[str, str], list[LedgerRecord]], read: frozenset[str]
+    saga: SagaFacts,
+    index: dict[tuple[str, str], list[LedgerRecord]],
+    read: frozenset[str],
+    ids: frozenset[str],
 ) -> tuple[list[Finding], int, int]:
-    """(findings, ledger entries matched, steps not checked) for one saga."""
+    """(findings, ledger entries matched, steps not checked) for one saga; `ids` are the
+    sagas checked in this reconciliation."""
     findings: list[Finding] = []
     if not saga.status.is_terminal:
         findings.append(
@@ -203,11 +234,16 @@ def _check_saga(
     matched = unchecked = 0
     compensated: list[tuple[StepDefinition, LedgerRecord]] = []
     for step in saga.flow.steps:
+        if saga.handed_over(step.name):
+            # The fork's now, checked (and its entries matched) with the fork; unchecked
+            # here when the fork is not among the sagas checked.
+            unchecked += saga.fork not in ids
+            continue
         if step.service is None or step.service not in read:
             unchecked += 1
             continue
         entries = _StepEntries(
-            tuple(index.get((step.service, _key(saga, step, Phase.ACTION)), ())),
+            tuple(index.get((step.service, saga.action_key(step.name)), ())),
             tuple(index.get((step.service, _key(saga, step, Phase.COMPENSATION)), ())),
         )
         matched += len(entries.actions) + len(entries.compensations)
@@ -238,7 +274,7 @@ def _check_step(
 
     def finding(kind: FindingKind, detail: str, of: Sequence[LedgerRecord]) -> Finding:
         # No entry to name (an action missing at its service): the key it was expected under.
-        keys = _keys(of) or (_key(saga, step, Phase.ACTION),)
+        keys = _keys(of) or (saga.action_key(step.name),)
         return Finding(saga.saga_id, kind, detail, step.name, step.service, keys)
 
     found: list[Finding] = []

@@ -8,8 +8,9 @@ error names the place to fix.
 
 `configure()` is the one way a run (or each run of a sweep) gets its scenario: load, apply the
 overrides, then `validate()`: the bounds of `orchestrator.limits` (simulated duration, arrival
-rates, expected requests, replica counts) and every typed read the model makes, before
-anything runs. `simulate run` and `simulate sweep` so refuse a bad value with the same message.
+rates, expected requests, replica counts), every typed read the model makes and every claim
+(its syntax, its metric, its window), before anything runs. `simulate run` and `simulate
+sweep` so refuse a bad value with the same message.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from orchestrator.limits import (
     MAX_SIM_WORKERS,
 )
 from simulator.bounds import check_numbers
+from simulator.claims import check as check_claims
 from simulator.defaults import DEFAULTS
 from simulator.errors import ScenarioError, ScenarioNotFound
 
@@ -301,13 +303,18 @@ def configure(
 def validate(
     config: dict[str, Any], *, seed: int | None = None, duration: float | None = None
 ) -> None:
-    """Raise ScenarioError if `config` (run for `duration`, if given) is out of bounds or any
-    value the model reads is missing or of the wrong type; runs nothing."""
+    """Raise ScenarioError if `config` (run for `duration`, if given) is out of bounds, any
+    value the model reads is missing or of the wrong type, or a claim could never be measured
+    (`simulator.claims.check`); runs nothing."""
     check_bounds(config, duration=duration)
     from simulator.model import Simulation  # the model imports this module
+    from simulator.report import shape_before_run
 
     # Building the model performs every typed read (and builds no more than the bounds allow).
-    Simulation(config, seed=seed, duration=duration)
+    sim = Simulation(config, seed=seed, duration=duration)
+    # Claims are checked against the report and series the run will have, before it runs.
+    report, columns = shape_before_run(sim)
+    check_claims(config.get("claims") or [], report, columns)
 
 
 def _at_most(where: str, value: float, limit: float, why: str) -> None:

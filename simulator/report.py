@@ -9,7 +9,7 @@ from simulator.claims import evaluate
 if TYPE_CHECKING:
     from simulator.model import Simulation
 
-__all__ = ["build_report"]
+__all__ = ["build_report", "shape_before_run"]
 
 REQUEST_FIELDS = (
     "offered",
@@ -161,6 +161,24 @@ def build_report(sim: Simulation, now: float) -> dict[str, Any]:
     }
     report["claims"] = evaluate(sim.config.get("claims") or [], report, sim.series)
     return report
+
+
+def shape_before_run(sim: Simulation) -> tuple[dict[str, Any], set[str]]:
+    """The report (its keys; the numbers mean nothing yet) and the time series' columns that a
+    run of `sim` will have, for checking claims before anything runs (`simulator.claims.check`).
+
+    Read from the same code that builds them after a run, so the two cannot drift apart. It
+    takes a sample at t=0: `sim` is spent and must not be run afterwards.
+    """
+    from simulator.metrics import Histogram
+
+    report = build_report(sim, 0.0)
+    # Filled as sagas of a group end: every configured group will have its entry.
+    by_group = report["latency"]["end_to_end_by_group"]
+    for group, _ in sim.groups:
+        by_group.setdefault(group.name, Histogram().summary())
+    sim._sample(0.0)
+    return report, set(sim.series[-1])
 
 
 def _merged(histograms: list[Any]) -> dict[str, float]:

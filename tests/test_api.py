@@ -312,6 +312,35 @@ def test_rollback_takes_only_true_or_false_for_force(
     assert client.get(f"/v1/sagas/{saga_id}").json()["status"] == "pending"
 
 
+UNKNOWN_FIELDS = [
+    ("submit", "", {"flow": "checkout", "input": ORDER, "zzz": 1}),
+    ("resume", "/resume", {"zzz": 1}),
+    ("rollback", "/rollback", {"force": False, "zzz": 1}),
+    ("cancel", "/cancel", {"reason": "ok", "zzz": 1}),
+    ("fork", "/fork", {"from_step": "reserve_inventory", "dry_run": True, "zzz": 1}),
+    ("retry", "/steps/charge_payment/retry", {"zzz": 1}),
+    ("skip", "/steps/charge_payment/skip", {"reason": "ok", "zzz": 1}),
+]
+
+
+@pytest.mark.parametrize(
+    ("route", "body"), [u[1:] for u in UNKNOWN_FIELDS], ids=[u[0] for u in UNKNOWN_FIELDS]
+)
+def test_every_route_refuses_a_field_it_does_not_know_and_names_it(
+    client: httpx.Client, route: str, body: dict[str, object]
+) -> None:
+    """Was accepted (a typo such as `"froce": true` silently did the default)."""
+    saga_id = submit(client, ORDER).json()["id"]
+    path = "/v1/sagas" if route == "" else f"/v1/sagas/{saga_id}{route}"
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert "zzz" in r.json()["detail"]
+    assert "Extra inputs are not permitted" in r.json()["detail"]
+    listed = client.get("/v1/sagas").json()
+    assert listed["count"] == 1
+    assert client.get(f"/v1/sagas/{saga_id}").json()["status"] == "pending"
+
+
 def test_resume_of_a_saga_a_live_worker_holds_is_refused(client: httpx.Client, db: Path) -> None:
     saga_id = submit(client, ORDER).json()["id"]
     store = SQLiteStore(db)

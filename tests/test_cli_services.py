@@ -113,6 +113,27 @@ def test_fault_outage(url: str) -> None:
         assert response.status_code == 503
 
 
+def test_fault_unavailable_is_a_503_with_retry_after_and_says_so(url: str) -> None:
+    """`--unavailable` (was only `--outage`, which the simulator's `kind: outage`, a refused
+    connection, also names): the services answer, 503 with Retry-After, applying nothing."""
+    result = invoke("fault", "shipping", "--unavailable", "30", "--url", url)
+    assert result.exit_code == 0, result.stderr
+    assert "unavailable 30s -> 503 with Retry-After" in result.stdout
+    listed = invoke("faults", "--url", url)
+    assert "unavailable 30s -> 503 with Retry-After" in listed.stdout
+    with httpx.Client() as http:
+        response = http.post(
+            url + "/shipping/shipments",
+            json={"order_id": "o-1", "address": "x"},
+            headers={"Idempotency-Key": "k"},
+        )
+    assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
+    ledger = json.loads(invoke("ledger", "--service", "shipping", "--url", url, "--json").stdout)
+    assert ledger["entries"] == []  # nothing applied: the 503 came before the operation
+    both = invoke("fault", "shipping", "--unavailable", "3", "--outage", "3", "--url", url)
+    assert both.exit_code == 2 and "--unavailable" in both.stderr
+
+
 def test_fault_clear_alone_only_clears_that_service(url: str) -> None:
     invoke("fault", "payments", "--url", url)
     invoke("fault", "inventory", "--url", url)

@@ -460,6 +460,87 @@ def test_a_reason_over_500_characters_is_bad_input_through_the_cli_as_through_th
         store.close()
 
 
+STEP_201 = "s" * 201
+
+#: Requests whose own arguments are wrong, whatever the saga: (id, CLI argv, API route, API
+#: body, the `operations` call as (action, options)).
+BAD_WHATEVER_THE_SAGA = [
+    (
+        "rollback-long-reason",
+        ["rollback", "{id}", "--reason", LONG],
+        "rollback",
+        {"reason": LONG},
+        ("rollback", {"reason": LONG}),
+    ),
+    (
+        "cancel-long-reason",
+        ["cancel", "{id}", "--reason", LONG],
+        "cancel",
+        {"reason": LONG},
+        ("cancel", {"reason": LONG}),
+    ),
+    (
+        "skip-long-reason",
+        ["skip-step", "{id}", "notify", "--reason", LONG],
+        "steps/notify/skip",
+        {"reason": LONG},
+        ("skip_step", {"step": "notify", "reason": LONG}),
+    ),
+    (
+        "skip-blank-reason",
+        ["skip-step", "{id}", "notify", "--reason", " "],
+        "steps/notify/skip",
+        {"reason": " "},
+        ("skip_step", {"step": "notify", "reason": " "}),
+    ),
+    (
+        "fork-long-step",
+        ["fork", "{id}", "--from-step", STEP_201],
+        "fork",
+        {"from_step": STEP_201},
+        ("fork_plan", {"step": STEP_201}),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "route", "body", "call"),
+    [r[1:] for r in BAD_WHATEVER_THE_SAGA],
+    ids=[r[0] for r in BAD_WHATEVER_THE_SAGA],
+)
+@pytest.mark.parametrize("saga", ["unknown", "another-tenants"])
+def test_bad_arguments_are_bad_input_before_the_saga_is_looked_up_through_both_doors(
+    db: Path,
+    saga: str,
+    argv: list[str],
+    route: str,
+    body: dict[str, Any],
+    call: tuple[str, dict[str, Any]],
+) -> None:
+    """Was a mismatch: for a saga the caller cannot see, the CLI looked the saga up first
+    (exit 3) and the API validated the body first (422). One order for both: the request's
+    own arguments, then the saga, then what depends on the saga (a step's name)."""
+    store = SQLiteStore(db)
+    try:
+        if saga == "another-tenants":
+            saga_id = failed_on_notify(store)
+            store.conn.execute("UPDATE sagas SET tenant = 'alice' WHERE id = ?", (saga_id,))
+            before = footprint(store, saga_id)
+            action, options = call
+            # The operations module itself, as another tenant's caller (the CLI is the admin).
+            with pytest.raises(BadArgument):
+                act(store, action, saga_id, tenant="bob", **dict(options))
+            assert footprint(store, saga_id) == before
+    finally:
+        store.close()
+    cli = cli_subprocess(db, *(a.replace("{id}", "nope") for a in argv))
+    with admin_api(db) as client:
+        answer = client.post(f"/v1/sagas/nope/{route}", json=body)
+    assert "Traceback" not in cli.stderr
+    got = (CLASS_OF_EXIT.get(cli.returncode), CLASS_OF_STATUS.get(answer.status_code))
+    assert got == ("bad argument", "bad argument"), (cli.returncode, cli.stderr, answer.text)
+
+
 def test_json_answers_name_the_saga_status_after_the_action(db: Path) -> None:
     """The CLI prints the saga after a queued rollback as the API answers it: compensating."""
     by_cli, by_api = checkout_saga(db), checkout_saga(db)

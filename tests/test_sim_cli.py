@@ -75,6 +75,48 @@ def test_malformed_scenario_file(text: str, tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
+BAD_CLAIMS = [
+    ("import", "__import__('os').system('true') == 0", "cannot parse"),
+    ("power", "sagas.completed ** 99999999 > 1", "cannot parse"),
+    ("unknown-breaker", "breakers.nope.opened >= 1", "'breakers.nope.opened'"),
+    ("unknown-metric", "sagas.complete >= 1", "'sagas.complete'"),
+    ("not-a-number", "sagas.completed >= lots", "'lots' is not a number"),
+    ("huge-bound", "sagas.completed < 1e999", "not a finite number"),
+    ("unknown-column", "window(1, end).nope > 0", "no column 'nope'"),
+    ("bad-window", "window(1.2.3, end).completed > 0", "cannot parse"),
+    ("reversed-window", "window(9, 2).completed > 0", "must start before it ends"),
+    ("not-a-leaf", "sagas >= 1", "'sagas' is not a number"),
+]
+
+
+@pytest.mark.parametrize(
+    ("check", "fragment"), [b[1:] for b in BAD_CLAIMS], ids=[b[0] for b in BAD_CLAIMS]
+)
+def test_a_malformed_claim_is_refused_before_the_run_and_named(
+    check: str, fragment: str, tmp_path: Path
+) -> None:
+    """Was found late: the whole simulation ran, then the claim failed (exit 1)."""
+    path = tmp_path / "claims.yaml"
+    path.write_text(
+        json.dumps(
+            {
+                "name": "x",
+                "claims": [
+                    {"text": "fine", "check": "sagas.created >= 0"},
+                    {"text": "bad", "check": check},
+                ],
+            }
+        )
+    )
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert line.startswith("error: claims[1]"), line
+    assert fragment in line and check in line, line
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing written
+    assert "Traceback" not in result.output
+
+
 def test_sweep_runs_every_combination(tmp_path: Path) -> None:
     args = ["sweep", "payments-outage", "--duration", "6", "--out", str(tmp_path)]
     args += ["--grid", "breakers.fail_max=3,10", "--grid", "services.payments.concurrency=8,32"]

@@ -94,3 +94,17 @@ def test_same_seed_same_report_in_separate_processes(tmp_path: Path) -> None:
         reports.append(json.loads(done.stdout))
     assert reports[0]["sagas"]["orphaned_by_crash"] > 0
     assert json.dumps(reports[0], sort_keys=True) == json.dumps(reports[1], sort_keys=True)
+
+
+def test_a_simulated_outage_is_a_refused_connection_nothing_applied_nothing_undone() -> None:
+    """`kind: outage` in a scenario: no call reaches the service (unlike the lab's
+    `services fault --unavailable`, a 503 that may have applied): every call to it is refused,
+    nothing there is applied, and the sagas roll back what the other services applied."""
+    config = load_scenario("baseline")
+    config["faults"] = [{"service": "payments", "kind": "outage", "start": 0, "end": 1000}]
+    report = simulate(config, seed=1, duration=5).report
+    payments = report["services"]["payments"]
+    assert payments["calls"] > 0 and payments["refused"] == payments["calls"]
+    assert payments["applied"] == 0
+    assert report["sagas"]["completed"] == 0 and report["sagas"]["rolled_back"] > 0
+    assert report["invariants_failed"] == 0

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from apilab import cli as apicli
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -28,9 +29,9 @@ from orchestrator.errors import LedgerUnavailable
 from orchestrator.executors import HttpExecutor
 from orchestrator.flowfile import load_flow
 from orchestrator.ledgers import records_from, verify_store
-from orchestrator.reconcile import FindingKind
+from orchestrator.reconcile import FindingKind, LedgerRecord, SagaFacts, reconcile
 from orchestrator.runner import SagaRunner, start_saga
-from orchestrator.saga import SagaStatus
+from orchestrator.saga import Event, EventType, Phase, SagaStatus, idempotency_key
 from orchestrator.stores import open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -435,3 +436,106 @@ def test_a_damaged_saga_is_a_finding_not_a_traceback(
     assert [f["kind"] for f in damaged] == ["not_terminal"]
     assert "cannot be read" in damaged[0]["detail"]
     assert {f["saga_id"] for f in data["findings"]} == {checkouts.declined}
+
+
+# --- forks: the steps a fork took over are the fork's -------------------------------------------
+
+
+def _forked_checkout(env: Path) -> tuple[str, str]:
+    """A checkout run to completion, then forked from its last step (past the pivot: forced);
+    the fork runs to completion here. (old id, fork id)"""
+    code, out, err = apicli("orchestrate", "run", "checkout", "-i", json.dumps(_order(7, 100)),
+                            "--wait", "--json", "--db", str(env))  # fmt: skip
+    assert code == 0, err
+    old = str(json.loads(out)["id"])
+    code, out, err = apicli("orchestrate", "fork", old, "--from-step", "send_confirmation",
+                            "--force", "--json", "--db", str(env))  # fmt: skip
+    assert code == 0, err
+    fork = json.loads(out)["fork"]
+    assert fork["status"] == "completed" and fork["forked_from"] == old
+    return old, str(fork["id"])
+
+
+def test_a_saga_whose_kept_steps_were_handed_to_a_fork_verifies_clean(
+    env: Path, services: RunningServices
+) -> None:
+    """Was two false alarms: the old saga rolled back "from send_confirmation" with its first
+    three actions standing (`action_standing`), and the fork completed with no applied action
+    under its own keys for the steps it reused (`incomplete`)."""
+    old, fork = _forked_checkout(env)
+    code, data, err = verify(env, services)
+    assert code == 0, (data, err)
+    assert data is not None and data["sagas"] == 2 and data["findings"] == []
+    # Each ledger entry is one saga's: the reused actions are matched once, by the fork.
+    assert data["matched"] == data["ledger_entries"] == 5
+    # Either saga named alone: no finding either (the old one leaves the reused steps to the
+    # fork, which reads them under the old saga's keys).
+    for saga_id in (old, fork):
+        code, data, err = verify(env, services, saga_id)
+        assert code == 0, (saga_id, data, err)
+
+
+def test_since_a_fork_was_made_its_reused_steps_are_still_found(
+    env: Path, services: RunningServices
+) -> None:
+    """`--since` after the old saga (and its calls) but before the fork: the fork's reused
+    actions were applied before then, and are read all the same (else: `incomplete`)."""
+    old, fork = _forked_checkout(env)
+    code, out, _ = apicli("orchestrate", "status", fork, "--json", "--db", str(env))
+    assert code == 0
+    since = json.loads(out)["created_at"]
+    code, data, err = verify(env, services, "--since", repr(since))
+    assert code == 0, (data, err)
+    assert data is not None and data["sagas"] == 1 and data["findings"] == []
+
+
+def test_a_fork_rolled_back_too_undoes_what_it_took_over_once_and_verifies_clean(
+    env: Path, services: RunningServices
+) -> None:
+    old, fork = _forked_checkout(env)
+    code, out, err = apicli("orchestrate", "rollback", fork, "--force", "--json",
+                            "--db", str(env))  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["status"] == "rolled_back"
+    undone = [
+        (e.service, e.idempotency_key)
+        for e in services.lab.ledger()
+        if e.operation == "compensation" and not e.noop
+    ]
+    # The reservation released and the charge refunded once each, by the fork, under its keys.
+    assert sorted(undone) == [
+        ("inventory", f"{fork}:reserve_inventory:compensation"),
+        ("payments", f"{fork}:charge_payment:compensation"),
+    ]
+    code, data, err = verify(env, services)
+    assert code == 0, (data, err)
+    assert data is not None and data["findings"] == [] and data["sagas"] == 2
+
+
+def test_kept_steps_of_a_saga_whose_fork_was_never_created_still_stand_as_a_finding() -> None:
+    """The pure rule: steps kept by a rollback from a step belong to a fork only when there is
+    one; with none (a fork cut short before it was created), they stand, unowned."""
+    flow = load_flow("checkout")
+    saga = "s1"
+    events: list[Event] = [Event(EventType.SAGA_CREATED, 1.0)]
+    for step in flow.steps[:3]:
+        events.append(Event(EventType.ATTEMPT_STARTED, 2.0, step.name, Phase.ACTION, 1))
+        events.append(Event(EventType.ATTEMPT_SUCCEEDED, 3.0, step.name, Phase.ACTION, 1))
+    events.append(Event(EventType.ROLLBACK_REQUESTED, 4.0, step="send_confirmation", force=True))
+    events.append(Event(EventType.SAGA_ROLLED_BACK, 4.0))
+    kept = frozenset(s.name for s in flow.steps[:3])
+    ledger = [
+        LedgerRecord(
+            s.service or "", Phase.ACTION, idempotency_key(saga, s.name, Phase.ACTION), i, 2.0
+        )
+        for i, s in enumerate(flow.steps[:3])
+    ]
+    services = {s.service for s in flow.steps if s.service}
+    orphan = SagaFacts(saga, SagaStatus.ROLLED_BACK, flow, tuple(events), kept=kept)
+    found = reconcile([orphan], ledger, services=services)
+    assert {(f.kind, f.step) for f in found.findings} == {
+        (FindingKind.ACTION_STANDING, "reserve_inventory"),
+        (FindingKind.ACTION_STANDING, "charge_payment"),
+    }
+    handed = SagaFacts(saga, SagaStatus.ROLLED_BACK, flow, tuple(events), kept=kept, fork="f1")
+    assert reconcile([handed], ledger, services=services).findings == ()
