@@ -32,7 +32,7 @@ from orchestrator.limits import (
     check,
 )
 from orchestrator.policies.autoscaling import AutoscalePolicy, ScaleDecision
-from orchestrator.stores import open_store, shown
+from orchestrator.stores import open_store, shown, typed
 from orchestrator.supervisor import Supervisor, SupervisorConfig
 from orchestrator.worker import Worker, WorkerConfig
 
@@ -160,7 +160,7 @@ def worker(
         "--replicas",
         "1",
         "--db",
-        str(db),
+        typed(db),  # as typed: a Path's str collapses `sqlite:///` and `postgresql://`
         "--concurrency",
         str(concurrency),
         "--lease",

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from orchestrator.redact import redacted
+
 
 class SagaError(Exception):
     """Base of every error the orchestrator raises on purpose."""
@@ -106,7 +108,14 @@ class LedgerUnavailable(ServiceConfigError):
 
 
 class StoreError(SagaError):
-    """The saga database cannot be opened or written."""
+    """The saga database cannot be opened or written.
+
+    Its message never shows a database password: it is masked as the error is made
+    (orchestrator.redact, the one masking rule), whatever the message was built from.
+    """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(redacted(str(message)), *args)
 
 
 class DamagedRecord(SagaError):

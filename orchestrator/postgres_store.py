@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -53,6 +52,7 @@ from orchestrator.errors import (
 )
 from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
 from orchestrator.journal import JournalEntry, entry_to_row
+from orchestrator.redact import redacted
 from orchestrator.saga import Event, EventType, SagaState, SagaStatus
 from orchestrator.store import (
     DEFAULT_TENANT,
@@ -208,15 +208,10 @@ _INSERT_ENTRIES = (
 )
 
 
-def redacted(url: str) -> str:
-    """`url` with any password masked: what messages may show."""
-    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
-
-
 def _failure(url: str, exc: BaseException) -> str:
     # psycopg's messages can span lines (a DETAIL, a HINT): one line for the CLI.
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text.replace(url, redacted(url))
+    return redacted(text.replace(url, redacted(url)))
 
 
 def connect(url: str, *, readonly: bool = False, create: bool = False) -> psycopg.Connection:

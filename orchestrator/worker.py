@@ -43,6 +43,7 @@ from orchestrator.errors import (
 )
 from orchestrator.executors import HttpExecutor, StepExecutor
 from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner
+from orchestrator.redact import redacted
 from orchestrator.runner import SagaRunner
 from orchestrator.stores import DRIVER_ERRORS, STORE_FAILURES, open_store, shown
 from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog, WatchedStore
@@ -261,8 +262,8 @@ class Worker:
             self._db_failing = True
         log.warning(
             "database %s unavailable: %s; backing off (retrying up to every %gs)",
-            self.config.db,
-            exc,
+            shown(self.config.db),
+            redacted(str(exc)),
             MAX_BACKOFF,
         )
 
@@ -271,7 +272,7 @@ class Worker:
             if not self._db_failing:
                 return
             self._db_failing = False
-        log.warning("database %s available again", self.config.db)
+        log.warning("database %s available again", shown(self.config.db))
 
     def _one(self, tools: _Tools, keeper: LeaseKeeper) -> bool:
         store = tools.store

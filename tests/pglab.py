@@ -47,8 +47,8 @@ def drop_database(cluster: PgCluster, url: str) -> None:
 
 
 def copy_at_v1(cluster: PgCluster, url: str) -> str:
-    """A copy of the saga database at `url` taken back to schema version 1 (before tenants and forks):
-    what the migration test opens to see it brought up to date with everything kept."""
+    """A copy of the saga database at `url` taken back to schema version 1 (before tenants
+    and forks): what the migration test opens to see it brought up to date with everything kept."""
     copy = new_database(cluster, template=url.rsplit("/", 1)[1])
     with psycopg.connect(copy, autocommit=True) as conn, conn.transaction():
         conn.execute("DROP INDEX sagas_by_forked_from")  # v3
