@@ -49,6 +49,7 @@ from orchestrator.errors import (
     LeaseLost,
     SagaNotFoundError,
     StoreError,
+    StoreUnavailable,
 )
 from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
 from orchestrator.journal import JournalEntry, entry_to_row
@@ -214,6 +215,29 @@ def _failure(url: str, exc: BaseException) -> str:
     return redacted(text.replace(url, redacted(url)))
 
 
+# SQLSTATE classes of a server that is there but cannot serve now: 08 connection exception,
+# 53 insufficient resources (too many connections), 57 operator intervention (shutting
+# down, starting up, crash recovery).
+_TRANSIENT_CLASSES = ("08", "53", "57")
+# psycopg gives no SQLSTATE for a failed connection attempt, only libpq's text: a server's
+# refusal is a "FATAL:" line; these FATALs are the 57P03/53300 ones, which pass.
+_TRANSIENT_FATALS = ("the database system is", "too many clients", "too many connections")
+
+
+def _transient(exc: psycopg.OperationalError) -> bool:
+    """Whether a failed connection may succeed later (StoreUnavailable): no answer at all
+    (connection refused, a timeout, a host not resolved: the server is down or restarting)
+    or a server starting up, shutting down or full. Not a server that answered no: wrong
+    credentials, a missing database, a pg_hba.conf rule (a plain StoreError)."""
+    state = exc.sqlstate
+    if state is not None:
+        return state.startswith(_TRANSIENT_CLASSES)
+    text = str(exc)
+    if "FATAL:" not in text:
+        return True
+    return any(phrase in text for phrase in _TRANSIENT_FATALS)
+
+
 def connect(url: str, *, readonly: bool = False, create: bool = False) -> psycopg.Connection:
     """An autocommit connection to `url` (StoreError, password masked, if there is none).
 
@@ -232,7 +256,8 @@ def connect(url: str, *, readonly: bool = False, create: bool = False) -> psycop
     except psycopg.OperationalError as exc:
         if create and "does not exist" in str(exc) and _create_database(url):
             return connect(url, readonly=readonly)
-        raise StoreError(
+        error = StoreUnavailable if _transient(exc) else StoreError
+        raise error(
             f"cannot connect to PostgreSQL at {redacted(url)}: {_failure(url, exc)}; "
             f"start the server or {_HINT}"
         ) from None

@@ -40,6 +40,7 @@ from orchestrator.errors import (
     SagaError,
     ServiceConfigError,
     StoreError,
+    StoreUnavailable,
 )
 from orchestrator.executors import HttpExecutor, StepExecutor
 from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner
@@ -164,7 +165,8 @@ class Worker:
 
     def run(self) -> WorkerStats:
         """Run the worker threads until stopped, idle for `exit_when_idle`, or `max_seconds`."""
-        open_store(self.config.db).close()  # create/migrate once, before threads race
+        if not self._opened_once():  # create/migrate once, before threads race
+            return self.stats
         self.watchdog = DatabaseWatchdog(self.config.db)
         started = time.monotonic()
         keeper = LeaseKeeper(
@@ -200,6 +202,29 @@ class Worker:
         if self._fatal is not None:
             raise self._fatal
         return self.stats
+
+    def _opened_once(self) -> bool:
+        """Open (create, migrate) the database once; False if stopped before it could be.
+
+        A server that cannot be reached now (StoreUnavailable: refused, restarting) is waited
+        for with the same backoff as any database trouble: `sagalab worker` already refused
+        a wrong URL at start, and a replica started during a server restart rides it out.
+        Any other StoreError (not a saga database, wrong credentials) is raised.
+        """
+        failures = 0
+        while True:
+            try:
+                open_store(self.config.db).close()
+                break
+            except StoreUnavailable as exc:
+                self._database_trouble(exc)
+                failures += 1
+                delay = min(MAX_BACKOFF, self.config.poll_interval * 2 ** min(failures, 10))
+                if self.stop.wait(delay):
+                    return False
+        if failures:
+            self._database_back()
+        return True
 
     def _fail(self, error: SagaError) -> None:
         """Stop the process with `error` as its reason (the first reason wins)."""
