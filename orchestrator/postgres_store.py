@@ -109,9 +109,9 @@ CREATE TABLE sagas (
     lease_until DOUBLE PRECISION,
     lease_epoch BIGINT NOT NULL DEFAULT 0
 );
-CREATE INDEX sagas_by_created ON sagas (created_at);
-CREATE INDEX sagas_by_status ON sagas (status, created_at);
-CREATE INDEX sagas_queue ON sagas (run_after) WHERE run_after IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sagas_by_created ON sagas (created_at);
+CREATE INDEX IF NOT EXISTS sagas_by_status ON sagas (status, created_at);
+CREATE INDEX IF NOT EXISTS sagas_queue ON sagas (run_after) WHERE run_after IS NOT NULL;
 CREATE TABLE events (
     saga_id TEXT NOT NULL REFERENCES sagas (id),
     seq INTEGER NOT NULL,
@@ -162,19 +162,23 @@ CREATE TABLE breaker_events (
 
 # v2: every saga belongs to a tenant; idempotency keys are unique per tenant (SQLite's v7).
 _V2 = f"""
-ALTER TABLE sagas ADD COLUMN tenant TEXT NOT NULL DEFAULT '{DEFAULT_TENANT}';
-ALTER TABLE sagas DROP CONSTRAINT sagas_idempotency_key_key;
-CREATE INDEX sagas_by_tenant ON sagas (tenant, created_at);
-CREATE UNIQUE INDEX sagas_by_idempotency_key ON sagas (tenant, idempotency_key)
+ALTER TABLE sagas ADD COLUMN IF NOT EXISTS tenant TEXT NOT NULL DEFAULT '{DEFAULT_TENANT}';
+ALTER TABLE sagas DROP CONSTRAINT IF EXISTS sagas_idempotency_key_key;
+CREATE INDEX IF NOT EXISTS sagas_by_tenant ON sagas (tenant, created_at);
+CREATE UNIQUE INDEX IF NOT EXISTS sagas_by_idempotency_key ON sagas (tenant, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 """
 
 # v3: a fork names the saga it was forked from (SQLite's v8).
 _V3 = """
-ALTER TABLE sagas ADD COLUMN forked_from TEXT;
-CREATE INDEX sagas_by_forked_from ON sagas (forked_from) WHERE forked_from IS NOT NULL;
+ALTER TABLE sagas ADD COLUMN IF NOT EXISTS forked_from TEXT;
+CREATE INDEX IF NOT EXISTS sagas_by_forked_from ON sagas (forked_from)
+    WHERE forked_from IS NOT NULL;
 """
 
+# Every step after v1's tables runs again harmlessly (IF [NOT] EXISTS): a database whose
+# columns and indexes are there but whose recorded version is older (a migration replayed
+# by hand, a version row restored from a backup) is brought up to date, not refused.
 MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x5A6A_1AB0  # pg_advisory_xact_lock key: one migrating process at a time

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from store_conformance.conformancelab import advance, create, reserve_ok
 from workerlab import Workers, drained, enqueue, order, statuses, wait_for
@@ -165,6 +166,24 @@ def _closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def test_migrations_after_the_first_run_again_harmlessly(pg_url: str) -> None:
+    """A v3 database whose meta says v1 (columns and indexes there already) is migrated
+    again without an error, its sagas kept."""
+    store = open_store(pg_url)
+    try:
+        create(store, "s1")
+    finally:
+        store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    store = open_store(pg_url)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert store.load("s1").id == "s1"
+    finally:
+        store.close()
 
 
 def test_a_nul_character_in_a_reason_is_stored_not_a_write_that_fails_for_ever(
