@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,3 +233,36 @@ def test_generated_urls_never_show_their_secret(
     message = f"cannot connect to PostgreSQL at {url}: refused; error at {url}"
     for text in (redacted(url), redacted(message), shown(url), str(StoreError(message))):
         assert secret not in text, text
+
+
+LEAKY = [
+    ("postgresql://user:p/ss@127.0.0.1:1/db", "p/ss"),
+    ("postgresql://user:p@ss@127.0.0.1:1/db", "p@ss"),
+    ("postgresql://user@127.0.0.1:1/db?password=s3cret", "s3cret"),
+]
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(("url", "secret"), LEAKY)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "cli.main", "worker", "--exit-when-idle", "1", "--db"],
+        ["-m", "edge.apps", "api", "--fd", "0", "--db"],
+        ["-m", "cli.main", "demo", "--db"],
+    ],
+    ids=["worker", "api", "demo"],
+)
+def test_no_process_prints_the_password(command: list[str], url: str, secret: str) -> None:
+    done = subprocess.run(
+        [sys.executable, *command, url],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 5, out
+    assert secret not in out and "***" in out, out
