@@ -78,6 +78,8 @@ def sqlite_path(url_or_path: str | os.PathLike[str]) -> Path:
     text = typed(url_or_path)
     if text.startswith("sqlite:"):
         rest = text[len("sqlite:") :]
+        if not rest.strip("/"):
+            raise StoreError(f"{text}: a sqlite: URL needs a file path; pass {_SQLITE_FORMS}")
         if rest.startswith("///"):  # the empty authority of `sqlite:///path`
             rest = rest[2:]
         elif rest.startswith("//"):
@@ -85,8 +87,6 @@ def sqlite_path(url_or_path: str | os.PathLike[str]) -> Path:
                 f"{_redacted(text)}: a sqlite:// URL with a host part is not a file; "
                 f"pass {_SQLITE_FORMS}"
             )
-        if not rest:
-            raise StoreError(f"{text}: a sqlite: URL needs a file path; pass {_SQLITE_FORMS}")
         if rest.lower().startswith("file:"):
             raise StoreError(f"{text}: file: URIs are not accepted; pass {_SQLITE_FORMS}")
         return Path(rest)
