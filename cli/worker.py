@@ -181,7 +181,7 @@ def worker(
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     config = SupervisorConfig(
-        db=Path(db),
+        db=db,  # a DbPath: keeps the URL as typed
         child_command=child,
         replicas=count,
         policy=policy,
@@ -253,7 +253,7 @@ def run_one(
 ) -> None:
     """One replica in this process."""
     config = WorkerConfig(
-        db=Path(db),
+        db=db,  # a DbPath: keeps the URL as typed
         services=services,
         breakers=breaker_configs,
         concurrency=concurrency,

@@ -359,11 +359,11 @@ def file_uri(path: str | Path, query: str) -> str:
 
 def _probe(target: Path, what: str, hint: str) -> SQLiteFile:
     """Tables and schema version, read without writing or creating anything."""
-    # A live WAL file (`-wal` beside it) is read with `mode=ro`. Otherwise `mode=rw` (never
-    # creates): a read-only open of a WAL-mode file would leave `-wal`/`-shm` files behind,
-    # which the last read-write connection removes as it closes. Not `immutable=1`: closing
-    # such a connection drops the POSIX locks this process's other connections hold on the
-    # file (SQLite then reports disk I/O errors in them).
+    # The modes of `read_modes`. A live WAL file (`-wal` beside it) is read with `mode=ro`.
+    # Otherwise `mode=rw` (never creates): a read-only open of a WAL-mode file would leave
+    # `-wal`/`-shm` files behind, which the last read-write connection removes as it closes.
+    # `immutable=1` only where nothing can write (an unwritable directory): closing such a
+    # connection drops the POSIX locks this process's other connections hold on the file.
     for mode in read_modes(target):
         try:
             conn = sqlite3.connect(

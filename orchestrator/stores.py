@@ -110,16 +110,20 @@ def postgres_url(url_or_path: str | os.PathLike[str]) -> str | None:
     """The psycopg URL `url_or_path` names if it is a PostgreSQL one (None otherwise).
 
     `postgres://` and `postgresql+driver://` become `postgresql://`; a URL that went through
-    a `Path` (which collapses `//` to `/`) is restored. Write an empty host as `localhost`
-    (or `?host=/socket/dir`): `postgresql:///db` cannot be told from a collapsed
-    `postgresql://db` once it was a Path.
+    a `Path` (which collapses `//` to `/`) is restored. An empty host (`postgresql:///db`, the
+    default socket) is kept when the string is as typed (`typed`: a `cli.options.DbPath`);
+    a plain `Path` cannot tell it from a collapsed `postgresql://db`: write `localhost` (or
+    `?host=/socket/dir`) where a URL goes through one.
     """
     match = _SCHEME.match(typed(url_or_path))
     if match is None or match["rest"] is None:
         return None
     if match["scheme"].lower().split("+")[0] not in _POSTGRES:
         return None
-    return "postgresql://" + match["rest"].lstrip("/")
+    rest = match["rest"]
+    if rest.startswith("//"):  # as typed (a DbPath's raw string): `postgresql:///db` kept
+        return "postgresql:" + rest
+    return "postgresql://" + rest.lstrip("/")
 
 
 def _postgres() -> ModuleType:

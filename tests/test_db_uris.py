@@ -25,11 +25,12 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cli.main import app
+from cli.options import DbPath
 from orchestrator.errors import StoreError
 from orchestrator.flowfile import load_flow
 from orchestrator.redact import redacted
 from orchestrator.runner import start_saga
-from orchestrator.stores import open_store, shown
+from orchestrator.stores import open_store, postgres_url, shown, sqlite_path, typed
 
 ORDER = {"order_id": "o-1", "customer_id": "c-1", "sku": "A", "quantity": 1, "amount": 120}
 
@@ -266,3 +267,11 @@ def test_no_process_prints_the_password(command: list[str], url: str, secret: st
     out = done.stdout + done.stderr
     assert done.returncode == 5, out
     assert secret not in out and "***" in out, out
+
+
+def test_a_url_as_typed_keeps_its_empty_host_a_collapsed_one_is_restored() -> None:
+    assert postgres_url(DbPath.parse("postgresql:///sagas")) == "postgresql:///sagas"
+    assert postgres_url(DbPath.parse("postgres://h:5/db")) == "postgresql://h:5/db"
+    assert postgres_url(Path("postgresql://h/db")) == "postgresql://h/db"
+    assert typed(DbPath.parse("sqlite:///abs.db")) == "sqlite:///abs.db"
+    assert sqlite_path(DbPath.parse("sqlite:///abs.db")) == Path("/abs.db")
