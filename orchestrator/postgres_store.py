@@ -53,7 +53,7 @@ from orchestrator.errors import (
 )
 from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
 from orchestrator.journal import JournalEntry, entry_to_row
-from orchestrator.redact import redacted
+from orchestrator.redact import redacted, secrets_in
 from orchestrator.saga import Event, EventType, SagaState, SagaStatus
 from orchestrator.store import (
     DEFAULT_TENANT,
@@ -214,9 +214,10 @@ _INSERT_ENTRIES = (
 
 
 def _failure(url: str, exc: BaseException) -> str:
-    # psycopg's messages can span lines (a DETAIL, a HINT): one line for the CLI.
+    # psycopg's messages can span lines (a DETAIL, a HINT): one line for the CLI. A message
+    # about a malformed URL may quote a token of it, the password's included: masked.
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return redacted(text.replace(url, redacted(url)))
+    return redacted(text, url=url)
 
 
 # SQLSTATE classes of a server that is there but cannot serve now: 08 connection exception,
@@ -266,7 +267,10 @@ def connect(url: str, *, readonly: bool = False, create: bool = False) -> psycop
             f"start the server or {_HINT}"
         ) from None
     except psycopg.Error as exc:  # a malformed URL, say
-        raise StoreError(f"cannot use {redacted(url)}: {_failure(url, exc)}; {_HINT}") from None
+        detail = _failure(url, exc)
+        if secrets_in(url):  # the parser's detail may quote a piece of the password
+            detail = "not a valid PostgreSQL URL (percent-encode special characters in it)"
+        raise StoreError(f"cannot use {redacted(url)}: {detail}; {_HINT}") from None
 
 
 def _create_database(url: str) -> bool:

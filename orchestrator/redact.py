@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MASK", "redacted"]
+__all__ = ["MASK", "redacted", "secrets_in"]
 
 MASK = "***"
 
@@ -27,7 +27,20 @@ _USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*:/+[^\s:/@]*:)[^\s]*@")
 _PASSWORD_PARAM = re.compile(r"(?P<head>\bpassword\s*=\s*)(?:'[^']*'|[^&\s'\"]+)", re.IGNORECASE)
 
 
-def redacted(text: str) -> str:
-    """`text` with every database password in it replaced by `***` (see the module doc)."""
+def redacted(text: str, *, url: str | None = None) -> str:
+    """`text` with every database password in it replaced by `***` (see the module doc).
+
+    With `url` (the URL a driver's message is about), the passwords found in it are also
+    masked wherever `text` quotes them on their own (a driver naming a bad token).
+    """
+    for secret in secrets_in(url) if url is not None else ():
+        text = text.replace(secret, MASK)
     text = _USERINFO.sub(lambda m: f"{m['head']}{MASK}@", text)
     return _PASSWORD_PARAM.sub(lambda m: f"{m['head']}{MASK}", text)
+
+
+def secrets_in(url: str) -> list[str]:
+    """The passwords `url` carries (what `redacted` masks in it), longest first."""
+    found = [m[0][len(m["head"]) : -1] for m in _USERINFO.finditer(url)]
+    found += [m[0][len(m["head"]) :] for m in _PASSWORD_PARAM.finditer(url)]
+    return sorted((s for s in found if s and s != MASK), key=len, reverse=True)

@@ -275,3 +275,18 @@ def test_a_url_as_typed_keeps_its_empty_host_a_collapsed_one_is_restored() -> No
     assert postgres_url(Path("postgresql://h/db")) == "postgresql://h/db"
     assert typed(DbPath.parse("sqlite:///abs.db")) == "sqlite:///abs.db"
     assert sqlite_path(DbPath.parse("sqlite:///abs.db")) == Path("/abs.db")
+
+
+@settings(max_examples=30, deadline=None)
+@given(secret=_SECRET, in_query=st.booleans(), command=st.sampled_from(["orchestrate", "breakers"]))
+def test_generated_urls_never_show_their_secret_on_the_command_line(
+    secret: str, in_query: bool, command: str
+) -> None:
+    if in_query:
+        secret = secret.replace("&", "").replace("#", "")
+        url = f"postgresql://app@127.0.0.1:1/sagas?password={secret}&connect_timeout=2"
+    else:
+        url = f"postgresql://app:{secret}@127.0.0.1:1/sagas"
+    code, out = _invoke([command, "list", "--db", url])
+    assert code == 5, out
+    assert secret not in out, out
