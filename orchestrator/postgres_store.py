@@ -266,7 +266,7 @@ def connect(url: str, *, readonly: bool = False, create: bool = False) -> psycop
             f"cannot connect to PostgreSQL at {redacted(url)}: {_failure(url, exc)}; "
             f"start the server or {_HINT}"
         ) from None
-    except psycopg.Error as exc:  # a malformed URL, say
+    except (psycopg.Error, UnicodeError) as exc:  # a malformed URL (%80: not UTF-8), say
         detail = _failure(url, exc)
         if secrets_in(url):  # the parser's detail may quote a piece of the password
             detail = "not a valid PostgreSQL URL (percent-encode special characters in it)"
