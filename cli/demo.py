@@ -24,7 +24,7 @@ from rich.table import Table
 
 from cli import render
 from cli.errors import handled
-from cli.options import JsonOption
+from cli.options import DbPath, JsonOption
 from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
 from orchestrator.breakers import BreakerBoard, BreakerConfig, breaker_events
 from orchestrator.executors import HttpExecutor
@@ -33,7 +33,7 @@ from orchestrator.ledgers import verify_store
 from orchestrator.runner import SagaRunner, start_saga
 from orchestrator.saga import SagaStatus
 from orchestrator.store import Store
-from orchestrator.stores import open_store
+from orchestrator.stores import open_store, shown, typed
 
 DEMO_BREAKER = BreakerConfig(fail_max=3, reset_timeout=1.5, success_threshold=1)
 
@@ -72,7 +72,11 @@ def _say(text: str, as_json: bool) -> None:
 def demo(
     db: Annotated[
         Path | None,
-        typer.Option("--db", help="Database file to use (default: a fresh temporary one)."),
+        typer.Option(
+            "--db",
+            parser=DbPath.parse,
+            help="Database file to use (default: a fresh temporary one).",
+        ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -86,7 +90,7 @@ def demo(
         acts: list[Act] = []
         with run_in_thread() as lab:
             kept = "" if db else " (temporary: --db FILE keeps it)"
-            _say(f"fake services on {lab.base_url}; database {path}{kept}", as_json)
+            _say(f"fake services on {lab.base_url}; database {shown(path)}{kept}", as_json)
             executor = HttpExecutor(lab.services)
             board = BreakerBoard(path, {"payments": DEMO_BREAKER}, owner="demo")
             runner = SagaRunner(
@@ -184,7 +188,7 @@ def _crash_and_resume(
             "run",
             "checkout",
             "--db",
-            str(path),
+            typed(path),
             "--wait",
             "--json",
             "--idempotency-key",

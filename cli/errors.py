@@ -42,6 +42,7 @@ from orchestrator.errors import (
 )
 from orchestrator.jsonsafe import MAX_BYTES, loads_strict
 from orchestrator.operations import ActionRefused, BadArgument, UnknownSaga
+from orchestrator.redact import redacted
 from orchestrator.stores import DRIVER_ERRORS
 
 EXIT_OK, EXIT_SAGA_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_ENVIRONMENT = range(6)
@@ -52,7 +53,8 @@ stderr = Console(stderr=True, highlight=False)
 def fail(message: str, code: int) -> typer.Exit:
     """Print `message` on stderr (as text: a `[...]` in it is no markup) and return the Exit
     to raise."""
-    stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    # Through the one masking rule: no message shows a database password.
+    stderr.print(f"[bold red]error:[/] {escape(redacted(message))}", soft_wrap=True)
     return typer.Exit(code)
 
 

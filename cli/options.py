@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PosixPath
 from typing import Annotated
 
 import typer
@@ -10,12 +10,34 @@ import typer
 from orchestrator.store import Store
 from orchestrator.stores import open_store as _open_store
 
+
+class DbPath(PosixPath):
+    """A `--db` value: a Path that keeps what was typed in `raw`.
+
+    A `Path` collapses `//` (`sqlite:///abs` becomes `sqlite:/abs`, `file:///x` becomes
+    `file:/x`); orchestrator.stores reads `raw` (`stores.typed`) to tell `sqlite:///abs`
+    from `sqlite://host` and to show URLs as the user wrote them.
+    """
+
+    raw: str
+
+    @classmethod
+    def parse(cls, value: str | Path) -> Path:
+        """The option's parser: `value` as a DbPath remembering the string."""
+        if isinstance(value, DbPath):
+            return value
+        path = cls(value)
+        path.raw = value if isinstance(value, str) else str(value)
+        return path
+
+
 DEFAULT_DB = Path("sagalab.db")
 
 DbOption = Annotated[
     Path,
     typer.Option(
         "--db",
+        parser=DbPath.parse,
         envvar="SAGALAB_DB",
         help="Saga database: a SQLite file path (or sqlite:///path), or a PostgreSQL URL "
         "(postgresql://user:pass@host/db), holding sagas and their journals (`run` and "

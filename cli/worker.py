@@ -32,7 +32,7 @@ from orchestrator.limits import (
     check,
 )
 from orchestrator.policies.autoscaling import AutoscalePolicy, ScaleDecision
-from orchestrator.stores import open_store, shown
+from orchestrator.stores import open_store, shown, typed
 from orchestrator.supervisor import Supervisor, SupervisorConfig
 from orchestrator.worker import Worker, WorkerConfig
 
@@ -160,7 +160,7 @@ def worker(
         "--replicas",
         "1",
         "--db",
-        str(db),
+        typed(db),  # as typed: a Path's str collapses `sqlite:///` and `postgresql://`
         "--concurrency",
         str(concurrency),
         "--lease",
@@ -181,7 +181,7 @@ def worker(
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     config = SupervisorConfig(
-        db=Path(db),
+        db=db,  # a DbPath: keeps the URL as typed
         child_command=child,
         replicas=count,
         policy=policy,
@@ -253,7 +253,7 @@ def run_one(
 ) -> None:
     """One replica in this process."""
     config = WorkerConfig(
-        db=Path(db),
+        db=db,  # a DbPath: keeps the URL as typed
         services=services,
         breakers=breaker_configs,
         concurrency=concurrency,

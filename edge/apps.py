@@ -274,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.component == "api":
         from orchestrator.api import create_app
         from orchestrator.errors import StoreError
+        from orchestrator.redact import redacted
 
         try:
             app = create_app(
@@ -285,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 direct_keys=args.direct_keys,
             )
         except StoreError as exc:  # a --db that is not a saga database: one line, exit 5
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {redacted(str(exc))}", file=sys.stderr)  # the one masking rule
             raise SystemExit(5) from None
         watchdog = app.state.watchdog
         threading.Thread(target=_exit_when_gone, args=(watchdog,), daemon=True).start()

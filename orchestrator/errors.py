@@ -14,11 +14,14 @@ SagaError
  │    └── LedgerUnavailable  a service's ledger cannot be read (`sagalab verify`)
  ├── DamagedRecord         a stored row cannot be read (tampered with, or other code's)
  └── StoreError            the database cannot be opened or written
+      └── StoreUnavailable  the database server cannot be reached now (down, restarting)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from orchestrator.redact import redacted
 
 
 class SagaError(Exception):
@@ -106,7 +109,22 @@ class LedgerUnavailable(ServiceConfigError):
 
 
 class StoreError(SagaError):
-    """The saga database cannot be opened or written."""
+    """The saga database cannot be opened or written.
+
+    Its message never shows a database password: it is masked as the error is made
+    (orchestrator.redact, the one masking rule), whatever the message was built from.
+    """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(redacted(str(message)), *args)
+
+
+class StoreUnavailable(StoreError):
+    """The database server could not be reached at the moment (connection refused, starting
+    up, shutting down, too many connections): retrying later may succeed, unlike a wrong URL,
+    wrong credentials or a missing database (a plain StoreError). A worker that already
+    started backs off on it; a command that starts refuses it (exit 5) like any StoreError.
+    """
 
 
 class DamagedRecord(SagaError):

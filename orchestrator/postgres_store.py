@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -50,9 +49,11 @@ from orchestrator.errors import (
     LeaseLost,
     SagaNotFoundError,
     StoreError,
+    StoreUnavailable,
 )
 from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
 from orchestrator.journal import JournalEntry, entry_to_row
+from orchestrator.redact import redacted, secrets_in
 from orchestrator.saga import Event, EventType, SagaState, SagaStatus
 from orchestrator.store import (
     DEFAULT_TENANT,
@@ -108,9 +109,9 @@ CREATE TABLE sagas (
     lease_until DOUBLE PRECISION,
     lease_epoch BIGINT NOT NULL DEFAULT 0
 );
-CREATE INDEX sagas_by_created ON sagas (created_at);
-CREATE INDEX sagas_by_status ON sagas (status, created_at);
-CREATE INDEX sagas_queue ON sagas (run_after) WHERE run_after IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sagas_by_created ON sagas (created_at);
+CREATE INDEX IF NOT EXISTS sagas_by_status ON sagas (status, created_at);
+CREATE INDEX IF NOT EXISTS sagas_queue ON sagas (run_after) WHERE run_after IS NOT NULL;
 CREATE TABLE events (
     saga_id TEXT NOT NULL REFERENCES sagas (id),
     seq INTEGER NOT NULL,
@@ -161,19 +162,23 @@ CREATE TABLE breaker_events (
 
 # v2: every saga belongs to a tenant; idempotency keys are unique per tenant (SQLite's v7).
 _V2 = f"""
-ALTER TABLE sagas ADD COLUMN tenant TEXT NOT NULL DEFAULT '{DEFAULT_TENANT}';
-ALTER TABLE sagas DROP CONSTRAINT sagas_idempotency_key_key;
-CREATE INDEX sagas_by_tenant ON sagas (tenant, created_at);
-CREATE UNIQUE INDEX sagas_by_idempotency_key ON sagas (tenant, idempotency_key)
+ALTER TABLE sagas ADD COLUMN IF NOT EXISTS tenant TEXT NOT NULL DEFAULT '{DEFAULT_TENANT}';
+ALTER TABLE sagas DROP CONSTRAINT IF EXISTS sagas_idempotency_key_key;
+CREATE INDEX IF NOT EXISTS sagas_by_tenant ON sagas (tenant, created_at);
+CREATE UNIQUE INDEX IF NOT EXISTS sagas_by_idempotency_key ON sagas (tenant, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 """
 
 # v3: a fork names the saga it was forked from (SQLite's v8).
 _V3 = """
-ALTER TABLE sagas ADD COLUMN forked_from TEXT;
-CREATE INDEX sagas_by_forked_from ON sagas (forked_from) WHERE forked_from IS NOT NULL;
+ALTER TABLE sagas ADD COLUMN IF NOT EXISTS forked_from TEXT;
+CREATE INDEX IF NOT EXISTS sagas_by_forked_from ON sagas (forked_from)
+    WHERE forked_from IS NOT NULL;
 """
 
+# Every step after v1's tables runs again harmlessly (IF [NOT] EXISTS): a database whose
+# columns and indexes are there but whose recorded version is older (a migration replayed
+# by hand, a version row restored from a backup) is brought up to date, not refused.
 MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x5A6A_1AB0  # pg_advisory_xact_lock key: one migrating process at a time
@@ -208,15 +213,34 @@ _INSERT_ENTRIES = (
 )
 
 
-def redacted(url: str) -> str:
-    """`url` with any password masked: what messages may show."""
-    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
-
-
 def _failure(url: str, exc: BaseException) -> str:
-    # psycopg's messages can span lines (a DETAIL, a HINT): one line for the CLI.
+    # psycopg's messages can span lines (a DETAIL, a HINT): one line for the CLI. A message
+    # about a malformed URL may quote a token of it, the password's included: masked.
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text.replace(url, redacted(url))
+    return redacted(text, url=url)
+
+
+# SQLSTATE classes of a server that is there but cannot serve now: 08 connection exception,
+# 53 insufficient resources (too many connections), 57 operator intervention (shutting
+# down, starting up, crash recovery).
+_TRANSIENT_CLASSES = ("08", "53", "57")
+# psycopg gives no SQLSTATE for a failed connection attempt, only libpq's text: a server's
+# refusal is a "FATAL:" line; these FATALs are the 57P03/53300 ones, which pass.
+_TRANSIENT_FATALS = ("the database system is", "too many clients", "too many connections")
+
+
+def _transient(exc: psycopg.OperationalError) -> bool:
+    """Whether a failed connection may succeed later (StoreUnavailable): no answer at all
+    (connection refused, a timeout, a host not resolved: the server is down or restarting)
+    or a server starting up, shutting down or full. Not a server that answered no: wrong
+    credentials, a missing database, a pg_hba.conf rule (a plain StoreError)."""
+    state = exc.sqlstate
+    if state is not None:
+        return state.startswith(_TRANSIENT_CLASSES)
+    text = str(exc)
+    if "FATAL:" not in text:
+        return True
+    return any(phrase in text for phrase in _TRANSIENT_FATALS)
 
 
 def connect(url: str, *, readonly: bool = False, create: bool = False) -> psycopg.Connection:
@@ -237,12 +261,16 @@ def connect(url: str, *, readonly: bool = False, create: bool = False) -> psycop
     except psycopg.OperationalError as exc:
         if create and "does not exist" in str(exc) and _create_database(url):
             return connect(url, readonly=readonly)
-        raise StoreError(
+        error = StoreUnavailable if _transient(exc) else StoreError
+        raise error(
             f"cannot connect to PostgreSQL at {redacted(url)}: {_failure(url, exc)}; "
             f"start the server or {_HINT}"
         ) from None
-    except psycopg.Error as exc:  # a malformed URL, say
-        raise StoreError(f"cannot use {redacted(url)}: {_failure(url, exc)}; {_HINT}") from None
+    except (psycopg.Error, UnicodeError) as exc:  # a malformed URL (%80: not UTF-8), say
+        detail = _failure(url, exc)
+        if secrets_in(url):  # the parser's detail may quote a piece of the password
+            detail = "not a valid PostgreSQL URL (percent-encode special characters in it)"
+        raise StoreError(f"cannot use {redacted(url)}: {detail}; {_HINT}") from None
 
 
 def _create_database(url: str) -> bool:

@@ -330,18 +330,45 @@ def _check_creatable(target: Path, what: str) -> None:
         raise StoreError(f"cannot create {what} {target}: {ancestor} is not writable")
 
 
+def read_modes(path: str | Path) -> tuple[str, ...]:
+    """The URI query strings to try, in order, to read the database at `path` (the rule for
+    every read-only open, `_probe` and `connect_read_only`).
+
+    - a `-wal` beside it (a writer has it open, or left it): `mode=ro`, which creates nothing;
+    - a directory this process cannot write (a read-only mount, a snapshot, no permission),
+      no `-wal`: `mode=ro&immutable=1`. Plain `mode=ro` would have to create the `-shm`
+      file a WAL database needs and cannot ("unable to open database file"); no writer can
+      be at work there (it would need that directory for its `-wal`), so nothing changes
+      under the reader;
+    - otherwise `mode=rw` (never creates the database), then `mode=ro` if the file itself is
+      read-only: see `connect_read_only` for why not `ro` first.
+    """
+    target = Path(path)
+    if Path(f"{target}-wal").exists():
+        return ("mode=ro",)
+    if not os.access(target.absolute().parent, os.W_OK | os.X_OK):
+        return ("mode=ro&immutable=1",)
+    return ("mode=rw", "mode=ro")
+
+
+def file_uri(path: str | Path, query: str) -> str:
+    """The explicit `file:` URI of `path` with `query`: nothing in the path (a `?`, a `#`,
+    a `file:` prefix) is read by SQLite as anything but the file name."""
+    return f"file:{quote(str(Path(path).absolute()))}?{query}"
+
+
 def _probe(target: Path, what: str, hint: str) -> SQLiteFile:
     """Tables and schema version, read without writing or creating anything."""
-    # A live WAL file (`-wal` beside it) is read with `mode=ro`. Otherwise `mode=rw` (never
-    # creates): a read-only open of a WAL-mode file would leave `-wal`/`-shm` files behind,
-    # which the last read-write connection removes as it closes. Not `immutable=1`: closing
-    # such a connection drops the POSIX locks this process's other connections hold on the
-    # file (SQLite then reports disk I/O errors in them).
-    uri = f"file:{quote(str(target.absolute()))}?mode="
-    modes = ("ro",) if Path(f"{target}-wal").exists() else ("rw", "ro")
-    for mode in modes:
+    # The modes of `read_modes`. A live WAL file (`-wal` beside it) is read with `mode=ro`.
+    # Otherwise `mode=rw` (never creates): a read-only open of a WAL-mode file would leave
+    # `-wal`/`-shm` files behind, which the last read-write connection removes as it closes.
+    # `immutable=1` only where nothing can write (an unwritable directory): closing such a
+    # connection drops the POSIX locks this process's other connections hold on the file.
+    for mode in read_modes(target):
         try:
-            conn = sqlite3.connect(uri + mode, uri=True, timeout=5.0, isolation_level=None)
+            conn = sqlite3.connect(
+                file_uri(target, mode), uri=True, timeout=5.0, isolation_level=None
+            )
             break
         except sqlite3.Error as exc:
             error = exc
@@ -417,14 +444,15 @@ def connect_read_only(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Con
     they are not, `mode=ro` would create them and, unable to remove them, leave them behind;
     so it is `mode=rw` (which never creates the database itself) with `query_only`: as the
     last connection it removes them again when it closes, and the database file's bytes and
-    mtime stay as they were. A file this process cannot write falls back to `mode=ro`.
+    mtime stay as they were. A file this process cannot write falls back to `mode=ro`, and
+    a database in a directory it cannot write is opened `immutable` (`read_modes`).
     """
-    uri = f"file:{quote(str(Path(path).absolute()))}?mode="
-    modes = ("ro",) if Path(f"{path}-wal").exists() else ("rw", "ro")
     error: sqlite3.Error | None = None
-    for mode in modes:
+    for mode in read_modes(path):
         try:
-            conn = sqlite3.connect(uri + mode, uri=True, timeout=timeout, isolation_level=None)
+            conn = sqlite3.connect(
+                file_uri(path, mode), uri=True, timeout=timeout, isolation_level=None
+            )
             conn.execute("PRAGMA query_only=ON")
             return conn
         except sqlite3.Error as exc:
@@ -439,7 +467,10 @@ def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
         raise StoreError(f"cannot open database {path}: it is a directory")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(target), timeout=timeout, isolation_level=None)
+        # An explicit URI: the path checked is the file opened, whatever characters it has.
+        conn = sqlite3.connect(
+            file_uri(target, "mode=rwc"), uri=True, timeout=timeout, isolation_level=None
+        )
         conn.execute("PRAGMA page_size=2048")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 
 from orchestrator.errors import StoreError
+from orchestrator.redact import redacted as _redacted
 from orchestrator.sqlite_store import DRIVER_ERRORS as _SQLITE_ERRORS
 from orchestrator.sqlite_store import check_database, open_sqlite_store
 from orchestrator.store import Access, BreakerStore, Guard, Store
@@ -41,6 +42,7 @@ __all__ = [
     "postgres_url",
     "shown",
     "sqlite_path",
+    "typed",
 ]
 
 #: Errors a backend's driver may raise past a store method (damage found mid-read, a full
@@ -54,27 +56,53 @@ _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):(?P<rest>/.*)?$", re
 _POSTGRES = ("postgresql", "postgres")
 
 
+def typed(url_or_path: str | os.PathLike[str]) -> str:
+    """What the user typed for `url_or_path`: a `DbPath` (cli/options.py) keeps the string
+    a `Path` would have mangled (`sqlite:///x` collapsed to `sqlite:/x`)."""
+    raw = getattr(url_or_path, "raw", None)
+    return raw if isinstance(raw, str) else os.fspath(url_or_path)
+
+
+_SQLITE_FORMS = "a plain path, sqlite:///abs/path or sqlite:rel/path"
+
+
 def sqlite_path(url_or_path: str | os.PathLike[str]) -> Path:
-    """The SQLite file `url_or_path` names; StoreError for a URL of another backend."""
-    text = os.fspath(url_or_path)
+    """The SQLite file `url_or_path` names; StoreError for a URL of another backend.
+
+    The rule, in this one place: a plain path, `sqlite:///abs/path` or `sqlite:rel/path`.
+    Refused (StoreError naming the accepted forms), because SQLite or a `Path` would read them
+    as something else than the file checked: a `file:` URI (SQLite's URI syntax: options such
+    as `mode=memory` would bypass every check), `sqlite://host/...` (two slashes: a host, and
+    through a `Path` it became `/...` at the filesystem root) and an empty path.
+    """
+    text = typed(url_or_path)
     if text.startswith("sqlite:"):
         rest = text[len("sqlite:") :]
-        if rest.startswith("//"):  # the empty authority of `sqlite:///path`
+        if not rest.strip("/"):
+            raise StoreError(f"{text}: a sqlite: URL needs a file path; pass {_SQLITE_FORMS}")
+        if rest.startswith("///"):  # the empty authority of `sqlite:///path`
             rest = rest[2:]
-        if not rest:
-            raise StoreError(f"{text}: a sqlite: URL needs a file path (sqlite:///path/to.db)")
+        elif rest.startswith("//"):
+            raise StoreError(
+                f"{_redacted(text)}: a sqlite:// URL with a host part is not a file; "
+                f"pass {_SQLITE_FORMS}"
+            )
+        if rest.lower().startswith("file:"):
+            raise StoreError(f"{text}: file: URIs are not accepted; pass {_SQLITE_FORMS}")
         return Path(rest)
+    if text.lower().startswith("file:"):
+        raise StoreError(f"{_redacted(text)}: file: URIs are not accepted; pass {_SQLITE_FORMS}")
     match = _SCHEME.match(text)
     if match is not None and match["rest"] is not None:
         scheme = match["scheme"].lower()
-        # As typed (a Path collapses '//'), and never with a password.
-        shown = _redacted(f"{match['scheme']}://{match['rest'].lstrip('/')}")
         if scheme.split("+")[0] in _POSTGRES:
-            raise StoreError(f"{shown} is a PostgreSQL URL, not a SQLite file")
+            raise StoreError(f"{_redacted(text)} is a PostgreSQL URL, not a SQLite file")
         raise StoreError(
-            f"{shown}: no store for {scheme}: URLs; pass a SQLite file path "
-            "(or sqlite:///path) with --db or SAGALAB_DB"
+            f"{_redacted(text)}: no store for {scheme}: URLs; pass {_SQLITE_FORMS} "
+            "(or a postgresql:// URL) with --db or SAGALAB_DB"
         )
+    if not text:
+        raise StoreError(f"an empty --db names no database; pass {_SQLITE_FORMS}")
     return Path(text)
 
 
@@ -82,16 +110,20 @@ def postgres_url(url_or_path: str | os.PathLike[str]) -> str | None:
     """The psycopg URL `url_or_path` names if it is a PostgreSQL one (None otherwise).
 
     `postgres://` and `postgresql+driver://` become `postgresql://`; a URL that went through
-    a `Path` (which collapses `//` to `/`) is restored. Write an empty host as `localhost`
-    (or `?host=/socket/dir`): `postgresql:///db` cannot be told from a collapsed
-    `postgresql://db` once it was a Path.
+    a `Path` (which collapses `//` to `/`) is restored. An empty host (`postgresql:///db`, the
+    default socket) is kept when the string is as typed (`typed`: a `cli.options.DbPath`);
+    a plain `Path` cannot tell it from a collapsed `postgresql://db`: write `localhost` (or
+    `?host=/socket/dir`) where a URL goes through one.
     """
-    match = _SCHEME.match(os.fspath(url_or_path))
+    match = _SCHEME.match(typed(url_or_path))
     if match is None or match["rest"] is None:
         return None
     if match["scheme"].lower().split("+")[0] not in _POSTGRES:
         return None
-    return "postgresql://" + match["rest"].lstrip("/")
+    rest = match["rest"]
+    if rest.startswith("//"):  # as typed (a DbPath's raw string): `postgresql:///db` kept
+        return "postgresql:" + rest
+    return "postgresql://" + rest.lstrip("/")
 
 
 def _postgres() -> ModuleType:
@@ -107,15 +139,10 @@ def _postgres() -> ModuleType:
 
 
 def shown(url_or_path: str | os.PathLike[str]) -> str:
-    """`url_or_path` as messages may show it: a PostgreSQL URL restored and its password
-    masked, a path as it is."""
+    """`url_or_path` as messages may show it: as typed (a PostgreSQL URL restored), with
+    any password masked (orchestrator.redact, the one masking rule)."""
     url = postgres_url(url_or_path)
-    return _redacted(url) if url is not None else os.fspath(url_or_path)
-
-
-def _redacted(url: str) -> str:
-    # A URL may carry a password: never print it.
-    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
+    return _redacted(url if url is not None else typed(url_or_path))
 
 
 def open_store(

@@ -40,9 +40,11 @@ from orchestrator.errors import (
     SagaError,
     ServiceConfigError,
     StoreError,
+    StoreUnavailable,
 )
 from orchestrator.executors import HttpExecutor, StepExecutor
 from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner
+from orchestrator.redact import redacted
 from orchestrator.runner import SagaRunner
 from orchestrator.stores import DRIVER_ERRORS, STORE_FAILURES, open_store, shown
 from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog, WatchedStore
@@ -163,7 +165,8 @@ class Worker:
 
     def run(self) -> WorkerStats:
         """Run the worker threads until stopped, idle for `exit_when_idle`, or `max_seconds`."""
-        open_store(self.config.db).close()  # create/migrate once, before threads race
+        if not self._opened_once():  # create/migrate once, before threads race
+            return self.stats
         self.watchdog = DatabaseWatchdog(self.config.db)
         started = time.monotonic()
         keeper = LeaseKeeper(
@@ -199,6 +202,29 @@ class Worker:
         if self._fatal is not None:
             raise self._fatal
         return self.stats
+
+    def _opened_once(self) -> bool:
+        """Open (create, migrate) the database once; False if stopped before it could be.
+
+        A server that cannot be reached now (StoreUnavailable: refused, restarting) is waited
+        for with the same backoff as any database trouble: `sagalab worker` already refused
+        a wrong URL at start, and a replica started during a server restart rides it out.
+        Any other StoreError (not a saga database, wrong credentials) is raised.
+        """
+        failures = 0
+        while True:
+            try:
+                open_store(self.config.db).close()
+                break
+            except StoreUnavailable as exc:
+                self._database_trouble(exc)
+                failures += 1
+                delay = min(MAX_BACKOFF, self.config.poll_interval * 2 ** min(failures, 10))
+                if self.stop.wait(delay):
+                    return False
+        if failures:
+            self._database_back()
+        return True
 
     def _fail(self, error: SagaError) -> None:
         """Stop the process with `error` as its reason (the first reason wins)."""
@@ -261,8 +287,8 @@ class Worker:
             self._db_failing = True
         log.warning(
             "database %s unavailable: %s; backing off (retrying up to every %gs)",
-            self.config.db,
-            exc,
+            shown(self.config.db),
+            redacted(str(exc)),
             MAX_BACKOFF,
         )
 
@@ -271,7 +297,7 @@ class Worker:
             if not self._db_failing:
                 return
             self._db_failing = False
-        log.warning("database %s available again", self.config.db)
+        log.warning("database %s available again", shown(self.config.db))
 
     def _one(self, tools: _Tools, keeper: LeaseKeeper) -> bool:
         store = tools.store

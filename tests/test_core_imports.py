@@ -50,6 +50,7 @@ CORE = (
     "orchestrator/errors.py",
     "orchestrator/reconcile.py",
     "orchestrator/forkplan.py",
+    "orchestrator/redact.py",
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "orchestrator" / "policies").glob("*.py")),
 )
 

@@ -4,20 +4,25 @@ by racing openers. (Everything else it shares with SQLite: tests/store_conforman
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
 import time
+from pathlib import Path
 
+import psycopg
 import pytest
 from store_conformance.conformancelab import advance, create, reserve_ok
 from workerlab import Workers, drained, enqueue, order, statuses, wait_for
 
 from fakeservices import FaultSpec, RunningServices, applied_twice
-from orchestrator.errors import LeaseLost, StoreError
+from orchestrator.errors import LeaseLost, StoreError, StoreUnavailable
 from orchestrator.journal import JournalEntry
 from orchestrator.pg_cluster import PgCluster
 from orchestrator.postgres_store import SCHEMA_VERSION, PostgresStore
 from orchestrator.saga import Event, EventType
 from orchestrator.stores import open_store
+from orchestrator.worker import Worker, WorkerConfig
 
 
 def test_lease_expiry_is_judged_by_the_database_clock_not_a_skewed_worker(pg_url: str) -> None:
@@ -101,6 +106,13 @@ def test_workers_ride_out_a_database_crash_restart(
         running = [
             workers.start("--concurrency", "2", "--lease", "2", "--poll", "0.05") for _ in range(2)
         ]
+        # Both past `sagalab worker`'s start-up check (a server down THEN is exit 5, by
+        # design) before the crash: from there on, a refused connection is backed off from.
+        wait_for(
+            lambda: all("thread(s), lease" in w.stderr() for w in running),
+            30,
+            "both workers to start",
+        )
         wait_for(lambda: statuses(pg_url).get("completed", 0) >= 2, 30, "some sagas to end")
         pg_cluster.restart_crash()
         wait_for(drained(pg_url, n), 60, "every saga to end after the restart")
@@ -109,6 +121,70 @@ def test_workers_ride_out_a_database_crash_restart(
         workers.stop_all()
     assert statuses(pg_url) == {"completed": n}
     assert applied_twice(services.lab.ledger()) == []
+
+
+def test_a_server_that_is_not_there_is_unavailable_a_missing_database_is_not(
+    pg_cluster: PgCluster,
+) -> None:
+    """Connection refused (nothing listening) may pass: StoreUnavailable, what a running
+    worker backs off on. A server that answers "no such database" will not: StoreError."""
+    with pytest.raises(StoreUnavailable):
+        open_store(f"postgresql://sagalab@127.0.0.1:{_closed_port()}/sagas")
+    with pytest.raises(StoreError) as caught:
+        open_store(pg_cluster.url_for("no_such_database_here"), create=False)
+    assert not isinstance(caught.value, StoreUnavailable)
+
+
+def test_a_worker_started_while_the_server_is_down_waits_instead_of_dying(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"postgresql://sagalab:s3cr/et@127.0.0.1:{_closed_port()}/sagas"
+    worker = Worker(WorkerConfig(db=Path(url), services={}, poll_interval=0.01))
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(worker.run())
+        except BaseException as exc:  # what the test reports
+            outcome.append(exc)
+
+    with caplog.at_level(logging.WARNING, logger="sagalab.worker"):
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            wait_for(lambda: "backing off" in caplog.text, 10, "the worker to back off")
+            assert not outcome, outcome  # still waiting for the server, not dead
+        finally:
+            worker.stop.set()
+            thread.join(10)
+    assert len(outcome) == 1 and not isinstance(outcome[0], BaseException), outcome
+    assert "s3cr" not in caplog.text  # its logs go through the one masking rule
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (bound then closed: refused, at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_migrations_after_the_first_run_again_harmlessly(pg_url: str) -> None:
+    """A v3 database whose meta says v1 (columns and indexes there already) is migrated
+    again without an error, its sagas kept."""
+    store = open_store(pg_url)
+    try:
+        create(store, "s1")
+    finally:
+        store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    store = open_store(pg_url)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert store.load("s1").id == "s1"
+    finally:
+        store.close()
 
 
 def test_a_nul_character_in_a_reason_is_stored_not_a_write_that_fails_for_ever(
