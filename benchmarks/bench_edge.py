@@ -23,10 +23,10 @@ from pathlib import Path
 
 import httpx
 
-from edge.apps import parse_address
-from edge.keys import GATEWAY_HEADER, MAX_BURST, MAX_RATE, TENANT_HEADER, read_secret
-from edge.stack import SECRET_FILE, StackConfig, start, stop
-from edge.upstream import Upstream
+from sagalab.edge.apps import parse_address
+from sagalab.edge.keys import GATEWAY_HEADER, MAX_BURST, MAX_RATE, TENANT_HEADER, read_secret
+from sagalab.edge.upstream import Upstream
+from sagalab.stack.processes import SECRET_FILE, StackConfig, start, stop
 
 
 def _bearer(key: str) -> list[tuple[bytes, bytes]]:

@@ -82,12 +82,12 @@ class SqlCounter:
 
 def bench_sagalab(tmp: Path, count: int, warmup: int, limit: float, check: int) -> dict[str, Any]:
     """Sequential 3-step sagas of no-op Python steps on a fresh SQLiteStore."""
-    from orchestrator.executors import PythonExecutor
-    from orchestrator.flow import flow_from_dict
-    from orchestrator.registry import step_handler
-    from orchestrator.runner import SagaRunner
-    from orchestrator.saga import SagaStatus
-    from orchestrator.sqlite_store import SQLiteStore
+    from sagalab.orchestrator.executors import PythonExecutor
+    from sagalab.orchestrator.flow import flow_from_dict
+    from sagalab.orchestrator.registry import step_handler
+    from sagalab.orchestrator.runner import SagaRunner
+    from sagalab.orchestrator.saga import SagaStatus
+    from sagalab.orchestrator.sqlite_store import SQLiteStore
 
     for name in STEPS:
         step_handler(f"bench_{name}")(lambda call: None)
@@ -282,12 +282,18 @@ def bench_http(tmp: Path, count: int, warmup: int, limit: float) -> dict[str, An
     """Checkout sagas through HttpExecutor, and a bare httpx loop making the same calls."""
     import httpx
 
-    from fakeservices import run_in_thread
-    from orchestrator.executors import HttpExecutor
-    from orchestrator.flowfile import load_flow
-    from orchestrator.runner import SagaRunner, new_saga_id, new_span_id, new_trace_id, start_saga
-    from orchestrator.saga import SagaStatus
-    from orchestrator.stores import open_store
+    from sagalab.fakeservices import run_in_thread
+    from sagalab.orchestrator.executors import HttpExecutor
+    from sagalab.orchestrator.flowfile import load_flow
+    from sagalab.orchestrator.runner import (
+        SagaRunner,
+        new_saga_id,
+        new_span_id,
+        new_trace_id,
+        start_saga,
+    )
+    from sagalab.orchestrator.saga import SagaStatus
+    from sagalab.orchestrator.stores import open_store
 
     flow = load_flow("checkout")
     with run_in_thread() as running:

@@ -18,8 +18,8 @@ from typing import Any
 
 import simpy
 
-from simulator.config import load_scenario
-from simulator.model import simulate
+from sagalab.simulator.config import load_scenario
+from sagalab.simulator.model import simulate
 
 
 def mm1_customers_per_second(customers: int = 200_000, seed: int = 1) -> float:

@@ -43,10 +43,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fakeservices import AdminClient, service_env  # noqa: E402
-from orchestrator.flowfile import load_flow  # noqa: E402
-from orchestrator.runner import start_saga  # noqa: E402
-from orchestrator.stores import open_store  # noqa: E402
+from sagalab.fakeservices import AdminClient, service_env  # noqa: E402
+from sagalab.orchestrator.flowfile import load_flow  # noqa: E402
+from sagalab.orchestrator.runner import start_saga  # noqa: E402
+from sagalab.orchestrator.stores import open_store  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -68,7 +68,7 @@ class Services:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "services", "up", "--port", "0"],
+            [sys.executable, "-m", "sagalab.cli.main", "services", "up", "--port", "0"],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -105,7 +105,7 @@ class Worker:
         self.err_path = logs / f"worker-{time.monotonic_ns()}.err"
         with self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "worker", "--db", str(db), *args],
+                [sys.executable, "-m", "sagalab.cli.main", "worker", "--db", str(db), *args],
                 cwd=REPO,
                 env=env,
                 stdout=subprocess.DEVNULL,

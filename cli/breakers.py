@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli import render
-from cli.errors import EXIT_NOT_FOUND, fail, handled
-from cli.options import DEFAULT_DB, DbOption, JsonOption, open_store
-from orchestrator.breakers import breaker_events, breaker_rows, reset_breaker
+from sagalab.cli import render
+from sagalab.cli.errors import EXIT_NOT_FOUND, fail, handled
+from sagalab.cli.options import DEFAULT_DB, DbOption, JsonOption, open_store
+from sagalab.orchestrator.breaker_board import breaker_events, breaker_rows, reset_breaker
 
 app = typer.Typer(
     help="Show and reset the per-service circuit breakers shared by all workers.",

@@ -22,18 +22,18 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cli import render
-from cli.errors import handled
-from cli.options import DbPath, JsonOption
-from fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
-from orchestrator.breakers import BreakerBoard, BreakerConfig, breaker_events
-from orchestrator.executors import HttpExecutor
-from orchestrator.flowfile import load_flow
-from orchestrator.ledgers import verify_store
-from orchestrator.runner import SagaRunner, start_saga
-from orchestrator.saga import SagaStatus
-from orchestrator.store import Store
-from orchestrator.stores import open_store, shown, typed
+from sagalab.cli import render
+from sagalab.cli.errors import handled
+from sagalab.cli.options import DbPath, JsonOption
+from sagalab.fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
+from sagalab.orchestrator.breaker_board import BreakerBoard, BreakerConfig, breaker_events
+from sagalab.orchestrator.executors import HttpExecutor
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.ledgers import verify_store
+from sagalab.orchestrator.runner import SagaRunner, start_saga
+from sagalab.orchestrator.saga import SagaStatus
+from sagalab.orchestrator.store import Store
+from sagalab.orchestrator.stores import open_store, shown, typed
 
 DEMO_BREAKER = BreakerConfig(fail_max=3, reset_timeout=1.5, success_threshold=1)
 
@@ -183,7 +183,7 @@ def _crash_and_resume(
         [
             sys.executable,
             "-m",
-            "cli.main",
+            "sagalab.cli.main",
             "orchestrate",
             "run",
             "checkout",

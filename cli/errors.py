@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from orchestrator.errors import (
+from sagalab.orchestrator.errors import (
     ConcurrentUpdate,
     DamagedRecord,
     FlowNotFoundError,
@@ -40,10 +40,10 @@ from orchestrator.errors import (
     StoreError,
     TemplateError,
 )
-from orchestrator.jsonsafe import MAX_BYTES, loads_strict
-from orchestrator.operations import ActionRefused, BadArgument, UnknownSaga
-from orchestrator.redact import redacted
-from orchestrator.stores import DRIVER_ERRORS
+from sagalab.orchestrator.jsonsafe import MAX_BYTES, loads_strict
+from sagalab.orchestrator.operations import ActionRefused, BadArgument, UnknownSaga
+from sagalab.orchestrator.redact import redacted
+from sagalab.orchestrator.stores import DRIVER_ERRORS
 
 EXIT_OK, EXIT_SAGA_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_ENVIRONMENT = range(6)
 

@@ -21,9 +21,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.options import DEFAULT_STACK_DIR, StackDirOption
-from edge.errors import EdgeError, KeyRequestError, UnknownKey
-from edge.keys import (
+from sagalab.cli.options import DEFAULT_STACK_DIR, StackDirOption
+from sagalab.edge.errors import EdgeError, KeyRequestError, UnknownKey
+from sagalab.edge.keys import (
     DEFAULT_BURST,
     DEFAULT_RATE,
     MAX_BURST,

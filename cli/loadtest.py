@@ -32,23 +32,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli import render
-from cli.options import open_store
-from cli.verify import resolve_reader
-from edge.errors import EdgeError
-from edge.keys import KeyStore
-from edge.stack import StackConfig, StackState, check, load_state, stop
-from edge.stack_checks import (
-    StackEnvironmentError,
-    StackOptionError,
-    probe_directory,
-    validate,
-)
-from edge.stack_supervisor import launch
-from loadtests.thresholds import PROFILES, Profile
-from orchestrator.errors import SagaError, ServiceConfigError
-from orchestrator.ledgers import verify_store
-from orchestrator.limits import (
+from sagalab.cli import render
+from sagalab.cli.options import open_store
+from sagalab.cli.verify import resolve_reader
+from sagalab.edge.errors import EdgeError
+from sagalab.edge.keys import KeyStore
+from sagalab.loadtests.thresholds import PROFILES, Profile
+from sagalab.orchestrator.errors import SagaError, ServiceConfigError
+from sagalab.orchestrator.ledgers import verify_store
+from sagalab.orchestrator.limits import (
     LOAD_PROCESSES_WHY,
     MAX_LOAD_DURATION,
     MAX_LOAD_PROCESSES,
@@ -58,8 +50,16 @@ from orchestrator.limits import (
     REPLICAS_WHY,
     LimitError,
 )
-from orchestrator.limits import check as within
-from orchestrator.reconcile import FindingKind, Reconciliation
+from sagalab.orchestrator.limits import check as within
+from sagalab.orchestrator.reconcile import FindingKind, Reconciliation
+from sagalab.stack.checks import (
+    StackEnvironmentError,
+    StackOptionError,
+    probe_directory,
+    validate,
+)
+from sagalab.stack.processes import StackConfig, StackState, check, load_state, stop
+from sagalab.stack.supervisor import launch
 
 EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 1, 2, 5, 130
 
@@ -194,7 +194,7 @@ def loadtest(
     rate = spawn_rate if spawn_rate is not None else shape.spawn_rate
     seconds = duration if duration is not None else shape.duration
     _check_options(n_users, rate, seconds, processes, workers)
-    script = locustfile or Path(str(resources.files("loadtests") / "locustfile.py"))
+    script = locustfile or Path(str(resources.files("sagalab.loadtests") / "locustfile.py"))
     if not script.is_file():
         raise _fail(f"no locustfile at {script}", EXIT_USAGE)
     _writable_dir(reports, "load-test reports")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import (
+from sagalab.cli import (
     breakers,
     demo,
     keys,

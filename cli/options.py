@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.store import Store
-from orchestrator.stores import open_store as _open_store
+from sagalab.orchestrator.store import Store
+from sagalab.orchestrator.stores import open_store as _open_store
 
 
 class DbPath(PosixPath):

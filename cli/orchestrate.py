@@ -13,8 +13,8 @@ from typing import Annotated
 
 import typer
 
-from cli import render
-from cli.errors import (
+from sagalab.cli import render
+from sagalab.cli.errors import (
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_SAGA_FAILED,
@@ -23,22 +23,29 @@ from cli.errors import (
     handled,
     parse_json_arg,
 )
-from cli.options import DEFAULT_DB, DbOption, JsonOption, SagaIdArg, ServicesOption, open_store
-from orchestrator import operations
-from orchestrator.breakers import BreakerBoard, load_breaker_configs
-from orchestrator.errors import ConcurrentUpdate
-from orchestrator.executors import HttpExecutor
-from orchestrator.flow import FlowDefinition
-from orchestrator.flowfile import check_services, load_flow, load_services
-from orchestrator.forkplan import ForkPlan
-from orchestrator.journal import entry_to_dict
-from orchestrator.jsonsafe import displayable
-from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner, owner_is_dead
-from orchestrator.runner import Checkpoint, RunResult, SagaRunner, start_saga
-from orchestrator.saga import Phase, SagaStatus
-from orchestrator.store import Lease, Store
-from orchestrator.views import events_view, saga_summary, saga_view
-from orchestrator.watchdog import DatabaseWatchdog, WatchedStore
+from sagalab.cli.options import (
+    DEFAULT_DB,
+    DbOption,
+    JsonOption,
+    SagaIdArg,
+    ServicesOption,
+    open_store,
+)
+from sagalab.orchestrator import operations
+from sagalab.orchestrator.breaker_board import BreakerBoard, load_breaker_configs
+from sagalab.orchestrator.errors import ConcurrentUpdate
+from sagalab.orchestrator.executors import HttpExecutor
+from sagalab.orchestrator.flow import FlowDefinition
+from sagalab.orchestrator.flowfile import check_services, load_flow, load_services
+from sagalab.orchestrator.forkplan import ForkPlan
+from sagalab.orchestrator.journal import entry_to_dict
+from sagalab.orchestrator.jsonsafe import displayable
+from sagalab.orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner, owner_is_dead
+from sagalab.orchestrator.runner import Checkpoint, RunResult, SagaRunner, start_saga
+from sagalab.orchestrator.saga import Phase, SagaStatus
+from sagalab.orchestrator.store import Lease, Store
+from sagalab.orchestrator.views import events_view, saga_summary, saga_view
+from sagalab.orchestrator.watchdog import DatabaseWatchdog, WatchedStore
 
 app = typer.Typer(
     help="Run sagas and operate on them. Exit codes: 0 done as asked, 1 the saga rolled back "

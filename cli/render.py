@@ -12,9 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.jsonsafe import displayable
-from orchestrator.reconcile import Reconciliation
-from orchestrator.saga import Event
+from sagalab.orchestrator.jsonsafe import displayable
+from sagalab.orchestrator.reconcile import Reconciliation
+from sagalab.orchestrator.saga import Event
 
 # Piped output (scripts, CI logs) is not width-limited to 80 columns: tables stay readable.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)

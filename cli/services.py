@@ -22,10 +22,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cli.options import DEFAULT_STACK_DIR
-from edge.errors import StackError
-from edge.stack import load_state
-from fakeservices import (
+from sagalab.cli.options import DEFAULT_STACK_DIR
+from sagalab.edge.errors import StackError
+from sagalab.fakeservices import (
     DEFAULT_URL,
     SERVICE_NAMES,
     SERVICES_URL_ENV,
@@ -38,6 +37,7 @@ from fakeservices import (
     get_service,
     run_in_thread,
 )
+from sagalab.stack.processes import load_state
 
 app = typer.Typer(
     help="Run the fake external services (inventory, payments, shipping, notifications) "

@@ -17,13 +17,19 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from orchestrator.limits import MAX_REPLICAS, MAX_SIM_DURATION, REPLICAS_WHY, LimitError, check
-from simulator.config import configure, list_scenarios
-from simulator.errors import SimulationError
-from simulator.model import simulate
-from simulator.output import write_csv, write_outputs
-from simulator.render import render_list, render_summary, render_sweep
-from simulator.sweep import parse_grid, sweep
+from sagalab.orchestrator.limits import (
+    MAX_REPLICAS,
+    MAX_SIM_DURATION,
+    REPLICAS_WHY,
+    LimitError,
+    check,
+)
+from sagalab.simulator.config import configure, list_scenarios
+from sagalab.simulator.errors import SimulationError
+from sagalab.simulator.model import simulate
+from sagalab.simulator.output import write_csv, write_outputs
+from sagalab.simulator.render import render_list, render_summary, render_sweep
+from sagalab.simulator.sweep import parse_grid, sweep
 
 app = typer.Typer(
     help="Simulate the whole path (firewall to services) under failure scenarios.",

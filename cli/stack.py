@@ -1,6 +1,6 @@
 """`sagalab stack`: the whole path as real processes on 127.0.0.1.
 
-Thin shell over `edge.stack` and `edge.stack_supervisor`. Exit codes: 0 ok, 1 the stack
+Thin shell over `stack.processes` and `stack.supervisor`. Exit codes: 0 ok, 1 the stack
 cannot be started or found (or, for `status`, a component is not up), 2 bad usage (an option
 out of range, an unknown component), 5 the directory, database, services file or port cannot
 be used. `up` checks every option before it starts anything.
@@ -18,9 +18,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.options import DEFAULT_STACK_DIR, StackDirOption
-from edge.errors import EdgeError
-from edge.stack import (
+from sagalab.cli.options import DEFAULT_STACK_DIR, StackDirOption
+from sagalab.edge.errors import EdgeError
+from sagalab.edge.policies.balancer import Strategy
+from sagalab.orchestrator.limits import (
+    MAX_CONCURRENCY,
+    MAX_FLOOD_RATE,
+    MAX_GATEWAYS,
+    MAX_STACK_WORKERS,
+)
+from sagalab.stack.checks import StackEnvironmentError, StackOptionError, validate
+from sagalab.stack.processes import (
     BLOCKED_RANGE,
     StackConfig,
     StackState,
@@ -32,16 +40,13 @@ from edge.stack import (
     stop,
     supervised,
 )
-from edge.stack_checks import StackEnvironmentError, StackOptionError, validate
-from edge.stack_supervisor import (
+from sagalab.stack.supervisor import (
     MAX_RESTART_DELAY,
     MIN_RESTART_DELAY,
     STABLE_AFTER,
     launch,
     request_restart,
 )
-from orchestrator.limits import MAX_CONCURRENCY, MAX_FLOOD_RATE, MAX_GATEWAYS, MAX_STACK_WORKERS
-from orchestrator.policies.balancer import Strategy
 
 app = typer.Typer(help="Start, inspect, break and stop the local stack.", no_args_is_help=True)
 out = Console(highlight=False, soft_wrap=True)

@@ -18,15 +18,22 @@ from typing import Annotated
 
 import typer
 
-from cli import render
-from cli.errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_SAGA_FAILED, EXIT_USAGE, fail, handled
-from cli.options import DEFAULT_DB, JsonOption, open_store
-from edge.errors import StackError
-from edge.stack import StackState, load_state
-from fakeservices.server import SERVICES_URL_ENV, services_map
-from orchestrator.errors import ServiceConfigError
-from orchestrator.flowfile import base_url, load_services
-from orchestrator.ledgers import HttpLedgerReader, verify_store
+from sagalab.cli import render
+from sagalab.cli.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_OK,
+    EXIT_SAGA_FAILED,
+    EXIT_USAGE,
+    fail,
+    handled,
+)
+from sagalab.cli.options import DEFAULT_DB, JsonOption, open_store
+from sagalab.edge.errors import StackError
+from sagalab.fakeservices.server import SERVICES_URL_ENV, services_map
+from sagalab.orchestrator.errors import ServiceConfigError
+from sagalab.orchestrator.flowfile import base_url, load_services
+from sagalab.orchestrator.ledgers import HttpLedgerReader, verify_store
+from sagalab.stack.processes import StackState, load_state
 
 _DURATION = re.compile(r"^(?P<n>\d+(?:\.\d+)?)(?P<unit>s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -10,13 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import render
-from cli.errors import EXIT_USAGE, fail, handled
-from cli.options import DEFAULT_DB, DbOption, JsonOption, ServicesOption
-from orchestrator.breakers import load_breaker_configs
-from orchestrator.flowfile import load_services
-from orchestrator.leases import DEFAULT_LEASE_SECONDS
-from orchestrator.limits import (
+from sagalab.cli import render
+from sagalab.cli.errors import EXIT_USAGE, fail, handled
+from sagalab.cli.options import DEFAULT_DB, DbOption, JsonOption, ServicesOption
+from sagalab.orchestrator.breaker_board import load_breaker_configs
+from sagalab.orchestrator.flowfile import load_services
+from sagalab.orchestrator.leases import DEFAULT_LEASE_SECONDS
+from sagalab.orchestrator.limits import (
     CONCURRENCY_WHY,
     DEFAULT_GRACE,
     MAX_CONCURRENCY,
@@ -31,10 +31,10 @@ from orchestrator.limits import (
     LimitError,
     check,
 )
-from orchestrator.policies.autoscaling import AutoscalePolicy, ScaleDecision
-from orchestrator.stores import open_store, shown, typed
-from orchestrator.supervisor import Supervisor, SupervisorConfig
-from orchestrator.worker import Worker, WorkerConfig
+from sagalab.orchestrator.policies.autoscaling import AutoscalePolicy, ScaleDecision
+from sagalab.orchestrator.stores import open_store, shown, typed
+from sagalab.orchestrator.supervisor import Supervisor, SupervisorConfig
+from sagalab.orchestrator.worker import Worker, WorkerConfig
 
 
 def _on_signals(stop: threading.Event) -> None:
@@ -155,7 +155,7 @@ def worker(
     child = [
         sys.executable,
         "-m",
-        "cli.main",
+        "sagalab.cli.main",
         "worker",
         "--replicas",
         "1",

@@ -1,9 +1,10 @@
 """Building the edge apps from plain settings, and running one as a process.
 
-    python -m edge.apps api --fd 5 --db sagalab.db --keys-db keys.db --secret-file gateway.secret
-    python -m edge.apps gateway --fd 6 --keys-db keys.db --upstream 127.0.0.1:8101 \\
+    python -m sagalab.edge.apps api --fd 5 --db sagalab.db --keys-db keys.db \\
         --secret-file gateway.secret
-    python -m edge.apps edge --fd 7 --upstream 127.0.0.1:8201 --upstream 127.0.0.1:8202 \\
+    python -m sagalab.edge.apps gateway --fd 6 --keys-db keys.db --upstream 127.0.0.1:8101 \\
+        --secret-file gateway.secret
+    python -m sagalab.edge.apps edge --fd 7 --upstream 127.0.0.1:8201 --upstream 127.0.0.1:8202 \\
         --deny 127.66.0.0/16 --flood-rate 200
 
 `sagalab stack` binds each socket itself and starts these commands with `--fd`; argparse and
@@ -26,18 +27,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.asgi import BodyDeadline
-from edge.balancer import LoadBalancerApp
-from edge.connections import BOUNDS, ConnectionLimits
-from edge.errors import KeyStoreError
-from edge.firewall import FirewallMiddleware
-from edge.gateway import GatewayApp, describe
-from edge.keys import KeyCache, KeyStore, read_secret
-from edge.metrics import Metrics
-from edge.pool import Pool
-from orchestrator.jsonsafe import MAX_BYTES
-from orchestrator.limits import MAX_FLOOD_BURST, MAX_FLOOD_RATE, check
-from orchestrator.policies.firewall import Firewall, FloodGuard
+from sagalab.edge.asgi import BodyDeadline
+from sagalab.edge.balancer import LoadBalancerApp
+from sagalab.edge.connections import BOUNDS, ConnectionLimits
+from sagalab.edge.errors import KeyStoreError
+from sagalab.edge.firewall import FirewallMiddleware
+from sagalab.edge.gateway import GatewayApp, describe
+from sagalab.edge.keys import KeyCache, KeyStore, read_secret
+from sagalab.edge.metrics import Metrics
+from sagalab.edge.policies.firewall import Firewall, FloodGuard
+from sagalab.edge.pool import Pool
+from sagalab.orchestrator.jsonsafe import MAX_BYTES
+from sagalab.orchestrator.limits import MAX_FLOOD_BURST, MAX_FLOOD_RATE, check
 
 #: How often the API checks that its database file is still the one it opened, seconds.
 _WATCH_EVERY = 0.5
@@ -153,7 +154,7 @@ def _breaker_states(db: str) -> Any:
 
     def states() -> dict[str, str]:
         try:
-            from orchestrator.breakers import breaker_rows
+            from sagalab.orchestrator.breaker_board import breaker_rows
 
             return {str(r["name"]): str(r["state"]) for r in breaker_rows(db)}
         except Exception:  # no breaker table yet, or an older orchestrator
@@ -163,7 +164,7 @@ def _breaker_states(db: str) -> Any:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m edge.apps")
+    parser = argparse.ArgumentParser(prog="python -m sagalab.edge.apps")
     sub = parser.add_subparsers(dest="component", required=True)
     api = sub.add_parser("api", help="the orchestrator HTTP API")
     api.add_argument("--db", required=True)
@@ -247,7 +248,7 @@ def _secret(path: str | None) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one component in this process until SIGTERM."""
-    from edge.server import bind, serve_forever, socket_from_fd
+    from sagalab.edge.server import bind, serve_forever, socket_from_fd
 
     parser = _parser()
     args = parser.parse_args(argv)
@@ -272,9 +273,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as exc:
         parser.error(str(exc))  # exits 2 with the bound named
     if args.component == "api":
-        from orchestrator.api import create_app
-        from orchestrator.errors import StoreError
-        from orchestrator.redact import redacted
+        from sagalab.orchestrator.api import create_app
+        from sagalab.orchestrator.errors import StoreError
+        from sagalab.orchestrator.redact import redacted
 
         try:
             app = create_app(
@@ -331,7 +332,7 @@ def _exit_when_gone(watchdog: Any) -> None:
     503 anyway; no SQLite connection is closed, so none checkpoints into the old file (a
     graceful uvicorn stop would also end with its signal re-raised, not exit code 5).
     """
-    from orchestrator.watchdog import DatabaseGone
+    from sagalab.orchestrator.watchdog import DatabaseGone
 
     while True:
         try:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from edge.metrics import Metrics
+from sagalab.edge.metrics import Metrics
 
 __all__ = [
     "BodyDeadline",

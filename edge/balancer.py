@@ -24,7 +24,7 @@ import re
 import secrets
 from typing import Any
 
-from edge.asgi import (
+from sagalab.edge.asgi import (
     BodySlow,
     BodyTooLarge,
     Receive,
@@ -36,9 +36,9 @@ from edge.asgi import (
     read_body,
     target_of,
 )
-from edge.metrics import Metrics
-from edge.pool import SAFE_METHODS, NoHealthyInstance, Pool, honours_key
-from edge.upstream import Response, UpstreamError, UpstreamFailed, UpstreamTimeout
+from sagalab.edge.metrics import Metrics
+from sagalab.edge.pool import SAFE_METHODS, NoHealthyInstance, Pool, honours_key
+from sagalab.edge.upstream import Response, UpstreamError, UpstreamFailed, UpstreamTimeout
 
 __all__ = ["LoadBalancerApp", "forward", "with_idempotency_key"]
 

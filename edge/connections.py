@@ -23,7 +23,7 @@ API); when an app answered without reading the body, the connection is closed if
 it has not come within `body_timeout` of the answer. Idle keep-alive connections are closed by
 uvicorn after `keep_alive`.
 
-Every server of a stack runs with these limits (`python -m edge.apps edge|gateway|api`): on
+Every server of a stack runs with these limits (`python -m sagalab.edge.apps edge|gateway|api`): on
 127.0.0.1 anyone can reach a gateway's or the API's port, not only the edge's. All the stack's
 hops connect from 127.0.0.1, which the gateways and the API therefore exempt from the
 per-address cap (`exempt`); the timeouts, the head size limit and the total cap hold for
@@ -43,8 +43,8 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import get_remote_addr
 
-from edge.firewall import in_networks
-from orchestrator.policies.firewall import parse_networks
+from sagalab.edge.firewall import in_networks
+from sagalab.edge.policies.firewall import parse_networks
 
 __all__ = ["BOUNDS", "ConnectionLimits", "GuardedH11Protocol", "default_max_connections"]
 

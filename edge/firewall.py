@@ -1,6 +1,6 @@
 """The firewall in front of the load balancer: allow/deny networks and flood protection.
 
-Every decision is `orchestrator.policies.firewall.Firewall.check` (the simulator's code). This
+Every decision is `edge.policies.firewall.Firewall.check` (the simulator's code). This
 module only finds the client address and answers 403. The address is the TCP peer, unless the
 peer is a configured trusted proxy: then it is the right-most `X-Forwarded-For` entry that is
 not itself a trusted proxy (entries further left are whatever the client wrote, and are never
@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from edge.asgi import Receive, Scope, Send, header, problem, retry_after
-from edge.metrics import Metrics
-from orchestrator.policies.firewall import Firewall, Reason, parse_networks
+from sagalab.edge.asgi import Receive, Scope, Send, header, problem, retry_after
+from sagalab.edge.metrics import Metrics
+from sagalab.edge.policies.firewall import Firewall, Reason, parse_networks
 
 __all__ = ["FirewallMiddleware", "client_address", "in_networks"]
 

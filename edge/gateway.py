@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edge.asgi import (
+from sagalab.edge.asgi import (
     BodySlow,
     BodyTooLarge,
     Receive,
@@ -43,8 +43,8 @@ from edge.asgi import (
     read_body,
     retry_after,
 )
-from edge.balancer import _lifespan, forward
-from edge.keys import (
+from sagalab.edge.balancer import _lifespan, forward
+from sagalab.edge.keys import (
     ADMIN_HEADER,
     GATEWAY_HEADER,
     INTERNAL_PREFIX,
@@ -54,10 +54,10 @@ from edge.keys import (
     KeyCache,
     presented_key,
 )
-from edge.metrics import Metrics
-from edge.pool import Pool
-from orchestrator.jsonsafe import PayloadTooLarge, UnsafeJson, loads_strict
-from orchestrator.policies.token_bucket import KeyBuckets, TokenBucket
+from sagalab.edge.metrics import Metrics
+from sagalab.edge.policies.token_bucket import KeyBuckets, TokenBucket
+from sagalab.edge.pool import Pool
+from sagalab.orchestrator.jsonsafe import PayloadTooLarge, UnsafeJson, loads_strict
 
 __all__ = ["GatewayApp", "ensure_traceparent"]
 

@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.errors import KeyRequestError, KeyStoreError, UnknownKey
-from orchestrator.store import DEFAULT_TENANT
+from sagalab.edge.errors import KeyRequestError, KeyStoreError, UnknownKey
+from sagalab.orchestrator.store import DEFAULT_TENANT
 
 __all__ = [
     "ApiKey",

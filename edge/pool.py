@@ -1,6 +1,6 @@
 """A pool of upstream instances: the shared balancer policy chooses, health checks eject.
 
-The choice is `orchestrator.policies.balancer.Balancer.choose` over `InstanceView`s built from
+The choice is `edge.policies.balancer.Balancer.choose` over `InstanceView`s built from
 this pool's bookkeeping (connections in flight, health), the same rule the simulator applies.
 Health is `HealthTracker`: an active check (`GET health_path` every `interval`) feeds it, and
 so does every request that cannot connect (passive check). An instance that refuses a
@@ -8,7 +8,7 @@ connection is ejected at once: it is known to be down, and no request goes to it
 `pass_threshold` consecutive checks pass.
 
 What a failed send means (eject or count a failure, try another instance or not) is
-`orchestrator.policies.failover`, the rule the simulated edge follows too.
+`edge.policies.failover`, the rule the simulated edge follows too.
 `send` tries another instance when the chosen one could not be reached (not one byte of the
 request was sent), at most once per instance, so killing an instance costs no client request.
 When the exchange broke after the request was sent, the instance may have acted on it: the
@@ -30,21 +30,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from edge.upstream import (
+from sagalab.edge.policies.balancer import Balancer, HealthTracker, InstanceView, Strategy
+from sagalab.edge.policies.failover import (
+    Failover,
+    SendFailure,
+    after_failure,
+    choose_untried,
+    eject,
+)
+from sagalab.edge.upstream import (
     Response,
     Upstream,
     UpstreamError,
     UpstreamFailed,
     UpstreamTimeout,
     UpstreamUnavailable,
-)
-from orchestrator.policies.balancer import Balancer, HealthTracker, InstanceView, Strategy
-from orchestrator.policies.failover import (
-    Failover,
-    SendFailure,
-    after_failure,
-    choose_untried,
-    eject,
 )
 
 __all__ = [

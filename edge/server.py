@@ -19,8 +19,8 @@ from typing import Any
 
 import uvicorn
 
-from edge.connections import ConnectionLimits, GuardedH11Protocol
-from edge.errors import EdgeError
+from sagalab.edge.connections import ConnectionLimits, GuardedH11Protocol
+from sagalab.edge.errors import EdgeError
 
 __all__ = ["RunningServer", "bind", "serve_forever", "serve_in_thread", "socket_from_fd"]
 
@@ -112,7 +112,7 @@ def serve_in_thread(
 ) -> RunningServer:
     """Serve `app` on `host`:`port` in a daemon thread; returns once uvicorn has started.
 
-    `limits`: connection limits (`python -m edge.apps` serves every component with them);
+    `limits`: connection limits (`python -m sagalab.edge.apps` serves every component with them);
     None for a server in a test that needs none.
     """
     sock = bind(host, port)

@@ -5,10 +5,10 @@ everything applied, and run-time fault injection. Start them in a test with
 :func:`run_in_thread`, or from a shell with ``sagalab services up``.
 """
 
-from fakeservices.app import create_app
-from fakeservices.catalog import SERVICE_NAMES, SERVICES, ServiceSpec, get_service
-from fakeservices.client import DEFAULT_URL, AdminClient
-from fakeservices.errors import (
+from sagalab.fakeservices.app import create_app
+from sagalab.fakeservices.catalog import SERVICE_NAMES, SERVICES, ServiceSpec, get_service
+from sagalab.fakeservices.client import DEFAULT_URL, AdminClient
+from sagalab.fakeservices.errors import (
     AdminRequestRejected,
     FakeServicesError,
     PortInUseError,
@@ -16,16 +16,16 @@ from fakeservices.errors import (
     ServicesUnreachable,
     UnknownServiceError,
 )
-from fakeservices.faults import Fault, FaultDecision, FaultSpec, decide
-from fakeservices.ledger import LedgerEntry, applied_twice
-from fakeservices.server import (
+from sagalab.fakeservices.faults import Fault, FaultDecision, FaultSpec, decide
+from sagalab.fakeservices.ledger import LedgerEntry, applied_twice
+from sagalab.fakeservices.server import (
     SERVICES_URL_ENV,
     RunningServices,
     run_in_thread,
     service_env,
     services_map,
 )
-from fakeservices.state import LabState
+from sagalab.fakeservices.state import LabState
 
 __all__ = [
     "DEFAULT_URL",

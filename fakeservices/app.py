@@ -34,9 +34,9 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
-from fakeservices.catalog import SERVICE_NAMES, SERVICES, OrderRef, ServiceSpec
-from fakeservices.faults import Fault, FaultDecision, FaultSpec
-from fakeservices.state import Clock, LabState
+from sagalab.fakeservices.catalog import SERVICE_NAMES, SERVICES, OrderRef, ServiceSpec
+from sagalab.fakeservices.faults import Fault, FaultDecision, FaultSpec
+from sagalab.fakeservices.state import Clock, LabState
 
 MAX_KEY_LENGTH = 255
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fakeservices.errors import UnknownServiceError
+from sagalab.fakeservices.errors import UnknownServiceError
 
 OrderId = Annotated[str, Field(min_length=1, max_length=200, strict=True)]
 Text = Annotated[str, Field(min_length=1, max_length=2000, strict=True)]

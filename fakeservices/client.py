@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
-from fakeservices.catalog import get_service
-from fakeservices.errors import AdminRequestRejected, FakeServicesError, ServicesUnreachable
+from sagalab.fakeservices.catalog import get_service
+from sagalab.fakeservices.errors import AdminRequestRejected, FakeServicesError, ServicesUnreachable
 
 DEFAULT_URL = "http://127.0.0.1:8700"
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fakeservices.catalog import SERVICE_NAMES, normalize_endpoint
+from sagalab.fakeservices.catalog import SERVICE_NAMES, normalize_endpoint
 
 MAX_LATENCY_MS = 60_000
 MAX_OUTAGE_SECONDS = 86_400.0

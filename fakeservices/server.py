@@ -20,10 +20,10 @@ from types import TracebackType
 import uvicorn
 from fastapi import FastAPI
 
-from fakeservices.app import create_app
-from fakeservices.catalog import SERVICE_NAMES
-from fakeservices.errors import PortInUseError, ServerStartError
-from fakeservices.state import Clock, LabState
+from sagalab.fakeservices.app import create_app
+from sagalab.fakeservices.catalog import SERVICE_NAMES
+from sagalab.fakeservices.errors import PortInUseError, ServerStartError
+from sagalab.fakeservices.state import Clock, LabState
 
 #: Environment variable naming the base URL of a running lab (read by the CLI).
 SERVICES_URL_ENV = "SAGALAB_SERVICES_URL"

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fakeservices.catalog import SERVICES, ServiceSpec
-from fakeservices.errors import UnknownServiceError
-from fakeservices.faults import FaultDecision, FaultSpec, FaultTable
-from fakeservices.ledger import Ledger, LedgerEntry
+from sagalab.fakeservices.catalog import SERVICES, ServiceSpec
+from sagalab.fakeservices.errors import UnknownServiceError
+from sagalab.fakeservices.faults import FaultDecision, FaultSpec, FaultTable
+from sagalab.fakeservices.ledger import Ledger, LedgerEntry
 
 Clock = Callable[[], float]
 

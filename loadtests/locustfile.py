@@ -31,7 +31,7 @@ from locust.runners import WorkerRunner
 from locust.stats import RequestStats
 from requests.adapters import HTTPAdapter
 
-from loadtests.thresholds import PROFILES, evaluate
+from sagalab.loadtests.thresholds import PROFILES, evaluate
 
 PROFILE = PROFILES[os.environ.get("SAGALAB_LOADTEST_PROFILE", "default")]
 KEY = os.environ.get("SAGALAB_LOADTEST_KEY", "")

@@ -50,9 +50,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edge.asgi import retry_after
-from edge.errors import KeyRequestError
-from edge.keys import (
+from sagalab.edge.asgi import retry_after
+from sagalab.edge.errors import KeyRequestError
+from sagalab.edge.keys import (
     ADMIN_HEADER,
     GATEWAY_HEADER,
     KEY_ID_HEADER,
@@ -62,9 +62,10 @@ from edge.keys import (
     check_tenant,
     presented_key,
 )
-from edge.metrics import Metrics
-from orchestrator import operations
-from orchestrator.errors import (
+from sagalab.edge.metrics import Metrics
+from sagalab.edge.policies.token_bucket import KeyBuckets
+from sagalab.orchestrator import operations
+from sagalab.orchestrator.errors import (
     ConcurrentUpdate,
     FlowNotFoundError,
     FlowValidationError,
@@ -76,16 +77,15 @@ from orchestrator.errors import (
     SagaError,
     SagaNotFoundError,
 )
-from orchestrator.flow import FlowDefinition
-from orchestrator.flowfile import example_flow_names, load_flow
-from orchestrator.jsonsafe import MAX_BYTES, PayloadTooLarge, UnsafeJson, loads_strict
-from orchestrator.policies.token_bucket import KeyBuckets
-from orchestrator.runner import new_saga_id, new_trace_id, validate_input
-from orchestrator.saga import SagaStatus
-from orchestrator.store import Store
-from orchestrator.stores import open_store
-from orchestrator.views import saga_summary, saga_view
-from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog
+from sagalab.orchestrator.flow import FlowDefinition
+from sagalab.orchestrator.flowfile import example_flow_names, load_flow
+from sagalab.orchestrator.jsonsafe import MAX_BYTES, PayloadTooLarge, UnsafeJson, loads_strict
+from sagalab.orchestrator.runner import new_saga_id, new_trace_id, validate_input
+from sagalab.orchestrator.saga import SagaStatus
+from sagalab.orchestrator.store import Store
+from sagalab.orchestrator.stores import open_store
+from sagalab.orchestrator.views import saga_summary, saga_view
+from sagalab.orchestrator.watchdog import DatabaseGone, DatabaseWatchdog
 
 __all__ = [
     "Caller",
@@ -522,7 +522,7 @@ def create_app(
     )
     app.state.metrics = metrics
     app.state.instance = instance
-    app.state.watchdog = watchdog  # `python -m edge.apps api` exits once it fires
+    app.state.watchdog = watchdog  # `python -m sagalab.edge.apps api` exits once it fires
     app.state.authenticate = _Authenticator(gateway_secret, keys, direct_keys=direct_keys)
 
     @app.exception_handler(ApiError)

@@ -63,10 +63,10 @@ from collections.abc import Container, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.flow import FlowDefinition
-from orchestrator.policies.breaker import MIN_REFUSAL_WAIT
-from orchestrator.policies.retry import UniformSource
-from orchestrator.saga import (
+from sagalab.orchestrator.flow import FlowDefinition
+from sagalab.orchestrator.policies.breaker import MIN_REFUSAL_WAIT
+from sagalab.orchestrator.policies.retry import UniformSource
+from sagalab.orchestrator.saga import (
     Event,
     EventType,
     Failure,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.redact import redacted
+from sagalab.orchestrator.redact import redacted
 
 
 class SagaError(Exception):

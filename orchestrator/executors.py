@@ -13,10 +13,10 @@ from typing import Any, Protocol
 
 import httpx
 
-from orchestrator.errors import InputError, SagaError, ServiceConfigError, TemplateError
-from orchestrator.flow import StepDefinition
-from orchestrator.jsonsafe import check_json_value
-from orchestrator.outcomes import (
+from sagalab.orchestrator.errors import InputError, SagaError, ServiceConfigError, TemplateError
+from sagalab.orchestrator.flow import StepDefinition
+from sagalab.orchestrator.jsonsafe import check_json_value
+from sagalab.orchestrator.outcomes import (
     SUCCESS,
     Transport,
     Verdict,
@@ -24,9 +24,14 @@ from orchestrator.outcomes import (
     classify_transport,
     parse_retry_after,
 )
-from orchestrator.registry import PermanentStepError, StepCall, TransientStepError, get_handler
-from orchestrator.saga import Failure, Phase
-from orchestrator.templates import render
+from sagalab.orchestrator.registry import (
+    PermanentStepError,
+    StepCall,
+    TransientStepError,
+    get_handler,
+)
+from sagalab.orchestrator.saga import Failure, Phase
+from sagalab.orchestrator.templates import render
 
 
 @dataclass(frozen=True)

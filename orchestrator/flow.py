@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from orchestrator.errors import FlowValidationError, ValidationIssue
-from orchestrator.policies.retry import (
+from sagalab.orchestrator.errors import FlowValidationError, ValidationIssue
+from sagalab.orchestrator.policies.retry import (
     DEFAULT_ACTION_RETRY,
     DEFAULT_COMPENSATION_RETRY,
     FOREVER_RETRY,
     RetryPolicy,
 )
-from orchestrator.templates import template_references
+from sagalab.orchestrator.templates import template_references
 
 HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 

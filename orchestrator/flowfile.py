@@ -11,13 +11,13 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from orchestrator.errors import (
+from sagalab.orchestrator.errors import (
     FlowNotFoundError,
     FlowValidationError,
     ServiceConfigError,
     ValidationIssue,
 )
-from orchestrator.flow import FlowDefinition, flow_from_dict
+from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict
 
 SERVICE_ENV_PREFIX = "SAGALAB_SERVICE_"
 SERVICES_FILE_ENV = "SAGALAB_SERVICES_FILE"
@@ -25,7 +25,7 @@ SERVICES_FILE_ENV = "SAGALAB_SERVICES_FILE"
 
 def example_flow_names() -> list[str]:
     """Names of the flows shipped with sagalab."""
-    folder = resources.files("orchestrator") / "examples"
+    folder = resources.files("sagalab.orchestrator") / "examples"
     return sorted(
         p.name.removesuffix(".yaml")
         for p in folder.iterdir()
@@ -56,7 +56,7 @@ def load_flow(ref: str | Path) -> FlowDefinition:
         return flow_from_dict(_read_yaml(text, str(path)), source=str(path))
     name = str(ref)
     if name in example_flow_names():
-        resource = resources.files("orchestrator") / "examples" / f"{name}.yaml"
+        resource = resources.files("sagalab.orchestrator") / "examples" / f"{name}.yaml"
         return flow_from_dict(_read_yaml(resource.read_text("utf-8"), name), source=name)
     if path.suffix in (".yaml", ".yml") or os.sep in name:
         raise FlowNotFoundError(f"flow file {name} does not exist")

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.saga import Phase, SagaState, SagaStatus, idempotency_key
+from sagalab.orchestrator.saga import Phase, SagaState, SagaStatus, idempotency_key
 
 __all__ = ["ForkPlan", "SetError", "apply_sets", "plan_fork"]
 

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.saga import Event, EventType, Failure, Phase
+from sagalab.orchestrator.saga import Event, EventType, Failure, Phase
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import json
 import math
 from typing import Any
 
-from orchestrator.errors import InputError
+from sagalab.orchestrator.errors import InputError
 
 __all__ = [
     "MAX_BYTES",

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from orchestrator.errors import SagaError
-from orchestrator.store import Lease, Store
-from orchestrator.stores import DRIVER_ERRORS, open_store
+from sagalab.orchestrator.errors import SagaError
+from sagalab.orchestrator.store import Lease, Store
+from sagalab.orchestrator.stores import DRIVER_ERRORS, open_store
 
 DEFAULT_LEASE_SECONDS = 10.0
 #: A busy, full or vanished database: the keeper reconnects and tries the next round.

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from orchestrator.errors import DamagedRecord, LedgerUnavailable, SagaNotFoundError
-from orchestrator.reconcile import (
+from sagalab.orchestrator.errors import DamagedRecord, LedgerUnavailable, SagaNotFoundError
+from sagalab.orchestrator.reconcile import (
     Finding,
     FindingKind,
     LedgerRecord,
@@ -36,8 +36,8 @@ from orchestrator.reconcile import (
     SagaFacts,
     reconcile,
 )
-from orchestrator.saga import Phase
-from orchestrator.store import SagaStore
+from sagalab.orchestrator.saga import Phase
+from sagalab.orchestrator.store import SagaStore
 
 __all__ = [
     "HttpLedgerReader",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 
-from orchestrator.flow import MAX_STEP_TIMEOUT
+from sagalab.orchestrator.flow import MAX_STEP_TIMEOUT
 
 __all__ = [
     "CPUS",

@@ -58,7 +58,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from orchestrator.errors import (
+from sagalab.orchestrator.errors import (
     ConcurrentUpdate,
     InputError,
     InvalidTransition,
@@ -67,12 +67,12 @@ from orchestrator.errors import (
     SagaError,
     SagaNotFoundError,
 )
-from orchestrator.flow import FlowDefinition
-from orchestrator.forkplan import ForkPlan, SetError, apply_sets, plan_fork
-from orchestrator.journal import JournalEntry
-from orchestrator.leases import owner_is_dead
-from orchestrator.runner import new_saga_id, new_trace_id, validate_input
-from orchestrator.saga import (
+from sagalab.orchestrator.flow import FlowDefinition
+from sagalab.orchestrator.forkplan import ForkPlan, SetError, apply_sets, plan_fork
+from sagalab.orchestrator.journal import JournalEntry
+from sagalab.orchestrator.leases import owner_is_dead
+from sagalab.orchestrator.runner import new_saga_id, new_trace_id, validate_input
+from sagalab.orchestrator.saga import (
     Event,
     EventType,
     Phase,
@@ -84,7 +84,7 @@ from orchestrator.saga import (
     rollback_request,
     skip_step_request,
 )
-from orchestrator.store import SagaRecord, Store
+from sagalab.orchestrator.store import SagaRecord, Store
 
 __all__ = [
     "ActionRefused",

@@ -42,8 +42,8 @@ from email.utils import parsedate_tz
 from enum import Enum
 from typing import NamedTuple
 
-from orchestrator.policies.retry import MAX_RETRY_AFTER, bounded_retry_after
-from orchestrator.saga import Failure
+from sagalab.orchestrator.policies.retry import MAX_RETRY_AFTER, bounded_retry_after
+from sagalab.orchestrator.saga import Failure
 
 __all__ = [
     "MAX_RETRY_AFTER",

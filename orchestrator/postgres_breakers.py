@@ -20,11 +20,11 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from orchestrator.breakers import row_damage, sane_opened_time
-from orchestrator.errors import StoreError
-from orchestrator.policies.breaker import CLOSED, OPEN, BreakerStorage
-from orchestrator.postgres_store import connect, measure_offset, redacted
-from orchestrator.store import Guard
+from sagalab.orchestrator.breaker_board import row_damage, sane_opened_time
+from sagalab.orchestrator.errors import StoreError
+from sagalab.orchestrator.policies.breaker import CLOSED, OPEN, BreakerStorage
+from sagalab.orchestrator.postgres_store import connect, measure_offset, redacted
+from sagalab.orchestrator.store import Guard
 
 __all__ = ["PostgresBreakerStorage", "PostgresBreakerStore"]
 

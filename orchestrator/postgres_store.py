@@ -42,7 +42,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from orchestrator.errors import (
+from sagalab.orchestrator.errors import (
     ConcurrentUpdate,
     IdempotencyConflict,
     LeaseHeld,
@@ -51,11 +51,11 @@ from orchestrator.errors import (
     StoreError,
     StoreUnavailable,
 )
-from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
-from orchestrator.journal import JournalEntry, entry_to_row
-from orchestrator.redact import redacted, secrets_in
-from orchestrator.saga import Event, EventType, SagaState, SagaStatus
-from orchestrator.store import (
+from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
+from sagalab.orchestrator.journal import JournalEntry, entry_to_row
+from sagalab.orchestrator.redact import redacted, secrets_in
+from sagalab.orchestrator.saga import Event, EventType, SagaState, SagaStatus
+from sagalab.orchestrator.store import (
     DEFAULT_TENANT,
     Access,
     Guard,
@@ -65,7 +65,7 @@ from orchestrator.store import (
     input_fingerprint,
     step_fields,
 )
-from orchestrator.store_rows import journal_entry, saga_record, steps_from_json, steps_json
+from sagalab.orchestrator.store_rows import journal_entry, saga_record, steps_from_json, steps_json
 
 __all__ = [
     "DRIVER_ERRORS",

@@ -55,8 +55,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from orchestrator.flow import FlowDefinition, StepDefinition, StepKind
-from orchestrator.saga import Event, EventType, Phase, SagaStatus, idempotency_key
+from sagalab.orchestrator.flow import FlowDefinition, StepDefinition, StepKind
+from sagalab.orchestrator.saga import Event, EventType, Phase, SagaStatus, idempotency_key
 
 __all__ = [
     "Finding",

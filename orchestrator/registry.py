@@ -1,6 +1,6 @@
 """Python steps and flows for library users and benchmarks.
 
-    from orchestrator.registry import step_handler, compensation_handler, register_flow
+    from sagalab.orchestrator.registry import step_handler, compensation_handler, register_flow
 
     @step_handler("reserve")
     def reserve(call: StepCall) -> dict: ...
@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.errors import FlowNotFoundError, SagaError
-from orchestrator.flow import FlowDefinition
-from orchestrator.saga import Phase
+from sagalab.orchestrator.errors import FlowNotFoundError, SagaError
+from sagalab.orchestrator.flow import FlowDefinition
+from sagalab.orchestrator.saga import Phase
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from orchestrator.driver import (
+from sagalab.orchestrator.driver import (
     AskBreaker,
     Call,
     Commit,
@@ -26,14 +26,14 @@ from orchestrator.driver import (
     breaker_gates,
     drive,
 )
-from orchestrator.errors import InputError, SagaError
-from orchestrator.executors import AttemptContext, AttemptOutcome, StepExecutor
-from orchestrator.flow import FlowDefinition, StepDefinition
-from orchestrator.journal import JournalEntry
-from orchestrator.jsonsafe import check_json_value
-from orchestrator.policies.breaker import Breaker
-from orchestrator.saga import Event, EventType, Failure, Phase, SagaState, SagaStatus
-from orchestrator.store import Lease, SagaRecord, Store
+from sagalab.orchestrator.errors import InputError, SagaError
+from sagalab.orchestrator.executors import AttemptContext, AttemptOutcome, StepExecutor
+from sagalab.orchestrator.flow import FlowDefinition, StepDefinition
+from sagalab.orchestrator.journal import JournalEntry
+from sagalab.orchestrator.jsonsafe import check_json_value
+from sagalab.orchestrator.policies.breaker import Breaker
+from sagalab.orchestrator.saga import Event, EventType, Failure, Phase, SagaState, SagaStatus
+from sagalab.orchestrator.store import Lease, SagaRecord, Store
 
 
 class BreakerSource(Protocol):

@@ -48,9 +48,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 
-from orchestrator.errors import InvalidTransition, OperatorActionRefused
-from orchestrator.flow import FlowDefinition, StepKind
-from orchestrator.policies.retry import MAX_RETRY_SECONDS, UniformSource
+from sagalab.orchestrator.errors import InvalidTransition, OperatorActionRefused
+from sagalab.orchestrator.flow import FlowDefinition, StepKind
+from sagalab.orchestrator.policies.retry import MAX_RETRY_SECONDS, UniformSource
 
 
 class SagaStatus(StrEnum):

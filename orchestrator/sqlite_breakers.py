@@ -22,11 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from orchestrator.breakers import row_damage, sane_opened_time
-from orchestrator.errors import StoreError
-from orchestrator.policies.breaker import CLOSED, OPEN, BreakerStorage
-from orchestrator.sqlite_store import connect, connect_read_only
-from orchestrator.store import Guard
+from sagalab.orchestrator.breaker_board import row_damage, sane_opened_time
+from sagalab.orchestrator.errors import StoreError
+from sagalab.orchestrator.policies.breaker import CLOSED, OPEN, BreakerStorage
+from sagalab.orchestrator.sqlite_store import connect, connect_read_only
+from sagalab.orchestrator.store import Guard
 
 __all__ = ["SQLiteBreakerStorage", "SQLiteBreakerStore"]
 

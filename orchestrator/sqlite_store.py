@@ -27,8 +27,8 @@ from urllib.parse import quote
 
 import sqlite_utils
 
-from orchestrator.dbfiles import creating_database
-from orchestrator.errors import (
+from sagalab.orchestrator.dbfiles import creating_database
+from sagalab.orchestrator.errors import (
     ConcurrentUpdate,
     IdempotencyConflict,
     LeaseHeld,
@@ -36,10 +36,10 @@ from orchestrator.errors import (
     SagaNotFoundError,
     StoreError,
 )
-from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
-from orchestrator.journal import EVENT_COLUMNS, JournalEntry, entry_values
-from orchestrator.saga import Event, EventType, SagaState, SagaStatus
-from orchestrator.store import (
+from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
+from sagalab.orchestrator.journal import EVENT_COLUMNS, JournalEntry, entry_values
+from sagalab.orchestrator.saga import Event, EventType, SagaState, SagaStatus
+from sagalab.orchestrator.store import (
     DEFAULT_TENANT,
     Access,
     Guard,
@@ -50,7 +50,7 @@ from orchestrator.store import (
     input_fingerprint,
     step_fields,
 )
-from orchestrator.store_rows import journal_entry, saga_record, steps_from_json, steps_json
+from sagalab.orchestrator.store_rows import journal_entry, saga_record, steps_from_json, steps_json
 
 T = TypeVar("T")
 

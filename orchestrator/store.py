@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from orchestrator.flow import FlowDefinition
-from orchestrator.journal import JournalEntry
-from orchestrator.saga import SagaState, SagaStatus
+from sagalab.orchestrator.flow import FlowDefinition
+from sagalab.orchestrator.journal import JournalEntry
+from sagalab.orchestrator.saga import SagaState, SagaStatus
 
 if TYPE_CHECKING:
-    from orchestrator.policies.breaker import BreakerStorage
+    from sagalab.orchestrator.policies.breaker import BreakerStorage
 
 #: The tenant of sagas created before tenants existed, and of those the CLI creates locally.
 DEFAULT_TENANT = "default"

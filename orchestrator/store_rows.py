@@ -12,11 +12,11 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from orchestrator.errors import DamagedRecord
-from orchestrator.flow import FlowDefinition
-from orchestrator.journal import JournalEntry, entry_from_row
-from orchestrator.saga import SagaStatus
-from orchestrator.store import SagaRecord, StepFields, StepRow
+from sagalab.orchestrator.errors import DamagedRecord
+from sagalab.orchestrator.flow import FlowDefinition
+from sagalab.orchestrator.journal import JournalEntry, entry_from_row
+from sagalab.orchestrator.saga import SagaStatus
+from sagalab.orchestrator.store import SagaRecord, StepFields, StepRow
 
 __all__ = ["journal_entry", "saga_record", "steps_from_json", "steps_json"]
 

@@ -22,14 +22,14 @@ import re
 from pathlib import Path
 from types import ModuleType
 
-from orchestrator.errors import StoreError
-from orchestrator.redact import redacted as _redacted
-from orchestrator.sqlite_store import DRIVER_ERRORS as _SQLITE_ERRORS
-from orchestrator.sqlite_store import check_database, open_sqlite_store
-from orchestrator.store import Access, BreakerStore, Guard, Store
+from sagalab.orchestrator.errors import StoreError
+from sagalab.orchestrator.redact import redacted as _redacted
+from sagalab.orchestrator.sqlite_store import DRIVER_ERRORS as _SQLITE_ERRORS
+from sagalab.orchestrator.sqlite_store import check_database, open_sqlite_store
+from sagalab.orchestrator.store import Access, BreakerStore, Guard, Store
 
 try:  # the optional `postgres` extra: without psycopg, postgresql:// URLs are refused
-    from orchestrator.postgres_store import DRIVER_ERRORS as _POSTGRES_ERRORS
+    from sagalab.orchestrator.postgres_store import DRIVER_ERRORS as _POSTGRES_ERRORS
 except ImportError:  # pragma: no cover - exercised where psycopg is not installed
     _POSTGRES_ERRORS = ()
 
@@ -129,7 +129,7 @@ def postgres_url(url_or_path: str | os.PathLike[str]) -> str | None:
 def _postgres() -> ModuleType:
     """orchestrator.postgres_store, or StoreError saying how to install psycopg."""
     try:
-        import orchestrator.postgres_store as module
+        import sagalab.orchestrator.postgres_store as module
     except ImportError:
         raise StoreError(
             "a postgresql:// database needs psycopg 3: pip install 'sagalab[postgres]' "
@@ -182,10 +182,12 @@ def open_breaker_store(
     url = postgres_url(url_or_path)
     if url is not None:
         _postgres()  # psycopg is there, or one clear line
-        from orchestrator.postgres_breakers import PostgresBreakerStore
+        from sagalab.orchestrator.postgres_breakers import PostgresBreakerStore
 
         return PostgresBreakerStore(url, readonly=readonly, guard=guard)
-    from orchestrator.sqlite_breakers import SQLiteBreakerStore  # imports breakers: not at top
+    from sagalab.orchestrator.sqlite_breakers import (
+        SQLiteBreakerStore,  # imports breakers: not at top
+    )
 
     return SQLiteBreakerStore(sqlite_path(url_or_path), readonly=readonly, guard=guard)
 

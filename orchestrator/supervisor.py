@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.limits import DEFAULT_GRACE, MAX_REPLICAS
-from orchestrator.policies.autoscaling import AutoscalePolicy, ScaleDecision
-from orchestrator.stores import open_store
+from sagalab.orchestrator.limits import DEFAULT_GRACE, MAX_REPLICAS
+from sagalab.orchestrator.policies.autoscaling import AutoscalePolicy, ScaleDecision
+from sagalab.orchestrator.stores import open_store
 
 
 @dataclass(frozen=True)

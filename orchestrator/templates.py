@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.errors import TemplateError
+from sagalab.orchestrator.errors import TemplateError
 
 _TEMPLATE = re.compile(r"\$\{([^}]*)\}")
 _PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^[0-9]+$")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.journal import JournalEntry, entry_to_dict
-from orchestrator.saga import EventType, Phase, SagaStatus
-from orchestrator.store import SagaRecord, StepRow
+from sagalab.orchestrator.journal import JournalEntry, entry_to_dict
+from sagalab.orchestrator.saga import EventType, Phase, SagaStatus
+from sagalab.orchestrator.store import SagaRecord, StepRow
 
 
 def step_timings(entries: list[JournalEntry]) -> dict[str, dict[str, float | None]]:

@@ -17,9 +17,9 @@ import os
 import threading
 from pathlib import Path
 
-from orchestrator.errors import StoreError
-from orchestrator.store import Store
-from orchestrator.stores import open_store, postgres_url, sqlite_path
+from sagalab.orchestrator.errors import StoreError
+from sagalab.orchestrator.store import Store
+from sagalab.orchestrator.stores import open_store, postgres_url, sqlite_path
 
 __all__ = ["DatabaseGone", "DatabaseWatchdog", "WatchedStore", "drop_own_sidecars"]
 

@@ -33,8 +33,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.breakers import BreakerBoard, BreakerConfig
-from orchestrator.errors import (
+from sagalab.orchestrator.breaker_board import BreakerBoard, BreakerConfig
+from sagalab.orchestrator.errors import (
     ConcurrentUpdate,
     LeaseLost,
     SagaError,
@@ -42,12 +42,12 @@ from orchestrator.errors import (
     StoreError,
     StoreUnavailable,
 )
-from orchestrator.executors import HttpExecutor, StepExecutor
-from orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner
-from orchestrator.redact import redacted
-from orchestrator.runner import SagaRunner
-from orchestrator.stores import DRIVER_ERRORS, STORE_FAILURES, open_store, shown
-from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog, WatchedStore
+from sagalab.orchestrator.executors import HttpExecutor, StepExecutor
+from sagalab.orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner
+from sagalab.orchestrator.redact import redacted
+from sagalab.orchestrator.runner import SagaRunner
+from sagalab.orchestrator.stores import DRIVER_ERRORS, STORE_FAILURES, open_store, shown
+from sagalab.orchestrator.watchdog import DatabaseGone, DatabaseWatchdog, WatchedStore
 
 log = logging.getLogger("sagalab.worker")
 

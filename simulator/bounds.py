@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
-from orchestrator.limits import (
+from sagalab.orchestrator.limits import (
     MAX_SIM_ADDRESSES,
     MAX_SIM_ATTEMPTS,
     MAX_SIM_BURST,
@@ -32,7 +32,7 @@ from orchestrator.limits import (
     MAX_SIM_THRESHOLD,
     MIN_SIM_TICK,
 )
-from simulator.errors import ScenarioError
+from sagalab.simulator.errors import ScenarioError
 
 __all__ = ["BOUNDS", "Bound", "check_numbers"]
 

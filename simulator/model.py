@@ -17,19 +17,19 @@ from typing import Any
 import pybreaker
 import simpy
 
-from orchestrator.errors import FlowValidationError
-from orchestrator.flow import flow_from_dict
-from orchestrator.policies.autoscaling import AutoscalePolicy
-from orchestrator.policies.breaker import Breaker
-from orchestrator.policies.firewall import Firewall, FloodGuard
-from orchestrator.saga import Phase, SagaStatus
-from simulator.config import Node
-from simulator.edge import ClientGroup, Edge, Request
-from simulator.errors import ScenarioError
-from simulator.metrics import Histogram
-from simulator.orchestration import Orchestrator, Saga
-from simulator.schedule import arrivals, segments
-from simulator.stations import Fault, Service, sampler
+from sagalab.edge.policies.firewall import Firewall, FloodGuard
+from sagalab.orchestrator.errors import FlowValidationError
+from sagalab.orchestrator.flow import flow_from_dict
+from sagalab.orchestrator.policies.autoscaling import AutoscalePolicy
+from sagalab.orchestrator.policies.breaker import Breaker
+from sagalab.orchestrator.saga import Phase, SagaStatus
+from sagalab.simulator.config import Node
+from sagalab.simulator.edge_model import ClientGroup, Edge, Request
+from sagalab.simulator.errors import ScenarioError
+from sagalab.simulator.metrics import Histogram
+from sagalab.simulator.orchestration import Orchestrator, Saga
+from sagalab.simulator.schedule import arrivals, segments
+from sagalab.simulator.stations import Fault, Service, sampler
 
 __all__ = ["RunResult", "Simulation", "simulate"]
 
@@ -377,7 +377,7 @@ class Simulation:
         return RunResult(self._report(env.now), self.series)
 
     def _report(self, now: float) -> dict[str, Any]:
-        from simulator.report import build_report
+        from sagalab.simulator.report import build_report
 
         return build_report(self, now)
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import simpy
 
-from orchestrator.driver import (
+from sagalab.orchestrator.driver import (
     AskBreaker,
     BreakerRefused,
     Call,
@@ -44,13 +44,13 @@ from orchestrator.driver import (
     breaker_gates,
     drive,
 )
-from orchestrator.flow import FlowDefinition
-from orchestrator.policies.autoscaling import AutoscalePolicy
-from orchestrator.policies.breaker import Breaker
-from orchestrator.saga import Event, EventType, Phase, SagaState, SagaStatus
-from simulator.errors import ScenarioError
-from simulator.metrics import Histogram, TierStats
-from simulator.stations import Service
+from sagalab.orchestrator.flow import FlowDefinition
+from sagalab.orchestrator.policies.autoscaling import AutoscalePolicy
+from sagalab.orchestrator.policies.breaker import Breaker
+from sagalab.orchestrator.saga import Event, EventType, Phase, SagaState, SagaStatus
+from sagalab.simulator.errors import ScenarioError
+from sagalab.simulator.metrics import Histogram, TierStats
+from sagalab.simulator.stations import Service
 
 __all__ = ["Orchestrator", "Replica", "Saga"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import simpy
 
-from simulator.config import Node
-from simulator.errors import ScenarioError
+from sagalab.simulator.config import Node
+from sagalab.simulator.errors import ScenarioError
 
 __all__ = ["Segment", "arrivals", "segments"]
 

@@ -17,9 +17,15 @@ from typing import Any
 import simpy
 from simpy.events import Timeout
 
-from orchestrator.outcomes import SUCCESS, Transport, Verdict, classify_status, classify_transport
-from orchestrator.saga import Phase
-from simulator.metrics import Histogram, TierStats
+from sagalab.orchestrator.outcomes import (
+    SUCCESS,
+    Transport,
+    Verdict,
+    classify_status,
+    classify_transport,
+)
+from sagalab.orchestrator.saga import Phase
+from sagalab.simulator.metrics import Histogram, TierStats
 
 __all__ = ["Call", "Fault", "Job", "Service", "Station", "sampler"]
 
@@ -36,7 +42,7 @@ def sampler(spec: dict[str, Any], rng: random.Random, where: str) -> Callable[[]
     `lognormvariate` (Kinderman-Monahan `normalvariate`) step for step: the same draws and the
     same floats, without two Python calls per sample on the hottest path of a run.
     """
-    from simulator.config import Node
+    from sagalab.simulator.config import Node
 
     node = Node(spec, where)
     dist = node.text("dist", "exponential", {"exponential", "lognormal", "constant", "uniform"})

@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
-from orchestrator.limits import MAX_SWEEP_RUNS
-from simulator.config import configure, parse_value
-from simulator.errors import ScenarioError
-from simulator.model import simulate
+from sagalab.orchestrator.limits import MAX_SWEEP_RUNS
+from sagalab.simulator.config import configure, parse_value
+from sagalab.simulator.errors import ScenarioError
+from sagalab.simulator.model import simulate
 
 __all__ = ["combinations", "parse_grid", "run_one", "sweep"]
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 from typer.testing import CliRunner
 
-from cli.main import app
-from edge.keys import MAX_BURST, MAX_RATE, KeyStore
-from edge.server import serve_in_thread
-from orchestrator.api import create_app
+from sagalab.cli.main import app
+from sagalab.edge.keys import MAX_BURST, MAX_RATE, KeyStore
+from sagalab.edge.server import serve_in_thread
+from sagalab.orchestrator.api import create_app
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from orchestrator.breakers import BreakerBoard, BreakerConfig
+from sagalab.orchestrator.breaker_board import BreakerBoard, BreakerConfig
 
 RESET_TIMEOUT = 0.05
 CONFIGS = {"payments": BreakerConfig(fail_max=1, reset_timeout=RESET_TIMEOUT)}

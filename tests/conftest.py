@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from workerlab import Workers
 
-from fakeservices import RunningServices, run_in_thread
-from orchestrator.pg_cluster import PgCluster
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.fakeservices import RunningServices, run_in_thread
+from sagalab.orchestrator.pg_cluster import PgCluster
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,9 @@ from typing import Any
 import httpx
 import workerlab
 
-from edge.apps import EdgeSettings, GatewaySettings, build_edge, build_gateway, edge_limits
-from edge.server import RunningServer, bind, serve_in_thread
-from orchestrator.api import create_app
+from sagalab.edge.apps import EdgeSettings, GatewaySettings, build_edge, build_gateway, edge_limits
+from sagalab.edge.server import RunningServer, bind, serve_in_thread
+from sagalab.orchestrator.api import create_app
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,7 +65,7 @@ def serve_path(
 
     `api_keys`: the API also takes keys presented to it directly (from `keys_db`). `gateway`
     and `edge` are extra `GatewaySettings` / `EdgeSettings` fields; `with_edge_limits` serves
-    the edge with its client connection limits, as `python -m edge.apps edge` does.
+    the edge with its client connection limits, as `python -m sagalab.edge.apps edge` does.
     """
     secret = secrets.token_urlsafe(32)
     api = serve_in_thread(
@@ -161,7 +161,7 @@ class HoldingApi:
 
 @dataclass
 class GatewayProcess:
-    """`python -m edge.apps gateway` in its own process, on a socket bound here."""
+    """`python -m sagalab.edge.apps gateway` in its own process, on a socket bound here."""
 
     proc: subprocess.Popen[bytes]
     url: str
@@ -189,11 +189,11 @@ def start_gateway(
 
 
 def start_component(kind: str, args: Sequence[str], name: str) -> GatewayProcess:
-    """`python -m edge.apps KIND ARGS` on a socket bound here; returns once it answers
+    """`python -m sagalab.edge.apps KIND ARGS` on a socket bound here; returns once it answers
     /healthz."""
     sock = bind("127.0.0.1", 0, inheritable=True)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    cmd = [sys.executable, "-m", "edge.apps", kind, "--fd", str(sock.fileno()), *args]
+    cmd = [sys.executable, "-m", "sagalab.edge.apps", kind, "--fd", str(sock.fileno()), *args]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, pass_fds=(sock.fileno(),), env=env, cwd=REPO)
     sock.close()

@@ -16,15 +16,20 @@ from typing import Any
 
 from workerlab import REPO
 
-from orchestrator.executors import PythonExecutor
-from orchestrator.flow import FlowDefinition, flow_from_dict
-from orchestrator.flowfile import load_flow
-from orchestrator.journal import JournalEntry
-from orchestrator.leases import new_owner, owner_is_dead
-from orchestrator.registry import PermanentStepError, StepCall, compensation_handler, step_handler
-from orchestrator.runner import SagaRunner, start_saga
-from orchestrator.saga import Event, EventType, Phase, SagaState, SagaStatus
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.orchestrator.executors import PythonExecutor
+from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.journal import JournalEntry
+from sagalab.orchestrator.leases import new_owner, owner_is_dead
+from sagalab.orchestrator.registry import (
+    PermanentStepError,
+    StepCall,
+    compensation_handler,
+    step_handler,
+)
+from sagalab.orchestrator.runner import SagaRunner, start_saga
+from sagalab.orchestrator.saga import Event, EventType, Phase, SagaState, SagaStatus
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 PREFIX = "tops_"  # handler names owned by this helper
 STEPS = ("reserve", "charge", "ship", "notify")  # ship is the pivot; notify comes after it
@@ -185,7 +190,7 @@ def cli_subprocess(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
     }
     env["PYTHONPATH"] = str(REPO)
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", "orchestrate", *args, "--db", str(db)],
+        [sys.executable, "-m", "sagalab.cli.main", "orchestrate", *args, "--db", str(db)],
         cwd=REPO,
         env=env,
         capture_output=True,

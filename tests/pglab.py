@@ -14,7 +14,7 @@ import os
 import psycopg
 from psycopg import sql
 
-from orchestrator.pg_cluster import PgCluster
+from sagalab.orchestrator.pg_cluster import PgCluster
 
 _names = itertools.count(1)
 

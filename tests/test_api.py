@@ -12,15 +12,15 @@ import pytest
 from apilab import admin_api
 from opslab import failed_on_notify, footprint, types
 
-from edge.keys import MAX_BURST, MAX_RATE, KeyStore
-from edge.server import RunningServer, serve_in_thread
-from fakeservices import run_in_thread
-from orchestrator.api import create_app
-from orchestrator.executors import HttpExecutor
-from orchestrator.leases import new_owner
-from orchestrator.runner import SagaRunner
-from orchestrator.saga import EventType
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.edge.keys import MAX_BURST, MAX_RATE, KeyStore
+from sagalab.edge.server import RunningServer, serve_in_thread
+from sagalab.fakeservices import run_in_thread
+from sagalab.orchestrator.api import create_app
+from sagalab.orchestrator.executors import HttpExecutor
+from sagalab.orchestrator.leases import new_owner
+from sagalab.orchestrator.runner import SagaRunner
+from sagalab.orchestrator.saga import EventType
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 ORDER = {"order_id": "o-1", "customer_id": "c-1", "sku": "sku-1", "quantity": 1, "amount": 10}
 

@@ -1,6 +1,6 @@
 """The API process watches its database file as the workers do (issue 8, items 2 and 6).
 
-A real `python -m edge.apps api` process on a real SQLite file: while the file is the one it
+A real `python -m sagalab.edge.apps api` process on a real SQLite file: while the file is the one it
 opened, `/readyz` says ready; bytes that are not a saga database make it "not ready"; once
 the file is deleted or replaced the process exits 5 with one line, so the stack's
 supervisor starts it again on the file that is there now.
@@ -19,8 +19,8 @@ import pytest
 from apilab import admin_api
 from workerlab import wait_for
 
-from edge.server import bind
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.edge.server import bind
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 
 class Api:
@@ -33,7 +33,7 @@ class Api:
                 [
                     sys.executable,
                     "-m",
-                    "edge.apps",
+                    "sagalab.edge.apps",
                     "api",
                     "--db",
                     str(db),
@@ -102,7 +102,16 @@ def test_an_empty_file_is_a_new_database_to_the_api_as_to_the_worker(tmp_path: P
     db = tmp_path / "sagas.db"
     db.touch()
     worker = subprocess.run(
-        [sys.executable, "-m", "cli.main", "worker", "--db", str(db), "--exit-when-idle", "0.1"],
+        [
+            sys.executable,
+            "-m",
+            "sagalab.cli.main",
+            "worker",
+            "--db",
+            str(db),
+            "--exit-when-idle",
+            "0.1",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -120,7 +129,7 @@ def test_an_empty_file_is_a_new_database_to_the_api_as_to_the_worker(tmp_path: P
     empty = tmp_path / "empty.db"
     empty.touch()
     listed = subprocess.run(
-        [sys.executable, "-m", "cli.main", "orchestrate", "list", "--db", str(empty)],
+        [sys.executable, "-m", "sagalab.cli.main", "orchestrate", "list", "--db", str(empty)],
         capture_output=True,
         text=True,
         timeout=60,

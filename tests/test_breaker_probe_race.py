@@ -15,9 +15,9 @@ from pathlib import Path
 
 from breakerlab import hammer, hammer_in_process, open_breaker, probe_violations
 
-from orchestrator.breakers import BreakerBoard, BreakerConfig, breaker_events
-from orchestrator.policies.breaker import Breaker
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.orchestrator.breaker_board import BreakerBoard, BreakerConfig, breaker_events
+from sagalab.orchestrator.policies.breaker import Breaker
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 
 def test_threads_in_one_process_share_one_probe_per_half_open_window(tmp_path: Path) -> None:

@@ -11,14 +11,19 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from fakeservices import FaultSpec, run_in_thread
-from orchestrator.breakers import BreakerBoard, BreakerConfig, breaker_events, breaker_rows
-from orchestrator.executors import HttpExecutor
-from orchestrator.flowfile import load_flow
-from orchestrator.runner import SagaRunner, start_saga
-from orchestrator.saga import SagaStatus
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.cli.main import app
+from sagalab.fakeservices import FaultSpec, run_in_thread
+from sagalab.orchestrator.breaker_board import (
+    BreakerBoard,
+    BreakerConfig,
+    breaker_events,
+    breaker_rows,
+)
+from sagalab.orchestrator.executors import HttpExecutor
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.runner import SagaRunner, start_saga
+from sagalab.orchestrator.saga import SagaStatus
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 QUICK = {"payments": BreakerConfig(fail_max=2, reset_timeout=5.0)}
 
@@ -57,7 +62,7 @@ def test_two_boards_see_one_breaker_and_one_probe(db: Path) -> None:
 def test_another_process_opens_the_breaker(db: Path) -> None:
     script = (
         "import sys, time\n"
-        "from orchestrator.breakers import BreakerBoard, BreakerConfig\n"
+        "from sagalab.orchestrator.breaker_board import BreakerBoard, BreakerConfig\n"
         "board = BreakerBoard(sys.argv[1], {'payments': BreakerConfig(fail_max=3, "
         "reset_timeout=60)}, owner='child')\n"
         "b = board.get('payments')\n"

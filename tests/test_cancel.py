@@ -28,14 +28,14 @@ from opslab import (
 )
 from workerlab import REPO, Workers, order, wait_for
 
-from fakeservices import FaultSpec, RunningServices, applied_twice
-from orchestrator import operations
-from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
-from orchestrator.flowfile import load_flow
-from orchestrator.operations import ActionRefused, BadArgument
-from orchestrator.runner import start_saga
-from orchestrator.saga import EventType, Phase, SagaState, SagaStatus
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.fakeservices import FaultSpec, RunningServices, applied_twice
+from sagalab.orchestrator import operations
+from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.operations import ActionRefused, BadArgument
+from sagalab.orchestrator.runner import start_saga
+from sagalab.orchestrator.saga import EventType, Phase, SagaState, SagaStatus
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 CHARGE_DELAY_MS = 3000  # a window wide enough for a CLI process to start in
 CHARGE = "charge_payment"
@@ -85,7 +85,7 @@ def test_cancel_while_a_worker_holds_the_saga_rolls_it_back_in_reverse_order(
         [
             sys.executable,
             "-m",
-            "cli.main",
+            "sagalab.cli.main",
             "orchestrate",
             "cancel",
             saga_id,

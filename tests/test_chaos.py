@@ -75,12 +75,12 @@ from workerlab import (
     write_services_file,
 )
 
-from edge.stack import StackState, alive, load_state
-from fakeservices import FaultSpec, RunningServices, applied_twice
-from orchestrator.journal import JournalEntry
-from orchestrator.runner import start_saga
-from orchestrator.saga import EventType, Phase
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.fakeservices import FaultSpec, RunningServices, applied_twice
+from sagalab.orchestrator.journal import JournalEntry
+from sagalab.orchestrator.runner import start_saga
+from sagalab.orchestrator.saga import EventType, Phase
+from sagalab.orchestrator.sqlite_store import SQLiteStore
+from sagalab.stack.processes import StackState, alive, load_state
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ import pytest
 from apilab import admin_api, cli, order_json
 from workerlab import write_services_file
 
-from fakeservices import FaultSpec, RunningServices, applied_twice
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.fakeservices import FaultSpec, RunningServices, applied_twice
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 #: Breakers that let a probe through soon: for tests that trip one but are not about it.
 QUICK_BREAKERS = {"fail_max": 5, "reset_timeout": 0.2, "success_threshold": 1}
@@ -254,7 +254,7 @@ def test_sigkill_after_call_then_resume_applies_once(env: Path, lab: RunningServ
         [
             sys.executable,
             "-m",
-            "cli.main",
+            "sagalab.cli.main",
             "orchestrate",
             "run",
             "checkout",
@@ -414,7 +414,7 @@ def test_a_pivot_cut_off_then_force_rolled_back_shows_interrupted_not_retrying(
 ) -> None:
     """A real process is killed with the shipment call out; an operator forces a rollback."""
     child = subprocess.run(
-        [sys.executable, "-m", "cli.main", "orchestrate", "run", "checkout",
+        [sys.executable, "-m", "sagalab.cli.main", "orchestrate", "run", "checkout",
          "-i", order_json("o40"), "--wait", "--crash-at", "create_shipment:after-call"],
         env={**os.environ},
         capture_output=True,

@@ -18,9 +18,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from cli.services import app
-from edge.stack import StackState, write_state
-from fakeservices import RunningServices
+from sagalab.cli.services import app
+from sagalab.fakeservices import RunningServices
+from sagalab.stack.processes import StackState, write_state
 
 REPO = Path(__file__).resolve().parent.parent
 CHARGE = {"order_id": "o-1", "amount": 120, "currency": "EUR"}
@@ -321,9 +321,11 @@ def wait_healthy(proc: subprocess.Popen[str], base: str, timeout: float = 20.0) 
 
 
 # cli/main.py imports cli.demo and cli.orchestrate, which other work adds; until both files
-# exist `python -m cli.main` cannot start. The skip lifts itself once they are there.
+# exist `python -m sagalab.cli.main` cannot start. The skip lifts itself once they are there.
 CLI_MAIN_MISSING = [
-    m for m in ("cli.demo", "cli.orchestrate") if importlib.util.find_spec(m) is None
+    m
+    for m in ("sagalab.cli.demo", "sagalab.cli.orchestrate")
+    if importlib.util.find_spec(m) is None
 ]
 
 
@@ -332,7 +334,7 @@ CLI_MAIN_MISSING = [
 def test_up_serves_until_terminated() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "cli.main", "services", "up", "--port", str(port)]
+    command = [sys.executable, "-m", "sagalab.cli.main", "services", "up", "--port", str(port)]
     pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": pythonpath}
     with subprocess.Popen(

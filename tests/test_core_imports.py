@@ -32,6 +32,8 @@ interfaces cannot take ours, so the breaker and retry policies are small pure ru
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,10 +54,17 @@ CORE = (
     "orchestrator/forkplan.py",
     "orchestrator/redact.py",
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "orchestrator" / "policies").glob("*.py")),
+    "edge/__init__.py",  # runs before the edge's policies: it imports nothing
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "edge" / "policies").glob("*.py")),
 )
 
 #: Top-level packages of this repository: an import of one of them must stay inside CORE.
-OURS = ("orchestrator", "cli", "edge", "simulator", "fakeservices", "loadtests", "benchmarks")
+OURS = ("sagalab",)
+
+#: sagalab/__init__.py resolves its public names lazily (nothing imported until one is used;
+#: test_importing_the_core_loads_no_runtime checks it), so importing a core module through
+#: the `sagalab` package does not run the runtime.
+LAZY_INIT = "sagalab/__init__.py"
 
 #: Modules the core never imports, with what each would bring in. `os.path` goes with `os`:
 #: the core handles no file names, and `os.path.exists` is I/O.
@@ -105,8 +114,12 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def module_path(name: str) -> str | None:
-    """The file of one of our modules by dotted name (a package is its `__init__.py`)."""
-    base = ROOT.joinpath(*name.split("."))
+    """The file of one of our modules by dotted name (a package is its `__init__.py`), as a
+    path from the repository root: `sagalab.orchestrator.saga` is orchestrator/saga.py (the
+    sagalab package links to the top-level folders)."""
+    if name == "sagalab":
+        return LAZY_INIT
+    base = ROOT.joinpath(*name.removeprefix("sagalab.").split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return str(candidate.relative_to(ROOT))
@@ -119,7 +132,7 @@ def package_inits(name: str) -> list[str]:
     found = []
     for i in range(1, len(parts)):
         init = module_path(".".join(parts[:i]))
-        if init is not None:
+        if init is not None and init != LAZY_INIT:
             found.append(init)
     return found
 
@@ -132,7 +145,7 @@ def imported_names(path: str) -> list[str]:
     core module that needs a runtime type for its annotations has the wrong shape.
     """
     tree = ast.parse((ROOT / path).read_text(), filename=path)
-    package = path.removesuffix(".py").replace("/", ".")
+    package = "sagalab." + path.removesuffix(".py").replace("/", ".")
     if not path.endswith("__init__.py"):
         package = package.rpartition(".")[0]
     else:
@@ -224,10 +237,53 @@ def test_known_exceptions_are_still_needed() -> None:
 
 def test_the_guard_follows_imports_of_our_modules() -> None:
     """The chain is followed: a core module reaches a runtime module through `from x import y`."""
-    assert "orchestrator.policies.retry" in imported_names("orchestrator/saga.py")
-    assert "orchestrator.leases" in imported_names("orchestrator/operations.py")
-    assert module_path("orchestrator.policies") == "orchestrator/policies/__init__.py"
+    assert "sagalab.orchestrator.policies.retry" in imported_names("orchestrator/saga.py")
+    assert "sagalab.orchestrator.leases" in imported_names("orchestrator/operations.py")
+    assert module_path("sagalab.orchestrator.policies") == "orchestrator/policies/__init__.py"
     # operations.py is a shell: were it core, the guard would say so, naming the chain.
     problems = "\n".join(violations("orchestrator/operations.py"))
-    assert "orchestrator.leases: orchestrator/leases.py is a shell" in problems
+    assert "sagalab.orchestrator.leases: orchestrator/leases.py is a shell" in problems
     assert "-> time: brings in a clock" in problems
+
+
+def test_importing_the_core_loads_no_runtime() -> None:
+    """`import sagalab.orchestrator.saga` runs sagalab/__init__.py, which must stay lazy: the
+    simulator and library users importing the core do not load the store, httpx or the CLI."""
+    probe = (
+        "import sys, sagalab.orchestrator.saga, sagalab.orchestrator.driver;"
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.split()
+    runtime = {"sqlite3", "httpx", "typer", "sagalab.orchestrator.runner", "sagalab.cli"}
+    assert not runtime & set(loaded), sorted(runtime & set(loaded))
+
+
+def test_the_public_api_resolves_every_name() -> None:
+    import sagalab
+
+    assert set(sagalab.__all__) == set(sagalab._WHERE)
+    for name in sagalab.__all__:
+        assert getattr(sagalab, name).__name__ == name
+    with pytest.raises(AttributeError):
+        _ = sagalab.no_such_name
+
+
+def test_every_import_of_ours_goes_through_the_sagalab_name() -> None:
+    """Installed, only `sagalab` exists: `from orchestrator.x import y` would work in a checkout
+    (and load a second copy of the module) but not for a user."""
+    folders = ("cli", "orchestrator", "simulator", "edge", "fakeservices", "loadtests", "stack")
+    bare = []
+    for path in sorted(ROOT.glob("*/**/*.py")):
+        relative = path.relative_to(ROOT)
+        if relative.parts[0] in ("sagalab", "build", "dist") or ".venv" in relative.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            bare += [f"{relative}:{node.lineno}: {n}" for n in names if n.split(".")[0] in folders]
+    assert not bare, "import these as sagalab.…:\n" + "\n".join(bare)

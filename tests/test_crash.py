@@ -44,9 +44,9 @@ from workerlab import (
     write_services_file,
 )
 
-from fakeservices import FaultSpec, RunningServices, applied_twice
-from orchestrator.saga import EventType
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.fakeservices import FaultSpec, RunningServices, applied_twice
+from sagalab.orchestrator.saga import EventType
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 SAGAS = 200
 FIRST_WAVE = 80  # queued at the start; the rest arrive in waves between kills

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from workerlab import enqueue, order, query
 
-from fakeservices import run_in_thread
-from orchestrator.breakers import BreakerBoard, breaker_rows
+from sagalab.fakeservices import run_in_thread
+from sagalab.orchestrator.breaker_board import BreakerBoard, breaker_rows
 
 
 def sagalab(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
+        [sys.executable, "-m", "sagalab.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=60,

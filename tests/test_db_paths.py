@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from orchestrator.errors import StoreError
-from orchestrator.sqlite_store import SCHEMA_VERSION, Access, SQLiteStore, check_database
+from sagalab.cli.main import app
+from sagalab.orchestrator.errors import StoreError
+from sagalab.orchestrator.sqlite_store import SCHEMA_VERSION, Access, SQLiteStore, check_database
 
 runner = CliRunner()
 ORDER = json.dumps({"order_id": "o", "customer_id": "c", "sku": "A", "quantity": 1, "amount": 1})
@@ -268,7 +268,7 @@ def test_read_only_store_reads_a_read_only_file_and_creates_nothing(tmp_path: Pa
 
 
 def test_api_refuses_a_foreign_database(tmp_path: Path) -> None:
-    from orchestrator.api import create_app
+    from sagalab.orchestrator.api import create_app
 
     db = _foreign(tmp_path)
     before = _snapshot(tmp_path)
@@ -279,8 +279,8 @@ def test_api_refuses_a_foreign_database(tmp_path: Path) -> None:
 
 def test_corruption_found_past_the_schema_is_one_line_and_exit_5(tmp_path: Path) -> None:
     """Damage in data pages passes the open-time check; reading it still gives exit 5."""
-    from orchestrator.flowfile import load_flow
-    from orchestrator.runner import start_saga
+    from sagalab.orchestrator.flowfile import load_flow
+    from sagalab.orchestrator.runner import start_saga
 
     db = tmp_path / "sagas.db"
     store = SQLiteStore(db)
@@ -302,7 +302,7 @@ def test_corruption_found_past_the_schema_is_one_line_and_exit_5(tmp_path: Path)
 
 def _older(tmp: Path) -> Path:
     """A file as the previous sagalab left it (schema version SCHEMA_VERSION - 1)."""
-    from orchestrator.sqlite_store import MIGRATIONS
+    from sagalab.orchestrator.sqlite_store import MIGRATIONS
 
     path = tmp / "older.db"
     conn = sqlite3.connect(path, isolation_level=None)
@@ -331,7 +331,7 @@ def test_read_commands_upgrade_an_older_sagalab_file_once(tmp_path: Path) -> Non
 
 def test_check_sqlite_file_serves_other_databases_by_name(tmp_path: Path) -> None:
     """The key store's check: its own wording, and the tables found for it to judge."""
-    from orchestrator.sqlite_store import check_sqlite_file
+    from sagalab.orchestrator.sqlite_store import check_sqlite_file
 
     keys = tmp_path / "keys.db"
     with pytest.raises(StoreError, match=r"no key database at .* --keys-db"):
@@ -344,7 +344,7 @@ def test_check_sqlite_file_serves_other_databases_by_name(tmp_path: Path) -> Non
 
 
 def test_api_process_refuses_a_bad_db_with_one_line_and_exit_5(tmp_path: Path) -> None:
-    """`python -m edge.apps api` (what `stack up` starts) on another application's file."""
+    """`python -m sagalab.edge.apps api` (what `stack up` starts) on another application's file."""
     import subprocess
     import sys
 
@@ -352,7 +352,7 @@ def test_api_process_refuses_a_bad_db_with_one_line_and_exit_5(tmp_path: Path) -
     before = _snapshot(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run(
-        [sys.executable, "-m", "edge.apps", "api", "--db", str(db), "--port", "0"],
+        [sys.executable, "-m", "sagalab.edge.apps", "api", "--db", str(db), "--port", "0"],
         capture_output=True,
         text=True,
         timeout=60,

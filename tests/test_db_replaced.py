@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from workerlab import REPO, enqueue, order, query, wait_for
 
-from fakeservices import FaultSpec, RunningServices, run_in_thread
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.fakeservices import FaultSpec, RunningServices, run_in_thread
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_a_new_database_ignores_the_wal_and_shm_a_moved_one_left_behind(tmp_path
 
 WATCHER = """
 import sqlite3, sys, time
-from orchestrator.watchdog import DatabaseGone, DatabaseWatchdog
+from sagalab.orchestrator.watchdog import DatabaseGone, DatabaseWatchdog
 watchdog = DatabaseWatchdog(sys.argv[1])
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
 conn.execute("BEGIN")  # a reader: nothing can reset the -wal it reads from
@@ -126,7 +126,7 @@ def test_run_wait_stops_with_exit_5_when_its_database_file_goes(
         [
             sys.executable,
             "-m",
-            "cli.main",
+            "sagalab.cli.main",
             "orchestrate",
             "run",
             "checkout",

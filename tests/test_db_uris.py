@@ -24,13 +24,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from cli.main import app
-from cli.options import DbPath
-from orchestrator.errors import StoreError
-from orchestrator.flowfile import load_flow
-from orchestrator.redact import redacted
-from orchestrator.runner import start_saga
-from orchestrator.stores import open_store, postgres_url, shown, sqlite_path, typed
+from sagalab.cli.main import app
+from sagalab.cli.options import DbPath
+from sagalab.orchestrator.errors import StoreError
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.redact import redacted
+from sagalab.orchestrator.runner import start_saga
+from sagalab.orchestrator.stores import open_store, postgres_url, shown, sqlite_path, typed
 
 ORDER = {"order_id": "o-1", "customer_id": "c-1", "sku": "A", "quantity": 1, "amount": 120}
 
@@ -248,9 +248,9 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize(
     "command",
     [
-        ["-m", "cli.main", "worker", "--exit-when-idle", "1", "--db"],
-        ["-m", "edge.apps", "api", "--fd", "0", "--db"],
-        ["-m", "cli.main", "demo", "--db"],
+        ["-m", "sagalab.cli.main", "worker", "--exit-when-idle", "1", "--db"],
+        ["-m", "sagalab.edge.apps", "api", "--fd", "0", "--db"],
+        ["-m", "sagalab.cli.main", "demo", "--db"],
     ],
     ids=["worker", "api", "demo"],
 )

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.driver import (
+from sagalab.orchestrator.driver import (
     AskBreaker,
     BreakerRefused,
     Call,
@@ -18,9 +18,9 @@ from orchestrator.driver import (
     breaker_gates,
     drive,
 )
-from orchestrator.flow import FlowDefinition, flow_from_dict
-from orchestrator.outcomes import classify_status
-from orchestrator.saga import Event, EventType, Phase, SagaState, SagaStatus
+from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict
+from sagalab.orchestrator.outcomes import classify_status
+from sagalab.orchestrator.saga import Event, EventType, Phase, SagaState, SagaStatus
 
 
 def _flow(pivot_first: bool = False) -> FlowDefinition:

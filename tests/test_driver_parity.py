@@ -33,15 +33,21 @@ import simpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.breakers import BreakerBoard, BreakerConfig
-from orchestrator.executors import HttpExecutor
-from orchestrator.flow import FlowDefinition, flow_from_dict
-from orchestrator.outcomes import SUCCESS, Transport, Verdict, classify_status, classify_transport
-from orchestrator.policies.breaker import Breaker
-from orchestrator.runner import SagaRunner, start_saga
-from orchestrator.saga import Event, EventType, SagaStatus
-from orchestrator.sqlite_store import SQLiteStore
-from simulator.orchestration import Orchestrator, Saga
+from sagalab.orchestrator.breaker_board import BreakerBoard, BreakerConfig
+from sagalab.orchestrator.executors import HttpExecutor
+from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict
+from sagalab.orchestrator.outcomes import (
+    SUCCESS,
+    Transport,
+    Verdict,
+    classify_status,
+    classify_transport,
+)
+from sagalab.orchestrator.policies.breaker import Breaker
+from sagalab.orchestrator.runner import SagaRunner, start_saga
+from sagalab.orchestrator.saga import Event, EventType, SagaStatus
+from sagalab.orchestrator.sqlite_store import SQLiteStore
+from sagalab.simulator.orchestration import Orchestrator, Saga
 
 LATENCY = 0.25  # every answered call takes this long, in both runtimes
 LEASE = 5.0  # a crashed saga is resumed this long after the crash

@@ -13,9 +13,9 @@ from contextlib import ExitStack
 import httpx
 import pytest
 
-from edge.apps import EdgeSettings, build_edge, edge_limits
-from edge.connections import ConnectionLimits
-from edge.server import RunningServer, serve_in_thread
+from sagalab.edge.apps import EdgeSettings, build_edge, edge_limits
+from sagalab.edge.connections import ConnectionLimits
+from sagalab.edge.server import RunningServer, serve_in_thread
 from tests.edgelab import REPO, HoldingApi, read_to_close
 
 Edge = Callable[..., RunningServer]
@@ -166,7 +166,7 @@ def test_the_edge_command_refuses_an_out_of_range_limit_with_exit_2() -> None:
     cmd = [
         sys.executable,
         "-m",
-        "edge.apps",
+        "sagalab.edge.apps",
         "edge",
         "--upstream",
         "127.0.0.1:9",
@@ -224,7 +224,16 @@ def test_every_head_over_the_limit_gets_431(
 def test_the_edge_command_refuses_a_flood_setting_that_would_turn_protection_off(
     flag: str, value: str, message: str
 ) -> None:
-    cmd = [sys.executable, "-m", "edge.apps", "edge", "--upstream", "127.0.0.1:9", flag, value]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sagalab.edge.apps",
+        "edge",
+        "--upstream",
+        "127.0.0.1:9",
+        flag,
+        value,
+    ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
@@ -232,7 +241,7 @@ def test_the_edge_command_refuses_a_flood_setting_that_would_turn_protection_off
 
 
 def test_the_edge_command_says_flood_rate_0_turns_protection_off() -> None:
-    cmd = [sys.executable, "-m", "edge.apps", "edge", "--help"]
+    cmd = [sys.executable, "-m", "sagalab.edge.apps", "edge", "--help"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=30)
     assert "0 turns flood protection off" in " ".join(done.stdout.split())
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge.keys import KeyStore
-from edge.server import RunningServer
-from simulator.config import load_scenario
-from simulator.model import simulate
+from sagalab.edge.keys import KeyStore
+from sagalab.edge.server import RunningServer
+from sagalab.simulator.config import load_scenario
+from sagalab.simulator.model import simulate
 from tests.edgelab import serve_path
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.keys import KeyStore
-from edge.server import serve_in_thread
+from sagalab.edge.keys import KeyStore
+from sagalab.edge.server import serve_in_thread
 from tests.edgelab import (
     GatewayProcess,
     HoldingApi,

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge.keys import KeyStore
-from edge.server import RunningServer
+from sagalab.edge.keys import KeyStore
+from sagalab.edge.server import RunningServer
 from tests.edgelab import ORDER, SAGA, serve_path
 
 
@@ -39,7 +39,7 @@ def path(tmp_path: Path) -> Iterator[EdgePath]:
         "flood_block": 30,
         "health_interval": 0.1,
     }
-    # Served as `python -m edge.apps edge` serves it: with the client connection limits.
+    # Served as `python -m sagalab.edge.apps edge` serves it: with the client connection limits.
     with serve_path(
         tmp_path / "sagas.db",
         keys_db,

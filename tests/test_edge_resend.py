@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge.apps import EdgeSettings, build_edge
-from edge.keys import KeyStore
-from edge.server import RunningServer, serve_in_thread
+from sagalab.edge.apps import EdgeSettings, build_edge
+from sagalab.edge.keys import KeyStore
+from sagalab.edge.server import RunningServer, serve_in_thread
 from tests.edgelab import GatewayProcess, HoldingApi, start_gateway, wait_for
 
 SAGA = {"flow": "checkout", "input": {"order_id": "o-1", "amount": 10}}

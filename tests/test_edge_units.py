@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from edge.firewall import client_address
-from edge.gateway import ensure_traceparent
-from edge.keys import KeyCache, KeyStore, parse_key
-from edge.pool import honours_key
-from edge.upstream import _parse_head
-from orchestrator.policies.firewall import parse_networks
+from sagalab.edge.firewall import client_address
+from sagalab.edge.gateway import ensure_traceparent
+from sagalab.edge.keys import KeyCache, KeyStore, parse_key
+from sagalab.edge.policies.firewall import parse_networks
+from sagalab.edge.pool import honours_key
+from sagalab.edge.upstream import _parse_head
 
 
 def test_keys_are_stored_hashed_and_checked(tmp_path: Path) -> None:
@@ -34,7 +34,7 @@ def test_keys_are_stored_hashed_and_checked(tmp_path: Path) -> None:
 def test_keys_cli_revokes_by_name_only_when_the_name_is_unambiguous(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from sagalab.cli.main import app
 
     db = str(tmp_path / "keys.db")
     run = CliRunner().invoke

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fakeservices import (
+from sagalab.fakeservices import (
     SERVICE_NAMES,
     SERVICES,
     Fault,
@@ -32,7 +32,7 @@ from fakeservices import (
     service_env,
     services_map,
 )
-from fakeservices.catalog import OrderRef
+from sagalab.fakeservices.catalog import OrderRef
 
 
 class FakeClock:

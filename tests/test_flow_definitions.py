@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.errors import FlowNotFoundError, FlowValidationError, TemplateError
-from orchestrator.flow import FlowDefinition, StepKind, flow_from_dict, flow_to_dict
-from orchestrator.flowfile import example_flow_names, load_flow
-from orchestrator.policies.retry import DEFAULT_ACTION_RETRY, FOREVER_RETRY
-from orchestrator.templates import render, template_references
+from sagalab.orchestrator.errors import FlowNotFoundError, FlowValidationError, TemplateError
+from sagalab.orchestrator.flow import FlowDefinition, StepKind, flow_from_dict, flow_to_dict
+from sagalab.orchestrator.flowfile import example_flow_names, load_flow
+from sagalab.orchestrator.policies.retry import DEFAULT_ACTION_RETRY, FOREVER_RETRY
+from sagalab.orchestrator.templates import render, template_references
 
 
 def http_step(name: str, **extra: Any) -> dict[str, Any]:

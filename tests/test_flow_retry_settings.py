@@ -14,10 +14,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cli.main import app
-from orchestrator.errors import FlowValidationError
-from orchestrator.flow import flow_from_dict
-from orchestrator.policies.retry import RetryPolicy
+from sagalab.cli.main import app
+from sagalab.orchestrator.errors import FlowValidationError
+from sagalab.orchestrator.flow import flow_from_dict
+from sagalab.orchestrator.policies.retry import RetryPolicy
 
 runner = CliRunner()
 

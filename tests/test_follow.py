@@ -21,8 +21,8 @@ import pytest
 from opslab import ACT, RunsHere, append_as_a_worker, reset_handlers, stored
 from workerlab import REPO, Workers, order, wait_for
 
-from orchestrator.saga import Event, EventType
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.orchestrator.saga import Event, EventType
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 
 class Follower:
@@ -34,7 +34,7 @@ class Follower:
             [
                 sys.executable,
                 "-m",
-                "cli.main",
+                "sagalab.cli.main",
                 "orchestrate",
                 "status",
                 saga_id,
@@ -163,7 +163,7 @@ def test_run_follow_queues_the_saga_and_shows_a_worker_running_it(
         [
             sys.executable,
             "-m",
-            "cli.main",
+            "sagalab.cli.main",
             "orchestrate",
             "run",
             "checkout",

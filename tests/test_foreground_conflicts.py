@@ -18,11 +18,11 @@ from pathlib import Path
 from apilab import admin_api
 from workerlab import REPO, Workers, order, wait_for
 
-from fakeservices import FaultSpec, RunningServices, applied_twice
-from orchestrator.flowfile import load_flow
-from orchestrator.runner import start_saga
-from orchestrator.saga import Phase, SagaStatus
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.fakeservices import FaultSpec, RunningServices, applied_twice
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.runner import start_saga
+from sagalab.orchestrator.saga import Phase, SagaStatus
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 CHARGE = "charge_payment"
 CHARGE_DELAY_MS = 2500  # the checkout flow's payment timeout is above it; wide enough to act in
@@ -31,7 +31,7 @@ CHARGE_DELAY_MS = 2500  # the checkout flow's payment timeout is above it; wide 
 def cli(env: dict[str, str], db: Path, *args: str) -> subprocess.Popen[str]:
     """`sagalab orchestrate ARGS --db DB` started in a process of its own."""
     return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "orchestrate", *args, "--db", str(db)],
+        [sys.executable, "-m", "sagalab.cli.main", "orchestrate", *args, "--db", str(db)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

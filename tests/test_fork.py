@@ -28,14 +28,14 @@ from opslab import (
 )
 from workerlab import order
 
-from fakeservices import RunningServices
-from orchestrator import operations
-from orchestrator.flow import FlowDefinition, flow_from_dict
-from orchestrator.forkplan import SetError, apply_sets, plan_fork
-from orchestrator.operations import ActionRefused, BadArgument, UnknownSaga
-from orchestrator.runner import start_saga
-from orchestrator.saga import EventType, Phase, SagaStatus
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.fakeservices import RunningServices
+from sagalab.orchestrator import operations
+from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict
+from sagalab.orchestrator.forkplan import SetError, apply_sets, plan_fork
+from sagalab.orchestrator.operations import ActionRefused, BadArgument, UnknownSaga
+from sagalab.orchestrator.runner import start_saga
+from sagalab.orchestrator.saga import EventType, Phase, SagaStatus
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 
 @pytest.fixture(autouse=True)
@@ -66,8 +66,8 @@ def no_pivot_flow() -> FlowDefinition:
 
 
 def completed_no_pivot(store: SQLiteStore) -> str:
-    from orchestrator.executors import PythonExecutor
-    from orchestrator.runner import SagaRunner
+    from sagalab.orchestrator.executors import PythonExecutor
+    from sagalab.orchestrator.runner import SagaRunner
 
     record, _ = start_saga(store, no_pivot_flow(), {"amount": 100}, queue=False)
     SagaRunner(store, PythonExecutor(), sleep=lambda _s: None).run(record.id)

@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 import pytest
 from test_saga_machine import CHECKOUT, MAYBE, REFUSED, Driver, Outcome, flow
 
-from orchestrator.errors import InvalidTransition, OperatorActionRefused
-from orchestrator.flow import FlowDefinition
-from orchestrator.forkplan import ForkPlan, plan_fork
-from orchestrator.saga import (
+from sagalab.orchestrator.errors import InvalidTransition, OperatorActionRefused
+from sagalab.orchestrator.flow import FlowDefinition
+from sagalab.orchestrator.forkplan import ForkPlan, plan_fork
+from sagalab.orchestrator.saga import (
     Event,
     EventType,
     Phase,

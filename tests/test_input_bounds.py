@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from orchestrator.errors import InputError
-from orchestrator.jsonsafe import MAX_BYTES, MAX_DIGITS, check_json_value, loads_strict
+from sagalab.cli.main import app
+from sagalab.orchestrator.errors import InputError
+from sagalab.orchestrator.jsonsafe import MAX_BYTES, MAX_DIGITS, check_json_value, loads_strict
 
 ROOT = Path(__file__).resolve().parent.parent
 CAP_BYTES = 600 * 1024 * 1024  # address space for the child: far below what an unbounded read takes
@@ -27,7 +27,7 @@ CAP_BYTES = 600 * 1024 * 1024  # address space for the child: far below what an 
 CAPPED_CLI = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
-from cli.main import app
+from sagalab.cli.main import app
 sys.argv = ["sagalab", *sys.argv[1:]]
 app()
 """

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from edge.keys import KeyCache, KeyStore
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.cli.main import app
+from sagalab.edge.keys import KeyCache, KeyStore
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 
 def keys(*args: str) -> tuple[int, str, str]:

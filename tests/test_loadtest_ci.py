@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.thresholds import PROFILES, evaluate
+from sagalab.loadtests.thresholds import PROFILES, evaluate
 
 HAS_WORKER = (Path(__file__).parent.parent / "orchestrator" / "worker.py").exists()
 HAS_LOCUST = importlib.util.find_spec("locust") is not None
@@ -55,8 +55,8 @@ def test_short_load_test_passes_its_thresholds(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     run = subprocess.run(
         [
-            sys.executable, "-m", "cli.main", "loadtest", "--profile", "ci", "--duration", "30",
-            "--dir", str(tmp_path / "stack"), "--reports", str(reports),
+            sys.executable, "-m", "sagalab.cli.main", "loadtest", "--profile", "ci",
+            "--duration", "30", "--dir", str(tmp_path / "stack"), "--reports", str(reports),
         ],
         capture_output=True, text=True, timeout=150, check=False,
     )  # fmt: skip

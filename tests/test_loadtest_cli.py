@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from workerlab import processes_mentioning, wait_for
 
-from orchestrator.limits import MAX_LOAD_PROCESSES
+from sagalab.orchestrator.limits import MAX_LOAD_PROCESSES
 
 HAS_LOCUST = importlib.util.find_spec("locust") is not None
 IDLE_LOCUSTFILE = """\
@@ -30,14 +30,14 @@ class Idle(User):
 
 
 def command(tmp_path: Path, *args: str) -> list[str]:
-    base = [sys.executable, "-m", "cli.main", "loadtest", "--duration", "5"]
+    base = [sys.executable, "-m", "sagalab.cli.main", "loadtest", "--duration", "5"]
     base += ["--dir", str(tmp_path / "stack"), "--reports", str(tmp_path / "reports")]
     return [*base, *args]  # later options win
 
 
 def stack_down(directory: Path) -> None:
     """Clean up after a failed test: stop a stack left running from `directory`."""
-    down = [sys.executable, "-m", "cli.main", "stack", "down", "--dir", str(directory)]
+    down = [sys.executable, "-m", "sagalab.cli.main", "stack", "down", "--dir", str(directory)]
     subprocess.run(down, capture_output=True, timeout=60, check=False)
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from orchestrator.errors import StoreError
-from orchestrator.stores import (
+from sagalab.cli.main import app
+from sagalab.orchestrator.errors import StoreError
+from sagalab.orchestrator.stores import (
     check_store,
     open_breaker_store,
     open_store,
@@ -90,7 +90,7 @@ def test_without_psycopg_a_postgresql_url_says_how_to_install_it(tmp_path: Path)
     code = (
         "import sys; sys.modules['psycopg'] = None; "
         "sys.argv = ['sagalab', 'orchestrate', 'list', '--db', sys.argv[1]]; "
-        "from cli.main import main; main()"
+        "from sagalab.cli.main import main; main()"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, POSTGRES], capture_output=True, text=True, timeout=60
@@ -131,7 +131,7 @@ def test_the_cli_refuses_an_unreachable_server_in_one_line_with_exit_5(
 
 
 def test_the_api_refuses_an_unreachable_server(tmp_path: Path) -> None:
-    from orchestrator.api import create_app
+    from sagalab.orchestrator.api import create_app
 
     with pytest.raises(StoreError, match="cannot connect to PostgreSQL"):
         create_app(POSTGRES)

@@ -39,13 +39,13 @@ from opslab import (
     types,
 )
 
-from orchestrator import operations
-from orchestrator.errors import LeaseHeld
-from orchestrator.flow import FlowDefinition
-from orchestrator.journal import JournalEntry
-from orchestrator.operations import ActionRefused, BadArgument, Carried, UnknownSaga
-from orchestrator.saga import Event, EventType, SagaState, SagaStatus
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.orchestrator import operations
+from sagalab.orchestrator.errors import LeaseHeld
+from sagalab.orchestrator.flow import FlowDefinition
+from sagalab.orchestrator.journal import JournalEntry
+from sagalab.orchestrator.operations import ActionRefused, BadArgument, Carried, UnknownSaga
+from sagalab.orchestrator.saga import Event, EventType, SagaState, SagaStatus
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 
 @pytest.fixture(autouse=True)

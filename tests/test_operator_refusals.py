@@ -14,14 +14,14 @@ import apilab
 import pytest
 from apilab import admin_api, order_json
 
-from cli.errors import EXIT_REFUSED, exit_code_for
-from fakeservices import FaultSpec, RunningServices
-from orchestrator.errors import ConcurrentUpdate, LeaseHeld, SagaError
-from orchestrator.flowfile import load_flow
-from orchestrator.journal import JournalEntry
-from orchestrator.leases import new_owner
-from orchestrator.saga import Event, EventType, Phase, SagaState
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.cli.errors import EXIT_REFUSED, exit_code_for
+from sagalab.fakeservices import FaultSpec, RunningServices
+from sagalab.orchestrator.errors import ConcurrentUpdate, LeaseHeld, SagaError
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.journal import JournalEntry
+from sagalab.orchestrator.leases import new_owner
+from sagalab.orchestrator.saga import Event, EventType, Phase, SagaState
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 
 def cli(*args: str) -> tuple[int, str, str]:

@@ -18,17 +18,17 @@ import httpx
 import pytest
 import simpy
 
-from fakeservices import FaultSpec, run_in_thread
-from orchestrator.breakers import BreakerBoard, BreakerConfig
-from orchestrator.executors import AttemptContext, HttpExecutor
-from orchestrator.flowfile import load_flow
-from orchestrator.outcomes import Transport, Verdict, classify_status, classify_transport
-from orchestrator.policies.breaker import Breaker
-from orchestrator.runner import SagaRunner, start_saga
-from orchestrator.saga import Failure, Phase, SagaStatus, idempotency_key
-from orchestrator.sqlite_store import SQLiteStore
-from simulator.orchestration import Orchestrator, Saga
-from simulator.stations import Service
+from sagalab.fakeservices import FaultSpec, run_in_thread
+from sagalab.orchestrator.breaker_board import BreakerBoard, BreakerConfig
+from sagalab.orchestrator.executors import AttemptContext, HttpExecutor
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.outcomes import Transport, Verdict, classify_status, classify_transport
+from sagalab.orchestrator.policies.breaker import Breaker
+from sagalab.orchestrator.runner import SagaRunner, start_saga
+from sagalab.orchestrator.saga import Failure, Phase, SagaStatus, idempotency_key
+from sagalab.orchestrator.sqlite_store import SQLiteStore
+from sagalab.simulator.orchestration import Orchestrator, Saga
+from sagalab.simulator.stations import Service
 
 
 def _f(retryable: bool, maybe_applied: bool, retry_after: float | None = None) -> tuple:
@@ -261,7 +261,7 @@ def _real_edge_refused() -> dict[str, Any]:
     """The real pool: instance 0 refuses connections, instance 1 is a live server."""
     import asyncio
 
-    from edge.pool import Pool
+    from sagalab.edge.pool import Pool
 
     with run_in_thread() as lab:
         port = int(lab.base_url.rsplit(":", 1)[1])
@@ -292,9 +292,9 @@ def _real_edge_refused() -> dict[str, Any]:
 
 def _simulated_edge_refused() -> dict[str, Any]:
     """The simulated edge: gateway 0 is down (refuses connections), gateway 1 is up."""
-    from orchestrator.policies.firewall import Firewall
-    from simulator.config import Node
-    from simulator.edge import ClientGroup, Edge
+    from sagalab.edge.policies.firewall import Firewall
+    from sagalab.simulator.config import Node
+    from sagalab.simulator.edge_model import ClientGroup, Edge
 
     env = simpy.Environment()
     rng = random.Random(5)

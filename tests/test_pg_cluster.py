@@ -10,8 +10,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from orchestrator import pg_cluster
-from orchestrator.pg_cluster import ClusterError, PgCluster, find_bindir
+from sagalab.orchestrator import pg_cluster
+from sagalab.orchestrator.pg_cluster import ClusterError, PgCluster, find_bindir
 
 
 def test_no_server_binaries_is_an_error_that_says_how_to_get_them(

@@ -17,12 +17,12 @@ from pathlib import Path
 from apilab import admin_api
 from workerlab import REPO, Workers, order, wait_for
 
-from fakeservices import FaultSpec, RunningServices, applied_twice
-from orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
-from orchestrator.flowfile import load_flow
-from orchestrator.runner import start_saga
-from orchestrator.saga import EventType, Phase, SagaState
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.fakeservices import FaultSpec, RunningServices, applied_twice
+from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.runner import start_saga
+from sagalab.orchestrator.saga import EventType, Phase, SagaState
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 # The shipment call takes this long: a window wide enough for a CLI process to start in.
 SHIPPING_DELAY_MS = 4000
@@ -66,7 +66,16 @@ def test_rollback_fired_while_the_pivot_is_in_flight_is_refused_and_the_saga_com
 
     wait_for(lambda: shipment_in_flight(db, saga_id), 30, "the shipment call in flight")
     cli = subprocess.run(
-        [sys.executable, "-m", "cli.main", "orchestrate", "rollback", saga_id, "--db", str(db)],
+        [
+            sys.executable,
+            "-m",
+            "sagalab.cli.main",
+            "orchestrate",
+            "rollback",
+            saga_id,
+            "--db",
+            str(db),
+        ],
         cwd=REPO,
         env=workers.env,
         capture_output=True,

@@ -14,13 +14,13 @@ import pytest
 from apilab import admin_api
 from typer.testing import CliRunner
 
-from cli.main import app
-from orchestrator.errors import FlowValidationError, InputError
-from orchestrator.flow import flow_from_dict
-from orchestrator.flowfile import load_flow
-from orchestrator.jsonsafe import MAX_DEPTH, check_json_value, loads_strict
-from orchestrator.runner import start_saga
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.cli.main import app
+from sagalab.orchestrator.errors import FlowValidationError, InputError
+from sagalab.orchestrator.flow import flow_from_dict
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.jsonsafe import MAX_DEPTH, check_json_value, loads_strict
+from sagalab.orchestrator.runner import start_saga
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 ORDER = '{"order_id": "o-1", "customer_id": "c-1", "sku": "A", "quantity": 1, "amount": %s}'
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -167,7 +167,7 @@ def test_a_template_naming_an_undeclared_input_key_is_refused_at_load() -> None:
 
 
 def test_optional_input_keys_count_as_declared_and_round_trip() -> None:
-    from orchestrator.flow import flow_to_dict
+    from sagalab.orchestrator.flow import flow_to_dict
 
     raw = http_flow(
         {"a": "${input.order_id}", "b": "${input.note}"},
@@ -199,7 +199,7 @@ def test_an_empty_input_declaration_still_declares_every_key(
 
 
 def test_a_flow_that_declares_nothing_round_trips_undeclared() -> None:
-    from orchestrator.flow import flow_to_dict
+    from sagalab.orchestrator.flow import flow_to_dict
 
     flow = flow_from_dict(http_flow({"a": "${input.anything}"}, None))
     assert "input" not in flow_to_dict(flow)
@@ -207,7 +207,7 @@ def test_a_flow_that_declares_nothing_round_trips_undeclared() -> None:
 
 
 def test_a_flow_that_declares_an_empty_input_round_trips_declared() -> None:
-    from orchestrator.flow import flow_to_dict
+    from sagalab.orchestrator.flow import flow_to_dict
 
     flow = flow_from_dict(http_flow({"a": "x"}, {"required": []}))
     assert flow_to_dict(flow)["input"] == {"required": []}

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.policies.autoscaling import AutoscalePolicy
+from sagalab.orchestrator.policies.autoscaling import AutoscalePolicy
 
 POLICY = AutoscalePolicy(min_replicas=1, max_replicas=6, target_depth=10, max_age=2, cooldown=5)
 

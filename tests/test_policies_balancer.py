@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.policies.balancer import Balancer, HealthTracker, InstanceView, Strategy
+from sagalab.edge.policies.balancer import Balancer, HealthTracker, InstanceView, Strategy
 
 UP = InstanceView("a")
 

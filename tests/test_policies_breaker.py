@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.policies.breaker import (
+from sagalab.orchestrator.policies.breaker import (
     CLOSED,
     HALF_OPEN,
     OPEN,

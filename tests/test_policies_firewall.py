@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.policies.firewall import Firewall, FloodGuard, Reason, parse_networks
+from sagalab.edge.policies.firewall import Firewall, FloodGuard, Reason, parse_networks
 
 
 @pytest.mark.parametrize(

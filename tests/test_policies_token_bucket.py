@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.policies.token_bucket import BucketState, TokenBucket, take_tokens
+from sagalab.edge.policies.token_bucket import BucketState, TokenBucket, take_tokens
 
 
 @pytest.mark.parametrize(

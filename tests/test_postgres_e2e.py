@@ -26,8 +26,8 @@ from workerlab import (
     wait_for,
 )
 
-from fakeservices import FaultSpec, RunningServices, applied_twice
-from orchestrator.saga import EventType, Phase
+from sagalab.fakeservices import FaultSpec, RunningServices, applied_twice
+from sagalab.orchestrator.saga import EventType, Phase
 
 FAST = ("--poll", "0.05")
 

@@ -15,14 +15,14 @@ import pytest
 from store_conformance.conformancelab import advance, create, reserve_ok
 from workerlab import Workers, drained, enqueue, order, statuses, wait_for
 
-from fakeservices import FaultSpec, RunningServices, applied_twice
-from orchestrator.errors import LeaseLost, StoreError, StoreUnavailable
-from orchestrator.journal import JournalEntry
-from orchestrator.pg_cluster import PgCluster
-from orchestrator.postgres_store import SCHEMA_VERSION, PostgresStore
-from orchestrator.saga import Event, EventType
-from orchestrator.stores import open_store
-from orchestrator.worker import Worker, WorkerConfig
+from sagalab.fakeservices import FaultSpec, RunningServices, applied_twice
+from sagalab.orchestrator.errors import LeaseLost, StoreError, StoreUnavailable
+from sagalab.orchestrator.journal import JournalEntry
+from sagalab.orchestrator.pg_cluster import PgCluster
+from sagalab.orchestrator.postgres_store import SCHEMA_VERSION, PostgresStore
+from sagalab.orchestrator.saga import Event, EventType
+from sagalab.orchestrator.stores import open_store
+from sagalab.orchestrator.worker import Worker, WorkerConfig
 
 
 def test_lease_expiry_is_judged_by_the_database_clock_not_a_skewed_worker(pg_url: str) -> None:

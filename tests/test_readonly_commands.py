@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from edge.keys import KeyStore
-from orchestrator.breakers import BreakerBoard, BreakerConfig
-from orchestrator.flowfile import load_flow
-from orchestrator.runner import start_saga
-from orchestrator.stores import open_store
+from sagalab.cli.main import app
+from sagalab.edge.keys import KeyStore
+from sagalab.orchestrator.breaker_board import BreakerBoard, BreakerConfig
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.runner import start_saga
+from sagalab.orchestrator.stores import open_store
 
 ORDER = {"order_id": "o-1", "customer_id": "c-1", "sku": "A", "quantity": 1, "amount": 120}
 SAGA = "{saga}"  # filled in with the id of the saga the database holds

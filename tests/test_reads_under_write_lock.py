@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from apilab import admin_api
 
-from orchestrator.flowfile import load_flow
-from orchestrator.runner import start_saga
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.runner import start_saga
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 ORDER = {"order_id": "o-1", "customer_id": "c-1", "sku": "sku-1", "quantity": 1, "amount": 10}
 # Far below the 30 s busy timeout a blocked open waits out; far above an answer's time.
@@ -74,7 +74,7 @@ def test_readyz_and_reads_answer_while_another_connection_holds_the_write_lock(
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
+        [sys.executable, "-m", "sagalab.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=PROMPT + 10,  # interpreter start-up on a loaded machine, then PROMPT at most

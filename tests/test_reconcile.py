@@ -17,14 +17,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.flow import FlowDefinition, HttpCall, StepDefinition, StepKind
-from orchestrator.reconcile import (
+from sagalab.orchestrator.flow import FlowDefinition, HttpCall, StepDefinition, StepKind
+from sagalab.orchestrator.reconcile import (
     FindingKind,
     LedgerRecord,
     SagaFacts,
     reconcile,
 )
-from orchestrator.saga import Event, EventType, Failure, Phase, SagaStatus, idempotency_key
+from sagalab.orchestrator.saga import Event, EventType, Failure, Phase, SagaStatus, idempotency_key
 
 SERVICES = ("inventory", "payments", "shipping", "notifications")
 

@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 from opslab import checkout_saga, cli_subprocess
 from workerlab import REPO, journal, sagalab
 
-from orchestrator.executors import classify_response
-from orchestrator.flowfile import load_flow
-from orchestrator.outcomes import MAX_RETRY_AFTER, classify_status, parse_retry_after
-from orchestrator.policies.retry import MAX_RETRY_SECONDS, RetryPolicy, backoff_delay
-from orchestrator.saga import Event, EventType, Failure, Phase, SagaState, Wait, decide
+from sagalab.orchestrator.executors import classify_response
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.outcomes import MAX_RETRY_AFTER, classify_status, parse_retry_after
+from sagalab.orchestrator.policies.retry import MAX_RETRY_SECONDS, RetryPolicy, backoff_delay
+from sagalab.orchestrator.saga import Event, EventType, Failure, Phase, SagaState, Wait, decide
 
 NOW = 1_800_000_000.0
 

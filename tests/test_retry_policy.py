@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.policies.retry import (
+from sagalab.orchestrator.policies.retry import (
     FOREVER_RETRY,
     MAX_RETRY_AFTER,
     RetryPolicy,

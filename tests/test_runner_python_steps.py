@@ -16,19 +16,19 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import InputError
-from orchestrator.executors import PythonExecutor
-from orchestrator.flow import FlowDefinition, flow_from_dict
-from orchestrator.registry import (
+from sagalab.orchestrator.errors import InputError
+from sagalab.orchestrator.executors import PythonExecutor
+from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict
+from sagalab.orchestrator.registry import (
     PermanentStepError,
     StepCall,
     TransientStepError,
     compensation_handler,
     step_handler,
 )
-from orchestrator.runner import SagaRunner, start_saga
-from orchestrator.saga import EventType, Phase, SagaStatus
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.orchestrator.runner import SagaRunner, start_saga
+from sagalab.orchestrator.saga import EventType, Phase, SagaStatus
+from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 PREFIX = "trp_"  # handler names owned by this module
 

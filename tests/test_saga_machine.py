@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import InvalidTransition, OperatorActionRefused
-from orchestrator.flow import FlowDefinition, flow_from_dict
-from orchestrator.saga import (
+from sagalab.orchestrator.errors import InvalidTransition, OperatorActionRefused
+from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict
+from sagalab.orchestrator.saga import (
     INTERRUPTED,
     Event,
     EventType,

@@ -22,10 +22,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.errors import OperatorActionRefused
-from orchestrator.flow import FlowDefinition, flow_from_dict
-from orchestrator.flowfile import load_flow
-from orchestrator.saga import (
+from sagalab.orchestrator.errors import OperatorActionRefused
+from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.saga import (
     Event,
     EventType,
     Failure,

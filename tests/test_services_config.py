@@ -14,9 +14,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cli.main import app
-from orchestrator.breakers import BreakerConfig, load_breaker_configs
-from orchestrator.flowfile import load_services
+from sagalab.cli.main import app
+from sagalab.orchestrator.breaker_board import BreakerConfig, load_breaker_configs
+from sagalab.orchestrator.flowfile import load_services
 
 runner = CliRunner()
 ORDER = '{"order_id":"o","customer_id":"c","sku":"A","quantity":1,"amount":1}'

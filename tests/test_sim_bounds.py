@@ -15,8 +15,14 @@ from typing import Any
 
 import pytest
 
-from simulator.config import apply_override, check_bounds, configure, list_scenarios, load_scenario
-from simulator.errors import ScenarioError
+from sagalab.simulator.config import (
+    apply_override,
+    check_bounds,
+    configure,
+    list_scenarios,
+    load_scenario,
+)
+from sagalab.simulator.errors import ScenarioError
 
 ROOT = Path(__file__).resolve().parent.parent
 ABSURD = ["1e12", "nan", "inf", "-1"]
@@ -89,7 +95,7 @@ def test_workers_of_all_replicas_are_bounded_together() -> None:
 CAPPED = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
-from cli.main import app
+from sagalab.cli.main import app
 sys.argv = ["sagalab", *sys.argv[1:]]
 app()
 """

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.simulate import app
-from orchestrator.limits import MAX_SIM_REPLICAS
+from sagalab.cli.simulate import app
+from sagalab.orchestrator.limits import MAX_SIM_REPLICAS
 
 runner = CliRunner()
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from simulator.claims import evaluate
-from simulator.config import Node, apply_override, load_scenario, merge_defaults
-from simulator.errors import ScenarioError, ScenarioNotFound
-from simulator.metrics import Histogram
-from simulator.model import simulate
+from sagalab.simulator.claims import evaluate
+from sagalab.simulator.config import Node, apply_override, load_scenario, merge_defaults
+from sagalab.simulator.errors import ScenarioError, ScenarioNotFound
+from sagalab.simulator.metrics import Histogram
+from sagalab.simulator.model import simulate
 
 
 @pytest.mark.parametrize(
@@ -124,9 +124,9 @@ def test_memory_stays_flat_as_duration_grows() -> None:
 
 def test_a_crash_loses_what_the_runner_had_not_committed() -> None:
     """Outcomes are committed with the next attempt's start, as the real runner does."""
-    from orchestrator.flowfile import load_flow
-    from orchestrator.saga import Event, EventType, Phase
-    from simulator.orchestration import Saga
+    from sagalab.orchestrator.flowfile import load_flow
+    from sagalab.orchestrator.saga import Event, EventType, Phase
+    from sagalab.simulator.orchestration import Saga
 
     saga = Saga(1, load_flow("checkout"), born=0.0, legit=True)
     started = Event(EventType.ATTEMPT_STARTED, 1.0, "reserve_inventory", Phase.ACTION, 1)

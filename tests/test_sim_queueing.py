@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.queueing import erlang_c, mmc_wait, plain_queue_run
+from sagalab.simulator.queueing import erlang_c, mmc_wait, plain_queue_run
 
 T_99_19DF = 2.861  # two-sided 99% Student t quantile, 19 degrees of freedom
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from simulator.config import list_scenarios, load_scenario
-from simulator.model import simulate
+from sagalab.simulator.config import list_scenarios, load_scenario
+from sagalab.simulator.model import simulate
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = sorted(list_scenarios())
@@ -82,7 +82,7 @@ def test_same_seed_same_report_in_separate_processes(tmp_path: Path) -> None:
     reports = []
     for hash_seed in ("1", "2"):
         done = subprocess.run(
-            [sys.executable, "-m", "cli.main", "simulate", "run", "orchestrator-crash"]
+            [sys.executable, "-m", "sagalab.cli.main", "simulate", "run", "orchestrator-crash"]
             + ["--seed", "5", "--out", str(tmp_path / hash_seed), "--json"],
             env={**os.environ, "PYTHONHASHSEED": hash_seed},
             capture_output=True,

@@ -22,10 +22,10 @@ import httpx
 import pytest
 from workerlab import processes_mentioning, sagalab, wait_for
 
-from edge.server import bind
-from edge.stack import StackState, alive, load_state
-from orchestrator.limits import MAX_GATEWAYS, MAX_STACK_WORKERS
-from orchestrator.sqlite_store import SQLiteStore
+from sagalab.edge.server import bind
+from sagalab.orchestrator.limits import MAX_GATEWAYS, MAX_STACK_WORKERS
+from sagalab.orchestrator.sqlite_store import SQLiteStore
+from sagalab.stack.processes import StackState, alive, load_state
 
 pytestmark = pytest.mark.slow
 
@@ -432,7 +432,7 @@ def test_up_checks_every_option_before_starting_anything(
 def test_a_stack_in_the_foreground_stops_everything_on_sigterm(tmp_path: Path) -> None:
     directory = str(tmp_path / "stack")
     up = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "stack", "up", "--dir", directory, "--port", "0",
+        [sys.executable, "-m", "sagalab.cli.main", "stack", "up", "--dir", directory, "--port", "0",
          "--workers", "0", "--gateways", "1", "--no-services"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

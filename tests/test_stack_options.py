@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from edge.stack import StackConfig
-from edge.stack_checks import StackOptionError, validate
-from edge.stack_supervisor import MAX_RESTART_DELAY, MIN_RESTART_DELAY
-from orchestrator.limits import MAX_FLOOD_RATE
-from orchestrator.policies.balancer import Strategy
+from sagalab.cli.main import app
+from sagalab.edge.policies.balancer import Strategy
+from sagalab.orchestrator.limits import MAX_FLOOD_RATE
+from sagalab.stack.checks import StackOptionError, validate
+from sagalab.stack.processes import StackConfig
+from sagalab.stack.supervisor import MAX_RESTART_DELAY, MIN_RESTART_DELAY
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -61,7 +61,7 @@ def test_up_help_names_every_strategy_and_bound() -> None:
 
 
 def test_simulate_duration_help_names_its_bound() -> None:
-    from orchestrator.limits import MAX_SIM_DURATION
+    from sagalab.orchestrator.limits import MAX_SIM_DURATION
 
     result = CliRunner().invoke(app, ["simulate", "run", "--help"], env={"COLUMNS": "300"})
     assert f"at most {MAX_SIM_DURATION:g}" in " ".join(result.stdout.split())

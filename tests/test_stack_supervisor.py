@@ -15,8 +15,8 @@ from pathlib import Path
 
 from workerlab import wait_for
 
-from edge.stack import Component, StackConfig, StackState, _spawn, alive, load_state
-from edge.stack_supervisor import MAX_RESTART_DELAY, StackSupervisor
+from sagalab.stack.processes import Component, StackConfig, StackState, _spawn, alive, load_state
+from sagalab.stack.supervisor import MAX_RESTART_DELAY, StackSupervisor
 
 
 def crasher(logs: Path, script: str) -> Component:

@@ -11,17 +11,17 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import (
+from sagalab.orchestrator.errors import (
     ConcurrentUpdate,
     IdempotencyConflict,
     SagaNotFoundError,
     StoreError,
 )
-from orchestrator.flow import FlowDefinition, flow_from_dict
-from orchestrator.journal import JournalEntry
-from orchestrator.saga import Event, EventType, Failure, Phase, SagaState, SagaStatus
-from orchestrator.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
-from orchestrator.store import SagaRecord, Store
+from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict
+from sagalab.orchestrator.journal import JournalEntry
+from sagalab.orchestrator.saga import Event, EventType, Failure, Phase, SagaState, SagaStatus
+from sagalab.orchestrator.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
+from sagalab.orchestrator.store import SagaRecord, Store
 
 FLOW_RAW = {
     "name": "order",

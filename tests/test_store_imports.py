@@ -43,11 +43,14 @@ SQLITE3_ALSO = frozenset(
 )
 #: Modules allowed to open the SQLite store directly besides the factory (see the docstring).
 BACKEND_ALSO = frozenset({"benchmarks/bench_orchestrator.py"})
-BACKEND_MODULES = ("orchestrator.sqlite_store", "orchestrator.sqlite_breakers")
+BACKEND_MODULES = ("sagalab.orchestrator.sqlite_store", "sagalab.orchestrator.sqlite_breakers")
 POSTGRES_MODULES = frozenset(
     {"orchestrator/postgres_store.py", "orchestrator/postgres_breakers.py"}
 )
-POSTGRES_BACKEND_MODULES = ("orchestrator.postgres_store", "orchestrator.postgres_breakers")
+POSTGRES_BACKEND_MODULES = (
+    "sagalab.orchestrator.postgres_store",
+    "sagalab.orchestrator.postgres_breakers",
+)
 POSTGRES_DRIVERS = ("psycopg", "psycopg_pool")
 
 
@@ -97,21 +100,26 @@ def test_the_rule_catches_each_way_round_the_port() -> None:
     """The check itself: each kind of import it exists to refuse is reported."""
     assert violations("import sqlite3\n", "orchestrator/worker.py") == ["line 1: imports sqlite3"]
     assert violations("from sqlite3 import Error\n", "cli/errors.py") != []
-    assert violations("from orchestrator.sqlite_store import SQLiteStore\n", "cli/x.py") != []
-    assert violations("import orchestrator.sqlite_breakers\n", "orchestrator/api.py") != []
+    assert (
+        violations("from sagalab.orchestrator.sqlite_store import SQLiteStore\n", "cli/x.py") != []
+    )
+    assert violations("import sagalab.orchestrator.sqlite_breakers\n", "orchestrator/api.py") != []
     assert violations("x = mod.SQLiteStore(path)\n", "orchestrator/api.py") != []
     # What is allowed where, by the same function.
     assert violations("import sqlite3\n", "orchestrator/sqlite_store.py") == []
     assert violations("import sqlite3\n", "edge/keys.py") == []
-    assert violations("from orchestrator.sqlite_store import open_sqlite_store\n", FACTORY) == []
+    assert (
+        violations("from sagalab.orchestrator.sqlite_store import open_sqlite_store\n", FACTORY)
+        == []
+    )
     assert violations("import sqlite3\n", FACTORY) != []
     assert violations("import psycopg\n", "orchestrator/worker.py") == ["line 1: imports psycopg"]
     assert violations("from psycopg_pool import ConnectionPool\n", "cli/x.py") != []
     assert violations("import psycopg\n", FACTORY) != []
-    assert violations("from orchestrator.postgres_store import connect\n", "cli/x.py") != []
+    assert violations("from sagalab.orchestrator.postgres_store import connect\n", "cli/x.py") != []
     assert violations("x = mod.PostgresStore(url)\n", "orchestrator/api.py") != []
     assert violations("import psycopg\n", "orchestrator/postgres_breakers.py") == []
-    assert violations("import orchestrator.postgres_breakers\n", FACTORY) == []
+    assert violations("import sagalab.orchestrator.postgres_breakers\n", FACTORY) == []
 
 
 def test_every_package_module_is_checked() -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import IdempotencyConflict, SagaNotFoundError
-from orchestrator.flow import FlowDefinition, flow_from_dict
-from orchestrator.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
-from orchestrator.store import DEFAULT_TENANT, SagaRecord
+from sagalab.orchestrator.errors import IdempotencyConflict, SagaNotFoundError
+from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict
+from sagalab.orchestrator.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
+from sagalab.orchestrator.store import DEFAULT_TENANT, SagaRecord
 
 FLOW = {
     "name": "order",
@@ -132,7 +132,7 @@ def test_migration_from_v6_puts_sagas_in_the_default_tenant(tmp_path: Path) -> N
 def test_the_cli_works_on_every_tenant_and_list_filters_by_one(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from sagalab.cli.main import app
 
     db = tmp_path / "s.db"
     store = SQLiteStore(db)

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge.keys import KeyStore
-from edge.server import RunningServer
+from sagalab.edge.keys import KeyStore
+from sagalab.edge.server import RunningServer
 from tests.edgelab import ORDER, SAGA, serve_path
 
 

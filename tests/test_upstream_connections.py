@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 
-from edge.upstream import Upstream, UpstreamFailed
+from sagalab.edge.upstream import Upstream, UpstreamFailed
 
 
 async def _silent_server() -> tuple[asyncio.Server, int, asyncio.Event]:

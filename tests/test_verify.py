@@ -22,17 +22,17 @@ import pytest
 from apilab import cli as apicli
 from typer.testing import CliRunner
 
-from cli.main import app
-from edge.stack import STATE_FILE
-from fakeservices import FaultSpec, RunningServices
-from orchestrator.errors import LedgerUnavailable
-from orchestrator.executors import HttpExecutor
-from orchestrator.flowfile import load_flow
-from orchestrator.ledgers import records_from, verify_store
-from orchestrator.reconcile import FindingKind, LedgerRecord, SagaFacts, reconcile
-from orchestrator.runner import SagaRunner, start_saga
-from orchestrator.saga import Event, EventType, Phase, SagaStatus, idempotency_key
-from orchestrator.stores import open_store
+from sagalab.cli.main import app
+from sagalab.fakeservices import FaultSpec, RunningServices
+from sagalab.orchestrator.errors import LedgerUnavailable
+from sagalab.orchestrator.executors import HttpExecutor
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.ledgers import records_from, verify_store
+from sagalab.orchestrator.reconcile import FindingKind, LedgerRecord, SagaFacts, reconcile
+from sagalab.orchestrator.runner import SagaRunner, start_saga
+from sagalab.orchestrator.saga import Event, EventType, Phase, SagaStatus, idempotency_key
+from sagalab.orchestrator.stores import open_store
+from sagalab.stack.processes import STATE_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,7 @@ def test_a_clean_run_as_a_subprocess_shows_the_verdict(
     env["PYTHONPATH"] = str(REPO)
     env["SAGALAB_SERVICES_URL"] = services.base_url  # found as the orchestrator finds it
     done = subprocess.run(
-        [sys.executable, "-m", "cli.main", "verify", "--db", str(checkouts.db)],
+        [sys.executable, "-m", "sagalab.cli.main", "verify", "--db", str(checkouts.db)],
         cwd=REPO,
         env=env,
         capture_output=True,

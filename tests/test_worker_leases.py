@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 from workerlab import wait_for
 
-from orchestrator.errors import LeaseHeld, LeaseLost
-from orchestrator.flowfile import load_flow
-from orchestrator.journal import JournalEntry
-from orchestrator.leases import LeaseKeeper, new_owner, owner_is_dead
-from orchestrator.runner import start_saga
-from orchestrator.saga import Event, EventType, Phase, SagaStatus
-from orchestrator.sqlite_store import SQLiteStore
-from orchestrator.store import Lease
+from sagalab.orchestrator.errors import LeaseHeld, LeaseLost
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.journal import JournalEntry
+from sagalab.orchestrator.leases import LeaseKeeper, new_owner, owner_is_dead
+from sagalab.orchestrator.runner import start_saga
+from sagalab.orchestrator.saga import Event, EventType, Phase, SagaStatus
+from sagalab.orchestrator.sqlite_store import SQLiteStore
+from sagalab.orchestrator.store import Lease
 
 T0 = 1_000.0
 LEASE = 5.0

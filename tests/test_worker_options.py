@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from orchestrator.limits import MAX_LEASE, MAX_POLL, MAX_RUN_SECONDS
+from sagalab.cli.main import app
+from sagalab.orchestrator.limits import MAX_LEASE, MAX_POLL, MAX_RUN_SECONDS
 
 BAD = [
     ("--lease", "inf", "finite"),
@@ -43,7 +43,7 @@ def worker(args: list[str]) -> subprocess.CompletedProcess[str]:
     may never stop, so a refusal must come within the timeout."""
     try:
         return subprocess.run(
-            [sys.executable, "-m", "cli.main", "worker", *args],
+            [sys.executable, "-m", "sagalab.cli.main", "worker", *args],
             capture_output=True,
             text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)},

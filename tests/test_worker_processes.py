@@ -27,10 +27,10 @@ from workerlab import (
     wait_for,
 )
 
-from fakeservices import FaultSpec, RunningServices, applied_twice
-from orchestrator.limits import MAX_REPLICAS
-from orchestrator.saga import EventType, Phase
-from orchestrator.supervisor import Supervisor, SupervisorConfig
+from sagalab.fakeservices import FaultSpec, RunningServices, applied_twice
+from sagalab.orchestrator.limits import MAX_REPLICAS
+from sagalab.orchestrator.saga import EventType, Phase
+from sagalab.orchestrator.supervisor import Supervisor, SupervisorConfig
 
 FAST = ("--poll", "0.05")
 

@@ -17,16 +17,16 @@ from apilab import admin_api
 from typer.testing import CliRunner
 from workerlab import Workers, enqueue, journal, order, query, statuses, wait_for
 
-from cli.main import app
-from fakeservices import FaultSpec, RunningServices
-from orchestrator.executors import AttemptContext, AttemptOutcome, HttpExecutor
-from orchestrator.flow import flow_from_dict
-from orchestrator.flowfile import load_flow
-from orchestrator.jsonsafe import loads_strict
-from orchestrator.runner import SagaRunner, new_saga_id, new_trace_id, start_saga
-from orchestrator.saga import EventType, Phase, SagaStatus
-from orchestrator.sqlite_store import SQLiteStore
-from orchestrator.worker import Worker, WorkerConfig, WorkerFailed
+from sagalab.cli.main import app
+from sagalab.fakeservices import FaultSpec, RunningServices
+from sagalab.orchestrator.executors import AttemptContext, AttemptOutcome, HttpExecutor
+from sagalab.orchestrator.flow import flow_from_dict
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.jsonsafe import loads_strict
+from sagalab.orchestrator.runner import SagaRunner, new_saga_id, new_trace_id, start_saga
+from sagalab.orchestrator.saga import EventType, Phase, SagaStatus
+from sagalab.orchestrator.sqlite_store import SQLiteStore
+from sagalab.orchestrator.worker import Worker, WorkerConfig, WorkerFailed
 
 FAST = ("--poll", "0.05", "--lease", "2")
 

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fakeservices import LedgerEntry, RunningServices, run_in_thread
-from orchestrator.flowfile import load_flow
-from orchestrator.journal import JournalEntry
-from orchestrator.runner import start_saga
-from orchestrator.saga import EventType, Phase
-from orchestrator.sqlite_store import SQLiteStore
-from orchestrator.stores import open_store
+from sagalab.fakeservices import LedgerEntry, RunningServices, run_in_thread
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.journal import JournalEntry
+from sagalab.orchestrator.runner import start_saga
+from sagalab.orchestrator.saga import EventType, Phase
+from sagalab.orchestrator.sqlite_store import SQLiteStore
+from sagalab.orchestrator.stores import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,7 +64,7 @@ def sagalab(
 ) -> subprocess.CompletedProcess[str]:
     """`sagalab ARGS` as a subprocess (this environment plus `env`), its output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
+        [sys.executable, "-m", "sagalab.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -157,7 +157,7 @@ class Workers:
         err = self.logs / f"worker-{n}.err"
         with out.open("wb") as o, err.open("wb") as e:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "worker", "--db", str(self.db), *args],
+                [sys.executable, "-m", "sagalab.cli.main", "worker", "--db", str(self.db), *args],
                 cwd=REPO,
                 env=self.env,
                 stdout=o,
@@ -519,7 +519,7 @@ def verify_findings(db: Path, services: RunningServices) -> tuple[int, list[dict
     """`sagalab verify --db DB --services LAB --json`, in process: (exit code, findings)."""
     from typer.testing import CliRunner  # here: most users of this module never verify
 
-    from cli.main import app
+    from sagalab.cli.main import app
 
     result = CliRunner().invoke(
         app, ["verify", "--db", str(db), "--services", services.base_url, "--json"]

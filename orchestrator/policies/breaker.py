@@ -24,7 +24,7 @@ zeroes the success count, closed zeroes both.
 
 The state lives in a `BreakerStorage`: `MemoryBreakerStorage` in one process (or a
 simulation), a database-backed subclass for workers that share one breaker per service
-(orchestrator/breakers.py). Counters move through the storage's own increment, and every
+(orchestrator/breaker_board.py). Counters move through the storage's own increment, and every
 transition a caller makes is one compare-and-set in the storage, so several threads and
 processes on one row take each decision once (issue 10):
 
@@ -325,7 +325,7 @@ class MemoryBreakerStorage(BreakerStorage):
         self._probe_until = None
 
 
-# The names orchestrator/breakers.py (and code written before issue 9) subclass and import.
+# The names orchestrator/breaker_board.py (and code written before issue 9) subclass and import.
 ClockedStorage = BreakerStorage
 MemoryClockedStorage = MemoryBreakerStorage
 

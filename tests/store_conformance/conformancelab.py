@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.flow import FlowDefinition, flow_from_dict
-from orchestrator.journal import JournalEntry
-from orchestrator.saga import Event, EventType, Phase
-from orchestrator.store import BreakerStore, Lease, SagaRecord, Store
-from orchestrator.stores import open_breaker_store, open_store
+from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict
+from sagalab.orchestrator.journal import JournalEntry
+from sagalab.orchestrator.saga import Event, EventType, Phase
+from sagalab.orchestrator.store import BreakerStore, Lease, SagaRecord, Store
+from sagalab.orchestrator.stores import open_breaker_store, open_store
 
 FLOW_RAW = {
     "name": "order",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conformancelab import Backend
 
-from orchestrator.store import Store
+from sagalab.orchestrator.store import Store
 
 #: The backends every conformance test runs against.
 BACKENDS = ["sqlite", "postgres"]

@@ -107,7 +107,7 @@ def test_rows_reset_and_a_read_only_handle(store_factory: Backend) -> None:
 
 def _probe_racer(url: str, barrier: Any, results: Any) -> None:
     """Wait for every racer, then try for the half-open probe once."""
-    from orchestrator.stores import open_breaker_store
+    from sagalab.orchestrator.stores import open_breaker_store
 
     states = open_breaker_store(url)
     try:

@@ -8,11 +8,11 @@ from typing import Any
 
 from conformancelab import Backend, create, order_flow
 
-from orchestrator.errors import ConcurrentUpdate, LeaseLost
-from orchestrator.journal import JournalEntry
-from orchestrator.saga import Event, EventType, Phase, SagaState
-from orchestrator.store import Lease, Store
-from orchestrator.stores import open_store
+from sagalab.orchestrator.errors import ConcurrentUpdate, LeaseLost
+from sagalab.orchestrator.journal import JournalEntry
+from sagalab.orchestrator.saga import Event, EventType, Phase, SagaState
+from sagalab.orchestrator.store import Lease, Store
+from sagalab.orchestrator.stores import open_store
 
 SPAWN = multiprocessing.get_context("spawn")
 

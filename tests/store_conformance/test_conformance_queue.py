@@ -7,10 +7,10 @@ import threading
 import pytest
 from conformancelab import Backend, advance, create, reserve_ok
 
-from orchestrator.errors import LeaseHeld, LeaseLost, SagaNotFoundError
-from orchestrator.saga import Event, EventType, Phase
-from orchestrator.store import Store
-from orchestrator.stores import open_store
+from sagalab.orchestrator.errors import LeaseHeld, LeaseLost, SagaNotFoundError
+from sagalab.orchestrator.saga import Event, EventType, Phase
+from sagalab.orchestrator.store import Store
+from sagalab.orchestrator.stores import open_store
 
 
 def test_claim_next_takes_the_saga_due_longest_ago_once(store: Store) -> None:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 from conformancelab import Backend, advance, create, order_flow, reserve_ok
 
-from orchestrator.errors import (
+from sagalab.orchestrator.errors import (
     ConcurrentUpdate,
     IdempotencyConflict,
     SagaNotFoundError,
     StoreError,
 )
-from orchestrator.journal import JournalEntry
-from orchestrator.saga import Event, EventType, Phase, SagaState, SagaStatus
-from orchestrator.store import Store
+from sagalab.orchestrator.journal import JournalEntry
+from sagalab.orchestrator.saga import Event, EventType, Phase, SagaState, SagaStatus
+from sagalab.orchestrator.store import Store
 
 
 def test_create_load_journal_state_and_steps(store: Store) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from orchestrator.policies.token_bucket import TokenBucket
+from sagalab.edge.policies.token_bucket import TokenBucket
 
 __all__ = ["FloodGuard", "Firewall", "Reason", "Verdict", "parse_networks"]
 

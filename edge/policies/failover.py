@@ -1,6 +1,6 @@
 """What the edge does when an upstream instance fails a request: one rule for both runtimes.
 
-The real edge (`edge/pool.py`) and the simulated one (`simulator/edge.py`) both ask
+The real edge (`edge/pool.py`) and the simulated one (`simulator/edge_model.py`) both ask
 `after_failure` what a failed send means and `choose_untried` which instance to try next, so a
 refused gateway is handled the same in both. Pure: no I/O, no clock.
 
@@ -25,7 +25,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from orchestrator.policies.balancer import Balancer, HealthTracker, Instance, RandomSource
+from sagalab.edge.policies.balancer import Balancer, HealthTracker, Instance, RandomSource
 
 __all__ = ["Failover", "SendFailure", "after_failure", "choose_untried", "eject"]
 

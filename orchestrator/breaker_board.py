@@ -18,11 +18,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import ServiceConfigError
-from orchestrator.flowfile import load_services, read_services_file
-from orchestrator.policies.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
-from orchestrator.store import Guard
-from orchestrator.stores import open_breaker_store
+from sagalab.orchestrator.errors import ServiceConfigError
+from sagalab.orchestrator.flowfile import load_services, read_services_file
+from sagalab.orchestrator.policies.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
+from sagalab.orchestrator.store import Guard
+from sagalab.orchestrator.stores import open_breaker_store
 
 
 @dataclass(frozen=True)

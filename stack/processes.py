@@ -12,7 +12,7 @@ period. A pid is only signalled if its start time matches the one recorded, so a
 is never hit.
 
 `sagalab stack up` runs `start()` inside a stack supervisor process
-(`edge.stack_supervisor`), which is then the parent of every component: it restarts one that
+(`stack.supervisor`), which is then the parent of every component: it restarts one that
 dies (`respawn()` binds its port again) and records the restart in `stack.json`. `stop()` asks
 that supervisor to stop first, then stops whatever is still running itself.
 """
@@ -33,9 +33,9 @@ from typing import Any
 
 import httpx
 
-from edge.errors import StackError
-from edge.keys import KeyStore
-from edge.server import bind
+from sagalab.edge.errors import StackError
+from sagalab.edge.keys import KeyStore
+from sagalab.edge.server import bind
 
 __all__ = [
     "Component",
@@ -297,14 +297,14 @@ def start(
                 _spawn(
                     "services",
                     "services",
-                    _python("cli.main", "services", "up", "--port", str(port)),
+                    _python("sagalab.cli.main", "services", "up", "--port", str(port)),
                     logs,
                     url=services_url,
                     health=f"{services_url}/healthz",
                 )
             )
         if services_url:
-            from fakeservices.server import service_env
+            from sagalab.fakeservices.server import service_env
 
             env = service_env(services_url)
         api_sock = bind("127.0.0.1", 0, inheritable=True)
@@ -315,7 +315,7 @@ def start(
                 "api",
                 "api",
                 _python(
-                    "edge.apps",
+                    "sagalab.edge.apps",
                     "api",
                     "--fd",
                     str(api_sock.fileno()),
@@ -347,7 +347,7 @@ def start(
                     f"gateway-{i}",
                     "gateway",
                     _python(
-                        "edge.apps",
+                        "sagalab.edge.apps",
                         "gateway",
                         "--fd",
                         str(sock.fileno()),
@@ -373,7 +373,7 @@ def start(
         edge_sock = bind("127.0.0.1", config.edge_port, inheritable=True)
         sockets.append(edge_sock)
         edge_url = f"http://127.0.0.1:{edge_sock.getsockname()[1]}"
-        edge_cmd = _python("edge.apps", "edge", "--fd", str(edge_sock.fileno()))
+        edge_cmd = _python("sagalab.edge.apps", "edge", "--fd", str(edge_sock.fileno()))
         edge_cmd += ["--strategy", config.strategy]
         for u in gateway_urls:
             edge_cmd += ["--upstream", u]
@@ -407,7 +407,7 @@ def start(
                     f"worker-{i}",
                     "worker",
                     _python(
-                        "cli.main",
+                        "sagalab.cli.main",
                         "worker",
                         "--replicas",
                         "1",

@@ -20,15 +20,15 @@ from typing import Any
 
 import simpy
 
-from orchestrator.policies.balancer import Balancer, HealthTracker
-from orchestrator.policies.failover import SendFailure, after_failure, choose_untried, eject
-from orchestrator.policies.firewall import Firewall
-from orchestrator.policies.retry import RetryPolicy
-from orchestrator.policies.token_bucket import TokenBucket
-from simulator.config import Node
-from simulator.errors import ScenarioError
-from simulator.metrics import Histogram
-from simulator.stations import Job, Station
+from sagalab.edge.policies.balancer import Balancer, HealthTracker
+from sagalab.edge.policies.failover import SendFailure, after_failure, choose_untried, eject
+from sagalab.edge.policies.firewall import Firewall
+from sagalab.edge.policies.token_bucket import TokenBucket
+from sagalab.orchestrator.policies.retry import RetryPolicy
+from sagalab.simulator.config import Node
+from sagalab.simulator.errors import ScenarioError
+from sagalab.simulator.metrics import Histogram
+from sagalab.simulator.stations import Job, Station
 
 __all__ = ["Attempt", "ClientGroup", "Edge", "Gateway", "Request"]
 
@@ -120,7 +120,7 @@ class Gateway:
         self.up = True
         self.health = HealthTracker()
 
-    # What the balancer reads (`orchestrator.policies.balancer.Instance`), live rather than
+    # What the balancer reads (`edge.policies.balancer.Instance`), live rather than
     # through a snapshot per request. Both read `Station.active`'s two fields directly: the
     # balancer asks every gateway for every request, and a property calling a property costs
     # 0.6% of a simulated request.
@@ -296,7 +296,7 @@ class Edge:
         attempt.tried += (choice,)
         gateway = gateways[choice]
         if not gateway.up:
-            # Connection refused: what the real edge does (`orchestrator.policies.failover`).
+            # Connection refused: what the real edge does (`edge.policies.failover`).
             self.count("balancer.connect_failed")
             self._failed(attempt, gateway, SendFailure.REFUSED)
             return

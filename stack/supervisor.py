@@ -1,8 +1,8 @@
 """The stack supervisor: the process that starts the stack's components and restarts any that die.
 
-    sagalab stack up  --config on stdin-->  python -m edge.stack_supervisor
+    sagalab stack up  --config on stdin-->  python -m sagalab.stack.supervisor
                       <--progress / ready / error lines on stdout--
-                                            |- starts every component (edge.stack.start)
+                                            |- starts every component (stack.processes.start)
                                             |- every tick: reaps the dead, restarts them
                                             `- SIGTERM (stack down): stops them all, exits
 
@@ -33,8 +33,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edge.errors import StackError
-from edge.stack import (
+from sagalab.edge.errors import StackError
+from sagalab.orchestrator.policies.retry import RetryPolicy
+from sagalab.stack.processes import (
     STATE_FILE,
     Component,
     StackConfig,
@@ -48,7 +49,6 @@ from edge.stack import (
     terminate,
     write_state,
 )
-from orchestrator.policies.retry import RetryPolicy
 
 __all__ = [
     "MAX_RESTART_DELAY",
@@ -244,7 +244,7 @@ def _config_to_json(config: StackConfig) -> str:
 
 
 def main() -> int:
-    """Entry point of `python -m edge.stack_supervisor` (config as JSON on stdin)."""
+    """Entry point of `python -m sagalab.stack.supervisor` (config as JSON on stdin)."""
     config = _config_from_json(json.loads(sys.stdin.read()))
     directory = config.directory.resolve()
     handshake = os.fdopen(os.dup(1), "w", buffering=1)
@@ -272,7 +272,7 @@ def main() -> int:
         url=None,
         health=None,
         log=str(directory / "logs" / LOG),
-        command=[sys.executable, "-m", "edge.stack_supervisor"],
+        command=[sys.executable, "-m", "sagalab.stack.supervisor"],
     )
     try:
         state = start(config, on_progress=progress, supervisor=me)
@@ -307,7 +307,7 @@ def launch(
     directory = config.directory.resolve()
     (directory / "logs").mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge.stack_supervisor"],
+        [sys.executable, "-m", "sagalab.stack.supervisor"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -324,7 +324,7 @@ def launch(
             if kind == "progress":
                 on_progress(rest)
             elif kind == "ready":
-                from edge.stack import load_state
+                from sagalab.stack.processes import load_state
 
                 return load_state(directory)
             elif kind == "error":

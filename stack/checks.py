@@ -16,12 +16,11 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from edge.errors import EdgeError, StackError
-from edge.server import bind
-from edge.stack import StackConfig, alive, load_state
-from edge.stack_supervisor import MAX_RESTART_DELAY, MIN_RESTART_DELAY
-from orchestrator.errors import SagaError
-from orchestrator.limits import (
+from sagalab.edge.errors import EdgeError, StackError
+from sagalab.edge.policies.balancer import Strategy
+from sagalab.edge.server import bind
+from sagalab.orchestrator.errors import SagaError
+from sagalab.orchestrator.limits import (
     CONCURRENCY_WHY,
     GATEWAYS_WHY,
     MAX_CONCURRENCY,
@@ -33,7 +32,8 @@ from orchestrator.limits import (
     LimitError,
     check,
 )
-from orchestrator.policies.balancer import Strategy
+from sagalab.stack.processes import StackConfig, alive, load_state
+from sagalab.stack.supervisor import MAX_RESTART_DELAY, MIN_RESTART_DELAY
 
 __all__ = ["StackEnvironmentError", "StackOptionError", "validate"]
 
@@ -131,8 +131,8 @@ def _check_directory(directory: Path) -> Path:
 
 def _check_services_file(env: Mapping[str, str]) -> None:
     """The workers would read SAGALAB_SERVICES_FILE: refuse a bad one now, not after start."""
-    from orchestrator.breakers import load_breaker_configs
-    from orchestrator.flowfile import load_services
+    from sagalab.orchestrator.breaker_board import load_breaker_configs
+    from sagalab.orchestrator.flowfile import load_services
 
     path = env.get("SAGALAB_SERVICES_FILE")
     if not path:
@@ -147,8 +147,8 @@ def _check_services_file(env: Mapping[str, str]) -> None:
 
 def _check_db(db: Path) -> None:
     # Checked, not created: a refusal that follows (a port in use) must leave no file.
-    from orchestrator.store import Access
-    from orchestrator.stores import check_store
+    from sagalab.orchestrator.store import Access
+    from sagalab.orchestrator.stores import check_store
 
     try:
         check_store(db, Access.CREATE)
