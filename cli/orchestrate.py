@@ -288,7 +288,14 @@ def run(
                     )
             return
         if not record.status.is_terminal:
-            _drive(store, record.id, record.flow, services, quiet=as_json, crash_at=crash_at)
+            try:
+                _drive(store, record.id, record.flow, services, quiet=as_json, crash_at=crash_at)
+            except ConcurrentUpdate as exc:  # `_drive` gave it back to the queue: say so
+                raise fail(
+                    f"{exc}; saga {record.id} kept changing while it ran here and is queued "
+                    f"for the workers (or `sagalab orchestrate resume {record.id}`)",
+                    EXIT_REFUSED,
+                ) from None
         status = _show(store, record.id, as_json)
     raise typer.Exit(_outcome_code(status, SagaStatus.COMPLETED))
 

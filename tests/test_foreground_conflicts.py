@@ -13,8 +13,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from apilab import admin_api
 from workerlab import REPO, Workers, order, wait_for
 
@@ -149,3 +151,39 @@ def test_a_killed_foreground_run_is_taken_over_by_a_worker_once_its_lease_expire
     wait_for(lambda: status_of(db, record.id).is_terminal, 40, "a worker to finish the saga")
     assert status_of(db, record.id) is SagaStatus.COMPLETED
     assert applied_twice(services.lab.ledger()) == []
+
+
+def test_a_run_that_keeps_meeting_conflicts_says_it_queued_the_saga(
+    tmp_path: Path, services: RunningServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After RERUN_TRIES concurrent appends in a row the run gives the saga back to the
+    workers' queue, and says so (exit 4), instead of only naming the conflict."""
+    from typer.testing import CliRunner
+
+    from sagalab.cli.main import app
+    from sagalab.orchestrator.errors import ConcurrentUpdate
+    from sagalab.orchestrator.runner import SagaRunner
+
+    calls: list[str] = []
+
+    def always_overtaken(self: SagaRunner, saga_id: str, **_: object) -> None:
+        calls.append(saga_id)
+        raise ConcurrentUpdate(f"saga {saga_id}: journal is at 5, writer expected 4")
+
+    monkeypatch.setattr(SagaRunner, "run", always_overtaken)
+    for key, value in the_env(services).items():
+        monkeypatch.setenv(key, value)
+    db = tmp_path / "sagas.db"
+    answer = CliRunner().invoke(
+        app,
+        ["orchestrate", "run", "checkout", "--db", str(db), "--wait", "--json",
+         "--input", json.dumps(order(1))],
+    )  # fmt: skip
+    assert answer.exit_code == 4, answer.output
+    assert "queued for the workers" in answer.output and len(calls) == 5, answer.output
+    store = SQLiteStore(db)
+    try:
+        (record,) = store.list_sagas()
+        assert store.claim(record.id, "a-worker", now=time.time() + 1, lease_seconds=5.0)
+    finally:
+        store.close()
