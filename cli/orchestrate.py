@@ -339,16 +339,28 @@ def status(
         _show(store, saga_id, as_json)
 
 
+class _Terminated(BaseException):
+    """SIGTERM while following: end like Ctrl-C, closing the store (no -wal/-shm left)."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def _follow(db: Path, saga_id: str, as_json: bool, interval: float) -> int:
     """The live timeline: new journal entries as they land, until the saga stops; Ctrl-C
-    ends it with EXIT_INTERRUPTED and no traceback (the saga itself goes on)."""
+    ends it with EXIT_INTERRUPTED and SIGTERM with 143, no traceback (the saga itself goes
+    on). A database file deleted or replaced meanwhile ends it with exit 5 and one line."""
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         with handled(), closing(open_store(db, read_only=True)) as store:
+            watchdog = DatabaseWatchdog(store.path, restart="follow the saga on the new file")
             record = store.load(saga_id)
             if not as_json:
                 render.follow_header(saga_summary(record))
             seen = 0
             while True:
+                watchdog.check()
                 record, entries, _ = store.state(saga_id)
                 for entry in entries[seen:]:
                     row = entry_to_dict(entry)
@@ -369,6 +381,10 @@ def _follow(db: Path, saga_id: str, as_json: bool, interval: float) -> int:
     except KeyboardInterrupt:
         render.err.print("stopped following; the saga goes on")
         return EXIT_INTERRUPTED
+    except _Terminated:
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return _outcome_code(record.status, SagaStatus.COMPLETED)
 
 

@@ -233,11 +233,10 @@ def reconciliation(result: Reconciliation) -> None:
             )
         out.print(table)
     out.print(verdict_line(result))
-    if result.unchecked or result.unmatched:
-        err.print(
-            f"[dim]{result.unchecked} step(s) of services with no ledger (Python steps) not "
-            f"checked; {result.unmatched} ledger entries belong to no saga checked[/]"
-        )
+    if result.unchecked:
+        err.print(f"[dim]{result.unchecked} step(s) of services with no ledger not checked[/]")
+    if result.unmatched:
+        err.print(f"[dim]{result.unmatched} ledger entries belong to no saga checked[/]")
 
 
 def fork_plan(plan: dict[str, Any], *, dry_run: bool) -> None:

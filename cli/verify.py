@@ -157,7 +157,13 @@ def verify(
     """Reconcile every saga's journal with the services' ledgers: exit 0 when each is done or
     undone, 1 with every finding otherwise."""
     try:
-        after = None if since is None else parse_since(since, now=time.time())
+        now = time.time()
+        after = None if since is None else parse_since(since, now=now)
+        if after is not None and after > now:
+            raise ValueError(
+                f"--since {since!r} is in the future: nothing would be checked "
+                "(give a time before now)"
+            )
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     with handled():

@@ -287,3 +287,14 @@ def test_every_import_of_ours_goes_through_the_sagalab_name() -> None:
                 names = [node.module]
             bare += [f"{relative}:{node.lineno}: {n}" for n in names if n.split(".")[0] in folders]
     assert not bare, "import these as sagalab.…:\n" + "\n".join(bare)
+
+
+def test_python_m_sagalab_is_the_command() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "sagalab", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert shown.returncode == 0 and "orchestrate" in shown.stdout, shown.stderr

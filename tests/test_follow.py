@@ -189,3 +189,31 @@ def test_run_follow_queues_the_saga_and_shows_a_worker_running_it(
         "create_shipment",
         "send_confirmation",
     ]
+
+
+def sidecars(db: Path) -> list[str]:
+    return sorted(p.name for p in db.parent.iterdir() if p.name.startswith(db.name + "-"))
+
+
+def test_sigterm_stops_following_and_leaves_no_wal_or_shm(db: Path, store: SQLiteStore) -> None:
+    saga_id = stored(store)
+    store.close()  # only the follower has the file open now
+    with following(db, saga_id) as follower:
+        follower.wait_lines(2, "the header and the first event")
+        follower.proc.send_signal(signal.SIGTERM)
+        code, err = follower.finish()
+    assert code == 143 and "Traceback" not in err, err
+    assert sidecars(db) == []
+
+
+def test_a_database_deleted_under_a_follower_ends_it_with_5(db: Path, store: SQLiteStore) -> None:
+    saga_id = stored(store)
+    store.close()
+    with following(db, saga_id) as follower:
+        follower.wait_lines(2, "the header and the first event")
+        db.unlink()
+        code, err = follower.finish()
+    assert code == 5, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "was deleted" in lines[0], lines
+    assert sidecars(db) == []

@@ -315,11 +315,21 @@ def test_a_service_with_no_ledger_source_is_exit_5(checkouts: Checkouts) -> None
     [
         ["--since", "yesterday"],
         ["--since", "-5m"],
+        ["--since", "2999-01-01T00:00:00"],
+        ["--since", "99999999999999999999"],
         ["--services", "not a url or file"],
         ["--services", "payments=ftp://x"],
         ["--services", "http://127.0.0.1:1", "--services", "http://127.0.0.1:2"],
     ],
-    ids=["since-word", "since-negative", "services-junk", "services-scheme", "two-labs"],
+    ids=[
+        "since-word",
+        "since-negative",
+        "since-future-date",
+        "since-future-epoch",
+        "services-junk",
+        "services-scheme",
+        "two-labs",
+    ],
 )
 def test_bad_input_is_exit_2(args: list[str], checkouts: Checkouts) -> None:
     result = CliRunner().invoke(app, ["verify", "--db", str(checkouts.db), *args])

@@ -1,0 +1,5 @@
+"""`python -m sagalab`: the same as the `sagalab` command."""
+
+from sagalab.cli.main import main
+
+main()
