@@ -73,7 +73,7 @@ async def _load(
     return (len(latencies) - sum(errors.values())) / elapsed, latencies, errors
 
 
-def _pct(values: list[float], q: float) -> float:
+def _pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else 0.0
 
 

@@ -32,7 +32,8 @@ from sagalab.orchestrator.limits import (
     MAX_SIM_THRESHOLD,
     MIN_SIM_TICK,
 )
-from sagalab.simulator.errors import ScenarioError
+
+from .errors import ScenarioError
 
 __all__ = ["BOUNDS", "Bound", "check_numbers"]
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sagalab.simulator.errors import ClaimError, ScenarioError
+from .errors import ClaimError, ScenarioError
 
 __all__ = ["Claim", "check", "evaluate", "metric", "parse"]
 

@@ -32,10 +32,11 @@ from sagalab.orchestrator.limits import (
     MAX_SIM_REQUESTS,
     MAX_SIM_WORKERS,
 )
-from sagalab.simulator.bounds import check_numbers
-from sagalab.simulator.claims import check as check_claims
-from sagalab.simulator.defaults import DEFAULTS
-from sagalab.simulator.errors import ScenarioError, ScenarioNotFound
+
+from .bounds import check_numbers
+from .claims import check as check_claims
+from .defaults import DEFAULTS
+from .errors import ScenarioError, ScenarioNotFound
 
 __all__ = [
     "Node",
@@ -307,8 +308,8 @@ def validate(
     value the model reads is missing or of the wrong type, or a claim could never be measured
     (`simulator.claims.check`); runs nothing."""
     check_bounds(config, duration=duration)
-    from sagalab.simulator.model import Simulation  # the model imports this module
-    from sagalab.simulator.report import shape_before_run
+    from .model import Simulation  # the model imports this module
+    from .report import shape_before_run
 
     # Building the model performs every typed read (and builds no more than the bounds allow).
     sim = Simulation(config, seed=seed, duration=duration)
@@ -325,7 +326,7 @@ def _at_most(where: str, value: float, limit: float, why: str) -> None:
 def check_bounds(config: dict[str, Any], *, duration: float | None = None) -> None:
     """The bounds of `orchestrator.limits`: every number's own (`simulator.bounds`), then those
     of combinations (saga workers of all replicas, expected requests of the run)."""
-    from sagalab.simulator.schedule import segments  # the schedule module imports this one
+    from .schedule import segments  # the schedule module imports this one
 
     check_numbers(config)
     root = Node(config)

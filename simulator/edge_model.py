@@ -25,10 +25,11 @@ from sagalab.edge.policies.failover import SendFailure, after_failure, choose_un
 from sagalab.edge.policies.firewall import Firewall
 from sagalab.edge.policies.token_bucket import TokenBucket
 from sagalab.orchestrator.policies.retry import RetryPolicy
-from sagalab.simulator.config import Node
-from sagalab.simulator.errors import ScenarioError
-from sagalab.simulator.metrics import Histogram
-from sagalab.simulator.stations import Job, Station
+
+from .config import Node
+from .errors import ScenarioError
+from .metrics import Histogram
+from .stations import Job, Station
 
 __all__ = ["Attempt", "ClientGroup", "Edge", "Gateway", "Request"]
 

@@ -23,13 +23,14 @@ from sagalab.orchestrator.flow import flow_from_dict
 from sagalab.orchestrator.policies.autoscaling import AutoscalePolicy
 from sagalab.orchestrator.policies.breaker import Breaker
 from sagalab.orchestrator.saga import Phase, SagaStatus
-from sagalab.simulator.config import Node
-from sagalab.simulator.edge_model import ClientGroup, Edge, Request
-from sagalab.simulator.errors import ScenarioError
-from sagalab.simulator.metrics import Histogram
-from sagalab.simulator.orchestration import Orchestrator, Saga
-from sagalab.simulator.schedule import arrivals, segments
-from sagalab.simulator.stations import Fault, Service, sampler
+
+from .config import Node
+from .edge_model import ClientGroup, Edge, Request
+from .errors import ScenarioError
+from .metrics import Histogram
+from .orchestration import Orchestrator, Saga
+from .schedule import arrivals, segments
+from .stations import Fault, Service, sampler
 
 __all__ = ["RunResult", "Simulation", "simulate"]
 
@@ -377,7 +378,7 @@ class Simulation:
         return RunResult(self._report(env.now), self.series)
 
     def _report(self, now: float) -> dict[str, Any]:
-        from sagalab.simulator.report import build_report
+        from .report import build_report
 
         return build_report(self, now)
 

@@ -48,9 +48,10 @@ from sagalab.orchestrator.flow import FlowDefinition
 from sagalab.orchestrator.policies.autoscaling import AutoscalePolicy
 from sagalab.orchestrator.policies.breaker import Breaker
 from sagalab.orchestrator.saga import Event, EventType, Phase, SagaState, SagaStatus
-from sagalab.simulator.errors import ScenarioError
-from sagalab.simulator.metrics import Histogram, TierStats
-from sagalab.simulator.stations import Service
+
+from .errors import ScenarioError
+from .metrics import Histogram, TierStats
+from .stations import Service
 
 __all__ = ["Orchestrator", "Replica", "Saga"]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import simpy
 
-from sagalab.simulator.stations import Job, Station
+from .stations import Job, Station
 
 __all__ = ["erlang_c", "mmc_wait", "plain_queue_run"]
 

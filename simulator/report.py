@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sagalab.simulator.claims import evaluate
+from .claims import evaluate
 
 if TYPE_CHECKING:
-    from sagalab.simulator.model import Simulation
+    from .model import Simulation
 
 __all__ = ["build_report", "shape_before_run"]
 
@@ -170,7 +170,7 @@ def shape_before_run(sim: Simulation) -> tuple[dict[str, Any], set[str]]:
     Read from the same code that builds them after a run, so the two cannot drift apart. It
     takes a sample at t=0: `sim` is spent and must not be run afterwards.
     """
-    from sagalab.simulator.metrics import Histogram
+    from .metrics import Histogram
 
     report = build_report(sim, 0.0)
     # Filled as sagas of a group end: every configured group will have its entry.
@@ -182,7 +182,7 @@ def shape_before_run(sim: Simulation) -> tuple[dict[str, Any], set[str]]:
 
 
 def _merged(histograms: list[Any]) -> dict[str, float]:
-    from sagalab.simulator.metrics import Histogram
+    from .metrics import Histogram
 
     total = Histogram()
     for h in histograms:

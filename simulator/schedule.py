@@ -15,8 +15,8 @@ from typing import Any
 
 import simpy
 
-from sagalab.simulator.config import Node
-from sagalab.simulator.errors import ScenarioError
+from .config import Node
+from .errors import ScenarioError
 
 __all__ = ["Segment", "arrivals", "segments"]
 

@@ -25,7 +25,8 @@ from sagalab.orchestrator.outcomes import (
     classify_transport,
 )
 from sagalab.orchestrator.saga import Phase
-from sagalab.simulator.metrics import Histogram, TierStats
+
+from .metrics import Histogram, TierStats
 
 __all__ = ["Call", "Fault", "Job", "Service", "Station", "sampler"]
 
@@ -42,7 +43,7 @@ def sampler(spec: dict[str, Any], rng: random.Random, where: str) -> Callable[[]
     `lognormvariate` (Kinderman-Monahan `normalvariate`) step for step: the same draws and the
     same floats, without two Python calls per sample on the hottest path of a run.
     """
-    from sagalab.simulator.config import Node
+    from .config import Node
 
     node = Node(spec, where)
     dist = node.text("dist", "exponential", {"exponential", "lognormal", "constant", "uniform"})

@@ -9,9 +9,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 from sagalab.orchestrator.limits import MAX_SWEEP_RUNS
-from sagalab.simulator.config import configure, parse_value
-from sagalab.simulator.errors import ScenarioError
-from sagalab.simulator.model import simulate
+
+from .config import configure, parse_value
+from .errors import ScenarioError
+from .model import simulate
 
 __all__ = ["combinations", "parse_grid", "run_one", "sweep"]
 
