@@ -10,6 +10,7 @@ learns about a service protects all of them. The SQL lives with the SQLite store
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -126,6 +127,26 @@ def row_damage(state: object, opened_time: object, *, now: float) -> str | None:
     ):
         return f"damaged row: opened_time {opened_time!r} is not a time"
     return None
+
+
+_log = logging.getLogger(__name__)
+_DAMAGE_LOGGED: set[str] = set()
+
+
+def stored_state(name: str, state: object, opened_time: object, *, now: float) -> str:
+    """The state a stored breaker row says, on every backend. A row no code of ours wrote
+    (see `row_damage`) is never a reason to keep a service's calls out, or to park every saga
+    that calls it: closed, as after `breakers reset`, logged once; the next transition writes
+    a sound row."""
+    if state is None:
+        return CLOSED
+    damaged = row_damage(state, opened_time, now=now)
+    if damaged is None:
+        return str(state)
+    if name not in _DAMAGE_LOGGED:
+        _DAMAGE_LOGGED.add(name)
+        _log.warning("breaker %s: %s; treated as closed", name, damaged)
+    return CLOSED
 
 
 def sane_opened_time(value: object, *, now: float) -> float | None:

@@ -12,7 +12,6 @@ from the saga store's migrations.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from sagalab.orchestrator.breaker_board import row_damage, sane_opened_time
+from sagalab.orchestrator.breaker_board import row_damage, sane_opened_time, stored_state
 from sagalab.orchestrator.errors import StoreError
 from sagalab.orchestrator.policies.breaker import CLOSED, OPEN, BreakerStorage
 from sagalab.orchestrator.postgres_store import connect, measure_offset, redacted
@@ -28,10 +27,8 @@ from sagalab.orchestrator.store import Guard
 
 __all__ = ["PostgresBreakerStorage", "PostgresBreakerStore"]
 
-log = logging.getLogger(__name__)
 
 #: Breakers whose damaged row was logged already (once per process and service).
-_DAMAGE_LOGGED: set[str] = set()
 #: Key space of the advisory locks that make `record_transition` one step across hosts.
 _TRANSITION_LOCK = 0x5A6A_B4EA
 
@@ -167,16 +164,9 @@ class PostgresBreakerStorage(BreakerStorage):
         row = self.store.execute(
             "SELECT state, opened_time FROM breakers WHERE name = %s", (self.name,)
         ).fetchone()
-        if row is None or row[0] is None:
+        if row is None:
             return CLOSED
-        damaged = row_damage(row[0], row[1], now=time.time())
-        if damaged is not None:
-            # As on SQLite: a row no code of ours wrote never keeps a service's calls out.
-            if self.name not in _DAMAGE_LOGGED:
-                _DAMAGE_LOGGED.add(self.name)
-                log.warning("breaker %s: %s; treated as closed", self.name, damaged)
-            return CLOSED
-        return str(row[0])
+        return stored_state(self.name, row[0], row[1], now=time.time())
 
     @state.setter
     def state(self, state: str) -> None:

@@ -15,14 +15,13 @@ the store's `guard` (a worker's database watchdog) so nothing is written to a re
 from __future__ import annotations
 
 import contextlib
-import logging
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sagalab.orchestrator.breaker_board import row_damage, sane_opened_time
+from sagalab.orchestrator.breaker_board import row_damage, sane_opened_time, stored_state
 from sagalab.orchestrator.errors import StoreError
 from sagalab.orchestrator.policies.breaker import CLOSED, OPEN, BreakerStorage
 from sagalab.orchestrator.sqlite_store import connect, connect_read_only
@@ -30,10 +29,8 @@ from sagalab.orchestrator.store import Guard
 
 __all__ = ["SQLiteBreakerStorage", "SQLiteBreakerStore"]
 
-log = logging.getLogger(__name__)
 
 #: Breakers whose damaged row was logged already (once per process and service).
-_DAMAGE_LOGGED: set[str] = set()
 
 
 def _execute(
@@ -84,19 +81,10 @@ class SQLiteBreakerStorage(BreakerStorage):
         row = self._execute(
             "SELECT state, opened_time FROM breakers WHERE name = ?", (self.name,)
         ).fetchone()
-        if row is None or row[0] is None:
+        if row is None:
             return CLOSED
         # Wall time, not self.clock: the policy sets that to the instant it was last asked.
-        damaged = row_damage(row[0], row[1], now=time.time())
-        if damaged is not None:
-            # A row no code of ours wrote: never a reason to keep a service's calls out (or
-            # to park every saga that calls it). Closed, as after `breakers reset`; the next
-            # transition writes a sound row.
-            if self.name not in _DAMAGE_LOGGED:
-                _DAMAGE_LOGGED.add(self.name)
-                log.warning("breaker %s: %s; treated as closed", self.name, damaged)
-            return CLOSED
-        return str(row[0])
+        return stored_state(self.name, row[0], row[1], now=time.time())
 
     @state.setter
     def state(self, state: str) -> None:
