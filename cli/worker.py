@@ -99,7 +99,8 @@ def worker(
         typer.Option(
             "--exit-when-idle",
             help=(
-                "Stop after this many seconds with nothing to do "
+                "Stop after this many seconds with nothing to do: no saga queued, waiting "
+                "for its retry time or held by any worker "
                 f"(at most {MAX_RUN_SECONDS:.0f}: thirty days)."
             ),
         ),

@@ -187,7 +187,10 @@ class Worker:
                 with self._busy_lock:
                     idle = self._busy == 0
                 if idle_for is not None and idle and now - self._last_work > idle_for:
-                    self.stop.set()
+                    if self._queue_empty():
+                        self.stop.set()
+                    else:  # a saga waits for its retry time or another worker's lease
+                        self._last_work = now
                 try:
                     self.watchdog.check()  # also between claims, while threads wait on calls
                 except DatabaseGone as exc:
@@ -202,6 +205,25 @@ class Worker:
         if self._fatal is not None:
             raise self._fatal
         return self.stats
+
+    def _queue_empty(self) -> bool:
+        """True when no unfinished saga is queued, due later, or held by any worker.
+
+        A database that cannot answer counts as not empty: staying up is the safe side, and
+        `--max-seconds` still bounds the run.
+        """
+        try:
+            store = open_store(self.config.db, readonly=True)
+        except STORE_FAILURES:
+            return False
+        try:
+            stats = store.queue_stats(self.clock())
+        except STORE_FAILURES:
+            return False
+        finally:
+            with contextlib.suppress(*STORE_FAILURES):
+                store.close()
+        return stats["depth"] + stats["leased"] == 0
 
     def _opened_once(self) -> bool:
         """Open (create, migrate) the database once; False if stopped before it could be.
