@@ -69,14 +69,15 @@ _SQLITE_FORMS = "a plain path, sqlite:///abs/path or sqlite:rel/path"
 def sqlite_path(url_or_path: str | os.PathLike[str]) -> Path:
     """The SQLite file `url_or_path` names; StoreError for a URL of another backend.
 
-    The rule, in this one place: a plain path, `sqlite:///abs/path` or `sqlite:rel/path`.
+    The rule, in this one place: a plain path, `sqlite:///abs/path` or `sqlite:rel/path` (the
+    scheme in any case, as URL schemes are).
     Refused (StoreError naming the accepted forms), because SQLite or a `Path` would read them
     as something else than the file checked: a `file:` URI (SQLite's URI syntax: options such
     as `mode=memory` would bypass every check), `sqlite://host/...` (two slashes: a host, and
     through a `Path` it became `/...` at the filesystem root) and an empty path.
     """
     text = typed(url_or_path)
-    if text.startswith("sqlite:"):
+    if text[: len("sqlite:")].lower() == "sqlite:":  # a scheme is case-insensitive (RFC 3986)
         rest = text[len("sqlite:") :]
         if not rest.strip("/"):
             raise StoreError(f"{text}: a sqlite: URL needs a file path; pass {_SQLITE_FORMS}")

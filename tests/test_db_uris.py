@@ -292,3 +292,11 @@ def test_generated_urls_never_show_their_secret_on_the_command_line(
     code, out = _invoke([command, "list", "--db", url])
     assert code == 5, out
     assert secret not in out, out
+
+
+def test_a_sqlite_scheme_in_capitals_is_the_same_url(tmp_path: Path) -> None:
+    for scheme in ("SQLITE", "Sqlite"):
+        assert sqlite_path(DbPath.parse(f"{scheme}://{tmp_path}/a.db")) == tmp_path / "a.db"
+        assert sqlite_path(DbPath.parse(f"{scheme}:rel.db")) == Path("rel.db")
+    out = CliRunner().invoke(app, ["orchestrate", "list", "--db", f"SQLITE:///{tmp_path}/none.db"])
+    assert out.exit_code == 5 and "none.db" in out.output, out.output
