@@ -138,9 +138,9 @@ def _show(report: CopyReport, source: str, destination: str, as_json: bool) -> N
         render.err.print("[bold red]count check failed[/]: see the table above")
 
 
-def _say(found: LocalServer, as_json: bool, message: str) -> None:
+def _say(found: LocalServer, as_json: bool, message: str, **done: bool) -> None:
     if as_json:
-        render.print_json(found.to_dict())
+        render.print_json({**found.to_dict(), **done})
         return
     render.err.print(message)
     if found.running and found.url:
@@ -167,7 +167,7 @@ def up(
     except ClusterError as exc:
         raise fail(str(exc), EXIT_ENVIRONMENT) from None
     message = "started" if started else "already up"
-    _say(found, as_json, f"PostgreSQL in {found.directory}: {message}")
+    _say(found, as_json, f"PostgreSQL in {found.directory}: {message}", started=started)
 
 
 @app.command()
@@ -186,8 +186,5 @@ def down(directory: DirOption = DEFAULT_DIR, as_json: JsonOption = False) -> Non
     except ClusterError as exc:
         raise fail(str(exc), EXIT_ENVIRONMENT) from None
     found = local_server(directory)
-    _say(
-        found,
-        as_json,
-        f"PostgreSQL in {found.directory}: {'stopped' if stopped else 'not running'}",
-    )
+    message = "stopped" if stopped else "not running"
+    _say(found, as_json, f"PostgreSQL in {found.directory}: {message}", stopped=bool(stopped))

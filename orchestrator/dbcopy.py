@@ -106,7 +106,7 @@ class CopyReport:
     """What a copy did: the count check per table and the leases it dropped."""
 
     tables: list[TableCount]
-    leases_dropped: int
+    leases_dropped: int  # of active sagas (a finished saga's leftover lease goes silently)
     probes_dropped: int
 
     @property
@@ -200,10 +200,14 @@ def _prepared(
             progress.copied(table, len(rows))
 
 
+_ACTIVE = ("pending", "running", "compensating")
+
+
 def _unleased(row: dict[str, Any], dropped: Counter[str]) -> dict[str, Any]:
     if row["lease_owner"] is None and row["lease_until"] is None:
         return row
-    dropped["leases"] += 1
+    if row["status"] in _ACTIVE:  # what an operator must know: a saga its workers held
+        dropped["leases"] += 1
     return {**row, "lease_owner": None, "lease_until": None}
 
 

@@ -86,6 +86,8 @@ def local_server(directory: Path) -> LocalServer:
 
 def _free(port: int) -> bool:
     with socket.socket() as sock:
+        # As the server binds: a port whose last connections are in TIME_WAIT is free to it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
