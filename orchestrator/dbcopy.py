@@ -27,17 +27,15 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from sagalab.orchestrator.errors import CopyRefused, StoreError
 from sagalab.orchestrator.store import COPY_TABLES, Access, Batches, Rows, Store, shown_counts
 from sagalab.orchestrator.stores import (
     check_store,
+    database_identity,
     latest_schema,
-    postgres_url,
     shown,
-    sqlite_path,
 )
 
 __all__ = [
@@ -117,13 +115,7 @@ class CopyReport:
 
 def same_database(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Whether `a` and `b` name one database (one file; one server's one database)."""
-    url_a, url_b = postgres_url(a), postgres_url(b)
-    if url_a is not None or url_b is not None:
-        return url_a is not None and url_b is not None and _pg_key(url_a) == _pg_key(url_b)
-    path_a, path_b = sqlite_path(a), sqlite_path(b)
-    if path_a.exists() and path_b.exists():
-        return os.path.samefile(path_a, path_b)
-    return Path(path_a).resolve() == Path(path_b).resolve()
+    return database_identity(a) == database_identity(b)
 
 
 def check_source(url_or_path: str | os.PathLike[str]) -> None:
@@ -136,18 +128,6 @@ def check_source(url_or_path: str | os.PathLike[str]) -> None:
             "a copy never changes its source; upgrade it first with a command that writes "
             "to it (`sagalab orchestrate resume --stuck --db ...` or a worker), then copy"
         )
-
-
-def _pg_key(url: str) -> tuple[str, str, str]:
-    """(host, port, database) of a PostgreSQL URL, with libpq's defaults filled in."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    info = conninfo_to_dict(url)
-    host = str(info.get("host") or "/var/run/postgresql")
-    if host == "localhost":
-        host = "127.0.0.1"
-    user = str(info.get("user") or os.environ.get("PGUSER") or "")
-    return host, str(info.get("port") or 5432), str(info.get("dbname") or user)
 
 
 def copy_database(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
@@ -80,6 +81,7 @@ __all__ = [
     "PostgresStore",
     "check_postgres",
     "connect",
+    "database_identity",
     "open_postgres_store",
     "redacted",
 ]
@@ -326,6 +328,24 @@ def _schema_version(conn: psycopg.Connection, url: str, access: Access) -> int:
             f"({SCHEMA_VERSION}): upgrade sagalab"
         )
     return version
+
+
+def database_identity(url: str) -> tuple[str, ...]:
+    """("postgresql", host, port, database) of `url`, libpq's defaults filled in (no
+    connection is made): two URLs of one database give the same, `localhost` and
+    127.0.0.1 alike."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except (psycopg.Error, UnicodeError):
+        return ("postgresql", url)  # unparsable: `connect` says why when it is opened
+    host = str(info.get("host") or "/var/run/postgresql")
+    user = str(info.get("user") or os.environ.get("PGUSER") or "")
+    return (
+        "postgresql",
+        "127.0.0.1" if host == "localhost" else host,
+        str(info.get("port") or 5432),
+        str(info.get("dbname") or user),
+    )
 
 
 def check_postgres(url: str, access: Access = Access.READ) -> int:

@@ -38,6 +38,7 @@ __all__ = [
     "DRIVER_ERRORS",
     "STORE_FAILURES",
     "check_store",
+    "database_identity",
     "latest_schema",
     "open_breaker_store",
     "open_store",
@@ -209,3 +210,13 @@ def latest_schema(url_or_path: str | os.PathLike[str]) -> int:
     if postgres_url(url_or_path) is not None:
         return int(_postgres().SCHEMA_VERSION)
     return _SQLITE_SCHEMA
+
+
+def database_identity(url_or_path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """What tells two databases apart: ("sqlite", the file's resolved path) or
+    ("postgresql", host, port, database) with libpq's defaults filled in."""
+    url = postgres_url(url_or_path)
+    if url is not None:
+        key: tuple[str, ...] = _postgres().database_identity(url)
+        return key
+    return ("sqlite", str(sqlite_path(url_or_path).resolve()))
