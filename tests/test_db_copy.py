@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import opslab
+import psycopg
 import pytest
 from typer.testing import CliRunner
-from workerlab import sagalab
+from workerlab import sagalab, wait_for
 
 from sagalab.cli.main import app
 from sagalab.fakeservices import RunningServices
 from sagalab.orchestrator.dbcopy import copy_database
 from sagalab.orchestrator.leases import new_owner
 from sagalab.orchestrator.sqlite_store import SQLiteStore
-from sagalab.orchestrator.store import COPY_TABLES
+from sagalab.orchestrator.store import COPY_COLUMNS, COPY_TABLES
 from sagalab.orchestrator.stores import open_breaker_store, open_store
 
 
@@ -257,3 +261,103 @@ def test_a_copy_stopped_halfway_leaves_the_destination_empty_and_runs_again(
     finally:
         src.close()
         dst.close()
+
+
+def _big_source(path: Path, sagas: int, events: int) -> None:
+    """A source of `sagas` sagas with `events` journal rows each, written at once through
+    the port (the rows are only copied, never read as sagas)."""
+    template = {c: None for c in COPY_COLUMNS["sagas"]}
+    rows = [
+        {
+            **template,
+            "id": f"big-{n:05d}",
+            "flow_name": "big",
+            "flow_version": 1,
+            "flow_hash": "h" * 32,
+            "input": "{}",
+            "input_hash": "x",
+            "status": "completed",
+            "trace_id": "ab" * 16,
+            "created_at": float(n),
+            "updated_at": float(n),
+            "last_seq": events,
+            "steps": "[]",
+            "lease_epoch": 0,
+            "tenant": "default",
+        }
+        for n in range(sagas)
+    ]
+    journal = [
+        {
+            **{c: None for c in COPY_COLUMNS["events"]},
+            "saga_id": row["id"],
+            "seq": seq,
+            "type": "saga_created",
+            "attempt": 0,
+            "at": 1.0,
+            "force": 0,
+            "trace_id": "ab" * 16,
+        }
+        for row in rows
+        for seq in range(1, events + 1)
+    ]
+    store = open_store(path)
+    try:
+        store.import_rows(
+            [
+                ("flow_snapshots", [{"hash": "h" * 32, "body": "{}"}]),
+                ("sagas", rows),
+                ("events", journal),
+            ]
+        )
+    finally:
+        store.close()
+
+
+def test_a_copy_killed_mid_transaction_leaves_postgres_empty_and_runs_again(
+    tmp_path: Path, pg_url: str
+) -> None:
+    source = tmp_path / "big.db"
+    _big_source(source, sagas=1000, events=40)
+    copying = subprocess.Popen(
+        [sys.executable, "-m", "sagalab.cli.main", "db", "copy", str(source), pg_url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as watch:
+
+            def writing() -> bool:
+                row = watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL "
+                    "AND query ILIKE 'INSERT INTO \"events\"%%'"
+                ).fetchone()
+                return row is not None and row[0] > 0
+
+            wait_for(writing, 30, "the copy writing journal rows")
+            copying.send_signal(signal.SIGKILL)
+            copying.wait(timeout=10)
+
+            def alone() -> bool:
+                row = watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid()"
+                ).fetchone()
+                return row is not None and row[0] == 0
+
+            wait_for(alone, 30, "the server to end the killed copy's session")
+    finally:
+        if copying.poll() is None:
+            copying.kill()
+            copying.wait(timeout=10)
+        assert copying.stderr is not None
+        copying.stderr.close()
+    store = open_store(pg_url)
+    try:
+        assert set(store.table_counts().values()) == {0}  # nothing of the killed copy
+    finally:
+        store.close()
+    code, report, err = _copy(str(source), pg_url)
+    assert code == 0, err
+    assert {t["table"]: t["destination"] for t in report["tables"]}["events"] == 40_000
