@@ -361,3 +361,27 @@ def test_a_copy_killed_mid_transaction_leaves_postgres_empty_and_runs_again(
     code, report, err = _copy(str(source), pg_url)
     assert code == 0, err
     assert {t["table"]: t["destination"] for t in report["tables"]}["events"] == 40_000
+
+
+def test_an_older_sagalabs_source_is_refused_untouched_then_copied_once_upgraded(
+    tmp_path: Path, pg_url: str
+) -> None:
+    from test_store import strip_to_v1
+
+    current, older = tmp_path / "current.db", tmp_path / "older.db"
+    opslab.reset_handlers()
+    store = SQLiteStore(current)
+    try:
+        saga_id = opslab.completed(store)
+    finally:
+        store.close()
+    strip_to_v1(current, older)  # each saga's flow snapshot inline, as before v5
+    before = _fingerprint(older)
+    code, _, err = _copy(str(older), pg_url)
+    assert code == 5 and "older sagalab" in err
+    assert _fingerprint(older) == before
+    SQLiteStore(older).close()  # a command that writes upgrades it
+    code, report, err = _copy(str(older), pg_url)
+    assert code == 0 and report["ok"], err
+    assert _seen(pg_url, {"saga": saga_id}) == _seen(str(older), {"saga": saga_id})
+    assert _journals(pg_url, {"saga": saga_id}) == _journals(str(older), {"saga": saga_id})
