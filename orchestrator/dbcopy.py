@@ -125,8 +125,8 @@ def check_source(url_or_path: str | os.PathLike[str]) -> None:
     if version < latest_schema(url_or_path):
         raise StoreError(
             f"{shown(url_or_path)} is a database of an older sagalab (schema {version}): "
-            "a copy never changes its source; upgrade it first with a command that writes "
-            "to it (`sagalab orchestrate resume --stuck --db ...` or a worker), then copy"
+            "a copy never changes its source; upgrade it first (the first sagalab command "
+            "that opens it does, once: `sagalab orchestrate list --db ...`), then copy"
         )
 
 
