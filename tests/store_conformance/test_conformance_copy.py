@@ -120,3 +120,19 @@ def test_a_read_only_store_exports_but_never_imports(store_factory: Backend) -> 
     store_factory.open_url(empty).close()  # created, empty
     with pytest.raises(StoreError):
         store_factory.open_url(empty, readonly=True).import_rows(batches)
+
+
+def test_an_export_is_one_snapshot_while_writers_go_on(store_factory: Backend) -> None:
+    _populate(store_factory)
+    reader = store_factory.open(readonly=True)
+    writer = store_factory.open()
+    with reader.export(batch_size=1) as exported:
+        first = next(exported.batches)
+        create(writer, "late", now=200.0)  # committed while the export reads
+        advance(writer, "s2", [reserve_ok(300.0)[0]])
+        rest = list(exported.batches)
+    sagas = [r["id"] for table, rows in [first, *rest] if table == "sagas" for r in rows]
+    events = [r for table, rows in [first, *rest] if table == "events" for r in rows]
+    assert sorted(sagas) == ["s1", "s2", "s3", "s4"] and len(sagas) == exported.counts["sagas"]
+    assert len(events) == exported.counts["events"]
+    assert max(r["seq"] for r in events if r["saga_id"] == "s2") == 1  # not the late one
