@@ -26,7 +26,7 @@ from workerlab import sagalab, wait_for
 
 from sagalab.cli.main import app
 from sagalab.fakeservices import RunningServices
-from sagalab.orchestrator.dbcopy import copy_database
+from sagalab.orchestrator.dbcopy import TableCount, copy_database
 from sagalab.orchestrator.leases import new_owner
 from sagalab.orchestrator.sqlite_store import SQLiteStore
 from sagalab.orchestrator.store import COPY_COLUMNS, COPY_TABLES
@@ -385,3 +385,44 @@ def test_an_older_sagalabs_source_is_refused_untouched_then_copied_once_upgraded
     assert code == 0 and report["ok"], err
     assert _seen(pg_url, {"saga": saga_id}) == _seen(str(older), {"saga": saga_id})
     assert _journals(pg_url, {"saga": saga_id}) == _journals(str(older), {"saga": saga_id})
+
+
+@pytest.mark.parametrize(
+    ("table", "counts", "ok"),
+    [
+        ("sagas", (6, 6, 0, 6, 6), True),
+        ("sagas", (6, 6, 0, 5, 5), False),  # a row did not arrive
+        ("sagas", (6, 5, 0, 5, 5), False),  # the export gave fewer rows than its snapshot held
+        ("sagas", (6, 6, 2, 6, 9), False),  # something else wrote to the destination meanwhile
+        ("flow_snapshots", (2, 2, 1, 1, 2), True),  # a merge kept the destination's own
+        ("breakers", (3, 3, 1, 2, 3), True),
+        ("breakers", (3, 3, 1, 2, 2), False),
+    ],
+    ids=["all", "lost-row", "short-export", "foreign-write", "kept-snapshot", "kept", "lost"],
+)
+def test_the_count_check(table: str, counts: tuple[int, ...], ok: bool) -> None:
+    assert TableCount(table, *counts).ok is ok
+
+
+class _LosesAnEvent(SQLiteStore):
+    """A destination that loses the last journal row it is given (what the check catches)."""
+
+    def import_rows(self, batches: Any, *, merge: bool = False) -> dict[str, int]:
+        def lossy() -> Any:
+            for table, rows in batches:
+                yield table, rows[:-1] if table == "events" else rows
+
+        return super().import_rows(lossy(), merge=merge)
+
+
+def test_a_row_that_does_not_arrive_fails_the_count_check(tmp_path: Path) -> None:
+    lab = tmp_path / "lab.db"
+    _lab(lab)
+    src, dst = open_store(lab, readonly=True), _LosesAnEvent(tmp_path / "copy.db")
+    try:
+        report = copy_database(src, dst)
+    finally:
+        src.close()
+        dst.close()
+    assert not report.ok
+    assert [t.table for t in report.tables if not t.ok] == ["events"]
