@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
@@ -121,7 +122,7 @@ def _show(report: CopyReport, source: str, destination: str, as_json: bool) -> N
             }
         )
         return
-    table = Table(show_edge=False, title=f"{source} → {destination}")
+    table = Table(show_edge=False, title=escape(f"{source} → {destination}"))
     for col in ("table", "source", "destination before", "copied", "destination", "check"):
         table.add_column(col, justify="left" if col == "table" else "right")
     for t in report.tables:
