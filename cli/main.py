@@ -6,6 +6,7 @@ import typer
 
 from sagalab.cli import (
     breakers,
+    db,
     demo,
     keys,
     loadtest,
@@ -34,6 +35,7 @@ app.add_typer(stack.app, name="stack")
 app.add_typer(keys.app, name="keys")
 app.command("loadtest")(loadtest.loadtest)
 app.command("verify")(verify.verify)
+app.add_typer(db.app, name="db")
 
 
 def main() -> None:

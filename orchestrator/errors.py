@@ -10,6 +10,7 @@ SagaError
  ├── InvalidTransition     an event does not fit the saga's history (a bug or a race)
  ├── ConcurrentUpdate      another writer appended to the saga first (reload and retry)
  ├── OperatorActionRefused an operator command does not apply to the saga as it stands
+ │    └── CopyRefused        `db copy` would overwrite or collide with the destination's rows
  ├── ServiceConfigError    a service name has no base URL
  │    └── LedgerUnavailable  a service's ledger cannot be read (`sagalab verify`)
  ├── DamagedRecord         a stored row cannot be read (tampered with, or other code's)
@@ -91,6 +92,11 @@ class ConcurrentUpdate(SagaError):
 
 class OperatorActionRefused(SagaError):
     """An operator command does not apply to the saga in its current state."""
+
+
+class CopyRefused(OperatorActionRefused):
+    """`sagalab db copy` would write over the destination's data (it is not empty, or a
+    saga id or idempotency key of the source is there already): nothing was written."""
 
 
 class ServiceConfigError(SagaError):

@@ -136,7 +136,8 @@ class PgCluster:
             "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-m", "immediate", "-w", "restart"
         )
 
-    def stop(self) -> None:
-        """Stop the server, if it runs (the data stays in `directory`)."""
+    def stop(self, *, mode: str = "immediate") -> None:
+        """Stop the server, if it runs (the data stays in `directory`); `mode` is pg_ctl's
+        (`fast` lets it shut down cleanly: what `sagalab db down` does to a lab's data)."""
         if (self.data / "postmaster.pid").exists():
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+            self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")

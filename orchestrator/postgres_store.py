@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -44,6 +45,7 @@ from psycopg.rows import dict_row
 
 from sagalab.orchestrator.errors import (
     ConcurrentUpdate,
+    CopyRefused,
     IdempotencyConflict,
     LeaseHeld,
     LeaseLost,
@@ -56,13 +58,18 @@ from sagalab.orchestrator.journal import JournalEntry, entry_to_row
 from sagalab.orchestrator.redact import redacted, secrets_in
 from sagalab.orchestrator.saga import Event, EventType, SagaState, SagaStatus
 from sagalab.orchestrator.store import (
+    COPY_COLUMNS,
+    COPY_TABLES,
     DEFAULT_TENANT,
     Access,
+    Batches,
+    Export,
     Guard,
     Lease,
     SagaRecord,
     StepRow,
     input_fingerprint,
+    shown_counts,
     step_fields,
 )
 from sagalab.orchestrator.store_rows import journal_entry, saga_record, steps_from_json, steps_json
@@ -74,6 +81,7 @@ __all__ = [
     "PostgresStore",
     "check_postgres",
     "connect",
+    "database_identity",
     "open_postgres_store",
     "redacted",
 ]
@@ -320,6 +328,24 @@ def _schema_version(conn: psycopg.Connection, url: str, access: Access) -> int:
             f"({SCHEMA_VERSION}): upgrade sagalab"
         )
     return version
+
+
+def database_identity(url: str) -> tuple[str, ...]:
+    """("postgresql", host, port, database) of `url`, libpq's defaults filled in (no
+    connection is made): two URLs of one database give the same, `localhost` and
+    127.0.0.1 alike."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except (psycopg.Error, UnicodeError):
+        return ("postgresql", url)  # unparsable: `connect` says why when it is opened
+    host = str(info.get("host") or "/var/run/postgresql")
+    user = str(info.get("user") or os.environ.get("PGUSER") or "")
+    return (
+        "postgresql",
+        "127.0.0.1" if host == "localhost" else host,
+        str(info.get("port") or 5432),
+        str(info.get("dbname") or user),
+    )
 
 
 def check_postgres(url: str, access: Access = Access.READ) -> int:
@@ -920,6 +946,100 @@ class PostgresStore:
             "oldest_age": max(0.0, db_now - oldest) if oldest is not None else 0.0,
         }
 
+    # -- copying a whole database (`sagalab db copy`) ---------------------------------------
+
+    def table_counts(self) -> dict[str, int]:
+        """Rows per `COPY_TABLES` table."""
+        with self._errors():
+            conn = self._connection()
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                return _raw_counts(conn)
+
+    @contextmanager
+    def export(self, *, batch_size: int = 500) -> Iterator[Export]:
+        """Every `COPY_TABLES` row, read in one REPEATABLE READ transaction held while the
+        context is open (one snapshot, whatever writers do meanwhile)."""
+        with self._errors():
+            conn = self._connection()
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                batches = self._export_batches(conn, batch_size)
+                try:
+                    yield Export(_raw_counts(conn), batches)
+                finally:
+                    batches.close()  # its server-side cursor, before the transaction ends
+
+    def _export_batches(
+        self, conn: psycopg.Connection, batch_size: int
+    ) -> Generator[tuple[str, list[dict[str, Any]]], None, None]:
+        for table in COPY_TABLES:
+            columns = COPY_COLUMNS[table]
+            query = sql.SQL("SELECT {} FROM {} ORDER BY " + _EXPORT_ORDER[table]).format(
+                sql.SQL(", ").join(sql.Identifier(c) for c in columns), sql.Identifier(table)
+            )
+            with self._errors(), conn.cursor(name=f"sagalab_copy_{table}") as cursor:
+                cursor.execute(query)
+                while rows := cursor.fetchmany(batch_size):
+                    batch = [dict(zip(columns, row, strict=True)) for row in rows]
+                    if table == "sagas":
+                        for row in batch:
+                            for column in _DB_CLOCK:
+                                if row[column] is not None:
+                                    row[column] -= self.offset
+                    yield table, batch
+
+    def import_rows(self, batches: Batches, *, merge: bool = False) -> dict[str, int]:
+        """Write `batches` in one transaction; the rows inserted per table.
+
+        CopyRefused (rolled back: nothing written) for a database that is not empty without
+        `merge`, and with it for a saga id or a tenant's idempotency key already here.
+        """
+        with self._transaction() as conn:
+            before = _raw_counts(conn)
+            if not merge and any(before.values()):
+                raise CopyRefused(f"{redacted(self.url)} is not empty ({shown_counts(before)})")
+            for table, rows in batches:
+                self._import_batch(conn, table, rows)
+            after = _raw_counts(conn)
+        return {t: after[t] - before[t] for t in COPY_TABLES}
+
+    def _import_batch(
+        self, conn: psycopg.Connection, table: str, rows: list[dict[str, Any]]
+    ) -> None:
+        columns = COPY_COLUMNS[table]
+        if table == "sagas":
+            known = conn.execute(
+                "SELECT id FROM sagas WHERE id = ANY(%s) LIMIT 5", ([r["id"] for r in rows],)
+            ).fetchall()
+            if known:
+                raise CopyRefused(
+                    f"saga id(s) {', '.join(r[0] for r in known)} of the source exist at "
+                    "the destination already"
+                )
+            rows = [
+                {**row, **{c: row[c] + self.offset for c in _DB_CLOCK if row[c] is not None}}
+                for row in rows
+            ]
+        values = [
+            tuple(_text(v) if isinstance(v, str) else v for v in (row[c] for c in columns))
+            for row in rows
+        ]
+        conflict = " ON CONFLICT DO NOTHING" if table in ("flow_snapshots", "breakers") else ""
+        statement = sql.SQL("INSERT INTO {} ({}) VALUES ({})" + conflict).format(
+            sql.Identifier(table),
+            sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+            sql.SQL(", ").join(sql.Placeholder() for _ in columns),
+        )
+        try:
+            with conn.cursor() as cursor:
+                cursor.executemany(statement, values)
+        except psycopg.errors.UniqueViolation as exc:
+            raise CopyRefused(
+                f"{table} rows of the source collide with {redacted(self.url)}'s "
+                f"({_failure(self.url, exc)})"
+            ) from None
+
     # -- the supervisor's decisions ---------------------------------------------------------
 
     def record_scaling(
@@ -941,6 +1061,27 @@ class PostgresStore:
             (max(0, limit),),
         )
         return rows[::-1]
+
+
+# The order an export reads each table in (a history in the order it was written).
+_EXPORT_ORDER = {
+    "flow_snapshots": "hash",
+    "sagas": "created_at, id",
+    "events": "saga_id, seq",
+    "breakers": "name",
+    "breaker_events": "id",
+    "scaling_events": "id",
+}
+# Columns stored on the database's clock (see the module doc): exported on the caller's.
+_DB_CLOCK = ("run_after", "lease_until")
+
+
+def _raw_counts(conn: psycopg.Connection) -> dict[str, int]:
+    counts = {}
+    for table in COPY_TABLES:
+        row = conn.execute(sql.SQL("SELECT COUNT(*) FROM {}").format(sql.Identifier(table)))
+        counts[table] = int(row.fetchone()[0])  # type: ignore[index]
+    return counts
 
 
 def _entries_json(saga_id: str, trace_id: str, entries: Sequence[JournalEntry], after: int) -> str:

@@ -18,7 +18,7 @@ import os
 import re
 import sqlite3
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ import sqlite_utils
 from sagalab.orchestrator.dbfiles import creating_database
 from sagalab.orchestrator.errors import (
     ConcurrentUpdate,
+    CopyRefused,
     IdempotencyConflict,
     LeaseHeld,
     LeaseLost,
@@ -40,14 +41,19 @@ from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_di
 from sagalab.orchestrator.journal import EVENT_COLUMNS, JournalEntry, entry_values
 from sagalab.orchestrator.saga import Event, EventType, SagaState, SagaStatus
 from sagalab.orchestrator.store import (
+    COPY_COLUMNS,
+    COPY_TABLES,
     DEFAULT_TENANT,
     Access,
+    Batches,
+    Export,
     Guard,
     Lease,
     SagaRecord,
     StepFields,
     StepRow,
     input_fingerprint,
+    shown_counts,
     step_fields,
 )
 from sagalab.orchestrator.store_rows import journal_entry, saga_record, steps_from_json, steps_json
@@ -1066,6 +1072,109 @@ class SQLiteStore:
         )
         return rows[::-1]
 
+    # -- copying a whole database (`sagalab db copy`) ---------------------------------------
+
+    def table_counts(self) -> dict[str, int]:
+        """Rows per `COPY_TABLES` table, as `export` would give them."""
+        with self._read():
+            return self._guard(self._copy_counts)
+
+    def _copy_counts(self) -> dict[str, int]:
+        counts = self._raw_counts(self.conn)
+        counts["flow_snapshots"] += len(self._legacy_snapshots())
+        return counts
+
+    @staticmethod
+    def _raw_counts(conn: sqlite3.Connection) -> dict[str, int]:
+        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in COPY_TABLES}
+
+    def _legacy_snapshots(self) -> dict[str, str]:
+        """Snapshots of sagas from before v5 (kept in their own row, no `flow_hash`), by the
+        hash an export gives them, unless `flow_snapshots` has that hash already."""
+        found: dict[str, str] = {}
+        for (body,) in self.conn.execute(
+            "SELECT DISTINCT flow_snapshot FROM sagas WHERE flow_hash IS NULL"
+        ):
+            flow_hash = _legacy_hash(body)
+            if not self.conn.execute(
+                "SELECT 1 FROM flow_snapshots WHERE hash = ?", (flow_hash,)
+            ).fetchone():
+                found[flow_hash] = body
+        return found
+
+    @contextmanager
+    def export(self, *, batch_size: int = 500) -> Iterator[Export]:
+        """Every `COPY_TABLES` row, from one read transaction held while the context is open
+        (a WAL snapshot: writers go on, this reader sees none of their commits)."""
+        with self._read():
+            counts = self._guard(self._copy_counts)
+            batches = self._export_batches(batch_size)
+            try:
+                yield Export(counts, batches)
+            finally:
+                batches.close()
+
+    def _export_batches(
+        self, batch_size: int
+    ) -> Generator[tuple[str, list[dict[str, Any]]], None, None]:
+        orders = {
+            "flow_snapshots": "hash",
+            "sagas": "created_at, id",
+            "events": "saga_id, seq",
+            "breakers": "name",
+            "breaker_events": "rowid",
+            "scaling_events": "rowid",
+        }
+        try:
+            for table in COPY_TABLES:
+                columns = COPY_COLUMNS[table]
+                extra = ", flow_snapshot" if table == "sagas" else ""
+                cursor = self.conn.execute(
+                    f"SELECT {', '.join(columns)}{extra} FROM {table} ORDER BY {orders[table]}"
+                )
+                while rows := cursor.fetchmany(batch_size):
+                    batch = [dict(zip(columns, row, strict=False)) for row in rows]
+                    if table == "sagas":
+                        for row, raw in zip(batch, rows, strict=True):
+                            if row["flow_hash"] is None:  # a saga from before v5
+                                row["flow_hash"] = _legacy_hash(raw[-1])
+                    yield table, batch
+                if table == "flow_snapshots" and (legacy := self._legacy_snapshots()):
+                    yield table, [{"hash": h, "body": b} for h, b in legacy.items()]
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {self.path}: {exc}") from None
+
+    def import_rows(self, batches: Batches, *, merge: bool = False) -> dict[str, int]:
+        """Write `batches` in one `BEGIN IMMEDIATE` transaction; the rows inserted per table.
+
+        CopyRefused (rolled back: nothing written) for a database that is not empty without
+        `merge`, and with it for a saga id or a tenant's idempotency key already here.
+        """
+        with self._write() as conn:
+            before = self._raw_counts(conn)
+            if not merge and any(before.values()):
+                raise CopyRefused(f"{self.path} is not empty ({shown_counts(before)})")
+            for table, rows in batches:
+                columns = COPY_COLUMNS[table]
+                values = [tuple(row[c] for c in columns) for row in rows]
+                if table == "sagas":
+                    _refuse_known_ids(conn, [row["id"] for row in rows])
+                    columns = (*columns, "flow_snapshot")  # the pre-v5 column: unused since
+                    values = [(*v, "") for v in values]
+                verb = "INSERT OR IGNORE" if table in ("flow_snapshots", "breakers") else "INSERT"
+                statement = (
+                    f"{verb} INTO {table} ({', '.join(columns)}) "
+                    f"VALUES ({', '.join('?' for _ in columns)})"
+                )
+                try:
+                    conn.executemany(statement, values)
+                except sqlite3.IntegrityError as exc:
+                    raise CopyRefused(
+                        f"{table} rows of the source collide with {self.path}'s ({exc})"
+                    ) from None
+            after = self._raw_counts(conn)
+        return {t: after[t] - before[t] for t in COPY_TABLES}
+
     # -- queue helpers for the HTTP API (issue 5) -------------------------------------------
 
     def requeue(self, saga_id: str, run_after: float) -> None:
@@ -1097,6 +1206,27 @@ class SQLiteStore:
             "leased": float(leased),
             "oldest_age": max(0.0, now - oldest) if oldest is not None else 0.0,
         }
+
+
+def _legacy_hash(body: str) -> str:
+    """The `flow_hash` an export gives a pre-v5 saga's own snapshot text."""
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+def _refuse_known_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
+    """CopyRefused if any of `ids` names a saga here already."""
+    if not ids:
+        return
+    known = [
+        r[0]
+        for r in conn.execute(
+            f"SELECT id FROM sagas WHERE id IN ({', '.join('?' for _ in ids)}) LIMIT 5", ids
+        )
+    ]
+    if known:
+        raise CopyRefused(
+            f"saga id(s) {', '.join(known)} of the source exist at the destination already"
+        )
 
 
 # By position (`entry_values`): binding 17 parameters by name costs a lookup each, per row.

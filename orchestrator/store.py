@@ -14,6 +14,10 @@ tests/test_store_imports.py keeps it so. Both pass tests/store_conformance/.
 
 A store opened read-only (`open_store(..., readonly=True)`) never creates or changes a file:
 every write it is asked for fails with `StoreError`.
+
+`CopyStore` (part of `Store`) moves a whole database between backends (`sagalab db copy`,
+orchestrator/dbcopy.py): every table of `COPY_COLUMNS` as rows of those neutral columns, read
+from one consistent snapshot and written in one transaction.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -287,7 +292,77 @@ class ScalingStore(Protocol):
         ...
 
 
-class Store(SagaStore, QueueStore, ScalingStore, Protocol):
+#: What `sagalab db copy` moves, table by table, in the order it is written (a journal after
+#: its saga), each as these columns: the same names on every backend. A saga's flow is its
+#: `flow_hash` into `flow_snapshots`; `breakers` and `breaker_events` are the shared breaker
+#: state (`BreakerStore`) kept in the same database.
+COPY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "flow_snapshots": ("hash", "body"),
+    "sagas": (
+        "id", "flow_name", "flow_version", "flow_hash", "input", "input_hash",
+        "idempotency_key", "status", "trace_id", "reason", "created_at", "updated_at",
+        "last_seq", "steps", "run_after", "lease_owner", "lease_until", "lease_epoch",
+        "tenant", "forked_from",
+    ),
+    "events": (
+        "saga_id", "seq", "type", "step", "phase", "attempt", "at", "failure", "not_before",
+        "reason", "force", "request", "response", "status_code", "duration_ms", "trace_id",
+        "span_id",
+    ),
+    "breakers": (
+        "name", "state", "fail_counter", "success_counter", "opened_time", "probe_until",
+        "updated_at",
+    ),
+    "breaker_events": ("at", "name", "old", "new", "owner"),
+    "scaling_events": ("at", "replicas_from", "replicas_to", "depth", "oldest_age", "reason"),
+}  # fmt: skip
+COPY_TABLES: tuple[str, ...] = tuple(COPY_COLUMNS)
+
+Rows = list[dict[str, Any]]
+Batches = Iterable[tuple[str, Rows]]
+"""(table, rows) pairs in `COPY_TABLES` order: what an export yields and an import takes."""
+
+
+def shown_counts(counts: dict[str, int]) -> str:
+    """'3 sagas, 12 events' for the tables of `counts` that have rows ('no rows' if none)."""
+    return ", ".join(f"{n} {table}" for table, n in counts.items() if n) or "no rows"
+
+
+@dataclass(frozen=True)
+class Export:
+    """A database read for copying: its row `counts` per table and the rows themselves in
+    `batches`, both from one snapshot (valid while the `export` context is open)."""
+
+    counts: dict[str, int]
+    batches: Iterator[tuple[str, Rows]]
+
+
+class CopyStore(Protocol):
+    """A whole database, read and written table by table (`sagalab db copy`)."""
+
+    def table_counts(self) -> dict[str, int]:
+        """Rows per `COPY_TABLES` table (0 for each: an empty database)."""
+        ...
+
+    def export(self, *, batch_size: int = 500) -> AbstractContextManager[Export]:
+        """Every row of every `COPY_TABLES` table as neutral `COPY_COLUMNS` rows, in a
+        stable order (journals by saga and seq, histories as written), read in one
+        consistent snapshot held while the context is open. Writes nothing."""
+        ...
+
+    def import_rows(self, batches: Batches, *, merge: bool = False) -> dict[str, int]:
+        """Write `batches` (in `COPY_TABLES` order) in one transaction: all or nothing.
+        Returns the rows inserted per table.
+
+        Without `merge`, CopyRefused (nothing written) unless the database is empty. With
+        `merge`, the rows join what is there: a flow snapshot already there (same content
+        hash) and a breaker of a name already there are kept as they are (not counted); a
+        saga id, or a tenant's idempotency key, already there is CopyRefused.
+        """
+        ...
+
+
+class Store(SagaStore, QueueStore, ScalingStore, CopyStore, Protocol):
     """Everything the runtime, the API and the CLI use, on one database.
 
     One handle per thread. `path` names where it lives (the file, for SQLite: what a

@@ -25,6 +25,7 @@ from types import ModuleType
 from sagalab.orchestrator.errors import StoreError
 from sagalab.orchestrator.redact import redacted as _redacted
 from sagalab.orchestrator.sqlite_store import DRIVER_ERRORS as _SQLITE_ERRORS
+from sagalab.orchestrator.sqlite_store import SCHEMA_VERSION as _SQLITE_SCHEMA
 from sagalab.orchestrator.sqlite_store import check_database, open_sqlite_store
 from sagalab.orchestrator.store import Access, BreakerStore, Guard, Store
 
@@ -37,6 +38,8 @@ __all__ = [
     "DRIVER_ERRORS",
     "STORE_FAILURES",
     "check_store",
+    "database_identity",
+    "latest_schema",
     "open_breaker_store",
     "open_store",
     "postgres_url",
@@ -201,3 +204,20 @@ def check_store(url_or_path: str | os.PathLike[str], access: Access = Access.REA
         version: int = _postgres().check_postgres(url, access)
         return version
     return check_database(sqlite_path(url_or_path), access)
+
+
+def latest_schema(url_or_path: str | os.PathLike[str]) -> int:
+    """The schema version this sagalab writes on the backend `url_or_path` names."""
+    if postgres_url(url_or_path) is not None:
+        return int(_postgres().SCHEMA_VERSION)
+    return _SQLITE_SCHEMA
+
+
+def database_identity(url_or_path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """What tells two databases apart: ("sqlite", the file's resolved path) or
+    ("postgresql", host, port, database) with libpq's defaults filled in."""
+    url = postgres_url(url_or_path)
+    if url is not None:
+        key: tuple[str, ...] = _postgres().database_identity(url)
+        return key
+    return ("sqlite", str(sqlite_path(url_or_path).resolve()))

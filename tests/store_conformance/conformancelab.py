@@ -40,7 +40,15 @@ class Backend:
     name: str
     url: str
     older: Callable[[], str]
+    #: Another fresh, empty database of the same backend (a copy's destination).
+    fresh: Callable[[], str] = lambda: ""
     _open: list[Any] = field(default_factory=list)
+
+    def open_url(self, url: str, *, readonly: bool = False) -> Store:
+        """A new handle on another database `url` of this backend (closed after the test)."""
+        store = open_store(url, readonly=readonly)
+        self._open.append(store)
+        return store
 
     def open(self, *, readonly: bool = False, create: bool = True) -> Store:
         """A new handle on the backend's database (closed after the test)."""

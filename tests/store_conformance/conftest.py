@@ -32,15 +32,18 @@ def _sqlite(tmp_path: Path) -> Backend:
         strip_to_v1(path, v1)
         return f"sqlite://{v1}"
 
-    return Backend("sqlite", f"sqlite://{path}", older)
+    fresh = iter(range(1, 1000))
+    return Backend(
+        "sqlite", f"sqlite://{path}", older, lambda: f"sqlite://{tmp_path}/fresh{next(fresh)}.db"
+    )
 
 
 def _postgres(request: pytest.FixtureRequest) -> Backend:
-    from pglab import copy_at_v1
+    from pglab import copy_at_v1, new_database
 
     cluster = request.getfixturevalue("pg_cluster")
     url = request.getfixturevalue("pg_url")  # a fresh, empty database
-    return Backend("postgres", url, lambda: copy_at_v1(cluster, url))
+    return Backend("postgres", url, lambda: copy_at_v1(cluster, url), lambda: new_database(cluster))
 
 
 @pytest.fixture(params=BACKENDS)
