@@ -1,9 +1,11 @@
 """`sagalab stack`: the whole path as real processes on 127.0.0.1.
 
 Thin shell over `stack.processes` and `stack.supervisor`. Exit codes: 0 ok, 1 the stack
-cannot be started or found (or, for `status`, a component is not up), 2 bad usage (an option
-out of range, an unknown component), 5 the directory, database, services file or port cannot
-be used. `up` checks every option before it starts anything.
+cannot be started or found (or, for `status`, a component or the stack's database is not up),
+2 bad usage (an option out of range, an unknown component, `--postgres` with `--db`), 4 `kill`
+or `restart` of the stack's own database (refused), 5 the directory, database, read database,
+services file or port cannot be used, or `--postgres` finds no PostgreSQL server binaries.
+`up` checks every option before it starts anything.
 """
 
 from __future__ import annotations

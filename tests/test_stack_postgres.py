@@ -91,24 +91,24 @@ def test_a_stack_on_its_own_postgres_runs_a_checkout_and_down_stops_the_server(
     # The CLI needs nothing but the URL; verify finds the database through the stack.
     code, out, err = cli("orchestrate", "status", saga_id, "--json", "--db", url)
     assert code == 0 and json.loads(out)["status"] == "completed", err
-    verified = sagalab("verify", "--stack", str(stack_dir))
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    code, out, err = cli("verify", "--stack", str(stack_dir))
+    assert code == 0, out + err
 
-    status = sagalab("stack", "status", "--dir", str(stack_dir), "--json")
-    assert status.returncode == 0, status.stdout
-    shown = json.loads(status.stdout)
+    code, out, err = cli("stack", "status", "--dir", str(stack_dir), "--json")
+    assert code == 0, out + err
+    shown = json.loads(out)
     assert shown["db"] == url
     rows = {row["name"]: row for row in shown["components"]}
     assert rows["postgres"]["status"] == "up" and rows["postgres"]["kind"] == "database"
     assert rows["postgres"]["pid"] == state.database.pid
     # The database is not a component to kill or restart on its own (4: refused).
     for verb in ("kill", "restart"):
-        refused = sagalab("stack", verb, "postgres", "--dir", str(stack_dir))
-        assert refused.returncode == 4 and "stack down" in refused.stderr
+        code, _, err = cli("stack", verb, "postgres", "--dir", str(stack_dir))
+        assert code == 4 and "stack down" in err
     assert alive(state.database)
 
-    down = sagalab("stack", "down", "--dir", str(stack_dir))
-    assert down.returncode == 0 and "postgres" in down.stderr, down.stderr
+    code, _, err = cli("stack", "down", "--dir", str(stack_dir))
+    assert code == 0 and "postgres" in err, err
     _server_stopped(state.database, stack_dir / "postgres" / "data")
     assert not any(alive(c) for c in state.components)
 
@@ -149,6 +149,22 @@ def _stack_reading_elsewhere_stops_on_sigterm(stack_dir: Path, read_url: str) ->
     wait_for(lambda: not alive(state.supervisor), 20, "the supervisor to stop")
     _server_stopped(state.database, stack_dir / "postgres" / "data")
     assert not (stack_dir / "stack.json").exists()
+
+
+def test_down_stops_the_server_of_a_stack_whose_supervisor_was_killed(stack_dir: Path) -> None:
+    up = sagalab(
+        "stack", "up", "--postgres", "--detach", "--dir", str(stack_dir), "--port", "0",
+        "--gateways", "1", "--workers", "0", "--no-services",
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    state = load_state(stack_dir)
+    assert state.supervisor is not None and state.database is not None
+    os.kill(state.supervisor.pid, signal.SIGKILL)  # nothing left to stop the server
+    wait_for(lambda: not alive(state.supervisor), 10, "the supervisor to die")
+    assert alive(state.database)
+    code, _, err = cli("stack", "down", "--dir", str(stack_dir))
+    assert code == 0 and "postgres" in err, err
+    _server_stopped(state.database, stack_dir / "postgres" / "data")
 
 
 def test_postgres_with_db_is_bad_input(tmp_path: Path) -> None:
