@@ -13,6 +13,7 @@ import errno
 import ipaddress
 import math
 import os
+import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -93,6 +94,7 @@ def validate(c: StackConfig, env: Mapping[str, str] | None = None) -> None:
     _check_services_file(env)
     if c.postgres:
         _check_server_binaries()
+        _check_server_reach(directory)
     else:
         _check_db(c.db or directory / "sagas.db")
     if c.read_db is not None:
@@ -174,6 +176,33 @@ def _check_server_binaries() -> None:
         find_bindir()
     except ClusterError as exc:
         raise StackEnvironmentError(f"--postgres: {exc}") from None
+
+
+def _check_server_reach(directory: Path) -> None:
+    """As root the server runs as `postgres` (orchestrator/pg_cluster.py): that user must be
+    able to enter the stack directory, or the start would fail after every check passed."""
+    if os.geteuid() != 0:
+        return
+    existing = directory.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # what is missing yet is created by root, mode 0755
+    try:
+        reach = subprocess.run(
+            ["runuser", "-u", "postgres", "--", "test", "-x", str(existing)],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise StackEnvironmentError(
+            f"--postgres: cannot run the server as postgres: {exc}"
+        ) from None
+    if reach.returncode != 0:
+        raise StackEnvironmentError(
+            f"--postgres: as root the server runs as the postgres user, which cannot enter "
+            f"{existing} (a parent directory is private to root): pass a --dir it may reach, "
+            "e.g. one under /tmp"
+        )
 
 
 def _check_port(port: int) -> None:

@@ -193,3 +193,13 @@ def test_a_db_password_never_shows_in_a_refusal(tmp_path: Path) -> None:
         code, out, err = cli("stack", "up", *args, "--dir", str(tmp_path / "s"))
         assert code == 5, err
         assert "s3cret-pw" not in out + err and "***" in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
+def test_a_directory_the_server_user_cannot_enter_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    # pytest's tmp dirs are private to root (0700): the postgres user cannot enter them.
+    code, _, err = cli("stack", "up", "--postgres", "--dir", str(tmp_path / "s"))
+    assert code == 5 and "under /tmp" in err, err
+    assert not (tmp_path / "s").exists()
