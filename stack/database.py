@@ -2,17 +2,20 @@
 
 The cluster is a throwaway one (orchestrator/pg_cluster.py: `initdb`, then `pg_ctl start` on
 127.0.0.1 at a free port, trust authentication, so its URL carries no password) in
-`DIR/postgres`. The saga database `sagalab` is created on it before any component starts, so
-the API and the workers all open one ready schema. It is recorded in `stack.json` as the
-stack's `database` (a `Component` of kind `database`: the postmaster's pid and start time)
-but is not one of the supervised components: the supervisor never restarts it (its sagas
-live only there; a crashed server is a fact the operator should see, not hide), `stack kill`
-and `stack restart` refuse it (exit 4), and `stack status` shows it and exits 1 when it is
-down. The supervisor stops it after the components (`processes.stop_database`); `stack down`
-stops it too when the supervisor could not.
+`DIR/postgres`; its data stays there until the directory is removed (the next `--postgres`
+stack in that directory starts the same cluster again, on a new port). The saga database
+`sagalab` is created on it before any component starts, so the API and the workers all open
+one ready schema. It is recorded in `stack.json` as the stack's `database` (a `Component` of
+kind `database`: the postmaster's pid and start time) but is not one of the supervised
+components: the supervisor never restarts it (its sagas live only there; a crashed server is
+a fact the operator should see, not hide), `stack kill` and `stack restart` refuse it (exit
+4), and `stack status` shows it and exits 1 when it is down. The supervisor stops it after
+the components (`processes.stop_database`); `stack down` stops it too when the supervisor
+could not.
 
 As root, the server runs as the `postgres` user, which must be able to enter the stack
-directory's parents: a `--dir` under /root is refused with a message saying so (exit 5).
+directory's parents: `stack up` refuses a `--dir` under /root before anything starts (exit 5,
+stack/checks.py).
 """
 
 from __future__ import annotations
