@@ -167,6 +167,25 @@ def test_down_stops_the_server_of_a_stack_whose_supervisor_was_killed(stack_dir:
     _server_stopped(state.database, stack_dir / "postgres" / "data")
 
 
+def test_status_exits_1_when_the_stacks_server_is_down(stack_dir: Path) -> None:
+    up = sagalab(
+        "stack", "up", "--postgres", "--detach", "--dir", str(stack_dir), "--port", "0",
+        "--gateways", "1", "--workers", "0", "--no-services",
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    state = load_state(stack_dir)
+    assert state.database is not None
+    os.kill(state.database.pid, signal.SIGQUIT)  # the server's immediate shutdown: a crash
+    wait_for(lambda: not alive(state.database), 10, "the postmaster to exit")
+    code, out, err = cli("stack", "status", "--dir", str(stack_dir), "--json")
+    assert code == 1, out + err
+    rows = {row["name"]: row for row in json.loads(out)["components"]}
+    assert rows["postgres"]["status"] == "down" and rows["edge"]["status"] == "up"
+    code, _, err = cli("stack", "down", "--dir", str(stack_dir))
+    assert code == 0, err
+    assert not any(alive(c) for c in state.components)
+
+
 def test_postgres_with_db_is_bad_input(tmp_path: Path) -> None:
     db, directory = str(tmp_path / "x.db"), str(tmp_path / "s")
     code, _, err = cli("stack", "up", "--postgres", "--db", db, "--dir", directory)
