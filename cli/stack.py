@@ -93,7 +93,8 @@ def _show_endpoints(state: StackState) -> None:
         '"input": {"order_id": "o-1", "customer_id": "c-1", "sku": "sku-1", "quantity": 1, '
         '"amount": 10}}\''
     )
-    out.print(f"then: sagalab orchestrate list --db {shown(state.db)}   (the stack's sagas)")
+    reads = f" --read-db {shown(state.read_db)}" if state.read_db else ""
+    out.print(f"then: sagalab orchestrate list --db {shown(state.db)}{reads}   (the stack's sagas)")
     where = Path(state.directory).resolve()
     # From another directory, `services` finds this stack only through SAGALAB_STACK_DIR.
     prefix = "" if where == DEFAULT_STACK_DIR.resolve() else f"SAGALAB_STACK_DIR={where} "

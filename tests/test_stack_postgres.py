@@ -124,15 +124,23 @@ def test_sigterm_to_the_supervisor_stops_the_server_too(
         drop_database(pg_cluster, read_url)  # not the stack's: it is left alone by the stack
 
 
-def _stack_reading_elsewhere_stops_on_sigterm(stack_dir: Path, read_url: str) -> None:
-    (queued,) = enqueue(read_url, [order(1)])  # a saga database holding one saga
+def _stack_reading_elsewhere_stops_on_sigterm(stack_dir: Path, plain_url: str) -> None:
+    (queued,) = enqueue(plain_url, [order(1)])  # a saga database holding one saga
+    # A password (the cluster trusts any): what `up` and `status` print masks it.
+    read_url = plain_url.replace("://sagalab@", "://sagalab:s3cret-pw@")
     up = sagalab(
         "stack", "up", "--postgres", "--detach", "--dir", str(stack_dir), "--port", "0",
         "--gateways", "1", "--workers", "0", "--no-services", "--read-db", read_url, "--json",
     )  # fmt: skip
     assert up.returncode == 0, up.stderr
+    masked = plain_url.replace("://sagalab@", "://sagalab:***@")
+    assert json.loads(up.stdout)["read_db"] == masked
+    code, out, err = cli("stack", "status", "--dir", str(stack_dir), "--json")
+    assert code == 0 and json.loads(out)["read_db"] == masked, out + err
+    code, out, err = cli("stack", "status", "--dir", str(stack_dir))
+    assert "s3cret-pw" not in up.stdout + up.stderr + out + err
     state = load_state(stack_dir)
-    assert state.read_db == read_url and json.loads(up.stdout)["read_db"] == read_url
+    assert state.read_db == read_url
     api = state.component("api")
     assert api.command[api.command.index("--read-db") + 1] == read_url
     # The API's list comes from the read database: the saga queued there, not on the stack's.
