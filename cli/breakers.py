@@ -10,7 +10,14 @@ from rich.table import Table
 
 from sagalab.cli import render
 from sagalab.cli.errors import EXIT_NOT_FOUND, fail, handled
-from sagalab.cli.options import DEFAULT_DB, DbOption, JsonOption, open_store
+from sagalab.cli.options import (
+    DEFAULT_DB,
+    DbOption,
+    JsonOption,
+    ReadDbOption,
+    open_store,
+    reads_from,
+)
 from sagalab.orchestrator.breaker_board import breaker_events, breaker_rows, reset_breaker
 
 app = typer.Typer(
@@ -25,11 +32,14 @@ def _checked(db: Path, *, read_only: bool = True) -> None:
 
 
 @app.command("list")
-def list_(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
+def list_(
+    db: DbOption = DEFAULT_DB, read_db: ReadDbOption = None, as_json: JsonOption = False
+) -> None:
     """Every breaker: state, consecutive failures, when it opened, transitions so far."""
+    source = reads_from(db, read_db)
     with handled():
-        _checked(db)
-        rows = breaker_rows(db)
+        _checked(source)
+        rows = breaker_rows(source)
     if as_json:
         render.print_json(rows)
         return
@@ -58,12 +68,14 @@ def list_(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
 def events(
     name: Annotated[str | None, typer.Argument(help="Only this service's breaker.")] = None,
     db: DbOption = DEFAULT_DB,
+    read_db: ReadDbOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Breaker transitions over time, and which worker saw them."""
+    source = reads_from(db, read_db)
     with handled():
-        _checked(db)
-        rows = breaker_events(db, name)
+        _checked(source)
+        rows = breaker_events(source, name)
     if as_json:
         render.print_json(rows)
         return

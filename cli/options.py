@@ -45,6 +45,18 @@ DbOption = Annotated[
         show_default=True,
     ),
 ]
+ReadDbOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--read-db",
+        parser=DbPath.parse,
+        envvar="SAGALAB_READ_DB",
+        help="Read from this database instead of --db: a streaming replica of it (a "
+        "postgresql:// URL). It may lag the primary by a moment: a saga just submitted may "
+        "not be there yet, and a status may be a step behind.",
+        show_default=False,
+    ),
+]
 #: The local stack's directory (state file, logs, databases, keys.db): every command that
 #: finds a stack's files takes it the same way.
 DEFAULT_STACK_DIR = Path(".sagalab")
@@ -69,6 +81,12 @@ ServicesOption = Annotated[
     ),
 ]
 SagaIdArg = Annotated[str, typer.Argument(help="Saga id, as printed by `run` or `list`.")]
+
+
+def reads_from(db: Path, read_db: Path | None) -> Path:
+    """The database read-only commands read from: `--read-db` (a replica) if given, else
+    `--db`; they open it with `open_store(..., read_only=True)`."""
+    return read_db if read_db is not None else db
 
 
 def open_store(db: Path, *, create: bool = False, read_only: bool = False) -> Store:

@@ -27,9 +27,11 @@ from sagalab.cli.options import (
     DEFAULT_DB,
     DbOption,
     JsonOption,
+    ReadDbOption,
     SagaIdArg,
     ServicesOption,
     open_store,
+    reads_from,
 )
 from sagalab.orchestrator import operations
 from sagalab.orchestrator.breaker_board import BreakerBoard, load_breaker_configs
@@ -311,6 +313,7 @@ _STOPPED = (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK, SagaStatus.FAILED)
 def status(
     saga_id: SagaIdArg,
     db: DbOption = DEFAULT_DB,
+    read_db: ReadDbOption = None,
     as_json: JsonOption = False,
     follow: Annotated[
         bool,
@@ -334,8 +337,8 @@ def status(
 ) -> None:
     """A saga's status and step timeline: attempts, durations, errors, trace id."""
     if follow:
-        raise typer.Exit(_follow(db, saga_id, as_json, interval))
-    with handled(), closing(open_store(db, read_only=True)) as store:
+        raise typer.Exit(_follow(reads_from(db, read_db), saga_id, as_json, interval))
+    with handled(), closing(open_store(reads_from(db, read_db), read_only=True)) as store:
         _show(store, saga_id, as_json)
 
 
@@ -399,10 +402,11 @@ def list_(
         str | None, typer.Option("--tenant", "-t", help="Only this tenant's (default: all).")
     ] = None,
     db: DbOption = DEFAULT_DB,
+    read_db: ReadDbOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Recent sagas of every tenant (the CLI works on the database as an admin), newest first."""
-    with handled(), closing(open_store(db, read_only=True)) as store:
+    with handled(), closing(open_store(reads_from(db, read_db), read_only=True)) as store:
         records = store.list_sagas(status=status_, flow=flow, limit=limit, tenant=tenant)
     rows = [saga_summary(r) for r in records]
     if as_json:
@@ -412,9 +416,14 @@ def list_(
 
 
 @app.command()
-def events(saga_id: SagaIdArg, db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
+def events(
+    saga_id: SagaIdArg,
+    db: DbOption = DEFAULT_DB,
+    read_db: ReadDbOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """A saga's journal: every event in order."""
-    with handled(), closing(open_store(db, read_only=True)) as store:
+    with handled(), closing(open_store(reads_from(db, read_db), read_only=True)) as store:
         rows = events_view(store.journal(saga_id))
     if as_json:
         render.print_json(rows)

@@ -1,9 +1,11 @@
 """`sagalab stack`: the whole path as real processes on 127.0.0.1.
 
 Thin shell over `stack.processes` and `stack.supervisor`. Exit codes: 0 ok, 1 the stack
-cannot be started or found (or, for `status`, a component is not up), 2 bad usage (an option
-out of range, an unknown component), 5 the directory, database, services file or port cannot
-be used. `up` checks every option before it starts anything.
+cannot be started or found (or, for `status`, a component or the stack's database is not up),
+2 bad usage (an option out of range, an unknown component, `--postgres` with `--db`), 4 `kill`
+or `restart` of the stack's own database (refused), 5 the directory, database, read database,
+services file or port cannot be used, or `--postgres` finds no PostgreSQL server binaries.
+`up` checks every option before it starts anything.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sagalab.cli.options import DEFAULT_STACK_DIR, StackDirOption
+from sagalab.cli.options import DEFAULT_STACK_DIR, DbPath, ReadDbOption, StackDirOption
 from sagalab.edge.errors import EdgeError
 from sagalab.edge.policies.balancer import Strategy
 from sagalab.orchestrator.limits import (
@@ -27,6 +29,7 @@ from sagalab.orchestrator.limits import (
     MAX_GATEWAYS,
     MAX_STACK_WORKERS,
 )
+from sagalab.orchestrator.stores import shown, typed
 from sagalab.stack.checks import StackEnvironmentError, StackOptionError, validate
 from sagalab.stack.processes import (
     BLOCKED_RANGE,
@@ -76,6 +79,13 @@ def _show_endpoints(state: StackState) -> None:
     for c in state.components:
         if c.kind != "edge":
             out.print(f"  {c.name:<10} {c.url or '-':<26} pid {c.pid}")
+    if state.database is not None:
+        out.print(
+            f"[bold]database[/]  {shown(state.db)}   (postgres pid {state.database.pid}, "
+            "stopped with the stack)"
+        )
+    if state.read_db is not None:
+        out.print(f"[bold]reads[/]     {shown(state.read_db)}   (the API's GETs)")
     out.print(f"[bold]API key[/]   {state.api_key}")
     out.print(
         f"try:  curl -s -X POST {state.edge_url}/v1/sagas -H 'Authorization: Bearer "
@@ -83,7 +93,8 @@ def _show_endpoints(state: StackState) -> None:
         '"input": {"order_id": "o-1", "customer_id": "c-1", "sku": "sku-1", "quantity": 1, '
         '"amount": 10}}\''
     )
-    out.print(f"then: sagalab orchestrate list --db {state.db}   (the stack's sagas)")
+    reads = f" --read-db {shown(state.read_db)}" if state.read_db else ""
+    out.print(f"then: sagalab orchestrate list --db {shown(state.db)}{reads}   (the stack's sagas)")
     where = Path(state.directory).resolve()
     # From another directory, `services` finds this stack only through SAGALAB_STACK_DIR.
     prefix = "" if where == DEFAULT_STACK_DIR.resolve() else f"SAGALAB_STACK_DIR={where} "
@@ -121,7 +132,22 @@ def up(
             f"{MAX_FLOOD_RATE:g})."
         ),
     ] = 200.0,
-    db: Annotated[Path | None, typer.Option(help="Saga database (default: in --dir).")] = None,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            parser=DbPath.parse,
+            help="Saga database: a SQLite path or a postgresql:// URL (default: in --dir).",
+        ),
+    ] = None,
+    postgres: Annotated[
+        bool,
+        typer.Option(
+            "--postgres",
+            help="Start a throwaway PostgreSQL server in --dir (the machine's initdb and "
+            "pg_ctl) as the saga database; stopped with the stack. Not with --db.",
+        ),
+    ] = False,
+    read_db: ReadDbOption = None,
     restart_delay: Annotated[
         float,
         typer.Option(
@@ -143,7 +169,9 @@ def up(
     """
     config = StackConfig(
         directory=directory,
-        db=db,
+        db=typed(db) if db is not None else None,
+        postgres=postgres,
+        read_db=typed(read_db) if read_db is not None else None,
         gateways=gateways,
         workers=workers,
         concurrency=concurrency,
@@ -166,6 +194,8 @@ def up(
                     "edge_url": state.edge_url,
                     "api_key": state.api_key,
                     "directory": state.directory,
+                    "db": shown(state.db),
+                    "read_db": shown(state.read_db) if state.read_db else None,
                     "components": [c.name for c in state.components],
                 }
             )
@@ -213,7 +243,13 @@ def status_(directory: DirOption = DEFAULT_DIR, as_json: JsonOpt = False) -> Non
     if as_json:
         typer.echo(
             json.dumps(
-                {"edge_url": state.edge_url, "supervisor": supervisor, "components": rows},
+                {
+                    "edge_url": state.edge_url,
+                    "db": shown(state.db),
+                    "read_db": shown(state.read_db) if state.read_db else None,
+                    "supervisor": supervisor,
+                    "components": rows,
+                },
                 indent=2,
             )
         )
@@ -230,6 +266,9 @@ def status_(directory: DirOption = DEFAULT_DIR, as_json: JsonOpt = False) -> Non
                 r["last_exit"] or "-",
             )
         out.print(f"edge {state.edge_url}")
+        out.print(f"database {shown(state.db)}")
+        if state.read_db:
+            out.print(f"reads from {shown(state.read_db)}")
         out.print(f"supervisor pid {supervisor['pid']}: {supervisor['status']}")
         out.print(table)
     if supervisor["status"] != "up" or any(r["status"] != "up" for r in rows):
@@ -262,11 +301,19 @@ def kill_(
 
 
 def _known(directory: Path, name: str) -> StackState:
-    """The stack's state, if it has a component `name` (exit 1: no stack; 2: no such name)."""
+    """The stack's state, if it has a component `name` (exit 1: no stack; 2: no such name;
+    4: the stack's own database, which is neither killed nor restarted on its own)."""
     try:
         state = load_state(directory.resolve())
     except EdgeError as exc:
         raise _fail(str(exc)) from None
+    if state.database is not None and name == state.database.name:
+        raise _fail(
+            f"{name} is the stack's database: the supervisor does not restart it (its sagas "
+            "live there), so it is not killed or restarted on its own; `sagalab stack down` "
+            "stops it with the stack",
+            4,
+        )
     try:
         state.component(name)
     except EdgeError as exc:

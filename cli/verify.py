@@ -27,7 +27,14 @@ from sagalab.cli.errors import (
     fail,
     handled,
 )
-from sagalab.cli.options import DEFAULT_DB, JsonOption, open_store
+from sagalab.cli.options import (
+    DEFAULT_DB,
+    DbPath,
+    JsonOption,
+    ReadDbOption,
+    open_store,
+    reads_from,
+)
 from sagalab.edge.errors import StackError
 from sagalab.fakeservices.server import SERVICES_URL_ENV, services_map
 from sagalab.orchestrator.errors import ServiceConfigError
@@ -127,10 +134,12 @@ def verify(
         typer.Option(
             "--db",
             envvar="SAGALAB_DB",
-            help="Saga database (SQLite file path or sqlite:///path), read only; default: the "
-            f"--stack's, else {DEFAULT_DB}.",
+            parser=DbPath.parse,
+            help="Saga database (SQLite file path, sqlite:///path or a postgresql:// URL), read "
+            f"only; default: the --stack's, else {DEFAULT_DB}.",
         ),
     ] = None,
+    read_db: ReadDbOption = None,
     services: Annotated[
         list[str] | None,
         typer.Option(
@@ -170,7 +179,7 @@ def verify(
         reader = resolve_reader(list(services or ()), stack)
         path = db or (Path(_stack_state(stack).db) if stack is not None else DEFAULT_DB)
         try:
-            store = open_store(path, read_only=True)
+            store = open_store(reads_from(path, read_db), read_only=True)
             try:
                 result = verify_store(store, reader, since=after, saga_ids=saga_ids or ())
             finally:

@@ -168,6 +168,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="component", required=True)
     api = sub.add_parser("api", help="the orchestrator HTTP API")
     api.add_argument("--db", required=True)
+    api.add_argument(
+        "--read-db",
+        default=os.environ.get("SAGALAB_READ_DB") or None,
+        help="database the GET routes read from (a streaming replica of --db; default "
+        "SAGALAB_READ_DB, else --db)",
+    )
     api.add_argument("--keys-db", help="keys a client may present to the API directly")
     api.add_argument(
         "--no-direct-keys",
@@ -285,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 keys_db=args.keys_db,
                 gateway_secret=_secret(args.secret_file),
                 direct_keys=args.direct_keys,
+                read_db=args.read_db,
             )
         except StoreError as exc:  # a --db that is not a saga database: one line, exit 5
             print(f"error: {redacted(str(exc))}", file=sys.stderr)  # the one masking rule

@@ -83,7 +83,7 @@ from sagalab.orchestrator.jsonsafe import MAX_BYTES, PayloadTooLarge, UnsafeJson
 from sagalab.orchestrator.runner import new_saga_id, new_trace_id, validate_input
 from sagalab.orchestrator.saga import SagaStatus
 from sagalab.orchestrator.store import Store
-from sagalab.orchestrator.stores import open_store
+from sagalab.orchestrator.stores import open_store, shown
 from sagalab.orchestrator.views import saga_summary, saga_view
 from sagalab.orchestrator.watchdog import DatabaseGone, DatabaseWatchdog
 
@@ -323,7 +323,9 @@ def trace_id_from(traceparent: str | None) -> str | None:
 class _Stores:
     """One store per thread on one database (read-only ones never take the write lock)."""
 
-    def __init__(self, path: Path, watchdog: DatabaseWatchdog, *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, watchdog: DatabaseWatchdog, *, read_only: bool = False
+    ) -> None:
         self.path = path
         self.watchdog = watchdog
         self.read_only = read_only
@@ -492,8 +494,14 @@ def create_app(
     keys_db: str | Path | None = None,
     gateway_secret: str | None = None,
     direct_keys: bool = True,
+    read_db: str | Path | None = None,
 ) -> FastAPI:
     """The API over the saga database `db` (created if missing).
+
+    `read_db` (a streaming replica of `db`) serves the GET routes, `/readyz` and `/metrics`,
+    opened read-only; writes go to `db`. A replica may lag: a saga it does not have yet is
+    looked up on `db` before a 404 (a client's GET right after its POST finds the saga); a
+    list or a status it serves may be a moment behind.
 
     `flows` adds flow files by name to the shipped examples. `breaker_states` (name -> state)
     feeds the breaker gauges of `/metrics` when the runtime has shared breakers. Callers are
@@ -505,7 +513,11 @@ def create_app(
     open_store(path).close()  # create and migrate once, up front: fail fast on a bad path
     watchdog = DatabaseWatchdog(path, restart="restart the API")
     stores = _Stores(path, watchdog)
-    readers = _Stores(path, watchdog, read_only=True)  # reads, health checks and metrics
+    split = read_db is not None
+    if read_db is not None:
+        open_store(read_db, readonly=True, create=False).close()  # fail fast here too
+    # Reads, health checks and metrics: on the replica when there is one.
+    readers = _Stores(read_db if read_db is not None else path, watchdog, read_only=True)
     catalog = _FlowCatalog(flows or {})
     keys = KeyCache(KeyStore(keys_db)) if keys_db is not None else None
     metrics = Metrics("sagalab_api_")
@@ -621,7 +633,14 @@ def create_app(
     def get_saga(who: Who, saga_id: str) -> dict[str, Any]:
         """The saga, its input and one row per step."""
         store = readers.get()
-        record = store.load(saga_id, tenant=who.scope)
+        try:
+            record = store.load(saga_id, tenant=who.scope)
+        except SagaNotFoundError:
+            if not split:
+                raise
+            # The replica may not have replayed a saga just submitted: the primary decides.
+            store = stores.get()
+            record = store.load(saga_id, tenant=who.scope)
         view = saga_view(record, store.steps(saga_id), forks=store.forks(saga_id))
         return {**view, "links": _links(saga_id)}
 
@@ -762,8 +781,10 @@ def create_app(
         try:
             watchdog.check()
             readers.get().ping()
+            if split:
+                stores.get().ping()  # the replica alone cannot take sagas
         except Exception as exc:  # any database failure means "not ready", never a 500
-            return _problem(503, "Not ready", f"database {path}: {exc}")
+            return _problem(503, "Not ready", f"database {shown(path)}: {exc}")
         return JSONResponse({"status": "ready", "instance": instance})
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")

@@ -1,7 +1,8 @@
 """Every option of `sagalab stack up`, checked before anything starts.
 
-`validate()` raises `StackOptionError` (bad input: exit 2) or `StackEnvironmentError` (the
-directory, database, services file or port cannot be used: exit 5), each with a one-line
+`validate()` raises `StackOptionError` (bad input, `--postgres` with `--db`: exit 2) or
+`StackEnvironmentError` (the directory, database, read database, services file or port cannot
+be used, or `--postgres` finds no PostgreSQL server binaries: exit 5), each with a one-line
 message. It starts no process and writes no state file; it may create the stack directory
 and the saga database, which the stack would create anyway.
 """
@@ -12,6 +13,7 @@ import errno
 import ipaddress
 import math
 import os
+import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -83,10 +85,20 @@ def validate(c: StackConfig, env: Mapping[str, str] | None = None) -> None:
         check("--flood-burst", c.flood_burst, high=MAX_FLOOD_BURST)
     except LimitError as exc:
         raise StackOptionError(str(exc)) from None
+    if c.postgres and c.db is not None:
+        raise StackOptionError(
+            "--postgres starts the stack's own database: pass either --postgres or --db, not both"
+        )
     _check_not_running(c.directory)
     directory = _check_directory(c.directory)
     _check_services_file(env)
-    _check_db(c.db or directory / "sagas.db")
+    if c.postgres:
+        _check_server_binaries()
+        _check_server_reach(directory)
+    else:
+        _check_db(c.db or directory / "sagas.db")
+    if c.read_db is not None:
+        _check_db(c.read_db, read_only=True, flag="--read-db")
     _check_port(c.edge_port)
 
 
@@ -145,15 +157,52 @@ def _check_services_file(env: Mapping[str, str]) -> None:
         raise StackEnvironmentError(f"SAGALAB_SERVICES_FILE: {first}") from None
 
 
-def _check_db(db: Path) -> None:
+def _check_db(db: Path | str, *, read_only: bool = False, flag: str = "") -> None:
     # Checked, not created: a refusal that follows (a port in use) must leave no file.
     from sagalab.orchestrator.store import Access
     from sagalab.orchestrator.stores import check_store
 
     try:
-        check_store(db, Access.CREATE)
+        check_store(db, Access.READ if read_only else Access.CREATE)
     except SagaError as exc:
-        raise StackEnvironmentError(str(exc)) from None
+        raise StackEnvironmentError(f"{flag}: {exc}" if flag else str(exc)) from None
+
+
+def _check_server_binaries() -> None:
+    """`--postgres` needs the machine's initdb and pg_ctl: exit 5 saying how to get them."""
+    from sagalab.orchestrator.pg_cluster import ClusterError, find_bindir
+
+    try:
+        find_bindir()
+    except ClusterError as exc:
+        raise StackEnvironmentError(f"--postgres: {exc}") from None
+
+
+def _check_server_reach(directory: Path) -> None:
+    """As root the server runs as `postgres` (orchestrator/pg_cluster.py): that user must be
+    able to enter the stack directory, or the start would fail after every check passed."""
+    if os.geteuid() != 0:
+        return
+    existing = directory.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # what is missing yet is created by root, mode 0755
+    try:
+        reach = subprocess.run(
+            ["runuser", "-u", "postgres", "--", "test", "-x", str(existing)],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise StackEnvironmentError(
+            f"--postgres: cannot run the server as postgres: {exc}"
+        ) from None
+    if reach.returncode != 0:
+        raise StackEnvironmentError(
+            f"--postgres: as root the server runs as the postgres user, which cannot enter "
+            f"{existing} (a parent directory is private to root): pass a --dir it may reach, "
+            "e.g. one under /tmp"
+        )
 
 
 def _check_port(port: int) -> None:

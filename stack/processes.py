@@ -1,7 +1,10 @@
 """The whole path as real processes on 127.0.0.1, with a state file other terminals can read.
 
     edge (firewall + load balancer)  ->  gateway-1..N  ->  api  ->  SQLite  <-  worker-1..M
-                                                                               -> services
+                                                                 or PostgreSQL   -> services
+
+With `--postgres` the stack's first process is a throwaway PostgreSQL server in the stack
+directory (stack.database), recorded as the state's `database`, stopped after the rest.
 
 `start()` binds every listening socket itself (so ports are known at once and a taken port
 fails before anything starts), starts each component with its socket as `--fd`, waits until
@@ -44,7 +47,9 @@ __all__ = [
     "load_state",
     "respawn",
     "start",
+    "database_target",
     "stop",
+    "stop_database",
     "write_state",
 ]
 
@@ -63,7 +68,12 @@ class StackConfig:
     """What `sagalab stack up` starts."""
 
     directory: Path
-    db: Path | None = None
+    #: A SQLite path or a PostgreSQL URL (default: sagas.db in `directory`).
+    db: Path | str | None = None
+    #: Start a throwaway PostgreSQL cluster in the directory and use it as `db`.
+    postgres: bool = False
+    #: Where the API's reads go (a streaming replica of `db`); None: `db`.
+    read_db: str | None = None
     gateways: int = 2
     workers: int = 1
     concurrency: int = 8
@@ -119,6 +129,10 @@ class StackState:
     created_at: float
     #: The process that restarts components that die (None: started without one).
     supervisor: Component | None = None
+    #: The stack's own PostgreSQL server (`stack up --postgres`), stopped with the stack.
+    database: Component | None = None
+    #: The URL the API reads from (`stack up --read-db`), None: `db`.
+    read_db: str | None = None
 
     def component(self, name: str) -> Component:
         for c in self.components:
@@ -228,8 +242,9 @@ def load_state(directory: Path) -> StackState:
     except (OSError, ValueError) as exc:
         raise StackError(f"cannot read {path}: {exc}") from None
     raw["components"] = [Component(**c) for c in raw["components"]]
-    if raw.get("supervisor"):
-        raw["supervisor"] = Component(**raw["supervisor"])
+    for part in ("supervisor", "database"):
+        if raw.get(part):
+            raw[part] = Component(**raw[part])
     return StackState(**raw)
 
 
@@ -260,10 +275,12 @@ def start(
     *,
     on_progress: Callable[[str], None] = lambda _: None,
     supervisor: Component | None = None,
+    database: Component | None = None,
 ) -> StackState:
     """Start every component; raise StackError (after stopping what started) on failure.
 
-    `supervisor` is the process that will restart components (recorded in the state file).
+    `supervisor` is the process that will restart components, `database` the stack's own
+    PostgreSQL server (`config.db` is its URL): both recorded in the state file.
     """
     directory = config.directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
@@ -280,7 +297,7 @@ def start(
         state_path.unlink()
     logs = directory / "logs"
     logs.mkdir(exist_ok=True)
-    db = (config.db or directory / "sagas.db").resolve()
+    db = database_target(config.db, directory)
     keys_db = directory / "keys.db"
     secret_file = _write_secret(directory / SECRET_FILE)
     started: list[Component] = []
@@ -320,7 +337,8 @@ def start(
                     "--fd",
                     str(api_sock.fileno()),
                     "--db",
-                    str(db),
+                    db,
+                    *(["--read-db", config.read_db] if config.read_db else []),
                     "--keys-db",
                     str(keys_db),
                     "--secret-file",
@@ -412,7 +430,7 @@ def start(
                         "--replicas",
                         "1",
                         "--db",
-                        str(db),
+                        db,
                         "--concurrency",
                         str(config.concurrency),
                     ),
@@ -431,7 +449,7 @@ def start(
         )
         state = StackState(
             directory=str(directory),
-            db=str(db),
+            db=db,
             keys_db=str(keys_db),
             edge_url=edge_url,
             services_url=services_url,
@@ -439,6 +457,8 @@ def start(
             components=started,
             created_at=time.time(),
             supervisor=supervisor,
+            database=database,
+            read_db=config.read_db,
         )
         write_state(state)
         return state
@@ -447,6 +467,17 @@ def start(
             s.close()
         terminate(started, grace=3.0)
         raise
+
+
+def database_target(db: Path | str | None, directory: Path) -> str:
+    """What the components get as `--db`: a PostgreSQL URL as typed, else the SQLite file's
+    absolute path (default: sagas.db in the stack directory)."""
+    from sagalab.orchestrator.stores import postgres_url
+
+    url = postgres_url(db) if db is not None else None
+    if url is not None:
+        return url
+    return str(Path(db or directory / "sagas.db").resolve())
 
 
 def _write_secret(path: Path) -> Path:
@@ -537,7 +568,8 @@ def stop(directory: Path, *, grace: float = 5.0) -> list[str]:
     supervisor is dead or stuck.
     """
     state = load_state(directory.resolve())
-    running = [c.name for c in state.components if alive(c)]
+    database = [state.database] if state.database is not None else []
+    running = [c.name for c in [*state.components, *database] if alive(c)]
     sup = state.supervisor
     if sup is not None and _signal(sup, signal.SIGTERM, group=False):
         deadline = time.monotonic() + grace + 5.0
@@ -550,8 +582,28 @@ def stop(directory: Path, *, grace: float = 5.0) -> list[str]:
     order = {"edge": 0, "gateway": 1, "api": 2, "worker": 3, "services": 4}
     components = sorted(state.components, key=lambda c: order.get(c.kind, 5))
     terminate(components, grace)
+    if state.database is not None:
+        stop_database(state.database, grace=grace)  # the last: the components used it
     (Path(state.directory) / STATE_FILE).unlink(missing_ok=True)
     return running
+
+
+def stop_database(database: Component, *, grace: float = 10.0) -> bool:
+    """Stop the stack's PostgreSQL server if it still runs; whether it was running.
+
+    SIGINT is the server's fast shutdown (sessions cut, a clean stop); SIGQUIT after `grace`
+    its immediate one. Only the postmaster is signalled: it stops its own children.
+    """
+    if not _signal(database, signal.SIGINT, group=False):
+        return False
+    for sig in (signal.SIGQUIT, signal.SIGKILL):
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and alive(database):
+            time.sleep(0.05)
+        if not alive(database):
+            break
+        _signal(database, sig, group=False)
+    return True
 
 
 def _reload(state: StackState) -> StackState:
@@ -574,8 +626,11 @@ def kill(directory: Path, name: str, sig: int = signal.SIGKILL) -> Component:
 def status(directory: Path) -> tuple[StackState, list[dict[str, Any]]]:
     """The state and each component's health, restarts and why it last stopped."""
     state = load_state(directory.resolve())
+    from sagalab.orchestrator.stores import shown
+
     rows = []
-    for c in state.components:
+    database = [state.database] if state.database is not None else []
+    for c in [*database, *state.components]:
         health = check(c)
         if health == "down" and c.restart_at is not None:
             health = f"restarting in {max(0.0, c.restart_at - time.time()):.1f}s"
@@ -584,7 +639,7 @@ def status(directory: Path) -> tuple[StackState, list[dict[str, Any]]]:
                 "name": c.name,
                 "kind": c.kind,
                 "pid": c.pid,
-                "url": c.url,
+                "url": shown(c.url) if c.kind == "database" and c.url else c.url,
                 "status": health,
                 "restarts": c.restarts,
                 "last_exit": c.last_exit,

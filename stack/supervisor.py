@@ -2,9 +2,11 @@
 
     sagalab stack up  --config on stdin-->  python -m sagalab.stack.supervisor
                       <--progress / ready / error lines on stdout--
+                                            |- --postgres: starts its server (stack.database)
                                             |- starts every component (stack.processes.start)
                                             |- every tick: reaps the dead, restarts them
-                                            `- SIGTERM (stack down): stops them all, exits
+                                            `- SIGTERM (stack down): stops them all (the
+                                               database last), exits
 
 `launch()` is the client side (used by `sagalab stack up` and `sagalab loadtest`): it starts
 the supervisor in its own session (it outlives the terminal with `--detach`), writes the
@@ -35,6 +37,7 @@ from typing import Any
 
 from sagalab.edge.errors import StackError
 from sagalab.orchestrator.policies.retry import RetryPolicy
+from sagalab.stack.database import start_database
 from sagalab.stack.processes import (
     STATE_FILE,
     Component,
@@ -42,9 +45,11 @@ from sagalab.stack.processes import (
     StackState,
     alive,
     children,
+    database_target,
     proc_start,
     respawn,
     start,
+    stop_database,
     tail_log,
     terminate,
     write_state,
@@ -133,6 +138,8 @@ class StackSupervisor:
             stopped = terminate(components, grace=5.0)
             for proc in list(children.values()):
                 proc.poll()  # reap
+            if self.state.database is not None and stop_database(self.state.database):
+                stopped.append(self.state.database.name)  # the last: the others used it
             (Path(self.state.directory) / STATE_FILE).unlink(missing_ok=True)
             shutil.rmtree(self.requests, ignore_errors=True)
             self.log(f"stopped {len(stopped)} component(s): {', '.join(stopped) or 'none'}")
@@ -232,14 +239,14 @@ def request_restart(state: StackState, name: str) -> None:
 
 def _config_from_json(raw: dict[str, Any]) -> StackConfig:
     raw["directory"] = Path(raw["directory"])
-    raw["db"] = Path(raw["db"]) if raw.get("db") else None
     return StackConfig(**raw)
 
 
 def _config_to_json(config: StackConfig) -> str:
     raw = asdict(config)
     raw["directory"] = str(config.directory)
-    raw["db"] = str(config.db) if config.db else None
+    # A URL as typed (a Path would collapse its `//`); a SQLite file as its absolute path.
+    raw["db"] = database_target(config.db, config.directory) if config.db else None
     return json.dumps(raw)
 
 
@@ -274,15 +281,19 @@ def main() -> int:
         log=str(directory / "logs" / LOG),
         command=[sys.executable, "-m", "sagalab.stack.supervisor"],
     )
+    database = None
     try:
-        state = start(config, on_progress=progress, supervisor=me)
-    except StackError as exc:
-        log(f"start failed: {exc}")
-        handshake.write(f"error {json.dumps(str(exc))}\n")
-        return 1
-    except SystemExit:
-        log("stopped during start-up")
-        handshake.write(f"error {json.dumps('stopped during start-up')}\n")
+        if config.postgres:
+            database = start_database(directory, on_progress=progress)
+            log(f"postgres started (pid {database.pid}, log {database.log})")
+            config = replace(config, db=database.url)
+        state = start(config, on_progress=progress, supervisor=me, database=database)
+    except (StackError, SystemExit) as exc:
+        if database is not None:
+            stop_database(database)
+        why = str(exc) if isinstance(exc, StackError) else "stopped during start-up"
+        log(f"start failed: {why}")
+        handshake.write(f"error {json.dumps(why)}\n")
         return 1
     supervisor = StackSupervisor(state, config, log)
 

@@ -22,10 +22,15 @@ from sagalab.orchestrator.api import create_app
 
 @contextmanager
 def admin_api(
-    db: Path | str, *, timeout: float = 10.0, keys_db: Path | None = None
+    db: Path | str,
+    *,
+    timeout: float = 10.0,
+    keys_db: Path | None = None,
+    read_db: str | None = None,
 ) -> Iterator[httpx.Client]:
     """A client of a real API over `db` that presents an admin key (it sees every tenant);
-    its key database is `keys_db` (by default beside a SQLite `db`)."""
+    its key database is `keys_db` (by default beside a SQLite `db`); its GETs read `read_db`
+    when given (a replica)."""
     if keys_db is None:
         keys_db = Path(db).with_name(Path(db).stem + "-keys.db")
     keys = KeyStore(keys_db)
@@ -38,7 +43,7 @@ def admin_api(
     finally:
         keys.close()
     with (
-        serve_in_thread(create_app(db, keys_db=keys_db)) as api,
+        serve_in_thread(create_app(db, keys_db=keys_db, read_db=read_db)) as api,
         httpx.Client(
             base_url=api.url, timeout=timeout, headers={"Authorization": f"Bearer {key}"}
         ) as client,

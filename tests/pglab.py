@@ -1,4 +1,5 @@
-"""PostgreSQL for tests: one throwaway cluster per session, a fresh database per test.
+"""PostgreSQL for tests: one throwaway cluster per session, a fresh database per test, and
+a streaming replica of a cluster (`start_replica`) for the read/write split.
 
 Plain helpers (the fixtures `pg_cluster` and `pg_url` in conftest.py use them). The cluster
 comes from the machine's server binaries (orchestrator/pg_cluster.py); where there are none
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import pwd
+import subprocess
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -61,3 +65,45 @@ def copy_at_v1(cluster: PgCluster, url: str) -> str:
         )
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     return copy
+
+
+def start_replica(primary: PgCluster, directory: Path) -> PgCluster:
+    """A hot-standby streaming replica of `primary` in `directory` (`pg_basebackup -R`),
+    started on its own free port; stop it with `stop()` as any cluster.
+
+    As root the backup runs as the `postgres` user, as every server command does
+    (orchestrator/pg_cluster.py); `directory`'s parents must let that user through.
+    """
+    replica = PgCluster(directory)
+    replica.directory.mkdir(parents=True, exist_ok=True)
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(replica.directory, user.pw_uid, user.pw_gid)
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    backup = subprocess.run(
+        [
+            *as_postgres, str(replica.bindir / "pg_basebackup"), "-h", "127.0.0.1",
+            "-p", str(primary.port), "-U", "sagalab", "-D", str(replica.data),
+            "-R", "-X", "stream", "-c", "fast", "--no-sync",
+        ],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert backup.returncode == 0, backup.stderr
+    replica.start()  # the backup's standby.signal makes it a standby of `primary`
+    return replica
+
+
+def replay(replica: PgCluster, *, paused: bool) -> None:
+    """Pause (or resume) WAL replay on `replica`: what it serves stops (or goes on) moving."""
+    with admin(replica) as conn:
+        if paused:
+            conn.execute("SELECT pg_wal_replay_pause()")
+            # Pausing is requested, then takes effect: wait for it (bounded by the server).
+            for _ in range(200):
+                row = conn.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()
+                if row is not None and row[0] == "paused":
+                    return
+                conn.execute("SELECT pg_sleep(0.01)")
+            raise AssertionError("WAL replay did not pause within 2 s")
+        conn.execute("SELECT pg_wal_replay_resume()")
