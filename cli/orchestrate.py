@@ -783,7 +783,8 @@ def fork(
     Exit 0 the fork completed (or was queued), 1 it did not, 2 bad step/input/--set, 3 unknown
     saga, 4 refused (running, forked already, past an applied pivot).
     With filters (--match-input for the input) each matching saga is forked from STEP,
-    with the same --set edits (not --input or --dry-run).
+    with the same --set edits (not --input or --dry-run), where {input.KEY} is each saga's
+    own value: --set 'input.order_id={input.order_id}-r1'.
     """
     if bulk_mode(saga_id, criteria):
         if input_ is not None or dry_run:

@@ -21,6 +21,8 @@ and some were refused, 0 otherwise.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -55,6 +57,7 @@ __all__ = [
     "Summary",
     "exit_code",
     "next_service",
+    "own_sets",
     "start_batch",
     "summarize",
 ]
@@ -122,6 +125,25 @@ def start_batch(
         saga_ids=saga_ids,
         now=clock(),
     )
+
+
+_OWN_INPUT = re.compile(r"\{input\.([A-Za-z0-9_-]+)\}")
+
+
+def own_sets(sets: tuple[str, ...], payload: Mapping[str, Any]) -> list[str]:
+    """A bulk fork's `--set` edits for one saga: `{input.KEY}` in a value is that saga's own
+    input value (`--set 'input.order_id={input.order_id}-r1'` gives each fork a new order).
+    KeyError naming the key if the saga's input has none."""
+
+    def value(match: re.Match[str]) -> str:
+        found = payload[match[1]]
+        return found if isinstance(found, str) else json.dumps(found)
+
+    edited = []
+    for item in sets:
+        path, eq, raw = item.partition("=")
+        edited.append(path + eq + _OWN_INPUT.sub(value, raw))
+    return edited
 
 
 def next_service(state: SagaState, action: str, from_step: str | None = None) -> str | None:
@@ -338,11 +360,18 @@ class BatchRunner:
             return operations.retry_step(self.store, saga_id, step, runner=self.runner)
         if action == "fork":
             assert options.from_step is not None
+            payload = self.store.load(saga_id).input
+            try:
+                sets = own_sets(options.sets, payload)
+            except KeyError as exc:
+                raise operations.BadArgument(
+                    f"its input has no {exc.args[0]!r} for --set", action="fork", saga_id=saga_id
+                ) from None
             _, result = operations.fork(
                 self.store,
                 saga_id,
                 options.from_step,
-                sets=options.sets,
+                sets=sets,
                 force=options.force,
                 runner=self.runner,
             )

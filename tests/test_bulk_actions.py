@@ -31,7 +31,7 @@ from opslab import (
 from workerlab import REPO
 
 from sagalab.orchestrator.breaker_board import BreakerConfig
-from sagalab.orchestrator.bulk import BreakerGate, next_service
+from sagalab.orchestrator.bulk import BreakerGate, next_service, own_sets
 from sagalab.orchestrator.saga import EventType, SagaStatus
 from sagalab.orchestrator.sqlite_store import SQLiteStore
 from sagalab.orchestrator.store import ACTED, SKIPPED
@@ -362,7 +362,7 @@ def test_next_service_follows_the_action(store: SQLiteStore) -> None:
 # --- a batch killed halfway -------------------------------------------------------------------
 
 
-def _orchestrate(db: Path, *args: str) -> subprocess.Popen[str]:
+def _orchestrate(db: str | Path, *args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAGALAB_SERVICE")}
     env.update(PYTHONPATH=str(REPO), SAGALAB_DB=str(db))
     return subprocess.Popen(
@@ -406,3 +406,35 @@ def test_a_batch_killed_halfway_resumes_acting_on_each_saga_once(store: SQLiteSt
     out, _ = again.communicate(timeout=60)
     assert json.loads(out)["acted"] == summary["acted"]
     assert all(_count(store, s, EventType.ROLLBACK_REQUESTED) == 1 for s in sagas)
+
+
+def test_a_bulk_fork_set_may_name_each_sagas_own_input() -> None:
+    payload = {"order_id": "o-7", "amount": 120}
+    sets = ("input.order_id={input.order_id}-r1", 'input.note={"a": 1}', "input.x={input.amount}")
+    assert own_sets(sets, payload) == [
+        "input.order_id=o-7-r1",
+        'input.note={"a": 1}',
+        "input.x=120",
+    ]
+    with pytest.raises(KeyError):
+        own_sets(("input.a={input.nope}",), payload)
+
+
+def test_list_and_a_bulk_batch_on_postgresql(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("SAGALAB_SERVICE"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("SAGALAB_DB", pg_url)
+    payload = {"order_id": "o1", "customer_id": "c", "sku": "A", "quantity": 1, "amount": 5}
+    proc = _orchestrate(pg_url, "run", "checkout", "--json", "-i", json.dumps(payload))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    saga_id = json.loads(out)["id"]
+    code, out, _ = cli("orchestrate", "list", "--input", "amount=5", "-s", "pending", "-o", "ids")
+    assert (code, out.split()) == (0, [saga_id])
+    code, out, err = cli("orchestrate", "cancel", "--input", "order_id=o1", "--yes", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert (summary["matched"], summary["acted"]) == (1, 1)
+    code, out, _ = cli("orchestrate", "batch", "show", summary["batch"], "--json")
+    assert code == 0 and json.loads(out)["sagas"][0]["outcome"] == ACTED
