@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -170,14 +170,9 @@ def run_bulk(
     raise typer.Exit(code)
 
 
-def _preview(action: str, rows: list[dict[str, object]]) -> None:
+def _preview(action: str, rows: list[dict[str, Any]]) -> None:
     render.err.print(f"{len(rows)} saga(s) match; {action} them:")
-    table_rows = rows[:PREVIEW]
-    out, render.out = render.out, render.err  # the preview goes to stderr: stdout stays data
-    try:
-        render.saga_list(table_rows)  # type: ignore[arg-type]
-    finally:
-        render.out = out
+    render.saga_list(rows[:PREVIEW], console=render.err)  # stdout stays data
     if len(rows) > PREVIEW:
         render.err.print(f"... and {len(rows) - PREVIEW} more")
 

@@ -19,7 +19,12 @@ import typer
 from sagalab.cli.errors import EXIT_USAGE, fail
 from sagalab.cli.verify import parse_since
 from sagalab.orchestrator.saga import SagaStatus
-from sagalab.orchestrator.sagafilter import FilterError, SagaFilter, parse_input_match
+from sagalab.orchestrator.sagafilter import (
+    MAX_LIMIT,
+    FilterError,
+    SagaFilter,
+    parse_input_match,
+)
 
 __all__ = ["FilterArgs", "filter_options"]
 
@@ -157,7 +162,11 @@ def _parameters(input_names: tuple[str, ...]) -> list[inspect.Parameter]:
             Annotated[
                 int | None,
                 typer.Option(
-                    "--limit", "-n", min=1, help="At most this many (list: 50 unless given)."
+                    "--limit",
+                    "-n",
+                    min=1,
+                    max=MAX_LIMIT,
+                    help="At most this many, newest first (list: 50 unless given).",
                 ),
             ],
         ),

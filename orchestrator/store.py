@@ -3,8 +3,9 @@
 Everything the runtime (runner, worker, lease keeper, supervisor), the HTTP API and the CLI
 ask of storage is a protocol here: `SagaStore` (sagas and their journal), `QueueStore` (the
 durable queue and its leases: claim, renew, release, park, requeue, stuck, stats),
-`ScalingStore` (the supervisor's decisions), all three together as `Store` (with `ping()`
-for readiness), and `BreakerStore` (circuit breaker state shared by every process on one
+`ScalingStore` (the supervisor's decisions), `BatchStore` (bulk operator batches and each
+saga's outcome in them), all four together as `Store` (with `ping()` for readiness), and
+`BreakerStore` (circuit breaker state shared by every process on one
 database). `open_store` and `open_breaker_store` (orchestrator/stores.py) are the one place
 that maps a URL or path to a backend: SQLite (orchestrator/sqlite_store.py and
 orchestrator/sqlite_breakers.py, the only modules that import `sqlite3` or name

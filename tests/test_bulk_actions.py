@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from apilab import cli
 from opslab import (
@@ -235,6 +236,12 @@ def test_a_saga_that_fails_is_exit_1_and_the_others_go_on(store: SQLiteStore) ->
     [failure] = [s for s in summary["sagas"] if s["outcome"] == "failed"]
     assert failure["id"] == damaged and "damaged row" in failure["detail"]
     assert store.load(good).status is SagaStatus.ROLLED_BACK
+    # A damaged input matches no --input filter, and never breaks a listing.
+    assert cli("orchestrate", "list", "--input", "x=1", "-o", "ids")[:2] == (0, "")
+    code, out, _ = cli("orchestrate", "list", "--error", "refused", "--step", "x", "--json")
+    assert (code, json.loads(out)) == (0, [])
+    code, out, _ = cli("orchestrate", "list", "--flow", "ops", "--json")
+    assert "damaged row" in {r["id"]: r.get("damaged", "") for r in json.loads(out)}[damaged]
 
 
 def test_a_retried_step_that_fails_again_is_still_acted_on(store: SQLiteStore) -> None:
@@ -438,3 +445,12 @@ def test_list_and_a_bulk_batch_on_postgresql(pg_url: str, monkeypatch: pytest.Mo
     assert (summary["matched"], summary["acted"]) == (1, 1)
     code, out, _ = cli("orchestrate", "batch", "show", summary["batch"], "--json")
     assert code == 0 and json.loads(out)["sagas"][0]["outcome"] == ACTED
+    # A damaged input (not JSON) matches no --input filter and breaks no query.
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE sagas SET input = 'not json', steps = 'nor this' WHERE id = %s", (saga_id,)
+        )
+    for args in (["--input", "amount=5"], ["--step", "charge_payment"], ["--error", "x"]):
+        assert cli("orchestrate", "list", *args, "-o", "ids")[:2] == (0, "")
+    code, out, _ = cli("orchestrate", "list", "-o", "ids")
+    assert (code, out.split()) == (0, [saga_id])
