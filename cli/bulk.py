@@ -68,6 +68,8 @@ BULK_EXIT_HELP = (
 )
 #: Sagas listed before the question.
 PREVIEW = 5
+#: Exit code after Ctrl-C (128 + SIGINT), as a shell reports it.
+EXIT_INTERRUPTED = 130
 DEFAULT_RPS = 10.0
 MAX_WAIT = 3600.0
 
@@ -216,6 +218,12 @@ def execute(
         with Progress(*columns, console=render.err, transient=False) as progress:
             task = progress.add_task(f"{batch.action} {batch.id}", total=len(batch.pending()))
             summary = runner.run(batch, on_item=lambda _item: progress.advance(task))
+    except KeyboardInterrupt:
+        render.err.print(
+            f"interrupted: batch {batch.id} stopped; `sagalab orchestrate batch resume "
+            f"{batch.id}` goes on with the sagas it has not finished"
+        )
+        return EXIT_INTERRUPTED
     finally:
         states.close()
     _print_summary(summary, as_json)

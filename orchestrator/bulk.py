@@ -342,6 +342,11 @@ class BatchRunner:
     ) -> operations.OperationResult:
         """The single action, as `orchestrate ACTION ID` carries it out."""
         if action == "resume":
+            # As the other actions do: queued for the workers when this process cannot run
+            # the flow (no services known here), rather than failing to.
+            flow = self.store.load(saga_id).flow
+            if self.runner is None or self.runner.unavailable(flow) is not None:
+                return operations.requeue(self.store, saga_id)
             return operations.resume(self.store, saga_id, runner=self.runner)
         if action == "rollback":
             return operations.rollback(

@@ -161,6 +161,10 @@ def test_bulk_cancel_summary_json_and_refusals(store: SQLiteStore) -> None:
     code, out, err = cli("orchestrate", "cancel", "--flow", "ops", "--yes", "--json")
     assert code == 0, err
     summary = json.loads(out)
+    assert set(summary) == {
+        "batch", "action", "matched", "acted", "skipped", "failed", "pending", "exit_code", "sagas",
+    }  # fmt: skip
+    assert all(set(s) == {"id", "outcome", "detail"} for s in summary["sagas"])
     assert {k: summary[k] for k in ("action", "matched", "acted", "skipped", "failed")} == {
         "action": "cancel",
         "matched": 3,
@@ -329,7 +333,16 @@ def test_redrive_into_an_open_breaker_is_skipped(store: SQLiteStore) -> None:
     assert code == 4
     assert "still open after waiting 0.3s" in json.loads(out)["sagas"][0]["detail"]
     assert [len(store.journal(s)) for s in sagas] == before  # nothing was sent or written
-    # Rollbacks do not redrive: they go on (queued here: no services are known).
+    # Once the breaker is closed, they are resumed: queued for the workers (this process
+    # knows no service to run them with).
+    states = open_breaker_store(store.path)
+    states.reset("inventory", now=time.time())
+    states.close()
+    code, out, _ = cli("orchestrate", "resume", "--flow", "checkout", "--yes", "--json")
+    assert code == 0
+    assert [s["detail"].split(":")[0] for s in json.loads(out)["sagas"]] == ["queued"] * 2
+    # Rollbacks do not redrive: they go on whatever the breaker says.
+    _force_open(store.path, "payments", time.time())
     code, out, _ = cli("orchestrate", "rollback", "--flow", "checkout", "--yes", "--json")
     assert code == 0 and json.loads(out)["acted"] == 2
 
