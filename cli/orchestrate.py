@@ -63,7 +63,9 @@ from sagalab.orchestrator.watchdog import DatabaseWatchdog, WatchedStore
 
 app = typer.Typer(
     help="Run sagas and operate on them. Exit codes: 0 done as asked, 1 the saga rolled back "
-    "or failed, 2 bad input, 3 unknown saga id, 4 action refused, 5 database or config error.",
+    "or failed, 2 bad input, 3 unknown saga id, 4 action refused, 5 database or config error. "
+    "Bulk actions (filters instead of an id): 0 acted, 1 some saga failed, 3 no saga matches, "
+    "4 none could be acted on.",
     no_args_is_help=True,
 )
 
