@@ -11,6 +11,8 @@ Exit codes (documented in the README and in `sagalab orchestrate --help`):
   5  the database is not a saga database (a directory, not SQLite, corrupt, another
      application's, a newer sagalab's), cannot be opened or written, or a service's URL or
      breaker settings are missing or malformed
+For a bulk action (cli/bulk.py: filters instead of an id): 1 some saga failed, 3 the filter
+matches no saga, 4 none of them could be acted on (all refused) or the operator said no.
 """
 
 from __future__ import annotations

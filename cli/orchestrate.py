@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
 import sys
 import time
 from contextlib import closing
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sagalab.cli import render
+from sagalab.cli import bulk, render
+from sagalab.cli.bulk import (
+    BULK_EXIT_HELP,
+    DEFAULT_RPS,
+    RpsOption,
+    WaitBreakerOption,
+    WaitTimeoutOption,
+    YesOption,
+    bulk_mode,
+    run_bulk,
+)
 from sagalab.cli.errors import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -23,6 +35,7 @@ from sagalab.cli.errors import (
     handled,
     parse_json_arg,
 )
+from sagalab.cli.filters import FilterArgs, filter_options
 from sagalab.cli.options import (
     DEFAULT_DB,
     DbOption,
@@ -35,6 +48,7 @@ from sagalab.cli.options import (
 )
 from sagalab.orchestrator import operations
 from sagalab.orchestrator.breaker_board import BreakerBoard, load_breaker_configs
+from sagalab.orchestrator.bulk import BulkOptions
 from sagalab.orchestrator.errors import ConcurrentUpdate
 from sagalab.orchestrator.executors import HttpExecutor
 from sagalab.orchestrator.flow import FlowDefinition
@@ -51,7 +65,9 @@ from sagalab.orchestrator.watchdog import DatabaseWatchdog, WatchedStore
 
 app = typer.Typer(
     help="Run sagas and operate on them. Exit codes: 0 done as asked, 1 the saga rolled back "
-    "or failed, 2 bad input, 3 unknown saga id, 4 action refused, 5 database or config error.",
+    "or failed, 2 bad input, 3 unknown saga id, 4 action refused, 5 database or config error. "
+    "Bulk actions (filters instead of an id): 0 acted, 1 some saga failed, 3 no saga matches, "
+    "4 none could be acted on.",
     no_args_is_help=True,
 )
 
@@ -391,26 +407,63 @@ def _follow(db: Path, saga_id: str, as_json: bool, interval: float) -> int:
     return _outcome_code(record.status, SagaStatus.COMPLETED)
 
 
+class Output(StrEnum):
+    """How `list` prints the sagas."""
+
+    TABLE = "table"
+    JSON = "json"
+    CSV = "csv"
+    IDS = "ids"
+
+
+#: The columns of `list --output csv`, in order.
+CSV_COLUMNS = (
+    "id",
+    "flow",
+    "flow_version",
+    "status",
+    "tenant",
+    "idempotency_key",
+    "created_at",
+    "updated_at",
+    "forked_from",
+    "reason",
+)
+
+
 @app.command("list")
+@filter_options()
 def list_(
-    status_: Annotated[
-        SagaStatus | None, typer.Option("--status", "-s", help="Only sagas in this status.")
-    ] = None,
-    flow: Annotated[str | None, typer.Option("--flow", "-f", help="Only this flow.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many.")] = 50,
-    tenant: Annotated[
-        str | None, typer.Option("--tenant", "-t", help="Only this tenant's (default: all).")
-    ] = None,
     db: DbOption = DEFAULT_DB,
     read_db: ReadDbOption = None,
-    as_json: JsonOption = False,
+    output: Annotated[
+        Output, typer.Option("--output", "-o", help="table, json, csv, or ids (one per line).")
+    ] = Output.TABLE,
+    as_json: Annotated[bool, typer.Option("--json", help="The same as --output json.")] = False,
+    *,
+    criteria: FilterArgs,
 ) -> None:
-    """Recent sagas of every tenant (the CLI works on the database as an admin), newest first."""
+    """Sagas of every tenant (the CLI works on the database as an admin), newest first.
+
+    The filters compose (all must hold). Page with --limit and --after (the last id of the
+    previous page). A filter that matches nothing prints nothing (exit 0); a malformed
+    filter is exit 2, an --after id that is no saga exit 3.
+    """
+    wanted = criteria.to_filter(default_limit=50)
     with handled(), closing(open_store(reads_from(db, read_db), read_only=True)) as store:
-        records = store.list_sagas(status=status_, flow=flow, limit=limit, tenant=tenant)
+        records = store.find_sagas(wanted)
     rows = [saga_summary(r) for r in records]
     if as_json:
+        output = Output.JSON
+    if output is Output.JSON:
         render.print_json(rows)
+    elif output is Output.IDS:
+        for row in rows:
+            sys.stdout.write(row["id"] + "\n")
+    elif output is Output.CSV:
+        writer = csv.DictWriter(sys.stdout, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
     else:
         render.saga_list(rows)
 
@@ -431,10 +484,12 @@ def events(
         render.events(rows)
 
 
-@app.command()
+@app.command(epilog=BULK_EXIT_HELP)
+@filter_options()
 def resume(
     saga_id: Annotated[
-        str | None, typer.Argument(help="Saga id (omit with --stuck).", show_default=False)
+        str | None,
+        typer.Argument(help="Saga id (omit with --stuck, or with filters).", show_default=False),
     ] = None,
     stuck: Annotated[
         bool,
@@ -446,13 +501,29 @@ def resume(
     services: ServicesOption = None,
     as_json: JsonOption = False,
     crash_at: CrashAtOption = None,
+    yes: YesOption = False,
+    rps: RpsOption = DEFAULT_RPS,
+    wait_breaker: WaitBreakerOption = False,
+    wait_timeout: WaitTimeoutOption = 60.0,
+    *,
+    criteria: FilterArgs,
 ) -> None:
     """Continue a saga from its last durable event, here, until it ends.
 
     A call that was in flight when it stopped is sent again with the same idempotency key.
     """
-    if (saga_id is None) == (not stuck):
-        raise fail("give a saga id, or --stuck (not both)", EXIT_USAGE)
+    if bulk_mode(saga_id, criteria, other="--stuck" if stuck else None):
+        run_bulk(
+            "resume",
+            criteria,
+            BulkOptions(wait_breaker=wait_timeout if wait_breaker else None),
+            db=db,
+            services=services,
+            yes=yes,
+            rps=rps,
+            as_json=as_json,
+            make_runner=_bulk_runner,
+        )
     with handled():
         store = open_store(db)
         if stuck:
@@ -464,6 +535,15 @@ def resume(
         result = operations.resume(store, saga_id, runner=here)
         _render_result(store, result, as_json)
     raise typer.Exit(_request_code(result, (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK)))
+
+
+def _bulk_runner(store: Store, services: Path | None) -> operations.RunHere:
+    """How a bulk action runs each saga here: as the single verbs do, quietly."""
+    return _RunHere(store, services, quiet=True)
+
+
+bulk.RUNNER.append(_bulk_runner)
+app.add_typer(bulk.batch_app, name="batch")
 
 
 def _resume_stuck(store: Store, services: Path | None, as_json: bool) -> None:
@@ -487,9 +567,18 @@ def _resume_stuck(store: Store, services: Path | None, as_json: bool) -> None:
     raise typer.Exit(1 if failed else 0)
 
 
-@app.command()
+OptionalIdArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="Saga id, as printed by `run` or `list` (omit with filters).", show_default=False
+    ),
+]
+
+
+@app.command(epilog=BULK_EXIT_HELP)
+@filter_options()
 def rollback(
-    saga_id: SagaIdArg,
+    saga_id: OptionalIdArg = None,
     force: Annotated[
         bool,
         typer.Option(
@@ -504,8 +593,25 @@ def rollback(
     db: DbOption = DEFAULT_DB,
     services: ServicesOption = None,
     as_json: JsonOption = False,
+    yes: YesOption = False,
+    rps: RpsOption = DEFAULT_RPS,
+    *,
+    criteria: FilterArgs,
 ) -> None:
     """Compensate every completed step in reverse order (running, failed or completed sagas)."""
+    if bulk_mode(saga_id, criteria):
+        run_bulk(
+            "rollback",
+            criteria,
+            BulkOptions(reason=reason, force=force),
+            db=db,
+            services=services,
+            yes=yes,
+            rps=rps,
+            as_json=as_json,
+            make_runner=_bulk_runner,
+        )
+    assert saga_id is not None
     with handled():
         store = open_store(db)
         result = operations.rollback(
@@ -536,15 +642,45 @@ def _request_code(result: operations.OperationResult, done: tuple[SagaStatus, ..
 StepArg = Annotated[str, typer.Argument(help="Name of the step that failed for good.")]
 
 
-@app.command("retry-step")
+@app.command("retry-step", epilog=BULK_EXIT_HELP)
+@filter_options()
 def retry_step(
-    saga_id: SagaIdArg,
-    step: StepArg,
+    saga_id: OptionalIdArg = None,
+    step: Annotated[
+        str | None,
+        typer.Argument(
+            help="Name of the step that failed for good (with filters: each saga's own).",
+            show_default=False,
+        ),
+    ] = None,
     db: DbOption = DEFAULT_DB,
     services: ServicesOption = None,
     as_json: JsonOption = False,
+    yes: YesOption = False,
+    rps: RpsOption = DEFAULT_RPS,
+    wait_breaker: WaitBreakerOption = False,
+    wait_timeout: WaitTimeoutOption = 60.0,
+    *,
+    criteria: FilterArgs,
 ) -> None:
-    """Give a failed step (or its compensation) a fresh retry budget and continue the saga."""
+    """Give a failed step (or its compensation) a fresh retry budget and continue the saga.
+
+    With filters instead of ID STEP: each matching failed saga's failed step is retried.
+    """
+    if bulk_mode(saga_id, criteria):
+        run_bulk(
+            "retry-step",
+            criteria,
+            BulkOptions(wait_breaker=wait_timeout if wait_breaker else None),
+            db=db,
+            services=services,
+            yes=yes,
+            rps=rps,
+            as_json=as_json,
+            make_runner=_bulk_runner,
+        )
+    if saga_id is None or step is None:
+        raise fail("retry-step needs a saga id and a step (or filters instead of both)", EXIT_USAGE)
     with handled():
         store = open_store(db)
         result = operations.retry_step(
@@ -573,21 +709,39 @@ def skip_step(
     raise typer.Exit(_request_code(result, (SagaStatus.COMPLETED, SagaStatus.ROLLED_BACK)))
 
 
-@app.command()
+@app.command(epilog=BULK_EXIT_HELP)
+@filter_options()
 def cancel(
-    saga_id: SagaIdArg,
+    saga_id: OptionalIdArg = None,
     reason: Annotated[
         str, typer.Option("--reason", help="Why, for the journal.")
     ] = "operator cancel",
     db: DbOption = DEFAULT_DB,
     services: ServicesOption = None,
     as_json: JsonOption = False,
+    yes: YesOption = False,
+    rps: RpsOption = DEFAULT_RPS,
+    *,
+    criteria: FilterArgs,
 ) -> None:
     """Stop a saga that has not passed its pivot and roll it back at its next step boundary.
 
     A worker that holds it meets the request at its next commit. Past the pivot (or while the
     pivot's call is in flight) it is refused, exit 4: `rollback --force` is the tool there.
     """
+    if bulk_mode(saga_id, criteria):
+        run_bulk(
+            "cancel",
+            criteria,
+            BulkOptions(reason=reason),
+            db=db,
+            services=services,
+            yes=yes,
+            rps=rps,
+            as_json=as_json,
+            make_runner=_bulk_runner,
+        )
+    assert saga_id is not None
     with handled():
         store = open_store(db)
         result = operations.cancel(
@@ -597,9 +751,11 @@ def cancel(
     raise typer.Exit(_request_code(result, (SagaStatus.ROLLED_BACK,)))
 
 
-@app.command()
+@app.command(epilog=BULK_EXIT_HELP)
+@filter_options(input_names=("--match-input",))
 def fork(
-    saga_id: SagaIdArg,
+    saga_id: OptionalIdArg = None,
+    *,
     from_step: Annotated[str, typer.Option("--from-step", help="First step the fork runs again.")],
     input_: Annotated[
         str | None,
@@ -625,6 +781,11 @@ def fork(
     db: DbOption = DEFAULT_DB,
     services: ServicesOption = None,
     as_json: JsonOption = False,
+    yes: YesOption = False,
+    rps: RpsOption = DEFAULT_RPS,
+    wait_breaker: WaitBreakerOption = False,
+    wait_timeout: WaitTimeoutOption = 60.0,
+    criteria: FilterArgs,
 ) -> None:
     """Run a stopped saga again from STEP with new input, as a new saga linked to it.
 
@@ -632,7 +793,30 @@ def fork(
     is compensated first. The plan is printed before anything runs (--dry-run: only it).
     Exit 0 the fork completed (or was queued), 1 it did not, 2 bad step/input/--set, 3 unknown
     saga, 4 refused (running, forked already, past an applied pivot).
+    With filters (--match-input for the input) each matching saga is forked from STEP,
+    with the same --set edits (not --input or --dry-run), where {input.KEY} is each saga's
+    own value: --set 'input.order_id={input.order_id}-r1'.
     """
+    if bulk_mode(saga_id, criteria):
+        if input_ is not None or dry_run:
+            raise fail("a bulk fork takes --set edits, not --input or --dry-run", EXIT_USAGE)
+        run_bulk(
+            "fork",
+            criteria,
+            BulkOptions(
+                from_step=from_step,
+                sets=tuple(sets or ()),
+                force=force,
+                wait_breaker=wait_timeout if wait_breaker else None,
+            ),
+            db=db,
+            services=services,
+            yes=yes,
+            rps=rps,
+            as_json=as_json,
+            make_runner=_bulk_runner,
+        )
+    assert saga_id is not None
     payload = None
     if input_ is not None:
         parsed = parse_json_arg(input_, "--input")

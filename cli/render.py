@@ -99,8 +99,8 @@ def saga(view: dict[str, Any]) -> None:
     out.print(table)
 
 
-def saga_list(rows: list[dict[str, Any]]) -> None:
-    """One line per saga."""
+def saga_list(rows: list[dict[str, Any]], console: Console | None = None) -> None:
+    """One line per saga (on stdout, or `console`: a bulk action's preview goes to stderr)."""
     if not rows:
         err.print("no sagas match")
         return
@@ -117,7 +117,7 @@ def saga_list(rows: list[dict[str, Any]]) -> None:
             when(r["updated_at"]),
             clip(r.get("damaged") or r.get("reason") or "", 60),
         )
-    out.print(table)
+    (console or out).print(table)
 
 
 def events(rows: list[dict[str, Any]]) -> None:

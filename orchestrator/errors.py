@@ -70,6 +70,16 @@ class SagaNotFoundError(SagaError):
         super().__init__(f"no saga with id {saga_id!r}; `sagalab orchestrate list` shows ids")
 
 
+class BatchNotFoundError(SagaNotFoundError):
+    """No bulk batch with that id."""
+
+    def __init__(self, batch_id: str) -> None:
+        self.saga_id = batch_id
+        SagaError.__init__(
+            self, f"no batch with id {batch_id!r}; `sagalab orchestrate batch list` shows ids"
+        )
+
+
 class IdempotencyConflict(SagaError):
     """An idempotency key already names a saga with a different flow or input."""
 

@@ -44,6 +44,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from sagalab.orchestrator.errors import (
+    BatchNotFoundError,
     ConcurrentUpdate,
     CopyRefused,
     IdempotencyConflict,
@@ -57,12 +58,14 @@ from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_di
 from sagalab.orchestrator.journal import JournalEntry, entry_to_row
 from sagalab.orchestrator.redact import redacted, secrets_in
 from sagalab.orchestrator.saga import Event, EventType, SagaState, SagaStatus
+from sagalab.orchestrator.sagafilter import SagaFilter
 from sagalab.orchestrator.store import (
     COPY_COLUMNS,
     COPY_TABLES,
     DEFAULT_TENANT,
     Access,
     Batches,
+    BatchRecord,
     Export,
     Guard,
     Lease,
@@ -72,7 +75,13 @@ from sagalab.orchestrator.store import (
     shown_counts,
     step_fields,
 )
-from sagalab.orchestrator.store_rows import journal_entry, saga_record, steps_from_json, steps_json
+from sagalab.orchestrator.store_rows import (
+    batch_record,
+    journal_entry,
+    saga_record,
+    steps_from_json,
+    steps_json,
+)
 
 __all__ = [
     "DRIVER_ERRORS",
@@ -184,10 +193,54 @@ CREATE INDEX IF NOT EXISTS sagas_by_forked_from ON sagas (forked_from)
     WHERE forked_from IS NOT NULL;
 """
 
+# v4: bulk batches (SQLite's v9), and a JSON reading that gives NULL for a damaged document
+# instead of failing the whole query (`find_sagas` reads inputs and step documents as jsonb).
+_V4 = """
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,
+    action TEXT NOT NULL,
+    filter TEXT NOT NULL,
+    options TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    finished_at DOUBLE PRECISION
+);
+CREATE TABLE IF NOT EXISTS batch_sagas (
+    batch_id TEXT NOT NULL REFERENCES batches (id),
+    position INTEGER NOT NULL,
+    saga_id TEXT NOT NULL,
+    outcome TEXT,
+    detail TEXT,
+    at DOUBLE PRECISION,
+    PRIMARY KEY (batch_id, position)
+);
+CREATE INDEX IF NOT EXISTS batch_sagas_by_saga ON batch_sagas (batch_id, saga_id);
+CREATE OR REPLACE FUNCTION sagalab_jsonb(doc TEXT) RETURNS jsonb AS $$
+BEGIN
+    RETURN doc::jsonb;
+EXCEPTION WHEN others THEN
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql IMMUTABLE;
+"""
+
+# Where a saga stopped (`sagafilter.stopped_at`) and `--error`, as orchestrator/sqlite_store.py
+# reads them from the `sagas.steps` document.
+_STOPPED_AT = (
+    "SELECT e ->> 'name' FROM jsonb_array_elements(CASE WHEN jsonb_typeof("
+    "sagalab_jsonb(sagas.steps)) = 'array' THEN sagalab_jsonb(sagas.steps) ELSE '[]' END) "
+    "WITH ORDINALITY AS t(e, i) WHERE (e ->> 'attempts')::numeric > 0 ORDER BY i DESC LIMIT 1"
+)
+_ERROR_MATCH = (
+    "(strpos(lower(coalesce(reason, '')), lower(%s)) > 0 OR EXISTS (SELECT 1 FROM "
+    "jsonb_array_elements(CASE WHEN jsonb_typeof(sagalab_jsonb(sagas.steps)) = 'array' "
+    "THEN sagalab_jsonb(sagas.steps) ELSE '[]' END) AS e WHERE "
+    "strpos(lower(coalesce(e ->> 'last_error', '')), lower(%s)) > 0))"
+)
+
 # Every step after v1's tables runs again harmlessly (IF [NOT] EXISTS): a database whose
 # columns and indexes are there but whose recorded version is older (a migration replayed
 # by hand, a version row restored from a backup) is brought up to date, not refused.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x5A6A_1AB0  # pg_advisory_xact_lock key: one migrating process at a time
 _HINT = "pass another URL with --db or SAGALAB_DB"
@@ -785,10 +838,115 @@ class PostgresStore:
         )
         return [self._record(r, lenient=True) for r in rows]
 
+    def find_sagas(self, criteria: SagaFilter) -> list[SagaRecord]:
+        """The sagas `criteria` selects, newest first, filtered in one query."""
+        where, args = ["TRUE"], []
+        if criteria.after is not None:
+            cursor = self._execute(
+                "SELECT created_at FROM sagas WHERE id = %s", (criteria.after,)
+            ).fetchone()
+            if cursor is None:
+                raise SagaNotFoundError(criteria.after)
+            where.append("(created_at < %s OR (created_at = %s AND id > %s))")
+            args += [cursor[0], cursor[0], criteria.after]
+        if criteria.statuses:
+            where.append("status = ANY(%s)")
+            args.append([s.value for s in criteria.statuses])
+        for column, value in (
+            ("flow_name = %s", criteria.flow),
+            ("tenant = %s", criteria.tenant),
+            ("idempotency_key = %s", criteria.key),
+            ("created_at >= %s", criteria.since),
+            ("created_at < %s", criteria.until),
+        ):
+            if value is not None:
+                where.append(column)
+                args.append(value)
+        if criteria.step is not None:
+            where.append(f"({_STOPPED_AT}) = %s")
+            args.append(criteria.step)
+        if criteria.error is not None:
+            where.append(_ERROR_MATCH)
+            args += [criteria.error, criteria.error]
+        for match in criteria.inputs:
+            where.append("(sagalab_jsonb(input) -> %s) = ANY(%s::jsonb[])")
+            args += [match.key, [json.dumps(v) for v in match.candidates()]]
+        limit = "" if criteria.limit is None else f" LIMIT {int(criteria.limit)}"
+        rows = self._rows(
+            f"SELECT * FROM sagas WHERE {' AND '.join(where)} ORDER BY created_at DESC, id" + limit,
+            args,
+        )
+        return [self._record(r, lenient=True) for r in rows]
+
     def count_by_status(self) -> dict[str, int]:
         """How many sagas are in each status."""
         rows = self._execute("SELECT status, COUNT(*) FROM sagas GROUP BY status").fetchall()
         return {status: int(n) for status, n in rows}
+
+    # -- bulk batches -------------------------------------------------------------------------
+
+    def create_batch(
+        self,
+        *,
+        batch_id: str,
+        action: str,
+        filter: dict[str, Any],
+        options: dict[str, Any],
+        saga_ids: Sequence[str],
+        now: float,
+    ) -> BatchRecord:
+        """Store the batch and its sagas, none reached yet, in one statement."""
+        self._execute(
+            "WITH made AS (INSERT INTO batches (id, action, filter, options, created_at) "
+            "VALUES (%(id)s, %(action)s, %(filter)s, %(options)s, %(now)s) RETURNING id) "
+            "INSERT INTO batch_sagas (batch_id, position, saga_id) "
+            "SELECT made.id, s.position - 1, s.saga_id FROM made, "
+            "unnest(%(ids)s::text[]) WITH ORDINALITY AS s(saga_id, position)",
+            {
+                "id": batch_id,
+                "action": action,
+                "filter": json.dumps(filter),
+                "options": json.dumps(options),
+                "now": now,
+                "ids": list(saga_ids),
+            },
+            write=True,
+        )
+        return self.load_batch(batch_id)
+
+    def load_batch(self, batch_id: str) -> BatchRecord:
+        """The batch with its items (BatchNotFoundError if unknown)."""
+        rows = self._rows("SELECT * FROM batches WHERE id = %s", (batch_id,))
+        if not rows:
+            raise BatchNotFoundError(batch_id)
+        items = self._rows(
+            "SELECT * FROM batch_sagas WHERE batch_id = %s ORDER BY position", (batch_id,)
+        )
+        return batch_record(rows[0], items)
+
+    def record_batch_outcome(
+        self, batch_id: str, saga_id: str, *, outcome: str, detail: str | None, now: float
+    ) -> None:
+        """Set what became of `saga_id` in the batch."""
+        self._execute(
+            "UPDATE batch_sagas SET outcome = %s, detail = %s, at = %s "
+            "WHERE batch_id = %s AND saga_id = %s",
+            (outcome, detail, now, batch_id, saga_id),
+            write=True,
+        )
+
+    def finish_batch(self, batch_id: str, *, now: float) -> None:
+        """Mark the batch finished."""
+        self._execute(
+            "UPDATE batches SET finished_at = %s WHERE id = %s", (now, batch_id), write=True
+        )
+
+    def list_batches(self, *, limit: int = 20) -> list[BatchRecord]:
+        """The most recent batches first."""
+        rows = self._rows(
+            "SELECT id FROM batches ORDER BY created_at DESC, id LIMIT %s", (max(0, limit),)
+        )
+        return [self.load_batch(r["id"]) for r in rows]
 
     # -- the durable queue and leases ------------------------------------------------------
 
@@ -1071,6 +1229,8 @@ _EXPORT_ORDER = {
     "breakers": "name",
     "breaker_events": "id",
     "scaling_events": "id",
+    "batches": "created_at, id",
+    "batch_sagas": "batch_id, position",
 }
 # Columns stored on the database's clock (see the module doc): exported on the caller's.
 _DB_CLOCK = ("run_after", "lease_until")

@@ -29,6 +29,7 @@ import sqlite_utils
 
 from sagalab.orchestrator.dbfiles import creating_database
 from sagalab.orchestrator.errors import (
+    BatchNotFoundError,
     ConcurrentUpdate,
     CopyRefused,
     IdempotencyConflict,
@@ -40,12 +41,14 @@ from sagalab.orchestrator.errors import (
 from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
 from sagalab.orchestrator.journal import EVENT_COLUMNS, JournalEntry, entry_values
 from sagalab.orchestrator.saga import Event, EventType, SagaState, SagaStatus
+from sagalab.orchestrator.sagafilter import InputMatch, SagaFilter
 from sagalab.orchestrator.store import (
     COPY_COLUMNS,
     COPY_TABLES,
     DEFAULT_TENANT,
     Access,
     Batches,
+    BatchRecord,
     Export,
     Guard,
     Lease,
@@ -56,7 +59,13 @@ from sagalab.orchestrator.store import (
     shown_counts,
     step_fields,
 )
-from sagalab.orchestrator.store_rows import journal_entry, saga_record, steps_from_json, steps_json
+from sagalab.orchestrator.store_rows import (
+    batch_record,
+    journal_entry,
+    saga_record,
+    steps_from_json,
+    steps_json,
+)
 
 T = TypeVar("T")
 
@@ -227,6 +236,29 @@ ALTER TABLE sagas ADD COLUMN forked_from TEXT;
 CREATE INDEX sagas_by_forked_from ON sagas (forked_from) WHERE forked_from IS NOT NULL;
 """
 
+# v9: bulk batches (`orchestrate resume|rollback|... --status ...`): the sagas a batch matched
+# when it started and what became of each, so that a killed batch resumes without acting twice.
+_V9 = """
+CREATE TABLE batches (
+    id TEXT PRIMARY KEY,
+    action TEXT NOT NULL,
+    filter TEXT NOT NULL,
+    options TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE TABLE batch_sagas (
+    batch_id TEXT NOT NULL REFERENCES batches (id),
+    position INTEGER NOT NULL,
+    saga_id TEXT NOT NULL,
+    outcome TEXT,
+    detail TEXT,
+    at REAL,
+    PRIMARY KEY (batch_id, position)
+) WITHOUT ROWID;
+CREATE INDEX batch_sagas_by_saga ON batch_sagas (batch_id, saga_id);
+"""
+
 
 Migration = str | Callable[[sqlite3.Connection], None]
 MIGRATIONS: tuple[Migration, ...] = (
@@ -238,8 +270,50 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v6_steps_in_saga_row,
     _v7_tenants,
     _V8,
+    _V9,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# Where a saga stopped (`sagafilter.stopped_at`): the last step, in flow order, of the
+# `sagas.steps` document whose action was attempted. A damaged document stops nowhere.
+_STEPS_DOC = "CASE WHEN json_valid(sagas.steps) THEN sagas.steps ELSE '[]' END"
+_STOPPED_AT = (
+    f"SELECT json_extract(j.value, '$.name') FROM json_each({_STEPS_DOC}) j "
+    "WHERE json_extract(j.value, '$.attempts') > 0 ORDER BY CAST(j.key AS INTEGER) DESC LIMIT 1"
+)
+# `--error`: a substring, any case, of the saga's reason or of a step's last error.
+_ERROR_MATCH = (
+    "(instr(lower(coalesce(reason, '')), lower(?)) > 0 OR EXISTS (SELECT 1 FROM "
+    f"json_each({_STEPS_DOC}) j WHERE instr(lower(coalesce(json_extract(j.value, "
+    "'$.last_error'), '')), lower(?)) > 0))"
+)
+
+
+def _input_match(match: InputMatch) -> tuple[str, list[Any]]:
+    """SQL for one `--input key=value` (any of its candidate values), and its arguments."""
+    path = f'$."{match.key}"'  # keys are letters, digits, '_' and '-' (parse_input_match)
+    doc = "(CASE WHEN json_valid(input) THEN input ELSE '{}' END)"  # a damaged input: no match
+    typed = f"json_type({doc}, ?)"
+    ors: list[str] = []
+    args: list[Any] = []
+    for value in match.candidates():
+        if value is None:
+            ors.append(f"{typed} = 'null'")
+            args.append(path)
+        elif isinstance(value, bool):
+            ors.append(f"{typed} = '{'true' if value else 'false'}'")
+            args.append(path)
+        elif isinstance(value, int | float):
+            ors.append(f"({typed} IN ('integer', 'real') AND json_extract({doc}, ?) = ?)")
+            args += [path, path, value]
+        elif isinstance(value, str):
+            ors.append(f"({typed} = 'text' AND json_extract({doc}, ?) = ?)")
+            args += [path, path, value]
+        else:
+            ors.append(f"({typed} IN ('object', 'array') AND json_extract({doc}, ?) = json(?))")
+            args += [path, path, json.dumps(value, separators=(",", ":"))]
+    return f"({' OR '.join(ors)})", args
+
 
 _ACTIVE = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 
@@ -931,6 +1005,45 @@ class SQLiteStore:
         )
         return [self._record(r, lenient=True) for r in rows]
 
+    def find_sagas(self, criteria: SagaFilter) -> list[SagaRecord]:
+        """The sagas `criteria` selects, newest first, filtered in one query."""
+        where, args = ["1"], []
+        if criteria.after is not None:
+            cursor = self._rows("SELECT created_at FROM sagas WHERE id = ?", (criteria.after,))
+            if not cursor:
+                raise SagaNotFoundError(criteria.after)
+            where.append("(created_at < ? OR (created_at = ? AND id > ?))")
+            args += [cursor[0]["created_at"], cursor[0]["created_at"], criteria.after]
+        if criteria.statuses:
+            where.append(f"status IN ({', '.join('?' for _ in criteria.statuses)})")
+            args += [s.value for s in criteria.statuses]
+        for column, value in (
+            ("flow_name = ?", criteria.flow),
+            ("tenant = ?", criteria.tenant),
+            ("idempotency_key = ?", criteria.key),
+            ("created_at >= ?", criteria.since),
+            ("created_at < ?", criteria.until),
+        ):
+            if value is not None:
+                where.append(column)
+                args.append(value)
+        if criteria.step is not None:
+            where.append(f"({_STOPPED_AT}) = ?")
+            args.append(criteria.step)
+        if criteria.error is not None:
+            where.append(_ERROR_MATCH)
+            args += [criteria.error, criteria.error]
+        for match in criteria.inputs:
+            clause, more = _input_match(match)
+            where.append(clause)
+            args += more
+        limit = "" if criteria.limit is None else f" LIMIT {int(criteria.limit)}"
+        rows = self._rows(
+            f"SELECT * FROM sagas WHERE {' AND '.join(where)} ORDER BY created_at DESC, id" + limit,
+            args,
+        )
+        return [self._record(r, lenient=True) for r in rows]
+
     def count_by_status(self) -> dict[str, int]:
         """How many sagas are in each status."""
         rows = self._guard(
@@ -939,6 +1052,64 @@ class SQLiteStore:
             ).fetchall()
         )
         return {status: n for status, n in rows}
+
+    # -- bulk batches -------------------------------------------------------------------------
+
+    def create_batch(
+        self,
+        *,
+        batch_id: str,
+        action: str,
+        filter: dict[str, Any],
+        options: dict[str, Any],
+        saga_ids: Sequence[str],
+        now: float,
+    ) -> BatchRecord:
+        """Store the batch and its sagas, none reached yet, in one transaction."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO batches (id, action, filter, options, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (batch_id, action, json.dumps(filter), json.dumps(options), now),
+            )
+            conn.executemany(
+                "INSERT INTO batch_sagas (batch_id, position, saga_id) VALUES (?, ?, ?)",
+                [(batch_id, i, saga_id) for i, saga_id in enumerate(saga_ids)],
+            )
+        return self.load_batch(batch_id)
+
+    def load_batch(self, batch_id: str) -> BatchRecord:
+        """The batch with its items (BatchNotFoundError if unknown)."""
+        rows = self._rows("SELECT * FROM batches WHERE id = ?", (batch_id,))
+        if not rows:
+            raise BatchNotFoundError(batch_id)
+        items = self._rows(
+            "SELECT * FROM batch_sagas WHERE batch_id = ? ORDER BY position", (batch_id,)
+        )
+        return batch_record(rows[0], items)
+
+    def record_batch_outcome(
+        self, batch_id: str, saga_id: str, *, outcome: str, detail: str | None, now: float
+    ) -> None:
+        """Set what became of `saga_id` in the batch."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE batch_sagas SET outcome = ?, detail = ?, at = ? "
+                "WHERE batch_id = ? AND saga_id = ?",
+                (outcome, detail, now, batch_id, saga_id),
+            )
+
+    def finish_batch(self, batch_id: str, *, now: float) -> None:
+        """Mark the batch finished."""
+        with self._write() as conn:
+            conn.execute("UPDATE batches SET finished_at = ? WHERE id = ?", (now, batch_id))
+
+    def list_batches(self, *, limit: int = 20) -> list[BatchRecord]:
+        """The most recent batches first."""
+        rows = self._rows(
+            "SELECT id FROM batches ORDER BY created_at DESC, id LIMIT ?", (max(0, limit),)
+        )
+        return [self.load_batch(r["id"]) for r in rows]
 
     # -- the durable queue and leases ------------------------------------------------------
 
@@ -1124,6 +1295,8 @@ class SQLiteStore:
             "breakers": "name",
             "breaker_events": "rowid",
             "scaling_events": "rowid",
+            "batches": "created_at, id",
+            "batch_sagas": "batch_id, position",
         }
         try:
             for table in COPY_TABLES:

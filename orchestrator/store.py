@@ -3,8 +3,9 @@
 Everything the runtime (runner, worker, lease keeper, supervisor), the HTTP API and the CLI
 ask of storage is a protocol here: `SagaStore` (sagas and their journal), `QueueStore` (the
 durable queue and its leases: claim, renew, release, park, requeue, stuck, stats),
-`ScalingStore` (the supervisor's decisions), all three together as `Store` (with `ping()`
-for readiness), and `BreakerStore` (circuit breaker state shared by every process on one
+`ScalingStore` (the supervisor's decisions), `BatchStore` (bulk operator batches and each
+saga's outcome in them), all four together as `Store` (with `ping()` for readiness), and
+`BreakerStore` (circuit breaker state shared by every process on one
 database). `open_store` and `open_breaker_store` (orchestrator/stores.py) are the one place
 that maps a URL or path to a backend: SQLite (orchestrator/sqlite_store.py and
 orchestrator/sqlite_breakers.py, the only modules that import `sqlite3` or name
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sagalab.orchestrator.flow import FlowDefinition
 from sagalab.orchestrator.journal import JournalEntry
 from sagalab.orchestrator.saga import SagaState, SagaStatus
+from sagalab.orchestrator.sagafilter import SagaFilter
 
 if TYPE_CHECKING:
     from sagalab.orchestrator.policies.breaker import BreakerStorage
@@ -212,6 +214,13 @@ class SagaStore(Protocol):
         """Most recent sagas first, optionally filtered (`tenant` None: every tenant's)."""
         ...
 
+    def find_sagas(self, criteria: SagaFilter) -> list[SagaRecord]:
+        """The sagas `criteria` selects (orchestrator/sagafilter.py says what each criterion
+        means), newest first (created_at, then id), at most `criteria.limit`; filtered in
+        the database, never by reading journals. SagaNotFoundError if `criteria.after`
+        names no saga."""
+        ...
+
     def count_by_status(self) -> dict[str, int]:
         """How many sagas are in each status (statuses with none are absent)."""
         ...
@@ -295,7 +304,8 @@ class ScalingStore(Protocol):
 #: What `sagalab db copy` moves, table by table, in the order it is written (a journal after
 #: its saga), each as these columns: the same names on every backend. A saga's flow is its
 #: `flow_hash` into `flow_snapshots`; `breakers` and `breaker_events` are the shared breaker
-#: state (`BreakerStore`) kept in the same database.
+#: state (`BreakerStore`) kept in the same database; `batches` and `batch_sagas` the operators'
+#: bulk batches (`BatchStore`), so `orchestrate batch list|show` reads the same after a copy.
 COPY_COLUMNS: dict[str, tuple[str, ...]] = {
     "flow_snapshots": ("hash", "body"),
     "sagas": (
@@ -315,6 +325,8 @@ COPY_COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "breaker_events": ("at", "name", "old", "new", "owner"),
     "scaling_events": ("at", "replicas_from", "replicas_to", "depth", "oldest_age", "reason"),
+    "batches": ("id", "action", "filter", "options", "created_at", "finished_at"),
+    "batch_sagas": ("batch_id", "position", "saga_id", "outcome", "detail", "at"),
 }  # fmt: skip
 COPY_TABLES: tuple[str, ...] = tuple(COPY_COLUMNS)
 
@@ -362,7 +374,77 @@ class CopyStore(Protocol):
         ...
 
 
-class Store(SagaStore, QueueStore, ScalingStore, CopyStore, Protocol):
+#: What became of one saga of a bulk batch: None (not reached yet), ACTING (the action was
+#: started; a run cut short there is judged again when the batch resumes), or one of the ends.
+ACTING, ACTED, SKIPPED, FAILED = "acting", "acted", "skipped", "failed"
+BATCH_OUTCOMES = (ACTING, ACTED, SKIPPED, FAILED)
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One saga of a batch, in the order it is acted on."""
+
+    saga_id: str
+    position: int
+    outcome: str | None
+    detail: str | None
+    at: float | None
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A bulk action: what, on which filter, with which options, and the sagas it matched
+    when it started (frozen then: a saga that matches later is not in it)."""
+
+    id: str
+    action: str
+    filter: dict[str, Any]
+    options: dict[str, Any]
+    created_at: float
+    finished_at: float | None
+    items: tuple[BatchItem, ...]
+
+    def pending(self) -> list[BatchItem]:
+        """The items not finished: never reached, or started by a run that was cut short."""
+        return [i for i in self.items if i.outcome in (None, ACTING)]
+
+
+class BatchStore(Protocol):
+    """Bulk batches, recorded so that a killed batch resumes without acting twice."""
+
+    def create_batch(
+        self,
+        *,
+        batch_id: str,
+        action: str,
+        filter: dict[str, Any],
+        options: dict[str, Any],
+        saga_ids: Sequence[str],
+        now: float,
+    ) -> BatchRecord:
+        """Store a new batch and its sagas, in order, none reached yet (one transaction)."""
+        ...
+
+    def load_batch(self, batch_id: str) -> BatchRecord:
+        """The batch with every item (BatchNotFoundError if unknown)."""
+        ...
+
+    def record_batch_outcome(
+        self, batch_id: str, saga_id: str, *, outcome: str, detail: str | None, now: float
+    ) -> None:
+        """Set what became of `saga_id` in the batch (one of BATCH_OUTCOMES)."""
+        ...
+
+    def finish_batch(self, batch_id: str, *, now: float) -> None:
+        """Mark the batch finished (every item has an end)."""
+        ...
+
+    def list_batches(self, *, limit: int = 20) -> list[BatchRecord]:
+        """The most recent batches first, with their items."""
+        ...
+
+
+class Store(SagaStore, QueueStore, ScalingStore, CopyStore, BatchStore, Protocol):
     """Everything the runtime, the API and the CLI use, on one database.
 
     One handle per thread. `path` names where it lives (the file, for SQLite: what a

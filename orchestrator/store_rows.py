@@ -16,9 +16,9 @@ from sagalab.orchestrator.errors import DamagedRecord
 from sagalab.orchestrator.flow import FlowDefinition
 from sagalab.orchestrator.journal import JournalEntry, entry_from_row
 from sagalab.orchestrator.saga import SagaStatus
-from sagalab.orchestrator.store import SagaRecord, StepFields, StepRow
+from sagalab.orchestrator.store import BatchItem, BatchRecord, SagaRecord, StepFields, StepRow
 
-__all__ = ["journal_entry", "saga_record", "steps_from_json", "steps_json"]
+__all__ = ["batch_record", "journal_entry", "saga_record", "steps_from_json", "steps_json"]
 
 
 def steps_json(fields: Iterable[StepFields]) -> str:
@@ -95,3 +95,19 @@ def journal_entry(saga_id: str, row: Mapping[str, Any]) -> JournalEntry:
         raise DamagedRecord(
             f"saga {saga_id}: journal entry {row.get('seq')} is damaged: {exc}"
         ) from None
+
+
+def batch_record(row: Mapping[str, Any], items: Iterable[Mapping[str, Any]]) -> BatchRecord:
+    """A stored batch row and its item rows (in order) as a record."""
+    return BatchRecord(
+        id=row["id"],
+        action=row["action"],
+        filter=json.loads(row["filter"]),
+        options=json.loads(row["options"]),
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+        items=tuple(
+            BatchItem(i["saga_id"], i["position"], i["outcome"], i["detail"], i["at"])
+            for i in items
+        ),
+    )

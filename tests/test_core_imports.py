@@ -52,6 +52,7 @@ CORE = (
     "orchestrator/errors.py",
     "orchestrator/reconcile.py",
     "orchestrator/forkplan.py",
+    "orchestrator/sagafilter.py",
     "orchestrator/redact.py",
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "orchestrator" / "policies").glob("*.py")),
     "edge/__init__.py",  # runs before the edge's policies: it imports nothing

@@ -364,16 +364,40 @@ def test_migration_to_v8_adds_the_fork_link_to_every_saga(db_path: Path) -> None
     conn = sqlite3.connect(db_path, isolation_level=None)
     conn.execute("DROP INDEX sagas_by_forked_from")
     conn.execute("ALTER TABLE sagas DROP COLUMN forked_from")
+    conn.execute("DROP TABLE batch_sagas")  # v9's, after it
+    conn.execute("DROP TABLE batches")
     conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
     conn.close()
 
     migrated = SQLiteStore(db_path)
     try:
-        assert migrated.schema_version() == SCHEMA_VERSION == 8
+        assert migrated.schema_version() == SCHEMA_VERSION == 9
         assert migrated.load("s1") == before and before.forked_from is None
         assert migrated.forks("s1") == []
         indexes = {r[1] for r in migrated.conn.execute("PRAGMA index_list(sagas)")}
         assert "sagas_by_forked_from" in indexes
+    finally:
+        migrated.close()
+
+
+def test_migration_to_v9_adds_bulk_batches(db_path: Path) -> None:
+    store = SQLiteStore(db_path)
+    create(store, "s1")
+    store.close()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("DROP TABLE batch_sagas")
+    conn.execute("DROP TABLE batches")
+    conn.execute("UPDATE meta SET value = '8' WHERE key = 'schema_version'")
+    conn.close()
+
+    migrated = SQLiteStore(db_path)
+    try:
+        assert migrated.schema_version() == SCHEMA_VERSION
+        assert migrated.list_batches() == []
+        migrated.create_batch(
+            batch_id="b1", action="resume", filter={}, options={}, saga_ids=["s1"], now=1.0
+        )
+        assert [i.saga_id for i in migrated.load_batch("b1").pending()] == ["s1"]
     finally:
         migrated.close()
 

@@ -40,6 +40,7 @@ CHECKS = [
             "sagalab/orchestrator/operations.py",
             "sagalab/orchestrator/reconcile.py",
             "sagalab/orchestrator/forkplan.py",
+            "sagalab/orchestrator/sagafilter.py",
             "sagalab/orchestrator/policies",
             "sagalab/edge/policies",
         ],

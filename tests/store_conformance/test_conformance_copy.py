@@ -15,7 +15,7 @@ from sagalab.orchestrator.store import COPY_COLUMNS, COPY_TABLES, Store
 
 def _populate(backend: Backend) -> Store:
     """Sagas in several states (one forked, one leased, one with a tenant's key), a breaker
-    that opened and a scaling decision."""
+    that opened, a scaling decision and an operator's bulk batch half done."""
     store = backend.open()
     create(store, "s1")
     advance(store, "s1", reserve_ok())
@@ -35,6 +35,15 @@ def _populate(backend: Backend) -> Store:
     breakers.storage("payments", lambda: 100.0).try_open(100.0)
     breakers.record_transition("payments", 100.0, "open", owner="worker-a")
     store.record_scaling(at=106.0, before=1, after=2, depth=5, oldest_age=1.5, reason="depth")
+    store.create_batch(
+        batch_id="b1",
+        action="resume",
+        filter={"status": ["failed"]},
+        options={"rps": 10},
+        saga_ids=["s1", "s2"],
+        now=107.0,
+    )
+    store.record_batch_outcome("b1", "s1", outcome="acted", detail=None, now=108.0)
     return store
 
 
@@ -49,6 +58,7 @@ def _everything(store: Store) -> tuple[object, ...]:
         store.list_sagas(),
         store.count_by_status(),
         store.scaling_events(),
+        store.list_batches(),
     )
 
 
