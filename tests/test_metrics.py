@@ -1,0 +1,251 @@
+"""Prometheus metrics of real `sagalab worker` processes, scraped over HTTP.
+
+Every count a worker exports is in the journal too: the tests run sagas against the fake
+services, then compare a scrape of `/metrics` with counts taken from the journal, exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from metricslab import Sample, scrape, total
+from workerlab import (
+    WorkerProcess,
+    Workers,
+    children_of,
+    enqueue,
+    journal,
+    order,
+    sagalab,
+    statuses,
+    wait_for,
+)
+
+from sagalab.fakeservices import FaultSpec, RunningServices
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.runner import start_saga
+from sagalab.orchestrator.saga import INTERRUPTED, EventType
+from sagalab.orchestrator.stores import open_store
+
+FAST = ("--poll", "0.05")
+HALTS = {
+    EventType.SAGA_COMPLETED: "completed",
+    EventType.SAGA_ROLLED_BACK: "rolled_back",
+}
+
+
+def metrics_url(worker: WorkerProcess) -> str:
+    """The URL the worker printed once its metrics server listened."""
+    found = wait_for(
+        lambda: (
+            re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", worker.stderr())
+            or (not worker.alive() and pytest.fail(f"worker exited: {worker.stderr()}"))
+        ),
+        15,
+        "the worker's metrics line",
+    )
+    return str(found.group(1))
+
+
+def get(url: str) -> dict[Sample, float]:
+    response = httpx.get(url, timeout=5)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return scrape(response.text)
+
+
+def journal_counts(db: Path, saga_ids: list[str]) -> dict[str, Counter[tuple[str, ...]]]:
+    """What the journal says the metrics must count, label tuple by label tuple."""
+    flow = load_flow("checkout")
+    counts: dict[str, Counter[tuple[str, ...]]] = {
+        k: Counter() for k in ("attempts", "timed", "retries", "halts", "interrupted")
+    }
+    for saga_id in saga_ids:
+        for entry in journal(db, saga_id):
+            e = entry.event
+            if e.type in (EventType.ATTEMPT_SUCCEEDED, EventType.ATTEMPT_FAILED):
+                assert e.step is not None and e.phase is not None
+                service = flow.step(e.step).service or "-"
+                if e.type is EventType.ATTEMPT_SUCCEEDED:
+                    result = "succeeded"
+                else:
+                    result = "interrupted" if e.failure == INTERRUPTED else "failed"
+                key = (service, e.step, e.phase.value, result)
+                counts["attempts"][key] += 1
+                if entry.duration_ms is not None:
+                    counts["timed"][key] += 1
+                if result == "interrupted":
+                    counts["interrupted"][()] += 1
+            elif e.type is EventType.RETRY_SCHEDULED:
+                assert e.step is not None and e.phase is not None
+                service = flow.step(e.step).service or "-"
+                counts["retries"][(service, e.step, e.phase.value)] += 1
+            elif e.type in HALTS:
+                counts["halts"][("checkout", HALTS[e.type])] += 1
+    return counts
+
+
+def exported(samples: dict[Sample, float], name: str, labels: tuple[str, ...]) -> Counter[tuple]:
+    """`name`'s samples as a Counter keyed by the values of `labels` (zeros dropped)."""
+    found: Counter[tuple] = Counter()
+    for (n, pairs), value in samples.items():
+        if n == name and value:
+            as_dict = dict(pairs)
+            found[tuple(as_dict[k] for k in labels)] += int(value)
+    return found
+
+
+def test_a_workers_metrics_match_its_journal(
+    db: Path, services: RunningServices, workers: Workers, tmp_path: Path
+) -> None:
+    # Notifications fail half the time (retried until they succeed): retries get scheduled.
+    # No breaker opens (fail_max 1000), so every claim is of a saga due by the journal.
+    services.lab.add_fault(FaultSpec(service="notifications", error_rate=0.5, status=503))
+    services_file = tmp_path / "services.json"
+    services_file.write_text(
+        json.dumps(
+            {
+                "services": services.services,
+                "breakers": {n: {"fail_max": 1000} for n in services.services},
+            }
+        )
+    )
+    ids = enqueue(db, [order(i) for i in range(4)] + [order(9, amount=20000)])  # 1 declined
+    later = _enqueue_later(db, 2)  # queued, due in an hour: the queue depth
+    worker = workers.start(
+        "--metrics-port", "0", "--concurrency", "2", "--services", str(services_file), *FAST
+    )
+    url = metrics_url(worker)
+    wait_for(
+        lambda: statuses(db) == {"completed": 4, "rolled_back": 1, "pending": 2},
+        60,
+        "the sagas to halt",
+    )
+    want = journal_counts(db, ids)
+    samples = get(url)
+
+    assert exported(samples, "sagalab_sagas_finished_total", ("flow", "status")) == Counter(
+        {("checkout", "completed"): 4, ("checkout", "rolled_back"): 1}
+    )
+    assert want["halts"] == Counter({("checkout", "completed"): 4, ("checkout", "rolled_back"): 1})
+    saga_seconds = exported(samples, "sagalab_saga_duration_seconds_count", ("flow", "status"))
+    assert saga_seconds == want["halts"]
+    step = ("service", "step", "phase", "result")
+    assert exported(samples, "sagalab_step_attempts_total", step) == want["attempts"]
+    assert exported(samples, "sagalab_step_attempt_duration_seconds_count", step) == want["timed"]
+    # The declined charge was compensated: its refund and the release are counted.
+    assert want["attempts"][("payments", "charge_payment", "action", "failed")] == 1
+    assert want["attempts"][("inventory", "reserve_inventory", "compensation", "succeeded")] == 1
+    retries = exported(samples, "sagalab_retries_scheduled_total", ("service", "step", "phase"))
+    assert retries == want["retries"]
+    # Each saga was claimed once when created and once after each scheduled retry.
+    claims = 5 + sum(want["retries"].values())
+    assert total(samples, "sagalab_schedule_to_claim_seconds_count", flow="checkout") == claims
+    assert total(samples, "sagalab_leases_lost_total") == 0
+    assert total(samples, "sagalab_leases_taken_over_total") == 0 == want["interrupted"][()]
+    assert total(samples, "sagalab_breaker_transitions_total") == 0
+
+    # The gauges come from the database, refreshed every second: the two later sagas.
+    def queue_settled() -> dict[Sample, float] | None:
+        now = get(url)
+        return now if total(now, "sagalab_queue_depth") == len(later) else None
+
+    settled = wait_for(queue_settled, 10, "the queue depth gauge to show the later sagas")
+    assert total(settled, "sagalab_queue_leased") == 0
+    breaker_states = exported(settled, "sagalab_breaker_state", ("service", "state"))
+    assert breaker_states == Counter({(s, "closed"): 1 for s in services.services})
+
+
+def _enqueue_later(db: Path, n: int) -> list[str]:
+    flow = load_flow("checkout")
+    store = open_store(db)
+    try:
+        at = time.time() + 3600
+        return [start_saga(store, flow, order(100 + i), now=at)[0].id for i in range(n)]
+    finally:
+        store.close()
+
+
+def _listening() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize(
+    ("port", "code", "says"),
+    [("-1", 2, "--metrics-port must be 0"), ("65536", 2, "--metrics-port must be 0")],
+    ids=["negative", "too-high"],
+)
+def test_a_metrics_port_out_of_range_is_bad_input(
+    db: Path, port: str, code: int, says: str
+) -> None:
+    result = sagalab("worker", "--db", str(db), "--metrics-port", port, "--max-seconds", "1")
+    assert result.returncode == code, result.stderr
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("replicas", ["1", "2"])
+def test_a_metrics_port_in_use_is_a_configuration_error(
+    db: Path, services: RunningServices, replicas: str
+) -> None:
+    with _listening() as taken:
+        port = str(taken.getsockname()[1])
+        result = sagalab(
+            "worker", "--db", str(db), "--replicas", replicas, "--metrics-port", port,
+            "--max-seconds", "5", env=services.env,
+        )  # fmt: skip
+    assert result.returncode == 5, result.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_replicas_metrics_are_summed_by_the_supervisor(
+    db: Path, services: RunningServices, workers: Workers
+) -> None:
+    ids = enqueue(db, [order(i) for i in range(6)] + [order(9, amount=20000)])
+    supervisor = workers.start("--replicas", "2", "--metrics-port", "0", *FAST)
+    url = metrics_url(supervisor)
+    wait_for(lambda: len(children_of(supervisor.pid)) == 2, 15, "two replicas")
+    wait_for(lambda: statuses(db) == {"completed": 6, "rolled_back": 1}, 60, "the sagas to halt")
+    want = journal_counts(db, ids)
+    samples = get(url)
+    finished = exported(samples, "sagalab_sagas_finished_total", ("flow", "status"))
+    assert (
+        finished
+        == want["halts"]
+        == Counter({("checkout", "completed"): 6, ("checkout", "rolled_back"): 1})
+    )
+    step = ("service", "step", "phase", "result")
+    assert exported(samples, "sagalab_step_attempts_total", step) == want["attempts"]
+    # Read from the database every second: 7 queued at the start, then none.
+    wait_for(lambda: total(get(url), "sagalab_queue_depth") == 0, 10, "an empty queue gauge")
+    # The replicas' metric files live in a directory of the supervisor's, gone once it stops.
+    directories = [
+        d for d in Path("/tmp").glob("sagalab-metrics-*") if _owned_by(d, supervisor.pid)
+    ]
+    assert len(directories) == 1
+    supervisor.proc.terminate()
+    assert supervisor.proc.wait(timeout=30) == 0, supervisor.stderr()
+    assert all(not d.exists() for d in directories)
+
+
+def _owned_by(directory: Path, pid: int) -> bool:
+    """Whether `directory` is the one the supervisor `pid` gave its replicas."""
+    for child in children_of(pid):
+        environ = Path(f"/proc/{child}/environ")
+        try:
+            if str(directory).encode() in environ.read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
