@@ -7,8 +7,11 @@ services, then compare a scrape of `/metrics` with counts taken from the journal
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,6 +20,7 @@ import httpx
 import pytest
 from metricslab import Sample, scrape, total
 from workerlab import (
+    REPO,
     WorkerProcess,
     Workers,
     children_of,
@@ -28,7 +32,10 @@ from workerlab import (
     wait_for,
 )
 
+from sagalab.edge.keys import MAX_BURST, MAX_RATE, KeyStore
+from sagalab.edge.server import serve_in_thread
 from sagalab.fakeservices import FaultSpec, RunningServices
+from sagalab.orchestrator.api import create_app
 from sagalab.orchestrator.flowfile import load_flow
 from sagalab.orchestrator.runner import start_saga
 from sagalab.orchestrator.saga import INTERRUPTED, EventType
@@ -249,3 +256,57 @@ def _owned_by(directory: Path, pid: int) -> bool:
         except OSError:
             continue
     return False
+
+
+def test_metrics_rise_during_a_locust_load_test(
+    db: Path, services: RunningServices, workers: Workers, tmp_path: Path
+) -> None:
+    """Locust's customers submit to a real API; the worker's and the API's counters, scraped
+    while it runs, rise, and once it is over they match the database exactly."""
+    keys_db = tmp_path / "keys.db"
+    keys = KeyStore(keys_db)
+    _, key = keys.create("load", rate=MAX_RATE, burst=MAX_BURST)
+    keys.close()
+    with serve_in_thread(create_app(db, keys_db=keys_db)) as api:
+        worker = workers.start("--metrics-port", "0", "--concurrency", "2", *FAST)
+        url = metrics_url(worker)
+        command = [
+            sys.executable, "-m", "locust", "-f", str(REPO / "loadtests" / "locustfile.py"),
+            "--headless", "--only-summary", "--host", api.url, "-u", "4", "-r", "4",
+            "-t", "8s", "--stop-timeout", "10", "--loglevel", "WARNING", "LegitUser",
+        ]  # fmt: skip
+        env = {
+            **os.environ,
+            "SAGALAB_LOADTEST_KEY": key,
+            "SAGALAB_LOADTEST_SUMMARY": str(tmp_path / "summary.json"),
+        }
+        seen: list[float] = []
+        with subprocess.Popen(
+            command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        ) as locust:
+            try:
+                while locust.poll() is None:  # bounded by Locust's -t and --stop-timeout
+                    finished = total(get(url), "sagalab_sagas_finished_total")
+                    if not seen or finished != seen[-1]:
+                        seen.append(finished)
+                    time.sleep(0.5)
+                locust.wait(timeout=30)
+            finally:
+                if locust.poll() is None:
+                    locust.kill()
+        rises = [b for a, b in zip(seen, seen[1:], strict=False) if b > a]
+        assert len(rises) >= 2, f"sagas finished, scraped during the load: {seen}"
+        # Once the queue is drained: the worker counted every saga that halted, and the API
+        # every saga submitted.
+        wait_for(lambda: _unfinished(db) == 0, 30, "the submitted sagas to halt")
+        halted = statuses(db)
+        samples = get(url)
+        by_status = exported(samples, "sagalab_sagas_finished_total", ("status",))
+        assert by_status == Counter({(s,): n for s, n in halted.items()})
+        api_samples = scrape(httpx.get(api.url + "/metrics", timeout=5).text)
+        submitted = total(api_samples, "sagalab_api_sagas_submitted_total", flow="checkout")
+        assert submitted == sum(halted.values()) > 0
+
+
+def _unfinished(db: Path) -> int:
+    return sum(n for s, n in statuses(db).items() if s in ("pending", "running", "compensating"))
