@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from sagalab.edge.keys import MAX_BURST, MAX_RATE, KeyStore
 from sagalab.edge.server import serve_in_thread
 from sagalab.fakeservices import FaultSpec, RunningServices
 from sagalab.orchestrator.api import create_app
+from sagalab.orchestrator.breaker_board import breaker_events
 from sagalab.orchestrator.flowfile import load_flow
 from sagalab.orchestrator.runner import start_saga
 from sagalab.orchestrator.saga import INTERRUPTED, EventType
@@ -66,6 +68,18 @@ def get(url: str) -> dict[Sample, float]:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     return scrape(response.text)
+
+
+def counted(url: str, finished: int) -> dict[Sample, float]:
+    """A scrape once it counts `finished` halted sagas: a halt is counted just after its
+    commit, so the database may show it a moment before the worker's counter does."""
+
+    def scrape_once() -> dict[Sample, float] | None:
+        now = get(url)
+        return now if total(now, "sagalab_sagas_finished_total") == finished else None
+
+    found: dict[Sample, float] = wait_for(scrape_once, 10, f"{finished} finished sagas counted")
+    return found
 
 
 def journal_counts(db: Path, saga_ids: list[str]) -> dict[str, Counter[tuple[str, ...]]]:
@@ -136,7 +150,7 @@ def test_a_workers_metrics_match_its_journal(
         "the sagas to halt",
     )
     want = journal_counts(db, ids)
-    samples = get(url)
+    samples = counted(url, 5)
 
     assert exported(samples, "sagalab_sagas_finished_total", ("flow", "status")) == Counter(
         {("checkout", "completed"): 4, ("checkout", "rolled_back"): 1}
@@ -225,7 +239,7 @@ def test_replicas_metrics_are_summed_by_the_supervisor(
     wait_for(lambda: len(children_of(supervisor.pid)) == 2, 15, "two replicas")
     wait_for(lambda: statuses(db) == {"completed": 6, "rolled_back": 1}, 60, "the sagas to halt")
     want = journal_counts(db, ids)
-    samples = get(url)
+    samples = counted(url, 7)
     finished = exported(samples, "sagalab_sagas_finished_total", ("flow", "status"))
     assert (
         finished
@@ -300,7 +314,7 @@ def test_metrics_rise_during_a_locust_load_test(
         # every saga submitted.
         wait_for(lambda: _unfinished(db) == 0, 30, "the submitted sagas to halt")
         halted = statuses(db)
-        samples = get(url)
+        samples = counted(url, sum(halted.values()))
         by_status = exported(samples, "sagalab_sagas_finished_total", ("status",))
         assert by_status == Counter({(s,): n for s, n in halted.items()})
         api_samples = scrape(httpx.get(api.url + "/metrics", timeout=5).text)
@@ -310,3 +324,73 @@ def test_metrics_rise_during_a_locust_load_test(
 
 def _unfinished(db: Path) -> int:
     return sum(n for s, n in statuses(db).items() if s in ("pending", "running", "compensating"))
+
+
+def test_a_stalled_workers_lease_is_lost_and_taken_over_and_both_count_it(
+    db: Path, services: RunningServices, workers: Workers
+) -> None:
+    lease = "1.5"
+    services.lab.add_fault(FaultSpec(service="shipping", latency_ms=1200))
+    (saga,) = enqueue(db, [order(1)])
+    a = workers.start("--metrics-port", "0", "--concurrency", "1", "--lease", lease, *FAST)
+    a_url = metrics_url(a)
+
+    def shipping_in_flight() -> bool:
+        last = journal(db, saga)[-1].event
+        return last.type is EventType.ATTEMPT_STARTED and last.step == "create_shipment"
+
+    wait_for(shipping_in_flight, 30, "the shipping call to start")
+    os.kill(a.pid, signal.SIGSTOP)  # a holds the lease but cannot renew it
+    try:
+        b = workers.start("--metrics-port", "0", "--concurrency", "1", "--lease", lease, *FAST)
+        b_url = metrics_url(b)
+        wait_for(lambda: statuses(db) == {"completed": 1}, 30, "b to finish the saga")
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    # a wakes up, gets its answer, and is fenced off at its next write.
+    wait_for(lambda: total(get(a_url), "sagalab_leases_lost_total") == 1, 15, "a to lose its lease")
+    want = journal_counts(db, [saga])
+    assert want["interrupted"][()] == 1
+    b_samples = counted(b_url, 1)
+    assert total(b_samples, "sagalab_leases_taken_over_total") == 1
+    assert total(b_samples, "sagalab_leases_lost_total") == 0
+    assert total(b_samples, "sagalab_step_attempts_total", result="interrupted") == 1
+    a_samples = get(a_url)
+    assert total(a_samples, "sagalab_sagas_finished_total") == 0
+    step = ("service", "step", "phase", "result")
+    both = exported(a_samples, "sagalab_step_attempts_total", step) + exported(
+        b_samples, "sagalab_step_attempts_total", step
+    )
+    assert both == want["attempts"]
+    assert total(b_samples, "sagalab_sagas_finished_total", status="completed") == 1
+
+
+def test_breaker_transitions_and_state_match_the_shared_breaker_log(
+    db: Path, services: RunningServices, workers: Workers, tmp_path: Path
+) -> None:
+    services.lab.add_fault(FaultSpec(service="payments", error_rate=1.0, status=503))
+    services_file = tmp_path / "services.json"
+    services_file.write_text(
+        json.dumps(
+            {
+                "services": services.services,
+                "breakers": {"payments": {"fail_max": 2, "reset_timeout": 60}},
+            }
+        )
+    )
+    enqueue(db, [order(i) for i in range(3)])
+    worker = workers.start("--metrics-port", "0", "--services", str(services_file), *FAST)
+    url = metrics_url(worker)
+    wait_for(lambda: breaker_events(db, "payments"), 30, "the payments breaker to open")
+
+    def open_gauge() -> dict[Sample, float] | None:
+        now = get(url)
+        is_open = total(now, "sagalab_breaker_state", service="payments", state="open")
+        return now if is_open else None
+
+    samples = wait_for(open_gauge, 10, "the breaker gauge to show payments open")
+    assert total(samples, "sagalab_breaker_state", service="payments", state="closed") == 0
+    logged = Counter((e["name"], e["old"], e["new"]) for e in breaker_events(db))
+    assert logged == Counter({("payments", "closed", "open"): 1})
+    moved = exported(samples, "sagalab_breaker_transitions_total", ("service", "from", "to"))
+    assert moved == logged
