@@ -39,6 +39,7 @@ from sagalab.orchestrator.metrics import (
     MULTIPROC_ENV,
     SagaMetrics,
     StoreGauges,
+    SupervisorGauges,
     multiprocess_child,
     multiprocess_dir,
     multiprocess_registry,
@@ -198,6 +199,7 @@ def worker(
                 stop,
                 # The replicas write their metrics to files there; this process sums them.
                 {**os.environ, MULTIPROC_ENV: str(directory)} if directory is not None else None,
+                registry,
             )
     finally:
         if directory is not None:
@@ -252,6 +254,7 @@ def _supervise(
     as_json: bool,
     stop: threading.Event,
     child_env: dict[str, str] | None,
+    registry: CollectorRegistry | None,
 ) -> None:
     """Several replicas as child processes under a `Supervisor`; `scaling` is (min, max,
     target depth, cooldown) for `--replicas auto`."""
@@ -300,6 +303,8 @@ def _supervise(
         render.err.print(f"replicas {decision.current} -> {decision.desired}: {decision.reason}")
 
     supervisor = Supervisor(config, on_change=changed)
+    if registry is not None:
+        registry.register(SupervisorGauges(supervisor))
     _relay(stop, supervisor.stop)
     render.err.print(f"supervising {'auto-scaled' if auto else replicas} worker replica(s)")
     restarts = supervisor.run()

@@ -31,10 +31,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -43,11 +43,15 @@ from sagalab.orchestrator.saga import INTERRUPTED, EventType, SagaState, SagaSta
 from sagalab.orchestrator.store import SagaRecord
 from sagalab.orchestrator.stores import STORE_FAILURES, open_store
 
+if TYPE_CHECKING:
+    from sagalab.orchestrator.supervisor import Supervisor
+
 __all__ = [
     "MULTIPROC_ENV",
     "SAGA_BUCKETS",
     "SagaMetrics",
     "StoreGauges",
+    "SupervisorGauges",
     "multiprocess_dir",
     "multiprocess_registry",
     "serve",
@@ -330,6 +334,26 @@ class StoreGauges(Collector):
             for candidate in ("closed", "open", "half-open"):
                 state.add_metric([name, candidate], 1.0 if row["state"] == candidate else 0.0)
         return [*found, state]
+
+
+class SupervisorGauges(Collector):
+    """A supervisor's replica count and restarts, read at each scrape (no database)."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def collect(self) -> Iterable[Metric]:
+        replicas = GaugeMetricFamily(
+            "sagalab_worker_replicas",
+            "Worker processes this supervisor runs now (retiring ones not counted).",
+            value=len(self.supervisor.children),
+        )
+        restarts = CounterMetricFamily(
+            "sagalab_worker_replica_restarts",
+            "Replicas that died and were replaced.",
+            value=self.supervisor.restarts,
+        )
+        return [replicas, restarts]
 
 
 def serve(registry: CollectorRegistry, port: int) -> tuple[Any, int]:

@@ -248,6 +248,8 @@ def test_replicas_metrics_are_summed_by_the_supervisor(
     )
     step = ("service", "step", "phase", "result")
     assert exported(samples, "sagalab_step_attempts_total", step) == want["attempts"]
+    assert total(samples, "sagalab_worker_replicas") == 2
+    assert total(samples, "sagalab_worker_replica_restarts_total") == 0
     # Read from the database every second: 7 queued at the start, then none.
     wait_for(lambda: total(get(url), "sagalab_queue_depth") == 0, 10, "an empty queue gauge")
     # The replicas' metric files live in a directory of the supervisor's, gone once it stops.
