@@ -38,6 +38,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from sagalab.orchestrator.breaker_board import breaker_rows
 from sagalab.orchestrator.journal import JournalEntry
 from sagalab.orchestrator.saga import INTERRUPTED, EventType, SagaState, SagaStatus
 from sagalab.orchestrator.store import SagaRecord
@@ -276,8 +277,6 @@ class StoreGauges(Collector):
 
     def refresh(self) -> None:
         """Read queue stats and breaker rows once (keeping the last on a database error)."""
-        from sagalab.orchestrator.breaker_board import breaker_rows
-
         try:
             store = open_store(self.db, readonly=True)
             try:
