@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from prometheus_client import CollectorRegistry
 
 from sagalab.cli import render
-from sagalab.cli.errors import EXIT_USAGE, fail, handled
+from sagalab.cli.errors import EXIT_ENVIRONMENT, EXIT_USAGE, fail, handled
 from sagalab.cli.options import DEFAULT_DB, DbOption, JsonOption, ServicesOption
 from sagalab.orchestrator.breaker_board import load_breaker_configs
 from sagalab.orchestrator.flowfile import load_services
@@ -30,6 +34,17 @@ from sagalab.orchestrator.limits import (
     REPLICAS_WHY,
     LimitError,
     check,
+)
+from sagalab.orchestrator.metrics import (
+    MULTIPROC_ENV,
+    SagaMetrics,
+    StoreGauges,
+    SupervisorGauges,
+    multiprocess_child,
+    multiprocess_dir,
+    multiprocess_registry,
+    remove_dir,
+    serve,
 )
 from sagalab.orchestrator.policies.autoscaling import AutoscalePolicy, ScaleDecision
 from sagalab.orchestrator.stores import open_store, shown, typed
@@ -120,6 +135,14 @@ def worker(
             f"before SIGKILL (at most {MAX_GRACE:g}).",
         ),
     ] = DEFAULT_GRACE,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="Serve Prometheus metrics on 127.0.0.1 at this port (0 picks a free one, "
+            "printed); with several replicas the supervisor serves them all, summed.",
+        ),
+    ] = None,
     db: DbOption = DEFAULT_DB,
     services: ServicesOption = None,
     as_json: JsonOption = False,
@@ -132,6 +155,7 @@ def worker(
     """
     count = _check_bounds(replicas, concurrency, min_replicas, max_replicas, grace)
     _check_times(lease, poll, exit_when_idle, max_seconds)
+    _check_port(metrics_port)
     with handled():
         service_map = load_services(services)
         breaker_configs = load_breaker_configs(services)
@@ -139,19 +163,102 @@ def worker(
     stop = threading.Event()
     _on_signals(stop)
     if count == 1:
-        run_one(
-            db,
-            service_map,
-            breaker_configs,
-            concurrency,
-            lease,
-            poll,
-            exit_when_idle,
-            max_seconds,
-            as_json,
-            stop,
-        )
+        saga_metrics = SagaMetrics() if metrics_port is not None or multiprocess_child() else None
+        with _exported(db, saga_metrics.registry if saga_metrics else None, metrics_port):
+            run_one(
+                db,
+                service_map,
+                breaker_configs,
+                concurrency,
+                lease,
+                poll,
+                exit_when_idle,
+                max_seconds,
+                as_json,
+                stop,
+                saga_metrics,
+            )
         return
+    directory = multiprocess_dir() if metrics_port is not None else None
+    try:
+        registry = multiprocess_registry(directory) if directory is not None else None
+        with _exported(db, registry, metrics_port):
+            _supervise(
+                db,
+                count,
+                replicas,
+                concurrency,
+                lease,
+                poll,
+                services,
+                (min_replicas, max_replicas, target_depth, cooldown),
+                max_seconds,
+                exit_when_idle,
+                grace,
+                as_json,
+                stop,
+                # The replicas write their metrics to files there; this process sums them.
+                {**os.environ, MULTIPROC_ENV: str(directory)} if directory is not None else None,
+                registry,
+            )
+    finally:
+        if directory is not None:
+            remove_dir(directory)
+
+
+def _check_port(port: int | None) -> None:
+    """Refuse (exit 2) a --metrics-port outside 0..65535."""
+    if port is not None and not 0 <= port <= 65535:
+        raise fail(f"--metrics-port must be 0 (a free port) to 65535, got {port}", EXIT_USAGE)
+
+
+@contextmanager
+def _exported(db: Path, registry: CollectorRegistry | None, port: int | None) -> Iterator[None]:
+    """Serve `registry` plus the database's queue and breaker gauges on 127.0.0.1:`port`
+    while the body runs (nothing when `port` is None); exit 5 if the port cannot be had."""
+    if port is None or registry is None:
+        yield
+        return
+    gauges = StoreGauges(db)
+    registry.register(gauges)
+    try:
+        server, bound = serve(registry, port)
+    except OSError as exc:
+        raise fail(
+            f"cannot serve metrics on 127.0.0.1:{port}: {exc.strerror or exc}; "
+            "pick another --metrics-port, or 0 for a free one",
+            EXIT_ENVIRONMENT,
+        ) from None
+    gauges.start()
+    render.err.print(f"metrics on http://127.0.0.1:{bound}/metrics")
+    try:
+        yield
+    finally:
+        gauges.close()
+        server.shutdown()
+        server.server_close()
+
+
+def _supervise(
+    db: Path,
+    count: int | None,
+    replicas: str,
+    concurrency: int,
+    lease: float,
+    poll: float,
+    services: Path | None,
+    scaling: tuple[int, int, float, float],
+    max_seconds: float | None,
+    exit_when_idle: float | None,
+    grace: float,
+    as_json: bool,
+    stop: threading.Event,
+    child_env: dict[str, str] | None,
+    registry: CollectorRegistry | None,
+) -> None:
+    """Several replicas as child processes under a `Supervisor`; `scaling` is (min, max,
+    target depth, cooldown) for `--replicas auto`."""
+    min_replicas, max_replicas, target_depth, cooldown = scaling
     auto = count is None
     child = [
         sys.executable,
@@ -189,12 +296,15 @@ def worker(
         max_seconds=max_seconds,
         exit_when_idle=exit_when_idle,
         grace=grace,
+        child_env=child_env,
     )
 
     def changed(decision: ScaleDecision) -> None:
         render.err.print(f"replicas {decision.current} -> {decision.desired}: {decision.reason}")
 
     supervisor = Supervisor(config, on_change=changed)
+    if registry is not None:
+        registry.register(SupervisorGauges(supervisor))
     _relay(stop, supervisor.stop)
     render.err.print(f"supervising {'auto-scaled' if auto else replicas} worker replica(s)")
     restarts = supervisor.run()
@@ -251,8 +361,9 @@ def run_one(
     max_seconds: float | None,
     as_json: bool,
     stop: threading.Event,
+    metrics: SagaMetrics | None = None,
 ) -> None:
-    """One replica in this process."""
+    """One replica in this process (counting for Prometheus into `metrics`, if given)."""
     config = WorkerConfig(
         db=db,  # a DbPath: keeps the URL as typed
         services=services,
@@ -262,6 +373,7 @@ def run_one(
         poll_interval=poll,
         exit_when_idle=exit_when_idle,
         max_seconds=max_seconds,
+        metrics=metrics,
     )
     w = Worker(config)
     _relay(stop, w.stop)

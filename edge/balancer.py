@@ -36,7 +36,7 @@ from sagalab.edge.asgi import (
     read_body,
     target_of,
 )
-from sagalab.edge.metrics import Metrics
+from sagalab.edge.metrics import CONTENT_TYPE, Metrics
 from sagalab.edge.pool import SAFE_METHODS, NoHealthyInstance, Pool, honours_key
 from sagalab.edge.upstream import Response, UpstreamError, UpstreamFailed, UpstreamTimeout
 
@@ -180,7 +180,7 @@ class LoadBalancerApp:
                 for b in self.pool.status()
             ]
             body = self.metrics.render(gauges).encode()
-            await answer(send, 200, body, [(b"content-type", b"text/plain; version=0.0.4")])
+            await answer(send, 200, body, [(b"content-type", CONTENT_TYPE.encode())])
         elif path == "/edge/healthz":
             await answer(send, 200, b'{"status":"ok"}', _JSON)
         elif path == "/edge/readyz":

@@ -28,7 +28,6 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
 
 from sagalab.edge.asgi import (
     BodySlow,
@@ -54,7 +53,7 @@ from sagalab.edge.keys import (
     KeyCache,
     presented_key,
 )
-from sagalab.edge.metrics import Metrics
+from sagalab.edge.metrics import CONTENT_TYPE, Metrics
 from sagalab.edge.policies.token_bucket import KeyBuckets, TokenBucket
 from sagalab.edge.pool import Pool
 from sagalab.orchestrator.jsonsafe import PayloadTooLarge, UnsafeJson, loads_strict
@@ -228,14 +227,18 @@ class GatewayApp:
                 for b in self.pool.status()
             ]
             body = self.metrics.render(gauges).encode()
-            await answer(send, 200, body, [(b"content-type", b"text/plain; version=0.0.4")])
+            await answer(send, 200, body, [(b"content-type", CONTENT_TYPE.encode())])
         else:
             await problem(send, 404, "Not found", f"no route {path}; the API lives under /v1/")
 
 
-def describe(metrics: Metrics) -> Any:
+def describe(metrics: Metrics) -> Metrics:
     """HELP lines for the gateway's and balancer's own counters."""
-    metrics.describe("requests_total", "counter", "Requests by outcome and status.")
+    metrics.describe(
+        "requests_total", "counter", "Requests by outcome and status.", ("outcome", "status")
+    )
     metrics.describe("request_duration_seconds", "histogram", "Request latency.")
-    metrics.describe("firewall_blocked_total", "counter", "Requests the firewall refused.")
+    metrics.describe(
+        "firewall_blocked_total", "counter", "Requests the firewall refused.", ("reason",)
+    )
     return metrics

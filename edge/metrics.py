@@ -1,109 +1,98 @@
-"""A tiny Prometheus text-format registry: counters, gauges and latency histograms.
+"""Per-app Prometheus metrics on prometheus_client: counters, latency histograms, gauges.
 
-No dependency on prometheus_client: each server process keeps its own `Metrics` and renders
-it on `GET /metrics`. Labels are fixed per sample (a sorted tuple of pairs); everything here
-runs on one event loop or under the GIL with plain dict updates, which is enough for counters
-that are only ever incremented.
+Each server app (edge, gateway, API) keeps its own `Metrics`: its own `CollectorRegistry`
+rather than the process-global one, so that several apps in one process (tests, a stack in
+threads) never collide on a metric name. A metric is declared once with `describe` (its kind,
+help text and label names), then `inc` and `observe` feed it; `render` is the text exposition
+(`CONTENT_TYPE`), with gauges computed at scrape time (pool health, queue depth) appended.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["LATENCY_BUCKETS", "Metrics", "render_gauges"]
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import exposition as _exposition
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "Metrics", "GaugeSample"]
 
 #: Latency buckets in seconds (1 ms to 10 s).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-Labels = tuple[tuple[str, str], ...]
+#: The text exposition format's content type (what prometheus_client's own server sends).
+CONTENT_TYPE: str = _exposition.CONTENT_TYPE_PLAIN_0_0_4
+
+GaugeSample = tuple[str, str, Mapping[str, str], float]
+"""(name without the prefix, help text, labels, value): one gauge sample computed at scrape."""
+
+LabelsArg = Mapping[str, str] | Sequence[tuple[str, str]]
 
 
-def _labels(labels: Mapping[str, str] | Labels) -> Labels:
-    items = labels.items() if isinstance(labels, Mapping) else labels
-    return tuple(sorted((k, str(v)) for k, v in items))
+class _Gauges(Collector):
+    """Gauge families built from samples given at scrape time (one family per name)."""
 
+    def __init__(self, prefix: str, samples: Iterable[GaugeSample]) -> None:
+        self.prefix = prefix
+        self.samples = samples
 
-def _fmt(labels: Labels, extra: Labels = ()) -> str:
-    pairs = labels + extra
-    if not pairs:
-        return ""
-    inner = ",".join(
-        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-        for k, v in pairs
-    )
-    return "{" + inner + "}"
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, GaugeMetricFamily] = {}
+        for name, text, labels, value in self.samples:
+            family = families.get(name)
+            if family is None:
+                family = families[name] = GaugeMetricFamily(
+                    self.prefix + name, text, labels=sorted(labels)
+                )
+            family.add_metric([str(labels[k]) for k in sorted(labels)], value)
+        return list(families.values())
 
 
 class Metrics:
-    """Counters and histograms of one process, rendered as Prometheus text."""
+    """One app's counters and histograms, under a common name `prefix`."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self._help: dict[str, tuple[str, str]] = {}
-        self._counters: dict[str, dict[Labels, float]] = {}
-        self._hists: dict[str, dict[Labels, list[float]]] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._counters: dict[str, Counter] = {}
+        self._histograms: dict[str, Histogram] = {}
 
-    def describe(self, name: str, kind: str, text: str) -> None:
-        """Register HELP/TYPE lines for `name` (without the prefix)."""
-        self._help[name] = (kind, text)
+    def describe(self, name: str, kind: str, text: str, labels: Sequence[str] = ()) -> None:
+        """Declare metric `name` (without the prefix) of `kind` ("counter" or "histogram")
+        with its label names; declaring a name again keeps the first declaration."""
+        if name in self._counters or name in self._histograms:
+            return
+        full = self.prefix + name
+        if kind == "counter":
+            self._counters[name] = Counter(full, text, list(labels), registry=self.registry)
+        elif kind == "histogram":
+            self._histograms[name] = Histogram(
+                full, text, list(labels), registry=self.registry, buckets=LATENCY_BUCKETS
+            )
+        else:
+            raise ValueError(f"metric kind {kind!r}: 'counter' or 'histogram'")
 
-    def inc(self, name: str, labels: Mapping[str, str] | Labels = (), value: float = 1.0) -> None:
-        """Add `value` to a counter."""
-        series = self._counters.setdefault(name, {})
-        key = _labels(labels)
-        series[key] = series.get(key, 0.0) + value
+    def inc(self, name: str, labels: LabelsArg = (), value: float = 1.0) -> None:
+        """Add `value` to counter `name` (declared with `describe`)."""
+        counter = self._counters[name]
+        values = dict(labels)
+        (counter.labels(**values) if values else counter).inc(value)
 
-    def observe(self, name: str, seconds: float, labels: Mapping[str, str] | Labels = ()) -> None:
-        """Record one latency in a histogram."""
-        series = self._hists.setdefault(name, {})
-        key = _labels(labels)
-        counts = series.get(key)
-        if counts is None:
-            # one slot per bucket, then +Inf, then the sum
-            counts = series[key] = [0.0] * (len(LATENCY_BUCKETS) + 2)
-        counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        counts[-1] += seconds
+    def observe(self, name: str, seconds: float, labels: LabelsArg = ()) -> None:
+        """Record one latency in histogram `name` (declared with `describe`)."""
+        histogram = self._histograms[name]
+        values = dict(labels)
+        (histogram.labels(**values) if values else histogram).observe(seconds)
 
-    def counter_value(self, name: str, labels: Mapping[str, str] | Labels = ()) -> float:
+    def counter_value(self, name: str, labels: LabelsArg = ()) -> float:
         """Current value of a counter series (0 if never incremented)."""
-        return self._counters.get(name, {}).get(_labels(labels), 0.0)
+        value = self.registry.get_sample_value(f"{self.prefix}{name}", dict(labels))
+        return 0.0 if value is None else value
 
-    def render(self, gauges: Iterable[tuple[str, str, Mapping[str, str], float]] = ()) -> str:
-        """Prometheus text: counters, histograms, then `gauges` (name, help, labels, value)."""
-        lines: list[str] = []
-        p = self.prefix
-        for name, series in self._counters.items():
-            kind, text = self._help.get(name, ("counter", name))
-            lines += [f"# HELP {p}{name} {text}", f"# TYPE {p}{name} {kind}"]
-            lines += [f"{p}{name}{_fmt(k)} {v:g}" for k, v in series.items()]
-        for name, hist in self._hists.items():
-            _, text = self._help.get(name, ("histogram", name))
-            lines += [f"# HELP {p}{name} {text}", f"# TYPE {p}{name} histogram"]
-            for key, counts in hist.items():
-                running = 0.0
-                for bound, n in zip(LATENCY_BUCKETS, counts, strict=False):
-                    running += n
-                    lines.append(
-                        f"{p}{name}_bucket{_fmt(key, (('le', f'{bound:g}'),))} {running:g}"
-                    )
-                running += counts[len(LATENCY_BUCKETS)]
-                lines.append(f"{p}{name}_bucket{_fmt(key, (('le', '+Inf'),))} {running:g}")
-                lines.append(f"{p}{name}_sum{_fmt(key)} {counts[-1]:.6f}")
-                lines.append(f"{p}{name}_count{_fmt(key)} {running:g}")
-        lines += render_gauges(p, gauges)
-        return "\n".join(lines) + "\n"
-
-
-def render_gauges(
-    prefix: str, gauges: Iterable[tuple[str, str, Mapping[str, str], float]]
-) -> list[str]:
-    """Gauge lines, with one HELP/TYPE header per metric name."""
-    lines: list[str] = []
-    seen: set[str] = set()
-    for name, text, labels, value in gauges:
-        if name not in seen:
-            seen.add(name)
-            lines += [f"# HELP {prefix}{name} {text}", f"# TYPE {prefix}{name} gauge"]
-        lines.append(f"{prefix}{name}{_fmt(_labels(labels))} {value:g}")
-    return lines
+    def render(self, gauges: Iterable[GaugeSample] = ()) -> str:
+        """The text exposition: every declared metric, then `gauges`."""
+        text = generate_latest(self.registry)
+        extra = CollectorRegistry(auto_describe=False)
+        extra.register(_Gauges(self.prefix, gauges))
+        return (text + generate_latest(extra)).decode()

@@ -62,7 +62,7 @@ from sagalab.edge.keys import (
     check_tenant,
     presented_key,
 )
-from sagalab.edge.metrics import Metrics
+from sagalab.edge.metrics import CONTENT_TYPE, GaugeSample, Metrics
 from sagalab.edge.policies.token_bucket import KeyBuckets
 from sagalab.orchestrator import operations
 from sagalab.orchestrator.errors import (
@@ -521,9 +521,18 @@ def create_app(
     catalog = _FlowCatalog(flows or {})
     keys = KeyCache(KeyStore(keys_db)) if keys_db is not None else None
     metrics = Metrics("sagalab_api_")
-    metrics.describe("http_requests_total", "counter", "HTTP requests by method, route, status.")
-    metrics.describe("http_request_duration_seconds", "histogram", "HTTP request latency.")
-    metrics.describe("sagas_submitted_total", "counter", "Sagas created through the API.")
+    metrics.describe(
+        "http_requests_total",
+        "counter",
+        "HTTP requests by method, route, status.",
+        ("method", "route", "status"),
+    )
+    metrics.describe(
+        "http_request_duration_seconds", "histogram", "HTTP request latency.", ("method", "route")
+    )
+    metrics.describe(
+        "sagas_submitted_total", "counter", "Sagas created through the API.", ("flow",)
+    )
 
     app = FastAPI(
         # A redirect would name the API's own port, behind the edge: a wrong path is a 404.
@@ -791,7 +800,7 @@ def create_app(
     def metrics_endpoint() -> PlainTextResponse:
         """Requests, latencies, sagas by status, queue depth and breaker states."""
         store = readers.get()
-        gauges: list[tuple[str, str, Mapping[str, str], float]] = []
+        gauges: list[GaugeSample] = []
         counts = store.count_by_status()
         for s in SagaStatus:
             gauges.append(("sagas", "Sagas by status.", {"status": s.value}, counts.get(s, 0)))
@@ -812,9 +821,7 @@ def create_app(
                             1.0 if state == candidate else 0.0,
                         )
                     )
-        return PlainTextResponse(
-            metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8"
-        )
+        return PlainTextResponse(metrics.render(gauges), media_type=CONTENT_TYPE)
 
     def openapi() -> dict[str, Any]:
         # The saga body is read by `saga_create_body`, not by FastAPI: document it by hand.

@@ -42,6 +42,16 @@ class BreakerSource(Protocol):
     def get(self, service: str) -> Breaker: ...
 
 
+class RunObserver(Protocol):
+    """Told what a run reads and commits (a worker's metrics, `orchestrator.metrics`)."""
+
+    def started(self, record: SagaRecord, entries: list[JournalEntry]) -> None: ...
+
+    def committed(
+        self, record: SagaRecord, state: SagaState, entries: list[JournalEntry]
+    ) -> None: ...
+
+
 Checkpoint = Callable[[str, str, Phase], None]
 """Called as (point, step, phase) at "before-call" and "after-call"; used to inject crashes."""
 
@@ -125,6 +135,7 @@ class SagaRunner:
         on_event: Callable[[str, Event], None] | None = None,
         breakers: BreakerSource | None = None,
         on_breaker_wait: Callable[[str, str, str, float], None] | None = None,
+        observer: RunObserver | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -137,6 +148,7 @@ class SagaRunner:
         # (saga id, step, service, seconds): told before sleeping on an open breaker, which
         # journals nothing, so that a waiting operator sees why nothing moves
         self.on_breaker_wait = on_breaker_wait
+        self.observer = observer
 
     def run(
         self, saga_id: str, *, lease: Lease | None = None, wait_for_retries: bool = True
@@ -146,6 +158,8 @@ class SagaRunner:
         With a `lease` every write is fenced: LeaseLost stops the run at the next write.
         """
         record, entries, state = self.store.state(saga_id)
+        if self.observer is not None:
+            self.observer.started(record, entries)
         return self._loop(
             record, state, _responses(entries), lease=lease, wait_for_retries=wait_for_retries
         )
@@ -305,6 +319,8 @@ class SagaRunner:
         if self.on_event is not None:  # told once they are durable
             for entry in entries:
                 self.on_event(record.id, entry.event)
+        if self.observer is not None:
+            self.observer.committed(record, state, entries)
         return seq
 
     def _execute(

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,8 @@ class SupervisorConfig:
     exit_when_idle: float | None = None
     #: Seconds replicas get to finish their sagas after SIGTERM before SIGKILL.
     grace: float = DEFAULT_GRACE
+    #: The replicas' environment (None: this process's); how metrics reach the supervisor.
+    child_env: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         most = self.policy.max_replicas if self.policy is not None else self.replicas or 0
@@ -72,7 +74,8 @@ class Supervisor:
     def _spawn(self) -> None:
         if self.stop.is_set():
             return  # a stop arrived while starting replicas: start no more
-        self.children.append(subprocess.Popen(list(self.config.child_command)))
+        env = dict(self.config.child_env) if self.config.child_env is not None else None
+        self.children.append(subprocess.Popen(list(self.config.child_command), env=env))
 
     def _retire(self) -> None:
         child = self.children.pop()

@@ -44,6 +44,7 @@ from sagalab.orchestrator.errors import (
 )
 from sagalab.orchestrator.executors import HttpExecutor, StepExecutor
 from sagalab.orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner
+from sagalab.orchestrator.metrics import SagaMetrics
 from sagalab.orchestrator.redact import redacted
 from sagalab.orchestrator.runner import SagaRunner
 from sagalab.orchestrator.stores import DRIVER_ERRORS, STORE_FAILURES, open_store, shown
@@ -95,6 +96,8 @@ class WorkerConfig:
     max_seconds: float | None = None
     breakers: Mapping[str, BreakerConfig] = field(default_factory=dict)
     use_breakers: bool = True
+    #: What the worker counts for Prometheus (`orchestrator.metrics`); None counts nothing.
+    metrics: SagaMetrics | None = None
 
 
 class _Tools:
@@ -105,10 +108,15 @@ class _Tools:
         self.store = WatchedStore(config.db, worker.watchdog)
         self.board: BreakerBoard | None = None
         self.executor: StepExecutor | None = None
+        metrics = config.metrics
         try:
             if config.use_breakers:
                 self.board = BreakerBoard(
-                    config.db, config.breakers, owner=worker.owner, guard=worker.watchdog.check
+                    config.db,
+                    config.breakers,
+                    owner=worker.owner,
+                    guard=worker.watchdog.check,
+                    on_transition=metrics.breaker_transition if metrics is not None else None,
                 )
             self.executor = worker._executor_factory()
         except BaseException:
@@ -121,6 +129,7 @@ class _Tools:
             rng=random.Random(),
             on_event=worker.on_event,
             breakers=self.board,
+            observer=metrics,
         )
 
     def close(self) -> None:
@@ -344,6 +353,8 @@ class Worker:
                 self.stats.add("finished", result.status.value)
         except LeaseLost:
             self.stats.add("lost_leases")
+            if self.config.metrics is not None:
+                self.config.metrics.lease_lost()
             return True  # another worker owns it now; do not touch it
         except ConcurrentUpdate:
             self.stats.add("conflicts")  # an operator wrote to it: take it again from the top

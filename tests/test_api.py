@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from apilab import admin_api
+from metricslab import scrape
 from opslab import failed_on_notify, footprint, types
 
 from sagalab.edge.keys import MAX_BURST, MAX_RATE, KeyStore
@@ -189,11 +190,16 @@ def test_health_readiness_and_metrics(client: httpx.Client) -> None:
     submit(client, ORDER)
     assert client.get("/healthz").json()["status"] == "ok"
     assert client.get("/readyz").status_code == 200
-    text = client.get("/metrics").text
-    assert 'sagalab_api_sagas{status="pending"} 1' in text
-    assert "sagalab_api_queue_depth 1" in text
-    assert 'sagalab_api_http_requests_total{method="POST",route="/v1/sagas",status="202"} 1' in text
-    assert "sagalab_api_http_request_duration_seconds_bucket" in text
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = scrape(response.text)
+    assert samples[("sagalab_api_sagas", (("status", "pending"),))] == 1
+    assert samples[("sagalab_api_queue_depth", ())] == 1
+    post = (("method", "POST"), ("route", "/v1/sagas"), ("status", "202"))
+    assert samples[("sagalab_api_http_requests_total", post)] == 1
+    assert samples[("sagalab_api_sagas_submitted_total", (("flow", "checkout"),))] == 1
+    get = (("method", "POST"), ("route", "/v1/sagas"))
+    assert samples[("sagalab_api_http_request_duration_seconds_count", get)] == 1
 
 
 def test_openapi_document_describes_every_route(client: httpx.Client) -> None:

@@ -12,6 +12,7 @@ import pytest
 from sagalab.edge.keys import KeyStore
 from sagalab.edge.server import RunningServer
 from tests.edgelab import ORDER, SAGA, serve_path
+from tests.metricslab import scrape, total
 
 
 @dataclass
@@ -190,13 +191,15 @@ def test_unknown_gateway_path_is_404_and_gateway_metrics_count(path: EdgePath) -
     with client(path, path.key) as c:
         c.get("/v1/sagas")
         assert c.get("/nowhere").status_code == 404
-    text = (
-        httpx.get(path.gateways[0].url + "/metrics").text
-        + httpx.get(path.gateways[1].url + "/metrics").text
-    )
-    assert "sagalab_gateway_requests_total" in text
-    edge_text = httpx.get(path.edge.url + "/edge/metrics").text
-    assert "sagalab_edge_instance_healthy" in edge_text
+    gateways = [scrape(httpx.get(gw.url + "/metrics").text) for gw in path.gateways]
+    # The listing went through one gateway; its own 404 is not a forwarded request.
+    forwarded = (("outcome", "forwarded"), ("status", "200"))
+    assert sum(g.get(("sagalab_gateway_requests_total", forwarded), 0) for g in gateways) == 1
+    assert sum(total(g, "sagalab_gateway_request_duration_seconds_count") for g in gateways) == 1
+    edge = scrape(httpx.get(path.edge.url + "/edge/metrics").text)
+    assert edge[("sagalab_edge_requests_total", forwarded)] == 1
+    assert edge[("sagalab_edge_requests_total", (("outcome", "forwarded"), ("status", "404")))] == 1
+    assert total(edge, "sagalab_edge_instance_healthy") == len(path.gateways)
 
 
 @pytest.mark.parametrize(
