@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from contextlib import closing
+from contextlib import ExitStack, closing
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -278,14 +278,14 @@ def run(
             "--wait runs the saga here, --follow watches the workers run it: not both", EXIT_USAGE
         )
     payload = parse_json_arg(input_, "--input")
-    with handled():
+    with handled(), ExitStack() as cleanup:
         definition = load_flow(flow)
         if wait:
             _services_for(definition, services)  # fail before storing anything
         elif services is not None:  # queued for workers: still a file they could not load
             load_services(services)
             load_breaker_configs(services)
-        store = open_store(db, create=True)
+        store = cleanup.enter_context(closing(open_store(db, create=True)))
         record, created = start_saga(
             store, definition, payload, idempotency_key=idempotency_key, queue=not wait
         )
@@ -524,8 +524,7 @@ def resume(
             as_json=as_json,
             make_runner=_bulk_runner,
         )
-    with handled():
-        store = open_store(db)
+    with handled(), closing(open_store(db)) as store:
         if stuck:
             _resume_stuck(store, services, as_json)
             return
@@ -612,8 +611,7 @@ def rollback(
             make_runner=_bulk_runner,
         )
     assert saga_id is not None
-    with handled():
-        store = open_store(db)
+    with handled(), closing(open_store(db)) as store:
         result = operations.rollback(
             store,
             saga_id,
@@ -681,8 +679,7 @@ def retry_step(
         )
     if saga_id is None or step is None:
         raise fail("retry-step needs a saga id and a step (or filters instead of both)", EXIT_USAGE)
-    with handled():
-        store = open_store(db)
+    with handled(), closing(open_store(db)) as store:
         result = operations.retry_step(
             store, saga_id, step, runner=_RunHere(store, services, quiet=as_json)
         )
@@ -700,8 +697,7 @@ def skip_step(
     as_json: JsonOption = False,
 ) -> None:
     """Mark a failed step as handled by hand (recorded with the reason) and continue."""
-    with handled():
-        store = open_store(db)
+    with handled(), closing(open_store(db)) as store:
         result = operations.skip_step(
             store, saga_id, step, reason=reason, runner=_RunHere(store, services, quiet=as_json)
         )
@@ -742,8 +738,7 @@ def cancel(
             make_runner=_bulk_runner,
         )
     assert saga_id is not None
-    with handled():
-        store = open_store(db)
+    with handled(), closing(open_store(db)) as store:
         result = operations.cancel(
             store, saga_id, reason=reason, runner=_RunHere(store, services, quiet=as_json)
         )
@@ -823,7 +818,7 @@ def fork(
         if not isinstance(parsed, dict):
             raise fail("--input must be a JSON object", EXIT_USAGE)
         payload = parsed
-    with handled():
+    with handled(), ExitStack() as cleanup:
         if dry_run:
             with closing(open_store(db, read_only=True)) as reader:
                 plan, _ = operations.fork_plan(
@@ -834,7 +829,7 @@ def fork(
             else:
                 render.fork_plan(plan.to_dict(), dry_run=True)
             raise typer.Exit(EXIT_OK if plan.allowed else EXIT_REFUSED)
-        store = open_store(db)
+        store = cleanup.enter_context(closing(open_store(db)))
         planned: list[dict[str, object]] = []
 
         def on_plan(plan: ForkPlan) -> None:
