@@ -13,6 +13,7 @@ from sagalab.cli import (
     services,
     simulate,
     stack,
+    ui,
     verify,
     worker,
 )
@@ -34,6 +35,7 @@ app.add_typer(stack.app, name="stack")
 app.add_typer(keys.app, name="keys")
 app.command("loadtest")(loadtest.loadtest)
 app.command("verify")(verify.verify)
+app.command("ui")(ui.ui)
 
 
 def main() -> None:
