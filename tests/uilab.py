@@ -14,11 +14,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
-
 import httpx
 from workerlab import REPO, order, sagalab, wait_for
 
@@ -96,15 +95,21 @@ class Console:
     """`sagalab ui --db DB --port 0 [ARGS]` as a subprocess; `url` is where it serves."""
 
     def __init__(self, db: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self.log = tempfile.TemporaryFile("w+")  # stderr: never a pipe nobody drains
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sagalab.cli.main", "ui", "--db", db, "--port", "0", *args],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
             text=True,
             env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         )
         assert self.proc.stdout is not None
-        line = _first_line(self.proc.stdout, self.proc)
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            self.log.seek(0)
+            self.close()
+            raise AssertionError(f"sagalab ui printed no URL (exit {code}): {self.log.read()}")
         self.url = line.split(" on ", 1)[1].split()[0].rstrip("/")
         wait_for(self._up, 15, "the console to answer")
 
@@ -114,21 +119,21 @@ class Console:
         except httpx.HTTPError:
             return False
 
+    def close(self) -> None:
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.log.close()
+
     def stop(self) -> None:
         """SIGTERM, then wait (a console that will not stop is killed and fails the test)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError("sagalab ui did not stop on SIGTERM") from None
-
-
-def _first_line(stream: IO[str], proc: subprocess.Popen[str]) -> str:
-    line = stream.readline()
-    if not line:
-        err = proc.stderr.read() if proc.stderr else ""
-        raise AssertionError(f"sagalab ui printed no URL (exit {proc.wait()}): {err}")
-    return line
+        try:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+                    raise AssertionError("sagalab ui did not stop on SIGTERM") from None
+        finally:
+            self.close()
