@@ -45,7 +45,9 @@ def ids(client: httpx.Client, query: str) -> set[str]:
     return {s["id"] for s in answer.json()["items"]}
 
 
-def test_list_filters_by_status_flow_and_tenant(made: tuple[str, Sagas], console: httpx.Client) -> None:
+def test_list_filters_by_status_flow_and_tenant(
+    made: tuple[str, Sagas], console: httpx.Client
+) -> None:
     _, s = made
     assert ids(console, "status=completed") == {s.completed, s.resumed, s.xss}
     assert ids(console, "status=rolled_back") == {s.rolled_back}
@@ -78,8 +80,18 @@ def test_list_is_newest_first_and_pages(made: tuple[str, Sagas], console: httpx.
         ("/static/../app.py", 404),
         ("/nowhere", 404),
     ],
-    ids=["unknown", "huge-id", "unknown-timeline", "markup-id", "status", "page0", "page-text",
-         "long-flow", "static-escape", "no-route"],
+    ids=[
+        "unknown",
+        "huge-id",
+        "unknown-timeline",
+        "markup-id",
+        "status",
+        "page0",
+        "page-text",
+        "long-flow",
+        "static-escape",
+        "no-route",
+    ],
 )
 def test_bad_requests_are_answers_never_500(console: httpx.Client, path: str, status: int) -> None:
     answer = console.get(path)
@@ -97,7 +109,9 @@ def test_timeline_lanes_pivot_compensations_and_takeover(
     assert lanes[:4] == [f"action:{n}" for n in steps]
     # compensations in their own lanes, in the order they ran: the reverse of the flow's
     assert lanes[4:6] == ["compensation:charge_payment", "compensation:reserve_inventory"]
-    assert [lane["id"] for lane in rolled["lanes"] if lane.get("pivot")] == ["action:create_shipment"]
+    assert [lane["id"] for lane in rolled["lanes"] if lane.get("pivot")] == [
+        "action:create_shipment"
+    ]
     assert all(lane.startswith("breaker:") for lane in lanes[6:])
     shipment = rolled["lanes"][2]["bars"]
     assert shipment and shipment[-1]["outcome"] == "failed" and shipment[-1]["status_code"] == 400
@@ -119,25 +133,37 @@ def test_database_text_is_escaped(made: tuple[str, Sagas], console: httpx.Client
     assert XSS not in page.text
 
 
-def test_actions_refused_without_allow_actions(made: tuple[str, Sagas], console: httpx.Client) -> None:
+def test_actions_refused_without_allow_actions(
+    made: tuple[str, Sagas], console: httpx.Client
+) -> None:
     _, s = made
     page = console.get(f"/sagas/{s.pending}").text
-    assert 'class=action' not in page and "Operator actions" not in page
+    assert "class=action" not in page and "Operator actions" not in page
     answer = console.post(f"/api/sagas/{s.pending}/actions/cancel", json={})
     assert answer.status_code == 403
     assert console.get(f"/api/sagas/{s.pending}/timeline").json()["status"] == "pending"
 
 
-def test_breakers_queue_and_simulation_pages(made: tuple[str, Sagas], console: httpx.Client) -> None:
+def test_breakers_queue_and_simulation_pages(
+    made: tuple[str, Sagas], console: httpx.Client
+) -> None:
     page = console.get("/breakers")
     assert page.status_code == 200 and "queue-depth" in page.text and "payments" in page.text
     token = console.get("/simulations").text.split('name="csrf-token" content="')[1].split('"')[0]
-    report = {"scenario": {"name": "<b>x</b>"}, "seed": 1, "sagas": {"completed": 3},
-              "latency": {"end_to_end": {"p50": 0.1}}, "breakers": {"payments": {}},
-              "breaker_transitions": [{"service": "payments", "t": 1.0, "to": "open"}],
-              "duration": 10.0, "claims": [], "invariants_failed": 0}
-    charts = console.post("/api/simulations", content=json.dumps(report),
-                          headers={"X-CSRF-Token": token})
+    report = {
+        "scenario": {"name": "<b>x</b>"},
+        "seed": 1,
+        "sagas": {"completed": 3},
+        "latency": {"end_to_end": {"p50": 0.1}},
+        "breakers": {"payments": {}},
+        "breaker_transitions": [{"service": "payments", "t": 1.0, "to": "open"}],
+        "duration": 10.0,
+        "claims": [],
+        "invariants_failed": 0,
+    }
+    charts = console.post(
+        "/api/simulations", content=json.dumps(report), headers={"X-CSRF-Token": token}
+    )
     assert charts.status_code == 200 and "<svg" in charts.json()["html"]
     assert "&lt;b&gt;x&lt;/b&gt;" in charts.json()["html"]
     csv = "t,completed,queue_depth\n1,3,0\n2,5,1\n"
@@ -167,18 +193,29 @@ def test_actions_with_allow_actions_are_guarded_and_mapped(
     url = f"/api/sagas/{s.failed}/actions/resume"
     good = {"X-CSRF-Token": token}
     assert client.post(url, json={}).status_code == 403  # no token
-    assert client.post(url, json={}, headers={**good, "Origin": "http://evil.example"}).status_code == 403
-    assert client.post(url, json={}, headers={**good, "Sec-Fetch-Site": "cross-site"}).status_code == 403
+    assert (
+        client.post(url, json={}, headers={**good, "Origin": "http://evil.example"}).status_code
+        == 403
+    )
+    assert (
+        client.post(url, json={}, headers={**good, "Sec-Fetch-Site": "cross-site"}).status_code
+        == 403
+    )
     assert client.post(url, json={}, headers={**good, "Host": "evil.example"}).status_code == 403
     assert client.get(url).status_code == 405  # POST only
     # the API's mapping: refused 409 (a failed saga is not resumed), unknown 404, bad step 422
     assert client.post(url, json={}, headers=good).status_code == 409
     assert client.post("/api/sagas/nope/actions/resume", json={}, headers=good).status_code == 404
-    bad_step = client.post(f"/api/sagas/{s.failed}/actions/retry-step", json={"step": "zz"}, headers=good)
+    bad_step = client.post(
+        f"/api/sagas/{s.failed}/actions/retry-step", json={"step": "zz"}, headers=good
+    )
     assert bad_step.status_code == 422
     assert client.post(url, content="{", headers=good).status_code == 422
-    plan = client.post(f"/api/sagas/{s.completed}/actions/fork",
-                       json={"step": "create_shipment", "dry_run": True}, headers=good)
+    plan = client.post(
+        f"/api/sagas/{s.completed}/actions/fork",
+        json={"step": "create_shipment", "dry_run": True},
+        headers=good,
+    )
     assert plan.status_code == 200 and "plan" in plan.json()
 
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
+
 import httpx
 from workerlab import REPO, order, sagalab, wait_for
 
@@ -44,8 +44,17 @@ class Sagas:
 
 def _run(db: str, env: dict[str, str], payload: dict[str, object], *extra: str) -> str:
     done = sagalab(
-        "orchestrate", "run", "checkout", "-i", json.dumps(payload), "--wait", "--json",
-        "--db", db, *extra, env=env,
+        "orchestrate",
+        "run",
+        "checkout",
+        "-i",
+        json.dumps(payload),
+        "--wait",
+        "--json",
+        "--db",
+        db,
+        *extra,
+        env=env,
     )
     assert done.returncode in (0, 1), done.stderr
     return str(json.loads(done.stdout)["id"])
@@ -67,8 +76,17 @@ def populate(db: str, services: RunningServices) -> Sagas:
     services.lab.clear_faults()
     xss = _run(db, env, {**order(4), "order_id": XSS})
     crashed = sagalab(
-        "orchestrate", "run", "checkout", "-i", json.dumps(order(5)), "--wait", "--db", db,
-        "--crash-at", "charge_payment:after-call", env=env,
+        "orchestrate",
+        "run",
+        "checkout",
+        "-i",
+        json.dumps(order(5)),
+        "--wait",
+        "--db",
+        db,
+        "--crash-at",
+        "charge_payment:after-call",
+        env=env,
     )
     assert crashed.returncode < 0, crashed.stderr  # SIGKILLed mid-saga, as a crash leaves it
     store = open_store(db)
@@ -77,12 +95,21 @@ def populate(db: str, services: RunningServices) -> Sagas:
         flow = load_flow("checkout")
         now = time.time()
         pending = store.create_saga(
-            saga_id=new_saga_id(), flow=flow, payload=order(6), trace_id=new_trace_id(),
-            idempotency_key=None, now=now,
+            saga_id=new_saga_id(),
+            flow=flow,
+            payload=order(6),
+            trace_id=new_trace_id(),
+            idempotency_key=None,
+            now=now,
         )[0].id
         other = store.create_saga(
-            saga_id=new_saga_id(), flow=flow, payload=order(7), trace_id=new_trace_id(),
-            idempotency_key=None, now=now, tenant="acme",
+            saga_id=new_saga_id(),
+            flow=flow,
+            payload=order(7),
+            trace_id=new_trace_id(),
+            idempotency_key=None,
+            now=now,
+            tenant="acme",
         )[0].id
     finally:
         store.close()
@@ -95,7 +122,8 @@ class Console:
     """`sagalab ui --db DB --port 0 [ARGS]` as a subprocess; `url` is where it serves."""
 
     def __init__(self, db: str, *args: str, env: dict[str, str] | None = None) -> None:
-        self.log = tempfile.TemporaryFile("w+")  # stderr: never a pipe nobody drains
+        # stderr goes to a file: never a pipe nobody drains (closed by `close`)
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sagalab.cli.main", "ui", "--db", db, "--port", "0", *args],
             stdout=subprocess.PIPE,

@@ -5,7 +5,7 @@ Server-rendered pages (ui.pages) over the store port, a small script committed a
 (static/ui.js: live updates and the timeline's SVG), no build step and no CDN.
 """
 
-from sagalab.ui.app import create_app
-from sagalab.ui.timeline import build_timeline
+from .app import create_app
+from .timeline import build_timeline
 
 __all__ = ["build_timeline", "create_app"]

@@ -40,9 +40,10 @@ from sagalab.orchestrator.saga import Phase, SagaStatus
 from sagalab.orchestrator.store import BreakerStore, SagaRecord, Store
 from sagalab.orchestrator.stores import open_breaker_store, open_store
 from sagalab.orchestrator.views import saga_summary, saga_view
-from sagalab.ui import pages
-from sagalab.ui.simcharts import MAX_REPORT_BYTES, ReportError, render_report
-from sagalab.ui.timeline import build_timeline, summary
+
+from . import pages
+from .simcharts import MAX_REPORT_BYTES, ReportError, render_report
+from .timeline import build_timeline, summary
 
 __all__ = ["PAGE_SIZE", "ListFilters", "create_app", "list_sagas", "status_for"]
 
@@ -92,9 +93,8 @@ def _filters(request: Request) -> tuple[ListFilters, int]:
         if len(value) > MAX_FILTER:
             raise BadRequest(f"{key} is at most {MAX_FILTER} characters")
     if filters["status"] and filters["status"] not in {s.value for s in SagaStatus}:
-        raise BadRequest(
-            f"unknown status {filters['status']!r}; one of: {', '.join(s.value for s in SagaStatus)}"
-        )
+        known = ", ".join(s.value for s in SagaStatus)
+        raise BadRequest(f"unknown status {filters['status']!r}; one of: {known}")
     try:
         page = int(q.get("page") or 1)
     except ValueError:
@@ -205,7 +205,12 @@ def create_app(
         items = [saga_summary(r) for r in records]
         return page(
             pages.list_page(
-                items, filters=filters, page=number, has_more=more, csrf=token, actions=allow_actions
+                items,
+                filters=filters,
+                page=number,
+                has_more=more,
+                csrf=token,
+                actions=allow_actions,
             )
         )
 

@@ -61,7 +61,7 @@ def layout(title: str, body: str, *, csrf: str, actions: bool, page: str = "") -
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<link rel="stylesheet" href="/static/ui.css"></head>'
         f'<body data-actions="{"on" if actions else "off"}">'
-        f'<header><strong>sagalab</strong> <nav>{nav}</nav> <span class=mode>{mode}</span>'
+        f"<header><strong>sagalab</strong> <nav>{nav}</nav> <span class=mode>{mode}</span>"
         f"</header><main>{body}</main>"
         '<script src="/static/ui.js"></script></body></html>'
     )
@@ -79,12 +79,13 @@ def saga_rows(items: Sequence[Mapping[str, Any]]) -> str:
     for s in items:
         rows.append(
             f'<tr data-id="{esc(s["id"])}"><td><a href="/sagas/{esc(s["id"])}">'
-            f'{esc(s["id"])}</a></td><td>{esc(s["flow"])}</td>'
+            f"{esc(s['id'])}</a></td><td>{esc(s['flow'])}</td>"
             f'<td><span class="status {esc(s["status"])}">{esc(s["status"])}</span></td>'
-            f'<td>{esc(s["tenant"])}</td><td>{esc(when(s["created_at"]))}</td>'
-            f'<td>{esc(when(s["updated_at"]))}</td><td class=reason>{esc(s.get("reason"))}</td></tr>'
+            f"<td>{esc(s['tenant'])}</td><td>{esc(when(s['created_at']))}</td>"
+            f"<td>{esc(when(s['updated_at']))}</td>"
+            f"<td class=reason>{esc(s.get('reason'))}</td></tr>"
         )
-    return "".join(rows) or '<tr class=empty><td colspan=7>no saga matches</td></tr>'
+    return "".join(rows) or "<tr class=empty><td colspan=7>no saga matches</td></tr>"
 
 
 def list_page(
@@ -140,12 +141,12 @@ def _step_table(steps: Sequence[Mapping[str, Any]], calls: Mapping[str, Any]) ->
     for s in steps:
         call = calls.get(s["name"], {})
         rows.append(
-            f'<tr><td>{esc(s["name"])}</td><td>{esc(s["kind"])}</td><td>{esc(s["service"])}</td>'
+            f"<tr><td>{esc(s['name'])}</td><td>{esc(s['kind'])}</td><td>{esc(s['service'])}</td>"
             f'<td><span class="status {esc(s["status"])}">{esc(s["status"])}</span></td>'
-            f'<td>{esc(s["attempts"])} / {esc(s["compensation_attempts"])}</td>'
-            f'<td class=reason>{esc(s["last_error"])}</td>'
-            f'<td><code>{esc(call.get("request"))}</code></td>'
-            f'<td><code>{esc(call.get("response"))}</code></td></tr>'
+            f"<td>{esc(s['attempts'])} / {esc(s['compensation_attempts'])}</td>"
+            f"<td class=reason>{esc(s['last_error'])}</td>"
+            f"<td><code>{esc(call.get('request'))}</code></td>"
+            f"<td><code>{esc(call.get('response'))}</code></td></tr>"
         )
     return (
         "<table class=steps><thead><tr><th>step</th><th>kind</th><th>service</th>"
@@ -155,18 +156,20 @@ def _step_table(steps: Sequence[Mapping[str, Any]], calls: Mapping[str, Any]) ->
 
 
 def _action_bar(view: Mapping[str, Any]) -> str:
-    steps = "".join(f'<option value="{esc(s["name"])}">{esc(s["name"])}</option>' for s in view["steps"])
+    steps = "".join(
+        f'<option value="{esc(s["name"])}">{esc(s["name"])}</option>' for s in view["steps"]
+    )
     buttons = "".join(
         f'<button type=button class=action data-action="{a}">{a}</button>' for a in ACTIONS
     )
     return (
-        f'<section class=actions><h2>Operator actions</h2>'
-        f'<label>step <select id=action-step>{steps}</select></label> '
+        f"<section class=actions><h2>Operator actions</h2>"
+        f"<label>step <select id=action-step>{steps}</select></label> "
         f'<label>reason <input id=action-reason value="operator, from the console"></label> '
         f"{buttons}<div id=fork-plan hidden><h3>Fork plan</h3><pre id=fork-plan-text></pre>"
         "<button type=button id=fork-confirm>Fork as planned</button> "
         "<button type=button id=fork-cancel>Do not fork</button></div>"
-        '<p id=action-result role=status></p></section>'
+        "<p id=action-result role=status></p></section>"
     )
 
 
@@ -182,15 +185,18 @@ def saga_page(
     forks = ", ".join(f'<a href="/sagas/{esc(f)}">{esc(f)}</a>' for f in view.get("forks", []))
     parent = view.get("forked_from")
     facts = [
-        ("flow", f'{esc(view["flow"])} v{esc(view["flow_version"])}'),
-        ("status", f'<span id=saga-status class="status {esc(view["status"])}">'
-         f'{esc(view["status"])}</span>'),
+        ("flow", f"{esc(view['flow'])} v{esc(view['flow_version'])}"),
+        (
+            "status",
+            f'<span id=saga-status class="status {esc(view["status"])}">'
+            f"{esc(view['status'])}</span>",
+        ),
         ("tenant", esc(view["tenant"])),
-        ("trace id", f'<code id=trace-id>{esc(view["trace_id"])}</code>'),
+        ("trace id", f"<code id=trace-id>{esc(view['trace_id'])}</code>"),
         ("idempotency key", esc(view.get("idempotency_key")) or "-"),
-        ("reason", f'<span id=saga-reason>{esc(view.get("reason")) or "-"}</span>'),
+        ("reason", f"<span id=saga-reason>{esc(view.get('reason')) or '-'}</span>"),
         ("created", esc(when(view["created_at"]))),
-        ("updated", f'<span id=saga-updated>{esc(when(view["updated_at"]))}</span>'),
+        ("updated", f"<span id=saga-updated>{esc(when(view['updated_at']))}</span>"),
     ]
     if parent:
         facts.append(("forked from", f'<a href="/sagas/{esc(parent)}">{esc(parent)}</a>'))
@@ -222,17 +228,25 @@ def breakers_page(
     actions: bool,
 ) -> str:
     """Breakers (current state, recent transitions) and the queue (depth, oldest age)."""
-    brows = "".join(
-        f'<tr><td>{esc(r["name"])}</td><td><span class="status {esc(r["state"])}">'
-        f'{esc(r["damaged"] or r["state"])}</span></td><td>{esc(r.get("fail_counter"))}</td>'
-        f'<td>{esc(when(r.get("opened_time")))}</td><td>{esc(r.get("transitions"))}</td></tr>'
-        for r in rows
-    ) or "<tr class=empty><td colspan=5>no breakers yet: they appear once a service is called</td></tr>"
-    erows = "".join(
-        f'<tr><td>{esc(when(e.get("at")))}</td><td>{esc(e.get("name"))}</td>'
-        f'<td>{esc(e.get("old"))} &rarr; {esc(e.get("new"))}</td><td>{esc(e.get("owner"))}</td></tr>'
-        for e in reversed(events[-50:])
-    ) or "<tr class=empty><td colspan=4>no transitions</td></tr>"
+    brows = (
+        "".join(
+            f'<tr><td>{esc(r["name"])}</td><td><span class="status {esc(r["state"])}">'
+            f"{esc(r['damaged'] or r['state'])}</span></td><td>{esc(r.get('fail_counter'))}</td>"
+            f"<td>{esc(when(r.get('opened_time')))}</td><td>{esc(r.get('transitions'))}</td></tr>"
+            for r in rows
+        )
+        or "<tr class=empty><td colspan=5>no breakers yet: they appear once a service is "
+        "called</td></tr>"
+    )
+    erows = (
+        "".join(
+            f"<tr><td>{esc(when(e.get('at')))}</td><td>{esc(e.get('name'))}</td>"
+            f"<td>{esc(e.get('old'))} &rarr; {esc(e.get('new'))}</td>"
+            f"<td>{esc(e.get('owner'))}</td></tr>"
+            for e in reversed(events[-50:])
+        )
+        or "<tr class=empty><td colspan=4>no transitions</td></tr>"
+    )
     statuses = "".join(
         f'<tr><td><a href="/?status={esc(k)}">{esc(k)}</a></td><td>{esc(v)}</td></tr>'
         for k, v in sorted(counts.items())
@@ -242,7 +256,8 @@ def breakers_page(
 <dt>depth (queued, unleased)</dt><dd id=queue-depth>{esc(int(queue.get("depth", 0)))}</dd>
 <dt>under a live lease</dt><dd>{esc(int(queue.get("leased", 0)))}</dd>
 <dt>oldest age</dt><dd id=queue-oldest>{esc(f"{queue.get('oldest_age', 0.0):.1f}")} s</dd></dl>
-<table class=counts><thead><tr><th>status</th><th>sagas</th></tr></thead><tbody>{statuses}</tbody></table></section>
+<table class=counts><thead><tr><th>status</th><th>sagas</th></tr></thead>
+<tbody>{statuses}</tbody></table></section>
 <section><h2>Breakers</h2><table class=breakers><thead><tr><th>service</th><th>state</th>
 <th>failures</th><th>opened</th><th>transitions</th></tr></thead><tbody>{brows}</tbody></table>
 <h3>Recent transitions</h3><table class=transitions><thead><tr><th>at</th><th>service</th>

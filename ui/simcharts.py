@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sagalab.ui.pages import esc
+from .pages import esc
 
 __all__ = ["MAX_REPORT_BYTES", "ReportError", "render_report"]
 
@@ -38,7 +38,7 @@ def _num(value: Any) -> float:
 
 def _frame(title: str, inner: str, height: int = _H) -> str:
     return (
-        f'<figure class=chart><figcaption>{esc(title)}</figcaption>'
+        f"<figure class=chart><figcaption>{esc(title)}</figcaption>"
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{height}" '
         f'viewBox="0 0 {_W} {height}" role=img aria-label="{esc(title)}">{inner}</svg></figure>'
     )
@@ -47,7 +47,7 @@ def _frame(title: str, inner: str, height: int = _H) -> str:
 def line_chart(title: str, xs: Sequence[float], series: Mapping[str, Sequence[float]]) -> str:
     """Lines of `series` against `xs`, each point's value in its tooltip."""
     if not xs:
-        return _frame(title, '<text x=10 y=20>no data</text>', 40)
+        return _frame(title, "<text x=10 y=20>no data</text>", 40)
     x0, x1 = min(xs), max(xs) or 1.0
     top = max((max(v, default=0.0) for v in series.values()), default=0.0) or 1.0
 
@@ -58,10 +58,10 @@ def line_chart(title: str, xs: Sequence[float], series: Mapping[str, Sequence[fl
         return _H - 20 - y / top * (_H - 40)
 
     parts = [
-        f'<line x1={_PAD} y1={_H - 20} x2={_W - _PAD} y2={_H - 20} class=axis />',
-        f'<text x=2 y=14 class=tick>{esc(f"{top:.3g}")}</text>',
-        f'<text x={_PAD} y={_H - 4} class=tick>{esc(f"{x0:g}")} s</text>',
-        f'<text x={_W - _PAD - 30} y={_H - 4} class=tick>{esc(f"{x1:g}")} s</text>',
+        f"<line x1={_PAD} y1={_H - 20} x2={_W - _PAD} y2={_H - 20} class=axis />",
+        f"<text x=2 y=14 class=tick>{esc(f'{top:.3g}')}</text>",
+        f"<text x={_PAD} y={_H - 4} class=tick>{esc(f'{x0:g}')} s</text>",
+        f"<text x={_W - _PAD - 30} y={_H - 4} class=tick>{esc(f'{x1:g}')} s</text>",
     ]
     for i, (name, values) in enumerate(series.items()):
         colour = _COLOURS[i % len(_COLOURS)]
@@ -138,7 +138,9 @@ def breaker_chart(report: Mapping[str, Any]) -> str:
         )
     parts.append(f'<text x=150 y="{height - 4}" class=tick>0 s</text>')
     parts.append(f'<text x="{_W - 60}" y="{height - 4}" class=tick>{duration:g} s</text>')
-    return _frame("Circuit breakers (low closed, middle half-open, high open)", "".join(parts), height)
+    return _frame(
+        "Circuit breakers (low closed, middle half-open, high open)", "".join(parts), height
+    )
 
 
 def _report_html(report: Mapping[str, Any]) -> str:
@@ -149,14 +151,14 @@ def _report_html(report: Mapping[str, Any]) -> str:
     quantiles = {k: _num(latency.get(k)) for k in ("p50", "p95", "p99", "max")}
     claims = "".join(
         f'<li class="{"ok" if c.get("ok") else "bad"}">{"✔" if c.get("ok") else "✘"} '
-        f'{esc(c.get("text"))} <code>{esc(c.get("check"))}</code> = {esc(c.get("value"))}</li>'
+        f"{esc(c.get('text'))} <code>{esc(c.get('check'))}</code> = {esc(c.get('value'))}</li>"
         for c in report.get("claims") or []
         if isinstance(c, Mapping)
     )
     return (
-        f'<section class=sim><h2>{esc(scenario.get("name"))} (seed {esc(report.get("seed"))})'
-        f'</h2><p>{esc(scenario.get("description"))}</p>'
-        f'<p>invariants failed: {esc(report.get("invariants_failed"))}</p><ul>{claims}</ul>'
+        f"<section class=sim><h2>{esc(scenario.get('name'))} (seed {esc(report.get('seed'))})"
+        f"</h2><p>{esc(scenario.get('description'))}</p>"
+        f"<p>invariants failed: {esc(report.get('invariants_failed'))}</p><ul>{claims}</ul>"
         f"{bar_chart('Sagas', outcomes)}{bar_chart('End-to-end latency (s)', quantiles)}"
         f"{breaker_chart(report)}</section>"
     )
@@ -179,9 +181,11 @@ def _series_html(text: str) -> str:
         ("Replicas and gateways", cols("replicas", "gateways_healthy")),
         ("Breakers (0 closed, 1 open)", cols(*breakers)),
     ]
-    return "<section class=sim><h2>Time series</h2>" + "".join(
-        line_chart(title, xs, series) for title, series in charts if series
-    ) + "</section>"
+    return (
+        "<section class=sim><h2>Time series</h2>"
+        + "".join(line_chart(title, xs, series) for title, series in charts if series)
+        + "</section>"
+    )
 
 
 def render_report(text: str) -> str:

@@ -148,7 +148,7 @@ def build_timeline(
         if e.type is EventType.ATTEMPT_STARTED:
             if e.phase is Phase.COMPENSATION:
                 first_compensation.setdefault(e.step, at)
-            bar = {
+            bar: dict[str, Any] = {
                 "start": at,
                 "end": None,
                 "attempt": e.attempt,
@@ -161,12 +161,12 @@ def build_timeline(
             bars.setdefault(lane, []).append(bar)
             open_bars[(e.step, e.phase, e.attempt)] = bar
         elif e.type in _CLOSING:
-            bar = open_bars.pop((e.step, e.phase, e.attempt), None)
-            if bar is None:  # an outcome copied into a fork without its start: a point
-                bar = {"start": at, "attempt": e.attempt}
-                bars.setdefault(lane, []).append(bar)
+            closed = open_bars.pop((e.step, e.phase, e.attempt), None)
+            if closed is None:  # an outcome copied into a fork without its start: a point
+                closed = {"start": at, "attempt": e.attempt}
+                bars.setdefault(lane, []).append(closed)
             interrupted = e.failure == INTERRUPTED
-            bar.update(
+            closed.update(
                 end=at,
                 outcome="interrupted" if interrupted else _CLOSING[e.type],
                 error=e.failure.error if e.failure else None,
@@ -187,8 +187,8 @@ def build_timeline(
                 )
         elif e.type is EventType.RETRY_SCHEDULED:
             retry_after = None
-            closed = bars.get(lane) or []
-            if closed and closed[-1].get("error") is not None:
+            earlier = bars.get(lane) or []
+            if earlier and earlier[-1].get("error") is not None:
                 failure = e.failure
                 retry_after = failure.retry_after if failure else None
             waits.setdefault(lane, []).append(
