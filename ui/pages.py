@@ -211,7 +211,7 @@ def saga_page(
 <span class="key interrupted"></span>interrupted <span class="key open"></span>in flight
 <span class="key wait"></span>retry wait <span class="key closed"></span>breaker closed
 <span class="key half-open"></span>half-open <span class="key open-breaker"></span>open
-&#9670; operator &#9650; takeover</p></section>
+&#9670; operator &#9650; takeover (lease taken over) &#9679; step failed, saga ended</p></section>
 {_action_bar(view) if actions else ""}
 <section><h2>Steps</h2>{_step_table(view["steps"], calls)}</section>
 <section><h2>Input</h2><div id=saga-input>{_pre(view["input"])}</div></section>"""

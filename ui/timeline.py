@@ -157,6 +157,7 @@ def build_timeline(
                 "status_code": None,
                 "request": None,
                 "response": None,
+                "retry_after": None,
             }
             bars.setdefault(lane, []).append(bar)
             open_bars[(e.step, e.phase, e.attempt)] = bar
@@ -170,6 +171,7 @@ def build_timeline(
                 end=at,
                 outcome="interrupted" if interrupted else _CLOSING[e.type],
                 error=e.failure.error if e.failure else None,
+                retry_after=e.failure.retry_after if e.failure else None,
                 status_code=entry.status_code,
                 request=summary(entry.request),
                 response=summary(entry.response),
@@ -186,11 +188,9 @@ def build_timeline(
                     }
                 )
         elif e.type is EventType.RETRY_SCHEDULED:
-            retry_after = None
+            # The Retry-After the service asked for is on the failure the wait follows.
             earlier = bars.get(lane) or []
-            if earlier and earlier[-1].get("error") is not None:
-                failure = e.failure
-                retry_after = failure.retry_after if failure else None
+            retry_after = earlier[-1].get("retry_after") if earlier else None
             waits.setdefault(lane, []).append(
                 {
                     "start": at,

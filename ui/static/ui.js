@@ -106,7 +106,8 @@ function drawTimeline(box, data) {
   for (let i = 0; i <= 4; i++) {  // the one time axis, in seconds since the saga was created
     const t = (span * i) / 4;
     root.appendChild(svg("line", { x1: x(t), x2: x(t), y1: AXIS_H - 6, y2: height, class: "grid" }));
-    const label = svg("text", { x: x(t) + 2, y: 14, class: "tick" });
+    const label = svg("text", { x: i === 4 ? x(t) - 2 : x(t) + 2, y: 14, class: "tick",
+      "text-anchor": i === 4 ? "end" : "start" });
     label.textContent = `${t.toFixed(t < 10 ? 2 : 1)} s`;
     root.appendChild(label);
   }
@@ -140,9 +141,14 @@ function drawTimeline(box, data) {
   for (const m of data.markers) {
     if (m.kind === "created") continue;
     const mx = x(m.at);
-    const shape = m.kind === "takeover"
-      ? svg("path", { d: `M${mx - 6},${AXIS_H - 2} L${mx + 6},${AXIS_H - 2} L${mx},${AXIS_H - 12} Z` })
-      : svg("path", { d: `M${mx},${AXIS_H - 14} L${mx + 6},${AXIS_H - 7} L${mx},${AXIS_H} L${mx - 6},${AXIS_H - 7} Z` });
+    let shape;  // ▲ a takeover, ◆ an operator's request, ● the saga's own milestones
+    if (m.kind === "takeover") {
+      shape = svg("path", { d: `M${mx - 6},${AXIS_H - 2} L${mx + 6},${AXIS_H - 2} L${mx},${AXIS_H - 12} Z` });
+    } else if (m.kind === "operator") {
+      shape = svg("path", { d: `M${mx},${AXIS_H - 14} L${mx + 6},${AXIS_H - 7} L${mx},${AXIS_H} L${mx - 6},${AXIS_H - 7} Z` });
+    } else {
+      shape = svg("circle", { cx: mx, cy: AXIS_H - 6, r: 4 });
+    }
     const g = svg("g", { class: "marker " + m.kind, "data-kind": m.kind }, `${m.label} at ${m.at.toFixed(3)} s`);
     g.appendChild(svg("line", { x1: mx, x2: mx, y1: AXIS_H, y2: height, class: "marker-line" }));
     g.appendChild(shape);
