@@ -155,18 +155,25 @@ def test_timeline_lanes_order_pivot_and_takeover(
     assert outcomes == ["interrupted", "succeeded"]
 
 
-def test_a_live_saga_updates_without_reload(
+def test_a_live_saga_and_the_list_update_without_reload(
     made: tuple[str, Sagas], console: str, page: Any, lab: RunningServices
 ) -> None:
     db, s = made
     page.goto(f"{console}/sagas/{s.pending}")
     lanes(page)
     assert page.text_content("#saga-status") == "pending"
-    page.evaluate("window.__same_page = true")
+    listing = page.context.new_page()
+    listing.goto(console + "/")
+    row = listing.locator(f"#saga-rows tr[data-id='{s.pending}'] .status")
+    assert row.text_content() == "pending"
+    for tab in (page, listing):
+        tab.evaluate("window.__same_page = true")
     done = sagalab("orchestrate", "resume", s.pending, "--db", db, env=lab.env)
     assert done.returncode == 0, done.stderr
     expect(page.locator("#saga-status")).to_have_text("completed", timeout=WAIT_MS)
-    assert page.evaluate("window.__same_page") is True  # updated in place, not reloaded
+    expect(row).to_have_text("completed", timeout=WAIT_MS)
+    for tab in (page, listing):  # updated in place, not reloaded
+        assert tab.evaluate("window.__same_page") is True
     assert page.locator("g[data-lane='action:send_confirmation'] rect.bar.succeeded").count() == 1
 
 

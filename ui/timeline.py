@@ -221,16 +221,18 @@ def build_timeline(
                 "waits": waits.get(lane, []),
             }
         )
+    known = {step.name: step for step in flow.steps}
     for name in sorted(first_compensation, key=lambda n: first_compensation[n]):
         lane = _lane_id(name, Phase.COMPENSATION)
+        step = known.get(name)  # a journal names its flow's steps; never fail a page on it
         lanes.append(
             {
                 "id": lane,
                 "label": f"undo {name}",
                 "kind": "compensation",
-                "step_kind": flow.step(name).kind.value,
+                "step_kind": step.kind.value if step else None,
                 "pivot": False,
-                "service": flow.step(name).service,
+                "service": step.service if step else None,
                 "bars": bars.get(lane, []),
                 "waits": waits.get(lane, []),
             }
