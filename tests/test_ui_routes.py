@@ -217,6 +217,16 @@ def test_actions_with_allow_actions_are_guarded_and_mapped(
         headers=good,
     )
     assert plan.status_code == 200 and "plan" in plan.json()
+    # a rolled-back saga forks from its first step: a new saga, linked, queued for the workers
+    forked = client.post(
+        f"/api/sagas/{s.rolled_back}/actions/fork",
+        json={"step": "reserve_inventory"},
+        headers=good,
+    )
+    assert forked.status_code == 200, forked.text
+    fork_id = forked.json()["saga_id"]
+    assert fork_id != s.rolled_back and forked.json()["status"] == "pending"
+    assert f'href="/sagas/{s.rolled_back}"' in client.get(f"/sagas/{fork_id}").text
 
 
 def test_routes_on_postgresql(pg_url: str, lab: RunningServices) -> None:
