@@ -224,15 +224,15 @@ def build_timeline(
     known = {step.name: step for step in flow.steps}
     for name in sorted(first_compensation, key=lambda n: first_compensation[n]):
         lane = _lane_id(name, Phase.COMPENSATION)
-        step = known.get(name)  # a journal names its flow's steps; never fail a page on it
+        undone = known.get(name)  # a journal names its flow's steps; never fail a page on it
         lanes.append(
             {
                 "id": lane,
                 "label": f"undo {name}",
                 "kind": "compensation",
-                "step_kind": step.kind.value if step else None,
+                "step_kind": undone.kind.value if undone else None,
                 "pivot": False,
-                "service": step.service if step else None,
+                "service": undone.service if undone else None,
                 "bars": bars.get(lane, []),
                 "waits": waits.get(lane, []),
             }
