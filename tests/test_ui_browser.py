@@ -75,11 +75,22 @@ def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context()
     tab = context.new_page()
     errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    elsewhere: list[str] = []
+    context.on("weberror", lambda error: errors.append(str(error.error)))
+    # Offline by design: no CDN, no font, nothing but the console itself is ever asked for.
+    context.on(
+        "request",
+        lambda request: (
+            None
+            if request.url.startswith(("http://127.0.0.1:", "data:"))
+            else elsewhere.append(request.url)
+        ),
+    )
     tab.set_default_timeout(WAIT_MS)
     yield tab
     context.close()
     assert errors == [], f"the page's script failed: {errors}"
+    assert elsewhere == [], f"the console reached beyond 127.0.0.1: {elsewhere}"
 
 
 def expect(locator: Any) -> Any:

@@ -43,8 +43,11 @@ def when(at: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)) + "Z"
 
 
-def layout(title: str, body: str, *, csrf: str, actions: bool, page: str = "") -> str:
-    """A full page: the navigation, `body`, the stylesheet and the script (both local)."""
+def layout(
+    title: str, body: str, *, csrf: str, actions: bool, page: str = "", refresh: int = 0
+) -> str:
+    """A full page: the navigation, `body`, the stylesheet and the script (both local);
+    reloaded every `refresh` seconds if set (a status board)."""
     nav = "".join(
         f'<a href="{href}"{" class=here" if page == name else ""}>{label}</a>'
         for name, href, label in (
@@ -58,7 +61,8 @@ def layout(title: str, body: str, *, csrf: str, actions: bool, page: str = "") -
         "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
         f"<title>{esc(title)} · sagalab</title>"
         f'<meta name="csrf-token" content="{esc(csrf)}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        + (f'<meta http-equiv="refresh" content="{refresh}">' if refresh else "")
+        + '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<link rel="stylesheet" href="/static/ui.css"></head>'
         f'<body data-actions="{"on" if actions else "off"}">'
         f"<header><strong>sagalab</strong> <nav>{nav}</nav> <span class=mode>{mode}</span>"
@@ -262,7 +266,9 @@ def breakers_page(
 <th>failures</th><th>opened</th><th>transitions</th></tr></thead><tbody>{brows}</tbody></table>
 <h3>Recent transitions</h3><table class=transitions><thead><tr><th>at</th><th>service</th>
 <th>change</th><th>by</th></tr></thead><tbody>{erows}</tbody></table></section>"""
-    return layout("Breakers and queue", body, csrf=csrf, actions=actions, page="breakers")
+    return layout(
+        "Breakers and queue", body, csrf=csrf, actions=actions, page="breakers", refresh=5
+    )
 
 
 def simulations_page(*, csrf: str, actions: bool) -> str:
