@@ -14,6 +14,7 @@ from sagalab.cli import (
     services,
     simulate,
     stack,
+    ui,
     verify,
     worker,
 )
@@ -36,6 +37,7 @@ app.add_typer(keys.app, name="keys")
 app.command("loadtest")(loadtest.loadtest)
 app.command("verify")(verify.verify)
 app.add_typer(db.app, name="db")
+app.command("ui")(ui.ui)
 
 
 def main() -> None:

@@ -274,7 +274,16 @@ def test_the_public_api_resolves_every_name() -> None:
 def test_every_import_of_ours_goes_through_the_sagalab_name() -> None:
     """Installed, only `sagalab` exists: `from orchestrator.x import y` would work in a checkout
     (and load a second copy of the module) but not for a user."""
-    folders = ("cli", "orchestrator", "simulator", "edge", "fakeservices", "loadtests", "stack")
+    folders = (
+        "cli",
+        "orchestrator",
+        "simulator",
+        "edge",
+        "fakeservices",
+        "loadtests",
+        "stack",
+        "ui",
+    )
     bare = []
     for path in sorted(ROOT.glob("*/**/*.py")):
         relative = path.relative_to(ROOT)

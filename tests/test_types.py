@@ -25,6 +25,7 @@ CHECKS = [
             "--cache-dir",
             ".mypy_cache/folders",
             *("cli", "orchestrator", "edge", "simulator", "fakeservices", "loadtests", "stack"),
+            "ui",
         ],
         id="folders",
     ),

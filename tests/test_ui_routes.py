@@ -1,0 +1,254 @@
+"""`sagalab ui` over HTTP (no browser): a real console subprocess on 127.0.0.1 over a real
+database of sagas made by real runs (tests/uilab.py), asked with httpx.
+
+The browser tests (test_ui_browser.py) check what the script draws; these check what the
+server answers: list filters and paging, the timeline's lanes, escaping, 404s and 400s
+instead of 500s, actions refused without --allow-actions and cross-site requests refused
+with it, and the same pages over PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from uilab import XSS, Console, Sagas, populate
+from workerlab import REPO
+
+from sagalab.fakeservices import RunningServices
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def made(lab: RunningServices, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Sagas]:
+    db = str(tmp_path_factory.mktemp("ui") / "sagas.db")
+    return db, populate(db, lab)
+
+
+@pytest.fixture(scope="module")
+def console(made: tuple[str, Sagas]) -> Iterator[httpx.Client]:
+    running = Console(made[0])
+    try:
+        with httpx.Client(base_url=running.url, timeout=10) as client:
+            yield client
+    finally:
+        running.stop()
+
+
+def ids(client: httpx.Client, query: str) -> set[str]:
+    answer = client.get("/api/sagas?" + query)
+    assert answer.status_code == 200, answer.text
+    return {s["id"] for s in answer.json()["items"]}
+
+
+def test_list_filters_by_status_flow_and_tenant(
+    made: tuple[str, Sagas], console: httpx.Client
+) -> None:
+    _, s = made
+    assert ids(console, "status=completed") == {s.completed, s.resumed, s.xss}
+    assert ids(console, "status=rolled_back") == {s.rolled_back}
+    assert ids(console, "status=failed") == {s.failed}
+    assert ids(console, "tenant=acme") == {s.other_tenant}
+    assert ids(console, "flow=nothing-like-it") == set()
+    assert len(ids(console, "flow=checkout")) == 7
+    page = console.get("/?status=failed")
+    assert page.status_code == 200 and s.failed in page.text and s.completed not in page.text
+
+
+def test_list_is_newest_first_and_pages(made: tuple[str, Sagas], console: httpx.Client) -> None:
+    items = console.get("/api/sagas").json()["items"]
+    created = [i["created_at"] for i in items]
+    assert created == sorted(created, reverse=True)
+    assert console.get("/api/sagas?page=2").json() == {"items": [], "page": 2, "more": False}
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/sagas/no-such-saga", 404),
+        ("/sagas/" + "x" * 5000, 404),
+        ("/api/sagas/no-such-saga/timeline", 404),
+        ("/sagas/%3Cscript%3E", 404),
+        ("/?status=bogus", 400),
+        ("/?page=0", 400),
+        ("/?page=abc", 400),
+        ("/?flow=" + "f" * 100, 400),
+        ("/static/../app.py", 404),
+        ("/nowhere", 404),
+    ],
+    ids=[
+        "unknown",
+        "huge-id",
+        "unknown-timeline",
+        "markup-id",
+        "status",
+        "page0",
+        "page-text",
+        "long-flow",
+        "static-escape",
+        "no-route",
+    ],
+)
+def test_bad_requests_are_answers_never_500(console: httpx.Client, path: str, status: int) -> None:
+    answer = console.get(path)
+    assert answer.status_code == status, answer.text
+    assert "<script>" not in answer.text.replace('<script src="/static/ui.js"></script>', "")
+
+
+def test_timeline_lanes_pivot_compensations_and_takeover(
+    made: tuple[str, Sagas], console: httpx.Client
+) -> None:
+    _, s = made
+    rolled = console.get(f"/api/sagas/{s.rolled_back}/timeline").json()
+    lanes = [lane["id"] for lane in rolled["lanes"]]
+    steps = ["reserve_inventory", "charge_payment", "create_shipment", "send_confirmation"]
+    assert lanes[:4] == [f"action:{n}" for n in steps]
+    # compensations in their own lanes, in the order they ran: the reverse of the flow's
+    assert lanes[4:6] == ["compensation:charge_payment", "compensation:reserve_inventory"]
+    assert [lane["id"] for lane in rolled["lanes"] if lane.get("pivot")] == [
+        "action:create_shipment"
+    ]
+    assert all(lane.startswith("breaker:") for lane in lanes[6:])
+    shipment = rolled["lanes"][2]["bars"]
+    assert shipment and shipment[-1]["outcome"] == "failed" and shipment[-1]["status_code"] == 400
+
+    resumed = console.get(f"/api/sagas/{s.resumed}/timeline").json()
+    charge = next(lane for lane in resumed["lanes"] if lane["id"] == "action:charge_payment")
+    assert [b["outcome"] for b in charge["bars"]] == ["interrupted", "succeeded"]
+    assert [m["step"] for m in resumed["markers"] if m["kind"] == "takeover"] == ["charge_payment"]
+    assert resumed["status"] == "completed" and not resumed["active"]
+
+
+def test_database_text_is_escaped(made: tuple[str, Sagas], console: httpx.Client) -> None:
+    _, s = made
+    page = console.get(f"/sagas/{s.xss}")
+    assert page.status_code == 200
+    assert "<script>window.__pwned" not in page.text and "onerror='" not in page.text
+    assert "&lt;script&gt;window.__pwned" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert XSS not in page.text
+
+
+def test_actions_refused_without_allow_actions(
+    made: tuple[str, Sagas], console: httpx.Client
+) -> None:
+    _, s = made
+    page = console.get(f"/sagas/{s.pending}").text
+    assert "class=action" not in page and "Operator actions" not in page
+    answer = console.post(f"/api/sagas/{s.pending}/actions/cancel", json={})
+    assert answer.status_code == 403
+    assert console.get(f"/api/sagas/{s.pending}/timeline").json()["status"] == "pending"
+
+
+def test_breakers_queue_and_simulation_pages(
+    made: tuple[str, Sagas], console: httpx.Client
+) -> None:
+    page = console.get("/breakers")
+    assert page.status_code == 200 and "queue-depth" in page.text and "payments" in page.text
+    token = console.get("/simulations").text.split('name="csrf-token" content="')[1].split('"')[0]
+    report = {
+        "scenario": {"name": "<b>x</b>"},
+        "seed": 1,
+        "sagas": {"completed": 3},
+        "latency": {"end_to_end": {"p50": 0.1}},
+        "breakers": {"payments": {}},
+        "breaker_transitions": [{"service": "payments", "t": 1.0, "to": "open"}],
+        "duration": 10.0,
+        "claims": [],
+        "invariants_failed": 0,
+    }
+    charts = console.post(
+        "/api/simulations", content=json.dumps(report), headers={"X-CSRF-Token": token}
+    )
+    assert charts.status_code == 200 and "<svg" in charts.json()["html"]
+    assert "&lt;b&gt;x&lt;/b&gt;" in charts.json()["html"]
+    csv = "t,completed,queue_depth\n1,3,0\n2,5,1\n"
+    series = console.post("/api/simulations", content=csv, headers={"X-CSRF-Token": token})
+    assert series.status_code == 200 and "polyline" in series.json()["html"]
+    bad = console.post("/api/simulations", content="[1]", headers={"X-CSRF-Token": token})
+    assert bad.status_code == 422
+    assert console.post("/api/simulations", content=csv).status_code == 403  # no token
+
+
+@pytest.fixture
+def acting(made: tuple[str, Sagas]) -> Iterator[tuple[httpx.Client, str]]:
+    running = Console(made[0], "--allow-actions")
+    try:
+        with httpx.Client(base_url=running.url, timeout=10) as client:
+            page = client.get("/").text
+            yield client, page.split('name="csrf-token" content="')[1].split('"')[0]
+    finally:
+        running.stop()
+
+
+def test_actions_with_allow_actions_are_guarded_and_mapped(
+    made: tuple[str, Sagas], acting: tuple[httpx.Client, str]
+) -> None:
+    client, token = acting
+    _, s = made
+    url = f"/api/sagas/{s.failed}/actions/resume"
+    good = {"X-CSRF-Token": token}
+    assert client.post(url, json={}).status_code == 403  # no token
+    assert (
+        client.post(url, json={}, headers={**good, "Origin": "http://evil.example"}).status_code
+        == 403
+    )
+    assert (
+        client.post(url, json={}, headers={**good, "Sec-Fetch-Site": "cross-site"}).status_code
+        == 403
+    )
+    assert client.post(url, json={}, headers={**good, "Host": "evil.example"}).status_code == 403
+    assert client.get(url).status_code == 405  # POST only
+    # the API's mapping: refused 409 (a failed saga is not resumed), unknown 404, bad step 422
+    assert client.post(url, json={}, headers=good).status_code == 409
+    assert client.post("/api/sagas/nope/actions/resume", json={}, headers=good).status_code == 404
+    bad_step = client.post(
+        f"/api/sagas/{s.failed}/actions/retry-step", json={"step": "zz"}, headers=good
+    )
+    assert bad_step.status_code == 422
+    assert client.post(url, content="{", headers=good).status_code == 422
+    plan = client.post(
+        f"/api/sagas/{s.completed}/actions/fork",
+        json={"step": "create_shipment", "dry_run": True},
+        headers=good,
+    )
+    assert plan.status_code == 200 and "plan" in plan.json()
+    # a rolled-back saga forks from its first step: a new saga, linked, queued for the workers
+    forked = client.post(
+        f"/api/sagas/{s.rolled_back}/actions/fork",
+        json={"step": "reserve_inventory"},
+        headers=good,
+    )
+    assert forked.status_code == 200, forked.text
+    fork_id = forked.json()["saga_id"]
+    assert fork_id != s.rolled_back and forked.json()["status"] == "pending"
+    assert f'href="/sagas/{s.rolled_back}"' in client.get(f"/sagas/{fork_id}").text
+
+
+def test_routes_on_postgresql(pg_url: str, lab: RunningServices) -> None:
+    s = populate(pg_url, lab)
+    running = Console(pg_url)
+    try:
+        with httpx.Client(base_url=running.url, timeout=10) as client:
+            assert ids(client, "status=rolled_back") == {s.rolled_back}
+            assert ids(client, "tenant=acme") == {s.other_tenant}
+            resumed = client.get(f"/api/sagas/{s.resumed}/timeline").json()
+            assert [m["kind"] for m in resumed["markers"]].count("takeover") == 1
+            assert client.get("/breakers").status_code == 200
+            assert client.get("/sagas/nope").status_code == 404
+    finally:
+        running.stop()
+
+
+def test_console_refuses_a_public_host_and_a_missing_database(tmp_path: Path) -> None:
+    from workerlab import sagalab
+
+    public = sagalab("ui", "--db", str(tmp_path / "x.db"), "--host", "0.0.0.0", "--port", "0")
+    assert public.returncode == 2 and "127.0.0.1 only" in public.stderr
+    missing = sagalab("ui", "--db", str(tmp_path / "x.db"), "--port", "0")
+    assert missing.returncode == 5 and not (tmp_path / "x.db").exists()
+    assert REPO.exists()

@@ -1,0 +1,338 @@
+"""The console's web application: pages, their JSON feeds and (opt-in) operator actions.
+
+Reads go through the store port only (`open_store(db, readonly=True)`, one handle per
+thread), on SQLite or PostgreSQL alike. Actions (`allow_actions`) call the operator library
+(`orchestrator.operations`, what the CLI and the API call), queue the saga for the workers as
+the API does, and answer with the API's statuses: unknown saga 404, refused 409, bad request
+422. Without `allow_actions` every action route is 403 and no page shows a button.
+
+Cross-site requests cannot act: every POST needs the per-process token the pages carry
+(`X-CSRF-Token`), an `Origin` (when sent) naming this console, a `Sec-Fetch-Site` (when
+sent) of same-origin, and a `Host` of 127.0.0.1 or localhost (a DNS-rebinding page names
+its own host). Pages are served with a Content-Security-Policy that runs only this console's
+own script, and everything from the database is escaped (ui.pages).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sagalab.orchestrator import operations
+from sagalab.orchestrator.errors import (
+    DamagedRecord,
+    SagaError,
+    SagaNotFoundError,
+    StoreError,
+)
+from sagalab.orchestrator.saga import Phase, SagaStatus
+from sagalab.orchestrator.store import BreakerStore, SagaRecord, Store
+from sagalab.orchestrator.stores import open_breaker_store, open_store
+from sagalab.orchestrator.views import saga_summary, saga_view
+
+from . import pages
+from .simcharts import MAX_REPORT_BYTES, ReportError, render_report
+from .timeline import build_timeline, summary
+
+__all__ = ["PAGE_SIZE", "ListFilters", "create_app", "list_sagas", "status_for"]
+
+PAGE_SIZE = 50
+MAX_PAGE = 100  # the store lists newest first with a limit: a page costs page * size rows
+MAX_FILTER = 64
+MAX_ID = 200
+STATIC = Path(__file__).parent / "static"
+_STATIC_TYPES = {"ui.js": "text/javascript", "ui.css": "text/css"}
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+class BadRequest(Exception):
+    """A request the console cannot answer as asked (400 or the status given)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+ListFilters = dict[str, str]
+
+
+def list_sagas(store: Store, filters: ListFilters, page: int) -> tuple[list[SagaRecord], bool]:
+    """A page of sagas (newest first) matching `filters` (`status`, `flow`, `tenant`), and
+    whether an older page follows. The one place the console queries the list: when the store
+    gains a filter query with an offset, only this changes."""
+    status = SagaStatus(filters["status"]) if filters.get("status") else None
+    records = store.list_sagas(
+        status=status,
+        flow=filters.get("flow") or None,
+        tenant=filters.get("tenant") or None,
+        limit=page * PAGE_SIZE + 1,
+    )
+    start = (page - 1) * PAGE_SIZE
+    return records[start : start + PAGE_SIZE], len(records) > start + PAGE_SIZE
+
+
+def _filters(request: Request) -> tuple[ListFilters, int]:
+    q = request.query_params
+    filters = {k: q.get(k, "").strip() for k in ("status", "flow", "tenant")}
+    for key, value in filters.items():
+        if len(value) > MAX_FILTER:
+            raise BadRequest(f"{key} is at most {MAX_FILTER} characters")
+    if filters["status"] and filters["status"] not in {s.value for s in SagaStatus}:
+        known = ", ".join(s.value for s in SagaStatus)
+        raise BadRequest(f"unknown status {filters['status']!r}; one of: {known}")
+    try:
+        page = int(q.get("page") or 1)
+    except ValueError:
+        raise BadRequest("page is a number from 1") from None
+    if not 1 <= page <= MAX_PAGE:
+        raise BadRequest(f"page is from 1 to {MAX_PAGE}")
+    return filters, page
+
+
+def status_for(exc: Exception) -> int:
+    """The HTTP status of an error, as the API maps the operator family."""
+    if isinstance(exc, operations.UnknownSaga | SagaNotFoundError):
+        return 404
+    if isinstance(exc, operations.BadArgument):
+        return 422
+    if isinstance(exc, operations.ActionRefused):
+        return 409
+    if isinstance(exc, BadRequest):
+        return exc.status
+    if isinstance(exc, DamagedRecord):
+        return 422
+    if isinstance(exc, StoreError):
+        return 503
+    if isinstance(exc, SagaError):
+        return 409
+    return 500
+
+
+class _PerThread:
+    """One handle per thread (the store port's rule), opened on first use."""
+
+    def __init__(self, opener: Callable[[], Any]) -> None:
+        self._opener = opener
+        self._local = threading.local()
+
+    def get(self) -> Any:
+        handle = getattr(self._local, "handle", None)
+        if handle is None:
+            handle = self._local.handle = self._opener()
+        return handle
+
+
+def _calls(entries: list[Any]) -> dict[str, dict[str, str | None]]:
+    """Per step: the request and response of its last action call."""
+    calls: dict[str, dict[str, str | None]] = {}
+    for entry in entries:
+        e = entry.event
+        if e.step and e.phase is Phase.ACTION and (entry.request or entry.response):
+            calls[e.step] = {"request": summary(entry.request), "response": summary(entry.response)}
+    return calls
+
+
+def create_app(
+    db: str | Path,
+    *,
+    allow_actions: bool = False,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    """The console over the saga database `db` (a SQLite path or a PostgreSQL URL)."""
+    app = FastAPI(title="sagalab console", docs_url=None, redoc_url=None, openapi_url=None)
+    token = secrets.token_urlsafe(32)
+    readers = _PerThread(lambda: open_store(db, readonly=True, create=False))
+    writers = _PerThread(lambda: open_store(db, create=False))
+    breakers = _PerThread(lambda: open_breaker_store(db, readonly=True))
+
+    def page(html: str, status: int = 200) -> HTMLResponse:
+        return HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": _CSP})
+
+    def problem(request: Request, status: int, message: str) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"status": status, "detail": message}, status_code=status)
+        return page(pages.error_page(status, message, csrf=token, actions=allow_actions), status)
+
+    async def _answer(request: Request, exc: Exception) -> Response:
+        status = status_for(exc)
+        if status == 500:  # a bug, not an answer: say so without the details
+            return problem(request, 500, f"the console failed: {type(exc).__name__}")
+        return problem(request, status, str(exc))
+
+    # SagaError and BadRequest are answers (4xx, 503); anything else is a bug (500, logged).
+    app.add_exception_handler(SagaError, _answer)
+    app.add_exception_handler(BadRequest, _answer)
+    app.add_exception_handler(Exception, _answer)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return problem(request, exc.status_code, str(exc.detail))
+
+    def guard_post(request: Request) -> None:
+        """Refuse a POST that another site could have sent (see the module docstring)."""
+        host = request.headers.get("host", "")
+        if urlsplit(f"//{host}").hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise BadRequest(f"this console answers on 127.0.0.1, not {host!r}", 403)
+        origin = request.headers.get("origin")
+        if origin is not None and origin != f"{request.url.scheme}://{host}":
+            raise BadRequest("cross-site request refused (Origin)", 403)
+        site = request.headers.get("sec-fetch-site")
+        if site is not None and site not in ("same-origin", "none"):
+            raise BadRequest("cross-site request refused (Sec-Fetch-Site)", 403)
+        sent = request.headers.get("x-csrf-token", "")
+        if not hmac.compare_digest(sent.encode(), token.encode()):
+            raise BadRequest("missing or wrong console token: reload the page", 403)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request) -> HTMLResponse:
+        filters, number = _filters(request)
+        records, more = list_sagas(readers.get(), filters, number)
+        items = [saga_summary(r) for r in records]
+        return page(
+            pages.list_page(
+                items,
+                filters=filters,
+                page=number,
+                has_more=more,
+                csrf=token,
+                actions=allow_actions,
+            )
+        )
+
+    @app.get("/api/sagas")
+    def api_sagas(request: Request) -> dict[str, Any]:
+        filters, number = _filters(request)
+        records, more = list_sagas(readers.get(), filters, number)
+        return {"items": [saga_summary(r) for r in records], "page": number, "more": more}
+
+    def _saga(saga_id: str) -> tuple[dict[str, Any], list[Any], SagaRecord]:
+        if len(saga_id) > MAX_ID:
+            raise SagaNotFoundError(saga_id[:MAX_ID] + "…")
+        store = readers.get()
+        record, entries, _ = store.state(saga_id)
+        view = saga_view(record, store.steps(saga_id), entries, forks=store.forks(saga_id))
+        return view, entries, record
+
+    @app.get("/sagas/{saga_id}", response_class=HTMLResponse)
+    def saga(saga_id: str) -> HTMLResponse:
+        view, entries, _ = _saga(saga_id)
+        return page(pages.saga_page(view, _calls(entries), csrf=token, actions=allow_actions))
+
+    @app.get("/api/sagas/{saga_id}/timeline")
+    def timeline(saga_id: str) -> dict[str, Any]:
+        view, entries, record = _saga(saga_id)
+        board: BreakerStore = breakers.get()
+        drawn = build_timeline(record, entries, now=clock(), breaker_transitions=board.events())
+        return {
+            **drawn,
+            "reason": view["reason"],
+            "updated": pages.when(view["updated_at"]),
+            "steps": [{"name": s["name"], "status": s["status"]} for s in view["steps"]],
+        }
+
+    @app.get("/breakers", response_class=HTMLResponse)
+    def breakers_page() -> HTMLResponse:
+        store, board = readers.get(), breakers.get()
+        html = pages.breakers_page(
+            board.rows(),
+            board.events(),
+            store.queue_stats(clock()),
+            store.count_by_status(),
+            csrf=token,
+            actions=allow_actions,
+        )
+        return page(html)
+
+    @app.get("/simulations", response_class=HTMLResponse)
+    def simulations() -> HTMLResponse:
+        return page(pages.simulations_page(csrf=token, actions=allow_actions))
+
+    @app.post("/api/simulations")
+    async def simulation_charts(request: Request) -> dict[str, str]:
+        guard_post(request)
+        body = await request.body()
+        if len(body) > MAX_REPORT_BYTES:
+            raise BadRequest("the file is too large to chart", 413)
+        try:
+            return {"html": render_report(body.decode("utf-8"))}
+        except (ReportError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"cannot chart this file: {exc}", 422) from None
+
+    @app.post("/api/sagas/{saga_id}/actions/{action}")
+    async def act(saga_id: str, action: str, request: Request) -> dict[str, Any]:
+        if not allow_actions:
+            raise BadRequest("actions are off: start the console with --allow-actions", 403)
+        guard_post(request)
+        if action not in pages.ACTIONS:
+            raise BadRequest(f"unknown action {action!r}", 404)
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except (ValueError, RecursionError):
+            raise BadRequest("the body is not JSON", 422) from None
+        if not isinstance(body, dict):
+            raise BadRequest("the body is a JSON object", 422)
+        return _carry_out(writers.get(), saga_id[:MAX_ID], action, body, clock)
+
+    @app.get("/static/{name}")
+    def static(name: str) -> Response:
+        if name not in _STATIC_TYPES:
+            raise BadRequest(f"no such file {name!r}", 404)
+        return Response((STATIC / name).read_bytes(), media_type=_STATIC_TYPES[name])
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _text(body: dict[str, Any], key: str, default: str) -> str:
+    value = body.get(key, default)
+    if not isinstance(value, str):
+        raise BadRequest(f"{key} is a string", 422)
+    return value
+
+
+def _carry_out(
+    store: Store, saga_id: str, action: str, body: dict[str, Any], clock: Callable[[], float]
+) -> dict[str, Any]:
+    """Run one operator action as the API does (queued for the workers); its answer."""
+    reason = _text(body, "reason", f"operator {action}, from the console")
+    step = _text(body, "step", "")
+    if action == "fork":
+        if body.get("dry_run", False) is True:
+            plan, _ = operations.fork_plan(store, saga_id, step)
+            return {"action": action, "saga_id": saga_id, "plan": plan.to_dict()}
+        plan, result = operations.fork(store, saga_id, step, clock=clock)
+    elif action == "resume":
+        result = operations.resume(store, saga_id, clock=clock)
+    elif action == "rollback":
+        force = body.get("force", False) is True
+        result = operations.rollback(store, saga_id, reason=reason, force=force, clock=clock)
+    elif action == "cancel":
+        result = operations.cancel(store, saga_id, reason=reason, clock=clock)
+    else:
+        result = operations.retry_step(store, saga_id, step, clock=clock)
+    return {
+        "action": action,
+        "saga_id": result.saga_id,
+        "status": result.status.value,
+        "carried": result.carried.value,
+        "message": result.message
+        or f"{action} recorded; saga {result.saga_id} is queued for the workers",
+    }
