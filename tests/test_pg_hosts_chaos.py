@@ -1,0 +1,408 @@
+"""The chaos run across hosts (issue 10, item 5): PostgreSQL, workers on three hosts, and
+everything that goes wrong between them.
+
+Five test hosts (tests/netns.py): `pg` runs a throwaway PostgreSQL cluster listening on its
+own address, `svc` runs the fake services (in this process: the test's thread joins that
+host, so their ledgers and faults are at hand) and the test's own connections, and `w1`,
+`w2`, `w3` each run a `sagalab worker --db postgresql://...` process. As root they are
+network namespaces on a private bridge; otherwise every host is 127.0.0.1, and the output
+says so (SAGALAB_NETNS=require, set by .ci/run, makes the namespaces mandatory).
+
+Seeded and bounded, while SAGAS checkout sagas (queued in two waves through the library)
+run against services that fail (5xx, lost responses after applying, latency, declined
+cards, refused reservations):
+
+- workers are SIGKILLed while they hold an action call, and restarted on their host;
+- PostgreSQL is crash-restarted (`pg_ctl restart -m immediate`) twice;
+- the host of a worker that holds a saga in an action call is partitioned from the
+  database (blackhole routes both ways; on loopback its worker is SIGSTOPped) until another
+  host has taken the saga over, then healed: the worker's late writes reach the database
+  and are refused by the lease fence. They are counted from that worker's own summary
+  (`lost_leases`: each is a journal append the store refused as no longer the lease's
+  holder), after a SIGTERM lets it finish.
+
+Then: every saga queued is in the database (none lost) and ended (completed or rolled
+back); `sagalab verify` finds nothing (none applied twice by the services' ledgers, every
+rolled-back saga's applied actions compensated in reverse order); the partitioned worker's
+fenced writes are at least one. The counts are printed (`pytest -s`) and written to
+netns-chaos.json in the test's tmp dir. Rerun one with SAGALAB_NETNS_SEED=<seed>.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import shutil
+import signal
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from netns import Host, HostedCluster, Network, hosts
+from pglab import new_database
+from workerlab import (
+    WorkerProcess,
+    Workers,
+    enqueue,
+    order,
+    owner_pid,
+    run_seed,
+    verify_findings,
+    wait_for,
+    write_services_file,
+)
+
+from sagalab.fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
+
+pytestmark = pytest.mark.slow
+
+SAGAS = 300
+FIRST_WAVE = 200  # queued at the start; the rest once the partition has healed
+WORKER_HOSTS = ("w1", "w2", "w3")
+CONCURRENCY = 4
+LEASE = 1.5
+BREAKERS = {"fail_max": 6, "reset_timeout": 1.5, "success_threshold": 1}
+KILLS = 4
+BACKLOG = 4  # sagas due at most when the partition starts
+STEP_WAIT = 20.0  # bound on any single wait inside the run
+DRAIN_DEADLINE = 120.0  # seconds for every saga to end once the chaos is over
+STALL = 25.0  # seconds without any saga moving after which the drain gives up
+ENDED = ("completed", "rolled_back")
+
+
+def faults() -> list[FaultSpec]:
+    """What goes wrong at the services for the whole run."""
+    return [
+        FaultSpec(service="inventory", endpoint="/reservations", latency_ms=60),
+        FaultSpec(service="inventory", endpoint="/reservations/release", latency_ms=150),
+        FaultSpec(service="payments", endpoint="/charges", latency_ms=100),
+        FaultSpec(service="payments", endpoint="/refunds", latency_ms=150),
+        # The pivot is slow, so that kills and the partition land in a call.
+        FaultSpec(service="shipping", endpoint="/shipments", latency_ms=300),
+        FaultSpec(service="notifications", latency_ms=30),
+        FaultSpec(service="payments", endpoint="/charges", error_rate=0.12, status=503),
+        FaultSpec(service="shipping", endpoint="/shipments", error_rate=0.06, status=500),
+        FaultSpec(service="notifications", error_rate=0.1, status=503),
+        FaultSpec(
+            service="payments", endpoint="/charges", error_rate=0.05, after_apply=True, status=502
+        ),
+        FaultSpec(service="payments", endpoint="/refunds", error_rate=0.2, status=503),
+        FaultSpec(service="inventory", endpoint="/reservations/release", error_rate=0.1),
+    ]
+
+
+def payloads(rng: random.Random) -> list[dict[str, Any]]:
+    """Orders: most are fine, some cards are declined, a few reservations are refused."""
+    out = []
+    for i in range(SAGAS):
+        draw = rng.random()
+        if draw < 0.15:
+            out.append(order(i, amount=20_000))
+        elif draw < 0.20:
+            out.append(order(i, quantity=5_000))
+        else:
+            out.append(order(i, amount=rng.randint(1, 9_000)))
+    return out
+
+
+class Database:
+    """The test's own look at the saga database: a connection per question, retried while
+    the server restarts (bounded)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        deadline = time.monotonic() + STEP_WAIT
+        while True:
+            try:
+                with psycopg.connect(self.url, connect_timeout=3) as conn:
+                    return [tuple(r) for r in conn.execute(sql, params).fetchall()]
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def statuses(self) -> dict[str, int]:
+        return {s: n for s, n in self.rows("SELECT status, COUNT(*) FROM sagas GROUP BY status")}
+
+    def ended(self) -> int:
+        counts = self.statuses()
+        return sum(counts.get(s, 0) for s in ENDED)
+
+    def action_calls(self) -> list[tuple[str, str, int]]:
+        """(saga, owner, epoch) for sagas whose last durable event opens an action call."""
+        return [
+            (r[0], r[1], int(r[2]))
+            for r in self.rows(
+                "SELECT s.id, s.lease_owner, s.lease_epoch FROM sagas s JOIN events e "
+                "ON e.saga_id = s.id AND e.seq = s.last_seq WHERE s.lease_owner IS NOT NULL "
+                "AND e.type = 'attempt_started' AND e.phase = 'action' "
+                "AND s.lease_until > extract(epoch FROM clock_timestamp())"
+            )
+        ]
+
+    def backlog(self) -> int:
+        """Sagas due and not leased: what a free worker claims before a lost lease's saga."""
+        ((n,),) = self.rows(
+            "SELECT COUNT(*) FROM sagas WHERE run_after <= extract(epoch FROM "
+            "clock_timestamp()) AND (lease_until IS NULL OR lease_until < extract(epoch FROM "
+            "clock_timestamp()))"
+        )
+        return int(n)
+
+    def lease(self, saga_id: str) -> tuple[str | None, int]:
+        ((owner, epoch),) = self.rows(
+            "SELECT lease_owner, lease_epoch FROM sagas WHERE id = %s", (saga_id,)
+        )
+        return owner, int(epoch)
+
+
+class Fleet:
+    """One worker process per host, restarted on its host after a kill."""
+
+    def __init__(self, net: Network, workers: Workers, args: list[str]) -> None:
+        self.net = net
+        self.workers = workers
+        self.args = args
+        self.on: dict[str, WorkerProcess] = {}
+
+    def start(self, role: str) -> WorkerProcess:
+        host = self.net[role]
+        w = self.workers.start(*self.args, via=host.command([]))
+        host.pids = {w.pid}
+        self.on[role] = w
+        return w
+
+    def host_of(self, pid: int | None) -> str | None:
+        return next((r for r, w in self.on.items() if w.pid == pid and w.alive()), None)
+
+    def kill(self, role: str) -> int:
+        victim = self.on[role]
+        victim.kill()
+        self.start(role)
+        return victim.pid
+
+    def stop(self, role: str) -> dict[str, Any]:
+        """SIGTERM the host's worker (it finishes the sagas in hand) and read its summary."""
+        w = self.on[role]
+        w.proc.send_signal(signal.SIGTERM)
+        w.proc.wait(timeout=STEP_WAIT)
+        return w.summary()
+
+
+class Run:
+    """What happened, for the summary line and the checks."""
+
+    def __init__(self, seed: int, net: Network) -> None:
+        self.seed = seed
+        self.note = net.note
+        self.kills: list[tuple[str, int]] = []
+        self.restarts: list[float] = []
+        self.partition: dict[str, Any] = {}
+        self.summaries: dict[str, list[dict[str, Any]]] = {}
+        self.started = time.monotonic()
+
+
+def progress(db: Database, more: int) -> Callable[[], bool]:
+    """A condition: `more` sagas have ended since now."""
+    base = db.ended()
+    return lambda: db.ended() >= base + more
+
+
+def kill_in_call(db: Database, fleet: Fleet, run: Run, rng: random.Random) -> None:
+    """SIGKILL a worker that holds an action call (any worker if none shows up soon)."""
+    role = None
+    deadline = time.monotonic() + 5.0
+    while role is None and time.monotonic() < deadline:
+        holders = {fleet.host_of(owner_pid(owner)) for _, owner, _ in db.action_calls()}
+        holders.discard(None)
+        role = rng.choice(sorted(holders)) if holders else None  # type: ignore[arg-type]
+        if role is None:
+            time.sleep(0.05)
+    role = role or rng.choice(WORKER_HOSTS)
+    run.kills.append((role, fleet.kill(role)))
+
+
+def partition_and_heal(db: Database, net: Network, fleet: Fleet, run: Run) -> None:
+    """Cut a worker's host off the database while it holds an action call; heal it once
+    another host has taken the saga over; then stop that worker for its summary."""
+
+    def target() -> tuple[str, str, str, int] | None:
+        # Only with few sagas due: a takeover waits behind every saga due before it, and a
+        # cut longer than the connection's TCP user timeout (10 s) ends the connection
+        # instead of letting the late write through.
+        if db.backlog() > BACKLOG:
+            return None
+        for saga_id, owner, epoch in db.action_calls():
+            role = fleet.host_of(owner_pid(owner))
+            if role is not None:
+                return role, saga_id, owner, epoch
+        return None
+
+    role, saga_id, owner, epoch = wait_for(
+        target, STEP_WAIT * 2, f"a worker in an action call with at most {BACKLOG} sagas due"
+    )
+    host, pg = net[role], net["pg"]
+    net.partition(host, pg)
+    cut = time.monotonic()
+    try:
+        taken = wait_for(
+            lambda: (lease := db.lease(saga_id))[0] not in (None, owner) and lease,
+            STEP_WAIT,
+            f"another host to take saga {saga_id} over from partitioned {role}",
+        )
+    except AssertionError as exc:
+        row = db.rows(
+            "SELECT status, lease_owner, lease_epoch, lease_until - "
+            "extract(epoch FROM clock_timestamp()), run_after - "
+            "extract(epoch FROM clock_timestamp()) FROM sagas WHERE id = %s",
+            (saga_id,),
+        )
+        raise AssertionError(f"{exc}: (status, owner, epoch, lease left, due in) {row}") from None
+    finally:
+        net.heal(host, pg)
+    healed = time.monotonic()
+    summary = fleet.stop(role)  # its late writes go out first: they are in flight
+    fleet.start(role)
+    run.summaries.setdefault(role, []).append(summary)
+    new_role = fleet.host_of(owner_pid(taken[0])) or "?"
+    run.partition = {
+        "host": role,
+        "saga": saga_id,
+        "epoch": [epoch, taken[1]],
+        "taken_over_by": new_role,
+        "cut_seconds": round(healed - cut, 2),
+        "fenced_writes": summary["lost_leases"],
+        "worker": summary,
+    }
+
+
+def drain(db: Database, total: int) -> None:
+    """Wait for every saga to end: up to DRAIN_DEADLINE s, or STALL s with none moving."""
+    deadline = time.monotonic() + DRAIN_DEADLINE
+    last: object = None
+    moved = time.monotonic()
+    while True:
+        rows = db.rows(
+            "SELECT id, last_seq FROM sagas WHERE status NOT IN ('completed', 'rolled_back') "
+            "ORDER BY id"
+        )
+        if not rows and db.ended() == total:
+            return
+        now = time.monotonic()
+        if rows != last:
+            last, moved = rows, now
+        if now > deadline or now - moved > STALL:
+            why = "in time" if now > deadline else f"and none moved for {STALL:g}s"
+            raise AssertionError(f"{len(rows)} sagas did not end {why}: {db.statuses()}")
+        time.sleep(0.25)
+
+
+def pg_directory(stack: contextlib.ExitStack) -> Path:
+    """A directory the server's user can reach (not under pytest's private tmp)."""
+    directory = Path(tempfile.mkdtemp(prefix="sagalab-pg-"))
+    directory.chmod(0o711)
+    stack.callback(shutil.rmtree, directory, ignore_errors=True)
+    return directory
+
+
+def test_sagas_survive_kills_a_partition_and_database_restarts_across_hosts(
+    tmp_path: Path,
+) -> None:
+    seed = run_seed("SAGALAB_NETNS_SEED", "hosts chaos")
+    rng = random.Random(seed)
+    with contextlib.ExitStack() as stack:
+        net = stack.enter_context(hosts(["pg", "svc", *WORKER_HOSTS]))
+        print(net.note)
+        run = Run(seed, net)
+        cluster = HostedCluster(pg_directory(stack) / "cluster", net["pg"])
+        stack.callback(cluster.stop)  # before start: a half-started server is stopped too
+        cluster.start()
+        svc: Host = net["svc"]
+        stack.enter_context(svc.entered())  # this thread, and the services, on host svc
+        services: RunningServices = stack.enter_context(
+            run_in_thread(svc.address, rng=random.Random(seed))
+        )
+        for f in faults():
+            services.lab.add_fault(f)
+        url = new_database(cluster)
+        db = Database(url)
+        orders = payloads(rng)
+        queued = enqueue(url, orders[:FIRST_WAVE])
+
+        config = write_services_file(tmp_path / "services.yaml", services.services, BREAKERS)
+        args = ["--concurrency", str(CONCURRENCY), "--lease", str(LEASE), "--poll", "0.05"]
+        args += ["--services", str(config), "--json"]
+        workers = Workers(url, services.env, tmp_path / "logs")
+        stack.callback(workers.stop_all)
+        fleet = Fleet(net, workers, args)
+        for role in WORKER_HOSTS:
+            fleet.start(role)
+        try:
+            wait_for(progress(db, 15), STEP_WAIT * 2, "the first sagas to end")
+            for _ in range(KILLS // 2):
+                kill_in_call(db, fleet, run, rng)
+                wait_for(progress(db, 5), STEP_WAIT, "sagas to end after a kill")
+            cluster.restart_crash()
+            run.restarts.append(time.monotonic() - run.started)
+            wait_for(progress(db, 10), STEP_WAIT, "sagas to end after the database restart")
+            partition_and_heal(db, net, fleet, run)
+            queued += enqueue(url, orders[FIRST_WAVE:])
+            wait_for(progress(db, 5), STEP_WAIT, "sagas to end after the partition healed")
+            for _ in range(KILLS - KILLS // 2):
+                kill_in_call(db, fleet, run, rng)
+                wait_for(progress(db, 5), STEP_WAIT, "sagas to end after a kill")
+            cluster.restart_crash()
+            run.restarts.append(time.monotonic() - run.started)
+            drain(db, SAGAS)
+        finally:
+            for role in WORKER_HOSTS:
+                with contextlib.suppress(Exception):
+                    run.summaries.setdefault(role, []).append(fleet.stop(role))
+        elapsed = time.monotonic() - run.started
+
+        # -- what the run must end with ---------------------------------------------------
+        present = {r[0] for r in db.rows("SELECT id FROM sagas")}
+        lost = [s for s in queued if s not in present]
+        counts = db.statuses()
+        twice = applied_twice(services.lab.ledger())
+        code, findings = verify_findings(url, services)  # type: ignore[arg-type]
+        tracebacks = workers.all_stderr().count("Traceback")
+        fenced = run.partition.get("fenced_writes", 0)
+        report = {
+            "seed": seed,
+            "hosts": run.note,
+            "sagas": len(present),
+            "queued": len(queued),
+            "statuses": counts,
+            "lost": len(lost),
+            "applied_twice": len(twice),
+            "verify_exit": code,
+            "verify_findings": Counter(f["kind"] for f in findings),
+            "worker_kills": [r for r, _ in run.kills],
+            "pg_restarts_at": [round(t, 1) for t in run.restarts],
+            "partition": {k: v for k, v in run.partition.items() if k != "worker"},
+            "lost_leases_by_host": {
+                r: sum(s.get("lost_leases", 0) for s in ss) for r, ss in run.summaries.items()
+            },
+            "ledger_entries": len(services.lab.ledger()),
+            "worker_tracebacks": tracebacks,
+            "seconds": round(elapsed, 1),
+        }
+        (tmp_path / "netns-chaos.json").write_text(json.dumps(report, indent=2))
+        print(f"hosts chaos: {json.dumps(report)}")
+
+        assert len(queued) == SAGAS and not lost, f"lost sagas: {lost[:10]} ({report})"
+        assert sum(counts.get(s, 0) for s in ENDED) == SAGAS, report
+        assert not twice, f"applied twice: {twice[:10]} ({report})"
+        assert code == 0 and not findings, f"verify: {findings[:10]} ({report})"
+        assert len(run.kills) == KILLS and len(run.restarts) == 2, report
+        assert fenced >= 1, f"the partitioned worker wrote nothing late ({report})"
+        assert tracebacks == 0, workers.all_stderr()[-3000:]
