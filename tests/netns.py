@@ -4,9 +4,9 @@
 namespace of its own (named `sl<pid>-<role>`, unique per run) with one veth link into a
 switch namespace holding a bridge, and an address 10.213.0.N/24: a private network that
 touches no interface of the machine's own namespace and that no other run can see. Else
-(not root, or SAGALAB_NETNS=loopback) every host is 127.0.0.1 and the output says so.
-SAGALAB_NETNS=require (CI sets it) makes namespaces mandatory: a host that cannot be made
-is a failure, never a quiet fallback; as root they are mandatory anyway.
+(not root, namespaces refused, or SAGALAB_NETNS=loopback) every host is 127.0.0.1 and
+the network's `note` says why, for the test to print. SAGALAB_NETNS=require (CI sets it)
+makes namespaces mandatory: a host that cannot be made is a failure, never a fallback.
 
 What a host offers either way:
 
@@ -155,41 +155,58 @@ def hosts(roles: Sequence[str]) -> Iterator[Network]:
     """One host per role on a private network (see the module docstring)."""
     chosen = mode()
     why = "SAGALAB_NETNS=loopback" if chosen == "loopback" else _why_no_namespaces()
-    if why is not None:
-        if chosen == "require":
-            raise NetnsError(f"SAGALAB_NETNS=require, but network namespaces need root: {why}")
-        note = f"network namespaces unavailable ({why}): every host runs on 127.0.0.1"
-        yield Network({r: Host(r) for r in roles}, namespaces=False, note=note)
-        return
-    tag = f"sl{os.getpid()}"
-    switch = f"{tag}-sw"
     made: list[str] = []
+    network = None
     try:
-        _ip("netns", "add", switch)
-        made.append(switch)
-        _ip("-n", switch, "link", "add", "br0", "type", "bridge")
-        _ip("-n", switch, "link", "set", "br0", "up")
-        network = Network({}, namespaces=True, note="")
-        for n, role in enumerate(roles, start=1):
-            name = f"{tag}-{role}"
-            _ip("netns", "add", name)
-            made.append(name)
-            host = Host(role, f"{SUBNET}.{n + 1}", name)
-            _ip("-n", name, "link", "set", "lo", "up")
-            _ip("-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", f"p{n}",
-                "netns", switch)  # fmt: skip
-            _ip("-n", switch, "link", "set", f"p{n}", "master", "br0", "up")
-            _ip("-n", name, "addr", "add", f"{host.address}/24", "dev", "eth0")
-            _ip("-n", name, "link", "set", "eth0", "up")
-            network.hosts[role] = host
-        network.note = (
-            f"{len(roles)} hosts as network namespaces {tag}-{{{','.join(roles)}}} on a "
-            f"bridge, {SUBNET}.0/24"
-        )
+        if why is None:
+            try:
+                network = _namespaces(roles, made)
+            except NetnsError as exc:  # root without the right (a container, say)
+                why = str(exc)
+        if network is None:
+            if chosen == "require":
+                raise NetnsError(f"SAGALAB_NETNS=require, but no network namespaces: {why}")
+            note = f"network namespaces unavailable ({why}): every host runs on 127.0.0.1"
+            network = Network({r: Host(r) for r in roles}, namespaces=False, note=note)
         yield network
     finally:
-        for name in reversed(made):  # its links go with it
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+        _delete(made)
+
+
+def _namespaces(roles: Sequence[str], made: list[str]) -> Network:
+    """A switch namespace with a bridge, and one namespace per role linked to it; each
+    namespace's name is added to `made` as soon as it exists."""
+    tag = f"sl{os.getpid()}"
+    switch = f"{tag}-sw"
+    _ip("netns", "add", switch)
+    made.append(switch)
+    _ip("-n", switch, "link", "add", "br0", "type", "bridge")
+    _ip("-n", switch, "link", "set", "br0", "up")
+    network = Network({}, namespaces=True, note="")
+    for n, role in enumerate(roles, start=1):
+        name = f"{tag}-{role}"
+        _ip("netns", "add", name)
+        made.append(name)
+        host = Host(role, f"{SUBNET}.{n + 1}", name)
+        _ip("-n", name, "link", "set", "lo", "up")
+        _ip("-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", f"p{n}",
+            "netns", switch)  # fmt: skip
+        _ip("-n", switch, "link", "set", f"p{n}", "master", "br0", "up")
+        _ip("-n", name, "addr", "add", f"{host.address}/24", "dev", "eth0")
+        _ip("-n", name, "link", "set", "eth0", "up")
+        network.hosts[role] = host
+    network.note = (
+        f"{len(roles)} hosts as network namespaces {tag}-{{{','.join(roles)}}} on a "
+        f"bridge, {SUBNET}.0/24"
+    )
+    return network
+
+
+def _delete(names: list[str]) -> None:
+    """Delete these namespaces (their links go with them), newest first."""
+    for name in reversed(names):
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+        names.remove(name)
 
 
 class HostedCluster(PgCluster):

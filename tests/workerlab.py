@@ -518,8 +518,9 @@ def reason_kind(reason: str | None) -> str:
     return reason or "?"
 
 
-def verify_findings(db: Path, services: RunningServices) -> tuple[int, list[dict[str, Any]]]:
-    """`sagalab verify --db DB --services LAB --json`, in process: (exit code, findings)."""
+def verify_findings(db: Path | str, services: RunningServices) -> tuple[int, list[dict[str, Any]]]:
+    """`sagalab verify --db DB --services LAB --json`, in process: (exit code, findings);
+    `db` is a SQLite path or a URL."""
     from typer.testing import CliRunner  # here: most users of this module never verify
 
     from sagalab.cli.main import app
