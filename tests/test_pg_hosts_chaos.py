@@ -8,9 +8,9 @@ host, so their ledgers and faults are at hand) and the test's own connections, a
 network namespaces on a private bridge; otherwise every host is 127.0.0.1, and the output
 says so (SAGALAB_NETNS=require, set by .ci/run, makes the namespaces mandatory).
 
-Seeded and bounded, while SAGAS checkout sagas (queued in two waves through the library)
-run against services that fail (5xx, lost responses after applying, latency, declined
-cards, refused reservations):
+Seeded and bounded, while SAGAS checkout sagas (queued through the library in chunks
+whenever fewer than 40 are open) run against services that fail (5xx, lost responses after
+applying, latency, declined cards, refused reservations):
 
 - workers are SIGKILLed while they hold an action call, and restarted on their host;
 - PostgreSQL is crash-restarted (`pg_ctl restart -m immediate`) twice;
@@ -63,7 +63,7 @@ from sagalab.fakeservices import FaultSpec, RunningServices, applied_twice, run_
 pytestmark = pytest.mark.slow
 
 SAGAS = 300
-FIRST_WAVE = 200  # queued at the start; the rest once the partition has healed
+FIRST_WAVE = 100  # queued at the start; more whenever fewer than 40 are open
 WORKER_HOSTS = ("w1", "w2", "w3")
 CONCURRENCY = 4
 LEASE = 1.5
@@ -191,20 +191,25 @@ class Fleet:
         self.on: dict[str, WorkerProcess] = {}
 
     def start(self, role: str) -> WorkerProcess:
-        """Start the host's worker and wait until it is past `sagalab worker`'s start-up
-        check: a server down at that moment is exit 5 by design (a supervisor restarts
-        it); from its banner on, a worker backs off from a lost database instead."""
         host = self.net[role]
         w = self.workers.start(*self.args, via=host.command([]))
         host.pids = {w.pid}
         self.on[role] = w
-        wait_for(
-            lambda: "thread(s), lease" in w.stderr() or not w.alive(),
-            STEP_WAIT,
-            f"the worker on {role} to start",
-        )
-        assert w.alive(), f"the worker on {role} did not start: {w.stderr()[-2000:]}"
         return w
+
+    def ready(self) -> None:
+        """Wait until every worker is past `sagalab worker`'s start-up check (its banner):
+        a server down at that moment is exit 5 by design (a supervisor restarts it); from
+        there on, a worker backs off from a lost database instead."""
+        wait_for(
+            lambda: all(
+                "thread(s), lease" in w.stderr() or not w.alive() for w in self.on.values()
+            ),
+            STEP_WAIT * 2,
+            "the workers to start",
+        )
+        dead = {r: w.stderr()[-1000:] for r, w in self.on.items() if not w.alive()}
+        assert not dead, f"workers that did not start: {dead}"
 
     def host_of(self, pid: int | None) -> str | None:
         return next((r for r, w in self.on.items() if w.pid == pid and w.alive()), None)
@@ -221,6 +226,25 @@ class Fleet:
         w.proc.send_signal(signal.SIGTERM)
         w.proc.wait(timeout=STEP_WAIT)
         return w.summary()
+
+
+class Feed:
+    """Queues the run's orders in chunks whenever few sagas are left open, so that every
+    kill, restart and cut meets sagas in flight however fast the machine runs them."""
+
+    def __init__(self, url: str, orders: list[dict[str, Any]]) -> None:
+        self.url = url
+        self.left = list(orders)
+        self.queued: list[str] = []
+
+    def top_up(self, db: Database, *, low: int = 40, chunk: int = 60) -> None:
+        if self.left and len(self.queued) - db.ended() < low:
+            self.rest(chunk)
+
+    def rest(self, n: int | None = None) -> None:
+        n = len(self.left) if n is None else n
+        self.queued += enqueue(self.url, self.left[:n])
+        del self.left[:n]
 
 
 class Run:
@@ -386,8 +410,8 @@ def test_sagas_survive_kills_a_partition_and_database_restarts_across_hosts(
             services.lab.add_fault(f)
         url = new_database(cluster)
         db = Database(url)
-        orders = payloads(rng)
-        queued = enqueue(url, orders[:FIRST_WAVE])
+        feed = Feed(url, payloads(rng))
+        feed.rest(FIRST_WAVE)
 
         config = write_services_file(tmp_path / "services.yaml", services.services, BREAKERS)
         args = ["--concurrency", str(CONCURRENCY), "--lease", str(LEASE), "--poll", "0.05"]
@@ -397,22 +421,31 @@ def test_sagas_survive_kills_a_partition_and_database_restarts_across_hosts(
         fleet = Fleet(net, workers, args)
         for role in WORKER_HOSTS:
             fleet.start(role)
+
+        def restart_database() -> None:
+            feed.top_up(db)
+            fleet.ready()
+            cluster.restart_crash()
+            run.restarts.append(time.monotonic() - run.started)
+            advance(db, db.ended() + 10, "a database restart")
+
+        def kill() -> None:
+            feed.top_up(db)
+            kill_in_call(db, fleet, run, rng)
+            advance(db, db.ended() + 5, "a kill")
+
         try:
             advance(db, 15, "the start")
             for _ in range(KILLS // 2):
-                kill_in_call(db, fleet, run, rng)
-                advance(db, db.ended() + 5, "a kill")
-            cluster.restart_crash()
-            run.restarts.append(time.monotonic() - run.started)
-            advance(db, db.ended() + 10, "the database restart")
-            partition_and_heal(db, net, fleet, run)
-            queued += enqueue(url, orders[FIRST_WAVE:])
+                kill()
+            restart_database()
+            partition_and_heal(db, net, fleet, run)  # once the backlog is nearly gone
+            feed.top_up(db)
             advance(db, db.ended() + 5, "the partition healed")
             for _ in range(KILLS - KILLS // 2):
-                kill_in_call(db, fleet, run, rng)
-                advance(db, db.ended() + 5, "a kill")
-            cluster.restart_crash()
-            run.restarts.append(time.monotonic() - run.started)
+                kill()
+            restart_database()
+            feed.rest()
             advance(db, SAGAS, "the chaos")
         finally:
             exited = [r for r, w in fleet.on.items() if not w.alive()]
@@ -423,6 +456,7 @@ def test_sagas_survive_kills_a_partition_and_database_restarts_across_hosts(
 
         # -- what the run must end with ---------------------------------------------------
         present = {r[0] for r in db.rows("SELECT id FROM sagas")}
+        queued = feed.queued
         lost = [s for s in queued if s not in present]
         counts = db.statuses()
         twice = applied_twice(services.lab.ledger())
