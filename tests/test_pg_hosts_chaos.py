@@ -14,17 +14,19 @@ applying, latency, declined cards, refused reservations):
 
 - workers are SIGKILLed while they hold an action call, and restarted on their host;
 - PostgreSQL is crash-restarted (`pg_ctl restart -m immediate`) twice;
-- the host of a worker that holds a saga in an action call is partitioned from the
-  database (blackhole routes both ways; on loopback its worker is SIGSTOPped) until another
-  host has taken the saga over, then healed: the worker's late writes reach the database
-  and are refused by the lease fence. They are counted from that worker's own summary
-  (`lost_leases`: each is a journal append the store refused as no longer the lease's
-  holder), after a SIGTERM lets it finish.
+- the host of a worker that holds a saga in its pivot call (create_shipment) is
+  partitioned from the database (blackhole routes both ways; on loopback its worker is
+  SIGSTOPped) until another host has claimed the saga (a higher lease epoch), then healed:
+  the worker's late writes, held by TCP meanwhile, reach the database and are refused by
+  the lease fence. They are counted from that worker's own summary (`lost_leases`: each is
+  a journal append the store refused because the lease was no longer its own), after a
+  SIGTERM lets it finish.
 
 Then: every saga queued is in the database (none lost) and ended (completed or rolled
 back); `sagalab verify` finds nothing (none applied twice by the services' ledgers, every
 rolled-back saga's applied actions compensated in reverse order); the partitioned worker's
-fenced writes are at least one. The counts are printed (`pytest -s`) and written to
+fenced writes are at least one; no worker exited on its own (each rode out the restarts
+and the cut). The counts are printed (`pytest -s`) and written to
 netns-chaos.json in the test's tmp dir. Rerun one with SAGALAB_NETNS_SEED=<seed>.
 """
 
@@ -69,7 +71,7 @@ CONCURRENCY = 4
 LEASE = 1.5
 BREAKERS = {"fail_max": 6, "reset_timeout": 1.5, "success_threshold": 1}
 KILLS = 4
-BACKLOG = 4  # sagas due at most when the partition starts
+BACKLOG = 4  # sagas due before the partitioned one, at most
 PIVOT = "create_shipment"  # the step whose call the partition lands in
 PARTITION_TRIES = 5
 STEP_WAIT = 20.0  # bound on any single wait inside the run
@@ -165,12 +167,14 @@ class Database:
         )
         return Counter(rows).most_common(8)
 
-    def backlog(self) -> int:
-        """Sagas due and not leased: what a free worker claims before a lost lease's saga."""
+    def ahead_of(self, saga_id: str) -> int:
+        """Sagas not leased that are due before `saga_id`: what free workers claim before
+        it once its lease is lost (claims take the saga due longest ago first)."""
         ((n,),) = self.rows(
-            "SELECT COUNT(*) FROM sagas WHERE run_after <= extract(epoch FROM "
-            "clock_timestamp()) AND (lease_until IS NULL OR lease_until < extract(epoch FROM "
-            "clock_timestamp()))"
+            "SELECT COUNT(*) FROM sagas WHERE run_after <= (SELECT run_after FROM sagas "
+            "WHERE id = %(id)s) AND id <> %(id)s AND (lease_until IS NULL "
+            "OR lease_until < extract(epoch FROM clock_timestamp()))",
+            {"id": saga_id},
         )
         return int(n)
 
@@ -312,7 +316,7 @@ def taken_over(
     return check
 
 
-def partition_and_heal(db: Database, net: Network, fleet: Fleet, run: Run) -> None:
+def partition_and_heal(db: Database, net: Network, fleet: Fleet, feed: Feed, run: Run) -> None:
     """Cut a worker's host off the database while it holds a pivot call; heal it once
     another host has taken the saga over; then stop that worker for its summary.
 
@@ -322,21 +326,20 @@ def partition_and_heal(db: Database, net: Network, fleet: Fleet, run: Run) -> No
     """
 
     def target() -> tuple[str, str, str, int] | None:
-        # Only with few sagas due: a takeover waits behind every saga due before it, and a
-        # cut longer than the connection's TCP user timeout (10 s) ends the connection
-        # instead of letting the late write through.
-        if db.backlog() > BACKLOG:
-            return None
+        feed.top_up(db)
         for saga_id, owner, epoch in db.action_calls(PIVOT):
             role = fleet.host_of(owner_pid(owner))
-            if role is not None:
+            # Only a saga with few due before it: its takeover waits behind each of them,
+            # and a cut longer than the connection's TCP user timeout (10 s) ends the
+            # connection instead of letting the late write through.
+            if role is not None and db.ahead_of(saga_id) <= BACKLOG:
                 return role, saga_id, owner, epoch
         return None
 
     missed = 0
     while True:
         role, saga_id, owner, epoch = wait_for(
-            target, STEP_WAIT * 2, f"a worker in a {PIVOT} call with at most {BACKLOG} due"
+            target, STEP_WAIT * 2, f"a {PIVOT} call with at most {BACKLOG} sagas due before it"
         )
         host, pg = net[role], net["pg"]
         net.partition(host, pg)
@@ -439,7 +442,7 @@ def test_sagas_survive_kills_a_partition_and_database_restarts_across_hosts(
             for _ in range(KILLS // 2):
                 kill()
             restart_database()
-            partition_and_heal(db, net, fleet, run)  # once the backlog is nearly gone
+            partition_and_heal(db, net, fleet, feed, run)
             feed.top_up(db)
             advance(db, db.ended() + 5, "the partition healed")
             for _ in range(KILLS - KILLS // 2):
