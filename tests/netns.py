@@ -16,9 +16,11 @@ What a host offers either way:
   it creates (a server bound in this process, a client) live on that host;
 - `Network.partition(a, b)` / `heal(a, b)`: blackhole routes both ways between two hosts, so
   their packets are dropped (a connection in progress stalls and resumes when healed, as TCP
-  retransmits). On loopback there is no network to cut: the partitioned host's processes are
-  stopped (SIGSTOP) and continued (SIGCONT), which the database sees the same way: a holder
-  that goes silent past its lease and writes late.
+  retransmits; new connections fail at once). Routes, because they need nothing but
+  iproute2: this image has neither iptables nor nft, nor the netem qdisc. On loopback there
+  is no network to cut: the partitioned host's processes are stopped (SIGSTOP) and continued
+  (SIGCONT), which the database sees the same way: a holder that goes silent past its lease
+  and writes late.
 
 Every namespace is deleted when the `hosts` block ends, whatever happened in it.
 """
@@ -54,15 +56,11 @@ def _ip(*args: str) -> None:
         raise NetnsError(f"ip {' '.join(args)}: {done.stderr.strip()}")
 
 
-def _setns(path: str) -> None:
+def _join(fd: int, what: str) -> None:
+    """Move the calling thread into the network namespace open as `fd`."""
     libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise NetnsError(f"setns({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        raise NetnsError(f"setns to {what}: {os.strerror(ctypes.get_errno())}")
 
 
 @dataclass
@@ -89,15 +87,15 @@ class Host:
             yield self
             return
         home = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
+        there = os.open(f"/run/netns/{self.netns}", os.O_RDONLY)
         try:
-            _setns(f"/run/netns/{self.netns}")
+            _join(there, self.netns)
             try:
                 yield self
             finally:
-                libc = ctypes.CDLL(None, use_errno=True)
-                if libc.setns(home, _CLONE_NEWNET) != 0:
-                    raise NetnsError("cannot return to the test's own network namespace")
+                _join(home, "the thread's own network namespace")
         finally:
+            os.close(there)
             os.close(home)
 
 

@@ -20,7 +20,8 @@ applying, latency, declined cards, refused reservations):
   the worker's late writes, held by TCP meanwhile, reach the database and are refused by
   the lease fence. They are counted from that worker's own summary (`lost_leases`: each is
   a journal append the store refused because the lease was no longer its own), after a
-  SIGTERM lets it finish.
+  SIGTERM lets it finish (up to CUTS cuts, until one shows them: a connection opened
+  during a cut fails at once instead of carrying a late write).
 
 Then: every saga queued is in the database (none lost) and ended (completed or rolled
 back); `sagalab verify` finds nothing (none applied twice by the services' ledgers, every
@@ -73,9 +74,10 @@ BREAKERS = {"fail_max": 6, "reset_timeout": 1.5, "success_threshold": 1}
 KILLS = 4
 BACKLOG = 4  # sagas due before the partitioned one, at most
 PIVOT = "create_shipment"  # the step whose call the partition lands in
-PARTITION_TRIES = 5
+PARTITION_TRIES = 5  # cuts healed at once because the saga moved on first
+CUTS = 3  # cuts that end in a takeover, until one shows fenced writes
 STEP_WAIT = 20.0  # bound on any single wait inside the run
-DRAIN_DEADLINE = 120.0  # seconds for any wait on sagas to end
+RUN_DEADLINE = 180.0  # seconds for the whole run, past which a wait on sagas gives up
 STALL = 25.0  # seconds without any saga moving after which a wait gives up
 ENDED = ("completed", "rolled_back")
 
@@ -142,13 +144,14 @@ class Database:
         counts = self.statuses()
         return sum(counts.get(s, 0) for s in ENDED)
 
-    def action_calls(self, step: str | None = None) -> list[tuple[str, str, int]]:
-        """(saga, owner, epoch) for sagas whose last durable event opens an action call (of
-        `step`, if given)."""
+    def action_calls(self, step: str | None = None) -> list[tuple[str, str, int, float]]:
+        """(saga, owner, epoch, seconds of lease left) for sagas whose last durable event
+        opens an action call (of `step`, if given)."""
         return [
-            (r[0], r[1], int(r[2]))
+            (r[0], r[1], int(r[2]), float(r[3]))
             for r in self.rows(
-                "SELECT s.id, s.lease_owner, s.lease_epoch FROM sagas s JOIN events e "
+                "SELECT s.id, s.lease_owner, s.lease_epoch, "
+                "s.lease_until - extract(epoch FROM clock_timestamp()) FROM sagas s JOIN events e "
                 "ON e.saga_id = s.id AND e.seq = s.last_seq WHERE s.lease_owner IS NOT NULL "
                 "AND e.type = 'attempt_started' AND e.phase = 'action' "
                 "AND s.lease_until > extract(epoch FROM clock_timestamp()) "
@@ -259,23 +262,23 @@ class Run:
         self.note = net.note
         self.kills: list[str] = []  # the host of each worker SIGKILLed
         self.restarts: list[float] = []
-        self.partition: dict[str, Any] = {}
+        self.partitions: list[dict[str, Any]] = []
         self.summaries: dict[str, list[dict[str, Any]]] = {}
         self.started = time.monotonic()
 
 
-def advance(db: Database, until: int, after: str) -> None:
+def advance(db: Database, until: int, after: str, run: Run) -> None:
     """Wait until `until` sagas have ended, for as long as the journals keep moving (a
-    loaded machine is slow, not stuck): fail after STALL s with none moving, or after
-    DRAIN_DEADLINE s in all, with what the sagas left wait on."""
-    start = moved = time.monotonic()
+    loaded machine is slow, not stuck): fail after STALL s with none moving, or once the
+    run is RUN_DEADLINE s old, with what the sagas left wait on."""
+    moved = time.monotonic()
     last = None
     while db.ended() < until:
         ((seqs,),) = db.rows("SELECT COALESCE(SUM(last_seq), 0) FROM sagas")
         now = time.monotonic()
         if seqs != last:
             last, moved = seqs, now
-        if now - moved > STALL or now - start > DRAIN_DEADLINE:
+        if now - moved > STALL or now - run.started > RUN_DEADLINE:
             why = f"none moved for {STALL:g}s" if now - moved > STALL else "too slow"
             raise AssertionError(
                 f"{until} sagas did not end after {after} ({why}): {db.statuses()}; "
@@ -290,7 +293,7 @@ def kill_in_call(db: Database, fleet: Fleet, run: Run, rng: random.Random) -> No
     deadline = time.monotonic() + 5.0
     while role is None and time.monotonic() < deadline:
         holders = sorted(
-            {r for _, owner, _ in db.action_calls() if (r := fleet.host_of(owner_pid(owner)))}
+            {r for _, owner, *_ in db.action_calls() if (r := fleet.host_of(owner_pid(owner)))}
         )
         role = rng.choice(holders) if holders else None
         if role is None:
@@ -317,8 +320,19 @@ def taken_over(
 
 
 def partition_and_heal(db: Database, net: Network, fleet: Fleet, feed: Feed, run: Run) -> None:
-    """Cut a worker's host off the database while it holds a pivot call; heal it once
-    another host has taken the saga over; then stop that worker for its summary.
+    """Cut a worker's host off the database until another host took its saga over, up to
+    CUTS times until one shows the worker's late writes fenced (a cut can also end without
+    any: a connection its worker opens during the cut fails at once rather than stalls)."""
+    for _ in range(CUTS):
+        run.partitions.append(cut_once(db, net, fleet, feed))
+        if run.partitions[-1]["fenced_writes"]:
+            return
+
+
+def cut_once(db: Database, net: Network, fleet: Fleet, feed: Feed) -> dict[str, Any]:
+    """Cut a worker's host off the database while it holds a pivot call under a lease it
+    just renewed; heal it once another host has taken the saga over; then stop that
+    worker for its summary and start a new one on the host. What happened.
 
     The pivot (300 ms, and a step after it) leaves time for the cut to land while the
     worker still holds the saga; if the saga moved on before it did (a loaded machine),
@@ -327,12 +341,13 @@ def partition_and_heal(db: Database, net: Network, fleet: Fleet, feed: Feed, run
 
     def target() -> tuple[str, str, str, int] | None:
         feed.top_up(db)
-        for saga_id, owner, epoch in db.action_calls(PIVOT):
+        for saga_id, owner, epoch, left in db.action_calls(PIVOT):
             role = fleet.host_of(owner_pid(owner))
-            # Only a saga with few due before it: its takeover waits behind each of them,
-            # and a cut longer than the connection's TCP user timeout (10 s) ends the
-            # connection instead of letting the late write through.
-            if role is not None and db.ahead_of(saga_id) <= BACKLOG:
+            # A lease just renewed (its keeper's connection is up), and few sagas due
+            # before this one: its takeover waits behind each of them, and a cut longer
+            # than the connection's TCP user timeout (10 s) ends the connection instead
+            # of letting the late write through.
+            if role is not None and left > LEASE / 2 and db.ahead_of(saga_id) <= BACKLOG:
                 return role, saga_id, owner, epoch
         return None
 
@@ -370,9 +385,8 @@ def partition_and_heal(db: Database, net: Network, fleet: Fleet, feed: Feed, run
     healed = time.monotonic()
     summary = fleet.stop(role)  # its late writes go out first: they are in flight
     fleet.start(role)
-    run.summaries.setdefault(role, []).append(summary)
     new_role = fleet.host_of(owner_pid(taken[0])) or "another host (which released it already)"
-    run.partition = {
+    return {
         "host": role,
         "saga": saga_id,
         "epoch": [epoch, taken[1]],
@@ -430,26 +444,26 @@ def test_sagas_survive_kills_a_partition_and_database_restarts_across_hosts(
             fleet.ready()
             cluster.restart_crash()
             run.restarts.append(time.monotonic() - run.started)
-            advance(db, db.ended() + 10, "a database restart")
+            advance(db, db.ended() + 10, "a database restart", run)
 
         def kill() -> None:
             feed.top_up(db)
             kill_in_call(db, fleet, run, rng)
-            advance(db, db.ended() + 5, "a kill")
+            advance(db, db.ended() + 5, "a kill", run)
 
         try:
-            advance(db, 15, "the start")
+            advance(db, 15, "the start", run)
             for _ in range(KILLS // 2):
                 kill()
             restart_database()
             partition_and_heal(db, net, fleet, feed, run)
             feed.top_up(db)
-            advance(db, db.ended() + 5, "the partition healed")
+            advance(db, db.ended() + 5, "the partition healed", run)
             for _ in range(KILLS - KILLS // 2):
                 kill()
             restart_database()
             feed.rest()
-            advance(db, SAGAS, "the chaos")
+            advance(db, SAGAS, "the chaos", run)
         finally:
             exited = [r for r, w in fleet.on.items() if not w.alive()]
             for role in WORKER_HOSTS:
@@ -465,7 +479,10 @@ def test_sagas_survive_kills_a_partition_and_database_restarts_across_hosts(
         twice = applied_twice(services.lab.ledger())
         code, findings = verify_findings(url, services)
         tracebacks = workers.all_stderr().count("Traceback")
-        fenced = run.partition.get("fenced_writes", 0)
+        fenced = sum(p["fenced_writes"] for p in run.partitions)
+        summaries = {r: list(ss) for r, ss in run.summaries.items()}
+        for p in run.partitions:  # the partitioned workers', read when they were stopped
+            summaries.setdefault(p["host"], []).append(p["worker"])
         report = {
             "seed": seed,
             "hosts": run.note,
@@ -479,13 +496,12 @@ def test_sagas_survive_kills_a_partition_and_database_restarts_across_hosts(
             "worker_kills": run.kills,
             "workers_exited_on_their_own": exited,
             "pg_restarts_at": [round(t, 1) for t in run.restarts],
-            "partition": {k: v for k, v in run.partition.items() if k != "worker"},
+            "partitions": [{k: v for k, v in p.items() if k != "worker"} for p in run.partitions],
+            "fenced_writes": fenced,
             "lost_leases_by_host": {
-                r: sum(s.get("lost_leases", 0) for s in ss) for r, ss in run.summaries.items()
+                r: sum(s.get("lost_leases", 0) for s in ss) for r, ss in summaries.items()
             },
-            "worker_db_errors": sum(
-                s.get("errors", 0) for ss in run.summaries.values() for s in ss
-            ),
+            "worker_db_errors": sum(s.get("errors", 0) for ss in summaries.values() for s in ss),
             "ledger_entries": len(services.lab.ledger()),
             "worker_tracebacks": tracebacks,
             "seconds": round(elapsed, 1),
