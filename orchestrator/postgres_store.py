@@ -304,6 +304,14 @@ def _transient(exc: psycopg.OperationalError) -> bool:
     return any(phrase in text for phrase in _TRANSIENT_FATALS)
 
 
+def _error_for(exc: psycopg.Error) -> type[StoreError]:
+    """StoreUnavailable for a connection refused or lost (a server restarting: it may pass,
+    and a worker backs off on it, also while it opens its store), else StoreError."""
+    if isinstance(exc, psycopg.OperationalError) and _transient(exc):
+        return StoreUnavailable
+    return StoreError
+
+
 def connect(url: str, *, readonly: bool = False, create: bool = False) -> psycopg.Connection:
     """An autocommit connection to `url` (StoreError, password masked, if there is none).
 
@@ -322,8 +330,7 @@ def connect(url: str, *, readonly: bool = False, create: bool = False) -> psycop
     except psycopg.OperationalError as exc:
         if create and "does not exist" in str(exc) and _create_database(url):
             return connect(url, readonly=readonly)
-        error = StoreUnavailable if _transient(exc) else StoreError
-        raise error(
+        raise _error_for(exc)(
             f"cannot connect to PostgreSQL at {redacted(url)}: {_failure(url, exc)}; "
             f"start the server or {_HINT}"
         ) from None
@@ -471,7 +478,7 @@ class PostgresStore:
             version = _schema_version(conn, url, access)
         except psycopg.Error as exc:
             self.close()
-            raise StoreError(f"cannot read {redacted(url)}: {_failure(url, exc)}") from None
+            raise _error_for(exc)(f"cannot read {redacted(url)}: {_failure(url, exc)}") from None
         except BaseException:
             self.close()
             raise
@@ -516,7 +523,8 @@ class PostgresStore:
         try:
             yield
         except psycopg.Error as exc:
-            raise StoreError(f"{what} {redacted(self.url)}: {_failure(self.url, exc)}") from None
+            error = _error_for(exc)
+            raise error(f"{what} {redacted(self.url)}: {_failure(self.url, exc)}") from None
 
     def _check_write(self) -> None:
         if self.guard is not None:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,13 +151,16 @@ class Workers:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.started: list[WorkerProcess] = []
 
-    def start(self, *args: str) -> WorkerProcess:
+    def start(self, *args: str, via: Sequence[str] = ()) -> WorkerProcess:
+        """`sagalab worker --db DB ARGS`; `via` is a command that runs it elsewhere (another
+        host: `ip netns exec NS`), which must exec it so that its pid is the worker's."""
         n = len(self.started)
         out = self.logs / f"worker-{n}.out"
         err = self.logs / f"worker-{n}.err"
+        command = [sys.executable, "-m", "sagalab.cli.main", "worker", "--db", str(self.db)]
         with out.open("wb") as o, err.open("wb") as e:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "sagalab.cli.main", "worker", "--db", str(self.db), *args],
+                [*via, *command, *args],
                 cwd=REPO,
                 env=self.env,
                 stdout=o,
@@ -515,8 +518,9 @@ def reason_kind(reason: str | None) -> str:
     return reason or "?"
 
 
-def verify_findings(db: Path, services: RunningServices) -> tuple[int, list[dict[str, Any]]]:
-    """`sagalab verify --db DB --services LAB --json`, in process: (exit code, findings)."""
+def verify_findings(db: Path | str, services: RunningServices) -> tuple[int, list[dict[str, Any]]]:
+    """`sagalab verify --db DB --services LAB --json`, in process: (exit code, findings);
+    `db` is a SQLite path or a URL."""
     from typer.testing import CliRunner  # here: most users of this module never verify
 
     from sagalab.cli.main import app
