@@ -143,3 +143,27 @@ def test_a_crash_loses_what_the_runner_had_not_committed() -> None:
     assert not saga.state.steps["reserve_inventory"].action.done
     saga.lose_unflushed()  # nothing more to lose
     assert len(saga.journal) == 2
+
+
+def test_a_finished_request_is_freed_without_the_cyclic_gc() -> None:
+    """Nothing of a finished saga or request sits in a reference cycle: a station job and its
+    timer used to refer to each other (and a service call to both), so every saga, with its
+    journal and state, lived until a GC run found it, and the collections cost ~4% of a run.
+    With the collector off for the run, whatever is freed only by it is left for `collect`."""
+    import gc
+
+    from sagalab.simulator.orchestration import Saga
+    from sagalab.simulator.stations import Call, Job
+
+    gc.collect()
+    gc.disable()
+    try:
+        simulate(load_scenario("baseline"), seed=1, duration=5)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, Saga | Job | Call)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
