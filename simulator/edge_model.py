@@ -6,8 +6,7 @@ A request's path is a chain of station callbacks (no process per request):
       -> gateway station (auth cost, token bucket per key) -> saga created and queued -> 202
 
 Clients give up on an attempt after their timeout (the attempt still travels on: that is
-wasted work) and retry under the same `RetryPolicy` objects the orchestrator uses. The clock
-is read as `env._now`, not SimPy's `now` property, on this per-request path (see `stations`).
+wasted work) and retry under the same `RetryPolicy` objects the orchestrator uses.
 """
 
 from __future__ import annotations
@@ -202,7 +201,7 @@ class Edge:
         addresses, keys = group.addresses, group.keys
         address = addresses[int(rng.random() * len(addresses))]
         key = keys[int(rng.random() * len(keys))]
-        request = Request(group, address, key, self.env._now)
+        request = Request(group, address, key, self.env.now)
         self.count(f"{group.kind}.offered")
         self.send(request)
 
@@ -210,11 +209,10 @@ class Edge:
         env = self.env
         request.attempts += 1
         request.inflight += 1
-        now = env._now
-        attempt = Attempt(request, now)
+        attempt = Attempt(request, env.now)
         self.count(f"{request.group.kind}.attempts")
         group = request.group
-        group.pending.append((now + group.timeout, attempt))
+        group.pending.append((env.now + group.timeout, attempt))
         if not group.sweeping:
             self._arm(group)
         if self.fw_station.submit(attempt, self._after_firewall) is None:
@@ -222,14 +220,14 @@ class Edge:
 
     def _arm(self, group: ClientGroup) -> None:
         group.sweeping = True
-        delay = max(group.pending[0][0] - self.env._now, TIMEOUT_RESOLUTION)
+        delay = max(group.pending[0][0] - self.env.now, TIMEOUT_RESOLUTION)
         timer = self.env.timeout(delay)
         timer.callbacks.append(partial(self._sweep, group))
 
     def _sweep(self, group: ClientGroup, _timer: simpy.Event) -> None:
         """Time out every attempt past its deadline; forget the answered ones."""
         group.sweeping = False
-        now = self.env._now
+        now = self.env.now
         pending = group.pending
         while pending and (pending[0][1].answered or pending[0][0] <= now):
             _, attempt = pending.popleft()
@@ -248,7 +246,7 @@ class Edge:
             return
         attempt.answered = True
         request.inflight -= 1
-        now = self.env._now
+        now = self.env.now
         self.count(f"{kind}.{status}")
         if status == "202":
             self.submit_latency[kind].record(now - attempt.sent)
@@ -281,7 +279,7 @@ class Edge:
 
     def _after_firewall(self, job: Job) -> None:
         attempt: Attempt = job.payload
-        verdict = self.firewall.check(attempt.request.address, self.env._now)
+        verdict = self.firewall.check(attempt.request.address, self.env.now)
         if not verdict.allowed:
             self.count(f"firewall.{verdict.reason.value}")
             self.respond(attempt, "403")
@@ -332,7 +330,7 @@ class Edge:
         if request.key is None:
             self.respond(attempt, "401")
             return
-        now = self.env._now
+        now = self.env.now
         bucket = self.buckets.get(request.key)
         if bucket is None:
             bucket = self.buckets[request.key] = TokenBucket(self.key_rate, self.key_burst, now=now)

@@ -204,7 +204,7 @@ class Orchestrator:
         return self.env.now - self.queue[0].enqueued_at if self.queue else 0.0
 
     def enqueue(self, saga: Saga) -> None:
-        now = self.env._now
+        now = self.env.now
         saga.enqueued_at = now
         self.queue_stats.enter(now)
         idle = self.idle
@@ -314,7 +314,7 @@ class Orchestrator:
             while replica.alive and not replica.draining:
                 if self.queue:
                     saga = self.queue.popleft()
-                    now = env._now
+                    now = env.now
                     self.queue_stats.leave(now, now - saga.enqueued_at)
                     self.queue_wait.record(now - saga.enqueued_at)
                 else:
@@ -331,7 +331,6 @@ class Orchestrator:
     def _run(self, saga: Saga, replica: Replica) -> Generator[simpy.Event, Any, None]:
         # Interprets the saga driver's effects (`orchestrator.driver`), as the real runner
         # does: the rules (breaker gate, refusal, accounting, commit points) are the driver's.
-        # The clock is read as `env._now`, not the `now` property (see `stations`).
         env = self.env
         timeout = env.timeout
         db = self.db_write
@@ -340,7 +339,7 @@ class Orchestrator:
         breakers = self.breakers
         saga.owner = replica
         replica.leased[saga] = None
-        now = saga.run_started = env._now
+        now = saga.run_started = env.now
         self.run_stats.enter(now)
         driver = drive(saga.state, saga_id=saga.id, now=now, rng=self.rng, gates=self.gates)
         send = driver.send
@@ -361,7 +360,7 @@ class Orchestrator:
                 service, _breaker, limit = routes[name]
                 call = service.call(saga, name, effect.phase, limit)
                 yield call.event
-                now = env._now
+                now = env.now
                 failure, unwell = call.outcome
                 effect = send((now, failure, unwell, None))
                 if type(effect) is RecordOutcome:
@@ -375,13 +374,13 @@ class Orchestrator:
                 yield timeout(db())  # one DB write for everything noted
                 journal.extend(effect.events)
                 saga.flushed = len(journal)
-                now = env._now
+                now = env.now
                 effect = send(now)
             elif type(effect) is WaitUntil:
                 delay = effect.until - now
                 if delay > 0:  # the commit may have taken longer than the wait
                     yield timeout(delay)
-                    now = env._now
+                    now = env.now
                 effect = send(now)
             elif type(effect) is BreakerRefused:
                 if not effect.waits:
