@@ -138,9 +138,12 @@ def test_an_infinite_retry_after_schedules_the_step_within_the_bound(
     queued = sagalab("orchestrate", "run", str(flow), "--db", str(db), env=env)
     assert queued.returncode == 0, queued.stderr
     saga_id = queued.stdout.strip()
+    # The saga waits up to an hour for its retry, and an idle worker waits for it (the queue
+    # is not empty): --max-seconds ends this one.
     worker = sagalab(
-        "worker", "--db", str(db), "--concurrency", "1", "--exit-when-idle", "1", env=env
-    )
+        "worker", "--db", str(db), "--concurrency", "1", "--exit-when-idle", "1",
+        "--max-seconds", "4", env=env,
+    )  # fmt: skip
     assert worker.returncode == 0, worker.stderr
     (scheduled,) = [
         e.event for e in journal(db, saga_id) if e.event.type is EventType.RETRY_SCHEDULED
