@@ -6,32 +6,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from workerlab import order, query, statuses
+from workerlab import order, plant, query, statuses
 
 from sagalab.fakeservices import RunningServices
-from sagalab.orchestrator.flowfile import load_flow
-from sagalab.orchestrator.runner import new_saga_id, new_trace_id
-from sagalab.orchestrator.sqlite_store import SQLiteStore
 from sagalab.orchestrator.worker import Worker, WorkerConfig
-
-
-def queue_later(db: Path, payload: dict[str, object], delay: float) -> str:
-    """A saga that becomes due `delay` seconds from now (as one waiting on Retry-After)."""
-    store = SQLiteStore(db)
-    try:
-        now = time.time()
-        record, _ = store.create_saga(
-            saga_id=new_saga_id(),
-            flow=load_flow("checkout"),
-            payload=payload,
-            trace_id=new_trace_id(),
-            idempotency_key=None,
-            now=now,
-            run_after=now + delay,
-        )
-        return record.id
-    finally:
-        store.close()
 
 
 def services_of(lab: RunningServices) -> dict[str, str]:
@@ -43,7 +21,7 @@ def test_a_worker_idle_while_a_saga_waits_for_its_retry_time_stays_up_and_runs_i
     tmp_path: Path, services: RunningServices
 ) -> None:
     db = tmp_path / "sagas.db"
-    waiting = queue_later(db, order(1), delay=2.0)
+    waiting = plant(db, order(1), delay=2.0)
     config = WorkerConfig(
         db=db,
         services=services_of(services),

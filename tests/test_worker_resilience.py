@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from apilab import admin_api
 from typer.testing import CliRunner
-from workerlab import Workers, enqueue, journal, order, query, statuses, wait_for
+from workerlab import Workers, enqueue, journal, order, plant, query, statuses, wait_for
 
 from sagalab.cli.main import app
 from sagalab.fakeservices import FaultSpec, RunningServices
@@ -29,25 +29,6 @@ from sagalab.orchestrator.sqlite_store import SQLiteStore
 from sagalab.orchestrator.worker import Worker, WorkerConfig, WorkerFailed
 
 FAST = ("--poll", "0.05", "--lease", "2")
-
-
-def plant(db: Path, payload: dict[str, object]) -> str:
-    """Store a saga as an old database might hold it: straight in, past every check."""
-    store = SQLiteStore(db)
-    try:
-        now = time.time()
-        record, _ = store.create_saga(
-            saga_id=new_saga_id(),
-            flow=load_flow("checkout"),
-            payload=payload,
-            trace_id=new_trace_id(),
-            idempotency_key=None,
-            now=now,
-            run_after=now,
-        )
-        return record.id
-    finally:
-        store.close()
 
 
 def test_a_poison_saga_is_rolled_back_with_its_reason_and_the_next_one_completes(

@@ -25,7 +25,7 @@ from typing import Any
 from sagalab.fakeservices import LedgerEntry, RunningServices, run_in_thread
 from sagalab.orchestrator.flowfile import load_flow
 from sagalab.orchestrator.journal import JournalEntry
-from sagalab.orchestrator.runner import start_saga
+from sagalab.orchestrator.runner import new_saga_id, new_trace_id, start_saga
 from sagalab.orchestrator.saga import EventType, Phase
 from sagalab.orchestrator.sqlite_store import SQLiteStore
 from sagalab.orchestrator.stores import open_store
@@ -531,3 +531,23 @@ def verify_findings(db: Path | str, services: RunningServices) -> tuple[int, lis
     assert result.stdout.strip(), f"verify exited {result.exit_code}: {result.stderr}"
     findings: list[dict[str, Any]] = json.loads(result.stdout)["findings"]
     return result.exit_code, findings
+
+
+def plant(db: Path, payload: dict[str, Any], *, delay: float = 0.0) -> str:
+    """Store a checkout saga straight in, past every check (as an old database might hold
+    it), due `delay` seconds from now (as one waiting for its retry time)."""
+    store = SQLiteStore(db)
+    try:
+        now = time.time()
+        record, _ = store.create_saga(
+            saga_id=new_saga_id(),
+            flow=load_flow("checkout"),
+            payload=payload,
+            trace_id=new_trace_id(),
+            idempotency_key=None,
+            now=now,
+            run_after=now + delay,
+        )
+        return record.id
+    finally:
+        store.close()
