@@ -32,7 +32,14 @@ from sagalab.orchestrator.limits import (
 from sagalab.orchestrator.sagafilter import MAX_LIMIT, SagaFilter
 from sagalab.orchestrator.store import SagaStore
 from sagalab.orchestrator.stores import open_store, shown
-from sagalab.simulator.calibrate import CalibrationError, Observed, Row, calibrate, header
+from sagalab.simulator.calibrate import (
+    LATENCY_CHOICES,
+    CalibrationError,
+    Observed,
+    Row,
+    calibrate,
+    header,
+)
 from sagalab.simulator.config import configure, list_scenarios, merge_defaults, validate
 from sagalab.simulator.errors import SimulationError
 from sagalab.simulator.model import simulate
@@ -247,6 +254,13 @@ def calibrate_cmd(
         str | None,
         typer.Option("--since", help="Sagas created at or after: 15m, 2h, an ISO time, epoch s."),
     ] = None,
+    latency: Annotated[
+        str,
+        typer.Option(
+            "--latency",
+            help="auto (empirical where the lognormal's KS p < 0.01), lognormal or empirical.",
+        ),
+    ] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -257,6 +271,8 @@ def calibrate_cmd(
     (without --force); 5: the database cannot be read.
     """
     now = time.time()
+    if latency not in LATENCY_CHOICES:
+        raise fail(f"--latency must be one of {', '.join(LATENCY_CHOICES)}", EXIT_USAGE)
     try:
         start = parse_since(since, now=now) if since is not None else None
     except ValueError as exc:
@@ -268,7 +284,7 @@ def calibrate_cmd(
     with handled(), closing(open_store(db, readonly=True)) as store:
         sagas, truncated = _observed(store, start)
     try:
-        scenario, report = calibrate(sagas)
+        scenario, report = calibrate(sagas, latency=latency)
     except CalibrationError as exc:
         where = f" created since {since}" if since else ""
         raise fail(f"{shown(db)}{where}: {exc}", EXIT_USAGE) from None

@@ -9,8 +9,9 @@ What is fitted, per service (the step's `service` in the flow snapshot):
   scenario: a lognormal by maximum likelihood (mu, sigma of the log durations) and the
   empirical quantiles, with the Kolmogorov-Smirnov distance D of the lognormal against the data
   and its asymptotic p-value. The parameters are estimated from the same data, so the p-value is
-  optimistic (Lilliefors): read D first. The scenario format has no empirical distribution, so
-  the scenario carries the lognormal; the report keeps the quantiles.
+  optimistic (Lilliefors): read D first. The scenario carries the lognormal, or the empirical
+  distribution (`dist: empirical`, EMPIRICAL_POINTS quantiles from min to max) when asked or,
+  with `latency="auto"`, when the KS test rejects the lognormal at AUTO_P.
 - error rates by kind: 5xx (503 apart), 429, other 4xx (a rejection), 409 in progress,
   timeouts, connection errors, dropped connections. `error_rate` is the 5xx share of the
   answered attempts, `reject_rate` the other-4xx share of first action attempts.
@@ -35,6 +36,7 @@ __all__ = [
     "MIN_ATTEMPTS",
     "CalibrationError",
     "Observed",
+    "LATENCY_CHOICES",
     "Row",
     "arrival_fit",
     "calibrate",
@@ -50,6 +52,12 @@ __all__ = [
 MIN_ATTEMPTS = 20
 #: Quantiles kept of every latency sample.
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+#: Points of an empirical latency in the scenario: the quantiles 0, 1/20, ..., 1.
+EMPIRICAL_POINTS = 21
+#: `latency="auto"` writes the empirical distribution when the lognormal's KS p is under this.
+AUTO_P = 0.01
+#: What `calibrate(latency=...)` takes.
+LATENCY_CHOICES = ("auto", "lognormal", "empirical")
 #: Inter-arrival CV and dispersion index within these bounds: Poisson-like arrivals.
 POISSON_CV = (0.7, 1.4)
 POISSON_DISPERSION = (0.5, 2.0)
@@ -181,6 +189,12 @@ def latency_fit(seconds: Sequence[float]) -> dict[str, Any]:
         "n": len(xs),
         "lognormal": {"mu": mu, "sigma": sigma, "median": math.exp(mu)},
         "empirical": quantiles(xs),
+        "points": [
+            round(v, 6)
+            for v in quantiles(
+                xs, [i / (EMPIRICAL_POINTS - 1) for i in range(EMPIRICAL_POINTS)]
+            ).values()
+        ],
         "mean": math.fsum(xs) / len(xs),
         "ks": {"d": d, "p_value": kolmogorov_p(d, len(xs))},
     }
@@ -301,9 +315,25 @@ def _service_fit(
     return fit
 
 
-def calibrate(sagas: Sequence[Observed]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The scenario (a raw mapping, as a YAML file holds it) and the fit report of `sagas`.
-    CalibrationError if there is nothing to fit."""
+def _latency_spec(lat: dict[str, Any], latency: str) -> dict[str, Any]:
+    empirical = latency == "empirical" or (latency == "auto" and lat["ks"]["p_value"] < AUTO_P)
+    if empirical:
+        return {"dist": "empirical", "quantiles": lat["points"]}
+    return {
+        "dist": "lognormal",
+        "median": round(lat["lognormal"]["median"], 6),
+        "sigma": round(lat["lognormal"]["sigma"], 4),
+    }
+
+
+def calibrate(
+    sagas: Sequence[Observed], *, latency: str = "auto"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The scenario (a raw mapping, as a YAML file holds it) and the fit report of `sagas`;
+    `latency` (LATENCY_CHOICES) picks each service's latency distribution. CalibrationError if
+    there is nothing to fit."""
+    if latency not in LATENCY_CHOICES:
+        raise CalibrationError(f"latency must be one of {', '.join(LATENCY_CHOICES)}")
     if not sagas:
         raise CalibrationError("no saga in the window: nothing to calibrate from")
     flow, flows_seen = _flows(sagas)
@@ -340,12 +370,10 @@ def calibrate(sagas: Sequence[Observed]) -> tuple[dict[str, Any], dict[str, Any]
                 fits[name] = {"attempts": 0, "used": f"defaults (n too small: < {MIN_ATTEMPTS})"}
             services.setdefault(name, {})
             continue
+        spec = _latency_spec(fit["latency"], latency)
+        fit["simulated_latency"] = spec["dist"]
         services[name] = {
-            "latency": {
-                "dist": "lognormal",
-                "median": round(fit["latency"]["lognormal"]["median"], 6),
-                "sigma": round(fit["latency"]["lognormal"]["sigma"], 4),
-            },
+            "latency": spec,
             "error_rate": round(fit["error_rate"], 4),
             "reject_rate": round(fit["reject_rate"], 4),
         }
@@ -380,7 +408,8 @@ def calibrate(sagas: Sequence[Observed]) -> tuple[dict[str, Any], dict[str, Any]
         "arrivals": {k: v for k, v in arrivals.items() if k != "schedule"},
         "services": fits,
         "not_expressed": [
-            "empirical latency quantiles (the scenario carries the lognormal fit)",
+            "latency below the 5 % and above the 95 % quantile: the empirical distribution "
+            "is linear between its points",
             "per-endpoint and compensation latency (one latency per service in the model)",
             "429 and Retry-After from services (reported, not simulated)",
             "timeouts and connection errors (they follow from latency and faults in the model)",
@@ -424,7 +453,10 @@ def header(report: dict[str, Any], *, source: str, fitted_at: str, since: str | 
             )
         else:
             detail = "no answered action attempt"
-        lines.append(f"  {name}: {fit.get('attempts', 0)} attempts, {fit['used']}: {detail}")
+        used = fit["used"]
+        if "simulated_latency" in fit:
+            used += f" ({fit['simulated_latency']} latency)"
+        lines.append(f"  {name}: {fit.get('attempts', 0)} attempts, {used}: {detail}")
         rates = fit.get("rates") or {}
         others = ", ".join(
             f"{k} {v:.2%}" for k, v in rates.items() if v and k not in ("5xx", "503")

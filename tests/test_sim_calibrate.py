@@ -28,6 +28,9 @@ from sagalab.simulator.calibrate import (
     lognormal_mle,
     quantiles,
 )
+from sagalab.simulator.config import merge_defaults, validate
+from sagalab.simulator.errors import ScenarioError
+from sagalab.simulator.stations import sampler
 
 
 def test_lognormal_mle_recovers_mu_and_sigma() -> None:
@@ -123,6 +126,50 @@ def test_calibrate_fits_services_and_marks_small_samples() -> None:
     assert scenario["services"]["shipping"] == {}
     assert report["services"]["notifications"]["attempts"] == 0
     assert scenario["flow"]["name"] == "checkout"
+
+
+def test_calibrate_latency_choice() -> None:
+    flow = load_flow("checkout")
+    rng = random.Random(6)
+    sagas = [
+        Observed(i * 0.1, flow, tuple(_rows("charge_payment", rng, 1, 0.0))) for i in range(200)
+    ]
+    auto, report = calibrate(sagas)
+    assert auto["services"]["payments"]["latency"]["dist"] == "lognormal"  # the data is one
+    assert report["services"]["payments"]["simulated_latency"] == "lognormal"
+    empirical, _ = calibrate(sagas, latency="empirical")
+    spec = empirical["services"]["payments"]["latency"]
+    assert spec["dist"] == "empirical" and len(spec["quantiles"]) == 21
+    assert spec["quantiles"] == sorted(spec["quantiles"])
+    assert spec["quantiles"][10] == pytest.approx(0.030, rel=0.1)
+    validate(merge_defaults(empirical))  # the model takes what calibration writes
+
+
+def test_empirical_latency_is_seeded_and_follows_its_points() -> None:
+    spec = {"dist": "empirical", "quantiles": [0.01, 0.02, 0.05]}
+    draw = sampler(spec, random.Random(1), "here")
+    xs = [draw() for _ in range(20_000)]
+    again = sampler(spec, random.Random(1), "here")
+    assert [again() for _ in range(20_000)] == xs
+    assert min(xs) >= 0.01 and max(xs) <= 0.05
+    assert quantiles(xs, (0.5, 0.75)) == pytest.approx({"p50": 0.02, "p75": 0.035}, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    ("points", "message"),
+    [
+        ([0.05, 0.01], "must not be less than the one before"),
+        ([0.05], "a list of 2 to"),
+        ("fast", "a list of 2 to"),
+        ([0.01, "x"], "must be a number of seconds"),
+        ([0.01, -1.0], "under the minimum"),
+    ],
+    ids=["decreasing", "one-point", "not-a-list", "not-a-number", "negative"],
+)
+def test_empirical_latency_refuses_bad_points(points: object, message: str) -> None:
+    latency = {"dist": "empirical", "quantiles": points}
+    with pytest.raises(ScenarioError, match=message):
+        validate(merge_defaults({"services": {"payments": {"latency": latency}}}))
 
 
 def test_calibrate_refuses_nothing() -> None:
