@@ -2,7 +2,8 @@
 
 Thin shell over :mod:`simulator`: parse, call the library, render. `--json` prints only the
 report on stdout; the progress bar and messages go to stderr. Exit codes: 0 ok, 1 a claim or an
-invariant did not hold, 2 bad input (unknown scenario, bad --set, malformed YAML).
+invariant did not hold, 2 bad input (unknown scenario, bad --set, malformed YAML), 5 (calibrate)
+the database cannot be read.
 """
 
 from __future__ import annotations

@@ -9,11 +9,21 @@ import math
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from workerlab import REPO, Workers, drained, enqueue, order, wait_for
+from workerlab import (
+    REPO,
+    Workers,
+    drained,
+    enqueue,
+    order,
+    run_seed,
+    seeded_services,
+    wait_for,
+)
 
 from sagalab.fakeservices import FaultSpec, RunningServices
 from sagalab.orchestrator.flowfile import load_flow
@@ -208,6 +218,50 @@ def test_calibrate_refuses_bad_input(tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr + junk.stderr + bad_since.stderr + empty.stderr
 
 
+def test_calibrate_reads_only(tmp_path: Path) -> None:
+    """A missing database is not created (exit 5); an existing one keeps its bytes, its mtime
+    and no -wal/-shm beside it (opened read-only, as the other read commands open it)."""
+    missing = tmp_path / "not" / "there.db"
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    gone = _cli("calibrate", "--db", str(missing), "--out", str(outdir / "s.yaml"))
+    assert gone.returncode == 5 and "no saga database" in gone.stderr, gone.stderr
+    assert not missing.parent.exists() and list(outdir.iterdir()) == []
+    dbdir = tmp_path / "db"
+    dbdir.mkdir()
+    enqueue(dbdir / "sagas.db", [order(n) for n in range(3)])
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in dbdir.iterdir()}
+    done = _cli("calibrate", "--db", str(dbdir / "sagas.db"), "--out", str(outdir / "s.yaml"))
+    assert done.returncode == 0, done.stderr
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in dbdir.iterdir()} == before
+    assert "defaults (n too small: < 20)" in (outdir / "s.yaml").read_text()
+
+
+def test_calibrate_from_postgres_masks_the_password(pg_url: str, tmp_path: Path) -> None:
+    enqueue(pg_url, [order(n) for n in range(3)])
+    # The lab's cluster trusts local connections: the password is there only to be masked.
+    user, rest = pg_url.removeprefix("postgresql://").split("@", 1)
+    url = f"postgresql://{user}:s3cret@{rest}"
+    out = tmp_path / "pg.yaml"
+    done = _cli("calibrate", "--db", url, "--out", str(out), "--json")
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "s3cret" not in text + done.stdout + done.stderr
+    assert f"# database: postgresql://{user}:***@{rest}" in text
+    assert json.loads(done.stdout)["sagas"] == 3
+    down = _cli(
+        "calibrate", "--db", "postgresql://me:s3cret@127.0.0.1:1/x", "--out", str(out), "--force"
+    )
+    assert down.returncode == 5 and "s3cret" not in down.stderr, down.stderr
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[RunningServices]:
+    """The fake services with their fault draws seeded (printed, to rerun a failure)."""
+    with seeded_services(run_seed("SAGALAB_CALIBRATE_SEED", "calibrate")) as running:
+        yield running
+
+
 SAGAS = 80
 PAYMENTS_MS = 60
 ERROR_RATE = 0.2
@@ -235,12 +289,13 @@ def test_calibrate_from_real_sagas_then_run(
     assert PAYMENTS_MS / 1000 <= median <= PAYMENTS_MS / 1000 * 1.5, median
     inventory = report["services"]["inventory"]["latency"]["lognormal"]["median"]
     assert PAYMENTS_MS / 2000 <= inventory <= PAYMENTS_MS / 2000 * 1.6, inventory
-    assert payments["error_rate"] == pytest.approx(ERROR_RATE, abs=0.1)
+    # About 100 charge attempts: a binomial share within three standard deviations.
+    assert payments["error_rate"] == pytest.approx(ERROR_RATE, abs=0.12)
     assert report["services"]["inventory"]["error_rate"] == 0.0
     text = out.read_text()
     assert text.startswith("# Calibrated by `sagalab simulate calibrate`.")
     assert f"database: {db}" in text and "KS D" in text
-    (tmp_path / "keep.yaml").write_text(text)
+    assert "  payments: " in text and "fitted (" in text
     written = yaml.safe_load(text)["services"]["payments"]["error_rate"]
     assert written == pytest.approx(payments["error_rate"], abs=1e-4)
     run = _cli("run", str(out), "--duration", "5", "--out", str(tmp_path / "sim"), "--json")
