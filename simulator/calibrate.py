@@ -413,9 +413,16 @@ def calibrate(
             "per-endpoint and compensation latency (one latency per service in the model)",
             "429 and Retry-After from services (reported, not simulated)",
             "timeouts and connection errors (they follow from latency and faults in the model)",
+            "service concurrency and queue limits, orchestrator replicas and workers, the edge "
+            "(not in the journal: the defaults)",
         ],
     }
     return scenario, report
+
+
+def _when(window: dict[str, Any], key: str) -> str:
+    # The CLI adds the UTC time (the core has no datetime); epoch seconds otherwise.
+    return str(window.get(f"{key}_utc") or f"{window[key]:.3f} (epoch s)")
 
 
 def header(report: dict[str, Any], *, source: str, fitted_at: str, since: str | None) -> str:
@@ -428,7 +435,7 @@ def header(report: dict[str, Any], *, source: str, fitted_at: str, since: str | 
         f"database: {source}",
         f"fitted at: {fitted_at}",
         f"window: sagas created {since or 'at any time'}: {report['sagas']} sagas, "
-        f"created from {w['first_created']:.3f} to {w['last_created']:.3f} (epoch s)",
+        f"created from {_when(w, 'first_created')} to {_when(w, 'last_created')}",
         f"flows seen: {', '.join(f'{k}: {v}' for k, v in report['flows'].items())}; "
         f"simulated: {report['flow']}",
         f"arrivals: {a['rate']:.4g}/s, {a['shape']}"
