@@ -296,8 +296,8 @@ def calibrate_cmd(
         validate(merge_defaults(scenario))
     fitted_at = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
     for key in ("first_created", "last_created"):
-        at = datetime.fromtimestamp(report["window"][key], UTC)
-        report["window"][f"{key}_utc"] = at.isoformat(timespec="milliseconds")
+        created = datetime.fromtimestamp(report["window"][key], UTC)
+        report["window"][f"{key}_utc"] = created.isoformat(timespec="milliseconds")
     window: str | None = None
     if start is not None:
         at = datetime.fromtimestamp(start, UTC).isoformat(timespec="seconds")
