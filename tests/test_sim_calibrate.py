@@ -33,6 +33,7 @@ from sagalab.simulator.calibrate import (
     Row,
     arrival_fit,
     calibrate,
+    classify,
     kolmogorov_p,
     ks_lognormal,
     lognormal_mle,
@@ -180,6 +181,70 @@ def test_empirical_latency_refuses_bad_points(points: object, message: str) -> N
     latency = {"dist": "empirical", "quantiles": points}
     with pytest.raises(ScenarioError, match=message):
         validate(merge_defaults({"services": {"payments": {"latency": latency}}}))
+
+
+@pytest.mark.parametrize(
+    ("row", "kind"),
+    [
+        (Row("attempt_succeeded", 0, status_code=201), "ok"),
+        (Row("attempt_failed", 0, status_code=503, failure="HTTP 503: busy"), "503"),
+        (Row("attempt_failed", 0, status_code=502, failure="HTTP 502"), "5xx"),
+        (Row("attempt_failed", 0, status_code=429, failure="HTTP 429"), "429"),
+        (Row("attempt_failed", 0, status_code=422, failure="HTTP 422: declined"), "4xx"),
+        (
+            Row("attempt_failed", 0, status_code=409, failure='HTTP 409: {"error": "in_progress"}'),
+            "in_progress",
+        ),
+        (Row("attempt_failed", 0, failure="ReadTimeout: timed out"), "timeout"),
+        (Row("attempt_failed", 0, failure="ConnectError: refused"), "connect"),
+        (Row("attempt_failed", 0, failure="ConnectTimeout: no answer"), "connect"),
+        (Row("attempt_failed", 0, failure="RemoteProtocolError: closed"), "dropped"),
+    ],
+    ids=[
+        "2xx",
+        "503",
+        "502",
+        "429",
+        "422",
+        "409",
+        "read-timeout",
+        "refused",
+        "connect-timeout",
+        "dropped",
+    ],
+)
+def test_classify_attempts(row: Row, kind: str) -> None:
+    assert classify(row) == kind
+
+
+def test_retry_after_is_the_wait_after_a_429_or_503() -> None:
+    flow = load_flow("checkout")
+    rows: list[Row] = []
+    for i in range(25):
+        at = float(i * 10)
+        code = 429 if i % 2 else 200
+        rows.append(
+            Row(
+                "attempt_failed" if code == 429 else "attempt_succeeded",
+                at,
+                "charge_payment",
+                "action",
+                1,
+                code,
+                20.0,
+                "HTTP 429: slow down" if code == 429 else None,
+            )
+        )
+        if code == 429:
+            rows.append(
+                Row("retry_scheduled", at, "charge_payment", "action", 1, not_before=at + 2)
+            )
+    _, report = calibrate([Observed(0.0, flow, tuple(rows))])
+    payments = report["services"]["payments"]
+    assert payments["retry_after"]["n"] == 12
+    assert payments["retry_after"]["p50"] == pytest.approx(2.0)
+    assert payments["rates"]["429"] == pytest.approx(12 / 25)
+    assert payments["error_rate"] == 0.0  # a 429 is no server error
 
 
 def test_calibrate_refuses_nothing() -> None:
