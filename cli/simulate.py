@@ -2,21 +2,27 @@
 
 Thin shell over :mod:`simulator`: parse, call the library, render. `--json` prints only the
 report on stdout; the progress bar and messages go to stderr. Exit codes: 0 ok, 1 a claim or an
-invariant did not hold, 2 bad input (unknown scenario, bad --set, malformed YAML).
+invariant did not hold, 2 bad input (unknown scenario, bad --set, malformed YAML), 5 (calibrate)
+the database cannot be read.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sagalab.cli.errors import EXIT_USAGE, fail, handled
+from sagalab.cli.verify import parse_since
 from sagalab.orchestrator.limits import (
     MAX_REPLICAS,
     MAX_SIM_DURATION,
@@ -24,7 +30,18 @@ from sagalab.orchestrator.limits import (
     LimitError,
     check,
 )
-from sagalab.simulator.config import configure, list_scenarios
+from sagalab.orchestrator.sagafilter import MAX_LIMIT, SagaFilter
+from sagalab.orchestrator.store import SagaStore
+from sagalab.orchestrator.stores import open_store, shown
+from sagalab.simulator.calibrate import (
+    LATENCY_CHOICES,
+    CalibrationError,
+    Observed,
+    Row,
+    calibrate,
+    header,
+)
+from sagalab.simulator.config import configure, list_scenarios, merge_defaults, validate
 from sagalab.simulator.errors import SimulationError
 from sagalab.simulator.model import simulate
 from sagalab.simulator.output import write_csv, write_outputs
@@ -200,3 +217,102 @@ def sweep_cmd(
     else:
         render_sweep(Console(highlight=False), rows, [k for k, _ in parsed])
     typer.echo(f"wrote {path}", err=True)
+
+
+def _observed(store: SagaStore, since: float | None) -> tuple[list[Observed], bool]:
+    """The sagas created at or after `since` (the newest MAX_LIMIT), each with its journal as
+    calibration rows; True if more were left out."""
+    records = store.find_sagas(SagaFilter(since=since, limit=MAX_LIMIT + 1))
+    out = []
+    for record in records[:MAX_LIMIT]:
+        rows = []
+        for entry in store.journal(record.id):
+            event = entry.event
+            failure = event.failure
+            rows.append(
+                Row(
+                    type=event.type.value,
+                    at=event.at,
+                    step=event.step,
+                    phase=event.phase.value if event.phase is not None else None,
+                    attempt=event.attempt,
+                    status_code=entry.status_code,
+                    duration_ms=entry.duration_ms,
+                    failure=failure.error if failure is not None else None,
+                    retry_after=failure.retry_after if failure is not None else None,
+                    not_before=event.not_before,
+                )
+            )
+        out.append(Observed(record.created_at, record.flow, tuple(rows)))
+    return out, len(records) > MAX_LIMIT
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    db: Annotated[str, typer.Option("--db", help="The saga database (SQLite path or URL).")],
+    out: Annotated[Path, typer.Option("--out", help="The scenario YAML to write.")],
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Sagas created at or after: 15m, 2h, an ISO time, epoch s."),
+    ] = None,
+    latency: Annotated[
+        str,
+        typer.Option(
+            "--latency",
+            help="auto (empirical where the lognormal's KS p < 0.01), lognormal or empirical.",
+        ),
+    ] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fit a scenario to the journal: each service's latency (lognormal, with its KS fit
+    quality, and empirical quantiles), error rates, Retry-After, and the arrival rate.
+
+    Exit 2: no saga in the window, a bad --since, or --out in a missing directory or existing
+    (without --force); 5: the database cannot be read.
+    """
+    now = time.time()
+    if latency not in LATENCY_CHOICES:
+        raise fail(f"--latency must be one of {', '.join(LATENCY_CHOICES)}", EXIT_USAGE)
+    try:
+        start = parse_since(since, now=now) if since is not None else None
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    if not out.parent.is_dir():
+        raise fail(f"--out {out}: directory {out.parent} does not exist", EXIT_USAGE)
+    if out.exists() and not force:
+        raise fail(f"--out {out} exists; pass --force to overwrite it", EXIT_USAGE)
+    with handled(), closing(open_store(db, readonly=True)) as store:
+        sagas, truncated = _observed(store, start)
+    try:
+        scenario, report = calibrate(sagas, latency=latency)
+    except CalibrationError as exc:
+        where = f" created since {since}" if since else ""
+        raise fail(f"{shown(db)}{where}: {exc}", EXIT_USAGE) from None
+    if truncated:
+        report["truncated"] = f"only the newest {MAX_LIMIT} sagas were read; narrow --since"
+    # What is written must be what `simulate run` takes: validated as it would be.
+    with _refusals(str(out)):
+        validate(merge_defaults(scenario))
+    fitted_at = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
+    for key in ("first_created", "last_created"):
+        created = datetime.fromtimestamp(report["window"][key], UTC)
+        report["window"][f"{key}_utc"] = created.isoformat(timespec="milliseconds")
+    window: str | None = None
+    if start is not None:
+        at = datetime.fromtimestamp(start, UTC).isoformat(timespec="seconds")
+        window = f"at or after {at} (--since {since})"
+    text = header(report, source=shown(db), fitted_at=fitted_at, since=window)
+    text += yaml.safe_dump(scenario, sort_keys=False, default_flow_style=None)
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"cannot write {out}: {exc.strerror or exc}", EXIT_USAGE) from None
+    report["out"] = str(out)
+    if json_out:
+        typer.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        fits = report["services"]
+        for name, fit in fits.items():
+            typer.echo(f"{name}: {fit.get('attempts', 0)} attempts, {fit['used']}", err=True)
+    typer.echo(f"wrote {out} ({report['sagas']} sagas)", err=True)

@@ -66,6 +66,7 @@ _LATENCY_KEYS = {
     "low": LATENCY,
     "high": LATENCY,
     "sigma": Bound(0.0, MAX_SIM_SIGMA, "lognormal spread"),
+    "quantiles[]": LATENCY,  # an empirical distribution's points
 }
 _RATE_KEYS = {
     "value": RATE,

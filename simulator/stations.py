@@ -26,6 +26,7 @@ from sagalab.orchestrator.outcomes import (
 )
 from sagalab.orchestrator.saga import Phase
 
+from .errors import ScenarioError
 from .metrics import Histogram, TierStats
 
 __all__ = ["Call", "Fault", "Job", "Service", "Station", "sampler"]
@@ -37,7 +38,11 @@ _ACTION, _COMPENSATION = Phase.ACTION, Phase.COMPENSATION
 
 
 def sampler(spec: dict[str, Any], rng: random.Random, where: str) -> Callable[[], float]:
-    """A latency sampler from `{dist: exponential|lognormal|constant|uniform, ...}`.
+    """A latency sampler from `{dist: exponential|lognormal|constant|uniform|empirical, ...}`.
+
+    `empirical`: `quantiles: [x0, ..., xk]`, the values at probabilities 0, 1/k, ..., 1
+    (non-decreasing); a draw is the inverse of their piecewise-linear CDF at one uniform
+    number, so a seed gives the same draws. `simulate calibrate` writes them.
 
     The exponential and lognormal samplers inline `random.Random.expovariate` and
     `lognormvariate` (Kinderman-Monahan `normalvariate`) step for step: the same draws and the
@@ -46,7 +51,8 @@ def sampler(spec: dict[str, Any], rng: random.Random, where: str) -> Callable[[]
     from .config import Node
 
     node = Node(spec, where)
-    dist = node.text("dist", "exponential", {"exponential", "lognormal", "constant", "uniform"})
+    dists = {"exponential", "lognormal", "constant", "uniform", "empirical"}
+    dist = node.text("dist", "exponential", dists)
     uniform01 = rng.random
     if dist == "exponential":
         rate = 1.0 / node.num("mean", positive=True)
@@ -68,11 +74,40 @@ def sampler(spec: dict[str, Any], rng: random.Random, where: str) -> Callable[[]
                     return _exp(mu + z * sigma)
 
         return lognormal
+    if dist == "empirical":
+        points = _quantile_points(node)
+        k = len(points) - 1
+
+        def empirical() -> float:
+            u = uniform01() * k
+            i = min(int(u), k - 1)
+            return points[i] + (points[i + 1] - points[i]) * (u - i)
+
+        return empirical
     if dist == "constant":
         value = node.num("value", min=0.0)
         return lambda: value
     low, high = node.num("low", min=0.0), node.num("high", min=0.0)
     return lambda: rng.uniform(low, high)
+
+
+#: Most points of an empirical distribution (each is a float held for the run).
+MAX_QUANTILES = 1001
+
+
+def _quantile_points(node: Any) -> list[float]:
+    where = f"{node.path}.quantiles"
+    raw = node.get("quantiles")
+    if not isinstance(raw, list) or not 2 <= len(raw) <= MAX_QUANTILES:
+        raise ScenarioError(where, f"must be a list of 2 to {MAX_QUANTILES} seconds")
+    points: list[float] = []
+    for i, x in enumerate(raw):
+        if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x) or x < 0:
+            raise ScenarioError(f"{where}[{i}]", f"must be a number of seconds >= 0, got {x!r}")
+        if points and x < points[-1]:
+            raise ScenarioError(f"{where}[{i}]", "must not be less than the one before")
+        points.append(float(x))
+    return points
 
 
 class Job:

@@ -54,6 +54,7 @@ CORE = (
     "orchestrator/forkplan.py",
     "orchestrator/sagafilter.py",
     "orchestrator/redact.py",
+    "simulator/calibrate.py",  # fitting a scenario to journal rows: pure, the CLI reads them
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "orchestrator" / "policies").glob("*.py")),
     "edge/__init__.py",  # runs before the edge's policies: it imports nothing
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "edge" / "policies").glob("*.py")),

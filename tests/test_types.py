@@ -44,6 +44,7 @@ CHECKS = [
             "sagalab/orchestrator/sagafilter.py",
             "sagalab/orchestrator/policies",
             "sagalab/edge/policies",
+            "sagalab/simulator/calibrate.py",
         ],
         id="core-strict",
     ),
