@@ -96,6 +96,7 @@ BOUNDS: dict[str, Bound] = {
     "clients[].retry.initial_delay": SECONDS,
     "clients[].retry.max_delay": SECONDS,
     "clients[].retry.multiplier": Bound(1.0, MAX_SIM_MULTIPLIER, "backoff growth"),
+    "clients[].retry.deadline": POSITIVE_SECONDS,
     **_group("clients[].rate", _RATE_KEYS),
     "firewall.flood.rate": Bound(0.001, MAX_SIM_RATE, "requests per second"),
     "firewall.flood.burst": Bound(1.0, MAX_SIM_BURST, "a token bucket's burst"),
@@ -176,7 +177,11 @@ def check_numbers(config: Mapping[str, Any]) -> None:
     for where, pattern, value in _numbers(config, "", ""):
         bound = BOUNDS.get(pattern)
         if bound is None:
-            raise ScenarioError(where, "unknown setting (no number is read here)")
+            # Unknown keys are refused when the scenario is merged; this is a number given to
+            # a setting of another kind (`jitter: 1`) or to one read from no number.
+            raise ScenarioError(
+                where, f"takes no number, got {value!r} (simulator/defaults.py shows its kind)"
+            )
         if not math.isfinite(value):
             raise ScenarioError(where, f"must be a finite number, got {value}")
         if value < bound.low:

@@ -83,7 +83,17 @@ DEFAULTS: dict[str, Any] = {
             "keys": 50,
             "timeout": 5.0,
             "idempotent": True,
-            "retry": {"max_attempts": 4, "initial_delay": 0.2, "max_delay": 5.0},
+            # A `RetryPolicy` (orchestrator/policies/retry.py): the wait after the n-th failed
+            # attempt is min(max_delay, initial_delay * multiplier ** (n - 1)), drawn under
+            # `jitter`; `deadline` (seconds from the first attempt, null: none) ends retrying.
+            "retry": {
+                "max_attempts": 4,
+                "initial_delay": 0.2,
+                "max_delay": 5.0,
+                "multiplier": 2.0,
+                "deadline": None,
+                "jitter": True,
+            },
         }
     ],
     "firewall": {
