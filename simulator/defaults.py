@@ -92,7 +92,7 @@ DEFAULTS: dict[str, Any] = {
                 "max_delay": 5.0,
                 "multiplier": 2.0,
                 "deadline": None,
-                "jitter": True,
+                "jitter": "full",
             },
         }
     ],

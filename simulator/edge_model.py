@@ -24,7 +24,7 @@ from sagalab.edge.policies.balancer import Balancer, HealthTracker
 from sagalab.edge.policies.failover import SendFailure, after_failure, choose_untried, eject
 from sagalab.edge.policies.firewall import Firewall
 from sagalab.edge.policies.token_bucket import TokenBucket
-from sagalab.orchestrator.policies.retry import RetryPolicy
+from sagalab.orchestrator.policies.retry import JITTER_KINDS, RetryPolicy
 
 from .config import Node
 from .errors import ScenarioError
@@ -37,6 +37,17 @@ RETRYABLE = frozenset({"timeout", "429", "503", "reset"})
 # Client timeouts are checked by one sweeper per client group, at most this often: a timeout
 # may fire up to this late, and a run schedules ~10 sweeps/s instead of one event per attempt.
 TIMEOUT_RESOLUTION = 0.1
+
+
+def _jitter(retry: Node) -> bool | str:
+    """A client's `retry.jitter`: a kind of `JITTER_KINDS`, or true (full) or false (none)."""
+    value = retry.get("jitter", True)
+    if not isinstance(value, bool) and value not in JITTER_KINDS:
+        raise ScenarioError(
+            f"{retry.path}.jitter",
+            f"must be one of {', '.join(JITTER_KINDS)} (or true: full, false: none), got {value!r}",
+        )
+    return value  # type: ignore[no-any-return]
 
 
 class ClientGroup:
@@ -70,7 +81,7 @@ class ClientGroup:
                     max_delay=r.num("max_delay", min=0.0),
                     multiplier=r.num("multiplier", min=1.0, default=2.0),
                     deadline=r.get("deadline"),
-                    jitter=r.flag("jitter", True),
+                    jitter=_jitter(r),
                 )
             except (TypeError, ValueError) as exc:
                 raise ScenarioError(f"{node.path}.retry", str(exc)) from None
@@ -82,7 +93,17 @@ class ClientGroup:
 class Request:
     """A client's logical request: one or more attempts, at most one saga (if idempotent)."""
 
-    __slots__ = ("group", "address", "key", "first_at", "attempts", "inflight", "done", "saga")
+    __slots__ = (
+        "group",
+        "address",
+        "key",
+        "first_at",
+        "attempts",
+        "inflight",
+        "done",
+        "saga",
+        "last_delay",
+    )
 
     def __init__(self, group: ClientGroup, address: str, key: str | None, now: float) -> None:
         self.group = group
@@ -93,6 +114,8 @@ class Request:
         self.inflight = 0
         self.done = False
         self.saga: Any = None
+        # The last backoff wait (a decorrelated jitter grows from it); None before a retry.
+        self.last_delay: float | None = None
 
 
 class Attempt:
@@ -263,12 +286,14 @@ class Edge:
                 retryable=status in RETRYABLE,
                 rng=group.rng,
                 retry_after=retry_after,
+                previous_delay=request.last_delay,
             )
         if delay is None:
             request.done = True
             self.count(f"{kind}.gave_up")
             return
         self.count(f"{kind}.retries")
+        request.last_delay = delay
         timer = self.env.timeout(delay)
         timer.callbacks.append(partial(self._resend, request))
 

@@ -78,7 +78,7 @@ def test_jitter_draws_shorter_waits_than_its_cap() -> None:
         ({"deadline": 0}, "retry.deadline", "under the minimum"),
         ({"deadline": float("inf")}, "retry.deadline", "finite"),
         ({"deadline": "soon"}, "retry", "deadline must be a number of seconds"),
-        ({"jitter": "yes"}, "retry.jitter", "must be"),
+        ({"jitter": "yes"}, "retry.jitter", "must be one of none, full, equal, decorrelated"),
         ({"jitter": 1}, "retry.jitter", "takes no number"),
     ],
     ids=str,
@@ -90,3 +90,25 @@ def test_bad_retry_settings_are_refused_naming_them(
         validate(_all_refused({"max_attempts": 3, **retry}))
     assert info.value.where == f"clients[0].{where}"
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "low", "high"),
+    [
+        ("none", 29, 29),  # always the 0.1 s cap
+        (False, 29, 29),
+        ("full", 50, 66),  # mean wait 0.05 s: about 58
+        (True, 50, 66),
+        ("equal", 35, 42),  # mean wait 0.075 s: about 39
+        # From [0.1, 0.3] growing by up to 3 per wait, capped at 1 s: a few retries only.
+        ("decorrelated", 3, 12),
+    ],
+    ids=str,
+)
+def test_each_jitter_kind_paces_the_retries(kind: object, low: float, high: float) -> None:
+    """Retries per request within a 3 s deadline under each jitter kind (cap 0.1 s; the
+    decorrelated kind grows from its own last wait up to `max_delay`)."""
+    max_delay = 1.0 if kind == "decorrelated" else 0.1
+    retry = {"max_attempts": 100, "initial_delay": 0.1, "max_delay": max_delay}
+    got = _retries_per_request({**retry, "deadline": 3, "multiplier": 1, "jitter": kind})
+    assert low <= got <= high
