@@ -94,8 +94,13 @@ DEFAULTS: dict[str, Any] = {
                 "deadline": None,
                 "jitter": "full",
             },
+            # Retries at most `ratio` of this group's requests plus `min_per_second`, over the
+            # last `window` seconds (orchestrator/policies/retry_budget.py); null: no budget.
+            "retry_budget": None,
         }
     ],
+    # The same over every client group's requests and retries together; null: none.
+    "retry_budget": None,
     "firewall": {
         "allow": [],
         "deny": [],

@@ -27,14 +27,18 @@ REQUEST_FIELDS = (
 NAMES = {"403": "blocked", "429": "rate_limited", "401": "unauthorized", "503": "unavailable"}
 
 
-def _requests(counts: dict[str, int], kind: str) -> dict[str, int]:
-    return {NAMES.get(f, f): counts.get(f"{kind}.{f}", 0) for f in REQUEST_FIELDS}
+def _requests(counts: dict[str, int], kind: str, budgeted: bool) -> dict[str, int]:
+    out = {NAMES.get(f, f): counts.get(f"{kind}.{f}", 0) for f in REQUEST_FIELDS}
+    if budgeted:  # only then, so a report without a retry budget stays as it was
+        out["retry_budget_refused"] = counts.get(f"{kind}.retry_budget_refused", 0)
+    return out
 
 
 def build_report(sim: Simulation, now: float) -> dict[str, Any]:
     """Everything the summary, the JSON file and the claims need (deterministic)."""
     edge, orch = sim.edge, sim.orchestrator
     counts = edge.counts
+    budgeted = edge.budget is not None or any(g.budget is not None for g, _ in sim.groups)
     statuses = sim.status_counts
     created = sim.next_id
     unfinished = len(sim.live)
@@ -92,8 +96,8 @@ def build_report(sim: Simulation, now: float) -> dict[str, Any]:
         "duration": sim.duration,
         "simulated_until": round(now, 6),
         "requests": {
-            "legit": _requests(counts, "legit"),
-            "attacker": _requests(counts, "attacker"),
+            "legit": _requests(counts, "legit", budgeted),
+            "attacker": _requests(counts, "attacker", budgeted),
         },
         "firewall": {
             "denied": counts.get("firewall.denied", 0) + counts.get("firewall.not_allowed", 0),
