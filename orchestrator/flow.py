@@ -131,10 +131,17 @@ def _retry_from(raw: Any, default: RetryPolicy, where: str, issues: _Issues) -> 
         return default
     values = {**default.__dict__, **raw}
     try:
-        return RetryPolicy(**values)
+        policy = RetryPolicy(**values)
     except (TypeError, ValueError) as exc:
         issues.add(where, str(exc))
         return default
+    if policy.jitter_kind == "decorrelated":
+        # It grows from the last wait drawn, which a saga's journal does not record.
+        issues.add(
+            where, "jitter decorrelated is for clients only; a step takes none, full or equal"
+        )
+        return default
+    return policy
 
 
 def _call_from(raw: Any, where: str, issues: _Issues) -> HttpCall | None:

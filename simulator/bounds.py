@@ -32,6 +32,7 @@ from sagalab.orchestrator.limits import (
     MAX_SIM_THRESHOLD,
     MIN_SIM_TICK,
 )
+from sagalab.orchestrator.policies.retry_budget import MAX_BUDGET_RATIO, MAX_BUDGET_WINDOW
 
 from .errors import ScenarioError
 
@@ -81,6 +82,13 @@ _RATE_KEYS = {
 }
 
 
+_BUDGET_KEYS = {
+    "ratio": Bound(0.0, MAX_BUDGET_RATIO, "retries per request"),
+    "min_per_second": Bound(0.0, MAX_SIM_RATE, "retries per second"),
+    "window": Bound(1.0, MAX_BUDGET_WINDOW, "seconds of a retry budget's window"),
+}
+
+
 def _group(prefix: str, rows: Mapping[str, Bound]) -> dict[str, Bound]:
     return {f"{prefix}.{key}": bound for key, bound in rows.items()}
 
@@ -97,6 +105,9 @@ BOUNDS: dict[str, Bound] = {
     "clients[].retry.initial_delay": SECONDS,
     "clients[].retry.max_delay": SECONDS,
     "clients[].retry.multiplier": Bound(1.0, MAX_SIM_MULTIPLIER, "backoff growth"),
+    "clients[].retry.deadline": POSITIVE_SECONDS,
+    **_group("clients[].retry_budget", _BUDGET_KEYS),
+    **_group("retry_budget", _BUDGET_KEYS),
     **_group("clients[].rate", _RATE_KEYS),
     "firewall.flood.rate": Bound(0.001, MAX_SIM_RATE, "requests per second"),
     "firewall.flood.burst": Bound(1.0, MAX_SIM_BURST, "a token bucket's burst"),
@@ -168,6 +179,20 @@ def _numbers(node: Any, shown: str, pattern: str) -> Iterator[tuple[str, str, An
         yield shown, pattern, node
 
 
+_NULL_BY_DEFAULT = ("clients[].retry_budget", "retry_budget")
+"""Mappings whose default is null: their keys are not checked when the scenario is merged."""
+
+
+def _no_number_here(pattern: str, value: Any) -> str:
+    parent = pattern.rpartition(".")[0]
+    if parent in _NULL_BY_DEFAULT:  # a misspelt key of a retry budget
+        prefix = parent + "."
+        known = sorted(key[len(prefix) :] for key in BOUNDS if key.startswith(prefix))
+        return f"unknown setting; known here: {', '.join(known)}"
+    # A number given to a setting of another kind (`jitter: 1`).
+    return f"takes no number, got {value!r} (simulator/defaults.py shows its kind)"
+
+
 def _fmt(x: float) -> str:
     return f"{x:,.10g}"
 
@@ -177,7 +202,7 @@ def check_numbers(config: Mapping[str, Any]) -> None:
     for where, pattern, value in _numbers(config, "", ""):
         bound = BOUNDS.get(pattern)
         if bound is None:
-            raise ScenarioError(where, "unknown setting (no number is read here)")
+            raise ScenarioError(where, _no_number_here(pattern, value))
         if not math.isfinite(value):
             raise ScenarioError(where, f"must be a finite number, got {value}")
         if value < bound.low:

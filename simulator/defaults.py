@@ -83,9 +83,24 @@ DEFAULTS: dict[str, Any] = {
             "keys": 50,
             "timeout": 5.0,
             "idempotent": True,
-            "retry": {"max_attempts": 4, "initial_delay": 0.2, "max_delay": 5.0},
+            # A `RetryPolicy` (orchestrator/policies/retry.py): the wait after the n-th failed
+            # attempt is min(max_delay, initial_delay * multiplier ** (n - 1)), drawn under
+            # `jitter`; `deadline` (seconds from the first attempt, null: none) ends retrying.
+            "retry": {
+                "max_attempts": 4,
+                "initial_delay": 0.2,
+                "max_delay": 5.0,
+                "multiplier": 2.0,
+                "deadline": None,
+                "jitter": "full",
+            },
+            # Retries at most `ratio` of this group's requests plus `min_per_second`, over the
+            # last `window` seconds (orchestrator/policies/retry_budget.py); null: no budget.
+            "retry_budget": None,
         }
     ],
+    # The same over every client group's requests and retries together; null: none.
+    "retry_budget": None,
     "firewall": {
         "allow": [],
         "deny": [],

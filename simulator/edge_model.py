@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -24,7 +24,8 @@ from sagalab.edge.policies.balancer import Balancer, HealthTracker
 from sagalab.edge.policies.failover import SendFailure, after_failure, choose_untried, eject
 from sagalab.edge.policies.firewall import Firewall
 from sagalab.edge.policies.token_bucket import TokenBucket
-from sagalab.orchestrator.policies.retry import RetryPolicy
+from sagalab.orchestrator.policies.retry import JITTER_KINDS, RetryPolicy
+from sagalab.orchestrator.policies.retry_budget import RetryBudget, RetryBudgetPolicy
 
 from .config import Node
 from .errors import ScenarioError
@@ -37,6 +38,34 @@ RETRYABLE = frozenset({"timeout", "429", "503", "reset"})
 # Client timeouts are checked by one sweeper per client group, at most this often: a timeout
 # may fire up to this late, and a run schedules ~10 sweeps/s instead of one event per attempt.
 TIMEOUT_RESOLUTION = 0.1
+
+
+def _jitter(retry: Node) -> bool | str:
+    """A client's `retry.jitter`: a kind of `JITTER_KINDS`, or true (full) or false (none)."""
+    value = retry.get("jitter", True)
+    if not isinstance(value, bool) and value not in JITTER_KINDS:
+        raise ScenarioError(
+            f"{retry.path}.jitter",
+            f"must be one of {', '.join(JITTER_KINDS)} (or true: full, false: none), got {value!r}",
+        )
+    return value  # type: ignore[no-any-return]
+
+
+def retry_budget(value: Any, where: str) -> RetryBudget | None:
+    """A `retry_budget` setting (null: none) as a fresh `RetryBudget`."""
+    if value is None or value is False:
+        return None
+    if not isinstance(value, Mapping):
+        raise ScenarioError(where, "must be a mapping (ratio, min_per_second, window) or null")
+    unknown = sorted(set(value) - {"ratio", "min_per_second", "window"})
+    if unknown:
+        raise ScenarioError(
+            f"{where}.{unknown[0]}", "unknown setting; known here: min_per_second, ratio, window"
+        )
+    try:
+        return RetryBudget(RetryBudgetPolicy(**value))
+    except (TypeError, ValueError) as exc:
+        raise ScenarioError(where, str(exc)) from None
 
 
 class ClientGroup:
@@ -70,10 +99,12 @@ class ClientGroup:
                     max_delay=r.num("max_delay", min=0.0),
                     multiplier=r.num("multiplier", min=1.0, default=2.0),
                     deadline=r.get("deadline"),
-                    jitter=r.flag("jitter", True),
+                    jitter=_jitter(r),
                 )
             except (TypeError, ValueError) as exc:
                 raise ScenarioError(f"{node.path}.retry", str(exc)) from None
+        # Retries at most a share of this group's requests (and the cluster's, `Edge.budget`).
+        self.budget = retry_budget(node.get("retry_budget"), f"{node.path}.retry_budget")
         self.rng = rng
         self.pending: deque[tuple[float, Attempt]] = deque()
         self.sweeping = False
@@ -82,7 +113,17 @@ class ClientGroup:
 class Request:
     """A client's logical request: one or more attempts, at most one saga (if idempotent)."""
 
-    __slots__ = ("group", "address", "key", "first_at", "attempts", "inflight", "done", "saga")
+    __slots__ = (
+        "group",
+        "address",
+        "key",
+        "first_at",
+        "attempts",
+        "inflight",
+        "done",
+        "saga",
+        "last_delay",
+    )
 
     def __init__(self, group: ClientGroup, address: str, key: str | None, now: float) -> None:
         self.group = group
@@ -93,6 +134,8 @@ class Request:
         self.inflight = 0
         self.done = False
         self.saga: Any = None
+        # The last backoff wait (a decorrelated jitter grows from it); None before a retry.
+        self.last_delay: float | None = None
 
 
 class Attempt:
@@ -189,6 +232,8 @@ class Edge:
         self.counts: dict[str, int] = {}
         self.submit_latency = {"legit": Histogram(), "attacker": Histogram()}
         self.health_events = 0
+        # One budget shared by every client group: the cluster-wide cap on retries.
+        self.budget = retry_budget(node.get("retry_budget"), "retry_budget")
 
     def count(self, name: str, n: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
@@ -203,6 +248,10 @@ class Edge:
         key = keys[int(rng.random() * len(keys))]
         request = Request(group, address, key, self.env.now)
         self.count(f"{group.kind}.offered")
+        if group.budget is not None:
+            group.budget.record_request(request.first_at)
+        if self.budget is not None:
+            self.budget.record_request(request.first_at)
         self.send(request)
 
     def send(self, request: Request) -> None:
@@ -263,14 +312,25 @@ class Edge:
                 retryable=status in RETRYABLE,
                 rng=group.rng,
                 retry_after=retry_after,
+                previous_delay=request.last_delay,
             )
+        if delay is not None and not self._budget_allows(group, now):
+            self.count(f"{kind}.retry_budget_refused")
+            delay = None
         if delay is None:
             request.done = True
             self.count(f"{kind}.gave_up")
             return
         self.count(f"{kind}.retries")
+        request.last_delay = delay
         timer = self.env.timeout(delay)
         timer.callbacks.append(partial(self._resend, request))
+
+    def _budget_allows(self, group: ClientGroup, now: float) -> bool:
+        # The group's budget first: a retry it refuses is not charged to the cluster's.
+        if group.budget is not None and not group.budget.try_retry(now):
+            return False
+        return self.budget is None or self.budget.try_retry(now)
 
     def _resend(self, request: Request, _backoff: simpy.Event) -> None:
         self.send(request)

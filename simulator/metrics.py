@@ -92,7 +92,19 @@ class Histogram:
 class TierStats:
     """Occupancy of one tier over time: enough for L, λ and W (Little's law)."""
 
-    __slots__ = ("name", "arrivals", "departures", "present", "area", "last", "sojourn", "peak")
+    __slots__ = (
+        "name",
+        "arrivals",
+        "departures",
+        "present",
+        "area",
+        "last",
+        "sojourn",
+        "peak",
+        "samples",
+        "sampled",
+        "sampled_sq",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -103,6 +115,18 @@ class TierStats:
         self.last = 0.0
         self.sojourn = 0.0
         self.peak = 0
+        # Occupancy read at the sampler's ticks: an estimate of L that does not come from
+        # the same bookkeeping as the sojourn times (the area does, so L = λW by construction).
+        self.samples = 0
+        self.sampled = 0
+        self.sampled_sq = 0
+
+    def sample(self) -> None:
+        """Read the number present now (called at regular ticks)."""
+        present = self.present
+        self.samples += 1
+        self.sampled += present
+        self.sampled_sq += present * present
 
     def enter(self, now: float) -> None:
         """One item arrives at `now`."""
@@ -128,8 +152,14 @@ class TierStats:
         big_l = area / horizon
         lam = self.departures / horizon
         w = self.sojourn / self.departures if self.departures else 0.0
+        n = self.samples
+        sampled = self.sampled / n if n else 0.0
+        spread = math.sqrt(max(self.sampled_sq / n - sampled * sampled, 0.0)) if n else 0.0
         return {
             "L": round(big_l, 6),
+            "L_sampled": round(sampled, 6),
+            "L_sampled_se": round(spread / math.sqrt(n), 6) if n else 0.0,
+            "samples": n,
             "lambda": round(lam, 6),
             "W": round(w, 6),
             "lambda_W": round(lam * w, 6),

@@ -27,7 +27,7 @@ from sagalab.orchestrator.saga import Phase, SagaStatus
 from .config import Node
 from .edge_model import ClientGroup, Edge, Request
 from .errors import ScenarioError
-from .metrics import Histogram
+from .metrics import Histogram, TierStats
 from .orchestration import Orchestrator, Saga
 from .schedule import arrivals, segments
 from .stations import Fault, Service, sampler
@@ -296,8 +296,11 @@ class Simulation:
 
     def _sampler(self) -> Any:
         env, interval = self.env, self.interval
+        tiers = list(self.tiers().values())
         while True:
             yield env.timeout(interval)
+            for stats in tiers:  # occupancy for the Little's-law check (`report.little_holds`)
+                stats.sample()
             self._sample(env.now)
 
     def _cumulative(self) -> dict[str, float]:
@@ -314,6 +317,17 @@ class Simulation:
             "completed": s["completed"],
             "rolled_back": s["rolled_back"],
             "failed": s["failed"],
+        }
+
+    def tiers(self) -> dict[str, TierStats]:
+        """Every tier whose occupancy the report checks against Little's law, by name."""
+        edge, orch = self.edge, self.orchestrator
+        return {
+            "firewall": edge.fw_station.stats,
+            **{g.name: g.station.stats for g in edge.gateways},
+            "queue": orch.queue_stats,
+            "orchestrator": orch.run_stats,
+            **{f"service.{n}": s.station.stats for n, s in self.services.items()},
         }
 
     def _sample(self, now: float) -> None:

@@ -39,6 +39,9 @@ BAD = {
     "deadline-nan": ({"deadline": math.nan}, "deadline"),
     "deadline-text": ({"deadline": "soon"}, "deadline"),
     "jitter-text": ({"jitter": "yes"}, "jitter"),
+    "jitter-number": ({"jitter": 1}, "jitter"),
+    # Decorrelated grows from the last wait, which a saga's journal does not keep.
+    "jitter-decorrelated": ({"jitter": "decorrelated"}, "jitter decorrelated"),
 }
 
 
@@ -88,3 +91,10 @@ def test_sensible_settings_still_load() -> None:
     assert flow.steps[0].retry == RetryPolicy(
         max_attempts=5, initial_delay=0.1, max_delay=60, deadline=3600
     )
+
+
+@pytest.mark.parametrize("kind", ["none", "full", "equal", True, False])
+def test_a_step_names_a_jitter_kind(kind: object) -> None:
+    flow = flow_from_dict(_flow({"max_attempts": 5, "jitter": kind}), source="f")
+    expected = {True: "full", False: "none"}.get(kind, kind)  # type: ignore[call-overload]
+    assert flow.steps[0].retry.jitter_kind == expected

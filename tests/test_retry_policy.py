@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 
 from sagalab.orchestrator.policies.retry import (
     FOREVER_RETRY,
+    JITTER_KINDS,
     MAX_RETRY_AFTER,
     RetryPolicy,
     backoff_delay,
     exhausted,
+    jitter_delay,
 )
 
 
@@ -273,3 +275,88 @@ def test_same_seed_same_decisions_as_the_tenacity_version() -> None:
         0.07313778338251711,
     ]
     assert rng.random() == 0.057998924774706806
+
+
+# --- jitter kinds (AWS Architecture Blog, "Exponential Backoff and Jitter") -------------------
+
+
+def _samples(kind: str, attempts: int, n: int = 20_000) -> list[float]:
+    policy = RetryPolicy(max_attempts=None, initial_delay=0.5, max_delay=8.0, jitter=kind)
+    rng = random.Random(11)
+    return [backoff_delay(policy, attempts, rng.uniform(0.0, 1.0)) for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("kind", "low", "high", "mean"),
+    [
+        ("none", 2.0, 2.0, 2.0),  # the cap: 0.5 * 2 ** 2 after three attempts
+        ("full", 0.0, 2.0, 1.0),  # uniform in [0, cap]
+        ("equal", 1.0, 2.0, 1.5),  # uniform in [cap / 2, cap]
+        ("decorrelated", 0.5, 1.5, 1.0),  # uniform in [base, 3 * base] before any wait
+    ],
+    ids=str,
+)
+def test_each_jitter_kind_draws_in_its_range_with_its_mean(
+    kind: str, low: float, high: float, mean: float
+) -> None:
+    got = _samples(kind, 3)
+    assert low <= min(got) and max(got) <= high
+    assert sum(got) / len(got) == pytest.approx(mean, rel=0.02)
+    if low < high:  # it spreads over the range, not a point
+        assert min(got) < low + 0.01 * (high - low) and max(got) > high - 0.01 * (high - low)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    previous=st.floats(0.0, 100.0),
+    u=st.floats(0.0, 1.0),
+    base=st.floats(0.0, 5.0),
+    max_delay=st.floats(0.0, 60.0),
+)
+def test_decorrelated_grows_from_the_last_wait_within_its_cap(
+    previous: float, u: float, base: float, max_delay: float
+) -> None:
+    """sleep = min(cap, uniform(base, sleep * 3)): from the previous wait, not the attempt."""
+    got = jitter_delay("decorrelated", 0.0, u, base=base, previous=previous, max_delay=max_delay)
+    assert got <= max_delay
+    assert got >= min(base, max_delay)
+    assert got <= max(base, 3 * previous) + 1e-9
+
+
+def test_decorrelated_waits_follow_the_previous_one() -> None:
+    policy = RetryPolicy(
+        max_attempts=None, initial_delay=1.0, max_delay=100.0, jitter="decorrelated"
+    )
+    top, bottom = Extremes(high=True), Extremes(high=False)
+    assert delay(policy, 1, rng=top) == 3.0  # no previous wait: from the base
+    assert delay(policy, 1, rng=top, previous_delay=3.0) == 9.0  # the attempt count is not read
+    assert delay(policy, 5, rng=bottom, previous_delay=9.0) == 1.0  # never under the base
+    assert delay(policy, 2, rng=top, previous_delay=50.0) == 100.0  # capped at max_delay
+
+
+@pytest.mark.parametrize("kind", JITTER_KINDS)
+def test_each_kind_uses_one_draw_or_none(kind: str) -> None:
+    """A seeded run uses one uniform per retry decision, none for `none`."""
+    draws: list[tuple[float, float]] = []
+
+    class Counting:
+        def uniform(self, a: float, b: float) -> float:
+            draws.append((a, b))
+            return 0.5
+
+    policy = RetryPolicy(max_attempts=None, jitter=kind)
+    assert delay(policy, 2, rng=Counting()) is not None
+    assert len(draws) == (0 if kind == "none" else 1)
+
+
+@pytest.mark.parametrize("jitter", ["fuller", "", 1, None, "FULL"], ids=repr)
+def test_an_unknown_jitter_kind_is_refused_naming_the_kinds(jitter: object) -> None:
+    with pytest.raises(ValueError, match="jitter must be one of none, full, equal, decorrelated"):
+        RetryPolicy(jitter=jitter)  # type: ignore[arg-type]
+
+
+def test_true_and_false_are_full_and_none() -> None:
+    assert RetryPolicy(jitter=True).jitter_kind == "full"
+    assert RetryPolicy(jitter=False).jitter_kind == "none"
+    same = [delay(RetryPolicy(jitter=j), 3, rng=random.Random(5)) for j in (True, "full")]
+    assert same[0] == same[1]

@@ -1,10 +1,21 @@
-"""Retry policy: exponential backoff with full jitter, attempt and deadline limits.
+"""Retry policy: exponential backoff with a jitter kind, attempt and deadline limits.
 
 Pure: time (`now`, `first_attempt_at`) and randomness (`rng`, or the drawn `random_value`)
 are arguments, so the real orchestrator and the simulator make the same decision from the
 same inputs. `RetryPolicy.next_delay` is the decision the saga core and the simulated
-clients ask for; it is `backoff_delay` (the wait: exponential cap, full jitter, Retry-After
+clients ask for; it is `backoff_delay` (the wait: exponential cap, jitter, Retry-After
 as a floor) and `exhausted` (the stop: attempts made, deadline), both pure functions.
+
+Jitter kinds (`jitter_delay`), as defined in the AWS Architecture Blog's "Exponential Backoff
+and Jitter" (Marc Brooker, 2015), with `cap` the exponential cap `backoff_cap` and `u` one
+uniform draw in [0, 1]:
+
+- `none`: the cap itself (`jitter: false`);
+- `full`: `cap * u`, in [0, cap] (`jitter: true`, the default);
+- `equal`: `cap / 2 + cap / 2 * u`, in [cap / 2, cap];
+- `decorrelated`: `min(max_delay, base + u * (3 * previous - base))`, in [base, 3 * previous]
+  capped, where `base` is `initial_delay` and `previous` the last wait (`base` at first): it
+  grows from the waits drawn, not from the attempt count, so its caller keeps `previous`.
 
 Why not tenacity (issue 9)
 --------------------------
@@ -28,6 +39,7 @@ __all__ = [
     "DEFAULT_ACTION_RETRY",
     "DEFAULT_COMPENSATION_RETRY",
     "FOREVER_RETRY",
+    "JITTER_KINDS",
     "MAX_MULTIPLIER",
     "MAX_RETRY_AFTER",
     "MAX_RETRY_ATTEMPTS",
@@ -38,6 +50,8 @@ __all__ = [
     "backoff_delay",
     "bounded_retry_after",
     "exhausted",
+    "jitter_delay",
+    "jitter_kind",
 ]
 
 
@@ -55,6 +69,39 @@ MAX_RETRY_AFTER = 3_600.0
 """The longest wait a server's Retry-After may ask for (seconds): an hour. A longer, infinite
 or unreadably large value is taken as this, so no answer can park a step for years or push a
 non-finite time into the journal (`bounded_retry_after`)."""
+
+
+JITTER_KINDS = ("none", "full", "equal", "decorrelated")
+"""The jitter kinds a `RetryPolicy` takes (besides true, full, and false, none)."""
+
+DECORRELATED_GROWTH = 3.0
+"""How far a decorrelated wait may grow over the last one (the blog's `sleep * 3`)."""
+
+
+def jitter_kind(jitter: bool | str) -> str:
+    """The kind a policy's `jitter` names: true is `full`, false is `none`."""
+    if jitter is True:
+        return "full"
+    if jitter is False:
+        return "none"
+    return jitter
+
+
+def jitter_delay(
+    kind: str, cap: float, random_value: float, *, base: float, previous: float, max_delay: float
+) -> float:
+    """One wait of jitter `kind` (see the module docstring): pure, the draw `random_value`
+    in [0, 1] passed in. `cap` is the exponential cap (for `none`, `full` and `equal`);
+    `base`, `previous` and `max_delay` are what the decorrelated kind grows from."""
+    if kind == "full":
+        return cap * random_value
+    if kind == "equal":
+        half = cap / 2.0
+        return half + half * random_value
+    if kind == "decorrelated":
+        high = max(base, previous * DECORRELATED_GROWTH)
+        return min(max_delay, base + random_value * (high - base))
+    return cap
 
 
 def _is_int(value: object) -> bool:
@@ -79,7 +126,8 @@ class RetryPolicy:
     max_delay: float = 5.0
     multiplier: float = 2.0
     deadline: float | None = None
-    jitter: bool = True
+    jitter: bool | str = True
+    """A jitter kind (`JITTER_KINDS`), or true (`full`) or false (`none`)."""
 
     def __post_init__(self) -> None:
         # Types and bounds as well as signs: a flow file is input, and a string, a NaN or a
@@ -111,8 +159,16 @@ class RetryPolicy:
                 f"deadline must be a number of seconds above 0 and at most "
                 f"{MAX_RETRY_DEADLINE:g} (or null), not {deadline!r}"
             )
-        if not isinstance(self.jitter, bool):
-            raise ValueError(f"jitter must be true or false, not {self.jitter!r}")
+        if not isinstance(self.jitter, bool) and self.jitter not in JITTER_KINDS:
+            raise ValueError(
+                f"jitter must be one of {', '.join(JITTER_KINDS)} (or true: full, false: none), "
+                f"not {self.jitter!r}"
+            )
+
+    @property
+    def jitter_kind(self) -> str:
+        """The jitter kind (`jitter` true is `full`, false is `none`)."""
+        return jitter_kind(self.jitter)
 
     def backoff_cap(self, attempts_made: int) -> float:
         """Upper bound of the wait after `attempts_made` attempts (exponential, capped)."""
@@ -133,20 +189,29 @@ class RetryPolicy:
         retryable: bool,
         rng: UniformSource,
         retry_after: float | None = None,
+        previous_delay: float | None = None,
     ) -> float | None:
         """Seconds to wait before the next attempt, or None to give up.
 
         Gives up at once on a failure that is not retryable. Otherwise draws the jitter (one
-        `rng.uniform(0, 1)`, only when `jitter` is on), takes `backoff_delay`, and gives up if
+        `rng.uniform(0, 1)`, unless the kind is `none`), takes `backoff_delay`, and gives up if
         `exhausted` says so for that wait. `first_attempt_at` and `now` are readings of the
         caller's clock (the journal's times); a server's `Retry-After` is a floor on the wait.
+        `previous_delay` is the last wait of this call (None before the first retry), which
+        only the decorrelated kind reads.
         """
         if not retryable:
             return None
         # The draw comes before the stop check, so a run uses one value per failed retryable
         # attempt whether or not it then gives up (same seed, same sequence).
-        random_value = rng.uniform(0.0, 1.0) if self.jitter else 1.0
-        delay = backoff_delay(self, attempts_made, random_value, retry_after=retry_after)
+        random_value = rng.uniform(0.0, 1.0) if self.jitter_kind != "none" else 1.0
+        delay = backoff_delay(
+            self,
+            attempts_made,
+            random_value,
+            retry_after=retry_after,
+            previous_delay=previous_delay,
+        )
         if exhausted(
             self, attempts_made=attempts_made, elapsed=now - first_attempt_at, delay=delay
         ):
@@ -160,15 +225,25 @@ def backoff_delay(
     random_value: float,
     *,
     retry_after: float | None = None,
+    previous_delay: float | None = None,
 ) -> float:
     """The wait after `attempts_made` failed attempts: pure, the jitter passed in.
 
-    Full jitter: `random_value` (in [0, 1]) times the exponential cap `backoff_cap`, so the
-    wait lies in [0, cap]; without jitter, the cap itself. A server's `retry_after` is a
-    floor (the wait is then in [retry_after, max(cap, retry_after)]).
+    `jitter_delay` of the policy's kind over the exponential cap `backoff_cap` (full jitter:
+    `random_value` in [0, 1] times the cap; none: the cap itself); the decorrelated kind grows
+    from `previous_delay` (`initial_delay` when None). A server's `retry_after` is a floor
+    (the wait is then at least `retry_after`).
     """
     cap = policy.backoff_cap(attempts_made)
-    delay = cap * random_value if policy.jitter else cap
+    base = policy.initial_delay
+    delay = jitter_delay(
+        policy.jitter_kind,
+        cap,
+        random_value,
+        base=base,
+        previous=base if previous_delay is None else previous_delay,
+        max_delay=policy.max_delay,
+    )
     retry_after = bounded_retry_after(retry_after)
     if retry_after is not None:
         delay = max(delay, retry_after)
