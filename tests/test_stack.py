@@ -227,6 +227,30 @@ def test_the_console_link_shows_a_saga_submitted_through_the_edge(stack: StackSt
     assert httpx.get(link + "api/sagas").status_code == 200  # the same link
 
 
+@pytest.mark.parametrize("flag", ["--ui-actions", "--no-ui"])
+def test_up_ui_actions_and_no_ui(tmp_path: Path, flag: str) -> None:
+    """`--ui-actions` serves the console with its operator buttons; `--no-ui` leaves it out."""
+    directory = str(tmp_path / "stack")
+    up = sagalab(
+        "stack", "up", "--detach", "--dir", directory, "--port", "0", "--workers", "0",
+        "--gateways", "1", "--no-services", flag, "--json",
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    try:
+        link = json.loads(up.stdout)["ui_url"]
+        names = set(rows_of(directory))
+        if flag == "--no-ui":
+            assert link is None and "ui" not in names
+        else:
+            assert "ui" in names
+            page = httpx.get(link, timeout=5)
+            assert page.status_code == 200 and "actions allowed" in page.text
+    finally:
+        down = sagalab("stack", "down", "--dir", directory)
+    assert down.returncode == 0, down.stderr
+    assert processes_mentioning(directory) == []
+
+
 def test_killing_a_gateway_keeps_traffic_flowing_and_it_is_restarted(stack: StackState) -> None:
     before = rows_of(stack.directory)["gateway-1"]
     killed = sagalab("stack", "kill", "gateway-1", "--dir", stack.directory)
