@@ -13,6 +13,8 @@ what the API takes (undecodable, malformed, NaN, nested too deep, or a value of 
 type or a field the route does not take: request models are strict and closed, so
 `"force": "yes"` is not true and `"froce": true` is no field) on every route, or an
 operator request naming a step the flow does not have. Nothing a client sends yields a 500.
+The statuses of sagalab's own errors come from `orchestrator.http_status`, which the console
+answers with too.
 
 Every `/v1/` request names its caller, or gets 401: either a gateway vouches for it (the
 stack's gateway secret in `x-sagalab-gateway`, compared in constant time, with the key's tenant
