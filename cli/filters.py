@@ -65,23 +65,27 @@ class FilterArgs:
     def to_filter(self, *, default_limit: int | None) -> SagaFilter:
         """The SagaFilter these options mean; typer.Exit(2) with a clear line if they are
         malformed (a time that is not one, `--input` without `=`, a limit out of range)."""
-        now = time.time()
         try:
-            return SagaFilter(
-                statuses=tuple(dict.fromkeys(self.statuses)),
-                flow=self.flow,
-                step=self.step,
-                error=self.error,
-                since=_time("--since", self.since, now),
-                until=_time("--until", self.until, now),
-                key=self.key,
-                inputs=tuple(parse_input_match(t) for t in self.inputs),
-                tenant=self.tenant,
-                limit=self.limit if self.limit is not None else default_limit,
-                after=self.after,
-            )
+            return self.build(default_limit=default_limit, now=time.time())
         except FilterError as exc:
             raise fail(str(exc), EXIT_USAGE) from None
+
+    def build(self, *, default_limit: int | None, now: float) -> SagaFilter:
+        """The SagaFilter these options mean, times read relative to `now`; FilterError
+        (the line the CLI prints) if they are malformed. The console calls this too."""
+        return SagaFilter(
+            statuses=tuple(dict.fromkeys(self.statuses)),
+            flow=self.flow,
+            step=self.step,
+            error=self.error,
+            since=_time("--since", self.since, now),
+            until=_time("--until", self.until, now),
+            key=self.key,
+            inputs=tuple(parse_input_match(t) for t in self.inputs),
+            tenant=self.tenant,
+            limit=self.limit if self.limit is not None else default_limit,
+            after=self.after,
+        )
 
 
 def _time(option: str, text: str | None, now: float) -> float | None:
@@ -90,7 +94,7 @@ def _time(option: str, text: str | None, now: float) -> float | None:
     try:
         return parse_since(text, now=now)
     except ValueError:
-        raise fail(f"{option} {text!r} is not a time: write {_WHEN}", EXIT_USAGE) from None
+        raise FilterError(f"{option} {text!r} is not a time: write {_WHEN}") from None
 
 
 def _parameters(input_names: tuple[str, ...]) -> list[inspect.Parameter]:

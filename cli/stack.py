@@ -76,8 +76,11 @@ def _code(exc: EdgeError) -> int:
 
 def _show_endpoints(state: StackState) -> None:
     out.print(f"[bold]edge[/]      {state.edge_url}   (firewall + load balancer)")
+    if state.ui_url:
+        mode = "actions allowed" if _ui_actions(state) else "read-only"
+        out.print(f"[bold]console[/]   {state.ui_url}   (open it in a browser; {mode})")
     for c in state.components:
-        if c.kind != "edge":
+        if c.kind not in ("edge", "ui"):
             out.print(f"  {c.name:<10} {c.url or '-':<26} pid {c.pid}")
     if state.database is not None:
         out.print(
@@ -101,6 +104,10 @@ def _show_endpoints(state: StackState) -> None:
     out.print(
         f"      {prefix}sagalab services fault payments --error-rate 1   (the stack's services)"
     )
+
+
+def _ui_actions(state: StackState) -> bool:
+    return any(c.kind == "ui" and "--allow-actions" in c.command for c in state.components)
 
 
 @app.command()
@@ -159,6 +166,20 @@ def up(
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Start, print and return; `down` stops it.")
     ] = False,
+    ui: Annotated[
+        bool,
+        typer.Option(
+            "--ui/--no-ui", help="Serve the web console (`sagalab ui`) on 127.0.0.1 as `ui`."
+        ),
+    ] = True,
+    ui_port: Annotated[int, typer.Option(help="The console's port (0: any free port).")] = 0,
+    ui_actions: Annotated[
+        bool,
+        typer.Option(
+            "--ui-actions",
+            help="The console shows operator buttons (its --allow-actions); off: read-only.",
+        ),
+    ] = False,
     directory: DirOption = DEFAULT_DIR,
     as_json: JsonOpt = False,
 ) -> None:
@@ -181,6 +202,9 @@ def up(
         deny=list(deny) if deny else [BLOCKED_RANGE],
         flood_rate=flood_rate,
         restart_delay=restart_delay,
+        ui=ui,
+        ui_port=ui_port,
+        ui_actions=ui_actions,
     )
     try:
         validate(config)
@@ -192,6 +216,7 @@ def up(
             json.dumps(
                 {
                     "edge_url": state.edge_url,
+                    "ui_url": state.ui_url,
                     "api_key": state.api_key,
                     "directory": state.directory,
                     "db": shown(state.db),
@@ -245,6 +270,7 @@ def status_(directory: DirOption = DEFAULT_DIR, as_json: JsonOpt = False) -> Non
             json.dumps(
                 {
                     "edge_url": state.edge_url,
+                    "ui_url": state.ui_url,
                     "db": shown(state.db),
                     "read_db": shown(state.read_db) if state.read_db else None,
                     "supervisor": supervisor,
@@ -266,6 +292,8 @@ def status_(directory: DirOption = DEFAULT_DIR, as_json: JsonOpt = False) -> Non
                 r["last_exit"] or "-",
             )
         out.print(f"edge {state.edge_url}")
+        if state.ui_url:
+            out.print(f"console {state.ui_url}")
         out.print(f"database {shown(state.db)}")
         if state.read_db:
             out.print(f"reads from {shown(state.read_db)}")

@@ -55,6 +55,12 @@ def ui(
     open_browser: Annotated[
         bool, typer.Option("--open/--no-open", help="Open the console in a browser.")
     ] = False,
+    fd: Annotated[
+        int | None,
+        typer.Option(
+            hidden=True, help="A listening socket passed by the parent (`stack up`), not --port."
+        ),
+    ] = None,
 ) -> None:
     """Serve the web console: sagas, per-saga timelines, breakers and queue, simulation
     reports. It prints its URL, then serves until Ctrl-C."""
@@ -68,7 +74,11 @@ def ui(
     from sagalab.ui import create_app  # FastAPI's import cost only for this command
 
     app = create_app(typed(db) if isinstance(db, Path) else db, allow_actions=allow_actions)
-    sock = _bind("127.0.0.1" if host == "localhost" else host, port)
+    if fd is not None:  # `stack up` bound 127.0.0.1:PORT itself, as for its other components
+        sock = socket.socket(fileno=fd)
+        sock.listen(128)
+    else:
+        sock = _bind("127.0.0.1" if host == "localhost" else host, port)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
     mode = "actions allowed" if allow_actions else "read-only"
     typer.echo(f"sagalab console on {url} ({mode}) over {shown(db)}", err=False)

@@ -13,6 +13,8 @@ what the API takes (undecodable, malformed, NaN, nested too deep, or a value of 
 type or a field the route does not take: request models are strict and closed, so
 `"force": "yes"` is not true and `"froce": true` is no field) on every route, or an
 operator request naming a step the flow does not have. Nothing a client sends yields a 500.
+The statuses of sagalab's own errors come from `orchestrator.http_status`, which the console
+answers with too.
 
 Every `/v1/` request names its caller, or gets 401: either a gateway vouches for it (the
 stack's gateway secret in `x-sagalab-gateway`, compared in constant time, with the key's tenant
@@ -66,26 +68,20 @@ from sagalab.edge.metrics import CONTENT_TYPE, GaugeSample, Metrics
 from sagalab.edge.policies.token_bucket import KeyBuckets
 from sagalab.orchestrator import operations
 from sagalab.orchestrator.errors import (
-    ConcurrentUpdate,
     FlowNotFoundError,
-    FlowValidationError,
-    IdempotencyConflict,
-    InputError,
-    InvalidTransition,
-    LeaseHeld,
-    OperatorActionRefused,
     SagaError,
     SagaNotFoundError,
 )
 from sagalab.orchestrator.flow import FlowDefinition
 from sagalab.orchestrator.flowfile import example_flow_names, load_flow
+from sagalab.orchestrator.http_status import HttpAnswer, http_status
 from sagalab.orchestrator.jsonsafe import MAX_BYTES, PayloadTooLarge, UnsafeJson, loads_strict
 from sagalab.orchestrator.runner import new_saga_id, new_trace_id, validate_input
 from sagalab.orchestrator.saga import SagaStatus
 from sagalab.orchestrator.store import Store
 from sagalab.orchestrator.stores import open_store, shown
 from sagalab.orchestrator.views import saga_summary, saga_view
-from sagalab.orchestrator.watchdog import DatabaseGone, DatabaseWatchdog
+from sagalab.orchestrator.watchdog import DatabaseWatchdog
 
 __all__ = [
     "Caller",
@@ -568,26 +564,10 @@ def create_app(
 
     @app.exception_handler(SagaError)
     async def _saga_error(_: Request, exc: SagaError) -> JSONResponse:
-        # An operator action's answers (orchestrator.operations): the CLI maps the same three.
-        if isinstance(exc, operations.UnknownSaga):
-            return _problem(404, "Saga not found", str(exc))
-        if isinstance(exc, operations.ActionRefused):
-            return _problem(409, "Action refused", str(exc))
-        if isinstance(exc, operations.BadArgument):
-            return _problem(422, "Invalid operator request", str(exc))
-        if isinstance(exc, SagaNotFoundError):
-            return _problem(404, "Saga not found", str(exc))
-        if isinstance(exc, IdempotencyConflict):
-            return _problem(409, "Idempotency key reused", str(exc))
-        if isinstance(
-            exc, OperatorActionRefused | ConcurrentUpdate | InvalidTransition | LeaseHeld
-        ):
-            return _problem(409, "Action refused", str(exc))
-        if isinstance(exc, InputError | FlowNotFoundError | FlowValidationError):
-            return _problem(422, "Invalid saga request", str(exc))
-        if isinstance(exc, DatabaseGone):
-            return _problem(503, "Database gone", str(exc))
-        return _problem(503, "Store unavailable", str(exc), **{"Retry-After": "1"})
+        # One mapping for the API and the console (orchestrator.http_status).
+        answer = http_status(exc) or HttpAnswer(503, "Store unavailable", retry_after=True)
+        headers = {"Retry-After": "1"} if answer.retry_after else {}
+        return _problem(answer.status, answer.title, str(exc), **headers)
 
     def _links(saga_id: str) -> dict[str, str]:
         base = f"/v1/sagas/{saga_id}"

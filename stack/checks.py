@@ -56,6 +56,7 @@ def validate(c: StackConfig, env: Mapping[str, str] | None = None) -> None:
         check("--workers", c.workers, low=0, high=MAX_STACK_WORKERS, why=REPLICAS_WHY)
         check("--concurrency", c.concurrency, low=1, high=MAX_CONCURRENCY, why=CONCURRENCY_WHY)
         check("--port", c.edge_port, low=0, high=65535, why="0 picks a free port")
+        check("--ui-port", c.ui_port, low=0, high=65535, why="0 picks a free port")
         check(
             "--restart-delay",
             c.restart_delay,

@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 STATE_FILE = "stack.json"
+#: The order `stack down` stops components in: what takes new work first (edge, console).
+STOP_ORDER = {"edge": 0, "ui": 0, "gateway": 1, "api": 2, "worker": 3, "services": 4}
 #: The gateways' secret for the API (mode 0600; new at every `stack up`; never on a command line).
 SECRET_FILE = "gateway.secret"
 #: The gateways and the API serve with the edge's connection limits; the hop in front of each
@@ -91,6 +93,11 @@ class StackConfig:
     startup_timeout: float = 30.0
     #: Seconds before restarting a component that died; doubles with each quick death.
     restart_delay: float = 0.5
+    #: Serve the web console (`sagalab ui`) as the `ui` component, on `ui_port` (0: any
+    #: free one); `ui_actions` passes `--allow-actions` (off: read-only).
+    ui: bool = False
+    ui_port: int = 0
+    ui_actions: bool = False
 
 
 @dataclass
@@ -133,6 +140,8 @@ class StackState:
     database: Component | None = None
     #: The URL the API reads from (`stack up --read-db`), None: `db`.
     read_db: str | None = None
+    #: The web console's link (`stack up --no-ui`: None).
+    ui_url: str | None = None
 
     def component(self, name: str) -> Component:
         for c in self.components:
@@ -444,6 +453,12 @@ def start(
             s.close()  # the children hold their copies
         sockets.clear()
         _wait_ready(started, config.startup_timeout, on_progress)
+        ui_url = None
+        if config.ui:  # after the API: its database exists by now
+            console = _start_ui(config, db, logs)
+            started.append(console)
+            ui_url = console.url
+            _wait_ready([console], config.startup_timeout, on_progress)
         _, api_key = KeyStore(keys_db).create(
             "stack", rate=config.key_rate, burst=config.key_burst, replace=True
         )
@@ -459,6 +474,7 @@ def start(
             supervisor=supervisor,
             database=database,
             read_db=config.read_db,
+            ui_url=ui_url,
         )
         write_state(state)
         return state
@@ -467,6 +483,22 @@ def start(
             s.close()
         terminate(started, grace=3.0)
         raise
+
+
+def _start_ui(config: StackConfig, db: str, logs: Path) -> Component:
+    """The web console over the stack's database, on a socket bound here like the others."""
+    sock = bind("127.0.0.1", config.ui_port, inheritable=True)
+    try:
+        port = sock.getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        command = _python("sagalab.cli.main", "ui", "--db", db, "--fd", str(sock.fileno()))
+        command += ["--allow-actions"] if config.ui_actions else []
+        return _spawn(
+            "ui", "ui", command, logs, url=url + "/", health=f"{url}/healthz",
+            pass_fds=(sock.fileno(),), port=port,
+        )  # fmt: skip
+    finally:
+        sock.close()  # the child holds its copy
 
 
 def database_target(db: Path | str | None, directory: Path) -> str:
@@ -579,8 +611,7 @@ def stop(directory: Path, *, grace: float = 5.0) -> list[str]:
             _signal(sup, signal.SIGKILL, group=False)
         state = _reload(state)
     # The edge first, so no new work comes in while the rest stops.
-    order = {"edge": 0, "gateway": 1, "api": 2, "worker": 3, "services": 4}
-    components = sorted(state.components, key=lambda c: order.get(c.kind, 5))
+    components = sorted(state.components, key=lambda c: STOP_ORDER.get(c.kind, 5))
     terminate(components, grace)
     if state.database is not None:
         stop_database(state.database, grace=grace)  # the last: the components used it

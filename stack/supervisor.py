@@ -40,6 +40,7 @@ from sagalab.orchestrator.policies.retry import RetryPolicy
 from sagalab.stack.database import start_database
 from sagalab.stack.processes import (
     STATE_FILE,
+    STOP_ORDER,
     Component,
     StackConfig,
     StackState,
@@ -133,8 +134,7 @@ class StackSupervisor:
                     write_state(self.state)
                 time.sleep(tick)
         finally:
-            order = {"edge": 0, "gateway": 1, "api": 2, "worker": 3, "services": 4}
-            components = sorted(self.state.components, key=lambda c: order.get(c.kind, 5))
+            components = sorted(self.state.components, key=lambda c: STOP_ORDER.get(c.kind, 5))
             stopped = terminate(components, grace=5.0)
             for proc in list(children.values()):
                 proc.poll()  # reap

@@ -58,6 +58,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackState]:
         assert down.returncode == 0, down.stderr
         assert not any(alive(c) for c in state.components)
         assert not (directory / "stack.json").exists()
+        if state.ui_url:  # the console stopped with the rest: its port refuses connections
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(state.ui_url, timeout=2)
 
 
 def follow(c: httpx.Client, location: str, timeout: float = 30) -> str:
@@ -75,7 +78,14 @@ def test_status_from_another_terminal(stack: StackState) -> None:
     r = sagalab("stack", "status", "--dir", stack.directory, "--json")
     assert r.returncode == 0, r.stdout
     rows = json.loads(r.stdout)["components"]
-    assert {row["name"] for row in rows} >= {"edge", "gateway-1", "gateway-2", "api", "services"}
+    assert {row["name"] for row in rows} >= {
+        "edge",
+        "gateway-1",
+        "gateway-2",
+        "api",
+        "services",
+        "ui",
+    }
     assert all(row["status"] == "up" for row in rows)
     assert json.loads(r.stdout)["supervisor"]["status"] == "up"
 
@@ -180,6 +190,65 @@ def test_a_saga_through_the_edge_completes_then_an_outage_rolls_back(stack: Stac
             assert follow(c, r.headers["location"], timeout=60) == "rolled_back"
         finally:
             sagalab("services", "fault", "payments", "--clear", "--url", services_url)
+
+
+@pytest.mark.skipif(not HAS_WORKER, reason="needs orchestrator/worker.py (issue 3)")
+def test_the_console_link_shows_a_saga_submitted_through_the_edge(stack: StackState) -> None:
+    """`stack up` serves the console (read-only) as its `ui` component: the link `status`
+    prints answers, lists a saga sent through the edge, and comes back when killed."""
+    status = json.loads(sagalab("stack", "status", "--dir", stack.directory, "--json").stdout)
+    link = status["ui_url"]
+    assert link == stack.ui_url and link.startswith("http://127.0.0.1:")
+    text = sagalab("stack", "status", "--dir", stack.directory, env={"COLUMNS": "200"}).stdout
+    assert f"console {link}" in text
+    with httpx.Client(
+        base_url=stack.edge_url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=5
+    ) as c:
+        order = {**ORDER, "order_id": "o-console"}
+        r = c.post("/v1/sagas", json={"flow": "checkout", "input": order})
+        assert r.status_code == 202
+        saga_id = r.headers["location"].rsplit("/", 1)[1]
+        assert follow(c, r.headers["location"]) == "completed"
+    listed = httpx.get(link + "api/sagas", params={"input": "order_id=o-console"}).json()
+    assert [i["id"] for i in listed["items"]] == [saga_id]
+    assert listed["items"][0]["status"] == "completed"
+    page = httpx.get(f"{link}sagas/{saga_id}")
+    assert page.status_code == 200 and "read-only" in page.text and "class=action" not in page.text
+    before = rows_of(stack.directory)["ui"]
+    assert sagalab("stack", "kill", "ui", "--dir", stack.directory).returncode == 0
+    wait_for(
+        lambda: (
+            (row := rows_of(stack.directory)["ui"])["status"] == "up"
+            and row["pid"] != before["pid"]
+        ),
+        30,
+        "the console to be restarted",
+    )
+    assert httpx.get(link + "api/sagas").status_code == 200  # the same link
+
+
+@pytest.mark.parametrize("flag", ["--ui-actions", "--no-ui"])
+def test_up_ui_actions_and_no_ui(tmp_path: Path, flag: str) -> None:
+    """`--ui-actions` serves the console with its operator buttons; `--no-ui` leaves it out."""
+    directory = str(tmp_path / "stack")
+    up = sagalab(
+        "stack", "up", "--detach", "--dir", directory, "--port", "0", "--workers", "0",
+        "--gateways", "1", "--no-services", flag, "--json",
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    try:
+        link = json.loads(up.stdout)["ui_url"]
+        names = set(rows_of(directory))
+        if flag == "--no-ui":
+            assert link is None and "ui" not in names
+        else:
+            assert "ui" in names
+            page = httpx.get(link, timeout=5)
+            assert page.status_code == 200 and "actions allowed" in page.text
+    finally:
+        down = sagalab("stack", "down", "--dir", directory)
+    assert down.returncode == 0, down.stderr
+    assert processes_mentioning(directory) == []
 
 
 def test_killing_a_gateway_keeps_traffic_flowing_and_it_is_restarted(stack: StackState) -> None:

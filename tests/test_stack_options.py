@@ -33,8 +33,9 @@ def config(tmp_path: Path, **changes: object) -> StackConfig:
         ),
         ({"restart_delay": 45.0}, f"--restart-delay 45 is over the limit of {MAX_RESTART_DELAY:g}"),
         ({"flood_rate": 1e308}, f"--flood-rate 1e+308 is over the limit of {MAX_FLOOD_RATE:g}"),
+        ({"ui_port": 70000}, "--ui-port 70000 is over the limit of 65535"),
     ],
-    ids=["restart-delay-0", "restart-delay-over-cap", "flood-rate-huge"],
+    ids=["restart-delay-0", "restart-delay-over-cap", "flood-rate-huge", "ui-port"],
 )
 def test_up_refuses_an_option_outside_its_bound(
     tmp_path: Path, changes: dict[str, object], fragment: str

@@ -110,7 +110,7 @@ def test_list_filters(made: tuple[str, Sagas], console: str, page: Any) -> None:
     _, s = made
     page.goto(console + "/")
     assert len(row_ids(page)) == 7
-    page.select_option("select[name=status]", "rolled_back")
+    page.check("input[name=status][value=rolled_back]")
     page.click("form.filters button[type=submit]")
     page.wait_for_url("**status=rolled_back**")
     assert row_ids(page) == {s.rolled_back}
@@ -122,6 +122,37 @@ def test_list_filters(made: tuple[str, Sagas], console: str, page: Any) -> None:
     page.click(f"a[href='/sagas/{s.other_tenant}']")
     page.wait_for_selector("#timeline svg")
     assert page.text_content("#saga-status") == "pending"
+
+
+def test_list_composed_filter_survives_the_live_update(
+    made: tuple[str, Sagas], console: str, page: Any
+) -> None:
+    """Two statuses, a step and an input match typed in the form: the rows the CLI's `list`
+    gives for the same options, and the two-second live update keeps them."""
+    _, s = made
+    page.goto(console + "/")
+    page.check("input[name=status][value=rolled_back]")
+    page.check("input[name=status][value=failed]")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**status=failed**")
+    assert row_ids(page) == {s.rolled_back, s.failed}
+    page.fill("input[name=step]", "charge_payment")
+    page.fill("input[name=input] >> nth=-1", "amount=80000")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**step=charge_payment**")
+    assert row_ids(page) == {s.failed}
+    assert page.is_checked("input[name=status][value=rolled_back]")
+    assert page.input_value("input[name=input] >> nth=0") == "amount=80000"
+    with page.expect_response(lambda r: "/api/sagas?" in r.url and r.ok, timeout=10_000) as polled:
+        pass
+    assert "step=charge_payment" in polled.value.url and "input=amount" in polled.value.url
+    # the rows are rebuilt from that answer: still the one filtered saga
+    expect(page.locator("#saga-rows tr[data-id]")).to_have_count(1)
+    expect(page.locator(f"#saga-rows tr[data-id='{s.failed}']")).to_have_count(1)
+    page.fill("input[name=since]", "not a time")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**since=not**")
+    assert "--since 'not a time' is not a time" in (page.text_content("p.error") or "")
 
 
 def lanes(page: Any) -> list[dict[str, str]]:

@@ -9,6 +9,7 @@ with it, and the same pages over PostgreSQL.
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,10 +61,69 @@ def test_list_filters_by_status_flow_and_tenant(
 
 
 def test_list_is_newest_first_and_pages(made: tuple[str, Sagas], console: httpx.Client) -> None:
-    items = console.get("/api/sagas").json()["items"]
+    answer = console.get("/api/sagas").json()
+    items = answer["items"]
     created = [i["created_at"] for i in items]
     assert created == sorted(created, reverse=True)
-    assert console.get("/api/sagas?page=2").json() == {"items": [], "page": 2, "more": False}
+    assert answer["more"] is False and answer["next_after"] is None
+    # Paging as the CLI's --after: the sagas after this one, newest first.
+    rest = console.get("/api/sagas", params={"after": items[2]["id"]}).json()["items"]
+    assert [i["id"] for i in rest] == [i["id"] for i in items[3:]]
+
+
+def test_list_composes_the_cli_filters(made: tuple[str, Sagas], console: httpx.Client) -> None:
+    """Several statuses, step, error, since/until, key, input and tenant: the CLI's `list`
+    options, by the same names, all of which must hold."""
+    _, s = made
+    assert ids(console, "status=rolled_back&status=failed") == {s.rolled_back, s.failed}
+    both = "status=rolled_back&status=failed&input=order_id=ord-0002"
+    assert ids(console, both) == {s.rolled_back}
+    assert ids(console, "input=amount=80000") == {s.failed}
+    assert ids(console, "input=amount=80000&input=order_id=ord-0002") == set()
+    assert ids(console, "status=completed&since=1h&until=" + "9" * 10) == {
+        s.completed,
+        s.resumed,
+        s.xss,
+    }
+    assert ids(console, "since=2000-01-01T00:00&until=2000-01-02T00:00") == set()
+    assert ids(console, "key=no-such-key") == set()
+    assert ids(console, "tenant=acme&status=pending") == {s.other_tenant}
+    assert ids(console, "step=create_shipment&status=rolled_back&status=failed") == {s.rolled_back}
+    assert ids(console, "step=charge_payment&status=failed") == {s.failed}
+    reason = console.get(f"/api/sagas/{s.rolled_back}/timeline").json()["reason"]
+    assert ids(console, "error=" + reason[:12].upper()) >= {s.rolled_back}
+    assert ids(console, "error=nothing-says-this") == set()
+    # The page shows the filters back, and its live update keeps them.
+    page = console.get(
+        "/", params=[("status", "failed"), ("status", "rolled_back"), ("flow", "checkout")]
+    )
+    assert page.status_code == 200
+    assert 'value="failed" checked' in page.text and 'value="rolled_back" checked' in page.text
+    assert 'name=flow value="checkout"' in page.text
+    poll = page.text.split('data-poll="')[1].split('"')[0].replace("&amp;", "&")
+    assert poll == "/api/sagas?status=failed&status=rolled_back&flow=checkout"
+    assert ids(console, poll.split("?", 1)[1]) == {s.rolled_back, s.failed}
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("status=bogus", "--status 'bogus' is not one of:"),
+        ("since=yesterday-ish", "--since 'yesterday-ish' is not a time"),
+        ("input=no-equals", "--input 'no-equals' is not key=value"),
+        ("since=1h&until=2h", "--since is after --until"),
+        ("flow=" + "f" * 600, "--flow must be 1 to 500 characters"),
+        ("after=no-such-saga", "--after 'no-such-saga' names no saga"),
+    ],
+    ids=["status", "since", "input", "since-after-until", "long-flow", "unknown-after"],
+)
+def test_bad_filters_are_400_with_the_cli_message(
+    console: httpx.Client, query: str, message: str
+) -> None:
+    for path in ("/?", "/api/sagas?"):
+        answer = console.get(path + query)
+        assert answer.status_code == 400, answer.text
+        assert message in html.unescape(answer.text), answer.text
 
 
 @pytest.mark.parametrize(
@@ -74,9 +134,9 @@ def test_list_is_newest_first_and_pages(made: tuple[str, Sagas], console: httpx.
         ("/api/sagas/no-such-saga/timeline", 404),
         ("/sagas/%3Cscript%3E", 404),
         ("/?status=bogus", 400),
-        ("/?page=0", 400),
-        ("/?page=abc", 400),
-        ("/?flow=" + "f" * 100, 400),
+        ("/?input=%3Cb%3E", 400),
+        ("/?since=%00", 400),
+        ("/?flow=" + "f" * 1000, 400),
         ("/static/../app.py", 404),
         ("/nowhere", 404),
     ],
@@ -86,8 +146,8 @@ def test_list_is_newest_first_and_pages(made: tuple[str, Sagas], console: httpx.
         "unknown-timeline",
         "markup-id",
         "status",
-        "page0",
-        "page-text",
+        "input",
+        "since-nul",
         "long-flow",
         "static-escape",
         "no-route",

@@ -21,6 +21,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,14 +30,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sagalab.cli.filters import FilterArgs
 from sagalab.orchestrator import operations
-from sagalab.orchestrator.errors import (
-    DamagedRecord,
-    SagaError,
-    SagaNotFoundError,
-    StoreError,
-)
+from sagalab.orchestrator.errors import SagaError, SagaNotFoundError
+from sagalab.orchestrator.http_status import http_status
 from sagalab.orchestrator.saga import Phase, SagaStatus
+from sagalab.orchestrator.sagafilter import FilterError, SagaFilter
 from sagalab.orchestrator.store import BreakerStore, SagaRecord, Store
 from sagalab.orchestrator.stores import open_breaker_store, open_store
 from sagalab.orchestrator.views import saga_summary, saga_view
@@ -45,11 +44,9 @@ from . import pages
 from .simcharts import MAX_REPORT_BYTES, ReportError, render_report
 from .timeline import build_timeline, summary
 
-__all__ = ["PAGE_SIZE", "ListFilters", "create_app", "list_sagas", "status_for"]
+__all__ = ["PAGE_SIZE", "ListQuery", "create_app", "list_sagas", "status_for"]
 
 PAGE_SIZE = 50
-MAX_PAGE = 100  # the store lists newest first with a limit: a page costs page * size rows
-MAX_FILTER = 64
 MAX_ID = 200
 STATIC = Path(__file__).parent / "static"
 _STATIC_TYPES = {"ui.js": "text/javascript", "ui.css": "text/css"}
@@ -68,59 +65,80 @@ class BadRequest(Exception):
         self.status = status
 
 
-ListFilters = dict[str, str]
+#: The list's query fields: the CLI's filter options, by the same names without `--`.
+TEXT_FIELDS = ("flow", "step", "error", "since", "until", "key", "tenant")
+MAX_INPUTS = 20
 
 
-def list_sagas(store: Store, filters: ListFilters, page: int) -> tuple[list[SagaRecord], bool]:
-    """A page of sagas (newest first) matching `filters` (`status`, `flow`, `tenant`), and
-    whether an older page follows. The one place the console queries the list: when the store
-    gains a filter query with an offset, only this changes."""
-    status = SagaStatus(filters["status"]) if filters.get("status") else None
-    records = store.list_sagas(
-        status=status,
-        flow=filters.get("flow") or None,
-        tenant=filters.get("tenant") or None,
-        limit=page * PAGE_SIZE + 1,
-    )
-    start = (page - 1) * PAGE_SIZE
-    return records[start : start + PAGE_SIZE], len(records) > start + PAGE_SIZE
+@dataclass(frozen=True)
+class ListQuery:
+    """The list's filters as the page's query string gave them (shown back in the form,
+    kept by the live updates and the paging links)."""
+
+    texts: dict[str, str] = field(default_factory=dict)
+    statuses: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
+    after: str = ""
+
+    def params(self, *, after: str | None = None) -> list[tuple[str, str]]:
+        """The query string's pairs (`after` replacing this page's when given)."""
+        pairs = [("status", s) for s in self.statuses]
+        pairs += [(k, v) for k, v in self.texts.items() if v]
+        pairs += [("input", i) for i in self.inputs]
+        last = self.after if after is None else after
+        return pairs + ([("after", last)] if last else [])
+
+    def to_filter(self, now: float) -> SagaFilter:
+        """The SagaFilter the CLI would build from the same options (one page and one more
+        row, to know whether an older page follows); FilterError as the CLI words it."""
+        statuses = []
+        for text in self.statuses:
+            try:
+                statuses.append(SagaStatus(text))
+            except ValueError:
+                known = ", ".join(s.value for s in SagaStatus)
+                raise FilterError(f"--status {text!r} is not one of: {known}") from None
+        args = FilterArgs(
+            statuses=statuses,
+            inputs=list(self.inputs),
+            limit=PAGE_SIZE + 1,
+            after=self.after or None,
+            **{k: self.texts.get(k) or None for k in TEXT_FIELDS},
+        )
+        return args.build(default_limit=PAGE_SIZE + 1, now=now)
 
 
-def _filters(request: Request) -> tuple[ListFilters, int]:
-    q = request.query_params
-    filters = {k: q.get(k, "").strip() for k in ("status", "flow", "tenant")}
-    for key, value in filters.items():
-        if len(value) > MAX_FILTER:
-            raise BadRequest(f"{key} is at most {MAX_FILTER} characters")
-    if filters["status"] and filters["status"] not in {s.value for s in SagaStatus}:
-        known = ", ".join(s.value for s in SagaStatus)
-        raise BadRequest(f"unknown status {filters['status']!r}; one of: {known}")
+def list_sagas(store: Store, query: ListQuery, now: float) -> tuple[list[SagaRecord], bool]:
+    """A page of sagas (newest first) matching `query`, and whether an older page follows.
+    The same query the CLI's `list` runs (`find_sagas` over a `SagaFilter`)."""
+    criteria = query.to_filter(now)
     try:
-        page = int(q.get("page") or 1)
-    except ValueError:
-        raise BadRequest("page is a number from 1") from None
-    if not 1 <= page <= MAX_PAGE:
-        raise BadRequest(f"page is from 1 to {MAX_PAGE}")
-    return filters, page
+        records = store.find_sagas(criteria)
+    except SagaNotFoundError:
+        raise BadRequest(
+            f"--after {query.after!r} names no saga: start from the first page"
+        ) from None
+    return records[:PAGE_SIZE], len(records) > PAGE_SIZE
+
+
+def _query(request: Request) -> ListQuery:
+    q = request.query_params
+    statuses = tuple(dict.fromkeys(v.strip() for v in q.getlist("status") if v.strip()))
+    inputs = tuple(v.strip() for v in q.getlist("input") if v.strip())
+    if len(statuses) > len(SagaStatus) or len(inputs) > MAX_INPUTS:
+        raise BadRequest(f"at most {MAX_INPUTS} input matches and one of each status")
+    texts = {k: q.get(k, "").strip() for k in TEXT_FIELDS}
+    after = q.get("after", "").strip()
+    return ListQuery(texts=texts, statuses=statuses, inputs=inputs, after=after)
 
 
 def status_for(exc: Exception) -> int:
-    """The HTTP status of an error, as the API maps the operator family."""
-    if isinstance(exc, operations.UnknownSaga | SagaNotFoundError):
-        return 404
-    if isinstance(exc, operations.BadArgument):
-        return 422
-    if isinstance(exc, operations.ActionRefused):
-        return 409
+    """The HTTP status of an error: the console's own BadRequest, else the one mapping the
+    API uses too (orchestrator.http_status); 500 for anything else (a bug)."""
     if isinstance(exc, BadRequest):
         return exc.status
-    if isinstance(exc, DamagedRecord):
-        return 422
-    if isinstance(exc, StoreError):
-        return 503
-    if isinstance(exc, SagaError):
-        return 409
-    return 500
+    answer = http_status(exc)
+    return answer.status if answer else 500
 
 
 class _PerThread:
@@ -177,6 +195,7 @@ def create_app(
     # SagaError and BadRequest are answers (4xx, 503); anything else is a bug (500, logged).
     app.add_exception_handler(SagaError, _answer)
     app.add_exception_handler(BadRequest, _answer)
+    app.add_exception_handler(FilterError, _answer)
     app.add_exception_handler(Exception, _answer)
 
     @app.exception_handler(StarletteHTTPException)
@@ -200,14 +219,13 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request) -> HTMLResponse:
-        filters, number = _filters(request)
-        records, more = list_sagas(readers.get(), filters, number)
+        query = _query(request)
+        records, more = list_sagas(readers.get(), query, clock())
         items = [saga_summary(r) for r in records]
         return page(
             pages.list_page(
                 items,
-                filters=filters,
-                page=number,
+                query=query,
                 has_more=more,
                 csrf=token,
                 actions=allow_actions,
@@ -216,9 +234,9 @@ def create_app(
 
     @app.get("/api/sagas")
     def api_sagas(request: Request) -> dict[str, Any]:
-        filters, number = _filters(request)
-        records, more = list_sagas(readers.get(), filters, number)
-        return {"items": [saga_summary(r) for r in records], "page": number, "more": more}
+        records, more = list_sagas(readers.get(), _query(request), clock())
+        after = records[-1].id if more else None
+        return {"items": [saga_summary(r) for r in records], "more": more, "next_after": after}
 
     def _saga(saga_id: str) -> tuple[dict[str, Any], list[Any], SagaRecord]:
         if len(saga_id) > MAX_ID:

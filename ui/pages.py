@@ -12,10 +12,13 @@ import html
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from sagalab.orchestrator.saga import SagaStatus
+
+if TYPE_CHECKING:  # the console's app imports this module
+    from .app import ListQuery
 
 __all__ = [
     "breakers_page",
@@ -92,46 +95,58 @@ def saga_rows(items: Sequence[Mapping[str, Any]]) -> str:
     return "".join(rows) or "<tr class=empty><td colspan=7>no saga matches</td></tr>"
 
 
+_FIELD_HINTS = {
+    "flow": "a flow's name",
+    "step": "stopped at this step",
+    "error": "text in the reason or a step's error",
+    "since": "created at or after: 15m, 2h, 2026-11-25T18:00",
+    "until": "created before (as since)",
+    "key": "idempotency key",
+    "tenant": "a tenant (default: all)",
+}
+
+
 def list_page(
     items: Sequence[Mapping[str, Any]],
     *,
-    filters: Mapping[str, str],
-    page: int,
+    query: ListQuery,
     has_more: bool,
     csrf: str,
     actions: bool,
 ) -> str:
-    """The saga list: filters, a page of sagas newest first, paging links."""
-    options = "".join(
-        f'<option value="{s.value}"{" selected" if filters.get("status") == s.value else ""}>'
-        f"{s.value}</option>"
+    """The saga list: the CLI's filters, a page of sagas newest first, paging links."""
+    boxes = "".join(
+        f'<label class=check><input type=checkbox name=status value="{s.value}"'
+        f"{' checked' if s.value in query.statuses else ''}>{s.value}</label>"
         for s in SagaStatus
     )
-    query = {k: v for k, v in filters.items() if v}
-    api = "/api/sagas?" + urlencode({**query, "page": page})
-
-    def link(n: int, label: str) -> str:
-        return f'<a href="/?{esc(urlencode({**query, "page": n}))}">{label}</a>'
-
-    paging = " ".join(
-        part
-        for part in (
-            link(page - 1, "&larr; newer") if page > 1 else "",
-            f"page {page}",
-            link(page + 1, "older &rarr;") if has_more else "",
-        )
-        if part
+    texts = "".join(
+        f'<label>{name} <input name={name} value="{esc(query.texts.get(name))}" '
+        f'title="{esc(hint)}" placeholder="{esc(hint)}" size=16></label>'
+        for name, hint in _FIELD_HINTS.items()
     )
+    inputs = "".join(
+        f'<label>input <input name=input value="{esc(value)}" placeholder="key=value" '
+        'title="the input has key equal to value (JSON or text)" size=16></label>'
+        for value in (*query.inputs, "")
+    )
+    api = "/api/sagas?" + urlencode(query.params())
+    last = items[-1]["id"] if items else ""
+    parts = []
+    if query.after:
+        parts.append(f'<a href="/?{esc(urlencode(query.params(after="")))}">&larr; newest</a>')
+    if has_more:
+        older = urlencode(query.params(after=str(last)))
+        parts.append(f'<a href="/?{esc(older)}" rel=next>older &rarr;</a>')
     body = f"""<h1>Sagas</h1>
 <form class=filters method=get action="/">
-<label>status <select name=status><option value="">any</option>{options}</select></label>
-<label>flow <input name=flow value="{esc(filters.get("flow"))}" size=14></label>
-<label>tenant <input name=tenant value="{esc(filters.get("tenant"))}" size=14></label>
+<fieldset><legend>status</legend>{boxes}</fieldset>
+{texts}{inputs}
 <button type=submit>Filter</button> <a href="/">clear</a></form>
 <table class=sagas><thead><tr><th>id</th><th>flow</th><th>status</th><th>tenant</th>
 <th>created</th><th>updated</th><th>reason</th></tr></thead>
 <tbody id=saga-rows data-poll="{esc(api)}">{saga_rows(items)}</tbody></table>
-<p class=paging>{paging}</p>"""
+<p class=paging>{" ".join(parts)}</p>"""
     return layout("Sagas", body, csrf=csrf, actions=actions, page="sagas")
 
 
