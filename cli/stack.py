@@ -254,16 +254,19 @@ def status_(directory: DirOption = DEFAULT_DIR, as_json: JsonOpt = False) -> Non
             )
         )
     else:
-        table = Table("component", "pid", "url", "status", "restarts", "last exit")
+        # The url column never shrinks: a truncated worker metrics URL is useless to copy.
+        widest = max((len(r["url"] or "-") for r in rows), default=3)
+        table = Table("component", "pid", "status", "restarts", "last exit")
+        table.add_column("url", no_wrap=True, min_width=widest)
         for r in rows:
             style = "green" if r["status"] == "up" else "bold red"
             table.add_row(
                 r["name"],
                 str(r["pid"]),
-                r["url"] or "-",
                 f"[{style}]{r['status']}[/]",
                 str(r["restarts"]),
                 r["last_exit"] or "-",
+                r["url"] or "-",
             )
         out.print(f"edge {state.edge_url}")
         out.print(f"database {shown(state.db)}")

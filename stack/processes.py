@@ -420,6 +420,11 @@ def start(
                 )
             )
         for i in range(1, config.workers + 1):
+            # Each worker serves its own Prometheus metrics; like `services up` it binds the port
+            # itself (and again when restarted), so the probe only reserves a free number.
+            probe = bind("127.0.0.1", 0)
+            metrics_port = probe.getsockname()[1]
+            probe.close()
             started.append(
                 _spawn(
                     f"worker-{i}",
@@ -433,9 +438,11 @@ def start(
                         db,
                         "--concurrency",
                         str(config.concurrency),
+                        "--metrics-port",
+                        str(metrics_port),
                     ),
                     logs,
-                    url=None,
+                    url=f"http://127.0.0.1:{metrics_port}/metrics",
                     health=None,
                     env=env,
                 )

@@ -182,6 +182,33 @@ def test_a_saga_through_the_edge_completes_then_an_outage_rolls_back(stack: Stac
             sagalab("services", "fault", "payments", "--clear", "--url", services_url)
 
 
+def test_a_stack_worker_serves_metrics_showing_its_sagas(stack: StackState) -> None:
+    rows = rows_of(stack.directory)
+    workers = [r for n, r in rows.items() if n.startswith("worker-")]
+    if not HAS_WORKER:
+        pytest.skip("no worker in this tree")
+    assert workers and all(str(r["url"]).endswith("/metrics") for r in workers)
+    text = sagalab("stack", "status", "--dir", stack.directory).stdout
+    assert str(workers[0]["url"]) in text
+    with httpx.Client(
+        base_url=stack.edge_url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=5
+    ) as c:
+        r = c.post("/v1/sagas", json={"flow": "checkout", "input": {**ORDER, "order_id": "o-m"}})
+        assert r.status_code == 202
+        assert follow(c, r.headers["location"]) == "completed"
+    line = 'sagalab_sagas_finished_total{flow="checkout",status="completed"}'
+    deadline = time.monotonic() + 10
+    body = ""
+    while time.monotonic() < deadline:
+        body = httpx.get(str(workers[0]["url"]), timeout=5).text
+        if line in body:
+            break
+        time.sleep(0.1)
+    assert line in body, body[:2000]
+    count = float(next(x for x in body.splitlines() if x.startswith(line)).split()[-1])
+    assert count >= 1
+
+
 def test_killing_a_gateway_keeps_traffic_flowing_and_it_is_restarted(stack: StackState) -> None:
     before = rows_of(stack.directory)["gateway-1"]
     killed = sagalab("stack", "kill", "gateway-1", "--dir", stack.directory)
