@@ -1,0 +1,139 @@
+"""OpenTelemetry spans of real `sagalab worker` processes, read back from `--trace-file`.
+
+A rolled-back saga: one run span, its attempts as children, the compensations after the failed
+pivot in reverse order. A crash-resumed saga: the worker SIGKILLed mid-call, another resumes it;
+the runs share the saga's trace id and each later run links to the one before.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from workerlab import Workers, enqueue, journal, order, statuses, wait_for
+
+from sagalab.fakeservices import FaultSpec, RunningServices
+from sagalab.orchestrator.saga import EventType
+from sagalab.orchestrator.sqlite_store import SQLiteStore
+
+FAST = ("--poll", "0.05")
+
+
+def spans_of(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def trace_id_of(db: Path, saga: str) -> str:
+    store = SQLiteStore(db)
+    try:
+        return store.load(saga).trace_id
+    finally:
+        store.close()
+
+
+def test_a_rolled_back_saga_is_one_run_span_with_its_attempts_and_compensations_in_reverse(
+    db: Path, services: RunningServices, workers: Workers, tmp_path: Path
+) -> None:
+    trace_file = tmp_path / "spans.jsonl"
+    services.lab.add_fault(FaultSpec(service="shipping", status=400, error_rate=1.0))
+    (saga,) = enqueue(db, [order(1)])
+    w = workers.start("--exit-when-idle", "0.5", "--trace-file", str(trace_file), *FAST)
+    assert w.proc.wait(timeout=30) == 0, w.stderr()
+    assert statuses(db) == {"rolled_back": 1}
+    trace = trace_id_of(db, saga)
+    spans = [s for s in spans_of(trace_file) if s["trace_id"] == trace]
+    runs = [s for s in spans if s["parent_span_id"] is None]
+    assert len(runs) == 1, spans
+    run = runs[0]
+    assert run["name"] == "saga checkout"
+    assert run["attributes"]["saga.outcome"] == "rolled_back"
+    assert run["status"]["code"] == "ERROR"
+    attempts = sorted(
+        (s for s in spans if s["parent_span_id"] == run["span_id"]),
+        key=lambda s: s["start_time_unix_nano"],
+    )
+    assert len(attempts) == len(spans) - 1  # every other span is an attempt of this run
+    order_seen = [(a["attributes"]["saga.phase"], a["attributes"]["saga.step"]) for a in attempts]
+    assert order_seen == [
+        ("action", "reserve_inventory"),
+        ("action", "charge_payment"),
+        ("action", "create_shipment"),
+        ("compensation", "charge_payment"),
+        ("compensation", "reserve_inventory"),
+    ]
+    shipment = attempts[2]
+    assert shipment["attributes"]["http.response.status_code"] == 400
+    assert shipment["attributes"]["saga.outcome"] == "failed"
+    assert shipment["attributes"]["service.target"] == "shipping"
+    assert all(a["attributes"]["saga.outcome"] == "succeeded" for a in attempts[3:])
+    # The attempt spans are the ones the services were told in `traceparent`.
+    journaled = {e.span_id for e in journal(db, saga) if e.span_id}
+    assert {a["span_id"] for a in attempts} <= journaled
+    for s in spans:
+        assert run["start_time_unix_nano"] <= s["start_time_unix_nano"] <= s["end_time_unix_nano"]
+        assert s["resource"]["service.name"] == "sagalab-worker"
+
+
+def test_a_crash_resumed_saga_has_linked_run_spans_in_one_trace(
+    db: Path, services: RunningServices, workers: Workers, tmp_path: Path
+) -> None:
+    lease = 1.5
+    trace_file = tmp_path / "spans.jsonl"
+    services.lab.add_fault(FaultSpec(service="shipping", latency_ms=1200))
+    (saga,) = enqueue(db, [order(1)])
+    a = workers.start("--lease", str(lease), "--trace-file", str(trace_file), *FAST)
+
+    def shipping_in_flight() -> bool:
+        last = journal(db, saga)[-1].event
+        return last.type is EventType.ATTEMPT_STARTED and last.step == "create_shipment"
+
+    wait_for(shipping_in_flight, 30, "the shipping call to start")
+    a.kill()
+    b = workers.start(
+        "--lease", str(lease), "--exit-when-idle", str(lease + 2.0),
+        "--trace-file", str(trace_file), *FAST,
+    )  # fmt: skip
+    assert b.proc.wait(timeout=60) == 0, b.stderr()
+    assert statuses(db) == {"completed": 1}
+    trace = trace_id_of(db, saga)
+    spans = [s for s in spans_of(trace_file) if s["trace_id"] == trace]
+    assert {s["trace_id"] for s in spans_of(trace_file)} == {trace}
+    runs = {s["span_id"]: s for s in spans if s["parent_span_id"] is None}
+    by_epoch = sorted(runs.values(), key=lambda s: s["attributes"]["saga.lease_epoch"])
+    # The crashed run (emitted by its successor), the resume that closes the interrupted call
+    # and waits for the retry, the run that completes.
+    assert [r["attributes"]["saga.outcome"] for r in by_epoch] == [
+        "worker_lost",
+        "waiting",
+        "completed",
+    ]
+    for earlier, later in zip(by_epoch, by_epoch[1:], strict=False):
+        assert [(link["trace_id"], link["span_id"]) for link in later["links"]] == [
+            (trace, earlier["span_id"])
+        ]
+    crashed = by_epoch[0]["span_id"]
+    # The attempts the crashed worker finished (exported before it died) and the one it
+    # left in flight all hang under the crashed run.
+    under_crashed = {
+        (
+            s["attributes"]["saga.step"],
+            s["attributes"]["saga.attempt"],
+            s["attributes"]["saga.outcome"],
+        )
+        for s in spans
+        if s["parent_span_id"] == crashed
+    }
+    assert under_crashed == {
+        ("reserve_inventory", 1, "succeeded"),
+        ("charge_payment", 1, "succeeded"),
+        ("create_shipment", 1, "failed"),
+    }
+    retried = [s for s in spans if s["attributes"].get("http.request.resend_count") == 1]
+    assert len(retried) == 1
+    assert retried[0]["attributes"]["saga.step"] == "create_shipment"
+    assert retried[0]["parent_span_id"] == by_epoch[2]["span_id"]
+    # One span per span id: nothing exported twice.
+    assert len({s["span_id"] for s in spans}) == len(spans)
