@@ -227,6 +227,8 @@ def _parser() -> argparse.ArgumentParser:
                 default=default,
                 help=f"{text} (default {default:g})",
             )
+    api.add_argument("--trace-file", help="append OpenTelemetry spans here (JSON lines)")
+    api.add_argument("--otlp-endpoint", help="send OpenTelemetry spans over OTLP/HTTP here")
     for p in (api, gw, edge):
         p.add_argument("--fd", type=int, help="listening socket passed by the parent")
         p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (without --fd)")
@@ -282,7 +284,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         from sagalab.orchestrator.api import create_app
         from sagalab.orchestrator.errors import StoreError
         from sagalab.orchestrator.redact import redacted
+        from sagalab.orchestrator.tracing import TracingConfigError, setup_tracing
 
+        try:
+            tracing = setup_tracing("sagalab-api", args.trace_file, args.otlp_endpoint)
+        except TracingConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(5) from None
         try:
             app = create_app(
                 args.db,
@@ -292,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 gateway_secret=_secret(args.secret_file),
                 direct_keys=args.direct_keys,
                 read_db=args.read_db,
+                tracing=tracing,
             )
         except StoreError as exc:  # a --db that is not a saga database: one line, exit 5
             print(f"error: {redacted(str(exc))}", file=sys.stderr)  # the one masking rule

@@ -20,10 +20,12 @@ Exporters: `JsonLinesExporter` (`--trace-file`: one JSON object per line, append
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -133,6 +135,49 @@ class Tracing:
         """Flush and close every exporter."""
         for p in self.processors:
             p.shutdown()
+
+    def server_span(
+        self,
+        name: str,
+        traceparent: str | None,
+        trace_id: str,
+        start: float,
+        end: float,
+        attributes: dict[str, Any],
+        links: Sequence[tuple[str, str, dict[str, Any]]] = (),
+    ) -> str:
+        """Emit a SERVER span of `trace_id`, child of the caller's `traceparent` span (when it
+        belongs to that trace), with `links` as (trace id, span id, attributes); its span id."""
+        from opentelemetry.sdk.trace import ReadableSpan
+        from opentelemetry.trace import Link, SpanKind
+
+        span_id = secrets.token_hex(8)
+        parent = None
+        parts = (traceparent or "").strip().lower().split("-")
+        if len(parts) == 4 and parts[1] == trace_id and len(parts[2]) == 16:
+            with contextlib.suppress(ValueError):
+                parent = _context(trace_id, parts[2])
+        span = ReadableSpan(
+            name=name,
+            context=_context(trace_id, span_id),
+            parent=parent,
+            resource=self.resource,
+            attributes=attributes,
+            links=[Link(_context(t, s), a) for t, s, a in links],
+            kind=SpanKind.SERVER,
+            start_time=_ns(start),
+            end_time=_ns(max(start, end)),
+        )
+        self.emit(span)
+        return span_id
+
+
+def _context(trace_id: str, span_id: str) -> Any:
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    return SpanContext(
+        int(trace_id, 16), int(span_id, 16), is_remote=False, trace_flags=TraceFlags(1)
+    )
 
 
 def setup_tracing(
@@ -265,13 +310,6 @@ class SagaTracer:
                     self._emit_attempt(record, run, run.open.pop(key, None), entry, e.at)
 
     # -- spans -----------------------------------------------------------------------
-    def _context(self, trace_id: str, span_id: str) -> Any:
-        from opentelemetry.trace import SpanContext, TraceFlags
-
-        return SpanContext(
-            int(trace_id, 16), int(span_id, 16), is_remote=False, trace_flags=TraceFlags(1)
-        )
-
     def _emit_run(self, record: SagaRecord, run: _Run, end: float, outcome: str) -> None:
         from opentelemetry.sdk.trace import ReadableSpan
         from opentelemetry.trace import Link, SpanKind, Status, StatusCode
@@ -279,13 +317,11 @@ class SagaTracer:
         links = []
         if run.epoch > 1:  # epoch 1 is the first claim
             prev = run_span_id(record.trace_id, run.epoch - 1)
-            links.append(
-                Link(self._context(record.trace_id, prev), {"sagalab.link": "previous_run"})
-            )
+            links.append(Link(_context(record.trace_id, prev), {"sagalab.link": "previous_run"}))
         failed = outcome in ("rolled_back", "failed", "worker_lost")
         span = ReadableSpan(
             name=f"saga {record.flow.name}",
-            context=self._context(record.trace_id, run.span_id),
+            context=_context(record.trace_id, run.span_id),
             parent=None,
             resource=self.tracing.resource,
             attributes={
@@ -345,8 +381,8 @@ class SagaTracer:
             attributes["error.message"] = "interrupted: the worker running it was lost"
         span = ReadableSpan(
             name=f"{e.phase.value} {e.step}",
-            context=self._context(record.trace_id, span_id),
-            parent=self._context(record.trace_id, run.span_id),
+            context=_context(record.trace_id, span_id),
+            parent=_context(record.trace_id, run.span_id),
             resource=self.tracing.resource,
             attributes=attributes,
             kind=SpanKind.CLIENT,

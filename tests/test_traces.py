@@ -11,11 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from apilab import admin_api
 from workerlab import Workers, enqueue, journal, order, statuses, wait_for
 
 from sagalab.fakeservices import FaultSpec, RunningServices
 from sagalab.orchestrator.saga import EventType
 from sagalab.orchestrator.sqlite_store import SQLiteStore
+from sagalab.orchestrator.tracing import setup_tracing
 
 FAST = ("--poll", "0.05")
 
@@ -137,3 +139,37 @@ def test_a_crash_resumed_saga_has_linked_run_spans_in_one_trace(
     assert retried[0]["parent_span_id"] == by_epoch[2]["span_id"]
     # One span per span id: nothing exported twice.
     assert len({s["span_id"] for s in spans}) == len(spans)
+
+
+def test_the_apis_submit_span_joins_the_callers_trace_and_links_to_the_workers_run(
+    db: Path, services: RunningServices, workers: Workers, tmp_path: Path
+) -> None:
+    trace_file = tmp_path / "spans.jsonl"
+    tracing = setup_tracing("sagalab-api", trace_file, None)
+    caller_trace, caller_span = "ab" * 16, "cd" * 8
+    try:
+        with admin_api(db, tracing=tracing) as api:
+            r = api.post(
+                "/v1/sagas",
+                json={"flow": "checkout", "input": order(1)},
+                headers={"traceparent": f"00-{caller_trace}-{caller_span}-01"},
+            )
+            assert r.status_code == 202, r.text
+    finally:
+        assert tracing is not None
+        tracing.shutdown()
+    w = workers.start("--exit-when-idle", "0.5", "--trace-file", str(trace_file), *FAST)
+    assert w.proc.wait(timeout=30) == 0, w.stderr()
+    assert statuses(db) == {"completed": 1}
+    spans = spans_of(trace_file)
+    assert {s["trace_id"] for s in spans} == {caller_trace}  # the caller's trace throughout
+    (submit,) = [s for s in spans if s["name"] == "POST /v1/sagas"]
+    assert submit["parent_span_id"] == caller_span
+    assert submit["kind"] == "SERVER"
+    assert submit["resource"]["service.name"] == "sagalab-api"
+    (run,) = [s for s in spans if s["name"] == "saga checkout"]
+    assert [(x["trace_id"], x["span_id"]) for x in submit["links"]] == [
+        (caller_trace, run["span_id"])
+    ]
+    attempts = [s for s in spans if s["parent_span_id"] == run["span_id"]]
+    assert len(attempts) == 4
