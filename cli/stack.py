@@ -156,6 +156,14 @@ def up(
             f"within {STABLE_AFTER:g}s of a start, up to {MAX_RESTART_DELAY:g}s.",
         ),
     ] = 0.5,
+    trace_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--trace-file",
+            help="Every component (edge, gateways, API, workers) appends its OpenTelemetry "
+            "spans to this file, one JSON object per line.",
+        ),
+    ] = None,
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Start, print and return; `down` stops it.")
     ] = False,
@@ -181,6 +189,7 @@ def up(
         deny=list(deny) if deny else [BLOCKED_RANGE],
         flood_rate=flood_rate,
         restart_delay=restart_delay,
+        trace_file=str(trace_file.resolve()) if trace_file is not None else None,
     )
     try:
         validate(config)

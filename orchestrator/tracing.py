@@ -145,13 +145,15 @@ class Tracing:
         end: float,
         attributes: dict[str, Any],
         links: Sequence[tuple[str, str, dict[str, Any]]] = (),
+        span_id: str | None = None,
     ) -> str:
         """Emit a SERVER span of `trace_id`, child of the caller's `traceparent` span (when it
-        belongs to that trace), with `links` as (trace id, span id, attributes); its span id."""
+        belongs to that trace), with `links` as (trace id, span id, attributes); its span id
+        (`span_id`, or a new one)."""
         from opentelemetry.sdk.trace import ReadableSpan
         from opentelemetry.trace import Link, SpanKind
 
-        span_id = secrets.token_hex(8)
+        span_id = span_id or secrets.token_hex(8)
         parent = None
         parts = (traceparent or "").strip().lower().split("-")
         if len(parts) == 4 and parts[1] == trace_id and len(parts[2]) == 16:
@@ -170,6 +172,23 @@ class Tracing:
         )
         self.emit(span)
         return span_id
+
+    def hop_span(
+        self,
+        name: str,
+        incoming: bytes | None,
+        outgoing: bytes,
+        start: float,
+        end: float,
+        **attrs: Any,
+    ) -> None:
+        """The span of a hop (edge, gateway) that forwarded a request with the `outgoing`
+        traceparent (its own span id) after receiving `incoming` (its parent, if valid)."""
+        parts = outgoing.decode("latin-1").split("-")
+        if len(parts) != 4:
+            return
+        caller = incoming.decode("latin-1") if incoming is not None else None
+        self.server_span(name, caller, parts[1], start, end, attrs, span_id=parts[2])
 
 
 def _context(trace_id: str, span_id: str) -> Any:

@@ -91,6 +91,8 @@ class StackConfig:
     startup_timeout: float = 30.0
     #: Seconds before restarting a component that died; doubles with each quick death.
     restart_delay: float = 0.5
+    #: Where every component appends its OpenTelemetry spans (absolute path); None: no tracing.
+    trace_file: str | None = None
 
 
 @dataclass
@@ -302,6 +304,8 @@ def start(
     secret_file = _write_secret(directory / SECRET_FILE)
     started: list[Component] = []
     sockets = []
+    # Every component appends to the one file (a line per span, one write each).
+    traced = ["--trace-file", config.trace_file] if config.trace_file else []
     try:
         services_url = config.services_url
         env: dict[str, str] = {}
@@ -345,6 +349,7 @@ def start(
                     str(secret_file),
                     "--no-direct-keys",  # every client goes through the edge's firewall
                     *_EXEMPT_HOPS,
+                    *traced,
                 ),
                 logs,
                 url=api_url,
@@ -380,6 +385,7 @@ def start(
                         "--secret-file",
                         str(secret_file),
                         *_EXEMPT_HOPS,
+                        *traced,
                     ),
                     logs,
                     url=url,
@@ -405,7 +411,7 @@ def start(
             "--flood-burst",
             str(config.flood_burst),
         ]
-        edge_cmd += ["--flood-block", str(config.flood_block)]
+        edge_cmd += ["--flood-block", str(config.flood_block), *traced]
         if gateway_urls:
             started.append(
                 _spawn(
@@ -440,6 +446,7 @@ def start(
                         str(config.concurrency),
                         "--metrics-port",
                         str(metrics_port),
+                        *traced,
                     ),
                     logs,
                     url=f"http://127.0.0.1:{metrics_port}/metrics",
