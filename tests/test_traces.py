@@ -7,12 +7,14 @@ the runs share the saga's trace id and each later run links to the one before.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from apilab import admin_api
-from workerlab import Workers, enqueue, journal, order, statuses, wait_for
+from workerlab import Workers, enqueue, journal, order, sagalab, statuses, wait_for
 
 from sagalab.fakeservices import FaultSpec, RunningServices
 from sagalab.orchestrator.saga import EventType
@@ -173,3 +175,34 @@ def test_the_apis_submit_span_joins_the_callers_trace_and_links_to_the_workers_r
     ]
     attempts = [s for s in spans if s["parent_span_id"] == run["span_id"]]
     assert len(attempts) == 4
+
+
+def test_orchestrate_run_wait_traces_its_run(
+    db: Path, services: RunningServices, tmp_path: Path
+) -> None:
+    trace_file = tmp_path / "spans.jsonl"
+    r = sagalab(
+        "orchestrate", "run", "checkout", "--wait", "--json", "--db", str(db),
+        "--input", json.dumps(order(1)), "--trace-file", str(trace_file),
+        env=services.env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    trace = json.loads(r.stdout)["trace_id"]
+    spans = spans_of(trace_file)
+    assert {s["trace_id"] for s in spans} == {trace}
+    (run,) = [s for s in spans if s["parent_span_id"] is None]
+    assert run["attributes"]["saga.outcome"] == "completed"
+    assert run["resource"]["service.name"] == "sagalab-cli"
+    assert len([s for s in spans if s["parent_span_id"] == run["span_id"]]) == 4
+
+
+def test_otlp_without_its_extra_is_a_configuration_error(db: Path) -> None:
+    if importlib.util.find_spec("opentelemetry.exporter") is not None:
+        pytest.skip("the otlp extra is installed here")  # the message is for when it is not
+    r = sagalab(
+        "worker", "--db", str(db), "--exit-when-idle", "0.1",
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"},
+    )  # fmt: skip
+    assert r.returncode == 5, r.stderr
+    assert "sagalab[otlp]" in r.stderr
+    assert "Traceback" not in r.stderr
