@@ -121,7 +121,10 @@ class Tracing:
     def __post_init__(self) -> None:
         from opentelemetry.sdk.resources import Resource
 
-        self.resource = Resource.create({"service.name": self.service_name})
+        # The pid tells replicas sharing one trace file apart.
+        self.resource = Resource.create(
+            {"service.name": self.service_name, "process.pid": os.getpid()}
+        )
 
     def emit(self, span: ReadableSpan) -> None:
         """Export `span`; an exporter's failure is logged, never raised."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +208,34 @@ def test_otlp_without_its_extra_is_a_configuration_error(db: Path) -> None:
     assert r.returncode == 5, r.stderr
     assert "sagalab[otlp]" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_replicas_append_their_spans_to_one_file_whole_lines(
+    db: Path, services: RunningServices, workers: Workers, tmp_path: Path
+) -> None:
+    trace_file = tmp_path / "spans.jsonl"
+    services.lab.add_fault(FaultSpec(service="payments", latency_ms=50))
+    ids = enqueue(db, [order(i) for i in range(8)])
+    w = workers.start(
+        "--replicas", "2", "--concurrency", "2", "--exit-when-idle", "1",
+        "--trace-file", str(trace_file), *FAST,
+    )  # fmt: skip
+    assert w.proc.wait(timeout=60) == 0, w.stderr()
+    assert statuses(db) == {"completed": 8}
+    spans = spans_of(trace_file)  # every line parses: no interleaved writes
+    runs = [s for s in spans if s["parent_span_id"] is None]
+    assert sorted(r["attributes"]["saga.id"] for r in runs) == sorted(ids)
+    assert len(spans) == 8 * 5
+    pids = {s["resource"]["process.pid"] for s in spans}
+    assert w.pid not in pids  # the replicas traced, not their supervisor
+    assert len(pids) >= 1
+
+
+def test_tracing_off_loads_no_sdk() -> None:
+    code = (
+        "import sys; import sagalab.cli.main, sagalab.edge.apps, sagalab.orchestrator.api; "
+        "print('opentelemetry.sdk.trace' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
