@@ -27,6 +27,7 @@ from sagalab.cli.bulk import (
     run_bulk,
 )
 from sagalab.cli.errors import (
+    EXIT_ENVIRONMENT,
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_SAGA_FAILED,
@@ -60,6 +61,7 @@ from sagalab.orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_
 from sagalab.orchestrator.runner import Checkpoint, RunResult, SagaRunner, start_saga
 from sagalab.orchestrator.saga import Phase, SagaStatus
 from sagalab.orchestrator.store import Lease, Store
+from sagalab.orchestrator.tracing import OTLP_ENV, SagaTracer, TracingConfigError, setup_tracing
 from sagalab.orchestrator.views import events_view, saga_summary, saga_view
 from sagalab.orchestrator.watchdog import DatabaseWatchdog, WatchedStore
 
@@ -121,8 +123,10 @@ def _drive(
     *,
     quiet: bool,
     crash_at: str | None = None,
+    tracer: SagaTracer | None = None,
 ) -> RunResult:
-    """Run the saga here under a lease (taken over from a dead local owner) and breakers.
+    """Run the saga here under a lease (taken over from a dead local owner) and breakers,
+    its spans emitted by `tracer` when given.
 
     Its writes go through a watchdog, as a worker's do: a --db file deleted or replaced
     while a call is in flight stops the run with exit 5 and one line, instead of journaling
@@ -158,8 +162,16 @@ def _drive(
                     on_event=None if quiet else render.live_event,
                     breakers=board,
                     on_breaker_wait=None if quiet else render.breaker_wait,
+                    observer=tracer,
                 )
-                result = _run_through_conflicts(runner, saga_id, lease)
+                if tracer is not None:
+                    tracer.claimed(saga_id, lease.epoch)
+                try:
+                    result = _run_through_conflicts(runner, saga_id, lease)
+                finally:
+                    if tracer is not None:
+                        outcome = result.status.value if result is not None else "error"
+                        tracer.ended(saga_id, outcome)
                 return result
         finally:
             executor.close()
@@ -271,12 +283,33 @@ def run(
     services: ServicesOption = None,
     as_json: JsonOption = False,
     crash_at: CrashAtOption = None,
+    trace_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--trace-file",
+            help="With --wait: append the run's OpenTelemetry spans here (JSON lines).",
+        ),
+    ] = None,
+    otlp_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--otlp-endpoint",
+            envvar=OTLP_ENV,
+            help="With --wait: send the run's spans over OTLP/HTTP here (extra sagalab[otlp]).",
+        ),
+    ] = None,
 ) -> None:
     """Start a saga of FLOW. Without --wait it is queued for workers and its id is printed."""
     if wait and follow:
         raise fail(
             "--wait runs the saga here, --follow watches the workers run it: not both", EXIT_USAGE
         )
+    tracing = None
+    if wait:
+        try:
+            tracing = setup_tracing("sagalab-cli", trace_file, otlp_endpoint)
+        except TracingConfigError as exc:
+            raise fail(str(exc), EXIT_ENVIRONMENT) from None
     payload = parse_json_arg(input_, "--input")
     with handled(), ExitStack() as cleanup:
         definition = load_flow(flow)
@@ -307,13 +340,24 @@ def run(
             return
         if not record.status.is_terminal:
             try:
-                _drive(store, record.id, record.flow, services, quiet=as_json, crash_at=crash_at)
+                _drive(
+                    store,
+                    record.id,
+                    record.flow,
+                    services,
+                    quiet=as_json,
+                    crash_at=crash_at,
+                    tracer=SagaTracer(tracing, time.time) if tracing is not None else None,
+                )
             except ConcurrentUpdate as exc:  # `_drive` gave it back to the queue: say so
                 raise fail(
                     f"{exc}; saga {record.id} kept changing while it ran here and is queued "
                     f"for the workers (or `sagalab orchestrate resume {record.id}`)",
                     EXIT_REFUSED,
                 ) from None
+            finally:
+                if tracing is not None:
+                    tracing.shutdown()
         status = _show(store, record.id, as_json)
     raise typer.Exit(_outcome_code(status, SagaStatus.COMPLETED))
 

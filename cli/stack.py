@@ -163,6 +163,14 @@ def up(
             f"within {STABLE_AFTER:g}s of a start, up to {MAX_RESTART_DELAY:g}s.",
         ),
     ] = 0.5,
+    trace_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--trace-file",
+            help="Every component (edge, gateways, API, workers) appends its OpenTelemetry "
+            "spans to this file, one JSON object per line.",
+        ),
+    ] = None,
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Start, print and return; `down` stops it.")
     ] = False,
@@ -205,6 +213,7 @@ def up(
         ui=ui,
         ui_port=ui_port,
         ui_actions=ui_actions,
+        trace_file=str(trace_file.resolve()) if trace_file is not None else None,
     )
     try:
         validate(config)
@@ -280,16 +289,19 @@ def status_(directory: DirOption = DEFAULT_DIR, as_json: JsonOpt = False) -> Non
             )
         )
     else:
-        table = Table("component", "pid", "url", "status", "restarts", "last exit")
+        # The url column never shrinks: a truncated worker metrics URL is useless to copy.
+        widest = max((len(r["url"] or "-") for r in rows), default=3)
+        table = Table("component", "pid", "status", "restarts", "last exit")
+        table.add_column("url", no_wrap=True, min_width=widest)
         for r in rows:
             style = "green" if r["status"] == "up" else "bold red"
             table.add_row(
                 r["name"],
                 str(r["pid"]),
-                r["url"] or "-",
                 f"[{style}]{r['status']}[/]",
                 str(r["restarts"]),
                 r["last_exit"] or "-",
+                r["url"] or "-",
             )
         out.print(f"edge {state.edge_url}")
         if state.ui_url:

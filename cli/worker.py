@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +50,14 @@ from sagalab.orchestrator.metrics import (
 from sagalab.orchestrator.policies.autoscaling import AutoscalePolicy, ScaleDecision
 from sagalab.orchestrator.stores import open_store, shown, typed
 from sagalab.orchestrator.supervisor import Supervisor, SupervisorConfig
+from sagalab.orchestrator.tracing import (
+    OTLP_ENV,
+    TRACE_FILE_ENV,
+    SagaTracer,
+    Tracing,
+    TracingConfigError,
+    setup_tracing,
+)
 from sagalab.orchestrator.worker import Worker, WorkerConfig
 
 
@@ -143,6 +152,24 @@ def worker(
             "printed); with several replicas the supervisor serves them all, summed.",
         ),
     ] = None,
+    trace_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--trace-file",
+            envvar=TRACE_FILE_ENV,
+            help="Append an OpenTelemetry span per saga run and per attempt to this file, one "
+            "JSON object per line (replicas append to the same file).",
+        ),
+    ] = None,
+    otlp_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--otlp-endpoint",
+            envvar=OTLP_ENV,
+            help="Send the spans over OTLP/HTTP to this URL (e.g. http://127.0.0.1:4318; "
+            "needs the extra sagalab[otlp]).",
+        ),
+    ] = None,
     db: DbOption = DEFAULT_DB,
     services: ServicesOption = None,
     as_json: JsonOption = False,
@@ -160,11 +187,15 @@ def worker(
         service_map = load_services(services)
         breaker_configs = load_breaker_configs(services)
         open_store(db).close()  # fail fast on a bad path, and migrate once
+    tracing = _tracing(trace_file, otlp_endpoint)
     stop = threading.Event()
     _on_signals(stop)
     if count == 1:
         saga_metrics = SagaMetrics() if metrics_port is not None or multiprocess_child() else None
-        with _exported(db, saga_metrics.registry if saga_metrics else None, metrics_port):
+        with (
+            _exported(db, saga_metrics.registry if saga_metrics else None, metrics_port),
+            _traced(tracing),
+        ):
             run_one(
                 db,
                 service_map,
@@ -177,8 +208,11 @@ def worker(
                 as_json,
                 stop,
                 saga_metrics,
+                SagaTracer(tracing, time.time) if tracing is not None else None,
             )
         return
+    if tracing is not None:
+        tracing.shutdown()  # checked; each replica opens its own (from the environment)
     directory = multiprocess_dir() if metrics_port is not None else None
     try:
         registry = multiprocess_registry(directory) if directory is not None else None
@@ -204,6 +238,32 @@ def worker(
     finally:
         if directory is not None:
             remove_dir(directory)
+
+
+def _tracing(trace_file: Path | None, otlp_endpoint: str | None) -> Tracing | None:
+    """The tracing asked for (None: off, no SDK loaded); exit 5 when it cannot be set up.
+
+    The settings go into the environment too: replicas are `sagalab worker` processes that read
+    them from there, each appending to the same file.
+    """
+    if trace_file is not None:
+        os.environ[TRACE_FILE_ENV] = str(trace_file.resolve())
+    if otlp_endpoint:
+        os.environ[OTLP_ENV] = otlp_endpoint
+    try:
+        return setup_tracing("sagalab-worker", trace_file, otlp_endpoint)
+    except TracingConfigError as exc:
+        raise fail(str(exc), EXIT_ENVIRONMENT) from None
+
+
+@contextmanager
+def _traced(tracing: Tracing | None) -> Iterator[None]:
+    """Flush and close the exporters when the worker stops."""
+    try:
+        yield
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
 
 
 def _check_port(port: int | None) -> None:
@@ -362,8 +422,10 @@ def run_one(
     as_json: bool,
     stop: threading.Event,
     metrics: SagaMetrics | None = None,
+    tracer: SagaTracer | None = None,
 ) -> None:
-    """One replica in this process (counting for Prometheus into `metrics`, if given)."""
+    """One replica in this process (counting for Prometheus into `metrics`, tracing with
+    `tracer`, if given)."""
     config = WorkerConfig(
         db=db,  # a DbPath: keeps the URL as typed
         services=services,
@@ -374,6 +436,7 @@ def run_one(
         exit_when_idle=exit_when_idle,
         max_seconds=max_seconds,
         metrics=metrics,
+        tracer=tracer,
     )
     w = Worker(config)
     _relay(stop, w.stop)

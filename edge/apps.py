@@ -39,6 +39,7 @@ from sagalab.edge.policies.firewall import Firewall, FloodGuard
 from sagalab.edge.pool import Pool
 from sagalab.orchestrator.jsonsafe import MAX_BYTES
 from sagalab.orchestrator.limits import MAX_FLOOD_BURST, MAX_FLOOD_RATE, check
+from sagalab.orchestrator.tracing import Tracing, TracingConfigError, setup_tracing
 
 #: How often the API checks that its database file is still the one it opened, seconds.
 _WATCH_EVERY = 0.5
@@ -76,6 +77,7 @@ class GatewaySettings:
     key_ttl: float = 2.0
     secret: str | None = None  # the stack's gateway secret, sent to the API with the tenant
     body_timeout: float | None = None  # seconds a body has after its headers (408); None: no limit
+    tracing: Tracing | None = None  # a span per forwarded request; None: off
 
 
 @dataclass
@@ -96,6 +98,7 @@ class EdgeSettings:
     max_body: int = MAX_BYTES
     #: Timeouts, connection caps and the header size limit for client connections.
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    tracing: Tracing | None = None  # a span per forwarded request; None: off
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -112,6 +115,7 @@ def build_gateway(s: GatewaySettings) -> GatewayApp:
         instance=s.instance,
         secret=s.secret,
         body_timeout=s.body_timeout,
+        tracing=s.tracing,
     )
 
 
@@ -129,7 +133,11 @@ def build_edge(s: EdgeSettings) -> FirewallMiddleware:
     flood = FloodGuard(s.flood_rate, s.flood_burst, s.flood_block) if s.flood_rate != 0 else None
     firewall = Firewall(allow=s.allow, deny=s.deny, flood=flood)
     lb = LoadBalancerApp(
-        pool, metrics=metrics, max_body=s.max_body, body_timeout=s.limits.body_timeout
+        pool,
+        metrics=metrics,
+        max_body=s.max_body,
+        body_timeout=s.limits.body_timeout,
+        tracing=s.tracing,
     )
     return FirewallMiddleware(
         lb, firewall, trusted_proxies=s.trusted_proxies, metrics=metrics, clock=time.monotonic
@@ -228,6 +236,8 @@ def _parser() -> argparse.ArgumentParser:
                 help=f"{text} (default {default:g})",
             )
     for p in (api, gw, edge):
+        p.add_argument("--trace-file", help="append OpenTelemetry spans here (JSON lines)")
+        p.add_argument("--otlp-endpoint", help="send OpenTelemetry spans over OTLP/HTTP here")
         p.add_argument("--fd", type=int, help="listening socket passed by the parent")
         p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (without --fd)")
         p.add_argument("--instance", default=None)
@@ -278,6 +288,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             check("--flood-block", args.flood_block, low=0)
     except ValueError as exc:
         parser.error(str(exc))  # exits 2 with the bound named
+    try:
+        tracing = setup_tracing(f"sagalab-{args.component}", args.trace_file, args.otlp_endpoint)
+    except TracingConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(5) from None
     if args.component == "api":
         from sagalab.orchestrator.api import create_app
         from sagalab.orchestrator.errors import StoreError
@@ -292,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 gateway_secret=_secret(args.secret_file),
                 direct_keys=args.direct_keys,
                 read_db=args.read_db,
+                tracing=tracing,
             )
         except StoreError as exc:  # a --db that is not a saga database: one line, exit 5
             print(f"error: {redacted(str(exc))}", file=sys.stderr)  # the one masking rule
@@ -310,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 instance=args.instance or "gateway",
                 secret=_secret(args.secret_file),
                 body_timeout=limits.body_timeout,
+                tracing=tracing,
             )
         )
     else:
@@ -323,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             flood_burst=args.flood_burst,
             flood_block=args.flood_block,
             limits=limits,
+            tracing=tracing,
         )
         app = build_edge(settings)
         limits = edge_limits(settings)

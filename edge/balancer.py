@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from typing import Any
 
 from sagalab.edge.asgi import (
@@ -32,6 +33,7 @@ from sagalab.edge.asgi import (
     Send,
     Timed,
     answer,
+    header,
     problem,
     read_body,
     target_of,
@@ -39,6 +41,7 @@ from sagalab.edge.asgi import (
 from sagalab.edge.metrics import CONTENT_TYPE, Metrics
 from sagalab.edge.pool import SAFE_METHODS, NoHealthyInstance, Pool, honours_key
 from sagalab.edge.upstream import Response, UpstreamError, UpstreamFailed, UpstreamTimeout
+from sagalab.orchestrator.tracing import Tracing
 
 __all__ = ["LoadBalancerApp", "forward", "with_idempotency_key"]
 
@@ -132,11 +135,14 @@ class LoadBalancerApp:
         metrics: Metrics,
         max_body: int = 1 << 20,
         body_timeout: float | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.pool = pool
         self.metrics = metrics
         self.max_body = max_body
         self.body_timeout = body_timeout
+        #: Emits a span per forwarded request, starting the trace when the client sent none.
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -163,8 +169,27 @@ class LoadBalancerApp:
             timed.done(408, "slow_body")
             return
         headers = with_idempotency_key(scope["method"], target_of(scope), scope["headers"])
+        if self.tracing is None:
+            status = await forward(self.pool, scope, body, send, headers)
+            timed.done(status, "forwarded" if status < 502 else "unavailable")
+            return
+        from sagalab.edge.gateway import ensure_traceparent  # here: gateway imports this module
+
+        incoming = header(scope, b"traceparent")
+        traceparent, _ = ensure_traceparent(incoming)
+        headers = [(k, v) for k, v in headers if k != b"traceparent"]
+        headers.append((b"traceparent", traceparent))
+        started = time.time()
         status = await forward(self.pool, scope, body, send, headers)
         timed.done(status, "forwarded" if status < 502 else "unavailable")
+        self.tracing.hop_span(
+            f"edge {scope['method']} {scope['path']}",
+            incoming,
+            traceparent,
+            started,
+            time.time(),
+            **{"http.response.status_code": status},
+        )
 
     async def _own(self, path: str, send: Send) -> None:
         if path == "/edge/status":

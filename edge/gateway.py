@@ -57,6 +57,7 @@ from sagalab.edge.metrics import CONTENT_TYPE, Metrics
 from sagalab.edge.policies.token_bucket import KeyBuckets, TokenBucket
 from sagalab.edge.pool import Pool
 from sagalab.orchestrator.jsonsafe import PayloadTooLarge, UnsafeJson, loads_strict
+from sagalab.orchestrator.tracing import Tracing
 
 __all__ = ["GatewayApp", "ensure_traceparent"]
 
@@ -102,9 +103,12 @@ class GatewayApp:
         instance: str = "gateway",
         secret: str | None = None,
         body_timeout: float | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.pool = pool
         self.body_timeout = body_timeout
+        #: Emits a span per forwarded request (`orchestrator.tracing`); None: no tracing.
+        self.tracing = tracing
         # The stack's gateway secret: sent to the API with the caller's tenant, which the API
         # believes only next to it. Without one, the key itself goes on for the API to check.
         self.secret = secret
@@ -177,11 +181,22 @@ class GatewayApp:
                 await problem(send, 422, "Malformed JSON", detail)
                 timed.done(422, "malformed")
                 return
-        traceparent, _ = ensure_traceparent(header(scope, b"traceparent"))
+        incoming = header(scope, b"traceparent")
+        traceparent, _ = ensure_traceparent(incoming)
         headers = self._upstream_headers(scope, key)
         headers.append((b"traceparent", traceparent))
+        started = time.time()
         status = await forward(self.pool, scope, body, send, headers)
         timed.done(status, "forwarded" if status < 502 else "unavailable")
+        if self.tracing is not None:
+            self.tracing.hop_span(
+                f"gateway {scope['method']} {scope['path']}",
+                incoming,
+                traceparent,
+                started,
+                time.time(),
+                **{"http.response.status_code": status, "sagalab.instance": self.instance},
+            )
 
     def _upstream_headers(self, scope: Scope, key: ApiKey) -> list[tuple[bytes, bytes]]:
         """The client's headers minus any `x-sagalab-*` it sent (those are ours to set), plus

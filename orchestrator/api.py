@@ -80,6 +80,7 @@ from sagalab.orchestrator.runner import new_saga_id, new_trace_id, validate_inpu
 from sagalab.orchestrator.saga import SagaStatus
 from sagalab.orchestrator.store import Store
 from sagalab.orchestrator.stores import open_store, shown
+from sagalab.orchestrator.tracing import Tracing, run_span_id
 from sagalab.orchestrator.views import saga_summary, saga_view
 from sagalab.orchestrator.watchdog import DatabaseWatchdog
 
@@ -491,6 +492,7 @@ def create_app(
     gateway_secret: str | None = None,
     direct_keys: bool = True,
     read_db: str | Path | None = None,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """The API over the saga database `db` (created if missing).
 
@@ -504,6 +506,8 @@ def create_app(
     the gateways holding `gateway_secret` and clients presenting a key from `keys_db` (rate
     limited as at a gateway); with neither, every `/v1/` request is refused (401).
     `direct_keys=False` refuses keys presented here (401): only the gateways are heard.
+    With `tracing`, each saga submitted emits a span in the saga's trace, linked to the run
+    span of the worker that will claim it first (`orchestrator.tracing`).
     """
     path = Path(db)
     open_store(path).close()  # create and migrate once, up front: fail fast on a bad path
@@ -612,6 +616,18 @@ def create_app(
         )
         if created:
             metrics.inc("sagas_submitted_total", {"flow": flow.name})
+            if tracing is not None:
+                trace = record.trace_id
+                tracing.server_span(
+                    "POST /v1/sagas",
+                    traceparent,
+                    trace,
+                    now,
+                    clock(),
+                    {"saga.id": record.id, "saga.flow": flow.name, "http.route": "/v1/sagas"},
+                    # The first claim holds lease epoch 1: the run a worker traces under it.
+                    [(trace, run_span_id(trace, 1), {"sagalab.link": "run"})],
+                )
         content = {**saga_summary(record), "created": created, "links": _links(record.id)}
         headers = {"Location": f"/v1/sagas/{record.id}"}
         if not created:

@@ -48,6 +48,7 @@ from sagalab.orchestrator.metrics import SagaMetrics
 from sagalab.orchestrator.redact import redacted
 from sagalab.orchestrator.runner import SagaRunner
 from sagalab.orchestrator.stores import DRIVER_ERRORS, STORE_FAILURES, open_store, shown
+from sagalab.orchestrator.tracing import Observers, SagaTracer
 from sagalab.orchestrator.watchdog import DatabaseGone, DatabaseWatchdog, WatchedStore
 
 log = logging.getLogger("sagalab.worker")
@@ -98,6 +99,8 @@ class WorkerConfig:
     use_breakers: bool = True
     #: What the worker counts for Prometheus (`orchestrator.metrics`); None counts nothing.
     metrics: SagaMetrics | None = None
+    #: What emits the OpenTelemetry spans of its runs (`orchestrator.tracing`); None: none.
+    tracer: SagaTracer | None = None
 
 
 class _Tools:
@@ -129,7 +132,7 @@ class _Tools:
             rng=random.Random(),
             on_event=worker.on_event,
             breakers=self.board,
-            observer=metrics,
+            observer=(Observers(metrics, config.tracer) if config.tracer is not None else metrics),
         )
 
     def close(self) -> None:
@@ -344,14 +347,21 @@ class Worker:
         keeper.hold(lease)
         run_after: float | None = None
         parked: str | None = None
+        tracer = self.config.tracer
+        traced = "error"
+        if tracer is not None:
+            tracer.claimed(lease.saga_id, lease.epoch)
         try:
             result = tools.runner.run(lease.saga_id, lease=lease, wait_for_retries=False)
             if result.wait_until is not None:
                 run_after = result.wait_until
                 self.stats.add("requeued")
+                traced = "waiting"
             else:
                 self.stats.add("finished", result.status.value)
+                traced = result.status.value
         except LeaseLost:
+            traced = "lease_lost"
             self.stats.add("lost_leases")
             if self.config.metrics is not None:
                 self.config.metrics.lease_lost()
@@ -377,6 +387,8 @@ class Worker:
             log.error("saga %s: %s", lease.saga_id, parked)
             self.stats.add("errors")
         finally:
+            if tracer is not None:
+                tracer.ended(lease.saga_id, traced)
             keeper.drop(lease.saga_id)
             with self._busy_lock:
                 self._busy -= 1

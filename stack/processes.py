@@ -98,6 +98,8 @@ class StackConfig:
     ui: bool = False
     ui_port: int = 0
     ui_actions: bool = False
+    #: Where every component appends its OpenTelemetry spans (absolute path); None: no tracing.
+    trace_file: str | None = None
 
 
 @dataclass
@@ -311,6 +313,8 @@ def start(
     secret_file = _write_secret(directory / SECRET_FILE)
     started: list[Component] = []
     sockets = []
+    # Every component appends to the one file (a line per span, one write each).
+    traced = ["--trace-file", config.trace_file] if config.trace_file else []
     try:
         services_url = config.services_url
         env: dict[str, str] = {}
@@ -354,6 +358,7 @@ def start(
                     str(secret_file),
                     "--no-direct-keys",  # every client goes through the edge's firewall
                     *_EXEMPT_HOPS,
+                    *traced,
                 ),
                 logs,
                 url=api_url,
@@ -389,6 +394,7 @@ def start(
                         "--secret-file",
                         str(secret_file),
                         *_EXEMPT_HOPS,
+                        *traced,
                     ),
                     logs,
                     url=url,
@@ -414,7 +420,7 @@ def start(
             "--flood-burst",
             str(config.flood_burst),
         ]
-        edge_cmd += ["--flood-block", str(config.flood_block)]
+        edge_cmd += ["--flood-block", str(config.flood_block), *traced]
         if gateway_urls:
             started.append(
                 _spawn(
@@ -429,6 +435,11 @@ def start(
                 )
             )
         for i in range(1, config.workers + 1):
+            # Each worker serves its own Prometheus metrics; like `services up` it binds the port
+            # itself (and again when restarted), so the probe only reserves a free number.
+            probe = bind("127.0.0.1", 0)
+            metrics_port = probe.getsockname()[1]
+            probe.close()
             started.append(
                 _spawn(
                     f"worker-{i}",
@@ -442,9 +453,12 @@ def start(
                         db,
                         "--concurrency",
                         str(config.concurrency),
+                        "--metrics-port",
+                        str(metrics_port),
+                        *traced,
                     ),
                     logs,
-                    url=None,
+                    url=f"http://127.0.0.1:{metrics_port}/metrics",
                     health=None,
                     env=env,
                 )

@@ -18,6 +18,7 @@ from sagalab.cli.main import app
 from sagalab.edge.keys import MAX_BURST, MAX_RATE, KeyStore
 from sagalab.edge.server import serve_in_thread
 from sagalab.orchestrator.api import create_app
+from sagalab.orchestrator.tracing import Tracing
 
 
 @contextmanager
@@ -27,6 +28,7 @@ def admin_api(
     timeout: float = 10.0,
     keys_db: Path | None = None,
     read_db: str | None = None,
+    tracing: Tracing | None = None,
 ) -> Iterator[httpx.Client]:
     """A client of a real API over `db` that presents an admin key (it sees every tenant);
     its key database is `keys_db` (by default beside a SQLite `db`); its GETs read `read_db`
@@ -43,7 +45,7 @@ def admin_api(
     finally:
         keys.close()
     with (
-        serve_in_thread(create_app(db, keys_db=keys_db, read_db=read_db)) as api,
+        serve_in_thread(create_app(db, keys_db=keys_db, read_db=read_db, tracing=tracing)) as api,
         httpx.Client(
             base_url=api.url, timeout=timeout, headers={"Authorization": f"Bearer {key}"}
         ) as client,

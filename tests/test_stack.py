@@ -46,7 +46,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackState]:
     workers = "1" if HAS_WORKER else "0"
     up = sagalab(
         "stack", "up", "--detach", "--dir", str(directory), "--port", "0", "--workers", workers,
-        "--json",
+        "--trace-file", str(directory / "spans.jsonl"), "--json",
     )  # fmt: skip
     assert up.returncode == 0, up.stderr
     assert json.loads(up.stdout)["api_key"].startswith("sgl_")
@@ -249,6 +249,75 @@ def test_up_ui_actions_and_no_ui(tmp_path: Path, flag: str) -> None:
         down = sagalab("stack", "down", "--dir", directory)
     assert down.returncode == 0, down.stderr
     assert processes_mentioning(directory) == []
+
+
+def test_a_stack_worker_serves_metrics_showing_its_sagas(stack: StackState) -> None:
+    rows = rows_of(stack.directory)
+    workers = [r for n, r in rows.items() if n.startswith("worker-")]
+    if not HAS_WORKER:
+        pytest.skip("no worker in this tree")
+    assert workers and all(str(r["url"]).endswith("/metrics") for r in workers)
+    text = sagalab("stack", "status", "--dir", stack.directory).stdout
+    assert str(workers[0]["url"]) in text
+    with httpx.Client(
+        base_url=stack.edge_url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=5
+    ) as c:
+        r = c.post("/v1/sagas", json={"flow": "checkout", "input": {**ORDER, "order_id": "o-m"}})
+        assert r.status_code == 202
+        assert follow(c, r.headers["location"]) == "completed"
+    line = 'sagalab_sagas_finished_total{flow="checkout",status="completed"}'
+    deadline = time.monotonic() + 10
+    body = ""
+    while time.monotonic() < deadline:
+        body = httpx.get(str(workers[0]["url"]), timeout=5).text
+        if line in body:
+            break
+        time.sleep(0.1)
+    assert line in body, body[:2000]
+    count = float(next(x for x in body.splitlines() if x.startswith(line)).split()[-1])
+    assert count >= 1
+
+
+def test_a_saga_through_the_edge_is_one_trace_from_the_edge_to_every_attempt(
+    stack: StackState,
+) -> None:
+    if not HAS_WORKER:
+        pytest.skip("no worker in this tree")
+    with httpx.Client(
+        base_url=stack.edge_url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=5
+    ) as c:
+        r = c.post("/v1/sagas", json={"flow": "checkout", "input": {**ORDER, "order_id": "o-t"}})
+        assert r.status_code == 202
+        saga = r.json()["id"]
+        assert follow(c, r.headers["location"]) == "completed"
+        trace = c.get(f"/v1/sagas/{saga}").json()["trace_id"]
+    path = Path(stack.directory) / "spans.jsonl"
+
+    def whole_trace() -> list[dict[str, object]] | None:
+        spans = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+        mine = [s for s in spans if s["trace_id"] == trace]
+        names = {str(s["name"]).split(" ")[0] for s in mine}
+        return mine if {"edge", "gateway", "POST", "saga"} <= names else None
+
+    spans = wait_for(whole_trace, 10, "the edge, gateway, API and worker spans")
+    by_id = {s["span_id"]: s for s in spans}
+    edge = next(s for s in spans if str(s["name"]).startswith("edge POST"))
+    gateway = next(s for s in spans if str(s["name"]).startswith("gateway POST"))
+    submit = next(s for s in spans if s["name"] == "POST /v1/sagas")
+    run = next(s for s in spans if s["name"] == "saga checkout")
+    assert edge["parent_span_id"] is None  # the client sent no traceparent: the edge began it
+    assert gateway["parent_span_id"] == edge["span_id"]
+    assert submit["parent_span_id"] == gateway["span_id"]
+    assert [link["span_id"] for link in submit["links"]] == [run["span_id"]]  # type: ignore[attr-defined]
+    attempts = [s for s in spans if s["parent_span_id"] == run["span_id"]]
+    assert [a["attributes"]["saga.step"] for a in attempts] == [  # type: ignore[index]
+        "reserve_inventory",
+        "charge_payment",
+        "create_shipment",
+        "send_confirmation",
+    ]
+    services = {s["resource"]["service.name"] for s in by_id.values()}  # type: ignore[index]
+    assert services == {"sagalab-edge", "sagalab-gateway", "sagalab-api", "sagalab-worker"}
 
 
 def test_killing_a_gateway_keeps_traffic_flowing_and_it_is_restarted(stack: StackState) -> None:
