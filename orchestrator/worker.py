@@ -297,12 +297,12 @@ class Worker:
         tools: _Tools | None = None
         failures = 0
         waker = self._waker
+        woken = False
         try:
             while not self.stop.is_set():
                 try:
                     if tools is None:
                         tools = _Tools(self)
-                    token = waker.token() if waker is not None else 0  # before the claim
                     worked = self._one(tools, keeper)
                 except DatabaseGone as exc:
                     self._fail(exc)
@@ -324,9 +324,12 @@ class Worker:
                 if failures and worked:  # back only once a saga went through (not an idle poll)
                     failures = 0
                     self._database_back()
+                if waker is not None and woken and worked:
+                    waker.pulse()  # more may be queued: hand on to the next idle thread
+                woken = False
                 if not worked:
                     if waker is not None:
-                        waker.wait(token, self.config.poll_interval, self.stop)
+                        woken = waker.wait(self.config.poll_interval, self.stop)
                     else:
                         self.stop.wait(self.config.poll_interval)
         finally:

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from workerlab import Workers, enqueue, order, sagalab, statuses, wait_for
 
 from sagalab.orchestrator import wake
@@ -185,12 +184,12 @@ def test_a_waker_returns_on_a_wake_up_and_on_its_timeout(tmp_path: Path) -> None
     waker = sqlite_waker(db)
     assert waker is not None
     try:
-        token = waker.token()
-        assert not waker.wait(token, 0.05)  # nothing sent: the timeout
+        assert not waker.wait(0.05)  # nothing sent: the timeout
         notify_dir(wake_dir(db))
         started = time.monotonic()
-        assert waker.wait(token, 10)
+        assert waker.wait(10)
         assert time.monotonic() - started < 5
+        assert not waker.wait(0.05)  # one wake-up releases one wait
     finally:
         waker.close()
 
@@ -212,3 +211,19 @@ def test_no_wake_environment_disables_the_channel(monkeypatch: pytest.MonkeyPatc
     assert not wake.enabled()
     monkeypatch.setenv("SAGALAB_NO_WAKE", "0")
     assert wake.enabled()
+
+
+def test_a_wake_up_is_delivered_at_once_not_at_the_listeners_timeout(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    waker = sqlite_waker(db)
+    assert waker is not None
+    took = []
+    try:
+        for _ in range(9):
+            started = time.monotonic()
+            notify_dir(wake_dir(db))
+            assert waker.wait(10)
+            took.append(time.monotonic() - started)
+    finally:
+        waker.close()
+    assert sorted(took)[4] < 0.25  # the median; the listener's own timeout is 0.5 s
