@@ -227,3 +227,30 @@ def test_a_wake_up_is_delivered_at_once_not_at_the_listeners_timeout(tmp_path: P
     finally:
         waker.close()
     assert sorted(took)[4] < 0.25  # the median; the listener's own timeout is 0.5 s
+
+
+def test_a_dropped_listen_connection_costs_a_poll_then_comes_back(
+    pg_url: str, services: object, tmp_path: Path
+) -> None:
+    import psycopg
+
+    workers = Workers(pg_url, services.env, tmp_path / "logs")  # type: ignore[attr-defined]
+
+    def listeners() -> list[int]:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN%%' "
+                "AND datname = current_database()"
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    try:
+        workers.start("--concurrency", "1", "--poll", "1")
+        [pid] = wait_for(listeners, 20, "the worker's LISTEN connection")
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        enqueue(pg_url, [order(1)])  # its wake-up may be lost: polling finds the saga
+        wait_for(lambda: done(pg_url, 1), 20, "the saga, by polling")
+        wait_for(lambda: [p for p in listeners() if p != pid], 20, "a new LISTEN connection")
+    finally:
+        workers.stop_all()
