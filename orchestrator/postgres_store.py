@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -82,6 +83,7 @@ from sagalab.orchestrator.store_rows import (
     steps_from_json,
     steps_json,
 )
+from sagalab.orchestrator.wake import Waker, due_now
 
 __all__ = [
     "DRIVER_ERRORS",
@@ -689,6 +691,8 @@ class PostgresStore:
         ).fetchall()
         if not inserted:
             return self._existing(saga_id, idempotency_key, tenant, fingerprint), False
+        if due_now(run_after):
+            self.notify_queued()
         record = SagaRecord(
             id=saga_id,
             flow=self._flow(snapshot),
@@ -1061,6 +1065,8 @@ class PostgresStore:
             ),
             write=True,
         )
+        if cur.rowcount == 1 and due_now(run_after):
+            self.notify_queued()
         return cur.rowcount == 1
 
     def park(self, lease: Lease, *, reason: str) -> bool:
@@ -1082,6 +1088,17 @@ class PostgresStore:
         )
         if cur.rowcount == 0:
             raise SagaNotFoundError(saga_id)
+        if due_now(run_after):
+            self.notify_queued()
+
+    def notify_queued(self) -> None:
+        """Wake idle workers (LISTEN on WAKE_CHANNEL): a saga is due now. Sent after the
+        write committed (autocommit), so a worker never wakes before the saga is there; a
+        hint only: a failure here is logged, never raised (polling finds the saga)."""
+        try:
+            self._execute(f"NOTIFY {WAKE_CHANNEL}")
+        except StoreError:
+            log.debug("NOTIFY failed", exc_info=True)
 
     def stuck(self, *, now: float) -> list[str]:
         """Active sagas nobody is running: lease expired, or never queued."""
@@ -1264,3 +1281,36 @@ def _text(value: str | None) -> str | None:
     """`value` as PostgreSQL text can hold it: a NUL character (which a service's error
     message may carry into a reason) becomes U+FFFD rather than fail the write for ever."""
     return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
+
+
+log = logging.getLogger(__name__)
+
+#: The LISTEN/NOTIFY channel on which a queued saga wakes idle workers (orchestrator/wake.py).
+WAKE_CHANNEL = "sagalab_queue"
+
+
+def postgres_waker(url: str) -> Waker:
+    """A waker LISTENing on WAKE_CHANNEL over its own connection (one per worker process).
+
+    The connection is (re)opened lazily by the listener thread: a server that is down or
+    restarting only means polling until it is back.
+    """
+    state: dict[str, psycopg.Connection | None] = {"conn": None}
+
+    def receive(timeout: float) -> bool:
+        conn = state["conn"]
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            state["conn"] = None
+            conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
+            conn.execute(f"LISTEN {WAKE_CHANNEL}")
+            state["conn"] = conn
+        return any(True for _ in conn.notifies(timeout=timeout, stop_after=1))
+
+    def close() -> None:
+        conn = state["conn"]
+        if conn is not None:
+            conn.close()
+
+    return Waker(receive, close)

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import sqlite_utils
 
+from sagalab.orchestrator import wake
 from sagalab.orchestrator.dbfiles import creating_database
 from sagalab.orchestrator.errors import (
     BatchNotFoundError,
@@ -815,6 +816,8 @@ class SQLiteStore:
         if existing_id is not None:
             return self.load(existing_id), False
         self._stored_hashes.add(flow_hash)
+        if wake.due_now(run_after):
+            self.notify_queued()
         record = SagaRecord(
             id=saga_id,
             flow=self._flow(snapshot),
@@ -1198,6 +1201,8 @@ class SQLiteStore:
                 "WHERE id = ? AND lease_owner = ? AND lease_epoch = ?",
                 (run_after, lease.saga_id, lease.owner, lease.epoch),
             )
+        if cur.rowcount == 1 and wake.due_now(run_after):
+            self.notify_queued()
         return cur.rowcount == 1
 
     def park(self, lease: Lease, *, reason: str) -> bool:
@@ -1360,6 +1365,12 @@ class SQLiteStore:
             cur = conn.execute("UPDATE sagas SET run_after = ? WHERE id = ?", (run_after, saga_id))
             if cur.rowcount == 0:
                 raise SagaNotFoundError(saga_id)
+        if wake.due_now(run_after):
+            self.notify_queued()
+
+    def notify_queued(self) -> None:
+        """Wake idle workers: a saga is due now (a hint after the commit; never fails)."""
+        wake.notify_dir(wake.wake_dir(self.path))
 
     def queue_stats(self, now: float) -> dict[str, float]:
         """Queued sagas (`depth`), those under a live lease (`leased`), oldest due age (s)."""

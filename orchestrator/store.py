@@ -278,6 +278,12 @@ class QueueStore(Protocol):
         """Put the saga (back) on the queue, due at `run_after`; a held lease stays."""
         ...
 
+    def notify_queued(self) -> None:
+        """Wake idle workers: a saga is due now (orchestrator/wake.py). Called by the store
+        itself after a commit that queues a saga due now (create_saga with run_after,
+        release, requeue); a hint only, it never raises."""
+        ...
+
     def stuck(self, *, now: float) -> list[str]:
         """Active sagas nobody runs (lease expired, or never queued), oldest first."""
         ...

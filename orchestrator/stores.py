@@ -28,6 +28,8 @@ from sagalab.orchestrator.sqlite_store import DRIVER_ERRORS as _SQLITE_ERRORS
 from sagalab.orchestrator.sqlite_store import SCHEMA_VERSION as _SQLITE_SCHEMA
 from sagalab.orchestrator.sqlite_store import check_database, open_sqlite_store
 from sagalab.orchestrator.store import Access, BreakerStore, Guard, Store
+from sagalab.orchestrator.wake import Waker, sqlite_waker
+from sagalab.orchestrator.wake import enabled as wake_enabled
 
 try:  # the optional `postgres` extra: without psycopg, postgresql:// URLs are refused
     from sagalab.orchestrator.postgres_store import DRIVER_ERRORS as _POSTGRES_ERRORS
@@ -173,6 +175,18 @@ def open_store(
         return store
     path = sqlite_path(url_or_path)
     return open_sqlite_store(path, readonly=readonly, create=create, timeout=timeout, guard=guard)
+
+
+def open_waker(url_or_path: str | os.PathLike[str]) -> Waker | None:
+    """The wake-up channel idle workers of `url_or_path` wait on (orchestrator/wake.py), or
+    None where there is none (SAGALAB_NO_WAKE, a read-only directory): polling only."""
+    if not wake_enabled():
+        return None
+    url = postgres_url(url_or_path)
+    if url is not None:
+        waker: Waker = _postgres().postgres_waker(url)
+        return waker
+    return sqlite_waker(sqlite_path(url_or_path))
 
 
 def open_breaker_store(

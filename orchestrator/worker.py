@@ -47,8 +47,15 @@ from sagalab.orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_
 from sagalab.orchestrator.metrics import SagaMetrics
 from sagalab.orchestrator.redact import redacted
 from sagalab.orchestrator.runner import SagaRunner
-from sagalab.orchestrator.stores import DRIVER_ERRORS, STORE_FAILURES, open_store, shown
+from sagalab.orchestrator.stores import (
+    DRIVER_ERRORS,
+    STORE_FAILURES,
+    open_store,
+    open_waker,
+    shown,
+)
 from sagalab.orchestrator.tracing import Observers, SagaTracer
+from sagalab.orchestrator.wake import Waker
 from sagalab.orchestrator.watchdog import DatabaseGone, DatabaseWatchdog, WatchedStore
 
 log = logging.getLogger("sagalab.worker")
@@ -174,12 +181,23 @@ class Worker:
         self._fatal: SagaError | None = None
         self._db_failing = False
         self._state_lock = threading.Lock()
+        self._waker: Waker | None = None
 
     def run(self) -> WorkerStats:
         """Run the worker threads until stopped, idle for `exit_when_idle`, or `max_seconds`."""
         if not self._opened_once():  # create/migrate once, before threads race
             return self.stats
         self.watchdog = DatabaseWatchdog(self.config.db)
+        # Idle threads wait on wake-ups, with the poll interval as timeout: polling stays the
+        # truth, a lost wake-up costs at most one interval (orchestrator/wake.py).
+        self._waker = open_waker(self.config.db)
+        try:
+            return self._run()
+        finally:
+            if self._waker is not None:
+                self._waker.close()
+
+    def _run(self) -> WorkerStats:
         started = time.monotonic()
         keeper = LeaseKeeper(
             self.config.db, lease_seconds=self.config.lease_seconds, guard=self.watchdog.check
@@ -281,6 +299,8 @@ class Worker:
     def _loop(self, keeper: LeaseKeeper) -> None:
         tools: _Tools | None = None
         failures = 0
+        waker = self._waker
+        woken = False
         try:
             while not self.stop.is_set():
                 try:
@@ -307,8 +327,14 @@ class Worker:
                 if failures and worked:  # back only once a saga went through (not an idle poll)
                     failures = 0
                     self._database_back()
+                if waker is not None and woken and worked:
+                    waker.pulse()  # more may be queued: hand on to the next idle thread
+                woken = False
                 if not worked:
-                    self.stop.wait(self.config.poll_interval)
+                    if waker is not None:
+                        woken = waker.wait(self.config.poll_interval, self.stop)
+                    else:
+                        self.stop.wait(self.config.poll_interval)
         finally:
             if tools is not None:
                 tools.close()
