@@ -33,7 +33,7 @@ from sagalab.edge.connections import BOUNDS, ConnectionLimits
 from sagalab.edge.errors import KeyStoreError
 from sagalab.edge.firewall import FirewallMiddleware
 from sagalab.edge.gateway import GatewayApp, describe
-from sagalab.edge.keys import KeyCache, KeyStore, read_secret
+from sagalab.edge.keys import KeyCache, open_key_store, read_secret
 from sagalab.edge.metrics import Metrics
 from sagalab.edge.policies.firewall import Firewall, FloodGuard
 from sagalab.edge.pool import Pool
@@ -105,7 +105,7 @@ def build_gateway(s: GatewaySettings) -> GatewayApp:
     metrics = describe(Metrics("sagalab_gateway_"))
     return GatewayApp(
         pool,
-        KeyCache(KeyStore(s.keys_db), ttl=s.key_ttl),
+        KeyCache(open_key_store(s.keys_db), ttl=s.key_ttl),
         metrics=metrics,
         max_body=s.max_body,
         rate_share=s.rate_share,

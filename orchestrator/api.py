@@ -58,8 +58,8 @@ from sagalab.edge.keys import (
     KEY_ID_HEADER,
     TENANT_HEADER,
     KeyCache,
-    KeyStore,
     check_tenant,
+    open_key_store,
     presented_key,
 )
 from sagalab.edge.metrics import Metrics
@@ -507,7 +507,7 @@ def create_app(
     stores = _Stores(path, watchdog)
     readers = _Stores(path, watchdog, read_only=True)  # reads, health checks and metrics
     catalog = _FlowCatalog(flows or {})
-    keys = KeyCache(KeyStore(keys_db)) if keys_db is not None else None
+    keys = KeyCache(open_key_store(keys_db)) if keys_db is not None else None
     metrics = Metrics("sagalab_api_")
     metrics.describe("http_requests_total", "counter", "HTTP requests by method, route, status.")
     metrics.describe("http_request_duration_seconds", "histogram", "HTTP request latency.")
