@@ -232,6 +232,10 @@ class KeyStore(Protocol):
         """Add `rows` (from `export`) in one transaction; how many were added."""
         ...
 
+    def check_import(self, rows: Sequence[KeyRow], *, merge: bool = False) -> None:
+        """KeyCopyRefused if `import_keys(rows, merge=merge)` would be (reads only)."""
+        ...
+
     def close(self) -> None:
         """Close the handle."""
         ...

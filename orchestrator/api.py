@@ -232,6 +232,11 @@ class _Authenticator:
         # one lock serialises key look-ups (a cache hit holds it for a dictionary read).
         self._lock = threading.Lock()
 
+    def close(self) -> None:
+        """Close the key store (at shutdown: a PostgreSQL one holds a connection)."""
+        if self._keys is not None:
+            self._keys.store.close()
+
     def __call__(self, request: Request) -> Caller:
         with self._lock:
             return self._caller(request)
