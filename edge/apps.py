@@ -246,6 +246,15 @@ def _secret(path: str | None) -> str | None:
         raise SystemExit(5) from None
 
 
+def _gateway_or_exit(s: GatewaySettings) -> GatewayApp:
+    """`build_gateway(s)`, or one line and exit 5 when its key database cannot be used."""
+    try:
+        return build_gateway(s)
+    except KeyStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # messages mask URL passwords already
+        raise SystemExit(5) from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one component in this process until SIGTERM."""
     from sagalab.edge.server import bind, serve_forever, socket_from_fd
@@ -286,14 +295,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 gateway_secret=_secret(args.secret_file),
                 direct_keys=args.direct_keys,
             )
-        except StoreError as exc:  # a --db that is not a saga database: one line, exit 5
+        except (StoreError, KeyStoreError) as exc:  # not a saga/key database: one line, exit 5
             print(f"error: {redacted(str(exc))}", file=sys.stderr)  # the one masking rule
             raise SystemExit(5) from None
         watchdog = app.state.watchdog
         threading.Thread(target=_exit_when_gone, args=(watchdog,), daemon=True).start()
         app = BodyDeadline(app, timeout=limits.body_timeout, max_body=MAX_BYTES)
     elif args.component == "gateway":
-        app = build_gateway(
+        app = _gateway_or_exit(
             GatewaySettings(
                 keys_db=args.keys_db,
                 upstreams=args.upstream,
@@ -303,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 instance=args.instance or "gateway",
                 secret=_secret(args.secret_file),
                 body_timeout=limits.body_timeout,
-            )
+            ),
         )
     else:
         settings = EdgeSettings(

@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from sagalab.edge.errors import KeyCopyRefused, KeyRequestError, KeyStoreError, UnknownKey
 from sagalab.orchestrator.errors import StoreError
@@ -471,10 +471,12 @@ def open_key_store(
             raise KeyStoreError(
                 "a postgresql:// key database needs psycopg 3: pip install 'sagalab[postgres]'"
             ) from None
-        return PostgresKeyStore(url, create=create, readonly=readonly)
+        # cast: mypy run by folder (tests/test_types.py) names this module `edge.keys` and the
+        # backends' ApiKey `sagalab.edge.keys.ApiKey`, two types for one class.
+        return cast(KeyStore, PostgresKeyStore(url, create=create, readonly=readonly))
     from sagalab.edge.sqlite_keys import SQLiteKeyStore  # imports this module: not at top
 
-    return SQLiteKeyStore(path, create=create, readonly=readonly)
+    return cast(KeyStore, SQLiteKeyStore(path, create=create, readonly=readonly))
 
 
 def same_key_database(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
