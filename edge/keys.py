@@ -416,12 +416,16 @@ class KeyTable:
             )
         ids = {r[0] for r in held}
         names = {r[1] for r in held if r[2] is None}
-        both = sorted(r["id"] for r in rows if r["id"] in ids)
+        both = sorted(str(r.get("id")) for r in rows if r.get("id") in ids)
         if both:
             raise KeyCopyRefused(
                 f"key id(s) {', '.join(both[:5])} are in both key databases: nothing copied"
             )
-        clash = sorted(r["name"] for r in rows if r["revoked_at"] is None and r["name"] in names)
+        clash = sorted(
+            str(r.get("name"))
+            for r in rows
+            if r.get("revoked_at") is None and r.get("name") in names
+        )
         if clash:
             raise KeyCopyRefused(
                 f"active keys named {', '.join(map(repr, clash[:5]))} are in both key "

@@ -158,6 +158,14 @@ def test_copies_keep_keys_working_and_refusals_write_nothing(new_db: MakeDb) -> 
         with pytest.raises(KeyCopyRefused, match="in both"):
             copy_keys(source, destination, merge=True)
         assert len(destination.list()) == 2  # nothing written by either refusal
+        # A copy that fails halfway (a damaged row after a good one) leaves nothing behind.
+        fresh = open_key_store(new_db())
+        try:
+            with pytest.raises(KeyStoreError, match="not a stored key"):
+                fresh.import_keys([*source.export(), {"id": "bad"}])
+            assert fresh.list() == []
+        finally:
+            fresh.close()
     finally:
         source.close()
         destination.close()
