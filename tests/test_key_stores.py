@@ -217,3 +217,41 @@ def test_db_copy_moves_keys_that_then_open_the_api(tmp_path: Path, pg_url: str) 
     # Again: the key destination has keys, refused (4) before the sagas' copy writes.
     code, _, err = _cli("db", "copy", str(sagas), pg_url, "--keys-from", str(keys_db), "--force")
     assert code == 4 and "in both" in err
+
+
+def test_a_gateway_reads_its_keys_from_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """A real gateway process with `--keys-db postgresql://…` before a real API: the copied
+    key passes (200), a revoked one and none are refused (401), revoking at the database
+    reaches the gateway within its cache time."""
+    from edgelab import start_gateway
+    from workerlab import wait_for
+
+    source = open_key_store(tmp_path / "keys.db")
+    _, key = source.create("ops", admin=True, rate=1000, burst=1000)
+    _, old = source.create("old")
+    source.revoke("old")
+    destination = open_key_store(pg_url)
+    assert copy_keys(source, destination).ok
+    source.close()
+    secret = "s" * 32
+    (tmp_path / "gateway.secret").write_text(secret)
+    served = create_app(pg_url, gateway_secret=secret)
+    with serve_in_thread(served) as api:
+        gateway = start_gateway(
+            pg_url, api.url, "gw", ["--secret-file", str(tmp_path / "gateway.secret")]
+        )
+        try:
+            url = f"{gateway.url}/v1/sagas"
+
+            def status(presented: str) -> int:
+                auth = {"Authorization": f"Bearer {presented}"}
+                return httpx.get(url, headers=auth, timeout=10).status_code
+
+            assert status(key) == 200
+            assert status(old) == 401
+            assert httpx.get(url, timeout=10).status_code == 401
+            destination.revoke("ops")
+            wait_for(lambda: status(key) == 401, 10, "the revoked key to be refused")
+        finally:
+            gateway.stop()
+            destination.close()
