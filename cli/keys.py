@@ -1,13 +1,20 @@
 """`sagalab keys`: API keys for the gateway (shown once at creation, stored hashed).
 
 The key database is `--keys-db` (or SAGALAB_KEYS_DB) if given, else `keys.db` in the stack
-directory (`--dir`, or SAGALAB_STACK_DIR, as for `sagalab stack`): the file a stack's
-gateways read.
+directory (`--dir`, or SAGALAB_STACK_DIR, as for `sagalab stack`): the database a stack's
+gateways read. A SQLite path (or sqlite:///path), or a postgresql:// URL: keys in that
+database's `api_keys` table, which may be the saga database itself (edge/postgres_keys.py).
+
+`keys copy FROM TO` copies every key as stored (ids, hashes, tenants, limits, revoked
+state): a key made at FROM authenticates at TO (`db copy --keys-from/--keys-to` does the
+same beside a saga copy).
 
 Exit codes: 2 a rate, burst or tenant out of bounds, a name an active key has, a tenant that
 exists already for a key created without `--tenant` (or, for `revoke`, a name several keys
-share), 3 an unknown key, 5 a key database that is missing (for `list` and `revoke`, which
-never create one) or is not a key database.
+share; for `copy`, one database twice), 3 an unknown key, 4 a copy refused (the destination
+has keys, or with --force an id or active name in both: nothing written), 5 a key database
+that is missing (for `list` and `revoke`, which never create one), cannot be reached or is
+not a key database.
 """
 
 from __future__ import annotations
@@ -21,16 +28,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sagalab.cli.options import DEFAULT_STACK_DIR, StackDirOption
-from sagalab.edge.errors import EdgeError, KeyRequestError, UnknownKey
+from sagalab.cli.options import DEFAULT_STACK_DIR, DbPath, StackDirOption
+from sagalab.edge.errors import EdgeError, KeyCopyRefused, KeyRequestError, UnknownKey
 from sagalab.edge.keys import (
     DEFAULT_BURST,
     DEFAULT_RATE,
     MAX_BURST,
     MAX_RATE,
-    KeyStore,
     check_request,
+    copy_keys,
+    open_key_store,
+    same_key_database,
 )
+from sagalab.orchestrator.stores import shown
 
 app = typer.Typer(help="Create, list and revoke gateway API keys.", no_args_is_help=True)
 
@@ -38,9 +48,17 @@ KeysDb = Annotated[
     Path | None,
     typer.Option(
         "--keys-db",
+        parser=DbPath.parse,  # keeps a postgresql:// URL as typed
         envvar="SAGALAB_KEYS_DB",
-        help="Key database the gateways read (default: keys.db in the stack directory).",
+        help="Key database the gateways read: a SQLite path or a postgresql:// URL "
+        "(default: keys.db in the stack directory).",
         show_default=False,
+    ),
+]
+KeysUrl = Annotated[
+    Path,
+    typer.Argument(
+        parser=DbPath.parse, help="A key database: a SQLite path or a postgresql:// URL."
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print pure JSON on stdout.")]
@@ -58,6 +76,8 @@ def _fail(exc: EdgeError) -> typer.Exit:
         return typer.Exit(3)  # an unknown id, as for sagas
     if isinstance(exc, KeyRequestError):
         return typer.Exit(2)
+    if isinstance(exc, KeyCopyRefused):
+        return typer.Exit(4)  # an operator action refused, nothing written
     return typer.Exit(5)  # the key database cannot be used
 
 
@@ -87,9 +107,8 @@ def create(
     """Create a key and print it (it cannot be shown again)."""
     try:
         check_request(name, rate=rate, burst=burst, tenant=tenant)  # before any file is made
-        record, key = KeyStore(_keys_db(keys_db, directory), create=True).create(
-            name, rate=rate, burst=burst, tenant=tenant, admin=admin
-        )
+        with closing(open_key_store(_keys_db(keys_db, directory), create=True)) as store:
+            record, key = store.create(name, rate=rate, burst=burst, tenant=tenant, admin=admin)
     except EdgeError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -110,7 +129,7 @@ def list_(
 ) -> None:
     """Every key (never the secrets)."""
     try:
-        with closing(KeyStore(_keys_db(keys_db, directory), readonly=True)) as store:
+        with closing(open_key_store(_keys_db(keys_db, directory), readonly=True)) as store:
             keys = store.list()
     except EdgeError as exc:
         raise _fail(exc) from None
@@ -141,10 +160,48 @@ def revoke(
 ) -> None:
     """Revoke a key; gateways refuse it within a few seconds."""
     try:
-        record = KeyStore(_keys_db(keys_db, directory), create=False).revoke(key_id)
+        with closing(open_key_store(_keys_db(keys_db, directory), create=False)) as store:
+            record = store.revoke(key_id)
     except EdgeError as exc:
         raise _fail(exc) from None
     if as_json:
         typer.echo(json.dumps(record.to_dict()))
     else:
         typer.echo(f"revoked {record.id} ({record.name})", err=True)
+
+
+@app.command()
+def copy(
+    source: KeysUrl,
+    destination: KeysUrl,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Copy into a key database that has keys already, adding the source's "
+            "(refused, nothing written, if a key id or an active key's name is in both).",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy every key from SOURCE to DESTINATION as stored: ids, hashes, tenants, limits,
+    revoked state. Keys made at SOURCE authenticate at DESTINATION. One transaction."""
+    if same_key_database(source, destination):
+        typer.echo(
+            f"error: {shown(source)} and {shown(destination)} are one key database", err=True
+        )
+        raise typer.Exit(2)
+    try:
+        with (
+            closing(open_key_store(source, readonly=True)) as src,
+            closing(open_key_store(destination, create=True)) as dst,
+        ):
+            count = copy_keys(src, dst, merge=force)
+    except EdgeError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps({**count.to_dict(), "ok": count.ok}))
+    else:
+        typer.echo(f"copied {count.copied} key(s); the destination has {count.after}", err=True)
+    if not count.ok:
+        raise typer.Exit(1)

@@ -36,7 +36,7 @@ from sagalab.cli import render
 from sagalab.cli.options import open_store
 from sagalab.cli.verify import resolve_reader
 from sagalab.edge.errors import EdgeError
-from sagalab.edge.keys import KeyStore
+from sagalab.edge.keys import open_key_store
 from sagalab.loadtests.thresholds import PROFILES, Profile
 from sagalab.orchestrator.errors import SagaError, ServiceConfigError
 from sagalab.orchestrator.ledgers import verify_store
@@ -254,7 +254,7 @@ def _run(
     reports: Path,
 ) -> int:
     """Run Locust against the stack; its exit code (1 if no summary came back)."""
-    keys = KeyStore(state.keys_db)
+    keys = open_key_store(state.keys_db)
     # Each run renews its keys (an earlier run's are revoked): one active key per name.
     _, key = keys.create("loadtest", rate=10_000, burst=10_000, replace=True)
     _, limited = keys.create("loadtest-limited", rate=2, burst=4, replace=True)

@@ -33,7 +33,7 @@ from sagalab.edge.connections import BOUNDS, ConnectionLimits
 from sagalab.edge.errors import KeyStoreError
 from sagalab.edge.firewall import FirewallMiddleware
 from sagalab.edge.gateway import GatewayApp, describe
-from sagalab.edge.keys import KeyCache, KeyStore, read_secret
+from sagalab.edge.keys import KeyCache, open_key_store, read_secret
 from sagalab.edge.metrics import Metrics
 from sagalab.edge.policies.firewall import Firewall, FloodGuard
 from sagalab.edge.pool import Pool
@@ -108,7 +108,7 @@ def build_gateway(s: GatewaySettings) -> GatewayApp:
     metrics = describe(Metrics("sagalab_gateway_"))
     return GatewayApp(
         pool,
-        KeyCache(KeyStore(s.keys_db), ttl=s.key_ttl),
+        KeyCache(open_key_store(s.keys_db), ttl=s.key_ttl),
         metrics=metrics,
         max_body=s.max_body,
         rate_share=s.rate_share,
@@ -262,6 +262,15 @@ def _secret(path: str | None) -> str | None:
         raise SystemExit(5) from None
 
 
+def _gateway_or_exit(s: GatewaySettings) -> GatewayApp:
+    """`build_gateway(s)`, or one line and exit 5 when its key database cannot be used."""
+    try:
+        return build_gateway(s)
+    except KeyStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # messages mask URL passwords already
+        raise SystemExit(5) from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one component in this process until SIGTERM."""
     from sagalab.edge.server import bind, serve_forever, socket_from_fd
@@ -309,14 +318,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 read_db=args.read_db,
                 tracing=tracing,
             )
-        except StoreError as exc:  # a --db that is not a saga database: one line, exit 5
+        except (StoreError, KeyStoreError) as exc:  # not a saga/key database: one line, exit 5
             print(f"error: {redacted(str(exc))}", file=sys.stderr)  # the one masking rule
             raise SystemExit(5) from None
         watchdog = app.state.watchdog
         threading.Thread(target=_exit_when_gone, args=(watchdog,), daemon=True).start()
         app = BodyDeadline(app, timeout=limits.body_timeout, max_body=MAX_BYTES)
     elif args.component == "gateway":
-        app = build_gateway(
+        app = _gateway_or_exit(
             GatewaySettings(
                 keys_db=args.keys_db,
                 upstreams=args.upstream,
@@ -327,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 secret=_secret(args.secret_file),
                 body_timeout=limits.body_timeout,
                 tracing=tracing,
-            )
+            ),
         )
     else:
         settings = EdgeSettings(

@@ -3,7 +3,8 @@
 EdgeError
  ├── KeyStoreError      the API key database cannot be read or written, or a key is unknown
  │    ├── UnknownKey    no key has that id (or name)
- │    └── KeyRequestError  a key request out of bounds or ambiguous (bad input, not the store)
+ │    ├── KeyRequestError  a key request out of bounds or ambiguous (bad input, not the store)
+ │    └── KeyCopyRefused   a key copy would collide with the destination's keys (nothing written)
  └── StackError         the stack cannot be started, found or stopped
 """
 
@@ -25,6 +26,11 @@ class UnknownKey(KeyStoreError):
 class KeyRequestError(KeyStoreError):
     """A key request refused as bad input: a rate or burst out of bounds, a bad tenant name,
     a name several active keys share."""
+
+
+class KeyCopyRefused(KeyStoreError):
+    """A key copy refused before anything was written: the destination has keys (without
+    `merge`), or, with `merge`, a key id or an active key's name is in both."""
 
 
 class StackError(EdgeError):

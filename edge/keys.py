@@ -6,17 +6,27 @@ bytes, URL-safe base64) is checked against its stored SHA-256 digest with
 256-bit random secret cannot be guessed from its SHA-256, and the gateway checks keys on every
 request.
 
-Keys live in a small SQLite file of their own (not the saga database): `sagalab keys` writes
-it, every gateway reads it. A gateway caches what it read for `ttl` seconds, so a revoked key
-stops working everywhere within that time.
+Where keys live: `open_key_store(url_or_path)` takes what `--keys-db` (SAGALAB_KEYS_DB) gives,
+read by orchestrator/stores.py's one URL rule. A path (or `sqlite:` URL) is a small SQLite file
+of its own, never the saga database (edge/sqlite_keys.py); a `postgresql://` URL is an
+`api_keys` table in that database, which may be the saga database itself: keys beside the
+sagas, one server for the whole lab (edge/postgres_keys.py). `sagalab keys` writes it, every
+gateway reads it. A gateway caches what it read for `ttl` seconds, so a revoked key stops
+working everywhere within that time.
 
 Every key belongs to a tenant: the sagas it creates are that tenant's and it sees no other's.
 A key created without a tenant is its own tenant, named after the key, and that tenant must be
 new: a key joins an existing tenant only when told to (`--tenant`), never because its name
 matches. Two active keys never share a name (`keys revoke NAME` must name one key). Keys from
 before tenants existed belong to the tenant "default", as do the sagas of that time. An admin key
-sees every tenant's sagas. Only `KeyStore(path, create=True)` creates or upgrades a file:
-reads never write, and a file that is not a key database (a saga database, say) is refused.
+sees every tenant's sagas. These rules are written once, in `KeyTable`, over SQL both backends
+run. Only an open with `create=True` creates or upgrades a key table: reads never write, and a
+database that is not a key database (a SQLite saga file, another application's tables) is
+refused.
+
+`export` and `import_keys` copy keys as stored (ids, digests, tenants, limits, revoked state),
+so that a key made at the source authenticates at the destination (`sagalab db copy
+--keys-from ... --keys-to ...`, `sagalab keys copy`).
 """
 
 from __future__ import annotations
@@ -24,23 +34,32 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import os
 import re
 import secrets
-import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
-from sagalab.edge.errors import KeyRequestError, KeyStoreError, UnknownKey
+from sagalab.edge.errors import KeyCopyRefused, KeyRequestError, KeyStoreError, UnknownKey
+from sagalab.orchestrator.errors import StoreError
 from sagalab.orchestrator.store import DEFAULT_TENANT
+from sagalab.orchestrator.stores import database_identity, postgres_url, sqlite_path
 
 __all__ = [
+    "KEY_COLUMNS",
     "ApiKey",
+    "KeyCount",
     "KeyCache",
     "KeyStore",
+    "KeyTable",
     "check_tenant",
+    "copy_keys",
+    "open_key_store",
+    "same_key_database",
     "parse_key",
     "presented_key",
     "read_secret",
@@ -64,25 +83,22 @@ TENANT_HEADER = "x-sagalab-tenant"
 ADMIN_HEADER = "x-sagalab-admin"
 KEY_ID_HEADER = "x-sagalab-key-id"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_keys (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    rate REAL NOT NULL,
-    burst REAL NOT NULL,
-    created_at REAL NOT NULL,
-    revoked_at REAL,
-    tenant TEXT NOT NULL DEFAULT 'default',
-    admin INTEGER NOT NULL DEFAULT 0
+#: A stored key's columns, in the order `export` gives and `import_keys` takes them.
+KEY_COLUMNS = (
+    "id",
+    "name",
+    "digest",
+    "rate",
+    "burst",
+    "created_at",
+    "revoked_at",
+    "tenant",
+    "admin",
 )
-"""
-# Columns added since the first key files; ADDed to an older file when it is opened to write.
-_ADDED = {
-    "tenant": "tenant TEXT NOT NULL DEFAULT 'default'",
-    "admin": "admin INTEGER NOT NULL DEFAULT 0",
-}
-_LEGACY = {"tenant": "'default' AS tenant", "admin": "0 AS admin"}
+#: A key's row as `export` gives it (the digest included: a copy keeps the key working).
+KeyRow = dict[str, Any]
+#: (The classes below have a `list` method, which hides the builtin in their bodies.)
+KeyRows = list[KeyRow]
 
 
 @dataclass(frozen=True)
@@ -172,88 +188,83 @@ def parse_key(presented: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
-class KeyStore:
-    """The key table in one SQLite file (one instance per thread).
+class KeyStore(Protocol):
+    """What the gateways, the API and the CLI use of a key database (either backend).
 
-    `create=True` (what `keys create` and the gateways use) makes the file and brings its table
-    up to date. Otherwise the file must already exist and nothing is written on opening;
-    `readonly` (`keys list`) never writes at all (`PRAGMA query_only`), and once closed leaves
-    no `-wal` or `-shm` file behind (`mode=rw`, so the last connection removes them).
+    One handle per thread. Errors: KeyStoreError (the database cannot be used), its
+    KeyRequestError (bad input), UnknownKey and KeyCopyRefused.
     """
 
-    def __init__(self, path: str | Path, *, create: bool = True, readonly: bool = False) -> None:
-        create = create and not readonly
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise KeyStoreError(f"cannot open key database {path}: it is a directory")
-        if self.path.exists() and not self.path.is_file():
-            raise KeyStoreError(f"{path} is not a key database (not a regular file)")
-        if not create and not self.path.exists():
-            raise KeyStoreError(
-                f"no key database at {path}: `sagalab keys create NAME` makes one "
-                "(or pass the stack's with --keys-db)"
-            )
-        try:
-            if create:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                target = str(self.path)
-            else:  # mode=rw never creates the file
-                target = self.path.resolve().as_uri() + "?mode=rw"
-            # A gateway builds its store in one thread and serves from its event-loop thread;
-            # it is only ever used from one thread at a time.
-            self.conn = sqlite3.connect(
-                target,
-                timeout=10.0,
-                isolation_level=None,
-                check_same_thread=False,
-                uri=not create,
-            )
-            if readonly:
-                self.conn.execute("PRAGMA query_only=ON")
-            tables = {
-                r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
-        except (sqlite3.Error, OSError) as exc:
-            raise KeyStoreError(
-                f"cannot open key database {path}: {exc}; pass a key database with --keys-db"
-            ) from None
-        if (tables or not create) and "api_keys" not in tables:
-            # An empty file is a new key database only to `create`; to a read it is not one.
-            self.conn.close()
-            why = "it holds other tables: a saga database?" if tables else "it has no key table"
-            raise KeyStoreError(
-                f"{path} is not a key database ({why}); pass the key database with --keys-db"
-            )
-        try:
-            if create:
-                self.conn.execute("PRAGMA journal_mode=WAL")
-                # One writer at a time: the API and every gateway open the file at once when
-                # a stack starts, and an older file gains its columns exactly once.
-                self.conn.execute("BEGIN IMMEDIATE")
-                try:
-                    self.conn.execute(_SCHEMA)
-                    columns = self._columns()
-                    for name, ddl in _ADDED.items():
-                        if name not in columns:
-                            self.conn.execute(f"ALTER TABLE api_keys ADD COLUMN {ddl}")
-                    self.conn.execute("COMMIT")
-                except BaseException:
-                    self.conn.execute("ROLLBACK")
-                    raise
-            columns = self._columns()
-        except sqlite3.Error as exc:
-            raise KeyStoreError(f"cannot use key database {path}: {exc}") from None
-        self._select = (
-            "SELECT id, name, rate, burst, created_at, revoked_at, "
-            + ", ".join(c if c in columns else _LEGACY[c] for c in ("tenant", "admin"))
-            + " FROM api_keys"
-        )
+    #: The database as messages show it (a path, or a URL with its password masked).
+    shown: str
 
-    def _columns(self) -> set[str]:
-        return {r[1] for r in self.conn.execute("PRAGMA table_info(api_keys)")}
+    def create(
+        self,
+        name: str,
+        *,
+        rate: float = DEFAULT_RATE,
+        burst: float = DEFAULT_BURST,
+        tenant: str | None = None,
+        admin: bool = False,
+        now: float | None = None,
+        replace: bool = False,
+    ) -> tuple[ApiKey, str]:
+        """A new key: its record and the full key text (shown once)."""
+        ...
+
+    def list(self) -> list[ApiKey]:
+        """Every key, oldest first (revoked ones included)."""
+        ...
+
+    def revoke(self, key_id: str, *, now: float | None = None) -> ApiKey:
+        """Revoke a key by id, full key text, or a name only one active key has."""
+        ...
+
+    def lookup(self, key_id: str) -> tuple[ApiKey, str] | None:
+        """The active key with this id and its digest, or None."""
+        ...
+
+    def export(self) -> KeyRows:
+        """Every key as stored (`KEY_COLUMNS`, digests included), in one snapshot."""
+        ...
+
+    def import_keys(self, rows: Sequence[KeyRow], *, merge: bool = False) -> int:
+        """Add `rows` (from `export`) in one transaction; how many were added."""
+        ...
+
+    def check_import(self, rows: Sequence[KeyRow], *, merge: bool = False) -> None:
+        """KeyCopyRefused if `import_keys(rows, merge=merge)` would be (reads only)."""
+        ...
 
     def close(self) -> None:
-        self.conn.close()
+        """Close the handle."""
+        ...
+
+
+class KeyTable:
+    """The key rules, once, over the `api_keys` table both backends hold.
+
+    A backend gives four things: `_read` and `_write` (one statement, `?` placeholders,
+    driver errors as KeyStoreError), `_transaction()` (one writer at a time from its first
+    statement to its commit: two `keys create` at once cannot both find a name free) and
+    `_select` (the columns of `ApiKey`, in its order, `FROM api_keys`).
+    """
+
+    shown: str
+    _select: str
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _write(self, sql: str, args: Sequence[Any] = ()) -> None:
+        raise NotImplementedError
+
+    def _transaction(self) -> AbstractContextManager[None]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the handle."""
+        raise NotImplementedError
 
     def create(
         self,
@@ -275,19 +286,8 @@ class KeyStore:
         """
         owner = check_request(name, rate=rate, burst=burst, tenant=tenant)
         at = time.time() if now is None else now
-        try:
-            # One writer from the checks to the insert: two `keys create` at once cannot both
-            # find the name free.
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                made = self._insert(name, rate, burst, tenant, owner, admin, at, replace)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise KeyStoreError(f"cannot write key database {self.path}: {exc}") from None
-        return made
+        with self._transaction():
+            return self._insert(name, rate, burst, tenant, owner, admin, at, replace)
 
     def _insert(
         self,
@@ -300,12 +300,12 @@ class KeyStore:
         at: float,
         replace: bool,
     ) -> tuple[ApiKey, str]:
-        active = self.conn.execute(
+        active = self._read(
             "SELECT id, tenant FROM api_keys WHERE name = ? AND revoked_at IS NULL", (name,)
-        ).fetchall()
+        )
         if active and replace:
             owner = tenant or active[0][1]
-            self.conn.execute(
+            self._write(
                 "UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
                 (at, name),
             )
@@ -315,51 +315,42 @@ class KeyStore:
                 "name, or revoke that key first"
             )
         elif tenant is None and not replace:
-            taken = self.conn.execute(
-                "SELECT 1 FROM api_keys WHERE tenant = ? LIMIT 1", (owner,)
-            ).fetchone()
+            taken = self._read("SELECT 1 FROM api_keys WHERE tenant = ? LIMIT 1", (owner,))
             if taken or owner == DEFAULT_TENANT:  # `default` also holds the CLI's sagas
                 raise KeyRequestError(
                     f"tenant {owner} exists: pass --tenant {owner} to add a key to it"
                 )
         for _ in range(5):
             key_id = secrets.token_hex(4)
+            # Checked, not caught: a failed INSERT would end a PostgreSQL transaction. The
+            # transaction's one-writer lock keeps the id free until the insert.
+            if self._read("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)):
+                continue
             secret = secrets.token_urlsafe(32)
-            try:
-                self.conn.execute(
-                    "INSERT INTO api_keys "
-                    "(id, name, digest, rate, burst, created_at, tenant, admin) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (key_id, name, _digest(secret), rate, burst, at, owner, int(admin)),
-                )
-            except sqlite3.IntegrityError:
-                continue  # id collision: draw again
+            self._write(
+                "INSERT INTO api_keys (id, name, digest, rate, burst, created_at, tenant, admin) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key_id, name, _digest(secret), rate, burst, at, owner, int(admin)),
+            )
             record = ApiKey(key_id, name, rate, burst, at, None, owner, admin)
             return record, f"{PREFIX}_{key_id}_{secret}"
         raise KeyStoreError("could not draw an unused key id; try again")
 
-    def _row(self, row: tuple[Any, ...]) -> ApiKey:
+    def _row(self, row: Sequence[Any]) -> ApiKey:
         return ApiKey(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
-
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        try:
-            return self.conn.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise KeyStoreError(f"cannot read key database {self.path}: {exc}") from None
 
     def list(self) -> list[ApiKey]:
         """Every key, oldest first (revoked ones included)."""
-        return [self._row(r) for r in self._query(self._select + " ORDER BY created_at, id")]
+        return [self._row(r) for r in self._read(self._select + " ORDER BY created_at, id")]
 
     def revoke(self, key_id: str, *, now: float | None = None) -> ApiKey:
         """Revoke a key by id, full key text, or a name only one active key has; idempotent."""
         parsed = parse_key(key_id)
         ident = parsed[0] if parsed else key_id
-        exists = self._query("SELECT 1 FROM api_keys WHERE id = ?", (ident,))
-        if not exists:
+        if not self._read("SELECT 1 FROM api_keys WHERE id = ?", (ident,)):
             named = [
                 r[0]
-                for r in self._query(
+                for r in self._read(
                     "SELECT id FROM api_keys WHERE name = ? AND revoked_at IS NULL", (key_id,)
                 )
             ]
@@ -374,23 +365,164 @@ class KeyStore:
                 )
             ident = named[0]
         at = time.time() if now is None else now
-        try:
-            self.conn.execute(
-                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
-                (at, ident),
-            )
-        except sqlite3.Error as exc:
-            raise KeyStoreError(f"cannot write key database {self.path}: {exc}") from None
-        return self._row(self._query(self._select + " WHERE id = ?", (ident,))[0])
+        self._write(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", (at, ident)
+        )
+        return self._row(self._read(self._select + " WHERE id = ?", (ident,))[0])
 
     def lookup(self, key_id: str) -> tuple[ApiKey, str] | None:
         """The active key with this id and its digest, or None."""
-        rows = self.conn.execute(
+        rows = self._read(
             self._select.replace(" FROM", ", digest FROM", 1)
             + " WHERE id = ? AND revoked_at IS NULL",
             (key_id,),
-        ).fetchall()
+        )
         return None if not rows else (self._row(rows[0][:8]), rows[0][8])
+
+    def export(self) -> KeyRows:
+        """Every key as stored (`KEY_COLUMNS`, digests included), oldest first: one
+        statement, so one snapshot."""
+        rows = self._read(
+            self._select.replace(" FROM", ", digest FROM", 1) + " ORDER BY created_at, id"
+        )
+        return [{**self._row(r[:8]).to_dict(), "digest": r[8]} for r in rows]
+
+    def import_keys(self, rows: Sequence[KeyRow], *, merge: bool = False) -> int:
+        """Add `rows` (from `export`) as they are, in one transaction; how many were added.
+
+        KeyCopyRefused, with nothing written, if this store has keys and `merge` is False;
+        with `merge`, if a key id is in both or an active key's name would then be on two
+        active keys. KeyStoreError for a row that is not a key (nothing written either).
+        """
+        with self._transaction():
+            self.check_import(rows, merge=merge)
+            for row in rows:
+                values = _checked_row(row)
+                self._write(
+                    f"INSERT INTO api_keys ({', '.join(KEY_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' for _ in KEY_COLUMNS)})",
+                    values,
+                )
+        return len(rows)
+
+    def check_import(self, rows: Sequence[KeyRow], *, merge: bool = False) -> None:
+        """KeyCopyRefused if `import_keys(rows, merge=merge)` would be (reads only)."""
+        held = self._read("SELECT id, name, revoked_at FROM api_keys")
+        if held and not merge:
+            raise KeyCopyRefused(
+                f"the key database {self.shown} has {len(held)} key(s) already: copy into "
+                "an empty one, or pass --force to add the source's keys to them (refused, "
+                "with nothing written, if a key id or an active key's name is in both)"
+            )
+        ids = {r[0] for r in held}
+        names = {r[1] for r in held if r[2] is None}
+        both = sorted(str(r.get("id")) for r in rows if r.get("id") in ids)
+        if both:
+            raise KeyCopyRefused(
+                f"key id(s) {', '.join(both[:5])} are in both key databases: nothing copied"
+            )
+        clash = sorted(
+            str(r.get("name"))
+            for r in rows
+            if r.get("revoked_at") is None and r.get("name") in names
+        )
+        if clash:
+            raise KeyCopyRefused(
+                f"active keys named {', '.join(map(repr, clash[:5]))} are in both key "
+                "databases (two active keys never share a name): revoke one side's first; "
+                "nothing copied"
+            )
+
+
+def _checked_row(row: KeyRow) -> tuple[Any, ...]:
+    """`row`'s values in `KEY_COLUMNS` order, once it reads as a stored key."""
+    try:
+        values = tuple(row[c] for c in KEY_COLUMNS)
+        ok = (
+            isinstance(row["id"], str)
+            and len(row["id"]) == 8
+            and isinstance(row["digest"], str)
+            and len(row["digest"]) == 64
+        )
+        check_tenant(str(row["tenant"]))
+    except (KeyError, KeyRequestError):
+        ok = False
+    if not ok:
+        raise KeyStoreError(f"not a stored key: {sorted(row)!r}; nothing copied")
+    return (*values[:-1], int(bool(row["admin"])))
+
+
+def open_key_store(
+    url_or_path: str | os.PathLike[str], *, create: bool = True, readonly: bool = False
+) -> KeyStore:
+    """The key database `url_or_path` names (`--keys-db`), by orchestrator.stores' URL rule:
+    a PostgreSQL URL is the `api_keys` table in that database, anything else a SQLite file.
+
+    `create` (the gateways, the API, `keys create`) makes the table, and the file or
+    database, if missing. Otherwise it must exist and nothing is written on opening;
+    `readonly` never writes at all. KeyStoreError, one line, for anything else.
+    """
+    try:
+        url = postgres_url(url_or_path)
+        if url is None:
+            path = sqlite_path(url_or_path)
+    except StoreError as exc:
+        raise KeyStoreError(f"{exc} (for --keys-db)") from None
+    if url is not None:
+        try:
+            from sagalab.edge.postgres_keys import PostgresKeyStore
+        except ImportError:
+            raise KeyStoreError(
+                "a postgresql:// key database needs psycopg 3: pip install 'sagalab[postgres]'"
+            ) from None
+        # cast: mypy run by folder (tests/test_types.py) names this module `edge.keys` and the
+        # backends' ApiKey `sagalab.edge.keys.ApiKey`, two types for one class.
+        return cast(KeyStore, PostgresKeyStore(url, create=create, readonly=readonly))
+    from sagalab.edge.sqlite_keys import SQLiteKeyStore  # imports this module: not at top
+
+    return cast(KeyStore, SQLiteKeyStore(path, create=create, readonly=readonly))
+
+
+def same_key_database(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether `a` and `b` name one key database."""
+    try:
+        return database_identity(a) == database_identity(b)
+    except StoreError:
+        return False
+
+
+def copy_keys(source: KeyStore, destination: KeyStore, *, merge: bool = False) -> KeyCount:
+    """Copy every key of `source` to `destination` as stored (see `KeyTable.import_keys`)."""
+    rows = source.export()
+    before = len(destination.list())
+    copied = destination.import_keys(rows, merge=merge)
+    return KeyCount(len(rows), before, copied, len(destination.list()))
+
+
+@dataclass(frozen=True)
+class KeyCount:
+    """A key copy's count check (as `db copy` shows it beside the saga tables')."""
+
+    source: int
+    before: int
+    copied: int
+    after: int
+
+    @property
+    def ok(self) -> bool:
+        """Every source key arrived and nothing else changed the destination."""
+        return self.copied == self.source and self.after == self.before + self.copied
+
+    def to_dict(self) -> dict[str, Any]:
+        """The check as JSON, in the shape of `db copy`'s saga tables."""
+        return {
+            "table": "api_keys",
+            "source": self.source,
+            "destination_before": self.before,
+            "copied": self.copied,
+            "destination": self.after,
+            "ok": self.ok,
+        }
 
 
 class KeyCache:
@@ -419,7 +551,7 @@ class KeyCache:
                 self._cache.clear()  # bounded under a flood of made-up ids
             try:
                 found = self.store.lookup(key_id)
-            except sqlite3.Error:
+            except KeyStoreError:  # the database is away for now (a restart, a cut network)
                 found = cached[1] if cached else None  # keep serving what we knew
             cached = self._cache[key_id] = (now, found)
         found = cached[1]

@@ -60,8 +60,8 @@ from sagalab.edge.keys import (
     KEY_ID_HEADER,
     TENANT_HEADER,
     KeyCache,
-    KeyStore,
     check_tenant,
+    open_key_store,
     presented_key,
 )
 from sagalab.edge.metrics import CONTENT_TYPE, GaugeSample, Metrics
@@ -228,6 +228,11 @@ class _Authenticator:
         # Starlette runs sync dependencies in its thread pool and KeyCache is not thread-safe:
         # one lock serialises key look-ups (a cache hit holds it for a dictionary read).
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the key store (at shutdown: a PostgreSQL one holds a connection)."""
+        if self._keys is not None:
+            self._keys.store.close()
 
     def __call__(self, request: Request) -> Caller:
         with self._lock:
@@ -519,7 +524,7 @@ def create_app(
     # Reads, health checks and metrics: on the replica when there is one.
     readers = _Stores(read_db if read_db is not None else path, watchdog, read_only=True)
     catalog = _FlowCatalog(flows or {})
-    keys = KeyCache(KeyStore(keys_db)) if keys_db is not None else None
+    keys = KeyCache(open_key_store(keys_db)) if keys_db is not None else None
     metrics = Metrics("sagalab_api_")
     metrics.describe(
         "http_requests_total",

@@ -87,6 +87,7 @@ from sagalab.orchestrator.wake import Waker, due_now
 
 __all__ = [
     "DRIVER_ERRORS",
+    "KEY_TABLES",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "PostgresStore",
@@ -244,6 +245,9 @@ _ERROR_MATCH = (
 # by hand, a version row restored from a backup) is brought up to date, not refused.
 MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
+#: The API key tables (edge/postgres_keys.py), which may live beside the sagas: not this
+#: store's, so a database holding only them is still an empty saga database.
+KEY_TABLES = frozenset({"api_keys", "api_keys_meta"})
 _MIGRATION_LOCK = 0x5A6A_1AB0  # pg_advisory_xact_lock key: one migrating process at a time
 _HINT = "pass another URL with --db or SAGALAB_DB"
 _REMEASURE_SECONDS = 60.0  # how often a handle checks its host's clock against the database's
@@ -371,7 +375,7 @@ def _schema_version(conn: psycopg.Connection, url: str, access: Access) -> int:
         for r in conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
         )
-    }
+    } - KEY_TABLES
     shown = redacted(url)
     if not tables:
         if access is Access.CREATE:

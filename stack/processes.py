@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 
 from sagalab.edge.errors import StackError
-from sagalab.edge.keys import KeyStore
+from sagalab.edge.keys import open_key_store
 from sagalab.edge.server import bind
 
 __all__ = [
@@ -367,7 +367,7 @@ def start(
                 port=api_sock.getsockname()[1],
             )
         )
-        KeyStore(keys_db).close()
+        open_key_store(keys_db).close()
         gateway_urls = []
         for i in range(1, config.gateways + 1):
             sock = bind("127.0.0.1", 0, inheritable=True)
@@ -473,7 +473,7 @@ def start(
             started.append(console)
             ui_url = console.url
             _wait_ready([console], config.startup_timeout, on_progress)
-        _, api_key = KeyStore(keys_db).create(
+        _, api_key = open_key_store(keys_db).create(
             "stack", rate=config.key_rate, burst=config.key_burst, replace=True
         )
         state = StackState(

@@ -15,7 +15,7 @@ import httpx
 from typer.testing import CliRunner
 
 from sagalab.cli.main import app
-from sagalab.edge.keys import MAX_BURST, MAX_RATE, KeyStore
+from sagalab.edge.keys import MAX_BURST, MAX_RATE, open_key_store
 from sagalab.edge.server import serve_in_thread
 from sagalab.orchestrator.api import create_app
 from sagalab.orchestrator.tracing import Tracing
@@ -35,7 +35,7 @@ def admin_api(
     when given (a replica)."""
     if keys_db is None:
         keys_db = Path(db).with_name(Path(db).stem + "-keys.db")
-    keys = KeyStore(keys_db)
+    keys = open_key_store(keys_db)
     try:
         # The API limits a key presented to it as a gateway would: this one's rate is the
         # most a key may have, so that no test's polling is refused (429).

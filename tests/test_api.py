@@ -13,7 +13,7 @@ from apilab import admin_api
 from metricslab import scrape
 from opslab import failed_on_notify, footprint, types
 
-from sagalab.edge.keys import MAX_BURST, MAX_RATE, KeyStore
+from sagalab.edge.keys import MAX_BURST, MAX_RATE, open_key_store
 from sagalab.edge.server import RunningServer, serve_in_thread
 from sagalab.fakeservices import run_in_thread
 from sagalab.orchestrator.api import create_app
@@ -33,7 +33,7 @@ def keys_db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def api_key(keys_db: Path) -> str:
-    store = KeyStore(keys_db)
+    store = open_key_store(keys_db)
     _, key = store.create("tests")
     store.close()
     return key
@@ -227,7 +227,7 @@ def test_openapi_document_describes_every_route(client: httpx.Client) -> None:
 def test_a_key_presented_directly_is_rate_limited_as_at_the_gateway(
     db: Path, keys_db: Path
 ) -> None:
-    store = KeyStore(keys_db)
+    store = open_key_store(keys_db)
     _, slow = store.create("slow", rate=0.001, burst=1)  # one token, then one per 1000 s
     store.close()
     with (
@@ -409,7 +409,7 @@ def test_the_api_answers_another_tenants_operator_requests_as_unknown(
     db: Path, tmp_path: Path
 ) -> None:
     keys_db = tmp_path / "keys.db"
-    keys = KeyStore(keys_db)
+    keys = open_key_store(keys_db)
     try:
         _, alice = keys.create("alice", rate=MAX_RATE, burst=MAX_BURST)
         _, bob = keys.create("bob", rate=MAX_RATE, burst=MAX_BURST)

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sagalab.edge.keys import KeyStore
+from sagalab.edge.keys import open_key_store
 from sagalab.edge.server import RunningServer
 from sagalab.simulator.config import load_scenario
 from sagalab.simulator.model import simulate
@@ -28,7 +28,7 @@ class Path2:
 @pytest.fixture
 def two_gateways(tmp_path: Path) -> Iterator[Path2]:
     keys_db = tmp_path / "keys.db"
-    store = KeyStore(keys_db)
+    store = open_key_store(keys_db)
     # Each gateway enforces half of the key's rate (rate_share=2): 5 tokens each.
     _, key = store.create("sequential", rate=1, burst=10)
     store.close()

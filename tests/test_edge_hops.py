@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sagalab.edge.keys import KeyStore
+from sagalab.edge.keys import open_key_store
 from sagalab.edge.server import serve_in_thread
 from tests.edgelab import (
     GatewayProcess,
@@ -32,7 +32,7 @@ LIMITS += ["--max-header-bytes", "4096", "--exempt", "127.0.0.1"]
 @pytest.fixture(params=["gateway", "api"])
 def hop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GatewayProcess]:
     keys_db = tmp_path / "keys.db"
-    store = KeyStore(keys_db)
+    store = open_key_store(keys_db)
     _, key = store.create("client", rate=1000, burst=1000)
     store.close()
     (tmp_path / "key").write_text(key)

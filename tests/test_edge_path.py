@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sagalab.edge.keys import KeyStore
+from sagalab.edge.keys import open_key_store
 from sagalab.edge.server import RunningServer
 from tests.edgelab import ORDER, SAGA, serve_path
 from tests.metricslab import scrape, total
@@ -28,7 +28,7 @@ class EdgePath:
 @pytest.fixture
 def path(tmp_path: Path) -> Iterator[EdgePath]:
     keys_db = tmp_path / "keys.db"
-    store = KeyStore(keys_db)
+    store = open_key_store(keys_db)
     _, key = store.create("test", rate=1000, burst=1000)
     _, slow_key = store.create("slow", rate=1, burst=2)
     store.close()
@@ -104,7 +104,7 @@ def test_a_wrong_secret_for_a_real_key_id_gets_401(path: EdgePath) -> None:
 
 
 def test_a_revoked_key_stops_working(path: EdgePath) -> None:
-    store = KeyStore(path.keys_db)
+    store = open_key_store(path.keys_db)
     _, key = store.create("short-lived")
     with client(path, key) as c:
         assert c.get("/v1/sagas").status_code == 200
@@ -229,7 +229,7 @@ def test_the_gateway_refuses_what_the_api_refuses(path: EdgePath, body: bytes) -
 def test_a_body_the_api_takes_gets_through_the_gateway(tmp_path: Path) -> None:
     """One body limit on the whole path: the gateway used to stop at 64 KiB what the API takes."""
     keys_db = tmp_path / "keys.db"
-    store = KeyStore(keys_db)
+    store = open_key_store(keys_db)
     _, key = store.create("big", rate=1000, burst=1000)
     store.close()
     big = {**SAGA, "input": {**SAGA["input"], "note": "a" * 100_000}}

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from sagalab.edge.apps import EdgeSettings, build_edge
-from sagalab.edge.keys import KeyStore
+from sagalab.edge.keys import open_key_store
 from sagalab.edge.server import RunningServer, serve_in_thread
 from tests.edgelab import GatewayProcess, HoldingApi, start_gateway, wait_for
 
@@ -37,7 +37,7 @@ class Lab:
 
 def lab(tmp_path: Path, gateways: int) -> Iterator[Lab]:
     keys_db = tmp_path / "keys.db"
-    store = KeyStore(keys_db)
+    store = open_key_store(keys_db)
     _, key = store.create("client", rate=1000, burst=1000)
     store.close()
     fake = HoldingApi(hold=1)
@@ -149,7 +149,7 @@ def test_an_operator_action_is_never_sent_twice(two: Lab, action: str) -> None:
 
 def test_a_timed_out_post_is_not_sent_again(tmp_path: Path) -> None:
     keys_db = tmp_path / "keys.db"
-    store = KeyStore(keys_db)
+    store = open_key_store(keys_db)
     _, key = store.create("client", rate=1000, burst=1000)
     store.close()
     fake = HoldingApi()

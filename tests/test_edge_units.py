@@ -10,14 +10,14 @@ import pytest
 
 from sagalab.edge.firewall import client_address
 from sagalab.edge.gateway import ensure_traceparent
-from sagalab.edge.keys import KeyCache, KeyStore, parse_key
+from sagalab.edge.keys import KeyCache, open_key_store, parse_key
 from sagalab.edge.policies.firewall import parse_networks
 from sagalab.edge.pool import honours_key
 from sagalab.edge.upstream import _parse_head
 
 
 def test_keys_are_stored_hashed_and_checked(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path / "keys.db")
+    store = open_key_store(tmp_path / "keys.db")
     record, key = store.create("ci", rate=5, burst=10)
     raw = (tmp_path / "keys.db").read_bytes()
     secret = key.split("_", 2)[2]
@@ -56,12 +56,12 @@ def test_keys_cli_revokes_by_name_only_when_the_name_is_unambiguous(tmp_path: Pa
     assert twice.exit_code == 2 and "2 active keys are named 'ci'" in twice.stderr
     unknown = run(app, ["keys", "revoke", "nobody", "--keys-db", db])
     assert unknown.exit_code == 3 and "no key with id or name 'nobody'" in unknown.stderr
-    assert [k.active for k in KeyStore(tmp_path / "keys.db").list()].count(True) == 2
+    assert [k.active for k in open_key_store(tmp_path / "keys.db").list()].count(True) == 2
 
 
 def test_revocation_reaches_a_cache_after_its_ttl(tmp_path: Path) -> None:
     now = [0.0]
-    store = KeyStore(tmp_path / "keys.db")
+    store = open_key_store(tmp_path / "keys.db")
     _, key = store.create("ci")
     cache = KeyCache(store, ttl=2.0, clock=lambda: now[0])
     assert cache.authenticate(key) is not None

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sagalab.cli.main import app
-from sagalab.edge.keys import KeyCache, KeyStore
+from sagalab.edge.keys import KeyCache, open_key_store
 from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 
@@ -48,7 +48,7 @@ def test_a_key_belongs_to_a_tenant_named_after_it_unless_told(tmp_path: Path) ->
     assert code == 0 and "alice" in out and "(admin)" in out
     # What the gateway learns about a key carries its tenant.
     key = json.loads(keys("create", "bob", "--tenant", "b", "--keys-db", db, "--json")[1])["key"]
-    found = KeyCache(KeyStore(db), ttl=0).authenticate(key)
+    found = KeyCache(open_key_store(db), ttl=0).authenticate(key)
     assert found is not None and found.tenant == "b"
 
 
@@ -153,7 +153,7 @@ def test_a_key_file_from_before_tenants_is_read_as_default_and_upgraded_on_write
     assert "tenant" not in {r[1] for r in conn.execute("PRAGMA table_info(api_keys)")}
     conn.close()
     assert keys("create", "new", "--keys-db", str(db))[0] == 0
-    assert [k.tenant for k in KeyStore(db).list()] == ["default", "new"]
+    assert [k.tenant for k in open_key_store(db).list()] == ["default", "new"]
 
 
 def test_an_older_key_file_opened_by_many_at_once_is_upgraded_once(tmp_path: Path) -> None:
@@ -173,7 +173,7 @@ def test_an_older_key_file_opened_by_many_at_once_is_upgraded_once(tmp_path: Pat
     def open_it() -> None:
         barrier.wait()
         try:
-            KeyStore(db).close()
+            open_key_store(db).close()
         except Exception as exc:  # collected: the assertion below names it
             errors.append(exc)
 
@@ -235,7 +235,7 @@ def test_keys_find_the_stack_directory_as_the_stack_commands_do(
 
 
 def test_a_stack_key_made_again_replaces_the_old_one(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path / "keys.db")
+    store = open_key_store(tmp_path / "keys.db")
     try:
         first, _ = store.create("stack", replace=True)
         second, _ = store.create("stack", replace=True)

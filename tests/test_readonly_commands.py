@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sagalab.cli.main import app
-from sagalab.edge.keys import KeyStore
+from sagalab.edge.keys import open_key_store
 from sagalab.orchestrator.breaker_board import BreakerBoard, BreakerConfig
 from sagalab.orchestrator.flowfile import load_flow
 from sagalab.orchestrator.runner import start_saga
@@ -94,7 +94,7 @@ def test_keys_list_on_a_missing_key_database_creates_nothing(tmp_path: Path) -> 
 
 def test_keys_list_leaves_the_key_database_as_it_was(tmp_path: Path) -> None:
     keys_db = tmp_path / "keys.db"
-    store = KeyStore(keys_db, create=True)
+    store = open_key_store(keys_db, create=True)
     store.create("ci")
     store.close()
     before = _files(tmp_path)

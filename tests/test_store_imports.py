@@ -10,14 +10,17 @@ PostgreSQL store modules.
 Allowed, and why:
 
 * `SQLITE_MODULES`: the SQLite backend (saga store, migrations, breaker state);
-* `POSTGRES_MODULES`: the PostgreSQL backend (saga store, migrations, breaker state), the
-  only modules importing psycopg; the factory opens it (and names no `psycopg`);
+* `POSTGRES_MODULES`: the PostgreSQL backend (saga store, migrations, breaker state, and the
+  API key table `edge/postgres_keys.py`), the only modules importing psycopg; the factory
+  opens it (and names no `psycopg`), and `edge/keys.py`'s `open_key_store` (the key
+  database's factory, which reads URLs with `orchestrator.stores`' rule) opens the key one;
 * `orchestrator/stores.py`: the factory, which opens the SQLite backend (and names no
   `sqlite3`);
-* `edge/keys.py` may import `sqlite3`: the API key database (`keys.db`, `--keys-db`) is a
-  separate component of the edge, not the saga database: its own file in the stack
-  directory, read by every gateway (which never opens the saga database) and written by
-  `sagalab keys`. It shares nothing with the store port; a second saga backend leaves it be;
+* `edge/sqlite_keys.py` may import `sqlite3`: the API key database on SQLite (`keys.db`,
+  `--keys-db`) is a separate component of the edge, not the saga database: its own file in
+  the stack directory, read by every gateway (which never opens the saga database) and
+  written by `sagalab keys`. It has its own port (`edge.keys.KeyStore`), opened only by
+  `edge.keys.open_key_store`;
 * `benchmarks/bench_orchestrator.py` and `bench_workers.py` may import `sqlite3`: they
   measure the SQLite backend (DBOS's file set to WAL, results read from a second
   connection), and `bench_orchestrator.py` may name `SQLiteStore`: it counts the SQLite
@@ -39,18 +42,22 @@ SQLITE_MODULES = frozenset({"orchestrator/sqlite_store.py", "orchestrator/sqlite
 FACTORY = "orchestrator/stores.py"
 #: Modules allowed to import sqlite3 besides the SQLite backend (reasons in the docstring).
 SQLITE3_ALSO = frozenset(
-    {"edge/keys.py", "benchmarks/bench_orchestrator.py", "benchmarks/bench_workers.py"}
+    {"edge/sqlite_keys.py", "benchmarks/bench_orchestrator.py", "benchmarks/bench_workers.py"}
 )
 #: Modules allowed to open the SQLite store directly besides the factory (see the docstring).
 BACKEND_ALSO = frozenset({"benchmarks/bench_orchestrator.py"})
 BACKEND_MODULES = ("sagalab.orchestrator.sqlite_store", "sagalab.orchestrator.sqlite_breakers")
 POSTGRES_MODULES = frozenset(
-    {"orchestrator/postgres_store.py", "orchestrator/postgres_breakers.py"}
+    {"orchestrator/postgres_store.py", "orchestrator/postgres_breakers.py", "edge/postgres_keys.py"}
 )
 POSTGRES_BACKEND_MODULES = (
     "sagalab.orchestrator.postgres_store",
     "sagalab.orchestrator.postgres_breakers",
+    "sagalab.edge.postgres_keys",
 )
+#: The key database's factory: opens either key backend (never names a driver).
+KEY_FACTORY = "edge/keys.py"
+KEY_BACKEND_MODULES = ("sagalab.edge.sqlite_keys", "sagalab.edge.postgres_keys")
 POSTGRES_DRIVERS = ("psycopg", "psycopg_pool")
 
 
@@ -66,6 +73,7 @@ def violations(source: str, module: str) -> list[str]:
     may_import_sqlite3 = module in SQLITE_MODULES or module in SQLITE3_ALSO
     may_use_backend = module in SQLITE_MODULES or module == FACTORY or module in BACKEND_ALSO
     may_use_postgres = module in POSTGRES_MODULES or module == FACTORY
+    may_open_keys = module == KEY_FACTORY
     found = []
     for node in ast.walk(ast.parse(source)):
         names: list[str] = []
@@ -80,7 +88,10 @@ def violations(source: str, module: str) -> list[str]:
                 found.append(f"line {node.lineno}: imports {name} (use orchestrator.stores)")
             if name.split(".")[0] in POSTGRES_DRIVERS and module not in POSTGRES_MODULES:
                 found.append(f"line {node.lineno}: imports {name}")
-            if name.startswith(POSTGRES_BACKEND_MODULES) and not may_use_postgres:
+            if name.startswith(KEY_BACKEND_MODULES):
+                if not may_open_keys:
+                    found.append(f"line {node.lineno}: imports {name} (use open_key_store)")
+            elif name.startswith(POSTGRES_BACKEND_MODULES) and not may_use_postgres:
                 found.append(f"line {node.lineno}: imports {name} (use orchestrator.stores)")
         if isinstance(node, ast.Name | ast.Attribute):
             named = node.id if isinstance(node, ast.Name) else node.attr
@@ -107,7 +118,12 @@ def test_the_rule_catches_each_way_round_the_port() -> None:
     assert violations("x = mod.SQLiteStore(path)\n", "orchestrator/api.py") != []
     # What is allowed where, by the same function.
     assert violations("import sqlite3\n", "orchestrator/sqlite_store.py") == []
-    assert violations("import sqlite3\n", "edge/keys.py") == []
+    assert violations("import sqlite3\n", "edge/sqlite_keys.py") == []
+    assert violations("import sqlite3\n", KEY_FACTORY) != []
+    assert violations("import psycopg\n", "edge/postgres_keys.py") == []
+    assert violations("from sagalab.edge.postgres_keys import X\n", KEY_FACTORY) == []
+    assert violations("from sagalab.edge.postgres_keys import X\n", "orchestrator/api.py") != []
+    assert violations("from sagalab.edge.sqlite_keys import X\n", "cli/keys.py") != []
     assert (
         violations("from sagalab.orchestrator.sqlite_store import open_sqlite_store\n", FACTORY)
         == []

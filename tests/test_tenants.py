@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sagalab.edge.keys import KeyStore
+from sagalab.edge.keys import open_key_store
 from sagalab.edge.server import RunningServer
 from tests.edgelab import ORDER, SAGA, serve_path
 
@@ -34,7 +34,7 @@ class Tenants:
 @pytest.fixture
 def tenants(tmp_path: Path) -> Iterator[Tenants]:
     keys_db = tmp_path / "keys.db"
-    store = KeyStore(keys_db)
+    store = open_key_store(keys_db)
     _, alice = store.create("alice-ci", tenant="alice", rate=1000, burst=1000)
     _, alice_too = store.create("alice-web", tenant="alice", rate=1000, burst=1000)
     _, bob = store.create("bob", rate=1000, burst=1000)
