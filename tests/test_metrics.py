@@ -33,7 +33,7 @@ from workerlab import (
     wait_for,
 )
 
-from sagalab.edge.keys import MAX_BURST, MAX_RATE, KeyStore
+from sagalab.edge.keys import MAX_BURST, MAX_RATE, open_key_store
 from sagalab.edge.server import serve_in_thread
 from sagalab.fakeservices import FaultSpec, RunningServices
 from sagalab.orchestrator.api import create_app
@@ -280,7 +280,7 @@ def test_metrics_rise_during_a_locust_load_test(
     """Locust's customers submit to a real API; the worker's and the API's counters, scraped
     while it runs, rise, and once it is over they match the database exactly."""
     keys_db = tmp_path / "keys.db"
-    keys = KeyStore(keys_db)
+    keys = open_key_store(keys_db)
     _, key = keys.create("load", rate=MAX_RATE, burst=MAX_BURST)
     keys.close()
     with serve_in_thread(create_app(db, keys_db=keys_db)) as api:

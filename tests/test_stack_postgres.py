@@ -24,7 +24,7 @@ from apilab import cli
 from pglab import drop_database, new_database
 from workerlab import enqueue, order, sagalab, wait_for
 
-from sagalab.edge.keys import KeyStore
+from sagalab.edge.keys import open_key_store
 from sagalab.orchestrator import pg_cluster
 from sagalab.orchestrator.pg_cluster import PgCluster, find_bindir
 from sagalab.stack.processes import Component, alive, load_state
@@ -144,7 +144,7 @@ def _stack_reading_elsewhere_stops_on_sigterm(stack_dir: Path, plain_url: str) -
     api = state.component("api")
     assert api.command[api.command.index("--read-db") + 1] == read_url
     # The API's list comes from the read database: the saga queued there, not on the stack's.
-    keys = KeyStore(state.keys_db)
+    keys = open_key_store(state.keys_db)
     try:
         _, key = keys.create("reader", admin=True, replace=True)
     finally:
