@@ -70,25 +70,44 @@ def load() -> list[float]:
 # -- the cluster -------------------------------------------------------------------------------
 
 
-def start_cluster(directory: Path) -> tuple[PgCluster, bool]:
+def start_cluster(directory: Path, *, fsync: bool = False) -> tuple[PgCluster, bool]:
     """A throwaway cluster; True if pg_stat_statements is loaded in it. Stopped again if
-    anything after its start fails (the caller's `finally` only covers what it returns)."""
+    anything after its start fails (the caller's `finally` only covers what it returns).
+
+    PgCluster runs with `fsync=off` (its data is thrown away); with `fsync` the server is
+    restarted with the same options but fsync on, so every commit waits for the disk as a
+    production server's does. (PgCluster takes no option for it: its private `_run` starts
+    the server here, with the options its `start` uses.)
+    """
     cluster = PgCluster(directory)
     cluster.start()
     library = cluster.bindir.parent / "lib" / "pg_stat_statements.so"
-    if not library.exists():
+    preload = library.exists()
+    if not preload and not fsync:
         return cluster, False
     try:
-        with psycopg.connect(cluster.url, autocommit=True) as conn:
-            conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+        if preload:
+            with psycopg.connect(cluster.url, autocommit=True) as conn:
+                conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
         cluster.stop(mode="fast")
-        cluster.start()  # the data is there: no initdb, the preload takes effect
+        if fsync:
+            options = (
+                f"-p {cluster.port} -k {cluster.directory} -c listen_addresses=127.0.0.1 "
+                "-c fsync=on -c max_connections=200"
+            )
+            data, logfile = str(cluster.data), str(cluster.log)
+            cluster._run("pg_ctl", "-D", data, "-l", logfile, "-o", options, "-w", "start")
+        else:
+            cluster.start()  # the data is there: no initdb, the preload takes effect
         with psycopg.connect(cluster.url, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            if preload:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            row = conn.execute("SHOW fsync").fetchone()
+            assert row is not None and row[0] == ("on" if fsync else "off"), row
     except BaseException:
         cluster.stop()
         raise
-    return cluster, True
+    return cluster, preload
 
 
 def create_database(cluster: PgCluster, name: str) -> str:
@@ -100,35 +119,67 @@ def create_database(cluster: PgCluster, name: str) -> str:
 
 
 class ServerStatements:
-    """pg_stat_statements calls per database between `reset()` and `read()` (or None)."""
+    """What the server saw between `reset()` and `read()`: pg_stat_statements calls in one
+    database (if it is loaded), and WAL writes and syncs of the whole cluster (pg_stat_wal,
+    PostgreSQL 14+: about one write per committed write transaction, and with fsync on one
+    sync; a background writer's or a poller's share included)."""
+
+    # Backends send their counters to the shared statistics at most once a second, and
+    # when idle: a pause before each reading lets the counted window's arrive in full.
+    SETTLE_SECONDS = 1.2
 
     def __init__(self, cluster: PgCluster, enabled: bool) -> None:
         self.cluster = cluster
         self.enabled = enabled
+        self.wal_before: tuple[int, int] | None = None
+
+    def _wal(self, conn: psycopg.Connection) -> tuple[int, int] | None:
+        time.sleep(self.SETTLE_SECONDS)
+        try:
+            row = conn.execute("SELECT wal_write, wal_sync FROM pg_stat_wal").fetchone()
+        except psycopg.Error:  # before PostgreSQL 14
+            return None
+        return None if row is None else (int(row[0]), int(row[1]))
 
     def reset(self) -> None:
-        if self.enabled:
-            with psycopg.connect(self.cluster.url, autocommit=True) as conn:
+        with psycopg.connect(self.cluster.url, autocommit=True) as conn:
+            self.wal_before = self._wal(conn)
+            if self.enabled:
                 conn.execute("SELECT pg_stat_statements_reset()")
 
-    def read(self, database: str, sagas: int) -> dict[str, Any] | None:
-        if not self.enabled:
-            return None
+    def read(self, database: str, sagas: int) -> dict[str, Any]:
         with psycopg.connect(self.cluster.url, autocommit=True) as conn:
-            rows = conn.execute(
-                "SELECT s.calls, s.query FROM pg_stat_statements s "
-                "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s "
-                "ORDER BY s.calls DESC",
-                (database,),
-            ).fetchall()
-        total = sum(int(calls) for calls, _ in rows)
-        return {
-            "statements_per_saga": round(total / sagas, 2),
-            "top": [
-                {"per_saga": round(int(calls) / sagas, 2), "query": " ".join(query.split())[:100]}
-                for calls, query in rows[:12]
+            wal = self._wal(conn)
+            rows = []
+            if self.enabled:
+                rows = conn.execute(
+                    "SELECT s.calls, s.total_exec_time, s.query FROM pg_stat_statements s "
+                    "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s "
+                    "ORDER BY s.calls DESC, s.total_exec_time DESC",
+                    (database,),
+                ).fetchall()
+        result: dict[str, Any] = {}
+        if wal is not None and self.wal_before is not None:
+            result["wal_writes_per_saga"] = round((wal[0] - self.wal_before[0]) / sagas, 2)
+            result["wal_syncs_per_saga"] = round((wal[1] - self.wal_before[1]) / sagas, 2)
+        if not self.enabled:
+            return result
+        total = sum(int(calls) for calls, _, _ in rows)
+        exec_ms = sum(float(ms) for _, ms, _ in rows)
+        result.update(
+            statements_per_saga=round(total / sagas, 2),
+            # the server's own time executing them (not parsing, not the network)
+            exec_ms_per_saga=round(exec_ms / sagas, 3),
+            top=[
+                {
+                    "per_saga": round(int(calls) / sagas, 2),
+                    "exec_ms_per_call": round(float(ms) / int(calls), 4),
+                    "query": " ".join(query.split())[:100],
+                }
+                for calls, ms, query in rows[:12]
             ],
-        }
+        )
+        return result
 
 
 class Trace:
@@ -491,7 +542,8 @@ def bench_workers(cluster: PgCluster, tmp: Path, args: argparse.Namespace) -> di
 def render(result: dict[str, Any]) -> str:
     lines = [
         f"load averages: {result['load_start']} at start, {result['load_end']} at the end",
-        "sequential durable sagas, 3 no-op steps, one PostgreSQL server (fsync=off)",
+        "sequential durable sagas, 3 no-op steps, one PostgreSQL server "
+        f"(fsync={'on' if result['fsync'] else 'off'})",
     ]
     for key, name in (("sagalab", "sagalab"), ("dbos", "DBOS   ")):
         side = result.get(key)
@@ -499,7 +551,17 @@ def render(result: dict[str, Any]) -> str:
             continue
         client = side["client"]
         server = side["server"]
-        on_server = f", {server['statements_per_saga']:.1f} on the server" if server else ""
+        on_server = (
+            f" ({server['statements_per_saga']:.1f} on the server, executing for "
+            f"{server['exec_ms_per_saga']:.3f} ms)"
+            if "statements_per_saga" in server
+            else ""
+        )
+        if "wal_writes_per_saga" in server:
+            on_server += (
+                f", WAL writes {server['wal_writes_per_saga']:.1f} / syncs "
+                f"{server['wal_syncs_per_saga']:.1f}"
+            )
         lines.append(
             f"  {name}: {side['sagas_per_second']:8,.0f} sagas/s ({side['sagas']} in "
             f"{side['seconds']:.2f}s); per saga {client['statements_per_saga']:.1f} statements"
@@ -555,6 +617,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="threads per worker")
     parser.add_argument("--latency-ms", type=int, default=LATENCY_MS, help="added per call")
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per loop/run")
+    parser.add_argument(
+        "--fsync", action="store_true", help="the server with fsync on (default: off)"
+    )
     parser.add_argument("--skip-dbos", action="store_true", help="leave DBOS out")
     parser.add_argument("--skip-workers", action="store_true", help="leave the HTTP part out")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -573,8 +638,9 @@ def main() -> int:
         result["workdir"] = tmp
         os.chmod(workdir, 0o755)  # as root, the server runs as `postgres` and must get in
         log("starting a throwaway PostgreSQL cluster ...")
-        cluster, preloaded = start_cluster(workdir / "pg")
+        cluster, preloaded = start_cluster(workdir / "pg", fsync=args.fsync)
         result["pg_stat_statements"] = preloaded
+        result["fsync"] = args.fsync
         try:
             server = ServerStatements(cluster, preloaded)
             log(f"sagalab on PostgreSQL (load {load()}) ...")
