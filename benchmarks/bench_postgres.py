@@ -463,6 +463,42 @@ def bench_dbos(
 # -- 3. worker processes over HTTP ---------------------------------------------------------------
 
 
+def _cpu_fields(pid: int) -> tuple[int, float, float]:
+    """(parent pid, own CPU s, CPU s of its children that exited and were waited for)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0, 0.0, 0.0
+    fields = text[text.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+    tick = os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / tick
+    return int(fields[1]), own, (int(fields[13]) + int(fields[14])) / tick
+
+
+def cpu_seconds(roots: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds used so far by each group of processes and their descendants (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            parent = _cpu_fields(int(entry.name))[0]
+            children.setdefault(parent, []).append(int(entry.name))
+    used = {}
+    for group, pids in roots.items():
+        total, todo = 0.0, list(pids)
+        while todo:
+            pid = todo.pop()
+            _, own, reaped = _cpu_fields(pid)
+            total += own + reaped
+            todo.extend(children.get(pid, []))
+        used[group] = total
+    return used
+
+
+def postmaster_pid(cluster: PgCluster) -> int:
+    """The server's main process (the first line of postmaster.pid)."""
+    return int((cluster.data / "postmaster.pid").read_text().split()[0])
+
+
 def throughput(
     cluster: PgCluster,
     server: ServerStatements,
@@ -494,6 +530,12 @@ def throughput(
         # Everything the workers send from the release on, idle polls included: the load a
         # saga puts on the database.
         server.reset(settle=False)
+        groups = {
+            "workers": [w.proc.pid for w in running],
+            "services": [services.proc.pid],
+            "postgres": [postmaster_pid(cluster)],
+        }
+        cpu_before = cpu_seconds(groups)
         with psycopg.connect(observer(url), autocommit=True) as conn:
             row = conn.execute(
                 "UPDATE sagas SET run_after = extract(epoch FROM clock_timestamp()) "
@@ -523,6 +565,7 @@ def throughput(
                 "SELECT MAX(at) FROM events WHERE type = 'saga_completed'"
             ).fetchone()
             assert last is not None
+        cpu_after = cpu_seconds(groups)
         counted = server.read(name, args.http_count, settle=False)
     finally:
         for w in running:
@@ -537,6 +580,13 @@ def throughput(
         "seconds": round(seconds, 3),
         "sagas_per_second": round(args.http_count / seconds, 1),
         "server": counted,
+        # CPU per saga by process group (the benchmark's own polling not included); the
+        # machine's budget is os.cpu_count() CPU seconds per second of the run
+        "cpu_ms_per_saga": {
+            group: round((cpu_after[group] - cpu_before[group]) / args.http_count * 1000, 2)
+            for group in groups
+        },
+        "cpus": os.cpu_count(),
     }
 
 
@@ -623,6 +673,8 @@ def render(result: dict[str, Any]) -> str:
                     if "statements_per_saga" in row["server"]
                     else ""
                 )
+                + "; CPU ms per saga "
+                + ", ".join(f"{k} {v:.1f}" for k, v in row["cpu_ms_per_saga"].items())
             )
         if "ratio_2_to_1" in w:
             verdict = "MEETS" if w["meets_target"] else "MISSES"
