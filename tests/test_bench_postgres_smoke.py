@@ -64,5 +64,6 @@ def test_bench_postgres_runs_and_reports_its_fields() -> None:
         assert result["ratio"] > 0 and isinstance(result["meets_target"], bool)
     (run,) = result["workers"]["runs"]
     assert run["workers"] == 1 and run["sagas"] == 3 and run["sagas_per_second"] > 0
+    assert set(run["cpu_ms_per_saga"]) == {"workers", "services", "postgres"}
     assert not Path(result["workdir"]).exists()
     assert _processes_mentioning(result["workdir"]) == []  # cluster and workers stopped
