@@ -687,16 +687,21 @@ def render(result: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the finally blocks stop the cluster and workers."""
+    """SIGTERM and SIGINT unwind as KeyboardInterrupt, so the finally blocks stop the
+    cluster, the services and the workers."""
 
     def interrupt(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
+    # A shell starts a background job with SIGINT ignored, and Python keeps it so: Ctrl-C
+    # (or `kill -INT`) must unwind here all the same.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def main() -> int:
