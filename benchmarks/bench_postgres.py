@@ -24,7 +24,8 @@ has it), and stops it at the end, on an error or on Ctrl-C.
    every call), with 1, 2 and 4 `sagalab worker` processes on a fresh database each time:
    N sagas stored first, the workers started and idle, then all released in one statement;
    rate = N / (last saga_completed - release). Target: 2 workers >= 1.8x one. The
-   statements the workers send from the release on (idle polls included) are counted per saga.
+   statements the workers send from the release on (idle polls included) are counted per saga,
+   and the CPU time the workers, the fake services and the server used.
 
 The benchmark's own checks and polls connect as another role (`bench_observer`), which the
 statement counts leave out. `--fsync` runs the server with fsync on (every commit waits for
