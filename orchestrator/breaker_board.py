@@ -192,9 +192,9 @@ class BreakerBoard:
         return breaker
 
     def _journal(self, service: str, now: float, old: str, new: str) -> None:
-        # The shared log decides whether this was a real change (another replica may have
-        # made it already) and what it was from.
-        previous = self.states.record_transition(service, now, new, owner=self.owner)
+        # The breaker reports only moves its own compare-and-set made, so each is logged as
+        # made (checking the log's last entry instead lost a move whose racer logged first).
+        previous = self.states.record_transition(service, now, new, owner=self.owner, old=old)
         if previous is not None and self.on_transition is not None:
             self.on_transition(service, now, previous, new)
 

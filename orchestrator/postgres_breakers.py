@@ -72,14 +72,24 @@ class PostgresBreakerStore:
         """The shared state of breaker `name` (its row is created if missing)."""
         return PostgresBreakerStorage(self, name, clock)
 
-    def record_transition(self, name: str, now: float, new: str, *, owner: str) -> str | None:
-        """Log `name` -> `new` unless the log has it there already; the state it left."""
-        # One statement under a per-breaker advisory lock: replicas that make the same
-        # transition at once queue up, and the second finds it logged.
+    def record_transition(
+        self, name: str, now: float, new: str, *, owner: str, old: str | None = None
+    ) -> str | None:
+        """Log `name` -> `new` (see `BreakerStore.record_transition`); the state it left."""
+        # Without `old`: one statement under a per-breaker advisory lock, so that replicas
+        # reporting the same transition at once queue up and the second finds it logged.
         if self.guard is not None:
             self.guard()
         try:
             conn = self._connection()
+            if old is not None:  # a move the caller's compare-and-set made: always real
+                with conn.transaction():
+                    conn.execute(
+                        "INSERT INTO breaker_events (at, name, old, new, owner) "
+                        "VALUES (%s, %s, %s, %s, %s)",
+                        (now, name, old, new, owner),
+                    )
+                return old
             with conn.transaction():
                 conn.execute(
                     "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_TRANSITION_LOCK, name)

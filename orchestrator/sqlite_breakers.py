@@ -188,11 +188,17 @@ class SQLiteBreakerStore:
         """The shared state of breaker `name` (its row is created if missing)."""
         return SQLiteBreakerStorage(self.conn, name, clock, guard=self.guard)
 
-    def record_transition(self, name: str, now: float, new: str, *, owner: str) -> str | None:
-        """Log `name` -> `new` unless the log has it there already; the state it left."""
-        # Replicas can make the same transition (each sees the open breaker time out and
-        # half-opens it); the shared log records only real changes.
+    def record_transition(
+        self, name: str, now: float, new: str, *, owner: str, old: str | None = None
+    ) -> str | None:
+        """Log `name` -> `new` (see `BreakerStore.record_transition`); the state it left."""
         run = self._execute
+        if old is not None:  # a move the caller's compare-and-set made: always a real one
+            run(
+                "INSERT INTO breaker_events (at, name, old, new, owner) VALUES (?, ?, ?, ?, ?)",
+                (now, name, old, new, owner),
+            )
+            return old
         run("BEGIN IMMEDIATE")  # check and insert as one, across replicas
         try:
             last = run(

@@ -473,9 +473,15 @@ class BreakerStore(Protocol):
         """The shared state of breaker `name`, as a breaker policy's storage."""
         ...
 
-    def record_transition(self, name: str, now: float, new: str, *, owner: str) -> str | None:
-        """Log that `name` moved to `new`, unless the log already has it there: the state
-        it moved from, or None when it was no change (atomic across processes)."""
+    def record_transition(
+        self, name: str, now: float, new: str, *, owner: str, old: str | None = None
+    ) -> str | None:
+        """Log that `name` moved to `new`: the state it moved from, or None for no change.
+
+        `old` given: the caller's compare-and-set made this very move, so it is logged as
+        `old -> new` whatever the log's last entry (a racer's earlier move may reach the log
+        after it; the log is read in time order). `old` None: logged unless the log already
+        has it there, the log's last state as the old one (atomic across processes)."""
         ...
 
     def rows(self) -> list[dict[str, Any]]:

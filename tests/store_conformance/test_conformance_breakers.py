@@ -81,6 +81,27 @@ def test_transitions_are_logged_once_whoever_reports_them(store_factory: Backend
     assert b.events("other") == [] and len(b.events()) == 2
 
 
+def test_a_move_its_caller_made_is_logged_even_when_a_later_one_was_logged_first(
+    store_factory: Backend,
+) -> None:
+    # A opened the breaker at 100 but stalled before logging it; B half-opened it at 110
+    # (after the reset timeout) and logged first. Both moves happened: both are logged,
+    # read back in time order (the log's last entry is no judge of a move a CAS made).
+    store_factory.open().close()
+    a, b = store_factory.breakers(), store_factory.breakers()
+    assert a.record_transition("payments", 99.0, "half-open", owner="A", old="open") == "open"
+    assert b.record_transition("payments", 110.0, "half-open", owner="B", old="open") == "open"
+    assert a.record_transition("payments", 100.0, "open", owner="A", old="half-open") == (
+        "half-open"
+    )
+    events = b.events("payments")
+    assert [(e["at"], e["old"], e["new"], e["owner"]) for e in events] == [
+        (99.0, "open", "half-open", "A"),
+        (100.0, "half-open", "open", "A"),
+        (110.0, "open", "half-open", "B"),
+    ]
+
+
 def test_rows_reset_and_a_read_only_handle(store_factory: Backend) -> None:
     store_factory.open().close()
     states = store_factory.breakers()
