@@ -40,11 +40,9 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from sagalab.orchestrator.driver import (
-    AskBreaker,
     Call,
     Commit,
     Done,
-    RecordOutcome,
     WaitUntil,
     drive,
 )
@@ -70,8 +68,8 @@ __all__ = [
 
 #: The most seeds one `explore` run takes: about two minutes at the measured ~1,000 seeds/s.
 MAX_SEEDS = 100_000
-#: Effects one saga may take before it counts as not halting (a livelock, or a service that
-#: never answers well on a step retried forever).
+#: Effects one worker may interpret before its saga counts as not halting (a livelock, or a
+#: service that never answers well on a step retried forever).
 MAX_EFFECTS = 5_000
 #: Workers that may claim one saga in one seed (each crash or fence hands it to another).
 MAX_CLAIMS = 64
@@ -331,13 +329,12 @@ class _Worker:
         for _ in range(MAX_EFFECTS):
             effect = send(self.reply)
             self.reply = None
-            kind = type(effect)
-            if kind is Call:
+            if isinstance(effect, Call):
                 outcome = self.call(effect)
                 if isinstance(outcome, str):
                     return outcome
                 self.reply = outcome
-            elif kind is Commit:
+            elif isinstance(effect, Commit):
                 fault = world.fault(self, _AT_COMMIT, None)
                 if fault is FaultKind.CRASH_BEFORE_COMMIT:
                     return _CRASHED
@@ -347,14 +344,13 @@ class _Worker:
                     return _CRASHED
                 world.now += world.setup.commit_time
                 self.reply = world.now
-            elif kind is WaitUntil:
+            elif isinstance(effect, WaitUntil):
                 world.now = max(world.now, effect.until)
                 world.deliver_due()
                 self.reply = world.now
-            elif kind is Done:
+            elif isinstance(effect, Done):
                 return _DONE
-            elif kind is AskBreaker or kind is RecordOutcome:
-                pass  # no breakers here: every call may go out
+            # No breakers here (`drive` without gates asks none): every call may go out.
         return _RUNAWAY
 
     def call(self, effect: Call) -> Any:

@@ -45,6 +45,8 @@ CHECKS = [
             "sagalab/orchestrator/policies",
             "sagalab/edge/policies",
             "sagalab/simulator/calibrate.py",
+            "sagalab/simulator/explore.py",
+            "sagalab/simulator/explore_checks.py",
         ],
         id="core-strict",
     ),
