@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 `simulate run` shows how the system behaves under load; this asks whether a saga can ever end
 wrong. For each seed it runs a few sagas of one flow through the *same* driver the runner and
-the SimPy model interpret (`orchestrator.driver.drive`), against a small in-memory world:
+the SimPy model interpret (`orchestrator.driver.drive`), against a small in-memory world
+(`simulator.explore_world`):
 
 * a journal store that fences writes as the real one does: a saga is claimed with a new lease
   epoch, and an append lands only under the current epoch after the expected sequence
@@ -34,10 +35,7 @@ The same seed gives the same faults, journals, ledger and result in every proces
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 from sagalab.orchestrator.driver import (
     Call,
@@ -49,8 +47,23 @@ from sagalab.orchestrator.driver import (
 from sagalab.orchestrator.errors import InvalidTransition
 from sagalab.orchestrator.flow import FlowDefinition
 from sagalab.orchestrator.outcomes import Transport, classify_status, classify_transport
-from sagalab.orchestrator.reconcile import LedgerRecord
 from sagalab.orchestrator.saga import Event, EventType, Phase, SagaState
+
+from .explore_world import (
+    AT_CALL,
+    AT_COMMIT,
+    Conflict,
+    Delivery,
+    Fault,
+    FaultKind,
+    Fenced,
+    JournalStore,
+    Rng,
+    SeedRun,
+    ServiceBehaviour,
+    ServiceModel,
+    Setup,
+)
 
 __all__ = [
     "MAX_EFFECTS",
@@ -75,219 +88,6 @@ MAX_EFFECTS = 5_000
 MAX_CLAIMS = 64
 
 
-class Rng(Protocol):
-    """What exploration draws from (`random.Random` fits)."""
-
-    def random(self) -> float: ...
-
-    def uniform(self, a: float, b: float) -> float: ...
-
-
-class FaultKind(StrEnum):
-    """What can go wrong at a commit or a call."""
-
-    CRASH_BEFORE_COMMIT = "crash_before_commit"
-    CRASH_AFTER_COMMIT = "crash_after_commit"
-    LEASE_EXPIRY = "lease_expiry"
-    LOST_ANSWER = "lost_answer"
-    DUPLICATE_DELIVERY = "duplicate_delivery"
-    SLOW_COMPENSATION = "slow_compensation"
-    LATE_ANSWER = "late_answer"
-
-
-_AT_COMMIT = (FaultKind.CRASH_BEFORE_COMMIT, FaultKind.CRASH_AFTER_COMMIT)
-_AT_CALL = (
-    FaultKind.CRASH_BEFORE_COMMIT,
-    FaultKind.CRASH_AFTER_COMMIT,
-    FaultKind.LEASE_EXPIRY,
-    FaultKind.LOST_ANSWER,
-    FaultKind.DUPLICATE_DELIVERY,
-)
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One fault injected: what, to which saga, where (step, phase, attempt) and when."""
-
-    kind: FaultKind
-    saga: str
-    at: float
-    worker: int
-    step: str | None = None
-    phase: str | None = None
-    attempt: int = 0
-
-    def describe(self) -> str:
-        """One line for the fault schedule."""
-        where = f" {self.step} {self.phase} #{self.attempt}" if self.step else " a commit"
-        return f"t={self.at:.3f} {self.saga} worker {self.worker}: {self.kind.value} at{where}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return {
-            "kind": self.kind.value,
-            "saga": self.saga,
-            "at": round(self.at, 6),
-            "worker": self.worker,
-            "step": self.step,
-            "phase": self.phase,
-            "attempt": self.attempt,
-        }
-
-
-@dataclass(frozen=True)
-class ServiceBehaviour:
-    """How often a service fails on its own, apart from the injected faults.
-
-    `error_rate`: a 503, half of them before applying and half after (the service applied it
-    and then failed to answer well). `reject_rate`: an action refused with a 422 that applies
-    nothing (a declined card, no stock).
-    """
-
-    error_rate: float = 0.05
-    reject_rate: float = 0.05
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What every seed runs: the flow, its services, how many sagas and how many faults."""
-
-    flow: FlowDefinition
-    services: Mapping[str, ServiceBehaviour]
-    sagas: int = 2
-    #: Chance that a commit or a call meets a fault (while the saga has faults left).
-    fault_rate: float = 0.25
-    max_faults: int = 4
-    lease: float = 10.0
-    commit_time: float = 0.001
-    call_time: tuple[float, float] = (0.002, 0.05)
-
-    def service_of(self, step: str) -> str:
-        """The service a step calls (a Python handler step is a service of its own)."""
-        return self.flow.step(step).service or f"handler:{step}"
-
-
-@dataclass
-class SeedRun:
-    """Everything one seed did: the stored journals, the ledger, the faults and the writes."""
-
-    seed: int
-    journals: dict[str, list[Event]]
-    ledger: list[LedgerRecord]
-    faults: list[Fault]
-    #: (saga, writer's epoch, the saga's epoch then) of every write that landed after its
-    #: writer's lease was taken over (none while the store fences).
-    stale_writes: list[tuple[str, int, int]]
-    fenced: int = 0
-    claims: int = 0
-    #: Sagas that took MAX_EFFECTS effects or MAX_CLAIMS claims without halting.
-    unhalted: list[str] = field(default_factory=list)
-    trace: list[str] | None = None
-
-
-# --- the world: a fencing journal store and idempotent services --------------------------------
-
-
-class _Fenced(Exception):
-    """The writer's lease was taken over."""
-
-
-class _Conflict(Exception):
-    """Someone appended after the writer's expected sequence."""
-
-
-class JournalStore:
-    """Per saga: its journal and its lease epoch. `fence=False` models a store that forgot to
-    check the lease (the explorer's own tests plant it)."""
-
-    def __init__(self, run: SeedRun, *, fence: bool = True) -> None:
-        self.run = run
-        self.epochs: dict[str, int] = {}
-        self.fence = fence
-
-    def claim(self, saga: str) -> int:
-        """A new holder for `saga`: the next epoch (what a worker's claim or a takeover does)."""
-        epoch = self.epochs.get(saga, 0) + 1
-        self.epochs[saga] = epoch
-        self.run.claims += 1
-        return epoch
-
-    def append(self, saga: str, events: list[Event], *, expected: int, epoch: int) -> int:
-        """Land `events` after journal length `expected` under `epoch`; the new length."""
-        current = self.epochs[saga]
-        journal = self.run.journals[saga]
-        if self.fence:
-            if epoch != current:
-                self.run.fenced += 1
-                raise _Fenced
-            if len(journal) != expected:
-                raise _Conflict
-        elif epoch != current:
-            self.run.stale_writes.append((saga, epoch, current))
-        journal.extend(events)
-        return len(journal)
-
-
-class _Service:
-    """One service under the fake services' rules (module docstring)."""
-
-    def __init__(self, name: str, behaviour: ServiceBehaviour, ledger: list[LedgerRecord]):
-        self.name = name
-        self.error_rate = behaviour.error_rate
-        self.reject_rate = behaviour.reject_rate
-        self.ledger = ledger
-        self.answers: dict[str, tuple[int, str]] = {}
-        self.applied: dict[str, int] = {}
-        self.tombstones: dict[str, None] = {}
-        self.refusals: dict[str, bool] = {}
-        self.busy: dict[str, int] = {}  # key -> requests under it still being processed
-
-    def perform(
-        self, key: str, phase: Phase, order: str, now: float, roll: float
-    ) -> tuple[int, str]:
-        """Apply, replay or refuse one request; the (status, body text) it answers."""
-        stored = self.answers.get(key)
-        if stored is not None:
-            return stored
-        half = self.error_rate / 2
-        if roll < half:
-            return 503, "unavailable"
-        if phase is Phase.ACTION:
-            if order in self.tombstones:
-                return 409, "compensated"
-            # A refusal is the service's rule about the request (a declined card), so every
-            # copy of one request under one key meets the same decision.
-            refused = self.refusals.setdefault(key, half <= roll < half + self.reject_rate)
-            if refused:
-                return 422, "refused"
-            self.applied[order] = self.applied.get(order, 0) + 1
-            noop, answer = False, (201, "created")
-        else:
-            noop = order in self.tombstones or not self.applied.get(order)
-            self.tombstones[order] = None
-            answer = (200, "undone" if not noop else "noop")
-        self.ledger.append(
-            LedgerRecord(self.name, phase, key, len(self.ledger) + 1, now, noop, order)
-        )
-        self.answers[key] = answer
-        if roll >= 1.0 - half:
-            return 503, "failed after applying"
-        return answer
-
-
-@dataclass
-class _Delivery:
-    """A request the service is still processing; it takes effect at `at`."""
-
-    at: float
-    service: _Service
-    key: str
-    phase: Phase
-    order: str
-    roll: float
-    answer: tuple[int, str] | None = None
-
-
 # --- one worker: interprets the driver's effects, meeting the seed's faults ------------------
 
 _CRASHED, _LOST, _STALLED, _DONE, _RUNAWAY = "crashed", "lost", "stalled", "done", "runaway"
@@ -303,7 +103,7 @@ class _Worker:
         self.seq = len(world.run.journals[saga])
         self.driver = drive(state, saga_id=saga, now=world.now, rng=world.rng)
         self.reply: Any = None
-        self.stuck: tuple[_Delivery, Call] | None = None  # a call in flight while stalled
+        self.stuck: tuple[Delivery, Call] | None = None  # a call in flight while stalled
         self.wake_after = 0
 
     def write(self, events: list[Event]) -> bool:
@@ -311,7 +111,7 @@ class _Worker:
         world = self.world
         try:
             self.seq = world.store.append(self.saga, events, expected=self.seq, epoch=self.epoch)
-        except (_Fenced, _Conflict) as exc:
+        except (Fenced, Conflict) as exc:
             world.note(f"{self.saga} worker {self.epoch}: write refused ({type(exc).__name__})")
             return False
         world.note(f"{self.saga} worker {self.epoch}: wrote {_names(events)}")
@@ -335,7 +135,7 @@ class _Worker:
                     return outcome
                 self.reply = outcome
             elif isinstance(effect, Commit):
-                fault = world.fault(self, _AT_COMMIT, None)
+                fault = world.fault(self, AT_COMMIT, None)
                 if fault is FaultKind.CRASH_BEFORE_COMMIT:
                     return _CRASHED
                 if not self.write(effect.events):
@@ -418,14 +218,14 @@ class _World:
         self.run = run
         self.now = 0.0
         self.store = JournalStore(run, fence=fence)
-        self.services: dict[str, _Service] = {}
+        self.services: dict[str, ServiceModel] = {}
         for step in setup.flow.steps:
             name = setup.service_of(step.name)
             if name not in self.services:
                 behaviour = setup.services.get(name, ServiceBehaviour())
-                self.services[name] = _Service(name, behaviour, run.ledger)
+                self.services[name] = ServiceModel(name, behaviour, run.ledger)
         self.orders: dict[str, str] = {}
-        self.pending: list[_Delivery] = []
+        self.pending: list[Delivery] = []
         self.stalled: dict[str, list[_Worker]] = {}
         self.faults_left: dict[str, int] = {}
 
@@ -437,7 +237,7 @@ class _World:
 
     def call_faults(self, phase: Phase) -> tuple[FaultKind, ...]:
         slow = FaultKind.SLOW_COMPENSATION if phase is Phase.COMPENSATION else FaultKind.LATE_ANSWER
-        return (*_AT_CALL, slow)
+        return (*AT_CALL, slow)
 
     def fault(
         self, worker: _Worker, kinds: tuple[FaultKind, ...], call: Call | None
@@ -465,7 +265,7 @@ class _World:
 
     # --- services ---
 
-    def send(self, service: _Service, key: str, phase: Phase, order: str) -> tuple[int, str]:
+    def send(self, service: ServiceModel, key: str, phase: Phase, order: str) -> tuple[int, str]:
         """Deliver a request now; its answer (409 in_progress while its key is busy)."""
         roll = self.rng.random()
         if service.busy.get(key):
@@ -475,10 +275,10 @@ class _World:
         return answer
 
     def dispatch(
-        self, service: _Service, key: str, phase: Phase, order: str, delay: float
-    ) -> _Delivery:
+        self, service: ServiceModel, key: str, phase: Phase, order: str, delay: float
+    ) -> Delivery:
         """A request the service takes `delay` to process (applied at once if 0)."""
-        delivery = _Delivery(self.now + delay, service, key, phase, order, self.rng.random())
+        delivery = Delivery(self.now + delay, service, key, phase, order, self.rng.random())
         if delay <= 0:
             delivery.answer = self.send(service, key, phase, order)
             return delivery

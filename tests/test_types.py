@@ -47,6 +47,7 @@ CHECKS = [
             "sagalab/simulator/calibrate.py",
             "sagalab/simulator/explore.py",
             "sagalab/simulator/explore_checks.py",
+            "sagalab/simulator/explore_world.py",
         ],
         id="core-strict",
     ),
