@@ -160,3 +160,12 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], says: str, tmp_path: 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], result.stderr
     assert "Traceback" not in result.output
+
+
+def test_a_clean_run_prints_its_counts_and_exits_0() -> None:
+    result = runner.invoke(app, ["explore", "checkout", "--seeds", "100", "--sagas", "3"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "explored 100 seed(s) of checkout" in out and "300 sagas, 3 per seed" in out
+    assert "faults injected: crash_after_commit" in out and "seeds/min" in out
+    assert "outcomes: completed" in out and out.rstrip().endswith("no invariant broken")
