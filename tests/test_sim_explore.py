@@ -169,3 +169,19 @@ def test_a_clean_run_prints_its_counts_and_exits_0() -> None:
     assert "explored 100 seed(s) of checkout" in out and "300 sagas, 3 per seed" in out
     assert "faults injected: crash_after_commit" in out and "seeds/min" in out
     assert "outcomes: completed" in out and out.rstrip().endswith("no invariant broken")
+
+
+def test_a_violation_in_json_names_the_seed_schedule_and_replay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plant_in(monkeypatch, "forward-compensation")
+    result = runner.invoke(app, ["explore", "checkout", "--seeds", "1000", "--json"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    seed = report["failing_seed"]
+    assert report["seeds"] == seed  # it stopped at the first, smallest, failing seed
+    assert {v["invariant"] for v in report["violations"]} >= {"compensation_order"}
+    assert report["fault_schedule"] == [
+        f.to_dict() for f in run_seed(checkout(), seed, random.Random(seed)).faults
+    ]
+    assert report["replay"] == f"sagalab simulate explore checkout --seed {seed} --replay"
