@@ -88,7 +88,11 @@ def replay_command(target: str, seed: int, options: dict[str, Any]) -> str:
 
 def explore_cmd(
     target: Annotated[
-        str, typer.Argument(help="A flow (shipped example or file) or a scenario (name or file).")
+        str,
+        typer.Argument(
+            metavar="FLOW|SCENARIO",
+            help="A flow (shipped example or file) or a scenario (name or file).",
+        ),
     ],
     seeds: Annotated[
         int, typer.Option("--seeds", help=f"Explore seeds 1..N (at most {MAX_SEEDS:,}).")
