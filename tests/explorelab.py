@@ -9,16 +9,19 @@ the bug), so the test checks that the printed command reproduces the violation.
 * ``forward-compensation``: `SagaState.next_to_compensate` picks the earliest applied step
   instead of the latest (compensations in flow order, what the issue's example plants).
 * ``no-fence``: the explorer's journal store lands a write whatever the writer's lease.
+* ``interrupted-not-applied``: `decide` closes an interrupted attempt as one that applied
+  nothing, so a rollback leaves a call a crashed worker had sent standing.
 """
 
 from __future__ import annotations
 
 import sys
 
-from sagalab.orchestrator.saga import SagaState
+from sagalab.orchestrator import saga
+from sagalab.orchestrator.saga import Failure, SagaState
 from sagalab.simulator import explore
 
-BUGS = ("forward-compensation", "no-fence")
+BUGS = ("forward-compensation", "no-fence", "interrupted-not-applied")
 
 
 def _forward(self: SagaState) -> str | None:
@@ -44,6 +47,8 @@ def plant(bug: str) -> None:
             fenced(self, run, fence=False)
 
         explore.JournalStore.__init__ = unfenced  # type: ignore[method-assign]
+    elif bug == "interrupted-not-applied":
+        saga.INTERRUPTED = Failure("interrupted", retryable=True, maybe_applied=False)
     else:
         raise SystemExit(f"unknown bug {bug!r}; one of {', '.join(BUGS)}")
 

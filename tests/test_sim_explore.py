@@ -84,10 +84,12 @@ def test_a_planted_bug_is_found_at_its_smallest_seed_and_replays(
 
 def plant_in(patched: pytest.MonkeyPatch, bug: str) -> None:
     """`explorelab.plant`, undone when `patched` closes (it records both originals first)."""
+    from sagalab.orchestrator import saga as saga_module
     from sagalab.orchestrator.saga import SagaState
     from sagalab.simulator import explore as module
 
     patched.setattr(SagaState, "next_to_compensate", SagaState.next_to_compensate)
+    patched.setattr(saga_module, "INTERRUPTED", saga_module.INTERRUPTED)
     patched.setattr(module.JournalStore, "__init__", module.JournalStore.__init__)
     plant(bug)
 
@@ -193,3 +195,21 @@ def test_the_replay_command_carries_the_options_that_differ() -> None:
     assert replay_command("my flow.yaml", 5, options) == (
         "sagalab simulate explore 'my flow.yaml' --seed 5 --sagas 3 --replay"
     )
+
+
+@pytest.mark.parametrize(
+    ("bug", "invariant"),
+    [
+        ("forward-compensation", "compensation_order"),
+        ("no-fence", "write_under_lost_lease"),
+        ("interrupted-not-applied", "action_standing"),
+    ],
+    ids=["forward-compensation", "no-fence", "interrupted-not-applied"],
+)
+def test_each_planted_bug_breaks_its_invariant_within_a_thousand_seeds(
+    bug: str, invariant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plant_in(monkeypatch, bug)
+    found = explore(checkout(), range(1, 1001), random.Random)
+    assert found.failing_seed is not None
+    assert invariant in {v.invariant for v in found.violations}, found.to_dict()
