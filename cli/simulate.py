@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sagalab.cli.errors import EXIT_USAGE, fail, handled
+from sagalab.cli.explore import explore_cmd
 from sagalab.cli.verify import parse_since
 from sagalab.orchestrator.limits import (
     MAX_REPLICAS,
@@ -52,6 +53,7 @@ app = typer.Typer(
     help="Simulate the whole path (firewall to services) under failure scenarios.",
     no_args_is_help=True,
 )
+app.command("explore")(explore_cmd)
 
 ScenarioArg = Annotated[str, typer.Argument(help="A shipped scenario name or a YAML file.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default: scenario's).")]

@@ -54,7 +54,11 @@ CORE = (
     "orchestrator/forkplan.py",
     "orchestrator/sagafilter.py",
     "orchestrator/redact.py",
+    "simulator/__init__.py",  # runs before the simulator's core modules: it imports nothing
     "simulator/calibrate.py",  # fitting a scenario to journal rows: pure, the CLI reads them
+    "simulator/explore.py",  # seeded crash orderings through the driver: the seed's rng passed in
+    "simulator/explore_checks.py",  # the invariants checked after each explored seed
+    "simulator/explore_world.py",  # the explored world: faults, a fencing store, services
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "orchestrator" / "policies").glob("*.py")),
     "edge/__init__.py",  # runs before the edge's policies: it imports nothing
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "edge" / "policies").glob("*.py")),
