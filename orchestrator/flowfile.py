@@ -128,10 +128,14 @@ def base_url(value: object, where: str) -> str:
         raise refuse("not a string")
     if any(c.isspace() for c in value):
         raise refuse("it contains spaces")
-    parts = urlsplit(value)
+    try:  # a malformed IPv6 host ("http://[::1/x") fails in urlsplit itself
+        parts = urlsplit(value)
+        hostname = parts.hostname
+    except ValueError as exc:
+        raise refuse(str(exc)) from None
     if parts.scheme not in ("http", "https"):
         raise refuse("the scheme must be http or https")
-    if not parts.hostname:
+    if not hostname:
         raise refuse("no host")
     try:
         port = parts.port

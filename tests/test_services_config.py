@@ -37,6 +37,8 @@ BAD_URLS = {
     "no-host": ("http:///payments", "host"),
     "spaces": ("http://127.0.0.1:8700/pay ments", "services.payments"),
     "not-a-string": (8700, "services.payments"),
+    "ipv6-unclosed": ("http://[::1/payments", "Invalid IPv6 URL"),
+    "ipv6-not-an-address": ("http://[zz]/payments", "services.payments"),
 }
 
 BAD_BREAKERS = {
