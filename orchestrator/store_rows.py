@@ -56,8 +56,8 @@ def steps_from_json(text: str) -> list[StepRow]:
 def saga_record(
     row: Mapping[str, Any], flow: FlowDefinition, *, lenient: bool = False
 ) -> SagaRecord:
-    """The stored row as a record. A damaged input raises DamagedRecord, or with `lenient`
-    (listings) reads as {} with `damaged` saying why."""
+    """The stored row as a record. A damaged input or status raises DamagedRecord, or with
+    `lenient` (listings) reads as {} / `failed` with `damaged` saying why."""
     damaged = None
     try:
         payload = json.loads(row["input"])
@@ -70,12 +70,22 @@ def saga_record(
                 f"saga {row['id']}: {damaged}; no command can run it until the row is repaired"
             ) from None
         payload = {}
+    try:
+        status = SagaStatus(row["status"])
+    except ValueError:  # a status column written by hand: not one sagalab writes
+        why = f"damaged row: its stored status {row['status']!r} is not a saga status"
+        if not lenient:
+            raise DamagedRecord(
+                f"saga {row['id']}: {why}; no command can run it until the row is repaired"
+            ) from None
+        damaged = f"{damaged}; {why}" if damaged else why
+        status = SagaStatus.FAILED  # listed as held for an operator, with `damaged` saying why
     return SagaRecord(
         id=row["id"],
         damaged=damaged,
         flow=flow,
         input=payload,
-        status=SagaStatus(row["status"]),
+        status=status,
         trace_id=row["trace_id"],
         idempotency_key=row["idempotency_key"],
         reason=row["reason"],

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from apilab import admin_api
 from workerlab import enqueue, order, query
 
 from sagalab.fakeservices import run_in_thread
@@ -54,6 +55,25 @@ def test_a_saga_whose_input_is_not_json_is_listed_as_damaged(tmp_path: Path) -> 
     assert shown.returncode == 5, shown.stderr
     lines = shown.stderr.strip().splitlines()
     assert len(lines) == 1 and "not JSON" in lines[0], lines
+
+
+def test_a_saga_whose_status_is_not_one_sagalab_writes_is_listed_as_damaged(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "sagas.db"
+    good, bad = enqueue(db, [order(1), order(2)])
+    tamper(db, "UPDATE sagas SET status = 'bogus' WHERE id = ?", bad)
+    listed = sagalab("orchestrate", "list", "--db", str(db), "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["id"]: r for r in json.loads(listed.stdout)}
+    assert set(rows) == {good, bad}
+    assert "'bogus' is not a saga status" in rows[bad]["damaged"]
+    assert rows[bad]["status"] == "failed" and "damaged" not in rows[good]
+    for command in ("status", "rollback"):  # (`events` shows the journal, which is intact)
+        shown = sagalab("orchestrate", command, bad, "--db", str(db))
+        assert shown.returncode == 5, (command, shown.stderr)
+        lines = shown.stderr.strip().splitlines()
+        assert len(lines) == 1 and "not a saga status" in lines[0], (command, lines)
 
 
 @pytest.mark.parametrize(
@@ -123,3 +143,21 @@ def test_a_damaged_journal_row_is_named_not_a_traceback(
         assert len(lines) == 1 and "journal entry" in lines[0] and saga in lines[0], lines
     listed = sagalab("orchestrate", "list", "--db", str(db), "--json")
     assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+
+
+def test_the_api_lists_a_saga_with_a_damaged_status_and_answers_4xx_for_it(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "sagas.db"
+    good, bad = enqueue(db, [order(1), order(2)])
+    tamper(db, "UPDATE sagas SET status = 'bogus' WHERE id = ?", bad)
+    with admin_api(db) as client:
+        listed = client.get("/v1/sagas")
+        assert listed.status_code == 200, listed.text
+        items = {i["id"]: i for i in listed.json()["items"]}
+        assert set(items) == {good, bad} and "not a saga status" in items[bad]["damaged"]
+        assert client.get(f"/v1/sagas/{good}").status_code == 200
+        shown = client.get(f"/v1/sagas/{bad}")
+        assert shown.status_code == 422 and "not a saga status" in shown.text, shown.text
+        refused = client.post(f"/v1/sagas/{bad}/rollback", json={})
+        assert refused.status_code == 422 and "not a saga status" in refused.text, refused.text
