@@ -267,7 +267,7 @@ def trace_page(trace_id: str, read: SpanRead, source: str, *, csrf: str, actions
         tip = f"{s.name}: {_ms(s.start - t0)} + {_ms(s.end - s.start)}, {_outcome(s)}"
         bar = (
             f'<svg class=span-bar viewBox="0 0 {WIDTH} 10" preserveAspectRatio=none>'
-            f'<rect class="bar {_BARS.get(s.status, "open")}" x="{x:.1f}" y=0 '
+            f'<rect class="bar {_BARS.get(s.status, "unset")}" x="{x:.1f}" y=0 '
             f'width="{width:.1f}" height=10><title>{esc(tip)}</title></rect></svg>'
         )
         note = f" <span class=muted>({row.placed})</span>" if row.placed else ""
