@@ -206,9 +206,9 @@ def span_tree(spans: list[Span]) -> list[Row]:
             if parent_of[s.span_id][0] is not None:
                 continue
             for link in s.links:
-                target = parent_of.get(link.span_id, (None, ""))[0] if link.local else None
-                if target is not None and target != s.span_id:
-                    parent_of[s.span_id], changed = (target, "follows"), True
+                beside = parent_of.get(link.span_id, (None, ""))[0] if link.local else None
+                if beside is not None and beside != s.span_id:
+                    parent_of[s.span_id], changed = (beside, "follows"), True
                     break
         if not changed:
             break
