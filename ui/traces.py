@@ -17,10 +17,13 @@ import json
 import os
 import re
 import stat
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from .pages import esc, layout, when
 
 __all__ = [
     "MAX_SPANS",
@@ -40,6 +43,8 @@ MAX_SPANS = 2000
 MAX_LINE = 1024 * 1024
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _SPAN_ID = re.compile(r"[0-9a-f]{16}")
+#: One file read at a time: a burst of requests holds one window in memory, not one each.
+_READING = threading.Lock()
 
 
 class TraceUrlError(ValueError):
@@ -99,7 +104,10 @@ class SpanRead:
 
 
 def _nanos(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    """A time in nanoseconds as OTLP has it (an unsigned 64-bit integer), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return None
 
 
 def _span(obj: object, trace_id: str) -> Span | None:
@@ -118,13 +126,11 @@ def _span(obj: object, trace_id: str) -> Span | None:
     resource = resource if isinstance(resource, dict) else {}
     code = status.get("code") if isinstance(status, dict) else None
     links = []
-    for link in obj.get("links") or []:
+    for link in obj.get("links") if isinstance(obj.get("links"), list) else []:
         if isinstance(link, dict) and isinstance(link.get("span_id"), str):
-            kind = (
-                (link.get("attributes") or {}) if isinstance(link.get("attributes"), dict) else {}
-            )
-            local = link.get("trace_id") == trace_id
-            links.append(Link(link["span_id"], local, str(kind.get("sagalab.link", "link"))))
+            kind = link.get("attributes")
+            kind = kind.get("sagalab.link", "link") if isinstance(kind, dict) else "link"
+            links.append(Link(link["span_id"], link.get("trace_id") == trace_id, str(kind)))
     return Span(
         span_id=sid,
         parent_id=parent,
@@ -141,21 +147,28 @@ def _span(obj: object, trace_id: str) -> Span | None:
 def read_spans(path: str | Path, trace_id: str, *, max_bytes: int = MAX_TRACE_BYTES) -> SpanRead:
     """The spans of `trace_id` in the JSON-lines file `path` (its last `max_bytes`), in start
     order, one per span id. OSError if it cannot be read (a missing file has no spans)."""
+    with _READING:
+        return _read(path, trace_id, max_bytes)
+
+
+def _read(path: str | Path, trace_id: str, max_bytes: int) -> SpanRead:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the console
     except FileNotFoundError:
         return SpanRead([], missing=True)
+    facts = os.fstat(fd)
+    if not stat.S_ISREG(facts.st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    size = facts.st_size
     with os.fdopen(fd, "rb") as f:
-        size = os.fstat(fd).st_size
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path} is not a regular file")
         truncated = size > max_bytes
-        if truncated:
-            f.seek(size - max_bytes)
-        data = f.read(max_bytes)
+        if truncated:  # from the byte before the window: a line cut by it is dropped whole
+            f.seek(size - max_bytes - 1)
+        data = f.read(max_bytes + 1 if truncated else max_bytes)
     lines = data.split(b"\n")
     if truncated:
-        lines = lines[1:]  # the first line was cut by the window
+        lines = lines[1:]  # the piece before the first newline (empty if none was cut)
     needle = trace_id.encode()
     spans: dict[str, Span] = {}
     skipped = 0
@@ -254,8 +267,6 @@ def _outcome(span: Span) -> str:
 def trace_page(trace_id: str, read: SpanRead, source: str, *, csrf: str, actions: bool) -> str:
     """The span tree of one trace (`read` holds at least one span): a row per span, indented
     under its parent, with its bar on the trace's time axis and its links."""
-    from .pages import esc, layout, when  # pages imports nothing of this module
-
     t0 = min(s.start for s in read.spans)
     total = max(max(s.end for s in read.spans) - t0, 1)
     names = {s.span_id: s.name for s in read.spans}
