@@ -125,8 +125,9 @@ def _span(obj: object, trace_id: str) -> Span | None:
     attrs = attrs if isinstance(attrs, dict) else {}
     resource = resource if isinstance(resource, dict) else {}
     code = status.get("code") if isinstance(status, dict) else None
+    raw = obj.get("links")
     links = []
-    for link in obj.get("links") if isinstance(obj.get("links"), list) else []:
+    for link in raw if isinstance(raw, list) else []:
         if isinstance(link, dict) and isinstance(link.get("span_id"), str):
             kind = link.get("attributes")
             kind = kind.get("sagalab.link", "link") if isinstance(kind, dict) else "link"
