@@ -3,7 +3,7 @@ tree the console's `/traces/{trace_id}` page draws; and the link to an outside t
 
 The file is read, never trusted: only its last `MAX_TRACE_BYTES` (the newest spans: the file
 only grows), a line that mentions the trace but is not a span is skipped and counted, at most
-`MAX_SPANS` spans are kept, and a FIFO or a directory is never opened for reading.
+`MAX_SPANS` spans are kept, and a FIFO or a directory is refused before anything is read.
 
 The tree: a span hangs under its parent when the file holds it; a saga's run span has no
 parent but the API's submit span links to it, so it hangs under that span ("linked"); a later
@@ -28,6 +28,7 @@ from .pages import esc, layout, when
 __all__ = [
     "MAX_SPANS",
     "MAX_TRACE_BYTES",
+    "Link",
     "Row",
     "Span",
     "SpanRead",
@@ -35,6 +36,7 @@ __all__ = [
     "check_trace_url",
     "read_spans",
     "span_tree",
+    "trace_page",
     "valid_trace_id",
 ]
 
