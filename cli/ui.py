@@ -55,6 +55,22 @@ def ui(
     open_browser: Annotated[
         bool, typer.Option("--open/--no-open", help="Open the console in a browser.")
     ] = False,
+    trace_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--trace-file",
+            help="The JSON-lines span file the processes write (--trace-file of worker, "
+            "stack up...): each saga's trace id links to its span tree.",
+        ),
+    ] = None,
+    trace_url: Annotated[
+        str | None,
+        typer.Option(
+            "--trace-url",
+            help="Link trace ids to a tracing UI too: an http(s) URL template with "
+            "{trace_id}, e.g. http://127.0.0.1:16686/trace/{trace_id} (Jaeger).",
+        ),
+    ] = None,
     fd: Annotated[
         int | None,
         typer.Option(
@@ -69,11 +85,25 @@ def ui(
             f"--host {host}: the console has no login and listens on 127.0.0.1 only",
             EXIT_USAGE,
         )
+    if trace_url is not None:
+        from sagalab.ui.traces import TraceUrlError, check_trace_url
+
+        try:
+            check_trace_url(trace_url)
+        except TraceUrlError as exc:
+            raise fail(str(exc), EXIT_USAGE) from None
+    if trace_file is not None and trace_file.exists() and not trace_file.is_file():
+        raise fail(f"--trace-file {trace_file} is not a file of spans", EXIT_USAGE)
     with handled():
         open_store(db, read_only=True).close()  # a saga database, or exit 5 before serving
     from sagalab.ui import create_app  # FastAPI's import cost only for this command
 
-    app = create_app(typed(db) if isinstance(db, Path) else db, allow_actions=allow_actions)
+    app = create_app(
+        typed(db) if isinstance(db, Path) else db,
+        allow_actions=allow_actions,
+        trace_file=trace_file.resolve() if trace_file is not None else None,
+        trace_url=trace_url,
+    )
     if fd is not None:  # `stack up` bound 127.0.0.1:PORT itself, as for its other components
         sock = socket.socket(fileno=fd)
         sock.listen(128)

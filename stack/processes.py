@@ -507,6 +507,8 @@ def _start_ui(config: StackConfig, db: str, logs: Path) -> Component:
         url = f"http://127.0.0.1:{port}"
         command = _python("sagalab.cli.main", "ui", "--db", db, "--fd", str(sock.fileno()))
         command += ["--allow-actions"] if config.ui_actions else []
+        # The file every component appends its spans to: trace ids link to their tree.
+        command += ["--trace-file", config.trace_file] if config.trace_file else []
         return _spawn(
             "ui", "ui", command, logs, url=url + "/", health=f"{url}/healthz",
             pass_fds=(sock.fileno(),), port=port,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -318,6 +319,47 @@ def test_a_saga_through_the_edge_is_one_trace_from_the_edge_to_every_attempt(
     ]
     services = {s["resource"]["service.name"] for s in by_id.values()}  # type: ignore[index]
     assert services == {"sagalab-edge", "sagalab-gateway", "sagalab-api", "sagalab-worker"}
+
+
+def test_the_console_links_a_saga_to_its_trace_from_the_edge_to_every_attempt(
+    stack: StackState,
+) -> None:
+    """`stack up --trace-file` hands its file to the console too: the saga page's trace id
+    links to the tree the edge, gateway, API and worker spans make."""
+    if not HAS_WORKER or not stack.ui_url:
+        pytest.skip("no worker or no console in this tree")
+    with httpx.Client(
+        base_url=stack.edge_url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=5
+    ) as c:
+        r = c.post("/v1/sagas", json={"flow": "checkout", "input": {**ORDER, "order_id": "o-ct"}})
+        assert r.status_code == 202
+        saga = r.json()["id"]
+        assert follow(c, r.headers["location"]) == "completed"
+        trace = c.get(f"/v1/sagas/{saga}").json()["trace_id"]
+    page = httpx.get(f"{stack.ui_url}sagas/{saga}", timeout=5).text
+    assert f'href="/traces/{trace}"' in page
+    expected = [
+        (0, "edge"),
+        (1, "gateway"),
+        (2, "POST /v1/sagas"),
+        (3, "saga checkout"),
+        (4, "action reserve_inventory"),
+        (4, "action charge_payment"),
+        (4, "action create_shipment"),
+        (4, "action send_confirmation"),
+    ]
+
+    def tree() -> list[tuple[int, str]] | None:
+        answer = httpx.get(f"{stack.ui_url}traces/{trace}", timeout=5)
+        rows = [
+            (int(d), n if n.startswith(("POST", "saga", "action")) else n.split(" ")[0])
+            for d, n in re.findall(
+                r'class=span data-depth="(\d+)" data-name="([^"]*)"', answer.text
+            )
+        ]
+        return rows if rows == expected else None
+
+    wait_for(tree, 10, "the console to show the whole trace")
 
 
 def test_killing_a_gateway_keeps_traffic_flowing_and_it_is_restarted(stack: StackState) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from uilab import Console, Sagas, populate
+from uilab import Console, Sagas, populate, traced_saga
 from workerlab import sagalab
 
 from sagalab.fakeservices import RunningServices
@@ -298,3 +298,46 @@ def test_simulation_report_charts(console: str, page: Any, tmp_path: Path) -> No
     assert page.locator("#sim-charts figure.chart").count() == 3
     assert page.locator("#sim-charts i").count() == 0
     assert shutil.which("chromium") or Path(CHROMIUM).exists()
+
+
+def test_the_trace_link_opens_the_span_tree_of_the_sagas_attempts(
+    lab: RunningServices, page: Any, tmp_path: Path
+) -> None:
+    """A saga an API and a worker traced into a file: its page's trace id is a link to the
+    console's span tree, where its run and attempts hang under the API's submit span."""
+    spans = tmp_path / "spans.jsonl"
+    saga, trace = traced_saga(tmp_path / "sagas.db", lab, spans)
+    running = Console(str(tmp_path / "sagas.db"), "--trace-file", str(spans))
+    try:
+        page.goto(f"{running.url}/sagas/{saga}")
+        lanes(page)
+        assert page.text_content("#trace-id") == trace
+        page.click("#trace-link")
+        page.wait_for_url(f"**/traces/{trace}")
+        rows = page.eval_on_selector_all(
+            "tr.span", "rs => rs.map(r => [Number(r.dataset.depth), r.dataset.name])"
+        )
+        assert rows == [
+            [0, "POST /v1/sagas"],
+            [1, "saga checkout"],
+            [2, "action reserve_inventory"],
+            [2, "action charge_payment"],
+            [2, "action create_shipment"],
+            [2, "compensation charge_payment"],
+            [2, "compensation reserve_inventory"],
+        ]
+        refused = page.locator("tr.span[data-name='action create_shipment']")
+        assert "HTTP 400" in refused.locator("td").nth(4).text_content()
+        assert refused.locator("svg.span-bar rect.bar.failed").count() == 1
+        bars = page.eval_on_selector_all(
+            "tr.span svg.span-bar rect.bar", "rs => rs.map(r => r.getAttribute('class'))"
+        )  # the API's span sets no status; the run rolled back; the pivot was refused
+        assert (
+            bars
+            == ["bar unset", "bar failed", *["bar succeeded"] * 2, "bar failed"]
+            + ["bar succeeded"] * 2
+        )
+        page.click(f"a[href='/sagas/{saga}']")  # and back to the saga
+        page.wait_for_url(f"**/sagas/{saga}")
+    finally:
+        running.stop()

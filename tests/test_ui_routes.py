@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from uilab import XSS, Console, Sagas, populate
+from uilab import XSS, Console, Sagas, populate, traced_saga
 from workerlab import REPO
 
 from sagalab.fakeservices import RunningServices
@@ -312,3 +313,148 @@ def test_console_refuses_a_public_host_and_a_missing_database(tmp_path: Path) ->
     missing = sagalab("ui", "--db", str(tmp_path / "x.db"), "--port", "0")
     assert missing.returncode == 5 and not (tmp_path / "x.db").exists()
     assert REPO.exists()
+
+
+JAEGER = "http://127.0.0.1:16686/trace/{trace_id}"
+SPAN_ROW = re.compile(r'<tr id="span-[0-9a-f]+" class=span data-depth="(\d+)" data-name="([^"]*)"')
+
+
+def span_rows(page: str) -> list[tuple[int, str]]:
+    """The trace page's rows: (depth, span name), top to bottom."""
+    return [(int(d), html.unescape(n)) for d, n in SPAN_ROW.findall(page)]
+
+
+@pytest.fixture(scope="module")
+def traced(
+    lab: RunningServices, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[httpx.Client, str, str, Path]]:
+    """A console with `--trace-file` and `--trace-url` over a saga a real API and worker
+    traced into that file: (client, saga id, trace id, trace file)."""
+    where = tmp_path_factory.mktemp("traced")
+    spans = where / "spans.jsonl"
+    saga, trace = traced_saga(where / "sagas.db", lab, spans)
+    running = Console(str(where / "sagas.db"), "--trace-file", str(spans), "--trace-url", JAEGER)
+    try:
+        with httpx.Client(base_url=running.url, timeout=10) as client:
+            yield client, saga, trace, spans
+    finally:
+        running.stop()
+
+
+def test_a_sagas_trace_id_links_to_its_span_tree_and_the_tracing_ui(
+    traced: tuple[httpx.Client, str, str, Path],
+) -> None:
+    client, saga, trace, spans = traced
+    page = client.get(f"/sagas/{saga}").text
+    assert f'href="/traces/{trace}"' in page and "id=trace-link" in page
+    assert f'href="{JAEGER.format(trace_id=trace)}"' in page
+    tree = client.get(f"/traces/{trace}")
+    assert tree.status_code == 200, tree.text
+    assert "script-src 'self'" in tree.headers["content-security-policy"]
+    # The API's submit span (its parent, the caller's, is not in the file), the run it links
+    # to under it, the attempts under the run: compensations after the refused pivot.
+    assert span_rows(tree.text) == [
+        (0, "POST /v1/sagas"),
+        (1, "saga checkout"),
+        (2, "action reserve_inventory"),
+        (2, "action charge_payment"),
+        (2, "action create_shipment"),
+        (2, "compensation charge_payment"),
+        (2, "compensation reserve_inventory"),
+    ]
+    assert "rolled_back" in tree.text and "failed (HTTP 400)" in tree.text
+    assert "(linked)" in tree.text and "is not in the file" in tree.text
+    assert tree.text.count("<svg class=span-bar") == 7
+    assert f'href="/sagas/{saga}"' in tree.text and str(spans) in tree.text
+    assert client.get(f"/traces/{trace.upper()}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("trace_id", "status", "message"),
+    [
+        ("12" * 16, 404, "no spans for this trace in"),
+        ("xyz", 400, "is not a trace id"),
+        ("0" * 32, 400, "is not a trace id"),
+        ("ab" * 17, 400, "is not a trace id"),
+        ("%3Cscript%3E", 400, "is not a trace id"),
+        ("x" * 5000, 400, "is not a trace id"),
+    ],
+    ids=["unknown", "not-hex", "all-zero", "too-long", "markup", "huge"],
+)
+def test_trace_page_answers_404_and_400_never_500(
+    traced: tuple[httpx.Client, str, str, Path], trace_id: str, status: int, message: str
+) -> None:
+    client, _, _, spans = traced
+    answer = client.get(f"/traces/{trace_id}")
+    assert answer.status_code == status, answer.text
+    assert message in html.unescape(answer.text)
+    assert "<script>" not in answer.text.replace('<script src="/static/ui.js"></script>', "")
+    if status == 404:
+        assert str(spans) in answer.text
+
+
+def test_without_a_trace_file_the_trace_id_is_text_and_traces_404(
+    made: tuple[str, Sagas], console: httpx.Client
+) -> None:
+    _, s = made
+    page = console.get(f"/sagas/{s.completed}").text
+    assert "<code id=trace-id>" in page and "/traces/" not in page
+    answer = console.get("/traces/" + "12" * 16)
+    assert answer.status_code == 404 and "--trace-file" in answer.text
+
+
+def test_trace_file_missing_then_with_malformed_lines(
+    traced: tuple[httpx.Client, str, str, Path], tmp_path: Path
+) -> None:
+    """The file is read at each request: not there yet is a 404 saying so; lines that are not
+    spans are skipped and counted; markup in a span is text."""
+    _, saga, trace, spans = traced
+    later = tmp_path / "later.jsonl"
+    running = Console(str(spans.with_name("sagas.db")), "--trace-file", str(later))
+    try:
+        with httpx.Client(base_url=running.url, timeout=10) as client:
+            answer = client.get(f"/traces/{trace}")
+            assert answer.status_code == 404
+            assert "does not exist yet" in answer.text and str(later) in answer.text
+            good = json.loads(
+                next(x for x in spans.read_text().splitlines() if '"saga checkout"' in x)
+            )
+            marked = {**good, "span_id": "ef" * 8, "name": "<script>x()</script>"}
+            lines = [
+                "not json " + trace,
+                json.dumps([trace]),
+                json.dumps({**good, "span_id": "zz"}),
+                json.dumps({**good, "start_time_unix_nano": "soon"}),
+                json.dumps(good),
+                json.dumps(marked),
+                json.dumps(good)[:40] + trace,  # a line cut short by a crash
+            ]
+            later.write_text("\n".join(lines) + "\n")
+            answer = client.get(f"/traces/{trace}")
+            assert answer.status_code == 200, answer.text
+            assert span_rows(answer.text) == [(0, "saga checkout"), (0, "<script>x()</script>")]
+            assert "5 line(s) of this trace are not spans: skipped" in answer.text
+            assert "<script>x()" not in answer.text
+            assert f'href="/sagas/{saga}"' in answer.text
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trace-url", "http://127.0.0.1:16686/trace/"], "has no {trace_id}"),
+        (["--trace-url", "javascript:alert('{trace_id}')"], "is not an http:// or https:// URL"),
+        (["--trace-url", "file:///tmp/{trace_id}"], "is not an http:// or https:// URL"),
+        (["--trace-file", "."], "is not a file of spans"),
+    ],
+    ids=["no-placeholder", "javascript", "file", "directory"],
+)
+def test_bad_trace_options_exit_2_with_one_line(
+    made: tuple[str, Sagas], args: list[str], message: str
+) -> None:
+    from workerlab import sagalab
+
+    r = sagalab("ui", "--db", made[0], "--port", "0", *args)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -4,7 +4,8 @@
 against the fake services: one completed, one rolled back (the pivot refused), one failed (its
 compensation refused), one crash-resumed (the process SIGKILLed after the charge's call,
 then `resume` takes the dead owner's lease over), one whose input holds a `<script>`, one
-queued (pending) and one of another tenant. `Console` starts `sagalab ui` as a subprocess on
+queued (pending) and one of another tenant. `traced_saga` makes one whose spans a real API
+and worker write to a trace file. `Console` starts `sagalab ui` as a subprocess on
 a free port of 127.0.0.1 and reads the URL it prints. Not a test module.
 """
 
@@ -17,14 +18,17 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
-from workerlab import REPO, order, sagalab, wait_for
+from apilab import admin_api
+from workerlab import REPO, Workers, order, sagalab, wait_for
 
 from sagalab.fakeservices import FaultSpec, RunningServices
 from sagalab.orchestrator.flowfile import load_flow
 from sagalab.orchestrator.runner import new_saga_id, new_trace_id
 from sagalab.orchestrator.stores import open_store
+from sagalab.orchestrator.tracing import setup_tracing
 
 XSS = "<script>window.__pwned = 1</script><img src=x onerror='window.__pwned = 2'>"
 
@@ -116,6 +120,37 @@ def populate(db: str, services: RunningServices) -> Sagas:
     done = sagalab("orchestrate", "resume", resumed, "--db", db, env=env)
     assert done.returncode == 0, done.stderr
     return Sagas(completed, rolled_back, failed, resumed, xss, pending, other)
+
+
+def traced_saga(db: Path, services: RunningServices, spans: Path) -> tuple[str, str]:
+    """A checkout rolled back (shipping refuses the pivot), submitted to a real API tracing
+    into `spans` under a caller's `traceparent`, then run by a real `sagalab worker
+    --trace-file spans`: its id and trace id. The trace: the API's submit span (its parent,
+    the caller's, is not in the file), the worker's run linked from it, five attempts."""
+    services.lab.reset()
+    services.lab.add_fault(FaultSpec(service="shipping", status=400))
+    trace = new_trace_id()
+    tracing = setup_tracing("sagalab-api", spans, None)
+    assert tracing is not None
+    try:
+        with admin_api(db, tracing=tracing) as api:
+            r = api.post(
+                "/v1/sagas",
+                json={"flow": "checkout", "input": order(1)},
+                headers={"traceparent": f"00-{trace}-{'cd' * 8}-01"},
+            )
+            assert r.status_code == 202, r.text
+            saga = str(r.json()["id"])
+    finally:
+        tracing.shutdown()
+    workers = Workers(db, services.env, spans.with_name("logs"))
+    try:
+        w = workers.start("--exit-when-idle", "0.5", "--poll", "0.05", "--trace-file", str(spans))
+        assert w.proc.wait(timeout=30) == 0, w.stderr()
+    finally:
+        workers.stop_all()
+        services.lab.clear_faults()
+    return saga, trace
 
 
 class Console:

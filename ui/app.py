@@ -43,6 +43,7 @@ from sagalab.orchestrator.views import saga_summary, saga_view
 from . import pages
 from .simcharts import MAX_REPORT_BYTES, ReportError, render_report
 from .timeline import build_timeline, summary
+from .traces import check_trace_url, read_spans, trace_page, valid_trace_id
 
 __all__ = ["PAGE_SIZE", "ListQuery", "create_app", "list_sagas", "status_for"]
 
@@ -170,8 +171,15 @@ def create_app(
     *,
     allow_actions: bool = False,
     clock: Callable[[], float] = time.time,
+    trace_file: str | Path | None = None,
+    trace_url: str | None = None,
 ) -> FastAPI:
-    """The console over the saga database `db` (a SQLite path or a PostgreSQL URL)."""
+    """The console over the saga database `db` (a SQLite path or a PostgreSQL URL). With
+    `trace_file` (a `--trace-file` the processes append spans to) it serves each trace's span
+    tree at /traces/{trace_id}; with `trace_url` (a template holding `{trace_id}`: Jaeger's
+    `http://127.0.0.1:16686/trace/{trace_id}`) a saga's trace id links there too."""
+    if trace_url is not None:
+        check_trace_url(trace_url)
     app = FastAPI(title="sagalab console", docs_url=None, redoc_url=None, openapi_url=None)
     token = secrets.token_urlsafe(32)
     readers = _PerThread(lambda: open_store(db, readonly=True, create=False))
@@ -246,10 +254,44 @@ def create_app(
         view = saga_view(record, store.steps(saga_id), entries, forks=store.forks(saga_id))
         return view, entries, record
 
+    def trace_links(trace_id: str) -> list[tuple[str, str]]:
+        valid = valid_trace_id(trace_id)
+        links = []
+        if valid and trace_file is not None:
+            links.append(("the trace's spans", f"/traces/{valid}"))
+        if valid and trace_url is not None:
+            links.append(("open in the tracing UI", trace_url.replace("{trace_id}", valid)))
+        return links
+
     @app.get("/sagas/{saga_id}", response_class=HTMLResponse)
     def saga(saga_id: str) -> HTMLResponse:
         view, entries, _ = _saga(saga_id)
-        return page(pages.saga_page(view, _calls(entries), csrf=token, actions=allow_actions))
+        links = trace_links(view["trace_id"])
+        html = pages.saga_page(
+            view, _calls(entries), csrf=token, actions=allow_actions, trace_links=links
+        )
+        return page(html)
+
+    @app.get("/traces/{trace_id}", response_class=HTMLResponse)
+    def trace(trace_id: str) -> HTMLResponse:
+        valid = valid_trace_id(trace_id)
+        if valid is None:
+            raise BadRequest(f"{trace_id[:MAX_ID]!r} is not a trace id (32 hex digits)")
+        if trace_file is None:
+            raise BadRequest(
+                "this console reads no spans: start it with --trace-file PATH "
+                "(`stack up --trace-file` passes its file to the console)",
+                404,
+            )
+        try:
+            read = read_spans(trace_file, valid)
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise BadRequest(f"cannot read the trace file {trace_file}: {reason}", 503) from None
+        if not read.spans:
+            yet = " (the file does not exist yet)" if read.missing else ""
+            raise BadRequest(f"no spans for this trace in {trace_file}{yet}", 404)
+        return page(trace_page(valid, read, str(trace_file), csrf=token, actions=allow_actions))
 
     @app.get("/api/sagas/{saga_id}/timeline")
     def timeline(saga_id: str) -> dict[str, Any]:

@@ -192,14 +192,34 @@ def _action_bar(view: Mapping[str, Any]) -> str:
     )
 
 
+def _trace_fact(trace_id: str, links: Sequence[tuple[str, str]]) -> str:
+    """The trace id, a link to the first of `links` ((label, href): this console's span
+    tree, an outside tracing UI), the others beside it."""
+    code = f"<code id=trace-id>{esc(trace_id)}</code>"
+    anchors = [
+        f'<a href="{esc(href)}" title="{esc(label)}"'
+        + ("" if href.startswith("/") else ' rel="noopener noreferrer"')
+        for label, href in links
+    ]
+    if not anchors:
+        return code
+    rest = "".join(
+        f" {a} class=trace-link>{esc(label)}</a>"
+        for a, (label, _) in zip(anchors[1:], links[1:], strict=True)
+    )
+    return f"{anchors[0]} id=trace-link>{code}</a>{rest}"
+
+
 def saga_page(
     view: Mapping[str, Any],
     calls: Mapping[str, Any],
     *,
     csrf: str,
     actions: bool,
+    trace_links: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """One saga: summary, timeline (drawn by the script), steps, input, actions."""
+    """One saga: summary, timeline (drawn by the script), steps, input, actions; the trace id
+    links to each of `trace_links` ((label, href))."""
     sid = esc(view["id"])
     forks = ", ".join(f'<a href="/sagas/{esc(f)}">{esc(f)}</a>' for f in view.get("forks", []))
     parent = view.get("forked_from")
@@ -211,7 +231,7 @@ def saga_page(
             f"{esc(view['status'])}</span>",
         ),
         ("tenant", esc(view["tenant"])),
-        ("trace id", f"<code id=trace-id>{esc(view['trace_id'])}</code>"),
+        ("trace id", _trace_fact(view["trace_id"], trace_links)),
         ("idempotency key", esc(view.get("idempotency_key")) or "-"),
         ("reason", f"<span id=saga-reason>{esc(view.get('reason')) or '-'}</span>"),
         ("created", esc(when(view["created_at"]))),
