@@ -45,6 +45,7 @@ CHECKS = [
             "sagalab/orchestrator/policies",
             "sagalab/edge/policies",
             "sagalab/simulator/calibrate.py",
+            "sagalab/simulator/paired.py",
         ],
         id="core-strict",
     ),
