@@ -67,7 +67,7 @@ def database_headline(database: Mapping[str, Any]) -> dict[str, float]:
         "db.primary_reads": primary["reads"],
         "db.primary_read_p95": primary["read_latency"]["p95"],
         "db.write_p95": primary["write_latency"]["p95"],
-        "db.replica_reads": sum(r["reads"] for r in database["replicas"]),
+        "db.replica_reads": sum(r["reads"] for r in database["replicas"].values()),
         "db.read_fallbacks": database["fallbacks"],
     }
 

@@ -140,6 +140,26 @@ DEFAULTS: dict[str, Any] = {
         },
         "crashes": [],
     },
+    # The saga database as a station (simulator/database.py); off: a commit is one
+    # `orchestrator.db_write` draw with no queue, as before.
+    "database": {
+        "enabled": False,
+        "engine": "sqlite",  # sqlite: one writer at a time; postgresql: `writers`
+        "writers": 1,
+        "readers": 16,
+        "write_latency": {"dist": "exponential", "mean": 0.001},
+        "read_latency": {"dist": "exponential", "mean": 0.0005},
+        # Status GETs: each saga is read `per_saga` times, every `interval` s from creation.
+        "reads": {"per_saga": 0, "interval": 0.5},
+        # Read replicas: reads go to them in turn, but a read of a saga younger than `lag`
+        # goes to the primary (the replica may not have it yet).
+        "replicas": {
+            "count": 0,
+            "lag": 0.1,
+            "readers": 16,
+            "read_latency": {"dist": "exponential", "mean": 0.0005},
+        },
+    },
     "breakers": {"enabled": True, "fail_max": 5, "reset_timeout": 5.0, "success_threshold": 1},
     "flow": DEFAULT_FLOW,
     "services": {

@@ -49,6 +49,7 @@ from sagalab.orchestrator.policies.autoscaling import AutoscalePolicy
 from sagalab.orchestrator.policies.breaker import Breaker
 from sagalab.orchestrator.saga import Event, EventType, Phase, SagaState, SagaStatus
 
+from .database import Database
 from .errors import ScenarioError
 from .metrics import Histogram, TierStats
 from .stations import Service
@@ -148,6 +149,7 @@ class Orchestrator:
         autoscale: AutoscalePolicy | None,
         autoscale_interval: float,
         finished: Callable[[Saga, float], None],
+        database: Database | None = None,
     ) -> None:
         self.env = env
         self.rng = rng
@@ -172,6 +174,9 @@ class Orchestrator:
         self.reaper_interval = reaper_interval
         self.startup_delay = startup_delay
         self.db_write = db_write
+        # The database as a station (claims and commits queue for its writers), or None: a
+        # commit is then one `db_write` draw with no queue.
+        self.database = database
         self.autoscale = autoscale
         self.autoscale_interval = autoscale_interval
         self.finished = finished
@@ -334,6 +339,7 @@ class Orchestrator:
         env = self.env
         timeout = env.timeout
         db = self.db_write
+        write = self.database.write if self.database is not None else None
         journal = saga.journal
         routes = self.routes
         breakers = self.breakers
@@ -341,6 +347,9 @@ class Orchestrator:
         replica.leased[saga] = None
         now = saga.run_started = env.now
         self.run_stats.enter(now)
+        if write is not None:
+            yield write()  # the claim: an atomic UPDATE of the queue row
+            now = env.now
         driver = drive(saga.state, saga_id=saga.id, now=now, rng=self.rng, gates=self.gates)
         send = driver.send
         effect = next(driver)
@@ -353,7 +362,8 @@ class Orchestrator:
                 breaker = breakers[effect.service]
                 effect = send(None if breaker.allow(now) else breaker.retry_after(now))
             if type(effect) is Call:
-                yield timeout(db())  # the attempt's start is durable before the call
+                # The attempt's start is durable before the call.
+                yield timeout(db()) if write is None else write()
                 journal.extend(effect.events)
                 saga.flushed = len(journal)
                 name = effect.step
@@ -371,7 +381,7 @@ class Orchestrator:
                         breaker.record_failure(now)
                     effect = send(None)
             elif type(effect) is Commit:
-                yield timeout(db())  # one DB write for everything noted
+                yield timeout(db()) if write is None else write()  # one write for all noted
                 journal.extend(effect.events)
                 saga.flushed = len(journal)
                 now = env.now

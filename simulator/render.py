@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -150,7 +151,9 @@ def render_sweep(console: Console, rows: Sequence[Mapping[str, Any]], keys: Sequ
 
 
 def _num(x: float) -> str:
-    return f"{x:.4g}"
+    if abs(x) >= 1000 or x == int(x):
+        return f"{x:,.0f}"
+    return f"{x:.3g}"
 
 
 def render_compare(console: Console, result: Mapping[str, Any]) -> None:
@@ -158,19 +161,20 @@ def render_compare(console: Console, result: Mapping[str, Any]) -> None:
     seeds = result["seeds"]
     base, variant = result["base"]["name"], result["variant"]["name"]
     table = Table(
-        title=f"{variant} against {base}: {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), "
-        "variant - base with its paired 95 % interval"
+        title=f"{variant} - {base}, {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}): "
+        "means, difference, paired 95 % interval (* significant)",
+        box=box.SIMPLE,
     )
-    for col in ("figure", "base", "variant", "difference", "95 % interval", ""):
-        table.add_column(col, justify="left" if col == "figure" else "right", no_wrap=True)
+    for col in ("", "figure", "base", "variant", "diff", "95 % interval"):
+        table.add_column(col, justify="left" if col in ("", "figure") else "right", no_wrap=True)
     for name, f in result["figures"].items():
         table.add_row(
+            "[bold]*[/bold]" if f["significant"] else "",
             name,
             _num(f["base"]),
             _num(f["variant"]),
             _num(f["difference"]),
             f"[{_num(f['low'])}, {_num(f['high'])}]",
-            "[bold]significant[/bold]" if f["significant"] else "[dim]n.s.[/dim]",
         )
     console.print(table)
     bad = result["invariants_failed"]

@@ -167,6 +167,8 @@ def build_report(sim: Simulation, now: float) -> dict[str, Any]:
         "invariants_failed": sum(not v["ok"] for v in invariants.values()),
         "faults": _windows(sim),
     }
+    if sim.database is not None:  # only then, so a report without it stays as it was
+        report["database"] = sim.database.report()
     report["claims"] = evaluate(sim.config.get("claims") or [], report, sim.series)
     return report
 
