@@ -153,6 +153,8 @@ BOUNDS: dict[str, Bound] = {
     "database.replicas.lag": SECONDS,
     "database.replicas.readers": Bound(1, MAX_SIM_CONCURRENCY, "concurrent reads", whole=True),
     **_group("database.replicas.read_latency", _LATENCY_KEYS),
+    "database.cache.ttl": SECONDS,
+    "database.cache.flushes[]": SECONDS,
     "breakers.fail_max": THRESHOLD,
     "breakers.reset_timeout": SECONDS,
     "breakers.success_threshold": THRESHOLD,

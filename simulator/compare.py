@@ -63,13 +63,18 @@ def headline(report: Mapping[str, Any], series: Sequence[Mapping[str, float]]) -
 def database_headline(database: Mapping[str, Any]) -> dict[str, float]:
     """The database's figures (when the scenario models it): load and latency at the primary."""
     primary = database["primary"]
-    return {
+    cache = database.get("cache")
+    out = {
         "db.primary_reads": primary["reads"],
         "db.primary_read_p95": primary["read_latency"]["p95"],
         "db.write_p95": primary["write_latency"]["p95"],
         "db.replica_reads": sum(r["reads"] for r in database["replicas"].values()),
         "db.read_fallbacks": database["fallbacks"],
     }
+    if cache is not None:
+        out["db.cache_hit_ratio"] = cache["hit_ratio"]
+        out["db.cache_stale_hits"] = cache["stale_hits"]
+    return out
 
 
 def run_seed(config: dict[str, Any], seed: int, duration: float | None) -> dict[str, Any]:

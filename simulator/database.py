@@ -34,9 +34,14 @@ from .errors import ScenarioError
 from .metrics import TierStats
 from .stations import Job, Station, sampler
 
-__all__ = ["ENGINES", "Database", "database_from", "route_read"]
+__all__ = ["ENGINES", "Database", "cache_hit", "database_from", "route_read"]
 
 ENGINES = ("sqlite", "postgresql")
+
+
+def cache_hit(cached_at: float, now: float, ttl: float) -> bool:
+    """A status cached at `cached_at` answers a read at `now` while it is younger than `ttl`."""
+    return now - cached_at < ttl
 
 
 def route_read(age: float, *, lag: float, replicas: int, turn: int) -> int | None:
@@ -88,6 +93,20 @@ class Database:
         self.fallbacks = 0
         self.peak_write_queue = 0
         self.polling = 0  # sagas whose client has status reads still to make
+        c = node.node("cache")
+        # saga id -> (when its status was cached, its journal length then); None: no cache.
+        self.cache: dict[int, tuple[float, int]] | None = {} if c.flag("enabled", False) else None
+        self.ttl = c.num("ttl", min=0.0)
+        self.flush_at = [f.data for f in c.items("flushes")]
+        for i, at in enumerate(self.flush_at):
+            if isinstance(at, bool) or not isinstance(at, int | float):
+                raise ScenarioError(f"{c.path}.flushes[{i}]", f"must be seconds, got {at!r}")
+            timer = env.timeout(float(at))
+            timer.callbacks.append(lambda _ev: self.flush())
+        self.cache_reads = 0
+        self.cache_hits = 0
+        self.stale_hits = 0
+        self.flushes = 0
 
     # --- writes -------------------------------------------------------------------------------
 
@@ -104,18 +123,37 @@ class Database:
 
     # --- reads --------------------------------------------------------------------------------
 
-    def poll(self, born: float) -> None:
-        """A saga was created at `born`: its client reads its status `per_saga` times."""
+    def poll(self, born: float, saga: Any) -> None:
+        """`saga` was created at `born`: its client reads its status `per_saga` times."""
         if self.per_saga:
             self.polling += 1
-            self._next_poll(born, 1)
+            self._next_poll(born, saga, 1)
 
-    def _next_poll(self, born: float, k: int) -> None:
+    def _next_poll(self, born: float, saga: Any, k: int) -> None:
         timer = self.env.timeout(born + k * self.interval - self.env.now)
-        timer.callbacks.append(lambda _ev: self._read(born, k))
+        timer.callbacks.append(lambda _ev: self._read(born, saga, k))
 
-    def _read(self, born: float, k: int) -> None:
+    def _read(self, born: float, saga: Any, k: int) -> None:
         now = self.env.now
+        if k < self.per_saga:
+            self._next_poll(born, saga, k + 1)
+        else:
+            self.polling -= 1
+        cache = self.cache
+        if cache is not None:
+            self.cache_reads += 1
+            # What the status says: its committed journal (every commit changes it).
+            version = len(saga.journal)
+            entry = cache.get(saga.id)
+            if k == self.per_saga:  # the last read of it: the entry is not needed after
+                cache.pop(saga.id, None)
+            if entry is not None and cache_hit(entry[0], now, self.ttl):
+                self.cache_hits += 1
+                if entry[1] != version:
+                    self.stale_hits += 1  # the answer is older than the journal
+                return
+            if k < self.per_saga:
+                cache[saga.id] = (now, version)
         target = route_read(now - born, lag=self.lag, replicas=len(self.replicas), turn=self.turn)
         if target is None:
             if self.replicas:
@@ -126,10 +164,12 @@ class Database:
             self.turn += 1
             self.replica_reads[target] += 1
             self.replicas[target].submit(None, _nothing)
-        if k < self.per_saga:
-            self._next_poll(born, k + 1)
-        else:
-            self.polling -= 1
+
+    def flush(self) -> None:
+        """The cache restarts empty (a cold start): every read misses until it is refilled."""
+        if self.cache is not None:
+            self.cache.clear()
+            self.flushes += 1
 
     @property
     def busy(self) -> bool:
@@ -153,7 +193,7 @@ class Database:
 
     def report(self) -> dict[str, Any]:
         """The report's `database` section."""
-        return {
+        out: dict[str, Any] = {
             "engine": self.engine,
             "writers": self.writers,
             "primary": {
@@ -171,6 +211,18 @@ class Database:
             "lag": self.lag,
             "fallbacks": self.fallbacks,
         }
+        if self.cache is not None:  # only then, so a report without a cache stays as it was
+            out["cache"] = {
+                "ttl": self.ttl,
+                "reads": self.cache_reads,
+                "hits": self.cache_hits,
+                "hit_ratio": round(self.cache_hits / self.cache_reads, 6)
+                if self.cache_reads
+                else 0.0,
+                "stale_hits": self.stale_hits,
+                "flushes": self.flushes,
+            }
+        return out
 
 
 def _written(job: Job) -> None:
@@ -185,7 +237,7 @@ def _nothing(_job: Job) -> None:
 
 def database_from(
     env: simpy.Environment, root: Node, seed: int
-) -> tuple[Database | None, Callable[[float], None] | None]:
+) -> tuple[Database | None, Callable[[float, Any], None] | None]:
     """The scenario's database (None when `database.enabled` is false) and its poll hook."""
     node = root.node("database")
     if not node.flag("enabled", False):

@@ -159,6 +159,10 @@ DEFAULTS: dict[str, Any] = {
             "readers": 16,
             "read_latency": {"dist": "exponential", "mean": 0.0005},
         },
+        # An in-memory cache in front of the status reads: a saga's status read less than
+        # `ttl` s ago is answered from it (maybe stale); it starts empty and empties again at
+        # each of `flushes` (seconds: restarts, cold starts).
+        "cache": {"enabled": False, "ttl": 1.0, "flushes": []},
     },
     "breakers": {"enabled": True, "fail_max": 5, "reset_timeout": 5.0, "success_threshold": 1},
     "flow": DEFAULT_FLOW,

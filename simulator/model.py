@@ -232,7 +232,7 @@ class Simulation:
         request.saga = saga
         self.orchestrator.enqueue(saga)
         if self._poll is not None:
-            self._poll(now)  # its client will read its status
+            self._poll(now, saga)  # its client will read its status
         return True
 
     def _finished(self, saga: Saga, now: float) -> None:

@@ -1,5 +1,6 @@
 """The database as a station: writes queue for the writers (one for SQLite), status reads for
-read slots, read replicas with a replication lag, and `compare` weighing a replica."""
+read slots, read replicas with a replication lag, a cache in front of the status reads, and
+`compare` weighing a replica and a cache."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 from sagalab.cli.simulate import app
 from sagalab.simulator.compare import compare
 from sagalab.simulator.config import apply_override, check_bounds, configure, load_scenario
-from sagalab.simulator.database import route_read
+from sagalab.simulator.database import cache_hit, route_read
 from sagalab.simulator.errors import ScenarioError
 from sagalab.simulator.model import simulate
 
@@ -132,3 +133,49 @@ def test_compare_a_database_scenario_with_itself() -> None:
     )
     for name, f in result["figures"].items():
         assert f["low"] <= 0 <= f["high"] and not f["significant"], name
+
+
+@pytest.mark.parametrize(
+    ("cached_at", "now", "ttl", "hit"),
+    [(1.0, 1.5, 1.0, True), (1.0, 2.0, 1.0, False), (1.0, 1.0, 0.0, False), (0.0, 9.0, 10, True)],
+    ids=["young", "at-ttl", "no-ttl", "long-ttl"],
+)
+def test_cache_hit(cached_at: float, now: float, ttl: float, hit: bool) -> None:
+    assert cache_hit(cached_at, now, ttl) is hit
+
+
+def test_the_hit_ratio_follows_the_ttl_and_a_restart_costs_misses() -> None:
+    """Polls every 0.25 s with a 1 s TTL: one miss then three hits, a ratio of 3/4; a TTL
+    under the poll interval never hits; a restart empties the cache and costs misses."""
+    warm = _run("checkout-cache", "database.cache.flushes=[]", duration=6)
+    cache = warm["database"]["cache"]
+    assert cache["reads"] == 20 * warm["sagas"]["created"]
+    assert cache["hit_ratio"] == pytest.approx(0.75, abs=0.01)
+    assert warm["database"]["primary"]["reads"] == cache["reads"] - cache["hits"]
+    short = _run(
+        "checkout-cache", "database.cache.flushes=[]", "database.cache.ttl=0.2", duration=4
+    )
+    assert short["database"]["cache"]["hits"] == 0
+    restarted = _run("checkout-cache", "database.cache.flushes=[2, 4]", duration=6)
+    assert restarted["database"]["cache"]["flushes"] == 2
+    assert restarted["database"]["cache"]["hits"] < cache["hits"]
+    assert "cache" not in _run("checkout-read-heavy", duration=2)["database"]
+
+
+def test_a_cache_answers_some_reads_with_a_stale_status() -> None:
+    """A poll before the saga ends, answered from a cache entry taken before a later commit,
+    is stale: polls every 20 ms with a 0.5 s TTL see sagas that take ~0.1 s change."""
+    report = _run(
+        "checkout-cache", "database.reads.interval=0.02", "database.cache.ttl=0.5", duration=4
+    )
+    assert report["database"]["cache"]["stale_hits"] > 0
+
+
+def test_compare_says_a_cache_unloads_the_primary() -> None:
+    result = compare("checkout-read-heavy", "checkout-cache", seeds=3, duration=8, workers=1)
+    figures = result["figures"]
+    reads = figures["db.primary_reads"]
+    assert reads["significant"] and reads["variant"] < 0.3 * reads["base"]
+    assert figures["db.primary_read_p95"]["significant"]
+    # Only one side has a cache: its figures are left out of the comparison.
+    assert "db.cache_hit_ratio" not in figures

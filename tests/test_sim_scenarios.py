@@ -80,6 +80,7 @@ def test_retry_storm_variants_differ_after_the_trigger() -> None:
 # or spike (the code paths whose order could follow addresses or hashes), short enough to be fast.
 CROSS_PROCESS_DURATION = {
     "baseline": 5,
+    "checkout-cache": 5,
     "checkout-read-heavy": 5,
     "checkout-read-replica": 5,
     "ddos": 8,
