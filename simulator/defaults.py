@@ -164,6 +164,16 @@ DEFAULTS: dict[str, Any] = {
         # each of `flushes` (seconds: restarts, cold starts).
         "cache": {"enabled": False, "ttl": 1.0, "flushes": []},
     },
+    # A second region (simulator/regions.py): the last `remote_replicas` orchestrator
+    # replicas run there, `hop` seconds one way from the services and the database; each of
+    # `outages` ({start, end}) takes it down, and its replicas fail over to the first region.
+    "regions": {
+        "enabled": False,
+        "hop": 0.03,
+        "remote_replicas": 1,
+        "outages": [],
+        "failover": {"enabled": True, "delay": 5.0},
+    },
     "breakers": {"enabled": True, "fail_max": 5, "reset_timeout": 5.0, "success_threshold": 1},
     "flow": DEFAULT_FLOW,
     "services": {

@@ -30,6 +30,7 @@ from .edge_model import ClientGroup, Edge, Request
 from .errors import ScenarioError
 from .metrics import Histogram, TierStats
 from .orchestration import Orchestrator, Saga
+from .regions import regions_from
 from .schedule import arrivals, segments
 from .stations import Fault, Service, sampler
 
@@ -140,9 +141,13 @@ class Simulation:
             finished=self._finished,
             database=self.database,
         )
-        self.initial_replicas = o.int("replicas", min=1)
-        for _ in range(self.initial_replicas):
-            self.orchestrator.start_replica(delay=0.0)
+        self.initial_replicas = n = o.int("replicas", min=1)
+        self.regions = regions_from(env, root, n)
+        for i in range(n):
+            remote = self.regions is not None and self.regions.is_remote(i, n)
+            self.orchestrator.start_replica(delay=0.0, remote=remote)
+        if self.regions is not None:
+            self.regions.schedule(self.orchestrator)
         self.orch_crashes = o.items("crashes")
 
         fw = root.node("firewall")

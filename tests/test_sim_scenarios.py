@@ -90,6 +90,7 @@ CROSS_PROCESS_DURATION = {
     "retry-storm": 24,
     "retry-storm-resilient": 24,
     "traffic-spike": 24,
+    "two-regions": 24,
 }
 
 
