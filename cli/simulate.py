@@ -230,6 +230,13 @@ def compare_cmd(
     ] = 5,
     seed: Annotated[int, typer.Option("--seed", help="The first seed.")] = 1,
     duration: DurationOpt = None,
+    set_: SetOpt = None,
+    variant_set: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--variant-set", help="Override a setting of VARIANT only: key.path=value (repeatable)."
+        ),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option("--workers", help=f"Processes (default: all cores; at most {MAX_REPLICAS})."),
@@ -267,6 +274,8 @@ def compare_cmd(
                 variant,
                 seeds=seeds,
                 first_seed=seed,
+                sets=set_ or [],
+                variant_sets=variant_set or [],
                 duration=duration,
                 workers=workers,
                 started=started,

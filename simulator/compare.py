@@ -92,6 +92,8 @@ def compare(
     *,
     seeds: int = 5,
     first_seed: int = 1,
+    sets: Sequence[str] = (),
+    variant_sets: Sequence[str] = (),
     duration: float | None = None,
     workers: int | None = None,
     started: Callable[[int], None] | None = None,
@@ -99,6 +101,8 @@ def compare(
 ) -> dict[str, Any]:
     """Run `base` and `variant` over seeds `first_seed .. first_seed + seeds - 1`.
 
+    `sets` (`key.path=value`) apply to both, `variant_sets` to the variant only (after
+    `sets`): `compare("baseline", "baseline", variant_sets=["orchestrator.replicas=4"])`.
     Returns plain data: the scenarios, the seeds, each figure's base and variant means, mean
     difference, 95 % interval, whether it is significant, and the per-seed values. Figures
     only one side has (a service or a database the other lacks) are left out. ScenarioError
@@ -111,7 +115,10 @@ def compare(
         )
     if not 0 <= first_seed <= 2**32 - 1 - seeds:
         raise ScenarioError("--seed", f"must be 0 to {2**32 - 1 - seeds}, got {first_seed}")
-    configs = [configure(base, duration=duration), configure(variant, duration=duration)]
+    configs = [
+        configure(base, sets, duration=duration),
+        configure(variant, [*sets, *variant_sets], duration=duration),
+    ]
     seed_list = list(range(first_seed, first_seed + seeds))
     jobs = [(side, seed) for seed in seed_list for side in (0, 1)]
     if started is not None:
@@ -154,6 +161,8 @@ def compare(
         "base": {"scenario": base, "name": configs[0].get("name", base)},
         "variant": {"scenario": variant, "name": configs[1].get("name", variant)},
         "seeds": seed_list,
+        "sets": list(sets),
+        "variant_sets": list(variant_sets),
         "duration": duration,
         "invariants_failed": {
             "base": sum(results[0, s]["invariants_failed"] for s in seed_list),

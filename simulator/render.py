@@ -160,6 +160,8 @@ def render_compare(console: Console, result: Mapping[str, Any]) -> None:
     """Each figure: base and variant means, their difference and its 95 % interval."""
     seeds = result["seeds"]
     base, variant = result["base"]["name"], result["variant"]["name"]
+    if result.get("variant_sets"):
+        variant = f"{variant} ({', '.join(result['variant_sets'])})"
     table = Table(
         title=f"{variant} - {base}, {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}): "
         "means, difference, paired 95 % interval (* significant)",

@@ -135,3 +135,22 @@ def test_missing_file_is_refused_before_anything_runs() -> None:
         compare("baseline", "baseline", seeds=0)
     result = runner.invoke(app, ["compare", "no-such.yaml", "baseline"])
     assert result.exit_code == 2 and "no scenario" in result.stderr
+
+
+def test_variant_set_compares_a_scenario_with_a_changed_copy() -> None:
+    """One replica of 4 workers against two: sagas queue less with two, significantly."""
+    sets = ["orchestrator.replicas=1", "orchestrator.concurrency=4"]
+    result = compare(
+        "baseline",
+        "baseline",
+        seeds=3,
+        duration=8,
+        workers=1,
+        sets=sets,
+        variant_sets=["orchestrator.replicas=2"],
+    )
+    assert result["variant_sets"] == ["orchestrator.replicas=2"]
+    p95 = result["figures"]["e2e_p95"]
+    assert p95["significant"] and p95["high"] < 0
+    bad = runner.invoke(app, ["compare", "baseline", "baseline", "--variant-set", "nope=1"])
+    assert bad.exit_code == 2 and "nope" in bad.stderr
