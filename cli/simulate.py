@@ -42,11 +42,12 @@ from sagalab.simulator.calibrate import (
     calibrate,
     header,
 )
+from sagalab.simulator.compare import MAX_COMPARE_SEEDS, compare
 from sagalab.simulator.config import configure, list_scenarios, merge_defaults, validate
 from sagalab.simulator.errors import SimulationError
 from sagalab.simulator.model import simulate
 from sagalab.simulator.output import write_csv, write_outputs
-from sagalab.simulator.render import render_list, render_summary, render_sweep
+from sagalab.simulator.render import render_compare, render_list, render_summary, render_sweep
 from sagalab.simulator.sweep import parse_grid, sweep
 
 app = typer.Typer(
@@ -219,6 +220,76 @@ def sweep_cmd(
     else:
         render_sweep(Console(highlight=False), rows, [k for k, _ in parsed])
     typer.echo(f"wrote {path}", err=True)
+
+
+@app.command("compare")
+def compare_cmd(
+    base: Annotated[str, typer.Argument(help="The base scenario (shipped name or YAML file).")],
+    variant: Annotated[str, typer.Argument(help="The variant scenario to compare with it.")],
+    seeds: Annotated[
+        int,
+        typer.Option("--seeds", help=f"Seeds to run both over (2 to {MAX_COMPARE_SEEDS})."),
+    ] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="The first seed.")] = 1,
+    duration: DurationOpt = None,
+    set_: SetOpt = None,
+    variant_set: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--variant-set", help="Override a setting of VARIANT only: key.path=value (repeatable)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help=f"Processes (default: all cores; at most {MAX_REPLICAS})."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run BASE and VARIANT over the same seeds; print each figure with the variant's
+    difference and its paired 95 % interval, marking the significant ones.
+
+    Exit 2: a bad scenario file or option (both are validated before anything runs).
+    """
+    label = f"{base} vs {variant}"
+    with _refusals(label):
+        if workers is not None:
+            check("--workers", workers, low=1, high=MAX_REPLICAS, why=REPLICAS_WHY)
+        progress = _progress()
+        progress.columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:.0f}/{task.total:.0f} runs"),
+            TimeElapsedColumn(),
+        )
+        task = progress.add_task(f"compare {label}", total=None)
+        shown = False
+
+        def started(runs: int) -> None:
+            nonlocal shown  # shown once both scenarios are valid: a refusal stays one line
+            progress.update(task, total=runs)
+            progress.start()
+            shown = True
+
+        try:
+            result = compare(
+                base,
+                variant,
+                seeds=seeds,
+                first_seed=seed,
+                sets=set_ or [],
+                variant_sets=variant_set or [],
+                duration=duration,
+                workers=workers,
+                started=started,
+                done=lambda: progress.advance(task),
+            )
+        finally:
+            if shown:
+                progress.stop()
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        render_compare(Console(highlight=False), result)
 
 
 def _observed(store: SagaStore, since: float | None) -> tuple[list[Observed], bool]:

@@ -70,7 +70,7 @@ def list_scenarios() -> dict[str, dict[str, Any]]:
 
 # Mappings whose keys depend on a `kind` or `dist` inside them (a rate schedule, a latency
 # distribution): their keys are checked where they are read, not against the defaults.
-_OPEN = {"rate", "latency", "db_write"}
+_OPEN = {"rate", "latency", "db_write", "write_latency", "read_latency"}
 
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -365,3 +365,14 @@ def check_bounds(config: dict[str, Any], *, duration: float | None = None) -> No
             f"up to {requests:,.0f} requests in {span:g} s is over the limit of "
             f"{MAX_SIM_REQUESTS:,} per run; lower the rates or the duration",
         )
+    database = root.node("database")
+    if database.flag("enabled", False):
+        # Every request may create a saga whose client then reads its status `per_saga` times.
+        reads = requests * database.node("reads").int("per_saga")
+        if requests + reads > MAX_SIM_REQUESTS:
+            raise ScenarioError(
+                "database.reads.per_saga",
+                f"up to {requests:,.0f} requests and {reads:,.0f} status reads in {span:g} s "
+                f"is over the limit of {MAX_SIM_REQUESTS:,} per run; lower the reads, the "
+                "rates or the duration",
+            )

@@ -140,6 +140,40 @@ DEFAULTS: dict[str, Any] = {
         },
         "crashes": [],
     },
+    # The saga database as a station (simulator/database.py); off: a commit is one
+    # `orchestrator.db_write` draw with no queue, as before.
+    "database": {
+        "enabled": False,
+        "engine": "sqlite",  # sqlite: one writer at a time; postgresql: `writers`
+        "writers": 1,
+        "readers": 16,
+        "write_latency": {"dist": "exponential", "mean": 0.001},
+        "read_latency": {"dist": "exponential", "mean": 0.0005},
+        # Status GETs: each saga is read `per_saga` times, every `interval` s from creation.
+        "reads": {"per_saga": 0, "interval": 0.5},
+        # Read replicas: reads go to them in turn, but a read of a saga younger than `lag`
+        # goes to the primary (the replica may not have it yet).
+        "replicas": {
+            "count": 0,
+            "lag": 0.1,
+            "readers": 16,
+            "read_latency": {"dist": "exponential", "mean": 0.0005},
+        },
+        # An in-memory cache in front of the status reads: a saga's status read less than
+        # `ttl` s ago is answered from it (maybe stale); it starts empty and empties again at
+        # each of `flushes` (seconds: restarts, cold starts).
+        "cache": {"enabled": False, "ttl": 1.0, "flushes": []},
+    },
+    # A second region (simulator/regions.py): the last `remote_replicas` orchestrator
+    # replicas run there, `hop` seconds one way from the services and the database; each of
+    # `outages` ({start, end}) takes it down, and its replicas fail over to the first region.
+    "regions": {
+        "enabled": False,
+        "hop": 0.03,
+        "remote_replicas": 1,
+        "outages": [],
+        "failover": {"enabled": True, "delay": 5.0},
+    },
     "breakers": {"enabled": True, "fail_max": 5, "reset_timeout": 5.0, "success_threshold": 1},
     "flow": DEFAULT_FLOW,
     "services": {

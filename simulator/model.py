@@ -25,10 +25,12 @@ from sagalab.orchestrator.policies.breaker import Breaker
 from sagalab.orchestrator.saga import Phase, SagaStatus
 
 from .config import Node
+from .database import database_from
 from .edge_model import ClientGroup, Edge, Request
 from .errors import ScenarioError
 from .metrics import Histogram, TierStats
 from .orchestration import Orchestrator, Saga
+from .regions import regions_from
 from .schedule import arrivals, segments
 from .stations import Fault, Service, sampler
 
@@ -122,6 +124,7 @@ class Simulation:
                 )
             except ValueError as exc:
                 raise ScenarioError("orchestrator.autoscale", str(exc)) from None
+        self.database, self._poll = database_from(env, root, self.seed)
         self.orchestrator = Orchestrator(
             env,
             rng=rng,
@@ -136,10 +139,15 @@ class Simulation:
             autoscale=policy,
             autoscale_interval=a.num("interval", positive=True),
             finished=self._finished,
+            database=self.database,
         )
-        self.initial_replicas = o.int("replicas", min=1)
-        for _ in range(self.initial_replicas):
-            self.orchestrator.start_replica(delay=0.0)
+        self.initial_replicas = n = o.int("replicas", min=1)
+        self.regions = regions_from(env, root, n)
+        for i in range(n):
+            remote = self.regions is not None and self.regions.is_remote(i, n)
+            self.orchestrator.start_replica(delay=0.0, remote=remote)
+        if self.regions is not None:
+            self.regions.schedule(self.orchestrator)
         self.orch_crashes = o.items("crashes")
 
         fw = root.node("firewall")
@@ -228,6 +236,8 @@ class Simulation:
         self.live[saga.id] = saga
         request.saga = saga
         self.orchestrator.enqueue(saga)
+        if self._poll is not None:
+            self._poll(now, saga)  # its client will read its status
         return True
 
     def _finished(self, saga: Saga, now: float) -> None:
@@ -328,6 +338,7 @@ class Simulation:
             "queue": orch.queue_stats,
             "orchestrator": orch.run_stats,
             **{f"service.{n}": s.station.stats for n, s in self.services.items()},
+            **(self.database.tiers() if self.database is not None else {}),
         }
 
     def _sample(self, now: float) -> None:
@@ -358,6 +369,8 @@ class Simulation:
             row[f"breaker_{name}"] = BREAKER_LEVEL.get(breaker.state, 1.0)
         for name, service in self.services.items():
             row[f"busy_{name}"] = service.station.active
+        if self.database is not None:
+            row.update(self.database.sample())
         self.series.append(row)
 
     # --- run ----------------------------------------------------------------------------------
@@ -382,7 +395,7 @@ class Simulation:
             env.run(until=t)
             if progress is not None:
                 progress(t, total)
-        while t < total and (self.live or self.orchestrator.unfinished()):
+        while t < total and (self.live or self.orchestrator.unfinished() or self._busy_db()):
             t = min(t + self.interval, total)
             env.run(until=t)
             if progress is not None:
@@ -390,6 +403,9 @@ class Simulation:
         if progress is not None:
             progress(total, total)
         return RunResult(self._report(env.now), self.series)
+
+    def _busy_db(self) -> bool:
+        return self.database is not None and self.database.busy
 
     def _report(self, now: float) -> dict[str, Any]:
         from .report import build_report

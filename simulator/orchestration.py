@@ -49,6 +49,7 @@ from sagalab.orchestrator.policies.autoscaling import AutoscalePolicy
 from sagalab.orchestrator.policies.breaker import Breaker
 from sagalab.orchestrator.saga import Event, EventType, Phase, SagaState, SagaStatus
 
+from .database import Database
 from .errors import ScenarioError
 from .metrics import Histogram, TierStats
 from .stations import Service
@@ -118,8 +119,10 @@ class Saga:
 class Replica:
     """One orchestrator process: alive after its start-up delay, until it crashes or drains."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, remote: bool = False) -> None:
         self.index = index
+        # Runs in the second region (simulator/regions.py): its calls and writes cross over.
+        self.remote = remote
         self.alive = False
         self.draining = False
         self.workers: list[simpy.Process] = []
@@ -148,6 +151,7 @@ class Orchestrator:
         autoscale: AutoscalePolicy | None,
         autoscale_interval: float,
         finished: Callable[[Saga, float], None],
+        database: Database | None = None,
     ) -> None:
         self.env = env
         self.rng = rng
@@ -172,6 +176,10 @@ class Orchestrator:
         self.reaper_interval = reaper_interval
         self.startup_delay = startup_delay
         self.db_write = db_write
+        # The database as a station (claims and commits queue for its writers), or None: a
+        # commit is then one `db_write` draw with no queue.
+        self.database = database
+        self.hop = 0.0  # seconds one way between the regions (simulator/regions.py sets it)
         self.autoscale = autoscale
         self.autoscale_interval = autoscale_interval
         self.finished = finished
@@ -225,9 +233,10 @@ class Orchestrator:
         """Replicas taking work (not starting, not draining, not dead)."""
         return sum(1 for r in self.replicas if r.alive and not r.draining)
 
-    def start_replica(self, delay: float | None = None) -> None:
-        """Start one replica; it takes work after `delay` (the start-up delay by default)."""
-        replica = Replica(len(self.replicas))
+    def start_replica(self, delay: float | None = None, remote: bool = False) -> None:
+        """Start one replica (in the second region if `remote`); it takes work after `delay`
+        (the start-up delay by default)."""
+        replica = Replica(len(self.replicas), remote)
         self.replicas.append(replica)
         self.starting += 1
         self.env.process(self._boot(replica, self.startup_delay if delay is None else delay))
@@ -240,9 +249,14 @@ class Orchestrator:
         for _ in range(self.concurrency):
             replica.workers.append(self.env.process(self._worker(replica)))
 
-    def crash(self, count: int) -> None:
-        """`count` live replicas die at once; their leased sagas wait for lease expiry."""
-        victims = [r for r in self.replicas if r.alive and not r.draining][:count]
+    def crash(self, count: int, remote: bool | None = None) -> None:
+        """`count` live replicas (of the second region only if `remote` is true, of the first
+        only if false) die at once; their leased sagas wait for lease expiry."""
+        victims = [
+            r
+            for r in self.replicas
+            if r.alive and not r.draining and (remote is None or r.remote is remote)
+        ][:count]
         now = self.env.now
         for replica in victims:
             replica.alive = False
@@ -334,6 +348,10 @@ class Orchestrator:
         env = self.env
         timeout = env.timeout
         db = self.db_write
+        write = self.database.write if self.database is not None else None
+        # A replica in the second region reaches the services and the database across regions:
+        # each call and each write waits one hop there and one back.
+        hop = self.hop if replica.remote else 0.0
         journal = saga.journal
         routes = self.routes
         breakers = self.breakers
@@ -341,6 +359,11 @@ class Orchestrator:
         replica.leased[saga] = None
         now = saga.run_started = env.now
         self.run_stats.enter(now)
+        if hop:
+            yield timeout(2 * hop)  # the claim's round trip to the database
+        if write is not None:
+            yield write()  # the claim: an atomic UPDATE of the queue row
+        now = env.now
         driver = drive(saga.state, saga_id=saga.id, now=now, rng=self.rng, gates=self.gates)
         send = driver.send
         effect = next(driver)
@@ -353,13 +376,18 @@ class Orchestrator:
                 breaker = breakers[effect.service]
                 effect = send(None if breaker.allow(now) else breaker.retry_after(now))
             if type(effect) is Call:
-                yield timeout(db())  # the attempt's start is durable before the call
+                # The attempt's start is durable before the call.
+                yield timeout(db()) if write is None else write()
                 journal.extend(effect.events)
                 saga.flushed = len(journal)
                 name = effect.step
                 service, _breaker, limit = routes[name]
+                if hop:
+                    yield timeout(hop)  # to the services' region
                 call = service.call(saga, name, effect.phase, limit)
                 yield call.event
+                if hop:
+                    yield timeout(hop)  # and the answer back
                 now = env.now
                 failure, unwell = call.outcome
                 effect = send((now, failure, unwell, None))
@@ -371,7 +399,9 @@ class Orchestrator:
                         breaker.record_failure(now)
                     effect = send(None)
             elif type(effect) is Commit:
-                yield timeout(db())  # one DB write for everything noted
+                if hop:
+                    yield timeout(2 * hop)  # the write's round trip to the database
+                yield timeout(db()) if write is None else write()  # one write for all noted
                 journal.extend(effect.events)
                 saga.flushed = len(journal)
                 now = env.now

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["render_list", "render_summary", "render_sweep"]
+__all__ = ["render_compare", "render_list", "render_summary", "render_sweep"]
 
 
 def render_list(console: Console, scenarios: Mapping[str, Mapping[str, Any]]) -> None:
@@ -147,3 +148,40 @@ def render_sweep(console: Console, rows: Sequence[Mapping[str, Any]], keys: Sequ
     for row in rows:
         table.add_row(*(str(row[k]) for k in keys), *(str(row[m]) for m in metrics))
     console.print(table)
+
+
+def _num(x: float) -> str:
+    if abs(x) >= 1000 or x == int(x):
+        return f"{x:,.0f}"
+    return f"{x:.3g}"
+
+
+def render_compare(console: Console, result: Mapping[str, Any]) -> None:
+    """Each figure: base and variant means, their difference and its 95 % interval."""
+    seeds = result["seeds"]
+    base, variant = result["base"]["name"], result["variant"]["name"]
+    if result.get("variant_sets"):
+        variant = f"{variant} ({', '.join(result['variant_sets'])})"
+    table = Table(
+        title=f"{variant} - {base}, {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}): "
+        "means, difference, paired 95 % interval (* significant)",
+        box=box.SIMPLE,
+    )
+    for col in ("", "figure", "base", "variant", "diff", "95 % interval"):
+        table.add_column(col, justify="left" if col in ("", "figure") else "right", no_wrap=True)
+    for name, f in result["figures"].items():
+        table.add_row(
+            "[bold]*[/bold]" if f["significant"] else "",
+            name,
+            _num(f["base"]),
+            _num(f["variant"]),
+            _num(f["difference"]),
+            f"[{_num(f['low'])}, {_num(f['high'])}]",
+        )
+    console.print(table)
+    bad = result["invariants_failed"]
+    if bad["base"] or bad["variant"]:
+        console.print(
+            f"[red]invariants failed[/red]: {bad['base']} in base runs, "
+            f"{bad['variant']} in variant runs (`simulate run` shows which)"
+        )

@@ -167,6 +167,10 @@ def build_report(sim: Simulation, now: float) -> dict[str, Any]:
         "invariants_failed": sum(not v["ok"] for v in invariants.values()),
         "faults": _windows(sim),
     }
+    if sim.database is not None:  # only then, so a report without it stays as it was
+        report["database"] = sim.database.report()
+    if sim.regions is not None:
+        report["regions"] = sim.regions.report()
     report["claims"] = evaluate(sim.config.get("claims") or [], report, sim.series)
     return report
 
@@ -208,6 +212,9 @@ def _windows(sim: Simulation) -> list[dict[str, Any]]:
         start = float(c.get("at", 0))
         end = start + float(c.get("restart_after", sim.duration - start) or 0)
         out.append({"label": f"gateway-{c.get('instance', 0)} down", "start": start, "end": end})
+    if sim.regions is not None:
+        for start, end in sim.regions.windows:
+            out.append({"label": "second region down", "start": start, "end": end})
     for c in sim.orch_crashes:
         start = float(c.get("at", 0))
         out.append({"label": f"{c.get('count', 1)} replica(s) crash", "start": start, "end": start})

@@ -80,6 +80,9 @@ def test_retry_storm_variants_differ_after_the_trigger() -> None:
 # or spike (the code paths whose order could follow addresses or hashes), short enough to be fast.
 CROSS_PROCESS_DURATION = {
     "baseline": 5,
+    "checkout-cache": 5,
+    "checkout-read-heavy": 5,
+    "checkout-read-replica": 5,
     "ddos": 8,
     "gateway-failure": 24,
     "orchestrator-crash": 27,
@@ -87,6 +90,7 @@ CROSS_PROCESS_DURATION = {
     "retry-storm": 24,
     "retry-storm-resilient": 24,
     "traffic-spike": 24,
+    "two-regions": 24,
 }
 
 

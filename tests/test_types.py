@@ -48,6 +48,7 @@ CHECKS = [
             "sagalab/simulator/explore.py",
             "sagalab/simulator/explore_checks.py",
             "sagalab/simulator/explore_world.py",
+            "sagalab/simulator/paired.py",
         ],
         id="core-strict",
     ),
