@@ -113,12 +113,11 @@ def _quantile_points(node: Any) -> list[float]:
 class Job:
     """One item at a station. `payload` belongs to the caller."""
 
-    __slots__ = ("arrived", "started", "ends", "payload", "done", "cancelled", "timer")
+    __slots__ = ("arrived", "ends", "payload", "done", "cancelled", "timer")
 
     def __init__(self, arrived: float, payload: Any, done: Callable[[Job], None]) -> None:
         self.arrived = arrived
-        self.started = -1.0
-        self.ends = -1.0
+        self.ends = -1.0  # when its service ends, once started
         self.payload = payload
         self.done = done
         self.cancelled = False
@@ -154,9 +153,15 @@ class Station:
         """Jobs queued or in service."""
         return self.busy + len(self.queue)
 
-    def submit(self, payload: Any, done: Callable[[Job], None]) -> Job | None:
-        """Queue a job; None if the queue is full (the caller answers 503)."""
-        now = self.env.now
+    def submit(
+        self, payload: Any, done: Callable[[Job], None], now: float | None = None
+    ) -> Job | None:
+        """Queue a job; None if the queue is full (the caller answers 503).
+
+        `now` is env.now, from a caller that has just read it.
+        """
+        if now is None:
+            now = self.env.now
         if self.busy >= self.servers:
             if self.queue_limit is not None and len(self.queue) >= self.queue_limit:
                 return None
@@ -172,7 +177,6 @@ class Station:
     def _start(self, job: Job, now: float) -> None:
         self.busy += 1
         self.in_service[job] = None
-        job.started = now
         duration = self.sample() * self.scale
         job.ends = now + duration
         # The timer carries its job, so one bound callback serves every job of the station.
@@ -180,15 +184,16 @@ class Station:
         timer.callbacks.append(self._on_timer)
 
     def _finish(self, timer: simpy.Event) -> None:
-        job = timer.value
-        assert isinstance(job, Job)  # `_start` gives every timer its job as the value
+        job: Job = timer.value  # `_start` gives every timer its job as the value
         # The timer and its job refer to each other (and a call waiting on the timer to
         # both): unlinked here, a finished request is freed at once instead of waiting for
         # the cyclic GC, which otherwise traverses every saga (measured: -10% CPU per run).
         job.timer = None
         if job.cancelled:
             return
-        now = self.env.now
+        # The timer fired at env.now, scheduled as now + duration by the same float sum as
+        # `job.ends` (SimPy's `schedule`): equal, and read without a property call.
+        now = job.ends
         self.busy -= 1
         self.in_service.pop(job, None)
         sojourn = now - job.arrived
@@ -364,7 +369,7 @@ class Service:
                 call.event = env.event()
                 call.answer(IN_PROGRESS)
                 return call
-        job = self.station.submit(call, self._on_done)
+        job = self.station.submit(call, self._on_done, now)
         if job is None:
             counts["overloaded"] += 1
             call.event = env.event()
