@@ -39,6 +39,7 @@ __all__ = [
     "MAX_SIM_BURST",
     "MAX_SIM_CONCURRENCY",
     "MAX_SIM_DURATION",
+    "MAX_SIM_EVENTS",
     "MAX_SIM_FACTOR",
     "MAX_SIM_KEYS",
     "MAX_SIM_LATENCY",
@@ -58,6 +59,7 @@ __all__ = [
     "MIN_LEASE",
     "MIN_POLL",
     "MIN_SIM_TICK",
+    "SIM_EVENTS_PER_SECOND",
     "check",
 ]
 
@@ -118,6 +120,15 @@ MAX_SIM_REPLICAS = 1000
 #: Expected requests of a whole run (peak rates x duration): at ~10,000 simulated requests per
 #: CPU second, the most a run may cost is about ten minutes.
 MAX_SIM_REQUESTS = 5_000_000
+#: Estimated simulated events of a whole run (`simulator.bounds.estimate_events`: requests x
+#: hops of one request, plus every periodic tick): a full request of the shipped four-step flow
+#: is about 12 events, so this is MAX_SIM_REQUESTS of it, about eight minutes at
+#: SIM_EVENTS_PER_SECOND. Caps what the request bound alone does not: a long flow, or a
+#: thousand gateways health-checked every 10 ms for a simulated day (8.6e9 checks).
+MAX_SIM_EVENTS = 60_000_000
+#: Simulated events per CPU second here (baseline scenario, 2026-11-26), for the estimate the
+#: refusal prints; only a guide, a faster machine runs more.
+SIM_EVENTS_PER_SECOND = 120_000
 #: Runs of one `simulate sweep` (all combinations of its grid values).
 MAX_SWEEP_RUNS = 1000
 #: Saga workers of one simulated replica, and of all replicas together (each is a SimPy

@@ -6,6 +6,11 @@ it uses: a disabled autoscaler's `max` is never read, and a type check alone let
 scenario instead (except the flow, which the orchestrator's own flow rules check, and the
 claims, which are text) and holds every number to its row of `BOUNDS`; a number with no row is
 refused as an unknown setting. The limits themselves live in `orchestrator.limits`.
+
+Numbers each within bounds can still multiply into a run of hours (a thousand gateways
+health-checked every 10 ms for a day; a long flow at the highest rate): `estimate_events`
+gives the simulated events a run will schedule, which `config.check_bounds` holds to
+`MAX_SIM_EVENTS`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from sagalab.orchestrator.limits import (
     MAX_SIM_BURST,
     MAX_SIM_CONCURRENCY,
     MAX_SIM_DURATION,
+    MAX_SIM_EVENTS,
     MAX_SIM_FACTOR,
     MAX_SIM_KEYS,
     MAX_SIM_LATENCY,
@@ -31,12 +37,13 @@ from sagalab.orchestrator.limits import (
     MAX_SIM_SIGMA,
     MAX_SIM_THRESHOLD,
     MIN_SIM_TICK,
+    SIM_EVENTS_PER_SECOND,
 )
 from sagalab.orchestrator.policies.retry_budget import MAX_BUDGET_RATIO, MAX_BUDGET_WINDOW
 
 from .errors import ScenarioError
 
-__all__ = ["BOUNDS", "Bound", "check_numbers"]
+__all__ = ["BOUNDS", "Bound", "EventEstimate", "check_numbers", "estimate_events"]
 
 
 class Bound(NamedTuple):
@@ -232,3 +239,81 @@ def check_numbers(config: Mapping[str, Any]) -> None:
             )
         if bound.whole and value != int(value):
             raise ScenarioError(where, f"must be a whole number, got {value!r}")
+
+
+# Scheduled events of one full request besides its saga's: its arrival, the firewall's and the
+# gateway's service timers, and the saga's last commit. Each attempt of a saga step is two (the
+# commit of its start, the service call). Measured on `baseline` (four steps): 13 events per
+# request, this gives 12; retries and compensations add some, refused requests have fewer.
+_EDGE_HOPS = 4
+_HOPS_PER_STEP = 2
+# Client timeouts are swept by one timer per client group, at most every 0.1 s
+# (`edge_model.TIMEOUT_RESOLUTION`).
+_SWEEPS_PER_SECOND = 10.0
+
+
+class EventEstimate(NamedTuple):
+    """What a run will schedule: `requests` x `hops` plus `ticks` of the periodic processes."""
+
+    requests: float
+    hops: int
+    ticks: float
+
+    @property
+    def events(self) -> float:
+        """Simulated events in all."""
+        return self.requests * self.hops + self.ticks
+
+    @property
+    def seconds(self) -> float:
+        """About how long the run takes here (CPU seconds, at `SIM_EVENTS_PER_SECOND`)."""
+        return self.events / SIM_EVENTS_PER_SECOND
+
+    def refusal(self) -> str | None:
+        """Why the run is refused (the estimate and the bound), or None when within it."""
+        if self.events <= MAX_SIM_EVENTS:
+            return None
+        return (
+            f"about {_count(self.events)} simulated events ({_count(self.requests)} requests x "
+            f"{self.hops} hops + {_count(self.ticks)} periodic ticks), about "
+            f"{_duration(self.seconds)} at ~{SIM_EVENTS_PER_SECOND:,} events/s, is over the "
+            f"limit of {MAX_SIM_EVENTS:,} per run; lower the rates, the duration, the flow's "
+            "steps or the gateways, or tick less often"
+        )
+
+
+def estimate_events(
+    *,
+    requests: float,
+    span: float,
+    steps: int,
+    client_groups: int,
+    interval: float,
+    gateways: int,
+    health_interval: float,
+    autoscale_interval: float | None,
+) -> EventEstimate:
+    """The events a run of `span` seconds offering `requests` will schedule, about.
+
+    Per request, the edge's hops and two per flow step (`_EDGE_HOPS`, `_HOPS_PER_STEP`); per
+    second, the metrics sampler (every `interval`), a health check of every gateway (every
+    `health_interval`; a check is not its own event, but costs about one), the autoscaler's
+    look (every `autoscale_interval`, None when off) and each client group's timeout sweep.
+    """
+    per_second = 1.0 / interval + gateways / health_interval
+    per_second += client_groups * _SWEEPS_PER_SECOND
+    if autoscale_interval is not None:
+        per_second += 1.0 / autoscale_interval
+    return EventEstimate(requests, _EDGE_HOPS + _HOPS_PER_STEP * steps, per_second * span)
+
+
+def _count(x: float) -> str:
+    return f"{x:,.0f}" if x < 1e9 else f"{x:.2g}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:,.0f} minutes"
+    if seconds < 3 * 86_400:
+        return f"{seconds / 3600:,.1f} hours"
+    return f"{seconds / 86_400:,.0f} days"

@@ -33,7 +33,7 @@ from sagalab.orchestrator.limits import (
     MAX_SIM_WORKERS,
 )
 
-from .bounds import check_numbers
+from .bounds import check_numbers, estimate_events
 from .claims import check as check_claims
 from .defaults import DEFAULTS
 from .errors import ScenarioError, ScenarioNotFound
@@ -325,7 +325,8 @@ def _at_most(where: str, value: float, limit: float, why: str) -> None:
 
 def check_bounds(config: dict[str, Any], *, duration: float | None = None) -> None:
     """The bounds of `orchestrator.limits`: every number's own (`simulator.bounds`), then those
-    of combinations (saga workers of all replicas, expected requests of the run)."""
+    of combinations (saga workers of all replicas, expected requests of the run, and the
+    events the run will schedule: `bounds.estimate_events`)."""
     from .schedule import segments  # the schedule module imports this one
 
     check_numbers(config)
@@ -376,3 +377,22 @@ def check_bounds(config: dict[str, Any], *, duration: float | None = None) -> No
                 f"is over the limit of {MAX_SIM_REQUESTS:,} per run; lower the reads, the "
                 "rates or the duration",
             )
+    # The flow is checked later, by its own rules: here only its length counts.
+    flow = config.get("flow")
+    steps = flow.get("steps") if isinstance(flow, Mapping) else None
+    scale = root.node("orchestrator").node("autoscale")
+    estimate = estimate_events(
+        requests=requests,
+        span=span,
+        steps=len(steps) if isinstance(steps, list) else 0,
+        client_groups=len(root.items("clients")),
+        interval=root.num("interval", positive=True),
+        gateways=max(counts[2][1], 1),
+        health_interval=root.node("balancer").node("health").num("interval", positive=True),
+        autoscale_interval=scale.num("interval", positive=True)
+        if scale.flag("enabled", False)
+        else None,
+    )
+    refusal = estimate.refusal()
+    if refusal is not None:
+        raise ScenarioError("scenario", refusal)

@@ -106,6 +106,9 @@ class ClientGroup:
         # Retries at most a share of this group's requests (and the cluster's, `Edge.budget`).
         self.budget = retry_budget(node.get("retry_budget"), f"{node.path}.retry_budget")
         self.rng = rng
+        # The edge's counter names of this group's kind, built once (not an f-string per
+        # request): `Edge.count_as`.
+        self.counter_names: dict[str, str] = {}
         self.pending: deque[tuple[float, Attempt]] = deque()
         self.sweeping = False
 
@@ -238,6 +241,14 @@ class Edge:
     def count(self, name: str, n: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
 
+    def count_as(self, group: ClientGroup, what: str) -> None:
+        """Count one `what` of `group`'s kind (`legit.offered`, `attacker.403` ...)."""
+        name = group.counter_names.get(what)
+        if name is None:
+            name = group.counter_names[what] = f"{group.kind}.{what}"
+        counts = self.counts
+        counts[name] = counts.get(name, 0) + 1
+
     # --- client side ------------------------------------------------------------------------
 
     def new_request(self, group: ClientGroup) -> None:
@@ -247,7 +258,7 @@ class Edge:
         address = addresses[int(rng.random() * len(addresses))]
         key = keys[int(rng.random() * len(keys))]
         request = Request(group, address, key, self.env.now)
-        self.count(f"{group.kind}.offered")
+        self.count_as(group, "offered")
         if group.budget is not None:
             group.budget.record_request(request.first_at)
         if self.budget is not None:
@@ -258,13 +269,14 @@ class Edge:
         env = self.env
         request.attempts += 1
         request.inflight += 1
-        attempt = Attempt(request, env.now)
-        self.count(f"{request.group.kind}.attempts")
+        now = env.now
+        attempt = Attempt(request, now)
         group = request.group
-        group.pending.append((env.now + group.timeout, attempt))
+        self.count_as(group, "attempts")
+        group.pending.append((now + group.timeout, attempt))
         if not group.sweeping:
             self._arm(group)
-        if self.fw_station.submit(attempt, self._after_firewall) is None:
+        if self.fw_station.submit(attempt, self._after_firewall, now) is None:
             self.respond(attempt, "503")
 
     def _arm(self, group: ClientGroup) -> None:
@@ -296,11 +308,11 @@ class Edge:
         attempt.answered = True
         request.inflight -= 1
         now = self.env.now
-        self.count(f"{kind}.{status}")
+        self.count_as(group, status)
         if status == "202":
             self.submit_latency[kind].record(now - attempt.sent)
             request.done = True
-            self.count(f"{kind}.admitted")
+            self.count_as(group, "admitted")
             return
         policy = group.retry
         delay = None

@@ -36,8 +36,11 @@ class Histogram:
         self.total = 0.0
         self.max = 0.0
 
-    def record(self, value: float) -> None:
-        """Add one observation (seconds)."""
+    def record(self, value: float, also: tuple[Histogram, ...] = ()) -> None:
+        """Add one observation (seconds), to this histogram and to those in `also`.
+
+        `also` saves computing the same bucket again for a value several histograms keep.
+        """
         self.count += 1
         self.total += value
         if value > self.max:
@@ -50,6 +53,13 @@ class Histogram:
             index = 0
         counts = self.counts
         counts[index] = counts.get(index, 0) + 1
+        for other in also:
+            other.count += 1
+            other.total += value
+            if value > other.max:
+                other.max = value
+            counts = other.counts
+            counts[index] = counts.get(index, 0) + 1
 
     def merge(self, other: Histogram) -> None:
         """Add another histogram's observations to this one."""

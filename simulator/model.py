@@ -245,13 +245,13 @@ class Simulation:
         status = state.status
         self.status_counts[status.value] += 1
         latency = now - saga.born
-        if saga.legit:
-            self.e2e.record(latency)
-            self.window.record(latency)
         by_group = self.e2e_by_group.get(saga.group)
         if by_group is None:
             by_group = self.e2e_by_group[saga.group] = Histogram()
-        by_group.record(latency)
+        if saga.legit:
+            by_group.record(latency, (self.e2e, self.window))
+        else:
+            by_group.record(latency)
         v = self.violations
         if status is _FAILED and not state.reason:
             v["failed_without_reason"] += 1

@@ -106,3 +106,25 @@ def test_least_connections_still_prefers_the_least_loaded_and_rotates_among_ties
     picks = [balancer.choose(busy_middle, random.Random(0)) for _ in range(4)]
     assert picks == [0, 2, 0, 2]
     assert balancer.choose(views((True, 3, None), (True, 0, None)), random.Random(0)) == 1
+
+
+@given(st.lists(spec, max_size=8), st.lists(st.integers(0, 7), max_size=12))
+def test_least_connections_is_the_fewest_then_the_first_at_or_after_the_cursor(
+    specs: list, cursors: list[int]
+) -> None:
+    # The rule as the module docstring states it, written out the slow way: `choose` reads
+    # each instance once in one pass (the simulator asks for every request) and must agree.
+    instances = views(*specs)
+    balancer = Balancer(Strategy.LEAST_CONNECTIONS)
+    for cursor in cursors:
+        balancer._cursor = cursor % max(len(instances), 1)
+        start = balancer._cursor
+        candidates = [i for i, v in enumerate(instances) if v.available]
+        expected = None
+        if candidates:
+            fewest = min(instances[i].active for i in candidates)
+            tied = [i for i in candidates if instances[i].active == fewest]
+            expected = min(tied, key=lambda i: (i - start) % len(instances))
+        assert balancer.choose(instances, random.Random(0)) == expected
+        if expected is not None:
+            assert balancer._cursor == (expected + 1) % len(instances)

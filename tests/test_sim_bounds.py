@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from sagalab.orchestrator.limits import MAX_SIM_EVENTS, MAX_SIM_REQUESTS
+from sagalab.simulator.bounds import estimate_events
 from sagalab.simulator.config import (
     apply_override,
     check_bounds,
@@ -90,6 +92,74 @@ def test_workers_of_all_replicas_are_bounded_together() -> None:
     apply_override(config, "orchestrator.concurrency=1000")
     with pytest.raises(ScenarioError, match="orchestrator.concurrency"):
         check_bounds(config)
+
+
+def test_a_run_of_hours_is_refused_with_its_estimate_and_the_bound() -> None:
+    # Every number within its own bound, the requests too (3.5 million), but a thousand
+    # gateways health-checked every 10 ms for a simulated day is 8.6e9 checks: about 20 hours.
+    config = load_scenario("baseline")
+    for setting in ("duration=86400", "gateways.count=1000", "balancer.health.interval=0.01"):
+        apply_override(config, setting)
+    started = time.monotonic()
+    with pytest.raises(ScenarioError) as caught:
+        check_bounds(config)
+    assert time.monotonic() - started < 2
+    message = str(caught.value)
+    assert "about 8.7e+09 simulated events" in message
+    assert "3,456,000 requests x 12 hops" in message
+    assert "about 20.1 hours" in message
+    assert f"over the limit of {MAX_SIM_EVENTS:,} per run" in message
+
+
+def test_a_long_flow_at_a_rate_the_request_bound_allows_is_refused() -> None:
+    # 4 million requests (under MAX_SIM_REQUESTS) of a 40-step flow: 84 events each.
+    requests = 4_000_000.0
+    assert requests < MAX_SIM_REQUESTS
+    common = {
+        "span": 86_400.0,
+        "client_groups": 1,
+        "interval": 1.0,
+        "gateways": 3,
+        "health_interval": 1.0,
+        "autoscale_interval": None,
+    }
+    long = estimate_events(requests=requests, steps=40, **common)
+    assert long.hops == 84 and long.events > MAX_SIM_EVENTS
+    refusal = long.refusal()
+    assert refusal is not None and "4,000,000 requests x 84 hops" in refusal
+    assert "about 47 minutes" in refusal
+    # The shipped four-step flow at that rate stays within the bound.
+    assert estimate_events(requests=requests, steps=4, **common).refusal() is None
+
+
+def test_the_estimate_is_near_what_a_run_schedules() -> None:
+    # The estimate is only useful if it is about right: count the events SimPy processes
+    # in 20 s of `baseline` (its public `step`, wrapped) against the estimate's.
+    from sagalab.simulator.model import Simulation
+
+    config = load_scenario("baseline")
+    sim = Simulation(config, seed=1, duration=20.0)
+    steps = 0
+    step = sim.env.step
+
+    def counted() -> None:
+        nonlocal steps
+        steps += 1
+        step()
+
+    sim.env.step = counted  # type: ignore[method-assign]
+    report = sim.run().report
+    estimate = estimate_events(
+        requests=report["requests"]["legit"]["offered"],
+        span=20.0,
+        steps=len(config["flow"]["steps"]),
+        client_groups=len(config["clients"]),
+        interval=config["interval"],
+        gateways=config["gateways"]["count"],
+        health_interval=config["balancer"]["health"]["interval"],
+        autoscale_interval=None,
+    )
+    assert 0.5 * steps < estimate.events < 2 * steps, (steps, estimate)
 
 
 CAPPED = """

@@ -168,6 +168,11 @@ def test_sweep_refuses_a_bad_grid_value_exactly_as_run_refuses_it(
             ["run", "baseline", "--set", "clients.0.rate.value=90000", "--duration", "3600"],
             "requests in 3600 s is over the limit",
         ),
+        (
+            ["run", "baseline", "--duration", "86400", "--set", "gateways.count=1000"]
+            + ["--set", "balancer.health.interval=0.01"],
+            "ticks), about 20.1 hours at ~120,000 events/s, is over the limit of 60,000,000",
+        ),
         (["sweep", "baseline", "--grid", "seed=1,2", "--workers", "999"], "--workers 999"),
         (
             ["sweep", "baseline", "--grid", f"seed={','.join(map(str, range(40)))}"]
@@ -175,7 +180,15 @@ def test_sweep_refuses_a_bad_grid_value_exactly_as_run_refuses_it(
             "--grid: 1,200 runs is over the limit of 1,000",
         ),
     ],
-    ids=["duration", "drain", "gateways", "total-requests", "sweep-workers", "sweep-runs"],
+    ids=[
+        "duration",
+        "drain",
+        "gateways",
+        "total-requests",
+        "total-events",
+        "sweep-workers",
+        "sweep-runs",
+    ],
 )
 def test_simulated_sizes_are_bounded_and_the_bound_is_named(
     args: list[str], fragment: str, tmp_path: Path

@@ -116,18 +116,29 @@ class Balancer:
                     self._cursor = (i + 1) % n
                     return i
             return None
+        if strategy is Strategy.LEAST_CONNECTIONS:
+            # One pass in ring order from the cursor, reading each instance once: the first
+            # with the fewest active connections is the first tied one at or after the cursor.
+            # (The simulator asks for every request: a pass over `eligible` and again over the
+            # tied ones cost twice the property reads.)
+            cursor = self._cursor
+            chosen, fewest = -1, 0
+            for k in range(n):
+                i = (cursor + k) % n
+                instance = instances[i]
+                if instance.available:
+                    active = instance.active
+                    if chosen < 0 or active < fewest:
+                        chosen, fewest = i, active
+            if chosen < 0:
+                return None
+            self._cursor = (chosen + 1) % n
+            return chosen
         candidates = eligible(instances)
         if not candidates:
             return None
         if strategy is Strategy.RANDOM:
             return candidates[int(rng.random() * len(candidates)) % len(candidates)]
-        if strategy is Strategy.LEAST_CONNECTIONS:
-            fewest = min(instances[i].active for i in candidates)
-            tied = [i for i in candidates if instances[i].active == fewest]
-            # The first tied instance at or after the cursor, in ring order.
-            chosen = min(tied, key=lambda i: (i - self._cursor) % n)
-            self._cursor = (chosen + 1) % n
-            return chosen
         # power of two choices
         if len(candidates) == 1:
             return candidates[0]

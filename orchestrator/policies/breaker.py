@@ -414,7 +414,8 @@ class Breaker:
 
     def record_success(self, now: float) -> None:
         """A call made after `allow` succeeded (the service answered as a healthy one does)."""
-        storage, token = self.storage, self._take_probe()
+        # `_take_probe` inlined: this runs for every call (the simulator: 4 per request).
+        storage, token, self._probe = self.storage, self._probe, None
         state = storage.state
         if state == CLOSED and storage.counter == 0:
             # Nothing to zero: with a shared storage this saves a write per successful call.
