@@ -62,6 +62,8 @@ from sagalab.stack.processes import StackConfig, StackState, check, load_state, 
 from sagalab.stack.supervisor import launch
 
 EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 1, 2, 5, 130
+#: A locustfile bigger than this is not one to load (read at most this much to check it).
+MAX_LOCUSTFILE_BYTES = 1_000_000
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -109,6 +111,23 @@ def _summary(summary: dict[str, Any], code: int) -> None:
 def _fail(message: str, code: int) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     return typer.Exit(code)
+
+
+def _check_locustfile(script: Path) -> None:
+    """Refuse, before any stack starts, a locustfile Locust would not load."""
+    # Locust imports only `*.py` files ("Could not find ..." after the stack was up).
+    if script.suffix != ".py":
+        raise _fail(f"locustfile {script} is not a Python file (*.py)", EXIT_USAGE)
+    try:
+        with script.open("rb") as f:
+            source = f.read(MAX_LOCUSTFILE_BYTES + 1)
+        if len(source) > MAX_LOCUSTFILE_BYTES:
+            raise _fail(f"locustfile {script} is over {MAX_LOCUSTFILE_BYTES:,} bytes", EXIT_USAGE)
+        compile(source, str(script), "exec")
+    except OSError as exc:
+        raise _fail(f"cannot read locustfile {script}: {exc.strerror}", EXIT_USAGE) from None
+    except (SyntaxError, ValueError) as exc:  # ValueError: NUL bytes in the source
+        raise _fail(f"locustfile {script} is not valid Python: {exc}", EXIT_USAGE) from None
 
 
 def _writable_dir(path: Path, what: str) -> None:
@@ -197,6 +216,7 @@ def loadtest(
     script = locustfile or Path(str(resources.files("sagalab.loadtests") / "locustfile.py"))
     if not script.is_file():
         raise _fail(f"no locustfile at {script}", EXIT_USAGE)
+    _check_locustfile(script)
     _writable_dir(reports, "load-test reports")
     own_stack = not _running(directory)
     config = StackConfig(directory=directory, db=db, workers=workers, edge_port=0)

@@ -135,8 +135,8 @@ def up(
     flood_rate: Annotated[
         float,
         typer.Option(
-            help="Requests/s per client address before it is blocked (above 0, at most "
-            f"{MAX_FLOOD_RATE:g})."
+            help="Requests/s per client address before it is blocked (0: no flood "
+            f"protection; at most {MAX_FLOOD_RATE:g})."
         ),
     ] = 200.0,
     db: Annotated[

@@ -58,6 +58,8 @@ def load_flow(ref: str | Path) -> FlowDefinition:
     if name in example_flow_names():
         resource = resources.files("sagalab.orchestrator") / "examples" / f"{name}.yaml"
         return flow_from_dict(_read_yaml(resource.read_text("utf-8"), name), source=name)
+    if path.is_dir():
+        raise FlowNotFoundError(f"flow file {name} is a directory, not a YAML file")
     if path.suffix in (".yaml", ".yml") or os.sep in name:
         raise FlowNotFoundError(f"flow file {name} does not exist")
     raise FlowNotFoundError(

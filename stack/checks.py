@@ -78,9 +78,11 @@ def validate(c: StackConfig, env: Mapping[str, str] | None = None) -> None:
                 raise StackOptionError(
                     f"{flag} {net!r} is not an address or CIDR range (e.g. 10.0.0.0/8)"
                 ) from None
-    for flag, value in (("--flood-rate", c.flood_rate), ("--flood-burst", c.flood_burst)):
-        if not math.isfinite(value) or value <= 0:
-            raise StackOptionError(f"{flag} must be a positive number, got {value:g}")
+    # A flood rate of 0 turns the edge's flood protection off, as the edge itself takes it.
+    if not math.isfinite(c.flood_rate) or c.flood_rate < 0:
+        raise StackOptionError(f"--flood-rate must be 0 (off) or more, got {c.flood_rate:g}")
+    if not math.isfinite(c.flood_burst) or c.flood_burst <= 0:
+        raise StackOptionError(f"--flood-burst must be a positive number, got {c.flood_burst:g}")
     try:
         check("--flood-rate", c.flood_rate, high=MAX_FLOOD_RATE, why="requests/s from one address")
         check("--flood-burst", c.flood_burst, high=MAX_FLOOD_BURST)

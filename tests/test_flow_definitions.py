@@ -431,3 +431,8 @@ def test_invalid_flow_file_names_the_file(tmp_path: Path) -> None:
 def test_unknown_flow(ref: str, message: str) -> None:
     with pytest.raises(FlowNotFoundError, match=message):
         load_flow(ref)
+
+
+def test_a_directory_given_as_a_flow_file_is_named_as_one(tmp_path: Path) -> None:
+    with pytest.raises(FlowNotFoundError, match="is a directory, not a YAML file"):
+        load_flow(str(tmp_path))

@@ -56,6 +56,8 @@ def stack_gone(directory: Path) -> bool:
         (["--workers", "0"], 2, "--workers 0 is under the minimum of 1"),
         (["--profile", "nope"], 2, "no profile 'nope'"),
         (["--locustfile", "MISSING"], 2, "no locustfile at"),
+        (["--locustfile", "A_TEXT_FILE"], 2, "is not a Python file (*.py)"),
+        (["--locustfile", "BAD_PY"], 2, "is not valid Python"),
         (["--reports", "UNDER_A_FILE"], 5, "cannot write the load-test reports"),
         (["--dir", "/proc/sagalab-loadtest"], 5, "cannot use /proc/sagalab-loadtest"),
         (["--db", "A_DIRECTORY"], 5, "is a directory"),
@@ -63,15 +65,17 @@ def stack_gone(directory: Path) -> bool:
     ],
     ids=[
         "no-users", "too-many-users", "duration", "spawn-rate", "processes", "workers",
-        "profile", "locustfile", "reports-unwritable", "dir-unwritable", "db-directory",
-        "db-text-file",
+        "profile", "locustfile", "locustfile-not-py", "locustfile-syntax",
+        "reports-unwritable", "dir-unwritable", "db-directory", "db-text-file",
     ],
 )  # fmt: skip
 def test_bad_options_and_paths_are_refused_before_anything_starts(
     args: list[str], code: int, fragment: str, tmp_path: Path
 ) -> None:
     (tmp_path / "a-file").write_text("not a directory")
+    (tmp_path / "bad.py").write_text("def broken(:\n")
     paths = {
+        "BAD_PY": str(tmp_path / "bad.py"),
         "MISSING": str(tmp_path / "missing.py"),
         "UNDER_A_FILE": str(tmp_path / "a-file" / "reports"),
         "A_DIRECTORY": str(tmp_path),

@@ -558,9 +558,8 @@ def taken_port() -> Iterator[int]:
         (["--port", "TAKEN"], 5, "cannot listen on 127.0.0.1"),
         (["--strategy", "fastest"], 2, "--strategy 'fastest' is not one of"),
         (["--deny", "10.0.0.300/8"], 2, "--deny '10.0.0.300/8' is not an address"),
-        (["--flood-rate", "0"], 2, "--flood-rate must be a positive number"),
-        (["--flood-rate", "nan"], 2, "--flood-rate must be a positive number, got nan"),
-        (["--flood-rate", "-5"], 2, "--flood-rate must be a positive number, got -5"),
+        (["--flood-rate", "nan"], 2, "--flood-rate must be 0 (off) or more, got nan"),
+        (["--flood-rate", "-5"], 2, "--flood-rate must be 0 (off) or more, got -5"),
         (["--restart-delay", "-1"], 2, "--restart-delay"),
         (["--db", "DIR"], 5, "is a directory"),
         (["--db", "TEXT"], 5, "is not a SQLite database"),
@@ -570,7 +569,7 @@ def taken_port() -> Iterator[int]:
     ids=[
         "no-gateway", "too-many-gateways", "too-many-workers", "negative-workers",
         "no-concurrency", "port-out-of-range", "port-taken", "strategy", "deny-cidr",
-        "flood-rate", "flood-rate-nan", "flood-rate-negative", "restart-delay",
+        "flood-rate-nan", "flood-rate-negative", "restart-delay",
         "db-is-a-directory", "db-is-a-text-file", "unwritable-dir", "services-file",
     ],
 )  # fmt: skip

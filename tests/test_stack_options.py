@@ -45,6 +45,12 @@ def test_up_refuses_an_option_outside_its_bound(
     assert fragment in str(caught.value)
 
 
+def test_up_takes_a_flood_rate_of_0_as_off_and_hands_it_to_the_edge(tmp_path: Path) -> None:
+    c = config(tmp_path, flood_rate=0.0)
+    validate(c)  # as `python -m sagalab.edge.apps edge --flood-rate 0` takes it: off
+    assert not (tmp_path / "stack").exists(), "validating created nothing"
+
+
 def test_the_restart_floor_and_cap_are_sane_and_the_readme_says_them() -> None:
     assert 0 < MIN_RESTART_DELAY <= 0.5 <= MAX_RESTART_DELAY
     text = " ".join(README.read_text().split())
