@@ -556,7 +556,8 @@ def threads_besides_loops(pid: int, concurrency: int) -> int:
         steady = len(recent) == 5 and len(set(recent)) == 1 and recent[0] > concurrency
         return recent[0] - concurrency if steady else None
 
-    extra: int = wait_for(settled, STEP_WAIT, f"worker {pid} to start its threads", every=0.1)
+    # A process's start (imports, store, threads) is the step a loaded machine slows most.
+    extra: int = wait_for(settled, 3 * STEP_WAIT, f"worker {pid} to start its threads", every=0.1)
     return extra
 
 
