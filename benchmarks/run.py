@@ -166,6 +166,7 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
     load_start: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    started: str = ""  # UTC, ISO 8601
 
 
 def _stop_group(proc: subprocess.Popen[str]) -> None:
@@ -253,7 +254,7 @@ def run_once(bench: Benchmark, quick: bool, timeout: float, into: Outcome) -> No
 def run_benchmark(bench: Benchmark, runs: int, quick: bool, timeout: float | None) -> Outcome:
     """All runs of one benchmark, one after the other, with progress on stderr."""
     limit = timeout or (bench.quick_timeout if quick else bench.timeout)
-    outcome = Outcome(bench, load_start=_load())
+    outcome = Outcome(bench, load_start=_load(), started=_now())
     for i in range(runs):
         started = time.monotonic()
         errors_before = len(outcome.errors)
@@ -269,6 +270,10 @@ def run_benchmark(bench: Benchmark, runs: int, quick: bool, timeout: float | Non
 def _load() -> tuple[float, float, float]:
     one, five, fifteen = (round(x, 2) for x in os.getloadavg())
     return one, five, fifteen
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def log(message: str) -> None:
@@ -449,7 +454,7 @@ def record(
             continue
         bench = outcome.bench
         section[bench.name] = {
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "date": outcome.started,
             "machine": {**host, "load_start": outcome.load_start, "load_end": outcome.load_end},
             "runs": runs,
             "command": [bench.script.name, *bench.command(mode == "quick")[2:]],
