@@ -642,16 +642,15 @@ def create_app(
     @app.get("/v1/sagas/{saga_id}", summary="A saga with its steps")
     def get_saga(who: Who, saga_id: str) -> dict[str, Any]:
         """The saga, its input and one row per step."""
-        store = readers.get()
+        # One statement on the read-only connection (its steps from the same snapshot).
         try:
-            record = store.load(saga_id, tenant=who.scope)
+            page = readers.get().page(saga_id, tenant=who.scope)
         except SagaNotFoundError:
             if not split:
                 raise
             # The replica may not have replayed a saga just submitted: the primary decides.
-            store = stores.get()
-            record = store.load(saga_id, tenant=who.scope)
-        view = saga_view(record, store.steps(saga_id), forks=store.forks(saga_id))
+            page = stores.get().page(saga_id, tenant=who.scope)
+        view = saga_view(page.record, page.steps, forks=page.forks)
         return {**view, "links": _links(saga_id)}
 
     @app.get("/v1/sagas", summary="Recent sagas, newest first")
