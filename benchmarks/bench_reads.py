@@ -1,20 +1,21 @@
 """`GET /v1/sagas/{id}` on the orchestrator API against a bare FastAPI hello app, in the same run.
 
     python benchmarks/bench_reads.py [--seconds 5] [--connections 32] [--sagas 500]
-                                     [--client wrk|python] [--no-pin] [--json]
+                                     [--rounds 2] [--client wrk|python] [--no-pin] [--json]
 
-Both apps run in their own process, served by the same server code (edge.server: uvicorn
-with the guarded h11 protocol and the connection limits the API runs with in a stack), so the
-ratio is what the API's own work costs: the gateway-secret check, the read-only store, the
-query and the view. The API's database holds `--sagas` queued checkout sagas (posted through
-it; no workers); the GET is of one of them. `GET /healthz` on the same API process is measured
-too: the route with no database at all.
+Each app runs in its own process. The bare FastAPI hello app runs twice: on uvicorn's defaults
+(as `uvicorn app:app` serves it: the target's baseline), and on the API's own server code
+(edge.server: uvicorn with the guarded h11 protocol and the connection limits the API runs with
+in a stack), so that API / that bare is what the API's own work costs: the gateway-secret
+check, the read-only store, the query and the view. The API's database holds `--sagas`
+queued checkout sagas (posted through it; no workers); the GET is of one of them. `GET
+/healthz` on the same API process is measured too: the route with no database at all.
 
 The load generator is wrk (`apt-get install wrk`) with one thread on keep-alive connections,
 or, with `--client python` or when wrk is missing, a closed-loop asyncio client of the same
 shape (edge.upstream, `--connections` clients each sending its next request when the last is
 answered). On a machine with 2 CPUs or more the servers are pinned to CPU 0 and the client
-to CPU 1 (`--no-pin`: not). Cases run alternately (bare, API, bare, API, ...) `--rounds` times
+to CPU 1 (`--no-pin`: not). The cases run one after the other, `--rounds` times over,
 and each side's rate is the median of its rounds. Target: API / bare >= 0.5 (issue 14).
 """
 
@@ -53,22 +54,28 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def serve_bare(fd: int) -> None:
-    """The bare app: FastAPI answering one JSON object, on the API's server code."""
+def serve_bare(fd: int, *, plain: bool) -> None:
+    """The bare app: FastAPI answering one JSON object. `plain`: on uvicorn's defaults, as
+    `uvicorn app:app` would serve it; else on the API's own server code and limits."""
+    import uvicorn
     from fastapi import FastAPI
 
     from sagalab.edge.apps import HOP_LIMITS
     from sagalab.edge.server import serve_forever, socket_from_fd
 
     app = FastAPI()
-    # The API's limits, with the same exemption the benchmark gives the API (--exempt).
-    limits = dataclasses.replace(HOP_LIMITS, exempt=("127.0.0.1",))
 
     @app.get("/hello")
     async def hello() -> dict[str, str]:
         return {"hello": "world"}
 
-    serve_forever(app, socket_from_fd(fd), limits=limits)
+    sock = socket_from_fd(fd)
+    if plain:
+        config = uvicorn.Config(app, log_level="warning", access_log=False)
+        uvicorn.Server(config).run(sockets=[sock])
+        return
+    # The API's limits, with the same exemption the benchmark gives the API (--exempt).
+    serve_forever(app, sock, limits=dataclasses.replace(HOP_LIMITS, exempt=("127.0.0.1",)))
 
 
 @contextmanager
@@ -208,11 +215,11 @@ def main() -> int:
     parser.add_argument("--client", choices=["wrk", "python"], help="default: wrk if installed")
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and client")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare", choices=["plain", "guarded"], help=argparse.SUPPRESS)
     parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
-        serve_bare(args.fd)
+        serve_bare(args.fd, plain=args.serve_bare == "plain")
         return 0
     if min(args.connections, args.sagas, args.rounds) < 1 or not args.seconds > 0:
         parser.error("--seconds, --connections, --sagas and --rounds must be positive")
@@ -232,17 +239,29 @@ def main() -> int:
         api_args = ["-m", "sagalab.edge.apps", "api", "--db", str(Path(tmp) / "sagas.db")]
         api_args += ["--secret-file", str(secret_file), "--exempt", "127.0.0.1"]
         bare_args = [str(Path(__file__).resolve()), "--serve-bare"]
-        rounds: dict[str, list[dict[str, float]]] = {"bare": [], "api_get": [], "api_healthz": []}
-        with server(api_args, server_cpu) as api_url, server(bare_args, server_cpu) as bare_url:
+        rounds: dict[str, list[dict[str, float]]] = {
+            "bare": [],
+            "bare_same_server": [],
+            "api_get": [],
+            "api_healthz": [],
+        }
+        with (
+            server(api_args, server_cpu) as api_url,
+            server([*bare_args, "plain"], server_cpu) as bare_url,
+            server([*bare_args, "guarded"], server_cpu) as guarded_url,
+        ):
             log(f"seeding {args.sagas} sagas ...")
             saga_id = seed(api_url, headers, args.sagas)
             cases = [
                 ("bare", bare_url + "/hello", {}),
+                ("bare_same_server", guarded_url + "/hello", {}),
                 ("api_get", f"{api_url}/v1/sagas/{saga_id}", headers),
                 ("api_healthz", api_url + "/healthz", {}),
             ]
             for url_case in cases:  # warm both processes up
-                measure(url_case[1], url_case[2], 1.0, args.connections, client_cpu)
+                measure(
+                    url_case[1], url_case[2], min(1.0, args.seconds), args.connections, client_cpu
+                )
             for i in range(args.rounds):
                 for name, url, hdrs in cases:
                     result = measure(url, hdrs, args.seconds, args.connections, client_cpu)
@@ -264,6 +283,8 @@ def main() -> int:
     bare = report["bare"]["rps"]
     report["get_over_bare"] = report["api_get"]["rps"] / bare if bare else 0.0
     report["healthz_over_bare"] = report["api_healthz"]["rps"] / bare if bare else 0.0
+    same = report["bare_same_server"]["rps"]
+    report["get_over_bare_same_server"] = report["api_get"]["rps"] / same if same else 0.0
     report["target"] = TARGET
     if args.json:
         print(json.dumps(report, indent=2))
@@ -273,6 +294,7 @@ def main() -> int:
     print(f"{'case':<24} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for name, label in (
         ("bare", "bare FastAPI /hello"),
+        ("bare_same_server", "bare, API's server code"),
         ("api_get", "API GET /v1/sagas/{id}"),
         ("api_healthz", "API GET /healthz"),
     ):
@@ -280,6 +302,7 @@ def main() -> int:
         print(f"{label:<24} {r['rps']:>8.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}")
     verdict = "meets" if report["get_over_bare"] >= TARGET else "MISSES"
     print(f"GET a saga / bare: {report['get_over_bare']:.2f} ({verdict} the >= {TARGET} target)")
+    print(f"GET a saga / bare on the API's server code: {report['get_over_bare_same_server']:.2f}")
     print(f"load average {report['load_start']} -> {report['load_end']}")
     return 0
 
