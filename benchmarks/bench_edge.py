@@ -1,7 +1,7 @@
 """Requests/s and p50/p99 through the full edge (firewall + balancer, gateways) against the
 orchestrator API hit directly, in the same run, on one stack of real processes.
 
-    python benchmarks/bench_edge.py [--seconds 10] [--concurrency 32] [--gateways 2]
+    python benchmarks/bench_edge.py [--seconds 10] [--concurrency 32] [--gateways 2] [--json]
 
 Two requests are measured: `GET /v1/sagas/{id}` (read) and `POST /v1/sagas` (a queued saga, one
 SQLite write). The load generator is one asyncio process speaking HTTP/1.1 on keep-alive
@@ -15,17 +15,20 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from sagalab.edge.apps import parse_address
 from sagalab.edge.keys import GATEWAY_HEADER, MAX_BURST, MAX_RATE, TENANT_HEADER, read_secret
 from sagalab.edge.upstream import Upstream
+from sagalab.orchestrator.limits import MAX_FLOOD_BURST, MAX_FLOOD_RATE
 from sagalab.stack.processes import SECRET_FILE, StackConfig, start, stop
 
 
@@ -82,7 +85,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--gateways", type=int, default=2)
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
+    # With --json, the table goes to stderr and stdout carries only the JSON object.
+    out = sys.stderr if args.json else sys.stdout
+    report: dict[str, dict[str, Any]] = {}  # "get" / "post" -> direct, edge, edge_over_direct
     directory = Path(tempfile.mkdtemp(prefix="bench-edge-"))
     config = StackConfig(
         directory=directory,
@@ -90,8 +97,8 @@ def main() -> None:
         workers=0,
         services=False,
         edge_port=0,
-        flood_rate=1e9,
-        flood_burst=1e9,
+        flood_rate=MAX_FLOOD_RATE,  # the highest the edge takes (it refuses more)
+        flood_burst=MAX_FLOOD_BURST,
         key_rate=MAX_RATE,
         key_burst=MAX_BURST,
     )  # fmt: skip  (limits out of the way: this measures the path, not the limiter)
@@ -113,9 +120,13 @@ def main() -> None:
             ("POST saga", "POST", "/v1/sagas", post),
         ]
         print(
-            f"{args.seconds:g}s per case, {args.concurrency} connections, {args.gateways} gateways"
+            f"{args.seconds:g}s per case, {args.concurrency} connections, {args.gateways} gateways",
+            file=out,
         )
-        print(f"{'case':<10} {'path':<7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        print(
+            f"{'case':<10} {'path':<7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}",
+            file=out,
+        )
         for name, method, target, body in cases:
             results = {}
             for path, url, auth in (
@@ -126,16 +137,29 @@ def main() -> None:
                     _load(url, method, target, body, auth, args.seconds, args.concurrency)
                 )
                 results[path] = rps
+                report.setdefault(method.lower(), {})[path] = {
+                    "rps": rps,
+                    "p50_ms": _pct(lat, 50),
+                    "p99_ms": _pct(lat, 99),
+                    "errors": sum(errors.values()),
+                }
                 print(
                     f"{name:<10} {path:<7} {rps:>8.0f} {_pct(lat, 50):>8.1f} "
                     f"{_pct(lat, 99):>8.1f} {sum(errors.values()):>7}"
-                    + (f"  by status {dict(sorted(errors.items()))}" if errors else "")
+                    + (f"  by status {dict(sorted(errors.items()))}" if errors else ""),
+                    file=out,
                 )
-            ratio = results["edge"] / results["direct"]
+            ratio = results["edge"] / results["direct"] if results["direct"] else 0.0
+            report[method.lower()]["edge_over_direct"] = ratio
             verdict = "meets" if ratio >= 0.5 else "MISSES"
-            print(f"{name:<10} edge/direct throughput ratio {ratio:.2f} ({verdict} the 0.5 target)")
+            print(
+                f"{name:<10} edge/direct throughput ratio {ratio:.2f} ({verdict} the 0.5 target)",
+                file=out,
+            )
     finally:
         stop(directory)
+    if args.json:
+        print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

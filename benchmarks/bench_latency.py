@@ -1,7 +1,7 @@
 """Submit-to-terminal latency of a checkout saga through the edge at light load, with wake-ups
 (orchestrator/wake.py) and without (workers only polling), in the same run.
 
-    python benchmarks/bench_latency.py [--sagas 200] [--rate 10] [--poll 0.2]
+    python benchmarks/bench_latency.py [--sagas 200] [--rate 10] [--no-wake | --wake-only] [--json]
 
 Each case starts one stack of real processes (edge, gateway, API, one worker, the fake
 services; SQLite), submits `--sagas` checkout sagas through the edge at `--rate` per second
@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -111,19 +112,29 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="submissions per second")
     parser.add_argument("--no-wake", action="store_true", help="only the polling case")
     parser.add_argument("--wake-only", action="store_true", help="only the wake-up case")
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
+    # With --json, the table goes to stderr and stdout carries only the JSON object.
+    out = sys.stderr if args.json else sys.stdout
     cases = [c for c in (True, False) if not (c and args.no_wake) and (c or not args.wake_only)]
-    print(f"{args.sagas} checkout sagas through the edge at {args.rate:g}/s, one worker")
-    print(f"{'case':<10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    print(f"{args.sagas} checkout sagas through the edge at {args.rate:g}/s, one worker", file=out)
+    print(f"{'case':<10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}", file=out)
+    report: dict[str, dict[str, float]] = {}
     for wake in cases:
         lat = run_case(wake, args)
         name = "wake-ups" if wake else "polling"
+        report["wake" if wake else "polling"] = {f"p{q}_ms": _pct(lat, q) for q in (50, 95, 99)} | {
+            "max_ms": max(lat)
+        }
         verdict = "meets" if _pct(lat, 50) <= 30 else "MISSES"
         print(
             f"{name:<10} {_pct(lat, 50):>8.1f} {_pct(lat, 95):>8.1f} {_pct(lat, 99):>8.1f} "
-            f"{max(lat):>8.1f}" + (f"  ({verdict} the p50 <= 30 ms target)" if wake else "")
+            f"{max(lat):>8.1f}" + (f"  ({verdict} the p50 <= 30 ms target)" if wake else ""),
+            file=out,
         )
-    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", file=out)
+    if args.json:
+        print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

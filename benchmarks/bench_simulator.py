@@ -1,6 +1,8 @@
 """Simulator speed: full simulated requests per wall-clock second against a plain SimPy M/M/1.
 
-Run on demand (pytest does not collect it):  python benchmarks/bench_simulator.py [--duration S]
+Run on demand (pytest does not collect it):
+
+    python benchmarks/bench_simulator.py [--duration S] [--json]
 
 A "full request" crosses the firewall, the balancer, a gateway and the queue, then runs the
 four-step order saga through the saga core, the breakers and the services, with a journal
@@ -11,6 +13,7 @@ wall time than ten M/M/1 customers.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import time
 from collections.abc import Generator
@@ -57,12 +60,17 @@ def baseline_requests_per_second(duration: float, seed: int = 1) -> tuple[float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=300.0, help="baseline seconds")
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
     full, n = baseline_requests_per_second(args.duration)
     mm1 = mm1_customers_per_second()
+    ratio = full / mm1
+    if args.json:
+        report = {"requests": n, "full_requests_per_s": full, "mm1_customers_per_s": mm1}
+        print(json.dumps({**report, "ratio": ratio, "target": 0.1}, indent=2))
+        return
     print(f"baseline scenario: {n} requests, {full:,.0f} simulated full requests/s (wall)")
     print(f"plain SimPy M/M/1: {mm1:,.0f} customers/s (wall)")
-    ratio = full / mm1
     verdict = "meets" if ratio >= 0.1 else "misses"
     print(f"ratio: {ratio:.3f} ({verdict} the >= 0.1 target)")
 

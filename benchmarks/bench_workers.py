@@ -286,6 +286,19 @@ def crash_cost(
     }
 
 
+def scaling(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Throughput of each worker count against the first one, per added latency:
+    {"0ms": {"2": 1.2, "4": 1.1}, "20ms": {...}} (what the benchmark runner reads)."""
+    out: dict[str, dict[str, float]] = {}
+    for latency in dict.fromkeys(row["latency_ms"] for row in rows):
+        same = [row for row in rows if row["latency_ms"] == latency]
+        first = same[0]["sagas_per_s"]
+        out[f"{latency}ms"] = {
+            str(row["workers"]): (row["sagas_per_s"] / first if first else 0.0) for row in same
+        }
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=300, help="sagas per throughput run")
@@ -300,6 +313,7 @@ def main() -> int:
     )
     parser.add_argument("--leases", type=float, nargs="+", default=[1.0, 2.0, 5.0])
     parser.add_argument("--repeats", type=int, default=3, help="crashes per lease length")
+    parser.add_argument("--skip-crash", action="store_true", help="leave the crash cost out")
     parser.add_argument("--time-limit", type=float, default=120.0, help="bound per run (s)")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     args = parser.parse_args()
@@ -327,7 +341,7 @@ def main() -> int:
                     row["latency_ms"] = latency
                     log(f"  {row['sagas_per_s']} sagas/s")
                     results["throughput"].append(row)
-            for lease in args.leases:
+            for lease in [] if args.skip_crash else args.leases:
                 log(f"crash cost: lease {lease:g}s x {args.repeats} ...")
                 results["crash_cost"].append(
                     crash_cost(services, workdir, lease, args.repeats, args.time_limit)
@@ -335,6 +349,7 @@ def main() -> int:
     finally:
         services.stop()
 
+    results["scaling"] = scaling(results["throughput"])
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -70,6 +70,7 @@ from sagalab.orchestrator.store import (
     Export,
     Guard,
     Lease,
+    SagaPage,
     SagaRecord,
     StepRow,
     input_fingerprint,
@@ -821,6 +822,19 @@ class PostgresStore:
         """The saga's current step rows, in flow order ([] for an unknown id)."""
         row = self._execute("SELECT steps FROM sagas WHERE id = %s", (saga_id,)).fetchone()
         return [] if row is None else steps_from_json(row[0])
+
+    def page(self, saga_id: str, *, tenant: str | None = None) -> SagaPage:
+        """The saga, its steps and its forks from one statement (one snapshot, one round
+        trip; psycopg prepares it on the server after its fifth use)."""
+        rows = self._rows(
+            "SELECT s.*, ARRAY(SELECT f.id FROM sagas f WHERE f.forked_from = s.id "
+            "ORDER BY f.created_at, f.id) AS page_forks FROM sagas s WHERE s.id = %s",
+            (saga_id,),
+        )
+        if not rows or (tenant is not None and rows[0]["tenant"] != tenant):
+            raise SagaNotFoundError(saga_id)
+        row = rows[0]
+        return SagaPage(self._record(row), steps_from_json(row["steps"]), list(row["page_forks"]))
 
     def forks(self, saga_id: str) -> list[str]:
         """Ids of the sagas forked from `saga_id`, oldest first."""

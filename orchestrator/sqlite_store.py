@@ -53,6 +53,7 @@ from sagalab.orchestrator.store import (
     Export,
     Guard,
     Lease,
+    SagaPage,
     SagaRecord,
     StepFields,
     StepRow,
@@ -968,6 +969,17 @@ class SQLiteStore:
         )
         return [] if row is None else steps_from_json(row[0])
 
+    def page(self, saga_id: str, *, tenant: str | None = None) -> SagaPage:
+        """The saga, its steps and its forks from one statement: one snapshot, and one
+        statement the connection's statement cache keeps compiled."""
+        rows = self._rows(_PAGE, (saga_id,))
+        if not rows or (tenant is not None and rows[0]["tenant"] != tenant):
+            raise SagaNotFoundError(saga_id)
+        row = rows[0]
+        return SagaPage(
+            self._record(row), steps_from_json(row["steps"]), json.loads(row["page_forks"])
+        )
+
     def forks(self, saga_id: str) -> list[str]:
         """Ids of the sagas forked from `saga_id`, oldest first."""
         rows = self._guard(
@@ -1412,6 +1424,13 @@ def _refuse_known_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
             f"saga id(s) {', '.join(known)} of the source exist at the destination already"
         )
 
+
+#: `SQLiteStore.page`: the saga's row with its forks' ids (a JSON array, oldest first).
+_PAGE = (
+    "SELECT s.*, (SELECT json_group_array(id) FROM (SELECT id FROM sagas "
+    "WHERE forked_from = s.id ORDER BY created_at, id)) AS page_forks FROM sagas AS s "
+    "WHERE s.id = ?"
+)
 
 # By position (`entry_values`): binding 17 parameters by name costs a lookup each, per row.
 _INSERT_EVENT = (

@@ -121,6 +121,16 @@ def step_fields(state: SagaState) -> list[StepFields]:
     return fields
 
 
+@dataclass(frozen=True)
+class SagaPage:
+    """A saga as `GET /v1/sagas/{id}` shows it: its row, its step rows and its forks, read
+    by `SagaStore.page` in one statement (one snapshot: the steps are the record's)."""
+
+    record: SagaRecord
+    steps: list[StepRow]
+    forks: list[str]
+
+
 def step_rows(state: SagaState, names: Sequence[str] | None = None) -> list[StepRow]:
     """Step rows derived from `state` (all steps, or only `names`)."""
     return [
@@ -201,6 +211,11 @@ class SagaStore(Protocol):
     def forks(self, saga_id: str) -> list[str]:
         """Ids of the sagas forked from `saga_id` (their `forked_from`), oldest first; [] if
         none (or the id is unknown)."""
+        ...
+
+    def page(self, saga_id: str, *, tenant: str | None = None) -> SagaPage:
+        """`load`, `steps` and `forks` in one statement, the same one every time (kept
+        prepared by the driver): the API's read of a saga. SagaNotFoundError as `load`."""
         ...
 
     def list_sagas(

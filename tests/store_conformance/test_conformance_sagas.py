@@ -257,3 +257,30 @@ def test_a_fork_names_its_origin_and_the_origin_lists_its_forks(store: Store) ->
     assert store.forks("old") == ["fork-1", "fork-3"]
     assert store.forks("fork-1") == [] and store.forks("unknown") == []
     assert {r.id: r.forked_from for r in store.list_sagas()}["fork-3"] == "old"
+
+
+def test_page_is_load_steps_and_forks_in_one_read(store: Store) -> None:
+    """`page(id)`: what the API's GET shows, the same as the three reads it replaces; another
+    tenant's saga and an unknown id are not found."""
+    create(store, "old", tenant="t1")
+    for i, now in ((2, 300.0), (1, 200.0)):  # created out of id order: oldest first
+        store.create_saga(
+            saga_id=f"fork-{i}",
+            flow=order_flow(),
+            payload={"order_id": f"o-{i}"},
+            trace_id="cd" * 16,
+            idempotency_key=None,
+            now=now,
+            forked_from="old",
+            tenant="t1",
+        )
+    advance(store, "old", reserve_ok())
+    page = store.page("old")
+    assert page.record == store.load("old")
+    assert page.steps == store.steps("old") and page.steps[0].status != "pending"
+    assert page.forks == store.forks("old") == ["fork-1", "fork-2"]
+    assert store.page("fork-1", tenant="t1").forks == []
+    assert store.page("old", tenant="t1") == page
+    for saga_id, tenant in (("old", "t2"), ("unknown", None)):
+        with pytest.raises(SagaNotFoundError):
+            store.page(saga_id, tenant=tenant)
