@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,15 +82,39 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _progress() -> Progress:
+def _progress(unit: str = "s simulated") -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed:.0f}/{task.total:.0f} s simulated"),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} " + unit),
         TimeElapsedColumn(),
         console=_err(),
         transient=True,
     )
+
+
+@contextmanager
+def _runs_progress(
+    description: str,
+) -> Iterator[tuple[Callable[[int], None], Callable[[], None]]]:
+    """`(started, advance)` for a progress bar of runs, stopped on the way out. It is shown
+    only once `started(total)` is called, after every input was validated: a refusal stays
+    one line (and stopping a bar that never started would print a blank one)."""
+    progress = _progress("runs")
+    task = progress.add_task(description, total=None)
+    shown = False
+
+    def started(runs: int) -> None:
+        nonlocal shown
+        progress.update(task, total=runs)
+        progress.start()
+        shown = True
+
+    try:
+        yield started, lambda: progress.advance(task)
+    finally:
+        if shown:
+            progress.stop()
 
 
 @app.command("list")
@@ -181,24 +205,7 @@ def sweep_cmd(
         if workers is not None:
             check("--workers", workers, low=1, high=MAX_REPLICAS, why=REPLICAS_WHY)
         parsed = parse_grid(grid)
-        progress = _progress()
-        progress.columns = (
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed:.0f}/{task.total:.0f} runs"),
-            TimeElapsedColumn(),
-        )
-        task = progress.add_task(f"sweep {scenario}", total=None)
-        shown = False
-
-        def started(runs: int) -> None:
-            # Shown only once every combination is valid: a refusal stays one line.
-            nonlocal shown
-            progress.update(task, total=runs)
-            progress.start()
-            shown = True
-
-        try:
+        with _runs_progress(f"sweep {scenario}") as (started, advance):
             rows = sweep(
                 scenario,
                 parsed,
@@ -206,12 +213,9 @@ def sweep_cmd(
                 seed=seed,
                 duration=duration,
                 workers=workers,
-                done=lambda _row: progress.advance(task),
+                done=lambda _row: advance(),
                 started=started,
             )
-        finally:
-            if shown:  # stopping a progress that never started prints a blank line
-                progress.stop()
     out.mkdir(parents=True, exist_ok=True)
     name = Path(scenario).stem
     path = write_csv(rows, out / f"sweep-{name}.csv")
@@ -254,23 +258,7 @@ def compare_cmd(
     with _refusals(label):
         if workers is not None:
             check("--workers", workers, low=1, high=MAX_REPLICAS, why=REPLICAS_WHY)
-        progress = _progress()
-        progress.columns = (
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed:.0f}/{task.total:.0f} runs"),
-            TimeElapsedColumn(),
-        )
-        task = progress.add_task(f"compare {label}", total=None)
-        shown = False
-
-        def started(runs: int) -> None:
-            nonlocal shown  # shown once both scenarios are valid: a refusal stays one line
-            progress.update(task, total=runs)
-            progress.start()
-            shown = True
-
-        try:
+        with _runs_progress(f"compare {label}") as (started, advance):
             result = compare(
                 base,
                 variant,
@@ -281,11 +269,8 @@ def compare_cmd(
                 duration=duration,
                 workers=workers,
                 started=started,
-                done=lambda: progress.advance(task),
+                done=advance,
             )
-        finally:
-            if shown:
-                progress.stop()
     if json_out:
         typer.echo(json.dumps(result, indent=2))
     else:
