@@ -167,6 +167,40 @@ def bench_sagalab(tmp: Path, count: int, warmup: int, limit: float, check: int) 
 # -- 2. DBOS Transact, same flow ---------------------------------------------------------------
 
 
+def launch_dbos_checkout(
+    name: str, system_database_url: str, check_previous: Callable[[int], None]
+) -> tuple[Any, Callable[[], None]]:
+    """DBOS Transact on `system_database_url`, launched with the benchmark's workflow: three
+    no-op `@DBOS.step()`s, each calling `check_previous(its index)` first (the guarantee
+    check). (The DBOS instance, the workflow); the caller destroys DBOS when done."""
+    from dbos import DBOS
+
+    dbos = DBOS(
+        config={"name": name, "system_database_url": system_database_url, "log_level": "WARNING"}
+    )
+
+    @DBOS.step()
+    def reserve() -> None:
+        check_previous(0)
+
+    @DBOS.step()
+    def charge() -> None:
+        check_previous(1)
+
+    @DBOS.step()
+    def ship() -> None:
+        check_previous(2)
+
+    @DBOS.workflow()
+    def checkout() -> None:
+        reserve()
+        charge()
+        ship()
+
+    DBOS.launch()
+    return dbos, checkout
+
+
 def bench_dbos(tmp: Path, count: int, warmup: int, limit: float, check: int) -> dict[str, Any]:
     """The same 3-step workflow of no-op steps on DBOS Transact, SQLite, WAL + NORMAL."""
     import sqlalchemy as sa
@@ -204,34 +238,9 @@ def bench_dbos(tmp: Path, count: int, warmup: int, limit: float, check: int) -> 
         if found is None:
             violations.append(f"{wf}: step {index} not committed before step {index + 1}")
 
-    dbos = DBOS(
-        config={
-            "name": "sagalab-bench",
-            "system_database_url": f"sqlite:///{path}",
-            "log_level": "WARNING",
-        }
-    )
+    dbos = None
     try:
-
-        @DBOS.step()
-        def reserve() -> None:
-            check_previous(0)
-
-        @DBOS.step()
-        def charge() -> None:
-            check_previous(1)
-
-        @DBOS.step()
-        def ship() -> None:
-            check_previous(2)
-
-        @DBOS.workflow()
-        def checkout() -> None:
-            reserve()
-            charge()
-            ship()
-
-        DBOS.launch()
+        dbos, checkout = launch_dbos_checkout("sagalab-bench", f"sqlite:///{path}", check_previous)
 
         def one(_: int) -> None:
             checkout()

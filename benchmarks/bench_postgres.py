@@ -57,7 +57,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psycopg  # noqa: E402
-from bench_orchestrator import STEPS, log, timed_loop  # noqa: E402
+from bench_orchestrator import STEPS, launch_dbos_checkout, log, timed_loop  # noqa: E402
 from bench_workers import Services, Worker, order, wait_for  # noqa: E402
 
 from sagalab.orchestrator.pg_cluster import PgCluster  # noqa: E402
@@ -394,34 +394,9 @@ def bench_dbos(
         if found is None:
             violations.append(f"{wf}: step {index} not committed before step {index + 1}")
 
-    dbos = DBOS(
-        config={
-            "name": "sagalab-pgbench",
-            "system_database_url": url,
-            "log_level": "WARNING",
-        }
-    )
+    dbos = None
     try:
-
-        @DBOS.step()
-        def reserve() -> None:
-            check_previous(0)
-
-        @DBOS.step()
-        def charge() -> None:
-            check_previous(1)
-
-        @DBOS.step()
-        def ship() -> None:
-            check_previous(2)
-
-        @DBOS.workflow()
-        def checkout() -> None:
-            reserve()
-            charge()
-            ship()
-
-        DBOS.launch()
+        dbos, checkout = launch_dbos_checkout("sagalab-pgbench", url, check_previous)
         reader = psycopg.connect(observer(url), autocommit=True)
 
         def one(_: int) -> None:
