@@ -21,6 +21,7 @@ so the fake services add nothing and the hops are counted once.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ __all__ = [
     "Plan",
     "Tolerance",
     "ValidationRefused",
+    "base_path_config",
     "breaker_open_seconds",
     "compare",
     "histogram_samples",
@@ -49,6 +51,15 @@ MAX_VALIDATE_DURATION = 120.0
 MAX_VALIDATE_REQUESTS = 6000
 #: The real stack serves these flows by name (orchestrator/examples).
 REAL_FLOWS = ("checkout",)
+
+
+#: What the real run cannot carry over from a scenario it accepts.
+NOT_EXPRESSED = (
+    "service latency spread: each fake service waits a fixed delay, the scenario's median",
+    "the model's gateway, firewall and database times: the stack has its own (the stack's "
+    "own path less the model's, measured on sagas run alone, is subtracted)",
+    "client retries of the submit and per-key rate limits: the load client sends once",
+)
 
 
 class ValidationRefused(Exception):
@@ -91,14 +102,13 @@ def _median(latency: Mapping[str, Any], where: str) -> float:
     if dist == "exponential":
         return float(latency["mean"]) * math.log(2.0)
     if dist == "constant":
-        return float(latency.get("value", latency.get("mean", 0.0)))
+        return float(latency["value"])
+    if dist == "uniform":
+        return (float(latency["low"]) + float(latency["high"])) / 2.0
     if dist == "empirical":
         points = list(latency["quantiles"])
         return float(points[len(points) // 2])
-    raise ValidationRefused(
-        f"{where}: latency dist {dist!r} cannot be expressed by the fake services "
-        "(validate carries over lognormal, exponential, constant and empirical medians)"
-    )
+    raise ValidationRefused(f"{where}: latency dist {dist!r} cannot be expressed")
 
 
 def plan(
@@ -219,6 +229,20 @@ def plan(
     )
 
 
+def base_path_config(config: Mapping[str, Any], services: Iterable[str]) -> dict[str, Any]:
+    """`config` with the flow's services answering at once, without errors or faults, and
+    one saga a second: its simulated end-to-end latency is the model's own path (gateway,
+    queue, commits), to set against the real stack's measured one (`stack.realrun`)."""
+    out = copy.deepcopy(dict(config))
+    for svc in services:
+        node = out["services"][svc]
+        node.update(latency={"dist": "constant", "value": 0.0}, error_rate=0.0, reject_rate=0.0)
+    out["faults"] = []
+    out["claims"] = []
+    out["clients"] = [{**out["clients"][0], "rate": {"kind": "constant", "value": 1.0}}]
+    return out
+
+
 def ks_two_sample(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     """The two-sample KS statistic D = sup |F_a - F_b| and its asymptotic p-value."""
     if not a or not b:
@@ -284,7 +308,11 @@ class Tolerance:
 
     latency_rel: float = 0.5
     share_abs: float = 0.05
-    ks_d: float = 0.5
+    #: Loose on purpose: the fake services add a fixed delay, so the real latencies lack the
+    #: model's spread (a point mass at the model's median alone gives D = 0.5), and the stack's
+    #: CPU cost under load (not modelled) shifts them by a few ms. A wrong latency scale (10x)
+    #: gives D near 1.
+    ks_d: float = 0.7
     breaker_share: float = 0.25
 
     def describe(self) -> str:
@@ -319,9 +347,7 @@ def figures(
         "e2e_p50": round(_quantile(e2e, 0.5), 6),
         "e2e_p95": round(_quantile(e2e, 0.95), 6),
         "completed_share": round(statuses.get("completed", 0) / created, 4) if created else 0.0,
-        "rolled_back_share": round(statuses.get("rolled_back", 0) / created, 4)
-        if created
-        else 0.0,
+        "rolled_back_share": round(statuses.get("rolled_back", 0) / created, 4) if created else 0.0,
         "failed": statuses.get("failed", 0),
         "unfinished": statuses.get("unfinished", 0),
         "breaker_open_s": round(sum(breaker_open.values()), 3),
@@ -363,4 +389,10 @@ def compare(
     row("sagas", None, "reported (Poisson arrivals differ)")
     ks = {"d": round(d, 4), "p_value": round(p, 6), "ok": d <= tolerance.ks_d}
     ok = ks["ok"] and all(r["ok"] is not False for r in rows)
-    return {"rows": rows, "ks": ks, "ok": ok, "tolerance": tolerance.describe()}
+    return {
+        "rows": rows,
+        "ks": ks,
+        "ok": ok,
+        "tolerance": tolerance.describe(),
+        "not_expressed": list(NOT_EXPRESSED),
+    }

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
 import httpx
 import yaml
 
@@ -38,6 +40,10 @@ __all__ = ["DRAIN_SECONDS", "RealRun", "run_real"]
 #: The longest wait after the last arrival for the sagas to end (unfinished ones are counted).
 DRAIN_SECONDS = 30.0
 SAMPLE_EVERY = 0.2
+#: Sagas run one at a time before the arrivals, with no fault posted, to measure the stack's
+#: own path (HTTP hops, commits, worker pickup); their idempotency keys start with BASE_KEY.
+BASE_SAGAS = 12
+BASE_KEY = "vbase-"
 _TERMINAL = ("completed", "rolled_back", "failed")
 
 
@@ -54,6 +60,48 @@ class RealRun:
     refused: int = 0
     until: float = 0.0
     stack_gone: bool = False
+    #: End-to-end seconds of the base-path sagas (services answering at once, no load).
+    base: list[float] = field(default_factory=list)
+
+
+def _order(flow: str) -> tuple[str, dict[str, Any]]:
+    order = uuid.uuid4().hex[:12]
+    body = {
+        "flow": flow,
+        "input": {
+            "order_id": order,
+            "customer_id": f"c-{order[:4]}",
+            "sku": "sku-1",
+            "quantity": 1,
+            "amount": 10,
+        },
+    }
+    return order, body
+
+
+def _base_path(plan: Plan, edge: str, key: str, db: str, run: RealRun) -> None:
+    """Run BASE_SAGAS sagas one after the other (each waits for the one before to end) and
+    keep their end-to-end seconds: the stack's own path, without service latency or load."""
+    headers = {"Authorization": f"Bearer {key}"}
+    with (
+        httpx.Client(base_url=edge, timeout=10.0) as client,
+        closing(open_store(db, readonly=True)) as store,
+    ):
+        for _ in range(BASE_SAGAS):
+            order, body = _order(plan.flow)
+            r = client.post(
+                "/v1/sagas", json=body, headers={**headers, "Idempotency-Key": BASE_KEY + order}
+            )
+            if r.status_code != 202:
+                continue
+            saga_id = r.headers.get("location", "").rsplit("/", 1)[-1]
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline:
+                record = store.load(saga_id)
+                if record.status.value in _TERMINAL:
+                    run.base.append(record.updated_at - record.created_at)
+                    break
+                time.sleep(0.02)
 
 
 def _services_file(directory: Path, plan: Plan) -> Path:
@@ -82,17 +130,7 @@ async def _drive(
         tasks: set[asyncio.Task[None]] = set()
 
         async def submit() -> None:
-            order = uuid.uuid4().hex[:12]
-            body = {
-                "flow": plan.flow,
-                "input": {
-                    "order_id": order,
-                    "customer_id": f"c-{order[:4]}",
-                    "sku": "sku-1",
-                    "quantity": 1,
-                    "amount": 10,
-                },
-            }
+            order, body = _order(plan.flow)
             try:
                 r = await client.post(
                     "/v1/sagas",
@@ -159,6 +197,8 @@ def _collect(db: str, t0: float, run: RealRun, deadline: float) -> None:
             time.sleep(0.25)
         statuses: dict[str, int] = {}
         for r in records:
+            if (r.idempotency_key or "").startswith(BASE_KEY):
+                continue
             status = r.status.value
             if status not in _TERMINAL:
                 status = "unfinished"
@@ -205,6 +245,8 @@ def run_real(
                 os.environ["SAGALAB_SERVICES_FILE"] = previous
         try:
             assert state.services_url is not None
+            progress("base path", 0.0, 1.0)
+            _base_path(plan, state.edge_url, state.api_key, state.db, run)
             with httpx.Client(base_url=state.services_url, timeout=5.0) as admin:
                 for specs in plan.standing.values():
                     for spec in specs:

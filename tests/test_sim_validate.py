@@ -1,0 +1,143 @@
+"""`sagalab simulate validate`: the same scenario in SimPy and on a real loopback stack.
+
+The short CI version: the shipped checkout flow with no faults agrees within the printed
+tolerance; a scenario ten times too slow for the stack it is checked against exits 1; what
+the fake services cannot express, an unknown scenario or a --duration over the bound exit 2
+with one line and start nothing; and no stack process outlives a run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from workerlab import processes_mentioning, sagalab
+
+from sagalab.orchestrator.flow import flow_to_dict
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.simulator.validate import (
+    MAX_VALIDATE_DURATION,
+    Tolerance,
+    breaker_open_seconds,
+    compare,
+    figures,
+    ks_two_sample,
+)
+
+NO_ERRORS = {"error_rate": 0.0, "reject_rate": 0.0}
+
+
+def scenario(tmp_path: Path, **extra: Any) -> Path:
+    """The shipped checkout flow at 10 orders/s on a small stack (1 gateway, 1 worker)."""
+    raw: dict[str, Any] = {
+        "name": "checkout-validate",
+        "duration": 10,
+        "clients": [{"rate": {"kind": "constant", "value": 10}}],
+        "gateways": {"count": 1},
+        "orchestrator": {"replicas": 1, "concurrency": 8},
+        "flow": flow_to_dict(load_flow("checkout")),
+        "services": {
+            name: dict(NO_ERRORS) for name in ("inventory", "payments", "shipping", "notifications")
+        },
+        **extra,
+    }
+    path = tmp_path / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def validate(tmp_path: Path, *args: str) -> Any:
+    # The run's stack directory goes under tmp_path, so its processes can be looked for.
+    return sagalab(
+        "simulate", "validate", *args, "--json", env={"TMPDIR": str(tmp_path)}, timeout=120
+    )
+
+
+@pytest.mark.slow
+def test_checkout_without_faults_agrees(tmp_path: Path) -> None:
+    r = validate(tmp_path, str(scenario(tmp_path)), "--duration", "8")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert out["ok"] and out["ks"]["ok"]
+    assert out["real"]["sagas"] >= 40 and out["real"]["completed_share"] == 1.0
+    assert out["sim"]["completed_share"] == 1.0
+    assert out["real"]["stack_stopped"]
+    assert not processes_mentioning(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_scenario_ten_times_too_slow_exits_1(tmp_path: Path) -> None:
+    # The fake services add nothing (--no-service-latency): the stack answers in its own few
+    # milliseconds, while the scenario claims ten times the default latencies.
+    slow = {
+        name: {**NO_ERRORS, "latency": {"dist": "lognormal", "median": median, "sigma": 0.5}}
+        for name, median in (
+            ("inventory", 0.1),
+            ("payments", 0.4),
+            ("shipping", 0.2),
+            ("notifications", 0.05),
+        )
+    }
+    path = scenario(tmp_path, services=slow)
+    r = validate(tmp_path, str(path), "--duration", "5", "--no-service-latency")
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    p50 = next(row for row in out["rows"] if row["figure"] == "e2e_p50")
+    assert p50["ok"] is False and p50["sim"] > 3 * p50["real"]
+    assert not out["ks"]["ok"]
+    assert not processes_mentioning(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["no-such-scenario"], "no-such-scenario"),
+        (["baseline"], "flow 'order' is not served by the real stack"),
+        (["SCENARIO", "--duration", str(MAX_VALIDATE_DURATION + 1)], "--duration"),
+        (
+            ["SCENARIO", "--set", "faults=[{service: payments, kind: slowdown, start: 1, end: 2}]"],
+            "kind 'slowdown' cannot be expressed",
+        ),
+        (["SCENARIO", "--set", "gateways.crashes=[{at: 1}]"], "gateways.crashes"),
+    ],
+    ids=["unknown-scenario", "flow-not-served", "duration-over-bound", "slowdown", "crash"],
+)
+def test_refusals_exit_2_with_one_line(tmp_path: Path, args: list[str], says: str) -> None:
+    path = str(scenario(tmp_path))
+    r = validate(tmp_path, *[path if a == "SCENARIO" else a for a in args])
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], r.stderr
+    assert r.stdout == ""
+    assert not processes_mentioning(str(tmp_path))
+
+
+def test_breaker_open_seconds_counts_open_and_half_open() -> None:
+    transitions = [(1.0, "payments", "open"), (6.0, "payments", "half-open")]
+    transitions += [(6.5, "payments", "closed"), (9.0, "shipping", "open")]
+    assert breaker_open_seconds(transitions, until=10.0) == {"payments": 5.5, "shipping": 1.0}
+
+
+def test_ks_two_sample() -> None:
+    same = [i / 100 for i in range(100)]
+    assert ks_two_sample(same, same) == (0.0, 1.0)
+    d, p = ks_two_sample(same, [x + 10 for x in same])
+    assert d == 1.0 and p < 1e-6
+    d, p = ks_two_sample(same, [x + 0.005 for x in same])
+    assert d == pytest.approx(0.01) and p == 1.0
+
+
+def test_compare_fails_beyond_tolerance_only() -> None:
+    statuses = {"completed": 90, "rolled_back": 10}
+    sim = figures([0.1] * 50 + [0.2] * 50, statuses, {}, 3)
+    e2e = [0.1] * 50 + [0.2] * 50
+    close = compare(sim, sim, e2e, e2e, tolerance=Tolerance(), duration=20, reset_timeout=5)
+    assert close["ok"]
+    slower = [x * 2 for x in e2e]
+    real = figures(slower, statuses, {}, 3)
+    far = compare(sim, real, e2e, slower, tolerance=Tolerance(), duration=20, reset_timeout=5)
+    assert not far["ok"]
+    assert {r["figure"] for r in far["rows"] if r["ok"] is False} == {"e2e_p50", "e2e_p95"}
