@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import statistics
 from typing import Annotated, Any
 
@@ -54,6 +55,10 @@ def _rates(config: dict[str, Any]) -> list[tuple[float, float, float]]:
                 raise ValidationRefused(f"clients[{i}].rate: a ramp is not expressed by validate")
             out.append((start, end, peak))
     return out
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _progress() -> Progress:
@@ -150,6 +155,8 @@ def validate_cmd(
             if what == "arrivals":
                 progress.update(real_task, total=total)
 
+        # SIGTERM stops the run as Ctrl-C does: the stack is stopped on the way out.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             real = run_real(the_plan, seed=sim.seed, progress=tick)
         except KeyboardInterrupt:
@@ -157,6 +164,8 @@ def validate_cmd(
             raise typer.Exit(130) from None
         except (EdgeError, OSError) as exc:
             raise fail(f"the stack could not be run: {exc}", EXIT_ENVIRONMENT) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     report = result.report
     base_sim = Simulation(
         base_path_config(config, the_plan.standing), seed=sim.seed, duration=BASE_SIM_SECONDS

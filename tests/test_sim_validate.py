@@ -9,12 +9,16 @@ with one line and start nothing; and no stack process outlives a run.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from workerlab import processes_mentioning, sagalab
+from workerlab import processes_mentioning, sagalab, wait_for
 
 from sagalab.orchestrator.flow import flow_to_dict
 from sagalab.orchestrator.flowfile import load_flow
@@ -88,6 +92,43 @@ def test_a_scenario_ten_times_too_slow_exits_1(tmp_path: Path) -> None:
     p50 = next(row for row in out["rows"] if row["figure"] == "e2e_p50")
     assert p50["ok"] is False and p50["sim"] > 3 * p50["real"]
     assert not out["ks"]["ok"]
+    assert not processes_mentioning(str(tmp_path))
+
+
+def cmdline(pid: int) -> bytes:
+    """A process's command line, words joined by spaces (empty once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return b""
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_stack(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "sagalab.cli.main", "simulate", "validate"]
+    proc = subprocess.Popen(
+        [*command, str(scenario(tmp_path)), "--duration", "30"],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # The stack is up once its workers run (their command line names the run's directory).
+        wait_for(
+            lambda: any(b" worker " in cmdline(pid) for pid in processes_mentioning(str(tmp_path))),
+            40,
+            "the validate stack's worker",
+            every=0.1,
+        )
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "the stack was stopped" in err
     assert not processes_mentioning(str(tmp_path))
 
 
