@@ -319,7 +319,8 @@ class Tolerance:
         """One line for the report."""
         return (
             f"p50/p95 within {self.latency_rel:.0%} relative, completed/rolled-back shares "
-            f"within {self.share_abs:.0%} absolute, KS D <= {self.ks_d:g}, breaker open time "
+            f"within {self.share_abs:.0%} absolute or two standard errors of the difference "
+            f"(whichever is larger), KS D <= {self.ks_d:g}, breaker open time "
             f"within {self.breaker_share:.0%} of the run + one reset timeout"
         )
 
@@ -379,9 +380,15 @@ def compare(
         s, r = sim[name], real[name]
         rel = abs(r - s) / s if s > 0 else (0.0 if r == 0 else math.inf)
         row(name, rel <= tolerance.latency_rel, f"relative error {rel:.0%}")
+    n_sim, n_real = sim["sagas"], real["sagas"]
     for name in ("completed_share", "rolled_back_share"):
         diff = abs(real[name] - sim[name])
-        row(name, diff <= tolerance.share_abs, f"difference {diff:.1%}")
+        # A share of a hundred sagas is itself uncertain: the bound is the stated one or two
+        # standard errors of the difference (pooled), whichever is larger.
+        pooled = (sim[name] * n_sim + real[name] * n_real) / max(1, n_sim + n_real)
+        se = math.sqrt(pooled * (1 - pooled) * (1 / max(1, n_sim) + 1 / max(1, n_real)))
+        bound = max(tolerance.share_abs, 2 * se)
+        row(name, diff <= bound, f"difference {diff:.1%} (bound {bound:.1%})")
     slack = tolerance.breaker_share * duration + reset_timeout
     diff = abs(real["breaker_open_s"] - sim["breaker_open_s"])
     row("breaker_open_s", diff <= slack, f"difference {diff:.3g} s (bound {slack:.3g} s)")

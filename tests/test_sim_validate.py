@@ -73,6 +73,27 @@ def test_checkout_without_faults_agrees(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_payments_outage_breaker_and_shares_agree(tmp_path: Path) -> None:
+    # Payments refuses everything from 3 s to 7 s: both runs open its breaker for about as
+    # long and roll back the sagas that reach it meanwhile. The tail latency does not always
+    # agree (some real sagas wait about one reset timeout for the breaker; the model's do
+    # not): the exit code then says so, and this test holds only what agrees.
+    outage = [{"service": "payments", "kind": "outage", "start": 3, "end": 7}]
+    r = validate(tmp_path, str(scenario(tmp_path, faults=outage)), "--duration", "10")
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    rows = {row["figure"]: row for row in out["rows"]}
+    for figure in ("completed_share", "rolled_back_share", "breaker_open_s"):
+        assert rows[figure]["ok"], rows[figure]
+    for side in ("sim", "real"):
+        assert out[side]["breaker_open_by_service"]["payments"] > 3.0, out[side]
+        assert 0.15 < out[side]["rolled_back_share"] < 0.75, out[side]
+    failing = {name for name, row in rows.items() if row["ok"] is False}
+    assert (r.returncode == 1) == bool(failing or not out["ks"]["ok"])
+    assert not processes_mentioning(str(tmp_path))
+
+
+@pytest.mark.slow
 def test_a_scenario_ten_times_too_slow_exits_1(tmp_path: Path) -> None:
     # The fake services add nothing (--no-service-latency): the stack answers in its own few
     # milliseconds, while the scenario claims ten times the default latencies.
