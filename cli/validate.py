@@ -260,8 +260,8 @@ def _render(out: dict[str, Any]) -> None:
         f"stack's own path: {hop['real_base_p25'] * 1000:.1f} ms real vs "
         f"{hop['sim_base_p50'] * 1000:.1f} ms modelled (lower quartile and p50 of sagas run "
         f"alone with services answering at once); {hop['subtracted'] * 1000:.1f} ms "
-        f"subtracted from each real end-to-end latency (raw real p50 {hop['raw_real_e2e_p50']:.4g} s, p95 "
-        f"{hop['raw_real_e2e_p95']:.4g} s)"
+        f"subtracted from each real end-to-end latency (raw real p50 "
+        f"{hop['raw_real_e2e_p50']:.4g} s, p95 {hop['raw_real_e2e_p95']:.4g} s)"
     )
     console.print(
         f"load: {out['load']}; submitted {out['real']['submitted']}, refused "
