@@ -13,6 +13,7 @@ import math
 import signal
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -161,7 +162,7 @@ def validate_cmd(
         except KeyboardInterrupt:
             typer.echo("interrupted: the stack was stopped", err=True)
             raise typer.Exit(130) from None
-        except (EdgeError, OSError) as exc:
+        except (EdgeError, OSError, httpx.HTTPError) as exc:
             raise fail(f"the stack could not be run: {exc}", EXIT_ENVIRONMENT) from None
         finally:
             signal.signal(signal.SIGTERM, previous)

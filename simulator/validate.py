@@ -201,20 +201,18 @@ def plan(
                 "fixed latency, not a factor); validate supports outage and errors windows"
             )
     breakers = config["breakers"]
-    configs = (
-        {
-            svc: {
-                "fail_max": int(breakers["fail_max"]),
-                "reset_timeout": float(breakers["reset_timeout"]),
-                "success_threshold": int(breakers["success_threshold"]),
-            }
-            for svc in standing
-        }
-        if breakers.get("enabled", True)
-        else {}
-    )
     if not breakers.get("enabled", True):
-        raise ValidationRefused("breakers.enabled false cannot be applied: the real workers guard")
+        raise ValidationRefused(
+            "breakers.enabled false cannot be applied: the real workers always have breakers"
+        )
+    configs = {
+        svc: {
+            "fail_max": int(breakers["fail_max"]),
+            "reset_timeout": float(breakers["reset_timeout"]),
+            "success_threshold": int(breakers["success_threshold"]),
+        }
+        for svc in standing
+    }
     orch = config["orchestrator"]
     return Plan(
         flow=str(name),

@@ -150,9 +150,10 @@ async def _drive(
                 if delay > 0:
                     await asyncio.sleep(delay)
                 if action.clear:
-                    await admin.delete("/_admin/faults", params={"service": action.service})
+                    r = await admin.delete("/_admin/faults", params={"service": action.service})
+                    r.raise_for_status()
                     for spec in plan.standing.get(action.service, ()):
-                        await admin.post("/_admin/faults", json=spec)
+                        (await admin.post("/_admin/faults", json=spec)).raise_for_status()
                 else:
                     (await admin.post("/_admin/faults", json=dict(action.spec))).raise_for_status()
 
@@ -176,7 +177,10 @@ async def _drive(
             await asyncio.sleep(delay)
         if tasks:
             await asyncio.wait(tasks, timeout=15.0)
-        fault_task.cancel()
+        if fault_task.done():
+            fault_task.result()  # a fault the services refused ends the run: say so
+        else:
+            fault_task.cancel()
 
 
 def _sampler(db: str, stop_event: threading.Event, run: RealRun) -> None:
