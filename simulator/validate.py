@@ -9,14 +9,14 @@ tolerance (`Tolerance`). No I/O, no clock, no randomness here.
 
 How the real stack's own overhead is treated: each fake service answers after a fixed delay
 equal to the scenario's median latency for it (the fake services add a fixed delay, not a
-distribution: the spread, sigma, is not carried over), *plus* the real HTTP hop (edge,
-gateway, API, worker round trips: a few milliseconds each on loopback). The model has no such
-hops beyond its own gateway and database times, so the real end-to-end latency sits above the
-simulated one by about the sum of the hops; the relative tolerance on p50/p95 allows for it
-at service latencies of tens of milliseconds. A scenario fitted by `simulate calibrate` from
-the journal of this same stack already includes the hops in its service latencies
-(calibrate measures each call as the worker saw it): validate it with `--no-service-latency`
-so the fake services add nothing and the hops are counted once.
+distribution: the spread, sigma, is not carried over), *plus* the real HTTP hops and commits
+(edge, gateway, API, SQLite, the worker's pickup and calls). The model has only its own gateway
+and database times for these, so the CLI measures the stack's own path on sagas run one at a
+time before the arrivals, subtracts it less the model's (`base_path_config`) from every real
+end-to-end latency and prints both. A scenario fitted by `simulate calibrate` from the journal
+of this same stack already has the service calls' hops in its latencies (calibrate measures
+each call as the worker saw it): validate it with `--no-service-latency` so the fake services
+add nothing.
 """
 
 from __future__ import annotations
