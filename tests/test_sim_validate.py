@@ -135,11 +135,14 @@ def test_ctrl_c_stops_the_stack(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        # The stack is up once its workers run (their command line names the run's directory).
+        # The stack is up (its state file written) and its worker runs: the arrivals are next.
         wait_for(
-            lambda: any(b" worker " in cmdline(pid) for pid in processes_mentioning(str(tmp_path))),
+            lambda: (
+                list(tmp_path.glob("sagalab-validate-*/stack.json"))
+                and any(b" worker " in cmdline(pid) for pid in processes_mentioning(str(tmp_path)))
+            ),
             40,
-            "the validate stack's worker",
+            "the validate stack to be up",
             every=0.1,
         )
         proc.send_signal(signal.SIGINT)
