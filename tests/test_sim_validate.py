@@ -22,6 +22,7 @@ from workerlab import processes_mentioning, sagalab, wait_for
 
 from sagalab.orchestrator.flow import flow_to_dict
 from sagalab.orchestrator.flowfile import load_flow
+from sagalab.simulator.config import load_scenario
 from sagalab.simulator.validate import (
     MAX_VALIDATE_DURATION,
     Tolerance,
@@ -29,6 +30,7 @@ from sagalab.simulator.validate import (
     compare,
     figures,
     ks_two_sample,
+    plan,
 )
 
 NO_ERRORS = {"error_rate": 0.0, "reject_rate": 0.0}
@@ -206,3 +208,27 @@ def test_compare_fails_beyond_tolerance_only() -> None:
     far = compare(sim, real, e2e, slower, tolerance=Tolerance(), duration=20, reset_timeout=5)
     assert not far["ok"]
     assert {r["figure"] for r in far["rows"] if r["ok"] is False} == {"e2e_p50", "e2e_p95"}
+
+
+def test_plan_says_the_scenario_in_faults(tmp_path: Path) -> None:
+    windows = [
+        {"service": "payments", "kind": "errors", "start": 2, "end": 5, "rate": 0.5},
+        {"service": "shipping", "kind": "outage", "start": 1, "end": 4},
+    ]
+    config = load_scenario(str(scenario(tmp_path, faults=windows)))
+    config["services"]["payments"]["reject_rate"] = 0.1
+    p = plan(config, duration=10, segments=[(0.0, float("inf"), 10.0)])
+    assert p.flow == "checkout" and p.rates == ((0.0, 10, 10.0),)
+    assert p.standing["payments"] == (
+        {"service": "payments", "latency_ms": 40},
+        {"service": "payments", "error_rate": 0.1, "status": 422},
+    )
+    assert [(a.at, a.service, a.clear) for a in p.timed] == [
+        (1.0, "shipping", False),
+        (2.0, "payments", False),
+        (5.0, "payments", True),
+    ]
+    assert p.timed[0].spec == {"service": "shipping", "outage_seconds": 3.0}
+    assert p.breakers["payments"] == {"fail_max": 5, "reset_timeout": 5.0, "success_threshold": 1}
+    bare = plan(config, duration=10, segments=[(0.0, 10.0, 10.0)], service_latency=False)
+    assert all("latency_ms" not in f for fs in bare.standing.values() for f in fs)
