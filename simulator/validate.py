@@ -11,12 +11,16 @@ How the real stack's own overhead is treated: each fake service answers after a 
 equal to the scenario's median latency for it (the fake services add a fixed delay, not a
 distribution: the spread, sigma, is not carried over), *plus* the real HTTP hops and commits
 (edge, gateway, API, SQLite, the worker's pickup and calls). The model has only its own gateway
-and database times for these, so the CLI measures the stack's own path on sagas run one at a
-time before the arrivals, subtracts it less the model's (`base_path_config`) from every real
-end-to-end latency and prints both. A scenario fitted by `simulate calibrate` from the journal
-of this same stack already has the service calls' hops in its latencies (calibrate measures
-each call as the worker saw it): validate it with `--no-service-latency` so the fake services
-add nothing.
+and database times for these (defaults, not fitted), so the CLI measures the stack's own path
+on sagas run one at a time before the arrivals, and shifts every real end-to-end latency by
+the model's own path less the stack's (`base_path_config`; either sign), printing both: what
+is compared is what load, queues, faults and retries add to each. A scenario fitted by
+`simulate calibrate` from the journal of this same stack already has the service calls' hops
+in its latencies (calibrate measures each call as the worker saw it): validate it with
+`--no-service-latency` so the fake services add nothing. The shift never includes service time
+(the stack's path is each base saga's end-to-end latency less its calls' journaled durations,
+the model's is run with its services answering at once), so a wrong service latency stays
+wrong.
 """
 
 from __future__ import annotations
@@ -228,9 +232,9 @@ def plan(
 
 
 def base_path_config(config: Mapping[str, Any], services: Iterable[str]) -> dict[str, Any]:
-    """`config` with the flow's services answering at once, without errors or faults, and
-    one saga a second: its simulated end-to-end latency is the model's own path (gateway,
-    queue, commits), to set against the real stack's measured one (`stack.realrun`)."""
+    """`config` with the flow's services answering at once, without errors or fault windows,
+    at one saga a second: its simulated end-to-end latency is the model's own path (gateway,
+    queue, commits), to set against the stack's (`stack.realrun`: end-to-end less the calls)."""
     out = copy.deepcopy(dict(config))
     for svc in services:
         node = out["services"][svc]
