@@ -217,7 +217,7 @@ def validate_cmd(
             "real_base_p25": round(real_base, 6),
             "real_base_sagas": len(real.base),
             "sim_base_p25": round(sim_base, 6),
-            "subtracted": round(shift, 6),  # negative: added,
+            "subtracted": round(shift, 6),  # negative: added
             "raw_real_e2e_p50": figures(real.e2e, real.statuses, {}, 0)["e2e_p50"],
             "raw_real_e2e_p95": figures(real.e2e, real.statuses, {}, 0)["e2e_p95"],
         },
