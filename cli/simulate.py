@@ -23,6 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sagalab.cli.errors import EXIT_USAGE, fail, handled
 from sagalab.cli.explore import explore_cmd
+from sagalab.cli.validate import validate_cmd
 from sagalab.cli.verify import parse_since
 from sagalab.orchestrator.limits import (
     MAX_REPLICAS,
@@ -55,6 +56,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 app.command("explore")(explore_cmd)
+app.command("validate")(validate_cmd)
 
 ScenarioArg = Annotated[str, typer.Argument(help="A shipped scenario name or a YAML file.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default: scenario's).")]

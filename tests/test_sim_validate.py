@@ -1,0 +1,234 @@
+"""`sagalab simulate validate`: the same scenario in SimPy and on a real loopback stack.
+
+The short CI version: the shipped checkout flow with no faults agrees within the printed
+tolerance; a scenario ten times too slow for the stack it is checked against exits 1; what
+the fake services cannot express, an unknown scenario or a --duration over the bound exit 2
+with one line and start nothing; and no stack process outlives a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from workerlab import processes_mentioning, sagalab, wait_for
+
+from sagalab.orchestrator.flow import flow_to_dict
+from sagalab.orchestrator.flowfile import load_flow
+from sagalab.simulator.config import load_scenario
+from sagalab.simulator.validate import (
+    MAX_VALIDATE_DURATION,
+    Tolerance,
+    breaker_open_seconds,
+    compare,
+    figures,
+    ks_two_sample,
+    plan,
+)
+
+NO_ERRORS = {"error_rate": 0.0, "reject_rate": 0.0}
+
+
+def scenario(tmp_path: Path, **extra: Any) -> Path:
+    """The shipped checkout flow at 10 orders/s on a small stack (1 gateway, 1 worker)."""
+    raw: dict[str, Any] = {
+        "name": "checkout-validate",
+        "duration": 10,
+        "clients": [{"rate": {"kind": "constant", "value": 10}}],
+        "gateways": {"count": 1},
+        "orchestrator": {"replicas": 1, "concurrency": 8},
+        "flow": flow_to_dict(load_flow("checkout")),
+        "services": {
+            name: dict(NO_ERRORS) for name in ("inventory", "payments", "shipping", "notifications")
+        },
+        **extra,
+    }
+    path = tmp_path / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def validate(tmp_path: Path, *args: str) -> Any:
+    # The run's stack directory goes under tmp_path, so its processes can be looked for.
+    return sagalab(
+        "simulate", "validate", *args, "--json", env={"TMPDIR": str(tmp_path)}, timeout=120
+    )
+
+
+@pytest.mark.slow
+def test_checkout_without_faults_agrees(tmp_path: Path) -> None:
+    r = validate(tmp_path, str(scenario(tmp_path)), "--duration", "8")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert out["ok"] and out["ks"]["ok"]
+    assert out["real"]["sagas"] >= 40 and out["real"]["completed_share"] == 1.0
+    assert out["sim"]["completed_share"] == 1.0
+    assert out["real"]["stack_stopped"]
+    assert not processes_mentioning(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_payments_outage_breaker_and_shares_agree(tmp_path: Path) -> None:
+    # Payments refuses everything from 3 s to 7 s: both runs open its breaker for about as
+    # long and roll back the sagas that reach it meanwhile. The tail latency does not always
+    # agree (some real sagas wait about one reset timeout for the breaker; the model's do
+    # not): the exit code then says so, and this test holds only what agrees.
+    outage = [{"service": "payments", "kind": "outage", "start": 3, "end": 7}]
+    r = validate(tmp_path, str(scenario(tmp_path, faults=outage)), "--duration", "10")
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    rows = {row["figure"]: row for row in out["rows"]}
+    for figure in ("completed_share", "rolled_back_share", "breaker_open_s"):
+        assert rows[figure]["ok"], rows[figure]
+    for side in ("sim", "real"):
+        assert out[side]["breaker_open_by_service"]["payments"] > 3.0, out[side]
+        assert 0.15 < out[side]["rolled_back_share"] < 0.75, out[side]
+    failing = {name for name, row in rows.items() if row["ok"] is False}
+    assert (r.returncode == 1) == bool(failing or not out["ks"]["ok"])
+    assert not processes_mentioning(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_scenario_ten_times_too_slow_exits_1(tmp_path: Path) -> None:
+    # The fake services add nothing (--no-service-latency): the stack answers in its own few
+    # milliseconds, while the scenario claims ten times the default latencies.
+    slow = {
+        name: {**NO_ERRORS, "latency": {"dist": "lognormal", "median": median, "sigma": 0.5}}
+        for name, median in (
+            ("inventory", 0.1),
+            ("payments", 0.4),
+            ("shipping", 0.2),
+            ("notifications", 0.05),
+        )
+    }
+    path = scenario(tmp_path, services=slow)
+    r = validate(tmp_path, str(path), "--duration", "5", "--no-service-latency")
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    p50 = next(row for row in out["rows"] if row["figure"] == "e2e_p50")
+    assert p50["ok"] is False and p50["sim"] > 3 * p50["real"]
+    assert not out["ks"]["ok"]
+    assert not processes_mentioning(str(tmp_path))
+
+
+def cmdline(pid: int) -> bytes:
+    """A process's command line, words joined by spaces (empty once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return b""
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_stack(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "sagalab.cli.main", "simulate", "validate"]
+    proc = subprocess.Popen(
+        [*command, str(scenario(tmp_path)), "--duration", "30"],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # The stack is up (its state file written) and its worker runs: the arrivals are next.
+        wait_for(
+            lambda: (
+                list(tmp_path.glob("sagalab-validate-*/stack.json"))
+                and any(b" worker " in cmdline(pid) for pid in processes_mentioning(str(tmp_path)))
+            ),
+            40,
+            "the validate stack to be up",
+            every=0.1,
+        )
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "the stack was stopped" in err
+    assert not processes_mentioning(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["no-such-scenario"], "no-such-scenario"),
+        (["baseline"], "flow 'order' is not served by the real stack"),
+        (["SCENARIO", "--duration", str(MAX_VALIDATE_DURATION + 1)], "--duration"),
+        (
+            ["SCENARIO", "--set", "faults=[{service: payments, kind: slowdown, start: 1, end: 2}]"],
+            "kind 'slowdown' cannot be expressed",
+        ),
+        (["SCENARIO", "--set", "gateways.crashes=[{at: 1}]"], "gateways.crashes"),
+    ],
+    ids=["unknown-scenario", "flow-not-served", "duration-over-bound", "slowdown", "crash"],
+)
+def test_refusals_exit_2_with_one_line(tmp_path: Path, args: list[str], says: str) -> None:
+    path = str(scenario(tmp_path))
+    r = validate(tmp_path, *[path if a == "SCENARIO" else a for a in args])
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], r.stderr
+    assert r.stdout == ""
+    assert not processes_mentioning(str(tmp_path))
+
+
+def test_breaker_open_seconds_counts_open_and_half_open() -> None:
+    transitions = [(1.0, "payments", "open"), (6.0, "payments", "half-open")]
+    transitions += [(6.5, "payments", "closed"), (9.0, "shipping", "open")]
+    assert breaker_open_seconds(transitions, until=10.0) == {"payments": 5.5, "shipping": 1.0}
+
+
+def test_ks_two_sample() -> None:
+    same = [i / 100 for i in range(100)]
+    assert ks_two_sample(same, same) == (0.0, 1.0)
+    d, p = ks_two_sample(same, [x + 10 for x in same])
+    assert d == 1.0 and p < 1e-6
+    d, p = ks_two_sample(same, [x + 0.005 for x in same])
+    assert d == pytest.approx(0.01) and p == 1.0
+
+
+def test_compare_fails_beyond_tolerance_only() -> None:
+    statuses = {"completed": 90, "rolled_back": 10}
+    sim = figures([0.1] * 50 + [0.2] * 50, statuses, {}, 3)
+    e2e = [0.1] * 50 + [0.2] * 50
+    close = compare(sim, sim, e2e, e2e, tolerance=Tolerance(), duration=20, reset_timeout=5)
+    assert close["ok"]
+    slower = [x * 2 for x in e2e]
+    real = figures(slower, statuses, {}, 3)
+    far = compare(sim, real, e2e, slower, tolerance=Tolerance(), duration=20, reset_timeout=5)
+    assert not far["ok"]
+    assert {r["figure"] for r in far["rows"] if r["ok"] is False} == {"e2e_p50", "e2e_p95"}
+
+
+def test_plan_says_the_scenario_in_faults(tmp_path: Path) -> None:
+    windows = [
+        {"service": "payments", "kind": "errors", "start": 2, "end": 5, "rate": 0.5},
+        {"service": "shipping", "kind": "outage", "start": 1, "end": 4},
+    ]
+    config = load_scenario(str(scenario(tmp_path, faults=windows)))
+    config["services"]["payments"]["reject_rate"] = 0.1
+    p = plan(config, duration=10, segments=[(0.0, float("inf"), 10.0)])
+    assert p.flow == "checkout" and p.rates == ((0.0, 10, 10.0),)
+    assert p.standing["payments"] == (
+        {"service": "payments", "latency_ms": 40},
+        {"service": "payments", "error_rate": 0.1, "status": 422},
+    )
+    assert [(a.at, a.service, a.clear) for a in p.timed] == [
+        (1.0, "shipping", False),
+        (2.0, "payments", False),
+        (5.0, "payments", True),
+    ]
+    assert p.timed[0].spec == {"service": "shipping", "outage_seconds": 3.0}
+    assert p.breakers["payments"] == {"fail_max": 5, "reset_timeout": 5.0, "success_threshold": 1}
+    bare = plan(config, duration=10, segments=[(0.0, 10.0, 10.0)], service_latency=False)
+    assert all("latency_ms" not in f for fs in bare.standing.values() for f in fs)
