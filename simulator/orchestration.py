@@ -76,6 +76,7 @@ class Saga:
         "resumed",
         "run_started",
         "group",
+        "sent",
     )
 
     def __init__(
@@ -98,6 +99,9 @@ class Saga:
         self.resumed = 0
         self.run_started = born
         self.group = group
+        # The operations (step, phase) that reached their service at least once: a later
+        # call of one is amplification (`simulator.metastability`).
+        self.sent: set[tuple[str, Phase]] = set()
 
     def lose_unflushed(self) -> None:
         """A crash: what was not committed is gone; the state is what the journal says."""
@@ -384,6 +388,10 @@ class Orchestrator:
                 service, _breaker, limit = routes[name]
                 if hop:
                     yield timeout(hop)  # to the services' region
+                operation = (name, effect.phase)
+                if operation not in saga.sent:
+                    saga.sent.add(operation)
+                    service.useful += 1
                 call = service.call(saga, name, effect.phase, limit)
                 yield call.event
                 if hop:

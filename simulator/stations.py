@@ -332,6 +332,9 @@ class Service:
             "timeouts": 0,
             "wasted": 0,
         }
+        # First calls of an operation (counted by the orchestration, which knows which call
+        # repeats one): kept out of `counts` so that the report's `services` stay as they were.
+        self.useful = 0
 
     def _fault_state(self, now: float) -> tuple[bool, float, float]:
         outage, factor, rate = False, 1.0, self.error_rate

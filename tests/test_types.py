@@ -49,6 +49,7 @@ CHECKS = [
             "sagalab/simulator/explore_checks.py",
             "sagalab/simulator/explore_world.py",
             "sagalab/simulator/paired.py",
+            "sagalab/simulator/metastability.py",
         ],
         id="core-strict",
     ),
