@@ -12,6 +12,9 @@ tested on hand-made series and the report only calls them.
 * `time_to_recover(times, values, ...)`: after a fault window ends, how long until a health
   signal (windowed goodput, say) is back within `tolerance` of its pre-fault level and stays
   there for `hold` seconds; None when it never does before the end of the run.
+* `ramp_stages`, `stage_figures`, `hysteresis`: a load that rises then falls level by level
+  (`simulate ramp`), the figures of each stage, and each level's figure on the way up against
+  the way down: a system that is worse at the same load after an overload is metastable.
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ from dataclasses import dataclass
 
 __all__ = [
     "RecoveryRule",
+    "Stage",
     "amplification",
     "baseline",
+    "hysteresis",
+    "ramp_stages",
     "rolling_mean",
+    "stage_figures",
     "time_to_recover",
 ]
 
@@ -100,3 +107,59 @@ def time_to_recover(
         if t - run_start >= rule.hold - 1e-9:
             return round(run_start - fault_end, 6)
     return None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One level of a ramp: `rate` arrivals per second from `start` to `end` seconds."""
+
+    direction: str  # "up" (the peak included) or "down"
+    rate: float
+    start: float
+    end: float
+
+
+def ramp_stages(levels: Sequence[float], hold: float) -> list[Stage]:
+    """`levels` (rising) held `hold` seconds each, then the same levels back down below the
+    peak: [1, 2, 3] gives 1, 2, 3 up and 2, 1 down. ValueError unless the levels rise."""
+    if len(levels) < 2:
+        raise ValueError("needs at least two levels")
+    if any(b <= a for a, b in zip(levels, levels[1:], strict=False)) or levels[0] < 0:
+        raise ValueError("levels must rise: 0 <= first < second < ...")
+    if hold <= 0:
+        raise ValueError("hold must be positive")
+    rates = [("up", float(x)) for x in levels]
+    rates += [("down", float(x)) for x in reversed(levels[:-1])]
+    return [Stage(d, r, i * hold, (i + 1) * hold) for i, (d, r) in enumerate(rates)]
+
+
+def stage_figures(
+    series: Sequence[dict[str, float]],
+    stages: Sequence[Stage],
+    columns: Sequence[str],
+    settle: float,
+) -> list[dict[str, float | str]]:
+    """Per stage, the mean of each of `columns` over its samples taken more than `settle`
+    seconds after the stage starts (the transient of the step skipped)."""
+    out: list[dict[str, float | str]] = []
+    for stage in stages:
+        rows = [r for r in series if stage.start + settle < r["t"] <= stage.end]
+        figures: dict[str, float | str] = {"direction": stage.direction, "rate": stage.rate}
+        for col in columns:
+            values = [r[col] for r in rows]
+            figures[col] = round(sum(values) / len(values), 6) if values else 0.0
+        out.append(figures)
+    return out
+
+
+def hysteresis(figures: Sequence[dict[str, float | str]], column: str) -> list[dict[str, float]]:
+    """For each rate met both ways, `column` on the way up and on the way down, and the gap
+    (up minus down: positive when the way down is worse for a goodput)."""
+    up = {f["rate"]: f[column] for f in figures if f["direction"] == "up"}
+    out: list[dict[str, float]] = []
+    for f in figures:
+        if f["direction"] != "down" or f["rate"] not in up:
+            continue
+        a, b = float(up[f["rate"]]), float(f[column])
+        out.append({"rate": float(f["rate"]), "up": a, "down": b, "gap": round(a - b, 6)})
+    return out

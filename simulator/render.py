@@ -150,6 +150,31 @@ def render_sweep(console: Console, rows: Sequence[Mapping[str, Any]], keys: Sequ
     console.print(table)
 
 
+def render_ramp(console: Console, result: Mapping[str, Any]) -> None:
+    """Each level of a ramp (up, then down) and goodput's hysteresis."""
+    stages = result["stages"]
+    table = Table(
+        title=f"Ramp: {result['scenario']} (group {result['group']}, seed {result['seed']})"
+    )
+    shown = ["legit_offered", "completed", "rolled_back", "failed", "e2e_p95"]
+    heads = ["offered/s", "done/s", "undone/s", "failed/s", "p95 s"]
+    amp = [k for k in (stages[0] if stages else {}) if k.startswith("amplification_")]
+    table.add_column("way")
+    table.add_column("rate/s", justify="right")
+    for head in heads:
+        table.add_column(head, justify="right")
+    for k in amp:  # each service's amplification factor over the level
+        table.add_column(k.removeprefix("amplification_")[:8] + " x", justify="right")
+    for row in stages:
+        table.add_row(row["direction"], _num(row["rate"]), *(_num(row[k]) for k in shown + amp))
+    console.print(table)
+    for h in result["hysteresis"]:
+        console.print(
+            f"at {_num(h['rate'])}/s: {_num(h['up'])} completed/s on the way up, "
+            f"{_num(h['down'])} on the way down"
+        )
+
+
 def _num(x: float) -> str:
     if abs(x) >= 1000 or x == int(x):
         return f"{x:,.0f}"

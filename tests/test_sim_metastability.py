@@ -4,16 +4,22 @@ the shipped retry-storm scenarios."""
 from __future__ import annotations
 
 import pytest
+from typer.testing import CliRunner
 
+from sagalab.cli.simulate import app
 from sagalab.simulator.config import load_scenario
 from sagalab.simulator.metastability import (
     RecoveryRule,
     amplification,
     baseline,
+    hysteresis,
+    ramp_stages,
     rolling_mean,
+    stage_figures,
     time_to_recover,
 )
 from sagalab.simulator.model import simulate
+from sagalab.simulator.ramp import ramp
 
 TIMES = [float(t) for t in range(1, 31)]
 GOODPUT = RecoveryRule()
@@ -103,3 +109,63 @@ def test_storm_claims_hold_over_other_seeds(seed: int) -> None:
         claims = simulate(load_scenario(name), seed=seed).report["claims"]
         bad = [c for c in claims if not c["ok"]]
         assert not bad, (name, bad)
+
+
+def test_ramp_stages_go_up_then_back_down_below_the_peak() -> None:
+    stages = ramp_stages([1, 2, 3], 10)
+    assert [(s.direction, s.rate, s.start, s.end) for s in stages] == [
+        ("up", 1.0, 0.0, 10.0),
+        ("up", 2.0, 10.0, 20.0),
+        ("up", 3.0, 20.0, 30.0),
+        ("down", 2.0, 30.0, 40.0),
+        ("down", 1.0, 40.0, 50.0),
+    ]
+    for bad in ([1], [2, 1], [1, 1], [-1, 2]):
+        with pytest.raises(ValueError):
+            ramp_stages(bad, 10)
+    with pytest.raises(ValueError):
+        ramp_stages([1, 2], 0)
+
+
+def test_stage_figures_skip_the_settling_seconds_and_hysteresis_pairs_the_levels() -> None:
+    stages = ramp_stages([10, 20], 4)  # up 10 (0..4), up 20 (4..8), down 10 (8..12)
+    goodput = [99, 10, 10, 10, 99, 20, 20, 20, 99, 2, 2, 2]
+    series = [
+        {"t": float(t), "completed": float(v)} for t, v in zip(range(1, 13), goodput, strict=True)
+    ]
+    figures = stage_figures(series, stages, ["completed"], settle=1.0)
+    assert [f["completed"] for f in figures] == [10.0, 20.0, 2.0]
+    assert hysteresis(figures, "completed") == [{"rate": 10.0, "up": 10.0, "down": 2.0, "gap": 8.0}]
+
+
+def test_ramp_shows_the_retry_storm_hysteresis() -> None:
+    """Up to an overload and back: at 100/s goodput keeps up on the way up and is gone on
+    the way down (the storm outlives the overload that started it)."""
+    result = ramp("retry-storm", [100, 450], hold=8, settle=3, sets=["faults=[]"], seed=1)
+    assert [(s["direction"], s["rate"]) for s in result["stages"]] == [
+        ("up", 100.0),
+        ("up", 450.0),
+        ("down", 100.0),
+    ]
+    (back,) = result["hysteresis"]
+    assert back["up"] > 90 and back["down"] < 10
+    up, _, down = result["stages"]
+    assert up["amplification_payments"] < 1.1 < 5 < down["amplification_payments"]
+    assert result["invariants_failed"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--levels", "300,100"], "levels must rise"),
+        (["--levels", "100,x"], "expected rising rates"),
+        (["--levels", "100,200", "--group", "nobody"], "no client group 'nobody'"),
+        (["--levels", "100,200", "--hold", "5", "--settle", "5"], "--settle"),
+        (["--levels", "100,200", "--hold", "1e9"], "over the limit"),
+    ],
+    ids=["falling", "not-a-number", "unknown-group", "settle-too-long", "absurd-hold"],
+)
+def test_ramp_refuses_bad_input_with_exit_2(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["ramp", "retry-storm", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
