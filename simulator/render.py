@@ -111,6 +111,14 @@ def render_summary(console: Console, report: Mapping[str, Any], files: Sequence[
     )
     q = report["queue"]
     ops.add_row("queue peak", f"{q['peak_depth']} sagas, oldest {q['peak_age']:.2f} s")
+    meta = report.get("metastability")
+    if meta is not None:
+        amp = meta["amplification"]
+        ops.add_row(
+            "amplification",
+            ", ".join(f"{name} {a['factor']:.2f}x" for name, a in amp.items()) or "no services",
+        )
+        ops.add_row("recovery", _recovery(meta["recovery"]))
     console.print(ops)
 
     checks = Table(title="Invariants and claims")
@@ -125,6 +133,17 @@ def render_summary(console: Console, report: Mapping[str, Any], files: Sequence[
     console.print(checks)
     for f in files:
         console.print(f"wrote {f}")
+
+
+def _recovery(rec: Mapping[str, Any] | None) -> str:
+    if rec is None:
+        return "no fault window"
+    if rec["pre_fault_level"] is None:
+        return "no level before the fault to return to"
+    where = f"after {rec['fault_end']:g} s, to {rec['pre_fault_level']:.1f} {rec['signal']}/s"
+    if not rec["recovered"]:
+        return f"did not recover ({where})"
+    return f"{rec['time_to_recover']:g} s ({where})"
 
 
 def _mark(ok: bool) -> str:

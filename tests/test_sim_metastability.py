@@ -3,6 +3,8 @@ the shipped retry-storm scenarios."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -169,3 +171,12 @@ def test_ramp_refuses_bad_input_with_exit_2(args: list[str], message: str) -> No
     result = CliRunner().invoke(app, ["ramp", "retry-storm", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_run_summary_shows_amplification_and_recovery(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["run", "retry-storm", "--duration", "30", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 1, result.output  # the long-window claims are not met in 30 s
+    assert "did not recover (after 25 s" in result.output
+    assert "payments" in result.output and "amplification" in result.output
