@@ -180,3 +180,26 @@ def test_run_summary_shows_amplification_and_recovery(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output  # the long-window claims are not met in 30 s
     assert "did not recover (after 25 s" in result.output
     assert "payments" in result.output and "amplification" in result.output
+
+
+BACKOFF = {
+    "no backoff": {"initial_delay": 0, "max_delay": 0, "jitter": False},
+    "exponential": {"jitter": False},
+    "exponential, full jitter": {},  # the scenario as shipped
+}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3], ids=["seed1", "seed2", "seed3"])
+def test_brookers_backoff_ranking(seed: int) -> None:
+    """Work done by contending clients (calls to payments for the same burst of sagas):
+    no backoff > exponential without jitter > exponential with full jitter, each by a wide
+    margin (measured 22,900 / 5,900 / 3,700 calls), on every seed."""
+    calls = {}
+    for kind, retry in BACKOFF.items():
+        config = load_scenario("backoff-contention")
+        config["flow"]["steps"][0]["retry"].update(retry)
+        report = simulate(config, seed=seed).report
+        assert report["invariants_failed"] == 0
+        calls[kind] = report["services"]["payments"]["calls"]
+    none, plain, jittered = calls.values()
+    assert none > 2 * plain and plain > 1.2 * jittered, calls
