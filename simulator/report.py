@@ -214,7 +214,24 @@ def metastability(sim: Simulation, windows: list[dict[str, Any]]) -> dict[str, A
         }
         for name, s in sim.services.items()
     }
-    return {"amplification": amp, "recovery": recovery(sim.series, windows, sim)}
+    # The clients' own amplification: attempts per request (a retry budget caps it).
+    counts = sim.edge.counts
+    clients = {
+        kind: {
+            "offered": counts.get(f"{kind}.offered", 0),
+            "attempts": counts.get(f"{kind}.attempts", 0),
+            "factor": round(
+                amplification(counts.get(f"{kind}.attempts", 0), counts.get(f"{kind}.offered", 0)),
+                6,
+            ),
+        }
+        for kind in ("legit", "attacker")
+    }
+    return {
+        "amplification": amp,
+        "clients": clients,
+        "recovery": recovery(sim.series, windows, sim),
+    }
 
 
 def recovery(

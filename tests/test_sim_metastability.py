@@ -4,12 +4,13 @@ the shipped retry-storm scenarios."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from sagalab.cli.simulate import app
-from sagalab.simulator.config import load_scenario
+from sagalab.simulator.config import load_scenario, merge_defaults
 from sagalab.simulator.metastability import (
     RecoveryRule,
     amplification,
@@ -203,3 +204,35 @@ def test_brookers_backoff_ranking(seed: int) -> None:
         calls[kind] = report["services"]["payments"]["calls"]
     none, plain, jittered = calls.values()
     assert none > 2 * plain and plain > 1.2 * jittered, calls
+
+
+def _refused_clients(budget: dict[str, float] | None) -> dict[str, Any]:
+    """About 20 requests in 2 s; the only gateway is down for the whole run: every attempt
+    gets a 503 and is retried (up to 10 attempts) unless the retry budget refuses it."""
+    return merge_defaults(
+        {
+            "name": "refused",
+            "duration": 8,
+            "clients": [
+                {
+                    "name": "c",
+                    "rate": {"kind": "steps", "steps": [[0, 10], [2, 0]]},
+                    "retry": {"max_attempts": 10, "initial_delay": 0.05, "max_delay": 0.05},
+                    "retry_budget": budget,
+                }
+            ],
+            "gateways": {"count": 1, "crashes": [{"instance": 0, "at": 0, "restart_after": 900}]},
+        }
+    )
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.5], ids=["ratio0.2", "ratio0.5"])
+def test_retry_budget_caps_the_clients_amplification(ratio: float) -> None:
+    """Retries at most `ratio` of the requests in the window (no per-second minimum): the
+    attempts per request stay within 1 + ratio (some retries allowed), against 10 without."""
+    free = simulate(_refused_clients(None), seed=3).report["metastability"]["clients"]["legit"]
+    assert free["offered"] > 10 and free["factor"] == 10.0
+    budget = {"ratio": ratio, "min_per_second": 0, "window": 10}
+    capped = simulate(_refused_clients(budget), seed=3).report["metastability"]["clients"]
+    assert capped["legit"]["offered"] > 10
+    assert 1.0 < capped["legit"]["factor"] <= 1.0 + ratio
