@@ -256,7 +256,8 @@ def ramp_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Raise the load level by level, then lower it, in one run: each level's figures on the
-    way up and down, and goodput's hysteresis (worse on the way down: metastable)."""
+    way up and down, and goodput's hysteresis (worse on the way down: metastable). Exit 1
+    when an invariant did not hold."""
     with _refusals(scenario):
         result = ramp(
             scenario,
@@ -277,6 +278,8 @@ def ramp_cmd(
     else:
         render_ramp(Console(highlight=False), result)
     typer.echo(f"wrote {path}", err=True)
+    if result["invariants_failed"]:  # as `run`: an invariant that did not hold exits 1
+        raise typer.Exit(1)
 
 
 @app.command("compare")

@@ -102,5 +102,9 @@ def ramp(
         "settle": settle,
         "stages": figures,
         "hysteresis": hysteresis(figures, "completed"),
-        "invariants_failed": result.report["invariants_failed"],
+        # By name: the sampled Little's-law check can miss on a run this far from
+        # stationary (its standard error assumes independent samples), the saga ones cannot.
+        "invariants_failed": [
+            name for name, check in result.report["invariants"].items() if not check["ok"]
+        ],
     }

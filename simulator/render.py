@@ -192,6 +192,8 @@ def render_ramp(console: Console, result: Mapping[str, Any]) -> None:
             f"at {_num(h['rate'])}/s: {_num(h['up'])} completed/s on the way up, "
             f"{_num(h['down'])} on the way down"
         )
+    for name in result["invariants_failed"]:
+        console.print(f"[red]FAIL[/red] invariant: {name}")
 
 
 def _num(x: float) -> str:
