@@ -99,8 +99,8 @@ class Saga:
         self.resumed = 0
         self.run_started = born
         self.group = group
-        # The operations (step, phase) that reached their service at least once: a later
-        # call of one is amplification (`simulator.metastability`).
+        # The operations (step, phase) that reached their service at least once (noted by
+        # `Service.call`): a later call of one is amplification (`simulator.metastability`).
         self.sent: set[tuple[str, Phase]] = set()
 
     def lose_unflushed(self) -> None:
@@ -388,10 +388,6 @@ class Orchestrator:
                 service, _breaker, limit = routes[name]
                 if hop:
                     yield timeout(hop)  # to the services' region
-                operation = (name, effect.phase)
-                if operation not in saga.sent:
-                    saga.sent.add(operation)
-                    service.useful += 1
                 call = service.call(saga, name, effect.phase, limit)
                 yield call.event
                 if hop:
