@@ -48,7 +48,14 @@ from sagalab.simulator.config import configure, list_scenarios, merge_defaults, 
 from sagalab.simulator.errors import SimulationError
 from sagalab.simulator.model import simulate
 from sagalab.simulator.output import write_csv, write_outputs
-from sagalab.simulator.render import render_compare, render_list, render_summary, render_sweep
+from sagalab.simulator.ramp import ramp
+from sagalab.simulator.render import (
+    render_compare,
+    render_list,
+    render_ramp,
+    render_summary,
+    render_sweep,
+)
 from sagalab.simulator.sweep import parse_grid, sweep
 
 app = typer.Typer(
@@ -226,6 +233,59 @@ def sweep_cmd(
     else:
         render_sweep(Console(highlight=False), rows, [k for k, _ in parsed])
     typer.echo(f"wrote {path}", err=True)
+
+
+def _levels(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise _fail(f"--levels {text!r}: expected rising rates, e.g. 100,200,300") from None
+
+
+@app.command("ramp")
+def ramp_cmd(
+    scenario: ScenarioArg,
+    levels: Annotated[
+        str,
+        typer.Option("--levels", help="Rising arrival rates (/s), e.g. 100,200,300,450."),
+    ],
+    hold: Annotated[float, typer.Option("--hold", help="Seconds at each level.")] = 20.0,
+    settle: Annotated[
+        float, typer.Option("--settle", help="Seconds of each level not averaged.")
+    ] = 5.0,
+    group: Annotated[
+        str | None, typer.Option("--group", help="Client group to ramp (default: the first).")
+    ] = None,
+    seed: SeedOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = Path("sim-results"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Raise the load level by level, then lower it, in one run: each level's figures on the
+    way up and down, and goodput's hysteresis (worse on the way down: metastable). Exit 1
+    when an invariant did not hold."""
+    with _refusals(scenario):
+        result = ramp(
+            scenario,
+            _levels(levels),
+            hold=hold,
+            settle=settle,
+            sets=set_ or [],
+            group=group,
+            seed=seed,
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        path = write_csv(result["stages"], out / f"ramp-{Path(scenario).stem}.csv")
+    except OSError as exc:
+        raise _fail(f"cannot write to {out}: {exc.strerror or exc}") from None
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        render_ramp(Console(highlight=False), result)
+    typer.echo(f"wrote {path}", err=True)
+    if result["invariants_failed"]:  # as `run`: an invariant that did not hold exits 1
+        raise typer.Exit(1)
 
 
 @app.command("compare")

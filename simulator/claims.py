@@ -93,15 +93,23 @@ def metric(lhs: str, report: Mapping[str, Any], series: Sequence[Mapping[str, An
         if not values:
             raise ClaimError(f"window({window['a']}, {window['b']}) holds no sample")
         return _AGGREGATES[window["agg"] or "mean"](values)
+    node = _lookup(lhs, report)
+    if node is None:  # a figure a run may not have (a time to recover when it did not)
+        raise ClaimError(f"{lhs!r} has no value in this run")
+    if isinstance(node, bool) or not isinstance(node, int | float):
+        raise ClaimError(f"{lhs!r} is not a number")
+    return float(node)
+
+
+def _lookup(lhs: str, report: Mapping[str, Any]) -> Any:
+    """The report's value at the dotted path `lhs` (ClaimError when a key is missing)."""
     node: Any = report
     for part in lhs.split("."):
         if isinstance(node, Mapping) and part in node:
             node = node[part]
         else:
             raise ClaimError(f"the report has no metric {lhs!r} (missing {part!r})")
-    if isinstance(node, bool) or not isinstance(node, int | float):
-        raise ClaimError(f"{lhs!r} is not a number")
-    return float(node)
+    return node
 
 
 def _claim_text(claim: Any) -> tuple[str, str]:
@@ -132,7 +140,10 @@ def check(
             claim = parse(text)
             window = _WINDOW.match(claim.lhs)
             if window is None:
-                metric(claim.lhs, report, ())
+                # None is a figure a run may leave unmeasured (a time to recover): the path
+                # exists, so the claim is measurable; the run says whether it had a value.
+                if _lookup(claim.lhs, report) is not None:
+                    metric(claim.lhs, report, ())
                 continue
             if window["col"] not in columns:
                 raise ClaimError(

@@ -76,6 +76,7 @@ class Saga:
         "resumed",
         "run_started",
         "group",
+        "sent",
     )
 
     def __init__(
@@ -98,6 +99,9 @@ class Saga:
         self.resumed = 0
         self.run_started = born
         self.group = group
+        # The operations (step, phase) that reached their service at least once (noted by
+        # `Service.call`): a later call of one is amplification (`simulator.metastability`).
+        self.sent: set[tuple[str, Phase]] = set()
 
     def lose_unflushed(self) -> None:
         """A crash: what was not committed is gone; the state is what the journal says."""

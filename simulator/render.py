@@ -111,6 +111,14 @@ def render_summary(console: Console, report: Mapping[str, Any], files: Sequence[
     )
     q = report["queue"]
     ops.add_row("queue peak", f"{q['peak_depth']} sagas, oldest {q['peak_age']:.2f} s")
+    meta = report.get("metastability")
+    if meta is not None:
+        amp = meta["amplification"]
+        ops.add_row(
+            "amplification",
+            ", ".join(f"{name} {a['factor']:.2f}x" for name, a in amp.items()) or "no services",
+        )
+        ops.add_row("recovery", _recovery(meta["recovery"]))
     console.print(ops)
 
     checks = Table(title="Invariants and claims")
@@ -125,6 +133,17 @@ def render_summary(console: Console, report: Mapping[str, Any], files: Sequence[
     console.print(checks)
     for f in files:
         console.print(f"wrote {f}")
+
+
+def _recovery(rec: Mapping[str, Any] | None) -> str:
+    if rec is None:
+        return "no fault window"
+    if rec["pre_fault_level"] is None:
+        return "no level before the fault to return to"
+    where = f"after {rec['fault_end']:g} s, to {rec['pre_fault_level']:.1f} {rec['signal']}/s"
+    if not rec["recovered"]:
+        return f"did not recover ({where})"
+    return f"{rec['time_to_recover']:g} s ({where})"
 
 
 def _mark(ok: bool) -> str:
@@ -148,6 +167,33 @@ def render_sweep(console: Console, rows: Sequence[Mapping[str, Any]], keys: Sequ
     for row in rows:
         table.add_row(*(str(row[k]) for k in keys), *(str(row[m]) for m in metrics))
     console.print(table)
+
+
+def render_ramp(console: Console, result: Mapping[str, Any]) -> None:
+    """Each level of a ramp (up, then down) and goodput's hysteresis."""
+    stages = result["stages"]
+    table = Table(
+        title=f"Ramp: {result['scenario']} (group {result['group']}, seed {result['seed']})"
+    )
+    shown = ["legit_offered", "completed", "rolled_back", "failed", "e2e_p95"]
+    heads = ["offered/s", "done/s", "undone/s", "failed/s", "p95 s"]
+    amp = [k for k in (stages[0] if stages else {}) if k.startswith("amplification_")]
+    table.add_column("way")
+    table.add_column("rate/s", justify="right")
+    for head in heads:
+        table.add_column(head, justify="right")
+    for k in amp:  # each service's amplification factor over the level
+        table.add_column(k.removeprefix("amplification_")[:8] + " x", justify="right")
+    for row in stages:
+        table.add_row(row["direction"], _num(row["rate"]), *(_num(row[k]) for k in shown + amp))
+    console.print(table)
+    for h in result["hysteresis"]:
+        console.print(
+            f"at {_num(h['rate'])}/s: {_num(h['up'])} completed/s on the way up, "
+            f"{_num(h['down'])} on the way down"
+        )
+    for name in result["invariants_failed"]:
+        console.print(f"[red]FAIL[/red] invariant: {name}")
 
 
 def _num(x: float) -> str:

@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from .claims import evaluate
+from .metastability import RecoveryRule, amplification, baseline, rolling_mean, time_to_recover
 
 if TYPE_CHECKING:
     from .model import Simulation
@@ -167,6 +168,7 @@ def build_report(sim: Simulation, now: float) -> dict[str, Any]:
         "invariants_failed": sum(not v["ok"] for v in invariants.values()),
         "faults": _windows(sim),
     }
+    report["metastability"] = metastability(sim, report["faults"])
     if sim.database is not None:  # only then, so a report without it stays as it was
         report["database"] = sim.database.report()
     if sim.regions is not None:
@@ -191,6 +193,90 @@ def shape_before_run(sim: Simulation) -> tuple[dict[str, Any], set[str]]:
         by_group.setdefault(group.name, Histogram().summary())
     sim._sample(0.0)
     return report, set(sim.series[-1])
+
+
+#: The health signal whose return after a fault is the time to recover: sagas completed per
+#: second (goodput), averaged over `RECOVERY_WINDOW` seconds after the fault, back to within
+#: `RECOVERY_RULE.tolerance` of its mean before the fault for `RECOVERY_RULE.hold` seconds.
+RECOVERY_SIGNAL = "completed"
+RECOVERY_WINDOW = 5.0
+RECOVERY_RULE = RecoveryRule(tolerance=0.1, hold=5.0, higher_is_better=True)
+
+
+def metastability(sim: Simulation, windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per service, the amplification factor; after the fault windows, the time to recover
+    (None when the scenario has no fault window). See `simulator.metastability`."""
+    amp = {
+        name: {
+            "calls": s.counts["calls"],
+            "useful": s.useful,
+            "factor": round(amplification(s.counts["calls"], s.useful), 6),
+        }
+        for name, s in sim.services.items()
+    }
+    # The clients' own amplification: attempts per request (a retry budget caps it).
+    counts = sim.edge.counts
+    clients = {
+        kind: {
+            "offered": counts.get(f"{kind}.offered", 0),
+            "attempts": counts.get(f"{kind}.attempts", 0),
+            "factor": round(
+                amplification(counts.get(f"{kind}.attempts", 0), counts.get(f"{kind}.offered", 0)),
+                6,
+            ),
+        }
+        for kind in ("legit", "attacker")
+    }
+    return {
+        "amplification": amp,
+        "clients": clients,
+        "recovery": recovery(sim.series, windows, sim),
+    }
+
+
+def recovery(
+    series: list[dict[str, float]], windows: list[dict[str, Any]], sim: Simulation
+) -> dict[str, Any] | None:
+    """The time to recover after the last fault window ends (module constants above)."""
+    if not windows:
+        return None
+    start = min(float(w["start"]) for w in windows)
+    end = max(float(w["end"]) for w in windows)
+    interval = sim.interval
+    times = [row["t"] for row in series]
+    values = [row[RECOVERY_SIGNAL] for row in series]
+    out: dict[str, Any] = {
+        "signal": RECOVERY_SIGNAL,
+        "window": RECOVERY_WINDOW,
+        "tolerance": RECOVERY_RULE.tolerance,
+        "hold": RECOVERY_RULE.hold,
+        "fault_start": start,
+        "fault_end": end,
+        "pre_fault_level": None,
+        "recovered": 0,
+        "time_to_recover": None,
+    }
+    try:  # the level before the fault, past the first quarter of it (the warm-up)
+        level = baseline(times, values, start / 4, start)
+    except ValueError:
+        return out  # a fault from the start: no level to return to
+    out["pre_fault_level"] = round(level, 6)
+    after = [i for i, t in enumerate(times) if t > end]
+    width = max(1, round(RECOVERY_WINDOW / interval))
+    windowed = rolling_mean([values[i] for i in after], width)
+    took = time_to_recover(
+        [times[i] for i in after],
+        windowed,
+        fault_end=end,
+        level=level,
+        until=sim.duration,
+        interval=interval,
+        rule=RECOVERY_RULE,
+    )
+    if took is not None:
+        out["recovered"] = 1
+        out["time_to_recover"] = took
+    return out
 
 
 def _merged(histograms: list[Any]) -> dict[str, float]:

@@ -332,6 +332,9 @@ class Service:
             "timeouts": 0,
             "wasted": 0,
         }
+        # First calls of an operation (the saga's `sent` notes which it made): kept out of
+        # `counts` so that the report's `services` stay as they were.
+        self.useful = 0
 
     def _fault_state(self, now: float) -> tuple[bool, float, float]:
         outage, factor, rate = False, 1.0, self.error_rate
@@ -356,7 +359,12 @@ class Service:
         now = env.now
         counts = self.counts
         counts["calls"] += 1
-        call = Call(saga, (step, phase), phase)
+        key = (step, phase)
+        sent = saga.sent
+        if key not in sent:  # the operation's first call here: useful; any later one repeats it
+            sent.add(key)
+            self.useful += 1
+        call = Call(saga, key, phase)
         if self.faults:
             outage, factor, _ = self._fault_state(now)
             self.station.scale = factor

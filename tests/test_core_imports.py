@@ -60,6 +60,7 @@ CORE = (
     "simulator/explore_checks.py",  # the invariants checked after each explored seed
     "simulator/explore_world.py",  # the explored world: faults, a fencing store, services
     "simulator/validate.py",  # validate's plan for the real stack and its sim-vs-real check
+    "simulator/metastability.py",  # amplification and time to recover over sampled series
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "orchestrator" / "policies").glob("*.py")),
     "edge/__init__.py",  # runs before the edge's policies: it imports nothing
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "edge" / "policies").glob("*.py")),

@@ -79,6 +79,7 @@ def test_retry_storm_variants_differ_after_the_trigger() -> None:
 # Seconds of arrivals per scenario for the cross-process check: past each one's crash, fault
 # or spike (the code paths whose order could follow addresses or hashes), short enough to be fast.
 CROSS_PROCESS_DURATION = {
+    "backoff-contention": 5,
     "baseline": 5,
     "checkout-cache": 5,
     "checkout-read-heavy": 5,

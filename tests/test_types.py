@@ -50,6 +50,7 @@ CHECKS = [
             "sagalab/simulator/explore_world.py",
             "sagalab/simulator/paired.py",
             "sagalab/simulator/validate.py",
+            "sagalab/simulator/metastability.py",
         ],
         id="core-strict",
     ),
