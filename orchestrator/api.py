@@ -36,6 +36,7 @@ thread rather than the event loop.
 from __future__ import annotations
 
 import hmac
+import math
 import re
 import threading
 import time
@@ -292,6 +293,27 @@ class _Authenticator:
 def _retry_after(seconds: float) -> str:
     """Whole seconds (at least 1) for a Retry-After header; the gateway's rounding."""
     return retry_after(seconds)[1].decode()
+
+
+def _saga_json(content: dict[str, Any]) -> JSONResponse:
+    """`content` as JSON. A row stored before the door refused non-finite numbers (or
+    planted by hand) may hold NaN or Infinity, which JSON cannot carry: those read as null,
+    as FastAPI's own encoder writes them, never a 500."""
+    try:
+        return JSONResponse(content)
+    except ValueError:  # only such a row pays for the walk
+        return JSONResponse(_finite(content))
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _problem(status: int, title: str, detail: str, **headers: str) -> JSONResponse:
@@ -680,7 +702,7 @@ def create_app(
         view = saga_view(page.record, page.steps, forks=page.forks)
         # The view is JSON's own types already (the store's rows, JSON-decoded input):
         # FastAPI's jsonable_encoder would walk it again, ~10x what json.dumps costs.
-        return JSONResponse({**view, "links": _links(saga_id)})
+        return _saga_json({**view, "links": _links(saga_id)})
 
     @app.get("/v1/sagas", summary="Recent sagas, newest first")
     def list_sagas(

@@ -64,6 +64,9 @@ class RealRun:
     #: The stack's own path: end-to-end seconds of the base-path sagas (no fault, no load)
     #: less their service calls' journaled durations.
     base: list[float] = field(default_factory=list)
+    #: The least own path (end-to-end less journaled calls) of a saga of the loaded run: the
+    #: stack's path costs at most this (waits only add to it). None: no saga ended.
+    least_own: float | None = None
 
 
 def _order(flow: str) -> tuple[str, dict[str, Any]]:
@@ -211,7 +214,11 @@ def _collect(db: str, t0: float, run: RealRun, deadline: float) -> None:
             if status not in _TERMINAL:
                 status = "unfinished"
             else:
-                run.e2e.append(max(0.0, r.updated_at - r.created_at))
+                e2e = max(0.0, r.updated_at - r.created_at)
+                run.e2e.append(e2e)
+                calls = sum((e.duration_ms or 0.0) / 1000.0 for e in store.journal(r.id))
+                own = max(0.0, e2e - calls)
+                run.least_own = own if run.least_own is None else min(run.least_own, own)
             statuses[status] = statuses.get(status, 0) + 1
         run.statuses = statuses
         run.until = max([r.updated_at for r in records] + [time.time()]) - t0
