@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from sagalab.edge.errors import KeyCopyRefused, KeyRequestError, KeyStoreError, UnknownKey
 from sagalab.orchestrator.errors import StoreError
@@ -186,59 +186,6 @@ def parse_key(presented: str) -> tuple[str, str] | None:
     if len(parts) != 3 or parts[0] != PREFIX or len(parts[1]) != 8 or not parts[2]:
         return None
     return parts[1], parts[2]
-
-
-class KeyStore(Protocol):
-    """What the gateways, the API and the CLI use of a key database (either backend).
-
-    One handle per thread. Errors: KeyStoreError (the database cannot be used), its
-    KeyRequestError (bad input), UnknownKey and KeyCopyRefused.
-    """
-
-    #: The database as messages show it (a path, or a URL with its password masked).
-    shown: str
-
-    def create(
-        self,
-        name: str,
-        *,
-        rate: float = DEFAULT_RATE,
-        burst: float = DEFAULT_BURST,
-        tenant: str | None = None,
-        admin: bool = False,
-        now: float | None = None,
-        replace: bool = False,
-    ) -> tuple[ApiKey, str]:
-        """A new key: its record and the full key text (shown once)."""
-        ...
-
-    def list(self) -> list[ApiKey]:
-        """Every key, oldest first (revoked ones included)."""
-        ...
-
-    def revoke(self, key_id: str, *, now: float | None = None) -> ApiKey:
-        """Revoke a key by id, full key text, or a name only one active key has."""
-        ...
-
-    def lookup(self, key_id: str) -> tuple[ApiKey, str] | None:
-        """The active key with this id and its digest, or None."""
-        ...
-
-    def export(self) -> KeyRows:
-        """Every key as stored (`KEY_COLUMNS`, digests included), in one snapshot."""
-        ...
-
-    def import_keys(self, rows: Sequence[KeyRow], *, merge: bool = False) -> int:
-        """Add `rows` (from `export`) in one transaction; how many were added."""
-        ...
-
-    def check_import(self, rows: Sequence[KeyRow], *, merge: bool = False) -> None:
-        """KeyCopyRefused if `import_keys(rows, merge=merge)` would be (reads only)."""
-        ...
-
-    def close(self) -> None:
-        """Close the handle."""
-        ...
 
 
 class KeyTable:
@@ -434,6 +381,12 @@ class KeyTable:
             )
 
 
+#: What the gateways, the API and the CLI hold of a key database (either backend, one handle
+#: per thread): `KeyTable`'s rules over a backend's statements. Errors: KeyStoreError (the
+#: database cannot be used), its KeyRequestError (bad input), UnknownKey and KeyCopyRefused.
+KeyStore = KeyTable
+
+
 def _checked_row(row: KeyRow) -> tuple[Any, ...]:
     """`row`'s values in `KEY_COLUMNS` order, once it reads as a stored key."""
     try:
@@ -476,7 +429,7 @@ def open_key_store(
                 "a postgresql:// key database needs psycopg 3: pip install 'sagalab[postgres]'"
             ) from None
         # cast: mypy run by folder (tests/test_types.py) names this module `edge.keys` and the
-        # backends' ApiKey `sagalab.edge.keys.ApiKey`, two types for one class.
+        # backends' KeyTable `sagalab.edge.keys.KeyTable`, two types for one class.
         return cast(KeyStore, PostgresKeyStore(url, create=create, readonly=readonly))
     from sagalab.edge.sqlite_keys import SQLiteKeyStore  # imports this module: not at top
 
