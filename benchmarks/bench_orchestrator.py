@@ -80,6 +80,32 @@ class SqlCounter:
 # -- 1. sagalab, in-process no-op steps --------------------------------------------------------
 
 
+def guarantee_check(
+    reader: Any, violations: list[str], *, mark: str = "?"
+) -> Callable[[str, str, Any], None]:
+    """A runner checkpoint checking, on `reader` (a second connection; `mark` its driver's
+    placeholder), that when step k starts step k-1's attempt_succeeded row is committed (the
+    first step: its attempt_started row, and the saga); each miss is added to `violations`."""
+
+    def checkpoint(point: str, step: str, _phase: Any) -> None:
+        if point != "before-call":
+            return
+        latest = reader.execute("SELECT id FROM sagas ORDER BY id DESC LIMIT 1").fetchone()
+        saga_id = latest[0] if latest else "?"
+        index = STEPS.index(step)
+        needed = (
+            ("attempt_started", step) if index == 0 else ("attempt_succeeded", STEPS[index - 1])
+        )
+        found = reader.execute(
+            f"SELECT 1 FROM events WHERE saga_id = {mark} AND type = {mark} AND step = {mark}",
+            (saga_id, *needed),
+        ).fetchone()
+        if found is None:
+            violations.append(f"{saga_id}: {needed[1]} {needed[0]} not committed before {step}")
+
+    return checkpoint
+
+
 def bench_sagalab(tmp: Path, count: int, warmup: int, limit: float, check: int) -> dict[str, Any]:
     """Sequential 3-step sagas of no-op Python steps on a fresh SQLiteStore."""
     from sagalab.orchestrator.executors import PythonExecutor
@@ -119,23 +145,7 @@ def bench_sagalab(tmp: Path, count: int, warmup: int, limit: float, check: int) 
     reader = sqlite3.connect(path)
     violations: list[str] = []
 
-    def checkpoint(point: str, step: str, _phase: Any) -> None:
-        if point != "before-call":
-            return
-        latest = reader.execute("SELECT id FROM sagas ORDER BY id DESC LIMIT 1").fetchone()
-        saga_id = latest[0] if latest else "?"
-        index = STEPS.index(step)
-        needed = (
-            ("attempt_started", step) if index == 0 else ("attempt_succeeded", STEPS[index - 1])
-        )
-        found = reader.execute(
-            "SELECT 1 FROM events WHERE saga_id = ? AND type = ? AND step = ?",
-            (saga_id, *needed),
-        ).fetchone()
-        if found is None:
-            violations.append(f"{saga_id}: {needed[1]} {needed[0]} not committed before {step}")
-
-    checked = SagaRunner(store, PythonExecutor(), checkpoint=checkpoint)
+    checked = SagaRunner(store, PythonExecutor(), checkpoint=guarantee_check(reader, violations))
     for _ in range(check):
         checked.start(flow, {})
     reader.close()

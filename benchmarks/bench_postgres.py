@@ -57,7 +57,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psycopg  # noqa: E402
-from bench_orchestrator import STEPS, launch_dbos_checkout, log, timed_loop  # noqa: E402
+from bench_orchestrator import (  # noqa: E402
+    STEPS,
+    guarantee_check,
+    launch_dbos_checkout,
+    log,
+    timed_loop,
+)
 from bench_workers import Services, Worker, order, wait_for  # noqa: E402
 
 from sagalab.orchestrator.pg_cluster import PgCluster  # noqa: E402
@@ -303,23 +309,7 @@ def bench_sagalab(
     # attempt_succeeded row is committed (the first step: its attempt_started and the saga).
     violations: list[str] = []
     with psycopg.connect(observer(url), autocommit=True) as reader:
-
-        def checkpoint(point: str, step: str, _phase: Any) -> None:
-            if point != "before-call":
-                return
-            latest = reader.execute("SELECT id FROM sagas ORDER BY id DESC LIMIT 1").fetchone()
-            saga_id = latest[0] if latest else "?"
-            index = STEPS.index(step)
-            needed = (
-                ("attempt_started", step) if index == 0 else ("attempt_succeeded", STEPS[index - 1])
-            )
-            found = reader.execute(
-                "SELECT 1 FROM events WHERE saga_id = %s AND type = %s AND step = %s",
-                (saga_id, *needed),
-            ).fetchone()
-            if found is None:
-                violations.append(f"{saga_id}: {needed[1]} {needed[0]} not committed before {step}")
-
+        checkpoint = guarantee_check(reader, violations, mark="%s")
         checked = SagaRunner(store, PythonExecutor(), checkpoint=checkpoint)
         for _ in range(args.check):
             checked.start(flow, {})
