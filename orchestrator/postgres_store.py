@@ -59,7 +59,7 @@ from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_di
 from sagalab.orchestrator.journal import JournalEntry, entry_to_row
 from sagalab.orchestrator.redact import redacted, secrets_in
 from sagalab.orchestrator.saga import Event, EventType, SagaState, SagaStatus
-from sagalab.orchestrator.sagafilter import SagaFilter
+from sagalab.orchestrator.sagafilter import InputMatch, SagaFilter
 from sagalab.orchestrator.store import (
     COPY_COLUMNS,
     COPY_TABLES,
@@ -78,8 +78,10 @@ from sagalab.orchestrator.store import (
     step_fields,
 )
 from sagalab.orchestrator.store_rows import (
+    FilterDialect,
     batch_record,
     journal_entry,
+    saga_filter_sql,
     saga_record,
     steps_from_json,
     steps_json,
@@ -239,6 +241,22 @@ _ERROR_MATCH = (
     "jsonb_array_elements(CASE WHEN jsonb_typeof(sagalab_jsonb(sagas.steps)) = 'array' "
     "THEN sagalab_jsonb(sagas.steps) ELSE '[]' END) AS e WHERE "
     "strpos(lower(coalesce(e ->> 'last_error', '')), lower(%s)) > 0))"
+)
+
+
+def _input_match(match: InputMatch) -> tuple[str, list[Any]]:
+    """SQL for one `--input key=value` (any of its candidate values), and its arguments."""
+    candidates = [json.dumps(v) for v in match.candidates()]
+    return "(sagalab_jsonb(input) -> %s) = ANY(%s::jsonb[])", [match.key, candidates]
+
+
+_FILTER_SQL = FilterDialect(
+    placeholder="%s",
+    true="TRUE",
+    stopped_at=_STOPPED_AT,
+    error_match=_ERROR_MATCH,
+    statuses=lambda values: ("status = ANY(%s)", [list(values)]),
+    input_match=_input_match,
 )
 
 # Every step after v1's tables runs again harmlessly (IF [NOT] EXISTS): a database whose
@@ -870,43 +888,16 @@ class PostgresStore:
 
     def find_sagas(self, criteria: SagaFilter) -> list[SagaRecord]:
         """The sagas `criteria` selects, newest first, filtered in one query."""
-        where, args = ["TRUE"], []
+        after_created_at = None
         if criteria.after is not None:
             cursor = self._execute(
                 "SELECT created_at FROM sagas WHERE id = %s", (criteria.after,)
             ).fetchone()
             if cursor is None:
                 raise SagaNotFoundError(criteria.after)
-            where.append("(created_at < %s OR (created_at = %s AND id > %s))")
-            args += [cursor[0], cursor[0], criteria.after]
-        if criteria.statuses:
-            where.append("status = ANY(%s)")
-            args.append([s.value for s in criteria.statuses])
-        for column, value in (
-            ("flow_name = %s", criteria.flow),
-            ("tenant = %s", criteria.tenant),
-            ("idempotency_key = %s", criteria.key),
-            ("created_at >= %s", criteria.since),
-            ("created_at < %s", criteria.until),
-        ):
-            if value is not None:
-                where.append(column)
-                args.append(value)
-        if criteria.step is not None:
-            where.append(f"({_STOPPED_AT}) = %s")
-            args.append(criteria.step)
-        if criteria.error is not None:
-            where.append(_ERROR_MATCH)
-            args += [criteria.error, criteria.error]
-        for match in criteria.inputs:
-            where.append("(sagalab_jsonb(input) -> %s) = ANY(%s::jsonb[])")
-            args += [match.key, [json.dumps(v) for v in match.candidates()]]
-        limit = "" if criteria.limit is None else f" LIMIT {int(criteria.limit)}"
-        rows = self._rows(
-            f"SELECT * FROM sagas WHERE {' AND '.join(where)} ORDER BY created_at DESC, id" + limit,
-            args,
-        )
-        return [self._record(r, lenient=True) for r in rows]
+            after_created_at = cursor[0]
+        sql, args = saga_filter_sql(criteria, _FILTER_SQL, after_created_at=after_created_at)
+        return [self._record(r, lenient=True) for r in self._rows(sql, args)]
 
     def count_by_status(self) -> dict[str, int]:
         """How many sagas are in each status."""

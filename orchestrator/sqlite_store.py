@@ -62,8 +62,10 @@ from sagalab.orchestrator.store import (
     step_fields,
 )
 from sagalab.orchestrator.store_rows import (
+    FilterDialect,
     batch_record,
     journal_entry,
+    saga_filter_sql,
     saga_record,
     steps_from_json,
     steps_json,
@@ -315,6 +317,16 @@ def _input_match(match: InputMatch) -> tuple[str, list[Any]]:
             ors.append(f"({typed} IN ('object', 'array') AND json_extract({doc}, ?) = json(?))")
             args += [path, path, json.dumps(value, separators=(",", ":"))]
     return f"({' OR '.join(ors)})", args
+
+
+_FILTER_SQL = FilterDialect(
+    placeholder="?",
+    true="1",
+    stopped_at=_STOPPED_AT,
+    error_match=_ERROR_MATCH,
+    statuses=lambda values: (f"status IN ({', '.join('?' for _ in values)})", list(values)),
+    input_match=_input_match,
+)
 
 
 _ACTIVE = (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
@@ -1022,42 +1034,14 @@ class SQLiteStore:
 
     def find_sagas(self, criteria: SagaFilter) -> list[SagaRecord]:
         """The sagas `criteria` selects, newest first, filtered in one query."""
-        where, args = ["1"], []
+        after_created_at = None
         if criteria.after is not None:
             cursor = self._rows("SELECT created_at FROM sagas WHERE id = ?", (criteria.after,))
             if not cursor:
                 raise SagaNotFoundError(criteria.after)
-            where.append("(created_at < ? OR (created_at = ? AND id > ?))")
-            args += [cursor[0]["created_at"], cursor[0]["created_at"], criteria.after]
-        if criteria.statuses:
-            where.append(f"status IN ({', '.join('?' for _ in criteria.statuses)})")
-            args += [s.value for s in criteria.statuses]
-        for column, value in (
-            ("flow_name = ?", criteria.flow),
-            ("tenant = ?", criteria.tenant),
-            ("idempotency_key = ?", criteria.key),
-            ("created_at >= ?", criteria.since),
-            ("created_at < ?", criteria.until),
-        ):
-            if value is not None:
-                where.append(column)
-                args.append(value)
-        if criteria.step is not None:
-            where.append(f"({_STOPPED_AT}) = ?")
-            args.append(criteria.step)
-        if criteria.error is not None:
-            where.append(_ERROR_MATCH)
-            args += [criteria.error, criteria.error]
-        for match in criteria.inputs:
-            clause, more = _input_match(match)
-            where.append(clause)
-            args += more
-        limit = "" if criteria.limit is None else f" LIMIT {int(criteria.limit)}"
-        rows = self._rows(
-            f"SELECT * FROM sagas WHERE {' AND '.join(where)} ORDER BY created_at DESC, id" + limit,
-            args,
-        )
-        return [self._record(r, lenient=True) for r in rows]
+            after_created_at = cursor[0]["created_at"]
+        sql, args = saga_filter_sql(criteria, _FILTER_SQL, after_created_at=after_created_at)
+        return [self._record(r, lenient=True) for r in self._rows(sql, args)]
 
     def count_by_status(self) -> dict[str, int]:
         """How many sagas are in each status."""

@@ -9,16 +9,26 @@ use these.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sagalab.orchestrator.errors import DamagedRecord
 from sagalab.orchestrator.flow import FlowDefinition
 from sagalab.orchestrator.journal import JournalEntry, entry_from_row
 from sagalab.orchestrator.saga import SagaStatus
+from sagalab.orchestrator.sagafilter import InputMatch, SagaFilter
 from sagalab.orchestrator.store import BatchItem, BatchRecord, SagaRecord, StepFields, StepRow
 
-__all__ = ["batch_record", "journal_entry", "saga_record", "steps_from_json", "steps_json"]
+__all__ = [
+    "FilterDialect",
+    "batch_record",
+    "journal_entry",
+    "saga_filter_sql",
+    "saga_record",
+    "steps_from_json",
+    "steps_json",
+]
 
 
 def steps_json(fields: Iterable[StepFields]) -> str:
@@ -121,3 +131,59 @@ def batch_record(row: Mapping[str, Any], items: Iterable[Mapping[str, Any]]) -> 
             for i in items
         ),
     )
+
+
+@dataclass(frozen=True)
+class FilterDialect:
+    """What a backend's SQL says its own way in a saga filter; the rest is `saga_filter_sql`."""
+
+    placeholder: str  # "?" (SQLite) or "%s" (psycopg)
+    true: str  # the always-true clause the WHERE list starts with
+    stopped_at: str  # a subquery: the step where the saga stopped
+    error_match: str  # a clause taking the `--error` text twice
+    statuses: Callable[[list[str]], tuple[str, list[Any]]]
+    input_match: Callable[[InputMatch], tuple[str, list[Any]]]
+
+
+def saga_filter_sql(
+    criteria: SagaFilter, dialect: FilterDialect, *, after_created_at: Any = None
+) -> tuple[str, list[Any]]:
+    """The `SELECT * FROM sagas` query `criteria` selects (newest first), and its arguments.
+
+    `after_created_at` is the creation time of `criteria.after` (the listing's cursor), which
+    the backend looked up first (and refused when unknown).
+    """
+    ph = dialect.placeholder
+    where: list[str] = [dialect.true]
+    args: list[Any] = []
+    if criteria.after is not None:
+        where.append(f"(created_at < {ph} OR (created_at = {ph} AND id > {ph}))")
+        args += [after_created_at, after_created_at, criteria.after]
+    if criteria.statuses:
+        clause, more = dialect.statuses([s.value for s in criteria.statuses])
+        where.append(clause)
+        args += more
+    equal: tuple[tuple[str, Any], ...] = (
+        ("flow_name =", criteria.flow),
+        ("tenant =", criteria.tenant),
+        ("idempotency_key =", criteria.key),
+        ("created_at >=", criteria.since),
+        ("created_at <", criteria.until),
+    )
+    for column, value in equal:
+        if value is not None:
+            where.append(f"{column} {ph}")
+            args.append(value)
+    if criteria.step is not None:
+        where.append(f"({dialect.stopped_at}) = {ph}")
+        args.append(criteria.step)
+    if criteria.error is not None:
+        where.append(dialect.error_match)
+        args += [criteria.error, criteria.error]
+    for match in criteria.inputs:
+        clause, more = dialect.input_match(match)
+        where.append(clause)
+        args += more
+    limit = "" if criteria.limit is None else f" LIMIT {int(criteria.limit)}"
+    sql = f"SELECT * FROM sagas WHERE {' AND '.join(where)} ORDER BY created_at DESC, id{limit}"
+    return sql, args
