@@ -192,7 +192,10 @@ def apply_override(config: dict[str, Any], assignment: str) -> None:
         # that the bounds say what is wrong with the value instead of a type error.
         with contextlib.suppress(ValueError):
             value = float(value)
-    if current is not None and _kind(current) != _kind(value):
+    # null turns off a setting that is a mapping (`clients.0.throttle=null`, `rate=null` beside
+    # a population); where a mapping is required, its typed read refuses the null.
+    off = value is None and _kind(current) == "mapping"
+    if current is not None and _kind(current) != _kind(value) and not off:
         raise ScenarioError(
             f"--set {key}", f"expects a {_kind(current)} (now {current!r}), got {text!r}"
         )
