@@ -151,12 +151,20 @@ class ClientGroup:
         # wait for it: `simulator.population`); None: nobody waits.
         self.on_done: Callable[[Request], None] | None = None
         self.population: Any = None  # its `simulator.population.Population`, if closed
+        # A throttle or a waiting user hears of every admitted request: one attribute read on
+        # that common path instead of two (`Edge.respond`); `wait_for_requests` keeps it true.
+        self.hooked = self.throttle is not None
         self.rng = rng
         # The edge's counter names of this group's kind, built once (not an f-string per
         # request): `Edge.count_as`.
         self.counter_names: dict[str, str] = {}
         self.pending: deque[tuple[float, Attempt]] = deque()
         self.sweeping = False
+
+    def wait_for_requests(self, on_done: Callable[[Request], None]) -> None:
+        """Call `on_done` with each request of the group once it is over."""
+        self.on_done = on_done
+        self.hooked = True
 
 
 class Request:
@@ -373,15 +381,18 @@ class Edge:
         request.inflight -= 1
         now = self.env.now
         self.count_as(group, status)
-        if group.throttle is not None and status not in RETRYABLE:
-            group.throttle.record_accept(now)  # answered, not refused for overload
         if status == "202":
             self.submit_latency[kind].record(now - attempt.sent)
             self.count_as(group, "admitted")
             request.done = True
-            if group.on_done is not None:
-                group.on_done(request)
+            if group.hooked:  # one read on the common path for both hooks
+                if group.throttle is not None:
+                    group.throttle.record_accept(now)
+                if group.on_done is not None:
+                    group.on_done(request)
             return
+        if group.throttle is not None and status not in RETRYABLE:
+            group.throttle.record_accept(now)  # answered (401, 403), not refused for overload
         policy = group.retry
         delay = None
         if policy is not None:

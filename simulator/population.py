@@ -90,7 +90,7 @@ class Population:
         self.peak_outstanding = 0
         self.response = Histogram()  # first attempt to the request being over, retries included
         self._submit = partial(Population._submit_one, self)
-        group.on_done = self._done
+        group.wait_for_requests(self._done)
 
     def start(self) -> None:
         """Every user starts thinking now."""

@@ -213,7 +213,7 @@ class Station:
         job.done(job)
         job.payload = None
         queue = self.queue
-        if self.queue_timeout is not None:
+        if queue and self.queue_timeout is not None:
             self._start_unexpired(now)
             return
         while queue and self.busy < self.servers:
