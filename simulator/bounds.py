@@ -131,6 +131,7 @@ BOUNDS: dict[str, Bound] = {
     "firewall.workers": SERVERS,
     "firewall.service_time": LATENCY,
     "firewall.queue_limit": Bound(0, MAX_SIM_QUEUE, "requests queued", whole=True),
+    "firewall.queue_timeout": POSITIVE_LATENCY,
     "balancer.weights[]": Bound(0.0, 1_000.0, "a gateway's share of the requests"),
     "balancer.health.interval": TICK,
     "balancer.health.fail_threshold": THRESHOLD,

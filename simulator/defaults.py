@@ -118,6 +118,9 @@ DEFAULTS: dict[str, Any] = {
         "workers": 8,
         "service_time": 0.0002,
         "queue_limit": 20000,
+        # Seconds a request may wait for a worker; past that it is dropped with a 503 (null:
+        # never).
+        "queue_timeout": None,
     },
     "balancer": {
         "strategy": "least_connections",

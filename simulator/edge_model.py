@@ -258,6 +258,9 @@ class Edge:
         self.fw_station = Station(
             env, "firewall", fw.int("workers", min=1), lambda: service_time, fw.int("queue_limit")
         )
+        if queue_timeout(fw) is not None:
+            self.fw_station.queue_timeout = queue_timeout(fw)
+            self.fw_station.on_expired = self._gateway_expired  # the same answer: a 503
         lb = node.node("balancer")
         gw = node.node("gateways")
         count = gw.int("count", min=1)
@@ -502,7 +505,8 @@ class Edge:
             self.respond(attempt, "503")
 
     def _gateway_expired(self, job: Job) -> None:
-        # Dropped unserved after waiting past `gateways.queue_timeout`: the gateway answers 503.
+        # Dropped unserved after waiting past `gateways.queue_timeout` (or the firewall's):
+        # the client is answered 503.
         self.respond(job.payload, "503")
 
     def crash_gateway(self, index: int) -> None:

@@ -21,6 +21,9 @@ def extend_report(sim: Simulation, report: dict[str, Any]) -> None:
             # Requests the client refused itself (never sent, not retried).
             report["requests"][kind]["throttled"] = counts.get(f"{kind}.throttled", 0)
     expired: dict[str, int] = {}
+    firewall = sim.edge.fw_station
+    if firewall.queue_timeout is not None:
+        expired["firewall"] = firewall.expired
     gateways = [g.station for g in sim.edge.gateways]
     if any(s.queue_timeout is not None for s in gateways):
         expired["gateways"] = sum(s.expired for s in gateways)

@@ -173,6 +173,28 @@ def test_queue_timeouts_in_the_model_are_counted_per_tier_and_answered_503() -> 
     )
 
 
+def test_a_gateway_queue_timeout_bounds_its_sojourn_and_answers_503() -> None:
+    """One gateway of one worker (50 ms a request) offered 30 requests/s: its queue grows
+    without bound, unless requests that waited over 0.5 s are dropped (the client sees 503)."""
+
+    def run(timeout: float | None) -> dict[str, Any]:
+        config = _closed(users=1, think=1.0, duration=60)
+        config["clients"] = merge_defaults(
+            {"clients": [{"name": "c", "rate": {"value": 30.0}, "retry": False, "timeout": 60}]}
+        )["clients"]
+        config["gateways"]["queue_timeout"] = timeout
+        return simulate(config).report
+
+    plain, bounded = run(None), run(0.5)
+    assert plain["little"]["gateway-0"]["W"] > 5
+    assert bounded["queue_timeouts"]["gateways"] > 300
+    assert bounded["requests"]["legit"]["unavailable"] == bounded["queue_timeouts"]["gateways"]
+    # Served requests waited at most 0.5 s, then 50 ms on average: W of the served is small
+    # (the dropped ones' sojourn counts in W too, at most 0.5 s each).
+    assert bounded["little"]["gateway-0"]["W"] < 0.6
+    assert bounded["latency"]["gateway"]["max"] < 0.5 + 1.0  # a service time over 1 s: e^-20
+
+
 # --- closed populations ------------------------------------------------------------------------
 
 
@@ -296,6 +318,26 @@ def test_bad_overload_settings_are_one_line_errors(raw: dict[str, Any], fragment
         validate(merge_defaults(raw))
     message = str(caught.value)
     assert fragment in message and "\n" not in message
+
+
+def test_a_population_that_would_run_for_hours_is_refused_up_front() -> None:
+    raw = {"clients": [{"name": "c", "population": {"users": 100000, "think": {"mean": 0.01}}}]}
+    with pytest.raises(ScenarioError, match="^clients: up to 600,000,000 requests"):
+        validate(merge_defaults(raw))
+
+
+def test_set_null_turns_off_a_mapping_setting_only() -> None:
+    from sagalab.simulator.config import apply_override, load_scenario
+
+    config = load_scenario("throttled-outage")
+    apply_override(config, "clients.0.throttle=null")
+    assert config["clients"][0]["throttle"] is None
+    apply_override(config, "clients.0.rate=null")
+    apply_override(config, "clients.0.population={users: 5, think: {mean: 1}}")
+    config["claims"] = []
+    validate(config, duration=5)
+    with pytest.raises(ScenarioError, match="expects a number"):
+        apply_override(config, "gateways.count=null")
 
 
 def test_cli_refuses_rate_and_population_with_exit_2(tmp_path: Path) -> None:
