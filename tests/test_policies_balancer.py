@@ -162,3 +162,31 @@ def test_weighted_round_robin_skips_unavailable_and_zero_weight() -> None:
 def test_weighted_round_robin_refuses_bad_weights(weights: list) -> None:
     with pytest.raises(ValueError, match="weights"):
         Balancer(Strategy.WEIGHTED_ROUND_ROBIN, weights=weights)
+
+
+def test_the_real_edge_pool_weighs_its_upstreams_by_the_same_rule() -> None:
+    from sagalab.edge.pool import Pool
+
+    pool = Pool(
+        [("127.0.0.1", 1), ("127.0.0.1", 2)], strategy="weighted_round_robin", weights=[3, 1]
+    )
+    picks = [pool.choose(set()) for _ in range(8)]
+    assert picks == [0, 0, 1, 0] * 2
+    assert pool.choose({0}) == 1  # a tried upstream is skipped whatever its weight
+
+
+@pytest.mark.parametrize(
+    ("weights", "fragment"),
+    [(["1"], "1 weights for 2 upstreams"), (["-1", "1"], "weights must be finite")],
+)
+def test_edge_refuses_bad_weights_exit_2(weights: list[str], fragment: str) -> None:
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "sagalab.edge.apps", "edge", "--strategy", "weighted_round_robin"]
+    args += ["--upstream", "127.0.0.1:1", "--upstream", "127.0.0.1:2"]
+    for w in weights:
+        args += ["--weight", w]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert fragment in done.stderr and "Traceback" not in done.stderr
