@@ -349,3 +349,19 @@ def test_cli_refuses_rate_and_population_with_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "has both rate and population" in lines[0]
+
+
+def test_run_summary_shows_the_overload_rows(tmp_path: Path) -> None:
+    scenario = tmp_path / "closed.yaml"
+    scenario.write_text(
+        "name: closed\nduration: 20\nclients:\n  - name: users\n"
+        "    population: {users: 4, think: {dist: constant, value: 0.5}}\n"
+        "    throttle: {k: 2, window: 10}\n"
+        "gateways: {queue_timeout: 1.0}\n"
+    )
+    result = runner.invoke(app, ["run", str(scenario), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "population users │ 4 users, 7." in text  # 4 users every 0.5 s plus R: under 8/s
+    assert "requests refused by their own clients" in text
+    assert "queue timeouts │ gateways 0" in text
