@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import simpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from sagalab.cli.simulate import app
@@ -43,6 +45,26 @@ def test_throttle_probability_is_the_books_formula() -> None:
     assert throttle.reject_probability(1.5) == pytest.approx((30 - 2 * 5) / (30 + 1))
     # The window forgets: 60 s later nothing is counted.
     assert throttle.reject_probability(61.0) == 0.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    events=st.lists(st.tuples(st.floats(0, 30), st.booleans(), st.floats(0, 0.999)), max_size=200),
+    k=st.floats(1, 5),
+)
+def test_throttle_probability_stays_a_probability_and_zero_while_accepts_keep_up(
+    events: list[tuple[float, bool, float]], k: float
+) -> None:
+    throttle = AdaptiveThrottle(ThrottlePolicy(k=k, window=10))
+    for now, is_accept, u in sorted(events):
+        if is_accept:
+            throttle.record_accept(now)
+        else:
+            throttle.admit(now, u)
+        p = throttle.reject_probability(now)
+        requests, accepts = throttle.counts
+        assert 0.0 <= p < 1.0
+        assert (p == 0.0) == (requests <= k * accepts)
 
 
 @pytest.mark.parametrize("k", [1.5, 2.0, 3.0])
