@@ -50,6 +50,11 @@ BASE_SIM_SECONDS = 30.0
 def _rates(config: dict[str, Any]) -> list[tuple[float, float, float]]:
     out = []
     for i, client in enumerate(config.get("clients") or []):
+        if client.get("population") is not None:
+            raise ValidationRefused(
+                f"clients[{i}].population: a closed population is not expressed by validate "
+                "(its load client sends open-loop arrivals)"
+            )
         for start, end, at, peak in segments(Node(client["rate"], f"clients[{i}].rate")):
             if at(start) != peak or (math.isfinite(end) and at(end) != peak):
                 raise ValidationRefused(f"clients[{i}].rate: a ramp is not expressed by validate")

@@ -35,6 +35,7 @@ from sagalab.edge.firewall import FirewallMiddleware
 from sagalab.edge.gateway import GatewayApp, describe
 from sagalab.edge.keys import KeyCache, open_key_store, read_secret
 from sagalab.edge.metrics import Metrics
+from sagalab.edge.policies.balancer import Balancer, Strategy
 from sagalab.edge.policies.firewall import Firewall, FloodGuard
 from sagalab.edge.pool import Pool
 from sagalab.orchestrator.jsonsafe import MAX_BYTES
@@ -73,6 +74,7 @@ class GatewaySettings:
     rate_share: int = 1
     max_body: int = MAX_BYTES  # the API's own limit: one body limit on the whole path
     strategy: str = "least_connections"
+    weights: Sequence[float] = ()  # one per upstream for weighted_round_robin; (): all equal
     instance: str = "gateway"
     key_ttl: float = 2.0
     secret: str | None = None  # the stack's gateway secret, sent to the API with the tenant
@@ -86,6 +88,7 @@ class EdgeSettings:
 
     upstreams: Sequence[str]
     strategy: str = "least_connections"
+    weights: Sequence[float] = ()  # one per upstream for weighted_round_robin; (): all equal
     allow: Sequence[str] = ()
     deny: Sequence[str] = ()
     trusted_proxies: Sequence[str] = ()
@@ -104,7 +107,12 @@ class EdgeSettings:
 
 def build_gateway(s: GatewaySettings) -> GatewayApp:
     """A gateway ASGI app."""
-    pool = Pool([parse_address(u) for u in s.upstreams], strategy=s.strategy, health_path="/readyz")
+    pool = Pool(
+        [parse_address(u) for u in s.upstreams],
+        strategy=s.strategy,
+        weights=s.weights or None,
+        health_path="/readyz",
+    )
     metrics = describe(Metrics("sagalab_gateway_"))
     return GatewayApp(
         pool,
@@ -124,6 +132,7 @@ def build_edge(s: EdgeSettings) -> FirewallMiddleware:
     pool = Pool(
         [parse_address(u) for u in s.upstreams],
         strategy=s.strategy,
+        weights=s.weights or None,
         health_path="/readyz",
         interval=s.health_interval,
         timeout=s.upstream_timeout,
@@ -246,7 +255,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--strategy",
             default="least_connections",
-            choices=["least_connections", "power_of_two", "round_robin", "random"],
+            choices=[strategy.value for strategy in Strategy],
+        )
+        p.add_argument(
+            "--weight",
+            action="append",
+            type=float,
+            default=[],
+            help="an upstream's weight for weighted_round_robin, once per --upstream in order",
         )
     return parser
 
@@ -295,6 +311,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             check("--flood-burst", args.flood_burst, low=1, high=MAX_FLOOD_BURST)
             check("--flood-block", args.flood_block, low=0)
+        if args.component in ("gateway", "edge") and args.weight:
+            if len(args.weight) != len(args.upstream):
+                raise ValueError(
+                    f"--weight: {len(args.weight)} weights for {len(args.upstream)} upstreams "
+                    "(one per --upstream, in order)"
+                )
+            Balancer(args.strategy, args.weight)  # refuses a negative, infinite or all-0 weight
     except ValueError as exc:
         parser.error(str(exc))  # exits 2 with the bound named
     try:
@@ -332,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 rate_share=args.rate_share,
                 max_body=args.max_body,
                 strategy=args.strategy,
+                weights=args.weight,
                 instance=args.instance or "gateway",
                 secret=_secret(args.secret_file),
                 body_timeout=limits.body_timeout,
@@ -342,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = EdgeSettings(
             upstreams=args.upstream,
             strategy=args.strategy,
+            weights=args.weight,
             allow=args.allow,
             deny=args.deny,
             trusted_proxies=args.trusted_proxy,

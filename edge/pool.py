@@ -130,6 +130,7 @@ class Pool:
         addresses: Sequence[tuple[str, int]],
         *,
         strategy: Strategy | str = Strategy.LEAST_CONNECTIONS,
+        weights: Sequence[float] | None = None,
         health_path: str = "/healthz",
         interval: float = 0.5,
         check_timeout: float = 0.5,
@@ -142,7 +143,7 @@ class Pool:
             Backend(Upstream(h, p, timeout=timeout), HealthTracker(fail_threshold, pass_threshold))
             for h, p in addresses
         ]
-        self.balancer = Balancer(strategy)
+        self.balancer = Balancer(strategy, weights)
         self.health_path = health_path
         self.interval = interval
         self.check_timeout = check_timeout

@@ -39,11 +39,15 @@ from sagalab.orchestrator.limits import (
     MIN_SIM_TICK,
     SIM_EVENTS_PER_SECOND,
 )
+from sagalab.orchestrator.policies.adaptive_throttle import MAX_THROTTLE_K, MAX_THROTTLE_WINDOW
 from sagalab.orchestrator.policies.retry_budget import MAX_BUDGET_RATIO, MAX_BUDGET_WINDOW
 
 from .errors import ScenarioError
 
-__all__ = ["BOUNDS", "Bound", "EventEstimate", "check_numbers", "estimate_events"]
+__all__ = ["BOUNDS", "MAX_SIM_USERS", "Bound", "EventEstimate", "check_numbers", "estimate_events"]
+
+MAX_SIM_USERS = 100_000
+"""Users of one closed client group: each is a timer held for the whole run."""
 
 
 class Bound(NamedTuple):
@@ -116,18 +120,27 @@ BOUNDS: dict[str, Bound] = {
     **_group("clients[].retry_budget", _BUDGET_KEYS),
     **_group("retry_budget", _BUDGET_KEYS),
     **_group("clients[].rate", _RATE_KEYS),
+    "clients[].throttle.k": Bound(1.0, MAX_THROTTLE_K, "requests sent per request accepted"),
+    "clients[].throttle.window": Bound(1.0, MAX_THROTTLE_WINDOW, "seconds of a throttle's window"),
+    "clients[].population.users": Bound(1, MAX_SIM_USERS, "simulated users", whole=True),
+    "clients[].population.think.mean": Bound(0.001, MAX_SIM_DURATION, _DAY),
+    "clients[].population.think.value": Bound(0.001, MAX_SIM_DURATION, _DAY),
     "firewall.flood.rate": Bound(0.001, MAX_SIM_RATE, "requests per second"),
     "firewall.flood.burst": Bound(1.0, MAX_SIM_BURST, "a token bucket's burst"),
     "firewall.flood.block_for": SECONDS,
     "firewall.workers": SERVERS,
     "firewall.service_time": LATENCY,
     "firewall.queue_limit": Bound(0, MAX_SIM_QUEUE, "requests queued", whole=True),
+    "firewall.queue_timeout": POSITIVE_LATENCY,
+    "balancer.weights[]": Bound(0.0, 1_000.0, "a gateway's share of the requests"),
     "balancer.health.interval": TICK,
     "balancer.health.fail_threshold": THRESHOLD,
     "balancer.health.pass_threshold": THRESHOLD,
     "gateways.count": REPLICAS,
     "gateways.workers": SERVERS,
     "gateways.connection_limit": SERVERS,
+    "gateways.speed[]": Bound(0.01, 100.0, "times a gateway's base speed"),
+    "gateways.queue_timeout": POSITIVE_LATENCY,
     "gateways.auth_time": LATENCY,
     "gateways.handle_time": LATENCY,
     "gateways.rate_limit.rate": Bound(0.001, MAX_SIM_RATE, "requests per second per key"),
@@ -175,6 +188,7 @@ BOUNDS: dict[str, Bound] = {
     "services.*.reject_rate": PROBABILITY,
     "services.*.concurrency": SERVERS,
     "services.*.queue_limit": Bound(0, MAX_SIM_QUEUE, "requests queued", whole=True),
+    "services.*.queue_timeout": POSITIVE_LATENCY,
     "faults[].start": SECONDS,
     "faults[].end": SECONDS,
     "faults[].factor": Bound(1.0, MAX_SIM_FACTOR, "times slower"),
@@ -203,15 +217,27 @@ def _numbers(node: Any, shown: str, pattern: str) -> Iterator[tuple[str, str, An
         yield shown, pattern, node
 
 
-_NULL_BY_DEFAULT = ("clients[].retry_budget", "retry_budget")
+_NULL_BY_DEFAULT = (
+    "clients[].retry_budget",
+    "retry_budget",
+    "clients[].throttle",
+    "clients[].population",
+    "clients[].population.think",
+)
 """Mappings whose default is null: their keys are not checked when the scenario is merged."""
 
 
 def _no_number_here(pattern: str, value: Any) -> str:
     parent = pattern.rpartition(".")[0]
-    if parent in _NULL_BY_DEFAULT:  # a misspelt key of a retry budget
-        prefix = parent + "."
-        known = sorted(key[len(prefix) :] for key in BOUNDS if key.startswith(prefix))
+    # A misspelt key of a mapping whose default is null (a retry budget, a throttle, a
+    # population), maybe one level further down (`population.thinks.mean`).
+    owners = [p for p in _NULL_BY_DEFAULT if parent == p or parent.startswith(p + ".")]
+    if owners:
+        owner = max(owners, key=len)
+        prefix = owner + "."
+        known = sorted(
+            {key[len(prefix) :].split(".")[0] for key in BOUNDS if key.startswith(prefix)}
+        )
         return f"unknown setting; known here: {', '.join(known)}"
     # A number given to a setting of another kind (`jitter: 1`).
     return f"takes no number, got {value!r} (simulator/defaults.py shows its kind)"

@@ -85,9 +85,7 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any], where: str) -> di
         if key == "clients" and not where:
             if not isinstance(value, list):
                 raise ScenarioError(path, "must be a list of client groups")
-            out[key] = [
-                _merge_item(_CLIENT_TEMPLATE, v, f"{path}[{i}]") for i, v in enumerate(value)
-            ]
+            out[key] = [_merge_client(v, f"{path}[{i}]") for i, v in enumerate(value)]
         elif key == "services" and not where:
             if not isinstance(value, Mapping):
                 raise ScenarioError(path, "must be a mapping of service name to settings")
@@ -110,6 +108,15 @@ def _merge_item(template: dict[str, Any], value: Any, where: str) -> dict[str, A
     if not isinstance(value, Mapping):
         raise ScenarioError(where, "must be a mapping")
     return _deep_merge(template, value, where)
+
+
+def _merge_client(value: Any, where: str) -> dict[str, Any]:
+    merged = _merge_item(_CLIENT_TEMPLATE, value, where)
+    if value.get("population") is not None and "rate" not in value:
+        # A closed population replaces the default open schedule (stating both is refused
+        # where the group is read: `population.arrival_kind`).
+        merged["rate"] = None
+    return merged
 
 
 def merge_defaults(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -185,7 +192,10 @@ def apply_override(config: dict[str, Any], assignment: str) -> None:
         # that the bounds say what is wrong with the value instead of a type error.
         with contextlib.suppress(ValueError):
             value = float(value)
-    if current is not None and _kind(current) != _kind(value):
+    # null turns off a setting that is a mapping (`clients.0.throttle=null`, `rate=null` beside
+    # a population); where a mapping is required, its typed read refuses the null.
+    off = value is None and _kind(current) == "mapping"
+    if current is not None and _kind(current) != _kind(value) and not off:
         raise ScenarioError(
             f"--set {key}", f"expects a {_kind(current)} (now {current!r}), got {text!r}"
         )
@@ -327,7 +337,8 @@ def check_bounds(config: dict[str, Any], *, duration: float | None = None) -> No
     """The bounds of `orchestrator.limits`: every number's own (`simulator.bounds`), then those
     of combinations (saga workers of all replicas, expected requests of the run, and the
     events the run will schedule: `bounds.estimate_events`)."""
-    from .schedule import segments  # the schedule module imports this one
+    from .population import arrival_kind, population_settings  # they import this module
+    from .schedule import segments
 
     check_numbers(config)
     root = Node(config)
@@ -356,6 +367,11 @@ def check_bounds(config: dict[str, Any], *, duration: float | None = None) -> No
     )
     requests = 0.0
     for client in root.items("clients"):
+        if arrival_kind(client) == "population":
+            # At most one request per user per think time (each takes some time too).
+            users, _, think = population_settings(client)
+            requests += users * span / think
+            continue
         for start, end, _, peak in segments(client.node("rate")):
             _at_most(f"{client.path}.rate", peak, MAX_SIM_RATE, "arrivals per second at peak")
             if start < span:

@@ -62,6 +62,9 @@ def _service(median: float, sigma: float, concurrency: int, reject: float = 0.0)
         # Answer a repeat of a key still queued or in service with 409 in_progress at once
         # (as the fake services do), instead of queueing it behind the first.
         "in_progress": True,
+        # Seconds a call may wait in the queue; one that waited longer when a worker frees up
+        # is dropped unserved and answered 503 (null: never).
+        "queue_timeout": None,
     }
 
 
@@ -97,6 +100,13 @@ DEFAULTS: dict[str, Any] = {
             # Retries at most `ratio` of this group's requests plus `min_per_second`, over the
             # last `window` seconds (orchestrator/policies/retry_budget.py); null: no budget.
             "retry_budget": None,
+            # Client-side adaptive throttling ({k, window}; orchestrator/policies/
+            # adaptive_throttle.py): refuse locally with probability
+            # max(0, (requests - k * accepts) / (requests + 1)); null: off.
+            "throttle": None,
+            # A closed population instead of `rate` ({users, think: {dist, mean}}; exactly one
+            # of the two): each user submits, waits for the answer, thinks, repeats.
+            "population": None,
         }
     ],
     # The same over every client group's requests and retries together; null: none.
@@ -108,9 +118,14 @@ DEFAULTS: dict[str, Any] = {
         "workers": 8,
         "service_time": 0.0002,
         "queue_limit": 20000,
+        # Seconds a request may wait for a worker; past that it is dropped with a 503 (null:
+        # never).
+        "queue_timeout": None,
     },
     "balancer": {
         "strategy": "least_connections",
+        # One weight per gateway for `weighted_round_robin` (empty: all equal).
+        "weights": [],
         "health": {"interval": 1.0, "fail_threshold": 2, "pass_threshold": 2},
     },
     "gateways": {
@@ -119,6 +134,11 @@ DEFAULTS: dict[str, Any] = {
         "connection_limit": 256,
         "auth_time": 0.002,
         "handle_time": 0.001,
+        # One speed factor per gateway (2: twice as fast; empty: all 1): heterogeneous servers.
+        "speed": [],
+        # Seconds a request may wait for a worker; past that it is dropped with a 503 (null:
+        # never).
+        "queue_timeout": None,
         "rate_limit": {"rate": 5.0, "burst": 10.0},
         "crashes": [],
     },

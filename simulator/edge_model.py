@@ -24,6 +24,7 @@ from sagalab.edge.policies.balancer import Balancer, HealthTracker
 from sagalab.edge.policies.failover import SendFailure, after_failure, choose_untried, eject
 from sagalab.edge.policies.firewall import Firewall
 from sagalab.edge.policies.token_bucket import TokenBucket
+from sagalab.orchestrator.policies.adaptive_throttle import AdaptiveThrottle, ThrottlePolicy
 from sagalab.orchestrator.policies.retry import JITTER_KINDS, RetryPolicy
 from sagalab.orchestrator.policies.retry_budget import RetryBudget, RetryBudgetPolicy
 
@@ -68,6 +69,45 @@ def retry_budget(value: Any, where: str) -> RetryBudget | None:
         raise ScenarioError(where, str(exc)) from None
 
 
+def throttle(value: Any, where: str) -> AdaptiveThrottle | None:
+    """A client group's `throttle` setting (null: none) as a fresh `AdaptiveThrottle`."""
+    if value is None or value is False:
+        return None
+    if not isinstance(value, Mapping):
+        raise ScenarioError(where, "must be a mapping (k, window) or null")
+    unknown = sorted(set(value) - {"k", "window"})
+    if unknown:
+        raise ScenarioError(f"{where}.{unknown[0]}", "unknown setting; known here: k, window")
+    try:
+        return AdaptiveThrottle(ThrottlePolicy(**value))
+    except (TypeError, ValueError) as exc:
+        raise ScenarioError(where, str(exc)) from None
+
+
+def queue_timeout(node: Node) -> float | None:
+    """A station's `queue_timeout` at `node`: seconds, or None (null: never dropped)."""
+    if node.get("queue_timeout") is None:
+        return None
+    return node.num("queue_timeout", positive=True)
+
+
+def per_gateway(node: Node, key: str, count: int) -> list[float]:
+    """A list of one positive number per gateway at `node.key` (empty: not given)."""
+    value = node.get(key) or []
+    where = f"{node.path}.{key}"
+    if not isinstance(value, list) or (value and len(value) != count):
+        raise ScenarioError(where, f"must be a list of one number per gateway ({count}) or []")
+    for i, x in enumerate(value):
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            raise ScenarioError(f"{where}[{i}]", f"must be a number, got {x!r}")
+    return [float(x) for x in value]
+
+
+def _faster(sample: Callable[[], float], speed: float) -> float:
+    """A service time of a gateway `speed` times as fast as the base one."""
+    return sample() / speed
+
+
 class ClientGroup:
     """One population of callers: legitimate (with API keys) or attackers (without)."""
 
@@ -105,12 +145,26 @@ class ClientGroup:
                 raise ScenarioError(f"{node.path}.retry", str(exc)) from None
         # Retries at most a share of this group's requests (and the cluster's, `Edge.budget`).
         self.budget = retry_budget(node.get("retry_budget"), f"{node.path}.retry_budget")
+        # Refuses some requests locally while the edge refuses many (null: off).
+        self.throttle = throttle(node.get("throttle"), f"{node.path}.throttle")
+        # Called with each request of the group once it is over (a closed population's users
+        # wait for it: `simulator.population`); None: nobody waits.
+        self.on_done: Callable[[Request], None] | None = None
+        self.population: Any = None  # its `simulator.population.Population`, if closed
+        # A throttle or a waiting user hears of every admitted request: one attribute read on
+        # that common path instead of two (`Edge.respond`); `wait_for_requests` keeps it true.
+        self.hooked = self.throttle is not None
         self.rng = rng
         # The edge's counter names of this group's kind, built once (not an f-string per
         # request): `Edge.count_as`.
         self.counter_names: dict[str, str] = {}
         self.pending: deque[tuple[float, Attempt]] = deque()
         self.sweeping = False
+
+    def wait_for_requests(self, on_done: Callable[[Request], None]) -> None:
+        """Call `on_done` with each request of the group once it is over."""
+        self.on_done = on_done
+        self.hooked = True
 
 
 class Request:
@@ -204,27 +258,43 @@ class Edge:
         self.fw_station = Station(
             env, "firewall", fw.int("workers", min=1), lambda: service_time, fw.int("queue_limit")
         )
+        if queue_timeout(fw) is not None:
+            self.fw_station.queue_timeout = queue_timeout(fw)
+            self.fw_station.on_expired = self._gateway_expired  # the same answer: a 503
         lb = node.node("balancer")
+        gw = node.node("gateways")
+        count = gw.int("count", min=1)
+        weights = per_gateway(lb, "weights", count)
         try:
-            self.balancer = Balancer(lb.text("strategy"))
-        except ValueError:
+            self.balancer = Balancer(lb.text("strategy"), weights or None)
+        except ValueError as exc:
+            if weights:
+                raise ScenarioError("balancer.weights", str(exc)) from None
             raise ScenarioError(
                 "balancer.strategy",
-                "must be round_robin, random, least_connections or power_of_two",
+                "must be round_robin, random, least_connections, power_of_two or "
+                "weighted_round_robin",
             ) from None
         health = lb.node("health")
         self.health_interval = health.num("interval", positive=True)
-        gw = node.node("gateways")
         auth, handle = gw.num("auth_time", min=0.0), gw.num("handle_time", min=0.0)
 
         def gateway_time() -> float:
             return auth + (rng.expovariate(1.0 / handle) if handle > 0 else 0.0)
 
+        speeds = per_gateway(gw, "speed", count)
+        expire_after = queue_timeout(gw)
         limit = gw.int("connection_limit", min=1)
         workers = gw.int("workers", min=1)
         self.gateways = []
-        for i in range(gw.int("count", min=1)):
-            g = Gateway(env, i, Station(env, f"gateway-{i}", workers, gateway_time, None), limit)
+        for i in range(count):
+            sample = gateway_time
+            if speeds and speeds[i] != 1.0:
+                sample = partial(_faster, gateway_time, speeds[i])
+            g = Gateway(env, i, Station(env, f"gateway-{i}", workers, sample, None), limit)
+            if expire_after is not None:
+                g.station.queue_timeout = expire_after
+                g.station.on_expired = self._gateway_expired
             g.health = HealthTracker(
                 health.int("fail_threshold", min=1), health.int("pass_threshold", min=1)
             )
@@ -267,11 +337,16 @@ class Edge:
 
     def send(self, request: Request) -> None:
         env = self.env
+        now = env.now
+        group = request.group
+        if group.throttle is not None and not group.throttle.admit(now, group.rng.random()):
+            # Refused by the client itself: never sent, and not retried (that is the point).
+            self.count_as(group, "throttled")
+            self._over(request)
+            return
         request.attempts += 1
         request.inflight += 1
-        now = env.now
         attempt = Attempt(request, now)
-        group = request.group
         self.count_as(group, "attempts")
         group.pending.append((now + group.timeout, attempt))
         if not group.sweeping:
@@ -311,9 +386,16 @@ class Edge:
         self.count_as(group, status)
         if status == "202":
             self.submit_latency[kind].record(now - attempt.sent)
-            request.done = True
             self.count_as(group, "admitted")
+            request.done = True
+            if group.hooked:  # one read on the common path for both hooks
+                if group.throttle is not None:
+                    group.throttle.record_accept(now)
+                if group.on_done is not None:
+                    group.on_done(request)
             return
+        if group.throttle is not None and status not in RETRYABLE:
+            group.throttle.record_accept(now)  # answered (401, 403), not refused for overload
         policy = group.retry
         delay = None
         if policy is not None:
@@ -330,13 +412,20 @@ class Edge:
             self.count(f"{kind}.retry_budget_refused")
             delay = None
         if delay is None:
-            request.done = True
             self.count(f"{kind}.gave_up")
+            self._over(request)
             return
         self.count(f"{kind}.retries")
         request.last_delay = delay
         timer = self.env.timeout(delay)
         timer.callbacks.append(partial(self._resend, request))
+
+    def _over(self, request: Request) -> None:
+        """`request` got its answer or was given up on."""
+        request.done = True
+        on_done = request.group.on_done
+        if on_done is not None:
+            on_done(request)
 
     def _budget_allows(self, group: ClientGroup, now: float) -> bool:
         # The group's budget first: a retry it refuses is not charged to the cluster's.
@@ -414,6 +503,11 @@ class Edge:
             self.respond(attempt, "202")
         else:
             self.respond(attempt, "503")
+
+    def _gateway_expired(self, job: Job) -> None:
+        # Dropped unserved after waiting past `gateways.queue_timeout` (or the firewall's):
+        # the client is answered 503.
+        self.respond(job.payload, "503")
 
     def crash_gateway(self, index: int) -> None:
         """Gateway `index` dies: every connection on it is reset."""

@@ -26,10 +26,11 @@ from sagalab.orchestrator.saga import Phase, SagaStatus
 
 from .config import Node
 from .database import database_from
-from .edge_model import ClientGroup, Edge, Request
+from .edge_model import ClientGroup, Edge, Request, queue_timeout
 from .errors import ScenarioError
 from .metrics import Histogram, TierStats
 from .orchestration import Orchestrator, Saga
+from .population import Population, arrival_kind
 from .regions import regions_from
 from .schedule import arrivals, segments
 from .stations import Fault, Service, sampler
@@ -87,6 +88,7 @@ class Simulation:
                 idempotent=s.flag("idempotent", True),
                 in_progress=s.flag("in_progress", True),
                 faults=self.faults,
+                queue_timeout=queue_timeout(s),
             )
         for step in self.flow.steps:
             if step.service not in self.services:
@@ -168,6 +170,9 @@ class Simulation:
         self.groups = [(ClientGroup(c, rng), c) for c in root.items("clients")]
         if not self.groups:
             raise ScenarioError("clients", "needs at least one client group")
+        for group, node in self.groups:
+            if arrival_kind(node) == "population":
+                group.population = Population(env, self.edge, group, node, self.duration, rng)
 
         # For the invariant checks at each saga's end (computed once, not per saga).
         flow = self.flow
@@ -379,6 +384,9 @@ class Simulation:
         """Run to `duration`, drain, and build the report. `progress(now, total)` is optional."""
         env = self.env
         for group, node in self.groups:
+            if group.population is not None:
+                group.population.start()
+                continue
             segs = segments(node.node("rate"))
             arrive = partial(self.edge.new_request, group)
             env.process(arrivals(env, segs, self.duration, self.rng, arrive))

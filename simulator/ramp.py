@@ -49,6 +49,7 @@ def _config(
         raise ScenarioError("--group", f"no client group {chosen!r}; groups: {names}")
     target = clients[names.index(chosen)]
     target["rate"] = {"kind": "steps", "steps": [[s.start, s.rate] for s in stages]}
+    target["population"] = None  # a ramp is open arrivals, also for a closed group
     validate(config, seed=seed, duration=stages[-1].end)
     return config, chosen
 

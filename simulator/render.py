@@ -119,6 +119,7 @@ def render_summary(console: Console, report: Mapping[str, Any], files: Sequence[
             ", ".join(f"{name} {a['factor']:.2f}x" for name, a in amp.items()) or "no services",
         )
         ops.add_row("recovery", _recovery(meta["recovery"]))
+    _overload_rows(ops, report)
     console.print(ops)
 
     checks = Table(title="Invariants and claims")
@@ -133,6 +134,24 @@ def render_summary(console: Console, report: Mapping[str, Any], files: Sequence[
     console.print(checks)
     for f in files:
         console.print(f"wrote {f}")
+
+
+def _overload_rows(ops: Table, report: Mapping[str, Any]) -> None:
+    """Rows of the overload settings that are on (`simulator.overload`)."""
+    for who in ("legit", "attacker"):
+        throttled = report["requests"][who].get("throttled")
+        if throttled is not None:
+            ops.add_row(f"throttled ({who})", f"{throttled} requests refused by their own clients")
+    dropped = report.get("queue_timeouts")
+    if dropped:
+        ops.add_row("queue timeouts", ", ".join(f"{tier} {n}" for tier, n in dropped.items()))
+    for name, pop in (report.get("populations") or {}).items():
+        r_ms = pop["response"]["mean"] * 1000
+        ops.add_row(
+            f"population {name}",
+            f"{pop['users']} users, {pop['throughput']:.2f} requests/s "
+            f"(N / (R + Z): {pop['law_throughput']:.2f}), R {r_ms:.1f} ms",
+        )
 
 
 def _recovery(rec: Mapping[str, Any] | None) -> str:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .claims import evaluate
 from .metastability import RecoveryRule, amplification, baseline, rolling_mean, time_to_recover
+from .overload import extend_report
 
 if TYPE_CHECKING:
     from .model import Simulation
@@ -173,6 +174,7 @@ def build_report(sim: Simulation, now: float) -> dict[str, Any]:
         report["database"] = sim.database.report()
     if sim.regions is not None:
         report["regions"] = sim.regions.report()
+    extend_report(sim, report)  # throttling, queue timeouts, closed populations
     report["claims"] = evaluate(sim.config.get("claims") or [], report, sim.series)
     return report
 

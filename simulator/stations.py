@@ -126,7 +126,12 @@ class Job:
 
 
 class Station:
-    """`servers` parallel servers, a FIFO queue of at most `queue_limit`, service by `sample`."""
+    """`servers` parallel servers, a FIFO queue of at most `queue_limit`, service by `sample`.
+
+    With a `queue_timeout` (seconds; None: none), a job that waited longer than that when a
+    server frees up is dropped unserved (a server discarding expired work): counted in
+    `expired` and handed to `on_expired` instead of being served.
+    """
 
     def __init__(
         self,
@@ -148,6 +153,9 @@ class Station:
         self.response = Histogram()
         self.scale = 1.0  # service-time multiplier (slowdowns)
         self._on_timer = self._finish  # bound once: appended to every job's timer
+        self.queue_timeout: float | None = None
+        self.on_expired: Callable[[Job], None] | None = None
+        self.expired = 0
 
     @property
     def active(self) -> int:
@@ -205,8 +213,26 @@ class Station:
         job.done(job)
         job.payload = None
         queue = self.queue
+        if queue and self.queue_timeout is not None:
+            self._start_unexpired(now)
+            return
         while queue and self.busy < self.servers:
             self._start(queue.popleft(), now)
+
+    def _start_unexpired(self, now: float) -> None:
+        """Start the queued jobs that have not waited past `queue_timeout`; drop the others."""
+        queue, limit = self.queue, self.queue_timeout
+        assert limit is not None
+        while queue and self.busy < self.servers:
+            job = queue.popleft()
+            if now - job.arrived <= limit:
+                self._start(job, now)
+                continue
+            self.expired += 1
+            self.stats.leave(now, now - job.arrived)
+            if self.on_expired is not None:
+                self.on_expired(job)
+            job.payload = None
 
     def drop_all(self) -> list[Job]:
         """Cancel every queued and running job (the instance crashed); returns them."""
@@ -243,6 +269,8 @@ REFUSED = classify_transport(Transport.NOT_SENT, "connection refused")
 OVERLOADED = classify_status(503, "service queue full")
 SERVER_ERROR = classify_status(500, "internal error")
 REJECTED = classify_status(422, "rejected by the service")
+# A call dropped unserved after waiting past the service's `queue_timeout`.
+EXPIRED = classify_status(503, "queue timeout: dropped unserved")
 TOMBSTONED = classify_status(409, "already compensated")
 TIMED_OUT = classify_transport(Transport.TIMEOUT, "timeout")
 # An idempotent service's answer to a key it is still processing (the fake services' 409).
@@ -304,11 +332,15 @@ class Service:
         idempotent: bool,
         faults: list[Fault],
         in_progress: bool = True,
+        queue_timeout: float | None = None,
     ) -> None:
         self.env = env
         self.name = name
         self.rng = rng
         self.station = Station(env, name, concurrency, latency, queue_limit)
+        if queue_timeout is not None:
+            self.station.queue_timeout = queue_timeout
+            self.station.on_expired = self._expired
         self.error_rate = error_rate
         self.reject_rate = reject_rate
         self.idempotent = idempotent
@@ -420,6 +452,15 @@ class Service:
                 call.outcome = outcome
             else:
                 call.answer(outcome)
+
+    def _expired(self, job: Job) -> None:
+        """The call waited past the queue timeout: dropped unserved, answered 503."""
+        call: Call = job.payload
+        call.saga.inflight -= 1
+        if call.held is not None:
+            self.processing.pop(call.held, None)
+        if not call.answered:
+            call.answer(EXPIRED)
 
     def _apply(self, call: Call, saga: Any) -> Outcome:
         counts = self.counts

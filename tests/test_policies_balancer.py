@@ -128,3 +128,65 @@ def test_least_connections_is_the_fewest_then_the_first_at_or_after_the_cursor(
         assert balancer.choose(instances, random.Random(0)) == expected
         if expected is not None:
             assert balancer._cursor == (expected + 1) % len(instances)
+
+
+def test_weighted_round_robin_is_smooth_and_proportional() -> None:
+    balancer = Balancer(Strategy.WEIGHTED_ROUND_ROBIN, weights=[2, 1])
+    instances = views((True, 0, None), (True, 0, None))
+    picks = [balancer.choose(instances, random.Random(0)) for _ in range(9)]
+    # Interleaved (not 0, 0, 1 bursts of the plain weighted cycle): nginx's smooth order.
+    assert picks == [0, 1, 0] * 3
+    counts = Counter(balancer.choose(instances, random.Random(0)) for _ in range(3000))
+    assert counts == {0: 2000, 1: 1000}
+
+
+def test_weighted_round_robin_skips_unavailable_and_zero_weight() -> None:
+    balancer = Balancer(Strategy.WEIGHTED_ROUND_ROBIN, weights=[5, 0, 1])
+    picks = {balancer.choose(views(*[(True, 0, None)] * 3), random.Random(0)) for _ in range(60)}
+    assert picks == {0, 2}
+    down = views((False, 0, None), (True, 0, None), (True, 0, None))
+    assert {balancer.choose(down, random.Random(0)) for _ in range(10)} == {2}
+    # Without weights every instance weighs 1: plain round robin.
+    plain = Balancer(Strategy.WEIGHTED_ROUND_ROBIN)
+    assert [plain.choose(views(*[(True, 0, None)] * 3), random.Random(0)) for _ in range(6)] == [
+        0,
+        1,
+        2,
+        0,
+        1,
+        2,
+    ]
+
+
+@pytest.mark.parametrize("weights", [[-1, 1], [0, 0], [float("inf")], [True, 1]])
+def test_weighted_round_robin_refuses_bad_weights(weights: list) -> None:
+    with pytest.raises(ValueError, match="weights"):
+        Balancer(Strategy.WEIGHTED_ROUND_ROBIN, weights=weights)
+
+
+def test_the_real_edge_pool_weighs_its_upstreams_by_the_same_rule() -> None:
+    from sagalab.edge.pool import Pool
+
+    pool = Pool(
+        [("127.0.0.1", 1), ("127.0.0.1", 2)], strategy="weighted_round_robin", weights=[3, 1]
+    )
+    picks = [pool.choose(set()) for _ in range(8)]
+    assert picks == [0, 0, 1, 0] * 2
+    assert pool.choose({0}) == 1  # a tried upstream is skipped whatever its weight
+
+
+@pytest.mark.parametrize(
+    ("weights", "fragment"),
+    [(["1"], "1 weights for 2 upstreams"), (["-1", "1"], "weights must be finite")],
+)
+def test_edge_refuses_bad_weights_exit_2(weights: list[str], fragment: str) -> None:
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "sagalab.edge.apps", "edge", "--strategy", "weighted_round_robin"]
+    args += ["--upstream", "127.0.0.1:1", "--upstream", "127.0.0.1:2"]
+    for w in weights:
+        args += ["--weight", w]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert fragment in done.stderr and "Traceback" not in done.stderr

@@ -76,6 +76,18 @@ def test_retry_storm_variants_differ_after_the_trigger() -> None:
     assert goodput(naive) < 15 < 130 < goodput(resilient)
 
 
+def test_throttled_outage_without_the_throttle_hammers_the_dead_edge() -> None:
+    """The shipped throttling scenario's contrast: the same outage, clients unthrottled."""
+    config = load_scenario("throttled-outage")
+    config["clients"][0]["throttle"] = None
+    config["claims"] = []
+    series = simulate(config).series
+    during = [r["unavailable"] for r in series if 50 < r["t"] <= 70]
+    after = [r["legit_admitted"] for r in series if 72 < r["t"] <= 90]
+    assert sum(during) / len(during) > 100  # the throttled run: at most 3 (its claim)
+    assert sum(after) / len(after) > 30  # the throttled run: at most 10 (its claim)
+
+
 # Seconds of arrivals per scenario for the cross-process check: past each one's crash, fault
 # or spike (the code paths whose order could follow addresses or hashes), short enough to be fast.
 CROSS_PROCESS_DURATION = {
@@ -90,6 +102,7 @@ CROSS_PROCESS_DURATION = {
     "payments-outage": 24,
     "retry-storm": 24,
     "retry-storm-resilient": 24,
+    "throttled-outage": 45,
     "traffic-spike": 24,
     "two-regions": 24,
 }

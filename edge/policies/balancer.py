@@ -13,7 +13,12 @@ passed in; it never reads a clock. The real load balancer
   always sees every instance idle, alternates instead of loading the first one only. Gateways
   each enforce their share of a key's rate: sending every tie to the first would halve the
   rate a sequential client gets. No randomness, so the simulator stays reproducible;
-* `power_of_two` draws two distinct eligible instances and keeps the less loaded one.
+* `power_of_two` draws two distinct eligible instances and keeps the less loaded one;
+* `weighted_round_robin` gives each eligible instance a share of the requests proportional to
+  its weight (`weights`, one per instance; instances of different speed), interleaved rather
+  than in bursts: nginx's smooth weighted round robin (each choice adds every eligible
+  instance's weight to its credit, takes the instance with the most credit and charges it the
+  eligible weights' sum). No randomness. An instance of weight 0 is never chosen.
 
 `HealthTracker` turns check results into ejection and return: `fail_threshold` consecutive
 failed checks eject an instance, `pass_threshold` consecutive passing checks bring it back.
@@ -21,6 +26,7 @@ failed checks eject an instance, `pass_threshold` consecutive passing checks bri
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -64,6 +70,7 @@ class Strategy(StrEnum):
     RANDOM = "random"
     LEAST_CONNECTIONS = "least_connections"
     POWER_OF_TWO = "power_of_two"
+    WEIGHTED_ROUND_ROBIN = "weighted_round_robin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,14 +101,32 @@ class Balancer:
     """Chooses an instance for each request under one `Strategy`.
 
     Holds only the round-robin cursor (used by `round_robin`, and by `least_connections` to
-    break ties); everything else comes in with each call.
+    break ties) and, for `weighted_round_robin`, the weights and each instance's credit;
+    everything else comes in with each call. `weights` (one per instance, >= 0, not all 0;
+    None: all 1) only matter to `weighted_round_robin`.
     """
 
-    __slots__ = ("strategy", "_cursor")
+    __slots__ = ("strategy", "_cursor", "weights", "_credit")
 
-    def __init__(self, strategy: Strategy | str = Strategy.ROUND_ROBIN) -> None:
+    def __init__(
+        self,
+        strategy: Strategy | str = Strategy.ROUND_ROBIN,
+        weights: Sequence[float] | None = None,
+    ) -> None:
         self.strategy = Strategy(strategy)
         self._cursor = 0
+        if weights is not None:
+            if any(
+                isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w < math.inf
+                for w in weights
+            ):
+                raise ValueError("weights must be finite numbers, 0 or more")
+            if weights and not any(weights):
+                raise ValueError("weights must not all be 0")
+        self.weights: tuple[float, ...] | None = (
+            tuple(float(w) for w in weights) if weights else None
+        )
+        self._credit: list[float] = []
 
     def choose(self, instances: Sequence[Instance], rng: RandomSource) -> int | None:
         """Position of the chosen instance, or None if none is eligible (answer 503)."""
@@ -134,6 +159,8 @@ class Balancer:
                 return None
             self._cursor = (chosen + 1) % n
             return chosen
+        if strategy is Strategy.WEIGHTED_ROUND_ROBIN:
+            return self._weighted(instances)
         candidates = eligible(instances)
         if not candidates:
             return None
@@ -150,6 +177,27 @@ class Balancer:
         # The first draw wins ties, so equal loads still spread uniformly.
         first, second = candidates[a], candidates[b]
         return second if instances[second].active < instances[first].active else first
+
+    def _weighted(self, instances: Sequence[Instance]) -> int | None:
+        n = len(instances)
+        weights = self.weights
+        if weights is not None and len(weights) != n:
+            raise ValueError(f"{len(weights)} weights for {n} instances")
+        credit = self._credit
+        if len(credit) != n:
+            credit[:] = [0.0] * n
+        chosen, total = -1, 0.0
+        for i in range(n):
+            weight = 1.0 if weights is None else weights[i]
+            if weight > 0 and instances[i].available:
+                credit[i] += weight
+                total += weight
+                if chosen < 0 or credit[i] > credit[chosen]:
+                    chosen = i
+        if chosen < 0:
+            return None
+        credit[chosen] -= total
+        return chosen
 
 
 class HealthTracker:
