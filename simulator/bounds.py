@@ -41,6 +41,7 @@ from sagalab.orchestrator.limits import (
 )
 from sagalab.orchestrator.policies.retry_budget import MAX_BUDGET_RATIO, MAX_BUDGET_WINDOW
 
+from .distributions import MAX_PHASES
 from .errors import ScenarioError
 
 __all__ = ["BOUNDS", "Bound", "EventEstimate", "check_numbers", "estimate_events"]
@@ -75,6 +76,9 @@ _LATENCY_KEYS = {
     "high": LATENCY,
     "sigma": Bound(0.0, MAX_SIM_SIGMA, "lognormal spread"),
     "quantiles[]": LATENCY,  # an empirical distribution's points
+    "k": Bound(1, MAX_PHASES, "phases of an Erlang distribution", whole=True),
+    "means[]": POSITIVE_LATENCY,  # a hyperexponential distribution's branches
+    "probs[]": PROBABILITY,
 }
 _RATE_KEYS = {
     "value": RATE,
@@ -104,6 +108,9 @@ BOUNDS: dict[str, Bound] = {
     "seed": Bound(0, 2**32 - 1, "a 32-bit seed", whole=True),
     "duration": POSITIVE_SECONDS,
     "drain": SECONDS,
+    "warmup": SECONDS,
+    "measure.start": SECONDS,
+    "measure.end": SECONDS,
     "interval": TICK,
     "clients[].address_count": Bound(1, MAX_SIM_ADDRESSES, "addresses held in memory", True),
     "clients[].keys": Bound(0, MAX_SIM_KEYS, "API keys held in memory", whole=True),
@@ -116,11 +123,14 @@ BOUNDS: dict[str, Bound] = {
     **_group("clients[].retry_budget", _BUDGET_KEYS),
     **_group("retry_budget", _BUDGET_KEYS),
     **_group("clients[].rate", _RATE_KEYS),
+    # The shape of the gaps between arrivals, rescaled to the rate's mean gap.
+    **_group("clients[].interarrival", _LATENCY_KEYS),
     "firewall.flood.rate": Bound(0.001, MAX_SIM_RATE, "requests per second"),
     "firewall.flood.burst": Bound(1.0, MAX_SIM_BURST, "a token bucket's burst"),
     "firewall.flood.block_for": SECONDS,
     "firewall.workers": SERVERS,
     "firewall.service_time": LATENCY,
+    **_group("firewall.service_time", _LATENCY_KEYS),  # or a distribution
     "firewall.queue_limit": Bound(0, MAX_SIM_QUEUE, "requests queued", whole=True),
     "balancer.health.interval": TICK,
     "balancer.health.fail_threshold": THRESHOLD,
@@ -130,6 +140,7 @@ BOUNDS: dict[str, Bound] = {
     "gateways.connection_limit": SERVERS,
     "gateways.auth_time": LATENCY,
     "gateways.handle_time": LATENCY,
+    **_group("gateways.handle_time", _LATENCY_KEYS),  # or a distribution
     "gateways.rate_limit.rate": Bound(0.001, MAX_SIM_RATE, "requests per second per key"),
     "gateways.rate_limit.burst": Bound(1.0, MAX_SIM_BURST, "a token bucket's burst"),
     "gateways.crashes[].instance": Bound(0, MAX_SIM_REPLICAS - 1, "a gateway's index", True),
@@ -203,7 +214,7 @@ def _numbers(node: Any, shown: str, pattern: str) -> Iterator[tuple[str, str, An
         yield shown, pattern, node
 
 
-_NULL_BY_DEFAULT = ("clients[].retry_budget", "retry_budget")
+_NULL_BY_DEFAULT = ("clients[].retry_budget", "retry_budget", "clients[].interarrival", "measure")
 """Mappings whose default is null: their keys are not checked when the scenario is merged."""
 
 

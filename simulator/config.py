@@ -93,6 +93,9 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any], where: str) -> di
                 raise ScenarioError(path, "must be a mapping of service name to settings")
             merged = dict(out.get(key, {}))
             for name, svc in value.items():
+                if svc is None:  # `shipping: null` removes a service (a flow step using it
+                    merged.pop(name, None)  # is refused when the model is built)
+                    continue
                 merged[name] = _merge_item(
                     merged.get(name, _SERVICE_TEMPLATE), svc, f"{path}.{name}"
                 )
