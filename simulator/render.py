@@ -169,6 +169,21 @@ def render_sweep(console: Console, rows: Sequence[Mapping[str, Any]], keys: Sequ
     console.print(table)
 
 
+def render_replicated(
+    console: Console, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]
+) -> None:
+    """A metric replicated over seeds: per combination, its mean and 95 % interval."""
+    first = rows[0] if rows else {}
+    table = Table(title=f"{first.get('metric', '')} over {first.get('seeds', 0)} seeds")
+    for k in [*keys, "mean", "95% low", "95% high", "measured"]:
+        table.add_column(k, justify="left" if k in keys else "right")
+    for row in rows:
+        cells = [row["mean"], row["low"], row["high"]]
+        shown = ["-" if c is None else f"{c:.6g}" for c in cells]
+        table.add_row(*(str(row[k]) for k in keys), *shown, f"{row['measured']}/{row['seeds']}")
+    console.print(table)
+
+
 def render_ramp(console: Console, result: Mapping[str, Any]) -> None:
     """Each level of a ramp (up, then down) and goodput's hysteresis."""
     stages = result["stages"]
