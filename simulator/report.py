@@ -186,17 +186,20 @@ def build_report(sim: Simulation, now: float) -> dict[str, Any]:
     return report
 
 
-def waiting(sim: Simulation) -> dict[str, dict[str, float]]:
-    """Per tier that queues, the wait before service and the probability of waiting."""
+def waiting(sim: Simulation) -> dict[str, Any]:
+    """Per tier that queues, the wait before service and the probability of waiting. Keys
+    have no dots (services and database stations nest), so a claim can name any of them:
+    `waiting.services.payments.probability`."""
     edge, orch = sim.edge, sim.orchestrator
     stations = [edge.fw_station, *(g.station for g in edge.gateways)]
-    out = {s.name: s.waiting() for s in stations}
+    out: dict[str, Any] = {s.name: s.waiting() for s in stations}
     out["queue"] = waiting_summary(orch.queue_wait.count - orch.queue_waits.count, orch.queue_waits)
-    for name, service in sim.services.items():
-        out[f"service.{name}"] = service.station.waiting()
+    out["services"] = {name: s.station.waiting() for name, s in sim.services.items()}
     if sim.database is not None:
-        for station in sim.database.stations():
-            out[station.name] = station.waiting()
+        out["database"] = {
+            station.name.removeprefix("db."): station.waiting()
+            for station in sim.database.stations()
+        }
     return out
 
 

@@ -83,16 +83,17 @@ def test_a_bad_window_is_one_line_exit_2(sets: list[str], fragment: str, tmp_pat
 def test_waiting_is_reported_for_every_tier_that_queues() -> None:
     report = _run("services.payments.concurrency=2", "database.enabled=true")
     waiting = report["waiting"]
-    tiers = {"firewall", "gateway-0", "gateway-1", "gateway-2", "queue", "db.write", "db.read"}
-    assert tiers | {f"service.{n}" for n in report["services"]} <= set(waiting)
-    payments = waiting["service.payments"]
+    assert {"firewall", "gateway-0", "gateway-1", "gateway-2", "queue"} <= set(waiting)
+    assert set(waiting["services"]) == set(report["services"])
+    assert set(waiting["database"]) == {"write", "read"}
+    payments = waiting["services"]["payments"]
     # Two servers at ~20 calls/s of ~50 ms: most calls queue, and waits are above zero.
     assert 0.2 < payments["probability"] <= 1
     assert payments["mean"] > 0 and payments["p95"] > payments["p50"] >= 0
     assert payments["started"] == report["services"]["payments"]["calls"] - (
         report["services"]["payments"]["in_progress"] + report["services"]["payments"]["refused"]
     )
-    assert waiting["service.inventory"]["probability"] < payments["probability"]
+    assert waiting["services"]["inventory"]["probability"] < payments["probability"]
 
 
 # Payments 80 times slower for the first 3 s: calls time out (2 s) while their jobs run on.
@@ -128,7 +129,7 @@ def test_a_default_service_no_step_uses_can_be_removed(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(text))
     report = simulate(configure(str(path))).report
     assert "notifications" not in report["services"]
-    assert "service.notifications" not in report["waiting"]
+    assert "notifications" not in report["waiting"]["services"]
     assert report["invariants_failed"] == 0 and report["sagas"]["completed"] > 0
 
 
