@@ -15,6 +15,8 @@ from sagalab.simulator.config import configure
 from sagalab.simulator.defaults import DEFAULT_FLOW
 from sagalab.simulator.errors import ScenarioError
 from sagalab.simulator.model import simulate
+from sagalab.simulator.paired import t_interval
+from sagalab.simulator.queueing import erlang_c, mmc_wait
 
 runner = CliRunner()
 SHORT = ["duration=20", "clients.0.rate.value=20"]
@@ -145,3 +147,43 @@ def test_removing_a_service_a_step_calls_is_refused_naming_the_step(tmp_path: Pa
     result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "flow step 'ship'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+MM4 = """
+name: mm4-payments
+duration: 200
+clients:
+  - name: customers
+    rate: {kind: constant, value: 30}
+    retry: false
+services:
+  inventory: null
+  shipping: null
+  notifications: null
+  payments:
+    latency: {dist: exponential, mean: 0.1}
+    concurrency: 4
+    error_rate: 0
+    reject_rate: 0
+flow:
+  name: charge-only
+  version: 1
+  steps:
+    - {name: charge, service: payments, action: {method: POST, path: /charges}, timeout: 60}
+"""
+
+
+def test_the_whole_models_waiting_on_an_mmc_tier_matches_erlang_c(tmp_path: Path) -> None:
+    # Poisson arrivals reach payments through tiers that hardly queue, so payments is M/M/4
+    # at a = 3 Erlangs: the report's own figures, over five seeds, against Erlang C.
+    path = tmp_path / "mm4.yaml"
+    path.write_text(MM4)
+    config = configure(str(path))
+    runs = [
+        simulate(config, seed=seed).report["waiting"]["services"]["payments"]
+        for seed in range(1, 6)
+    ]
+    _, low, high = t_interval([r["probability"] for r in runs])
+    assert low <= erlang_c(4, 3.0) <= high, (low, high)
+    _, low, high = t_interval([r["mean"] for r in runs])
+    assert low <= mmc_wait(30.0, 10.0, 4) <= high, (low, high)
