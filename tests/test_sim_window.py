@@ -187,3 +187,15 @@ def test_the_whole_models_waiting_on_an_mmc_tier_matches_erlang_c(tmp_path: Path
     assert low <= erlang_c(4, 3.0) <= high, (low, high)
     _, low, high = t_interval([r["mean"] for r in runs])
     assert low <= mmc_wait(30.0, 10.0, 4) <= high, (low, high)
+
+
+def test_the_summary_shows_the_window_the_waits_and_the_drain(tmp_path: Path) -> None:
+    args = ["run", "baseline", "--out", str(tmp_path)]
+    for item in [*SHORT, "services.payments.concurrency=2", "warmup=5"]:
+        args += ["--set", item]
+    result = runner.invoke(app, args)
+    assert result.exit_code in (0, 1), result.output
+    out = result.stdout
+    assert "arrivals from 5 s to 20 s only" in out
+    assert "Waiting before service" in out and "service payments" in out
+    assert "every tier empty" in out
