@@ -73,6 +73,10 @@ def list_scenarios() -> dict[str, dict[str, Any]]:
 _OPEN = {"rate", "latency", "db_write", "write_latency", "read_latency"}
 
 
+# Settings that take a number (their old meaning) or a distribution mapping.
+_NUMBER_OR_DIST = {"service_time", "handle_time"}
+
+
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any], where: str) -> dict[str, Any]:
     out = copy.deepcopy(base)
     open_ended = where.rsplit(".", 1)[-1] in _OPEN
@@ -188,7 +192,9 @@ def apply_override(config: dict[str, Any], assignment: str) -> None:
         # that the bounds say what is wrong with the value instead of a type error.
         with contextlib.suppress(ValueError):
             value = float(value)
-    if current is not None and _kind(current) != _kind(value):
+    # A number or a distribution (`firewall.service_time`, `gateways.handle_time`).
+    either = last in _NUMBER_OR_DIST and _kind(current) == "number" and _kind(value) == "mapping"
+    if current is not None and _kind(current) != _kind(value) and not either:
         raise ScenarioError(
             f"--set {key}", f"expects a {_kind(current)} (now {current!r}), got {text!r}"
         )

@@ -169,3 +169,11 @@ def test_default_tiers_are_unchanged() -> None:
     config = load_scenario("baseline")
     assert config["clients"][0]["interarrival"] is None
     assert yaml.safe_dump(config["firewall"]["service_time"]) == "0.0002\n...\n"
+
+
+def test_set_switches_a_number_setting_to_a_distribution() -> None:
+    sets = ["duration=5", "gateways.handle_time={dist: erlang, k: 2, mean: 0.004}"]
+    config = configure("baseline", sets)
+    assert config["gateways"]["handle_time"] == {"dist": "erlang", "k": 2, "mean": 0.004}
+    with pytest.raises(ScenarioError, match="expects a number"):
+        configure("baseline", ["gateways.count={a: 1}"])
