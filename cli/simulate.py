@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -53,10 +53,11 @@ from sagalab.simulator.render import (
     render_compare,
     render_list,
     render_ramp,
+    render_replicated,
     render_summary,
     render_sweep,
 )
-from sagalab.simulator.sweep import parse_grid, sweep
+from sagalab.simulator.sweep import DEFAULT_METRIC, MAX_SEEDS, parse_grid, replicate, sweep
 
 app = typer.Typer(
     help="Simulate the whole path (firewall to services) under failure scenarios.",
@@ -194,8 +195,25 @@ def run_cmd(
 def sweep_cmd(
     scenario: ScenarioArg,
     grid: Annotated[
-        list[str], typer.Option("--grid", help="key.path=v1,v2,... (repeatable; all combinations).")
-    ],
+        list[str] | None,
+        typer.Option("--grid", help="key.path=v1,v2,... (repeatable; all combinations)."),
+    ] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            "--metric",
+            help="Replicate this report metric over seeds: a dotted report path "
+            f"(default with --seeds: {DEFAULT_METRIC}) or window(START, END).COLUMN[.agg].",
+        ),
+    ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            "--seeds",
+            help=f"Run each combination over this many seeds (2 to {MAX_SEEDS}, from --seed or "
+            "1) and print the metric's mean and 95 % interval (default with --metric: 10).",
+        ),
+    ] = None,
     seed: SeedOpt = None,
     duration: DurationOpt = None,
     set_: SetOpt = None,
@@ -208,23 +226,45 @@ def sweep_cmd(
 ) -> None:
     """Run every combination of the grid values on all cores; table and CSV.
 
-    Every combination is validated (as `run` validates its one) before any run starts.
+    Every combination is validated (as `run` validates its one) before any run starts. With
+    --metric or --seeds, each combination (or the scenario alone) runs over the seeds and the
+    table gives the metric's mean and 95 % t-interval.
     """
+    replicating = metric is not None or seeds is not None
     with _refusals(scenario):
         if workers is not None:
             check("--workers", workers, low=1, high=MAX_REPLICAS, why=REPLICAS_WHY)
-        parsed = parse_grid(grid)
+        parsed = parse_grid(grid or [])
+        if not parsed and not replicating:
+            raise _fail("sweep needs --grid, or --metric/--seeds to replicate a metric")
         with _runs_progress(f"sweep {scenario}") as (started, advance):
-            rows = sweep(
-                scenario,
-                parsed,
-                sets=set_ or [],
-                seed=seed,
-                duration=duration,
-                workers=workers,
-                done=lambda _row: advance(),
-                started=started,
-            )
+            if replicating:
+                rows = replicate(
+                    scenario,
+                    parsed,
+                    metric=metric or DEFAULT_METRIC,
+                    seeds=10 if seeds is None else seeds,
+                    first_seed=1 if seed is None else seed,
+                    sets=set_ or [],
+                    duration=duration,
+                    workers=workers,
+                    done=advance,
+                    started=started,
+                )
+            else:
+                rows = sweep(
+                    scenario,
+                    parsed,
+                    sets=set_ or [],
+                    seed=seed,
+                    duration=duration,
+                    workers=workers,
+                    done=lambda _row: advance(),
+                    started=started,
+                )
+    if replicating:
+        _write_replicated(rows, [k for k, _ in parsed], out, scenario, json_out)
+        return
     out.mkdir(parents=True, exist_ok=True)
     name = Path(scenario).stem
     path = write_csv(rows, out / f"sweep-{name}.csv")
@@ -232,6 +272,18 @@ def sweep_cmd(
         typer.echo(json.dumps(rows, indent=2))
     else:
         render_sweep(Console(highlight=False), rows, [k for k, _ in parsed])
+    typer.echo(f"wrote {path}", err=True)
+
+
+def _write_replicated(
+    rows: list[dict[str, Any]], keys: list[str], out: Path, scenario: str, json_out: bool
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    path = write_csv(rows, out / f"sweep-{Path(scenario).stem}-seeds.csv")
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        render_replicated(Console(highlight=False), rows, keys)
     typer.echo(f"wrote {path}", err=True)
 
 

@@ -42,6 +42,7 @@ from sagalab.orchestrator.limits import (
 from sagalab.orchestrator.policies.adaptive_throttle import MAX_THROTTLE_K, MAX_THROTTLE_WINDOW
 from sagalab.orchestrator.policies.retry_budget import MAX_BUDGET_RATIO, MAX_BUDGET_WINDOW
 
+from .distributions import MAX_PHASES
 from .errors import ScenarioError
 
 __all__ = ["BOUNDS", "MAX_SIM_USERS", "Bound", "EventEstimate", "check_numbers", "estimate_events"]
@@ -79,6 +80,9 @@ _LATENCY_KEYS = {
     "high": LATENCY,
     "sigma": Bound(0.0, MAX_SIM_SIGMA, "lognormal spread"),
     "quantiles[]": LATENCY,  # an empirical distribution's points
+    "k": Bound(1, MAX_PHASES, "phases of an Erlang distribution", whole=True),
+    "means[]": POSITIVE_LATENCY,  # a hyperexponential distribution's branches
+    "probs[]": PROBABILITY,
 }
 _RATE_KEYS = {
     "value": RATE,
@@ -108,6 +112,9 @@ BOUNDS: dict[str, Bound] = {
     "seed": Bound(0, 2**32 - 1, "a 32-bit seed", whole=True),
     "duration": POSITIVE_SECONDS,
     "drain": SECONDS,
+    "warmup": SECONDS,
+    "measure.start": SECONDS,
+    "measure.end": SECONDS,
     "interval": TICK,
     "clients[].address_count": Bound(1, MAX_SIM_ADDRESSES, "addresses held in memory", True),
     "clients[].keys": Bound(0, MAX_SIM_KEYS, "API keys held in memory", whole=True),
@@ -125,11 +132,14 @@ BOUNDS: dict[str, Bound] = {
     "clients[].population.users": Bound(1, MAX_SIM_USERS, "simulated users", whole=True),
     "clients[].population.think.mean": Bound(0.001, MAX_SIM_DURATION, _DAY),
     "clients[].population.think.value": Bound(0.001, MAX_SIM_DURATION, _DAY),
+    # The shape of the gaps between arrivals, rescaled to the rate's mean gap.
+    **_group("clients[].interarrival", _LATENCY_KEYS),
     "firewall.flood.rate": Bound(0.001, MAX_SIM_RATE, "requests per second"),
     "firewall.flood.burst": Bound(1.0, MAX_SIM_BURST, "a token bucket's burst"),
     "firewall.flood.block_for": SECONDS,
     "firewall.workers": SERVERS,
     "firewall.service_time": LATENCY,
+    **_group("firewall.service_time", _LATENCY_KEYS),  # or a distribution
     "firewall.queue_limit": Bound(0, MAX_SIM_QUEUE, "requests queued", whole=True),
     "firewall.queue_timeout": POSITIVE_LATENCY,
     "balancer.weights[]": Bound(0.0, 1_000.0, "a gateway's share of the requests"),
@@ -143,6 +153,7 @@ BOUNDS: dict[str, Bound] = {
     "gateways.queue_timeout": POSITIVE_LATENCY,
     "gateways.auth_time": LATENCY,
     "gateways.handle_time": LATENCY,
+    **_group("gateways.handle_time", _LATENCY_KEYS),  # or a distribution
     "gateways.rate_limit.rate": Bound(0.001, MAX_SIM_RATE, "requests per second per key"),
     "gateways.rate_limit.burst": Bound(1.0, MAX_SIM_BURST, "a token bucket's burst"),
     "gateways.crashes[].instance": Bound(0, MAX_SIM_REPLICAS - 1, "a gateway's index", True),
@@ -223,6 +234,8 @@ _NULL_BY_DEFAULT = (
     "clients[].throttle",
     "clients[].population",
     "clients[].population.think",
+    "clients[].interarrival",
+    "measure",
 )
 """Mappings whose default is null: their keys are not checked when the scenario is merged."""
 

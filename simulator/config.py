@@ -73,6 +73,10 @@ def list_scenarios() -> dict[str, dict[str, Any]]:
 _OPEN = {"rate", "latency", "db_write", "write_latency", "read_latency"}
 
 
+# Settings that take a number (their old meaning) or a distribution mapping.
+_NUMBER_OR_DIST = {"service_time", "handle_time"}
+
+
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any], where: str) -> dict[str, Any]:
     out = copy.deepcopy(base)
     open_ended = where.rsplit(".", 1)[-1] in _OPEN
@@ -91,6 +95,9 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any], where: str) -> di
                 raise ScenarioError(path, "must be a mapping of service name to settings")
             merged = dict(out.get(key, {}))
             for name, svc in value.items():
+                if svc is None:  # `shipping: null` removes a service (a flow step using it
+                    merged.pop(name, None)  # is refused when the model is built)
+                    continue
                 merged[name] = _merge_item(
                     merged.get(name, _SERVICE_TEMPLATE), svc, f"{path}.{name}"
                 )
@@ -195,7 +202,9 @@ def apply_override(config: dict[str, Any], assignment: str) -> None:
     # null turns off a setting that is a mapping (`clients.0.throttle=null`, `rate=null` beside
     # a population); where a mapping is required, its typed read refuses the null.
     off = value is None and _kind(current) == "mapping"
-    if current is not None and _kind(current) != _kind(value) and not off:
+    # A number or a distribution (`firewall.service_time`, `gateways.handle_time`).
+    either = last in _NUMBER_OR_DIST and _kind(current) == "number" and _kind(value) == "mapping"
+    if current is not None and _kind(current) != _kind(value) and not (off or either):
         raise ScenarioError(
             f"--set {key}", f"expects a {_kind(current)} (now {current!r}), got {text!r}"
         )

@@ -179,10 +179,13 @@ class Database:
 
     # --- what the report and series read ----------------------------------------------------
 
+    def stations(self) -> list[Station]:
+        """The primary's writers and readers, then each replica's readers."""
+        return [self.primary_write, self.primary_read, *self.replicas]
+
     def tiers(self) -> dict[str, TierStats]:
         """The database's stations for the Little's-law check, by name."""
-        stations = [self.primary_write, self.primary_read, *self.replicas]
-        return {s.name: s.stats for s in stations}
+        return {s.name: s.stats for s in self.stations()}
 
     def sample(self) -> dict[str, float]:
         """Columns of the per-interval series (only present when the database is modelled)."""

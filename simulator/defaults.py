@@ -75,12 +75,20 @@ DEFAULTS: dict[str, Any] = {
     "seed": 1,
     "duration": 60.0,
     "drain": 120.0,
+    # Seconds of arrivals left out of the report's latency and throughput figures (the
+    # warm-up); or `measure: {start, end}`, the window of arrivals they cover. The report's
+    # `window` says which.
+    "warmup": 0.0,
+    "measure": None,
     "interval": 1.0,
     "clients": [
         {
             "name": "customers",
             "kind": "legit",
             "rate": {"kind": "constant", "value": 40.0},
+            # The distribution of the gaps between arrivals, rescaled so that `rate` still
+            # sets their mean (`{dist: erlang, k: 4, mean: 1}`); null: Poisson arrivals.
+            "interarrival": None,
             "addresses": "10.0.0.0/16",
             "address_count": 2000,
             "keys": 50,

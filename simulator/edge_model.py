@@ -31,7 +31,7 @@ from sagalab.orchestrator.policies.retry_budget import RetryBudget, RetryBudgetP
 from .config import Node
 from .errors import ScenarioError
 from .metrics import Histogram
-from .stations import Job, Station
+from .stations import Job, Station, sampler
 
 __all__ = ["Attempt", "ClientGroup", "Edge", "Gateway", "Request"]
 
@@ -254,9 +254,16 @@ class Edge:
         self.firewall = firewall
         self.admit = admit
         fw = node.node("firewall")
-        service_time = fw.num("service_time", min=0.0)
+        if isinstance(fw.get("service_time"), Mapping):  # a distribution
+            fw_time = sampler(fw.get("service_time"), rng, "firewall.service_time")
+        else:  # a number: a constant time per request, as before distributions were allowed
+            service_time = fw.num("service_time", min=0.0)
+
+            def fw_time() -> float:
+                return service_time
+
         self.fw_station = Station(
-            env, "firewall", fw.int("workers", min=1), lambda: service_time, fw.int("queue_limit")
+            env, "firewall", fw.int("workers", min=1), fw_time, fw.int("queue_limit")
         )
         if queue_timeout(fw) is not None:
             self.fw_station.queue_timeout = queue_timeout(fw)
@@ -277,10 +284,18 @@ class Edge:
             ) from None
         health = lb.node("health")
         self.health_interval = health.num("interval", positive=True)
-        auth, handle = gw.num("auth_time", min=0.0), gw.num("handle_time", min=0.0)
+        auth = gw.num("auth_time", min=0.0)
+        if isinstance(gw.get("handle_time"), Mapping):  # a distribution of the handling time
+            handling = sampler(gw.get("handle_time"), rng, "gateways.handle_time")
 
-        def gateway_time() -> float:
-            return auth + (rng.expovariate(1.0 / handle) if handle > 0 else 0.0)
+            def gateway_time() -> float:
+                return auth + handling()
+
+        else:  # a number: the mean of an exponential handling time, as before
+            handle = gw.num("handle_time", min=0.0)
+
+            def gateway_time() -> float:
+                return auth + (rng.expovariate(1.0 / handle) if handle > 0 else 0.0)
 
         speeds = per_gateway(gw, "speed", count)
         expire_after = queue_timeout(gw)
@@ -305,6 +320,10 @@ class Edge:
         self.counts: dict[str, int] = {}
         self.submit_latency = {"legit": Histogram(), "attacker": Histogram()}
         self.health_events = 0
+        # Requests not yet done (in flight or waiting to retry): the drain waits for them.
+        self.open_requests = 0
+        # The arrivals whose submit latency the report keeps (`model.measurement_window`).
+        self.measure: tuple[float, float] | None = None
         # One budget shared by every client group: the cluster-wide cap on retries.
         self.budget = retry_budget(node.get("retry_budget"), "retry_budget")
 
@@ -329,6 +348,7 @@ class Edge:
         key = keys[int(rng.random() * len(keys))]
         request = Request(group, address, key, self.env.now)
         self.count_as(group, "offered")
+        self.open_requests += 1
         if group.budget is not None:
             group.budget.record_request(request.first_at)
         if self.budget is not None:
@@ -385,7 +405,11 @@ class Edge:
         now = self.env.now
         self.count_as(group, status)
         if status == "202":
-            self.submit_latency[kind].record(now - attempt.sent)
+            measure = self.measure
+            if measure is None or measure[0] <= request.first_at < measure[1]:
+                self.submit_latency[kind].record(now - attempt.sent)
+            if not request.done:
+                self.open_requests -= 1
             self.count_as(group, "admitted")
             request.done = True
             if group.hooked:  # one read on the common path for both hooks
@@ -422,6 +446,8 @@ class Edge:
 
     def _over(self, request: Request) -> None:
         """`request` got its answer or was given up on."""
+        if not request.done:
+            self.open_requests -= 1
         request.done = True
         on_done = request.group.on_done
         if on_done is not None:

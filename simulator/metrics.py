@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["Histogram", "TierStats"]
+__all__ = ["Histogram", "TierStats", "waiting_summary"]
 
 _MIN = 1e-5
 _GROWTH = 1.02
@@ -176,3 +176,31 @@ class TierStats:
             "present_at_end": self.present,
             "peak": self.peak,
         }
+
+
+def waiting_summary(at_once: int, waits: Histogram) -> dict[str, float]:
+    """Waiting before service at one tier: `at_once` items started with no wait, `waits`
+    holds the waits of those that queued first.
+
+    `probability` is the share of started items that waited at all (Erlang C's P(wait) on an
+    M/M/c tier); mean and quantiles are over every started item, the ones served at once
+    counting as zero waits (so the mean is Erlang C's W_q).
+    """
+    started = at_once + waits.count
+    if not started:
+        return {"started": 0, "waited": 0, "probability": 0.0, "mean": 0.0, "p50": 0.0, "p95": 0.0}
+
+    def quantile(q: float) -> float:
+        rank = q * started
+        if rank <= at_once or not waits.count:
+            return 0.0
+        return waits.quantile((rank - at_once) / waits.count)
+
+    return {
+        "started": started,
+        "waited": waits.count,
+        "probability": round(waits.count / started, 6),
+        "mean": round(waits.total / started, 6),
+        "p50": round(quantile(0.5), 6),
+        "p95": round(quantile(0.95), 6),
+    }

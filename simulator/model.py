@@ -26,6 +26,8 @@ from sagalab.orchestrator.saga import Phase, SagaStatus
 
 from .config import Node
 from .database import database_from
+from .defaults import DEFAULTS
+from .distributions import moments
 from .edge_model import ClientGroup, Edge, Request, queue_timeout
 from .errors import ScenarioError
 from .metrics import Histogram, TierStats
@@ -91,6 +93,12 @@ class Simulation:
                 queue_timeout=queue_timeout(s),
             )
         for step in self.flow.steps:
+            if step.service in DEFAULTS["services"] and step.service not in self.services:
+                raise ScenarioError(
+                    f"services.{step.service}",
+                    f"cannot be removed: flow step {step.name!r} calls it; keep the service "
+                    "or change the step",
+                )
             if step.service not in self.services:
                 raise ScenarioError(
                     f"flow step {step.name!r}",
@@ -173,6 +181,10 @@ class Simulation:
         for group, node in self.groups:
             if arrival_kind(node) == "population":
                 group.population = Population(env, self.edge, group, node, self.duration, rng)
+        self.shapes = [interarrival_shape(c, rng) for _, c in self.groups]
+        self.measure = measurement_window(root, self.duration)
+        self.edge.measure = self.measure
+        self.measured = {s.value: 0 for s in SagaStatus}
 
         # For the invariant checks at each saga's end (computed once, not per saga).
         flow = self.flow
@@ -253,10 +265,16 @@ class Simulation:
         by_group = self.e2e_by_group.get(saga.group)
         if by_group is None:
             by_group = self.e2e_by_group[saga.group] = Histogram()
-        if saga.legit:
+        measure = self.measure
+        if measure is not None and not measure[0] <= saga.born < measure[1]:
+            if saga.legit:  # outside the measurement window: in the time series only
+                self.window.record(latency)
+        elif saga.legit:
             by_group.record(latency, (self.e2e, self.window))
         else:
             by_group.record(latency)
+        if measure is not None and measure[0] <= saga.born < measure[1]:
+            self.measured[status.value] += 1
         v = self.violations
         if status is _FAILED and not state.reason:
             v["failed_without_reason"] += 1
@@ -383,13 +401,13 @@ class Simulation:
     def run(self, progress: Callable[[float, float], None] | None = None) -> RunResult:
         """Run to `duration`, drain, and build the report. `progress(now, total)` is optional."""
         env = self.env
-        for group, node in self.groups:
+        for (group, node), shape in zip(self.groups, self.shapes, strict=True):
             if group.population is not None:
                 group.population.start()
                 continue
             segs = segments(node.node("rate"))
             arrive = partial(self.edge.new_request, group)
-            env.process(arrivals(env, segs, self.duration, self.rng, arrive))
+            env.process(arrivals(env, segs, self.duration, self.rng, arrive, shape))
         env.process(self.edge.health_checks())
         if self.orchestrator.autoscale is not None:
             env.process(self.orchestrator.autoscaler())
@@ -403,7 +421,9 @@ class Simulation:
             env.run(until=t)
             if progress is not None:
                 progress(t, total)
-        while t < total and (self.live or self.orchestrator.unfinished() or self._busy_db()):
+        while t < total and (
+            self.live or self.orchestrator.unfinished() or self._busy_db() or self._busy_tiers()
+        ):
             t = min(t + self.interval, total)
             env.run(until=t)
             if progress is not None:
@@ -415,10 +435,58 @@ class Simulation:
     def _busy_db(self) -> bool:
         return self.database is not None and self.database.busy
 
+    def _busy_tiers(self) -> bool:
+        """Work left anywhere else: a request at the edge (in flight or waiting to retry), or
+        a job at a station whose caller has moved on (a timed-out call still in service)."""
+        return self.edge.open_requests > 0 or any(s.present for s in self.tiers().values())
+
+    def left_over(self) -> dict[str, int]:
+        """What the drain did not finish, per tier (only tiers with something left)."""
+        left = {name: s.present for name, s in self.tiers().items() if s.present}
+        if self.edge.open_requests:
+            left["clients"] = self.edge.open_requests  # requests in flight or in backoff
+        return left
+
     def _report(self, now: float) -> dict[str, Any]:
         from .report import build_report
 
         return build_report(self, now)
+
+
+def interarrival_shape(client: Node, rng: random.Random) -> Callable[[], float] | None:
+    """A client group's `interarrival` as a draw of mean 1 (None: Poisson arrivals)."""
+    spec = client.get("interarrival")
+    if spec is None:
+        return None
+    where = f"{client.path}.interarrival"
+    draw = sampler(spec, rng, where)
+    mean = moments(spec)[0]
+    if not mean > 0:
+        raise ScenarioError(where, "must have a positive mean (it is rescaled to the rate)")
+    scale = 1.0 / mean
+    return lambda: draw() * scale
+
+
+def measurement_window(root: Node, duration: float) -> tuple[float, float] | None:
+    """The arrivals (by first attempt) the report's figures cover: `[warmup, inf)`, or
+    `measure`'s `[start, end)`; None when neither is set (every arrival, as before)."""
+    warmup = root.num("warmup", min=0.0, default=0.0)
+    measure = root.get("measure")
+    if measure is None:
+        if warmup == 0:
+            return None
+        if warmup >= duration:
+            raise ScenarioError("warmup", f"must be shorter than the run ({duration:g} s)")
+        return warmup, float("inf")
+    if warmup:
+        raise ScenarioError("measure", "give warmup or measure, not both")
+    m = root.node("measure")
+    start, end = m.num("start", min=0.0), m.num("end", min=0.0)
+    if end <= start:
+        raise ScenarioError("measure.end", f"must be after measure.start ({start:g})")
+    if start >= duration:
+        raise ScenarioError("measure.start", f"must be before the run ends ({duration:g} s)")
+    return start, end
 
 
 def simulate(

@@ -194,6 +194,7 @@ class Orchestrator:
         self.queue_stats = TierStats("queue")
         self.run_stats = TierStats("orchestrator")
         self.queue_wait = Histogram()
+        self.queue_waits = Histogram()  # only the sagas that found no idle worker
         self.counts: dict[str, int] = {}
         self.orphaned = 0
         self.awaiting_reaper = 0
@@ -334,7 +335,7 @@ class Orchestrator:
                     saga = self.queue.popleft()
                     now = env.now
                     self.queue_stats.leave(now, now - saga.enqueued_at)
-                    self.queue_wait.record(now - saga.enqueued_at)
+                    self.queue_wait.record(now - saga.enqueued_at, (self.queue_waits,))
                 else:
                     event = env.event()
                     replica.idle[event] = None

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["PairedDifference", "paired_difference", "t_quantile_975"]
+__all__ = ["PairedDifference", "paired_difference", "t_interval", "t_quantile_975"]
 
 # Student's t at 0.975 for 1 to 30 degrees of freedom (any statistics table).
 _T975 = (
@@ -95,13 +95,23 @@ def paired_difference(base: Sequence[float], variant: Sequence[float]) -> Paired
     if k < 2:
         raise ValueError("a paired interval needs at least two seeds")
     diffs = [v - b for b, v in zip(base, variant, strict=True)]
-    mean = math.fsum(diffs) / k
-    var = math.fsum((d - mean) ** 2 for d in diffs) / (k - 1)
-    half = t_quantile_975(k - 1) * math.sqrt(var / k)
+    mean, low, high = t_interval(diffs)
     return PairedDifference(
         base=math.fsum(base) / k,
         variant=math.fsum(variant) / k,
         difference=mean,
-        low=mean - half,
-        high=mean + half,
+        low=low,
+        high=high,
     )
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of `values` and its 95 % t-interval, mean ± t(0.975, K - 1)
+    · sd / sqrt(K); ValueError under two values."""
+    k = len(values)
+    if k < 2:
+        raise ValueError("an interval needs at least two values")
+    mean = math.fsum(values) / k
+    var = math.fsum((d - mean) ** 2 for d in values) / (k - 1)
+    half = t_quantile_975(k - 1) * math.sqrt(var / k)
+    return mean, mean - half, mean + half

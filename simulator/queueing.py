@@ -1,7 +1,8 @@
-"""Closed forms for M/M/c queues, and a plain-queue run of the model's `Station` to check them.
+"""Closed forms for M/M/c and M/G/1 queues, and a plain-queue run of the model's `Station`.
 
 `erlang_c(c, a)` is the probability that an arrival waits (offered load `a = λ/μ` Erlangs);
-`mmc_wait(λ, μ, c)` the mean time in queue, `C / (cμ - λ)`. `plain_queue_run` drives one
+`mmc_wait(λ, μ, c)` the mean time in queue, `C / (cμ - λ)`; `pk_wait` the M/G/1 mean wait
+(Pollaczek-Khinchine), for Erlang-k and hyperexponential service. `plain_queue_run` drives one
 `Station` (the class every tier of the model uses) with Poisson arrivals and exponential
 service and returns batch means of the waiting time, so a test can compare the two within the
 run's confidence interval.
@@ -16,9 +17,9 @@ from typing import Any
 
 import simpy
 
-from .stations import Job, Station
+from .stations import Job, Station, sampler
 
-__all__ = ["erlang_c", "mmc_wait", "plain_queue_run"]
+__all__ = ["erlang_c", "mmc_wait", "pk_wait", "plain_queue_run"]
 
 
 def erlang_c(c: int, a: float) -> float:
@@ -39,16 +40,49 @@ def mmc_wait(lam: float, mu: float, c: int) -> float:
     return erlang_c(c, lam / mu) / (c * mu - lam)
 
 
+def pk_wait(lam: float, mean: float, second_moment: float) -> float:
+    """Mean waiting time in queue of an M/G/1 queue (Pollaczek-Khinchine):
+    λ E[S²] / (2 (1 - ρ)), with ρ = λ E[S]."""
+    rho = lam * mean
+    if not 0 <= rho < 1:
+        raise ValueError("need 0 <= rho < 1 for a stable queue")
+    return lam * second_moment / (2 * (1 - rho))
+
+
+def _batch_means(sums: list[float], size: int) -> tuple[float, float]:
+    """The mean of the batch means and its standard error."""
+    batches = len(sums)
+    means = [s / size for s in sums]
+    mean = sum(means) / batches
+    var = sum((m - mean) ** 2 for m in means) / (batches - 1)
+    return mean, math.sqrt(var / batches)
+
+
 def plain_queue_run(
-    lam: float, mu: float, c: int, *, customers: int, batches: int = 20, seed: int = 1
+    lam: float,
+    mu: float,
+    c: int,
+    *,
+    customers: int,
+    batches: int = 20,
+    seed: int = 1,
+    service: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Waiting-time batch means from a `Station` run; also L, λ and W for Little's law."""
+    """Waiting-time batch means from a `Station` run; also L, λ and W for Little's law.
+
+    Service is exponential of rate `mu`, or drawn from the distribution `service` (any spec
+    `stations.sampler` takes: `mu` is then unused). Besides the mean wait, the batch means of
+    the share of customers that waited (`p_wait`, Erlang C's probability on M/M/c) and the
+    station's own `waiting()` summary, the figures the report gives for every tier.
+    """
     rng = random.Random(seed)
     env = simpy.Environment()
-    station = Station(env, "plain", c, lambda: rng.expovariate(mu), None)
+    draw = (lambda: rng.expovariate(mu)) if service is None else sampler(service, rng, "service")
+    station = Station(env, "plain", c, draw, None)
     warmup = customers // 10
     size = customers // batches
     sums = [0.0] * batches
+    waited = [0.0] * batches
     seen = 0
 
     def done(job: Job) -> None:
@@ -56,7 +90,9 @@ def plain_queue_run(
         index = seen - warmup
         seen += 1
         if 0 <= index < size * batches:
-            sums[index // size] += job.started - job.arrived
+            wait = job.started - job.arrived
+            sums[index // size] += wait
+            waited[index // size] += wait > 0
 
     def source() -> Generator[simpy.Event, Any, None]:
         for _ in range(warmup + size * batches):
@@ -65,12 +101,14 @@ def plain_queue_run(
 
     env.process(source())
     env.run()
-    means = [s / size for s in sums]
-    mean = sum(means) / batches
-    var = sum((m - mean) ** 2 for m in means) / (batches - 1)
+    mean, stderr = _batch_means(sums, size)
+    p_wait, p_stderr = _batch_means(waited, size)
     return {
         "mean_wait": mean,
-        "stderr": math.sqrt(var / batches),
+        "stderr": stderr,
+        "p_wait": p_wait,
+        "p_wait_stderr": p_stderr,
         "batches": batches,
         "little": station.stats.little(env.now),
+        "waiting": station.waiting(),
     }

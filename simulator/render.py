@@ -88,7 +88,14 @@ def render_summary(console: Console, report: Mapping[str, Any], files: Sequence[
         lat.add_row(name.replace("_", " "), *_ms(latency[name]))
     for name, summary in latency["services"].items():
         lat.add_row(f"service {name}", *_ms(summary))
+    window = report.get("window")
+    if window is not None:
+        console.print(
+            f"[dim]End-to-end and submit latency: arrivals from {window['start']:g} s to "
+            f"{window['end']:g} s only ({window['throughput']:g} completed/s).[/dim]"
+        )
     console.print(lat)
+    _render_waiting(console, report.get("waiting"))
 
     ops = Table(title="Breakers, replicas, queue")
     ops.add_column("what")
@@ -120,6 +127,11 @@ def render_summary(console: Console, report: Mapping[str, Any], files: Sequence[
         )
         ops.add_row("recovery", _recovery(meta["recovery"]))
     _overload_rows(ops, report)
+    drain = report.get("drain")
+    if drain is not None:
+        left = ", ".join(f"{tier} {n}" for tier, n in drain["left_over"].items())
+        outcome = f"left over: {left}" if left else "every tier empty"
+        ops.add_row("drain", f"{drain['seconds']:g} s, {outcome}")
     console.print(ops)
 
     checks = Table(title="Invariants and claims")
@@ -154,6 +166,29 @@ def _overload_rows(ops: Table, report: Mapping[str, Any]) -> None:
         )
 
 
+def _render_waiting(console: Console, waiting: Mapping[str, Any] | None) -> None:
+    """The tiers where work waited before service: P(wait) and the wait (ms)."""
+    if not waiting:
+        return
+    flat = {k: v for k, v in waiting.items() if "probability" in v}
+    for group, label in (("services", "service"), ("database", "db")):
+        flat.update({f"{label} {k}": v for k, v in waiting.get(group, {}).items()})
+    rows = [(name, w) for name, w in flat.items() if w["waited"]]
+    if not rows:
+        console.print("[dim]Waiting: no work waited for a server at any tier.[/dim]")
+        return
+    table = Table(title="Waiting before service (ms)")
+    for col in ("tier", "P(wait)", "mean", "p50", "p95"):
+        table.add_column(col, justify="right" if col != "tier" else "left")
+    for name, w in rows:
+        table.add_row(
+            name,
+            f"{w['probability']:.3f}",
+            *(f"{w[k] * 1000:.1f}" for k in ("mean", "p50", "p95")),
+        )
+    console.print(table)
+
+
 def _recovery(rec: Mapping[str, Any] | None) -> str:
     if rec is None:
         return "no fault window"
@@ -185,6 +220,21 @@ def render_sweep(console: Console, rows: Sequence[Mapping[str, Any]], keys: Sequ
         table.add_column(m, justify="right")
     for row in rows:
         table.add_row(*(str(row[k]) for k in keys), *(str(row[m]) for m in metrics))
+    console.print(table)
+
+
+def render_replicated(
+    console: Console, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]
+) -> None:
+    """A metric replicated over seeds: per combination, its mean and 95 % interval."""
+    first = rows[0] if rows else {}
+    table = Table(title=f"{first.get('metric', '')} over {first.get('seeds', 0)} seeds")
+    for k in [*keys, "mean", "95% low", "95% high", "measured"]:
+        table.add_column(k, justify="left" if k in keys else "right")
+    for row in rows:
+        cells = [row["mean"], row["low"], row["high"]]
+        shown = ["-" if c is None else f"{c:.6g}" for c in cells]
+        table.add_row(*(str(row[k]) for k in keys), *shown, f"{row['measured']}/{row['seeds']}")
     console.print(table)
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .claims import evaluate
 from .metastability import RecoveryRule, amplification, baseline, rolling_mean, time_to_recover
+from .metrics import waiting_summary
 from .overload import extend_report
 
 if TYPE_CHECKING:
@@ -169,6 +170,14 @@ def build_report(sim: Simulation, now: float) -> dict[str, Any]:
         "invariants_failed": sum(not v["ok"] for v in invariants.values()),
         "faults": _windows(sim),
     }
+    report["waiting"] = waiting(sim)
+    report["drain"] = {
+        "seconds": round(max(now - sim.duration, 0.0), 6),
+        "complete": int(not sim.left_over()),
+        "left_over": sim.left_over(),
+    }
+    if sim.measure is not None:  # only then, so a report without a window stays as it was
+        report["window"] = measured(sim)
     report["metastability"] = metastability(sim, report["faults"])
     if sim.database is not None:  # only then, so a report without it stays as it was
         report["database"] = sim.database.report()
@@ -177,6 +186,45 @@ def build_report(sim: Simulation, now: float) -> dict[str, Any]:
     extend_report(sim, report)  # throttling, queue timeouts, closed populations
     report["claims"] = evaluate(sim.config.get("claims") or [], report, sim.series)
     return report
+
+
+def waiting(sim: Simulation) -> dict[str, Any]:
+    """Per tier that queues, the wait before service and the probability of waiting. Keys
+    have no dots (services and database stations nest), so a claim can name any of them:
+    `waiting.services.payments.probability`."""
+    edge, orch = sim.edge, sim.orchestrator
+    stations = [edge.fw_station, *(g.station for g in edge.gateways)]
+    out: dict[str, Any] = {s.name: s.waiting() for s in stations}
+    out["queue"] = waiting_summary(orch.queue_wait.count - orch.queue_waits.count, orch.queue_waits)
+    out["services"] = {name: s.station.waiting() for name, s in sim.services.items()}
+    if sim.database is not None:
+        out["database"] = {
+            station.name.removeprefix("db."): station.waiting()
+            for station in sim.database.stations()
+        }
+    return out
+
+
+#: The report's figures that the measurement window limits (the rest cover the whole run).
+WINDOWED = ("latency.end_to_end", "latency.end_to_end_by_group", "latency.submit", "window.sagas")
+
+
+def measured(sim: Simulation) -> dict[str, Any]:
+    """The measurement window: which arrivals the windowed figures cover, and their sagas."""
+    start, end = sim.measure or (0.0, math.inf)
+    span = min(end, sim.duration) - start
+    completed = sim.measured["completed"]
+    return {
+        "start": start,
+        "end": end if math.isfinite(end) else sim.duration,
+        "covers": list(WINDOWED),
+        "sagas": {
+            "completed": completed,
+            "rolled_back": sim.measured["rolled_back"],
+            "failed": sim.measured["failed"],
+        },
+        "throughput": round(completed / span, 6) if span > 0 else 0.0,
+    }
 
 
 def shape_before_run(sim: Simulation) -> tuple[dict[str, Any], set[str]]:

@@ -80,8 +80,15 @@ def arrivals(
     until: float,
     rng: random.Random,
     arrive: Callable[[], Any],
+    shape: Callable[[], float] | None = None,
 ) -> Generator[simpy.Event, Any, None]:
-    """A SimPy process calling `arrive()` at Poisson times following `segs`, until `until`."""
+    """A SimPy process calling `arrive()` at Poisson times following `segs`, until `until`.
+
+    `shape` (a draw of mean 1) makes the gaps those of a renewal process instead: each gap is
+    `shape() / rate` (Erlang gaps are steadier than Poisson, hyperexponential ones burstier).
+    At a segment's end the gap in progress is dropped and a fresh one starts, which is exact
+    only for Poisson; inside a ramp the gaps are thinned as Poisson ones are.
+    """
     for start, end, rate_at, peak in segs:
         end = min(end, until)
         if start >= until:
@@ -92,7 +99,7 @@ def arrivals(
             yield env.timeout(start - env.now)
         constant = rate_at(start) == peak and rate_at(end if end < math.inf else start) == peak
         while True:
-            gap = rng.expovariate(peak)
+            gap = rng.expovariate(peak) if shape is None else shape() / peak
             if env.now + gap >= end:
                 # Memoryless: what is left of this gap belongs to the next segment.
                 if end > env.now:

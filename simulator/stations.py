@@ -26,10 +26,11 @@ from sagalab.orchestrator.outcomes import (
 )
 from sagalab.orchestrator.saga import Phase
 
+from .distributions import erlang, hyperexponential
 from .errors import ScenarioError
-from .metrics import Histogram, TierStats
+from .metrics import Histogram, TierStats, waiting_summary
 
-__all__ = ["Call", "Fault", "Job", "Service", "Station", "sampler"]
+__all__ = ["DISTRIBUTIONS", "Call", "Fault", "Job", "Service", "Station", "sampler"]
 
 _log, _exp = math.log, math.exp
 # random.py's own definition (its NV_MAGICCONST is not in the typeshed stubs): same float.
@@ -37,8 +38,15 @@ _NV_MAGICCONST = 4 * math.exp(-0.5) / math.sqrt(2.0)
 _ACTION, _COMPENSATION = Phase.ACTION, Phase.COMPENSATION
 
 
+#: The `dist` a latency (or an inter-arrival shape) may name.
+DISTRIBUTIONS = frozenset(
+    {"exponential", "lognormal", "constant", "uniform", "empirical", "erlang", "hyperexponential"}
+)
+
+
 def sampler(spec: dict[str, Any], rng: random.Random, where: str) -> Callable[[], float]:
-    """A latency sampler from `{dist: exponential|lognormal|constant|uniform|empirical, ...}`.
+    """A latency sampler from `{dist: exponential|lognormal|constant|uniform|empirical|erlang|
+    hyperexponential, ...}` (the last two: `simulator.distributions`).
 
     `empirical`: `quantiles: [x0, ..., xk]`, the values at probabilities 0, 1/k, ..., 1
     (non-decreasing); a draw is the inverse of their piecewise-linear CDF at one uniform
@@ -51,8 +59,11 @@ def sampler(spec: dict[str, Any], rng: random.Random, where: str) -> Callable[[]
     from .config import Node
 
     node = Node(spec, where)
-    dists = {"exponential", "lognormal", "constant", "uniform", "empirical"}
-    dist = node.text("dist", "exponential", dists)
+    dist = node.text("dist", "exponential", DISTRIBUTIONS)
+    if dist == "erlang":
+        return erlang(node, rng)
+    if dist == "hyperexponential":
+        return hyperexponential(node, rng)
     uniform01 = rng.random
     if dist == "exponential":
         rate = 1.0 / node.num("mean", positive=True)
@@ -152,6 +163,10 @@ class Station:
         self.stats = TierStats(name)
         self.response = Histogram()
         self.scale = 1.0  # service-time multiplier (slowdowns)
+        # Waiting before service: jobs that found every server busy, and their waits once
+        # started. Kept on the queueing path only; a job served at once costs nothing here.
+        self.queued = 0
+        self.waits = Histogram()
         self._on_timer = self._finish  # bound once: appended to every job's timer
         self.queue_timeout: float | None = None
         self.on_expired: Callable[[Job], None] | None = None
@@ -177,6 +192,7 @@ class Station:
             job = Job(now, payload, done)
             self.stats.enter(now)
             self.queue.append(job)
+            self.queued += 1
             return job
         job = Job(now, payload, done)
         self.stats.enter(now)
@@ -217,7 +233,13 @@ class Station:
             self._start_unexpired(now)
             return
         while queue and self.busy < self.servers:
-            self._start(queue.popleft(), now)
+            job = queue.popleft()
+            self.waits.record(now - job.arrived)
+            self._start(job, now)
+
+    def waiting(self) -> dict[str, float]:
+        """Waiting before service of the jobs started so far (`metrics.waiting_summary`)."""
+        return waiting_summary(self.stats.arrivals - self.queued, self.waits)
 
     def _start_unexpired(self, now: float) -> None:
         """Start the queued jobs that have not waited past `queue_timeout`; drop the others."""

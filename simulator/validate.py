@@ -142,6 +142,10 @@ def plan(
             "validate drives one group of legit clients; the scenario has "
             f"{len(clients)} group(s) (attackers and several groups are not expressed)"
         )
+    if clients[0].get("interarrival") is not None:
+        raise ValidationRefused(
+            "clients[0].interarrival cannot be expressed: the real run's arrivals are Poisson"
+        )
     rates = tuple((s, min(e, duration), r) for s, e, r in segments if s < duration and r > 0)
     requests = sum((e - s) * r for s, e, r in rates)
     if requests > MAX_VALIDATE_REQUESTS:

@@ -1,10 +1,12 @@
-"""The model's station against queueing theory: M/M/1, M/M/c (Erlang C) and Little's law."""
+"""The model's station against queueing theory: M/M/c (Erlang C: wait and P(wait)), M/G/1
+(Pollaczek-Khinchine, Erlang-k and hyperexponential service) and Little's law."""
 
 from __future__ import annotations
 
 import pytest
 
-from sagalab.simulator.queueing import erlang_c, mmc_wait, plain_queue_run
+from sagalab.simulator.distributions import moments
+from sagalab.simulator.queueing import erlang_c, mmc_wait, pk_wait, plain_queue_run
 
 T_99_19DF = 2.861  # two-sided 99% Student t quantile, 19 degrees of freedom
 
@@ -28,3 +30,48 @@ def test_waiting_time_matches_closed_form(lam: float, mu: float, c: int) -> None
     little = run["little"]
     assert little["present_at_end"] == 0
     assert little["L"] == pytest.approx(little["lambda_W"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("lam", "mu", "c"),
+    [(7.0, 10.0, 1), (14.0, 10.0, 2), (34.0, 10.0, 4)],
+    ids=["mm1-rho0.7", "mm2-rho0.7", "mm4-rho0.85"],
+)
+def test_probability_of_waiting_matches_erlang_c(lam: float, mu: float, c: int) -> None:
+    run = plain_queue_run(lam, mu, c, customers=120_000, seed=11)
+    expected = erlang_c(c, lam / mu)
+    half_width = T_99_19DF * run["p_wait_stderr"]
+    assert abs(run["p_wait"] - expected) <= half_width, (run, expected)
+    # The station's own figures (what the report gives per tier) over every customer.
+    waiting = run["waiting"]
+    assert waiting["started"] == 120_000 // 10 + 120_000
+    assert abs(waiting["probability"] - expected) <= half_width + 0.005, (waiting, expected)
+    assert waiting["mean"] == pytest.approx(mmc_wait(lam, mu, c), rel=0.1)
+
+
+# M/G/1 with Erlang-k and hyperexponential service (Pollaczek-Khinchine).
+_SERVICES = {
+    "erlang4-rho0.8": ({"dist": "erlang", "k": 4, "mean": 0.1}, 8.0),
+    "erlang2-rho0.6": ({"dist": "erlang", "k": 2, "mean": 0.1}, 6.0),
+    "hyper2-rho0.57": (
+        {"dist": "hyperexponential", "means": [0.05, 0.5], "probs": [0.9, 0.1]},
+        6.0,
+    ),
+}
+
+
+@pytest.mark.parametrize(("service", "lam"), list(_SERVICES.values()), ids=list(_SERVICES))
+def test_mg1_wait_matches_pollaczek_khinchine(service: dict, lam: float) -> None:
+    run = plain_queue_run(lam, 0.0, 1, customers=200_000, seed=3, service=service)
+    mean, second = moments(service)
+    expected = pk_wait(lam, mean, second)
+    half_width = T_99_19DF * run["stderr"]
+    assert abs(run["mean_wait"] - expected) <= half_width, (run, expected)
+    # Not the exponential answer: the check tells the distributions apart.
+    assert abs(mmc_wait(lam, 1 / mean, 1) - expected) > half_width
+
+
+def test_pk_wait_reduces_to_mm1() -> None:
+    assert pk_wait(8.0, 0.1, 2 * 0.1**2) == pytest.approx(mmc_wait(8.0, 10.0, 1))
+    with pytest.raises(ValueError, match="stable"):
+        pk_wait(11.0, 0.1, 0.02)

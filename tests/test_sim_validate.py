@@ -169,8 +169,19 @@ def test_ctrl_c_stops_the_stack(tmp_path: Path) -> None:
             "kind 'slowdown' cannot be expressed",
         ),
         (["SCENARIO", "--set", "gateways.crashes=[{at: 1}]"], "gateways.crashes"),
+        (
+            ["SCENARIO", "--set", "clients.0.interarrival={dist: erlang, k: 4, mean: 1}"],
+            "clients[0].interarrival cannot be expressed",
+        ),
     ],
-    ids=["unknown-scenario", "flow-not-served", "duration-over-bound", "slowdown", "crash"],
+    ids=[
+        "unknown-scenario",
+        "flow-not-served",
+        "duration-over-bound",
+        "slowdown",
+        "crash",
+        "interarrival",
+    ],
 )
 def test_refusals_exit_2_with_one_line(tmp_path: Path, args: list[str], says: str) -> None:
     path = str(scenario(tmp_path))
