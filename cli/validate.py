@@ -32,6 +32,7 @@ from sagalab.simulator.validate import (
     MAX_VALIDATE_DURATION,
     Tolerance,
     ValidationRefused,
+    as_served,
     base_path_config,
     breaker_open_seconds,
     compare,
@@ -138,6 +139,7 @@ def validate_cmd(
         the_plan = plan(
             config, duration=duration, segments=_rates(config), service_latency=service_latency
         )
+        config = as_served(config)
     except (SimulationError, LimitError, ValidationRefused) as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     except (KeyError, TypeError, ValueError) as exc:
