@@ -294,10 +294,12 @@ def path_samples(sagas: Sequence[Observed]) -> tuple[list[float], list[float]]:
     """What the journal says of the stack's own path, in seconds: the writes (an attempt's end
     less its start and its call: the commit of the attempt's start before the call, and an
     ended saga's last commit after its last event) and the wake-up gaps (a saga's creation to
-    its first attempt: the worker's wake-up and claim, and any queue wait)."""
+    its first attempt: the worker's wake-up and claim) of the sagas created on an empty queue
+    (every saga created before had started), since queue waits are the model's own."""
     writes: list[float] = []
     wakes: list[float] = []
-    for saga in sagas:
+    backlog_until = -math.inf  # the latest first attempt of the sagas created so far
+    for saga in sorted(sagas, key=lambda o: o.created_at):
         rows = saga.rows
         started: dict[tuple[str | None, str | None, int], float] = {}
         for row in rows:
@@ -309,8 +311,10 @@ def path_samples(sagas: Sequence[Observed]) -> tuple[list[float], list[float]]:
                 if begun is not None:
                     writes.append(max(0.0, row.at - begun - row.duration_ms / 1000.0))
         first = next((r for r in rows if r.type == "attempt_started"), None)
-        if first is not None and first.attempt <= 1:
-            wakes.append(max(0.0, first.at - saga.created_at))
+        if first is not None:
+            if first.attempt <= 1 and backlog_until <= saga.created_at:
+                wakes.append(max(0.0, first.at - saga.created_at))
+            backlog_until = max(backlog_until, first.at)
         if saga.ended_at is not None and rows:
             writes.append(max(0.0, saga.ended_at - rows[-1].at))
     return writes, wakes

@@ -60,7 +60,8 @@ REAL_FLOWS = ("checkout",)
 
 #: What the real run cannot carry over from a scenario it accepts.
 NOT_EXPRESSED = (
-    "service latency spread: each fake service waits a fixed delay, the scenario's median",
+    "service latency spread: each fake service waits a fixed delay, the scenario's median "
+    "less the stack's own call hop (the median call of the sagas run alone)",
     "the model's gateway, firewall and database times: the stack has its own (the real "
     "latencies are shifted by the model's path less the stack's, measured on sagas run alone)",
     "client retries of the submit and per-key rate limits: the load client sends once",

@@ -26,6 +26,7 @@ from sagalab.simulator.config import load_scenario
 from sagalab.simulator.validate import (
     MAX_VALIDATE_DURATION,
     Tolerance,
+    ValidationRefused,
     breaker_open_seconds,
     compare,
     figures,
@@ -250,3 +251,59 @@ def test_plan_says_the_scenario_in_faults(tmp_path: Path) -> None:
     assert p.breakers["payments"] == {"fail_max": 5, "reset_timeout": 5.0, "success_threshold": 1}
     bare = plan(config, duration=10, segments=[(0.0, 10.0, 10.0)], service_latency=False)
     assert all("latency_ms" not in f for fs in bare.standing.values() for f in fs)
+
+
+def test_an_outage_answered_503_is_compensated_after_the_breaker_as_on_the_stack(
+    tmp_path: Path,
+) -> None:
+    # The fake services answer an outage with 503 and Retry-After: the charge may have
+    # applied, so the saga refunds it, and the refund waits for payments' open breaker (about
+    # a reset timeout). The model's default answer (a refused connection) needs no refund.
+    from sagalab.simulator.model import Simulation
+    from sagalab.simulator.validate import as_served
+
+    outage = [{"service": "payments", "kind": "outage", "start": 3, "end": 7}]
+    config = load_scenario(str(scenario(tmp_path, faults=outage)))
+    served = as_served(config)
+    assert served["faults"][0]["answer"] == "503" and "answer" not in config["faults"][0]
+    runs = {}
+    for name, cfg in (("refused", config), ("503", served)):
+        sim = Simulation(cfg, seed=4, duration=10.0)
+        result = sim.run()
+        runs[name] = (result.report["sagas"], sim.e2e.quantile(0.99))
+    refused, answered = runs["refused"], runs["503"]
+    assert refused[0]["compensations_delayed_by_breaker"] == 0
+    assert answered[0]["compensations_delayed_by_breaker"] > 0
+    assert answered[1] > 2.0 > refused[1], runs
+
+
+def test_plan_takes_the_calibrated_database_and_refuses_what_the_stack_lacks(
+    tmp_path: Path,
+) -> None:
+    db = {"enabled": True, "engine": "sqlite", "writers": 1}
+    config = load_scenario(str(scenario(tmp_path, database=db)))
+    assert plan(config, duration=5, segments=[(0.0, 5.0, 10.0)]).flow == "checkout"
+    for extra, word in (
+        ({"replicas": {"count": 1}}, "replicas"),
+        ({"cache": {"enabled": True}}, "cache"),
+        ({"reads": {"per_saga": 3}}, "per_saga"),
+    ):
+        config = load_scenario(str(scenario(tmp_path, database={**db, **extra})))
+        with pytest.raises(ValidationRefused, match=word):
+            plan(config, duration=5, segments=[(0.0, 5.0, 10.0)])
+    refused = [{"service": "payments", "kind": "outage", "start": 1, "end": 2, "answer": "refused"}]
+    config = load_scenario(str(scenario(tmp_path, faults=refused)))
+    with pytest.raises(ValidationRefused, match="answer"):
+        plan(config, duration=5, segments=[(0.0, 5.0, 10.0)])
+
+
+def test_an_outage_answer_is_refused_or_503(tmp_path: Path) -> None:
+    from sagalab.simulator.errors import ScenarioError
+    from sagalab.simulator.model import Simulation
+
+    for answer in (503, "503", "refused"):
+        fault = {"service": "payments", "kind": "outage", "start": 1, "end": 2, "answer": answer}
+        Simulation(load_scenario(str(scenario(tmp_path, faults=[fault]))), seed=1, duration=1.0)
+    fault = {"service": "payments", "kind": "outage", "start": 1, "end": 2, "answer": "teapot"}
+    with pytest.raises(ScenarioError, match="answer"):
+        Simulation(load_scenario(str(scenario(tmp_path, faults=[fault]))), seed=1, duration=1.0)
