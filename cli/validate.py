@@ -91,8 +91,8 @@ def validate_cmd(
         bool,
         typer.Option(
             "--service-latency/--no-service-latency",
-            help="Make each fake service wait the scenario's median latency (off for a "
-            "scenario calibrated from this stack, whose latencies already include the hops).",
+            help="Make each fake service wait the scenario's median latency less the stack's "
+            "own call hop (measured on sagas run alone); off: the services add nothing.",
         ),
     ] = True,
     hop_correction: Annotated[
