@@ -129,7 +129,11 @@ def _less_hop(specs: tuple[dict[str, Any], ...], hop: float) -> list[dict[str, A
     out = []
     for spec in specs:
         if "latency_ms" in spec:
-            spec = {**spec, "latency_ms": max(0, round(spec["latency_ms"] - hop * 1000))}
+            ms = round(spec["latency_ms"] - hop * 1000)
+            if ms <= 0:
+                # Not a fault of 0 ms: a fault with no latency and no rate fails every call.
+                continue
+            spec = {**spec, "latency_ms": ms}
         out.append(spec)
     return out
 

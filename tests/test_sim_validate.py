@@ -307,3 +307,19 @@ def test_an_outage_answer_is_refused_or_503(tmp_path: Path) -> None:
     fault = {"service": "payments", "kind": "outage", "start": 1, "end": 2, "answer": "teapot"}
     with pytest.raises(ScenarioError, match="answer"):
         Simulation(load_scenario(str(scenario(tmp_path, faults=[fault]))), seed=1, duration=1.0)
+
+
+def test_latency_faults_lose_the_hop_and_never_become_error_faults() -> None:
+    # A fault of 0 ms with no rate would fail every call (the fake services' default rate):
+    # a median below the hop posts no latency fault at all.
+    from sagalab.stack.realrun import _less_hop
+
+    specs = (
+        {"service": "payments", "latency_ms": 40},
+        {"service": "payments", "error_rate": 0.1, "status": 503},
+    )
+    assert _less_hop(specs, 0.0015) == [
+        {"service": "payments", "latency_ms": 38},
+        {"service": "payments", "error_rate": 0.1, "status": 503},
+    ]
+    assert _less_hop(({"service": "notifications", "latency_ms": 5},), 0.008) == []
