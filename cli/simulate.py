@@ -391,6 +391,10 @@ def compare_cmd(
         render_compare(Console(highlight=False), result)
 
 
+#: Statuses whose `updated_at` is the saga's last commit.
+_ENDED = ("completed", "rolled_back", "failed")
+
+
 def _observed(store: SagaStore, since: float | None) -> tuple[list[Observed], bool]:
     """The sagas created at or after `since` (the newest MAX_LIMIT), each with its journal as
     calibration rows; True if more were left out."""
@@ -415,7 +419,8 @@ def _observed(store: SagaStore, since: float | None) -> tuple[list[Observed], bo
                     not_before=event.not_before,
                 )
             )
-        out.append(Observed(record.created_at, record.flow, tuple(rows)))
+        ended = record.updated_at if record.status.value in _ENDED else None
+        out.append(Observed(record.created_at, record.flow, tuple(rows), ended))
     return out, len(records) > MAX_LIMIT
 
 
@@ -457,7 +462,8 @@ def calibrate_cmd(
     with handled(), closing(open_store(db, readonly=True)) as store:
         sagas, truncated = _observed(store, start)
     try:
-        scenario, report = calibrate(sagas, latency=latency)
+        engine = "postgresql" if db.startswith(("postgresql:", "postgres:")) else "sqlite"
+        scenario, report = calibrate(sagas, latency=latency, engine=engine)
     except CalibrationError as exc:
         where = f" created since {since}" if since else ""
         raise fail(f"{shown(db)}{where}: {exc}", EXIT_USAGE) from None
@@ -487,4 +493,10 @@ def calibrate_cmd(
         fits = report["services"]
         for name, fit in fits.items():
             typer.echo(f"{name}: {fit.get('attempts', 0)} attempts, {fit['used']}", err=True)
+        path = report["path"]
+        typer.echo(
+            f"database writes: {path['writes'].get('n', 0)} commits, {path['writes']['used']}; "
+            f"wake-up: {path['wake'].get('n', 0)} sagas, {path['wake']['used']}",
+            err=True,
+        )
     typer.echo(f"wrote {out} ({report['sagas']} sagas)", err=True)

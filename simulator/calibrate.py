@@ -24,6 +24,7 @@ A service with fewer than `MIN_ATTEMPTS` answered attempts keeps the defaults an
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -40,6 +41,8 @@ __all__ = [
     "Row",
     "arrival_fit",
     "calibrate",
+    "path_samples",
+    "shifted_exponential",
     "header",
     "classify",
     "ks_lognormal",
@@ -97,6 +100,8 @@ class Observed:
     created_at: float
     flow: FlowDefinition
     rows: Sequence[Row] = field(default_factory=tuple)
+    #: The saga's last commit (`updated_at`) if it ended, else None.
+    ended_at: float | None = None
 
 
 def classify(row: Row) -> str:
@@ -251,6 +256,70 @@ def arrival_fit(created: Sequence[float]) -> dict[str, Any]:
     return out
 
 
+def _ln(x: float) -> float:
+    return math.log(x)
+
+
+#: ln(1/0.9) and ln 2: a shifted exponential's 10th and 50th percentiles above its shift, per
+#: unit of mean.
+_P10, _P50 = -_ln(0.9), _ln(2.0)
+
+
+def shifted_exponential(xs: Sequence[float]) -> dict[str, Any]:
+    """A fixed part plus an exponential fitted to `xs` (non-empty) by their 10th and 50th
+    percentiles (robust to the top tail, where queue waits the model makes itself lie), with
+    the KS D against the data and its p-value."""
+    q = quantiles(xs, (0.1, 0.5))
+    spread = max(0.0, (q["p50"] - q["p10"]) / (_P50 - _P10))
+    fixed = q["p10"] - _P10 * spread
+    if fixed < 0:
+        fixed, spread = 0.0, q["p50"] / _P50
+    data = sorted(xs)
+    n = len(data)
+    d = 0.0
+    for i, x in enumerate(data):
+        cdf = 0.0 if x < fixed else (1.0 - math.exp(-(x - fixed) / spread) if spread > 0 else 1.0)
+        d = max(d, (i + 1) / n - cdf, cdf - i / n)
+    return {
+        "n": n,
+        "fixed": fixed,
+        "exponential_mean": spread,
+        "empirical": quantiles(xs),
+        "mean": math.fsum(xs) / n,
+        "ks": {"d": d, "p_value": kolmogorov_p(d, n)},
+    }
+
+
+def path_samples(sagas: Sequence[Observed]) -> tuple[list[float], list[float]]:
+    """What the journal says of the stack's own path, in seconds: the writes (an attempt's end
+    less its start and its call: the commit of the attempt's start before the call, and an
+    ended saga's last commit after its last event) and the wake-up gaps (a saga's creation to
+    its first attempt: the worker's wake-up and claim) of the sagas created on an empty queue
+    (every saga created before had started), since queue waits are the model's own."""
+    writes: list[float] = []
+    wakes: list[float] = []
+    backlog_until = -math.inf  # the latest first attempt of the sagas created so far
+    for saga in sorted(sagas, key=lambda o: o.created_at):
+        rows = saga.rows
+        started: dict[tuple[str | None, str | None, int], float] = {}
+        for row in rows:
+            key = (row.step, row.phase, row.attempt)
+            if row.type == "attempt_started":
+                started[key] = row.at
+            elif row.type in ("attempt_succeeded", "attempt_failed") and row.duration_ms:
+                begun = started.get(key)
+                if begun is not None:
+                    writes.append(max(0.0, row.at - begun - row.duration_ms / 1000.0))
+        first = next((r for r in rows if r.type == "attempt_started"), None)
+        if first is not None:
+            if first.attempt <= 1 and backlog_until <= saga.created_at:
+                wakes.append(max(0.0, first.at - saga.created_at))
+            backlog_until = max(backlog_until, first.at)
+        if saga.ended_at is not None and rows:
+            writes.append(max(0.0, saga.ended_at - rows[-1].at))
+    return writes, wakes
+
+
 def _flows(sagas: Sequence[Observed]) -> tuple[FlowDefinition, dict[str, int]]:
     counts = Counter((s.flow.name, s.flow.version) for s in sagas)
     seen = {f"{name} v{version}": n for (name, version), n in counts.most_common()}
@@ -326,12 +395,68 @@ def _latency_spec(lat: dict[str, Any], latency: str) -> dict[str, Any]:
     }
 
 
+def _path(
+    sagas: Sequence[Observed], latency: str, engine: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The scenario settings and the report of the stack's own path: the database's write
+    latency and the model's path before a saga's first commit."""
+    writes, wakes = path_samples(sagas)
+    report: dict[str, Any] = {"engine": engine}
+    settings: dict[str, Any] = {}
+    wfit = latency_fit(writes)
+    report["writes"] = wfit
+    write_mean = 0.0
+    if wfit.get("n", 0) >= MIN_ATTEMPTS:
+        spec = _latency_spec(wfit, latency)
+        write_mean = wfit["mean"]
+        report["writes"]["simulated_latency"] = spec["dist"]
+        report["writes"]["used"] = "fitted"
+        settings["orchestrator"] = {"db_write": copy.deepcopy(spec)}
+        if engine == "sqlite":
+            # One writer, as SQLite's write lock: the claim and every commit queue for it.
+            settings["database"] = {
+                "enabled": True,
+                "engine": "sqlite",
+                "writers": 1,
+                "write_latency": copy.deepcopy(spec),
+            }
+    else:
+        report["writes"]["used"] = f"defaults (n too small: < {MIN_ATTEMPTS})"
+    if len(wakes) >= MIN_ATTEMPTS:
+        wake = shifted_exponential(wakes)
+        # With the database on, the model's claim is one write: the rest of the gap is the
+        # wake-up, put before the saga's creation (see `calibrate`).
+        claim = write_mean if "database" in settings else 0.0
+        fixed = max(0.0, wake["fixed"] - claim)
+        wake["gateway_auth_time"] = fixed
+        wake["gateway_handle_time"] = wake["exponential_mean"]
+        wake["used"] = "fitted"
+        settings["firewall"] = {"service_time": 0.0}
+        settings["gateways"] = {
+            "auth_time": round(fixed, 6),
+            "handle_time": round(wake["exponential_mean"], 6),
+        }
+        report["wake"] = wake
+    else:
+        report["wake"] = {"n": len(wakes), "used": f"defaults (n too small: < {MIN_ATTEMPTS})"}
+    return settings, report
+
+
 def calibrate(
-    sagas: Sequence[Observed], *, latency: str = "auto"
+    sagas: Sequence[Observed], *, latency: str = "auto", engine: str = "sqlite"
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The scenario (a raw mapping, as a YAML file holds it) and the fit report of `sagas`;
-    `latency` (LATENCY_CHOICES) picks each service's latency distribution. CalibrationError if
-    there is nothing to fit."""
+    `latency` (LATENCY_CHOICES) picks each service's and the writes' latency distribution,
+    `engine` (sqlite or postgresql) is the journal's database. CalibrationError if there is
+    nothing to fit.
+
+    The stack's own path is fitted too (`path` in the report): each write from the journal's
+    commit gaps, as `database.write_latency` (SQLite: one writer) and `orchestrator.db_write`;
+    and the wake-up (a saga's creation to its first attempt, less the claim's write) as the
+    gateways' time, with the firewall's set to 0. A journal's end-to-end latency starts at the
+    saga's creation, after the edge and the gateway, which it cannot see; the model's starts
+    at the client and has no wake-up: giving the gateway the wake-up's time makes the two
+    measure the same path."""
     if latency not in LATENCY_CHOICES:
         raise CalibrationError(f"latency must be one of {', '.join(LATENCY_CHOICES)}")
     if not sagas:
@@ -397,6 +522,8 @@ def calibrate(
         "flow": flow_to_dict(flow),
         "services": services,
     }
+    path_settings, path_report = _path(sagas, latency, engine)
+    scenario.update(path_settings)
     report = {
         "sagas": len(sagas),
         "flows": flows_seen,
@@ -407,6 +534,7 @@ def calibrate(
         },
         "arrivals": {k: v for k, v in arrivals.items() if k != "schedule"},
         "services": fits,
+        "path": path_report,
         "not_expressed": [
             "latency below the 5 % and above the 95 % quantile: the empirical distribution "
             "is linear between its points",
@@ -415,6 +543,10 @@ def calibrate(
             "timeouts and connection errors (they follow from latency and faults in the model)",
             "service concurrency and queue limits, orchestrator replicas and workers, the edge "
             "(not in the journal: the defaults)",
+            "the edge and gateway hops before a saga's creation (not in the journal; the "
+            "gateways' time is the fitted wake-up instead, the firewall's 0), status reads "
+            "(the database's read latency is the default)"
+            + ("" if engine == "sqlite" else ", the database's writers (no write queue)"),
         ],
     }
     return scenario, report
@@ -476,6 +608,31 @@ def header(report: dict[str, Any], *, source: str, fitted_at: str, since: str | 
                 f"    Retry-After after 429/503: {ra['n']} waits, median {ra['p50']:.3g} s, "
                 f"max {ra['max']:.3g} s"
             )
+    path = report.get("path") or {}
+    writes, wake = path.get("writes") or {}, path.get("wake") or {}
+    if writes.get("n"):
+        ln, ks, emp = writes["lognormal"], writes["ks"], writes["empirical"]
+        lines.append(
+            f"database ({path.get('engine')}) writes: {writes['n']} commits, {writes['used']}"
+            + (f" ({writes['simulated_latency']} latency)" if "simulated_latency" in writes else "")
+            + f": median {ln['median'] * 1000:.3g} ms sigma {ln['sigma']:.3g}, KS D "
+            f"{ks['d']:.3f} p {ks['p_value']:.3g}; empirical p50 {emp['p50'] * 1000:.3g} ms "
+            f"p95 {emp['p95'] * 1000:.3g} ms; mean {writes['mean'] * 1000:.3g} ms"
+        )
+    else:
+        lines.append(f"database writes: {writes.get('used', 'no commit gap in the journal')}")
+    if wake.get("used") == "fitted":
+        ks, emp = wake["ks"], wake["empirical"]
+        lines.append(
+            f"wake-up (creation to first attempt): {wake['n']} sagas, fixed "
+            f"{wake['fixed'] * 1000:.3g} ms + exponential mean "
+            f"{wake['exponential_mean'] * 1000:.3g} ms, KS D {ks['d']:.3f} p {ks['p_value']:.3g}; "
+            f"empirical p50 {emp['p50'] * 1000:.3g} ms p95 {emp['p95'] * 1000:.3g} ms; as the "
+            f"gateways' time (auth {wake['gateway_auth_time'] * 1000:.3g} ms after the claim's "
+            f"write, handle {wake['gateway_handle_time'] * 1000:.3g} ms)"
+        )
+    else:
+        lines.append(f"wake-up: {wake.get('used', 'not fitted')}")
     lines.append("not expressed in the scenario (fallbacks):")
     lines.extend(f"  - {item}" for item in report["not_expressed"])
     return "".join(f"# {line}\n" for line in lines)

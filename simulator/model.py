@@ -230,7 +230,11 @@ class Simulation:
                 raise ScenarioError(f"{f.path}.end", "must be after start")
             factor = f.num("factor", min=1.0, default=1.0)
             rate = f.num("rate", min=0.0, max=1.0, default=1.0)
-            out.append(Fault(service, kind, start, end, factor, rate))
+            # `answer: 503` reads as a number in YAML: either spelling is taken.
+            answer = str(f.get("answer", "refused"))
+            if answer not in ("refused", "503"):
+                raise ScenarioError(f"{f.path}.answer", f"must be refused or 503, got {answer!r}")
+            out.append(Fault(service, kind, start, end, factor, rate, answer))
         return out
 
     def _transition_recorder(self, name: str) -> Callable[[float, str, str], None]:

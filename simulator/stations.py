@@ -270,12 +270,24 @@ class Station:
 
 
 class Fault:
-    """A scheduled fault on one service: outage, slowdown (factor) or errors (rate)."""
+    """A scheduled fault on one service: outage, slowdown (factor) or errors (rate).
 
-    __slots__ = ("service", "kind", "start", "end", "factor", "rate")
+    An outage's `answer` is "refused" (the connection is refused: surely not applied, no
+    Retry-After) or "503" (what the fake services answer: a 503 whose Retry-After is the
+    outage's remaining seconds, rounded up, at least 1; the caller cannot tell whether it
+    applied, so a failed step is compensated)."""
+
+    __slots__ = ("service", "kind", "start", "end", "factor", "rate", "answer")
 
     def __init__(
-        self, service: str, kind: str, start: float, end: float, factor: float, rate: float
+        self,
+        service: str,
+        kind: str,
+        start: float,
+        end: float,
+        factor: float,
+        rate: float,
+        answer: str = "refused",
     ) -> None:
         self.service = service
         self.kind = kind
@@ -283,6 +295,17 @@ class Fault:
         self.end = end
         self.factor = factor
         self.rate = rate
+        self.answer = answer
+
+    def outage_answer(self, now: float) -> Verdict:
+        """What a call during this outage gets at `now`."""
+        if self.answer == "refused":
+            return REFUSED
+        remaining = max(0.0, self.end - now)
+        # The fake services' header: whole seconds, at least one (fakeservices/app.py).
+        return classify_status(
+            503, f"outage: down for another {remaining:.1f}s", max(1, math.ceil(remaining))
+        )
 
 
 # What the simulated services answer, classified by the rule the real executor uses
@@ -390,12 +413,13 @@ class Service:
         # `counts` so that the report's `services` stay as they were.
         self.useful = 0
 
-    def _fault_state(self, now: float) -> tuple[bool, float, float]:
-        outage, factor, rate = False, 1.0, self.error_rate
+    def _fault_state(self, now: float) -> tuple[Fault | None, float, float]:
+        outage: Fault | None = None
+        factor, rate = 1.0, self.error_rate
         for f in self.faults:
             if f.start <= now < f.end:
                 if f.kind == "outage":
-                    outage = True
+                    outage = f
                 elif f.kind == "slowdown":
                     factor *= f.factor
                 else:
@@ -422,10 +446,10 @@ class Service:
         if self.faults:
             outage, factor, _ = self._fault_state(now)
             self.station.scale = factor
-            if outage:
+            if outage is not None:
                 counts["refused"] += 1
                 call.event = env.event()
-                call.answer(REFUSED)
+                call.answer(outage.outage_answer(now))
                 return call
         if self.holds_keys:
             held = (saga.id, step, phase)

@@ -372,3 +372,72 @@ def test_calibrate_from_real_sagas_then_run(
     sim = json.loads(run.stdout)
     assert sim["sagas"]["completed"] > 0
     assert sim["invariants_failed"] == 0
+
+
+def _saga(created: float, wake: float, write: float, calls_ms: tuple[float, ...]) -> Observed:
+    """A checkout saga as the journal has it: created, its first attempt `wake` s later, each
+    call's attempt ending `write` s plus its call after it started, its last commit `write`
+    s after its last event."""
+    flow = load_flow("checkout")
+    rows = [Row(type="saga_created", at=created)]
+    t = created + wake
+    for step, ms in zip([s.name for s in flow.steps], calls_ms, strict=False):
+        rows.append(Row("attempt_started", t, step, "action", 1))
+        t += write + ms / 1000.0
+        rows.append(Row("attempt_succeeded", t, step, "action", 1, 201, ms))
+    rows.append(Row("saga_completed", t))
+    return Observed(created, flow, tuple(rows), t + write)
+
+
+def test_calibrate_fits_the_writes_and_the_wake_up() -> None:
+    rng = random.Random(11)
+    sagas = []
+    for i in range(200):
+        wake = 0.0006 + rng.expovariate(1 / 0.0004)
+        sagas.append(_saga(i * 0.1, wake, rng.lognormvariate(math.log(0.0003), 0.3), (2, 1, 1, 1)))
+    # A backlog: ten sagas created at once wait in the queue; only the first one counts.
+    sagas += [_saga(30.0, 0.05 * k + 0.001, 0.0003, (2, 1, 1, 1)) for k in range(10)]
+    scenario, report = calibrate(sagas, latency="lognormal")
+    writes, wake = report["path"]["writes"], report["path"]["wake"]
+    # Five writes a saga: before each of the four calls, and the last commit.
+    assert writes["n"] == 5 * 210 and writes["used"] == "fitted"
+    assert writes["lognormal"]["median"] == pytest.approx(0.0003, rel=0.1)
+    assert wake["n"] == 201 and wake["used"] == "fitted"
+    assert wake["fixed"] == pytest.approx(0.0006, abs=0.0001)
+    assert wake["exponential_mean"] == pytest.approx(0.0004, rel=0.3)
+    assert wake["ks"]["d"] < 0.1
+    db = scenario["database"]
+    assert db["enabled"] and db["engine"] == "sqlite" and db["writers"] == 1
+    assert db["write_latency"] == scenario["orchestrator"]["db_write"]
+    # The claim is one write in the model: the gateways get the rest of the wake-up.
+    auth = scenario["gateways"]["auth_time"]
+    assert auth == pytest.approx(wake["fixed"] - writes["mean"], abs=2e-6)
+    assert scenario["firewall"] == {"service_time": 0.0}
+    validate(merge_defaults(scenario))
+    # PostgreSQL: its writers are not in the journal, so no write queue is written.
+    scenario, report = calibrate(sagas, latency="lognormal", engine="postgresql")
+    assert "database" not in scenario and "orchestrator" in scenario
+    assert scenario["gateways"]["auth_time"] == pytest.approx(wake["fixed"], abs=2e-6)
+
+
+def test_a_calibrated_path_matches_the_journal_end_to_end() -> None:
+    # What the model makes of the fitted path: its end-to-end p50 is the journal's (within
+    # the spread of 200 sagas), where the defaults' path is several ms longer.
+    from sagalab.simulator.model import Simulation
+
+    rng = random.Random(12)
+    sagas = [
+        _saga(
+            i * 0.1,
+            0.0006 + rng.expovariate(1 / 0.0004),
+            rng.lognormvariate(math.log(0.0003), 0.3),
+            tuple(rng.lognormvariate(math.log(1.5), 0.3) for _ in range(4)),
+        )
+        for i in range(200)
+    ]
+    journal = sorted((s.ended_at or 0.0) - s.created_at for s in sagas)
+    scenario, _ = calibrate(sagas, latency="lognormal")
+    sim = Simulation(merge_defaults(scenario), seed=3, duration=20.0)
+    sim.run()
+    p50 = journal[len(journal) // 2]
+    assert sim.e2e.quantile(0.5) == pytest.approx(p50, rel=0.15), (sim.e2e.quantile(0.5), p50)

@@ -26,6 +26,7 @@ from sagalab.simulator.config import load_scenario
 from sagalab.simulator.validate import (
     MAX_VALIDATE_DURATION,
     Tolerance,
+    ValidationRefused,
     breaker_open_seconds,
     compare,
     figures,
@@ -214,11 +215,29 @@ def test_compare_fails_beyond_tolerance_only() -> None:
     e2e = [0.1] * 50 + [0.2] * 50
     close = compare(sim, sim, e2e, e2e, tolerance=Tolerance(), duration=20, reset_timeout=5)
     assert close["ok"]
-    slower = [x * 2 for x in e2e]
+    slower = [x * 3 for x in e2e]
     real = figures(slower, statuses, {}, 3)
     far = compare(sim, real, e2e, slower, tolerance=Tolerance(), duration=20, reset_timeout=5)
     assert not far["ok"]
     assert {r["figure"] for r in far["rows"] if r["ok"] is False} == {"e2e_p50", "e2e_p95"}
+
+
+def test_a_bimodal_p50_agrees_within_the_rank_band() -> None:
+    # Half the sagas roll back fast, half complete: a share a few points off moves the p50
+    # from one mode to the other (here 0.03 against 0.09: 200 % relative error), within what
+    # a hundred sagas can tell apart. The same p50 off by 3x still fails.
+    sim_e2e = [0.03] * 52 + [0.09] * 48
+    real_e2e = [0.03] * 47 + [0.09] * 53
+    sim = figures(sim_e2e, {"completed": 48, "rolled_back": 52}, {}, 0)
+    real = figures(real_e2e, {"completed": 53, "rolled_back": 47}, {}, 0)
+    assert sim["e2e_p50"] == 0.03 and real["e2e_p50"] == 0.09
+    out = compare(sim, real, sim_e2e, real_e2e, tolerance=Tolerance(), duration=10, reset_timeout=5)
+    p50 = next(r for r in out["rows"] if r["figure"] == "e2e_p50")
+    assert p50["ok"] and "band" in p50["bound"]
+    far_e2e = [x * 3 for x in real_e2e]
+    far = figures(far_e2e, {"completed": 53, "rolled_back": 47}, {}, 0)
+    out = compare(sim, far, sim_e2e, far_e2e, tolerance=Tolerance(), duration=10, reset_timeout=5)
+    assert not next(r for r in out["rows"] if r["figure"] == "e2e_p50")["ok"]
 
 
 def test_plan_says_the_scenario_in_faults(tmp_path: Path) -> None:
@@ -243,3 +262,75 @@ def test_plan_says_the_scenario_in_faults(tmp_path: Path) -> None:
     assert p.breakers["payments"] == {"fail_max": 5, "reset_timeout": 5.0, "success_threshold": 1}
     bare = plan(config, duration=10, segments=[(0.0, 10.0, 10.0)], service_latency=False)
     assert all("latency_ms" not in f for fs in bare.standing.values() for f in fs)
+
+
+def test_an_outage_answered_503_is_compensated_after_the_breaker_as_on_the_stack(
+    tmp_path: Path,
+) -> None:
+    # The fake services answer an outage with 503 and Retry-After: the charge may have
+    # applied, so the saga refunds it, and the refund waits for payments' open breaker (about
+    # a reset timeout). The model's default answer (a refused connection) needs no refund.
+    from sagalab.simulator.model import Simulation
+    from sagalab.simulator.validate import as_served
+
+    outage = [{"service": "payments", "kind": "outage", "start": 3, "end": 7}]
+    config = load_scenario(str(scenario(tmp_path, faults=outage)))
+    served = as_served(config)
+    assert served["faults"][0]["answer"] == "503" and "answer" not in config["faults"][0]
+    runs = {}
+    for name, cfg in (("refused", config), ("503", served)):
+        sim = Simulation(cfg, seed=4, duration=10.0)
+        result = sim.run()
+        runs[name] = (result.report["sagas"], sim.e2e.quantile(0.99))
+    refused, answered = runs["refused"], runs["503"]
+    assert refused[0]["compensations_delayed_by_breaker"] == 0
+    assert answered[0]["compensations_delayed_by_breaker"] > 0
+    assert answered[1] > 2.0 > refused[1], runs
+
+
+def test_plan_takes_the_calibrated_database_and_refuses_what_the_stack_lacks(
+    tmp_path: Path,
+) -> None:
+    db = {"enabled": True, "engine": "sqlite", "writers": 1}
+    config = load_scenario(str(scenario(tmp_path, database=db)))
+    assert plan(config, duration=5, segments=[(0.0, 5.0, 10.0)]).flow == "checkout"
+    for extra, word in (
+        ({"replicas": {"count": 1}}, "replicas"),
+        ({"cache": {"enabled": True}}, "cache"),
+        ({"reads": {"per_saga": 3}}, "per_saga"),
+    ):
+        config = load_scenario(str(scenario(tmp_path, database={**db, **extra})))
+        with pytest.raises(ValidationRefused, match=word):
+            plan(config, duration=5, segments=[(0.0, 5.0, 10.0)])
+    refused = [{"service": "payments", "kind": "outage", "start": 1, "end": 2, "answer": "refused"}]
+    config = load_scenario(str(scenario(tmp_path, faults=refused)))
+    with pytest.raises(ValidationRefused, match="answer"):
+        plan(config, duration=5, segments=[(0.0, 5.0, 10.0)])
+
+
+def test_an_outage_answer_is_refused_or_503(tmp_path: Path) -> None:
+    from sagalab.simulator.errors import ScenarioError
+    from sagalab.simulator.model import Simulation
+
+    for answer in (503, "503", "refused"):
+        fault = {"service": "payments", "kind": "outage", "start": 1, "end": 2, "answer": answer}
+        Simulation(load_scenario(str(scenario(tmp_path, faults=[fault]))), seed=1, duration=1.0)
+    fault = {"service": "payments", "kind": "outage", "start": 1, "end": 2, "answer": "teapot"}
+    with pytest.raises(ScenarioError, match="answer"):
+        Simulation(load_scenario(str(scenario(tmp_path, faults=[fault]))), seed=1, duration=1.0)
+
+
+def test_latency_faults_lose_the_hop_and_never_become_error_faults() -> None:
+    # A fault of 0 ms with no rate would fail every call (the fake services' default rate):
+    # a median below the hop posts no latency fault at all.
+    from sagalab.stack.realrun import _less_hop
+
+    specs = (
+        {"service": "payments", "latency_ms": 40},
+        {"service": "payments", "error_rate": 0.1, "status": 503},
+    )
+    assert _less_hop(specs, 0.0015) == [
+        {"service": "payments", "latency_ms": 38},
+        {"service": "payments", "error_rate": 0.1, "status": 503},
+    ]
+    assert _less_hop(({"service": "notifications", "latency_ms": 5},), 0.008) == []
