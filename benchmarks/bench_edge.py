@@ -153,7 +153,7 @@ def group_commit_compare(seconds: float, conc: int, out: Any) -> dict[str, Any]:
         )
     off = max(rounds["off"], key=lambda r: r["rps"])
     on = max(rounds["on"], key=lambda r: r["rps"])
-    result = {
+    result: dict[str, Any] = {
         "off": off,
         "on": on,
         "rounds": rounds,

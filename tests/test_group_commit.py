@@ -176,9 +176,7 @@ def test_many_threads_through_the_store_each_get_their_own_saga(tmp_path: Path) 
 
     results = run_threads([lambda t=t: submit(t) for t in range(threads)])
     for t, made in enumerate(results):
-        assert made == [
-            f"s-{t}-{i}:True" if i < 5 else f"s-{t}-{i % 5}:False" for i in range(each)
-        ]
+        assert made == [f"s-{t}-{i}:True" if i < 5 else f"s-{t}-{i % 5}:False" for i in range(each)]
     reader = SQLiteStore(path, read_only=True)
     assert reader.count_by_status() == {"pending": threads * 5}
     reader.close()
