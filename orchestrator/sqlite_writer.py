@@ -102,12 +102,13 @@ class GroupWriter:
         path: Path,
         connect: Callable[[float], sqlite3.Connection],
         *,
-        window: float = WINDOW,
+        window: float | None = None,
         max_units: int = MAX_UNITS,
     ) -> None:
         """A writer for `path`; nothing is opened until the first unit."""
         self.path = path
-        self.window = window
+        self.window = WINDOW if window is None else window
+        self.patience = max(0.05, 10 * self.window)  # before a caller not the timer commits
         self.max_units = max_units
         self.commits = 0
         self.units = 0
@@ -132,7 +133,7 @@ class GroupWriter:
         """
         arrived = time.monotonic()
         self._count(+1)
-        held = False
+        held = timer = False
         try:
             held = self._lock.acquire(timeout=timeout + LOCK_SLACK)
             if not held:
@@ -150,6 +151,7 @@ class GroupWriter:
                 self._undo_unit(batch, None, alone)
                 raise
             self._finish_unit(batch, conn, alone)
+            timer = alone  # the unit that opened the batch commits it once the window is over
         finally:
             self._count(-1)
             if held:
@@ -157,7 +159,7 @@ class GroupWriter:
                     self._commit_if_due()
                 finally:
                     self._lock.release()
-        self._await(batch, timeout)
+        self._await(batch, timeout, timer)
 
     def connection(self, timeout: float) -> sqlite3.Connection:
         """The writer's connection, opened if need be (for tracing; never write on it)."""
@@ -304,10 +306,14 @@ class GroupWriter:
         with self._count_lock:
             self._arriving += delta
 
-    def _await(self, batch: _Batch, timeout: float) -> None:
-        """Wait for `batch`'s COMMIT; past the window, commit it here (nobody else may)."""
+    def _await(self, batch: _Batch, timeout: float, timer: bool) -> None:
+        """Wait for `batch`'s COMMIT. The `timer` (the caller that opened the batch) commits
+        it at the end of the window; the others wait longer before they try (so that one
+        thread wakes per window, not every caller), in case the timer's unit failed."""
         deadline = time.monotonic() + timeout + LOCK_SLACK
-        while not batch.done.wait(self.window):
+        while not batch.done.wait(
+            max(0.0, batch.began + self.window - time.monotonic()) if timer else self.patience
+        ):
             if time.monotonic() > deadline:
                 raise StoreError(f"cannot commit to {self.path}: no commit within {timeout:g} s")
             if self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
