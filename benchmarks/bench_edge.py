@@ -37,7 +37,7 @@ from sagalab.edge.apps import parse_address
 from sagalab.edge.keys import GATEWAY_HEADER, MAX_BURST, MAX_RATE, TENANT_HEADER, read_secret
 from sagalab.edge.upstream import Upstream
 from sagalab.orchestrator.limits import MAX_FLOOD_BURST, MAX_FLOOD_RATE
-from sagalab.orchestrator.sqlite_writer import ENV as GROUP_COMMIT_ENV
+from sagalab.orchestrator.stores import GROUP_COMMIT_ENV
 from sagalab.stack.processes import SECRET_FILE, StackConfig, start, stop
 
 

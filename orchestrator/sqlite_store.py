@@ -19,7 +19,7 @@ import re
 import sqlite3
 import stat
 from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -658,22 +658,23 @@ class SQLiteStore:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    @contextmanager
-    def _write(self, *, alone: bool = False) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, alone: bool = False) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction: the body's statements commit together or not at all.
 
         Through the process's group writer (a unit of its next batch: the body runs under
-        a savepoint and this returns after the COMMIT holding it), or with `alone` (or group
-        commit off) as its own `BEGIN IMMEDIATE` transaction on the store's connection.
+        a savepoint and the `with` ends after the COMMIT holding it), or with `alone` (or
+        group commit off) as its own `BEGIN IMMEDIATE` transaction on the store's connection.
         """
         if self.guard is not None:
             self.guard()  # e.g. DatabaseGone: the path no longer names the file opened
         if self.read_only:
             raise StoreError(f"cannot write to {self.path}: opened read-only")
         if self.group_commit and not alone:
-            with self._group_writer().unit(self._timeout) as conn:
-                yield conn
-            return
+            return self._group_writer().unit(self._timeout)
+        return self._write_alone()
+
+    @contextmanager
+    def _write_alone(self) -> Iterator[sqlite3.Connection]:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:

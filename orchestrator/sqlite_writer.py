@@ -41,9 +41,10 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
+from typing import Literal
 
 from sagalab.orchestrator.errors import StoreError
 
@@ -79,15 +80,76 @@ def enabled() -> bool:
 
 
 class _Batch:
-    """The units of one transaction; `done` is set once it committed or failed (`error`)."""
+    """The units of one transaction; `done` once it committed or failed (`error`).
 
-    __slots__ = ("began", "done", "error", "units")
+    `event` is made only when a caller has to wait for another's COMMIT (a lone caller
+    commits its own unit: no event, no wake-up).
+    """
+
+    __slots__ = ("began", "done", "error", "event", "units")
 
     def __init__(self, began: float) -> None:
         self.began = began
-        self.done = threading.Event()
+        self.done = False
         self.error: str | None = None
+        self.event: threading.Event | None = None
         self.units = 0
+
+    def finish(self, error: str | None = None) -> None:
+        """Committed (or failed with `error`): wake whoever waits."""
+        if error is not None and self.error is None:
+            self.error = error
+        self.done = True
+        if self.event is not None:
+            self.event.set()
+
+
+class _Unit:
+    """`GroupWriter.unit`'s context manager (a class: a generator's costs more per write)."""
+
+    __slots__ = ("alone", "arrived", "batch", "timeout", "writer")
+
+    def __init__(self, writer: GroupWriter, timeout: float) -> None:
+        self.writer = writer
+        self.timeout = timeout
+
+    def __enter__(self) -> sqlite3.Connection:
+        writer = self.writer
+        self.arrived = time.monotonic()
+        writer._count(+1)
+        try:
+            held = writer._lock.acquire(timeout=self.timeout + LOCK_SLACK)
+        except BaseException:
+            writer._count(-1)
+            raise
+        if not held:
+            writer._count(-1)
+            raise StoreError(
+                f"cannot write to {writer.path}: this process's writer stayed busy for "
+                f"over {self.timeout + LOCK_SLACK:g} s"
+            )
+        try:
+            self.batch, conn, self.alone = writer._start_unit(self.arrived, self.timeout)
+        except BaseException:
+            writer._leave()
+            raise
+        return conn
+
+    def __exit__(self, kind: object, exc: BaseException | None, _tb: object) -> Literal[False]:
+        writer, batch = self.writer, self.batch
+        try:
+            if exc is None:
+                writer._finish_unit(batch, self.alone)
+            elif isinstance(exc, sqlite3.Error):
+                writer._undo_unit(batch, exc, self.alone)
+                raise StoreError(f"cannot write to {writer.path}: {exc}") from None
+            else:
+                writer._undo_unit(batch, None, self.alone)
+                return False  # the body's own exception, as it was raised
+        finally:
+            writer._leave(batch)
+        writer._await(batch, self.timeout, self.alone)
+        return False
 
 
 class GroupWriter:
@@ -115,7 +177,7 @@ class GroupWriter:
         self.users = 0
         self._connect = connect
         self._conn: sqlite3.Connection | None = None
-        self._busy_ms = -1
+        self._busy = -1.0
         self._lock = threading.Lock()  # held by the caller running a unit or committing
         self._count_lock = threading.Lock()
         self._arriving = 0  # callers between entering `unit` and leaving their unit
@@ -123,43 +185,27 @@ class GroupWriter:
         self._begin_failure: tuple[float, str] | None = None
         self._stopped: str | None = None
 
-    @contextmanager
-    def unit(self, timeout: float) -> Iterator[sqlite3.Connection]:
-        """Run the body as one unit of a batch; return once the batch holding it committed.
+    def unit(self, timeout: float) -> _Unit:
+        """A context manager running its body as one unit of a batch; it returns once the
+        batch holding the unit committed.
 
         StoreError for a database error (the unit's own, or its batch's), an exception of the
         body as it was raised (the unit rolled back alone). `timeout` is SQLite's busy
         timeout for the batch's `BEGIN IMMEDIATE`, and bounds every wait here.
         """
-        arrived = time.monotonic()
-        self._count(+1)
-        held = timer = False
+        return _Unit(self, timeout)
+
+    def _leave(self, batch: _Batch | None = None) -> None:
+        """A caller is done with its unit (under the lock): commit if due, let the next in.
+        If `batch` is still open, its caller will wait: the event is made before the lock is
+        let go, so no COMMIT can come in between unseen."""
+        self._count(-1)
         try:
-            held = self._lock.acquire(timeout=timeout + LOCK_SLACK)
-            if not held:
-                raise StoreError(
-                    f"cannot write to {self.path}: this process's writer stayed busy for "
-                    f"over {timeout + LOCK_SLACK:g} s"
-                )
-            batch, conn, alone = self._start_unit(arrived, timeout)
-            try:
-                yield conn
-            except sqlite3.Error as exc:
-                self._undo_unit(batch, exc, alone)
-                raise StoreError(f"cannot write to {self.path}: {exc}") from None
-            except BaseException:
-                self._undo_unit(batch, None, alone)
-                raise
-            self._finish_unit(batch, conn, alone)
-            timer = alone  # the unit that opened the batch commits it once the window is over
+            self._commit_if_due()
+            if batch is not None and not batch.done and batch.event is None:
+                batch.event = threading.Event()
         finally:
-            self._count(-1)
-            if held:
-                try:
-                    self._commit_if_due()
-                finally:
-                    self._lock.release()
-        self._await(batch, timeout, timer)
+            self._lock.release()
 
     def connection(self, timeout: float) -> sqlite3.Connection:
         """The writer's connection, opened if need be (for tracing; never write on it)."""
@@ -200,27 +246,30 @@ class GroupWriter:
                 raise StoreError(message) from None
             self._batch = _Batch(time.monotonic())
             return self._batch, conn, True
-        conn = self._connection(timeout)
+        joined = self._conn
+        assert joined is not None  # open while a batch is
         batch = self._batch
         try:
-            conn.execute("SAVEPOINT unit")
+            joined.execute("SAVEPOINT unit")
         except sqlite3.Error as exc:
             self._fail_batch(batch, f"cannot write to {self.path}: {exc}")
             raise StoreError(f"cannot write to {self.path}: {exc}") from None
-        return batch, conn, False
+        return batch, joined, False
 
     def _connection(self, timeout: float) -> sqlite3.Connection:
         if self._conn is None:
             self._conn = self._connect(timeout)
-            self._busy_ms = round(timeout * 1000)
-        busy_ms = round(timeout * 1000)
-        if busy_ms != self._busy_ms:  # stores of one file may differ in their timeout
-            self._conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            self._busy_ms = busy_ms
+            self._busy = timeout
+        elif timeout != self._busy:  # stores of one file may differ in their timeout
+            self._conn.execute(f"PRAGMA busy_timeout = {round(timeout * 1000)}")
+            self._busy = timeout
         return self._conn
 
-    def _finish_unit(self, batch: _Batch, conn: sqlite3.Connection, alone: bool) -> None:
-        if not conn.in_transaction:  # SQLite rolled it back under the body (an error caught)
+    def _finish_unit(self, batch: _Batch, alone: bool) -> None:
+        conn = self._conn
+        if (
+            conn is None or not conn.in_transaction
+        ):  # SQLite rolled it back under the body (an error caught)
             self._fail_batch(batch, f"cannot write to {self.path}: the transaction was lost")
             raise StoreError(f"cannot write to {self.path}: the transaction was lost")
         if not alone:
@@ -248,7 +297,7 @@ class GroupWriter:
 
     def _commit_if_due(self, *, force: bool = False) -> None:
         batch = self._batch
-        if batch is None or batch.done.is_set():
+        if batch is None or batch.done:
             return
         due = (
             force
@@ -272,7 +321,7 @@ class GroupWriter:
             raise
         self.commits += 1
         self._batch = None
-        batch.done.set()
+        batch.finish()
 
     def _fail_batch(self, batch: _Batch, message: str) -> None:
         """Every unit of `batch` fails with `message`; the transaction is rolled back."""
@@ -284,8 +333,7 @@ class GroupWriter:
                 self._drop_connection()
         if self._batch is batch:
             self._batch = None
-        batch.error = batch.error or message
-        batch.done.set()
+        batch.finish(message)
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -310,18 +358,22 @@ class GroupWriter:
         """Wait for `batch`'s COMMIT. The `timer` (the caller that opened the batch) commits
         it at the end of the window; the others wait longer before they try (so that one
         thread wakes per window, not every caller), in case the timer's unit failed."""
-        deadline = time.monotonic() + timeout + LOCK_SLACK
-        while not batch.done.wait(
-            max(0.0, batch.began + self.window - time.monotonic()) if timer else self.patience
-        ):
-            if time.monotonic() > deadline:
-                raise StoreError(f"cannot commit to {self.path}: no commit within {timeout:g} s")
-            if self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                try:
-                    if self._batch is batch and not batch.done.is_set():
-                        self._commit(batch)
-                finally:
-                    self._lock.release()
+        if not batch.done:
+            assert batch.event is not None  # made under the lock by `_Unit.__exit__`
+            deadline = time.monotonic() + timeout + LOCK_SLACK
+            while not batch.event.wait(
+                max(0.0, batch.began + self.window - time.monotonic()) if timer else self.patience
+            ):
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"cannot commit to {self.path}: no commit within {timeout:g} s"
+                    )
+                if self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    try:
+                        if self._batch is batch and not batch.done:
+                            self._commit(batch)
+                    finally:
+                        self._lock.release()
         if batch.error is not None:
             raise StoreError(batch.error)
 
