@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import sqlite3
+import statistics
 import sys
 import tempfile
 import threading
@@ -248,6 +249,53 @@ def bench_sagalab_threads(
         "seconds": seconds,
         "sagas_per_second": sum(done) / seconds,
         "units_per_commit": units / commits if commits else None,
+        "load": os.getloadavg()[0],
+    }
+
+
+def bench_submits(tmp: Path, seconds: float, threads: int, *, group_commit: bool) -> dict[str, Any]:
+    """`threads` threads creating queued sagas (what `POST /v1/sagas` writes) for `seconds`,
+    each with its own store: the store's write path alone, without HTTP (latency per call)."""
+    from sagalab.orchestrator.flowfile import load_flow
+    from sagalab.orchestrator.runner import new_saga_id
+    from sagalab.orchestrator.sqlite_store import SQLiteStore
+
+    flow = load_flow("checkout")
+    path = tmp / f"submits-{new_saga_id()}.db"
+    SQLiteStore(path).close()
+    latencies: list[float] = []
+    ready = threading.Barrier(threads)
+
+    def work() -> None:
+        store = SQLiteStore(path, group_commit=group_commit)
+        mine: list[float] = []
+        try:
+            ready.wait()
+            end = time.perf_counter() + seconds
+            while (began := time.perf_counter()) < end:
+                store.create_saga(
+                    saga_id=new_saga_id(), flow=flow, payload={"order_id": "o"},
+                    trace_id="0" * 32, idempotency_key=None, now=time.time(),
+                    run_after=time.time(),
+                )  # fmt: skip
+                mine.append(time.perf_counter() - began)
+        finally:
+            store.close()
+            latencies.extend(mine)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    cuts = statistics.quantiles(latencies, n=100)
+    return {
+        "group_commit": group_commit,
+        "threads": threads,
+        "calls_per_second": len(latencies) / seconds,
+        "p50_ms": cuts[49] * 1000,
+        "p99_ms": cuts[98] * 1000,
+        "max_ms": max(latencies) * 1000,
         "load": os.getloadavg()[0],
     }
 
@@ -538,6 +586,16 @@ def render(result: dict[str, Any]) -> str:
                 + f"load {r['load']:.2f})"
             )
         lines.append(f"  threads: group commit on / off = {t['on_over_off']:.2f}")
+    sub = result.get("submits")
+    if sub:
+        for side in ("off", "on"):
+            r = sub[side]
+            lines.append(
+                f"  {r['threads']} threads creating sagas, group commit {side:<3}: "
+                f"{r['calls_per_second']:8,.0f}/s  p50 {r['p50_ms']:.2f} ms  "
+                f"p99 {r['p99_ms']:.1f} ms  max {r['max_ms']:.0f} ms  (load {r['load']:.2f})"
+            )
+        lines.append(f"  creating sagas: group commit on / off = {sub['calls_on_over_off']:.2f}")
     if "best_ratio" in result:
         verdict = "MEETS" if result["best_ratio"] >= TARGET_BEST_RATIO else "MISSES"
         lines.append(
@@ -577,14 +635,20 @@ def main() -> int:
         help="threads of the concurrent in-process run, group commit off then on (1..64; "
         "1 skips it)",
     )
+    parser.add_argument(
+        "--submit-threads",
+        type=int,
+        default=32,
+        help="threads creating queued sagas, group commit off/on, 3 s a round (0..64; 0 skips)",
+    )
     parser.add_argument("--skip-dbos", action="store_true", help="leave DBOS out")
     parser.add_argument("--skip-http", action="store_true", help="leave the HTTP part out")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args()
     if min(args.count, args.http_count, args.check) < 1 or args.warmup < 0:
         parser.error("--count, --http-count and --check must be >= 1; --warmup >= 0")
-    if not 1 <= args.threads <= 64:
-        parser.error("--threads must be 1 to 64")
+    if not 1 <= args.threads <= 64 or not 0 <= args.submit_threads <= 64:
+        parser.error("--threads must be 1 to 64, --submit-threads 0 to 64")
 
     result: dict[str, Any] = {"count": args.count, "warmup": args.warmup}
     with tempfile.TemporaryDirectory(prefix="sagalab-bench-") as tmp:
@@ -605,6 +669,21 @@ def main() -> int:
                 )
             on, off = result["threads"]["on"], result["threads"]["off"]
             result["threads"]["on_over_off"] = on["sagas_per_second"] / off["sagas_per_second"]
+        if args.submit_threads > 0:
+            rounds: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+            for side in ("off", "on", "off", "on"):
+                log(f"submits: {args.submit_threads} threads, group commit {side} ...")
+                rounds[side].append(
+                    bench_submits(Path(tmp), 3.0, args.submit_threads, group_commit=side == "on")
+                )
+            off = max(rounds["off"], key=lambda r: r["calls_per_second"])
+            on = max(rounds["on"], key=lambda r: r["calls_per_second"])
+            result["submits"] = {
+                "off": off,
+                "on": on,
+                "rounds": rounds,
+                "calls_on_over_off": on["calls_per_second"] / off["calls_per_second"],
+            }
         if not args.skip_dbos:
             log("DBOS Transact: same flow ...")
             try:
