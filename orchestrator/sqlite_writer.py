@@ -267,9 +267,8 @@ class GroupWriter:
 
     def _finish_unit(self, batch: _Batch, alone: bool) -> None:
         conn = self._conn
-        if (
-            conn is None or not conn.in_transaction
-        ):  # SQLite rolled it back under the body (an error caught)
+        # SQLite rolled the transaction back under a body that caught the error itself.
+        if conn is None or not conn.in_transaction:
             self._fail_batch(batch, f"cannot write to {self.path}: the transaction was lost")
             raise StoreError(f"cannot write to {self.path}: the transaction was lost")
         if not alone:
