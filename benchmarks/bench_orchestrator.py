@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sqlite3
+import statistics
 import sys
 import tempfile
 import threading
@@ -36,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 TARGET_RATIO = 10.0
+#: Issue 14: the best in-process rate (sequential, or threads sharing a group writer) / DBOS.
+TARGET_BEST_RATIO = 15.0
 STEPS = ("reserve", "charge", "ship")
 
 
@@ -106,18 +110,14 @@ def guarantee_check(
     return checkpoint
 
 
-def bench_sagalab(tmp: Path, count: int, warmup: int, limit: float, check: int) -> dict[str, Any]:
-    """Sequential 3-step sagas of no-op Python steps on a fresh SQLiteStore."""
-    from sagalab.orchestrator.executors import PythonExecutor
+def _noop_flow() -> Any:
+    """The 3-step flow of no-op `handler:` steps (registered once)."""
     from sagalab.orchestrator.flow import flow_from_dict
     from sagalab.orchestrator.registry import step_handler
-    from sagalab.orchestrator.runner import SagaRunner
-    from sagalab.orchestrator.saga import SagaStatus
-    from sagalab.orchestrator.sqlite_store import SQLiteStore
 
     for name in STEPS:
         step_handler(f"bench_{name}")(lambda call: None)
-    flow = flow_from_dict(
+    return flow_from_dict(
         {
             "name": "bench_noop3",
             "version": 1,
@@ -125,11 +125,24 @@ def bench_sagalab(tmp: Path, count: int, warmup: int, limit: float, check: int) 
         },
         source="(benchmark)",
     )
-    path = tmp / "sagalab.db"
-    store = SQLiteStore(path)
+
+
+def bench_sagalab(
+    tmp: Path, count: int, warmup: int, limit: float, check: int, *, group_commit: bool = True
+) -> dict[str, Any]:
+    """Sequential 3-step sagas of no-op Python steps on a fresh SQLiteStore."""
+    from sagalab.orchestrator.executors import PythonExecutor
+    from sagalab.orchestrator.runner import SagaRunner
+    from sagalab.orchestrator.saga import SagaStatus
+    from sagalab.orchestrator.sqlite_store import SQLiteStore
+
+    flow = _noop_flow()
+    path = tmp / f"sagalab-group-{'on' if group_commit else 'off'}.db"
+    store = SQLiteStore(path, group_commit=group_commit)
+    writes = store.write_connection()  # the group writer's, with group commit on
     pragmas = {
-        "journal_mode": store.conn.execute("PRAGMA journal_mode").fetchone()[0],
-        "synchronous": store.conn.execute("PRAGMA synchronous").fetchone()[0],  # 1 = NORMAL
+        "journal_mode": writes.execute("PRAGMA journal_mode").fetchone()[0],
+        "synchronous": writes.execute("PRAGMA synchronous").fetchone()[0],  # 1 = NORMAL
     }
     runner = SagaRunner(store, PythonExecutor())
 
@@ -151,12 +164,12 @@ def bench_sagalab(tmp: Path, count: int, warmup: int, limit: float, check: int) 
     reader.close()
 
     counter = SqlCounter()
-    store.conn.set_trace_callback(counter)
+    writes.set_trace_callback(counter)
     counter.on = True
     for i in range(check):
         one(i)
     counter.on = False
-    store.conn.set_trace_callback(None)
+    writes.set_trace_callback(None)
 
     for i in range(warmup):
         one(i)
@@ -171,6 +184,119 @@ def bench_sagalab(tmp: Path, count: int, warmup: int, limit: float, check: int) 
         "guarantee_checked_sagas": check,
         "guarantee_violations": violations,
         "pragmas": pragmas,
+        "group_commit": group_commit,
+    }
+
+
+def bench_sagalab_threads(
+    tmp: Path, count: int, limit: float, threads: int, *, group_commit: bool
+) -> dict[str, Any]:
+    """The same sagas from `threads` threads at once, each with its own store and runner (as a
+    worker's threads): with group commit on their writes share the process's writer."""
+    from sagalab.orchestrator.executors import PythonExecutor
+    from sagalab.orchestrator.runner import SagaRunner
+    from sagalab.orchestrator.saga import SagaStatus
+    from sagalab.orchestrator.sqlite_store import SQLiteStore
+
+    flow = _noop_flow()
+    path = tmp / f"threads-group-{'on' if group_commit else 'off'}.db"
+    keeper = SQLiteStore(path, group_commit=group_commit)  # holds the writer; reads its stats
+    keeper.write_connection()
+    ready = threading.Barrier(threads + 1)
+    done = [0] * threads
+    failures: list[str] = []
+
+    def work(t: int) -> None:
+        store = SQLiteStore(path, group_commit=group_commit)
+        runner = SagaRunner(store, PythonExecutor())
+        try:
+            for _ in range(10):  # warm: flow hash, statement cache
+                runner.start(flow, {})
+            ready.wait()
+            end = time.perf_counter() + limit
+            for _ in range(count // threads):
+                saga_id, result = runner.start(flow, {})
+                if result.status is not SagaStatus.COMPLETED:
+                    failures.append(f"{saga_id} ended {result.status.value}")
+                done[t] += 1
+                if time.perf_counter() > end:
+                    break
+        except Exception as exc:  # noqa: BLE001 - reported, and fails the run
+            failures.append(f"thread {t}: {type(exc).__name__}: {exc}")
+            ready.abort()
+        finally:
+            store.close()
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    before = keeper.group_stats()
+    ready.wait()
+    started = time.perf_counter()
+    for w in workers:
+        w.join()
+    seconds = time.perf_counter() - started
+    after = keeper.group_stats()
+    keeper.close()
+    if failures:
+        raise SystemExit(f"threaded sagalab run failed: {failures[:3]}")
+    units = after.get("units", 0) - before.get("units", 0)
+    commits = after.get("commits", 0) - before.get("commits", 0)
+    return {
+        "threads": threads,
+        "group_commit": group_commit,
+        "sagas": sum(done),
+        "seconds": seconds,
+        "sagas_per_second": sum(done) / seconds,
+        "units_per_commit": units / commits if commits else None,
+        "load": os.getloadavg()[0],
+    }
+
+
+def bench_submits(tmp: Path, seconds: float, threads: int, *, group_commit: bool) -> dict[str, Any]:
+    """`threads` threads creating queued sagas (what `POST /v1/sagas` writes) for `seconds`,
+    each with its own store: the store's write path alone, without HTTP (latency per call)."""
+    from sagalab.orchestrator.flowfile import load_flow
+    from sagalab.orchestrator.runner import new_saga_id
+    from sagalab.orchestrator.sqlite_store import SQLiteStore
+
+    flow = load_flow("checkout")
+    path = tmp / f"submits-{new_saga_id()}.db"
+    SQLiteStore(path).close()
+    latencies: list[float] = []
+    ready = threading.Barrier(threads)
+
+    def work() -> None:
+        store = SQLiteStore(path, group_commit=group_commit)
+        mine: list[float] = []
+        try:
+            ready.wait()
+            end = time.perf_counter() + seconds
+            while (began := time.perf_counter()) < end:
+                store.create_saga(
+                    saga_id=new_saga_id(), flow=flow, payload={"order_id": "o"},
+                    trace_id="0" * 32, idempotency_key=None, now=time.time(),
+                    run_after=time.time(),
+                )  # fmt: skip
+                mine.append(time.perf_counter() - began)
+        finally:
+            store.close()
+            latencies.extend(mine)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    cuts = statistics.quantiles(latencies, n=100)
+    return {
+        "group_commit": group_commit,
+        "threads": threads,
+        "calls_per_second": len(latencies) / seconds,
+        "p50_ms": cuts[49] * 1000,
+        "p99_ms": cuts[98] * 1000,
+        "max_ms": max(latencies) * 1000,
+        "load": os.getloadavg()[0],
     }
 
 
@@ -442,6 +568,40 @@ def render(result: dict[str, Any]) -> str:
             f"{d['guarantee_checked_sagas']} workflows: {len(d['guarantee_violations'])} "
             f"violations (pragmas seen: {d['pragmas']})"
         )
+    off = result.get("sagalab_group_off")
+    if off:
+        lines.append(
+            f"  sagalab, group commit off: {off['sagas_per_second']:8,.0f} sagas/s"
+            + (f"  ({result['ratio_group_off']:.1f}x DBOS)" if "ratio_group_off" in result else "")
+        )
+    t = result.get("threads")
+    if t:
+        for side in ("off", "on"):
+            r = t[side]
+            per = r["units_per_commit"]
+            lines.append(
+                f"  {r['threads']} threads, group commit {side:<3}: {r['sagas_per_second']:8,.0f} "
+                f"sagas/s ({r['sagas']} sagas; "
+                + (f"{per:.1f} writes per commit; " if per else "")
+                + f"load {r['load']:.2f})"
+            )
+        lines.append(f"  threads: group commit on / off = {t['on_over_off']:.2f}")
+    sub = result.get("submits")
+    if sub:
+        for side in ("off", "on"):
+            r = sub[side]
+            lines.append(
+                f"  {r['threads']} threads creating sagas, group commit {side:<3}: "
+                f"{r['calls_per_second']:8,.0f}/s  p50 {r['p50_ms']:.2f} ms  "
+                f"p99 {r['p99_ms']:.1f} ms  max {r['max_ms']:.0f} ms  (load {r['load']:.2f})"
+            )
+        lines.append(f"  creating sagas: group commit on / off = {sub['calls_on_over_off']:.2f}")
+    if "best_ratio" in result:
+        verdict = "MEETS" if result["best_ratio"] >= TARGET_BEST_RATIO else "MISSES"
+        lines.append(
+            f"  best in-process / DBOS = {result['best_ratio']:.1f}x "
+            f"({verdict} the >= {TARGET_BEST_RATIO:g}x target)"
+        )
     h = result.get("http")
     if h:
         o, b = h["orchestrator"], h["bare_httpx"]
@@ -468,12 +628,27 @@ def main() -> int:
     parser.add_argument(
         "--time-limit", type=float, default=60.0, help="seconds at most per timed loop"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=4,
+        help="threads of the concurrent in-process run, group commit off then on (1..64; "
+        "1 skips it)",
+    )
+    parser.add_argument(
+        "--submit-threads",
+        type=int,
+        default=32,
+        help="threads creating queued sagas, group commit off/on, 3 s a round (0..64; 0 skips)",
+    )
     parser.add_argument("--skip-dbos", action="store_true", help="leave DBOS out")
     parser.add_argument("--skip-http", action="store_true", help="leave the HTTP part out")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args()
     if min(args.count, args.http_count, args.check) < 1 or args.warmup < 0:
         parser.error("--count, --http-count and --check must be >= 1; --warmup >= 0")
+    if not 1 <= args.threads <= 64 or not 0 <= args.submit_threads <= 64:
+        parser.error("--threads must be 1 to 64, --submit-threads 0 to 64")
 
     result: dict[str, Any] = {"count": args.count, "warmup": args.warmup}
     with tempfile.TemporaryDirectory(prefix="sagalab-bench-") as tmp:
@@ -481,6 +656,34 @@ def main() -> int:
         result["sagalab"] = bench_sagalab(
             Path(tmp), args.count, args.warmup, args.time_limit, args.check
         )
+        log("sagalab: the same, group commit off ...")
+        result["sagalab_group_off"] = bench_sagalab(
+            Path(tmp), args.count, args.warmup, args.time_limit, args.check, group_commit=False
+        )
+        if args.threads > 1:
+            result["threads"] = {}
+            for side in ("off", "on"):
+                log(f"sagalab: {args.threads} threads, group commit {side} ...")
+                result["threads"][side] = bench_sagalab_threads(
+                    Path(tmp), args.count, args.time_limit, args.threads, group_commit=side == "on"
+                )
+            on, off = result["threads"]["on"], result["threads"]["off"]
+            result["threads"]["on_over_off"] = on["sagas_per_second"] / off["sagas_per_second"]
+        if args.submit_threads > 0:
+            rounds: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+            for side in ("off", "on", "off", "on"):
+                log(f"submits: {args.submit_threads} threads, group commit {side} ...")
+                rounds[side].append(
+                    bench_submits(Path(tmp), 3.0, args.submit_threads, group_commit=side == "on")
+                )
+            off = max(rounds["off"], key=lambda r: r["calls_per_second"])
+            on = max(rounds["on"], key=lambda r: r["calls_per_second"])
+            result["submits"] = {
+                "off": off,
+                "on": on,
+                "rounds": rounds,
+                "calls_on_over_off": on["calls_per_second"] / off["calls_per_second"],
+            }
         if not args.skip_dbos:
             log("DBOS Transact: same flow ...")
             try:
@@ -494,6 +697,15 @@ def main() -> int:
             result["ratio"] = ratio
             result["target_ratio"] = TARGET_RATIO
             result["meets_target"] = ratio >= TARGET_RATIO
+            result["ratio_group_off"] = (
+                result["sagalab_group_off"]["sagas_per_second"] / result["dbos"]["sagas_per_second"]
+            )
+            best = max(
+                result["sagalab"]["sagas_per_second"],
+                result.get("threads", {}).get("on", {}).get("sagas_per_second", 0.0),
+            )
+            result["best_ratio"] = best / result["dbos"]["sagas_per_second"]
+            result["target_best_ratio"] = TARGET_BEST_RATIO
         if not args.skip_http:
             log("HTTP: checkout flow against the fake services ...")
             result["http"] = bench_http(

@@ -19,7 +19,7 @@ import re
 import sqlite3
 import stat
 from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import sqlite_utils
 
-from sagalab.orchestrator import wake
+from sagalab.orchestrator import sqlite_writer, wake
 from sagalab.orchestrator.dbfiles import creating_database
 from sagalab.orchestrator.errors import (
     BatchNotFoundError,
@@ -554,8 +554,13 @@ def connect_read_only(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Con
     raise StoreError(f"cannot open database {path} to read: {error}") from None
 
 
-def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
-    """A connection in autocommit mode (we issue BEGIN IMMEDIATE ourselves), WAL, NORMAL."""
+def connect(
+    path: str | Path, *, timeout: float = 30.0, check_same_thread: bool = True
+) -> sqlite3.Connection:
+    """A connection in autocommit mode (we issue BEGIN IMMEDIATE ourselves), WAL, NORMAL.
+
+    `check_same_thread=False` for a process's group writer, which one thread at a time uses
+    under its own lock (orchestrator/sqlite_writer.py)."""
     target = Path(path)
     if target.is_dir():
         raise StoreError(f"cannot open database {path}: it is a directory")
@@ -563,7 +568,11 @@ def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
         target.parent.mkdir(parents=True, exist_ok=True)
         # An explicit URI: the path checked is the file opened, whatever characters it has.
         conn = sqlite3.connect(
-            file_uri(target, "mode=rwc"), uri=True, timeout=timeout, isolation_level=None
+            file_uri(target, "mode=rwc"),
+            uri=True,
+            timeout=timeout,
+            isolation_level=None,
+            check_same_thread=check_same_thread,
         )
         conn.execute("PRAGMA page_size=2048")
         conn.execute("PRAGMA journal_mode=WAL")
@@ -599,7 +608,13 @@ def open_sqlite_store(
 
 
 class SQLiteStore:
-    """`Store` on one SQLite file. Not shareable across threads: open one per thread."""
+    """`Store` on one SQLite file. Not shareable across threads: open one per thread.
+
+    Reads go through the store's own connection. Writes go through the process's group
+    writer for the file (orchestrator/sqlite_writer.py: the write transactions of every
+    thread share commits, each still committed before its call returns) unless
+    `group_commit=False` or `SAGALAB_GROUP_COMMIT=0`; then through the store's own connection.
+    """
 
     def __init__(
         self,
@@ -609,6 +624,7 @@ class SQLiteStore:
         read_only: bool = False,
         create: bool = True,
         guard: Guard | None = None,
+        group_commit: bool | None = None,
     ) -> None:
         """Open the store at `path`, refusing anything that is not a saga database.
 
@@ -617,10 +633,16 @@ class SQLiteStore:
         is created if missing (unless `create` is False) and migrated if older: the schema is
         set up by the first writer, and opening a current file takes no write lock either.
         `guard` is called before every write transaction (a database watchdog).
+        `group_commit` (default: `sqlite_writer.enabled()`, the environment's word) sends
+        writes through the process's group writer.
         """
         self.path = Path(path)
         self.read_only = read_only
         self.guard = guard
+        self.group_commit = sqlite_writer.enabled() if group_commit is None else group_commit
+        self._timeout = timeout
+        self._writer: sqlite_writer.GroupWriter | None = None
+        self._writer_pid = 0
         access = Access.READ if read_only else Access.CREATE if create else Access.WRITE
         version = check_database(self.path, access)
         if read_only and version != SCHEMA_VERSION:
@@ -636,6 +658,9 @@ class SQLiteStore:
         else:
             self.conn = connect(path, timeout=timeout)
         self.db = sqlite_utils.Database(self.conn)
+        # The file this connection opened: the group writer must write that one, even if
+        # the path names another by the time of the first write (a replaced database).
+        self._identity = _file_identity(self.path)
         self._flows: dict[str, FlowDefinition] = {}
         self._snapshots: dict[str, str] = {}
         self._stored_hashes: set[str] = set()
@@ -645,12 +670,23 @@ class SQLiteStore:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, alone: bool = False) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction: the body's statements commit together or not at all.
+
+        Through the process's group writer (a unit of its next batch: the body runs under
+        a savepoint and the `with` ends after the COMMIT holding it), or with `alone` (or
+        group commit off) as its own `BEGIN IMMEDIATE` transaction on the store's connection.
+        """
         if self.guard is not None:
             self.guard()  # e.g. DatabaseGone: the path no longer names the file opened
         if self.read_only:
             raise StoreError(f"cannot write to {self.path}: opened read-only")
+        if self.group_commit and not alone:
+            return self._group_writer().unit(self._timeout)
+        return self._write_alone()
+
+    @contextmanager
+    def _write_alone(self) -> Iterator[sqlite3.Connection]:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -668,6 +704,33 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot commit to {self.path}: {exc}") from None
 
+    def _group_writer(self) -> sqlite_writer.GroupWriter:
+        """This process's writer for the file (taken lazily: after a fork, the child's own)."""
+        if self._writer is None or self._writer_pid != os.getpid():
+            path = self.path
+
+            def open_writer(timeout: float) -> sqlite3.Connection:
+                return connect(path, timeout=timeout, check_same_thread=False)
+
+            self._writer = sqlite_writer.acquire_writer(self.path, self._identity, open_writer)
+            self._writer_pid = os.getpid()
+        return self._writer
+
+    def write_connection(self) -> sqlite3.Connection:
+        """The connection this store's writes run on: the process's group writer's (opened
+        if need be) or, with group commit off, the store's own. For tracing (benchmarks
+        count commits with its trace callback); never write on it directly."""
+        if not self.group_commit or self.read_only:
+            return self.conn
+        return self._group_writer().connection(self._timeout)
+
+    def group_stats(self) -> dict[str, int]:
+        """Units and commits of this process's group writer for the file so far ({} with
+        group commit off): units per commit is how much the writes were batched."""
+        if not self.group_commit or self._writer is None:
+            return {}
+        return {"units": self._writer.units, "commits": self._writer.commits}
+
     def _guard(self, fn: Callable[[], T]) -> T:
         try:
             return fn()
@@ -684,7 +747,8 @@ class SQLiteStore:
     def migrate(self) -> int:
         """Bring the file to SCHEMA_VERSION; return the version it had before."""
         try:
-            with self._write() as conn:
+            # Alone: the body reads through the store's own connection (schema_version).
+            with self._write(alone=True) as conn:
                 conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
                 before = self.schema_version()
                 if before > SCHEMA_VERSION:
@@ -709,7 +773,10 @@ class SQLiteStore:
         return before
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (and, as its last user, the process's group writer)."""
+        writer, self._writer = self._writer, None
+        if writer is not None and self._writer_pid == os.getpid():
+            sqlite_writer.release_writer(writer)
         self.conn.close()
 
     def ping(self) -> None:
@@ -1324,7 +1391,7 @@ class SQLiteStore:
         CopyRefused (rolled back: nothing written) for a database that is not empty without
         `merge`, and with it for a saga id or a tenant's idempotency key already here.
         """
-        with self._write() as conn:
+        with self._write(alone=True) as conn:  # a bulk copy: one transaction of its own
             before = self._raw_counts(conn)
             if not merge and any(before.values()):
                 raise CopyRefused(f"{self.path} is not empty ({shown_counts(before)})")
@@ -1386,6 +1453,15 @@ class SQLiteStore:
             "leased": float(leased),
             "oldest_age": max(0.0, now - oldest) if oldest is not None else 0.0,
         }
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    """(device, inode) of the file at `path` now ((0, 0) if it cannot be read)."""
+    try:
+        found = path.stat()
+    except OSError:
+        return (0, 0)
+    return (found.st_dev, found.st_ino)
 
 
 def _legacy_hash(body: str) -> str:

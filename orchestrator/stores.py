@@ -27,6 +27,7 @@ from sagalab.orchestrator.redact import redacted as _redacted
 from sagalab.orchestrator.sqlite_store import DRIVER_ERRORS as _SQLITE_ERRORS
 from sagalab.orchestrator.sqlite_store import SCHEMA_VERSION as _SQLITE_SCHEMA
 from sagalab.orchestrator.sqlite_store import check_database, open_sqlite_store
+from sagalab.orchestrator.sqlite_writer import ENV as GROUP_COMMIT_ENV
 from sagalab.orchestrator.store import Access, BreakerStore, Guard, Store
 from sagalab.orchestrator.wake import Waker, sqlite_waker
 from sagalab.orchestrator.wake import enabled as wake_enabled
@@ -38,6 +39,7 @@ except ImportError:  # pragma: no cover - exercised where psycopg is not install
 
 __all__ = [
     "DRIVER_ERRORS",
+    "GROUP_COMMIT_ENV",
     "STORE_FAILURES",
     "check_store",
     "database_identity",

@@ -9,7 +9,8 @@ PostgreSQL store modules.
 
 Allowed, and why:
 
-* `SQLITE_MODULES`: the SQLite backend (saga store, migrations, breaker state);
+* `SQLITE_MODULES`: the SQLite backend (saga store, migrations, breaker state, the process's
+  group writer `orchestrator/sqlite_writer.py`);
 * `POSTGRES_MODULES`: the PostgreSQL backend (saga store, migrations, breaker state, and the
   API key table `edge/postgres_keys.py`), the only modules importing psycopg; the factory
   opens it (and names no `psycopg`), and `edge/keys.py`'s `open_key_store` (the key
@@ -42,7 +43,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cli", "orchestrator", "edge", "simulator", "fakeservices", "loadtests", "benchmarks")
 
-SQLITE_MODULES = frozenset({"orchestrator/sqlite_store.py", "orchestrator/sqlite_breakers.py"})
+SQLITE_MODULES = frozenset(
+    {
+        "orchestrator/sqlite_store.py",
+        "orchestrator/sqlite_breakers.py",
+        "orchestrator/sqlite_writer.py",
+    }
+)
 FACTORY = "orchestrator/stores.py"
 #: Modules allowed to import sqlite3 besides the SQLite backend (reasons in the docstring).
 SQLITE3_ALSO = frozenset(
@@ -50,7 +57,11 @@ SQLITE3_ALSO = frozenset(
 )
 #: Modules allowed to open the SQLite store directly besides the factory (see the docstring).
 BACKEND_ALSO = frozenset({"benchmarks/bench_orchestrator.py"})
-BACKEND_MODULES = ("sagalab.orchestrator.sqlite_store", "sagalab.orchestrator.sqlite_breakers")
+BACKEND_MODULES = (
+    "sagalab.orchestrator.sqlite_store",
+    "sagalab.orchestrator.sqlite_breakers",
+    "sagalab.orchestrator.sqlite_writer",
+)
 POSTGRES_MODULES = frozenset(
     {"orchestrator/postgres_store.py", "orchestrator/postgres_breakers.py", "edge/postgres_keys.py"}
 )
