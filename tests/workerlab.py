@@ -355,8 +355,8 @@ class Chaos:
             time.sleep(0.02)
         return self.rng.choice(self.running)
 
-    def kill_one(self, aim: str) -> Kill:
-        victim = self.victim_for(aim, patience=4.0)
+    def kill_one(self, aim: str, *, patience: float = 4.0) -> Kill:
+        victim = self.victim_for(aim, patience=patience)
         backoff = in_backoff(self.db)
         victim.kill()
         kill = Kill(len(self.kills) + 1, aim, victim.pid, time.time(), in_backoff=backoff)
