@@ -37,7 +37,8 @@ from sagalab.orchestrator.runner import start_saga
 from sagalab.orchestrator.saga import EventType, Phase, SagaState, SagaStatus
 from sagalab.orchestrator.sqlite_store import SQLiteStore
 
-CHARGE_DELAY_MS = 3000  # a window wide enough for a CLI process to start in
+# A window wide enough for a CLI process to start in, on a loaded machine too.
+CHARGE_DELAY_MS = 6000
 CHARGE = "charge_payment"
 
 
