@@ -45,12 +45,17 @@ def ledger_counts(services: RunningServices) -> dict[tuple[str, str], int]:
 def test_two_replicas_drain_a_queue(db: Path, services: RunningServices, workers: Workers) -> None:
     n = 24
     services.lab.add_fault(FaultSpec(service="payments", latency_ms=30))
+    a = workers.start("--concurrency", "2", "--json", *FAST)
+    b = workers.start("--concurrency", "2", "--json", *FAST)
+    # Both replicas up before there is work (on a loaded machine the first would otherwise
+    # drain the queue while the second starts); they wake on the queue's notifications.
+    wait_for(lambda: all("thread(s)" in w.stderr() for w in (a, b)), 60, "both workers to start")
     ids = enqueue(db, [order(i) for i in range(n)])
-    a = workers.start("--concurrency", "2", "--exit-when-idle", "1", "--json", *FAST)
-    b = workers.start("--concurrency", "2", "--exit-when-idle", "1", "--json", *FAST)
+    wait_for(lambda: statuses(db) == {"completed": n}, 60, "every saga to complete")
+    for w in (a, b):
+        w.proc.send_signal(signal.SIGTERM)
     for w in (a, b):
         assert w.proc.wait(timeout=60) == 0, w.stderr()
-    assert statuses(db) == {"completed": n}
     summaries = [a.summary(), b.summary()]
     assert sum(s["claimed"] for s in summaries) == n
     assert all(s["claimed"] > 0 for s in summaries), "both replicas took sagas"
