@@ -1140,7 +1140,7 @@ class SQLiteStore:
         """Lease up to `limit` sagas due longest ago (free or expired leases), in one
         statement under the write lock: a worker takes a batch for its idle threads with one
         transaction instead of one per saga (issue 14)."""
-        if limit < 1:
+        if limit < 1 or not self._any_due(now):
             return []
         until = now + lease_seconds
         with self._write() as conn:
@@ -1155,6 +1155,19 @@ class SQLiteStore:
             ).fetchall()
         rows.sort(key=lambda row: (row[2], row[0]))  # RETURNING's order is unspecified
         return [Lease(saga_id=row[0], owner=owner, epoch=row[1], until=until) for row in rows]
+
+    def _any_due(self, now: float) -> bool:
+        """Whether a saga is due and unleased: read without the write lock (WAL readers do
+        not block writers), so an idle worker's poll costs no write transaction. Only a
+        hint: the claim's UPDATE decides, atomically."""
+        row = self._guard(
+            lambda: self.conn.execute(
+                "SELECT 1 FROM sagas WHERE run_after IS NOT NULL AND run_after <= ? "
+                "AND (lease_until IS NULL OR lease_until < ?) LIMIT 1",
+                (now, now),
+            ).fetchone()
+        )
+        return row is not None
 
     def claim(
         self,
