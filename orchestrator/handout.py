@@ -9,7 +9,10 @@ the lease keeper from the moment it is claimed, so a saga waiting in the hand is
 a running one; whatever is left in the hand when the worker stops is released (`drain`).
 
 Idle threads wait here (`wait`): for a handed lease, for a wake-up (`pulse`, relayed from the
-process's `Waker`), or for the poll interval.
+process's `Waker`), or for the poll interval. Only one idle thread per process polls (the
+poller): it claims for all the others, so more idle threads poll no more often. The others
+wait `FOLLOWER_POLLS` intervals as a backstop; the poller gives the role up when it gets a
+saga (`got_work`), and the next idle thread takes it at once.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from sagalab.orchestrator.store import Lease
 
 #: How often a waiting thread looks at its stop event (seconds).
 _STOP_SLICE = 0.1
+#: How many poll intervals an idle thread that is not the poller waits at most.
+FOLLOWER_POLLS = 10
 
 
 class Hand:
@@ -35,6 +40,8 @@ class Hand:
         self._leases: deque[Lease] = deque()
         self._busy = 0
         self._pending = False
+        self._poller: threading.Thread | None = None
+        self._waiting = 0
 
     def room(self) -> int:
         """How many threads are neither running a saga nor owed a handed lease."""
@@ -85,16 +92,42 @@ class Hand:
             self._pending = True
             self._cond.notify()
 
-    def wait(self, timeout: float, stop: threading.Event) -> bool:
-        """Wait up to `timeout` seconds for a handed lease or a wake-up (or `stop`); True if
-        one came. A lease in the hand is left for `take`; a wake-up is used up."""
-        deadline = time.monotonic() + timeout
+    def waiting(self) -> int:
+        """How many threads wait in `wait` now."""
         with self._cond:
-            while not self._leases and not self._pending:
-                left = deadline - time.monotonic()
-                if left <= 0 or stop.is_set():
-                    return False
-                self._cond.wait(min(left, _STOP_SLICE))
+            return self._waiting
+
+    def got_work(self) -> None:
+        """The calling thread runs a saga now: if it was the poller, the next idle thread
+        becomes the poller (woken now, it polls at once)."""
+        with self._cond:
+            if self._poller is threading.current_thread():
+                self._poller = None
+                self._cond.notify()
+
+    def wait(self, timeout: float, stop: threading.Event) -> bool:
+        """Wait for a handed lease or a wake-up (or `stop`): up to `timeout` seconds for the
+        poller, `FOLLOWER_POLLS` times that for the others; True if one came. A lease in the
+        hand is left for `take`; a wake-up is used up."""
+        me = threading.current_thread()
+        started = time.monotonic()
+        follower = False
+        with self._cond:
+            self._waiting += 1
+            try:
+                while not self._leases and not self._pending:
+                    if self._poller is None:
+                        self._poller = me
+                        if follower:
+                            return False  # the role came to this thread: it polls now
+                    follower = self._poller is not me
+                    polls = FOLLOWER_POLLS if follower else 1
+                    left = started + timeout * polls - time.monotonic()
+                    if left <= 0 or stop.is_set():
+                        return False
+                    self._cond.wait(min(left, _STOP_SLICE))
+            finally:
+                self._waiting -= 1
             if not self._leases:
                 self._pending = False
             return True

@@ -628,6 +628,9 @@ class SQLiteStore:
             self.conn = connect(path, timeout=timeout)
         self.db = sqlite_utils.Database(self.conn)
         self._flows: dict[str, FlowDefinition] = {}
+        #: Whether this handle's last claim found work: then the next goes straight to the
+        #: UPDATE, else it reads first (`_any_due`).
+        self._claimed_last = False
         self._snapshots: dict[str, str] = {}
         self._stored_hashes: set[str] = set()
         self._flow_hashes: dict[int, tuple[FlowDefinition, str, str]] = {}
@@ -1140,7 +1143,7 @@ class SQLiteStore:
         """Lease up to `limit` sagas due longest ago (free or expired leases), in one
         statement under the write lock: a worker takes a batch for its idle threads with one
         transaction instead of one per saga (issue 14)."""
-        if limit < 1 or not self._any_due(now):
+        if limit < 1 or not (self._claimed_last or self._any_due(now)):
             return []
         until = now + lease_seconds
         with self._write() as conn:
@@ -1153,6 +1156,7 @@ class SQLiteStore:
                 "RETURNING id, lease_epoch, run_after",
                 {"owner": owner, "until": until, "now": now, "limit": limit},
             ).fetchall()
+        self._claimed_last = bool(rows)
         rows.sort(key=lambda row: (row[2], row[0]))  # RETURNING's order is unspecified
         return [Lease(saga_id=row[0], owner=owner, epoch=row[1], until=until) for row in rows]
 

@@ -428,6 +428,7 @@ class Worker:
         lease = self._next_lease(store, keeper)
         if lease is None:
             return False
+        self._hand.got_work()
         self._last_work = time.monotonic()
         run_after: float | None = None
         parked: str | None = None

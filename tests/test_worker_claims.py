@@ -139,3 +139,22 @@ def test_the_hand_counts_room_and_wakes_a_waiting_thread_per_lease() -> None:
     assert hand.wait(10, stop) and not hand.wait(0.01, stop)  # a wake-up is used once
     hand.put([leases[0]])
     assert hand.drain() == [leases[0]] and hand.take() is None
+
+
+def test_one_idle_thread_polls_and_the_role_passes_on_when_it_gets_work() -> None:
+    hand = Hand(2)
+    stop = threading.Event()
+    assert not hand.wait(0.01, stop)  # this thread is the poller: one interval
+    results: list[tuple[bool, float]] = []
+
+    def follower() -> None:
+        started = time.monotonic()
+        results.append((hand.wait(5.0, stop), time.monotonic() - started))
+
+    other = threading.Thread(target=follower)
+    other.start()
+    wait_for(lambda: hand.waiting() == 1, 5, "the other thread to wait as a follower")
+    hand.got_work()  # the poller runs a saga: the waiting follower becomes the poller
+    other.join(timeout=10)
+    assert results and results[0][0] is False and results[0][1] < 5.0, "it polls now"
+    assert hand._poller is other
