@@ -3,7 +3,8 @@
 Run on demand (pytest does not collect it):
 
     python benchmarks/bench_workers.py [--count N] [--workers 1 2 4] [--concurrency C]
-                                       [--latency-ms 0 20] [--leases 1 2 5] [--repeats R] [--json]
+                                       [--latency-ms 0 20] [--rounds R] [--leases 1 2 5]
+                                       [--repeats R] [--json]
 
 The fake services run in their own process (`sagalab services up --port 0`), so they do not
 share the benchmark's GIL; every worker is a `sagalab worker` process; all on 127.0.0.1.
@@ -11,7 +12,12 @@ share the benchmark's GIL; every worker is a `sagalab worker` process; all on 12
 1. Throughput: for each worker count, a fresh SQLite file, the workers started and idle first,
    then N checkout sagas released onto the queue in one statement. Rate = N / (time of the last
    `saga_completed` - release time), both read from the journal, so process start-up is not
-   counted. No faults (unless --latency-ms adds a delay to every service call).
+   counted. No faults (unless --latency-ms adds a delay to every service call). With
+   --rounds R the worker counts take turns R times (1, 2, 4, 1, 2, 4, ...) and the ratios are
+   of the medians: on a shared machine the load drifts, and interleaving spreads the drift
+   over every worker count. Each row also gives the CPU the workers used per saga and the
+   share of a core they got (`cpu_cores`), with the load average at its start: a ratio
+   missed with the workers far below the cores they could use was starved by other load.
 2. Crash cost: for each lease length, two idle workers; the one that claims the saga is
    SIGKILLed during its shipping call (slowed down to 1.5 s so it can be caught, at a point of
    its lease renewal cycle that varies per repeat), and the other resumes the saga once the
@@ -159,6 +165,15 @@ def read(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ..
         conn.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (0.0 where /proc cannot say)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(
     services: Services, workdir: Path, n_workers: int, count: int, concurrency: int, limit: float
 ) -> dict[str, Any]:
@@ -167,8 +182,10 @@ def throughput(
     create_unqueued(db, count)
     args = ("--concurrency", str(concurrency), "--poll", "0.02", "--lease", "10")
     workers = [Worker(db, services.env, workdir, *args) for _ in range(n_workers)]
+    load = os.getloadavg()[0]
     try:
         wait_for(lambda: all(w.ready() for w in workers), 60, "workers to start")
+        cpu_before = sum(cpu_seconds(w.proc.pid) for w in workers)
         released = release_all(db)
         wait_for(
             lambda: (
@@ -178,6 +195,7 @@ def throughput(
             f"{count} sagas to complete with {n_workers} worker(s)",
             every=0.05,
         )
+        cpu = sum(cpu_seconds(w.proc.pid) for w in workers) - cpu_before
     finally:
         for w in workers:
             w.stop()
@@ -191,6 +209,10 @@ def throughput(
         "seconds": round(seconds, 3),
         "sagas_per_s": round(count / seconds, 1),
         "workers_reporting_locked": locked,
+        # Idle polls before the release and the stop after the last saga are left out.
+        "worker_cpu_ms_per_saga": round(1000 * cpu / count, 2),
+        "cpu_cores": round(cpu / seconds, 2),
+        "load": round(load, 2),
     }
 
 
@@ -287,15 +309,18 @@ def crash_cost(
 
 
 def scaling(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Throughput of each worker count against the first one, per added latency:
-    {"0ms": {"2": 1.2, "4": 1.1}, "20ms": {...}} (what the benchmark runner reads)."""
+    """Throughput of each worker count against the first one, per added latency, of the
+    medians over the rounds: {"0ms": {"2": 1.2, "4": 1.1}, "20ms": {...}} (what the
+    benchmark runner reads)."""
     out: dict[str, dict[str, float]] = {}
     for latency in dict.fromkeys(row["latency_ms"] for row in rows):
         same = [row for row in rows if row["latency_ms"] == latency]
-        first = same[0]["sagas_per_s"]
-        out[f"{latency}ms"] = {
-            str(row["workers"]): (row["sagas_per_s"] / first if first else 0.0) for row in same
+        medians = {
+            n: statistics.median(row["sagas_per_s"] for row in same if row["workers"] == n)
+            for n in dict.fromkeys(row["workers"] for row in same)
         }
+        first = next(iter(medians.values()))
+        out[f"{latency}ms"] = {str(n): (m / first if first else 0.0) for n, m in medians.items()}
     return out
 
 
@@ -311,12 +336,20 @@ def main() -> int:
         default=[0, 20],
         help="runs with this delay on every service call (0: none)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="times the worker counts take turns (ratios of the medians), 1 to 20",
+    )
     parser.add_argument("--leases", type=float, nargs="+", default=[1.0, 2.0, 5.0])
     parser.add_argument("--repeats", type=int, default=3, help="crashes per lease length")
     parser.add_argument("--skip-crash", action="store_true", help="leave the crash cost out")
     parser.add_argument("--time-limit", type=float, default=120.0, help="bound per run (s)")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     args = parser.parse_args()
+    if not 1 <= args.rounds <= 20:
+        parser.error("--rounds must be 1 to 20")
 
     log("starting the fake services in their own process ...")
     services = Services()
@@ -330,17 +363,19 @@ def main() -> int:
                     for name in ("inventory", "payments", "shipping", "notifications"):
                         if latency:
                             admin.add_fault(name, latency_ms=latency)
-                for n in args.workers:
-                    log(
-                        f"throughput: {n} worker(s) x {args.concurrency} thread(s), "
-                        f"{args.count} sagas, +{latency} ms per call ..."
-                    )
-                    row = throughput(
-                        services, workdir, n, args.count, args.concurrency, args.time_limit
-                    )
-                    row["latency_ms"] = latency
-                    log(f"  {row['sagas_per_s']} sagas/s")
-                    results["throughput"].append(row)
+                for round_ in range(args.rounds):
+                    for n in args.workers:
+                        log(
+                            f"throughput: {n} worker(s) x {args.concurrency} thread(s), "
+                            f"{args.count} sagas, +{latency} ms per call ..."
+                        )
+                        row = throughput(
+                            services, workdir, n, args.count, args.concurrency, args.time_limit
+                        )
+                        row["latency_ms"] = latency
+                        row["round"] = round_ + 1
+                        log(f"  {row['sagas_per_s']} sagas/s (load {row['load']})")
+                        results["throughput"].append(row)
             for lease in [] if args.skip_crash else args.leases:
                 log(f"crash cost: lease {lease:g}s x {args.repeats} ...")
                 results["crash_cost"].append(
@@ -355,18 +390,20 @@ def main() -> int:
         return 0
     print(f"\nCheckout sagas over real HTTP (fake services at {services.url}, own process)")
     print(
-        f"{'+ms/call':>8} {'workers':>8} {'threads':>8} {'sagas':>6} {'seconds':>8} "
-        f"{'sagas/s':>8}  vs 1 worker"
+        f"{'+ms/call':>8} {'round':>5} {'workers':>8} {'threads':>8} {'sagas':>6} {'seconds':>8} "
+        f"{'sagas/s':>8} {'cpu ms/saga':>11} {'cores':>6} {'load':>6}"
     )
-    base: dict[int, float] = {}
     for row in results["throughput"]:
-        first = base.setdefault(row["latency_ms"], row["sagas_per_s"])
         print(
-            f"{row['latency_ms']:>8} {row['workers']:>8} {row['concurrency']:>8} "
-            f"{row['sagas']:>6} {row['seconds']:>8.2f} {row['sagas_per_s']:>8.1f}  "
-            f"x{row['sagas_per_s'] / first:.2f}"
+            f"{row['latency_ms']:>8} {row['round']:>5} {row['workers']:>8} "
+            f"{row['concurrency']:>8} {row['sagas']:>6} {row['seconds']:>8.2f} "
+            f"{row['sagas_per_s']:>8.1f} {row['worker_cpu_ms_per_saga']:>11.2f} "
+            f"{row['cpu_cores']:>6.2f} {row['load']:>6.2f}"
             + ("  (database is locked seen!)" if row["workers_reporting_locked"] else "")
         )
+    print("vs the first worker count (medians over the rounds):")
+    for latency, ratios in results["scaling"].items():
+        print(f"  +{latency}: " + ", ".join(f"{n} workers x{r:.2f}" for n, r in ratios.items()))
     print("\nCost of a crash: SIGKILL of a worker mid-call -> its saga resumed by another worker")
     print(
         f"{'lease s':>8} {'resumed after s':>22} {'lease left at kill s':>22} "

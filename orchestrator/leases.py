@@ -57,7 +57,8 @@ def _is_zombie(pid: int) -> bool:
 
 
 class LeaseKeeper:
-    """Renews the leases it holds every `lease_seconds / 3` on its own connection.
+    """Renews the leases it holds every `lease_seconds / 3` on its own connection, all of
+    them in one statement (`QueueStore.renew_many`).
 
     A database error skips a round (and reopens the connection next time): a lease that runs
     out meanwhile is lost, which fencing makes safe. `guard` is called before each round (a
@@ -133,15 +134,23 @@ class LeaseKeeper:
                     store.close()
 
     def _renew_all(self, store: Store) -> None:
+        # One statement for all of them (`renew_many`): a keeper's round is one write
+        # transaction however many sagas its worker runs, not one per saga (issue 14).
         with self._lock:
             leases = list(self._leases.values())
-        for lease in leases:
-            renewed = store.renew(lease, now=self.clock(), lease_seconds=self.lease_seconds)
-            with self._lock:
-                if lease.saga_id not in self._leases:
-                    continue
-                if renewed is None:
-                    self._leases.pop(lease.saga_id, None)
+        if not leases:
+            return
+        now = self.clock()
+        lost = store.renew_many(leases, now=now, lease_seconds=self.lease_seconds)
+        until = now + self.lease_seconds
+        with self._lock:
+            for lease in leases:
+                if self._leases.get(lease.saga_id) != lease:
+                    continue  # dropped (or held anew) while renewing: leave it be
+                if lease.saga_id in lost:
+                    del self._leases[lease.saga_id]
                     self._lost.add(lease.saga_id)
                 else:
-                    self._leases[lease.saga_id] = renewed
+                    self._leases[lease.saga_id] = Lease(
+                        lease.saga_id, lease.owner, lease.epoch, until
+                    )

@@ -972,21 +972,33 @@ class PostgresStore:
     # -- the durable queue and leases ------------------------------------------------------
 
     def claim_next(self, owner: str, *, now: float, lease_seconds: float) -> Lease | None:
-        """Lease the saga due longest ago whose lease is free or expired (on the database's
-        clock); claimers skip each other's locked rows rather than wait."""
+        """Lease the saga due longest ago whose lease is free or expired; None if none is."""
+        leases = self.claim_due(owner, now=now, lease_seconds=lease_seconds, limit=1)
+        return leases[0] if leases else None
+
+    def claim_due(self, owner: str, *, now: float, lease_seconds: float, limit: int) -> list[Lease]:
+        """Lease up to `limit` sagas due longest ago (free or expired leases, on the
+        database's clock) in one statement; claimers skip each other's locked rows rather
+        than wait, so two workers claiming at once take different batches."""
+        if limit < 1:
+            return []
         db_now = self._db_time(now)
-        row = self._execute(
-            "UPDATE sagas SET lease_owner = %(owner)s, lease_until = %(until)s, "
-            "lease_epoch = lease_epoch + 1 WHERE id = (SELECT id FROM sagas "
+        rows = self._execute(
+            # MATERIALIZED: the locking pick runs once (a rescanned subquery could lock
+            # and lease more rows than `limit`).
+            "WITH due AS MATERIALIZED (SELECT id FROM sagas "
             "WHERE run_after IS NOT NULL AND run_after <= %(now)s "
-            "AND (lease_until IS NULL OR lease_until < %(now)s) ORDER BY run_after LIMIT 1 "
-            "FOR UPDATE SKIP LOCKED) RETURNING id, lease_epoch",
-            {"owner": owner, "until": db_now + lease_seconds, "now": db_now},
+            "AND (lease_until IS NULL OR lease_until < %(now)s) ORDER BY run_after "
+            "LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+            "UPDATE sagas SET lease_owner = %(owner)s, lease_until = %(until)s, "
+            "lease_epoch = lease_epoch + 1 FROM due WHERE sagas.id = due.id "
+            "RETURNING sagas.id, sagas.lease_epoch, sagas.run_after",
+            {"owner": owner, "until": db_now + lease_seconds, "now": db_now, "limit": limit},
             write=True,
-        ).fetchone()
-        if row is None:
-            return None
-        return Lease(saga_id=row[0], owner=owner, epoch=int(row[1]), until=now + lease_seconds)
+        ).fetchall()
+        rows.sort(key=lambda row: (row[2], row[0]))  # RETURNING's order is unspecified
+        until = now + lease_seconds
+        return [Lease(saga_id=row[0], owner=owner, epoch=int(row[1]), until=until) for row in rows]
 
     def claim(
         self,
@@ -1050,16 +1062,32 @@ class PostgresStore:
 
     def renew(self, lease: Lease, *, now: float, lease_seconds: float) -> Lease | None:
         """Extend a lease still held; None if it was lost (expired and taken, or released)."""
-        db_now = self._db_time(now)
-        cur = self._execute(
-            "UPDATE sagas SET lease_until = %s WHERE id = %s AND lease_owner = %s "
-            "AND lease_epoch = %s AND lease_until >= %s",
-            (db_now + lease_seconds, lease.saga_id, lease.owner, lease.epoch, db_now),
-            write=True,
-        )
-        if cur.rowcount == 0:
+        if self.renew_many([lease], now=now, lease_seconds=lease_seconds):
             return None
         return Lease(lease.saga_id, lease.owner, lease.epoch, now + lease_seconds)
+
+    def renew_many(self, leases: Sequence[Lease], *, now: float, lease_seconds: float) -> set[str]:
+        """Extend every lease still held to `now + lease_seconds` in one statement (the
+        leases passed as arrays); return the saga ids of those that were lost."""
+        if not leases:
+            return set()
+        db_now = self._db_time(now)
+        rows = self._execute(
+            "UPDATE sagas SET lease_until = %(until)s FROM unnest(%(ids)s::text[], "
+            "%(owners)s::text[], %(epochs)s::bigint[]) AS held(id, owner, epoch) "
+            "WHERE sagas.id = held.id AND sagas.lease_owner = held.owner "
+            "AND sagas.lease_epoch = held.epoch AND sagas.lease_until >= %(now)s "
+            "RETURNING sagas.id",
+            {
+                "until": db_now + lease_seconds,
+                "now": db_now,
+                "ids": [lease.saga_id for lease in leases],
+                "owners": [lease.owner for lease in leases],
+                "epochs": [lease.epoch for lease in leases],
+            },
+            write=True,
+        ).fetchall()
+        return {lease.saga_id for lease in leases} - {row[0] for row in rows}
 
     def release(self, lease: Lease, *, run_after: float | None) -> bool:
         """Give the saga back: due again at `run_after`, or off the queue if None."""

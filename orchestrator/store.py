@@ -257,6 +257,12 @@ class QueueStore(Protocol):
         Atomic: two claimers never get the same saga."""
         ...
 
+    def claim_due(self, owner: str, *, now: float, lease_seconds: float, limit: int) -> list[Lease]:
+        """Lease up to `limit` sagas due longest ago whose lease is free or expired, in one
+        transaction, oldest due first ([] if none is, or `limit` < 1). Atomic: two claimers
+        never get the same saga; each lease has its saga's next epoch."""
+        ...
+
     def claim(
         self,
         saga_id: str,
@@ -278,6 +284,11 @@ class QueueStore(Protocol):
 
     def renew(self, lease: Lease, *, now: float, lease_seconds: float) -> Lease | None:
         """The lease extended to `now + lease_seconds`; None if it was lost meanwhile."""
+        ...
+
+    def renew_many(self, leases: Sequence[Lease], *, now: float, lease_seconds: float) -> set[str]:
+        """Extend every lease still held (same owner and epoch, not expired) to `now +
+        lease_seconds` in one statement; return the saga ids of those that were lost."""
         ...
 
     def release(self, lease: Lease, *, run_after: float | None) -> bool:

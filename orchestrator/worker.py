@@ -1,11 +1,14 @@
 """Worker replicas: take sagas from the durable queue under a lease and run them.
 
 A worker is one process with `concurrency` threads. Each thread has its own SQLite connection,
-HTTP client and runner, claims the saga due longest ago (`claim_next`, which also takes over
-sagas whose lease expired: that is the background resume of crashed replicas), runs it until
-it halts or must wait for a retry, and releases it with the time it is due again. A lease
-keeper renews the leases of sagas in progress; a worker whose lease was lost is fenced off
-by the store and drops the saga.
+HTTP client and runner. One idle thread at a time claims, in one transaction, the sagas due
+longest ago for all of the process's idle threads (`claim_due`, which also takes over sagas
+whose lease expired: that is the background resume of crashed replicas), keeps one and hands
+out the rest (orchestrator/handout.py); each thread runs its saga until it halts or must wait
+for a retry, and releases it with the time it is due again. A lease keeper renews the leases
+of sagas in progress or in the hand, in one statement; a worker whose lease was lost is fenced
+off by the store and drops the saga. Leases still in the hand when the worker stops are
+released.
 
 A worker never dies of one saga, and never idles as "up" when it cannot work:
 
@@ -43,10 +46,12 @@ from sagalab.orchestrator.errors import (
     StoreUnavailable,
 )
 from sagalab.orchestrator.executors import HttpExecutor, StepExecutor
+from sagalab.orchestrator.handout import Hand
 from sagalab.orchestrator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper, new_owner
 from sagalab.orchestrator.metrics import SagaMetrics
 from sagalab.orchestrator.redact import redacted
 from sagalab.orchestrator.runner import SagaRunner
+from sagalab.orchestrator.store import Lease, Store
 from sagalab.orchestrator.stores import (
     DRIVER_ERRORS,
     STORE_FAILURES,
@@ -176,8 +181,7 @@ class Worker:
         self.on_event = on_event
         self._executor_factory = executor_factory or (lambda: HttpExecutor(config.services))
         self._last_work = time.monotonic()
-        self._busy = 0
-        self._busy_lock = threading.Lock()
+        self._hand = Hand(config.concurrency)
         self._fatal: SagaError | None = None
         self._db_failing = False
         self._state_lock = threading.Lock()
@@ -209,13 +213,13 @@ class Worker:
             ]
             for t in threads:
                 t.start()
+            relay = self._relay_wakeups()
             while not self.stop.wait(0.1):
                 now = time.monotonic()
                 if self.config.max_seconds is not None and now - started > self.config.max_seconds:
                     self.stop.set()
                 idle_for = self.config.exit_when_idle
-                with self._busy_lock:
-                    idle = self._busy == 0
+                idle = self._hand.idle()
                 if idle_for is not None and idle and now - self._last_work > idle_for:
                     if self._queue_empty():
                         self.stop.set()
@@ -232,9 +236,47 @@ class Worker:
                     self._fail(WorkerFailed(f"worker thread(s) {', '.join(dead)} ended"))
             for t in threads:
                 t.join()
+            if relay is not None:
+                relay.join()
+            self._give_back(self._hand.drain(), keeper)
         if self._fatal is not None:
             raise self._fatal
         return self.stats
+
+    def _relay_wakeups(self) -> threading.Thread | None:
+        """Pass the process's wake-ups on to its idle threads, which wait on the hand."""
+        waker = self._waker
+        if waker is None:
+            return None
+        hand, stop = self._hand, self.stop
+
+        def relay() -> None:
+            while not stop.is_set():
+                if waker.wait(0.5, stop):
+                    hand.pulse()
+
+        thread = threading.Thread(target=relay, name="wake-relay", daemon=True)
+        thread.start()
+        return thread
+
+    def _give_back(self, leases: list[Lease], keeper: LeaseKeeper) -> None:
+        """Release the leases left in the hand at stop (due now: another worker takes them).
+        If the database cannot be written, their leases run out instead."""
+        if not leases:
+            return
+        for lease in leases:
+            keeper.drop(lease.saga_id)
+        try:
+            store = WatchedStore(self.config.db, self.watchdog)
+        except STORE_FAILURES:
+            return
+        try:
+            for lease in leases:
+                with contextlib.suppress(*STORE_FAILURES):
+                    store.release(lease, run_after=self.clock())
+        finally:
+            with contextlib.suppress(*STORE_FAILURES):
+                store.close()
 
     def _queue_empty(self) -> bool:
         """True when no unfinished saga is queued, due later, or held by any worker.
@@ -299,8 +341,6 @@ class Worker:
     def _loop(self, keeper: LeaseKeeper) -> None:
         tools: _Tools | None = None
         failures = 0
-        waker = self._waker
-        woken = False
         try:
             while not self.stop.is_set():
                 try:
@@ -327,14 +367,9 @@ class Worker:
                 if failures and worked:  # back only once a saga went through (not an idle poll)
                     failures = 0
                     self._database_back()
-                if waker is not None and woken and worked:
-                    waker.pulse()  # more may be queued: hand on to the next idle thread
-                woken = False
                 if not worked:
-                    if waker is not None:
-                        woken = waker.wait(self.config.poll_interval, self.stop)
-                    else:
-                        self.stop.wait(self.config.poll_interval)
+                    # A handed lease, a wake-up, or the poll interval: polling stays the truth.
+                    self._hand.wait(self.config.poll_interval, self.stop)
         finally:
             if tools is not None:
                 tools.close()
@@ -359,18 +394,42 @@ class Worker:
             self._db_failing = False
         log.warning("database %s available again", shown(self.config.db))
 
+    def _next_lease(self, store: Store, keeper: LeaseKeeper) -> Lease | None:
+        """A lease handed to this thread, or claimed by it for itself and the idle others.
+
+        One thread claims at a time, at most as many sagas as there are threads neither busy
+        nor owed one: a claimed saga is a lease to renew, and none waits long in the hand.
+        """
+        hand = self._hand
+        lease = hand.take()
+        if lease is not None:
+            return lease
+        with hand.claiming:
+            lease = hand.take()  # handed out while this thread waited to claim
+            if lease is not None or self.stop.is_set():
+                return lease
+            leases = store.claim_due(
+                self.owner,
+                now=self.clock(),
+                lease_seconds=self.config.lease_seconds,
+                limit=max(1, hand.room()),
+            )
+            if not leases:
+                return None
+            for claimed in leases:
+                keeper.hold(claimed)
+                self.stats.add("claimed")
+            hand.started()
+            hand.put(leases[1:])
+        return leases[0]
+
     def _one(self, tools: _Tools, keeper: LeaseKeeper) -> bool:
         store = tools.store
-        lease = store.claim_next(
-            self.owner, now=self.clock(), lease_seconds=self.config.lease_seconds
-        )
+        lease = self._next_lease(store, keeper)
         if lease is None:
             return False
-        with self._busy_lock:
-            self._busy += 1
+        self._hand.got_work()
         self._last_work = time.monotonic()
-        self.stats.add("claimed")
-        keeper.hold(lease)
         run_after: float | None = None
         parked: str | None = None
         tracer = self.config.tracer
@@ -416,8 +475,7 @@ class Worker:
             if tracer is not None:
                 tracer.ended(lease.saga_id, traced)
             keeper.drop(lease.saga_id)
-            with self._busy_lock:
-                self._busy -= 1
+            self._hand.finished()
             self._last_work = time.monotonic()
         if parked is not None:
             store.park(lease, reason=parked)
