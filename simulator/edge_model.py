@@ -22,7 +22,7 @@ import simpy
 
 from sagalab.edge.policies.balancer import Balancer, HealthTracker
 from sagalab.edge.policies.failover import SendFailure, after_failure, choose_untried, eject
-from sagalab.edge.policies.firewall import Firewall
+from sagalab.edge.policies.firewall import Address, Firewall
 from sagalab.edge.policies.token_bucket import TokenBucket
 from sagalab.orchestrator.policies.retry import JITTER_KINDS, RetryPolicy
 from sagalab.orchestrator.policies.retry_budget import RetryBudget, RetryBudgetPolicy
@@ -82,7 +82,9 @@ class ClientGroup:
         count = node.int("address_count", min=1)
         count = min(count, max(network.num_addresses - 2, 1))
         base = int(network.network_address) + (1 if network.num_addresses > 2 else 0)
-        self.addresses = [str(ipaddress.ip_address(base + i)) for i in range(count)]
+        # Parsed once here: the firewall is handed the parsed address with the string.
+        self.ips: list[Address] = [ipaddress.ip_address(base + i) for i in range(count)]
+        self.addresses = [str(ip) for ip in self.ips]
         nkeys = node.int("keys", min=0) if self.legit else 0
         self.keys: list[str | None] = [f"{self.name}-{i}" for i in range(nkeys)] or [None]
         self.timeout = node.num("timeout", positive=True)
@@ -119,6 +121,7 @@ class Request:
     __slots__ = (
         "group",
         "address",
+        "ip",
         "key",
         "first_at",
         "attempts",
@@ -128,9 +131,12 @@ class Request:
         "last_delay",
     )
 
-    def __init__(self, group: ClientGroup, address: str, key: str | None, now: float) -> None:
+    def __init__(
+        self, group: ClientGroup, address: str, key: str | None, now: float, ip: Address
+    ) -> None:
         self.group = group
         self.address = address
+        self.ip = ip  # `address` parsed (ClientGroup.ips), for the firewall
         self.key = key
         self.first_at = now
         self.attempts = 0
@@ -255,9 +261,9 @@ class Edge:
         """A client in `group` starts a request now."""
         rng = self.rng
         addresses, keys = group.addresses, group.keys
-        address = addresses[int(rng.random() * len(addresses))]
+        i = int(rng.random() * len(addresses))
         key = keys[int(rng.random() * len(keys))]
-        request = Request(group, address, key, self.env.now)
+        request = Request(group, addresses[i], key, self.env.now, group.ips[i])
         self.count_as(group, "offered")
         if group.budget is not None:
             group.budget.record_request(request.first_at)
@@ -351,7 +357,8 @@ class Edge:
 
     def _after_firewall(self, job: Job) -> None:
         attempt: Attempt = job.payload
-        verdict = self.firewall.check(attempt.request.address, self.env.now)
+        request = attempt.request
+        verdict = self.firewall.check(request.address, self.env.now, request.ip)
         if not verdict.allowed:
             self.count(f"firewall.{verdict.reason.value}")
             self.respond(attempt, "403")
