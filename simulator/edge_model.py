@@ -82,9 +82,10 @@ class ClientGroup:
         count = node.int("address_count", min=1)
         count = min(count, max(network.num_addresses - 2, 1))
         base = int(network.network_address) + (1 if network.num_addresses > 2 else 0)
-        # Parsed once here: the firewall is handed the parsed address with the string.
-        self.ips: list[Address] = [ipaddress.ip_address(base + i) for i in range(count)]
-        self.addresses = [str(ip) for ip in self.ips]
+        self.addresses = [str(ipaddress.ip_address(base + i)) for i in range(count)]
+        # `addresses[i]` is `ip_address(ip_base + i)`: built per request from the integer (the
+        # firewall then does not parse the string), not kept (65,534 objects the GC would walk)
+        self.ip_base = base
         nkeys = node.int("keys", min=0) if self.legit else 0
         self.keys: list[str | None] = [f"{self.name}-{i}" for i in range(nkeys)] or [None]
         self.timeout = node.num("timeout", positive=True)
@@ -136,7 +137,7 @@ class Request:
     ) -> None:
         self.group = group
         self.address = address
-        self.ip = ip  # `address` parsed (ClientGroup.ips), for the firewall
+        self.ip = ip  # `address` parsed, for the firewall
         self.key = key
         self.first_at = now
         self.attempts = 0
@@ -263,7 +264,8 @@ class Edge:
         addresses, keys = group.addresses, group.keys
         i = int(rng.random() * len(addresses))
         key = keys[int(rng.random() * len(keys))]
-        request = Request(group, addresses[i], key, self.env.now, group.ips[i])
+        ip = ipaddress.ip_address(group.ip_base + i)
+        request = Request(group, addresses[i], key, self.env.now, ip)
         self.count_as(group, "offered")
         if group.budget is not None:
             group.budget.record_request(request.first_at)
