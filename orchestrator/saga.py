@@ -365,7 +365,13 @@ class SagaState:
         self.created = True
 
     def _on_attempt_started(self, event: Event) -> None:
-        step, p, phase = self._require_step_phase(event)
+        # `_require_step_phase` inlined here and in `_close`: the two run for every attempt
+        # (the simulator: 8 per request), and a call costs more than the lookup itself.
+        name, phase = event.step, event.phase
+        step = self.steps.get(name) if name is not None else None
+        if step is None or phase is None:
+            step, p, phase = self._require_step_phase(event)  # raises InvalidTransition
+        p = step.action if phase is _ACTION else step.compensation
         if self._open is not None:
             raise InvalidTransition(f"attempt started while {self._open} is still open")
         status = self.status
@@ -389,7 +395,11 @@ class SagaState:
             self.status = _RUNNING
 
     def _close(self, event: Event) -> tuple[StepProgress, PhaseProgress, Phase]:
-        step, p, phase = self._require_step_phase(event)
+        name, phase = event.step, event.phase
+        step = self.steps.get(name) if name is not None else None
+        if step is None or phase is None:
+            step, p, phase = self._require_step_phase(event)  # raises InvalidTransition
+        p = step.action if phase is _ACTION else step.compensation
         if self._open != (step.name, phase, event.attempt):
             raise InvalidTransition(
                 f"outcome for {step.name} {phase.value} attempt {event.attempt}, "

@@ -22,7 +22,7 @@ import simpy
 
 from sagalab.edge.policies.balancer import Balancer, HealthTracker
 from sagalab.edge.policies.failover import SendFailure, after_failure, choose_untried, eject
-from sagalab.edge.policies.firewall import Firewall
+from sagalab.edge.policies.firewall import Address, Firewall
 from sagalab.edge.policies.token_bucket import TokenBucket
 from sagalab.orchestrator.policies.adaptive_throttle import AdaptiveThrottle, ThrottlePolicy
 from sagalab.orchestrator.policies.retry import JITTER_KINDS, RetryPolicy
@@ -123,6 +123,9 @@ class ClientGroup:
         count = min(count, max(network.num_addresses - 2, 1))
         base = int(network.network_address) + (1 if network.num_addresses > 2 else 0)
         self.addresses = [str(ipaddress.ip_address(base + i)) for i in range(count)]
+        # `addresses[i]` is `ip_address(ip_base + i)`: built per request from the integer (the
+        # firewall then does not parse the string), not kept (65,534 objects the GC would walk)
+        self.ip_base = base
         nkeys = node.int("keys", min=0) if self.legit else 0
         self.keys: list[str | None] = [f"{self.name}-{i}" for i in range(nkeys)] or [None]
         self.timeout = node.num("timeout", positive=True)
@@ -173,6 +176,7 @@ class Request:
     __slots__ = (
         "group",
         "address",
+        "ip",
         "key",
         "first_at",
         "attempts",
@@ -182,9 +186,12 @@ class Request:
         "last_delay",
     )
 
-    def __init__(self, group: ClientGroup, address: str, key: str | None, now: float) -> None:
+    def __init__(
+        self, group: ClientGroup, address: str, key: str | None, now: float, ip: Address
+    ) -> None:
         self.group = group
         self.address = address
+        self.ip = ip  # `address` parsed, for the firewall
         self.key = key
         self.first_at = now
         self.attempts = 0
@@ -344,9 +351,10 @@ class Edge:
         """A client in `group` starts a request now."""
         rng = self.rng
         addresses, keys = group.addresses, group.keys
-        address = addresses[int(rng.random() * len(addresses))]
+        i = int(rng.random() * len(addresses))
         key = keys[int(rng.random() * len(keys))]
-        request = Request(group, address, key, self.env.now)
+        ip = ipaddress.ip_address(group.ip_base + i)
+        request = Request(group, addresses[i], key, self.env.now, ip)
         self.count_as(group, "offered")
         self.open_requests += 1
         if group.budget is not None:
@@ -466,7 +474,8 @@ class Edge:
 
     def _after_firewall(self, job: Job) -> None:
         attempt: Attempt = job.payload
-        verdict = self.firewall.check(attempt.request.address, self.env.now)
+        request = attempt.request
+        verdict = self.firewall.check(request.address, self.env.now, request.ip)
         if not verdict.allowed:
             self.count(f"firewall.{verdict.reason.value}")
             self.respond(attempt, "403")

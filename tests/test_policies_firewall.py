@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,6 +28,23 @@ def test_static_rules(allow: list[str], deny: list[str], address: str, reason: R
     verdict = Firewall(allow=allow, deny=deny).check(address, now=0.0)
     assert verdict.reason is reason
     assert verdict.allowed == (reason is Reason.ALLOWED)
+
+
+@pytest.mark.parametrize(
+    ("allow", "deny", "address"),
+    [
+        ([], [], "10.1.2.3"),
+        ([], ["203.0.113.0/24"], "203.0.113.9"),
+        (["10.0.0.0/8"], [], "192.168.1.1"),
+        (["::1/128"], [], "::1"),
+    ],
+)
+def test_a_parsed_address_gets_the_verdict_of_its_string(
+    allow: list[str], deny: list[str], address: str
+) -> None:
+    # The simulator hands over the address it already parsed; the answer must not change.
+    parsed = Firewall(allow=allow, deny=deny).check(address, 0.0, ipaddress.ip_address(address))
+    assert parsed == Firewall(allow=allow, deny=deny).check(address, now=0.0)
 
 
 def test_flooding_address_is_blocked_then_released() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import tracemalloc
 from pathlib import Path
 
@@ -167,3 +168,28 @@ def test_a_finished_request_is_freed_without_the_cyclic_gc() -> None:
         gc.garbage.clear()
         gc.enable()
     assert left == []
+
+
+def test_a_run_freezes_older_objects_for_the_gc_and_hands_them_back() -> None:
+    # The cyclic GC skips what existed before the run while it lasts (half the run's cache
+    # misses were its walks over the whole process), and gets everything back afterwards.
+    counts: list[int] = []
+    simulate(
+        load_scenario("baseline"),
+        seed=1,
+        duration=2.0,
+        progress=lambda *_: counts.append(gc.get_freeze_count()),
+    )
+    assert counts[0] > 0
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_run_leaves_a_process_that_froze_objects_itself_as_it_was() -> None:
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        simulate(load_scenario("baseline"), seed=1, duration=2.0)
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()

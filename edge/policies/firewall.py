@@ -22,9 +22,10 @@ from enum import StrEnum
 
 from sagalab.edge.policies.token_bucket import TokenBucket
 
-__all__ = ["FloodGuard", "Firewall", "Reason", "Verdict", "parse_networks"]
+__all__ = ["Address", "FloodGuard", "Firewall", "Reason", "Verdict", "parse_networks"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class Reason(StrEnum):
@@ -129,14 +130,21 @@ class Firewall:
         # Static rules depend only on the address: remember answers (bounded).
         self._static: dict[str, Verdict] = {}
 
-    def static_verdict(self, address: str) -> Verdict:
-        """The allow/deny answer for `address`, ignoring the flood guard."""
+    def static_verdict(self, address: str, ip: Address | None = None) -> Verdict:
+        """The allow/deny answer for `address`, ignoring the flood guard.
+
+        `ip` is `address` already parsed, from a caller that has it (the simulator's clients
+        draw from parsed addresses): parsing a first-seen address is most of this call.
+        """
         cached = self._static.get(address)
         if cached is not None:
             return cached
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
+        if ip is None:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                ip = None
+        if ip is None:
             verdict = Verdict(False, Reason.MALFORMED)
         else:
             if any(ip in net for net in self.deny):
@@ -150,9 +158,9 @@ class Firewall:
         self._static[address] = verdict
         return verdict
 
-    def check(self, address: str, now: float) -> Verdict:
-        """Whether a request from `address` at `now` may pass."""
-        verdict = self.static_verdict(address)
+    def check(self, address: str, now: float, ip: Address | None = None) -> Verdict:
+        """Whether a request from `address` at `now` may pass (`ip`: see `static_verdict`)."""
+        verdict = self.static_verdict(address, ip)
         if not verdict.allowed or self.flood is None:
             return verdict
         return self.flood.check(address, now)
