@@ -32,6 +32,7 @@ from sagalab.orchestrator.limits import (
     MAX_SIM_REQUESTS,
     MAX_SIM_WORKERS,
 )
+from sagalab.orchestrator.safeyaml import safe_load
 
 from .bounds import check_numbers, estimate_events
 from .claims import check as check_claims
@@ -139,7 +140,7 @@ def load_scenario(name_or_path: str) -> dict[str, Any]:
         text = entry.read_text(encoding="utf-8")
         source = name_or_path
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}" if mark is not None else "?"
@@ -155,7 +156,7 @@ def load_scenario(name_or_path: str) -> dict[str, Any]:
 def parse_value(text: str) -> Any:
     """A `--set` value: YAML scalars and flow collections (`3`, `0.5`, `true`, `[1, 2]`)."""
     try:
-        return yaml.safe_load(text)
+        return safe_load(text)
     except yaml.YAMLError:
         return text
 
