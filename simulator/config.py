@@ -318,6 +318,7 @@ def validate(
     """Raise ScenarioError if `config` (run for `duration`, if given) is out of bounds, any
     value the model reads is missing or of the wrong type, or a claim could never be measured
     (`simulator.claims.check`); runs nothing."""
+    _check_name(config.get("name"))
     check_bounds(config, duration=duration)
     from .model import Simulation  # the model imports this module
     from .report import shape_before_run
@@ -327,6 +328,23 @@ def validate(
     # Claims are checked against the report and series the run will have, before it runs.
     report, columns = shape_before_run(sim)
     check_claims(config.get("claims") or [], report, columns)
+
+
+#: A scenario's name is the stem of the files `run` writes: long names fail to be written.
+MAX_NAME_LENGTH = 100
+
+
+def _check_name(name: Any) -> None:
+    """The name becomes `<name>-seed<N>.json` under `--out`: a path separator would write
+    elsewhere (`name: ../x` wrote beside `--out`), an empty name a file called `-seed1.json`."""
+    if not isinstance(name, str) or not name.strip():
+        raise ScenarioError("name", f"must be a non-empty text, got {name!r}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ScenarioError("name", f"is longer than {MAX_NAME_LENGTH} characters")
+    if any(c in "/\\" or not c.isprintable() for c in name):
+        raise ScenarioError(
+            "name", f"{name!r}: a file name is made of it; no '/', '\\' or control characters"
+        )
 
 
 def _at_most(where: str, value: float, limit: float, why: str) -> None:
