@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from typing import Any
 
 from sagalab.orchestrator.limits import MAX_SWEEP_RUNS
@@ -13,6 +13,7 @@ from sagalab.orchestrator.limits import MAX_SWEEP_RUNS
 from .config import configure, parse_value
 from .errors import ScenarioError
 from .model import simulate
+from .pools import stoppable_pool
 
 __all__ = ["combinations", "parse_grid", "run_one", "sweep"]
 
@@ -91,7 +92,7 @@ def sweep(
         started(len(combos))
     workers = workers or os.cpu_count() or 1
     results: list[dict[str, Any] | None] = [None] * len(combos)
-    with ProcessPoolExecutor(max_workers=min(workers, len(combos))) as pool:
+    with stoppable_pool(min(workers, len(combos))) as pool:
         futures = {
             pool.submit(run_one, scenario, a, list(sets), seed, duration): i
             for i, a in enumerate(combos)
