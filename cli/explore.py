@@ -25,6 +25,7 @@ from sagalab.orchestrator.errors import FlowNotFoundError, FlowValidationError
 from sagalab.orchestrator.flow import flow_from_dict
 from sagalab.orchestrator.flowfile import example_flow_names, load_flow
 from sagalab.orchestrator.limits import LimitError, check
+from sagalab.orchestrator.safeyaml import safe_load
 from sagalab.simulator.config import configure, list_scenarios
 from sagalab.simulator.errors import SimulationError
 from sagalab.simulator.explore import MAX_SEEDS, ServiceBehaviour, Setup, run_seed
@@ -44,7 +45,7 @@ def resolve(target: str) -> tuple[Setup, str]:
     try:
         if path.is_file():
             try:
-                raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+                raw = safe_load(path.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise fail(f"{target}: not a readable YAML file: {first}", EXIT_USAGE) from None

@@ -47,7 +47,7 @@ from sagalab.simulator.compare import MAX_COMPARE_SEEDS, compare
 from sagalab.simulator.config import configure, list_scenarios, merge_defaults, validate
 from sagalab.simulator.errors import SimulationError
 from sagalab.simulator.model import simulate
-from sagalab.simulator.output import write_csv, write_outputs
+from sagalab.simulator.output import write_atomic, write_csv, write_outputs
 from sagalab.simulator.ramp import ramp
 from sagalab.simulator.render import (
     render_compare,
@@ -262,12 +262,14 @@ def sweep_cmd(
                     done=lambda _row: advance(),
                     started=started,
                 )
-    if replicating:
-        _write_replicated(rows, [k for k, _ in parsed], out, scenario, json_out)
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    name = Path(scenario).stem
-    path = write_csv(rows, out / f"sweep-{name}.csv")
+    try:
+        if replicating:
+            _write_replicated(rows, [k for k, _ in parsed], out, scenario, json_out)
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        path = write_csv(rows, out / f"sweep-{Path(scenario).stem}.csv")
+    except OSError as exc:
+        raise _fail(f"cannot write to {out}: {exc.strerror or exc}") from None
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
     else:
@@ -483,7 +485,7 @@ def calibrate_cmd(
     text = header(report, source=shown(db), fitted_at=fitted_at, since=window)
     text += yaml.safe_dump(scenario, sort_keys=False, default_flow_style=None)
     try:
-        out.write_text(text, encoding="utf-8")
+        write_atomic(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     except OSError as exc:
         raise fail(f"cannot write {out}: {exc.strerror or exc}", EXIT_USAGE) from None
     report["out"] = str(out)

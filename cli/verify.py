@@ -52,11 +52,16 @@ def parse_since(text: str, *, now: float) -> float:
     (ISO 8601; UTC unless it names a zone), or epoch seconds. ValueError otherwise."""
     text = text.strip()
     match = _DURATION.match(text)
-    if match:
-        return now - float(match["n"]) * _UNITS[match["unit"]]
     try:
-        return float(text) if re.fullmatch(r"\d+(\.\d+)?", text) else _iso(text)
-    except ValueError:
+        if match:
+            at = now - float(match["n"]) * _UNITS[match["unit"]]
+        else:
+            at = float(text) if re.fullmatch(r"\d+(\.\d+)?", text) else _iso(text)
+        # A time a datetime cannot hold (`99999999999h` back, 1e30 epoch seconds) is as
+        # wrong as a misspelt one, and would otherwise fail where it is shown.
+        datetime.fromtimestamp(at, UTC)
+        return at
+    except (ValueError, OverflowError, OSError):
         raise ValueError(
             f"--since {text!r} is not a time: write a duration back from now (90s, 15m, 2h, 1d), "
             "a date and time (2026-11-25T18:00:00, UTC unless a zone is given) or epoch seconds"

@@ -18,6 +18,7 @@ from sagalab.orchestrator.errors import (
     ValidationIssue,
 )
 from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict
+from sagalab.orchestrator.safeyaml import safe_load
 
 SERVICE_ENV_PREFIX = "SAGALAB_SERVICE_"
 SERVICES_FILE_ENV = "SAGALAB_SERVICES_FILE"
@@ -35,7 +36,7 @@ def example_flow_names() -> list[str]:
 
 def _read_yaml(text: str, source: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(parse)"
@@ -95,7 +96,7 @@ def read_services_file(path: str | Path) -> Mapping[Any, Any]:
     PyYAML's several lines.
     """
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        raw = safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ServiceConfigError(f"cannot read services file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from typing import Any
 
 from sagalab.orchestrator.limits import MAX_SWEEP_RUNS
@@ -19,6 +19,7 @@ from .config import configure
 from .errors import ScenarioError
 from .model import simulate
 from .paired import paired_difference
+from .pools import stoppable_pool
 
 __all__ = ["MAX_COMPARE_SEEDS", "compare", "headline"]
 
@@ -131,7 +132,7 @@ def compare(
             if done is not None:
                 done()
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with stoppable_pool(workers) as pool:
             futures = {
                 pool.submit(run_seed, configs[side], seed, duration): (side, seed)
                 for side, seed in jobs

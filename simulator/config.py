@@ -32,6 +32,7 @@ from sagalab.orchestrator.limits import (
     MAX_SIM_REQUESTS,
     MAX_SIM_WORKERS,
 )
+from sagalab.orchestrator.safeyaml import safe_load
 
 from .bounds import check_numbers, estimate_events
 from .claims import check as check_claims
@@ -146,7 +147,7 @@ def load_scenario(name_or_path: str) -> dict[str, Any]:
         text = entry.read_text(encoding="utf-8")
         source = name_or_path
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}" if mark is not None else "?"
@@ -162,7 +163,7 @@ def load_scenario(name_or_path: str) -> dict[str, Any]:
 def parse_value(text: str) -> Any:
     """A `--set` value: YAML scalars and flow collections (`3`, `0.5`, `true`, `[1, 2]`)."""
     try:
-        return yaml.safe_load(text)
+        return safe_load(text)
     except yaml.YAMLError:
         return text
 
@@ -326,6 +327,7 @@ def validate(
     """Raise ScenarioError if `config` (run for `duration`, if given) is out of bounds, any
     value the model reads is missing or of the wrong type, or a claim could never be measured
     (`simulator.claims.check`); runs nothing."""
+    _check_name(config.get("name"))
     check_bounds(config, duration=duration)
     from .model import Simulation  # the model imports this module
     from .report import shape_before_run
@@ -335,6 +337,23 @@ def validate(
     # Claims are checked against the report and series the run will have, before it runs.
     report, columns = shape_before_run(sim)
     check_claims(config.get("claims") or [], report, columns)
+
+
+#: A scenario's name is the stem of the files `run` writes: long names fail to be written.
+MAX_NAME_LENGTH = 100
+
+
+def _check_name(name: Any) -> None:
+    """The name becomes `<name>-seed<N>.json` under `--out`: a path separator would write
+    elsewhere (`name: ../x` wrote beside `--out`), an empty name a file called `-seed1.json`."""
+    if not isinstance(name, str) or not name.strip():
+        raise ScenarioError("name", f"must be a non-empty text, got {name!r}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ScenarioError("name", f"is longer than {MAX_NAME_LENGTH} characters")
+    if any(c in "/\\" or not c.isprintable() for c in name):
+        raise ScenarioError(
+            "name", f"{name!r}: a file name is made of it; no '/', '\\' or control characters"
+        )
 
 
 def _at_most(where: str, value: float, limit: float, why: str) -> None:

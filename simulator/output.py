@@ -1,30 +1,51 @@
-"""Files a run writes: the JSON report, the CSV time series and the PNG chart."""
+"""Files a run writes: the JSON report, the CSV time series and the PNG chart.
+
+Each is written to a hidden temporary file beside it and renamed into place, so a full disk,
+Ctrl-C or a crash mid-write never leaves a truncated file under the final name (a cut JSON
+report, or a cut calibrated scenario that still parses as YAML).
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_chart", "write_csv", "write_json", "write_outputs"]
+__all__ = ["write_atomic", "write_chart", "write_csv", "write_json", "write_outputs"]
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
+    """Call `write(tmp)` for a temporary path beside `path`, then rename it to `path`; the
+    temporary file is removed if writing fails (OSError, Ctrl-C, anything)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def write_json(report: Mapping[str, Any], path: Path) -> Path:
     """The report as indented JSON."""
-    path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+    text = json.dumps(report, indent=2, sort_keys=True) + "\n"
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_csv(series: Sequence[Mapping[str, float]], path: Path) -> Path:
     """One row per sampling interval; columns as in the first row."""
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        if series:
-            writer = csv.DictWriter(fh, fieldnames=list(series[0]))
-            writer.writeheader()
-            writer.writerows(series)
-    return path
+    buffer = io.StringIO(newline="")
+    if series:
+        writer = csv.DictWriter(buffer, fieldnames=list(series[0]))
+        writer.writeheader()
+        writer.writerows(series)
+    text = buffer.getvalue()
+    return write_atomic(path, lambda tmp: tmp.write_bytes(text.encode("utf-8")))
 
 
 def _windows(ax: Any, faults: Sequence[Mapping[str, Any]], label: bool) -> None:
@@ -149,8 +170,10 @@ def write_chart(
     for i, ax in enumerate(axes):
         _windows(ax, faults, label=i == 0)
         ax.grid(True, alpha=0.3)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -159,8 +182,14 @@ def write_outputs(
 ) -> list[Path]:
     """report JSON, series CSV and chart PNG in `out`, named after `stem`."""
     out.mkdir(parents=True, exist_ok=True)
-    return [
-        write_json(report, out / f"{stem}.json"),
-        write_csv(series, out / f"{stem}.csv"),
-        write_chart(report, series, out / f"{stem}.png"),
-    ]
+    written: list[Path] = []
+    try:
+        written.append(write_json(report, out / f"{stem}.json"))
+        written.append(write_csv(series, out / f"{stem}.csv"))
+        written.append(write_chart(report, series, out / f"{stem}.png"))
+    except BaseException:
+        # All or nothing: a report without its series or chart is not a finished run.
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written

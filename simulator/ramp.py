@@ -89,6 +89,10 @@ def ramp(
 
     sim.env.process(mark())
     result = sim.run()
+    # A run with nothing left to drain stops at the last level's end, before the mark due
+    # then (SimPy stops ahead of events at its `until`): the counters now are those at the end.
+    while len(marks) < len(stages) + 1:
+        marks.append({n: (s.counts["calls"], s.useful) for n, s in sim.services.items()})
     figures = stage_figures(result.series, stages, COLUMNS, settle)
     for i, row in enumerate(figures):
         for name in sim.services:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from typing import Any
 
 from sagalab.orchestrator.limits import MAX_SWEEP_RUNS
@@ -19,6 +19,7 @@ from .config import configure, parse_value
 from .errors import ClaimError, ScenarioError
 from .model import Simulation, simulate
 from .paired import t_interval
+from .pools import stoppable_pool
 
 __all__ = [
     "DEFAULT_METRIC",
@@ -111,7 +112,7 @@ def sweep(
         started(len(combos))
     workers = workers or os.cpu_count() or 1
     results: list[dict[str, Any] | None] = [None] * len(combos)
-    with ProcessPoolExecutor(max_workers=min(workers, len(combos))) as pool:
+    with stoppable_pool(min(workers, len(combos))) as pool:
         futures = {
             pool.submit(run_one, scenario, a, list(sets), seed, duration): i
             for i, a in enumerate(combos)
@@ -205,7 +206,7 @@ def replicate(
             if done is not None:
                 done()
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with stoppable_pool(workers) as pool:
             futures = {
                 pool.submit(run_metric, scenario, combos[i], list(sets), s, duration, metric): (
                     i,
