@@ -5,7 +5,10 @@
 (Pollaczek-Khinchine), for Erlang-k and hyperexponential service. `plain_queue_run` drives one
 `Station` (the class every tier of the model uses) with Poisson arrivals and exponential
 service and returns batch means of the waiting time, so a test can compare the two within the
-run's confidence interval.
+run's confidence interval. `balanced_run` puts `servers` single-server `Station`s behind the
+real `edge.policies.balancer.Balancer` (the rule the simulated and the real edge follow) and
+returns batch means of the time in system, for `supermarket_sojourn`, Mitzenmacher's limit for
+power of two choices, and `random`'s N independent M/M/1 queues.
 """
 
 from __future__ import annotations
@@ -17,9 +20,18 @@ from typing import Any
 
 import simpy
 
+from sagalab.edge.policies.balancer import Balancer, Strategy
+
 from .stations import Job, Station, sampler
 
-__all__ = ["erlang_c", "mmc_wait", "pk_wait", "plain_queue_run"]
+__all__ = [
+    "balanced_run",
+    "erlang_c",
+    "mmc_wait",
+    "pk_wait",
+    "plain_queue_run",
+    "supermarket_sojourn",
+]
 
 
 def erlang_c(c: int, a: float) -> float:
@@ -112,3 +124,85 @@ def plain_queue_run(
         "little": station.stats.little(env.now),
         "waiting": station.waiting(),
     }
+
+
+def supermarket_sojourn(rho: float, mu: float = 1.0) -> float:
+    """Mean time in system under power of two choices as the number of queues grows without
+    bound (Mitzenmacher's supermarket model, d = 2, per-queue load `rho`, service rate `mu`).
+
+    The share of queues holding at least i jobs is rho^(2^i - 1); the mean jobs per queue is
+    their sum over i >= 1, and Little's law (arrivals rho * mu per queue) gives the time:
+    sum of rho^(2^i - 2) / mu. Against 1 / (mu (1 - rho)) for a uniformly random choice.
+    """
+    if not 0 <= rho < 1:
+        raise ValueError("need 0 <= rho < 1 for a stable queue")
+    total, i = 0.0, 1
+    while True:
+        term = rho ** (2**i - 2)
+        total += term
+        if term < 1e-12:  # doubly exponential decay: a handful of terms
+            return total / mu
+        i += 1
+
+
+class _Queue:
+    """One station as the balancer sees it (`Instance`): no limit, never ejected."""
+
+    __slots__ = ("station",)
+    available = True
+
+    def __init__(self, station: Station) -> None:
+        self.station = station
+
+    @property
+    def active(self) -> int:
+        station = self.station
+        return station.busy + len(station.queue)
+
+
+def balanced_run(
+    rho: float,
+    mu: float,
+    servers: int,
+    strategy: Strategy | str,
+    *,
+    customers: int,
+    batches: int = 20,
+    seed: int = 1,
+) -> dict[str, Any]:
+    """Time-in-system batch means of `servers` single-server `Station`s (exponential service
+    of rate `mu`) fed Poisson arrivals at `rho * mu * servers`, each sent where
+    `Balancer(strategy).choose` says, so a test can compare `power_of_two` against
+    `supermarket_sojourn` and `random` against M/M/1 within the run's confidence interval.
+    """
+    rng = random.Random(seed)
+    env = simpy.Environment()
+    queues = [
+        _Queue(Station(env, f"s{k}", 1, lambda: rng.expovariate(mu), None)) for k in range(servers)
+    ]
+    balancer = Balancer(strategy)
+    lam = rho * mu * servers
+    warmup = customers // 10
+    size = customers // batches
+    sums = [0.0] * batches
+    seen = 0
+
+    def done(job: Job) -> None:
+        # Customers are counted in the order they finish, as in `plain_queue_run`.
+        nonlocal seen
+        index = seen - warmup
+        seen += 1
+        if 0 <= index < size * batches:
+            sums[index // size] += env.now - job.arrived
+
+    def source() -> Generator[simpy.Event, Any, None]:
+        for _ in range(warmup + size * batches):
+            yield env.timeout(rng.expovariate(lam))
+            chosen = balancer.choose(queues, rng)
+            assert chosen is not None  # no limits, none ejected: always one
+            queues[chosen].station.submit(None, done)
+
+    env.process(source())
+    env.run()
+    mean, stderr = _batch_means(sums, size)
+    return {"mean_sojourn": mean, "stderr": stderr, "batches": batches}

@@ -4,7 +4,7 @@ that crashes, hangs or is interrupted stopped and reported without a traceback.
 
 The benchmark here is a tiny fake script (its numbers come from the environment) in a suite
 file of its own, run by the real runner as a real subprocess; one smoke test runs the real
-suite's fastest benchmark (the simulator) once in --quick mode.
+suite's fastest benchmark (the simulator) once in --quick mode, another the explorer's.
 """
 
 from __future__ import annotations
@@ -296,3 +296,32 @@ def test_the_real_suite_quick_smoke(tmp_path: Path) -> None:
     assert row[0] == "simulator" and float(row[2]) > 0 and row[4] == ">= 0.100"
     recorded = json.loads(results.read_text())["quick"]["simulator"]
     assert recorded["command"] == ["bench_simulator.py", "--json", "--duration", "60"]
+
+
+def test_the_explore_benchmark_through_the_runner(tmp_path: Path) -> None:
+    """`explore` runs once in --quick mode and meets its 1000 seeds/minute target (about 200
+    times over here, so the check does not depend on the machine's speed); its counts are
+    bounded (exit 2, argparse's usage and one error line)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(RUNNER), "--only", "explore", "--quick", "--runs", "1"]
+        + ["--results", str(tmp_path / "results.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    row = _row(done.stdout, "checkout seeds explored / minute")
+    assert row[0] == "explore" and row[4] == ">= 1,000" and row[5] == "yes", row
+    bench = ROOT / "benchmarks" / "bench_explore.py"
+    for bad in (["--seeds", "0"], ["--seeds", "100001"], ["--runs", "x"]):
+        refused = subprocess.run(
+            [sys.executable, str(bench), "--json", *bad],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stdout == "" and "Traceback" not in refused.stderr
