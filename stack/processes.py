@@ -22,6 +22,7 @@ that supervisor to stop first, then stops whatever is still running itself.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
@@ -31,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,9 @@ class StackConfig:
     ui_actions: bool = False
     #: Where every component appends its OpenTelemetry spans (absolute path); None: no tracing.
     trace_file: str | None = None
+    #: Components get SIGTERM when the process that started them dies, even by SIGKILL
+    #: (Linux): for a stack that lives only as long as one command (`simulate validate`).
+    die_with_parent: bool = False
 
 
 @dataclass
@@ -168,11 +173,26 @@ def proc_start(pid: int) -> float | None:
 #: The processes this process started, by pid: kept so that exit codes can be read (a Popen
 #: that is dropped gets reaped by the subprocess module behind our back).
 children: dict[int, subprocess.Popen[bytes]] = {}
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def alive(c: Component) -> bool:
     """The component's process is running (and is the one we started)."""
     return proc_start(c.pid) == c.started
+
+
+def _dies_with(parent: int) -> Callable[[], None]:
+    """For the child, between fork and exec: SIGTERM when `parent` dies (PR_SET_PDEATHSIG),
+    and exit at once if it died already (the signal is only sent for a later death)."""
+    libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+    def tie() -> None:
+        if libc is not None:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return tie
 
 
 def _spawn(
@@ -186,6 +206,7 @@ def _spawn(
     pass_fds: tuple[int, ...] = (),
     env: dict[str, str] | None = None,
     port: int | None = None,
+    tied: bool = False,
 ) -> Component:
     log = logs / f"{name}.log"
     with open(log, "ab") as out:
@@ -197,6 +218,7 @@ def _spawn(
             pass_fds=pass_fds,
             start_new_session=True,
             env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+            preexec_fn=_dies_with(os.getpid()) if tied else None,
         )
     children[proc.pid] = proc
     started = None
@@ -293,6 +315,7 @@ def start(
     `supervisor` is the process that will restart components, `database` the stack's own
     PostgreSQL server (`config.db` is its URL): both recorded in the state file.
     """
+    spawn = partial(_spawn, tied=config.die_with_parent)
     directory = config.directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     state_path = directory / STATE_FILE
@@ -324,7 +347,7 @@ def start(
             probe.close()  # `services up` binds its own port; it is free now
             services_url = f"http://127.0.0.1:{port}"
             started.append(
-                _spawn(
+                spawn(
                     "services",
                     "services",
                     _python("sagalab.cli.main", "services", "up", "--port", str(port)),
@@ -341,7 +364,7 @@ def start(
         sockets.append(api_sock)
         api_url = f"http://127.0.0.1:{api_sock.getsockname()[1]}"
         started.append(
-            _spawn(
+            spawn(
                 "api",
                 "api",
                 _python(
@@ -375,7 +398,7 @@ def start(
             url = f"http://127.0.0.1:{sock.getsockname()[1]}"
             gateway_urls.append(url)
             started.append(
-                _spawn(
+                spawn(
                     f"gateway-{i}",
                     "gateway",
                     _python(
@@ -423,7 +446,7 @@ def start(
         edge_cmd += ["--flood-block", str(config.flood_block), *traced]
         if gateway_urls:
             started.append(
-                _spawn(
+                spawn(
                     "edge",
                     "edge",
                     edge_cmd,
@@ -441,7 +464,7 @@ def start(
             metrics_port = probe.getsockname()[1]
             probe.close()
             started.append(
-                _spawn(
+                spawn(
                     f"worker-{i}",
                     "worker",
                     _python(
@@ -501,6 +524,7 @@ def start(
 
 def _start_ui(config: StackConfig, db: str, logs: Path) -> Component:
     """The web console over the stack's database, on a socket bound here like the others."""
+    spawn = partial(_spawn, tied=config.die_with_parent)
     sock = bind("127.0.0.1", config.ui_port, inheritable=True)
     try:
         port = sock.getsockname()[1]
@@ -509,7 +533,7 @@ def _start_ui(config: StackConfig, db: str, logs: Path) -> Component:
         command += ["--allow-actions"] if config.ui_actions else []
         # The file every component appends its spans to: trace ids link to their tree.
         command += ["--trace-file", config.trace_file] if config.trace_file else []
-        return _spawn(
+        return spawn(
             "ui", "ui", command, logs, url=url + "/", health=f"{url}/healthz",
             pass_fds=(sock.fileno(),), port=port,
         )  # fmt: skip

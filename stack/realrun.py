@@ -274,6 +274,7 @@ def run_real(
             concurrency=plan.concurrency,
             edge_port=0,
             flood_rate=0.0,
+            die_with_parent=True,  # a SIGKILLed validate must not leave its stack running
         )
         previous = os.environ.get("SAGALAB_SERVICES_FILE")
         os.environ["SAGALAB_SERVICES_FILE"] = str(services_file)  # inherited by the workers

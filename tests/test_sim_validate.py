@@ -8,6 +8,7 @@ with one line and start nothing; and no stack process outlives a run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -157,6 +158,40 @@ def test_ctrl_c_stops_the_stack(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "the stack was stopped" in err
     assert not processes_mentioning(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_sigkilled_validate_takes_its_stack_with_it(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "sagalab.cli.main", "simulate", "validate"]
+    proc = subprocess.Popen(
+        [*command, str(scenario(tmp_path)), "--duration", "30"],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(
+            lambda: (
+                list(tmp_path.glob("sagalab-validate-*/stack.json"))
+                and any(b" worker " in cmdline(pid) for pid in processes_mentioning(str(tmp_path)))
+            ),
+            40,
+            "the validate stack to be up",
+            every=0.1,
+        )
+        assert processes_mentioning(str(tmp_path))
+        proc.kill()  # no handler runs: the components must see their parent go by themselves
+        proc.wait(timeout=10)
+        wait_for(
+            lambda: not processes_mentioning(str(tmp_path)), 30, "the stack to stop", every=0.2
+        )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in processes_mentioning(str(tmp_path)):  # what a failure left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize(
