@@ -24,7 +24,7 @@ MAX_YAML_DEPTH = 64
 MAX_YAML_NODES = 200_000
 
 
-class _BoundedLoader(yaml.SafeLoader):
+class _BoundedLoader(yaml.SafeLoader):  # type: ignore[misc,unused-ignore]  # no stubs here
     """A SafeLoader whose composer counts depth and, per document, the expanded node count."""
 
     def __init__(self, stream: str) -> None:
