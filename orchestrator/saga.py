@@ -535,7 +535,7 @@ class SagaState:
     def _on_saga_completed(self, event: Event) -> None:
         if self.status is not SagaStatus.RUNNING:
             raise InvalidTransition(f"saga_completed while {self.status.value}")
-        if any(not (s.action.done or s.action.skipped) for s in self.steps.values()):
+        if self.next_forward() is not None:
             raise InvalidTransition("saga_completed with unfinished steps")
         self.status = SagaStatus.COMPLETED
         self.reason = None  # a completed saga has no failure to show; the journal keeps it
