@@ -101,9 +101,9 @@ __all__ = [
 
 # Threads that write submitted sagas (POST /v1/sagas), per API process. A few are enough to
 # keep the group writer's batches full (a caller waits for a COMMIT, not for CPU); each one
-# more only adds a thread taking turns on the GIL with the event loop. Measured: see
-# benchmarks/README.md, "Group commit".
-SUBMIT_THREADS = 4
+# more only adds a thread taking turns on the GIL with the event loop (4, 8 and 16 measured:
+# 8 had the best p99 and throughput; benchmarks/README.md, "Group commit").
+SUBMIT_THREADS = 8
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _FLOW_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _BODY_PARSE_FAILED = "There was an error parsing the body"  # FastAPI's words (routing.py)
