@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import secrets
@@ -56,9 +57,20 @@ def enabled() -> bool:
     return os.environ.get("SAGALAB_NO_WAKE", "") in ("", "0")
 
 
+#: Room a worker's socket name takes in its directory ("/<pid>-<8 hex>.sock").
+_SOCKET_NAME = 24
+
+
 def wake_dir(db: Path) -> Path:
-    """The wake-up directory of the SQLite database `db`."""
-    return db.with_name(db.name + ".wake")
+    """The wake-up directory of the SQLite database `db`: `<db>.wake/` beside it, or, where
+    a socket path there would be too long for the kernel (a deep folder), a short one named
+    after the database's absolute path under the system's /tmp (the same for every process
+    that opens `db`, whatever its TMPDIR)."""
+    beside = db.with_name(db.name + ".wake")
+    if len(os.fsencode(beside)) + _SOCKET_NAME <= _MAX_PATH:
+        return beside
+    digest = hashlib.sha256(os.fsencode(os.path.abspath(db))).hexdigest()[:20]
+    return Path("/tmp") / f"sagalab-wake-{os.getuid()}" / digest
 
 
 def _send_socket() -> socket.socket:
@@ -177,6 +189,11 @@ def sqlite_waker(db: Path) -> Waker | None:
         log.debug("no wake-up channel for %s: socket path too long", db)
         return None
     try:
+        if directory.parent.name.startswith("sagalab-wake-"):  # the short one under /tmp
+            directory.parent.mkdir(mode=0o700, exist_ok=True)
+            if directory.parent.stat().st_uid != os.getuid():  # not ours: never bind there
+                log.debug("no wake-up channel for %s: %s is not ours", db, directory.parent)
+                return None
         directory.mkdir(mode=0o700, exist_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     except OSError as exc:

@@ -194,10 +194,26 @@ def test_a_waker_returns_on_a_wake_up_and_on_its_timeout(tmp_path: Path) -> None
         waker.close()
 
 
-def test_no_channel_where_a_socket_path_would_be_too_long(tmp_path: Path) -> None:
+def test_a_database_in_a_deep_folder_still_wakes_its_workers(tmp_path: Path) -> None:
+    # Beside the database a socket path would pass the kernel's 107 bytes (a test's or
+    # validate's temporary folder): the channel goes to a short folder named after the
+    # database instead, the same for every process (it was polling only, +100 ms a saga).
     deep = tmp_path / ("d" * 100)
     deep.mkdir()
-    assert sqlite_waker(deep / "s.db") is None  # polling only, silently
+    db = deep / "s.db"
+    assert len(str(db.with_name("s.db.wake"))) + 24 > 107
+    directory = wake_dir(db)
+    assert len(str(directory)) + 24 <= 107 and directory == wake_dir(Path(str(db)))
+    waker = sqlite_waker(db)
+    assert waker is not None
+    try:
+        assert notify_dir(wake_dir(db)) == 1
+        assert waker.wait(10)
+    finally:
+        waker.close()
+    assert not directory.exists()
+    other = tmp_path / ("e" * 100) / "s.db"
+    assert wake_dir(other) != directory  # another database, another channel
 
 
 def test_due_now_wakes_only_for_sagas_due_now() -> None:
