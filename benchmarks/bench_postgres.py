@@ -42,13 +42,11 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import tempfile
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +63,7 @@ from bench_orchestrator import (  # noqa: E402
     timed_loop,
 )
 from bench_workers import Services, Worker, order, wait_for  # noqa: E402
+from run import sigterm_as_interrupt  # noqa: E402  (the runner's: SIGTERM and SIGINT unwind)
 
 from sagalab.orchestrator.pg_cluster import PgCluster  # noqa: E402
 
@@ -649,25 +648,6 @@ def render(result: dict[str, Any]) -> str:
                 f"{TARGET_SCALING:g}x target)"
             )
     return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGINT unwind as KeyboardInterrupt, so the finally blocks stop the
-    cluster, the services and the workers."""
-
-    def interrupt(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    # A shell starts a background job with SIGINT ignored, and Python keeps it so: Ctrl-C
-    # (or `kill -INT`) must unwind here all the same.
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
 
 
 def main() -> int:
