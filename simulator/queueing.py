@@ -70,6 +70,28 @@ def _batch_means(sums: list[float], size: int) -> tuple[float, float]:
     return mean, math.sqrt(var / batches)
 
 
+class _Batches:
+    """Customers counted in the order they finish: the first tenth is warm-up, then `count`
+    batches of `customers // count` each (what both textbook runs measure over)."""
+
+    def __init__(self, customers: int, count: int) -> None:
+        self.warmup = customers // 10
+        self.size = customers // count
+        self.count = count
+        self.seen = 0
+
+    @property
+    def arrivals(self) -> int:
+        """Customers to send: the warm-up and every batch."""
+        return self.warmup + self.size * self.count
+
+    def next(self) -> int | None:
+        """The batch the customer finishing now falls in; None during the warm-up or after."""
+        index = self.seen - self.warmup
+        self.seen += 1
+        return index // self.size if 0 <= index < self.size * self.count else None
+
+
 def plain_queue_run(
     lam: float,
     mu: float,
@@ -91,30 +113,26 @@ def plain_queue_run(
     env = simpy.Environment()
     draw = (lambda: rng.expovariate(mu)) if service is None else sampler(service, rng, "service")
     station = Station(env, "plain", c, draw, None)
-    warmup = customers // 10
-    size = customers // batches
+    counted = _Batches(customers, batches)
     sums = [0.0] * batches
     waited = [0.0] * batches
-    seen = 0
 
     def done(job: Job) -> None:
-        nonlocal seen
-        index = seen - warmup
-        seen += 1
-        if 0 <= index < size * batches:
+        batch = counted.next()
+        if batch is not None:
             wait = job.started - job.arrived
-            sums[index // size] += wait
-            waited[index // size] += wait > 0
+            sums[batch] += wait
+            waited[batch] += wait > 0
 
     def source() -> Generator[simpy.Event, Any, None]:
-        for _ in range(warmup + size * batches):
+        for _ in range(counted.arrivals):
             yield env.timeout(rng.expovariate(lam))
             station.submit(None, done)
 
     env.process(source())
     env.run()
-    mean, stderr = _batch_means(sums, size)
-    p_wait, p_stderr = _batch_means(waited, size)
+    mean, stderr = _batch_means(sums, counted.size)
+    p_wait, p_stderr = _batch_means(waited, counted.size)
     return {
         "mean_wait": mean,
         "stderr": stderr,
@@ -182,21 +200,16 @@ def balanced_run(
     ]
     balancer = Balancer(strategy)
     lam = rho * mu * servers
-    warmup = customers // 10
-    size = customers // batches
+    counted = _Batches(customers, batches)
     sums = [0.0] * batches
-    seen = 0
 
     def done(job: Job) -> None:
-        # Customers are counted in the order they finish, as in `plain_queue_run`.
-        nonlocal seen
-        index = seen - warmup
-        seen += 1
-        if 0 <= index < size * batches:
-            sums[index // size] += env.now - job.arrived
+        batch = counted.next()
+        if batch is not None:
+            sums[batch] += env.now - job.arrived
 
     def source() -> Generator[simpy.Event, Any, None]:
-        for _ in range(warmup + size * batches):
+        for _ in range(counted.arrivals):
             yield env.timeout(rng.expovariate(lam))
             chosen = balancer.choose(queues, rng)
             assert chosen is not None  # no limits, none ejected: always one
@@ -204,5 +217,5 @@ def balanced_run(
 
     env.process(source())
     env.run()
-    mean, stderr = _batch_means(sums, size)
+    mean, stderr = _batch_means(sums, counted.size)
     return {"mean_sojourn": mean, "stderr": stderr, "batches": batches}
