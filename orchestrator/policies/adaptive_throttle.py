@@ -15,15 +15,16 @@ instead of every client's retries piling on. `k` = 2 is the book's choice; neare
 aggressive.
 
 Pure: the time `now` and the uniform number `u` in [0, 1) are arguments (the caller's clock
-and its seeded random generator); counts are kept in one-second slots, as the retry budget
-(`retry_budget.py`) keeps them.
+and its seeded random generator); the counts are a `sliding.SlidingCounts`, as the retry
+budget's (`retry_budget.py`) are.
 """
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from dataclasses import dataclass
+
+from sagalab.orchestrator.policies.sliding import SlidingCounts
+from sagalab.orchestrator.policies.sliding import finite_number as _number
 
 __all__ = ["MAX_THROTTLE_K", "MAX_THROTTLE_WINDOW", "AdaptiveThrottle", "ThrottlePolicy"]
 
@@ -31,10 +32,6 @@ MAX_THROTTLE_K = 100.0
 """Above a hundred requests per accept the throttle never refuses anything that matters."""
 MAX_THROTTLE_WINDOW = 3_600.0
 """Requests and accepts are counted over at most an hour."""
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -60,50 +57,31 @@ class ThrottlePolicy:
 class AdaptiveThrottle:
     """The requests and accepts of the last `policy.window` seconds, and the decision."""
 
-    __slots__ = ("policy", "_slots", "_requests", "_accepts")
+    __slots__ = ("policy", "_counts")
 
     def __init__(self, policy: ThrottlePolicy) -> None:
         self.policy = policy
-        # [second, requests, accepts] per one-second slot, oldest first; totals kept alongside.
-        self._slots: deque[list[int]] = deque()
-        self._requests = 0
-        self._accepts = 0
-
-    def _slot(self, now: float) -> list[int]:
-        second = math.floor(now)
-        slots = self._slots
-        oldest = second - math.ceil(self.policy.window) + 1
-        while slots and slots[0][0] < oldest:
-            _, requests, accepts = slots.popleft()
-            self._requests -= requests
-            self._accepts -= accepts
-        if not slots or slots[-1][0] != second:
-            # A clock that goes back (it should not) counts in the newest slot.
-            if slots and slots[-1][0] > second:
-                return slots[-1]
-            slots.append([second, 0, 0])
-        return slots[-1]
+        self._counts = SlidingCounts(policy.window)  # first: requests, second: accepts
 
     def reject_probability(self, now: float) -> float:
         """The chance that a request at `now` is refused locally."""
-        self._slot(now)
-        requests = self._requests
-        return max(0.0, (requests - self.policy.k * self._accepts) / (requests + 1))
+        counts = self._counts
+        counts.at(now)
+        requests = counts.first
+        return max(0.0, (requests - self.policy.k * counts.second) / (requests + 1))
 
     def admit(self, now: float, u: float) -> bool:
         """Whether to send a request at `now` (`u`: uniform in [0, 1)); it counts as a request
         either way."""
         send = u >= self.reject_probability(now)
-        self._slots[-1][1] += 1
-        self._requests += 1
+        self._counts.add_first(now)
         return send
 
     def record_accept(self, now: float) -> None:
         """The backend accepted a request (answered it, not refused it as overloaded)."""
-        self._slot(now)[2] += 1
-        self._accepts += 1
+        self._counts.add_second(now)
 
     @property
     def counts(self) -> tuple[int, int]:
         """(requests, accepts) in the window as of the last call."""
-        return self._requests, self._accepts
+        return self._counts.first, self._counts.second

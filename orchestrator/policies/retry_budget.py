@@ -17,9 +17,10 @@ Pure: the time `now` is an argument (seconds on the caller's clock); no clock, n
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from dataclasses import dataclass
+
+from sagalab.orchestrator.policies.sliding import SlidingCounts
+from sagalab.orchestrator.policies.sliding import finite_number as _number
 
 __all__ = ["MAX_BUDGET_RATIO", "MAX_BUDGET_WINDOW", "RetryBudget", "RetryBudgetPolicy"]
 
@@ -27,10 +28,6 @@ MAX_BUDGET_RATIO = 10.0
 """At most ten retries per request: a larger share is no budget at all."""
 MAX_BUDGET_WINDOW = 3_600.0
 """Requests and retries are counted over at most an hour."""
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -63,45 +60,25 @@ class RetryBudgetPolicy:
 class RetryBudget:
     """The requests and retries of the last `policy.window` seconds, and the decision."""
 
-    __slots__ = ("policy", "_slots", "_requests", "_retries")
+    __slots__ = ("policy", "_counts")
 
     def __init__(self, policy: RetryBudgetPolicy) -> None:
         self.policy = policy
-        # (second, requests, retries) per one-second slot, oldest first; totals kept alongside.
-        self._slots: deque[list[int]] = deque()
-        self._requests = 0
-        self._retries = 0
-
-    def _slot(self, now: float) -> list[int]:
-        second = math.floor(now)
-        slots = self._slots
-        oldest = second - math.ceil(self.policy.window) + 1
-        while slots and slots[0][0] < oldest:
-            _, requests, retries = slots.popleft()
-            self._requests -= requests
-            self._retries -= retries
-        if not slots or slots[-1][0] != second:
-            # A clock that goes back (it should not) counts in the newest slot.
-            if slots and slots[-1][0] > second:
-                return slots[-1]
-            slots.append([second, 0, 0])
-        return slots[-1]
+        self._counts = SlidingCounts(policy.window)  # first: requests, second: retries
 
     def record_request(self, now: float) -> None:
         """A first attempt was sent at `now`: it adds `ratio` to what may be retried."""
-        self._slot(now)[1] += 1
-        self._requests += 1
+        self._counts.add_first(now)
 
     def allowance(self, now: float) -> float:
         """Retries the window allows in all at `now` (spent ones included)."""
-        self._slot(now)
+        self._counts.at(now)
         policy = self.policy
-        return policy.ratio * self._requests + policy.min_per_second * policy.window
+        return policy.ratio * self._counts.first + policy.min_per_second * policy.window
 
     def try_retry(self, now: float) -> bool:
         """Whether a retry may be sent at `now`; if so, it is counted against the budget."""
-        if self._retries + 1 > self.allowance(now):
+        if self._counts.second + 1 > self.allowance(now):
             return False
-        self._slots[-1][2] += 1
-        self._retries += 1
+        self._counts.add_second(now)
         return True
