@@ -32,6 +32,7 @@ from sagalab.simulator.validate import (
     compare,
     figures,
     ks_two_sample,
+    ks_within,
     plan,
 )
 
@@ -242,6 +243,22 @@ def test_ks_two_sample() -> None:
     assert d == 1.0 and p < 1e-6
     d, p = ks_two_sample(same, [x + 0.005 for x in same])
     assert d == pytest.approx(0.01) and p == 1.0
+
+
+def test_ks_within_allows_the_stated_shift_and_no_more() -> None:
+    # The failed CI run: the model's sagas took 214-218 ms, the real ones 220-223 ms on a busy
+    # machine (3 % apart). The plain KS D is 1; within a 10 % shift they agree.
+    sim = [0.214 + 0.004 * i / 99 for i in range(100)]
+    real = [0.220 + 0.003 * i / 99 for i in range(100)]
+    assert ks_two_sample(sim, real)[0] == 1.0
+    assert ks_within(sim, real, rel=0.1) == 0.0
+    assert ks_within(sim, real, rel=0.0) == 1.0
+    # A latency scale off by 2x or 10x stays beyond any sensible bound, either way round.
+    assert ks_within(sim, [x * 2 for x in sim], rel=0.1) == 1.0
+    assert ks_within([x * 10 for x in sim], sim, rel=0.1) == 1.0
+    # Half the sagas 30 % slower: half the mass is outside the band.
+    assert ks_within(sim, sim[:50] + [x * 1.3 for x in sim[50:]], rel=0.1) == pytest.approx(0.5)
+    assert ks_within([], sim, rel=0.1) == 1.0
 
 
 def test_compare_fails_beyond_tolerance_only() -> None:
