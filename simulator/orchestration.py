@@ -123,7 +123,9 @@ class Saga:
 
     @property
     def state(self) -> SagaState:
-        """The fold of the journal (and, while the driver runs it, of what it noted)."""
+        """The fold of its journal. While the real driver runs the saga, the driver's own state
+        (which holds what it noted and has not committed yet); a run served from the
+        transcript notes nothing here, and this folds what it committed."""
         state = self._state
         if state is None:
             state = self._state = SagaState.replay(self.flow, self.journal)
