@@ -39,6 +39,7 @@ from sagalab.orchestrator.driver import (
     Call,
     Commit,
     Done,
+    Effect,
     RecordOutcome,
     WaitUntil,
     breaker_gates,
@@ -53,6 +54,7 @@ from .database import Database
 from .errors import ScenarioError
 from .metrics import Histogram, TierStats
 from .stations import Service
+from .transcript import Transcript, TranscriptRun
 
 __all__ = ["Orchestrator", "Replica", "Saga"]
 
@@ -64,7 +66,9 @@ class Saga:
 
     __slots__ = (
         "id",
-        "state",
+        "flow",
+        "_state",
+        "status",
         "born",
         "enqueued_at",
         "legit",
@@ -83,9 +87,14 @@ class Saga:
         self, saga_id: int, flow: FlowDefinition, born: float, legit: bool, group: str = ""
     ) -> None:
         self.id = saga_id
+        self.flow = flow
         created = Event(EventType.SAGA_CREATED, born)
-        self.state = SagaState(flow)
-        self.state.apply(created)
+        # Folded from the journal when first read (`state`): a run served from the driver's
+        # transcript (simulator/transcript.py) does not fold it step by step.
+        self._state: SagaState | None = None
+        # How its last run ended (the driver's `Done`), None before: what `finished` reads
+        # first, so that a served saga that completed is never folded at all.
+        self.status: SagaStatus | None = None
         # Its committed journal (the driver commits outcomes and records with the next
         # attempt's start, or before a wait or the end) and how much of it is durable.
         self.journal = [created]
@@ -108,8 +117,19 @@ class Saga:
         if len(self.journal) > self.flushed:
             del self.journal[self.flushed :]
         # The driver folds what it notes into `state` before it commits it to `journal`.
-        if self.state.events_applied != len(self.journal):
-            self.state = SagaState.replay(self.state.flow, self.journal)
+        state = self._state
+        if state is not None and state.events_applied != len(self.journal):
+            self._state = None  # folded again from the journal when read
+
+    @property
+    def state(self) -> SagaState:
+        """The fold of its journal. While the real driver runs the saga, the driver's own state
+        (which holds what it noted and has not committed yet); a run served from the
+        transcript notes nothing here, and this folds what it committed."""
+        state = self._state
+        if state is None:
+            state = self._state = SagaState.replay(self.flow, self.journal)
+        return state
 
     def compensation_order(self) -> list[str]:
         """The compensations that succeeded, in journal order."""
@@ -167,6 +187,8 @@ class Orchestrator:
         self.routes: dict[str, tuple[Service, Breaker | None, float]] = {}
         # The steps whose calls the driver gates on a breaker, built once for every saga.
         self.gates = breaker_gates(flow, breakers)
+        # What the driver yields for a fresh saga, remembered (simulator/transcript.py).
+        self.transcript = Transcript(flow, self.gates, rng)
         for s in flow.steps:
             service = services.get(s.service or "")
             if service is None:  # the scenario model checks this first, with the scenario's path
@@ -369,9 +391,15 @@ class Orchestrator:
         if write is not None:
             yield write()  # the claim: an atomic UPDATE of the queue row
         now = env.now
-        driver = drive(saga.state, saga_id=saga.id, now=now, rng=self.rng, gates=self.gates)
-        send = driver.send
-        effect = next(driver)
+        run: TranscriptRun | None = None
+        send: Callable[[Any], Effect]
+        if len(journal) == 1:  # just created: served from the driver's transcript
+            run = self.transcript.start(journal[0], saga.id, now)
+            effect, send = run.first, run.send
+        else:
+            driver = drive(saga.state, saga_id=saga.id, now=now, rng=self.rng, gates=self.gates)
+            send = driver.send
+            effect = next(driver)
         while True:
             # One pass serves an attempt: its effects come in this order (the breaker's
             # question, the call, the breaker's report), so each is checked in turn rather
@@ -426,6 +454,9 @@ class Orchestrator:
                     self.count("actions_delayed_by_breaker")
                 effect = send(None)
             elif type(effect) is Done:
+                if run is not None:  # the driver's state if it ran, else the journal's fold
+                    saga._state = run.state
+                saga.status = effect.status
                 replica.leased.pop(saga, None)
                 saga.owner = None
                 self.run_stats.leave(now, now - saga.run_started)
