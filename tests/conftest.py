@@ -9,6 +9,7 @@ test_breakers_shared.py creates its `db` file up front.
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,14 @@ from workerlab import Workers
 from sagalab.fakeservices import RunningServices, run_in_thread
 from sagalab.orchestrator.pg_cluster import PgCluster
 from sagalab.orchestrator.sqlite_store import SQLiteStore
+
+
+# A shell starts a background job (`pytest &` in a script) with SIGINT ignored, and an ignored
+# signal stays ignored across exec: every CLI the Ctrl-C tests start would then ignore the
+# SIGINT they send. A handled signal is reset to the default at exec, so handling it here lets
+# each child Python install its own KeyboardInterrupt, as it does when a user runs it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="module")
