@@ -16,7 +16,8 @@ share the benchmark's GIL; every worker is a `sagalab worker` process; all on 12
    rows and imports the run's code on its first sagas, which once cost 0.2 - 0.3 s of CPU per
    process inside the measured window, so 4 workers paid it 4 times), then N checkout sagas
    released onto the queue in one statement. Rate = N / (time of the last `saga_completed` -
-   release time), both read from the journal, so neither start-up nor warm-up is counted. No faults (unless --latency-ms adds a delay to every service call). With
+   release time), both read from the journal, so neither start-up nor warm-up is counted.
+   No faults (unless --latency-ms adds a delay to every service call). With
    --rounds R the worker counts take turns R times (1, 2, 4, 1, 2, 4, ...) and the ratios are
    of the medians: on a shared machine the load drifts, and interleaving spreads the drift
    over every worker count. Each row also gives the CPU the workers used per saga and the
@@ -47,6 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -166,9 +168,9 @@ def release_all(db: Path, ids: list[str] | None = None) -> float:
         conn.close()
 
 
-def completed(db: Path) -> int:
-    """How many sagas of `db` completed."""
-    return read(db, "SELECT COUNT(*) FROM sagas WHERE status = 'completed'")[0][0]
+def all_completed(db: Path, n: int) -> bool:
+    """Whether `n` sagas of `db` completed."""
+    return bool(read(db, "SELECT COUNT(*) FROM sagas WHERE status = 'completed'")[0][0] == n)
 
 
 def read(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -212,11 +214,11 @@ def throughput(
         for ids in warm:  # one saga per worker thread, all due at once, waited for
             release_all(db, ids)
             done += len(ids)
-            wait_for(lambda: completed(db) == done, limit, "the warm-up sagas", every=0.02)
+            wait_for(partial(all_completed, db, done), limit, "the warm-up sagas", every=0.02)
         cpu_before = sum(cpu_seconds(w.proc.pid) for w in workers)
         released = release_all(db)
         wait_for(
-            lambda: completed(db) == done + count,
+            partial(all_completed, db, done + count),
             limit,
             f"{count} sagas to complete with {n_workers} worker(s)",
             every=0.05,
