@@ -204,7 +204,7 @@ def throughput(
     # Every saga of the run stored up front: each run starts from the same file.
     per_round = n_workers * concurrency
     warm = [create_unqueued(db, per_round, offset=count + r * per_round) for r in range(warmup)]
-    create_unqueued(db, count)
+    measured = create_unqueued(db, count)
     args = ("--concurrency", str(concurrency), "--poll", "0.02", "--lease", "10")
     workers = [Worker(db, services.env, workdir, *args) for _ in range(n_workers)]
     load = os.getloadavg()[0]
@@ -216,7 +216,8 @@ def throughput(
             done += len(ids)
             wait_for(partial(all_completed, db, done), limit, "the warm-up sagas", every=0.02)
         cpu_before = sum(cpu_seconds(w.proc.pid) for w in workers)
-        released = release_all(db)
+        # Only these: a finished warm-up saga is off the queue (run_after NULL) too.
+        released = release_all(db, measured)
         wait_for(
             partial(all_completed, db, done + count),
             limit,
