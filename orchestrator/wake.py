@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 MAX_SOCKETS = 64
 #: Most times one wake-up is passed on (a byte; never more than the sockets tried).
 _MAX_HOPS = MAX_SOCKETS - 1
+#: What writers before one-process wake-ups sent to every socket.
+_BROADCAST = b"!"
 #: Longest socket path the kernel accepts (sun_path is 108 bytes on Linux, with its NUL).
 _MAX_PATH = 107
 #: How often a waiting thread looks at its stop event (seconds).
@@ -258,9 +260,8 @@ def sqlite_waker(db: Path) -> Waker | None:
         with contextlib.suppress(OSError):  # all pending wake-ups at once: one pulse serves
             while True:
                 data = sock.recv(64)
-                # A byte above the bound (an older writer's "!", sent to every process):
-                # nothing to pass on.
-                if data and data[0] <= _MAX_HOPS:
+                # An older writer's "!" went to every process: nothing to pass on.
+                if len(data) == 1 and data != _BROADCAST and data[0] <= _MAX_HOPS:
                     hops = max(hops, data[0])
         return hops
 

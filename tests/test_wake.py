@@ -333,3 +333,25 @@ def test_a_wake_up_nobody_takes_visits_each_process_once(tmp_path: Path) -> None
         for w in wakers:
             if w is not None:
                 w.close()
+
+
+def test_an_older_writers_broadcast_byte_is_taken_but_not_passed_on(tmp_path: Path) -> None:
+    # Writers before one-process wake-ups sent "!" to every process: passing it on as well
+    # would make each of those a chain of 33 wake-ups.
+    db = tmp_path / "s.db"
+    wakers = [sqlite_waker(db) for _ in range(2)]
+    handlers = [Busy(), Busy()]
+    try:
+        for waker, handler in zip(wakers, handlers, strict=True):
+            assert waker is not None
+            waker.attach(handler)
+        first = sockets(db)[0]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as old_writer:
+            old_writer.sendto(b"!", str(first))
+        wait_for(lambda: sum(h.seen for h in handlers) >= 1, 10, "the wake-up")
+        time.sleep(0.3)  # room for a passed-on one, which must not come
+        assert sum(h.seen for h in handlers) == 1
+    finally:
+        for w in wakers:
+            if w is not None:
+                w.close()
