@@ -3,16 +3,21 @@
 Run on demand (pytest does not collect it):
 
     python benchmarks/bench_workers.py [--count N] [--workers 1 2 4] [--concurrency C]
-                                       [--latency-ms 0 20] [--rounds R] [--leases 1 2 5]
+                                       [--latency-ms 0 20] [--rounds R] [--warmup W]
+                                       [--leases 1 2 5]
                                        [--repeats R] [--json]
 
 The fake services run in their own process (`sagalab services up --port 0`), so they do not
 share the benchmark's GIL; every worker is a `sagalab worker` process; all on 127.0.0.1.
 
-1. Throughput: for each worker count, a fresh SQLite file, the workers started and idle first,
-   then N checkout sagas released onto the queue in one statement. Rate = N / (time of the last
-   `saga_completed` - release time), both read from the journal, so process start-up is not
-   counted. No faults (unless --latency-ms adds a delay to every service call). With
+1. Throughput: for each worker count, a fresh SQLite file with every saga of the run stored
+   first, the workers started, then warmed up (`--warmup` rounds of one saga per worker thread,
+   each released and waited for: a worker opens its connections, HTTP clients and breaker
+   rows and imports the run's code on its first sagas, which once cost 0.2 - 0.3 s of CPU per
+   process inside the measured window, so 4 workers paid it 4 times), then N checkout sagas
+   released onto the queue in one statement. Rate = N / (time of the last `saga_completed` -
+   release time), both read from the journal, so neither start-up nor warm-up is counted.
+   No faults (unless --latency-ms adds a delay to every service call). With
    --rounds R the worker counts take turns R times (1, 2, 4, 1, 2, 4, ...) and the ratios are
    of the medians: on a shared machine the load drifts, and interleaving spreads the drift
    over every worker count. Each row also gives the CPU the workers used per saga and the
@@ -43,6 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -146,15 +152,25 @@ def create_unqueued(db: Path, n: int, offset: int = 0) -> list[str]:
         store.close()
 
 
-def release_all(db: Path) -> float:
-    """Put every stored saga on the queue at once; return the release time."""
+def release_all(db: Path, ids: list[str] | None = None) -> float:
+    """Put every stored saga (or those of `ids`) on the queue at once; return the release
+    time."""
     conn = sqlite3.connect(db, timeout=30, isolation_level=None)
     try:
         now = time.time()
-        conn.execute("UPDATE sagas SET run_after = ? WHERE run_after IS NULL", (now,))
+        if ids is None:
+            conn.execute("UPDATE sagas SET run_after = ? WHERE run_after IS NULL", (now,))
+        else:
+            marks = ", ".join("?" for _ in ids)
+            conn.execute(f"UPDATE sagas SET run_after = ? WHERE id IN ({marks})", (now, *ids))
         return now
     finally:
         conn.close()
+
+
+def all_completed(db: Path, n: int) -> bool:
+    """Whether `n` sagas of `db` completed."""
+    return bool(read(db, "SELECT COUNT(*) FROM sagas WHERE status = 'completed'")[0][0] == n)
 
 
 def read(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -175,22 +191,35 @@ def cpu_seconds(pid: int) -> float:
 
 
 def throughput(
-    services: Services, workdir: Path, n_workers: int, count: int, concurrency: int, limit: float
+    services: Services,
+    workdir: Path,
+    n_workers: int,
+    count: int,
+    concurrency: int,
+    limit: float,
+    warmup: int = 2,
 ) -> dict[str, Any]:
     db = workdir / f"tp-{n_workers}-{time.monotonic_ns()}.db"
     open_store(db).close()
-    create_unqueued(db, count)
+    # Every saga of the run stored up front: each run starts from the same file.
+    per_round = n_workers * concurrency
+    warm = [create_unqueued(db, per_round, offset=count + r * per_round) for r in range(warmup)]
+    measured = create_unqueued(db, count)
     args = ("--concurrency", str(concurrency), "--poll", "0.02", "--lease", "10")
     workers = [Worker(db, services.env, workdir, *args) for _ in range(n_workers)]
     load = os.getloadavg()[0]
     try:
         wait_for(lambda: all(w.ready() for w in workers), 60, "workers to start")
+        done = 0
+        for ids in warm:  # one saga per worker thread, all due at once, waited for
+            release_all(db, ids)
+            done += len(ids)
+            wait_for(partial(all_completed, db, done), limit, "the warm-up sagas", every=0.02)
         cpu_before = sum(cpu_seconds(w.proc.pid) for w in workers)
-        released = release_all(db)
+        # Only these: a finished warm-up saga is off the queue (run_after NULL) too.
+        released = release_all(db, measured)
         wait_for(
-            lambda: (
-                read(db, "SELECT COUNT(*) FROM sagas WHERE status = 'completed'")[0][0] == count
-            ),
+            partial(all_completed, db, done + count),
             limit,
             f"{count} sagas to complete with {n_workers} worker(s)",
             every=0.05,
@@ -208,8 +237,10 @@ def throughput(
         "sagas": count,
         "seconds": round(seconds, 3),
         "sagas_per_s": round(count / seconds, 1),
+        "warmup_sagas": done,
         "workers_reporting_locked": locked,
-        # Idle polls before the release and the stop after the last saga are left out.
+        # Start-up, warm-up, idle polls before the release and the stop after the last saga
+        # are left out.
         "worker_cpu_ms_per_saga": round(1000 * cpu / count, 2),
         "cpu_cores": round(cpu / seconds, 2),
         "load": round(load, 2),
@@ -342,6 +373,12 @@ def main() -> int:
         default=1,
         help="times the worker counts take turns (ratios of the medians), 1 to 20",
     )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="warm-up rounds before each measured run (one saga per worker thread each), 0 to 5",
+    )
     parser.add_argument("--leases", type=float, nargs="+", default=[1.0, 2.0, 5.0])
     parser.add_argument("--repeats", type=int, default=3, help="crashes per lease length")
     parser.add_argument("--skip-crash", action="store_true", help="leave the crash cost out")
@@ -350,6 +387,8 @@ def main() -> int:
     args = parser.parse_args()
     if not 1 <= args.rounds <= 20:
         parser.error("--rounds must be 1 to 20")
+    if not 0 <= args.warmup <= 5:
+        parser.error("--warmup must be 0 to 5")
 
     log("starting the fake services in their own process ...")
     services = Services()
@@ -370,7 +409,13 @@ def main() -> int:
                             f"{args.count} sagas, +{latency} ms per call ..."
                         )
                         row = throughput(
-                            services, workdir, n, args.count, args.concurrency, args.time_limit
+                            services,
+                            workdir,
+                            n,
+                            args.count,
+                            args.concurrency,
+                            args.time_limit,
+                            args.warmup,
                         )
                         row["latency_ms"] = latency
                         row["round"] = round_ + 1

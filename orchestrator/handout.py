@@ -8,8 +8,9 @@ owed one (`room`), keeps the first and hands out the rest (`put`). A handed leas
 the lease keeper from the moment it is claimed, so a saga waiting in the hand is renewed like
 a running one; whatever is left in the hand when the worker stops is released (`drain`).
 
-Idle threads wait here (`wait`): for a handed lease, for a wake-up (`pulse`, relayed from the
-process's `Waker`), or for the poll interval. Only one idle thread per process polls (the
+Idle threads wait here (`wait`): for a handed lease, for a wake-up (`pulse`, called by the
+process's `Waker`, which passes the wake-up on to another process when no thread here
+waits), or for the poll interval. Only one idle thread per process polls (the
 poller): it claims for all the others, so more idle threads poll no more often. The others
 wait `FOLLOWER_POLLS` intervals as a backstop; the poller gives the role up when it gets a
 saga (`got_work`), and the next idle thread takes it at once.
@@ -86,11 +87,14 @@ class Hand:
             self._leases.clear()
             return leases
 
-    def pulse(self) -> None:
-        """A wake-up: release one waiting thread (or the next one to wait) to claim."""
+    def pulse(self) -> bool:
+        """A wake-up: release one waiting thread (or the next one to wait) to claim. True
+        if a thread was waiting (False: every thread is busy; the wake-up is kept for the
+        next one to wait, and another process may take it sooner)."""
         with self._cond:
             self._pending = True
             self._cond.notify()
+            return self._waiting > 0
 
     def waiting(self) -> int:
         """How many threads wait in `wait` now."""

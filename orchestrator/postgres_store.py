@@ -1334,7 +1334,7 @@ def postgres_waker(url: str) -> Waker:
     """
     state: dict[str, psycopg.Connection | None] = {"conn": None}
 
-    def receive(timeout: float) -> bool:
+    def receive(timeout: float) -> int:
         conn = state["conn"]
         if conn is None or conn.closed or conn.broken:
             if conn is not None:
@@ -1343,7 +1343,8 @@ def postgres_waker(url: str) -> Waker:
             conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
             conn.execute(f"LISTEN {WAKE_CHANNEL}")
             state["conn"] = conn
-        return any(True for _ in conn.notifies(timeout=timeout, stop_after=1))
+        # NOTIFY reaches every listener: nothing to pass on (0), or nothing (-1).
+        return 0 if any(True for _ in conn.notifies(timeout=timeout, stop_after=1)) else -1
 
     def close() -> None:
         conn = state["conn"]

@@ -665,8 +665,8 @@ class SQLiteStore:
         # the path names another by the time of the first write (a replaced database).
         self._identity = _file_identity(self.path)
         self._flows: dict[str, FlowDefinition] = {}
-        #: Whether this handle's last claim found work: then the next goes straight to the
-        #: UPDATE, else it reads first (`_any_due`).
+        #: Whether this handle's last claim took as many sagas as it asked for: then the
+        #: next goes straight to the UPDATE, else it reads first (`_any_due`).
         self._claimed_last = False
         self._snapshots: dict[str, str] = {}
         self._stored_hashes: set[str] = set()
@@ -1207,7 +1207,10 @@ class SQLiteStore:
                 "RETURNING id, lease_epoch, run_after",
                 {"owner": owner, "until": until, "now": now, "limit": limit},
             ).fetchall()
-        self._claimed_last = bool(rows)
+        # Straight to the UPDATE next time only while claims take all they ask for: one
+        # that took fewer emptied the queue, and an empty claim is a write transaction
+        # under the lock every other process waits for (issue 14).
+        self._claimed_last = len(rows) >= limit
         rows.sort(key=lambda row: (row[2], row[0]))  # RETURNING's order is unspecified
         return [Lease(saga_id=row[0], owner=owner, epoch=row[1], until=until) for row in rows]
 

@@ -213,7 +213,9 @@ class Worker:
             ]
             for t in threads:
                 t.start()
-            relay = self._relay_wakeups()
+            if self._waker is not None:
+                # A wake-up releases an idle thread here, or goes on to another process.
+                self._waker.attach(self._hand.pulse)
             while not self.stop.wait(0.1):
                 now = time.monotonic()
                 if self.config.max_seconds is not None and now - started > self.config.max_seconds:
@@ -236,28 +238,10 @@ class Worker:
                     self._fail(WorkerFailed(f"worker thread(s) {', '.join(dead)} ended"))
             for t in threads:
                 t.join()
-            if relay is not None:
-                relay.join()
             self._give_back(self._hand.drain(), keeper)
         if self._fatal is not None:
             raise self._fatal
         return self.stats
-
-    def _relay_wakeups(self) -> threading.Thread | None:
-        """Pass the process's wake-ups on to its idle threads, which wait on the hand."""
-        waker = self._waker
-        if waker is None:
-            return None
-        hand, stop = self._hand, self.stop
-
-        def relay() -> None:
-            while not stop.is_set():
-                if waker.wait(0.5, stop):
-                    hand.pulse()
-
-        thread = threading.Thread(target=relay, name="wake-relay", daemon=True)
-        thread.start()
-        return thread
 
     def _give_back(self, leases: list[Lease], keeper: LeaseKeeper) -> None:
         """Release the leases left in the hand at stop (due now: another worker takes them).

@@ -270,3 +270,88 @@ def test_a_dropped_listen_connection_costs_a_poll_then_comes_back(
         wait_for(lambda: [p for p in listeners() if p != pid], 20, "a new LISTEN connection")
     finally:
         workers.stop_all()
+
+
+class Busy:
+    """A worker process's handler with every thread busy: counts the wake-ups it saw."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def __call__(self) -> bool:
+        self.seen += 1
+        return False
+
+
+def test_a_queued_saga_wakes_one_worker_process_not_all(tmp_path: Path) -> None:
+    # Waking every process for every saga had each of them claim, all but one for nothing.
+    db = tmp_path / "s.db"
+    wakers = [sqlite_waker(db) for _ in range(3)]
+    try:
+        assert notify_dir(wake_dir(db)) == 1
+        woken = [w.wait(0.5) for w in wakers if w is not None]
+        assert woken.count(True) == 1
+    finally:
+        for w in wakers:
+            if w is not None:
+                w.close()
+
+
+def test_a_process_with_no_idle_thread_passes_the_wake_up_on(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    idle = sqlite_waker(db)
+    busy = [sqlite_waker(db) for _ in range(2)]
+    handlers = [Busy(), Busy()]
+    try:
+        assert idle is not None
+        for waker, handler in zip(busy, handlers, strict=True):
+            assert waker is not None
+            waker.attach(handler)
+        for _ in range(6):  # whichever process the writer picks, the idle one gets it
+            notify_dir(wake_dir(db))
+            assert idle.wait(10)
+        assert sum(h.seen for h in handlers) <= 12  # at most each busy one, once a wake-up
+    finally:
+        for w in [idle, *busy]:
+            if w is not None:
+                w.close()
+
+
+def test_a_wake_up_nobody_takes_visits_each_process_once(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    wakers = [sqlite_waker(db) for _ in range(3)]
+    handlers = [Busy(), Busy(), Busy()]
+    try:
+        for waker, handler in zip(wakers, handlers, strict=True):
+            assert waker is not None
+            waker.attach(handler)
+        notify_dir(wake_dir(db))
+        wait_for(lambda: sum(h.seen for h in handlers) >= 3, 10, "the wake-up to go round")
+        time.sleep(0.3)  # room for a fourth visit, which must not come
+        assert [h.seen for h in handlers] == [1, 1, 1]
+    finally:
+        for w in wakers:
+            if w is not None:
+                w.close()
+
+
+def test_an_older_writers_broadcast_byte_is_taken_but_not_passed_on(tmp_path: Path) -> None:
+    # Writers before one-process wake-ups sent "!" to every process: passing it on as well
+    # would make each of those a chain of 33 wake-ups.
+    db = tmp_path / "s.db"
+    wakers = [sqlite_waker(db) for _ in range(2)]
+    handlers = [Busy(), Busy()]
+    try:
+        for waker, handler in zip(wakers, handlers, strict=True):
+            assert waker is not None
+            waker.attach(handler)
+        first = sockets(db)[0]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as old_writer:
+            old_writer.sendto(b"!", str(first))
+        wait_for(lambda: sum(h.seen for h in handlers) >= 1, 10, "the wake-up")
+        time.sleep(0.3)  # room for a passed-on one, which must not come
+        assert sum(h.seen for h in handlers) == 1
+    finally:
+        for w in wakers:
+            if w is not None:
+                w.close()
