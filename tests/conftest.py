@@ -21,7 +21,6 @@ from sagalab.fakeservices import RunningServices, run_in_thread
 from sagalab.orchestrator.pg_cluster import PgCluster
 from sagalab.orchestrator.sqlite_store import SQLiteStore
 
-
 # A shell starts a background job (`pytest &` in a script) with SIGINT ignored, and an ignored
 # signal stays ignored across exec: every CLI the Ctrl-C tests start would then ignore the
 # SIGINT they send. A handled signal is reset to the default at exec, so handling it here lets
