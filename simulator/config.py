@@ -34,7 +34,7 @@ from sagalab.orchestrator.limits import (
 )
 from sagalab.orchestrator.safeyaml import safe_load
 
-from .bounds import check_numbers, estimate_events
+from .bounds import BOUNDS, check_numbers, estimate_events
 from .claims import check as check_claims
 from .defaults import DEFAULTS
 from .errors import ScenarioError, ScenarioNotFound
@@ -43,6 +43,7 @@ __all__ = [
     "Node",
     "apply_override",
     "check_bounds",
+    "check_seed",
     "configure",
     "list_scenarios",
     "load_scenario",
@@ -328,6 +329,7 @@ def validate(
     value the model reads is missing or of the wrong type, or a claim could never be measured
     (`simulator.claims.check`); runs nothing."""
     _check_name(config.get("name"))
+    check_seed(seed)
     check_bounds(config, duration=duration)
     from .model import Simulation  # the model imports this module
     from .report import shape_before_run
@@ -337,6 +339,17 @@ def validate(
     # Claims are checked against the report and series the run will have, before it runs.
     report, columns = shape_before_run(sim)
     check_claims(config.get("claims") or [], report, columns)
+
+
+def check_seed(seed: int | None, where: str = "--seed") -> None:
+    """A `--seed` is held to the bound of the scenario's own `seed` (`bounds.BOUNDS`): the
+    option stands for `--set seed=N`, and a seed of any size was taken and written into the
+    report's file name."""
+    bound = BOUNDS["seed"]
+    if seed is not None and not bound.low <= seed <= bound.high:
+        raise ScenarioError(
+            where, f"must be {bound.low:,.0f} to {bound.high:,.0f} ({bound.why}), got {seed}"
+        )
 
 
 #: A scenario's name is the stem of the files `run` writes: long names fail to be written.

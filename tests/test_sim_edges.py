@@ -1,0 +1,100 @@
+"""Rough edges of the simulator's inputs (session 20): `--seed` bounded like the scenario's
+own `seed`, YAML numbers in exponent form without a dot read as numbers, `balancer.weights`
+refused unless the strategy uses them, and `--set` reaching into nested mappings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sagalab.cli.simulate import app
+from sagalab.simulator.bounds import BOUNDS
+from sagalab.simulator.config import configure, load_scenario
+
+runner = CliRunner()
+MAX_SEED = int(BOUNDS["seed"].high)
+
+
+def one_line_exit_2(args: list[str], *fragments: str) -> str:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+SEED_COMMANDS = {
+    "run": ["run", "baseline"],
+    "sweep-grid": ["sweep", "baseline", "--grid", "gateways.count=2,3"],
+    "ramp": ["ramp", "baseline", "--levels", "10,20", "--hold", "2", "--settle", "1"],
+    "validate": ["validate", "baseline", "--duration", "2"],
+}
+
+
+@pytest.mark.parametrize("seed", [MAX_SEED + 1, 10**30, -1], ids=["over", "huge", "negative"])
+@pytest.mark.parametrize("command", list(SEED_COMMANDS), ids=list(SEED_COMMANDS))
+def test_a_seed_out_of_range_is_one_line_exit_2(command: str, seed: int, tmp_path: Path) -> None:
+    line = one_line_exit_2(
+        [*SEED_COMMANDS[command], "--seed", str(seed), "--out", str(tmp_path)]
+        if command != "validate"
+        else [*SEED_COMMANDS[command], "--seed", str(seed)],
+        "--seed",
+    )
+    assert f"{MAX_SEED:,}" in line
+    assert not list(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+def test_the_largest_seed_is_taken() -> None:
+    config = configure("baseline", seed=MAX_SEED, duration=1.0)
+    assert config["name"] == "baseline"
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "s.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "expected"),
+    [
+        ("duration: 3e1\n", ("duration",), 30.0),
+        ("duration: 1E1\n", ("duration",), 10.0),
+        ("drain: 5e+0\n", ("drain",), 5.0),
+        ("duration: 1.5e1\n", ("duration",), 15.0),
+        (
+            "clients:\n  - rate: {kind: constant, value: 2e1}\n",
+            ("clients", 0, "rate", "value"),
+            20.0,
+        ),
+        (
+            "services:\n  payments:\n    latency: {dist: exponential, mean: 1e-2}\n",
+            ("services", "payments", "latency", "mean"),
+            0.01,
+        ),
+    ],
+    ids=["duration", "capital-e", "plus-exponent", "with-dot", "rate", "negative-exponent"],
+)
+def test_a_number_in_exponent_form_without_a_dot_is_a_number(
+    tmp_path: Path, text: str, path: tuple[str | int, ...], expected: float
+) -> None:
+    config = configure(write(tmp_path, "name: t\n" + text))
+    node = config
+    for part in path:
+        node = node[part]
+    assert node == expected and isinstance(node, float)
+
+
+def test_an_exponent_form_number_out_of_bounds_names_the_bound(tmp_path: Path) -> None:
+    scenario = write(tmp_path, "name: t\nduration: 1e12\n")
+    line = one_line_exit_2(["run", scenario, "--out", str(tmp_path / "out")], "duration")
+    assert "over the limit" in line and "must be a number" not in line
+
+
+def test_text_that_only_looks_like_a_number_stays_text(tmp_path: Path) -> None:
+    config = load_scenario(write(tmp_path, "name: 1e3x\n"))
+    assert config["name"] == "1e3x"
