@@ -98,3 +98,55 @@ def test_an_exponent_form_number_out_of_bounds_names_the_bound(tmp_path: Path) -
 def test_text_that_only_looks_like_a_number_stays_text(tmp_path: Path) -> None:
     config = load_scenario(write(tmp_path, "name: 1e3x\n"))
     assert config["name"] == "1e3x"
+
+
+# -- balancer.weights without weighted_round_robin ----------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["least_connections", "round_robin", "power_of_two"])
+def test_weights_without_the_weighted_strategy_are_refused_naming_both_keys(
+    tmp_path: Path, strategy: str
+) -> None:
+    scenario = write(tmp_path, f"name: t\nbalancer: {{strategy: {strategy}, weights: [2, 1, 1]}}\n")
+    one_line_exit_2(
+        ["run", scenario, "--out", str(tmp_path / "out")],
+        "balancer.weights",
+        "balancer.strategy",
+        "weighted_round_robin",
+        strategy,
+    )
+
+
+def test_weights_given_by_set_without_the_strategy_are_refused(tmp_path: Path) -> None:
+    one_line_exit_2(
+        ["run", "baseline", "--set", "balancer.weights=[2,1,1]", "--out", str(tmp_path)],
+        "balancer.weights",
+        "balancer.strategy",
+    )
+
+
+def test_weights_with_the_weighted_strategy_are_taken(tmp_path: Path) -> None:
+    scenario = write(
+        tmp_path, "name: t\nbalancer: {strategy: weighted_round_robin, weights: [2, 1, 1]}\n"
+    )
+    assert configure(scenario)["balancer"]["weights"] == [2, 1, 1]
+
+
+def test_the_balancer_refuses_weights_it_would_ignore() -> None:
+    from sagalab.edge.policies.balancer import Balancer
+
+    with pytest.raises(ValueError, match="only by the weighted_round_robin strategy"):
+        Balancer("least_connections", [2, 1])
+    assert Balancer("least_connections", None).weights is None
+
+
+def test_the_edge_refuses_weight_without_the_weighted_strategy_exit_2() -> None:
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "sagalab.edge.apps", "edge", "--strategy", "round_robin"]
+    args += ["--upstream", "127.0.0.1:1", "--upstream", "127.0.0.1:2"]
+    args += ["--weight", "2", "--weight", "1"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "weighted_round_robin" in done.stderr and "Traceback" not in done.stderr
