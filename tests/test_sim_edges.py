@@ -150,3 +150,78 @@ def test_the_edge_refuses_weight_without_the_weighted_strategy_exit_2() -> None:
     done = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "weighted_round_robin" in done.stderr and "Traceback" not in done.stderr
+
+
+# -- --set into nested mappings ---------------------------------------------------------------
+
+
+def test_set_reaches_into_a_nested_mapping_that_is_set() -> None:
+    config = configure("throttled-outage", ["clients.0.throttle.k=3"])
+    assert config["clients"][0]["throttle"] == {"k": 3, "window": 10}
+
+
+@pytest.mark.parametrize(
+    ("sets", "path", "expected"),
+    [
+        (["clients.0.throttle.k=3"], ("clients", 0, "throttle"), {"k": 3}),
+        (
+            ["clients.0.throttle.k=3", "clients.0.throttle.window=20"],
+            ("clients", 0, "throttle"),
+            {"k": 3, "window": 20},
+        ),
+        (["retry_budget.ratio=0.1"], ("retry_budget",), {"ratio": 0.1}),
+        (["clients.0.retry_budget.window=5"], ("clients", 0, "retry_budget"), {"window": 5}),
+        (
+            [
+                "clients.0.rate=null",
+                "clients.0.population.users=5",
+                "clients.0.population.think.mean=2",
+            ],
+            ("clients", 0, "population"),
+            {"users": 5, "think": {"mean": 2}},
+        ),
+    ],
+    ids=["throttle", "throttle-both", "budget", "client-budget", "population-two-deep"],
+)
+def test_set_turns_on_a_setting_that_is_off_by_its_keys(
+    sets: list[str], path: tuple[str | int, ...], expected: dict[str, object]
+) -> None:
+    config = configure("baseline", sets, duration=5.0)
+    node: object = config
+    for part in path:
+        node = node[part]  # type: ignore[index]
+    assert node == expected
+
+
+def test_set_into_a_setting_that_is_off_is_the_same_as_the_file(tmp_path: Path) -> None:
+    from sagalab.simulator.model import simulate
+
+    scenario = write(
+        tmp_path,
+        "name: t\nduration: 5\nclients:\n  - {name: legit, throttle: {k: 3, window: 20}}\n",
+    )
+    by_file = simulate(configure(scenario), seed=3).report
+    # The same scenario with the throttle off, turned on again by its keys.
+    sets = ["clients.0.throttle=null", "clients.0.throttle.k=3", "clients.0.throttle.window=20"]
+    assert simulate(configure(scenario, sets), seed=3).report == by_file
+
+
+@pytest.mark.parametrize(
+    ("assignment", "fragments"),
+    [
+        ("clients.0.throttle.kk=2", ("clients[0].throttle.kk", "unknown setting", "k, window")),
+        ("clients.0.throttle.k=1e12", ("clients[0].throttle.k", "over the limit")),
+        ("clients.0.throttle.k=0.5", ("clients[0].throttle.k", "under the minimum")),
+        ("clients.0.throttle.k=fast", ("clients[0].throttle", "k must be a number")),
+        ("retry_budget.ratio=nan", ("retry_budget", "ratio must be a number")),
+        ("clients.0.throtle.k=2", ("clients.0.throtle", "unknown setting")),
+        ("gateways.cont.x=2", ("gateways.cont", "unknown setting")),
+        ("clients.5.throttle.k=2", ("clients.5", "not in a list of 1")),
+    ],
+    ids=["unknown-key", "huge", "low", "text", "nan", "misspelt-parent", "misspelt", "index"],
+)
+def test_set_into_a_nested_mapping_is_bounded_like_the_file(
+    assignment: str, fragments: tuple[str, ...], tmp_path: Path
+) -> None:
+    one_line_exit_2(["run", "baseline", "--set", assignment, "--out", str(tmp_path)], *fragments)
+    assert not list(tmp_path.iterdir())
