@@ -40,8 +40,13 @@ from sagalab.edge.policies.balancer import Balancer, Strategy
 from sagalab.edge.policies.firewall import Firewall, FloodGuard
 from sagalab.edge.pool import Pool
 from sagalab.orchestrator.jsonsafe import MAX_BYTES
-from sagalab.orchestrator.limits import API_DB_TIMEOUT, MAX_FLOOD_BURST, MAX_FLOOD_RATE, check
-from sagalab.orchestrator.sqlite_writer import LOCK_SLACK
+from sagalab.orchestrator.limits import (
+    API_DB_TIMEOUT,
+    MAX_FLOOD_BURST,
+    MAX_FLOOD_RATE,
+    WRITER_LOCK_SLACK,
+    check,
+)
 from sagalab.orchestrator.tracing import Tracing, TracingConfigError, setup_tracing
 
 #: How often the API checks that its database file is still the one it opened, seconds.
@@ -77,7 +82,7 @@ def hop_timeouts(db_timeout: float) -> tuple[float, float]:
     is held: retry) reaches the client, not a hop's 504. The API answers within its busy
     timeout plus the group writer's lock slack (a caller may wait on the writer's lock
     through another's whole busy wait)."""
-    api = db_timeout + LOCK_SLACK
+    api = db_timeout + WRITER_LOCK_SLACK
     return api + HOP_MARGIN, api + 2 * HOP_MARGIN
 
 

@@ -61,6 +61,7 @@ __all__ = [
     "MIN_POLL",
     "MIN_SIM_TICK",
     "SIM_EVENTS_PER_SECOND",
+    "WRITER_LOCK_SLACK",
     "check",
 ]
 
@@ -73,6 +74,9 @@ _PER_CPU = f"per CPU on this {CPUS}-CPU machine"
 #: "Store unavailable". The gateways and the edge wait a little longer
 #: (`edge.apps.hop_timeouts`), so that this answer, not a hop's 504, reaches the client.
 API_DB_TIMEOUT = 30.0
+#: Extra seconds a caller waits for a process's group writer beyond the busy timeout (another
+#: caller may hold it through a whole `BEGIN IMMEDIATE` wait): orchestrator/sqlite_writer.py.
+WRITER_LOCK_SLACK = 5.0
 #: Worker replicas one supervisor runs (`worker --replicas N`, `--max` with auto).
 MAX_REPLICAS = max(4, 4 * CPUS)
 REPLICAS_WHY = f"4 {_PER_CPU}, at least 4"
