@@ -67,7 +67,10 @@ app.command("explore")(explore_cmd)
 app.command("validate")(validate_cmd)
 
 ScenarioArg = Annotated[str, typer.Argument(help="A shipped scenario name or a YAML file.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default: scenario's).")]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option("--seed", help="Random seed, 0 to 4,294,967,295 (default: scenario's)."),
+]
 DurationOpt = Annotated[
     float | None,
     typer.Option(

@@ -87,7 +87,9 @@ def validate_cmd(
             help=f"Seconds of arrivals, in both runs (at most {MAX_VALIDATE_DURATION:g}).",
         ),
     ] = DEFAULT_VALIDATE_DURATION,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed.")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Random seed, 0 to 4,294,967,295.")
+    ] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a setting: key.path=value (repeatable)."),

@@ -40,7 +40,13 @@ from sagalab.edge.policies.balancer import Balancer, Strategy
 from sagalab.edge.policies.firewall import Firewall, FloodGuard
 from sagalab.edge.pool import Pool
 from sagalab.orchestrator.jsonsafe import MAX_BYTES
-from sagalab.orchestrator.limits import MAX_FLOOD_BURST, MAX_FLOOD_RATE, check
+from sagalab.orchestrator.limits import (
+    API_DB_TIMEOUT,
+    MAX_FLOOD_BURST,
+    MAX_FLOOD_RATE,
+    WRITER_LOCK_SLACK,
+    check,
+)
 from sagalab.orchestrator.tracing import Tracing, TracingConfigError, setup_tracing
 
 #: How often the API checks that its database file is still the one it opened, seconds.
@@ -66,6 +72,23 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+#: Seconds each hop waits beyond the longest wait of the one behind it.
+HOP_MARGIN = 2.0
+
+
+def hop_timeouts(db_timeout: float) -> tuple[float, float]:
+    """The (gateway, edge) upstream timeouts before an API that waits `db_timeout` s for its
+    database: each a little longer than the hop behind it, so that the API's 503 (the lock
+    is held: retry) reaches the client, not a hop's 504. The API answers within its busy
+    timeout plus the group writer's lock slack (a caller may wait on the writer's lock
+    through another's whole busy wait)."""
+    api = db_timeout + WRITER_LOCK_SLACK
+    return api + HOP_MARGIN, api + 2 * HOP_MARGIN
+
+
+GATEWAY_UPSTREAM_TIMEOUT, EDGE_UPSTREAM_TIMEOUT = hop_timeouts(API_DB_TIMEOUT)
+
+
 @dataclass
 class GatewaySettings:
     """What a gateway instance needs."""
@@ -81,6 +104,8 @@ class GatewaySettings:
     secret: str | None = None  # the stack's gateway secret, sent to the API with the tenant
     body_timeout: float | None = None  # seconds a body has after its headers (408); None: no limit
     tracing: Tracing | None = None  # a span per forwarded request; None: off
+    #: Seconds the API has to answer a forwarded request (504 after it).
+    upstream_timeout: float = GATEWAY_UPSTREAM_TIMEOUT
 
 
 @dataclass
@@ -98,7 +123,7 @@ class EdgeSettings:
     flood_block: float = 10.0
     health_interval: float = 0.5
     #: Seconds a gateway has to answer a forwarded request (504 after it, never re-sent).
-    upstream_timeout: float = 30.0
+    upstream_timeout: float = EDGE_UPSTREAM_TIMEOUT
     max_body: int = MAX_BYTES
     #: Timeouts, connection caps and the header size limit for client connections.
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
@@ -113,6 +138,7 @@ def build_gateway(s: GatewaySettings) -> GatewayApp:
         strategy=s.strategy,
         weights=s.weights or None,
         health_path="/readyz",
+        timeout=s.upstream_timeout,
     )
     metrics = describe(Metrics("sagalab_gateway_"))
     return GatewayApp(

@@ -79,6 +79,7 @@ from sagalab.orchestrator.flow import FlowDefinition
 from sagalab.orchestrator.flowfile import example_flow_names, load_flow
 from sagalab.orchestrator.http_status import HttpAnswer, http_status
 from sagalab.orchestrator.jsonsafe import MAX_BYTES, PayloadTooLarge, UnsafeJson, loads_strict
+from sagalab.orchestrator.limits import API_DB_TIMEOUT
 from sagalab.orchestrator.runner import new_saga_id, new_trace_id, validate_input
 from sagalab.orchestrator.saga import SagaStatus
 from sagalab.orchestrator.store import SagaPage, Store
@@ -368,11 +369,17 @@ class _Stores:
     """One store per thread on one database (read-only ones never take the write lock)."""
 
     def __init__(
-        self, path: str | Path, watchdog: DatabaseWatchdog, *, read_only: bool = False
+        self,
+        path: str | Path,
+        watchdog: DatabaseWatchdog,
+        *,
+        read_only: bool = False,
+        timeout: float = API_DB_TIMEOUT,
     ) -> None:
         self.path = path
         self.watchdog = watchdog
         self.read_only = read_only
+        self.timeout = timeout
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[Store] = []
@@ -385,7 +392,9 @@ class _Stores:
         if store is None:
             # The schema was set up once by create_app: a thread's open takes no write lock,
             # and never creates a file that went away.
-            store = self._local.store = open_store(self.path, readonly=self.read_only, create=False)
+            store = self._local.store = open_store(
+                self.path, readonly=self.read_only, create=False, timeout=self.timeout
+            )
             with self._lock:
                 self._all.append(store)
         return store
@@ -540,6 +549,7 @@ def create_app(
     direct_keys: bool = True,
     read_db: str | Path | None = None,
     tracing: Tracing | None = None,
+    db_timeout: float = API_DB_TIMEOUT,
 ) -> FastAPI:
     """The API over the saga database `db` (created if missing).
 
@@ -554,17 +564,20 @@ def create_app(
     limited as at a gateway); with neither, every `/v1/` request is refused (401).
     `direct_keys=False` refuses keys presented here (401): only the gateways are heard.
     With `tracing`, each saga submitted emits a span in the saga's trace, linked to the run
-    span of the worker that will claim it first (`orchestrator.tracing`).
+    span of the worker that will claim it first (`orchestrator.tracing`). `db_timeout`: the
+    seconds a request waits for the database before its 503 (`API_DB_TIMEOUT`).
     """
     path = Path(db)
     open_store(path).close()  # create and migrate once, up front: fail fast on a bad path
     watchdog = DatabaseWatchdog(path, restart="restart the API")
-    stores = _Stores(path, watchdog)
+    stores = _Stores(path, watchdog, timeout=db_timeout)
     split = read_db is not None
     if read_db is not None:
         open_store(read_db, readonly=True, create=False).close()  # fail fast here too
     # Reads, health checks and metrics: on the replica when there is one.
-    readers = _Stores(read_db if read_db is not None else path, watchdog, read_only=True)
+    readers = _Stores(
+        read_db if read_db is not None else path, watchdog, read_only=True, timeout=db_timeout
+    )
     catalog = _FlowCatalog(flows or {})
     keys = KeyCache(open_key_store(keys_db)) if keys_db is not None else None
     metrics = Metrics("sagalab_api_")

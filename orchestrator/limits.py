@@ -19,6 +19,7 @@ import os
 from sagalab.orchestrator.flow import MAX_STEP_TIMEOUT
 
 __all__ = [
+    "API_DB_TIMEOUT",
     "CPUS",
     "DEFAULT_GRACE",
     "LimitError",
@@ -60,6 +61,7 @@ __all__ = [
     "MIN_POLL",
     "MIN_SIM_TICK",
     "SIM_EVENTS_PER_SECOND",
+    "WRITER_LOCK_SLACK",
     "check",
 ]
 
@@ -68,6 +70,13 @@ CPUS = os.cpu_count() or 1
 _PER_CPU = f"per CPU on this {CPUS}-CPU machine"
 
 # -- real processes --------------------------------------------------------------------------
+#: Seconds an API request waits for the database (SQLite's busy timeout) before its 503
+#: "Store unavailable". The gateways and the edge wait a little longer
+#: (`edge.apps.hop_timeouts`), so that this answer, not a hop's 504, reaches the client.
+API_DB_TIMEOUT = 30.0
+#: Extra seconds a caller waits for a process's group writer beyond the busy timeout (another
+#: caller may hold it through a whole `BEGIN IMMEDIATE` wait): orchestrator/sqlite_writer.py.
+WRITER_LOCK_SLACK = 5.0
 #: Worker replicas one supervisor runs (`worker --replicas N`, `--max` with auto).
 MAX_REPLICAS = max(4, 4 * CPUS)
 REPLICAS_WHY = f"4 {_PER_CPU}, at least 4"

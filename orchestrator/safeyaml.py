@@ -6,10 +6,16 @@ walks the result, a merge, a deepcopy, a check, then takes hours and gigabytes),
 deep enough that PyYAML's recursive composer dies with a RecursionError traceback. `safe_load`
 here refuses both with a `yaml.YAMLError` carrying `problem` and `problem_mark`, the form every
 caller already turns into its one-line "malformed YAML" message.
+
+PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent: `1e12` and `1.5e3`
+are read as the strings '1e12' and '1.5e3', so a scenario's `duration: 3e1` was refused as
+"must be a number, got '3e1'" (and a bound was never checked). `safe_load` reads them as
+numbers, as YAML 1.2 and JSON do.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -25,7 +31,8 @@ MAX_YAML_NODES = 200_000
 
 
 class _BoundedLoader(yaml.SafeLoader):  # type: ignore[misc,unused-ignore]  # no stubs here
-    """A SafeLoader whose composer counts depth and, per document, the expanded node count."""
+    """A SafeLoader whose composer counts depth and, per document, the expanded node count,
+    and which reads `1e12` (an exponent with no dot) as a float."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
@@ -50,6 +57,16 @@ class _BoundedLoader(yaml.SafeLoader):  # type: ignore[misc,unused-ignore]  # no
         if node is not None:
             _check_size(node)
         return node
+
+
+# A plain scalar such as `1e12`, `-3E-2`, `5e+0` or `1.5e3`: YAML 1.1's float pattern wants a
+# dot and a signed exponent (`1.5e+3`), so these were strings.
+# (add_implicit_resolver copies the SafeLoader's table before adding: SafeLoader is unchanged.)
+_BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
 
 
 def _check_size(root: Node) -> None:

@@ -340,6 +340,7 @@ __all__ = [
     "DRIVER_ERRORS",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "WAL_SIZE_LIMIT",
     "Access",
     "SQLiteStore",
     "check_database",
@@ -347,6 +348,7 @@ __all__ = [
     "connect",
     "connect_read_only",
     "open_sqlite_store",
+    "release_wal",
 ]
 
 
@@ -581,11 +583,51 @@ def connect(
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
+        # Without it a WAL grown by one large write (a bulk action, a migration, a long
+        # reader holding checkpoints back) keeps its size for good: each time the WAL starts
+        # over, SQLite cuts it back to this.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(
             f"cannot open database {path}: {exc}; pass a writable path with --db or SAGALAB_DB"
         ) from None
     return conn
+
+
+#: Bytes a WAL file is cut back to when it starts over after a checkpoint.
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
+
+
+def release_wal(path: str | Path) -> bool:
+    """Checkpoint and remove the `-wal` and `-shm` files beside the SQLite database at `path`
+    if no connection has it open any more; whether they are gone.
+
+    SQLite removes them itself when the last connection closes, but not when that one is
+    read-only (the web console, which a stack stops last) or its process died without
+    closing: `stack down` then left them behind. Safe with other users: the connection
+    opened here only checkpoints what is committed, and SQLite removes the files on close
+    only when it holds the database's exclusive lock, i.e. when nobody else has it open (a
+    TRUNCATE checkpoint that meets a reader gives up at once instead of waiting). Never
+    creates a database, and leaves a file that is not one alone.
+    """
+    target = Path(path)
+    side = [Path(f"{target}-wal"), Path(f"{target}-shm")]
+    if not target.is_file() or not any(f.exists() for f in side):
+        return False
+    try:
+        conn = sqlite3.connect(file_uri(target, "mode=rw"), uri=True, timeout=0.0)
+    except sqlite3.Error:
+        return False
+    try:
+        conn.execute("PRAGMA busy_timeout=0")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            return False
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+    return not any(f.exists() for f in side)
 
 
 def open_sqlite_store(

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Literal
 
 from sagalab.orchestrator.errors import StoreError
+from sagalab.orchestrator.limits import WRITER_LOCK_SLACK
 
 __all__ = [
     "ENV",
@@ -65,8 +66,9 @@ WINDOW = 0.002
 #: A batch is committed once it holds this many units, whoever is still on the way in.
 MAX_UNITS = 256
 #: Extra seconds a caller waits for the writer's lock beyond the busy timeout (another
-#: caller may hold it through a whole `BEGIN IMMEDIATE` wait).
-LOCK_SLACK = 5.0
+#: caller may hold it through a whole `BEGIN IMMEDIATE` wait); in orchestrator/limits.py,
+#: since the gateways' and the edge's timeouts are counted from it (`edge.apps.hop_timeouts`).
+LOCK_SLACK = WRITER_LOCK_SLACK
 
 # Primary result codes after which SQLite may have rolled the transaction back, or the file
 # cannot be trusted: the whole batch fails (SQLITE_NOMEM, READONLY, IOERR, CORRUPT, FULL,

@@ -17,6 +17,7 @@ Nothing else in the runtime, the API or the CLI names a backend: they get a `Sto
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -26,7 +27,7 @@ from sagalab.orchestrator.errors import StoreError
 from sagalab.orchestrator.redact import redacted as _redacted
 from sagalab.orchestrator.sqlite_store import DRIVER_ERRORS as _SQLITE_ERRORS
 from sagalab.orchestrator.sqlite_store import SCHEMA_VERSION as _SQLITE_SCHEMA
-from sagalab.orchestrator.sqlite_store import check_database, open_sqlite_store
+from sagalab.orchestrator.sqlite_store import check_database, open_sqlite_store, release_wal
 from sagalab.orchestrator.sqlite_writer import ENV as GROUP_COMMIT_ENV
 from sagalab.orchestrator.store import Access, BreakerStore, Guard, Store
 from sagalab.orchestrator.wake import Waker, sqlite_waker
@@ -47,6 +48,7 @@ __all__ = [
     "open_breaker_store",
     "open_store",
     "postgres_url",
+    "release_files",
     "shown",
     "sqlite_path",
     "typed",
@@ -210,6 +212,16 @@ def open_breaker_store(
     )
 
     return SQLiteBreakerStore(sqlite_path(url_or_path), readonly=readonly, guard=guard)
+
+
+def release_files(url_or_path: str | os.PathLike[str]) -> None:
+    """Remove what a backend leaves beside the database once nobody uses it (a SQLite
+    file's `-wal` and `-shm`: `sqlite_store.release_wal`); nothing for PostgreSQL. Never
+    raises: a database still in use, or not there, is simply left as it is."""
+    if postgres_url(url_or_path) is not None:
+        return
+    with contextlib.suppress(StoreError, OSError):
+        release_wal(sqlite_path(url_or_path))
 
 
 def check_store(url_or_path: str | os.PathLike[str], access: Access = Access.READ) -> int:

@@ -45,7 +45,15 @@ from sagalab.orchestrator.policies.retry_budget import MAX_BUDGET_RATIO, MAX_BUD
 from .distributions import MAX_PHASES
 from .errors import ScenarioError
 
-__all__ = ["BOUNDS", "MAX_SIM_USERS", "Bound", "EventEstimate", "check_numbers", "estimate_events"]
+__all__ = [
+    "BOUNDS",
+    "MAX_SIM_USERS",
+    "NULL_BY_DEFAULT",
+    "Bound",
+    "EventEstimate",
+    "check_numbers",
+    "estimate_events",
+]
 
 MAX_SIM_USERS = 100_000
 """Users of one closed client group: each is a timer held for the whole run."""
@@ -228,7 +236,7 @@ def _numbers(node: Any, shown: str, pattern: str) -> Iterator[tuple[str, str, An
         yield shown, pattern, node
 
 
-_NULL_BY_DEFAULT = (
+NULL_BY_DEFAULT = (
     "clients[].retry_budget",
     "retry_budget",
     "clients[].throttle",
@@ -244,7 +252,7 @@ def _no_number_here(pattern: str, value: Any) -> str:
     parent = pattern.rpartition(".")[0]
     # A misspelt key of a mapping whose default is null (a retry budget, a throttle, a
     # population), maybe one level further down (`population.thinks.mean`).
-    owners = [p for p in _NULL_BY_DEFAULT if parent == p or parent.startswith(p + ".")]
+    owners = [p for p in NULL_BY_DEFAULT if parent == p or parent.startswith(p + ".")]
     if owners:
         owner = max(owners, key=len)
         prefix = owner + "."

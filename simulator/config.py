@@ -34,7 +34,7 @@ from sagalab.orchestrator.limits import (
 )
 from sagalab.orchestrator.safeyaml import safe_load
 
-from .bounds import check_numbers, estimate_events
+from .bounds import BOUNDS, NULL_BY_DEFAULT, check_numbers, estimate_events
 from .claims import check as check_claims
 from .defaults import DEFAULTS
 from .errors import ScenarioError, ScenarioNotFound
@@ -43,6 +43,7 @@ __all__ = [
     "Node",
     "apply_override",
     "check_bounds",
+    "check_seed",
     "configure",
     "list_scenarios",
     "load_scenario",
@@ -183,17 +184,30 @@ def _kind(value: Any) -> str:
 
 
 def apply_override(config: dict[str, Any], assignment: str) -> None:
-    """Apply one `key.path=value` in place; ScenarioError if the path or value does not fit."""
+    """Apply one `key.path=value` in place; ScenarioError if the path or value does not fit.
+
+    The path reaches into nested mappings and list items (`clients.0.retry.max_attempts`),
+    and turns on a setting that is off (`clients.0.throttle.k=3` where `throttle` is null)."""
     key, sep, text = assignment.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ScenarioError(f"--set {assignment}", "expected key.path=value")
     parts = key.split(".")
     node: Any = config
+    # A setting that is off by default (null: a throttle, a retry budget, a population,
+    # `measure`) takes any key here, and the path turns it on (`clients.0.throttle.k=3`), as
+    # the file would write `throttle: {k: 3}`; its keys and values are then checked where the
+    # file's are (the bounds and the typed reads), so a misspelt key is still refused.
+    pattern = ""  # the path as `bounds.BOUNDS` writes it: `clients[].throttle`
     for i, part in enumerate(parts[:-1]):
-        node = _child(node, part, ".".join(parts[: i + 1]))
+        child = _child(node, part, ".".join(parts[: i + 1]), missing_ok=pattern in NULL_BY_DEFAULT)
+        pattern = _pattern(pattern, node, part)
+        if child is None and pattern in NULL_BY_DEFAULT:
+            child = {}
+            node[part] = child
+        node = child
     last = parts[-1]
-    current = _child(node, last, key)
+    current = _child(node, last, key, missing_ok=pattern in NULL_BY_DEFAULT)
     value = parse_value(text)
     if _kind(current) == "number" and isinstance(value, str):
         # YAML 1.1 reads `1e6` and `inf` as strings: take them as the numbers they are, so
@@ -215,13 +229,26 @@ def apply_override(config: dict[str, Any], assignment: str) -> None:
         node[last] = value
 
 
-def _child(node: Any, part: str, where: str) -> Any:
+def _pattern(pattern: str, node: Any, part: str) -> str:
+    """`pattern` one step further down `node[part]`, in `bounds.BOUNDS`'s notation."""
+    if isinstance(node, list):
+        return f"{pattern}[]"
+    if pattern == "services":
+        return "services.*"
+    return f"{pattern}.{part}" if pattern else part
+
+
+def _child(node: Any, part: str, where: str, *, missing_ok: bool = False) -> Any:
+    """`node[part]`; ScenarioError naming `where` if there is no such setting (None for a
+    missing key when `missing_ok`: inside a mapping that `--set` just turned on)."""
     if isinstance(node, list):
         if not part.isdigit() or int(part) >= len(node):
             raise ScenarioError(f"--set {where}", f"index {part!r} is not in a list of {len(node)}")
         return node[int(part)]
     if isinstance(node, Mapping):
         if part not in node:
+            if missing_ok:
+                return None
             known = ", ".join(sorted(str(k) for k in node))
             raise ScenarioError(f"--set {where}", f"unknown setting; known here: {known}")
         return node[part]
@@ -328,6 +355,7 @@ def validate(
     value the model reads is missing or of the wrong type, or a claim could never be measured
     (`simulator.claims.check`); runs nothing."""
     _check_name(config.get("name"))
+    check_seed(seed)
     check_bounds(config, duration=duration)
     from .model import Simulation  # the model imports this module
     from .report import shape_before_run
@@ -337,6 +365,17 @@ def validate(
     # Claims are checked against the report and series the run will have, before it runs.
     report, columns = shape_before_run(sim)
     check_claims(config.get("claims") or [], report, columns)
+
+
+def check_seed(seed: int | None, where: str = "--seed") -> None:
+    """A `--seed` is held to the bound of the scenario's own `seed` (`bounds.BOUNDS`): the
+    option stands for `--set seed=N`, and a seed of any size was taken and written into the
+    report's file name."""
+    bound = BOUNDS["seed"]
+    if seed is not None and not bound.low <= seed <= bound.high:
+        raise ScenarioError(
+            where, f"must be {bound.low:,.0f} to {bound.high:,.0f} ({bound.why}), got {seed}"
+        )
 
 
 #: A scenario's name is the stem of the files `run` writes: long names fail to be written.

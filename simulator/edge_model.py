@@ -20,7 +20,7 @@ from typing import Any
 
 import simpy
 
-from sagalab.edge.policies.balancer import Balancer, HealthTracker
+from sagalab.edge.policies.balancer import Balancer, HealthTracker, Strategy, UnusedWeights
 from sagalab.edge.policies.failover import SendFailure, after_failure, choose_untried, eject
 from sagalab.edge.policies.firewall import Address, Firewall
 from sagalab.edge.policies.token_bucket import TokenBucket
@@ -279,16 +279,22 @@ class Edge:
         gw = node.node("gateways")
         count = gw.int("count", min=1)
         weights = per_gateway(lb, "weights", count)
-        try:
-            self.balancer = Balancer(lb.text("strategy"), weights or None)
-        except ValueError as exc:
-            if weights:
-                raise ScenarioError("balancer.weights", str(exc)) from None
+        strategy = lb.text("strategy")
+        if strategy not in {s.value for s in Strategy}:
             raise ScenarioError(
                 "balancer.strategy",
                 "must be round_robin, random, least_connections, power_of_two or "
                 "weighted_round_robin",
+            )
+        try:
+            self.balancer = Balancer(strategy, weights or None)
+        except UnusedWeights as exc:
+            raise ScenarioError(
+                "balancer.weights",
+                f"{exc}: set balancer.strategy to weighted_round_robin or remove balancer.weights",
             ) from None
+        except ValueError as exc:
+            raise ScenarioError("balancer.weights", str(exc)) from None
         health = lb.node("health")
         self.health_interval = health.num("interval", positive=True)
         auth = gw.num("auth_time", min=0.0)

@@ -655,6 +655,12 @@ def stop(directory: Path, *, grace: float = 5.0) -> list[str]:
     terminate(components, grace)
     if state.database is not None:
         stop_database(state.database, grace=grace)  # the last: the components used it
+    from sagalab.orchestrator.stores import release_files
+
+    # The console, stopped last, reads SQLite read-only and cannot remove the `-wal` and
+    # `-shm` files as it closes; a component that was killed never closes at all.
+    for db in {state.db, state.read_db or state.db}:
+        release_files(db)
     (Path(state.directory) / STATE_FILE).unlink(missing_ok=True)
     return running
 

@@ -15,14 +15,16 @@ error or Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
+import shutil
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +32,88 @@ from typing import Any
 import httpx
 import yaml
 
+from sagalab.edge.errors import StackError
 from sagalab.orchestrator.sagafilter import MAX_LIMIT, SagaFilter
 from sagalab.orchestrator.stores import open_breaker_store, open_store
 from sagalab.simulator.validate import Plan
-from sagalab.stack.processes import StackConfig, alive, start, stop
+from sagalab.stack.processes import (
+    STATE_FILE,
+    StackConfig,
+    alive,
+    load_state,
+    proc_start,
+    start,
+    stop,
+)
 
-__all__ = ["DRAIN_SECONDS", "RealRun", "run_real"]
+__all__ = [
+    "DIR_PREFIX",
+    "DRAIN_SECONDS",
+    "OWNER_FILE",
+    "RealRun",
+    "claim_directory",
+    "owned_directory",
+    "remove_stale",
+    "run_real",
+]
+
+#: The name of each run's stack directory under the temporary directory starts so.
+DIR_PREFIX = "sagalab-validate-"
+#: The file in it naming the validate process that owns it (pid and start time).
+OWNER_FILE = "owner.json"
+
+
+def claim_directory(parent: Path | None = None) -> Path:
+    """A new stack directory under `parent` (default: the temporary directory), with the
+    owner file that names this process."""
+    path = Path(tempfile.mkdtemp(prefix=DIR_PREFIX, dir=parent))
+    owner = {"pid": os.getpid(), "start": proc_start(os.getpid())}
+    (path / OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")
+    return path
+
+
+def remove_stale(parent: Path | None = None) -> list[Path]:
+    """Remove the stack directories of validate runs that died without cleaning up (a
+    SIGKILL runs no `finally`); the ones removed.
+
+    A directory is stale when the process its owner file names is gone (or its pid now
+    belongs to a process started at another time) and none of its stack's components still
+    runs (they stop when their parent dies, but a moment after it). A directory without an
+    owner file (just created, or another version's) is left alone: not ours to judge.
+    """
+    removed: list[Path] = []
+    for path in Path(parent or tempfile.gettempdir()).glob(f"{DIR_PREFIX}*"):
+        try:
+            owner = json.loads((path / OWNER_FILE).read_text(encoding="utf-8"))
+            pid, started = int(owner["pid"]), owner["start"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        now = proc_start(pid)
+        if now is not None and (started is None or now == started):
+            continue  # its validate still runs
+        if (path / STATE_FILE).exists():
+            try:
+                if any(alive(c) for c in load_state(path).components):
+                    continue  # its components have not yet seen their parent go
+            except StackError:
+                pass  # a state file cut short: nothing in it to wait for
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path)
+    return removed
+
+
+@contextmanager
+def owned_directory() -> Iterator[Path]:
+    """A stack directory of this process, removed on the way out; the ones that SIGKILLed
+    validate runs left are removed first (`remove_stale`)."""
+    remove_stale()
+    path = claim_directory()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
 
 #: The longest wait after the last arrival for the sagas to end (unfinished ones are counted).
 DRAIN_SECONDS = 30.0
@@ -264,8 +342,7 @@ def run_real(
     is stopped (and its directory removed) before this returns or raises."""
     run = RealRun()
     rng = random.Random(seed)
-    with tempfile.TemporaryDirectory(prefix="sagalab-validate-") as tmp:
-        directory = Path(tmp)
+    with owned_directory() as directory:
         services_file = _services_file(directory, plan)
         config = StackConfig(
             directory=directory,

@@ -56,6 +56,7 @@ def serve_path(
     keys_db: Path,
     *,
     api_keys: bool = False,
+    api: Mapping[str, Any] | None = None,
     gateway: Mapping[str, Any] | None = None,
     edge: Mapping[str, Any] | None = None,
     with_edge_limits: bool = False,
@@ -63,20 +64,22 @@ def serve_path(
 ) -> Iterator[ThreadedPath]:
     """An API over `db`, `gateways` gateways over `keys_db` and an edge before them.
 
-    `api_keys`: the API also takes keys presented to it directly (from `keys_db`). `gateway`
-    and `edge` are extra `GatewaySettings` / `EdgeSettings` fields; `with_edge_limits` serves
+    `api_keys`: the API also takes keys presented to it directly (from `keys_db`). `api` are
+    extra `create_app` arguments; `gateway` and `edge` extra `GatewaySettings` /
+    `EdgeSettings` fields; `with_edge_limits` serves
     the edge with its client connection limits, as `python -m sagalab.edge.apps edge` does.
     """
     secret = secrets.token_urlsafe(32)
-    api = serve_in_thread(
-        create_app(db, keys_db=keys_db if api_keys else None, gateway_secret=secret)
+    api_app = create_app(
+        db, keys_db=keys_db if api_keys else None, gateway_secret=secret, **(api or {})
     )
+    api_server = serve_in_thread(api_app)
     running = [
         serve_in_thread(
             build_gateway(
                 GatewaySettings(
                     keys_db=str(keys_db),
-                    upstreams=[api.url],
+                    upstreams=[api_server.url],
                     instance=f"gw{i}",
                     secret=secret,
                     **(gateway or {}),
@@ -89,9 +92,9 @@ def serve_path(
     limits = edge_limits(settings) if with_edge_limits else None
     front = serve_in_thread(build_edge(settings), limits=limits)
     try:
-        yield ThreadedPath(front, running, api, secret)
+        yield ThreadedPath(front, running, api_server, secret)
     finally:
-        for server in (front, *running, api):
+        for server in (front, *running, api_server):
             server.stop()
 
 

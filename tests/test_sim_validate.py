@@ -195,6 +195,55 @@ def test_a_sigkilled_validate_takes_its_stack_with_it(tmp_path: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
+def test_the_next_validate_removes_the_directory_a_sigkilled_one_left(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "sagalab.cli.main", "simulate", "validate"]
+    proc = subprocess.Popen(
+        [*command, str(scenario(tmp_path)), "--duration", "30"],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(
+            lambda: list(tmp_path.glob("sagalab-validate-*/stack.json")),
+            40,
+            "the validate stack to be up",
+            every=0.1,
+        )
+        proc.kill()
+        proc.wait(timeout=10)
+        left = list(tmp_path.glob("sagalab-validate-*"))
+        assert len(left) == 1  # what this test is about
+        wait_for(
+            lambda: not processes_mentioning(str(tmp_path)), 30, "the stack to stop", every=0.2
+        )
+        # A validate whose owner still runs is never touched: only the dead one's goes.
+        r = validate(tmp_path, str(scenario(tmp_path)), "--duration", "1")
+        assert r.returncode in (0, 1), r.stderr
+        assert not left[0].exists()
+        assert list(tmp_path.glob("sagalab-validate-*")) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in processes_mentioning(str(tmp_path)):  # what a failure left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_validate_directory_whose_owner_runs_is_kept(tmp_path: Path) -> None:
+    from sagalab.stack.realrun import claim_directory, remove_stale
+
+    mine = claim_directory(tmp_path)
+    foreign = tmp_path / "sagalab-validate-nobody"  # no owner file: not ours to judge
+    foreign.mkdir()
+    dead = claim_directory(tmp_path)
+    (dead / "owner.json").write_text(json.dumps({"pid": 2**22 + 1, "start": 1.0}))
+    assert remove_stale(tmp_path) == [dead]
+    assert mine.exists() and foreign.exists() and not dead.exists()
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [

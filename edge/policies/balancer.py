@@ -39,6 +39,7 @@ __all__ = [
     "InstanceView",
     "RandomSource",
     "Strategy",
+    "UnusedWeights",
     "eligible",
 ]
 
@@ -97,13 +98,25 @@ def eligible(instances: Sequence[Instance]) -> list[int]:
     return [i for i, inst in enumerate(instances) if inst.available]
 
 
+class UnusedWeights(ValueError):
+    """Weights given with a strategy that would ignore them (all but weighted_round_robin)."""
+
+    def __init__(self, strategy: Strategy) -> None:
+        self.strategy = strategy
+        super().__init__(
+            "weights are used only by the weighted_round_robin strategy "
+            f"(the strategy is {strategy.value})"
+        )
+
+
 class Balancer:
     """Chooses an instance for each request under one `Strategy`.
 
     Holds only the round-robin cursor (used by `round_robin`, and by `least_connections` to
     break ties) and, for `weighted_round_robin`, the weights and each instance's credit;
     everything else comes in with each call. `weights` (one per instance, >= 0, not all 0;
-    None: all 1) only matter to `weighted_round_robin`.
+    None: all 1) are for `weighted_round_robin` only: given with another strategy, which
+    would ignore them, they are refused (ValueError).
     """
 
     __slots__ = ("strategy", "_cursor", "weights", "_credit")
@@ -123,6 +136,9 @@ class Balancer:
                 raise ValueError("weights must be finite numbers, 0 or more")
             if weights and not any(weights):
                 raise ValueError("weights must not all be 0")
+            if weights and self.strategy is not Strategy.WEIGHTED_ROUND_ROBIN:
+                # Another strategy would ignore them: a user who gave weights expects them used.
+                raise UnusedWeights(self.strategy)
         self.weights: tuple[float, ...] | None = (
             tuple(float(w) for w in weights) if weights else None
         )
