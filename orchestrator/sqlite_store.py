@@ -308,6 +308,13 @@ def _input_match(match: InputMatch) -> tuple[str, list[Any]]:
             ors.append(f"{typed} = '{'true' if value else 'false'}'")
             args.append(path)
         elif isinstance(value, int | float):
+            if isinstance(value, int) and not -(2**63) <= value < 2**63:
+                # SQLite binds 64-bit integers only; it reads a longer JSON integer as a
+                # double, so compare as one (past a double's range nothing stored can match).
+                try:
+                    value = float(value)
+                except OverflowError:
+                    continue
             ors.append(f"({typed} IN ('integer', 'real') AND json_extract({doc}, ?) = ?)")
             args += [path, path, value]
         elif isinstance(value, str):
