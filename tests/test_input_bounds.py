@@ -151,3 +151,36 @@ def test_cli_refuses_a_huge_integer_with_exit_2(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2, result.output
     assert "number too long" in one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [b"orchestrate", b"list", b"--error", b"\xff"],
+        [b"orchestrate", b"list", b"--key", b"k\xfe"],
+        [b"orchestrate", b"rollback", b"01a2", b"--force", b"--reason", b"bad\xff"],
+        [b"orchestrate", b"run", b"checkout", b"--idempotency-key", b"k\xff", b"-i", b"{}"],
+        [b"orchestrate", b"list", b"--db", b"caf\xe9.db"],
+    ],
+    ids=["list-error", "list-key", "rollback-reason", "run-key", "db-path"],
+)
+def test_an_argument_that_is_not_utf8_is_exit_2_in_one_line(
+    tmp_path: Path, args: list[bytes]
+) -> None:
+    """Bytes that are not UTF-8 on the command line (Python reads them as lone surrogates,
+    which SQLite cannot store) are refused before anything runs, not a UnicodeEncodeError
+    traceback out of the store."""
+    db = tmp_path / "sagas.db"
+    done = subprocess.run(
+        [sys.executable.encode(), b"-m", b"sagalab.cli.main", *args],
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "SAGALAB_DB": str(db)},
+        check=False,
+    )
+    err = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 2, err
+    assert "Traceback" not in err and "not UTF-8 text" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not db.exists() and list(tmp_path.iterdir()) == []
