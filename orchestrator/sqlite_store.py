@@ -12,6 +12,7 @@ Reads go through sqlite-utils; the append hot path is raw SQL.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -707,15 +708,25 @@ class SQLiteStore:
         try:
             yield self.conn
         except sqlite3.Error as exc:
-            self.conn.execute("ROLLBACK")
+            self._roll_back()
             raise StoreError(f"cannot write to {self.path}: {exc}") from None
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self._roll_back()
             raise
         try:
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            self._roll_back()  # a full disk can fail the COMMIT and leave it open
             raise StoreError(f"cannot commit to {self.path}: {exc}") from None
+
+    def _roll_back(self) -> None:
+        """End the open write transaction, if SQLite has not ended it already: it rolls
+        back by itself on a full disk or an I/O error, and a ROLLBACK then would raise
+        "no transaction is active" over the error that mattered."""
+        if self.conn.in_transaction:
+            # The connection may be gone as well: the error being raised says why.
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
 
     def _group_writer(self) -> sqlite_writer.GroupWriter:
         """This process's writer for the file (taken lazily: after a fork, the child's own)."""
