@@ -11,6 +11,7 @@ import json
 import os
 import re
 import select
+import shlex
 import signal
 import socket
 import subprocess
@@ -685,13 +686,15 @@ def test_two_ups_started_together_run_one_stack_that_down_stops(tmp_path: Path) 
     """The state file that says a stack runs is written once it is ready: a second `up`
     started meanwhile passed the check and ran a second stack, which `down` never stopped.
     The first `up`'s supervisor is frozen mid-start here (SIGSTOP), so the second always
-    comes while the first is starting."""
-    directory = tmp_path / "lab"
+    comes while the first is starting. (In a directory with a space: the commands `up`
+    prints to paste are quoted for the shell.)"""
+    directory = tmp_path / "la b"
     args = ["stack", "up", "--detach", "--dir", str(directory), "--port", "0", "--no-ui"]
     first = subprocess.Popen(
         [sys.executable, "-m", "sagalab.cli.main", *args, "--workers", "0"],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        text=True,
     )
     supervisor = None
     try:
@@ -700,8 +703,12 @@ def test_two_ups_started_together_run_one_stack_that_down_stops(tmp_path: Path) 
         os.kill(supervisor, signal.SIGSTOP)
         second = sagalab(*args, "--workers", "0")
         os.kill(supervisor, signal.SIGCONT)
-        _, err = first.communicate(timeout=60)
+        out, err = first.communicate(timeout=60)
         assert first.returncode == 0, err
+        quoted = shlex.quote(str(directory.resolve()))
+        assert f"--db {shlex.quote(str(directory.resolve() / 'sagas.db'))} " in out
+        assert f"SAGALAB_STACK_DIR={quoted} sagalab services" in out
+        assert f"`sagalab stack down --dir {shlex.quote(str(directory))}` stops it" in err
         assert second.returncode == 1, second.stderr
         assert "a stack is already running from" in second.stderr
     finally:
