@@ -20,7 +20,7 @@ from sagalab.cli import (
     verify,
     worker,
 )
-from sagalab.cli.errors import EXIT_USAGE, fail
+from sagalab.cli.errors import EXIT_ENVIRONMENT, EXIT_USAGE, fail
 
 app = typer.Typer(
     name="sagalab",
@@ -46,7 +46,16 @@ app.command("ui")(ui.ui)
 def main() -> None:
     """Console-script entry point."""
     _refuse_undecodable_arguments(sys.argv[1:])
-    app()
+    try:
+        app()
+    except RuntimeError as exc:
+        # pathlib (Python 3.11) raises this for a path whose symbolic links lead back to
+        # themselves (a --dir, a --db): a path that cannot be used, not a bug to trace.
+        if not str(exc).startswith("Symlink loop"):
+            raise
+        raise SystemExit(
+            fail(f"{exc}: a loop of symbolic links; pass another path", EXIT_ENVIRONMENT).exit_code
+        ) from None
 
 
 def _refuse_undecodable_arguments(args: list[str]) -> None:

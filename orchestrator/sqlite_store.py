@@ -392,7 +392,10 @@ def check_sqlite_file(
     """
     hint = f"pass another path with {option}"
     target = Path(path)
-    resolved = target.resolve()
+    try:
+        resolved = target.resolve()
+    except RuntimeError:  # pathlib's word for a symbolic link that leads back to itself
+        raise StoreError(f"{target} is a loop of symbolic links: {hint}") from None
     for root in _PSEUDO_FILESYSTEMS:
         if resolved.is_relative_to(root) and not resolved.is_relative_to("/dev/shm"):
             raise StoreError(f"{target} is under {root}, a kernel pseudo-filesystem: {hint}")

@@ -184,3 +184,33 @@ def test_an_argument_that_is_not_utf8_is_exit_2_in_one_line(
     assert "Traceback" not in err and "not UTF-8 text" in err
     assert len(err.strip().splitlines()) == 1
     assert not db.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["orchestrate", "list", "--db", "loop"],
+        ["orchestrate", "run", "checkout", "-i", "{}", "--db", "loop"],
+        ["stack", "status", "--dir", "loop"],
+        ["stack", "up", "--detach", "--dir", "loop"],
+    ],
+    ids=["list-db", "run-db", "stack-status", "stack-up"],
+)
+def test_a_loop_of_symbolic_links_is_exit_5_in_one_line(tmp_path: Path, args: list[str]) -> None:
+    """`ln -s b a; ln -s a b`: pathlib raises RuntimeError("Symlink loop ...") as the path is
+    resolved, which came out as a traceback."""
+    (tmp_path / "loop").symlink_to(tmp_path / "back")
+    (tmp_path / "back").symlink_to(tmp_path / "loop")
+    done = subprocess.run(
+        [sys.executable, "-m", "sagalab.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert done.returncode == 5, done.stderr
+    assert "Traceback" not in done.stderr and "symbolic links" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back", "loop"]
