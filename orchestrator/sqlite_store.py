@@ -374,6 +374,10 @@ _PSEUDO_FILESYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
 _HINT = "pass another path with --db or SAGALAB_DB"  # for saga databases
 
 
+#: Bytes in a SQLite file's header: any database holds at least these (a page, in fact).
+_SQLITE_HEADER = 100
+
+
 def check_sqlite_file(
     path: str | Path,
     access: Access,
@@ -423,6 +427,8 @@ def check_sqlite_file(
         raise StoreError(f"{what} {target} (or its directory) is not writable: {hint}")
     if info.st_size == 0:
         return None
+    if info.st_size < _SQLITE_HEADER:  # SQLite takes a one-byte file for a new database
+        raise StoreError(f"{target} is not a SQLite database (not a {what}): {hint}")
     return _probe(target, what, hint)
 
 
