@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -227,6 +228,9 @@ def loadtest(
             raise _fail(str(exc), EXIT_USAGE) from None
         except StackEnvironmentError as exc:
             raise _fail(str(exc), EXIT_ENVIRONMENT) from None
+    # SIGTERM (`timeout`, a CI job's cancel) stops the run as Ctrl-C does: the stack this
+    # run started, and Locust, are stopped on the way out instead of left running.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         reports.mkdir(parents=True, exist_ok=True)  # checked above: refusals created nothing
         if own_stack:
@@ -259,7 +263,12 @@ def loadtest(
                 err.print(f"stopped the stack started for this run ({len(stopped)} process(es))")
             except EdgeError:
                 pass  # it never started: nothing to stop
+        signal.signal(signal.SIGTERM, previous)
     raise typer.Exit(code)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(

@@ -11,6 +11,7 @@ services file or port cannot be used, or `--postgres` finds no PostgreSQL server
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -96,11 +97,17 @@ def _show_endpoints(state: StackState) -> None:
         '"input": {"order_id": "o-1", "customer_id": "c-1", "sku": "sku-1", "quantity": 1, '
         '"amount": 10}}\''
     )
-    reads = f" --read-db {shown(state.read_db)}" if state.read_db else ""
-    out.print(f"then: sagalab orchestrate list --db {shown(state.db)}{reads}   (the stack's sagas)")
+    # Quoted for the shell: these lines are pasted, and a directory may hold a space.
+    reads = f" --read-db {shlex.quote(shown(state.read_db))}" if state.read_db else ""
+    db = shlex.quote(shown(state.db))
+    out.print(f"then: sagalab orchestrate list --db {db}{reads}   (the stack's sagas)")
     where = Path(state.directory).resolve()
     # From another directory, `services` finds this stack only through SAGALAB_STACK_DIR.
-    prefix = "" if where == DEFAULT_STACK_DIR.resolve() else f"SAGALAB_STACK_DIR={where} "
+    prefix = (
+        ""
+        if where == DEFAULT_STACK_DIR.resolve()
+        else f"SAGALAB_STACK_DIR={shlex.quote(str(where))} "
+    )
     out.print(
         f"      {prefix}sagalab services fault payments --error-rate 1   (the stack's services)"
     )
@@ -237,7 +244,7 @@ def up(
     else:
         _show_endpoints(state)
     if detach:
-        err.print(f"detached; `sagalab stack down --dir {directory}` stops it")
+        err.print(f"detached; `sagalab stack down --dir {shlex.quote(str(directory))}` stops it")
         return
     err.print("press Ctrl-C to stop the stack")
     stopping = False

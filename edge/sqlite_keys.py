@@ -14,6 +14,7 @@ from typing import Any
 
 from sagalab.edge.errors import KeyStoreError
 from sagalab.edge.keys import KeyTable
+from sagalab.orchestrator.dbfiles import file_uri, read_modes
 
 __all__ = ["SQLiteKeyStore"]
 
@@ -60,29 +61,22 @@ class SQLiteKeyStore(KeyTable):
                 f"no key database at {path}: `sagalab keys create NAME` makes one "
                 "(or pass the stack's with --keys-db)"
             )
-        try:
-            if create:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                target = str(self.path)
-            else:  # mode=rw never creates the file
-                target = self.path.resolve().as_uri() + "?mode=rw"
-            # A gateway builds its store in one thread and serves from its event-loop thread;
-            # it is only ever used from one thread at a time.
-            self.conn = sqlite3.connect(
-                target,
-                timeout=10.0,
-                isolation_level=None,
-                check_same_thread=False,
-                uri=not create,
-            )
-            if readonly:
-                self.conn.execute("PRAGMA query_only=ON")
-            tables = {
-                r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
-        except (sqlite3.Error, OSError) as exc:
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            targets = [str(self.path)]
+        elif readonly:  # the saga store's rule: where nothing can write, read it immutable
+            targets = [file_uri(self.path, mode) for mode in read_modes(self.path)]
+        else:  # mode=rw never creates the file
+            targets = [file_uri(self.path, "mode=rw")]
+        for target in targets:
+            try:
+                tables = self._connect(target, uri=not create, readonly=readonly)
+                break
+            except (sqlite3.Error, OSError) as exc:
+                error = exc
+        else:
             raise KeyStoreError(
-                f"cannot open key database {path}: {exc}; pass a key database with --keys-db"
+                f"cannot open key database {path}: {error}; pass a key database with --keys-db"
             ) from None
         if (tables or not create) and "api_keys" not in tables:
             # An empty file is a new key database only to `create`; to a read it is not one.
@@ -129,6 +123,24 @@ class SQLiteKeyStore(KeyTable):
             self.conn.execute(sql, tuple(args))
         except sqlite3.Error as exc:
             raise KeyStoreError(f"cannot write key database {self.path}: {exc}") from None
+
+    def _connect(self, target: str, *, uri: bool, readonly: bool) -> set[str]:
+        """Open `target` as this store's connection; the tables it holds. The connection
+        is closed again if that fails (an open file would keep its mount busy)."""
+        # A gateway builds its store in one thread and serves from its event-loop thread;
+        # it is only ever used from one thread at a time.
+        self.conn = sqlite3.connect(
+            target, timeout=10.0, isolation_level=None, check_same_thread=False, uri=uri
+        )
+        try:
+            if readonly:
+                self.conn.execute("PRAGMA query_only=ON")
+            return {
+                r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        except sqlite3.Error:
+            self.conn.close()
+            raise
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

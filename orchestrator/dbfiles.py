@@ -19,8 +19,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
-__all__ = ["creating_database"]
+__all__ = ["creating_database", "file_uri", "read_modes"]
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +67,30 @@ def _remove_stale(path: Path) -> None:
             log.warning("cannot remove %s left by a deleted database: %s", stale, exc.strerror)
             continue
         log.warning("removed %s: left by a database deleted or moved from %s", stale, path)
+
+
+def read_modes(path: str | Path) -> tuple[str, ...]:
+    """The URI query strings to try, in order, to read the database at `path` (the rule for
+    every read-only open, `_probe` and `connect_read_only`).
+
+    - a `-wal` beside it (a writer has it open, or left it): `mode=ro`, which creates nothing;
+    - a directory this process cannot write (a read-only mount, a snapshot, no permission),
+      no `-wal`: `mode=ro&immutable=1`. Plain `mode=ro` would have to create the `-shm`
+      file a WAL database needs and cannot ("unable to open database file"); no writer can
+      be at work there (it would need that directory for its `-wal`), so nothing changes
+      under the reader;
+    - otherwise `mode=rw` (never creates the database), then `mode=ro` if the file itself is
+      read-only: see `connect_read_only` for why not `ro` first.
+    """
+    target = Path(path)
+    if Path(f"{target}-wal").exists():
+        return ("mode=ro",)
+    if not os.access(target.absolute().parent, os.W_OK | os.X_OK):
+        return ("mode=ro&immutable=1",)
+    return ("mode=rw", "mode=ro")
+
+
+def file_uri(path: str | Path, query: str) -> str:
+    """The explicit `file:` URI of `path` with `query`: nothing in the path (a `?`, a `#`,
+    a `file:` prefix) is read by SQLite as anything but the file name."""
+    return f"file:{quote(str(Path(path).absolute()))}?{query}"

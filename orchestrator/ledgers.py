@@ -20,7 +20,9 @@ returning those JSON objects is a `LedgerReader`; `HttpLedgerReader` reads them 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -48,6 +50,10 @@ __all__ = [
     "verify_store",
 ]
 
+#: The largest ledger answer read (a month of a busy lab's entries is a few MB; `since`
+#: narrows it): past it the ledger is reported unreadable rather than read into memory.
+MAX_LEDGER_BYTES = 256 * 1024 * 1024
+
 
 class LedgerReader(Protocol):
     """Reads one service's ledger."""
@@ -70,11 +76,15 @@ class HttpLedgerReader:
         lab: str | None = None,
         client: httpx.Client | None = None,
         timeout: float = 10.0,
+        deadline: float = 120.0,
+        max_bytes: int = MAX_LEDGER_BYTES,
     ) -> None:
         self.urls = dict(urls)
         self.lab = lab.rstrip("/") if lab else None
         self.client = client or httpx.Client(headers={"User-Agent": "sagalab verify"})
-        self.timeout = timeout
+        self.timeout = timeout  # per network operation (connect, each read)
+        self.deadline = deadline  # for the whole answer: a trickle resets `timeout` each byte
+        self.max_bytes = max_bytes
 
     def close(self) -> None:
         """Release the HTTP client."""
@@ -95,21 +105,41 @@ class HttpLedgerReader:
             )
         params = {} if since is None else {"since": repr(since)}
         try:
-            response = self.client.get(url, params=params, timeout=self.timeout)
+            status, content = self._fetch(url, params)
         except httpx.HTTPError as exc:
             raise LedgerUnavailable(service, f"{type(exc).__name__}: {exc}", url=url) from None
-        if response.status_code != 200:
-            raise LedgerUnavailable(
-                service, f"answered {response.status_code} {response.text[:200]!r}", url=url
-            )
+        except _TooSlowOrLarge as exc:
+            raise LedgerUnavailable(service, str(exc), url=url) from None
+        if status != 200:
+            shown = content[:200].decode("utf-8", "replace")
+            raise LedgerUnavailable(service, f"answered {status} {shown!r}", url=url)
         try:
-            body = response.json()
-        except ValueError:
+            body = json.loads(content)
+        except (ValueError, RecursionError):
             raise LedgerUnavailable(service, "the answer is not JSON", url=url) from None
         entries = body.get("entries") if isinstance(body, dict) else None
         if not isinstance(entries, list):
             raise LedgerUnavailable(service, 'the answer has no "entries" list', url=url)
         return entries
+
+    def _fetch(self, url: str, params: Mapping[str, str]) -> tuple[int, bytes]:
+        """The status and body of `GET url`, read within `deadline` seconds and `max_bytes`."""
+        ends = time.monotonic() + self.deadline
+        chunks: list[bytes] = []
+        size = 0
+        with self.client.stream("GET", url, params=params, timeout=self.timeout) as response:
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise _TooSlowOrLarge(f"the answer is over {self.max_bytes} bytes")
+                if time.monotonic() > ends:
+                    raise _TooSlowOrLarge(f"the answer took over {self.deadline:g}s")
+                chunks.append(chunk)
+            return response.status_code, b"".join(chunks)
+
+
+class _TooSlowOrLarge(Exception):
+    """A ledger answer past the reader's deadline or size."""
 
 
 def _timestamp(value: Any) -> float:

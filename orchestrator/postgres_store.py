@@ -406,7 +406,14 @@ def _schema_version(conn: psycopg.Connection, url: str, access: Access) -> int:
             f"{shown} holds tables of another application ({names}), not a saga database: {_HINT}"
         )
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    version = int(row[0]) if row is not None and str(row[0]).isdigit() else 0
+    if row is None or not str(row[0]).isdigit():
+        # Every migration writes the row in the transaction that makes the tables: without
+        # it the database is damaged, and replaying v1 over its tables would only fail.
+        raise StoreError(
+            f"{shown} holds saga tables but its schema version is missing or unreadable "
+            f"(meta.schema_version: {None if row is None else row[0]!r}): restore it or {_HINT}"
+        )
+    version = int(row[0])
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"{shown} has schema version {version}, newer than this sagalab "

@@ -12,6 +12,7 @@ Reads go through sqlite-utils; the append hot path is raw SQL.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,12 +24,11 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import quote
 
 import sqlite_utils
 
 from sagalab.orchestrator import sqlite_writer, wake
-from sagalab.orchestrator.dbfiles import creating_database
+from sagalab.orchestrator.dbfiles import creating_database, file_uri, read_modes
 from sagalab.orchestrator.errors import (
     BatchNotFoundError,
     ConcurrentUpdate,
@@ -308,6 +308,13 @@ def _input_match(match: InputMatch) -> tuple[str, list[Any]]:
             ors.append(f"{typed} = '{'true' if value else 'false'}'")
             args.append(path)
         elif isinstance(value, int | float):
+            if isinstance(value, int) and not -(2**63) <= value < 2**63:
+                # SQLite binds 64-bit integers only; it reads a longer JSON integer as a
+                # double, so compare as one (past a double's range nothing stored can match).
+                try:
+                    value = float(value)
+                except OverflowError:
+                    continue
             ors.append(f"({typed} IN ('integer', 'real') AND json_extract({doc}, ?) = ?)")
             args += [path, path, value]
         elif isinstance(value, str):
@@ -369,6 +376,10 @@ _PSEUDO_FILESYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
 _HINT = "pass another path with --db or SAGALAB_DB"  # for saga databases
 
 
+#: Bytes in a SQLite file's header: any database holds at least these (a page, in fact).
+_SQLITE_HEADER = 100
+
+
 def check_sqlite_file(
     path: str | Path,
     access: Access,
@@ -387,7 +398,10 @@ def check_sqlite_file(
     """
     hint = f"pass another path with {option}"
     target = Path(path)
-    resolved = target.resolve()
+    try:
+        resolved = target.resolve()
+    except RuntimeError:  # pathlib's word for a symbolic link that leads back to itself
+        raise StoreError(f"{target} is a loop of symbolic links: {hint}") from None
     for root in _PSEUDO_FILESYSTEMS:
         if resolved.is_relative_to(root) and not resolved.is_relative_to("/dev/shm"):
             raise StoreError(f"{target} is under {root}, a kernel pseudo-filesystem: {hint}")
@@ -415,6 +429,8 @@ def check_sqlite_file(
         raise StoreError(f"{what} {target} (or its directory) is not writable: {hint}")
     if info.st_size == 0:
         return None
+    if info.st_size < _SQLITE_HEADER:  # SQLite takes a one-byte file for a new database
+        raise StoreError(f"{target} is not a SQLite database (not a {what}): {hint}")
     return _probe(target, what, hint)
 
 
@@ -427,33 +443,6 @@ def _check_creatable(target: Path, what: str) -> None:
         raise StoreError(f"cannot create {what} {target}: {ancestor} is not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise StoreError(f"cannot create {what} {target}: {ancestor} is not writable")
-
-
-def read_modes(path: str | Path) -> tuple[str, ...]:
-    """The URI query strings to try, in order, to read the database at `path` (the rule for
-    every read-only open, `_probe` and `connect_read_only`).
-
-    - a `-wal` beside it (a writer has it open, or left it): `mode=ro`, which creates nothing;
-    - a directory this process cannot write (a read-only mount, a snapshot, no permission),
-      no `-wal`: `mode=ro&immutable=1`. Plain `mode=ro` would have to create the `-shm`
-      file a WAL database needs and cannot ("unable to open database file"); no writer can
-      be at work there (it would need that directory for its `-wal`), so nothing changes
-      under the reader;
-    - otherwise `mode=rw` (never creates the database), then `mode=ro` if the file itself is
-      read-only: see `connect_read_only` for why not `ro` first.
-    """
-    target = Path(path)
-    if Path(f"{target}-wal").exists():
-        return ("mode=ro",)
-    if not os.access(target.absolute().parent, os.W_OK | os.X_OK):
-        return ("mode=ro&immutable=1",)
-    return ("mode=rw", "mode=ro")
-
-
-def file_uri(path: str | Path, query: str) -> str:
-    """The explicit `file:` URI of `path` with `query`: nothing in the path (a `?`, a `#`,
-    a `file:` prefix) is read by SQLite as anything but the file name."""
-    return f"file:{quote(str(Path(path).absolute()))}?{query}"
 
 
 def _probe(target: Path, what: str, hint: str) -> SQLiteFile:
@@ -742,15 +731,25 @@ class SQLiteStore:
         try:
             yield self.conn
         except sqlite3.Error as exc:
-            self.conn.execute("ROLLBACK")
+            self._roll_back()
             raise StoreError(f"cannot write to {self.path}: {exc}") from None
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self._roll_back()
             raise
         try:
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            self._roll_back()  # a full disk can fail the COMMIT and leave it open
             raise StoreError(f"cannot commit to {self.path}: {exc}") from None
+
+    def _roll_back(self) -> None:
+        """End the open write transaction, if SQLite has not ended it already: it rolls
+        back by itself on a full disk or an I/O error, and a ROLLBACK then would raise
+        "no transaction is active" over the error that mattered."""
+        if self.conn.in_transaction:
+            # The connection may be gone as well: the error being raised says why.
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
 
     def _group_writer(self) -> sqlite_writer.GroupWriter:
         """This process's writer for the file (taken lazily: after a fork, the child's own)."""

@@ -23,6 +23,7 @@ component (SIGTERM, then SIGKILL) and starts it at once, without backoff.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -74,6 +75,8 @@ MIN_RESTART_DELAY = 0.1
 STABLE_AFTER = 10.0
 REQUESTS = "requests"
 LOG = "supervisor.log"
+LOCK_FILE = "supervisor.lock"
+_HELD: list[int] = []
 
 
 def exit_reason(returncode: int | None, log: str) -> str:
@@ -255,6 +258,11 @@ def main() -> int:
     config = _config_from_json(json.loads(sys.stdin.read()))
     directory = config.directory.resolve()
     handshake = os.fdopen(os.dup(1), "w", buffering=1)
+    try:
+        _hold_directory(directory)
+    except StackError as exc:
+        handshake.write(f"error {json.dumps(str(exc))}\n")
+        return 1
     # From now on, stdout and stderr go to the log; the handshake pipe only says how start went.
     log_file = open(directory / "logs" / LOG, "a", buffering=1)  # noqa: SIM115
     os.dup2(log_file.fileno(), 1)
@@ -306,6 +314,25 @@ def main() -> int:
     handshake.close()
     supervisor.run()
     return 0
+
+
+def _hold_directory(directory: Path) -> None:
+    """Lock `directory` for this supervisor's life (StackError if another holds it).
+
+    `start` refuses a directory whose state file names live components, but that file is
+    written once every component is ready: two `stack up` started together both passed that
+    check and ran two stacks, one of which no `stack down` could reach. The lock is an
+    flock on LOCK_FILE, released by the kernel when this process ends, however it ends.
+    """
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StackError(
+            f"a stack is already running from {directory}; `sagalab stack down` stops it"
+        ) from None
+    _HELD.append(fd)  # open (and so locked) until this process exits
 
 
 def launch(

@@ -27,6 +27,7 @@ from workerlab import sagalab, wait_for
 from sagalab.cli.main import app
 from sagalab.fakeservices import RunningServices
 from sagalab.orchestrator.dbcopy import TableCount, copy_database
+from sagalab.orchestrator.errors import StoreError
 from sagalab.orchestrator.leases import new_owner
 from sagalab.orchestrator.sqlite_store import SQLiteStore
 from sagalab.orchestrator.store import COPY_COLUMNS, COPY_TABLES
@@ -426,3 +427,30 @@ def test_a_row_that_does_not_arrive_fails_the_count_check(tmp_path: Path) -> Non
         dst.close()
     assert not report.ok
     assert [t.table for t in report.tables if not t.ok] == ["events"]
+
+
+def test_a_copy_onto_a_full_disk_says_so_and_leaves_an_empty_destination(
+    tmp_path: Path,
+) -> None:
+    """SQLite rolls a transaction back itself when the disk is full: the copy's own ROLLBACK
+    then found none, and its error ("cannot rollback - no transaction is active") hid the
+    one that mattered. The destination holds nothing and takes the same copy once there is
+    room."""
+    source = open_store(tmp_path / "src.db")
+    sys.path.insert(0, str(Path(__file__).parent / "store_conformance"))
+    from conformancelab import create
+
+    for i in range(300):
+        create(source, f"s{i:04d}", now=100.0 + i, order_id=f"o-{i}", pad="x" * 2000)
+    destination = SQLiteStore(tmp_path / "dst.db", group_commit=False)
+    # A full disk, as SQLite reports it (SQLITE_FULL), on this one connection.
+    pages = destination.conn.execute("PRAGMA page_count").fetchone()[0]
+    destination.conn.execute(f"PRAGMA max_page_count = {pages + 20}")
+    with pytest.raises(StoreError, match="full"):
+        copy_database(source, destination)
+    assert not destination.conn.in_transaction
+    destination.conn.execute("PRAGMA max_page_count = 1073741823")
+    report = copy_database(source, destination)  # the same store, room again
+    assert report.ok and destination.table_counts()["sagas"] == 300
+    source.close()
+    destination.close()

@@ -35,6 +35,13 @@ def _directory(tmp: Path) -> Path:
     return tmp / "a-directory"
 
 
+def _one_byte(tmp: Path) -> Path:
+    """SQLite opens a one-byte file as an empty database and writes over it."""
+    path = tmp / "x.db"
+    path.write_text("x")
+    return path
+
+
 def _not_sqlite(tmp: Path) -> Path:
     path = tmp / "notes.txt"
     path.write_text("these are my notes, not a database\n" * 50)
@@ -110,6 +117,7 @@ BAD_PATHS: dict[str, tuple[Callable[[Path], Path], str]] = {
     # kind: (make it, a word the message must contain)
     "directory": (_directory, "directory"),
     "not-sqlite": (_not_sqlite, "not a SQLite database"),
+    "one-byte": (_one_byte, "not a SQLite database"),
     "corrupt": (_garbage_after_header, "corrupt"),
     "corrupt-schema": (_scrambled_schema_page, "corrupt"),
     "unwritable": (_parent_is_a_file, "sagas.db"),

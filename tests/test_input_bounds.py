@@ -151,3 +151,66 @@ def test_cli_refuses_a_huge_integer_with_exit_2(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2, result.output
     assert "number too long" in one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [b"orchestrate", b"list", b"--error", b"\xff"],
+        [b"orchestrate", b"list", b"--key", b"k\xfe"],
+        [b"orchestrate", b"rollback", b"01a2", b"--force", b"--reason", b"bad\xff"],
+        [b"orchestrate", b"run", b"checkout", b"--idempotency-key", b"k\xff", b"-i", b"{}"],
+        [b"orchestrate", b"list", b"--db", b"caf\xe9.db"],
+    ],
+    ids=["list-error", "list-key", "rollback-reason", "run-key", "db-path"],
+)
+def test_an_argument_that_is_not_utf8_is_exit_2_in_one_line(
+    tmp_path: Path, args: list[bytes]
+) -> None:
+    """Bytes that are not UTF-8 on the command line (Python reads them as lone surrogates,
+    which SQLite cannot store) are refused before anything runs, not a UnicodeEncodeError
+    traceback out of the store."""
+    db = tmp_path / "sagas.db"
+    done = subprocess.run(
+        [sys.executable.encode(), b"-m", b"sagalab.cli.main", *args],
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "SAGALAB_DB": str(db)},
+        check=False,
+    )
+    err = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 2, err
+    assert "Traceback" not in err and "not UTF-8 text" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not db.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["orchestrate", "list", "--db", "loop"],
+        ["orchestrate", "run", "checkout", "-i", "{}", "--db", "loop"],
+        ["stack", "status", "--dir", "loop"],
+        ["stack", "up", "--detach", "--dir", "loop"],
+    ],
+    ids=["list-db", "run-db", "stack-status", "stack-up"],
+)
+def test_a_loop_of_symbolic_links_is_exit_5_in_one_line(tmp_path: Path, args: list[str]) -> None:
+    """`ln -s b a; ln -s a b`: pathlib raises RuntimeError("Symlink loop ...") as the path is
+    resolved, which came out as a traceback."""
+    (tmp_path / "loop").symlink_to(tmp_path / "back")
+    (tmp_path / "back").symlink_to(tmp_path / "loop")
+    done = subprocess.run(
+        [sys.executable, "-m", "sagalab.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert done.returncode == 5, done.stderr
+    assert "Traceback" not in done.stderr and "symbolic links" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back", "loop"]

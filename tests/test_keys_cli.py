@@ -253,3 +253,32 @@ def test_a_key_named_default_never_joins_the_clis_tenant_unasked(tmp_path: Path)
     assert code == 2 and "--tenant default" in err, err
     code, out, _ = keys("create", "default", "--tenant", "default", "--keys-db", db, "--json")
     assert code == 0 and json.loads(out)["tenant"] == "default"
+
+
+def test_keys_list_reads_a_key_database_on_a_read_only_mount(tmp_path: Path) -> None:
+    """A WAL-mode key database where nothing can write (a read-only mount, a snapshot) has
+    no `-shm` and cannot get one: `keys list` said "unable to open database file". It is
+    read as the saga store reads such a file (`immutable=1`)."""
+    import os
+    import subprocess
+
+    where = tmp_path / "snapshot"
+    where.mkdir()
+    root = os.geteuid() == 0
+    if root:  # root writes through file modes: a tmpfs, filled, then remounted read-only
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True)
+    try:
+        assert keys("create", "ops", "--keys-db", str(where / "keys.db"))[0] == 0
+        assert not (where / "keys.db-wal").exists()  # closed: its log checkpointed away
+        if root:
+            subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        else:
+            where.chmod(0o555)
+        code, out, err = keys("list", "--keys-db", str(where / "keys.db"))
+        assert code == 0, err
+        assert "ops" in out
+    finally:
+        if root:
+            subprocess.run(["umount", str(where)], check=True)
+        else:
+            where.chmod(0o755)

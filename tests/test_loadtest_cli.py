@@ -159,3 +159,35 @@ def test_ctrl_c_stops_locust_and_the_stack_it_started(tmp_path: Path) -> None:
     assert "stopped the stack started for this run" in stderr
     assert stack_gone(directory)
     assert processes_mentioning(str(idle)) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_LOCUST, reason="needs locust")
+def test_sigterm_stops_locust_and_the_stack_it_started(tmp_path: Path) -> None:
+    """`timeout`, a CI job's cancel or systemd send SIGTERM to the command alone: it ended
+    the CLI at once and left the whole stack it had started (and Locust) running."""
+    idle = tmp_path / "idle.py"
+    idle.write_text(IDLE_LOCUSTFILE)
+    directory = tmp_path / "stack"
+    proc = subprocess.Popen(
+        command(tmp_path, "--workers", "1", "--duration", "120", "--locustfile", str(idle)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: (directory / "stack.json").exists(), 60, "the stack to start")
+        wait_for(lambda: processes_mentioning(f"-f {idle}"), 60, "locust to run")
+        proc.send_signal(signal.SIGTERM)  # to this process only, not its group
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        stack_down(directory)  # today's code left it running: stop it whatever happened
+        for pid in processes_mentioning(f"-f {idle}"):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr
+    assert "stopped the stack started for this run" in stderr
+    assert stack_gone(directory)
+    assert processes_mentioning(str(idle)) == []

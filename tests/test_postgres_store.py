@@ -199,3 +199,18 @@ def test_a_nul_character_in_a_reason_is_stored_not_a_write_that_fails_for_ever(
         assert (entry.event.reason, entry.span_id) == ("bad\ufffdbyte", "span\ufffd")
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("damage", ["DELETE FROM meta", "UPDATE meta SET value = 'abc'"])
+def test_a_saga_database_whose_version_row_is_gone_is_refused_by_name(
+    pg_url: str, damage: str
+) -> None:
+    """Tables there but no readable schema version (a restore that lost `meta`'s row):
+    it read as version 0 and every command, `list` too, replayed the v1 migration and
+    failed on "relation ... already exists"; nothing said what was wrong."""
+    open_store(pg_url).close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(damage)
+    for readonly in (True, False):
+        with pytest.raises(StoreError, match="schema version is missing or unreadable"):
+            open_store(pg_url, readonly=readonly)

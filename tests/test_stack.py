@@ -11,6 +11,7 @@ import json
 import os
 import re
 import select
+import shlex
 import signal
 import socket
 import subprocess
@@ -665,3 +666,55 @@ def test_a_dead_supervisor_is_shown_and_down_still_stops_everything(tmp_path: Pa
     assert down.returncode == 0, down.stderr
     assert processes_mentioning(directory) == []
     assert not Path(directory, "stack.json").exists()
+
+
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def test_two_ups_started_together_run_one_stack_that_down_stops(tmp_path: Path) -> None:
+    """The state file that says a stack runs is written once it is ready: a second `up`
+    started meanwhile passed the check and ran a second stack, which `down` never stopped.
+    The first `up`'s supervisor is frozen mid-start here (SIGSTOP), so the second always
+    comes while the first is starting. (In a directory with a space: the commands `up`
+    prints to paste are quoted for the shell.)"""
+    directory = tmp_path / "la b"
+    args = ["stack", "up", "--detach", "--dir", str(directory), "--port", "0", "--no-ui"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "sagalab.cli.main", *args, "--workers", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    supervisor = None
+    try:
+        wait_for(lambda: (directory / "logs" / "supervisor.log").exists(), 30, "the supervisor")
+        supervisor = wait_for(lambda: _children(first.pid), 30, "its pid")[0]
+        os.kill(supervisor, signal.SIGSTOP)
+        second = sagalab(*args, "--workers", "0")
+        os.kill(supervisor, signal.SIGCONT)
+        out, err = first.communicate(timeout=60)
+        assert first.returncode == 0, err
+        quoted = shlex.quote(str(directory.resolve()))
+        assert f"--db {shlex.quote(str(directory.resolve() / 'sagas.db'))} " in out
+        assert f"SAGALAB_STACK_DIR={quoted} sagalab services" in out
+        assert f"`sagalab stack down --dir {shlex.quote(str(directory))}` stops it" in err
+        assert second.returncode == 1, second.stderr
+        assert "a stack is already running from" in second.stderr
+    finally:
+        if supervisor is not None:
+            os.kill(supervisor, signal.SIGCONT)
+        first.wait(timeout=60)
+        for _ in range(2):  # today's code left a second stack: stop it too
+            sagalab("stack", "down", "--dir", str(directory))
+    wait_for(lambda: not processes_mentioning(str(directory)), 30, "every component to stop")

@@ -458,3 +458,37 @@ def test_bad_trace_options_exit_2_with_one_line(
     r = sagalab("ui", "--db", made[0], "--port", "0", *args)
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_an_action_body_with_a_lone_surrogate_is_a_422_and_writes_nothing(
+    made: tuple[str, Sagas], acting: tuple[httpx.Client, str]
+) -> None:
+    """`{"reason": "\\ud800"}` is JSON Python reads, and text SQLite cannot store: the console
+    refuses it at the door, as the API does (422), instead of a 500 from the journal write."""
+    client, token = acting
+    db, s = made
+    before = sagalab_events(db, s.completed)
+    for action, body in [
+        ("rollback", '{"reason": "x\\ud800", "force": true}'),
+        ("retry-step", '{"step": "\\udcff"}'),
+        ("cancel", '{"reason": "\\ud800"}'),
+    ]:
+        answer = client.post(
+            f"/api/sagas/{s.completed}/actions/{action}",
+            content=body,
+            headers={"X-CSRF-Token": token, "Content-Type": "application/json"},
+        )
+        assert answer.status_code == 422, answer.text
+        assert "surrogate" in answer.json()["detail"]
+    assert sagalab_events(db, s.completed) == before
+
+
+def sagalab_events(db: str, saga_id: str) -> int:
+    """How many journal events the saga has (read through the store port)."""
+    from sagalab.orchestrator.stores import open_store
+
+    store = open_store(db, readonly=True, create=False)
+    try:
+        return len(store.state(saga_id)[1])
+    finally:
+        store.close()

@@ -549,3 +549,45 @@ def test_kept_steps_of_a_saga_whose_fork_was_never_created_still_stand_as_a_find
     }
     handed = SagaFacts(saga, SagaStatus.ROLLED_BACK, flow, tuple(events), kept=kept, fork="f1")
     assert reconcile([handed], ledger, services=services).findings == ()
+
+
+def test_a_ledger_that_trickles_its_answer_is_unreadable_after_the_deadline() -> None:
+    """A ledger server that sends a byte a second never trips a per-read timeout: `verify`
+    waited on it without end. The whole answer now has a deadline (and a size cap)."""
+    import http.server
+    import threading
+
+    from sagalab.orchestrator.ledgers import HttpLedgerReader
+
+    stop = threading.Event()
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *_: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            while not stop.is_set():
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                stop.wait(0.1)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    reader = HttpLedgerReader({"payments": url}, timeout=1.0, deadline=1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(LedgerUnavailable, match="took over 1s"):
+            reader.read_ledger("payments")
+        assert time.monotonic() - started < 5
+        big = HttpLedgerReader({"payments": url}, timeout=1.0, max_bytes=5)
+        with pytest.raises(LedgerUnavailable, match="over 5 bytes"):
+            big.read_ledger("payments")
+        big.close()
+    finally:
+        stop.set()
+        reader.close()
+        server.shutdown()
+        server.server_close()

@@ -16,7 +16,6 @@ own script, and everything from the database is escaped (ui.pages).
 from __future__ import annotations
 
 import hmac
-import json
 import secrets
 import threading
 import time
@@ -32,8 +31,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sagalab.cli.filters import FilterArgs
 from sagalab.orchestrator import operations
-from sagalab.orchestrator.errors import SagaError, SagaNotFoundError
+from sagalab.orchestrator.errors import InputError, SagaError, SagaNotFoundError
 from sagalab.orchestrator.http_status import http_status
+from sagalab.orchestrator.jsonsafe import loads_strict
 from sagalab.orchestrator.saga import Phase, SagaStatus
 from sagalab.orchestrator.sagafilter import FilterError, SagaFilter
 from sagalab.orchestrator.store import BreakerStore, SagaRecord, Store
@@ -340,10 +340,10 @@ def create_app(
         guard_post(request)
         if action not in pages.ACTIONS:
             raise BadRequest(f"unknown action {action!r}", 404)
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except (ValueError, RecursionError):
-            raise BadRequest("the body is not JSON", 422) from None
+        try:  # the check every door uses: a lone surrogate, NaN, ... are 422, not a 500
+            body = loads_strict(await request.body() or b"{}", what="the body")
+        except InputError as exc:
+            raise BadRequest(str(exc), 422) from None
         if not isinstance(body, dict):
             raise BadRequest("the body is a JSON object", 422)
         return _carry_out(writers.get(), saga_id[:MAX_ID], action, body, clock)

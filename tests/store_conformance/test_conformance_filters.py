@@ -149,3 +149,15 @@ def test_batches_record_sagas_and_outcomes(store_factory: Backend) -> None:
     assert [b.id for b in store.list_batches()] == ["b2", "b1"]
     with pytest.raises(BatchNotFoundError):
         store.load_batch("b9")
+
+
+@pytest.mark.parametrize("digits", [30, 400], ids=["beyond-64-bits", "beyond-a-double"])
+def test_input_match_on_a_huge_integer_is_an_answer(store: Store, digits: int) -> None:
+    """A number past SQLite's 64-bit integers (`--input big=<30 digits>`) is a value to
+    look for, not an OverflowError out of the driver (a traceback from `list`, a 500 from
+    the console)."""
+    big = int("9" * digits)
+    create(store, "s1", now=100.0, big=big if digits <= 40 else 1)
+    create(store, "s2", now=200.0, big=1)
+    expected = ["s1"] if digits <= 40 else []
+    assert _ids(store, inputs=(parse_input_match(f"big={big}"),)) == expected
