@@ -43,6 +43,7 @@ from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_di
 from sagalab.orchestrator.journal import EVENT_COLUMNS, JournalEntry, entry_values
 from sagalab.orchestrator.saga import Event, EventType, SagaState, SagaStatus
 from sagalab.orchestrator.sagafilter import InputMatch, SagaFilter
+from sagalab.orchestrator.sqlite_rows import STATEMENT_CACHE, RowInserts
 from sagalab.orchestrator.store import (
     COPY_COLUMNS,
     COPY_TABLES,
@@ -576,6 +577,7 @@ def connect(
             timeout=timeout,
             isolation_level=None,
             check_same_thread=check_same_thread,
+            cached_statements=STATEMENT_CACHE,
         )
         conn.execute("PRAGMA page_size=2048")
         conn.execute("PRAGMA journal_mode=WAL")
@@ -712,14 +714,14 @@ class SQLiteStore:
 
     def _group_writer(self) -> sqlite_writer.GroupWriter:
         """This process's writer for the file (taken lazily: after a fork, the child's own)."""
-        if self._writer is None or self._writer_pid != os.getpid():
+        if self._writer is None or self._writer_pid != sqlite_writer.process_id():
             path = self.path
 
             def open_writer(timeout: float) -> sqlite3.Connection:
                 return connect(path, timeout=timeout, check_same_thread=False)
 
             self._writer = sqlite_writer.acquire_writer(self.path, self._identity, open_writer)
-            self._writer_pid = os.getpid()
+            self._writer_pid = sqlite_writer.process_id()
         return self._writer
 
     def write_connection(self) -> sqlite3.Connection:
@@ -870,33 +872,33 @@ class SQLiteStore:
                     )
                 entries = [JournalEntry(Event(EventType.SAGA_CREATED, now)), *initial]
                 folded = state if state is not None else SagaState(flow)
-                conn.execute(
-                    "INSERT INTO sagas (id, flow_name, flow_version, flow_snapshot, flow_hash, "
-                    "input, input_hash, idempotency_key, status, reason, trace_id, created_at, "
-                    "updated_at, last_seq, run_after, steps, tenant, forked_from) "
-                    "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        saga_id,
-                        flow.name,
-                        flow.version,
-                        flow_hash,
-                        input_text,
-                        fingerprint,
-                        idempotency_key,
-                        folded.status.value,
-                        folded.reason,
-                        trace_id,
-                        now,
-                        now,
-                        len(entries),
-                        run_after,
-                        steps_json(step_fields(folded)),
-                        tenant,
-                        forked_from,
-                    ),
+                saga_sql, saga_args = _INSERT_SAGA.statement(
+                    [
+                        (
+                            saga_id,
+                            flow.name,
+                            flow.version,
+                            "",  # flow_snapshot: the body is in flow_snapshots (flow_hash)
+                            flow_hash,
+                            input_text,
+                            fingerprint,
+                            idempotency_key,
+                            folded.status.value,
+                            folded.reason,
+                            trace_id,
+                            now,
+                            now,
+                            len(entries),
+                            run_after,
+                            steps_json(step_fields(folded)),
+                            tenant,
+                            forked_from,
+                        )
+                    ]
                 )
-                conn.executemany(
-                    _INSERT_EVENT,
+                conn.execute(saga_sql, saga_args)
+                _insert_events(
+                    conn,
                     [entry_values(saga_id, trace_id, e, i) for i, e in enumerate(entries, 1)],
                 )
         if existing_id is not None:
@@ -989,32 +991,24 @@ class SQLiteStore:
         if not entries:
             return expected_seq
         seq = expected_seq + len(entries)
-        fence = ""
-        fence_args: tuple[Any, ...] = ()
+        reason = state.reason
+        # The UPDATE's text by whether it is fenced and whether the reason is None (a NULL
+        # in the text, not a bound None: sqlite_rows says why).
+        update = _UPDATE_SAGA[lease is not None, reason is None]
+        args: tuple[Any, ...] = (state.status.value, now, seq, steps_json(step_fields(state)))
+        if reason is not None:
+            args += (reason,)
+        args += (saga_id, expected_seq)
         if lease is not None:
-            fence = " AND lease_owner = ? AND lease_epoch = ? AND lease_until >= ?"
-            fence_args = (lease.owner, lease.epoch, now)
+            args += (lease.owner, lease.epoch, now)
         with self._write() as conn:
             # One statement checks the expected seq (and the lease) and moves the saga on.
-            row = conn.execute(
-                "UPDATE sagas SET status = ?, reason = ?, updated_at = ?, last_seq = ?, steps = ? "
-                f"WHERE id = ? AND last_seq = ?{fence} RETURNING trace_id",
-                (
-                    state.status.value,
-                    state.reason,
-                    now,
-                    seq,
-                    steps_json(step_fields(state)),
-                    saga_id,
-                    expected_seq,
-                    *fence_args,
-                ),
-            ).fetchone()
+            row = conn.execute(update, args).fetchone()
             if row is None:
                 self._refuse_append(conn, saga_id, expected_seq, lease, now)
             trace_id = row[0]
-            conn.executemany(
-                _INSERT_EVENT,
+            _insert_events(
+                conn,
                 [
                     entry_values(saga_id, trace_id, entry, expected_seq + i)
                     for i, entry in enumerate(entries, 1)
@@ -1533,11 +1527,54 @@ _PAGE = (
     "WHERE s.id = ?"
 )
 
-# By position (`entry_values`): binding 17 parameters by name costs a lookup each, per row.
-_INSERT_EVENT = (
-    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in EVENT_COLUMNS)})"
+# By position (`entry_values`): binding 17 parameters by name costs a lookup each, per row;
+# a None value is a NULL in the text and a commit's rows go in one INSERT (sqlite_rows).
+_INSERT_EVENTS = RowInserts("events", EVENT_COLUMNS)
+_INSERT_SAGA = RowInserts(
+    "sagas",
+    (
+        "id",
+        "flow_name",
+        "flow_version",
+        "flow_snapshot",
+        "flow_hash",
+        "input",
+        "input_hash",
+        "idempotency_key",
+        "status",
+        "reason",
+        "trace_id",
+        "created_at",
+        "updated_at",
+        "last_seq",
+        "run_after",
+        "steps",
+        "tenant",
+        "forked_from",
+    ),
 )
+
+
+def _insert_events(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    for sql, args in _INSERT_EVENTS.statements(rows):
+        conn.execute(sql, args)
+
+
+def _update_saga(fenced: bool, reason_is_none: bool) -> str:
+    reason = "NULL" if reason_is_none else "?"
+    fence = " AND lease_owner = ? AND lease_epoch = ? AND lease_until >= ?" if fenced else ""
+    return (
+        f"UPDATE sagas SET status = ?, updated_at = ?, last_seq = ?, steps = ?, reason = {reason} "
+        f"WHERE id = ? AND last_seq = ?{fence} RETURNING trace_id"
+    )
+
+
+#: `SQLiteStore.append`'s UPDATE by (fenced, reason is None).
+_UPDATE_SAGA = {
+    (fenced, no_reason): _update_saga(fenced, no_reason)
+    for fenced in (False, True)
+    for no_reason in (False, True)
+}
 
 
 def _refuse_if_held(

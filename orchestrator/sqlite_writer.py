@@ -55,6 +55,7 @@ __all__ = [
     "GroupWriter",
     "acquire_writer",
     "enabled",
+    "process_id",
     "release_writer",
 ]
 
@@ -382,6 +383,13 @@ class GroupWriter:
 _registry: dict[tuple[str, int, int], GroupWriter] = {}
 _registry_lock = threading.Lock()
 _inherited: list[object] = []  # a forked child keeps its parent's writers unclosed
+_pid = os.getpid()
+
+
+def process_id() -> int:
+    """This process's id, kept (a forked child sets its own): `os.getpid()` is a system
+    call, and a store asks on every write whether it still is the process its writer is."""
+    return _pid
 
 
 def acquire_writer(
@@ -415,7 +423,8 @@ def release_writer(writer: GroupWriter) -> None:
 def _forget_in_child() -> None:
     # The parent's connections must not be used (nor closed: SQLite's file locks belong to
     # the parent) in a forked child; its locks may be held by a parent thread that is gone.
-    global _registry_lock
+    global _registry_lock, _pid
+    _pid = os.getpid()
     _inherited.append(dict(_registry))
     _registry.clear()
     _registry_lock = threading.Lock()
