@@ -670,6 +670,8 @@ class SQLiteStore:
         #: Whether this handle's last claim found work: then the next goes straight to the
         #: UPDATE, else it reads first (`_any_due`).
         self._claimed_last = False
+        #: (saga id, last seq, status) of the saga this store last wrote (`append`).
+        self._written: tuple[str, int, str] | None = None
         self._snapshots: dict[str, str] = {}
         self._stored_hashes: set[str] = set()
         self._flow_hashes: dict[int, tuple[FlowDefinition, str, str]] = {}
@@ -903,6 +905,7 @@ class SQLiteStore:
                 )
         if existing_id is not None:
             return self.load(existing_id), False
+        self._written = (saga_id, len(entries), folded.status.value)
         self._stored_hashes.add(flow_hash)
         if wake.due_now(run_after):
             self.notify_queued()
@@ -991,19 +994,30 @@ class SQLiteStore:
         if not entries:
             return expected_seq
         seq = expected_seq + len(entries)
+        status = state.status.value
         reason = state.reason
-        # The UPDATE's text by whether it is fenced and whether the reason is None (a NULL
-        # in the text, not a bound None: sqlite_rows says why).
-        update = _UPDATE_SAGA[lease is not None, reason is None]
-        args: tuple[Any, ...] = (state.status.value, now, seq, steps_json(step_fields(state)))
-        if reason is not None:
-            args += (reason,)
-        args += (saga_id, expected_seq)
-        if lease is not None:
-            args += (lease.owner, lease.epoch, now)
+        steps = steps_json(step_fields(state))
+        fence: tuple[Any, ...] = () if lease is None else (lease.owner, lease.epoch, now)
+        # The status is set only when it changes: assigning it, even to the value it has,
+        # rewrites the saga's entry in `sagas_by_status` (one more page in the WAL per
+        # commit). When this store wrote the saga at `expected_seq` with this status, the
+        # status is matched in the WHERE instead; if someone changed it since, that UPDATE
+        # finds no row and the one that sets it runs, as it would have anyway.
+        same = self._written == (saga_id, expected_seq, status)
         with self._write() as conn:
             # One statement checks the expected seq (and the lease) and moves the saga on.
-            row = conn.execute(update, args).fetchone()
+            row = None
+            if same:
+                row = conn.execute(
+                    _UPDATE_SAGA[lease is not None, reason is None, False],
+                    _update_args(None, now, seq, steps, reason, saga_id, expected_seq, fence)
+                    + (status,),
+                ).fetchone()
+            if row is None:
+                row = conn.execute(
+                    _UPDATE_SAGA[lease is not None, reason is None, True],
+                    _update_args(status, now, seq, steps, reason, saga_id, expected_seq, fence),
+                ).fetchone()
             if row is None:
                 self._refuse_append(conn, saga_id, expected_seq, lease, now)
             trace_id = row[0]
@@ -1014,6 +1028,7 @@ class SQLiteStore:
                     for i, entry in enumerate(entries, 1)
                 ],
             )
+        self._written = (saga_id, seq, status)
         return seq
 
     @staticmethod
@@ -1560,21 +1575,42 @@ def _insert_events(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) ->
         conn.execute(sql, args)
 
 
-def _update_saga(fenced: bool, reason_is_none: bool) -> str:
+def _update_saga(fenced: bool, reason_is_none: bool, set_status: bool) -> str:
     reason = "NULL" if reason_is_none else "?"
+    status = "status = ?, " if set_status else ""
     fence = " AND lease_owner = ? AND lease_epoch = ? AND lease_until >= ?" if fenced else ""
+    same = "" if set_status else " AND status = ?"
     return (
-        f"UPDATE sagas SET status = ?, updated_at = ?, last_seq = ?, steps = ?, reason = {reason} "
-        f"WHERE id = ? AND last_seq = ?{fence} RETURNING trace_id"
+        f"UPDATE sagas SET {status}updated_at = ?, last_seq = ?, steps = ?, reason = {reason} "
+        f"WHERE id = ? AND last_seq = ?{fence}{same} RETURNING trace_id"
     )
 
 
-#: `SQLiteStore.append`'s UPDATE by (fenced, reason is None).
+#: `SQLiteStore.append`'s UPDATE by (fenced, reason is None, sets the status).
 _UPDATE_SAGA = {
-    (fenced, no_reason): _update_saga(fenced, no_reason)
+    (fenced, no_reason, set_status): _update_saga(fenced, no_reason, set_status)
     for fenced in (False, True)
     for no_reason in (False, True)
+    for set_status in (False, True)
 }
+
+
+def _update_args(
+    status: str | None,
+    now: float,
+    seq: int,
+    steps: str,
+    reason: str | None,
+    saga_id: str,
+    expected_seq: int,
+    fence: tuple[Any, ...],
+) -> tuple[Any, ...]:
+    """The parameters of an `_UPDATE_SAGA` text, in its order (a None status or reason is
+    not bound: the text leaves the status out or writes NULL)."""
+    args: tuple[Any, ...] = (now, seq, steps) if status is None else (status, now, seq, steps)
+    if reason is not None:
+        args += (reason,)
+    return args + (saga_id, expected_seq) + fence
 
 
 def _refuse_if_held(

@@ -203,3 +203,54 @@ def test_steps_document_is_the_json_of_its_fields(fields: list[Any]) -> None:
     )
     assert steps_json(fields) == expected
     assert steps_json(fields) == expected  # the second time from kept step texts
+
+
+def test_an_append_that_keeps_the_status_does_not_assign_it(
+    tmp_path: Path, noop_flow: FlowDefinition
+) -> None:
+    """Assigning the status, even to its own value, rewrites the saga's `sagas_by_status`
+    entry (a page more per commit): only the commit that changes it assigns it."""
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        with traced(store) as sent:
+            SagaRunner(store, PythonExecutor()).start(noop_flow, {})
+    finally:
+        store.close()
+    updates = [s for s in sent if s.startswith("UPDATE sagas")]
+    assert len(updates) == 3
+    assert ["SET status =" in u for u in updates] == [False, False, True]  # completed last
+
+
+def test_a_status_changed_behind_the_stores_back_is_still_overwritten(
+    tmp_path: Path, noop_flow: FlowDefinition
+) -> None:
+    """The store remembers the status it last wrote; if another connection changed it
+    without a journal entry, the append still stores the state's status, as it always did."""
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path)
+    try:
+        state = SagaState(noop_flow)
+        created = Event(EventType.SAGA_CREATED, 1.0)
+        state.apply(created)
+        started = Event(EventType.ATTEMPT_STARTED, 2.0, STEPS[0], Phase.ACTION, 1)
+        state.apply(started)
+        record, _ = store.create_saga(
+            saga_id="s1",
+            flow=noop_flow,
+            payload={},
+            trace_id="t1",
+            idempotency_key=None,
+            now=1.0,
+            initial=[JournalEntry(started)],
+            state=state,
+        )
+        other = sqlite3.connect(path)
+        with other:
+            other.execute("UPDATE sagas SET status = 'failed' WHERE id = 's1'")
+        other.close()
+        done = Event(EventType.ATTEMPT_SUCCEEDED, 3.0, STEPS[0], Phase.ACTION, 1)
+        state.apply(done)
+        store.append("s1", [JournalEntry(done)], expected_seq=record.last_seq, state=state, now=3.0)
+        assert store.load("s1").status is state.status is SagaStatus.RUNNING
+    finally:
+        store.close()
