@@ -25,6 +25,28 @@ class JournalEntry:
     duration_ms: float | None = None
     span_id: str | None = None
 
+    # Written by hand, as `Event.__init__` is (dataclass keeps a class's own __init__): the
+    # generated one of a frozen dataclass pays an object.__setattr__ call per field, and a
+    # runtime makes one entry per journaled event. Same parameters, order and defaults.
+    def __init__(
+        self,
+        event: Event,
+        seq: int = 0,
+        request: Any = None,
+        response: Any = None,
+        status_code: int | None = None,
+        duration_ms: float | None = None,
+        span_id: str | None = None,
+    ) -> None:
+        d = self.__dict__
+        d["event"] = event
+        d["seq"] = seq
+        d["request"] = request
+        d["response"] = response
+        d["status_code"] = status_code
+        d["duration_ms"] = duration_ms
+        d["span_id"] = span_id
+
 
 def failure_to_json(failure: Failure | None) -> str | None:
     """A failure as JSON text (None stays None)."""
