@@ -885,7 +885,7 @@ class SQLiteStore:
                             input_text,
                             fingerprint,
                             idempotency_key,
-                            folded.status.value,
+                            _STATUS_TEXT[folded.status],
                             folded.reason,
                             trace_id,
                             now,
@@ -905,7 +905,7 @@ class SQLiteStore:
                 )
         if existing_id is not None:
             return self.load(existing_id), False
-        self._written = (saga_id, len(entries), folded.status.value)
+        self._written = (saga_id, len(entries), _STATUS_TEXT[folded.status])
         self._stored_hashes.add(flow_hash)
         if wake.due_now(run_after):
             self.notify_queued()
@@ -994,7 +994,7 @@ class SQLiteStore:
         if not entries:
             return expected_seq
         seq = expected_seq + len(entries)
-        status = state.status.value
+        status = _STATUS_TEXT[state.status]
         reason = state.reason
         steps = steps_json(step_fields(state))
         fence: tuple[Any, ...] = () if lease is None else (lease.owner, lease.epoch, now)
@@ -1568,6 +1568,10 @@ _INSERT_SAGA = RowInserts(
         "forked_from",
     ),
 )
+
+
+#: Each saga status's text (a dict look-up: `.value` is a Python descriptor call per use).
+_STATUS_TEXT: dict[SagaStatus, str] = {s: s.value for s in SagaStatus}
 
 
 def _insert_events(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
