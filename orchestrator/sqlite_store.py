@@ -21,6 +21,7 @@ import stat
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote
@@ -670,8 +671,8 @@ class SQLiteStore:
         #: Whether this handle's last claim found work: then the next goes straight to the
         #: UPDATE, else it reads first (`_any_due`).
         self._claimed_last = False
-        #: (saga id, last seq, status) of the saga this store last wrote (`append`).
-        self._written: tuple[str, int, str] | None = None
+        #: (saga id, last seq, status, trace id) of the saga this store last wrote.
+        self._written: tuple[str, int, str, str] | None = None
         self._snapshots: dict[str, str] = {}
         self._stored_hashes: set[str] = set()
         self._flow_hashes: dict[int, tuple[FlowDefinition, str, str]] = {}
@@ -905,7 +906,7 @@ class SQLiteStore:
                 )
         if existing_id is not None:
             return self.load(existing_id), False
-        self._written = (saga_id, len(entries), _STATUS_TEXT[folded.status])
+        self._written = (saga_id, len(entries), _STATUS_TEXT[folded.status], trace_id)
         self._stored_hashes.add(flow_hash)
         if wake.due_now(run_after):
             self.notify_queued()
@@ -1002,25 +1003,31 @@ class SQLiteStore:
         # rewrites the saga's entry in `sagas_by_status` (one more page in the WAL per
         # commit). When this store wrote the saga at `expected_seq` with this status, the
         # status is matched in the WHERE instead; if someone changed it since, that UPDATE
-        # finds no row and the one that sets it runs, as it would have anyway.
-        same = self._written == (saga_id, expected_seq, status)
+        # finds no row and the one that sets it runs, as it would have anyway. A saga's
+        # trace id never changes: known from that write, the UPDATE needs no RETURNING
+        # (which costs SQLite about as much as the UPDATE itself).
+        written = self._written
+        trace_id = written[3] if written is not None and written[0] == saga_id else None
+        fenced, no_reason = lease is not None, reason is None
         with self._write() as conn:
             # One statement checks the expected seq (and the lease) and moves the saga on.
-            row = None
-            if same:
-                row = conn.execute(
-                    _UPDATE_SAGA[lease is not None, reason is None, False],
+            moved = False
+            if trace_id is not None and written == (saga_id, expected_seq, status, trace_id):
+                moved = _move_on(
+                    conn,
+                    _UPDATE_SAGA[fenced, no_reason, False, False],
                     _update_args(None, now, seq, steps, reason, saga_id, expected_seq, fence)
                     + (status,),
-                ).fetchone()
-            if row is None:
-                row = conn.execute(
-                    _UPDATE_SAGA[lease is not None, reason is None, True],
-                    _update_args(status, now, seq, steps, reason, saga_id, expected_seq, fence),
-                ).fetchone()
-            if row is None:
+                )
+            if not moved:
+                args = _update_args(status, now, seq, steps, reason, saga_id, expected_seq, fence)
+                if trace_id is not None:
+                    moved = _move_on(conn, _UPDATE_SAGA[fenced, no_reason, True, False], args)
+                else:
+                    row = conn.execute(_UPDATE_SAGA[fenced, no_reason, True, True], args).fetchone()
+                    moved, trace_id = row is not None, row and row[0]
+            if not moved or trace_id is None:
                 self._refuse_append(conn, saga_id, expected_seq, lease, now)
-            trace_id = row[0]
             _insert_events(
                 conn,
                 [
@@ -1028,7 +1035,7 @@ class SQLiteStore:
                     for i, entry in enumerate(entries, 1)
                 ],
             )
-        self._written = (saga_id, seq, status)
+        self._written = (saga_id, seq, status, trace_id)
         return seq
 
     @staticmethod
@@ -1579,24 +1586,29 @@ def _insert_events(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) ->
         conn.execute(sql, args)
 
 
-def _update_saga(fenced: bool, reason_is_none: bool, set_status: bool) -> str:
+def _update_saga(fenced: bool, reason_is_none: bool, set_status: bool, returning: bool) -> str:
     reason = "NULL" if reason_is_none else "?"
     status = "status = ?, " if set_status else ""
     fence = " AND lease_owner = ? AND lease_epoch = ? AND lease_until >= ?" if fenced else ""
     same = "" if set_status else " AND status = ?"
+    back = " RETURNING trace_id" if returning else ""
     return (
         f"UPDATE sagas SET {status}updated_at = ?, last_seq = ?, steps = ?, reason = {reason} "
-        f"WHERE id = ? AND last_seq = ?{fence}{same} RETURNING trace_id"
+        f"WHERE id = ? AND last_seq = ?{fence}{same}{back}"
     )
 
 
-#: `SQLiteStore.append`'s UPDATE by (fenced, reason is None, sets the status).
+#: `SQLiteStore.append`'s UPDATE by (fenced, reason is None, sets the status, returns the
+#: trace id).
 _UPDATE_SAGA = {
-    (fenced, no_reason, set_status): _update_saga(fenced, no_reason, set_status)
-    for fenced in (False, True)
-    for no_reason in (False, True)
-    for set_status in (False, True)
+    key: _update_saga(*key)
+    for key in product((False, True), (False, True), (False, True), (False, True))
 }
+
+
+def _move_on(conn: sqlite3.Connection, update: str, args: tuple[Any, ...]) -> bool:
+    """Whether the UPDATE (one without RETURNING) found the saga's row as expected."""
+    return conn.execute(update, args).rowcount == 1
 
 
 def _update_args(

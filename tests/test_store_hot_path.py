@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from store_conformance.conformancelab import advance, create, reserve_ok
 
+from sagalab.orchestrator.errors import ConcurrentUpdate, LeaseLost
 from sagalab.orchestrator.executors import PythonExecutor
 from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict
 from sagalab.orchestrator.journal import JournalEntry
@@ -254,3 +256,34 @@ def test_a_status_changed_behind_the_stores_back_is_still_overwritten(
         assert store.load("s1").status is state.status is SagaStatus.RUNNING
     finally:
         store.close()
+
+
+def test_the_store_that_wrote_a_saga_last_is_still_fenced_and_checked(tmp_path: Path) -> None:
+    """The writer of a saga knows its trace id and status (its appends need no RETURNING
+    and leave the status alone), and its writes are refused all the same: by a lost lease
+    (LeaseLost) and by a journal that moved on (ConcurrentUpdate)."""
+    path = tmp_path / "s.db"
+    first, second = SQLiteStore(path), SQLiteStore(path)
+    try:
+        create(first, "s1", run_after=100.0)
+        old = first.claim_next("w1", now=100.0, lease_seconds=5.0)
+        assert old is not None
+        with traced(first) as sent:
+            assert advance(first, "s1", reserve_ok(101.0), lease=old) == 3
+        assert "RETURNING" not in [s for s in sent if s.startswith("UPDATE")][0]
+        taken = second.claim_next("w2", now=106.0, lease_seconds=5.0)  # `old` expired
+        assert taken is not None and taken.epoch == old.epoch + 1
+        record, _, state = first.state("s1")
+        charge = Event(EventType.ATTEMPT_STARTED, 106.5, "charge", Phase.ACTION, 1)
+        state.apply(charge)
+        entry = [JournalEntry(charge)]
+        with pytest.raises(LeaseLost):
+            first.append("s1", entry, expected_seq=3, state=state, now=106.5, lease=old)
+        assert second.append("s1", entry, expected_seq=3, state=state, now=106.6, lease=taken)
+        with pytest.raises(ConcurrentUpdate):  # `first` last wrote it at 3: it is at 4 now
+            first.append("s1", entry, expected_seq=3, state=state, now=106.7, lease=taken)
+        assert [e.seq for e in first.journal("s1")] == [1, 2, 3, 4]
+        assert first.load("s1").trace_id == "ab" * 16
+    finally:
+        first.close()
+        second.close()
