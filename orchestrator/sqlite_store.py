@@ -44,7 +44,7 @@ from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_di
 from sagalab.orchestrator.journal import EVENT_COLUMNS, JournalEntry, entry_values
 from sagalab.orchestrator.saga import Event, EventType, SagaState, SagaStatus
 from sagalab.orchestrator.sagafilter import InputMatch, SagaFilter
-from sagalab.orchestrator.sqlite_rows import STATEMENT_CACHE, RowInserts
+from sagalab.orchestrator.sqlite_rows import MAX_ROWS, STATEMENT_CACHE, RowInserts
 from sagalab.orchestrator.store import (
     COPY_COLUMNS,
     COPY_TABLES,
@@ -693,7 +693,10 @@ class SQLiteStore:
         if self.read_only:
             raise StoreError(f"cannot write to {self.path}: opened read-only")
         if self.group_commit and not alone:
-            return self._group_writer().unit(self._timeout)
+            writer = self._writer
+            if writer is None or self._writer_pid != sqlite_writer.process_id():
+                writer = self._group_writer()
+            return writer.unit(self._timeout)
         return self._write_alone()
 
     @contextmanager
@@ -1582,6 +1585,9 @@ _STATUS_TEXT: dict[SagaStatus, str] = {s: s.value for s in SagaStatus}
 
 
 def _insert_events(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    if len(rows) <= MAX_ROWS:  # a commit's few rows: one statement, no generator
+        conn.execute(*_INSERT_EVENTS.statement(rows))
+        return
     for sql, args in _INSERT_EVENTS.statements(rows):
         conn.execute(sql, args)
 

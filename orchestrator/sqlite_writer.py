@@ -117,7 +117,8 @@ class _Unit:
     def __enter__(self) -> sqlite3.Connection:
         writer = self.writer
         self.arrived = time.monotonic()
-        writer._count(+1)
+        with writer._count_lock:  # `_count(+1)`, inline: every write comes through here
+            writer._arriving += 1
         try:
             held = writer._lock.acquire(timeout=self.timeout + LOCK_SLACK)
         except BaseException:
@@ -200,7 +201,8 @@ class GroupWriter:
         """A caller is done with its unit (under the lock): commit if due, let the next in.
         If `batch` is still open, its caller will wait: the event is made before the lock is
         let go, so no COMMIT can come in between unseen."""
-        self._count(-1)
+        with self._count_lock:  # `_count(-1)`, inline: every write comes through here
+            self._arriving -= 1
         try:
             self._commit_if_due()
             if batch is not None and not batch.done and batch.event is None:
