@@ -9,8 +9,8 @@ interprets the same effects, so both runtimes journal and commit the same way.
 
 from __future__ import annotations
 
+import os
 import random
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -62,17 +62,21 @@ def new_saga_id() -> str:
     Time-ordered ids keep a saga's journal rows next to those of the sagas started just
     before it, so SQLite appends touch the same few pages instead of one per saga.
     """
-    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(3)}"
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(3).hex()}"
+
+
+# The ids' random bits come from os.urandom, as `secrets.token_hex` draws them, without its
+# three Python calls around it (a saga makes five ids).
 
 
 def new_trace_id() -> str:
     """A W3C trace id (128 bits, hex)."""
-    return secrets.token_hex(16)
+    return os.urandom(16).hex()
 
 
 def new_span_id() -> str:
     """A W3C span id (64 bits, hex)."""
-    return secrets.token_hex(8)
+    return os.urandom(8).hex()
 
 
 def validate_input(flow: FlowDefinition, payload: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import stat
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -43,6 +44,7 @@ from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_di
 from sagalab.orchestrator.journal import EVENT_COLUMNS, JournalEntry, entry_values
 from sagalab.orchestrator.saga import Event, EventType, SagaState, SagaStatus
 from sagalab.orchestrator.sagafilter import InputMatch, SagaFilter
+from sagalab.orchestrator.sqlite_rows import MAX_ROWS, STATEMENT_CACHE, RowInserts
 from sagalab.orchestrator.store import (
     COPY_COLUMNS,
     COPY_TABLES,
@@ -567,6 +569,7 @@ def connect(
             timeout=timeout,
             isolation_level=None,
             check_same_thread=check_same_thread,
+            cached_statements=STATEMENT_CACHE,
         )
         conn.execute("PRAGMA page_size=2048")
         conn.execute("PRAGMA journal_mode=WAL")
@@ -699,6 +702,8 @@ class SQLiteStore:
         #: Whether this handle's last claim took as many sagas as it asked for: then the
         #: next goes straight to the UPDATE, else it reads first (`_any_due`).
         self._claimed_last = False
+        #: (saga id, last seq, status, trace id) of the saga this store last wrote.
+        self._written: tuple[str, int, str, str] | None = None
         self._snapshots: dict[str, str] = {}
         self._stored_hashes: set[str] = set()
         self._flow_hashes: dict[int, tuple[FlowDefinition, str, str]] = {}
@@ -719,7 +724,10 @@ class SQLiteStore:
         if self.read_only:
             raise StoreError(f"cannot write to {self.path}: opened read-only")
         if self.group_commit and not alone:
-            return self._group_writer().unit(self._timeout)
+            writer = self._writer
+            if writer is None or self._writer_pid != sqlite_writer.process_id():
+                writer = self._group_writer()
+            return writer.unit(self._timeout)
         return self._write_alone()
 
     @contextmanager
@@ -753,14 +761,14 @@ class SQLiteStore:
 
     def _group_writer(self) -> sqlite_writer.GroupWriter:
         """This process's writer for the file (taken lazily: after a fork, the child's own)."""
-        if self._writer is None or self._writer_pid != os.getpid():
+        if self._writer is None or self._writer_pid != sqlite_writer.process_id():
             path = self.path
 
             def open_writer(timeout: float) -> sqlite3.Connection:
                 return connect(path, timeout=timeout, check_same_thread=False)
 
             self._writer = sqlite_writer.acquire_writer(self.path, self._identity, open_writer)
-            self._writer_pid = os.getpid()
+            self._writer_pid = sqlite_writer.process_id()
         return self._writer
 
     def write_connection(self) -> sqlite3.Connection:
@@ -911,37 +919,38 @@ class SQLiteStore:
                     )
                 entries = [JournalEntry(Event(EventType.SAGA_CREATED, now)), *initial]
                 folded = state if state is not None else SagaState(flow)
-                conn.execute(
-                    "INSERT INTO sagas (id, flow_name, flow_version, flow_snapshot, flow_hash, "
-                    "input, input_hash, idempotency_key, status, reason, trace_id, created_at, "
-                    "updated_at, last_seq, run_after, steps, tenant, forked_from) "
-                    "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        saga_id,
-                        flow.name,
-                        flow.version,
-                        flow_hash,
-                        input_text,
-                        fingerprint,
-                        idempotency_key,
-                        folded.status.value,
-                        folded.reason,
-                        trace_id,
-                        now,
-                        now,
-                        len(entries),
-                        run_after,
-                        steps_json(step_fields(folded)),
-                        tenant,
-                        forked_from,
-                    ),
+                saga_sql, saga_args = _INSERT_SAGA.statement(
+                    [
+                        (
+                            saga_id,
+                            flow.name,
+                            flow.version,
+                            "",  # flow_snapshot: the body is in flow_snapshots (flow_hash)
+                            flow_hash,
+                            input_text,
+                            fingerprint,
+                            idempotency_key,
+                            _STATUS_TEXT[folded.status],
+                            folded.reason,
+                            trace_id,
+                            now,
+                            now,
+                            len(entries),
+                            run_after,
+                            steps_json(step_fields(folded)),
+                            tenant,
+                            forked_from,
+                        )
+                    ]
                 )
-                conn.executemany(
-                    _INSERT_EVENT,
+                conn.execute(saga_sql, saga_args)
+                _insert_events(
+                    conn,
                     [entry_values(saga_id, trace_id, e, i) for i, e in enumerate(entries, 1)],
                 )
         if existing_id is not None:
             return self.load(existing_id), False
+        self._written = (saga_id, len(entries), _STATUS_TEXT[folded.status], trace_id)
         self._stored_hashes.add(flow_hash)
         if wake.due_now(run_after):
             self.notify_queued()
@@ -1030,37 +1039,47 @@ class SQLiteStore:
         if not entries:
             return expected_seq
         seq = expected_seq + len(entries)
-        fence = ""
-        fence_args: tuple[Any, ...] = ()
-        if lease is not None:
-            fence = " AND lease_owner = ? AND lease_epoch = ? AND lease_until >= ?"
-            fence_args = (lease.owner, lease.epoch, now)
+        status = _STATUS_TEXT[state.status]
+        reason = state.reason
+        steps = steps_json(step_fields(state))
+        fence: tuple[Any, ...] = () if lease is None else (lease.owner, lease.epoch, now)
+        # The status is set only when it changes: assigning it, even to the value it has,
+        # rewrites the saga's entry in `sagas_by_status` (one more page in the WAL per
+        # commit). When this store wrote the saga at `expected_seq` with this status, the
+        # status is matched in the WHERE instead; if someone changed it since, that UPDATE
+        # finds no row and the one that sets it runs, as it would have anyway. A saga's
+        # trace id never changes: known from that write, the UPDATE needs no RETURNING
+        # (which costs SQLite about as much as the UPDATE itself).
+        written = self._written
+        trace_id = written[3] if written is not None and written[0] == saga_id else None
+        fenced, no_reason = lease is not None, reason is None
         with self._write() as conn:
             # One statement checks the expected seq (and the lease) and moves the saga on.
-            row = conn.execute(
-                "UPDATE sagas SET status = ?, reason = ?, updated_at = ?, last_seq = ?, steps = ? "
-                f"WHERE id = ? AND last_seq = ?{fence} RETURNING trace_id",
-                (
-                    state.status.value,
-                    state.reason,
-                    now,
-                    seq,
-                    steps_json(step_fields(state)),
-                    saga_id,
-                    expected_seq,
-                    *fence_args,
-                ),
-            ).fetchone()
-            if row is None:
+            moved = False
+            if trace_id is not None and written == (saga_id, expected_seq, status, trace_id):
+                moved = _move_on(
+                    conn,
+                    _UPDATE_SAGA[fenced, no_reason, False, False],
+                    _update_args(None, now, seq, steps, reason, saga_id, expected_seq, fence)
+                    + (status,),
+                )
+            if not moved:
+                args = _update_args(status, now, seq, steps, reason, saga_id, expected_seq, fence)
+                if trace_id is not None:
+                    moved = _move_on(conn, _UPDATE_SAGA[fenced, no_reason, True, False], args)
+                else:
+                    row = conn.execute(_UPDATE_SAGA[fenced, no_reason, True, True], args).fetchone()
+                    moved, trace_id = row is not None, row and row[0]
+            if not moved or trace_id is None:
                 self._refuse_append(conn, saga_id, expected_seq, lease, now)
-            trace_id = row[0]
-            conn.executemany(
-                _INSERT_EVENT,
+            _insert_events(
+                conn,
                 [
                     entry_values(saga_id, trace_id, entry, expected_seq + i)
                     for i, entry in enumerate(entries, 1)
                 ],
             )
+        self._written = (saga_id, seq, status, trace_id)
         return seq
 
     @staticmethod
@@ -1577,11 +1596,87 @@ _PAGE = (
     "WHERE s.id = ?"
 )
 
-# By position (`entry_values`): binding 17 parameters by name costs a lookup each, per row.
-_INSERT_EVENT = (
-    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in EVENT_COLUMNS)})"
+# By position (`entry_values`): binding 17 parameters by name costs a lookup each, per row;
+# a None value is a NULL in the text and a commit's rows go in one INSERT (sqlite_rows).
+_INSERT_EVENTS = RowInserts("events", EVENT_COLUMNS)
+_INSERT_SAGA = RowInserts(
+    "sagas",
+    (
+        "id",
+        "flow_name",
+        "flow_version",
+        "flow_snapshot",
+        "flow_hash",
+        "input",
+        "input_hash",
+        "idempotency_key",
+        "status",
+        "reason",
+        "trace_id",
+        "created_at",
+        "updated_at",
+        "last_seq",
+        "run_after",
+        "steps",
+        "tenant",
+        "forked_from",
+    ),
 )
+
+
+#: Each saga status's text (a dict look-up: `.value` is a Python descriptor call per use).
+_STATUS_TEXT: dict[SagaStatus, str] = {s: s.value for s in SagaStatus}
+
+
+def _insert_events(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    if len(rows) <= MAX_ROWS:  # a commit's few rows: one statement, no generator
+        conn.execute(*_INSERT_EVENTS.statement(rows))
+        return
+    for sql, args in _INSERT_EVENTS.statements(rows):
+        conn.execute(sql, args)
+
+
+def _update_saga(fenced: bool, reason_is_none: bool, set_status: bool, returning: bool) -> str:
+    reason = "NULL" if reason_is_none else "?"
+    status = "status = ?, " if set_status else ""
+    fence = " AND lease_owner = ? AND lease_epoch = ? AND lease_until >= ?" if fenced else ""
+    same = "" if set_status else " AND status = ?"
+    back = " RETURNING trace_id" if returning else ""
+    return (
+        f"UPDATE sagas SET {status}updated_at = ?, last_seq = ?, steps = ?, reason = {reason} "
+        f"WHERE id = ? AND last_seq = ?{fence}{same}{back}"
+    )
+
+
+#: `SQLiteStore.append`'s UPDATE by (fenced, reason is None, sets the status, returns the
+#: trace id).
+_UPDATE_SAGA = {
+    key: _update_saga(*key)
+    for key in product((False, True), (False, True), (False, True), (False, True))
+}
+
+
+def _move_on(conn: sqlite3.Connection, update: str, args: tuple[Any, ...]) -> bool:
+    """Whether the UPDATE (one without RETURNING) found the saga's row as expected."""
+    return conn.execute(update, args).rowcount == 1
+
+
+def _update_args(
+    status: str | None,
+    now: float,
+    seq: int,
+    steps: str,
+    reason: str | None,
+    saga_id: str,
+    expected_seq: int,
+    fence: tuple[Any, ...],
+) -> tuple[Any, ...]:
+    """The parameters of an `_UPDATE_SAGA` text, in its order (a None status or reason is
+    not bound: the text leaves the status out or writes NULL)."""
+    args: tuple[Any, ...] = (now, seq, steps) if status is None else (status, now, seq, steps)
+    if reason is not None:
+        args += (reason,)
+    return args + (saga_id, expected_seq) + fence
 
 
 def _refuse_if_held(

@@ -56,6 +56,7 @@ __all__ = [
     "GroupWriter",
     "acquire_writer",
     "enabled",
+    "process_id",
     "release_writer",
 ]
 
@@ -118,7 +119,8 @@ class _Unit:
     def __enter__(self) -> sqlite3.Connection:
         writer = self.writer
         self.arrived = time.monotonic()
-        writer._count(+1)
+        with writer._count_lock:  # `_count(+1)`, inline: every write comes through here
+            writer._arriving += 1
         try:
             held = writer._lock.acquire(timeout=self.timeout + LOCK_SLACK)
         except BaseException:
@@ -201,7 +203,8 @@ class GroupWriter:
         """A caller is done with its unit (under the lock): commit if due, let the next in.
         If `batch` is still open, its caller will wait: the event is made before the lock is
         let go, so no COMMIT can come in between unseen."""
-        self._count(-1)
+        with self._count_lock:  # `_count(-1)`, inline: every write comes through here
+            self._arriving -= 1
         try:
             self._commit_if_due()
             if batch is not None and not batch.done and batch.event is None:
@@ -384,6 +387,13 @@ class GroupWriter:
 _registry: dict[tuple[str, int, int], GroupWriter] = {}
 _registry_lock = threading.Lock()
 _inherited: list[object] = []  # a forked child keeps its parent's writers unclosed
+_pid = os.getpid()
+
+
+def process_id() -> int:
+    """This process's id, kept (a forked child sets its own): `os.getpid()` is a system
+    call, and a store asks on every write whether it still is the process its writer is."""
+    return _pid
 
 
 def acquire_writer(
@@ -417,7 +427,8 @@ def release_writer(writer: GroupWriter) -> None:
 def _forget_in_child() -> None:
     # The parent's connections must not be used (nor closed: SQLite's file locks belong to
     # the parent) in a forked child; its locks may be held by a parent thread that is gone.
-    global _registry_lock
+    global _registry_lock, _pid
+    _pid = os.getpid()
     _inherited.append(dict(_registry))
     _registry.clear()
     _registry_lock = threading.Lock()

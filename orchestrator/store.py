@@ -142,9 +142,13 @@ def step_rows(state: SagaState, names: Sequence[str] | None = None) -> list[Step
     ]
 
 
+#: `json.dumps(..., sort_keys=True, default=str)` with its encoder made once, not per call.
+_canonical_json = json.JSONEncoder(sort_keys=True, default=str).encode
+
+
 def input_fingerprint(flow_name: str, flow_version: int, payload: dict[str, Any]) -> str:
     """What an idempotency key is bound to: flow and canonical input."""
-    canonical = json.dumps([flow_name, flow_version, payload], sort_keys=True, default=str)
+    canonical = _canonical_json([flow_name, flow_version, payload])
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

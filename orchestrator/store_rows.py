@@ -31,21 +31,40 @@ __all__ = [
 ]
 
 
+#: A step's `sagas.steps` object as JSON text, by its fields (`steps_json`), at most
+#: `_STEP_TEXTS_LIMIT` of them (then forgotten all at once and built again).
+_step_texts: dict[StepFields, str] = {}
+_STEP_TEXTS_LIMIT = 4096
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def steps_json(fields: Iterable[StepFields]) -> str:
-    """The `sagas.steps` document: one object per step, in flow order."""
-    return json.dumps(
-        [
-            {
-                "name": name,
-                "status": status,
-                "attempts": attempts,
-                "compensation_attempts": compensation_attempts,
-                "last_error": last_error,
-            }
-            for name, status, attempts, compensation_attempts, last_error in fields
-        ],
-        separators=(",", ":"),
-    )
+    """The `sagas.steps` document: one object per step, in flow order.
+
+    Every commit writes the whole document though most of its steps did not change since
+    the last: each step's text is kept by its fields and the document joined from them (the
+    same text as encoding the list at once: compact separators, no spaces).
+    """
+    texts = _step_texts
+    parts = []
+    for step in fields:
+        text = texts.get(step)
+        if text is None:
+            name, status, attempts, compensation_attempts, last_error = step
+            text = _compact(
+                {
+                    "name": name,
+                    "status": status,
+                    "attempts": attempts,
+                    "compensation_attempts": compensation_attempts,
+                    "last_error": last_error,
+                }
+            )
+            if len(texts) >= _STEP_TEXTS_LIMIT:
+                texts.clear()
+            texts[step] = text
+        parts.append(text)
+    return "[" + ",".join(parts) + "]"
 
 
 def steps_from_json(text: str) -> list[StepRow]:

@@ -10,7 +10,8 @@ PostgreSQL store modules.
 Allowed, and why:
 
 * `SQLITE_MODULES`: the SQLite backend (saga store, migrations, breaker state, the process's
-  group writer `orchestrator/sqlite_writer.py`);
+  group writer `orchestrator/sqlite_writer.py`, its hot-path INSERT texts
+  `orchestrator/sqlite_rows.py`);
 * `POSTGRES_MODULES`: the PostgreSQL backend (saga store, migrations, breaker state, and the
   API key table `edge/postgres_keys.py`), the only modules importing psycopg; the factory
   opens it (and names no `psycopg`), and `edge/keys.py`'s `open_key_store` (the key
@@ -48,6 +49,7 @@ SQLITE_MODULES = frozenset(
         "orchestrator/sqlite_store.py",
         "orchestrator/sqlite_breakers.py",
         "orchestrator/sqlite_writer.py",
+        "orchestrator/sqlite_rows.py",
     }
 )
 FACTORY = "orchestrator/stores.py"
@@ -61,6 +63,7 @@ BACKEND_MODULES = (
     "sagalab.orchestrator.sqlite_store",
     "sagalab.orchestrator.sqlite_breakers",
     "sagalab.orchestrator.sqlite_writer",
+    "sagalab.orchestrator.sqlite_rows",
 )
 POSTGRES_MODULES = frozenset(
     {"orchestrator/postgres_store.py", "orchestrator/postgres_breakers.py", "edge/postgres_keys.py"}
