@@ -370,8 +370,12 @@ async def _body(request: Request, limit: int, refusal: str) -> bytes:
     (chunked) is read only up to the limit: `request.body()` kept the whole of it in memory
     first, however large.
     """
+
+    async def receive() -> dict[str, Any]:
+        return dict(await request.receive())
+
     try:
-        return await read_body(request.scope, request.receive, limit)
+        return await read_body(dict(request.scope), receive, limit)
     except BodyTooLarge:
         raise BadRequest(f"{refusal} (at most {limit} bytes)", 413) from None
 
