@@ -34,6 +34,7 @@ from sagalab.edge.keys import (
     DEFAULT_BURST,
     DEFAULT_RATE,
     MAX_BURST,
+    MAX_NAME,
     MAX_RATE,
     check_request,
     copy_keys,
@@ -83,7 +84,10 @@ def _fail(exc: EdgeError) -> typer.Exit:
 
 @app.command()
 def create(
-    name: Annotated[str, typer.Argument(help="Who or what the key is for.")],
+    name: Annotated[
+        str,
+        typer.Argument(help=f"Who or what the key is for (1 to {MAX_NAME} printable characters)."),
+    ],
     rate: Annotated[
         float, typer.Option(help=f"Requests per second (0.001 to {MAX_RATE:g}).")
     ] = DEFAULT_RATE,

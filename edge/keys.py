@@ -74,6 +74,8 @@ MIN_BURST, MAX_BURST = 1.0, 100_000.0
 #: The tenant of keys (and sagas) from before tenants existed.
 LEGACY_TENANT = "default"
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+#: The longest key name: it is shown in `keys list` and in every refusal that names the key.
+MAX_NAME = 200
 
 # What a gateway tells the API about the caller. The API believes these headers only next to
 # the stack's gateway secret, and a gateway drops every `x-sagalab-*` header a client sends.
@@ -168,12 +170,28 @@ def read_secret(path: str | Path) -> str:
     return secret
 
 
+def check_name(name: str) -> str:
+    """`name` if it can name a key: 1 to MAX_NAME printable characters, else KeyRequestError.
+
+    The refusal gives the length, never the name itself: a 100,000-character name must not
+    come back as a 100,000-character error line.
+    """
+    if not 1 <= len(name) <= MAX_NAME:
+        raise KeyRequestError(f"a key's name must be 1 to {MAX_NAME} characters (got {len(name)})")
+    if not name.isprintable() or not name.strip():
+        raise KeyRequestError(
+            f"a key's name must be printable characters, not only spaces (got {name!r})"
+        )
+    return name
+
+
 def check_request(name: str, *, rate: float, burst: float, tenant: str | None) -> str:
-    """The tenant a key named `name` would have, once its limits are checked.
+    """The tenant a key named `name` would have, once its name and limits are checked.
 
     KeyRequestError (bad input) names what is out of bounds; without `tenant`, the key's name
     serves as its tenant's.
     """
+    check_name(name)
     check_limits(rate, burst)
     if tenant is None and not _TENANT.match(name):
         raise KeyRequestError(f"key name {name!r} cannot serve as its tenant's name; pass --tenant")

@@ -9,7 +9,11 @@ second, and records each saga's outcome as it goes:
   refused, unknown, a breaker open) or FAILED (an error, e.g. the database);
 - a batch killed halfway resumes (`BatchRunner.run` on the same record) with the items that
   have no end yet. One that was ACTING is judged again: its operator event, if it was
-  written, makes the core refuse a second one, so no saga is acted on twice.
+  written, makes the core refuse a second one, so no saga is acted on twice;
+- an item is marked ACTING by a claim (`claim_batch_item`: only if no other run changed it
+  since it was read, the claiming run's owner id in its detail), so two runs of one batch at
+  once (two `batch resume ID`) share its sagas instead of each acting on all of them; an item
+  ACTING for a live process of this host is left to it.
 
 Redriving actions (resume, retry-step, fork) first ask a `BreakerGate` whether the service
 the saga would call next has its breaker open (shared state through the `BreakerStore`):
@@ -22,7 +26,9 @@ and some were refused, 0 otherwise.
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -32,6 +38,7 @@ from typing import Any
 from sagalab.orchestrator import operations
 from sagalab.orchestrator.breaker_board import DEFAULT_BREAKER, BreakerConfig, stored_state
 from sagalab.orchestrator.errors import SagaError, SagaNotFoundError
+from sagalab.orchestrator.leases import new_owner, owner_is_dead
 from sagalab.orchestrator.policies.breaker import OPEN
 from sagalab.orchestrator.saga import SagaState, SagaStatus, blocking_step
 from sagalab.orchestrator.sagafilter import MAX_LIMIT, SagaFilter
@@ -258,6 +265,20 @@ def exit_code(summary: Summary) -> int:
     return 0
 
 
+def _held_elsewhere(item: BatchItem) -> bool:
+    """Whether `item` is ACTING for another process of this host that is still alive (its
+    detail names the claiming run: `leases.new_owner`). An ACTING item of a run that died, of
+    another host, or from before claims named their run is judged again."""
+    owner = item.detail
+    if item.outcome != ACTING or owner is None:
+        return False
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    return not owner_is_dead(owner)
+
+
 class BatchRunner:
     """Acts on a batch's sagas not done yet, one at a time, at most `rps` a second."""
 
@@ -281,6 +302,8 @@ class BatchRunner:
         self.clock = clock
         self.monotonic = monotonic
         self.sleep = sleep
+        #: Who this run is, in the detail of the items it claims (a lease owner id).
+        self.owner = new_owner("batch")
 
     def run(
         self, batch: BatchRecord, *, on_item: Callable[[BatchItem], None] | None = None
@@ -292,10 +315,11 @@ class BatchRunner:
             delay = start + n * self.interval - self.monotonic()
             if delay > 0:
                 self.sleep(delay)
+            if _held_elsewhere(item):
+                continue  # another run of this batch, alive, is acting on it
+            if not self.store.claim_batch_item(batch.id, item, owner=self.owner, now=self.clock()):
+                continue  # another run of this batch claimed it since it was read
             again = item.outcome == ACTING
-            self.store.record_batch_outcome(
-                batch.id, item.saga_id, outcome=ACTING, detail=None, now=self.clock()
-            )
             outcome, detail = self._one(batch.action, item.saga_id, options)
             if again and outcome == SKIPPED:
                 detail = f"{detail} (a run of this batch was cut short while acting on it)"

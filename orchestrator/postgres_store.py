@@ -61,11 +61,13 @@ from sagalab.orchestrator.redact import redacted, secrets_in
 from sagalab.orchestrator.saga import Event, EventType, SagaState, SagaStatus
 from sagalab.orchestrator.sagafilter import InputMatch, SagaFilter
 from sagalab.orchestrator.store import (
+    ACTING,
     COPY_COLUMNS,
     COPY_TABLES,
     DEFAULT_TENANT,
     Access,
     Batches,
+    BatchItem,
     BatchRecord,
     Export,
     Guard,
@@ -962,6 +964,17 @@ class PostgresStore:
             (outcome, detail, now, batch_id, saga_id),
             write=True,
         )
+
+    def claim_batch_item(self, batch_id: str, seen: BatchItem, *, owner: str, now: float) -> bool:
+        """Mark `seen` ACTING for `owner` if no other run changed it since it was read."""
+        cur = self._execute(
+            "UPDATE batch_sagas SET outcome = %s, detail = %s, at = %s "
+            "WHERE batch_id = %s AND saga_id = %s AND outcome IS NOT DISTINCT FROM %s "
+            "AND detail IS NOT DISTINCT FROM %s",
+            (ACTING, owner, now, batch_id, seen.saga_id, seen.outcome, seen.detail),
+            write=True,
+        )
+        return cur.rowcount == 1
 
     def finish_batch(self, batch_id: str, *, now: float) -> None:
         """Mark the batch finished."""

@@ -46,11 +46,13 @@ from sagalab.orchestrator.saga import Event, EventType, SagaState, SagaStatus
 from sagalab.orchestrator.sagafilter import InputMatch, SagaFilter
 from sagalab.orchestrator.sqlite_rows import MAX_ROWS, STATEMENT_CACHE, RowInserts
 from sagalab.orchestrator.store import (
+    ACTING,
     COPY_COLUMNS,
     COPY_TABLES,
     DEFAULT_TENANT,
     Access,
     Batches,
+    BatchItem,
     BatchRecord,
     Export,
     Guard,
@@ -1230,6 +1232,16 @@ class SQLiteStore:
                 "WHERE batch_id = ? AND saga_id = ?",
                 (outcome, detail, now, batch_id, saga_id),
             )
+
+    def claim_batch_item(self, batch_id: str, seen: BatchItem, *, owner: str, now: float) -> bool:
+        """Mark `seen` ACTING for `owner` if no other run changed it since it was read."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE batch_sagas SET outcome = ?, detail = ?, at = ? "
+                "WHERE batch_id = ? AND saga_id = ? AND outcome IS ? AND detail IS ?",
+                (ACTING, owner, now, batch_id, seen.saga_id, seen.outcome, seen.detail),
+            )
+        return cur.rowcount == 1
 
     def finish_batch(self, batch_id: str, *, now: float) -> None:
         """Mark the batch finished."""

@@ -471,6 +471,12 @@ class BatchStore(Protocol):
         """Set what became of `saga_id` in the batch (one of BATCH_OUTCOMES)."""
         ...
 
+    def claim_batch_item(self, batch_id: str, seen: BatchItem, *, owner: str, now: float) -> bool:
+        """Mark `seen` ACTING for `owner` if it is still as `seen` (its outcome and detail);
+        False if another run of the batch changed it first. One statement: of two runs of a
+        batch that claim one item, one gets it."""
+        ...
+
     def finish_batch(self, batch_id: str, *, now: float) -> None:
         """Mark the batch finished (every item has an end)."""
         ...

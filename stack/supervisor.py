@@ -268,11 +268,29 @@ def main() -> int:
     os.dup2(log_file.fileno(), 1)
     os.dup2(log_file.fileno(), 2)
 
-    def progress(message: str) -> None:
-        handshake.write(f"progress {message}\n")
-
     def log(message: str) -> None:
         log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")
+
+    def tell(line: str) -> bool:
+        """Write `line` to the `stack up` that started us; False if it has gone away.
+
+        A SIGKILLed `stack up` leaves a pipe nobody reads: the write is EPIPE. The pipe is
+        pointed at /dev/null then, so the unwritten line cannot fail again at exit.
+        """
+        try:
+            handshake.write(line + "\n")
+            return True
+        except BrokenPipeError:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, handshake.fileno())
+            os.close(null)
+            return False
+
+    def progress(message: str) -> None:
+        if not tell(f"progress {message}"):
+            # Nobody waits for this start any more: stop what was started (start() does, on
+            # the way out), with one line in the log instead of a BrokenPipeError traceback.
+            raise StackError("the `stack up` that started this supervisor went away")
 
     def abort(_s: int, _f: object) -> None:
         raise SystemExit(1)  # start() stops what it started on the way out
@@ -301,7 +319,7 @@ def main() -> int:
             stop_database(database)
         why = str(exc) if isinstance(exc, StackError) else "stopped during start-up"
         log(f"start failed: {why}")
-        handshake.write(f"error {json.dumps(why)}\n")
+        tell(f"error {json.dumps(why)}")
         return 1
     supervisor = StackSupervisor(state, config, log)
 
@@ -310,7 +328,8 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     log(f"started {len(state.components)} component(s); supervising")
-    handshake.write("ready\n")
+    if not tell("ready"):
+        log("the `stack up` that started this supervisor went away; the stack stays up")
     handshake.close()
     supervisor.run()
     return 0

@@ -428,6 +428,32 @@ def test_a_batch_killed_halfway_resumes_acting_on_each_saga_once(store: SQLiteSt
     assert all(_count(store, s, EventType.ROLLBACK_REQUESTED) == 1 for s in sagas)
 
 
+def test_two_runs_of_one_batch_at_once_act_on_each_saga_once(store: SQLiteStore) -> None:
+    """`batch resume ID` while the batch's first run goes on: the two share its sagas (a
+    claim on each item) instead of both acting on every one, the later run's action then
+    refused and recorded over the earlier's ACTED as SKIPPED."""
+    sagas = [checkout_saga(store.path) for _ in range(20)]
+    first = _orchestrate(store.path, "cancel", "--flow", "checkout", "--yes", "--rps", "5")
+
+    def started() -> str | None:
+        batches = store.list_batches()
+        return batches[0].id if batches and batches[0].items[0].outcome == ACTED else None
+
+    deadline = time.monotonic() + 30
+    while (batch_id := started()) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert batch_id is not None and first.poll() is None  # the first run is acting
+    second = _orchestrate(store.path, "batch", "resume", batch_id, "--rps", "5")
+    for run in (first, second):
+        _, err = run.communicate(timeout=60)
+        assert run.returncode == 0, err
+    batch = store.load_batch(batch_id)
+    outcomes = [(i.outcome, i.detail) for i in batch.items]
+    assert all(o == ACTED for o, _ in outcomes), outcomes
+    assert batch.finished_at is not None
+    assert all(_count(store, s, EventType.ROLLBACK_REQUESTED) == 1 for s in sagas)
+
+
 def test_a_bulk_fork_set_may_name_each_sagas_own_input() -> None:
     payload = {"order_id": "o-7", "amount": 120}
     sets = ("input.order_id={input.order_id}-r1", 'input.note={"a": 1}', "input.x={input.amount}")

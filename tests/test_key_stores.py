@@ -92,6 +92,19 @@ def test_the_key_rules_hold_on_both_backends(new_db: MakeDb) -> None:
         store.close()
 
 
+def test_an_overlong_or_unprintable_key_name_is_refused_on_both_backends(new_db: MakeDb) -> None:
+    store = open_key_store(new_db())
+    try:
+        for name in ("a" * 100_000, "a" * 201, "ops\nteam", "ops\udcffteam", "", "   "):
+            with pytest.raises(KeyRequestError, match="a key's name must be") as refused:
+                store.create(name, tenant="ops")
+            assert len(str(refused.value)) < 200  # the length, never the name
+        assert store.list() == []
+        assert store.create("a" * 200, tenant="ops")[0].name == "a" * 200
+    finally:
+        store.close()
+
+
 def test_reads_never_write_and_other_databases_are_refused(new_db: MakeDb) -> None:
     empty = new_db()
     with pytest.raises(KeyStoreError):

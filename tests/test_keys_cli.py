@@ -85,6 +85,17 @@ def test_a_name_that_cannot_be_a_tenant_needs_one(tmp_path: Path) -> None:
     assert keys("create", "ops team", "--tenant", "ops", "--keys-db", db)[0] == 0
 
 
+@pytest.mark.parametrize("tenant", [[], ["--tenant", "ops"]], ids=["own-tenant", "tenant"])
+def test_a_100000_character_key_name_is_refused_in_one_short_line(
+    tmp_path: Path, tenant: list[str]
+) -> None:
+    db = tmp_path / "keys.db"
+    code, out, err = keys("create", "a" * 100_000, *tenant, "--keys-db", str(db))
+    assert code == 2 and out == ""
+    assert err.strip() == "error: a key's name must be 1 to 200 characters (got 100000)"
+    assert not db.exists()
+
+
 @pytest.mark.parametrize("command", [["list"], ["revoke", "ops"]], ids=["list", "revoke"])
 def test_reads_of_a_missing_key_database_create_no_file(tmp_path: Path, command: list[str]) -> None:
     db = tmp_path / "typo" / "keys.db"

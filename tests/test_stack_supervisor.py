@@ -8,10 +8,16 @@ worker gives when it cannot go on) is recorded in the state file that `stack sta
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
+import signal
+import socket
+import subprocess
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from workerlab import wait_for
 
@@ -76,3 +82,47 @@ def test_a_component_that_stayed_up_restarts_after_the_first_delay(tmp_path: Pat
         thread.join(timeout=30)
     assert delays(lines)[:3] == [0.1, 0.1, 0.1]
     assert not alive(sup.state.components[0])
+
+
+def _exited(lock: Path) -> bool:
+    """Whether the supervisor holding `lock` (an flock for its life) has exited."""
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _answers(url: str) -> bool:
+    where = urlsplit(url)
+    try:
+        socket.create_connection((where.hostname, where.port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_a_sigkilled_stack_up_leaves_one_log_line_not_a_traceback(tmp_path: Path) -> None:
+    """`stack up --detach` SIGKILLed while it starts: the supervisor's next progress line has
+    no reader (EPIPE). It stops what it started and logs one line, not a BrokenPipeError."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "sagalab.cli.main", "stack", "up", "--detach", "--dir",
+         str(tmp_path), "--workers", "1", "--gateways", "2", "--no-ui", "--no-services"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert up.stderr is not None
+    first = up.stderr.readline()  # the first component ready: the others are still starting
+    up.send_signal(signal.SIGKILL)
+    up.wait(timeout=10)
+    up.stderr.close()
+    url = re.search(r"ready at (\S+)", first)
+    assert url is not None, first
+    wait_for(lambda: _exited(tmp_path / "supervisor.lock"), 30, "the supervisor to exit")
+    log = (tmp_path / "logs" / "supervisor.log").read_text()
+    assert "Traceback" not in log and "BrokenPipeError" not in log, log
+    assert "start failed: the `stack up` that started this supervisor went away" in log
+    assert not _answers(url.group(1))  # what was started is stopped

@@ -492,3 +492,57 @@ def sagalab_events(db: str, saga_id: str) -> int:
         return len(store.state(saga_id)[1])
     finally:
         store.close()
+
+
+def _declared_only(url: str, path: str, token: str, declared: int) -> bytes:
+    """POST `path` declaring `declared` bytes and sending 2; the answer's first bytes (the
+    console must answer without waiting for the rest, which never comes)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    with socket.create_connection((where.hostname, where.port), timeout=5) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{where.port}\r\n"
+            f"X-CSRF-Token: {token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {declared}\r\n\r\n{{}}".encode()
+        )
+        try:
+            return sock.recv(200)
+        except TimeoutError:
+            return b"(no answer within 5 s: the console waited for the declared body)"
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(
+    made: tuple[str, Sagas], acting: tuple[httpx.Client, str]
+) -> None:
+    """A Content-Length over the limit is a 413 at once; a chunked body (no Content-Length)
+    is read only up to the limit, then 413; nothing is written."""
+    client, token = acting
+    db, s = made
+    url = str(client.base_url)
+    for path in (f"/api/sagas/{s.completed}/actions/cancel", "/api/simulations"):
+        first = _declared_only(url, path, token, 10**9)
+        assert first.startswith(b"HTTP/1.1 413"), first
+    before = sagalab_events(db, s.completed)
+
+    def chunked() -> Iterator[bytes]:  # an iterator: httpx sends it chunked, no length
+        yield b'{"reason": "'
+        for _ in range(64):
+            yield b"x" * 4096
+        yield b'"}'
+
+    answer = client.post(
+        f"/api/sagas/{s.completed}/actions/cancel",
+        content=chunked(),
+        headers={"X-CSRF-Token": token, "Content-Type": "application/json"},
+    )
+    assert answer.status_code == 413, answer.text
+    assert "at most 65536 bytes" in answer.json()["detail"]
+    assert sagalab_events(db, s.completed) == before
+    small = client.post(
+        "/api/sagas/nope/actions/cancel",
+        json={"reason": "x" * 400},
+        headers={"X-CSRF-Token": token},
+    )
+    assert small.status_code == 404  # under the limit: on to the action

@@ -30,6 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sagalab.cli.filters import FilterArgs
+from sagalab.edge.asgi import BodyTooLarge, read_body
 from sagalab.orchestrator import operations
 from sagalab.orchestrator.errors import InputError, SagaError, SagaNotFoundError
 from sagalab.orchestrator.http_status import http_status
@@ -49,6 +50,8 @@ __all__ = ["PAGE_SIZE", "ListQuery", "create_app", "list_sagas", "status_for"]
 
 PAGE_SIZE = 50
 MAX_ID = 200
+#: The largest operator action body (a reason and a step name; far more than either needs).
+MAX_ACTION_BYTES = 64 * 1024
 STATIC = Path(__file__).parent / "static"
 _STATIC_TYPES = {"ui.js": "text/javascript", "ui.css": "text/css"}
 _CSP = (
@@ -325,9 +328,7 @@ def create_app(
     @app.post("/api/simulations")
     async def simulation_charts(request: Request) -> dict[str, str]:
         guard_post(request)
-        body = await request.body()
-        if len(body) > MAX_REPORT_BYTES:
-            raise BadRequest("the file is too large to chart", 413)
+        body = await _body(request, MAX_REPORT_BYTES, "the file is too large to chart")
         try:
             return {"html": render_report(body.decode("utf-8"))}
         except (ReportError, UnicodeDecodeError) as exc:
@@ -341,7 +342,8 @@ def create_app(
         if action not in pages.ACTIONS:
             raise BadRequest(f"unknown action {action!r}", 404)
         try:  # the check every door uses: a lone surrogate, NaN, ... are 422, not a 500
-            body = loads_strict(await request.body() or b"{}", what="the body")
+            raw = await _body(request, MAX_ACTION_BYTES, "an action's body is too large")
+            body = loads_strict(raw or b"{}", what="the body")
         except InputError as exc:
             raise BadRequest(str(exc), 422) from None
         if not isinstance(body, dict):
@@ -359,6 +361,23 @@ def create_app(
         return {"status": "ok"}
 
     return app
+
+
+async def _body(request: Request, limit: int, refusal: str) -> bytes:
+    """The request's body, at most `limit` bytes, else BadRequest 413 (`refusal`).
+
+    A Content-Length over the limit is refused before a byte is read, and a body without one
+    (chunked) is read only up to the limit: `request.body()` kept the whole of it in memory
+    first, however large.
+    """
+
+    async def receive() -> dict[str, Any]:
+        return dict(await request.receive())
+
+    try:
+        return await read_body(dict(request.scope), receive, limit)
+    except BodyTooLarge:
+        raise BadRequest(f"{refusal} (at most {limit} bytes)", 413) from None
 
 
 def _text(body: dict[str, Any], key: str, default: str) -> str:

@@ -151,6 +151,24 @@ def test_batches_record_sagas_and_outcomes(store_factory: Backend) -> None:
         store.load_batch("b9")
 
 
+def test_a_batch_item_is_claimed_by_one_run(store_factory: Backend) -> None:
+    """Two runs of a batch read an item, then both claim it: one gets it. A claim is a
+    compare-and-set on the outcome and detail read, so an ACTING item (a run cut short) is
+    claimed again only by one run too."""
+    store, other = store_factory.open(), store_factory.open()
+    store.create_batch(
+        batch_id="b1", action="cancel", filter={}, options={}, saga_ids=["s1", "s2"], now=1.0
+    )
+    seen = store.load_batch("b1").items[0]
+    assert store.claim_batch_item("b1", seen, owner="run-a", now=2.0)
+    assert not other.claim_batch_item("b1", seen, owner="run-b", now=2.0)
+    [acting] = [i for i in other.load_batch("b1").items if i.saga_id == "s1"]
+    assert (acting.outcome, acting.detail, acting.at) == (ACTING, "run-a", 2.0)
+    assert other.claim_batch_item("b1", acting, owner="run-b", now=3.0)  # a run cut short
+    assert not store.claim_batch_item("b1", acting, owner="run-c", now=3.0)
+    assert not store.claim_batch_item("b9", seen, owner="run-a", now=3.0)  # no such batch
+
+
 @pytest.mark.parametrize("digits", [30, 400], ids=["beyond-64-bits", "beyond-a-double"])
 def test_input_match_on_a_huge_integer_is_an_answer(store: Store, digits: int) -> None:
     """A number past SQLite's 64-bit integers (`--input big=<30 digits>`) is a value to
