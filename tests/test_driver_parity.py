@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import flowgen
 import httpx
 import simpy
 from hypothesis import HealthCheck, given, settings
@@ -129,33 +130,8 @@ class Case:
         return flow_from_dict(self.flow)
 
 
-@st.composite
-def flows(draw: st.DrawFn) -> dict[str, Any]:
-    n = draw(st.integers(1, 4))
-    pivot = draw(st.none() | st.integers(0, n - 1))
-    steps = []
-    for i in range(n):
-        name = f"s{i}"
-        kind = "compensatable"
-        if pivot is not None and i == pivot:
-            kind = "pivot"
-        elif pivot is not None and i > pivot:
-            kind = "retriable"
-        attempts = None if kind == "retriable" else draw(st.integers(1, 3))
-        step: dict[str, Any] = {
-            "name": name,
-            "service": draw(st.sampled_from(SERVICES)),
-            "kind": kind,
-            "action": {"method": "POST", "path": f"/{name}"},
-            "timeout": 1.5,
-            # jitter off: the retry delays are the same numbers in both runtimes
-            "retry": {"max_attempts": attempts, "initial_delay": 0.5, "jitter": False},
-            "compensation_retry": {"max_attempts": 3, "initial_delay": 0.5, "jitter": False},
-        }
-        if kind != "retriable" and draw(st.booleans()):
-            step["compensation"] = {"method": "POST", "path": f"/{name}/undo"}
-        steps.append(step)
-    return {"name": "generated", "version": 1, "steps": steps}
+def flows() -> st.SearchStrategy[dict[str, Any]]:
+    return flowgen.flows(SERVICES, jitter=False)
 
 
 @st.composite

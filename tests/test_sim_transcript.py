@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+import flowgen
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -53,36 +54,8 @@ ANSWERS: dict[str, Any] = {
 MAX_EFFECTS = 300  # a saga's run is cut here (a script of refusals could wait a long time)
 
 
-@st.composite
-def flows(draw: st.DrawFn) -> dict[str, Any]:
-    n = draw(st.integers(1, 4))
-    pivot = draw(st.none() | st.integers(0, n - 1))
-    steps = []
-    for i in range(n):
-        kind = "compensatable"
-        if pivot is not None and i == pivot:
-            kind = "pivot"
-        elif pivot is not None and i > pivot:
-            kind = "retriable"
-        attempts = None if kind == "retriable" else draw(st.integers(1, 3))
-        step: dict[str, Any] = {
-            "name": f"s{i}",
-            "service": draw(st.sampled_from(SERVICES)),
-            "kind": kind,
-            "action": {"method": "POST", "path": f"/s{i}"},
-            "timeout": 1.5,
-            # jitter on: the retry delays draw from the shared rng
-            "retry": {
-                "max_attempts": attempts,
-                "initial_delay": 0.5,
-                "jitter": draw(st.booleans()),
-            },
-            "compensation_retry": {"max_attempts": 3, "initial_delay": 0.5, "jitter": True},
-        }
-        if kind != "retriable" and draw(st.booleans()):
-            step["compensation"] = {"method": "POST", "path": f"/s{i}/undo"}
-        steps.append(step)
-    return {"name": "generated", "version": 1, "steps": steps}
+def flows() -> st.SearchStrategy[dict[str, Any]]:
+    return flowgen.flows(SERVICES, jitter=True)
 
 
 @dataclass(frozen=True)

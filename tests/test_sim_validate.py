@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,18 +130,20 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_the_stack(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def running_validate(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A 30 s `simulate validate` of the checkout scenario whose stack is up (its state file
+    written) and whose worker runs: the arrivals are next. Whatever a failure leaves behind,
+    the validate and its components, is killed on the way out."""
     command = [sys.executable, "-m", "sagalab.cli.main", "simulate", "validate"]
     proc = subprocess.Popen(
         [*command, str(scenario(tmp_path)), "--duration", "30"],
         env={**os.environ, "TMPDIR": str(tmp_path)},
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        # The stack is up (its state file written) and its worker runs: the arrivals are next.
         wait_for(
             lambda: (
                 list(tmp_path.glob("sagalab-validate-*/stack.json"))
@@ -150,12 +153,23 @@ def test_ctrl_c_stops_the_stack(tmp_path: Path) -> None:
             "the validate stack to be up",
             every=0.1,
         )
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=40)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+        for pid in processes_mentioning(str(tmp_path)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_stack(tmp_path: Path) -> None:
+    with running_validate(tmp_path) as proc:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=40)
     assert proc.returncode == 130, err
     assert "the stack was stopped" in err
     assert not processes_mentioning(str(tmp_path))
@@ -163,54 +177,17 @@ def test_ctrl_c_stops_the_stack(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_sigkilled_validate_takes_its_stack_with_it(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "sagalab.cli.main", "simulate", "validate"]
-    proc = subprocess.Popen(
-        [*command, str(scenario(tmp_path)), "--duration", "30"],
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(
-            lambda: (
-                list(tmp_path.glob("sagalab-validate-*/stack.json"))
-                and any(b" worker " in cmdline(pid) for pid in processes_mentioning(str(tmp_path)))
-            ),
-            40,
-            "the validate stack to be up",
-            every=0.1,
-        )
-        assert processes_mentioning(str(tmp_path))
+    with running_validate(tmp_path) as proc:
         proc.kill()  # no handler runs: the components must see their parent go by themselves
         proc.wait(timeout=10)
         wait_for(
             lambda: not processes_mentioning(str(tmp_path)), 30, "the stack to stop", every=0.2
         )
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in processes_mentioning(str(tmp_path)):  # what a failure left behind
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
 def test_the_next_validate_removes_the_directory_a_sigkilled_one_left(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "sagalab.cli.main", "simulate", "validate"]
-    proc = subprocess.Popen(
-        [*command, str(scenario(tmp_path)), "--duration", "30"],
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(
-            lambda: list(tmp_path.glob("sagalab-validate-*/stack.json")),
-            40,
-            "the validate stack to be up",
-            every=0.1,
-        )
+    with running_validate(tmp_path) as proc:
         proc.kill()
         proc.wait(timeout=10)
         left = list(tmp_path.glob("sagalab-validate-*"))
@@ -223,13 +200,6 @@ def test_the_next_validate_removes_the_directory_a_sigkilled_one_left(tmp_path: 
         assert r.returncode in (0, 1), r.stderr
         assert not left[0].exists()
         assert list(tmp_path.glob("sagalab-validate-*")) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in processes_mentioning(str(tmp_path)):  # what a failure left behind
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_validate_directory_whose_owner_runs_is_kept(tmp_path: Path) -> None:
