@@ -10,21 +10,23 @@ from typing import Any
 from hypothesis import strategies as st
 
 
+def step_kinds(draw: st.DrawFn, n: int) -> list[str]:
+    """Kinds of `n` steps in order: compensatable, with an optional pivot drawn at random and
+    retriable steps after it (the order a saga's step kinds must follow)."""
+    pivot = draw(st.none() | st.integers(0, n - 1))
+    if pivot is None:
+        return ["compensatable"] * n
+    return ["compensatable"] * pivot + ["pivot"] + ["retriable"] * (n - pivot - 1)
+
+
 @st.composite
 def flows(draw: st.DrawFn, services: Sequence[str], *, jitter: bool) -> dict[str, Any]:
     """A flow document. `jitter` False keeps every retry delay a fixed number (two runtimes
     that draw their randomness differently then agree); True draws it per step, so the delays
     come from the caller's random generator."""
-    n = draw(st.integers(1, 4))
-    pivot = draw(st.none() | st.integers(0, n - 1))
     steps = []
-    for i in range(n):
+    for i, kind in enumerate(step_kinds(draw, draw(st.integers(1, 4)))):
         name = f"s{i}"
-        kind = "compensatable"
-        if pivot is not None and i == pivot:
-            kind = "pivot"
-        elif pivot is not None and i > pivot:
-            kind = "retriable"
         attempts = None if kind == "retriable" else draw(st.integers(1, 3))
         step: dict[str, Any] = {
             "name": name,

@@ -3,11 +3,13 @@ and a stack it started is stopped whatever happens (a failing Locust run, Ctrl-C
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -130,9 +132,12 @@ def test_a_failing_locust_run_still_stops_the_stack_it_started(tmp_path: Path) -
     assert stack_gone(tmp_path / "stack")
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not HAS_LOCUST, reason="needs locust")
-def test_ctrl_c_stops_locust_and_the_stack_it_started(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def running_loadtest(tmp_path: Path, *, own_group: bool) -> Iterator[subprocess.Popen[str]]:
+    """A 120 s `loadtest` of an idle locustfile whose stack is up and whose Locust runs
+    (Locust's own command line, `-f FILE`, not this CLI's `--locustfile FILE`: a signal
+    before Locust runs would test the start-up path instead). On the way out, whatever a
+    failure left is stopped: the CLI, its stack and Locust."""
     idle = tmp_path / "idle.py"
     idle.write_text(IDLE_LOCUSTFILE)
     directory = tmp_path / "stack"
@@ -141,24 +146,35 @@ def test_ctrl_c_stops_locust_and_the_stack_it_started(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
+        start_new_session=own_group,  # its own process group, as a terminal's foreground job
     )
     try:
         wait_for(lambda: (directory / "stack.json").exists(), 60, "the stack to start")
-        # Locust's own command line (`-f FILE`), not this CLI's (`--locustfile FILE`): a Ctrl-C
-        # before Locust runs would test the start-up path instead.
         wait_for(lambda: processes_mentioning(f"-f {idle}"), 60, "locust to run")
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
-        _, stderr = proc.communicate(timeout=60)
+        yield proc
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            if own_group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
             proc.communicate()  # reap it and close its stderr pipe (not left to the GC)
-            stack_down(directory)
-    assert proc.returncode == 130, stderr
-    assert "stopped the stack started for this run" in stderr
-    assert stack_gone(directory)
-    assert processes_mentioning(str(idle)) == []
+        stack_down(directory)
+        for pid in processes_mentioning(f"-f {idle}"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_LOCUST, reason="needs locust")
+def test_ctrl_c_stops_locust_and_the_stack_it_started(tmp_path: Path) -> None:
+    with running_loadtest(tmp_path, own_group=True) as proc:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        assert "stopped the stack started for this run" in stderr
+        assert stack_gone(tmp_path / "stack")
+        assert processes_mentioning(str(tmp_path / "idle.py")) == []
 
 
 @pytest.mark.slow
@@ -166,28 +182,10 @@ def test_ctrl_c_stops_locust_and_the_stack_it_started(tmp_path: Path) -> None:
 def test_sigterm_stops_locust_and_the_stack_it_started(tmp_path: Path) -> None:
     """`timeout`, a CI job's cancel or systemd send SIGTERM to the command alone: it ended
     the CLI at once and left the whole stack it had started (and Locust) running."""
-    idle = tmp_path / "idle.py"
-    idle.write_text(IDLE_LOCUSTFILE)
-    directory = tmp_path / "stack"
-    proc = subprocess.Popen(
-        command(tmp_path, "--workers", "1", "--duration", "120", "--locustfile", str(idle)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(lambda: (directory / "stack.json").exists(), 60, "the stack to start")
-        wait_for(lambda: processes_mentioning(f"-f {idle}"), 60, "locust to run")
+    with running_loadtest(tmp_path, own_group=False) as proc:
         proc.send_signal(signal.SIGTERM)  # to this process only, not its group
         _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        stack_down(directory)  # today's code left it running: stop it whatever happened
-        for pid in processes_mentioning(f"-f {idle}"):
-            os.kill(pid, signal.SIGKILL)
-    assert proc.returncode == 130, stderr
-    assert "stopped the stack started for this run" in stderr
-    assert stack_gone(directory)
-    assert processes_mentioning(str(idle)) == []
+        assert proc.returncode == 130, stderr
+        assert "stopped the stack started for this run" in stderr
+        assert stack_gone(tmp_path / "stack")
+        assert processes_mentioning(str(tmp_path / "idle.py")) == []

@@ -19,6 +19,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import flowgen
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -57,16 +58,9 @@ retry_policies = st.fixed_dictionaries(
 
 @st.composite
 def flows(draw: st.DrawFn) -> FlowDefinition:
-    n = draw(st.integers(1, 5))
-    pivot = draw(st.none() | st.integers(0, n - 1))
     steps: list[dict[str, Any]] = []
-    for i in range(n):
+    for i, kind in enumerate(flowgen.step_kinds(draw, draw(st.integers(1, 5)))):
         name = f"s{i}"
-        kind = "compensatable"
-        if pivot is not None and i == pivot:
-            kind = "pivot"
-        elif pivot is not None and i > pivot:
-            kind = "retriable"
         step: dict[str, Any] = {"name": name, "handler": name, "kind": kind}
         # A pivot may or may not have an undo (for a forced rollback); most other steps do.
         undo = draw(st.booleans()) if kind == "pivot" else draw(st.integers(0, 4)) > 0
