@@ -454,6 +454,8 @@ def run_one(
         "lost_leases": stats.lost_leases,
         "conflicts": stats.conflicts,
         "errors": stats.errors,
+        # Spans the --trace-file could not take (a full disk): the sagas ran on regardless.
+        "spans_dropped": tracer.tracing.spans_dropped if tracer is not None else 0,
     }
     if as_json:
         render.print_json(summary)

@@ -88,9 +88,18 @@ def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
 
 
 class JsonLinesExporter:
-    """A `SpanExporter` writing one JSON line per span, appended with one `write` each."""
+    """A `SpanExporter` writing one JSON line per span, appended with one `write` each.
+
+    A span that cannot be written (a full disk, an I/O error) is dropped and counted in
+    `dropped`; the first one is said in one warning line, never a traceback per span: tracing
+    must not stop or flood a worker whose sagas still run.
+    """
 
     def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        #: Spans not written (or written only in part) since the file was opened.
+        self.dropped = 0
+        self._lock = threading.Lock()
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
@@ -99,10 +108,30 @@ class JsonLinesExporter:
     def export(self, spans: Sequence[ReadableSpan]) -> Any:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
+        result = SpanExportResult.SUCCESS
         for span in spans:
-            line = json.dumps(span_to_dict(span), default=str) + "\n"
-            os.write(self._fd, line.encode())  # O_APPEND: whole lines, never interleaved
-        return SpanExportResult.SUCCESS
+            line = (json.dumps(span_to_dict(span), default=str) + "\n").encode()
+            try:
+                written = os.write(self._fd, line)  # O_APPEND: whole lines, never interleaved
+            except OSError as exc:
+                written, why = 0, exc.strerror or str(exc)
+            else:
+                why = "the disk is full (a short write)"
+            if written != len(line):
+                self._drop(why)
+                result = SpanExportResult.FAILURE
+        return result
+
+    def _drop(self, why: str) -> None:
+        with self._lock:
+            self.dropped += 1
+            first = self.dropped == 1
+        if first:
+            log.warning(
+                "tracing: cannot write spans to %s (%s); dropping them, counted in spans_dropped",
+                self.path,
+                why,
+            )
 
     def shutdown(self) -> None:
         os.close(self._fd)
@@ -117,6 +146,8 @@ class Tracing:
 
     service_name: str
     processors: list[SpanProcessor] = field(default_factory=list)
+    #: The `--trace-file` exporters among them (their dropped spans are counted).
+    files: list[JsonLinesExporter] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from opentelemetry.sdk.resources import Resource
@@ -133,6 +164,11 @@ class Tracing:
                 p.on_end(span)
             except Exception:
                 log.exception("tracing: cannot export span %s", span.name)
+
+    @property
+    def spans_dropped(self) -> int:
+        """Spans the trace files could not take (a full disk): counted, not raised."""
+        return sum(f.dropped for f in self.files)
 
     def shutdown(self) -> None:
         """Flush and close every exporter."""
@@ -215,7 +251,8 @@ def setup_tracing(
         raise TracingConfigError("opentelemetry-sdk is not installed") from None
     tracing = Tracing(service_name)
     if trace_file is not None:
-        tracing.processors.append(SimpleSpanProcessor(JsonLinesExporter(trace_file)))  # type: ignore[arg-type]
+        tracing.files.append(JsonLinesExporter(trace_file))
+        tracing.processors.append(SimpleSpanProcessor(tracing.files[-1]))  # type: ignore[arg-type]
     if otlp_endpoint is not None:
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

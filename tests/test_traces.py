@@ -239,3 +239,18 @@ def test_tracing_off_loads_no_sdk() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+def test_spans_that_cannot_be_written_are_counted_and_said_once_and_the_sagas_finish(
+    db: Path, services: RunningServices, workers: Workers
+) -> None:
+    # /dev/full: every write fails with ENOSPC, as on a full disk.
+    enqueue(db, [order(i) for i in range(3)])
+    w = workers.start("--exit-when-idle", "0.5", "--json", "--trace-file", "/dev/full", *FAST)
+    assert w.proc.wait(timeout=30) == 0, w.stderr()
+    assert statuses(db) == {"completed": 3}
+    err = w.stderr()
+    assert "Traceback" not in err, err
+    said = [line for line in err.splitlines() if "tracing" in line]
+    assert len(said) == 1 and "/dev/full" in said[0] and "No space left" in said[0], err
+    assert w.summary()["spans_dropped"] == 3 * 5
