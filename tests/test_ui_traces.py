@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sagalab.ui.traces import (
+    MAX_LINKS_SHOWN,
+    Link,
+    Span,
     check_trace_url,
     read_spans,
     span_tree,
@@ -84,6 +88,47 @@ def test_a_cycle_in_a_damaged_file_is_shown_once_from_its_earliest_span(tmp_path
         (0, "a", ""),
         (1, "b", ""),
     ]
+
+
+def test_fifty_thousand_spans_in_any_order_are_placed_in_linear_time() -> None:
+    n = 50_000
+
+    def sid(i: int) -> str:
+        return f"{i + 1:016x}"
+
+    def run(i: int, parent: str | None = None, links: tuple[Link, ...] = ()) -> Span:
+        return Span(sid(i), parent, f"run {i}", "s", i, i + 1, "OK", links=links)
+
+    # A chain of resumed runs, each following the one before, handed over newest first: a
+    # placement that resolved one more link per pass over all spans took minutes here.
+    first = Span(sid(0), None, "submit", "s", 0, 1, "OK", links=(Link(sid(1), True, "run"),))
+    chain = [first, run(1)]
+    chain += [run(i, links=(Link(sid(i - 1), True, "previous_run"),)) for i in range(2, n)]
+    deep = [run(i, sid(i - 1) if i else None) for i in range(n)]
+    wide = [run(0)] + [run(i, sid(0)) for i in range(1, n)]
+    started = time.process_time()
+    rows = span_tree(chain[::-1])
+    deep_rows, wide_rows = span_tree(deep), span_tree(wide)
+    assert time.process_time() - started < 10  # generous: linear work takes well under 1 s
+    assert (rows[0].span.name, rows[0].depth) == ("submit", 0)
+    assert len(rows) == n and {r.depth for r in rows[1:]} == {1}
+    placed = [r.placed for r in rows[1:]]
+    assert placed.count("linked") == 1 and placed.count("follows") == n - 2
+    assert [r.depth for r in deep_rows] == list(range(n))
+    assert len(wide_rows) == n and max(r.depth for r in wide_rows) == 1
+
+
+def test_a_span_with_thousands_of_links_shows_a_few_and_counts_the_rest(tmp_path: Path) -> None:
+    many = [(f"{i:016x}"[-1], "link") for i in range(3000)]
+    lines = [span(str(i), f"s{i}", start=i, end=i + 1, links=many) for i in range(1, 10)]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    read = read_spans(path, TRACE)
+    page = trace_page(TRACE, read, str(path), csrf="t", actions=False)
+    assert page.count("class=span ") == 9
+    shown = page.count('href="#span-') + page.count("<code>") - page.count("<code id=")
+    assert shown <= 9 * MAX_LINKS_SHOWN + 1, shown  # + the file's name
+    assert page.count(f"and {3000 - MAX_LINKS_SHOWN} more") == 9
 
 
 def test_only_the_files_last_window_is_read(tmp_path: Path) -> None:

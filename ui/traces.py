@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from .pages import esc, layout, when
 
 __all__ = [
+    "MAX_LINKS_SHOWN",
     "MAX_SPANS",
     "MAX_TRACE_BYTES",
     "Link",
@@ -42,6 +43,8 @@ __all__ = [
 
 MAX_TRACE_BYTES = 32 * 1024 * 1024
 MAX_SPANS = 2000
+#: A span's links listed on its row (a hostile line can hold thousands; the rest are counted).
+MAX_LINKS_SHOWN = 8
 MAX_LINE = 1024 * 1024
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _SPAN_ID = re.compile(r"[0-9a-f]{16}")
@@ -216,18 +219,7 @@ def span_tree(spans: list[Span]) -> list[Row]:
             parent_of[s.span_id] = (s.parent_id, "")
         else:
             parent_of[s.span_id] = (linked_from.get(s.span_id), "linked")
-    for _ in range(len(spans)):  # a chain of runs, each following the one before it
-        changed = False
-        for s in spans:
-            if parent_of[s.span_id][0] is not None:
-                continue
-            for link in s.links:
-                beside = parent_of.get(link.span_id, (None, ""))[0] if link.local else None
-                if beside is not None and beside != s.span_id:
-                    parent_of[s.span_id], changed = (beside, "follows"), True
-                    break
-        if not changed:
-            break
+    _place_followers(spans, by_id, parent_of)
     children: dict[str | None, list[Span]] = {}
     for s in spans:
         children.setdefault(parent_of[s.span_id][0], []).append(s)
@@ -250,6 +242,40 @@ def span_tree(spans: list[Span]) -> list[Row]:
     for s in spans:  # a cycle in a damaged file: shown from its earliest span
         walk(s)
     return rows
+
+
+def _place_followers(
+    spans: list[Span], by_id: dict[str, Span], parent_of: dict[str, tuple[str | None, str]]
+) -> None:
+    """Put each span still without a parent beside the first span it links to that has one
+    (a run beside the run it follows), resolving a linked span first when it is itself
+    unplaced: a chain of runs, in any order, in one visit per span and per link (a pass over
+    all spans per link of the chain was quadratic on a hostile file)."""
+    state: dict[str, bool] = {}  # span id -> placed for good (False: being placed)
+    for root in spans:
+        if root.span_id in state or parent_of[root.span_id][0] is not None:
+            continue
+        state[root.span_id] = False
+        stack = [(root.span_id, 0)]  # a span being placed and its next link to look at
+        while stack:
+            sid, i = stack.pop()
+            links = by_id[sid].links
+            descended = False
+            for j in range(i, len(links)):
+                link, target = links[j], links[j].span_id
+                if not link.local:
+                    continue
+                if target in by_id and target not in state and parent_of[target][0] is None:
+                    state[target] = False  # place it first, then look at this link again
+                    stack += [(sid, j), (target, 0)]
+                    descended = True
+                    break
+                beside = parent_of.get(target, (None, ""))[0]
+                if beside is not None and beside != sid:
+                    parent_of[sid] = (beside, "follows")
+                    break
+            if not descended:
+                state[sid] = True
 
 
 WIDTH = 1000  # the bars' viewBox width: the trace's whole duration
@@ -291,8 +317,10 @@ def trace_page(trace_id: str, read: SpanRead, source: str, *, csrf: str, actions
             f'{esc(link.kind)} <a href="#span-{esc(link.span_id)}">{esc(names[link.span_id])}</a>'
             if link.local and link.span_id in names
             else f"{esc(link.kind)} <code>{esc(link.span_id)}</code>"
-            for link in s.links
+            for link in s.links[:MAX_LINKS_SHOWN]
         )
+        if len(s.links) > MAX_LINKS_SHOWN:
+            links += f" <span class=muted>and {len(s.links) - MAX_LINKS_SHOWN} more</span>"
         indent = "&nbsp;&nbsp;" * min(row.depth, 12) + ("&#9492; " if row.depth else "")
         body_rows.append(
             f'<tr id="span-{esc(s.span_id)}" class=span data-depth="{row.depth}" '
