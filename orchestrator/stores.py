@@ -242,10 +242,17 @@ def latest_schema(url_or_path: str | os.PathLike[str]) -> int:
 
 
 def database_identity(url_or_path: str | os.PathLike[str]) -> tuple[str, ...]:
-    """What tells two databases apart: ("sqlite", the file's resolved path) or
-    ("postgresql", host, port, database) with libpq's defaults filled in."""
+    """What tells two databases apart: ("sqlite", the file's device and inode) for a file
+    that exists (a hard link or a symlink to it is the same file), ("sqlite", its resolved
+    path) for one that does not yet, or ("postgresql", host, port, database) with libpq's
+    defaults filled in."""
     url = postgres_url(url_or_path)
     if url is not None:
         key: tuple[str, ...] = _postgres().database_identity(url)
         return key
-    return ("sqlite", str(sqlite_path(url_or_path).resolve()))
+    path = sqlite_path(url_or_path)
+    try:
+        facts = path.stat()
+    except OSError:  # not there (yet): its name is all there is to compare
+        return ("sqlite", str(path.resolve()))
+    return ("sqlite", f"inode {facts.st_dev}:{facts.st_ino}")

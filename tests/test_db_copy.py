@@ -221,6 +221,27 @@ def test_databases_that_cannot_be_copied_are_one_line_and_write_nothing(
     assert _fingerprint(lab) == before
 
 
+@pytest.mark.parametrize("empty", [False, True], ids=["with-sagas", "empty"])
+@pytest.mark.parametrize("force", [(), ("--force",)], ids=["plain", "force"])
+def test_a_hard_link_to_the_source_is_one_database(
+    tmp_path: Path, empty: bool, force: tuple[str, ...]
+) -> None:
+    lab = tmp_path / "lab.db"
+    if empty:
+        SQLiteStore(lab).close()
+    else:
+        _lab(lab)
+    link = tmp_path / "link.db"
+    link.hardlink_to(lab)  # another name, the same file (inode)
+    before = _fingerprint(lab)
+    got, out, err = _cli("db", "copy", str(lab), str(link), *force)
+    assert got == 2, err
+    assert err.strip().count("\n") == 0 and "are one database" in err, err
+    assert "Traceback" not in err and out == ""
+    assert _fingerprint(lab) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["link.db", *before[2]])
+
+
 class _Interrupted(Exception):
     pass
 
