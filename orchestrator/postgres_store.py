@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
@@ -271,6 +272,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 KEY_TABLES = frozenset({"api_keys", "api_keys_meta"})
 _MIGRATION_LOCK = 0x5A6A_1AB0  # pg_advisory_xact_lock key: one migrating process at a time
 _HINT = "pass another URL with --db or SAGALAB_DB"
+#: The server's answer to a connection naming a database it does not have.
+_MISSING_DATABASE = re.compile(r'FATAL: +database ".*" does not exist')
 _REMEASURE_SECONDS = 60.0  # how often a handle checks its host's clock against the database's
 _CONNECT_TIMEOUT = 5  # seconds: an unreachable server is an error soon, not a hang
 #: libpq settings that make a dead server or a cut network an error within seconds.
@@ -359,13 +362,26 @@ def connect(url: str, *, readonly: bool = False, create: bool = False) -> psycop
             return connect(url, readonly=readonly)
         raise _error_for(exc)(
             f"cannot connect to PostgreSQL at {redacted(url)}: {_failure(url, exc)}; "
-            f"start the server or {_HINT}"
+            f"{_next_step(exc)}"
         ) from None
     except (psycopg.Error, UnicodeError) as exc:  # a malformed URL (%80: not UTF-8), say
         detail = _failure(url, exc)
         if secrets_in(url):  # the parser's detail may quote a piece of the password
             detail = "not a valid PostgreSQL URL (percent-encode special characters in it)"
         raise StoreError(f"cannot use {redacted(url)}: {detail}; {_HINT}") from None
+
+
+def _next_step(exc: psycopg.OperationalError) -> str:
+    """What to do about a failed connection: a server that answered runs (a missing
+    database is created, not the server started); one that did not may need starting."""
+    if _MISSING_DATABASE.search(str(exc)):
+        return (
+            "the server runs but has no such database: create it (createdb NAME, or the "
+            f"first `sagalab orchestrate run --db URL` does) or {_HINT}"
+        )
+    if not _transient(exc):
+        return f"the server answered: check the URL's user, password and database, or {_HINT}"
+    return f"start the server or {_HINT}"
 
 
 def _create_database(url: str) -> bool:

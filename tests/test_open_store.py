@@ -6,11 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
 from sagalab.cli.main import app
 from sagalab.orchestrator.errors import StoreError
+from sagalab.orchestrator.pg_cluster import PgCluster
 from sagalab.orchestrator.stores import (
     check_store,
     open_breaker_store,
@@ -135,3 +137,22 @@ def test_the_api_refuses_an_unreachable_server(tmp_path: Path) -> None:
 
     with pytest.raises(StoreError, match="cannot connect to PostgreSQL"):
         create_app(POSTGRES)
+
+
+@pytest.mark.parametrize(
+    "args", [["orchestrate", "list"], ["orchestrate", "status", "x"]], ids=["list", "status"]
+)
+def test_a_missing_database_on_a_running_server_says_how_to_create_it(
+    args: list[str], pg_cluster: PgCluster
+) -> None:
+    url = pg_cluster.url_for("no_such_sagas")
+    result = CliRunner().invoke(app, [*args, "--db", url])
+    assert result.exit_code == 5, (result.stdout, result.stderr)
+    err = result.stderr
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert '"no_such_sagas" does not exist' in err, err
+    assert "start the server" not in err, err  # it runs: only the database is missing
+    assert "createdb" in err or "CREATE DATABASE" in err, err
+    with psycopg.connect(pg_cluster.url) as conn:  # a reader created nothing
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'no_such_sagas'")
+        assert found.fetchone() is None
