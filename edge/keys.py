@@ -51,6 +51,7 @@ from sagalab.orchestrator.stores import database_identity, postgres_url, sqlite_
 
 __all__ = [
     "KEY_COLUMNS",
+    "MAX_ECHOED",
     "ApiKey",
     "KeyCount",
     "KeyCache",
@@ -58,6 +59,7 @@ __all__ = [
     "KeyTable",
     "check_tenant",
     "copy_keys",
+    "echoed",
     "open_key_store",
     "same_key_database",
     "parse_key",
@@ -128,11 +130,23 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+#: How much of a typed name or id a message echoes (the rest is cut: "…").
+MAX_ECHOED = 60
+
+
+def echoed(typed: str) -> str:
+    """`typed` (a name, id or tenant the user gave) as a message quotes it: at most
+    MAX_ECHOED characters, then "…", so a 100,000-character argument is one short line."""
+    if len(typed) <= MAX_ECHOED:
+        return repr(typed)
+    return repr(typed[:MAX_ECHOED]) + "…"
+
+
 def check_tenant(tenant: str) -> str:
     """`tenant` if it is a valid tenant name (it travels in a header), else KeyRequestError."""
     if not _TENANT.match(tenant):
         raise KeyRequestError(
-            f"{tenant!r} is not a valid tenant name: 1 to 64 letters, digits, '_', '.', '@' "
+            f"{echoed(tenant)} is not a valid tenant name: 1 to 64 letters, digits, '_', '.', '@' "
             "or '-', starting with a letter or digit"
         )
     return tenant
@@ -180,7 +194,7 @@ def check_name(name: str) -> str:
         raise KeyRequestError(f"a key's name must be 1 to {MAX_NAME} characters (got {len(name)})")
     if not name.isprintable() or not name.strip():
         raise KeyRequestError(
-            f"a key's name must be printable characters, not only spaces (got {name!r})"
+            f"a key's name must be printable characters, not only spaces (got {echoed(name)})"
         )
     return name
 
@@ -194,7 +208,9 @@ def check_request(name: str, *, rate: float, burst: float, tenant: str | None) -
     check_name(name)
     check_limits(rate, burst)
     if tenant is None and not _TENANT.match(name):
-        raise KeyRequestError(f"key name {name!r} cannot serve as its tenant's name; pass --tenant")
+        raise KeyRequestError(
+            f"key name {echoed(name)} cannot serve as its tenant's name; pass --tenant"
+        )
     return check_tenant(name if tenant is None else tenant)
 
 
@@ -276,7 +292,7 @@ class KeyTable:
             )
         elif active:
             raise KeyRequestError(
-                f"an active key is already named {name!r} ({active[0][0]}): choose another "
+                f"an active key is already named {echoed(name)} ({active[0][0]}): choose another "
                 "name, or revoke that key first"
             )
         elif tenant is None and not replace:
@@ -312,6 +328,7 @@ class KeyTable:
         """Revoke a key by id, full key text, or a name only one active key has; idempotent."""
         parsed = parse_key(key_id)
         ident = parsed[0] if parsed else key_id
+        typed = ident  # a whole key is echoed by its id: its secret stays out of messages
         if not self._read("SELECT 1 FROM api_keys WHERE id = ?", (ident,)):
             named = [
                 r[0]
@@ -321,12 +338,12 @@ class KeyTable:
             ]
             if len(named) > 1:
                 raise KeyRequestError(
-                    f"{len(named)} active keys are named {key_id!r} ({', '.join(named)}); "
+                    f"{len(named)} active keys are named {echoed(typed)} ({', '.join(named)}); "
                     "revoke one by id"
                 )
             if not named:
                 raise UnknownKey(
-                    f"no key with id or name {key_id!r}; `sagalab keys list` shows them"
+                    f"no key with id or name {echoed(typed)}; `sagalab keys list` shows them"
                 )
             ident = named[0]
         at = time.time() if now is None else now

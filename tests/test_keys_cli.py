@@ -96,6 +96,46 @@ def test_a_100000_character_key_name_is_refused_in_one_short_line(
     assert not db.exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["revoke", "x" * 100_000], 3, "'" + "x" * 60 + "'…"),
+        # A whole key of an unknown id: named by its id, its secret never echoed.
+        (["revoke", "sgl_abcdef12_" + "s" * 100_000], 3, "no key with id or name 'abcdef12'"),
+        (["create", "ops", "--tenant", "t" * 100_000], 2, "'" + "t" * 60 + "'…"),
+    ],
+    ids=["revoke-unknown-name", "revoke-whole-key", "create-huge-tenant"],
+)
+def test_a_huge_typed_name_is_echoed_cut_short(
+    tmp_path: Path, args: list[str], code: int, says: str
+) -> None:
+    db = str(tmp_path / "keys.db")
+    assert keys("create", "alice", "--keys-db", db)[0] == 0
+    got, out, err = keys(*args, "--keys-db", db)
+    assert got == code and out == "", err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 400, err[:400]
+    assert says in err, err
+
+
+def test_revoking_a_duplicate_200_character_name_echoes_it_cut_short(tmp_path: Path) -> None:
+    db = str(tmp_path / "keys.db")
+    name = "n" * 200
+    store = open_key_store(db)
+    try:
+        store.create(name, rate=1, burst=1, tenant="a")
+        conn = sqlite3.connect(db)  # a second active key of that name, as an old file may hold
+        conn.execute(
+            "INSERT INTO api_keys (id, name, digest, rate, burst, created_at, tenant, admin) "
+            "SELECT 'ffffffff', name, 'x', rate, burst, created_at, tenant, admin FROM api_keys"
+        )
+        conn.commit()
+        conn.close()
+    finally:
+        store.close()
+    got, out, err = keys("revoke", name, "--keys-db", db)
+    assert got == 2 and "2 active keys" in err and "…" in err and name not in err, err
+
+
 @pytest.mark.parametrize("command", [["list"], ["revoke", "ops"]], ids=["list", "revoke"])
 def test_reads_of_a_missing_key_database_create_no_file(tmp_path: Path, command: list[str]) -> None:
     db = tmp_path / "typo" / "keys.db"
