@@ -1,6 +1,6 @@
 """The stack supervisor: the process that starts the stack's components and restarts any that die.
 
-    sagalab stack up  --config on stdin-->  python -m sagalab.stack.supervisor
+    sagalab stack up  --config on stdin-->  python -m sagalab.stack.supervisor DIRECTORY
                       <--progress / ready / error lines on stdout--
                                             |- --postgres: starts its server (stack.database)
                                             |- starts every component (stack.processes.start)
@@ -76,6 +76,8 @@ STABLE_AFTER = 10.0
 REQUESTS = "requests"
 LOG = "supervisor.log"
 LOCK_FILE = "supervisor.lock"
+#: Why a supervisor stops starting when nobody waits for it any more.
+GONE = "the `stack up` that started this supervisor went away"
 _HELD: list[int] = []
 
 
@@ -254,14 +256,30 @@ def _config_to_json(config: StackConfig) -> str:
 
 
 def main() -> int:
-    """Entry point of `python -m sagalab.stack.supervisor` (config as JSON on stdin)."""
-    config = _config_from_json(json.loads(sys.stdin.read()))
+    """Entry point of `python -m sagalab.stack.supervisor DIRECTORY` (config as JSON on stdin).
+
+    Every way it stops leaves one line in DIRECTORY/logs/supervisor.log saying why, also
+    before it has its configuration or its lock (the `stack up` may be gone by then, and
+    this process's stderr goes nowhere).
+    """
+    given = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else None
+    try:
+        config = _config_from_json(json.loads(sys.stdin.read()))
+    except (ValueError, TypeError, KeyError, AttributeError):  # cut off, or not ours
+        _log_early(given, f"start failed: {GONE} before sending its configuration")
+        return 1
     directory = config.directory.resolve()
     handshake = os.fdopen(os.dup(1), "w", buffering=1)
     try:
         _hold_directory(directory)
     except StackError as exc:
-        handshake.write(f"error {json.dumps(str(exc))}\n")
+        _log_early(directory, f"start failed: {exc}")
+        try:
+            handshake.write(f"error {json.dumps(str(exc))}\n")
+        except BrokenPipeError:  # nobody reads it: said in the log, and nothing left to flush
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, handshake.fileno())
+            os.close(null)
         return 1
     # From now on, stdout and stderr go to the log; the handshake pipe only says how start went.
     log_file = open(directory / "logs" / LOG, "a", buffering=1)  # noqa: SIM115
@@ -290,7 +308,7 @@ def main() -> int:
         if not tell(f"progress {message}"):
             # Nobody waits for this start any more: stop what was started (start() does, on
             # the way out), with one line in the log instead of a BrokenPipeError traceback.
-            raise StackError("the `stack up` that started this supervisor went away")
+            raise StackError(GONE)
 
     def abort(_s: int, _f: object) -> None:
         raise SystemExit(1)  # start() stops what it started on the way out
@@ -329,10 +347,24 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     log(f"started {len(state.components)} component(s); supervising")
     if not tell("ready"):
-        log("the `stack up` that started this supervisor went away; the stack stays up")
+        log(f"{GONE}; the stack stays up")
     handshake.close()
     supervisor.run()
     return 0
+
+
+def _log_early(directory: Path | None, message: str) -> None:
+    """`message` as one line of `directory`'s supervisor log, before the log is set up
+    (on stderr if there is no directory or its log cannot be written)."""
+    line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n"
+    try:
+        if directory is None:
+            raise OSError("no stack directory given")
+        (directory / "logs").mkdir(parents=True, exist_ok=True)
+        with open(directory / "logs" / LOG, "a") as f:
+            f.write(line)
+    except OSError:
+        sys.stderr.write(line)
 
 
 def _hold_directory(directory: Path) -> None:
@@ -364,7 +396,7 @@ def launch(
     directory = config.directory.resolve()
     (directory / "logs").mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sagalab.stack.supervisor"],
+        [sys.executable, "-m", "sagalab.stack.supervisor", str(directory)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

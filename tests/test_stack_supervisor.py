@@ -126,3 +126,44 @@ def test_a_sigkilled_stack_up_leaves_one_log_line_not_a_traceback(tmp_path: Path
     assert "Traceback" not in log and "BrokenPipeError" not in log, log
     assert "start failed: the `stack up` that started this supervisor went away" in log
     assert not _answers(url.group(1))  # what was started is stopped
+
+
+def _supervisor(directory: Path, stdout: int) -> subprocess.Popen[bytes]:
+    """The supervisor process as `launch` starts it, its handshake pipe on `stdout`."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "sagalab.stack.supervisor", str(directory)],
+        stdin=subprocess.PIPE, stdout=stdout, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+
+
+def test_a_stack_up_gone_before_sending_its_configuration_leaves_one_log_line(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "logs").mkdir()
+    sup = _supervisor(tmp_path, subprocess.DEVNULL)
+    _, err = sup.communicate(b'{"directory": ', timeout=30)  # cut off: its parent died
+    assert sup.returncode == 1 and b"Traceback" not in err, err
+    (line,) = (tmp_path / "logs" / "supervisor.log").read_text().splitlines()
+    assert "start failed: the `stack up` that started this supervisor went away" in line, line
+    assert not (tmp_path / "supervisor.lock").exists()  # it never got as far as the lock
+
+
+def test_a_refused_lock_with_its_stack_up_gone_leaves_one_log_line(tmp_path: Path) -> None:
+    from sagalab.stack.supervisor import _config_to_json
+
+    (tmp_path / "logs").mkdir()
+    held = os.open(tmp_path / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)  # another stack runs from this directory
+    read, write = os.pipe()
+    os.close(read)  # the `stack up` is gone: nobody reads the handshake
+    try:
+        sup = _supervisor(tmp_path, write)
+        config = _config_to_json(StackConfig(directory=tmp_path)).encode()
+        _, err = sup.communicate(config, timeout=30)
+    finally:
+        os.close(write)
+        os.close(held)
+    assert sup.returncode == 1 and b"Traceback" not in err, err
+    (line,) = (tmp_path / "logs" / "supervisor.log").read_text().splitlines()
+    assert "start failed: a stack is already running from" in line, line
