@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,36 @@ def test_a_read_beside_a_live_writer_leaves_its_files_alone(saga_db: tuple[Path,
     finally:
         writer.close()
     assert sorted(os.listdir(db.parent)) == ["sagas.db"]
+
+
+def test_a_read_on_files_a_killed_writer_left_changes_nothing_and_sees_its_writes(
+    tmp_path: Path,
+) -> None:
+    """A writer SIGKILLed (here `os._exit`) leaves `-wal`/`-shm` holding committed work. A
+    read does not remove them: that takes a checkpoint, a write into the database file, and
+    a read never writes (a `db copy` source, a snapshot, another user's file); the next
+    writer's last close, or `stack down`, removes them. Pins that decision."""
+    db = tmp_path / "sagas.db"
+    open_store(db).close()
+    code = (
+        "import os, sys\n"
+        "from sagalab.orchestrator.flowfile import load_flow\n"
+        "from sagalab.orchestrator.runner import start_saga\n"
+        "from sagalab.orchestrator.stores import open_store\n"
+        "record, _ = start_saga(open_store(sys.argv[1]), load_flow('checkout'), "
+        f"{ORDER!r}, queue=True)\n"
+        "print(record.id, flush=True); os._exit(0)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(db)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    saga_id = done.stdout.strip()
+    assert sorted(os.listdir(tmp_path)) == ["sagas.db", "sagas.db-shm", "sagas.db-wal"]
+    before = (db.read_bytes(), db.stat().st_mtime_ns, Path(f"{db}-wal").read_bytes())
+    got, out, err = _invoke(["orchestrate", "list", "--json", "--db", str(db)])
+    assert got == 0, err
+    assert [s["id"] for s in json.loads(out)] == [saga_id]  # the committed work is read
+    after = (db.read_bytes(), db.stat().st_mtime_ns, Path(f"{db}-wal").read_bytes())
+    assert after == before
+    assert sorted(os.listdir(tmp_path)) == ["sagas.db", "sagas.db-shm", "sagas.db-wal"]
