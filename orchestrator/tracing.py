@@ -128,7 +128,7 @@ class JsonLinesExporter:
             first = self.dropped == 1
         if first:
             log.warning(
-                "tracing: cannot write spans to %s (%s); dropping them, counted in spans_dropped",
+                "tracing: cannot write spans to %s (%s); dropping them, the sagas go on",
                 self.path,
                 why,
             )
