@@ -155,6 +155,9 @@ class Station:
     With a `queue_timeout` (seconds; None: none), a job that waited longer than that when a
     server frees up is dropped unserved (a server discarding expired work): counted in
     `expired` and handed to `on_expired` instead of being served.
+
+    Only a `droppable` station (one that may crash: a gateway) keeps its jobs in service
+    for `drop_all`; the others save a dict insert and removal per job.
     """
 
     def __init__(
@@ -164,6 +167,8 @@ class Station:
         servers: int,
         sample: Callable[[], float],
         queue_limit: int | None = None,
+        *,
+        droppable: bool = False,
     ) -> None:
         self.env = env
         self.name = name
@@ -172,7 +177,8 @@ class Station:
         self.queue_limit = queue_limit
         self.busy = 0
         self.queue: deque[Job] = deque()
-        self.in_service: dict[Job, None] = {}  # ordered: reproducible across processes
+        # Ordered (a dict): `drop_all` is reproducible across processes.
+        self.in_service: dict[Job, None] | None = {} if droppable else None
         self.stats = TierStats(name)
         self.response = Histogram()
         self.scale = 1.0  # service-time multiplier (slowdowns)
@@ -214,7 +220,9 @@ class Station:
 
     def _start(self, job: Job, now: float) -> None:
         self.busy += 1
-        self.in_service[job] = None
+        in_service = self.in_service
+        if in_service is not None:
+            in_service[job] = None
         job.started = now
         duration = self.sample() * self.scale
         job.ends = now + duration
@@ -233,7 +241,9 @@ class Station:
         # `job.ends` (SimPy's `schedule`): equal, and read without a property call.
         now = job.ends
         self.busy -= 1
-        self.in_service.pop(job, None)
+        in_service = self.in_service
+        if in_service is not None:
+            in_service.pop(job, None)
         sojourn = now - job.arrived
         self.stats.leave(now, sojourn)
         self.response.record(sojourn)
@@ -269,12 +279,15 @@ class Station:
 
     def drop_all(self) -> list[Job]:
         """Cancel every queued and running job (the instance crashed); returns them."""
+        in_service = self.in_service
+        if in_service is None:
+            raise TypeError(f"station {self.name!r} was not made droppable")
         now = self.env.now
-        dropped = list(self.in_service) + list(self.queue)
+        dropped = list(in_service) + list(self.queue)
         for job in dropped:
             job.cancelled = True
             self.stats.leave(now, now - job.arrived)
-        self.in_service.clear()
+        in_service.clear()
         self.queue.clear()
         self.busy = 0
         return dropped
