@@ -54,6 +54,7 @@ from .database import Database
 from .errors import ScenarioError
 from .metrics import Histogram, TierStats
 from .stations import Service
+from .timer import Timer
 from .transcript import Stamp, Transcript, TranscriptRun, stamped
 
 __all__ = ["Orchestrator", "Replica", "Saga"]
@@ -381,6 +382,7 @@ class Orchestrator:
 
     def _worker(self, replica: Replica) -> Generator[simpy.Event, Any, None]:
         env = self.env
+        timer = Timer(env)  # every wait of this worker's runs, one at a time
         try:
             while replica.alive and not replica.draining:
                 if self.queue:
@@ -395,15 +397,15 @@ class Orchestrator:
                     saga = yield event
                     if saga is None:
                         return
-                yield from self._run(saga, replica)
+                yield from self._run(saga, replica, timer)
         except simpy.Interrupt:
             return
 
-    def _run(self, saga: Saga, replica: Replica) -> Generator[simpy.Event, Any, None]:
+    def _run(self, saga: Saga, replica: Replica, timer: Timer) -> Generator[simpy.Event, Any, None]:
         # Interprets the saga driver's effects (`orchestrator.driver`), as the real runner
         # does: the rules (breaker gate, refusal, accounting, commit points) are the driver's.
         env = self.env
-        timeout = env.timeout
+        timeout = timer.after  # a Timeout each time, but one object (simulator/timer.py)
         db = self.db_write
         write = self.database.write if self.database is not None else None
         # A replica in the second region reaches the services and the database across regions:
