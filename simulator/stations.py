@@ -477,7 +477,8 @@ class Service:
                 return call
         if self.holds_keys:
             held = (saga.id, step, phase)
-            if held in self.processing:
+            # A saga with no call in process anywhere (`inflight`) holds no key here.
+            if saga.inflight and held in self.processing:
                 counts["in_progress"] += 1
                 call.event = env.event()
                 call.answer(IN_PROGRESS)
