@@ -319,7 +319,9 @@ class Edge:
             sample = gateway_time
             if speeds and speeds[i] != 1.0:
                 sample = partial(_faster, gateway_time, speeds[i])
-            g = Gateway(env, i, Station(env, f"gateway-{i}", workers, sample, None), limit)
+            g = Gateway(
+                env, i, Station(env, f"gateway-{i}", workers, sample, None, droppable=True), limit
+            )
             if expire_after is not None:
                 g.station.queue_timeout = expire_after
                 g.station.on_expired = self._gateway_expired

@@ -140,9 +140,11 @@ class TierStats:
 
     def enter(self, now: float) -> None:
         """One item arrives at `now`."""
-        self.area += self.present * (now - self.last)
+        present = self.present
+        if present:  # nobody here since `last`: the area grows by 0.0, which leaves it as is
+            self.area += present * (now - self.last)
         self.last = now
-        self.present += 1
+        self.present = present + 1
         self.arrivals += 1
         if self.present > self.peak:
             self.peak = self.present

@@ -54,7 +54,8 @@ from .database import Database
 from .errors import ScenarioError
 from .metrics import Histogram, TierStats
 from .stations import Service
-from .transcript import Transcript, TranscriptRun
+from .timer import Timer
+from .transcript import Stamp, Transcript, TranscriptRun, stamped
 
 __all__ = ["Orchestrator", "Replica", "Saga"]
 
@@ -75,7 +76,8 @@ class Saga:
         "ledger",
         "inflight",
         "owner",
-        "journal",
+        "_journal",
+        "_stamps",
         "flushed",
         "resumed",
         "run_started",
@@ -96,8 +98,12 @@ class Saga:
         # first, so that a served saga that completed is never folded at all.
         self.status: SagaStatus | None = None
         # Its committed journal (the driver commits outcomes and records with the next
-        # attempt's start, or before a wait or the end) and how much of it is durable.
-        self.journal = [created]
+        # attempt's start, or before a wait or the end) and how much of it is durable. The
+        # commits of a run served from the transcript are kept unbuilt (`_stamps`, in order
+        # after `_journal`) and built when the journal is read: a saga that completes on a
+        # served path never has its events built at all.
+        self._journal = [created]
+        self._stamps: list[Stamp] | None = None
         self.flushed = 1
         self.born = born
         self.enqueued_at = born
@@ -111,6 +117,31 @@ class Saga:
         # The operations (step, phase) that reached their service at least once (noted by
         # `Service.call`): a later call of one is amplification (`simulator.metastability`).
         self.sent: set[tuple[str, Phase]] = set()
+
+    @property
+    def journal(self) -> list[Event]:
+        """Its journal: every event committed (and, in tests, noted), in order."""
+        stamps = self._stamps
+        journal = self._journal
+        if stamps:
+            for specs, at in stamps:
+                journal.extend(stamped(specs, at))
+            stamps.clear()
+        return journal
+
+    def commit(self, events: list[Event]) -> None:
+        """`events` are durable: the journal grows by them."""
+        journal = self.journal
+        journal.extend(events)
+        self.flushed = len(journal)
+
+    def commit_served(self, stamp: Stamp) -> None:
+        """The events of a commit served from the transcript are durable (kept unbuilt)."""
+        stamps = self._stamps
+        if stamps is None:
+            stamps = self._stamps = []
+        stamps.append(stamp)
+        self.flushed += len(stamp[0])
 
     def lose_unflushed(self) -> None:
         """A crash: what was not committed is gone; the state is what the journal says."""
@@ -351,6 +382,7 @@ class Orchestrator:
 
     def _worker(self, replica: Replica) -> Generator[simpy.Event, Any, None]:
         env = self.env
+        timer = Timer(env)  # every wait of this worker's runs, one at a time
         try:
             while replica.alive and not replica.draining:
                 if self.queue:
@@ -365,21 +397,20 @@ class Orchestrator:
                     saga = yield event
                     if saga is None:
                         return
-                yield from self._run(saga, replica)
+                yield from self._run(saga, replica, timer)
         except simpy.Interrupt:
             return
 
-    def _run(self, saga: Saga, replica: Replica) -> Generator[simpy.Event, Any, None]:
+    def _run(self, saga: Saga, replica: Replica, timer: Timer) -> Generator[simpy.Event, Any, None]:
         # Interprets the saga driver's effects (`orchestrator.driver`), as the real runner
         # does: the rules (breaker gate, refusal, accounting, commit points) are the driver's.
         env = self.env
-        timeout = env.timeout
+        timeout = timer.after  # a Timeout each time, but one object (simulator/timer.py)
         db = self.db_write
         write = self.database.write if self.database is not None else None
         # A replica in the second region reaches the services and the database across regions:
         # each call and each write waits one hop there and one back.
         hop = self.hop if replica.remote else 0.0
-        journal = saga.journal
         routes = self.routes
         breakers = self.breakers
         saga.owner = replica
@@ -393,6 +424,7 @@ class Orchestrator:
         now = env.now
         run: TranscriptRun | None = None
         send: Callable[[Any], Effect]
+        journal = saga.journal
         if len(journal) == 1:  # just created: served from the driver's transcript
             run = self.transcript.start(journal[0], saga.id, now)
             effect, send = run.first, run.send
@@ -411,8 +443,10 @@ class Orchestrator:
             if type(effect) is Call:
                 # The attempt's start is durable before the call.
                 yield timeout(db()) if write is None else write()
-                journal.extend(effect.events)
-                saga.flushed = len(journal)
+                if run is not None and run.from_tree:
+                    saga.commit_served(run.stamp())
+                else:
+                    saga.commit(effect.events)
                 name = effect.step
                 service, _breaker, limit = routes[name]
                 if hop:
@@ -435,8 +469,10 @@ class Orchestrator:
                 if hop:
                     yield timeout(2 * hop)  # the write's round trip to the database
                 yield timeout(db()) if write is None else write()  # one write for all noted
-                journal.extend(effect.events)
-                saga.flushed = len(journal)
+                if run is not None and run.from_tree:
+                    saga.commit_served(run.stamp())
+                else:
+                    saga.commit(effect.events)
                 now = env.now
                 effect = send(now)
             elif type(effect) is WaitUntil:

@@ -17,6 +17,7 @@ import simpy
 
 from .config import Node
 from .errors import ScenarioError
+from .timer import Timer
 
 __all__ = ["Segment", "arrivals", "segments"]
 
@@ -89,6 +90,7 @@ def arrivals(
     At a segment's end the gap in progress is dropped and a fresh one starts, which is exact
     only for Poisson; inside a ramp the gaps are thinned as Poisson ones are.
     """
+    timer = Timer(env)  # each gap: one object scheduled again (simulator/timer.py)
     for start, end, rate_at, peak in segs:
         end = min(end, until)
         if start >= until:
@@ -96,15 +98,15 @@ def arrivals(
         if peak <= 0 or end <= start:
             continue
         if env.now < start:
-            yield env.timeout(start - env.now)
+            yield timer.after(start - env.now)
         constant = rate_at(start) == peak and rate_at(end if end < math.inf else start) == peak
         while True:
             gap = rng.expovariate(peak) if shape is None else shape() / peak
             if env.now + gap >= end:
                 # Memoryless: what is left of this gap belongs to the next segment.
                 if end > env.now:
-                    yield env.timeout(end - env.now)
+                    yield timer.after(end - env.now)
                 break
-            yield env.timeout(gap)
+            yield timer.after(gap)
             if constant or rng.random() * peak < rate_at(env.now):
                 arrive()

@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any
 
 import simpy
-from simpy.events import Timeout
+from simpy.events import NORMAL
 
 from sagalab.orchestrator.outcomes import (
     SUCCESS,
@@ -122,9 +122,21 @@ def _quantile_points(node: Any) -> list[float]:
 
 
 class Job:
-    """One item at a station. `payload` belongs to the caller."""
+    """One item at a station. `payload` belongs to the caller.
 
-    __slots__ = ("arrived", "started", "ends", "payload", "done", "cancelled", "timer")
+    Once started, a job is its own completion event in SimPy's schedule, where a `Timeout`
+    of its service time would otherwise be (one object less per job: measured, 0.66 against
+    0.26 µs per job with its timer). SimPy's loop (`Environment.step`) and a process waiting
+    on an event read only its `callbacks`, `_ok` and `_value`; a completion never fails, and
+    a process waiting on one is sent None. `Station._start` schedules it exactly as
+    `Timeout.__init__` schedules itself (`env.schedule(event, NORMAL, delay)`), at the same
+    point, so the order of simultaneous events is unchanged.
+    """
+
+    __slots__ = ("arrived", "started", "ends", "payload", "done", "cancelled", "callbacks")
+
+    _ok = True  # read by SimPy: the event succeeded
+    _value = None  # read by SimPy: what a process waiting on the job is sent
 
     def __init__(self, arrived: float, payload: Any, done: Callable[[Job], None]) -> None:
         self.arrived = arrived
@@ -133,7 +145,8 @@ class Job:
         self.payload = payload
         self.done = done
         self.cancelled = False
-        self.timer: simpy.Event | None = None
+        # None until started; SimPy sets it back to None once the completion is processed.
+        self.callbacks: list[Callable[[Job], None]] | None = None
 
 
 class Station:
@@ -142,6 +155,9 @@ class Station:
     With a `queue_timeout` (seconds; None: none), a job that waited longer than that when a
     server frees up is dropped unserved (a server discarding expired work): counted in
     `expired` and handed to `on_expired` instead of being served.
+
+    Only a `droppable` station (one that may crash: a gateway) keeps its jobs in service
+    for `drop_all`; the others save a dict insert and removal per job.
     """
 
     def __init__(
@@ -151,6 +167,8 @@ class Station:
         servers: int,
         sample: Callable[[], float],
         queue_limit: int | None = None,
+        *,
+        droppable: bool = False,
     ) -> None:
         self.env = env
         self.name = name
@@ -159,7 +177,8 @@ class Station:
         self.queue_limit = queue_limit
         self.busy = 0
         self.queue: deque[Job] = deque()
-        self.in_service: dict[Job, None] = {}  # ordered: reproducible across processes
+        # Ordered (a dict): `drop_all` is reproducible across processes.
+        self.in_service: dict[Job, None] | None = {} if droppable else None
         self.stats = TierStats(name)
         self.response = Histogram()
         self.scale = 1.0  # service-time multiplier (slowdowns)
@@ -167,7 +186,7 @@ class Station:
         # started. Kept on the queueing path only; a job served at once costs nothing here.
         self.queued = 0
         self.waits = Histogram()
-        self._on_timer = self._finish  # bound once: appended to every job's timer
+        self._on_timer = self._finish  # bound once: the callback of every job's completion
         self.queue_timeout: float | None = None
         self.on_expired: Callable[[Job], None] | None = None
         self.expired = 0
@@ -201,28 +220,30 @@ class Station:
 
     def _start(self, job: Job, now: float) -> None:
         self.busy += 1
-        self.in_service[job] = None
+        in_service = self.in_service
+        if in_service is not None:
+            in_service[job] = None
         job.started = now
         duration = self.sample() * self.scale
         job.ends = now + duration
-        # The timer carries its job, so one bound callback serves every job of the station.
-        timer = job.timer = Timeout(self.env, duration, job)
-        timer.callbacks.append(self._on_timer)
+        if duration < 0:  # what `Timeout` refuses
+            raise ValueError(f"Negative delay {duration}")
+        # The job is its own completion event (see `Job`), and one bound callback serves
+        # every job of the station.
+        job.callbacks = [self._on_timer]
+        self.env.schedule(job, NORMAL, duration)  # type: ignore[arg-type]  # an event: `Job`
 
-    def _finish(self, timer: simpy.Event) -> None:
-        # `_start` gives every timer its job as the value (typed Any | None by SimPy).
-        job: Job = timer.value  # type: ignore[assignment]
-        # The timer and its job refer to each other (and a call waiting on the timer to
-        # both): unlinked here, a finished request is freed at once instead of waiting for
-        # the cyclic GC, which otherwise traverses every saga (measured: -10% CPU per run).
-        job.timer = None
+    def _finish(self, job: Job) -> None:
+        # A job's completion (its own event: `_start`).
         if job.cancelled:
             return
         # The timer fired at env.now, scheduled as now + duration by the same float sum as
         # `job.ends` (SimPy's `schedule`): equal, and read without a property call.
         now = job.ends
         self.busy -= 1
-        self.in_service.pop(job, None)
+        in_service = self.in_service
+        if in_service is not None:
+            in_service.pop(job, None)
         sojourn = now - job.arrived
         self.stats.leave(now, sojourn)
         self.response.record(sojourn)
@@ -258,12 +279,15 @@ class Station:
 
     def drop_all(self) -> list[Job]:
         """Cancel every queued and running job (the instance crashed); returns them."""
+        in_service = self.in_service
+        if in_service is None:
+            raise TypeError(f"station {self.name!r} was not made droppable")
         now = self.env.now
-        dropped = list(self.in_service) + list(self.queue)
+        dropped = list(in_service) + list(self.queue)
         for job in dropped:
             job.cancelled = True
             self.stats.leave(now, now - job.arrived)
-        self.in_service.clear()
+        in_service.clear()
         self.queue.clear()
         self.busy = 0
         return dropped
@@ -453,7 +477,8 @@ class Service:
                 return call
         if self.holds_keys:
             held = (saga.id, step, phase)
-            if held in self.processing:
+            # A saga with no call in process anywhere (`inflight`) holds no key here.
+            if saga.inflight and held in self.processing:
                 counts["in_progress"] += 1
                 call.event = env.event()
                 call.answer(IN_PROGRESS)
@@ -468,10 +493,9 @@ class Service:
             self.processing[held] = None
             call.held = held
         saga.inflight += 1
-        timer = job.timer
-        if timer is not None and job.ends - now <= timeout:
+        if job.started >= 0.0 and job.ends - now <= timeout:  # started at once, ends in time
             call.direct = True
-            call.event = timer
+            call.event = job  # type: ignore[assignment]  # an event in all but its class: `Job`
             return call
         call.event = env.event()
         guard = env.timeout(timeout)

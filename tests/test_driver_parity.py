@@ -49,6 +49,7 @@ from sagalab.orchestrator.runner import SagaRunner, start_saga
 from sagalab.orchestrator.saga import Event, EventType, SagaStatus
 from sagalab.orchestrator.sqlite_store import SQLiteStore
 from sagalab.simulator.orchestration import Orchestrator, Saga
+from sagalab.simulator.transcript import Stamp, stamped
 
 LATENCY = 0.25  # every answered call takes this long, in both runtimes
 LEASE = 5.0  # a crashed saga is resumed this long after the crash
@@ -270,17 +271,21 @@ class _SimCall:
     outcome: Verdict
 
 
-class CommitLog(list[Event]):
-    """A simulated saga's journal that notes what each commit added."""
+class LoggedSaga(Saga):
+    """A simulated saga that notes what each commit added to its journal (a commit the
+    driver yielded, or one served from the transcript, kept unbuilt)."""
 
-    def __init__(self, events: list[Event], commits: list[list[Event]]) -> None:
-        super().__init__(events)
+    def __init__(self, commits: list[list[Event]], *args: Any) -> None:
+        super().__init__(*args)
         self.commits = commits
 
-    def extend(self, events: Any) -> None:
-        events = list(events)
-        self.commits.append(events)
-        super().extend(events)
+    def commit(self, events: list[Event]) -> None:
+        self.commits.append(list(events))
+        super().commit(events)
+
+    def commit_served(self, stamp: Stamp) -> None:
+        self.commits.append(stamped(*stamp))
+        super().commit_served(stamp)
 
 
 def run_simulated(case: Case) -> Run:
@@ -335,8 +340,7 @@ def run_simulated(case: Case) -> Run:
         autoscale_interval=1.0,
         finished=lambda saga, _now: done.append(saga),
     )
-    saga = Saga(1, flow, 0.0, True)
-    saga.journal = CommitLog(saga.journal, run.commits)
+    saga = LoggedSaga(run.commits, 1, flow, 0.0, True)
     orchestrator.enqueue(saga)
     orchestrator.start_replica(0.0)  # takes the saga
     orchestrator.start_replica(0.0)  # takes it over after a crash

@@ -37,7 +37,7 @@ from sagalab.orchestrator.outcomes import (
 from sagalab.orchestrator.saga import Event, EventType, SagaState
 from sagalab.simulator.config import load_scenario
 from sagalab.simulator.model import simulate
-from sagalab.simulator.transcript import Transcript
+from sagalab.simulator.transcript import Transcript, TranscriptRun, stamped
 
 SERVICES = ("alpha", "beta", "gamma")  # gamma has no breaker
 ANSWERS: dict[str, Any] = {
@@ -113,17 +113,27 @@ class Responder:
         return None
 
 
-def run(first: Effect, send: Any, script: Script) -> tuple[list[Effect], list[Event]]:
-    """The effects of one run and the events it committed."""
+def run(
+    first: Effect, send: Any, script: Script, served: TranscriptRun | None = None
+) -> tuple[list[Effect], list[Event]]:
+    """The effects of one run and the events it committed. For a `served` run, each effect
+    as `full` rebuilds it, and a commit's events as the simulator keeps them (`stamp`)."""
     responder = Responder(script)
-    effects: list[Effect] = [first]
+    effects: list[Effect] = []
     journal: list[Event] = []
     effect = first
-    while type(effect) is not Done and len(effects) < MAX_EFFECTS:
+    while True:
+        whole = effect if served is None else served.full(effect)
+        effects.append(whole)
+        if type(effect) is Done or len(effects) >= MAX_EFFECTS:
+            break
         if type(effect) in (Call, Commit):
-            journal.extend(effect.events)  # type: ignore[union-attr]
+            events = whole.events  # type: ignore[union-attr]
+            if served is not None and served.from_tree:
+                events = stamped(*served.stamp())
+                assert events == whole.events  # type: ignore[union-attr]
+            journal.extend(events)
         effect = send(responder.reply(effect))
-        effects.append(effect)
     return effects, journal
 
 
@@ -156,7 +166,7 @@ def test_served_runs_are_the_drivers_effect_by_effect(
         expected, _ = run(next(driver), driver.send, script)
 
         served = transcript.start(created, i, script.start)
-        effects, journal = run(served.first, served.send, script)
+        effects, journal = run(served.first, served.send, script, served)
 
         assert effects == expected
         assert real_rng.getstate() == memo_rng.getstate()
