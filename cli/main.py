@@ -45,14 +45,12 @@ COMMANDS: dict[str, Entry] = {
     "worker": Entry(
         "worker",
         "worker",
-        "Take queued sagas and run them; resume sagas whose worker died once its lease "
-        "expires.",
+        "Take queued sagas and run them; resume sagas whose worker died once its lease expires.",
     ),
     "loadtest": Entry(
         "loadtest",
         "loadtest",
-        "Run the Locust load test against the stack (started if needed); exit with Locust's "
-        "code.",
+        "Run the Locust load test against the stack (started if needed); exit with Locust's code.",
     ),
     "verify": Entry(
         "verify",

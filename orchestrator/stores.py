@@ -75,6 +75,7 @@ def store_failures() -> tuple[type[Exception], ...]:
     (`driver_errors`: evaluate it where the exception is caught)."""
     return (StoreError, *driver_errors())
 
+
 # A URL scheme then ':/'. A `--db` typed as a Path arrives with its '//' collapsed to '/'.
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):(?P<rest>/.*)?$", re.DOTALL)
 _POSTGRES = ("postgresql", "postgres")
