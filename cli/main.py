@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any
 import typer
 from typer.core import TyperGroup
 
-from sagalab.cli.errors import EXIT_ENVIRONMENT, EXIT_USAGE, fail
-
 if TYPE_CHECKING:
     from typer import _click
 
@@ -169,6 +167,8 @@ def main() -> None:
         # themselves (a --dir, a --db): a path that cannot be used, not a bug to trace.
         if not str(exc).startswith("Symlink loop"):
             raise
+        from sagalab.cli.errors import EXIT_ENVIRONMENT, fail  # (not at start-up: `--help`)
+
         raise SystemExit(
             fail(f"{exc}: a loop of symbolic links; pass another path", EXIT_ENVIRONMENT).exit_code
         ) from None
@@ -184,6 +184,8 @@ def _refuse_undecodable_arguments(args: list[str]) -> None:
         try:
             arg.encode("utf-8")
         except UnicodeEncodeError as exc:
+            from sagalab.cli.errors import EXIT_USAGE, fail  # (not at start-up: `--help`)
+
             shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
             raise SystemExit(
                 fail(
