@@ -45,7 +45,7 @@ from sagalab.orchestrator.errors import (
 from sagalab.orchestrator.jsonsafe import MAX_BYTES, loads_strict
 from sagalab.orchestrator.operations import ActionRefused, BadArgument, UnknownSaga
 from sagalab.orchestrator.redact import redacted
-from sagalab.orchestrator.stores import DRIVER_ERRORS
+from sagalab.orchestrator.stores import driver_errors
 
 EXIT_OK, EXIT_SAGA_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_ENVIRONMENT = range(6)
 
@@ -95,7 +95,7 @@ def handled() -> Iterator[None]:
         raise typer.Exit(EXIT_USAGE) from None
     except SagaError as exc:
         raise fail(str(exc), exit_code_for(exc)) from None
-    except DRIVER_ERRORS as exc:
+    except driver_errors() as exc:
         # A database error the store did not translate (damage found mid-read, a full disk):
         # still one line and the database exit code, never a traceback.
         raise fail(f"database error: {exc}", EXIT_ENVIRONMENT) from None

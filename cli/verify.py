@@ -14,7 +14,7 @@ import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -36,11 +36,12 @@ from sagalab.cli.options import (
     reads_from,
 )
 from sagalab.edge.errors import StackError
-from sagalab.fakeservices.server import SERVICES_URL_ENV, services_map
 from sagalab.orchestrator.errors import ServiceConfigError
 from sagalab.orchestrator.flowfile import base_url, load_services
-from sagalab.orchestrator.ledgers import HttpLedgerReader, verify_store
-from sagalab.stack.processes import StackState, load_state
+
+if TYPE_CHECKING:  # imported where used: `parse_since` (cli/filters.py) must stay cheap
+    from sagalab.orchestrator.ledgers import HttpLedgerReader
+    from sagalab.stack.processes import StackState
 
 _DURATION = re.compile(r"^(?P<n>\d+(?:\.\d+)?)(?P<unit>s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -81,6 +82,9 @@ def resolve_reader(sources: list[str], stack: Path | None) -> HttpLedgerReader:
     what the orchestrator itself uses (SAGALAB_SERVICE_*, SAGALAB_SERVICES_FILE,
     SAGALAB_SERVICES_URL). typer.Exit(2) for a malformed entry; ServiceConfigError (exit 5)
     for a services file that cannot be read."""
+    from sagalab.fakeservices.server import SERVICES_URL_ENV, services_map
+    from sagalab.orchestrator.ledgers import HttpLedgerReader
+
     urls: dict[str, str] = {}
     labs: list[str] = []
     for source in sources:
@@ -123,6 +127,8 @@ def resolve_reader(sources: list[str], stack: Path | None) -> HttpLedgerReader:
 
 
 def _stack_state(stack: Path) -> StackState:
+    from sagalab.stack.processes import load_state
+
     try:
         return load_state(stack)
     except StackError as exc:
@@ -180,6 +186,8 @@ def verify(
             )
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
+    from sagalab.orchestrator.ledgers import verify_store
+
     with handled():
         reader = resolve_reader(list(services or ()), stack)
         path = db or (Path(_stack_state(stack).db) if stack is not None else DEFAULT_DB)

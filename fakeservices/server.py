@@ -16,14 +16,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-import uvicorn
-from fastapi import FastAPI
-
-from sagalab.fakeservices.app import create_app
 from sagalab.fakeservices.catalog import SERVICE_NAMES
 from sagalab.fakeservices.errors import PortInUseError, ServerStartError
 from sagalab.fakeservices.state import Clock, LabState
+
+if TYPE_CHECKING:  # imported where a server starts: `sagalab verify` needs none of them
+    import uvicorn
+    from fastapi import FastAPI
 
 #: Environment variable naming the base URL of a running lab (read by the CLI).
 SERVICES_URL_ENV = "SAGALAB_SERVICES_URL"
@@ -131,7 +132,11 @@ def run_in_thread(
     unless a ready `app` is given. Raises :class:`PortInUseError` if the port is taken and
     :class:`ServerStartError` if the server does not come up within `startup_timeout`.
     """
+    import uvicorn  # here, not at the top: importing the module must stay cheap (`sagalab verify`)
+
     if app is None:
+        from sagalab.fakeservices.app import create_app
+
         app = create_app(clock=clock or time.time, rng=rng)
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]

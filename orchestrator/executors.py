@@ -9,9 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sagalab.orchestrator.errors import InputError, SagaError, ServiceConfigError, TemplateError
 from sagalab.orchestrator.flow import StepDefinition
@@ -32,6 +30,9 @@ from sagalab.orchestrator.registry import (
 )
 from sagalab.orchestrator.saga import Failure, Phase
 from sagalab.orchestrator.templates import render
+
+if TYPE_CHECKING:  # imported where a call is made: the CLI's start-up must not pay for httpx
+    import httpx
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ def classify_response(response: httpx.Response) -> Verdict:
 
 def classify_exception(exc: httpx.HTTPError) -> Verdict:
     """The shared verdict for an httpx error: which `Transport` case it is."""
+    import httpx
+
     name = type(exc).__name__
     message = f"{name}: {exc}" if str(exc) else name
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
@@ -120,6 +123,8 @@ class HttpExecutor:
     """Calls services over HTTP with httpx. One instance per thread (it owns a Client)."""
 
     def __init__(self, services: Mapping[str, str], *, client: httpx.Client | None = None):
+        import httpx
+
         self.services = dict(services)
         self.client = client or httpx.Client(headers={"User-Agent": "sagalab"})
 
@@ -157,6 +162,8 @@ class HttpExecutor:
             reason = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
             return AttemptOutcome(failure=Failure(f"request not sent: {reason}", False, False))
         shown = {"method": call.method, "url": base + path, "body": body}
+        import httpx  # loaded by __init__: a lookup in sys.modules
+
         started = time.perf_counter()
         try:
             response = self.client.send(request)

@@ -18,11 +18,14 @@ from pathlib import Path
 
 from sagalab.orchestrator.errors import SagaError
 from sagalab.orchestrator.store import Lease, Store
-from sagalab.orchestrator.stores import DRIVER_ERRORS, open_store
+from sagalab.orchestrator.stores import driver_errors, open_store
 
 DEFAULT_LEASE_SECONDS = 10.0
-#: A busy, full or vanished database: the keeper reconnects and tries the next round.
-_FAILURES: tuple[type[Exception], ...] = (SagaError, *DRIVER_ERRORS)
+
+
+def _failures() -> tuple[type[Exception], ...]:
+    """A busy, full or vanished database: the keeper reconnects and tries the next round."""
+    return (SagaError, *driver_errors())
 
 
 def new_owner(role: str = "worker") -> str:
@@ -119,10 +122,10 @@ class LeaseKeeper:
                     if store is None:
                         store = open_store(self.db, create=False)
                     self._renew_all(store)
-                except _FAILURES:
+                except _failures():
                     # A busy, full or vanished database: reconnect and try the next round.
                     if store is not None:
-                        with contextlib.suppress(*DRIVER_ERRORS):
+                        with contextlib.suppress(*driver_errors()):
                             store.close()
                     store = None
         except BaseException as exc:
@@ -130,7 +133,7 @@ class LeaseKeeper:
             raise
         finally:
             if store is not None:
-                with contextlib.suppress(*DRIVER_ERRORS):
+                with contextlib.suppress(*driver_errors()):
                     store.close()
 
     def _renew_all(self, store: Store) -> None:

@@ -42,7 +42,7 @@ from sagalab.orchestrator.breaker_board import breaker_rows
 from sagalab.orchestrator.journal import JournalEntry
 from sagalab.orchestrator.saga import INTERRUPTED, EventType, SagaState, SagaStatus
 from sagalab.orchestrator.store import SagaRecord
-from sagalab.orchestrator.stores import STORE_FAILURES, open_store
+from sagalab.orchestrator.stores import open_store, store_failures
 
 if TYPE_CHECKING:
     from sagalab.orchestrator.supervisor import Supervisor
@@ -282,7 +282,7 @@ class StoreGauges(Collector):
             try:
                 queue = store.queue_stats(self.clock())
             finally:
-                with contextlib.suppress(*STORE_FAILURES):
+                with contextlib.suppress(*store_failures()):
                     store.close()
             breakers = breaker_rows(self.db)
         except Exception as exc:  # any database trouble: keep the last numbers, say it once

@@ -26,8 +26,6 @@ from itertools import product
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-import sqlite_utils
-
 from sagalab.orchestrator import sqlite_writer, wake
 from sagalab.orchestrator.dbfiles import creating_database, file_uri, read_modes
 from sagalab.orchestrator.errors import (
@@ -696,7 +694,6 @@ class SQLiteStore:
                 self.conn = connect(path, timeout=timeout)
         else:
             self.conn = connect(path, timeout=timeout)
-        self.db = sqlite_utils.Database(self.conn)
         # The file this connection opened: the group writer must write that one, even if
         # the path names another by the time of the first write (a replaced database).
         self._identity = _file_identity(self.path)
@@ -794,9 +791,18 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"database {self.path}: {exc}") from None
 
+    def _dicts(self, sql: str, args: Sequence[object]) -> list[dict[str, Any]]:
+        """The rows of a SELECT as dicts keyed by column name (plain sqlite3: importing
+        sqlite_utils, and the numpy it pulls in, cost every command ~0.2 s of start-up)."""
+        cursor = self.conn.execute(sql, args)
+        columns = [column[0] for column in cursor.description]
+        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
     def schema_version(self) -> int:
         """The schema version recorded in the file (0 for a new file)."""
-        if "meta" not in self.db.table_names():
+        if not self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone():
             return 0
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         return int(row[0]) if row else 0
@@ -1156,13 +1162,11 @@ class SQLiteStore:
             where.append("flow_name = ?")
             args.append(flow)
         rows = self._guard(
-            lambda: list(
-                self.db["sagas"].rows_where(
-                    " AND ".join(where) or None,
-                    args,
-                    order_by="created_at DESC, id",
-                    limit=limit,
-                )
+            lambda: self._dicts(
+                "SELECT * FROM sagas"
+                + (" WHERE " + " AND ".join(where) if where else "")
+                + " ORDER BY created_at DESC, id LIMIT ?",
+                [*args, limit],
             )
         )
         return [self._record(r, lenient=True) for r in rows]
@@ -1423,7 +1427,7 @@ class SQLiteStore:
     def scaling_events(self, limit: int = 100) -> list[dict[str, Any]]:
         """Most recent scaling decisions, oldest first."""
         rows = self._guard(
-            lambda: list(self.db["scaling_events"].rows_where(order_by="at DESC", limit=limit))
+            lambda: self._dicts("SELECT * FROM scaling_events ORDER BY at DESC LIMIT ?", [limit])
         )
         return rows[::-1]
 

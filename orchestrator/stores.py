@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -33,17 +34,11 @@ from sagalab.orchestrator.store import Access, BreakerStore, Guard, Store
 from sagalab.orchestrator.wake import Waker, sqlite_waker
 from sagalab.orchestrator.wake import enabled as wake_enabled
 
-try:  # the optional `postgres` extra: without psycopg, postgresql:// URLs are refused
-    from sagalab.orchestrator.postgres_store import DRIVER_ERRORS as _POSTGRES_ERRORS
-except ImportError:  # pragma: no cover - exercised where psycopg is not installed
-    _POSTGRES_ERRORS = ()
-
 __all__ = [
-    "DRIVER_ERRORS",
     "GROUP_COMMIT_ENV",
-    "STORE_FAILURES",
     "check_store",
     "database_identity",
+    "driver_errors",
     "latest_schema",
     "open_breaker_store",
     "open_store",
@@ -51,14 +46,35 @@ __all__ = [
     "release_files",
     "shown",
     "sqlite_path",
+    "store_failures",
     "typed",
 ]
 
-#: Errors a backend's driver may raise past a store method (damage found mid-read, a full
-#: disk): what a caller that must survive any database failure catches besides StoreError.
-DRIVER_ERRORS: tuple[type[Exception], ...] = (*_SQLITE_ERRORS, *_POSTGRES_ERRORS)
-#: Every way a database can fail a store call: StoreError and the drivers' own errors.
-STORE_FAILURES: tuple[type[Exception], ...] = (StoreError, *DRIVER_ERRORS)
+_POSTGRES_MODULE = "sagalab.orchestrator.postgres_store"
+
+
+def driver_errors() -> tuple[type[Exception], ...]:
+    """Errors a backend's driver may raise past a store method (damage found mid-read, a full
+    disk): what a caller that must survive any database failure catches besides StoreError.
+
+    A function, not a constant, so that psycopg is imported only when a postgresql:// URL
+    needs it (`_postgres`): every command would otherwise pay for importing it at start-up.
+    psycopg's errors can only come from orchestrator.postgres_store, so they are included
+    once that module is loaded; evaluate it where the exception is caught (`except
+    driver_errors():`), never once at import.
+    """
+    postgres = sys.modules.get(_POSTGRES_MODULE)
+    if postgres is None:
+        return _SQLITE_ERRORS
+    errors: tuple[type[Exception], ...] = (*_SQLITE_ERRORS, *postgres.DRIVER_ERRORS)
+    return errors
+
+
+def store_failures() -> tuple[type[Exception], ...]:
+    """Every way a database can fail a store call: StoreError and the drivers' own errors
+    (`driver_errors`: evaluate it where the exception is caught)."""
+    return (StoreError, *driver_errors())
+
 
 # A URL scheme then ':/'. A `--db` typed as a Path arrives with its '//' collapsed to '/'.
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):(?P<rest>/.*)?$", re.DOTALL)

@@ -53,11 +53,11 @@ from sagalab.orchestrator.redact import redacted
 from sagalab.orchestrator.runner import SagaRunner
 from sagalab.orchestrator.store import Lease, Store
 from sagalab.orchestrator.stores import (
-    DRIVER_ERRORS,
-    STORE_FAILURES,
+    driver_errors,
     open_store,
     open_waker,
     shown,
+    store_failures,
 )
 from sagalab.orchestrator.tracing import Observers, SagaTracer
 from sagalab.orchestrator.wake import Waker
@@ -154,7 +154,7 @@ class _Tools:
                 close()
         for conn in (self.board, self.store):
             if conn is not None:
-                with contextlib.suppress(*DRIVER_ERRORS):
+                with contextlib.suppress(*driver_errors()):
                     conn.close()
 
 
@@ -252,14 +252,14 @@ class Worker:
             keeper.drop(lease.saga_id)
         try:
             store = WatchedStore(self.config.db, self.watchdog)
-        except STORE_FAILURES:
+        except store_failures():
             return
         try:
             for lease in leases:
-                with contextlib.suppress(*STORE_FAILURES):
+                with contextlib.suppress(*store_failures()):
                     store.release(lease, run_after=self.clock())
         finally:
-            with contextlib.suppress(*STORE_FAILURES):
+            with contextlib.suppress(*store_failures()):
                 store.close()
 
     def _queue_empty(self) -> bool:
@@ -270,14 +270,14 @@ class Worker:
         """
         try:
             store = open_store(self.config.db, readonly=True)
-        except STORE_FAILURES:
+        except store_failures():
             return False
         try:
             stats = store.queue_stats(self.clock())
-        except STORE_FAILURES:
+        except store_failures():
             return False
         finally:
-            with contextlib.suppress(*STORE_FAILURES):
+            with contextlib.suppress(*store_failures()):
                 store.close()
         return stats["depth"] + stats["leased"] == 0
 
@@ -334,7 +334,7 @@ class Worker:
                 except DatabaseGone as exc:
                     self._fail(exc)
                     return
-                except STORE_FAILURES as exc:
+                except store_failures() as exc:
                     if any(word in str(exc) for word in _UNUSABLE):
                         self._fail(
                             StoreError(f"database {shown(self.config.db)} is unusable: {exc}")
@@ -438,10 +438,10 @@ class Worker:
         except ConcurrentUpdate:
             self.stats.add("conflicts")  # an operator wrote to it: take it again from the top
             run_after = self.clock()
-        except STORE_FAILURES:
+        except store_failures():
             # The database, not this saga: give it back if the database lets us (else its
             # lease runs out), and let the thread back off.
-            with contextlib.suppress(SagaError, *DRIVER_ERRORS):
+            with contextlib.suppress(SagaError, *driver_errors()):
                 store.release(lease, run_after=self.clock())
             raise
         except ServiceConfigError as exc:  # this worker's configuration: try again later

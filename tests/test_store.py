@@ -343,7 +343,8 @@ def test_migration_from_v1_keeps_rows(db_path: Path) -> None:
         assert (migrated.load("s1"), migrated.journal("s1"), migrated.steps("s1")) == before
         columns = {r[1] for r in migrated.conn.execute("PRAGMA table_info(sagas)")}
         assert {"run_after", "lease_owner", "lease_until", "lease_epoch", "steps"} <= columns
-        assert "steps" not in migrated.db.table_names()
+        tables = {r[0] for r in migrated.conn.execute("SELECT name FROM sqlite_master")}
+        assert "steps" not in tables
         epoch = migrated.conn.execute("SELECT lease_epoch FROM sagas").fetchone()[0]
         assert epoch == 0
         # The migrated file is fully usable.
