@@ -156,7 +156,8 @@ class _Unit:
                 return False  # the body's own exception, as it was raised
         finally:
             writer._leave(batch)
-        writer._await(batch, self.timeout, self.alone)
+        if not batch.done or batch.error is not None:  # else committed: nothing to wait for
+            writer._await(batch, self.timeout, self.alone)
         return False
 
 
@@ -250,7 +251,9 @@ class GroupWriter:
             failure = self._begin_failure
             if failure is not None and failure[0] >= arrived:
                 raise StoreError(failure[1])  # the BEGIN this caller waited for timed out
-            conn = self._connection(timeout)
+            conn = self._conn
+            if conn is None or timeout != self._busy:
+                conn = self._connection(timeout)
             try:
                 self._control("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:

@@ -140,16 +140,17 @@ StepFields = tuple[str, str, int, int, str | None]
 def step_fields(state: SagaState) -> list[StepFields]:
     """(name, status, attempts, compensation attempts, last error) per step, in flow order."""
     fields = []
-    for definition in state.flow.steps:
-        p = state.steps[definition.name]
-        failure = p.compensation.last_failure or p.action.last_failure
+    # `state.steps` holds every step of the flow, in flow order (`SagaState.__init__`).
+    for p in state.steps.values():
+        action, compensation = p.action, p.compensation
+        failure = compensation.last_failure or action.last_failure
         fields.append(
             (
-                definition.name,
+                p.name,
                 p.display_status,
-                p.action.attempts,
-                p.compensation.attempts,
-                failure.error if failure else None,
+                action.attempts,
+                compensation.attempts,
+                None if failure is None else failure.error,
             )
         )
     return fields
