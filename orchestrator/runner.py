@@ -123,6 +123,13 @@ class RunResult:
     status: SagaStatus
     wait_until: float | None = None
 
+    # By hand (dataclass keeps a class's own __init__): the generated one of a frozen
+    # dataclass pays an object.__setattr__ call per field, and every run ends with one.
+    def __init__(self, status: SagaStatus, wait_until: float | None = None) -> None:
+        d = self.__dict__
+        d["status"] = status
+        d["wait_until"] = wait_until
+
 
 class SagaRunner:
     """Drives sagas to a halt against one store and one executor (one per thread)."""

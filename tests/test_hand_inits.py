@@ -14,12 +14,25 @@ from typing import Any
 
 import pytest
 
+from sagalab.orchestrator.driver import Done
 from sagalab.orchestrator.executors import AttemptContext, AttemptOutcome
 from sagalab.orchestrator.journal import JournalEntry
 from sagalab.orchestrator.registry import StepCall
+from sagalab.orchestrator.runner import RunResult
+from sagalab.orchestrator.saga import Halt, Record
 from sagalab.orchestrator.store import SagaRecord
 
-HAND_WRITTEN = [JournalEntry, SagaRecord, AttemptContext, AttemptOutcome, StepCall]
+HAND_WRITTEN = [
+    JournalEntry,
+    SagaRecord,
+    AttemptContext,
+    AttemptOutcome,
+    StepCall,
+    RunResult,
+    Record,
+    Halt,
+    Done,
+]
 
 
 @pytest.mark.parametrize("cls", HAND_WRITTEN, ids=lambda c: c.__name__)
