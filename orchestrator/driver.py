@@ -196,6 +196,11 @@ class Done:
 
     status: SagaStatus
 
+    # By hand (dataclass keeps a class's own __init__): the generated one of a frozen
+    # dataclass pays an object.__setattr__ call per field, and every saga ends with one.
+    def __init__(self, status: SagaStatus) -> None:
+        self.__dict__["status"] = status
+
 
 Effect = Commit | AskBreaker | BreakerRefused | Call | RecordOutcome | WaitUntil | Done
 

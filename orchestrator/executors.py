@@ -49,6 +49,32 @@ class AttemptContext:
     input: Mapping[str, Any]
     responses: Mapping[str, Any]
 
+    # Written by hand, as `JournalEntry.__init__` is (dataclass keeps a class's own
+    # __init__): the generated one of a frozen dataclass pays an object.__setattr__ call per
+    # field, and a runtime makes one context per attempt. Same parameters and order.
+    def __init__(
+        self,
+        saga_id: str,
+        trace_id: str,
+        span_id: str,
+        step: StepDefinition,
+        phase: Phase,
+        attempt: int,
+        idempotency_key: str,
+        input: Mapping[str, Any],
+        responses: Mapping[str, Any],
+    ) -> None:
+        d = self.__dict__
+        d["saga_id"] = saga_id
+        d["trace_id"] = trace_id
+        d["span_id"] = span_id
+        d["step"] = step
+        d["phase"] = phase
+        d["attempt"] = attempt
+        d["idempotency_key"] = idempotency_key
+        d["input"] = input
+        d["responses"] = responses
+
     @property
     def traceparent(self) -> str:
         """W3C trace context header value for this attempt."""
@@ -73,6 +99,25 @@ class AttemptOutcome:
     duration_ms: float | None = None
     # Counts against the service's breaker (`orchestrator.outcomes.Verdict.unwell`).
     unwell: bool = False
+
+    # By hand, as `AttemptContext.__init__` (one outcome per attempt). Same parameters,
+    # order and defaults as the generated one.
+    def __init__(
+        self,
+        response: Any = None,
+        failure: Failure | None = None,
+        request: Any = None,
+        status_code: int | None = None,
+        duration_ms: float | None = None,
+        unwell: bool = False,
+    ) -> None:
+        d = self.__dict__
+        d["response"] = response
+        d["failure"] = failure
+        d["request"] = request
+        d["status_code"] = status_code
+        d["duration_ms"] = duration_ms
+        d["unwell"] = unwell
 
     @property
     def succeeded(self) -> bool:
@@ -193,14 +238,16 @@ class PythonExecutor:
         name = step.handler if ctx.phase is Phase.ACTION else step.compensation_handler
         if name is None:
             return AttemptOutcome(failure=Failure("step has no handler", False, False))
+        # By position (saga id, step, phase, attempt, key, input, responses): a class
+        # called with keywords first gathers them into a dict, once per attempt here.
         call = StepCall(
-            saga_id=ctx.saga_id,
-            step=step.name,
-            phase=ctx.phase,
-            attempt=ctx.attempt,
-            idempotency_key=ctx.idempotency_key,
-            input=ctx.input,
-            responses=ctx.responses,
+            ctx.saga_id,
+            step.name,
+            ctx.phase,
+            ctx.attempt,
+            ctx.idempotency_key,
+            ctx.input,
+            ctx.responses,
         )
         started = time.perf_counter()
         try:
@@ -213,8 +260,6 @@ class PythonExecutor:
             raise
         except Exception as exc:  # a handler bug: conservatively possibly applied
             failure = Failure(f"{type(exc).__name__}: {exc}", False, True)
-        else:
-            return AttemptOutcome(
-                response=result, duration_ms=(time.perf_counter() - started) * 1000
-            )
+        else:  # (response, failure, request, status code, duration)
+            return AttemptOutcome(result, None, None, None, (time.perf_counter() - started) * 1000)
         return AttemptOutcome(failure=failure, duration_ms=(time.perf_counter() - started) * 1000)

@@ -105,7 +105,10 @@ def entry_values(saga_id: str, trace_id: str, entry: JournalEntry, seq: int) -> 
     name, and a store writes one such row per journaled event.
     """
     e = entry.event
-    phase = e.phase
+    phase, failure = e.phase, e.failure
+    request, response = entry.request, entry.response
+    # The None checks inline: most rows have no failure, request or response, and a call
+    # costs more than the check (one row per journaled event).
     return (
         saga_id,
         seq,
@@ -114,12 +117,12 @@ def entry_values(saga_id: str, trace_id: str, entry: JournalEntry, seq: int) -> 
         None if phase is None else _PHASE_TEXT[phase],
         e.attempt,
         e.at,
-        failure_to_json(e.failure),
+        None if failure is None else failure_to_json(failure),
         e.not_before,
         e.reason,
-        int(e.force),
-        None if entry.request is None else json.dumps(entry.request),
-        None if entry.response is None else json.dumps(entry.response),
+        1 if e.force else 0,
+        None if request is None else json.dumps(request),
+        None if response is None else json.dumps(response),
         entry.status_code,
         entry.duration_ms,
         trace_id,

@@ -123,6 +123,13 @@ class RunResult:
     status: SagaStatus
     wait_until: float | None = None
 
+    # By hand (dataclass keeps a class's own __init__): the generated one of a frozen
+    # dataclass pays an object.__setattr__ call per field, and every run ends with one.
+    def __init__(self, status: SagaStatus, wait_until: float | None = None) -> None:
+        d = self.__dict__
+        d["status"] = status
+        d["wait_until"] = wait_until
+
 
 class SagaRunner:
     """Drives sagas to a halt against one store and one executor (one per thread)."""
@@ -178,17 +185,18 @@ class SagaRunner:
         guarantee. A reused idempotency key runs (or returns) the saga it already names.
         """
         now = self.clock()
+        # Positional: a class called with keywords first gathers them into a dict.
         record = SagaRecord(
-            id=new_saga_id(),
-            flow=flow,
-            input=validate_input(flow, payload),
-            status=SagaStatus.PENDING,
-            trace_id=new_trace_id(),
-            idempotency_key=idempotency_key,
-            reason=None,
-            created_at=now,
-            updated_at=now,
-            last_seq=0,
+            new_saga_id(),  # id
+            flow,
+            validate_input(flow, payload),  # input
+            SagaStatus.PENDING,
+            new_trace_id(),
+            idempotency_key,
+            None,  # reason
+            now,  # created_at
+            now,  # updated_at
+            0,  # last_seq
         )
         state = SagaState(flow)
         state.apply(Event(EventType.SAGA_CREATED, now))
@@ -224,11 +232,12 @@ class SagaRunner:
             effect = driver.send(reply)
             reply = None
             if type(effect) is Commit:
-                seq = self._commit(record, state, self._entries(effect), seq, lease)
+                entries = self._entries(effect.events, effect.details)
+                seq = self._commit(record, state, entries, seq, lease)
                 reply = self.clock()
             elif type(effect) is Call:
                 span_id = new_span_id()  # the attempt's, on its ATTEMPT_STARTED and outcome
-                entries = self._entries(effect.commit, started_span=span_id)
+                entries = self._entries(effect.events, effect.details, span_id)
                 seq = self._commit(record, state, entries, seq, lease)
                 step = flow.step(effect.step)
                 if self.checkpoint is not None:
@@ -265,30 +274,36 @@ class SagaRunner:
                 return RunResult(effect.status)
             # BreakerRefused: nothing to do here (the journal says it for a failed action)
 
-    def _entries(self, commit: Commit, *, started_span: str | None = None) -> list[JournalEntry]:
-        """The journal rows of `commit`'s events (a call's outcome with what it sent and got).
+    @staticmethod
+    def _entries(
+        events: list[Event], details: dict[int, Any] | None, started_span: str | None = None
+    ) -> list[JournalEntry]:
+        """The journal rows of a commit's `events` (a call's outcome with what it sent and
+        got, from `details`: see `driver.Commit`).
 
         `started_span`: the span id of the attempt whose ATTEMPT_STARTED ends the commit.
         """
-        details = commit.details or {}
-        events = commit.events
+        details = details or {}
         last = len(events) - 1
         entries = []
+        # JournalEntry's fields by position: (event, seq, request, response, status code,
+        # duration, span id); keywords would be gathered into a dict on every call.
         for i, event in enumerate(events):
             detail = details.get(i)
             if detail is None:
                 span = started_span if i == last else None
-                entries.append(JournalEntry(event, span_id=span))
+                entries.append(JournalEntry(event, 0, None, None, None, None, span))
                 continue
             outcome, span = detail
             entries.append(
                 JournalEntry(
                     event,
-                    request=outcome.request,
-                    response=outcome.response,
-                    status_code=outcome.status_code,
-                    duration_ms=outcome.duration_ms,
-                    span_id=span,
+                    0,
+                    outcome.request,
+                    outcome.response,
+                    outcome.status_code,
+                    outcome.duration_ms,
+                    span,
                 )
             )
         return entries
@@ -336,16 +351,16 @@ class SagaRunner:
         responses: dict[str, Any],
     ) -> AttemptOutcome:
         """Perform one attempt with the executor; never raises for the saga's own failure."""
-        ctx = AttemptContext(
-            saga_id=record.id,
-            trace_id=record.trace_id,
-            span_id=span_id,
-            step=step,
-            phase=call.phase,
-            attempt=call.attempt,
-            idempotency_key=call.idempotency_key,
-            input=record.input,
-            responses=responses,
+        ctx = AttemptContext(  # by position: see `start`
+            record.id,  # saga_id
+            record.trace_id,
+            span_id,
+            step,
+            call.phase,
+            call.attempt,
+            call.idempotency_key,
+            record.input,
+            responses,
         )
         try:
             return self.executor.execute(ctx)

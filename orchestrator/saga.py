@@ -154,6 +154,11 @@ class Record:
 
     event: Event
 
+    # By hand (dataclass keeps a class's own __init__): the generated one of a frozen
+    # dataclass pays an object.__setattr__ call per field. Same for `Halt`.
+    def __init__(self, event: Event) -> None:
+        self.__dict__["event"] = event
+
 
 @dataclass(frozen=True)
 class Wait:
@@ -167,6 +172,9 @@ class Halt:
     """The saga is terminal or waits for an operator."""
 
     status: SagaStatus
+
+    def __init__(self, status: SagaStatus) -> None:
+        self.__dict__["status"] = status
 
 
 Command = RunAttempt | Record | Wait | Halt
@@ -186,7 +194,12 @@ PIVOT_IN_FLIGHT = "the pivot is in flight"
 
 def idempotency_key(saga_id: str, step: str, phase: Phase) -> str:
     """The key every attempt of one step's phase carries: stable across retries and resumes."""
-    return f"{saga_id}:{step}:{phase.value}"
+    return f"{saga_id}:{step}:{_PHASE_TEXT[phase]}"
+
+
+#: Each phase's text: a dict look-up, where `.value` is two Python calls (the enum's
+#: descriptor and property) for every attempt a runtime sends.
+_PHASE_TEXT: dict[Phase, str] = {p: p.value for p in Phase}
 
 
 @dataclass(slots=True)

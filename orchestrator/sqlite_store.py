@@ -703,6 +703,7 @@ class SQLiteStore:
         self._claimed_last = False
         #: (saga id, last seq, status, trace id) of the saga this store last wrote.
         self._written: tuple[str, int, str, str] | None = None
+        self._cursor: sqlite3.Cursor | None = None  # `_kept_cursor`
         self._snapshots: dict[str, str] = {}
         self._stored_hashes: set[str] = set()
         self._flow_hashes: dict[int, tuple[FlowDefinition, str, str]] = {}
@@ -769,6 +770,15 @@ class SQLiteStore:
             self._writer = sqlite_writer.acquire_writer(self.path, self._identity, open_writer)
             self._writer_pid = sqlite_writer.process_id()
         return self._writer
+
+    def _kept_cursor(self, conn: sqlite3.Connection) -> sqlite3.Cursor:
+        """A cursor of `conn` this store keeps, for its hot statements that return no rows
+        (`Connection.execute` makes and frees a cursor per call). Never for a statement
+        with rows: a kept cursor holds its last statement open until its next one."""
+        cursor = self._cursor
+        if cursor is None or cursor.connection is not conn:
+            cursor = self._cursor = conn.cursor()
+        return cursor
 
     def write_connection(self) -> sqlite3.Connection:
         """The connection this store's writes run on: the process's group writer's (opened
@@ -838,6 +848,7 @@ class SQLiteStore:
     def close(self) -> None:
         """Close the connection (and, as its last user, the process's group writer)."""
         writer, self._writer = self._writer, None
+        self._cursor = None
         if writer is not None and self._writer_pid == os.getpid():
             sqlite_writer.release_writer(writer)
         self.conn.close()
@@ -951,9 +962,10 @@ class SQLiteStore:
                         )
                     ]
                 )
-                conn.execute(saga_sql, saga_args)
+                cursor = self._kept_cursor(conn)
+                cursor.execute(saga_sql, saga_args)
                 _insert_events(
-                    conn,
+                    cursor,
                     [entry_values(saga_id, trace_id, e, i) for i, e in enumerate(entries, 1)],
                 )
         if existing_id is not None:
@@ -962,19 +974,19 @@ class SQLiteStore:
         self._stored_hashes.add(flow_hash)
         if wake.due_now(run_after):
             self.notify_queued()
-        record = SagaRecord(
-            id=saga_id,
-            flow=self._flow(snapshot),
-            input=json.loads(input_text),
-            status=folded.status,
-            trace_id=trace_id,
-            idempotency_key=idempotency_key,
-            reason=folded.reason,
-            created_at=now,
-            updated_at=now,
-            last_seq=1 + len(initial),
-            tenant=tenant,
-            forked_from=forked_from,
+        record = SagaRecord(  # by position: keywords would be gathered into a dict first
+            saga_id,  # id
+            self._flow(snapshot),
+            json.loads(input_text),  # input
+            folded.status,
+            trace_id,
+            idempotency_key,
+            folded.reason,
+            now,  # created_at
+            now,  # updated_at
+            1 + len(initial),  # last_seq
+            tenant,
+            forked_from,
         )
         return record, True
 
@@ -1062,11 +1074,12 @@ class SQLiteStore:
         trace_id = written[3] if written is not None and written[0] == saga_id else None
         fenced, no_reason = lease is not None, reason is None
         with self._write() as conn:
+            cursor = self._kept_cursor(conn)
             # One statement checks the expected seq (and the lease) and moves the saga on.
             moved = False
             if trace_id is not None and written == (saga_id, expected_seq, status, trace_id):
                 moved = _move_on(
-                    conn,
+                    cursor,
                     _UPDATE_SAGA[fenced, no_reason, False, False],
                     _update_args(None, now, seq, steps, reason, saga_id, expected_seq, fence)
                     + (status,),
@@ -1074,14 +1087,14 @@ class SQLiteStore:
             if not moved:
                 args = _update_args(status, now, seq, steps, reason, saga_id, expected_seq, fence)
                 if trace_id is not None:
-                    moved = _move_on(conn, _UPDATE_SAGA[fenced, no_reason, True, False], args)
+                    moved = _move_on(cursor, _UPDATE_SAGA[fenced, no_reason, True, False], args)
                 else:
                     row = conn.execute(_UPDATE_SAGA[fenced, no_reason, True, True], args).fetchone()
                     moved, trace_id = row is not None, row and row[0]
             if not moved or trace_id is None:
                 self._refuse_append(conn, saga_id, expected_seq, lease, now)
             _insert_events(
-                conn,
+                cursor,
                 [
                     entry_values(saga_id, trace_id, entry, expected_seq + i)
                     for i, entry in enumerate(entries, 1)
@@ -1647,7 +1660,9 @@ _INSERT_SAGA = RowInserts(
 _STATUS_TEXT: dict[SagaStatus, str] = {s: s.value for s in SagaStatus}
 
 
-def _insert_events(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+def _insert_events(
+    conn: sqlite3.Connection | sqlite3.Cursor, rows: Sequence[tuple[Any, ...]]
+) -> None:
     if len(rows) <= MAX_ROWS:  # a commit's few rows: one statement, no generator
         conn.execute(*_INSERT_EVENTS.statement(rows))
         return
@@ -1675,7 +1690,7 @@ _UPDATE_SAGA = {
 }
 
 
-def _move_on(conn: sqlite3.Connection, update: str, args: tuple[Any, ...]) -> bool:
+def _move_on(conn: sqlite3.Cursor, update: str, args: tuple[Any, ...]) -> bool:
     """Whether the UPDATE (one without RETURNING) found the saga's row as expected."""
     return conn.execute(update, args).rowcount == 1
 

@@ -122,7 +122,11 @@ class _Unit:
         with writer._count_lock:  # `_count(+1)`, inline: every write comes through here
             writer._arriving += 1
         try:
-            held = writer._lock.acquire(timeout=self.timeout + LOCK_SLACK)
+            # An untimed try first: the timed acquire parses its keyword argument on every
+            # call, and a lone caller (a sequential runner) always finds the lock free.
+            held = writer._lock.acquire(False) or writer._lock.acquire(
+                timeout=self.timeout + LOCK_SLACK
+            )
         except BaseException:
             writer._count(-1)
             raise
@@ -152,7 +156,8 @@ class _Unit:
                 return False  # the body's own exception, as it was raised
         finally:
             writer._leave(batch)
-        writer._await(batch, self.timeout, self.alone)
+        if not batch.done or batch.error is not None:  # else committed: nothing to wait for
+            writer._await(batch, self.timeout, self.alone)
         return False
 
 
@@ -181,6 +186,9 @@ class GroupWriter:
         self.users = 0
         self._connect = connect
         self._conn: sqlite3.Connection | None = None
+        # A cursor of `_conn` kept for the statements that return no rows (BEGIN, COMMIT,
+        # SAVEPOINT, RELEASE): `Connection.execute` makes and frees a cursor on every call.
+        self._cursor: sqlite3.Cursor | None = None
         self._busy = -1.0
         self._lock = threading.Lock()  # held by the caller running a unit or committing
         self._count_lock = threading.Lock()
@@ -226,6 +234,7 @@ class GroupWriter:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+                self._cursor = None
         finally:
             self._lock.release()
 
@@ -242,9 +251,11 @@ class GroupWriter:
             failure = self._begin_failure
             if failure is not None and failure[0] >= arrived:
                 raise StoreError(failure[1])  # the BEGIN this caller waited for timed out
-            conn = self._connection(timeout)
+            conn = self._conn
+            if conn is None or timeout != self._busy:
+                conn = self._connection(timeout)
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                self._control("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 message = f"cannot write to {self.path}: {exc}"
                 self._begin_failure = (time.monotonic(), message)
@@ -255,7 +266,7 @@ class GroupWriter:
         assert joined is not None  # open while a batch is
         batch = self._batch
         try:
-            joined.execute("SAVEPOINT unit")
+            self._control("SAVEPOINT unit")
         except sqlite3.Error as exc:
             self._fail_batch(batch, f"cannot write to {self.path}: {exc}")
             raise StoreError(f"cannot write to {self.path}: {exc}") from None
@@ -264,11 +275,20 @@ class GroupWriter:
     def _connection(self, timeout: float) -> sqlite3.Connection:
         if self._conn is None:
             self._conn = self._connect(timeout)
+            self._cursor = None
             self._busy = timeout
         elif timeout != self._busy:  # stores of one file may differ in their timeout
             self._conn.execute(f"PRAGMA busy_timeout = {round(timeout * 1000)}")
             self._busy = timeout
         return self._conn
+
+    def _control(self, sql: str) -> None:
+        """Run `sql`, a statement that returns no rows, on the open connection."""
+        cursor, conn = self._cursor, self._conn
+        if cursor is None or cursor.connection is not conn:
+            assert conn is not None
+            cursor = self._cursor = conn.cursor()
+        cursor.execute(sql)
 
     def _finish_unit(self, batch: _Batch, alone: bool) -> None:
         conn = self._conn
@@ -278,7 +298,7 @@ class GroupWriter:
             raise StoreError(f"cannot write to {self.path}: the transaction was lost")
         if not alone:
             try:
-                conn.execute("RELEASE unit")
+                self._control("RELEASE unit")
             except sqlite3.Error as exc:
                 self._fail_batch(batch, f"cannot write to {self.path}: {exc}")
                 raise StoreError(f"cannot write to {self.path}: {exc}") from None
@@ -313,9 +333,8 @@ class GroupWriter:
             self._commit(batch)
 
     def _commit(self, batch: _Batch) -> None:
-        assert self._conn is not None
         try:
-            self._conn.execute("COMMIT")
+            self._control("COMMIT")
         except sqlite3.Error as exc:
             self._fail_batch(batch, f"cannot commit to {self.path}: {exc}")
             return
@@ -341,6 +360,7 @@ class GroupWriter:
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
+        self._cursor = None
         if conn is not None:
             with suppress(sqlite3.Error):
                 conn.close()

@@ -77,6 +77,40 @@ class SagaRecord:
     #: such a row rather than fail; everything else refuses it with `DamagedRecord`).
     damaged: str | None = None
 
+    # Written by hand, as `JournalEntry.__init__` is (dataclass keeps a class's own
+    # __init__): the generated one of a frozen dataclass pays an object.__setattr__ call per
+    # field, thirteen here, and a new saga builds two. Same parameters, order and defaults.
+    def __init__(
+        self,
+        id: str,
+        flow: FlowDefinition,
+        input: dict[str, Any],
+        status: SagaStatus,
+        trace_id: str,
+        idempotency_key: str | None,
+        reason: str | None,
+        created_at: float,
+        updated_at: float,
+        last_seq: int,
+        tenant: str = DEFAULT_TENANT,
+        forked_from: str | None = None,
+        damaged: str | None = None,
+    ) -> None:
+        d = self.__dict__
+        d["id"] = id
+        d["flow"] = flow
+        d["input"] = input
+        d["status"] = status
+        d["trace_id"] = trace_id
+        d["idempotency_key"] = idempotency_key
+        d["reason"] = reason
+        d["created_at"] = created_at
+        d["updated_at"] = updated_at
+        d["last_seq"] = last_seq
+        d["tenant"] = tenant
+        d["forked_from"] = forked_from
+        d["damaged"] = damaged
+
 
 @dataclass(frozen=True)
 class Lease:
@@ -106,16 +140,17 @@ StepFields = tuple[str, str, int, int, str | None]
 def step_fields(state: SagaState) -> list[StepFields]:
     """(name, status, attempts, compensation attempts, last error) per step, in flow order."""
     fields = []
-    for definition in state.flow.steps:
-        p = state.steps[definition.name]
-        failure = p.compensation.last_failure or p.action.last_failure
+    # `state.steps` holds every step of the flow, in flow order (`SagaState.__init__`).
+    for p in state.steps.values():
+        action, compensation = p.action, p.compensation
+        failure = compensation.last_failure or action.last_failure
         fields.append(
             (
-                definition.name,
+                p.name,
                 p.display_status,
-                p.action.attempts,
-                p.compensation.attempts,
-                failure.error if failure else None,
+                action.attempts,
+                compensation.attempts,
+                None if failure is None else failure.error,
             )
         )
     return fields

@@ -237,9 +237,10 @@ class _Interrupted(BaseException):
 
 
 class _CommitInterrupted:
-    """The writer's connection, with an interrupt raised by its next COMMIT."""
+    """The writer's connection (or a cursor of it: the writer runs BEGIN and COMMIT on one
+    it keeps), with an interrupt raised by its next COMMIT."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection | sqlite3.Cursor) -> None:
         self.conn = conn
 
     def __getattr__(self, name: str) -> Any:
@@ -249,6 +250,9 @@ class _CommitInterrupted:
         if sql == "COMMIT":
             raise _Interrupted
         return self.conn.execute(sql, *args)
+
+    def cursor(self) -> _CommitInterrupted:
+        return _CommitInterrupted(self.conn.cursor())  # type: ignore[union-attr]
 
 
 def test_a_writer_stopped_mid_commit_fails_its_batch_and_later_callers_at_once(

@@ -287,3 +287,25 @@ def test_the_store_that_wrote_a_saga_last_is_still_fenced_and_checked(tmp_path: 
     finally:
         first.close()
         second.close()
+
+
+def test_a_store_writes_on_after_its_writer_reopened_its_connection(
+    tmp_path: Path, noop_flow: FlowDefinition
+) -> None:
+    """The store and the group writer keep a cursor for their hot statements; after the writer
+    dropped its connection (as it does after an error that spoils it) both take a cursor of the
+    new one instead of writing on the closed one."""
+    store = SQLiteStore(tmp_path / "s.db", group_commit=True)
+    runner = SagaRunner(store, PythonExecutor())
+    try:
+        first, result = runner.start(noop_flow, {})
+        assert result.status is SagaStatus.COMPLETED
+        writer = store._writer
+        assert writer is not None
+        writer._drop_connection()  # the old connection is closed
+        second, result = runner.start(noop_flow, {})
+        assert result.status is SagaStatus.COMPLETED
+        assert [s.status for s in store.list_sagas()] == [SagaStatus.COMPLETED] * 2
+        assert len(store.journal(second)) == len(store.journal(first)) == 8
+    finally:
+        store.close()
