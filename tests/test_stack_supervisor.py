@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from workerlab import wait_for
 
 from sagalab.stack.processes import Component, StackConfig, StackState, _spawn, alive, load_state
-from sagalab.stack.supervisor import MAX_RESTART_DELAY, StackSupervisor
+from sagalab.stack.supervisor import MAX_RESTART_DELAY, StackSupervisor, exit_reason
 
 
 def crasher(logs: Path, script: str) -> Component:
@@ -126,3 +126,17 @@ def test_a_sigkilled_stack_up_leaves_one_log_line_not_a_traceback(tmp_path: Path
     assert "Traceback" not in log and "BrokenPipeError" not in log, log
     assert "start failed: the `stack up` that started this supervisor went away" in log
     assert not _answers(url.group(1))  # what was started is stopped
+
+
+def test_a_long_last_log_line_keeps_its_end_in_the_exit_reason(tmp_path: Path) -> None:
+    # A deep stack directory made the API's "database replaced" line longer than the reason
+    # keeps; cutting its end lost the advice ("restart the API").
+    log = tmp_path / "api.log"
+    line = f"error: database file /{'d' * 300}/sagas.db was replaced: restart the API"
+    log.write_text(f"started\n{line}\n")
+    reason = exit_reason(5, str(log))
+    assert reason.startswith("exit code 5: error: database file /ddd") and "..." in reason
+    assert reason.endswith("was replaced: restart the API")
+    assert len(reason) == len("exit code 5: ") + 200
+    log.write_text("error: short\n")
+    assert exit_reason(5, str(log)) == "exit code 5: error: short"
