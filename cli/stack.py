@@ -246,14 +246,15 @@ def up(
     if detach:
         err.print(f"detached; `sagalab stack down --dir {shlex.quote(str(directory))}` stops it")
         return
-    err.print("press Ctrl-C to stop the stack")
     stopping = False
 
     def on_term(_s: int, _f: object) -> None:
         nonlocal stopping
         stopping = True
 
+    # Before the line that says the stack is up: whoever waits for it may SIGTERM at once.
     signal.signal(signal.SIGTERM, on_term)
+    err.print("press Ctrl-C to stop the stack")
     try:
         while not stopping and supervised(state):
             time.sleep(0.5)

@@ -5,7 +5,8 @@ Each action or compensation request goes through the same pipeline, in this orde
 0. a request whose ``Idempotency-Key`` is held by a request still being processed answers 409
    ``in_progress`` at once (as the IETF Idempotency-Key draft and Stripe do): the caller
    retries later and then gets the first request's stored answer;
-1. faults decide (:func:`fakeservices.faults.decide`); matching latency is awaited;
+1. faults decide (:func:`fakeservices.faults.decide`); a request a test holds
+   (:meth:`LabState.hold`, in-process only) waits until released; matching latency is awaited;
 2. an active outage answers its status (503) at once;
 3. a missing or blank ``Idempotency-Key`` header answers 400;
 4. a body that is not valid JSON or does not match the endpoint's model answers 422;
@@ -37,6 +38,8 @@ from starlette.requests import ClientDisconnect
 from sagalab.fakeservices.catalog import SERVICE_NAMES, SERVICES, OrderRef, ServiceSpec
 from sagalab.fakeservices.faults import Fault, FaultDecision, FaultSpec
 from sagalab.fakeservices.state import Clock, LabState
+
+HOLD_POLL = 0.01  # seconds between looks at a hold: a released call goes on at once
 
 MAX_KEY_LENGTH = 255
 
@@ -145,6 +148,8 @@ def create_app(
     async def process(
         request: Request, spec: ServiceSpec, endpoint: str, decision: FaultDecision, payload: bytes
     ) -> JSONResponse:
+        while lab.held(spec.name, endpoint):
+            await asyncio.sleep(HOLD_POLL)
         if decision.latency_ms:
             await asyncio.sleep(decision.latency_ms / 1000)
         if decision.outage is not None:

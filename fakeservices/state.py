@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sagalab.fakeservices.catalog import SERVICES, ServiceSpec
+from sagalab.fakeservices.catalog import SERVICES, ServiceSpec, normalize_endpoint
 from sagalab.fakeservices.errors import UnknownServiceError
 from sagalab.fakeservices.faults import FaultDecision, FaultSpec, FaultTable
 from sagalab.fakeservices.ledger import Ledger, LedgerEntry
@@ -84,6 +84,7 @@ class LabState:
         self._ledger = Ledger()
         self._faults = FaultTable()
         self._in_flight: set[tuple[str, str]] = set()
+        self._held: set[tuple[str, str]] = set()
 
     # -- operations ---------------------------------------------------------------------
 
@@ -197,6 +198,26 @@ class LabState:
         with self._lock:
             return self._faults.clear(service)
 
+    # -- holds (in-process only: a test keeps a call in flight until it lets it go) ------
+
+    def hold(self, service: str, endpoint: str = "*") -> None:
+        """Make requests to `endpoint` of `service` (``"*"``: all of its endpoints) wait,
+        before any fault, until :meth:`release`: a test decides when a call ends, however slow
+        the machine, instead of guessing a latency long enough."""
+        endpoint = normalize_endpoint(service, endpoint)
+        with self._lock:
+            self._held.add((service, endpoint))
+
+    def release(self, service: str | None = None) -> None:
+        """Let held requests go on: every hold, or those on `service`."""
+        with self._lock:
+            self._held = {h for h in self._held if service is not None and h[0] != service}
+
+    def held(self, service: str, endpoint: str) -> bool:
+        """Whether a request to `endpoint` of `service` must wait now."""
+        with self._lock:
+            return (service, endpoint) in self._held or (service, "*") in self._held
+
     # -- ledger and reset ---------------------------------------------------------------
 
     def ledger(self, service: str | None = None) -> list[LedgerEntry]:
@@ -222,8 +243,10 @@ class LabState:
             return self._ledger.append(**fields)
 
     def reset(self) -> None:
-        """Forget the ledger, orders, stored responses, id counters and faults."""
+        """Forget the ledger, orders, stored responses, id counters and faults; release
+        every hold."""
         with self._lock:
+            self._held = set()
             self._services = {name: _ServiceState() for name in SERVICES}
             self._ledger.clear()
             self._faults.reset()

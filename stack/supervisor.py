@@ -92,7 +92,16 @@ def exit_reason(returncode: int | None, log: str) -> str:
             return f"killed by signal {-returncode}"
     last = tail_log(Path(log), 1).strip()
     reason = f"exit code {returncode}"
-    return f"{reason}: {last[:200]}" if last and last != "(no log)" else reason
+    return f"{reason}: {_shortened(last)}" if last and last != "(no log)" else reason
+
+
+def _shortened(line: str, limit: int = 200) -> str:
+    """`line` cut to `limit` characters in the middle: an error's end says what to do (and a
+    long path in it must not push that out)."""
+    if len(line) <= limit:
+        return line
+    head = (limit - 3) // 2
+    return f"{line[:head]}...{line[len(line) - (limit - 3 - head) :]}"
 
 
 @dataclass

@@ -37,10 +37,12 @@ def lab() -> Iterator[RunningServices]:
 
 
 @pytest.fixture
-def services(lab: RunningServices) -> RunningServices:
-    """The module's fake services with faults, ledgers and idempotency records cleared."""
+def services(lab: RunningServices) -> Iterator[RunningServices]:
+    """The module's fake services with faults, ledgers and idempotency records cleared; any
+    call the test still holds (`lab.hold`) is let go after it, so the server can stop."""
     lab.lab.reset()
-    return lab
+    yield lab
+    lab.lab.release()
 
 
 @pytest.fixture

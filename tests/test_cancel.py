@@ -1,9 +1,10 @@
 """`orchestrate cancel`: a rollback that never crosses the pivot, met by a worker mid-run.
 
 The end-to-end case runs a real `sagalab worker` subprocess against the fake services with the
-payment call slowed down, and cancels the saga through the CLI (a real subprocess) while that
-call is in flight: the worker meets the request at its next commit and compensates, in reverse
-order. Every wait is a bounded poll on the database.
+payment call held (it ends when the test releases it, however slow the machine), and cancels
+the saga through the CLI (a real subprocess) while that call is in flight: the worker meets the
+request at its next commit and compensates, in reverse order. Every wait is a bounded poll on
+the database.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from opslab import (
 )
 from workerlab import REPO, Workers, order, wait_for
 
-from sagalab.fakeservices import FaultSpec, RunningServices, applied_twice
+from sagalab.fakeservices import RunningServices, applied_twice
 from sagalab.orchestrator import operations
 from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
 from sagalab.orchestrator.flowfile import load_flow
@@ -37,8 +38,9 @@ from sagalab.orchestrator.runner import start_saga
 from sagalab.orchestrator.saga import EventType, Phase, SagaState, SagaStatus
 from sagalab.orchestrator.sqlite_store import SQLiteStore
 
-# A window wide enough for a CLI process to start in, on a loaded machine too.
-CHARGE_DELAY_MS = 6000
+# The payment call is held until the test releases it; its timeout only has to outlast the
+# CLI's (60 s) and the hold's bounded waits.
+CHARGE_TIMEOUT = 180.0
 CHARGE = "charge_payment"
 
 
@@ -50,11 +52,11 @@ def handlers() -> Iterator[None]:
 
 
 def slow_charge_checkout() -> FlowDefinition:
-    """The checkout flow, its payment timeout raised above the injected delay."""
+    """The checkout flow, its payment timeout raised above how long the test holds the call."""
     raw = flow_to_dict(load_flow("checkout"))
     for step in raw["steps"]:
         if step["name"] == CHARGE:
-            step["timeout"] = CHARGE_DELAY_MS / 1000 * 3
+            step["timeout"] = CHARGE_TIMEOUT
     return flow_from_dict(raw, source="checkout (slow payments)")
 
 
@@ -69,7 +71,7 @@ def saga_state(db: Path, saga_id: str) -> SagaState:
 def test_cancel_while_a_worker_holds_the_saga_rolls_it_back_in_reverse_order(
     db: Path, services: RunningServices, workers: Workers
 ) -> None:
-    services.lab.add_fault(FaultSpec(service="payments", latency_ms=CHARGE_DELAY_MS))
+    services.lab.hold("payments", "/charges")  # the refund goes through
     store = SQLiteStore(db)
     try:
         saga_id = start_saga(store, slow_charge_checkout(), order(1))[0].id
@@ -104,6 +106,7 @@ def test_cancel_while_a_worker_holds_the_saga_rolls_it_back_in_reverse_order(
     assert cli.returncode == 0, cli.stderr
     assert "cancel recorded" in cli.stderr and "Traceback" not in cli.stderr
     assert charging()  # it landed while the call was still out: the worker holds the saga
+    services.lab.release("payments")
 
     state = wait_for(
         lambda: (s := saga_state(db, saga_id)).status.is_terminal and s, 30, "the saga to end"

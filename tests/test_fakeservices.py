@@ -476,6 +476,35 @@ def test_a_latency_fault_delays_but_does_not_fail(lab: Lab) -> None:
     assert elapsed >= 0.05
 
 
+def test_a_held_call_waits_applying_nothing_until_released_and_others_go_through(
+    lab: Lab,
+) -> None:
+    state = lab.running.lab
+    state.hold("payments", "charges")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        charge = pool.submit(lab.call, "/payments/charges", CHARGE, key="k-held")
+        deadline = time.monotonic() + 10
+        while not state.in_flight("payments", "k-held"):
+            assert time.monotonic() < deadline, "the held charge never arrived"
+            time.sleep(0.01)
+        # Another endpoint and another service are not held; the charge is still out.
+        assert lab.call("/payments/refunds", {"order_id": "o-2"}).status_code == 200
+        assert lab.call("/inventory/reservations", RESERVATION).status_code == 201
+        assert not charge.done() and state.in_flight("payments", "k-held")
+        assert [e["operation"] for e in lab.ledger("payments")] == ["compensation"]
+        state.release()
+        assert charge.result(timeout=10).status_code == 201
+    assert [e["operation"] for e in lab.ledger("payments")] == ["compensation", "action"]
+
+
+def test_reset_releases_every_hold(lab: Lab) -> None:
+    lab.running.lab.hold("shipping")
+    assert lab.running.lab.held("shipping", "/shipments")
+    assert lab.http.post(lab.base + "/_admin/reset").status_code == 200
+    assert not lab.running.lab.held("shipping", "/shipments")
+    assert lab.call("/shipping/shipments", SHIPMENT).status_code == 201
+
+
 def test_an_outage_fails_everything_until_it_ends(lab: Lab) -> None:
     fault = lab.add_fault(service="payments", outage_seconds=30)
 

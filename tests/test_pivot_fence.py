@@ -17,7 +17,7 @@ from pathlib import Path
 from apilab import admin_api
 from workerlab import REPO, Workers, order, wait_for
 
-from sagalab.fakeservices import FaultSpec, RunningServices, applied_twice
+from sagalab.fakeservices import RunningServices, applied_twice
 from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
 from sagalab.orchestrator.flowfile import load_flow
 from sagalab.orchestrator.runner import start_saga
@@ -25,16 +25,18 @@ from sagalab.orchestrator.saga import EventType, Phase, SagaState
 from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 # The shipment call takes this long: a window wide enough for a CLI process to start in.
-SHIPPING_DELAY_MS = 4000
+# The shipment call is held until the test releases it; its timeout only has to outlast the
+# CLI's (60 s) and the API call made while it is held.
+SHIPPING_TIMEOUT = 180.0
 PIVOT = "create_shipment"
 
 
 def slow_shipping_checkout() -> FlowDefinition:
-    """The checkout flow, its shipping timeout raised above the injected delay."""
+    """The checkout flow, its shipping timeout raised above how long the test holds the call."""
     raw = flow_to_dict(load_flow("checkout"))
     for step in raw["steps"]:
         if step["name"] == PIVOT:
-            step["timeout"] = SHIPPING_DELAY_MS / 1000 * 3
+            step["timeout"] = SHIPPING_TIMEOUT
     return flow_from_dict(raw, source="checkout (slow shipping)")
 
 
@@ -55,7 +57,7 @@ def shipment_in_flight(db: Path, saga_id: str) -> bool:
 def test_rollback_fired_while_the_pivot_is_in_flight_is_refused_and_the_saga_completes(
     db: Path, services: RunningServices, workers: Workers
 ) -> None:
-    services.lab.add_fault(FaultSpec(service="shipping", latency_ms=SHIPPING_DELAY_MS))
+    services.lab.hold("shipping")
     payload = order(1)
     store = SQLiteStore(db)
     try:
@@ -85,6 +87,8 @@ def test_rollback_fired_while_the_pivot_is_in_flight_is_refused_and_the_saga_com
     with admin_api(db) as client:
         api_answer = client.post(f"/v1/sagas/{saga_id}/rollback")
     # Both landed while the shipment call was still out (the refusals say so).
+    assert shipment_in_flight(db, saga_id)
+    services.lab.release()
     assert cli.returncode == 4, cli.stderr
     assert "the pivot is in flight: wait for it or use --force" in cli.stderr
     assert "Traceback" not in cli.stderr

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -618,17 +619,31 @@ def test_a_stack_in_the_foreground_stops_everything_on_sigterm(tmp_path: Path) -
         stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
+    lines: list[str] = []
+
+    def read() -> None:
+        assert up.stderr is not None
+        for line in up.stderr:  # as they come, not at exit
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        wait_for(lambda: Path(directory, "stack.json").exists(), 30, "the stack to start")
+        # The line it prints once it is up and handles SIGTERM; stack.json comes before that.
+        wait_for(lambda: any("press Ctrl-C" in line for line in lines), 60, "the stack to start")
         state = load_state(Path(directory))
         assert state.supervisor is not None and alive(state.supervisor)
         up.send_signal(signal.SIGTERM)
-        _, stderr = up.communicate(timeout=30)
+        up.wait(timeout=30)
     finally:
         if up.poll() is None:
             up.kill()
             up.wait()
         sagalab("stack", "down", "--dir", directory)
+        reader.join(timeout=10)
+        if up.stderr is not None:
+            up.stderr.close()
+    stderr = "".join(lines)
     assert up.returncode == 0, stderr
     assert processes_mentioning(directory) == []
     assert not Path(directory, "stack.json").exists()

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from workerlab import wait_for
 
 from sagalab.stack.processes import Component, StackConfig, StackState, _spawn, alive, load_state
-from sagalab.stack.supervisor import MAX_RESTART_DELAY, StackSupervisor
+from sagalab.stack.supervisor import MAX_RESTART_DELAY, StackSupervisor, exit_reason
 
 
 def crasher(logs: Path, script: str) -> Component:
@@ -167,3 +167,15 @@ def test_a_refused_lock_with_its_stack_up_gone_leaves_one_log_line(tmp_path: Pat
     assert sup.returncode == 1 and b"Traceback" not in err, err
     (line,) = (tmp_path / "logs" / "supervisor.log").read_text().splitlines()
     assert "start failed: a stack is already running from" in line, line
+def test_a_long_last_log_line_keeps_its_end_in_the_exit_reason(tmp_path: Path) -> None:
+    # A deep stack directory made the API's "database replaced" line longer than the reason
+    # keeps; cutting its end lost the advice ("restart the API").
+    log = tmp_path / "api.log"
+    line = f"error: database file /{'d' * 300}/sagas.db was replaced: restart the API"
+    log.write_text(f"started\n{line}\n")
+    reason = exit_reason(5, str(log))
+    assert reason.startswith("exit code 5: error: database file /ddd") and "..." in reason
+    assert reason.endswith("was replaced: restart the API")
+    assert len(reason) == len("exit code 5: ") + 200
+    log.write_text("error: short\n")
+    assert exit_reason(5, str(log)) == "exit code 5: error: short"

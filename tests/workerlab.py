@@ -133,6 +133,16 @@ class WorkerProcess:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
+    def ready(self, timeout: float = 60) -> float:
+        """Wait for the line a worker prints as it starts its loop ("worker OWNER: N
+        thread(s), lease ...") and return when it was seen: what a bound on how soon it acts
+        starts from, rather than from a Popen a loaded machine takes seconds to start."""
+        banner = " thread(s), lease "
+        wait_for(lambda: banner in self.stderr() or not self.alive(), timeout, "the worker")
+        seen = time.time()
+        assert banner in self.stderr(), self.stderr()  # it exited before starting its loop
+        return seen
+
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace")
 
