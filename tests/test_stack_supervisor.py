@@ -167,6 +167,8 @@ def test_a_refused_lock_with_its_stack_up_gone_leaves_one_log_line(tmp_path: Pat
     assert sup.returncode == 1 and b"Traceback" not in err, err
     (line,) = (tmp_path / "logs" / "supervisor.log").read_text().splitlines()
     assert "start failed: a stack is already running from" in line, line
+
+
 def test_a_long_last_log_line_keeps_its_end_in_the_exit_reason(tmp_path: Path) -> None:
     # A deep stack directory made the API's "database replaced" line longer than the reason
     # keeps; cutting its end lost the advice ("restart the API").
