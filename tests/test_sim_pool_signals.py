@@ -83,3 +83,34 @@ def test_a_signal_to_the_parent_stops_its_workers(
         proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_a_signal_between_a_workers_fork_and_its_record_leaves_no_worker(
+    sig: signal.Signals, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The executor forks a worker (`Process.start`) and records it a line later: a signal
+    # delivered right after the fork, as here, raised there, and that worker outlived the
+    # pool (a parallel CI run's `compare` then hung at exit, waiting for it).
+    import multiprocessing.process
+
+    from sagalab.simulator.pools import stoppable_pool
+
+    start = multiprocessing.process.BaseProcess.start
+
+    def start_then_signal(self: multiprocessing.process.BaseProcess) -> None:
+        start(self)
+        os.kill(os.getpid(), sig)
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start_then_signal)
+    with pytest.raises(KeyboardInterrupt), stoppable_pool(2) as pool:
+        pool.submit(_square, 3).result()
+    monkeypatch.undo()
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children():  # reaps the killed ones
+        assert time.monotonic() < deadline, f"left running: {multiprocessing.active_children()}"
+        time.sleep(0.05)
