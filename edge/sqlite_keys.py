@@ -14,7 +14,7 @@ from typing import Any
 
 from sagalab.edge.errors import KeyStoreError
 from sagalab.edge.keys import KeyTable
-from sagalab.orchestrator.dbfiles import file_uri, read_modes
+from sagalab.orchestrator.dbfiles import enter_wal, file_uri, read_modes
 
 __all__ = ["SQLiteKeyStore"]
 
@@ -87,7 +87,7 @@ class SQLiteKeyStore(KeyTable):
             )
         try:
             if create:
-                self.conn.execute("PRAGMA journal_mode=WAL")
+                enter_wal(self.conn, sqlite3.OperationalError, timeout=10.0)
                 # One writer at a time: the API and every gateway open the file at once when
                 # a stack starts, and an older file gains its columns exactly once.
                 with self._transaction():

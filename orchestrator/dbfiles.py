@@ -16,12 +16,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import quote
 
-__all__ = ["creating_database", "file_uri", "read_modes"]
+__all__ = ["creating_database", "enter_wal", "file_uri", "read_modes"]
 
 log = logging.getLogger(__name__)
 
@@ -94,3 +96,30 @@ def file_uri(path: str | Path, query: str) -> str:
     """The explicit `file:` URI of `path` with `query`: nothing in the path (a `?`, a `#`,
     a `file:` prefix) is read by SQLite as anything but the file name."""
     return f"file:{quote(str(Path(path).absolute()))}?{query}"
+
+
+class _Executes(Protocol):
+    def execute(self, sql: str, /) -> Any: ...
+
+
+def enter_wal(conn: _Executes, locked: type[Exception], timeout: float) -> None:
+    """`PRAGMA journal_mode=WAL` on `conn`, waiting up to `timeout` seconds for others.
+
+    Switching a file out of the rollback journal needs it alone, and SQLite answers "database
+    is locked" at once, without its busy timeout, when another connection holds it even
+    briefly: six processes opening an older file together (a stack starting) failed about
+    one time in thirty. Once one of them has switched it, the PRAGMA is a no-op for the rest.
+    `locked` is the driver's error class (sqlite3.OperationalError); any other error, or the
+    timeout passed, is raised.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except locked as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)

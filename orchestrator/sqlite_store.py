@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from sagalab.orchestrator import sqlite_writer, wake
-from sagalab.orchestrator.dbfiles import creating_database, file_uri, read_modes
+from sagalab.orchestrator.dbfiles import creating_database, enter_wal, file_uri, read_modes
 from sagalab.orchestrator.errors import (
     BatchNotFoundError,
     ConcurrentUpdate,
@@ -572,7 +572,7 @@ def connect(
             cached_statements=STATEMENT_CACHE,
         )
         conn.execute("PRAGMA page_size=2048")
-        conn.execute("PRAGMA journal_mode=WAL")
+        enter_wal(conn, sqlite3.OperationalError, timeout)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         # Without it a WAL grown by one large write (a bulk action, a migration, a long
