@@ -163,6 +163,10 @@ def running_loadtest(tmp_path: Path, *, own_group: bool) -> Iterator[subprocess.
         for pid in processes_mentioning(f"-f {idle}"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        if proc.stderr is not None:
+            # Closed here too when a test's own communicate() timed out after the CLI had
+            # exited: left to the GC, the pipe failed the worker's next test (ResourceWarning).
+            proc.stderr.close()
 
 
 @pytest.mark.slow
