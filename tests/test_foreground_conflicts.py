@@ -17,17 +17,21 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from apilab import admin_api
 from workerlab import REPO, Workers, order, wait_for
 
-from sagalab.fakeservices import FaultSpec, RunningServices, applied_twice
+from sagalab.fakeservices import RunningServices, applied_twice
+from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
 from sagalab.orchestrator.flowfile import load_flow
 from sagalab.orchestrator.runner import start_saga
 from sagalab.orchestrator.saga import Phase, SagaStatus
 from sagalab.orchestrator.sqlite_store import SQLiteStore
 
 CHARGE = "charge_payment"
-CHARGE_DELAY_MS = 2500  # the checkout flow's payment timeout is above it; wide enough to act in
+# The payment call is held (`lab.hold`) until the operator's request is journaled, however slow
+# the machine; its timeout only has to outlast the CLI's (60 s) and the bounded waits.
+CHARGE_TIMEOUT = 180.0
 
 
 def cli(env: dict[str, str], db: Path, *args: str) -> subprocess.Popen[str]:
@@ -44,6 +48,15 @@ def cli(env: dict[str, str], db: Path, *args: str) -> subprocess.Popen[str]:
 
 def the_env(services: RunningServices) -> dict[str, str]:
     return {**os.environ, **services.env, "PYTHONPATH": str(REPO)}
+
+
+def slow_charge_checkout() -> FlowDefinition:
+    """The checkout flow, its payment timeout raised above how long a test holds the call."""
+    raw = flow_to_dict(load_flow("checkout"))
+    for step in raw["steps"]:
+        if step["name"] == CHARGE:
+            step["timeout"] = CHARGE_TIMEOUT
+    return flow_from_dict(raw, source="checkout (slow payments)")
 
 
 def charging(db: Path) -> str | None:
@@ -83,18 +96,24 @@ def assert_refunded(services: RunningServices, order_id: str = "ord-0001") -> No
 def test_run_wait_carries_out_a_rollback_journaled_by_another_process_mid_call(
     db: Path, services: RunningServices
 ) -> None:
-    services.lab.add_fault(FaultSpec(service="payments", latency_ms=CHARGE_DELAY_MS))
+    services.lab.hold("payments", "/charges")  # the refund goes through
+    flow_file = db.parent / "checkout-slow-payments.yaml"
+    flow_file.write_text(yaml.safe_dump(flow_to_dict(slow_charge_checkout())))
     env = the_env(services)
-    run = cli(env, db, "run", "checkout", "--wait", "--input", json.dumps(order(1)))
+    run = cli(env, db, "run", str(flow_file), "--wait", "--input", json.dumps(order(1)))
     try:
         saga_id = wait_for(lambda: charging(db), 30, "the payment call in flight")
         rollback = cli(env, db, "rollback", saga_id)
         _, rollback_err = rollback.communicate(timeout=60)
         assert rollback.returncode == 0, rollback_err
         assert "rollback recorded" in rollback_err
+        assert charging(db) == saga_id  # it landed mid-call: the run still holds the saga
+        services.lab.release("payments")
         _, run_err = run.communicate(timeout=60)
     finally:
+        services.lab.release()
         run.kill()
+        run.communicate()  # reaps it and closes its pipes, whatever failed above
     assert "Traceback" not in run_err and "writer expected" not in run_err, run_err
     assert run.returncode == 1, run_err  # the saga rolled back, here
     assert status_of(db, saga_id) is SagaStatus.ROLLED_BACK
@@ -104,10 +123,10 @@ def test_run_wait_carries_out_a_rollback_journaled_by_another_process_mid_call(
 def test_resume_carries_out_an_api_rollback_landing_mid_call(
     db: Path, services: RunningServices
 ) -> None:
-    services.lab.add_fault(FaultSpec(service="payments", latency_ms=CHARGE_DELAY_MS))
+    services.lab.hold("payments", "/charges")  # the refund goes through
     store = SQLiteStore(db)
     try:
-        saga_id = start_saga(store, load_flow("checkout"), order(1), queue=False)[0].id
+        saga_id = start_saga(store, slow_charge_checkout(), order(1), queue=False)[0].id
     finally:
         store.close()
     resume = cli(the_env(services), db, "resume", saga_id)
@@ -116,9 +135,13 @@ def test_resume_carries_out_an_api_rollback_landing_mid_call(
         with admin_api(db) as client:
             answer = client.post(f"/v1/sagas/{saga_id}/rollback")
         assert answer.status_code == 202, answer.text
+        assert charging(db) == saga_id  # it landed mid-call: the resume still holds the saga
+        services.lab.release("payments")
         _, err = resume.communicate(timeout=60)
     finally:
+        services.lab.release()
         resume.kill()
+        resume.communicate()
     assert "Traceback" not in err and "writer expected" not in err, err
     assert resume.returncode == 0, err  # resume asked for an end; rolled back is one
     assert status_of(db, saga_id) is SagaStatus.ROLLED_BACK
