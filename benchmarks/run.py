@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sagalab.cli.signals import sigterm_raises
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 FAIL_BELOW = 0.7  # of the recorded median: the gate fails
@@ -486,15 +488,11 @@ def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM unwinds like Ctrl-C, so the running benchmark is stopped in order; and SIGINT
     raises even when a shell started this in the background with SIGINT ignored."""
 
-    def interrupt(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        yield
+        with sigterm_raises():  # the CLI's: one rule for SIGTERM
+            yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
 
 

@@ -27,27 +27,29 @@ from rich.console import Console
 from rich.markup import escape
 
 from sagalab.orchestrator.errors import (
-    ConcurrentUpdate,
     DamagedRecord,
     FlowNotFoundError,
     FlowValidationError,
     IdempotencyConflict,
     InputError,
-    InvalidTransition,
-    LeaseHeld,
-    OperatorActionRefused,
     SagaError,
-    SagaNotFoundError,
     ServiceConfigError,
     StoreError,
     TemplateError,
 )
 from sagalab.orchestrator.jsonsafe import MAX_BYTES, loads_strict
-from sagalab.orchestrator.operations import ActionRefused, BadArgument, UnknownSaga
+from sagalab.orchestrator.operator_answers import OperatorAnswer, operator_answer
 from sagalab.orchestrator.redact import redacted
 from sagalab.orchestrator.stores import driver_errors
 
 EXIT_OK, EXIT_SAGA_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_ENVIRONMENT = range(6)
+
+#: How the CLI says each `OperatorAnswer` (the API's statuses: orchestrator.http_status).
+_OPERATOR_EXITS = {
+    OperatorAnswer.UNKNOWN_SAGA: EXIT_NOT_FOUND,
+    OperatorAnswer.REFUSED: EXIT_REFUSED,
+    OperatorAnswer.BAD_REQUEST: EXIT_USAGE,
+}
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -62,19 +64,10 @@ def fail(message: str, code: int) -> typer.Exit:
 
 def exit_code_for(exc: SagaError) -> int:
     """The documented exit code for `exc` (the one place the CLI maps errors to codes)."""
-    # An operator action's answers (orchestrator.operations): the API maps the same three.
-    if isinstance(exc, UnknownSaga):
-        return EXIT_NOT_FOUND
-    if isinstance(exc, ActionRefused):
-        return EXIT_REFUSED
-    if isinstance(exc, BadArgument):
-        return EXIT_USAGE
-    if isinstance(exc, SagaNotFoundError):
-        return EXIT_NOT_FOUND
-    # A request a worker's writes kept overtaking, or a saga a live worker holds, was not
-    # carried out either: the operator tries again later, as for a refusal.
-    if isinstance(exc, OperatorActionRefused | InvalidTransition | ConcurrentUpdate | LeaseHeld):
-        return EXIT_REFUSED
+    # An operator's request not carried out: the one table the API reads too.
+    answer = operator_answer(exc)
+    if answer is not None:
+        return _OPERATOR_EXITS[answer]
     if isinstance(exc, StoreError | ServiceConfigError | DamagedRecord):
         return EXIT_ENVIRONMENT
     bad_input = FlowValidationError | FlowNotFoundError | InputError | TemplateError

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from rich.table import Table
 
 from sagalab.cli import render
 from sagalab.cli.options import open_store
+from sagalab.cli.signals import sigterm_raises
 from sagalab.cli.verify import resolve_reader
 from sagalab.edge.errors import EdgeError
 from sagalab.edge.keys import open_key_store
@@ -230,45 +230,42 @@ def loadtest(
             raise _fail(str(exc), EXIT_ENVIRONMENT) from None
     # SIGTERM (`timeout`, a CI job's cancel) stops the run as Ctrl-C does: the stack this
     # run started, and Locust, are stopped on the way out instead of left running.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        reports.mkdir(parents=True, exist_ok=True)  # checked above: refusals created nothing
-        if own_stack:
-            err.print(f"no stack running from {directory}: starting one for this run")
-            launch(config)
-        started = time.time()
-        code = _run(
-            load_state(directory.resolve()),
-            script,
-            shape,
-            profile,
-            n_users,
-            rate,
-            seconds,
-            processes,
-            reports,
-        )
-        if verify and code in (0, 1):
-            found = _verify_run(directory, since=started, settle=shape.follow_timeout + 30)
-            code = code or found
-    except EdgeError as exc:
-        raise _fail(str(exc), EXIT_FAILED) from None
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        code = EXIT_INTERRUPTED
-    finally:
-        if own_stack:
-            try:
-                stopped = stop(directory)
-                err.print(f"stopped the stack started for this run ({len(stopped)} process(es))")
-            except EdgeError:
-                pass  # it never started: nothing to stop
-        signal.signal(signal.SIGTERM, previous)
+    with sigterm_raises():
+        try:
+            reports.mkdir(parents=True, exist_ok=True)  # checked above: refusals created nothing
+            if own_stack:
+                err.print(f"no stack running from {directory}: starting one for this run")
+                launch(config)
+            started = time.time()
+            code = _run(
+                load_state(directory.resolve()),
+                script,
+                shape,
+                profile,
+                n_users,
+                rate,
+                seconds,
+                processes,
+                reports,
+            )
+            if verify and code in (0, 1):
+                found = _verify_run(directory, since=started, settle=shape.follow_timeout + 30)
+                code = code or found
+        except EdgeError as exc:
+            raise _fail(str(exc), EXIT_FAILED) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            code = EXIT_INTERRUPTED
+        finally:
+            if own_stack:
+                try:
+                    stopped = stop(directory)
+                    err.print(
+                        f"stopped the stack started for this run ({len(stopped)} process(es))"
+                    )
+                except EdgeError:
+                    pass  # it never started: nothing to stop
     raise typer.Exit(code)
-
-
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _run(

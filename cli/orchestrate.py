@@ -47,6 +47,7 @@ from sagalab.cli.options import (
     open_store,
     reads_from,
 )
+from sagalab.cli.signals import sigterm_raises
 from sagalab.orchestrator import operations
 from sagalab.orchestrator.breaker_board import BreakerBoard, load_breaker_configs
 from sagalab.orchestrator.bulk import BulkOptions
@@ -406,48 +407,44 @@ class _Terminated(BaseException):
     """SIGTERM while following: end like Ctrl-C, closing the store (no -wal/-shm left)."""
 
 
-def _terminated(signum: int, frame: object) -> None:
-    raise _Terminated
-
-
 def _follow(db: Path, saga_id: str, as_json: bool, interval: float) -> int:
     """The live timeline: new journal entries as they land, until the saga stops; Ctrl-C
     ends it with EXIT_INTERRUPTED and SIGTERM with 143, no traceback (the saga itself goes
     on). A database file deleted or replaced meanwhile ends it with exit 5 and one line."""
-    previous = signal.signal(signal.SIGTERM, _terminated)
-    try:
-        with handled(), closing(open_store(db, read_only=True)) as store:
-            watchdog = DatabaseWatchdog(store.path, restart="follow the saga on the new file")
-            record = store.load(saga_id)
-            if not as_json:
-                render.follow_header(saga_summary(record))
-            seen = 0
-            while True:
-                watchdog.check()
-                record, entries, _ = store.state(saga_id)
-                for entry in entries[seen:]:
-                    row = entry_to_dict(entry)
-                    if as_json:
-                        line = json.dumps(
-                            displayable({"saga_id": saga_id, **row}), default=str, allow_nan=False
-                        )
-                        sys.stdout.write(line + "\n")
-                        sys.stdout.flush()
-                    else:
-                        render.follow_event(row)
-                seen = len(entries)
-                if record.status in _STOPPED:
-                    break
-                time.sleep(interval)
-            if not as_json:
-                render.follow_end(record.status.value, record.reason)
-    except KeyboardInterrupt:
-        render.err.print("stopped following; the saga goes on")
-        return EXIT_INTERRUPTED
-    except _Terminated:
-        return 128 + signal.SIGTERM
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with sigterm_raises(_Terminated):
+        try:
+            with handled(), closing(open_store(db, read_only=True)) as store:
+                watchdog = DatabaseWatchdog(store.path, restart="follow the saga on the new file")
+                record = store.load(saga_id)
+                if not as_json:
+                    render.follow_header(saga_summary(record))
+                seen = 0
+                while True:
+                    watchdog.check()
+                    record, entries, _ = store.state(saga_id)
+                    for entry in entries[seen:]:
+                        row = entry_to_dict(entry)
+                        if as_json:
+                            line = json.dumps(
+                                displayable({"saga_id": saga_id, **row}),
+                                default=str,
+                                allow_nan=False,
+                            )
+                            sys.stdout.write(line + "\n")
+                            sys.stdout.flush()
+                        else:
+                            render.follow_event(row)
+                    seen = len(entries)
+                    if record.status in _STOPPED:
+                        break
+                    time.sleep(interval)
+                if not as_json:
+                    render.follow_end(record.status.value, record.reason)
+        except KeyboardInterrupt:
+            render.err.print("stopped following; the saga goes on")
+            return EXIT_INTERRUPTED
+        except _Terminated:
+            return 128 + signal.SIGTERM
     return _outcome_code(record.status, SagaStatus.COMPLETED)
 
 

@@ -192,6 +192,8 @@ def up(
     sys.stdout.flush()
     typer.echo("press Ctrl-C to stop", err=True)
 
+    # A flag, not `signals.sigterm_raises`: a raise could land inside the `finally`'s
+    # `running.stop()` and cut it short; the flag also tells a requested stop from a crash.
     stopping = False
 
     def on_sigterm(_signum: int, _frame: object) -> None:

@@ -246,6 +246,9 @@ def up(
     if detach:
         err.print(f"detached; `sagalab stack down --dir {shlex.quote(str(directory))}` stops it")
         return
+    # A flag, not `signals.sigterm_raises`: a raise could land inside the `finally`'s
+    # `stop(directory)` and leave components running; the flag also tells a requested stop
+    # from a supervisor that died.
     stopping = False
 
     def on_term(_s: int, _f: object) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 from typing import Annotated, Any
 
 import httpx
@@ -20,6 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sagalab.cli.errors import EXIT_ENVIRONMENT, EXIT_USAGE, fail
+from sagalab.cli.signals import sigterm_raises
 from sagalab.edge.errors import EdgeError
 from sagalab.orchestrator.limits import LimitError
 from sagalab.simulator import metrics
@@ -61,10 +61,6 @@ def _rates(config: dict[str, Any]) -> list[tuple[float, float, float]]:
                 raise ValidationRefused(f"clients[{i}].rate: a ramp is not expressed by validate")
             out.append((start, end, peak))
     return out
-
-
-def _interrupt(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def _progress() -> Progress:
@@ -177,16 +173,14 @@ def validate_cmd(
                 progress.update(real_task, total=total)
 
         # SIGTERM stops the run as Ctrl-C does: the stack is stopped on the way out.
-        previous = signal.signal(signal.SIGTERM, _interrupt)
-        try:
-            real = run_real(the_plan, seed=sim.seed, progress=tick)
-        except KeyboardInterrupt:
-            typer.echo("interrupted: the stack was stopped", err=True)
-            raise typer.Exit(130) from None
-        except (EdgeError, OSError, httpx.HTTPError) as exc:
-            raise fail(f"the stack could not be run: {exc}", EXIT_ENVIRONMENT) from None
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        with sigterm_raises():
+            try:
+                real = run_real(the_plan, seed=sim.seed, progress=tick)
+            except KeyboardInterrupt:
+                typer.echo("interrupted: the stack was stopped", err=True)
+                raise typer.Exit(130) from None
+            except (EdgeError, OSError, httpx.HTTPError) as exc:
+                raise fail(f"the stack could not be run: {exc}", EXIT_ENVIRONMENT) from None
     report = result.report
     base_sim = Simulation(
         base_path_config(config, the_plan.standing),

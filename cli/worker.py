@@ -62,6 +62,8 @@ from sagalab.orchestrator.worker import Worker, WorkerConfig
 
 
 def _on_signals(stop: threading.Event) -> None:
+    # Not `signals.sigterm_raises`: SIGTERM and SIGINT only set `stop`, which the worker's
+    # loops check at safe points; an exception raised mid-saga would skip that.
     def handler(signum: int, frame: Any) -> None:
         stop.set()
 

@@ -66,6 +66,7 @@ from typing import Any
 from sagalab.orchestrator.flow import FlowDefinition
 from sagalab.orchestrator.policies.breaker import MIN_REFUSAL_WAIT
 from sagalab.orchestrator.policies.retry import UniformSource
+from sagalab.orchestrator.records import direct_init
 from sagalab.orchestrator.saga import (
     Event,
     EventType,
@@ -190,16 +191,12 @@ class WaitUntil:
     service: str | None = None
 
 
+@direct_init
 @dataclass(frozen=True)
 class Done:
     """The saga halted with `status`; everything noted is committed."""
 
     status: SagaStatus
-
-    # By hand (dataclass keeps a class's own __init__): the generated one of a frozen
-    # dataclass pays an object.__setattr__ call per field, and every saga ends with one.
-    def __init__(self, status: SagaStatus) -> None:
-        self.__dict__["status"] = status
 
 
 Effect = Commit | AskBreaker | BreakerRefused | Call | RecordOutcome | WaitUntil | Done

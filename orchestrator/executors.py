@@ -22,6 +22,7 @@ from sagalab.orchestrator.outcomes import (
     classify_transport,
     parse_retry_after,
 )
+from sagalab.orchestrator.records import direct_init
 from sagalab.orchestrator.registry import (
     PermanentStepError,
     StepCall,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # imported where a call is made: the CLI's start-up must not 
     import httpx
 
 
+@direct_init
 @dataclass(frozen=True)
 class AttemptContext:
     """Everything an executor needs for one attempt."""
@@ -49,32 +51,6 @@ class AttemptContext:
     input: Mapping[str, Any]
     responses: Mapping[str, Any]
 
-    # Written by hand, as `JournalEntry.__init__` is (dataclass keeps a class's own
-    # __init__): the generated one of a frozen dataclass pays an object.__setattr__ call per
-    # field, and a runtime makes one context per attempt. Same parameters and order.
-    def __init__(
-        self,
-        saga_id: str,
-        trace_id: str,
-        span_id: str,
-        step: StepDefinition,
-        phase: Phase,
-        attempt: int,
-        idempotency_key: str,
-        input: Mapping[str, Any],
-        responses: Mapping[str, Any],
-    ) -> None:
-        d = self.__dict__
-        d["saga_id"] = saga_id
-        d["trace_id"] = trace_id
-        d["span_id"] = span_id
-        d["step"] = step
-        d["phase"] = phase
-        d["attempt"] = attempt
-        d["idempotency_key"] = idempotency_key
-        d["input"] = input
-        d["responses"] = responses
-
     @property
     def traceparent(self) -> str:
         """W3C trace context header value for this attempt."""
@@ -88,6 +64,7 @@ class AttemptContext:
         }
 
 
+@direct_init
 @dataclass(frozen=True)
 class AttemptOutcome:
     """What happened: a response, or a classified failure; plus what was sent."""
@@ -99,25 +76,6 @@ class AttemptOutcome:
     duration_ms: float | None = None
     # Counts against the service's breaker (`orchestrator.outcomes.Verdict.unwell`).
     unwell: bool = False
-
-    # By hand, as `AttemptContext.__init__` (one outcome per attempt). Same parameters,
-    # order and defaults as the generated one.
-    def __init__(
-        self,
-        response: Any = None,
-        failure: Failure | None = None,
-        request: Any = None,
-        status_code: int | None = None,
-        duration_ms: float | None = None,
-        unwell: bool = False,
-    ) -> None:
-        d = self.__dict__
-        d["response"] = response
-        d["failure"] = failure
-        d["request"] = request
-        d["status_code"] = status_code
-        d["duration_ms"] = duration_ms
-        d["unwell"] = unwell
 
     @property
     def succeeded(self) -> bool:

@@ -1,7 +1,8 @@
 """The HTTP answer to each error sagalab raises: the one mapping the API and the console share.
 
-The operator family (`orchestrator.operations`: unknown saga, refused, bad argument), the
-store's errors and a bad saga filter each have one status, whichever door they came through.
+The operator family (unknown saga, refused, bad request: `orchestrator.operator_answers`, the
+table the CLI's exit codes read too), the store's errors and a bad saga filter each have one
+status, whichever door they came through.
 An exception outside these families has none (`http_status` gives None): the caller answers
 500, a bug, without the details.
 """
@@ -10,20 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sagalab.orchestrator import operations
 from sagalab.orchestrator.errors import (
-    ConcurrentUpdate,
     DamagedRecord,
     FlowNotFoundError,
     FlowValidationError,
     IdempotencyConflict,
     InputError,
-    InvalidTransition,
-    LeaseHeld,
-    OperatorActionRefused,
     SagaError,
-    SagaNotFoundError,
 )
+from sagalab.orchestrator.operator_answers import OperatorAnswer, operator_answer
 from sagalab.orchestrator.sagafilter import FilterError
 from sagalab.orchestrator.watchdog import DatabaseGone
 
@@ -39,18 +35,17 @@ class HttpAnswer:
     retry_after: bool = False
 
 
-# Checked in order: a subclass before its base (UnknownSaga is an OperationError, DatabaseGone
-# a StoreError); the last SagaError row catches the store's own errors.
+#: How HTTP says each `OperatorAnswer` (the CLI's exit codes: cli.errors.exit_code_for).
+_OPERATOR_ANSWERS = {
+    OperatorAnswer.UNKNOWN_SAGA: HttpAnswer(404, "Saga not found"),
+    OperatorAnswer.REFUSED: HttpAnswer(409, "Action refused"),
+    OperatorAnswer.BAD_REQUEST: HttpAnswer(422, "Invalid operator request"),
+}
+
+# The rest, checked in order after the operator family: a subclass before its base
+# (DatabaseGone is a StoreError); the last SagaError row catches the store's own errors.
 _TABLE: tuple[tuple[type[Exception] | tuple[type[Exception], ...], HttpAnswer], ...] = (
-    (operations.UnknownSaga, HttpAnswer(404, "Saga not found")),
-    (operations.ActionRefused, HttpAnswer(409, "Action refused")),
-    (operations.BadArgument, HttpAnswer(422, "Invalid operator request")),
-    (SagaNotFoundError, HttpAnswer(404, "Saga not found")),
     (IdempotencyConflict, HttpAnswer(409, "Idempotency key reused")),
-    (
-        (OperatorActionRefused, ConcurrentUpdate, InvalidTransition, LeaseHeld),
-        HttpAnswer(409, "Action refused"),
-    ),
     (
         (InputError, FlowNotFoundError, FlowValidationError),
         HttpAnswer(422, "Invalid saga request"),
@@ -65,6 +60,9 @@ _TABLE: tuple[tuple[type[Exception] | tuple[type[Exception], ...], HttpAnswer], 
 
 def http_status(exc: BaseException) -> HttpAnswer | None:
     """The answer to `exc`, or None if it is none of sagalab's errors (a bug: 500)."""
+    operator = operator_answer(exc)
+    if operator is not None:
+        return _OPERATOR_ANSWERS[operator]
     for kinds, answer in _TABLE:
         if isinstance(exc, kinds):
             return answer

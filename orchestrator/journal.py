@@ -10,9 +10,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from sagalab.orchestrator.records import direct_init
 from sagalab.orchestrator.saga import Event, EventType, Failure, Phase
 
 
+@direct_init
 @dataclass(frozen=True)
 class JournalEntry:
     """One row of a saga's journal. `seq` is assigned by the store (0 until stored)."""
@@ -24,28 +26,6 @@ class JournalEntry:
     status_code: int | None = None
     duration_ms: float | None = None
     span_id: str | None = None
-
-    # Written by hand, as `Event.__init__` is (dataclass keeps a class's own __init__): the
-    # generated one of a frozen dataclass pays an object.__setattr__ call per field, and a
-    # runtime makes one entry per journaled event. Same parameters, order and defaults.
-    def __init__(
-        self,
-        event: Event,
-        seq: int = 0,
-        request: Any = None,
-        response: Any = None,
-        status_code: int | None = None,
-        duration_ms: float | None = None,
-        span_id: str | None = None,
-    ) -> None:
-        d = self.__dict__
-        d["event"] = event
-        d["seq"] = seq
-        d["request"] = request
-        d["response"] = response
-        d["status_code"] = status_code
-        d["duration_ms"] = duration_ms
-        d["span_id"] = span_id
 
 
 def failure_to_json(failure: Failure | None) -> str | None:

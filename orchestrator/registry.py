@@ -18,9 +18,11 @@ from typing import Any
 
 from sagalab.orchestrator.errors import FlowNotFoundError, SagaError
 from sagalab.orchestrator.flow import FlowDefinition
+from sagalab.orchestrator.records import direct_init
 from sagalab.orchestrator.saga import Phase
 
 
+@direct_init
 @dataclass(frozen=True)
 class StepCall:
     """What a Python step handler receives."""
@@ -32,28 +34,6 @@ class StepCall:
     idempotency_key: str
     input: Mapping[str, Any]
     responses: Mapping[str, Any]
-
-    # By hand (dataclass keeps a class's own __init__): the generated one of a frozen
-    # dataclass pays an object.__setattr__ call per field, one call per attempt. Same
-    # parameters and order.
-    def __init__(
-        self,
-        saga_id: str,
-        step: str,
-        phase: Phase,
-        attempt: int,
-        idempotency_key: str,
-        input: Mapping[str, Any],
-        responses: Mapping[str, Any],
-    ) -> None:
-        d = self.__dict__
-        d["saga_id"] = saga_id
-        d["step"] = step
-        d["phase"] = phase
-        d["attempt"] = attempt
-        d["idempotency_key"] = idempotency_key
-        d["input"] = input
-        d["responses"] = responses
 
 
 StepHandler = Callable[[StepCall], Any]

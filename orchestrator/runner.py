@@ -32,6 +32,7 @@ from sagalab.orchestrator.flow import FlowDefinition, StepDefinition
 from sagalab.orchestrator.journal import JournalEntry
 from sagalab.orchestrator.jsonsafe import check_json_value
 from sagalab.orchestrator.policies.breaker import Breaker
+from sagalab.orchestrator.records import direct_init
 from sagalab.orchestrator.saga import Event, EventType, Failure, Phase, SagaState, SagaStatus
 from sagalab.orchestrator.store import Lease, SagaRecord, Store
 
@@ -116,19 +117,13 @@ def start_saga(
     )
 
 
+@direct_init
 @dataclass(frozen=True)
 class RunResult:
     """Where a run stopped: a status, and `wait_until` if it stopped at a scheduled retry."""
 
     status: SagaStatus
     wait_until: float | None = None
-
-    # By hand (dataclass keeps a class's own __init__): the generated one of a frozen
-    # dataclass pays an object.__setattr__ call per field, and every run ends with one.
-    def __init__(self, status: SagaStatus, wait_until: float | None = None) -> None:
-        d = self.__dict__
-        d["status"] = status
-        d["wait_until"] = wait_until
 
 
 class SagaRunner:

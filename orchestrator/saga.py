@@ -51,6 +51,7 @@ from enum import StrEnum
 from sagalab.orchestrator.errors import InvalidTransition, OperatorActionRefused
 from sagalab.orchestrator.flow import FlowDefinition, StepKind
 from sagalab.orchestrator.policies.retry import MAX_RETRY_SECONDS, UniformSource
+from sagalab.orchestrator.records import direct_init
 
 
 class SagaStatus(StrEnum):
@@ -120,9 +121,10 @@ class Event:
 
     Immutable by convention (never assign to a field: `with_time` and `dataclasses.replace`
     make a changed copy). Not a frozen dataclass: a frozen one's initialiser pays an
-    `object.__setattr__` per field (or, written by hand, a `__dict__` per instance: two
-    allocations), and runtimes build one per attempt and outcome; a plain slotted one is a
-    single allocation and about half the cost (measured: the simulator's benchmark).
+    `object.__setattr__` per field (or, with `records.direct_init`, a `__dict__` per
+    instance: two allocations), and runtimes build one per attempt and outcome; a plain
+    slotted one is a single allocation and about half the cost (measured: the simulator's
+    benchmark).
     Compared by value, not hashable.
     """
 
@@ -148,16 +150,12 @@ class RunAttempt:
     attempt: int
 
 
+@direct_init
 @dataclass(frozen=True)
 class Record:
     """Append `event` to the journal; no I/O toward services."""
 
     event: Event
-
-    # By hand (dataclass keeps a class's own __init__): the generated one of a frozen
-    # dataclass pays an object.__setattr__ call per field. Same for `Halt`.
-    def __init__(self, event: Event) -> None:
-        self.__dict__["event"] = event
 
 
 @dataclass(frozen=True)
@@ -167,14 +165,12 @@ class Wait:
     until: float
 
 
+@direct_init
 @dataclass(frozen=True)
 class Halt:
     """The saga is terminal or waits for an operator."""
 
     status: SagaStatus
-
-    def __init__(self, status: SagaStatus) -> None:
-        self.__dict__["status"] = status
 
 
 Command = RunAttempt | Record | Wait | Halt

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sagalab.orchestrator.flow import FlowDefinition
 from sagalab.orchestrator.journal import JournalEntry
+from sagalab.orchestrator.records import direct_init
 from sagalab.orchestrator.saga import SagaState, SagaStatus
 from sagalab.orchestrator.sagafilter import SagaFilter
 
@@ -56,6 +57,7 @@ Guard = Callable[[], None]
 """Called before every write (a process's database watchdog); raises to stop it."""
 
 
+@direct_init
 @dataclass(frozen=True)
 class SagaRecord:
     """A saga's current row: identity, flow snapshot, input and materialised status."""
@@ -76,40 +78,6 @@ class SagaRecord:
     #: Why the stored row could not be read as written (set by listings only, which show
     #: such a row rather than fail; everything else refuses it with `DamagedRecord`).
     damaged: str | None = None
-
-    # Written by hand, as `JournalEntry.__init__` is (dataclass keeps a class's own
-    # __init__): the generated one of a frozen dataclass pays an object.__setattr__ call per
-    # field, thirteen here, and a new saga builds two. Same parameters, order and defaults.
-    def __init__(
-        self,
-        id: str,
-        flow: FlowDefinition,
-        input: dict[str, Any],
-        status: SagaStatus,
-        trace_id: str,
-        idempotency_key: str | None,
-        reason: str | None,
-        created_at: float,
-        updated_at: float,
-        last_seq: int,
-        tenant: str = DEFAULT_TENANT,
-        forked_from: str | None = None,
-        damaged: str | None = None,
-    ) -> None:
-        d = self.__dict__
-        d["id"] = id
-        d["flow"] = flow
-        d["input"] = input
-        d["status"] = status
-        d["trace_id"] = trace_id
-        d["idempotency_key"] = idempotency_key
-        d["reason"] = reason
-        d["created_at"] = created_at
-        d["updated_at"] = updated_at
-        d["last_seq"] = last_seq
-        d["tenant"] = tenant
-        d["forked_from"] = forked_from
-        d["damaged"] = damaged
 
 
 @dataclass(frozen=True)

@@ -319,6 +319,9 @@ def main() -> int:
             # the way out), with one line in the log instead of a BrokenPipeError traceback.
             raise StackError(GONE)
 
+    # Not `cli.signals.sigterm_raises`: these handlers last this process's whole life (abort
+    # while starting, then a flag that stops the supervision loop), and SystemExit(1) is its
+    # exit status.
     def abort(_s: int, _f: object) -> None:
         raise SystemExit(1)  # start() stops what it started on the way out
 

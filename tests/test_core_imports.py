@@ -14,7 +14,8 @@ What is core, and why the rest is not:
 
 * core: `saga.py` (the state machine), `driver.py` (the saga driver both runtimes interpret),
   `outcomes.py` (what an answer means), `flow.py` (flow definitions), `templates.py`,
-  `jsonsafe.py` (the one JSON check), `reconcile.py` (journals against ledgers), `errors.py`
+  `jsonsafe.py` (the one JSON check), `reconcile.py` (journals against ledgers), `records.py`
+  (`direct_init`, the hot records' initialiser), `errors.py`
   (the exception tree they raise) and
   `policies/*` (retry, breaker, token bucket, balancer, autoscaling, firewall);
 * `operations.py` (the operator actions) is a shell: it reads and appends through the store
@@ -54,6 +55,7 @@ CORE = (
     "orchestrator/forkplan.py",
     "orchestrator/sagafilter.py",
     "orchestrator/redact.py",
+    "orchestrator/records.py",  # direct_init, the hot frozen records' __init__: pure
     "simulator/__init__.py",  # runs before the simulator's core modules: it imports nothing
     "simulator/calibrate.py",  # fitting a scenario to journal rows: pure, the CLI reads them
     "simulator/explore.py",  # seeded crash orderings through the driver: the seed's rng passed in

@@ -38,6 +38,7 @@ CHECKS = [
             ".mypy_cache/strict",
             "sagalab/orchestrator/saga.py",
             "sagalab/orchestrator/driver.py",
+            "sagalab/orchestrator/records.py",
             "sagalab/orchestrator/operations.py",
             "sagalab/orchestrator/reconcile.py",
             "sagalab/orchestrator/forkplan.py",
