@@ -78,19 +78,20 @@ _TYPE_TEXT: dict[EventType, str] = {t: t.value for t in EventType}
 _PHASE_TEXT: dict[Phase, str] = {p: p.value for p in Phase}
 
 
-def entry_values(saga_id: str, trace_id: str, entry: JournalEntry, seq: int) -> tuple[Any, ...]:
-    """The database row for `entry` stored at `seq`, as values in `EVENT_COLUMNS` order.
+#: The columns `entry_row` gives: every journal column but the two a saga's rows share
+#: (`saga_id` and `trace_id`), in `EVENT_COLUMNS` order.
+ENTRY_ROW_COLUMNS = tuple(c for c in EVENT_COLUMNS if c not in ("saga_id", "trace_id"))
 
-    A store that inserts rows by position uses this: binding by position is cheaper than by
-    name, and a store writes one such row per journaled event.
-    """
+
+def entry_row(entry: JournalEntry, seq: int) -> tuple[Any, ...]:
+    """The database row for `entry` stored at `seq` without its saga's id and trace id, as
+    values in `ENTRY_ROW_COLUMNS` order (a store binds those two once per statement)."""
     e = entry.event
     phase, failure = e.phase, e.failure
     request, response = entry.request, entry.response
     # The None checks inline: most rows have no failure, request or response, and a call
     # costs more than the check (one row per journaled event).
     return (
-        saga_id,
         seq,
         _TYPE_TEXT[e.type],
         e.step,
@@ -105,9 +106,14 @@ def entry_values(saga_id: str, trace_id: str, entry: JournalEntry, seq: int) -> 
         None if response is None else json.dumps(response),
         entry.status_code,
         entry.duration_ms,
-        trace_id,
         entry.span_id,
     )
+
+
+def entry_values(saga_id: str, trace_id: str, entry: JournalEntry, seq: int) -> tuple[Any, ...]:
+    """The database row for `entry` stored at `seq`, as values in `EVENT_COLUMNS` order."""
+    row = entry_row(entry, seq)
+    return (saga_id, *row[:14], trace_id, row[14])
 
 
 def entry_to_row(saga_id: str, trace_id: str, entry: JournalEntry, seq: int) -> dict[str, Any]:

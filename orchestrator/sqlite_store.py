@@ -39,7 +39,7 @@ from sagalab.orchestrator.errors import (
     StoreError,
 )
 from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
-from sagalab.orchestrator.journal import EVENT_COLUMNS, JournalEntry, entry_values
+from sagalab.orchestrator.journal import ENTRY_ROW_COLUMNS, JournalEntry, entry_row
 from sagalab.orchestrator.saga import Event, EventType, SagaState, SagaStatus
 from sagalab.orchestrator.sagafilter import InputMatch, SagaFilter
 from sagalab.orchestrator.sqlite_rows import MAX_ROWS, STATEMENT_CACHE, RowInserts
@@ -966,7 +966,8 @@ class SQLiteStore:
                 cursor.execute(saga_sql, saga_args)
                 _insert_events(
                     cursor,
-                    [entry_values(saga_id, trace_id, e, i) for i, e in enumerate(entries, 1)],
+                    [entry_row(e, i) for i, e in enumerate(entries, 1)],
+                    (saga_id, trace_id),
                 )
         if existing_id is not None:
             return self.load(existing_id), False
@@ -1095,10 +1096,8 @@ class SQLiteStore:
                 self._refuse_append(conn, saga_id, expected_seq, lease, now)
             _insert_events(
                 cursor,
-                [
-                    entry_values(saga_id, trace_id, entry, expected_seq + i)
-                    for i, entry in enumerate(entries, 1)
-                ],
+                [entry_row(entry, expected_seq + i) for i, entry in enumerate(entries, 1)],
+                (saga_id, trace_id),
             )
         self._written = (saga_id, seq, status, trace_id)
         return seq
@@ -1628,9 +1627,10 @@ _PAGE = (
     "WHERE s.id = ?"
 )
 
-# By position (`entry_values`): binding 17 parameters by name costs a lookup each, per row;
+# By position (`entry_row`): binding 17 parameters by name costs a lookup each, per row;
 # a None value is a NULL in the text and a commit's rows go in one INSERT (sqlite_rows).
-_INSERT_EVENTS = RowInserts("events", EVENT_COLUMNS)
+# The saga's id and trace id are the same in every row: bound once per statement.
+_INSERT_EVENTS = RowInserts("events", ENTRY_ROW_COLUMNS, shared=("saga_id", "trace_id"))
 _INSERT_SAGA = RowInserts(
     "sagas",
     (
@@ -1661,12 +1661,15 @@ _STATUS_TEXT: dict[SagaStatus, str] = {s: s.value for s in SagaStatus}
 
 
 def _insert_events(
-    conn: sqlite3.Connection | sqlite3.Cursor, rows: Sequence[tuple[Any, ...]]
+    conn: sqlite3.Connection | sqlite3.Cursor,
+    rows: Sequence[tuple[Any, ...]],
+    saga: tuple[str, str],
 ) -> None:
+    """Insert one saga's journal rows (`entry_row`s); `saga` is its (id, trace id)."""
     if len(rows) <= MAX_ROWS:  # a commit's few rows: one statement, no generator
-        conn.execute(*_INSERT_EVENTS.statement(rows))
+        conn.execute(*_INSERT_EVENTS.statement(rows, saga))
         return
-    for sql, args in _INSERT_EVENTS.statements(rows):
+    for sql, args in _INSERT_EVENTS.statements(rows, saga):
         conn.execute(sql, args)
 
 

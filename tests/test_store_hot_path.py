@@ -180,6 +180,23 @@ def test_row_inserts_keep_one_text_per_pattern_and_cut_large_batches() -> None:
     assert inserts.statement([(None, None, None)])[0].endswith("VALUES (NULL, NULL, NULL)")
 
 
+def test_row_inserts_bind_shared_values_once_per_statement(tmp_path: Path) -> None:
+    """Shared columns are ?1..?k in every row and bound once; the rows' own values follow."""
+    inserts = RowInserts("t", ("c", "d"), shared=("a", "b"))
+    sql, args = inserts.statement([(1, None), (None, "y")], ("s", "t"))
+    assert sql == "INSERT INTO t (a, b, c, d) VALUES (?1, ?2, ?3, NULL), (?1, ?2, NULL, ?4)"
+    assert args == ["s", "t", 1, "y"]
+    with pytest.raises(ValueError, match="2 shared values"):
+        inserts.statement([(1, 2)])
+    conn = sqlite3.connect(tmp_path / "t.db")
+    conn.execute("CREATE TABLE t (a, b, c, d)")
+    rows = [(i, None if i % 2 else str(i)) for i in range(2 * MAX_ROWS + 1)]
+    for statement, values in inserts.statements(rows, ("s", "t")):
+        conn.execute(statement, values)
+    assert conn.execute("SELECT * FROM t ORDER BY c").fetchall() == [("s", "t", *r) for r in rows]
+    conn.close()
+
+
 @pytest.mark.parametrize(
     "fields",
     [
