@@ -136,17 +136,19 @@ def merge_defaults(raw: Mapping[str, Any]) -> dict[str, Any]:
 def load_scenario(name_or_path: str) -> dict[str, Any]:
     """Load a shipped scenario by name or a YAML file by path, merged over the defaults."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise ScenarioNotFound(name_or_path, sorted(list_scenarios()))
+    entry = _scenario_dir() / f"{name_or_path}.yaml"
+    # A file wins; then a shipped name, so that a folder called `ddos` in the working
+    # directory does not hide the shipped `ddos` (as `load_flow` does for flows).
+    if path.is_file():
         text = path.read_text(encoding="utf-8")
         source = str(path)
-    else:
-        entry = _scenario_dir() / f"{name_or_path}.yaml"
-        if not entry.is_file():
-            raise ScenarioNotFound(name_or_path, sorted(list_scenarios()))
+    elif path.suffix not in (".yaml", ".yml") and "/" not in name_or_path and entry.is_file():
         text = entry.read_text(encoding="utf-8")
         source = name_or_path
+    elif path.is_dir():
+        raise ScenarioError(name_or_path, "is a directory, not a scenario file")
+    else:
+        raise ScenarioNotFound(name_or_path, sorted(list_scenarios()))
     try:
         raw = safe_load(text)
     except yaml.YAMLError as exc:

@@ -54,6 +54,23 @@ def test_unknown_scenario_lists_known_ones() -> None:
         load_scenario("no-such-scenario")
 
 
+def test_a_folder_named_like_a_shipped_scenario_does_not_hide_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `ddos/` folder in the working directory once made `simulate run ddos` answer "no
+    scenario 'ddos': not a file and not one of ..., ddos, ..."."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ddos").mkdir()
+    (tmp_path / "folder.yaml").mkdir()
+    assert load_scenario("ddos")["source"] == "ddos"
+    with pytest.raises(ScenarioError, match="folder.yaml: is a directory"):
+        load_scenario("folder.yaml")
+    (tmp_path / "baseline").write_text("name: mine\nduration: 3\n")
+    assert load_scenario("baseline")["duration"] == 3  # a file of that name is the user's
+    with pytest.raises(ScenarioNotFound):
+        load_scenario("../scenarios/baseline")
+
+
 @pytest.mark.parametrize(
     ("text", "where"),
     [
