@@ -195,6 +195,64 @@ def test_a_run_leaves_a_process_that_froze_objects_itself_as_it_was() -> None:
         gc.unfreeze()
 
 
+def test_a_run_raises_the_gc_threshold_and_restores_it_on_every_way_out() -> None:
+    from sagalab.simulator.model import RUN_GC_THRESHOLD
+
+    before = gc.get_threshold()
+    assert before[0] < RUN_GC_THRESHOLD
+    seen: list[tuple[int, ...]] = []
+    simulate(
+        load_scenario("baseline"),
+        seed=1,
+        duration=2.0,
+        progress=lambda *_: seen.append(gc.get_threshold()),
+    )
+    assert seen[0] == (RUN_GC_THRESHOLD, *before[1:])
+    assert gc.get_threshold() == before
+
+    def fail(*_: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        simulate(load_scenario("baseline"), seed=1, duration=2.0, progress=fail)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_run_keeps_a_callers_gc_settings() -> None:
+    from sagalab.simulator.model import RUN_GC_THRESHOLD
+
+    before = gc.get_threshold()
+    try:
+        # Higher already: left as it is.
+        gc.set_threshold(RUN_GC_THRESHOLD * 2, 5, 5)
+        simulate(load_scenario("baseline"), seed=1, duration=2.0)
+        assert gc.get_threshold() == (RUN_GC_THRESHOLD * 2, 5, 5)
+        # Changed by the caller during the run: the caller's setting stays.
+        gc.set_threshold(*before)
+        simulate(
+            load_scenario("baseline"),
+            seed=1,
+            duration=2.0,
+            progress=lambda *_: gc.set_threshold(1234, 10, 10),
+        )
+        assert gc.get_threshold() == (1234, 10, 10)
+        # Switched off: not touched, and still off after.
+        gc.set_threshold(*before)
+        gc.disable()
+        seen: list[tuple[int, ...]] = []
+        simulate(
+            load_scenario("baseline"),
+            seed=1,
+            duration=2.0,
+            progress=lambda *_: seen.append(gc.get_threshold()),
+        )
+        assert seen[0] == before and not gc.isenabled()
+    finally:
+        gc.enable()
+        gc.set_threshold(*before)
+
+
 def test_histogram_buckets_are_those_of_a_dict_of_counts() -> None:
     """The list of bucket counts gives what the dict of non-empty buckets gave: the same
     buckets, count, mean and quantiles (the formulation before, written out here)."""
