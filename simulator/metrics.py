@@ -74,6 +74,11 @@ class Histogram:
                 other.max = value
             other.bins[index] += 1
 
+    def record_zero(self) -> None:
+        """`record(0.0)`: the first bucket gains one; the total and the maximum stay as they
+        are (adding 0.0 to a sum of non-negative values leaves it equal)."""
+        self.bins[0] += 1
+
     def merge(self, other: Histogram) -> None:
         """Add another histogram's observations to this one."""
         self.bins = [a + b for a, b in zip(self.bins, other.bins, strict=True)]
@@ -169,6 +174,19 @@ class TierStats:
         self.arrivals += 1
         if self.present > self.peak:
             self.peak = self.present
+
+    def pass_through(self, now: float) -> None:
+        """`enter(now)` then `leave(now, 0.0)`: one item that spends no time here (a saga
+        handed straight to an idle worker). The same fields end equal: the leave adds
+        `present * 0.0` to the area and 0.0 to the sojourns, which leaves both as they are."""
+        present = self.present
+        if present:
+            self.area += present * (now - self.last)
+        self.last = now
+        self.arrivals += 1
+        self.departures += 1
+        if present + 1 > self.peak:
+            self.peak = present + 1
 
     def leave(self, now: float, sojourn: float) -> None:
         """One item that spent `sojourn` seconds here leaves at `now`."""

@@ -291,3 +291,39 @@ def test_histogram_buckets_are_those_of_a_dict_of_counts() -> None:
         p50, p95, p99 = h.quantiles((0.5, 0.95, 0.99))
         assert h.summary()["p95"] == round(p95, 6)
     assert Histogram().quantiles((0.5, 0.9)) == [0.0, 0.0]
+
+
+def test_a_pass_through_the_queue_is_an_enter_and_a_leave_at_once() -> None:
+    import random
+
+    from sagalab.simulator.metrics import TierStats
+
+    rng = random.Random(3)
+    for _ in range(50):
+        a, b = TierStats("a"), TierStats("b")
+        h, g = Histogram(), Histogram()
+        now, held = 0.0, 0
+        for _ in range(200):
+            now += rng.choice([0.0, rng.expovariate(10.0)])
+            move = rng.random()
+            if move < 0.4:
+                a.pass_through(now)
+                b.enter(now)
+                b.leave(now, 0.0)
+                h.record_zero()
+                g.record(0.0)
+            elif move < 0.7 or not held:
+                a.enter(now)
+                b.enter(now)
+                held += 1
+            else:
+                a.leave(now, 0.5)
+                b.leave(now, 0.5)
+                held -= 1
+            value = rng.expovariate(20.0)
+            h.record(value)
+            g.record(value)
+        assert [getattr(a, f) for f in TierStats.__slots__[1:]] == [
+            getattr(b, f) for f in TierStats.__slots__[1:]
+        ]
+        assert (h.bins, h.total, h.max) == (g.bins, g.total, g.max)
