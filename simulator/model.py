@@ -381,10 +381,10 @@ class Simulation:
         for key, value in cumulative.items():
             row[key] = round((value - last.get(key, 0)) / interval, 6)
         self._last_counts = cumulative
-        w = self.window
-        row["e2e_p50"] = round(w.quantile(0.5), 6)
-        row["e2e_p95"] = round(w.quantile(0.95), 6)
-        row["e2e_p99"] = round(w.quantile(0.99), 6)
+        p50, p95, p99 = self.window.quantiles((0.5, 0.95, 0.99))
+        row["e2e_p50"] = round(p50, 6)
+        row["e2e_p95"] = round(p95, 6)
+        row["e2e_p99"] = round(p99, 6)
         self.window = Histogram()
         orch = self.orchestrator
         depth, age = orch.depth, orch.oldest_age()
@@ -499,24 +499,60 @@ def measurement_window(root: Node, duration: float) -> tuple[float, float] | Non
     return start, end
 
 
+#: The cyclic GC's first-generation threshold while a run lasts (Python's default: 700).
+RUN_GC_THRESHOLD = 10_000
+
+
 @contextmanager
 def _older_objects_frozen() -> Iterator[None]:
-    """While a run lasts, the cyclic GC leaves alone what existed before it (`gc.freeze`).
+    """While a run lasts, the cyclic GC leaves alone what existed before it (`gc.freeze`),
+    and collects its youngest generation after 10,000 net allocations rather than 700.
 
     Its full and middle collections otherwise walk every object of the process (modules,
     functions, the scenario) a few times a minute of simulated time: about half of a run's
     last-level cache misses (cachegrind). Objects made during the run are collected as
     always, and the older ones are handed back to the GC after it (`gc.unfreeze`). A process
     that froze objects itself (before a fork, say) is left as it is.
+
+    The higher threshold: a simulated request leaves a few objects alive for a while (its
+    saga, jobs and calls), so at 700 the GC ran every ~125 requests and mostly walked and
+    promoted live ones; at 10,000 it runs 14 times less often and finds more of them gone
+    (100 s of `baseline`: 31 young collections -> 1; -1.8% instructions and -4% L1 data
+    misses per request, cachegrind). Nothing is left uncollected: the same collections run,
+    later; the threshold only bounds how many young objects wait for one (about a megabyte).
+    It is restored on every way out of the run (an exception included), and only if it is
+    still the run's own (a caller that changed it meanwhile keeps its setting); a threshold
+    already at least this high, or a GC switched off, is left as it is.
     """
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.freeze()
+    threshold = _raise_gc_threshold()
     try:
-        yield
+        if gc.get_freeze_count():
+            yield
+            return
+        gc.freeze()
+        try:
+            yield
+        finally:
+            gc.unfreeze()
     finally:
-        gc.unfreeze()
+        if threshold is not None:
+            _restore_gc_threshold(threshold)
+
+
+def _raise_gc_threshold() -> tuple[int, int, int] | None:
+    """Raise the first-generation threshold for a run; the previous thresholds, or None if
+    they were left as they were."""
+    before = gc.get_threshold()
+    if not gc.isenabled() or before[0] == 0 or before[0] >= RUN_GC_THRESHOLD:
+        return None
+    gc.set_threshold(RUN_GC_THRESHOLD, *before[1:])
+    return before
+
+
+def _restore_gc_threshold(before: tuple[int, int, int]) -> None:
+    current = gc.get_threshold()
+    if current == (RUN_GC_THRESHOLD, *before[1:]):  # still the run's: nobody else changed it
+        gc.set_threshold(*before)
 
 
 def simulate(

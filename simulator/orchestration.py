@@ -272,16 +272,18 @@ class Orchestrator:
     def enqueue(self, saga: Saga) -> None:
         now = self.env.now
         saga.enqueued_at = now
-        self.queue_stats.enter(now)
         idle = self.idle
         while idle:
             event, replica = idle.popleft()
             if replica.alive and not replica.draining and event in replica.idle:
                 replica.idle.pop(event, None)
-                self.queue_stats.leave(now, 0.0)
-                self.queue_wait.record(0.0)
+                # Through the queue in no time: `enter(now)` and `leave(now, 0.0)`, and a
+                # wait of 0.0, each in one step.
+                self.queue_stats.pass_through(now)
+                self.queue_wait.record_zero()
                 event.succeed(saga)
                 return
+        self.queue_stats.enter(now)
         self.queue.append(saga)
 
     # --- replicas -----------------------------------------------------------------------------

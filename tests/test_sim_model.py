@@ -210,3 +210,137 @@ def test_a_run_leaves_a_process_that_froze_objects_itself_as_it_was() -> None:
         assert gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
+
+
+def test_a_run_raises_the_gc_threshold_and_restores_it_on_every_way_out() -> None:
+    from sagalab.simulator.model import RUN_GC_THRESHOLD
+
+    before = gc.get_threshold()
+    assert before[0] < RUN_GC_THRESHOLD
+    seen: list[tuple[int, ...]] = []
+    simulate(
+        load_scenario("baseline"),
+        seed=1,
+        duration=2.0,
+        progress=lambda *_: seen.append(gc.get_threshold()),
+    )
+    assert seen[0] == (RUN_GC_THRESHOLD, *before[1:])
+    assert gc.get_threshold() == before
+
+    def fail(*_: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        simulate(load_scenario("baseline"), seed=1, duration=2.0, progress=fail)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_run_keeps_a_callers_gc_settings() -> None:
+    from sagalab.simulator.model import RUN_GC_THRESHOLD
+
+    before = gc.get_threshold()
+    try:
+        # Higher already: left as it is.
+        gc.set_threshold(RUN_GC_THRESHOLD * 2, 5, 5)
+        simulate(load_scenario("baseline"), seed=1, duration=2.0)
+        assert gc.get_threshold() == (RUN_GC_THRESHOLD * 2, 5, 5)
+        # Changed by the caller during the run: the caller's setting stays.
+        gc.set_threshold(*before)
+        simulate(
+            load_scenario("baseline"),
+            seed=1,
+            duration=2.0,
+            progress=lambda *_: gc.set_threshold(1234, 10, 10),
+        )
+        assert gc.get_threshold() == (1234, 10, 10)
+        # Switched off: not touched, and still off after.
+        gc.set_threshold(*before)
+        gc.disable()
+        seen: list[tuple[int, ...]] = []
+        simulate(
+            load_scenario("baseline"),
+            seed=1,
+            duration=2.0,
+            progress=lambda *_: seen.append(gc.get_threshold()),
+        )
+        assert seen[0] == before and not gc.isenabled()
+    finally:
+        gc.enable()
+        gc.set_threshold(*before)
+
+
+def test_histogram_buckets_are_those_of_a_dict_of_counts() -> None:
+    """The list of bucket counts gives what the dict of non-empty buckets gave: the same
+    buckets, count, mean and quantiles (the formulation before, written out here)."""
+    import math
+    import random
+
+    from sagalab.simulator import metrics
+
+    def reference(values: list[float], q: float) -> float:
+        counts: dict[int, int] = {}
+        for v in values:
+            i = 0
+            if v > metrics._MIN:
+                i = min(int((math.log(v) - metrics._LOG_MIN) * metrics._PER_LOG) + 1, 1000)
+            counts[i] = counts.get(i, 0) + 1
+        rank, seen = q * len(values), 0
+        for i in sorted(counts):
+            seen += counts[i]
+            if seen >= rank:
+                return min(metrics._MIN * metrics._GROWTH**i, max(values))
+        return max(values) if values else 0.0
+
+    rng = random.Random(5)
+    for _ in range(200):
+        values = [
+            rng.choice([0.0, 1e-6, rng.lognormvariate(-3, 2), 1e5])
+            for _ in range(rng.choice([1, 2, 5, 50, 500]))
+        ]
+        h, also = Histogram(), Histogram()
+        for v in values:
+            h.record(v, (also,))
+        assert h.count == also.count == len(values)
+        assert h.counts == also.counts and sum(h.counts.values()) == len(values)
+        for q in (0.0, 0.001, 0.25, 0.5, 0.95, 0.99, 1.0, 1.2):
+            assert h.quantile(q) == also.quantile(q) == reference(values, q)
+        p50, p95, p99 = h.quantiles((0.5, 0.95, 0.99))
+        assert h.summary()["p95"] == round(p95, 6)
+    assert Histogram().quantiles((0.5, 0.9)) == [0.0, 0.0]
+
+
+def test_a_pass_through_the_queue_is_an_enter_and_a_leave_at_once() -> None:
+    import random
+
+    from sagalab.simulator.metrics import TierStats
+
+    rng = random.Random(3)
+    for _ in range(50):
+        a, b = TierStats("a"), TierStats("b")
+        h, g = Histogram(), Histogram()
+        now, held = 0.0, 0
+        for _ in range(200):
+            now += rng.choice([0.0, rng.expovariate(10.0)])
+            move = rng.random()
+            if move < 0.4:
+                a.pass_through(now)
+                b.enter(now)
+                b.leave(now, 0.0)
+                h.record_zero()
+                g.record(0.0)
+            elif move < 0.7 or not held:
+                a.enter(now)
+                b.enter(now)
+                held += 1
+            else:
+                a.leave(now, 0.5)
+                b.leave(now, 0.5)
+                held -= 1
+            value = rng.expovariate(20.0)
+            h.record(value)
+            g.record(value)
+        assert [getattr(a, f) for f in TierStats.__slots__[1:]] == [
+            getattr(b, f) for f in TierStats.__slots__[1:]
+        ]
+        assert (h.bins, h.total, h.max) == (g.bins, g.total, g.max)
