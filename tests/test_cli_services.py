@@ -297,7 +297,7 @@ def test_up_on_a_taken_port_is_exit_1() -> None:
     assert result.stderr.count("\n") == 1
 
 
-def announced_url(lines: list[str], proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
+def announced_url(lines: list[str], proc: subprocess.Popen[str], timeout: float = 60.0) -> str:
     """The base URL `services up --port 0` says it serves on, from the stdout `lines` a
     reader thread collects (bounded: fails if it does not say within `timeout` seconds)."""
     deadline = time.monotonic() + timeout
