@@ -53,6 +53,7 @@ from sagalab.orchestrator.limits import (
 )
 from sagalab.orchestrator.limits import check as within
 from sagalab.orchestrator.reconcile import FindingKind, Reconciliation
+from sagalab.stack import children
 from sagalab.stack.checks import (
     StackEnvironmentError,
     StackOptionError,
@@ -307,10 +308,10 @@ def _run(
     err.print(f"locust: {n_users} users for {seconds:g}s against {state.edge_url} ({profile})")
     started = time.monotonic()
     try:
-        # On Ctrl-C, subprocess.run kills Locust before the KeyboardInterrupt goes on.
-        code = subprocess.run(
-            command, env=env, timeout=seconds + stop_timeout + 120, check=False
-        ).returncode
+        # On Ctrl-C or SIGTERM, Locust is killed before the KeyboardInterrupt goes on, also
+        # when it comes while Locust is starting (subprocess.run would leave it running,
+        # holding this command's stderr: stack/children.py).
+        code = children.run(command, env=env, timeout=seconds + stop_timeout + 120)
     except subprocess.TimeoutExpired:
         err.print("[bold red]error:[/] locust did not finish in time; killed")
         code = 1

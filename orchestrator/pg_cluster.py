@@ -59,6 +59,10 @@ def find_bindir() -> Path:
     )
 
 
+#: Starts tried on a port of our own choosing that turns out taken (each a new free port).
+PORT_ATTEMPTS = 3
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -73,6 +77,7 @@ class PgCluster:
         self.data = self.directory / "data"
         self.log = self.directory / "postgres.log"
         self.port = port or _free_port()
+        self._port_given = port is not None
         self.bindir = find_bindir()
         self._as_postgres = os.geteuid() == 0
 
@@ -123,12 +128,35 @@ class PgCluster:
                 "initdb", "-A", "trust", "-U", _SUPERUSER, "-E", "UTF8", "--no-sync", "-D",
                 str(self.data),
             )  # fmt: skip
-        options = (
-            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c max_connections=200"
-        )
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
-        return self.url
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            options = (
+                f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
+                "-c fsync=off -c max_connections=200"
+            )
+            logged = self.log.stat().st_size if self.log.exists() else 0
+            try:
+                self._run(
+                    "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w",
+                    "start",
+                )  # fmt: skip
+                return self.url
+            except ClusterError:
+                # The free port we picked was taken before the server bound it (another
+                # process's bind or outgoing connection: several test workers start clusters
+                # and servers at once). A port given by the caller is theirs to fix.
+                if self._port_given or attempt == PORT_ATTEMPTS or not self._port_taken(logged):
+                    raise
+                self.port = _free_port()
+        raise AssertionError("unreachable")
+
+    def _port_taken(self, since: int) -> bool:
+        """The server's log after byte `since` says its port was in use."""
+        try:
+            with self.log.open("rb") as f:
+                f.seek(since)
+                return b"Address already in use" in f.read()
+        except OSError:
+            return False
 
     def restart_crash(self) -> None:
         """Crash-restart the server (`pg_ctl restart -m immediate`): connections are cut."""

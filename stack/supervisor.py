@@ -38,6 +38,7 @@ from typing import Any
 
 from sagalab.edge.errors import StackError
 from sagalab.orchestrator.policies.retry import RetryPolicy
+from sagalab.stack.children import held_signals
 from sagalab.stack.database import start_database
 from sagalab.stack.processes import (
     STATE_FILE,
@@ -407,17 +408,20 @@ def launch(
     """
     directory = config.directory.resolve()
     (directory / "logs").mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sagalab.stack.supervisor", str(directory)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdin is not None and proc.stdout is not None
+    proc: subprocess.Popen[str] | None = None
     try:
+        # Ctrl-C while it starts comes once `proc` is set: the supervisor is stopped below.
+        with held_signals():
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sagalab.stack.supervisor", str(directory)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(_config_to_json(replace(config, directory=directory)))
         proc.stdin.close()
         for line in proc.stdout:
@@ -437,7 +441,8 @@ def launch(
             f"see {directory / 'logs' / LOG}"
         )
     except BaseException:
-        if proc.poll() is None:  # Ctrl-C while starting: it stops what it started
+        # Ctrl-C while starting: it stops what it started.
+        if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=config.startup_timeout + 10)
@@ -445,7 +450,8 @@ def launch(
                 proc.kill()
         raise
     finally:
-        proc.stdout.close()
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
 
 
 if __name__ == "__main__":

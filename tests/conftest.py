@@ -8,6 +8,7 @@ test_breakers_shared.py creates its `db` file up front.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import tempfile
@@ -27,6 +28,39 @@ from sagalab.orchestrator.sqlite_store import SQLiteStore
 # each child Python install its own KeyboardInterrupt, as it does when a user runs it.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+#: Workers per usable core for `-n auto` (pyproject's addopts), and at most this many: the
+#: tests mostly wait on real processes (stacks, servers, CLIs), so two per core keep both
+#: cores busy; 4 is what was measured on 2 cores (benchmarks/README.md, session 22).
+WORKERS_PER_CORE, MAX_WORKERS = 2, 4
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook; absent with `-p no:xdist`
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """How many processes `-n auto` starts: two per usable core, at most MAX_WORKERS (so 2
+    on one core). 0 (one process) when the command line names one test file or tests of
+    one file (`pytest tests/test_x.py -x`): starting four interpreters would cost more than
+    it saves, and the output stays in order. PYTEST_XDIST_AUTO_NUM_WORKERS, and `-n N` on
+    the command line, still decide."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # pytest-xdist's own hook reads it
+    if config.args_source is pytest.Config.ArgsSource.ARGS:
+        paths = {Path(arg.split("::", 1)[0]) for arg in config.args}
+        if len(paths) == 1 and next(iter(paths)).suffix == ".py":
+            return 0
+    return min(MAX_WORKERS, WORKERS_PER_CORE * len(os.sched_getaffinity(0)))
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    """Without pytest-xdist (`-p no:xdist`, or a plain `pip install pytest`), accept and
+    ignore its options so pyproject's `-n auto --dist worksteal` runs the tests in one
+    process instead of failing with "unrecognized arguments"."""
+    if pluginmanager.has_plugin("xdist"):
+        return
+    group = parser.getgroup("xdist", "pytest-xdist absent: its options are ignored")
+    # `_addoption`, as pytest-xdist does: `addoption` reserves lowercase short options.
+    group._addoption("-n", "--numprocesses", dest="numprocesses", default=None)
+    group.addoption("--dist", dest="dist", default="no")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,9 @@ def test_get_a_saga_answers_while_a_writer_holds_the_write_lock(tmp_path: Path) 
     db = tmp_path / "sagas.db"
     with admin_api(db, timeout=5.0) as api:
         body = {"flow": "checkout", "input": json.loads(order_json("o-1"))}
-        created = api.post("/v1/sagas", json=body)
+        # The 5 s bound is for the GETs under the lock; the first POST (the API's first
+        # request) may take longer on a busy machine (it timed out once at load 14).
+        created = api.post("/v1/sagas", json=body, timeout=60)
         assert created.status_code == 202, created.text
         saga_id = created.json()["id"]
         writer = sqlite3.connect(db, isolation_level=None, timeout=0)

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -296,11 +297,18 @@ def test_up_on_a_taken_port_is_exit_1() -> None:
     assert result.stderr.count("\n") == 1
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def announced_url(lines: list[str], proc: subprocess.Popen[str], timeout: float = 60.0) -> str:
+    """The base URL `services up --port 0` says it serves on, from the stdout `lines` a
+    reader thread collects (bounded: fails if it does not say within `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in list(lines):
+            if line.startswith("sagalab fake services on "):
+                return line.split(" on ", 1)[1].strip()
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    pytest.fail(f"`services up` did not say its URL within {timeout}s: {''.join(lines)[-2000:]}")
 
 
 def wait_healthy(proc: subprocess.Popen[str], base: str, timeout: float = 20.0) -> None:
@@ -332,19 +340,31 @@ CLI_MAIN_MISSING = [
 @pytest.mark.slow
 @pytest.mark.skipif(bool(CLI_MAIN_MISSING), reason=f"cli.main needs {CLI_MAIN_MISSING}")
 def test_up_serves_until_terminated() -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "sagalab.cli.main", "services", "up", "--port", str(port)]
+    # Port 0, the URL read back: a free port picked here could be taken by another test
+    # worker before the server binds it.
+    command = [sys.executable, "-m", "sagalab.cli.main", "services", "up", "--port", "0"]
     pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": pythonpath}
+    env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:
+        lines: list[str] = []
+
+        def read() -> None:
+            for line in proc.stdout or []:
+                lines.append(line)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
         try:
+            base = announced_url(lines, proc)
             wait_healthy(proc, base)
             charge(base)
             proc.send_signal(signal.SIGTERM)
-            stdout, stderr = proc.communicate(timeout=10)
+            proc.wait(timeout=10)
+            reader.join(timeout=10)
+            stdout = "".join(lines)
+            stderr = proc.stderr.read() if proc.stderr else ""
         finally:
             if proc.poll() is None:
                 proc.kill()

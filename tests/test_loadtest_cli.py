@@ -193,3 +193,68 @@ def test_sigterm_stops_locust_and_the_stack_it_started(tmp_path: Path) -> None:
         assert "stopped the stack started for this run" in stderr
         assert stack_gone(tmp_path / "stack")
         assert processes_mentioning(str(tmp_path / "idle.py")) == []
+
+
+#: Loaded first by the CLI (sitecustomize on PYTHONPATH): SIGTERM to itself once Locust has
+#: been exec'd but before `subprocess.Popen()` has returned, the moment a signal sent right
+#: after Locust shows up lands in on a busy machine.
+TERM_AT_LOCUST_START = """\
+import os, signal, subprocess
+
+_execute_child = subprocess.Popen._execute_child
+
+
+def _term_once_locust_runs(self, args, *rest, **kwargs):
+    _execute_child(self, args, *rest, **kwargs)
+    if "locust" in list(args) and os.environ.pop("SAGALAB_TEST_TERM_AT_LOCUST_START", None):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+subprocess.Popen._execute_child = _term_once_locust_runs
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_LOCUST, reason="needs locust")
+def test_sigterm_while_locust_starts_leaves_no_locust_holding_stderr(tmp_path: Path) -> None:
+    """A SIGTERM inside `subprocess.Popen()` (Locust exec'd, the Popen not yet returned)
+    raised out of it: nothing stopped Locust, which ran its whole --duration after the CLI
+    had exited 130, holding the caller's stderr pipe open (a flake under `pytest -n 4`)."""
+    idle = tmp_path / "idle.py"
+    idle.write_text(IDLE_LOCUSTFILE)
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(TERM_AT_LOCUST_START)
+    paths = [str(shim), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(paths),
+        "SAGALAB_TEST_TERM_AT_LOCUST_START": "1",
+    }
+    directory = tmp_path / "stack"
+    proc = subprocess.Popen(
+        command(tmp_path, "--workers", "1", "--duration", "120", "--locustfile", str(idle)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.wait(timeout=90) == 130
+        # Checked before reading stderr: a Locust left running holds it open for 120 s.
+        assert processes_mentioning(f"-f {idle}") == [], "locust outlived the CLI"
+        assert proc.stderr is not None
+        stderr = proc.stderr.read()
+        assert "locust:" in stderr, stderr  # the signal came as Locust started, not before
+        assert "stopped the stack started for this run" in stderr
+        assert stack_gone(directory)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stack_down(directory)
+        for pid in processes_mentioning(f"-f {idle}"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if proc.stderr is not None:
+            proc.stderr.close()

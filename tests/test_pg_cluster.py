@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -50,5 +51,28 @@ def test_a_cluster_starts_answers_restarts_and_stops() -> None:
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(url, connect_timeout=2)
     finally:
+        cluster.stop()
+        shutil.rmtree(directory)
+
+
+def test_a_free_port_taken_before_the_server_binds_it_is_swapped_for_another() -> None:
+    """The port is picked when the cluster is made and bound seconds later, after initdb:
+    with several test workers starting clusters and servers at once, another process can
+    get it first (a bind, or an outgoing connection's ephemeral port), and then every
+    PostgreSQL test of that worker failed."""
+    directory = Path(tempfile.mkdtemp(prefix="sagalab-pg-"))
+    directory.chmod(0o711)
+    cluster = PgCluster(directory / "cluster")
+    taken = cluster.port
+    squatter = socket.socket()
+    try:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        url = cluster.start()
+        assert cluster.port != taken
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        squatter.close()
         cluster.stop()
         shutil.rmtree(directory)
