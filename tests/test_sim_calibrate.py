@@ -356,11 +356,12 @@ def test_calibrate_from_real_sagas_then_run(
     median = payments["latency"]["lognormal"]["median"]
     # Each measured call is its injected latency plus the HTTP round trip, which a loaded
     # machine stretches: the floor is exact, the ceiling allows for it, and the fit must
-    # still tell the slower service from the faster one.
+    # still tell the slower service from the faster one: by the difference of the medians,
+    # in which the round trip cancels (their ratio fell to 1.25 at load 9 once).
     assert PAYMENTS_MS / 1000 <= median <= PAYMENTS_MS / 1000 * 2.5, median
     inventory = report["services"]["inventory"]["latency"]["lognormal"]["median"]
     assert PAYMENTS_MS / 2000 <= inventory <= PAYMENTS_MS / 2000 * 3, inventory
-    assert median > inventory * 1.3, (median, inventory)
+    assert median - inventory > PAYMENTS_MS / 2000 * 0.5, (median, inventory)
     # About 100 charge attempts: a binomial share within three standard deviations.
     assert payments["error_rate"] == pytest.approx(ERROR_RATE, abs=0.12)
     assert report["services"]["inventory"]["error_rate"] == 0.0
