@@ -34,6 +34,7 @@ from sagalab.orchestrator.runner import SagaRunner, start_saga
 from sagalab.orchestrator.saga import SagaStatus
 from sagalab.orchestrator.store import Store
 from sagalab.orchestrator.stores import open_store, shown, typed
+from sagalab.stack import children
 
 DEMO_BREAKER = BreakerConfig(fail_max=3, reset_timeout=1.5, success_threshold=1)
 
@@ -179,7 +180,8 @@ def _crash_and_resume(
 ) -> Act:
     order = _order(3, 80)
     key = "demo-3-checkout"
-    child = subprocess.run(
+    # Through `children.run`: a Ctrl-C while the child starts must not leave it running.
+    returncode = children.run(
         [
             sys.executable,
             "-m",
@@ -199,12 +201,11 @@ def _crash_and_resume(
             "charge_payment:after-call",
         ],
         env={**os.environ, **env},
-        capture_output=True,
-        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         timeout=60,
-        check=False,
     )
-    notes = [f"child orchestrator exited with {child.returncode} (SIGKILL is -9)"]
+    notes = [f"child orchestrator exited with {returncode} (SIGKILL is -9)"]
     # The same idempotency key finds the saga the dead process created.
     record, created = start_saga(store, flow, order, idempotency_key=key, queue=False)
     if created:  # the child died before creating it: nothing to resume, run it whole
