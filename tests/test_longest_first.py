@@ -1,12 +1,13 @@
-"""conftest's ordering for `--dist worksteal`: pytest-xdist's own scheduler, given the
-reordered collection, starts every worker on the longest tests of its share."""
+"""slowfirst's ordering for `--dist worksteal` (conftest.py applies it): pytest-xdist's own
+scheduler, given the reordered collection, starts every worker on the longest tests of its
+share."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from conftest import LONGEST, longest_first, worksteal_slices
+from slowfirst import LONGEST, longest_first, worksteal_slices
 from xdist.scheduler.worksteal import WorkStealingScheduling
 
 
