@@ -14,8 +14,10 @@ import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from slowfirst import longest_first
 from workerlab import Workers
 
 from sagalab.fakeservices import RunningServices, run_in_thread
@@ -145,3 +147,23 @@ def pg_url(pg_cluster: PgCluster) -> Iterator[str]:
     url = new_database(pg_cluster)
     yield url
     drop_database(pg_cluster, url)
+
+
+# --- The longest tests start first (issue 9: the suite's wall time) -----------------------
+# worksteal gives each worker one contiguous slice of the collection: tests/slowfirst.py puts
+# each LONGEST test at the head of one slice, so none of 60-150 s starts late.
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook, in the controller, per worker
+def pytest_configure_node(node: Any) -> None:
+    """Tell each worker the --dist mode: xdist sets a worker's own option to "no"."""
+    node.workerinput["sagalab_dist"] = node.config.getoption("dist")
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: the slices are cut from what runs
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In a worksteal worker, the LONGEST tests head the workers' first slices."""
+    workerinput = getattr(config, "workerinput", {})  # only xdist's workers have one
+    workers = int(workerinput.get("workercount", 0))
+    if workers > 1 and workerinput.get("sagalab_dist") == "worksteal":
+        items[:] = longest_first(items, workers)
