@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -63,7 +64,7 @@ def test_an_absurd_value_of_any_setting_is_refused_naming_it(scenario: str, path
     for value in ABSURD:
         config = copy.deepcopy(LOADED[scenario])
         apply_override(config, f"{path}={value}")
-        started = time.monotonic()
+        started = time.process_time()  # CPU: a loaded machine does not stretch it
         with pytest.raises(ScenarioError) as caught:
             # The flow is read by the orchestrator's own flow rules when the model is built;
             # everything else is refused by the bounds alone, before the model is built.
@@ -71,7 +72,7 @@ def test_an_absurd_value_of_any_setting_is_refused_naming_it(scenario: str, path
                 validate(config)  # what configure(scenario, [f"{path}={value}"]) does last
             else:
                 check_bounds(config)
-        assert time.monotonic() - started < 2, (path, value)
+        assert time.process_time() - started < 2, (path, value)
         message = str(caught.value)
         name = path.rsplit(".", 1)[-1]
         assert name in message or (name.isdigit() and "steps" in message), (value, message)
@@ -103,10 +104,10 @@ def test_a_run_of_hours_is_refused_with_its_estimate_and_the_bound() -> None:
     config = load_scenario("baseline")
     for setting in ("duration=86400", "gateways.count=1000", "balancer.health.interval=0.01"):
         apply_override(config, setting)
-    started = time.monotonic()
+    started = time.process_time()  # CPU: a loaded machine does not stretch it
     with pytest.raises(ScenarioError) as caught:
         check_bounds(config)
-    assert time.monotonic() - started < 2
+    assert time.process_time() - started < 2
     message = str(caught.value)
     assert "about 8.7e+09 simulated events" in message
     assert "3,456,000 requests x 12 hops" in message
@@ -174,6 +175,12 @@ app()
 """
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's children that have ended."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def capped(args: list[str]) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
@@ -198,7 +205,10 @@ def test_run_and_sweep_refuse_alike_quickly_and_in_little_memory(
     setting: str, tmp_path: Path
 ) -> None:
     key, value = setting.split("=")
-    started = time.monotonic()
+    # Quickly in CPU time, which a loaded machine does not stretch as it does the wall clock
+    # (56 s for these two starts at load 14 in a parallel run); a run that went ahead would
+    # spend its 60 s timeout computing.
+    started = children_cpu()
     run = capped(
         ["simulate", "run", "retry-storm-resilient", "--set", setting, "--out", str(tmp_path)]
     )
@@ -213,7 +223,7 @@ def test_run_and_sweep_refuse_alike_quickly_and_in_little_memory(
             str(tmp_path),
         ]
     )
-    assert time.monotonic() - started < 30
+    assert children_cpu() - started < 20
     for result in (run, sweep):
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr and "MemoryError" not in result.stderr
