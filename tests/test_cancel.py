@@ -27,12 +27,10 @@ from opslab import (
     reset_handlers,
     stored,
 )
-from workerlab import REPO, Workers, order, wait_for
+from workerlab import REPO, Workers, held_step_checkout, order, wait_for
 
 from sagalab.fakeservices import RunningServices, applied_twice
 from sagalab.orchestrator import operations
-from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
-from sagalab.orchestrator.flowfile import load_flow
 from sagalab.orchestrator.operations import ActionRefused, BadArgument
 from sagalab.orchestrator.runner import start_saga
 from sagalab.orchestrator.saga import EventType, Phase, SagaState, SagaStatus
@@ -51,15 +49,6 @@ def handlers() -> Iterator[None]:
     reset_handlers()
 
 
-def slow_charge_checkout() -> FlowDefinition:
-    """The checkout flow, its payment timeout raised above how long the test holds the call."""
-    raw = flow_to_dict(load_flow("checkout"))
-    for step in raw["steps"]:
-        if step["name"] == CHARGE:
-            step["timeout"] = CHARGE_TIMEOUT
-    return flow_from_dict(raw, source="checkout (slow payments)")
-
-
 def saga_state(db: Path, saga_id: str) -> SagaState:
     store = SQLiteStore(db)
     try:
@@ -74,7 +63,7 @@ def test_cancel_while_a_worker_holds_the_saga_rolls_it_back_in_reverse_order(
     services.lab.hold("payments", "/charges")  # the refund goes through
     store = SQLiteStore(db)
     try:
-        saga_id = start_saga(store, slow_charge_checkout(), order(1))[0].id
+        saga_id = start_saga(store, held_step_checkout(CHARGE, CHARGE_TIMEOUT), order(1))[0].id
     finally:
         store.close()
     workers.start("--concurrency", "1", "--exit-when-idle", "2", "--poll", "0.05")

@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 from apilab import admin_api
-from workerlab import REPO, Workers, order, wait_for
+from workerlab import REPO, Workers, held_step_checkout, order, wait_for
 
 from sagalab.fakeservices import RunningServices, applied_twice
-from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
-from sagalab.orchestrator.flowfile import load_flow
+from sagalab.orchestrator.flow import flow_to_dict
 from sagalab.orchestrator.runner import start_saga
 from sagalab.orchestrator.saga import Phase, SagaStatus
 from sagalab.orchestrator.sqlite_store import SQLiteStore
@@ -48,15 +47,6 @@ def cli(env: dict[str, str], db: Path, *args: str) -> subprocess.Popen[str]:
 
 def the_env(services: RunningServices) -> dict[str, str]:
     return {**os.environ, **services.env, "PYTHONPATH": str(REPO)}
-
-
-def slow_charge_checkout() -> FlowDefinition:
-    """The checkout flow, its payment timeout raised above how long a test holds the call."""
-    raw = flow_to_dict(load_flow("checkout"))
-    for step in raw["steps"]:
-        if step["name"] == CHARGE:
-            step["timeout"] = CHARGE_TIMEOUT
-    return flow_from_dict(raw, source="checkout (slow payments)")
 
 
 def charging(db: Path) -> str | None:
@@ -98,7 +88,7 @@ def test_run_wait_carries_out_a_rollback_journaled_by_another_process_mid_call(
 ) -> None:
     services.lab.hold("payments", "/charges")  # the refund goes through
     flow_file = db.parent / "checkout-slow-payments.yaml"
-    flow_file.write_text(yaml.safe_dump(flow_to_dict(slow_charge_checkout())))
+    flow_file.write_text(yaml.safe_dump(flow_to_dict(held_step_checkout(CHARGE, CHARGE_TIMEOUT))))
     env = the_env(services)
     run = cli(env, db, "run", str(flow_file), "--wait", "--input", json.dumps(order(1)))
     try:
@@ -126,7 +116,9 @@ def test_resume_carries_out_an_api_rollback_landing_mid_call(
     services.lab.hold("payments", "/charges")  # the refund goes through
     store = SQLiteStore(db)
     try:
-        saga_id = start_saga(store, slow_charge_checkout(), order(1), queue=False)[0].id
+        saga_id = start_saga(
+            store, held_step_checkout(CHARGE, CHARGE_TIMEOUT), order(1), queue=False
+        )[0].id
     finally:
         store.close()
     resume = cli(the_env(services), db, "resume", saga_id)

@@ -15,11 +15,9 @@ import sys
 from pathlib import Path
 
 from apilab import admin_api
-from workerlab import REPO, Workers, order, wait_for
+from workerlab import REPO, Workers, held_step_checkout, order, wait_for
 
 from sagalab.fakeservices import RunningServices, applied_twice
-from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
-from sagalab.orchestrator.flowfile import load_flow
 from sagalab.orchestrator.runner import start_saga
 from sagalab.orchestrator.saga import EventType, Phase, SagaState
 from sagalab.orchestrator.sqlite_store import SQLiteStore
@@ -29,15 +27,6 @@ from sagalab.orchestrator.sqlite_store import SQLiteStore
 # CLI's (60 s) and the API call made while it is held.
 SHIPPING_TIMEOUT = 180.0
 PIVOT = "create_shipment"
-
-
-def slow_shipping_checkout() -> FlowDefinition:
-    """The checkout flow, its shipping timeout raised above how long the test holds the call."""
-    raw = flow_to_dict(load_flow("checkout"))
-    for step in raw["steps"]:
-        if step["name"] == PIVOT:
-            step["timeout"] = SHIPPING_TIMEOUT
-    return flow_from_dict(raw, source="checkout (slow shipping)")
 
 
 def saga_state(db: Path, saga_id: str) -> SagaState:
@@ -61,7 +50,7 @@ def test_rollback_fired_while_the_pivot_is_in_flight_is_refused_and_the_saga_com
     payload = order(1)
     store = SQLiteStore(db)
     try:
-        saga_id = start_saga(store, slow_shipping_checkout(), payload)[0].id
+        saga_id = start_saga(store, held_step_checkout(PIVOT, SHIPPING_TIMEOUT), payload)[0].id
     finally:
         store.close()
     workers.start("--concurrency", "1", "--exit-when-idle", "2", "--poll", "0.05")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sagalab.fakeservices import LedgerEntry, RunningServices, run_in_thread
+from sagalab.orchestrator.flow import FlowDefinition, flow_from_dict, flow_to_dict
 from sagalab.orchestrator.flowfile import load_flow
 from sagalab.orchestrator.journal import JournalEntry
 from sagalab.orchestrator.runner import new_saga_id, new_trace_id, start_saga
@@ -85,6 +86,16 @@ def processes_mentioning(text: str) -> list[int]:
             if text.encode() in cmdline:
                 found.append(int(entry))
     return found
+
+
+def held_step_checkout(step: str, timeout: float) -> FlowDefinition:
+    """The checkout flow, `step`'s timeout raised to `timeout`: above how long a test holds
+    that step's call (`lab.hold`), so that the call ends when the test releases it."""
+    raw = flow_to_dict(load_flow("checkout"))
+    for entry in raw["steps"]:
+        if entry["name"] == step:
+            entry["timeout"] = timeout
+    return flow_from_dict(raw, source=f"checkout (slow {step})")
 
 
 def order(n: int, *, amount: int = 100, quantity: int = 1) -> dict[str, Any]:
