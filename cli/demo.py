@@ -25,6 +25,7 @@ from rich.table import Table
 from sagalab.cli import render
 from sagalab.cli.errors import handled
 from sagalab.cli.options import DbPath, JsonOption
+from sagalab.cli.signals import sigterm_raises
 from sagalab.fakeservices import FaultSpec, RunningServices, applied_twice, run_in_thread
 from sagalab.orchestrator.breaker_board import BreakerBoard, BreakerConfig, breaker_events
 from sagalab.orchestrator.executors import HttpExecutor
@@ -83,7 +84,9 @@ def demo(
 ) -> None:
     """Show completion, rollback, crash-resume and a breaker opening, against local services."""
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="sagalab-demo-") as tmp:
+    # SIGTERM unwinds as Ctrl-C does: the crash act's child is stopped and the temporary
+    # directory removed (with the default action both were left behind).
+    with sigterm_raises(), tempfile.TemporaryDirectory(prefix="sagalab-demo-") as tmp:
         path = db or Path(tmp) / "demo.db"
         with handled():  # a --db that is not a saga database: one line, exit 5
             store = open_store(path)

@@ -94,7 +94,10 @@ def _build_init(cls: type, fields: tuple[dataclasses.Field[Any], ...]) -> Any:
         self_name = "_" + self_name
     while dict_name in names or dict_name == self_name:
         dict_name = "_" + dict_name
-    namespace: dict[str, Any] = {"_HAS_FACTORY": _HAS_FACTORY}
+    # Globals of the generated function: names no field takes (a field `_factory_y` or
+    # `_HAS_FACTORY` would shadow a plain one), as dataclasses' own `__dataclass_..__`.
+    sentinel = "__direct_init_HAS_FACTORY__"
+    namespace: dict[str, Any] = {sentinel: _HAS_FACTORY}
     params, body = [self_name], []
     if len(fields) == 1:
         dict_name = f"{self_name}.__dict__"  # one store: a local would cost a STORE and a LOAD
@@ -102,13 +105,15 @@ def _build_init(cls: type, fields: tuple[dataclasses.Field[Any], ...]) -> Any:
         body.append(f"    {dict_name} = {self_name}.__dict__")
     for f in fields:
         if f.default_factory is not dataclasses.MISSING:
-            namespace[f"_factory_{f.name}"] = f.default_factory
-            params.append(f"{f.name}=_HAS_FACTORY")
-            value = f"_factory_{f.name}() if {f.name} is _HAS_FACTORY else {f.name}"
+            factory = f"__direct_init_factory_{f.name}__"
+            namespace[factory] = f.default_factory
+            params.append(f"{f.name}={sentinel}")
+            value = f"{factory}() if {f.name} is {sentinel} else {f.name}"
         else:
             if f.default is not dataclasses.MISSING:
-                namespace[f"_default_{f.name}"] = f.default
-                params.append(f"{f.name}=_default_{f.name}")
+                default = f"__direct_init_default_{f.name}__"
+                namespace[default] = f.default
+                params.append(f"{f.name}={default}")
             else:
                 params.append(f.name)
             value = f.name

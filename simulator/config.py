@@ -135,20 +135,30 @@ def merge_defaults(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_scenario(name_or_path: str) -> dict[str, Any]:
     """Load a shipped scenario by name or a YAML file by path, merged over the defaults."""
+    if not name_or_path.strip():
+        raise ScenarioNotFound(name_or_path, sorted(list_scenarios()))
     path = Path(name_or_path)
     entry = _scenario_dir() / f"{name_or_path}.yaml"
-    # A file wins; then a shipped name, so that a folder called `ddos` in the working
-    # directory does not hide the shipped `ddos` (as `load_flow` does for flows).
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-        source = str(path)
-    elif path.suffix not in (".yaml", ".yml") and "/" not in name_or_path and entry.is_file():
-        text = entry.read_text(encoding="utf-8")
-        source = name_or_path
-    elif path.is_dir():
-        raise ScenarioError(name_or_path, "is a directory, not a scenario file")
-    else:
-        raise ScenarioNotFound(name_or_path, sorted(list_scenarios()))
+    shipped = path.suffix not in (".yaml", ".yml") and "/" not in name_or_path
+    try:
+        # A file wins; then a shipped name, so that a folder called `ddos` in the working
+        # directory does not hide the shipped `ddos` (as `load_flow` does for flows).
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            source = str(path)
+        elif shipped and entry.is_file():
+            text = entry.read_text(encoding="utf-8")
+            source = name_or_path
+        elif path.is_dir():
+            raise ScenarioError(name_or_path, "is a directory, not a scenario file")
+        else:
+            raise ScenarioNotFound(name_or_path, sorted(list_scenarios()))
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(
+            str(path), f"is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+    except OSError:  # a name too long for the file system, say: no such scenario
+        raise ScenarioNotFound(name_or_path, sorted(list_scenarios())) from None
     try:
         raw = safe_load(text)
     except yaml.YAMLError as exc:

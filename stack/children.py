@@ -13,7 +13,10 @@ handler was there, once the block has ended. Hold them across the assignment too
 the `try` that stops the child (`with held_signals(): proc = Popen(...)`): an interrupt
 raised by a function that returns the Popen would lose it again. `run()` is
 `subprocess.run` without the window: the child is stopped (SIGKILL after a short grace)
-whatever ends the wait.
+whatever ends the wait. Whatever ends it: a signal whose handler is the default action ends
+the process where it is delivered, before anything can stop the child, so a caller that must
+stop its child on SIGTERM makes SIGTERM raise (`cli.signals.sigterm_raises`), as `loadtest`
+and `demo` do.
 """
 
 from __future__ import annotations

@@ -40,12 +40,16 @@ WORKERS_PER_CORE, MAX_WORKERS = 2, 4
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook; absent with `-p no:xdist`
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """How many processes `-n auto` starts: two per usable core, at most MAX_WORKERS (so 2
-    on one core). 0 (one process) when the command line names one test file or tests of
-    one file (`pytest tests/test_x.py -x`): starting four interpreters would cost more than
-    it saves, and the output stays in order. PYTEST_XDIST_AUTO_NUM_WORKERS, and `-n N` on
-    the command line, still decide."""
+    on one core). 0 (one process) with `--trace` or `-s`, and when the command line names
+    one test file or tests of one file (`pytest tests/test_x.py -x`): starting four
+    interpreters would cost more than it saves, and the output stays in order.
+    PYTEST_XDIST_AUTO_NUM_WORKERS, and `-n N` on the command line, still decide."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None  # pytest-xdist's own hook reads it
+    if config.getoption("trace", False) or config.getoption("capture", None) == "no":
+        # `--trace` and `-s` need the terminal: under workers `--trace` never stopped and a
+        # failing test was reported passed, and `-s` printed nothing. (`--pdb` xdist handles.)
+        return 0
     if config.args_source is pytest.Config.ArgsSource.ARGS:
         paths = {Path(arg.split("::", 1)[0]) for arg in config.args}
         if len(paths) == 1 and next(iter(paths)).suffix == ".py":

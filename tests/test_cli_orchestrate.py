@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -284,6 +285,31 @@ def test_sigkill_after_call_then_resume_applies_once(env: Path, lab: RunningServ
     entries = ledger(lab)
     assert applied_twice(entries) == []
     assert [e["service"] for e in entries] == ["inventory", "payments", "shipping", "notifications"]
+
+
+def test_sigterm_to_the_demo_stops_it_as_ctrl_c_does(tmp_path: Path) -> None:
+    """With SIGTERM's default action the demo died where it was: its temporary directory
+    stayed behind (and a crash child could outlive it). Now it unwinds as after Ctrl-C."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sagalab.cli.main", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()  # "fake services on ...": the database exists by then
+        assert "fake services on" in first, first
+        assert list(tmp_path.glob("sagalab-demo-*"))
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 130, first + err
+    assert "Traceback" not in err, err
+    assert not list(tmp_path.glob("sagalab-demo-*"))
 
 
 def test_demo_json(tmp_path: Path) -> None:

@@ -192,6 +192,25 @@ def test_field_names_that_clash_with_its_own_locals_still_work() -> None:
     assert (Odd(1).d, Odd(1)._d, Odd(d=3, _d=4)._d) == (1, 2, 4)
 
 
+def test_field_names_that_clash_with_its_globals_still_work() -> None:
+    """Its globals were once plain names: a field `_factory_y` shadowed y's factory (`B()`
+    called the int 0), a field `_HAS_FACTORY` left the factory's placeholder in `y`."""
+
+    @direct_init
+    @dataclasses.dataclass(frozen=True)
+    class B:
+        _factory_y: int = 0
+        y: list[int] = dataclasses.field(default_factory=list)
+        _default_z: int = 5
+        z: int = 7
+        _HAS_FACTORY: int = 1
+
+    first, second = B(), B()
+    assert first.y == [] and first.y is not second.y
+    assert (first._factory_y, first._default_z, first.z, first._HAS_FACTORY) == (0, 5, 7, 1)
+    assert B(3, [1], 4, 8, 9) == B(_factory_y=3, y=[1], _default_z=4, z=8, _HAS_FACTORY=9)
+
+
 def _refused_classes() -> list[tuple[str, Any]]:
     class NotADataclass:
         a: int

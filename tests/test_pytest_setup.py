@@ -35,3 +35,17 @@ def test_without_xdist_its_options_in_addopts_are_ignored() -> None:
     r = pytest_run("-q", "-p", "no:xdist", SMALL)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert " passed" in r.stdout
+
+
+def test_trace_and_no_capture_run_in_one_process() -> None:
+    """`--trace` over two files once ran on four workers, never stopped, and reported a
+    failing test as passed; `-s` printed nothing. Both need the terminal: one process."""
+    two = [SMALL, "tests/test_pytest_setup.py::test_one_file_runs_in_one_process"]
+    r = pytest_run("-q", "-s", "--collect-only", *two)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "bringing up nodes" not in r.stdout + r.stderr
+    # --trace stops at the first test's first line; with no terminal, pdb reads EOF and the
+    # run ends there: what matters is that it stopped here rather than in a worker.
+    r = pytest_run("-q", "--trace", *two)
+    assert "bringing up nodes" not in r.stdout + r.stderr
+    assert "(Pdb)" in r.stdout or "PDB" in r.stdout, r.stdout[-2000:]

@@ -69,6 +69,12 @@ def test_a_folder_named_like_a_shipped_scenario_does_not_hide_it(
     assert load_scenario("baseline")["duration"] == 3  # a file of that name is the user's
     with pytest.raises(ScenarioNotFound):
         load_scenario("../scenarios/baseline")
+    for name in ("", "a" * 300):  # no name; one too long for the file system (a traceback)
+        with pytest.raises(ScenarioNotFound):
+            load_scenario(name)
+    (tmp_path / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(ScenarioError, match="latin1.yaml: is not UTF-8 text"):
+        load_scenario("latin1.yaml")
 
 
 @pytest.mark.parametrize(
