@@ -658,8 +658,9 @@ def stop(directory: Path, *, grace: float = 5.0) -> list[str]:
     from sagalab.orchestrator.stores import release_files
 
     # The console, stopped last, reads SQLite read-only and cannot remove the `-wal` and
-    # `-shm` files as it closes; a component that was killed never closes at all.
-    for db in {state.db, state.read_db or state.db}:
+    # `-shm` files as it closes; a component that was killed never closes at all. The keys
+    # file too: whichever of the API and the gateways closed it last left them at times.
+    for db in {state.db, state.read_db or state.db, state.keys_db}:
         release_files(db)
     (Path(state.directory) / STATE_FILE).unlink(missing_ok=True)
     return running
