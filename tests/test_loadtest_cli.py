@@ -153,20 +153,28 @@ def running_loadtest(tmp_path: Path, *, own_group: bool) -> Iterator[subprocess.
         wait_for(lambda: processes_mentioning(f"-f {idle}"), 60, "locust to run")
         yield proc
     finally:
-        if proc.poll() is None:
-            if own_group:
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.kill()
-            proc.communicate()  # reap it and close its stderr pipe (not left to the GC)
-        stack_down(directory)
-        for pid in processes_mentioning(f"-f {idle}"):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if proc.stderr is not None:
-            # Closed here too when a test's own communicate() timed out after the CLI had
-            # exited: left to the GC, the pipe failed the worker's next test (ResourceWarning).
-            proc.stderr.close()
+        leave_nothing_running(proc, directory, idle, own_group=own_group)
+
+
+def leave_nothing_running(
+    proc: subprocess.Popen[str], directory: Path, idle: Path, *, own_group: bool = False
+) -> None:
+    """Stop whatever a test's `loadtest` left: the CLI (its group if it had its own), its
+    stack and Locust; and close the CLI's stderr pipe."""
+    if proc.poll() is None:
+        if own_group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+        proc.wait()  # not communicate(): a Locust still running would hold the pipe open
+    stack_down(directory)
+    for pid in processes_mentioning(f"-f {idle}"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if proc.stderr is not None:
+        # Closed here, also when a test's own communicate() timed out after the CLI had
+        # exited: left to the GC, the pipe failed the worker's next test (ResourceWarning).
+        proc.stderr.close()
 
 
 @pytest.mark.slow
@@ -249,12 +257,4 @@ def test_sigterm_while_locust_starts_leaves_no_locust_holding_stderr(tmp_path: P
         assert "stopped the stack started for this run" in stderr
         assert stack_gone(directory)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        stack_down(directory)
-        for pid in processes_mentioning(f"-f {idle}"):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        leave_nothing_running(proc, directory, idle)
